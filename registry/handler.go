@@ -1,0 +1,67 @@
+// Package registry is the OCI distribution API as a plain net/http handler:
+// routing, request parsing, the error envelope, and the handlers for blobs,
+// uploads, manifests, tags, catalog and referrers. It knows nothing of Caddy.
+package registry
+
+import (
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// DefaultMaxManifestSize is the largest manifest accepted when Config
+// leaves MaxManifestSize at zero (4 MiB, as the distribution registry).
+const DefaultMaxManifestSize = 4 << 20
+
+// Observer receives one call per finished request, for metrics. op is a
+// short, fixed operation name ("blob_get", "manifest_put", ...; see ops.go),
+// never a user-supplied string, so it is safe as a metrics label.
+type Observer interface {
+	ObserveRequest(op string, status int, bytesIn, bytesOut int64, d time.Duration)
+	// UploadCommitted is called once per blob upload that completed.
+	UploadCommitted(size int64)
+}
+
+// Config is what a Handler needs.
+type Config struct {
+	Store *cache.Store
+	// MaxManifestSize in bytes; 0 means DefaultMaxManifestSize.
+	MaxManifestSize int64
+	// Logger gets every error that reaches a client, with the repository
+	// and the reason. Nil means no logging.
+	Logger *zap.Logger
+	// Observer may be nil.
+	Observer Observer
+}
+
+// Handler serves /v2/. Requests for other paths get 404 NOT_FOUND in the
+// error envelope; callers that want to pass them on (Caddy) check
+// IsRegistryPath first.
+type Handler struct {
+	cfg Config
+}
+
+// New returns a Handler for cfg.
+func New(cfg Config) *Handler {
+	if cfg.MaxManifestSize <= 0 {
+		cfg.MaxManifestSize = DefaultMaxManifestSize
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &Handler{cfg: cfg}
+}
+
+// IsRegistryPath reports whether path belongs to the distribution API
+// ("/v2" or below).
+func IsRegistryPath(path string) bool {
+	return path == "/v2" || len(path) >= 4 && path[:4] == "/v2/"
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	panic("not implemented")
+}
