@@ -35,6 +35,13 @@ type Config struct {
 	Logger *zap.Logger
 	// Observer may be nil.
 	Observer Observer
+	// CanRead reports whether the client of r may pull from repo. It is
+	// consulted where the handler picks a repository the client did not
+	// name in the URL: the source of a cross-repository mount (`from`, or
+	// any repository holding the blob when `from` is absent). A mount
+	// from a repository the client may not read falls back to a plain
+	// upload session. Nil allows everything (no auth configured).
+	CanRead func(r *http.Request, repo string) bool
 }
 
 // Handler serves /v2/. Requests for other paths get 404 NOT_FOUND in the
@@ -52,6 +59,9 @@ func New(cfg Config) *Handler {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
+	if cfg.CanRead == nil {
+		cfg.CanRead = func(*http.Request, string) bool { return true }
+	}
 	return &Handler{cfg: cfg}
 }
 
@@ -63,5 +73,25 @@ func IsRegistryPath(path string) bool {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	panic("not implemented")
+	start := time.Now()
+	ow := &observedWriter{ResponseWriter: w}
+	var body *countingBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countingBody{rc: r.Body}
+		r.Body = body
+	}
+	rc := &request{op: OpNotFound}
+	ow.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+
+	if err := h.dispatch(ow, r, rc); err != nil {
+		h.writeError(ow, r, rc, err)
+	}
+
+	if h.cfg.Observer != nil {
+		var in int64
+		if body != nil {
+			in = body.n
+		}
+		h.cfg.Observer.ObserveRequest(rc.op, ow.statusCode(), in, ow.written, time.Since(start))
+	}
 }

@@ -1,0 +1,175 @@
+package cache
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// copyBufSize is the buffer of every write path: large enough that the
+// per-call cost of read, write and hash is lost in the bytes.
+const copyBufSize = 1 << 20
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// copyBuf copies r to w through a pooled 1 MiB buffer.
+func copyBuf(w io.Writer, r io.Reader) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	// Hide any WriterTo/ReaderFrom so the big buffer is what is used.
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, *bp)
+}
+
+// StatBlob reports whether the blob exists in the content store, regardless
+// of which repositories link it. ErrBlobUnknown when absent.
+func (s *Store) StatBlob(d Digest) (BlobInfo, error) {
+	if err := checkDigest(d); err != nil {
+		return BlobInfo{}, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
+	}
+	fi, err := os.Stat(s.blobPath(d))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return BlobInfo{}, fmt.Errorf("%w: %s", ErrBlobUnknown, d)
+		}
+		return BlobInfo{}, fmt.Errorf("cache: stat blob: %w", err)
+	}
+	return BlobInfo{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// OpenBlob opens a committed blob for reading (an *os.File so callers can
+// use http.ServeContent / sendfile). ErrBlobUnknown when absent.
+func (s *Store) OpenBlob(d Digest) (*os.File, error) {
+	if err := checkDigest(d); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
+	}
+	f, err := os.Open(s.blobPath(d))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrBlobUnknown, d)
+		}
+		return nil, fmt.Errorf("cache: open blob: %w", err)
+	}
+	return f, nil
+}
+
+// PutBlob writes r to the content store if its bytes hash to want (and, if
+// size >= 0, are exactly size bytes long): temp file, hash while writing,
+// verify, fsync, rename. The blob becomes visible only complete and
+// verified; on any error nothing is visible. If the blob already exists the
+// bytes are still read and verified, then discarded. Returns the size.
+// It does not link the blob to any repository.
+func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
+	if err := checkDigest(want); err != nil {
+		return 0, err
+	}
+	f, err := s.createTemp()
+	if err != nil {
+		return 0, err
+	}
+	tmp := f.Name()
+	committed := false
+	defer func() {
+		if !committed {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+
+	src := r
+	if size >= 0 {
+		// One byte more than declared is enough to tell "too long".
+		src = io.LimitReader(r, size+1)
+	}
+	h := want.Algorithm.New()
+	n, err := copyBuf(io.MultiWriter(f, h), src)
+	if err != nil {
+		return 0, fmt.Errorf("cache: write blob: %w", err)
+	}
+	if size >= 0 && n != size {
+		return 0, fmt.Errorf("%w: declared %d, got %d bytes", ErrSizeMismatch, size, n)
+	}
+	if got := FromHash(want.Algorithm, h); got != want {
+		return 0, fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, want, got)
+	}
+	if s.touchExisting(want) {
+		// Verified, and the store has it already: no need to sync ours.
+		return n, nil
+	}
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("cache: sync blob: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return 0, fmt.Errorf("cache: close blob: %w", err)
+	}
+	committed = true // from here on, install owns tmp
+	if err := s.install(tmp, want); err != nil {
+		os.Remove(tmp)
+		return 0, err
+	}
+	return n, nil
+}
+
+// createTemp makes a new file under tmp/ with a random name.
+func (s *Store) createTemp() (*os.File, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("cache: random: %w", err)
+	}
+	name := filepath.Join(s.tmpDir, hex.EncodeToString(b[:]))
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cache: temp file: %w", err)
+	}
+	return f, nil
+}
+
+// install moves the verified, synced file src to d's place in the content
+// store. If d is already there src is dropped and the existing file is
+// touched, so a blob pushed again restarts its grace period and GC does not
+// take it before the caller links it.
+func (s *Store) install(src string, d Digest) error {
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	return s.installLocked(src, d)
+}
+
+// touchExisting reports whether blob d is in the store, restarting its
+// grace period if so (see install).
+func (s *Store) touchExisting(d Digest) bool {
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	now := time.Now()
+	return os.Chtimes(s.blobPath(d), now, now) == nil
+}
+
+// installLocked is install for callers already holding gcMu for reading.
+func (s *Store) installLocked(src string, d Digest) error {
+	dst := s.blobPath(d)
+	now := time.Now()
+	if err := os.Chtimes(dst, now, now); err == nil {
+		if err := os.Remove(src); err != nil {
+			s.log.Warn("remove duplicate blob data", zap.String("file", src), zap.Error(err))
+		}
+		return nil
+	}
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return fmt.Errorf("cache: commit blob: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("cache: sync blob dir: %w", err)
+	}
+	return nil
+}

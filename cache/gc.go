@@ -1,0 +1,244 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+)
+
+// GC removes blob files no repository links (as blob or manifest) that are
+// older than the grace period, and expires stale upload sessions. Safe to
+// run while the store serves requests.
+//
+// The mark is a lookup per file in the by-digest link keys (rb/, rm/)
+// rather than a set built up front, so memory does not grow with the store;
+// a candidate is checked again under gcMu before it goes, so a link made
+// during the walk always wins.
+func (s *Store) GC() (GCStats, error) {
+	var st GCStats
+	now := s.now()
+	cutoff := time.Now().Add(-s.grace) // file times are the real clock's
+
+	n, err := s.expireUploads(now, cutoff)
+	st.UploadsExpired = n
+	if err != nil {
+		return st, err
+	}
+	if err := s.cleanTmp(cutoff); err != nil {
+		return st, err
+	}
+	err = filepath.WalkDir(s.blobsDir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		select {
+		case <-s.stop:
+			return filepath.SkipAll // closing; the next round finishes
+		default:
+		}
+		if e.IsDir() {
+			return nil
+		}
+		d, ok := s.digestOfPath(path)
+		if !ok {
+			return nil // not ours; leave it
+		}
+		info, err := e.Info()
+		if err != nil || !info.ModTime().Before(cutoff) {
+			return nil
+		}
+		if linked, err := s.linked(d); err != nil || linked {
+			return err
+		}
+		removed, size, err := s.collect(d, cutoff)
+		if err != nil {
+			return err
+		}
+		if removed {
+			st.BlobsRemoved++
+			st.BytesRemoved += size
+			s.log.Debug("collected blob", zap.String("digest", d.String()), zap.Int64("size", size))
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("cache: gc: %w", err)
+	}
+	return st, nil
+}
+
+// digestOfPath turns blobs/<alg>/<2 hex>/<hex> back into a Digest, or
+// reports false for anything else found there.
+func (s *Store) digestOfPath(path string) (Digest, bool) {
+	rel, err := filepath.Rel(s.blobsDir, path)
+	if err != nil {
+		return Digest{}, false
+	}
+	parts := strings.Split(filepath.ToSlash(rel), "/")
+	if len(parts) != 3 {
+		return Digest{}, false
+	}
+	d, err := ParseDigest(parts[0] + ":" + parts[2])
+	if err != nil || d.Hex[:2] != parts[1] {
+		return Digest{}, false
+	}
+	return d, true
+}
+
+// linked reports whether any repository links d as a blob or manifest.
+func (s *Store) linked(d Digest) (bool, error) {
+	var ok bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		ok = hasPrefix(txn, blobRevPrefix(d)) || hasPrefix(txn, manRevPrefix(d))
+		return nil
+	})
+	return ok, err
+}
+
+// collect removes blob d if, with linking held off, it is still unlinked
+// and older than cutoff.
+func (s *Store) collect(d Digest, cutoff time.Time) (bool, int64, error) {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	if linked, err := s.linked(d); err != nil || linked {
+		return false, 0, err
+	}
+	path := s.blobPath(d)
+	info, err := os.Stat(path)
+	if err != nil || !info.ModTime().Before(cutoff) {
+		return false, 0, nil
+	}
+	if err := os.Remove(path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, 0, nil
+		}
+		return false, 0, err
+	}
+	return true, info.Size(), nil
+}
+
+// expireUploads removes sessions past their TTL, and data files in
+// uploads/ without a session that are older than cutoff (a crash between
+// creating the file and recording the session).
+func (s *Store) expireUploads(now, cutoff time.Time) (int, error) {
+	known := map[string]bool{}
+	var stale []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pUpload), PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			id := string(it.Item().Key()[len(pUpload):])
+			known[id] = true
+			var rec uploadRecord
+			err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) })
+			if err != nil || s.expired(rec, now) {
+				stale = append(stale, id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cache: scan uploads: %w", err)
+	}
+	expired := 0
+	for _, id := range stale {
+		if !validID(id) {
+			// Not a key NewUpload writes; drop the record only.
+			err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) })
+			if err != nil {
+				return expired, fmt.Errorf("cache: remove upload: %w", err)
+			}
+			continue
+		}
+		unlock, ok := s.lockSession(id, true)
+		if !ok {
+			continue // in use right now, so not stale
+		}
+		rec, err := s.readUpload(id)
+		if err == nil && !s.expired(rec, now) {
+			unlock()
+			continue
+		}
+		err = s.removeUpload(id)
+		unlock()
+		if err != nil {
+			return expired, err
+		}
+		expired++
+		s.log.Debug("expired upload", zap.String("repo", rec.Repo), zap.String("upload", id))
+	}
+
+	entries, err := os.ReadDir(s.uploadsDir)
+	if err != nil {
+		return expired, fmt.Errorf("cache: list uploads: %w", err)
+	}
+	for _, e := range entries {
+		if known[e.Name()] {
+			continue
+		}
+		if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
+			if err := os.RemoveAll(filepath.Join(s.uploadsDir, e.Name())); err != nil {
+				s.log.Warn("remove orphan upload data", zap.String("name", e.Name()), zap.Error(err))
+			}
+		}
+	}
+	return expired, nil
+}
+
+// cleanTmp removes temp files of writes that died (older than cutoff; a
+// live write keeps touching its file).
+func (s *Store) cleanTmp(cutoff time.Time) error {
+	entries, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return fmt.Errorf("cache: list tmp: %w", err)
+	}
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
+			if err := os.RemoveAll(filepath.Join(s.tmpDir, e.Name())); err != nil {
+				s.log.Warn("remove temp file", zap.String("name", e.Name()), zap.Error(err))
+			}
+		}
+	}
+	return nil
+}
+
+// gcLoop runs GC and badger's value-log GC every interval until Close.
+func (s *Store) gcLoop(interval time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		st, err := s.GC()
+		if err != nil {
+			s.log.Error("gc failed", zap.Error(err))
+		} else if st != (GCStats{}) {
+			s.log.Info("gc",
+				zap.Int("blobs_removed", st.BlobsRemoved),
+				zap.Int64("bytes_removed", st.BytesRemoved),
+				zap.Int("uploads_expired", st.UploadsExpired))
+		}
+		// Rewrites at most a few value-log files per round; stops at the
+		// first "nothing to do".
+		for range 4 {
+			if s.db.RunValueLogGC(0.5) != nil {
+				break
+			}
+		}
+	}
+}

@@ -1,0 +1,491 @@
+package cache
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+)
+
+// manifestRecord is what ml/ keys hold; the digest is in the key and the
+// bytes are a blob in the content store.
+type manifestRecord struct {
+	MediaType    string            `json:"mediaType,omitempty"`
+	Size         int64             `json:"size"`
+	Subject      string            `json:"subject,omitempty"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+}
+
+func (r manifestRecord) manifest(d Digest) Manifest {
+	m := Manifest{
+		Digest:       d,
+		MediaType:    r.MediaType,
+		Size:         r.Size,
+		ArtifactType: r.ArtifactType,
+		Annotations:  r.Annotations,
+	}
+	if r.Subject != "" {
+		// Written by us from a checked Digest; a bad one is left zero.
+		m.Subject, _ = ParseDigest(r.Subject)
+	}
+	return m
+}
+
+// exists reports whether key is present in txn.
+func exists(txn *badger.Txn, key []byte) (bool, error) {
+	_, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// hasPrefix reports whether any key starts with prefix.
+func hasPrefix(txn *badger.Txn, prefix []byte) bool {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	it.Rewind()
+	return it.Valid()
+}
+
+// LinkBlob records that repo holds blob d (which must exist in the content
+// store: ErrBlobUnknown otherwise). Creates the repository if new.
+func (s *Store) LinkBlob(repo string, d Digest) error {
+	if err := checkName("repository", repo); err != nil {
+		return err
+	}
+	if err := checkDigest(d); err != nil {
+		return fmt.Errorf("%w: %w", ErrBlobUnknown, err)
+	}
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	if _, err := s.StatBlob(d); err != nil {
+		return err
+	}
+	return s.linkBlobLocked(repo, d)
+}
+
+// linkBlobLocked writes the link keys; gcMu is held for reading and the
+// blob is known to exist.
+func (s *Store) linkBlobLocked(repo string, d Digest) error {
+	err := s.update(func(txn *badger.Txn) error {
+		return setAll(txn, repoKey(repo), blobLinkKey(repo, d), blobRevKey(d, repo))
+	})
+	if err != nil {
+		return fmt.Errorf("cache: link blob: %w", err)
+	}
+	return nil
+}
+
+func setAll(txn *badger.Txn, keys ...[]byte) error {
+	for _, k := range keys {
+		if err := txn.Set(k, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HasBlob reports whether repo links blob d and the blob exists.
+// ErrBlobUnknown otherwise.
+func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
+	if err := checkName("repository", repo); err != nil {
+		return BlobInfo{}, err
+	}
+	if err := checkDigest(d); err != nil {
+		return BlobInfo{}, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
+	}
+	var linked bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		linked, err = exists(txn, blobLinkKey(repo, d))
+		return err
+	})
+	if err != nil {
+		return BlobInfo{}, fmt.Errorf("cache: read link: %w", err)
+	}
+	if !linked {
+		return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
+	}
+	return s.StatBlob(d)
+}
+
+// UnlinkBlob removes repo's link to d; the content stays for other
+// repositories until GC. ErrBlobUnknown when repo did not link it.
+func (s *Store) UnlinkBlob(repo string, d Digest) error {
+	if err := checkName("repository", repo); err != nil {
+		return err
+	}
+	if err := checkDigest(d); err != nil {
+		return fmt.Errorf("%w: %w", ErrBlobUnknown, err)
+	}
+	return s.update(func(txn *badger.Txn) error {
+		ok, err := exists(txn, blobLinkKey(repo, d))
+		if err != nil {
+			return fmt.Errorf("cache: read link: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
+		}
+		if err := txn.Delete(blobLinkKey(repo, d)); err != nil {
+			return err
+		}
+		return txn.Delete(blobRevKey(d, repo))
+	})
+}
+
+// ReposWithBlob lists repositories that link d (for a mount without
+// `from`), in lexical order, at most limit of them (limit <= 0: all).
+func (s *Store) ReposWithBlob(d Digest, limit int) ([]string, error) {
+	if err := checkDigest(d); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = -1
+	}
+	var repos []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		repos, _ = page(txn, blobRevPrefix(d), "", limit)
+		return nil
+	})
+	return repos, err
+}
+
+// PutManifest stores body (as a blob in the content store, byte for byte)
+// and links it to repo with the metadata in m (m.Digest must be the digest
+// of body; ErrDigestMismatch otherwise). If m.Subject is set a referrer
+// entry is added under the subject. Then points each of tags at it. All
+// metadata changes commit in one badger transaction.
+func (s *Store) PutManifest(repo string, m Manifest, body []byte, tags []string) error {
+	if err := checkName("repository", repo); err != nil {
+		return err
+	}
+	for _, t := range tags {
+		if err := checkName("tag", t); err != nil {
+			return err
+		}
+	}
+	if err := checkDigest(m.Digest); err != nil {
+		return err
+	}
+	if !m.Subject.IsZero() {
+		if err := checkDigest(m.Subject); err != nil {
+			return fmt.Errorf("subject: %w", err)
+		}
+	}
+	if got := FromBytes(m.Digest.Algorithm, body); got != m.Digest {
+		return fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, m.Digest, got)
+	}
+	rec := manifestRecord{
+		MediaType:    m.MediaType,
+		Size:         int64(len(body)),
+		ArtifactType: m.ArtifactType,
+		Annotations:  m.Annotations,
+	}
+	if !m.Subject.IsZero() {
+		rec.Subject = m.Subject.String()
+	}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("cache: encode manifest: %w", err)
+	}
+
+	// Held across write and link so GC cannot take the bytes in between.
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	if err := s.writeSmallBlobLocked(m.Digest, body); err != nil {
+		return err
+	}
+	d := m.Digest
+	err = s.update(func(txn *badger.Txn) error {
+		// A re-push with another subject moves the referrer entry.
+		if item, err := txn.Get(manLinkKey(repo, d)); err == nil {
+			var old manifestRecord
+			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &old) }); err == nil &&
+				old.Subject != "" && old.Subject != rec.Subject {
+				if sub, err := ParseDigest(old.Subject); err == nil {
+					if err := txn.Delete(refKey(repo, sub, d)); err != nil {
+						return err
+					}
+				}
+			}
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		if err := txn.Set(manLinkKey(repo, d), val); err != nil {
+			return err
+		}
+		if err := setAll(txn, repoKey(repo), manRevKey(d, repo)); err != nil {
+			return err
+		}
+		if !m.Subject.IsZero() {
+			if err := txn.Set(refKey(repo, m.Subject, d), nil); err != nil {
+				return err
+			}
+		}
+		for _, t := range tags {
+			if err := txn.Set(tagKey(repo, t), []byte(d.String())); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cache: put manifest: %w", err)
+	}
+	return nil
+}
+
+// writeSmallBlobLocked stores already verified bytes as blob d; gcMu is
+// held for reading.
+func (s *Store) writeSmallBlobLocked(d Digest, body []byte) error {
+	f, err := s.createTemp()
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = s.installLocked(tmp, d)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cache: write manifest: %w", err)
+	}
+	return nil
+}
+
+// GetManifest returns the manifest repo links under digest d, with its
+// bytes. ErrManifestUnknown when repo does not link it.
+func (s *Store) GetManifest(repo string, d Digest) (Manifest, []byte, error) {
+	m, err := s.StatManifest(repo, d)
+	if err != nil {
+		return Manifest{}, nil, err
+	}
+	body, err := os.ReadFile(s.blobPath(d))
+	if err != nil {
+		// A link without bytes: the store is damaged; say unknown rather
+		// than fail every pull of it.
+		s.log.Error("manifest linked but its blob is missing",
+			zap.String("repo", repo), zap.String("digest", d.String()), zap.Error(err))
+		return Manifest{}, nil, fmt.Errorf("%w: %s in %s: %w", ErrManifestUnknown, d, repo, err)
+	}
+	return m, body, nil
+}
+
+// StatManifest is GetManifest without the bytes.
+func (s *Store) StatManifest(repo string, d Digest) (Manifest, error) {
+	if err := checkName("repository", repo); err != nil {
+		return Manifest{}, err
+	}
+	if err := checkDigest(d); err != nil {
+		return Manifest{}, fmt.Errorf("%w: %w", ErrManifestUnknown, err)
+	}
+	var m Manifest
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		m, err = getManifest(txn, repo, d)
+		return err
+	})
+	return m, err
+}
+
+func getManifest(txn *badger.Txn, repo string, d Digest) (Manifest, error) {
+	item, err := txn.Get(manLinkKey(repo, d))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return Manifest{}, fmt.Errorf("%w: %s in %s", ErrManifestUnknown, d, repo)
+	}
+	if err != nil {
+		return Manifest{}, fmt.Errorf("cache: read manifest: %w", err)
+	}
+	var rec manifestRecord
+	if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err != nil {
+		return Manifest{}, fmt.Errorf("cache: decode manifest: %w", err)
+	}
+	return rec.manifest(d), nil
+}
+
+// ResolveTag returns the digest tag points at in repo. ErrTagUnknown when
+// the tag does not exist.
+func (s *Store) ResolveTag(repo, tag string) (Digest, error) {
+	if err := checkName("repository", repo); err != nil {
+		return Digest{}, err
+	}
+	if err := checkName("tag", tag); err != nil {
+		return Digest{}, err
+	}
+	var d Digest
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(tagKey(repo, tag))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("%w: %s:%s", ErrTagUnknown, repo, tag)
+		}
+		if err != nil {
+			return fmt.Errorf("cache: read tag: %w", err)
+		}
+		return item.Value(func(v []byte) error {
+			d, err = ParseDigest(string(v))
+			return err
+		})
+	})
+	return d, err
+}
+
+// DeleteTag removes one tag; the manifest stays. ErrTagUnknown if absent.
+func (s *Store) DeleteTag(repo, tag string) error {
+	if err := checkName("repository", repo); err != nil {
+		return err
+	}
+	if err := checkName("tag", tag); err != nil {
+		return err
+	}
+	return s.update(func(txn *badger.Txn) error {
+		ok, err := exists(txn, tagKey(repo, tag))
+		if err != nil {
+			return fmt.Errorf("cache: read tag: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s:%s", ErrTagUnknown, repo, tag)
+		}
+		return txn.Delete(tagKey(repo, tag))
+	})
+}
+
+// DeleteManifest unlinks manifest d from repo, removes every tag of repo
+// pointing at it and its referrer entry (if it had a subject), in one
+// transaction. ErrManifestUnknown when repo does not link it.
+func (s *Store) DeleteManifest(repo string, d Digest) error {
+	if err := checkName("repository", repo); err != nil {
+		return err
+	}
+	if err := checkDigest(d); err != nil {
+		return fmt.Errorf("%w: %w", ErrManifestUnknown, err)
+	}
+	return s.update(func(txn *badger.Txn) error {
+		m, err := getManifest(txn, repo, d)
+		if err != nil {
+			return err
+		}
+		dels := [][]byte{manLinkKey(repo, d), manRevKey(d, repo)}
+		if !m.Subject.IsZero() {
+			dels = append(dels, refKey(repo, m.Subject, d))
+		}
+		want := []byte(d.String())
+		prefix := tagPrefix(repo)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			err := item.Value(func(v []byte) error {
+				if bytes.Equal(v, want) {
+					dels = append(dels, item.KeyCopy(nil))
+				}
+				return nil
+			})
+			if err != nil {
+				it.Close()
+				return err
+			}
+		}
+		it.Close()
+		for _, k := range dels {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Tags lists repo's tags in lexical order, starting after `last` (empty:
+// from the start), at most n (n < 0: all). more reports whether tags
+// remain after the returned page. ErrRepoUnknown if the repository does
+// not exist.
+func (s *Store) Tags(repo string, last string, n int) (tags []string, more bool, err error) {
+	if err := checkName("repository", repo); err != nil {
+		return nil, false, err
+	}
+	err = s.db.View(func(txn *badger.Txn) error {
+		ok, err := exists(txn, repoKey(repo))
+		if err != nil {
+			return fmt.Errorf("cache: read repository: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrRepoUnknown, repo)
+		}
+		tags, more = page(txn, tagPrefix(repo), last, n)
+		return nil
+	})
+	return tags, more, err
+}
+
+// Repositories lists repository names in lexical order with the same
+// paging rules as Tags. A repository exists from its first link.
+func (s *Store) Repositories(last string, n int) (repos []string, more bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		repos, more = page(txn, []byte(pRepo), last, n)
+		return nil
+	})
+	return repos, more, err
+}
+
+// page lists the key suffixes under prefix that sort after last, at most n
+// of them (n < 0: all), and whether more remain. The result is never nil.
+func page(txn *badger.Txn, prefix []byte, last string, n int) ([]string, bool) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	start := append(append([]byte(nil), prefix...), last...)
+	it.Seek(start)
+	if last != "" && it.Valid() && bytes.Equal(it.Item().Key(), start) {
+		it.Next()
+	}
+	out := []string{}
+	for ; it.Valid(); it.Next() {
+		if n >= 0 && len(out) >= n {
+			return out, true
+		}
+		out = append(out, string(it.Item().Key()[len(prefix):]))
+	}
+	return out, false
+}
+
+// Referrers lists the manifests in repo whose subject is d, ordered by
+// digest. An unknown subject gives an empty list, not an error.
+func (s *Store) Referrers(repo string, d Digest) ([]Manifest, error) {
+	if err := checkName("repository", repo); err != nil {
+		return nil, err
+	}
+	if err := checkDigest(d); err != nil {
+		return nil, err
+	}
+	out := []Manifest{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		refs, _ := page(txn, refPrefix(repo, d), "", -1)
+		for _, r := range refs {
+			rd, err := ParseDigest(r)
+			if err != nil {
+				continue
+			}
+			m, err := getManifest(txn, repo, rd)
+			if errors.Is(err, ErrManifestUnknown) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, err
+}

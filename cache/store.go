@@ -1,0 +1,191 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+)
+
+// Store is safe for concurrent use. Open it once per directory per process.
+type Store struct {
+	dir        string
+	blobsDir   string
+	uploadsDir string
+	tmpDir     string
+	ttl        time.Duration
+	grace      time.Duration
+	log        *zap.Logger
+	db         *badger.DB
+	now        func() time.Time // the clock of session times; tests move it
+
+	// gcMu orders blob removal against linking: GC removes a file only
+	// under the write lock after re-checking that nothing links it, and
+	// every "the blob exists, now link it" sequence holds the read lock, so
+	// a link never points at a file GC is about to remove.
+	gcMu sync.RWMutex
+
+	// sessions serialises work on one upload session.
+	sessMu   sync.Mutex
+	sessions map[string]*sessionLock
+
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+const (
+	defaultUploadTTL = 24 * time.Hour
+	defaultGCGrace   = time.Hour
+)
+
+// Open opens (creating if needed) the store in opts.Dir.
+func Open(opts Options) (*Store, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("cache: no directory")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Store{
+		dir:        opts.Dir,
+		blobsDir:   filepath.Join(opts.Dir, "blobs"),
+		uploadsDir: filepath.Join(opts.Dir, "uploads"),
+		tmpDir:     filepath.Join(opts.Dir, "tmp"),
+		ttl:        opts.UploadTTL,
+		grace:      opts.GCGrace,
+		log:        log,
+		sessions:   map[string]*sessionLock{},
+		stop:       make(chan struct{}),
+		now:        time.Now,
+	}
+	if s.ttl <= 0 {
+		s.ttl = defaultUploadTTL
+	}
+	if s.grace <= 0 {
+		s.grace = defaultGCGrace
+	}
+	// The fan-out folders are made once here so a commit only renames.
+	dirs := []string{s.uploadsDir, s.tmpDir}
+	for _, alg := range []Algorithm{SHA256, SHA512} {
+		for i := 0; i < 256; i++ {
+			dirs = append(dirs, filepath.Join(s.blobsDir, string(alg), fmt.Sprintf("%02x", i)))
+		}
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("cache: %w", err)
+		}
+	}
+
+	bo := badger.DefaultOptions(filepath.Join(opts.Dir, "meta")).
+		WithLogger(badgerLogger{log.Named("badger")}).
+		WithSyncWrites(true).
+		WithMetricsEnabled(false).
+		// Metadata is small; keep badger's memory well under the process
+		// budget (defaults would take several hundred MiB).
+		WithMemTableSize(8 << 20).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(2 << 20).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(4 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithValueThreshold(64 << 10).
+		WithNumCompactors(2).
+		WithNumGoroutines(2)
+	db, err := badger.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("cache: open metadata: %w", err)
+	}
+	s.db = db
+
+	if err := s.recoverUploads(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if opts.GCInterval > 0 {
+		s.wg.Add(1)
+		go s.gcLoop(opts.GCInterval)
+	}
+	return s, nil
+}
+
+// Close stops background work and closes badger.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.wg.Wait()
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("cache: close metadata: %w", err)
+		}
+	})
+	return s.closeErr
+}
+
+// update runs fn in a read-write transaction, retrying when a concurrent
+// transaction touched the same keys.
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	var err error
+	for range 16 {
+		err = s.db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+	}
+	return err
+}
+
+// blobPath is where the committed blob d lives. d must be valid.
+func (s *Store) blobPath(d Digest) string {
+	return filepath.Join(s.blobsDir, string(d.Algorithm), d.Hex[:2], d.Hex)
+}
+
+// syncDir makes a rename or create in dir durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// checkDigest guards every path and key built from a Digest: the fields
+// are exported, so a Digest that did not come from ParseDigest is checked
+// again before it names a file.
+func checkDigest(d Digest) error {
+	if d.Algorithm.hexLen() == 0 || len(d.Hex) != d.Algorithm.hexLen() {
+		return fmt.Errorf("%w: %q", ErrDigestInvalid, d.String())
+	}
+	for i := 0; i < len(d.Hex); i++ {
+		c := d.Hex[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return fmt.Errorf("%w: %q", ErrDigestInvalid, d.String())
+		}
+	}
+	return nil
+}
+
+// badgerLogger sends badger's chatter to zap: errors and warnings as
+// warnings, the rest at debug so a running server stays quiet.
+type badgerLogger struct{ l *zap.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Warn(line(f, a)) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(line(f, a)) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(line(f, a)) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(line(f, a)) }
+
+func line(f string, a []any) string { return strings.TrimSpace(fmt.Sprintf(f, a...)) }

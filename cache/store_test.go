@@ -1,0 +1,99 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func openStore(t testing.TB, opts Options) *Store {
+	t.Helper()
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func digestOf(b []byte) Digest { return FromBytes(SHA256, b) }
+
+func mustPut(t testing.TB, s *Store, b []byte) Digest {
+	t.Helper()
+	d := digestOf(b)
+	if _, err := s.PutBlob(d, int64(len(b)), bytes.NewReader(b)); err != nil {
+		t.Fatalf("PutBlob: %v", err)
+	}
+	return d
+}
+
+func mustLink(t testing.TB, s *Store, repo string, d Digest) {
+	t.Helper()
+	if err := s.LinkBlob(repo, d); err != nil {
+		t.Fatalf("LinkBlob(%s): %v", repo, err)
+	}
+}
+
+func dirEntries(t testing.TB, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func wantErr(t testing.TB, what string, got, want error) {
+	t.Helper()
+	if want == nil && got != nil || want != nil && !errors.Is(got, want) {
+		t.Fatalf("%s: got error %v, want %v", what, got, want)
+	}
+}
+
+// age puts a file's mtime in the past, as if written long ago.
+func age(t testing.TB, path string, d time.Duration) {
+	t.Helper()
+	old := time.Now().Add(-d)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenLayout(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openStore(t, Options{Dir: dir})
+	for _, sub := range []string{"blobs/sha256/00", "blobs/sha512/ff", "uploads", "tmp", "meta"} {
+		if fi, err := os.Stat(filepath.Join(dir, sub)); err != nil || !fi.IsDir() {
+			t.Errorf("%s: %v", sub, err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := Open(Options{}); err == nil {
+		t.Fatal("Open without a directory succeeded")
+	}
+}
+
+func TestBackgroundLoopStopsOnClose(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{GCInterval: time.Millisecond})
+	mustPut(t, s, []byte("x"))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,468 @@
+package cache
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+)
+
+// uploadRecord is what up/<id> holds. SHA256State is the marshalled
+// sha256 state over the first Size bytes, so a session resumes hashing
+// after a restart without re-reading its data.
+type uploadRecord struct {
+	ID          string    `json:"id"`
+	Repo        string    `json:"repo"`
+	Size        int64     `json:"size"`
+	Started     time.Time `json:"started"`
+	Updated     time.Time `json:"updated"`
+	SHA256State []byte    `json:"sha256State"`
+}
+
+func (r uploadRecord) upload() Upload {
+	return Upload{ID: r.ID, Repo: r.Repo, Size: r.Size, Started: r.Started, Updated: r.Updated}
+}
+
+// sessionLock serialises the work on one session; refs counts holders and
+// waiters so the map entry goes when nobody needs it.
+type sessionLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// lockSession takes the lock of session id. With try it does not wait and
+// reports false when someone else holds it.
+func (s *Store) lockSession(id string, try bool) (unlock func(), ok bool) {
+	s.sessMu.Lock()
+	l := s.sessions[id]
+	if l == nil {
+		l = &sessionLock{}
+		s.sessions[id] = l
+	}
+	l.refs++
+	s.sessMu.Unlock()
+	release := func() {
+		s.sessMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.sessions, id)
+		}
+		s.sessMu.Unlock()
+	}
+	if try {
+		if !l.mu.TryLock() {
+			release()
+			return nil, false
+		}
+	} else {
+		l.mu.Lock()
+	}
+	return func() { l.mu.Unlock(); release() }, true
+}
+
+// validID reports whether id has the form NewUpload gives, which also
+// makes it safe as a file name.
+func validID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) uploadPath(id string) string { return filepath.Join(s.uploadsDir, id) }
+
+func sha256State(h io.Writer) ([]byte, error) {
+	m, ok := h.(encoding.BinaryMarshaler)
+	if !ok {
+		return nil, errors.New("sha256 state cannot be saved")
+	}
+	return m.MarshalBinary()
+}
+
+func restoreSHA256(state []byte) (hash.Hash, error) {
+	h := sha256.New()
+	u, ok := h.(encoding.BinaryUnmarshaler)
+	if !ok {
+		return nil, errors.New("sha256 state cannot be restored")
+	}
+	if err := u.UnmarshalBinary(state); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// NewUpload starts a session for repo with a random, unguessable ID.
+func (s *Store) NewUpload(repo string) (Upload, error) {
+	if err := checkName("repository", repo); err != nil {
+		return Upload{}, err
+	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return Upload{}, fmt.Errorf("cache: random: %w", err)
+	}
+	id := hex.EncodeToString(b[:])
+	state, err := sha256State(sha256.New())
+	if err != nil {
+		return Upload{}, fmt.Errorf("cache: %w", err)
+	}
+	now := s.now().UTC()
+	rec := uploadRecord{ID: id, Repo: repo, Started: now, Updated: now, SHA256State: state}
+
+	f, err := os.OpenFile(s.uploadPath(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return Upload{}, fmt.Errorf("cache: create upload: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return Upload{}, fmt.Errorf("cache: create upload: %w", err)
+	}
+	if err := syncDir(s.uploadsDir); err != nil {
+		os.Remove(s.uploadPath(id))
+		return Upload{}, fmt.Errorf("cache: create upload: %w", err)
+	}
+	if err := s.saveUpload(rec); err != nil {
+		os.Remove(s.uploadPath(id))
+		return Upload{}, err
+	}
+	return rec.upload(), nil
+}
+
+func (s *Store) saveUpload(rec uploadRecord) error {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("cache: encode upload: %w", err)
+	}
+	if err := s.update(func(txn *badger.Txn) error { return txn.Set(uploadKey(rec.ID), val) }); err != nil {
+		return fmt.Errorf("cache: save upload: %w", err)
+	}
+	return nil
+}
+
+// readUpload returns the stored record of id whatever its repository or age.
+func (s *Store) readUpload(id string) (uploadRecord, error) {
+	var rec uploadRecord
+	if !validID(id) {
+		return rec, fmt.Errorf("%w: %q", ErrUploadUnknown, id)
+	}
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(uploadKey(id))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("%w: %s", ErrUploadUnknown, id)
+		}
+		if err != nil {
+			return fmt.Errorf("cache: read upload: %w", err)
+		}
+		return item.Value(func(v []byte) error {
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("cache: decode upload %s: %w", id, err)
+			}
+			return nil
+		})
+	})
+	return rec, err
+}
+
+// loadUpload is readUpload for a caller acting in repo: a session of
+// another repository or past its TTL is unknown.
+func (s *Store) loadUpload(repo, id string) (uploadRecord, error) {
+	rec, err := s.readUpload(id)
+	if err != nil {
+		return rec, err
+	}
+	if rec.Repo != repo {
+		return uploadRecord{}, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, repo)
+	}
+	if s.expired(rec, s.now()) {
+		return uploadRecord{}, fmt.Errorf("%w: %s expired", ErrUploadUnknown, id)
+	}
+	return rec, nil
+}
+
+func (s *Store) expired(rec uploadRecord, now time.Time) bool {
+	return now.Sub(rec.Updated) > s.ttl
+}
+
+// removeUpload drops a session's record and data.
+func (s *Store) removeUpload(id string) error {
+	err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) })
+	if err != nil {
+		return fmt.Errorf("cache: remove upload: %w", err)
+	}
+	if err := os.Remove(s.uploadPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cache: remove upload data: %w", err)
+	}
+	return nil
+}
+
+// openData opens the session's data file and brings it back to the
+// recorded size: longer means a chunk was cut off (crash or broken
+// connection) and is dropped; shorter or missing means the session lost
+// data it had accounted for and cannot continue, so it is removed.
+// The caller holds the session lock.
+func (s *Store) openData(rec uploadRecord) (*os.File, error) {
+	f, err := os.OpenFile(s.uploadPath(rec.ID), os.O_RDWR, 0)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("cache: open upload: %w", err)
+	}
+	var size int64 = -1
+	if err == nil {
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("cache: stat upload: %w", err)
+		}
+		size = fi.Size()
+	}
+	switch {
+	case size < rec.Size:
+		if f != nil {
+			f.Close()
+		}
+		s.log.Warn("upload session lost data; removing it",
+			zap.String("repo", rec.Repo), zap.String("upload", rec.ID),
+			zap.Int64("recorded", rec.Size), zap.Int64("on_disk", size))
+		if err := s.removeUpload(rec.ID); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %s lost its data", ErrUploadUnknown, rec.ID)
+	case size > rec.Size:
+		if err := f.Truncate(rec.Size); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("cache: truncate upload: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// recoverUploads runs at Open, before any request: every session's data
+// is brought back to its recorded size.
+func (s *Store) recoverUploads() error {
+	var recs []uploadRecord
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pUpload), PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var rec uploadRecord
+			err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) })
+			if err != nil || !validID(rec.ID) || string(it.Item().Key()) != pUpload+rec.ID {
+				s.log.Warn("dropping unreadable upload record", zap.ByteString("key", it.Item().Key()), zap.Error(err))
+				continue
+			}
+			recs = append(recs, rec)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cache: scan uploads: %w", err)
+	}
+	for _, rec := range recs {
+		f, err := s.openData(rec)
+		if errors.Is(err, ErrUploadUnknown) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	return nil
+}
+
+// GetUpload returns the session id of repo. ErrUploadUnknown when it does
+// not exist, has expired, or belongs to another repository.
+func (s *Store) GetUpload(repo, id string) (Upload, error) {
+	rec, err := s.loadUpload(repo, id)
+	if err != nil {
+		return Upload{}, err
+	}
+	return rec.upload(), nil
+}
+
+// AppendUpload appends r to the session if offset equals the session's
+// current size (ErrOffsetMismatch otherwise, nothing written). The hash
+// state and new size are persisted when the chunk completes, so a
+// restart resumes at the last complete chunk; bytes from a chunk cut off
+// mid-way are discarded. Concurrent appends to one session are serialised;
+// the second sees ErrOffsetMismatch. Returns the new session state.
+func (s *Store) AppendUpload(repo, id string, offset int64, r io.Reader) (Upload, error) {
+	if !validID(id) {
+		return Upload{}, fmt.Errorf("%w: %q", ErrUploadUnknown, id)
+	}
+	unlock, ok := s.lockSession(id, true)
+	if !ok {
+		return Upload{}, fmt.Errorf("%w: another chunk of %s is being written", ErrOffsetMismatch, id)
+	}
+	defer unlock()
+	rec, err := s.loadUpload(repo, id)
+	if err != nil {
+		return Upload{}, err
+	}
+	if offset != rec.Size {
+		return Upload{}, fmt.Errorf("%w: offset %d, session at %d", ErrOffsetMismatch, offset, rec.Size)
+	}
+	h, err := restoreSHA256(rec.SHA256State)
+	if err != nil {
+		s.log.Warn("upload session has a bad hash state; removing it",
+			zap.String("repo", repo), zap.String("upload", id), zap.Error(err))
+		if rerr := s.removeUpload(id); rerr != nil {
+			return Upload{}, rerr
+		}
+		return Upload{}, fmt.Errorf("%w: %s is damaged", ErrUploadUnknown, id)
+	}
+	f, err := s.openData(rec)
+	if err != nil {
+		return Upload{}, err
+	}
+	n, err := s.appendData(f, rec.Size, h, r)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("cache: close upload: %w", cerr)
+	}
+	if err != nil {
+		return Upload{}, err
+	}
+	state, err := sha256State(h)
+	if err != nil {
+		return Upload{}, fmt.Errorf("cache: %w", err)
+	}
+	rec.Size += n
+	rec.Updated = s.now().UTC()
+	rec.SHA256State = state
+	if err := s.saveUpload(rec); err != nil {
+		// The file holds bytes the record does not count; the next append
+		// or a restart truncates them.
+		return Upload{}, err
+	}
+	return rec.upload(), nil
+}
+
+// appendData writes r at offset at, hashing sha256 along, and syncs. On
+// any error the chunk is cut off again, so the file matches the record.
+func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int64, error) {
+	fail := func(what string, err error) (int64, error) {
+		if terr := f.Truncate(at); terr != nil {
+			s.log.Warn("cut off failed chunk", zap.String("file", f.Name()), zap.Error(terr))
+		}
+		return 0, fmt.Errorf("cache: %s: %w", what, err)
+	}
+	if _, err := f.Seek(at, io.SeekStart); err != nil {
+		return fail("seek upload", err)
+	}
+	n, err := copyBuf(io.MultiWriter(f, h), r)
+	if err != nil {
+		return fail("append upload", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail("sync upload", err)
+	}
+	return n, nil
+}
+
+// CommitUpload finishes the session: the data must hash to want
+// (ErrDigestMismatch otherwise; the session stays so the client may
+// retry or cancel), then it is fsynced and renamed into the content store,
+// linked to repo, and the session is removed. sha256 is hashed
+// incrementally during appends; other algorithms are computed at commit.
+func (s *Store) CommitUpload(repo, id string, want Digest) (BlobInfo, error) {
+	if err := checkDigest(want); err != nil {
+		return BlobInfo{}, err
+	}
+	if !validID(id) {
+		return BlobInfo{}, fmt.Errorf("%w: %q", ErrUploadUnknown, id)
+	}
+	unlock, _ := s.lockSession(id, false)
+	defer unlock()
+	rec, err := s.loadUpload(repo, id)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	f, err := s.openData(rec)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	got, err := s.digestData(f, rec, want.Algorithm)
+	if err == nil {
+		// Appends synced already; this covers a truncate by openData.
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return BlobInfo{}, fmt.Errorf("cache: commit upload: %w", err)
+	}
+	if got != want {
+		return BlobInfo{}, fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, want, got)
+	}
+
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	if err := s.installLocked(s.uploadPath(id), want); err != nil {
+		return BlobInfo{}, err
+	}
+	err = s.update(func(txn *badger.Txn) error {
+		if err := setAll(txn, repoKey(repo), blobLinkKey(repo, want), blobRevKey(want, repo)); err != nil {
+			return err
+		}
+		return txn.Delete(uploadKey(id))
+	})
+	if err != nil {
+		// The blob is in the store but unlinked (GC takes it after the
+		// grace period); the session has no data any more.
+		return BlobInfo{}, fmt.Errorf("cache: link upload: %w", err)
+	}
+	info, err := s.StatBlob(want)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	return info, nil
+}
+
+// digestData returns the digest of the session's data under alg: sha256
+// from the state kept during appends, anything else by reading the file.
+func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest, error) {
+	if alg == SHA256 {
+		h, err := restoreSHA256(rec.SHA256State)
+		if err != nil {
+			return Digest{}, err
+		}
+		return FromHash(alg, h), nil
+	}
+	h := alg.New()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return Digest{}, err
+	}
+	if _, err := copyBuf(h, io.LimitReader(f, rec.Size)); err != nil {
+		return Digest{}, err
+	}
+	return FromHash(alg, h), nil
+}
+
+// CancelUpload removes the session and its data. ErrUploadUnknown if absent.
+func (s *Store) CancelUpload(repo, id string) error {
+	if !validID(id) {
+		return fmt.Errorf("%w: %q", ErrUploadUnknown, id)
+	}
+	unlock, _ := s.lockSession(id, false)
+	defer unlock()
+	if _, err := s.loadUpload(repo, id); err != nil {
+		return err
+	}
+	return s.removeUpload(id)
+}

@@ -1,0 +1,88 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// parseDigestArg parses a digest from the URL or a query parameter; a bad
+// one is the client's mistake.
+func parseDigestArg(s string) (cache.Digest, error) {
+	d, err := cache.ParseDigest(s)
+	if err != nil {
+		if errors.Is(err, cache.ErrDigestUnsupported) {
+			return cache.Digest{}, errDigestInvalid("unsupported digest algorithm", err)
+		}
+		return cache.Digest{}, errDigestInvalid("invalid digest", err)
+	}
+	return d, nil
+}
+
+// blobGet serves GET and HEAD of /v2/<name>/blobs/<digest> from the file,
+// through http.ServeContent so Range, conditional requests and sendfile
+// all work.
+func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) error {
+	d, err := parseDigestArg(rc.arg)
+	if err != nil {
+		return err
+	}
+	info, err := h.cfg.Store.HasBlob(rc.name, d)
+	if err != nil {
+		if errors.Is(err, cache.ErrBlobUnknown) {
+			return errBlobUnknown(err)
+		}
+		return errInternal(err)
+	}
+	f, err := h.cfg.Store.OpenBlob(d)
+	if err != nil {
+		if errors.Is(err, cache.ErrBlobUnknown) {
+			// collected between the link check and the open
+			return errBlobUnknown(err)
+		}
+		return errInternal(err)
+	}
+	defer f.Close()
+
+	hd := w.Header()
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("ETag", `"`+d.String()+`"`)
+	// Content is immutable under its digest.
+	hd.Set("Cache-Control", "max-age=31536000")
+
+	if rh := r.Header.Get("Range"); rh != "" {
+		_, err := ParseRange(rh, info.Size)
+		switch {
+		case errors.Is(err, ErrRangeUnit):
+			r.Header.Del("Range")
+		case err != nil:
+			hd.Del("Content-Type")
+			return newError(http.StatusRequestedRangeNotSatisfiable, CodeRangeInvalid,
+				"requested range not satisfiable", err).
+				withHeader("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
+		}
+	}
+	http.ServeContent(w, r, "", info.ModTime, f)
+	return nil
+}
+
+// blobDelete removes the blob from this repository only; the content stays
+// for the other repositories that link it until GC.
+func (h *Handler) blobDelete(w http.ResponseWriter, r *http.Request, rc *request) error {
+	d, err := parseDigestArg(rc.arg)
+	if err != nil {
+		return err
+	}
+	if err := h.cfg.Store.UnlinkBlob(rc.name, d); err != nil {
+		if errors.Is(err, cache.ErrBlobUnknown) {
+			return errBlobUnknown(err)
+		}
+		return errInternal(err)
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}

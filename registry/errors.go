@@ -1,0 +1,169 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// Error codes of the distribution spec (plus the few that the reference
+// implementation added and clients know).
+const (
+	CodeBlobUnknown         = "BLOB_UNKNOWN"
+	CodeBlobUploadInvalid   = "BLOB_UPLOAD_INVALID"
+	CodeBlobUploadUnknown   = "BLOB_UPLOAD_UNKNOWN"
+	CodeDigestInvalid       = "DIGEST_INVALID"
+	CodeManifestBlobUnknown = "MANIFEST_BLOB_UNKNOWN"
+	CodeManifestInvalid     = "MANIFEST_INVALID"
+	CodeManifestUnknown     = "MANIFEST_UNKNOWN"
+	CodeNameInvalid         = "NAME_INVALID"
+	CodeNameUnknown         = "NAME_UNKNOWN"
+	CodeSizeInvalid         = "SIZE_INVALID"
+	CodeUnauthorized        = "UNAUTHORIZED"
+	CodeDenied              = "DENIED"
+	CodeUnsupported         = "UNSUPPORTED"
+	CodeTooManyRequests     = "TOOMANYREQUESTS"
+	CodeRangeInvalid        = "RANGE_INVALID"
+	CodeTagInvalid          = "TAG_INVALID"
+	CodePaginationInvalid   = "PAGINATION_NUMBER_INVALID"
+	CodeNotFound            = "NOT_FOUND"
+	CodeUnknown             = "UNKNOWN"
+)
+
+// Error is a protocol error: what the client gets in the JSON envelope and
+// the status line. Handlers return it; only writeError renders it.
+type Error struct {
+	Code    string
+	Status  int
+	Message string
+	// Detail is sent to the client as the envelope's "detail"; nil omits it.
+	Detail any
+	// Err is the cause, logged and never sent.
+	Err error
+	// Header holds extra response headers (Range and Location on a 416
+	// of an upload, Allow on a 405, Content-Range on a blob 416).
+	Header http.Header
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Code + ": " + e.Message + ": " + e.Err.Error()
+	}
+	return e.Code + ": " + e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// withHeader returns e with one more response header set.
+func (e *Error) withHeader(k, v string) *Error {
+	if e.Header == nil {
+		e.Header = http.Header{}
+	}
+	e.Header.Set(k, v)
+	return e
+}
+
+func newError(status int, code, msg string, cause error) *Error {
+	return &Error{Code: code, Status: status, Message: msg, Err: cause}
+}
+
+func errBlobUnknown(cause error) *Error {
+	return newError(http.StatusNotFound, CodeBlobUnknown, "blob unknown to registry", cause)
+}
+
+func errManifestUnknown(cause error) *Error {
+	return newError(http.StatusNotFound, CodeManifestUnknown, "manifest unknown", cause)
+}
+
+func errUploadUnknown(cause error) *Error {
+	return newError(http.StatusNotFound, CodeBlobUploadUnknown, "blob upload unknown to registry", cause)
+}
+
+func errDigestInvalid(msg string, cause error) *Error {
+	return newError(http.StatusBadRequest, CodeDigestInvalid, msg, cause)
+}
+
+func errManifestInvalid(msg string, cause error) *Error {
+	return newError(http.StatusBadRequest, CodeManifestInvalid, msg, cause)
+}
+
+// errInternal classifies a store failure the handler did not expect. The
+// store's ErrNameInvalid is a name or tag it cannot key: the client's
+// mistake even if the grammar checks should have caught it first.
+func errInternal(cause error) *Error {
+	if errors.Is(cause, cache.ErrNameInvalid) {
+		return newError(http.StatusBadRequest, CodeNameInvalid, "invalid name", cause)
+	}
+	return newError(http.StatusInternalServerError, CodeUnknown, "internal error", cause)
+}
+
+type envelope struct {
+	Errors []envelopeError `json:"errors"`
+}
+
+type envelopeError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Detail  any    `json:"detail,omitempty"`
+}
+
+// writeError is the one place an error becomes a response: the status, the
+// JSON envelope and a log line with the repository, operation and reason.
+// Anything that is not an *Error is an internal failure (500): client
+// mistakes are always classified by the handlers.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request, err error) {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = errInternal(err)
+	}
+	level := zapcore.InfoLevel
+	switch {
+	case e.Status >= 500:
+		level = zapcore.ErrorLevel
+	case r.Method == http.MethodHead && e.Status == http.StatusNotFound:
+		// Existence checks before a push: routine, and the client gets no
+		// body anyway.
+		level = zapcore.DebugLevel
+	}
+	if ce := h.cfg.Logger.Check(level, "registry error"); ce != nil {
+		reason := e.Message
+		if e.Err != nil {
+			reason = e.Err.Error()
+		}
+		ce.Write(
+			zap.String("repo", rc.name),
+			zap.String("op", rc.op),
+			zap.String("code", e.Code),
+			zap.Int("status", e.Status),
+			zap.String("reason", reason),
+			zap.String("method", r.Method),
+			zap.String("uri", r.RequestURI),
+		)
+	}
+	body, mErr := json.Marshal(envelope{Errors: []envelopeError{{Code: e.Code, Message: e.Message, Detail: e.Detail}}})
+	if mErr != nil {
+		// Detail came from us; a value that does not marshal is a bug,
+		// but the client still gets a well-formed envelope.
+		body, _ = json.Marshal(envelope{Errors: []envelopeError{{Code: e.Code, Message: e.Message}}})
+	}
+	hd := w.Header()
+	for k, v := range e.Header {
+		hd[k] = v
+	}
+	hd.Set("Content-Type", "application/json; charset=utf-8")
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	// Headers a success path may have set before failing do not belong
+	// on an error.
+	hd.Del("Docker-Content-Digest")
+	hd.Del("ETag")
+	w.WriteHeader(e.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}

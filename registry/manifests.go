@@ -1,0 +1,347 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// Manifest media types the registry knows the shape of. Others are stored
+// as long as they are JSON objects, and their descriptors are checked by the
+// same rules.
+const (
+	MediaTypeOCIManifest        = "application/vnd.oci.image.manifest.v1+json"
+	MediaTypeOCIIndex           = "application/vnd.oci.image.index.v1+json"
+	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+// descriptor is the part of an OCI descriptor the registry looks at.
+type descriptor struct {
+	MediaType    string            `json:"mediaType"`
+	Digest       string            `json:"digest"`
+	Size         int64             `json:"size"`
+	URLs         []string          `json:"urls,omitempty"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+}
+
+// manifestDoc covers image manifests, indexes and their Docker forms.
+type manifestDoc struct {
+	SchemaVersion int               `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	ArtifactType  string            `json:"artifactType"`
+	Config        *descriptor       `json:"config"`
+	Layers        []descriptor      `json:"layers"`
+	Manifests     []descriptor      `json:"manifests"`
+	Subject       *descriptor       `json:"subject"`
+	Annotations   map[string]string `json:"annotations"`
+}
+
+// resolve turns a manifest reference into a digest in rc.name.
+func (h *Handler) resolve(rc *request) (cache.Digest, error) {
+	ref, err := ParseReference(rc.arg)
+	if err != nil {
+		return cache.Digest{}, referenceError(err)
+	}
+	if ref.IsDigest() {
+		return ref.Digest, nil
+	}
+	d, err := h.cfg.Store.ResolveTag(rc.name, ref.Tag)
+	if err != nil {
+		if errors.Is(err, cache.ErrTagUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
+			return cache.Digest{}, errManifestUnknown(err)
+		}
+		return cache.Digest{}, errInternal(err)
+	}
+	return d, nil
+}
+
+func referenceError(err error) *Error {
+	if errors.Is(err, ErrTagInvalid) {
+		return newError(http.StatusBadRequest, CodeTagInvalid, "invalid tag", err)
+	}
+	return errDigestInvalid("invalid digest", err)
+}
+
+// manifestGet serves GET and HEAD by tag or digest, byte for byte as
+// pushed, with the media type it was pushed with. Accept is not used to
+// convert: a registry that converts breaks digests.
+func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *request) error {
+	d, err := h.resolve(rc)
+	if err != nil {
+		return err
+	}
+	var m cache.Manifest
+	var body []byte
+	if r.Method == http.MethodHead {
+		m, err = h.cfg.Store.StatManifest(rc.name, d)
+	} else {
+		m, body, err = h.cfg.Store.GetManifest(rc.name, d)
+	}
+	if err != nil {
+		if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
+			return errManifestUnknown(err)
+		}
+		return errInternal(err)
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", m.MediaType)
+	hd.Set("Docker-Content-Digest", m.Digest.String())
+	hd.Set("ETag", `"`+m.Digest.String()+`"`)
+	hd.Set("Content-Length", strconv.FormatInt(m.Size, 10))
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, m.Digest.String()) {
+		hd.Del("Content-Type")
+		hd.Del("Content-Length")
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	return nil
+}
+
+func etagMatches(header, digest string) bool {
+	for v := range strings.SplitSeq(header, ",") {
+		v = strings.TrimSpace(v)
+		v = strings.TrimPrefix(v, "W/")
+		if v == "*" || strings.Trim(v, `"`) == digest {
+			return true
+		}
+	}
+	return false
+}
+
+// manifestPut stores a manifest under its digest and points the reference
+// tag (if the URL names one) and every ?tag= at it.
+func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *request) error {
+	ref, err := ParseReference(rc.arg)
+	if err != nil {
+		return referenceError(err)
+	}
+	var tags []string
+	if !ref.IsDigest() {
+		tags = append(tags, ref.Tag)
+	}
+	for _, t := range r.URL.Query()["tag"] {
+		if !ValidTag(t) {
+			return newError(http.StatusBadRequest, CodeTagInvalid, "invalid tag parameter", fmt.Errorf("%w: %q", ErrTagInvalid, t))
+		}
+		if !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+
+	limit := h.cfg.MaxManifestSize
+	if r.ContentLength > limit {
+		return manifestTooLarge(limit)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return newError(http.StatusBadRequest, CodeManifestInvalid, "reading manifest failed", err)
+	}
+	if int64(len(body)) > limit {
+		return manifestTooLarge(limit)
+	}
+
+	alg := cache.SHA256
+	if ref.IsDigest() {
+		alg = ref.Digest.Algorithm
+	}
+	d := cache.FromBytes(alg, body)
+	if ref.IsDigest() && d != ref.Digest {
+		return errDigestInvalid("manifest does not match the digest in the URL",
+			fmt.Errorf("computed %s, URL has %s", d, ref.Digest))
+	}
+
+	m, err := h.checkManifest(rc, r.Header.Get("Content-Type"), body)
+	if err != nil {
+		return err
+	}
+	m.Digest = d
+	m.Size = int64(len(body))
+	if err := h.cfg.Store.PutManifest(rc.name, m, body, tags); err != nil {
+		if errors.Is(err, cache.ErrDigestMismatch) {
+			return errDigestInvalid("manifest does not match digest", err)
+		}
+		return errInternal(err)
+	}
+
+	hd := w.Header()
+	hd.Set("Location", rc.base+"/manifests/"+d.String())
+	hd.Set("Docker-Content-Digest", d.String())
+	if !m.Subject.IsZero() {
+		hd.Set("OCI-Subject", m.Subject.String())
+	}
+	for _, t := range tags {
+		hd.Add("OCI-Tag", t)
+	}
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+func manifestTooLarge(limit int64) *Error {
+	return newError(http.StatusRequestEntityTooLarge, CodeSizeInvalid,
+		fmt.Sprintf("manifest exceeds the limit of %d bytes", limit), nil)
+}
+
+// checkManifest validates a pushed manifest and extracts what the store
+// keeps about it. Everything it rejects is the client's mistake (400).
+func (h *Handler) checkManifest(rc *request, contentType string, body []byte) (cache.Manifest, error) {
+	var doc manifestDoc
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&doc); err != nil {
+		return cache.Manifest{}, errManifestInvalid("manifest is not a valid JSON object", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return cache.Manifest{}, errManifestInvalid("trailing data after the manifest", err)
+	}
+	if doc.SchemaVersion != 2 {
+		return cache.Manifest{}, errManifestInvalid(
+			fmt.Sprintf("schemaVersion %d is not supported", doc.SchemaVersion), nil)
+	}
+
+	mt := ""
+	if contentType != "" {
+		base, _, err := mime.ParseMediaType(contentType)
+		if err != nil {
+			return cache.Manifest{}, errManifestInvalid("invalid Content-Type", err)
+		}
+		mt = base
+	}
+	switch {
+	case doc.MediaType != "" && mt != "" && doc.MediaType != mt:
+		return cache.Manifest{}, errManifestInvalid(
+			fmt.Sprintf("mediaType %q in the manifest disagrees with Content-Type %q", doc.MediaType, mt), nil)
+	case mt == "" && doc.MediaType != "":
+		mt = doc.MediaType
+	case mt == "" && doc.Manifests != nil:
+		mt = MediaTypeOCIIndex
+	case mt == "":
+		mt = MediaTypeOCIManifest
+	}
+
+	m := cache.Manifest{MediaType: mt, Annotations: doc.Annotations}
+	isIndex := mt == MediaTypeOCIIndex || mt == MediaTypeDockerManifestList ||
+		(doc.Manifests != nil && doc.Config == nil && doc.Layers == nil)
+	if isIndex {
+		m.ArtifactType = doc.ArtifactType
+		for i, c := range doc.Manifests {
+			cd, err := cache.ParseDigest(c.Digest)
+			if err != nil {
+				return cache.Manifest{}, descriptorError(fmt.Sprintf("manifests[%d]", i), c, err)
+			}
+			if _, err := h.cfg.Store.StatManifest(rc.name, cd); err != nil {
+				if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
+					return cache.Manifest{}, manifestBlobUnknown(cd, err)
+				}
+				return cache.Manifest{}, errInternal(err)
+			}
+		}
+	} else {
+		if mt == MediaTypeOCIManifest || mt == MediaTypeDockerManifest {
+			if doc.Config == nil {
+				return cache.Manifest{}, errManifestInvalid("image manifest without config", nil)
+			}
+		}
+		m.ArtifactType = doc.ArtifactType
+		if m.ArtifactType == "" && doc.Config != nil {
+			m.ArtifactType = doc.Config.MediaType
+		}
+		check := func(where string, b descriptor) error {
+			if foreign(b) {
+				return nil
+			}
+			bd, err := cache.ParseDigest(b.Digest)
+			if err != nil {
+				return descriptorError(where, b, err)
+			}
+			if _, err := h.cfg.Store.HasBlob(rc.name, bd); err != nil {
+				if errors.Is(err, cache.ErrBlobUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
+					return manifestBlobUnknown(bd, err)
+				}
+				return errInternal(err)
+			}
+			return nil
+		}
+		if doc.Config != nil {
+			if err := check("config", *doc.Config); err != nil {
+				return cache.Manifest{}, err
+			}
+		}
+		for i, l := range doc.Layers {
+			if err := check(fmt.Sprintf("layers[%d]", i), l); err != nil {
+				return cache.Manifest{}, err
+			}
+		}
+	}
+	if doc.Subject != nil {
+		sd, err := cache.ParseDigest(doc.Subject.Digest)
+		if err != nil {
+			return cache.Manifest{}, descriptorError("subject", *doc.Subject, err)
+		}
+		m.Subject = sd
+	}
+	return m, nil
+}
+
+// foreign reports whether a layer is not expected in the registry:
+// non-distributable media types, and any descriptor that says where else
+// to fetch it.
+func foreign(d descriptor) bool {
+	return len(d.URLs) > 0 ||
+		strings.Contains(d.MediaType, ".nondistributable.") ||
+		strings.Contains(d.MediaType, ".foreign.")
+}
+
+func descriptorError(where string, d descriptor, err error) *Error {
+	if errors.Is(err, cache.ErrDigestUnsupported) {
+		// Well formed, but content under it cannot be held here.
+		e := newError(http.StatusBadRequest, CodeManifestBlobUnknown,
+			where+": digest algorithm not supported", err)
+		e.Detail = map[string]string{"digest": d.Digest}
+		return e
+	}
+	return errManifestInvalid(where+": invalid digest", err)
+}
+
+func manifestBlobUnknown(d cache.Digest, err error) *Error {
+	e := newError(http.StatusBadRequest, CodeManifestBlobUnknown, "manifest references content unknown to the repository", err)
+	e.Detail = map[string]string{"digest": d.String()}
+	return e
+}
+
+// manifestDelete deletes by digest (the manifest, its tags and its
+// referrer entry) or by tag (only the tag).
+func (h *Handler) manifestDelete(w http.ResponseWriter, r *http.Request, rc *request) error {
+	ref, err := ParseReference(rc.arg)
+	if err != nil {
+		return referenceError(err)
+	}
+	if ref.IsDigest() {
+		err = h.cfg.Store.DeleteManifest(rc.name, ref.Digest)
+	} else {
+		err = h.cfg.Store.DeleteTag(rc.name, ref.Tag)
+	}
+	if err != nil {
+		if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrTagUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
+			return errManifestUnknown(err)
+		}
+		return errInternal(err)
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}

@@ -1,0 +1,407 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+const (
+	mtManifest = "application/vnd.oci.image.manifest.v1+json"
+	mtIndex    = "application/vnd.oci.image.index.v1+json"
+)
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestManifestPutGetDelete(t *testing.T) {
+	tr := newTestRegistry(t)
+	body := tr.image("m/repo", "layer one", "layer two")
+	d := cache.FromBytes(cache.SHA256, body)
+
+	resp := tr.pushManifest("m/repo", "v1", mtManifest, body)
+	tr.wantStatus(resp, http.StatusCreated)
+	if got, want := resp.Header.Get("Location"), "/v2/m/repo/manifests/"+d.String(); got != want {
+		t.Errorf("Location %q, want %q", got, want)
+	}
+	if resp.Header.Get("Docker-Content-Digest") != d.String() {
+		t.Errorf("Docker-Content-Digest %q", resp.Header.Get("Docker-Content-Digest"))
+	}
+	if resp.Header.Get("OCI-Subject") != "" {
+		t.Errorf("OCI-Subject on a manifest without subject")
+	}
+
+	for _, ref := range []string{"v1", d.String()} {
+		for _, m := range []string{"GET", "HEAD"} {
+			resp := tr.do(m, "/v2/m/repo/manifests/"+ref, nil, "Accept", mtIndex)
+			tr.wantStatus(resp, http.StatusOK)
+			if m == "GET" && !bytes.Equal(resp.body, body) {
+				t.Errorf("%s %s: bytes differ", m, ref)
+			}
+			for h, want := range map[string]string{
+				"Content-Type":          mtManifest,
+				"Content-Length":        strconv.Itoa(len(body)),
+				"Docker-Content-Digest": d.String(),
+			} {
+				if got := resp.Header.Get(h); got != want {
+					t.Errorf("%s %s: %s %q, want %q", m, ref, h, got, want)
+				}
+			}
+		}
+	}
+
+	// PUT by digest with ?tag= sets every tag and echoes them.
+	resp = tr.do("PUT", "/v2/m/repo/manifests/"+d.String()+"?tag=a&tag=b&tag=a", body, "Content-Type", mtManifest)
+	tr.wantStatus(resp, http.StatusCreated)
+	if got := resp.Header.Values("OCI-Tag"); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("OCI-Tag %q", got)
+	}
+	resp = tr.do("PUT", "/v2/m/repo/manifests/c?tag=d", body, "Content-Type", mtManifest)
+	tr.wantStatus(resp, http.StatusCreated)
+	if got := resp.Header.Values("OCI-Tag"); !slices.Equal(got, []string{"c", "d"}) {
+		t.Errorf("OCI-Tag %q", got)
+	}
+	tags := tr.tags("m/repo", "")
+	if !slices.Equal(tags.Tags, []string{"a", "b", "c", "d", "v1"}) {
+		t.Errorf("tags %q", tags.Tags)
+	}
+
+	// Delete by tag removes only the tag.
+	tr.wantStatus(tr.do("DELETE", "/v2/m/repo/manifests/a", nil), http.StatusAccepted)
+	tr.wantError(tr.do("GET", "/v2/m/repo/manifests/a", nil), 404, CodeManifestUnknown)
+	tr.wantError(tr.do("DELETE", "/v2/m/repo/manifests/a", nil), 404, CodeManifestUnknown)
+	tr.wantStatus(tr.do("GET", "/v2/m/repo/manifests/b", nil), http.StatusOK)
+
+	// Delete by digest removes the manifest and its tags.
+	tr.wantStatus(tr.do("DELETE", "/v2/m/repo/manifests/"+d.String(), nil), http.StatusAccepted)
+	for _, ref := range []string{"b", "v1", d.String()} {
+		tr.wantError(tr.do("GET", "/v2/m/repo/manifests/"+ref, nil), 404, CodeManifestUnknown)
+		tr.wantError(tr.do("HEAD", "/v2/m/repo/manifests/"+ref, nil), 404, CodeManifestUnknown)
+	}
+	tr.wantError(tr.do("DELETE", "/v2/m/repo/manifests/"+d.String(), nil), 404, CodeManifestUnknown)
+	if tags := tr.tags("m/repo", ""); len(tags.Tags) != 0 {
+		t.Errorf("tags left after delete: %q", tags.Tags)
+	}
+}
+
+func TestManifestSHA512(t *testing.T) {
+	tr := newTestRegistry(t)
+	body := tr.image("s", "layer")
+	d := cache.FromBytes(cache.SHA512, body)
+	resp := tr.do("PUT", "/v2/s/manifests/"+d.String()+"?tag=t512", body, "Content-Type", mtManifest)
+	tr.wantStatus(resp, http.StatusCreated)
+	if resp.Header.Get("Docker-Content-Digest") != d.String() {
+		t.Errorf("digest %q", resp.Header.Get("Docker-Content-Digest"))
+	}
+	get := tr.do("GET", "/v2/s/manifests/t512", nil)
+	tr.wantStatus(get, http.StatusOK)
+	if get.Header.Get("Docker-Content-Digest") != d.String() || !bytes.Equal(get.body, body) {
+		t.Errorf("GET by tag: digest %q", get.Header.Get("Docker-Content-Digest"))
+	}
+}
+
+func TestManifestErrors(t *testing.T) {
+	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize = 2000 })
+	good := tr.image("e", "layer")
+	goodDigest := cache.FromBytes(cache.SHA256, good)
+	var cfgDesc map[string]any
+	{
+		var m map[string]any
+		_ = json.Unmarshal(good, &m)
+		cfgDesc = m["config"].(map[string]any)
+	}
+	missing := cache.FromBytes(cache.SHA256, []byte("missing"))
+	missingDesc := map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": missing.String(), "size": 7}
+
+	tests := []struct {
+		name   string
+		ref    string
+		ct     string
+		body   []byte
+		status int
+		code   string
+	}{
+		{"not JSON", "t", mtManifest, []byte("nope"), 400, CodeManifestInvalid},
+		{"JSON array", "t", mtManifest, []byte("[]"), 400, CodeManifestInvalid},
+		{"trailing data", "t", mtManifest, append(append([]byte{}, good...), []byte("{}")...), 400, CodeManifestInvalid},
+		{"schema 1", "t", mtManifest, []byte(`{"schemaVersion":1}`), 400, CodeManifestInvalid},
+		{"media type disagrees", "t", mtIndex, good, 400, CodeManifestInvalid},
+		{"bad Content-Type", "t", "/;;", good, 400, CodeManifestInvalid},
+		{"image without config", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "layers": []any{}}), 400, CodeManifestInvalid},
+		{"missing layer", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{missingDesc}}), 400, CodeManifestBlobUnknown},
+		{"missing config", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": missingDesc, "layers": []any{}}), 400, CodeManifestBlobUnknown},
+		{"layer digest invalid", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{map[string]any{"mediaType": "x", "digest": "sha256:zz", "size": 1}}}), 400, CodeManifestInvalid},
+		{"index child missing", "t", mtIndex, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtIndex, "manifests": []any{map[string]any{"mediaType": mtManifest, "digest": missing.String(), "size": 10}}}), 400, CodeManifestBlobUnknown},
+		{"subject digest invalid", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{}, "subject": map[string]any{"mediaType": mtManifest, "digest": "sha256:1", "size": 1}}), 400, CodeManifestInvalid},
+		{"digest in URL differs", missing.String(), mtManifest, good, 400, CodeDigestInvalid},
+		{"digest in URL invalid", "sha256:baddigeststring", mtManifest, good, 400, CodeDigestInvalid},
+		{"tag invalid", "-bad", mtManifest, good, 400, CodeTagInvalid},
+		{"tag parameter invalid", "t?tag=.bad", mtManifest, good, 400, CodeTagInvalid},
+		{"too large", "t", mtManifest, bytes.Repeat([]byte(" "), 2001), 413, CodeSizeInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := tr.with(t)
+			tr.wantError(tr.do("PUT", "/v2/e/manifests/"+tc.ref, tc.body, "Content-Type", tc.ct), tc.status, tc.code)
+		})
+	}
+	// none of them left anything behind
+	tr.wantError(tr.do("GET", "/v2/e/manifests/t", nil), 404, CodeManifestUnknown)
+
+	t.Run("lookups", func(t *testing.T) {
+		tr := tr.with(t)
+		tr.wantError(tr.do("GET", "/v2/e/manifests/"+goodDigest.String(), nil), 404, CodeManifestUnknown)
+		tr.wantError(tr.do("GET", "/v2/e/manifests/sha256:baddigeststring", nil), 400, CodeDigestInvalid)
+		tr.wantError(tr.do("GET", "/v2/e/manifests/bad:tag", nil), 400, CodeDigestInvalid)
+		tr.wantError(tr.do("GET", "/v2/e/manifests/"+strings.Repeat("x", 129), nil), 400, CodeTagInvalid)
+		tr.wantError(tr.do("GET", "/v2/unknown/repo/manifests/latest", nil), 404, CodeManifestUnknown)
+		tr.wantError(tr.do("DELETE", "/v2/e/manifests/nope", nil), 404, CodeManifestUnknown)
+	})
+}
+
+// TestManifestKinds pushes the shapes the conformance data sets and real
+// clients produce.
+func TestManifestKinds(t *testing.T) {
+	tr := newTestRegistry(t)
+	repo := "kinds"
+	img := tr.image(repo, "l1")
+	imgD := cache.FromBytes(cache.SHA256, img)
+	tr.wantStatus(tr.pushManifest(repo, imgD.String(), mtManifest, img), 201)
+	var imgDoc map[string]any
+	_ = json.Unmarshal(img, &imgDoc)
+	cfgDesc := imgDoc["config"]
+	imgDesc := map[string]any{"mediaType": mtManifest, "digest": imgD.String(), "size": len(img)}
+
+	index := mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtIndex, "manifests": []any{imgDesc}})
+	indexD := cache.FromBytes(cache.SHA256, index)
+	nested := mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtIndex, "manifests": []any{
+		map[string]any{"mediaType": mtIndex, "digest": indexD.String(), "size": len(index)},
+	}})
+
+	ndDigest := cache.FromBytes(cache.SHA256, []byte("elsewhere"))
+	tests := []struct {
+		name string
+		ct   string
+		body []byte
+	}{
+		{"index", mtIndex, index},
+		{"nested index", mtIndex, nested},
+		{"empty index", mtIndex, []byte(`{"schemaVersion":2,"mediaType":"` + mtIndex + `","manifests":[]}`)},
+		{"no layers", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{}})},
+		{"no mediaType field", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "config": cfgDesc, "layers": []any{}})},
+		{"non-distributable", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{
+			map[string]any{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": ndDigest.String(), "size": 9},
+			map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ndDigest.String(), "size": 9, "urls": []string{"https://example.com/x"}},
+		}})},
+		{"subject missing", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{},
+			"subject": map[string]any{"mediaType": mtManifest, "digest": ndDigest.String(), "size": 123}})},
+		{"data field and custom fields", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "org.example.custom": "x",
+			"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfgDesc.(map[string]any)["digest"], "size": cfgDesc.(map[string]any)["size"], "data": "e30="},
+			"layers": []any{}})},
+		{"docker schema2", "application/vnd.docker.distribution.manifest.v2+json", mustJSON(t, map[string]any{"schemaVersion": 2,
+			"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+			"config":    map[string]any{"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cfgDesc.(map[string]any)["digest"], "size": cfgDesc.(map[string]any)["size"]},
+			"layers":    []any{}})},
+		{"docker manifest list", "application/vnd.docker.distribution.manifest.list.v2+json", mustJSON(t, map[string]any{"schemaVersion": 2,
+			"mediaType": "application/vnd.docker.distribution.manifest.list.v2+json", "manifests": []any{imgDesc}})},
+		{"content type with parameters", mtManifest + "; charset=utf-8", mustJSON(t, map[string]any{"schemaVersion": 2, "config": cfgDesc, "layers": []any{}, "annotations": map[string]string{"k": "v"}})},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := tr.with(t)
+			tag := fmt.Sprintf("k%d", i)
+			tr.wantStatus(tr.pushManifest(repo, tag, tc.ct, tc.body), 201)
+			get := tr.do("GET", "/v2/"+repo+"/manifests/"+tag, nil, "Accept", mtManifest)
+			tr.wantStatus(get, 200)
+			want, _, _ := strings.Cut(tc.ct, ";")
+			if get.Header.Get("Content-Type") != want || !bytes.Equal(get.body, tc.body) {
+				t.Errorf("got %q, %d bytes", get.Header.Get("Content-Type"), len(get.body))
+			}
+		})
+	}
+}
+
+func (tr *testRegistry) tags(repo, query string) tagList {
+	tr.t.Helper()
+	resp := tr.do("GET", "/v2/"+repo+"/tags/list"+query, nil)
+	tr.wantStatus(resp, 200)
+	var tl tagList
+	if err := json.Unmarshal(resp.body, &tl); err != nil {
+		tr.t.Fatal(err)
+	}
+	if tl.Name != repo || tl.Tags == nil {
+		tr.t.Fatalf("tag list %s", resp.body)
+	}
+	return tl
+}
+
+func TestTagsAndCatalog(t *testing.T) {
+	tr := newTestRegistry(t)
+	body := tr.image("t/one", "l")
+	d := cache.FromBytes(cache.SHA256, body)
+	all := []string{"a", "b", "c", "d", "e"}
+	q := ""
+	for _, tag := range all {
+		q += "&tag=" + tag
+	}
+	tr.wantStatus(tr.do("PUT", "/v2/t/one/manifests/"+d.String()+"?"+q[1:], body, "Content-Type", mtManifest), 201)
+	tr.image("t/two")
+	tr.image("t/three")
+
+	pages := []struct {
+		query string
+		want  []string
+		link  string
+	}{
+		{"", all, ""},
+		{"?n=2", []string{"a", "b"}, `</v2/t/one/tags/list?n=2&last=b>; rel="next"`},
+		{"?n=2&last=b", []string{"c", "d"}, `</v2/t/one/tags/list?n=2&last=d>; rel="next"`},
+		{"?n=2&last=d", []string{"e"}, ""},
+		{"?last=c", []string{"d", "e"}, ""},
+		{"?n=0", []string{}, ""},
+		{"?n=5", all, ""},
+	}
+	for _, p := range pages {
+		resp := tr.do("GET", "/v2/t/one/tags/list"+p.query, nil)
+		tr.wantStatus(resp, 200)
+		var tl tagList
+		_ = json.Unmarshal(resp.body, &tl)
+		if !slices.Equal(tl.Tags, p.want) || resp.Header.Get("Link") != p.link {
+			t.Errorf("%s: tags %q link %q, want %q %q", p.query, tl.Tags, resp.Header.Get("Link"), p.want, p.link)
+		}
+	}
+	tr.wantError(tr.do("GET", "/v2/t/one/tags/list?n=-1", nil), 400, CodePaginationInvalid)
+	tr.wantError(tr.do("GET", "/v2/t/one/tags/list?n=x", nil), 400, CodePaginationInvalid)
+	tr.wantError(tr.do("GET", "/v2/t/none/tags/list", nil), 404, CodeNameUnknown)
+	// a repository with blobs but no tags lists empty
+	if tl := tr.tags("t/two", ""); len(tl.Tags) != 0 {
+		t.Errorf("t/two tags %q", tl.Tags)
+	}
+
+	cat := func(query string) ([]string, string) {
+		resp := tr.do("GET", "/v2/_catalog"+query, nil)
+		tr.wantStatus(resp, 200)
+		var cl catalogList
+		if err := json.Unmarshal(resp.body, &cl); err != nil {
+			t.Fatal(err)
+		}
+		return cl.Repositories, resp.Header.Get("Link")
+	}
+	if repos, link := cat(""); !slices.Equal(repos, []string{"t/one", "t/three", "t/two"}) || link != "" {
+		t.Errorf("catalog %q %q", repos, link)
+	}
+	if repos, link := cat("?n=1"); !slices.Equal(repos, []string{"t/one"}) || link != `</v2/_catalog?n=1&last=t%2Fone>; rel="next"` {
+		t.Errorf("catalog n=1: %q %q", repos, link)
+	}
+	if repos, link := cat("?n=1&last=t%2Fone"); !slices.Equal(repos, []string{"t/three"}) || link == "" {
+		t.Errorf("catalog page 2: %q %q", repos, link)
+	}
+	tr.wantError(tr.do("GET", "/v2/_catalog?n=abc", nil), 400, CodePaginationInvalid)
+}
+
+func TestReferrers(t *testing.T) {
+	tr := newTestRegistry(t)
+	repo := "ref/repo"
+	subject := tr.image(repo, "l")
+	sd := cache.FromBytes(cache.SHA256, subject)
+	tr.wantStatus(tr.pushManifest(repo, "subject", mtManifest, subject), 201)
+	empty := tr.pushBlob(repo, []byte("{}"))
+	emptyDesc := map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.String(), "size": 2}
+	subjDesc := map[string]any{"mediaType": mtManifest, "digest": sd.String(), "size": len(subject)}
+
+	type referrer struct {
+		body []byte
+		at   string
+		mt   string
+	}
+	var refs []referrer
+	for i, at := range []string{"application/vnd.example.sig", "application/vnd.example.sbom", ""} {
+		m := map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": emptyDesc, "layers": []any{emptyDesc},
+			"subject": subjDesc, "annotations": map[string]string{"n": strconv.Itoa(i)}}
+		want := "application/vnd.oci.empty.v1+json" // config media type stands in
+		if at != "" {
+			m["artifactType"] = at
+			want = at
+		}
+		b := mustJSON(t, m)
+		resp := tr.pushManifest(repo, cache.FromBytes(cache.SHA256, b).String(), mtManifest, b)
+		tr.wantStatus(resp, 201)
+		if resp.Header.Get("OCI-Subject") != sd.String() {
+			t.Errorf("OCI-Subject %q", resp.Header.Get("OCI-Subject"))
+		}
+		refs = append(refs, referrer{b, want, mtManifest})
+	}
+	idx := mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtIndex, "artifactType": "application/vnd.example.idx", "manifests": []any{}, "subject": subjDesc})
+	tr.wantStatus(tr.pushManifest(repo, cache.FromBytes(cache.SHA256, idx).String(), mtIndex, idx), 201)
+	refs = append(refs, referrer{idx, "application/vnd.example.idx", mtIndex})
+
+	list := func(query string) (referrerIndex, http.Header) {
+		resp := tr.do("GET", "/v2/"+repo+"/referrers/"+sd.String()+query, nil)
+		tr.wantStatus(resp, 200)
+		if resp.Header.Get("Content-Type") != mtIndex {
+			t.Errorf("Content-Type %q", resp.Header.Get("Content-Type"))
+		}
+		var ri referrerIndex
+		if err := json.Unmarshal(resp.body, &ri); err != nil {
+			t.Fatal(err)
+		}
+		if ri.SchemaVersion != 2 || ri.MediaType != mtIndex || ri.Manifests == nil {
+			t.Errorf("not an index: %s", resp.body)
+		}
+		return ri, resp.Header
+	}
+	ri, hd := list("")
+	if len(ri.Manifests) != len(refs) || hd.Get("OCI-Filters-Applied") != "" {
+		t.Fatalf("referrers: %d entries, filters %q", len(ri.Manifests), hd.Get("OCI-Filters-Applied"))
+	}
+	for _, r := range refs {
+		d := cache.FromBytes(cache.SHA256, r.body).String()
+		i := slices.IndexFunc(ri.Manifests, func(m referrerDescriptor) bool { return m.Digest == d })
+		if i < 0 {
+			t.Errorf("referrer %s missing", d)
+			continue
+		}
+		got := ri.Manifests[i]
+		if got.ArtifactType != r.at || got.MediaType != r.mt || got.Size != int64(len(r.body)) {
+			t.Errorf("referrer %+v, want artifactType %q", got, r.at)
+		}
+	}
+	ri, hd = list("?artifactType=application/vnd.example.sbom")
+	if len(ri.Manifests) != 1 || ri.Manifests[0].ArtifactType != "application/vnd.example.sbom" || hd.Get("OCI-Filters-Applied") != "artifactType" {
+		t.Errorf("filtered: %+v %q", ri.Manifests, hd.Get("OCI-Filters-Applied"))
+	}
+	if ri.Manifests[0].Annotations["n"] != "1" {
+		t.Errorf("annotations %v", ri.Manifests[0].Annotations)
+	}
+
+	// deleting a referrer removes its entry
+	tr.wantStatus(tr.do("DELETE", "/v2/"+repo+"/manifests/"+cache.FromBytes(cache.SHA256, refs[0].body).String(), nil), 202)
+	if ri, _ = list(""); len(ri.Manifests) != len(refs)-1 {
+		t.Errorf("after delete: %d entries", len(ri.Manifests))
+	}
+
+	// unknown subject and unknown repository: empty index
+	other := cache.FromBytes(cache.SHA512, []byte("x"))
+	for _, p := range []string{"/v2/" + repo + "/referrers/" + other.String(), "/v2/nobody/referrers/" + sd.String()} {
+		resp := tr.do("GET", p, nil)
+		tr.wantStatus(resp, 200)
+		if !strings.Contains(string(resp.body), `"manifests":[]`) {
+			t.Errorf("%s: %s", p, resp.body)
+		}
+	}
+	tr.wantError(tr.do("GET", "/v2/"+repo+"/referrers/sha256:nope", nil), 400, CodeDigestInvalid)
+	tr.wantError(tr.do("GET", "/v2/"+repo+"/referrers/latest", nil), 400, CodeDigestInvalid)
+}

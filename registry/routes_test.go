@@ -1,0 +1,116 @@
+package registry
+
+import (
+	"net/http"
+	"testing"
+)
+
+func TestMatchPath(t *testing.T) {
+	tests := []struct {
+		path string
+		kind routeKind
+		name string
+		arg  string
+		err  bool
+	}{
+		{path: "/v2", kind: routePing},
+		{path: "/v2/", kind: routePing},
+		{path: "/v2/_catalog", kind: routeCatalog},
+		{path: "/v2/a/tags/list", kind: routeTags, name: "a"},
+		{path: "/v2/a/b/c/tags/list", kind: routeTags, name: "a/b/c"},
+		{path: "/v2/a/manifests/latest", kind: routeManifest, name: "a", arg: "latest"},
+		{path: "/v2/a/blobs/sha256:x", kind: routeBlob, name: "a", arg: "sha256:x"},
+		{path: "/v2/a/blobs/uploads/", kind: routeUploads, name: "a"},
+		{path: "/v2/a/blobs/uploads", kind: routeUploads, name: "a"},
+		{path: "/v2/a/blobs/uploads/abc", kind: routeUpload, name: "a", arg: "abc"},
+		{path: "/v2/a/referrers/sha256:x", kind: routeReferrers, name: "a", arg: "sha256:x"},
+		// names may hold the action words as components
+		{path: "/v2/blobs/blobs/sha256:x", kind: routeBlob, name: "blobs", arg: "sha256:x"},
+		{path: "/v2/x/blobs/blobs/uploads/", kind: routeUploads, name: "x/blobs"},
+		{path: "/v2/manifests/manifests/tag", kind: routeManifest, name: "manifests", arg: "tag"},
+		{path: "/v2/tags/tags/list", kind: routeTags, name: "tags"},
+		{path: "/v2/a/blobs/uploads/manifests/x", kind: routeManifest, name: "a/blobs/uploads", arg: "x"},
+		{path: "/v2/a", err: true},
+		{path: "/v2/a/blobs/", err: true},
+		{path: "/v2/a/manifests/", err: true},
+		{path: "/v3/a/tags/list", err: true},
+		{path: "/", err: true},
+	}
+	for _, tc := range tests {
+		kind, name, arg, err := matchPath(tc.path)
+		if tc.err {
+			if err == nil {
+				t.Errorf("%s: matched %v %q %q, want no match", tc.path, kind, name, arg)
+			}
+			continue
+		}
+		if err != nil || kind != tc.kind || name != tc.name || arg != tc.arg {
+			t.Errorf("%s: got %v %q %q %v, want %v %q %q", tc.path, kind, name, arg, err, tc.kind, tc.name, tc.arg)
+		}
+	}
+}
+
+func TestPingNotFoundAndMethods(t *testing.T) {
+	tr := newTestRegistry(t)
+	for _, m := range []string{"GET", "HEAD"} {
+		for _, p := range []string{"/v2/", "/v2"} {
+			resp := tr.do(m, p, nil)
+			tr.wantStatus(resp, http.StatusOK)
+			if got := resp.Header.Get("Docker-Distribution-API-Version"); got != "registry/2.0" {
+				t.Errorf("%s %s: API version header %q", m, p, got)
+			}
+		}
+	}
+	if o := tr.obs.last(); o.op != OpPing || o.status != 200 {
+		t.Errorf("observer saw %+v", o)
+	}
+
+	tests := []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/v2/foo", 404, CodeNotFound},
+		{"GET", "/v2/foo/bar/baz", 404, CodeNotFound},
+		{"POST", "/v2/", 405, CodeUnsupported},
+		{"DELETE", "/v2/_catalog", 405, CodeUnsupported},
+		{"POST", "/v2/foo/manifests/latest", 405, CodeUnsupported},
+		{"PUT", "/v2/foo/blobs/sha256:" + hex64('a'), 405, CodeUnsupported},
+		{"GET", "/v2/foo/blobs/uploads/", 405, CodeUnsupported},
+		{"POST", "/v2/foo/tags/list", 405, CodeUnsupported},
+		{"GET", "/v2/Foo/tags/list", 400, CodeNameInvalid},
+		{"GET", "/v2/foo//bar/tags/list", 400, CodeNameInvalid},
+		{"GET", "/v2/foo-/tags/list", 400, CodeNameInvalid},
+		{"GET", "/v2/" + longName(256) + "/tags/list", 400, CodeNameInvalid},
+		{"GET", "/v2/_catalog/tags/list", 400, CodeNameInvalid},
+	}
+	for _, tc := range tests {
+		resp := tr.do(tc.method, tc.path, nil)
+		tr.wantError(resp, tc.status, tc.code)
+		if tc.status == 405 && resp.Header.Get("Allow") == "" {
+			t.Errorf("%s %s: 405 without Allow", tc.method, tc.path)
+		}
+	}
+	// 255 characters is still a name
+	resp := tr.do("GET", "/v2/"+longName(255)+"/tags/list", nil)
+	tr.wantError(resp, 404, CodeNameUnknown)
+}
+
+func longName(n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = 'a'
+		if i%10 == 9 && i != n-1 {
+			b[i] = '/'
+		}
+	}
+	return string(b)
+}
+
+func hex64(c byte) string {
+	b := make([]byte, 64)
+	for i := range b {
+		b[i] = c
+	}
+	return string(b)
+}

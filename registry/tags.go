@@ -1,0 +1,108 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// maxCatalogPage bounds a catalog page: a client that asks for more (or
+// for everything) gets this many and a Link to the rest.
+const maxCatalogPage = 1000
+
+type tagList struct {
+	Name string   `json:"name"`
+	Tags []string `json:"tags"`
+}
+
+type catalogList struct {
+	Repositories []string `json:"repositories"`
+}
+
+// pageParams reads n and last. n < 0 means no limit was given.
+func pageParams(r *http.Request) (n int, last string, err error) {
+	q := r.URL.Query()
+	n = -1
+	if q.Has("n") {
+		v, perr := strconv.Atoi(q.Get("n"))
+		if perr != nil || v < 0 {
+			return 0, "", newError(http.StatusBadRequest, CodePaginationInvalid,
+				"n must be a non-negative integer", perr)
+		}
+		n = v
+	}
+	return n, q.Get("last"), nil
+}
+
+// tagsList serves GET /v2/<name>/tags/list with n/last paging.
+func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, rc *request) error {
+	n, last, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	tags, more, err := h.cfg.Store.Tags(rc.name, last, n)
+	if err != nil {
+		if errors.Is(err, cache.ErrRepoUnknown) {
+			return newError(http.StatusNotFound, CodeNameUnknown, "repository name not known to registry", err)
+		}
+		return errInternal(err)
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	if more && len(tags) > 0 {
+		setNextLink(w, rc.base+"/tags/list", n, tags[len(tags)-1])
+	}
+	return writeJSON(w, r, "application/json", tagList{Name: rc.name, Tags: tags})
+}
+
+// catalog serves GET /v2/_catalog with n/last paging.
+func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ *request) error {
+	n, last, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	if n < 0 || n > maxCatalogPage {
+		n = maxCatalogPage
+	}
+	repos, more, err := h.cfg.Store.Repositories(last, n)
+	if err != nil {
+		return errInternal(err)
+	}
+	if repos == nil {
+		repos = []string{}
+	}
+	if more && len(repos) > 0 {
+		setNextLink(w, "/v2/_catalog", n, repos[len(repos)-1])
+	}
+	return writeJSON(w, r, "application/json", catalogList{Repositories: repos})
+}
+
+// setNextLink sets the RFC 5988 Link to the next page, in the form the
+// spec shows: </v2/<name>/tags/list?n=<n>&last=<last>>; rel="next".
+func setNextLink(w http.ResponseWriter, path string, n int, last string) {
+	q := "last=" + url.QueryEscape(last)
+	if n >= 0 {
+		q = "n=" + strconv.Itoa(n) + "&" + q
+	}
+	w.Header().Set("Link", "<"+path+"?"+q+`>; rel="next"`)
+}
+
+func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return errInternal(err)
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", contentType)
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	return nil
+}

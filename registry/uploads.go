@@ -1,0 +1,323 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// mountCandidates bounds how many repositories holding a blob are
+// considered for a mount without `from`.
+const mountCandidates = 100
+
+// uploadStart serves POST /v2/<name>/blobs/uploads/: a cross-repository
+// mount (?mount=), a monolithic upload (?digest= with the body), or the
+// start of a session.
+func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, rc *request) error {
+	q := r.URL.Query()
+	if q.Has("mount") {
+		d, err := parseDigestArg(q.Get("mount"))
+		if err != nil {
+			return err
+		}
+		mounted, err := h.mount(r, rc, d, q.Get("from"))
+		if err != nil {
+			return err
+		}
+		if mounted {
+			rc.op = OpBlobMount
+			return blobCreated(w, rc, d)
+		}
+		// Not mountable: the spec says to carry on as a plain upload.
+	} else if q.Has("digest") {
+		rc.op = OpUploadMonolithic
+		d, err := parseDigestArg(q.Get("digest"))
+		if err != nil {
+			return err
+		}
+		size, err := h.cfg.Store.PutBlob(d, r.ContentLength, r.Body)
+		if err != nil {
+			return writeFailure(r, err)
+		}
+		if err := h.cfg.Store.LinkBlob(rc.name, d); err != nil {
+			return errInternal(err)
+		}
+		h.uploadCommitted(size)
+		return blobCreated(w, rc, d)
+	}
+
+	u, err := h.cfg.Store.NewUpload(rc.name)
+	if err != nil {
+		return errInternal(err)
+	}
+	setUploadHeaders(w, rc, u, false)
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// mount links d into rc.name from a repository the client may read:
+// `from` when given, else any repository that holds it. It reports false
+// (and no error) when no such repository exists.
+func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from string) (bool, error) {
+	var candidates []string
+	if from != "" {
+		if _, err := ParseName(from); err != nil {
+			return false, nil
+		}
+		if _, err := h.cfg.Store.HasBlob(from, d); err != nil {
+			if errors.Is(err, cache.ErrBlobUnknown) {
+				return false, nil
+			}
+			return false, errInternal(err)
+		}
+		candidates = []string{from}
+	} else {
+		repos, err := h.cfg.Store.ReposWithBlob(d, mountCandidates)
+		if err != nil {
+			return false, errInternal(err)
+		}
+		candidates = repos
+	}
+	for _, repo := range candidates {
+		if !h.cfg.CanRead(r, repo) {
+			continue
+		}
+		if err := h.cfg.Store.LinkBlob(rc.name, d); err != nil {
+			if errors.Is(err, cache.ErrBlobUnknown) {
+				return false, nil // collected meanwhile
+			}
+			return false, errInternal(err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// uploadStatus serves GET /v2/<name>/blobs/uploads/<id>.
+func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rc *request) error {
+	u, err := h.getUpload(rc)
+	if err != nil {
+		return err
+	}
+	setUploadHeaders(w, rc, u, true)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// uploadChunk serves PATCH: a chunk with Content-Range, or (without it) a
+// stream appended at the current end.
+func (h *Handler) uploadChunk(w http.ResponseWriter, r *http.Request, rc *request) error {
+	u, err := h.getUpload(rc)
+	if err != nil {
+		return err
+	}
+	u, err = h.appendBody(r, rc, u)
+	if err != nil {
+		return err
+	}
+	setUploadHeaders(w, rc, u, false)
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// uploadFinish serves PUT ?digest=: the optional last chunk, then the
+// commit, verified against the digest.
+func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *request) error {
+	q := r.URL.Query()
+	if !q.Has("digest") {
+		return errDigestInvalid("digest parameter is required to finish an upload", nil)
+	}
+	d, err := parseDigestArg(q.Get("digest"))
+	if err != nil {
+		return err
+	}
+	u, err := h.getUpload(rc)
+	if err != nil {
+		return err
+	}
+	if hasBody(r) || r.Header.Get("Content-Range") != "" {
+		if u, err = h.appendBody(r, rc, u); err != nil {
+			return err
+		}
+	}
+	info, err := h.cfg.Store.CommitUpload(rc.name, u.ID, d)
+	if err != nil {
+		return writeFailure(r, err)
+	}
+	h.uploadCommitted(info.Size)
+	return blobCreated(w, rc, d)
+}
+
+// uploadCancel serves DELETE /v2/<name>/blobs/uploads/<id>.
+func (h *Handler) uploadCancel(w http.ResponseWriter, r *http.Request, rc *request) error {
+	if !validUploadID(rc.arg) {
+		return errUploadUnknown(nil)
+	}
+	if err := h.cfg.Store.CancelUpload(rc.name, rc.arg); err != nil {
+		if errors.Is(err, cache.ErrUploadUnknown) {
+			return errUploadUnknown(err)
+		}
+		return errInternal(err)
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *Handler) getUpload(rc *request) (cache.Upload, error) {
+	if !validUploadID(rc.arg) {
+		return cache.Upload{}, errUploadUnknown(nil)
+	}
+	u, err := h.cfg.Store.GetUpload(rc.name, rc.arg)
+	if err != nil {
+		if errors.Is(err, cache.ErrUploadUnknown) {
+			return cache.Upload{}, errUploadUnknown(err)
+		}
+		return cache.Upload{}, errInternal(err)
+	}
+	return u, nil
+}
+
+// appendBody appends the request body to session u, checking its
+// Content-Range (when present) against the session's size. A chunk at the
+// wrong offset, or whose length disagrees with its range, gets 416 with the
+// session's current Range so the client can resume.
+func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cache.Upload, error) {
+	body := io.Reader(r.Body)
+	if body == nil {
+		body = http.NoBody
+	}
+	want := int64(-1) // bytes the chunk declares, -1 for a stream
+	if cr := r.Header.Get("Content-Range"); cr != "" {
+		start, end, err := ParseContentRange(cr)
+		if err != nil {
+			return u, rangeError(rc, u, "invalid Content-Range", err)
+		}
+		if start != u.Size {
+			return u, rangeError(rc, u, fmt.Sprintf("chunk starts at %d, upload is at %d", start, u.Size), cache.ErrOffsetMismatch)
+		}
+		want = end - start + 1
+		if r.ContentLength >= 0 && r.ContentLength != want {
+			return u, rangeError(rc, u, fmt.Sprintf("Content-Length %d disagrees with Content-Range %q", r.ContentLength, cr), nil)
+		}
+		body = io.LimitReader(body, want)
+	}
+	nu, err := h.cfg.Store.AppendUpload(rc.name, u.ID, u.Size, body)
+	if err != nil {
+		switch {
+		case errors.Is(err, cache.ErrOffsetMismatch):
+			// another request appended first
+			cur, gerr := h.cfg.Store.GetUpload(rc.name, u.ID)
+			if gerr == nil {
+				u = cur
+			}
+			return u, rangeError(rc, u, "upload offset moved", err)
+		case errors.Is(err, cache.ErrUploadUnknown):
+			return u, errUploadUnknown(err)
+		}
+		return u, writeFailure(r, err)
+	}
+	if want >= 0 && nu.Size-u.Size != want {
+		e := newError(http.StatusBadRequest, CodeSizeInvalid,
+			fmt.Sprintf("chunk declared %d bytes, %d arrived", want, nu.Size-u.Size), nil)
+		e.Header = http.Header{}
+		e.Header.Set("Location", uploadLocation(rc, nu.ID))
+		e.Header.Set("Range", uploadRange(nu.Size))
+		return nu, e
+	}
+	return nu, nil
+}
+
+func rangeError(rc *request, u cache.Upload, msg string, cause error) *Error {
+	return newError(http.StatusRequestedRangeNotSatisfiable, CodeRangeInvalid, msg, cause).
+		withHeader("Location", uploadLocation(rc, u.ID)).
+		withHeader("Range", uploadRange(u.Size)).
+		withHeader("Docker-Upload-UUID", u.ID)
+}
+
+// writeFailure classifies an error from writing a request body into the
+// store: the client's mistakes (wrong digest or size, a body cut short) are
+// 400s, anything else is the server's.
+func writeFailure(r *http.Request, err error) error {
+	switch {
+	case errors.Is(err, cache.ErrDigestMismatch):
+		return errDigestInvalid("content does not match digest", err)
+	case errors.Is(err, cache.ErrSizeMismatch):
+		return newError(http.StatusBadRequest, CodeSizeInvalid, "content does not match Content-Length", err)
+	case errors.Is(err, cache.ErrUploadUnknown):
+		return errUploadUnknown(err)
+	case errors.Is(err, cache.ErrDigestUnsupported), errors.Is(err, cache.ErrDigestInvalid):
+		return errDigestInvalid("invalid digest", err)
+	}
+	if cb, ok := r.Body.(*countingBody); ok && cb.err != nil {
+		return newError(http.StatusBadRequest, CodeBlobUploadInvalid, "reading request body failed", err)
+	}
+	return errInternal(err)
+}
+
+func (h *Handler) uploadCommitted(size int64) {
+	if h.cfg.Observer != nil {
+		h.cfg.Observer.UploadCommitted(size)
+	}
+}
+
+// blobCreated answers a completed upload or mount.
+func blobCreated(w http.ResponseWriter, rc *request, d cache.Digest) error {
+	hd := w.Header()
+	hd.Set("Location", rc.base+"/blobs/"+d.String())
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+// setUploadHeaders sets Location, Docker-Upload-UUID and Range of a session.
+// Range is "0-<last byte>"; for an empty session it is sent only when
+// always is set (upload status, where clients and the conformance suite
+// require it) and then reads "0-0", as the reference registry does.
+func setUploadHeaders(w http.ResponseWriter, rc *request, u cache.Upload, always bool) {
+	hd := w.Header()
+	hd.Set("Location", uploadLocation(rc, u.ID))
+	hd.Set("Docker-Upload-UUID", u.ID)
+	if u.Size > 0 || always {
+		hd.Set("Range", uploadRange(u.Size))
+	}
+	hd.Set("Content-Length", "0")
+}
+
+func uploadLocation(rc *request, id string) string {
+	return rc.base + "/blobs/uploads/" + id
+}
+
+func uploadRange(size int64) string {
+	if size <= 0 {
+		return "0-0"
+	}
+	return fmt.Sprintf("0-%d", size-1)
+}
+
+// hasBody reports whether the request carries content.
+func hasBody(r *http.Request) bool {
+	if r.ContentLength > 0 {
+		return true
+	}
+	return r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody
+}
+
+// validUploadID accepts what the store hands out (and a little more), and
+// keeps anything path-like away from it.
+func validUploadID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
