@@ -11,17 +11,15 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 // MaxNameLength is the longest repository name accepted (the spec: fewer
 // than 256 characters).
-const MaxNameLength = 255
+const MaxNameLength = authscope.MaxNameLength
 
-var (
-	nameRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
-	tagRE  = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-)
+var tagRE = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 
 // Errors returned by the parsers.
 var (
@@ -37,7 +35,7 @@ var (
 // (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`,
 // at most MaxNameLength characters) and returns it unchanged.
 func ParseName(s string) (string, error) {
-	if len(s) == 0 || len(s) > MaxNameLength || !nameRE.MatchString(s) {
+	if !authscope.ValidName(s) {
 		return "", fmt.Errorf("%w: %q", ErrNameInvalid, s)
 	}
 	return s, nil

@@ -1,0 +1,243 @@
+package authscope
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+)
+
+// Name mapping: clients reach a mirror in several ways (CLIENTS.md) —
+// `/v2/docker.io/library/debian`, containerd's `/docker.io/v2/library/debian`
+// and `?ns=docker.io`, Docker's un-prefixed `registry-mirrors` requests, a
+// host alias. Names turns each of these into one internal name
+// (`docker.io/library/debian`); everything after that speaks internal names
+// only. The same mapping serves requests and token scopes, so a token
+// service sees exactly the names the registry enforces.
+
+// MaxNameLength is the longest repository name accepted (the spec: fewer
+// than 256 characters).
+const MaxNameLength = 255
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
+
+// ErrNameInvalid is returned for a name outside the distribution spec's
+// grammar.
+var ErrNameInvalid = errors.New("invalid repository name")
+
+// ErrNamespaceUnknown is returned when a request names an upstream
+// (`?ns=`, `/<prefix>/v2/`) that is not configured here.
+var ErrNamespaceUnknown = errors.New("namespace not served here")
+
+// ValidName reports whether s is a repository name by the spec's grammar
+// (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`,
+// at most MaxNameLength characters). The grammar has no room for "..",
+// empty components or leading slashes, so a valid name is also safe as a
+// path below a folder.
+func ValidName(s string) bool {
+	return len(s) > 0 && len(s) <= MaxNameLength && nameRE.MatchString(s)
+}
+
+// Namespace is one mirrored upstream as clients name it.
+type Namespace struct {
+	// Prefix is the first component of every internal name in the
+	// namespace, e.g. "docker.io".
+	Prefix string
+	// Aliases are other registry host names that mean this namespace in
+	// `?ns=` and `/<alias>/v2/` (e.g. "registry-1.docker.io").
+	Aliases []string
+	// Hosts are request hosts whose un-prefixed names belong here (a host
+	// alias such as "docker.mirror.example"). Without a port a host
+	// matches on any port.
+	Hosts []string
+	// Default makes un-prefixed names on any other host belong here
+	// (Docker's registry-mirrors), except names under Names' local
+	// prefixes.
+	Default bool
+	// LibraryPrefix, when set, is put before one-component names
+	// ("debian" -> "library/debian" on Docker Hub).
+	LibraryPrefix string
+}
+
+// Via is how a request reached the server, apart from the name in its path.
+type Via struct {
+	Host       string // the request's Host header
+	NS         string // the `ns` query parameter
+	PathPrefix string // <p> of a `/<p>/v2/...` path
+}
+
+// Names maps what clients type to internal names.
+type Names struct {
+	spaces []Namespace
+	local  []string
+}
+
+// NewNames checks the namespaces and returns their mapping. local lists
+// name prefixes that stay in the local registry even when a namespace is
+// the default.
+func NewNames(spaces []Namespace, local []string) (*Names, error) {
+	seen := map[string]bool{}
+	defaults := 0
+	for _, ns := range spaces {
+		if !ValidName(ns.Prefix) || strings.Contains(ns.Prefix, "/") {
+			return nil, fmt.Errorf("namespace prefix %q: must be one name component such as docker.io", ns.Prefix)
+		}
+		for _, k := range append([]string{ns.Prefix}, ns.Aliases...) {
+			if seen[k] {
+				return nil, fmt.Errorf("namespace %q: %q is named twice", ns.Prefix, k)
+			}
+			seen[k] = true
+		}
+		if ns.LibraryPrefix != "" && !ValidName(ns.LibraryPrefix) {
+			return nil, fmt.Errorf("namespace %q: invalid library prefix %q", ns.Prefix, ns.LibraryPrefix)
+		}
+		if ns.Default {
+			defaults++
+		}
+	}
+	if defaults > 1 {
+		return nil, errors.New("more than one default namespace")
+	}
+	for _, l := range local {
+		if !ValidName(l) {
+			return nil, fmt.Errorf("local prefix %q: not a valid name", l)
+		}
+		if seen[firstComponent(l)] {
+			return nil, fmt.Errorf("local prefix %q lies inside a mirrored namespace", l)
+		}
+	}
+	return &Names{spaces: spaces, local: local}, nil
+}
+
+// byKey finds the namespace whose prefix or alias is k.
+func (n *Names) byKey(k string) *Namespace {
+	for i := range n.spaces {
+		ns := &n.spaces[i]
+		if ns.Prefix == k {
+			return ns
+		}
+		for _, a := range ns.Aliases {
+			if a == k {
+				return ns
+			}
+		}
+	}
+	return nil
+}
+
+// IsPathPrefix reports whether p, from a `/<p>/v2/...` path, names a
+// namespace.
+func (n *Names) IsPathPrefix(p string) bool { return n != nil && n.byKey(p) != nil }
+
+// Lookup returns the namespace an internal name lies in, or nil for the
+// local registry.
+func (n *Names) Lookup(internal string) *Namespace {
+	if n == nil {
+		return nil
+	}
+	first := firstComponent(internal)
+	for i := range n.spaces {
+		if n.spaces[i].Prefix == first && len(internal) > len(first) {
+			return &n.spaces[i]
+		}
+	}
+	return nil
+}
+
+// Internal maps the name a client typed, reaching the server via v, to the
+// internal name. The result is always a valid name; a typed name that is
+// invalid, or that maps to an invalid one, gives ErrNameInvalid, and an
+// upstream named by v that is not configured gives ErrNamespaceUnknown.
+func (n *Names) Internal(typed string, v Via) (string, error) {
+	if !ValidName(typed) {
+		return "", fmt.Errorf("%w: %q", ErrNameInvalid, typed)
+	}
+	ns, err := n.selected(typed, v)
+	if err != nil || ns == nil {
+		return typed, err
+	}
+	if strings.HasPrefix(typed, ns.Prefix+"/") {
+		// Already internal: regctl's --path-prefix with ?ns=, and the
+		// second of containerd's two scopes.
+		return typed, nil
+	}
+	name := typed
+	if ns.LibraryPrefix != "" && !strings.Contains(name, "/") {
+		name = ns.LibraryPrefix + "/" + name
+	}
+	name = ns.Prefix + "/" + name
+	if !ValidName(name) {
+		return "", fmt.Errorf("%w: %q maps to %q", ErrNameInvalid, typed, name)
+	}
+	return name, nil
+}
+
+// selected picks the namespace the request means, or nil for local.
+func (n *Names) selected(typed string, v Via) (*Namespace, error) {
+	if n == nil {
+		return nil, nil
+	}
+	if v.PathPrefix != "" {
+		if ns := n.byKey(v.PathPrefix); ns != nil {
+			return ns, nil
+		}
+		return nil, fmt.Errorf("%w: %q", ErrNamespaceUnknown, v.PathPrefix)
+	}
+	if v.NS != "" && !sameHost(v.NS, v.Host) {
+		if ns := n.byKey(v.NS); ns != nil {
+			return ns, nil
+		}
+		return nil, fmt.Errorf("%w: %q", ErrNamespaceUnknown, v.NS)
+	}
+	if n.Lookup(typed) != nil {
+		// `/v2/docker.io/library/debian`: the name carries its prefix.
+		return nil, nil
+	}
+	for i := range n.spaces {
+		for _, h := range n.spaces[i].Hosts {
+			if hostMatches(h, v.Host) {
+				return &n.spaces[i], nil
+			}
+		}
+	}
+	for i := range n.spaces {
+		if n.spaces[i].Default && !n.isLocal(typed) {
+			return &n.spaces[i], nil
+		}
+	}
+	return nil, nil
+}
+
+func (n *Names) isLocal(name string) bool {
+	for _, l := range n.local {
+		if name == l || strings.HasPrefix(name, l+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func firstComponent(name string) string {
+	first, _, _ := strings.Cut(name, "/")
+	return first
+}
+
+// hostMatches compares a configured host with a request's Host header; a
+// configured host without a port matches any port.
+func hostMatches(configured, requested string) bool {
+	if strings.EqualFold(configured, requested) {
+		return true
+	}
+	if _, _, err := net.SplitHostPort(configured); err == nil {
+		return false
+	}
+	h, _, err := net.SplitHostPort(requested)
+	return err == nil && strings.EqualFold(configured, h)
+}
+
+// sameHost reports whether ns names this server itself (containerd sends
+// the image's own registry as ns; when that is us, the name is local).
+func sameHost(ns, host string) bool {
+	return host != "" && (strings.EqualFold(ns, host) || hostMatches(ns, host))
+}
