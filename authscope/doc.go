@@ -11,6 +11,8 @@
 //   - the token proxy that translates scopes for an upstream token service;
 //   - access policies, htpasswd, OIDC and API keys.
 //
-// It is empty until the auth issue; the registry core runs without
-// authentication.
+// So far it holds the challenge and scope grammars and the name mapping
+// (the registry checks names through it); token verification, the token
+// proxy and access policies come with the auth issue. Until then the
+// registry runs without authentication.
 package authscope

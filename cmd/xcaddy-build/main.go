@@ -8,6 +8,8 @@ import (
 
 	// plug in Caddy modules here
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-oci/caddy-oci/caddymodule"
 )
 
 func main() {

@@ -1,0 +1,57 @@
+package caddymodule
+
+import (
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+const appID = "oci"
+
+// App opens the stores of the oci_registry handlers when Caddy starts
+// running a config, so a storage folder that cannot be opened (locked by
+// another process, not writable) fails `caddy run` and `caddy reload`
+// instead of the first request. It has no settings: handlers load it
+// implicitly and it need not appear in a config.
+//
+// It exists because Start is the one hook Caddy calls only when a config
+// runs: `caddy validate` provisions modules but never starts apps, so it
+// does not touch the stores and works next to a running server that holds
+// their locks.
+type App struct {
+	// stores is appended to while the config is provisioned and read by
+	// Start afterwards; Caddy does both from one goroutine.
+	stores []*sharedStore
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  appID,
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+func (a *App) add(s *sharedStore) {
+	a.stores = append(a.stores, s)
+}
+
+// Start opens every store this config's handlers use (a no-op for stores a
+// previous config opened already).
+func (a *App) Start() error {
+	for _, s := range a.stores {
+		if _, err := s.open(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stop does nothing: stores close when the handlers of the last config
+// using them are cleaned up, which on a reload is after the new config has
+// taken them over.
+func (a *App) Stop() error { return nil }
+
+var _ caddy.App = (*App)(nil)

@@ -1,0 +1,154 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		input   string
+		want    Registry
+		wantErr string
+	}{
+		{name: "bare", input: `oci_registry`, want: Registry{}},
+		{name: "empty block", input: "oci_registry {\n}", want: Registry{}},
+		{
+			name: "all",
+			input: `oci_registry {
+				storage /var/lib/registry
+				max_manifest_size 4MiB
+				upload_ttl 12h
+				gc_interval 30m
+				gc_grace 2h
+			}`,
+			want: Registry{
+				Storage:         "/var/lib/registry",
+				MaxManifestSize: 4 << 20,
+				UploadTTL:       caddy.Duration(12 * time.Hour),
+				GCInterval:      caddy.Duration(30 * time.Minute),
+				GCGrace:         caddy.Duration(2 * time.Hour),
+			},
+		},
+		{name: "size in bytes", input: "oci_registry {\nmax_manifest_size 1000\n}", want: Registry{MaxManifestSize: 1000}},
+		{name: "size SI", input: "oci_registry {\nmax_manifest_size 10MB\n}", want: Registry{MaxManifestSize: 10_000_000}},
+		{name: "days", input: "oci_registry {\nupload_ttl 2d\n}", want: Registry{UploadTTL: caddy.Duration(48 * time.Hour)}},
+		{name: "gc off", input: "oci_registry {\ngc_interval off\n}", want: Registry{GCInterval: -1}},
+		{name: "argument", input: `oci_registry /data`, wantErr: "takes no arguments"},
+		{name: "unknown", input: "oci_registry {\nstorge /data\n}", wantErr: `unrecognized oci_registry subdirective "storge"`},
+		{name: "unknown without arg", input: "oci_registry {\nfoo\n}", wantErr: `unrecognized oci_registry subdirective "foo"`},
+		{name: "missing arg", input: "oci_registry {\nstorage\n}", wantErr: "storage needs exactly one argument"},
+		{name: "extra arg", input: "oci_registry {\nstorage a b\n}", wantErr: "storage needs exactly one argument"},
+		{name: "bad size", input: "oci_registry {\nmax_manifest_size lots\n}", wantErr: "parsing max_manifest_size"},
+		{name: "zero size", input: "oci_registry {\nmax_manifest_size 0\n}", wantErr: "out of range"},
+		{name: "bad duration", input: "oci_registry {\nupload_ttl soon\n}", wantErr: "parsing upload_ttl"},
+		{name: "negative duration", input: "oci_registry {\ngc_grace -1h\n}", wantErr: "gc_grace must be positive"},
+		{name: "off only for gc_interval", input: "oci_registry {\ngc_grace off\n}", wantErr: "parsing gc_grace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got Registry
+			err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestJSONRoundTrip(t *testing.T) {
+	in := Registry{
+		Storage:         "/srv/oci",
+		MaxManifestSize: 8 << 20,
+		UploadTTL:       caddy.Duration(6 * time.Hour),
+		GCInterval:      caddy.Duration(15 * time.Minute),
+		GCGrace:         caddy.Duration(90 * time.Minute),
+	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out Registry
+	if err := caddy.StrictUnmarshalJSON(b, &out); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
+	}
+	for _, key := range []string{"storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace"} {
+		if !strings.Contains(string(b), `"`+key+`"`) {
+			t.Errorf("json %s lacks %q", b, key)
+		}
+	}
+	empty, err := json.Marshal(Registry{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(empty) != "{}" {
+		t.Errorf("zero config marshals to %s, want {}", empty)
+	}
+	// Durations are also accepted as strings, as everywhere in Caddy.
+	if err := json.Unmarshal([]byte(`{"upload_ttl":"1h","gc_interval":"1d"}`), &out); err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(out.UploadTTL) != time.Hour || time.Duration(out.GCInterval) != 24*time.Hour {
+		t.Errorf("string durations: got %v, %v", time.Duration(out.UploadTTL), time.Duration(out.GCInterval))
+	}
+}
+
+// TestDirectiveOrder checks that the directive works at site level without
+// a route block and lands after auth, before encode and file_server.
+func TestDirectiveOrder(t *testing.T) {
+	const input = `http://:5000 {
+	file_server
+	encode gzip
+	oci_registry {
+		storage ./data
+		max_manifest_size 1MiB
+	}
+	basic_auth {
+		admin $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG
+	}
+}`
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	out, warnings, err := adapter.Adapt([]byte(input), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range warnings {
+		t.Logf("warning: %s", w)
+	}
+	s := string(out)
+	idx := func(handler string) int {
+		i := strings.Index(s, `"handler":"`+handler+`"`)
+		if i < 0 {
+			t.Fatalf("adapted config lacks handler %s: %s", handler, s)
+		}
+		return i
+	}
+	auth, reg, enc, fs := idx("authentication"), idx("oci_registry"), idx("encode"), idx("file_server")
+	if !(auth < reg && reg < enc && enc < fs) {
+		t.Errorf("handler order: authentication@%d oci_registry@%d encode@%d file_server@%d; want that order\n%s", auth, reg, enc, fs, s)
+	}
+	if !strings.Contains(s, `"max_manifest_size":1048576`) || !strings.Contains(s, `"storage":"./data"`) {
+		t.Errorf("adapted handler config: %s", s)
+	}
+}

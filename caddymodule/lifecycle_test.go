@@ -1,0 +1,183 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// config returns a Caddy JSON config serving the registry from dir on
+// addr, with the admin API off so tests do not fight over its port.
+func config(t *testing.T, addr, dir string, maxManifest int64) []byte {
+	t.Helper()
+	handler := map[string]any{"handler": "oci_registry", "storage": dir}
+	if maxManifest > 0 {
+		handler["max_manifest_size"] = maxManifest
+	}
+	cfg := map[string]any{
+		"admin":   map[string]any{"disabled": true},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "ERROR"}}},
+		"apps": map[string]any{
+			"http": map[string]any{
+				"servers": map[string]any{
+					"registry": map[string]any{
+						"listen": []string{addr},
+						"routes": []any{map[string]any{"handle": []any{handler}}},
+					},
+				},
+			},
+		},
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func ping(t *testing.T, addr string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v2/: %s %s", resp.Status, body)
+	}
+	if v := resp.Header.Get("Docker-Distribution-API-Version"); v != "registry/2.0" {
+		t.Errorf("Docker-Distribution-API-Version = %q", v)
+	}
+}
+
+// TestReloadValidateShareStore provisions the handler on one storage
+// folder twice in one process (a reload, then a validate beside the running
+// config): badger allows one Open per directory, so this only works if the
+// store is shared. After Stop the store must be closed again.
+func TestReloadValidateShareStore(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+
+	if err := caddy.Load(config(t, addr, dir, 0), true); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = caddy.Stop()
+		}
+	})
+	ping(t, addr)
+
+	// Reload with a changed handler config on the same folder.
+	if err := caddy.Load(config(t, addr, dir, 1<<20), true); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	ping(t, addr)
+	if n, ok := stores.References(dir); !ok || n != 1 {
+		t.Errorf("after reload: %d references to the store (present %v), want 1", n, ok)
+	}
+
+	// Validate beside the running config.
+	var cfg caddy.Config
+	if err := caddy.StrictUnmarshalJSON(config(t, freeAddr(t), dir, 0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Validate(&cfg); err != nil {
+		t.Fatalf("validate beside running config: %v", err)
+	}
+	ping(t, addr)
+
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	if _, ok := stores.References(dir); ok {
+		t.Error("store still referenced after Stop")
+	}
+	st, err := cache.Open(cache.Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("store not closed after Stop: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestValidateDoesNotOpen: validation provisions the handler but must not
+// open (or even create) the store, so it works next to another process
+// holding the store's lock.
+func TestValidateDoesNotOpen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "not-yet")
+	var cfg caddy.Config
+	if err := caddy.StrictUnmarshalJSON(config(t, freeAddr(t), dir, 0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Validate(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("validate touched the storage folder: %v", err)
+	}
+	if _, ok := stores.References(dir); ok {
+		t.Error("store still referenced after validate")
+	}
+}
+
+// TestValidateRejects covers config errors reported by Validate.
+func TestValidateRejects(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		handler string
+		wantErr string
+	}{
+		{fmt.Sprintf(`{"handler":"oci_registry","storage":%q}`, file), "not a directory"},
+		{`{"handler":"oci_registry","max_manifest_size":-1}`, "max_manifest_size"},
+		{`{"handler":"oci_registry","upload_ttl":-5}`, "upload_ttl"},
+		{`{"handler":"oci_registry","bogus":1}`, "bogus"},
+	} {
+		cfgJSON := fmt.Sprintf(`{"admin":{"disabled":true},"apps":{"http":{"servers":{"s":{"listen":[%q],"routes":[{"handle":[%s]}]}}}}}`,
+			freeAddr(t), tc.handler)
+		var cfg caddy.Config
+		if err := caddy.StrictUnmarshalJSON([]byte(cfgJSON), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		err := caddy.Validate(&cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%s: error %v, want one containing %q", tc.handler, err, tc.wantErr)
+		}
+	}
+}
+
+func init() {
+	// Keep caddy.AppDataDir (the default storage) out of the user's home
+	// should a test ever provision without storage.
+	if os.Getenv("XDG_DATA_HOME") == "" {
+		_ = os.Setenv("XDG_DATA_HOME", filepath.Join(os.TempDir(), fmt.Sprintf("caddy-oci-test-%d", time.Now().UnixNano())))
+	}
+}

@@ -1,0 +1,229 @@
+// Package caddymodule wires the registry into Caddy: the oci_registry
+// handler's JSON config and Caddyfile directive, its lifecycle, the stores
+// shared across config reloads, and its Prometheus metrics. It decides
+// nothing about the protocol; that is package registry.
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry"
+)
+
+func init() {
+	caddy.RegisterModule(Registry{})
+}
+
+// Defaults applied when a field is left out.
+const (
+	DefaultGCInterval = time.Hour
+	DefaultUploadTTL  = 24 * time.Hour
+	DefaultGCGrace    = time.Hour
+)
+
+// Registry serves the OCI distribution API (everything under /v2/) from a
+// local, content-addressed store. Requests for other paths are passed on
+// to the next handler, so a site can serve the registry next to anything
+// else.
+//
+// The store is opened when Caddy starts running the config (or on the
+// first request), never by `caddy validate`, so a config can be validated
+// next to a running server that holds the store's lock.
+type Registry struct {
+	// Storage is the folder that holds blobs, metadata and upload sessions.
+	// It is created if missing. A relative path is relative to Caddy's
+	// working directory. Default: the "oci" folder in Caddy's data
+	// directory (e.g. ~/.local/share/caddy/oci).
+	//
+	// Several handlers (or sites) may name the same folder: they then share
+	// one store. Its upload_ttl, gc_interval and gc_grace are those of the
+	// first handler that opened it; changing them takes a restart.
+	Storage string `json:"storage,omitempty"`
+
+	// MaxManifestSize is the largest manifest, in bytes, accepted on push;
+	// bigger ones are refused with 413. Default: 4 MiB.
+	MaxManifestSize int64 `json:"max_manifest_size,omitempty"`
+
+	// UploadTTL is how long an upload session may stay untouched before it
+	// expires and its data is removed. Sessions survive restarts until
+	// then. Default: 24h.
+	UploadTTL caddy.Duration `json:"upload_ttl,omitempty"`
+
+	// GCInterval is how often blobs that no repository links any more, and
+	// expired upload sessions, are removed from disk. A negative value
+	// disables the background collection. Default: 1h.
+	GCInterval caddy.Duration `json:"gc_interval,omitempty"`
+
+	// GCGrace protects young blobs from garbage collection: a blob file
+	// younger than this is kept even when nothing links it yet, so a push
+	// whose manifest has not arrived yet never loses its layers.
+	// Default: 1h.
+	GCGrace caddy.Duration `json:"gc_grace,omitempty"`
+
+	dir     string // absolute, cleaned Storage: the key in stores
+	store   *sharedStore
+	live    *liveHandler
+	metrics *metricsObserver
+	logger  *zap.Logger
+}
+
+// liveHandler is the registry handler, built once the store is open.
+type liveHandler struct {
+	h  atomic.Pointer[registry.Handler]
+	mu sync.Mutex // serialises building h
+}
+
+// CaddyModule returns the Caddy module information.
+func (Registry) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.oci_registry",
+		New: func() caddy.Module { return new(Registry) },
+	}
+}
+
+// Provision sets defaults, takes a reference to the shared store of the
+// storage folder (without opening it) and registers metrics.
+func (rg *Registry) Provision(ctx caddy.Context) error {
+	rg.logger = ctx.Logger()
+	rg.live = new(liveHandler)
+
+	storage := rg.Storage
+	if storage == "" {
+		storage = filepath.Join(caddy.AppDataDir(), "oci")
+	}
+	dir, err := filepath.Abs(storage)
+	if err != nil {
+		return fmt.Errorf("storage %q: %w", storage, err)
+	}
+	rg.dir = filepath.Clean(dir)
+
+	opts := cache.Options{
+		Dir:        rg.dir,
+		UploadTTL:  orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
+		GCGrace:    orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
+		GCInterval: orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
+		Logger:     rg.logger.Named("store").With(zap.String("storage", rg.dir)),
+	}
+	if opts.GCInterval < 0 {
+		opts.GCInterval = 0 // cache.Options: zero disables the loop
+	}
+	rg.store, err = acquireStore(opts)
+	if err != nil {
+		return err
+	}
+	if !rg.store.opts.sameSettings(opts) {
+		rg.logger.Warn("storage already open with other settings; they apply after a restart",
+			zap.String("storage", rg.dir))
+	}
+
+	// The oci app opens the store when Caddy starts running this config;
+	// `caddy validate` provisions but never starts apps.
+	app, err := ctx.App(appID)
+	if err != nil {
+		return err
+	}
+	app.(*App).add(rg.store)
+
+	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// Validate checks the config without touching the store.
+func (rg *Registry) Validate() error {
+	if rg.MaxManifestSize < 0 {
+		return fmt.Errorf("max_manifest_size must not be negative: %d", rg.MaxManifestSize)
+	}
+	if rg.UploadTTL < 0 {
+		return fmt.Errorf("upload_ttl must not be negative: %s", time.Duration(rg.UploadTTL))
+	}
+	if rg.GCGrace < 0 {
+		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(rg.GCGrace))
+	}
+	if fi, err := os.Stat(rg.dir); err == nil && !fi.IsDir() {
+		return fmt.Errorf("storage %s exists and is not a directory", rg.dir)
+	}
+	return nil
+}
+
+// Cleanup drops this config's reference to the store; the last reference
+// closes it.
+func (rg *Registry) Cleanup() error {
+	if rg.store == nil {
+		return nil
+	}
+	_, err := stores.Delete(rg.dir)
+	return err
+}
+
+// ServeHTTP serves /v2/ and passes every other request to next.
+func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !registry.IsRegistryPath(r.URL.Path) {
+		return next.ServeHTTP(w, r)
+	}
+	h, err := rg.registryHandler()
+	if err != nil {
+		rg.logger.Error("storage unavailable", zap.String("storage", rg.dir), zap.Error(err))
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	h.ServeHTTP(w, r)
+	return nil
+}
+
+// registryHandler returns the registry handler, opening the store on first
+// use if the oci app has not done so yet (apps start in no fixed order, so
+// the HTTP server may take a request first).
+func (rg *Registry) registryHandler() (*registry.Handler, error) {
+	if h := rg.live.h.Load(); h != nil {
+		return h, nil
+	}
+	rg.live.mu.Lock()
+	defer rg.live.mu.Unlock()
+	if h := rg.live.h.Load(); h != nil {
+		return h, nil
+	}
+	st, err := rg.store.open()
+	if err != nil {
+		return nil, err
+	}
+	h := registry.New(registry.Config{
+		Store:           st,
+		MaxManifestSize: rg.MaxManifestSize,
+		Logger:          rg.logger,
+		Observer:        rg.metrics,
+	})
+	rg.live.h.Store(h)
+	return h, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// Interface guards
+var (
+	_ caddy.Module                = (*Registry)(nil)
+	_ caddy.Provisioner           = (*Registry)(nil)
+	_ caddy.Validator             = (*Registry)(nil)
+	_ caddy.CleanerUpper          = (*Registry)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Registry)(nil)
+	_ caddyfile.Unmarshaler       = (*Registry)(nil)
+	_ registry.Observer           = (*metricsObserver)(nil)
+)

@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// TestConformance runs the OCI distribution-spec conformance suite against
+// the binary serving Caddyfile.example: the acceptance test of the
+// registry as shipped (the registry package runs the same suite against the
+// bare handler). Build the suite with
+//
+//	go install github.com/opencontainers/distribution-spec/conformance@v0.0.0-20260831232431-97274622c111
+//
+// and point OCI_CONFORMANCE_BIN at $(go env GOPATH)/bin/conformance.
+func TestConformance(t *testing.T) {
+	bin := os.Getenv("OCI_CONFORMANCE_BIN")
+	if bin == "" {
+		t.Skip("OCI_CONFORMANCE_BIN not set")
+	}
+	s := newServer(t, t.TempDir())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(),
+		"OCI_REGISTRY="+s.addr,
+		"OCI_TLS=disabled",
+		"OCI_VERSION=dev",
+		"OCI_API_BLOBS_DIGEST_HEADER=true",
+		"OCI_API_MANIFESTS_DIGEST_HEADER=true",
+		"OCI_API_MANIFESTS_TAG_PARAM=true",
+		"OCI_API_BLOBS_UPLOAD_CANCEL=true",
+		"OCI_API_BLOBS_MOUNT_ANONYMOUS=true",
+		"OCI_API_REFERRER=true",
+		"OCI_DATA_SHA512=true",
+		"OCI_RESULTS_DIR="+t.TempDir(),
+	)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	runErr := cmd.Run()
+	report := out.String()
+
+	summary := regexp.MustCompile(`(?s)OCI Conformance Result:.*?Total\.*:\s+\d+`).FindString(report)
+	if summary == "" {
+		t.Fatalf("no result summary from the suite (%v):\n%s", runErr, report)
+	}
+	t.Logf("conformance against the caddy binary:\n%s", summary)
+	// .ci/run prints the summary from here (go test shows logs of passing
+	// tests only with -v).
+	if dir := os.Getenv("CADDY_OCI_REPORT_DIR"); dir != "" {
+		if err := os.WriteFile(filepath.Join(dir, "conformance-e2e.txt"), []byte(report), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	if runErr != nil {
+		t.Fatalf("conformance suite failed: %v\n%s", runErr, report)
+	}
+	if !regexp.MustCompile(`OCI Conformance Result: (?i:pass)`).MatchString(summary) {
+		t.Errorf("conformance result is not a pass:\n%s", report)
+	}
+	// Every test must pass: nothing failed, errored or was skipped for
+	// lack of support.
+	for _, status := range []string{"FAIL", "Error", "Skip"} {
+		re := regexp.MustCompile(`(?m)^\s*` + status + `\.*:\s+(\d+)`)
+		if m := re.FindStringSubmatch(summary); m != nil && m[1] != "0" {
+			t.Errorf("conformance: %s %s\n%s", m[1], status, report)
+		}
+	}
+}

@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// server is one caddy process serving a copy of Caddyfile.example.
+type server struct {
+	t       *testing.T
+	config  string // path of the Caddyfile it runs
+	addr    string // host:port of the registry
+	admin   string // host:port of the admin API
+	dataDir string
+	cmd     *exec.Cmd
+	out     *syncBuffer
+	done    chan struct{} // closed when the process has exited
+}
+
+// syncBuffer collects the process's output for failure reports.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// exampleConfig writes Caddyfile.example to a temp file with only its port,
+// admin port and storage folder changed, so tests run what users run.
+func exampleConfig(t *testing.T, dataDir string) (path, addr, admin string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	cfg := string(b)
+	for _, r := range []struct{ old, new string }{
+		{"http://:5000", "http://:" + port},
+		{"admin localhost:2019", "admin localhost:" + adminPort},
+		{"storage ./registry-data", "storage " + strconv.Quote(dataDir)},
+	} {
+		if !strings.Contains(cfg, r.old) {
+			t.Fatalf("Caddyfile.example no longer contains %q; update the e2e tests with it", r.old)
+		}
+		cfg = strings.ReplaceAll(cfg, r.old, r.new)
+	}
+	path = filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, "127.0.0.1:" + port, "localhost:" + adminPort
+}
+
+// newServer starts caddy on a fresh copy of the example config whose
+// storage is dataDir, and waits until it serves /v2/.
+func newServer(t *testing.T, dataDir string) *server {
+	t.Helper()
+	needBinary(t)
+	config, addr, admin := exampleConfig(t, dataDir)
+	s := &server{t: t, config: config, addr: addr, admin: admin, dataDir: dataDir}
+	s.start()
+	return s
+}
+
+// start runs the process on s.config and waits for readiness.
+func (s *server) start() {
+	t := s.t
+	t.Helper()
+	s.out = new(syncBuffer)
+	s.done = make(chan struct{})
+	s.cmd = exec.Command(caddyBin, "run", "--config", s.config, "--adapter", "caddyfile")
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done, out := s.done, s.out
+	go func() {
+		_ = s.cmd.Wait()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		s.stopProcess(s.cmd, done)
+		if t.Failed() {
+			t.Logf("caddy output:\n%s", out.String())
+		}
+	})
+	s.waitReady()
+}
+
+func (s *server) stopProcess(cmd *exec.Cmd, done chan struct{}) {
+	select {
+	case <-done:
+		return
+	default:
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// kill ends the process with SIGKILL, as a crash would.
+func (s *server) kill() {
+	s.stopProcess(s.cmd, s.done)
+}
+
+// waitReady polls GET /v2/ until it answers 200, the process exits, or a
+// deadline passes.
+func (s *server) waitReady() {
+	t := s.t
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	client := &http.Client{Timeout: 2 * time.Second}
+	for {
+		resp, err := client.Get(s.url("/v2/"))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-s.done:
+			t.Fatalf("caddy exited before serving /v2/:\n%s", s.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("caddy not ready after 60s (last: %v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *server) url(path string) string { return "http://" + s.addr + path }
+
+// run runs a client command with a deadline and returns its combined
+// output, failing the test on error.
+func run(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
