@@ -17,6 +17,8 @@ import (
 //	tag/<repo>\x00<tag>                  -> digest string
 //	ref/<repo>\x00<subject>\x00<digest>  manifest digest refers to subject
 //	up/<id>                              -> uploadRecord JSON
+//	tf/<repo>\x00<tag>                   -> when a mirrored tag was last
+//	                                        confirmed upstream (unix ns, 8 bytes BE)
 const (
 	pRepo     = "repo/"
 	pBlobLink = "bl/"
@@ -26,6 +28,7 @@ const (
 	pTag      = "tag/"
 	pRef      = "ref/"
 	pUpload   = "up/"
+	pTagFetch = "tf/"
 	sep       = "\x00"
 )
 
@@ -62,6 +65,8 @@ func refKey(repo string, subject, d Digest) []byte {
 func refPrefix(repo string, subject Digest) []byte {
 	return []byte(pRef + repo + sep + subject.String() + sep)
 }
+
+func tagFetchKey(repo, tag string) []byte { return []byte(pTagFetch + repo + sep + tag) }
 
 func uploadKey(id string) []byte { return []byte(pUpload + id) }
 

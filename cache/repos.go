@@ -358,7 +358,10 @@ func (s *Store) DeleteTag(repo, tag string) error {
 		if !ok {
 			return fmt.Errorf("%w: %s:%s", ErrTagUnknown, repo, tag)
 		}
-		return txn.Delete(tagKey(repo, tag))
+		if err := txn.Delete(tagKey(repo, tag)); err != nil {
+			return err
+		}
+		return txn.Delete(tagFetchKey(repo, tag))
 	})
 }
 
@@ -388,7 +391,8 @@ func (s *Store) DeleteManifest(repo string, d Digest) error {
 			item := it.Item()
 			err := item.Value(func(v []byte) error {
 				if bytes.Equal(v, want) {
-					dels = append(dels, item.KeyCopy(nil))
+					k := item.KeyCopy(nil)
+					dels = append(dels, k, append([]byte(pTagFetch), k[len(pTag):]...))
 				}
 				return nil
 			})

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -35,6 +36,13 @@ type Store struct {
 	sessMu   sync.Mutex
 	sessions map[string]*sessionLock
 
+	// fills are the blob fills in progress, by digest (fill.go); they
+	// run on ctx, which Close cancels.
+	fillMu sync.Mutex
+	fills  map[Digest]*Fill
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -64,6 +72,7 @@ func Open(opts Options) (*Store, error) {
 		grace:      opts.GCGrace,
 		log:        log,
 		sessions:   map[string]*sessionLock{},
+		fills:      map[Digest]*Fill{},
 		stop:       make(chan struct{}),
 		now:        time.Now,
 	}
@@ -108,6 +117,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("cache: open metadata: %w", err)
 	}
 	s.db = db
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	if err := s.recoverUploads(); err != nil {
 		db.Close()
@@ -124,6 +134,7 @@ func Open(opts Options) (*Store, error) {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
+		s.cancel()
 		s.wg.Wait()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("cache: close metadata: %w", err)

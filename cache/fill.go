@@ -1,0 +1,362 @@
+package cache
+
+// Fill-once-read-many: a blob fetched from elsewhere (a mirror's upstream)
+// is written into the store by one goroutine while any number of readers
+// follow the growing temp file. The fill runs on the store's context, not a
+// client's, so a client that goes away does not stop it; the bytes are
+// verified against the digest before the same install path as PutBlob makes
+// them visible, and a failed or mismatched fill leaves nothing behind.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ErrFillFailed wraps the reason a fill did not commit (the source broke,
+// sent too much or too little, or the bytes did not match the digest).
+// Readers that see it must not present what they read as complete.
+var ErrFillFailed = errors.New("blob fill failed")
+
+// FillSource opens the content of a blob for a fill: its bytes and their
+// size (-1 when unknown). It is called once, on the fill's own goroutine,
+// with a context that ends only when the store closes.
+type FillSource func(ctx context.Context) (body io.ReadCloser, size int64, err error)
+
+type fillState int
+
+const (
+	fillStarting fillState = iota // source not answered yet
+	fillWriting
+	fillCommitted
+	fillFailed
+)
+
+// Fill is one blob on its way into the store. Get one with Store.Fill;
+// read it with Reader. All methods are safe for concurrent use.
+type Fill struct {
+	s      *Store
+	d      Digest
+	repo   string
+	notify chan struct{} // closed and replaced on every change, under mu
+	ready  chan struct{} // closed once the size is known or the fill failed
+	done   chan struct{} // closed once committed or failed
+
+	mu      sync.Mutex
+	state   fillState
+	size    int64 // -1 unknown
+	written int64
+	tmp     string
+	err     error
+	took    time.Duration
+}
+
+// Fill returns the fill of blob d: the one in progress if there is one,
+// else a new fill from src, whose result is linked into repo once
+// committed. If the blob is in the store already the Fill returned is
+// committed at once and src is not called. started reports whether this
+// call started the fill.
+func (s *Store) Fill(repo string, d Digest, src FillSource) (f *Fill, started bool, err error) {
+	if err := checkName("repository", repo); err != nil {
+		return nil, false, err
+	}
+	if err := checkDigest(d); err != nil {
+		return nil, false, err
+	}
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	if f := s.fills[d]; f != nil {
+		return f, false, nil
+	}
+	f = newFill(s, d, repo)
+	if info, err := s.StatBlob(d); err == nil {
+		f.state, f.size, f.written = fillCommitted, info.Size, info.Size
+		close(f.ready)
+		close(f.done)
+		return f, false, nil
+	}
+	select {
+	case <-s.stop:
+		return nil, false, errors.New("cache: store closed")
+	default:
+	}
+	s.fills[d] = f
+	s.wg.Add(1)
+	go f.run(src)
+	return f, true, nil
+}
+
+// Fills reports the number of fills in progress.
+func (s *Store) Fills() int {
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	return len(s.fills)
+}
+
+func newFill(s *Store, d Digest, repo string) *Fill {
+	return &Fill{
+		s: s, d: d, repo: repo, size: -1,
+		notify: make(chan struct{}),
+		ready:  make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+}
+
+// Digest is the blob being filled.
+func (f *Fill) Digest() Digest { return f.d }
+
+// changed wakes every waiter; mu is held.
+func (f *Fill) changed() {
+	close(f.notify)
+	f.notify = make(chan struct{})
+}
+
+func (f *Fill) run(src FillSource) {
+	defer f.s.wg.Done()
+	start := time.Now()
+	err := f.fill(src)
+	f.mu.Lock()
+	f.took = time.Since(start)
+	if err != nil {
+		f.state, f.err = fillFailed, fmt.Errorf("%w: %s: %w", ErrFillFailed, f.d, err)
+		if f.tmp != "" {
+			os.Remove(f.tmp)
+		}
+		f.s.log.Warn("blob fill failed", zap.String("repo", f.repo), zap.String("digest", f.d.String()), zap.Error(err))
+	} else {
+		f.state = fillCommitted
+	}
+	select {
+	case <-f.ready:
+	default:
+		close(f.ready)
+	}
+	f.changed()
+	f.mu.Unlock()
+	f.s.fillMu.Lock()
+	delete(f.s.fills, f.d)
+	f.s.fillMu.Unlock()
+	close(f.done)
+}
+
+// fill copies the source into a temp file, verifies and installs it.
+func (f *Fill) fill(src FillSource) error {
+	body, size, err := src(f.s.ctx)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	file, err := f.s.createTemp()
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	f.mu.Lock()
+	f.tmp, f.size, f.state = file.Name(), size, fillWriting
+	close(f.ready)
+	f.changed()
+	f.mu.Unlock()
+
+	h := f.d.Algorithm.New()
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := (*bp)[:256<<10] // smaller than the pool's: readers see progress sooner
+	var n int64
+	for {
+		m, rerr := body.Read(buf)
+		if m > 0 {
+			if size >= 0 && n+int64(m) > size {
+				return fmt.Errorf("%w: source sent more than %d bytes", ErrSizeMismatch, size)
+			}
+			if _, err := file.Write(buf[:m]); err != nil {
+				return fmt.Errorf("cache: write fill: %w", err)
+			}
+			h.Write(buf[:m])
+			n += int64(m)
+			f.mu.Lock()
+			f.written = n
+			f.changed()
+			f.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("read source after %d bytes: %w", n, rerr)
+		}
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("%w: source declared %d, sent %d bytes", ErrSizeMismatch, size, n)
+	}
+	if got := FromHash(f.d.Algorithm, h); got != f.d {
+		return fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, f.d, got)
+	}
+	if err := file.Sync(); err != nil {
+		return fmt.Errorf("cache: sync fill: %w", err)
+	}
+	f.s.gcMu.RLock()
+	defer f.s.gcMu.RUnlock()
+	if err := f.s.installLocked(file.Name(), f.d); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.size, f.tmp = n, "" // the file now lives at its digest's place
+	f.mu.Unlock()
+	if err := f.s.linkBlobLocked(f.repo, f.d); err != nil {
+		// Content is in; the next request links it.
+		f.s.log.Warn("link filled blob", zap.String("repo", f.repo), zap.Error(err))
+	}
+	return nil
+}
+
+// Ready waits until the source answered and returns the blob's size (-1
+// when the source did not say); the fill's error if it failed first.
+func (f *Fill) Ready(ctx context.Context) (int64, error) {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == fillFailed {
+		return 0, f.err
+	}
+	return f.size, nil
+}
+
+// Wait waits until the fill committed (nil) or failed (its error).
+func (f *Fill) Wait(ctx context.Context) error {
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// Done is closed when the fill committed or failed.
+func (f *Fill) Done() <-chan struct{} { return f.done }
+
+// Duration is how long the fill took, once Done.
+func (f *Fill) Duration() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.took
+}
+
+// Reader returns a reader of the blob that follows the fill: it waits for
+// bytes not written yet (or for ctx), gives the last byte of a blob of known
+// size only once the whole blob is verified and committed, and fails with
+// an error wrapping ErrFillFailed if the fill does. It waits for Ready
+// first. Close it when done.
+func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
+	if _, err := f.Ready(ctx); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var file *os.File
+	var err error
+	switch f.state {
+	case fillFailed:
+		return nil, f.err
+	case fillCommitted:
+		file, err = f.s.OpenBlob(f.d)
+	default:
+		file, err = os.Open(f.tmp)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache: open fill: %w", err)
+	}
+	return &FillReader{f: f, ctx: ctx, file: file}, nil
+}
+
+// FillReader reads a blob while it is being filled. It is an
+// io.ReadSeeker (for http.ServeContent) when the size is known.
+type FillReader struct {
+	f    *Fill
+	ctx  context.Context
+	file *os.File
+	off  int64
+	err  error // the fill's failure, once seen
+}
+
+// Read implements io.Reader.
+func (r *FillReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		r.f.mu.Lock()
+		state, avail, size, ch, ferr := r.f.state, r.f.written, r.f.size, r.f.notify, r.f.err
+		r.f.mu.Unlock()
+		switch state {
+		case fillFailed:
+			r.err = ferr
+			return 0, ferr
+		case fillWriting:
+			if size >= 0 && avail >= size {
+				avail = size - 1 // held back until verified
+			}
+		}
+		if r.off < avail {
+			n := int64(len(p))
+			n = min(n, avail-r.off)
+			m, err := r.file.ReadAt(p[:n], r.off)
+			r.off += int64(m)
+			if err == io.EOF && m > 0 {
+				err = nil
+			}
+			return m, err
+		}
+		if state == fillCommitted {
+			return 0, io.EOF
+		}
+		select {
+		case <-ch:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+// Seek implements io.Seeker. Seeking from the end needs the size.
+func (r *FillReader) Seek(offset int64, whence int) (int64, error) {
+	var base int64
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		base = r.off
+	case io.SeekEnd:
+		r.f.mu.Lock()
+		size := r.f.size
+		r.f.mu.Unlock()
+		if size < 0 {
+			return 0, errors.New("cache: fill size unknown")
+		}
+		base = size
+	default:
+		return 0, errors.New("cache: bad whence")
+	}
+	if base+offset < 0 {
+		return 0, errors.New("cache: negative position")
+	}
+	r.off = base + offset
+	return r.off, nil
+}
+
+// Err is the fill's failure if this reader saw it: what was read must then
+// not be presented as the whole blob.
+func (r *FillReader) Err() error { return r.err }
+
+// Close releases the reader's file; the fill goes on.
+func (r *FillReader) Close() error { return r.file.Close() }
