@@ -4,11 +4,13 @@
 package registry
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 )
 
@@ -42,17 +44,36 @@ type Config struct {
 	// from a repository the client may not read falls back to a plain
 	// upload session. Nil allows everything (no auth configured).
 	CanRead func(r *http.Request, repo string) bool
+	// Mirrors are the read-only namespaces served from upstream
+	// registries (see MirrorConfig). Empty: every name is local.
+	Mirrors []*Mirror
+	// LocalPrefixes are names that stay local even when a mirror is the
+	// default namespace (e.g. "team" keeps team/app local).
+	LocalPrefixes []string
 }
 
 // Handler serves /v2/. Requests for other paths get 404 NOT_FOUND in the
 // error envelope; callers that want to pass them on (Caddy) check
 // IsRegistryPath first.
 type Handler struct {
-	cfg Config
+	cfg     Config
+	names   *authscope.Names // nil without mirrors: names are used as typed
+	mirrors map[string]*Mirror
 }
 
-// New returns a Handler for cfg.
+// New returns a Handler for cfg. It panics if cfg's mirrors do not make a
+// valid set of namespaces; use NewHandler to get that as an error.
 func New(cfg Config) *Handler {
+	h, err := NewHandler(cfg)
+	if err != nil {
+		panic(err)
+	}
+	return h
+}
+
+// NewHandler returns a Handler for cfg, or why cfg's mirrors and local
+// prefixes do not fit together. Nothing upstream is contacted.
+func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.MaxManifestSize <= 0 {
 		cfg.MaxManifestSize = DefaultMaxManifestSize
 	}
@@ -62,7 +83,38 @@ func New(cfg Config) *Handler {
 	if cfg.CanRead == nil {
 		cfg.CanRead = func(*http.Request, string) bool { return true }
 	}
-	return &Handler{cfg: cfg}
+	h := &Handler{cfg: cfg}
+	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {
+		spaces := make([]authscope.Namespace, 0, len(cfg.Mirrors))
+		h.mirrors = map[string]*Mirror{}
+		for _, m := range cfg.Mirrors {
+			if h.mirrors[m.Prefix()] != nil {
+				return nil, fmt.Errorf("mirror %s configured twice", m.Prefix())
+			}
+			if err := m.attach(cfg.Logger, cfg.Observer); err != nil {
+				return nil, err
+			}
+			h.mirrors[m.Prefix()] = m
+			spaces = append(spaces, m.Namespace())
+		}
+		names, err := authscope.NewNames(spaces, cfg.LocalPrefixes)
+		if err != nil {
+			return nil, err
+		}
+		h.names = names
+	}
+	return h, nil
+}
+
+// Serves reports whether path belongs to this handler: the distribution
+// API under /v2, or under /<prefix>/v2 for a mirror's prefix or alias
+// (containerd's hosts.toml without override_path).
+func (h *Handler) Serves(path string) bool {
+	if IsRegistryPath(path) {
+		return true
+	}
+	p, _, ok := splitPathPrefix(path)
+	return ok && h.names.IsPathPrefix(p)
 }
 
 // IsRegistryPath reports whether path belongs to the distribution API

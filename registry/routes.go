@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
 )
 
 // request is what routing learned about one request.
@@ -18,6 +20,8 @@ type request struct {
 	// arg is the last path element: reference, digest or upload id.
 	arg string
 	op  string
+	// mirror serves name when it lies in a mirrored namespace.
+	mirror *Mirror
 }
 
 type handlerFunc func(h *Handler, w http.ResponseWriter, r *http.Request, rc *request) error
@@ -124,10 +128,35 @@ func matchPath(path string) (kind routeKind, name, arg string, err error) {
 	return 0, "", "", errPathUnknown
 }
 
+// splitPathPrefix splits `/<p>/v2/...` into p and `/v2/...`.
+func splitPathPrefix(path string) (prefix, rest string, ok bool) {
+	p, after, found := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	if !found || p == "" || !IsRegistryPath("/"+after) {
+		return "", "", false
+	}
+	return p, "/" + after, true
+}
+
 func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) error {
-	kind, name, arg, err := matchPath(r.URL.Path)
+	path := r.URL.Path
+	via := authscope.Via{Host: r.Host, NS: r.URL.Query().Get("ns")}
+	if !IsRegistryPath(path) {
+		if p, rest, ok := splitPathPrefix(path); ok && h.names.IsPathPrefix(p) {
+			via.PathPrefix, path = p, rest
+		}
+	}
+	if via.NS != "" {
+		w.Header().Set("OCI-Namespace", via.NS)
+	}
+	kind, name, arg, err := matchPath(path)
 	if err != nil {
-		return newError(http.StatusNotFound, CodeNotFound, "no such endpoint", err)
+		// `/v2/<prefix>/` is the ping of a client configured with the
+		// prefix as its mirror path (regctl --path-prefix).
+		if p := strings.Trim(strings.TrimPrefix(path, "/v2/"), "/"); IsRegistryPath(path) && h.names.IsPathPrefix(p) {
+			kind, err = routePing, nil
+		} else {
+			return newError(http.StatusNotFound, CodeNotFound, "no such endpoint", err)
+		}
 	}
 	methods := routes[kind]
 	ep, ok := methods[r.Method]
@@ -143,12 +172,27 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	}
 	rc.op = ep.op
 	rc.arg = arg
-	if kind != routePing && kind != routeCatalog {
-		rc.name = name
-		if _, err := ParseName(name); err != nil {
-			return newError(http.StatusBadRequest, CodeNameInvalid, "invalid repository name", err)
+	if kind == routePing || kind == routeCatalog {
+		return ep.fn(h, w, r, rc)
+	}
+	rc.name = name
+	internal, err := h.names.Internal(name, via)
+	switch {
+	case errors.Is(err, authscope.ErrNamespaceUnknown):
+		return newError(http.StatusNotFound, CodeNameUnknown, "namespace not served here", err)
+	case err != nil:
+		return newError(http.StatusBadRequest, CodeNameInvalid, "invalid repository name", err)
+	}
+	rc.name = internal
+	// The way the client came in, so Location and Link lead back to it.
+	rc.base = strings.TrimSuffix(r.URL.Path[:len(r.URL.Path)-len(path)+len("/v2/")+len(name)], "/")
+	if m := h.mirrorFor(internal); m != nil {
+		rc.mirror = m
+		fn, ok := mirrorRoutes[ep.op]
+		if !ok {
+			return errReadOnly(m)
 		}
-		rc.base = strings.TrimSuffix(r.URL.Path[:len("/v2/")+len(name)], "/")
+		return fn(h, w, r, rc)
 	}
 	return ep.fn(h, w, r, rc)
 }

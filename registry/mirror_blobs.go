@@ -1,0 +1,223 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// mirrorBlobGet serves GET and HEAD of a mirrored blob. A blob is
+// immutable under its digest: once this repository links it, upstream is
+// never asked again. A cold GET joins (or starts) the store's fill of the
+// digest and streams the growing file.
+func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *request) error {
+	m := rc.mirror
+	d, err := parseDigestArg(rc.arg)
+	if err != nil {
+		return err
+	}
+	store := h.cfg.Store
+	if _, err := store.HasBlob(rc.name, d); err == nil {
+		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
+		return h.serveCachedBlob(w, r, rc)
+	}
+	if _, err := store.StatBlob(d); err == nil {
+		// The content is here for another repository: upstream only has
+		// to confirm this one holds it too.
+		if err := h.confirmBlob(r.Context(), rc, d); err != nil {
+			return err
+		}
+		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
+		return h.serveCachedBlob(w, r, rc)
+	}
+	m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
+	if r.Method == http.MethodHead {
+		return h.headUpstreamBlob(w, r, rc, d)
+	}
+
+	f, started, err := store.Fill(rc.name, d, m.blobSource(m.upstreamName(rc.name), d))
+	if err != nil {
+		return errInternal(err)
+	}
+	if started {
+		go func() {
+			<-f.Done()
+			err := f.Wait(context.Background())
+			size, _ := f.Ready(context.Background())
+			m.obs.MirrorFill(m.cfg.Prefix, size, f.Duration(), err)
+			if err == nil {
+				m.obs.MirrorBytes(m.cfg.Prefix, "upstream", size)
+			}
+		}()
+	}
+	size, err := f.Ready(r.Context())
+	if err != nil {
+		if r.Context().Err() != nil {
+			return nil // the client left
+		}
+		return upstreamError(m, "blob", err)
+	}
+	if size < 0 {
+		// Upstream did not say how long: serve once complete.
+		if err := f.Wait(r.Context()); err != nil {
+			if r.Context().Err() != nil {
+				return nil
+			}
+			return upstreamError(m, "blob", err)
+		}
+		return h.serveCachedBlob(w, r, rc)
+	}
+	rd, err := f.Reader(r.Context())
+	if err != nil {
+		if r.Context().Err() != nil {
+			return nil
+		}
+		return upstreamError(m, "blob", err)
+	}
+	defer rd.Close()
+	if !started {
+		// This repository may not be the one the fill links.
+		go func() {
+			if f.Wait(context.Background()) == nil {
+				_ = store.LinkBlob(rc.name, d)
+			}
+		}()
+	}
+	setBlobHeaders(w, d)
+	if rh := r.Header.Get("Range"); rh != "" {
+		if _, err := ParseRange(rh, size); err != nil {
+			// Let the stored-blob path answer the odd cases once the
+			// blob is complete; a cold one is simply sent whole.
+			r.Header.Del("Range")
+		}
+	}
+	http.ServeContent(w, r, "", time.Time{}, rd)
+	if rd.Err() != nil {
+		// Headers (and some bytes) are out: the only honest end is a
+		// broken transfer, never a short success.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+func setBlobHeaders(w http.ResponseWriter, d cache.Digest) {
+	hd := w.Header()
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("ETag", `"`+d.String()+`"`)
+	hd.Set("Cache-Control", "max-age=31536000")
+}
+
+// serveCachedBlob serves a blob this repository links from the store.
+func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, rc *request) error {
+	ow, _ := w.(*observedWriter)
+	var before int64
+	if ow != nil {
+		before = ow.written
+	}
+	err := h.blobGet(w, r, rc)
+	if ow != nil {
+		rc.mirror.obs.MirrorBytes(rc.mirror.cfg.Prefix, "cache", ow.written-before)
+	}
+	return err
+}
+
+// confirmBlob asks upstream whether this repository holds d (which the
+// store has for another repository) and links it if so. When upstream
+// cannot answer, a link from any repository of the same mirror is enough.
+func (h *Handler) confirmBlob(ctx context.Context, rc *request, d cache.Digest) error {
+	m := rc.mirror
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.UpstreamTimeout)
+	defer cancel()
+	resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
+	if err == nil {
+		resp.Body.Close()
+	} else if !temporary(err) || !h.linkedInMirror(m, d) {
+		return upstreamError(m, "blob", err)
+	}
+	if err := h.cfg.Store.LinkBlob(rc.name, d); err != nil {
+		if errors.Is(err, cache.ErrBlobUnknown) {
+			return errBlobUnknown(err)
+		}
+		return errInternal(err)
+	}
+	return nil
+}
+
+// linkedInMirror reports whether any repository of m links blob d.
+func (h *Handler) linkedInMirror(m *Mirror, d cache.Digest) bool {
+	repos, err := h.cfg.Store.ReposWithBlob(d, 0)
+	if err != nil {
+		return false
+	}
+	for _, r := range repos {
+		if h.mirrorFor(r) == m {
+			return true
+		}
+	}
+	return false
+}
+
+// headUpstreamBlob answers a HEAD of a blob the store lacks from upstream's
+// HEAD, without fetching it.
+func (h *Handler) headUpstreamBlob(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest) error {
+	m := rc.mirror
+	ctx, cancel := context.WithTimeout(r.Context(), m.cfg.UpstreamTimeout)
+	defer cancel()
+	resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
+	if err != nil {
+		return upstreamError(m, "blob", err)
+	}
+	resp.Body.Close()
+	setBlobHeaders(w, d)
+	if resp.ContentLength >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// blobSource is the fill's upstream GET. It runs on the fill's context; a
+// body that stalls for BlobIdleTimeout is abandoned.
+func (m *Mirror) blobSource(repo string, d cache.Digest) cache.FillSource {
+	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+		ctx, cancel := context.WithCancel(ctx)
+		idle := time.AfterFunc(m.cfg.UpstreamTimeout, cancel)
+		resp, err := m.client.Do(ctx, http.MethodGet, repo, "blobs/"+d.String(), nil)
+		if err != nil {
+			idle.Stop()
+			cancel()
+			return nil, 0, err
+		}
+		idle.Reset(m.cfg.BlobIdleTimeout)
+		return &idleBody{rc: resp.Body, idle: idle, after: m.cfg.BlobIdleTimeout, cancel: cancel}, resp.ContentLength, nil
+	}
+}
+
+// idleBody cancels its request when no byte arrives for `after`.
+type idleBody struct {
+	rc     io.ReadCloser
+	idle   *time.Timer
+	after  time.Duration
+	cancel context.CancelFunc
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.idle.Reset(b.after)
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.idle.Stop()
+	err := b.rc.Close()
+	b.cancel()
+	return err
+}

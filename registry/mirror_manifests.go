@@ -1,0 +1,315 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// errUpstreamDigest: upstream sent a manifest whose bytes do not hash to
+// the digest asked for (or announced).
+var errUpstreamDigest = errors.New("upstream content does not match its digest")
+
+// manifestAccept is what a mirror asks upstream for: every manifest type,
+// so upstream never converts and the digests stay upstream's whatever the
+// client that came first accepted.
+var manifestAccept = http.Header{"Accept": {strings.Join([]string{
+	MediaTypeOCIIndex,
+	MediaTypeOCIManifest,
+	MediaTypeDockerManifestList,
+	MediaTypeDockerManifest,
+	"application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5",
+	"application/vnd.docker.distribution.manifest.v1+json;q=0.5",
+}, ", ")}}
+
+// mirroredManifest is the answer of one lookup, shared by the requests a
+// revalidation served.
+type mirroredManifest struct {
+	m     cache.Manifest
+	body  []byte
+	stale bool // served from the store because upstream failed
+}
+
+// mirrorManifestGet serves GET and HEAD of a mirrored manifest: by digest
+// from the store once fetched; by tag from the store inside the tag's TTL,
+// after it revalidated with one upstream HEAD.
+func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *request) error {
+	m := rc.mirror
+	ref, err := ParseReference(rc.arg)
+	if err != nil {
+		return referenceError(err)
+	}
+	var res mirroredManifest
+	if ref.IsDigest() {
+		res, err = h.mirrorManifestByDigest(r.Context(), rc, ref.Digest)
+	} else {
+		res, err = h.mirrorManifestByTag(r.Context(), rc, ref.Tag)
+	}
+	if err != nil {
+		return err
+	}
+	hd := w.Header()
+	if res.stale {
+		hd.Set("Warning", staleWarning)
+	}
+	hd.Set("Content-Type", res.m.MediaType)
+	hd.Set("Docker-Content-Digest", res.m.Digest.String())
+	hd.Set("ETag", `"`+res.m.Digest.String()+`"`)
+	hd.Set("Content-Length", strconv.Itoa(len(res.body)))
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, res.m.Digest.String()) {
+		hd.Del("Content-Type")
+		hd.Del("Content-Length")
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		n, _ := w.Write(res.body)
+		m.obs.MirrorBytes(m.cfg.Prefix, "cache", int64(n))
+	}
+	return nil
+}
+
+func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cache.Digest) (mirroredManifest, error) {
+	m := rc.mirror
+	if man, body, err := h.cfg.Store.GetManifest(rc.name, d); err == nil {
+		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
+		return mirroredManifest{m: man, body: body}, nil
+	}
+	m.obs.MirrorLookup(m.cfg.Prefix, "manifest", false)
+	v, err, _ := m.revalidations.Do(rc.name+"@"+d.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+		defer cancel()
+		return h.fetchManifest(ctx, rc, d.String(), d, "")
+	})
+	if err != nil {
+		return mirroredManifest{}, upstreamError(m, "manifest", err)
+	}
+	return v.(mirroredManifest), nil
+}
+
+func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag string) (mirroredManifest, error) {
+	m := rc.mirror
+	store := h.cfg.Store
+	ti, err := store.TagInfo(rc.name, tag)
+	have := err == nil
+	if have && m.now().Sub(ti.Fetched) < m.cfg.TagTTL {
+		if man, body, err := store.GetManifest(rc.name, ti.Digest); err == nil {
+			m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
+			return mirroredManifest{m: man, body: body}, nil
+		}
+		have = false
+	}
+	v, err, _ := m.revalidations.Do(rc.name+":"+tag, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+		defer cancel()
+		res, err := h.revalidateTag(ctx, rc, tag, ti, have)
+		if err != nil && have && temporary(err) && m.now().Sub(ti.Fetched) < m.cfg.TagTTL+m.cfg.StaleIfError {
+			man, body, gerr := store.GetManifest(rc.name, ti.Digest)
+			if gerr == nil {
+				h.cfg.Logger.Warn("upstream failed; serving the cached tag",
+					zap.String("repo", rc.name), zap.String("tag", tag), zap.Error(err))
+				return mirroredManifest{m: man, body: body, stale: true}, nil
+			}
+		}
+		return res, err
+	})
+	if err != nil {
+		return mirroredManifest{}, upstreamError(m, "manifest", err)
+	}
+	res := v.(mirroredManifest)
+	m.obs.MirrorLookup(m.cfg.Prefix, "manifest", res.stale)
+	return res, nil
+}
+
+// revalidateTag asks upstream where tag points: a HEAD first when the
+// store has a copy (Docker Hub does not count HEADs against pull limits),
+// a GET only when the digest moved or the store has nothing.
+func (h *Handler) revalidateTag(ctx context.Context, rc *request, tag string, ti cache.TagInfo, have bool) (mirroredManifest, error) {
+	m := rc.mirror
+	store := h.cfg.Store
+	if have {
+		resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "manifests/"+tag, manifestAccept)
+		if err != nil {
+			return mirroredManifest{}, err
+		}
+		resp.Body.Close()
+		if resp.Header.Get("Docker-Content-Digest") == ti.Digest.String() {
+			if man, body, err := store.GetManifest(rc.name, ti.Digest); err == nil {
+				if err := store.SetTagFetched(rc.name, tag, m.now()); err != nil {
+					return mirroredManifest{}, err
+				}
+				return mirroredManifest{m: man, body: body}, nil
+			}
+		}
+	}
+	return h.fetchManifest(ctx, rc, tag, cache.Digest{}, tag)
+}
+
+// fetchManifest GETs reference from upstream, checks it against want (if
+// set) and the digest upstream announced, and stores it byte for byte,
+// tagged with tag if given.
+func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference string, want cache.Digest, tag string) (mirroredManifest, error) {
+	m := rc.mirror
+	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "manifests/"+reference, manifestAccept)
+	if err != nil {
+		return mirroredManifest{}, err
+	}
+	defer resp.Body.Close()
+	limit := h.cfg.MaxManifestSize
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return mirroredManifest{}, fmt.Errorf("read upstream manifest: %w", err)
+	}
+	if int64(len(body)) > limit {
+		return mirroredManifest{}, fmt.Errorf("upstream manifest exceeds the limit of %d bytes", limit)
+	}
+	m.obs.MirrorBytes(m.cfg.Prefix, "upstream", int64(len(body)))
+	alg := cache.SHA256
+	if !want.IsZero() {
+		alg = want.Algorithm
+	}
+	announced, aerr := cache.ParseDigest(resp.Header.Get("Docker-Content-Digest"))
+	if want.IsZero() && aerr == nil {
+		alg = announced.Algorithm
+	}
+	d := cache.FromBytes(alg, body)
+	if (!want.IsZero() && d != want) || (aerr == nil && announced.Algorithm == alg && announced != d) {
+		return mirroredManifest{}, fmt.Errorf("%w: %s computed %s", errUpstreamDigest, reference, d)
+	}
+	man := manifestMeta(resp.Header.Get("Content-Type"), body)
+	man.Digest, man.Size = d, int64(len(body))
+	var tags []string
+	if tag != "" {
+		tags = []string{tag}
+	}
+	if err := h.cfg.Store.PutManifest(rc.name, man, body, tags); err != nil {
+		return mirroredManifest{}, err
+	}
+	if tag != "" {
+		if err := h.cfg.Store.SetTagFetched(rc.name, tag, m.now()); err != nil {
+			return mirroredManifest{}, err
+		}
+	}
+	return mirroredManifest{m: man, body: body}, nil
+}
+
+// manifestMeta reads what the store keeps about a fetched manifest. It
+// checks nothing: a mirror keeps what upstream has (children need not
+// exist here). The media type is upstream's Content-Type, else the
+// document's own.
+func manifestMeta(contentType string, body []byte) cache.Manifest {
+	var doc manifestDoc
+	_ = json.NewDecoder(bytes.NewReader(body)).Decode(&doc)
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil || mt == "" || mt == "application/json" || mt == "text/plain" || mt == "application/octet-stream" {
+		mt = doc.MediaType
+		switch {
+		case mt != "":
+		case doc.Manifests != nil:
+			mt = MediaTypeOCIIndex
+		default:
+			mt = MediaTypeOCIManifest
+		}
+	}
+	man := cache.Manifest{MediaType: mt, ArtifactType: doc.ArtifactType, Annotations: doc.Annotations}
+	if man.ArtifactType == "" && doc.Config != nil && doc.Manifests == nil {
+		man.ArtifactType = doc.Config.MediaType
+	}
+	if doc.Subject != nil {
+		man.Subject, _ = cache.ParseDigest(doc.Subject.Digest)
+	}
+	return man
+}
+
+// mirrorTagsList passes the tag list through from upstream; when upstream
+// fails, the tags the store has are served, marked stale.
+func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *request) error {
+	m := rc.mirror
+	n, last, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	if n >= 0 {
+		q.Set("n", strconv.Itoa(n))
+	}
+	if last != "" {
+		q.Set("last", last)
+	}
+	path := "tags/list"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), m.cfg.UpstreamTimeout)
+	defer cancel()
+	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), path, nil)
+	if err != nil {
+		if temporary(err) {
+			w.Header().Set("Warning", staleWarning)
+			return h.tagsList(w, r, rc)
+		}
+		return upstreamError(m, "manifest", err)
+	}
+	defer resp.Body.Close()
+	var list tagList
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
+		return upstreamError(m, "manifest", fmt.Errorf("upstream tag list unreadable: %w", err))
+	}
+	if list.Tags == nil {
+		list.Tags = []string{}
+	}
+	if resp.Header.Get("Link") != "" && len(list.Tags) > 0 {
+		setNextLink(w, rc.base+"/tags/list", n, list.Tags[len(list.Tags)-1])
+	}
+	return writeJSON(w, r, "application/json", tagList{Name: rc.name, Tags: list.Tags})
+}
+
+// mirrorReferrers passes the referrers index through from upstream; an
+// upstream without the API, or one that fails, gives way to the index of
+// what the store holds.
+func (h *Handler) mirrorReferrers(w http.ResponseWriter, r *http.Request, rc *request) error {
+	m := rc.mirror
+	d, err := parseDigestArg(rc.arg)
+	if err != nil {
+		return err
+	}
+	path := "referrers/" + d.String()
+	if r.URL.Query().Has("artifactType") {
+		path += "?" + url.Values{"artifactType": {r.URL.Query().Get("artifactType")}}.Encode()
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), m.cfg.UpstreamTimeout)
+	defer cancel()
+	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), path, nil)
+	if err != nil {
+		return h.referrers(w, r, rc)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, h.cfg.MaxManifestSize+1))
+	if err != nil || int64(len(body)) > h.cfg.MaxManifestSize || !json.Valid(body) {
+		return h.referrers(w, r, rc)
+	}
+	hd := w.Header()
+	if v := resp.Header.Get("OCI-Filters-Applied"); v != "" {
+		hd.Set("OCI-Filters-Applied", v)
+	}
+	hd.Set("Content-Type", MediaTypeOCIIndex)
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	return nil
+}

@@ -1,0 +1,240 @@
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcr "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// fakeUpstream is go-containerregistry's registry behind a wrapper that can
+// require Docker token auth, counts requests and blob bytes, throttles,
+// breaks or corrupts blob transfers, answers 429/5xx, and goes down.
+type fakeUpstream struct {
+	t    testing.TB
+	srv  *httptest.Server
+	push *httptest.Server // the bare registry, for test setup
+	reg  http.Handler
+
+	mu        sync.Mutex
+	counts    map[string]int // "GET blobs", "HEAD manifests", "GET token", ...
+	blobBytes int64          // blob body bytes sent
+
+	// Token auth: when tokens is set, /v2/ requests need a Bearer token
+	// from /token; with user set the token service wants Basic creds.
+	tokens       bool
+	user, pass   string
+	tokenTTL     int
+	issued       map[string]bool
+	tokensIssued int
+
+	// Blob GET behaviour.
+	chunk   int           // bytes per write (default 64 KiB)
+	gate    chan struct{} // if set: after the first chunk wait for it to close
+	delay   time.Duration // between chunks
+	failMid bool          // send half, then drop the connection
+	corrupt bool          // flip the first byte
+
+	// The next failN requests get failStatus (with retryAfter, if set).
+	failN      int
+	failStatus int
+	retryAfter string
+}
+
+func newFakeUpstream(t testing.TB) *fakeUpstream {
+	u := &fakeUpstream{t: t, reg: ggcr.New(ggcr.Logger(nopLogger())), counts: map[string]int{}, issued: map[string]bool{}, chunk: 64 << 10}
+	u.srv = httptest.NewServer(u)
+	u.push = httptest.NewServer(u.reg)
+	t.Cleanup(func() { u.srv.Close(); u.push.Close() })
+	return u
+}
+
+func (u *fakeUpstream) count(key string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.counts[key]
+}
+
+func (u *fakeUpstream) total() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for _, v := range u.counts {
+		n += v
+	}
+	return n
+}
+
+func (u *fakeUpstream) bytesSent() int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.blobBytes
+}
+
+// set changes behaviour under the lock.
+func (u *fakeUpstream) set(f func(u *fakeUpstream)) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	f(u)
+}
+
+func kindOf(path string) string {
+	for _, k := range []string{"blobs", "manifests", "tags", "referrers"} {
+		if strings.Contains(path, "/"+k+"/") {
+			return k
+		}
+	}
+	return "other"
+}
+
+func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/token" {
+		u.serveToken(w, r)
+		return
+	}
+	u.mu.Lock()
+	kind := kindOf(r.URL.Path)
+	u.counts[r.Method+" "+kind]++
+	if u.tokens {
+		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !u.issued[tok] {
+			u.mu.Unlock()
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="fake.test"`, u.srv.URL))
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+	}
+	if u.failN > 0 {
+		u.failN--
+		if u.retryAfter != "" {
+			w.Header().Set("Retry-After", u.retryAfter)
+		}
+		status := u.failStatus
+		u.mu.Unlock()
+		w.WriteHeader(status)
+		return
+	}
+	u.mu.Unlock()
+	if kind == "blobs" && r.Method == http.MethodGet {
+		u.reg.ServeHTTP(&blobWriter{ResponseWriter: w, u: u}, r)
+		return
+	}
+	u.reg.ServeHTTP(w, r)
+}
+
+func (u *fakeUpstream) serveToken(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.counts["GET token"]++
+	if u.user != "" {
+		user, pass, ok := r.BasicAuth()
+		if !ok || user != u.user || pass != u.pass {
+			w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+	}
+	u.tokensIssued++
+	tok := fmt.Sprintf("tok-%d", u.tokensIssued)
+	u.issued[tok] = true
+	resp := map[string]any{"token": tok}
+	if u.tokenTTL > 0 {
+		resp["expires_in"] = u.tokenTTL
+	}
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// blobWriter shapes a blob body as the test asked.
+type blobWriter struct {
+	http.ResponseWriter
+	u       *fakeUpstream
+	written int
+}
+
+func (b *blobWriter) Write(p []byte) (int, error) {
+	b.u.mu.Lock()
+	chunk, gate, delay, failMid, corrupt := b.u.chunk, b.u.gate, b.u.delay, b.u.failMid, b.u.corrupt
+	b.u.mu.Unlock()
+	total := len(p)
+	if corrupt && b.written == 0 && len(p) > 0 {
+		p = append([]byte{p[0] ^ 0xff}, p[1:]...)
+	}
+	done := 0
+	for done < total {
+		n := min(chunk, total-done)
+		if failMid && done+n > total/2 {
+			n = total/2 - done
+			if n > 0 {
+				b.ResponseWriter.Write(p[done : done+n])
+				b.count(n)
+			}
+			b.ResponseWriter.(http.Flusher).Flush()
+			conn, _, err := http.NewResponseController(b.ResponseWriter).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return done, http.ErrAbortHandler
+		}
+		m, err := b.ResponseWriter.Write(p[done : done+n])
+		b.count(m)
+		done += m
+		if err != nil {
+			return done, err
+		}
+		b.ResponseWriter.(http.Flusher).Flush()
+		if b.written == m && gate != nil {
+			<-gate
+		}
+		if delay > 0 {
+			time.Sleep(delay)
+		}
+	}
+	return total, nil
+}
+
+func (b *blobWriter) count(n int) {
+	b.written += n
+	b.u.mu.Lock()
+	b.u.blobBytes += int64(n)
+	b.u.mu.Unlock()
+}
+
+// pushImage writes img to repo:tag on the bare registry.
+func (u *fakeUpstream) pushImage(repo, tag string, img v1.Image) {
+	u.t.Helper()
+	ref := u.ref(repo + ":" + tag)
+	if err := remote.Write(ref, img); err != nil {
+		u.t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
+func (u *fakeUpstream) pushIndex(repo, tag string, idx v1.ImageIndex) {
+	u.t.Helper()
+	ref := u.ref(repo + ":" + tag)
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		u.t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
+func (u *fakeUpstream) ref(s string) name.Reference {
+	pu, _ := url.Parse(u.push.URL)
+	ref, err := name.ParseReference(pu.Host+"/"+s, name.Insecure)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	return ref
+}
+
+func nopLogger() *log.Logger { return log.New(io.Discard, "", 0) }
