@@ -1,18 +1,17 @@
-// Package authscope will hold identity and scope for the registry, with no
+// Package authscope holds identity and scope for the registry, with no
 // knowledge of storage or HTTP routing:
 //
 //   - challenges: parsing and formatting WWW-Authenticate (Basic, Bearer);
 //   - the scope grammar (type[(class)]:name:action[,action]) and the actions a
-//     request needs;
+//     request needs (ActionsFor, Need);
 //   - name mapping between what a client typed (library/debian, a mirror
-//     prefix, ?ns=) and the internal name used everywhere else;
-//   - verification of docker_auth-compatible bearer tokens (RS256/ES256 JWTs,
-//     kid thumbprints, x5c chains, JWKS);
-//   - the token proxy that translates scopes for an upstream token service;
-//   - access policies, htpasswd, OIDC and API keys.
-//
-// So far it holds the challenge and scope grammars and the name mapping
-// (the registry checks names through it); token verification, the token
-// proxy and access policies come with the auth issue. Until then the
-// registry runs without authentication.
+//     prefix, ?ns=) and the internal name used everywhere else (Names);
+//   - verification of docker_auth-compatible bearer tokens (TokenVerifier,
+//     KeySet: kid as RFC 7638 thumbprint or libtrust fingerprint, x5c
+//     chains to a trusted bundle, JWKS);
+//   - the token proxy that translates scopes for an upstream token service
+//     (TokenProxy, TranslateScopes), with the same Names as requests;
+//   - htpasswd (bcrypt) and zot-style access policies (Htpasswd, Policy);
+//   - the Authorizer that puts these together for one request and writes
+//     the audit log.
 package authscope

@@ -1,0 +1,404 @@
+package authscope
+
+// The Authorizer decides one request: who the caller is (anonymous, Basic
+// from htpasswd, a bearer token), what the request needs (scopes in
+// internal names), and whether that is allowed — or which challenge or
+// refusal to answer with.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// TokenPath is where the token proxy is served, on the host that issued
+// the challenge.
+const TokenPath = "/_oci/token"
+
+// Query parameters the token proxy's realm carries, so that the proxy maps
+// scopes with the same Via as the request that was challenged.
+const (
+	realmParamNS     = "ns"
+	realmParamPrefix = "prefix"
+)
+
+// Token actions, the vocabulary of scopes.
+const (
+	ScopePull   = "pull"
+	ScopePush   = "push"
+	ScopeDelete = "delete"
+)
+
+// ActionsFor returns the token actions an HTTP method needs on a
+// repository: GET/HEAD pull; POST/PUT/PATCH pull,push; DELETE delete.
+func ActionsFor(method string) []string {
+	switch method {
+	case http.MethodGet, http.MethodHead:
+		return []string{ScopePull}
+	case http.MethodDelete:
+		return []string{ScopeDelete}
+	default:
+		return []string{ScopePull, ScopePush}
+	}
+}
+
+// RepositoryScope is the scope for actions on an internal name.
+func RepositoryScope(name string, actions ...string) Scope {
+	return Scope{Type: "repository", Name: name, Actions: actions}
+}
+
+// CatalogScope is what listing the catalog needs.
+var CatalogScope = Scope{Type: "registry", Name: "catalog", Actions: []string{"*"}}
+
+// Need is what one request needs.
+type Need struct {
+	// Scopes in internal names, in token vocabulary (pull, push, delete).
+	// None (the /v2/ check) needs only that the caller be welcome.
+	Scopes []Scope
+	// TagMove marks a manifest push that moves an existing tag to another
+	// manifest: policies ask for update instead of create.
+	TagMove bool
+	// Via is how the request reached the server; challenges pointing at
+	// the token proxy carry it.
+	Via Via
+	// Reference (tag or digest) and Digest, for the audit log.
+	Reference, Digest string
+}
+
+// Identity is who made a request.
+type Identity struct {
+	// User is the htpasswd user or the token's subject; empty for an
+	// anonymous caller.
+	User string
+	// Groups from the policy (htpasswd users only).
+	Groups []string
+	// Method is "anonymous", "basic" or "bearer".
+	Method string
+	// Claims of the bearer token.
+	Claims *TokenClaims
+}
+
+// Denial is a refusal: 401 with a challenge, or 403.
+type Denial struct {
+	Status int
+	// Code is the distribution spec's error code: UNAUTHORIZED or DENIED.
+	Code    string
+	Message string
+	// Challenge is the WWW-Authenticate value of a 401.
+	Challenge string
+	// Err is the reason, for the log only.
+	Err error
+}
+
+func (d *Denial) Error() string {
+	if d.Err != nil {
+		return d.Code + ": " + d.Message + ": " + d.Err.Error()
+	}
+	return d.Code + ": " + d.Message
+}
+
+func (d *Denial) Unwrap() error { return d.Err }
+
+// Options configure an Authorizer. At least one of Token, Htpasswd and
+// Policy must be set.
+type Options struct {
+	// Token verifies bearer tokens; nil disables bearer auth.
+	Token *TokenVerifier
+	// TokenRealm is the token service's URL, named in challenges unless
+	// ProxyToken is set.
+	TokenRealm string
+	// ProxyToken makes challenges point at this server's TokenPath, where
+	// a TokenProxy translates scopes before forwarding to TokenRealm.
+	ProxyToken bool
+	// Htpasswd checks Basic credentials; nil disables Basic auth.
+	Htpasswd *Htpasswd
+	// FailDelay is waited after a failed Basic login.
+	FailDelay time.Duration
+	// BasicRealm names the realm of Basic challenges.
+	BasicRealm string
+	// Policy decides for anonymous and Basic callers. Nil allows them
+	// nothing (bearer tokens carry their own grants).
+	Policy *Policy
+	// Names tells mirror namespaces (never written to) from local names.
+	Names *Names
+	// Audit gets pushes, tag moves, deletes and denials. Nil: no audit.
+	Audit *zap.Logger
+}
+
+// Authorizer decides requests; see Authorize.
+type Authorizer struct {
+	o Options
+}
+
+// NewAuthorizer checks o.
+func NewAuthorizer(o Options) (*Authorizer, error) {
+	if o.Token == nil && o.Htpasswd == nil && o.Policy == nil {
+		return nil, errors.New("auth needs a token service, an htpasswd file or a policy")
+	}
+	if o.Token != nil {
+		if o.TokenRealm == "" {
+			return nil, errors.New("token auth needs the token service's realm URL")
+		}
+		u, err := url.Parse(o.TokenRealm)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("token realm %q: not an http(s) URL", o.TokenRealm)
+		}
+		if o.Token.Issuer == "" || o.Token.Service == "" || o.Token.Keys == nil || o.Token.Keys.Len() == 0 {
+			return nil, errors.New("token auth needs an issuer, a service and trusted keys")
+		}
+	}
+	if o.BasicRealm == "" {
+		o.BasicRealm = "registry"
+	}
+	if o.Audit == nil {
+		o.Audit = zap.NewNop()
+	}
+	return &Authorizer{o: o}, nil
+}
+
+type identityKey struct{}
+
+// IdentityOf returns the identity Authorize put in r's context.
+func IdentityOf(r *http.Request) (Identity, bool) {
+	id, ok := r.Context().Value(identityKey{}).(Identity)
+	return id, ok
+}
+
+// Authorize decides r. It returns r with the caller's identity in its
+// context (for CanRead and Audit), or a *Denial.
+func (a *Authorizer) Authorize(r *http.Request, need Need) (*http.Request, error) {
+	id, err := a.identify(r)
+	if err != nil {
+		d := a.deny(r, need, Identity{Method: "anonymous"}, err)
+		return r, d
+	}
+	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
+	if len(need.Scopes) == 0 {
+		if id.Method == "anonymous" && !a.anonymousTotal() {
+			return r, a.deny(r, need, id, errors.New("credentials wanted"))
+		}
+		return r, nil
+	}
+	for _, s := range need.Scopes {
+		if err := a.allows(id, s, need.TagMove); err != nil {
+			return r, a.deny(r, need, id, err)
+		}
+	}
+	return r, nil
+}
+
+// CanRead reports whether the caller of r may pull repo: for the source of
+// a mount the client did not name, and to filter the catalog.
+func (a *Authorizer) CanRead(r *http.Request, repo string) bool {
+	id, ok := IdentityOf(r)
+	if !ok {
+		var err error
+		if id, err = a.identify(r); err != nil {
+			return false
+		}
+	}
+	return a.allows(id, RepositoryScope(repo, ScopePull), false) == nil
+}
+
+// errMirrorWrite refuses pushes into a mirror namespace, to anyone.
+var errMirrorWrite = errors.New("mirrored namespaces are read-only")
+
+// errNotGranted is a scope the caller's grants do not cover.
+var errNotGranted = errors.New("not granted")
+
+func (a *Authorizer) allows(id Identity, s Scope, tagMove bool) error {
+	if s.Type == "repository" && slices.Contains(s.Actions, ScopePush) && a.o.Names.Lookup(s.Name) != nil {
+		return fmt.Errorf("%w: %s", errMirrorWrite, s.Name)
+	}
+	if id.Claims != nil {
+		if id.Claims.Grants(s) {
+			return nil
+		}
+		return fmt.Errorf("%w: %s: %w", errNotGranted, s, ErrScopeInsufficient)
+	}
+	if s.Type == CatalogScope.Type && s.Name == CatalogScope.Name {
+		// Listing is open to callers under a policy; the list is filtered
+		// by CanRead.
+		if a.o.Policy != nil {
+			return nil
+		}
+		return fmt.Errorf("%w: %s", errNotGranted, s)
+	}
+	if s.Type != "repository" {
+		return fmt.Errorf("%w: %s", errNotGranted, s)
+	}
+	for _, act := range s.Actions {
+		var pa string
+		switch act {
+		case ScopePull:
+			pa = ActionRead
+		case ScopePush:
+			pa = ActionCreate
+			if tagMove {
+				pa = ActionUpdate
+			}
+		case ScopeDelete:
+			pa = ActionDelete
+		default:
+			return fmt.Errorf("%w: action %q on %s", errNotGranted, act, s.Name)
+		}
+		if !a.o.Policy.Allows(id.User, pa, s.Name) {
+			return fmt.Errorf("%w: %s on %s", errNotGranted, pa, s.Name)
+		}
+	}
+	return nil
+}
+
+// anonymousTotal: nobody is ever asked for credentials.
+func (a *Authorizer) anonymousTotal() bool {
+	return a.o.Token == nil && a.o.Policy.AnonymousTotal()
+}
+
+// identify reads the Authorization header. Bad credentials are an error
+// (after FailDelay for Basic); none are the anonymous identity.
+func (a *Authorizer) identify(r *http.Request) (Identity, error) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return Identity{Method: "anonymous"}, nil
+	}
+	scheme, cred, _ := strings.Cut(h, " ")
+	cred = strings.TrimSpace(cred)
+	switch {
+	case strings.EqualFold(scheme, "Bearer"):
+		if a.o.Token == nil {
+			return Identity{}, errors.New("bearer token, but no token service configured")
+		}
+		c, err := a.o.Token.Verify(cred)
+		if err != nil {
+			return Identity{}, err
+		}
+		return Identity{User: c.Subject, Method: "bearer", Claims: c}, nil
+	case strings.EqualFold(scheme, "Basic"):
+		user, pass, ok := r.BasicAuth()
+		if !ok {
+			return Identity{}, errors.New("malformed basic credentials")
+		}
+		if a.o.Htpasswd == nil {
+			return Identity{}, errors.New("basic credentials, but no htpasswd configured")
+		}
+		if !a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay) {
+			return Identity{}, fmt.Errorf("wrong password for user %q", user)
+		}
+		return Identity{User: user, Method: "basic", Groups: a.o.Policy.GroupsOf(user)}, nil
+	}
+	return Identity{}, fmt.Errorf("unsupported authorization scheme %q", scheme)
+}
+
+// deny builds the refusal for id and logs it on the audit logger.
+func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error) *Denial {
+	d := &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required", Err: reason}
+	switch {
+	case errors.Is(reason, errMirrorWrite):
+		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", "mirrored repositories are read-only"
+	case id.Method == "bearer":
+		d.Message = "token does not grant access"
+		d.Challenge = a.challenge(r, need, "insufficient_scope")
+	case id.Method == "basic":
+		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", "access denied"
+	case errors.Is(reason, ErrTokenInvalid):
+		d.Message = "invalid token"
+		d.Challenge = a.challenge(r, need, "invalid_token")
+	default:
+		d.Challenge = a.challenge(r, need, "")
+	}
+	names := make([]string, 0, len(need.Scopes))
+	for _, s := range need.Scopes {
+		names = append(names, s.String())
+	}
+	a.o.Audit.Info("denied",
+		zap.String("user", id.User),
+		zap.String("auth", id.Method),
+		zap.Strings("scopes", names),
+		zap.String("reference", need.Reference),
+		zap.Int("status", d.Status),
+		zap.String("reason", reason.Error()),
+		zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI),
+		zap.String("remote", r.RemoteAddr),
+	)
+	return d
+}
+
+// challenge is the WWW-Authenticate value for need: Bearer when a token
+// service is configured, else Basic.
+func (a *Authorizer) challenge(r *http.Request, need Need, errCode string) string {
+	if a.o.Token == nil {
+		c := Challenge{Scheme: "Basic", Params: []Param{{"realm", a.o.BasicRealm}, {"charset", "UTF-8"}}}
+		return c.String()
+	}
+	c := Challenge{Scheme: "Bearer", Params: []Param{
+		{"realm", a.realm(r, need.Via)},
+		{"service", a.o.Token.Service},
+	}}
+	if len(need.Scopes) > 0 {
+		c.Set("scope", FormatScopes(need.Scopes))
+	}
+	if errCode != "" {
+		c.Set("error", errCode)
+	}
+	return c.String()
+}
+
+// realm is the token service URL for a challenge: the configured one, or
+// this server's token proxy carrying how the client came in, so that the
+// proxy maps the client's scopes as the request's names were mapped.
+func (a *Authorizer) realm(r *http.Request, v Via) string {
+	if !a.o.ProxyToken {
+		return a.o.TokenRealm
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	u := url.URL{Scheme: scheme, Host: r.Host, Path: TokenPath}
+	q := url.Values{}
+	if v.NS != "" {
+		q.Set(realmParamNS, v.NS)
+	}
+	if v.PathPrefix != "" {
+		q.Set(realmParamPrefix, v.PathPrefix)
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// AuditEvent is a change the registry made.
+type AuditEvent struct {
+	// Action is ActionCreate (push), ActionUpdate (tag move) or
+	// ActionDelete.
+	Action    string
+	Name      string
+	Reference string
+	Digest    string
+	Status    int
+}
+
+// Audit logs e with the identity of r's caller.
+func (a *Authorizer) Audit(r *http.Request, e AuditEvent) {
+	id, _ := IdentityOf(r)
+	if id.Method == "" {
+		id.Method = "anonymous"
+	}
+	a.o.Audit.Info(e.Action,
+		zap.String("user", id.User),
+		zap.String("auth", id.Method),
+		zap.String("action", e.Action),
+		zap.String("repo", e.Name),
+		zap.String("reference", e.Reference),
+		zap.String("digest", e.Digest),
+		zap.Int("status", e.Status),
+		zap.String("remote", r.RemoteAddr),
+	)
+}

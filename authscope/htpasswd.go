@@ -1,0 +1,110 @@
+package authscope
+
+// Basic credentials checked against an htpasswd file. Only bcrypt hashes
+// are accepted (htpasswd -B): the other htpasswd formats (MD5-crypt,
+// SHA-1, crypt, plain) are too cheap to brute-force to protect a registry.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Htpasswd holds the users of an htpasswd file.
+type Htpasswd struct {
+	users map[string][]byte // user -> bcrypt hash
+
+	// bcrypt costs tens of milliseconds by design, and clients send Basic
+	// credentials on every request, so a good pair is remembered for a
+	// while. Keys are hashes of user and password, never the password.
+	mu   sync.Mutex
+	good map[[32]byte]time.Time
+}
+
+// htpasswdCacheTTL is how long a verified user/password pair is remembered.
+const htpasswdCacheTTL = 5 * time.Minute
+
+// htpasswdCacheMax bounds the remembered pairs; the cache empties when full.
+const htpasswdCacheMax = 4096
+
+// dummyHash is compared against for unknown users, so that a login for a
+// user that does not exist takes as long as a wrong password.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("caddy-oci"), bcrypt.DefaultCost)
+
+// ParseHtpasswd reads `user:hash` lines; blank lines and lines starting
+// with '#' are skipped. A hash that is not bcrypt is an error naming the
+// line.
+func ParseHtpasswd(data []byte) (*Htpasswd, error) {
+	h := &Htpasswd{users: map[string][]byte{}, good: map[[32]byte]time.Time{}}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for ln := 1; sc.Scan(); ln++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		user, hash, ok := strings.Cut(line, ":")
+		if !ok || user == "" {
+			return nil, fmt.Errorf("htpasswd line %d: not user:hash", ln)
+		}
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil || !(strings.HasPrefix(hash, "$2a$") || strings.HasPrefix(hash, "$2b$") || strings.HasPrefix(hash, "$2y$")) {
+			return nil, fmt.Errorf("htpasswd line %d (user %q): only bcrypt hashes are accepted (htpasswd -B)", ln, user)
+		}
+		if _, dup := h.users[user]; dup {
+			return nil, fmt.Errorf("htpasswd line %d: user %q listed twice", ln, user)
+		}
+		h.users[user] = []byte(hash)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Check reports whether password is user's. On failure it waits failDelay
+// (or until ctx ends) before returning, to slow down guessing.
+func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay time.Duration) bool {
+	key := sha256.Sum256([]byte(user + "\x00" + password))
+	now := time.Now()
+	h.mu.Lock()
+	exp, hit := h.good[key]
+	h.mu.Unlock()
+	if hit && now.Before(exp) {
+		return true
+	}
+	hash, known := h.users[user]
+	if !known {
+		hash = dummyHash
+	}
+	ok := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil && known
+	if ok {
+		h.mu.Lock()
+		if len(h.good) >= htpasswdCacheMax {
+			clear(h.good)
+		}
+		h.good[key] = now.Add(htpasswdCacheTTL)
+		h.mu.Unlock()
+		return true
+	}
+	if failDelay > 0 {
+		t := time.NewTimer(failDelay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	return false
+}
+
+// Has reports whether user is listed.
+func (h *Htpasswd) Has(user string) bool {
+	_, ok := h.users[user]
+	return ok
+}

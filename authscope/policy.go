@@ -1,0 +1,262 @@
+package authscope
+
+// Access policies with zot's semantics: repository patterns, the longest
+// matching pattern decides, policies by user and group, a default policy
+// for signed-in users, an anonymous policy, and an admin policy over all.
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Policy actions.
+const (
+	ActionRead   = "read"   // pull
+	ActionCreate = "create" // push blobs and new tags
+	ActionUpdate = "update" // move an existing tag to another manifest
+	ActionDelete = "delete"
+)
+
+// AllActions are the policy actions, in their usual order.
+var AllActions = []string{ActionRead, ActionCreate, ActionUpdate, ActionDelete}
+
+// PolicyConfig is the access policy, as JSON config. The zero value allows
+// nothing to anyone.
+type PolicyConfig struct {
+	// Repositories maps repository patterns to who may do what there.
+	// `**` matches any number of name components, `*` one component (or
+	// part of one), other text itself; patterns are internal names
+	// (`docker.io/library/*`, `blumeops/**`). For a repository, only the
+	// longest matching pattern counts.
+	Repositories map[string]RepositoryPolicy `json:"repositories,omitempty"`
+	// Groups maps a group name to its members (htpasswd users).
+	Groups map[string][]string `json:"groups,omitempty"`
+	// Admin may do its actions everywhere, whatever the repositories say.
+	Admin *AdminPolicy `json:"admin,omitempty"`
+}
+
+// RepositoryPolicy is who may do what on repositories matching a pattern.
+type RepositoryPolicy struct {
+	// Policies grant actions to users and groups.
+	Policies []Grant `json:"policies,omitempty"`
+	// Default lists actions every signed-in user has.
+	Default []string `json:"default,omitempty"`
+	// Anonymous lists actions a caller without credentials has. A
+	// signed-in user has them too.
+	Anonymous []string `json:"anonymous,omitempty"`
+}
+
+// Grant gives actions to users and groups.
+type Grant struct {
+	Users   []string `json:"users,omitempty"`
+	Groups  []string `json:"groups,omitempty"`
+	Actions []string `json:"actions"`
+}
+
+// AdminPolicy gives actions everywhere.
+type AdminPolicy struct {
+	Users  []string `json:"users,omitempty"`
+	Groups []string `json:"groups,omitempty"`
+	// Actions; empty means all of read, create, update and delete.
+	Actions []string `json:"actions,omitempty"`
+}
+
+// Policy is a checked PolicyConfig.
+type Policy struct {
+	patterns []string // longest first
+	repos    map[string]RepositoryPolicy
+	groups   map[string][]string // user -> groups
+	admin    AdminPolicy
+}
+
+// NewPolicy checks c: known actions, well-formed patterns, groups that exist.
+func NewPolicy(c PolicyConfig) (*Policy, error) {
+	p := &Policy{repos: map[string]RepositoryPolicy{}, groups: map[string][]string{}}
+	checkActions := func(where string, acts []string) error {
+		for _, a := range acts {
+			if !slices.Contains(AllActions, a) {
+				return fmt.Errorf("%s: unknown action %q (known: %s)", where, a, strings.Join(AllActions, ", "))
+			}
+		}
+		return nil
+	}
+	for g, users := range c.Groups {
+		for _, u := range users {
+			p.groups[u] = append(p.groups[u], g)
+		}
+	}
+	checkGroups := func(where string, gs []string) error {
+		for _, g := range gs {
+			if _, ok := c.Groups[g]; !ok {
+				return fmt.Errorf("%s: group %q is not defined", where, g)
+			}
+		}
+		return nil
+	}
+	for pat, rp := range c.Repositories {
+		if err := checkPattern(pat); err != nil {
+			return nil, err
+		}
+		where := "repository pattern " + pat
+		for _, g := range rp.Policies {
+			if err := checkActions(where, g.Actions); err != nil {
+				return nil, err
+			}
+			if err := checkGroups(where, g.Groups); err != nil {
+				return nil, err
+			}
+		}
+		if err := checkActions(where+" default", rp.Default); err != nil {
+			return nil, err
+		}
+		if err := checkActions(where+" anonymous", rp.Anonymous); err != nil {
+			return nil, err
+		}
+		p.repos[pat] = rp
+		p.patterns = append(p.patterns, pat)
+	}
+	sort.Slice(p.patterns, func(i, j int) bool {
+		a, b := p.patterns[i], p.patterns[j]
+		if len(a) != len(b) {
+			return len(a) > len(b)
+		}
+		return a < b
+	})
+	if c.Admin != nil {
+		p.admin = *c.Admin
+		if err := checkActions("admin", p.admin.Actions); err != nil {
+			return nil, err
+		}
+		if err := checkGroups("admin", p.admin.Groups); err != nil {
+			return nil, err
+		}
+		if len(p.admin.Actions) == 0 {
+			p.admin.Actions = AllActions
+		}
+	}
+	return p, nil
+}
+
+func checkPattern(pat string) error {
+	if pat == "" {
+		return fmt.Errorf("empty repository pattern")
+	}
+	for _, seg := range strings.Split(pat, "/") {
+		if seg == "" {
+			return fmt.Errorf("repository pattern %q: empty component", pat)
+		}
+		if seg == "**" {
+			continue
+		}
+		if strings.Contains(seg, "**") {
+			return fmt.Errorf("repository pattern %q: ** must be a whole component", pat)
+		}
+		if _, err := path.Match(seg, "x"); err != nil {
+			return fmt.Errorf("repository pattern %q: %w", pat, err)
+		}
+	}
+	return nil
+}
+
+// MatchPattern reports whether repository name matches pattern: `**` is
+// any number (zero included) of components, other components are
+// path.Match patterns of one component.
+func MatchPattern(pattern, name string) bool {
+	return matchSegs(strings.Split(pattern, "/"), strings.Split(name, "/"))
+}
+
+func matchSegs(pat, name []string) bool {
+	for len(pat) > 0 {
+		if pat[0] == "**" {
+			rest := pat[1:]
+			for i := 0; i <= len(name); i++ {
+				if matchSegs(rest, name[i:]) {
+					return true
+				}
+			}
+			return false
+		}
+		if len(name) == 0 {
+			return false
+		}
+		if ok, _ := path.Match(pat[0], name[0]); !ok {
+			return false
+		}
+		pat, name = pat[1:], name[1:]
+	}
+	return len(name) == 0
+}
+
+// GroupsOf returns the groups user belongs to.
+func (p *Policy) GroupsOf(user string) []string {
+	if p == nil || user == "" {
+		return nil
+	}
+	return p.groups[user]
+}
+
+// Allows reports whether user (empty: anonymous) may do action on the
+// repository name.
+func (p *Policy) Allows(user, action, name string) bool {
+	if p == nil {
+		return false
+	}
+	groups := p.groups[user]
+	if user != "" && (slices.Contains(p.admin.Users, user) || intersects(p.admin.Groups, groups)) &&
+		slices.Contains(p.admin.Actions, action) {
+		return true
+	}
+	for _, pat := range p.patterns {
+		if !MatchPattern(pat, name) {
+			continue
+		}
+		rp := p.repos[pat]
+		if slices.Contains(rp.Anonymous, action) {
+			return true
+		}
+		if user == "" {
+			return false
+		}
+		if slices.Contains(rp.Default, action) {
+			return true
+		}
+		for _, g := range rp.Policies {
+			if slices.Contains(g.Actions, action) && (slices.Contains(g.Users, user) || intersects(g.Groups, groups)) {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}
+
+// AnonymousTotal reports whether a caller without credentials may do
+// everything everywhere, so there is no point in asking for credentials.
+func (p *Policy) AnonymousTotal() bool {
+	if p == nil {
+		return false
+	}
+	if _, ok := p.repos["**"]; !ok {
+		return false
+	}
+	for _, rp := range p.repos {
+		for _, a := range AllActions {
+			if !slices.Contains(rp.Anonymous, a) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func intersects(a, b []string) bool {
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			return true
+		}
+	}
+	return false
+}

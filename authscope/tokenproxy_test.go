@@ -1,0 +1,331 @@
+package authscope
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+func TestTranslateScopes(t *testing.T) {
+	n := testNames(t)
+	for _, tc := range []struct {
+		name  string
+		scope string
+		via   Via
+		want  string
+		err   bool
+	}{
+		{"docker registry-mirrors", "repository:library/debian:pull", Via{Host: "mirror.test"}, "repository:docker.io/library/debian:pull", false},
+		{"containerd double scopes with a path prefix",
+			"repository:docker.io/library/debian:pull repository:library/debian:pull", Via{PathPrefix: "docker.io", NS: "docker.io"},
+			"repository:docker.io/library/debian:pull repository:docker.io/library/debian:pull", false},
+		{"containerd ns", "repository:library/debian:pull", Via{NS: "docker.io"}, "repository:docker.io/library/debian:pull", false},
+		{"ns alias", "repository:debian:pull", Via{NS: "registry-1.docker.io"}, "repository:docker.io/library/debian:pull", false},
+		{"podman path form", "repository:docker.io/library/debian:pull", Via{}, "repository:docker.io/library/debian:pull", false},
+		{"host alias", "repository:debian:pull", Via{Host: "docker.mirror.example"}, "repository:docker.io/library/debian:pull", false},
+		{"ghcr ns", "repository:org/app:pull", Via{NS: "ghcr.io"}, "repository:ghcr.io/org/app:pull", false},
+		{"local stays local", "repository:team/app:pull,push", Via{}, "repository:team/app:pull,push", false},
+		{"catalog untouched", "registry:catalog:*", Via{NS: "docker.io"}, "registry:catalog:*", false},
+		{"class kept", "repository(plugin):library/debian:pull", Via{}, "repository(plugin):docker.io/library/debian:pull", false},
+		{"empty", "", Via{}, "", false},
+		// A client-form scope under ns=docker.io stays inside docker.io:
+		// it can never reach the local team/ prefix or another mirror.
+		{"ns confines local names", "repository:team/app:push", Via{NS: "docker.io"}, "repository:docker.io/team/app:push", false},
+		{"ns confines other mirrors", "repository:ghcr.io/org/app:pull", Via{NS: "docker.io"}, "repository:docker.io/ghcr.io/org/app:pull", false},
+		{"dot dot", "repository:../team/app:pull", Via{}, "", true},
+		{"dot dot inside", "repository:library/../team:pull", Via{NS: "docker.io"}, "", true},
+		{"upper case", "repository:Library/Debian:pull", Via{}, "", true},
+		{"leading slash", "repository:/x:pull", Via{}, "", true},
+		{"empty component", "repository:a//b:pull", Via{}, "", true},
+		{"no actions", "repository:x", Via{}, "", true},
+		{"unknown ns", "repository:x:pull", Via{NS: "evil.example"}, "", true},
+		{"unknown prefix", "repository:x:pull", Via{PathPrefix: "evil.example"}, "", true},
+		{"maps too long", "repository:" + strings.Repeat("a", 250) + ":pull", Via{NS: "docker.io"}, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := TranslateScopes(n, tc.scope, tc.via)
+			if tc.err {
+				if !errors.Is(err, ErrScopeRejected) {
+					t.Fatalf("got %q, %v; want ErrScopeRejected", got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzTranslateScopes: whatever comes in, what goes out to the token
+// service parses, and every repository name in it is a valid name inside
+// the namespace the Via selected.
+func FuzzTranslateScopes(f *testing.F) {
+	for _, s := range []string{
+		"repository:library/debian:pull", "repository:docker.io/library/debian:pull repository:library/debian:pull",
+		"registry:catalog:*", "repository:../x:pull", "repository(p):a:b,c", "a:b:c:d", "repository:localhost:5000/x:pull",
+	} {
+		f.Add(s, "docker.io", "")
+		f.Add(s, "", "docker.io")
+		f.Add(s, "", "")
+	}
+	n, err := NewNames([]Namespace{
+		{Prefix: "docker.io", Aliases: []string{"registry-1.docker.io"}, Default: true, LibraryPrefix: "library"},
+		{Prefix: "ghcr.io"},
+	}, []string{"team"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, scope, ns, prefix string) {
+		via := Via{Host: "mirror.test", NS: ns, PathPrefix: prefix}
+		out, err := TranslateScopes(n, scope, via)
+		if err != nil {
+			if !errors.Is(err, ErrScopeRejected) {
+				t.Fatalf("error %v does not wrap ErrScopeRejected", err)
+			}
+			return
+		}
+		scopes, err := ParseScopes(out)
+		if err != nil {
+			t.Fatalf("output %q does not parse: %v", out, err)
+		}
+		for _, s := range scopes {
+			if s.Type != "repository" {
+				continue
+			}
+			if !ValidName(s.Name) {
+				t.Fatalf("invalid name %q out of %q", s.Name, scope)
+			}
+			sel := prefix
+			if sel == "" {
+				sel = ns
+			}
+			if sel == "registry-1.docker.io" {
+				sel = "docker.io"
+			}
+			if (sel == "docker.io" || sel == "ghcr.io") && !strings.HasPrefix(s.Name, sel+"/") {
+				t.Fatalf("%q via %+v maps outside its namespace: %q", scope, via, s.Name)
+			}
+		}
+	})
+}
+
+type proxyFixture struct {
+	is       *testIssuer
+	upstream *httptest.Server
+	proxy    *httptest.Server
+}
+
+func newProxyFixture(t *testing.T) *proxyFixture {
+	t.Helper()
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.server(t)
+	u, _ := url.Parse(up.URL + "/auth?fixed=1")
+	p := &TokenProxy{Upstream: u, Names: testNames(t)}
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	return &proxyFixture{is: is, upstream: up, proxy: srv}
+}
+
+func decodeToken(t *testing.T, resp *http.Response) (*TokenClaims, string) {
+	t.Helper()
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	var tr struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(body, &tr); err != nil {
+		t.Fatal(err)
+	}
+	is := newTestIssuer(t, nil, nil)
+	c, err := is.verifier().Verify(tr.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, string(body)
+}
+
+func TestTokenProxyGET(t *testing.T) {
+	fx := newProxyFixture(t)
+	q := url.Values{"service": {testService}, "ns": {"docker.io"}, "prefix": {"docker.io"}}
+	q["scope"] = []string{"repository:docker.io/library/debian:pull", "repository:library/debian:pull"}
+	resp, err := http.Get(fx.proxy.URL + TokenPath + "?" + q.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := decodeToken(t, resp)
+	if !c.Grants(RepositoryScope("docker.io/library/debian", "pull")) {
+		t.Errorf("access %+v", c.Access)
+	}
+	want := []string{"repository:docker.io/library/debian:pull", "repository:docker.io/library/debian:pull"}
+	if got := fx.is.scopesAsked(); !slices.Equal(got, want) {
+		t.Errorf("token service saw %q", got)
+	}
+}
+
+func TestTokenProxyPOSTAndAuthorization(t *testing.T) {
+	fx := newProxyFixture(t)
+	form := url.Values{"grant_type": {"password"}, "client_id": {"containerd"}, "service": {testService},
+		"username": {"ci"}, "password": {"ci-pw"}, "scope": {"repository:team/app:pull,push repository:library/debian:pull"}}
+	resp, err := http.Post(fx.proxy.URL+TokenPath, "application/x-www-form-urlencoded", strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := decodeToken(t, resp)
+	if !c.Grants(RepositoryScope("team/app", "pull", "push")) || !c.Grants(RepositoryScope("docker.io/library/debian", "pull")) {
+		t.Errorf("access %+v", c.Access)
+	}
+
+	// Basic credentials pass through; a wrong password's 401 comes back as is.
+	req, _ := http.NewRequest(http.MethodGet, fx.proxy.URL+TokenPath+"?scope=repository:team/app:push", nil)
+	req.SetBasicAuth("ci", "wrong")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Basic realm="Acme auth"` {
+		t.Errorf("wrong password: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
+	req.SetBasicAuth("ci", "ci-pw")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := decodeToken(t, resp); c.Subject != "ci" {
+		t.Errorf("subject %q", c.Subject)
+	}
+}
+
+func TestTokenProxyRejects(t *testing.T) {
+	fx := newProxyFixture(t)
+	for _, q := range []string{
+		"scope=repository:../etc:pull",
+		"scope=repository:Library/debian:pull",
+		"scope=repository:x",
+		"scope=repository:x:pull&ns=evil.example",
+		"scope=repository:ok:pull&scope=repository:a//b:pull",
+	} {
+		resp, err := http.Get(fx.proxy.URL + TokenPath + "?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Errorf("%s: status %d", q, resp.StatusCode)
+		}
+	}
+	resp, err := http.Post(fx.proxy.URL+TokenPath, "application/x-www-form-urlencoded", strings.NewReader("scope=repository:..:pull"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Errorf("POST: status %d", resp.StatusCode)
+	}
+	if got := fx.is.scopesAsked(); len(got) != 0 {
+		t.Errorf("forwarded %q", got)
+	}
+	req, _ := http.NewRequest(http.MethodPut, fx.proxy.URL+TokenPath, nil)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 405 {
+		t.Errorf("PUT: status %d", resp.StatusCode)
+	}
+}
+
+// TestFlowGGCR drives the whole dance with go-containerregistry's
+// authenticating transport: ping, challenge naming the proxy, token
+// request in the client's names, translated, token for internal names.
+func TestFlowGGCR(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.server(t)
+	names := testNames(t)
+	a, err := NewAuthorizer(Options{Token: is.verifier(), TokenRealm: up.URL, ProxyToken: true, Names: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upURL, _ := url.Parse(up.URL)
+	mux := http.NewServeMux()
+	mux.Handle(TokenPath, &TokenProxy{Upstream: upURL, Names: names})
+	// A stand-in for the registry: maps the name, asks the Authorizer.
+	mux.HandleFunc("/v2/", func(w http.ResponseWriter, r *http.Request) {
+		via := Via{Host: r.Host, NS: r.URL.Query().Get("ns")}
+		need := Need{Via: via}
+		if rest := strings.TrimPrefix(r.URL.Path, "/v2/"); rest != "" {
+			typed, _, _ := strings.Cut(rest, "/manifests/")
+			in, err := names.Internal(typed, via)
+			if err != nil {
+				w.WriteHeader(400)
+				return
+			}
+			need.Scopes = []Scope{RepositoryScope(in, ActionsFor(r.Method)...)}
+		}
+		if _, err := a.Authorize(r, need); err != nil {
+			var d *Denial
+			errors.As(err, &d)
+			if d.Challenge != "" {
+				w.Header().Set("WWW-Authenticate", d.Challenge)
+			}
+			w.WriteHeader(d.Status)
+			return
+		}
+		w.WriteHeader(200)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	reg, err := name.NewRegistry(strings.TrimPrefix(srv.URL, "http://"), name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	do := func(auth authn.Authenticator, scope, method, path string) int {
+		t.Helper()
+		rt, err := transport.NewWithContext(context.Background(), reg, auth, http.DefaultTransport, []string{scope})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		resp, err := (&http.Client{Transport: rt}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Docker registry-mirrors: the client names library/debian.
+	if s := do(authn.Anonymous, "repository:library/debian:pull", "GET", "/v2/library/debian/manifests/bookworm"); s != 200 {
+		t.Errorf("anonymous mirror pull: %d", s)
+	}
+	// A CI push with credentials.
+	ci := &authn.Basic{Username: "ci", Password: "ci-pw"}
+	if s := do(ci, "repository:team/app:pull,push", "PUT", "/v2/team/app/manifests/v1"); s != 200 {
+		t.Errorf("ci push: %d", s)
+	}
+	// Anonymous push is refused with a challenge, after the token dance.
+	if s := do(authn.Anonymous, "repository:team/app:pull,push", "PUT", "/v2/team/app/manifests/v1"); s != 401 {
+		t.Errorf("anonymous push: %d", s)
+	}
+	for _, s := range is.scopesAsked() {
+		sc, err := ParseScope(s)
+		if err != nil || (sc.Name != "docker.io/library/debian" && sc.Name != "team/app") {
+			t.Errorf("token service saw %q", s)
+		}
+	}
+}
