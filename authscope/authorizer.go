@@ -207,6 +207,17 @@ func (a *Authorizer) CanRead(r *http.Request, repo string) bool {
 	return a.allows(id, RepositoryScope(repo, ScopePull), false) == nil
 }
 
+// CanList reports whether the catalog may show repo to r's caller: a
+// repository the caller may read, or any repository when a bearer token
+// grants registry:catalog:* (the token service, as the policy, decided
+// that this caller may list everything).
+func (a *Authorizer) CanList(r *http.Request, repo string) bool {
+	if id, ok := IdentityOf(r); ok && id.Claims != nil && id.Claims.Grants(CatalogScope) {
+		return true
+	}
+	return a.CanRead(r, repo)
+}
+
 // errMirrorWrite refuses pushes into a mirror namespace, to anyone.
 var errMirrorWrite = errors.New("mirrored namespaces are read-only")
 

@@ -50,6 +50,10 @@ type Config struct {
 	// LocalPrefixes are names that stay local even when a mirror is the
 	// default namespace (e.g. "team" keeps team/app local).
 	LocalPrefixes []string
+	// Authorizer, when set, decides every request once its internal name
+	// is known (see auth.go), filters the catalog and gets the audit of
+	// pushes and deletes. Nil: no auth. Set CanRead from it too.
+	Authorizer Authorizer
 }
 
 // Handler serves /v2/. Requests for other paths get 404 NOT_FOUND in the
@@ -138,6 +142,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := h.dispatch(ow, r, rc); err != nil {
 		h.writeError(ow, r, rc, err)
 	}
+	h.audit(ow, rc, ow.statusCode())
 
 	if h.cfg.Observer != nil {
 		var in int64

@@ -20,6 +20,11 @@ type request struct {
 	// arg is the last path element: reference, digest or upload id.
 	arg string
 	op  string
+	// authed is the request as the Authorizer passed it (carrying the
+	// caller's identity), for the audit log; nil without auth.
+	authed *http.Request
+	// tagMove: a manifest PUT that points an existing tag elsewhere.
+	tagMove bool
 	// mirror serves name when it lies in a mirrored namespace.
 	mirror *Mirror
 }
@@ -173,6 +178,9 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	rc.op = ep.op
 	rc.arg = arg
 	if kind == routePing || kind == routeCatalog {
+		if r, err = h.authorize(r, rc, kind, via); err != nil {
+			return err
+		}
 		return ep.fn(h, w, r, rc)
 	}
 	rc.name = name
@@ -186,6 +194,9 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	rc.name = internal
 	// The way the client came in, so Location and Link lead back to it.
 	rc.base = strings.TrimSuffix(r.URL.Path[:len(r.URL.Path)-len(path)+len("/v2/")+len(name)], "/")
+	if r, err = h.authorize(r, rc, kind, via); err != nil {
+		return err
+	}
 	if m := h.mirrorFor(internal); m != nil {
 		rc.mirror = m
 		fn, ok := mirrorRoutes[ep.op]

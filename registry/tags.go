@@ -69,7 +69,7 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ *request) er
 	if n < 0 || n > maxCatalogPage {
 		n = maxCatalogPage
 	}
-	repos, more, err := h.cfg.Store.Repositories(last, n)
+	repos, more, err := h.listRepositories(r, last, n)
 	if err != nil {
 		return errInternal(err)
 	}
@@ -80,6 +80,36 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ *request) er
 		setNextLink(w, "/v2/_catalog", n, repos[len(repos)-1])
 	}
 	return writeJSON(w, r, "application/json", catalogList{Repositories: repos})
+}
+
+// listRepositories is a page of the repositories r's caller may see: with
+// an Authorizer, pages of the store are filtered until n are found or the
+// store has no more. The last name of the page is then the last one
+// looked at, so the next page starts after it.
+func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]string, bool, error) {
+	if h.cfg.Authorizer == nil {
+		return h.cfg.Store.Repositories(last, n)
+	}
+	var out []string
+	for {
+		page, more, err := h.cfg.Store.Repositories(last, n)
+		if err != nil {
+			return nil, false, err
+		}
+		for i, repo := range page {
+			if h.cfg.Authorizer.CanList(r, repo) {
+				out = append(out, repo)
+			}
+			if len(out) == n {
+				// More follow if this page or the store has any left.
+				return out, more || i < len(page)-1, nil
+			}
+		}
+		if !more || len(page) == 0 {
+			return out, false, nil
+		}
+		last = page[len(page)-1]
+	}
 }
 
 // setNextLink sets the RFC 5988 Link to the next page, in the form the

@@ -1,0 +1,155 @@
+package registry
+
+// The auth hook: what a request needs, asked of the Authorizer once the
+// internal name is known, and the audit of what changed.
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// Authorizer decides requests (authscope.Authorizer implements it).
+type Authorizer interface {
+	// Authorize passes (returning the request to go on with, which may
+	// carry the caller's identity) or returns an *authscope.Denial.
+	Authorize(r *http.Request, need authscope.Need) (*http.Request, error)
+	// CanList reports whether the catalog may show repo to r's caller.
+	CanList(r *http.Request, repo string) bool
+	// Audit records a change the registry made.
+	Audit(r *http.Request, e authscope.AuditEvent)
+}
+
+// authorize asks the Authorizer what the request needs: GET/HEAD pull,
+// POST/PUT/PATCH pull+push, DELETE delete; every upload request
+// pull+push; a mount pull on its source; the catalog registry:catalog:*;
+// the /v2/ check nothing but a welcome caller. It returns the request to
+// serve, or the refusal as an *Error.
+func (h *Handler) authorize(r *http.Request, rc *request, kind routeKind, via authscope.Via) (*http.Request, error) {
+	if h.cfg.Authorizer == nil {
+		return r, nil
+	}
+	need := authscope.Need{Via: via, Reference: rc.arg}
+	switch kind {
+	case routePing:
+	case routeCatalog:
+		need.Scopes = []authscope.Scope{authscope.CatalogScope}
+	case routeUploads, routeUpload:
+		need.Scopes = []authscope.Scope{authscope.RepositoryScope(rc.name, authscope.ScopePull, authscope.ScopePush)}
+		if from := r.URL.Query().Get("from"); kind == routeUploads && r.URL.Query().Get("mount") != "" && from != "" {
+			// An unmappable source only loses the mount; the upload
+			// handler falls back to a plain session.
+			if src, err := h.names.Internal(from, via); err == nil && src != rc.name {
+				need.Scopes = append(need.Scopes, authscope.RepositoryScope(src, authscope.ScopePull))
+			}
+		}
+	default:
+		need.Scopes = []authscope.Scope{authscope.RepositoryScope(rc.name, authscope.ActionsFor(r.Method)...)}
+		if kind == routeManifest && r.Method == http.MethodPut {
+			moves, err := h.movesTag(r, rc)
+			if err != nil {
+				return r, err
+			}
+			need.TagMove = moves
+			rc.tagMove = moves
+		}
+	}
+	ar, err := h.cfg.Authorizer.Authorize(r, need)
+	if err == nil {
+		rc.authed = ar
+		return ar, nil
+	}
+	var d *authscope.Denial
+	if !errors.As(err, &d) {
+		return r, err
+	}
+	e := newError(d.Status, d.Code, d.Message, d)
+	if d.Challenge != "" {
+		e = e.withHeader("WWW-Authenticate", d.Challenge)
+	}
+	return r, e
+}
+
+// movesTag reports whether a manifest PUT points an existing tag at
+// another manifest (an update, not a create, to policies). The body is
+// read to learn its digest, then put back for the handler.
+func (h *Handler) movesTag(r *http.Request, rc *request) (bool, error) {
+	ref, err := ParseReference(rc.arg)
+	if err != nil {
+		return false, nil // the handler answers it
+	}
+	var tags []string
+	if !ref.IsDigest() {
+		tags = append(tags, ref.Tag)
+	}
+	tags = append(tags, r.URL.Query()["tag"]...)
+	var current []cache.Digest
+	for _, t := range tags {
+		if !ValidTag(t) {
+			continue
+		}
+		if d, err := h.cfg.Store.ResolveTag(rc.name, t); err == nil {
+			current = append(current, d)
+		}
+	}
+	if len(current) == 0 {
+		return false, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, h.cfg.MaxManifestSize+1))
+	if err != nil {
+		return false, newError(http.StatusBadRequest, CodeManifestInvalid, "reading manifest failed", err)
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
+	alg := cache.SHA256
+	if ref.IsDigest() {
+		alg = ref.Digest.Algorithm
+	}
+	d := cache.FromBytes(alg, body)
+	for _, c := range current {
+		if c != d {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// audit records a change that succeeded or failed on the audit log:
+// manifest pushes (create, or update for a tag move), blob pushes and
+// deletes.
+func (h *Handler) audit(w http.ResponseWriter, rc *request, status int) {
+	if h.cfg.Authorizer == nil || rc.authed == nil {
+		return
+	}
+	var action string
+	switch rc.op {
+	case OpManifestPut, OpUploadFinish:
+		action = authscope.ActionCreate
+		if rc.tagMove {
+			action = authscope.ActionUpdate
+		}
+	case OpManifestDelete, OpBlobDelete:
+		action = authscope.ActionDelete
+	default:
+		return
+	}
+	digest := w.Header().Get("Docker-Content-Digest")
+	if digest == "" {
+		if _, err := cache.ParseDigest(rc.arg); err == nil {
+			digest = rc.arg
+		}
+	}
+	ref := rc.arg
+	if rc.op == OpUploadFinish {
+		ref = "" // an upload id, not a reference
+	}
+	h.cfg.Authorizer.Audit(rc.authed, authscope.AuditEvent{
+		Action: action, Name: rc.name, Reference: ref, Digest: digest, Status: status,
+	})
+}
