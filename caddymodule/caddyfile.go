@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		upload_ttl        <duration>
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
+//		auth { ... }                 # see unmarshalAuth
 //	}
 func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -47,6 +48,13 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		sub := d.Val()
 		switch sub {
 		case "storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace":
+		case "auth":
+			a, err := unmarshalAuth(d)
+			if err != nil {
+				return err
+			}
+			rg.Auth = a
+			continue
 		default:
 			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, upload_ttl, gc_interval, gc_grace)", sub)
 		}

@@ -56,6 +56,10 @@ type Registry struct {
 	// bigger ones are refused with 413. Default: 4 MiB.
 	MaxManifestSize int64 `json:"max_manifest_size,omitempty"`
 
+	// Auth is who may pull, push and delete (htpasswd, Docker token
+	// service, access policies). Without it, everyone may do everything.
+	Auth *Auth `json:"auth,omitempty"`
+
 	// UploadTTL is how long an upload session may stay untouched before it
 	// expires and its data is removed. Sessions survive restarts until
 	// then. Default: 24h.
@@ -77,6 +81,7 @@ type Registry struct {
 	live    *liveHandler
 	metrics *metricsObserver
 	logger  *zap.Logger
+	auth    *authRuntime // nil without Auth
 }
 
 // liveHandler is the registry handler, built once the store is open.
@@ -140,6 +145,12 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if rg.Auth != nil {
+		// No mirrors yet: names are used as typed (nil Names).
+		if rg.auth, err = rg.Auth.provision(nil, rg.logger); err != nil {
+			return fmt.Errorf("auth: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -153,6 +164,11 @@ func (rg *Registry) Validate() error {
 	}
 	if rg.GCGrace < 0 {
 		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(rg.GCGrace))
+	}
+	if rg.Auth != nil {
+		if err := rg.Auth.validate(); err != nil {
+			return fmt.Errorf("auth: %w", err)
+		}
 	}
 	if fi, err := os.Stat(rg.dir); err == nil && !fi.IsDir() {
 		return fmt.Errorf("storage %s exists and is not a directory", rg.dir)
@@ -172,6 +188,9 @@ func (rg *Registry) Cleanup() error {
 
 // ServeHTTP serves /v2/ and passes every other request to next.
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if rg.auth.serveToken(w, r) {
+		return nil
+	}
 	if !registry.IsRegistryPath(r.URL.Path) {
 		return next.ServeHTTP(w, r)
 	}
@@ -205,6 +224,8 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		MaxManifestSize: rg.MaxManifestSize,
 		Logger:          rg.logger,
 		Observer:        rg.metrics,
+		Authorizer:      rg.auth.registryAuthorizer(),
+		CanRead:         rg.auth.canRead(),
 	})
 	rg.live.h.Store(h)
 	return h, nil

@@ -24,6 +24,10 @@ type Authorizer interface {
 	Audit(r *http.Request, e authscope.AuditEvent)
 }
 
+// Names is the handler's name mapping (nil without mirrors), for the
+// token proxy, which must map scopes exactly as requests are mapped.
+func (h *Handler) Names() *authscope.Names { return h.names }
+
 // authorize asks the Authorizer what the request needs: GET/HEAD pull,
 // POST/PUT/PATCH pull+push, DELETE delete; every upload request
 // pull+push; a mount pull on its source; the catalog registry:catalog:*;

@@ -1,0 +1,419 @@
+package caddymodule
+
+// Auth config of oci_registry: JSON, Caddyfile, and provisioning into an
+// authscope.Authorizer and token proxy. The decisions live in authscope.
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/registry"
+)
+
+// DefaultFailDelay is waited after a failed Basic login when FailDelay is
+// left out.
+const DefaultFailDelay = time.Second
+
+// Auth is who may use the registry. Without it, everyone may do
+// everything.
+type Auth struct {
+	// Htpasswd is the path of an htpasswd file whose users may log in
+	// with Basic credentials. Only bcrypt hashes (`htpasswd -B`) are
+	// accepted.
+	Htpasswd string `json:"htpasswd,omitempty"`
+
+	// FailDelay is how long a failed Basic login waits before it is
+	// answered, to slow down password guessing. Default: 1s.
+	FailDelay caddy.Duration `json:"fail_delay,omitempty"`
+
+	// Realm names the realm of Basic challenges. Default: "registry".
+	Realm string `json:"realm,omitempty"`
+
+	// Token accepts bearer tokens from a Docker token service
+	// (docker_auth or any that follows the Docker token spec). Under
+	// token auth the token's access claim decides; Repositories, Groups
+	// and Admin still apply to htpasswd users and anonymous callers.
+	Token *TokenAuth `json:"token,omitempty"`
+
+	// Repositories maps repository patterns (internal names; `**` any
+	// number of components, `*` one) to who may read, create (push new
+	// tags and blobs), update (move an existing tag) and delete. For a
+	// repository only the longest matching pattern counts. Mirrored
+	// namespaces never take pushes.
+	Repositories map[string]authscope.RepositoryPolicy `json:"repositories,omitempty"`
+
+	// Groups maps group names to htpasswd users.
+	Groups map[string][]string `json:"groups,omitempty"`
+
+	// Admin users and groups may do their actions (default: all)
+	// everywhere.
+	Admin *authscope.AdminPolicy `json:"admin,omitempty"`
+}
+
+// TokenAuth configures bearer tokens.
+type TokenAuth struct {
+	// Realm is the token service's URL, as clients should ask it for
+	// tokens.
+	Realm string `json:"realm"`
+
+	// Service is this registry's name at the token service: sent in
+	// challenges, and required in each token's audience.
+	Service string `json:"service"`
+
+	// Issuer must equal each token's `iss`.
+	Issuer string `json:"issuer"`
+
+	// TrustedCerts are PEM files of certificates and public keys that
+	// sign tokens. Tokens name their key by `kid` (RFC 7638 thumbprint or
+	// libtrust fingerprint) or send a chain in `x5c` that must verify to
+	// these certificates.
+	TrustedCerts []string `json:"trusted_certs,omitempty"`
+
+	// JWKS are JSON Web Key Set files of signing keys, matched by `kid`.
+	JWKS []string `json:"jwks,omitempty"`
+
+	// Leeway is the clock skew allowed on exp and nbf. Default: 30s.
+	Leeway caddy.Duration `json:"leeway,omitempty"`
+
+	// Proxy points challenges at this registry's /_oci/token, which
+	// translates each scope from the name the client typed to the
+	// internal name (as requests are mapped: mirror prefix, ns, host
+	// alias, default mirror) and forwards to Realm. The token service's
+	// ACLs then name internal names only.
+	Proxy bool `json:"proxy,omitempty"`
+}
+
+// authRuntime is a provisioned Auth.
+type authRuntime struct {
+	authorizer *authscope.Authorizer
+	proxy      *authscope.TokenProxy // nil unless Token.Proxy
+}
+
+// registryAuthorizer is what registry.Config takes; nil without auth.
+func (rt *authRuntime) registryAuthorizer() registry.Authorizer {
+	if rt == nil {
+		return nil
+	}
+	return rt.authorizer
+}
+
+// canRead is registry.Config's CanRead; nil (allow all) without auth.
+func (rt *authRuntime) canRead() func(*http.Request, string) bool {
+	if rt == nil {
+		return nil
+	}
+	return rt.authorizer.CanRead
+}
+
+// serveToken answers the token proxy's path; false for other requests.
+func (rt *authRuntime) serveToken(w http.ResponseWriter, r *http.Request) bool {
+	if rt == nil || rt.proxy == nil || r.URL.Path != authscope.TokenPath {
+		return false
+	}
+	rt.proxy.ServeHTTP(w, r)
+	return true
+}
+
+// provision reads the files Auth names and builds the Authorizer; names
+// is the registry's name mapping (nil without mirrors).
+func (a *Auth) provision(names *authscope.Names, logger *zap.Logger) (*authRuntime, error) {
+	o := authscope.Options{
+		FailDelay:  time.Duration(a.FailDelay),
+		BasicRealm: a.Realm,
+		Names:      names,
+		Audit:      caddy.Log().Named("audit"),
+	}
+	if o.FailDelay == 0 {
+		o.FailDelay = DefaultFailDelay
+	}
+	if a.Htpasswd != "" {
+		data, err := os.ReadFile(a.Htpasswd)
+		if err != nil {
+			return nil, fmt.Errorf("htpasswd: %w", err)
+		}
+		if o.Htpasswd, err = authscope.ParseHtpasswd(data); err != nil {
+			return nil, fmt.Errorf("htpasswd %s: %w", a.Htpasswd, err)
+		}
+	}
+	if len(a.Repositories) > 0 || len(a.Groups) > 0 || a.Admin != nil {
+		p, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: a.Repositories, Groups: a.Groups, Admin: a.Admin})
+		if err != nil {
+			return nil, fmt.Errorf("access policy: %w", err)
+		}
+		o.Policy = p
+	}
+	rt := &authRuntime{}
+	if t := a.Token; t != nil {
+		ks := authscope.NewKeySet()
+		for _, f := range t.TrustedCerts {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("trusted_certs: %w", err)
+			}
+			if err := ks.AddPEM(data); err != nil {
+				return nil, fmt.Errorf("trusted_certs %s: %w", f, err)
+			}
+		}
+		for _, f := range t.JWKS {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("jwks: %w", err)
+			}
+			if err := ks.AddJWKS(data); err != nil {
+				return nil, fmt.Errorf("jwks %s: %w", f, err)
+			}
+		}
+		o.Token = &authscope.TokenVerifier{Keys: ks, Issuer: t.Issuer, Service: t.Service, Leeway: time.Duration(t.Leeway)}
+		o.TokenRealm = t.Realm
+		o.ProxyToken = t.Proxy
+		if t.Proxy {
+			u, err := url.Parse(t.Realm)
+			if err != nil {
+				return nil, fmt.Errorf("token realm: %w", err)
+			}
+			rt.proxy = &authscope.TokenProxy{Upstream: u, Names: names, Logger: logger.Named("token_proxy")}
+		}
+	}
+	var err error
+	if rt.authorizer, err = authscope.NewAuthorizer(o); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// validate checks what can be checked without reading files.
+func (a *Auth) validate() error {
+	if a.FailDelay < 0 {
+		return errors.New("fail_delay must not be negative")
+	}
+	if a.Htpasswd == "" && a.Token == nil && len(a.Repositories) == 0 {
+		return errors.New("auth needs htpasswd, token or access rules")
+	}
+	if t := a.Token; t != nil {
+		if t.Realm == "" || t.Service == "" || t.Issuer == "" {
+			return errors.New("token needs realm, service and issuer")
+		}
+		if len(t.TrustedCerts) == 0 && len(t.JWKS) == 0 {
+			return errors.New("token needs trusted_certs or jwks")
+		}
+		if t.Leeway < 0 {
+			return errors.New("token leeway must not be negative")
+		}
+	}
+	return nil
+}
+
+// unmarshalAuth parses an `auth` block:
+//
+//	auth {
+//		htpasswd   <file>
+//		fail_delay <duration>
+//		realm      <name>
+//		group      <name> <user>...
+//		admin      [users <user>...] [groups <group>...] [actions <action>...]
+//		access <pattern> {
+//			anonymous <action>...
+//			default   <action>...
+//			user      <name> <action>...
+//			group     <name> <action>...
+//		}
+//		token {
+//			realm         <url>
+//			service       <name>
+//			issuer        <name>
+//			trusted_certs <file>...
+//			jwks          <file>...
+//			leeway        <duration>
+//			proxy
+//		}
+//	}
+//
+// Actions are read, create, update and delete.
+func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
+	a := &Auth{}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch sub := d.Val(); sub {
+		case "htpasswd", "realm":
+			var v string
+			if !d.AllArgs(&v) {
+				return nil, d.Errf("%s needs exactly one argument", sub)
+			}
+			if sub == "htpasswd" {
+				a.Htpasswd = v
+			} else {
+				a.Realm = v
+			}
+		case "fail_delay":
+			var v string
+			if !d.AllArgs(&v) {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur < 0 {
+				return nil, d.Errf("fail_delay %q: not a duration", v)
+			}
+			a.FailDelay = caddy.Duration(dur)
+		case "group":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return nil, d.Err("group needs a name and at least one user")
+			}
+			if a.Groups == nil {
+				a.Groups = map[string][]string{}
+			}
+			a.Groups[args[0]] = append(a.Groups[args[0]], args[1:]...)
+		case "admin":
+			if a.Admin == nil {
+				a.Admin = &authscope.AdminPolicy{}
+			}
+			args := d.RemainingArgs()
+			var into *[]string
+			for _, arg := range args {
+				switch arg {
+				case "users":
+					into = &a.Admin.Users
+				case "groups":
+					into = &a.Admin.Groups
+				case "actions":
+					into = &a.Admin.Actions
+				default:
+					if into == nil {
+						return nil, d.Errf("admin: expected users, groups or actions before %q", arg)
+					}
+					*into = append(*into, arg)
+				}
+			}
+		case "access":
+			var pat string
+			if !d.NextArg() {
+				return nil, d.Err("access needs a repository pattern")
+			}
+			pat = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			rp, err := unmarshalAccess(d)
+			if err != nil {
+				return nil, err
+			}
+			if a.Repositories == nil {
+				a.Repositories = map[string]authscope.RepositoryPolicy{}
+			}
+			if _, dup := a.Repositories[pat]; dup {
+				return nil, d.Errf("access %q given twice", pat)
+			}
+			a.Repositories[pat] = rp
+		case "token":
+			t, err := unmarshalToken(d)
+			if err != nil {
+				return nil, err
+			}
+			a.Token = t
+		default:
+			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token)", sub)
+		}
+	}
+	return a, nil
+}
+
+func unmarshalAccess(d *caddyfile.Dispenser) (authscope.RepositoryPolicy, error) {
+	var rp authscope.RepositoryPolicy
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		args := d.RemainingArgs()
+		switch sub {
+		case "anonymous", "default":
+			if len(args) == 0 {
+				return rp, d.Errf("%s needs at least one action", sub)
+			}
+			if sub == "anonymous" {
+				rp.Anonymous = append(rp.Anonymous, args...)
+			} else {
+				rp.Default = append(rp.Default, args...)
+			}
+		case "user", "group":
+			if len(args) < 2 {
+				return rp, d.Errf("%s needs a name and at least one action", sub)
+			}
+			g := authscope.Grant{Actions: slices.Clone(args[1:])}
+			if sub == "user" {
+				g.Users = []string{args[0]}
+			} else {
+				g.Groups = []string{args[0]}
+			}
+			rp.Policies = append(rp.Policies, g)
+		default:
+			return rp, d.Errf("unrecognized access subdirective %q (known: anonymous, default, user, group)", sub)
+		}
+	}
+	return rp, nil
+}
+
+func unmarshalToken(d *caddyfile.Dispenser) (*TokenAuth, error) {
+	t := &TokenAuth{}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		args := d.RemainingArgs()
+		one := func() (string, error) {
+			if len(args) != 1 {
+				return "", d.Errf("%s needs exactly one argument", sub)
+			}
+			return args[0], nil
+		}
+		var err error
+		switch sub {
+		case "realm":
+			t.Realm, err = one()
+		case "service":
+			t.Service, err = one()
+		case "issuer":
+			t.Issuer, err = one()
+		case "trusted_certs":
+			if len(args) == 0 {
+				return nil, d.Err("trusted_certs needs at least one file")
+			}
+			t.TrustedCerts = append(t.TrustedCerts, args...)
+		case "jwks":
+			if len(args) == 0 {
+				return nil, d.Err("jwks needs at least one file")
+			}
+			t.JWKS = append(t.JWKS, args...)
+		case "leeway":
+			var v string
+			if v, err = one(); err == nil {
+				dur, perr := caddy.ParseDuration(v)
+				if perr != nil || dur < 0 {
+					return nil, d.Errf("leeway %q: not a duration", v)
+				}
+				t.Leeway = caddy.Duration(dur)
+			}
+		case "proxy":
+			if len(args) != 0 {
+				return nil, d.ArgErr()
+			}
+			t.Proxy = true
+		default:
+			return nil, d.Errf("unrecognized token subdirective %q (known: realm, service, issuer, trusted_certs, jwks, leeway, proxy)", sub)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
