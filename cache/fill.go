@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sync"
 	"time"
@@ -52,9 +53,12 @@ type Fill struct {
 	state   fillState
 	size    int64 // -1 unknown
 	written int64
-	tmp     string
-	err     error
-	took    time.Duration
+	// verified: every byte is in and hashes to the digest; readers may
+	// have the last byte before the sync and rename finish.
+	verified bool
+	tmp      string
+	err      error
+	took     time.Duration
 }
 
 // Fill returns the fill of blob d: the one in progress if there is one,
@@ -90,6 +94,13 @@ func (s *Store) Fill(repo string, d Digest, src FillSource) (f *Fill, started bo
 	s.wg.Add(1)
 	go f.run(src)
 	return f, true, nil
+}
+
+// Filling returns the fill of blob d in progress, or nil.
+func (s *Store) Filling(d Digest) *Fill {
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	return s.fills[d]
 }
 
 // Fills reports the number of fills in progress.
@@ -197,6 +208,10 @@ func (f *Fill) fill(src FillSource) error {
 	if got := FromHash(f.d.Algorithm, h); got != f.d {
 		return fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, f.d, got)
 	}
+	f.mu.Lock()
+	f.verified = true
+	f.changed()
+	f.mu.Unlock()
 	if err := file.Sync(); err != nil {
 		return fmt.Errorf("cache: sync fill: %w", err)
 	}
@@ -243,6 +258,15 @@ func (f *Fill) Wait(ctx context.Context) error {
 	return f.err
 }
 
+// Verified reports whether every byte is in and matched the digest: the
+// fill is only syncing and committing, and its readers may have had
+// every byte.
+func (f *Fill) Verified() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.verified
+}
+
 // Done is closed when the fill committed or failed.
 func (f *Fill) Done() <-chan struct{} { return f.done }
 
@@ -255,8 +279,10 @@ func (f *Fill) Duration() time.Duration {
 
 // Reader returns a reader of the blob that follows the fill: it waits for
 // bytes not written yet (or for ctx), gives the last byte of a blob of known
-// size only once the whole blob is verified and committed, and fails with
-// an error wrapping ErrFillFailed if the fill does. It waits for Ready
+// size only once the whole blob is verified against the digest, and fails with
+// an error wrapping ErrFillFailed if the fill does. (A fill that fails
+// after verification, while syncing or renaming, has given its readers
+// correct bytes; they keep them.) It waits for Ready
 // first. Close it when done.
 func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 	if _, err := f.Ready(ctx); err != nil {
@@ -272,7 +298,14 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 	case fillCommitted:
 		file, err = f.s.OpenBlob(f.d)
 	default:
-		file, err = os.Open(f.tmp)
+		// The install renames the temp file without taking mu: once it
+		// is gone from tmp/ the verified blob is at its digest's place.
+		if f.tmp != "" {
+			file, err = os.Open(f.tmp)
+		}
+		if f.tmp == "" || errors.Is(err, fs.ErrNotExist) {
+			file, err = f.s.OpenBlob(f.d)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cache: open fill: %w", err)
@@ -297,14 +330,14 @@ func (r *FillReader) Read(p []byte) (int, error) {
 	}
 	for {
 		r.f.mu.Lock()
-		state, avail, size, ch, ferr := r.f.state, r.f.written, r.f.size, r.f.notify, r.f.err
+		state, avail, size, ch, ferr, verified := r.f.state, r.f.written, r.f.size, r.f.notify, r.f.err, r.f.verified
 		r.f.mu.Unlock()
 		switch state {
 		case fillFailed:
 			r.err = ferr
 			return 0, ferr
 		case fillWriting:
-			if size >= 0 && avail >= size {
+			if size >= 0 && avail >= size && !verified {
 				avail = size - 1 // held back until verified
 			}
 		}
@@ -318,7 +351,7 @@ func (r *FillReader) Read(p []byte) (int, error) {
 			}
 			return m, err
 		}
-		if state == fillCommitted {
+		if state == fillCommitted || (verified && size >= 0) {
 			return 0, io.EOF
 		}
 		select {

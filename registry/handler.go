@@ -95,9 +95,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 			if h.mirrors[m.Prefix()] != nil {
 				return nil, fmt.Errorf("mirror %s configured twice", m.Prefix())
 			}
-			if err := m.attach(cfg.Logger, cfg.Observer); err != nil {
-				return nil, err
-			}
+			m.attach(cfg.Observer)
 			h.mirrors[m.Prefix()] = m
 			spaces = append(spaces, m.Namespace())
 		}

@@ -19,13 +19,13 @@ import (
 // testRegistry is a Handler on a real store in a temp dir behind a real
 // HTTP server.
 type testRegistry struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *httptest.Server
 	store *cache.Store
 	obs   *recordingObserver
 }
 
-func newTestRegistry(t *testing.T, mod ...func(*Config)) *testRegistry {
+func newTestRegistry(t testing.TB, mod ...func(*Config)) *testRegistry {
 	t.Helper()
 	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
 	if err != nil {

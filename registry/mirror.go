@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -147,7 +146,22 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if cfg.BlobIdleTimeout <= 0 {
 		cfg.BlobIdleTimeout = DefaultBlobIdleTimeout
 	}
-	return &Mirror{cfg: cfg, obs: nopMirrorObserver{}, now: time.Now}, nil
+	m := &Mirror{cfg: cfg, obs: nopMirrorObserver{}, now: time.Now}
+	prefix := cfg.Prefix
+	c, err := upstream.New(upstream.Config{
+		URLs:               cfg.Upstreams,
+		Username:           cfg.Username,
+		Password:           cfg.Password,
+		CAFile:             cfg.CAFile,
+		InsecureSkipVerify: cfg.InsecureSkipVerify,
+		Transport:          cfg.Transport,
+		OnResponse:         func(method string, status int) { m.obs.UpstreamRequest(prefix, method, status) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mirror %s: %w", prefix, err)
+	}
+	m.client = c
+	return m, nil
 }
 
 // Prefix is the mirror's namespace prefix.
@@ -164,28 +178,12 @@ func (m *Mirror) Namespace() authscope.Namespace {
 	}
 }
 
-// attach makes the upstream client; done once by NewHandler so the
-// client reports to the handler's observer.
-func (m *Mirror) attach(log *zap.Logger, obs Observer) error {
+// attach points the mirror's metrics at the handler's observer; NewHandler
+// calls it once, before any request.
+func (m *Mirror) attach(obs Observer) {
 	if mo, ok := obs.(MirrorObserver); ok {
 		m.obs = mo
 	}
-	prefix := m.cfg.Prefix
-	c, err := upstream.New(upstream.Config{
-		URLs:               m.cfg.Upstreams,
-		Username:           m.cfg.Username,
-		Password:           m.cfg.Password,
-		CAFile:             m.cfg.CAFile,
-		InsecureSkipVerify: m.cfg.InsecureSkipVerify,
-		Transport:          m.cfg.Transport,
-		Logger:             log.With(zap.String("upstream", prefix)),
-		OnResponse:         func(method string, status int) { m.obs.UpstreamRequest(prefix, method, status) },
-	})
-	if err != nil {
-		return fmt.Errorf("mirror %s: %w", prefix, err)
-	}
-	m.client = c
-	return nil
 }
 
 // upstreamName is the repository name upstream knows an internal name by.

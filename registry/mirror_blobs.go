@@ -22,6 +22,11 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		return err
 	}
 	store := h.cfg.Store
+	if f := store.Filling(d); f != nil && f.Verified() {
+		// Its readers may have had every byte before it is committed
+		// and linked; answer after that, as a plain store hit.
+		_ = f.Wait(r.Context())
+	}
 	if _, err := store.HasBlob(rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
 		return h.serveCachedBlob(w, r, rc)

@@ -36,7 +36,7 @@ type mirrorEnv struct {
 
 // newMirrorEnv is a registry with docker.io mirrored from a fake upstream
 // (default namespace, host alias docker.mirror.test) and "team" local.
-func newMirrorEnv(t *testing.T, mod ...func(*MirrorConfig)) *mirrorEnv {
+func newMirrorEnv(t testing.TB, mod ...func(*MirrorConfig)) *mirrorEnv {
 	t.Helper()
 	up := newFakeUpstream(t)
 	mc := MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.srv.URL}, Default: true, Hosts: []string{"docker.mirror.test"}}

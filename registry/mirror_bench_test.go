@@ -1,0 +1,142 @@
+package registry
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// timedGet GETs url and returns the time to the first body byte and to
+// the end, and the bytes read.
+func timedGet(b *testing.B, c *http.Client, url string) (ttfb, total time.Duration, n int64) {
+	start := time.Now()
+	resp, err := c.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+	one := make([]byte, 1)
+	if _, err := io.ReadFull(resp.Body, one); err != nil {
+		b.Fatal(err)
+	}
+	ttfb = time.Since(start)
+	rest, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ttfb, time.Since(start), rest + 1
+}
+
+// BenchmarkMirrorColdPull pulls a cold 8 MiB blob through the mirror from
+// an upstream that sends 64 KiB every millisecond (~64 MB/s), and the same
+// blob straight from that upstream, and reports both.
+func BenchmarkMirrorColdPull(b *testing.B) {
+	env := newMirrorEnv(b)
+	env.up.set(func(u *fakeUpstream) { u.delay = time.Millisecond })
+	var mTTFB, mTotal, dTTFB, dTotal time.Duration
+	var size int64
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		img := randomImage(b, 8<<20, 1)
+		env.up.pushImage("library/bench", "v1", img)
+		layer, data := layerOf(b, img)
+		size = int64(len(data))
+		b.StartTimer()
+		t1, t2, n := timedGet(b, env.srv.Client(), env.srv.URL+"/v2/docker.io/library/bench/blobs/"+layer)
+		if n != size {
+			b.Fatalf("mirror sent %d of %d", n, size)
+		}
+		mTTFB += t1
+		mTotal += t2
+		b.StopTimer()
+		t1, t2, _ = timedGet(b, env.up.srv.Client(), env.up.srv.URL+"/v2/library/bench/blobs/"+layer)
+		dTTFB += t1
+		dTotal += t2
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.SetBytes(size)
+	b.ReportMetric(float64(mTTFB.Microseconds())/n/1000, "mirror-ttfb-ms")
+	b.ReportMetric(float64(mTotal.Microseconds())/n/1000, "mirror-total-ms")
+	b.ReportMetric(float64(dTTFB.Microseconds())/n/1000, "direct-ttfb-ms")
+	b.ReportMetric(float64(dTotal.Microseconds())/n/1000, "direct-total-ms")
+	b.ReportMetric(float64(mTotal)/float64(dTotal), "total/direct")
+}
+
+// BenchmarkMirrorConcurrentCold: 8 clients pull one cold 4 MiB blob at
+// once; reports upstream bytes fetched / blob size (target 1.00).
+func BenchmarkMirrorConcurrentCold(b *testing.B) {
+	env := newMirrorEnv(b)
+	env.up.set(func(u *fakeUpstream) { u.delay = 200 * time.Microsecond })
+	var sent, want int64
+	for b.Loop() {
+		b.StopTimer()
+		img := randomImage(b, 4<<20, 1)
+		env.up.pushImage("library/bench", "v1", img)
+		layer, data := layerOf(b, img)
+		before := env.up.bytesSent()
+		b.StartTimer()
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := env.get(context.Background(), "/v2/docker.io/library/bench/blobs/"+layer)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if n != int64(len(data)) {
+					b.Errorf("client got %d of %d", n, len(data))
+				}
+			}()
+		}
+		wg.Wait()
+		sent += env.up.bytesSent() - before
+		want += int64(len(data))
+		b.SetBytes(int64(len(data)) * 8)
+	}
+	b.ReportMetric(float64(sent)/float64(want), "upstream-bytes/blob")
+}
+
+// BenchmarkMirrorWarmTags: 2,000 pulls of a tag inside its TTL; reports
+// the upstream requests they caused (target 0) and their rate.
+func BenchmarkMirrorWarmTags(b *testing.B) {
+	env := newMirrorEnv(b)
+	img := randomImage(b, 1024, 1)
+	env.up.pushImage("library/bench", "v1", img)
+	url := env.srv.URL + "/v2/library/bench/manifests/v1"
+	c := env.srv.Client()
+	get := func() {
+		resp, err := c.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	get()
+	before := env.up.total()
+	start := time.Now()
+	pulls := 0
+	for b.Loop() {
+		for range 2000 {
+			get()
+		}
+		pulls += 2000
+	}
+	el := time.Since(start)
+	b.ReportMetric(float64(env.up.total()-before)/float64(b.N), "upstream-req/2000-pulls")
+	b.ReportMetric(float64(pulls)/el.Seconds(), "pulls/s")
+}
