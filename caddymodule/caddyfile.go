@@ -37,6 +37,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		upload_ttl        <duration>
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
+//		local             <prefix>...
+//		mirror <prefix> { ... }      # see unmarshalMirror
 //		auth { ... }                 # see unmarshalAuth
 //	}
 func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -55,8 +57,22 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			rg.Auth = a
 			continue
+		case "mirror":
+			m, err := unmarshalMirror(d)
+			if err != nil {
+				return err
+			}
+			rg.Mirrors = append(rg.Mirrors, m)
+			continue
+		case "local":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Err("local needs at least one name prefix")
+			}
+			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
+			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, upload_ttl, gc_interval, gc_grace)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, upload_ttl, gc_interval, gc_grace, mirror, local)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {

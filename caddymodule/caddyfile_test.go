@@ -152,3 +152,78 @@ func TestDirectiveOrder(t *testing.T) {
 		t.Errorf("adapted handler config: %s", s)
 	}
 }
+
+func TestUnmarshalCaddyfileMirror(t *testing.T) {
+	input := `oci_registry {
+		local team ci
+		mirror docker.io {
+			upstream https://a.example https://b.example
+			username {env.HUB_USER}
+			password {env.HUB_TOKEN}
+			tag_ttl 10m
+			stale_if_error 48h
+			alias registry-1.docker.io
+			host docker.mirror.example
+			default
+		}
+		mirror ghcr.io
+		mirror localhost:1 {
+			insecure_skip_verify
+			ca_file /etc/ca.pem
+			library_prefix library
+		}
+	}`
+	var got Registry
+	if err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+		t.Fatal(err)
+	}
+	want := Registry{
+		LocalPrefixes: []string{"team", "ci"},
+		Mirrors: []*Mirror{
+			{Prefix: "docker.io", Upstreams: []string{"https://a.example", "https://b.example"},
+				Username: "{env.HUB_USER}", Password: "{env.HUB_TOKEN}",
+				TagTTL: caddy.Duration(10 * time.Minute), StaleIfError: caddy.Duration(48 * time.Hour),
+				Aliases: []string{"registry-1.docker.io"}, Hosts: []string{"docker.mirror.example"}, Default: true},
+			{Prefix: "ghcr.io"},
+			{Prefix: "localhost:1", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library"},
+		},
+	}
+	if !reflect.DeepEqual(got, want) {
+		gj, _ := json.Marshal(got)
+		wj, _ := json.Marshal(want)
+		t.Fatalf("got  %s\nwant %s", gj, wj)
+	}
+	for _, bad := range []string{
+		"oci_registry {\nmirror\n}",
+		"oci_registry {\nmirror a b\n}",
+		"oci_registry {\nmirror a {\ntag_ttl soon\n}\n}",
+		"oci_registry {\nmirror a {\nfoo\n}\n}",
+		"oci_registry {\nmirror a {\ndefault yes\n}\n}",
+		"oci_registry {\nlocal\n}",
+	} {
+		var r Registry
+		if err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+func TestBuildMirrors(t *testing.T) {
+	t.Setenv("HUB_TOKEN", "s3cret")
+	ms, err := buildMirrors([]*Mirror{{Prefix: "docker.io", Password: "{env.HUB_TOKEN}", Default: true}, {Prefix: "ghcr.io"}}, []string{"team"}, caddy.NewReplacer())
+	if err != nil || len(ms) != 2 {
+		t.Fatalf("buildMirrors: %v", err)
+	}
+	if ns := ms[0].Namespace(); ns.LibraryPrefix != "library" || len(ns.Aliases) != 2 {
+		t.Fatalf("docker.io defaults missing: %+v", ns)
+	}
+	for _, bad := range [][]*Mirror{
+		{{Prefix: "a", Default: true}, {Prefix: "b", Default: true}},
+		{{Prefix: "a/b"}},
+		{{Prefix: "a", Upstreams: []string{"ftp://x"}}},
+	} {
+		if _, err := buildMirrors(bad, nil, caddy.NewReplacer()); err == nil {
+			t.Errorf("accepted %+v", bad[0])
+		}
+	}
+}

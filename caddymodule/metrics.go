@@ -20,6 +20,11 @@ var collectors = struct {
 	bytesSent     prometheus.Counter
 	uploads       prometheus.Counter
 	uploadBytes   prometheus.Counter
+
+	mirrorLookups  *prometheus.CounterVec
+	mirrorBytes    *prometheus.CounterVec
+	upstreamReqs   *prometheus.CounterVec
+	mirrorFillTime *prometheus.HistogramVec
 }{}
 
 func initCollectors() {
@@ -55,6 +60,57 @@ func initCollectors() {
 		Name:      "upload_bytes_total",
 		Help:      "Bytes of completed blob uploads.",
 	})
+	collectors.mirrorLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "mirror_lookups_total",
+		Help:      "Mirrored blob and manifest requests by registry, kind and result (hit: served from the store, miss: fetched upstream).",
+	}, []string{"registry", "kind", "result"})
+	collectors.mirrorBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "mirror_bytes_total",
+		Help:      "Mirrored content bytes by registry and source (cache: sent from the store, upstream: fetched).",
+	}, []string{"registry", "source"})
+	collectors.upstreamReqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "mirror_upstream_requests_total",
+		Help:      "HTTP exchanges with upstream registries by registry, method and status (0: connection failed).",
+	}, []string{"registry", "method", "code"})
+	collectors.mirrorFillTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns,
+		Name:      "mirror_fill_duration_seconds",
+		Help:      "Time to fetch one blob from upstream into the store, by registry and result.",
+		Buckets:   prometheus.ExponentialBuckets(0.01, 4, 9),
+	}, []string{"registry", "result"})
+}
+
+// MirrorLookup implements registry.MirrorObserver.
+func (*metricsObserver) MirrorLookup(reg, kind string, hit bool) {
+	result := "miss"
+	if hit {
+		result = "hit"
+	}
+	collectors.mirrorLookups.WithLabelValues(reg, kind, result).Inc()
+}
+
+// MirrorBytes implements registry.MirrorObserver.
+func (*metricsObserver) MirrorBytes(reg, source string, n int64) {
+	if n > 0 {
+		collectors.mirrorBytes.WithLabelValues(reg, source).Add(float64(n))
+	}
+}
+
+// UpstreamRequest implements registry.MirrorObserver.
+func (*metricsObserver) UpstreamRequest(reg, method string, status int) {
+	collectors.upstreamReqs.WithLabelValues(reg, method, strconv.Itoa(status)).Inc()
+}
+
+// MirrorFill implements registry.MirrorObserver.
+func (*metricsObserver) MirrorFill(reg string, _ int64, d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	collectors.mirrorFillTime.WithLabelValues(reg, result).Observe(d.Seconds())
 }
 
 // metricsObserver is the registry.Observer that feeds the collectors.
@@ -71,6 +127,8 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.requests, collectors.duration,
 		collectors.bytesReceived, collectors.bytesSent,
 		collectors.uploads, collectors.uploadBytes,
+		collectors.mirrorLookups, collectors.mirrorBytes,
+		collectors.upstreamReqs, collectors.mirrorFillTime,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

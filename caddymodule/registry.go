@@ -76,6 +76,18 @@ type Registry struct {
 	// Default: 1h.
 	GCGrace caddy.Duration `json:"gc_grace,omitempty"`
 
+	// Mirrors are upstream registries served read-only under their
+	// prefixes (pull-through caches). Everything outside them is the
+	// local, pushable registry.
+	Mirrors []*Mirror `json:"mirrors,omitempty"`
+
+	// LocalPrefixes are name prefixes that stay in the local registry even
+	// when a mirror is the default namespace ("team" keeps team/app local).
+	LocalPrefixes []string `json:"local_prefixes,omitempty"`
+
+	mirrors []*registry.Mirror
+	serves  *registry.Handler // routing only: which paths are ours
+
 	dir     string // absolute, cleaned Storage: the key in stores
 	store   *sharedStore
 	live    *liveHandler
@@ -145,9 +157,21 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer())
+	if err != nil {
+		return err
+	}
+	// Routing needs the namespaces before the store is open.
+	routing, err := buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer())
+	if err != nil {
+		return err
+	}
+	rg.serves, err = registry.NewHandler(registry.Config{Mirrors: routing, LocalPrefixes: rg.LocalPrefixes})
+	if err != nil {
+		return err
+	}
 	if rg.Auth != nil {
-		// No mirrors yet: names are used as typed (nil Names).
-		if rg.auth, err = rg.Auth.provision(nil, rg.logger); err != nil {
+		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
 	}
@@ -191,7 +215,7 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if rg.auth.serveToken(w, r) {
 		return nil
 	}
-	if !registry.IsRegistryPath(r.URL.Path) {
+	if !rg.serves.Serves(r.URL.Path) {
 		return next.ServeHTTP(w, r)
 	}
 	h, err := rg.registryHandler()
@@ -219,14 +243,19 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := registry.New(registry.Config{
+	h, err := registry.NewHandler(registry.Config{
 		Store:           st,
 		MaxManifestSize: rg.MaxManifestSize,
 		Logger:          rg.logger,
 		Observer:        rg.metrics,
+		Mirrors:         rg.mirrors,
+		LocalPrefixes:   rg.LocalPrefixes,
 		Authorizer:      rg.auth.registryAuthorizer(),
 		CanRead:         rg.auth.canRead(),
 	})
+	if err != nil {
+		return nil, err
+	}
 	rg.live.h.Store(h)
 	return h, nil
 }
@@ -247,4 +276,5 @@ var (
 	_ caddyhttp.MiddlewareHandler = (*Registry)(nil)
 	_ caddyfile.Unmarshaler       = (*Registry)(nil)
 	_ registry.Observer           = (*metricsObserver)(nil)
+	_ registry.MirrorObserver     = (*metricsObserver)(nil)
 )

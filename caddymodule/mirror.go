@@ -1,0 +1,185 @@
+package caddymodule
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/registry"
+)
+
+// Mirror makes one upstream registry available read-only under a name
+// prefix: `localhost/v2/docker.io/library/debian` pulls through to Docker
+// Hub. Blobs and manifests by digest are fetched once; tags are asked
+// upstream again after tag_ttl.
+type Mirror struct {
+	// Prefix is the first component of the mirrored names, usually the
+	// upstream's host name: "docker.io", "ghcr.io", "quay.io".
+	Prefix string `json:"prefix"`
+
+	// Upstreams are the registry URLs to fetch from, tried in order (the
+	// next on connection errors and 5xx). Default: https://registry-1.docker.io
+	// for docker.io, https://<prefix> for any other prefix.
+	Upstreams []string `json:"upstreams,omitempty"`
+
+	// Username and Password for the upstream; placeholders such as
+	// {env.DOCKERHUB_TOKEN} are replaced. Empty: anonymous pulls.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+
+	// TagTTL is how long a fetched tag is served without asking upstream.
+	// After it, one HEAD upstream decides whether to fetch again.
+	// Default: 5m.
+	TagTTL caddy.Duration `json:"tag_ttl,omitempty"`
+
+	// StaleIfError is how long past its TTL a cached tag is still served
+	// when upstream fails or is unreachable. Default: 24h.
+	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
+
+	// CAFile is a PEM bundle trusted for the upstream's TLS certificate,
+	// in addition to the system roots.
+	CAFile string `json:"ca_file,omitempty"`
+
+	// InsecureSkipVerify turns off TLS verification of the upstream. For
+	// tests on loopback only.
+	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
+
+	// Aliases are other names of the upstream that clients send in `?ns=`
+	// or as a `/<alias>/v2/` path prefix. docker.io adds
+	// registry-1.docker.io and index.docker.io itself.
+	Aliases []string `json:"aliases,omitempty"`
+
+	// Hosts are request host names whose un-prefixed names belong to this
+	// mirror (`docker.mirror.example/v2/debian/...`).
+	Hosts []string `json:"hosts,omitempty"`
+
+	// Default makes un-prefixed names on any other host belong to this
+	// mirror, as Docker's `registry-mirrors` setting needs. At most one
+	// mirror is the default; names under local_prefixes stay local.
+	Default bool `json:"default,omitempty"`
+
+	// LibraryPrefix is put before one-component names ("debian" ->
+	// "library/debian"). Default: "library" for docker.io, none otherwise.
+	LibraryPrefix string `json:"library_prefix,omitempty"`
+}
+
+// buildMirrors turns the config into registry mirrors, replacing
+// placeholders in credentials. Nothing is contacted.
+func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer) ([]*registry.Mirror, error) {
+	out := make([]*registry.Mirror, 0, len(ms))
+	spaces := make([]authscope.Namespace, 0, len(ms))
+	for _, m := range ms {
+		rm, err := registry.NewMirror(registry.MirrorConfig{
+			Prefix:             m.Prefix,
+			Upstreams:          m.Upstreams,
+			Username:           repl.ReplaceAll(m.Username, ""),
+			Password:           repl.ReplaceAll(m.Password, ""),
+			TagTTL:             time.Duration(m.TagTTL),
+			StaleIfError:       time.Duration(m.StaleIfError),
+			CAFile:             m.CAFile,
+			InsecureSkipVerify: m.InsecureSkipVerify,
+			Aliases:            m.Aliases,
+			Hosts:              m.Hosts,
+			Default:            m.Default,
+			LibraryPrefix:      m.LibraryPrefix,
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rm)
+		spaces = append(spaces, rm.Namespace())
+	}
+	if _, err := authscope.NewNames(spaces, local); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// unmarshalMirror parses
+//
+//	mirror <prefix> {
+//		upstream <url>...
+//		username <user>
+//		password <password>
+//		tag_ttl <duration>
+//		stale_if_error <duration>
+//		ca_file <file>
+//		insecure_skip_verify
+//		alias <name>...
+//		host <host>...
+//		default
+//		library_prefix <name>
+//	}
+func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
+	m := &Mirror{}
+	if !d.NextArg() {
+		return nil, d.Err("mirror needs a prefix, e.g. mirror docker.io")
+	}
+	m.Prefix = d.Val()
+	if d.NextArg() {
+		return nil, d.Errf("mirror takes one prefix, then a block; got %q", d.Val())
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		args := d.RemainingArgs()
+		one := func() (string, error) {
+			if len(args) != 1 {
+				return "", d.Errf("mirror %s: %s needs exactly one argument", m.Prefix, sub)
+			}
+			return args[0], nil
+		}
+		var err error
+		switch sub {
+		case "upstream":
+			if len(args) == 0 {
+				return nil, d.Errf("mirror %s: upstream needs at least one URL", m.Prefix)
+			}
+			m.Upstreams = append(m.Upstreams, args...)
+		case "alias":
+			m.Aliases = append(m.Aliases, args...)
+		case "host":
+			m.Hosts = append(m.Hosts, args...)
+		case "username":
+			m.Username, err = one()
+		case "password":
+			m.Password, err = one()
+		case "ca_file":
+			m.CAFile, err = one()
+		case "library_prefix":
+			m.LibraryPrefix, err = one()
+		case "tag_ttl", "stale_if_error":
+			var s string
+			if s, err = one(); err == nil {
+				var dur time.Duration
+				if dur, err = caddy.ParseDuration(s); err != nil || dur <= 0 {
+					return nil, d.Errf("mirror %s: %s must be a positive duration, got %q", m.Prefix, sub, s)
+				}
+				if sub == "tag_ttl" {
+					m.TagTTL = caddy.Duration(dur)
+				} else {
+					m.StaleIfError = caddy.Duration(dur)
+				}
+			}
+		case "insecure_skip_verify", "default":
+			if len(args) != 0 {
+				return nil, d.Errf("mirror %s: %s takes no argument", m.Prefix, sub)
+			}
+			if sub == "default" {
+				m.Default = true
+			} else {
+				m.InsecureSkipVerify = true
+			}
+		default:
+			return nil, d.Errf("mirror %s: unrecognized subdirective %q", m.Prefix, sub)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Mirror) String() string { return fmt.Sprintf("mirror %s", m.Prefix) }
