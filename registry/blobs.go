@@ -3,7 +3,9 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -65,8 +67,33 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) e
 				withHeader("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
 		}
 	}
+	if r.Header.Get("Range") == "" && !conditional(r) {
+		// The common whole-blob GET: hand the bare *os.File to the writer.
+		// ServeContent wraps it in a LimitedReader, and Caddy's idle-timeout
+		// writer adds another, which hides the file from sendfile and turns
+		// every GET into a user-space copy.
+		hd.Set("Content-Length", strconv.FormatInt(info.Size, 10))
+		hd.Set("Accept-Ranges", "bytes")
+		hd.Set("Last-Modified", info.ModTime.UTC().Format(http.TimeFormat))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = io.Copy(w, f)
+		}
+		return nil
+	}
 	http.ServeContent(w, r, "", info.ModTime, f)
 	return nil
+}
+
+// conditional reports whether r carries a precondition that ServeContent
+// must evaluate.
+func conditional(r *http.Request) bool {
+	for _, k := range []string{"If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range"} {
+		if r.Header.Get(k) != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // blobDelete removes the blob from this repository only; the content stays

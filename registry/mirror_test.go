@@ -311,6 +311,11 @@ func TestMirrorRangeOnColdBlob(t *testing.T) {
 	if !bytes.Equal(full.body, data) {
 		t.Fatal("blob differs")
 	}
+	// Clients get the last byte once it is verified, before the commit:
+	// wait for the fill to finish before looking at the store.
+	if f := env.store.Filling(d); f != nil {
+		<-f.Done()
+	}
 	if _, err := env.store.HasBlob("docker.io/library/app", d); err != nil {
 		t.Fatal(err)
 	}
