@@ -90,7 +90,7 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 		src = io.LimitReader(r, size+1)
 	}
 	h := want.Algorithm.New()
-	n, err := copyBuf(io.MultiWriter(f, h), src)
+	n, err := copyHashing(f, h, src)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

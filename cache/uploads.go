@@ -364,7 +364,7 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if _, err := f.Seek(at, io.SeekStart); err != nil {
 		return fail("seek upload", err)
 	}
-	n, err := copyBuf(io.MultiWriter(f, h), r)
+	n, err := copyHashing(f, h, r)
 	if err != nil {
 		return fail("append upload", err)
 	}
