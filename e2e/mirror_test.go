@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// mirrorServer starts caddy with one mirror, docker.io, whose upstream is
+// upstreamURL, and waits until it serves /v2/.
+func mirrorServer(t *testing.T, upstreamURL string) *server {
+	t.Helper()
+	needBinary(t)
+	dataDir := t.TempDir()
+	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	cfg := fmt.Sprintf(`{
+	admin localhost:%s
+	auto_https off
+}
+
+http://:%s {
+	bind 127.0.0.1
+	oci_registry {
+		storage %s
+		mirror docker.io {
+			upstream %s
+			tag_ttl 1s
+			stale_if_error 1h
+		}
+	}
+}
+`, adminPort, port, strconv.Quote(dataDir), upstreamURL)
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort, dataDir: dataDir}
+	s.start()
+	return s
+}
+
+// TestMirror pulls an image through the pull-through mirror with crane,
+// skopeo and podman from an upstream registry running in the test, then
+// takes the upstream down and pulls the cached tag again.
+func TestMirror(t *testing.T) {
+	crane := tool(t, "crane")
+
+	var upstreamRequests atomic.Int64
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstreamRequests.Add(1)
+		reg.ServeHTTP(w, r)
+	}))
+	upstreamClosed := false
+	defer func() {
+		if !upstreamClosed {
+			upstream.Close()
+		}
+	}()
+
+	img := ociImage(t)
+	want, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	upRef, err := name.ParseReference(strings.TrimPrefix(upstream.URL, "http://")+"/library/app:v1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(upRef, img); err != nil {
+		t.Fatal(err)
+	}
+	pushRequests := upstreamRequests.Load()
+
+	s := mirrorServer(t, upstream.URL)
+	// localhost, not 127.0.0.1, as users write it.
+	mirrorAddr := "localhost:" + strings.TrimPrefix(s.addr, "127.0.0.1:")
+	ref := mirrorAddr + "/docker.io/library/app:v1"
+
+	t.Run("crane", func(t *testing.T) {
+		if got := strings.TrimSpace(run(t, nil, crane, "digest", "--insecure", ref)); got != want.String() {
+			t.Errorf("crane digest = %s, want %s", got, want)
+		}
+		dir := filepath.Join(t.TempDir(), "layout")
+		run(t, nil, crane, "pull", "--insecure", "--format", "oci", ref, dir)
+		if got := layoutDigest(t, dir); got != want.String() {
+			t.Errorf("crane pulled %s, want %s", got, want)
+		}
+		checkLayout(t, dir, img)
+		if upstreamRequests.Load() == pushRequests {
+			t.Errorf("the mirror served the image without asking the upstream")
+		}
+	})
+
+	t.Run("skopeo", func(t *testing.T) {
+		skopeo := tool(t, "skopeo")
+		dir := filepath.Join(t.TempDir(), "layout")
+		run(t, nil, skopeo, "copy", "--src-tls-verify=false", "docker://"+ref, "oci:"+dir+":v1")
+		if got := layoutDigest(t, dir); got != want.String() {
+			t.Errorf("skopeo pulled %s, want %s", got, want)
+		}
+		checkLayout(t, dir, img)
+	})
+
+	t.Run("podman", func(t *testing.T) {
+		podman := tool(t, "podman")
+		root := t.TempDir()
+		conf := filepath.Join(root, "registries.conf")
+		// Podman tries the mirror first; with no internet the real
+		// docker.io fails, so a pull that succeeds came from the mirror.
+		regConf := fmt.Sprintf(`[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "%s/docker.io"
+insecure = true
+`, mirrorAddr)
+		if err := os.WriteFile(conf, []byte(regConf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		env := []string{"CONTAINERS_REGISTRIES_CONF=" + conf}
+		base := []string{"--storage-driver", "vfs", "--root", filepath.Join(root, "root"),
+			"--runroot", filepath.Join(root, "runroot"), "--cgroup-manager=cgroupfs", "--events-backend=file"}
+		const podmanRef = "docker.io/library/app:v1"
+		run(t, env, podman, append(base, "pull", podmanRef)...)
+		got := strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", podmanRef)...))
+		if got != want.String() {
+			t.Errorf("podman pulled %s, want %s", got, want)
+		}
+	})
+
+	if t.Failed() {
+		return
+	}
+
+	t.Run("upstream down", func(t *testing.T) {
+		upstream.Close()
+		upstreamClosed = true
+		// Past tag_ttl, so the mirror asks the upstream, fails to reach
+		// it, and serves the cached tag as stale.
+		time.Sleep(1500 * time.Millisecond)
+
+		if got := strings.TrimSpace(run(t, nil, crane, "digest", "--insecure", ref)); got != want.String() {
+			t.Errorf("crane digest with the upstream down = %s, want %s", got, want)
+		}
+		dir := filepath.Join(t.TempDir(), "layout")
+		run(t, nil, crane, "pull", "--insecure", "--format", "oci", ref, dir)
+		if got := layoutDigest(t, dir); got != want.String() {
+			t.Errorf("crane pulled %s with the upstream down, want %s", got, want)
+		}
+		checkLayout(t, dir, img)
+
+		req, err := http.NewRequest(http.MethodHead, s.url("/v2/docker.io/library/app/manifests/v1"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("HEAD manifest with the upstream down: %s", resp.Status)
+		}
+		if got := resp.Header.Get("Docker-Content-Digest"); got != want.String() {
+			t.Errorf("Docker-Content-Digest = %s, want %s", got, want)
+		}
+		if w := resp.Header.Get("Warning"); !strings.Contains(w, "110") {
+			t.Errorf("stale answer carries Warning %q, want 110", w)
+		}
+	})
+}
