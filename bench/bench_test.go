@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/bench/benchclient"
 	"github.com/caddy-oci/caddy-oci/cache"
 )
 
@@ -52,16 +53,16 @@ func BenchmarkLimitPush(b *testing.B) {
 
 // BenchmarkPushMonolithic: POST ?digest= with the whole blob as the body.
 func BenchmarkPushMonolithic(b *testing.B) {
-	benchPush(b, seedMono, func(c *client, repo, digest string, size int64, body io.Reader) error {
-		return c.pushMonolithic(repo, digest, size, body)
+	benchPush(b, seedMono, func(c *benchclient.Client, repo, digest string, size int64, body io.Reader) error {
+		return c.PushMonolithic(repo, digest, size, body)
 	})
 }
 
 // BenchmarkPushChunked: POST, PATCH chunks with Content-Range, PUT ?digest=.
 func BenchmarkPushChunked(b *testing.B) {
 	chunk := chunkSize(b)
-	benchPush(b, seedChunked, func(c *client, repo, digest string, size int64, body io.Reader) error {
-		return c.pushChunked(repo, digest, size, chunk, body)
+	benchPush(b, seedChunked, func(c *benchclient.Client, repo, digest string, size int64, body io.Reader) error {
+		return c.PushChunked(repo, digest, size, chunk, body)
 	})
 }
 
@@ -79,7 +80,7 @@ func BenchmarkPushChunked(b *testing.B) {
 // pushed blob is dropped from the page cache (fadvise) before the next
 // limit. That is also a server's steady state, where new writes reclaim
 // clean cache pages.
-func benchPush(b *testing.B, seed uint64, push func(c *client, repo, digest string, size int64, body io.Reader) error) {
+func benchPush(b *testing.B, seed uint64, push func(c *benchclient.Client, repo, digest string, size int64, body io.Reader) error) {
 	size := blobSize(b)
 	e := newEnv(b)
 	if _, _, err := limitPush(e.dir, seed, size); err != nil {
@@ -98,11 +99,11 @@ func benchPush(b *testing.B, seed uint64, push func(c *client, repo, digest stri
 		}
 		limit += took
 		b.StartTimer()
-		if err := push(e.c, "bench/push", digest, size, newBlob(s, size)); err != nil {
+		if err := push(e.c, "bench/push", digest, size, benchclient.NewBlob(s, size)); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
-		if err := dropCache(blobFile(b, e.store, digest)); err != nil {
+		if err := benchclient.DropCache(blobFile(b, e.store, digest)); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
@@ -128,7 +129,7 @@ func BenchmarkGetWarm(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := e.c.pushMonolithic("bench/get", digest, size, newBlob(seedGet, size)); err != nil {
+	if err := e.c.PushMonolithic("bench/get", digest, size, benchclient.NewBlob(seedGet, size)); err != nil {
 		b.Fatal(err)
 	}
 	path := blobFile(b, e.store, digest)
@@ -136,13 +137,13 @@ func BenchmarkGetWarm(b *testing.B) {
 		http.ServeFile(w, r, path)
 	}))
 	defer files.Close()
-	fc := newClient(files.URL, 4)
+	fc := benchclient.NewClient(files.URL, 4)
 
-	blobURL := e.c.base + "/v2/bench/get/blobs/" + digest
+	blobURL := e.c.Base() + "/v2/bench/get/blobs/" + digest
 	// Warm the page cache and both connection pools.
 	for _, get := range []func() error{
-		func() error { return e.c.get(blobURL, nil, size) },
-		func() error { return fc.get(files.URL+"/blob", nil, size) },
+		func() error { return e.c.Get(blobURL, nil, size) },
+		func() error { return fc.Get(files.URL+"/blob", nil, size) },
 	} {
 		if err := get(); err != nil {
 			b.Fatal(err)
@@ -156,12 +157,12 @@ func BenchmarkGetWarm(b *testing.B) {
 	for range b.N {
 		b.StopTimer()
 		start := time.Now()
-		if err := fc.get(files.URL+"/blob", nil, size); err != nil {
+		if err := fc.Get(files.URL+"/blob", nil, size); err != nil {
 			b.Fatal(err)
 		}
 		limit += time.Since(start)
 		b.StartTimer()
-		if err := e.c.get(blobURL, nil, size); err != nil {
+		if err := e.c.Get(blobURL, nil, size); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -198,9 +199,9 @@ type image struct {
 	configSize, layerSize int
 }
 
-func pushImage(b *testing.B, c *client, repo string) image {
+func pushImage(b *testing.B, c *benchclient.Client, repo string) image {
 	layer := make([]byte, 4096)
-	newBlob(seedSmall, int64(len(layer))).Read(layer)
+	benchclient.NewBlob(seedSmall, int64(len(layer))).Read(layer)
 	ld := sha256Digest(layer)
 	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + ld + `"]}}`)
 	cd := sha256Digest(config)
@@ -208,7 +209,7 @@ func pushImage(b *testing.B, c *client, repo string) image {
 		d string
 		b []byte
 	}{{ld, layer}, {cd, config}} {
-		if err := c.pushMonolithic(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
+		if err := c.PushMonolithic(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -238,7 +239,7 @@ func BenchmarkManifestPut(b *testing.B) {
 	p := parallelism(b)
 	workers := p * runtime.GOMAXPROCS(0)
 	e := newEnv(b)
-	e.c = newClient(e.srv.URL, workers)
+	e.c = benchclient.NewClient(e.srv.URL, workers)
 	im := pushImage(b, e.c, "bench/manifest")
 
 	limitDir := filepath.Join(e.dir, "limit-manifests")
@@ -255,10 +256,10 @@ func BenchmarkManifestPut(b *testing.B) {
 		w.WriteHeader(http.StatusCreated)
 	}))
 	defer floor.Close()
-	fc := newClient(floor.URL, workers)
+	fc := benchclient.NewClient(floor.URL, workers)
 
-	limit, err := runConcurrent(b.N, workers, func(i int) error {
-		return fc.putManifest("bench/manifest", "t"+strconv.Itoa(i), ociManifest, im.manifest(i))
+	limit, err := benchclient.RunConcurrent(b.N, workers, func(i int) error {
+		return fc.PutManifest("bench/manifest", "t"+strconv.Itoa(i), ociManifest, im.manifest(i))
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -271,7 +272,7 @@ func BenchmarkManifestPut(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			n := int(next.Add(1))
-			if err := e.c.putManifest("bench/manifest", "t"+strconv.Itoa(n), ociManifest, im.manifest(n)); err != nil {
+			if err := e.c.PutManifest("bench/manifest", "t"+strconv.Itoa(n), ociManifest, im.manifest(n)); err != nil {
 				b.Error(err)
 				return
 			}
@@ -302,10 +303,10 @@ func BenchmarkManifestGet(b *testing.B) {
 	p := parallelism(b)
 	workers := p * runtime.GOMAXPROCS(0)
 	e := newEnv(b)
-	e.c = newClient(e.srv.URL, workers)
+	e.c = benchclient.NewClient(e.srv.URL, workers)
 	im := pushImage(b, e.c, "bench/manifest")
 	m := im.manifest(0)
-	if err := e.c.putManifest("bench/manifest", "latest", ociManifest, m); err != nil {
+	if err := e.c.PutManifest("bench/manifest", "latest", ociManifest, m); err != nil {
 		b.Fatal(err)
 	}
 
@@ -320,24 +321,24 @@ func BenchmarkManifestGet(b *testing.B) {
 		http.ServeFile(w, r, path)
 	}))
 	defer floor.Close()
-	fc := newClient(floor.URL, workers)
+	fc := benchclient.NewClient(floor.URL, workers)
 	accept := map[string]string{"Accept": acceptAll}
 	size := int64(len(m))
 
-	limit, err := runConcurrent(b.N, workers, func(int) error {
-		return fc.get(floor.URL+"/v2/bench/manifest/manifests/latest", accept, size)
+	limit, err := benchclient.RunConcurrent(b.N, workers, func(int) error {
+		return fc.Get(floor.URL+"/v2/bench/manifest/manifests/latest", accept, size)
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
 
-	u := e.c.base + "/v2/bench/manifest/manifests/latest"
+	u := e.c.Base() + "/v2/bench/manifest/manifests/latest"
 	b.SetParallelism(p)
 	mem := startMemPeak()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if err := e.c.get(u, accept, size); err != nil {
+			if err := e.c.Get(u, accept, size); err != nil {
 				b.Error(err)
 				return
 			}

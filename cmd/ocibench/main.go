@@ -32,7 +32,11 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/bench/benchclient"
 )
+
+const mib = 1 << 20
 
 // Targets from the registry-core issue.
 const (
@@ -107,10 +111,10 @@ func (o *options) check() error {
 		return errors.New("-caddy is required")
 	}
 	var err error
-	if o.size, err = parseSize(o.sizeText); err != nil {
+	if o.size, err = benchclient.ParseSize(o.sizeText); err != nil {
 		return err
 	}
-	if o.chunk, err = parseSize(o.chunkText); err != nil {
+	if o.chunk, err = benchclient.ParseSize(o.chunkText); err != nil {
 		return err
 	}
 	if o.runs < 1 || o.getRuns < 1 || o.clients < 1 || o.requests < 1 {
@@ -239,7 +243,7 @@ func run(o options) (*Result, error) {
 	}
 
 	res := &Result{Size: o.size, Chunk: o.chunk, Runs: o.runs, GetRuns: o.getRuns, Clients: o.clients, Dir: tmp}
-	c := newClient(srv.base, o.clients)
+	c := benchclient.NewClient(srv.base, o.clients)
 	limitDir := filepath.Join(tmp, "limit")
 	if err := os.Mkdir(limitDir, 0o755); err != nil {
 		return nil, err
@@ -255,24 +259,24 @@ func run(o options) (*Result, error) {
 		pprof string
 	}{
 		{"push monolithic", 1 << 32, func(d string, body io.Reader) error {
-			return c.pushMonolithic("bench/push", d, o.size, body)
+			return c.PushMonolithic("bench/push", d, o.size, body)
 		}, "push-monolithic"},
 		{fmt.Sprintf("push chunked (%s PATCH)", human(o.chunk)), 2 << 32, func(d string, body io.Reader) error {
-			return c.pushChunked("bench/push", d, o.size, o.chunk, body)
+			return c.PushChunked("bench/push", d, o.size, o.chunk, body)
 		}, "push-chunked"},
 	} {
 		var took, limit time.Duration
 		prof := func() error { return nil }
 		// Warm-up: frees o.size of pages for the first limit run (see the
-		// note at limitPush).
-		path, _, _, err := limitPush(limitDir, kind.seed, o.size)
+		// note at benchclient.LimitPush).
+		path, _, _, err := benchclient.LimitPush(limitDir, kind.seed, o.size)
 		if err != nil {
 			return nil, fmt.Errorf("limit: %w", err)
 		}
 		os.Remove(path)
 		for i := range o.runs {
 			seed := kind.seed + uint64(i)
-			path, digest, l, err := limitPush(limitDir, seed, o.size)
+			path, digest, l, err := benchclient.LimitPush(limitDir, seed, o.size)
 			if err != nil {
 				return nil, fmt.Errorf("limit: %w", err)
 			}
@@ -283,11 +287,11 @@ func run(o options) (*Result, error) {
 				prof = srv.profile(o, kind.pprof)
 			}
 			start := time.Now()
-			if err := kind.push(digest, newBlob(seed, o.size)); err != nil {
+			if err := kind.push(digest, benchclient.NewBlob(seed, o.size)); err != nil {
 				return nil, fmt.Errorf("%s: %w", kind.name, err)
 			}
 			took += time.Since(start)
-			if err := dropCache(blobPath(tmp, digest)); err != nil {
+			if err := benchclient.DropCache(blobPath(tmp, digest)); err != nil {
 				return nil, fmt.Errorf("drop the pushed blob from the page cache: %w", err)
 			}
 			if firstDigest == "" {
@@ -338,7 +342,7 @@ func blobPath(tmp, digest string) string {
 // against http.ServeFile of the very same file, alternately. The file server
 // is a process of its own, as caddy is, so both sides pay the same
 // scheduling between client and server.
-func measureGet(o options, srv *server, c *client, tmp, digest string) (Row, error) {
+func measureGet(o options, srv *server, c *benchclient.Client, tmp, digest string) (Row, error) {
 	path := blobPath(tmp, digest)
 	if _, err := os.Stat(path); err != nil {
 		return Row{}, fmt.Errorf("limit GET: the committed blob is not where the store's layout puts it: %w", err)
@@ -348,20 +352,20 @@ func measureGet(o options, srv *server, c *client, tmp, digest string) (Row, err
 		return Row{}, err
 	}
 	defer files.stop()
-	fc := newClient(files.base, 4)
+	fc := benchclient.NewClient(files.base, 4)
 	blobURL := srv.base + "/v2/bench/push/blobs/" + digest
 	// Warm the page cache and both connection pools.
-	if err := c.get(blobURL, nil, o.size); err != nil {
+	if err := c.Get(blobURL, nil, o.size); err != nil {
 		return Row{}, err
 	}
-	if err := fc.get(files.base+"/blob", nil, o.size); err != nil {
+	if err := fc.Get(files.base+"/blob", nil, o.size); err != nil {
 		return Row{}, err
 	}
 	var took, limit time.Duration
 	prof := func() error { return nil }
 	for i := range o.getRuns {
 		start := time.Now()
-		if err := fc.get(files.base+"/blob", nil, o.size); err != nil {
+		if err := fc.Get(files.base+"/blob", nil, o.size); err != nil {
 			return Row{}, fmt.Errorf("limit GET: %w", err)
 		}
 		limit += time.Since(start)
@@ -369,7 +373,7 @@ func measureGet(o options, srv *server, c *client, tmp, digest string) (Row, err
 			prof = srv.profile(o, "get-warm")
 		}
 		start = time.Now()
-		if err := c.get(blobURL, nil, o.size); err != nil {
+		if err := c.Get(blobURL, nil, o.size); err != nil {
 			return Row{}, err
 		}
 		took += time.Since(start)
@@ -385,10 +389,10 @@ const ociManifest = "application/vnd.oci.image.manifest.v1+json"
 // measureManifests pushes a config and a layer, then PUTs distinct small
 // manifests under distinct tags and GETs one by tag, with o.clients
 // concurrent clients.
-func measureManifests(o options, c *client) ([]Row, error) {
+func measureManifests(o options, c *benchclient.Client) ([]Row, error) {
 	const repo = "bench/manifest"
 	layer := make([]byte, 4096)
-	newBlob(3<<32, int64(len(layer))).Read(layer)
+	benchclient.NewBlob(3<<32, int64(len(layer))).Read(layer)
 	ld := digestOf(layer)
 	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + ld + `"]}}`)
 	cd := digestOf(config)
@@ -396,7 +400,7 @@ func measureManifests(o options, c *client) ([]Row, error) {
 		d string
 		b []byte
 	}{{ld, layer}, {cd, config}} {
-		if err := c.pushMonolithic(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
+		if err := c.PushMonolithic(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
 			return nil, err
 		}
 	}
@@ -407,16 +411,16 @@ func measureManifests(o options, c *client) ([]Row, error) {
 			`"annotations":{"org.opencontainers.image.revision":"%d"}}`,
 			ociManifest, cd, len(config), ld, len(layer), n))
 	}
-	put, err := runConcurrent(o.requests, o.clients, func(i int) error {
-		return c.putManifest(repo, "t"+strconv.Itoa(i), ociManifest, manifest(i))
+	put, err := benchclient.RunConcurrent(o.requests, o.clients, func(i int) error {
+		return c.PutManifest(repo, "t"+strconv.Itoa(i), ociManifest, manifest(i))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("manifest PUT: %w", err)
 	}
 	m := manifest(0)
 	accept := map[string]string{"Accept": ociManifest}
-	get, err := runConcurrent(o.requests, o.clients, func(int) error {
-		return c.get(c.base+"/v2/"+repo+"/manifests/t0", accept, int64(len(m)))
+	get, err := benchclient.RunConcurrent(o.requests, o.clients, func(int) error {
+		return c.Get(c.Base()+"/v2/"+repo+"/manifests/t0", accept, int64(len(m)))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("manifest GET: %w", err)

@@ -1,4 +1,4 @@
-package bench
+package benchclient
 
 import (
 	"bytes"
@@ -11,13 +11,13 @@ import (
 
 func TestBlobIndependentOfReadSizes(t *testing.T) {
 	const size = 3*blockSize + 5
-	want, err := io.ReadAll(newBlob(7, size))
+	want, err := io.ReadAll(NewBlob(7, size))
 	if err != nil || len(want) != size {
 		t.Fatalf("ReadAll: %d bytes, %v", len(want), err)
 	}
 	for _, step := range []int{3, 7, 8, 13, 4096, 1 << 20, 1<<20 + 3} {
 		got := make([]byte, 0, size)
-		r, buf := newBlob(7, size), make([]byte, step)
+		r, buf := NewBlob(7, size), make([]byte, step)
 		for {
 			n, err := r.Read(buf)
 			got = append(got, buf[:n]...)
@@ -29,7 +29,7 @@ func TestBlobIndependentOfReadSizes(t *testing.T) {
 			t.Errorf("read %d at a time: stream differs", step)
 		}
 	}
-	other, _ := io.ReadAll(newBlob(8, size))
+	other, _ := io.ReadAll(NewBlob(8, size))
 	if bytes.Equal(other[:blockSize], want[:blockSize]) {
 		t.Error("seeds 7 and 8 give the same stream")
 	}
@@ -43,13 +43,13 @@ func TestParseSize(t *testing.T) {
 		in   string
 		want int64
 	}{{"1GiB", 1 << 30}, {"64MiB", 64 << 20}, {"512KiB", 512 << 10}, {"1G", 1 << 30}, {"100", 100}, {" 2 MiB ", 2 << 20}} {
-		if got, err := parseSize(c.in); err != nil || got != c.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		if got, err := ParseSize(c.in); err != nil || got != c.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
 		}
 	}
 	for _, in := range []string{"", "0", "-1", "1TB", "x"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q): no error", in)
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q): no error", in)
 		}
 	}
 }

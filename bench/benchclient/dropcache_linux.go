@@ -1,16 +1,16 @@
 //go:build linux && (amd64 || arm64)
 
-package main
+package benchclient
 
 import (
 	"os"
 	"syscall"
 )
 
-// dropCache asks the kernel to drop the clean page-cache pages of the file
+// DropCache asks the kernel to drop the clean page-cache pages of the file
 // at path (POSIX_FADV_DONTNEED), so the next write in the run reuses pages
-// that were just freed; see the note at limitPush.
-func dropCache(path string) error {
+// that were just freed; see the note at LimitPush.
+func DropCache(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
