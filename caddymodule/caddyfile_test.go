@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"go.uber.org/zap"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -210,7 +211,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 
 func TestBuildMirrors(t *testing.T) {
 	t.Setenv("HUB_TOKEN", "s3cret")
-	ms, err := buildMirrors([]*Mirror{{Prefix: "docker.io", Password: "{env.HUB_TOKEN}", Default: true}, {Prefix: "ghcr.io"}}, []string{"team"}, caddy.NewReplacer())
+	ms, err := buildMirrors([]*Mirror{{Prefix: "docker.io", Password: "{env.HUB_TOKEN}", Default: true}, {Prefix: "ghcr.io"}}, []string{"team"}, caddy.NewReplacer(), zap.NewNop())
 	if err != nil || len(ms) != 2 {
 		t.Fatalf("buildMirrors: %v", err)
 	}
@@ -222,7 +223,7 @@ func TestBuildMirrors(t *testing.T) {
 		{{Prefix: "a/b"}},
 		{{Prefix: "a", Upstreams: []string{"ftp://x"}}},
 	} {
-		if _, err := buildMirrors(bad, nil, caddy.NewReplacer()); err == nil {
+		if _, err := buildMirrors(bad, nil, caddy.NewReplacer(), zap.NewNop()); err == nil {
 			t.Errorf("accepted %+v", bad[0])
 		}
 	}

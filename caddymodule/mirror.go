@@ -6,6 +6,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/registry"
@@ -68,7 +69,9 @@ type Mirror struct {
 
 // buildMirrors turns the config into registry mirrors, replacing
 // placeholders in credentials. Nothing is contacted.
-func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer) ([]*registry.Mirror, error) {
+// buildMirrors turns the configured mirrors into registry mirrors; log
+// gets each upstream client's messages, named after the mirror's prefix.
+func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer, log *zap.Logger) ([]*registry.Mirror, error) {
 	out := make([]*registry.Mirror, 0, len(ms))
 	spaces := make([]authscope.Namespace, 0, len(ms))
 	for _, m := range ms {
@@ -85,6 +88,7 @@ func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer) ([]*regist
 			Hosts:              m.Hosts,
 			Default:            m.Default,
 			LibraryPrefix:      m.LibraryPrefix,
+			Logger:             log.Named("upstream").With(zap.String("mirror", m.Prefix)),
 		})
 		if err != nil {
 			return nil, err

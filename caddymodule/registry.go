@@ -157,12 +157,12 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer())
+	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer(), rg.logger)
 	if err != nil {
 		return err
 	}
 	// Routing needs the namespaces before the store is open.
-	routing, err := buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer())
+	routing, err := buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer(), zap.NewNop())
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -67,6 +68,9 @@ type MirrorConfig struct {
 	LibraryPrefix string
 	// Transport overrides the HTTP transport to upstream (tests).
 	Transport http.RoundTripper
+	// Logger gets the upstream client's retries, failovers and token
+	// trouble, with the upstream's URL. Nil means no logging.
+	Logger *zap.Logger
 }
 
 // Mirror is a configured mirror: its namespace and its upstream client.
@@ -155,6 +159,7 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 		CAFile:             cfg.CAFile,
 		InsecureSkipVerify: cfg.InsecureSkipVerify,
 		Transport:          cfg.Transport,
+		Logger:             cfg.Logger,
 		OnResponse:         func(method string, status int) { m.obs.UpstreamRequest(prefix, method, status) },
 	})
 	if err != nil {
