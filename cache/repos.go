@@ -326,18 +326,26 @@ func (s *Store) ResolveTag(repo, tag string) (Digest, error) {
 		return Digest{}, err
 	}
 	var d Digest
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(tagKey(repo, tag))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%w: %s:%s", ErrTagUnknown, repo, tag)
-		}
-		if err != nil {
-			return fmt.Errorf("cache: read tag: %w", err)
-		}
-		return item.Value(func(v []byte) error {
-			d, err = ParseDigest(string(v))
-			return err
-		})
+	err := s.db.View(func(txn *badger.Txn) (err error) {
+		d, err = readTag(txn, repo, tag)
+		return err
+	})
+	return d, err
+}
+
+// readTag returns the digest tag points at in repo within txn.
+func readTag(txn *badger.Txn, repo, tag string) (Digest, error) {
+	item, err := txn.Get(tagKey(repo, tag))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return Digest{}, fmt.Errorf("%w: %s:%s", ErrTagUnknown, repo, tag)
+	}
+	if err != nil {
+		return Digest{}, fmt.Errorf("cache: read tag: %w", err)
+	}
+	var d Digest
+	err = item.Value(func(v []byte) error {
+		d, err = ParseDigest(string(v))
+		return err
 	})
 	return d, err
 }

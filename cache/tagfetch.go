@@ -32,20 +32,11 @@ func (s *Store) TagInfo(repo, tag string) (TagInfo, error) {
 	}
 	var ti TagInfo
 	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(tagKey(repo, tag))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%w: %s:%s", ErrTagUnknown, repo, tag)
-		}
-		if err != nil {
-			return fmt.Errorf("cache: read tag: %w", err)
-		}
-		if err := item.Value(func(v []byte) error {
-			ti.Digest, err = ParseDigest(string(v))
-			return err
-		}); err != nil {
+		var err error
+		if ti.Digest, err = readTag(txn, repo, tag); err != nil {
 			return err
 		}
-		item, err = txn.Get(tagFetchKey(repo, tag))
+		item, err := txn.Get(tagFetchKey(repo, tag))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
 		}
