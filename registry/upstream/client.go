@@ -99,6 +99,7 @@ type Client struct {
 	maxWait  time.Duration
 	log      *zap.Logger
 	onResp   func(string, int)
+	now      func() time.Time // the clock tokens expire by; tests move it
 
 	mu     sync.Mutex
 	tokens map[string]token // by host + repository
@@ -121,6 +122,7 @@ func New(cfg Config) (*Client, error) {
 		attempts: cfg.Attempts, maxWait: cfg.MaxRetryWait,
 		log: cfg.Logger, onResp: cfg.OnResponse,
 		tokens: map[string]token{}, basic: map[string]bool{},
+		now: time.Now,
 	}
 	if c.attempts <= 0 {
 		c.attempts = 3
@@ -299,7 +301,7 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	basic := c.basic[base.Host]
 	c.mu.Unlock()
 	switch {
-	case ok && time.Now().Before(tok.expires):
+	case ok && c.now().Before(tok.expires):
 		req.Header.Set("Authorization", "Bearer "+tok.value)
 	case basic:
 		req.SetBasicAuth(c.user, c.pass)
@@ -378,7 +380,7 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 		// Renew a little early so a token does not expire in flight.
 		life -= life / 10
 		c.mu.Lock()
-		c.tokens[key] = token{value: t, expires: time.Now().Add(life)}
+		c.tokens[key] = token{value: t, expires: c.now().Add(life)}
 		c.mu.Unlock()
 		return t, nil
 	})

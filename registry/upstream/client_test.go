@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 const (
@@ -158,7 +159,24 @@ func TestBearerTokenFlow(t *testing.T) {
 }
 
 func TestTokenExpiry(t *testing.T) {
-	t.Skip("Client has no clock hook; token expiry would need a real sleep")
+	ts := newTokenServer(t)
+	var regHits atomic.Int32
+	reg := newBearerRegistry(t, ts.URL+"/token", &regHits)
+	c := newClient(t, Config{URLs: []string{reg.URL}})
+	clock := time.Now()
+	c.now = func() time.Time { return clock }
+
+	doOK(t, c)
+	clock = clock.Add(200 * time.Second) // inside the token server's expires_in of 300 s, less the early renewal
+	doOK(t, c)
+	if n := ts.hits.Load(); n != 1 {
+		t.Fatalf("token requests before expiry = %d, want 1", n)
+	}
+	clock = clock.Add(100 * time.Second)
+	doOK(t, c)
+	if n := ts.hits.Load(); n != 2 {
+		t.Fatalf("token requests after expiry = %d, want 2", n)
+	}
 }
 
 func TestBasicChallenge(t *testing.T) {
