@@ -296,6 +296,11 @@ func (a *Authorizer) identify(r *http.Request) (Identity, error) {
 		if !ok {
 			return Identity{}, errors.New("malformed basic credentials")
 		}
+		if user == "" && pass == "" {
+			// containers/image (skopeo, podman) answers a Basic challenge
+			// with empty credentials when it has none: that is anonymous.
+			return Identity{Method: "anonymous"}, nil
+		}
 		if a.o.Htpasswd == nil {
 			return Identity{}, errors.New("basic credentials, but no htpasswd configured")
 		}

@@ -227,7 +227,10 @@ func TestAuthorizeBasicPolicy(t *testing.T) {
 	a, logs := basicAuthorizer(t)
 	req := func(user, pass string) *http.Request {
 		r := httptest.NewRequest(http.MethodGet, "/v2/", nil)
-		if user != "" {
+		switch {
+		case user == "empty basic":
+			r.SetBasicAuth("", "") // what skopeo sends when it has no credentials
+		case user != "":
 			r.SetBasicAuth(user, pass)
 		}
 		return r
@@ -244,6 +247,8 @@ func TestAuthorizeBasicPolicy(t *testing.T) {
 		{"anonymous pull", "", "", repo("blumeops/app", false, "pull"), 0},
 		{"anonymous pull mirror", "", "", repo("docker.io/library/debian", false, "pull"), 0},
 		{"anonymous push", "", "", repo("blumeops/app", false, "pull", "push"), 401},
+		{"empty Basic credentials pull as anonymous", "empty basic", "", repo("blumeops/app", false, "pull"), 0},
+		{"empty Basic credentials push as anonymous", "empty basic", "", repo("blumeops/app", false, "pull", "push"), 401},
 		{"anonymous ping", "", "", Need{}, 401},
 		{"ci ping", "ci", "ci-pw", Need{}, 0},
 		{"ci push new tag", "ci", "ci-pw", repo("blumeops/app", false, "pull", "push"), 0},
