@@ -117,6 +117,12 @@ type Options struct {
 	// ProxyToken makes challenges point at this server's TokenPath, where
 	// a TokenProxy translates scopes before forwarding to TokenRealm.
 	ProxyToken bool
+	// ProxyScheme, "http" or "https", overrides the scheme of the proxy's
+	// realm, which otherwise follows the request's own TLS state: behind
+	// a TLS-terminating load balancer requests arrive as plain HTTP while
+	// clients must be sent to https. The host stays the request's Host,
+	// so host aliases keep working at the proxy.
+	ProxyScheme string
 	// Htpasswd checks Basic credentials; nil disables Basic auth.
 	Htpasswd *Htpasswd
 	// FailDelay is waited after a failed Basic login.
@@ -153,6 +159,9 @@ func NewAuthorizer(o Options) (*Authorizer, error) {
 		if o.Token.Issuer == "" || o.Token.Service == "" || o.Token.Keys == nil || o.Token.Keys.Len() == 0 {
 			return nil, errors.New("token auth needs an issuer, a service and trusted keys")
 		}
+	}
+	if o.ProxyScheme != "" && o.ProxyScheme != "http" && o.ProxyScheme != "https" {
+		return nil, fmt.Errorf("proxy scheme %q: must be http or https", o.ProxyScheme)
 	}
 	if o.BasicRealm == "" {
 		o.BasicRealm = "registry"
@@ -374,9 +383,13 @@ func (a *Authorizer) realm(r *http.Request, v Via) string {
 	if !a.o.ProxyToken {
 		return a.o.TokenRealm
 	}
-	scheme := "http"
-	if r.TLS != nil {
+	scheme := a.o.ProxyScheme
+	switch {
+	case scheme != "":
+	case r.TLS != nil:
 		scheme = "https"
+	default:
+		scheme = "http"
 	}
 	u := url.URL{Scheme: scheme, Host: r.Host, Path: TokenPath}
 	q := url.Values{}

@@ -329,3 +329,36 @@ func TestFlowGGCR(t *testing.T) {
 		}
 	}
 }
+
+func TestProxyRealmScheme(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.server(t)
+	names := testNames(t)
+	for _, tc := range []struct{ scheme, want string }{
+		{"", "http://reg.example:5000" + TokenPath + "?ns=docker.io"},
+		{"https", "https://reg.example:5000" + TokenPath + "?ns=docker.io"},
+		{"http", "http://reg.example:5000" + TokenPath + "?ns=docker.io"},
+	} {
+		a, err := NewAuthorizer(Options{Token: is.verifier(), TokenRealm: up.URL, ProxyToken: true, ProxyScheme: tc.scheme, Names: names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := httptest.NewRequest(http.MethodGet, "http://reg.example:5000/v2/library/debian/manifests/12?ns=docker.io", nil)
+		via := Via{Host: r.Host, NS: "docker.io"}
+		_, err = a.Authorize(r, Need{Via: via, Scopes: []Scope{RepositoryScope("docker.io/library/debian", "pull")}})
+		var d *Denial
+		if !errors.As(err, &d) || d.Challenge == "" {
+			t.Fatalf("scheme %q: want a challenge, got %v", tc.scheme, err)
+		}
+		c, err := ParseChallenge(d.Challenge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if realm, _ := c.Get("realm"); realm != tc.want {
+			t.Errorf("scheme %q: realm %q, want %q", tc.scheme, realm, tc.want)
+		}
+	}
+	if _, err := NewAuthorizer(Options{Token: is.verifier(), TokenRealm: up.URL, ProxyToken: true, ProxyScheme: "ftp"}); err == nil {
+		t.Error("proxy scheme ftp accepted")
+	}
+}

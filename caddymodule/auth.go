@@ -91,6 +91,12 @@ type TokenAuth struct {
 	// alias, default mirror) and forwards to Realm. The token service's
 	// ACLs then name internal names only.
 	Proxy bool `json:"proxy,omitempty"`
+
+	// ProxyScheme ("http" or "https") sets the scheme of the proxy's
+	// realm in challenges. By default it follows how the request reached
+	// Caddy; set "https" when Caddy sits behind a TLS-terminating load
+	// balancer and receives plain HTTP.
+	ProxyScheme string `json:"proxy_scheme,omitempty"`
 }
 
 // authRuntime is a provisioned Auth.
@@ -176,6 +182,7 @@ func (a *Auth) provision(names *authscope.Names, logger *zap.Logger) (*authRunti
 		o.Token = &authscope.TokenVerifier{Keys: ks, Issuer: t.Issuer, Service: t.Service, Leeway: time.Duration(t.Leeway)}
 		o.TokenRealm = t.Realm
 		o.ProxyToken = t.Proxy
+		o.ProxyScheme = t.ProxyScheme
 		if t.Proxy {
 			u, err := url.Parse(t.Realm)
 			if err != nil {
@@ -408,8 +415,13 @@ func unmarshalToken(d *caddyfile.Dispenser) (*TokenAuth, error) {
 				return nil, d.ArgErr()
 			}
 			t.Proxy = true
+		case "proxy_scheme":
+			if len(args) != 1 || (args[0] != "http" && args[0] != "https") {
+				return nil, d.Errf("proxy_scheme takes one argument: http or https")
+			}
+			t.ProxyScheme = args[0]
 		default:
-			return nil, d.Errf("unrecognized token subdirective %q (known: realm, service, issuer, trusted_certs, jwks, leeway, proxy)", sub)
+			return nil, d.Errf("unrecognized token subdirective %q (known: realm, service, issuer, trusted_certs, jwks, leeway, proxy, proxy_scheme)", sub)
 		}
 		if err != nil {
 			return nil, err

@@ -78,6 +78,7 @@ func TestAuthCaddyfileToken(t *testing.T) {
 			jwks /etc/keys.json
 			leeway 10s
 			proxy
+			proxy_scheme https
 		}
 	}`)
 	d.Next()
@@ -86,7 +87,7 @@ func TestAuthCaddyfileToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	tk := a.Token
-	if tk == nil || tk.Issuer != "Acme auth server" || len(tk.TrustedCerts) != 2 || !tk.Proxy || tk.Leeway == 0 {
+	if tk == nil || tk.Issuer != "Acme auth server" || len(tk.TrustedCerts) != 2 || !tk.Proxy || tk.ProxyScheme != "https" || tk.Leeway == 0 {
 		t.Fatalf("parsed %+v", tk)
 	}
 	if err := a.validate(); err != nil {
@@ -98,6 +99,8 @@ func TestAuthCaddyfileToken(t *testing.T) {
 		"auth {\n token {\n realm\n }\n}",
 		"auth {\n admin bob\n}",
 		"auth {\n fail_delay soon\n}",
+		"auth {\n token {\n proxy_scheme ftp\n }\n}",
+		"auth {\n token {\n proxy_scheme\n }\n}",
 	} {
 		d := caddyfile.NewTestDispenser(bad)
 		d.Next()
