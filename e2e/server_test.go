@@ -25,6 +25,9 @@ type server struct {
 	cmd     *exec.Cmd
 	out     *syncBuffer
 	done    chan struct{} // closed when the process has exited
+	// readyStatus is what GET /v2/ answers once the server is up: 200,
+	// or 401 when auth refuses anonymous callers there. 0 means 200.
+	readyStatus int
 }
 
 // syncBuffer collects the process's output for failure reports.
@@ -133,18 +136,22 @@ func (s *server) kill() {
 	s.stopProcess(s.cmd, s.done)
 }
 
-// waitReady polls GET /v2/ until it answers 200, the process exits, or a
-// deadline passes.
+// waitReady polls GET /v2/ until it answers s.readyStatus, the process
+// exits, or a deadline passes.
 func (s *server) waitReady() {
 	t := s.t
 	t.Helper()
+	want := s.readyStatus
+	if want == 0 {
+		want = http.StatusOK
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	client := &http.Client{Timeout: 2 * time.Second}
 	for {
 		resp, err := client.Get(s.url("/v2/"))
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == want {
 				return
 			}
 		}
