@@ -42,7 +42,7 @@ func pullOn(name string) []AccessEntry {
 func TestVerifyRefusals(t *testing.T) {
 	is := newTestIssuer(t, nil, nil)
 	v := is.verifier()
-	pubDER, err := x509.MarshalPKIXPublicKey(&is.key.PublicKey)
+	pubDER, err := x509.MarshalPKIXPublicKey(&is.Key.PublicKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestVerifyAccepts(t *testing.T) {
 		{"nbf within leeway", setClaim("nbf", now.Add(10*time.Second).Unix())},
 		{"aud as a list", setClaim("aud", []string{"x", testService})},
 		{"libtrust kid", func(t *jwt.Token) any {
-			kid, err := LibtrustFingerprint(&is.key.PublicKey)
+			kid, err := LibtrustFingerprint(&is.Key.PublicKey)
 			if err != nil {
 				panic(err)
 			}
@@ -205,7 +205,7 @@ func TestThumbprintRFC7638(t *testing.T) {
 
 func TestJWKS(t *testing.T) {
 	is := newTestIssuer(t, nil, nil)
-	k := &is.key.PublicKey
+	k := &is.Key.PublicKey
 	jwks := `{"keys":[{"kty":"RSA","kid":"key-1","use":"sig","alg":"RS256","n":"` +
 		b64.EncodeToString(k.N.Bytes()) + `","e":"` + b64.EncodeToString(big.NewInt(int64(k.E)).Bytes()) + `"},` +
 		`{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}]}`

@@ -130,7 +130,7 @@ type proxyFixture struct {
 func newProxyFixture(t *testing.T) *proxyFixture {
 	t.Helper()
 	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
-	up := is.server(t)
+	up := is.Start(t)
 	u, _ := url.Parse(up.URL + "/auth?fixed=1")
 	p := &TokenProxy{Upstream: u, Names: testNames(t)}
 	srv := httptest.NewServer(p)
@@ -256,7 +256,7 @@ func TestTokenProxyRejects(t *testing.T) {
 // request in the client's names, translated, token for internal names.
 func TestFlowGGCR(t *testing.T) {
 	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
-	up := is.server(t)
+	up := is.Start(t)
 	names := testNames(t)
 	a, err := NewAuthorizer(Options{Token: is.verifier(), TokenRealm: up.URL, ProxyToken: true, Names: names})
 	if err != nil {
@@ -332,7 +332,7 @@ func TestFlowGGCR(t *testing.T) {
 
 func TestProxyRealmScheme(t *testing.T) {
 	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
-	up := is.server(t)
+	up := is.Start(t)
 	names := testNames(t)
 	for _, tc := range []struct{ scheme, want string }{
 		{"", "http://reg.example:5000" + TokenPath + "?ns=docker.io"},

@@ -1,18 +1,13 @@
 package registry
 
 import (
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,79 +24,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/authscope/authtest"
 	"github.com/caddy-oci/caddy-oci/cache"
 )
-
-const (
-	authIssuer  = "test auth"
-	authService = "registry.test"
-)
-
-// dockerAuth is a token service that signs as docker_auth does: RS256,
-// kid = RFC 7638 thumbprint, no x5c, nbf = iat-10s, ungranted actions
-// dropped. Its ACL names internal names only.
-type dockerAuth struct {
-	key   *rsa.PrivateKey
-	users map[string]string
-	acl   func(user, name string, asked []string) []string
-
-	mu   sync.Mutex
-	seen []string
-}
-
-func (da *dockerAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if err := r.ParseForm(); err != nil {
-		w.WriteHeader(400)
-		return
-	}
-	user := ""
-	if u, p, ok := r.BasicAuth(); ok {
-		if da.users[u] != p {
-			w.Header().Set("WWW-Authenticate", `Basic realm="auth"`)
-			w.WriteHeader(401)
-			return
-		}
-		user = u
-	}
-	var access []authscope.AccessEntry
-	for _, v := range r.Form["scope"] {
-		scopes, err := authscope.ParseScopes(v)
-		if err != nil {
-			w.WriteHeader(400)
-			return
-		}
-		for _, s := range scopes {
-			da.mu.Lock()
-			da.seen = append(da.seen, s.String())
-			da.mu.Unlock()
-			var granted []string
-			if s.Type == "repository" {
-				granted = da.acl(user, s.Name, s.Actions)
-			}
-			access = append(access, authscope.AccessEntry{Type: s.Type, Name: s.Name, Actions: granted})
-		}
-	}
-	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-		"iss": authIssuer, "sub": user, "aud": authService, "iat": now.Unix(),
-		"nbf": now.Add(-10 * time.Second).Unix(), "exp": now.Add(5 * time.Minute).Unix(),
-		"jti": "x", "access": access,
-	})
-	kid, _ := authscope.JWKThumbprint(&da.key.PublicKey)
-	tok.Header["kid"] = kid
-	s, err := tok.SignedString(da.key)
-	if err != nil {
-		w.WriteHeader(500)
-		return
-	}
-	_ = json.NewEncoder(w).Encode(map[string]string{"token": s, "access_token": s})
-}
-
-func (da *dockerAuth) scopesSeen() []string {
-	da.mu.Lock()
-	defer da.mu.Unlock()
-	return slices.Clone(da.seen)
-}
 
 // authRegistry is a registry with an Authorizer, its token proxy at
 // /_oci/token, and the audit log.
@@ -156,28 +81,12 @@ func statusOf(err error) int {
 	return 0
 }
 
-var (
-	authKeyOnce sync.Once
-	authKey     *rsa.PrivateKey
-)
-
-func testAuthKey() *rsa.PrivateKey {
-	authKeyOnce.Do(func() {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			panic(err)
-		}
-		authKey = k
-	})
-	return authKey
-}
-
 // TestAuthTokenFlow: docker_auth with ACLs against internal names, the
 // token proxy, a CI push with credentials and anonymous pulls, through
 // go-containerregistry's authenticating transport.
 func TestAuthTokenFlow(t *testing.T) {
-	da := &dockerAuth{key: testAuthKey(), users: map[string]string{"ci": "ci-pw"},
-		acl: func(user, name string, asked []string) []string {
+	da := authtest.New(map[string]string{"ci": "ci-pw"},
+		func(user, typ, name string, asked []string) []string {
 			var ok []string
 			for _, a := range asked {
 				switch {
@@ -188,15 +97,14 @@ func TestAuthTokenFlow(t *testing.T) {
 				}
 			}
 			return ok
-		}}
-	das := httptest.NewServer(da)
-	defer das.Close()
+		})
+	das := da.Start(t)
 	ks := authscope.NewKeySet()
-	if err := ks.AddPEM(pemPublicKey(t, &da.key.PublicKey)); err != nil {
+	if err := ks.AddPEM(da.PublicKeyPEM()); err != nil {
 		t.Fatal(err)
 	}
 	ar := newAuthRegistry(t, authscope.Options{
-		Token:      &authscope.TokenVerifier{Keys: ks, Issuer: authIssuer, Service: authService},
+		Token:      &authscope.TokenVerifier{Keys: ks, Issuer: authtest.IssuerName, Service: authtest.Service},
 		TokenRealm: das.URL, ProxyToken: true,
 	}, das.URL)
 
@@ -218,7 +126,7 @@ func TestAuthTokenFlow(t *testing.T) {
 	if err := remote.Write(ar.ref(t, "other/app:v1"), other, ci); statusOf(err) != 401 {
 		t.Fatalf("CI push outside its ACL: %v", err)
 	}
-	for _, s := range da.scopesSeen() {
+	for _, s := range da.ScopesAsked() {
 		sc, err := authscope.ParseScope(s)
 		if err != nil || (sc.Name != "ci/app" && sc.Name != "other/app") {
 			t.Errorf("token service saw %q", s)
@@ -279,10 +187,10 @@ func TestAuthTokenFlow(t *testing.T) {
 // forgedToken is signed with a key nobody trusts, under alg HS256.
 func forgedToken(t *testing.T) string {
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"iss": authIssuer, "aud": authService, "exp": time.Now().Add(time.Hour).Unix(),
+		"iss": authtest.IssuerName, "aud": authtest.Service, "exp": time.Now().Add(time.Hour).Unix(),
 		"access": []authscope.AccessEntry{{Type: "repository", Name: "ci/app", Actions: []string{"pull"}}},
 	})
-	s, err := tok.SignedString(pemPublicKey(t, &testAuthKey().PublicKey))
+	s, err := tok.SignedString(authtest.New(nil, nil).PublicKeyPEM())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,13 +279,4 @@ func TestAuthBasicPolicy(t *testing.T) {
 	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Basic realm="blumeops",charset="UTF-8"` {
 		t.Errorf("anonymous ping: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 	}
-}
-
-func pemPublicKey(t *testing.T, k *rsa.PublicKey) []byte {
-	t.Helper()
-	der, err := x509.MarshalPKIXPublicKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 }
