@@ -26,7 +26,6 @@ import (
 // that is what readiness looks like here.
 func authServer(t *testing.T, users map[string]string) *server {
 	t.Helper()
-	needBinary(t)
 	dir := t.TempDir()
 	var htp strings.Builder
 	for user, pw := range users {
@@ -41,15 +40,7 @@ func authServer(t *testing.T, users map[string]string) *server {
 		t.Fatal(err)
 	}
 	dataDir := filepath.Join(dir, "data")
-	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
-	cfg := fmt.Sprintf(`{
-	admin localhost:%s
-	auto_https off
-}
-
-http://:%s {
-	bind 127.0.0.1
-	oci_registry {
+	s := siteServer(t, dataDir, fmt.Sprintf(`	oci_registry {
 		storage %s
 		auth {
 			htpasswd %s
@@ -66,16 +57,7 @@ http://:%s {
 				group artifact-workloads read create
 			}
 		}
-	}
-}
-`, adminPort, port, strconv.Quote(dataDir), strconv.Quote(htpasswd))
-	config := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort,
-		dataDir: dataDir, readyStatus: http.StatusUnauthorized}
-	s.start()
+	}`, strconv.Quote(dataDir), strconv.Quote(htpasswd)), http.StatusUnauthorized)
 	resp, err := http.Get(s.url("/v2/"))
 	if err != nil {
 		t.Fatal(err)
@@ -109,9 +91,8 @@ func TestAuth(t *testing.T) {
 	skopeo := tool(t, "skopeo")
 	const ciPW, adminPW = "ci-secret", "admin-secret"
 	s := authServer(t, map[string]string{"ci": ciPW, "admin": adminPW})
-	// localhost, not 127.0.0.1, as users write it; skopeo falls back to
-	// plain HTTP there with --*-tls-verify=false.
-	addr := "localhost:" + strings.TrimPrefix(s.addr, "127.0.0.1:")
+	// skopeo falls back to plain HTTP for localhost with --*-tls-verify=false.
+	addr := s.localhostAddr()
 	// No stored credentials from the environment: anonymous means anonymous.
 	home := t.TempDir()
 	env := []string{"REGISTRY_AUTH_FILE=" + filepath.Join(home, "auth.json"), "DOCKER_CONFIG=" + home, "HOME=" + home}

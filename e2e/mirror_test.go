@@ -23,33 +23,15 @@ import (
 // upstreamURL, and waits until it serves /v2/.
 func mirrorServer(t *testing.T, upstreamURL string) *server {
 	t.Helper()
-	needBinary(t)
 	dataDir := t.TempDir()
-	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
-	cfg := fmt.Sprintf(`{
-	admin localhost:%s
-	auto_https off
-}
-
-http://:%s {
-	bind 127.0.0.1
-	oci_registry {
+	return siteServer(t, dataDir, fmt.Sprintf(`	oci_registry {
 		storage %s
 		mirror docker.io {
 			upstream %s
 			tag_ttl 1s
 			stale_if_error 1h
 		}
-	}
-}
-`, adminPort, port, strconv.Quote(dataDir), upstreamURL)
-	config := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort, dataDir: dataDir}
-	s.start()
-	return s
+	}`, strconv.Quote(dataDir), upstreamURL), 0)
 }
 
 // TestMirror pulls an image through the pull-through mirror with crane,
@@ -86,8 +68,7 @@ func TestMirror(t *testing.T) {
 	pushRequests := upstreamRequests.Load()
 
 	s := mirrorServer(t, upstream.URL)
-	// localhost, not 127.0.0.1, as users write it.
-	mirrorAddr := "localhost:" + strings.TrimPrefix(s.addr, "127.0.0.1:")
+	mirrorAddr := s.localhostAddr()
 	ref := mirrorAddr + "/docker.io/library/app:v1"
 
 	t.Run("crane", func(t *testing.T) {

@@ -183,3 +183,29 @@ func run(t *testing.T, env []string, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// siteServer starts caddy on a Caddyfile whose one site, on a free port of
+// 127.0.0.1, holds site (the oci_registry block and anything beside it),
+// and waits until GET /v2/ answers ready (0: 200). dataDir is the storage
+// folder the caller named in site.
+func siteServer(t *testing.T, dataDir, site string, ready int) *server {
+	t.Helper()
+	needBinary(t)
+	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\n" +
+		"http://:" + port + " {\n\tbind 127.0.0.1\n" + site + "\n}\n"
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort,
+		dataDir: dataDir, readyStatus: ready}
+	s.start()
+	return s
+}
+
+// localhostAddr is s's address with localhost for 127.0.0.1, as users
+// write it; clients fall back to plain HTTP for localhost.
+func (s *server) localhostAddr() string {
+	return "localhost:" + strings.TrimPrefix(s.addr, "127.0.0.1:")
+}
