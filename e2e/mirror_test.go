@@ -96,6 +96,25 @@ func TestMirror(t *testing.T) {
 		checkLayout(t, dir, img)
 	})
 
+	t.Run("regctl", func(t *testing.T) {
+		regctl := tool(t, "regctl")
+		// regctl's mirror form (CLIENTS.md): the mirror holds docker.io
+		// under a path prefix, and requests carry ?ns=registry-1.docker.io.
+		env := []string{"HOME=" + t.TempDir()}
+		run(t, env, regctl, "registry", "set", mirrorAddr, "--skip-check", "--tls", "disabled", "--path-prefix", "docker.io")
+		run(t, env, regctl, "registry", "set", "docker.io", "--skip-check", "--mirror", mirrorAddr)
+		const regctlRef = "docker.io/library/app:v1"
+		if got := strings.TrimSpace(run(t, env, regctl, "image", "digest", regctlRef)); got != want.String() {
+			t.Errorf("regctl digest = %s, want %s", got, want)
+		}
+		dir := filepath.Join(t.TempDir(), "layout")
+		run(t, env, regctl, "image", "copy", regctlRef, "ocidir://"+dir+":v1")
+		if got := layoutDigest(t, dir); got != want.String() {
+			t.Errorf("regctl pulled %s, want %s", got, want)
+		}
+		checkLayout(t, dir, img)
+	})
+
 	t.Run("podman", func(t *testing.T) {
 		podman := tool(t, "podman")
 		root := t.TempDir()
