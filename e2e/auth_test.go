@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -97,24 +95,16 @@ func TestAuth(t *testing.T) {
 	home := t.TempDir()
 	env := []string{"REGISTRY_AUTH_FILE=" + filepath.Join(home, "auth.json"), "DOCKER_CONFIG=" + home, "HOME=" + home}
 
-	writeLayout := func() (dir, digest string) {
+	newLayout := func() (dir, digest string) {
 		img := ociImage(t)
 		d, err := img.Digest()
 		if err != nil {
 			t.Fatal(err)
 		}
-		dir = filepath.Join(t.TempDir(), "layout")
-		p, err := layout.Write(dir, empty.Index)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.AppendImage(img); err != nil {
-			t.Fatal(err)
-		}
-		return dir, d.String()
+		return writeLayout(t, img), d.String()
 	}
-	first, firstDigest := writeLayout()
-	second, secondDigest := writeLayout()
+	first, firstDigest := newLayout()
+	second, secondDigest := newLayout()
 
 	push := func(src, ref string, creds ...string) []string {
 		args := []string{"copy", "--retry-times", "0", "--preserve-digests", "--dest-tls-verify=false"}

@@ -52,6 +52,20 @@ func ociImage(t *testing.T) v1.Image {
 	return img
 }
 
+// writeLayout writes img to a new OCI image layout and returns its folder.
+func writeLayout(t *testing.T, img v1.Image) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "layout")
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // layoutDigest reads the manifest digest an OCI image layout holds.
 func layoutDigest(t *testing.T, dir string) string {
 	t.Helper()
@@ -127,14 +141,7 @@ func TestClients(t *testing.T) {
 	// An OCI layout, not a docker tarball: crane pushes a tarball with
 	// Docker media types, which skopeo would then convert on its way into
 	// an OCI layout, and digests would no longer compare.
-	src := filepath.Join(t.TempDir(), "src")
-	p, err := layout.Write(src, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img); err != nil {
-		t.Fatal(err)
-	}
+	src := writeLayout(t, img)
 
 	t.Run("crane push", func(t *testing.T) {
 		out := run(t, nil, crane, "push", "--insecure", src, ref)

@@ -207,3 +207,13 @@ func (d *dockerd) run(t *testing.T, args ...string) string {
 	home := t.TempDir()
 	return run(t, []string{"DOCKER_CONFIG=" + home}, d.docker, append([]string{"-H", d.host}, args...)...)
 }
+
+// podmanBase is podman's global flags for a root-run podman with its own
+// storage in a temp folder (podman refuses a runroot path longer than 50
+// characters, so the folder is a short one).
+func podmanBase(t *testing.T) []string {
+	t.Helper()
+	root := shortTempDir(t)
+	return []string{"--storage-driver", "vfs", "--root", filepath.Join(root, "root"),
+		"--runroot", filepath.Join(root, "run"), "--cgroup-manager=cgroupfs", "--events-backend=file"}
+}

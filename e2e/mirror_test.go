@@ -133,8 +133,7 @@ insecure = true
 			t.Fatal(err)
 		}
 		env := []string{"CONTAINERS_REGISTRIES_CONF=" + conf}
-		base := []string{"--storage-driver", "vfs", "--root", filepath.Join(root, "root"),
-			"--runroot", filepath.Join(root, "runroot"), "--cgroup-manager=cgroupfs", "--events-backend=file"}
+		base := podmanBase(t)
 		const podmanRef = "docker.io/library/app:v1"
 		run(t, env, podman, append(base, "pull", podmanRef)...)
 		got := strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", podmanRef)...))
