@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,7 +37,7 @@ func TestTokenAuth(t *testing.T) {
 	issuerSrv := issuer.Start(t)
 	hub := newUpstream(t)
 	wantHub := map[string]string{}
-	for _, tag := range []string{"prefix", "ns", "docker"} {
+	for _, tag := range []string{"prefix", "podman", "ns", "docker"} {
 		wantHub[tag] = hub.push(t, "library/app:"+tag, platformImage(t))
 	}
 
@@ -105,6 +106,22 @@ func TestTokenAuth(t *testing.T) {
 		got := strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", m+"/ci/app:v1")...))
 		if got != ciDigest {
 			t.Errorf("podman pulled %s, want %s", got, ciDigest)
+		}
+	})
+	t.Run("mirror by prefix with podman", func(t *testing.T) {
+		podman := tool(t, "podman")
+		conf := filepath.Join(t.TempDir(), "registries.conf")
+		regConf := fmt.Sprintf("[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\n[[registry.mirror]]\nlocation = \"%s/docker.io\"\ninsecure = true\n", m)
+		if err := os.WriteFile(conf, []byte(regConf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		penv := append(slices.Clone(env), "CONTAINERS_REGISTRIES_CONF="+conf)
+		base := podmanBase(t)
+		const ref = "docker.io/library/app:podman"
+		run(t, penv, podman, append(base, "pull", ref)...)
+		got := strings.TrimSpace(run(t, penv, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", ref)...))
+		if got != wantHub["podman"] {
+			t.Errorf("podman pulled %s, want %s", got, wantHub["podman"])
 		}
 	})
 	t.Run("mirror by prefix with skopeo", func(t *testing.T) {
