@@ -162,6 +162,9 @@ insecure = true
 			t.Errorf("crane pulled %s with the upstream down, want %s", got, want)
 		}
 		checkLayout(t, dir, img)
+		byDigest := filepath.Join(t.TempDir(), "by-digest")
+		run(t, nil, crane, "pull", "--insecure", "--format", "oci", mirrorAddr+"/docker.io/library/app@"+want.String(), byDigest)
+		checkLayout(t, byDigest, img)
 
 		req, err := http.NewRequest(http.MethodHead, s.url("/v2/docker.io/library/app/manifests/v1"), nil)
 		if err != nil {
