@@ -128,10 +128,7 @@ func TestMirrorDaemons(t *testing.T) {
 		}
 	})
 	t.Run("docker registry-mirrors", func(t *testing.T) {
-		d := startDockerd(t, c, m)
-		d.run(t, "pull", "app:docker")
-		got := strings.TrimSpace(d.run(t, "image", "inspect", "--format", "{{index .RepoDigests 0}}", "app:docker"))
-		if _, dg, _ := strings.Cut(got, "@"); dg != want["docker"] {
+		if got := startDockerd(t, c, m).pull(t, "app:docker"); got != want["docker"] {
 			t.Errorf("docker pulled %s, want %s", got, want["docker"])
 		}
 	})

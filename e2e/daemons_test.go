@@ -217,3 +217,13 @@ func podmanBase(t *testing.T) []string {
 	return []string{"--storage-driver", "vfs", "--root", filepath.Join(root, "root"),
 		"--runroot", filepath.Join(root, "run"), "--cgroup-manager=cgroupfs", "--events-backend=file"}
 }
+
+// pull pulls ref with the docker client and returns the digest Docker
+// recorded for it.
+func (d *dockerd) pull(t *testing.T, ref string) string {
+	t.Helper()
+	d.run(t, "pull", ref)
+	got := strings.TrimSpace(d.run(t, "image", "inspect", "--format", "{{index .RepoDigests 0}}", ref))
+	_, digest, _ := strings.Cut(got, "@")
+	return digest
+}
