@@ -72,14 +72,25 @@ type Need struct {
 	Reference, Digest string
 }
 
+// Identity methods: how a caller proved who it is.
+const (
+	MethodAnonymous = "anonymous"
+	MethodBasic     = "basic"    // htpasswd
+	MethodBearer    = "bearer"   // Docker token service
+	MethodAPIKey    = "apikey"   // API key as the Basic password
+	MethodWorkload  = "workload" // OIDC workload token
+)
+
 // Identity is who made a request.
 type Identity struct {
-	// User is the htpasswd user or the token's subject; empty for an
-	// anonymous caller.
+	// User is the htpasswd user, the token's subject, an API key's owner
+	// or a workload token's user claim; empty for an anonymous caller.
 	User string
-	// Groups from the policy (htpasswd users only).
+	// Groups the caller belongs to besides those the policy gives User:
+	// an API key's groups as of its creation, a workload token's groups
+	// claim. The policy matches both alike.
 	Groups []string
-	// Method is "anonymous", "basic" or "bearer".
+	// Method is one of the Method constants.
 	Method string
 	// Claims of the bearer token.
 	Claims *TokenClaims
@@ -123,8 +134,14 @@ type Options struct {
 	// clients must be sent to https. The host stays the request's Host,
 	// so host aliases keep working at the proxy.
 	ProxyScheme string
-	// Htpasswd checks Basic credentials; nil disables Basic auth.
+	// Htpasswd checks Basic credentials; nil disables htpasswd logins.
 	Htpasswd *Htpasswd
+	// APIKeys, if set, accepts API keys as the Basic password (with any
+	// user name: the key alone says who the caller is).
+	APIKeys *APIKeys
+	// Workload, if set, accepts its issuer's tokens as bearer tokens or
+	// as the Basic password.
+	Workload *WorkloadVerifier
 	// FailDelay is waited after a failed Basic login.
 	FailDelay time.Duration
 	// BasicRealm names the realm of Basic challenges.
@@ -185,12 +202,12 @@ func IdentityOf(r *http.Request) (Identity, bool) {
 func (a *Authorizer) Authorize(r *http.Request, need Need) (*http.Request, error) {
 	id, err := a.identify(r)
 	if err != nil {
-		d := a.deny(r, need, Identity{Method: "anonymous"}, err)
+		d := a.deny(r, need, Identity{Method: MethodAnonymous}, err)
 		return r, d
 	}
 	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
 	if len(need.Scopes) == 0 {
-		if id.Method == "anonymous" && !a.anonymousTotal() {
+		if id.Method == MethodAnonymous && !a.anonymousTotal() {
 			return r, a.deny(r, need, id, errors.New("credentials wanted"))
 		}
 		return r, nil
@@ -269,7 +286,7 @@ func (a *Authorizer) allows(id Identity, s Scope, tagMove bool) error {
 		default:
 			return fmt.Errorf("%w: action %q on %s", errNotGranted, act, s.Name)
 		}
-		if !a.o.Policy.Allows(id.User, pa, s.Name) {
+		if !a.o.Policy.AllowsGroups(id.User, id.Groups, pa, s.Name) {
 			return fmt.Errorf("%w: %s on %s", errNotGranted, pa, s.Name)
 		}
 	}
@@ -286,12 +303,15 @@ func (a *Authorizer) anonymousTotal() bool {
 func (a *Authorizer) identify(r *http.Request) (Identity, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
-		return Identity{Method: "anonymous"}, nil
+		return Identity{Method: MethodAnonymous}, nil
 	}
 	scheme, cred, _ := strings.Cut(h, " ")
 	cred = strings.TrimSpace(cred)
 	switch {
 	case strings.EqualFold(scheme, "Bearer"):
+		if a.o.Workload != nil && a.o.Workload.Mine(cred) {
+			return a.o.Workload.Verify(r.Context(), cred)
+		}
 		if a.o.Token == nil {
 			return Identity{}, errors.New("bearer token, but no token service configured")
 		}
@@ -299,7 +319,7 @@ func (a *Authorizer) identify(r *http.Request) (Identity, error) {
 		if err != nil {
 			return Identity{}, err
 		}
-		return Identity{User: c.Subject, Method: "bearer", Claims: c}, nil
+		return Identity{User: c.Subject, Method: MethodBearer, Claims: c}, nil
 	case strings.EqualFold(scheme, "Basic"):
 		user, pass, ok := r.BasicAuth()
 		if !ok {
@@ -308,17 +328,47 @@ func (a *Authorizer) identify(r *http.Request) (Identity, error) {
 		if user == "" && pass == "" {
 			// containers/image (skopeo, podman) answers a Basic challenge
 			// with empty credentials when it has none: that is anonymous.
-			return Identity{Method: "anonymous"}, nil
+			return Identity{Method: MethodAnonymous}, nil
 		}
-		if a.o.Htpasswd == nil {
-			return Identity{}, errors.New("basic credentials, but no htpasswd configured")
-		}
-		if !a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay) {
-			return Identity{}, fmt.Errorf("wrong password for user %q", user)
-		}
-		return Identity{User: user, Method: "basic", Groups: a.o.Policy.GroupsOf(user)}, nil
+		return a.identifyBasic(r, user, pass)
 	}
 	return Identity{}, fmt.Errorf("unsupported authorization scheme %q", scheme)
+}
+
+// identifyBasic checks a Basic password: an API key, a workload token,
+// or an htpasswd password, told apart by their shapes.
+func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity, error) {
+	switch {
+	case a.o.APIKeys != nil && IsAPIKey(pass):
+		k, err := a.o.APIKeys.Verify(pass)
+		if err != nil {
+			if errors.Is(err, ErrAPIKeyInvalid) {
+				sleepCtx(r.Context(), a.o.FailDelay)
+			}
+			return Identity{}, err
+		}
+		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
+	case a.o.Workload != nil && a.o.Workload.Mine(pass):
+		return a.o.Workload.Verify(r.Context(), pass)
+	case a.o.Htpasswd == nil:
+		return Identity{}, errors.New("basic credentials, but no htpasswd configured")
+	case !a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay):
+		return Identity{}, fmt.Errorf("wrong password for user %q", user)
+	}
+	return Identity{User: user, Method: MethodBasic, Groups: a.o.Policy.GroupsOf(user)}, nil
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // deny builds the refusal for id and logs it on the audit logger.
@@ -327,10 +377,11 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 	switch {
 	case errors.Is(reason, errMirrorWrite):
 		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", "mirrored repositories are read-only"
-	case id.Method == "bearer":
+	case id.Method == MethodBearer:
 		d.Message = "token does not grant access"
 		d.Challenge = a.challenge(r, need, "insufficient_scope")
-	case id.Method == "basic":
+	case id.Method != MethodAnonymous:
+		// Known, just not allowed: more credentials will not help.
 		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", "access denied"
 	case errors.Is(reason, ErrTokenInvalid):
 		d.Message = "invalid token"
@@ -383,24 +434,7 @@ func (a *Authorizer) realm(r *http.Request, v Via) string {
 	if !a.o.ProxyToken {
 		return a.o.TokenRealm
 	}
-	scheme := a.o.ProxyScheme
-	switch {
-	case scheme != "":
-	case r.TLS != nil:
-		scheme = "https"
-	default:
-		scheme = "http"
-	}
-	u := url.URL{Scheme: scheme, Host: r.Host, Path: TokenPath}
-	q := url.Values{}
-	if v.NS != "" {
-		q.Set(realmParamNS, v.NS)
-	}
-	if v.PathPrefix != "" {
-		q.Set(realmParamPrefix, v.PathPrefix)
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
+	return ProxyRealm(r, a.o.ProxyScheme, v)
 }
 
 // AuditEvent is a change the registry made.
@@ -418,7 +452,7 @@ type AuditEvent struct {
 func (a *Authorizer) Audit(r *http.Request, e AuditEvent) {
 	id, _ := IdentityOf(r)
 	if id.Method == "" {
-		id.Method = "anonymous"
+		id.Method = MethodAnonymous
 	}
 	a.o.Audit.Info(e.Action,
 		zap.String("user", id.User),

@@ -32,10 +32,16 @@ type PolicyConfig struct {
 	// (`docker.io/library/*`, `blumeops/**`). For a repository, only the
 	// longest matching pattern counts.
 	Repositories map[string]RepositoryPolicy `json:"repositories,omitempty"`
-	// Groups maps a group name to its members (htpasswd users).
+	// Groups maps a group name to its members, by user name, whatever
+	// the user signed in with.
 	Groups map[string][]string `json:"groups,omitempty"`
 	// Admin may do its actions everywhere, whatever the repositories say.
 	Admin *AdminPolicy `json:"admin,omitempty"`
+	// ExternalGroups says that identities bring groups of their own (from
+	// an identity provider's claim), so a policy may name a group that
+	// Groups does not define. Without it such a name is a typo and an
+	// error.
+	ExternalGroups bool `json:"-"`
 }
 
 // RepositoryPolicy is who may do what on repositories matching a pattern.
@@ -90,6 +96,12 @@ func NewPolicy(c PolicyConfig) (*Policy, error) {
 	}
 	checkGroups := func(where string, gs []string) error {
 		for _, g := range gs {
+			if g == "" {
+				return fmt.Errorf("%s: empty group name", where)
+			}
+			if c.ExternalGroups {
+				continue
+			}
 			if _, ok := c.Groups[g]; !ok {
 				return fmt.Errorf("%s: group %q is not defined", where, g)
 			}
@@ -199,12 +211,24 @@ func (p *Policy) GroupsOf(user string) []string {
 }
 
 // Allows reports whether user (empty: anonymous) may do action on the
-// repository name.
+// repository name, with the groups the config gives user.
 func (p *Policy) Allows(user, action, name string) bool {
+	return p.AllowsGroups(user, nil, action, name)
+}
+
+// AllowsGroups is Allows for a user who also belongs to groups (from an
+// identity provider or an API key): policies match those groups exactly
+// as they match the config's groups, which apply as well.
+func (p *Policy) AllowsGroups(user string, groups []string, action, name string) bool {
 	if p == nil {
 		return false
 	}
-	groups := p.groups[user]
+	if user == "" {
+		// Groups belong to a signed-in user; an anonymous caller has none
+		// whatever it claims.
+		groups = nil
+	}
+	groups = append(slices.Clip(groups), p.groups[user]...)
 	if user != "" && (slices.Contains(p.admin.Users, user) || intersects(p.admin.Groups, groups)) &&
 		slices.Contains(p.admin.Actions, action) {
 		return true

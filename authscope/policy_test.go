@@ -167,3 +167,45 @@ func TestHtpasswd(t *testing.T) {
 		t.Errorf("comments: %v", err)
 	}
 }
+
+// TestPolicyExternalGroups: groups an identity brings (from an identity
+// provider) match policies exactly like the config's groups; policies may
+// name them only when ExternalGroups says they exist elsewhere; an
+// anonymous caller has no groups whatever it brings.
+func TestPolicyExternalGroups(t *testing.T) {
+	c := PolicyConfig{
+		Repositories: map[string]RepositoryPolicy{
+			"**":          {Anonymous: []string{ActionRead}},
+			"blumeops/**": {Anonymous: []string{ActionRead}, Policies: []Grant{{Groups: []string{"artifact-workloads"}, Actions: []string{ActionRead, ActionCreate}}}},
+		},
+		Groups: map[string][]string{"admins": {"root"}},
+		Admin:  &AdminPolicy{Groups: []string{"admins"}},
+	}
+	if _, err := NewPolicy(c); err == nil {
+		t.Fatal("an undefined group was accepted without ExternalGroups")
+	}
+	c.ExternalGroups = true
+	p, err := NewPolicy(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		user   string
+		groups []string
+		action string
+		want   bool
+	}{
+		{"ci", []string{"artifact-workloads"}, ActionCreate, true},
+		{"ci", []string{"artifact-workloads"}, ActionUpdate, false},
+		{"ci", nil, ActionCreate, false},
+		{"alice", []string{"admins"}, ActionDelete, true}, // admin group from the IdP
+		{"root", nil, ActionDelete, true},                 // admin group from the config
+		{"", []string{"admins"}, ActionDelete, false},
+		{"", []string{"artifact-workloads"}, ActionCreate, false},
+		{"", nil, ActionRead, true},
+	} {
+		if got := p.AllowsGroups(tc.user, tc.groups, tc.action, "blumeops/app"); got != tc.want {
+			t.Errorf("%q %v %s: %v", tc.user, tc.groups, tc.action, got)
+		}
+	}
+}

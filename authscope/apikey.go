@@ -1,0 +1,287 @@
+package authscope
+
+// API keys: long-lived secrets a signed-in user makes for CI, used as the
+// password of Basic auth. A key is shown once; the store keeps only its
+// SHA-256 (the key has 256 random bits, so a slow hash would add
+// nothing). A key carries its owner's user name and groups as of its
+// creation, so it keeps working the same when the owner is not signed in.
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// APIKeyPrefix starts every API key, so that the Basic path tells a key
+// from an htpasswd password without a lookup, and secret scanners can
+// find leaked keys.
+const APIKeyPrefix = "ocik_"
+
+// Defaults of APIKeys.
+const (
+	DefaultAPIKeyTTL    = 90 * 24 * time.Hour
+	DefaultAPIKeyMaxTTL = 365 * 24 * time.Hour
+	// apiKeyTouchEvery coalesces last-used updates: a key used many
+	// times a minute is written at most once a minute.
+	apiKeyTouchEvery = time.Minute
+	maxAPIKeyLabel   = 100
+)
+
+// Errors of API keys.
+var (
+	ErrAPIKeyInvalid  = errors.New("invalid API key")
+	ErrAPIKeyNotFound = errors.New("no such API key")
+	// ErrAPIKeyRequest is a key that cannot be made as asked.
+	ErrAPIKeyRequest = errors.New("bad API key request")
+)
+
+// APIKeyStore keeps API key records, opaque to it, by ID. It is all
+// authscope needs of storage.
+type APIKeyStore interface {
+	// CreateAPIKey stores a new record; an existing id is an error.
+	CreateAPIKey(id string, record []byte) error
+	// APIKey returns the record of id, or an error wrapping
+	// ErrAPIKeyNotFound.
+	APIKey(id string) ([]byte, error)
+	// UpdateAPIKey replaces the record of id by what fn makes of it, in
+	// one transaction; a missing id wraps ErrAPIKeyNotFound and fn is not
+	// called (so a revoked key is never written back).
+	UpdateAPIKey(id string, fn func(record []byte) ([]byte, error)) error
+	// DeleteAPIKey removes id; a missing id is not an error.
+	DeleteAPIKey(id string) error
+	// APIKeys returns every record.
+	APIKeys() ([][]byte, error)
+}
+
+// APIKey is a key's record. The secret itself is never stored.
+type APIKey struct {
+	ID       string    `json:"id"`
+	Hash     string    `json:"hash"` // hex SHA-256 of the whole key
+	User     string    `json:"user"`
+	Groups   []string  `json:"groups,omitempty"`
+	Label    string    `json:"label,omitempty"`
+	Created  time.Time `json:"created"`
+	Expires  time.Time `json:"expires"`
+	LastUsed time.Time `json:"last_used,omitzero"`
+}
+
+// APIKeys makes, checks, lists and revokes keys.
+type APIKeys struct {
+	Store APIKeyStore
+	// DefaultTTL is a new key's lifetime when the user names none;
+	// MaxTTL the longest a user may ask for. Defaults: 90 and 365 days.
+	DefaultTTL, MaxTTL time.Duration
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+
+	mu      sync.Mutex
+	touched map[string]time.Time // id -> last write of LastUsed
+}
+
+func (k *APIKeys) now() time.Time {
+	if k.Now != nil {
+		return k.Now()
+	}
+	return time.Now()
+}
+
+func (k *APIKeys) ttls() (def, maxTTL time.Duration) {
+	def, maxTTL = k.DefaultTTL, k.MaxTTL
+	if maxTTL <= 0 {
+		maxTTL = DefaultAPIKeyMaxTTL
+	}
+	if def <= 0 {
+		def = min(DefaultAPIKeyTTL, maxTTL)
+	}
+	return def, maxTTL
+}
+
+// Create makes a key for user with groups; ttl 0 is the default. It
+// returns the key, which is not kept anywhere, and its record.
+func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Duration) (string, APIKey, error) {
+	if user == "" {
+		return "", APIKey{}, errors.New("API key without a user")
+	}
+	label = strings.TrimSpace(label)
+	if len(label) > maxAPIKeyLabel || strings.ContainsFunc(label, isControl) {
+		return "", APIKey{}, fmt.Errorf("%w: label: at most %d printable characters", ErrAPIKeyRequest, maxAPIKeyLabel)
+	}
+	def, maxTTL := k.ttls()
+	switch {
+	case ttl == 0:
+		ttl = def
+	case ttl < 0 || ttl > maxTTL:
+		return "", APIKey{}, fmt.Errorf("%w: lifetime %s: must be positive and at most %s", ErrAPIKeyRequest, ttl, maxTTL)
+	}
+	idRaw, err := randomBytes(8)
+	if err != nil {
+		return "", APIKey{}, err
+	}
+	secret, err := randomString(32)
+	if err != nil {
+		return "", APIKey{}, err
+	}
+	id := hex.EncodeToString(idRaw)
+	key := APIKeyPrefix + id + "_" + secret
+	now := k.now().UTC().Truncate(time.Second)
+	rec := APIKey{
+		ID: id, Hash: hashKey(key), User: user, Groups: slices.Clone(groups), Label: label,
+		Created: now, Expires: now.Add(ttl),
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return "", APIKey{}, err
+	}
+	if err := k.Store.CreateAPIKey(id, b); err != nil {
+		return "", APIKey{}, fmt.Errorf("storing API key: %w", err)
+	}
+	return key, rec, nil
+}
+
+// Verify returns the record of key if key is one of ours, unrevoked and
+// unexpired, and notes its use.
+func (k *APIKeys) Verify(key string) (APIKey, error) {
+	id, ok := apiKeyID(key)
+	if !ok {
+		return APIKey{}, fmt.Errorf("%w: malformed", ErrAPIKeyInvalid)
+	}
+	b, err := k.Store.APIKey(id)
+	if err != nil {
+		if errors.Is(err, ErrAPIKeyNotFound) {
+			return APIKey{}, fmt.Errorf("%w: unknown or revoked key %s", ErrAPIKeyInvalid, id)
+		}
+		return APIKey{}, fmt.Errorf("reading API key %s: %w", id, err)
+	}
+	var rec APIKey
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return APIKey{}, fmt.Errorf("API key %s: %w", id, err)
+	}
+	h := hashKey(key)
+	if len(rec.Hash) != len(h) || subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
+		return APIKey{}, fmt.Errorf("%w: wrong secret for key %s", ErrAPIKeyInvalid, id)
+	}
+	now := k.now()
+	if !now.Before(rec.Expires) {
+		return APIKey{}, fmt.Errorf("%w: key %s expired at %s", ErrAPIKeyInvalid, id, rec.Expires.Format(time.RFC3339))
+	}
+	k.touch(id, now)
+	return rec, nil
+}
+
+// touch records that id was used at now, writing at most once per
+// apiKeyTouchEvery per key. A failed write is not the caller's problem:
+// the key stays valid, only its last-used time lags.
+func (k *APIKeys) touch(id string, now time.Time) {
+	k.mu.Lock()
+	if k.touched == nil {
+		k.touched = map[string]time.Time{}
+	}
+	if last, ok := k.touched[id]; ok && now.Sub(last) < apiKeyTouchEvery {
+		k.mu.Unlock()
+		return
+	}
+	k.touched[id] = now
+	k.mu.Unlock()
+	_ = k.Store.UpdateAPIKey(id, func(b []byte) ([]byte, error) {
+		var rec APIKey
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return nil, err
+		}
+		rec.LastUsed = now.UTC().Truncate(time.Second)
+		return json.Marshal(rec)
+	})
+}
+
+// List returns user's keys, newest first, expired ones included.
+func (k *APIKeys) List(user string) ([]APIKey, error) {
+	all, err := k.Store.APIKeys()
+	if err != nil {
+		return nil, fmt.Errorf("listing API keys: %w", err)
+	}
+	var out []APIKey
+	for _, b := range all {
+		var rec APIKey
+		if json.Unmarshal(b, &rec) == nil && rec.User == user {
+			out = append(out, rec)
+		}
+	}
+	slices.SortFunc(out, func(a, b APIKey) int { return b.Created.Compare(a.Created) })
+	return out, nil
+}
+
+// Revoke deletes user's key id; someone else's key is ErrAPIKeyNotFound,
+// so that IDs of other users' keys cannot be probed.
+func (k *APIKeys) Revoke(user, id string) error {
+	if !validAPIKeyID(id) {
+		return fmt.Errorf("%w: %q", ErrAPIKeyNotFound, id)
+	}
+	b, err := k.Store.APIKey(id)
+	if err != nil {
+		return err
+	}
+	var rec APIKey
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("API key %s: %w", id, err)
+	}
+	if rec.User != user {
+		return fmt.Errorf("%w: %s", ErrAPIKeyNotFound, id)
+	}
+	if err := k.Store.DeleteAPIKey(id); err != nil {
+		return fmt.Errorf("revoking API key %s: %w", id, err)
+	}
+	k.mu.Lock()
+	delete(k.touched, id)
+	k.mu.Unlock()
+	return nil
+}
+
+// apiKeyID returns the ID part of a key that has the shape of one.
+func apiKeyID(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, APIKeyPrefix)
+	if !ok {
+		return "", false
+	}
+	id, secret, ok := strings.Cut(rest, "_")
+	if !ok || len(secret) != 43 {
+		return "", false
+	}
+	return id, validAPIKeyID(id)
+}
+
+// validAPIKeyID: 16 lower-case hex digits, safe in a storage key.
+func validAPIKeyID(id string) bool {
+	if len(id) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
+
+// IsAPIKey reports whether s has the shape of an API key.
+func IsAPIKey(s string) bool {
+	_, ok := apiKeyID(s)
+	return ok
+}
+
+func hashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+func randomBytes(n int) ([]byte, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("random: %w", err)
+	}
+	return b, nil
+}

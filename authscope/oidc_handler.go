@@ -1,0 +1,304 @@
+package authscope
+
+// The browser side of sign-in, served under AuthPath: login, callback,
+// logout, the key page and the key API. Every state-changing request
+// needs the session's CSRF token and, when the browser sends one, an
+// Origin equal to the external URL's; the session cookie is SameSite=Lax
+// besides. The registry API never reads the session cookie, so a
+// cross-site request cannot push or delete with a browser's session.
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// AuthPath is the root of sign-in and API key management.
+const AuthPath = "/_oci/auth/"
+
+// Sign-in defaults.
+const (
+	DefaultSessionTTL = 12 * time.Hour
+	loginTTL          = 10 * time.Minute
+)
+
+// SignInOptions configure a SignIn.
+type SignInOptions struct {
+	OIDC *OIDCClient
+	// ExternalURL is how browsers reach this server (scheme and host, no
+	// path). An http URL is allowed only on a loopback host; cookies are
+	// then sent without Secure, as browsers would not return them
+	// otherwise over http.
+	ExternalURL string
+	// Sealer seals the session and sign-in cookies.
+	Sealer *Sealer
+	// SessionTTL is how long a session lasts. Default: 12h.
+	SessionTTL time.Duration
+	// APIKeys, if set, lets signed-in users manage keys.
+	APIKeys *APIKeys
+	// Now is the clock of sessions; nil is time.Now.
+	Now    func() time.Time
+	Logger *zap.Logger
+}
+
+// SignIn serves AuthPath.
+type SignIn struct {
+	o      SignInOptions
+	origin string // scheme://host of ExternalURL
+	jar    cookieJar
+}
+
+// NewSignIn checks o.
+func NewSignIn(o SignInOptions) (*SignIn, error) {
+	if o.OIDC == nil || o.Sealer == nil {
+		return nil, errors.New("sign-in needs an OIDC client and a sealer")
+	}
+	secure, origin, err := CheckExternalURL(o.ExternalURL)
+	if err != nil {
+		return nil, err
+	}
+	if o.SessionTTL <= 0 {
+		o.SessionTTL = DefaultSessionTTL
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	return &SignIn{o: o, origin: origin, jar: cookieJar{secure: secure, sealer: o.Sealer}}, nil
+}
+
+// CheckExternalURL checks an external URL and says whether cookies must
+// be Secure: always, except for http on a loopback host (a developer's
+// machine), where a browser would drop a Secure cookie.
+func CheckExternalURL(s string) (secure bool, origin string, err error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return false, "", fmt.Errorf("external URL %q: want scheme://host[:port] only", s)
+	}
+	switch u.Scheme {
+	case "https":
+		secure = true
+	case "http":
+		h := u.Hostname()
+		ip := net.ParseIP(h)
+		if h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return false, "", fmt.Errorf("external URL %q: http is allowed only on a loopback host; use https", s)
+		}
+	default:
+		return false, "", fmt.Errorf("external URL %q: scheme must be https (or http on loopback)", s)
+	}
+	return secure, u.Scheme + "://" + u.Host, nil
+}
+
+// RedirectURL is the callback to register at the provider.
+func RedirectURL(externalURL string) string {
+	return strings.TrimSuffix(externalURL, "/") + AuthPath + "callback"
+}
+
+func (s *SignIn) now() time.Time {
+	if s.o.Now != nil {
+		return s.o.Now()
+	}
+	return time.Now()
+}
+
+// ServeHTTP routes AuthPath.
+func (s *SignIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	rest := strings.TrimPrefix(r.URL.Path, AuthPath)
+	switch {
+	case rest == "" && r.Method == http.MethodGet:
+		s.page(w, r, "", "")
+	case rest == "login" && r.Method == http.MethodGet:
+		s.login(w, r)
+	case rest == "callback" && r.Method == http.MethodGet:
+		s.callback(w, r)
+	case rest == "logout" && r.Method == http.MethodPost:
+		s.logout(w, r)
+	case rest == "session" && r.Method == http.MethodGet:
+		s.whoami(w, r)
+	case rest == "apikeys" || strings.HasPrefix(rest, "apikeys/"):
+		s.apiKeys(w, r, strings.TrimPrefix(strings.TrimPrefix(rest, "apikeys"), "/"))
+	case rest == "" || rest == "login" || rest == "callback" || rest == "logout" || rest == "session":
+		w.Header().Set("Allow", allowOf(rest))
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func allowOf(rest string) string {
+	if rest == "logout" {
+		return http.MethodPost
+	}
+	return http.MethodGet
+}
+
+// login starts the code flow: fresh state, nonce and PKCE verifier go into
+// the sealed sign-in cookie, and the browser to the provider.
+func (s *SignIn) login(w http.ResponseWriter, r *http.Request) {
+	var ls loginState
+	var err error
+	for _, p := range []*string{&ls.State, &ls.Nonce, &ls.Verifier} {
+		if *p, err = randomString(32); err != nil {
+			s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
+			return
+		}
+	}
+	to, err := s.o.OIDC.AuthURL(r.Context(), ls.State, ls.Nonce, ls.Verifier)
+	if err != nil {
+		s.fail(w, r, http.StatusBadGateway, "the identity provider cannot be reached", err)
+		return
+	}
+	exp := s.now().Add(loginTTL)
+	ls.Expires = exp.Unix()
+	if err := s.jar.set(w, loginCookie, ls, exp); err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
+		return
+	}
+	http.Redirect(w, r, to, http.StatusFound)
+}
+
+// callback finishes the code flow. The state must equal the one sealed
+// in this browser's sign-in cookie (a login CSRF otherwise), and the
+// cookie is used once.
+func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
+	var ls loginState
+	err := s.jar.get(r, loginCookie, &ls)
+	s.jar.clear(w, loginCookie)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, "no sign-in in progress in this browser; start again", err)
+		return
+	}
+	if s.now().Unix() >= ls.Expires {
+		s.fail(w, r, http.StatusBadRequest, "the sign-in took too long; start again", errors.New("sign-in state expired"))
+		return
+	}
+	q := r.URL.Query()
+	if st := q.Get("state"); st == "" || subtle.ConstantTimeCompare([]byte(st), []byte(ls.State)) != 1 {
+		s.fail(w, r, http.StatusBadRequest, "sign-in state does not match; start again", errors.New("state mismatch"))
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		s.fail(w, r, http.StatusForbidden, "the identity provider refused the sign-in", fmt.Errorf("provider error %q: %q", e, q.Get("error_description")))
+		return
+	}
+	code := q.Get("code")
+	if code == "" {
+		s.fail(w, r, http.StatusBadRequest, "no authorization code", errors.New("callback without code"))
+		return
+	}
+	user, groups, err := s.o.OIDC.Exchange(r.Context(), code, ls.Nonce, ls.Verifier)
+	if err != nil {
+		status := http.StatusBadGateway
+		if errors.Is(err, errIDToken) {
+			status = http.StatusForbidden
+		}
+		s.fail(w, r, status, "sign-in refused", err)
+		return
+	}
+	csrf, err := randomString(32)
+	if err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
+		return
+	}
+	exp := s.now().Add(s.o.SessionTTL)
+	sess := Session{User: user, Groups: groups, CSRF: csrf, Expires: exp.Unix()}
+	if err := s.jar.set(w, sessionCookie, sess, exp); err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
+		return
+	}
+	s.o.Logger.Info("signed in", zap.String("user", user), zap.Strings("groups", groups), zap.String("remote", r.RemoteAddr))
+	http.Redirect(w, r, AuthPath, http.StatusSeeOther)
+}
+
+func (s *SignIn) logout(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.session(w, r, true); !ok {
+		return
+	}
+	s.jar.clear(w, sessionCookie)
+	http.Redirect(w, r, AuthPath, http.StatusSeeOther)
+}
+
+// session returns the caller's session; for a state-changing request
+// also checks CSRF token and Origin. It answers the refusal itself.
+func (s *SignIn) session(w http.ResponseWriter, r *http.Request, changes bool) (Session, bool) {
+	sess, err := s.jar.session(r, s.now())
+	if err != nil {
+		s.fail(w, r, http.StatusUnauthorized, "not signed in", err)
+		return Session{}, false
+	}
+	if !changes {
+		return sess, true
+	}
+	if o := r.Header.Get("Origin"); o != "" && o != s.origin {
+		s.fail(w, r, http.StatusForbidden, "cross-origin request refused", fmt.Errorf("origin %q", o))
+		return Session{}, false
+	}
+	tok := r.Header.Get("X-CSRF-Token")
+	if tok == "" {
+		tok = r.PostFormValue("csrf")
+	}
+	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(sess.CSRF)) != 1 {
+		s.fail(w, r, http.StatusForbidden, "missing or wrong CSRF token", errors.New("csrf mismatch"))
+		return Session{}, false
+	}
+	return sess, true
+}
+
+// whoami answers the session as JSON, with the CSRF token scripts need
+// for the key API.
+func (s *SignIn) whoami(w http.ResponseWriter, r *http.Request) {
+	sess, ok := s.session(w, r, false)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"user": sess.User, "groups": nonNil(sess.Groups), "csrf_token": sess.CSRF,
+		"expires": time.Unix(sess.Expires, 0).UTC(),
+	})
+}
+
+// fail answers an error: JSON for API callers, text otherwise. The
+// reason goes to the log only.
+func (s *SignIn) fail(w http.ResponseWriter, r *http.Request, status int, msg string, reason error) {
+	lvl := s.o.Logger.Info
+	if status >= 500 {
+		lvl = s.o.Logger.Error
+	}
+	lvl("sign-in: "+msg, zap.Int("status", status), zap.Error(reason),
+		zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.String("remote", r.RemoteAddr))
+	if wantsJSON(r) {
+		writeJSON(w, status, map[string]string{"error": msg})
+		return
+	}
+	http.Error(w, msg, status)
+}
+
+func wantsJSON(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "application/json") ||
+		strings.HasPrefix(r.Header.Get("Content-Type"), "application/json")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

@@ -1,0 +1,77 @@
+package authscope
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
+)
+
+// TestWorkloadTokens: a CI job's OIDC token, as a bearer token or as the
+// Basic password, is judged by the policy with its groups claim; wrong
+// audience, expired, forged and foreign tokens are refused.
+func TestWorkloadTokens(t *testing.T) {
+	p := oidctest.New(t, "unused")
+	const aud = "registry.example"
+	pol, err := NewPolicy(PolicyConfig{
+		ExternalGroups: true,
+		Repositories: map[string]RepositoryPolicy{
+			"blumeops/**": {Policies: []Grant{{Groups: []string{"blumeops"}, Actions: []string{ActionRead, ActionCreate}}}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewAuthorizer(Options{Policy: pol, Workload: &WorkloadVerifier{
+		Issuer: p.Issuer(), Audience: aud, Claims: ClaimMapping{Groups: "repository_owner"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := map[string]any{"sub": "repo:blumeops/app:ref:refs/heads/main", "repository_owner": "blumeops"}
+	good := p.Token(aud, job)
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	forgedClaims := map[string]any{"iss": p.Issuer(), "aud": aud, "exp": time.Now().Add(time.Hour).Unix(), "sub": "x", "repository_owner": "blumeops"}
+	expired := map[string]any{"exp": time.Now().Add(-time.Hour).Unix(), "iat": time.Now().Add(-2 * time.Hour).Unix()}
+	for k, v := range job {
+		expired[k] = v
+	}
+	push := Need{Scopes: []Scope{RepositoryScope("blumeops/app", ScopePull, ScopePush)}}
+	for _, tc := range []struct {
+		name   string
+		auth   func(*http.Request)
+		status int
+	}{
+		{"bearer", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+good) }, 0},
+		{"basic password", func(r *http.Request) { r.SetBasicAuth("ci", good) }, 0},
+		{"wrong audience", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+p.Token("other", job)) }, http.StatusUnauthorized},
+		{"expired", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+p.Token(aud, expired)) }, http.StatusUnauthorized},
+		{"forged", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+oidctest.SignWith(other, forgedClaims)) }, http.StatusUnauthorized},
+		{"other owner", func(r *http.Request) {
+			r.Header.Set("Authorization", "Bearer "+p.Token(aud, map[string]any{"sub": "repo:evil/app", "repository_owner": "evil"}))
+		}, http.StatusForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPut, "/v2/blumeops/app/manifests/v1", nil)
+			tc.auth(r)
+			r, err := a.Authorize(r, push)
+			var d *Denial
+			switch {
+			case tc.status == 0 && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.status != 0 && (!errors.As(err, &d) || d.Status != tc.status):
+				t.Fatalf("want %d, got %v", tc.status, err)
+			}
+			if tc.status == 0 {
+				if id, _ := IdentityOf(r); id.Method != MethodWorkload || id.User != job["sub"] {
+					t.Fatalf("identity %+v", id)
+				}
+			}
+		})
+	}
+}
