@@ -434,7 +434,24 @@ func (a *Authorizer) realm(r *http.Request, v Via) string {
 	if !a.o.ProxyToken {
 		return a.o.TokenRealm
 	}
-	return ProxyRealm(r, a.o.ProxyScheme, v)
+	scheme := a.o.ProxyScheme
+	switch {
+	case scheme != "":
+	case r.TLS != nil:
+		scheme = "https"
+	default:
+		scheme = "http"
+	}
+	u := url.URL{Scheme: scheme, Host: r.Host, Path: TokenPath}
+	q := url.Values{}
+	if v.NS != "" {
+		q.Set(realmParamNS, v.NS)
+	}
+	if v.PathPrefix != "" {
+		q.Set(realmParamPrefix, v.PathPrefix)
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // AuditEvent is a change the registry made.
