@@ -434,24 +434,7 @@ func (a *Authorizer) realm(r *http.Request, v Via) string {
 	if !a.o.ProxyToken {
 		return a.o.TokenRealm
 	}
-	scheme := a.o.ProxyScheme
-	switch {
-	case scheme != "":
-	case r.TLS != nil:
-		scheme = "https"
-	default:
-		scheme = "http"
-	}
-	u := url.URL{Scheme: scheme, Host: r.Host, Path: TokenPath}
-	q := url.Values{}
-	if v.NS != "" {
-		q.Set(realmParamNS, v.NS)
-	}
-	if v.PathPrefix != "" {
-		q.Set(realmParamPrefix, v.PathPrefix)
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
+	return ProxyRealm(r, a.o.ProxyScheme, v)
 }
 
 // AuditEvent is a change the registry made.
