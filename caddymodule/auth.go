@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -52,12 +54,25 @@ type Auth struct {
 	// namespaces never take pushes.
 	Repositories map[string]authscope.RepositoryPolicy `json:"repositories,omitempty"`
 
-	// Groups maps group names to htpasswd users.
+	// Groups maps group names to users, by user name, whatever they
+	// signed in with. With OIDC or workload tokens, policies may also
+	// name groups that only the identity provider's groups claim holds.
 	Groups map[string][]string `json:"groups,omitempty"`
 
 	// Admin users and groups may do their actions (default: all)
 	// everywhere.
 	Admin *authscope.AdminPolicy `json:"admin,omitempty"`
+
+	// OIDC signs users in at an identity provider at /_oci/auth/, where
+	// they make API keys for CI. Their groups claim is matched by the
+	// access policies like Groups.
+	OIDC *OIDC `json:"oidc,omitempty"`
+
+	// APIKeys sets the lifetimes of API keys (on whenever OIDC is).
+	APIKeys *APIKeysConfig `json:"api_keys,omitempty"`
+
+	// Workload accepts OIDC tokens that CI systems issue to their jobs.
+	Workload *Workload `json:"workload,omitempty"`
 }
 
 // TokenAuth configures bearer tokens.
@@ -103,6 +118,7 @@ type TokenAuth struct {
 type authRuntime struct {
 	authorizer *authscope.Authorizer
 	proxy      *authscope.TokenProxy // nil unless Token.Proxy
+	signIn     *authscope.SignIn     // nil unless OIDC
 }
 
 // registryAuthorizer is what registry.Config takes; nil without auth.
@@ -121,18 +137,29 @@ func (rt *authRuntime) canRead() func(*http.Request, string) bool {
 	return rt.authorizer.CanRead
 }
 
-// serveToken answers the token proxy's path; false for other requests.
-func (rt *authRuntime) serveToken(w http.ResponseWriter, r *http.Request) bool {
-	if rt == nil || rt.proxy == nil || r.URL.Path != authscope.TokenPath {
+// serve answers the token proxy's path and, with OIDC, the sign-in
+// pages under /_oci/auth/; false for other requests.
+func (rt *authRuntime) serve(w http.ResponseWriter, r *http.Request) bool {
+	switch {
+	case rt == nil:
 		return false
+	case rt.proxy != nil && r.URL.Path == authscope.TokenPath:
+		rt.proxy.ServeHTTP(w, r)
+		return true
+	case rt.signIn != nil && r.URL.Path == strings.TrimSuffix(authscope.AuthPath, "/"):
+		http.Redirect(w, r, authscope.AuthPath, http.StatusMovedPermanently)
+		return true
+	case rt.signIn != nil && strings.HasPrefix(r.URL.Path, authscope.AuthPath):
+		rt.signIn.ServeHTTP(w, r)
+		return true
 	}
-	rt.proxy.ServeHTTP(w, r)
-	return true
+	return false
 }
 
 // provision reads the files Auth names and builds the Authorizer; names
-// is the registry's name mapping (nil without mirrors).
-func (a *Auth) provision(names *authscope.Names, logger *zap.Logger) (*authRuntime, error) {
+// is the registry's name mapping (nil without mirrors); store opens the
+// handler's store (for API keys and the session key) on first use.
+func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, error), logger *zap.Logger) (*authRuntime, error) {
 	o := authscope.Options{
 		FailDelay:  time.Duration(a.FailDelay),
 		BasicRealm: a.Realm,
@@ -152,7 +179,10 @@ func (a *Auth) provision(names *authscope.Names, logger *zap.Logger) (*authRunti
 		}
 	}
 	if len(a.Repositories) > 0 || len(a.Groups) > 0 || a.Admin != nil {
-		p, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: a.Repositories, Groups: a.Groups, Admin: a.Admin})
+		p, err := authscope.NewPolicy(authscope.PolicyConfig{
+			Repositories: a.Repositories, Groups: a.Groups, Admin: a.Admin,
+			ExternalGroups: a.OIDC != nil || a.Workload != nil,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("access policy: %w", err)
 		}
@@ -191,6 +221,19 @@ func (a *Auth) provision(names *authscope.Names, logger *zap.Logger) (*authRunti
 			rt.proxy = &authscope.TokenProxy{Upstream: u, Names: names, Logger: logger.Named("token_proxy")}
 		}
 	}
+	if a.OIDC != nil {
+		p, err := a.provisionSignIn(store, logger)
+		if err != nil {
+			return nil, err
+		}
+		rt.signIn, o.APIKeys = p.signIn, p.apiKeys
+	}
+	if w := a.Workload; w != nil {
+		o.Workload = &authscope.WorkloadVerifier{
+			Issuer: w.Issuer, Audience: w.Audience,
+			Claims: authscope.ClaimMapping{Username: w.UsernameClaim, Groups: w.GroupsClaim},
+		}
+	}
 	var err error
 	if rt.authorizer, err = authscope.NewAuthorizer(o); err != nil {
 		return nil, err
@@ -205,6 +248,24 @@ func (a *Auth) validate() error {
 	}
 	if a.Htpasswd == "" && a.Token == nil && len(a.Repositories) == 0 {
 		return errors.New("auth needs htpasswd, token or access rules")
+	}
+	if a.OIDC != nil {
+		if err := a.OIDC.validate(); err != nil {
+			return err
+		}
+	}
+	if a.APIKeys != nil {
+		if a.OIDC == nil {
+			return errors.New("api_keys needs oidc: keys are made by signed-in users")
+		}
+		if err := a.APIKeys.validate(); err != nil {
+			return err
+		}
+	}
+	if a.Workload != nil {
+		if err := a.Workload.validate(); err != nil {
+			return err
+		}
 	}
 	if t := a.Token; t != nil {
 		if t.Realm == "" || t.Service == "" || t.Issuer == "" {
@@ -234,6 +295,9 @@ func (a *Auth) validate() error {
 //			user      <name> <action>...
 //			group     <name> <action>...
 //		}
+//		oidc { ... }                # see unmarshalOIDC
+//		api_keys { ... }            # see unmarshalAPIKeys
+//		workload { ... }            # see unmarshalWorkload
 //		token {
 //			realm         <url>
 //			service       <name>
@@ -329,8 +393,26 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 				return nil, err
 			}
 			a.Token = t
+		case "oidc":
+			o, err := unmarshalOIDC(d)
+			if err != nil {
+				return nil, err
+			}
+			a.OIDC = o
+		case "api_keys":
+			k, err := unmarshalAPIKeys(d)
+			if err != nil {
+				return nil, err
+			}
+			a.APIKeys = k
+		case "workload":
+			w, err := unmarshalWorkload(d)
+			if err != nil {
+				return nil, err
+			}
+			a.Workload = w
 		default:
-			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token)", sub)
+			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload)", sub)
 		}
 	}
 	return a, nil

@@ -52,7 +52,7 @@ func TestAuthCaddyfileExample(t *testing.T) {
 		!slices.Equal(a.Repositories["blumeops/**"].Policies[0].Actions, []string{"read", "create"}) {
 		t.Fatalf("parsed %+v", a)
 	}
-	rt, err := a.provision(nil, zap.NewNop())
+	rt, err := a.provision(nil, nil, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

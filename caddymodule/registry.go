@@ -171,7 +171,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if rg.Auth != nil {
-		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.logger); err != nil {
+		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.store.open, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
 	}
@@ -212,7 +212,7 @@ func (rg *Registry) Cleanup() error {
 
 // ServeHTTP serves /v2/ and passes every other request to next.
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if rg.auth.serveToken(w, r) {
+	if rg.auth.serve(w, r) {
 		return nil
 	}
 	if !rg.serves.Serves(r.URL.Path) {

@@ -1,0 +1,236 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+func TestOIDCCaddyfile(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`auth {
+		oidc {
+			issuer https://id.example/application/o/registry/
+			client_id registry
+			client_secret_file /run/secrets/oidc
+			scopes profile groups
+			external_url https://registry.example
+			username_claim email
+			groups_claim roles
+			session_key_file /run/secrets/session
+			session_ttl 8h
+		}
+		api_keys {
+			default_ttl 720h
+			max_ttl 2160h
+		}
+		workload {
+			issuer https://forge.example
+			audience registry.example
+			username_claim sub
+			groups_claim repository_owner
+		}
+		access blumeops/** {
+			group artifact-workloads read create
+		}
+	}`)
+	d.Next()
+	a, err := unmarshalAuth(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := a.OIDC
+	if o == nil || o.ClientSecretFile != "/run/secrets/oidc" || len(o.Scopes) != 2 || o.GroupsClaim != "roles" ||
+		time.Duration(o.SessionTTL) != 8*time.Hour || time.Duration(a.APIKeys.MaxTTL) != 2160*time.Hour ||
+		a.Workload == nil || a.Workload.GroupsClaim != "repository_owner" {
+		t.Fatalf("parsed %+v %+v %+v", o, a.APIKeys, a.Workload)
+	}
+	if err := a.validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{
+		"auth {\n oidc {\n issuer\n }\n}",
+		"auth {\n oidc {\n nope x\n }\n}",
+		"auth {\n oidc {\n session_ttl soon\n }\n}",
+		"auth {\n api_keys {\n max_ttl forever\n }\n}",
+		"auth {\n workload {\n audience a b\n }\n}",
+	} {
+		d := caddyfile.NewTestDispenser(bad)
+		d.Next()
+		if _, err := unmarshalAuth(d); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+	for name, a := range map[string]*Auth{
+		"no external url":      {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c"}},
+		"http external url":    {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "http://registry.example"}},
+		"two secrets":          {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r", ClientSecret: "a", ClientSecretFile: "b"}},
+		"api keys, no oidc":    {Repositories: anyRead(), APIKeys: &APIKeysConfig{}},
+		"default beyond max":   {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{DefaultTTL: 10, MaxTTL: 5}},
+		"workload without aud": {Repositories: anyRead(), Workload: &Workload{Issuer: "https://forge"}},
+	} {
+		if err := a.validate(); err == nil {
+			t.Errorf("%s: valid", name)
+		}
+	}
+}
+
+func anyRead() map[string]authscope.RepositoryPolicy {
+	return map[string]authscope.RepositoryPolicy{"**": {Anonymous: []string{"read"}}}
+}
+
+// TestOIDCThroughHandler wires the auth block the way the handler does,
+// with a real store: sign in at an in-test provider, make a key through
+// the JSON API, push with it as a member of the provider's
+// artifact-workloads group, and find it refused once revoked. The session
+// key is made once and kept in the store.
+func TestOIDCThroughHandler(t *testing.T) {
+	p := oidctest.New(t, "alice", "artifact-workloads")
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte(oidctest.ClientSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var rt *authRuntime
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !rt.serve(w, r) {
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	a := &Auth{
+		Repositories: map[string]authscope.RepositoryPolicy{
+			"**":          {Anonymous: []string{"read"}},
+			"blumeops/**": {Anonymous: []string{"read"}, Policies: []authscope.Grant{{Groups: []string{"artifact-workloads"}, Actions: []string{"read", "create"}}}},
+		},
+		Admin: &authscope.AdminPolicy{Groups: []string{"admins"}},
+		OIDC: &OIDC{
+			Issuer: p.Issuer(), ClientID: oidctest.ClientID, ClientSecretFile: secretFile,
+			ExternalURL: srv.URL,
+		},
+	}
+	if err := a.validate(); err != nil {
+		t.Fatal(err)
+	}
+	opened := 0
+	rt, err = a.provision(nil, func() (*cache.Store, error) { opened++; return st, nil }, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opened != 0 || p.Discoveries != 0 {
+		t.Fatalf("provisioning opened the store %d times and discovered the provider %d times", opened, p.Discoveries)
+	}
+
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.Get(srv.URL + "/_oci/auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Request.URL.Path != "/_oci/auth/" || !strings.Contains(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("/_oci/auth: %d at %s", resp.StatusCode, resp.Request.URL)
+	}
+	resp, err = c.Get(srv.URL + "/_oci/auth/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "alice") {
+		t.Fatalf("sign-in: %d %s", resp.StatusCode, body)
+	}
+	resp, err = c.Get(srv.URL + "/_oci/auth/session")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess struct {
+		CSRF string `json:"csrf_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&sess)
+	resp.Body.Close()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/apikeys", bytes.NewReader([]byte(`{"label":"ci"}`)))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct{ ID, Key string }
+	_ = json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || created.Key == "" {
+		t.Fatalf("create: %d", resp.StatusCode)
+	}
+	stored, err := st.APIKey(created.ID)
+	if err != nil || bytes.Contains(stored, []byte(created.Key)) {
+		t.Fatalf("stored record %s: %v", stored, err)
+	}
+
+	authorize := func(key string, tagMove bool) error {
+		r := httptest.NewRequest(http.MethodPut, "/v2/blumeops/app/manifests/v1", nil)
+		r.SetBasicAuth("ci", key)
+		_, err := rt.authorizer.Authorize(r, authscope.Need{
+			Scopes: []authscope.Scope{authscope.RepositoryScope("blumeops/app", "pull", "push")}, TagMove: tagMove,
+		})
+		return err
+	}
+	if err := authorize(created.Key, false); err != nil {
+		t.Fatalf("push with the key: %v", err)
+	}
+	var d *authscope.Denial
+	if err := authorize(created.Key, true); !errors.As(err, &d) || d.Status != http.StatusForbidden {
+		t.Fatalf("tag move with the key: %v", err)
+	}
+	req, _ = http.NewRequest(http.MethodDelete, srv.URL+"/_oci/auth/apikeys/"+created.ID, nil)
+	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("revoke: %d", resp.StatusCode)
+	}
+	if err := authorize(created.Key, false); !errors.As(err, &d) || d.Status != http.StatusUnauthorized {
+		t.Fatalf("revoked key: %v", err)
+	}
+	if secret, err := st.AuthSecret("session", authscope.SessionKeySize); err != nil || len(secret) != authscope.SessionKeySize {
+		t.Fatalf("session key not in the store: %v", err)
+	}
+}
+
+func TestParseSessionKey(t *testing.T) {
+	for _, s := range []string{
+		strings.Repeat("ab", 32) + "\n",
+		"q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+	} {
+		if k, err := parseSessionKey(s); err != nil || len(k) != 32 {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+	for _, s := range []string{"", "abcd", strings.Repeat("ab", 31), "password123"} {
+		if _, err := parseSessionKey(s); err == nil {
+			t.Errorf("%q accepted", s)
+		}
+	}
+}
