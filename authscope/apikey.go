@@ -119,7 +119,7 @@ func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Du
 	case ttl == 0:
 		ttl = def
 	case ttl < 0 || ttl > maxTTL:
-		return "", APIKey{}, fmt.Errorf("%w: lifetime %s: must be positive and at most %s", ErrAPIKeyRequest, ttl, maxTTL)
+		return "", APIKey{}, fmt.Errorf("%w: lifetime %s: must be positive and at most %s", ErrAPIKeyRequest, days(ttl), days(maxTTL))
 	}
 	idRaw, err := randomBytes(8)
 	if err != nil {
@@ -274,6 +274,14 @@ func IsAPIKey(s string) bool {
 func hashKey(key string) string {
 	sum := sha256.Sum256([]byte(key))
 	return hex.EncodeToString(sum[:])
+}
+
+// days writes a lifetime as users give it on the page.
+func days(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return d.String()
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
