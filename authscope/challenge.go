@@ -131,3 +131,62 @@ func ParseChallenge(h string) (Challenge, error) {
 		c.Params = append(c.Params, Param{Key: key, Value: val})
 	}
 }
+
+// ChallengeView turns a challenge that a registry behind a front sent into
+// what the front's client may see: the realm and service the client should
+// use, and scopes in the names the client typed. A challenge naming a
+// repository the client never typed would teach it, and its token
+// requests, the backend's names; such scopes are dropped instead.
+type ChallengeView struct {
+	// Realm replaces the realm when not empty: the front's token proxy
+	// (see ProxyRealm).
+	Realm string
+	// Service replaces service when not empty.
+	Service string
+	// Name maps a backend repository name to the name the client typed,
+	// or false when the client typed none for it.
+	Name func(backend string) (string, bool)
+}
+
+// Rewrite returns header h as the client should see it. Only Bearer
+// challenges carry realms and scopes; other schemes pass unchanged. A
+// header that does not parse is an error: passing it on could leak
+// backend names.
+func (v ChallengeView) Rewrite(h string) (string, error) {
+	c, err := ParseChallenge(h)
+	if err != nil {
+		return "", err
+	}
+	if !strings.EqualFold(c.Scheme, "Bearer") {
+		return h, nil
+	}
+	if v.Realm != "" {
+		c.Set("realm", v.Realm)
+	}
+	if v.Service != "" {
+		c.Set("service", v.Service)
+	}
+	if value, ok := c.Get("scope"); ok {
+		var kept []string
+		for _, f := range strings.Fields(value) {
+			s, err := ParseScope(f)
+			if err != nil {
+				continue
+			}
+			if s.Type == "repository" {
+				typed, ok := v.Name(s.Name)
+				if !ok {
+					continue
+				}
+				s.Name = typed
+			}
+			kept = append(kept, s.String())
+		}
+		if len(kept) == 0 {
+			c.Del("scope")
+		} else {
+			c.Set("scope", strings.Join(kept, " "))
+		}
+	}
+	return c.String(), nil
+}

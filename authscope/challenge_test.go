@@ -81,3 +81,32 @@ func FuzzParseChallenge(f *testing.F) {
 		}
 	})
 }
+
+func TestChallengeViewRewrite(t *testing.T) {
+	typed := map[string]string{"docker.io/library/debian": "debian", "team/app": "team/app"}
+	v := ChallengeView{Realm: "https://front/_oci/token?ns=docker.io", Name: func(b string) (string, bool) {
+		s, ok := typed[b]
+		return s, ok
+	}}
+	for in, want := range map[string]string{
+		`Bearer realm="https://auth/token",service="reg"`:                                                            `Bearer realm="https://front/_oci/token?ns=docker.io",service="reg"`,
+		`Bearer realm="https://auth/token",service="reg",scope="repository:docker.io/library/debian:pull"`:           `Bearer realm="https://front/_oci/token?ns=docker.io",service="reg",scope="repository:debian:pull"`,
+		`Bearer realm="x",scope="repository:team/app:pull,push repository:docker.io/library/debian:pull"`:            `Bearer realm="https://front/_oci/token?ns=docker.io",scope="repository:team/app:pull,push repository:debian:pull"`,
+		`Bearer realm="x",scope="repository:docker.io/secret/x:pull",error="insufficient_scope"`:                     `Bearer realm="https://front/_oci/token?ns=docker.io",error="insufficient_scope"`,
+		`Bearer realm="x",scope="registry:catalog:* repository:docker.io/library/debian:pull",error="invalid_token"`: `Bearer realm="https://front/_oci/token?ns=docker.io",scope="registry:catalog:* repository:debian:pull",error="invalid_token"`,
+		`Basic realm="registry"`: `Basic realm="registry"`,
+	} {
+		got, err := v.Rewrite(in)
+		if err != nil || got != want {
+			t.Errorf("Rewrite(%s)\n got %s (%v)\nwant %s", in, got, err, want)
+		}
+	}
+	v.Service = "front"
+	got, _ := v.Rewrite(`Bearer realm="x",service="reg"`)
+	if want := `Bearer realm="https://front/_oci/token?ns=docker.io",service="front"`; got != want {
+		t.Errorf("service: got %s, want %s", got, want)
+	}
+	if _, err := v.Rewrite(`Bearer realm="unterminated`); err == nil {
+		t.Error("a malformed challenge passed")
+	}
+}

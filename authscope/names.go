@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -58,6 +59,26 @@ type Namespace struct {
 	// LibraryPrefix, when set, is put before one-component names
 	// ("debian" -> "library/debian" on Docker Hub).
 	LibraryPrefix string
+}
+
+// WithDefaults fills in what a namespace of a well-known upstream needs
+// when the config leaves it out: docker.io is also reached as
+// registry-1.docker.io and index.docker.io (containerd's and regctl's
+// `ns`), and puts "library/" before one-component names.
+func (ns Namespace) WithDefaults() Namespace {
+	if ns.Prefix == "docker.io" {
+		aliases := slices.Clone(ns.Aliases)
+		for _, a := range []string{"registry-1.docker.io", "index.docker.io"} {
+			if !slices.Contains(aliases, a) {
+				aliases = append(aliases, a)
+			}
+		}
+		ns.Aliases = aliases
+		if ns.LibraryPrefix == "" {
+			ns.LibraryPrefix = "library"
+		}
+	}
+	return ns
 }
 
 // Via is how a request reached the server, apart from the name in its path.

@@ -2,6 +2,7 @@ package authscope
 
 import (
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -170,4 +171,17 @@ func FuzzInternal(f *testing.F) {
 			t.Fatalf("Internal(Internal(%q)) = %q, %v; want %q", typed, again, err, got)
 		}
 	})
+}
+
+func TestNamespaceWithDefaults(t *testing.T) {
+	d := Namespace{Prefix: "docker.io", Aliases: []string{"mirror.gcr.io"}}.WithDefaults()
+	if d.LibraryPrefix != "library" || !slices.Equal(d.Aliases, []string{"mirror.gcr.io", "registry-1.docker.io", "index.docker.io"}) {
+		t.Errorf("docker.io: %+v", d)
+	}
+	if g := (Namespace{Prefix: "ghcr.io"}).WithDefaults(); g.LibraryPrefix != "" || len(g.Aliases) != 0 {
+		t.Errorf("ghcr.io: %+v", g)
+	}
+	if k := (Namespace{Prefix: "docker.io", LibraryPrefix: "lib"}).WithDefaults(); k.LibraryPrefix != "lib" {
+		t.Errorf("a configured library prefix was replaced: %+v", k)
+	}
 }

@@ -33,18 +33,18 @@ func (h *Handler) Names() *authscope.Names { return h.names }
 // pull+push; a mount pull on its source; the catalog registry:catalog:*;
 // the /v2/ check nothing but a welcome caller. It returns the request to
 // serve, or the refusal as an *Error.
-func (h *Handler) authorize(r *http.Request, rc *request, kind routeKind, via authscope.Via) (*http.Request, error) {
+func (h *Handler) authorize(r *http.Request, rc *request, kind RouteKind, via authscope.Via) (*http.Request, error) {
 	if h.cfg.Authorizer == nil {
 		return r, nil
 	}
 	need := authscope.Need{Via: via, Reference: rc.arg}
 	switch kind {
-	case routePing:
-	case routeCatalog:
+	case RoutePing:
+	case RouteCatalog:
 		need.Scopes = []authscope.Scope{authscope.CatalogScope}
-	case routeUploads, routeUpload:
+	case RouteUploads, RouteUpload:
 		need.Scopes = []authscope.Scope{authscope.RepositoryScope(rc.name, authscope.ScopePull, authscope.ScopePush)}
-		if from := r.URL.Query().Get("from"); kind == routeUploads && r.URL.Query().Get("mount") != "" && from != "" {
+		if from := r.URL.Query().Get("from"); kind == RouteUploads && r.URL.Query().Get("mount") != "" && from != "" {
 			// An unmappable source only loses the mount; the upload
 			// handler falls back to a plain session.
 			if src, err := h.names.Internal(from, via); err == nil && src != rc.name {
@@ -53,7 +53,7 @@ func (h *Handler) authorize(r *http.Request, rc *request, kind routeKind, via au
 		}
 	default:
 		need.Scopes = []authscope.Scope{authscope.RepositoryScope(rc.name, authscope.ActionsFor(r.Method)...)}
-		if kind == routeManifest && r.Method == http.MethodPut {
+		if kind == RouteManifest && r.Method == http.MethodPut {
 			moves, err := h.movesTag(r, rc)
 			if err != nil {
 				return r, err

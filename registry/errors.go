@@ -146,6 +146,18 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request
 			zap.String("uri", r.RequestURI),
 		)
 	}
+	e.Render(w, r)
+}
+
+// NewError is an *Error with the given status, spec code, message and
+// cause (logged, never sent).
+func NewError(status int, code, msg string, cause error) *Error {
+	return newError(status, code, msg, cause)
+}
+
+// Render writes e: the status and the JSON envelope (no body for HEAD).
+// It does not log; the caller does, with what it knows of the request.
+func (e *Error) Render(w http.ResponseWriter, r *http.Request) {
 	body, mErr := json.Marshal(envelope{Errors: []envelopeError{{Code: e.Code, Message: e.Message, Detail: e.Detail}}})
 	if mErr != nil {
 		// Detail came from us; a value that does not marshal is a bug,

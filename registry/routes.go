@@ -36,72 +36,76 @@ type endpoint struct {
 	fn handlerFunc
 }
 
-type routeKind int
+// RouteKind is the shape of an API path, which names the resource a
+// request is about.
+type RouteKind int
 
+// The API's path shapes.
 const (
-	routePing routeKind = iota
-	routeCatalog
-	routeTags
-	routeManifest
-	routeBlob
-	routeUploads // /blobs/uploads/
-	routeUpload  // /blobs/uploads/<id>
-	routeReferrers
+	RoutePing RouteKind = iota
+	RouteCatalog
+	RouteTags
+	RouteManifest
+	RouteBlob
+	RouteUploads // /blobs/uploads/
+	RouteUpload  // /blobs/uploads/<id>
+	RouteReferrers
 )
 
 // routes is the whole API: path shape -> method -> operation and handler.
-var routes = map[routeKind]map[string]endpoint{
-	routePing: {
+var routes = map[RouteKind]map[string]endpoint{
+	RoutePing: {
 		http.MethodGet:  {OpPing, (*Handler).ping},
 		http.MethodHead: {OpPing, (*Handler).ping},
 	},
-	routeCatalog: {
+	RouteCatalog: {
 		http.MethodGet: {OpCatalog, (*Handler).catalog},
 	},
-	routeTags: {
+	RouteTags: {
 		http.MethodGet: {OpTagsList, (*Handler).tagsList},
 	},
-	routeManifest: {
+	RouteManifest: {
 		http.MethodGet:    {OpManifestGet, (*Handler).manifestGet},
 		http.MethodHead:   {OpManifestHead, (*Handler).manifestGet},
 		http.MethodPut:    {OpManifestPut, (*Handler).manifestPut},
 		http.MethodDelete: {OpManifestDelete, (*Handler).manifestDelete},
 	},
-	routeBlob: {
+	RouteBlob: {
 		http.MethodGet:    {OpBlobGet, (*Handler).blobGet},
 		http.MethodHead:   {OpBlobHead, (*Handler).blobGet},
 		http.MethodDelete: {OpBlobDelete, (*Handler).blobDelete},
 	},
-	routeUploads: {
+	RouteUploads: {
 		http.MethodPost: {OpUploadStart, (*Handler).uploadStart},
 	},
-	routeUpload: {
+	RouteUpload: {
 		http.MethodGet:    {OpUploadStatus, (*Handler).uploadStatus},
 		http.MethodPatch:  {OpUploadChunk, (*Handler).uploadChunk},
 		http.MethodPut:    {OpUploadFinish, (*Handler).uploadFinish},
 		http.MethodDelete: {OpUploadCancel, (*Handler).uploadCancel},
 	},
-	routeReferrers: {
+	RouteReferrers: {
 		http.MethodGet: {OpReferrers, (*Handler).referrers},
 	},
 }
 
-var errPathUnknown = errors.New("path unknown")
+// ErrPathUnknown is a path outside the distribution API.
+var ErrPathUnknown = errors.New("path unknown")
 
 // matchPath splits an API path into its route and parts. The repository
 // name is everything between /v2/ and the action suffix, matched from the
 // end, since a name may itself contain "blobs" or "manifests" as a
 // component. The name is returned unchecked.
-func matchPath(path string) (kind routeKind, name, arg string, err error) {
+func matchPath(path string) (kind RouteKind, name, arg string, err error) {
 	if path == "/v2" || path == "/v2/" {
-		return routePing, "", "", nil
+		return RoutePing, "", "", nil
 	}
 	rest, ok := strings.CutPrefix(path, "/v2/")
 	if !ok {
-		return 0, "", "", errPathUnknown
+		return 0, "", "", ErrPathUnknown
 	}
 	if rest == "_catalog" {
-		return routeCatalog, "", "", nil
+		return RouteCatalog, "", "", nil
 	}
 	segs := strings.Split(rest, "/")
 	n := len(segs)
@@ -115,22 +119,22 @@ func matchPath(path string) (kind routeKind, name, arg string, err error) {
 	switch {
 	case n >= 3 && at(3) == "blobs" && at(2) == "uploads":
 		if at(1) == "" {
-			return routeUploads, prefix(3), "", nil
+			return RouteUploads, prefix(3), "", nil
 		}
-		return routeUpload, prefix(3), at(1), nil
+		return RouteUpload, prefix(3), at(1), nil
 	case n >= 3 && at(2) == "blobs" && at(1) == "uploads":
 		// POST /v2/<name>/blobs/uploads without the trailing slash
-		return routeUploads, prefix(2), "", nil
+		return RouteUploads, prefix(2), "", nil
 	case n >= 3 && at(2) == "tags" && at(1) == "list":
-		return routeTags, prefix(2), "", nil
+		return RouteTags, prefix(2), "", nil
 	case n >= 3 && at(2) == "manifests" && at(1) != "":
-		return routeManifest, prefix(2), at(1), nil
+		return RouteManifest, prefix(2), at(1), nil
 	case n >= 3 && at(2) == "blobs" && at(1) != "":
-		return routeBlob, prefix(2), at(1), nil
+		return RouteBlob, prefix(2), at(1), nil
 	case n >= 3 && at(2) == "referrers" && at(1) != "":
-		return routeReferrers, prefix(2), at(1), nil
+		return RouteReferrers, prefix(2), at(1), nil
 	}
-	return 0, "", "", errPathUnknown
+	return 0, "", "", ErrPathUnknown
 }
 
 // splitPathPrefix splits `/<p>/v2/...` into p and `/v2/...`.
@@ -142,27 +146,63 @@ func splitPathPrefix(path string) (prefix, rest string, ok bool) {
 	return p, "/" + after, true
 }
 
-func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) error {
+// Target is what a request's URL names, before its name is mapped: the
+// path shape, the repository as the client typed it, and how the request
+// reached the server. The registry and the front (registry/front) read
+// requests through ParseTarget alike, so both see every client's path
+// forms the same way.
+type Target struct {
+	Kind RouteKind
+	// Name is the repository as typed, unchecked; empty for the ping and
+	// the catalog.
+	Name string
+	// Arg is the last path element: reference, digest or upload id.
+	Arg string
+	// Via is the request's Host, `ns` and `/<prefix>/v2/` path prefix.
+	Via authscope.Via
+	// Base is the request path up to and including Name
+	// ("/docker.io/v2/library/debian"), so that Location and Link headers
+	// lead back the way the client came in; empty without a name.
+	Base string
+}
+
+// ParseTarget reads r's path and query. names (nil: no namespaces) tells
+// `/<prefix>/v2/...` paths from others. On an error wrapping
+// ErrPathUnknown the returned Target still carries Via.
+func ParseTarget(names *authscope.Names, r *http.Request) (Target, error) {
 	path := r.URL.Path
-	via := authscope.Via{Host: r.Host, NS: r.URL.Query().Get("ns")}
+	t := Target{Via: authscope.Via{Host: r.Host, NS: r.URL.Query().Get("ns")}}
 	if !IsRegistryPath(path) {
-		if p, rest, ok := splitPathPrefix(path); ok && h.names.IsPathPrefix(p) {
-			via.PathPrefix, path = p, rest
+		if p, rest, ok := splitPathPrefix(path); ok && names.IsPathPrefix(p) {
+			t.Via.PathPrefix, path = p, rest
 		}
-	}
-	if via.NS != "" {
-		w.Header().Set("OCI-Namespace", via.NS)
 	}
 	kind, name, arg, err := matchPath(path)
 	if err != nil {
 		// `/v2/<prefix>/` is the ping of a client configured with the
 		// prefix as its mirror path (regctl --path-prefix).
-		if p := strings.Trim(strings.TrimPrefix(path, "/v2/"), "/"); IsRegistryPath(path) && h.names.IsPathPrefix(p) {
-			kind, err = routePing, nil
-		} else {
-			return newError(http.StatusNotFound, CodeNotFound, "no such endpoint", err)
+		if p := strings.Trim(strings.TrimPrefix(path, "/v2/"), "/"); IsRegistryPath(path) && names.IsPathPrefix(p) {
+			return Target{Kind: RoutePing, Via: t.Via}, nil
 		}
+		return t, err
 	}
+	t.Kind, t.Name, t.Arg = kind, name, arg
+	if name != "" {
+		t.Base = strings.TrimSuffix(r.URL.Path[:len(r.URL.Path)-len(path)+len("/v2/")+len(name)], "/")
+	}
+	return t, nil
+}
+
+func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) error {
+	t, err := ParseTarget(h.names, r)
+	via := t.Via
+	if via.NS != "" {
+		w.Header().Set("OCI-Namespace", via.NS)
+	}
+	if err != nil {
+		return newError(http.StatusNotFound, CodeNotFound, "no such endpoint", err)
+	}
+	kind, name, arg := t.Kind, t.Name, t.Arg
 	methods := routes[kind]
 	ep, ok := methods[r.Method]
 	if !ok {
@@ -177,7 +217,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	}
 	rc.op = ep.op
 	rc.arg = arg
-	if kind == routePing || kind == routeCatalog {
+	if kind == RoutePing || kind == RouteCatalog {
 		if r, err = h.authorize(r, rc, kind, via); err != nil {
 			return err
 		}
@@ -193,7 +233,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	}
 	rc.name = internal
 	// The way the client came in, so Location and Link lead back to it.
-	rc.base = strings.TrimSuffix(r.URL.Path[:len(r.URL.Path)-len(path)+len("/v2/")+len(name)], "/")
+	rc.base = t.Base
 	if r, err = h.authorize(r, rc, kind, via); err != nil {
 		return err
 	}

@@ -8,28 +8,28 @@ import (
 func TestMatchPath(t *testing.T) {
 	tests := []struct {
 		path string
-		kind routeKind
+		kind RouteKind
 		name string
 		arg  string
 		err  bool
 	}{
-		{path: "/v2", kind: routePing},
-		{path: "/v2/", kind: routePing},
-		{path: "/v2/_catalog", kind: routeCatalog},
-		{path: "/v2/a/tags/list", kind: routeTags, name: "a"},
-		{path: "/v2/a/b/c/tags/list", kind: routeTags, name: "a/b/c"},
-		{path: "/v2/a/manifests/latest", kind: routeManifest, name: "a", arg: "latest"},
-		{path: "/v2/a/blobs/sha256:x", kind: routeBlob, name: "a", arg: "sha256:x"},
-		{path: "/v2/a/blobs/uploads/", kind: routeUploads, name: "a"},
-		{path: "/v2/a/blobs/uploads", kind: routeUploads, name: "a"},
-		{path: "/v2/a/blobs/uploads/abc", kind: routeUpload, name: "a", arg: "abc"},
-		{path: "/v2/a/referrers/sha256:x", kind: routeReferrers, name: "a", arg: "sha256:x"},
+		{path: "/v2", kind: RoutePing},
+		{path: "/v2/", kind: RoutePing},
+		{path: "/v2/_catalog", kind: RouteCatalog},
+		{path: "/v2/a/tags/list", kind: RouteTags, name: "a"},
+		{path: "/v2/a/b/c/tags/list", kind: RouteTags, name: "a/b/c"},
+		{path: "/v2/a/manifests/latest", kind: RouteManifest, name: "a", arg: "latest"},
+		{path: "/v2/a/blobs/sha256:x", kind: RouteBlob, name: "a", arg: "sha256:x"},
+		{path: "/v2/a/blobs/uploads/", kind: RouteUploads, name: "a"},
+		{path: "/v2/a/blobs/uploads", kind: RouteUploads, name: "a"},
+		{path: "/v2/a/blobs/uploads/abc", kind: RouteUpload, name: "a", arg: "abc"},
+		{path: "/v2/a/referrers/sha256:x", kind: RouteReferrers, name: "a", arg: "sha256:x"},
 		// names may hold the action words as components
-		{path: "/v2/blobs/blobs/sha256:x", kind: routeBlob, name: "blobs", arg: "sha256:x"},
-		{path: "/v2/x/blobs/blobs/uploads/", kind: routeUploads, name: "x/blobs"},
-		{path: "/v2/manifests/manifests/tag", kind: routeManifest, name: "manifests", arg: "tag"},
-		{path: "/v2/tags/tags/list", kind: routeTags, name: "tags"},
-		{path: "/v2/a/blobs/uploads/manifests/x", kind: routeManifest, name: "a/blobs/uploads", arg: "x"},
+		{path: "/v2/blobs/blobs/sha256:x", kind: RouteBlob, name: "blobs", arg: "sha256:x"},
+		{path: "/v2/x/blobs/blobs/uploads/", kind: RouteUploads, name: "x/blobs"},
+		{path: "/v2/manifests/manifests/tag", kind: RouteManifest, name: "manifests", arg: "tag"},
+		{path: "/v2/tags/tags/list", kind: RouteTags, name: "tags"},
+		{path: "/v2/a/blobs/uploads/manifests/x", kind: RouteManifest, name: "a/blobs/uploads", arg: "x"},
 		{path: "/v2/a", err: true},
 		{path: "/v2/a/blobs/", err: true},
 		{path: "/v2/a/manifests/", err: true},
