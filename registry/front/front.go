@@ -1,0 +1,219 @@
+// Package front puts names, challenges and token scopes in front of an
+// existing registry (zot, distribution, Harbor) that stores mirrored
+// images under prefixes (`docker.io/library/debian`). Clients keep typing
+// what they type of any mirror — a host alias, a `/<prefix>/v2/` or
+// `/v2/<prefix>/` path, `?ns=`, or a bare `debian` — and the front maps
+// each request to the backend's name, then rewrites the answer back into
+// the client's view: challenges (realm, service, scope), upload
+// `Location`, `Link` of tag pages, and the name in tag lists and error
+// bodies. Everything else, blobs above all, streams through untouched.
+//
+// It is plain net/http middleware with the same name mapping
+// (authscope.Names), target parsing (registry.ParseTarget), challenge
+// format and token proxy (authscope.TokenProxy) as the registry itself, so
+// a name resolves the same whichever of the two serves it.
+package front
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/registry"
+)
+
+// DefaultMaxRewrite bounds a response body the front rewrites (a tag list
+// or an error) when Config leaves MaxRewrite at zero.
+const DefaultMaxRewrite = 4 << 20
+
+// Config is what a Front needs.
+type Config struct {
+	// Namespaces are the prefixes the backend stores mirrored names under,
+	// with the ways clients reach each (aliases, hosts, default, library
+	// prefix). Defaults of well-known upstreams are applied
+	// (Namespace.WithDefaults).
+	Namespaces []authscope.Namespace
+	// LocalPrefixes are names that go to the backend as typed even when a
+	// namespace is the default.
+	LocalPrefixes []string
+	// TokenRealm is the backend's token service, where the token proxy
+	// forwards. Required with ProxyToken.
+	TokenRealm string
+	// ProxyToken serves authscope.TokenPath and points the realm of every
+	// Bearer challenge at it, so that token requests are translated to
+	// backend names before they reach TokenRealm.
+	ProxyToken bool
+	// ProxyScheme ("http", "https") overrides the scheme of the proxy's
+	// realm, which otherwise follows the request's TLS state.
+	ProxyScheme string
+	// Service replaces `service` in challenges; empty keeps the backend's.
+	Service string
+	// MaxRewrite bounds the bodies the front rewrites; 0 means
+	// DefaultMaxRewrite.
+	MaxRewrite int64
+	// TokenClient makes the token proxy's requests; nil: a default client.
+	TokenClient *http.Client
+	// Logger gets refused requests and rewrite failures. Nil: no logging.
+	Logger *zap.Logger
+}
+
+// Front is the middleware; see Serve.
+type Front struct {
+	cfg   Config
+	names *authscope.Names
+	proxy *authscope.TokenProxy // nil unless ProxyToken
+	log   *zap.Logger
+}
+
+// New checks cfg and returns its Front. Nothing is contacted.
+func New(cfg Config) (*Front, error) {
+	spaces := make([]authscope.Namespace, len(cfg.Namespaces))
+	for i, ns := range cfg.Namespaces {
+		spaces[i] = ns.WithDefaults()
+	}
+	names, err := authscope.NewNames(spaces, cfg.LocalPrefixes)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MaxRewrite <= 0 {
+		cfg.MaxRewrite = DefaultMaxRewrite
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	switch cfg.ProxyScheme {
+	case "", "http", "https":
+	default:
+		return nil, fmt.Errorf("proxy scheme %q: must be http or https", cfg.ProxyScheme)
+	}
+	f := &Front{cfg: cfg, names: names, log: cfg.Logger}
+	if cfg.ProxyToken {
+		u, err := url.Parse(cfg.TokenRealm)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("token realm %q: the token proxy needs the backend's token service as an http(s) URL", cfg.TokenRealm)
+		}
+		f.proxy = &authscope.TokenProxy{Upstream: u, Names: names, Client: cfg.TokenClient, Logger: cfg.Logger.Named("token_proxy")}
+	}
+	return f, nil
+}
+
+// Names is the front's name mapping.
+func (f *Front) Names() *authscope.Names { return f.names }
+
+// Next is the handler behind the front, usually a reverse proxy to the
+// backend registry (in Caddy, the next handler of the route).
+type Next func(w http.ResponseWriter, r *http.Request) error
+
+// Middleware adapts the front to a plain http.Handler chain.
+func (f *Front) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = f.Serve(w, r, func(w http.ResponseWriter, r *http.Request) error {
+			next.ServeHTTP(w, r)
+			return nil
+		})
+	})
+}
+
+// Serve answers the token proxy's path itself, passes requests outside
+// the registry API to next untouched, refuses names that do not map, and
+// hands every other request to next in backend names with a writer that
+// turns the answer back into the client's names. next's error is
+// returned as it came.
+func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
+	if f.proxy != nil && r.URL.Path == authscope.TokenPath {
+		f.proxy.ServeHTTP(w, r)
+		return nil
+	}
+	t, err := registry.ParseTarget(f.names, r)
+	if err != nil {
+		if t.Via.PathPrefix != "" {
+			f.refuse(w, r, t, registry.NewError(http.StatusNotFound, registry.CodeNotFound, "no such endpoint", err))
+			return nil
+		}
+		// Outside the API, or an endpoint of the backend's own (zot's
+		// /v2/_zot/ext/...): nothing to map.
+		return next(w, r)
+	}
+
+	v := &view{front: f, req: r, via: t.Via, kind: t.Kind}
+	br := r.Clone(r.Context())
+	q := r.URL.Query()
+	queryChanged := false
+	if q.Has("ns") {
+		// The name below carries the namespace now; a backend that reads
+		// ns (the distribution spec's proxying) must not apply it again.
+		q.Del("ns")
+		queryChanged = true
+	}
+	switch t.Kind {
+	case registry.RoutePing, registry.RouteCatalog:
+		if t.Kind == registry.RoutePing {
+			br.URL.Path = "/v2/"
+		} else {
+			br.URL.Path = "/v2/_catalog"
+		}
+	default:
+		internal, err := f.names.Internal(t.Name, t.Via)
+		switch {
+		case errors.Is(err, authscope.ErrNamespaceUnknown):
+			f.refuse(w, r, t, registry.NewError(http.StatusNotFound, registry.CodeNameUnknown, "namespace not served here", err))
+			return nil
+		case err != nil:
+			f.refuse(w, r, t, registry.NewError(http.StatusBadRequest, registry.CodeNameInvalid, "invalid repository name", err))
+			return nil
+		}
+		v.clientPrefix = strings.TrimSuffix(t.Base, t.Name)
+		v.add(internal, t.Name)
+		br.URL.Path = "/v2/" + internal + r.URL.Path[len(t.Base):]
+		if from := q.Get("from"); from != "" {
+			queryChanged = true
+			if src, err := f.names.Internal(from, t.Via); err == nil {
+				q.Set("from", src)
+				v.add(src, from)
+			} else {
+				// As the registry does: an unmappable source loses only
+				// the mount, and the backend opens a plain upload.
+				q.Del("from")
+				q.Del("mount")
+			}
+		}
+	}
+	br.URL.RawPath = ""
+	if queryChanged {
+		br.URL.RawQuery = q.Encode()
+	}
+	br.RequestURI = br.URL.RequestURI()
+	// Bodies the front may rewrite must arrive uncompressed; registry
+	// payloads are compressed layers or small JSON, so nothing is lost.
+	br.Header.Del("Accept-Encoding")
+
+	rw := &responseWriter{ResponseWriter: w, view: v, head: r.Method == http.MethodHead}
+	err = next(rw, br)
+	if ferr := rw.finish(); ferr != nil && err == nil {
+		err = ferr
+	}
+	return err
+}
+
+// refuse answers a request the front will not pass on.
+func (f *Front) refuse(w http.ResponseWriter, r *http.Request, t registry.Target, e *registry.Error) {
+	reason := e.Message
+	if e.Err != nil {
+		reason = e.Err.Error()
+	}
+	f.log.Info("front refused request",
+		zap.String("repo", t.Name),
+		zap.String("code", e.Code),
+		zap.Int("status", e.Status),
+		zap.String("reason", reason),
+		zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI),
+		zap.String("host", r.Host),
+	)
+	e.Render(w, r)
+}

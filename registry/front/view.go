@@ -1,0 +1,221 @@
+package front
+
+// The client's view of a backend response: headers and the few small
+// bodies that name repositories, rewritten from backend names to the names
+// the client typed.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/registry"
+)
+
+// view is what one request needs to turn backend names back.
+type view struct {
+	front *Front
+	req   *http.Request // as the client sent it
+	via   authscope.Via
+	kind  registry.RouteKind
+	// clientPrefix is the client's path before a name ("/v2/",
+	// "/docker.io/v2/").
+	clientPrefix string
+	// typed maps each backend name of this request (the repository, a
+	// mount's source) to what the client typed for it.
+	typed map[string]string
+}
+
+func (v *view) add(backend, typed string) {
+	if v.typed == nil {
+		v.typed = map[string]string{}
+	}
+	v.typed[backend] = typed
+}
+
+func (v *view) name(backend string) (string, bool) {
+	t, ok := v.typed[backend]
+	return t, ok
+}
+
+// headers rewrites h in place before the status line goes out.
+func (v *view) headers(h http.Header) {
+	if cs := h.Values("Www-Authenticate"); len(cs) > 0 {
+		cv := authscope.ChallengeView{Service: v.front.cfg.Service, Name: v.name}
+		if v.front.proxy != nil {
+			cv.Realm = authscope.ProxyRealm(v.req, v.front.cfg.ProxyScheme, v.via)
+		}
+		out := make([]string, 0, len(cs))
+		for _, c := range cs {
+			rc, err := cv.Rewrite(c)
+			if err != nil {
+				v.front.log.Warn("backend challenge dropped", zap.String("challenge", c), zap.Error(err))
+				continue
+			}
+			out = append(out, rc)
+		}
+		h["Www-Authenticate"] = out
+	}
+	if l := h.Get("Location"); l != "" {
+		h.Set("Location", v.url(l))
+	}
+	if ls := h.Values("Link"); len(ls) > 0 {
+		out := make([]string, len(ls))
+		for i, l := range ls {
+			out[i] = v.link(l)
+		}
+		h["Link"] = out
+	}
+	if v.via.NS != "" {
+		h.Set("OCI-Namespace", v.via.NS)
+	}
+}
+
+// url rewrites a backend URL under /v2/<name>/ for a name of this request
+// to the client's path for it. The result is relative when the backend
+// named a host: the backend's host is not one the client should learn, and
+// the client resolves the path against the front it asked. URLs elsewhere
+// (a storage redirect) pass unchanged.
+func (v *view) url(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || !registry.IsRegistryPath(u.Path) {
+		return s
+	}
+	t, err := registry.ParseTarget(nil, &http.Request{URL: u})
+	if err != nil || t.Name == "" {
+		return s
+	}
+	typed, ok := v.typed[t.Name]
+	if !ok {
+		return s
+	}
+	rel := url.URL{Path: v.clientPrefix + typed + u.Path[len(t.Base):], RawQuery: u.RawQuery}
+	return rel.String()
+}
+
+// link rewrites the URL of each `<url>; rel=...` entry of a Link header.
+func (v *view) link(h string) string {
+	var b strings.Builder
+	for {
+		open := strings.IndexByte(h, '<')
+		if open < 0 {
+			b.WriteString(h)
+			return b.String()
+		}
+		end := strings.IndexByte(h[open:], '>')
+		if end < 0 {
+			b.WriteString(h)
+			return b.String()
+		}
+		end += open
+		b.WriteString(h[:open+1])
+		b.WriteString(v.url(h[open+1 : end]))
+		h = h[end:]
+		b.WriteByte('>')
+		h = h[1:]
+	}
+}
+
+// rewritesBody reports whether the body of a response with this status
+// and header names repositories and is small: a tag list, or a JSON error
+// (whose detail and message may name the backend's repository).
+func (v *view) rewritesBody(status int, h http.Header) bool {
+	if len(v.typed) == 0 {
+		return false
+	}
+	ct := h.Get("Content-Type")
+	if !strings.Contains(ct, "json") {
+		return false
+	}
+	return status >= 400 || (v.kind == registry.RouteTags && status == http.StatusOK)
+}
+
+var errTooBig = errors.New("response too large to rewrite")
+
+// body rewrites a tag list's name, or every repository name in an error
+// envelope's strings.
+func (v *view) body(status int, raw []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var doc any
+	if err := dec.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("decoding backend body: %w", err)
+	}
+	if status < 400 {
+		obj, ok := doc.(map[string]any)
+		if !ok {
+			return nil, errors.New("tag list is not an object")
+		}
+		if n, ok := obj["name"].(string); ok {
+			typed, known := v.typed[n]
+			if !known {
+				return nil, fmt.Errorf("tag list of %q, which the client did not ask for", n)
+			}
+			obj["name"] = typed
+		}
+	} else {
+		doc = v.walk(doc)
+	}
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("encoding rewritten body: %w", err)
+	}
+	return append(out, '\n'), nil
+}
+
+// walk replaces backend names in every string of an error body.
+func (v *view) walk(x any) any {
+	switch x := x.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = v.walk(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = v.walk(e)
+		}
+	case string:
+		for backend, typed := range v.typed {
+			x = replaceName(x, backend, typed)
+		}
+		return x
+	}
+	return x
+}
+
+// replaceName replaces whole occurrences of name in s: not inside a
+// longer name ("docker.io/library/debian" is not replaced within
+// "docker.io/library/debian-slim").
+func replaceName(s, name, with string) string {
+	if name == with || !strings.Contains(s, name) {
+		return s
+	}
+	var b strings.Builder
+	for {
+		i := strings.Index(s, name)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		end := i + len(name)
+		whole := (i == 0 || !nameByte(s[i-1])) && (end == len(s) || !nameByte(s[end]))
+		b.WriteString(s[:i])
+		if whole {
+			b.WriteString(with)
+		} else {
+			b.WriteString(name)
+		}
+		s = s[end:]
+	}
+}
+
+func nameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/'
+}
