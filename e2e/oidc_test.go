@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -245,4 +246,63 @@ func TestOIDCWorkloadPush(t *testing.T) {
 	run(t, env, skopeo, push(p.Token(workloadAudience, job), "blumeops/job:v1")...)
 	runFail(t, env, skopeo, push(p.Token(workloadAudience, job), "other/job:v1")...)
 	runFail(t, env, skopeo, push(p.Token("someone-else", job), "blumeops/job:v2")...)
+}
+
+// TestOIDCPageScreenshot loads the key page in headless Chromium (Debian's
+// chromium), signed in through the provider, and checks that it shows the
+// user, their groups and their keys. It runs when chromium is installed
+// and skips otherwise, CADDY_OCI_E2E or not. The screenshot goes to
+// $OCI_SCREENSHOT_DIR when set (scripts/oidc-page-screenshot.sh).
+func TestOIDCPageScreenshot(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("chromium not installed (apt install chromium)")
+	}
+	p := oidctest.New(t, "alice", "artifact-workloads", "admins")
+	s := oidcServer(t, p)
+	w := signIn(t, s)
+	var keys []string
+	for _, label := range []string{"blumeops ci", "laptop"} {
+		var k struct{ ID, Key string }
+		w.do(http.MethodPost, "/_oci/auth/apikeys", map[string]any{"label": label}, http.StatusCreated, &k)
+		keys = append(keys, k.ID)
+		if label == "blumeops ci" {
+			// One use, so the page shows a last-used time.
+			req, _ := http.NewRequest(http.MethodGet, s.url("/v2/"), nil)
+			req.SetBasicAuth("alice", k.Key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /v2/ with the key: %d", resp.StatusCode)
+			}
+		}
+	}
+
+	dir := os.Getenv("OCI_SCREENSHOT_DIR")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	png := filepath.Join(dir, "oidc-keys-page.png")
+	// Chromium follows the whole sign-in: login -> provider -> callback ->
+	// the page. Root needs --no-sandbox.
+	browse := func(extra ...string) string {
+		args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+			"--user-data-dir=" + t.TempDir(), "--window-size=1100,760"}, extra...)
+		return run(t, nil, chromium, append(args, s.url("/_oci/auth/login"))...)
+	}
+	dom := browse("--dump-dom")
+	for _, want := range append([]string{`id="user">alice<`, `class="group">artifact-workloads<`, "blumeops ci", "laptop"}, keys...) {
+		if !strings.Contains(dom, want) {
+			t.Errorf("the page in chromium lacks %q:\n%s", want, dom)
+		}
+	}
+	browse("--screenshot=" + png)
+	b, err := os.ReadFile(png)
+	if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+		t.Fatalf("screenshot %s: %v", png, err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", png, len(b))
 }
