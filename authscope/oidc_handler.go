@@ -28,6 +28,7 @@ const AuthPath = "/_oci/auth/"
 const (
 	DefaultSessionTTL = 12 * time.Hour
 	loginTTL          = 10 * time.Minute
+	maxBody           = 64 << 10
 )
 
 // SignInOptions configure a SignIn.
@@ -115,6 +116,8 @@ func (s *SignIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")
 	w.Header().Set("Referrer-Policy", "no-referrer")
+	// Nothing here takes more than a label and a token.
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	rest := strings.TrimPrefix(r.URL.Path, AuthPath)
 	switch {
 	case rest == "" && r.Method == http.MethodGet:
