@@ -130,11 +130,12 @@ func (v *view) rewritesBody(status int, h http.Header) bool {
 	if len(v.typed) == 0 {
 		return false
 	}
-	ct := h.Get("Content-Type")
-	if !strings.Contains(ct, "json") {
-		return false
+	if v.kind == registry.RouteTags && status == http.StatusOK {
+		// Whatever its type says (go-containerregistry's has none): a
+		// tag list that cannot be read is not passed on.
+		return true
 	}
-	return status >= 400 || (v.kind == registry.RouteTags && status == http.StatusOK)
+	return status >= 400 && strings.Contains(h.Get("Content-Type"), "json")
 }
 
 var errTooBig = errors.New("response too large to rewrite")

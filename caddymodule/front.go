@@ -1,0 +1,182 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/registry/front"
+)
+
+func init() {
+	caddy.RegisterModule(Front{})
+}
+
+// Front sits before `reverse_proxy` to a registry that already exists
+// (zot, distribution, Harbor) and stores mirrored images under prefixes
+// (`docker.io/library/debian`). Clients use the names they use with any
+// mirror — a host alias, `/<prefix>/v2/` or `/v2/<prefix>/` paths, `?ns=`,
+// bare names under a default prefix — and the front maps each to the
+// backend's name, then rewrites the answer into the client's names:
+// `WWW-Authenticate` (realm, service, scope), upload `Location`, `Link`
+// of tag pages, and the name in tag lists and errors. Blobs and uploads
+// stream through unbuffered. Requests outside the registry API pass on
+// untouched.
+//
+// With token.proxy, the front also serves /_oci/token: token requests
+// are translated to backend names before they reach the backend's token
+// service, so its ACLs are written against backend names only.
+type Front struct {
+	// Mirrors are the prefixes the backend stores mirrored names under,
+	// and how clients reach each. docker.io adds the aliases
+	// registry-1.docker.io and index.docker.io and the library prefix
+	// "library" itself.
+	Mirrors []*FrontMirror `json:"mirrors,omitempty"`
+
+	// LocalPrefixes are name prefixes passed to the backend as typed even
+	// when a mirror is the default ("team" keeps team/app team/app).
+	LocalPrefixes []string `json:"local_prefixes,omitempty"`
+
+	// Token configures challenges and the token proxy. Without it,
+	// challenges keep the backend's realm and service, with scopes in
+	// the client's names.
+	Token *FrontToken `json:"token,omitempty"`
+
+	front  *front.Front
+	logger *zap.Logger
+}
+
+// FrontMirror is one prefix of the backend as clients name it: the name
+// options of oci_registry's mirror, without an upstream (the backend
+// fetches, or holds, the images).
+type FrontMirror struct {
+	// Prefix is the first component of the backend's names in this
+	// namespace, e.g. "docker.io".
+	Prefix string `json:"prefix"`
+
+	// Aliases are other names of the upstream that clients send in `?ns=`
+	// or as a `/<alias>/v2/` path prefix.
+	Aliases []string `json:"aliases,omitempty"`
+
+	// Hosts are request host names whose un-prefixed names belong here
+	// (`docker.mirror.example/v2/debian/...` is docker.io/library/debian).
+	Hosts []string `json:"hosts,omitempty"`
+
+	// Default makes un-prefixed names on any other host belong here, as
+	// Docker's `registry-mirrors` setting needs. At most one mirror is
+	// the default; names under local_prefixes stay as typed.
+	Default bool `json:"default,omitempty"`
+
+	// LibraryPrefix is put before one-component names ("debian" ->
+	// "library/debian"). Default: "library" for docker.io, none otherwise.
+	LibraryPrefix string `json:"library_prefix,omitempty"`
+}
+
+// FrontToken is how the front treats the backend's token auth.
+type FrontToken struct {
+	// Realm is the backend's token service (docker_auth, Harbor's
+	// /service/token), where the token proxy forwards token requests.
+	// Required with Proxy.
+	Realm string `json:"realm,omitempty"`
+
+	// Service, when set, replaces `service` in challenges; by default the
+	// backend's is kept.
+	Service string `json:"service,omitempty"`
+
+	// Proxy points the realm of every challenge at the front's
+	// /_oci/token, which translates each scope from the name the client
+	// typed to the backend's name and forwards to Realm. The token
+	// service's answer passes back unchanged.
+	Proxy bool `json:"proxy,omitempty"`
+
+	// ProxyScheme ("http" or "https") sets the scheme of the proxy's
+	// realm in challenges. By default it follows how the request reached
+	// Caddy; set "https" when Caddy sits behind a TLS-terminating load
+	// balancer.
+	ProxyScheme string `json:"proxy_scheme,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Front) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.oci_front",
+		New: func() caddy.Module { return new(Front) },
+	}
+}
+
+// Provision builds the name mapping and the token proxy. Nothing is
+// contacted.
+func (f *Front) Provision(ctx caddy.Context) error {
+	f.logger = ctx.Logger()
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	cfg.Logger = f.logger
+	f.front, err = front.New(cfg)
+	return err
+}
+
+// config is the front's plain config.
+func (f *Front) config() (front.Config, error) {
+	var cfg front.Config
+	for _, m := range f.Mirrors {
+		if m == nil {
+			return cfg, errors.New("empty mirror")
+		}
+		cfg.Namespaces = append(cfg.Namespaces, authscope.Namespace{
+			Prefix:        m.Prefix,
+			Aliases:       m.Aliases,
+			Hosts:         m.Hosts,
+			Default:       m.Default,
+			LibraryPrefix: m.LibraryPrefix,
+		})
+	}
+	cfg.LocalPrefixes = f.LocalPrefixes
+	if t := f.Token; t != nil {
+		cfg.TokenRealm = t.Realm
+		cfg.ProxyToken = t.Proxy
+		cfg.ProxyScheme = t.ProxyScheme
+		cfg.Service = t.Service
+	}
+	return cfg, nil
+}
+
+// Validate checks the config as Provision builds it.
+func (f *Front) Validate() error {
+	if len(f.Mirrors) == 0 {
+		return errors.New("oci_front needs at least one mirror")
+	}
+	if t := f.Token; t != nil && t.Proxy && t.Realm == "" {
+		return errors.New("token proxy needs the backend's token service as realm")
+	}
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	if _, err := front.New(cfg); err != nil {
+		return fmt.Errorf("oci_front: %w", err)
+	}
+	return nil
+}
+
+// ServeHTTP maps the request to the backend's names and passes it to
+// next with a writer that turns the answer back into the client's names.
+func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return f.front.Serve(w, r, next.ServeHTTP)
+}
+
+// Interface guards
+var (
+	_ caddy.Module                = (*Front)(nil)
+	_ caddy.Provisioner           = (*Front)(nil)
+	_ caddy.Validator             = (*Front)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Front)(nil)
+	_ caddyfile.Unmarshaler       = (*Front)(nil)
+)
