@@ -6,7 +6,7 @@
 // THIS FILE IS THE CONTRACT between cache and its callers (registry,
 // caddymodule): errors, options and the types callers see. The methods are
 // implemented beside it — store.go (Open, Close), blobs.go, repos.go,
-// uploads.go, gc.go — with their documented behaviour; signatures are fixed
+// uploads.go, gc.go, evict.go — with their documented behaviour; signatures are fixed
 // unless changed on purpose by all callers.
 package cache
 
@@ -100,4 +100,36 @@ type GCStats struct {
 	BlobsRemoved   int
 	BytesRemoved   int64
 	UploadsExpired int
+}
+
+// MirrorCache bounds the bytes of mirrored content (evict.go). Content is
+// mirrored when every repository that links it (as blob or manifest) is a
+// mirror's; anything a local repository links is pushed content and is
+// never evicted, nor is a blob held (Store.Hold, an open FillReader) or
+// being filled.
+type MirrorCache struct {
+	// Mirrored reports whether a repository belongs to a mirror. Nil:
+	// nothing is mirrored, nothing is counted or evicted.
+	Mirrored func(repo string) bool
+	// MaxBytes is the limit; above it the least recently used mirrored
+	// content is evicted until 90% of it is left. Zero: unlimited (the
+	// size is still counted for the observer).
+	MaxBytes int64
+	// Observer, if set, sees the size and the evictions.
+	Observer MirrorCacheObserver
+}
+
+// MirrorCacheObserver gets the size of mirrored content whenever it
+// changes and what each eviction pass removed. Calls may come from any
+// goroutine, never while the store holds a lock.
+type MirrorCacheObserver interface {
+	MirrorCacheSize(bytes int64)
+	MirrorEvicted(items int, bytes int64)
+}
+
+// EvictStats reports one eviction pass.
+type EvictStats struct {
+	Size         int64 // mirrored bytes after the pass
+	ItemsEvicted int   // blobs and manifests removed
+	BytesEvicted int64
 }

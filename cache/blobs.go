@@ -139,7 +139,8 @@ func (s *Store) createTemp() (*os.File, error) {
 func (s *Store) install(src string, d Digest) error {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	return s.installLocked(src, d)
+	_, err := s.installLocked(src, d)
+	return err
 }
 
 // touchExisting reports whether blob d is in the store, restarting its
@@ -152,24 +153,25 @@ func (s *Store) touchExisting(d Digest) bool {
 }
 
 // installLocked is install for callers already holding gcMu for reading.
-func (s *Store) installLocked(src string, d Digest) error {
+// created reports whether src became the file (false: d was there).
+func (s *Store) installLocked(src string, d Digest) (created bool, err error) {
 	dst := s.blobPath(d)
 	now := time.Now()
 	if err := os.Chtimes(dst, now, now); err == nil {
 		if err := os.Remove(src); err != nil {
 			s.log.Warn("remove duplicate blob data", zap.String("file", src), zap.Error(err))
 		}
-		return nil
+		return false, nil
 	}
 	dir := filepath.Dir(dst)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("cache: %w", err)
+		return false, fmt.Errorf("cache: %w", err)
 	}
 	if err := os.Rename(src, dst); err != nil {
-		return fmt.Errorf("cache: commit blob: %w", err)
+		return false, fmt.Errorf("cache: commit blob: %w", err)
 	}
 	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("cache: sync blob dir: %w", err)
+		return true, fmt.Errorf("cache: sync blob dir: %w", err)
 	}
-	return nil
+	return true, nil
 }

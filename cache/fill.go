@@ -217,15 +217,20 @@ func (f *Fill) fill(src FillSource) error {
 	}
 	f.s.gcMu.RLock()
 	defer f.s.gcMu.RUnlock()
-	if err := f.s.installLocked(file.Name(), f.d); err != nil {
+	created, err := f.s.installLocked(file.Name(), f.d)
+	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	f.size, f.tmp = n, "" // the file now lives at its digest's place
 	f.mu.Unlock()
+	f.s.mirrorMu.RLock()
+	defer f.s.mirrorMu.RUnlock()
 	if err := f.s.linkBlobLocked(f.repo, f.d); err != nil {
 		// Content is in; the next request links it.
 		f.s.log.Warn("link filled blob", zap.String("repo", f.repo), zap.Error(err))
+	} else if created {
+		f.s.mirrorCommitted(f.repo, f.d, n)
 	}
 	return nil
 }
@@ -288,6 +293,14 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 	if _, err := f.Ready(ctx); err != nil {
 		return nil, err
 	}
+	// Held until Close: eviction never takes a blob someone reads.
+	f.s.hold(f.d)
+	held := true
+	defer func() {
+		if held {
+			f.s.unhold(f.d)
+		}
+	}()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var file *os.File
@@ -310,6 +323,7 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache: open fill: %w", err)
 	}
+	held = false // the reader's now
 	return &FillReader{f: f, ctx: ctx, file: file}, nil
 }
 
@@ -321,6 +335,8 @@ type FillReader struct {
 	file *os.File
 	off  int64
 	err  error // the fill's failure, once seen
+
+	closed bool
 }
 
 // Read implements io.Reader.
@@ -391,5 +407,13 @@ func (r *FillReader) Seek(offset int64, whence int) (int64, error) {
 // not be presented as the whole blob.
 func (r *FillReader) Err() error { return r.err }
 
-// Close releases the reader's file; the fill goes on.
-func (r *FillReader) Close() error { return r.file.Close() }
+// Close releases the reader's file and its hold on the blob; the fill
+// goes on.
+func (r *FillReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	r.f.s.unhold(r.f.d)
+	return r.file.Close()
+}

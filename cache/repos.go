@@ -198,10 +198,13 @@ func (s *Store) PutManifest(repo string, m Manifest, body []byte, tags []string)
 	// Held across write and link so GC cannot take the bytes in between.
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	if err := s.writeSmallBlobLocked(m.Digest, body); err != nil {
+	created, err := s.writeSmallBlobLocked(m.Digest, body)
+	if err != nil {
 		return err
 	}
 	d := m.Digest
+	s.mirrorMu.RLock()
+	defer s.mirrorMu.RUnlock()
 	err = s.update(func(txn *badger.Txn) error {
 		// A re-push with another subject moves the referrer entry.
 		if item, err := txn.Get(manLinkKey(repo, d)); err == nil {
@@ -238,15 +241,18 @@ func (s *Store) PutManifest(repo string, m Manifest, body []byte, tags []string)
 	if err != nil {
 		return fmt.Errorf("cache: put manifest: %w", err)
 	}
+	if created {
+		s.mirrorCommitted(repo, d, int64(len(body)))
+	}
 	return nil
 }
 
 // writeSmallBlobLocked stores already verified bytes as blob d; gcMu is
-// held for reading.
-func (s *Store) writeSmallBlobLocked(d Digest, body []byte) error {
+// held for reading. created reports whether the file is new.
+func (s *Store) writeSmallBlobLocked(d Digest, body []byte) (created bool, err error) {
 	f, err := s.createTemp()
 	if err != nil {
-		return err
+		return false, err
 	}
 	tmp := f.Name()
 	_, err = f.Write(body)
@@ -257,13 +263,13 @@ func (s *Store) writeSmallBlobLocked(d Digest, body []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = s.installLocked(tmp, d)
+		created, err = s.installLocked(tmp, d)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("cache: write manifest: %w", err)
+		return false, fmt.Errorf("cache: write manifest: %w", err)
 	}
-	return nil
+	return created, nil
 }
 
 // GetManifest returns the manifest repo links under digest d, with its
@@ -383,40 +389,43 @@ func (s *Store) DeleteManifest(repo string, d Digest) error {
 	if err := checkDigest(d); err != nil {
 		return fmt.Errorf("%w: %w", ErrManifestUnknown, err)
 	}
-	return s.update(func(txn *badger.Txn) error {
-		m, err := getManifest(txn, repo, d)
+	return s.update(func(txn *badger.Txn) error { return deleteManifestTxn(txn, repo, d) })
+}
+
+// deleteManifestTxn is DeleteManifest within txn (also eviction's).
+func deleteManifestTxn(txn *badger.Txn, repo string, d Digest) error {
+	m, err := getManifest(txn, repo, d)
+	if err != nil {
+		return err
+	}
+	dels := [][]byte{manLinkKey(repo, d), manRevKey(d, repo)}
+	if !m.Subject.IsZero() {
+		dels = append(dels, refKey(repo, m.Subject, d))
+	}
+	want := []byte(d.String())
+	prefix := tagPrefix(repo)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		err := item.Value(func(v []byte) error {
+			if bytes.Equal(v, want) {
+				k := item.KeyCopy(nil)
+				dels = append(dels, k, append([]byte(pTagFetch), k[len(pTag):]...))
+			}
+			return nil
+		})
 		if err != nil {
+			it.Close()
 			return err
 		}
-		dels := [][]byte{manLinkKey(repo, d), manRevKey(d, repo)}
-		if !m.Subject.IsZero() {
-			dels = append(dels, refKey(repo, m.Subject, d))
+	}
+	it.Close()
+	for _, k := range dels {
+		if err := txn.Delete(k); err != nil {
+			return err
 		}
-		want := []byte(d.String())
-		prefix := tagPrefix(repo)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			err := item.Value(func(v []byte) error {
-				if bytes.Equal(v, want) {
-					k := item.KeyCopy(nil)
-					dels = append(dels, k, append([]byte(pTagFetch), k[len(pTag):]...))
-				}
-				return nil
-			})
-			if err != nil {
-				it.Close()
-				return err
-			}
-		}
-		it.Close()
-		for _, k := range dels {
-			if err := txn.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Tags lists repo's tags in lexical order, starting after `last` (empty:

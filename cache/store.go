@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -26,8 +27,8 @@ type Store struct {
 	db         *badger.DB
 	now        func() time.Time // the clock of session times; tests move it
 
-	// gcMu orders blob removal against linking: GC removes a file only
-	// under the write lock after re-checking that nothing links it, and
+	// gcMu orders blob removal against linking: GC and eviction remove a
+	// file only under the write lock after re-checking its links, and
 	// every "the blob exists, now link it" sequence holds the read lock, so
 	// a link never points at a file GC is about to remove.
 	gcMu sync.RWMutex
@@ -42,6 +43,26 @@ type Store struct {
 	fills  map[Digest]*Fill
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// Mirrored content under a limit (evict.go): its configuration, the
+	// running total of its bytes, and the uses and holds of blobs.
+	// mirrorMu orders a commit of mirrored content (link plus the bytes
+	// it adds) against the snapshot a count starts from. evictMu
+	// serialises eviction passes and use flushes. useMu guards pins,
+	// used and evicting; useCond wakes holds waiting out an eviction.
+	mc         atomic.Pointer[MirrorCache]
+	mirrorMu   sync.RWMutex
+	mirrorSize atomic.Int64
+	evictMu    sync.Mutex
+	evictKick  chan struct{}
+	forcePass  atomic.Bool
+	// manualEvict: passes only through EvictMirrored (tests).
+	manualEvict atomic.Bool
+	useMu       sync.Mutex
+	useCond     *sync.Cond
+	pins        map[Digest]int
+	used        map[Digest]int64 // last use, unix ns, since the last flush
+	evicting    map[Digest]bool
 
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -75,7 +96,12 @@ func Open(opts Options) (*Store, error) {
 		fills:      map[Digest]*Fill{},
 		stop:       make(chan struct{}),
 		now:        time.Now,
+		evictKick:  make(chan struct{}, 1),
+		pins:       map[Digest]int{},
+		used:       map[Digest]int64{},
+		evicting:   map[Digest]bool{},
 	}
+	s.useCond = sync.NewCond(&s.useMu)
 	if s.ttl <= 0 {
 		s.ttl = defaultUploadTTL
 	}
@@ -127,6 +153,8 @@ func Open(opts Options) (*Store, error) {
 		s.wg.Add(1)
 		go s.gcLoop(opts.GCInterval)
 	}
+	s.wg.Add(1)
+	go s.mirrorLoop()
 	return s, nil
 }
 
@@ -136,6 +164,9 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.cancel()
 		s.wg.Wait()
+		s.evictMu.Lock()
+		s.flushUse() // uses since the last flush survive the restart
+		s.evictMu.Unlock()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("cache: close metadata: %w", err)
 		}

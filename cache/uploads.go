@@ -413,7 +413,7 @@ func (s *Store) CommitUpload(repo, id string, want Digest) (BlobInfo, error) {
 
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	if err := s.installLocked(s.uploadPath(id), want); err != nil {
+	if _, err := s.installLocked(s.uploadPath(id), want); err != nil {
 		return BlobInfo{}, err
 	}
 	err = s.update(func(txn *badger.Txn) error {

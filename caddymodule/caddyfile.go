@@ -34,6 +34,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	oci_registry [<matcher>] {
 //		storage           <dir>
 //		max_manifest_size <size>      # e.g. 4MiB, 10MB, 4194304
+//		mirror_cache_size <size>      # e.g. 50GiB; 0: no limit
 //		upload_ttl        <duration>
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
@@ -49,7 +50,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
-		case "storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace":
+		case "storage", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace":
 		case "auth":
 			a, err := unmarshalAuth(d)
 			if err != nil {
@@ -72,7 +73,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, upload_ttl, gc_interval, gc_grace, mirror, local)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, gc_interval, gc_grace, mirror, local)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -90,6 +91,12 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_manifest_size %q out of range", arg)
 			}
 			rg.MaxManifestSize = int64(size)
+		case "mirror_cache_size":
+			size, err := humanize.ParseBytes(arg)
+			if err != nil || size > 1<<62 {
+				return d.Errf("parsing mirror_cache_size %q: want a size such as 50GiB", arg)
+			}
+			rg.MirrorCacheSize = int64(size)
 		case "upload_ttl", "gc_grace", "gc_interval":
 			var dur time.Duration
 			if sub == "gc_interval" && arg == "off" {

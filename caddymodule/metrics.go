@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 // collectors are created once per process and registered on the metrics
@@ -25,6 +27,10 @@ var collectors = struct {
 	mirrorBytes    *prometheus.CounterVec
 	upstreamReqs   *prometheus.CounterVec
 	mirrorFillTime *prometheus.HistogramVec
+
+	mirrorCacheBytes   prometheus.Gauge
+	mirrorEvictions    prometheus.Counter
+	mirrorEvictedBytes prometheus.Counter
 }{}
 
 func initCollectors() {
@@ -81,6 +87,32 @@ func initCollectors() {
 		Help:      "Time to fetch one blob from upstream into the store, by registry and result.",
 		Buckets:   prometheus.ExponentialBuckets(0.01, 4, 9),
 	}, []string{"registry", "result"})
+	collectors.mirrorCacheBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: ns,
+		Name:      "mirror_cache_bytes",
+		Help:      "Bytes of mirrored content in the store (what only mirrors hold; mirror_cache_size limits it).",
+	})
+	collectors.mirrorEvictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "mirror_evictions_total",
+		Help:      "Mirrored blobs and manifests evicted to keep the store under mirror_cache_size.",
+	})
+	collectors.mirrorEvictedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "mirror_evicted_bytes_total",
+		Help:      "Bytes of mirrored content evicted to keep the store under mirror_cache_size.",
+	})
+}
+
+// MirrorCacheSize implements cache.MirrorCacheObserver.
+func (*metricsObserver) MirrorCacheSize(n int64) {
+	collectors.mirrorCacheBytes.Set(float64(n))
+}
+
+// MirrorEvicted implements cache.MirrorCacheObserver.
+func (*metricsObserver) MirrorEvicted(items int, n int64) {
+	collectors.mirrorEvictions.Add(float64(items))
+	collectors.mirrorEvictedBytes.Add(float64(n))
 }
 
 // MirrorLookup implements registry.MirrorObserver.
@@ -129,6 +161,7 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.uploads, collectors.uploadBytes,
 		collectors.mirrorLookups, collectors.mirrorBytes,
 		collectors.upstreamReqs, collectors.mirrorFillTime,
+		collectors.mirrorCacheBytes, collectors.mirrorEvictions, collectors.mirrorEvictedBytes,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -160,3 +193,5 @@ func (*metricsObserver) UploadCommitted(size int64) {
 		collectors.uploadBytes.Add(float64(size))
 	}
 }
+
+var _ cache.MirrorCacheObserver = (*metricsObserver)(nil)

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -187,3 +188,18 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 }
 
 func (m *Mirror) String() string { return fmt.Sprintf("mirror %s", m.Prefix) }
+
+// setMirrorCache gives the store the limit of mirrored content and tells
+// it which repositories are mirrors'. The store may be shared (see
+// Storage): the handler built last sets it, as a reload would.
+func (rg *Registry) setMirrorCache(st *cache.Store, h *registry.Handler) {
+	if len(rg.mirrors) == 0 {
+		st.SetMirrorCache(cache.MirrorCache{}) // nothing mirrored, nothing to count
+		return
+	}
+	st.SetMirrorCache(cache.MirrorCache{
+		Mirrored: h.Mirrored,
+		MaxBytes: rg.MirrorCacheSize,
+		Observer: rg.metrics,
+	})
+}

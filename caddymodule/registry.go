@@ -81,6 +81,15 @@ type Registry struct {
 	// local, pushable registry.
 	Mirrors []*Mirror `json:"mirrors,omitempty"`
 
+	// MirrorCacheSize limits the bytes of mirrored content in the storage
+	// (blobs and manifests that only mirrors hold). Past it, what was used
+	// least recently is removed until 90% of the limit is left, and is
+	// fetched again from upstream when next pulled. Pushed content is
+	// never removed, even when a mirror holds the same digest, nor is a
+	// blob being read or fetched. In bytes; the Caddyfile takes sizes
+	// such as 500MiB or 50GB. Default: 0, no limit.
+	MirrorCacheSize int64 `json:"mirror_cache_size,omitempty"`
+
 	// LocalPrefixes are name prefixes that stay in the local registry even
 	// when a mirror is the default namespace ("team" keeps team/app local).
 	LocalPrefixes []string `json:"local_prefixes,omitempty"`
@@ -183,6 +192,9 @@ func (rg *Registry) Validate() error {
 	if rg.MaxManifestSize < 0 {
 		return fmt.Errorf("max_manifest_size must not be negative: %d", rg.MaxManifestSize)
 	}
+	if rg.MirrorCacheSize < 0 {
+		return fmt.Errorf("mirror_cache_size must not be negative: %d", rg.MirrorCacheSize)
+	}
 	if rg.UploadTTL < 0 {
 		return fmt.Errorf("upload_ttl must not be negative: %s", time.Duration(rg.UploadTTL))
 	}
@@ -256,6 +268,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	rg.setMirrorCache(st, h)
 	rg.live.h.Store(h)
 	return h, nil
 }

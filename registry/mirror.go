@@ -208,6 +208,11 @@ func (h *Handler) mirrorFor(internal string) *Mirror {
 	return h.mirrors[ns.Prefix]
 }
 
+// Mirrored reports whether an internal name belongs to a mirror: what
+// only such repositories link is mirrored content, which a size-limited
+// store may evict (cache.MirrorCache).
+func (h *Handler) Mirrored(repo string) bool { return h.mirrorFor(repo) != nil }
+
 // mirrorRoutes are the operations a mirror serves; every other operation
 // on a mirrored name is refused as read-only.
 var mirrorRoutes = map[string]handlerFunc{

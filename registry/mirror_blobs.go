@@ -22,6 +22,10 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		return err
 	}
 	store := h.cfg.Store
+	// Held while this request serves it: a size-limited cache never
+	// evicts a blob someone is reading, and one evicted a moment ago is
+	// simply a miss from here on.
+	defer store.Hold(d)()
 	if f := store.Filling(d); f != nil && f.Verified() {
 		// Its readers may have had every byte before it is committed
 		// and linked; answer after that, as a plain store hit.

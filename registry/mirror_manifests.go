@@ -60,6 +60,7 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 	if err != nil {
 		return err
 	}
+	h.cfg.Store.Touch(res.m.Digest) // its last use, for a size-limited cache
 	hd := w.Header()
 	if res.stale {
 		hd.Set("Warning", staleWarning)
@@ -199,7 +200,9 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 		return mirroredManifest{}, err
 	}
 	if tag != "" {
-		if err := h.cfg.Store.SetTagFetched(rc.name, tag, m.now()); err != nil {
+		// A tag evicted again in between is fetched by the next pull; this
+		// answer is good.
+		if err := h.cfg.Store.SetTagFetched(rc.name, tag, m.now()); err != nil && !errors.Is(err, cache.ErrTagUnknown) {
 			return mirroredManifest{}, err
 		}
 	}
