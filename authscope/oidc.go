@@ -9,9 +9,12 @@ package authscope
 
 import (
 	"context"
+	"crypto"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -58,8 +61,8 @@ func withClient(ctx context.Context, hc *http.Client) context.Context {
 	return ctx
 }
 
-func (c *OIDCClient) discover(ctx context.Context) (*oidc.Provider, error) {
-	return c.provider.get(ctx, c.Issuer, c.HTTPClient)
+func (c *OIDCClient) discover(ctx context.Context) (*discovered, error) {
+	return c.provider.get(ctx, c.Issuer, c.HTTPClient, c.Now)
 }
 
 // retryDiscoveryAfter is how long a failed discovery is remembered, so
@@ -70,34 +73,211 @@ const retryDiscoveryAfter = 10 * time.Second
 // lazyProvider discovers an issuer on first use and keeps the result.
 type lazyProvider struct {
 	mu       sync.Mutex
-	p        *oidc.Provider
+	d        *discovered
 	err      error
 	failedAt time.Time
 }
 
-func (l *lazyProvider) get(ctx context.Context, issuer string, hc *http.Client) (*oidc.Provider, error) {
+// discovered is a provider after discovery: its endpoints, and its
+// signing keys behind a fetch limit.
+type discovered struct {
+	issuer string
+	p      *oidc.Provider
+	keys   *providerKeys
+	algs   []string
+}
+
+// verifier verifies the provider's tokens for config. It stands in for
+// p.Verifier, whose key set fetches the provider's keys again for every
+// token that names an unknown key.
+func (d *discovered) verifier(config *oidc.Config) *oidc.IDTokenVerifier {
+	cfg := *config
+	cfg.SupportedSigningAlgs = d.algs
+	return oidc.NewVerifier(d.issuer, d.keys, &cfg)
+}
+
+func (l *lazyProvider) get(ctx context.Context, issuer string, hc *http.Client, now func() time.Time) (*discovered, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.p != nil {
-		return l.p, nil
+	if l.d != nil {
+		return l.d, nil
 	}
 	if l.err != nil && time.Since(l.failedAt) < retryDiscoveryAfter {
 		return nil, l.err
 	}
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
-	// go-oidc keeps the context for later JWKS fetches without its
-	// cancellation, so the timeout bounds only this discovery.
 	p, err := oidc.NewProvider(withClient(ctx, hc), issuer)
-	if err != nil {
-		l.err, l.failedAt = fmt.Errorf("discovering OIDC issuer %s: %w", issuer, err), time.Now()
-		return nil, l.err
+	if err == nil {
+		var meta struct {
+			JWKSURL string   `json:"jwks_uri"`
+			Algs    []string `json:"id_token_signing_alg_values_supported"`
+		}
+		if err = p.Claims(&meta); err == nil && meta.JWKSURL == "" {
+			err = errors.New("the discovery document has no jwks_uri")
+		}
+		if err == nil {
+			l.d = &discovered{issuer: issuer, p: p, algs: signingAlgs(meta.Algs),
+				keys: &providerKeys{url: meta.JWKSURL, hc: hc, now: now}}
+			l.err = nil
+			return l.d, nil
+		}
 	}
-	l.p, l.err = p, nil
-	return p, nil
+	l.err, l.failedAt = fmt.Errorf("discovering OIDC issuer %s: %w", issuer, err), time.Now()
+	return nil, l.err
 }
 
-func (c *OIDCClient) oauth2Config(p *oidc.Provider) *oauth2.Config {
+// signingAlgs keeps the algorithms of advertised that go-oidc verifies
+// with public keys; none left means go-oidc's default, RS256.
+func signingAlgs(advertised []string) []string {
+	var out []string
+	for _, a := range advertised {
+		switch a {
+		case oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
+			oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA:
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// jwksRefreshEvery is the least time between two fetches of a provider's
+// keys. go-oidc's own key set fetches them again for every token that
+// names an unknown key, and the claims checked before the signature are
+// no secret, so anyone could otherwise make this server hammer the
+// provider's JWKS endpoint with made-up tokens.
+const jwksRefreshEvery = 30 * time.Second
+
+// maxJWKSSize bounds the provider's key set document.
+const maxJWKSSize = 1 << 20
+
+// providerKeys is an oidc.KeySet over the provider's jwks_uri, fetched
+// on first use and again when a token's signature fails, at most once
+// per jwksRefreshEvery (a failed fetch counts).
+type providerKeys struct {
+	url string
+	hc  *http.Client
+	now func() time.Time
+
+	fetchMu sync.Mutex // one fetch at a time
+	mu      sync.Mutex // keys, gen, fetchedAt
+	keys    []crypto.PublicKey
+	gen     int // counts fetch attempts
+	at      time.Time
+}
+
+func (k *providerKeys) clock() time.Time {
+	if k.now != nil {
+		return k.now()
+	}
+	return time.Now()
+}
+
+func (k *providerKeys) snapshot() ([]crypto.PublicKey, int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.keys, k.gen
+}
+
+// VerifySignature implements oidc.KeySet.
+func (k *providerKeys) VerifySignature(ctx context.Context, jwt string) ([]byte, error) {
+	keys, gen := k.snapshot()
+	if len(keys) > 0 {
+		if payload, err := (&oidc.StaticKeySet{PublicKeys: keys}).VerifySignature(ctx, jwt); err == nil {
+			return payload, nil
+		}
+	}
+	fresh, err := k.refresh(ctx, gen)
+	if err != nil {
+		return nil, err
+	}
+	return (&oidc.StaticKeySet{PublicKeys: fresh}).VerifySignature(ctx, jwt)
+}
+
+// refresh fetches the keys again, unless someone did since the caller's
+// snapshot gen (their keys are then the answer) or the last fetch is
+// younger than jwksRefreshEvery.
+func (k *providerKeys) refresh(ctx context.Context, gen int) ([]crypto.PublicKey, error) {
+	k.fetchMu.Lock()
+	defer k.fetchMu.Unlock()
+	k.mu.Lock()
+	keys, cur, at := k.keys, k.gen, k.at
+	k.mu.Unlock()
+	if cur != gen {
+		return keys, nil
+	}
+	if cur > 0 && k.clock().Sub(at) < jwksRefreshEvery {
+		return nil, errors.New("token signed by an unknown key (the provider's keys were fetched moments ago)")
+	}
+	// The fetch outlives a caller that gives up, so that a client that
+	// disconnects does not leave everyone without keys until the next
+	// refresh.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), discoveryTimeout)
+	defer cancel()
+	fresh, err := k.fetch(fctx)
+	k.mu.Lock()
+	k.gen++
+	k.at = k.clock()
+	if err == nil {
+		k.keys = fresh
+	}
+	k.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("fetching the provider's keys: %w", err)
+	}
+	return fresh, nil
+}
+
+// fetch reads the signing keys of the JWK set at k.url; keys for
+// encryption and of unknown types are skipped.
+func (k *providerKeys) fetch(ctx context.Context) ([]crypto.PublicKey, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	hc := k.hc
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", k.url, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxJWKSSize {
+		return nil, fmt.Errorf("%s: key set larger than %d bytes", k.url, maxJWKSSize)
+	}
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(body, &set); err != nil {
+		return nil, fmt.Errorf("%s: %w", k.url, err)
+	}
+	var keys []crypto.PublicKey
+	for _, raw := range set.Keys {
+		var j jwk
+		if json.Unmarshal(raw, &j) != nil || (j.Use != "" && j.Use != "sig") {
+			continue
+		}
+		if pub, err := j.publicKey(); err == nil {
+			keys = append(keys, pub)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s: no signing key", k.url)
+	}
+	return keys, nil
+}
+
+func (c *OIDCClient) oauth2Config(d *discovered) *oauth2.Config {
 	scopes := c.Scopes
 	if len(scopes) == 0 {
 		scopes = DefaultOIDCScopes
@@ -105,7 +285,7 @@ func (c *OIDCClient) oauth2Config(p *oidc.Provider) *oauth2.Config {
 	return &oauth2.Config{
 		ClientID:     c.ClientID,
 		ClientSecret: c.ClientSecret,
-		Endpoint:     p.Endpoint(),
+		Endpoint:     d.p.Endpoint(),
 		RedirectURL:  c.RedirectURL,
 		Scopes:       append([]string{oidc.ScopeOpenID}, scopes...),
 	}
@@ -141,7 +321,7 @@ func (c *OIDCClient) Exchange(ctx context.Context, code, nonce, verifier string)
 	if !ok || raw == "" {
 		return "", nil, fmt.Errorf("%w: the token response has no id_token", errIDToken)
 	}
-	idt, err := p.Verifier(&oidc.Config{ClientID: c.ClientID, Now: c.Now}).Verify(c.ctx(ctx), raw)
+	idt, err := p.verifier(&oidc.Config{ClientID: c.ClientID, Now: c.Now}).Verify(c.ctx(ctx), raw)
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: %w", errIDToken, err)
 	}

@@ -68,11 +68,11 @@ func (v *WorkloadVerifier) ctx(ctx context.Context) context.Context {
 // idVerifier discovers the issuer on first use; a failure is retried
 // later.
 func (v *WorkloadVerifier) idVerifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
-	p, err := v.provider.get(ctx, v.Issuer, v.HTTPClient)
+	p, err := v.provider.get(ctx, v.Issuer, v.HTTPClient, v.Now)
 	if err != nil {
 		return nil, err
 	}
-	v.once.Do(func() { v.verifier = p.Verifier(&oidc.Config{ClientID: v.Audience, Now: v.Now}) })
+	v.once.Do(func() { v.verifier = p.verifier(&oidc.Config{ClientID: v.Audience, Now: v.Now}) })
 	return v.verifier, nil
 }
 

@@ -75,3 +75,45 @@ func TestWorkloadTokens(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkloadUnknownKeysDoNotHammerProvider: the claims checked before
+// the signature are public, so anyone can make tokens that name the
+// issuer and audience and an unknown kid. Each must not make the server
+// fetch the provider's keys again; a rotated key is still picked up once
+// the refresh interval has passed.
+func TestWorkloadUnknownKeysDoNotHammerProvider(t *testing.T) {
+	p := oidctest.New(t, "unused")
+	const aud = "registry.example"
+	clk := newClock()
+	v := &WorkloadVerifier{Issuer: p.Issuer(), Audience: aud, Now: clk.Now}
+	ctx := t.Context()
+	if _, err := v.Verify(ctx, p.Token(aud, map[string]any{"sub": "job"})); err != nil {
+		t.Fatal(err)
+	}
+	other, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := func() map[string]any {
+		return map[string]any{"iss": p.Issuer(), "aud": aud, "sub": "x", "exp": clk.Now().Add(time.Hour).Unix()}
+	}
+	for i := range 20 {
+		forged := oidctest.SignWithKid(other, "made-up-"+string(rune('a'+i)), claims())
+		if _, err := v.Verify(ctx, forged); err == nil {
+			t.Fatal("forged token accepted")
+		}
+	}
+	if _, jwks := p.Fetches(); jwks > 1 {
+		t.Fatalf("20 forged tokens made %d key fetches, want 1 in all", jwks)
+	}
+	// The provider rotates to a new key; past the refresh interval a
+	// token signed by it verifies after one more fetch.
+	p.AddKey("rotated", other)
+	clk.Add(jwksRefreshEvery + time.Second)
+	if _, err := v.Verify(ctx, oidctest.SignWithKid(other, "rotated", claims())); err != nil {
+		t.Fatalf("token of the rotated key: %v", err)
+	}
+	if _, jwks := p.Fetches(); jwks != 2 {
+		t.Fatalf("%d key fetches, want 2", jwks)
+	}
+}

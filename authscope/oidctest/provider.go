@@ -67,6 +67,10 @@ type Provider struct {
 	codes  map[string]grant
 	// Discoveries counts discovery requests.
 	Discoveries int
+	// JWKSFetches counts requests for the signing keys.
+	JWKSFetches int
+	// extra are keys served besides the provider's own, by kid.
+	extra map[string]*rsa.PrivateKey
 }
 
 type grant struct {
@@ -130,12 +134,39 @@ func (p *Provider) discovery(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Provider) jwks(w http.ResponseWriter, r *http.Request) {
-	pub := Key().PublicKey
-	writeJSON(w, map[string]any{"keys": []map[string]any{{
-		"kty": "RSA", "alg": "RS256", "use": "sig", "kid": keyID,
-		"n": base64.RawURLEncoding.EncodeToString(pub.N.Bytes()),
-		"e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes()),
-	}}})
+	jwk := func(kid string, pub *rsa.PublicKey) map[string]any {
+		return map[string]any{
+			"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+			"n": base64.RawURLEncoding.EncodeToString(pub.N.Bytes()),
+			"e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes()),
+		}
+	}
+	keys := []map[string]any{jwk(keyID, &Key().PublicKey)}
+	p.mu.Lock()
+	p.JWKSFetches++
+	for kid, k := range p.extra {
+		keys = append(keys, jwk(kid, &k.PublicKey))
+	}
+	p.mu.Unlock()
+	writeJSON(w, map[string]any{"keys": keys})
+}
+
+// AddKey publishes another signing key under kid, as a provider does
+// when it rotates keys.
+func (p *Provider) AddKey(kid string, k *rsa.PrivateKey) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.extra == nil {
+		p.extra = map[string]*rsa.PrivateKey{}
+	}
+	p.extra[kid] = k
+}
+
+// Fetches returns how many times discovery and the keys were fetched.
+func (p *Provider) Fetches() (discoveries, jwks int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.Discoveries, p.JWKSFetches
 }
 
 // authorize signs the user in without asking and redirects back with a
@@ -234,8 +265,13 @@ func (p *Provider) sign(claims map[string]any, mutate func(map[string]any)) stri
 // SignWith signs claims with another key under the provider's kid: a
 // forged token.
 func SignWith(k *rsa.PrivateKey, claims map[string]any) string {
+	return SignWithKid(k, keyID, claims)
+}
+
+// SignWithKid signs claims with k under kid.
+func SignWithKid(k *rsa.PrivateKey, kid string, claims map[string]any) string {
 	t := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims(claims))
-	t.Header["kid"] = keyID
+	t.Header["kid"] = kid
 	s, err := t.SignedString(k)
 	if err != nil {
 		panic(err)
