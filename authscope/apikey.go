@@ -33,6 +33,10 @@ const (
 	// times a minute is written at most once a minute.
 	apiKeyTouchEvery = time.Minute
 	maxAPIKeyLabel   = 100
+	// MaxAPIKeysPerUser bounds the keys one user holds, expired ones
+	// included (they stay listed until revoked): the store and every
+	// listing would otherwise grow with whatever a signed-in user asks.
+	MaxAPIKeysPerUser = 100
 )
 
 // Errors of API keys.
@@ -84,6 +88,8 @@ type APIKeys struct {
 
 	mu      sync.Mutex
 	touched map[string]time.Time // id -> last write of LastUsed
+
+	createMu sync.Mutex // a user's count and a new key, together
 }
 
 func (k *APIKeys) now() time.Time {
@@ -128,6 +134,13 @@ func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Du
 	secret, err := randomString(32)
 	if err != nil {
 		return "", APIKey{}, err
+	}
+	k.createMu.Lock()
+	defer k.createMu.Unlock()
+	if have, err := k.List(user); err != nil {
+		return "", APIKey{}, err
+	} else if len(have) >= MaxAPIKeysPerUser {
+		return "", APIKey{}, fmt.Errorf("%w: at most %d keys per user; revoke one first", ErrAPIKeyRequest, MaxAPIKeysPerUser)
 	}
 	id := hex.EncodeToString(idRaw)
 	key := APIKeyPrefix + id + "_" + secret

@@ -352,3 +352,27 @@ func otherLast(key string) string {
 	}
 	return key[:len(key)-1] + "A"
 }
+
+// TestAPIKeyLimitPerUser: a signed-in user cannot fill the store with
+// keys (every page load lists them all); other users are not affected.
+func TestAPIKeyLimitPerUser(t *testing.T) {
+	k := &APIKeys{Store: newMemKeys()}
+	for i := range MaxAPIKeysPerUser {
+		if _, _, err := k.Create("alice", nil, "", 0); err != nil {
+			t.Fatalf("key %d: %v", i, err)
+		}
+	}
+	if _, _, err := k.Create("alice", nil, "", 0); !errors.Is(err, ErrAPIKeyRequest) {
+		t.Fatalf("key %d: %v", MaxAPIKeysPerUser+1, err)
+	}
+	if _, _, err := k.Create("bob", nil, "", 0); err != nil {
+		t.Fatalf("another user: %v", err)
+	}
+	list, _ := k.List("alice")
+	if err := k.Revoke("alice", list[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := k.Create("alice", nil, "", 0); err != nil {
+		t.Fatalf("after a revoke: %v", err)
+	}
+}
