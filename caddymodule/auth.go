@@ -262,9 +262,18 @@ func (a *Auth) validate() error {
 			return err
 		}
 	}
-	if a.Workload != nil {
-		if err := a.Workload.validate(); err != nil {
+	if w := a.Workload; w != nil {
+		if err := w.validate(); err != nil {
 			return err
+		}
+		// Tokens are told apart by their issuer and audience only: a
+		// sign-in's ID tokens, or the token service's tokens, must not
+		// pass for a CI job's.
+		if a.OIDC != nil && sameIssuer(w.Issuer, a.OIDC.Issuer) && w.Audience == a.OIDC.ClientID {
+			return errors.New("workload audience must differ from oidc client_id at the same issuer: sign-in ID tokens would pass as workload tokens")
+		}
+		if a.Token != nil && sameIssuer(w.Issuer, a.Token.Issuer) {
+			return errors.New("workload issuer must differ from the token service's issuer")
 		}
 	}
 	if t := a.Token; t != nil {
@@ -279,6 +288,10 @@ func (a *Auth) validate() error {
 		}
 	}
 	return nil
+}
+
+func sameIssuer(a, b string) bool {
+	return strings.TrimSuffix(a, "/") == strings.TrimSuffix(b, "/")
 }
 
 // unmarshalAuth parses an `auth` block:

@@ -83,6 +83,12 @@ func TestOIDCCaddyfile(t *testing.T) {
 		"api keys, no oidc":    {Repositories: anyRead(), APIKeys: &APIKeysConfig{}},
 		"default beyond max":   {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{DefaultTTL: 10, MaxTTL: 5}},
 		"workload without aud": {Repositories: anyRead(), Workload: &Workload{Issuer: "https://forge"}},
+		// The sign-in's ID tokens would pass as workload tokens.
+		"workload aud is the client": {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id/", ClientID: "registry", ExternalURL: "https://r"},
+			Workload: &Workload{Issuer: "https://id", Audience: "registry"}},
+		// Tokens of the token service would be taken for workload tokens.
+		"workload issuer is the token service's": {Repositories: anyRead(), Workload: &Workload{Issuer: "https://auth", Audience: "r"},
+			Token: &TokenAuth{Realm: "https://auth/token", Service: "r", Issuer: "https://auth", JWKS: []string{"k"}}},
 	} {
 		if err := a.validate(); err == nil {
 			t.Errorf("%s: valid", name)
