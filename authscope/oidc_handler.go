@@ -273,14 +273,15 @@ func (s *SignIn) whoami(w http.ResponseWriter, r *http.Request) {
 }
 
 // fail answers an error: JSON for API callers, text otherwise. The
-// reason goes to the log only.
+// reason goes to the log only; the path is logged without its query,
+// which holds the authorization code and state on the callback.
 func (s *SignIn) fail(w http.ResponseWriter, r *http.Request, status int, msg string, reason error) {
 	lvl := s.o.Logger.Info
 	if status >= 500 {
 		lvl = s.o.Logger.Error
 	}
 	lvl("sign-in: "+msg, zap.Int("status", status), zap.Error(reason),
-		zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.String("remote", r.RemoteAddr))
+		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
 	if wantsJSON(r) {
 		writeJSON(w, status, map[string]string{"error": msg})
 		return

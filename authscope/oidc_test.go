@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -14,6 +15,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
 )
@@ -476,6 +480,36 @@ func TestCheckExternalURL(t *testing.T) {
 		secure, _, err := CheckExternalURL(tc.url)
 		if (err == nil) != tc.ok || (tc.ok && secure != tc.secure) {
 			t.Errorf("%s: secure %v, err %v", tc.url, secure, err)
+		}
+	}
+}
+
+// TestSignInLogsNoCode: a refused callback is logged without its query,
+// which holds the authorization code and the state.
+func TestSignInLogsNoCode(t *testing.T) {
+	s := newSite(t, "mallory")
+	core, logs := observer.New(zap.InfoLevel)
+	s.si.o.Logger = zap.New(core)
+	s.p.SetMutate(func(c map[string]any) { c["aud"] = "someone-else" })
+	c := browser(t)
+	var code string
+	c.CheckRedirect = func(r *http.Request, _ []*http.Request) error {
+		if v := r.URL.Query().Get("code"); v != "" {
+			code = v
+		}
+		return nil
+	}
+	if status, _ := s.signIn(t, c); status != http.StatusForbidden || code == "" {
+		t.Fatalf("sign-in: %d, code %q", status, code)
+	}
+	if logs.Len() == 0 {
+		t.Fatal("nothing logged")
+	}
+	for _, e := range logs.All() {
+		for k, v := range e.ContextMap() {
+			if strings.Contains(fmt.Sprint(v), code) {
+				t.Errorf("log %q: field %s holds the code: %v", e.Message, k, v)
+			}
 		}
 	}
 }
