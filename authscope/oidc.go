@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -335,6 +336,15 @@ func (c *OIDCClient) Exchange(ctx context.Context, code, nonce, verifier string)
 	user, groups, err = c.Claims.identity(claims)
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: %w", errIDToken, err)
+	}
+	// A person may not pass for a CI job.
+	if strings.HasPrefix(user, WorkloadPrefix) {
+		return "", nil, fmt.Errorf("%w: user name %q: %q is kept for workload tokens", errIDToken, user, WorkloadPrefix)
+	}
+	for _, g := range groups {
+		if strings.HasPrefix(g, WorkloadPrefix) {
+			return "", nil, fmt.Errorf("%w: group %q: %q is kept for workload tokens", errIDToken, g, WorkloadPrefix)
+		}
 	}
 	return user, groups, nil
 }

@@ -285,6 +285,8 @@ func TestSignInRefusesBadIDTokens(t *testing.T) {
 		{name: "wrong nonce", mutate: func(c map[string]any) { c["nonce"] = "replayed" }},
 		{name: "no nonce", mutate: func(c map[string]any) { delete(c, "nonce") }},
 		{name: "wrong issuer", mutate: func(c map[string]any) { c["iss"] = "https://evil.example" }},
+		{name: "user name of a workload", mutate: func(c map[string]any) { c["preferred_username"] = WorkloadPrefix + "repo:blumeops/app" }},
+		{name: "group of a workload", mutate: func(c map[string]any) { c["groups"] = []string{"devs", WorkloadPrefix + "blumeops"} }},
 		{name: "tampered payload", tamper: func(tok string) string {
 			parts := strings.Split(tok, ".")
 			parts[1] = strings.TrimRight(parts[1], "=") + "x"

@@ -3,8 +3,9 @@ package authscope
 // Workload tokens: OIDC ID tokens that a CI system issues to its jobs
 // (a forge's job token), accepted as bearer tokens or as the password of
 // Basic auth. go-oidc verifies signature (the issuer's JWKS), issuer,
-// audience and expiry; claims map to a user and groups that the access
-// policy then judges like any other identity's.
+// audience and expiry; claims map to a user and groups, both under
+// WorkloadPrefix, that the access policy then judges like any other
+// identity's.
 
 import (
 	"context"
@@ -23,6 +24,15 @@ import (
 // DefaultWorkloadUsernameClaim is the user name of a workload: the
 // subject, which CI systems fill with the repository and ref.
 const DefaultWorkloadUsernameClaim = "sub"
+
+// WorkloadPrefix starts a workload's user name and each of its groups
+// (`workload:repo:org/app:ref:refs/heads/main`, `workload:org`). The
+// values of a CI system's claims are chosen by whoever runs jobs there
+// (an owner's name is any account's; a forge-wide issuer such as GitHub
+// Actions serves every repository on it), so without the prefix a job
+// could take the name of a person, of a config group or of an identity
+// provider's group such as admins. Sign-ins refuse names with it.
+const WorkloadPrefix = "workload:"
 
 // WorkloadVerifier accepts ID tokens of one issuer for one audience.
 type WorkloadVerifier struct {
@@ -98,5 +108,8 @@ func (v *WorkloadVerifier) Verify(ctx context.Context, raw string) (Identity, er
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %w", ErrWorkloadToken, err)
 	}
-	return Identity{User: user, Groups: groups, Method: MethodWorkload}, nil
+	for i := range groups {
+		groups[i] = WorkloadPrefix + groups[i]
+	}
+	return Identity{User: WorkloadPrefix + user, Groups: groups, Method: MethodWorkload}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestWorkloadTokens(t *testing.T) {
 	pol, err := NewPolicy(PolicyConfig{
 		ExternalGroups: true,
 		Repositories: map[string]RepositoryPolicy{
-			"blumeops/**": {Policies: []Grant{{Groups: []string{"blumeops"}, Actions: []string{ActionRead, ActionCreate}}}},
+			"blumeops/**": {Policies: []Grant{{Groups: []string{WorkloadPrefix + "blumeops"}, Actions: []string{ActionRead, ActionCreate}}}},
 		},
 	})
 	if err != nil {
@@ -68,7 +69,7 @@ func TestWorkloadTokens(t *testing.T) {
 				t.Fatalf("want %d, got %v", tc.status, err)
 			}
 			if tc.status == 0 {
-				if id, _ := IdentityOf(r); id.Method != MethodWorkload || id.User != job["sub"] {
+				if id, _ := IdentityOf(r); id.Method != MethodWorkload || id.User != WorkloadPrefix+job["sub"].(string) {
 					t.Fatalf("identity %+v", id)
 				}
 			}
@@ -115,5 +116,68 @@ func TestWorkloadUnknownKeysDoNotHammerProvider(t *testing.T) {
 	}
 	if _, jwks := p.Fetches(); jwks != 2 {
 		t.Fatalf("%d key fetches, want 2", jwks)
+	}
+}
+
+// TestWorkloadNamesApart: whoever runs jobs at the CI system picks the
+// values of its claims (a repository owner is any account's name, a
+// GitHub-style issuer serves the whole forge), so a workload's user name
+// and groups must never equal a person's or an identity provider's
+// group: they carry WorkloadPrefix, and a sign-in may not use it.
+func TestWorkloadNamesApart(t *testing.T) {
+	p := oidctest.New(t, "unused")
+	const aud = "registry.example"
+	pol, err := NewPolicy(PolicyConfig{
+		ExternalGroups: true,
+		Groups:         map[string][]string{"admins": {"root"}},
+		Admin:          &AdminPolicy{Users: []string{"root"}, Groups: []string{"admins"}},
+		Repositories: map[string]RepositoryPolicy{
+			"**":          {Anonymous: []string{ActionRead}},
+			"blumeops/**": {Policies: []Grant{{Groups: []string{WorkloadPrefix + "blumeops"}, Actions: []string{ActionRead, ActionCreate}}}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byOwner, err := NewAuthorizer(Options{Policy: pol, Workload: &WorkloadVerifier{
+		Issuer: p.Issuer(), Audience: aud, Claims: ClaimMapping{Groups: "repository_owner"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byActor, err := NewAuthorizer(Options{Policy: pol, Workload: &WorkloadVerifier{
+		Issuer: p.Issuer(), Audience: aud, Claims: ClaimMapping{Username: "actor", Groups: "repository_owner"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	del := Need{Scopes: []Scope{RepositoryScope("blumeops/app", ScopeDelete)}}
+	push := Need{Scopes: []Scope{RepositoryScope("blumeops/app", ScopePull, ScopePush)}}
+	for _, tc := range []struct {
+		name   string
+		a      *Authorizer
+		claims map[string]any
+		need   Need
+		status int
+	}{
+		{"owner named like the admin group", byOwner, map[string]any{"sub": "repo:admins/x", "repository_owner": "admins"}, del, http.StatusForbidden},
+		{"actor named like the admin user", byActor, map[string]any{"sub": "repo:evil/x", "actor": "root", "repository_owner": "evil"}, del, http.StatusForbidden},
+		{"its own owner's group", byOwner, map[string]any{"sub": "repo:blumeops/app", "repository_owner": "blumeops"}, push, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodDelete, "/v2/blumeops/app/manifests/v1", nil)
+			r.Header.Set("Authorization", "Bearer "+p.Token(aud, tc.claims))
+			r, err := tc.a.Authorize(r, tc.need)
+			var d *Denial
+			switch {
+			case tc.status == 0 && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.status != 0 && (!errors.As(err, &d) || d.Status != tc.status):
+				t.Fatalf("want %d, got %v", tc.status, err)
+			}
+			if id, _ := IdentityOf(r); !strings.HasPrefix(id.User, WorkloadPrefix) {
+				t.Fatalf("identity %+v", id)
+			}
+		})
 	}
 }

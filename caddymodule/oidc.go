@@ -104,12 +104,18 @@ type Workload struct {
 	// their tokens for.
 	Audience string `json:"audience"`
 
-	// UsernameClaim names the workload. Default: sub (e.g.
-	// repo:org/app:ref:refs/heads/main).
+	// UsernameClaim names the workload: its user name is `workload:`
+	// and the claim's value. Default: sub (user
+	// workload:repo:org/app:ref:refs/heads/main).
 	UsernameClaim string `json:"username_claim,omitempty"`
 
-	// GroupsClaim is a claim (a string or a list of strings) whose values
-	// become the workload's groups, e.g. repository_owner. Default: groups.
+	// GroupsClaim is a claim (a string or a list of strings) whose values,
+	// each after `workload:`, become the workload's groups: with
+	// repository_owner, a job of the org blumeops is in the group
+	// workload:blumeops. The prefix keeps the names that anyone running
+	// jobs at the CI system can choose apart from people's and the
+	// identity provider's groups (sign-ins may not use it). Default:
+	// groups.
 	GroupsClaim string `json:"groups_claim,omitempty"`
 }
 

@@ -49,6 +49,7 @@ http://:%s {
 			access blumeops/** {
 				anonymous read
 				group artifact-workloads read create
+				group workload:blumeops read create
 			}
 			oidc {
 				issuer %s
@@ -226,8 +227,9 @@ func TestOIDCAPIKeyPush(t *testing.T) {
 }
 
 // TestOIDCWorkloadPush: a CI job's OIDC token, used as the password,
-// pushes where its repository_owner claim (as a group) may, and nowhere
-// else; a token for another audience is refused.
+// pushes where its repository_owner claim (as the group
+// workload:<owner>) may, and nowhere else; a token for another audience
+// is refused, and an owner named like a people's group is no member of it.
 func TestOIDCWorkloadPush(t *testing.T) {
 	skopeo := tool(t, "skopeo")
 	p := oidctest.New(t, "unused")
@@ -237,7 +239,8 @@ func TestOIDCWorkloadPush(t *testing.T) {
 	env := []string{"REGISTRY_AUTH_FILE=" + filepath.Join(home, "auth.json"), "DOCKER_CONFIG=" + home, "HOME=" + home}
 	img := ociImage(t)
 	src := writeLayout(t, img)
-	job := map[string]any{"sub": "repo:blumeops/app:ref:refs/heads/main", "repository_owner": "artifact-workloads"}
+	job := map[string]any{"sub": "repo:blumeops/app:ref:refs/heads/main", "repository_owner": "blumeops"}
+	squatter := map[string]any{"sub": "repo:artifact-workloads/app:ref:refs/heads/main", "repository_owner": "artifact-workloads"}
 	push := func(token, ref string) []string {
 		return []string{"copy", "--retry-times", "0", "--preserve-digests", "--dest-tls-verify=false",
 			"--dest-creds", "ci:" + token, "oci:" + src, "docker://" + addr + "/" + ref}
@@ -245,6 +248,7 @@ func TestOIDCWorkloadPush(t *testing.T) {
 	run(t, env, skopeo, push(p.Token(workloadAudience, job), "blumeops/job:v1")...)
 	runFail(t, env, skopeo, push(p.Token(workloadAudience, job), "other/job:v1")...)
 	runFail(t, env, skopeo, push(p.Token("someone-else", job), "blumeops/job:v2")...)
+	runFail(t, env, skopeo, push(p.Token(workloadAudience, squatter), "blumeops/job:v3")...)
 }
 
 // TestOIDCPageScreenshot loads the key page in headless Chromium (Debian's
