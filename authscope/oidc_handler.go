@@ -83,19 +83,33 @@ func CheckExternalURL(s string) (secure bool, origin string, err error) {
 	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
 		return false, "", fmt.Errorf("external URL %q: want scheme://host[:port] only", s)
 	}
+	h, port := strings.ToLower(u.Hostname()), u.Port()
 	switch u.Scheme {
 	case "https":
 		secure = true
+		if port == "443" {
+			port = ""
+		}
 	case "http":
-		h := u.Hostname()
 		ip := net.ParseIP(h)
 		if h != "localhost" && (ip == nil || !ip.IsLoopback()) {
 			return false, "", fmt.Errorf("external URL %q: http is allowed only on a loopback host; use https", s)
 		}
+		if port == "80" {
+			port = ""
+		}
 	default:
 		return false, "", fmt.Errorf("external URL %q: scheme must be https (or http on loopback)", s)
 	}
-	return secure, u.Scheme + "://" + u.Host, nil
+	// The origin as browsers send it in Origin: lower-case host, no
+	// default port.
+	host := h
+	if port != "" {
+		host = net.JoinHostPort(h, port)
+	} else if strings.Contains(h, ":") {
+		host = "[" + h + "]"
+	}
+	return secure, u.Scheme + "://" + host, nil
 }
 
 // RedirectURL is the callback to register at the provider.

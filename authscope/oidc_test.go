@@ -484,6 +484,18 @@ func TestCheckExternalURL(t *testing.T) {
 			t.Errorf("%s: secure %v, err %v", tc.url, secure, err)
 		}
 	}
+	// The origin is compared with what browsers send in Origin: host in
+	// lower case, no default port.
+	for url, want := range map[string]string{
+		"https://Registry.Example:443/": "https://registry.example",
+		"https://registry.example:8443": "https://registry.example:8443",
+		"http://LocalHost:80":           "http://localhost",
+		"http://[::1]:5000":             "http://[::1]:5000",
+	} {
+		if _, origin, err := CheckExternalURL(url); err != nil || origin != want {
+			t.Errorf("%s: origin %q, %v; want %q", url, origin, err, want)
+		}
+	}
 }
 
 // TestSignInLogsNoCode: a refused callback is logged without its query,
