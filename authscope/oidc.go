@@ -72,11 +72,15 @@ func (c *OIDCClient) discover(ctx context.Context) (*discovered, error) {
 const retryDiscoveryAfter = 10 * time.Second
 
 // lazyProvider discovers an issuer on first use and keeps the result.
+// One discovery runs at a time, for all callers, and runs to its end
+// even when the caller that started it gives up: a client hanging up
+// must not leave a failure that refuses everyone else.
 type lazyProvider struct {
 	mu       sync.Mutex
 	d        *discovered
 	err      error
 	failedAt time.Time
+	inflight chan struct{} // closed when the running discovery ends
 }
 
 // discovered is a provider after discovery: its endpoints, and its
@@ -99,33 +103,67 @@ func (d *discovered) verifier(config *oidc.Config) *oidc.IDTokenVerifier {
 
 func (l *lazyProvider) get(ctx context.Context, issuer string, hc *http.Client, now func() time.Time) (*discovered, error) {
 	l.mu.Lock()
+	if l.d != nil {
+		defer l.mu.Unlock()
+		return l.d, nil
+	}
+	if l.err != nil && time.Since(l.failedAt) < retryDiscoveryAfter {
+		defer l.mu.Unlock()
+		return nil, l.err
+	}
+	wait := l.inflight
+	if wait == nil {
+		wait = make(chan struct{})
+		l.inflight = wait
+		go l.discover(context.WithoutCancel(ctx), issuer, hc, now, wait)
+	}
+	l.mu.Unlock()
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.d != nil {
 		return l.d, nil
 	}
-	if l.err != nil && time.Since(l.failedAt) < retryDiscoveryAfter {
-		return nil, l.err
-	}
+	return nil, l.err
+}
+
+// discover runs one discovery and closes done.
+func (l *lazyProvider) discover(ctx context.Context, issuer string, hc *http.Client, now func() time.Time, done chan struct{}) {
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
-	p, err := oidc.NewProvider(withClient(ctx, hc), issuer)
-	if err == nil {
-		var meta struct {
-			JWKSURL string   `json:"jwks_uri"`
-			Algs    []string `json:"id_token_signing_alg_values_supported"`
-		}
-		if err = p.Claims(&meta); err == nil && meta.JWKSURL == "" {
-			err = errors.New("the discovery document has no jwks_uri")
-		}
-		if err == nil {
-			l.d = &discovered{issuer: issuer, p: p, algs: signingAlgs(meta.Algs),
-				keys: &providerKeys{url: meta.JWKSURL, hc: hc, now: now}}
-			l.err = nil
-			return l.d, nil
-		}
+	d, err := discover(ctx, issuer, hc, now)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.err, l.failedAt = fmt.Errorf("discovering OIDC issuer %s: %w", issuer, err), time.Now()
+	} else {
+		l.d, l.err = d, nil
 	}
-	l.err, l.failedAt = fmt.Errorf("discovering OIDC issuer %s: %w", issuer, err), time.Now()
-	return nil, l.err
+	l.inflight = nil
+	close(done)
+}
+
+func discover(ctx context.Context, issuer string, hc *http.Client, now func() time.Time) (*discovered, error) {
+	p, err := oidc.NewProvider(withClient(ctx, hc), issuer)
+	if err != nil {
+		return nil, err
+	}
+	var meta struct {
+		JWKSURL string   `json:"jwks_uri"`
+		Algs    []string `json:"id_token_signing_alg_values_supported"`
+	}
+	if err := p.Claims(&meta); err != nil {
+		return nil, err
+	}
+	if meta.JWKSURL == "" {
+		return nil, errors.New("the discovery document has no jwks_uri")
+	}
+	return &discovered{issuer: issuer, p: p, algs: signingAlgs(meta.Algs),
+		keys: &providerKeys{url: meta.JWKSURL, hc: hc, now: now}}, nil
 }
 
 // signingAlgs keeps the algorithms of advertised that go-oidc verifies

@@ -1,6 +1,7 @@
 package authscope
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"errors"
@@ -179,5 +180,24 @@ func TestWorkloadNamesApart(t *testing.T) {
 				t.Fatalf("identity %+v", id)
 			}
 		})
+	}
+}
+
+// TestDiscoveryOutlivesItsCaller: a caller that gives up (a client that
+// hangs up) during the first discovery does not leave a failure that
+// refuses everyone else until the retry interval has passed.
+func TestDiscoveryOutlivesItsCaller(t *testing.T) {
+	p := oidctest.New(t, "unused")
+	const aud = "registry.example"
+	v := &WorkloadVerifier{Issuer: p.Issuer(), Audience: aud}
+	tok := p.Token(aud, map[string]any{"sub": "job"})
+	gone, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, _ = v.Verify(gone, tok)
+	if _, err := v.Verify(t.Context(), tok); err != nil {
+		t.Fatalf("the next caller: %v", err)
+	}
+	if d, _ := p.Fetches(); d != 1 {
+		t.Fatalf("%d discoveries, want 1", d)
 	}
 }
