@@ -33,10 +33,18 @@ func (m ClaimMapping) identity(claims map[string]any) (user string, groups []str
 	if uc == "" {
 		uc = DefaultUsernameClaim
 	}
-	if s, ok := claims[uc].(string); ok && s != "" {
-		user = s
-	} else if s, ok := claims["sub"].(string); ok {
-		user = s
+	// Only a missing or empty claim falls back to sub: a claim of
+	// another type is a provider (or mapping) mistake, not a reason to
+	// read another namespace of names.
+	switch v := claims[uc].(type) {
+	case nil:
+	case string:
+		user = v
+	default:
+		return "", nil, fmt.Errorf("claim %q: not a string", uc)
+	}
+	if user == "" {
+		user, _ = claims["sub"].(string)
 	}
 	if user == "" || strings.ContainsFunc(user, isControl) {
 		return "", nil, fmt.Errorf("no usable user name in claim %q or sub", uc)

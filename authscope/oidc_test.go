@@ -285,6 +285,7 @@ func TestSignInRefusesBadIDTokens(t *testing.T) {
 		{name: "wrong nonce", mutate: func(c map[string]any) { c["nonce"] = "replayed" }},
 		{name: "no nonce", mutate: func(c map[string]any) { delete(c, "nonce") }},
 		{name: "wrong issuer", mutate: func(c map[string]any) { c["iss"] = "https://evil.example" }},
+		{name: "user name not a string", mutate: func(c map[string]any) { c["preferred_username"] = []string{"root"} }},
 		{name: "user name of a workload", mutate: func(c map[string]any) { c["preferred_username"] = WorkloadPrefix + "repo:blumeops/app" }},
 		{name: "group of a workload", mutate: func(c map[string]any) { c["groups"] = []string{"devs", WorkloadPrefix + "blumeops"} }},
 		{name: "tampered payload", tamper: func(tok string) string {
