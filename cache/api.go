@@ -120,8 +120,9 @@ type MirrorCache struct {
 }
 
 // MirrorCacheObserver gets the size of mirrored content whenever it
-// changes and what each eviction pass removed. Calls may come from any
-// goroutine, never while the store holds a lock.
+// changes and what each eviction pass removed. Calls come from any
+// goroutine, some from inside a commit: they must be quick and must not
+// call the store.
 type MirrorCacheObserver interface {
 	MirrorCacheSize(bytes int64)
 	MirrorEvicted(items int, bytes int64)

@@ -343,3 +343,21 @@ func TestMirrorCacheOff(t *testing.T) {
 		t.Fatal("counted without a configuration")
 	}
 }
+
+// BenchmarkHold is what a size limit adds to every mirrored GET: one hold
+// and its release, from many goroutines on few digests (a hot image).
+func BenchmarkHold(b *testing.B) {
+	s := openStore(b, Options{Dir: b.TempDir()})
+	ds := make([]Digest, 8)
+	for i := range ds {
+		ds[i] = digestOf(content(i, 1))
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			release := s.Hold(ds[i%len(ds)])
+			release()
+			i++
+		}
+	})
+}
