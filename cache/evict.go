@@ -50,6 +50,7 @@ const (
 func (s *Store) SetMirrorCache(c MirrorCache) {
 	if c.Mirrored == nil {
 		s.mc.Store(nil)
+		s.mirrorSize.Store(0) // nothing is mirrored any more
 		return
 	}
 	s.mc.Store(&c)
