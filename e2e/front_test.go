@@ -1,14 +1,21 @@
 package e2e
 
 import (
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -25,24 +32,8 @@ import (
 // ways they reach a Docker Hub mirror, and a CI user pushes; every token
 // request must reach the token service in backend names, or it fails.
 func TestFront(t *testing.T) {
-	skopeo := tool(t, "skopeo")
-	issuer := authtest.New(map[string]string{"ci": "ci-pw", "admin": "admin-pw"}, func(user, typ, name string, asked []string) []string {
-		switch {
-		case user == "admin":
-			return asked
-		case typ != "repository":
-			return nil
-		case strings.HasPrefix(name, "docker.io/ci/") && user == "ci":
-			return authtest.GrantIf(asked, "pull", "push")
-		case strings.HasPrefix(name, "docker.io/"):
-			return authtest.GrantIf(asked, "pull")
-		}
-		return nil
-	})
-	// A host name, not 127.0.0.1: go-containerregistry (the seeding
-	// below) refuses realms at loopback addresses.
-	realm := strings.Replace(issuer.Start(t).URL, "127.0.0.1", "localhost", 1) + "/auth"
-
+	tool(t, "skopeo")
+	issuer, realm := frontIssuer(t)
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "token.pem")
 	if err := os.WriteFile(certs, issuer.PublicKeyPEM(), 0o644); err != nil {
@@ -62,12 +53,132 @@ func TestFront(t *testing.T) {
 	}`, strconv.Quote(dataDir), realm, authtest.Service, authtest.IssuerName, strconv.Quote(certs)),
 		http.StatusUnauthorized)
 
+	frontClients(t, issuer, realm, backend.addr)
+}
+
+// TestFrontDistribution is TestFront with the distribution registry (v3,
+// `registry` on PATH, from `go install
+// github.com/distribution/distribution/v3/cmd/registry@v3.0.0`) as the
+// backend: its challenges, absolute upload Locations and error details
+// are the ones nginx setups rewrite by hand. It is skipped when the
+// binary is not installed, even under CADDY_OCI_E2E=1.
+func TestFrontDistribution(t *testing.T) {
+	needBinary(t)
+	tool(t, "skopeo")
+	bin, err := exec.LookPath("registry")
+	if err != nil {
+		t.Skip("distribution's registry binary not installed")
+	}
+	issuer, realm := frontIssuer(t)
+	dir := t.TempDir()
+	// distribution trusts certificates, and matches a token's kid against
+	// their keys' RFC 7638 thumbprints.
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: authtest.IssuerName},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &issuer.Key.PublicKey, issuer.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := filepath.Join(dir, "token.crt")
+	if err := os.WriteFile(certs, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: %s
+http:
+  addr: %s
+auth:
+  token:
+    realm: %s
+    service: %s
+    issuer: %q
+    rootcertbundle: %s
+`, filepath.Join(dir, "data"), addr, realm, authtest.Service, authtest.IssuerName, certs)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := new(syncBuffer)
+	cmd := exec.Command(bin, "serve", cfgPath)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("registry output:\n%s", out.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				break
+			}
+		}
+		select {
+		case <-done:
+			t.Fatalf("registry exited:\n%s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry not ready: %v\n%s", err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	frontClients(t, issuer, realm, addr)
+}
+
+// frontIssuer is a token service that signs as docker_auth does, with
+// ACLs that name backend names only: anyone pulls docker.io/**, ci pushes
+// docker.io/ci/**, admin (the seeding) does everything. realm is its URL
+// with a host name, not 127.0.0.1: go-containerregistry (the seeding)
+// refuses realms at loopback addresses.
+func frontIssuer(t *testing.T) (issuer *authtest.Issuer, realm string) {
+	t.Helper()
+	issuer = authtest.New(map[string]string{"ci": "ci-pw", "admin": "admin-pw"}, func(user, typ, name string, asked []string) []string {
+		switch {
+		case user == "admin":
+			return asked
+		case typ != "repository":
+			return nil
+		case strings.HasPrefix(name, "docker.io/ci/") && user == "ci":
+			return authtest.GrantIf(asked, "pull", "push")
+		case strings.HasPrefix(name, "docker.io/"):
+			return authtest.GrantIf(asked, "pull")
+		}
+		return nil
+	})
+	realm = strings.Replace(issuer.Start(t).URL, "127.0.0.1", "localhost", 1) + "/auth"
+	return issuer, realm
+}
+
+// frontClients seeds the backend at backendAddr (token auth against
+// issuer, whose service is at realm) with docker.io/library/debian, starts
+// the binary as oci_front + reverse_proxy before it, and drives the
+// clients through the front.
+func frontClients(t *testing.T, issuer *authtest.Issuer, realm, backendAddr string) {
+	skopeo := tool(t, "skopeo")
 	// The backend holds what its own mirroring would have fetched.
 	admin := remote.WithAuth(&authn.Basic{Username: "admin", Password: "admin-pw"})
 	want := map[string]string{}
 	for _, tag := range []string{"podman", "skopeo", "bare", "ns", "docker"} {
 		img := platformImage(t)
-		ref, err := name.ParseReference(backend.addr+"/docker.io/library/debian:"+tag, name.Insecure)
+		ref, err := name.ParseReference(backendAddr+"/docker.io/library/debian:"+tag, name.Insecure)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +198,7 @@ func TestFront(t *testing.T) {
 			proxy
 		}
 	}
-	reverse_proxy %s`, realm, backend.addr), http.StatusUnauthorized)
+	reverse_proxy %s`, realm, backendAddr), http.StatusUnauthorized)
 	m := front.localhostAddr()
 	home := t.TempDir()
 	authFile := filepath.Join(home, "auth.json")
@@ -140,7 +251,7 @@ func TestFront(t *testing.T) {
 		runFail(t, env, skopeo, push("ci/tool:v2")...)
 		runFail(t, env, skopeo, push("library/debian:mine", "ci:ci-pw")...)
 		// The backend has it under its own name.
-		ref, _ := name.ParseReference(backend.addr+"/docker.io/ci/tool:v1", name.Insecure)
+		ref, _ := name.ParseReference(backendAddr+"/docker.io/ci/tool:v1", name.Insecure)
 		desc, err := remote.Get(ref, admin)
 		if err != nil {
 			t.Fatalf("backend lacks docker.io/ci/tool:v1: %v", err)
