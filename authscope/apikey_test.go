@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
 )
 
 func TestAPIKeyLifecycle(t *testing.T) {
@@ -374,5 +376,54 @@ func TestAPIKeyLimitPerUser(t *testing.T) {
 	}
 	if _, _, err := k.Create("alice", nil, "", 0); err != nil {
 		t.Fatalf("after a revoke: %v", err)
+	}
+}
+
+// brokenKeys is a key store that cannot be read.
+type brokenKeys struct{ memKeys }
+
+func (*brokenKeys) APIKey(string) ([]byte, error) { return nil, errors.New("disk on fire") }
+
+// TestAuthorizeServerFaults: when the server cannot check credentials
+// (the key store fails, the workload issuer cannot be discovered), the
+// caller is not told its credentials are wrong: Authorize answers an
+// error that is no *Denial, which the registry turns into a 500.
+func TestAuthorizeServerFaults(t *testing.T) {
+	down := oidctest.New(t, "unused")
+	down.Close()
+	pol, err := NewPolicy(PolicyConfig{Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := &APIKeys{Store: newMemKeys()}
+	key, _, err := keys.Create("alice", nil, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys.Store = &brokenKeys{}
+	a, err := NewAuthorizer(Options{Policy: pol, APIKeys: keys, Workload: &WorkloadVerifier{Issuer: down.Issuer(), Audience: "r"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := oidctest.SignWith(oidctest.Key(), map[string]any{"iss": down.Issuer(), "aud": "r", "sub": "x", "exp": time.Now().Add(time.Hour).Unix()})
+	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
+	for name, auth := range map[string]func(*http.Request){
+		"api key":        func(r *http.Request) { r.SetBasicAuth("alice", key) },
+		"workload token": func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+fake) },
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/v2/app/manifests/v1", nil)
+		auth(r)
+		_, err := a.Authorize(r, pull)
+		var d *Denial
+		if err == nil || errors.As(err, &d) {
+			t.Errorf("%s: want a server error, got %v", name, err)
+		}
+	}
+	// A wrong key is still the caller's mistake.
+	r := httptest.NewRequest(http.MethodGet, "/v2/app/manifests/v1", nil)
+	r.SetBasicAuth("alice", "ocik_zzzz")
+	var d *Denial
+	if _, err := a.Authorize(r, pull); !errors.As(err, &d) || d.Status != http.StatusUnauthorized {
+		t.Errorf("malformed key: %v", err)
 	}
 }

@@ -198,10 +198,15 @@ func IdentityOf(r *http.Request) (Identity, bool) {
 }
 
 // Authorize decides r. It returns r with the caller's identity in its
-// context (for CanRead and Audit), or a *Denial.
+// context (for CanRead and Audit), or a *Denial; any other error means
+// the credentials could not be checked here (a server error).
 func (a *Authorizer) Authorize(r *http.Request, need Need) (*http.Request, error) {
 	id, err := a.identify(r)
 	if err != nil {
+		var cf *checkFailed
+		if errors.As(err, &cf) {
+			return r, cf
+		}
 		d := a.deny(r, need, Identity{Method: MethodAnonymous}, err)
 		return r, d
 	}
@@ -298,6 +303,25 @@ func (a *Authorizer) anonymousTotal() bool {
 	return a.o.Token == nil && a.o.Policy.AnonymousTotal()
 }
 
+// checkFailed is credentials this server could not check (the key store
+// failed, the workload issuer cannot be discovered). It is no *Denial:
+// the caller's credentials may be fine, so it is answered as a server
+// error rather than a 401 that sends the client to fix them.
+type checkFailed struct{ err error }
+
+func (e *checkFailed) Error() string { return "checking credentials: " + e.err.Error() }
+func (e *checkFailed) Unwrap() error { return e.err }
+
+// workload verifies a workload token; only a refusal of the token itself
+// is the caller's problem.
+func (a *Authorizer) workload(r *http.Request, raw string) (Identity, error) {
+	id, err := a.o.Workload.Verify(r.Context(), raw)
+	if err != nil && !errors.Is(err, ErrWorkloadToken) && r.Context().Err() == nil {
+		return Identity{}, &checkFailed{err}
+	}
+	return id, err
+}
+
 // identify reads the Authorization header. Bad credentials are an error
 // (after FailDelay for Basic); none are the anonymous identity.
 func (a *Authorizer) identify(r *http.Request) (Identity, error) {
@@ -310,7 +334,7 @@ func (a *Authorizer) identify(r *http.Request) (Identity, error) {
 	switch {
 	case strings.EqualFold(scheme, "Bearer"):
 		if a.o.Workload != nil && a.o.Workload.Mine(cred) {
-			return a.o.Workload.Verify(r.Context(), cred)
+			return a.workload(r, cred)
 		}
 		if a.o.Token == nil {
 			return Identity{}, errors.New("bearer token, but no token service configured")
@@ -342,14 +366,15 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 	case a.o.APIKeys != nil && IsAPIKey(pass):
 		k, err := a.o.APIKeys.Verify(pass)
 		if err != nil {
-			if errors.Is(err, ErrAPIKeyInvalid) {
-				sleepCtx(r.Context(), a.o.FailDelay)
+			if !errors.Is(err, ErrAPIKeyInvalid) {
+				return Identity{}, &checkFailed{err}
 			}
+			sleepCtx(r.Context(), a.o.FailDelay)
 			return Identity{}, err
 		}
 		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):
-		return a.o.Workload.Verify(r.Context(), pass)
+		return a.workload(r, pass)
 	case a.o.Htpasswd == nil:
 		return Identity{}, errors.New("basic credentials, but no htpasswd configured")
 	case !a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay):
