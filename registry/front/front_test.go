@@ -346,7 +346,28 @@ func TestTokenProxyRefusesUntranslatable(t *testing.T) {
 			t.Errorf("%s: status %d, want 400", q, resp.StatusCode)
 		}
 	}
+	// containerd's OAuth2 form, with credentials, is held to the same.
+	form := url.Values{"grant_type": {"password"}, "username": {"ci"}, "password": {"ci-pw"},
+		"service": {"registry.test"}, "scope": {"repository:debian:pull repository:a/../b:pull,push"}}
+	resp, err := http.Post(rg.front.URL+"/_oci/token", "application/x-www-form-urlencoded", strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("POST form with an untranslatable scope: status %d, want 400", resp.StatusCode)
+	}
 	if asked := rg.issuer.ScopesAsked(); len(asked) != 0 {
 		t.Errorf("the token service was asked %q", asked)
+	}
+	// The same form with translatable scopes goes through, translated.
+	form.Set("scope", "repository:debian:pull repository:team/app:pull,push")
+	resp, err = http.Post(rg.front.URL+"/_oci/token", "application/x-www-form-urlencoded", strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if want := []string{"repository:docker.io/library/debian:pull", "repository:team/app:pull,push"}; resp.StatusCode != http.StatusOK || !slices.Equal(rg.issuer.ScopesAsked(), want) {
+		t.Errorf("POST form: %d, issuer asked %q, want %q", resp.StatusCode, rg.issuer.ScopesAsked(), want)
 	}
 }
