@@ -65,6 +65,32 @@ type TokenProxy struct {
 	// timeout.
 	Client *http.Client
 	Logger *zap.Logger
+	// Withhold reports whether a password or token is one of this
+	// server's own credentials (a workload token, say), which the token
+	// service does not know and must never see. API keys are always
+	// withheld.
+	Withhold func(secret string) bool
+}
+
+// errWithheld refuses a token request that carries this server's own
+// credentials.
+var errWithheld = errors.New("credentials for this registry, not for its token service")
+
+const withheldMessage = "API keys and workload tokens are accepted by the registry itself, not by its token service: send them as Basic credentials to /v2/"
+
+// withheld reports whether r or its form carries a credential that must
+// not leave this server.
+func (p *TokenProxy) withheld(r *http.Request, form url.Values) bool {
+	own := func(s string) bool {
+		return s != "" && (IsAPIKey(s) || (p.Withhold != nil && p.Withhold(s)))
+	}
+	if _, pass, ok := r.BasicAuth(); ok && own(pass) {
+		return true
+	}
+	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") && own(strings.TrimSpace(tok)) {
+		return true
+	}
+	return own(form.Get("password")) || own(form.Get("refresh_token"))
 }
 
 var defaultTokenClient = &http.Client{Timeout: 30 * time.Second}
@@ -80,7 +106,11 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			zap.String("uri", r.RequestURI), zap.String("remote", r.RemoteAddr))
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
-		_, _ = fmt.Fprintf(w, `{"errors":[{"code":"%s","message":%q}]}`+"\n", "UNSUPPORTED", msg)
+		code := "UNSUPPORTED"
+		if status == http.StatusUnauthorized {
+			code = "UNAUTHORIZED"
+		}
+		_, _ = fmt.Fprintf(w, `{"errors":[{"code":"%s","message":%q}]}`+"\n", code, msg)
 	}
 	q := r.URL.Query()
 	via := Via{Host: r.Host, NS: q.Get(realmParamNS), PathPrefix: q.Get(realmParamPrefix)}
@@ -125,6 +155,10 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fail(http.StatusBadRequest, "invalid scope", err)
 			return
 		}
+		if p.withheld(r, form) {
+			fail(http.StatusUnauthorized, withheldMessage, errWithheld)
+			return
+		}
 		body = strings.NewReader(form.Encode())
 	default:
 		w.Header().Set("Allow", "GET, POST")
@@ -132,6 +166,10 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if body == nil && p.withheld(r, nil) {
+		fail(http.StatusUnauthorized, withheldMessage, errWithheld)
+		return
+	}
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, up.String(), body)
 	if err != nil {
 		fail(http.StatusInternalServerError, "internal error", err)

@@ -362,3 +362,74 @@ func TestProxyRealmScheme(t *testing.T) {
 		t.Error("proxy scheme ftp accepted")
 	}
 }
+
+// TestTokenProxyWithholdsOwnCredentials: API keys and workload tokens are
+// this server's; whatever way a client sends them to the token proxy, they
+// are refused with 401 and never reach the token service.
+func TestTokenProxyWithholdsOwnCredentials(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL)
+	const workloadToken = "header.workload.sig"
+	p := &TokenProxy{Upstream: u, Names: testNames(t), Withhold: func(s string) bool { return s == workloadToken }}
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	apiKey := APIKeyPrefix + "0123456789abcdef_" + strings.Repeat("A", 43)
+	if !IsAPIKey(apiKey) {
+		t.Fatal("the test's API key lacks the shape of one")
+	}
+	scope := "scope=" + url.QueryEscape("repository:docker.io/library/debian:pull")
+	for name, req := range map[string]func() *http.Request{
+		"API key as the Basic password": func() *http.Request {
+			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+			r.SetBasicAuth("ci", apiKey)
+			return r
+		},
+		"workload token as the Basic password": func() *http.Request {
+			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+			r.SetBasicAuth("ci", workloadToken)
+			return r
+		},
+		"workload token as a bearer token": func() *http.Request {
+			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+			r.Header.Set("Authorization", "Bearer "+workloadToken)
+			return r
+		},
+		"API key in the OAuth2 password form": func() *http.Request {
+			r, _ := http.NewRequest(http.MethodPost, srv.URL+TokenPath, strings.NewReader(
+				"grant_type=password&client_id=containerd&username=ci&password="+url.QueryEscape(apiKey)+"&"+scope))
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			return r
+		},
+		"workload token as a refresh token": func() *http.Request {
+			r, _ := http.NewRequest(http.MethodPost, srv.URL+TokenPath, strings.NewReader(
+				"grant_type=refresh_token&refresh_token="+workloadToken+"&"+scope))
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			return r
+		},
+	} {
+		resp, err := http.DefaultClient.Do(req())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "UNAUTHORIZED") {
+			t.Errorf("%s: %d %s", name, resp.StatusCode, body)
+		}
+	}
+	if got := is.scopesAsked(); len(got) != 0 {
+		t.Errorf("the token service was asked %q", got)
+	}
+	// Other credentials still pass.
+	r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+	r.SetBasicAuth("ci", "ci-pw")
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("htpasswd-style credentials: %d", resp.StatusCode)
+	}
+}

@@ -233,6 +233,10 @@ func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, err
 			Issuer: w.Issuer, Audience: w.Audience,
 			Claims: authscope.ClaimMapping{Username: w.UsernameClaim, Groups: w.GroupsClaim},
 		}
+		if rt.proxy != nil {
+			// Workload tokens are ours: the token service must not see them.
+			rt.proxy.Withhold = o.Workload.Mine
+		}
 	}
 	var err error
 	if rt.authorizer, err = authscope.NewAuthorizer(o); err != nil {
