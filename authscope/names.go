@@ -222,8 +222,12 @@ func (n *Names) selected(typed string, v Via) (*Namespace, error) {
 			}
 		}
 	}
+	// An ns naming this server (containerd pushing to it through a
+	// _default hosts.toml) asks for the local registry, not the default
+	// mirror.
+	ownNS := v.NS != ""
 	for i := range n.spaces {
-		if n.spaces[i].Default && !n.isLocal(typed) {
+		if n.spaces[i].Default && !ownNS && !n.isLocal(typed) {
 			return &n.spaces[i], nil
 		}
 	}

@@ -46,6 +46,10 @@ func TestInternal(t *testing.T) {
 		// ns naming this very server: local
 		{typed: "team/app", via: Via{NS: "reg.example:5000", Host: "reg.example:5000"}, want: "team/app"},
 		{typed: "team/app", via: Via{NS: "reg.example", Host: "reg.example:5000"}, want: "team/app"},
+		// ... even outside the local prefixes, where the default mirror
+		// would otherwise take the name
+		{typed: "someone/tool", via: Via{NS: "reg.example:5000", Host: "reg.example:5000"}, want: "someone/tool"},
+		{typed: "docker.io/library/debian", via: Via{NS: "reg.example:5000", Host: "reg.example:5000"}, want: "docker.io/library/debian"},
 		// Docker registry-mirrors: default namespace
 		{typed: "library/debian", want: "docker.io/library/debian"},
 		{typed: "debian", want: "docker.io/library/debian"},

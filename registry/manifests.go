@@ -179,7 +179,7 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 
 	hd := w.Header()
-	hd.Set("Location", rc.base+"/manifests/"+d.String())
+	hd.Set("Location", rc.url("/manifests/"+d.String()))
 	hd.Set("Docker-Content-Digest", d.String())
 	if !m.Subject.IsZero() {
 		hd.Set("OCI-Subject", m.Subject.String())

@@ -275,9 +275,9 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 		list.Tags = []string{}
 	}
 	if resp.Header.Get("Link") != "" && len(list.Tags) > 0 {
-		setNextLink(w, rc.base+"/tags/list", n, list.Tags[len(list.Tags)-1])
+		setNextLink(w, rc.url("/tags/list"), n, list.Tags[len(list.Tags)-1])
 	}
-	return writeJSON(w, r, "application/json", tagList{Name: rc.name, Tags: list.Tags})
+	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: list.Tags})
 }
 
 // mirrorReferrers passes the referrers index through from upstream; an

@@ -6,9 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -518,6 +521,55 @@ func TestMirrorRetriesAndFailover(t *testing.T) {
 	})
 }
 
+// TestNSKeptInLinks: a request with ns gets Location and Link headers
+// that keep it, so following them resolves the same repository (here the
+// local one: ns names this server), and bodies name the repository as
+// the client typed it.
+func TestNSKeptInLinks(t *testing.T) {
+	env := newMirrorEnv(t)
+	ns := url.Values{"ns": {strings.TrimPrefix(env.srv.URL, "http://")}}.Encode()
+	resp := env.do(http.MethodPost, "/v2/app/blobs/uploads/?"+ns, nil)
+	env.wantStatus(resp, http.StatusAccepted)
+	loc := resp.Header.Get("Location")
+	if !strings.HasPrefix(loc, "/v2/app/blobs/uploads/") || !strings.HasSuffix(loc, "?"+ns) {
+		t.Fatalf("upload Location %q lost ns", loc)
+	}
+	push := func(data []byte) string {
+		d := cache.FromBytes(cache.SHA256, data).String()
+		resp := env.do(http.MethodPost, "/v2/app/blobs/uploads/?"+ns, nil)
+		env.wantStatus(resp, http.StatusAccepted)
+		resp = env.do(http.MethodPut, resp.Header.Get("Location")+"&digest="+d, data)
+		env.wantStatus(resp, http.StatusCreated)
+		if got, want := resp.Header.Get("Location"), "/v2/app/blobs/"+d+"?"+ns; got != want {
+			t.Errorf("blob Location %q, want %q", got, want)
+		}
+		return d
+	}
+	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	man := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[]}`,
+		mtManifest, push(cfg), len(cfg))
+	for _, tag := range []string{"a", "b"} {
+		resp := env.do(http.MethodPut, "/v2/app/manifests/"+tag+"?"+ns, man, "Content-Type", mtManifest)
+		env.wantStatus(resp, http.StatusCreated)
+		if loc := resp.Header.Get("Location"); !strings.HasSuffix(loc, "?"+ns) {
+			t.Errorf("manifest Location %q lost ns", loc)
+		}
+	}
+	// Without ns, /v2/app is the default mirror's docker.io/library/app:
+	// everything went to the local repository.
+	if n := env.up.total(); n != 0 {
+		t.Errorf("the upstream was asked %d times", n)
+	}
+	resp = env.do(http.MethodGet, "/v2/app/tags/list?n=1&"+ns, nil)
+	env.wantStatus(resp, http.StatusOK)
+	if got, want := resp.Header.Get("Link"), `</v2/app/tags/list?`+ns+`&n=1&last=a>; rel="next"`; got != want {
+		t.Errorf("Link %q, want %q", got, want)
+	}
+	if !bytes.Contains(resp.body, []byte(`{"name":"app","tags":["a"]}`)) {
+		t.Errorf("tags: %s", resp.body)
+	}
+}
+
 func TestMirrorTagsAndReferrers(t *testing.T) {
 	env := newMirrorEnv(t)
 	img := randomImage(t, 1024, 1)
@@ -526,7 +578,7 @@ func TestMirrorTagsAndReferrers(t *testing.T) {
 	}
 	resp := env.do(http.MethodGet, "/v2/library/app/tags/list", nil)
 	env.wantStatus(resp, http.StatusOK)
-	if !bytes.Contains(resp.body, []byte(`"tags":["a","b","c"]`)) || !bytes.Contains(resp.body, []byte(`"name":"docker.io/library/app"`)) {
+	if !bytes.Contains(resp.body, []byte(`"tags":["a","b","c"]`)) || !bytes.Contains(resp.body, []byte(`"name":"library/app"`)) {
 		t.Fatalf("tags: %s", resp.body)
 	}
 	dg, _ := img.Digest()

@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -17,6 +18,13 @@ type request struct {
 	// ("/v2/library/debian"), so Location headers point back the way the
 	// client came in.
 	base string
+	// typed is the name as the client typed it, for bodies that name the
+	// repository (tags/list): a client never sees a name it did not type.
+	typed string
+	// nsQuery is the request's `ns` as a query ("ns=docker.io"), or empty,
+	// carried into Location and Link so that following them resolves the
+	// same name.
+	nsQuery string
 	// arg is the last path element: reference, digest or upload id.
 	arg string
 	op  string
@@ -233,7 +241,10 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	}
 	rc.name = internal
 	// The way the client came in, so Location and Link lead back to it.
-	rc.base = t.Base
+	rc.base, rc.typed = t.Base, name
+	if via.NS != "" {
+		rc.nsQuery = url.Values{"ns": {via.NS}}.Encode()
+	}
 	if r, err = h.authorize(r, rc, kind, via); err != nil {
 		return err
 	}
@@ -246,6 +257,15 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 		return fn(h, w, r, rc)
 	}
 	return ep.fn(h, w, r, rc)
+}
+
+// url is a path under the repository as the client named it
+// (rc.base+suffix), with its `ns` kept.
+func (rc *request) url(suffix string) string {
+	if rc.nsQuery == "" {
+		return rc.base + suffix
+	}
+	return rc.base + suffix + "?" + rc.nsQuery
 }
 
 // ping answers the API version check.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -55,9 +56,9 @@ func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, rc *request) 
 		tags = []string{}
 	}
 	if more && len(tags) > 0 {
-		setNextLink(w, rc.base+"/tags/list", n, tags[len(tags)-1])
+		setNextLink(w, rc.url("/tags/list"), n, tags[len(tags)-1])
 	}
-	return writeJSON(w, r, "application/json", tagList{Name: rc.name, Tags: tags})
+	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: tags})
 }
 
 // catalog serves GET /v2/_catalog with n/last paging.
@@ -114,12 +115,17 @@ func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]strin
 
 // setNextLink sets the RFC 5988 Link to the next page, in the form the
 // spec shows: </v2/<name>/tags/list?n=<n>&last=<last>>; rel="next".
+// path may carry a query of its own (`ns`).
 func setNextLink(w http.ResponseWriter, path string, n int, last string) {
 	q := "last=" + url.QueryEscape(last)
 	if n >= 0 {
 		q = "n=" + strconv.Itoa(n) + "&" + q
 	}
-	w.Header().Set("Link", "<"+path+"?"+q+`>; rel="next"`)
+	join := "?"
+	if strings.Contains(path, "?") {
+		join = "&"
+	}
+	w.Header().Set("Link", "<"+path+join+q+`>; rel="next"`)
 }
 
 func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) error {

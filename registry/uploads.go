@@ -267,7 +267,7 @@ func (h *Handler) uploadCommitted(size int64) {
 // blobCreated answers a completed upload or mount.
 func blobCreated(w http.ResponseWriter, rc *request, d cache.Digest) error {
 	hd := w.Header()
-	hd.Set("Location", rc.base+"/blobs/"+d.String())
+	hd.Set("Location", rc.url("/blobs/"+d.String()))
 	hd.Set("Docker-Content-Digest", d.String())
 	hd.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
@@ -289,7 +289,7 @@ func setUploadHeaders(w http.ResponseWriter, rc *request, u cache.Upload, always
 }
 
 func uploadLocation(rc *request, id string) string {
-	return rc.base + "/blobs/uploads/" + id
+	return rc.url("/blobs/uploads/" + id)
 }
 
 func uploadRange(size int64) string {
