@@ -71,13 +71,22 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		}
 		return upstreamError(m, "blob", err)
 	}
-	if size < 0 {
-		// Upstream did not say how long: serve once complete.
+	if size < 0 || r.Header.Get("Range") != "" {
+		// Upstream did not say how long, or the client wants a part:
+		// serve from the store once the whole blob is in and verified.
+		// A whole-blob stream can still end in a broken transfer if the
+		// digest fails; a range that ends early could not, so it must
+		// never carry bytes the digest check has not passed.
 		if err := f.Wait(r.Context()); err != nil {
 			if r.Context().Err() != nil {
 				return nil
 			}
 			return upstreamError(m, "blob", err)
+		}
+		if !started {
+			if err := store.LinkBlob(rc.name, d); err != nil {
+				return errInternal(err)
+			}
 		}
 		return h.serveCachedBlob(w, r, rc)
 	}
@@ -98,13 +107,6 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		}()
 	}
 	setBlobHeaders(w, d)
-	if rh := r.Header.Get("Range"); rh != "" {
-		if _, err := ParseRange(rh, size); err != nil {
-			// Let the stored-blob path answer the odd cases once the
-			// blob is complete; a cold one is simply sent whole.
-			r.Header.Del("Range")
-		}
-	}
 	http.ServeContent(w, r, "", time.Time{}, rd)
 	if rd.Err() != nil {
 		// Headers (and some bytes) are out: the only honest end is a

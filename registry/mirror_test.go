@@ -327,6 +327,25 @@ func TestMirrorRangeOnColdBlob(t *testing.T) {
 	}
 }
 
+// TestMirrorRangeOnColdCorruptBlob: a range of a cold blob whose upstream
+// bytes fail the digest check is never answered with those bytes, and
+// nothing is stored.
+func TestMirrorRangeOnColdCorruptBlob(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 256<<10, 1)
+	env.up.pushImage("library/app", "v1", img)
+	layer, _ := layerOf(t, img)
+	env.up.set(func(u *fakeUpstream) { u.corrupt = true })
+	resp := env.do(http.MethodGet, "/v2/docker.io/library/app/blobs/"+layer, nil, "Range", "bytes=0-99")
+	if resp.StatusCode < 500 {
+		t.Fatalf("a range of a corrupt cold blob: %d, want an upstream error", resp.StatusCode)
+	}
+	d, _ := cache.ParseDigest(layer)
+	if _, err := env.store.StatBlob(d); !errors.Is(err, cache.ErrBlobUnknown) {
+		t.Fatalf("corrupt blob stored: %v", err)
+	}
+}
+
 func TestMirrorTagTTL(t *testing.T) {
 	env := newMirrorEnv(t)
 	img := randomImage(t, 1024, 1)
