@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -126,16 +125,8 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if len(cfg.Upstreams) == 0 {
 		cfg.Upstreams = []string{DefaultUpstream(cfg.Prefix)}
 	}
-	if cfg.Prefix == "docker.io" {
-		for _, a := range []string{"registry-1.docker.io", "index.docker.io"} {
-			if !slices.Contains(cfg.Aliases, a) {
-				cfg.Aliases = append(cfg.Aliases, a)
-			}
-		}
-		if cfg.LibraryPrefix == "" {
-			cfg.LibraryPrefix = "library"
-		}
-	}
+	ns := authscope.Namespace{Prefix: cfg.Prefix, Aliases: cfg.Aliases, LibraryPrefix: cfg.LibraryPrefix}.WithDefaults()
+	cfg.Aliases, cfg.LibraryPrefix = ns.Aliases, ns.LibraryPrefix
 	if cfg.TagTTL <= 0 {
 		cfg.TagTTL = DefaultTagTTL
 	}
