@@ -21,9 +21,9 @@ const appID = "oci"
 // does not touch the stores and works next to a running server that holds
 // their locks.
 type App struct {
-	// stores is appended to while the config is provisioned and read by
+	// starts is appended to while the config is provisioned and run by
 	// Start afterwards; Caddy does both from one goroutine.
-	stores []*sharedStore
+	starts []func() error
 }
 
 // CaddyModule returns the Caddy module information.
@@ -34,15 +34,17 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-func (a *App) add(s *sharedStore) {
-	a.stores = append(a.stores, s)
+// onStart has Start call start, which opens a handler's store (a no-op
+// for a store a previous config opened already) and builds what depends
+// on it.
+func (a *App) onStart(start func() error) {
+	a.starts = append(a.starts, start)
 }
 
-// Start opens every store this config's handlers use (a no-op for stores a
-// previous config opened already).
+// Start runs what the config's handlers asked for.
 func (a *App) Start() error {
-	for _, s := range a.stores {
-		if _, err := s.open(); err != nil {
+	for _, start := range a.starts {
+		if err := start(); err != nil {
 			return err
 		}
 	}

@@ -1,12 +1,17 @@
 package caddymodule
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 func TestMirrorCacheSizeCaddyfile(t *testing.T) {
@@ -58,5 +63,51 @@ func TestMirrorCacheSizeJSON(t *testing.T) {
 	rg.MirrorCacheSize = -1
 	if err := rg.Validate(); err == nil || !strings.Contains(err.Error(), "mirror_cache_size") {
 		t.Fatalf("negative size: %v", err)
+	}
+}
+
+// TestMirrorCacheCountedAtStart: the mirror cache limit and its count
+// apply when Caddy starts the config, not on the first request, so a
+// restart with a lowered limit evicts (and the gauge reads true) at once.
+func TestMirrorCacheCountedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	st, err := cache.Open(cache.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := bytes.Repeat([]byte("m"), 4096)
+	d := cache.FromBytes(cache.SHA256, blob)
+	f, _, err := st.Fill("docker.io/library/x", d, func(context.Context) (io.ReadCloser, int64, error) {
+		return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	addr := freeAddr(t)
+	cfg := strings.Replace(string(config(t, addr, dir, 0)), `"handler":"oci_registry"`,
+		`"handler":"oci_registry","mirror_cache_size":1073741824,"mirrors":[{"prefix":"docker.io","upstreams":["http://127.0.0.1:1"]}]`, 1)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	v, loaded, err := stores.LoadOrNew(dir, nil)
+	if err != nil || !loaded {
+		t.Fatalf("no shared store for %s: %v", dir, err)
+	}
+	defer func() { _, _ = stores.Delete(dir) }()
+	open, err := v.(*sharedStore).open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No request has been made.
+	if got := open.MirrorCacheSize(); got != int64(len(blob)) {
+		t.Fatalf("mirror cache size at start = %d, want %d", got, len(blob))
 	}
 }

@@ -154,13 +154,17 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 			zap.String("storage", rg.dir))
 	}
 
-	// The oci app opens the store when Caddy starts running this config;
+	// The oci app opens the store and builds the handler (which applies
+	// the mirror cache limit) when Caddy starts running this config;
 	// `caddy validate` provisions but never starts apps.
 	app, err := ctx.App(appID)
 	if err != nil {
 		return err
 	}
-	app.(*App).add(rg.store)
+	app.(*App).onStart(func() error {
+		_, err := rg.registryHandler()
+		return err
+	})
 
 	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
 	if err != nil {
