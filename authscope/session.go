@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"strings"
 	"time"
 )
 
@@ -139,6 +140,33 @@ const (
 	sessionCookie = "oci_session"
 	loginCookie   = "oci_login"
 )
+
+// DropSignInCookies removes this server's sign-in cookies from h, for a
+// request that leaves it (a proxied one): a session must never reach
+// another service. Other cookies stay.
+func DropSignInCookies(h http.Header) {
+	if h.Get("Cookie") == "" {
+		return
+	}
+	r := http.Request{Header: h}
+	var keep []string
+	dropped := false
+	for _, c := range r.Cookies() {
+		switch strings.TrimPrefix(c.Name, "__Host-") {
+		case sessionCookie, loginCookie:
+			dropped = true
+		default:
+			keep = append(keep, c.String())
+		}
+	}
+	if !dropped {
+		return
+	}
+	h.Del("Cookie")
+	if len(keep) > 0 {
+		h.Set("Cookie", strings.Join(keep, "; "))
+	}
+}
 
 // set seals v into the cookie base, living until expires.
 func (j cookieJar) set(w http.ResponseWriter, base string, v any, expires time.Time) error {

@@ -137,11 +137,16 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		}
 		// Outside the API, or an endpoint of the backend's own (zot's
 		// /v2/_zot/ext/...): nothing to map.
-		return next(w, r)
+		out := r.Clone(r.Context())
+		authscope.DropSignInCookies(out.Header)
+		return next(w, out)
 	}
 
 	v := &view{front: f, req: r, via: t.Via, kind: t.Kind}
 	br := r.Clone(r.Context())
+	// A sign-in session of this server (oci_registry's OIDC on the same
+	// host) is never the backend's business.
+	authscope.DropSignInCookies(br.Header)
 	q := r.URL.Query()
 	queryChanged := false
 	if q.Has("ns") {

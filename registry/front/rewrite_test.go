@@ -331,3 +331,30 @@ func TestBlobStreams(t *testing.T) {
 		t.Errorf("HEAD: %d, Content-Length %d", resp.StatusCode, resp.ContentLength)
 	}
 }
+
+// TestSignInCookiesStayHome: this server's sign-in cookies never reach the
+// backend, on API paths or others; other cookies do.
+func TestSignInCookiesStayHome(t *testing.T) {
+	f, err := New(Config{Namespaces: []authscope.Namespace{{Prefix: "docker.io"}}, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/v2/docker.io/library/debian/manifests/x", "/v2/", "/index.html"} {
+		var got string
+		next := func(w http.ResponseWriter, r *http.Request) error {
+			got = r.Header.Get("Cookie")
+			return nil
+		}
+		req := httptest.NewRequest(http.MethodGet, target, nil)
+		req.Header.Set("Cookie", "__Host-oci_session=secret; theme=dark; oci_login=x; oci_session=y")
+		if err := f.Serve(httptest.NewRecorder(), req, next); err != nil {
+			t.Fatal(err)
+		}
+		if got != "theme=dark" {
+			t.Errorf("%s: the backend got Cookie %q, want only theme=dark", target, got)
+		}
+		if req.Header.Get("Cookie") == "" {
+			t.Errorf("%s: the client's own request lost its cookies", target)
+		}
+	}
+}
