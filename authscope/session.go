@@ -15,8 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sync"
 	"strings"
+	"sync"
 	"time"
 )
 
