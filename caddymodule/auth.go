@@ -470,61 +470,44 @@ func unmarshalAccess(d *caddyfile.Dispenser) (authscope.RepositoryPolicy, error)
 
 func unmarshalToken(d *caddyfile.Dispenser) (*TokenAuth, error) {
 	t := &TokenAuth{}
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		sub := d.Val()
-		args := d.RemainingArgs()
-		one := func() (string, error) {
-			if len(args) != 1 {
-				return "", d.Errf("%s needs exactly one argument", sub)
-			}
-			return args[0], nil
-		}
+	err := eachSubdirective(d, func(sub string, args []string) error {
 		var err error
 		switch sub {
 		case "realm":
-			t.Realm, err = one()
+			t.Realm, err = oneArg(d, sub, args)
 		case "service":
-			t.Service, err = one()
+			t.Service, err = oneArg(d, sub, args)
 		case "issuer":
-			t.Issuer, err = one()
+			t.Issuer, err = oneArg(d, sub, args)
 		case "trusted_certs":
 			if len(args) == 0 {
-				return nil, d.Err("trusted_certs needs at least one file")
+				return d.Err("trusted_certs needs at least one file")
 			}
 			t.TrustedCerts = append(t.TrustedCerts, args...)
 		case "jwks":
 			if len(args) == 0 {
-				return nil, d.Err("jwks needs at least one file")
+				return d.Err("jwks needs at least one file")
 			}
 			t.JWKS = append(t.JWKS, args...)
 		case "leeway":
 			var v string
-			if v, err = one(); err == nil {
-				dur, perr := caddy.ParseDuration(v)
-				if perr != nil || dur < 0 {
-					return nil, d.Errf("leeway %q: not a duration", v)
-				}
-				t.Leeway = caddy.Duration(dur)
+			if v, err = oneArg(d, sub, args); err == nil {
+				t.Leeway, err = durationArg(d, sub, v)
 			}
 		case "proxy":
 			if len(args) != 0 {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 			t.Proxy = true
 		case "proxy_scheme":
-			if len(args) != 1 || (args[0] != "http" && args[0] != "https") {
-				return nil, d.Errf("proxy_scheme takes one argument: http or https")
-			}
-			t.ProxyScheme = args[0]
+			t.ProxyScheme, err = proxySchemeArg(d, args)
 		default:
-			return nil, d.Errf("unrecognized token subdirective %q (known: realm, service, issuer, trusted_certs, jwks, leeway, proxy, proxy_scheme)", sub)
+			return d.Errf("unrecognized token subdirective %q (known: realm, service, issuer, trusted_certs, jwks, leeway, proxy, proxy_scheme)", sub)
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return t, nil
 }

@@ -123,3 +123,50 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	return nil
 }
+
+// The blocks that take no arguments of their own (token in oci_registry's
+// auth and in oci_front, oidc, api_keys, workload) share the walk below and
+// the same wording for a wrong argument count or a bad duration.
+
+// eachSubdirective refuses arguments on the directive at d's cursor, then
+// calls f with each subdirective of its block and the arguments on that
+// subdirective's line, stopping at the first error f returns.
+func eachSubdirective(d *caddyfile.Dispenser, f func(sub string, args []string) error) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if err := f(sub, d.RemainingArgs()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// oneArg returns the argument of sub, which takes exactly one.
+func oneArg(d *caddyfile.Dispenser, sub string, args []string) (string, error) {
+	if len(args) != 1 {
+		return "", d.Errf("%s needs exactly one argument", sub)
+	}
+	return args[0], nil
+}
+
+// durationArg parses v, the argument of sub, as a duration that is not
+// negative, in caddy.ParseDuration's syntax (so "1d" is a day).
+func durationArg(d *caddyfile.Dispenser, sub, v string) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur < 0 {
+		return 0, d.Errf("%s %q: not a duration", sub, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// proxySchemeArg returns the argument of proxy_scheme (in both token
+// blocks): http or https.
+func proxySchemeArg(d *caddyfile.Dispenser, args []string) (string, error) {
+	if len(args) != 1 || (args[0] != "http" && args[0] != "https") {
+		return "", d.Err("proxy_scheme takes one argument: http or https")
+	}
+	return args[0], nil
+}

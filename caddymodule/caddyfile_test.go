@@ -228,3 +228,44 @@ func TestBuildMirrors(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockArguments pins the wording and the limits that the argument-less
+// blocks (token, oidc, api_keys, workload, oci_front's token) share through
+// eachSubdirective, oneArg, durationArg and proxySchemeArg.
+func TestBlockArguments(t *testing.T) {
+	for _, tc := range []struct{ block, wantErr string }{
+		{"oidc x {\n}", "wrong argument count or unexpected line ending after 'x'"},
+		{"oidc {\nissuer a b\n}", "issuer needs exactly one argument"},
+		{"oidc {\nnope\n}", "nope needs exactly one argument"},
+		{"oidc {\nsession_ttl -1s\n}", `session_ttl "-1s": not a duration`},
+		{"oidc {\nsession_ttl 1d\n}", ""},
+		{"api_keys {\nmax_ttl\n}", "max_ttl needs exactly one argument"},
+		{"api_keys {\ndefault_ttl soon\n}", `default_ttl "soon": not a duration`},
+		{"api_keys {\nmax_ttl 0\n}", ""},
+		{"workload x {\n}", "wrong argument count or unexpected line ending after 'x'"},
+		{"workload {\naudience a b\n}", "audience needs exactly one argument"},
+		{"token {\nrealm\n}", "realm needs exactly one argument"},
+		{"token {\nleeway -5s\n}", `leeway "-5s": not a duration`},
+		{"token {\nproxy_scheme ftp\n}", "proxy_scheme takes one argument: http or https"},
+		{"token {\nproxy_scheme https\n}", ""},
+	} {
+		d := caddyfile.NewTestDispenser("auth {\n" + tc.block + "\n}")
+		d.Next()
+		_, err := unmarshalAuth(d)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%q: err %v, want %q", tc.block, err, tc.wantErr)
+		}
+	}
+	for _, tc := range []struct{ block, wantErr string }{
+		{"token x {\n}", "wrong argument count or unexpected line ending after 'x'"},
+		{"token {\nservice a b\n}", "service needs exactly one argument"},
+		{"token {\nproxy_scheme\n}", "proxy_scheme takes one argument: http or https"},
+		{"token {\nproxy_scheme http\n}", ""},
+	} {
+		var f Front
+		err := f.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oci_front {\n" + tc.block + "\n}"))
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("oci_front %q: err %v, want %q", tc.block, err, tc.wantErr)
+		}
+	}
+}

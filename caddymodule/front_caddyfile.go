@@ -114,35 +114,27 @@ func unmarshalFrontMirror(d *caddyfile.Dispenser) (*FrontMirror, error) {
 
 func unmarshalFrontToken(d *caddyfile.Dispenser) (*FrontToken, error) {
 	t := &FrontToken{}
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		sub := d.Val()
-		args := d.RemainingArgs()
+	err := eachSubdirective(d, func(sub string, args []string) error {
+		var err error
 		switch sub {
-		case "realm", "service":
-			if len(args) != 1 {
-				return nil, d.Errf("%s needs exactly one argument", sub)
-			}
-			if sub == "realm" {
-				t.Realm = args[0]
-			} else {
-				t.Service = args[0]
-			}
+		case "realm":
+			t.Realm, err = oneArg(d, sub, args)
+		case "service":
+			t.Service, err = oneArg(d, sub, args)
 		case "proxy":
 			if len(args) != 0 {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 			t.Proxy = true
 		case "proxy_scheme":
-			if len(args) != 1 || (args[0] != "http" && args[0] != "https") {
-				return nil, d.Err("proxy_scheme takes one argument: http or https")
-			}
-			t.ProxyScheme = args[0]
+			t.ProxyScheme, err = proxySchemeArg(d, args)
 		default:
-			return nil, d.Errf("unrecognized token subdirective %q in oci_front (known: realm, service, proxy, proxy_scheme)", sub)
+			return d.Errf("unrecognized token subdirective %q in oci_front (known: realm, service, proxy, proxy_scheme)", sub)
 		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return t, nil
 }

@@ -302,23 +302,18 @@ func (f storeKeys) APIKeys() ([][]byte, error) {
 //	}
 func unmarshalOIDC(d *caddyfile.Dispenser) (*OIDC, error) {
 	o := &OIDC{}
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		sub := d.Val()
-		args := d.RemainingArgs()
+	err := eachSubdirective(d, func(sub string, args []string) error {
 		if sub == "scopes" {
 			if len(args) == 0 {
-				return nil, d.Err("scopes needs at least one scope")
+				return d.Err("scopes needs at least one scope")
 			}
 			o.Scopes = append(o.Scopes, args...)
-			continue
+			return nil
 		}
-		if len(args) != 1 {
-			return nil, d.Errf("%s needs exactly one argument", sub)
+		v, err := oneArg(d, sub, args)
+		if err != nil {
+			return err
 		}
-		v := args[0]
 		switch sub {
 		case "issuer":
 			o.Issuer = v
@@ -339,14 +334,14 @@ func unmarshalOIDC(d *caddyfile.Dispenser) (*OIDC, error) {
 		case "session_key_file":
 			o.SessionKeyFile = v
 		case "session_ttl":
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur < 0 {
-				return nil, d.Errf("session_ttl %q: not a duration", v)
-			}
-			o.SessionTTL = caddy.Duration(dur)
+			o.SessionTTL, err = durationArg(d, sub, v)
 		default:
-			return nil, d.Errf("unrecognized oidc subdirective %q (known: issuer, client_id, client_secret, client_secret_file, scopes, external_url, username_claim, groups_claim, session_key, session_key_file, session_ttl)", sub)
+			return d.Errf("unrecognized oidc subdirective %q (known: issuer, client_id, client_secret, client_secret_file, scopes, external_url, username_claim, groups_claim, session_key, session_key_file, session_ttl)", sub)
 		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -359,27 +354,27 @@ func unmarshalOIDC(d *caddyfile.Dispenser) (*OIDC, error) {
 //	}
 func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 	k := &APIKeysConfig{}
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		sub := d.Val()
-		var v string
-		if !d.AllArgs(&v) {
-			return nil, d.Errf("%s needs exactly one argument", sub)
+	err := eachSubdirective(d, func(sub string, args []string) error {
+		v, err := oneArg(d, sub, args)
+		if err != nil {
+			return err
 		}
-		dur, err := caddy.ParseDuration(v)
-		if err != nil || dur < 0 {
-			return nil, d.Errf("%s %q: not a duration", sub, v)
+		dur, err := durationArg(d, sub, v)
+		if err != nil {
+			return err
 		}
 		switch sub {
 		case "default_ttl":
-			k.DefaultTTL = caddy.Duration(dur)
+			k.DefaultTTL = dur
 		case "max_ttl":
-			k.MaxTTL = caddy.Duration(dur)
+			k.MaxTTL = dur
 		default:
-			return nil, d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl)", sub)
+			return d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl)", sub)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return k, nil
 }
@@ -394,14 +389,10 @@ func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 //	}
 func unmarshalWorkload(d *caddyfile.Dispenser) (*Workload, error) {
 	w := &Workload{}
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		sub := d.Val()
-		var v string
-		if !d.AllArgs(&v) {
-			return nil, d.Errf("%s needs exactly one argument", sub)
+	err := eachSubdirective(d, func(sub string, args []string) error {
+		v, err := oneArg(d, sub, args)
+		if err != nil {
+			return err
 		}
 		switch sub {
 		case "issuer":
@@ -413,8 +404,12 @@ func unmarshalWorkload(d *caddyfile.Dispenser) (*Workload, error) {
 		case "groups_claim":
 			w.GroupsClaim = v
 		default:
-			return nil, d.Errf("unrecognized workload subdirective %q (known: issuer, audience, username_claim, groups_claim)", sub)
+			return d.Errf("unrecognized workload subdirective %q (known: issuer, audience, username_claim, groups_claim)", sub)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return w, nil
 }
