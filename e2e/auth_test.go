@@ -95,16 +95,8 @@ func TestAuth(t *testing.T) {
 	home := t.TempDir()
 	env := []string{"REGISTRY_AUTH_FILE=" + filepath.Join(home, "auth.json"), "DOCKER_CONFIG=" + home, "HOME=" + home}
 
-	newLayout := func() (dir, digest string) {
-		img := ociImage(t)
-		d, err := img.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writeLayout(t, img), d.String()
-	}
-	first, firstDigest := newLayout()
-	second, secondDigest := newLayout()
+	first, firstDigest := newLayout(t)
+	second, secondDigest := newLayout(t)
 
 	push := func(src, ref string, creds ...string) []string {
 		args := []string{"copy", "--retry-times", "0", "--preserve-digests", "--dest-tls-verify=false"}

@@ -66,6 +66,18 @@ func writeLayout(t *testing.T, img v1.Image) string {
 	return dir
 }
 
+// newLayout writes a fresh ociImage to a new OCI image layout and
+// returns the layout's folder and the image's manifest digest.
+func newLayout(t *testing.T) (dir, digest string) {
+	t.Helper()
+	img := ociImage(t)
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeLayout(t, img), d.String()
+}
+
 // layoutDigest reads the manifest digest an OCI image layout holds.
 func layoutDigest(t *testing.T, dir string) string {
 	t.Helper()

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -216,6 +217,32 @@ func podmanBase(t *testing.T) []string {
 	root := shortTempDir(t)
 	return []string{"--storage-driver", "vfs", "--root", filepath.Join(root, "root"),
 		"--runroot", filepath.Join(root, "run"), "--cgroup-manager=cgroupfs", "--events-backend=file"}
+}
+
+// podmanMirrorPull pulls ref, a docker.io name, with a podman of its own
+// (podmanBase) whose registries.conf puts mirrorAddr/docker.io in front of
+// docker.io, and returns the digest podman recorded for it. Podman tries
+// the mirror first; with no internet the real docker.io fails, so a pull
+// that succeeds came from the mirror.
+func podmanMirrorPull(t *testing.T, env []string, mirrorAddr, ref string) string {
+	t.Helper()
+	podman := tool(t, "podman")
+	conf := filepath.Join(t.TempDir(), "registries.conf")
+	regConf := fmt.Sprintf(`[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "%s/docker.io"
+insecure = true
+`, mirrorAddr)
+	if err := os.WriteFile(conf, []byte(regConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env = append(slices.Clone(env), "CONTAINERS_REGISTRIES_CONF="+conf)
+	base := podmanBase(t)
+	run(t, env, podman, append(base, "pull", ref)...)
+	return strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", ref)...))
 }
 
 // pull pulls ref with the docker client and returns the digest Docker

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -206,18 +205,7 @@ func frontClients(t *testing.T, issuer *authtest.Issuer, realm, backendAddr stri
 	seeded := len(issuer.ScopesAsked())
 
 	t.Run("podman through a registries.conf mirror", func(t *testing.T) {
-		podman := tool(t, "podman")
-		conf := filepath.Join(t.TempDir(), "registries.conf")
-		regConf := fmt.Sprintf("[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\n[[registry.mirror]]\nlocation = \"%s/docker.io\"\ninsecure = true\n", m)
-		if err := os.WriteFile(conf, []byte(regConf), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		penv := append(slices.Clone(env), "CONTAINERS_REGISTRIES_CONF="+conf)
-		base := podmanBase(t)
-		const ref = "docker.io/library/debian:podman"
-		run(t, penv, podman, append(base, "pull", ref)...)
-		got := strings.TrimSpace(run(t, penv, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", ref)...))
-		if got != want["podman"] {
+		if got := podmanMirrorPull(t, env, m, "docker.io/library/debian:podman"); got != want["podman"] {
 			t.Errorf("podman pulled %s, want %s", got, want["podman"])
 		}
 	})

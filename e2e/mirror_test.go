@@ -6,7 +6,6 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -116,28 +115,7 @@ func TestMirror(t *testing.T) {
 	})
 
 	t.Run("podman", func(t *testing.T) {
-		podman := tool(t, "podman")
-		root := t.TempDir()
-		conf := filepath.Join(root, "registries.conf")
-		// Podman tries the mirror first; with no internet the real
-		// docker.io fails, so a pull that succeeds came from the mirror.
-		regConf := fmt.Sprintf(`[[registry]]
-prefix = "docker.io"
-location = "docker.io"
-
-[[registry.mirror]]
-location = "%s/docker.io"
-insecure = true
-`, mirrorAddr)
-		if err := os.WriteFile(conf, []byte(regConf), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		env := []string{"CONTAINERS_REGISTRIES_CONF=" + conf}
-		base := podmanBase(t)
-		const podmanRef = "docker.io/library/app:v1"
-		run(t, env, podman, append(base, "pull", podmanRef)...)
-		got := strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", podmanRef)...))
-		if got != want.String() {
+		if got := podmanMirrorPull(t, nil, mirrorAddr, "docker.io/library/app:v1"); got != want.String() {
 			t.Errorf("podman pulled %s, want %s", got, want)
 		}
 	})

@@ -171,16 +171,8 @@ func TestOIDCAPIKeyPush(t *testing.T) {
 	addr := s.localhostAddr()
 	home := t.TempDir()
 	env := []string{"REGISTRY_AUTH_FILE=" + filepath.Join(home, "auth.json"), "DOCKER_CONFIG=" + home, "HOME=" + home}
-	newLayout := func() (dir, digest string) {
-		img := ociImage(t)
-		d, err := img.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writeLayout(t, img), d.String()
-	}
-	first, firstDigest := newLayout()
-	second, _ := newLayout()
+	first, firstDigest := newLayout(t)
+	second, _ := newLayout(t)
 	creds := "ci-bot:" + created.Key
 	push := func(src, ref string) []string {
 		return []string{"copy", "--retry-times", "0", "--preserve-digests", "--dest-tls-verify=false",

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -109,18 +108,7 @@ func TestTokenAuth(t *testing.T) {
 		}
 	})
 	t.Run("mirror by prefix with podman", func(t *testing.T) {
-		podman := tool(t, "podman")
-		conf := filepath.Join(t.TempDir(), "registries.conf")
-		regConf := fmt.Sprintf("[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\n[[registry.mirror]]\nlocation = \"%s/docker.io\"\ninsecure = true\n", m)
-		if err := os.WriteFile(conf, []byte(regConf), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		penv := append(slices.Clone(env), "CONTAINERS_REGISTRIES_CONF="+conf)
-		base := podmanBase(t)
-		const ref = "docker.io/library/app:podman"
-		run(t, penv, podman, append(base, "pull", ref)...)
-		got := strings.TrimSpace(run(t, penv, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", ref)...))
-		if got != wantHub["podman"] {
+		if got := podmanMirrorPull(t, env, m, "docker.io/library/app:podman"); got != wantHub["podman"] {
 			t.Errorf("podman pulled %s, want %s", got, wantHub["podman"])
 		}
 	})
