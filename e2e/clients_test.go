@@ -204,17 +204,12 @@ func TestClients(t *testing.T) {
 	})
 
 	t.Run("podman", func(t *testing.T) {
-		podman := tool(t, "podman")
-		root := t.TempDir()
-		conf := filepath.Join(root, "registries.conf")
+		// An empty registries.conf: no mirrors, no search registries.
+		conf := filepath.Join(t.TempDir(), "registries.conf")
 		if err := os.WriteFile(conf, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		env := []string{"CONTAINERS_REGISTRIES_CONF=" + conf}
-		base := []string{"--storage-driver", "vfs", "--root", filepath.Join(root, "root"),
-			"--runroot", filepath.Join(root, "runroot"), "--cgroup-manager=cgroupfs", "--events-backend=file"}
-		run(t, env, podman, append(base, "pull", "--tls-verify=false", ref)...)
-		got := strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", ref)...))
+		got := podmanPull(t, []string{"CONTAINERS_REGISTRIES_CONF=" + conf}, ref, "--tls-verify=false")
 		if got != want.String() {
 			t.Errorf("podman pulled %s, want %s", got, want)
 		}

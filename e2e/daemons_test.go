@@ -226,7 +226,6 @@ func podmanBase(t *testing.T) []string {
 // that succeeds came from the mirror.
 func podmanMirrorPull(t *testing.T, env []string, mirrorAddr, ref string) string {
 	t.Helper()
-	podman := tool(t, "podman")
 	conf := filepath.Join(t.TempDir(), "registries.conf")
 	regConf := fmt.Sprintf(`[[registry]]
 prefix = "docker.io"
@@ -239,9 +238,16 @@ insecure = true
 	if err := os.WriteFile(conf, []byte(regConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env = append(slices.Clone(env), "CONTAINERS_REGISTRIES_CONF="+conf)
+	return podmanPull(t, append(slices.Clone(env), "CONTAINERS_REGISTRIES_CONF="+conf), ref)
+}
+
+// podmanPull pulls ref with a podman of its own, with extra pull flags,
+// and returns the digest podman recorded.
+func podmanPull(t *testing.T, env []string, ref string, flags ...string) string {
+	t.Helper()
+	podman := tool(t, "podman")
 	base := podmanBase(t)
-	run(t, env, podman, append(base, "pull", ref)...)
+	run(t, env, podman, append(append(append(base, "pull"), flags...), ref)...)
 	return strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", ref)...))
 }
 

@@ -33,23 +33,13 @@ import (
 func TestFront(t *testing.T) {
 	tool(t, "skopeo")
 	issuer, realm := frontIssuer(t)
-	dir := t.TempDir()
-	certs := filepath.Join(dir, "token.pem")
-	if err := os.WriteFile(certs, issuer.PublicKeyPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(dir, "backend")
+	dataDir := t.TempDir()
 	backend := siteServer(t, dataDir, fmt.Sprintf(`	oci_registry {
 		storage %s
 		auth {
-			token {
-				realm %s
-				service %s
-				issuer %q
-				trusted_certs %s
-			}
+%s
 		}
-	}`, strconv.Quote(dataDir), realm, authtest.Service, authtest.IssuerName, strconv.Quote(certs)),
+	}`, strconv.Quote(dataDir), tokenBlock(t, issuer, realm)),
 		http.StatusUnauthorized)
 
 	frontClients(t, issuer, realm, backend.addr)

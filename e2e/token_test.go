@@ -12,6 +12,20 @@ import (
 	"github.com/caddy-oci/caddy-oci/authscope/authtest"
 )
 
+// tokenBlock is the Caddyfile `token` block that trusts issuer, whose
+// URL is realm, with extra lines (e.g. "proxy") inside it. It writes the
+// issuer's public key to a file for trusted_certs.
+func tokenBlock(t *testing.T, issuer *authtest.Issuer, realm string, extra ...string) string {
+	t.Helper()
+	certs := filepath.Join(t.TempDir(), "token.pem")
+	if err := os.WriteFile(certs, issuer.PublicKeyPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lines := []string{"realm " + realm, "service " + authtest.Service,
+		"issuer " + strconv.Quote(authtest.IssuerName), "trusted_certs " + strconv.Quote(certs)}
+	return "\t\t\ttoken {\n\t\t\t\t" + strings.Join(append(lines, extra...), "\n\t\t\t\t") + "\n\t\t\t}"
+}
+
 // TestTokenAuth runs the binary with Docker token auth and the token proxy
 // in front of a token service that signs as docker_auth does and whose
 // ACLs name internal names only: anyone may pull docker.io/** and ci/**,
@@ -40,12 +54,7 @@ func TestTokenAuth(t *testing.T) {
 		wantHub[tag] = hub.push(t, "library/app:"+tag, platformImage(t))
 	}
 
-	dir := t.TempDir()
-	certs := filepath.Join(dir, "token.pem")
-	if err := os.WriteFile(certs, issuer.PublicKeyPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(dir, "data")
+	dataDir := t.TempDir()
 	s := siteServer(t, dataDir, fmt.Sprintf(`	oci_registry {
 		storage %s
 		mirror docker.io {
@@ -54,15 +63,9 @@ func TestTokenAuth(t *testing.T) {
 		}
 		local ci
 		auth {
-			token {
-				realm %s
-				service %s
-				issuer %q
-				trusted_certs %s
-				proxy
-			}
+%s
 		}
-	}`, strconv.Quote(dataDir), hub.URL, issuerSrv.URL, authtest.Service, authtest.IssuerName, strconv.Quote(certs)),
+	}`, strconv.Quote(dataDir), hub.URL, tokenBlock(t, issuer, issuerSrv.URL, "proxy")),
 		http.StatusUnauthorized)
 	m := s.localhostAddr()
 	home := t.TempDir()
@@ -99,11 +102,7 @@ func TestTokenAuth(t *testing.T) {
 		runFail(t, env, skopeo, push("docker.io/library/app:mine", "ci:ci-pw")...)
 	})
 	t.Run("anonymous pull with podman", func(t *testing.T) {
-		podman := tool(t, "podman")
-		base := podmanBase(t)
-		run(t, env, podman, append(base, "pull", "--tls-verify=false", m+"/ci/app:v1")...)
-		got := strings.TrimSpace(run(t, env, podman, append(base, "image", "inspect", "--format", "{{.Digest}}", m+"/ci/app:v1")...))
-		if got != ciDigest {
+		if got := podmanPull(t, env, m+"/ci/app:v1", "--tls-verify=false"); got != ciDigest {
 			t.Errorf("podman pulled %s, want %s", got, ciDigest)
 		}
 	})
