@@ -33,10 +33,13 @@ const (
 	// times a minute is written at most once a minute.
 	apiKeyTouchEvery = time.Minute
 	maxAPIKeyLabel   = 100
-	// MaxAPIKeysPerUser bounds the keys one user holds, expired ones
-	// included (they stay listed until revoked): the store and every
-	// listing would otherwise grow with whatever a signed-in user asks.
+	// MaxAPIKeysPerUser bounds the keys one user holds, recently expired
+	// ones included: the store and every listing would otherwise grow
+	// with whatever a signed-in user asks.
 	MaxAPIKeysPerUser = 100
+	// APIKeyKeepExpired is how long an expired key stays listed (so its
+	// owner can see why a CI job stopped working) before it is removed.
+	APIKeyKeepExpired = 30 * 24 * time.Hour
 )
 
 // Errors of API keys.
@@ -213,18 +216,29 @@ func (k *APIKeys) touch(id string, now time.Time) {
 	})
 }
 
-// List returns user's keys, newest first, expired ones included.
+// List returns user's keys, newest first, expired ones included until
+// APIKeyKeepExpired has passed; older ones are removed on the way.
 func (k *APIKeys) List(user string) ([]APIKey, error) {
 	all, err := k.Store.APIKeys()
 	if err != nil {
 		return nil, fmt.Errorf("listing API keys: %w", err)
 	}
+	now := k.now()
 	var out []APIKey
 	for _, b := range all {
 		var rec APIKey
-		if json.Unmarshal(b, &rec) == nil && rec.User == user {
-			out = append(out, rec)
+		if json.Unmarshal(b, &rec) != nil || rec.User != user {
+			continue
 		}
+		if now.Sub(rec.Expires) > APIKeyKeepExpired {
+			// Best effort: a key left behind is refused anyway, and the
+			// next listing tries again.
+			if k.Store.DeleteAPIKey(rec.ID) == nil {
+				k.forget(rec.ID)
+			}
+			continue
+		}
+		out = append(out, rec)
 	}
 	slices.SortFunc(out, func(a, b APIKey) int { return b.Created.Compare(a.Created) })
 	return out, nil
@@ -250,10 +264,15 @@ func (k *APIKeys) Revoke(user, id string) error {
 	if err := k.Store.DeleteAPIKey(id); err != nil {
 		return fmt.Errorf("revoking API key %s: %w", id, err)
 	}
+	k.forget(id)
+	return nil
+}
+
+// forget drops what touch remembers of a deleted key.
+func (k *APIKeys) forget(id string) {
 	k.mu.Lock()
 	delete(k.touched, id)
 	k.mu.Unlock()
-	return nil
 }
 
 // apiKeyID returns the ID part of a key that has the shape of one.

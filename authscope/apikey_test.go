@@ -379,6 +379,34 @@ func TestAPIKeyLimitPerUser(t *testing.T) {
 	}
 }
 
+// TestAPIKeyExpiredPruned: an expired key stays listed (and counted) for
+// APIKeyKeepExpired, then leaves the listing and the store.
+func TestAPIKeyExpiredPruned(t *testing.T) {
+	clk := newClock()
+	store := newMemKeys()
+	k := &APIKeys{Store: store, Now: clk.Now}
+	_, old, err := k.Create("alice", nil, "old", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(24*time.Hour + APIKeyKeepExpired - time.Second) // records keep whole seconds
+	_, fresh, err := k.Create("alice", nil, "fresh", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := k.List("alice"); len(list) != 2 {
+		t.Fatalf("just inside the keeping time: %d keys listed, want 2", len(list))
+	}
+	clk.Add(2 * time.Second)
+	list, err := k.List("alice")
+	if err != nil || len(list) != 1 || list[0].ID != fresh.ID {
+		t.Fatalf("after the keeping time: %+v %v", list, err)
+	}
+	if _, err := store.APIKey(old.ID); !errors.Is(err, ErrAPIKeyNotFound) {
+		t.Fatalf("the old key is still stored: %v", err)
+	}
+}
+
 // brokenKeys is a key store that cannot be read.
 type brokenKeys struct{ memKeys }
 
