@@ -52,9 +52,9 @@ type Options struct {
 	// UploadTTL: an upload session untouched for longer is expired and its
 	// data removed. Default 24h.
 	UploadTTL time.Duration
-	// GCGrace: a blob file younger than this is never collected, so a blob
-	// committed by an in-flight push whose manifest has not arrived yet
-	// survives. Default 1h.
+	// GCGrace: a blob file younger than this is never collected, nor a
+	// blob link made (or asked for) more recently, so the blobs of an
+	// in-flight push whose manifest has not arrived yet survive. Default 1h.
 	GCGrace time.Duration
 	// GCInterval: how often the store collects unlinked blobs and expired
 	// uploads on its own. Zero disables the background loop (GC can still
@@ -97,6 +97,9 @@ type Upload struct {
 
 // GCStats reports what one collection did.
 type GCStats struct {
+	// LinksRemoved: blob links dropped because no manifest of their
+	// repository references them any more.
+	LinksRemoved   int
 	BlobsRemoved   int
 	BytesRemoved   int64
 	UploadsExpired int

@@ -14,9 +14,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// GC removes blob files no repository links (as blob or manifest) that are
-// older than the grace period, and expires stale upload sessions. Safe to
-// run while the store serves requests.
+// GC drops blob links no manifest of their repository references that are
+// older than the grace period (links.go), then removes blob files no
+// repository links (as blob or manifest) that are older than the grace
+// period, and expires stale upload sessions. Safe to run while the store
+// serves requests.
 //
 // The mark is a lookup per file in the by-digest link keys (rb/, rm/)
 // rather than a set built up front, so memory does not grow with the store;
@@ -33,6 +35,11 @@ func (s *Store) GC() (GCStats, error) {
 		return st, err
 	}
 	if err := s.cleanTmp(cutoff); err != nil {
+		return st, err
+	}
+	n, err = s.dropLinks(now)
+	st.LinksRemoved = n
+	if err != nil {
 		return st, err
 	}
 	err = filepath.WalkDir(s.blobsDir, func(path string, e fs.DirEntry, err error) error {
@@ -229,6 +236,7 @@ func (s *Store) gcLoop(interval time.Duration) {
 			s.log.Error("gc failed", zap.Error(err))
 		} else if st != (GCStats{}) {
 			s.log.Info("gc",
+				zap.Int("links_removed", st.LinksRemoved),
 				zap.Int("blobs_removed", st.BlobsRemoved),
 				zap.Int64("bytes_removed", st.BytesRemoved),
 				zap.Int("uploads_expired", st.UploadsExpired))

@@ -1,8 +1,10 @@
 package cache
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Metadata keys. A NUL byte separates a repository name from what follows
@@ -10,7 +12,9 @@ import (
 // another ("tag/a/b\x00", "tag/a-b\x00"); names and tags never hold NUL.
 //
 //	repo/<repo>                          repository exists
-//	bl/<repo>\x00<digest>                repo links blob
+//	bl/<repo>\x00<digest>                repo links blob -> when linked or last
+//	                                        asked for (unix ns, 8 bytes BE; empty
+//	                                        in stores from before links had a time)
 //	rb/<digest>\x00<repo>                the same link, by digest (mount, GC)
 //	ml/<repo>\x00<digest>                repo links manifest -> manifestRecord JSON
 //	rm/<digest>\x00<repo>                the same link, by digest (GC)
@@ -38,6 +42,8 @@ func blobLinkKey(repo string, d Digest) []byte {
 	return []byte(pBlobLink + repo + sep + d.String())
 }
 
+func blobLinkPrefix(repo string) []byte { return []byte(pBlobLink + repo + sep) }
+
 func blobRevKey(d Digest, repo string) []byte {
 	return []byte(pBlobRev + d.String() + sep + repo)
 }
@@ -47,6 +53,8 @@ func blobRevPrefix(d Digest) []byte { return []byte(pBlobRev + d.String() + sep)
 func manLinkKey(repo string, d Digest) []byte {
 	return []byte(pManLink + repo + sep + d.String())
 }
+
+func manLinkPrefix(repo string) []byte { return []byte(pManLink + repo + sep) }
 
 func manRevKey(d Digest, repo string) []byte {
 	return []byte(pManRev + d.String() + sep + repo)
@@ -69,6 +77,18 @@ func refPrefix(repo string, subject Digest) []byte {
 func tagFetchKey(repo, tag string) []byte { return []byte(pTagFetch + repo + sep + tag) }
 
 func uploadKey(id string) []byte { return []byte(pUpload + id) }
+
+// linkTime is the value of a bl/ key.
+func linkTime(t time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano())) }
+
+// parseLinkTime reads a bl/ value; false for a link written before links
+// had a time (GC stamps those when it first sees them unreferenced).
+func parseLinkTime(v []byte) (time.Time, bool) {
+	if len(v) != 8 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v))), true
+}
 
 // checkName rejects what cannot be part of a key. The spec's grammar is the
 // registry's business; this only keeps keys unambiguous.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"go.uber.org/zap"
@@ -73,13 +74,21 @@ func (s *Store) LinkBlob(repo string, d Digest) error {
 // linkBlobLocked writes the link keys; gcMu is held for reading and the
 // blob is known to exist.
 func (s *Store) linkBlobLocked(repo string, d Digest) error {
-	err := s.update(func(txn *badger.Txn) error {
-		return setAll(txn, repoKey(repo), blobLinkKey(repo, d), blobRevKey(d, repo))
-	})
+	now := s.now()
+	err := s.update(func(txn *badger.Txn) error { return setBlobLink(txn, repo, d, now) })
 	if err != nil {
 		return fmt.Errorf("cache: link blob: %w", err)
 	}
 	return nil
+}
+
+// setBlobLink writes (or renews) repo's link to d, made at now: GC leaves
+// a link no manifest references alone for the grace period after that.
+func setBlobLink(txn *badger.Txn, repo string, d Digest, now time.Time) error {
+	if err := txn.Set(blobLinkKey(repo, d), linkTime(now)); err != nil {
+		return err
+	}
+	return setAll(txn, repoKey(repo), blobRevKey(d, repo))
 }
 
 func setAll(txn *badger.Txn, keys ...[]byte) error {
@@ -100,11 +109,21 @@ func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
 	if err := checkDigest(d); err != nil {
 		return BlobInfo{}, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
 	}
-	var linked bool
+	var linked, timed bool
+	var at time.Time
 	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		linked, err = exists(txn, blobLinkKey(repo, d))
-		return err
+		item, err := txn.Get(blobLinkKey(repo, d))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		linked = true
+		return item.Value(func(v []byte) error {
+			at, timed = parseLinkTime(v)
+			return nil
+		})
 	})
 	if err != nil {
 		return BlobInfo{}, fmt.Errorf("cache: read link: %w", err)
@@ -112,7 +131,49 @@ func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
 	if !linked {
 		return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
 	}
-	return s.StatBlob(d)
+	info, err := s.StatBlob(d)
+	if err == nil && timed {
+		if now := s.now(); now.Sub(at) > s.grace/2 && !s.renewLink(repo, d, now) {
+			return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
+		}
+	}
+	return info, err
+}
+
+// renewLink moves the time of repo's old link to d to now. A client asks
+// whether a repository holds a blob right before it pushes a manifest that
+// references it, instead of uploading it again, and the registry asks
+// again while it checks the manifest; from then on the link must outlive
+// the grace period as a fresh one would, even if no manifest referenced it
+// so far (its manifest deleted, the same image pushed again). Renewing only
+// links older than half the grace period costs at most one write per link
+// per half period, and leaves the other half as the margin between the
+// question and the manifest's commit. It reports false when GC dropped
+// the link since it was read; a failure only costs the renewal.
+func (s *Store) renewLink(repo string, d Digest, now time.Time) (linked bool) {
+	err := s.update(func(txn *badger.Txn) error {
+		item, err := txn.Get(blobLinkKey(repo, d))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			linked = false // dropped meanwhile: never make it again here
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		linked = true
+		var at time.Time
+		var timed bool
+		_ = item.Value(func(v []byte) error { at, timed = parseLinkTime(v); return nil })
+		if !timed || now.Sub(at) <= s.grace/2 {
+			return nil
+		}
+		return txn.Set(blobLinkKey(repo, d), linkTime(now))
+	})
+	if err != nil {
+		s.log.Warn("renew blob link", zap.String("repo", repo), zap.String("digest", d.String()), zap.Error(err))
+		return true // it was there when read
+	}
+	return linked
 }
 
 // UnlinkBlob removes repo's link to d; the content stays for other

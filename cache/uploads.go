@@ -416,8 +416,9 @@ func (s *Store) CommitUpload(repo, id string, want Digest) (BlobInfo, error) {
 	if _, err := s.installLocked(s.uploadPath(id), want); err != nil {
 		return BlobInfo{}, err
 	}
+	now := s.now()
 	err = s.update(func(txn *badger.Txn) error {
-		if err := setAll(txn, repoKey(repo), blobLinkKey(repo, want), blobRevKey(want, repo)); err != nil {
+		if err := setBlobLink(txn, repo, want, now); err != nil {
 			return err
 		}
 		return txn.Delete(uploadKey(id))
