@@ -70,9 +70,11 @@ type Registry struct {
 	// disables the background collection. Default: 1h.
 	GCInterval caddy.Duration `json:"gc_interval,omitempty"`
 
-	// GCGrace protects young blobs from garbage collection: a blob file
-	// younger than this is kept even when nothing links it yet, so a push
-	// whose manifest has not arrived yet never loses its layers.
+	// GCGrace protects young content from garbage collection: a blob
+	// file younger than this is kept even when nothing links it yet, and
+	// a repository's link to a blob that no manifest there references is
+	// kept while it was made, or the blob asked for, within this time.
+	// So a push whose manifest has not arrived yet never loses its layers.
 	// Default: 1h.
 	GCGrace caddy.Duration `json:"gc_grace,omitempty"`
 
