@@ -31,13 +31,28 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) e
 	if err != nil {
 		return err
 	}
-	info, err := h.cfg.Store.HasBlob(rc.name, d)
+	info, err := h.linkedBlob(rc.name, d)
+	if err != nil {
+		return err
+	}
+	return h.serveBlob(w, r, d, info)
+}
+
+// linkedBlob is what the store holds of blob d for repo, or the error to
+// answer when repo does not link it.
+func (h *Handler) linkedBlob(repo string, d cache.Digest) (cache.BlobInfo, error) {
+	info, err := h.cfg.Store.HasBlob(repo, d)
 	if err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
-			return errBlobUnknown(err)
+			return info, errBlobUnknown(err)
 		}
-		return errInternal(err)
+		return info, errInternal(err)
 	}
+	return info, nil
+}
+
+// serveBlob sends blob d, with info from linkedBlob, from its file.
+func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, info cache.BlobInfo) error {
 	f, err := h.cfg.Store.OpenBlob(d)
 	if err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {

@@ -31,9 +31,9 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		// and linked; answer after that, as a plain store hit.
 		_ = f.Wait(r.Context())
 	}
-	if _, err := store.HasBlob(rc.name, d); err == nil {
+	if info, err := store.HasBlob(rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
-		return h.serveCachedBlob(w, r, rc)
+		return h.serveCachedBlob(w, r, rc, d, info)
 	}
 	if _, err := store.StatBlob(d); err == nil {
 		// The content is here for another repository: upstream only has
@@ -42,7 +42,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			return err
 		}
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
-		return h.serveCachedBlob(w, r, rc)
+		return h.serveLinkedBlob(w, r, rc, d)
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
 	if r.Method == http.MethodHead {
@@ -88,7 +88,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 				return errInternal(err)
 			}
 		}
-		return h.serveCachedBlob(w, r, rc)
+		return h.serveLinkedBlob(w, r, rc, d)
 	}
 	rd, err := f.Reader(r.Context())
 	if err != nil {
@@ -124,14 +124,25 @@ func setBlobHeaders(w http.ResponseWriter, d cache.Digest) {
 	hd.Set("Cache-Control", "max-age=31536000")
 }
 
-// serveCachedBlob serves a blob this repository links from the store.
-func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, rc *request) error {
+// serveLinkedBlob serves blob d from the store once this repository
+// links it.
+func (h *Handler) serveLinkedBlob(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest) error {
+	info, err := h.linkedBlob(rc.name, d)
+	if err != nil {
+		return err
+	}
+	return h.serveCachedBlob(w, r, rc, d, info)
+}
+
+// serveCachedBlob serves blob d, which this repository links (info from
+// HasBlob), from the store, counting the bytes as the cache's.
+func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, info cache.BlobInfo) error {
 	ow, _ := w.(*observedWriter)
 	var before int64
 	if ow != nil {
 		before = ow.written
 	}
-	err := h.blobGet(w, r, rc)
+	err := h.serveBlob(w, r, d, info)
 	if ow != nil {
 		rc.mirror.obs.MirrorBytes(rc.mirror.cfg.Prefix, "cache", ow.written-before)
 	}
