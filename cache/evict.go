@@ -221,10 +221,7 @@ func (s *Store) EvictMirrored() (EvictStats, error) {
 		return EvictStats{}, nil
 	}
 	s.flushUse()
-	cands, err := s.countMirrored(mc)
-	if err != nil {
-		return EvictStats{}, err
-	}
+	cands := s.countMirrored(mc)
 	var st EvictStats
 	if mc.MaxBytes > 0 && s.mirrorSize.Load() > mc.MaxBytes {
 		low := mc.MaxBytes - mc.MaxBytes/10
@@ -270,7 +267,7 @@ func (s *Store) closing() bool {
 // use, and sets the running total from it. The snapshot is taken with
 // commits held off for a moment, and what commits add during the count is
 // kept on top of it.
-func (s *Store) countMirrored(mc *MirrorCache) ([]evictCandidate, error) {
+func (s *Store) countMirrored(mc *MirrorCache) []evictCandidate {
 	s.mirrorMu.Lock()
 	txn := s.db.NewTransaction(false)
 	base := s.mirrorSize.Load()
@@ -280,7 +277,7 @@ func (s *Store) countMirrored(mc *MirrorCache) ([]evictCandidate, error) {
 	var cands []evictCandidate
 	var total int64
 	for _, rev := range []string{pBlobRev, pManRev} {
-		err := eachLinked(txn, rev, func(d Digest, repos []string) {
+		eachLinked(txn, rev, func(d Digest, repos []string) {
 			if !allMirrored(mc, repos) {
 				return
 			}
@@ -298,19 +295,16 @@ func (s *Store) countMirrored(mc *MirrorCache) ([]evictCandidate, error) {
 			cands = append(cands, evictCandidate{d: d, size: fi.Size(), used: fi.ModTime().UnixNano()})
 			total += fi.Size()
 		})
-		if err != nil {
-			return nil, err
-		}
 	}
 	s.mirrorMu.Lock()
 	s.mirrorSize.Store(total + s.mirrorSize.Load() - base)
 	s.mirrorMu.Unlock()
-	return cands, nil
+	return cands
 }
 
 // eachLinked calls fn once per digest under a by-digest prefix (rb/ or
 // rm/) with the repositories that link it.
-func eachLinked(txn *badger.Txn, rev string, fn func(d Digest, repos []string)) error {
+func eachLinked(txn *badger.Txn, rev string, fn func(d Digest, repos []string)) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(rev)})
 	defer it.Close()
 	var cur string
@@ -336,7 +330,6 @@ func eachLinked(txn *badger.Txn, rev string, fn func(d Digest, repos []string)) 
 		repos = append(repos, string(k[i+1:]))
 	}
 	flush()
-	return nil
 }
 
 // linksOf lists the repositories under a by-digest prefix.
