@@ -129,6 +129,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	up.RawQuery = uq.Encode()
 
 	var body io.Reader
+	var form url.Values // a POST's; GET credentials are in the header only
 	switch r.Method {
 	case http.MethodGet:
 	case http.MethodPost:
@@ -146,17 +147,13 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fail(http.StatusRequestEntityTooLarge, "form too large", errors.New("form too large"))
 			return
 		}
-		form, err := url.ParseQuery(string(raw))
+		form, err = url.ParseQuery(string(raw))
 		if err != nil {
 			fail(http.StatusBadRequest, "malformed form", err)
 			return
 		}
 		if err := translateValues(p.Names, form, via); err != nil {
 			fail(http.StatusBadRequest, "invalid scope", err)
-			return
-		}
-		if p.withheld(r, form) {
-			fail(http.StatusUnauthorized, withheldMessage, errWithheld)
 			return
 		}
 		body = strings.NewReader(form.Encode())
@@ -166,7 +163,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if body == nil && p.withheld(r, nil) {
+	if p.withheld(r, form) {
 		fail(http.StatusUnauthorized, withheldMessage, errWithheld)
 		return
 	}
