@@ -156,12 +156,10 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		queryChanged = true
 	}
 	switch t.Kind {
-	case registry.RoutePing, registry.RouteCatalog:
-		if t.Kind == registry.RoutePing {
-			br.URL.Path = "/v2/"
-		} else {
-			br.URL.Path = "/v2/_catalog"
-		}
+	case registry.RoutePing:
+		br.URL.Path = "/v2/"
+	case registry.RouteCatalog:
+		br.URL.Path = "/v2/_catalog"
 	default:
 		internal, err := f.names.Internal(t.Name, t.Via)
 		switch {
