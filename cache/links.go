@@ -26,7 +26,6 @@ package cache
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -243,17 +242,12 @@ func (s *Store) dropRepoLinks(repo string, now, cutoff time.Time) (int, error) {
 func stampLinks(txn *badger.Txn, repo string, ds []string, now time.Time) error {
 	for _, d := range ds {
 		key := []byte(pBlobLink + repo + sep + d)
-		item, err := txn.Get(key)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			continue
-		}
+		linked, _, timed, err := readLink(txn, key)
 		if err != nil {
 			return err
 		}
-		var timed bool
-		_ = item.Value(func(v []byte) error { _, timed = parseLinkTime(v); return nil })
-		if timed {
-			continue // linked again meanwhile, with a time
+		if !linked || timed {
+			continue // dropped, or linked again meanwhile with a time
 		}
 		if err := txn.Set(key, linkTime(now)); err != nil {
 			return err
@@ -285,17 +279,11 @@ func (s *Store) dropOldLinks(refs *repoRefs, ds []string, cutoff time.Time) (int
 			if err != nil || checkDigest(d) != nil {
 				continue // not a key we write
 			}
-			item, err := txn.Get(blobLinkKey(refs.repo, d))
-			if errors.Is(err, badger.ErrKeyNotFound) {
-				continue
-			}
+			linked, at, timed, err := readLink(txn, blobLinkKey(refs.repo, d))
 			if err != nil {
 				return err
 			}
-			var at time.Time
-			var timed bool
-			_ = item.Value(func(v []byte) error { at, timed = parseLinkTime(v); return nil })
-			if !timed || !at.Before(cutoff) {
+			if !linked || !timed || !at.Before(cutoff) {
 				continue
 			}
 			if err := txn.Delete(blobLinkKey(refs.repo, d)); err != nil {

@@ -91,6 +91,23 @@ func setBlobLink(txn *badger.Txn, repo string, d Digest, now time.Time) error {
 	return setAll(txn, repoKey(repo), blobRevKey(d, repo))
 }
 
+// readLink reads a bl/ key: whether the link exists and, if it carries
+// one, its time.
+func readLink(txn *badger.Txn, key []byte) (linked bool, at time.Time, timed bool, err error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, at, false, nil
+	}
+	if err != nil {
+		return false, at, false, err
+	}
+	err = item.Value(func(v []byte) error {
+		at, timed = parseLinkTime(v)
+		return nil
+	})
+	return true, at, timed, err
+}
+
 func setAll(txn *badger.Txn, keys ...[]byte) error {
 	for _, k := range keys {
 		if err := txn.Set(k, nil); err != nil {
@@ -101,7 +118,8 @@ func setAll(txn *badger.Txn, keys ...[]byte) error {
 }
 
 // HasBlob reports whether repo links blob d and the blob exists.
-// ErrBlobUnknown otherwise.
+// ErrBlobUnknown otherwise. Asking renews a link older than half the GC
+// grace period (renewLink).
 func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
 	if err := checkName("repository", repo); err != nil {
 		return BlobInfo{}, err
@@ -112,18 +130,9 @@ func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
 	var linked, timed bool
 	var at time.Time
 	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(blobLinkKey(repo, d))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		linked = true
-		return item.Value(func(v []byte) error {
-			at, timed = parseLinkTime(v)
-			return nil
-		})
+		var err error
+		linked, at, timed, err = readLink(txn, blobLinkKey(repo, d))
+		return err
 	})
 	if err != nil {
 		return BlobInfo{}, fmt.Errorf("cache: read link: %w", err)
@@ -152,20 +161,13 @@ func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
 // the link since it was read; a failure only costs the renewal.
 func (s *Store) renewLink(repo string, d Digest, now time.Time) (linked bool) {
 	err := s.update(func(txn *badger.Txn) error {
-		item, err := txn.Get(blobLinkKey(repo, d))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			linked = false // dropped meanwhile: never make it again here
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		linked = true
 		var at time.Time
 		var timed bool
-		_ = item.Value(func(v []byte) error { at, timed = parseLinkTime(v); return nil })
-		if !timed || now.Sub(at) <= s.grace/2 {
-			return nil
+		var err error
+		linked, at, timed, err = readLink(txn, blobLinkKey(repo, d))
+		// A link dropped meanwhile is never made again here.
+		if err != nil || !linked || !timed || now.Sub(at) <= s.grace/2 {
+			return err
 		}
 		return txn.Set(blobLinkKey(repo, d), linkTime(now))
 	})
