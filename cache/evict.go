@@ -404,10 +404,7 @@ func unlinkMirrored(txn *badger.Txn, mc *MirrorCache, d Digest) (bool, error) {
 		return false, nil
 	}
 	for _, repo := range blobRepos {
-		if err := txn.Delete(blobLinkKey(repo, d)); err != nil {
-			return false, err
-		}
-		if err := txn.Delete(blobRevKey(d, repo)); err != nil {
+		if err := deleteBlobLink(txn, repo, d); err != nil {
 			return false, err
 		}
 	}

@@ -286,10 +286,7 @@ func (s *Store) dropOldLinks(refs *repoRefs, ds []string, cutoff time.Time) (int
 			if !linked || !timed || !at.Before(cutoff) {
 				continue
 			}
-			if err := txn.Delete(blobLinkKey(refs.repo, d)); err != nil {
-				return err
-			}
-			if err := txn.Delete(blobRevKey(d, refs.repo)); err != nil {
+			if err := deleteBlobLink(txn, refs.repo, d); err != nil {
 				return err
 			}
 			dropped++

@@ -195,11 +195,16 @@ func (s *Store) UnlinkBlob(repo string, d Digest) error {
 		if !ok {
 			return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
 		}
-		if err := txn.Delete(blobLinkKey(repo, d)); err != nil {
-			return err
-		}
-		return txn.Delete(blobRevKey(d, repo))
+		return deleteBlobLink(txn, repo, d)
 	})
+}
+
+// deleteBlobLink removes repo's link to d: both its keys.
+func deleteBlobLink(txn *badger.Txn, repo string, d Digest) error {
+	if err := txn.Delete(blobLinkKey(repo, d)); err != nil {
+		return err
+	}
+	return txn.Delete(blobRevKey(d, repo))
 }
 
 // ReposWithBlob lists repositories that link d (for a mount without
