@@ -10,10 +10,11 @@ func init() {
 
 const appID = "oci"
 
-// App opens the stores of the oci_registry handlers when Caddy starts
-// running a config, so a storage folder that cannot be opened (locked by
-// another process, not writable) fails `caddy run` and `caddy reload`
-// instead of the first request. It has no settings: handlers load it
+// App opens the stores of the oci_registry handlers, and builds the
+// handlers on them, when Caddy starts running a config: a storage folder
+// that cannot be opened (locked by another process, not writable) fails
+// `caddy run` and `caddy reload` instead of the first request, and the
+// mirror cache is counted and limited before any request. It has no settings: handlers load it
 // implicitly and it need not appear in a config.
 //
 // It exists because Start is the one hook Caddy calls only when a config
