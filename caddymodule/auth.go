@@ -349,11 +349,11 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 			if !d.AllArgs(&v) {
 				return nil, d.ArgErr()
 			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur < 0 {
-				return nil, d.Errf("fail_delay %q: not a duration", v)
+			dur, err := durationArg(d, sub, v)
+			if err != nil {
+				return nil, err
 			}
-			a.FailDelay = caddy.Duration(dur)
+			a.FailDelay = dur
 		case "group":
 			args := d.RemainingArgs()
 			if len(args) < 2 {
