@@ -9,6 +9,7 @@ package registry
 import (
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"reflect"
@@ -26,7 +27,8 @@ import (
 // authMirrorEnv mirrors docker.io (env.up) and ghcr.io (env.ghcr) from
 // upstreams that hold blobs per repository, under the policy of issue
 // 10's review: anyone reads docker.io/** and ghcr.io/**, only alice reads
-// docker.io/private/**.
+// docker.io/private/**; locally anyone reads and pushes open/**, only
+// alice secret/**.
 type authMirrorEnv struct {
 	*mirrorEnv
 	ghcr *fakeUpstream
@@ -65,6 +67,8 @@ func newAuthMirrorEnv(t *testing.T) *authMirrorEnv {
 		"docker.io/**":         {Anonymous: read},
 		"docker.io/private/**": {Policies: []authscope.Grant{{Users: []string{"alice"}, Actions: read}}},
 		"ghcr.io/**":           {Anonymous: read},
+		"open/**":              {Anonymous: []string{authscope.ActionRead, authscope.ActionCreate}},
+		"secret/**":            {Policies: []authscope.Grant{{Users: []string{"alice"}, Actions: []string{authscope.ActionRead, authscope.ActionCreate}}}},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -124,32 +128,34 @@ type answer struct {
 	Upstream []string
 }
 
-func (env *authMirrorEnv) answer(method, repo, digest string, up *fakeUpstream) answer {
-	before := len(up.requests())
-	resp := env.do(method, "/v2/"+repo+"/blobs/"+digest, nil)
-	hd := resp.Header.Clone()
-	hd.Del("Date")
-	return answer{
-		Status:   resp.StatusCode,
-		Body:     strings.ReplaceAll(string(resp.body), digest, "<digest>"),
-		Header:   hd,
-		Upstream: up.requests()[before:],
+func (env *authMirrorEnv) answer(method, format, digest string, up *fakeUpstream, hdr ...string) answer {
+	var before int
+	if up != nil {
+		before = len(up.requests())
 	}
+	resp := env.do(method, sprintfPath(format, digest), nil, hdr...)
+	a := answer{Status: resp.StatusCode, Body: strings.ReplaceAll(string(resp.body), digest, "<digest>"), Header: resp.Header.Clone()}
+	a.Header.Del("Date")
+	if up != nil {
+		a.Upstream = up.requests()[before:]
+	}
+	return a
 }
 
 // wantSameAnswer fails unless a request for digest (which the store holds
-// for a repository the caller cannot read) is answered exactly as one for
-// a digest the store has never seen.
-func (env *authMirrorEnv) wantSameAnswer(t *testing.T, method, repo, digest string, up *fakeUpstream) answer {
+// for a repository the caller cannot read) at format (a path with %s for
+// the digest) is answered exactly as one for a digest the store has never
+// seen.
+func (env *authMirrorEnv) wantSameAnswer(t *testing.T, method, format, digest string, up *fakeUpstream) answer {
 	t.Helper()
 	unknown := cache.FromBytes(cache.SHA256, []byte("never stored: "+t.Name())).String()
-	got := env.answer(method, repo, digest, up)
-	want := env.answer(method, repo, unknown, up)
+	got := env.answer(method, format, digest, up)
+	want := env.answer(method, format, unknown, up)
 	if got.Status == http.StatusOK {
-		t.Errorf("%s %s: 200 for a blob only a private repository holds", method, repo)
+		t.Errorf("%s %s: 200 for what only a private repository holds", method, format)
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("%s %s: a digest the store holds elsewhere is answered\n  %+v\nbut one it lacks\n  %+v", method, repo, got, want)
+		t.Errorf("%s %s: a digest the store holds elsewhere is answered\n  %+v\nbut one it lacks\n  %+v", method, format, got, want)
 	}
 	return got
 }
@@ -182,7 +188,7 @@ func TestMirrorBlobFallbackNeedsRead(t *testing.T) {
 			tc.fail(env)
 
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
-				got := env.wantSameAnswer(t, method, "docker.io/library/flaky", layer, env.up)
+				got := env.wantSameAnswer(t, method, "/v2/docker.io/library/flaky/blobs/%s", layer, env.up)
 				if got.Status < 400 {
 					t.Errorf("%s while upstream fails: %d", method, got.Status)
 				}
@@ -278,8 +284,8 @@ func TestMirrorFillJoinNeedsUpstream(t *testing.T) {
 	env.waitFill(layer)
 	env.wantUnlinked(t, "docker.io/library/public", layer)
 	env.wantUnlinked(t, "ghcr.io/some/app", layer)
-	env.wantSameAnswer(t, http.MethodGet, "docker.io/library/public", layer, env.up)
-	env.wantSameAnswer(t, http.MethodGet, "ghcr.io/some/app", layer, env.ghcr)
+	env.wantSameAnswer(t, http.MethodGet, "/v2/docker.io/library/public/blobs/%s", layer, env.up)
+	env.wantSameAnswer(t, http.MethodGet, "/v2/ghcr.io/some/app/blobs/%s", layer, env.ghcr)
 }
 
 // TestMirrorBlobExistenceHidden (issue 10, L5): a blob GET or HEAD under a
@@ -293,12 +299,12 @@ func TestMirrorBlobExistenceHidden(t *testing.T) {
 	env.up.pushImage("library/public", "v1", randomImage(t, 1024, 1))
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		for _, repo := range []string{"docker.io/library/public", "docker.io/library/absent"} {
-			got := env.wantSameAnswer(t, method, repo, layer, env.up)
+			got := env.wantSameAnswer(t, method, "/v2/"+repo+"/blobs/%s", layer, env.up)
 			if got.Status != http.StatusNotFound {
 				t.Errorf("%s %s: %d, want 404", method, repo, got.Status)
 			}
 		}
-		env.wantSameAnswer(t, method, "ghcr.io/some/app", layer, env.ghcr)
+		env.wantSameAnswer(t, method, "/v2/ghcr.io/some/app/blobs/%s", layer, env.ghcr)
 	}
 	env.wantUnlinked(t, "docker.io/library/public", layer)
 
@@ -306,10 +312,58 @@ func TestMirrorBlobExistenceHidden(t *testing.T) {
 	resp := env.do(http.MethodGet, "/v2/docker.io/private/app/manifests/v1", nil, alice...)
 	env.wantStatus(resp, http.StatusOK)
 	dg := resp.Header.Get("Docker-Content-Digest")
-	got := env.do(http.MethodGet, "/v2/docker.io/library/public/manifests/"+dg, nil)
-	unknown := env.do(http.MethodGet, "/v2/docker.io/library/public/manifests/"+cache.FromBytes(cache.SHA256, []byte("x")).String(), nil)
-	if got.StatusCode != http.StatusNotFound || got.StatusCode != unknown.StatusCode ||
-		strings.ReplaceAll(string(got.body), dg, "") != strings.ReplaceAll(string(unknown.body), cache.FromBytes(cache.SHA256, []byte("x")).String(), "") {
-		t.Errorf("private manifest by digest elsewhere: %d %s; unknown: %d %s", got.StatusCode, got.body, unknown.StatusCode, unknown.body)
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		env.wantSameAnswer(t, method, "/v2/docker.io/library/public/manifests/%s", dg, env.up)
+		env.wantSameAnswer(t, method, "/v2/docker.io/library/public/blobs/%s", dg, env.up)
+		env.wantSameAnswer(t, method, "/v2/ghcr.io/some/app/manifests/%s", dg, env.ghcr)
+	}
+}
+
+// TestLocalExistenceHidden: the same for local repositories. What only
+// alice's secret/app holds (a blob, a manifest, a referrer) is answered
+// under open/app as a digest nobody holds, and mounting it into open/app,
+// from anywhere, answers as for an unknown digest and links nothing.
+func TestLocalExistenceHidden(t *testing.T) {
+	env := newAuthMirrorEnv(t)
+	push := func(repo string, data []byte) string {
+		d := cache.FromBytes(cache.SHA256, data).String()
+		env.wantStatus(env.do(http.MethodPost, "/v2/"+repo+"/blobs/uploads/?digest="+d, data, alice...), http.StatusCreated)
+		return d
+	}
+	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	cd := push("secret/app", cfg)
+	layer := push("secret/app", []byte("alice's secret layer"))
+	subject := cache.FromBytes(cache.SHA256, []byte("a subject")).String()
+	man := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":%q,"size":20}],"subject":{"mediaType":%q,"digest":%q,"size":2}}`,
+		mtManifest, cd, len(cfg), layer, mtManifest, subject)
+	resp := env.do(http.MethodPut, "/v2/secret/app/manifests/v1", man, append([]string{"Content-Type", mtManifest}, alice...)...)
+	env.wantStatus(resp, http.StatusCreated)
+	md := resp.Header.Get("Docker-Content-Digest")
+	env.wantError(env.do(http.MethodGet, "/v2/secret/app/blobs/"+layer, nil), http.StatusUnauthorized, CodeUnauthorized)
+
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		for _, d := range []string{layer, md} {
+			env.wantSameAnswer(t, method, "/v2/open/app/blobs/%s", d, nil)
+			env.wantSameAnswer(t, method, "/v2/open/app/manifests/%s", d, nil)
+		}
+	}
+	ref := env.answer(http.MethodGet, "/v2/open/app/referrers/%s", subject, nil)
+	if unknown := env.answer(http.MethodGet, "/v2/open/app/referrers/%s", layer, nil); !reflect.DeepEqual(ref, unknown) ||
+		!strings.Contains(ref.Body, `"manifests":[]`) {
+		t.Errorf("referrers of a private subject: %+v; of another digest: %+v", ref, unknown)
+	}
+
+	for _, from := range []string{"", "secret/app", "docker.io/private/app", "open/other"} {
+		mount := "/v2/open/app/blobs/uploads/?mount=%s"
+		if from != "" {
+			mount += "&from=" + from
+		}
+		got := env.answer(http.MethodPost, mount, layer, nil)
+		want := env.answer(http.MethodPost, mount, cache.FromBytes(cache.SHA256, []byte("never stored")).String(), nil)
+		if got.Status != want.Status || got.Body != want.Body || got.Status == http.StatusCreated {
+			t.Errorf("mount from %q: %d %s; of an unknown digest: %d %s", from, got.Status, got.Body, want.Status, want.Body)
+		}
+		env.wantUnlinked(t, "open/app", layer)
 	}
 }
