@@ -122,6 +122,10 @@ func newFill(s *Store, d Digest, repo string) *Fill {
 // Digest is the blob being filled.
 func (f *Fill) Digest() Digest { return f.d }
 
+// Repo is the repository the fill was started for, which its source
+// fetches from and its result is linked into.
+func (f *Fill) Repo() string { return f.repo }
+
 // changed wakes every waiter; mu is held.
 func (f *Fill) changed() {
 	close(f.notify)

@@ -40,9 +40,11 @@ type Config struct {
 	// CanRead reports whether the client of r may pull from repo. It is
 	// consulted where the handler picks a repository the client did not
 	// name in the URL: the source of a cross-repository mount (`from`, or
-	// any repository holding the blob when `from` is absent). A mount
-	// from a repository the client may not read falls back to a plain
-	// upload session. Nil allows everything (no auth configured).
+	// any repository holding the blob when `from` is absent), and the
+	// repository of a mirror whose copy of a blob serves while upstream
+	// fails. A mount from a repository the client may not read falls
+	// back to a plain upload session; such a copy is never served. Nil
+	// allows everything (no auth configured).
 	CanRead func(r *http.Request, repo string) bool
 	// Mirrors are the read-only namespaces served from upstream
 	// registries (see MirrorConfig). Empty: every name is local.

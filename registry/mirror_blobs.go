@@ -8,12 +8,19 @@ import (
 	"strconv"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 // mirrorBlobGet serves GET and HEAD of a mirrored blob. A blob is
 // immutable under its digest: once this repository links it, upstream is
-// never asked again. A cold GET joins (or starts) the store's fill of the
+// never asked again. Until then upstream is asked first, for this
+// repository, whatever the store holds: the store keeps one copy of a
+// digest for all repositories, and that another repository holds it says
+// nothing about this one, nor may the answer tell the caller that it
+// does. Once upstream confirmed the digest here, the store's copy is
+// linked and served, or a GET joins (or starts) the store's fill of the
 // digest and streams the growing file.
 func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *request) error {
 	m := rc.mirror
@@ -26,7 +33,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	// evicts a blob someone is reading, and one evicted a moment ago is
 	// simply a miss from here on.
 	defer store.Hold(d)()
-	if f := store.Filling(d); f != nil && f.Verified() {
+	if f := store.Filling(d); f != nil && f.Repo() == rc.name && f.Verified() {
 		// Its readers may have had every byte before it is committed
 		// and linked; answer after that, as a plain store hit.
 		_ = f.Wait(r.Context())
@@ -35,18 +42,24 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
 		return h.serveCachedBlob(w, r, rc, d, info)
 	}
-	if _, err := store.StatBlob(d); err == nil {
-		// The content is here for another repository: upstream only has
-		// to confirm this one holds it too.
-		if err := h.confirmBlob(r.Context(), rc, d); err != nil {
-			return err
-		}
+	size, err := h.confirmBlob(r.Context(), rc, d)
+	if err != nil {
+		return h.unconfirmedBlob(w, r, rc, d, err)
+	}
+	if err := store.LinkBlob(rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
 		return h.serveLinkedBlob(w, r, rc, d)
+	} else if !errors.Is(err, cache.ErrBlobUnknown) {
+		return errInternal(err)
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
 	if r.Method == http.MethodHead {
-		return h.headUpstreamBlob(w, r, rc, d)
+		setBlobHeaders(w, d)
+		if size >= 0 {
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
 	}
 
 	f, started, err := store.Fill(rc.name, d, m.blobSource(m.upstreamName(rc.name), d))
@@ -64,12 +77,9 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			}
 		}()
 	}
-	size, err := f.Ready(r.Context())
+	size, err = f.Ready(r.Context())
 	if err != nil {
-		if r.Context().Err() != nil {
-			return nil // the client left
-		}
-		return upstreamError(m, "blob", err)
+		return fillError(r, rc, f, err)
 	}
 	if size < 0 || r.Header.Get("Range") != "" {
 		// Upstream did not say how long, or the client wants a part:
@@ -78,10 +88,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		// digest fails; a range that ends early could not, so it must
 		// never carry bytes the digest check has not passed.
 		if err := f.Wait(r.Context()); err != nil {
-			if r.Context().Err() != nil {
-				return nil
-			}
-			return upstreamError(m, "blob", err)
+			return fillError(r, rc, f, err)
 		}
 		if !started {
 			if err := store.LinkBlob(rc.name, d); err != nil {
@@ -92,14 +99,12 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	}
 	rd, err := f.Reader(r.Context())
 	if err != nil {
-		if r.Context().Err() != nil {
-			return nil
-		}
-		return upstreamError(m, "blob", err)
+		return fillError(r, rc, f, err)
 	}
 	defer rd.Close()
 	if !started {
-		// This repository may not be the one the fill links.
+		// The fill links the repository it was started for; upstream
+		// confirmed this one holds the digest too.
 		go func() {
 			if f.Wait(context.Background()) == nil {
 				_ = store.LinkBlob(rc.name, d)
@@ -114,6 +119,21 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// fillError is the answer to a request whose fill failed: none when the
+// client left; upstream's words only when the fill fetched this
+// repository, since a joined fill's failure is about another name.
+func fillError(r *http.Request, rc *request, f *cache.Fill, err error) error {
+	m := rc.mirror
+	switch {
+	case r.Context().Err() != nil:
+		return nil
+	case f.Repo() != rc.name:
+		return newError(http.StatusBadGateway, CodeUnknown, "upstream "+m.cfg.Prefix+" failed", err)
+	default:
+		return upstreamError(m, "blob", err)
+	}
 }
 
 func setBlobHeaders(w http.ResponseWriter, d cache.Digest) {
@@ -149,59 +169,62 @@ func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, rc *re
 	return err
 }
 
-// confirmBlob asks upstream whether this repository holds d (which the
-// store has for another repository) and links it if so. When upstream
-// cannot answer, a link from any repository of the same mirror is enough.
-func (h *Handler) confirmBlob(ctx context.Context, rc *request, d cache.Digest) error {
+// confirmBlob asks upstream whether this repository holds d, with a HEAD
+// (which no pull limit counts), and returns the size upstream gives (-1
+// unknown). Concurrent requests for the same name and digest share one
+// exchange.
+func (h *Handler) confirmBlob(ctx context.Context, rc *request, d cache.Digest) (int64, error) {
 	m := rc.mirror
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.UpstreamTimeout)
-	defer cancel()
-	resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
-	if err == nil {
-		resp.Body.Close()
-	} else if !temporary(err) || !h.linkedInMirror(m, d) {
-		return upstreamError(m, "blob", err)
-	}
-	if err := h.cfg.Store.LinkBlob(rc.name, d); err != nil {
-		if errors.Is(err, cache.ErrBlobUnknown) {
-			return errBlobUnknown(err)
+	v, err, _ := m.revalidations.Do("blob "+rc.name+"@"+d.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+		defer cancel()
+		resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
+		if err != nil {
+			return int64(0), err
 		}
-		return errInternal(err)
+		resp.Body.Close()
+		return resp.ContentLength, nil
+	})
+	if err != nil {
+		return 0, err
 	}
-	return nil
+	return v.(int64), nil
 }
 
-// linkedInMirror reports whether any repository of m links blob d.
-func (h *Handler) linkedInMirror(m *Mirror, d cache.Digest) bool {
-	repos, err := h.cfg.Store.ReposWithBlob(d, 0)
+// unconfirmedBlob answers a blob request upstream did not confirm. When
+// upstream only failed (unreachable, overloaded), a copy that a
+// repository of this mirror links serves if the caller may read that
+// repository, as for a mount: it then tells the caller nothing it could
+// not read anyway. It is not linked here, since upstream never said this
+// repository holds it. Otherwise the answer is upstream's failure, the
+// same whatever the store holds.
+func (h *Handler) unconfirmedBlob(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, err error) error {
+	m := rc.mirror
+	if temporary(err) && h.readableInMirror(r, m, d) {
+		if info, serr := h.cfg.Store.StatBlob(d); serr == nil {
+			h.cfg.Logger.Warn("upstream failed; serving a readable repository's copy of the blob",
+				zap.String("repo", rc.name), zap.String("digest", d.String()), zap.Error(err))
+			m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
+			return h.serveCachedBlob(w, r, rc, d, info)
+		}
+	}
+	m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
+	return upstreamError(m, "blob", err)
+}
+
+// readableInMirror reports whether a repository of m that r's caller may
+// read links blob d.
+func (h *Handler) readableInMirror(r *http.Request, m *Mirror, d cache.Digest) bool {
+	repos, err := h.cfg.Store.ReposWithBlob(d, mountCandidates)
 	if err != nil {
 		return false
 	}
-	for _, r := range repos {
-		if h.mirrorFor(r) == m {
+	for _, repo := range repos {
+		if h.mirrorFor(repo) == m && h.cfg.CanRead(r, repo) {
 			return true
 		}
 	}
 	return false
-}
-
-// headUpstreamBlob answers a HEAD of a blob the store lacks from upstream's
-// HEAD, without fetching it.
-func (h *Handler) headUpstreamBlob(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest) error {
-	m := rc.mirror
-	ctx, cancel := context.WithTimeout(r.Context(), m.cfg.UpstreamTimeout)
-	defer cancel()
-	resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
-	if err != nil {
-		return upstreamError(m, "blob", err)
-	}
-	resp.Body.Close()
-	setBlobHeaders(w, d)
-	if resp.ContentLength >= 0 {
-		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
-	}
-	w.WriteHeader(http.StatusOK)
-	return nil
 }
 
 // blobSource is the fill's upstream GET. It runs on the fill's context; a

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -51,10 +53,23 @@ type fakeUpstream struct {
 	failN      int
 	failStatus int
 	retryAfter string
+
+	// Per-repository answers, for what a request under one name may
+	// learn about another. With strictBlobs a blob request under a
+	// repository that was not pushed with that blob gets 404
+	// BLOB_UNKNOWN, as on Docker Hub (go-containerregistry's registry
+	// keeps one pool of blobs for all repositories). Requests under a
+	// repository in failRepos get its status.
+	strictBlobs bool
+	repoBlobs   map[string]map[string]bool
+	failRepos   map[string]int
+	// log has every /v2/ request as "METHOD kind repo", in order.
+	log []string
 }
 
 func newFakeUpstream(t testing.TB) *fakeUpstream {
-	u := &fakeUpstream{t: t, reg: ggcr.New(ggcr.Logger(nopLogger())), counts: map[string]int{}, issued: map[string]bool{}, chunk: 64 << 10}
+	u := &fakeUpstream{t: t, reg: ggcr.New(ggcr.Logger(nopLogger())), counts: map[string]int{}, issued: map[string]bool{}, chunk: 64 << 10,
+		repoBlobs: map[string]map[string]bool{}, failRepos: map[string]int{}}
 	u.srv = httptest.NewServer(u)
 	u.push = httptest.NewServer(u.reg)
 	t.Cleanup(func() { u.srv.Close(); u.push.Close() })
@@ -106,7 +121,9 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	u.mu.Lock()
 	kind := kindOf(r.URL.Path)
+	repo := repoOf(r.URL.Path, kind)
 	u.counts[r.Method+" "+kind]++
+	u.log = append(u.log, r.Method+" "+kind+" "+repo)
 	if u.tokens {
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !u.issued[tok] {
@@ -126,12 +143,59 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		return
 	}
+	if status := u.failRepos[repo]; status != 0 {
+		u.mu.Unlock()
+		writeUpstreamError(w, status, "UNAVAILABLE", "try again later")
+		return
+	}
+	if kind == "blobs" && u.strictBlobs && !u.repoBlobs[repo][path.Base(r.URL.Path)] {
+		u.mu.Unlock()
+		writeUpstreamError(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown to registry")
+		return
+	}
 	u.mu.Unlock()
 	if kind == "blobs" && r.Method == http.MethodGet {
 		u.reg.ServeHTTP(&blobWriter{ResponseWriter: w, u: u}, r)
 		return
 	}
 	u.reg.ServeHTTP(w, r)
+}
+
+// repoOf is the repository a /v2/<repo>/<kind>/... path names.
+func repoOf(p, kind string) string {
+	repo, _, _ := strings.Cut(strings.TrimPrefix(p, "/v2/"), "/"+kind+"/")
+	return repo
+}
+
+func writeUpstreamError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"errors":[{"code":%q,"message":%q}]}`, code, msg)
+}
+
+// requests is the log of /v2/ requests so far.
+func (u *fakeUpstream) requests() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.log)
+}
+
+// holds records that repo holds img's blobs, for strictBlobs.
+func (u *fakeUpstream) holds(repo string, img v1.Image) {
+	u.t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.repoBlobs[repo] == nil {
+		u.repoBlobs[repo] = map[string]bool{}
+	}
+	u.repoBlobs[repo][m.Config.Digest.String()] = true
+	for _, l := range m.Layers {
+		u.repoBlobs[repo][l.Digest.String()] = true
+	}
 }
 
 func (u *fakeUpstream) serveToken(w http.ResponseWriter, r *http.Request) {
@@ -218,6 +282,7 @@ func (u *fakeUpstream) pushImage(repo, tag string, img v1.Image) {
 	if err := remote.Write(ref, img); err != nil {
 		u.t.Fatalf("push %s: %v", ref, err)
 	}
+	u.holds(repo, img)
 }
 
 func (u *fakeUpstream) pushIndex(repo, tag string, idx v1.ImageIndex) {
@@ -225,6 +290,15 @@ func (u *fakeUpstream) pushIndex(repo, tag string, idx v1.ImageIndex) {
 	ref := u.ref(repo + ":" + tag)
 	if err := remote.WriteIndex(ref, idx); err != nil {
 		u.t.Fatalf("push %s: %v", ref, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	for _, c := range im.Manifests {
+		if img, err := idx.Image(c.Digest); err == nil {
+			u.holds(repo, img)
+		}
 	}
 }
 
