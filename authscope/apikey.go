@@ -163,17 +163,20 @@ func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Du
 }
 
 // Verify returns the record of key if key is one of ours, unrevoked and
-// unexpired, and notes its use.
+// unexpired, and notes its use. An unknown key does the same work as a
+// known one with a wrong secret (a record decoded, a hash compared), so
+// that the time taken does not tell which IDs exist.
 func (k *APIKeys) Verify(key string) (APIKey, error) {
 	id, ok := apiKeyID(key)
 	if !ok {
 		return APIKey{}, fmt.Errorf("%w: malformed", ErrAPIKeyInvalid)
 	}
 	b, err := k.Store.APIKey(id)
-	if err != nil {
-		if errors.Is(err, ErrAPIKeyNotFound) {
-			return APIKey{}, fmt.Errorf("%w: unknown or revoked key %s", ErrAPIKeyInvalid, id)
-		}
+	known := err == nil
+	switch {
+	case errors.Is(err, ErrAPIKeyNotFound):
+		b = unknownAPIKeyRecord
+	case err != nil:
 		return APIKey{}, fmt.Errorf("reading API key %s: %w", id, err)
 	}
 	var rec APIKey
@@ -181,7 +184,11 @@ func (k *APIKeys) Verify(key string) (APIKey, error) {
 		return APIKey{}, fmt.Errorf("API key %s: %w", id, err)
 	}
 	h := hashKey(key)
-	if len(rec.Hash) != len(h) || subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
+	match := len(rec.Hash) == len(h) && subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) == 1
+	if !known {
+		return APIKey{}, fmt.Errorf("%w: unknown or revoked key %s", ErrAPIKeyInvalid, id)
+	}
+	if !match {
 		return APIKey{}, fmt.Errorf("%w: wrong secret for key %s", ErrAPIKeyInvalid, id)
 	}
 	now := k.now()
@@ -191,6 +198,13 @@ func (k *APIKeys) Verify(key string) (APIKey, error) {
 	k.touch(id, now)
 	return rec, nil
 }
+
+// unknownAPIKeyRecord stands in for the record of a key that does not
+// exist: shaped like a real one, matching no key.
+var unknownAPIKeyRecord, _ = json.Marshal(APIKey{
+	ID: "0000000000000000", Hash: strings.Repeat("0", sha256.Size*2), User: "nobody",
+	Created: time.Unix(0, 0).UTC(), Expires: time.Unix(0, 0).UTC(),
+})
 
 // touch records that id was used at now, writing at most once per
 // apiKeyTouchEvery per key. A failed write is not the caller's problem:

@@ -70,6 +70,11 @@ type Need struct {
 	Via Via
 	// Reference (tag or digest) and Digest, for the audit log.
 	Reference, Digest string
+	// Typed maps the internal names of Scopes to the names the client
+	// typed for them, so that a refusal tells the client what it asked
+	// for in its own words. An internal name missing here is not named
+	// to the client at all.
+	Typed map[string]string
 }
 
 // Identity methods: how a caller proved who it is.
@@ -207,8 +212,7 @@ func (a *Authorizer) Authorize(r *http.Request, need Need) (*http.Request, error
 		if errors.As(err, &cf) {
 			return r, cf
 		}
-		d := a.deny(r, need, Identity{Method: MethodAnonymous}, err)
-		return r, d
+		return r, a.denyCredentials(r, need, id.Method, err)
 	}
 	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
 	if len(need.Scopes) == 0 {
@@ -255,6 +259,15 @@ var errMirrorWrite = errors.New("mirrored namespaces are read-only")
 // errNotGranted is a scope the caller's grants do not cover.
 var errNotGranted = errors.New("not granted")
 
+// refusal is the action on a repository that a policy refused.
+type refusal struct {
+	action string // a policy action: read, create, update, delete
+	name   string // internal
+}
+
+func (e *refusal) Error() string { return e.action + " on " + e.name + " not granted" }
+func (e *refusal) Unwrap() error { return errNotGranted }
+
 func (a *Authorizer) allows(id Identity, s Scope, tagMove bool) error {
 	if s.Type == "repository" && slices.Contains(s.Actions, ScopePush) && a.o.Names.Lookup(s.Name) != nil {
 		return fmt.Errorf("%w: %s", errMirrorWrite, s.Name)
@@ -292,7 +305,7 @@ func (a *Authorizer) allows(id Identity, s Scope, tagMove bool) error {
 			return fmt.Errorf("%w: action %q on %s", errNotGranted, act, s.Name)
 		}
 		if !a.o.Policy.AllowsGroups(id.User, id.Groups, pa, s.Name) {
-			return fmt.Errorf("%w: %s on %s", errNotGranted, pa, s.Name)
+			return &refusal{action: pa, name: s.Name}
 		}
 	}
 	return nil
@@ -319,12 +332,31 @@ func (a *Authorizer) workload(r *http.Request, raw string) (Identity, error) {
 	if err != nil && !errors.Is(err, ErrWorkloadToken) && r.Context().Err() == nil {
 		return Identity{}, &checkFailed{err}
 	}
+	if err != nil {
+		return Identity{Method: MethodWorkload}, err
+	}
+	return id, nil
+}
+
+// methodUnsupported labels, in the audit log, credentials of a scheme
+// this server does not take.
+const methodUnsupported = "unsupported"
+
+// identify reads the Authorization header. Bad credentials are an error
+// (after FailDelay for Basic) with an Identity that holds only the Method
+// they were tried with; none are the anonymous identity.
+func (a *Authorizer) identify(r *http.Request) (Identity, error) {
+	id, err := a.identifyHeader(r)
+	if err != nil && id.Method == "" {
+		id = Identity{Method: methodUnsupported}
+	}
 	return id, err
 }
 
-// identify reads the Authorization header. Bad credentials are an error
-// (after FailDelay for Basic); none are the anonymous identity.
-func (a *Authorizer) identify(r *http.Request) (Identity, error) {
+func (a *Authorizer) identifyHeader(r *http.Request) (Identity, error) {
+	if err := OneAuthorization(r.Header); err != nil {
+		return Identity{}, err
+	}
 	h := r.Header.Get("Authorization")
 	if h == "" {
 		return Identity{Method: MethodAnonymous}, nil
@@ -336,18 +368,19 @@ func (a *Authorizer) identify(r *http.Request) (Identity, error) {
 		if a.o.Workload != nil && a.o.Workload.Mine(cred) {
 			return a.workload(r, cred)
 		}
+		failed := Identity{Method: MethodBearer}
 		if a.o.Token == nil {
-			return Identity{}, errors.New("bearer token, but no token service configured")
+			return failed, errors.New("bearer token, but no token service configured")
 		}
 		c, err := a.o.Token.Verify(cred)
 		if err != nil {
-			return Identity{}, err
+			return failed, err
 		}
 		return Identity{User: c.Subject, Method: MethodBearer, Claims: c}, nil
 	case strings.EqualFold(scheme, "Basic"):
 		user, pass, ok := r.BasicAuth()
 		if !ok {
-			return Identity{}, errors.New("malformed basic credentials")
+			return Identity{Method: MethodBasic}, errors.New("malformed basic credentials")
 		}
 		if user == "" && pass == "" {
 			// containers/image (skopeo, podman) answers a Basic challenge
@@ -370,15 +403,15 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 				return Identity{}, &checkFailed{err}
 			}
 			sleepCtx(r.Context(), a.o.FailDelay)
-			return Identity{}, err
+			return Identity{Method: MethodAPIKey}, err
 		}
 		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):
 		return a.workload(r, pass)
 	case a.o.Htpasswd == nil:
-		return Identity{}, errors.New("basic credentials, but no htpasswd configured")
+		return Identity{Method: MethodBasic}, errors.New("basic credentials, but no htpasswd configured")
 	case !a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay):
-		return Identity{}, fmt.Errorf("wrong password for user %q", user)
+		return Identity{Method: MethodBasic}, fmt.Errorf("wrong password for user %q", user)
 	}
 	return Identity{User: user, Method: MethodBasic, Groups: a.o.Policy.GroupsOf(user)}, nil
 }
@@ -396,7 +429,8 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// deny builds the refusal for id and logs it on the audit logger.
+// deny builds the refusal for an identified (or anonymous) caller and
+// logs it on the audit logger.
 func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error) *Denial {
 	d := &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required", Err: reason}
 	switch {
@@ -407,12 +441,59 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 		d.Challenge = a.challenge(r, need, "insufficient_scope")
 	case id.Method != MethodAnonymous:
 		// Known, just not allowed: more credentials will not help.
-		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", "access denied"
+		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", deniedMessage(need, reason)
+	default:
+		d.Challenge = a.challenge(r, need, "")
+	}
+	a.auditDenial(r, need, id, credentialsValid, d, reason)
+	return d
+}
+
+// denyCredentials refuses credentials that did not check out, tried with
+// method, and logs it on the audit logger.
+func (a *Authorizer) denyCredentials(r *http.Request, need Need, method string, reason error) *Denial {
+	d := &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required", Err: reason}
+	switch {
+	case errors.Is(reason, ErrAuthorizationRepeated):
+		d.Status, d.Message = http.StatusBadRequest, "send one Authorization header"
 	case errors.Is(reason, ErrTokenInvalid):
 		d.Message = "invalid token"
 		d.Challenge = a.challenge(r, need, "invalid_token")
 	default:
 		d.Challenge = a.challenge(r, need, "")
+	}
+	a.auditDenial(r, need, Identity{Method: method}, credentialsInvalid, d, reason)
+	return d
+}
+
+// deniedMessage tells an identified caller what was refused: the action
+// and the name as the client typed it, of its own request only. A name
+// the client did not type (so no internal name it did not use) is not
+// named.
+func deniedMessage(need Need, reason error) string {
+	var ref *refusal
+	if errors.As(reason, &ref) {
+		if typed, ok := need.Typed[ref.name]; ok && typed != "" {
+			return fmt.Sprintf("%s on %s not granted", ref.action, typed)
+		}
+		return ref.action + " not granted"
+	}
+	return "access denied"
+}
+
+// What the audit log says of the credentials of a request.
+const (
+	credentialsNone    = "none"    // anonymous
+	credentialsValid   = "valid"   // identified
+	credentialsInvalid = "invalid" // wrong, unknown, revoked or expired
+)
+
+// auditDenial logs refusal d of a request on the audit logger: id is who
+// the caller was identified as or, with creds invalid, only the method
+// its credentials were tried with.
+func (a *Authorizer) auditDenial(r *http.Request, need Need, id Identity, creds string, d *Denial, reason error) {
+	if id.Method == MethodAnonymous {
+		creds = credentialsNone
 	}
 	names := make([]string, 0, len(need.Scopes))
 	for _, s := range need.Scopes {
@@ -421,6 +502,7 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 	a.o.Audit.Info("denied",
 		zap.String("user", id.User),
 		zap.String("auth", id.Method),
+		zap.String("credentials", creds),
 		zap.Strings("scopes", names),
 		zap.String("reference", need.Reference),
 		zap.Int("status", d.Status),
@@ -429,7 +511,6 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 		zap.String("uri", r.RequestURI),
 		zap.String("remote", r.RemoteAddr),
 	)
-	return d
 }
 
 // challenge is the WWW-Authenticate value for need: Bearer when a token

@@ -2,6 +2,8 @@ package authscope
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -331,6 +333,77 @@ func TestNewAuthorizerChecks(t *testing.T) {
 	} {
 		if _, err := NewAuthorizer(o); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestAuditLabelsRejectedCredentials: a request that carried credentials
+// which did not check out (a revoked, unknown or wrong API key, a wrong
+// password) is audited as such, with the method it tried, not as
+// anonymous; and the client gets the same answer whichever it was.
+func TestAuditLabelsRejectedCredentials(t *testing.T) {
+	keys := &APIKeys{Store: newMemKeys()}
+	hp := testHtpasswd(t, map[string]string{"ci": "ci-pw"})
+	pol, err := NewPolicy(PolicyConfig{Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.InfoLevel)
+	a, err := NewAuthorizer(Options{Htpasswd: hp, Policy: pol, APIKeys: keys, Audit: zap.New(core).Named("audit")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := a.Authorize(r, Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}); err != nil {
+			var d *Denial
+			if !errors.As(err, &d) {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("WWW-Authenticate", d.Challenge)
+			w.WriteHeader(d.Status)
+			_, _ = w.Write([]byte(d.Message))
+		}
+	}))
+	t.Cleanup(srv.Close)
+
+	revoked, rec, _ := keys.Create("alice", nil, "", 0)
+	if err := keys.Revoke("alice", rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	live, _, _ := keys.Create("bob", nil, "", 0)
+	unknown := APIKeyPrefix + "0123456789abcdef_" + strings.Repeat("A", 43)
+	var answers []string
+	for _, tc := range []struct{ name, user, pass, auth string }{
+		{"revoked key", "alice", revoked, MethodAPIKey},
+		{"unknown key", "x", unknown, MethodAPIKey},
+		{"wrong secret of a live key", "bob", otherLast(live), MethodAPIKey},
+		{"wrong password", "ci", "nope", MethodBasic},
+		{"unknown user", "nobody", "nope", MethodBasic},
+	} {
+		logs.TakeAll()
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/app/tags/list", nil)
+		req.SetBasicAuth(tc.user, tc.pass)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		answers = append(answers, fmt.Sprint(resp.StatusCode, resp.Header.Get("WWW-Authenticate"), string(body)))
+		got := logs.FilterMessage("denied").All()
+		if len(got) != 1 {
+			t.Fatalf("%s: %d denials audited", tc.name, len(got))
+		}
+		f := got[0].ContextMap()
+		if f["auth"] != tc.auth || f["credentials"] != "invalid" || f["user"] != "" {
+			t.Errorf("%s: audited as %v", tc.name, f)
+		}
+	}
+	for _, ans := range answers[1:] {
+		if ans != answers[0] {
+			t.Errorf("answers differ: %q", answers)
+			break
 		}
 	}
 }

@@ -20,6 +20,10 @@ import (
 // Htpasswd holds the users of an htpasswd file.
 type Htpasswd struct {
 	users map[string][]byte // user -> bcrypt hash
+	// dummy is compared against for users not in the file, so that a
+	// login for a user that does not exist takes as long as a wrong
+	// password for most users that do: see dummyFor.
+	dummy []byte
 
 	// bcrypt costs tens of milliseconds by design, and clients send Basic
 	// credentials on every request, so a good pair is remembered for a
@@ -34,9 +38,37 @@ const htpasswdCacheTTL = 5 * time.Minute
 // htpasswdCacheMax bounds the remembered pairs; the cache empties when full.
 const htpasswdCacheMax = 4096
 
-// dummyHash is compared against for unknown users, so that a login for a
-// user that does not exist takes as long as a wrong password.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("caddy-oci"), bcrypt.DefaultCost)
+// emptyFileHash is the dummy of a file without users: nobody can be
+// enumerated there, it only keeps failed logins as slow as bcrypt.
+var emptyFileHash, _ = bcrypt.GenerateFromPassword([]byte("caddy-oci"), bcrypt.DefaultCost)
+
+// dummyFor picks the hash that logins of unknown users are compared
+// against: one of the file's own, of the cost most of its hashes have
+// (the higher on a tie). bcrypt's time is set by the cost alone, so an
+// unknown user then takes as long as a wrong password of any user of
+// that cost; a fixed cost would tell every listed user from an unlisted
+// one whenever the file's cost differs (htpasswd -B writes 5, caddy
+// hash-password 14). The result of that comparison is never used, so it
+// does not matter whose hash it is.
+func dummyFor(users map[string][]byte) []byte {
+	count := map[int]int{}
+	byCost := map[int][]byte{}
+	for _, h := range users {
+		c, _ := bcrypt.Cost(h) // checked when the file was read
+		count[c]++
+		byCost[c] = h
+	}
+	best := -1
+	for c, n := range count {
+		if best < 0 || n > count[best] || (n == count[best] && c > best) {
+			best = c
+		}
+	}
+	if best < 0 {
+		return emptyFileHash
+	}
+	return byCost[best]
+}
 
 // ParseHtpasswd reads `user:hash` lines; blank lines and lines starting
 // with '#' are skipped. A hash that is not bcrypt is an error naming the
@@ -64,6 +96,7 @@ func ParseHtpasswd(data []byte) (*Htpasswd, error) {
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
+	h.dummy = dummyFor(h.users)
 	return h, nil
 }
 
@@ -80,7 +113,7 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 	}
 	hash, known := h.users[user]
 	if !known {
-		hash = dummyHash
+		hash = h.dummy
 	}
 	ok := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil && known
 	if ok {

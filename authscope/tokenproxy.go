@@ -56,7 +56,9 @@ func TranslateScopes(names *Names, value string, v Via) (string, error) {
 
 // TokenProxy serves TokenPath: it forwards token requests (GET, and the
 // OAuth2 POST form) to Upstream with their scopes translated, passes
-// Authorization through, and returns the response as it came.
+// Authorization through, and returns the response as it came. A request
+// with two Authorization headers, or with one of this server's own
+// credentials anywhere in what would be forwarded, is refused.
 type TokenProxy struct {
 	// Upstream is the token service's URL (its realm).
 	Upstream *url.URL
@@ -65,33 +67,15 @@ type TokenProxy struct {
 	// timeout.
 	Client *http.Client
 	Logger *zap.Logger
-	// Withhold reports whether a password or token is one of this
-	// server's own credentials (a workload token, say), which the token
-	// service does not know and must never see. API keys are always
-	// withheld.
+	// Withhold reports whether a token is one of this server's own
+	// credentials (a workload token, say), which the token service does
+	// not know and must never see. It is asked of every run of token
+	// characters in any header, query or form value that would be
+	// forwarded. API keys are always withheld.
 	Withhold func(secret string) bool
 }
 
-// errWithheld refuses a token request that carries this server's own
-// credentials.
-var errWithheld = errors.New("credentials for this registry, not for its token service")
-
 const withheldMessage = "API keys and workload tokens are accepted by the registry itself, not by its token service: send them as Basic credentials to /v2/"
-
-// withheld reports whether r or its form carries a credential that must
-// not leave this server.
-func (p *TokenProxy) withheld(r *http.Request, form url.Values) bool {
-	own := func(s string) bool {
-		return s != "" && (IsAPIKey(s) || (p.Withhold != nil && p.Withhold(s)))
-	}
-	if _, pass, ok := r.BasicAuth(); ok && own(pass) {
-		return true
-	}
-	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") && own(strings.TrimSpace(tok)) {
-		return true
-	}
-	return own(form.Get("password")) || own(form.Get("refresh_token"))
-}
 
 var defaultTokenClient = &http.Client{Timeout: 30 * time.Second}
 
@@ -111,6 +95,10 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			code = "UNAUTHORIZED"
 		}
 		_, _ = fmt.Fprintf(w, `{"errors":[{"code":"%s","message":%q}]}`+"\n", code, msg)
+	}
+	if err := OneAuthorization(r.Header); err != nil {
+		fail(http.StatusBadRequest, "send one Authorization header", err)
+		return
 	}
 	q := r.URL.Query()
 	via := Via{Host: r.Host, NS: q.Get(realmParamNS), PathPrefix: q.Get(realmParamPrefix)}
@@ -163,10 +151,6 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if p.withheld(r, form) {
-		fail(http.StatusUnauthorized, withheldMessage, errWithheld)
-		return
-	}
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, up.String(), body)
 	if err != nil {
 		fail(http.StatusInternalServerError, "internal error", err)
@@ -176,6 +160,12 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if v := r.Header.Values(h); len(v) > 0 {
 			req.Header[h] = v
 		}
+	}
+	// Everything that would leave is examined, not only where clients
+	// usually put credentials.
+	if err := CheckForwarded(req.Header, req.URL.Query(), form, p.Withhold); err != nil {
+		fail(http.StatusUnauthorized, withheldMessage, err)
+		return
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")

@@ -38,6 +38,10 @@ func (h *Handler) authorize(r *http.Request, rc *request, kind RouteKind, via au
 		return r, nil
 	}
 	need := authscope.Need{Via: via, Reference: rc.arg}
+	if rc.name != "" {
+		// A refusal names what the client typed, never the internal name.
+		need.Typed = map[string]string{rc.name: rc.typed}
+	}
 	switch kind {
 	case RoutePing:
 	case RouteCatalog:
@@ -49,6 +53,7 @@ func (h *Handler) authorize(r *http.Request, rc *request, kind RouteKind, via au
 			// handler falls back to a plain session.
 			if src, err := h.names.Internal(from, via); err == nil && src != rc.name {
 				need.Scopes = append(need.Scopes, authscope.RepositoryScope(src, authscope.ScopePull))
+				need.Typed[src] = from
 			}
 		}
 	default:

@@ -202,6 +202,10 @@ func ParseTarget(names *authscope.Names, r *http.Request) (Target, error) {
 }
 
 func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) error {
+	if err := authscope.OneAuthorization(r.Header); err != nil {
+		// Which credentials count would be up to each proxy on the way.
+		return newError(http.StatusBadRequest, CodeUnauthorized, "send one Authorization header", err)
+	}
 	t, err := ParseTarget(h.names, r)
 	via := t.Via
 	if via.NS != "" {

@@ -129,6 +129,10 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		f.proxy.ServeHTTP(w, r)
 		return nil
 	}
+	if err := authscope.CheckAuthorization(r.Header, nil); err != nil {
+		f.refuseCredentials(w, r, err)
+		return nil
+	}
 	t, err := registry.ParseTarget(f.names, r)
 	if err != nil {
 		if t.Via.PathPrefix != "" {
@@ -201,6 +205,19 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		err = ferr
 	}
 	return err
+}
+
+// refuseCredentials answers a request whose credentials must not reach
+// the backend: two Authorization headers (which one counts would be up to
+// the backend), or an API key of this server, which the backend does not
+// know and must never see.
+func (f *Front) refuseCredentials(w http.ResponseWriter, r *http.Request, err error) {
+	e := registry.NewError(http.StatusUnauthorized, registry.CodeUnauthorized,
+		"API keys are accepted by the registry that issued them, not by this front", err)
+	if errors.Is(err, authscope.ErrAuthorizationRepeated) {
+		e = registry.NewError(http.StatusBadRequest, registry.CodeUnauthorized, "send one Authorization header", err)
+	}
+	f.refuse(w, r, registry.Target{}, e)
 }
 
 // refuse answers a request the front will not pass on.

@@ -1,12 +1,15 @@
 package front
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -14,6 +17,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
 )
 
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
@@ -369,5 +375,71 @@ func TestTokenProxyRefusesUntranslatable(t *testing.T) {
 	resp.Body.Close()
 	if want := []string{"repository:docker.io/library/debian:pull", "repository:team/app:pull,push"}; resp.StatusCode != http.StatusOK || !slices.Equal(rg.issuer.ScopesAsked(), want) {
 		t.Errorf("POST form: %d, issuer asked %q, want %q", resp.StatusCode, rg.issuer.ScopesAsked(), want)
+	}
+}
+
+// TestFrontRefusesCredentials: two Authorization headers never reach the
+// backend nor the token service (which one counts would be theirs to
+// pick), and neither does an API key of this server, however it is
+// dressed; other credentials pass.
+func TestFrontRefusesCredentials(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.URL.Path+" "+strings.Join(r.Header.Values("Authorization"), " | "))
+		mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	})
+	tokens := httptest.NewServer(backend)
+	t.Cleanup(tokens.Close)
+	cfg := frontConfig(tokens.URL)
+	cfg.Logger = zaptest.NewLogger(t)
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := httptest.NewServer(f.Middleware(backend))
+	t.Cleanup(fs.Close)
+
+	key := authscope.APIKeyPrefix + "0123456789abcdef_" + strings.Repeat("B", 43)
+	basic := func(user, pass string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+	}
+	send := func(path string, auth ...string) int {
+		req, _ := http.NewRequest(http.MethodGet, fs.URL+path, nil)
+		req.Header["Authorization"] = auth
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		name, path string
+		auth       []string
+		want       int
+	}{
+		{"two headers to the API", "/v2/debian/manifests/latest", []string{basic("ci", "ci-pw"), "Bearer t"}, 400},
+		{"two headers outside the API", "/other", []string{basic("ci", "ci-pw"), basic("root", "x")}, 400},
+		{"two headers to the token proxy", "/_oci/token?scope=repository:debian:pull", []string{basic("ci", "ci-pw"), "Bearer t"}, 400},
+		{"API key as the password", "/v2/debian/manifests/latest", []string{basic("ci", key)}, 401},
+		{"API key with trailing whitespace", "/v2/", []string{basic("ci", key+" ")}, 401},
+		{"API key as a bearer token", "/v2/debian/tags/list", []string{"Bearer " + key}, 401},
+		{"API key outside the API", "/other", []string{basic("ci", key)}, 401},
+		{"API key without its prefix", "/v2/", []string{basic("ci", key[len(authscope.APIKeyPrefix):])}, 401},
+	} {
+		if got := send(tc.path, tc.auth...); got != tc.want {
+			t.Errorf("%s: status %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	mu.Lock()
+	if len(seen) != 0 {
+		t.Errorf("passed on: %q", seen)
+	}
+	mu.Unlock()
+	if got := send("/v2/debian/manifests/latest", basic("ci", "ci-pw")); got != http.StatusOK {
+		t.Errorf("plain Basic credentials: status %d", got)
 	}
 }

@@ -1,0 +1,135 @@
+package authscope
+
+// Credentials that leave this server: the token proxy forwards a token
+// request to a Docker token service, the front forwards requests to the
+// registry behind it. API keys and workload tokens are secrets of this
+// server, and neither of those others may ever see one, wherever in the
+// request it hides (a header, a form field, the query, with whitespace or
+// a changed prefix around it). And a request with two Authorization
+// headers is refused: which of them counts would be up to each reader.
+
+import (
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// Refusals of credentials about to be forwarded.
+var (
+	// ErrAuthorizationRepeated is a request with more than one
+	// Authorization header (answered 400).
+	ErrAuthorizationRepeated = errors.New("more than one Authorization header")
+	// ErrOwnCredential is an API key or workload token of this server
+	// in a request bound elsewhere (answered 401).
+	ErrOwnCredential = errors.New("credentials for this registry, not for the server behind it")
+)
+
+// OneAuthorization refuses a header with more than one Authorization
+// value: this server reads the first, a token service or backend may read
+// another, so the credentials checked would not be those used.
+func OneAuthorization(h http.Header) error {
+	if len(h.Values("Authorization")) > 1 {
+		return ErrAuthorizationRepeated
+	}
+	return nil
+}
+
+// apiKeyBody is an API key without its prefix (id and secret), found
+// anywhere in a value: a key whose prefix was dropped or changed still
+// carries its secret.
+var apiKeyBody = regexp.MustCompile(`[0-9a-fA-F]{16}_[A-Za-z0-9_-]{43}`)
+
+// holdsOwnSecret reports whether s holds one of this server's secrets
+// anywhere in it: an API key, by its prefix in any case or by the shape
+// of its id and secret, or a token withhold claims (nil: none), looked
+// for in every run of token characters, so that whitespace, quotes or
+// other text around it do not hide it.
+func holdsOwnSecret(s string, withhold func(string) bool) bool {
+	if strings.Contains(strings.ToLower(s), APIKeyPrefix) || apiKeyBody.MatchString(s) {
+		return true
+	}
+	if withhold == nil {
+		return false
+	}
+	for _, f := range strings.FieldsFunc(s, notTokenChar) {
+		if withhold(f) {
+			return true
+		}
+	}
+	return false
+}
+
+// notTokenChar: not in a JWT (base64url and dots) nor in base64.
+func notTokenChar(r rune) bool {
+	switch {
+	case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
+		return false
+	}
+	return !strings.ContainsRune("-_.+/", r)
+}
+
+// authorizationSecrets returns what an Authorization value carries: the
+// value itself and, for Basic, the decoded user and password (in
+// whichever base64 alphabet decodes, as lenient servers accept them).
+func authorizationSecrets(v string) []string {
+	out := []string{v}
+	scheme, rest, _ := strings.Cut(strings.TrimSpace(v), " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return out
+	}
+	rest = strings.TrimSpace(rest)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(rest); err == nil {
+			out = append(out, string(b))
+		}
+	}
+	return out
+}
+
+// CheckAuthorization vets the Authorization of a request about to be
+// forwarded to a server that is not this one: one header at most
+// (ErrAuthorizationRepeated), holding no API key and no token withhold
+// (nil: none) claims (ErrOwnCredential).
+func CheckAuthorization(h http.Header, withhold func(string) bool) error {
+	if err := OneAuthorization(h); err != nil {
+		return err
+	}
+	for _, v := range h.Values("Authorization") {
+		for _, s := range authorizationSecrets(v) {
+			if holdsOwnSecret(s, withhold) {
+				return ErrOwnCredential
+			}
+		}
+	}
+	return nil
+}
+
+// CheckForwarded vets a whole request about to be forwarded, as
+// CheckAuthorization does its Authorization, and every other header
+// value, every name and value of query and form (nil: none) too.
+func CheckForwarded(h http.Header, query, form url.Values, withhold func(string) bool) error {
+	if err := CheckAuthorization(h, withhold); err != nil {
+		return err
+	}
+	var values []string
+	for k, vs := range h {
+		if http.CanonicalHeaderKey(k) != "Authorization" {
+			values = append(values, vs...)
+		}
+	}
+	for _, q := range []url.Values{query, form} {
+		for k, vs := range q {
+			values = append(values, k)
+			values = append(values, vs...)
+		}
+	}
+	for _, v := range values {
+		if holdsOwnSecret(v, withhold) {
+			return ErrOwnCredential
+		}
+	}
+	return nil
+}
