@@ -2,10 +2,10 @@ package authscope
 
 // The browser side of sign-in, served under AuthPath: login, callback,
 // logout, the key page and the key API. Every state-changing request
-// needs the session's CSRF token and, when the browser sends one, an
-// Origin equal to the external URL's; the session cookie is SameSite=Lax
-// besides. The registry API never reads the session cookie, so a
-// cross-site request cannot push or delete with a browser's session.
+// needs the session's CSRF token and proof that a page of this site sent
+// it (see sameOrigin); the session cookie is SameSite=Lax besides. The
+// registry API never reads the session cookie, so a cross-site request
+// cannot push or delete with a browser's session.
 
 import (
 	"crypto/subtle"
@@ -41,6 +41,8 @@ type SignInOptions struct {
 	ExternalURL string
 	// Sealer seals the session and sign-in cookies.
 	Sealer *Sealer
+	// Sessions keeps the live sessions, so that signing out ends one.
+	Sessions SessionStore
 	// SessionTTL is how long a session lasts. Default: 12h.
 	SessionTTL time.Duration
 	// APIKeys, if set, lets signed-in users manage keys.
@@ -59,8 +61,8 @@ type SignIn struct {
 
 // NewSignIn checks o.
 func NewSignIn(o SignInOptions) (*SignIn, error) {
-	if o.OIDC == nil || o.Sealer == nil {
-		return nil, errors.New("sign-in needs an OIDC client and a sealer")
+	if o.OIDC == nil || o.Sealer == nil || o.Sessions == nil {
+		return nil, errors.New("sign-in needs an OIDC client, a sealer and a session store")
 	}
 	secure, origin, err := CheckExternalURL(o.ExternalURL)
 	if err != nil {
@@ -129,7 +131,10 @@ func (s *SignIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")
-	w.Header().Set("Referrer-Policy", "no-referrer")
+	// Not no-referrer: under it browsers send "Origin: null" with the
+	// page's own forms, which sameOrigin could then not tell from a
+	// sandboxed attacker. same-origin still sends nothing to others.
+	w.Header().Set("Referrer-Policy", "same-origin")
 	// Nothing here takes more than a label and a token.
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	rest := strings.TrimPrefix(r.URL.Path, AuthPath)
@@ -224,13 +229,12 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, status, "sign-in refused", err)
 		return
 	}
-	csrf, err := randomString(32)
+	exp := s.now().Add(s.o.SessionTTL)
+	sess, err := s.startSession(user, groups, exp)
 	if err != nil {
 		s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
 		return
 	}
-	exp := s.now().Add(s.o.SessionTTL)
-	sess := Session{User: user, Groups: groups, CSRF: csrf, Expires: exp.Unix()}
 	if err := s.jar.set(w, sessionCookie, sess, exp); err != nil {
 		s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
 		return
@@ -239,27 +243,63 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, AuthPath, http.StatusSeeOther)
 }
 
+// startSession makes a session for user with a fresh ID and CSRF token,
+// and records it in the store.
+func (s *SignIn) startSession(user string, groups []string, exp time.Time) (Session, error) {
+	id, err := randomString(18)
+	if err != nil {
+		return Session{}, err
+	}
+	csrf, err := randomString(32)
+	if err != nil {
+		return Session{}, err
+	}
+	rec, err := json.Marshal(sessionRecord{User: user, Expires: exp.UTC().Truncate(time.Second)})
+	if err != nil {
+		return Session{}, err
+	}
+	if err := s.o.Sessions.CreateSession(id, rec, exp); err != nil {
+		return Session{}, fmt.Errorf("storing session: %w", err)
+	}
+	return Session{ID: id, User: user, Groups: groups, CSRF: csrf, Expires: exp.Unix()}, nil
+}
+
+// logout ends the session in the store, so that its cookie, wherever a
+// copy of it went, no longer works.
 func (s *SignIn) logout(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.session(w, r, true); !ok {
+	sess, ok := s.session(w, r, true)
+	if !ok {
+		return
+	}
+	if err := s.o.Sessions.DeleteSession(sess.ID); err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "sign-out failed; try again", err)
 		return
 	}
 	s.jar.clear(w, sessionCookie)
+	s.o.Logger.Info("signed out", zap.String("user", sess.User), zap.String("remote", r.RemoteAddr))
 	http.Redirect(w, r, AuthPath, http.StatusSeeOther)
 }
 
-// session returns the caller's session; for a state-changing request
-// also checks CSRF token and Origin. It answers the refusal itself.
+// session returns the caller's session: its cookie must open and the
+// store must still hold it. A state-changing request must also come from
+// a page of this site and carry the session's CSRF token. It answers the
+// refusal itself.
 func (s *SignIn) session(w http.ResponseWriter, r *http.Request, changes bool) (Session, bool) {
-	sess, err := s.jar.session(r, s.now())
-	if err != nil {
+	sess, err := s.current(r)
+	if signedOut(err) {
 		s.fail(w, r, http.StatusUnauthorized, "not signed in", err)
+		return Session{}, false
+	}
+	if err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "cannot check the session", err)
 		return Session{}, false
 	}
 	if !changes {
 		return sess, true
 	}
-	if o := r.Header.Get("Origin"); o != "" && o != s.origin {
-		s.fail(w, r, http.StatusForbidden, "cross-origin request refused", fmt.Errorf("origin %q", o))
+	if err := s.sameOrigin(r); err != nil {
+		s.fail(w, r, http.StatusForbidden, "request refused: it must come from a page of "+s.origin+
+			" (Origin: "+s.origin+", or Sec-Fetch-Site: same-origin)", err)
 		return Session{}, false
 	}
 	tok := r.Header.Get("X-CSRF-Token")
@@ -271,6 +311,72 @@ func (s *SignIn) session(w http.ResponseWriter, r *http.Request, changes bool) (
 		return Session{}, false
 	}
 	return sess, true
+}
+
+// current returns r's session if its cookie opens, has not expired, and
+// the store still holds it. Errors for which signedOut is true mean no
+// session; others are the store's faults.
+func (s *SignIn) current(r *http.Request) (Session, error) {
+	sess, err := s.jar.session(r, s.now())
+	if err != nil {
+		return Session{}, err
+	}
+	if err := s.live(sess); err != nil {
+		return Session{}, err
+	}
+	return sess, nil
+}
+
+// signedOut reports whether an error of current means the caller has no
+// session (as opposed to one that cannot be checked now).
+func signedOut(err error) bool {
+	return errors.Is(err, ErrSessionInvalid) || errors.Is(err, ErrSessionNotFound)
+}
+
+// live checks that the store still holds sess, for the same user.
+func (s *SignIn) live(sess Session) error {
+	b, err := s.o.Sessions.Session(sess.ID)
+	if err != nil {
+		return fmt.Errorf("session of %s: %w", sess.User, err)
+	}
+	var rec sessionRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("session record: %w", err)
+	}
+	if rec.User != sess.User {
+		return fmt.Errorf("%w: the cookie's user %q is not the stored %q", ErrSessionInvalid, sess.User, rec.User)
+	}
+	return nil
+}
+
+// sameOrigin checks that a state-changing request comes from a page of
+// this site. Browsers send Origin with every POST and DELETE, and
+// Sec-Fetch-Site with every request; neither can a page of another site
+// set. A request with neither is refused: a browser would have sent one,
+// so it is a script, which has to say where it stands like a page does.
+// A session cookie that reached someone else is thereby no key maker by
+// itself in a browser; that it never does is the cookie's Path and
+// DropSignInCookies's job.
+func (s *SignIn) sameOrigin(r *http.Request) error {
+	origins := r.Header.Values("Origin")
+	sites := r.Header.Values("Sec-Fetch-Site")
+	if len(origins) > 1 || len(sites) > 1 {
+		return fmt.Errorf("several Origin (%q) or Sec-Fetch-Site (%q) headers", origins, sites)
+	}
+	origin, site := r.Header.Get("Origin"), r.Header.Get("Sec-Fetch-Site")
+	switch {
+	case site != "" && site != "same-origin":
+		return fmt.Errorf("Sec-Fetch-Site %q", site)
+	case origin == s.origin:
+		return nil
+	case (origin == "" || origin == "null") && site == "same-origin":
+		// A browser whose referrer policy hid the origin.
+		return nil
+	case origin == "":
+		return errors.New("no Origin and no Sec-Fetch-Site")
+	default:
+		return fmt.Errorf("origin %q", origin)
+	}
 }
 
 // whoami answers the session as JSON, with the CSRF token scripts need
@@ -303,9 +409,12 @@ func (s *SignIn) fail(w http.ResponseWriter, r *http.Request, status int, msg st
 	http.Error(w, msg, status)
 }
 
+// wantsJSON tells a script (JSON, or the CSRF header only scripts send)
+// from the page's forms.
 func wantsJSON(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("Accept"), "application/json") ||
-		strings.HasPrefix(r.Header.Get("Content-Type"), "application/json")
+		strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") ||
+		r.Header.Get("X-CSRF-Token") != ""
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

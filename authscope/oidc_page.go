@@ -85,7 +85,12 @@ type pageData struct {
 // just made or an error from the last form.
 func (s *SignIn) page(w http.ResponseWriter, r *http.Request, newKey, formErr string) {
 	d := pageData{NewKey: newKey, Error: formErr}
-	if sess, err := s.jar.session(r, s.now()); err == nil {
+	sess, err := s.current(r)
+	if err != nil && !signedOut(err) {
+		s.fail(w, r, http.StatusInternalServerError, "cannot check the session", err)
+		return
+	}
+	if err == nil {
 		d.User, d.Groups, d.CSRF = sess.User, sess.Groups, sess.CSRF
 		if k := s.o.APIKeys; k != nil {
 			d.Keys = true

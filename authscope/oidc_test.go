@@ -110,6 +110,51 @@ func (m *memKeys) writes() int {
 	return m.updates
 }
 
+// memSessions is a SessionStore in memory.
+type memSessions struct {
+	mu   sync.Mutex
+	recs map[string][]byte
+	now  func() time.Time
+	exp  map[string]time.Time
+}
+
+func newMemSessions(now func() time.Time) *memSessions {
+	return &memSessions{recs: map[string][]byte{}, exp: map[string]time.Time{}, now: now}
+}
+
+func (m *memSessions) CreateSession(id string, rec []byte, expires time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.recs[id]; ok {
+		return io.ErrUnexpectedEOF
+	}
+	m.recs[id], m.exp[id] = rec, expires
+	return nil
+}
+
+func (m *memSessions) Session(id string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.recs[id]
+	if !ok || !m.now().Before(m.exp[id]) {
+		return nil, ErrSessionNotFound
+	}
+	return b, nil
+}
+
+func (m *memSessions) DeleteSession(id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.recs, id)
+	return nil
+}
+
+func (m *memSessions) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.recs)
+}
+
 func testSealer() *Sealer {
 	key := make([]byte, SessionKeySize)
 	if _, err := rand.Read(key); err != nil {
@@ -121,16 +166,18 @@ func testSealer() *Sealer {
 // site is a SignIn behind an httptest server, with its provider.
 type site struct {
 	*httptest.Server
-	p     *oidctest.Provider
-	si    *SignIn
-	keys  *APIKeys
-	store *memKeys
-	clock *clock
+	p        *oidctest.Provider
+	si       *SignIn
+	keys     *APIKeys
+	store    *memKeys
+	sessions *memSessions
+	clock    *clock
 }
 
 func newSite(t *testing.T, user string, groups ...string) *site {
 	t.Helper()
 	s := &site{p: oidctest.New(t, user, groups...), clock: newClock(), store: newMemKeys()}
+	s.sessions = newMemSessions(s.clock.Now)
 	var h http.Handler
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
 	t.Cleanup(s.Close)
@@ -143,6 +190,7 @@ func newSite(t *testing.T, user string, groups ...string) *site {
 		},
 		ExternalURL: s.URL,
 		Sealer:      testSealer(),
+		Sessions:    s.sessions,
 		APIKeys:     s.keys,
 		Now:         s.clock.Now,
 	})
@@ -153,13 +201,25 @@ func newSite(t *testing.T, user string, groups ...string) *site {
 	return s
 }
 
-// browser is an http.Client with a cookie jar that follows redirects.
+// browser is an http.Client with a cookie jar that follows redirects
+// and, as browsers do, sends Origin with every request that is neither
+// GET nor HEAD.
 func browser(t *testing.T) *http.Client {
 	jar, err := cookiejar.New(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &http.Client{Jar: jar}
+	return &http.Client{Jar: jar, Transport: originTransport{}}
+}
+
+type originTransport struct{}
+
+func (originTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Header.Get("Origin") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Origin", r.URL.Scheme+"://"+r.URL.Host)
+	}
+	return http.DefaultTransport.RoundTrip(r)
 }
 
 // signIn runs the whole flow and returns the final response's status and
@@ -200,7 +260,7 @@ func TestSignInFlow(t *testing.T) {
 	if status != http.StatusOK || m["user"] != "alice" || m["csrf_token"] == "" {
 		t.Fatalf("session: %d %v", status, m)
 	}
-	u, _ := url.Parse(s.URL)
+	u, _ := url.Parse(s.URL + AuthPath)
 	var names []string
 	for _, ck := range c.Jar.Cookies(u) {
 		names = append(names, ck.Name)
@@ -245,14 +305,16 @@ func TestSignInCookieAttributes(t *testing.T) {
 		t.Fatalf("login redirect: %d %s", resp.StatusCode, to)
 	}
 	ck := resp.Cookies()
-	if len(ck) != 1 || ck[0].Name != loginCookie || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteLaxMode || ck[0].Secure {
+	if len(ck) != 1 || ck[0].Name != loginCookie || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteLaxMode || ck[0].Secure ||
+		ck[0].Path != AuthPath || ck[0].Domain != "" {
 		t.Fatalf("sign-in cookie on loopback http: %+v", ck)
 	}
 
-	// Over https: Secure and the __Host- prefix.
+	// Over https: Secure and the __Secure- prefix (__Host- would need
+	// Path=/, which sends the session to every handler of the site).
 	si, err := NewSignIn(SignInOptions{
 		OIDC:        &OIDCClient{Issuer: s.p.Issuer(), ClientID: oidctest.ClientID, RedirectURL: RedirectURL("https://registry.example")},
-		ExternalURL: "https://registry.example", Sealer: testSealer(),
+		ExternalURL: "https://registry.example", Sealer: testSealer(), Sessions: newMemSessions(time.Now),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +322,7 @@ func TestSignInCookieAttributes(t *testing.T) {
 	rec := httptest.NewRecorder()
 	si.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "https://registry.example"+AuthPath+"login", nil))
 	ck = rec.Result().Cookies()
-	if len(ck) != 1 || ck[0].Name != "__Host-"+loginCookie || !ck[0].Secure || !ck[0].HttpOnly || ck[0].Path != "/" {
+	if len(ck) != 1 || ck[0].Name != "__Secure-"+loginCookie || !ck[0].Secure || !ck[0].HttpOnly || ck[0].Path != AuthPath || ck[0].Domain != "" {
 		t.Fatalf("sign-in cookie over https: %+v", ck)
 	}
 }
@@ -398,7 +460,7 @@ func TestSessionCookieTampering(t *testing.T) {
 	if status, _ := s.signIn(t, c); status != http.StatusOK {
 		t.Fatal(status)
 	}
-	u, _ := url.Parse(s.URL)
+	u, _ := url.Parse(s.URL + AuthPath)
 	orig := c.Jar.Cookies(u)[0].Value
 	forged, err := testSealer().Seal(sessionCookie, Session{User: "root", CSRF: "x", Expires: time.Now().Add(time.Hour).Unix()})
 	if err != nil {
@@ -450,7 +512,7 @@ func TestSignInLazyDiscovery(t *testing.T) {
 	p.Close()
 	si, err := NewSignIn(SignInOptions{
 		OIDC:        &OIDCClient{Issuer: issuer, ClientID: oidctest.ClientID, RedirectURL: RedirectURL("http://127.0.0.1:1")},
-		ExternalURL: "http://127.0.0.1:1", Sealer: testSealer(),
+		ExternalURL: "http://127.0.0.1:1", Sealer: testSealer(), Sessions: newMemSessions(time.Now),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,8 @@ package authscope
 // short-lived state of a sign-in in progress. Both are JSON sealed with
 // AES-256-GCM, so the browser can neither read nor change them; the
 // cookie's name is the additional data, so a value sealed for one cookie
-// is refused as the other.
+// is refused as the other. A session also lives in the store under its
+// ID, so that signing out ends it for good, not when its cookie expires.
 
 import (
 	"crypto/aes"
@@ -29,12 +30,39 @@ var ErrSessionInvalid = errors.New("invalid session")
 
 // Session is a signed-in browser.
 type Session struct {
+	// ID names the session in the SessionStore; a session the store does
+	// not know (signed out, or older than IDs) is no session.
+	ID     string   `json:"i"`
 	User   string   `json:"u"`
 	Groups []string `json:"g,omitempty"`
 	// CSRF must come back with every state-changing request of the
 	// session (header X-CSRF-Token or form field csrf).
 	CSRF    string `json:"c"`
 	Expires int64  `json:"e"` // unix seconds
+}
+
+// ErrSessionNotFound is a session ID the store does not know: never
+// made, signed out, or expired.
+var ErrSessionNotFound = errors.New("no such session")
+
+// SessionStore keeps the sessions that are signed in, by ID, with records
+// opaque to it. It is all sign-in needs of storage.
+type SessionStore interface {
+	// CreateSession stores a new session's record, live until expires;
+	// after that the store may forget it. An existing id is an error.
+	CreateSession(id string, record []byte, expires time.Time) error
+	// Session returns the record of a live id, or an error wrapping
+	// ErrSessionNotFound.
+	Session(id string) ([]byte, error)
+	// DeleteSession ends id; a missing id is not an error.
+	DeleteSession(id string) error
+}
+
+// sessionRecord is what the store keeps of a session: enough to check a
+// cookie against, and to find a user's sessions later.
+type sessionRecord struct {
+	User    string    `json:"user"`
+	Expires time.Time `json:"expires"`
 }
 
 // loginState is a sign-in between the redirect to the provider and the
@@ -121,9 +149,13 @@ func (s *Sealer) Open(name, value string, v any) error {
 // bytes for name, value and attributes).
 const maxCookieSize = 3800
 
-// cookieJar names and sets the two cookies. Over https they carry the
-// __Host- prefix, which browsers accept only with Secure, Path=/ and no
-// Domain, so a sibling subdomain cannot plant one.
+// cookieJar names and sets the two cookies. Both are scoped to AuthPath,
+// so a browser sends them to the sign-in pages only, never to other
+// handlers of the site (a reverse_proxy next to the registry). Over https
+// they are Secure and carry the __Secure- prefix, which browsers accept
+// only from a Secure origin with Secure set; the __Host- prefix would
+// demand Path=/. Since a sibling subdomain could still plant a cookie of
+// the same name, a request with more than one is refused.
 type cookieJar struct {
 	secure bool
 	sealer *Sealer
@@ -131,7 +163,7 @@ type cookieJar struct {
 
 func (j cookieJar) name(base string) string {
 	if j.secure {
-		return "__Host-" + base
+		return "__Secure-" + base
 	}
 	return base
 }
@@ -139,24 +171,40 @@ func (j cookieJar) name(base string) string {
 const (
 	sessionCookie = "oci_session"
 	loginCookie   = "oci_login"
+	cookiePath    = AuthPath
 )
 
-// DropSignInCookies removes this server's sign-in cookies from h, for a
-// request that leaves it (a proxied one): a session must never reach
-// another service. Other cookies stay.
-func DropSignInCookies(h http.Header) {
-	if h.Get("Cookie") == "" {
-		return
+// isSignInCookie reports whether a cookie called name is one of the
+// sign-in cookies, under any prefix this server has used.
+func isSignInCookie(name string) bool {
+	for _, prefix := range []string{"__Host-", "__Secure-"} {
+		if len(name) > len(prefix) && strings.EqualFold(name[:len(prefix)], prefix) {
+			name = name[len(prefix):]
+			break
+		}
 	}
-	r := http.Request{Header: h}
+	return strings.EqualFold(name, sessionCookie) || strings.EqualFold(name, loginCookie)
+}
+
+// DropSignInCookies removes this server's sign-in cookies from h, for a
+// request that leaves it (proxied, or passed to the next handler): a
+// session must never reach another service. It reads every Cookie
+// header; other cookies stay, as they came, in one Cookie header.
+func DropSignInCookies(h http.Header) {
 	var keep []string
 	dropped := false
-	for _, c := range r.Cookies() {
-		switch strings.TrimPrefix(c.Name, "__Host-") {
-		case sessionCookie, loginCookie:
-			dropped = true
-		default:
-			keep = append(keep, c.String())
+	for _, line := range h.Values("Cookie") {
+		for _, part := range strings.Split(line, ";") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			name, _, _ := strings.Cut(part, "=")
+			if isSignInCookie(strings.TrimSpace(name)) {
+				dropped = true
+				continue
+			}
+			keep = append(keep, part)
 		}
 	}
 	if !dropped {
@@ -179,27 +227,37 @@ func (j cookieJar) set(w http.ResponseWriter, base string, v any, expires time.T
 		return fmt.Errorf("%s cookie would be %d bytes, more than browsers keep (too many groups?)", name, len(val))
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: name, Value: val, Path: "/", Expires: expires,
+		Name: name, Value: val, Path: cookiePath, Expires: expires,
 		MaxAge: max(1, int(time.Until(expires).Seconds())),
 		Secure: j.secure, HttpOnly: true, SameSite: http.SameSiteLaxMode,
 	})
 	return nil
 }
 
-// get opens the cookie base of r into v.
+// get opens the cookie base of r into v. More than one cookie of that
+// name is refused: the second one was planted (see cookieJar).
 func (j cookieJar) get(r *http.Request, base string, v any) error {
 	name := j.name(base)
-	c, err := r.Cookie(name)
-	if err != nil {
-		return fmt.Errorf("%w: no %s cookie", ErrSessionInvalid, name)
+	var found []*http.Cookie
+	for _, c := range r.Cookies() {
+		if c.Name == name {
+			found = append(found, c)
+		}
 	}
-	return j.sealer.Open(name, c.Value, v)
+	switch len(found) {
+	case 0:
+		return fmt.Errorf("%w: no %s cookie", ErrSessionInvalid, name)
+	case 1:
+		return j.sealer.Open(name, found[0].Value, v)
+	default:
+		return fmt.Errorf("%w: %d %s cookies", ErrSessionInvalid, len(found), name)
+	}
 }
 
 // clear tells the browser to drop the cookie base.
 func (j cookieJar) clear(w http.ResponseWriter, base string) {
 	http.SetCookie(w, &http.Cookie{
-		Name: j.name(base), Value: "", Path: "/", MaxAge: -1,
+		Name: j.name(base), Value: "", Path: cookiePath, MaxAge: -1,
 		Secure: j.secure, HttpOnly: true, SameSite: http.SameSiteLaxMode,
 	})
 }
@@ -210,7 +268,7 @@ func (j cookieJar) session(r *http.Request, now time.Time) (Session, error) {
 	if err := j.get(r, sessionCookie, &s); err != nil {
 		return Session{}, err
 	}
-	if s.User == "" || s.CSRF == "" || now.Unix() >= s.Expires {
+	if s.ID == "" || s.User == "" || s.CSRF == "" || now.Unix() >= s.Expires {
 		return Session{}, fmt.Errorf("%w: expired", ErrSessionInvalid)
 	}
 	return s, nil

@@ -210,6 +210,7 @@ func (a *Auth) provisionSignIn(store func() (*cache.Store, error), logger *zap.L
 		},
 		ExternalURL: o.ExternalURL,
 		Sealer:      sealer,
+		Sessions:    storeSessions(store),
 		SessionTTL:  time.Duration(o.SessionTTL),
 		APIKeys:     p.apiKeys,
 		Logger:      logger.Named("signin"),
@@ -283,6 +284,37 @@ func (f storeKeys) APIKeys() ([][]byte, error) {
 		return nil, err
 	}
 	return st.APIKeys()
+}
+
+// storeSessions is the handler's store as an authscope.SessionStore.
+type storeSessions func() (*cache.Store, error)
+
+func (f storeSessions) CreateSession(id string, rec []byte, expires time.Time) error {
+	st, err := f()
+	if err != nil {
+		return err
+	}
+	return st.CreateSession(id, rec, expires)
+}
+
+func (f storeSessions) Session(id string) ([]byte, error) {
+	st, err := f()
+	if err != nil {
+		return nil, err
+	}
+	rec, err := st.Session(id)
+	if errors.Is(err, cache.ErrSessionUnknown) {
+		return nil, fmt.Errorf("%w: %w", authscope.ErrSessionNotFound, err)
+	}
+	return rec, err
+}
+
+func (f storeSessions) DeleteSession(id string) error {
+	st, err := f()
+	if err != nil {
+		return err
+	}
+	return st.DeleteSession(id)
 }
 
 // unmarshalOIDC parses

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -177,6 +178,7 @@ func TestOIDCThroughHandler(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/apikeys", bytes.NewReader([]byte(`{"label":"ci"}`)))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	req.Header.Set("Origin", srv.URL)
 	resp, err = c.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -209,6 +211,7 @@ func TestOIDCThroughHandler(t *testing.T) {
 	}
 	req, _ = http.NewRequest(http.MethodDelete, srv.URL+"/_oci/auth/apikeys/"+created.ID, nil)
 	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	req.Header.Set("Origin", srv.URL)
 	resp, err = c.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -222,6 +225,32 @@ func TestOIDCThroughHandler(t *testing.T) {
 	}
 	if secret, err := st.AuthSecret("session", authscope.SessionKeySize); err != nil || len(secret) != authscope.SessionKeySize {
 		t.Fatalf("session key not in the store: %v", err)
+	}
+
+	// Signing out ends the session in the store: the cookie is refused
+	// afterwards, as no session (401), not as a fault.
+	u, _ := url.Parse(srv.URL + authscope.AuthPath)
+	cookies := jar.Cookies(u)
+	req, _ = http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/logout", strings.NewReader(url.Values{"csrf": {sess.CSRF}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", srv.URL)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || len(cookies) != 1 {
+		t.Fatalf("logout: %d, cookies before %v", resp.StatusCode, cookies)
+	}
+	req, _ = http.NewRequest(http.MethodGet, srv.URL+"/_oci/auth/session", nil)
+	req.AddCookie(cookies[0])
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the cookie after logout: %d", resp.StatusCode)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
@@ -228,12 +229,15 @@ func (rg *Registry) Cleanup() error {
 	return err
 }
 
-// ServeHTTP serves /v2/ and passes every other request to next.
+// ServeHTTP serves /v2/ and passes every other request to next, without
+// the sign-in cookies: the next handler may be another service
+// (reverse_proxy), and a session is this server's alone.
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if rg.auth.serve(w, r) {
 		return nil
 	}
 	if !rg.serves.Serves(r.URL.Path) {
+		authscope.DropSignInCookies(r.Header)
 		return next.ServeHTTP(w, r)
 	}
 	h, err := rg.registryHandler()

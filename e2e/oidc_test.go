@@ -22,6 +22,13 @@ import (
 // blumeops/**; admins everything.
 func oidcServer(t *testing.T, p *oidctest.Provider) *server {
 	t.Helper()
+	return oidcSite(t, p, "")
+}
+
+// oidcSite is oidcServer with more directives after oci_registry in the
+// site (another handler of the same host).
+func oidcSite(t *testing.T, p *oidctest.Provider, more string) *server {
+	t.Helper()
 	needBinary(t)
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "client-secret")
@@ -67,9 +74,10 @@ http://:%s {
 			}
 		}
 	}
+	%s
 }
 `, adminPort, port, strconv.Quote(dataDir), p.Issuer(), oidctest.ClientID, strconv.Quote(secret), addr,
-		p.Issuer(), workloadAudience)
+		p.Issuer(), workloadAudience, more)
 	config := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -129,6 +137,10 @@ func (w *webSession) do(method, path string, body any, want int, out any) {
 	req, _ := http.NewRequest(method, w.s.url(path), rd)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
+	if method != http.MethodGet {
+		// What a browser sends with the page's script.
+		req.Header.Set("Origin", "http://"+w.s.addr)
+	}
 	if w.csrf != "" {
 		req.Header.Set("X-CSRF-Token", w.csrf)
 	}
