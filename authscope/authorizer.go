@@ -196,25 +196,46 @@ func NewAuthorizer(o Options) (*Authorizer, error) {
 
 type identityKey struct{}
 
+// proof is what Authorize puts in a request's context: the identity and
+// the Authorizer that established it.
+type proof struct {
+	by *Authorizer
+	id Identity
+}
+
 // IdentityOf returns the identity Authorize put in r's context.
 func IdentityOf(r *http.Request) (Identity, bool) {
-	id, ok := r.Context().Value(identityKey{}).(Identity)
-	return id, ok
+	p, ok := r.Context().Value(identityKey{}).(proof)
+	return p.id, ok
+}
+
+// provenHere returns the identity a passes r with when a itself
+// established it before (another handler's Authorizer may trust other
+// credentials).
+func (a *Authorizer) provenHere(r *http.Request) (Identity, bool) {
+	p, ok := r.Context().Value(identityKey{}).(proof)
+	return p.id, ok && p.by == a
 }
 
 // Authorize decides r. It returns r with the caller's identity in its
 // context (for CanRead and Audit), or a *Denial; any other error means
 // the credentials could not be checked here (a server error).
 func (a *Authorizer) Authorize(r *http.Request, need Need) (*http.Request, error) {
-	id, err := a.identify(r)
-	if err != nil {
-		var cf *checkFailed
-		if errors.As(err, &cf) {
-			return r, cf
+	// A request Authorize passed before (a manifest push asked again as a
+	// tag move) keeps the identity it proved: the password is not checked
+	// twice.
+	id, known := a.provenHere(r)
+	if !known {
+		var err error
+		if id, err = a.identify(r); err != nil {
+			var cf *checkFailed
+			if errors.As(err, &cf) {
+				return r, cf
+			}
+			return r, a.denyCredentials(r, need, id.Method, err)
 		}
-		return r, a.denyCredentials(r, need, id.Method, err)
+		r = r.WithContext(context.WithValue(r.Context(), identityKey{}, proof{a, id}))
 	}
-	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
 	if len(need.Scopes) == 0 {
 		if id.Method == MethodAnonymous && !a.anonymousTotal() {
 			return r, a.deny(r, need, id, errors.New("credentials wanted"))

@@ -34,6 +34,16 @@ var (
 	// ErrSizeMismatch: a committed upload's size differs from the size the
 	// caller declared. Nothing was stored.
 	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrTooManyUploads: opening a session would pass a limit on open
+	// sessions (UploadLimits). Nothing was created.
+	ErrTooManyUploads = errors.New("too many open uploads")
+	// ErrUploadSpace: the bytes of open uploads reached
+	// UploadLimits.TotalBytes. The chunk was dropped; the session is as it
+	// was before it.
+	ErrUploadSpace = errors.New("upload space exhausted")
+	// ErrUploadTooLarge: a blob grew past UploadLimits.MaxBlobSize. Its
+	// session, if any, is removed and its bytes freed.
+	ErrUploadTooLarge = errors.New("blob too large")
 	// ErrNameInvalid: a repository name or tag the store cannot key (empty,
 	// or holding a NUL byte). The registry checks the spec's grammar before
 	// calling the store, so callers only see this on a bug; it is never a
@@ -49,8 +59,9 @@ type Options struct {
 	//   tmp/                        temp files of in-flight writes
 	//   meta/                       badger
 	Dir string
-	// UploadTTL: an upload session untouched for longer is expired and its
-	// data removed. Default 24h.
+	// UploadTTL: an upload session older than this (since it was opened)
+	// is expired and its data removed, however busy. Default 24h.
+	// UploadLimits.IdleTimeout expires idle sessions sooner.
 	UploadTTL time.Duration
 	// GCGrace: a blob file younger than this is never collected, nor a
 	// blob link made (or asked for) more recently, so the blobs of an
@@ -88,11 +99,40 @@ type Manifest struct {
 // Upload is the state of a resumable upload session. Sessions are kept in
 // badger and their data in uploads/<id>, so they survive a restart.
 type Upload struct {
-	ID      string
-	Repo    string
+	ID   string
+	Repo string
+	// Owner is who opened the session (a user or a client address, as
+	// the caller names it), for UploadLimits.PerOwner; may be empty.
+	Owner   string
 	Size    int64 // bytes received and durably accounted for so far
 	Started time.Time
 	Updated time.Time
+}
+
+// UploadLimits bound what clients may hold in uploads (uploadlimits.go).
+// Zero fields are no limit. They are counted from badger at Open and kept
+// beside every change, so they hold under concurrency and after a restart.
+type UploadLimits struct {
+	// PerOwner: open sessions of one owner (sessions without an owner are
+	// not counted).
+	PerOwner int
+	// PerRepo: open sessions of one repository.
+	PerRepo int
+	// MaxBlobSize: bytes of one blob, in a session or a PutBlob. Checked
+	// as the bytes arrive.
+	MaxBlobSize int64
+	// TotalBytes: bytes held by all open sessions together, plus those of
+	// chunks and PutBlobs being written.
+	TotalBytes int64
+	// IdleTimeout: a session without a new chunk for this long expires,
+	// before UploadTTL.
+	IdleTimeout time.Duration
+}
+
+// UploadUsage is what open uploads hold right now.
+type UploadUsage struct {
+	Sessions int
+	Bytes    int64 // recorded bytes of sessions plus writes in flight
 }
 
 // GCStats reports what one collection did.

@@ -66,10 +66,15 @@ func (s *Store) OpenBlob(d Digest) (*os.File, error) {
 // verify, fsync, rename. The blob becomes visible only complete and
 // verified; on any error nothing is visible. If the blob already exists the
 // bytes are still read and verified, then discarded. Returns the size.
-// It does not link the blob to any repository.
+// It does not link the blob to any repository. The bytes count against
+// the upload limits while they are written (ErrUploadTooLarge,
+// ErrUploadSpace), as a session's do.
 func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	if err := checkDigest(want); err != nil {
 		return 0, err
+	}
+	if max := s.uploadLimits().MaxBlobSize; max > 0 && size > max {
+		return 0, fmt.Errorf("%w: %d bytes declared, the limit is %d", ErrUploadTooLarge, size, max)
 	}
 	f, err := s.createTemp()
 	if err != nil {
@@ -89,8 +94,10 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 		// One byte more than declared is enough to tell "too long".
 		src = io.LimitReader(r, size+1)
 	}
+	m := s.meter(src, 0)
+	defer func() { s.release(m.reserved) }()
 	h := want.Algorithm.New()
-	n, err := copyHashing(f, h, src)
+	n, err := copyHashing(f, h, m)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

@@ -168,22 +168,13 @@ func (s *Store) expireUploads(now, cutoff time.Time) (int, error) {
 			}
 			continue
 		}
-		unlock, ok := s.lockSession(id, true)
-		if !ok {
-			continue // in use right now, so not stale
-		}
-		rec, err := s.readUpload(id)
-		if err == nil && !s.expired(rec, now) {
-			unlock()
-			continue
-		}
-		err = s.removeUpload(id)
-		unlock()
+		removed, err := s.expireSession(id, now)
 		if err != nil {
 			return expired, err
 		}
-		expired++
-		s.log.Debug("expired upload", zap.String("repo", rec.Repo), zap.String("upload", id))
+		if removed {
+			expired++
+		}
 	}
 
 	entries, err := os.ReadDir(s.uploadsDir)
@@ -201,6 +192,29 @@ func (s *Store) expireUploads(now, cutoff time.Time) (int, error) {
 		}
 	}
 	return expired, nil
+}
+
+// expireSession removes session id if it is past its time (or its record
+// is unreadable) and nobody is working on it right now.
+func (s *Store) expireSession(id string, now time.Time) (bool, error) {
+	unlock, ok := s.lockSession(id, true)
+	if !ok {
+		return false, nil // in use right now, so not stale
+	}
+	defer unlock()
+	rec, err := s.readUpload(id)
+	if errors.Is(err, ErrUploadUnknown) {
+		s.forgetUpload(id) // gone meanwhile
+		return false, nil
+	}
+	if err == nil && !s.expired(rec, now) {
+		return false, nil
+	}
+	if err := s.removeUpload(id); err != nil {
+		return false, err
+	}
+	s.log.Debug("expired upload", zap.String("repo", rec.Repo), zap.String("upload", id))
+	return true, nil
 }
 
 // cleanTmp removes temp files of writes that died (older than cutoff; a

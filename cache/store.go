@@ -36,6 +36,10 @@ type Store struct {
 	// sessions serialises work on one upload session.
 	sessMu   sync.Mutex
 	sessions map[string]*sessionLock
+	// up is the index of open sessions that upLimits are checked against
+	// (uploadlimits.go).
+	up       uploadIndex
+	upLimits atomic.Pointer[UploadLimits]
 
 	// fills are the blob fills in progress, by digest (fill.go); they
 	// run on ctx, which Close cancels.
@@ -102,6 +106,7 @@ func Open(opts Options) (*Store, error) {
 		evicting:   map[Digest]bool{},
 	}
 	s.useCond = sync.NewCond(&s.useMu)
+	s.up.sessions, s.up.byOwner, s.up.byRepo = map[string]openSession{}, map[string]int{}, map[string]int{}
 	if s.ttl <= 0 {
 		s.ttl = defaultUploadTTL
 	}

@@ -26,6 +26,7 @@ import (
 type uploadRecord struct {
 	ID          string    `json:"id"`
 	Repo        string    `json:"repo"`
+	Owner       string    `json:"owner,omitempty"`
 	Size        int64     `json:"size"`
 	Started     time.Time `json:"started"`
 	Updated     time.Time `json:"updated"`
@@ -33,7 +34,11 @@ type uploadRecord struct {
 }
 
 func (r uploadRecord) upload() Upload {
-	return Upload{ID: r.ID, Repo: r.Repo, Size: r.Size, Started: r.Started, Updated: r.Updated}
+	return Upload{ID: r.ID, Repo: r.Repo, Owner: r.Owner, Size: r.Size, Started: r.Started, Updated: r.Updated}
+}
+
+func (r uploadRecord) indexed() openSession {
+	return openSession{owner: r.Owner, repo: r.Repo, size: r.Size, started: r.Started, updated: r.Updated}
 }
 
 // sessionLock serialises the work on one session; refs counts holders and
@@ -109,8 +114,16 @@ func restoreSHA256(state []byte) (hash.Hash, error) {
 	return h, nil
 }
 
-// NewUpload starts a session for repo with a random, unguessable ID.
+// NewUpload starts a session for repo without an owner.
 func (s *Store) NewUpload(repo string) (Upload, error) {
+	return s.OpenUpload(repo, "")
+}
+
+// OpenUpload starts a session for repo, opened by owner (who counts
+// against UploadLimits.PerOwner; empty: nobody), with a random,
+// unguessable ID. ErrTooManyUploads or ErrUploadSpace when a limit is
+// reached, and nothing is created.
+func (s *Store) OpenUpload(repo, owner string) (Upload, error) {
 	if err := checkName("repository", repo); err != nil {
 		return Upload{}, err
 	}
@@ -124,24 +137,35 @@ func (s *Store) NewUpload(repo string) (Upload, error) {
 		return Upload{}, fmt.Errorf("cache: %w", err)
 	}
 	now := s.now().UTC()
-	rec := uploadRecord{ID: id, Repo: repo, Started: now, Updated: now, SHA256State: state}
-
-	f, err := os.OpenFile(s.uploadPath(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return Upload{}, fmt.Errorf("cache: create upload: %w", err)
+	rec := uploadRecord{ID: id, Repo: repo, Owner: owner, Started: now, Updated: now, SHA256State: state}
+	if err := s.admitUpload(id, rec.indexed()); err != nil {
+		return Upload{}, err
 	}
-	if err := f.Close(); err != nil {
-		return Upload{}, fmt.Errorf("cache: create upload: %w", err)
-	}
-	if err := syncDir(s.uploadsDir); err != nil {
-		os.Remove(s.uploadPath(id))
-		return Upload{}, fmt.Errorf("cache: create upload: %w", err)
-	}
-	if err := s.saveUpload(rec); err != nil {
-		os.Remove(s.uploadPath(id))
+	if err := s.createUpload(rec); err != nil {
+		s.forgetUpload(id)
 		return Upload{}, err
 	}
 	return rec.upload(), nil
+}
+
+// createUpload makes the data file and the record of a new session.
+func (s *Store) createUpload(rec uploadRecord) error {
+	f, err := os.OpenFile(s.uploadPath(rec.ID), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("cache: create upload: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("cache: create upload: %w", err)
+	}
+	if err := syncDir(s.uploadsDir); err != nil {
+		os.Remove(s.uploadPath(rec.ID))
+		return fmt.Errorf("cache: create upload: %w", err)
+	}
+	if err := s.saveUpload(rec); err != nil {
+		os.Remove(s.uploadPath(rec.ID))
+		return err
+	}
+	return nil
 }
 
 func (s *Store) saveUpload(rec uploadRecord) error {
@@ -179,8 +203,11 @@ func (s *Store) readUpload(id string) (uploadRecord, error) {
 	return rec, err
 }
 
+// errUploadExpired is a session past its time: unknown to callers.
+var errUploadExpired = fmt.Errorf("%w: expired", ErrUploadUnknown)
+
 // loadUpload is readUpload for a caller acting in repo: a session of
-// another repository or past its TTL is unknown.
+// another repository or past its time is unknown.
 func (s *Store) loadUpload(repo, id string) (uploadRecord, error) {
 	rec, err := s.readUpload(id)
 	if err != nil {
@@ -190,13 +217,35 @@ func (s *Store) loadUpload(repo, id string) (uploadRecord, error) {
 		return uploadRecord{}, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, repo)
 	}
 	if s.expired(rec, s.now()) {
-		return uploadRecord{}, fmt.Errorf("%w: %s expired", ErrUploadUnknown, id)
+		return uploadRecord{}, fmt.Errorf("%w: %s", errUploadExpired, id)
 	}
 	return rec, nil
 }
 
+// loadLocked is loadUpload for a caller holding the session's lock: an
+// expired session it finds is removed at once, freeing its bytes.
+func (s *Store) loadLocked(repo, id string) (uploadRecord, error) {
+	rec, err := s.loadUpload(repo, id)
+	if errors.Is(err, errUploadExpired) {
+		if rerr := s.removeUpload(id); rerr != nil {
+			return rec, rerr
+		}
+	}
+	return rec, err
+}
+
 func (s *Store) expired(rec uploadRecord, now time.Time) bool {
-	return now.Sub(rec.Updated) > s.ttl
+	return s.expiredAt(rec.Started, rec.Updated, now)
+}
+
+// expiredAt: a session lives UploadTTL from its start at most, and
+// UploadLimits.IdleTimeout from its last chunk.
+func (s *Store) expiredAt(started, updated, now time.Time) bool {
+	if now.Sub(started) > s.ttl {
+		return true
+	}
+	idle := s.uploadLimits().IdleTimeout
+	return idle > 0 && now.Sub(updated) > idle
 }
 
 // removeUpload drops a session's record and data.
@@ -205,6 +254,7 @@ func (s *Store) removeUpload(id string) error {
 	if err != nil {
 		return fmt.Errorf("cache: remove upload: %w", err)
 	}
+	s.forgetUpload(id)
 	if err := os.Remove(s.uploadPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("cache: remove upload data: %w", err)
 	}
@@ -252,7 +302,8 @@ func (s *Store) openData(rec uploadRecord) (*os.File, error) {
 }
 
 // recoverUploads runs at Open, before any request: every session's data
-// is brought back to its recorded size.
+// is brought back to its recorded size, and the sessions that go on are
+// indexed for the upload limits.
 func (s *Store) recoverUploads() error {
 	var recs []uploadRecord
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -281,6 +332,9 @@ func (s *Store) recoverUploads() error {
 			return err
 		}
 		f.Close()
+		s.up.mu.Lock()
+		s.indexUpload(rec.ID, rec.indexed())
+		s.up.mu.Unlock()
 	}
 	return nil
 }
@@ -310,7 +364,7 @@ func (s *Store) AppendUpload(repo, id string, offset int64, r io.Reader) (Upload
 		return Upload{}, fmt.Errorf("%w: another chunk of %s is being written", ErrOffsetMismatch, id)
 	}
 	defer unlock()
-	rec, err := s.loadUpload(repo, id)
+	rec, err := s.loadLocked(repo, id)
 	if err != nil {
 		return Upload{}, err
 	}
@@ -330,26 +384,45 @@ func (s *Store) AppendUpload(repo, id string, offset int64, r io.Reader) (Upload
 	if err != nil {
 		return Upload{}, err
 	}
-	n, err := s.appendData(f, rec.Size, h, r)
+	m := s.meter(r, rec.Size)
+	n, err := s.appendData(f, rec.Size, h, m)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("cache: close upload: %w", cerr)
 	}
+	if err == nil {
+		err = s.recordChunk(&rec, h, n)
+	}
 	if err != nil {
+		s.release(m.reserved)
+		if errors.Is(err, ErrUploadTooLarge) {
+			// It can never be committed: free what it holds now.
+			if rerr := s.removeUpload(id); rerr != nil {
+				return Upload{}, rerr
+			}
+		}
 		return Upload{}, err
 	}
+	s.grewUpload(id, rec.Size, rec.Updated)
+	return rec.upload(), nil
+}
+
+// recordChunk persists a session after a chunk of n bytes hashed into h.
+func (s *Store) recordChunk(rec *uploadRecord, h hash.Hash, n int64) error {
 	state, err := sha256State(h)
 	if err != nil {
-		return Upload{}, fmt.Errorf("cache: %w", err)
+		return fmt.Errorf("cache: %w", err)
 	}
-	rec.Size += n
-	rec.Updated = s.now().UTC()
-	rec.SHA256State = state
-	if err := s.saveUpload(rec); err != nil {
+	next := *rec
+	next.Size += n
+	next.Updated = s.now().UTC()
+	next.SHA256State = state
+	if err := s.saveUpload(next); err != nil {
 		// The file holds bytes the record does not count; the next append
 		// or a restart truncates them.
-		return Upload{}, err
+		return err
 	}
-	return rec.upload(), nil
+	*rec = next
+	return nil
 }
 
 // appendData writes r at offset at, hashing sha256 along, and syncs. On
@@ -388,7 +461,7 @@ func (s *Store) CommitUpload(repo, id string, want Digest) (BlobInfo, error) {
 	}
 	unlock, _ := s.lockSession(id, false)
 	defer unlock()
-	rec, err := s.loadUpload(repo, id)
+	rec, err := s.loadLocked(repo, id)
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -428,6 +501,7 @@ func (s *Store) CommitUpload(repo, id string, want Digest) (BlobInfo, error) {
 		// grace period); the session has no data any more.
 		return BlobInfo{}, fmt.Errorf("cache: link upload: %w", err)
 	}
+	s.forgetUpload(id)
 	info, err := s.StatBlob(want)
 	if err != nil {
 		return BlobInfo{}, err
@@ -462,7 +536,7 @@ func (s *Store) CancelUpload(repo, id string) error {
 	}
 	unlock, _ := s.lockSession(id, false)
 	defer unlock()
-	if _, err := s.loadUpload(repo, id); err != nil {
+	if _, err := s.loadLocked(repo, id); err != nil {
 		return err
 	}
 	return s.removeUpload(id)

@@ -342,8 +342,6 @@ func TestUploadExpiry(t *testing.T) {
 	now = now.Add(20 * time.Minute) // stale is 70 min old, the others 20
 	_, err := s.GetUpload("app", stale.ID)
 	wantErr(t, "GetUpload expired", err, ErrUploadUnknown)
-	_, err = s.AppendUpload("app", stale.ID, 3, strings.NewReader("x"))
-	wantErr(t, "AppendUpload expired", err, ErrUploadUnknown)
 	for _, id := range []string{fresh.ID, touched.ID} {
 		if _, err := s.GetUpload("app", id); err != nil {
 			t.Errorf("live session %s: %v", id, err)
@@ -357,6 +355,8 @@ func TestUploadExpiry(t *testing.T) {
 	if st.UploadsExpired != 1 {
 		t.Errorf("UploadsExpired = %d, want 1", st.UploadsExpired)
 	}
+	_, err = s.AppendUpload("app", stale.ID, 3, strings.NewReader("x"))
+	wantErr(t, "AppendUpload expired", err, ErrUploadUnknown)
 	if _, err := os.Stat(filepath.Join(dir, "uploads", stale.ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("expired data left: %v", err)
 	}

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,6 +37,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_manifest_size <size>      # e.g. 4MiB, 10MB, 4194304
 //		mirror_cache_size <size>      # e.g. 50GiB; 0: no limit
 //		upload_ttl        <duration>
+//		upload_idle_timeout        <duration>|off
+//		max_uploads_per_client     <n>|off
+//		max_uploads_per_repository <n>|off
+//		max_blob_size              <size>|off   # e.g. 20GiB
+//		max_upload_bytes           <size>|off   # e.g. 100GiB
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
 //		local             <prefix>...
@@ -51,6 +57,11 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		sub := d.Val()
 		switch sub {
 		case "storage", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace":
+		case "upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes":
+			if err := rg.unmarshalUploadLimit(d, sub); err != nil {
+				return err
+			}
+			continue
 		case "auth":
 			a, err := unmarshalAuth(d)
 			if err != nil {
@@ -73,7 +84,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, gc_interval, gc_grace, mirror, local)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, gc_interval, gc_grace, mirror, local, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -119,6 +130,60 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				rg.GCInterval = caddy.Duration(dur)
 			}
+		}
+	}
+	return nil
+}
+
+// unmarshalUploadLimit reads one of the upload limits: a count, a size or
+// a duration, or "off" for no limit (-1 in JSON).
+func (rg *Registry) unmarshalUploadLimit(d *caddyfile.Dispenser, sub string) error {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.Errf("%s needs exactly one argument", sub)
+	}
+	arg := args[0]
+	if arg == "off" {
+		switch sub {
+		case "upload_idle_timeout":
+			rg.UploadIdleTimeout = -1
+		case "max_uploads_per_client":
+			rg.MaxUploadsPerClient = -1
+		case "max_uploads_per_repository":
+			rg.MaxUploadsPerRepository = -1
+		case "max_blob_size":
+			rg.MaxBlobSize = -1
+		case "max_upload_bytes":
+			rg.MaxUploadBytes = -1
+		}
+		return nil
+	}
+	switch sub {
+	case "upload_idle_timeout":
+		dur, err := caddy.ParseDuration(arg)
+		if err != nil || dur <= 0 {
+			return d.Errf("%s %q: want a positive duration or off", sub, arg)
+		}
+		rg.UploadIdleTimeout = caddy.Duration(dur)
+	case "max_uploads_per_client", "max_uploads_per_repository":
+		n, err := strconv.Atoi(arg)
+		if err != nil || n <= 0 {
+			return d.Errf("%s %q: want a positive number or off", sub, arg)
+		}
+		if sub == "max_uploads_per_client" {
+			rg.MaxUploadsPerClient = n
+		} else {
+			rg.MaxUploadsPerRepository = n
+		}
+	case "max_blob_size", "max_upload_bytes":
+		size, err := humanize.ParseBytes(arg)
+		if err != nil || size == 0 || size > 1<<62 {
+			return d.Errf("%s %q: want a size such as 10GiB, or off", sub, arg)
+		}
+		if sub == "max_blob_size" {
+			rg.MaxBlobSize = int64(size)
+		} else {
+			rg.MaxUploadBytes = int64(size)
 		}
 	}
 	return nil

@@ -45,6 +45,40 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "size SI", input: "oci_registry {\nmax_manifest_size 10MB\n}", want: Registry{MaxManifestSize: 10_000_000}},
 		{name: "days", input: "oci_registry {\nupload_ttl 2d\n}", want: Registry{UploadTTL: caddy.Duration(48 * time.Hour)}},
 		{name: "gc off", input: "oci_registry {\ngc_interval off\n}", want: Registry{GCInterval: -1}},
+		{
+			name: "upload limits",
+			input: `oci_registry {
+				upload_idle_timeout 30m
+				max_uploads_per_client 64
+				max_uploads_per_repository 300
+				max_blob_size 20GiB
+				max_upload_bytes 100GB
+			}`,
+			want: Registry{
+				UploadIdleTimeout:       caddy.Duration(30 * time.Minute),
+				MaxUploadsPerClient:     64,
+				MaxUploadsPerRepository: 300,
+				MaxBlobSize:             20 << 30,
+				MaxUploadBytes:          100_000_000_000,
+			},
+		},
+		{
+			name: "upload limits off",
+			input: `oci_registry {
+				upload_idle_timeout off
+				max_uploads_per_client off
+				max_uploads_per_repository off
+				max_blob_size off
+				max_upload_bytes off
+			}`,
+			want: Registry{UploadIdleTimeout: -1, MaxUploadsPerClient: -1, MaxUploadsPerRepository: -1, MaxBlobSize: -1, MaxUploadBytes: -1},
+		},
+		{name: "zero uploads per client", input: "oci_registry {\nmax_uploads_per_client 0\n}", wantErr: "want a positive number or off"},
+		{name: "negative uploads per repository", input: "oci_registry {\nmax_uploads_per_repository -5\n}", wantErr: "want a positive number or off"},
+		{name: "bad blob size", input: "oci_registry {\nmax_blob_size huge\n}", wantErr: "want a size such as 10GiB"},
+		{name: "zero upload bytes", input: "oci_registry {\nmax_upload_bytes 0\n}", wantErr: "want a size such as 10GiB"},
+		{name: "bad idle timeout", input: "oci_registry {\nupload_idle_timeout -1h\n}", wantErr: "want a positive duration or off"},
+		{name: "upload limit without argument", input: "oci_registry {\nmax_blob_size\n}", wantErr: "max_blob_size needs exactly one argument"},
 		{name: "argument", input: `oci_registry /data`, wantErr: "takes no arguments"},
 		{name: "unknown", input: "oci_registry {\nstorge /data\n}", wantErr: `unrecognized oci_registry subdirective "storge"`},
 		{name: "unknown without arg", input: "oci_registry {\nfoo\n}", wantErr: `unrecognized oci_registry subdirective "foo"`},
@@ -82,6 +116,12 @@ func TestJSONRoundTrip(t *testing.T) {
 		UploadTTL:       caddy.Duration(6 * time.Hour),
 		GCInterval:      caddy.Duration(15 * time.Minute),
 		GCGrace:         caddy.Duration(90 * time.Minute),
+
+		UploadIdleTimeout:       caddy.Duration(20 * time.Minute),
+		MaxUploadsPerClient:     50,
+		MaxUploadsPerRepository: -1,
+		MaxBlobSize:             1 << 30,
+		MaxUploadBytes:          8 << 30,
 	}
 	b, err := json.Marshal(in)
 	if err != nil {
@@ -94,7 +134,8 @@ func TestJSONRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(in, out) {
 		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
 	}
-	for _, key := range []string{"storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace"} {
+	for _, key := range []string{"storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace",
+		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes"} {
 		if !strings.Contains(string(b), `"`+key+`"`) {
 			t.Errorf("json %s lacks %q", b, key)
 		}
@@ -266,6 +307,28 @@ func TestBlockArguments(t *testing.T) {
 		err := f.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oci_front {\n" + tc.block + "\n}"))
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("oci_front %q: err %v, want %q", tc.block, err, tc.wantErr)
+		}
+	}
+}
+
+// TestValidateUploadLimits: an idle timeout longer than the life of a
+// session is a mistake; the default idle timeout under a short
+// upload_ttl is not.
+func TestValidateUploadLimits(t *testing.T) {
+	for _, tc := range []struct {
+		rg      Registry
+		wantErr string
+	}{
+		{rg: Registry{}},
+		{rg: Registry{UploadTTL: caddy.Duration(30 * time.Minute)}},
+		{rg: Registry{UploadIdleTimeout: caddy.Duration(2 * time.Hour), UploadTTL: caddy.Duration(3 * time.Hour)}},
+		{rg: Registry{UploadIdleTimeout: -1}},
+		{rg: Registry{UploadIdleTimeout: caddy.Duration(25 * time.Hour)}, wantErr: "longer than upload_ttl"},
+		{rg: Registry{UploadIdleTimeout: caddy.Duration(2 * time.Hour), UploadTTL: caddy.Duration(time.Hour)}, wantErr: "longer than upload_ttl"},
+	} {
+		err := tc.rg.Validate()
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%+v: error %v, want %q", tc.rg, err, tc.wantErr)
 		}
 	}
 }

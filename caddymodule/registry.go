@@ -6,6 +6,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -50,7 +51,10 @@ type Registry struct {
 	//
 	// Several handlers (or sites) may name the same folder: they then share
 	// one store. Its upload_ttl, gc_interval and gc_grace are those of the
-	// first handler that opened it; changing them takes a restart.
+	// first handler that opened it; changing them takes a restart. Its
+	// upload limits (max_uploads_*, max_blob_size, max_upload_bytes,
+	// upload_idle_timeout) are those of the handler built last, as after
+	// a reload.
 	Storage string `json:"storage,omitempty"`
 
 	// MaxManifestSize is the largest manifest, in bytes, accepted on push;
@@ -61,10 +65,44 @@ type Registry struct {
 	// service, access policies). Without it, everyone may do everything.
 	Auth *Auth `json:"auth,omitempty"`
 
-	// UploadTTL is how long an upload session may stay untouched before it
-	// expires and its data is removed. Sessions survive restarts until
-	// then. Default: 24h.
+	// UploadTTL is the longest an upload session may live, from its
+	// start, however busy: then it expires and its data is removed.
+	// Sessions survive restarts until then. Default: 24h.
 	UploadTTL caddy.Duration `json:"upload_ttl,omitempty"`
+
+	// UploadIdleTimeout expires an upload session that has received no
+	// chunk for this long, and removes its data; the client's next
+	// request for it gets BLOB_UPLOAD_UNKNOWN. At most upload_ttl.
+	// Default: 1h (or upload_ttl, if shorter); negative (Caddyfile: off): only upload_ttl applies.
+	UploadIdleTimeout caddy.Duration `json:"upload_idle_timeout,omitempty"`
+
+	// MaxUploadsPerClient is how many upload sessions one client may hold
+	// open at once: a signed-in user across all its addresses, an
+	// anonymous client per address (an IPv6 client per /64; behind a
+	// proxy, configure Caddy's trusted_proxies). Past it, a new session
+	// is refused with 429 TOOMANYREQUESTS until the client finishes,
+	// cancels or abandons one. Default: 100; negative (Caddyfile: off): no
+	// limit.
+	MaxUploadsPerClient int `json:"max_uploads_per_client,omitempty"`
+
+	// MaxUploadsPerRepository is how many upload sessions a repository
+	// may have open at once, whoever opened them; past it, 429
+	// TOOMANYREQUESTS. Default: 500; negative (Caddyfile: off): no limit.
+	MaxUploadsPerRepository int `json:"max_uploads_per_repository,omitempty"`
+
+	// MaxBlobSize is the largest blob that may be pushed, in bytes; a
+	// larger one is refused with 413 SIZE_INVALID (before its bytes are
+	// read when the client declares its size) and its session removed.
+	// The Caddyfile takes sizes such as 10GiB. Default: no limit of its
+	// own (max_upload_bytes bounds it); negative (Caddyfile: off): the same.
+	MaxBlobSize int64 `json:"max_blob_size,omitempty"`
+
+	// MaxUploadBytes is how many bytes all unfinished uploads together
+	// may hold on disk (open sessions and blobs being written). A chunk
+	// or session past it is refused with 429 TOOMANYREQUESTS, and the
+	// client may retry once others finish. The Caddyfile takes sizes
+	// such as 100GiB. Default: 64GiB; negative (Caddyfile: off): no limit.
+	MaxUploadBytes int64 `json:"max_upload_bytes,omitempty"`
 
 	// GCInterval is how often blobs that no repository links any more, and
 	// expired upload sessions, are removed from disk. A negative value
@@ -208,6 +246,9 @@ func (rg *Registry) Validate() error {
 	if rg.GCGrace < 0 {
 		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(rg.GCGrace))
 	}
+	if err := rg.validateUploadLimits(); err != nil {
+		return err
+	}
 	if rg.Auth != nil {
 		if err := rg.Auth.validate(); err != nil {
 			return fmt.Errorf("auth: %w", err)
@@ -274,6 +315,8 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		LocalPrefixes:   rg.LocalPrefixes,
 		Authorizer:      rg.auth.registryAuthorizer(),
 		CanRead:         rg.auth.canRead(),
+		Uploads:         rg.uploadLimits(),
+		ClientIP:        clientIP,
 	})
 	if err != nil {
 		return nil, err
@@ -281,6 +324,41 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	rg.setMirrorCache(st, h)
 	rg.live.h.Store(h)
 	return h, nil
+}
+
+// uploadLimits are the upload limits as registry.Config takes them: zero
+// takes the default, negative lifts the limit.
+func (rg *Registry) uploadLimits() cache.UploadLimits {
+	return cache.UploadLimits{
+		PerOwner:    rg.MaxUploadsPerClient,
+		PerRepo:     rg.MaxUploadsPerRepository,
+		MaxBlobSize: rg.MaxBlobSize,
+		TotalBytes:  rg.MaxUploadBytes,
+		IdleTimeout: time.Duration(rg.UploadIdleTimeout),
+	}
+}
+
+// validateUploadLimits refuses an idle timeout longer than the life of
+// a session, which could never apply.
+func (rg *Registry) validateUploadLimits() error {
+	idle, ttl := time.Duration(rg.UploadIdleTimeout), orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL)
+	if idle > ttl { // the default idle timeout may be longer: moot then
+		return fmt.Errorf("upload_idle_timeout %s is longer than upload_ttl %s", idle, ttl)
+	}
+	return nil
+}
+
+// clientIP is the client address Caddy determined (honouring
+// trusted_proxies), for the limit of uploads per anonymous client.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -59,14 +59,33 @@ func (h *Handler) authorize(r *http.Request, rc *request, kind RouteKind, via au
 	default:
 		need.Scopes = []authscope.Scope{authscope.RepositoryScope(rc.name, authscope.ActionsFor(r.Method)...)}
 		if kind == RouteManifest && r.Method == http.MethodPut {
-			moves, err := h.movesTag(r, rc)
-			if err != nil {
-				return r, err
-			}
-			need.TagMove = moves
-			rc.tagMove = moves
+			return h.authorizeManifestPut(r, rc, need)
 		}
 	}
+	return h.decide(r, rc, need)
+}
+
+// authorizeManifestPut decides a manifest push in two steps. The caller
+// must first pass as a creator: only then is the body read and the tags
+// looked up, so nobody else learns which tags exist (by the answer or by
+// its timing) or makes the server read a body. If the push moves a tag,
+// the policy is asked again for an update.
+func (h *Handler) authorizeManifestPut(r *http.Request, rc *request, need authscope.Need) (*http.Request, error) {
+	ar, err := h.decide(r, rc, need)
+	if err != nil {
+		return r, err
+	}
+	moves, err := h.movesTag(ar, rc)
+	if err != nil || !moves {
+		return ar, err
+	}
+	need.TagMove = true
+	rc.tagMove = true
+	return h.decide(ar, rc, need)
+}
+
+// decide asks the Authorizer about need and turns a refusal into an *Error.
+func (h *Handler) decide(r *http.Request, rc *request, need authscope.Need) (*http.Request, error) {
 	ar, err := h.cfg.Authorizer.Authorize(r, need)
 	if err == nil {
 		rc.authed = ar

@@ -146,7 +146,35 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request
 			zap.String("uri", r.RequestURI),
 		)
 	}
+	if refusesBody(e.Status) && bodyPending(r) {
+		// Whatever the client still sends is not read: net/http would
+		// otherwise drain up to 256 KiB of it before answering, for a
+		// caller who may not send it, and wait as long as the client
+		// withholds it.
+		w.Header().Set("Connection", "close")
+	}
 	e.Render(w, r)
+}
+
+// refusesBody reports whether an answer with status refuses the request
+// as a whole (not allowed, too large, too many), so its body is unwanted.
+func refusesBody(status int) bool {
+	switch status {
+	case http.StatusUnauthorized, http.StatusForbidden,
+		http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
+		return true
+	}
+	return false
+}
+
+// bodyPending reports whether an HTTP/1 request has body bytes the
+// handler has not read (HTTP/2 resets the stream instead).
+func bodyPending(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.ContentLength == 0 {
+		return false
+	}
+	cb, ok := r.Body.(*countingBody)
+	return ok && !cb.eof && cb.err == nil
 }
 
 // NewError is an *Error with the given status, spec code, message and

@@ -18,6 +18,17 @@ import (
 // leaves MaxManifestSize at zero (4 MiB, as the distribution registry).
 const DefaultMaxManifestSize = 4 << 20
 
+// Upload limits applied when Config.Uploads leaves a field at zero. They
+// are far above what a CI fleet holds open at once, and low enough that
+// nobody fills the disk with sessions they never finish. A blob has no
+// size limit of its own by default: DefaultUploadBytes bounds it.
+const (
+	DefaultUploadsPerClient     = 100
+	DefaultUploadsPerRepository = 500
+	DefaultUploadBytes          = 64 << 30
+	DefaultUploadIdleTimeout    = time.Hour
+)
+
 // Observer receives one call per finished request, for metrics. op is a
 // short, fixed operation name ("blob_get", "manifest_put", ...; see ops.go),
 // never a user-supplied string, so it is safe as a metrics label.
@@ -56,6 +67,16 @@ type Config struct {
 	// is known (see auth.go), filters the catalog and gets the audit of
 	// pushes and deletes. Nil: no auth. Set CanRead from it too.
 	Authorizer Authorizer
+	// Uploads bound upload sessions (see cache.UploadLimits; PerOwner is
+	// per client: the signed-in user, else the client's address). A zero
+	// field takes its Default* value above, a negative one lifts the
+	// limit. NewHandler gives them to Store; a store shared by handlers
+	// keeps those of the handler built last.
+	Uploads cache.UploadLimits
+	// ClientIP returns the address of r's client, for the limit per
+	// client of anonymous callers (Caddy's, which honours trusted
+	// proxies). Nil: r.RemoteAddr.
+	ClientIP func(r *http.Request) string
 }
 
 // Handler serves /v2/. Requests for other paths get 404 NOT_FOUND in the
@@ -88,6 +109,13 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	if cfg.CanRead == nil {
 		cfg.CanRead = func(*http.Request, string) bool { return true }
+	}
+	if cfg.ClientIP == nil {
+		cfg.ClientIP = remoteIP
+	}
+	cfg.Uploads = effectiveLimits(cfg.Uploads)
+	if cfg.Store != nil {
+		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
 	h := &Handler{cfg: cfg}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {

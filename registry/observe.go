@@ -71,12 +71,16 @@ type writerOnly struct{ io.Writer }
 type countingBody struct {
 	rc  io.ReadCloser
 	n   int64
+	eof bool  // read to its end
 	err error // first read error other than io.EOF
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.n += int64(n)
+	if err == io.EOF {
+		b.eof = true
+	}
 	if err != nil && err != io.EOF && b.err == nil {
 		b.err = err
 	}

@@ -38,9 +38,12 @@ func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, rc *reques
 		if err != nil {
 			return err
 		}
-		size, err := h.cfg.Store.PutBlob(d, r.ContentLength, r.Body)
+		if err := h.checkDeclaredSize(r.ContentLength); err != nil {
+			return err
+		}
+		size, err := h.cfg.Store.PutBlob(d, r.ContentLength, bodyOf(r))
 		if err != nil {
-			return writeFailure(r, err)
+			return h.writeFailure(r, err)
 		}
 		if err := h.cfg.Store.LinkBlob(rc.name, d); err != nil {
 			return errInternal(err)
@@ -49,8 +52,11 @@ func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, rc *reques
 		return blobCreated(w, rc, d)
 	}
 
-	u, err := h.cfg.Store.NewUpload(rc.name)
+	u, err := h.cfg.Store.OpenUpload(rc.name, h.uploadOwner(r))
 	if err != nil {
+		if e := h.uploadRefusal(err); e != nil {
+			return e
+		}
 		return errInternal(err)
 	}
 	setUploadHeaders(w, rc, u, false)
@@ -145,7 +151,7 @@ func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *reque
 	}
 	info, err := h.cfg.Store.CommitUpload(rc.name, u.ID, d)
 	if err != nil {
-		return writeFailure(r, err)
+		return h.writeFailure(r, err)
 	}
 	h.uploadCommitted(info.Size)
 	return blobCreated(w, rc, d)
@@ -186,10 +192,7 @@ func (h *Handler) getUpload(rc *request) (cache.Upload, error) {
 // wrong offset, or whose length disagrees with its range, gets 416 with the
 // session's current Range so the client can resume.
 func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cache.Upload, error) {
-	body := io.Reader(r.Body)
-	if body == nil {
-		body = http.NoBody
-	}
+	body := bodyOf(r)
 	want := int64(-1) // bytes the chunk declares, -1 for a stream
 	if cr := r.Header.Get("Content-Range"); cr != "" {
 		start, end, err := ParseContentRange(cr)
@@ -205,6 +208,15 @@ func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cach
 		}
 		body = io.LimitReader(body, want)
 	}
+	declared := want
+	if declared < 0 {
+		declared = r.ContentLength // -1: a stream of unknown length
+	}
+	if declared >= 0 {
+		if err := h.checkDeclaredSize(u.Size + declared); err != nil {
+			return u, err
+		}
+	}
 	nu, err := h.cfg.Store.AppendUpload(rc.name, u.ID, u.Size, body)
 	if err != nil {
 		switch {
@@ -218,7 +230,7 @@ func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cach
 		case errors.Is(err, cache.ErrUploadUnknown):
 			return u, errUploadUnknown(err)
 		}
-		return u, writeFailure(r, err)
+		return u, h.writeFailure(r, err)
 	}
 	if want >= 0 && nu.Size-u.Size != want {
 		e := newError(http.StatusBadRequest, CodeSizeInvalid,
@@ -241,7 +253,10 @@ func rangeError(rc *request, u cache.Upload, msg string, cause error) *Error {
 // writeFailure classifies an error from writing a request body into the
 // store: the client's mistakes (wrong digest or size, a body cut short) are
 // 400s, anything else is the server's.
-func writeFailure(r *http.Request, err error) error {
+func (h *Handler) writeFailure(r *http.Request, err error) error {
+	if e := h.uploadRefusal(err); e != nil {
+		return e
+	}
 	switch {
 	case errors.Is(err, cache.ErrDigestMismatch):
 		return errDigestInvalid("content does not match digest", err)
@@ -297,6 +312,14 @@ func uploadRange(size int64) string {
 		return "0-0"
 	}
 	return fmt.Sprintf("0-%d", size-1)
+}
+
+// bodyOf is r's body, never nil.
+func bodyOf(r *http.Request) io.Reader {
+	if r.Body == nil {
+		return http.NoBody
+	}
+	return r.Body
 }
 
 // hasBody reports whether the request carries content.

@@ -1,0 +1,99 @@
+package registry
+
+// Upload limits as the client sees them: who a session belongs to, the
+// limits with their defaults, and the answers when one is reached.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// effectiveLimits applies the defaults to zero fields and turns negative
+// ones into the store's "no limit".
+func effectiveLimits(l cache.UploadLimits) cache.UploadLimits {
+	l.PerOwner = int(orDefault(int64(l.PerOwner), DefaultUploadsPerClient))
+	l.PerRepo = int(orDefault(int64(l.PerRepo), DefaultUploadsPerRepository))
+	l.TotalBytes = orDefault(l.TotalBytes, DefaultUploadBytes)
+	l.MaxBlobSize = orDefault(l.MaxBlobSize, 0)
+	l.IdleTimeout = time.Duration(orDefault(int64(l.IdleTimeout), int64(DefaultUploadIdleTimeout)))
+	return l
+}
+
+func orDefault(v, def int64) int64 {
+	switch {
+	case v < 0:
+		return 0
+	case v == 0:
+		return def
+	}
+	return v
+}
+
+// uploadOwner names the client of r for the limit of sessions per
+// client: the user it signed in as, else its address. An IPv6 client
+// counts by its /64, which one host usually holds whole.
+func (h *Handler) uploadOwner(r *http.Request) string {
+	if id, ok := authscope.IdentityOf(r); ok && id.User != "" {
+		return "user:" + id.User
+	}
+	addr, err := netip.ParseAddr(h.cfg.ClientIP(r))
+	if err != nil {
+		return "ip:unknown"
+	}
+	addr = addr.Unmap()
+	if addr.Is6() {
+		p, _ := addr.Prefix(64)
+		return "ip:" + p.String()
+	}
+	return "ip:" + addr.String()
+}
+
+// remoteIP is the host part of r.RemoteAddr.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// errBlobTooLarge refuses a blob over the size limit.
+func errBlobTooLarge(limit int64, cause error) *Error {
+	return newError(http.StatusRequestEntityTooLarge, CodeSizeInvalid,
+		fmt.Sprintf("blob exceeds the limit of %d bytes", limit), cause)
+}
+
+// uploadRefusal answers a store refusal by an upload limit, or returns
+// nil for any other error.
+func (h *Handler) uploadRefusal(err error) *Error {
+	switch {
+	case errors.Is(err, cache.ErrUploadTooLarge):
+		return errBlobTooLarge(h.cfg.Uploads.MaxBlobSize, err)
+	case errors.Is(err, cache.ErrTooManyUploads):
+		return newError(http.StatusTooManyRequests, CodeTooManyRequests,
+			"too many open uploads; finish or cancel some, or wait for idle ones to expire", err).
+			withHeader("Retry-After", "60")
+	case errors.Is(err, cache.ErrUploadSpace):
+		return newError(http.StatusTooManyRequests, CodeTooManyRequests,
+			"open uploads hold all the space the registry gives them; try again later", err).
+			withHeader("Retry-After", "60")
+	}
+	return nil
+}
+
+// checkDeclaredSize refuses, before reading a byte, a body that would
+// take the blob past the size limit: end is the blob's size after it, as
+// the request declares (negative: not declared).
+func (h *Handler) checkDeclaredSize(end int64) error {
+	if limit := h.cfg.Uploads.MaxBlobSize; limit > 0 && end > limit {
+		return errBlobTooLarge(limit, fmt.Errorf("declared size %d", end))
+	}
+	return nil
+}
