@@ -86,7 +86,9 @@ type FrontToken struct {
 	Realm string `json:"realm,omitempty"`
 
 	// Service, when set, replaces `service` in challenges; by default the
-	// backend's is kept.
+	// backend's is kept. The token proxy always asks the token service
+	// for this service, whatever a client names, so Proxy needs it (or a
+	// `service` parameter in Realm).
 	Service string `json:"service,omitempty"`
 
 	// Proxy points the realm of every challenge at the front's

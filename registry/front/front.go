@@ -52,6 +52,9 @@ type Config struct {
 	// realm, which otherwise follows the request's TLS state.
 	ProxyScheme string
 	// Service replaces `service` in challenges; empty keeps the backend's.
+	// The token proxy always asks for this service (or the `service` of
+	// TokenRealm's query), never the one a client names, so ProxyToken
+	// needs one of the two.
 	Service string
 	// MaxRewrite bounds the bodies the front rewrites; 0 means
 	// DefaultMaxRewrite.
@@ -94,10 +97,13 @@ func New(cfg Config) (*Front, error) {
 	f := &Front{cfg: cfg, names: names, log: cfg.Logger}
 	if cfg.ProxyToken {
 		u, err := url.Parse(cfg.TokenRealm)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("token realm %q: the token proxy needs the backend's token service as an http(s) URL", cfg.TokenRealm)
+		if err != nil {
+			return nil, fmt.Errorf("token realm %q: %w", cfg.TokenRealm, err)
 		}
-		f.proxy = &authscope.TokenProxy{Upstream: u, Names: names, Client: cfg.TokenClient, Logger: cfg.Logger.Named("token_proxy")}
+		f.proxy = &authscope.TokenProxy{Upstream: u, Service: cfg.Service, Names: names, Client: cfg.TokenClient, Logger: cfg.Logger.Named("token_proxy")}
+		if err := f.proxy.Check(); err != nil {
+			return nil, fmt.Errorf("token realm %q: %w", cfg.TokenRealm, err)
+		}
 	}
 	return f, nil
 }
