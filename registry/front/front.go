@@ -126,7 +126,8 @@ func (f *Front) Middleware(next http.Handler) http.Handler {
 }
 
 // Serve answers the token proxy's path itself, passes requests outside
-// the registry API to next untouched, refuses names that do not map, and
+// the registry API (and backends' extensions) to next as they came,
+// refuses API paths that do not parse and names that do not map, and
 // hands every other request to next in backend names with a writer that
 // turns the answer back into the client's names. next's error is
 // returned as it came.
@@ -135,17 +136,15 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		f.proxy.ServeHTTP(w, r)
 		return nil
 	}
-	t, err := registry.ParseTarget(f.names, r)
+	t, err := f.target(r)
 	if err != nil {
-		if t.Via.PathPrefix != "" {
-			f.refuse(w, r, t, registry.NewError(http.StatusNotFound, registry.CodeNotFound, "no such endpoint", err))
+		if registry.MayReachAPI(f.names, r.URL.Path) && !isExtension(r) {
+			f.refusePath(w, r, t, err)
 			return nil
 		}
 		// Outside the API, or an endpoint of the backend's own (zot's
 		// /v2/_zot/ext/...): nothing to map.
-		out := r.Clone(r.Context())
-		authscope.DropSignInCookies(out.Header)
-		return next(w, out)
+		return f.passThrough(w, r, t.Via, next)
 	}
 
 	v := &view{front: f, req: r, via: t.Via, kind: t.Kind}
@@ -154,7 +153,10 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	// host) is never the backend's business.
 	authscope.DropSignInCookies(br.Header)
 	q := r.URL.Query()
-	queryChanged := false
+	// A query Go does not read whole (a `;`, a bad escape) goes on as Go
+	// read it: a backend must not find an `ns` or `from` the front missed.
+	_, qerr := url.ParseQuery(r.URL.RawQuery)
+	queryChanged := qerr != nil
 	if q.Has("ns") {
 		// The name below carries the namespace now; a backend that reads
 		// ns (the distribution spec's proxying) must not apply it again.
