@@ -43,6 +43,12 @@ func TranslateScopes(names *Names, value string, v Via) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", ErrScopeRejected, err)
 		}
+		if strings.EqualFold(s.Type, "repository") && s.Type != "repository" {
+			// A token service that reads types without regard to case
+			// would take it for a repository whose name was never
+			// translated.
+			return "", fmt.Errorf("%w: scope type %q", ErrScopeRejected, s.Type)
+		}
 		if s.Type == "repository" {
 			in, err := names.Internal(s.Name, v)
 			if err != nil {

@@ -37,6 +37,7 @@ func TestTranslateScopes(t *testing.T) {
 		{"ghcr ns", "repository:org/app:pull", Via{NS: "ghcr.io"}, "repository:ghcr.io/org/app:pull", false},
 		{"local stays local", "repository:team/app:pull,push", Via{}, "repository:team/app:pull,push", false},
 		{"catalog untouched", "registry:catalog:*", Via{NS: "docker.io"}, "registry:catalog:*", false},
+		{"repository in other case", "Repository:library/debian:pull", Via{NS: "docker.io"}, "", true},
 		{"class kept", "repository(plugin):library/debian:pull", Via{}, "repository(plugin):docker.io/library/debian:pull", false},
 		{"empty", "", Via{}, "", false},
 		// A client-form scope under ns=docker.io stays inside docker.io:
