@@ -27,7 +27,7 @@ func init() {
 // `WWW-Authenticate` (realm, service, scope), upload `Location`, `Link`
 // of tag pages, and the name in tag lists and errors. Blobs and uploads
 // stream through unbuffered. Requests outside the registry API pass on
-// untouched.
+// as they came; API paths the front cannot parse are answered 404.
 //
 // With token.proxy, the front also serves /_oci/token: token requests
 // are translated to backend names before they reach the backend's token
