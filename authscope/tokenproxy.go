@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,6 +43,12 @@ func TranslateScopes(names *Names, value string, v Via) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", ErrScopeRejected, err)
 		}
+		if strings.EqualFold(s.Type, "repository") && s.Type != "repository" {
+			// A token service that reads types without regard to case
+			// would take it for a repository whose name was never
+			// translated.
+			return "", fmt.Errorf("%w: scope type %q", ErrScopeRejected, s.Type)
+		}
 		if s.Type == "repository" {
 			in, err := names.Internal(s.Name, v)
 			if err != nil {
@@ -60,9 +67,15 @@ func TranslateScopes(names *Names, value string, v Via) (string, error) {
 // with two Authorization headers, or with one of this server's own
 // credentials anywhere in what would be forwarded, is refused.
 type TokenProxy struct {
-	// Upstream is the token service's URL (its realm).
+	// Upstream is the token service's URL (its realm). Its query
+	// parameters are the configuration's: a client's value for any of
+	// them is replaced, never forwarded.
 	Upstream *url.URL
-	Names    *Names
+	// Service is this registry's name at the token service. Every
+	// forwarded request carries it as `service`, whatever the client
+	// sent; empty means Upstream's own `service` parameter (see Check).
+	Service string
+	Names   *Names
 	// Client makes the upstream requests; nil means a client with a 30s
 	// timeout.
 	Client *http.Client
@@ -102,18 +115,12 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	via := Via{Host: r.Host, NS: q.Get(realmParamNS), PathPrefix: q.Get(realmParamPrefix)}
-	q.Del(realmParamNS)
-	q.Del(realmParamPrefix)
-	if err := translateValues(p.Names, q, via); err != nil {
+	uq, err := p.UpstreamValues(q, via)
+	if err != nil {
 		fail(http.StatusBadRequest, "invalid scope", err)
 		return
 	}
-
 	up := *p.Upstream
-	uq := up.Query()
-	for k, vs := range q {
-		uq[k] = vs
-	}
 	up.RawQuery = uq.Encode()
 
 	var body io.Reader
@@ -140,11 +147,13 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fail(http.StatusBadRequest, "malformed form", err)
 			return
 		}
-		if err := translateValues(p.Names, form, via); err != nil {
+		// The credentials check below reads the form as the client sent it.
+		upForm, err := p.UpstreamValues(form, via)
+		if err != nil {
 			fail(http.StatusBadRequest, "invalid scope", err)
 			return
 		}
-		body = strings.NewReader(form.Encode())
+		body = strings.NewReader(upForm.Encode())
 	default:
 		w.Header().Set("Allow", "GET, POST")
 		fail(http.StatusMethodNotAllowed, "method not allowed", fmt.Errorf("method %s", r.Method))
@@ -177,42 +186,120 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if client == nil {
 		client = defaultTokenClient
 	}
-	resp, err := client.Do(req)
+	// A redirect is not followed: the token service's other addresses
+	// are not this proxy's to visit, nor its client's to learn.
+	c := *client
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := c.Do(req)
 	if err != nil {
 		logger.Warn("token service unreachable", zap.String("upstream", p.Upstream.Redacted()), zap.Error(err))
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusBadGateway)
-		_, _ = io.WriteString(w, `{"errors":[{"code":"UNAVAILABLE","message":"token service unreachable"}]}`+"\n")
+		unavailable(w, "token service unreachable")
 		return
 	}
 	defer resp.Body.Close()
-	for k, vs := range resp.Header {
-		if hopByHop(k) {
-			continue
-		}
-		w.Header()[k] = vs
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		logger.Warn("token service redirected: configure the realm it redirects to",
+			zap.String("upstream", p.Upstream.Redacted()), zap.Int("status", resp.StatusCode), zap.String("location", resp.Header.Get("Location")))
+		unavailable(w, "token service redirected")
+		return
 	}
+	copyTokenHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
 }
 
-// translateValues rewrites every `scope` value of q in place.
-func translateValues(names *Names, q url.Values, v Via) error {
-	scopes := q["scope"]
-	for i, s := range scopes {
-		t, err := TranslateScopes(names, s, v)
-		if err != nil {
-			return err
-		}
-		scopes[i] = t
-	}
-	return nil
+func unavailable(w http.ResponseWriter, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadGateway)
+	_, _ = fmt.Fprintf(w, `{"errors":[{"code":"UNAVAILABLE","message":%q}]}`+"\n", msg)
 }
 
-func hopByHop(h string) bool {
-	switch http.CanonicalHeaderKey(h) {
-	case "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
+// tokenHeaders are the headers of a token service's answer that reach the
+// client; the others (Location, Link, Set-Cookie, Server, ...) may name
+// the token service's own addresses and hosts.
+var tokenHeaders = []string{"Content-Type", "Cache-Control", "Pragma", "Expires", "Retry-After"}
+
+// copyTokenHeaders copies tokenHeaders from the token service's answer,
+// and its Basic challenges: a Bearer challenge would send the client to
+// the token service's realm.
+func copyTokenHeaders(dst, src http.Header) {
+	for _, k := range tokenHeaders {
+		if vs := src.Values(k); len(vs) > 0 {
+			dst[k] = vs
+		}
 	}
-	return false
+	for _, h := range src.Values("Www-Authenticate") {
+		if c, err := ParseChallenge(h); err == nil && strings.EqualFold(c.Scheme, "Basic") {
+			dst.Add("Www-Authenticate", c.String())
+		}
+	}
+}
+
+// UpstreamValues turns a token request's query or form, as the client
+// sent it through a realm carrying via, into what the token service gets:
+// without the proxy's own parameters (ns, prefix), with every scope in
+// internal names, and with the configured parameters (Upstream's query
+// and Service) as configured, whatever the client sent for them. A scope
+// that does not translate is an error wrapping ErrScopeRejected.
+func (p *TokenProxy) UpstreamValues(client url.Values, via Via) (url.Values, error) {
+	out := make(url.Values, len(client))
+	for k, vs := range client {
+		switch k {
+		case realmParamNS, realmParamPrefix:
+			continue
+		case "scope":
+			scopes := make([]string, len(vs))
+			for i, s := range vs {
+				t, err := TranslateScopes(p.Names, s, via)
+				if err != nil {
+					return nil, err
+				}
+				scopes[i] = t
+			}
+			vs = scopes
+		}
+		out[k] = slices.Clone(vs)
+	}
+	for k, vs := range p.pinned() {
+		if len(vs) == 0 {
+			delete(out, k)
+			continue
+		}
+		out[k] = slices.Clone(vs)
+	}
+	return out, nil
+}
+
+// pinned is every parameter the configuration fixes: Upstream's query,
+// and service. A service that nothing configures maps to no value: the
+// client's is dropped all the same.
+func (p *TokenProxy) pinned() url.Values {
+	v := p.Upstream.Query()
+	if p.Service != "" {
+		v["service"] = []string{p.Service}
+	}
+	if _, ok := v["service"]; !ok {
+		v["service"] = nil
+	}
+	return v
+}
+
+// Check reports whether the proxy is configured to forward: Upstream an
+// http(s) URL, and one service, named by Service or by Upstream's
+// `service` parameter (both, only when they agree).
+func (p *TokenProxy) Check() error {
+	u := p.Upstream
+	if u == nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("the token proxy needs the token service's realm as an http(s) URL")
+	}
+	inRealm := u.Query()["service"]
+	switch {
+	case len(inRealm) > 1:
+		return fmt.Errorf("token realm %s names service more than once", u.Redacted())
+	case len(inRealm) == 1 && p.Service != "" && inRealm[0] != p.Service:
+		return fmt.Errorf("token realm %s names service %q, but the service is %q", u.Redacted(), inRealm[0], p.Service)
+	case p.Service == "" && (len(inRealm) == 0 || inRealm[0] == ""):
+		return errors.New("the token proxy needs the registry's service name at the token service: set service")
+	}
+	return nil
 }

@@ -37,6 +37,7 @@ func TestTranslateScopes(t *testing.T) {
 		{"ghcr ns", "repository:org/app:pull", Via{NS: "ghcr.io"}, "repository:ghcr.io/org/app:pull", false},
 		{"local stays local", "repository:team/app:pull,push", Via{}, "repository:team/app:pull,push", false},
 		{"catalog untouched", "registry:catalog:*", Via{NS: "docker.io"}, "registry:catalog:*", false},
+		{"repository in other case", "Repository:library/debian:pull", Via{NS: "docker.io"}, "", true},
 		{"class kept", "repository(plugin):library/debian:pull", Via{}, "repository(plugin):docker.io/library/debian:pull", false},
 		{"empty", "", Via{}, "", false},
 		// A client-form scope under ns=docker.io stays inside docker.io:
@@ -431,5 +432,167 @@ func TestTokenProxyWithholdsOwnCredentials(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("htpasswd-style credentials: %d", resp.StatusCode)
+	}
+}
+
+// TestTokenProxyPinsConfiguredKeys: a client cannot choose the service a
+// token is for, nor any parameter the configured realm fixes (a tenant,
+// say), in the query or in the OAuth2 form, however often it repeats
+// them.
+func TestTokenProxyPinsConfiguredKeys(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	// The service is named in the realm here, and by Service in the
+	// second half.
+	u, _ := url.Parse(up.URL + "/auth?service=" + testService + "&tenant=acme")
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	u2, _ := url.Parse(up.URL + "/auth?tenant=acme")
+	srv2 := httptest.NewServer(&TokenProxy{Upstream: u2, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv2.Close)
+	scope := "scope=" + url.QueryEscape("repository:library/debian:pull")
+	pinned := func(t *testing.T, where string, v url.Values) {
+		t.Helper()
+		if got := v["service"]; !slices.Equal(got, []string{testService}) {
+			t.Errorf("%s: the token service got service %q, want only %q", where, got, testService)
+		}
+		if got := v["tenant"]; !slices.Equal(got, []string{"acme"}) {
+			t.Errorf("%s: the token service got tenant %q, want only the realm's", where, got)
+		}
+	}
+	for _, q := range []string{
+		scope + "&service=evil.example",
+		"service=evil.example&" + scope,
+		scope + "&service=" + testService + "&service=evil.example",
+		scope + "&tenant=other",
+		scope + "&tenant=acme&tenant=other",
+		scope + "&Service=evil.example&service=",
+		scope,
+	} {
+		for _, s := range []*httptest.Server{srv, srv2} {
+			t.Run("GET "+q, func(t *testing.T) {
+				before := len(is.Requests())
+				resp, err := http.Get(s.URL + TokenPath + "?" + q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				reqs := is.Requests()[before:]
+				if resp.StatusCode != http.StatusOK || len(reqs) != 1 {
+					t.Fatalf("status %d, %d requests reached the token service", resp.StatusCode, len(reqs))
+				}
+				pinned(t, "query", reqs[0].Query)
+			})
+		}
+	}
+	for _, body := range []string{
+		"grant_type=password&username=ci&password=ci-pw&" + scope + "&service=evil.example&tenant=other",
+		"grant_type=password&username=ci&password=ci-pw&" + scope + "&service=evil.example&service=" + testService,
+		"grant_type=password&username=ci&password=ci-pw&" + scope,
+	} {
+		t.Run("POST "+body, func(t *testing.T) {
+			before := len(is.Requests())
+			resp, err := http.Post(srv2.URL+TokenPath+"?service=evil.example&tenant=other", "application/x-www-form-urlencoded", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			reqs := is.Requests()[before:]
+			if resp.StatusCode != http.StatusOK || len(reqs) != 1 {
+				t.Fatalf("status %d, %d requests reached the token service", resp.StatusCode, len(reqs))
+			}
+			pinned(t, "query", reqs[0].Query)
+			pinned(t, "form", reqs[0].Form)
+		})
+	}
+}
+
+// TestTokenProxyHidesTokenServiceAddresses: what the token service
+// answers reaches the client without the headers that name its own
+// addresses, and a redirect is neither followed nor passed on.
+func TestTokenProxyHidesTokenServiceAddresses(t *testing.T) {
+	const internal = "auth.internal.example"
+	var redirectFollowed bool
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		switch r.URL.Path {
+		case "/moved":
+			// Reachable, so a proxy that followed it would be seen to.
+			h.Set("Location", "/elsewhere?from="+internal)
+			w.WriteHeader(http.StatusFound)
+		case "/elsewhere":
+			redirectFollowed = true
+			h.Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"token":"x"}`)
+		default:
+			h.Set("Content-Type", "application/json")
+			h.Set("Location", "http://"+internal+"/auth/next")
+			h.Set("Content-Location", "http://"+internal+"/auth")
+			h.Set("Link", "<http://"+internal+"/auth/login>; rel=\"login\"")
+			h.Set("Set-Cookie", "sid=1; Domain="+internal)
+			h.Set("Server", internal)
+			h.Add("Www-Authenticate", `Bearer realm="http://`+internal+`/auth",service="registry.test"`)
+			h.Add("Www-Authenticate", `Basic realm="Acme auth"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"details":"wrong password"}`)
+		}
+	}))
+	t.Cleanup(up.Close)
+	for _, path := range []string{"/auth", "/moved"} {
+		u, _ := url.Parse(up.URL + path)
+		srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+		resp, err := http.Get(srv.URL + TokenPath + "?scope=repository:debian:pull")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.Close()
+		for k, vs := range resp.Header {
+			for _, v := range vs {
+				if strings.Contains(v, internal) {
+					t.Errorf("%s: header %s: %q names the token service's host", path, k, v)
+				}
+			}
+		}
+		if strings.Contains(string(body), internal) {
+			t.Errorf("%s: body names the token service's host: %s", path, body)
+		}
+		switch path {
+		case "/auth":
+			if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("Www-Authenticate") != `Basic realm="Acme auth"` || !strings.Contains(string(body), "wrong password") {
+				t.Errorf("%s: %d %q %s; want the 401 with its Basic challenge and body", path, resp.StatusCode, resp.Header.Values("Www-Authenticate"), body)
+			}
+		case "/moved":
+			if resp.StatusCode != http.StatusBadGateway || redirectFollowed {
+				t.Errorf("%s: %d (redirect followed: %v); want 502, not followed", path, resp.StatusCode, redirectFollowed)
+			}
+		}
+	}
+}
+
+func TestTokenProxyCheck(t *testing.T) {
+	for _, tc := range []struct {
+		realm, service string
+		ok             bool
+	}{
+		{"https://auth.example/token", "registry.example", true},
+		{"https://auth.example/token?service=registry.example", "", true},
+		{"https://auth.example/token?service=registry.example", "registry.example", true},
+		{"https://auth.example/token?service=other.example", "registry.example", false},
+		{"https://auth.example/token?service=a&service=b", "", false},
+		{"https://auth.example/token?service=", "", false},
+		{"https://auth.example/token", "", false},
+		{"ftp://auth.example/token", "registry.example", false},
+		{"/token", "registry.example", false},
+	} {
+		u, err := url.Parse(tc.realm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = (&TokenProxy{Upstream: u, Service: tc.service}).Check()
+		if (err == nil) != tc.ok {
+			t.Errorf("realm %q service %q: %v, want ok %v", tc.realm, tc.service, err, tc.ok)
+		}
 	}
 }

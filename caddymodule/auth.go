@@ -218,7 +218,10 @@ func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, err
 			if err != nil {
 				return nil, fmt.Errorf("token realm: %w", err)
 			}
-			rt.proxy = &authscope.TokenProxy{Upstream: u, Names: names, Logger: logger.Named("token_proxy")}
+			rt.proxy = &authscope.TokenProxy{Upstream: u, Service: t.Service, Names: names, Logger: logger.Named("token_proxy")}
+			if err := rt.proxy.Check(); err != nil {
+				return nil, fmt.Errorf("token realm: %w", err)
+			}
 		}
 	}
 	if a.OIDC != nil {

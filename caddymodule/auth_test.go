@@ -3,9 +3,11 @@ package caddymodule
 import (
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/authscope/authtest"
 )
 
 // TestAuthCaddyfileExample parses the example (anonymous read
@@ -107,5 +110,70 @@ func TestAuthCaddyfileToken(t *testing.T) {
 		if _, err := unmarshalAuth(d); err == nil {
 			t.Errorf("%s: accepted", bad)
 		}
+	}
+}
+
+// TestRegistryTokenProxyPinsService: oci_registry's token proxy asks the
+// token service for the configured service, and the realm's own
+// parameters, whatever the client's query or form names.
+func TestRegistryTokenProxyPinsService(t *testing.T) {
+	is := authtest.New(map[string]string{"ci": "ci-pw"}, func(_, _, _ string, asked []string) []string { return asked })
+	tokens := is.Start(t)
+	certs := filepath.Join(t.TempDir(), "token.pem")
+	if err := os.WriteFile(certs, is.PublicKeyPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := &Auth{Token: &TokenAuth{Realm: tokens.URL + "/auth?tenant=acme", Service: authtest.Service, Issuer: authtest.IssuerName,
+		TrustedCerts: []string{certs}, Proxy: true}}
+	if err := a.validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := a.provision(nil, nil, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !rt.serve(w, r) {
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	get := func(q string) {
+		resp, err := http.Get(srv.URL + authscope.TokenPath + "?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	post := func(q, form string) {
+		resp, err := http.Post(srv.URL+authscope.TokenPath+"?"+q, "application/x-www-form-urlencoded", strings.NewReader(form))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	get("scope=repository:app:pull&service=other.example&tenant=evil")
+	get("service=" + authtest.Service + "&service=other.example&scope=repository:app:pull")
+	post("service=other.example", "grant_type=password&username=ci&password=ci-pw&service=other.example&tenant=evil&scope=repository:app:pull")
+	reqs := is.Requests()
+	if len(reqs) != 3 {
+		t.Fatalf("%d requests reached the token service, want 3", len(reqs))
+	}
+	for i, r := range reqs {
+		for where, v := range map[string]url.Values{"query": r.Query, "form": r.Form} {
+			if where == "form" && r.Method != http.MethodPost {
+				continue
+			}
+			if !slices.Equal(v["service"], []string{authtest.Service}) || !slices.Equal(v["tenant"], []string{"acme"}) {
+				t.Errorf("request %d %s: service %q tenant %q; want only the configured %s and acme", i, where, v["service"], v["tenant"], authtest.Service)
+			}
+		}
+	}
+
+	// A realm that names another service than the configured one is a
+	// configuration mistake, found at provisioning.
+	a.Token.Realm = tokens.URL + "/auth?service=other.example"
+	if _, err := a.provision(nil, nil, zap.NewNop()); err == nil {
+		t.Error("a realm naming another service was accepted")
 	}
 }

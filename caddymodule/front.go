@@ -27,7 +27,7 @@ func init() {
 // `WWW-Authenticate` (realm, service, scope), upload `Location`, `Link`
 // of tag pages, and the name in tag lists and errors. Blobs and uploads
 // stream through unbuffered. Requests outside the registry API pass on
-// untouched.
+// as they came; API paths the front cannot parse are answered 404.
 //
 // With token.proxy, the front also serves /_oci/token: token requests
 // are translated to backend names before they reach the backend's token
@@ -86,7 +86,9 @@ type FrontToken struct {
 	Realm string `json:"realm,omitempty"`
 
 	// Service, when set, replaces `service` in challenges; by default the
-	// backend's is kept.
+	// backend's is kept. The token proxy always asks the token service
+	// for this service, whatever a client names, so Proxy needs it (or a
+	// `service` parameter in Realm).
 	Service string `json:"service,omitempty"`
 
 	// Proxy points the realm of every challenge at the front's

@@ -93,7 +93,10 @@ func TestFrontValidate(t *testing.T) {
 		{"bad prefix", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io/x"}}}, "one name component"},
 		{"two defaults", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io", Default: true}, {Prefix: "ghcr.io", Default: true}}}, "more than one default"},
 		{"realm not a URL", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io"}}, Token: &FrontToken{Proxy: true, Realm: "auth.example"}}, "http(s) URL"},
-		{"ok", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io", Default: true}}, Token: &FrontToken{Proxy: true, Realm: "https://auth.example/auth"}}, ""},
+		{"proxy without service", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io"}}, Token: &FrontToken{Proxy: true, Realm: "https://auth.example/auth"}}, "service"},
+		{"service and realm disagree", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io"}}, Token: &FrontToken{Proxy: true, Realm: "https://auth.example/auth?service=a", Service: "b"}}, "service"},
+		{"ok", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io", Default: true}}, Token: &FrontToken{Proxy: true, Realm: "https://auth.example/auth", Service: "registry.example"}}, ""},
+		{"ok, service in the realm", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io", Default: true}}, Token: &FrontToken{Proxy: true, Realm: "https://auth.example/auth?service=registry.example"}}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.f.Validate()
@@ -166,7 +169,8 @@ http://`+addr+` {
 			default
 		}
 		token {
-			realm `+tokens.URL+`/auth
+			realm `+tokens.URL+`/auth?tenant=acme
+			service registry.test
 			proxy
 		}
 	}
@@ -212,12 +216,20 @@ http://`+addr+` {
 		t.Errorf("tags/list: %d %s", resp.StatusCode, body)
 	}
 
-	resp, err = http.Get("http://" + addr + "/_oci/token?service=registry.test&scope=repository:debian:pull")
+	// The client names another service and tenant; the token service
+	// hears the configured ones only.
+	asked := len(is.Requests())
+	resp, err = http.Get("http://" + addr + "/_oci/token?service=other.example&tenant=evil&service=registry.test&scope=repository:debian:pull")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !slices.Equal(is.ScopesAsked(), []string{"repository:docker.io/library/debian:pull"}) {
 		t.Errorf("token proxy: %d, issuer asked %q", resp.StatusCode, is.ScopesAsked())
+	}
+	for _, r := range is.Requests()[asked:] {
+		if !slices.Equal(r.Query["service"], []string{"registry.test"}) || !slices.Equal(r.Query["tenant"], []string{"acme"}) {
+			t.Errorf("token proxy forwarded service %q tenant %q; want the configured registry.test and acme", r.Query["service"], r.Query["tenant"])
+		}
 	}
 }

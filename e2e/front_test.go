@@ -181,10 +181,11 @@ func frontClients(t *testing.T, issuer *authtest.Issuer, realm, backendAddr stri
 		}
 		token {
 			realm %s
+			service %s
 			proxy
 		}
 	}
-	reverse_proxy %s`, realm, backendAddr), http.StatusUnauthorized)
+	reverse_proxy %s`, realm, authtest.Service, backendAddr), http.StatusUnauthorized)
 	m := front.localhostAddr()
 	home := t.TempDir()
 	authFile := filepath.Join(home, "auth.json")

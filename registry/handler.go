@@ -140,13 +140,12 @@ func NewHandler(cfg Config) (*Handler, error) {
 
 // Serves reports whether path belongs to this handler: the distribution
 // API under /v2, or under /<prefix>/v2 for a mirror's prefix or alias
-// (containerd's hosts.toml without override_path).
+// (containerd's hosts.toml without override_path), including every path
+// that another server may read as one of those (MayReachAPI): those that
+// do not parse get 404 NOT_FOUND here rather than reaching another
+// handler.
 func (h *Handler) Serves(path string) bool {
-	if IsRegistryPath(path) {
-		return true
-	}
-	p, _, ok := splitPathPrefix(path)
-	return ok && h.names.IsPathPrefix(p)
+	return MayReachAPI(h.names, path)
 }
 
 // IsRegistryPath reports whether path belongs to the distribution API

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	pathpkg "path"
 	"slices"
 	"strings"
 
@@ -154,6 +155,56 @@ func splitPathPrefix(path string) (prefix, rest string, ok bool) {
 	return p, "/" + after, true
 }
 
+// MayReachAPI reports whether path is a path of the API (`/v2` and below,
+// or `/<prefix>/v2` and below for a namespace prefix of names) as a
+// server less strict than this one may read it: percent-decoded again,
+// case-folded, with backslashes as slashes, `;` parameters dropped,
+// repeated slashes and dot segments resolved, or cut at a control
+// character. Such a path that ParseTarget refuses is answered, never
+// passed to another handler or a backend, which might serve it as the
+// API without the name mapping and auth that the API gets here.
+func MayReachAPI(names *authscope.Names, path string) bool {
+	for _, p := range lenientForms(path) {
+		if IsRegistryPath(p) {
+			return true
+		}
+		if prefix, _, ok := splitPathPrefix(p); ok && names.IsPathPrefix(prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxDecodes bounds how often lenientForms percent-decodes a path.
+const maxDecodes = 3
+
+// lenientForms is path as lenient servers may read it (see MayReachAPI).
+func lenientForms(path string) []string {
+	forms := []string{path}
+	for i := 0; ; i++ {
+		p := strings.ToLower(strings.ReplaceAll(path, `\`, "/"))
+		forms = append(forms, p, cleanPath(p))
+		if cut := strings.IndexFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }); cut >= 0 {
+			forms = append(forms, cleanPath(p[:cut]))
+		}
+		decoded, err := url.PathUnescape(path)
+		if i == maxDecodes || err != nil || decoded == path {
+			return forms
+		}
+		path = decoded
+	}
+}
+
+// cleanPath drops the `;` parameters of each segment of p and resolves
+// its repeated slashes and dot segments.
+func cleanPath(p string) string {
+	segs := strings.Split(p, "/")
+	for i, s := range segs {
+		segs[i], _, _ = strings.Cut(s, ";")
+	}
+	return pathpkg.Clean("/" + strings.Join(segs, "/"))
+}
+
 // Target is what a request's URL names, before its name is mapped: the
 // path shape, the repository as the client typed it, and how the request
 // reached the server. The registry and the front (registry/front) read
@@ -189,7 +240,7 @@ func ParseTarget(names *authscope.Names, r *http.Request) (Target, error) {
 	if err != nil {
 		// `/v2/<prefix>/` is the ping of a client configured with the
 		// prefix as its mirror path (regctl --path-prefix).
-		if p := strings.Trim(strings.TrimPrefix(path, "/v2/"), "/"); IsRegistryPath(path) && names.IsPathPrefix(p) {
+		if p := strings.TrimSuffix(strings.TrimPrefix(path, "/v2/"), "/"); IsRegistryPath(path) && names.IsPathPrefix(p) {
 			return Target{Kind: RoutePing, Via: t.Via}, nil
 		}
 		return t, err

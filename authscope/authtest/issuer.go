@@ -76,8 +76,16 @@ type Issuer struct {
 	ACL     ACL
 	Now     func() time.Time
 
-	mu    sync.Mutex
-	asked []string
+	mu       sync.Mutex
+	asked    []string
+	requests []Request
+}
+
+// Request is what one token request carried, as the issuer received it.
+type Request struct {
+	Method string
+	Query  url.Values // the URL's query
+	Form   url.Values // a POST's form body; nil for GET
 }
 
 // New is an Issuer with the package defaults and the shared key.
@@ -155,6 +163,9 @@ func (is *Issuer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusMethodNotAllowed)
 		return
 	}
+	is.mu.Lock()
+	is.requests = append(is.requests, Request{Method: r.Method, Query: r.URL.Query(), Form: r.PostForm})
+	is.mu.Unlock()
 	user := ""
 	if u, p, ok := r.BasicAuth(); ok {
 		if want, known := is.Users[u]; !known || want != p {
@@ -217,6 +228,13 @@ func (is *Issuer) ScopesAsked() []string {
 	is.mu.Lock()
 	defer is.mu.Unlock()
 	return slices.Clone(is.asked)
+}
+
+// Requests is every token request the issuer received, in order.
+func (is *Issuer) Requests() []Request {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return slices.Clone(is.requests)
 }
 
 // GrantIf keeps the asked actions listed in allowed (docker_auth drops

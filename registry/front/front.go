@@ -52,6 +52,9 @@ type Config struct {
 	// realm, which otherwise follows the request's TLS state.
 	ProxyScheme string
 	// Service replaces `service` in challenges; empty keeps the backend's.
+	// The token proxy always asks for this service (or the `service` of
+	// TokenRealm's query), never the one a client names, so ProxyToken
+	// needs one of the two.
 	Service string
 	// MaxRewrite bounds the bodies the front rewrites; 0 means
 	// DefaultMaxRewrite.
@@ -94,10 +97,13 @@ func New(cfg Config) (*Front, error) {
 	f := &Front{cfg: cfg, names: names, log: cfg.Logger}
 	if cfg.ProxyToken {
 		u, err := url.Parse(cfg.TokenRealm)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("token realm %q: the token proxy needs the backend's token service as an http(s) URL", cfg.TokenRealm)
+		if err != nil {
+			return nil, fmt.Errorf("token realm %q: %w", cfg.TokenRealm, err)
 		}
-		f.proxy = &authscope.TokenProxy{Upstream: u, Names: names, Client: cfg.TokenClient, Logger: cfg.Logger.Named("token_proxy")}
+		f.proxy = &authscope.TokenProxy{Upstream: u, Service: cfg.Service, Names: names, Client: cfg.TokenClient, Logger: cfg.Logger.Named("token_proxy")}
+		if err := f.proxy.Check(); err != nil {
+			return nil, fmt.Errorf("token realm %q: %w", cfg.TokenRealm, err)
+		}
 	}
 	return f, nil
 }
@@ -120,7 +126,8 @@ func (f *Front) Middleware(next http.Handler) http.Handler {
 }
 
 // Serve answers the token proxy's path itself, passes requests outside
-// the registry API to next untouched, refuses names that do not map, and
+// the registry API (and backends' extensions) to next as they came,
+// refuses API paths that do not parse and names that do not map, and
 // hands every other request to next in backend names with a writer that
 // turns the answer back into the client's names. next's error is
 // returned as it came.
@@ -133,17 +140,15 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		f.refuseCredentials(w, r, err)
 		return nil
 	}
-	t, err := registry.ParseTarget(f.names, r)
+	t, err := f.target(r)
 	if err != nil {
-		if t.Via.PathPrefix != "" {
-			f.refuse(w, r, t, registry.NewError(http.StatusNotFound, registry.CodeNotFound, "no such endpoint", err))
+		if registry.MayReachAPI(f.names, r.URL.Path) && !isExtension(r) {
+			f.refusePath(w, r, t, err)
 			return nil
 		}
 		// Outside the API, or an endpoint of the backend's own (zot's
 		// /v2/_zot/ext/...): nothing to map.
-		out := r.Clone(r.Context())
-		authscope.DropSignInCookies(out.Header)
-		return next(w, out)
+		return f.passThrough(w, r, t.Via, next)
 	}
 
 	v := &view{front: f, req: r, via: t.Via, kind: t.Kind}
@@ -152,7 +157,10 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	// host) is never the backend's business.
 	authscope.DropSignInCookies(br.Header)
 	q := r.URL.Query()
-	queryChanged := false
+	// A query Go does not read whole (a `;`, a bad escape) goes on as Go
+	// read it: a backend must not find an `ns` or `from` the front missed.
+	_, qerr := url.ParseQuery(r.URL.RawQuery)
+	queryChanged := qerr != nil
 	if q.Has("ns") {
 		// The name below carries the namespace now; a backend that reads
 		// ns (the distribution spec's proxying) must not apply it again.

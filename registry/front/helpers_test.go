@@ -144,6 +144,7 @@ func frontConfig(realm string) Config {
 		LocalPrefixes: []string{"team"},
 		TokenRealm:    realm,
 		ProxyToken:    true,
+		Service:       authtest.Service,
 	}
 }
 

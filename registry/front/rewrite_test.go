@@ -204,7 +204,8 @@ func TestTagsListLinkAndName(t *testing.T) {
 }
 
 // The URL rewriting on its own: absolute URLs from a backend that knows
-// its own host come back as paths on the front; other URLs are kept.
+// its own host come back as paths on the front; API URLs the front cannot
+// map are dropped (""); other URLs are kept.
 func TestViewURL(t *testing.T) {
 	v := &view{clientPrefix: "/docker.io/v2/"}
 	v.add("docker.io/library/debian", "debian")
@@ -212,15 +213,31 @@ func TestViewURL(t *testing.T) {
 		"/v2/docker.io/library/debian/blobs/uploads/u1?_state=x":                    "/docker.io/v2/debian/blobs/uploads/u1?_state=x",
 		"http://backend:5000/v2/docker.io/library/debian/blobs/uploads/u1?_state=x": "/docker.io/v2/debian/blobs/uploads/u1?_state=x",
 		"https://s3.example/bucket/blob?sig=1":                                      "https://s3.example/bucket/blob?sig=1",
-		"/v2/docker.io/library/other/blobs/uploads/u1":                              "/v2/docker.io/library/other/blobs/uploads/u1",
+		"http://backend:5000/v2/":                                                   "/v2/",
+		"http://backend:5000/v2/_catalog?n=1&last=a":                                "/v2/_catalog?n=1&last=a",
+		"/v2/docker.io/library/other/blobs/uploads/u1":                              "",
+		"http://backend:5000/v2/docker.io/library/debian":                           "",
+		"http://backend:5000/v2/docker.io/library/debian/manifests/x/":              "",
+		"http://backend:5000/x/../v2/docker.io/library/debian/manifests/x":          "",
+		"http://backend:5000//v2/docker.io/library/debian/manifests/x":              "",
+		"http://backend:5000/V2/docker.io/library/debian/manifests/x":               "",
+		"http://backend:5000/v2%2fdocker.io/library/debian/manifests/x":             "/docker.io/v2/debian/manifests/x",
+		"http://backend%zz/v2/":                                                     "",
 	} {
-		if got := v.url(in); got != want {
+		got, ok := v.url(in)
+		if !ok {
+			got = ""
+		}
+		if got != want {
 			t.Errorf("url(%q) = %q, want %q", in, got, want)
 		}
 	}
-	got := v.link(`</v2/docker.io/library/debian/tags/list?last=a&n=1>; rel="next"`)
+	got, _ := v.link(`</v2/docker.io/library/debian/tags/list?last=a&n=1>; rel="next"`)
 	if want := `</docker.io/v2/debian/tags/list?last=a&n=1>; rel="next"`; got != want {
 		t.Errorf("link = %q, want %q", got, want)
+	}
+	if got, ok := v.link(`</v2/docker.io/library/other/tags/list?last=a&n=1>; rel="next"`); ok {
+		t.Errorf("link of another repository passed as %q", got)
 	}
 	if got := replaceName("name docker.io/library/debian, not docker.io/library/debian-slim", "docker.io/library/debian", "debian"); got != "name debian, not docker.io/library/debian-slim" {
 		t.Errorf("replaceName: %q", got)

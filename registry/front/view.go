@@ -63,15 +63,29 @@ func (v *view) headers(h http.Header) {
 		}
 		h["Www-Authenticate"] = out
 	}
-	if l := h.Get("Location"); l != "" {
-		h.Set("Location", v.url(l))
+	for _, k := range []string{"Location", "Content-Location"} {
+		if l := h.Get(k); l != "" {
+			if u, ok := v.url(l); ok {
+				h.Set(k, u)
+			} else {
+				v.front.log.Warn("backend URL dropped", zap.String("header", k), zap.String("url", l))
+				h.Del(k)
+			}
+		}
 	}
 	if ls := h.Values("Link"); len(ls) > 0 {
-		out := make([]string, len(ls))
-		for i, l := range ls {
-			out[i] = v.link(l)
+		out := make([]string, 0, len(ls))
+		for _, l := range ls {
+			if rl, ok := v.link(l); ok {
+				out = append(out, rl)
+			} else {
+				v.front.log.Warn("backend URL dropped", zap.String("header", "Link"), zap.String("url", l))
+			}
 		}
 		h["Link"] = out
+		if len(out) == 0 {
+			h.Del("Link")
+		}
 	}
 	if v.via.NS != "" {
 		h.Set("OCI-Namespace", v.via.NS)
@@ -79,44 +93,59 @@ func (v *view) headers(h http.Header) {
 }
 
 // url rewrites a backend URL under /v2/<name>/ for a name of this request
-// to the client's path for it. The result is relative when the backend
-// named a host: the backend's host is not one the client should learn, and
-// the client resolves the path against the front it asked. URLs elsewhere
-// (a storage redirect) pass unchanged.
-func (v *view) url(s string) string {
+// to the client's path for it; false when the URL must not reach the
+// client. The result is relative when the backend named a host: the
+// backend's host is not one the client should learn, and the client
+// resolves the path against the front it asked. An API URL of a name the
+// client did not type, or that does not parse, is not passed on. URLs
+// elsewhere (a storage redirect) pass unchanged.
+func (v *view) url(s string) (string, bool) {
 	u, err := url.Parse(s)
-	if err != nil || !registry.IsRegistryPath(u.Path) {
-		return s
+	if err != nil {
+		return "", false
+	}
+	if !registry.MayReachAPI(nil, u.Path) {
+		return s, true
 	}
 	t, err := registry.ParseTarget(nil, &http.Request{URL: u})
-	if err != nil || t.Name == "" {
-		return s
+	if err != nil || !registry.IsRegistryPath(u.Path) {
+		return "", false
+	}
+	if t.Name == "" {
+		// The ping or the catalog: the client's path, wherever it came
+		// from.
+		rel := url.URL{Path: u.Path, RawQuery: u.RawQuery}
+		return rel.String(), true
 	}
 	typed, ok := v.typed[t.Name]
 	if !ok {
-		return s
+		return "", false
 	}
 	rel := url.URL{Path: v.clientPrefix + typed + u.Path[len(t.Base):], RawQuery: u.RawQuery}
-	return rel.String()
+	return rel.String(), true
 }
 
-// link rewrites the URL of each `<url>; rel=...` entry of a Link header.
-func (v *view) link(h string) string {
+// link rewrites the URL of each `<url>; rel=...` entry of a Link header;
+// false when one of them must not reach the client.
+func (v *view) link(h string) (string, bool) {
 	var b strings.Builder
 	for {
 		open := strings.IndexByte(h, '<')
 		if open < 0 {
 			b.WriteString(h)
-			return b.String()
+			return b.String(), true
 		}
 		end := strings.IndexByte(h[open:], '>')
 		if end < 0 {
-			b.WriteString(h)
-			return b.String()
+			return "", false
 		}
 		end += open
+		u, ok := v.url(h[open+1 : end])
+		if !ok {
+			return "", false
+		}
 		b.WriteString(h[:open+1])
-		b.WriteString(v.url(h[open+1 : end]))
+		b.WriteString(u)
 		h = h[end:]
 		b.WriteByte('>')
 		h = h[1:]
