@@ -62,7 +62,7 @@ type TokenProxy struct {
 	Upstream *url.URL
 	Names    *Names
 	// Client makes the upstream requests; nil means a client with a 30s
-	// timeout.
+	// timeout that passes redirects back to the client.
 	Client *http.Client
 	Logger *zap.Logger
 	// Withhold reports whether a password or token is one of this
@@ -93,7 +93,14 @@ func (p *TokenProxy) withheld(r *http.Request, form url.Values) bool {
 	return own(form.Get("password")) || own(form.Get("refresh_token"))
 }
 
-var defaultTokenClient = &http.Client{Timeout: 30 * time.Second}
+// defaultTokenClient hands a redirect of the token service back to the
+// client as it came rather than follow it: the request carries the
+// client's credentials, which net/http would pass on to another port of
+// the same host or to a subdomain.
+var defaultTokenClient = &http.Client{
+	Timeout:       30 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
 
 // ServeHTTP implements http.Handler.
 func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
