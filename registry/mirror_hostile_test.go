@@ -300,7 +300,9 @@ func TestMirrorTimeouts(t *testing.T) {
 			<-release
 		}
 	}
-	short := func(c *MirrorConfig) { c.UpstreamTimeout, c.BlobIdleTimeout = 300*time.Millisecond, 300*time.Millisecond }
+	short := func(c *MirrorConfig) {
+		c.UpstreamTimeout, c.BlobIdleTimeout = 300*time.Millisecond, 300*time.Millisecond
+	}
 	tests := []struct {
 		name    string
 		midBody bool
@@ -400,4 +402,3 @@ func TestMirrorTooManyRequests(t *testing.T) {
 		}
 	})
 }
-

@@ -2,7 +2,7 @@ package upstream
 
 import (
 	"context"
-		"errors"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
