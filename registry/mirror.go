@@ -242,9 +242,10 @@ const staleWarning = `110 - "Response is Stale"`
 
 // Failures of upstream content that the upstream client cannot see.
 var (
-	// errUpstreamStalled: a blob transfer received nothing for the stall
-	// timeout. It is a timeout (504), as a deadline is.
-	errUpstreamStalled = fmt.Errorf("upstream sent nothing for the stall timeout: %w", context.DeadlineExceeded)
+	// errUpstreamStalled: a blob transfer received nothing in time (no
+	// headers within UpstreamTimeout, or no byte within BlobIdleTimeout).
+	// It is a timeout (504), as a deadline is.
+	errUpstreamStalled = fmt.Errorf("upstream blob transfer stalled: %w", context.DeadlineExceeded)
 	// errUpstreamManifest: upstream's manifest is not exactly one
 	// manifest (truncated, padded, of another type, of another length).
 	errUpstreamManifest = errors.New("upstream sent an invalid manifest")
