@@ -301,7 +301,7 @@ func TestMirrorTimeouts(t *testing.T) {
 		}
 	}
 	short := func(c *MirrorConfig) {
-		c.UpstreamTimeout, c.BlobIdleTimeout = 300*time.Millisecond, 300*time.Millisecond
+		c.UpstreamTimeout, c.BlobIdleTimeout = 500*time.Millisecond, 500*time.Millisecond
 	}
 	tests := []struct {
 		name    string
@@ -335,7 +335,7 @@ func TestMirrorTimeouts(t *testing.T) {
 				return
 			}
 			manifestAnswer{contentType: MediaTypeOCIManifest, body: goodManifest}.serve(w, r)
-		}), short)
+		}), func(c *MirrorConfig) { c.UpstreamTimeout = time.Second }) // the first fetch must not time out on a busy machine
 		env.wantStatus(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil), http.StatusOK)
 		stalled.Store(true)
 		env.clock.Add(DefaultTagTTL + time.Minute)
