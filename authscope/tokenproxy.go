@@ -77,7 +77,7 @@ type TokenProxy struct {
 	Service string
 	Names   *Names
 	// Client makes the upstream requests; nil means a client with a 30s
-	// timeout.
+	// timeout. Redirects are never followed (see ServeHTTP).
 	Client *http.Client
 	Logger *zap.Logger
 	// Withhold reports whether a token is one of this server's own

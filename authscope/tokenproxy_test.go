@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -594,5 +595,38 @@ func TestTokenProxyCheck(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("realm %q service %q: %v, want ok %v", tc.realm, tc.service, err, tc.ok)
 		}
+	}
+}
+
+// TestTokenProxyRedirectNotFollowed: the proxy does not carry the
+// client's credentials to wherever the token service's redirect points
+// (net/http would, to another port of the host), nor pass it on.
+func TestTokenProxyRedirectNotFollowed(t *testing.T) {
+	var seen atomic.Value
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.Header.Get("Authorization"))
+		_, _ = w.Write([]byte(`{"token":"x"}`))
+	}))
+	defer elsewhere.Close()
+	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+"/token", http.StatusTemporaryRedirect)
+	}))
+	defer tokens.Close()
+	u, _ := url.Parse(tokens.URL + "/token")
+	proxy := httptest.NewServer(&TokenProxy{Upstream: u, Names: testNames(t)})
+	defer proxy.Close()
+	req, _ := http.NewRequest(http.MethodGet, proxy.URL+TokenPath+"?scope=repository:team/app:pull", nil)
+	req.SetBasicAuth("ci", "ci-pw")
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("status %d, want 502: a redirect is neither followed nor passed on", resp.StatusCode)
+	}
+	if got := seen.Load(); got != nil {
+		t.Fatalf("the redirect target got a request (Authorization %q)", got)
 	}
 }

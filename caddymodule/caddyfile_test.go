@@ -204,6 +204,9 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 			password {env.HUB_TOKEN}
 			tag_ttl 10m
 			stale_if_error 48h
+			dial_timeout 3s
+			response_header_timeout 45s
+			stall_timeout 2m
 			alias registry-1.docker.io
 			host docker.mirror.example
 			default
@@ -225,6 +228,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 			{Prefix: "docker.io", Upstreams: []string{"https://a.example", "https://b.example"},
 				Username: "{env.HUB_USER}", Password: "{env.HUB_TOKEN}",
 				TagTTL: caddy.Duration(10 * time.Minute), StaleIfError: caddy.Duration(48 * time.Hour),
+				DialTimeout: caddy.Duration(3 * time.Second), ResponseHeaderTimeout: caddy.Duration(45 * time.Second), StallTimeout: caddy.Duration(2 * time.Minute),
 				Aliases: []string{"registry-1.docker.io"}, Hosts: []string{"docker.mirror.example"}, Default: true},
 			{Prefix: "ghcr.io"},
 			{Prefix: "localhost:1", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library"},
@@ -241,6 +245,10 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 		"oci_registry {\nmirror a {\ntag_ttl soon\n}\n}",
 		"oci_registry {\nmirror a {\nfoo\n}\n}",
 		"oci_registry {\nmirror a {\ndefault yes\n}\n}",
+		"oci_registry {\nmirror a {\ndial_timeout\n}\n}",
+		"oci_registry {\nmirror a {\nresponse_header_timeout 0s\n}\n}",
+		"oci_registry {\nmirror a {\nstall_timeout -1s\n}\n}",
+		"oci_registry {\nmirror a {\nstall_timeout 1m 2m\n}\n}",
 		"oci_registry {\nlocal\n}",
 	} {
 		var r Registry
@@ -263,9 +271,28 @@ func TestBuildMirrors(t *testing.T) {
 		{{Prefix: "a", Default: true}, {Prefix: "b", Default: true}},
 		{{Prefix: "a/b"}},
 		{{Prefix: "a", Upstreams: []string{"ftp://x"}}},
+		{{Prefix: "a", Upstreams: []string{"https://hub-user:hub-pass@registry.example"}}},
 	} {
 		if _, err := buildMirrors(bad, nil, caddy.NewReplacer(), zap.NewNop()); err == nil {
 			t.Errorf("accepted %+v", bad[0])
+		}
+	}
+}
+
+// TestBuildMirrorsRefusesUserinfo: credentials in an upstream URL are
+// refused at provision, pointing to username and password, and the error
+// (which reaches Caddy's log) does not repeat the password.
+func TestBuildMirrorsRefusesUserinfo(t *testing.T) {
+	for _, u := range []string{"https://hub-user:hub-pass@registry.example", "https://hub-user:hub-pass@registry.example:bad port"} {
+		_, err := buildMirrors([]*Mirror{{Prefix: "a", Upstreams: []string{u}}}, nil, caddy.NewReplacer(), zap.NewNop())
+		if err == nil {
+			t.Fatalf("%s accepted", u)
+		}
+		if strings.Contains(err.Error(), "hub-pass") {
+			t.Errorf("error repeats the password: %v", err)
+		}
+		if !strings.Contains(u, "bad port") && !strings.Contains(err.Error(), "username and password") {
+			t.Errorf("error does not point to username and password: %v", err)
 		}
 	}
 }

@@ -24,7 +24,8 @@ type Mirror struct {
 
 	// Upstreams are the registry URLs to fetch from, tried in order (the
 	// next on connection errors and 5xx). Default: https://registry-1.docker.io
-	// for docker.io, https://<prefix> for any other prefix.
+	// for docker.io, https://<prefix> for any other prefix. A URL with
+	// `user:password@` is refused: set username and password instead.
 	Upstreams []string `json:"upstreams,omitempty"`
 
 	// Username and Password for the upstream; placeholders such as
@@ -40,6 +41,22 @@ type Mirror struct {
 	// StaleIfError is how long past its TTL a cached tag is still served
 	// when upstream fails or is unreachable. Default: 24h.
 	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
+
+	// DialTimeout bounds connecting to the upstream and its token
+	// service: the TCP connection, then the TLS handshake. Default: 10s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// ResponseHeaderTimeout bounds the wait for the upstream's answer:
+	// the response headers of every request, and the whole of a manifest,
+	// tag list or referrers exchange, retries included. Past it the
+	// client gets 504 (or the cached tag, within stale_if_error).
+	// Default: 20s.
+	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
+
+	// StallTimeout abandons a blob transfer from the upstream that sends
+	// no byte for this long; the client gets 504, or a broken transfer
+	// when the blob was already streaming. Default: 60s.
+	StallTimeout caddy.Duration `json:"stall_timeout,omitempty"`
 
 	// CAFile is a PEM bundle trusted for the upstream's TLS certificate,
 	// in addition to the system roots.
@@ -83,6 +100,9 @@ func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer, log *zap.L
 			Password:           repl.ReplaceAll(m.Password, ""),
 			TagTTL:             time.Duration(m.TagTTL),
 			StaleIfError:       time.Duration(m.StaleIfError),
+			DialTimeout:        time.Duration(m.DialTimeout),
+			UpstreamTimeout:    time.Duration(m.ResponseHeaderTimeout),
+			BlobIdleTimeout:    time.Duration(m.StallTimeout),
 			CAFile:             m.CAFile,
 			InsecureSkipVerify: m.InsecureSkipVerify,
 			Aliases:            m.Aliases,
@@ -111,6 +131,9 @@ func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer, log *zap.L
 //		password <password>
 //		tag_ttl <duration>
 //		stale_if_error <duration>
+//		dial_timeout <duration>
+//		response_header_timeout <duration>
+//		stall_timeout <duration>
 //		ca_file <file>
 //		insecure_skip_verify
 //		alias <name>...
@@ -155,17 +178,24 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 			m.CAFile, err = one()
 		case "library_prefix":
 			m.LibraryPrefix, err = one()
-		case "tag_ttl", "stale_if_error":
+		case "tag_ttl", "stale_if_error", "dial_timeout", "response_header_timeout", "stall_timeout":
 			var s string
 			if s, err = one(); err == nil {
 				var dur time.Duration
 				if dur, err = caddy.ParseDuration(s); err != nil || dur <= 0 {
 					return nil, d.Errf("mirror %s: %s must be a positive duration, got %q", m.Prefix, sub, s)
 				}
-				if sub == "tag_ttl" {
+				switch sub {
+				case "tag_ttl":
 					m.TagTTL = caddy.Duration(dur)
-				} else {
+				case "stale_if_error":
 					m.StaleIfError = caddy.Duration(dur)
+				case "dial_timeout":
+					m.DialTimeout = caddy.Duration(dur)
+				case "response_header_timeout":
+					m.ResponseHeaderTimeout = caddy.Duration(dur)
+				default:
+					m.StallTimeout = caddy.Duration(dur)
 				}
 			}
 		case "insecure_skip_verify", "default":

@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +27,7 @@ const (
 	DefaultStaleIfError    = 24 * time.Hour
 	DefaultUpstreamTimeout = 20 * time.Second
 	DefaultBlobIdleTimeout = 60 * time.Second
+	DefaultDialTimeout     = 10 * time.Second
 )
 
 // MirrorConfig is one mirrored upstream registry.
@@ -43,13 +46,17 @@ type MirrorConfig struct {
 	// StaleIfError: how long past its TTL a cached tag is still served
 	// when upstream fails. Default DefaultStaleIfError.
 	StaleIfError time.Duration
-	// UpstreamTimeout bounds one manifest, tag list or referrers
-	// exchange with upstream, retries included. Default
-	// DefaultUpstreamTimeout.
+	// UpstreamTimeout bounds the wait for upstream's answer: the response
+	// headers of each request (blobs included), and a manifest, tag list
+	// or referrers exchange as a whole, retries included. The client gets
+	// a 504 when it passes. Default DefaultUpstreamTimeout.
 	UpstreamTimeout time.Duration
 	// BlobIdleTimeout: a blob fill that receives nothing for this long is
-	// abandoned. Default DefaultBlobIdleTimeout.
+	// abandoned (a stalled transfer). Default DefaultBlobIdleTimeout.
 	BlobIdleTimeout time.Duration
+	// DialTimeout bounds connecting to upstream and its token service
+	// (TCP, then TLS). Default DefaultDialTimeout.
+	DialTimeout time.Duration
 	// CAFile and InsecureSkipVerify: TLS to the upstream.
 	CAFile             string
 	InsecureSkipVerify bool
@@ -141,6 +148,9 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if cfg.BlobIdleTimeout <= 0 {
 		cfg.BlobIdleTimeout = DefaultBlobIdleTimeout
 	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
 	m := &Mirror{cfg: cfg, obs: nopMirrorObserver{}, now: time.Now}
 	prefix := cfg.Prefix
 	c, err := upstream.New(upstream.Config{
@@ -149,9 +159,13 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 		Password:           cfg.Password,
 		CAFile:             cfg.CAFile,
 		InsecureSkipVerify: cfg.InsecureSkipVerify,
-		Transport:          cfg.Transport,
-		Logger:             cfg.Logger,
-		OnResponse:         func(method string, status int) { m.obs.UpstreamRequest(prefix, method, status) },
+		DialTimeout:        cfg.DialTimeout,
+		// Blob fills wait for headers as long as the small exchanges wait
+		// for everything.
+		ResponseHeaderTimeout: cfg.UpstreamTimeout,
+		Transport:             cfg.Transport,
+		Logger:                cfg.Logger,
+		OnResponse:            func(method string, status int) { m.obs.UpstreamRequest(prefix, method, status) },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mirror %s: %w", prefix, err)
@@ -215,60 +229,92 @@ var mirrorRoutes = map[string]handlerFunc{
 	OpReferrers:    (*Handler).mirrorReferrers,
 }
 
+// errReadOnly names the mirror by its prefix only: where its upstream
+// lives is the operator's business.
 func errReadOnly(m *Mirror) *Error {
 	return newError(http.StatusMethodNotAllowed, CodeUnsupported,
-		fmt.Sprintf("%s is a read-only mirror of %s: push to a name outside %s/", m.cfg.Prefix, m.cfg.Upstreams[0], m.cfg.Prefix), nil)
+		fmt.Sprintf("%s is a read-only mirror: push to a name outside %s/", m.cfg.Prefix, m.cfg.Prefix), nil)
 }
 
 // staleWarning marks a response served from the store because upstream
 // failed (RFC 7234's warn-code 110).
 const staleWarning = `110 - "Response is Stale"`
 
+// Failures of upstream content that the upstream client cannot see.
+var (
+	// errUpstreamStalled: a blob transfer received nothing in time (no
+	// headers within UpstreamTimeout, or no byte within BlobIdleTimeout).
+	// It is a timeout (504), as a deadline is.
+	errUpstreamStalled = fmt.Errorf("upstream blob transfer stalled: %w", context.DeadlineExceeded)
+	// errUpstreamManifest: upstream's manifest is not exactly one
+	// manifest (truncated, padded, of another type, of another length).
+	errUpstreamManifest = errors.New("upstream sent an invalid manifest")
+)
+
 // upstreamError turns a failed upstream exchange into the client's error.
-// kind is "blob" or "manifest" and picks the code of a plain 404.
+// kind is "blob" or "manifest" and picks the code of a plain 404. The
+// client learns what went wrong in words of its own request; where
+// upstream lives and what it or the network said stay in the cause, for
+// the log.
 func upstreamError(m *Mirror, kind string, err error) *Error {
+	name := "upstream " + m.cfg.Prefix
+	if timedOut(err) {
+		return newError(http.StatusGatewayTimeout, CodeUnknown, name+" did not answer in time", err)
+	}
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {
-		if errors.Is(err, errUpstreamDigest) {
-			return newError(http.StatusBadGateway, CodeUnknown, "upstream "+m.cfg.Prefix+" sent content that does not match its digest", err)
+		msg := name + " failed"
+		switch {
+		case errors.Is(err, errUpstreamDigest):
+			msg = name + " sent content that does not match its digest"
+		case errors.Is(err, errUpstreamManifest):
+			msg = name + " sent an invalid manifest"
 		}
-		return newError(http.StatusBadGateway, CodeUnknown, "upstream "+m.cfg.Prefix+" failed", err)
+		return newError(http.StatusBadGateway, CodeUnknown, msg, err)
 	}
-	msg := "upstream " + m.cfg.Prefix + ": " + ue.Error()
 	switch {
 	case ue.Status == http.StatusNotFound:
-		code := ue.Code
-		if code == "" {
-			code = CodeManifestUnknown
-			if kind == "blob" {
-				code = CodeBlobUnknown
-			}
+		code := CodeManifestUnknown
+		if kind == "blob" {
+			code = CodeBlobUnknown
 		}
-		return newError(http.StatusNotFound, code, msg, err)
+		switch ue.Code {
+		case CodeNameUnknown, CodeManifestUnknown, CodeBlobUnknown:
+			code = ue.Code
+		}
+		return newError(http.StatusNotFound, code, kind+" unknown to "+name, err)
 	case ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden:
 		// Upstream says no to the mirror's credentials: for the client the
 		// name does not exist here (containerd then tries its next host).
-		return newError(http.StatusNotFound, CodeNameUnknown, msg, err)
+		return newError(http.StatusNotFound, CodeNameUnknown, "repository not available from "+name, err)
 	case ue.Status == http.StatusTooManyRequests:
-		return newError(http.StatusTooManyRequests, CodeTooManyRequests, msg, err)
-	case ue.Status == 0 && errors.Is(ue.Err, context.DeadlineExceeded):
-		return newError(http.StatusGatewayTimeout, CodeUnknown, msg, err)
-	case ue.Temporary():
-		return newError(http.StatusBadGateway, CodeUnknown, msg, err)
-	default:
-		code := ue.Code
-		if code == "" {
-			code = CodeUnknown
+		e := newError(http.StatusTooManyRequests, CodeTooManyRequests, name+" is limiting the mirror's requests; try again later", err)
+		if ue.RetryAfter > 0 {
+			e.withHeader("Retry-After", strconv.FormatInt(int64((ue.RetryAfter+time.Second-1)/time.Second), 10))
 		}
-		return newError(http.StatusBadGateway, code, msg, err)
+		return e
+	case ue.Status == 0:
+		return newError(http.StatusBadGateway, CodeUnknown, name+" unreachable", err)
+	default:
+		return newError(http.StatusBadGateway, CodeUnknown, fmt.Sprintf("%s answered %d", name, ue.Status), err)
 	}
 }
 
-// temporary reports whether err leaves room for a cached answer.
+// timedOut reports whether err is upstream not answering in time: a
+// deadline, a stalled transfer, a dial or response header timeout.
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// temporary reports whether err leaves room for a cached answer: anything
+// but upstream's own word that the content is not there (or not for the
+// mirror). A manifest upstream sent broken is its failure, not news about
+// the tag.
 func temporary(err error) bool {
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
 		return ue.Temporary()
 	}
-	return !errors.Is(err, errUpstreamDigest)
+	return true
 }

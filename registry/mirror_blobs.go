@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -231,25 +232,35 @@ func (h *Handler) readableInMirror(r *http.Request, m *Mirror, d cache.Digest) b
 // body that stalls for BlobIdleTimeout is abandoned.
 func (m *Mirror) blobSource(repo string, d cache.Digest) cache.FillSource {
 	return func(ctx context.Context) (io.ReadCloser, int64, error) {
-		ctx, cancel := context.WithCancel(ctx)
-		idle := time.AfterFunc(m.cfg.UpstreamTimeout, cancel)
+		ctx, cancel := context.WithCancelCause(ctx)
+		idle := time.AfterFunc(m.cfg.UpstreamTimeout, func() { cancel(errUpstreamStalled) })
 		resp, err := m.client.Do(ctx, http.MethodGet, repo, "blobs/"+d.String(), nil)
 		if err != nil {
 			idle.Stop()
-			cancel()
-			return nil, 0, err
+			cancel(nil)
+			return nil, 0, stalledOr(ctx, err)
 		}
 		idle.Reset(m.cfg.BlobIdleTimeout)
-		return &idleBody{rc: resp.Body, idle: idle, after: m.cfg.BlobIdleTimeout, cancel: cancel}, resp.ContentLength, nil
+		return &idleBody{ctx: ctx, rc: resp.Body, idle: idle, after: m.cfg.BlobIdleTimeout, cancel: cancel}, resp.ContentLength, nil
 	}
+}
+
+// stalledOr is err, or errUpstreamStalled (a timeout, for the client's
+// 504) when the stall timer is what cancelled ctx.
+func stalledOr(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), errUpstreamStalled) {
+		return fmt.Errorf("%w (%w)", errUpstreamStalled, err)
+	}
+	return err
 }
 
 // idleBody cancels its request when no byte arrives for `after`.
 type idleBody struct {
+	ctx    context.Context
 	rc     io.ReadCloser
 	idle   *time.Timer
 	after  time.Duration
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
@@ -257,12 +268,15 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	if n > 0 {
 		b.idle.Reset(b.after)
 	}
+	if err != nil && err != io.EOF {
+		err = stalledOr(b.ctx, err)
+	}
 	return n, err
 }
 
 func (b *idleBody) Close() error {
 	b.idle.Stop()
 	err := b.rc.Close()
-	b.cancel()
+	b.cancel(nil)
 	return err
 }

@@ -178,19 +178,11 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 		return mirroredManifest{}, fmt.Errorf("upstream manifest exceeds the limit of %d bytes", limit)
 	}
 	m.obs.MirrorBytes(m.cfg.Prefix, "upstream", int64(len(body)))
-	alg := cache.SHA256
-	if !want.IsZero() {
-		alg = want.Algorithm
+	mt, d, err := checkUpstreamManifest(resp, body, want)
+	if err != nil {
+		return mirroredManifest{}, fmt.Errorf("%s: %w", reference, err)
 	}
-	announced, aerr := cache.ParseDigest(resp.Header.Get("Docker-Content-Digest"))
-	if want.IsZero() && aerr == nil {
-		alg = announced.Algorithm
-	}
-	d := cache.FromBytes(alg, body)
-	if (!want.IsZero() && d != want) || (aerr == nil && announced.Algorithm == alg && announced != d) {
-		return mirroredManifest{}, fmt.Errorf("%w: %s computed %s", errUpstreamDigest, reference, d)
-	}
-	man := manifestMeta(resp.Header.Get("Content-Type"), body)
+	man := manifestMeta(mt, body)
 	man.Digest, man.Size = d, int64(len(body))
 	var tags []string
 	if tag != "" {
@@ -207,6 +199,81 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 		}
 	}
 	return mirroredManifest{m: man, body: body}, nil
+}
+
+// upstreamManifestTypes are the media types a mirror keeps a manifest
+// under: those it asks for (manifestAccept).
+var upstreamManifestTypes = map[string]bool{
+	MediaTypeOCIIndex:           true,
+	MediaTypeOCIManifest:        true,
+	MediaTypeDockerManifestList: true,
+	MediaTypeDockerManifest:     true,
+	"application/vnd.docker.distribution.manifest.v1+prettyjws": true,
+	"application/vnd.docker.distribution.manifest.v1+json":      true,
+}
+
+// checkUpstreamManifest refuses an upstream answer that is not exactly
+// one manifest, so that what the mirror stores and serves until the tag's
+// TTL (and its stale window) is what upstream meant: one JSON object and
+// nothing after it, as long as Content-Length said, of a manifest media
+// type on which Content-Type and the document's own mediaType agree (a
+// generic Content-Type leaves it to the document), hashing to the digest
+// asked for (want, if set) and to the one upstream announced. It returns
+// the media type and the digest.
+func checkUpstreamManifest(resp *http.Response, body []byte, want cache.Digest) (string, cache.Digest, error) {
+	if resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
+		return "", cache.Digest{}, fmt.Errorf("%w: %d bytes, Content-Length %d", errUpstreamManifest, len(body), resp.ContentLength)
+	}
+	if !oneJSONObject(body) {
+		return "", cache.Digest{}, fmt.Errorf("%w: not one complete JSON object (%d bytes)", errUpstreamManifest, len(body))
+	}
+	var doc struct {
+		MediaType string `json:"mediaType"`
+	}
+	_ = json.Unmarshal(body, &doc) // a mediaType that is not a string is none
+	ct := resp.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	switch {
+	case err == nil && upstreamManifestTypes[mt]:
+		if doc.MediaType != "" && doc.MediaType != mt {
+			return "", cache.Digest{}, fmt.Errorf("%w: Content-Type %q, mediaType %q", errUpstreamManifest, mt, doc.MediaType)
+		}
+	case ct == "" || mt == "application/json" || mt == "text/plain" || mt == "application/octet-stream":
+		mt = doc.MediaType
+		if !upstreamManifestTypes[mt] {
+			return "", cache.Digest{}, fmt.Errorf("%w: Content-Type %q, mediaType %q", errUpstreamManifest, ct, doc.MediaType)
+		}
+	default:
+		return "", cache.Digest{}, fmt.Errorf("%w: Content-Type %q is not a manifest's", errUpstreamManifest, ct)
+	}
+	alg := cache.SHA256
+	if !want.IsZero() {
+		alg = want.Algorithm
+	}
+	if h := resp.Header.Get("Docker-Content-Digest"); h != "" {
+		announced, err := cache.ParseDigest(h)
+		if err != nil {
+			return "", cache.Digest{}, fmt.Errorf("%w: Docker-Content-Digest %q", errUpstreamDigest, h)
+		}
+		if got := cache.FromBytes(announced.Algorithm, body); got != announced {
+			return "", cache.Digest{}, fmt.Errorf("%w: announced %s, computed %s", errUpstreamDigest, announced, got)
+		}
+		if want.IsZero() {
+			alg = announced.Algorithm
+		}
+	}
+	d := cache.FromBytes(alg, body)
+	if !want.IsZero() && d != want {
+		return "", cache.Digest{}, fmt.Errorf("%w: asked for %s, computed %s", errUpstreamDigest, want, d)
+	}
+	return mt, d, nil
+}
+
+// oneJSONObject reports whether body is one JSON object, with nothing but
+// white space around it.
+func oneJSONObject(body []byte) bool {
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	return len(trimmed) > 0 && trimmed[0] == '{' && json.Valid(body)
 }
 
 // manifestMeta reads what the store keeps about a fetched manifest. It
@@ -301,7 +368,7 @@ func (h *Handler) mirrorReferrers(w http.ResponseWriter, r *http.Request, rc *re
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, h.cfg.MaxManifestSize+1))
-	if err != nil || int64(len(body)) > h.cfg.MaxManifestSize || !json.Valid(body) {
+	if err != nil || int64(len(body)) > h.cfg.MaxManifestSize || !oneJSONObject(body) {
 		return h.referrers(w, r, rc)
 	}
 	hd := w.Header()

@@ -4,6 +4,16 @@
 // and failover across the configured URLs on connection errors and 5xx.
 // It knows the distribution API's URL shapes and error envelope, nothing
 // of the store.
+//
+// Everything upstream says is hostile until checked. Redirects are
+// followed only for blobs (registries send those to storage, and the
+// digest checks what comes back), never from https to http, and carry
+// credentials only back to the origin they were sent to. A challenge's
+// token realm gets a request only when it is https, or plain http on the
+// upstream's own host name when the upstream itself is plain http (a
+// registry and its token service on a private network): a realm that
+// downgrades an https upstream, or points plain http at another host, is
+// refused before anything is sent to it.
 package upstream
 
 import (
@@ -49,6 +59,12 @@ type Config struct {
 	// MaxRetryWait caps one wait between attempts; a Retry-After longer
 	// than this is not waited for. Default 5s.
 	MaxRetryWait time.Duration
+	// DialTimeout bounds connecting to upstream or its token service: TCP
+	// and the TLS handshake each. Default 10s.
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for the headers of one
+	// answer, once the request is sent. Default 30s.
+	ResponseHeaderTimeout time.Duration
 	// Transport overrides the HTTP transport (tests).
 	Transport http.RoundTripper
 	Logger    *zap.Logger
@@ -59,13 +75,22 @@ type Config struct {
 }
 
 // Error is an upstream answer that was not a success, or a failure to get
-// one (Status 0).
+// one (Status 0). Its text names upstream's address and what upstream
+// said: it is for logs, never for the mirror's clients.
 type Error struct {
 	Status  int
 	Code    string // from the upstream's error envelope, if any
 	Message string
 	Err     error // transport failure, when Status is 0
+	// RetryAfter is upstream's Retry-After on a 429 or 503 (seconds or
+	// an HTTP date), at most MaxRetryAfter; 0 when it sent none, a zero
+	// or a date past, or something that is neither.
+	RetryAfter time.Duration
 }
+
+// MaxRetryAfter bounds the Retry-After an Error carries: an upstream
+// asking for longer is asked again after this anyway.
+const MaxRetryAfter = time.Hour
 
 func (e *Error) Error() string {
 	switch {
@@ -79,6 +104,17 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// Timeout reports whether upstream did not answer in time: no
+// connection, no response headers or a stalled body within the limits,
+// or the caller's deadline passed.
+func (e *Error) Timeout() bool {
+	if e.Status != 0 || e.Err == nil {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(e.Err, context.DeadlineExceeded) || (errors.As(e.Err, &ne) && ne.Timeout())
+}
 
 // Temporary reports whether the failure says nothing about the content:
 // upstream unreachable, overloaded or failing. A cached copy may then be
@@ -137,12 +173,18 @@ func New(cfg Config) (*Client, error) {
 		c.onResp = func(string, int) {}
 	}
 	for _, s := range cfg.URLs {
-		u, err := url.Parse(s)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("upstream: %q is not an http(s) URL", s)
+		u, err := parseBase(s)
+		if err != nil {
+			return nil, err
 		}
-		u.Path = strings.Trim(u.Path, "/")
 		c.bases = append(c.bases, u)
+	}
+	dial, header := cfg.DialTimeout, cfg.ResponseHeaderTimeout
+	if dial <= 0 {
+		dial = 10 * time.Second
+	}
+	if header <= 0 {
+		header = 30 * time.Second
 	}
 	rt := cfg.Transport
 	if rt == nil {
@@ -163,19 +205,106 @@ func New(cfg Config) (*Client, error) {
 		}
 		rt = &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:           (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext,
 			TLSClientConfig:       tc,
-			TLSHandshakeTimeout:   10 * time.Second,
-			ResponseHeaderTimeout: 30 * time.Second,
+			TLSHandshakeTimeout:   dial,
+			ResponseHeaderTimeout: header,
 			ForceAttemptHTTP2:     true,
 			MaxIdleConnsPerHost:   32,
 			IdleConnTimeout:       90 * time.Second,
 		}
 	}
-	// Registries redirect blob GETs to storage; the redirect must not
-	// carry our Authorization (net/http drops it across hosts).
-	c.hc = &http.Client{Transport: rt}
+	c.hc = &http.Client{Transport: rt, CheckRedirect: checkRedirect}
 	return c, nil
+}
+
+// parseBase checks one configured upstream URL. Credentials belong in
+// Username and Password, where they are sent only as upstream asks; in the
+// URL they would reach every log line that names it. No error repeats
+// what may be a password.
+func parseBase(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		shown := s
+		if i := strings.LastIndex(s, "@"); i >= 0 {
+			shown = "…" + s[i:]
+		}
+		return nil, fmt.Errorf("upstream: %q is not an http(s) URL", shown)
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("upstream %s: credentials do not belong in the URL; set username and password instead", u.Redacted())
+	}
+	u.Path = strings.Trim(u.Path, "/")
+	return u, nil
+}
+
+// maxRedirects bounds a blob's redirect chain; registries use one or two.
+const maxRedirects = 5
+
+// redirectsKey marks, in a request's context, a request that may follow
+// redirects (a blob's).
+type redirectsKey struct{}
+
+var (
+	errTooManyRedirects = errors.New("upstream: too many redirects")
+	errDowngrade        = errors.New("upstream: redirect from https to http refused")
+)
+
+// checkRedirect is the redirect policy of every request to upstream.
+// Manifests, tag lists, referrers and tokens must come from where they
+// were asked for: their redirect is not followed but answered as it came
+// (an error to the caller). A blob may go elsewhere (storage), never to
+// plain http once on https, and with credentials only while scheme, host
+// and port stay those of the request the client sent.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if follow, _ := req.Context().Value(redirectsKey{}).(bool); !follow {
+		return http.ErrUseLastResponse
+	}
+	if len(via) >= maxRedirects {
+		return errTooManyRedirects
+	}
+	for _, prev := range via {
+		if prev.URL.Scheme == "https" && req.URL.Scheme != "https" {
+			return errDowngrade
+		}
+	}
+	if !sameOrigin(req.URL, via[0].URL) {
+		// net/http keeps them for a subdomain or another port.
+		req.Header.Del("Authorization")
+		req.Header.Del("Cookie")
+	}
+	return nil
+}
+
+// sameOrigin reports whether a and b have the same scheme, host and port.
+func sameOrigin(a, b *url.URL) bool {
+	return a.Scheme == b.Scheme && strings.EqualFold(a.Hostname(), b.Hostname()) && port(a) == port(b)
+}
+
+func port(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if u.Scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
+
+// realmAllowed is the rule for a challenge's token realm (see the package
+// doc): https anywhere, plain http only on a plain-http upstream's own
+// host name, never with credentials in the URL.
+func realmAllowed(base, realm *url.URL) bool {
+	if realm.Host == "" || realm.User != nil {
+		return false
+	}
+	switch realm.Scheme {
+	case "https":
+		return true
+	case "http":
+		return base.Scheme == "http" && strings.EqualFold(realm.Hostname(), base.Hostname())
+	}
+	return false
 }
 
 // Do sends method to /v2/<repo>/<path> (path may carry a query) on the
@@ -194,7 +323,7 @@ func (c *Client) Do(ctx context.Context, method, repo, path string, hdr http.Hea
 		if ctx.Err() != nil || !errors.As(err, &ue) || !(ue.Status == 0 || ue.Status >= 500 || ue.Status == http.StatusTooManyRequests) {
 			return nil, err
 		}
-		c.log.Debug("upstream failed, trying the next", zap.String("url", base.String()), zap.Error(err))
+		c.log.Debug("upstream failed, trying the next", zap.String("url", base.Redacted()), zap.Error(err))
 	}
 	return nil, last
 }
@@ -213,7 +342,7 @@ func (c *Client) tryBase(ctx context.Context, base *url.URL, method, repo, path 
 		if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode < 500 {
 			return nil, uerr
 		}
-		wait, ok := c.retryWait(resp.Header.Get("Retry-After"), attempt)
+		wait, ok := c.retryWait(uerr.RetryAfter, attempt)
 		if !ok || attempt >= c.attempts {
 			return nil, uerr
 		}
@@ -230,20 +359,12 @@ func (c *Client) tryBase(ctx context.Context, base *url.URL, method, repo, path 
 // retryWait is how long to wait before attempt+1: the server's
 // Retry-After if given (false when longer than the cap), else exponential
 // backoff with jitter.
-func (c *Client) retryWait(retryAfter string, attempt int) (time.Duration, bool) {
-	if retryAfter != "" {
-		var d time.Duration
-		if secs, err := strconv.Atoi(strings.TrimSpace(retryAfter)); err == nil && secs >= 0 {
-			d = time.Duration(secs) * time.Second
-		} else if t, err := http.ParseTime(retryAfter); err == nil {
-			d = time.Until(t)
-		}
-		if d > c.maxWait {
-			return 0, false
-		}
-		if d > 0 {
-			return d, true
-		}
+func (c *Client) retryWait(retryAfter time.Duration, attempt int) (time.Duration, bool) {
+	if retryAfter > c.maxWait {
+		return 0, false
+	}
+	if retryAfter > 0 {
+		return retryAfter, true
 	}
 	d := 100 * time.Millisecond << (attempt - 1)
 	d += time.Duration(rand.Int64N(int64(d)/2 + 1))
@@ -289,6 +410,9 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 		name = base.Path + "/" + repo
 	}
 	u := base.Scheme + "://" + base.Host + "/v2/" + name + "/" + path
+	if strings.HasPrefix(path, "blobs/") {
+		ctx = context.WithValue(ctx, redirectsKey{}, true)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
 		return nil, &Error{Err: err}
@@ -323,8 +447,13 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 	v, err, _ := c.sf.Do(key, func() (any, error) {
 		realm, _ := ch.Get("realm")
 		ru, err := url.Parse(realm)
-		if err != nil || (ru.Scheme != "http" && ru.Scheme != "https") {
-			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: fmt.Sprintf("bad token realm %q", realm)}
+		if err != nil || !realmAllowed(base, ru) {
+			shown := "unparsable"
+			if err == nil {
+				shown = ru.Redacted()
+			}
+			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
+				Message: fmt.Sprintf("token realm %q refused: not https, nor http on the host of %s", shown, base.Redacted())}
 		}
 		q := ru.Query()
 		if svc, ok := ch.Get("service"); ok {
@@ -395,6 +524,9 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 func readError(resp *http.Response) *Error {
 	defer resp.Body.Close()
 	e := &Error{Status: resp.StatusCode}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	var env struct {
 		Errors []struct {
@@ -406,4 +538,31 @@ func readError(resp *http.Response) *Error {
 		e.Code, e.Message = env.Errors[0].Code, env.Errors[0].Message
 	}
 	return e
+}
+
+// parseRetryAfter reads a Retry-After value (RFC 9110: delay-seconds or
+// an HTTP date) as a delay from now, at most MaxRetryAfter. Anything else,
+// a negative number or a date past is 0.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if v[0] >= '0' && v[0] <= '9' {
+		secs, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			if !errors.Is(err, strconv.ErrRange) {
+				return 0
+			}
+			return MaxRetryAfter
+		}
+		if secs >= uint64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter
+		}
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), MaxRetryAfter)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -116,19 +117,31 @@ func TestBearerTokenFlow(t *testing.T) {
 	}{
 		{name: "anonymous", wantAuth: ""},
 		{name: "credentials as Basic", user: "alice", pass: "s3cret", wantAuth: "Basic YWxpY2U6czNjcmV0"},
-		{name: "realm on another host", otherHost: true},
+		{name: "realm on another host", otherHost: true, user: "alice", pass: "s3cret", wantAuth: "Basic YWxpY2U6czNjcmV0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ts := newTokenServer(t)
 			realm := ts.URL + "/token"
+			var rt http.RoundTripper
 			if tt.otherHost {
-				realm = strings.Replace(realm, "127.0.0.1", "localhost", 1)
+				// Only https takes the mirror to a token service on
+				// another host: example.com (which httptest's certificate
+				// names), dialled on loopback.
+				ts.Close()
+				ts.Server = httptest.NewTLSServer(ts.Config.Handler)
+				realm = strings.Replace(ts.URL, "127.0.0.1", "example.com", 1) + "/token"
+				tr := ts.Client().Transport.(*http.Transport).Clone()
+				tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, network, strings.Replace(addr, "example.com", "127.0.0.1", 1))
+				}
+				rt = tr
+				t.Cleanup(ts.Server.Close)
 			}
 			var regHits atomic.Int32
 			reg := newBearerRegistry(t, realm, &regHits)
 			rec := &recorder{}
-			c := newClient(t, Config{URLs: []string{reg.URL}, Username: tt.user, Password: tt.pass, OnResponse: rec.on})
+			c := newClient(t, Config{URLs: []string{reg.URL}, Username: tt.user, Password: tt.pass, OnResponse: rec.on, Transport: rt})
 
 			doOK(t, c)
 			doOK(t, c) // token reused: no second token request, no second 401
