@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		upload_ttl        <duration>
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
+//		gc_full_interval  <duration>
 //		local             <prefix>...
 //		mirror <prefix> { ... }      # see unmarshalMirror
 //		auth { ... }                 # see unmarshalAuth
@@ -50,7 +51,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
-		case "storage", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace":
+		case "storage", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
 		case "auth":
 			a, err := unmarshalAuth(d)
 			if err != nil {
@@ -73,7 +74,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, gc_interval, gc_grace, mirror, local)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, gc_interval, gc_grace, gc_full_interval, mirror, local)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -97,7 +98,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("parsing mirror_cache_size %q: want a size such as 50GiB", arg)
 			}
 			rg.MirrorCacheSize = int64(size)
-		case "upload_ttl", "gc_grace", "gc_interval":
+		case "upload_ttl", "gc_grace", "gc_interval", "gc_full_interval":
 			var dur time.Duration
 			if sub == "gc_interval" && arg == "off" {
 				dur = -1
@@ -116,6 +117,8 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				rg.UploadTTL = caddy.Duration(dur)
 			case "gc_grace":
 				rg.GCGrace = caddy.Duration(dur)
+			case "gc_full_interval":
+				rg.GCFullInterval = caddy.Duration(dur)
 			default:
 				rg.GCInterval = caddy.Duration(dur)
 			}
