@@ -71,7 +71,12 @@ type Options struct {
 	// uploads on its own. Zero disables the background loop (GC can still
 	// be run with Store.GC).
 	GCInterval time.Duration
-	Logger     *zap.Logger
+	// GCFullInterval: how often a GC pass examines the whole store rather
+	// than only what changed since the last pass (the safety net for
+	// anything the candidates missed). The first pass on a store that never
+	// had a full one is full. Default 24h.
+	GCFullInterval time.Duration
+	Logger         *zap.Logger
 }
 
 // BlobInfo describes a committed blob.
@@ -143,6 +148,19 @@ type GCStats struct {
 	BlobsRemoved   int
 	BytesRemoved   int64
 	UploadsExpired int
+
+	// Full: the pass examined every repository and blob file, not only
+	// the candidates marked since the last pass.
+	Full bool
+	// ReposExamined: repositories whose links and manifests were read.
+	// BlobsExamined: blobs whose links were looked up.
+	ReposExamined int
+	BlobsExamined int
+}
+
+// removedAny reports whether the pass removed anything.
+func (st GCStats) removedAny() bool {
+	return st.LinksRemoved+st.BlobsRemoved+st.UploadsExpired > 0
 }
 
 // MirrorCache bounds the bytes of mirrored content (evict.go). Content is

@@ -170,6 +170,11 @@ func (s *Store) installLocked(src string, d Digest) (created bool, err error) {
 		}
 		return false, nil
 	}
+	// A GC candidate until linked; marked before it appears, so a crash
+	// cannot leave it unmarked.
+	if err := s.markBlobs(d); err != nil {
+		return false, err
+	}
 	dir := filepath.Dir(dst)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return false, fmt.Errorf("cache: %w", err)

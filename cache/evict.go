@@ -377,9 +377,10 @@ func (s *Store) evict(mc *MirrorCache, c evictCandidate) (bool, error) {
 		return false, nil // gone, or installed or pushed again since
 	}
 	removed := false
+	since := s.now().Add(-s.grace) // see deleteManifestTxn
 	err = s.update(func(txn *badger.Txn) error {
 		var err error
-		removed, err = unlinkMirrored(txn, mc, c.d)
+		removed, err = unlinkMirrored(txn, mc, c.d, since)
 		return err
 	})
 	if err != nil {
@@ -396,8 +397,9 @@ func (s *Store) evict(mc *MirrorCache, c evictCandidate) (bool, error) {
 }
 
 // unlinkMirrored removes every link to d, as blob and as manifest, in txn
-// — unless a repository that is not a mirror's links it (false).
-func unlinkMirrored(txn *badger.Txn, mc *MirrorCache, d Digest) (bool, error) {
+// — unless a repository that is not a mirror's links it (false). since is
+// deleteManifestTxn's.
+func unlinkMirrored(txn *badger.Txn, mc *MirrorCache, d Digest, since time.Time) (bool, error) {
 	blobRepos := linksOf(txn, blobRevPrefix(d))
 	manRepos := linksOf(txn, manRevPrefix(d))
 	if len(blobRepos)+len(manRepos) == 0 || !allMirrored(mc, blobRepos) || !allMirrored(mc, manRepos) {
@@ -409,7 +411,7 @@ func unlinkMirrored(txn *badger.Txn, mc *MirrorCache, d Digest) (bool, error) {
 		}
 	}
 	for _, repo := range manRepos {
-		if err := deleteManifestTxn(txn, repo, d); err != nil && !errors.Is(err, ErrManifestUnknown) {
+		if err := deleteManifestTxn(txn, repo, d, since); err != nil && !errors.Is(err, ErrManifestUnknown) {
 			return false, err
 		}
 		// A by-digest key without its link (never written so, but

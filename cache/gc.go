@@ -20,6 +20,12 @@ import (
 // period, and expires stale upload sessions. Safe to run while the store
 // serves requests.
 //
+// A pass examines the repositories and blobs marked as candidates since
+// the last one (gccandidates.go), so its cost follows what changed. Every
+// gc_full_interval, and first on a store that never had a full pass, it
+// also examines every repository and walks every blob file: the safety
+// net for anything a mark missed.
+//
 // The mark is a lookup per file in the by-digest link keys (rb/, rm/)
 // rather than a set built up front, so memory does not grow with the store;
 // a candidate is checked again under gcMu before it goes, so a link made
@@ -37,22 +43,55 @@ func (s *Store) GC() (GCStats, error) {
 	if err := s.cleanTmp(cutoff); err != nil {
 		return st, err
 	}
-	n, err = s.dropLinks(now)
-	st.LinksRemoved = n
+	full, err := s.fullPassDue(now)
 	if err != nil {
 		return st, err
 	}
-	err = filepath.WalkDir(s.blobsDir, func(path string, e fs.DirEntry, err error) error {
+	st.Full = full
+	lp := newLinkPass()
+	err = s.dropMarkedLinks(now, lp)
+	if err == nil && full {
+		err = s.dropLinks(now, lp)
+	}
+	st.LinksRemoved, st.ReposExamined = lp.dropped, lp.examined
+	if lp.mirrored {
+		// The running total still holds what was only linked there.
+		s.forcePass.Store(true)
+		s.kickEvict()
+	}
+	if err != nil {
+		return st, err
+	}
+	if full {
+		if err := s.sweepBlobs(cutoff, &st); err != nil {
+			return st, err
+		}
+	}
+	if err := s.sweepMarkedBlobs(cutoff, &st); err != nil {
+		return st, err
+	}
+	if full && !s.closing() {
+		if err := s.fullPassDone(now); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// sweepBlobs walks every blob file and collects those no repository links
+// that are older than cutoff; the younger unlinked ones are marked, so an
+// incremental pass takes them once they are old enough.
+func (s *Store) sweepBlobs(cutoff time.Time, st *GCStats) error {
+	var young []Digest
+	err := filepath.WalkDir(s.blobsDir, func(path string, e fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
 			return err
 		}
-		select {
-		case <-s.stop:
-			return filepath.SkipAll // closing; the next round finishes
-		default:
+		if s.closing() {
+			return filepath.SkipAll // the next round finishes
 		}
 		if e.IsDir() {
 			return nil
@@ -62,27 +101,99 @@ func (s *Store) GC() (GCStats, error) {
 			return nil // not ours; leave it
 		}
 		info, err := e.Info()
-		if err != nil || !info.ModTime().Before(cutoff) {
+		if err != nil {
 			return nil
 		}
-		if linked, err := s.linked(d); err != nil || linked {
+		st.BlobsExamined++
+		linked, err := s.linked(d)
+		if err != nil || linked {
 			return err
 		}
-		removed, size, err := s.collect(d, cutoff)
-		if err != nil {
-			return err
+		if !info.ModTime().Before(cutoff) {
+			young = append(young, d)
+			return nil
 		}
-		if removed {
-			st.BlobsRemoved++
-			st.BytesRemoved += size
-			s.log.Debug("collected blob", zap.String("digest", d.String()), zap.Int64("size", size))
-		}
-		return nil
+		return s.collectCounted(d, cutoff, st)
 	})
 	if err != nil {
-		return st, fmt.Errorf("cache: gc: %w", err)
+		return fmt.Errorf("cache: gc: %w", err)
 	}
-	return st, nil
+	for len(young) > 0 {
+		batch := young[:min(len(young), gcMarkBatch)]
+		young = young[len(batch):]
+		if err := s.markBlobs(batch...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepMarkedBlobs examines the blobs marked as candidates: collects
+// those unlinked and older than cutoff, and consumes the marks of those
+// collected, linked or gone. A young unlinked blob keeps its mark.
+func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
+	var after []byte
+	for !s.closing() {
+		marks, err := s.blobMarks(after)
+		if err != nil || len(marks) == 0 {
+			return err
+		}
+		var done []gcMark
+		for _, m := range marks {
+			if s.closing() {
+				break
+			}
+			st.BlobsExamined++
+			keep, err := s.examineMarkedBlob(m.name, cutoff, st)
+			if err != nil {
+				return fmt.Errorf("cache: gc: %w", err)
+			}
+			if !keep {
+				done = append(done, m)
+			}
+		}
+		if err := s.settleMarks(done, nil); err != nil {
+			return err
+		}
+		after = marks[len(marks)-1].key
+	}
+	return nil
+}
+
+// examineMarkedBlob collects the marked blob named str if it is unlinked
+// and older than cutoff. keep: it is still a candidate (unlinked, young).
+func (s *Store) examineMarkedBlob(str string, cutoff time.Time, st *GCStats) (keep bool, err error) {
+	d, err := ParseDigest(str)
+	if err != nil || checkDigest(d) != nil {
+		return false, nil // not a key we write
+	}
+	if linked, err := s.linked(d); err != nil || linked {
+		return false, err
+	}
+	before := st.BlobsRemoved
+	if err := s.collectCounted(d, cutoff, st); err != nil || st.BlobsRemoved > before {
+		return false, err
+	}
+	_, err = os.Stat(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	// Young, linked meanwhile (the next pass sees it), or unreadable.
+	return true, nil
+}
+
+// collectCounted is collect, counted in st.
+func (s *Store) collectCounted(d Digest, cutoff time.Time, st *GCStats) error {
+	removed, size, err := s.collect(d, cutoff)
+	if err != nil {
+		return err
+	}
+	if removed {
+		st.BlobsRemoved++
+		st.BytesRemoved += size
+		s.log.Debug("collected blob", zap.String("digest", d.String()), zap.Int64("size", size))
+	}
+	return nil
 }
 
 // digestOfPath turns blobs/<alg>/<2 hex>/<hex> back into a Digest, or
@@ -248,8 +359,11 @@ func (s *Store) gcLoop(interval time.Duration) {
 		st, err := s.GC()
 		if err != nil {
 			s.log.Error("gc failed", zap.Error(err))
-		} else if st != (GCStats{}) {
+		} else if st.removedAny() {
 			s.log.Info("gc",
+				zap.Bool("full", st.Full),
+				zap.Int("repos_examined", st.ReposExamined),
+				zap.Int("blobs_examined", st.BlobsExamined),
 				zap.Int("links_removed", st.LinksRemoved),
 				zap.Int("blobs_removed", st.BlobsRemoved),
 				zap.Int64("bytes_removed", st.BytesRemoved),

@@ -21,8 +21,9 @@ package cache
 // from there, so an upgrade never drops the links of a push in flight.
 //
 // What a repository references is read from its manifests' bytes (the
-// store keeps no list of them) on every pass, one repository at a time,
-// so memory follows the largest repository, not the store.
+// store keeps no list of them) whenever a pass examines the repository:
+// the full pass every repository, the incremental pass those marked since
+// (gccandidates.go). Memory follows the repositories of one batch.
 
 import (
 	"encoding/json"
@@ -125,14 +126,30 @@ func (r *repoRefs) update(s *Store) (bool, error) {
 	return true, nil
 }
 
-// dropLinks drops, in every repository, the blob links that no manifest
-// of the repository references and that are older than the grace period,
-// and stamps unreferenced links without a time. It returns how many links
-// it dropped.
-func (s *Store) dropLinks(now time.Time) (int, error) {
-	cutoff := now.Add(-s.grace)
-	dropped := 0
-	mirrored := false
+// linkPass is what examining repositories found: the links dropped, the
+// repositories examined, whether a mirror's repository lost links, and the
+// repositories with young unreferenced links, with the time of the oldest
+// (their next mark).
+type linkPass struct {
+	dropped  int
+	examined int
+	mirrored bool
+	later    map[string]time.Time
+}
+
+func newLinkPass() *linkPass { return &linkPass{later: map[string]time.Time{}} }
+
+// wait notes that repo has an unreferenced link from at.
+func (p *linkPass) wait(repo string, at time.Time) {
+	if cur, ok := p.later[repo]; !ok || at.Before(cur) {
+		p.later[repo] = at
+	}
+}
+
+// dropLinks examines every repository (the full pass): see dropRepoLinks.
+// Each repository left with young unreferenced links is marked, so the
+// incremental passes finish the work.
+func (s *Store) dropLinks(now time.Time, lp *linkPass) error {
 	last := ""
 	for {
 		var repos []string
@@ -142,38 +159,98 @@ func (s *Store) dropLinks(now time.Time) (int, error) {
 			return nil
 		})
 		if err != nil {
-			return dropped, fmt.Errorf("cache: list repositories: %w", err)
+			return fmt.Errorf("cache: list repositories: %w", err)
 		}
-		for _, repo := range repos {
-			if s.closing() {
-				return dropped, nil // the next round finishes
-			}
-			n, err := s.dropRepoLinks(repo, now, cutoff)
-			dropped += n
-			if err != nil {
-				return dropped, fmt.Errorf("cache: gc links of %s: %w", repo, err)
-			}
-			if n > 0 {
-				if mc := s.mc.Load(); mc != nil && mc.Mirrored(repo) {
-					mirrored = true
-				}
-			}
+		if err := s.dropRepoLinks(repos, now, lp); err != nil || s.closing() {
+			return err // closing: the next round finishes
 		}
+		if err := s.settleMarks(nil, lp.later); err != nil {
+			return err
+		}
+		clear(lp.later)
 		if !more || len(repos) == 0 {
-			break
+			return nil
 		}
 		last = repos[len(repos)-1]
 	}
-	if mirrored {
-		// The running total still holds what was only linked there.
-		s.forcePass.Store(true)
-		s.kickEvict()
-	}
-	return dropped, nil
 }
 
-// dropRepoLinks is dropLinks for one repository.
-func (s *Store) dropRepoLinks(repo string, now, cutoff time.Time) (int, error) {
+// dropMarkedLinks examines the repositories marked longer than the grace
+// period ago (the incremental pass), and consumes the marks.
+func (s *Store) dropMarkedLinks(now time.Time, lp *linkPass) error {
+	var after []byte
+	for {
+		marks, err := s.repoMarks(now.Add(-s.grace), after)
+		if err != nil || len(marks) == 0 {
+			return err
+		}
+		var repos []string
+		seen := map[string]bool{}
+		for _, m := range marks {
+			if !seen[m.name] {
+				seen[m.name] = true
+				repos = append(repos, m.name)
+			}
+		}
+		if err := s.dropRepoLinks(repos, now, lp); err != nil || s.closing() {
+			return err // closing: the marks stay for the next round
+		}
+		if err := s.settleMarks(marks, lp.later); err != nil {
+			return err
+		}
+		clear(lp.later)
+		after = marks[len(marks)-1].key
+	}
+}
+
+// linkRef is one link of a repository, with what its repository's
+// manifests reference.
+type linkRef struct {
+	refs *repoRefs
+	d    string
+}
+
+// dropRepoLinks drops, in each of repos, the blob links that no manifest
+// of the repository references and that are older than the grace period,
+// and stamps unreferenced links without a time. Links are dropped in
+// batches across repositories, so a pass over many small changes costs a
+// few transactions, not one per repository.
+func (s *Store) dropRepoLinks(repos []string, now time.Time, lp *linkPass) error {
+	cutoff := now.Add(-s.grace)
+	var stamp, old []linkRef
+	for _, repo := range repos {
+		if s.closing() {
+			return nil
+		}
+		st, ol, err := s.unreferencedLinks(repo, now, lp)
+		if err != nil {
+			return fmt.Errorf("cache: gc links of %s: %w", repo, err)
+		}
+		stamp = append(stamp, st...)
+		old = append(old, ol...)
+	}
+	for len(stamp) > 0 {
+		batch := stamp[:min(len(stamp), linkDropBatch)]
+		stamp = stamp[len(batch):]
+		if err := s.update(func(txn *badger.Txn) error { return stampLinks(txn, batch, now) }); err != nil {
+			return fmt.Errorf("cache: stamp links: %w", err)
+		}
+	}
+	for len(old) > 0 {
+		batch := old[:min(len(old), linkDropBatch)]
+		old = old[len(batch):]
+		if err := s.dropOldLinks(batch, cutoff, lp); err != nil || s.closing() {
+			return err
+		}
+	}
+	return nil
+}
+
+// unreferencedLinks reads repo's blob links and what its manifests
+// reference, and returns the unreferenced links without a time (to stamp)
+// and those older than the grace period (to drop); the young ones are
+// noted in lp.
+func (s *Store) unreferencedLinks(repo string, now time.Time, lp *linkPass) (stamp, old []linkRef, err error) {
 	type link struct {
 		d     string
 		at    time.Time
@@ -181,7 +258,7 @@ func (s *Store) dropRepoLinks(repo string, now, cutoff time.Time) (int, error) {
 	}
 	var links []link
 	prefix := blobLinkPrefix(repo)
-	err := s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -198,50 +275,37 @@ func (s *Store) dropRepoLinks(repo string, now, cutoff time.Time) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("read links: %w", err)
+		return nil, nil, fmt.Errorf("read links: %w", err)
 	}
 	if len(links) == 0 {
-		return 0, nil
+		return nil, nil, nil
 	}
+	lp.examined++
 	refs := &repoRefs{repo: repo, refs: map[string]bool{}, seen: map[string]bool{}}
 	if ok, err := refs.update(s); !ok || err != nil {
-		return 0, err
+		return nil, nil, err
 	}
-	var stamp, old []string
+	cutoff := now.Add(-s.grace)
 	for _, l := range links {
 		switch {
 		case refs.refs[l.d]:
 		case !l.timed:
-			stamp = append(stamp, l.d)
+			stamp = append(stamp, linkRef{refs, l.d})
+			lp.wait(repo, now)
 		case l.at.Before(cutoff):
-			old = append(old, l.d)
+			old = append(old, linkRef{refs, l.d})
+		default:
+			lp.wait(repo, l.at)
 		}
 	}
-	for len(stamp) > 0 {
-		batch := stamp[:min(len(stamp), linkDropBatch)]
-		stamp = stamp[len(batch):]
-		if err := s.update(func(txn *badger.Txn) error { return stampLinks(txn, repo, batch, now) }); err != nil {
-			return 0, fmt.Errorf("stamp links: %w", err)
-		}
-	}
-	dropped := 0
-	for len(old) > 0 {
-		batch := old[:min(len(old), linkDropBatch)]
-		old = old[len(batch):]
-		n, err := s.dropOldLinks(refs, batch, cutoff)
-		dropped += n
-		if err != nil || s.closing() {
-			return dropped, err
-		}
-	}
-	return dropped, nil
+	return stamp, old, nil
 }
 
-// stampLinks gives the links among ds that still have no time the time
+// stampLinks gives the links among ls that still have no time the time
 // now.
-func stampLinks(txn *badger.Txn, repo string, ds []string, now time.Time) error {
-	for _, d := range ds {
-		key := []byte(pBlobLink + repo + sep + d)
+func stampLinks(txn *badger.Txn, ls []linkRef, now time.Time) error {
+	for _, l := range ls {
+		key := []byte(pBlobLink + l.refs.repo + sep + l.d)
 		linked, _, timed, err := readLink(txn, key)
 		if err != nil {
 			return err
@@ -256,48 +320,66 @@ func stampLinks(txn *badger.Txn, repo string, ds []string, now time.Time) error 
 	return nil
 }
 
-// dropOldLinks drops the links among ds that, with linking held off, no
-// manifest of the repository references and that are still older than
+// dropOldLinks drops the links among ls that, with linking held off, no
+// manifest of their repository references and that are still older than
 // cutoff. Every manifest commit holds gcMu for reading, so the manifests
 // read here are all those committed; a link made or renewed since the scan
-// carries a newer time, and a concurrent renewal conflicts with the drop,
-// which then reads it again.
-func (s *Store) dropOldLinks(refs *repoRefs, ds []string, cutoff time.Time) (int, error) {
+// carries a newer time (and is noted in lp for later), and a concurrent
+// renewal conflicts with the drop, which then reads it again.
+func (s *Store) dropOldLinks(ls []linkRef, cutoff time.Time, lp *linkPass) error {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
-	if ok, err := refs.update(s); !ok || err != nil {
-		return 0, err
+	readable := map[*repoRefs]bool{}
+	for _, l := range ls {
+		if _, done := readable[l.refs]; done {
+			continue
+		}
+		ok, err := l.refs.update(s)
+		if err != nil {
+			return err
+		}
+		readable[l.refs] = ok
 	}
-	dropped := 0
+	var dropped map[string]int
 	err := s.update(func(txn *badger.Txn) error {
-		dropped = 0
-		for _, str := range ds {
-			if refs.refs[str] {
+		dropped = map[string]int{}
+		for _, l := range ls {
+			if !readable[l.refs] || l.refs.refs[l.d] {
 				continue
 			}
-			d, err := ParseDigest(str)
+			d, err := ParseDigest(l.d)
 			if err != nil || checkDigest(d) != nil {
 				continue // not a key we write
 			}
-			linked, at, timed, err := readLink(txn, blobLinkKey(refs.repo, d))
+			repo := l.refs.repo
+			linked, at, timed, err := readLink(txn, blobLinkKey(repo, d))
 			if err != nil {
 				return err
 			}
-			if !linked || !timed || !at.Before(cutoff) {
+			if !linked || !timed {
 				continue
 			}
-			if err := deleteBlobLink(txn, refs.repo, d); err != nil {
+			if !at.Before(cutoff) {
+				lp.wait(repo, at)
+				continue
+			}
+			if err := deleteBlobLink(txn, repo, d); err != nil {
 				return err
 			}
-			dropped++
+			dropped[repo]++
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("drop links: %w", err)
+		return fmt.Errorf("cache: drop links: %w", err)
 	}
-	if dropped > 0 {
-		s.log.Debug("dropped blob links no manifest references", zap.String("repo", refs.repo), zap.Int("links", dropped))
+	mc := s.mc.Load()
+	for repo, n := range dropped {
+		lp.dropped += n
+		if mc != nil && mc.Mirrored(repo) {
+			lp.mirrored = true
+		}
+		s.log.Debug("dropped blob links no manifest references", zap.String("repo", repo), zap.Int("links", n))
 	}
-	return dropped, nil
+	return nil
 }

@@ -83,9 +83,13 @@ func (s *Store) linkBlobLocked(repo string, d Digest) error {
 }
 
 // setBlobLink writes (or renews) repo's link to d, made at now: GC leaves
-// a link no manifest references alone for the grace period after that.
+// a link no manifest references alone for the grace period after that, and
+// then looks at the repository (the manifest may never come).
 func setBlobLink(txn *badger.Txn, repo string, d Digest, now time.Time) error {
 	if err := txn.Set(blobLinkKey(repo, d), linkTime(now)); err != nil {
+		return err
+	}
+	if err := markRepo(txn, repo, now); err != nil {
 		return err
 	}
 	return setAll(txn, repoKey(repo), blobRevKey(d, repo))
@@ -199,9 +203,13 @@ func (s *Store) UnlinkBlob(repo string, d Digest) error {
 	})
 }
 
-// deleteBlobLink removes repo's link to d: both its keys.
+// deleteBlobLink removes repo's link to d: both its keys. The blob
+// becomes a GC candidate (it may have been its last link).
 func deleteBlobLink(txn *badger.Txn, repo string, d Digest) error {
 	if err := txn.Delete(blobLinkKey(repo, d)); err != nil {
+		return err
+	}
+	if err := markBlob(txn, d); err != nil {
 		return err
 	}
 	return txn.Delete(blobRevKey(d, repo))
@@ -457,13 +465,24 @@ func (s *Store) DeleteManifest(repo string, d Digest) error {
 	if err := checkDigest(d); err != nil {
 		return fmt.Errorf("%w: %w", ErrManifestUnknown, err)
 	}
-	return s.update(func(txn *badger.Txn) error { return deleteManifestTxn(txn, repo, d) })
+	since := s.now().Add(-s.grace)
+	return s.update(func(txn *badger.Txn) error { return deleteManifestTxn(txn, repo, d, since) })
 }
 
-// deleteManifestTxn is DeleteManifest within txn (also eviction's).
-func deleteManifestTxn(txn *badger.Txn, repo string, d Digest) error {
+// deleteManifestTxn is DeleteManifest within txn (also eviction's). The
+// manifest's blob and the repository become GC candidates: the repository
+// marked at since, a grace period ago, so the next pass looks at it (the
+// links only the manifest referenced may be old already; their own times
+// keep the young ones).
+func deleteManifestTxn(txn *badger.Txn, repo string, d Digest, since time.Time) error {
 	m, err := getManifest(txn, repo, d)
 	if err != nil {
+		return err
+	}
+	if err := markRepo(txn, repo, since); err != nil {
+		return err
+	}
+	if err := markBlob(txn, d); err != nil {
 		return err
 	}
 	dels := [][]byte{manLinkKey(repo, d), manRevKey(d, repo)}

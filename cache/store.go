@@ -27,6 +27,9 @@ type Store struct {
 	db         *badger.DB
 	now        func() time.Time // the clock of session times; tests move it
 
+	// fullGC: how often GC walks the whole store (gccandidates.go).
+	fullGC time.Duration
+
 	// gcMu orders blob removal against linking: GC and eviction remove a
 	// file only under the write lock after re-checking its links, and
 	// every "the blob exists, now link it" sequence holds the read lock, so
@@ -112,6 +115,10 @@ func Open(opts Options) (*Store, error) {
 	}
 	if s.grace <= 0 {
 		s.grace = defaultGCGrace
+	}
+	s.fullGC = opts.GCFullInterval
+	if s.fullGC <= 0 {
+		s.fullGC = DefaultGCFullInterval
 	}
 	// The fan-out folders are made once here so a commit only renames.
 	dirs := []string{s.uploadsDir, s.tmpDir}

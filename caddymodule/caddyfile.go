@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_upload_bytes           <size>|off   # e.g. 100GiB
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
+//		gc_full_interval  <duration>
 //		local             <prefix>...
 //		mirror <prefix> { ... }      # see unmarshalMirror
 //		auth { ... }                 # see unmarshalAuth
@@ -56,7 +57,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
-		case "storage", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace":
+		case "storage", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
 		case "upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes":
 			if err := rg.unmarshalUploadLimit(d, sub); err != nil {
 				return err
@@ -84,7 +85,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, gc_interval, gc_grace, mirror, local, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -108,7 +109,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("parsing mirror_cache_size %q: want a size such as 50GiB", arg)
 			}
 			rg.MirrorCacheSize = int64(size)
-		case "upload_ttl", "gc_grace", "gc_interval":
+		case "upload_ttl", "gc_grace", "gc_interval", "gc_full_interval":
 			var dur time.Duration
 			if sub == "gc_interval" && arg == "off" {
 				dur = -1
@@ -127,6 +128,8 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				rg.UploadTTL = caddy.Duration(dur)
 			case "gc_grace":
 				rg.GCGrace = caddy.Duration(dur)
+			case "gc_full_interval":
+				rg.GCFullInterval = caddy.Duration(dur)
 			default:
 				rg.GCInterval = caddy.Duration(dur)
 			}

@@ -32,6 +32,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				upload_ttl 12h
 				gc_interval 30m
 				gc_grace 2h
+				gc_full_interval 12h
 			}`,
 			want: Registry{
 				Storage:         "/var/lib/registry",
@@ -39,6 +40,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				UploadTTL:       caddy.Duration(12 * time.Hour),
 				GCInterval:      caddy.Duration(30 * time.Minute),
 				GCGrace:         caddy.Duration(2 * time.Hour),
+				GCFullInterval:  caddy.Duration(12 * time.Hour),
 			},
 		},
 		{name: "size in bytes", input: "oci_registry {\nmax_manifest_size 1000\n}", want: Registry{MaxManifestSize: 1000}},
@@ -88,6 +90,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "zero size", input: "oci_registry {\nmax_manifest_size 0\n}", wantErr: "out of range"},
 		{name: "bad duration", input: "oci_registry {\nupload_ttl soon\n}", wantErr: "parsing upload_ttl"},
 		{name: "negative duration", input: "oci_registry {\ngc_grace -1h\n}", wantErr: "gc_grace must be positive"},
+		{name: "negative full interval", input: "oci_registry {\ngc_full_interval -1h\n}", wantErr: "gc_full_interval must be positive"},
+		{name: "zero full interval", input: "oci_registry {\ngc_full_interval 0s\n}", wantErr: "gc_full_interval must be positive"},
+		{name: "full interval not off", input: "oci_registry {\ngc_full_interval off\n}", wantErr: "parsing gc_full_interval"},
 		{name: "off only for gc_interval", input: "oci_registry {\ngc_grace off\n}", wantErr: "parsing gc_grace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -122,6 +127,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		MaxUploadsPerRepository: -1,
 		MaxBlobSize:             1 << 30,
 		MaxUploadBytes:          8 << 30,
+		GCFullInterval:          caddy.Duration(48 * time.Hour),
 	}
 	b, err := json.Marshal(in)
 	if err != nil {
@@ -134,7 +140,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(in, out) {
 		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
 	}
-	for _, key := range []string{"storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace",
+	for _, key := range []string{"storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval",
 		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes"} {
 		if !strings.Contains(string(b), `"`+key+`"`) {
 			t.Errorf("json %s lacks %q", b, key)

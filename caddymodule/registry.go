@@ -50,11 +50,11 @@ type Registry struct {
 	// directory (e.g. ~/.local/share/caddy/oci).
 	//
 	// Several handlers (or sites) may name the same folder: they then share
-	// one store. Its upload_ttl, gc_interval and gc_grace are those of the
-	// first handler that opened it; changing them takes a restart. Its
-	// upload limits (max_uploads_*, max_blob_size, max_upload_bytes,
-	// upload_idle_timeout) are those of the handler built last, as after
-	// a reload.
+	// one store. Its upload_ttl, gc_interval, gc_grace and
+	// gc_full_interval are those of the first handler that opened it;
+	// changing them takes a restart. Its upload limits (max_uploads_*,
+	// max_blob_size, max_upload_bytes, upload_idle_timeout) are those of
+	// the handler built last, as after a reload.
 	Storage string `json:"storage,omitempty"`
 
 	// MaxManifestSize is the largest manifest, in bytes, accepted on push;
@@ -116,6 +116,14 @@ type Registry struct {
 	// So a push whose manifest has not arrived yet never loses its layers.
 	// Default: 1h.
 	GCGrace caddy.Duration `json:"gc_grace,omitempty"`
+
+	// GCFullInterval is how often a collection examines the whole storage
+	// rather than only what changed since the last one (deleted manifests,
+	// new or dropped links, new blobs): the safety net for anything that
+	// was not recorded as changed, such as a storage written by a version
+	// without that record. The first collection on such a storage is a
+	// full one. Default: 24h.
+	GCFullInterval caddy.Duration `json:"gc_full_interval,omitempty"`
 
 	// Mirrors are upstream registries served read-only under their
 	// prefixes (pull-through caches). Everything outside them is the
@@ -183,6 +191,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		GCInterval: orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
 		Logger:     rg.logger.Named("store").With(zap.String("storage", rg.dir)),
 	}
+	opts.GCFullInterval = orDefault(time.Duration(rg.GCFullInterval), cache.DefaultGCFullInterval)
 	if opts.GCInterval < 0 {
 		opts.GCInterval = 0 // cache.Options: zero disables the loop
 	}

@@ -40,7 +40,8 @@ type storeSettings cache.Options
 // not compared).
 func (s storeSettings) sameSettings(o cache.Options) bool {
 	return s.Dir == o.Dir && s.UploadTTL == o.UploadTTL &&
-		s.GCGrace == o.GCGrace && s.GCInterval == o.GCInterval
+		s.GCGrace == o.GCGrace && s.GCInterval == o.GCInterval &&
+		s.GCFullInterval == o.GCFullInterval
 }
 
 // acquireStore returns the shared store of opts.Dir, creating the (still
