@@ -71,6 +71,9 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	if err := checkDigest(want); err != nil {
 		return 0, err
 	}
+	if err := s.space.admit(size); err != nil {
+		return 0, err
+	}
 	f, err := s.createTemp()
 	if err != nil {
 		return 0, err
@@ -90,7 +93,7 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 		src = io.LimitReader(r, size+1)
 	}
 	h := want.Algorithm.New()
-	n, err := copyHashing(f, h, src)
+	n, err := copyHashing(s.space.writer(f), h, src)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

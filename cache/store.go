@@ -26,6 +26,7 @@ type Store struct {
 	log        *zap.Logger
 	db         *badger.DB
 	now        func() time.Time // the clock of session times; tests move it
+	space      *spaceGuard      // refuses blob bytes that would eat the reserve
 
 	// gcMu orders blob removal against linking: GC and eviction remove a
 	// file only under the write lock after re-checking its links, and
@@ -102,6 +103,7 @@ func Open(opts Options) (*Store, error) {
 		evicting:   map[Digest]bool{},
 	}
 	s.useCond = sync.NewCond(&s.useMu)
+	s.space = &spaceGuard{dir: opts.Dir, reserve: opts.Reserve, log: log, obs: opts.SpaceObserver}
 	if s.ttl <= 0 {
 		s.ttl = defaultUploadTTL
 	}
@@ -121,7 +123,17 @@ func Open(opts Options) (*Store, error) {
 		}
 	}
 
-	bo := badger.DefaultOptions(filepath.Join(opts.Dir, "meta")).
+	metaDir := opts.MetadataDir
+	if metaDir == "" {
+		metaDir = filepath.Join(opts.Dir, "meta")
+	}
+	// badger's files are sparse and memory-mapped (a memtable's log is
+	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)
+	// and take disk space only as pages are written: a few MiB for each
+	// memtable of metadata, as much again for a table flushed or compacted.
+	// With these sizes the reserve (space.go) is its room; a page it
+	// cannot get would be a SIGBUS, not an error.
+	bo := badger.DefaultOptions(metaDir).
 		WithLogger(badgerLogger{log.Named("badger")}).
 		WithSyncWrites(true).
 		WithMetricsEnabled(false).
@@ -155,6 +167,8 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.wg.Add(1)
 	go s.mirrorLoop()
+	s.wg.Add(1)
+	go s.spaceLoop()
 	return s, nil
 }
 

@@ -45,6 +45,22 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "size SI", input: "oci_registry {\nmax_manifest_size 10MB\n}", want: Registry{MaxManifestSize: 10_000_000}},
 		{name: "days", input: "oci_registry {\nupload_ttl 2d\n}", want: Registry{UploadTTL: caddy.Duration(48 * time.Hour)}},
 		{name: "gc off", input: "oci_registry {\ngc_interval off\n}", want: Registry{GCInterval: -1}},
+		{name: "reserve size", input: "oci_registry {\nstorage_reserve 512MiB\n}", want: Registry{StorageReserve: 512 << 20}},
+		{name: "reserve percent", input: "oci_registry {\nstorage_reserve 2.5%\n}", want: Registry{StorageReservePercent: 2.5}},
+		{name: "reserve both", input: "oci_registry {\nstorage_reserve 5% 1GiB\n}", want: Registry{StorageReserve: 1 << 30, StorageReservePercent: 5}},
+		{name: "reserve off", input: "oci_registry {\nstorage_reserve off\n}", want: Registry{StorageReserve: -1}},
+		{name: "metadata dir", input: "oci_registry {\nmetadata_dir /fast/meta\n}", want: Registry{MetadataDir: "/fast/meta"}},
+		{name: "reserve missing", input: "oci_registry {\nstorage_reserve\n}", wantErr: "storage_reserve takes a size"},
+		{name: "reserve three", input: "oci_registry {\nstorage_reserve 1% 1GiB 2GiB\n}", wantErr: "storage_reserve takes a size"},
+		{name: "reserve two sizes", input: "oci_registry {\nstorage_reserve 1GiB 2GiB\n}", wantErr: `storage_reserve "2GiB"`},
+		{name: "reserve two percents", input: "oci_registry {\nstorage_reserve 1% 2%\n}", wantErr: `storage_reserve "2%"`},
+		{name: "reserve zero", input: "oci_registry {\nstorage_reserve 0\n}", wantErr: `storage_reserve "0"`},
+		{name: "reserve 100%", input: "oci_registry {\nstorage_reserve 100%\n}", wantErr: "below 100"},
+		{name: "reserve negative percent", input: "oci_registry {\nstorage_reserve -1%\n}", wantErr: "above 0"},
+		{name: "reserve NaN", input: "oci_registry {\nstorage_reserve NaN%\n}", wantErr: "above 0"},
+		{name: "reserve off and size", input: "oci_registry {\nstorage_reserve off 1GiB\n}", wantErr: `storage_reserve "off"`},
+		{name: "reserve junk", input: "oci_registry {\nstorage_reserve lots\n}", wantErr: `storage_reserve "lots"`},
+		{name: "metadata dir missing", input: "oci_registry {\nmetadata_dir\n}", wantErr: "metadata_dir needs exactly one argument"},
 		{name: "argument", input: `oci_registry /data`, wantErr: "takes no arguments"},
 		{name: "unknown", input: "oci_registry {\nstorge /data\n}", wantErr: `unrecognized oci_registry subdirective "storge"`},
 		{name: "unknown without arg", input: "oci_registry {\nfoo\n}", wantErr: `unrecognized oci_registry subdirective "foo"`},
@@ -77,11 +93,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 
 func TestJSONRoundTrip(t *testing.T) {
 	in := Registry{
-		Storage:         "/srv/oci",
-		MaxManifestSize: 8 << 20,
-		UploadTTL:       caddy.Duration(6 * time.Hour),
-		GCInterval:      caddy.Duration(15 * time.Minute),
-		GCGrace:         caddy.Duration(90 * time.Minute),
+		Storage:               "/srv/oci",
+		StorageReserve:        1 << 30,
+		StorageReservePercent: 2,
+		MetadataDir:           "/fast/oci-meta",
+		MaxManifestSize:       8 << 20,
+		UploadTTL:             caddy.Duration(6 * time.Hour),
+		GCInterval:            caddy.Duration(15 * time.Minute),
+		GCGrace:               caddy.Duration(90 * time.Minute),
 	}
 	b, err := json.Marshal(in)
 	if err != nil {
@@ -94,7 +113,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(in, out) {
 		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
 	}
-	for _, key := range []string{"storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace"} {
+	for _, key := range []string{"storage", "storage_reserve", "storage_reserve_percent", "metadata_dir", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace"} {
 		if !strings.Contains(string(b), `"`+key+`"`) {
 			t.Errorf("json %s lacks %q", b, key)
 		}

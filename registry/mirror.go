@@ -227,6 +227,9 @@ const staleWarning = `110 - "Response is Stale"`
 // upstreamError turns a failed upstream exchange into the client's error.
 // kind is "blob" or "manifest" and picks the code of a plain 404.
 func upstreamError(m *Mirror, kind string, err error) *Error {
+	if e := storageFullError(err); e != nil {
+		return e // upstream answered; the store had no room
+	}
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {
 		if errors.Is(err, errUpstreamDigest) {
