@@ -6,8 +6,11 @@ package cache
 // So blob bytes — uploads, mirror fills, manifests — never take the last
 // part of the filesystem: they are refused while less than a reserve would
 // remain, and that reserve is badger's room to grow. Metadata writes (links,
-// tags, upload sessions, deletes) are not checked, so the registry stays
-// usable for everything but new bytes, and deleting content works.
+// tags, upload sessions, deletes) go on inside the reserve, so the registry
+// stays usable for everything but new bytes. Only when something else has
+// eaten into the reserve down to its last part (metaFloor: another program
+// filled the disk) are metadata writes refused too, before badger could
+// touch a page the filesystem cannot give.
 
 import (
 	"errors"
@@ -67,16 +70,56 @@ type SpaceObserver interface {
 // writes.
 const spaceWindow = 4 << 20
 
+// metaFloorMax caps metaFloor: badger with the options of store.go needs a
+// few memtables (8 MiB each) and a flushed table or two at a time.
+const metaFloorMax = 64 << 20
+
 // spaceGuard measures the free space of one filesystem and refuses writes
 // that would eat into the reserve.
 type spaceGuard struct {
 	dir     string // any path on the filesystem blobs are written to
+	metaDir string // badger's folder, maybe on another filesystem
 	reserve SpaceReserve
 	log     *zap.Logger
 	obs     SpaceObserver // may be nil
 
-	mu      sync.Mutex // orders state changes, so the log lines alternate
-	reached bool
+	mu          sync.Mutex // orders state changes, so the log lines alternate
+	reached     bool
+	metaRefused bool
+}
+
+// metaFloor is the free space below which metadata writes are refused
+// too: half the reserve, at most metaFloorMax. No reserve, no floor.
+func (g *spaceGuard) metaFloor(total int64) int64 {
+	return min(g.reserve.of(total)/2, metaFloorMax)
+}
+
+// admitMeta refuses (ErrStorageFull) a metadata write when the
+// filesystem of badger's folder has less than metaFloor free: badger
+// writes through memory maps, where a full filesystem is a SIGBUS.
+func (g *spaceGuard) admitMeta() error {
+	free, total, err := freeSpace(g.metaDir)
+	if err != nil {
+		return nil
+	}
+	floor := g.metaFloor(total)
+	refused := free < floor
+	g.mu.Lock()
+	if refused != g.metaRefused {
+		g.metaRefused = refused
+		if refused {
+			g.log.Warn("storage nearly full: metadata changes are refused too until space is freed",
+				zap.String("dir", g.metaDir), zap.Int64("free", free), zap.Int64("floor", floor))
+		} else {
+			g.log.Info("metadata changes are accepted again",
+				zap.String("dir", g.metaDir), zap.Int64("free", free), zap.Int64("floor", floor))
+		}
+	}
+	g.mu.Unlock()
+	if refused {
+		return fmt.Errorf("%w: %d bytes free for metadata, %d kept for its database", ErrStorageFull, free, floor)
+	}
+	return nil
 }
 
 // admit refuses (ErrStorageFull) a write of size bytes (-1: unknown, then

@@ -103,7 +103,6 @@ func Open(opts Options) (*Store, error) {
 		evicting:   map[Digest]bool{},
 	}
 	s.useCond = sync.NewCond(&s.useMu)
-	s.space = &spaceGuard{dir: opts.Dir, reserve: opts.Reserve, log: log, obs: opts.SpaceObserver}
 	if s.ttl <= 0 {
 		s.ttl = defaultUploadTTL
 	}
@@ -127,6 +126,7 @@ func Open(opts Options) (*Store, error) {
 	if metaDir == "" {
 		metaDir = filepath.Join(opts.Dir, "meta")
 	}
+	s.space = &spaceGuard{dir: opts.Dir, metaDir: metaDir, reserve: opts.Reserve, log: log, obs: opts.SpaceObserver}
 	// badger's files are sparse and memory-mapped (a memtable's log is
 	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)
 	// and take disk space only as pages are written: a few MiB for each
@@ -189,8 +189,12 @@ func (s *Store) Close() error {
 }
 
 // update runs fn in a read-write transaction, retrying when a concurrent
-// transaction touched the same keys.
+// transaction touched the same keys. It refuses (ErrStorageFull) while the
+// metadata's filesystem is nearly full (space.go).
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	if err := s.space.admitMeta(); err != nil {
+		return err
+	}
 	var err error
 	for range 16 {
 		err = s.db.Update(fn)
