@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -286,5 +289,42 @@ func TestBlockArguments(t *testing.T) {
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("oci_front %q: err %v, want %q", tc.block, err, tc.wantErr)
 		}
+	}
+}
+
+// TestStorageReserve checks what JSON may say about the reserve and what
+// reaches the store.
+func TestStorageReserve(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		rg      Registry
+		want    cache.SpaceReserve
+		wantErr string
+	}{
+		{name: "default", rg: Registry{}, want: cache.DefaultReserve},
+		{name: "size only", rg: Registry{StorageReserve: 1 << 30}, want: cache.SpaceReserve{Bytes: 1 << 30}},
+		{name: "percent only", rg: Registry{StorageReservePercent: 5}, want: cache.SpaceReserve{Percent: 5}},
+		{name: "both", rg: Registry{StorageReserve: 64 << 20, StorageReservePercent: 2}, want: cache.SpaceReserve{Bytes: 64 << 20, Percent: 2}},
+		{name: "off", rg: Registry{StorageReserve: -1}, want: cache.SpaceReserve{}},
+		{name: "percent 100", rg: Registry{StorageReservePercent: 100}, wantErr: "storage_reserve_percent"},
+		{name: "negative percent", rg: Registry{StorageReservePercent: -1}, wantErr: "storage_reserve_percent"},
+		{name: "NaN percent", rg: Registry{StorageReservePercent: math.NaN()}, wantErr: "storage_reserve_percent"},
+		{name: "off with percent", rg: Registry{StorageReserve: -1, StorageReservePercent: 1}, wantErr: "storage_reserve is negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.rg.Validate()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Validate() = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tc.rg.reserve(); got != tc.want {
+				t.Errorf("reserve() = %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }
