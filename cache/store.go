@@ -81,6 +81,9 @@ func Open(opts Options) (*Store, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("cache: no directory")
 	}
+	if err := CheckMetadataDir(opts.Dir, opts.MetadataDir); err != nil {
+		return nil, err
+	}
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
@@ -170,6 +173,26 @@ func Open(opts Options) (*Store, error) {
 	s.wg.Add(1)
 	go s.spaceLoop()
 	return s, nil
+}
+
+// CheckMetadataDir refuses a MetadataDir that would share the store's
+// folders: Dir itself, or anything under blobs/, uploads/ or tmp/, whose
+// entries GC removes.
+func CheckMetadataDir(dir, metaDir string) error {
+	if metaDir == "" {
+		return nil
+	}
+	dir, metaDir = filepath.Clean(dir), filepath.Clean(metaDir)
+	if metaDir == dir {
+		return fmt.Errorf("cache: metadata folder %s is the storage folder itself", metaDir)
+	}
+	for _, sub := range []string{"blobs", "uploads", "tmp"} {
+		d := filepath.Join(dir, sub)
+		if metaDir == d || strings.HasPrefix(metaDir, d+string(filepath.Separator)) {
+			return fmt.Errorf("cache: metadata folder %s is inside the store's %s/", metaDir, sub)
+		}
+	}
+	return nil
 }
 
 // Close stops background work and closes badger.

@@ -328,3 +328,19 @@ func TestStorageReserve(t *testing.T) {
 		})
 	}
 }
+
+// TestMetadataDirInsideStorage: GC empties tmp/ and uploads/, so the
+// metadata may not live there (nor in blobs/ or the folder itself).
+func TestMetadataDirInsideStorage(t *testing.T) {
+	dir := t.TempDir()
+	for _, meta := range []string{dir, dir + "/tmp", dir + "/uploads/db", dir + "/blobs"} {
+		rg := Registry{dir: dir, metaDir: meta}
+		if err := rg.Validate(); err == nil || !strings.Contains(err.Error(), "metadata_dir") {
+			t.Errorf("metadata_dir %s: Validate() = %v, want a refusal", meta, err)
+		}
+	}
+	rg := Registry{dir: dir, metaDir: t.TempDir()}
+	if err := rg.Validate(); err != nil {
+		t.Errorf("metadata_dir elsewhere: %v", err)
+	}
+}

@@ -126,6 +126,7 @@ type Registry struct {
 	serves  *registry.Handler // routing only: which paths are ours
 
 	dir     string // absolute, cleaned Storage: the key in stores
+	metaDir string // absolute MetadataDir, or empty
 	store   *sharedStore
 	live    *liveHandler
 	metrics *metricsObserver
@@ -162,9 +163,8 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("storage %q: %w", storage, err)
 	}
 	rg.dir = filepath.Clean(dir)
-	var metaDir string
 	if rg.MetadataDir != "" {
-		if metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
+		if rg.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
 			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
 		}
 	}
@@ -175,7 +175,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 
 	opts := cache.Options{
 		Dir:           rg.dir,
-		MetadataDir:   metaDir,
+		MetadataDir:   rg.metaDir,
 		Reserve:       rg.reserve(),
 		SpaceObserver: rg.metrics,
 		UploadTTL:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
@@ -252,6 +252,9 @@ func (rg *Registry) Validate() error {
 		if err := rg.Auth.validate(); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
+	}
+	if err := cache.CheckMetadataDir(rg.dir, rg.metaDir); err != nil {
+		return fmt.Errorf("metadata_dir: %w", err)
 	}
 	if fi, err := os.Stat(rg.dir); err == nil && !fi.IsDir() {
 		return fmt.Errorf("storage %s exists and is not a directory", rg.dir)
