@@ -21,7 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-const mib = 1 << 20
+const diskMiB = 1 << 20
 
 // mountTmpfs mounts a tmpfs of size bytes on a new folder, unmounted when
 // the test ends; it skips when mounting is not permitted.
@@ -80,7 +80,7 @@ func (s *server) alive(when string) {
 
 // metric returns the value of the sample of name whose labels contain
 // label, from the admin API's /metrics.
-func (s *server) metric(t *testing.T, name, label string) string {
+func (s *server) metricSample(t *testing.T, name, label string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + s.admin + "/metrics")
 	if err != nil {
@@ -132,8 +132,8 @@ func pullAndVerify(t *testing.T, ref, want string) {
 		u := "http://" + r.Context().RegistryStr() + "/v2/" + r.Context().RepositoryStr() + "/blobs/" + desc.Digest.String()
 		resp := do(t, http.MethodGet, u, nil, nil)
 		b := readAll(t, resp)
-		if resp.StatusCode != http.StatusOK || digestOf(b) != desc.Digest.String() || int64(len(b)) != desc.Size {
-			t.Fatalf("pull %s: blob %s: %s, %d bytes hashing to %s", ref, desc.Digest, resp.Status, len(b), digestOf(b))
+		if resp.StatusCode != http.StatusOK || blobDigest(b) != desc.Digest.String() || int64(len(b)) != desc.Size {
+			t.Fatalf("pull %s: blob %s: %s, %d bytes hashing to %s", ref, desc.Digest, resp.Status, len(b), blobDigest(b))
 		}
 	}
 }
@@ -158,7 +158,7 @@ func streamPatch(t *testing.T, u string, body []byte) *http.Response {
 	return resp
 }
 
-func digestOf(b []byte) string {
+func blobDigest(b []byte) string {
 	h, _, err := v1.SHA256(bytes.NewReader(b))
 	if err != nil {
 		panic(err)
@@ -173,8 +173,8 @@ func digestOf(b []byte) string {
 // once a filler file is deleted everything works again without a restart.
 func TestFullDisk(t *testing.T) {
 	needBinary(t)
-	const reserve = 16 * mib
-	fs := mountTmpfs(t, 64*mib)
+	const reserve = 16 * diskMiB
+	fs := mountTmpfs(t, 64*diskMiB)
 	dataDir := filepath.Join(fs, "data")
 
 	up := newUpstream(t)
@@ -188,7 +188,7 @@ func TestFullDisk(t *testing.T) {
 		mirror docker.io {
 			upstream %s
 		}
-	}`, strconv.Quote(dataDir), reserve/mib, up.URL), 0)
+	}`, strconv.Quote(dataDir), reserve/diskMiB, up.URL), 0)
 	host := s.localhostAddr()
 	storageLabel := `storage="` + dataDir + `"`
 
@@ -204,14 +204,14 @@ func TestFullDisk(t *testing.T) {
 	ld, _ := localImg.Digest()
 	localDigest := ld.String()
 	pullAndVerify(t, host+"/docker.io/library/warm:v1", warmDigest)
-	if got := s.metric(t, "caddy_oci_storage_reserve_reached", storageLabel); got != "0" {
+	if got := s.metricSample(t, "caddy_oci_storage_reserve_reached", storageLabel); got != "0" {
 		t.Errorf("reserve_reached = %s with room to spare, want 0", got)
 	}
 
 	// 6 MiB above the reserve.
-	filler := fillTo(t, fs, reserve+6*mib)
-	big := randomBytes(t, 12*mib)
-	bigDigest := digestOf(big)
+	filler := fillTo(t, fs, reserve+6*diskMiB)
+	big := randomBytes(t, 12*diskMiB)
+	bigDigest := blobDigest(big)
 
 	t.Run("monolithic push", func(t *testing.T) {
 		resp := do(t, http.MethodPost, s.url("/v2/team/big/blobs/uploads/?digest="+bigDigest), big, nil)
@@ -227,27 +227,27 @@ func TestFullDisk(t *testing.T) {
 			t.Fatalf("POST upload: %s", resp.Status)
 		}
 		session = location(t, s, resp).String()
-		resp = do(t, http.MethodPatch, session, big[:mib], map[string]string{"Content-Range": "0-" + strconv.Itoa(mib-1)})
+		resp = do(t, http.MethodPatch, session, big[:diskMiB], map[string]string{"Content-Range": "0-" + strconv.Itoa(diskMiB-1)})
 		if resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("first chunk: %s", resp.Status)
 		}
 		session = location(t, s, resp).String()
-		refusedFull(t, streamPatch(t, session, big[mib:]), "chunk stream crossing the reserve")
+		refusedFull(t, streamPatch(t, session, big[diskMiB:]), "chunk stream crossing the reserve")
 		s.alive("after a refused chunk stream")
 		resp = do(t, http.MethodGet, session, nil, nil)
-		if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Range") != "0-"+strconv.Itoa(mib-1) {
+		if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Range") != "0-"+strconv.Itoa(diskMiB-1) {
 			t.Errorf("session after the refused stream: %s Range %q, want 204 and the first chunk only",
 				resp.Status, resp.Header.Get("Range"))
 		}
 		headBlob(t, s, "team/big", bigDigest, http.StatusNotFound, "after the refused stream")
-		if n := uploadBytes(t, dataDir); n != mib {
-			t.Errorf("%d bytes in uploads/ and tmp/ after the refused stream, want the first chunk's %d", n, mib)
+		if n := uploadBytes(t, dataDir); n != diskMiB {
+			t.Errorf("%d bytes in uploads/ and tmp/ after the refused stream, want the first chunk's %d", n, diskMiB)
 		}
 	})
 
 	// Inside the reserve.
 	os.Remove(filler)
-	filler = fillTo(t, fs, reserve-mib)
+	filler = fillTo(t, fs, reserve-diskMiB)
 	newImg := ociImage(t)
 
 	t.Run("manifest push", func(t *testing.T) {
@@ -292,7 +292,7 @@ func TestFullDisk(t *testing.T) {
 		pullAndVerify(t, host+"/team/app:v1", localDigest)
 	})
 
-	if got := s.metric(t, "caddy_oci_storage_reserve_reached", storageLabel); got != "1" {
+	if got := s.metricSample(t, "caddy_oci_storage_reserve_reached", storageLabel); got != "1" {
 		t.Errorf("reserve_reached = %s inside the reserve, want 1", got)
 	}
 	if !strings.Contains(s.out.String(), "storage reserve reached") {
@@ -304,7 +304,7 @@ func TestFullDisk(t *testing.T) {
 	os.Remove(filler)
 	filler = fillTo(t, fs, 0)
 	t.Run("disk filled to the brim", func(t *testing.T) {
-		resp := do(t, http.MethodPost, s.url("/v2/team/big/blobs/uploads/?digest="+digestOf([]byte("x"))), []byte("x"), nil)
+		resp := do(t, http.MethodPost, s.url("/v2/team/big/blobs/uploads/?digest="+blobDigest([]byte("x"))), []byte("x"), nil)
 		refusedFull(t, resp, "monolithic push of one byte on a full disk")
 		layers, err := localImg.Layers()
 		if err != nil {
@@ -313,7 +313,7 @@ func TestFullDisk(t *testing.T) {
 		ld, _ := layers[0].Digest()
 		resp = do(t, http.MethodPost, s.url("/v2/team/copy/blobs/uploads/?mount="+ld.String()+"&from=team/app"), nil, nil)
 		refusedFull(t, resp, "mounting on a full disk")
-		refusedFull(t, streamPatch(t, session, big[mib:]), "chunk stream on a full disk")
+		refusedFull(t, streamPatch(t, session, big[diskMiB:]), "chunk stream on a full disk")
 		localManifest, err := localImg.RawManifest()
 		if err != nil {
 			t.Fatal(err)
@@ -332,7 +332,7 @@ func TestFullDisk(t *testing.T) {
 	// Space freed: everything works again, same process.
 	os.Remove(filler)
 	t.Run("after freeing space", func(t *testing.T) {
-		resp := do(t, http.MethodPatch, session, big[mib:], map[string]string{"Content-Range": fmt.Sprintf("%d-%d", mib, len(big)-1)})
+		resp := do(t, http.MethodPatch, session, big[diskMiB:], map[string]string{"Content-Range": fmt.Sprintf("%d-%d", diskMiB, len(big)-1)})
 		if resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("resuming the session: %s %q", resp.Status, readAll(t, resp))
 		}
@@ -347,8 +347,8 @@ func TestFullDisk(t *testing.T) {
 		if b := readAll(t, got); got.StatusCode != http.StatusOK || !bytes.Equal(b, big) {
 			t.Errorf("GET the resumed blob: %s, %d bytes", got.Status, len(b))
 		}
-		other := randomBytes(t, 8*mib)
-		resp = do(t, http.MethodPost, s.url("/v2/team/other/blobs/uploads/?digest="+digestOf(other)), other, nil)
+		other := randomBytes(t, 8*diskMiB)
+		resp = do(t, http.MethodPost, s.url("/v2/team/other/blobs/uploads/?digest="+blobDigest(other)), other, nil)
 		if resp.StatusCode != http.StatusCreated {
 			t.Errorf("monolithic push after freeing space: %s %q", resp.Status, readAll(t, resp))
 		}
@@ -366,7 +366,7 @@ func TestFullDisk(t *testing.T) {
 		pullAndVerify(t, host+"/team/app:v1", localDigest)
 		s.alive("after freeing space")
 	})
-	if got := s.metric(t, "caddy_oci_storage_reserve_reached", storageLabel); got != "0" {
+	if got := s.metricSample(t, "caddy_oci_storage_reserve_reached", storageLabel); got != "0" {
 		t.Errorf("reserve_reached = %s after freeing space, want 0", got)
 	}
 	if !strings.Contains(s.out.String(), "storage has room again") {
