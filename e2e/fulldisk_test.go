@@ -78,7 +78,7 @@ func (s *server) alive(when string) {
 	}
 }
 
-// metric returns the value of the sample of name whose labels contain
+// metricSample returns the value of the sample of name whose labels contain
 // label, from the admin API's /metrics.
 func (s *server) metricSample(t *testing.T, name, label string) string {
 	t.Helper()
