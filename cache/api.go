@@ -57,8 +57,19 @@ type Options struct {
 	//   blobs/<alg>/<2 hex>/<hex>   committed, verified content
 	//   uploads/<id>                data of upload sessions
 	//   tmp/                        temp files of in-flight writes
-	//   meta/                       badger
+	//   meta/                       badger (unless MetadataDir is set)
 	Dir string
+	// MetadataDir, if set, is where badger keeps the metadata instead of
+	// Dir/meta: another filesystem keeps badger's memory-mapped files out
+	// of reach of blob bytes and of other programs filling Dir's.
+	MetadataDir string
+	// Reserve is the free space blob bytes (uploads, mirror fills,
+	// manifests) leave on Dir's filesystem; writes that would cross it fail
+	// with ErrStorageFull (space.go). The zero value reserves nothing;
+	// DefaultReserve is what a server should use.
+	Reserve SpaceReserve
+	// SpaceObserver, if set, sees the free space whenever it is measured.
+	SpaceObserver SpaceObserver
 	// UploadTTL: an upload session older than this (since it was opened)
 	// is expired and its data removed, however busy. Default 24h.
 	// UploadLimits.IdleTimeout expires idle sessions sooner.

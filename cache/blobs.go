@@ -76,6 +76,9 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	if max := s.uploadLimits().MaxBlobSize; max > 0 && size > max {
 		return 0, fmt.Errorf("%w: %d bytes declared, the limit is %d", ErrUploadTooLarge, size, max)
 	}
+	if err := s.space.admit(size); err != nil {
+		return 0, err
+	}
 	f, err := s.createTemp()
 	if err != nil {
 		return 0, err
@@ -97,7 +100,7 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	m := s.meter(src, 0)
 	defer func() { s.release(m.reserved) }()
 	h := want.Algorithm.New()
-	n, err := copyHashing(f, h, m)
+	n, err := copyHashing(s.space.writer(f), h, m)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

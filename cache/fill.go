@@ -90,6 +90,10 @@ func (s *Store) Fill(repo string, d Digest, src FillSource) (f *Fill, started bo
 		return nil, false, errors.New("cache: store closed")
 	default:
 	}
+	// Not even asked of the source while the store has no room.
+	if err := s.space.admit(-1); err != nil {
+		return nil, false, err
+	}
 	s.fills[d] = f
 	s.wg.Add(1)
 	go f.run(src)
@@ -167,6 +171,9 @@ func (f *Fill) fill(src FillSource) error {
 		return err
 	}
 	defer body.Close()
+	if err := f.s.space.admit(size); err != nil {
+		return err
+	}
 	file, err := f.s.createTemp()
 	if err != nil {
 		return err
@@ -178,6 +185,7 @@ func (f *Fill) fill(src FillSource) error {
 	f.changed()
 	f.mu.Unlock()
 
+	out := f.s.space.writer(file)
 	h := f.d.Algorithm.New()
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
@@ -189,7 +197,7 @@ func (f *Fill) fill(src FillSource) error {
 			if size >= 0 && n+int64(m) > size {
 				return fmt.Errorf("%w: source sent more than %d bytes", ErrSizeMismatch, size)
 			}
-			if _, err := file.Write(buf[:m]); err != nil {
+			if _, err := out.Write(buf[:m]); err != nil {
 				return fmt.Errorf("cache: write fill: %w", err)
 			}
 			h.Write(buf[:m])

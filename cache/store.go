@@ -26,6 +26,7 @@ type Store struct {
 	log        *zap.Logger
 	db         *badger.DB
 	now        func() time.Time // the clock of session times; tests move it
+	space      *spaceGuard      // refuses blob bytes that would eat the reserve
 
 	// fullGC: how often GC walks the whole store (gccandidates.go).
 	fullGC time.Duration
@@ -87,6 +88,9 @@ func Open(opts Options) (*Store, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("cache: no directory")
 	}
+	if err := CheckMetadataDir(opts.Dir, opts.MetadataDir); err != nil {
+		return nil, err
+	}
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
@@ -133,7 +137,18 @@ func Open(opts Options) (*Store, error) {
 		}
 	}
 
-	bo := badger.DefaultOptions(filepath.Join(opts.Dir, "meta")).
+	metaDir := opts.MetadataDir
+	if metaDir == "" {
+		metaDir = filepath.Join(opts.Dir, "meta")
+	}
+	s.space = &spaceGuard{dir: opts.Dir, metaDir: metaDir, reserve: opts.Reserve, log: log, obs: opts.SpaceObserver}
+	// badger's files are sparse and memory-mapped (a memtable's log is
+	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)
+	// and take disk space only as pages are written: a few MiB for each
+	// memtable of metadata, as much again for a table flushed or compacted.
+	// With these sizes the reserve (space.go) is its room; a page it
+	// cannot get would be a SIGBUS, not an error.
+	bo := badger.DefaultOptions(metaDir).
 		WithLogger(badgerLogger{log.Named("badger")}).
 		WithSyncWrites(true).
 		WithMetricsEnabled(false).
@@ -167,7 +182,29 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.wg.Add(1)
 	go s.mirrorLoop()
+	s.wg.Add(1)
+	go s.spaceLoop()
 	return s, nil
+}
+
+// CheckMetadataDir refuses a MetadataDir that would share the store's
+// folders: Dir itself, or anything under blobs/, uploads/ or tmp/, whose
+// entries GC removes.
+func CheckMetadataDir(dir, metaDir string) error {
+	if metaDir == "" {
+		return nil
+	}
+	dir, metaDir = filepath.Clean(dir), filepath.Clean(metaDir)
+	if metaDir == dir {
+		return fmt.Errorf("cache: metadata folder %s is the storage folder itself", metaDir)
+	}
+	for _, sub := range []string{"blobs", "uploads", "tmp"} {
+		d := filepath.Join(dir, sub)
+		if metaDir == d || strings.HasPrefix(metaDir, d+string(filepath.Separator)) {
+			return fmt.Errorf("cache: metadata folder %s is inside the store's %s/", metaDir, sub)
+		}
+	}
+	return nil
 }
 
 // Close stops background work and closes badger.
@@ -187,8 +224,12 @@ func (s *Store) Close() error {
 }
 
 // update runs fn in a read-write transaction, retrying when a concurrent
-// transaction touched the same keys.
+// transaction touched the same keys. It refuses (ErrStorageFull) while the
+// metadata's filesystem is nearly full (space.go).
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	if err := s.space.admitMeta(); err != nil {
+		return err
+	}
 	var err error
 	for range 16 {
 		err = s.db.Update(fn)

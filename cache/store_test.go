@@ -97,3 +97,17 @@ func TestBackgroundLoopStopsOnClose(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestCheckMetadataDir(t *testing.T) {
+	dir := t.TempDir()
+	for _, bad := range []string{dir, dir + "/", filepath.Join(dir, "tmp"), filepath.Join(dir, "uploads", "m"), filepath.Join(dir, "blobs", "sha256", "00")} {
+		if _, err := Open(Options{Dir: dir, MetadataDir: bad}); err == nil {
+			t.Errorf("Open with MetadataDir %s inside the store's folders succeeded", bad)
+		}
+	}
+	for _, good := range []string{filepath.Join(dir, "meta"), filepath.Join(dir, "tmpmeta"), t.TempDir()} {
+		if err := CheckMetadataDir(dir, good); err != nil {
+			t.Errorf("MetadataDir %s: %v", good, err)
+		}
+	}
+}

@@ -437,7 +437,10 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if _, err := f.Seek(at, io.SeekStart); err != nil {
 		return fail("seek upload", err)
 	}
-	n, err := copyHashing(f, h, r)
+	if err := s.space.admit(-1); err != nil {
+		return fail("append upload", err)
+	}
+	n, err := copyHashing(s.space.writer(f), h, r)
 	if err != nil {
 		return fail("append upload", err)
 	}

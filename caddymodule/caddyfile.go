@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -34,6 +35,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	oci_registry [<matcher>] {
 //		storage           <dir>
+//		storage_reserve   <size>|<percent>% [<size>|<percent>%] | off
+//		metadata_dir      <dir>
 //		max_manifest_size <size>      # e.g. 4MiB, 10MB, 4194304
 //		mirror_cache_size <size>      # e.g. 50GiB; 0: no limit
 //		upload_ttl        <duration>
@@ -57,9 +60,14 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
-		case "storage", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
+		case "storage", "metadata_dir", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
 		case "upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes":
 			if err := rg.unmarshalUploadLimit(d, sub); err != nil {
+				return err
+			}
+			continue
+		case "storage_reserve":
+			if err := rg.unmarshalReserve(d, d.RemainingArgs()); err != nil {
 				return err
 			}
 			continue
@@ -85,7 +93,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -94,6 +102,8 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch sub {
 		case "storage":
 			rg.Storage = arg
+		case "metadata_dir":
+			rg.MetadataDir = arg
 		case "max_manifest_size":
 			size, err := humanize.ParseBytes(arg)
 			if err != nil {
@@ -188,6 +198,36 @@ func (rg *Registry) unmarshalUploadLimit(d *caddyfile.Dispenser, sub string) err
 		} else {
 			rg.MaxUploadBytes = int64(size)
 		}
+	}
+	return nil
+}
+
+// unmarshalReserve reads storage_reserve's arguments: off, or a size
+// and/or a percentage of the filesystem (the larger applies).
+func (rg *Registry) unmarshalReserve(d *caddyfile.Dispenser, args []string) error {
+	const usage = "storage_reserve takes a size (256MiB), a percentage (1%%), both, or off"
+	if len(args) == 1 && args[0] == "off" {
+		rg.StorageReserve, rg.StorageReservePercent = -1, 0
+		return nil
+	}
+	if len(args) == 0 || len(args) > 2 {
+		return d.Errf(usage)
+	}
+	var haveSize, havePercent bool
+	for _, a := range args {
+		if p, ok := strings.CutSuffix(a, "%"); ok {
+			pct, err := strconv.ParseFloat(p, 64)
+			if err != nil || havePercent || !(pct > 0 && pct < 100) {
+				return d.Errf("storage_reserve %q: want a percentage above 0 and below 100, given once", a)
+			}
+			rg.StorageReservePercent, havePercent = pct, true
+			continue
+		}
+		size, err := humanize.ParseBytes(a)
+		if err != nil || haveSize || size == 0 || size > 1<<62 {
+			return d.Errf("storage_reserve %q: want a size above 0 such as 256MiB, given once; "+usage, a)
+		}
+		rg.StorageReserve, haveSize = int64(size), true
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -81,6 +84,22 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "zero upload bytes", input: "oci_registry {\nmax_upload_bytes 0\n}", wantErr: "want a size such as 10GiB"},
 		{name: "bad idle timeout", input: "oci_registry {\nupload_idle_timeout -1h\n}", wantErr: "want a positive duration or off"},
 		{name: "upload limit without argument", input: "oci_registry {\nmax_blob_size\n}", wantErr: "max_blob_size needs exactly one argument"},
+		{name: "reserve size", input: "oci_registry {\nstorage_reserve 512MiB\n}", want: Registry{StorageReserve: 512 << 20}},
+		{name: "reserve percent", input: "oci_registry {\nstorage_reserve 2.5%\n}", want: Registry{StorageReservePercent: 2.5}},
+		{name: "reserve both", input: "oci_registry {\nstorage_reserve 5% 1GiB\n}", want: Registry{StorageReserve: 1 << 30, StorageReservePercent: 5}},
+		{name: "reserve off", input: "oci_registry {\nstorage_reserve off\n}", want: Registry{StorageReserve: -1}},
+		{name: "metadata dir", input: "oci_registry {\nmetadata_dir /fast/meta\n}", want: Registry{MetadataDir: "/fast/meta"}},
+		{name: "reserve missing", input: "oci_registry {\nstorage_reserve\n}", wantErr: "storage_reserve takes a size"},
+		{name: "reserve three", input: "oci_registry {\nstorage_reserve 1% 1GiB 2GiB\n}", wantErr: "storage_reserve takes a size"},
+		{name: "reserve two sizes", input: "oci_registry {\nstorage_reserve 1GiB 2GiB\n}", wantErr: `storage_reserve "2GiB"`},
+		{name: "reserve two percents", input: "oci_registry {\nstorage_reserve 1% 2%\n}", wantErr: `storage_reserve "2%"`},
+		{name: "reserve zero", input: "oci_registry {\nstorage_reserve 0\n}", wantErr: `storage_reserve "0"`},
+		{name: "reserve 100%", input: "oci_registry {\nstorage_reserve 100%\n}", wantErr: "below 100"},
+		{name: "reserve negative percent", input: "oci_registry {\nstorage_reserve -1%\n}", wantErr: "above 0"},
+		{name: "reserve NaN", input: "oci_registry {\nstorage_reserve NaN%\n}", wantErr: "above 0"},
+		{name: "reserve off and size", input: "oci_registry {\nstorage_reserve off 1GiB\n}", wantErr: `storage_reserve "off"`},
+		{name: "reserve junk", input: "oci_registry {\nstorage_reserve lots\n}", wantErr: `storage_reserve "lots"`},
+		{name: "metadata dir missing", input: "oci_registry {\nmetadata_dir\n}", wantErr: "metadata_dir needs exactly one argument"},
 		{name: "argument", input: `oci_registry /data`, wantErr: "takes no arguments"},
 		{name: "unknown", input: "oci_registry {\nstorge /data\n}", wantErr: `unrecognized oci_registry subdirective "storge"`},
 		{name: "unknown without arg", input: "oci_registry {\nfoo\n}", wantErr: `unrecognized oci_registry subdirective "foo"`},
@@ -116,12 +135,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 
 func TestJSONRoundTrip(t *testing.T) {
 	in := Registry{
-		Storage:         "/srv/oci",
-		MaxManifestSize: 8 << 20,
-		UploadTTL:       caddy.Duration(6 * time.Hour),
-		GCInterval:      caddy.Duration(15 * time.Minute),
-		GCGrace:         caddy.Duration(90 * time.Minute),
-
+		Storage:                 "/srv/oci",
+		StorageReserve:          1 << 30,
+		StorageReservePercent:   2,
+		MetadataDir:             "/fast/oci-meta",
+		MaxManifestSize:         8 << 20,
+		UploadTTL:               caddy.Duration(6 * time.Hour),
+		GCInterval:              caddy.Duration(15 * time.Minute),
+		GCGrace:                 caddy.Duration(90 * time.Minute),
 		UploadIdleTimeout:       caddy.Duration(20 * time.Minute),
 		MaxUploadsPerClient:     50,
 		MaxUploadsPerRepository: -1,
@@ -140,7 +161,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(in, out) {
 		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
 	}
-	for _, key := range []string{"storage", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval",
+	for _, key := range []string{"storage", "storage_reserve", "storage_reserve_percent", "metadata_dir", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval",
 		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes"} {
 		if !strings.Contains(string(b), `"`+key+`"`) {
 			t.Errorf("json %s lacks %q", b, key)
@@ -363,5 +384,58 @@ func TestValidateUploadLimits(t *testing.T) {
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("%+v: error %v, want %q", tc.rg, err, tc.wantErr)
 		}
+	}
+}
+
+// TestStorageReserve checks what JSON may say about the reserve and what
+// reaches the store.
+func TestStorageReserve(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		rg      Registry
+		want    cache.SpaceReserve
+		wantErr string
+	}{
+		{name: "default", rg: Registry{}, want: cache.DefaultReserve},
+		{name: "size only", rg: Registry{StorageReserve: 1 << 30}, want: cache.SpaceReserve{Bytes: 1 << 30}},
+		{name: "percent only", rg: Registry{StorageReservePercent: 5}, want: cache.SpaceReserve{Percent: 5}},
+		{name: "both", rg: Registry{StorageReserve: 64 << 20, StorageReservePercent: 2}, want: cache.SpaceReserve{Bytes: 64 << 20, Percent: 2}},
+		{name: "off", rg: Registry{StorageReserve: -1}, want: cache.SpaceReserve{}},
+		{name: "percent 100", rg: Registry{StorageReservePercent: 100}, wantErr: "storage_reserve_percent"},
+		{name: "negative percent", rg: Registry{StorageReservePercent: -1}, wantErr: "storage_reserve_percent"},
+		{name: "NaN percent", rg: Registry{StorageReservePercent: math.NaN()}, wantErr: "storage_reserve_percent"},
+		{name: "off with percent", rg: Registry{StorageReserve: -1, StorageReservePercent: 1}, wantErr: "storage_reserve is negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.rg.Validate()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Validate() = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tc.rg.reserve(); got != tc.want {
+				t.Errorf("reserve() = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestMetadataDirInsideStorage: GC empties tmp/ and uploads/, so the
+// metadata may not live there (nor in blobs/ or the folder itself).
+func TestMetadataDirInsideStorage(t *testing.T) {
+	dir := t.TempDir()
+	for _, meta := range []string{dir, dir + "/tmp", dir + "/uploads/db", dir + "/blobs"} {
+		rg := Registry{dir: dir, metaDir: meta}
+		if err := rg.Validate(); err == nil || !strings.Contains(err.Error(), "metadata_dir") {
+			t.Errorf("metadata_dir %s: Validate() = %v, want a refusal", meta, err)
+		}
+	}
+	rg := Registry{dir: dir, metaDir: t.TempDir()}
+	if err := rg.Validate(); err != nil {
+		t.Errorf("metadata_dir elsewhere: %v", err)
 	}
 }

@@ -31,6 +31,10 @@ var collectors = struct {
 	mirrorCacheBytes   prometheus.Gauge
 	mirrorEvictions    prometheus.Counter
 	mirrorEvictedBytes prometheus.Counter
+
+	storageFree    *prometheus.GaugeVec
+	storageReserve *prometheus.GaugeVec
+	reserveReached *prometheus.GaugeVec
 }{}
 
 func initCollectors() {
@@ -102,6 +106,32 @@ func initCollectors() {
 		Name:      "mirror_evicted_bytes_total",
 		Help:      "Bytes of mirrored content evicted to keep the store under mirror_cache_size.",
 	})
+	collectors.storageFree = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns,
+		Name:      "storage_free_bytes",
+		Help:      "Free bytes on the filesystem of a storage folder, as last measured.",
+	}, []string{"storage"})
+	collectors.storageReserve = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns,
+		Name:      "storage_reserve_bytes",
+		Help:      "Free bytes that new content leaves on the filesystem of a storage folder (storage_reserve).",
+	}, []string{"storage"})
+	collectors.reserveReached = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns,
+		Name:      "storage_reserve_reached",
+		Help:      "1 while a storage folder's free space is at or below its reserve and new content is refused with 507, else 0.",
+	}, []string{"storage"})
+}
+
+// StorageSpace implements cache.SpaceObserver.
+func (*metricsObserver) StorageSpace(dir string, free, reserve int64, reached bool) {
+	collectors.storageFree.WithLabelValues(dir).Set(float64(free))
+	collectors.storageReserve.WithLabelValues(dir).Set(float64(reserve))
+	v := 0.0
+	if reached {
+		v = 1
+	}
+	collectors.reserveReached.WithLabelValues(dir).Set(v)
 }
 
 // MirrorCacheSize implements cache.MirrorCacheObserver.
@@ -162,6 +192,7 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.mirrorLookups, collectors.mirrorBytes,
 		collectors.upstreamReqs, collectors.mirrorFillTime,
 		collectors.mirrorCacheBytes, collectors.mirrorEvictions, collectors.mirrorEvictedBytes,
+		collectors.storageFree, collectors.storageReserve, collectors.reserveReached,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

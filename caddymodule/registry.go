@@ -6,6 +6,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -56,6 +57,31 @@ type Registry struct {
 	// max_blob_size, max_upload_bytes, upload_idle_timeout) are those of
 	// the handler built last, as after a reload.
 	Storage string `json:"storage,omitempty"`
+
+	// StorageReserve is free space, in bytes, that new content leaves on
+	// the storage's filesystem: pushed blobs and chunks, manifests and
+	// mirror fills are refused with 507 Insufficient Storage while less
+	// than the reserve would remain, and work again as soon as space is
+	// freed. Metadata changes (tags, links, deletes) still work inside it.
+	// The reserve is the metadata database's room: it writes through
+	// memory-mapped files, and a full filesystem under them would crash
+	// the process instead of failing a request. The reserve is the larger
+	// of this and StorageReservePercent. A negative value disables it
+	// (then only the filesystem's own "no space" answers 507). Default,
+	// when neither is set: 256 MiB or 1%, whichever is larger.
+	StorageReserve int64 `json:"storage_reserve,omitempty"`
+
+	// StorageReservePercent is the reserve as a percentage of the
+	// filesystem's size (see StorageReserve), from 0 to 100 exclusive.
+	StorageReservePercent float64 `json:"storage_reserve_percent,omitempty"`
+
+	// MetadataDir is where the metadata database lives. Default: the
+	// "meta" folder in Storage. On another filesystem, nothing that fills
+	// the storage's filesystem (blobs or other programs) can reach the
+	// database's memory-mapped files. Moving it later means moving the
+	// folder with it; a relative path is relative to Caddy's working
+	// directory.
+	MetadataDir string `json:"metadata_dir,omitempty"`
 
 	// MaxManifestSize is the largest manifest, in bytes, accepted on push;
 	// bigger ones are refused with 413. Default: 4 MiB.
@@ -147,6 +173,7 @@ type Registry struct {
 	serves  *registry.Handler // routing only: which paths are ours
 
 	dir     string // absolute, cleaned Storage: the key in stores
+	metaDir string // absolute MetadataDir, or empty
 	store   *sharedStore
 	live    *liveHandler
 	metrics *metricsObserver
@@ -183,13 +210,25 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("storage %q: %w", storage, err)
 	}
 	rg.dir = filepath.Clean(dir)
+	if rg.MetadataDir != "" {
+		if rg.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
+			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
+		}
+	}
+	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
+	if err != nil {
+		return err
+	}
 
 	opts := cache.Options{
-		Dir:        rg.dir,
-		UploadTTL:  orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
-		GCGrace:    orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
-		GCInterval: orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
-		Logger:     rg.logger.Named("store").With(zap.String("storage", rg.dir)),
+		Dir:           rg.dir,
+		MetadataDir:   rg.metaDir,
+		Reserve:       rg.reserve(),
+		SpaceObserver: rg.metrics,
+		UploadTTL:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
+		GCGrace:       orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
+		GCInterval:    orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
+		Logger:        rg.logger.Named("store").With(zap.String("storage", rg.dir)),
 	}
 	opts.GCFullInterval = orDefault(time.Duration(rg.GCFullInterval), cache.DefaultGCFullInterval)
 	if opts.GCInterval < 0 {
@@ -216,10 +255,6 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	})
 
-	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
-	if err != nil {
-		return err
-	}
 	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer(), rg.logger)
 	if err != nil {
 		return err
@@ -249,6 +284,12 @@ func (rg *Registry) Validate() error {
 	if rg.MirrorCacheSize < 0 {
 		return fmt.Errorf("mirror_cache_size must not be negative: %d", rg.MirrorCacheSize)
 	}
+	if rg.StorageReservePercent < 0 || rg.StorageReservePercent >= 100 || math.IsNaN(rg.StorageReservePercent) {
+		return fmt.Errorf("storage_reserve_percent must be at least 0 and below 100: %v", rg.StorageReservePercent)
+	}
+	if rg.StorageReserve < 0 && rg.StorageReservePercent != 0 {
+		return fmt.Errorf("storage_reserve is negative (no reserve) but storage_reserve_percent is set")
+	}
 	if rg.UploadTTL < 0 {
 		return fmt.Errorf("upload_ttl must not be negative: %s", time.Duration(rg.UploadTTL))
 	}
@@ -262,6 +303,9 @@ func (rg *Registry) Validate() error {
 		if err := rg.Auth.validate(); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
+	}
+	if err := cache.CheckMetadataDir(rg.dir, rg.metaDir); err != nil {
+		return fmt.Errorf("metadata_dir: %w", err)
 	}
 	if fi, err := os.Stat(rg.dir); err == nil && !fi.IsDir() {
 		return fmt.Errorf("storage %s exists and is not a directory", rg.dir)
@@ -370,6 +414,17 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
+// reserve is the free space blob bytes leave on the storage's filesystem.
+func (rg *Registry) reserve() cache.SpaceReserve {
+	switch {
+	case rg.StorageReserve < 0:
+		return cache.SpaceReserve{}
+	case rg.StorageReserve == 0 && rg.StorageReservePercent == 0:
+		return cache.DefaultReserve
+	}
+	return cache.SpaceReserve{Bytes: rg.StorageReserve, Percent: rg.StorageReservePercent}
+}
+
 func orDefault(d, def time.Duration) time.Duration {
 	if d == 0 {
 		return def
@@ -387,4 +442,5 @@ var (
 	_ caddyfile.Unmarshaler       = (*Registry)(nil)
 	_ registry.Observer           = (*metricsObserver)(nil)
 	_ registry.MirrorObserver     = (*metricsObserver)(nil)
+	_ cache.SpaceObserver         = (*metricsObserver)(nil)
 )

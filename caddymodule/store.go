@@ -36,12 +36,13 @@ type sharedStore struct {
 // storeSettings are the cache.Options a store was created with.
 type storeSettings cache.Options
 
-// sameSettings reports whether o asks for the same behaviour (loggers are
-// not compared).
+// sameSettings reports whether o asks for the same behaviour (loggers and
+// observers are not compared).
 func (s storeSettings) sameSettings(o cache.Options) bool {
 	return s.Dir == o.Dir && s.UploadTTL == o.UploadTTL &&
 		s.GCGrace == o.GCGrace && s.GCInterval == o.GCInterval &&
-		s.GCFullInterval == o.GCFullInterval
+		s.GCFullInterval == o.GCFullInterval &&
+		s.MetadataDir == o.MetadataDir && s.Reserve == o.Reserve
 }
 
 // acquireStore returns the shared store of opts.Dir, creating the (still

@@ -34,6 +34,10 @@ const (
 	CodePaginationInvalid   = "PAGINATION_NUMBER_INVALID"
 	CodeNotFound            = "NOT_FOUND"
 	CodeUnknown             = "UNKNOWN"
+	// CodeStorageFull is ours: the spec has no code for a store that has
+	// no room. It comes with 507 Insufficient Storage, which says "try
+	// again later" as 5xx do; clients show the code and message.
+	CodeStorageFull = "STORAGE_FULL"
 )
 
 // Error is a protocol error: what the client gets in the JSON envelope and
@@ -93,12 +97,31 @@ func errManifestInvalid(msg string, cause error) *Error {
 	return newError(http.StatusBadRequest, CodeManifestInvalid, msg, cause)
 }
 
+// errStorageFull: the store refused new bytes for lack of room. Nothing
+// was stored, and the same request succeeds once space is freed.
+func errStorageFull(cause error) *Error {
+	return newError(http.StatusInsufficientStorage, CodeStorageFull, "storage is full", cause)
+}
+
+// storageFullError is errStorageFull when err comes from a full storage,
+// else nil.
+func storageFullError(err error) *Error {
+	if cache.IsStorageFull(err) {
+		return errStorageFull(err)
+	}
+	return nil
+}
+
 // errInternal classifies a store failure the handler did not expect. The
 // store's ErrNameInvalid is a name or tag it cannot key: the client's
-// mistake even if the grammar checks should have caught it first.
+// mistake even if the grammar checks should have caught it first. A full
+// storage is no bug either, whichever write ran into it.
 func errInternal(cause error) *Error {
 	if errors.Is(cause, cache.ErrNameInvalid) {
 		return newError(http.StatusBadRequest, CodeNameInvalid, "invalid name", cause)
+	}
+	if e := storageFullError(cause); e != nil {
+		return e
 	}
 	return newError(http.StatusInternalServerError, CodeUnknown, "internal error", cause)
 }
@@ -124,6 +147,10 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request
 	}
 	level := zapcore.InfoLevel
 	switch {
+	case e.Status == http.StatusInsufficientStorage:
+		// The operator's to fix, but no fault: the store logs the
+		// state change itself, and each refusal is one more of the same.
+		level = zapcore.WarnLevel
 	case e.Status >= 500:
 		level = zapcore.ErrorLevel
 	case r.Method == http.MethodHead && e.Status == http.StatusNotFound:

@@ -257,6 +257,9 @@ var (
 // upstream lives and what it or the network said stay in the cause, for
 // the log.
 func upstreamError(m *Mirror, kind string, err error) *Error {
+	if e := storageFullError(err); e != nil {
+		return e // upstream answered; the store had no room
+	}
 	name := "upstream " + m.cfg.Prefix
 	if timedOut(err) {
 		return newError(http.StatusGatewayTimeout, CodeUnknown, name+" did not answer in time", err)

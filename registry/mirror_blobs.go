@@ -130,6 +130,8 @@ func fillError(r *http.Request, rc *request, f *cache.Fill, err error) error {
 	switch {
 	case r.Context().Err() != nil:
 		return nil
+	case storageFullError(err) != nil:
+		return storageFullError(err) // says nothing of the other repository
 	case f.Repo() != rc.name:
 		return newError(http.StatusBadGateway, CodeUnknown, "upstream "+m.cfg.Prefix+" failed", err)
 	default:

@@ -1,0 +1,25 @@
+//go:build linux || darwin || freebsd
+
+package cache
+
+import (
+	"errors"
+	"syscall"
+)
+
+// freeSpace is what statfs reports for the filesystem holding dir: the
+// bytes an unprivileged writer may still use, and the filesystem's size.
+func freeSpace(dir string) (free, total int64, err error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, 0, err
+	}
+	bs := int64(st.Bsize)
+	return int64(st.Bavail) * bs, int64(st.Blocks) * bs, nil
+}
+
+// isNoSpace reports whether err is the filesystem saying it is full, or
+// the writer's quota is.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}

@@ -1,0 +1,364 @@
+//go:build linux
+
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+
+	"go.uber.org/zap"
+)
+
+const mib = 1 << 20
+
+// mountTmpfs mounts a tmpfs of size bytes on a new folder and unmounts it
+// when the test ends. It skips when mounting is not permitted (not root,
+// or a container without the capability).
+func mountTmpfs(t *testing.T, size int64) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.FormatInt(size, 10)); err != nil {
+		t.Skipf("cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+func free(t *testing.T, dir string) int64 {
+	t.Helper()
+	f, _, err := freeSpace(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// fillTo writes a filler file next to dir's content so that about left
+// bytes stay free (tmpfs counts whole pages), and returns its path:
+// removing it gives the space back.
+func fillTo(t *testing.T, fs string, left int64) string {
+	t.Helper()
+	f, err := os.CreateTemp(fs, "filler-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := free(t, fs) - left
+	if n < 0 {
+		t.Fatalf("only %d bytes free, want %d left", free(t, fs), left)
+	}
+	if _, err := f.Write(make([]byte, n)); err != nil {
+		t.Fatalf("filler of %d bytes: %v", n, err)
+	}
+	if got := free(t, fs); got > left || got < left-64<<10 {
+		t.Fatalf("after the filler %d bytes are free, want about %d", got, left)
+	}
+	return f.Name()
+}
+
+// spaceLog records what the guard reports.
+type spaceLog struct {
+	mu      sync.Mutex
+	reached []bool // each change of state
+}
+
+func (l *spaceLog) StorageSpace(_ string, _, _ int64, reached bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := len(l.reached); n == 0 || l.reached[n-1] != reached {
+		l.reached = append(l.reached, reached)
+	}
+}
+
+func (l *spaceLog) states() []bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]bool(nil), l.reached...)
+}
+
+func TestSpaceGuardAdmit(t *testing.T) {
+	fs := mountTmpfs(t, 16*mib)
+	obs := new(spaceLog)
+	g := &spaceGuard{dir: fs, reserve: SpaceReserve{Bytes: 4 * mib}, log: zap.NewNop(), obs: obs}
+	if err := g.admit(8 * mib); err != nil {
+		t.Fatalf("8 MiB on an empty 16 MiB filesystem with 4 MiB reserved: %v", err)
+	}
+	if err := g.admit(13 * mib); !errors.Is(err, ErrStorageFull) {
+		t.Fatalf("13 MiB would cross the reserve: %v, want ErrStorageFull", err)
+	}
+
+	filler := fillTo(t, fs, 6*mib)
+	for _, tc := range []struct {
+		size int64
+		ok   bool
+	}{
+		{1 * mib, true},
+		{2 * mib, true},  // leaves just the reserve
+		{3 * mib, false}, // would leave less than 4 MiB
+		{-1, false},      // unknown length: a window must fit
+		{0, true},
+	} {
+		if err := g.admit(tc.size); (err == nil) != tc.ok {
+			t.Errorf("admit(%d) with 6 MiB free = %v, want ok=%v", tc.size, err, tc.ok)
+		}
+	}
+	if got := obs.states(); len(got) != 1 || got[0] {
+		t.Errorf("states %v before the reserve is reached, want [false]", got)
+	}
+
+	os.Remove(filler)
+	filler = fillTo(t, fs, 3*mib)
+	if err := g.admit(0); !errors.Is(err, ErrStorageFull) {
+		t.Errorf("admit(0) inside the reserve = %v, want ErrStorageFull", err)
+	}
+	os.Remove(filler)
+	if err := g.admit(8 * mib); err != nil {
+		t.Errorf("after freeing space: %v", err)
+	}
+	if got := obs.states(); len(got) != 3 || got[0] || !got[1] || got[2] {
+		t.Errorf("states %v, want [false true false]: reached once, left once", got)
+	}
+
+	// The percentage of the filesystem applies when it is the larger.
+	g.reserve = SpaceReserve{Bytes: 1 * mib, Percent: 50}
+	if err := g.admit(7 * mib); err != nil {
+		t.Errorf("7 MiB of 16 with half reserved: %v", err)
+	}
+	if err := g.admit(9 * mib); !errors.Is(err, ErrStorageFull) {
+		t.Errorf("9 MiB of 16 with half reserved = %v, want ErrStorageFull", err)
+	}
+}
+
+// spaceStore opens a store on a fresh tmpfs of size bytes with reserve.
+func spaceStore(t *testing.T, size int64, opts Options) (*Store, string) {
+	t.Helper()
+	fs := mountTmpfs(t, size)
+	opts.Dir = filepath.Join(fs, "data")
+	return openStore(t, opts), fs
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// noTemp fails when a refused write left bytes behind in tmp/.
+func noTemp(t *testing.T, s *Store) {
+	t.Helper()
+	ents, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		t.Errorf("temp file %s left behind", e.Name())
+	}
+}
+
+// streamOnly hides the length of a reader: the store sees a stream.
+type streamOnly struct{ r io.Reader }
+
+func (s streamOnly) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
+	const reserve = 16 * mib
+	s, fs := spaceStore(t, 64*mib, Options{Reserve: SpaceReserve{Bytes: reserve}})
+	const repo = "team/app"
+	early := randomBytes(t, mib)
+	ed := mustPut(t, s, early)
+	mustLink(t, s, repo, ed)
+
+	filler := fillTo(t, fs, reserve+6*mib)
+
+	// A blob whose length is known and does not fit: refused up front.
+	big := randomBytes(t, 8*mib)
+	bd := digestOf(big)
+	if _, err := s.PutBlob(bd, int64(len(big)), bytes.NewReader(big)); !errors.Is(err, ErrStorageFull) {
+		t.Fatalf("PutBlob of 8 MiB with 6 MiB above the reserve = %v, want ErrStorageFull", err)
+	}
+	// A stream: the first window fits, the second crosses the reserve.
+	if _, err := s.PutBlob(bd, -1, streamOnly{bytes.NewReader(big)}); !errors.Is(err, ErrStorageFull) {
+		t.Fatalf("streamed PutBlob crossing the reserve = %v, want ErrStorageFull", err)
+	}
+	noTemp(t, s)
+	if _, err := s.StatBlob(bd); !errors.Is(err, ErrBlobUnknown) {
+		t.Errorf("refused blob is visible: %v", err)
+	}
+
+	// A chunk stream crossing the reserve is cut off: the session stays
+	// where it was and can go on once there is room.
+	u, err := s.NewUpload(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err = s.AppendUpload(repo, u.ID, 0, bytes.NewReader(big[:mib])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AppendUpload(repo, u.ID, u.Size, streamOnly{bytes.NewReader(big[mib:])}); !errors.Is(err, ErrStorageFull) {
+		t.Fatalf("chunk crossing the reserve = %v, want ErrStorageFull", err)
+	}
+	if got, err := s.GetUpload(repo, u.ID); err != nil || got.Size != mib {
+		t.Fatalf("session after the refused chunk: %+v, %v; want size %d", got, err, mib)
+	}
+	if fi, err := os.Stat(s.uploadPath(u.ID)); err != nil || fi.Size() != mib {
+		t.Fatalf("session data after the refused chunk: %v, %v; want %d bytes", fi, err, mib)
+	}
+
+	// Inside the reserve: no new bytes at all, but metadata still changes.
+	os.Remove(filler)
+	filler = fillTo(t, fs, reserve-mib)
+	small := []byte("a few bytes")
+	if _, err := s.PutBlob(digestOf(small), int64(len(small)), bytes.NewReader(small)); !errors.Is(err, ErrStorageFull) {
+		t.Errorf("PutBlob inside the reserve = %v, want ErrStorageFull", err)
+	}
+	man := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
+	m := Manifest{Digest: digestOf(man), MediaType: "application/vnd.oci.image.manifest.v1+json"}
+	if err := s.PutManifest(repo, m, man, []string{"v1"}); !errors.Is(err, ErrStorageFull) {
+		t.Errorf("PutManifest inside the reserve = %v, want ErrStorageFull", err)
+	}
+	if _, err := s.ResolveTag(repo, "v1"); !errors.Is(err, ErrTagUnknown) {
+		t.Errorf("refused manifest's tag: %v, want ErrTagUnknown", err)
+	}
+	if err := s.LinkBlob("team/other", ed); err != nil {
+		t.Errorf("linking inside the reserve: %v", err)
+	}
+	if _, err := s.NewUpload(repo); err != nil {
+		t.Errorf("starting a session inside the reserve: %v", err)
+	}
+	src := func(context.Context) (io.ReadCloser, int64, error) {
+		t.Error("a fill asked its source while the store had no room")
+		return nil, 0, errors.New("unreachable")
+	}
+	if _, _, err := s.Fill("docker.io/library/x", bd, src); !errors.Is(err, ErrStorageFull) {
+		t.Errorf("Fill inside the reserve = %v, want ErrStorageFull", err)
+	}
+	noTemp(t, s)
+
+	// Someone else takes the rest: metadata writes are refused too, before
+	// badger could fault on a page the filesystem cannot give; reads go on.
+	os.Remove(filler)
+	filler = fillTo(t, fs, 0)
+	if err := s.LinkBlob("team/third", ed); !errors.Is(err, ErrStorageFull) {
+		t.Errorf("linking on a full filesystem = %v, want ErrStorageFull", err)
+	}
+	if _, err := s.NewUpload(repo); !IsStorageFull(err) {
+		t.Errorf("starting a session on a full filesystem = %v, want a full storage", err)
+	}
+	if _, err := s.HasBlob("team/other", ed); err != nil {
+		t.Errorf("reading on a full filesystem: %v", err)
+	}
+	if got := mustRead(t, s, ed); !bytes.Equal(got, early) {
+		t.Error("earlier blob changed")
+	}
+
+	// Space freed: everything goes on without reopening the store.
+	os.Remove(filler)
+	if err := s.LinkBlob("team/third", ed); err != nil {
+		t.Errorf("linking after freeing space: %v", err)
+	}
+	if _, err := s.AppendUpload(repo, u.ID, u.Size, bytes.NewReader(big[mib:])); err != nil {
+		t.Fatalf("resuming the session after freeing space: %v", err)
+	}
+	if _, err := s.CommitUpload(repo, u.ID, bd); err != nil {
+		t.Fatalf("committing it: %v", err)
+	}
+	if err := s.PutManifest(repo, m, man, []string{"v1"}); err != nil {
+		t.Errorf("PutManifest after freeing space: %v", err)
+	}
+	if got := mustRead(t, s, ed); !bytes.Equal(got, early) {
+		t.Error("earlier blob changed")
+	}
+	if got := mustRead(t, s, bd); !bytes.Equal(got, big) {
+		t.Error("resumed blob differs")
+	}
+}
+
+func mustRead(t *testing.T, s *Store, d Digest) []byte {
+	t.Helper()
+	f, err := s.OpenBlob(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestFillCrossingReserve: a fill that runs into the reserve fails as a
+// full storage and leaves nothing behind.
+func TestFillCrossingReserve(t *testing.T) {
+	const reserve = 16 * mib
+	s, fs := spaceStore(t, 64*mib, Options{Reserve: SpaceReserve{Bytes: reserve}})
+	fillTo(t, fs, reserve+6*mib)
+	blob := randomBytes(t, 12*mib)
+	d := digestOf(blob)
+	src := func(context.Context) (io.ReadCloser, int64, error) {
+		return io.NopCloser(bytes.NewReader(blob)), -1, nil
+	}
+	f, _, err := s.Fill("docker.io/library/x", d, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.Wait(context.Background())
+	if !errors.Is(err, ErrFillFailed) || !IsStorageFull(err) {
+		t.Fatalf("fill = %v, want a failed fill from a full storage", err)
+	}
+	noTemp(t, s)
+	if _, err := s.StatBlob(d); !errors.Is(err, ErrBlobUnknown) {
+		t.Errorf("failed fill is visible: %v", err)
+	}
+}
+
+// TestNoSpaceFromFilesystem: with no reserve and the disk filled by
+// someone else, the filesystem's ENOSPC is a full storage too, and the
+// temp file goes. The metadata lives on another filesystem (MetadataDir),
+// as an operator without a reserve should keep it.
+func TestNoSpaceFromFilesystem(t *testing.T) {
+	meta := t.TempDir()
+	s, fs := spaceStore(t, 16*mib, Options{MetadataDir: meta})
+	if _, err := os.Stat(filepath.Join(meta, "MANIFEST")); err != nil {
+		t.Fatalf("badger is not in MetadataDir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.dir, "meta")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("meta/ made in Dir although MetadataDir is set: %v", err)
+	}
+	blob := randomBytes(t, 4*mib)
+	// Someone else takes the last byte once the write has been admitted.
+	src := &fillingReader{r: bytes.NewReader(blob), fill: func() { fillTo(t, fs, 0) }}
+	_, err := s.PutBlob(digestOf(blob), int64(len(blob)), src)
+	if !IsStorageFull(err) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("PutBlob on a full filesystem = %v, want ENOSPC as a full storage", err)
+	}
+	noTemp(t, s)
+}
+
+// fillingReader calls fill before its first read.
+type fillingReader struct {
+	r    io.Reader
+	fill func()
+	once sync.Once
+}
+
+func (f *fillingReader) Read(p []byte) (int, error) {
+	f.once.Do(f.fill)
+	return f.r.Read(p)
+}
