@@ -129,7 +129,7 @@ func (st *sessionState) check() error {
 	return nil
 }
 
-func (ss *session) ID() string   { return ss.st.ID }
+func (ss *session) ID() string  { return ss.st.ID }
 func (ss *session) Size() int64 { return ss.st.Size }
 
 func (ss *session) State() ([]byte, error) {
