@@ -297,9 +297,17 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 		}
 	}
 	var err error
-	if src == "" { // an empty blob: nothing to copy
+	switch {
+	case src == "": // an empty blob
 		err = s.putObject(ctx, s.blobKey(d), nil)
-	} else {
+	case !ss.st.Assembled:
+		// Under one part: the tail holds it all. Read back (which checks
+		// it against the state) and written, rather than copied blind.
+		var b []byte
+		if b, err = ss.readTail(ctx, make([]byte, 0, ss.st.TailSize)); err == nil {
+			err = s.putObject(ctx, s.blobKey(d), b)
+		}
+	default:
 		err = s.copyObject(ctx, src, s.blobKey(d), info.Size)
 	}
 	if err != nil {
