@@ -163,7 +163,14 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	if err != nil {
 		return 0, err
 	}
-	buf := make([]byte, 0, next.PartSize)
+	var buf []byte
+	if next.PartSize == s.partSize {
+		bp := s.bufs.Get().(*[]byte)
+		defer s.bufs.Put(bp)
+		buf = (*bp)[:0]
+	} else { // a session begun by a replica configured otherwise
+		buf = make([]byte, 0, next.PartSize)
+	}
 	if next.Tail != "" {
 		if buf, err = ss.readTail(ctx, buf); err != nil {
 			return 0, err

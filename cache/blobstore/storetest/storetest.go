@@ -71,11 +71,8 @@ func ctx(t *testing.T) context.Context {
 
 // content returns n pseudo-random bytes, different for each seed.
 func content(seed uint64, n int) []byte {
-	r := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 7}))
 	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
+	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 7}).Read(b)
 	return b
 }
 
@@ -435,6 +432,7 @@ func testSessionChunks(t *testing.T, b Backend) {
 		{1, 3*MiB + 7, 5*MiB - 1, 5*MiB + 3, 2*MiB + 11, 0, 13},
 		{12 * MiB},
 		{5 * MiB, 5 * MiB, 1},
+		{5 * MiB, 5 * MiB}, // whole parts, no tail
 		{MiB, MiB, MiB, MiB, MiB, MiB},
 		{7},
 	}
