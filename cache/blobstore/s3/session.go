@@ -297,10 +297,21 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 		ss.end(ctx)
 		return info, nil
 	}
+	if err := ss.writeBlob(ctx, d, src); err != nil {
+		return blobstore.Info{}, err
+	}
+	ss.end(ctx)
+	return info, nil
+}
+
+// writeBlob makes the verified session blob d, from src if a sha512 check
+// assembled it already.
+func (ss *session) writeBlob(ctx context.Context, d blobstore.Digest, src string) error {
+	s := ss.s
 	if src == "" {
 		var err error
 		if src, err = ss.assemble(ctx); err != nil {
-			return blobstore.Info{}, err
+			return err
 		}
 	}
 	var err error
@@ -311,17 +322,17 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 		// Under one part: the tail holds it all. Read back (which checks
 		// it against the state) and written, rather than copied blind.
 		var b []byte
-		if b, err = ss.readTail(ctx, make([]byte, 0, ss.st.TailSize)); err == nil {
-			err = s.putObject(ctx, s.blobKey(d), b)
+		if b, err = ss.readTail(ctx, make([]byte, 0, ss.st.TailSize)); err != nil {
+			return err
 		}
+		err = s.putObject(ctx, s.blobKey(d), b)
 	default:
-		err = s.copyObject(ctx, src, s.blobKey(d), info.Size)
+		err = s.copyObject(ctx, src, s.blobKey(d), ss.st.Size)
 	}
 	if err != nil {
-		return blobstore.Info{}, sessionErr("commit", ss.st.ID, err)
+		return sessionErr("commit", ss.st.ID, err)
 	}
-	ss.end(ctx)
-	return info, nil
+	return nil
 }
 
 // assemble returns the key of one object holding all the session's bytes
