@@ -1,0 +1,495 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"slices"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+)
+
+// A session is a multipart upload at uploads/<id>/data, created with its
+// first full part. Every part but the last must be at least 5 MiB while a
+// chunk may be any size, so the bytes after the last full part wait in a
+// small object of their own (the tail) and are read back by the Append
+// that fills the part, or by the Commit. The state records the parts'
+// ETags, the tail and the sha256 state, so any replica continues the
+// session, and a commit checks a sha256 digest without reading any bytes.
+//
+// A tail, not the state, holds those bytes because the state is written to
+// the metadata store after every chunk: up to a part size of bytes there,
+// rewritten each time, would cost more than one small object here.
+
+// stateVersion changes when sessionState does incompatibly.
+const stateVersion = 1
+
+// sessionState is what Session.State serialises.
+type sessionState struct {
+	Version  int    `json:"v"`
+	ID       string `json:"id"`
+	PartSize int64  `json:"part_size"`
+	Size     int64  `json:"size"`
+	// UploadID is the multipart upload, once a part was written.
+	UploadID string `json:"upload_id,omitempty"`
+	// Parts are the ETags of parts 1..n, each PartSize bytes.
+	Parts []string `json:"parts,omitempty"`
+	// Tail names the object holding the TailSize bytes after the parts;
+	// TailSHA256 is their hash, checked when they are read back.
+	Tail       string `json:"tail,omitempty"`
+	TailSize   int64  `json:"tail_size,omitempty"`
+	TailSHA256 []byte `json:"tail_sha256,omitempty"`
+	// Assembled: a commit put all Size bytes into uploads/<id>/data
+	// (to hash them with another algorithm); no parts, no tail.
+	Assembled bool `json:"assembled,omitempty"`
+	// SHA256 is the marshalled sha256 state over the Size bytes.
+	SHA256 []byte `json:"sha256"`
+	// Ended: committed or cancelled; its bytes are gone.
+	Ended bool `json:"ended,omitempty"`
+}
+
+type session struct {
+	s  *Store
+	st sessionState
+	h  hash.Hash // sha256 over st.Size bytes
+}
+
+func (s *Store) sessionPrefix(id string) string { return s.prefix + "uploads/" + id + "/" }
+func (s *Store) dataKey(id string) string       { return s.sessionPrefix(id) + "data" }
+func (s *Store) tailKey(id, tail string) string { return s.sessionPrefix(id) + "tail-" + tail }
+
+// NewSession implements blobstore.Sessions. Nothing is written until the
+// first Append.
+func (s *Store) NewSession(ctx context.Context) (blobstore.Session, error) {
+	id, err := randomHex()
+	if err != nil {
+		return nil, err
+	}
+	return &session{
+		s:  s,
+		st: sessionState{Version: stateVersion, ID: id, PartSize: s.partSize},
+		h:  sha256.New(),
+	}, nil
+}
+
+// ResumeSession implements blobstore.Sessions. The state comes from the
+// metadata store, which is trusted, but it names keys: anything that does
+// not add up is refused rather than used.
+func (s *Store) ResumeSession(ctx context.Context, state []byte) (blobstore.Session, error) {
+	var st sessionState
+	if err := json.Unmarshal(state, &st); err != nil {
+		return nil, fmt.Errorf("%w: %w", blobstore.ErrSessionUnknown, err)
+	}
+	if err := st.check(); err != nil {
+		return nil, fmt.Errorf("%w: %w", blobstore.ErrSessionUnknown, err)
+	}
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(st.SHA256); err != nil {
+		return nil, fmt.Errorf("%w: hash state: %w", blobstore.ErrSessionUnknown, err)
+	}
+	return &session{s: s, st: st, h: h}, nil
+}
+
+func (st *sessionState) check() error {
+	switch {
+	case st.Version != stateVersion:
+		return fmt.Errorf("state version %d", st.Version)
+	case st.Ended:
+		return errors.New("ended")
+	case !isHex(st.ID, 32):
+		return errors.New("bad id")
+	case st.PartSize < minPartSize || st.PartSize > maxPartSize:
+		return errors.New("bad part size")
+	case len(st.Parts) > maxParts || len(st.Parts) > 0 && st.UploadID == "":
+		return errors.New("bad parts")
+	case st.Tail != "" && !isHex(st.Tail, 32) || (st.Tail == "") != (st.TailSize == 0):
+		return errors.New("bad tail")
+	case st.TailSize < 0 || st.TailSize >= st.PartSize:
+		return errors.New("bad tail size")
+	case st.Assembled && (len(st.Parts) > 0 || st.Tail != ""):
+		return errors.New("assembled with parts")
+	case !st.Assembled && st.Size != int64(len(st.Parts))*st.PartSize+st.TailSize:
+		return errors.New("size does not add up")
+	case st.Size < 0:
+		return errors.New("bad size")
+	}
+	return nil
+}
+
+func (ss *session) ID() string  { return ss.st.ID }
+func (ss *session) Size() int64 { return ss.st.Size }
+
+func (ss *session) State() ([]byte, error) {
+	st := ss.st
+	h, err := ss.h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("s3: session state: %w", err)
+	}
+	st.SHA256 = h
+	return json.Marshal(st)
+}
+
+// Append implements blobstore.Session. It works on a copy of the state and
+// keeps it only when everything landed, so a failure leaves the session as
+// it was; parts a failed Append wrote under numbers the state does not
+// count are overwritten by the next one or dropped by the commit.
+func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64, error) {
+	if ss.st.Ended {
+		return 0, fmt.Errorf("%w: %s", blobstore.ErrSessionUnknown, ss.st.ID)
+	}
+	if offset != ss.st.Size {
+		return 0, fmt.Errorf("%w: session at %d, chunk at %d", blobstore.ErrOffsetMismatch, ss.st.Size, offset)
+	}
+	if ss.st.Assembled {
+		return 0, blobstore.ErrSessionSealed
+	}
+	s := ss.s
+	next := ss.st
+	next.Parts = slices.Clip(next.Parts) // appends must not reach ss.st's array
+	h, err := cloneSHA256(ss.h)
+	if err != nil {
+		return 0, err
+	}
+	var buf []byte
+	if next.PartSize == s.partSize {
+		bp := s.bufs.Get().(*[]byte)
+		defer s.bufs.Put(bp)
+		buf = (*bp)[:0]
+	} else { // a session begun by a replica configured otherwise
+		buf = make([]byte, 0, next.PartSize)
+	}
+	if next.Tail != "" {
+		if buf, err = ss.readTail(ctx, buf); err != nil {
+			return 0, err
+		}
+	}
+	var n int64
+	for {
+		var rerr error
+		var got int64
+		buf, got, rerr = fill(buf, r, h)
+		n += got
+		if rerr != nil && rerr != io.EOF {
+			return 0, fmt.Errorf("s3: append to session %s: %w", next.ID, rerr)
+		}
+		if int64(len(buf)) == next.PartSize {
+			if err := ss.writePart(ctx, &next, buf); err != nil {
+				return 0, err
+			}
+			buf = buf[:0]
+		}
+		if rerr == io.EOF {
+			break
+		}
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	next.Tail, next.TailSize, next.TailSHA256 = "", 0, nil
+	if len(buf) > 0 {
+		tail, err := randomHex()
+		if err != nil {
+			return 0, err
+		}
+		if err := s.putObject(ctx, s.tailKey(next.ID, tail), buf); err != nil {
+			return 0, sessionErr("append to", next.ID, err)
+		}
+		sum := sha256.Sum256(buf)
+		next.Tail, next.TailSize, next.TailSHA256 = tail, int64(len(buf)), sum[:]
+	}
+	next.Size += n
+	ss.st, ss.h = next, h
+	return n, nil
+}
+
+// writePart uploads b as the next part of st, starting the multipart
+// upload with the first one.
+func (ss *session) writePart(ctx context.Context, st *sessionState, b []byte) error {
+	s := ss.s
+	if len(st.Parts) == maxParts {
+		return fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, st.PartSize)
+	}
+	key := s.dataKey(st.ID)
+	if st.UploadID == "" {
+		up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
+		if err != nil {
+			return sessionErr("append to", st.ID, err)
+		}
+		st.UploadID = aws.ToString(up.UploadId)
+	}
+	etag, err := s.uploadPart(ctx, key, st.UploadID, len(st.Parts)+1, b)
+	if err != nil {
+		return sessionErr("append to", st.ID, err)
+	}
+	st.Parts = append(st.Parts, etag)
+	return nil
+}
+
+// readTail appends the session's tail to buf, checking it is the one the
+// state recorded.
+func (ss *session) readTail(ctx context.Context, buf []byte) ([]byte, error) {
+	s, st := ss.s, ss.st
+	key := s.tailKey(st.ID, st.Tail)
+	out, err := s.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		return nil, sessionErr("read", st.ID, err)
+	}
+	defer out.Body.Close()
+	start := len(buf)
+	buf = buf[:start+int(st.TailSize)]
+	if _, err := io.ReadFull(out.Body, buf[start:]); err != nil {
+		return nil, fmt.Errorf("s3: read session %s: %w", st.ID, err)
+	}
+	if sum := sha256.Sum256(buf[start:]); !bytes.Equal(sum[:], st.TailSHA256) {
+		return nil, fmt.Errorf("s3: session %s: tail does not match its state", st.ID)
+	}
+	return buf, nil
+}
+
+// Commit implements blobstore.Session. A sha256 digest is checked against
+// the hash state, before anything is written; another algorithm needs the
+// bytes, so the session is assembled into one object and read back first.
+// The verified object is then copied to the blob key (one atomic
+// CopyObject, or a multipart copy completed at once), unless the blob is
+// there already. Completing the session's multipart straight at the blob
+// key is not possible: S3 fixes an upload's key when it starts, and the
+// digest is not known until now.
+func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (blobstore.Info, error) {
+	if err := d.Validate(); err != nil {
+		return blobstore.Info{}, err
+	}
+	if ss.st.Ended {
+		return blobstore.Info{}, fmt.Errorf("%w: %s", blobstore.ErrSessionUnknown, ss.st.ID)
+	}
+	s := ss.s
+	if size >= 0 && size != ss.st.Size {
+		return blobstore.Info{}, fmt.Errorf("%w: declared %d, the session has %d bytes", blobstore.ErrSizeMismatch, size, ss.st.Size)
+	}
+	var src string
+	if d.Algorithm == blobstore.SHA256 {
+		if err := verify(d, -1, ss.st.Size, ss.h); err != nil {
+			return blobstore.Info{}, err
+		}
+	} else {
+		var err error
+		if src, err = ss.assemble(ctx); err != nil {
+			return blobstore.Info{}, err
+		}
+		if err := ss.verifyObject(ctx, src, d); err != nil {
+			return blobstore.Info{}, err
+		}
+	}
+	info := blobstore.Info{Digest: d, Size: ss.st.Size}
+	if have, err := s.Stat(ctx, d); err == nil && have.Size == info.Size {
+		ss.end(ctx)
+		return info, nil
+	}
+	if err := ss.writeBlob(ctx, d, src); err != nil {
+		return blobstore.Info{}, err
+	}
+	ss.end(ctx)
+	return info, nil
+}
+
+// writeBlob makes the verified session blob d, from src if a sha512 check
+// assembled it already.
+func (ss *session) writeBlob(ctx context.Context, d blobstore.Digest, src string) error {
+	s := ss.s
+	if src == "" {
+		var err error
+		if src, err = ss.assemble(ctx); err != nil {
+			return err
+		}
+	}
+	var err error
+	switch {
+	case src == "": // an empty blob
+		err = s.putObject(ctx, s.blobKey(d), nil)
+	case !ss.st.Assembled:
+		// Under one part: the tail holds it all. Read back (which checks
+		// it against the state) and written, rather than copied blind.
+		var b []byte
+		if b, err = ss.readTail(ctx, make([]byte, 0, ss.st.TailSize)); err != nil {
+			return err
+		}
+		err = s.putObject(ctx, s.blobKey(d), b)
+	default:
+		err = s.copyObject(ctx, src, s.blobKey(d), ss.st.Size)
+	}
+	if err != nil {
+		return sessionErr("commit", ss.st.ID, err)
+	}
+	return nil
+}
+
+// assemble returns the key of one object holding all the session's bytes
+// ("" for none): the tail when there are no parts, else the completed
+// multipart upload, with the tail uploaded as its last part.
+func (ss *session) assemble(ctx context.Context) (string, error) {
+	s, st := ss.s, &ss.st
+	switch {
+	case st.Size == 0:
+		return "", nil
+	case st.Assembled:
+		return s.dataKey(st.ID), nil
+	case len(st.Parts) == 0:
+		return s.tailKey(st.ID, st.Tail), nil
+	}
+	next := *st
+	next.Parts = slices.Clip(next.Parts)
+	if next.Tail != "" {
+		buf, err := ss.readTail(ctx, make([]byte, 0, next.TailSize))
+		if err != nil {
+			return "", err
+		}
+		etag, err := s.uploadPart(ctx, s.dataKey(next.ID), next.UploadID, len(next.Parts)+1, buf)
+		if err != nil {
+			return "", sessionErr("commit", next.ID, err)
+		}
+		next.Parts = append(next.Parts, etag)
+	}
+	key := s.dataKey(next.ID)
+	if err := s.complete(ctx, key, next.UploadID, next.Parts); err != nil {
+		// A commit that completed the upload but not the copy (a crash, a
+		// lost answer) finds the object there on its retry.
+		if statusOf(err) != http.StatusNotFound {
+			return "", sessionErr("commit", next.ID, err)
+		}
+		if n, herr := s.head(ctx, key); herr != nil || n != next.Size {
+			return "", sessionErr("commit", next.ID, err)
+		}
+	}
+	*st = sessionState{Version: st.Version, ID: st.ID, PartSize: st.PartSize, Size: st.Size, Assembled: true}
+	return key, nil
+}
+
+// verifyObject reads key back and checks it hashes to d.
+func (ss *session) verifyObject(ctx context.Context, key string, d blobstore.Digest) error {
+	h := d.Algorithm.New()
+	var n int64
+	if key != "" {
+		s := ss.s
+		out, err := s.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+		if err != nil {
+			return sessionErr("commit", ss.st.ID, err)
+		}
+		defer out.Body.Close()
+		if n, err = io.Copy(h, out.Body); err != nil {
+			return fmt.Errorf("s3: commit session %s: %w", ss.st.ID, err)
+		}
+	}
+	if n != ss.st.Size {
+		return fmt.Errorf("s3: commit session %s: read %d of %d bytes", ss.st.ID, n, ss.st.Size)
+	}
+	return verify(d, -1, n, h)
+}
+
+// Cancel implements blobstore.Session.
+func (ss *session) Cancel(ctx context.Context) error {
+	if err := ss.s.purge(ctx, ss.st); err != nil {
+		return sessionErr("cancel", ss.st.ID, err)
+	}
+	ss.st.Ended = true
+	return nil
+}
+
+// end frees a committed session's bytes. The blob is in place, so a
+// failure here is garbage, not an error for the caller.
+func (ss *session) end(ctx context.Context) {
+	if err := ss.s.purge(ctx, ss.st); err != nil {
+		ss.s.log.Warn("free committed upload session", zap.String("session", ss.st.ID), zap.Error(err))
+	}
+	ss.st.Ended = true
+}
+
+// purge aborts the session's multipart uploads and deletes its objects:
+// the ones its state names, and any that a failed or raced Append left
+// behind, found by listing the session's own prefix.
+func (s *Store) purge(ctx context.Context, st sessionState) error {
+	prefix := s.sessionPrefix(st.ID)
+	var errs []error
+	if st.UploadID != "" {
+		key := s.dataKey(st.ID)
+		if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &st.UploadID}); err != nil && statusOf(err) != http.StatusNotFound {
+			errs = append(errs, err)
+		}
+	}
+	uploads, err := s.client.ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &prefix})
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, u := range uploads.Uploads {
+			if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId}); err != nil && statusOf(err) != http.StatusNotFound {
+				errs = append(errs, err)
+			}
+		}
+	}
+	pages := awss3.NewListObjectsV2Paginator(s.client, &awss3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			errs = append(errs, err)
+			break
+		}
+		for _, o := range page.Contents {
+			if _, err := s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &s.bucket, Key: o.Key}); err != nil && statusOf(err) != http.StatusNotFound {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func cloneSHA256(h hash.Hash) (hash.Hash, error) {
+	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("s3: hash state: %w", err)
+	}
+	c := sha256.New()
+	if err := c.(encoding.BinaryUnmarshaler).UnmarshalBinary(b); err != nil {
+		return nil, fmt.Errorf("s3: hash state: %w", err)
+	}
+	return c, nil
+}
+
+func randomHex() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("s3: random: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// sessionErr turns an S3 error about a session into the contract's: a
+// missing upload or tail means the session is gone.
+func sessionErr(op, id string, err error) error {
+	if statusOf(err) == http.StatusNotFound {
+		return fmt.Errorf("%w: %s: %w", blobstore.ErrSessionUnknown, id, err)
+	}
+	return fmt.Errorf("s3: %s session %s: %w", op, id, err)
+}

@@ -1,0 +1,538 @@
+// Package s3 keeps blobs in an S3-compatible object store (AWS S3, Ceph
+// RGW, SeaweedFS, versitygw, R2, ...). Keys:
+//
+//	<prefix>blobs/<alg>/<2 hex>/<hex>   verified blobs, written only whole
+//	<prefix>uploads/<id>/data           an assembled session, before its copy
+//	<prefix>uploads/<id>/tail-<name>    a session's bytes after its last part
+//
+// A blob key never holds unverified bytes: a Put with a known digest
+// streams into a multipart upload at the blob key and completes it only
+// after the hash matched; a session (digest unknown until its commit)
+// writes under uploads/ and is copied server-side to the blob key once
+// verified. Nothing here lists the bucket: reads, stats and deletes each
+// address one key, and only the cleanup of a single session lists its own
+// uploads/<id>/ prefix.
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+)
+
+// Limits S3 sets on multipart uploads and copies.
+const (
+	minPartSize     = 5 << 20 // every part but the last
+	maxPartSize     = 5 << 30
+	maxParts        = 10000
+	maxCopySize     = 5 << 30 // CopyObject; larger objects are copied in parts
+	defaultPartSize = 8 << 20
+	copyPartSize    = 512 << 20
+)
+
+// Config says where the blobs go.
+type Config struct {
+	// Bucket holds the blobs. It must exist.
+	Bucket string `json:"bucket"`
+	// Endpoint is the S3 server's URL (https://s3.example.internal).
+	// Empty: AWS S3, located from Region.
+	Endpoint string `json:"endpoint,omitempty"`
+	// Region of the bucket. Empty: from the AWS environment, else
+	// us-east-1 (which most S3-compatible servers accept).
+	Region string `json:"region,omitempty"`
+	// Prefix goes before every key, so one bucket can hold several
+	// registries (caddy-oci/). Letters, digits and ". _ - /" only.
+	Prefix string `json:"prefix,omitempty"`
+	// AccessKey and SecretKey sign the requests. Empty: the AWS
+	// environment's credentials (environment variables, shared config,
+	// instance role).
+	AccessKey string `json:"access_key,omitempty"`
+	SecretKey string `json:"secret_key,omitempty"`
+	// PathStyle addresses the bucket as <endpoint>/<bucket> instead of
+	// <bucket>.<endpoint>; most self-hosted S3 servers need it.
+	PathStyle bool `json:"path_style,omitempty"`
+	// PartSize is the size of the parts uploads are cut into, and the
+	// memory each upload in flight holds. At least 5 MiB (S3's minimum);
+	// default 8 MiB. A blob has at most 10,000 parts, so this also bounds
+	// the largest blob (8 MiB: 78 GiB).
+	PartSize int64 `json:"part_size,omitempty"`
+}
+
+// Store is a blobstore.Store on one bucket. Safe for concurrent use.
+type Store struct {
+	client   *awss3.Client
+	bucket   string
+	prefix   string
+	partSize int64
+	log      *zap.Logger
+	bufs     sync.Pool // *[]byte of cap partSize
+
+	// Above copyLimit a commit copies in parts of copyPart bytes; fields
+	// so tests can take that path without a 5 GiB blob.
+	copyLimit int64
+	copyPart  int64
+}
+
+// New checks cfg and returns a Store. It does not contact the server.
+func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if err := checkBucket(cfg.Bucket); err != nil {
+		return nil, err
+	}
+	prefix, err := cleanPrefix(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
+		return nil, errors.New("s3: access_key and secret_key go together")
+	}
+	partSize := cfg.PartSize
+	if partSize == 0 {
+		partSize = defaultPartSize
+	}
+	if partSize < minPartSize || partSize > maxPartSize {
+		return nil, fmt.Errorf("s3: part_size %d is outside [%d, %d]", partSize, minPartSize, maxPartSize)
+	}
+	opts := []func(*config.LoadOptions) error{
+		config.WithHTTPClient(newHTTPClient()),
+		// S3-compatible servers reject or mangle the checksums the SDK
+		// would otherwise add to every request.
+		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
+		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
+	}
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.AccessKey != "" {
+		opts = append(opts, config.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("s3: %w", err)
+	}
+	if awsCfg.Region == "" {
+		awsCfg.Region = "us-east-1"
+	}
+	var endpoint *string
+	if cfg.Endpoint != "" {
+		if err := checkEndpoint(cfg.Endpoint); err != nil {
+			return nil, err
+		}
+		endpoint = aws.String(cfg.Endpoint)
+	}
+	client := awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
+		o.BaseEndpoint = endpoint
+		o.UsePathStyle = cfg.PathStyle
+	})
+	s := &Store{
+		client:    client,
+		bucket:    cfg.Bucket,
+		prefix:    prefix,
+		partSize:  partSize,
+		log:       log,
+		copyLimit: maxCopySize,
+		copyPart:  copyPartSize,
+	}
+	s.bufs.New = func() any { b := make([]byte, 0, s.partSize); return &b }
+	return s, nil
+}
+
+// newHTTPClient bounds everything but the body: a blob may stream for
+// hours, but a server that does not connect or answer is given up on. The
+// SDK's buildable client, not an http.Client, so the AWS environment can
+// still add its CA bundle.
+func newHTTPClient() *awshttp.BuildableClient {
+	return awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) {
+			d.Timeout = 10 * time.Second
+			d.KeepAlive = 30 * time.Second
+		}).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSHandshakeTimeout = 10 * time.Second
+			// CompleteMultipartUpload and CopyObject work before they answer.
+			tr.ResponseHeaderTimeout = 2 * time.Minute
+			tr.ExpectContinueTimeout = time.Second
+			tr.MaxIdleConnsPerHost = 64
+			tr.IdleConnTimeout = 90 * time.Second
+		})
+}
+
+// checkBucket accepts S3's bucket name rules, loosely: 3 to 63 of
+// lower-case letters, digits, '.' and '-'.
+func checkBucket(b string) error {
+	if len(b) < 3 || len(b) > 63 {
+		return fmt.Errorf("s3: bucket %q: 3 to 63 characters", b)
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+			return fmt.Errorf("s3: bucket %q: only a-z, 0-9, '.' and '-'", b)
+		}
+	}
+	return nil
+}
+
+// cleanPrefix returns p ending in '/' (or empty). Its characters are ones
+// that need no escaping anywhere a key goes (a copy source is a URL path),
+// and it has no empty, "." or ".." segment that a server might resolve.
+func cleanPrefix(p string) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/') {
+			return "", fmt.Errorf("s3: prefix %q: only letters, digits, '.', '_', '-' and '/'", p)
+		}
+	}
+	for _, seg := range strings.Split(strings.TrimSuffix(p, "/"), "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return "", fmt.Errorf("s3: prefix %q: empty, '.' or '..' segment", p)
+		}
+	}
+	if !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	return p, nil
+}
+
+// checkEndpoint accepts an http or https URL with a host and nothing that
+// would end up in every request by accident (credentials, query).
+func checkEndpoint(e string) error {
+	u, err := url.Parse(e)
+	if err != nil {
+		return fmt.Errorf("s3: endpoint: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("s3: endpoint %q: want http(s)://host[:port][/path]", e)
+	}
+	return nil
+}
+
+func (s *Store) blobKey(d blobstore.Digest) string {
+	return s.prefix + "blobs/" + string(d.Algorithm) + "/" + d.Hex[:2] + "/" + d.Hex
+}
+
+// Stat implements blobstore.Reader with one HEAD.
+func (s *Store) Stat(ctx context.Context, d blobstore.Digest) (blobstore.Info, error) {
+	if err := d.Validate(); err != nil {
+		return blobstore.Info{}, err
+	}
+	size, err := s.head(ctx, s.blobKey(d))
+	if err != nil {
+		return blobstore.Info{}, blobErr("stat", d, err)
+	}
+	return blobstore.Info{Digest: d, Size: size}, nil
+}
+
+func (s *Store) head(ctx context.Context, key string) (int64, error) {
+	out, err := s.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		return 0, err
+	}
+	return aws.ToInt64(out.ContentLength), nil
+}
+
+// Open implements blobstore.Reader: a HEAD for the size, then one ranged
+// GET from wherever the reader is when it first reads after a Seek.
+func (s *Store) Open(ctx context.Context, d blobstore.Digest) (blobstore.Blob, error) {
+	info, err := s.Stat(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return &objectReader{ctx: ctx, s: s, key: s.blobKey(d), size: info.Size}, nil
+}
+
+// OpenRange implements blobstore.Reader with one ranged GET.
+func (s *Store) OpenRange(ctx context.Context, d blobstore.Digest, offset, length int64) (io.ReadCloser, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	if offset < 0 || length == 0 || length < -1 {
+		return nil, fmt.Errorf("%w: offset %d, length %d", blobstore.ErrRange, offset, length)
+	}
+	rng := "bytes=" + strconv.FormatInt(offset, 10) + "-"
+	if length > 0 {
+		rng += strconv.FormatInt(offset+length-1, 10)
+	}
+	key := s.blobKey(d)
+	out, err := s.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &s.bucket, Key: &key, Range: &rng})
+	if err != nil {
+		if statusOf(err) == http.StatusRequestedRangeNotSatisfiable {
+			return nil, fmt.Errorf("%w: %s of %s", blobstore.ErrRange, rng, d)
+		}
+		return nil, blobErr("read", d, err)
+	}
+	// S3 cuts a range that runs past the end; the contract refuses it.
+	size, ok := totalFromContentRange(aws.ToString(out.ContentRange))
+	if !ok {
+		// A server that ignored the range sent the whole object: usable
+		// from offset 0 only.
+		size = aws.ToInt64(out.ContentLength)
+		if offset > 0 && offset < size {
+			out.Body.Close()
+			return nil, fmt.Errorf("s3: read %s: the server ignored %s", d, rng)
+		}
+	}
+	if offset >= size || length > 0 && offset+length > size {
+		out.Body.Close()
+		return nil, fmt.Errorf("%w: %s of %s (%d bytes)", blobstore.ErrRange, rng, d, size)
+	}
+	return out.Body, nil
+}
+
+// totalFromContentRange returns the complete length from "bytes a-b/total".
+func totalFromContentRange(cr string) (int64, bool) {
+	_, total, ok := strings.Cut(cr, "/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(total, 10, 64)
+	return n, err == nil && n >= 0
+}
+
+// Put implements blobstore.Putter. A blob that fits in one part is hashed
+// in memory and written with one PUT once verified; a larger one streams
+// into a multipart upload at its own key, completed only once verified
+// (until then S3 shows nothing at the key).
+func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Reader) (blobstore.Info, error) {
+	if err := d.Validate(); err != nil {
+		return blobstore.Info{}, err
+	}
+	if size > s.partSize*maxParts {
+		return blobstore.Info{}, fmt.Errorf("%w: %d bytes, the limit is %d", blobstore.ErrTooLarge, size, s.partSize*maxParts)
+	}
+	if size >= 0 {
+		r = io.LimitReader(r, size+1) // one byte more tells "too long"
+	}
+	h := d.Algorithm.New()
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	first, n, err := fill((*bp)[:0], r, h)
+	if err != nil && err != io.EOF {
+		return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, err)
+	}
+	if err == io.EOF {
+		if err := verify(d, size, n, h); err != nil {
+			return blobstore.Info{}, err
+		}
+		if err := s.putObject(ctx, s.blobKey(d), first); err != nil {
+			return blobstore.Info{}, blobErr("put", d, err)
+		}
+		return blobstore.Info{Digest: d, Size: n}, nil
+	}
+	return s.putMultipart(ctx, d, size, r, h, first)
+}
+
+func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, first []byte) (blobstore.Info, error) {
+	key := s.blobKey(d)
+	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		return blobstore.Info{}, blobErr("put", d, err)
+	}
+	uploadID := aws.ToString(up.UploadId)
+	completed := false
+	defer func() {
+		if !completed {
+			s.abort(ctx, key, uploadID)
+		}
+	}()
+	var etags []string
+	total := int64(0)
+	part := first
+	for {
+		if len(part) > 0 {
+			if len(etags) == maxParts {
+				return blobstore.Info{}, fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, s.partSize)
+			}
+			etag, err := s.uploadPart(ctx, key, uploadID, len(etags)+1, part)
+			if err != nil {
+				return blobstore.Info{}, blobErr("put", d, err)
+			}
+			etags = append(etags, etag)
+			total += int64(len(part))
+		}
+		var rerr error
+		part, _, rerr = fill(part[:0], r, h)
+		if rerr == io.EOF {
+			if len(part) == 0 {
+				break
+			}
+			continue // upload the last part, then fill sees EOF again
+		}
+		if rerr != nil {
+			return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, rerr)
+		}
+	}
+	if err := verify(d, size, total, h); err != nil {
+		return blobstore.Info{}, err
+	}
+	if err := s.complete(ctx, key, uploadID, etags); err != nil {
+		return blobstore.Info{}, blobErr("put", d, err)
+	}
+	completed = true
+	return blobstore.Info{Digest: d, Size: total}, nil
+}
+
+// Delete implements blobstore.Deleter. S3 answers a DELETE of a missing
+// key with success, which is the contract.
+func (s *Store) Delete(ctx context.Context, d blobstore.Digest) error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	key := s.blobKey(d)
+	if _, err := s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}); err != nil && statusOf(err) != http.StatusNotFound {
+		return blobErr("delete", d, err)
+	}
+	return nil
+}
+
+// fill reads from r into buf up to its capacity, hashing what it reads. It
+// returns io.EOF once r has ended (with or without bytes).
+func fill(buf []byte, r io.Reader, h hash.Hash) ([]byte, int64, error) {
+	start := len(buf)
+	n, err := io.ReadFull(r, buf[start:cap(buf)])
+	buf = buf[:start+n]
+	h.Write(buf[start:])
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return buf, int64(n), err
+}
+
+// verify checks what was read against what the caller claimed.
+func verify(d blobstore.Digest, size, n int64, h hash.Hash) error {
+	if size >= 0 && n != size {
+		return fmt.Errorf("%w: declared %d, got %d bytes", blobstore.ErrSizeMismatch, size, n)
+	}
+	if got := blobstore.FromHash(d.Algorithm, h); got != d {
+		return fmt.Errorf("%w: want %s, got %s", blobstore.ErrDigestMismatch, d, got)
+	}
+	return nil
+}
+
+func (s *Store) putObject(ctx context.Context, key string, b []byte) error {
+	_, err := s.client.PutObject(ctx, &awss3.PutObjectInput{
+		Bucket: &s.bucket, Key: &key, Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b))),
+	})
+	return err
+}
+
+func (s *Store) uploadPart(ctx context.Context, key, uploadID string, number int, b []byte) (string, error) {
+	out, err := s.client.UploadPart(ctx, &awss3.UploadPartInput{
+		Bucket: &s.bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(int32(number)),
+		Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b))),
+	})
+	if err != nil {
+		return "", err
+	}
+	return aws.ToString(out.ETag), nil
+}
+
+// complete assembles parts 1..len(etags); S3 checks each ETag, so a part
+// overwritten since it was recorded fails the completion instead of
+// slipping in.
+func (s *Store) complete(ctx context.Context, key, uploadID string, etags []string) error {
+	parts := make([]types.CompletedPart, len(etags))
+	for i, e := range etags {
+		parts[i] = types.CompletedPart{ETag: aws.String(e), PartNumber: aws.Int32(int32(i + 1))}
+	}
+	_, err := s.client.CompleteMultipartUpload(ctx, &awss3.CompleteMultipartUploadInput{
+		Bucket: &s.bucket, Key: &key, UploadId: &uploadID,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+	})
+	return err
+}
+
+// abort drops a multipart upload, even when ctx is done (the request that
+// failed may be the reason), logging what it cannot do: the bucket's
+// lifecycle rule for incomplete uploads is the backstop.
+func (s *Store) abort(ctx context.Context, key, uploadID string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	_, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &uploadID})
+	if err != nil && statusOf(err) != http.StatusNotFound {
+		s.log.Warn("abort multipart upload", zap.String("key", key), zap.Error(err))
+	}
+}
+
+// copyObject copies src to dst inside the bucket: one CopyObject up to
+// S3's 5 GiB limit, parts copied by range above it. dst appears when the
+// copy is complete, never partly.
+func (s *Store) copyObject(ctx context.Context, src, dst string, size int64) error {
+	source := s.bucket + "/" + src // keys need no escaping (see cleanPrefix)
+	if size <= s.copyLimit {
+		_, err := s.client.CopyObject(ctx, &awss3.CopyObjectInput{Bucket: &s.bucket, Key: &dst, CopySource: &source})
+		return err
+	}
+	part := max(s.copyPart, (size+maxParts-1)/maxParts)
+	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &dst})
+	if err != nil {
+		return err
+	}
+	uploadID := aws.ToString(up.UploadId)
+	var etags []string
+	for off := int64(0); off < size; off += part {
+		rng := fmt.Sprintf("bytes=%d-%d", off, min(off+part, size)-1)
+		out, err := s.client.UploadPartCopy(ctx, &awss3.UploadPartCopyInput{
+			Bucket: &s.bucket, Key: &dst, UploadId: &uploadID, PartNumber: aws.Int32(int32(len(etags) + 1)),
+			CopySource: &source, CopySourceRange: &rng,
+		})
+		if err != nil {
+			s.abort(ctx, dst, uploadID)
+			return err
+		}
+		if out.CopyPartResult == nil {
+			s.abort(ctx, dst, uploadID)
+			return errors.New("copy part: no result")
+		}
+		etags = append(etags, aws.ToString(out.CopyPartResult.ETag))
+	}
+	if err := s.complete(ctx, dst, uploadID, etags); err != nil {
+		s.abort(ctx, dst, uploadID)
+		return err
+	}
+	return nil
+}
+
+// statusOf is the HTTP status of an S3 error, 0 if there was no answer.
+func statusOf(err error) int {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
+}
+
+// blobErr turns an S3 error about blob d into the contract's.
+func blobErr(op string, d blobstore.Digest, err error) error {
+	if statusOf(err) == http.StatusNotFound {
+		return fmt.Errorf("%w: %s", blobstore.ErrNotFound, d)
+	}
+	return fmt.Errorf("s3: %s %s: %w", op, d, err)
+}
+
+var _ blobstore.Store = (*Store)(nil)
