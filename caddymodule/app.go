@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 )
 
 func init() {
@@ -25,6 +26,9 @@ type App struct {
 	// starts is appended to while the config is provisioned and run by
 	// Start afterwards; Caddy does both from one goroutine.
 	starts []func() error
+
+	// generation orders the apps of successive configs (see reload.go).
+	generation uint64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -33,6 +37,26 @@ func (App) CaddyModule() caddy.ModuleInfo {
 		ID:  appID,
 		New: func() caddy.Module { return new(App) },
 	}
+}
+
+// Provision counts this config as the newest, which tells the handlers
+// of an older one that it is being replaced, and has Caddy's "started"
+// event (all apps of this config running, the old config not yet stopped)
+// hold the old servers' shutdown while their clients move (reload.go).
+func (a *App) Provision(ctx caddy.Context) error {
+	a.enter()
+	events, err := ctx.App("events")
+	if err != nil {
+		return err
+	}
+	return events.(*caddyevents.App).On("started", drainOnStart{a})
+}
+
+// Cleanup stops counting this config: it was replaced, stopped, or never
+// ran (a failed reload).
+func (a *App) Cleanup() error {
+	a.leave()
+	return nil
 }
 
 // onStart has Start call start, which opens a handler's store (a no-op
@@ -57,4 +81,8 @@ func (a *App) Start() error {
 // taken them over.
 func (a *App) Stop() error { return nil }
 
-var _ caddy.App = (*App)(nil)
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -50,6 +50,7 @@ type Front struct {
 
 	front  *front.Front
 	logger *zap.Logger
+	app    *App // this config's oci app
 }
 
 // FrontMirror is one prefix of the backend as clients name it: the name
@@ -116,6 +117,11 @@ func (Front) CaddyModule() caddy.ModuleInfo {
 // contacted.
 func (f *Front) Provision(ctx caddy.Context) error {
 	f.logger = ctx.Logger()
+	app, err := ctx.App(appID)
+	if err != nil {
+		return err
+	}
+	f.app = app.(*App)
 	cfg, err := f.config()
 	if err != nil {
 		return err
@@ -170,8 +176,10 @@ func (f *Front) Validate() error {
 
 // ServeHTTP maps the request to the backend's names and passes it to
 // next with a writer that turns the answer back into the client's names.
+// While a newer config takes over, HTTP/1 responses close their
+// connection (reload.go).
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return f.front.Serve(w, r, next.ServeHTTP)
+	return f.front.Serve(f.app.closeWhenReplaced(w, r), r, next.ServeHTTP)
 }
 
 // Interface guards

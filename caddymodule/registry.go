@@ -179,6 +179,7 @@ type Registry struct {
 	metrics *metricsObserver
 	logger  *zap.Logger
 	auth    *authRuntime // nil without Auth
+	app     *App         // this config's oci app
 }
 
 // liveHandler is the registry handler, built once the store is open.
@@ -250,7 +251,8 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	app.(*App).onStart(func() error {
+	rg.app = app.(*App)
+	rg.app.onStart(func() error {
 		_, err := rg.registryHandler()
 		return err
 	})
@@ -325,8 +327,10 @@ func (rg *Registry) Cleanup() error {
 
 // ServeHTTP serves /v2/ and passes every other request to next, without
 // the sign-in cookies: the next handler may be another service
-// (reverse_proxy), and a session is this server's alone.
+// (reverse_proxy), and a session is this server's alone. While a newer
+// config takes over, HTTP/1 responses close their connection (reload.go).
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	w = rg.app.closeWhenReplaced(w, r)
 	if rg.auth.serve(w, r) {
 		return nil
 	}
