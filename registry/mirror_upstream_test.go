@@ -42,6 +42,10 @@ type fakeUpstream struct {
 	issued       map[string]bool
 	tokensIssued int
 
+	// rtt delays every answer (token service included), as a distant
+	// upstream's round trip would.
+	rtt time.Duration
+
 	// Blob GET behaviour.
 	chunk   int           // bytes per write (default 64 KiB)
 	gate    chan struct{} // if set: after the first chunk wait for it to close
@@ -115,6 +119,10 @@ func kindOf(path string) string {
 }
 
 func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	rtt := u.rtt
+	u.mu.Unlock()
+	time.Sleep(rtt)
 	if r.URL.Path == "/token" {
 		u.serveToken(w, r)
 		return
