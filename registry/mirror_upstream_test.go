@@ -62,9 +62,12 @@ type fakeUpstream struct {
 	// learn about another. With strictBlobs a blob request under a
 	// repository that was not pushed with that blob gets 404
 	// BLOB_UNKNOWN, as on Docker Hub (go-containerregistry's registry
-	// keeps one pool of blobs for all repositories). Requests under a
+	// keeps one pool of blobs for all repositories), or NAME_UNKNOWN
+	// under one never pushed (as distribution answers). Requests under a
 	// repository in failRepos get its status.
 	strictBlobs bool
+	// refusing, if set, holds each strictBlobs refusal until it closes.
+	refusing chan struct{}
 	repoBlobs   map[string]map[string]bool
 	failRepos   map[string]int
 	// log has every /v2/ request as "METHOD kind repo", in order.
@@ -157,7 +160,16 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if kind == "blobs" && u.strictBlobs && !u.repoBlobs[repo][path.Base(r.URL.Path)] {
+		_, known := u.repoBlobs[repo]
+		refusing := u.refusing
 		u.mu.Unlock()
+		if refusing != nil {
+			<-refusing
+		}
+		if !known {
+			writeUpstreamError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry")
+			return
+		}
 		writeUpstreamError(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown to registry")
 		return
 	}
