@@ -67,9 +67,9 @@ type fakeUpstream struct {
 	// repository in failRepos get its status.
 	strictBlobs bool
 	// refusing, if set, holds each strictBlobs refusal until it closes.
-	refusing chan struct{}
-	repoBlobs   map[string]map[string]bool
-	failRepos   map[string]int
+	refusing  chan struct{}
+	repoBlobs map[string]map[string]bool
+	failRepos map[string]int
 	// log has every /v2/ request as "METHOD kind repo", in order.
 	log []string
 }
