@@ -194,7 +194,12 @@ func New(cfg Config) (*Client, error) {
 	}
 	rt := cfg.Transport
 	if rt == nil {
-		tc := &tls.Config{InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // operator's choice, for loopback tests
+		tc := &tls.Config{
+			InsecureSkipVerify: cfg.InsecureSkipVerify, //nolint:gosec // operator's choice, for loopback tests
+			// Each new connection (parallel layers, storage redirects)
+			// resumes a session instead of a full handshake.
+			ClientSessionCache: tls.NewLRUClientSessionCache(0),
+		}
 		if cfg.CAFile != "" {
 			pem, err := os.ReadFile(cfg.CAFile)
 			if err != nil {

@@ -430,3 +430,30 @@ func TestTokenFetchedUpFront(t *testing.T) {
 		t.Errorf("token scopes %v, want %v", scopes, want)
 	}
 }
+
+// TestTLSSessionResumed: a new connection to the upstream resumes the
+// TLS session of an earlier one instead of a full handshake.
+func TestTLSSessionResumed(t *testing.T) {
+	var mu sync.Mutex
+	var resumed []bool
+	s := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		resumed = append(resumed, r.TLS.DidResume)
+		mu.Unlock()
+	}))
+	t.Cleanup(s.Close)
+	c := newClient(t, Config{URLs: []string{s.URL}, InsecureSkipVerify: true})
+	for range 2 {
+		resp, err := c.Do(context.Background(), http.MethodGet, testRepo, testPath, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		c.hc.CloseIdleConnections() // the next request dials anew
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []bool{false, true}; !slices.Equal(resumed, want) {
+		t.Errorf("sessions resumed %v, want %v", resumed, want)
+	}
+}
