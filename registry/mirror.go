@@ -277,13 +277,16 @@ func upstreamError(m *Mirror, kind string, err error) *Error {
 	}
 	switch {
 	case ue.Status == http.StatusNotFound:
-		code := CodeManifestUnknown
-		if kind == "blob" {
-			code = CodeBlobUnknown
-		}
-		switch ue.Code {
-		case CodeNameUnknown, CodeManifestUnknown, CodeBlobUnknown:
-			code = ue.Code
+		// A blob is BLOB_UNKNOWN whatever upstream's envelope says: the
+		// answer to the mirror's HEAD has none, and a fill's GET, asked
+		// instead of that HEAD on a cold miss, must answer the same.
+		code := CodeBlobUnknown
+		if kind != "blob" {
+			code = CodeManifestUnknown
+			switch ue.Code {
+			case CodeNameUnknown, CodeManifestUnknown, CodeBlobUnknown:
+				code = ue.Code
+			}
 		}
 		return newError(http.StatusNotFound, code, kind+" unknown to "+name, err)
 	case ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden:

@@ -13,8 +13,10 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -154,10 +156,26 @@ func (env *authMirrorEnv) wantSameAnswer(t *testing.T, method, format, digest st
 	if got.Status == http.StatusOK {
 		t.Errorf("%s %s: 200 for what only a private repository holds", method, format)
 	}
-	if !reflect.DeepEqual(got, want) {
+	if !reflect.DeepEqual(got.seen(), want.seen()) {
 		t.Errorf("%s %s: a digest the store holds elsewhere is answered\n  %+v\nbut one it lacks\n  %+v", method, format, got, want)
 	}
 	return got
+}
+
+// seen is the answer as the caller sees it, with the upstream requests
+// it caused, each upstream blob request counted as one question about
+// its repository, GET or HEAD: a cold GET asks with the fill's GET where
+// a GET of a digest the store holds asks with a HEAD (mirrorBlobGet).
+// The caller sees neither, only the answer each gets in one round trip,
+// which must be the same.
+func (a answer) seen() answer {
+	a.Upstream = slices.Clone(a.Upstream)
+	for i, r := range a.Upstream {
+		if method, rest, _ := strings.Cut(r, " "); strings.HasPrefix(rest, "blobs ") && (method == http.MethodGet || method == http.MethodHead) {
+			a.Upstream[i] = "GET|HEAD " + rest
+		}
+	}
+	return a
 }
 
 // TestMirrorBlobFallbackNeedsRead (issue 10, M1): while upstream fails for
@@ -366,4 +384,99 @@ func TestLocalExistenceHidden(t *testing.T) {
 		}
 		env.wantUnlinked(t, "open/app", layer)
 	}
+}
+
+// TestMirrorColdBlobOneRoundTrip (issue 14): a GET of a blob the store
+// neither holds nor fills asks upstream once, with the fill's GET, and
+// with the token fetched up front once upstream asked for tokens: no
+// HEAD first, no 401.
+func TestMirrorColdBlobOneRoundTrip(t *testing.T) {
+	env := newMirrorEnv(t)
+	env.up.set(func(u *fakeUpstream) { u.tokens, u.tokenTTL = true, 300 })
+	for _, repo := range []string{"library/first", "library/second"} {
+		img := randomImage(t, 4096, 1)
+		env.up.pushImage(repo, "v1", img)
+		layer, data := layerOf(t, img)
+		before := len(env.up.requests())
+		resp := env.do(http.MethodGet, "/v2/docker.io/"+repo+"/blobs/"+layer, nil)
+		env.wantStatus(resp, http.StatusOK)
+		if string(resp.body) != string(data) {
+			t.Fatalf("%s: blob differs", repo)
+		}
+		want := []string{"GET blobs " + repo}
+		if repo == "library/first" {
+			// The first request to upstream learns that it wants tokens.
+			want = []string{"GET blobs " + repo, "GET blobs " + repo}
+		}
+		if got := env.up.requests()[before:]; !slices.Equal(got, want) {
+			t.Errorf("%s: upstream saw %v, want %v", repo, got, want)
+		}
+	}
+	if n := env.up.count("GET token"); n != 2 {
+		t.Errorf("token requests = %d, want 2 (one per repository)", n)
+	}
+}
+
+// TestMirrorJoinOfRefusedFill: a GET that joins a cold fill another name
+// started, which upstream then refuses for that name, fetches the blob
+// for its own name, which upstream confirmed, instead of failing.
+func TestMirrorJoinOfRefusedFill(t *testing.T) {
+	env := newAuthMirrorEnv(t)
+	img := randomImage(t, 64<<10, 1)
+	env.up.pushImage("library/holder", "v1", img)
+	layer, data := layerOf(t, img)
+	refusing := make(chan struct{})
+	env.up.set(func(u *fakeUpstream) { u.refusing = refusing })
+
+	refused := make(chan *http.Response, 1)
+	go func() {
+		resp, err := env.get(t.Context(), "/v2/docker.io/library/other/blobs/"+layer)
+		if err != nil {
+			t.Error(err)
+			close(refused)
+			return
+		}
+		resp.Body.Close()
+		refused <- resp
+	}()
+	waitUpstream(t, env.up, "GET blobs library/other")
+	joined := make(chan *http.Response, 1)
+	go func() {
+		resp, err := env.get(t.Context(), "/v2/docker.io/library/holder/blobs/"+layer)
+		if err != nil {
+			t.Error(err)
+			close(joined)
+			return
+		}
+		joined <- resp
+	}()
+	waitUpstream(t, env.up, "HEAD blobs library/holder")
+	time.Sleep(200 * time.Millisecond) // it joins the refused fill and waits
+	close(refusing)
+
+	if resp := <-refused; resp == nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the name upstream refuses: %v", resp)
+	}
+	resp := <-joined
+	if resp == nil {
+		t.FailNow()
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || err != nil || string(body) != string(data) {
+		t.Fatalf("the name upstream confirms: %d, %d bytes, %v", resp.StatusCode, len(body), err)
+	}
+	env.waitFill(layer)
+	env.wantUnlinked(t, "docker.io/library/other", layer)
+}
+
+// waitUpstream waits until up has seen request.
+func waitUpstream(t *testing.T, up *fakeUpstream, request string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if slices.Contains(up.requests(), request) {
+			return
+		}
+	}
+	t.Fatalf("upstream never saw %s; saw %v", request, up.requests())
 }

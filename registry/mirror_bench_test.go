@@ -2,11 +2,15 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
 )
 
 // timedGet GETs url and returns the time to the first body byte and to
@@ -139,4 +143,101 @@ func BenchmarkMirrorWarmTags(b *testing.B) {
 	el := time.Since(start)
 	b.ReportMetric(float64(env.up.total()-before)/float64(b.N), "upstream-req/2000-pulls")
 	b.ReportMetric(float64(pulls)/el.Seconds(), "pulls/s")
+}
+
+// BenchmarkMirrorColdFirstByte times a cold blob's first body byte: from
+// the client's GET of the blob to its first byte, through the mirror and
+// straight from the same upstream, in a repository neither the mirror
+// nor the client has talked to before (no token, no store copy: the worst
+// case; a pull that fetched the manifest first has the token already).
+// Every upstream answer, the token service's included, waits rtt (2 ms,
+// a registry next door; 10 ms, one in the same region), so what is
+// measured is mostly the round trips each path makes, plus the mirror's
+// own fixed cost. With tokens, the direct client does the Docker dance
+// itself (GET, 401, token, GET), as any client of that upstream must.
+// ratio is mirror / direct over the run (target <= 1.5).
+func BenchmarkMirrorColdFirstByte(b *testing.B) {
+	for _, rtt := range []time.Duration{2 * time.Millisecond, 10 * time.Millisecond} {
+		for _, tokens := range []bool{false, true} {
+			name := fmt.Sprintf("rtt=%v/anonymous", rtt)
+			if tokens {
+				name = fmt.Sprintf("rtt=%v/token", rtt)
+			}
+			b.Run(name, func(b *testing.B) { benchColdFirstByte(b, rtt, tokens) })
+		}
+	}
+}
+
+func benchColdFirstByte(b *testing.B, rtt time.Duration, tokens bool) {
+	env := newMirrorEnv(b)
+	env.up.set(func(u *fakeUpstream) { u.rtt, u.tokens, u.tokenTTL = rtt, tokens, 300 })
+	direct := &http.Client{Transport: &http.Transport{}}
+	defer direct.CloseIdleConnections()
+	var mirror, straight time.Duration
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		repo := fmt.Sprintf("library/cold%d", i)
+		img := randomImage(b, 1<<20, 1)
+		env.up.pushImage(repo, "v1", img)
+		layer, _ := layerOf(b, img)
+		b.StartTimer()
+		ttfb, _, _ := timedGet(b, env.srv.Client(), env.srv.URL+"/v2/docker.io/"+repo+"/blobs/"+layer)
+		mirror += ttfb
+		b.StopTimer()
+		img = randomImage(b, 1<<20, 1)
+		env.up.pushImage(repo+"-direct", "v1", img)
+		layer, _ = layerOf(b, img)
+		straight += directFirstByte(b, direct, env.up.srv.URL, repo+"-direct", layer)
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(mirror.Microseconds())/n/1000, "mirror-ttfb-ms")
+	b.ReportMetric(float64(straight.Microseconds())/n/1000, "direct-ttfb-ms")
+	b.ReportMetric(float64(mirror)/float64(straight), "ratio")
+}
+
+// directFirstByte GETs a blob from upstream as a registry client does,
+// answering a Bearer challenge with a token from its realm, and returns
+// the time to the first body byte.
+func directFirstByte(b *testing.B, c *http.Client, base, repo, digest string) time.Duration {
+	start := time.Now()
+	get := func(u, token string) *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return resp
+	}
+	url := base + "/v2/" + repo + "/blobs/" + digest
+	resp := get(url, "")
+	if resp.StatusCode == http.StatusUnauthorized {
+		resp.Body.Close()
+		ch, err := authscope.ParseChallenge(resp.Header.Get("WWW-Authenticate"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		realm, _ := ch.Get("realm")
+		tr := get(realm+"?scope=repository:"+repo+":pull", "")
+		var tok struct{ Token string }
+		err = json.NewDecoder(tr.Body).Decode(&tok)
+		tr.Body.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp = get(url, tok.Token)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1)); err != nil {
+		b.Fatal(err)
+	}
+	took := time.Since(start)
+	io.Copy(io.Discard, resp.Body)
+	return took
 }

@@ -23,6 +23,12 @@ import (
 // does. Once upstream confirmed the digest here, the store's copy is
 // linked and served, or a GET joins (or starts) the store's fill of the
 // digest and streams the growing file.
+//
+// Upstream is asked with a HEAD, except on a GET of a digest the store
+// neither holds nor fills for anyone: then the fill's own GET for this
+// repository asks, one round trip less on a cold pull. Its refusal
+// answers exactly as the HEAD's would (upstreamError), in the same one
+// round trip, so the caller still cannot tell which way was taken.
 func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *request) error {
 	m := rc.mirror
 	d, err := parseDigestArg(rc.arg)
@@ -43,6 +49,19 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
 		return h.serveCachedBlob(w, r, rc, d, info)
 	}
+	if r.Method == http.MethodGet {
+		// Fill only starts a fill when there is none and the store
+		// lacks the digest (decided under its lock); otherwise what it
+		// returns is another's, unread until upstream confirms.
+		f, started, err := h.fill(rc, d)
+		if err != nil {
+			return err
+		}
+		if started {
+			m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
+			return h.serveFill(w, r, rc, d, f, true)
+		}
+	}
 	size, err := h.confirmBlob(r.Context(), rc, d)
 	if err != nil {
 		return h.unconfirmedBlob(w, r, rc, d, err)
@@ -62,10 +81,35 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-
-	f, started, err := store.Fill(rc.name, d, m.blobSource(m.upstreamName(rc.name), d))
+	f, started, err := h.fill(rc, d)
 	if err != nil {
-		return errInternal(err)
+		return err
+	}
+	if !started && f.Repo() != rc.name {
+		if _, err := f.Ready(r.Context()); err != nil && r.Context().Err() == nil {
+			// The fill joined is another name's, which upstream may
+			// have refused there (its GET asked without a HEAD first).
+			// Upstream confirmed this name: fetch it for this one.
+			select {
+			case <-f.Done():
+			case <-r.Context().Done():
+				return nil
+			}
+			if f, started, err = h.fill(rc, d); err != nil {
+				return err
+			}
+		}
+	}
+	return h.serveFill(w, r, rc, d, f, started)
+}
+
+// fill returns the fill of d in progress, or the committed blob as a
+// fill, or else starts one from upstream for rc's repository (started).
+func (h *Handler) fill(rc *request, d cache.Digest) (*cache.Fill, bool, error) {
+	m := rc.mirror
+	f, started, err := h.cfg.Store.Fill(rc.name, d, m.blobSource(m.upstreamName(rc.name), d))
+	if err != nil {
+		return nil, false, errInternal(err)
 	}
 	if started {
 		go func() {
@@ -78,7 +122,14 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			}
 		}()
 	}
-	size, err = f.Ready(r.Context())
+	return f, started, nil
+}
+
+// serveFill streams blob d from fill f as it grows, to a GET upstream
+// confirmed for rc's repository (or that started f for it).
+func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f *cache.Fill, started bool) error {
+	store := h.cfg.Store
+	size, err := f.Ready(r.Context())
 	if err != nil {
 		return fillError(r, rc, f, err)
 	}

@@ -42,6 +42,10 @@ type fakeUpstream struct {
 	issued       map[string]bool
 	tokensIssued int
 
+	// rtt delays every answer (token service included), as a distant
+	// upstream's round trip would.
+	rtt time.Duration
+
 	// Blob GET behaviour.
 	chunk   int           // bytes per write (default 64 KiB)
 	gate    chan struct{} // if set: after the first chunk wait for it to close
@@ -58,11 +62,14 @@ type fakeUpstream struct {
 	// learn about another. With strictBlobs a blob request under a
 	// repository that was not pushed with that blob gets 404
 	// BLOB_UNKNOWN, as on Docker Hub (go-containerregistry's registry
-	// keeps one pool of blobs for all repositories). Requests under a
+	// keeps one pool of blobs for all repositories), or NAME_UNKNOWN
+	// under one never pushed (as distribution answers). Requests under a
 	// repository in failRepos get its status.
 	strictBlobs bool
-	repoBlobs   map[string]map[string]bool
-	failRepos   map[string]int
+	// refusing, if set, holds each strictBlobs refusal until it closes.
+	refusing  chan struct{}
+	repoBlobs map[string]map[string]bool
+	failRepos map[string]int
 	// log has every /v2/ request as "METHOD kind repo", in order.
 	log []string
 }
@@ -115,6 +122,10 @@ func kindOf(path string) string {
 }
 
 func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	rtt := u.rtt
+	u.mu.Unlock()
+	time.Sleep(rtt)
 	if r.URL.Path == "/token" {
 		u.serveToken(w, r)
 		return
@@ -149,7 +160,16 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if kind == "blobs" && u.strictBlobs && !u.repoBlobs[repo][path.Base(r.URL.Path)] {
+		_, known := u.repoBlobs[repo]
+		refusing := u.refusing
 		u.mu.Unlock()
+		if refusing != nil {
+			<-refusing
+		}
+		if !known {
+			writeUpstreamError(w, http.StatusNotFound, "NAME_UNKNOWN", "repository name not known to registry")
+			return
+		}
 		writeUpstreamError(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown to registry")
 		return
 	}

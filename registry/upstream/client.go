@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -140,6 +141,10 @@ type Client struct {
 	mu     sync.Mutex
 	tokens map[string]token // by host + repository
 	basic  map[string]bool  // hosts that asked for Basic auth
+	// bearer: each host's last Bearer challenge, scope dropped. A
+	// repository's first request fetches its token with it up front
+	// instead of learning the realm from a 401 (one round trip less).
+	bearer map[string]authscope.Challenge
 	sf     singleflight.Group
 }
 
@@ -158,7 +163,8 @@ func New(cfg Config) (*Client, error) {
 		attempts: cfg.Attempts, maxWait: cfg.MaxRetryWait,
 		log: cfg.Logger, onResp: cfg.OnResponse,
 		tokens: map[string]token{}, basic: map[string]bool{},
-		now: time.Now,
+		bearer: map[string]authscope.Challenge{},
+		now:    time.Now,
 	}
 	if c.attempts <= 0 {
 		c.attempts = 3
@@ -188,7 +194,12 @@ func New(cfg Config) (*Client, error) {
 	}
 	rt := cfg.Transport
 	if rt == nil {
-		tc := &tls.Config{InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // operator's choice, for loopback tests
+		tc := &tls.Config{
+			InsecureSkipVerify: cfg.InsecureSkipVerify, //nolint:gosec // operator's choice, for loopback tests
+			// Each new connection (parallel layers, storage redirects)
+			// resumes a session instead of a full handshake.
+			ClientSessionCache: tls.NewLRUClientSessionCache(0),
+		}
 		if cfg.CAFile != "" {
 			pem, err := os.ReadFile(cfg.CAFile)
 			if err != nil {
@@ -374,6 +385,11 @@ func (c *Client) retryWait(retryAfter time.Duration, attempt int) (time.Duration
 // authorized sends the request with what the host asked for last time;
 // on a 401 it answers the challenge once and sends again.
 func (c *Client) authorized(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header) (*http.Response, error) {
+	if ch, ok := c.tokenDue(base, repo); ok {
+		if _, err := c.fetchToken(ctx, base, repo, ch); err != nil {
+			return nil, err
+		}
+	}
 	resp, err := c.send(ctx, base, method, repo, path, hdr)
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
@@ -394,6 +410,11 @@ func (c *Client) authorized(ctx context.Context, base *url.URL, method, repo, pa
 		if _, err := c.fetchToken(ctx, base, repo, ch); err != nil {
 			return nil, err
 		}
+		hostwide := authscope.Challenge{Scheme: ch.Scheme, Params: slices.Clone(ch.Params)}
+		hostwide.Del("scope") // another repository's token asks its own
+		c.mu.Lock()
+		c.bearer[base.Host] = hostwide
+		c.mu.Unlock()
 	case strings.EqualFold(ch.Scheme, "Basic") && c.user != "":
 		c.mu.Lock()
 		c.basic[base.Host] = true
@@ -402,6 +423,20 @@ func (c *Client) authorized(ctx context.Context, base *url.URL, method, repo, pa
 		return nil, uerr
 	}
 	return c.send(ctx, base, method, repo, path, hdr)
+}
+
+// tokenDue returns the host's Bearer challenge when repo has no live
+// token there yet: the host asked for tokens before, so this request
+// would only earn a 401 naming the same realm.
+func (c *Client) tokenDue(base *url.URL, repo string) (authscope.Challenge, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch, ok := c.bearer[base.Host]
+	if !ok {
+		return ch, false
+	}
+	tok, have := c.tokens[base.Host+" "+repo]
+	return ch, !have || !c.now().Before(tok.expires)
 }
 
 func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header) (*http.Response, error) {

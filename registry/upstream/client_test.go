@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -373,5 +374,86 @@ func TestNoFailoverOn404(t *testing.T) {
 	}
 	if n := secondHits.Load(); n != 0 {
 		t.Errorf("second URL contacted %d times on a 404, want 0", n)
+	}
+}
+
+// TestTokenFetchedUpFront: once a host asked for Bearer tokens, a
+// repository's first request (and the first after its token expired)
+// carries a token fetched before it is sent, for that repository's own
+// scope, instead of earning a 401 first.
+func TestTokenFetchedUpFront(t *testing.T) {
+	var mu sync.Mutex
+	var scopes, seen []string // token scopes asked; registry requests as "status path"
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scope := r.URL.Query().Get("scope")
+		mu.Lock()
+		scopes = append(scopes, scope)
+		mu.Unlock()
+		_ = json.NewEncoder(w).Encode(map[string]any{"token": "for " + scope, "expires_in": 300})
+	}))
+	t.Cleanup(ts.Close)
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		repo, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/v2/"), "/manifests/")
+		scope := "repository:" + repo + ":pull"
+		status := http.StatusOK
+		if r.Header.Get("Authorization") != "Bearer for "+scope {
+			status = http.StatusUnauthorized
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+ts.URL+`/token",service="registry.test",scope="`+scope+`"`)
+		}
+		mu.Lock()
+		seen = append(seen, strconv.Itoa(status)+" "+repo)
+		mu.Unlock()
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(reg.Close)
+	c := newClient(t, Config{URLs: []string{reg.URL}})
+	clock := time.Now()
+	c.now = func() time.Time { return clock }
+	get := func(repo string) {
+		t.Helper()
+		resp, err := c.Do(context.Background(), http.MethodGet, repo, testPath, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", repo, err)
+		}
+		resp.Body.Close()
+	}
+	get("library/a")
+	get("library/b")
+	clock = clock.Add(time.Hour)
+	get("library/a")
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"401 library/a", "200 library/a", "200 library/b", "200 library/a"}; !slices.Equal(seen, want) {
+		t.Errorf("registry saw %v, want %v", seen, want)
+	}
+	if want := []string{"repository:library/a:pull", "repository:library/b:pull", "repository:library/a:pull"}; !slices.Equal(scopes, want) {
+		t.Errorf("token scopes %v, want %v", scopes, want)
+	}
+}
+
+// TestTLSSessionResumed: a new connection to the upstream resumes the
+// TLS session of an earlier one instead of a full handshake.
+func TestTLSSessionResumed(t *testing.T) {
+	var mu sync.Mutex
+	var resumed []bool
+	s := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		resumed = append(resumed, r.TLS.DidResume)
+		mu.Unlock()
+	}))
+	t.Cleanup(s.Close)
+	c := newClient(t, Config{URLs: []string{s.URL}, InsecureSkipVerify: true})
+	for range 2 {
+		resp, err := c.Do(context.Background(), http.MethodGet, testRepo, testPath, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		c.hc.CloseIdleConnections() // the next request dials anew
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []bool{false, true}; !slices.Equal(resumed, want) {
+		t.Errorf("sessions resumed %v, want %v", resumed, want)
 	}
 }
