@@ -144,10 +144,16 @@ func (f *Fill) run(src FillSource) {
 	f.took = time.Since(start)
 	if err != nil {
 		f.state, f.err = fillFailed, fmt.Errorf("%w: %s: %w", ErrFillFailed, f.d, err)
+		// A source that never opened (upstream said no: a probe for a blob
+		// it lacks, say) is the caller's to report; anyone can cause it,
+		// so it must not flood the log at warn. A fill that broke while
+		// writing is worth a warning.
+		log := f.s.log.Debug
 		if f.tmp != "" {
 			os.Remove(f.tmp)
+			log = f.s.log.Warn
 		}
-		f.s.log.Warn("blob fill failed", zap.String("repo", f.repo), zap.String("digest", f.d.String()), zap.Error(err))
+		log("blob fill failed", zap.String("repo", f.repo), zap.String("digest", f.d.String()), zap.Error(err))
 	} else {
 		f.state = fillCommitted
 	}
