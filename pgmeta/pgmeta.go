@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -84,17 +85,8 @@ const maxName = 256
 // UTF-8) with a clear error of ours rather than the server's, and the
 // empty or overlong names no caller makes.
 func checkName(kind, name string) error {
-	if name == "" || len(name) > maxName || !utf8.ValidString(name) || containsNUL(name) {
+	if name == "" || len(name) > maxName || !utf8.ValidString(name) || strings.ContainsRune(name, 0) {
 		return fmt.Errorf("%w: %s %q", ErrNameInvalid, kind, name)
 	}
 	return nil
-}
-
-func containsNUL(s string) bool {
-	for i := range len(s) {
-		if s[i] == 0 {
-			return true
-		}
-	}
-	return false
 }
