@@ -3,6 +3,8 @@ package pgmeta
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,19 +29,18 @@ func TestPostgresDownAndBack(t *testing.T) {
 	if err := s.CreateSession("s", []byte("v"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	seq := 0
+	var seq atomic.Int64
 	calls := map[string]func() error{
 		"APIKey":  func() error { _, err := s.APIKey("k"); return err },
 		"APIKeys": func() error { _, err := s.APIKeys(); return err },
 		"UpdateAPIKey": func() error {
 			return s.UpdateAPIKey("k", func(b []byte) ([]byte, error) { return b, nil })
 		},
-		"CreateAPIKey": func() error { seq++; return s.CreateAPIKey(fmt.Sprintf("new%d", seq), []byte("v")) },
+		"CreateAPIKey": func() error { return s.CreateAPIKey(fmt.Sprintf("new%d", seq.Add(1)), []byte("v")) },
 		"DeleteAPIKey": func() error { return s.DeleteAPIKey("gone") },
 		"Session":      func() error { _, err := s.Session("s"); return err },
 		"CreateSession": func() error {
-			seq++
-			return s.CreateSession(fmt.Sprintf("new%d", seq), []byte("v"), time.Now().Add(time.Hour))
+			return s.CreateSession(fmt.Sprintf("new%d", seq.Add(1)), []byte("v"), time.Now().Add(time.Hour))
 		},
 		"DeleteSession": func() error { return s.DeleteSession("gone") },
 		"AuthSecret":    func() error { _, err := s.AuthSecret("session", 32); return err },
@@ -59,17 +60,23 @@ func TestPostgresDownAndBack(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = f.up() }) // after a failure too; a second up is harmless
+			// All at once: more callers than pooled connections, so some
+			// wait for one, and that wait is bounded too.
+			var wg sync.WaitGroup
 			for name, call := range calls {
-				start := time.Now()
-				err := call()
-				took := time.Since(start)
-				if err == nil {
-					t.Errorf("%s succeeded with PostgreSQL %s", name, f.name)
-				}
-				if took > timeout+time.Second {
-					t.Errorf("%s took %s to fail, timeout %s", name, took, timeout)
-				}
+				wg.Go(func() {
+					start := time.Now()
+					err := call()
+					took := time.Since(start)
+					if err == nil {
+						t.Errorf("%s succeeded with PostgreSQL %s", name, f.name)
+					}
+					if took > timeout+time.Second {
+						t.Errorf("%s took %s to fail, timeout %s", name, took, timeout)
+					}
+				})
 			}
+			wg.Wait()
 			if err := f.up(); err != nil {
 				t.Fatal(err)
 			}

@@ -26,6 +26,7 @@ const DefaultTimeout = 5 * time.Second
 type Options struct {
 	// DSN names the database, as a URL (postgres://user:pass@host/db) or
 	// key=value pairs; pool settings such as pool_max_conns go here too.
+	// sslmode=verify-full makes TLS with a checked certificate a must.
 	DSN string
 	// Timeout bounds each call, connecting included. Zero is
 	// DefaultTimeout.
@@ -52,8 +53,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	cfg, err := pgxpool.ParseConfig(opts.DSN)
 	if err != nil {
-		// pgconn's parse errors leave the password out.
-		return nil, fmt.Errorf("postgres: %w", err)
+		// pgx hides the password of a DSN it cannot parse only as well as
+		// it can tell where the password is: say nothing of the DSN.
+		return nil, errors.New("postgres: the DSN does not parse (not shown: it may hold a password)")
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > timeout {
 		cfg.ConnConfig.ConnectTimeout = timeout

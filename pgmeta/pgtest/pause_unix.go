@@ -4,6 +4,7 @@ package pgtest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,4 +69,10 @@ func childrenOf(ppid int) []int {
 		}
 	}
 	return out
+}
+
+// processAlive reports whether a process pid exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

@@ -95,11 +95,16 @@ func start() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w", errNotInstalled)
 	}
-	dir, err := os.MkdirTemp("", "caddy-oci-pg-")
+	sweepOrphans(bin)
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{bin: bin, dir: dir, asPostgres: os.Geteuid() == 0}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
 	if s.asPostgres {
 		if err := chownToPostgres(dir); err != nil {
 			os.RemoveAll(dir)
@@ -122,6 +127,32 @@ func start() (*Server, error) {
 	}
 	os.RemoveAll(dir)
 	return nil, err
+}
+
+const (
+	dirPrefix = "caddy-oci-pg-"
+	// ownerFile holds the PID of the test binary that started the server.
+	ownerFile = "owner"
+)
+
+// sweepOrphans stops and removes the servers of test binaries that died
+// without stopping theirs (killed by go test's timeout, say), so they do
+// not pile up holding ports and memory.
+func sweepOrphans(bin string) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || processAlive(pid) {
+			continue
+		}
+		orphan := &Server{bin: bin, dir: dir, asPostgres: os.Geteuid() == 0}
+		_ = orphan.Resume() // a paused one would never stop
+		orphan.Close()
+	}
 }
 
 func chownToPostgres(dir string) error {
