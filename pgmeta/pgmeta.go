@@ -26,7 +26,8 @@ const DefaultTimeout = 5 * time.Second
 type Options struct {
 	// DSN names the database, as a URL (postgres://user:pass@host/db) or
 	// key=value pairs; pool settings such as pool_max_conns go here too.
-	// sslmode=verify-full makes TLS with a checked certificate a must.
+	// sslmode=verify-full makes TLS with a checked certificate a must;
+	// search_path=<schema> keeps the tables in a schema of their own.
 	DSN string
 	// Timeout bounds each call, connecting included. Zero is
 	// DefaultTimeout.
@@ -56,6 +57,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		// pgx hides the password of a DSN it cannot parse only as well as
 		// it can tell where the password is: say nothing of the DSN.
 		return nil, errors.New("postgres: the DSN does not parse (not shown: it may hold a password)")
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		// Names this registry's sessions in pg_stat_activity.
+		cfg.ConnConfig.RuntimeParams["application_name"] = "caddy-oci"
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > timeout {
 		cfg.ConnConfig.ConnectTimeout = timeout

@@ -41,8 +41,18 @@ type Server struct {
 	asPostgres bool
 }
 
+// BinEnv names a folder of PostgreSQL's programs to use instead of
+// Debian's, e.g. on a machine whose PostgreSQL is installed elsewhere.
+const BinEnv = "CADDY_OCI_PG_BIN"
+
 // binDir finds the newest installed PostgreSQL's programs.
 func binDir() (string, error) {
+	if dir := os.Getenv(BinEnv); dir != "" {
+		if _, err := os.Stat(filepath.Join(dir, "pg_ctl")); err != nil {
+			return "", fmt.Errorf("%w: %s=%s: %w", errNotInstalled, BinEnv, dir, err)
+		}
+		return dir, nil
+	}
 	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	slices.SortFunc(dirs, func(a, b string) int { return versionOf(a) - versionOf(b) })
 	for i := len(dirs) - 1; i >= 0; i-- {
@@ -55,7 +65,7 @@ func binDir() (string, error) {
 			return filepath.Dir(p), nil
 		}
 	}
-	return "", errors.New("PostgreSQL is not installed (apt-get install postgresql)")
+	return "", errNotInstalled
 }
 
 // versionOf reads 15 out of /usr/lib/postgresql/15/bin.
@@ -93,7 +103,7 @@ var errNotInstalled = errors.New("PostgreSQL is not installed (apt-get install p
 func start() (*Server, error) {
 	bin, err := binDir()
 	if err != nil {
-		return nil, fmt.Errorf("%w", errNotInstalled)
+		return nil, err
 	}
 	sweepOrphans(bin)
 	dir, err := os.MkdirTemp("", dirPrefix)
