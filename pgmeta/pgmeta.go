@@ -46,7 +46,9 @@ var ErrNameInvalid = errors.New("invalid name")
 
 // Open connects to the database and brings its schema up to date.
 // Replicas may open the same database at once: migrations run one
-// replica at a time, each exactly once.
+// replica at a time, each exactly once. ctx bounds Open, the wait for
+// another replica's migrations included; Options.Timeout does not, as a
+// migration may rightly take longer than a call.
 func Open(ctx context.Context, opts Options) (*Store, error) {
 	timeout := opts.Timeout
 	if timeout <= 0 {
