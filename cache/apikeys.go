@@ -70,11 +70,15 @@ func (s *Store) APIKey(id string) ([]byte, error) {
 
 // UpdateAPIKey replaces the record of id by fn's result in one
 // transaction. A missing id is ErrAPIKeyUnknown and fn is not called, so
-// an update racing a revoke never brings the key back.
+// an update racing a revoke never brings the key back. Updates of keys
+// wait for each other: each is a read-modify-write, and many at once (a
+// key used by a CI fleet) would otherwise fail on conflicts.
 func (s *Store) UpdateAPIKey(id string, fn func(record []byte) ([]byte, error)) error {
 	if err := checkName("API key", id); err != nil {
 		return err
 	}
+	s.apiKeyMu.Lock()
+	defer s.apiKeyMu.Unlock()
 	return s.update(func(txn *badger.Txn) error {
 		item, err := txn.Get(apiKeyKey(id))
 		if errors.Is(err, badger.ErrKeyNotFound) {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+
+	"github.com/caddy-oci/caddy-oci/authscope/authstoretest"
 )
 
 func TestAPIKeyRecords(t *testing.T) {
@@ -79,4 +81,12 @@ func TestAuthSecretPersists(t *testing.T) {
 	if b, _ := s.AuthSecret("session", 32); !bytes.Equal(a, b) {
 		t.Fatal("secret lost across a restart")
 	}
+}
+
+// TestSecretContract: the badger store keeps secrets as every backend
+// must (authstoretest; pgmeta runs the same table). Its API keys and
+// sessions run the contract in caddymodule, through the adapters that
+// turn this package's errors into authscope's.
+func TestSecretContract(t *testing.T) {
+	authstoretest.Secrets(t, func(t *testing.T) authstoretest.SecretStore { return openStore(t, Options{}) })
 }

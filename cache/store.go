@@ -37,6 +37,10 @@ type Store struct {
 	// a link never points at a file GC is about to remove.
 	gcMu sync.RWMutex
 
+	// apiKeyMu serialises API key updates, so that concurrent ones wait
+	// for each other instead of running out of badger's conflict retries.
+	apiKeyMu sync.Mutex
+
 	// sessions serialises work on one upload session.
 	sessMu   sync.Mutex
 	sessions map[string]*sessionLock

@@ -1,0 +1,101 @@
+// Package pgmeta keeps the registry's metadata in PostgreSQL, so that any
+// number of replicas share it: PostgreSQL is the source of truth for
+// everything but bytes (see DESIGN.md, "The store splits by engine").
+// Badger (package cache) is the single-node engine of the same records.
+//
+// Every call is bounded by Options.Timeout: with PostgreSQL down or hung
+// a call fails promptly instead of holding its request, and the pool
+// reconnects by itself once the server is back.
+package pgmeta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DefaultTimeout bounds one call when Options.Timeout is zero.
+const DefaultTimeout = 5 * time.Second
+
+// Options of Open.
+type Options struct {
+	// DSN names the database, as a URL (postgres://user:pass@host/db) or
+	// key=value pairs; pool settings such as pool_max_conns go here too.
+	// sslmode=verify-full makes TLS with a checked certificate a must;
+	// search_path=<schema> keeps the tables in a schema of their own.
+	DSN string
+	// Timeout bounds each call, connecting included. Zero is
+	// DefaultTimeout.
+	Timeout time.Duration
+}
+
+// Store is the metadata in one PostgreSQL database. It is safe for
+// concurrent use, by any number of processes at once.
+type Store struct {
+	pool    *pgxpool.Pool
+	timeout time.Duration
+}
+
+// ErrNameInvalid is an ID or name that cannot be a key.
+var ErrNameInvalid = errors.New("invalid name")
+
+// Open connects to the database and brings its schema up to date.
+// Replicas may open the same database at once: migrations run one
+// replica at a time, each exactly once. ctx bounds Open, the wait for
+// another replica's migrations included; Options.Timeout does not, as a
+// migration may rightly take longer than a call.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	cfg, err := pgxpool.ParseConfig(opts.DSN)
+	if err != nil {
+		// pgx hides the password of a DSN it cannot parse only as well as
+		// it can tell where the password is: say nothing of the DSN.
+		return nil, errors.New("postgres: the DSN does not parse (not shown: it may hold a password)")
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		// Names this registry's sessions in pg_stat_activity.
+		cfg.ConnConfig.RuntimeParams["application_name"] = "caddy-oci"
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > timeout {
+		cfg.ConnConfig.ConnectTimeout = timeout
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	s := &Store{pool: pool, timeout: timeout}
+	if err := migrate(ctx, pool, migrations); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the pool's connections.
+func (s *Store) Close() { s.pool.Close() }
+
+// call bounds one store call.
+func (s *Store) call() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), s.timeout)
+}
+
+// maxName bounds IDs and names: they are keys, not documents.
+const maxName = 256
+
+// checkName refuses what PostgreSQL's text cannot hold (NUL, invalid
+// UTF-8) with a clear error of ours rather than the server's, and the
+// empty or overlong names no caller makes.
+func checkName(kind, name string) error {
+	if name == "" || len(name) > maxName || !utf8.ValidString(name) || strings.ContainsRune(name, 0) {
+		return fmt.Errorf("%w: %s %q", ErrNameInvalid, kind, name)
+	}
+	return nil
+}
