@@ -43,7 +43,7 @@ func TestPutBlob(t *testing.T) {
 				t.Errorf("tmp/ not empty: %v", got)
 			}
 			if tt.wantErr != nil {
-				if tt.want.Algorithm.hexLen() > 0 && len(tt.want.Hex) == tt.want.Algorithm.hexLen() {
+				if tt.want.Algorithm.HexLen() > 0 && len(tt.want.Hex) == tt.want.Algorithm.HexLen() {
 					_, err := s.StatBlob(tt.want)
 					wantErr(t, "StatBlob after failure", err, ErrBlobUnknown)
 				}

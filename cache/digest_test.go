@@ -63,7 +63,7 @@ func FuzzParseDigest(f *testing.F) {
 		if err != nil || d2 != d {
 			t.Fatalf("round trip: %v, %v != %v", err, d2, d)
 		}
-		if d.Algorithm.hexLen() == 0 || len(d.Hex) != d.Algorithm.hexLen() {
+		if d.Algorithm.HexLen() == 0 || len(d.Hex) != d.Algorithm.HexLen() {
 			t.Fatalf("accepted %q with wrong length", s)
 		}
 		for _, c := range d.Hex {

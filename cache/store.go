@@ -265,18 +265,7 @@ func syncDir(dir string) error {
 // checkDigest guards every path and key built from a Digest: the fields
 // are exported, so a Digest that did not come from ParseDigest is checked
 // again before it names a file.
-func checkDigest(d Digest) error {
-	if d.Algorithm.hexLen() == 0 || len(d.Hex) != d.Algorithm.hexLen() {
-		return fmt.Errorf("%w: %q", ErrDigestInvalid, d.String())
-	}
-	for i := 0; i < len(d.Hex); i++ {
-		c := d.Hex[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return fmt.Errorf("%w: %q", ErrDigestInvalid, d.String())
-		}
-	}
-	return nil
-}
+func checkDigest(d Digest) error { return d.Validate() }
 
 // badgerLogger sends badger's chatter to zap: errors and warnings as
 // warnings, the rest at debug so a running server stays quiet.

@@ -10,10 +10,9 @@ import (
 	"strings"
 )
 
-// The digest types live here, not in package cache, because cache will
-// build on blobstore and a backend must not import its caller. They have
-// cache's names and fields so that cache.Digest can become an alias of
-// blobstore.Digest when the store is split, without touching callers.
+// The digest types live here, not in package cache, because cache builds
+// on blobstore and a backend must not import its caller; cache.Digest is
+// an alias of this one.
 
 // Algorithm is a digest algorithm the store accepts.
 type Algorithm string
@@ -23,9 +22,9 @@ const (
 	SHA512 Algorithm = "sha512"
 )
 
-// hexLen is the length of the lower-case hex encoding for each algorithm;
+// HexLen is the length of the lower-case hex encoding for each algorithm;
 // 0 for an algorithm the store does not implement.
-func (a Algorithm) hexLen() int {
+func (a Algorithm) HexLen() int {
 	switch a {
 	case SHA256:
 		return 64
@@ -74,7 +73,7 @@ func ParseDigest(s string) (Digest, error) {
 		}
 	}
 	d := Digest{Algorithm: Algorithm(alg), Hex: hx}
-	if d.Algorithm.hexLen() == 0 {
+	if d.Algorithm.HexLen() == 0 {
 		return Digest{}, fmt.Errorf("%w: %q", ErrDigestUnsupported, alg)
 	}
 	if err := d.Validate(); err != nil {
@@ -86,7 +85,7 @@ func ParseDigest(s string) (Digest, error) {
 // Validate reports ErrDigestInvalid unless d is a supported algorithm with
 // lower-case hex of its exact length.
 func (d Digest) Validate() error {
-	n := d.Algorithm.hexLen()
+	n := d.Algorithm.HexLen()
 	if n == 0 || len(d.Hex) != n {
 		return fmt.Errorf("%w: %q", ErrDigestInvalid, d.String())
 	}
