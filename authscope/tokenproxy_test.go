@@ -467,7 +467,7 @@ func TestTokenProxyPinsConfiguredKeys(t *testing.T) {
 		scope + "&service=" + testService + "&service=evil.example",
 		scope + "&tenant=other",
 		scope + "&tenant=acme&tenant=other",
-		scope + "&Service=evil.example&service=",
+		scope + "&service=",
 		scope,
 	} {
 		for _, s := range []*httptest.Server{srv, srv2} {
@@ -505,6 +505,65 @@ func TestTokenProxyPinsConfiguredKeys(t *testing.T) {
 			pinned(t, "query", reqs[0].Query)
 			pinned(t, "form", reqs[0].Form)
 		})
+	}
+}
+
+// TestTokenProxyRefusesKeysInOtherCase: a token service that reads
+// parameter names without regard to case would take `Scope` for a scope
+// the proxy never translated, or `Service` and `TENANT` for the values the
+// configuration pins. A request that spells a key the proxy controls in
+// another case is refused, in the query and in the form, and nothing
+// reaches the token service.
+func TestTokenProxyRefusesKeysInOtherCase(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL + "/auth?tenant=acme")
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	scope := "scope=" + url.QueryEscape("repository:library/debian:pull")
+	for _, extra := range []string{
+		"Scope=" + url.QueryEscape("repository:team/secret:push"),
+		"SCOPE=" + url.QueryEscape("repository:team/secret:push"),
+		"Service=evil.example",
+		"SERVICE=evil.example",
+		"Tenant=other",
+		"NS=docker.io",
+		"Prefix=docker.io",
+	} {
+		t.Run("GET "+extra, func(t *testing.T) {
+			resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&" + extra)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `"code":"UNSUPPORTED"`) {
+				t.Errorf("status %d: %s, want 400", resp.StatusCode, body)
+			}
+		})
+		t.Run("POST "+extra, func(t *testing.T) {
+			resp, err := http.Post(srv.URL+TokenPath, "application/x-www-form-urlencoded",
+				strings.NewReader("grant_type=password&username=ci&password=ci-pw&"+scope+"&"+extra))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("status %d, want 400", resp.StatusCode)
+			}
+		})
+	}
+	if reqs := is.Requests(); len(reqs) != 0 {
+		t.Errorf("%d requests reached the token service: %+v", len(reqs), reqs)
+	}
+	// Keys the proxy does not control keep their case.
+	resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&Client_ID=podman")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a key of the client's own in capitals: status %d", resp.StatusCode)
 	}
 }
 
