@@ -287,6 +287,9 @@ func (a *Auth) validate() error {
 		if t.Realm == "" || t.Service == "" || t.Issuer == "" {
 			return errors.New("token needs realm, service and issuer")
 		}
+		if err := authscope.CheckServiceURL(t.Realm); err != nil {
+			return fmt.Errorf("token realm: %w", err)
+		}
 		if len(t.TrustedCerts) == 0 && len(t.JWKS) == 0 {
 			return errors.New("token needs trusted_certs or jwks")
 		}
