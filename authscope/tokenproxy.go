@@ -105,7 +105,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fail := func(status int, msg string, err error) {
 		logger.Info("token request refused", zap.Int("status", status), zap.String("reason", err.Error()),
-			zap.String("uri", r.RequestURI), zap.String("remote", r.RemoteAddr))
+			zap.String("path", r.URL.Path), zap.String("query", loggableQuery(r.URL.Query())), zap.String("remote", r.RemoteAddr))
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		code := "UNSUPPORTED"
@@ -211,6 +211,27 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	copyTokenHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+}
+
+// loggedParams are the token request parameters whose values a log may
+// show; any other may hold a password, a refresh token or an API key.
+var loggedParams = []string{"scope", "service", "ns", "prefix", "account", "client_id", "grant_type", "offline_token"}
+
+// loggableQuery is q for the log, with the values of parameters other
+// than loggedParams replaced by xxxxx.
+func loggableQuery(q url.Values) string {
+	out := make(url.Values, len(q))
+	for k, vs := range q {
+		if slices.Contains(loggedParams, k) {
+			out[k] = vs
+			continue
+		}
+		for range vs {
+			out[k] = append(out[k], "xxxxx")
+		}
+	}
+	s, _ := url.QueryUnescape(out.Encode())
+	return s
 }
 
 // refusalMessage is what a client whose parameters UpstreamValues refused

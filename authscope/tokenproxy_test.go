@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestTranslateScopes(t *testing.T) {
@@ -687,5 +691,51 @@ func TestTokenProxyRedirectNotFollowed(t *testing.T) {
 	}
 	if got := seen.Load(); got != nil {
 		t.Fatalf("the redirect target got a request (Authorization %q)", got)
+	}
+}
+
+// TestTokenProxyLogsNoSecrets: a refused token request is logged without
+// the values a client may put credentials in (an API key or a password in
+// the query, which the proxy refuses to forward), while its scope and
+// the reason stay readable.
+func TestTokenProxyLogsNoSecrets(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL)
+	core, logs := observer.New(zapcore.DebugLevel)
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t), Logger: zap.New(core)})
+	t.Cleanup(srv.Close)
+	apiKey := APIKeyPrefix + "0123456789abcdef_" + strings.Repeat("B", 43)
+	for _, q := range []string{
+		"scope=repository:app:pull&password=" + url.QueryEscape(apiKey),
+		"scope=repository:app:pull&account=ci&refresh_token=" + url.QueryEscape(apiKey),
+		"scope=repository:..:pull&password=hunter2-secret",
+		"scope=repository:app:pull&Service=x&password=hunter2-secret",
+	} {
+		resp, err := http.Get(srv.URL + TokenPath + "?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Errorf("%s: %d, want a refusal", q, resp.StatusCode)
+		}
+	}
+	if logs.Len() != 4 {
+		t.Fatalf("%d log entries, want one per refusal", logs.Len())
+	}
+	for _, e := range logs.All() {
+		line := e.Message
+		for k, v := range e.ContextMap() {
+			line += fmt.Sprintf(" %s=%v", k, v)
+		}
+		for _, secret := range []string{apiKey, "hunter2-secret", "BBBBBBBB"} {
+			if strings.Contains(line, secret) {
+				t.Errorf("the log holds a secret: %s", line)
+			}
+		}
+		if !strings.Contains(line, "scope=repository") {
+			t.Errorf("the log lost the scope: %s", line)
+		}
 	}
 }
