@@ -2,6 +2,7 @@ package authscope
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -399,6 +400,20 @@ func TestTokenProxyWithholdsOwnCredentials(t *testing.T) {
 		"workload token as a bearer token": func() *http.Request {
 			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
 			r.Header.Set("Authorization", "Bearer "+workloadToken)
+			return r
+		},
+		"API key in Basic base64 with junk between its characters": func() *http.Request {
+			// Decoders that skip what is not base64 (Python's, by default)
+			// read "ci:<key>" out of it.
+			enc := base64.StdEncoding.EncodeToString([]byte("ci:" + apiKey))
+			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+			r.Header.Set("Authorization", "Basic "+enc[:8]+"!"+enc[8:20]+"*"+enc[20:40]+"\t"+enc[40:])
+			return r
+		},
+		"workload token in Basic base64 with junk": func() *http.Request {
+			enc := base64.StdEncoding.EncodeToString([]byte("ci:" + workloadToken))
+			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+			r.Header.Set("Authorization", "Basic "+enc[:4]+"#"+enc[4:])
 			return r
 		},
 		"API key in the OAuth2 password form": func() *http.Request {
