@@ -238,7 +238,7 @@ func loggableQuery(q url.Values) string {
 // is told.
 func refusalMessage(err error) string {
 	if errors.Is(err, ErrParameterCase) {
-		return "parameter names scope, service, ns, prefix and the realm's own are lower case as configured"
+		return err.Error() // names only the client's key and the one it spells
 	}
 	return "invalid scope"
 }
