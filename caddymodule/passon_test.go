@@ -91,7 +91,7 @@ http://`+addr+` {
 	}
 	mu.Lock()
 	for _, a := range got {
-		if strings.Contains(strings.ToLower(a), "kkkkkkkk") || strings.Contains(a, base64.StdEncoding.EncodeToString([]byte("alice:"+key))[:20]) {
+		if strings.Contains(strings.ToLower(a), "kkkkkkkk") || strings.Contains(a, base64.StdEncoding.EncodeToString([]byte("alice:" + key))[:20]) {
 			t.Errorf("the backend received Authorization %q", a)
 		}
 	}
