@@ -73,7 +73,9 @@ func notTokenChar(r rune) bool {
 
 // authorizationSecrets returns what an Authorization value carries: the
 // value itself and, for Basic, the decoded user and password (in
-// whichever base64 alphabet decodes, as lenient servers accept them).
+// whichever base64 alphabet decodes, as lenient servers accept them, and
+// also with every character outside the alphabets dropped, as decoders
+// that skip what is not base64 read it).
 func authorizationSecrets(v string) []string {
 	out := []string{v}
 	scheme, rest, _ := strings.Cut(strings.TrimSpace(v), " ")
@@ -81,12 +83,27 @@ func authorizationSecrets(v string) []string {
 		return out
 	}
 	rest = strings.TrimSpace(rest)
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(rest); err == nil {
-			out = append(out, string(b))
+	forms := []string{rest}
+	if kept := strings.Map(keepBase64, rest); kept != rest {
+		forms = append(forms, kept)
+	}
+	for _, f := range forms {
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			if b, err := enc.DecodeString(f); err == nil {
+				out = append(out, string(b))
+			}
 		}
 	}
 	return out
+}
+
+// keepBase64 maps a character of either base64 alphabet (or padding) to
+// itself and drops any other.
+func keepBase64(r rune) rune {
+	if r == '=' || !notTokenChar(r) && r != '.' {
+		return r
+	}
+	return -1
 }
 
 // CheckAuthorization vets the Authorization of a request about to be

@@ -83,7 +83,7 @@ func NewSignIn(o SignInOptions) (*SignIn, error) {
 func CheckExternalURL(s string) (secure bool, origin string, err error) {
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-		return false, "", fmt.Errorf("external URL %q: want scheme://host[:port] only", s)
+		return false, "", fmt.Errorf("external URL %q: want scheme://host[:port] only", RedactURL(s))
 	}
 	h, port := strings.ToLower(u.Hostname()), u.Port()
 	switch u.Scheme {

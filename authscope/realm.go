@@ -1,9 +1,39 @@
 package authscope
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 )
+
+// CheckServiceURL checks a URL the configuration names for a service (a
+// token realm, an OIDC or workload issuer): http or https with a host,
+// and no user:password@, which would go to every client in challenges, or
+// with every request to the service, anonymous ones included. The error
+// never repeats a password.
+func CheckServiceURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return fmt.Errorf("%q is not an http(s) URL", RedactURL(s))
+	case u.User != nil:
+		return fmt.Errorf("%s: credentials do not belong in the URL", u.Redacted())
+	}
+	return nil
+}
+
+// RedactURL is s for messages: without a password, whether or not s
+// parses as a URL.
+func RedactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	if i := strings.LastIndex(s, "@"); i >= 0 {
+		return "…" + s[i:]
+	}
+	return s
+}
 
 // ProxyRealm is the realm of a challenge that sends clients to the token
 // proxy on the host r reached (TokenPath), carrying v's ns and path prefix

@@ -30,6 +30,11 @@ const maxTokenForm = 64 << 10
 // ErrScopeRejected is a token request scope the proxy will not forward.
 var ErrScopeRejected = errors.New("scope rejected")
 
+// ErrParameterCase is a token request parameter that spells a key the
+// proxy controls (scope, service, ns, prefix, the realm's own) in another
+// case.
+var ErrParameterCase = errors.New("parameter in another case")
+
 // TranslateScopes maps the names of every repository scope in a `scope`
 // value (space-separated scopes) from the client's form to internal names.
 // Scopes of other types pass unchanged. A scope that does not parse, or
@@ -100,7 +105,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fail := func(status int, msg string, err error) {
 		logger.Info("token request refused", zap.Int("status", status), zap.String("reason", err.Error()),
-			zap.String("uri", r.RequestURI), zap.String("remote", r.RemoteAddr))
+			zap.String("path", r.URL.Path), zap.String("query", loggableQuery(r.URL.Query())), zap.String("remote", r.RemoteAddr))
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		code := "UNSUPPORTED"
@@ -117,7 +122,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	via := Via{Host: r.Host, NS: q.Get(realmParamNS), PathPrefix: q.Get(realmParamPrefix)}
 	uq, err := p.UpstreamValues(q, via)
 	if err != nil {
-		fail(http.StatusBadRequest, "invalid scope", err)
+		fail(http.StatusBadRequest, refusalMessage(err), err)
 		return
 	}
 	up := *p.Upstream
@@ -150,7 +155,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The credentials check below reads the form as the client sent it.
 		upForm, err := p.UpstreamValues(form, via)
 		if err != nil {
-			fail(http.StatusBadRequest, "invalid scope", err)
+			fail(http.StatusBadRequest, refusalMessage(err), err)
 			return
 		}
 		body = strings.NewReader(upForm.Encode())
@@ -208,6 +213,36 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(w, resp.Body)
 }
 
+// loggedParams are the token request parameters whose values a log may
+// show; any other may hold a password, a refresh token or an API key.
+var loggedParams = []string{"scope", "service", "ns", "prefix", "account", "client_id", "grant_type", "offline_token"}
+
+// loggableQuery is q for the log, with the values of parameters other
+// than loggedParams replaced by xxxxx.
+func loggableQuery(q url.Values) string {
+	out := make(url.Values, len(q))
+	for k, vs := range q {
+		if slices.Contains(loggedParams, k) {
+			out[k] = vs
+			continue
+		}
+		for range vs {
+			out[k] = append(out[k], "xxxxx")
+		}
+	}
+	s, _ := url.QueryUnescape(out.Encode())
+	return s
+}
+
+// refusalMessage is what a client whose parameters UpstreamValues refused
+// is told.
+func refusalMessage(err error) string {
+	if errors.Is(err, ErrParameterCase) {
+		return err.Error() // names only the client's key and the one it spells
+	}
+	return "invalid scope"
+}
+
 func unavailable(w http.ResponseWriter, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusBadGateway)
@@ -240,8 +275,18 @@ func copyTokenHeaders(dst, src http.Header) {
 // without the proxy's own parameters (ns, prefix), with every scope in
 // internal names, and with the configured parameters (Upstream's query
 // and Service) as configured, whatever the client sent for them. A scope
-// that does not translate is an error wrapping ErrScopeRejected.
+// that does not translate is an error wrapping ErrScopeRejected. A key
+// that differs only in case from one of those (`Scope`, `SERVICE`) is an
+// error wrapping ErrParameterCase: a token service that reads keys without
+// regard to case would take it for the untranslated scope or an override
+// of the pinned value.
 func (p *TokenProxy) UpstreamValues(client url.Values, via Via) (url.Values, error) {
+	pinned := p.pinned()
+	for k := range client {
+		if ctl := p.controlledKey(k, pinned); ctl != "" && ctl != k {
+			return nil, fmt.Errorf("%w: %q for %q", ErrParameterCase, k, ctl)
+		}
+	}
 	out := make(url.Values, len(client))
 	for k, vs := range client {
 		switch k {
@@ -260,7 +305,7 @@ func (p *TokenProxy) UpstreamValues(client url.Values, via Via) (url.Values, err
 		}
 		out[k] = slices.Clone(vs)
 	}
-	for k, vs := range p.pinned() {
+	for k, vs := range pinned {
 		if len(vs) == 0 {
 			delete(out, k)
 			continue
@@ -268,6 +313,22 @@ func (p *TokenProxy) UpstreamValues(client url.Values, via Via) (url.Values, err
 		out[k] = slices.Clone(vs)
 	}
 	return out, nil
+}
+
+// controlledKey is the key the proxy controls (translates, drops or pins)
+// that k spells in any case, or "" when k is none of them.
+func (p *TokenProxy) controlledKey(k string, pinned url.Values) string {
+	for _, c := range []string{"scope", realmParamNS, realmParamPrefix} {
+		if strings.EqualFold(k, c) {
+			return c
+		}
+	}
+	for c := range pinned {
+		if strings.EqualFold(k, c) {
+			return c
+		}
+	}
+	return ""
 }
 
 // pinned is every parameter the configuration fixes: Upstream's query,

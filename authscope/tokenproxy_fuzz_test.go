@@ -11,7 +11,8 @@ import (
 // FuzzUpstreamValues: whatever query or form a client sends, the token
 // service gets the configured service and realm parameters only, never
 // the proxy's own ns and prefix, the client's other parameters as sent,
-// and scopes whose repository names are the translated ones.
+// scopes whose repository names are the translated ones, and no key
+// that spells one of those in another case.
 func FuzzUpstreamValues(f *testing.F) {
 	for _, seed := range []string{
 		"service=registry.example&scope=repository:library/debian:pull",
@@ -41,10 +42,17 @@ func FuzzUpstreamValues(f *testing.F) {
 		p := &TokenProxy{Upstream: u, Service: "registry.example", Names: names}
 		out, err := p.UpstreamValues(client, via)
 		if err != nil {
-			if !errors.Is(err, ErrScopeRejected) {
-				t.Fatalf("error %v does not wrap ErrScopeRejected", err)
+			if !errors.Is(err, ErrScopeRejected) && !errors.Is(err, ErrParameterCase) {
+				t.Fatalf("error %v wraps neither ErrScopeRejected nor ErrParameterCase", err)
 			}
 			return
+		}
+		for k := range out {
+			for _, c := range []string{"scope", "service", "tenant", realmParamNS, realmParamPrefix} {
+				if k != c && strings.EqualFold(k, c) {
+					t.Fatalf("%q, another case of %q, reaches the token service", k, c)
+				}
+			}
 		}
 		if !slices.Equal(out["service"], []string{"registry.example"}) || !slices.Equal(out["tenant"], []string{"acme"}) {
 			t.Fatalf("service %q tenant %q reach the token service", out["service"], out["tenant"])

@@ -2,8 +2,10 @@ package authscope
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +18,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestTranslateScopes(t *testing.T) {
@@ -397,6 +402,20 @@ func TestTokenProxyWithholdsOwnCredentials(t *testing.T) {
 			r.Header.Set("Authorization", "Bearer "+workloadToken)
 			return r
 		},
+		"API key in Basic base64 with junk between its characters": func() *http.Request {
+			// Decoders that skip what is not base64 (Python's, by default)
+			// read "ci:<key>" out of it.
+			enc := base64.StdEncoding.EncodeToString([]byte("ci:" + apiKey))
+			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+			r.Header.Set("Authorization", "Basic "+enc[:8]+"!"+enc[8:20]+"*"+enc[20:40]+"\t"+enc[40:])
+			return r
+		},
+		"workload token in Basic base64 with junk": func() *http.Request {
+			enc := base64.StdEncoding.EncodeToString([]byte("ci:" + workloadToken))
+			r, _ := http.NewRequest(http.MethodGet, srv.URL+TokenPath+"?"+scope, nil)
+			r.Header.Set("Authorization", "Basic "+enc[:4]+"#"+enc[4:])
+			return r
+		},
 		"API key in the OAuth2 password form": func() *http.Request {
 			r, _ := http.NewRequest(http.MethodPost, srv.URL+TokenPath, strings.NewReader(
 				"grant_type=password&client_id=containerd&username=ci&password="+url.QueryEscape(apiKey)+"&"+scope))
@@ -467,7 +486,7 @@ func TestTokenProxyPinsConfiguredKeys(t *testing.T) {
 		scope + "&service=" + testService + "&service=evil.example",
 		scope + "&tenant=other",
 		scope + "&tenant=acme&tenant=other",
-		scope + "&Service=evil.example&service=",
+		scope + "&service=",
 		scope,
 	} {
 		for _, s := range []*httptest.Server{srv, srv2} {
@@ -505,6 +524,65 @@ func TestTokenProxyPinsConfiguredKeys(t *testing.T) {
 			pinned(t, "query", reqs[0].Query)
 			pinned(t, "form", reqs[0].Form)
 		})
+	}
+}
+
+// TestTokenProxyRefusesKeysInOtherCase: a token service that reads
+// parameter names without regard to case would take `Scope` for a scope
+// the proxy never translated, or `Service` and `TENANT` for the values the
+// configuration pins. A request that spells a key the proxy controls in
+// another case is refused, in the query and in the form, and nothing
+// reaches the token service.
+func TestTokenProxyRefusesKeysInOtherCase(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL + "/auth?tenant=acme")
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	scope := "scope=" + url.QueryEscape("repository:library/debian:pull")
+	for _, extra := range []string{
+		"Scope=" + url.QueryEscape("repository:team/secret:push"),
+		"SCOPE=" + url.QueryEscape("repository:team/secret:push"),
+		"Service=evil.example",
+		"SERVICE=evil.example",
+		"Tenant=other",
+		"NS=docker.io",
+		"Prefix=docker.io",
+	} {
+		t.Run("GET "+extra, func(t *testing.T) {
+			resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&" + extra)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `"code":"UNSUPPORTED"`) {
+				t.Errorf("status %d: %s, want 400", resp.StatusCode, body)
+			}
+		})
+		t.Run("POST "+extra, func(t *testing.T) {
+			resp, err := http.Post(srv.URL+TokenPath, "application/x-www-form-urlencoded",
+				strings.NewReader("grant_type=password&username=ci&password=ci-pw&"+scope+"&"+extra))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("status %d, want 400", resp.StatusCode)
+			}
+		})
+	}
+	if reqs := is.Requests(); len(reqs) != 0 {
+		t.Errorf("%d requests reached the token service: %+v", len(reqs), reqs)
+	}
+	// Keys the proxy does not control keep their case.
+	resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&Client_ID=podman")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a key of the client's own in capitals: status %d", resp.StatusCode)
 	}
 }
 
@@ -628,5 +706,51 @@ func TestTokenProxyRedirectNotFollowed(t *testing.T) {
 	}
 	if got := seen.Load(); got != nil {
 		t.Fatalf("the redirect target got a request (Authorization %q)", got)
+	}
+}
+
+// TestTokenProxyLogsNoSecrets: a refused token request is logged without
+// the values a client may put credentials in (an API key or a password in
+// the query, which the proxy refuses to forward), while its scope and
+// the reason stay readable.
+func TestTokenProxyLogsNoSecrets(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL)
+	core, logs := observer.New(zapcore.DebugLevel)
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t), Logger: zap.New(core)})
+	t.Cleanup(srv.Close)
+	apiKey := APIKeyPrefix + "0123456789abcdef_" + strings.Repeat("B", 43)
+	for _, q := range []string{
+		"scope=repository:app:pull&password=" + url.QueryEscape(apiKey),
+		"scope=repository:app:pull&account=ci&refresh_token=" + url.QueryEscape(apiKey),
+		"scope=repository:..:pull&password=hunter2-secret",
+		"scope=repository:app:pull&Service=x&password=hunter2-secret",
+	} {
+		resp, err := http.Get(srv.URL + TokenPath + "?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Errorf("%s: %d, want a refusal", q, resp.StatusCode)
+		}
+	}
+	if logs.Len() != 4 {
+		t.Fatalf("%d log entries, want one per refusal", logs.Len())
+	}
+	for _, e := range logs.All() {
+		line := e.Message
+		for k, v := range e.ContextMap() {
+			line += fmt.Sprintf(" %s=%v", k, v)
+		}
+		for _, secret := range []string{apiKey, "hunter2-secret", "BBBBBBBB"} {
+			if strings.Contains(line, secret) {
+				t.Errorf("the log holds a secret: %s", line)
+			}
+		}
+		if !strings.Contains(line, "scope=repository") {
+			t.Errorf("the log lost the scope: %s", line)
+		}
 	}
 }

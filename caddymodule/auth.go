@@ -121,6 +121,17 @@ type authRuntime struct {
 	signIn     *authscope.SignIn     // nil unless OIDC
 }
 
+// holdsAPIKey reports whether r's Authorization carries an API key of
+// this server (with sign-in, which makes them), in any spelling. Workload
+// tokens are not looked for: other services of the site may take tokens
+// of the same CI issuer for their own audience.
+func (rt *authRuntime) holdsAPIKey(r *http.Request) bool {
+	if rt == nil || rt.signIn == nil {
+		return false
+	}
+	return errors.Is(authscope.CheckAuthorization(r.Header, nil), authscope.ErrOwnCredential)
+}
+
 // registryAuthorizer is what registry.Config takes; nil without auth.
 func (rt *authRuntime) registryAuthorizer() registry.Authorizer {
 	if rt == nil {
@@ -286,6 +297,9 @@ func (a *Auth) validate() error {
 	if t := a.Token; t != nil {
 		if t.Realm == "" || t.Service == "" || t.Issuer == "" {
 			return errors.New("token needs realm, service and issuer")
+		}
+		if err := authscope.CheckServiceURL(t.Realm); err != nil {
+			return fmt.Errorf("token realm: %w", err)
 		}
 		if len(t.TrustedCerts) == 0 && len(t.JWKS) == 0 {
 			return errors.New("token needs trusted_certs or jwks")

@@ -164,6 +164,11 @@ func (f *Front) Validate() error {
 	if t := f.Token; t != nil && t.Proxy && t.Realm == "" {
 		return errors.New("token proxy needs the backend's token service as realm")
 	}
+	if t := f.Token; t != nil && t.Realm != "" {
+		if err := authscope.CheckServiceURL(t.Realm); err != nil {
+			return fmt.Errorf("token realm: %w", err)
+		}
+	}
 	cfg, err := f.config()
 	if err != nil {
 		return err

@@ -132,6 +132,9 @@ func (o *OIDC) validate() error {
 	if o.SessionTTL < 0 {
 		return errors.New("oidc: session_ttl must not be negative")
 	}
+	if err := authscope.CheckServiceURL(o.Issuer); err != nil {
+		return fmt.Errorf("oidc issuer: %w", err)
+	}
 	if _, _, err := authscope.CheckExternalURL(o.ExternalURL); err != nil {
 		return fmt.Errorf("oidc: %w", err)
 	}
@@ -151,6 +154,9 @@ func (k *APIKeysConfig) validate() error {
 func (w *Workload) validate() error {
 	if w.Issuer == "" || w.Audience == "" {
 		return errors.New("workload needs issuer and audience")
+	}
+	if err := authscope.CheckServiceURL(w.Issuer); err != nil {
+		return fmt.Errorf("workload issuer: %w", err)
 	}
 	return nil
 }

@@ -280,3 +280,62 @@ func TestAuthBasicPolicy(t *testing.T) {
 		t.Errorf("anonymous ping: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 	}
 }
+
+// TestCatalogPagesHideUnreadable: a catalog page offers a next page (a
+// Link) only when one holds a repository the caller may see. Otherwise
+// the Link after the last readable name would tell an anonymous caller,
+// moving `last` along, that hidden repositories sort after it.
+func TestCatalogPagesHideUnreadable(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("root-pw"), bcrypt.MinCost)
+	hp, err := authscope.ParseHtpasswd([]byte("root:" + string(h) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{
+			"pub/**":    {Anonymous: []string{"read"}},
+			"secret/**": {},
+		},
+		Admin: &authscope.AdminPolicy{Users: []string{"root"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
+	root := remote.WithAuth(&authn.Basic{Username: "root", Password: "root-pw"})
+	img, _ := random.Image(256, 1)
+	for _, repo := range []string{"pub/a", "pub/b", "secret/x", "secret/y"} {
+		if err := remote.Write(ar.ref(t, repo+":v1"), img, root); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page := func(query string, user ...string) ([]string, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, ar.srv.URL+"/v2/_catalog?"+query, nil)
+		if len(user) == 2 {
+			req.SetBasicAuth(user[0], user[1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var c struct{ Repositories []string }
+		if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&c) != nil {
+			t.Fatalf("catalog?%s: %d", query, resp.StatusCode)
+		}
+		return c.Repositories, resp.Header.Get("Link")
+	}
+	for _, q := range []string{"n=1&last=pub/a", "n=2", "n=1&last=pub/b", "n=1&last=pub/az", "n=5", ""} {
+		repos, link := page(q)
+		if link != "" {
+			t.Errorf("anonymous catalog?%s = %q with Link %q: nothing readable follows", q, repos, link)
+		}
+	}
+	if repos, link := page("n=1"); !slices.Equal(repos, []string{"pub/a"}) || link != `</v2/_catalog?n=1&last=pub%2Fa>; rel="next"` {
+		t.Errorf("anonymous first page %q, Link %q; want pub/a and a Link", repos, link)
+	}
+	if repos, link := page("n=3", "root", "root-pw"); !slices.Equal(repos, []string{"pub/a", "pub/b", "secret/x"}) || link == "" {
+		t.Errorf("admin page %q, Link %q; want three and a Link", repos, link)
+	}
+}

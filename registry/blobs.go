@@ -51,6 +51,12 @@ func (h *Handler) linkedBlob(repo string, d cache.Digest) (cache.BlobInfo, error
 	return info, nil
 }
 
+// maxRanges bounds the ranges of one blob request answered as such. Each
+// costs a multipart part header, more than it costs to ask for, and
+// clients ask for one; past this the whole blob is served, as RFC 9110
+// lets a server ignore Range.
+const maxRanges = 16
+
 // serveBlob sends blob d, with info from linkedBlob, from its file.
 func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, info cache.BlobInfo) error {
 	f, err := h.cfg.Store.OpenBlob(d)
@@ -71,9 +77,9 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	hd.Set("Cache-Control", "max-age=31536000")
 
 	if rh := r.Header.Get("Range"); rh != "" {
-		_, err := ParseRange(rh, info.Size)
+		ranges, err := ParseRange(rh, info.Size)
 		switch {
-		case errors.Is(err, ErrRangeUnit):
+		case errors.Is(err, ErrRangeUnit), err == nil && len(ranges) > maxRanges:
 			r.Header.Del("Range")
 		case err != nil:
 			hd.Del("Content-Type")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -340,5 +341,27 @@ func TestMount(t *testing.T) {
 				tr.wantStatus(tr.do("GET", loc, nil), http.StatusNoContent)
 			}
 		})
+	}
+}
+
+// TestBlobManyRangesServeWhole: a Range of many small ranges costs the
+// server a multipart part per range, far more than the header costs the
+// client; past a few ranges the whole blob is served, as RFC 9110 lets a
+// server ignore Range. A couple of ranges still get their parts.
+func TestBlobManyRangesServeWhole(t *testing.T) {
+	tr := newTestRegistry(t)
+	data := bytes.Repeat([]byte("0123456789"), 100)
+	d := tr.pushBlob("r/app", data)
+	var parts []string
+	for i := range 200 {
+		parts = append(parts, fmt.Sprintf("%d-%d", i, i))
+	}
+	resp := tr.do("GET", "/v2/r/app/blobs/"+d.String(), nil, "Range", "bytes="+strings.Join(parts, ","))
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(resp.body, data) {
+		t.Errorf("200 ranges: %d, %d bytes; want 200 with the whole blob", resp.StatusCode, len(resp.body))
+	}
+	resp = tr.do("GET", "/v2/r/app/blobs/"+d.String(), nil, "Range", "bytes=0-1,10-11")
+	if resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/byteranges") {
+		t.Errorf("two ranges: %d %q, want 206 multipart", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 }

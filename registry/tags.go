@@ -84,26 +84,26 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ *request) er
 }
 
 // listRepositories is a page of the repositories r's caller may see: with
-// an Authorizer, pages of the store are filtered until n are found or the
-// store has no more. The last name of the page is then the last one
-// looked at, so the next page starts after it.
+// an Authorizer, pages of the store are filtered until n+1 are found or
+// the store has no more. The one past n only says that a next page holds
+// something for this caller: whether the store holds more would tell of
+// repositories the caller may not see.
 func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]string, bool, error) {
 	if h.cfg.Authorizer == nil {
 		return h.cfg.Store.Repositories(last, n)
 	}
 	var out []string
 	for {
-		page, more, err := h.cfg.Store.Repositories(last, n)
+		page, more, err := h.cfg.Store.Repositories(last, n+1)
 		if err != nil {
 			return nil, false, err
 		}
-		for i, repo := range page {
+		for _, repo := range page {
 			if h.cfg.Authorizer.CanList(r, repo) {
 				out = append(out, repo)
 			}
-			if len(out) == n {
-				// More follow if this page or the store has any left.
-				return out, more || i < len(page)-1, nil
+			if len(out) > n {
+				return out[:n], true, nil
 			}
 		}
 		if !more || len(page) == 0 {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -125,6 +126,24 @@ func (f *Front) Middleware(next http.Handler) http.Handler {
 	})
 }
 
+// frontKeys are the query keys the front reads and rewrites.
+var frontKeys = []string{"ns", "from", "mount"}
+
+// keyInOtherCase returns a key of q that spells one of frontKeys in
+// another case (`NS`, `From`): the front would pass it on unread, and a
+// backend that reads keys without regard to case would apply it
+// untranslated.
+func keyInOtherCase(q url.Values) (string, bool) {
+	for k := range q {
+		for _, fk := range frontKeys {
+			if k != fk && strings.EqualFold(k, fk) {
+				return k, true
+			}
+		}
+	}
+	return "", false
+}
+
 // Serve answers the token proxy's path itself, passes requests outside
 // the registry API (and backends' extensions) to next as they came,
 // refuses API paths that do not parse and names that do not map, and
@@ -151,6 +170,11 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		return f.passThrough(w, r, t.Via, next)
 	}
 
+	if k, ok := keyInOtherCase(r.URL.Query()); ok {
+		f.refuse(w, r, t, registry.NewError(http.StatusBadRequest, registry.CodeUnsupported,
+			"query parameter "+strconv.Quote(k)+": ns, from and mount are lower case", nil))
+		return nil
+	}
 	v := &view{front: f, req: r, via: t.Via, kind: t.Kind}
 	br := r.Clone(r.Context())
 	// A sign-in session of this server (oci_registry's OIDC on the same

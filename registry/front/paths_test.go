@@ -216,3 +216,67 @@ func rawGet(t *testing.T, addr, target string) (*http.Response, []byte) {
 	}
 	return resp, body
 }
+
+// A query key that the front reads, spelled in another case (`NS`,
+// `From`), would reach the backend untranslated, where a backend that
+// reads keys without regard to case would apply a namespace twice or
+// mount from a name the client never had mapped. The front refuses it
+// with 400 in the envelope; nothing reaches the backend.
+func TestQueryKeysInAnotherCaseStayAtTheFront(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.URL.RequestURI())
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	})
+	cfg := frontConfig("")
+	cfg.ProxyToken = false
+	cfg.Logger = zaptest.NewLogger(t)
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(f.Middleware(backend))
+	t.Cleanup(srv.Close)
+	d := "sha256:" + strings.Repeat("a", 64)
+	for _, p := range []string{
+		"/v2/debian/tags/list?NS=ghcr.io",
+		"/v2/debian/tags/list?n=1&Ns=docker.io",
+		"/v2/team/app/blobs/uploads/?mount=" + d + "&From=debian",
+		"/v2/team/app/blobs/uploads/?mount=" + d + "&from=debian&FROM=secret/app",
+	} {
+		t.Run(p, func(t *testing.T) {
+			resp, err := http.Post(srv.URL+p, "application/octet-stream", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var env struct {
+				Errors []struct{ Code string } `json:"errors"`
+			}
+			if resp.StatusCode != http.StatusBadRequest || json.Unmarshal(body, &env) != nil || len(env.Errors) == 0 {
+				t.Errorf("%d %s, want 400 in the envelope", resp.StatusCode, body)
+			}
+		})
+	}
+	mu.Lock()
+	if len(seen) != 0 {
+		t.Errorf("the backend received %q", seen)
+	}
+	seen = nil
+	mu.Unlock()
+	// The keys as clients send them still work.
+	resp, err := http.Post(srv.URL+"/v2/team/app/blobs/uploads/?mount="+d+"&from=debian", "application/octet-stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if resp.StatusCode != http.StatusAccepted || len(seen) != 1 || !strings.Contains(seen[0], "from=docker.io%2Flibrary%2Fdebian") {
+		t.Errorf("a plain mount: %d, backend saw %q", resp.StatusCode, seen)
+	}
+}

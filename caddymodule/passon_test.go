@@ -1,0 +1,108 @@
+package caddymodule
+
+import (
+	"encoding/base64"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
+)
+
+// TestAPIKeysStayWithTheRegistry: with sign-in and API keys, another
+// handler of the site (reverse_proxy) never receives a request carrying
+// an API key, however the client spelled it: the key is the registry's
+// credential, like its session cookie. Other credentials pass.
+func TestAPIKeysStayWithTheRegistry(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Header.Get("Authorization"))
+		mu.Unlock()
+		_, _ = io.WriteString(w, "backend")
+	}))
+	t.Cleanup(backend.Close)
+	p := oidctest.New(t, "alice")
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "client-secret")
+	if err := os.WriteFile(secret, []byte(oidctest.ClientSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	cfg := adaptFront(t, `{
+	admin off
+	log {
+		level ERROR
+	}
+}
+http://`+addr+` {
+	oci_registry {
+		storage `+filepath.Join(dir, "data")+`
+		auth {
+			access ** {
+				anonymous read
+			}
+			oidc {
+				issuer `+p.Issuer()+`
+				client_id `+oidctest.ClientID+`
+				client_secret_file `+secret+`
+				external_url http://`+addr+`
+			}
+			api_keys
+		}
+	}
+	reverse_proxy `+backend.URL+`
+}`)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+
+	key := authscope.APIKeyPrefix + "0123456789abcdef_" + strings.Repeat("K", 43)
+	basic := func(user, pw string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))
+	}
+	send := func(path, auth string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+		req.Header.Set("Authorization", auth)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, auth := range []string{basic("alice", key), basic("alice", key+" "), "Bearer " + key, basic("x", strings.ToUpper(key))} {
+		for _, path := range []string{"/app/", "/_oci/other", "/v2x/"} {
+			if status := send(path, auth); status != http.StatusUnauthorized {
+				t.Errorf("GET %s with %q: %d, want 401", path, auth, status)
+			}
+		}
+	}
+	mu.Lock()
+	for _, a := range got {
+		if strings.Contains(strings.ToLower(a), "kkkkkkkk") || strings.Contains(a, base64.StdEncoding.EncodeToString([]byte("alice:" + key))[:20]) {
+			t.Errorf("the backend received Authorization %q", a)
+		}
+	}
+	got = nil
+	mu.Unlock()
+	if status := send("/app/", basic("bob", "bobs-app-password")); status != http.StatusOK {
+		t.Errorf("the backend's own credentials: %d", status)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] != basic("bob", "bobs-app-password") {
+		t.Errorf("the backend received %q, want its own credentials", got)
+	}
+}
