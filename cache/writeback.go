@@ -8,8 +8,8 @@ import (
 // Write-behind: a push's bytes go to disk while the rest still arrives.
 //
 // A blob is acknowledged only after fsync, and the fsync of a file written
-// at full speed into the page cache has all of it still to write: on a
-// 1 GiB push that wait was about a third of the time. The writer below
+// at full speed into the page cache has all of it still to write: most of
+// what separates a push from hash + write without fsync. The writer below
 // asks the kernel to start writing back every window as soon as it is
 // written, and waits for the window lag bytes behind to be on disk before
 // going on, so the dirty pages of one push stay bounded (a few windows)
