@@ -73,7 +73,15 @@ func mustSize(b *testing.B, s string) int64 {
 // limitPush runs benchclient.LimitPush and removes the file it wrote, as
 // every benchmark wants; it returns the blob's digest and the time taken.
 func limitPush(dir string, seed uint64, size int64) (string, time.Duration, error) {
-	path, digest, took, err := benchclient.LimitPush(dir, seed, size)
+	return removed(benchclient.LimitPush(dir, seed, size))
+}
+
+// limitWrite is limitPush without the fsync (benchclient.LimitWrite).
+func limitWrite(dir string, seed uint64, size int64) (string, time.Duration, error) {
+	return removed(benchclient.LimitWrite(dir, seed, size))
+}
+
+func removed(path, digest string, took time.Duration, err error) (string, time.Duration, error) {
 	if err != nil {
 		return "", 0, err
 	}

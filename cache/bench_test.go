@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"io"
 	"os"
 	"path/filepath"
@@ -88,4 +89,48 @@ func BenchmarkPush(b *testing.B) {
 			b.ReportMetric(float64(limit)/float64(store), "ratio_to_limit")
 		})
 	}
+}
+
+// BenchmarkPutBlobSmall prices what a small push pays besides its bytes:
+// the whole PutBlob of a 4 KiB blob (file fsync, directory fsync, the
+// synced GC-candidate mark), and on their own the mark (one synced badger
+// write), a look at the free space (statfs) and the upload-limits meter.
+func BenchmarkPutBlobSmall(b *testing.B) {
+	s := openStore(b, Options{Dir: b.TempDir()})
+	blob := func(i int) []byte {
+		p := make([]byte, 4<<10)
+		binary.BigEndian.PutUint64(p, uint64(i))
+		return p
+	}
+	b.Run("PutBlob", func(b *testing.B) {
+		for i := range b.N {
+			p := blob(i)
+			if _, err := s.PutBlob(digestOf(p), int64(len(p)), bytes.NewReader(p)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("gc-mark", func(b *testing.B) {
+		for i := range b.N {
+			if err := s.markBlobs(digestOf(blob(-1 - i))); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("statfs", func(b *testing.B) {
+		for range b.N {
+			s.space.measure()
+		}
+	})
+	b.Run("meter", func(b *testing.B) {
+		p := blob(0)
+		buf := make([]byte, len(p))
+		for range b.N {
+			m := s.meter(bytes.NewReader(p), 0)
+			if _, err := m.Read(buf); err != nil {
+				b.Fatal(err)
+			}
+			s.release(m.reserved)
+		}
+	})
 }

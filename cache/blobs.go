@@ -100,7 +100,7 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	m := s.meter(src, 0)
 	defer func() { s.release(m.reserved) }()
 	h := want.Algorithm.New()
-	n, err := copyHashing(s.space.writer(f), h, m)
+	n, err := copyHashing(s.space.writer(writeBehind(f, 0)), h, m)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

@@ -191,7 +191,7 @@ func (f *Fill) fill(src FillSource) error {
 	f.changed()
 	f.mu.Unlock()
 
-	out := f.s.space.writer(file)
+	out := f.s.space.writer(writeBehind(file, 0))
 	h := f.d.Algorithm.New()
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)

@@ -362,3 +362,59 @@ func (f *fillingReader) Read(p []byte) (int, error) {
 	f.once.Do(f.fill)
 	return f.r.Read(p)
 }
+
+// TestNoSpaceMidBlob: the filesystem fills (someone else's write) after a
+// big push has had write-back started on its first windows: a full
+// storage (the guard's next look or the filesystem's ENOSPC, whichever
+// comes first), the temp file goes and no blob appears. Chunked, the
+// session keeps only its earlier chunks.
+func TestNoSpaceMidBlob(t *testing.T) {
+	s, fs := spaceStore(t, 3*bigBlobSize, Options{MetadataDir: t.TempDir()})
+	blob := patterned(bigBlobSize, 5)
+	d := digestOf(blob)
+	half := len(blob) / 2
+	filler := filepath.Join(fs, "filler")
+	// The push's own writes go on while the filler is written: fill up
+	// to ENOSPC rather than to a measured size.
+	fillUp := func() {
+		f, err := os.Create(filler)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		for b := make([]byte, mib); err == nil; {
+			_, err = f.Write(b)
+		}
+	}
+	fillingFrom := func(from int) io.Reader {
+		return io.MultiReader(bytes.NewReader(blob[from:half]), &fillingReader{r: bytes.NewReader(blob[half:]), fill: fillUp})
+	}
+	if _, err := s.PutBlob(d, int64(len(blob)), fillingFrom(0)); !IsStorageFull(err) {
+		t.Fatalf("PutBlob filling the disk midway = %v, want a full storage", err)
+	}
+	noTemp(t, s)
+	if _, err := s.StatBlob(d); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("blob visible after the disk filled: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+
+	u, err := s.NewUpload("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AppendUpload("app", u.ID, 0, bytes.NewReader(blob[:100])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AppendUpload("app", u.ID, 100, fillingFrom(100)); !IsStorageFull(err) {
+		t.Fatalf("AppendUpload filling the disk midway = %v, want a full storage", err)
+	}
+	if got, err := s.GetUpload("app", u.ID); err != nil || got.Size != 100 {
+		t.Fatalf("session after the disk filled = %+v, %v; want size 100", got, err)
+	}
+	if fi, err := os.Stat(s.uploadPath(u.ID)); err != nil || fi.Size() != 100 {
+		t.Fatalf("session data after the disk filled not cut back: %v", err)
+	}
+}

@@ -440,7 +440,7 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if err := s.space.admit(-1); err != nil {
 		return fail("append upload", err)
 	}
-	n, err := copyHashing(s.space.writer(f), h, r)
+	n, err := copyHashing(s.space.writer(writeBehind(f, at)), h, r)
 	if err != nil {
 		return fail("append upload", err)
 	}
