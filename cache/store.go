@@ -165,6 +165,11 @@ func Open(opts Options) (*Store, error) {
 		WithValueThreshold(64 << 10).
 		WithNumCompactors(2).
 		WithNumGoroutines(2)
+	// Every level's tables as small as the base level's: a table being
+	// built is held in memory whole (twice its size, by each compactor),
+	// and with the default doubling per level a grown store's deepest
+	// tables would take 64 MiB each. (Options has no setter for it.)
+	bo.TableSizeMultiplier = 1
 	db, err := badger.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("cache: open metadata: %w", err)
