@@ -12,6 +12,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	"go.uber.org/zap"
 )
 
@@ -164,7 +165,13 @@ func Open(opts Options) (*Store, error) {
 		WithValueLogFileSize(64 << 20).
 		WithValueThreshold(64 << 10).
 		WithNumCompactors(2).
-		WithNumGoroutines(2)
+		WithNumGoroutines(2).
+		// No block compression: a table builder keeps each block both
+		// whole and compressed, and fills a table by its compressed size,
+		// so a 2 MiB table held several times that; every read of a
+		// compressed block allocates its copy, too. Tables already
+		// written compressed stay readable (each table records its own).
+		WithCompression(options.None)
 	// Every level's tables as small as the base level's: a table being
 	// built is held in memory whole (twice its size, by each compactor),
 	// and with the default doubling per level a grown store's deepest
