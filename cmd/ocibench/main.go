@@ -9,6 +9,10 @@
 //	go build -o /tmp/caddy ./cmd/xcaddy-build
 //	go run ./cmd/ocibench -caddy /tmp/caddy
 //
+// With -images N it instead grows the store: -clients clients push N
+// images across N/10 repositories, and it reports the rate and the
+// server's RSS (growth.go).
+//
 // It exits non-zero on errors only: a missed target is reported, not failed.
 package main
 
