@@ -159,7 +159,10 @@ func Open(opts Options) (*Store, error) {
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
-		WithBaseTableSize(2 << 20).
+		// Compaction builds up to a dozen tables at once, each held in
+		// memory whole until written (twice its size): small tables
+		// keep that a few tens of MiB.
+		WithBaseTableSize(1 << 20).
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
@@ -172,10 +175,10 @@ func Open(opts Options) (*Store, error) {
 		// compressed block allocates its copy, too. Tables already
 		// written compressed stay readable (each table records its own).
 		WithCompression(options.None)
-	// Every level's tables as small as the base level's: a table being
-	// built is held in memory whole (twice its size, by each compactor),
-	// and with the default doubling per level a grown store's deepest
-	// tables would take 64 MiB each. (Options has no setter for it.)
+	// Every level's tables as small as the base level's: with the
+	// default doubling per level a grown store's deepest tables would be
+	// 64 times larger, and so would their builders. (Options has no
+	// setter for it.)
 	bo.TableSizeMultiplier = 1
 	db, err := badger.Open(bo)
 	if err != nil {
