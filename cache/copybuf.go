@@ -13,15 +13,14 @@ import (
 // small size never takes a big buffer.
 const (
 	// copyBufSize is a big buffer: large enough that the per-call cost
-	// of read, write and hash is lost in the bytes (a socket read rarely
-	// returns more).
-	copyBufSize = 256 << 10
+	// of read, write and hash is lost in the bytes.
+	copyBufSize = 1 << 20
 	// smallBufSize is the buffer of a small blob or of a write past the
 	// budget.
 	smallBufSize = 32 << 10
 	// bigBufBudget is how many big buffers are out at once across the
 	// process (bigBufBudget*copyBufSize = 16 MiB).
-	bigBufBudget = 64
+	bigBufBudget = 16
 )
 
 var (

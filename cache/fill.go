@@ -189,7 +189,7 @@ func (f *Fill) fill(src FillSource) error {
 	h := f.d.Algorithm.New()
 	bp := getBuf(size)
 	defer putBuf(bp)
-	buf := *bp
+	buf := (*bp)[:min(len(*bp), 256<<10)] // readers see progress sooner
 	var n int64
 	for {
 		m, rerr := body.Read(buf)
