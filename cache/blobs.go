@@ -9,25 +9,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
 )
-
-// copyBufSize is the buffer of every write path: large enough that the
-// per-call cost of read, write and hash is lost in the bytes.
-const copyBufSize = 1 << 20
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
-
-// copyBuf copies r to w through a pooled 1 MiB buffer.
-func copyBuf(w io.Writer, r io.Reader) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	// Hide any WriterTo/ReaderFrom so the big buffer is what is used.
-	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, *bp)
-}
 
 // StatBlob reports whether the blob exists in the content store, regardless
 // of which repositories link it. ErrBlobUnknown when absent.
@@ -100,7 +85,7 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	m := s.meter(src, 0)
 	defer func() { s.release(m.reserved) }()
 	h := want.Algorithm.New()
-	n, err := copyHashing(s.space.writer(writeBehind(f, 0)), h, m)
+	n, err := copyHashing(s.space.writer(writeBehind(f, 0)), h, m, size)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

@@ -5,25 +5,61 @@ import (
 	"sync"
 )
 
-// copyHashing copies r to w and feeds the same bytes to h, as a pipeline
-// of three stages on buffers of copyBufSize: while one buffer is being
-// hashed, the next is written and the one after is read. On a push the
-// hash, the disk write (which may wait for write-back, see writeBehind)
-// and the network read are the big costs; done in turn they add up, side
-// by side the slowest sets the pace. Each buffer is filled before it moves
-// on, so the file and the hash see few, large calls whatever sizes the
-// network delivers. The bytes reach h in order and only once written, so
-// the result equals io.Copy(io.MultiWriter(w, h), r). On an error the
-// first one is returned (a write's before a read's) with the bytes written.
-func copyHashing(w, h io.Writer, r io.Reader) (int64, error) {
-	const depth = 4 // buffers in flight: a few MiB, whatever the blob size
-	free := make(chan *[]byte, depth)
-	for range depth {
-		free <- bufPool.Get().(*[]byte)
+// pipelineDepth is the most buffers one copyHashing keeps in flight.
+const pipelineDepth = 4
+
+// copyHashing copies r to w and feeds the same bytes to h. size is what r
+// holds (< 0: unknown); it only picks the buffers. With big buffers to
+// spare (copybuf.go) it runs as a pipeline (copyPipelined); with one
+// buffer it reads, writes and hashes in turn. The bytes reach h in order,
+// so the result equals io.Copy(io.MultiWriter(w, h), r).
+func copyHashing(w, h io.Writer, r io.Reader, size int64) (int64, error) {
+	first := getBuf(size)
+	bufs := []*[]byte{first}
+	if cap(*first) == copyBufSize && (size < 0 || size > copyBufSize) {
+		for len(bufs) < pipelineDepth {
+			bp := tryBigBuf()
+			if bp == nil {
+				break
+			}
+			bufs = append(bufs, bp)
+		}
+	}
+	defer func() {
+		for _, bp := range bufs {
+			putBuf(bp)
+		}
+	}()
+	if len(bufs) == 1 {
+		return copyBuffer(io.MultiWriter(w, h), r, *first)
+	}
+	return copyPipelined(w, h, r, bufs)
+}
+
+// copyBuffer is io.CopyBuffer with buf always used (no WriterTo or
+// ReaderFrom short cut).
+func copyBuffer(w io.Writer, r io.Reader, buf []byte) (int64, error) {
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, buf)
+}
+
+// copyPipelined is copyHashing as three stages on bufs: while one buffer
+// is being hashed, the next is written and the one after is read. On a
+// push the hash, the disk write (which may wait for write-back, see
+// writeBehind) and the network read are the big costs; done in turn they
+// add up, side by side the slowest sets the pace. Each buffer is filled
+// before it moves on, so the file and the hash see few, large calls
+// whatever sizes the network delivers. The bytes reach h in order and
+// only once written. On an error the first one is returned (a write's
+// before a read's) with the bytes written.
+func copyPipelined(w, h io.Writer, r io.Reader, bufs []*[]byte) (int64, error) {
+	depth := len(bufs)
+	free := make(chan []byte, depth)
+	for _, bp := range bufs {
+		free <- *bp
 	}
 	toWrite := make(chan []byte, depth)
 	toHash := make(chan []byte, depth)
-	recycle := func(b []byte) { b = b[:cap(b)]; free <- &b }
+	recycle := func(b []byte) { free <- b[:cap(b)] }
 
 	var (
 		n       int64
@@ -66,28 +102,25 @@ func copyHashing(w, h io.Writer, r io.Reader) (int64, error) {
 
 	var rerr error
 	for rerr == nil {
-		var bp *[]byte
+		var buf []byte
 		select {
-		case bp = <-free:
+		case buf = <-free:
 		case <-failed:
 		}
-		if bp == nil {
+		if buf == nil {
 			break
 		}
 		var nr int
-		nr, rerr = fill(r, *bp)
+		nr, rerr = fill(r, buf)
 		if nr > 0 {
-			toWrite <- (*bp)[:nr]
+			toWrite <- buf[:nr]
 		} else {
-			free <- bp
+			free <- buf
 		}
 	}
 	close(toWrite)
 	written.Wait()
 	hashed.Wait()
-	for range depth {
-		bufPool.Put(<-free)
-	}
 	if werr != nil {
 		return n, werr
 	}

@@ -193,9 +193,9 @@ func (f *Fill) fill(src FillSource) error {
 
 	out := f.s.space.writer(writeBehind(file, 0))
 	h := f.d.Algorithm.New()
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := (*bp)[:256<<10] // smaller than the pool's: readers see progress sooner
+	bp := getBuf(size)
+	defer putBuf(bp)
+	buf := (*bp)[:min(len(*bp), 256<<10)] // readers see progress sooner
 	var n int64
 	for {
 		m, rerr := body.Read(buf)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	"go.uber.org/zap"
 )
 
@@ -162,13 +163,27 @@ func Open(opts Options) (*Store, error) {
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
-		WithBaseTableSize(2 << 20).
+		// Compaction builds up to a dozen tables at once, each held in
+		// memory whole until written (twice its size): small tables
+		// keep that a few tens of MiB.
+		WithBaseTableSize(1 << 20).
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
 		WithValueThreshold(64 << 10).
 		WithNumCompactors(2).
-		WithNumGoroutines(2)
+		WithNumGoroutines(2).
+		// No block compression: a table builder keeps each block both
+		// whole and compressed, and fills a table by its compressed size,
+		// so a 2 MiB table held several times that; every read of a
+		// compressed block allocates its copy, too. Tables already
+		// written compressed stay readable (each table records its own).
+		WithCompression(options.None)
+	// Every level's tables as small as the base level's: with the
+	// default doubling per level a grown store's deepest tables would be
+	// 64 times larger, and so would their builders. (Options has no
+	// setter for it.)
+	bo.TableSizeMultiplier = 1
 	db, err := badger.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("cache: open metadata: %w", err)

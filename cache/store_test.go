@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 func openStore(t testing.TB, opts Options) *Store {
@@ -109,5 +112,63 @@ func TestCheckMetadataDir(t *testing.T) {
 		if err := CheckMetadataDir(dir, good); err != nil {
 			t.Errorf("MetadataDir %s: %v", good, err)
 		}
+	}
+}
+
+// The store's metadata is written uncompressed, but a store written by an
+// earlier version holds Snappy-compressed tables: they stay readable.
+func TestOpenReadsCompressedMetadata(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, Options{Dir: dir})
+	d := mustPut(t, s, []byte("layer written before the upgrade"))
+	mustLink(t, s, "old/repo", d)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Rewrite every key into Snappy-compressed tables only.
+	db, err := badger.Open(badger.DefaultOptions(filepath.Join(dir, "meta")).
+		WithCompression(options.Snappy).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []*badger.Entry
+	err = db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.DefaultIteratorOptions)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			e := badger.NewEntry(item.KeyCopy(nil), v).WithMeta(item.UserMeta())
+			e.ExpiresAt = item.ExpiresAt()
+			entries = append(entries, e)
+		}
+		return nil
+	})
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("read metadata: %d keys, %v", len(entries), err)
+	}
+	if err := db.DropAll(); err != nil {
+		t.Fatal(err)
+	}
+	wb := db.NewWriteBatch()
+	for _, e := range entries {
+		if err := wb.SetEntry(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil { // flushes the memtable to a compressed table
+		t.Fatal(err)
+	}
+
+	s = openStore(t, Options{Dir: dir})
+	if _, err := s.HasBlob("old/repo", d); err != nil {
+		t.Fatalf("link written compressed: %v", err)
 	}
 }

@@ -440,7 +440,7 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if err := s.space.admit(-1); err != nil {
 		return fail("append upload", err)
 	}
-	n, err := copyHashing(s.space.writer(writeBehind(f, at)), h, r)
+	n, err := copyHashing(s.space.writer(writeBehind(f, at)), h, r, -1)
 	if err != nil {
 		return fail("append upload", err)
 	}
@@ -526,7 +526,7 @@ func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest,
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return Digest{}, err
 	}
-	if _, err := copyBuf(h, io.LimitReader(f, rec.Size)); err != nil {
+	if _, err := copyBuf(h, io.LimitReader(f, rec.Size), rec.Size); err != nil {
 		return Digest{}, err
 	}
 	return FromHash(alg, h), nil

@@ -9,6 +9,10 @@
 //	go build -o /tmp/caddy ./cmd/xcaddy-build
 //	go run ./cmd/ocibench -caddy /tmp/caddy
 //
+// With -images N it instead grows the store: -clients clients push N
+// images across N/10 repositories, and it reports the rate and the
+// server's RSS (growth.go).
+//
 // It exits non-zero on errors only: a missed target is reported, not failed.
 package main
 
@@ -61,6 +65,9 @@ type options struct {
 	chunkText  string
 	jsonOutput bool
 	global     string
+	images     int
+	layer      int64
+	layerText  string
 }
 
 func main() {
@@ -86,13 +93,19 @@ func main() {
 	flag.IntVar(&o.pprofSecs, "pprof-seconds", 5, "length of each CPU profile; about the time of one push")
 	flag.StringVar(&o.global, "global", "", "extra lines for the Caddyfile's global options block, e.g. 'servers { timeouts { write_max_chunk 4MiB } }'")
 	flag.BoolVar(&o.jsonOutput, "json", false, "print the figures as JSON instead of a table")
+	flag.IntVar(&o.images, "images", 0, "store-growth mode: instead of the blob and manifest figures, push this many images (layer, config, manifest each) across images/10 repositories with -clients clients, then report the server's RSS (and save heap.pprof with -pprof)")
+	flag.StringVar(&o.layerText, "layer", "4KiB", "layer size of each image in the store-growth mode")
 	flag.Parse()
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "ocibench:", err)
 		flag.Usage()
 		os.Exit(2)
 	}
-	res, err := run(o)
+	runMode := run
+	if o.images > 0 {
+		runMode = runGrowth
+	}
+	res, err := runMode(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ocibench:", err)
 		os.Exit(1)
@@ -116,6 +129,12 @@ func (o *options) check() error {
 	}
 	if o.chunk, err = benchclient.ParseSize(o.chunkText); err != nil {
 		return err
+	}
+	if o.layer, err = benchclient.ParseSize(o.layerText); err != nil {
+		return err
+	}
+	if o.images < 0 || o.layer < 1 {
+		return errors.New("-images must not be negative and -layer must be positive")
 	}
 	if o.runs < 1 || o.getRuns < 1 || o.clients < 1 || o.requests < 1 {
 		return errors.New("-runs, -get-runs, -clients and -requests must be positive")
@@ -143,6 +162,7 @@ type Result struct {
 	GetRuns int    `json:"get_runs"`
 	Clients int    `json:"clients"`
 	Dir     string `json:"dir"`
+	Images  int    `json:"images,omitempty"`
 	Rows    []Row  `json:"rows"`
 }
 
@@ -155,8 +175,12 @@ func throughputRow(name string, bytes int64, took, limit time.Duration, target f
 }
 
 func (r *Result) print(w io.Writer) {
-	fmt.Fprintf(w, "ocibench: blob %s, chunk %s, %d push run(s), %d GET run(s), %d manifest clients, in %s\n",
-		human(r.Size), human(r.Chunk), r.Runs, r.GetRuns, r.Clients, r.Dir)
+	if r.Images > 0 {
+		fmt.Fprintf(w, "ocibench: %d images, layer %s, %d clients, in %s\n", r.Images, human(r.Size), r.Clients, r.Dir)
+	} else {
+		fmt.Fprintf(w, "ocibench: blob %s, chunk %s, %d push run(s), %d GET run(s), %d manifest clients, in %s\n",
+			human(r.Size), human(r.Chunk), r.Runs, r.GetRuns, r.Clients, r.Dir)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "figure\tmeasured\tlimit\tratio\ttarget\t\t")
 	for _, row := range r.Rows {
