@@ -67,6 +67,19 @@ type Fill struct {
 // committed at once and src is not called. started reports whether this
 // call started the fill.
 func (s *Store) Fill(repo string, d Digest, src FillSource) (f *Fill, started bool, err error) {
+	return s.FillAdmitted(repo, d, src, nil)
+}
+
+// FillAdmit decides whether a new fill may start: it returns the release
+// of what the fill takes (a slot among a bounded number), called once the
+// fill is done, or an error that keeps the fill from starting. It is
+// called under the store's fill lock, so it must not block.
+type FillAdmit func() (release func(), err error)
+
+// FillAdmitted is Fill, asking admit (nil: always yes) before it starts a
+// fill; joining a fill in progress or finding the blob stored asks
+// nothing. admit's error is returned as is.
+func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAdmit) (f *Fill, started bool, err error) {
 	if err := checkName("repository", repo); err != nil {
 		return nil, false, err
 	}
@@ -94,9 +107,18 @@ func (s *Store) Fill(repo string, d Digest, src FillSource) (f *Fill, started bo
 	if err := s.space.admit(-1); err != nil {
 		return nil, false, err
 	}
+	release := func() {}
+	if admit != nil {
+		if release, err = admit(); err != nil {
+			return nil, false, err
+		}
+	}
 	s.fills[d] = f
 	s.wg.Add(1)
-	go f.run(src)
+	go func() {
+		defer release()
+		f.run(src)
+	}()
 	return f, true, nil
 }
 

@@ -234,6 +234,8 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 			dial_timeout 3s
 			response_header_timeout 45s
 			stall_timeout 2m
+			max_blob_size 10GiB
+			max_concurrent_fills 8
 			alias registry-1.docker.io
 			host docker.mirror.example
 			default
@@ -256,6 +258,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 				Username: "{env.HUB_USER}", Password: "{env.HUB_TOKEN}",
 				TagTTL: caddy.Duration(10 * time.Minute), StaleIfError: caddy.Duration(48 * time.Hour),
 				DialTimeout: caddy.Duration(3 * time.Second), ResponseHeaderTimeout: caddy.Duration(45 * time.Second), StallTimeout: caddy.Duration(2 * time.Minute),
+				MaxBlobSize: 10 << 30, MaxConcurrentFills: 8,
 				Aliases: []string{"registry-1.docker.io"}, Hosts: []string{"docker.mirror.example"}, Default: true},
 			{Prefix: "ghcr.io"},
 			{Prefix: "localhost:1", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library"},
@@ -276,6 +279,11 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 		"oci_registry {\nmirror a {\nresponse_header_timeout 0s\n}\n}",
 		"oci_registry {\nmirror a {\nstall_timeout -1s\n}\n}",
 		"oci_registry {\nmirror a {\nstall_timeout 1m 2m\n}\n}",
+		"oci_registry {\nmirror a {\nmax_blob_size big\n}\n}",
+		"oci_registry {\nmirror a {\nmax_blob_size 0\n}\n}",
+		"oci_registry {\nmirror a {\nmax_concurrent_fills 0\n}\n}",
+		"oci_registry {\nmirror a {\nmax_concurrent_fills -3\n}\n}",
+		"oci_registry {\nmirror a {\nmax_concurrent_fills 1 2\n}\n}",
 		"oci_registry {\nlocal\n}",
 	} {
 		var r Registry
@@ -287,7 +295,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 
 func TestBuildMirrors(t *testing.T) {
 	t.Setenv("HUB_TOKEN", "s3cret")
-	ms, err := buildMirrors([]*Mirror{{Prefix: "docker.io", Password: "{env.HUB_TOKEN}", Default: true}, {Prefix: "ghcr.io"}}, []string{"team"}, caddy.NewReplacer(), zap.NewNop())
+	ms, err := buildMirrors([]*Mirror{{Prefix: "docker.io", Password: "{env.HUB_TOKEN}", Default: true}, {Prefix: "ghcr.io"}}, []string{"team"}, 0, caddy.NewReplacer(), zap.NewNop())
 	if err != nil || len(ms) != 2 {
 		t.Fatalf("buildMirrors: %v", err)
 	}
@@ -300,8 +308,23 @@ func TestBuildMirrors(t *testing.T) {
 		{{Prefix: "a", Upstreams: []string{"ftp://x"}}},
 		{{Prefix: "a", Upstreams: []string{"https://hub-user:hub-pass@registry.example"}}},
 	} {
-		if _, err := buildMirrors(bad, nil, caddy.NewReplacer(), zap.NewNop()); err == nil {
+		if _, err := buildMirrors(bad, nil, 0, caddy.NewReplacer(), zap.NewNop()); err == nil {
 			t.Errorf("accepted %+v", bad[0])
+		}
+	}
+}
+
+func TestMirrorBlobLimit(t *testing.T) {
+	for _, tc := range []struct{ maxBlob, cache, want int64 }{
+		{0, 0, 0},        // neither: no limit
+		{100, 0, 100},    // max_blob_size alone
+		{0, 500, 500},    // a blob larger than the cache is never fetched
+		{100, 500, 100},  // the smaller wins
+		{1000, 500, 500}, // an explicit limit past the cache is capped
+		{-1, 500, 500},   // negative (JSON) is no explicit limit
+	} {
+		if got := mirrorBlobLimit(tc.maxBlob, tc.cache); got != tc.want {
+			t.Errorf("mirrorBlobLimit(%d, %d) = %d, want %d", tc.maxBlob, tc.cache, got, tc.want)
 		}
 	}
 }
@@ -311,7 +334,7 @@ func TestBuildMirrors(t *testing.T) {
 // (which reaches Caddy's log) does not repeat the password.
 func TestBuildMirrorsRefusesUserinfo(t *testing.T) {
 	for _, u := range []string{"https://hub-user:hub-pass@registry.example", "https://hub-user:hub-pass@registry.example:bad port"} {
-		_, err := buildMirrors([]*Mirror{{Prefix: "a", Upstreams: []string{u}}}, nil, caddy.NewReplacer(), zap.NewNop())
+		_, err := buildMirrors([]*Mirror{{Prefix: "a", Upstreams: []string{u}}}, nil, 0, caddy.NewReplacer(), zap.NewNop())
 		if err == nil {
 			t.Fatalf("%s accepted", u)
 		}

@@ -2,10 +2,12 @@ package caddymodule
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -58,6 +60,22 @@ type Mirror struct {
 	// when the blob was already streaming. Default: 60s.
 	StallTimeout caddy.Duration `json:"stall_timeout,omitempty"`
 
+	// MaxBlobSize: a blob larger than this is not fetched from the
+	// upstream; the client gets 413 SIZE_INVALID and nothing is stored.
+	// Upstream's declared size is checked before a byte is stored; a
+	// transfer of undeclared size is cut off when it passes the limit.
+	// In bytes; the Caddyfile takes sizes such as 10GiB. Default: no
+	// limit, except that with mirror_cache_size set a blob larger than
+	// the cache is never fetched (an explicit value is capped by it too).
+	MaxBlobSize int64 `json:"max_blob_size,omitempty"`
+
+	// MaxConcurrentFills caps the blob transfers from the upstream that
+	// run at once (each goes on when its client leaves, for others to
+	// share). A pull that needs one more waits up to 5s for a slot, then
+	// gets 429 TOOMANYREQUESTS with Retry-After; pulls of a blob already
+	// on its way join it without a slot. Default: 64.
+	MaxConcurrentFills int `json:"max_concurrent_fills,omitempty"`
+
 	// CAFile is a PEM bundle trusted for the upstream's TLS certificate,
 	// in addition to the system roots.
 	CAFile string `json:"ca_file,omitempty"`
@@ -89,7 +107,10 @@ type Mirror struct {
 // placeholders in credentials. Nothing is contacted.
 // buildMirrors turns the configured mirrors into registry mirrors; log
 // gets each upstream client's messages, named after the mirror's prefix.
-func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer, log *zap.Logger) ([]*registry.Mirror, error) {
+//
+// cacheSize is the handler's mirror_cache_size (0: none), which caps
+// every mirror's blob size: a larger blob could never stay cached.
+func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Replacer, log *zap.Logger) ([]*registry.Mirror, error) {
 	out := make([]*registry.Mirror, 0, len(ms))
 	spaces := make([]authscope.Namespace, 0, len(ms))
 	for _, m := range ms {
@@ -101,6 +122,8 @@ func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer, log *zap.L
 			TagTTL:             time.Duration(m.TagTTL),
 			StaleIfError:       time.Duration(m.StaleIfError),
 			DialTimeout:        time.Duration(m.DialTimeout),
+			MaxBlobSize:        mirrorBlobLimit(m.MaxBlobSize, cacheSize),
+			MaxConcurrentFills: m.MaxConcurrentFills,
 			UpstreamTimeout:    time.Duration(m.ResponseHeaderTimeout),
 			BlobIdleTimeout:    time.Duration(m.StallTimeout),
 			CAFile:             m.CAFile,
@@ -123,6 +146,19 @@ func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer, log *zap.L
 	return out, nil
 }
 
+// mirrorBlobLimit is the smaller of a mirror's max_blob_size and the
+// mirror cache's size, where set (0: no limit).
+func mirrorBlobLimit(maxBlob, cacheSize int64) int64 {
+	switch {
+	case maxBlob <= 0:
+		return max(cacheSize, 0)
+	case cacheSize <= 0:
+		return maxBlob
+	default:
+		return min(maxBlob, cacheSize)
+	}
+}
+
 // unmarshalMirror parses
 //
 //	mirror <prefix> {
@@ -134,6 +170,8 @@ func buildMirrors(ms []*Mirror, local []string, repl *caddy.Replacer, log *zap.L
 //		dial_timeout <duration>
 //		response_header_timeout <duration>
 //		stall_timeout <duration>
+//		max_blob_size <size>          # e.g. 10GiB
+//		max_concurrent_fills <n>
 //		ca_file <file>
 //		insecure_skip_verify
 //		alias <name>...
@@ -197,6 +235,24 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 				default:
 					m.StallTimeout = caddy.Duration(dur)
 				}
+			}
+		case "max_blob_size":
+			var s string
+			if s, err = one(); err == nil {
+				size, perr := humanize.ParseBytes(s)
+				if perr != nil || size == 0 || size > 1<<62 {
+					return nil, d.Errf("mirror %s: max_blob_size must be a positive size such as 10GiB, got %q", m.Prefix, s)
+				}
+				m.MaxBlobSize = int64(size)
+			}
+		case "max_concurrent_fills":
+			var s string
+			if s, err = one(); err == nil {
+				n, perr := strconv.Atoi(s)
+				if perr != nil || n <= 0 {
+					return nil, d.Errf("mirror %s: max_concurrent_fills must be a positive number, got %q", m.Prefix, s)
+				}
+				m.MaxConcurrentFills = n
 			}
 		case "insecure_skip_verify", "default":
 			if len(args) != 0 {

@@ -257,12 +257,12 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	})
 
-	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer(), rg.logger)
+	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, rg.MirrorCacheSize, caddy.NewReplacer(), rg.logger)
 	if err != nil {
 		return err
 	}
 	// Routing needs the namespaces before the store is open.
-	routing, err := buildMirrors(rg.Mirrors, rg.LocalPrefixes, caddy.NewReplacer(), zap.NewNop())
+	routing, err := buildMirrors(rg.Mirrors, rg.LocalPrefixes, rg.MirrorCacheSize, caddy.NewReplacer(), zap.NewNop())
 	if err != nil {
 		return err
 	}

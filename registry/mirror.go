@@ -57,6 +57,17 @@ type MirrorConfig struct {
 	// DialTimeout bounds connecting to upstream and its token service
 	// (TCP, then TLS). Default DefaultDialTimeout.
 	DialTimeout time.Duration
+	// MaxBlobSize: a blob larger than this is not fetched (413
+	// SIZE_INVALID): refused on upstream's declared size before a byte is
+	// stored, or cut off when upstream does not declare it. 0: no limit.
+	MaxBlobSize int64
+	// MaxConcurrentFills caps the blob fills from upstream running at
+	// once; a request that would start one more waits up to FillSlotWait
+	// for a slot, then gets 429. Joining a fill in progress takes no
+	// slot. Default DefaultMaxConcurrentFills.
+	MaxConcurrentFills int
+	// FillSlotWait: see MaxConcurrentFills. Default DefaultFillSlotWait.
+	FillSlotWait time.Duration
 	// CAFile and InsecureSkipVerify: TLS to the upstream.
 	CAFile             string
 	InsecureSkipVerify bool
@@ -85,6 +96,7 @@ type Mirror struct {
 	client *upstream.Client
 	// revalidations: one upstream exchange per name+reference at a time.
 	revalidations singleflight.Group
+	slots         *fillSlots // bounds concurrent blob fills
 	obs           MirrorObserver
 	now           func() time.Time
 }
@@ -151,7 +163,16 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
-	m := &Mirror{cfg: cfg, obs: nopMirrorObserver{}, now: time.Now}
+	if cfg.MaxBlobSize < 0 {
+		cfg.MaxBlobSize = 0
+	}
+	if cfg.MaxConcurrentFills <= 0 {
+		cfg.MaxConcurrentFills = DefaultMaxConcurrentFills
+	}
+	if cfg.FillSlotWait <= 0 {
+		cfg.FillSlotWait = DefaultFillSlotWait
+	}
+	m := &Mirror{cfg: cfg, slots: newFillSlots(cfg.MaxConcurrentFills), obs: nopMirrorObserver{}, now: time.Now}
 	prefix := cfg.Prefix
 	c, err := upstream.New(upstream.Config{
 		URLs:               cfg.Upstreams,
@@ -259,6 +280,9 @@ var (
 func upstreamError(m *Mirror, kind string, err error) *Error {
 	if e := storageFullError(err); e != nil {
 		return e // upstream answered; the store had no room
+	}
+	if errors.Is(err, errMirrorBlobTooLarge) {
+		return mirrorBlobTooLarge(m, err)
 	}
 	name := "upstream " + m.cfg.Prefix
 	if timedOut(err) {

@@ -53,7 +53,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		// Fill only starts a fill when there is none and the store
 		// lacks the digest (decided under its lock); otherwise what it
 		// returns is another's, unread until upstream confirms.
-		f, started, err := h.fill(rc, d)
+		f, started, err := h.fill(r.Context(), rc, d)
 		if err != nil {
 			return err
 		}
@@ -73,6 +73,9 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		return errInternal(err)
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
+	if err := m.checkBlobSize(size); err != nil {
+		return mirrorBlobTooLarge(m, err) // HEAD too: a GET would be refused
+	}
 	if r.Method == http.MethodHead {
 		setBlobHeaders(w, d)
 		if size >= 0 {
@@ -81,7 +84,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	f, started, err := h.fill(rc, d)
+	f, started, err := h.fill(r.Context(), rc, d)
 	if err != nil {
 		return err
 	}
@@ -95,7 +98,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			case <-r.Context().Done():
 				return nil
 			}
-			if f, started, err = h.fill(rc, d); err != nil {
+			if f, started, err = h.fill(r.Context(), rc, d); err != nil {
 				return err
 			}
 		}
@@ -104,10 +107,14 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 }
 
 // fill returns the fill of d in progress, or the committed blob as a
-// fill, or else starts one from upstream for rc's repository (started).
-func (h *Handler) fill(rc *request, d cache.Digest) (*cache.Fill, bool, error) {
+// fill, or else starts one from upstream for rc's repository (started),
+// within the mirror's cap on fills (429 past it).
+func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (*cache.Fill, bool, error) {
 	m := rc.mirror
-	f, started, err := h.cfg.Store.Fill(rc.name, d, m.blobSource(m.upstreamName(rc.name), d))
+	f, started, err := m.startFill(ctx, h.cfg.Store, rc.name, d)
+	if errors.Is(err, errNoFillSlot) || (err != nil && ctx.Err() != nil) {
+		return nil, false, errTooManyFills(m, err)
+	}
 	if err != nil {
 		return nil, false, errInternal(err)
 	}
@@ -183,6 +190,8 @@ func fillError(r *http.Request, rc *request, f *cache.Fill, err error) error {
 		return nil
 	case storageFullError(err) != nil:
 		return storageFullError(err) // says nothing of the other repository
+	case errors.Is(err, errMirrorBlobTooLarge):
+		return mirrorBlobTooLarge(m, err) // nor does the mirror's limit
 	case f.Repo() != rc.name:
 		return newError(http.StatusBadGateway, CodeUnknown, "upstream "+m.cfg.Prefix+" failed", err)
 	default:
@@ -293,8 +302,16 @@ func (m *Mirror) blobSource(repo string, d cache.Digest) cache.FillSource {
 			cancel(nil)
 			return nil, 0, stalledOr(ctx, err)
 		}
+		if err := m.checkBlobSize(resp.ContentLength); err != nil {
+			// Refused before the fill writes a byte.
+			idle.Stop()
+			resp.Body.Close()
+			cancel(nil)
+			return nil, 0, err
+		}
 		idle.Reset(m.cfg.BlobIdleTimeout)
-		return &idleBody{ctx: ctx, rc: resp.Body, idle: idle, after: m.cfg.BlobIdleTimeout, cancel: cancel}, resp.ContentLength, nil
+		body := &idleBody{ctx: ctx, rc: resp.Body, idle: idle, after: m.cfg.BlobIdleTimeout, cancel: cancel}
+		return m.capBody(body), resp.ContentLength, nil
 	}
 }
 

@@ -47,11 +47,12 @@ type fakeUpstream struct {
 	rtt time.Duration
 
 	// Blob GET behaviour.
-	chunk   int           // bytes per write (default 64 KiB)
-	gate    chan struct{} // if set: after the first chunk wait for it to close
-	delay   time.Duration // between chunks
-	failMid bool          // send half, then drop the connection
-	corrupt bool          // flip the first byte
+	chunk    int           // bytes per write (default 64 KiB)
+	gate     chan struct{} // if set: after the first chunk wait for it to close
+	delay    time.Duration // between chunks
+	failMid  bool          // send half, then drop the connection
+	corrupt  bool          // flip the first byte
+	noLength bool          // no Content-Length: a chunked body of unknown length
 
 	// The next failN requests get failStatus (with retryAfter, if set).
 	failN      int
@@ -245,6 +246,16 @@ type blobWriter struct {
 	http.ResponseWriter
 	u       *fakeUpstream
 	written int
+}
+
+func (b *blobWriter) WriteHeader(status int) {
+	b.u.mu.Lock()
+	noLength := b.u.noLength
+	b.u.mu.Unlock()
+	if noLength {
+		b.Header().Del("Content-Length")
+	}
+	b.ResponseWriter.WriteHeader(status)
 }
 
 func (b *blobWriter) Write(p []byte) (int, error) {
