@@ -325,17 +325,18 @@ func (rg *Registry) Cleanup() error {
 	return err
 }
 
-// ServeHTTP serves /v2/ and passes every other request to next, without
-// the sign-in cookies and never with an API key: the next handler may be
-// another service (reverse_proxy), and a session or key is this server's
-// alone. While a newer config takes over, HTTP/1 responses close their
+// ServeHTTP serves /v2/ (and /_oci/ with the token proxy or sign-in:
+// paths there that are not exactly ours get 404) and passes every other
+// request to next, without the sign-in cookies and never with an API
+// key: the next handler may be another service (reverse_proxy), and a
+// session or key is this server's alone. While a newer config takes over, HTTP/1 responses close their
 // connection (reload.go).
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	w = rg.app.closeWhenReplaced(w, r)
 	if rg.auth.serve(w, r) {
 		return nil
 	}
-	if !rg.serves.Serves(r.URL.Path) {
+	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) {
 		authscope.DropSignInCookies(r.Header)
 		if rg.auth.holdsAPIKey(r) {
 			http.Error(w, "API keys are accepted by the registry's API only", http.StatusUnauthorized)
