@@ -140,6 +140,10 @@ type UploadLimits struct {
 	// TotalBytes: bytes held by all open sessions together, plus those of
 	// chunks and PutBlobs being written.
 	TotalBytes int64
+	// PerOwnerBytes: bytes held by the open sessions of one owner, plus
+	// those of its chunks being written, so that one client cannot take
+	// all of TotalBytes (sessions without an owner are not counted).
+	PerOwnerBytes int64
 	// IdleTimeout: a session without a new chunk for this long expires,
 	// before UploadTTL.
 	IdleTimeout time.Duration

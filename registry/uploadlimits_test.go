@@ -297,3 +297,26 @@ func TestUploadIdleTimeout(t *testing.T) {
 	tr.wantError(tr.do("PATCH", other, []byte("x")), http.StatusNotFound, CodeBlobUploadUnknown)
 	tr.wantUsage(1, 0)
 }
+
+// TestUploadBytesPerClient: one client's open uploads hold at most its
+// share of the bytes; past it its chunks and new sessions are refused
+// (429), while another client can still push, and finishing an upload
+// gives the share back.
+func TestUploadBytesPerClient(t *testing.T) {
+	tr := limitedRegistry(t, cache.UploadLimits{TotalBytes: 1000, PerOwnerBytes: 300})
+	a := location(tr.openSession("app", "192.0.2.1"))
+	tr.wantStatus(tr.do("PATCH", a, bytes.Repeat([]byte("a"), 300)), http.StatusAccepted)
+	tr.wantError(tr.do("PATCH", a, []byte("a")), http.StatusTooManyRequests, CodeTooManyRequests)
+	tr.wantError(tr.stream("PATCH", a, []byte("a")), http.StatusTooManyRequests, CodeTooManyRequests)
+	tr.wantError(tr.openSession("app", "192.0.2.1"), http.StatusTooManyRequests, CodeTooManyRequests)
+	tr.wantUsage(1, 300)
+
+	b := location(tr.openSession("app", "192.0.2.2"))
+	data := bytes.Repeat([]byte("b"), 300)
+	tr.wantStatus(tr.do("PATCH", b, data), http.StatusAccepted)
+	tr.wantStatus(tr.do("PUT", b+"?digest="+cache.FromBytes(cache.SHA256, data).String(), nil), http.StatusCreated)
+
+	tr.wantStatus(tr.do("DELETE", a, nil), http.StatusNoContent)
+	tr.wantUsage(0, 0)
+	tr.wantStatus(tr.openSession("app", "192.0.2.1"), http.StatusAccepted)
+}
