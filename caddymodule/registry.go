@@ -130,6 +130,14 @@ type Registry struct {
 	// such as 100GiB. Default: 64GiB; negative (Caddyfile: off): no limit.
 	MaxUploadBytes int64 `json:"max_upload_bytes,omitempty"`
 
+	// MaxUploadBytesPerClient is how many of those bytes the unfinished
+	// uploads of one client (its user, else its address) may hold, so
+	// that one client cannot take them all and block everyone's pushes.
+	// Past it, that client's chunks and new sessions get 429
+	// TOOMANYREQUESTS. The Caddyfile takes sizes such as 16GiB. Default:
+	// a quarter of max_upload_bytes; negative (Caddyfile: off): no share.
+	MaxUploadBytesPerClient int64 `json:"max_upload_bytes_per_client,omitempty"`
+
 	// GCInterval is how often blobs that no repository links any more, and
 	// expired upload sessions, are removed from disk. A negative value
 	// disables the background collection. Default: 1h.
@@ -399,6 +407,8 @@ func (rg *Registry) uploadLimits() cache.UploadLimits {
 		MaxBlobSize: rg.MaxBlobSize,
 		TotalBytes:  rg.MaxUploadBytes,
 		IdleTimeout: time.Duration(rg.UploadIdleTimeout),
+
+		PerOwnerBytes: rg.MaxUploadBytesPerClient,
 	}
 }
 

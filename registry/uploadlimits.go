@@ -21,6 +21,8 @@ func effectiveLimits(l cache.UploadLimits) cache.UploadLimits {
 	l.PerOwner = int(orDefault(int64(l.PerOwner), DefaultUploadsPerClient))
 	l.PerRepo = int(orDefault(int64(l.PerRepo), DefaultUploadsPerRepository))
 	l.TotalBytes = orDefault(l.TotalBytes, DefaultUploadBytes)
+	// One client may hold a quarter of the total by default.
+	l.PerOwnerBytes = orDefault(l.PerOwnerBytes, l.TotalBytes/4)
 	l.MaxBlobSize = orDefault(l.MaxBlobSize, 0)
 	l.IdleTimeout = time.Duration(orDefault(int64(l.IdleTimeout), int64(DefaultUploadIdleTimeout)))
 	return l

@@ -186,7 +186,7 @@ func TestUploadSessionsAfterRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return httptest.NewServer(New(Config{Store: st, Uploads: cache.UploadLimits{PerOwner: 2, TotalBytes: 100}})), st
+		return httptest.NewServer(New(Config{Store: st, Uploads: cache.UploadLimits{PerOwner: 2, TotalBytes: 100, PerOwnerBytes: -1}})), st
 	}
 	post := func(srv *httptest.Server, path string, body []byte) *http.Response {
 		req, _ := http.NewRequest("POST", srv.URL+path, nil)
@@ -263,7 +263,7 @@ func TestUploadMaxBlobSize(t *testing.T) {
 // chunk that would pass it is refused (429, the session as it was) and a
 // new session is refused while the total is reached.
 func TestUploadTotalBytes(t *testing.T) {
-	tr := limitedRegistry(t, cache.UploadLimits{TotalBytes: 1000})
+	tr := limitedRegistry(t, cache.UploadLimits{TotalBytes: 1000, PerOwnerBytes: -1})
 	a := location(tr.openSession("app", "192.0.2.1"))
 	b := location(tr.openSession("app", "192.0.2.2"))
 	tr.wantStatus(tr.do("PATCH", a, bytes.Repeat([]byte("a"), 800)), http.StatusAccepted)
