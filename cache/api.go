@@ -12,6 +12,7 @@ package cache
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -41,6 +42,9 @@ var (
 	// UploadLimits.TotalBytes. The chunk was dropped; the session is as it
 	// was before it.
 	ErrUploadSpace = errors.New("upload space exhausted")
+	// ErrUploadShare (an ErrUploadSpace): the same for the open uploads of
+	// one owner and UploadLimits.PerOwnerBytes.
+	ErrUploadShare = fmt.Errorf("%w: the client's share is held", ErrUploadSpace)
 	// ErrUploadTooLarge: a blob grew past UploadLimits.MaxBlobSize. Its
 	// session, if any, is removed and its bytes freed.
 	ErrUploadTooLarge = errors.New("blob too large")

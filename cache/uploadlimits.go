@@ -125,7 +125,7 @@ func (s *Store) tryAdmit(l UploadLimits, id string, o openSession) error {
 	case l.TotalBytes > 0 && s.up.bytes >= l.TotalBytes:
 		return fmt.Errorf("%w: open uploads hold %d bytes of %d", ErrUploadSpace, s.up.bytes, l.TotalBytes)
 	case l.PerOwnerBytes > 0 && o.owner != "" && s.up.ownerBytes[o.owner] >= l.PerOwnerBytes:
-		return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d, the share per client", ErrUploadSpace, o.owner, s.up.ownerBytes[o.owner], l.PerOwnerBytes)
+		return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d", ErrUploadShare, o.owner, s.up.ownerBytes[o.owner], l.PerOwnerBytes)
 	}
 	s.indexUpload(id, o)
 	return nil
@@ -167,7 +167,7 @@ func (s *Store) reserve(n int64, owner string, l UploadLimits) error {
 		return fmt.Errorf("%w: open uploads hold %d bytes of %d", ErrUploadSpace, s.up.bytes, l.TotalBytes)
 	}
 	if l.PerOwnerBytes > 0 && owner != "" && s.up.ownerBytes[owner]+n > l.PerOwnerBytes {
-		return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d, the share per client", ErrUploadSpace, owner, s.up.ownerBytes[owner], l.PerOwnerBytes)
+		return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d", ErrUploadShare, owner, s.up.ownerBytes[owner], l.PerOwnerBytes)
 	}
 	s.up.bytes += n
 	s.addOwnerBytes(owner, n)

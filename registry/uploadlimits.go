@@ -82,6 +82,10 @@ func (h *Handler) uploadRefusal(err error) *Error {
 		return newError(http.StatusTooManyRequests, CodeTooManyRequests,
 			"too many open uploads; finish or cancel some, or wait for idle ones to expire", err).
 			withHeader("Retry-After", "60")
+	case errors.Is(err, cache.ErrUploadShare):
+		return newError(http.StatusTooManyRequests, CodeTooManyRequests,
+			"your open uploads hold your share of the space; finish or cancel some", err).
+			withHeader("Retry-After", "60")
 	case errors.Is(err, cache.ErrUploadSpace):
 		return newError(http.StatusTooManyRequests, CodeTooManyRequests,
 			"open uploads hold all the space the registry gives them; try again later", err).
