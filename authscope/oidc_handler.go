@@ -128,6 +128,7 @@ func (s *SignIn) now() time.Time {
 
 // ServeHTTP routes AuthPath.
 func (s *SignIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w, r = GuardUnreadBody(w, r)
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")

@@ -12,6 +12,7 @@ package cache
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -41,6 +42,9 @@ var (
 	// UploadLimits.TotalBytes. The chunk was dropped; the session is as it
 	// was before it.
 	ErrUploadSpace = errors.New("upload space exhausted")
+	// ErrUploadShare (an ErrUploadSpace): the same for the open uploads of
+	// one owner and UploadLimits.PerOwnerBytes.
+	ErrUploadShare = fmt.Errorf("%w: the client's share is held", ErrUploadSpace)
 	// ErrUploadTooLarge: a blob grew past UploadLimits.MaxBlobSize. Its
 	// session, if any, is removed and its bytes freed.
 	ErrUploadTooLarge = errors.New("blob too large")
@@ -140,6 +144,10 @@ type UploadLimits struct {
 	// TotalBytes: bytes held by all open sessions together, plus those of
 	// chunks and PutBlobs being written.
 	TotalBytes int64
+	// PerOwnerBytes: bytes held by the open sessions of one owner, plus
+	// those of its chunks being written, so that one client cannot take
+	// all of TotalBytes (sessions without an owner are not counted).
+	PerOwnerBytes int64
 	// IdleTimeout: a session without a new chunk for this long expires,
 	// before UploadTTL.
 	IdleTimeout time.Duration

@@ -82,8 +82,8 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 		// One byte more than declared is enough to tell "too long".
 		src = io.LimitReader(r, size+1)
 	}
-	m := s.meter(src, 0)
-	defer func() { s.release(m.reserved) }()
+	m := s.meter(src, "", 0)
+	defer func() { s.release(m.reserved, m.owner) }()
 	h := want.Algorithm.New()
 	n, err := copyHashing(s.space.writer(writeBehind(f, 0)), h, m, size)
 	if err != nil {

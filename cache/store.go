@@ -119,6 +119,7 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.useCond = sync.NewCond(&s.useMu)
 	s.up.sessions, s.up.byOwner, s.up.byRepo = map[string]openSession{}, map[string]int{}, map[string]int{}
+	s.up.ownerBytes = map[string]int64{}
 	if s.ttl <= 0 {
 		s.ttl = defaultUploadTTL
 	}

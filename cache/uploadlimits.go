@@ -31,6 +31,8 @@ type uploadIndex struct {
 	// bytes is the recorded size of every session plus the bytes of
 	// writes in flight (reserved as they arrive).
 	bytes int64
+	// ownerBytes is bytes per owner, counted the same way.
+	ownerBytes map[string]int64
 }
 
 // SetUploadLimits sets (or replaces: a config reload) the limits on
@@ -60,6 +62,7 @@ func (s *Store) indexUpload(id string, o openSession) {
 	s.up.sessions[id] = o
 	if o.owner != "" {
 		s.up.byOwner[o.owner]++
+		s.up.ownerBytes[o.owner] += o.size
 	}
 	s.up.byRepo[o.repo]++
 	s.up.bytes += o.size
@@ -79,6 +82,7 @@ func (s *Store) forgetUpload(id string) {
 		if s.up.byOwner[o.owner]--; s.up.byOwner[o.owner] <= 0 {
 			delete(s.up.byOwner, o.owner)
 		}
+		s.addOwnerBytes(o.owner, -o.size)
 	}
 	if s.up.byRepo[o.repo]--; s.up.byRepo[o.repo] <= 0 {
 		delete(s.up.byRepo, o.repo)
@@ -120,6 +124,8 @@ func (s *Store) tryAdmit(l UploadLimits, id string, o openSession) error {
 		return fmt.Errorf("%w: %d sessions of repository %s open, the limit per repository", ErrTooManyUploads, s.up.byRepo[o.repo], o.repo)
 	case l.TotalBytes > 0 && s.up.bytes >= l.TotalBytes:
 		return fmt.Errorf("%w: open uploads hold %d bytes of %d", ErrUploadSpace, s.up.bytes, l.TotalBytes)
+	case l.PerOwnerBytes > 0 && o.owner != "" && s.up.ownerBytes[o.owner] >= l.PerOwnerBytes:
+		return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d", ErrUploadShare, o.owner, s.up.ownerBytes[o.owner], l.PerOwnerBytes)
 	}
 	s.indexUpload(id, o)
 	return nil
@@ -142,24 +148,41 @@ func (s *Store) expireIndexed(now time.Time) {
 	}
 }
 
-// reserve counts n more bytes of a write in flight against TotalBytes.
-func (s *Store) reserve(n int64, l UploadLimits) error {
+// addOwnerBytes changes owner's bytes by n. The caller holds s.up.mu.
+func (s *Store) addOwnerBytes(owner string, n int64) {
+	if owner == "" {
+		return
+	}
+	if s.up.ownerBytes[owner] += n; s.up.ownerBytes[owner] <= 0 {
+		delete(s.up.ownerBytes, owner)
+	}
+}
+
+// reserve counts n more bytes of a write in flight by owner ("" for
+// none) against TotalBytes and PerOwnerBytes.
+func (s *Store) reserve(n int64, owner string, l UploadLimits) error {
 	s.up.mu.Lock()
 	defer s.up.mu.Unlock()
 	if l.TotalBytes > 0 && s.up.bytes+n > l.TotalBytes {
 		return fmt.Errorf("%w: open uploads hold %d bytes of %d", ErrUploadSpace, s.up.bytes, l.TotalBytes)
 	}
+	if l.PerOwnerBytes > 0 && owner != "" && s.up.ownerBytes[owner]+n > l.PerOwnerBytes {
+		return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d", ErrUploadShare, owner, s.up.ownerBytes[owner], l.PerOwnerBytes)
+	}
 	s.up.bytes += n
+	s.addOwnerBytes(owner, n)
 	return nil
 }
 
-// release frees n reserved bytes whose write failed or ended elsewhere.
-func (s *Store) release(n int64) {
+// release frees n bytes that owner reserved and whose write failed or
+// ended elsewhere.
+func (s *Store) release(n int64, owner string) {
 	if n == 0 {
 		return
 	}
 	s.up.mu.Lock()
 	s.up.bytes -= n
+	s.addOwnerBytes(owner, -n)
 	s.up.mu.Unlock()
 }
 
@@ -171,12 +194,13 @@ type meteredReader struct {
 	s        *Store
 	r        io.Reader
 	limits   UploadLimits
-	before   int64 // bytes of the blob before this write
+	owner    string // whose share the bytes count against; "" for none
+	before   int64  // bytes of the blob before this write
 	reserved int64
 }
 
-func (s *Store) meter(r io.Reader, before int64) *meteredReader {
-	return &meteredReader{s: s, r: r, limits: s.uploadLimits(), before: before}
+func (s *Store) meter(r io.Reader, owner string, before int64) *meteredReader {
+	return &meteredReader{s: s, r: r, limits: s.uploadLimits(), owner: owner, before: before}
 }
 
 func (m *meteredReader) Read(p []byte) (int, error) {
@@ -187,7 +211,7 @@ func (m *meteredReader) Read(p []byte) (int, error) {
 	if max := m.limits.MaxBlobSize; max > 0 && m.before+m.reserved+int64(n) > max {
 		return 0, fmt.Errorf("%w: more than %d bytes", ErrUploadTooLarge, max)
 	}
-	if rerr := m.s.reserve(int64(n), m.limits); rerr != nil {
+	if rerr := m.s.reserve(int64(n), m.owner, m.limits); rerr != nil {
 		return 0, rerr
 	}
 	m.reserved += int64(n)

@@ -384,7 +384,7 @@ func (s *Store) AppendUpload(repo, id string, offset int64, r io.Reader) (Upload
 	if err != nil {
 		return Upload{}, err
 	}
-	m := s.meter(r, rec.Size)
+	m := s.meter(r, rec.Owner, rec.Size)
 	n, err := s.appendData(f, rec.Size, h, m)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("cache: close upload: %w", cerr)
@@ -393,7 +393,7 @@ func (s *Store) AppendUpload(repo, id string, offset int64, r io.Reader) (Upload
 		err = s.recordChunk(&rec, h, n)
 	}
 	if err != nil {
-		s.release(m.reserved)
+		s.release(m.reserved, m.owner)
 		if errors.Is(err, ErrUploadTooLarge) {
 			// It can never be committed: free what it holds now.
 			if rerr := s.removeUpload(id); rerr != nil {

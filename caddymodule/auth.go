@@ -167,6 +167,13 @@ func (rt *authRuntime) serve(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
+// ownsPath reports whether path is one the runtime must answer though
+// serve did not take it: with any endpoint under /_oci, every path a
+// lenient server may read as under /_oci (registry.MayReachOwn).
+func (rt *authRuntime) ownsPath(path string) bool {
+	return rt != nil && (rt.proxy != nil || rt.signIn != nil) && registry.MayReachOwn(path)
+}
+
 // provision reads the files Auth names and builds the Authorizer; names
 // is the registry's name mapping (nil without mirrors); store opens the
 // handler's store (for API keys and the session key) on first use.

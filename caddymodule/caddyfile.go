@@ -45,6 +45,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_uploads_per_repository <n>|off
 //		max_blob_size              <size>|off   # e.g. 20GiB
 //		max_upload_bytes           <size>|off   # e.g. 100GiB
+//		max_upload_bytes_per_client <size>|off  # e.g. 25GiB
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
 //		gc_full_interval  <duration>
@@ -61,7 +62,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		sub := d.Val()
 		switch sub {
 		case "storage", "metadata_dir", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
-		case "upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes":
+		case "upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client":
 			if err := rg.unmarshalUploadLimit(d, sub); err != nil {
 				return err
 			}
@@ -93,7 +94,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -168,6 +169,8 @@ func (rg *Registry) unmarshalUploadLimit(d *caddyfile.Dispenser, sub string) err
 			rg.MaxBlobSize = -1
 		case "max_upload_bytes":
 			rg.MaxUploadBytes = -1
+		case "max_upload_bytes_per_client":
+			rg.MaxUploadBytesPerClient = -1
 		}
 		return nil
 	}
@@ -188,15 +191,18 @@ func (rg *Registry) unmarshalUploadLimit(d *caddyfile.Dispenser, sub string) err
 		} else {
 			rg.MaxUploadsPerRepository = n
 		}
-	case "max_blob_size", "max_upload_bytes":
+	case "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client":
 		size, err := humanize.ParseBytes(arg)
 		if err != nil || size == 0 || size > 1<<62 {
 			return d.Errf("%s %q: want a size such as 10GiB, or off", sub, arg)
 		}
-		if sub == "max_blob_size" {
+		switch sub {
+		case "max_blob_size":
 			rg.MaxBlobSize = int64(size)
-		} else {
+		case "max_upload_bytes":
 			rg.MaxUploadBytes = int64(size)
+		default:
+			rg.MaxUploadBytesPerClient = int64(size)
 		}
 	}
 	return nil

@@ -58,6 +58,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_uploads_per_repository 300
 				max_blob_size 20GiB
 				max_upload_bytes 100GB
+				max_upload_bytes_per_client 10GiB
 			}`,
 			want: Registry{
 				UploadIdleTimeout:       caddy.Duration(30 * time.Minute),
@@ -65,6 +66,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				MaxUploadsPerRepository: 300,
 				MaxBlobSize:             20 << 30,
 				MaxUploadBytes:          100_000_000_000,
+				MaxUploadBytesPerClient: 10 << 30,
 			},
 		},
 		{
@@ -75,13 +77,15 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_uploads_per_repository off
 				max_blob_size off
 				max_upload_bytes off
+				max_upload_bytes_per_client off
 			}`,
-			want: Registry{UploadIdleTimeout: -1, MaxUploadsPerClient: -1, MaxUploadsPerRepository: -1, MaxBlobSize: -1, MaxUploadBytes: -1},
+			want: Registry{UploadIdleTimeout: -1, MaxUploadsPerClient: -1, MaxUploadsPerRepository: -1, MaxBlobSize: -1, MaxUploadBytes: -1, MaxUploadBytesPerClient: -1},
 		},
 		{name: "zero uploads per client", input: "oci_registry {\nmax_uploads_per_client 0\n}", wantErr: "want a positive number or off"},
 		{name: "negative uploads per repository", input: "oci_registry {\nmax_uploads_per_repository -5\n}", wantErr: "want a positive number or off"},
 		{name: "bad blob size", input: "oci_registry {\nmax_blob_size huge\n}", wantErr: "want a size such as 10GiB"},
 		{name: "zero upload bytes", input: "oci_registry {\nmax_upload_bytes 0\n}", wantErr: "want a size such as 10GiB"},
+		{name: "bad upload bytes per client", input: "oci_registry {\nmax_upload_bytes_per_client lots\n}", wantErr: "want a size such as 10GiB"},
 		{name: "bad idle timeout", input: "oci_registry {\nupload_idle_timeout -1h\n}", wantErr: "want a positive duration or off"},
 		{name: "upload limit without argument", input: "oci_registry {\nmax_blob_size\n}", wantErr: "max_blob_size needs exactly one argument"},
 		{name: "reserve size", input: "oci_registry {\nstorage_reserve 512MiB\n}", want: Registry{StorageReserve: 512 << 20}},
@@ -148,6 +152,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		MaxUploadsPerRepository: -1,
 		MaxBlobSize:             1 << 30,
 		MaxUploadBytes:          8 << 30,
+		MaxUploadBytesPerClient: 2 << 30,
 		GCFullInterval:          caddy.Duration(48 * time.Hour),
 	}
 	b, err := json.Marshal(in)
@@ -162,7 +167,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
 	}
 	for _, key := range []string{"storage", "storage_reserve", "storage_reserve_percent", "metadata_dir", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval",
-		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes"} {
+		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client"} {
 		if !strings.Contains(string(b), `"`+key+`"`) {
 			t.Errorf("json %s lacks %q", b, key)
 		}

@@ -83,10 +83,14 @@ http://`+addr+` {
 		return resp.StatusCode
 	}
 	for _, auth := range []string{basic("alice", key), basic("alice", key+" "), "Bearer " + key, basic("x", strings.ToUpper(key))} {
-		for _, path := range []string{"/app/", "/_oci/other", "/v2x/"} {
+		for _, path := range []string{"/app/", "/x/_oci/other", "/v2x/"} {
 			if status := send(path, auth); status != http.StatusUnauthorized {
 				t.Errorf("GET %s with %q: %d, want 401", path, auth, status)
 			}
+		}
+		// Under /_oci the registry answers every path itself.
+		if status := send("/_oci/other", auth); status != http.StatusNotFound {
+			t.Errorf("GET /_oci/other with %q: %d, want 404", auth, status)
 		}
 	}
 	mu.Lock()

@@ -130,6 +130,14 @@ type Registry struct {
 	// such as 100GiB. Default: 64GiB; negative (Caddyfile: off): no limit.
 	MaxUploadBytes int64 `json:"max_upload_bytes,omitempty"`
 
+	// MaxUploadBytesPerClient is how many of those bytes the unfinished
+	// uploads of one client (its user, else its address) may hold, so
+	// that one client cannot take them all and block everyone's pushes.
+	// Past it, that client's chunks and new sessions get 429
+	// TOOMANYREQUESTS. The Caddyfile takes sizes such as 16GiB. Default:
+	// a quarter of max_upload_bytes; negative (Caddyfile: off): no share.
+	MaxUploadBytesPerClient int64 `json:"max_upload_bytes_per_client,omitempty"`
+
 	// GCInterval is how often blobs that no repository links any more, and
 	// expired upload sessions, are removed from disk. A negative value
 	// disables the background collection. Default: 1h.
@@ -325,19 +333,21 @@ func (rg *Registry) Cleanup() error {
 	return err
 }
 
-// ServeHTTP serves /v2/ and passes every other request to next, without
-// the sign-in cookies and never with an API key: the next handler may be
-// another service (reverse_proxy), and a session or key is this server's
-// alone. While a newer config takes over, HTTP/1 responses close their
+// ServeHTTP serves /v2/ (and /_oci/ with the token proxy or sign-in:
+// paths there that are not exactly ours get 404) and passes every other
+// request to next, without the sign-in cookies and never with an API
+// key: the next handler may be another service (reverse_proxy), and a
+// session or key is this server's alone. While a newer config takes over, HTTP/1 responses close their
 // connection (reload.go).
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	w = rg.app.closeWhenReplaced(w, r)
 	if rg.auth.serve(w, r) {
 		return nil
 	}
-	if !rg.serves.Serves(r.URL.Path) {
+	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) {
 		authscope.DropSignInCookies(r.Header)
 		if rg.auth.holdsAPIKey(r) {
+			w, _ := authscope.GuardUnreadBody(w, r)
 			http.Error(w, "API keys are accepted by the registry's API only", http.StatusUnauthorized)
 			return nil
 		}
@@ -397,6 +407,8 @@ func (rg *Registry) uploadLimits() cache.UploadLimits {
 		MaxBlobSize: rg.MaxBlobSize,
 		TotalBytes:  rg.MaxUploadBytes,
 		IdleTimeout: time.Duration(rg.UploadIdleTimeout),
+
+		PerOwnerBytes: rg.MaxUploadBytesPerClient,
 	}
 }
 

@@ -173,25 +173,14 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request
 			zap.String("uri", r.RequestURI),
 		)
 	}
-	if refusesBody(e.Status) && bodyPending(r) {
-		// Whatever the client still sends is not read: net/http would
-		// otherwise drain up to 256 KiB of it before answering, for a
-		// caller who may not send it, and wait as long as the client
-		// withholds it.
+	if bodyPending(r) {
+		// Whatever the client still sends is not read (an error refuses
+		// the request as a whole): net/http would otherwise drain up to
+		// 256 KiB of it before answering, for a caller who may not send
+		// it, and wait as long as the client withholds it.
 		w.Header().Set("Connection", "close")
 	}
 	e.Render(w, r)
-}
-
-// refusesBody reports whether an answer with status refuses the request
-// as a whole (not allowed, too large, too many), so its body is unwanted.
-func refusesBody(status int) bool {
-	switch status {
-	case http.StatusUnauthorized, http.StatusForbidden,
-		http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
-		return true
-	}
-	return false
 }
 
 // bodyPending reports whether an HTTP/1 request has body bytes the

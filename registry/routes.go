@@ -175,6 +175,25 @@ func MayReachAPI(names *authscope.Names, path string) bool {
 	return false
 }
 
+// OwnRoot is the root of this server's endpoints outside the API: the
+// token proxy, the sign-in pages.
+const OwnRoot = "/_oci"
+
+// MayReachOwn reports whether path is OwnRoot or below as a server less
+// strict than this one may read it (the readings of MayReachAPI). A
+// handler that serves any endpoint under OwnRoot answers every such path
+// itself (404 for those not exactly its own): passed on, `/_OCI/token` or
+// `/x/../_oci/auth/` could reach a backend's endpoint of the same name, or
+// this server's, past the checks of the handler in front.
+func MayReachOwn(path string) bool {
+	for _, p := range lenientForms(path) {
+		if p == OwnRoot || strings.HasPrefix(p, OwnRoot+"/") {
+			return true
+		}
+	}
+	return false
+}
+
 // maxDecodes bounds how often lenientForms percent-decodes a path.
 const maxDecodes = 3
 

@@ -21,6 +21,8 @@ func effectiveLimits(l cache.UploadLimits) cache.UploadLimits {
 	l.PerOwner = int(orDefault(int64(l.PerOwner), DefaultUploadsPerClient))
 	l.PerRepo = int(orDefault(int64(l.PerRepo), DefaultUploadsPerRepository))
 	l.TotalBytes = orDefault(l.TotalBytes, DefaultUploadBytes)
+	// One client may hold a quarter of the total by default.
+	l.PerOwnerBytes = orDefault(l.PerOwnerBytes, l.TotalBytes/4)
 	l.MaxBlobSize = orDefault(l.MaxBlobSize, 0)
 	l.IdleTimeout = time.Duration(orDefault(int64(l.IdleTimeout), int64(DefaultUploadIdleTimeout)))
 	return l
@@ -79,6 +81,10 @@ func (h *Handler) uploadRefusal(err error) *Error {
 	case errors.Is(err, cache.ErrTooManyUploads):
 		return newError(http.StatusTooManyRequests, CodeTooManyRequests,
 			"too many open uploads; finish or cancel some, or wait for idle ones to expire", err).
+			withHeader("Retry-After", "60")
+	case errors.Is(err, cache.ErrUploadShare):
+		return newError(http.StatusTooManyRequests, CodeTooManyRequests,
+			"your open uploads hold your share of the space; finish or cancel some", err).
 			withHeader("Retry-After", "60")
 	case errors.Is(err, cache.ErrUploadSpace):
 		return newError(http.StatusTooManyRequests, CodeTooManyRequests,

@@ -186,7 +186,7 @@ func TestUploadSessionsAfterRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return httptest.NewServer(New(Config{Store: st, Uploads: cache.UploadLimits{PerOwner: 2, TotalBytes: 100}})), st
+		return httptest.NewServer(New(Config{Store: st, Uploads: cache.UploadLimits{PerOwner: 2, TotalBytes: 100, PerOwnerBytes: -1}})), st
 	}
 	post := func(srv *httptest.Server, path string, body []byte) *http.Response {
 		req, _ := http.NewRequest("POST", srv.URL+path, nil)
@@ -263,7 +263,7 @@ func TestUploadMaxBlobSize(t *testing.T) {
 // chunk that would pass it is refused (429, the session as it was) and a
 // new session is refused while the total is reached.
 func TestUploadTotalBytes(t *testing.T) {
-	tr := limitedRegistry(t, cache.UploadLimits{TotalBytes: 1000})
+	tr := limitedRegistry(t, cache.UploadLimits{TotalBytes: 1000, PerOwnerBytes: -1})
 	a := location(tr.openSession("app", "192.0.2.1"))
 	b := location(tr.openSession("app", "192.0.2.2"))
 	tr.wantStatus(tr.do("PATCH", a, bytes.Repeat([]byte("a"), 800)), http.StatusAccepted)
@@ -296,4 +296,27 @@ func TestUploadIdleTimeout(t *testing.T) {
 	tr.wantError(tr.do("PATCH", loc, []byte("x")), http.StatusNotFound, CodeBlobUploadUnknown)
 	tr.wantError(tr.do("PATCH", other, []byte("x")), http.StatusNotFound, CodeBlobUploadUnknown)
 	tr.wantUsage(1, 0)
+}
+
+// TestUploadBytesPerClient: one client's open uploads hold at most its
+// share of the bytes; past it its chunks and new sessions are refused
+// (429), while another client can still push, and finishing an upload
+// gives the share back.
+func TestUploadBytesPerClient(t *testing.T) {
+	tr := limitedRegistry(t, cache.UploadLimits{TotalBytes: 1000, PerOwnerBytes: 300})
+	a := location(tr.openSession("app", "192.0.2.1"))
+	tr.wantStatus(tr.do("PATCH", a, bytes.Repeat([]byte("a"), 300)), http.StatusAccepted)
+	tr.wantError(tr.do("PATCH", a, []byte("a")), http.StatusTooManyRequests, CodeTooManyRequests)
+	tr.wantError(tr.stream("PATCH", a, []byte("a")), http.StatusTooManyRequests, CodeTooManyRequests)
+	tr.wantError(tr.openSession("app", "192.0.2.1"), http.StatusTooManyRequests, CodeTooManyRequests)
+	tr.wantUsage(1, 300)
+
+	b := location(tr.openSession("app", "192.0.2.2"))
+	data := bytes.Repeat([]byte("b"), 300)
+	tr.wantStatus(tr.do("PATCH", b, data), http.StatusAccepted)
+	tr.wantStatus(tr.do("PUT", b+"?digest="+cache.FromBytes(cache.SHA256, data).String(), nil), http.StatusCreated)
+
+	tr.wantStatus(tr.do("DELETE", a, nil), http.StatusNoContent)
+	tr.wantUsage(0, 0)
+	tr.wantStatus(tr.openSession("app", "192.0.2.1"), http.StatusAccepted)
 }

@@ -146,7 +146,8 @@ func keyInOtherCase(q url.Values) (string, bool) {
 
 // Serve answers the token proxy's path itself, passes requests outside
 // the registry API (and backends' extensions) to next as they came,
-// refuses API paths that do not parse and names that do not map, and
+// refuses API paths that do not parse (with the token proxy, paths
+// under /_oci too: registry.MayReachOwn) and names that do not map, and
 // hands every other request to next in backend names with a writer that
 // turns the answer back into the client's names. next's error is
 // returned as it came.
@@ -161,7 +162,8 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	}
 	t, err := f.target(r)
 	if err != nil {
-		if registry.MayReachAPI(f.names, r.URL.Path) && !isExtension(r) {
+		if registry.MayReachAPI(f.names, r.URL.Path) && !isExtension(r) ||
+			f.proxy != nil && registry.MayReachOwn(r.URL.Path) {
 			f.refusePath(w, r, t, err)
 			return nil
 		}
@@ -254,6 +256,7 @@ func (f *Front) refuseCredentials(w http.ResponseWriter, r *http.Request, err er
 
 // refuse answers a request the front will not pass on.
 func (f *Front) refuse(w http.ResponseWriter, r *http.Request, t registry.Target, e *registry.Error) {
+	w, r = authscope.GuardUnreadBody(w, r)
 	reason := e.Message
 	if e.Err != nil {
 		reason = e.Err.Error()

@@ -31,6 +31,7 @@ func FuzzFrontPath(f *testing.F) {
 		"//v2/debian/manifests/x", "/./v2/", "/x/../v2/debian/manifests/x", "/V2/debian/manifests/x", "/v2%5Cdebian/manifests/x",
 		"/v2;p/debian/manifests/x", "/v2%00/", "/%2576%2532/", "/docker.io//v2/x/manifests/y", "/Docker.io/v2/x/manifests/y",
 		"/v2/_zot/ext/../../v2/debian/manifests/x", "/index.html", "/_oci/token?scope=repository:debian:pull",
+		"/_oci/token/", "/_OCI/token", "/_oci//token", "/x/../_oci/token", "/_oci/auth/",
 		"/v2/a%2Fb/manifests/x", "/v2/team/app/manifests/v1?ns=example.com", "/v2/x/manifests/y;z", "/v2/x/blobs/uploads/..%2F..",
 		"/v2/debian/manifests/x?ns=quay.io", "/v2/debian/manifests/x?ns=docker.io;ns=quay.io",
 	} {
@@ -74,6 +75,9 @@ func FuzzFrontPath(f *testing.F) {
 			}
 			return
 		}
+		if under(u.Path, "/_oci") {
+			t.Fatalf("%q, under the token proxy's /_oci, passed as %q", target, got.URL)
+		}
 		bp := got.URL.Path
 		apiLike := underV2(u.Path)
 		if !apiLike && !registry.IsRegistryPath(bp) {
@@ -90,10 +94,14 @@ func FuzzFrontPath(f *testing.F) {
 
 // underV2 reports whether p, decoded and cleaned as lenient servers do,
 // is /v2 or below: written apart from registry.MayReachAPI, to check it.
-func underV2(p string) bool {
+func underV2(p string) bool { return under(p, "/v2") }
+
+// under reports whether p, decoded and cleaned as lenient servers do, is
+// root or below.
+func under(p, root string) bool {
 	for i := 0; i < 4; i++ {
 		c := path.Clean("/" + strings.ReplaceAll(strings.ToLower(p), `\`, "/"))
-		if c == "/v2" || strings.HasPrefix(c, "/v2/") {
+		if c == root || strings.HasPrefix(c, root+"/") {
 			return true
 		}
 		d, err := url.PathUnescape(p)
