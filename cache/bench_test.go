@@ -126,11 +126,11 @@ func BenchmarkPutBlobSmall(b *testing.B) {
 		p := blob(0)
 		buf := make([]byte, len(p))
 		for range b.N {
-			m := s.meter(bytes.NewReader(p), 0)
+			m := s.meter(bytes.NewReader(p), "", 0)
 			if _, err := m.Read(buf); err != nil {
 				b.Fatal(err)
 			}
-			s.release(m.reserved)
+			s.release(m.reserved, "")
 		}
 	})
 }
