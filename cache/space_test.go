@@ -10,32 +10,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/tmpfs"
 )
 
 const mib = 1 << 20
-
-// mountTmpfs mounts a tmpfs of size bytes on a new folder and unmounts it
-// when the test ends. It skips when mounting is not permitted (not root,
-// or a container without the capability).
-func mountTmpfs(t *testing.T, size int64) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.FormatInt(size, 10)); err != nil {
-		t.Skipf("cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
 
 func free(t *testing.T, dir string) int64 {
 	t.Helper()
@@ -90,7 +74,7 @@ func (l *spaceLog) states() []bool {
 }
 
 func TestSpaceGuardAdmit(t *testing.T) {
-	fs := mountTmpfs(t, 16*mib)
+	fs := tmpfs.Mount(t, 16*mib)
 	obs := new(spaceLog)
 	g := &spaceGuard{dir: fs, reserve: SpaceReserve{Bytes: 4 * mib}, log: zap.NewNop(), obs: obs}
 	if err := g.admit(8 * mib); err != nil {
@@ -145,7 +129,7 @@ func TestSpaceGuardAdmit(t *testing.T) {
 // spaceStore opens a store on a fresh tmpfs of size bytes with reserve.
 func spaceStore(t *testing.T, size int64, opts Options) (*Store, string) {
 	t.Helper()
-	fs := mountTmpfs(t, size)
+	fs := tmpfs.Mount(t, size)
 	opts.Dir = filepath.Join(fs, "data")
 	return openStore(t, opts), fs
 }

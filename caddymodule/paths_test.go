@@ -1,10 +1,7 @@
 package caddymodule
 
 import (
-	"bufio"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +11,8 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope/authtest"
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-oci/caddy-oci/internal/rawhttp"
 )
 
 // oci_registry answers every path a lenient server might read as an API
@@ -59,39 +58,15 @@ http://`+addr+` {
 		"/v2/app/manifests/v1/",
 		"/v2/..",
 	} {
-		resp, body := rawGet(t, addr, p)
+		resp, body := rawhttp.Get(t, addr, p)
 		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), `"errors"`) || strings.Contains(string(body), "next handler") {
 			t.Errorf("GET %s: %d %s; want the registry's 404 envelope", p, resp.StatusCode, body)
 		}
 	}
 	// Other paths still reach the next handler.
-	if resp, body := rawGet(t, addr, "/index.html"); resp.StatusCode != http.StatusOK || string(body) != "next handler" {
+	if resp, body := rawhttp.Get(t, addr, "/index.html"); resp.StatusCode != http.StatusOK || string(body) != "next handler" {
 		t.Errorf("GET /index.html: %d %s", resp.StatusCode, body)
 	}
-}
-
-// rawGet sends GET target over a new connection exactly as written (Go's
-// client cleans some spellings).
-func rawGet(t *testing.T, addr, target string) (*http.Response, []byte) {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target, addr); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, body
 }
 
 // With the token proxy on, oci_registry and oci_front answer every path a
@@ -155,19 +130,19 @@ func TestOwnPathsKeptFromNextHandler(t *testing.T) {
 				"/_oci/sync",
 				"/_oci/auth/",
 			} {
-				resp, body := rawGet(t, addr, p+"?scope=repository:app:pull")
+				resp, body := rawhttp.Get(t, addr, p+"?scope=repository:app:pull")
 				if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), `"errors"`) || strings.Contains(string(body), "next handler") {
 					t.Errorf("GET %s: %d %s; want a 404 envelope", p, resp.StatusCode, body)
 				}
 			}
 			// Spellings that Go decodes to the token path are the token path.
 			for _, p := range []string{"/_oci/token", "/_oci%2ftoken", "/%5F%6F%63%69/token"} {
-				if resp, body := rawGet(t, addr, p+"?scope=repository:app:pull"); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "from-the-token-service") {
+				if resp, body := rawhttp.Get(t, addr, p+"?scope=repository:app:pull"); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "from-the-token-service") {
 					t.Errorf("GET %s: %d %s", p, resp.StatusCode, body)
 				}
 			}
 			for _, p := range []string{"/index.html", "/_ocix/token", "/x/_oci/token"} {
-				if resp, body := rawGet(t, addr, p); resp.StatusCode != http.StatusOK || string(body) != "next handler" {
+				if resp, body := rawhttp.Get(t, addr, p); resp.StatusCode != http.StatusOK || string(body) != "next handler" {
 					t.Errorf("GET %s: %d %s", p, resp.StatusCode, body)
 				}
 			}

@@ -19,25 +19,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/caddy-oci/caddy-oci/internal/tmpfs"
 )
 
 const diskMiB = 1 << 20
-
-// mountTmpfs mounts a tmpfs of size bytes on a new folder, unmounted when
-// the test ends; it skips when mounting is not permitted.
-func mountTmpfs(t *testing.T, size int64) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.FormatInt(size, 10)); err != nil {
-		t.Skipf("cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
 
 func freeBytes(t *testing.T, dir string) int64 {
 	t.Helper()
@@ -174,7 +160,7 @@ func blobDigest(b []byte) string {
 func TestFullDisk(t *testing.T) {
 	needBinary(t)
 	const reserve = 16 * diskMiB
-	fs := mountTmpfs(t, 64*diskMiB)
+	fs := tmpfs.Mount(t, 64*diskMiB)
 	dataDir := filepath.Join(fs, "data")
 
 	up := newUpstream(t)

@@ -1,11 +1,8 @@
 package front
 
 import (
-	"bufio"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +12,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+
+	"github.com/caddy-oci/caddy-oci/internal/rawhttp"
 )
 
 // An API path the front cannot parse is answered by the front in the
@@ -72,7 +71,7 @@ func TestUnparsableAPIPathsStayAtTheFront(t *testing.T) {
 		"/v2/debian/manifests/bookworm?ns=docker.io%00",
 	} {
 		t.Run(p, func(t *testing.T) {
-			resp, body := rawGet(t, rg.frontHost(), p)
+			resp, body := rawhttp.Get(t, rg.frontHost(), p)
 			var env struct {
 				Errors []struct{ Code string } `json:"errors"`
 			}
@@ -191,30 +190,6 @@ func TestBackendURLsOnErrorPaths(t *testing.T) {
 	if len(seen) != 6 {
 		t.Errorf("backend saw %q", seen)
 	}
-}
-
-// rawGet sends GET target over a new connection exactly as written, as
-// an attacker's client would (Go's client cleans some spellings).
-func rawGet(t *testing.T, addr, target string) (*http.Response, []byte) {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target, addr); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, body
 }
 
 // A query key that the front reads, spelled in another case (`NS`,
