@@ -117,13 +117,18 @@ func (s *fillSlots) wait() <-chan struct{} {
 // FillSlotWait for one, then gets errNoFillSlot.
 func (m *Mirror) startFill(ctx context.Context, store *cache.Store, repo string, d cache.Digest) (*cache.Fill, bool, error) {
 	src := m.blobSource(m.upstreamName(repo), d)
-	timer := time.NewTimer(m.cfg.FillSlotWait)
-	defer timer.Stop()
+	// Made only once a slot is wanted: most calls join a fill or find the
+	// blob stored, and need no timer.
+	var timer *time.Timer
 	for {
 		freed := m.slots.wait() // before asking: a slot freed meanwhile is not missed
 		f, started, err := store.FillAdmitted(repo, d, src, m.slots.take)
 		if !errors.Is(err, errNoFillSlot) {
 			return f, started, err
+		}
+		if timer == nil {
+			timer = time.NewTimer(m.cfg.FillSlotWait)
+			defer timer.Stop()
 		}
 		select {
 		case <-freed:

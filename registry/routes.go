@@ -164,15 +164,26 @@ func splitPathPrefix(path string) (prefix, rest string, ok bool) {
 // passed to another handler or a backend, which might serve it as the
 // API without the name mapping and auth that the API gets here.
 func MayReachAPI(names *authscope.Names, path string) bool {
-	for _, p := range lenientForms(path) {
-		if IsRegistryPath(p) {
-			return true
-		}
-		if prefix, _, ok := splitPathPrefix(p); ok && names.IsPathPrefix(prefix) {
+	// The path as it came is the first reading; most requests are API
+	// requests spelled plainly, and need none of the others built.
+	if reachesAPI(names, path) {
+		return true
+	}
+	for _, p := range lenientForms(path)[1:] {
+		if reachesAPI(names, p) {
 			return true
 		}
 	}
 	return false
+}
+
+// reachesAPI reports whether path, read as it is, is an API path.
+func reachesAPI(names *authscope.Names, path string) bool {
+	if IsRegistryPath(path) {
+		return true
+	}
+	prefix, _, ok := splitPathPrefix(path)
+	return ok && names.IsPathPrefix(prefix)
 }
 
 // OwnRoot is the root of this server's endpoints outside the API: the

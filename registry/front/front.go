@@ -172,7 +172,10 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		return f.passThrough(w, r, t.Via, next)
 	}
 
-	if k, ok := keyInOtherCase(r.URL.Query()); ok {
+	// A query Go does not read whole (a `;`, a bad escape) goes on as Go
+	// read it: a backend must not find an `ns` or `from` the front missed.
+	q, qerr := url.ParseQuery(r.URL.RawQuery)
+	if k, ok := keyInOtherCase(q); ok {
 		f.refuse(w, r, t, registry.NewError(http.StatusBadRequest, registry.CodeUnsupported,
 			"query parameter "+strconv.Quote(k)+": ns, from and mount are lower case", nil))
 		return nil
@@ -182,10 +185,6 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	// A sign-in session of this server (oci_registry's OIDC on the same
 	// host) is never the backend's business.
 	authscope.DropSignInCookies(br.Header)
-	q := r.URL.Query()
-	// A query Go does not read whole (a `;`, a bad escape) goes on as Go
-	// read it: a backend must not find an `ns` or `from` the front missed.
-	_, qerr := url.ParseQuery(r.URL.RawQuery)
 	queryChanged := qerr != nil
 	if q.Has("ns") {
 		// The name below carries the namespace now; a backend that reads
