@@ -107,13 +107,12 @@ func keepBase64(r rune) rune {
 }
 
 // CheckAuthorization vets the Authorization of a request about to be
-// forwarded to a server that is not this one: one header at most
-// (ErrAuthorizationRepeated), holding no API key and no token withhold
-// (nil: none) claims (ErrOwnCredential).
+// forwarded to a server that is not this one: holding no API key and no
+// token withhold (nil: none) claims (ErrOwnCredential), in any of its
+// headers, and one header at most (ErrAuthorizationRepeated). Every value
+// is examined before the count: a caller that treats only ErrOwnCredential
+// as a leak must not be told "repeated" about a key in the second header.
 func CheckAuthorization(h http.Header, withhold func(string) bool) error {
-	if err := OneAuthorization(h); err != nil {
-		return err
-	}
 	for _, v := range h.Values("Authorization") {
 		for _, s := range authorizationSecrets(v) {
 			if holdsOwnSecret(s, withhold) {
@@ -121,15 +120,17 @@ func CheckAuthorization(h http.Header, withhold func(string) bool) error {
 			}
 		}
 	}
-	return nil
+	return OneAuthorization(h)
 }
 
 // CheckForwarded vets a whole request about to be forwarded, as
 // CheckAuthorization does its Authorization, and every other header
-// value, every name and value of query and form (nil: none) too.
+// value, every name and value of query and form (nil: none) too. Own
+// credentials anywhere are reported before a repeated Authorization.
 func CheckForwarded(h http.Header, query, form url.Values, withhold func(string) bool) error {
-	if err := CheckAuthorization(h, withhold); err != nil {
-		return err
+	authErr := CheckAuthorization(h, withhold)
+	if errors.Is(authErr, ErrOwnCredential) {
+		return authErr
 	}
 	var values []string
 	for k, vs := range h {
@@ -148,5 +149,5 @@ func CheckForwarded(h http.Header, query, form url.Values, withhold func(string)
 			return ErrOwnCredential
 		}
 	}
-	return nil
+	return authErr
 }

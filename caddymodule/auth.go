@@ -121,15 +121,15 @@ type authRuntime struct {
 	signIn     *authscope.SignIn     // nil unless OIDC
 }
 
-// holdsAPIKey reports whether r's Authorization carries an API key of
-// this server (with sign-in, which makes them), in any spelling. Workload
+// holdsAPIKey reports whether r carries an API key of this server
+// (with sign-in, which makes them) in any header, query value or spelling. Workload
 // tokens are not looked for: other services of the site may take tokens
 // of the same CI issuer for their own audience.
 func (rt *authRuntime) holdsAPIKey(r *http.Request) bool {
 	if rt == nil || rt.signIn == nil {
 		return false
 	}
-	return errors.Is(authscope.CheckAuthorization(r.Header, nil), authscope.ErrOwnCredential)
+	return errors.Is(authscope.CheckForwarded(r.Header, r.URL.Query(), nil, nil), authscope.ErrOwnCredential)
 }
 
 // registryAuthorizer is what registry.Config takes; nil without auth.

@@ -26,7 +26,7 @@ func TestAPIKeysStayWithTheRegistry(t *testing.T) {
 	var got []string
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
-		got = append(got, r.Header.Get("Authorization"))
+		got = append(got, strings.Join(r.Header.Values("Authorization"), " | "))
 		mu.Unlock()
 		_, _ = io.WriteString(w, "backend")
 	}))
@@ -91,6 +91,28 @@ http://`+addr+` {
 		// Under /_oci the registry answers every path itself.
 		if status := send("/_oci/other", auth); status != http.StatusNotFound {
 			t.Errorf("GET /_oci/other with %q: %d, want 404", auth, status)
+		}
+	}
+	// The key elsewhere in the request: behind a harmless first
+	// Authorization, in another header, in the query.
+	hidden := map[string]func(*http.Request){
+		"second Authorization": func(r *http.Request) {
+			r.Header.Add("Authorization", basic("bob", "bobs-app-password"))
+			r.Header.Add("Authorization", basic("alice", key))
+		},
+		"X-Registry-Auth": func(r *http.Request) { r.Header.Set("X-Registry-Auth", key) },
+		"query":           func(r *http.Request) { r.URL.RawQuery = "password=" + key },
+	}
+	for name, hide := range hidden {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/app/", nil)
+		hide(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET /app/ with the key in the %s: %d, want 401", name, resp.StatusCode)
 		}
 	}
 	mu.Lock()

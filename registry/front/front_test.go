@@ -429,10 +429,20 @@ func TestFrontRefusesCredentials(t *testing.T) {
 		{"API key as a bearer token", "/v2/debian/tags/list", []string{"Bearer " + key}, 401},
 		{"API key outside the API", "/other", []string{basic("ci", key)}, 401},
 		{"API key without its prefix", "/v2/", []string{basic("ci", key[len(authscope.APIKeyPrefix):])}, 401},
+		{"API key behind a harmless first header", "/other", []string{basic("ci", "ci-pw"), basic("ci", key)}, 401},
+		{"API key in the query", "/v2/debian/tags/list?password=" + key, nil, 401},
+		{"API key in the query outside the API", "/other?k=" + key, nil, 401},
 	} {
 		if got := send(tc.path, tc.auth...); got != tc.want {
 			t.Errorf("%s: status %d, want %d", tc.name, got, tc.want)
 		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, fs.URL+"/v2/", nil)
+	req.Header.Set("X-Registry-Auth", key)
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("API key in another header: status %d, want 401", resp.StatusCode)
 	}
 	mu.Lock()
 	if len(seen) != 0 {
