@@ -143,6 +143,12 @@ func (s *Store) install(src string, d Digest) error {
 func (s *Store) touchExisting(d Digest) bool {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
+	return s.touchFileLocked(d)
+}
+
+// touchFileLocked is touchExisting for callers already holding gcMu for
+// reading.
+func (s *Store) touchFileLocked(d Digest) bool {
 	now := time.Now()
 	return os.Chtimes(s.blobPath(d), now, now) == nil
 }
@@ -151,8 +157,7 @@ func (s *Store) touchExisting(d Digest) bool {
 // created reports whether src became the file (false: d was there).
 func (s *Store) installLocked(src string, d Digest) (created bool, err error) {
 	dst := s.blobPath(d)
-	now := time.Now()
-	if err := os.Chtimes(dst, now, now); err == nil {
+	if s.touchFileLocked(d) {
 		if err := os.Remove(src); err != nil {
 			s.log.Warn("remove duplicate blob data", zap.String("file", src), zap.Error(err))
 		}

@@ -164,7 +164,7 @@ func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
 // and older than cutoff. keep: it is still a candidate (unlinked, young).
 func (s *Store) examineMarkedBlob(str string, cutoff time.Time, st *GCStats) (keep bool, err error) {
 	d, err := ParseDigest(str)
-	if err != nil || checkDigest(d) != nil {
+	if err != nil {
 		return false, nil // not a key we write
 	}
 	if linked, err := s.linked(d); err != nil || linked {

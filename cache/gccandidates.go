@@ -128,8 +128,9 @@ func (s *Store) marks(prefix, after []byte, name func([]byte) (string, bool)) ([
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
-		it.Seek(prefix)
-		if after != nil {
+		if after == nil {
+			it.Seek(prefix)
+		} else {
 			it.Seek(after)
 			if it.Valid() && string(it.Item().Key()) == string(after) {
 				it.Next()

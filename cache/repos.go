@@ -326,8 +326,7 @@ func (s *Store) PutManifest(repo string, m Manifest, body []byte, tags []string)
 // writeSmallBlobLocked stores already verified bytes as blob d; gcMu is
 // held for reading. created reports whether the file is new.
 func (s *Store) writeSmallBlobLocked(d Digest, body []byte) (created bool, err error) {
-	now := time.Now()
-	if os.Chtimes(s.blobPath(d), now, now) == nil {
+	if s.touchFileLocked(d) {
 		return false, nil // there already: a re-push or a tag move needs no room
 	}
 	if err := s.space.admit(int64(len(body))); err != nil {

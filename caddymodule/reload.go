@@ -114,13 +114,13 @@ func (a *App) closeWhenReplaced(w http.ResponseWriter, r *http.Request) http.Res
 	if a == nil || r.ProtoMajor != 1 {
 		return w
 	}
-	return &closingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, app: a}
+	return &closingWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, app: a} // one allocation a request
 }
 
 // closingWriter adds Connection: close to a response whose status is
 // written after its app's config was replaced.
 type closingWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 	app     *App
 	started bool
 }
