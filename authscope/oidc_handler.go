@@ -128,7 +128,8 @@ func (s *SignIn) now() time.Time {
 
 // ServeHTTP routes AuthPath.
 func (s *SignIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w, r = GuardUnreadBody(w, r)
+	w, r, finish := GuardUnreadBody(w, r)
+	defer finish()
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")

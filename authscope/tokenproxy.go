@@ -99,7 +99,8 @@ var defaultTokenClient = &http.Client{Timeout: 30 * time.Second}
 
 // ServeHTTP implements http.Handler.
 func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w, r = GuardUnreadBody(w, r)
+	w, r, finish := GuardUnreadBody(w, r)
+	defer finish()
 	logger := p.Logger
 	if logger == nil {
 		logger = zap.NewNop()

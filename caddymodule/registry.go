@@ -347,8 +347,9 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) {
 		authscope.DropSignInCookies(r.Header)
 		if rg.auth.holdsAPIKey(r) {
-			w, _ := authscope.GuardUnreadBody(w, r)
+			w, _, finish := authscope.GuardUnreadBody(w, r)
 			http.Error(w, "API keys are accepted by the registry's API only", http.StatusUnauthorized)
+			finish()
 			return nil
 		}
 		return next.ServeHTTP(w, r)

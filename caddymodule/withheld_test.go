@@ -120,3 +120,89 @@ func sendWithheld(addr, method, path, headers string) (int, error) {
 	resp.Body.Close()
 	return resp.StatusCode, nil
 }
+
+// A refusal sent while the client is still sending its body is read by
+// the client: the server keeps taking the body for a moment after the
+// answer instead of closing a socket with unread bytes, which resets the
+// connection under a client still writing (Go's client then reports the
+// reset, not the answer). Each request announces 64 MiB; after the answer
+// the test sends 2 MiB more over 200 ms, which must all be accepted.
+func TestRefusalsLingerForTheBody(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cfg := adaptFront(t, "{\n\tadmin off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://"+addr+` {
+	route /front/* {
+		uri strip_prefix /front
+		oci_front {
+			mirror docker.io
+			token {
+				realm http://127.0.0.1:1/auth
+				service registry.test
+				proxy
+			}
+		}
+	}
+	route {
+		oci_registry {
+			storage `+filepath.Join(dir, "store")+`
+			max_blob_size 1MiB
+		}
+	}
+}
+`)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = caddy.Stop() }()
+	for _, rf := range []struct {
+		method, path, headers string
+		status                int
+	}{
+		// registry: a monolithic push over max_blob_size, refused before its body is read
+		{"POST", "/v2/team/big/blobs/uploads/?digest=sha256:" + strings.Repeat("a", 64), "", http.StatusRequestEntityTooLarge},
+		// registry: no such route
+		{"PUT", "/v2/team/big/nothing", "", http.StatusNotFound},
+		// token proxy (GuardUnreadBody)
+		{"POST", "/front/_oci/token", "Content-Type: text/plain\r\n", http.StatusUnsupportedMediaType},
+		// front refusal (GuardUnreadBody)
+		{"PUT", "/front/v2/app/manifests/v1", "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n", http.StatusBadRequest},
+	} {
+		status, err := refuseWhileSending(addr, rf.method, rf.path, rf.headers)
+		if err != nil || status != rf.status {
+			t.Errorf("%s %s while sending its body: %d, %v; want %d and the body still taken", rf.method, rf.path, status, err, rf.status)
+		}
+	}
+}
+
+// refuseWhileSending announces a 64 MiB body, sends 64 KiB of it, reads
+// the answer, then sends 2 MiB more in 32 writes 6 ms apart.
+func refuseWhileSending(addr, method, path, headers string) (int, error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n", method, path, addr, headers, 64<<20); err != nil {
+		return 0, err
+	}
+	chunk := make([]byte, 64<<10)
+	if _, err := conn.Write(chunk); err != nil {
+		return 0, err
+	}
+	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return 0, err
+	}
+	// The status line and headers only: a chunked answer's end may come
+	// when the server is done with the request.
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0, err
+	}
+	for i := range 32 {
+		time.Sleep(6 * time.Millisecond)
+		if _, err := conn.Write(chunk); err != nil {
+			return resp.StatusCode, fmt.Errorf("write %d after the answer: %w", i, err)
+		}
+	}
+	return resp.StatusCode, nil
+}

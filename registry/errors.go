@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 )
 
@@ -173,14 +174,17 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request
 			zap.String("uri", r.RequestURI),
 		)
 	}
-	if bodyPending(r) {
-		// Whatever the client still sends is not read (an error refuses
-		// the request as a whole): net/http would otherwise drain up to
-		// 256 KiB of it before answering, for a caller who may not send
-		// it, and wait as long as the client withholds it.
-		w.Header().Set("Connection", "close")
+	if !bodyPending(r) {
+		e.Render(w, r)
+		return
 	}
+	// Whatever the client still sends is not used (an error refuses the
+	// request as a whole): net/http would otherwise drain up to 256 KiB
+	// of it before answering, for a caller who may not send it, and wait
+	// as long as the client withholds it.
+	w.Header().Set("Connection", "close")
 	e.Render(w, r)
+	authscope.LingerUnreadBody(w, r.Body)
 }
 
 // bodyPending reports whether an HTTP/1 request has body bytes the

@@ -48,11 +48,13 @@ func (w *observedWriter) ReadFrom(src io.Reader) (int64, error) {
 	return n, err
 }
 
-func (w *observedWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+// FlushError reaches the server's writer through wrappers that do not
+// implement http.Flusher themselves (Caddy's do not).
+func (w *observedWriter) FlushError() error {
+	return http.NewResponseController(w.ResponseWriter).Flush()
 }
+
+func (w *observedWriter) Flush() { _ = w.FlushError() }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *observedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

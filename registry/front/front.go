@@ -257,7 +257,8 @@ func (f *Front) refuseCredentials(w http.ResponseWriter, r *http.Request, err er
 
 // refuse answers a request the front will not pass on.
 func (f *Front) refuse(w http.ResponseWriter, r *http.Request, t registry.Target, e *registry.Error) {
-	w, r = authscope.GuardUnreadBody(w, r)
+	w, r, finish := authscope.GuardUnreadBody(w, r)
+	defer finish()
 	reason := e.Message
 	if e.Err != nil {
 		reason = e.Err.Error()
