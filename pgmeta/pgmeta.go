@@ -44,6 +44,11 @@ type Store struct {
 // ErrNameInvalid is an ID or name that cannot be a key.
 var ErrNameInvalid = errors.New("invalid name")
 
+// ErrUnavailable wraps the failures of PostgreSQL itself (down, hung,
+// refusing): a caller answers 503 and retries later, as the pool
+// reconnects by itself.
+var ErrUnavailable = errors.New("metadata database unavailable")
+
 // Open connects to the database and brings its schema up to date.
 // Replicas may open the same database at once: migrations run one
 // replica at a time, each exactly once. ctx bounds Open, the wait for

@@ -1,0 +1,148 @@
+package pgmeta
+
+// Leases (package coord) as rows: one per key, taken by a random token
+// until an expiry on PostgreSQL's clock. Acquire is one INSERT ... ON
+// CONFLICT that takes the row only if it expired, so any number of
+// replicas racing for a key leave exactly one holder.
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/jackc/pgx/v5"
+)
+
+// Leases returns the store's leases, shared by every replica on the
+// database.
+func (s *Store) Leases() coord.Leases { return leases{s} }
+
+type leases struct{ s *Store }
+
+type lease struct {
+	s     *Store
+	key   string
+	token []byte
+
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+// callCtx bounds one lease call by ctx and the store's timeout.
+func (s *Store) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// micros is d in whole microseconds, PostgreSQL's resolution.
+func micros(d time.Duration) int64 { return d.Microseconds() }
+
+func (ls leases) Acquire(ctx context.Context, key string, ttl time.Duration) (coord.Lease, bool, error) {
+	if err := coord.CheckKey(key, ttl); err != nil {
+		return nil, false, err
+	}
+	token := make([]byte, 16)
+	_, _ = rand.Read(token)
+	ctx, cancel := ls.s.callCtx(ctx)
+	defer cancel()
+	// The deadline counts from before the request is sent: the row's
+	// expiry, set later on the server, is never earlier than that.
+	start := time.Now()
+	var one int
+	err := ls.s.pool.QueryRow(ctx, `INSERT INTO leases (key, token, expires)
+		VALUES ($1, $2, clock_timestamp() + $3 * interval '1 microsecond')
+		ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, expires = EXCLUDED.expires
+		WHERE leases.expires <= clock_timestamp()
+		RETURNING 1`, key, token, micros(ttl)).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: lease %s: %w", ErrUnavailable, key, err)
+	}
+	return &lease{s: ls.s, key: key, token: token, deadline: start.Add(ttl)}, true, nil
+}
+
+// Wait polls: a release or an expiry has no event every replica would
+// see without a connection of its own per waiter (LISTEN), and fills
+// wait seconds, not milliseconds.
+func (ls leases) Wait(ctx context.Context, key string) error {
+	delay := 25 * time.Millisecond
+	for {
+		held, err := ls.held(ctx, key)
+		if err != nil {
+			return err
+		}
+		if !held {
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		delay = min(delay*2, 500*time.Millisecond)
+	}
+}
+
+func (ls leases) held(ctx context.Context, key string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	cctx, cancel := ls.s.callCtx(ctx)
+	defer cancel()
+	var held bool
+	err := ls.s.pool.QueryRow(cctx, "SELECT expires > clock_timestamp() FROM leases WHERE key = $1", key).Scan(&held)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		return false, fmt.Errorf("%w: lease %s: %w", ErrUnavailable, key, err)
+	}
+	return held, nil
+}
+
+func (l *lease) Key() string { return l.key }
+func (l *lease) Deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
+}
+
+func (l *lease) Renew(ctx context.Context, ttl time.Duration) error {
+	if err := coord.CheckKey(l.key, ttl); err != nil {
+		return err
+	}
+	ctx, cancel := l.s.callCtx(ctx)
+	defer cancel()
+	start := time.Now()
+	tag, err := l.s.pool.Exec(ctx, `UPDATE leases SET expires = clock_timestamp() + $3 * interval '1 microsecond'
+		WHERE key = $1 AND token = $2`, l.key, l.token, micros(ttl))
+	if err != nil {
+		return fmt.Errorf("%w: lease %s: %w", ErrUnavailable, l.key, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: %s", coord.ErrLost, l.key)
+	}
+	l.mu.Lock()
+	l.deadline = start.Add(ttl)
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *lease) Release(ctx context.Context) error {
+	ctx, cancel := l.s.callCtx(ctx)
+	defer cancel()
+	if _, err := l.s.pool.Exec(ctx, "DELETE FROM leases WHERE key = $1 AND token = $2", l.key, l.token); err != nil {
+		return fmt.Errorf("%w: lease %s: %w", ErrUnavailable, l.key, err)
+	}
+	return nil
+}
