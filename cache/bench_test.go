@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 const benchBlobSize = 64 << 20
@@ -24,7 +26,7 @@ func pushLimit(b *testing.B, dir string, data []byte) time.Duration {
 		b.Fatal(err)
 	}
 	h := sha256.New()
-	buf := make([]byte, copyBufSize)
+	buf := make([]byte, blobfile.CopyBufSize)
 	if _, err := io.CopyBuffer(io.MultiWriter(f, h), struct{ io.Reader }{bytes.NewReader(data)}, buf); err != nil {
 		b.Fatal(err)
 	}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // ErrFillFailed wraps the reason a fill did not commit (the source broke,
@@ -213,10 +215,10 @@ func (f *Fill) fill(src FillSource) error {
 	f.changed()
 	f.mu.Unlock()
 
-	out := f.s.space.writer(writeBehind(file, 0))
+	out := f.s.space.writer(blobfile.WriteBehind(file, 0))
 	h := f.d.Algorithm.New()
-	bp := getBuf(size)
-	defer putBuf(bp)
+	bp := blobfile.GetBuf(size)
+	defer blobfile.PutBuf(bp)
 	buf := (*bp)[:min(len(*bp), 256<<10)] // readers see progress sooner
 	var n int64
 	for {

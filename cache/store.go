@@ -265,19 +265,6 @@ func (s *Store) blobPath(d Digest) string {
 	return filepath.Join(s.blobsDir, string(d.Algorithm), d.Hex[:2], d.Hex)
 }
 
-// syncDir makes a rename or create in dir durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
 // checkDigest guards every path and key built from a Digest: the fields
 // are exported, so a Digest that did not come from ParseDigest is checked
 // again before it names a file.
