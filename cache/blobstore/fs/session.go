@@ -1,11 +1,8 @@
 package fs
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
@@ -42,14 +40,8 @@ const (
 
 // sessionState is what Session.State serialises.
 type sessionState struct {
-	Kind    string `json:"kind"`
-	Version int    `json:"v"`
-	ID      string `json:"id"`
-	Size    int64  `json:"size"`
-	// SHA256 is the marshalled sha256 state over the Size bytes.
-	SHA256 []byte `json:"sha256"`
-	// Ended: committed or cancelled through this session.
-	Ended bool `json:"ended,omitempty"`
+	Kind string `json:"kind"`
+	backend.SessionState
 }
 
 type session struct {
@@ -63,7 +55,7 @@ func (s *Store) uploadPath(id string) string { return filepath.Join(s.uploadsDir
 // NewSession implements blobstore.Sessions: an empty file under uploads/,
 // made durable at once so another Store sees it.
 func (s *Store) NewSession(ctx context.Context) (blobstore.Session, error) {
-	id, err := randomHex()
+	id, err := backend.RandomID()
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +71,7 @@ func (s *Store) NewSession(ctx context.Context) (blobstore.Session, error) {
 		os.Remove(s.uploadPath(id))
 		return nil, fmt.Errorf("fs: new session: %w", err)
 	}
-	return &session{s: s, st: sessionState{Kind: stateKind, Version: stateVersion, ID: id}, h: sha256.New()}, nil
+	return &session{s: s, st: sessionState{Kind: stateKind, SessionState: backend.SessionState{Version: stateVersion, ID: id}}, h: sha256.New()}, nil
 }
 
 // ResumeSession implements blobstore.Sessions. The state comes from the
@@ -89,60 +81,18 @@ func (s *Store) NewSession(ctx context.Context) (blobstore.Session, error) {
 // so that a Cancel of a session that is gone is not an error.
 func (s *Store) ResumeSession(ctx context.Context, state []byte) (blobstore.Session, error) {
 	var st sessionState
-	dec := json.NewDecoder(bytes.NewReader(state))
-	dec.DisallowUnknownFields() // another backend's state is not ours
-	if err := dec.Decode(&st); err != nil {
-		return nil, fmt.Errorf("%w: %w", blobstore.ErrSessionUnknown, err)
-	}
-	if err := st.check(); err != nil {
-		return nil, fmt.Errorf("%w: %w", blobstore.ErrSessionUnknown, err)
-	}
-	h := sha256.New()
-	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(st.SHA256); err != nil {
-		return nil, fmt.Errorf("%w: hash state: %w", blobstore.ErrSessionUnknown, err)
+	h, err := backend.DecodeState(state, &st, &st.SessionState, st.check)
+	if err != nil {
+		return nil, err
 	}
 	return &session{s: s, st: st, h: h}, nil
 }
 
-// sha256StateLen and sha256Magic describe Go's marshalled sha256 state:
-// magic, eight words of hash, a block of pending bytes, and the count of
-// bytes hashed as a big-endian uint64 at the end.
-const (
-	sha256StateLen = 4 + 8*4 + sha256.BlockSize + 8
-	sha256Magic    = "sha\x03"
-)
-
 func (st *sessionState) check() error {
-	switch {
-	case st.Kind != stateKind:
+	if st.Kind != stateKind {
 		return fmt.Errorf("state of kind %q", st.Kind)
-	case st.Version != stateVersion:
-		return fmt.Errorf("state version %d", st.Version)
-	case st.Ended:
-		return errors.New("ended")
-	case !isHex(st.ID, 32):
-		return errors.New("bad id")
-	case st.Size < 0:
-		return errors.New("negative size")
-	case len(st.SHA256) != sha256StateLen || string(st.SHA256[:4]) != sha256Magic:
-		return errors.New("bad hash state")
-	case binary.BigEndian.Uint64(st.SHA256[sha256StateLen-8:]) != uint64(st.Size):
-		// The hash covers another number of bytes than the state claims.
-		return errors.New("hash state and size disagree")
 	}
-	return nil
-}
-
-func isHex(s string, n int) bool {
-	if len(s) != n {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
+	return st.Check(stateVersion)
 }
 
 func (ss *session) ID() string  { return ss.st.ID }
@@ -151,11 +101,10 @@ func (ss *session) Size() int64 { return ss.st.Size }
 // State implements blobstore.Session.
 func (ss *session) State() ([]byte, error) {
 	st := ss.st
-	h, err := ss.h.(encoding.BinaryMarshaler).MarshalBinary()
-	if err != nil {
+	var err error
+	if st.SHA256, err = backend.MarshalSHA256(ss.h); err != nil {
 		return nil, fmt.Errorf("fs: session state: %w", err)
 	}
-	st.SHA256 = h
 	return json.Marshal(st)
 }
 
@@ -194,18 +143,15 @@ func (ss *session) openData() (*os.File, error) {
 // there and fsynced do the size and hash move on. On an error the file is
 // cut back, so the session is as it was.
 func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64, error) {
-	if ss.st.Ended {
-		return 0, fmt.Errorf("%w: %s", blobstore.ErrSessionUnknown, ss.st.ID)
-	}
-	if offset != ss.st.Size {
-		return 0, fmt.Errorf("%w: session at %d, chunk at %d", blobstore.ErrOffsetMismatch, ss.st.Size, offset)
+	if err := ss.st.CheckAppend(offset); err != nil {
+		return 0, err
 	}
 	f, err := ss.openData()
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	h, err := cloneSHA256(ss.h)
+	h, err := backend.CloneSHA256(ss.h)
 	if err != nil {
 		return 0, err
 	}
@@ -257,7 +203,7 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 			return blobstore.Info{}, fmt.Errorf("fs: commit session %s: %w", ss.st.ID, err)
 		}
 	}
-	if err := verify(d, -1, ss.st.Size, h); err != nil {
+	if err := backend.Verify(d, -1, ss.st.Size, h); err != nil {
 		return blobstore.Info{}, err
 	}
 	// Every Append synced; this covers a cut made by openData.
@@ -281,16 +227,4 @@ func (ss *session) Cancel(ctx context.Context) error {
 	}
 	ss.st.Ended = true
 	return nil
-}
-
-func cloneSHA256(h hash.Hash) (hash.Hash, error) {
-	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("fs: hash state: %w", err)
-	}
-	c := sha256.New()
-	if err := c.(encoding.BinaryUnmarshaler).UnmarshalBinary(b); err != nil {
-		return nil, fmt.Errorf("fs: hash state: %w", err)
-	}
-	return c, nil
 }

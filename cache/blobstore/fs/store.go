@@ -15,11 +15,8 @@ package fs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	iofs "io/fs"
 	"os"
@@ -29,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
@@ -187,7 +185,7 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 	if err != nil {
 		return blobstore.Info{}, fmt.Errorf("fs: put %s: %w", d, err)
 	}
-	if err := verify(d, size, n, h); err != nil {
+	if err := backend.Verify(d, size, n, h); err != nil {
 		return blobstore.Info{}, err
 	}
 	if s.touch(d) {
@@ -209,7 +207,7 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 
 // createTemp makes a new file under tmp/ with a random name.
 func (s *Store) createTemp() (*os.File, error) {
-	name, err := randomHex()
+	name, err := backend.RandomID()
 	if err != nil {
 		return nil, err
 	}
@@ -265,17 +263,6 @@ func (s *Store) Delete(ctx context.Context, d blobstore.Digest) error {
 	return nil
 }
 
-// verify checks what was read against what the caller claimed.
-func verify(d blobstore.Digest, size, n int64, h hash.Hash) error {
-	if size >= 0 && n != size {
-		return fmt.Errorf("%w: declared %d, got %d bytes", blobstore.ErrSizeMismatch, size, n)
-	}
-	if got := blobstore.FromHash(d.Algorithm, h); got != d {
-		return fmt.Errorf("%w: want %s, got %s", blobstore.ErrDigestMismatch, d, got)
-	}
-	return nil
-}
-
 // blobErr turns a file error about blob d into the contract's.
 func blobErr(op string, d blobstore.Digest, err error) error {
 	if errors.Is(err, iofs.ErrNotExist) {
@@ -295,14 +282,6 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-func randomHex() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("fs: random: %w", err)
-	}
-	return hex.EncodeToString(b[:]), nil
 }
 
 var _ blobstore.Store = (*Store)(nil)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/storetest"
 )
 
@@ -64,6 +65,23 @@ func wantBytes(t *testing.T, s blobstore.Reader, d blobstore.Digest, want []byte
 	}
 }
 
+// started is a new session on s holding b, and its state.
+func started(t *testing.T, s *Store, b []byte) (blobstore.Session, []byte) {
+	t.Helper()
+	sess, err := s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+	state, err := sess.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sess, state
+}
+
 // tree lists every file and folder under root with its size and time, to
 // tell whether anything was touched.
 func tree(t *testing.T, root string) map[string]string {
@@ -102,27 +120,17 @@ func TestResumeRefusesHostileState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sess, err := s.NewSession(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(randomBytes(100))); err != nil {
-		t.Fatal(err)
-	}
-	good, err := sess.State()
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, good := started(t, s, randomBytes(100))
 	if _, err := s.ResumeSession(ctx(t), good); err != nil {
 		t.Fatalf("the untouched state: %v", err)
 	}
 	hashOf := func(n int) string {
-		h, err := cloneSHA256(sess.(*session).h)
+		h, err := backend.CloneSHA256(sess.(*session).h)
 		if err != nil {
 			t.Fatal(err)
 		}
 		h.Write(make([]byte, n))
-		st, err := h.(interface{ MarshalBinary() ([]byte, error) }).MarshalBinary()
+		st, err := backend.MarshalSHA256(h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -170,7 +178,7 @@ func TestResumeRefusesHostileState(t *testing.T) {
 	}
 	m["sha256"], m["size"] = hashOf(1<<20), float64(100+1<<20)
 	liar, _ := json.Marshal(m)
-	sess, err = s.ResumeSession(ctx(t), liar)
+	sess, err := s.ResumeSession(ctx(t), liar)
 	if err != nil {
 		t.Fatalf("a consistent state: %v", err)
 	}
@@ -245,14 +253,7 @@ func TestTwoInstancesShareSessions(t *testing.T) {
 	}
 
 	// A session cancelled on one instance is gone for the other.
-	sess, err := a.NewSession(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(c[:10])); err != nil {
-		t.Fatal(err)
-	}
-	state, _ := sess.State()
+	sess, state := started(t, a, c[:10])
 	onB, err := b.ResumeSession(ctx(t), state)
 	if err != nil {
 		t.Fatal(err)
@@ -288,14 +289,7 @@ func TestTornChunk(t *testing.T) {
 	dir := t.TempDir()
 	s := newStore(t, dir)
 	c := randomBytes(5000)
-	sess, err := s.NewSession(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(c[:1000])); err != nil {
-		t.Fatal(err)
-	}
-	state, _ := sess.State()
+	sess, state := started(t, s, c[:1000])
 	// What the killed replica wrote of the next chunk, garbled.
 	f, err := os.OpenFile(filepath.Join(dir, "uploads", sess.ID()), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -317,13 +311,7 @@ func TestTornChunk(t *testing.T) {
 	wantBytes(t, s, d, c)
 
 	// Lost bytes: the file is cut below what the state counted.
-	sess, err = s.NewSession(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(c)); err != nil {
-		t.Fatal(err)
-	}
+	sess, _ = started(t, s, c)
 	if err := os.Truncate(filepath.Join(dir, "uploads", sess.ID()), 10); err != nil {
 		t.Fatal(err)
 	}
