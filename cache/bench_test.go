@@ -121,7 +121,7 @@ func BenchmarkPutBlobSmall(b *testing.B) {
 	})
 	b.Run("statfs", func(b *testing.B) {
 		for range b.N {
-			s.space.measure()
+			s.space.Measure()
 		}
 	})
 	b.Run("meter", func(b *testing.B) {

@@ -63,7 +63,7 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	if max := s.uploadLimits().MaxBlobSize; max > 0 && size > max {
 		return 0, fmt.Errorf("%w: %d bytes declared, the limit is %d", ErrUploadTooLarge, size, max)
 	}
-	if err := s.space.admit(size); err != nil {
+	if err := s.space.Admit(size); err != nil {
 		return 0, err
 	}
 	f, err := s.createTemp()
@@ -87,7 +87,7 @@ func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
 	m := s.meter(src, "", 0)
 	defer func() { s.release(m.reserved, m.owner) }()
 	h := want.Algorithm.New()
-	n, err := blobfile.CopyHashing(s.space.writer(blobfile.WriteBehind(f, 0)), h, m, size)
+	n, err := blobfile.CopyHashing(s.space.Writer(blobfile.WriteBehind(f, 0)), h, m, size)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

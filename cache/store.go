@@ -147,7 +147,7 @@ func Open(opts Options) (*Store, error) {
 	if metaDir == "" {
 		metaDir = filepath.Join(opts.Dir, "meta")
 	}
-	s.space = &spaceGuard{dir: opts.Dir, metaDir: metaDir, reserve: opts.Reserve, log: log, obs: opts.SpaceObserver}
+	s.space = newSpaceGuard(opts.Dir, metaDir, opts.Reserve, log, opts.SpaceObserver)
 	// badger's files are sparse and memory-mapped (a memtable's log is
 	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)
 	// and take disk space only as pages are written: a few MiB for each

@@ -439,10 +439,10 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if _, err := f.Seek(at, io.SeekStart); err != nil {
 		return fail("seek upload", err)
 	}
-	if err := s.space.admit(-1); err != nil {
+	if err := s.space.Admit(-1); err != nil {
 		return fail("append upload", err)
 	}
-	n, err := blobfile.CopyHashing(s.space.writer(blobfile.WriteBehind(f, at)), h, r, -1)
+	n, err := blobfile.CopyHashing(s.space.Writer(blobfile.WriteBehind(f, at)), h, r, -1)
 	if err != nil {
 		return fail("append upload", err)
 	}

@@ -166,7 +166,10 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	if _, err := f.Seek(at, io.SeekStart); err != nil {
 		return fail(err)
 	}
-	n, err := blobfile.CopyHashing(blobfile.WriteBehind(f, at), h, ctxReader{ctx, r}, -1)
+	if err := ss.s.space.Admit(-1); err != nil {
+		return fail(err)
+	}
+	n, err := blobfile.CopyHashing(ss.s.space.Writer(blobfile.WriteBehind(f, at)), h, ctxReader{ctx, r}, -1)
 	if err != nil {
 		return fail(err)
 	}

@@ -35,9 +35,33 @@ type Options struct {
 	// Dir is the folder; blobs/, uploads/ and tmp/ are made inside it.
 	Dir string
 	// Logger receives what cannot be returned (a leftover file that could
-	// not be removed). Nil: no log.
+	// not be removed) and the reserve's state changes. Nil: no log.
 	Logger *zap.Logger
+	// Reserve is the free space blob bytes leave on Dir's filesystem:
+	// a Put or Append that would cross it fails with ErrStorageFull and
+	// leaves nothing, as package cache's writes do (the same
+	// cache.SpaceReserve). The zero value reserves nothing and measures
+	// nothing.
+	Reserve Reserve
+	// SpaceObserver, if set, sees the free space whenever it is measured.
+	SpaceObserver SpaceObserver
 }
+
+// Reserve and SpaceObserver are package cache's SpaceReserve and
+// SpaceObserver: one definition for both writers of the folder.
+type (
+	Reserve       = blobfile.Reserve
+	SpaceObserver = blobfile.SpaceObserver
+)
+
+// ErrStorageFull is cache.ErrStorageFull: a write refused by the reserve.
+// The filesystem's own ENOSPC is passed on as it comes; IsStorageFull
+// tells both.
+var ErrStorageFull = blobfile.ErrStorageFull
+
+// IsStorageFull reports whether err comes from a full storage: the
+// reserve refused the bytes, or the filesystem did.
+func IsStorageFull(err error) bool { return blobfile.IsStorageFull(err) }
 
 // Store is a blobstore.Store on one folder. Safe for concurrent use.
 type Store struct {
@@ -45,6 +69,7 @@ type Store struct {
 	uploadsDir string
 	tmpDir     string
 	log        *zap.Logger
+	space      *blobfile.Space // nil: no reserve
 }
 
 // New makes the folders if needed and returns a Store on opts.Dir.
@@ -74,6 +99,9 @@ func New(opts Options) (*Store, error) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("fs: %w", err)
 		}
+	}
+	if opts.Reserve != (Reserve{}) {
+		s.space = blobfile.NewSpace(opts.Dir, opts.Reserve, log, opts.SpaceObserver)
 	}
 	return s, nil
 }
@@ -168,6 +196,9 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		r = io.LimitReader(r, size+1) // one byte more tells "too long"
 	}
 	r = ctxReader{ctx, r}
+	if err := s.space.Admit(size); err != nil {
+		return blobstore.Info{}, err
+	}
 	h := d.Algorithm.New()
 	f, err := s.createTemp()
 	if err != nil {
@@ -181,7 +212,7 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 			os.Remove(tmp) // gone already when install moved it
 		}
 	}()
-	n, err := blobfile.CopyHashing(blobfile.WriteBehind(f, 0), h, r, size)
+	n, err := blobfile.CopyHashing(s.space.Writer(blobfile.WriteBehind(f, 0)), h, r, size)
 	if err != nil {
 		return blobstore.Info{}, fmt.Errorf("fs: put %s: %w", d, err)
 	}
