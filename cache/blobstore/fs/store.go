@@ -21,6 +21,7 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -133,6 +134,10 @@ type fileBlob struct {
 
 func (b fileBlob) Size() int64 { return b.size }
 
+// What net/http's sendfile looks for behind the io.LimitedReader that
+// http.ServeContent wraps around a blob.
+var _ syscall.Conn = fileBlob{}
+
 // Open implements blobstore.Reader. ctx plays no part: a local read is
 // not waited on.
 func (s *Store) Open(ctx context.Context, d blobstore.Digest) (blobstore.Blob, error) {
@@ -175,7 +180,8 @@ func (s *Store) OpenRange(ctx context.Context, d blobstore.Digest, offset, lengt
 	if length == -1 {
 		length = size - offset
 	}
-	if offset >= size || offset+length > size {
+	if offset >= size || length > size-offset { // not offset+length: it may overflow
+
 		f.Close()
 		return nil, fmt.Errorf("%w: %d bytes at %d of %s (%d bytes)", blobstore.ErrRange, length, offset, d, size)
 	}
