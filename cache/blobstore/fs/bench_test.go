@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
+	"github.com/caddy-oci/caddy-oci/cache/internal/writelimit"
 )
 
 const benchBlobSize = 256 << 20
@@ -18,24 +18,7 @@ const benchBlobSize = 256 << 20
 // store's around it: the bytes written to a new file in tmp/ and fsynced,
 // no hash, no write-behind, no rename.
 func plainWrite(b *testing.B, s *Store, data []byte) time.Duration {
-	b.Helper()
-	start := time.Now()
-	f, err := os.CreateTemp(s.tmpDir, "plain-*")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for off := 0; off < len(data); off += blobfile.CopyBufSize {
-		if _, err := f.Write(data[off:min(off+blobfile.CopyBufSize, len(data))]); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := f.Sync(); err != nil {
-		b.Fatal(err)
-	}
-	f.Close()
-	el := time.Since(start)
-	os.Remove(f.Name())
-	return el
+	return writelimit.Measure(b, s.tmpDir, data, nil, blobfile.CopyBufSize)
 }
 
 // BenchmarkWrite reports the store's write rate for a 256 MiB blob, put
