@@ -1,8 +1,9 @@
 // Package blobfile is how blob bytes reach a local file fast and safely:
 // copied and hashed in one pipeline (CopyHashing) through buffers from a
 // process-wide budget (GetBuf), written back to disk while they still
-// arrive (WriteBehind), and made durable with fsync of the file and of
-// the folder a rename or create changed (SyncDir).
+// arrive (WriteBehind), kept out of a free-space reserve (Space), and made
+// durable with fsync of the file and of the folder a rename or create
+// changed (SyncDir).
 //
 // It is shared by the two writers of a blob folder, package cache's
 // Store and the filesystem blob backend (cache/blobstore/fs), so that
