@@ -147,7 +147,7 @@ func Open(opts Options) (*Store, error) {
 	if metaDir == "" {
 		metaDir = filepath.Join(opts.Dir, "meta")
 	}
-	s.space = &spaceGuard{dir: opts.Dir, metaDir: metaDir, reserve: opts.Reserve, log: log, obs: opts.SpaceObserver}
+	s.space = newSpaceGuard(opts.Dir, metaDir, opts.Reserve, log, opts.SpaceObserver)
 	// badger's files are sparse and memory-mapped (a memtable's log is
 	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)
 	// and take disk space only as pages are written: a few MiB for each
@@ -263,19 +263,6 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 // blobPath is where the committed blob d lives. d must be valid.
 func (s *Store) blobPath(d Digest) string {
 	return filepath.Join(s.blobsDir, string(d.Algorithm), d.Hex[:2], d.Hex)
-}
-
-// syncDir makes a rename or create in dir durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // checkDigest guards every path and key built from a Digest: the fields
