@@ -37,6 +37,8 @@ type Store struct {
 	// every "the blob exists, now link it" sequence holds the read lock, so
 	// a link never points at a file GC is about to remove.
 	gcMu sync.RWMutex
+	// gcPaused skips the background collection's rounds (PauseGC).
+	gcPaused atomic.Bool
 
 	// apiKeyMu serialises API key updates, so that concurrent ones wait
 	// for each other instead of running out of badger's conflict retries.
