@@ -77,9 +77,13 @@ func TestReadOnlyThroughCaddy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
+	// No pooled connections: a port freeAddr hands out may have served an
+	// earlier test's server, whose idle connection a POST would reuse and
+	// find closed.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 
 	post := func(addr string) (int, string) {
-		resp, err := http.Post("http://"+addr+"/v2/team/app/blobs/uploads/", "", nil)
+		resp, err := client.Post("http://"+addr+"/v2/team/app/blobs/uploads/", "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,7 +97,7 @@ func TestReadOnlyThroughCaddy(t *testing.T) {
 	if code, body := post(internal); code != http.StatusAccepted {
 		t.Errorf("push on the writable site: %d %s", code, body)
 	}
-	if resp, err := http.Get("http://" + pub + "/v2/team/app/tags/list"); err != nil {
+	if resp, err := client.Get("http://" + pub + "/v2/team/app/tags/list"); err != nil {
 		t.Fatal(err)
 	} else if resp.Body.Close(); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("read on the read-only site: %d, want 404 NAME_UNKNOWN (a read, answered)", resp.StatusCode)
