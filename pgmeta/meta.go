@@ -85,7 +85,7 @@ func unavailable(err error) bool {
 	}
 	switch {
 	case pgErr.Code[:2] == "08", // connection exception
-		pgErr.Code[:2] == "53",                           // insufficient resources (too many connections)
+		pgErr.Code[:2] == "53",                                              // insufficient resources (too many connections)
 		pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, starting up
 		pgErr.Code == "57014": // query cancelled: our timeout
 		return true
