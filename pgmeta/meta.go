@@ -122,6 +122,26 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(ctx context.Conte
 
 func checkRepo(repo string) error { return metastore.CheckName("repository", repo) }
 
+// checkRepoDigest checks a repository and a digest of kind in it.
+func checkRepoDigest(repo, kind string, d metastore.Digest) error {
+	if err := checkRepo(repo); err != nil {
+		return err
+	}
+	return metastore.CheckDigest(kind, d)
+}
+
+// execOne runs a statement that changes one row, or none: then the
+// thing was not there, and missing says so.
+func (s *Store) execOne(ctx context.Context, what string, missing error, sql string, args ...any) error {
+	cctx, cancel := s.metaCall(ctx)
+	defer cancel()
+	tag, err := s.pool.Exec(cctx, sql, args...)
+	if err == nil && tag.RowsAffected() == 0 {
+		return missing
+	}
+	return failed(ctx, what, err)
+}
+
 // checkLast refuses a paging cursor PostgreSQL's text cannot hold; any
 // other is a comparison only.
 func checkLast(last string) error { return metastore.CheckText("last", last, 1<<16) }
@@ -242,10 +262,7 @@ func (s *Store) Blob(ctx context.Context, d metastore.Digest) (metastore.BlobRec
 
 // LinkBlob links d into repo as of at.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d metastore.Digest, at time.Time) error {
-	if err := checkRepo(repo); err != nil {
-		return err
-	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
+	if err := checkRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
 	return s.inTx(ctx, "link blob", func(ctx context.Context, tx pgx.Tx) error {
@@ -278,10 +295,7 @@ func addRepo(ctx context.Context, tx pgx.Tx, repo string, at time.Time) error {
 
 // BlobLink returns repo's link to d with d's record.
 func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (metastore.Link, metastore.BlobRecord, error) {
-	if err := checkRepo(repo); err != nil {
-		return metastore.Link{}, metastore.BlobRecord{}, err
-	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
+	if err := checkRepoDigest(repo, "blob", d); err != nil {
 		return metastore.Link{}, metastore.BlobRecord{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -300,10 +314,7 @@ func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (
 
 // RenewBlobLink moves an old link's time to at.
 func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Digest, at, olderThan time.Time) (bool, error) {
-	if err := checkRepo(repo); err != nil {
-		return false, err
-	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
+	if err := checkRepoDigest(repo, "blob", d); err != nil {
 		return false, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -318,19 +329,11 @@ func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Dige
 
 // UnlinkBlob removes repo's link to d.
 func (s *Store) UnlinkBlob(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepo(repo); err != nil {
+	if err := checkRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
-		return err
-	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tag, err := s.pool.Exec(cctx, "DELETE FROM blob_links WHERE repo = $1 AND digest = $2", repo, d.String())
-	if err == nil && tag.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s in %s", metastore.ErrBlobUnknown, d, repo)
-	}
-	return failed(ctx, "unlink blob", err)
+	return s.execOne(ctx, "unlink blob", fmt.Errorf("%w: %s in %s", metastore.ErrBlobUnknown, d, repo),
+		"DELETE FROM blob_links WHERE repo = $1 AND digest = $2", repo, d.String())
 }
 
 // ReposWithBlob lists the repositories linking d.
@@ -474,10 +477,7 @@ func (s *Store) ManifestBody(ctx context.Context, repo string, d metastore.Diges
 }
 
 func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, withBody bool) (metastore.Manifest, []byte, error) {
-	if err := checkRepo(repo); err != nil {
-		return metastore.Manifest{}, nil, err
-	}
-	if err := metastore.CheckDigest("manifest", d); err != nil {
+	if err := checkRepoDigest(repo, "manifest", d); err != nil {
 		return metastore.Manifest{}, nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -511,27 +511,16 @@ func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, w
 // DeleteManifest removes repo's manifest d; its tags and references go
 // with it (ON DELETE CASCADE), in the same statement.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepo(repo); err != nil {
+	if err := checkRepoDigest(repo, "manifest", d); err != nil {
 		return err
 	}
-	if err := metastore.CheckDigest("manifest", d); err != nil {
-		return err
-	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tag, err := s.pool.Exec(cctx, "DELETE FROM manifests WHERE repo = $1 AND digest = $2", repo, d.String())
-	if err == nil && tag.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo)
-	}
-	return failed(ctx, "delete manifest", err)
+	return s.execOne(ctx, "delete manifest", fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo),
+		"DELETE FROM manifests WHERE repo = $1 AND digest = $2", repo, d.String())
 }
 
 // Referrers lists repo's manifests whose subject is d.
 func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
-	if err := checkRepo(repo); err != nil {
-		return nil, err
-	}
-	if err := metastore.CheckDigest("subject", d); err != nil {
+	if err := checkRepoDigest(repo, "subject", d); err != nil {
 		return nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -632,13 +621,8 @@ func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
 	if err := checkTag(repo, tag); err != nil {
 		return err
 	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tg, err := s.pool.Exec(cctx, "DELETE FROM tags WHERE repo = $1 AND tag = $2", repo, tag)
-	if err == nil && tg.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag)
-	}
-	return failed(ctx, "delete tag", err)
+	return s.execOne(ctx, "delete tag", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),
+		"DELETE FROM tags WHERE repo = $1 AND tag = $2", repo, tag)
 }
 
 // Tags lists repo's tags after last.
@@ -675,11 +659,6 @@ func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, at time.Tim
 	if err := checkTag(repo, tag); err != nil {
 		return err
 	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tg, err := s.pool.Exec(cctx, "UPDATE tags SET fetched = $3 WHERE repo = $1 AND tag = $2", repo, tag, at)
-	if err == nil && tg.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag)
-	}
-	return failed(ctx, "tag fetched", err)
+	return s.execOne(ctx, "tag fetched", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),
+		"UPDATE tags SET fetched = $3 WHERE repo = $1 AND tag = $2", repo, tag, at)
 }

@@ -121,13 +121,8 @@ func (s *Store) DeleteUpload(ctx context.Context, id string) error {
 	if err := metastore.CheckName("upload", id); err != nil {
 		return err
 	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tg, err := s.pool.Exec(cctx, "DELETE FROM uploads WHERE id = $1", id)
-	if err == nil && tg.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id)
-	}
-	return failed(ctx, "delete upload", err)
+	return s.execOne(ctx, "delete upload", fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id),
+		"DELETE FROM uploads WHERE id = $1", id)
 }
 
 // UploadUsage counts the sessions of repo and owner.

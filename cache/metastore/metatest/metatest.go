@@ -1090,19 +1090,9 @@ func testGCBlobs(t *testing.T, s metastore.Store) {
 	cutoff := at(30)
 	want := append([]metastore.Digest{old.Digest}, more...)
 	slices.SortFunc(want, func(a, b metastore.Digest) int { return strings.Compare(a.String(), b.String()) })
-	var got []metastore.Digest
-	after := metastore.Digest{}
-	for {
-		rs, err := s.UnlinkedBlobs(ctx(t), cutoff, after, 2)
-		must(t, err)
-		if len(rs) == 0 {
-			break
-		}
-		for _, r := range rs {
-			got = append(got, r.Digest)
-		}
-		after = rs[len(rs)-1].Digest
-	}
+	got := blobPages(t, func(after metastore.Digest) ([]metastore.BlobRecord, error) {
+		return s.UnlinkedBlobs(ctx(t), cutoff, after, 2)
+	})
 	if !slices.Equal(got, want) {
 		t.Fatalf("unlinked = %v, want %v", got, want)
 	}
@@ -1119,19 +1109,9 @@ func testGCBlobs(t *testing.T, s metastore.Store) {
 	if rs, _ := s.UnlinkedBlobs(ctx(t), cutoff, metastore.Digest{}, 100); len(rs) != 0 {
 		t.Fatalf("marked blobs listed again as unlinked: %v", rs)
 	}
-	var deleting []metastore.Digest
-	after = metastore.Digest{}
-	for {
-		rs, err := s.DeletingBlobs(ctx(t), after, 4)
-		must(t, err)
-		if len(rs) == 0 {
-			break
-		}
-		for _, r := range rs {
-			deleting = append(deleting, r.Digest)
-		}
-		after = rs[len(rs)-1].Digest
-	}
+	deleting := blobPages(t, func(after metastore.Digest) ([]metastore.BlobRecord, error) {
+		return s.DeletingBlobs(ctx(t), after, 4)
+	})
 	if !slices.Equal(deleting, want) {
 		t.Fatalf("deleting = %v, want %v", deleting, want)
 	}
@@ -1148,6 +1128,24 @@ func testGCBlobs(t *testing.T, s metastore.Store) {
 	must(t, err)
 	if !r.Created.Equal(at(70)) {
 		t.Fatalf("recorded again after the sweep: %+v", r)
+	}
+}
+
+// blobPages reads a listing of blobs in pages to its end, by cursor.
+func blobPages(t *testing.T, next func(after metastore.Digest) ([]metastore.BlobRecord, error)) []metastore.Digest {
+	t.Helper()
+	var out []metastore.Digest
+	after := metastore.Digest{}
+	for {
+		rs, err := next(after)
+		must(t, err)
+		if len(rs) == 0 {
+			return out
+		}
+		for _, r := range rs {
+			out = append(out, r.Digest)
+		}
+		after = rs[len(rs)-1].Digest
 	}
 }
 
