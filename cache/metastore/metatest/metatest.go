@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"ConcurrentManifestPutsOneTag", testConcurrentPuts},
 		{"ConcurrentUploadAdvance", testConcurrentAdvance},
 		{"ConcurrentUploadQuota", testConcurrentQuota},
+		{"ConcurrentTagMoveAndManifestDelete", testMoveRacesDelete},
 		{"GCUnreferencedLinks", testUnreferencedLinks},
 		{"GCDropLinksChecksAgain", testDropLinksChecksAgain},
 		{"GCBlobs", testGCBlobs},
@@ -858,6 +859,38 @@ func testConcurrentTagMoves(t *testing.T, s metastore.Store) {
 		}
 		if got := tagOf(t, s, "r", "t").Digest; got != winner {
 			t.Fatalf("round %d: tag at %s, the winner moved it to %s", round, got, winner)
+		}
+	}
+}
+
+// testMoveRacesDelete: a tag moved to a manifest that is deleted at the
+// same moment never points at nothing: either the move lost, or the
+// delete took the tag with it.
+func testMoveRacesDelete(t *testing.T, s metastore.Store) {
+	base, bb := manifest("base", metastore.Digest{})
+	put(t, s, "r", base, bb, "t")
+	for i := range 20 {
+		m, body := manifest(fmt.Sprint("doomed", i), metastore.Digest{})
+		put(t, s, "r", m, body)
+		errs := start(2, func(j int) error {
+			if j == 0 {
+				return s.MoveTag(context.Background(), "r", "t", base.Digest, m.Digest)
+			}
+			return s.DeleteManifest(context.Background(), "r", m.Digest)
+		})
+		must(t, errs[1])
+		if errs[0] != nil && !errors.Is(errs[0], metastore.ErrManifestUnknown) {
+			t.Fatalf("race %d: move: %v", i, errs[0])
+		}
+		ti, err := s.Tag(ctx(t), "r", "t")
+		switch {
+		case errors.Is(err, metastore.ErrTagUnknown):
+			// The move won, the delete took the tag: push it back.
+			put(t, s, "r", base, bb, "t")
+		case err != nil:
+			t.Fatal(err)
+		case ti.Digest != base.Digest:
+			t.Fatalf("race %d: tag at %s, a manifest deleted (move: %v)", i, ti.Digest, errs[0])
 		}
 	}
 }
