@@ -407,40 +407,27 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manife
 	}
 	d := m.Digest.String()
 	return s.inTx(ctx, "put manifest", func(ctx context.Context, tx pgx.Tx) error {
-		if err := addRepo(ctx, tx, repo, time.Now()); err != nil {
-			return err
-		}
+		// One round trip for the statements, which need nothing of each
+		// other's results; they run in order, in this transaction.
+		var b pgx.Batch
+		b.Queue("INSERT INTO repositories (name, created) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", repo, time.Now())
 		// Hold off GC's drop of the links this manifest references until
 		// it is committed (see the file's comment). Locked in the order
 		// GC locks them, so the two never deadlock.
-		if len(refs) > 0 {
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM blob_links WHERE repo = $1 AND digest = ANY($2)
-				ORDER BY digest FOR SHARE`, repo, refs); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO manifests (repo, digest, media_type, size, body, subject, artifact_type, annotations)
+		b.Queue(`SELECT 1 FROM blob_links WHERE repo = $1 AND digest = ANY($2) ORDER BY digest FOR SHARE`, repo, refs)
+		b.Queue(`INSERT INTO manifests (repo, digest, media_type, size, body, subject, artifact_type, annotations)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type, size = excluded.size,
 				body = excluded.body, subject = excluded.subject, artifact_type = excluded.artifact_type,
 				annotations = excluded.annotations`,
-			repo, d, m.MediaType, len(body), body, subject, m.ArtifactType, encodeAnnotations(m.Annotations)); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "DELETE FROM manifest_refs WHERE repo = $1 AND manifest = $2 AND NOT (ref = ANY($3))", repo, d, refs); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO manifest_refs (repo, manifest, ref) SELECT $1, $2, unnest($3::text[])
-			ON CONFLICT DO NOTHING`, repo, d, refs); err != nil {
-			return err
-		}
-		if len(tags) == 0 {
-			return nil
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO tags (repo, tag, digest) SELECT $1, unnest($2::text[]), $3
+			repo, d, m.MediaType, len(body), body, subject, m.ArtifactType, encodeAnnotations(m.Annotations))
+		b.Queue("DELETE FROM manifest_refs WHERE repo = $1 AND manifest = $2 AND NOT (ref = ANY($3))", repo, d, refs)
+		b.Queue(`INSERT INTO manifest_refs (repo, manifest, ref) SELECT $1, $2, unnest($3::text[])
+			ON CONFLICT DO NOTHING`, repo, d, refs)
+		b.Queue(`INSERT INTO tags (repo, tag, digest) SELECT $1, unnest($2::text[]), $3
 			ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest,
 				fetched = CASE WHEN tags.digest = excluded.digest THEN tags.fetched END`, repo, tags, d)
-		return err
+		return tx.SendBatch(ctx, &b).Close()
 	})
 }
 

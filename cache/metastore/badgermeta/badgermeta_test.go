@@ -23,3 +23,10 @@ func open(t testing.TB) *Store {
 func TestContract(t *testing.T) {
 	metatest.Run(t, func(t *testing.T) metastore.Store { return open(t) })
 }
+
+// The same benchmarks as pgmeta's, so the figures compare (badger syncs
+// every write; PostgreSQL's test server does not).
+
+func BenchmarkPutManifest(b *testing.B) { metatest.BenchPutManifest(b, open(b)) }
+
+func BenchmarkTagGet(b *testing.B) { metatest.BenchTagGet(b, open(b)) }
