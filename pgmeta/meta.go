@@ -34,9 +34,6 @@ const (
 	lockUploadOwner int32 = 0x75706c6f // "uplo"
 )
 
-// maxMediaType bounds media and artifact types: a header's worth.
-const maxMediaType = 1024
-
 // metaCall bounds one call by the store's timeout within ctx.
 func (s *Store) metaCall(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
@@ -120,16 +117,6 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(ctx context.Conte
 	return failed(ctx, what, err)
 }
 
-func checkRepo(repo string) error { return metastore.CheckName("repository", repo) }
-
-// checkRepoDigest checks a repository and a digest of kind in it.
-func checkRepoDigest(repo, kind string, d metastore.Digest) error {
-	if err := checkRepo(repo); err != nil {
-		return err
-	}
-	return metastore.CheckDigest(kind, d)
-}
-
 // execOne runs a statement that changes one row, or none: then the
 // thing was not there, and missing says so.
 func (s *Store) execOne(ctx context.Context, what string, missing error, sql string, args ...any) error {
@@ -141,10 +128,6 @@ func (s *Store) execOne(ctx context.Context, what string, missing error, sql str
 	}
 	return failed(ctx, what, err)
 }
-
-// checkLast refuses a paging cursor PostgreSQL's text cannot hold; any
-// other is a comparison only.
-func checkLast(last string) error { return metastore.CheckText("last", last, 1<<16) }
 
 // digests renders ds as text, checking each.
 func digests(kind string, ds []metastore.Digest) ([]string, error) {
@@ -203,7 +186,7 @@ func plusOne(n int) *int {
 
 // Repositories lists repository names after last.
 func (s *Store) Repositories(ctx context.Context, last string, n int) (metastore.Page, error) {
-	if err := checkLast(last); err != nil {
+	if err := metastore.CheckLast(last); err != nil {
 		return metastore.Page{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -262,7 +245,7 @@ func (s *Store) Blob(ctx context.Context, d metastore.Digest) (metastore.BlobRec
 
 // LinkBlob links d into repo as of at.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d metastore.Digest, at time.Time) error {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
 	return s.inTx(ctx, "link blob", func(ctx context.Context, tx pgx.Tx) error {
@@ -295,7 +278,7 @@ func addRepo(ctx context.Context, tx pgx.Tx, repo string, at time.Time) error {
 
 // BlobLink returns repo's link to d with d's record.
 func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (metastore.Link, metastore.BlobRecord, error) {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return metastore.Link{}, metastore.BlobRecord{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -314,7 +297,7 @@ func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (
 
 // RenewBlobLink moves an old link's time to at.
 func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Digest, at, olderThan time.Time) (bool, error) {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return false, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -329,7 +312,7 @@ func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Dige
 
 // UnlinkBlob removes repo's link to d.
 func (s *Store) UnlinkBlob(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
 	return s.execOne(ctx, "unlink blob", fmt.Errorf("%w: %s in %s", metastore.ErrBlobUnknown, d, repo),
@@ -357,45 +340,9 @@ func (s *Store) ReposWithBlob(ctx context.Context, d metastore.Digest, n int) ([
 	return repos, nil
 }
 
-// checkManifest checks what PutManifest is given, and returns the refs
-// as a sorted set of text.
-func checkManifest(repo string, m metastore.Manifest, body []byte, tags []string) ([]string, error) {
-	if err := checkRepo(repo); err != nil {
-		return nil, err
-	}
-	for _, t := range tags {
-		if err := metastore.CheckName("tag", t); err != nil {
-			return nil, err
-		}
-	}
-	if err := metastore.CheckDigest("manifest", m.Digest); err != nil {
-		return nil, err
-	}
-	if !m.Subject.IsZero() {
-		if err := metastore.CheckDigest("subject", m.Subject); err != nil {
-			return nil, err
-		}
-	}
-	if err := metastore.CheckText("media type", m.MediaType, maxMediaType); err != nil {
-		return nil, err
-	}
-	if err := metastore.CheckText("artifact type", m.ArtifactType, maxMediaType); err != nil {
-		return nil, err
-	}
-	refs, err := digests("reference", m.Refs)
-	if err != nil {
-		return nil, err
-	}
-	if got := blobstore.FromBytes(m.Digest.Algorithm, body); got != m.Digest {
-		return nil, fmt.Errorf("%w: manifest %s, bytes %s", metastore.ErrDigestMismatch, m.Digest, got)
-	}
-	slices.Sort(refs)
-	return slices.Compact(refs), nil
-}
-
 // PutManifest stores a manifest and its tags in one transaction.
 func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
-	refs, err := checkManifest(repo, m, body, tags)
+	refs, err := metastore.CheckManifest(repo, m, body, tags)
 	if err != nil {
 		return err
 	}
@@ -464,7 +411,7 @@ func (s *Store) ManifestBody(ctx context.Context, repo string, d metastore.Diges
 }
 
 func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, withBody bool) (metastore.Manifest, []byte, error) {
-	if err := checkRepoDigest(repo, "manifest", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
 		return metastore.Manifest{}, nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -498,7 +445,7 @@ func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, w
 // DeleteManifest removes repo's manifest d; its tags and references go
 // with it (ON DELETE CASCADE), in the same statement.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepoDigest(repo, "manifest", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
 		return err
 	}
 	return s.execOne(ctx, "delete manifest", fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo),
@@ -507,7 +454,7 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 
 // Referrers lists repo's manifests whose subject is d.
 func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
-	if err := checkRepoDigest(repo, "subject", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
 		return nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -534,16 +481,9 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) 
 	return out, nil
 }
 
-func checkTag(repo, tag string) error {
-	if err := checkRepo(repo); err != nil {
-		return err
-	}
-	return metastore.CheckName("tag", tag)
-}
-
 // Tag returns what tag of repo points at.
 func (s *Store) Tag(ctx context.Context, repo, tag string) (metastore.TagInfo, error) {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return metastore.TagInfo{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -567,16 +507,8 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metastore.TagInfo, e
 
 // MoveTag is the compare-and-swap of a tag.
 func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastore.Digest) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckMove(repo, tag, from, to); err != nil {
 		return err
-	}
-	if err := metastore.CheckDigest("manifest", to); err != nil {
-		return err
-	}
-	if !from.IsZero() {
-		if err := metastore.CheckDigest("manifest", from); err != nil {
-			return err
-		}
 	}
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
@@ -605,7 +537,7 @@ func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastor
 
 // DeleteTag removes one tag.
 func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return err
 	}
 	return s.execOne(ctx, "delete tag", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),
@@ -614,10 +546,10 @@ func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
 
 // Tags lists repo's tags after last.
 func (s *Store) Tags(ctx context.Context, repo, last string, n int) (metastore.Page, error) {
-	if err := checkRepo(repo); err != nil {
+	if err := metastore.CheckName("repository", repo); err != nil {
 		return metastore.Page{}, err
 	}
-	if err := checkLast(last); err != nil {
+	if err := metastore.CheckLast(last); err != nil {
 		return metastore.Page{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -643,7 +575,7 @@ func (s *Store) Tags(ctx context.Context, repo, last string, n int) (metastore.P
 
 // SetTagFetched records a mirror's confirmation of a tag.
 func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, at time.Time) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return err
 	}
 	return s.execOne(ctx, "tag fetched", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),

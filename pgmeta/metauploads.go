@@ -25,22 +25,11 @@ func scanUpload(row pgx.Row) (metastore.Upload, error) {
 
 // CreateUpload records a new session within q.
 func (s *Store) CreateUpload(ctx context.Context, u metastore.Upload, q metastore.UploadQuota) (metastore.Upload, error) {
-	if err := metastore.CheckName("upload", u.ID); err != nil {
+	u, err := metastore.NewUpload(u)
+	if err != nil {
 		return metastore.Upload{}, err
 	}
-	if err := checkRepo(u.Repo); err != nil {
-		return metastore.Upload{}, err
-	}
-	if u.Owner != "" {
-		if err := metastore.CheckName("owner", u.Owner); err != nil {
-			return metastore.Upload{}, err
-		}
-	}
-	if u.State == nil {
-		u.State = []byte{}
-	}
-	u.Size, u.Version, u.Updated = 0, 1, u.Started
-	err := s.inTx(ctx, "create upload", func(ctx context.Context, tx pgx.Tx) error {
+	err = s.inTx(ctx, "create upload", func(ctx context.Context, tx pgx.Tx) error {
 		// Counting and inserting are one step for each limit: the
 		// advisory lock of the repository (then of the owner, always in
 		// that order) queues the replicas opening sessions of it.
@@ -127,13 +116,8 @@ func (s *Store) DeleteUpload(ctx context.Context, id string) error {
 
 // UploadUsage counts the sessions of repo and owner.
 func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.UploadUsage, error) {
-	if err := checkRepo(repo); err != nil {
+	if err := metastore.CheckUsage(repo, owner); err != nil {
 		return metastore.UploadUsage{}, err
-	}
-	if owner != "" {
-		if err := metastore.CheckName("owner", owner); err != nil {
-			return metastore.UploadUsage{}, err
-		}
 	}
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
@@ -202,7 +186,7 @@ func cursor(d metastore.Digest) string {
 
 // UnreferencedLinks lists old links no manifest references.
 func (s *Store) UnreferencedLinks(ctx context.Context, before time.Time, after metastore.Link, n int) ([]metastore.Link, error) {
-	if err := checkLast(after.Repo); err != nil {
+	if err := metastore.CheckLast(after.Repo); err != nil {
 		return nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)

@@ -205,22 +205,6 @@ func encode(v any) ([]byte, error) {
 
 func decode(b []byte, v any) error { return gob.NewDecoder(bytes.NewReader(b)).Decode(v) }
 
-func checkLast(last string) error { return metastore.CheckText("last", last, 1<<16) }
-
-func checkRepoDigest(repo, kind string, d metastore.Digest) error {
-	if err := metastore.CheckName("repository", repo); err != nil {
-		return err
-	}
-	return metastore.CheckDigest(kind, d)
-}
-
-func checkTag(repo, tag string) error {
-	if err := metastore.CheckName("repository", repo); err != nil {
-		return err
-	}
-	return metastore.CheckName("tag", tag)
-}
-
 func parseDigest(s string) (metastore.Digest, error) {
 	d, err := blobstore.ParseDigest(s)
 	if err != nil {
@@ -231,7 +215,7 @@ func parseDigest(s string) (metastore.Digest, error) {
 
 // Repositories lists repository names after last.
 func (s *Store) Repositories(ctx context.Context, last string, n int) (metastore.Page, error) {
-	if err := checkLast(last); err != nil {
+	if err := metastore.CheckLast(last); err != nil {
 		return metastore.Page{}, err
 	}
 	var p metastore.Page
@@ -330,7 +314,7 @@ func addRepo(txn *badger.Txn, repo string) error { return txn.Set(key("r/", repo
 
 // LinkBlob links d into repo as of at.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d metastore.Digest, at time.Time) error {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
 	return s.update(ctx, func(txn *badger.Txn) error {
@@ -363,7 +347,7 @@ func (s *Store) LinkBlob(ctx context.Context, repo string, d metastore.Digest, a
 
 // BlobLink returns repo's link to d with d's record.
 func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (metastore.Link, metastore.BlobRecord, error) {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return metastore.Link{}, metastore.BlobRecord{}, err
 	}
 	l := metastore.Link{Repo: repo, Digest: d}
@@ -388,7 +372,7 @@ func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (
 
 // RenewBlobLink moves an old link's time to at.
 func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Digest, at, olderThan time.Time) (bool, error) {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return false, err
 	}
 	var linked bool
@@ -406,7 +390,7 @@ func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Dige
 
 // UnlinkBlob removes repo's link to d.
 func (s *Store) UnlinkBlob(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepoDigest(repo, "blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
 	return s.update(ctx, func(txn *badger.Txn) error {

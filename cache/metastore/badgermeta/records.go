@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -61,45 +60,9 @@ func readManifest(txn *badger.Txn, repo, d string) (manifestRecord, bool, error)
 	return rec, true, nil
 }
 
-// checkManifest checks what PutManifest is given, and returns the refs
-// as a sorted set of text.
-func checkManifest(repo string, m metastore.Manifest, body []byte, tags []string) ([]string, error) {
-	if err := checkRepoDigest(repo, "manifest", m.Digest); err != nil {
-		return nil, err
-	}
-	for _, t := range tags {
-		if err := metastore.CheckName("tag", t); err != nil {
-			return nil, err
-		}
-	}
-	if !m.Subject.IsZero() {
-		if err := metastore.CheckDigest("subject", m.Subject); err != nil {
-			return nil, err
-		}
-	}
-	if err := metastore.CheckText("media type", m.MediaType, 1024); err != nil {
-		return nil, err
-	}
-	if err := metastore.CheckText("artifact type", m.ArtifactType, 1024); err != nil {
-		return nil, err
-	}
-	refs := make([]string, 0, len(m.Refs))
-	for _, r := range m.Refs {
-		if err := metastore.CheckDigest("reference", r); err != nil {
-			return nil, err
-		}
-		refs = append(refs, r.String())
-	}
-	if got := blobstore.FromBytes(m.Digest.Algorithm, body); got != m.Digest {
-		return nil, fmt.Errorf("%w: manifest %s, bytes %s", metastore.ErrDigestMismatch, m.Digest, got)
-	}
-	slices.Sort(refs)
-	return slices.Compact(refs), nil
-}
-
 // PutManifest stores a manifest and its tags in one transaction.
 func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
-	refs, err := checkManifest(repo, m, body, tags)
+	refs, err := metastore.CheckManifest(repo, m, body, tags)
 	if err != nil {
 		return err
 	}
@@ -195,6 +158,15 @@ func readTag(txn *badger.Txn, repo, tag string) (d string, fetched time.Time, ok
 	return string(v[8:]), fromNano(v[:8]), true, nil
 }
 
+// existingTag is the digest tag points at, or ErrTagUnknown.
+func existingTag(txn *badger.Txn, repo, tag string) (string, error) {
+	d, _, ok, err := readTag(txn, repo, tag)
+	if err != nil || !ok {
+		return "", cmpErr(err, fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag))
+	}
+	return d, nil
+}
+
 // setTag points tag at d; a tag that moves loses its fetch time.
 func setTag(txn *badger.Txn, repo, tag, d string) error {
 	old, fetched, ok, err := readTag(txn, repo, tag)
@@ -225,7 +197,7 @@ func (s *Store) ManifestBody(ctx context.Context, repo string, d metastore.Diges
 }
 
 func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, withBody bool) (metastore.Manifest, []byte, error) {
-	if err := checkRepoDigest(repo, "manifest", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
 		return metastore.Manifest{}, nil, err
 	}
 	var m metastore.Manifest
@@ -246,7 +218,7 @@ func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, w
 
 // DeleteManifest removes repo's manifest d with its tags and entries.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepoDigest(repo, "manifest", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
 		return err
 	}
 	ds := d.String()
@@ -277,7 +249,7 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 
 // Referrers lists repo's manifests whose subject is d.
 func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
-	if err := checkRepoDigest(repo, "subject", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
 		return nil, err
 	}
 	out := []metastore.Manifest{}
@@ -301,7 +273,7 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) 
 
 // Tag returns what tag of repo points at.
 func (s *Store) Tag(ctx context.Context, repo, tag string) (metastore.TagInfo, error) {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return metastore.TagInfo{}, err
 	}
 	var ti metastore.TagInfo
@@ -319,16 +291,8 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metastore.TagInfo, e
 
 // MoveTag is the compare-and-swap of a tag.
 func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastore.Digest) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckMove(repo, tag, from, to); err != nil {
 		return err
-	}
-	if err := metastore.CheckDigest("manifest", to); err != nil {
-		return err
-	}
-	if !from.IsZero() {
-		if err := metastore.CheckDigest("manifest", from); err != nil {
-			return err
-		}
 	}
 	return s.update(ctx, func(txn *badger.Txn) error {
 		cur, _, ok, err := readTag(txn, repo, tag)
@@ -354,13 +318,13 @@ func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastor
 
 // DeleteTag removes one tag.
 func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return err
 	}
 	return s.update(ctx, func(txn *badger.Txn) error {
-		d, _, ok, err := readTag(txn, repo, tag)
-		if err != nil || !ok {
-			return cmpErr(err, fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag))
+		d, err := existingTag(txn, repo, tag)
+		if err != nil {
+			return err
 		}
 		return deleteKeys(txn, key("t/", repo, tag), key("td/", repo, d, tag))
 	})
@@ -371,7 +335,7 @@ func (s *Store) Tags(ctx context.Context, repo, last string, n int) (metastore.P
 	if err := metastore.CheckName("repository", repo); err != nil {
 		return metastore.Page{}, err
 	}
-	if err := checkLast(last); err != nil {
+	if err := metastore.CheckLast(last); err != nil {
 		return metastore.Page{}, err
 	}
 	var p metastore.Page
@@ -388,13 +352,13 @@ func (s *Store) Tags(ctx context.Context, repo, last string, n int) (metastore.P
 
 // SetTagFetched records a mirror's confirmation of a tag.
 func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, at time.Time) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return err
 	}
 	return s.update(ctx, func(txn *badger.Txn) error {
-		d, _, ok, err := readTag(txn, repo, tag)
-		if err != nil || !ok {
-			return cmpErr(err, fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag))
+		d, err := existingTag(txn, repo, tag)
+		if err != nil {
+			return err
 		}
 		return txn.Set(key("t/", repo, tag), tagValue(d, at))
 	})
@@ -466,22 +430,11 @@ func writeUpload(txn *badger.Txn, u metastore.Upload) error {
 
 // CreateUpload records a new session within q.
 func (s *Store) CreateUpload(ctx context.Context, u metastore.Upload, q metastore.UploadQuota) (metastore.Upload, error) {
-	if err := metastore.CheckName("upload", u.ID); err != nil {
+	u, err := metastore.NewUpload(u)
+	if err != nil {
 		return metastore.Upload{}, err
 	}
-	if err := metastore.CheckName("repository", u.Repo); err != nil {
-		return metastore.Upload{}, err
-	}
-	if u.Owner != "" {
-		if err := metastore.CheckName("owner", u.Owner); err != nil {
-			return metastore.Upload{}, err
-		}
-	}
-	if u.State == nil {
-		u.State = []byte{}
-	}
-	u.Size, u.Version, u.Updated = 0, 1, u.Started
-	err := s.update(ctx, func(txn *badger.Txn) error {
+	err = s.update(ctx, func(txn *badger.Txn) error {
 		if ok, err := has(txn, key("u/", u.ID)); err != nil || ok {
 			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrUploadExists, u.ID))
 		}
@@ -561,13 +514,8 @@ func (s *Store) DeleteUpload(ctx context.Context, id string) error {
 
 // UploadUsage counts the sessions of repo and owner.
 func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.UploadUsage, error) {
-	if err := metastore.CheckName("repository", repo); err != nil {
+	if err := metastore.CheckUsage(repo, owner); err != nil {
 		return metastore.UploadUsage{}, err
-	}
-	if owner != "" {
-		if err := metastore.CheckName("owner", owner); err != nil {
-			return metastore.UploadUsage{}, err
-		}
 	}
 	var use metastore.UploadUsage
 	err := s.view(ctx, func(txn *badger.Txn) error {
@@ -626,7 +574,7 @@ func linked(txn *badger.Txn, d string) bool {
 
 // UnreferencedLinks lists old links no manifest references.
 func (s *Store) UnreferencedLinks(ctx context.Context, before time.Time, after metastore.Link, n int) ([]metastore.Link, error) {
-	if err := checkLast(after.Repo); err != nil {
+	if err := metastore.CheckLast(after.Repo); err != nil {
 		return nil, err
 	}
 	cur := ""
@@ -658,7 +606,7 @@ func (s *Store) UnreferencedLinks(ctx context.Context, before time.Time, after m
 // DropLinks removes the links of ls still unreferenced and old.
 func (s *Store) DropLinks(ctx context.Context, ls []metastore.Link, before time.Time) ([]metastore.Link, error) {
 	for _, l := range ls {
-		if err := checkRepoDigest(l.Repo, "link", l.Digest); err != nil {
+		if err := metastore.CheckRepoDigest(l.Repo, "link", l.Digest); err != nil {
 			return nil, err
 		}
 	}
