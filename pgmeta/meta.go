@@ -39,8 +39,13 @@ func (s *Store) metaCall(ctx context.Context) (context.Context, context.CancelFu
 	return context.WithTimeout(ctx, s.timeout)
 }
 
+// errDamaged: a stored value this code cannot read (written by hand, or
+// by a newer release). A server that answered is not unavailable.
+var errDamaged = errors.New("postgres: stored record does not decode")
+
 // ownErrors are the errors a call makes itself; they pass unwrapped.
 var ownErrors = []error{
+	errDamaged,
 	metastore.ErrNameInvalid, metastore.ErrDigestInvalid, metastore.ErrDigestMismatch,
 	metastore.ErrRepoUnknown, metastore.ErrBlobUnknown, metastore.ErrManifestUnknown,
 	metastore.ErrTagUnknown, metastore.ErrUploadUnknown, metastore.ErrTagMoved,
@@ -145,7 +150,7 @@ func digests(kind string, ds []metastore.Digest) ([]string, error) {
 func parseDigest(s string) (metastore.Digest, error) {
 	d, err := blobstore.ParseDigest(s)
 	if err != nil {
-		return d, fmt.Errorf("postgres: stored digest: %w", err)
+		return d, fmt.Errorf("%w: digest %q: %w", errDamaged, s, err)
 	}
 	return d, nil
 }

@@ -313,8 +313,6 @@ func encodeAnnotations(a map[string]string) []byte {
 	return b
 }
 
-var errAnnotations = errors.New("postgres: stored annotations do not decode")
-
 func decodeAnnotations(b []byte) (map[string]string, error) {
 	if len(b) == 0 {
 		return nil, nil
@@ -330,7 +328,7 @@ func decodeAnnotations(b []byte) (map[string]string, error) {
 	}
 	count, w := binary.Uvarint(b)
 	if w <= 0 || count > uint64(len(b)) {
-		return nil, errAnnotations
+		return nil, fmt.Errorf("%w: annotations", errDamaged)
 	}
 	b = b[w:]
 	a := make(map[string]string, count)
@@ -338,7 +336,7 @@ func decodeAnnotations(b []byte) (map[string]string, error) {
 		k, ok := next()
 		v, ok2 := next()
 		if !ok || !ok2 {
-			return nil, errAnnotations
+			return nil, fmt.Errorf("%w: annotations", errDamaged)
 		}
 		a[k] = v
 	}
