@@ -52,7 +52,7 @@ var ErrNameInvalid = metastore.ErrNameInvalid
 // ErrUnavailable wraps the failures of PostgreSQL itself (down, hung,
 // refusing): a caller answers 503 and retries later, as the pool
 // reconnects by itself.
-var ErrUnavailable = errors.New("metadata database unavailable")
+var ErrUnavailable = metastore.ErrUnavailable
 
 // Open connects to the database and brings its schema up to date.
 // Replicas may open the same database at once: migrations run one
