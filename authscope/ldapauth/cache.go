@@ -26,7 +26,7 @@ import (
 const cacheMax = 4096
 
 type cache struct {
-	ttl time.Duration
+	ttl    time.Duration
 	secret []byte
 
 	mu   sync.Mutex
