@@ -139,6 +139,35 @@ func TestLDAPCaddyfile(t *testing.T) {
 	}
 }
 
+// TestLDAPREADMEExample: the README's ldap example is a valid auth block.
+func TestLDAPREADMEExample(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n### LDAP\n")
+	if !ok {
+		t.Fatal("README has no LDAP section")
+	}
+	_, block, ok := strings.Cut(section, "```caddyfile\n")
+	if !ok {
+		t.Fatal("the LDAP section has no Caddyfile example")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	d := caddyfile.NewTestDispenser(block)
+	d.Next()
+	a, err := unmarshalAuth(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.LDAP == nil || a.LDAP.BindPasswordFile == "" {
+		t.Fatalf("parsed %+v", a.LDAP)
+	}
+	if err := a.validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestLDAPThroughCaddy runs the registry in Caddy from a Caddyfile with
 // an LDAP directory (a real slapd) beside an htpasswd file, and pushes
 // with go-containerregistry as crane does: who may push where follows
