@@ -476,6 +476,9 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 func (a *Authorizer) directoryLogin(r *http.Request, user, pass string) (Identity, error) {
 	id, err := a.o.Directory.Login(r.Context(), user, pass)
 	if err == nil {
+		err = a.directoryNamesFree(id)
+	}
+	if err == nil {
 		return id, nil
 	}
 	if errors.Is(err, ErrBadCredentials) {
@@ -483,6 +486,26 @@ func (a *Authorizer) directoryLogin(r *http.Request, user, pass string) (Identit
 		return Identity{Method: MethodLDAP}, err
 	}
 	return Identity{}, &checkFailed{err}
+}
+
+// directoryNamesFree refuses a directory identity whose names belong to
+// another source: a user the htpasswd file lists (typed in another case,
+// "ALICE", it reached the directory, which answered with its "alice":
+// the htpasswd file decides for the names it lists), or names with the
+// prefix kept for workload tokens, as sign-ins are refused.
+func (a *Authorizer) directoryNamesFree(id Identity) error {
+	if a.o.Htpasswd != nil && a.o.Htpasswd.Has(id.User) {
+		return fmt.Errorf("%w: directory user %q is listed in the htpasswd file, which decides for it", ErrBadCredentials, id.User)
+	}
+	if strings.HasPrefix(id.User, WorkloadPrefix) {
+		return fmt.Errorf("%w: directory user %q: %q is kept for workload tokens", ErrBadCredentials, id.User, WorkloadPrefix)
+	}
+	for _, g := range id.Groups {
+		if strings.HasPrefix(g, WorkloadPrefix) {
+			return fmt.Errorf("%w: directory group %q of %q: %q is kept for workload tokens", ErrBadCredentials, g, id.User, WorkloadPrefix)
+		}
+	}
+	return nil
 }
 
 // sleepCtx waits d or until ctx ends.

@@ -180,7 +180,9 @@ func TestLDAPThroughCaddy(t *testing.T) {
 	s.AddUser(t, "alice", "alice-pw")
 	s.AddUser(t, "bob", "bob-pw")
 	s.AddUser(t, "carol", "carol-ldap-pw")
-	s.AddGroup(t, "devs", "alice", "carol")
+	s.AddUser(t, "wl", "wl-pw")
+	s.AddGroup(t, "devs", "alice", "carol", "wl")
+	s.AddGroup(t, "workload:devs", "wl")
 
 	dir := t.TempDir()
 	pwFile := filepath.Join(dir, "ldap-password")
@@ -273,6 +275,8 @@ http://`+addr+` {
 		{"ALICE", "alice-pw", "team/upper", http.StatusCreated},        // the directory's alice
 		{"carol", "carol-ldap-pw", "team/c", http.StatusUnauthorized},  // htpasswd lists carol: it decides
 		{"carol", "carol-htpasswd-pw", "team/c", http.StatusForbidden}, // as the htpasswd user, in no directory group
+		{"CAROL", "carol-ldap-pw", "team/c", http.StatusUnauthorized},  // the directory's answer is carol: still htpasswd's
+		{"wl", "wl-pw", "team/wl", http.StatusUnauthorized},             // in a group named like a workload's
 		{"al*", "alice-pw", "team/app", http.StatusUnauthorized},
 		{"*)(uid=alice", "alice-pw", "team/app", http.StatusUnauthorized},
 		{"alice", "", "team/app", http.StatusUnauthorized},
