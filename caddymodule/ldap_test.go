@@ -276,7 +276,7 @@ http://`+addr+` {
 		{"carol", "carol-ldap-pw", "team/c", http.StatusUnauthorized},  // htpasswd lists carol: it decides
 		{"carol", "carol-htpasswd-pw", "team/c", http.StatusForbidden}, // as the htpasswd user, in no directory group
 		{"CAROL", "carol-ldap-pw", "team/c", http.StatusUnauthorized},  // the directory's answer is carol: still htpasswd's
-		{"wl", "wl-pw", "team/wl", http.StatusUnauthorized},             // in a group named like a workload's
+		{"wl", "wl-pw", "team/wl", http.StatusUnauthorized},            // in a group named like a workload's
 		{"al*", "alice-pw", "team/app", http.StatusUnauthorized},
 		{"*)(uid=alice", "alice-pw", "team/app", http.StatusUnauthorized},
 		{"alice", "", "team/app", http.StatusUnauthorized},
