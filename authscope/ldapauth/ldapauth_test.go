@@ -24,6 +24,7 @@ import (
 //	bob (bob-pw) in no group
 //	carol (carol-pw) in devs, and in the posixGroup posix-devs by memberUid
 //	we(ird)* (weird-pw): a name full of filter syntax
+//	jürgen (jürgen-pw): UTF-8, escaped octet by octet in the filter
 //	nopass: no password at all
 //	twin (twin-pw) twice, under ou=people and ou=more
 func directory(t *testing.T) *slapdtest.Server {
@@ -33,6 +34,7 @@ func directory(t *testing.T) *slapdtest.Server {
 	s.AddUser(t, "bob", "bob-pw")
 	s.AddUser(t, "carol", "carol-pw")
 	s.AddUser(t, "we(ird)*", "weird-pw")
+	s.AddUser(t, "jürgen", "jürgen-pw")
 	s.AddUser(t, "nopass", "")
 	s.AddUser(t, "twin", "twin-pw")
 	admin := s.Admin(t)
@@ -101,6 +103,7 @@ func TestLogin(t *testing.T) {
 		{"no groups", memberOf, "bob", "bob-pw", "bob", nil},
 		{"name as the directory spells it", memberOf, "ALICE", "alice-pw", "alice", []string{"devs", "registry"}},
 		{"filter syntax in a real name", memberOf, "we(ird)*", "weird-pw", "we(ird)*", nil},
+		{"UTF-8 name", memberOf, "jürgen", "jürgen-pw", "jürgen", nil},
 		{"group search", search, "alice", "alice-pw", "alice", []string{"devs", "registry"}},
 		{"group search by memberUid", search, "carol", "carol-pw", "carol", []string{"devs", "posix-devs"}},
 		{"user filter lets in", filtered, "alice", "alice-pw", "alice", []string{"devs", "registry"}},
@@ -119,6 +122,7 @@ func TestLogin(t *testing.T) {
 		{"filter injection", memberOf, "*)(uid=alice", "alice-pw", "", nil},
 		{"or injection", memberOf, "alice)(|(uid=*", "alice-pw", "", nil},
 		{"NUL", memberOf, "alice\x00", "alice-pw", "", nil},
+		{"not UTF-8", memberOf, "al\xffice", "alice-pw", "", nil},
 		{"DN as name", memberOf, slapdtest.UserDN("alice"), "alice-pw", "", nil},
 		{"too long", memberOf, strings.Repeat("a", MaxUserLength+1), "alice-pw", "", nil},
 	} {
