@@ -86,17 +86,19 @@ const (
 	MethodWorkload  = "workload" // OIDC workload token
 	// MethodClientCert: a client certificate the TLS layer verified.
 	MethodClientCert = "client_certificate"
+	// MethodLDAP: Basic credentials an LDAP directory checked.
+	MethodLDAP = "ldap"
 )
 
 // Identity is who made a request.
 type Identity struct {
 	// User is the htpasswd user, the token's subject, an API key's owner,
-	// a workload token's user claim or a client certificate's CN or SAN;
-	// empty for an anonymous caller.
+	// a workload token's user claim, a client certificate's CN or SAN or
+	// a directory's user name; empty for an anonymous caller.
 	User string
 	// Groups the caller belongs to besides those the policy gives User:
 	// an API key's groups as of its creation, a workload token's groups
-	// claim. The policy matches both alike.
+	// claim, a directory's groups. The policy matches both alike.
 	Groups []string
 	// Method is one of the Method constants.
 	Method string
@@ -125,8 +127,8 @@ func (d *Denial) Error() string {
 
 func (d *Denial) Unwrap() error { return d.Err }
 
-// Options configure an Authorizer. At least one of Token, Htpasswd and
-// Policy must be set.
+// Options configure an Authorizer. At least one of Token, Htpasswd,
+// Directory and Policy must be set.
 type Options struct {
 	// Token verifies bearer tokens; nil disables bearer auth.
 	Token *TokenVerifier
@@ -144,6 +146,9 @@ type Options struct {
 	ProxyScheme string
 	// Htpasswd checks Basic credentials; nil disables htpasswd logins.
 	Htpasswd *Htpasswd
+	// Directory checks the Basic credentials of users the htpasswd file
+	// does not list (all of them without Htpasswd): an LDAP directory.
+	Directory Directory
 	// APIKeys, if set, accepts API keys as the Basic password (with any
 	// user name: the key alone says who the caller is).
 	APIKeys *APIKeys
@@ -175,8 +180,8 @@ type Authorizer struct {
 
 // NewAuthorizer checks o.
 func NewAuthorizer(o Options) (*Authorizer, error) {
-	if o.Token == nil && o.Htpasswd == nil && o.Policy == nil {
-		return nil, errors.New("auth needs a token service, an htpasswd file or a policy")
+	if o.Token == nil && o.Htpasswd == nil && o.Directory == nil && o.Policy == nil {
+		return nil, errors.New("auth needs a token service, an htpasswd file, a directory or a policy")
 	}
 	if o.Token != nil {
 		if o.TokenRealm == "" {
@@ -454,12 +459,53 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):
 		return a.workload(r, pass)
+	case a.o.Directory != nil && (a.o.Htpasswd == nil || !a.o.Htpasswd.Has(user)):
+		return a.directoryLogin(r, user, pass)
 	case a.o.Htpasswd == nil:
 		return Identity{Method: MethodBasic}, errors.New("basic credentials, but no htpasswd configured")
 	case !a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay):
 		return Identity{Method: MethodBasic}, fmt.Errorf("wrong password for user %q", user)
 	}
 	return Identity{User: user, Method: MethodBasic, Groups: a.o.Policy.GroupsOf(user)}, nil
+}
+
+// directoryLogin asks the Directory. Refused credentials wait FailDelay
+// like a wrong htpasswd password; a directory that cannot answer is no
+// refusal of the caller (checkFailed, answered 503 when it wraps
+// ErrUnavailable) and is not delayed.
+func (a *Authorizer) directoryLogin(r *http.Request, user, pass string) (Identity, error) {
+	id, err := a.o.Directory.Login(r.Context(), user, pass)
+	if err == nil {
+		err = a.directoryNamesFree(id)
+	}
+	if err == nil {
+		return id, nil
+	}
+	if errors.Is(err, ErrBadCredentials) {
+		sleepCtx(r.Context(), a.o.FailDelay)
+		return Identity{Method: MethodLDAP}, err
+	}
+	return Identity{}, &checkFailed{err}
+}
+
+// directoryNamesFree refuses a directory identity whose names belong to
+// another source: a user the htpasswd file lists (typed in another case,
+// "ALICE", it reached the directory, which answered with its "alice":
+// the htpasswd file decides for the names it lists), or names with the
+// prefix kept for workload tokens, as sign-ins are refused.
+func (a *Authorizer) directoryNamesFree(id Identity) error {
+	if a.o.Htpasswd != nil && a.o.Htpasswd.Has(id.User) {
+		return fmt.Errorf("%w: directory user %q is listed in the htpasswd file, which decides for it", ErrBadCredentials, id.User)
+	}
+	if strings.HasPrefix(id.User, WorkloadPrefix) {
+		return fmt.Errorf("%w: directory user %q: %q is kept for workload tokens", ErrBadCredentials, id.User, WorkloadPrefix)
+	}
+	for _, g := range id.Groups {
+		if strings.HasPrefix(g, WorkloadPrefix) {
+			return fmt.Errorf("%w: directory group %q of %q: %q is kept for workload tokens", ErrBadCredentials, g, id.User, WorkloadPrefix)
+		}
+	}
+	return nil
 }
 
 // sleepCtx waits d or until ctx ends.

@@ -12,6 +12,8 @@
 //   - the token proxy that translates scopes for an upstream token service
 //     (TokenProxy, TranslateScopes), with the same Names as requests;
 //   - htpasswd (bcrypt) and zot-style access policies (Htpasswd, Policy);
+//   - the Directory interface of external user stores, which ldapauth
+//     implements for LDAP;
 //   - the Authorizer that puts these together for one request and writes
 //     the audit log.
 package authscope

@@ -79,6 +79,11 @@ type Auth struct {
 	// credentials: its CN or a SAN the user, subject attributes (OU, O)
 	// its groups.
 	ClientCertificates *ClientCertificates `json:"client_certificates,omitempty"`
+
+	// LDAP checks the Basic credentials of users the htpasswd file does
+	// not list against an LDAP directory; its groups are matched by the
+	// access rules like Groups.
+	LDAP *LDAP `json:"ldap,omitempty"`
 }
 
 // TokenAuth configures bearer tokens.
@@ -125,6 +130,14 @@ type authRuntime struct {
 	authorizer *authscope.Authorizer
 	proxy      *authscope.TokenProxy // nil unless Token.Proxy
 	signIn     *authscope.SignIn     // nil unless OIDC
+	directory  interface{ Close() }  // nil unless LDAP
+}
+
+// close releases what the runtime holds open (LDAP connections).
+func (rt *authRuntime) close() {
+	if rt != nil && rt.directory != nil {
+		rt.directory.Close()
+	}
 }
 
 // holdsAPIKey reports whether r carries an API key of this server
@@ -205,7 +218,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, err
 	if len(a.Repositories) > 0 || len(a.Groups) > 0 || a.Admin != nil {
 		p, err := authscope.NewPolicy(authscope.PolicyConfig{
 			Repositories: a.Repositories, Groups: a.Groups, Admin: a.Admin,
-			ExternalGroups: a.OIDC != nil || a.Workload != nil ||
+			ExternalGroups: a.OIDC != nil || a.Workload != nil || a.LDAP != nil ||
 				a.ClientCertificates != nil && len(a.ClientCertificates.Groups) > 0,
 		})
 		if err != nil {
@@ -270,8 +283,16 @@ func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, err
 		m := c.mapping()
 		o.ClientCerts = &m
 	}
+	if a.LDAP != nil {
+		d, err := a.LDAP.provision(logger)
+		if err != nil {
+			return nil, err
+		}
+		o.Directory, rt.directory = d, d
+	}
 	var err error
 	if rt.authorizer, err = authscope.NewAuthorizer(o); err != nil {
+		rt.close()
 		return nil, err
 	}
 	return rt, nil
@@ -282,8 +303,13 @@ func (a *Auth) validate() error {
 	if a.FailDelay < 0 {
 		return errors.New("fail_delay must not be negative")
 	}
-	if a.Htpasswd == "" && a.Token == nil && len(a.Repositories) == 0 {
-		return errors.New("auth needs htpasswd, token or access rules")
+	if a.Htpasswd == "" && a.Token == nil && a.LDAP == nil && len(a.Repositories) == 0 {
+		return errors.New("auth needs htpasswd, ldap, token or access rules")
+	}
+	if a.LDAP != nil {
+		if err := a.LDAP.validate(); err != nil {
+			return err
+		}
 	}
 	if a.OIDC != nil {
 		if err := a.OIDC.validate(); err != nil {
@@ -356,6 +382,7 @@ func sameIssuer(a, b string) bool {
 //		api_keys { ... }            # see unmarshalAPIKeys
 //		workload { ... }            # see unmarshalWorkload
 //		client_certificates { ... } # see unmarshalClientCertificates
+//		ldap { ... }                # see unmarshalLDAP
 //		token {
 //			realm         <url>
 //			service       <name>
@@ -475,8 +502,14 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 				return nil, err
 			}
 			a.ClientCertificates = c
+		case "ldap":
+			l, err := unmarshalLDAP(d)
+			if err != nil {
+				return nil, err
+			}
+			a.LDAP = l
 		default:
-			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates)", sub)
+			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates, ldap)", sub)
 		}
 	}
 	return a, nil

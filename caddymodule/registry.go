@@ -338,6 +338,7 @@ func (rg *Registry) Validate() error {
 // Cleanup drops this config's reference to the store; the last reference
 // closes it.
 func (rg *Registry) Cleanup() error {
+	rg.auth.close()
 	if rg.store == nil {
 		return nil
 	}

@@ -93,6 +93,13 @@ func (h *Handler) decide(r *http.Request, rc *request, need authscope.Need) (*ht
 	}
 	var d *authscope.Denial
 	if !errors.As(err, &d) {
+		if errors.Is(err, authscope.ErrUnavailable) {
+			// The credentials may be right: a 401 would send the user to
+			// change them, a 503 makes clients try again.
+			return r, newError(http.StatusServiceUnavailable, CodeUnavailable,
+				"credentials cannot be checked now: the identity service is unavailable; try again later", err).
+				withHeader("Retry-After", "10")
+		}
 		return r, err
 	}
 	e := newError(d.Status, d.Code, d.Message, d)

@@ -39,6 +39,9 @@ const (
 	// no room. It comes with 507 Insufficient Storage, which says "try
 	// again later" as 5xx do; clients show the code and message.
 	CodeStorageFull = "STORAGE_FULL"
+	// CodeUnavailable comes with 503, as in the reference
+	// implementation: credentials that cannot be checked now.
+	CodeUnavailable = "UNAVAILABLE"
 )
 
 // Error is a protocol error: what the client gets in the JSON envelope and

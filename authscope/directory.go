@@ -1,0 +1,30 @@
+package authscope
+
+// Directories hold users and passwords outside the config (LDAP): the
+// Authorizer asks one about Basic credentials the htpasswd file does not
+// settle. The directory itself lives in its own package (ldapauth), so
+// that its client library is linked only where it is used.
+
+import (
+	"context"
+	"errors"
+)
+
+// Directory checks user names and passwords it holds.
+type Directory interface {
+	// Login returns who user is when password is theirs: the user name
+	// as the directory spells it, the groups it lists, and the Method.
+	// An error wraps ErrBadCredentials when the directory refused the
+	// credentials (no such user, wrong or empty password), and
+	// ErrUnavailable when it could not be asked (down, timed out,
+	// misconfigured): then the caller is not at fault.
+	Login(ctx context.Context, user, password string) (Identity, error)
+}
+
+// ErrBadCredentials is credentials a Directory refused: answered 401.
+var ErrBadCredentials = errors.New("wrong user name or password")
+
+// ErrUnavailable is an identity source that cannot be asked now: answered
+// 503, so that clients retry instead of telling the user to fix a
+// password that may be right.
+var ErrUnavailable = errors.New("identity source unavailable")
