@@ -87,6 +87,13 @@ type Registry struct {
 	// bigger ones are refused with 413. Default: 4 MiB.
 	MaxManifestSize int64 `json:"max_manifest_size,omitempty"`
 
+	// SparseManifests accepts a pushed image manifest whose config or
+	// layers the repository does not hold (yet): partial copies, or blobs
+	// pushed after their manifest. Off, such a push is refused with
+	// MANIFEST_BLOB_UNKNOWN, which catches a client that lost a blob.
+	// An index is accepted without its child manifests either way.
+	SparseManifests bool `json:"sparse_manifests,omitempty"`
+
 	// Auth is who may pull, push and delete (htpasswd, Docker token
 	// service, access policies). Without it, everyone may do everything.
 	Auth *Auth `json:"auth,omitempty"`
@@ -382,6 +389,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	h, err := registry.NewHandler(registry.Config{
 		Store:           st,
 		MaxManifestSize: rg.MaxManifestSize,
+		SparseManifests: rg.SparseManifests,
 		Logger:          rg.logger,
 		Observer:        rg.metrics,
 		Mirrors:         rg.mirrors,
