@@ -506,6 +506,4 @@ func TestContentChecks(t *testing.T) {
 	}
 }
 
-
-
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
