@@ -52,6 +52,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		gc_full_interval  <duration>
 //		local             <prefix>...
 //		mirror <prefix> { ... }      # see unmarshalMirror
+//		sync_into <prefix> from <url> { ... }  # see unmarshalSyncInto
 //		auth { ... }                 # see unmarshalAuth
 //	}
 func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -93,6 +94,13 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			rg.SparseManifests = true
 			continue
+		case "sync_into":
+			si, err := unmarshalSyncInto(d)
+			if err != nil {
+				return err
+			}
+			rg.SyncInto = append(rg.SyncInto, si)
+			continue
 		case "local":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -101,7 +109,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, local, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {

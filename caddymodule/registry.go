@@ -184,8 +184,14 @@ type Registry struct {
 	// when a mirror is the default namespace ("team" keeps team/app local).
 	LocalPrefixes []string `json:"local_prefixes,omitempty"`
 
+	// SyncInto copies repositories of upstream registries into local
+	// prefixes on a schedule (see SyncInto).
+	SyncInto []*SyncInto `json:"sync_into,omitempty"`
+
 	mirrors []*registry.Mirror
 	serves  *registry.Handler // routing only: which paths are ours
+	plans   []syncPlan        // what to sync, once the config starts
+	syncs   *syncRunner
 
 	dir     string // absolute, cleaned Storage: the key in stores
 	metaDir string // absolute MetadataDir, or empty
@@ -267,9 +273,13 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	}
 	rg.app = app.(*App)
+	rg.syncs = new(syncRunner)
 	rg.app.onStart(func() error {
-		_, err := rg.registryHandler()
-		return err
+		h, err := rg.registryHandler()
+		if err != nil {
+			return err
+		}
+		return rg.syncs.start(h, rg.plans, rg)
 	})
 
 	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, rg.MirrorCacheSize, caddy.NewReplacer(), rg.logger)
@@ -285,6 +295,16 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	for i, m := range rg.Mirrors {
+		if m.Sync != nil {
+			rg.plans = append(rg.plans, syncPlan{src: rg.mirrors[i], cfg: m.Sync})
+		}
+	}
+	copies, err := buildCopySources(rg.SyncInto, rg.serves.Names(), caddy.NewReplacer(), rg.logger)
+	if err != nil {
+		return err
+	}
+	rg.plans = append(rg.plans, copies...)
 	if rg.Auth != nil {
 		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.store.open, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
@@ -333,6 +353,9 @@ func (rg *Registry) Validate() error {
 // Cleanup drops this config's reference to the store; the last reference
 // closes it.
 func (rg *Registry) Cleanup() error {
+	if rg.syncs != nil {
+		rg.syncs.stop() // before the store may close
+	}
 	if rg.store == nil {
 		return nil
 	}
@@ -340,7 +363,7 @@ func (rg *Registry) Cleanup() error {
 	return err
 }
 
-// ServeHTTP serves /v2/ (and /_oci/ with the token proxy or sign-in:
+// ServeHTTP serves /v2/ (and /_oci/ with the token proxy, sign-in or sync:
 // paths there that are not exactly ours get 404) and passes every other
 // request to next, without the sign-in cookies and never with an API
 // key: the next handler may be another service (reverse_proxy), and a
@@ -351,7 +374,12 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if rg.auth.serve(w, r) {
 		return nil
 	}
-	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) {
+	if len(rg.plans) > 0 && r.URL.Path == SyncPath {
+		rg.serveSync(w, r)
+		return nil
+	}
+	ownsSync := len(rg.plans) > 0 && registry.MayReachOwn(r.URL.Path)
+	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) && !ownsSync {
 		authscope.DropSignInCookies(r.Header)
 		if rg.auth.holdsAPIKey(r) {
 			w, _, finish := authscope.GuardUnreadBody(w, r)

@@ -133,6 +133,19 @@ func New(cfg Config, src Source) (*Sync, error) {
 	return s, nil
 }
 
+// CheckContent checks filters as New would, without a source.
+func CheckContent(cs []Content) error {
+	if len(cs) == 0 {
+		return errors.New("no content to fetch")
+	}
+	for _, c := range cs {
+		if _, err := c.compile(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Name is the sync's prefix.
 func (s *Sync) Name() string { return s.src.Prefix() }
 
