@@ -82,7 +82,7 @@ type SyncInto struct {
 	CredentialsFile string `json:"credentials_file,omitempty"`
 
 	// MaxRetries and RetryDelay: as in a mirror.
-	MaxRetries *int          `json:"max_retries,omitempty"`
+	MaxRetries *int           `json:"max_retries,omitempty"`
 	RetryDelay caddy.Duration `json:"retry_delay,omitempty"`
 
 	// CAFile and InsecureSkipVerify: as in a mirror.
