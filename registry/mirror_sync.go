@@ -46,8 +46,22 @@ type SyncManifest struct {
 // SyncSource returns the sync side of m, which is one of the handler's
 // mirrors or a NewCopySource.
 func (h *Handler) SyncSource(m *Mirror) *SyncSource {
-	m.attach(h.cfg.Observer)
+	if h.mirrors[m.Prefix()] != m {
+		// A copy source: NewHandler never saw it. (A mirror was attached
+		// there, before any request could read its observer.)
+		m.attach(h.cfg.Observer)
+	}
 	return &SyncSource{h: h, m: m}
+}
+
+// canonical is upstream's name of repo: one-component names get the
+// mirror's library prefix ("alpine" is "library/alpine" on Docker Hub),
+// as a client's pull of the short name does.
+func (s *SyncSource) canonical(repo string) string {
+	if s.m.cfg.LibraryPrefix != "" && !strings.Contains(repo, "/") {
+		return s.m.cfg.LibraryPrefix + "/" + repo
+	}
+	return repo
 }
 
 // Prefix is where the source stores: the mirror's prefix, or a
@@ -61,6 +75,7 @@ func (s *SyncSource) HoldUntil() time.Time { return s.m.client.HoldUntil() }
 // request is the internal request of repo (upstream's name) for the
 // store paths; upstream's names are hostile until checked.
 func (s *SyncSource) request(repo string) (*request, error) {
+	repo = s.canonical(repo)
 	name := s.m.cfg.Prefix + "/" + repo
 	if !authscope.ValidName(repo) || !authscope.ValidName(name) {
 		return nil, fmt.Errorf("%w: repository %q", cache.ErrNameInvalid, repo)
@@ -95,12 +110,13 @@ func (s *SyncSource) Repositories(ctx context.Context) ([]string, error) {
 // Tags lists upstream's tags of repo, every page of it, in upstream's
 // order.
 func (s *SyncSource) Tags(ctx context.Context, repo string) ([]string, error) {
-	if _, err := s.request(repo); err != nil {
+	rc, err := s.request(repo)
+	if err != nil {
 		return nil, err
 	}
 	var out []string
 	seen := map[string]bool{}
-	err := s.list(ctx, repo, "tags/list", func(body io.Reader) (int, error) {
+	err = s.list(ctx, s.m.upstreamName(rc.name), "tags/list", func(body io.Reader) (int, error) {
 		var page tagList
 		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
 			return 0, fmt.Errorf("upstream tag list unreadable: %w", err)

@@ -507,3 +507,28 @@ func TestContentChecks(t *testing.T) {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// TestSyncLibraryPrefix: a one-component name on a mirror with a library
+// prefix is synced where a pull of the short name looks (docker.io's
+// "alpine" is library/alpine).
+func TestSyncLibraryPrefix(t *testing.T) {
+	up := newUpstream(t)
+	s := up.pushIndex("library/app", "1.0")
+	loc := newLocal(t, up, func(c *registry.MirrorConfig) { c.Prefix = "docker.io" })
+	sy := newSync(t, loc.h.SyncSource(loc.m), mirrorsync.Content{Repository: "app", Platforms: []string{"linux/amd64"}})
+	if st := sy.Run(context.Background()); st.ErrorCount != 0 || st.Tags != 1 {
+		t.Fatalf("run: %+v", st)
+	}
+	if d, err := loc.store.ResolveTag("docker.io/library/app", "1.0"); err != nil || d.String() != s.index.String() {
+		t.Errorf("docker.io/library/app:1.0 = %s, %v", d, err)
+	}
+	up.reset()
+	resp, err := http.Get(loc.srv.URL + "/v2/app/manifests/1.0?ns=docker.io")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(fetches(up.requests())) != 0 {
+		t.Errorf("pull of the short name: %d, upstream %q", resp.StatusCode, up.requests())
+	}
+}
