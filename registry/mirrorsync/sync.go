@@ -176,13 +176,12 @@ func (s *Sync) Trigger() bool {
 // Start runs the schedule until ctx ends: a first run after FirstDelay,
 // then one every Every, and one whenever Trigger asks.
 func (s *Sync) Start(ctx context.Context) {
-	wait := jitter(s.cfg.FirstDelay, 2)
+	next := time.Now().Add(jitter(s.cfg.FirstDelay, 2))
+	s.mu.Lock()
+	s.status.NextRun = &next
+	s.mu.Unlock()
 	for {
-		next := time.Now().Add(wait)
-		s.mu.Lock()
-		s.status.NextRun = &next
-		s.mu.Unlock()
-		t := time.NewTimer(wait)
+		t := time.NewTimer(time.Until(next))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -191,8 +190,7 @@ func (s *Sync) Start(ctx context.Context) {
 		case <-s.trigger:
 			t.Stop()
 		}
-		s.Run(ctx)
-		wait = jitter(s.cfg.Every, 10)
+		next = s.run(ctx, jitter(s.cfg.Every, 10))
 	}
 }
 
@@ -238,6 +236,16 @@ type job struct {
 // Run runs the sync once, now, and returns what it did. A run already
 // in progress is waited for, then this one runs.
 func (s *Sync) Run(ctx context.Context) RunStats {
+	s.run(ctx, 0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return *s.status.LastRun
+}
+
+// run runs once and, with every > 0, sets the next run that long after
+// its end (in the same update as its end, so the status never shows a
+// finished run without a next one); it returns that time.
+func (s *Sync) run(ctx context.Context, every time.Duration) time.Time {
 	s.runMu.Lock()
 	defer s.runMu.Unlock()
 	start := time.Now()
@@ -262,8 +270,12 @@ func (s *Sync) Run(ctx context.Context) RunStats {
 
 	end := time.Now()
 	st := r.st
+	next := end.Add(every)
 	s.mu.Lock()
 	s.status.Running, s.status.LastEnd, s.status.LastRun = false, &end, &st
+	if every > 0 {
+		s.status.NextRun = &next
+	}
 	s.mu.Unlock()
 	fields := []zap.Field{zap.Duration("took", end.Sub(start)), zap.Int("repositories", st.Repositories),
 		zap.Int("tags", st.Tags), zap.Int("manifests_fetched", st.ManifestsFetched),
@@ -276,7 +288,7 @@ func (s *Sync) Run(ctx context.Context) RunStats {
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.SyncRun(s.src.Prefix(), end.Sub(start), st)
 	}
-	return st
+	return next
 }
 
 // listJobs sends every selected tag to jobs.
@@ -333,6 +345,11 @@ func (s *Sync) listJobs(ctx context.Context, r *run, jobs chan<- job) {
 func (r *run) retry(ctx context.Context, fn func() error) error {
 	var err error
 	for i := range attempts {
+		if ctx.Err() != nil {
+			// Stopping (a reload): no new upstream exchange, which
+			// would outlive ctx (exchanges shared with pulls do).
+			return ctx.Err()
+		}
 		if werr := r.waitHold(ctx); werr != nil {
 			return werr
 		}

@@ -532,3 +532,43 @@ func TestSyncLibraryPrefix(t *testing.T) {
 		t.Errorf("pull of the short name: %d, upstream %q", resp.StatusCode, up.requests())
 	}
 }
+
+// TestStartTriggerStop: the schedule waits for its first run, Trigger
+// runs it now, the status shows the next run as soon as the last one
+// ended, and cancelling the context ends Start.
+func TestStartTriggerStop(t *testing.T) {
+	up := newUpstream(t)
+	seedApp(up)
+	loc := newLocal(t, up, nil)
+	s, err := mirrorsync.New(mirrorsync.Config{Content: []mirrorsync.Content{appContent}, FirstDelay: time.Hour, Every: time.Hour,
+		Logger: zaptest.NewLogger(t)}, loc.h.SyncSource(loc.m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Start(ctx); close(done) }()
+	if !s.Trigger() {
+		t.Fatal("Trigger refused on an idle sync")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := s.Status()
+		if st.LastEnd != nil {
+			if st.NextRun == nil || st.NextRun.Before(*st.LastEnd) || st.LastRun.Tags != 3 || st.LastRun.ErrorCount != 0 {
+				t.Errorf("status after a triggered run: %+v %+v", st, st.LastRun)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the triggered run never ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start did not return after its context ended")
+	}
+}
