@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
@@ -411,5 +412,28 @@ func TestSyncIntoRefusesMirrorPrefix(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err == nil || !strings.Contains(err.Error(), "list it under local") {
 		_ = caddy.Stop()
 		t.Errorf("a sync_into under a default mirror without local: %v", err)
+	}
+}
+
+// TestSyncWithoutAuthLoopbackOnly: with no auth nobody is an admin, so
+// /_oci/sync answers loopback clients only.
+func TestSyncWithoutAuthLoopbackOnly(t *testing.T) {
+	rg := &Registry{syncs: new(syncRunner), logger: zap.NewNop()}
+	for _, tc := range []struct {
+		remote string
+		want   int
+	}{
+		{"192.0.2.1:1234", http.StatusForbidden},
+		{"[2001:db8::1]:1234", http.StatusForbidden},
+		{"127.0.0.1:1234", http.StatusOK},
+		{"[::1]:1234", http.StatusOK},
+	} {
+		r := httptest.NewRequest(http.MethodGet, SyncPath, nil)
+		r.RemoteAddr = tc.remote
+		w := httptest.NewRecorder()
+		rg.serveSync(w, r)
+		if w.Code != tc.want {
+			t.Errorf("GET from %s: %d %s, want %d", tc.remote, w.Code, w.Body, tc.want)
+		}
 	}
 }
