@@ -134,6 +134,12 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 	spaces := make([]authscope.Namespace, 0, len(ms))
 	for _, m := range ms {
 		where := "mirror " + m.Prefix
+		if m.MaxRetries != nil && *m.MaxRetries < 0 {
+			return nil, fmt.Errorf("%s: max_retries must not be negative", where)
+		}
+		if m.RetryDelay < 0 {
+			return nil, fmt.Errorf("%s: retry_delay must not be negative", where)
+		}
 		upstreams := m.Upstreams
 		if len(upstreams) == 0 {
 			upstreams = []string{registry.DefaultUpstream(m.Prefix)}

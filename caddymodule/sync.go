@@ -195,6 +195,12 @@ func buildCopySources(ins []*SyncInto, names *authscope.Names, repl *caddy.Repla
 		if internal, err := names.Internal(probe, authscope.Via{}); err != nil || internal != probe || names.Lookup(probe) != nil {
 			return nil, fmt.Errorf("%s: the prefix lies in a mirror's namespace (with a default mirror, list it under local)", where)
 		}
+		if si.MaxRetries != nil && *si.MaxRetries < 0 {
+			return nil, fmt.Errorf("%s: max_retries must not be negative", where)
+		}
+		if si.RetryDelay < 0 {
+			return nil, fmt.Errorf("%s: retry_delay must not be negative", where)
+		}
 		if err := checkSync(where, &si.Sync); err != nil {
 			return nil, err
 		}

@@ -437,3 +437,31 @@ func TestSyncWithoutAuthLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestMirrorRetriesJSON: max_retries and retry_delay reach the mirror;
+// negative values are refused naming the directive.
+func TestMirrorRetriesJSON(t *testing.T) {
+	for _, tc := range []struct {
+		p    *int
+		want int
+	}{{nil, 0}, {new(0), -1}, {new(4), 4}} {
+		if got := maxRetries(tc.p); got != tc.want {
+			t.Errorf("maxRetries(%v) = %d, want %d", tc.p, got, tc.want)
+		}
+	}
+	for _, tc := range []struct{ json, want string }{
+		{`{"prefix":"d.io","max_retries":-1}`, "mirror d.io: max_retries must not be negative"},
+		{`{"prefix":"d.io","retry_delay":-1}`, "mirror d.io: retry_delay must not be negative"},
+		{`{"prefix":"d.io","sync":{"content":[{"repository":"a","semver":"soon"}]}}`, "mirror d.io: sync: content a: semver"},
+		{`{"prefix":"d.io","sync":{"content":[]}}`, "mirror d.io: sync: no content"},
+	} {
+		var m Mirror
+		if err := json.Unmarshal([]byte(tc.json), &m); err != nil {
+			t.Fatal(err)
+		}
+		_, err := buildMirrors([]*Mirror{&m}, nil, 0, caddy.NewReplacer(), zap.NewNop())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.json, err, tc.want)
+		}
+	}
+}
