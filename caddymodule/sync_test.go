@@ -334,6 +334,17 @@ http://`+addr+` {
 	if resp, body := do("DELETE", "root"); resp.StatusCode != 405 {
 		t.Errorf("DELETE: %d %s", resp.StatusCode, body)
 	}
+	// Other spellings of the path are the handler's too, and not ours.
+	for _, p := range []string{"/_OCI/sync", "/_oci/sync/", "/_oci/other"} {
+		resp, err := http.Get("http://" + addr + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Errorf("GET %s: %d, want 404", p, resp.StatusCode)
+		}
+	}
 	resp, body := do("GET", "root")
 	var st struct{ Syncs []mirrorsync.Status }
 	if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &st) != nil || len(st.Syncs) != 2 || st.Syncs[0].LastRun != nil {
