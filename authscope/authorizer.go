@@ -57,6 +57,13 @@ func RepositoryScope(name string, actions ...string) Scope {
 // CatalogScope is what listing the catalog needs.
 var CatalogScope = Scope{Type: "registry", Name: "catalog", Actions: []string{"*"}}
 
+// AdminScope is what an administrative endpoint needs (/_oci/sync):
+// action is a policy action (read, update). Under a policy only its
+// admins have it; a bearer token needs `registry:admin:<action>`.
+func AdminScope(action string) Scope {
+	return Scope{Type: "registry", Name: "admin", Actions: []string{action}}
+}
+
 // Need is what one request needs.
 type Need struct {
 	// Scopes in internal names, in token vocabulary (pull, push, delete).
@@ -324,6 +331,14 @@ func (a *Authorizer) allows(id Identity, s Scope, tagMove bool) error {
 			return nil
 		}
 		return fmt.Errorf("%w: %s", errNotGranted, s)
+	}
+	if s.Type == "registry" && s.Name == "admin" {
+		for _, act := range s.Actions {
+			if !a.o.Policy.IsAdmin(id.User, id.Groups, act) {
+				return fmt.Errorf("%w: %s", errNotGranted, s)
+			}
+		}
+		return nil
 	}
 	if s.Type != "repository" {
 		return fmt.Errorf("%w: %s", errNotGranted, s)

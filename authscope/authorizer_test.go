@@ -179,6 +179,19 @@ func TestAuthorizeToken(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("admin scope", func(t *testing.T) {
+		need := Need{Scopes: []Scope{AdminScope(ActionRead)}}
+		catalogOnly := is.sign("admin", []AccessEntry{{Type: "registry", Name: "catalog", Actions: []string{"*"}}}, nil)
+		_, err := a.Authorize(bearer(get(), catalogOnly), need)
+		denial(t, err, 401, "UNAUTHORIZED")
+		tok := is.sign("admin", []AccessEntry{{Type: "registry", Name: "admin", Actions: []string{"read"}}}, nil)
+		if _, err := a.Authorize(bearer(get(), tok), need); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Authorize(bearer(get(), tok), Need{Scopes: []Scope{AdminScope(ActionUpdate)}}); err == nil {
+			t.Error("a token granting admin read passed for update")
+		}
+	})
 	if n := logs.FilterMessage("denied").Len(); n == 0 {
 		t.Error("no denial in the audit log")
 	}
@@ -263,6 +276,10 @@ func TestAuthorizeBasicPolicy(t *testing.T) {
 		{"admin pushes into a mirror", "root", "root-pw", repo("docker.io/library/debian", false, "pull", "push"), 403},
 		{"wrong password", "ci", "nope", repo("blumeops/app", false, "pull"), 401},
 		{"catalog", "", "", Need{Scopes: []Scope{CatalogScope}}, 0},
+		{"admin reads admin state", "root", "root-pw", Need{Scopes: []Scope{AdminScope(ActionRead)}}, 0},
+		{"admin updates admin state", "root", "root-pw", Need{Scopes: []Scope{AdminScope(ActionUpdate)}}, 0},
+		{"ci reads admin state", "ci", "ci-pw", Need{Scopes: []Scope{AdminScope(ActionRead)}}, 403},
+		{"anonymous reads admin state", "", "", Need{Scopes: []Scope{AdminScope(ActionRead)}}, 401},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := a.Authorize(req(tc.user, tc.pass), tc.need)

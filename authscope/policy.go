@@ -228,11 +228,10 @@ func (p *Policy) AllowsGroups(user string, groups []string, action, name string)
 		// whatever it claims.
 		groups = nil
 	}
-	groups = append(slices.Clip(groups), p.groups[user]...)
-	if user != "" && (slices.Contains(p.admin.Users, user) || intersects(p.admin.Groups, groups)) &&
-		slices.Contains(p.admin.Actions, action) {
+	if p.IsAdmin(user, groups, action) {
 		return true
 	}
+	groups = append(slices.Clip(groups), p.groups[user]...)
 	for _, pat := range p.patterns {
 		if !MatchPattern(pat, name) {
 			continue
@@ -255,6 +254,17 @@ func (p *Policy) AllowsGroups(user string, groups []string, action, name string)
 		return false
 	}
 	return false
+}
+
+// IsAdmin reports whether user (with groups, as in AllowsGroups) is an
+// admin with action. An anonymous caller never is.
+func (p *Policy) IsAdmin(user string, groups []string, action string) bool {
+	if p == nil || user == "" {
+		return false
+	}
+	groups = append(slices.Clip(groups), p.groups[user]...)
+	return (slices.Contains(p.admin.Users, user) || intersects(p.admin.Groups, groups)) &&
+		slices.Contains(p.admin.Actions, action)
 }
 
 // AnonymousTotal reports whether a caller without credentials may do

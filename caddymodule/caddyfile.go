@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		storage_reserve   <size>|<percent>% [<size>|<percent>%] | off
 //		metadata_dir      <dir>
 //		max_manifest_size <size>      # e.g. 4MiB, 10MB, 4194304
+//		sparse_manifests              # accept manifests whose blobs are not all here
 //		mirror_cache_size <size>      # e.g. 50GiB; 0: no limit
 //		upload_ttl        <duration>
 //		upload_idle_timeout        <duration>|off
@@ -52,6 +53,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		local             <prefix>...
 //		read_only
 //		mirror <prefix> { ... }      # see unmarshalMirror
+//		sync_into <prefix> from <url> { ... }  # see unmarshalSyncInto
 //		auth { ... }                 # see unmarshalAuth
 //	}
 func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -93,6 +95,19 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			rg.ReadOnly = true
 			continue
+		case "sparse_manifests":
+			if d.NextArg() {
+				return d.Errf("sparse_manifests takes no argument, got %q", d.Val())
+			}
+			rg.SparseManifests = true
+			continue
+		case "sync_into":
+			si, err := unmarshalSyncInto(d)
+			if err != nil {
+				return err
+			}
+			rg.SyncInto = append(rg.SyncInto, si)
+			continue
 		case "local":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -101,7 +116,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, read_only, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, local, read_only, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {

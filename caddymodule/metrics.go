@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
 )
 
 // collectors are created once per process and registered on the metrics
@@ -35,6 +36,12 @@ var collectors = struct {
 	storageFree    *prometheus.GaugeVec
 	storageReserve *prometheus.GaugeVec
 	reserveReached *prometheus.GaugeVec
+
+	syncRuns        *prometheus.CounterVec
+	syncDuration    *prometheus.HistogramVec
+	syncFetched     *prometheus.CounterVec
+	syncErrors      *prometheus.CounterVec
+	syncLastSuccess *prometheus.GaugeVec
 }{}
 
 func initCollectors() {
@@ -121,6 +128,47 @@ func initCollectors() {
 		Name:      "storage_reserve_reached",
 		Help:      "1 while a storage folder's free space is at or below its reserve and new content is refused with 507, else 0.",
 	}, []string{"storage"})
+	collectors.syncRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "sync_runs_total",
+		Help:      "Scheduled sync runs by sync (mirror or sync_into prefix) and result (ok, or error: at least one item failed).",
+	}, []string{"sync", "result"})
+	collectors.syncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns,
+		Name:      "sync_run_duration_seconds",
+		Help:      "Time of one scheduled sync run, by sync.",
+		Buckets:   prometheus.ExponentialBuckets(0.1, 4, 10), // 100ms .. ~7h
+	}, []string{"sync"})
+	collectors.syncFetched = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "sync_fetched_total",
+		Help:      "Manifests and blobs scheduled sync fetched from upstream, by sync and kind (manifest, blob).",
+	}, []string{"sync", "kind"})
+	collectors.syncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "sync_errors_total",
+		Help:      "Items (listings, tags, manifests, blobs) scheduled sync failed to fetch, by sync.",
+	}, []string{"sync"})
+	collectors.syncLastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns,
+		Name:      "sync_last_success_timestamp_seconds",
+		Help:      "Unix time at which the last scheduled sync run without errors ended, by sync.",
+	}, []string{"sync"})
+}
+
+// SyncRun implements mirrorsync.Observer.
+func (*metricsObserver) SyncRun(name string, d time.Duration, st mirrorsync.RunStats) {
+	result := "ok"
+	if st.ErrorCount > 0 {
+		result = "error"
+		collectors.syncErrors.WithLabelValues(name).Add(float64(st.ErrorCount))
+	} else {
+		collectors.syncLastSuccess.WithLabelValues(name).SetToCurrentTime()
+	}
+	collectors.syncRuns.WithLabelValues(name, result).Inc()
+	collectors.syncDuration.WithLabelValues(name).Observe(d.Seconds())
+	collectors.syncFetched.WithLabelValues(name, "manifest").Add(float64(st.ManifestsFetched))
+	collectors.syncFetched.WithLabelValues(name, "blob").Add(float64(st.BlobsFetched))
 }
 
 // StorageSpace implements cache.SpaceObserver.
@@ -193,6 +241,8 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.upstreamReqs, collectors.mirrorFillTime,
 		collectors.mirrorCacheBytes, collectors.mirrorEvictions, collectors.mirrorEvictedBytes,
 		collectors.storageFree, collectors.storageReserve, collectors.reserveReached,
+		collectors.syncRuns, collectors.syncDuration, collectors.syncFetched,
+		collectors.syncErrors, collectors.syncLastSuccess,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -225,4 +275,7 @@ func (*metricsObserver) UploadCommitted(size int64) {
 	}
 }
 
-var _ cache.MirrorCacheObserver = (*metricsObserver)(nil)
+var (
+	_ cache.MirrorCacheObserver = (*metricsObserver)(nil)
+	_ mirrorsync.Observer       = (*metricsObserver)(nil)
+)

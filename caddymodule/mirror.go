@@ -35,6 +35,25 @@ type Mirror struct {
 	Username string `json:"username,omitempty"`
 	Password string `json:"password,omitempty"`
 
+	// CredentialsFile is a Docker config.json (as `docker login` writes)
+	// whose `auths` entry for the upstream's host (or the prefix, or an
+	// alias) holds the credentials: `auth` (base64 of user:password) or
+	// `username` and `password`. Read when the config loads; an
+	// alternative to username and password.
+	CredentialsFile string `json:"credentials_file,omitempty"`
+
+	// MaxRetries is how many more times a request the upstream answered
+	// 429 or 5xx is sent (per upstream URL). Default: 2; 0: none.
+	MaxRetries *int `json:"max_retries,omitempty"`
+
+	// RetryDelay is the wait before the first retry when the upstream
+	// sent no Retry-After; each later one doubles it (with jitter).
+	// Default: 100ms.
+	RetryDelay caddy.Duration `json:"retry_delay,omitempty"`
+
+	// Sync prefetches content from the upstream on a schedule.
+	Sync *Sync `json:"sync,omitempty"`
+
 	// TagTTL is how long a fetched tag is served without asking upstream.
 	// After it, one HEAD upstream decides whether to fetch again.
 	// Default: 5m.
@@ -114,11 +133,37 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 	out := make([]*registry.Mirror, 0, len(ms))
 	spaces := make([]authscope.Namespace, 0, len(ms))
 	for _, m := range ms {
+		where := "mirror " + m.Prefix
+		if m.MaxRetries != nil && *m.MaxRetries < 0 {
+			return nil, fmt.Errorf("%s: max_retries must not be negative", where)
+		}
+		if m.RetryDelay < 0 {
+			return nil, fmt.Errorf("%s: retry_delay must not be negative", where)
+		}
+		upstreams := m.Upstreams
+		if len(upstreams) == 0 {
+			upstreams = []string{registry.DefaultUpstream(m.Prefix)}
+		}
+		hosts := append(credentialHosts(upstreams, m.Prefix), m.Aliases...)
+		if m.Prefix == "docker.io" {
+			hosts = append(hosts, "index.docker.io", "registry-1.docker.io")
+		}
+		user, pass, err := credentials(where, m.Username, m.Password, m.CredentialsFile, hosts, repl)
+		if err != nil {
+			return nil, err
+		}
+		if m.Sync != nil {
+			if err := checkSync(where+": sync", m.Sync); err != nil {
+				return nil, err
+			}
+		}
 		rm, err := registry.NewMirror(registry.MirrorConfig{
 			Prefix:             m.Prefix,
 			Upstreams:          m.Upstreams,
-			Username:           repl.ReplaceAll(m.Username, ""),
-			Password:           repl.ReplaceAll(m.Password, ""),
+			Username:           user,
+			Password:           pass,
+			MaxRetries:         maxRetries(m.MaxRetries),
+			RetryDelay:         time.Duration(m.RetryDelay),
 			TagTTL:             time.Duration(m.TagTTL),
 			StaleIfError:       time.Duration(m.StaleIfError),
 			DialTimeout:        time.Duration(m.DialTimeout),
@@ -178,6 +223,10 @@ func mirrorBlobLimit(maxBlob, cacheSize int64) int64 {
 //		host <host>...
 //		default
 //		library_prefix <name>
+//		credentials_file <config.json>
+//		max_retries <n>
+//		retry_delay <duration>
+//		sync { ... }                  # see unmarshalSync
 //	}
 func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 	m := &Mirror{}
@@ -198,6 +247,23 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 			return args[0], nil
 		}
 		var err error
+		if sub == "sync" {
+			if m.Sync != nil {
+				return nil, d.Errf("mirror %s: sync given twice", m.Prefix)
+			}
+			if m.Sync, err = unmarshalSync(d, "mirror "+m.Prefix, args); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if sub == "credentials_file" || sub == "max_retries" || sub == "retry_delay" {
+			if _, err := unmarshalUpstreamSub(d, "mirror "+m.Prefix, &upstreamFields{
+				credentialsFile: &m.CredentialsFile, maxRetries: &m.MaxRetries, retryDelay: &m.RetryDelay,
+			}, sub, args); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		switch sub {
 		case "upstream":
 			if len(args) == 0 {

@@ -87,6 +87,13 @@ type Registry struct {
 	// bigger ones are refused with 413. Default: 4 MiB.
 	MaxManifestSize int64 `json:"max_manifest_size,omitempty"`
 
+	// SparseManifests accepts a pushed image manifest whose config or
+	// layers the repository does not hold (yet): partial copies, or blobs
+	// pushed after their manifest. Off, such a push is refused with
+	// MANIFEST_BLOB_UNKNOWN, which catches a client that lost a blob.
+	// An index is accepted without its child manifests either way.
+	SparseManifests bool `json:"sparse_manifests,omitempty"`
+
 	// Auth is who may pull, push and delete (htpasswd, Docker token
 	// service, access policies). Without it, everyone may do everything.
 	Auth *Auth `json:"auth,omitempty"`
@@ -188,8 +195,14 @@ type Registry struct {
 	// it takes a config reload.
 	ReadOnly bool `json:"read_only,omitempty"`
 
+	// SyncInto copies repositories of upstream registries into local
+	// prefixes on a schedule (see SyncInto).
+	SyncInto []*SyncInto `json:"sync_into,omitempty"`
+
 	mirrors []*registry.Mirror
 	serves  *registry.Handler // routing only: which paths are ours
+	plans   []syncPlan        // what to sync, once the config starts
+	syncs   *syncRunner
 
 	dir     string // absolute, cleaned Storage: the key in stores
 	metaDir string // absolute MetadataDir, or empty
@@ -272,9 +285,13 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	}
 	rg.app = app.(*App)
+	rg.syncs = new(syncRunner)
 	rg.app.onStart(func() error {
-		_, err := rg.registryHandler()
-		return err
+		h, err := rg.registryHandler()
+		if err != nil {
+			return err
+		}
+		return rg.syncs.start(h, rg.plans, rg)
 	})
 
 	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, rg.MirrorCacheSize, caddy.NewReplacer(), rg.logger)
@@ -290,6 +307,16 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	for i, m := range rg.Mirrors {
+		if m.Sync != nil {
+			rg.plans = append(rg.plans, syncPlan{src: rg.mirrors[i], cfg: m.Sync})
+		}
+	}
+	copies, err := buildCopySources(rg.SyncInto, rg.serves.Names(), caddy.NewReplacer(), rg.logger)
+	if err != nil {
+		return err
+	}
+	rg.plans = append(rg.plans, copies...)
 	if rg.Auth != nil {
 		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.store.open, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
@@ -339,6 +366,9 @@ func (rg *Registry) Validate() error {
 // closes it.
 func (rg *Registry) Cleanup() error {
 	rg.auth.close()
+	if rg.syncs != nil {
+		rg.syncs.stop() // before the store may close
+	}
 	if rg.store == nil {
 		return nil
 	}
@@ -347,7 +377,7 @@ func (rg *Registry) Cleanup() error {
 	return err
 }
 
-// ServeHTTP serves /v2/ (and /_oci/ with the token proxy or sign-in:
+// ServeHTTP serves /v2/ (and /_oci/ with the token proxy, sign-in or sync:
 // paths there that are not exactly ours get 404) and passes every other
 // request to next, without the sign-in cookies and never with an API
 // key: the next handler may be another service (reverse_proxy), and a
@@ -358,7 +388,12 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if rg.auth.serve(w, r) {
 		return nil
 	}
-	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) {
+	if len(rg.plans) > 0 && r.URL.Path == SyncPath {
+		rg.serveSync(w, r)
+		return nil
+	}
+	ownsSync := len(rg.plans) > 0 && registry.MayReachOwn(r.URL.Path)
+	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) && !ownsSync {
 		authscope.DropSignInCookies(r.Header)
 		if rg.auth.holdsAPIKey(r) {
 			w, _, finish := authscope.GuardUnreadBody(w, r)
@@ -396,6 +431,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	h, err := registry.NewHandler(registry.Config{
 		Store:           st,
 		MaxManifestSize: rg.MaxManifestSize,
+		SparseManifests: rg.SparseManifests,
 		Logger:          rg.logger,
 		Observer:        rg.metrics,
 		Mirrors:         rg.mirrors,

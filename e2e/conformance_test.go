@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -24,7 +26,21 @@ func TestConformance(t *testing.T) {
 	if bin == "" {
 		t.Skip("OCI_CONFORMANCE_BIN not set")
 	}
-	s := newServer(t, t.TempDir())
+	// The example config plus sparse_manifests, for the suite's sparse
+	// data (OCI_DATA_SPARSE): image manifests pushed without a layer.
+	needBinary(t)
+	dataDir := t.TempDir()
+	config, addr, admin := exampleConfig(t, dataDir)
+	b, err := os.ReadFile(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storage := "storage " + strconv.Quote(dataDir)
+	if err := os.WriteFile(config, []byte(strings.Replace(string(b), storage, storage+"\n\t\tsparse_manifests", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, config: config, addr: addr, admin: admin, dataDir: dataDir}
+	s.start()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -41,6 +57,7 @@ func TestConformance(t *testing.T) {
 		"OCI_API_BLOBS_MOUNT_ANONYMOUS=true",
 		"OCI_API_REFERRER=true",
 		"OCI_DATA_SHA512=true",
+		"OCI_DATA_SPARSE=true",
 		"OCI_RESULTS_DIR="+t.TempDir(),
 	)
 	var out bytes.Buffer

@@ -20,7 +20,8 @@ func TestConformance(t *testing.T) {
 	if bin == "" {
 		t.Skip("OCI_CONFORMANCE_BIN not set")
 	}
-	tr := newTestRegistry(t)
+	// Sparse manifests on, for the suite's sparse data (OCI_DATA_SPARSE).
+	tr := newTestRegistry(t, func(c *Config) { c.SparseManifests = true })
 	u, err := url.Parse(tr.srv.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +42,7 @@ func TestConformance(t *testing.T) {
 		"OCI_API_BLOBS_MOUNT_ANONYMOUS=true",
 		"OCI_API_REFERRER=true",
 		"OCI_DATA_SHA512=true",
+		"OCI_DATA_SPARSE=true",
 		"OCI_RESULTS_DIR="+results,
 	)
 	var out bytes.Buffer

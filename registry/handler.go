@@ -43,6 +43,12 @@ type Config struct {
 	Store *cache.Store
 	// MaxManifestSize in bytes; 0 means DefaultMaxManifestSize.
 	MaxManifestSize int64
+	// SparseManifests accepts an image manifest whose config or layers
+	// the repository does not hold (yet): a partial copy, or blobs pushed
+	// after their manifest. Without it such a push is refused with
+	// MANIFEST_BLOB_UNKNOWN, which catches a client that lost a blob on
+	// the way. The children of an index are never required.
+	SparseManifests bool
 	// Logger gets every error that reaches a client, with the repository
 	// and the reason. Nil means no logging.
 	Logger *zap.Logger

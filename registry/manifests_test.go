@@ -144,7 +144,7 @@ func TestManifestErrors(t *testing.T) {
 		{"missing layer", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{missingDesc}}), 400, CodeManifestBlobUnknown},
 		{"missing config", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": missingDesc, "layers": []any{}}), 400, CodeManifestBlobUnknown},
 		{"layer digest invalid", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{map[string]any{"mediaType": "x", "digest": "sha256:zz", "size": 1}}}), 400, CodeManifestInvalid},
-		{"index child missing", "t", mtIndex, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtIndex, "manifests": []any{map[string]any{"mediaType": mtManifest, "digest": missing.String(), "size": 10}}}), 400, CodeManifestBlobUnknown},
+		{"index child digest invalid", "t", mtIndex, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtIndex, "manifests": []any{map[string]any{"mediaType": mtManifest, "digest": "sha256:zz", "size": 10}}}), 400, CodeManifestInvalid},
 		{"subject digest invalid", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{}, "subject": map[string]any{"mediaType": mtManifest, "digest": "sha256:1", "size": 1}}), 400, CodeManifestInvalid},
 		{"digest in URL differs", missing.String(), mtManifest, good, 400, CodeDigestInvalid},
 		{"digest in URL invalid", "sha256:baddigeststring", mtManifest, good, 400, CodeDigestInvalid},

@@ -68,6 +68,12 @@ type MirrorConfig struct {
 	MaxConcurrentFills int
 	// FillSlotWait: see MaxConcurrentFills. Default DefaultFillSlotWait.
 	FillSlotWait time.Duration
+	// MaxRetries: further attempts of an upstream request answered 429
+	// or 5xx, per upstream URL. 0: the default (2); negative: none.
+	MaxRetries int
+	// RetryDelay: the wait before the first retry when upstream sent no
+	// Retry-After, doubled for each later one. 0: the default (100ms).
+	RetryDelay time.Duration
 	// CAFile and InsecureSkipVerify: TLS to the upstream.
 	CAFile             string
 	InsecureSkipVerify bool
@@ -146,6 +152,29 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	}
 	ns := authscope.Namespace{Prefix: cfg.Prefix, Aliases: cfg.Aliases, LibraryPrefix: cfg.LibraryPrefix}.WithDefaults()
 	cfg.Aliases, cfg.LibraryPrefix = ns.Aliases, ns.LibraryPrefix
+	return newMirror(withDefaults(cfg))
+}
+
+// NewCopySource is the upstream side of a `sync_into`: an upstream
+// registry whose repositories are copied into local names under
+// localPrefix (which may have several components) by scheduled sync,
+// through the same fetch and store paths as a mirror. It is no
+// namespace: the handler never routes a request to it, and what it
+// stores is local content (pushable, never evicted as a mirror's).
+func NewCopySource(localPrefix string, cfg MirrorConfig) (*Mirror, error) {
+	if !authscope.ValidName(localPrefix) {
+		return nil, fmt.Errorf("sync_into %q: not a repository name prefix", localPrefix)
+	}
+	if len(cfg.Upstreams) == 0 {
+		return nil, fmt.Errorf("sync_into %s: no upstream URL", localPrefix)
+	}
+	cfg.Prefix = localPrefix
+	cfg.Aliases, cfg.Hosts, cfg.Default, cfg.LibraryPrefix = nil, nil, false, ""
+	return newMirror(withDefaults(cfg))
+}
+
+// withDefaults fills what cfg leaves at zero.
+func withDefaults(cfg MirrorConfig) MirrorConfig {
 	if cfg.TagTTL <= 0 {
 		cfg.TagTTL = DefaultTagTTL
 	}
@@ -172,9 +201,23 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if cfg.FillSlotWait <= 0 {
 		cfg.FillSlotWait = DefaultFillSlotWait
 	}
+	return cfg
+}
+
+// newMirror builds the mirror of a checked, defaulted cfg.
+func newMirror(cfg MirrorConfig) (*Mirror, error) {
+	attempts := 0 // the client's default
+	switch {
+	case cfg.MaxRetries < 0:
+		attempts = 1
+	case cfg.MaxRetries > 0:
+		attempts = cfg.MaxRetries + 1
+	}
 	m := &Mirror{cfg: cfg, slots: newFillSlots(cfg.MaxConcurrentFills), obs: nopMirrorObserver{}, now: time.Now}
 	prefix := cfg.Prefix
 	c, err := upstream.New(upstream.Config{
+		Attempts:           attempts,
+		RetryDelay:         cfg.RetryDelay,
 		URLs:               cfg.Upstreams,
 		Username:           cfg.Username,
 		Password:           cfg.Password,

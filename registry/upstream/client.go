@@ -57,8 +57,12 @@ type Config struct {
 	InsecureSkipVerify bool
 	// Attempts per URL for 429 and 5xx answers. Default 3.
 	Attempts int
+	// RetryDelay is the wait before the first retry without a
+	// Retry-After; each later one doubles it (with jitter), up to
+	// MaxRetryWait. Default 100ms.
+	RetryDelay time.Duration
 	// MaxRetryWait caps one wait between attempts; a Retry-After longer
-	// than this is not waited for. Default 5s.
+	// than this is not waited for. Default 5s, or RetryDelay if longer.
 	MaxRetryWait time.Duration
 	// DialTimeout bounds connecting to upstream or its token service: TCP
 	// and the TLS handshake each. Default 10s.
@@ -133,6 +137,7 @@ type Client struct {
 	pass     string
 	hc       *http.Client
 	attempts int
+	delay    time.Duration
 	maxWait  time.Duration
 	log      *zap.Logger
 	onResp   func(string, int)
@@ -146,6 +151,10 @@ type Client struct {
 	// instead of learning the realm from a 401 (one round trip less).
 	bearer map[string]authscope.Challenge
 	sf     singleflight.Group
+	// holdUntil is when upstream last asked, with a 429 and its
+	// Retry-After, to be left alone until: every user of the client
+	// (pulls and scheduled sync alike) learns it from HoldUntil.
+	holdUntil time.Time
 }
 
 type token struct {
@@ -160,7 +169,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		user: cfg.Username, pass: cfg.Password,
-		attempts: cfg.Attempts, maxWait: cfg.MaxRetryWait,
+		attempts: cfg.Attempts, delay: cfg.RetryDelay, maxWait: cfg.MaxRetryWait,
 		log: cfg.Logger, onResp: cfg.OnResponse,
 		tokens: map[string]token{}, basic: map[string]bool{},
 		bearer: map[string]authscope.Challenge{},
@@ -169,8 +178,11 @@ func New(cfg Config) (*Client, error) {
 	if c.attempts <= 0 {
 		c.attempts = 3
 	}
+	if c.delay <= 0 {
+		c.delay = 100 * time.Millisecond
+	}
 	if c.maxWait <= 0 {
-		c.maxWait = 5 * time.Second
+		c.maxWait = max(5*time.Second, c.delay)
 	}
 	if c.log == nil {
 		c.log = zap.NewNop()
@@ -318,7 +330,8 @@ func realmAllowed(base, realm *url.URL) bool {
 	return false
 }
 
-// Do sends method to /v2/<repo>/<path> (path may carry a query) on the
+// Do sends method to /v2/<repo>/<path> (path may carry a query; an empty
+// repo sends to /v2/<path>, for _catalog, with the catalog's token scope) on the
 // first URL that answers, authenticating as upstream asks, and returns the
 // response when it is a success (2xx, or 304). Any other answer is
 // returned as *Error, with the body read and closed.
@@ -353,6 +366,9 @@ func (c *Client) tryBase(ctx context.Context, base *url.URL, method, repo, path 
 		if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode < 500 {
 			return nil, uerr
 		}
+		if resp.StatusCode == http.StatusTooManyRequests {
+			c.hold(uerr.RetryAfter)
+		}
 		wait, ok := c.retryWait(uerr.RetryAfter, attempt)
 		if !ok || attempt >= c.attempts {
 			return nil, uerr
@@ -377,9 +393,36 @@ func (c *Client) retryWait(retryAfter time.Duration, attempt int) (time.Duration
 	if retryAfter > 0 {
 		return retryAfter, true
 	}
-	d := 100 * time.Millisecond << (attempt - 1)
+	d := c.delay << (attempt - 1)
 	d += time.Duration(rand.Int64N(int64(d)/2 + 1))
 	return min(d, c.maxWait), true
+}
+
+// hold records upstream's request to be left alone for wait (a 429's
+// Retry-After; none given: one RetryDelay).
+func (c *Client) hold(wait time.Duration) {
+	if wait <= 0 {
+		wait = c.delay
+	}
+	until := c.now().Add(wait)
+	c.mu.Lock()
+	if until.After(c.holdUntil) {
+		c.holdUntil = until
+	}
+	c.mu.Unlock()
+}
+
+// HoldUntil is when the last 429 from upstream, to any user of the
+// client, asked to be left alone until (zero: never asked, or passed).
+// Background work (scheduled sync) waits for it before its next request,
+// so a rate limit one pull ran into slows the prefetch too.
+func (c *Client) HoldUntil() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.holdUntil.After(c.now()) {
+		return time.Time{}
+	}
+	return c.holdUntil
 }
 
 // authorized sends the request with what the host asked for last time;
@@ -442,9 +485,12 @@ func (c *Client) tokenDue(base *url.URL, repo string) (authscope.Challenge, bool
 func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header) (*http.Response, error) {
 	name := repo
 	if base.Path != "" {
-		name = base.Path + "/" + repo
+		name = strings.TrimSuffix(base.Path+"/"+repo, "/")
 	}
 	u := base.Scheme + "://" + base.Host + "/v2/" + name + "/" + path
+	if name == "" {
+		u = base.Scheme + "://" + base.Host + "/v2/" + path // registry-wide: _catalog
+	}
 	if strings.HasPrefix(path, "blobs/") {
 		ctx = context.WithValue(ctx, redirectsKey{}, true)
 	}
@@ -495,6 +541,9 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 			q.Set("service", svc)
 		}
 		scope := "repository:" + repo + ":pull"
+		if repo == "" {
+			scope = "registry:catalog:*"
+		}
 		if s, ok := ch.Get("scope"); ok && s != "" {
 			scope = s
 		}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -73,5 +75,75 @@ func TestResponseHeaderTimeout(t *testing.T) {
 	var ue *Error
 	if !errors.As(err, &ue) || !ue.Timeout() {
 		t.Fatalf("err = %v, want a timeout", err)
+	}
+}
+
+// TestRetryDelayAndHold: without Retry-After the first retry waits
+// RetryDelay and the next twice that; a 429's Retry-After, longer than
+// the client waits itself, is still recorded as HoldUntil for every user
+// of the client (scheduled sync waits it out).
+func TestRetryDelayAndHold(t *testing.T) {
+	var mu sync.Mutex
+	var at []time.Time
+	retryAfter := ""
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		at = append(at, time.Now())
+		ra := retryAfter
+		mu.Unlock()
+		if ra != "" {
+			w.Header().Set("Retry-After", ra)
+		}
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	defer s.Close()
+	c := newClient(t, Config{URLs: []string{s.URL}, Attempts: 3, RetryDelay: 200 * time.Millisecond})
+	if _, err := c.Do(context.Background(), http.MethodGet, testRepo, testPath, nil); err == nil {
+		t.Fatal("429s succeeded")
+	}
+	mu.Lock()
+	if len(at) != 3 {
+		t.Fatalf("%d attempts, want 3", len(at))
+	}
+	// Jitter adds up to half: 200-300ms, then 400-600ms.
+	if d := at[1].Sub(at[0]); d < 200*time.Millisecond || d > 900*time.Millisecond {
+		t.Errorf("first retry after %s, want about 200ms", d)
+	}
+	if d := at[2].Sub(at[1]); d < 400*time.Millisecond {
+		t.Errorf("second retry after %s, want at least 400ms", d)
+	}
+	at, retryAfter = nil, "120"
+	mu.Unlock()
+
+	start := time.Now()
+	if _, err := c.Do(context.Background(), http.MethodGet, testRepo, testPath, nil); err == nil {
+		t.Fatal("429 succeeded")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the client waited %s for a Retry-After past its cap", took)
+	}
+	hold := c.HoldUntil()
+	if d := time.Until(hold); d < 110*time.Second || d > 121*time.Second {
+		t.Errorf("HoldUntil in %s, want about 120s", d)
+	}
+}
+
+// TestNoRetries: Attempts 1 sends once.
+func TestNoRetries(t *testing.T) {
+	var hits atomic.Int32
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		hits.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer s.Close()
+	c := newClient(t, Config{URLs: []string{s.URL}, Attempts: 1})
+	if _, err := c.Do(context.Background(), http.MethodGet, testRepo, testPath, nil); err == nil {
+		t.Fatal("503 succeeded")
+	}
+	if n := hits.Load(); n != 1 {
+		t.Errorf("%d attempts, want 1", n)
+	}
+	if !c.HoldUntil().IsZero() {
+		t.Error("a 503 set a hold")
 	}
 }

@@ -1,0 +1,303 @@
+package registry
+
+// The registry's side of scheduled sync (package registry/mirrorsync):
+// listing upstream, and bringing a tag, a manifest or a blob into the
+// store through exactly the paths a pull takes (the same revalidation,
+// the same checks of upstream's manifests, the same fills, links and tag
+// fetch times), so that nothing sync stores differs from what a pull
+// would have stored, and a pull after it finds everything in place.
+//
+// Every store call of sync is in this file.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/cache"
+)
+
+// maxListPages bounds the pages of one tag or catalog listing: an upstream
+// whose Link never ends cannot keep a run busy forever.
+const maxListPages = 10000
+
+// SyncSource fetches one mirror's (or copy source's) content into the
+// store for scheduled sync. Repository names it takes are upstream's; it
+// stores them under the source's prefix.
+type SyncSource struct {
+	h *Handler
+	m *Mirror
+}
+
+// SyncManifest is a manifest as stored: media type, digest and bytes.
+type SyncManifest struct {
+	MediaType string
+	Digest    cache.Digest
+	Body      []byte
+}
+
+// SyncSource returns the sync side of m, which is one of the handler's
+// mirrors or a NewCopySource.
+func (h *Handler) SyncSource(m *Mirror) *SyncSource {
+	if h.mirrors[m.Prefix()] != m {
+		// A copy source: NewHandler never saw it. (A mirror was attached
+		// there, before any request could read its observer.)
+		m.attach(h.cfg.Observer)
+	}
+	return &SyncSource{h: h, m: m}
+}
+
+// canonical is upstream's name of repo: one-component names get the
+// mirror's library prefix ("alpine" is "library/alpine" on Docker Hub),
+// as a client's pull of the short name does.
+func (s *SyncSource) canonical(repo string) string {
+	if s.m.cfg.LibraryPrefix != "" && !strings.Contains(repo, "/") {
+		return s.m.cfg.LibraryPrefix + "/" + repo
+	}
+	return repo
+}
+
+// Prefix is where the source stores: the mirror's prefix, or a
+// sync_into's local prefix.
+func (s *SyncSource) Prefix() string { return s.m.cfg.Prefix }
+
+// HoldUntil is when upstream's last 429 (to a pull or to sync) asked to
+// be left alone until; zero when it did not or that has passed.
+func (s *SyncSource) HoldUntil() time.Time { return s.m.client.HoldUntil() }
+
+// request is the internal request of repo (upstream's name) for the
+// store paths; upstream's names are hostile until checked.
+func (s *SyncSource) request(repo string) (*request, error) {
+	repo = s.canonical(repo)
+	name := s.m.cfg.Prefix + "/" + repo
+	if !authscope.ValidName(repo) || !authscope.ValidName(name) {
+		return nil, fmt.Errorf("%w: repository %q", cache.ErrNameInvalid, repo)
+	}
+	return &request{name: name, typed: name, mirror: s.m}, nil
+}
+
+// Repositories lists upstream's catalog, every page of it.
+func (s *SyncSource) Repositories(ctx context.Context) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	err := s.list(ctx, "", "_catalog", func(body io.Reader) (int, error) {
+		var page struct {
+			Repositories []string `json:"repositories"`
+		}
+		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
+			return 0, fmt.Errorf("upstream catalog unreadable: %w", err)
+		}
+		n := 0
+		for _, r := range page.Repositories {
+			if !seen[r] {
+				seen[r] = true
+				out = append(out, r)
+				n++
+			}
+		}
+		return n, nil
+	})
+	return out, err
+}
+
+// Tags lists upstream's tags of repo, every page of it, in upstream's
+// order.
+func (s *SyncSource) Tags(ctx context.Context, repo string) ([]string, error) {
+	rc, err := s.request(repo)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	seen := map[string]bool{}
+	err = s.list(ctx, s.m.upstreamName(rc.name), "tags/list", func(body io.Reader) (int, error) {
+		var page tagList
+		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
+			return 0, fmt.Errorf("upstream tag list unreadable: %w", err)
+		}
+		n := 0
+		for _, t := range page.Tags {
+			if ValidTag(t) && !seen[t] {
+				seen[t] = true
+				out = append(out, t)
+				n++
+			}
+		}
+		return n, nil
+	})
+	return out, err
+}
+
+// list GETs path in repo (or registry-wide) page by page, following
+// upstream's Link: rel="next". Only the query of the link is used, so a
+// link cannot send the client to another host or path. page returns how
+// many entries were new: a page of none ends the listing (some
+// registries answer a `last` past the end with the first page again).
+func (s *SyncSource) list(ctx context.Context, repo, path string, page func(io.Reader) (int, error)) error {
+	query := "n=1000"
+	for range maxListPages {
+		resp, err := s.exchange(ctx, http.MethodGet, repo, path+"?"+query, nil)
+		if err != nil {
+			return err
+		}
+		n, err := page(resp.Body)
+		link := resp.Header.Get("Link")
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		next := nextQuery(link)
+		if n == 0 || next == "" || next == query {
+			return nil
+		}
+		query = next
+	}
+	return fmt.Errorf("upstream listing of %q has more than %d pages", repo+"/"+path, maxListPages)
+}
+
+// exchange is one upstream request bounded by the mirror's timeout. The
+// body stays readable until closed.
+func (s *SyncSource) exchange(ctx context.Context, method, repo, path string, hdr http.Header) (*http.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.m.cfg.UpstreamTimeout)
+	resp, err := s.m.client.Do(ctx, method, repo, path, hdr)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// nextQuery is the query of a Link header's rel="next" target, or "".
+func nextQuery(link string) string {
+	for part := range strings.SplitSeq(link, ",") {
+		target, params, ok := strings.Cut(part, ";")
+		if !ok || !strings.Contains(strings.ReplaceAll(params, " ", ""), `rel="next"`) {
+			continue
+		}
+		target = strings.Trim(strings.TrimSpace(target), "<>")
+		u, err := url.Parse(target)
+		if err != nil {
+			return ""
+		}
+		return u.RawQuery
+	}
+	return ""
+}
+
+// Tag brings repo:tag into the store as a pull after the tag's TTL would:
+// a HEAD when the store has the tag, a GET only when the digest moved or
+// the store has nothing; the tag's fetch time is renewed either way.
+// fetched reports a GET of the manifest.
+func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, bool, error) {
+	rc, err := s.request(repo)
+	if err != nil {
+		return SyncManifest{}, false, err
+	}
+	if !ValidTag(tag) {
+		return SyncManifest{}, false, fmt.Errorf("%w: %q", ErrTagInvalid, tag)
+	}
+	h, m := s.h, s.m
+	ti, err := h.cfg.Store.TagInfo(rc.name, tag)
+	have := err == nil
+	v, err, _ := m.revalidations.Do(rc.name+":"+tag, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+		defer cancel()
+		return h.revalidateTag(ctx, rc, tag, ti, have)
+	})
+	if err != nil {
+		return SyncManifest{}, false, err
+	}
+	res := v.(mirroredManifest)
+	return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, !have || res.m.Digest != ti.Digest, nil
+}
+
+// Manifest brings repo@d into the store, from upstream only when the
+// store lacks it. fetched reports a GET.
+func (s *SyncSource) Manifest(ctx context.Context, repo string, d cache.Digest) (SyncManifest, bool, error) {
+	rc, err := s.request(repo)
+	if err != nil {
+		return SyncManifest{}, false, err
+	}
+	h, m := s.h, s.m
+	if man, body, err := h.cfg.Store.GetManifest(rc.name, d); err == nil {
+		return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body}, false, nil
+	}
+	v, err, _ := m.revalidations.Do(rc.name+"@"+d.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+		defer cancel()
+		return h.fetchManifest(ctx, rc, d.String(), d, "")
+	})
+	if err != nil {
+		return SyncManifest{}, false, err
+	}
+	res := v.(mirroredManifest)
+	return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, true, nil
+}
+
+// Blob brings blob d of repo into the store and links it there, as a
+// pull's GET would: nothing when the repository links it already; a fill
+// of its own when the store neither holds nor fills d; else, once
+// upstream confirmed (HEAD) that repo holds d, the store's copy or the
+// fill in progress for another repository, linked here. fetched reports
+// that this call's fill fetched the bytes.
+func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fetched bool, err error) {
+	rc, err := s.request(repo)
+	if err != nil {
+		return false, err
+	}
+	h, store := s.h, s.h.cfg.Store
+	if _, err := store.HasBlob(rc.name, d); err == nil {
+		return false, nil
+	}
+	defer store.Hold(d)()
+	f, started, err := h.fill(ctx, rc, d)
+	if err != nil {
+		return false, err
+	}
+	if started {
+		return true, f.Wait(ctx)
+	}
+	if _, err := h.confirmBlob(ctx, rc, d); err != nil {
+		return false, err
+	}
+	if err := f.Wait(ctx); err != nil {
+		if ctx.Err() != nil {
+			return false, err
+		}
+		// Another repository's fill failed (upstream may refuse it
+		// there); upstream confirmed this one: fetch for it.
+		if f, started, err = h.fill(ctx, rc, d); err != nil {
+			return false, err
+		}
+		if err := f.Wait(ctx); err != nil {
+			return false, err
+		}
+		if started {
+			return true, nil
+		}
+	}
+	if err := store.LinkBlob(rc.name, d); err != nil && !errors.Is(err, cache.ErrBlobUnknown) {
+		return false, err
+	} else if err != nil {
+		return false, fmt.Errorf("blob %s gone before it was linked: %w", d, err)
+	}
+	return false, nil
+}
