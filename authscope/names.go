@@ -175,19 +175,29 @@ func (n *Names) Internal(typed string, v Via) (string, error) {
 		return "", fmt.Errorf("%w: %q", ErrNameInvalid, typed)
 	}
 	ns, err := n.selected(typed, v)
-	if err != nil || ns == nil {
-		return typed, err
-	}
-	if strings.HasPrefix(typed, ns.Prefix+"/") {
-		// Already internal: regctl's --path-prefix with ?ns=, and the
-		// second of containerd's two scopes.
-		return typed, nil
+	if err != nil {
+		return "", err
 	}
 	name := typed
-	if ns.LibraryPrefix != "" && !strings.Contains(name, "/") {
-		name = ns.LibraryPrefix + "/" + name
+	if ns == nil {
+		// Local, or already internal (`/v2/docker.io/library/debian`):
+		// the name carries its prefix.
+		if ns = n.Lookup(typed); ns == nil {
+			return typed, nil
+		}
+	} else if !strings.HasPrefix(typed, ns.Prefix+"/") {
+		// Already internal when it starts with the prefix: regctl's
+		// --path-prefix with ?ns=, and the second of containerd's two
+		// scopes.
+		name = ns.Prefix + "/" + typed
 	}
-	name = ns.Prefix + "/" + name
+	// Every spelling of a one-component upstream name gets the library
+	// prefix, `docker.io/alpine` as much as `alpine`: policies are written
+	// on internal names, so two spellings of one image must never be two
+	// names.
+	if rest := strings.TrimPrefix(name, ns.Prefix+"/"); ns.LibraryPrefix != "" && !strings.Contains(rest, "/") {
+		name = ns.Prefix + "/" + ns.LibraryPrefix + "/" + rest
+	}
 	if !ValidName(name) {
 		return "", fmt.Errorf("%w: %q maps to %q", ErrNameInvalid, typed, name)
 	}
