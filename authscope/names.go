@@ -219,7 +219,13 @@ func (n *Names) selected(typed string, v Via) (*Namespace, error) {
 		if ns := n.byKey(v.NS); ns != nil {
 			return ns, nil
 		}
-		return nil, fmt.Errorf("%w: %q", ErrNamespaceUnknown, v.NS)
+		if n.Lookup(typed) == nil {
+			return nil, fmt.Errorf("%w: %q", ErrNamespaceUnknown, v.NS)
+		}
+		// The name already says which mirror it means and ns names a
+		// host we do not know: regctl sends whatever hostname it has
+		// configured for docker.io, even on `/v2/docker.io/...`. The
+		// path decides, as it would without ns.
 	}
 	if n.Lookup(typed) != nil {
 		// `/v2/docker.io/library/debian`: the name carries its prefix.

@@ -62,6 +62,9 @@ func TestMirrorLibrarySpellings(t *testing.T) {
 		"/docker.io/v2/alpine/manifests/3.20",
 		"/docker.io/v2/docker.io/alpine/manifests/3.20",
 		"/v2/docker.io/alpine/manifests/3.20?ns=registry-1.docker.io",
+		// regctl with its own hostname for docker.io
+		"/v2/docker.io/alpine/manifests/3.20?ns=hub.mycorp.example",
+		"/v2/docker.io/library/alpine/manifests/3.20?ns=hub.mycorp.example",
 	} {
 		tr.wantError(tr.do(http.MethodGet, p, nil), http.StatusUnauthorized, CodeUnauthorized)
 		resp := tr.do(http.MethodGet, p, nil, alice...)

@@ -42,6 +42,9 @@ func TestRequestMapping(t *testing.T) {
 		// A one-component name gets the library prefix however it is
 		// spelled: one image, one backend name.
 		{"GET", "/v2/docker.io/debian/tags/list?n=10&last=a", "", "/v2/docker.io/library/debian/tags/list?n=10&last=a", 0},
+		// regctl sends its own hostname for docker.io in ns: the path
+		// already names the namespace.
+		{"GET", "/v2/docker.io/library/debian/manifests/x?ns=hub.mycorp.example", "", "/v2/docker.io/library/debian/manifests/x", 0},
 		{"GET", "/v2/debian/manifests/x?ns=registry-1.docker.io", "", "/v2/docker.io/library/debian/manifests/x", 0},
 		// ns naming the front itself means its own names (containerd sends
 		// the image's registry).
