@@ -457,6 +457,9 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 	switch {
 	case errors.Is(reason, errMirrorWrite):
 		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", "mirrored repositories are read-only"
+		if why := a.whyMirrored(need); why != "" {
+			d.Message += ": " + why
+		}
 	case id.Method == MethodBearer:
 		d.Message = "token does not grant access"
 		d.Challenge = a.challenge(r, need, "insufficient_scope")
@@ -468,6 +471,17 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 	}
 	a.auditDenial(r, need, id, credentialsValid, d, reason)
 	return d
+}
+
+// whyMirrored explains how the pushed name of need, typed without a
+// mirror's prefix, came to lie in a mirror (Names.WhyMirrored).
+func (a *Authorizer) whyMirrored(need Need) string {
+	for _, s := range need.Scopes {
+		if s.Type == "repository" && slices.Contains(s.Actions, ScopePush) && a.o.Names.Lookup(s.Name) != nil {
+			return a.o.Names.WhyMirrored(need.Typed[s.Name], need.Via)
+		}
+	}
+	return ""
 }
 
 // denyCredentials refuses credentials that did not check out, tried with

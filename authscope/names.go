@@ -250,6 +250,36 @@ func (n *Names) selected(typed string, v Via) (*Namespace, error) {
 	return nil, nil
 }
 
+// WhyMirrored explains, for a refused write, how a name the client typed
+// without a mirror's prefix came to lie in that mirror: by the default
+// mirror or by a `host` of one. It is empty when the client named the
+// mirror itself (its prefix in the name or the path, or `ns`), or when
+// the name is not mirrored. The explanation names the config line that
+// keeps the name local, since a push to `me/app` on a server whose
+// default mirror is docker.io otherwise reads as a refusal of docker.io.
+func (n *Names) WhyMirrored(typed string, v Via) string {
+	if n == nil || !ValidName(typed) || v.PathPrefix != "" || (v.NS != "" && n.byKey(v.NS) != nil) || n.Lookup(typed) != nil {
+		return ""
+	}
+	ns, err := n.selected(typed, v)
+	if err != nil || ns == nil {
+		return ""
+	}
+	internal, err := n.Internal(typed, v)
+	if err != nil {
+		return ""
+	}
+	first := firstComponent(typed)
+	for _, h := range ns.Hosts {
+		if hostMatches(h, v.Host) {
+			return fmt.Sprintf("%q was taken as %q because host %s belongs to mirror %s; push through another host name, or to a name outside the mirror",
+				typed, internal, h, ns.Prefix)
+		}
+	}
+	return fmt.Sprintf("%q was taken as %q because %s is the default mirror; \"local %s\" in oci_registry keeps %s/... local",
+		typed, internal, ns.Prefix, first, first)
+}
+
 func (n *Names) isLocal(name string) bool {
 	for _, l := range n.local {
 		if name == l || strings.HasPrefix(name, l+"/") {
