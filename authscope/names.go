@@ -98,34 +98,40 @@ type Names struct {
 // name prefixes that stay in the local registry even when a namespace is
 // the default.
 func NewNames(spaces []Namespace, local []string) (*Names, error) {
-	seen := map[string]bool{}
-	defaults := 0
+	// The errors name the config directives (mirror, alias, default,
+	// library_prefix, local) of both oci_registry and oci_front.
+	seen := map[string]string{} // prefix or alias -> the mirror's prefix
+	var deflt string
 	for _, ns := range spaces {
 		if !ValidName(ns.Prefix) || strings.Contains(ns.Prefix, "/") {
-			return nil, fmt.Errorf("namespace prefix %q: must be one name component such as docker.io", ns.Prefix)
+			return nil, fmt.Errorf("mirror %q: the prefix must be one name component such as docker.io", ns.Prefix)
 		}
 		for _, k := range append([]string{ns.Prefix}, ns.Aliases...) {
-			if seen[k] {
-				return nil, fmt.Errorf("namespace %q: %q is named twice", ns.Prefix, k)
+			if other, ok := seen[k]; ok {
+				return nil, fmt.Errorf("mirror %s: %q is already a prefix or alias of mirror %s", ns.Prefix, k, other)
 			}
-			seen[k] = true
+			seen[k] = ns.Prefix
 		}
 		if ns.LibraryPrefix != "" && !ValidName(ns.LibraryPrefix) {
-			return nil, fmt.Errorf("namespace %q: invalid library prefix %q", ns.Prefix, ns.LibraryPrefix)
+			return nil, fmt.Errorf("mirror %s: library_prefix %q is not a valid name", ns.Prefix, ns.LibraryPrefix)
 		}
 		if ns.Default {
-			defaults++
+			if deflt != "" {
+				return nil, fmt.Errorf("mirror %s: default: mirror %s is already the default, and at most one mirror may be", ns.Prefix, deflt)
+			}
+			deflt = ns.Prefix
 		}
-	}
-	if defaults > 1 {
-		return nil, errors.New("more than one default namespace")
 	}
 	for _, l := range local {
 		if !ValidName(l) {
-			return nil, fmt.Errorf("local prefix %q: not a valid name", l)
+			return nil, fmt.Errorf("local %q: not a valid repository name prefix", l)
 		}
-		if seen[firstComponent(l)] {
-			return nil, fmt.Errorf("local prefix %q lies inside a mirrored namespace", l)
+		if m, ok := seen[firstComponent(l)]; ok {
+			msg := fmt.Sprintf("local %s: lies inside mirror %s, whose names are all mirrored and read-only", l, m)
+			if rest, ok := strings.CutPrefix(l, firstComponent(l)+"/"); ok && deflt != "" {
+				msg += fmt.Sprintf("; a local prefix is written as clients type it: local %s", rest)
+			}
+			return nil, errors.New(msg)
 		}
 	}
 	return &Names{spaces: spaces, local: local}, nil
