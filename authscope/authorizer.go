@@ -238,7 +238,11 @@ func (a *Authorizer) Authorize(r *http.Request, need Need) (*http.Request, error
 	}
 	if len(need.Scopes) == 0 {
 		if id.Method == MethodAnonymous && !a.anonymousTotal() {
-			return r, a.deny(r, need, id, errors.New("credentials wanted"))
+			// The /v2/ check of a client that has sent no credentials yet
+			// is the first step of every login, not a refusal: no audit
+			// line (the registry logs it at debug).
+			return r, &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required",
+				Challenge: a.challenge(r, need, ""), Err: errCredentialsWanted}
 		}
 		return r, nil
 	}
@@ -276,6 +280,10 @@ func (a *Authorizer) CanList(r *http.Request, repo string) bool {
 
 // errMirrorWrite refuses pushes into a mirror namespace, to anyone.
 var errMirrorWrite = errors.New("mirrored namespaces are read-only")
+
+// errCredentialsWanted is the answer to an anonymous /v2/ check when
+// anonymous callers may not do everything.
+var errCredentialsWanted = errors.New("credentials wanted")
 
 // errNotGranted is a scope the caller's grants do not cover.
 var errNotGranted = errors.New("not granted")
