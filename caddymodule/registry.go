@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -247,9 +248,9 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if !rg.store.opts.sameSettings(opts) {
-		rg.logger.Warn("storage already open with other settings; they apply after a restart",
-			zap.String("storage", rg.dir))
+	if diff := rg.store.opts.differences(opts); len(diff) > 0 {
+		rg.logger.Warn("storage already open with other settings ("+strings.Join(diff, ", ")+"); they apply after a restart",
+			zap.String("storage", rg.dir), zap.Strings("settings", diff))
 	}
 
 	// The oci app opens the store and builds the handler (which applies
