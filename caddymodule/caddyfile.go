@@ -159,7 +159,11 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		}
 	}
-	return checkNamespaces(rg.Mirrors, mirrorsAt, rg.LocalPrefixes, localAt)
+	spaces := make([]authscope.Namespace, 0, len(rg.Mirrors))
+	for _, m := range rg.Mirrors {
+		spaces = append(spaces, m.namespace())
+	}
+	return checkNamespaces(spaces, mirrorsAt, rg.LocalPrefixes, localAt)
 }
 
 // checkNamespaces runs, at parse time, the checks Provision runs on the
@@ -167,11 +171,9 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // (Provision's errors come after a chain of Caddy's module names, with no
 // line). A mirror's error is on the mirror that made it (the second
 // default, the second use of a name); a local prefix's on its local line.
-func checkNamespaces(ms []*Mirror, mirrorsAt []position, local []string, localAt map[string]position) error {
-	spaces := make([]authscope.Namespace, 0, len(ms))
-	for i, m := range ms {
-		spaces = append(spaces, m.namespace())
-		if _, err := authscope.NewNames(spaces, nil); err != nil {
+func checkNamespaces(spaces []authscope.Namespace, mirrorsAt []position, local []string, localAt map[string]position) error {
+	for i := range spaces {
+		if _, err := authscope.NewNames(spaces[:i+1], nil); err != nil {
 			return mirrorsAt[i].wrap(err)
 		}
 	}

@@ -63,6 +63,25 @@ func TestConfigErrorsNameDirectiveAndLine(t *testing.T) {
 	}
 }
 
+// oci_front's mirrors and local prefixes get the same checks at their
+// lines.
+func TestFrontConfigErrorsNameLine(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	for _, tc := range []struct {
+		block, want string
+		line        int
+	}{
+		{"mirror docker.io {\n\t\t\tdefault\n\t\t}\n\t\tmirror ghcr.io {\n\t\t\tdefault\n\t\t}", "mirror ghcr.io: default: mirror docker.io is already the default", 6},
+		{"mirror docker.io\n\t\tlocal docker.io/team", "local docker.io/team: lies inside mirror docker.io", 4},
+	} {
+		cfg := "http://127.0.0.1:1 {\n\toci_front {\n\t\t" + tc.block + "\n\t}\n\treverse_proxy 127.0.0.1:2\n}\n"
+		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": file})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), file+":"+strconv.Itoa(tc.line)) {
+			t.Errorf("error %v\nwant %q at line %d of:\n%s", err, tc.want, tc.line, numbered(cfg))
+		}
+	}
+}
+
 // The same mistakes in JSON are refused at provision with the directive
 // named, since JSON has no lines.
 func TestConfigErrorsInJSON(t *testing.T) {
