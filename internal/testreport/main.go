@@ -103,6 +103,9 @@ func (r *report) handle(e event) {
 		}
 		r.lines[key] = l
 	case "skip":
+		if e.Test == "" {
+			fmt.Fprintf(r.out, "?   \t%s\t[no test files]\n", e.Package)
+		}
 		if e.Test != "" {
 			reason := skipReason(r.lines[key])
 			r.skips[reason] = append(r.skips[reason], strings.TrimPrefix(e.Package, r.module+"/")+" "+e.Test)
