@@ -263,7 +263,11 @@ func (a *Authorizer) Authorize(r *http.Request, need Need) (*http.Request, error
 	}
 	if len(need.Scopes) == 0 {
 		if id.Method == MethodAnonymous && !a.anonymousTotal() {
-			return r, a.deny(r, need, id, errors.New("credentials wanted"))
+			// The /v2/ check of a client that has sent no credentials yet
+			// is the first step of every login, not a refusal: no audit
+			// line (the registry logs it at debug).
+			return r, &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required",
+				Challenge: a.challenge(r, need, ""), Err: errCredentialsWanted}
 		}
 		return r, nil
 	}
@@ -301,6 +305,10 @@ func (a *Authorizer) CanList(r *http.Request, repo string) bool {
 
 // errMirrorWrite refuses pushes into a mirror namespace, to anyone.
 var errMirrorWrite = errors.New("mirrored namespaces are read-only")
+
+// errCredentialsWanted is the answer to an anonymous /v2/ check when
+// anonymous callers may not do everything.
+var errCredentialsWanted = errors.New("credentials wanted")
 
 // errNotGranted is a scope the caller's grants do not cover.
 var errNotGranted = errors.New("not granted")
@@ -543,6 +551,9 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 	switch {
 	case errors.Is(reason, errMirrorWrite):
 		d.Status, d.Code, d.Message = http.StatusForbidden, "DENIED", "mirrored repositories are read-only"
+		if why := a.whyMirrored(need); why != "" {
+			d.Message += ": " + why
+		}
 	case id.Method == MethodBearer:
 		d.Message = "token does not grant access"
 		d.Challenge = a.challenge(r, need, "insufficient_scope")
@@ -554,6 +565,17 @@ func (a *Authorizer) deny(r *http.Request, need Need, id Identity, reason error)
 	}
 	a.auditDenial(r, need, id, credentialsValid, d, reason)
 	return d
+}
+
+// whyMirrored explains how the pushed name of need, typed without a
+// mirror's prefix, came to lie in a mirror (Names.WhyMirrored).
+func (a *Authorizer) whyMirrored(need Need) string {
+	for _, s := range need.Scopes {
+		if s.Type == "repository" && slices.Contains(s.Actions, ScopePush) && a.o.Names.Lookup(s.Name) != nil {
+			return a.o.Names.WhyMirrored(need.Typed[s.Name], need.Via)
+		}
+	}
+	return ""
 }
 
 // denyCredentials refuses credentials that did not check out, tried with

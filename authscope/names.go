@@ -98,34 +98,40 @@ type Names struct {
 // name prefixes that stay in the local registry even when a namespace is
 // the default.
 func NewNames(spaces []Namespace, local []string) (*Names, error) {
-	seen := map[string]bool{}
-	defaults := 0
+	// The errors name the config directives (mirror, alias, default,
+	// library_prefix, local) of both oci_registry and oci_front.
+	seen := map[string]string{} // prefix or alias -> the mirror's prefix
+	var deflt string
 	for _, ns := range spaces {
 		if !ValidName(ns.Prefix) || strings.Contains(ns.Prefix, "/") {
-			return nil, fmt.Errorf("namespace prefix %q: must be one name component such as docker.io", ns.Prefix)
+			return nil, fmt.Errorf("mirror %q: the prefix must be one name component such as docker.io", ns.Prefix)
 		}
 		for _, k := range append([]string{ns.Prefix}, ns.Aliases...) {
-			if seen[k] {
-				return nil, fmt.Errorf("namespace %q: %q is named twice", ns.Prefix, k)
+			if other, ok := seen[k]; ok {
+				return nil, fmt.Errorf("mirror %s: %q is already a prefix or alias of mirror %s", ns.Prefix, k, other)
 			}
-			seen[k] = true
+			seen[k] = ns.Prefix
 		}
 		if ns.LibraryPrefix != "" && !ValidName(ns.LibraryPrefix) {
-			return nil, fmt.Errorf("namespace %q: invalid library prefix %q", ns.Prefix, ns.LibraryPrefix)
+			return nil, fmt.Errorf("mirror %s: library_prefix %q is not a valid name", ns.Prefix, ns.LibraryPrefix)
 		}
 		if ns.Default {
-			defaults++
+			if deflt != "" {
+				return nil, fmt.Errorf("mirror %s: default: mirror %s is already the default, and at most one mirror may be", ns.Prefix, deflt)
+			}
+			deflt = ns.Prefix
 		}
-	}
-	if defaults > 1 {
-		return nil, errors.New("more than one default namespace")
 	}
 	for _, l := range local {
 		if !ValidName(l) {
-			return nil, fmt.Errorf("local prefix %q: not a valid name", l)
+			return nil, fmt.Errorf("local %q: not a valid repository name prefix", l)
 		}
-		if seen[firstComponent(l)] {
-			return nil, fmt.Errorf("local prefix %q lies inside a mirrored namespace", l)
+		if m, ok := seen[firstComponent(l)]; ok {
+			msg := fmt.Sprintf("local %s: lies inside mirror %s, whose names are all mirrored and read-only", l, m)
+			if rest, ok := strings.CutPrefix(l, firstComponent(l)+"/"); ok && deflt != "" {
+				msg += fmt.Sprintf("; a local prefix is written as clients type it: local %s", rest)
+			}
+			return nil, errors.New(msg)
 		}
 	}
 	return &Names{spaces: spaces, local: local}, nil
@@ -175,19 +181,29 @@ func (n *Names) Internal(typed string, v Via) (string, error) {
 		return "", fmt.Errorf("%w: %q", ErrNameInvalid, typed)
 	}
 	ns, err := n.selected(typed, v)
-	if err != nil || ns == nil {
-		return typed, err
-	}
-	if strings.HasPrefix(typed, ns.Prefix+"/") {
-		// Already internal: regctl's --path-prefix with ?ns=, and the
-		// second of containerd's two scopes.
-		return typed, nil
+	if err != nil {
+		return "", err
 	}
 	name := typed
-	if ns.LibraryPrefix != "" && !strings.Contains(name, "/") {
-		name = ns.LibraryPrefix + "/" + name
+	if ns == nil {
+		// Local, or already internal (`/v2/docker.io/library/debian`):
+		// the name carries its prefix.
+		if ns = n.Lookup(typed); ns == nil {
+			return typed, nil
+		}
+	} else if !strings.HasPrefix(typed, ns.Prefix+"/") {
+		// Already internal when it starts with the prefix: regctl's
+		// --path-prefix with ?ns=, and the second of containerd's two
+		// scopes.
+		name = ns.Prefix + "/" + typed
 	}
-	name = ns.Prefix + "/" + name
+	// Every spelling of a one-component upstream name gets the library
+	// prefix, `docker.io/alpine` as much as `alpine`: policies are written
+	// on internal names, so two spellings of one image must never be two
+	// names.
+	if rest := strings.TrimPrefix(name, ns.Prefix+"/"); ns.LibraryPrefix != "" && !strings.Contains(rest, "/") {
+		name = ns.Prefix + "/" + ns.LibraryPrefix + "/" + rest
+	}
 	if !ValidName(name) {
 		return "", fmt.Errorf("%w: %q maps to %q", ErrNameInvalid, typed, name)
 	}
@@ -209,7 +225,13 @@ func (n *Names) selected(typed string, v Via) (*Namespace, error) {
 		if ns := n.byKey(v.NS); ns != nil {
 			return ns, nil
 		}
-		return nil, fmt.Errorf("%w: %q", ErrNamespaceUnknown, v.NS)
+		if n.Lookup(typed) == nil {
+			return nil, fmt.Errorf("%w: %q", ErrNamespaceUnknown, v.NS)
+		}
+		// The name already says which mirror it means and ns names a
+		// host we do not know: regctl sends whatever hostname it has
+		// configured for docker.io, even on `/v2/docker.io/...`. The
+		// path decides, as it would without ns.
 	}
 	if n.Lookup(typed) != nil {
 		// `/v2/docker.io/library/debian`: the name carries its prefix.
@@ -232,6 +254,36 @@ func (n *Names) selected(typed string, v Via) (*Namespace, error) {
 		}
 	}
 	return nil, nil
+}
+
+// WhyMirrored explains, for a refused write, how a name the client typed
+// without a mirror's prefix came to lie in that mirror: by the default
+// mirror or by a `host` of one. It is empty when the client named the
+// mirror itself (its prefix in the name or the path, or `ns`), or when
+// the name is not mirrored. The explanation names the config line that
+// keeps the name local, since a push to `me/app` on a server whose
+// default mirror is docker.io otherwise reads as a refusal of docker.io.
+func (n *Names) WhyMirrored(typed string, v Via) string {
+	if n == nil || !ValidName(typed) || v.PathPrefix != "" || (v.NS != "" && n.byKey(v.NS) != nil) || n.Lookup(typed) != nil {
+		return ""
+	}
+	ns, err := n.selected(typed, v)
+	if err != nil || ns == nil {
+		return ""
+	}
+	internal, err := n.Internal(typed, v)
+	if err != nil {
+		return ""
+	}
+	first := firstComponent(typed)
+	for _, h := range ns.Hosts {
+		if hostMatches(h, v.Host) {
+			return fmt.Sprintf("%q was taken as %q because host %s belongs to mirror %s; push through another host name, or to a name outside the mirror",
+				typed, internal, h, ns.Prefix)
+		}
+	}
+	return fmt.Sprintf("%q was taken as %q because %s is the default mirror; \"local %s\" in oci_registry keeps %s/... local",
+		typed, internal, ns.Prefix, first, first)
 }
 
 func (n *Names) isLocal(name string) bool {

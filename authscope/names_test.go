@@ -43,6 +43,20 @@ func TestInternal(t *testing.T) {
 		{typed: "org/app", via: Via{NS: "gcr.io"}, err: ErrNamespaceUnknown},
 		// regctl --path-prefix docker.io with ns: already internal
 		{typed: "docker.io/library/debian", via: Via{NS: "registry-1.docker.io"}, want: "docker.io/library/debian"},
+		// the library prefix, however the one-component name is spelled
+		{typed: "docker.io/alpine", want: "docker.io/library/alpine"},
+		{typed: "docker.io/alpine", via: Via{PathPrefix: "docker.io"}, want: "docker.io/library/alpine"},
+		{typed: "docker.io/alpine", via: Via{NS: "registry-1.docker.io"}, want: "docker.io/library/alpine"},
+		{typed: "docker.io/alpine", via: Via{NS: "reg.example", Host: "reg.example:5000"}, want: "docker.io/library/alpine"},
+		{typed: "docker.io/alpine", via: Via{Host: "quay.mirror.example:8443"}, want: "docker.io/library/alpine"},
+		{typed: "ghcr.io/app", want: "ghcr.io/app"},
+		// a prefixed name with an ns this server does not know (regctl
+		// sends its configured hostname for docker.io): the path decides
+		{typed: "docker.io/library/debian", via: Via{NS: "hub.mycorp.example"}, want: "docker.io/library/debian"},
+		{typed: "docker.io/alpine", via: Via{NS: "hub.mycorp.example"}, want: "docker.io/library/alpine"},
+		{typed: "ghcr.io/org/app", via: Via{NS: "hub.mycorp.example"}, want: "ghcr.io/org/app"},
+		{typed: "library/debian", via: Via{NS: "hub.mycorp.example"}, err: ErrNamespaceUnknown},
+		{typed: "team/app", via: Via{NS: "hub.mycorp.example"}, err: ErrNamespaceUnknown},
 		// ns naming this very server: local
 		{typed: "team/app", via: Via{NS: "reg.example:5000", Host: "reg.example:5000"}, want: "team/app"},
 		{typed: "team/app", via: Via{NS: "reg.example", Host: "reg.example:5000"}, want: "team/app"},

@@ -147,8 +147,21 @@ func (l *lazyProvider) discover(ctx context.Context, issuer string, hc *http.Cli
 	close(done)
 }
 
+// ErrIssuerMismatch is a discovery whose document names another issuer
+// than the configured one. ID tokens carry the provider's spelling and
+// must match it exactly, so this is the operator's to fix in the config,
+// not a provider that cannot be reached.
+var ErrIssuerMismatch = errors.New("the configured OIDC issuer is not the one the provider advertises")
+
 func discover(ctx context.Context, issuer string, hc *http.Client, now func() time.Time) (*discovered, error) {
 	p, err := oidc.NewProvider(withClient(ctx, hc), issuer)
+	var mm *oidc.IssuerMismatchError
+	if errors.As(err, &mm) {
+		// Most often a trailing slash ("https://id.example/" for
+		// "https://id.example"), as Dex and others spell it.
+		return nil, fmt.Errorf("%w: configured %q, advertised %q in its discovery document; set issuer to exactly %q",
+			ErrIssuerMismatch, mm.Provided, mm.Discovered, mm.Discovered)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -181,7 +181,7 @@ func (s *SignIn) login(w http.ResponseWriter, r *http.Request) {
 	}
 	to, err := s.o.OIDC.AuthURL(r.Context(), ls.State, ls.Nonce, ls.Verifier)
 	if err != nil {
-		s.fail(w, r, http.StatusBadGateway, "the identity provider cannot be reached", err)
+		s.failDiscovery(w, r, http.StatusBadGateway, "the identity provider cannot be reached", err)
 		return
 	}
 	exp := s.now().Add(loginTTL)
@@ -228,7 +228,7 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, errIDToken) {
 			status = http.StatusForbidden
 		}
-		s.fail(w, r, status, "sign-in refused", err)
+		s.failDiscovery(w, r, status, "sign-in refused", err)
 		return
 	}
 	exp := s.now().Add(s.o.SessionTTL)
@@ -397,6 +397,17 @@ func (s *SignIn) whoami(w http.ResponseWriter, r *http.Request) {
 // fail answers an error: JSON for API callers, text otherwise. The
 // reason goes to the log only; the path is logged without its query,
 // which holds the authorization code and state on the callback.
+// failDiscovery is fail for errors that may come from discovering the
+// provider: an issuer that does not match the provider's own spelling is
+// a misconfiguration of this server, and the page says so (the log names
+// both URLs; the page names none).
+func (s *SignIn) failDiscovery(w http.ResponseWriter, r *http.Request, status int, msg string, reason error) {
+	if errors.Is(reason, ErrIssuerMismatch) {
+		status, msg = http.StatusInternalServerError, "sign-in is misconfigured: the identity provider's issuer does not match the one configured here (the server log names both)"
+	}
+	s.fail(w, r, status, msg, reason)
+}
+
 func (s *SignIn) fail(w http.ResponseWriter, r *http.Request, status int, msg string, reason error) {
 	lvl := s.o.Logger.Info
 	if status >= 500 {

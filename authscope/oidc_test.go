@@ -590,3 +590,46 @@ func TestSignInLogsNoCode(t *testing.T) {
 		}
 	}
 }
+
+// TestSignInIssuerMismatch: an issuer configured with a trailing slash
+// while the provider advertises it without one (as Dex does) is the
+// operator's mistake, not an unreachable provider: the page says the
+// issuer does not match, without naming URLs, and the log says at error
+// level which two spellings differ.
+func TestSignInIssuerMismatch(t *testing.T) {
+	p := oidctest.New(t, "alice")
+	configured := p.Issuer() + "/"
+	core, logs := observer.New(zap.InfoLevel)
+	si, err := NewSignIn(SignInOptions{
+		OIDC:        &OIDCClient{Issuer: configured, ClientID: oidctest.ClientID, RedirectURL: RedirectURL("http://127.0.0.1:1")},
+		ExternalURL: "http://127.0.0.1:1", Sealer: testSealer(), Sessions: newMemSessions(time.Now),
+		Logger: zap.New(core),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(si)
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL + AuthPath + "login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(string(body), "issuer does not match") {
+		t.Errorf("login: %d %q; want 500 saying the issuer does not match", resp.StatusCode, body)
+	}
+	if strings.Contains(string(body), strings.TrimPrefix(p.Issuer(), "http://")) {
+		t.Errorf("the page names the provider's address: %q", body)
+	}
+	errs := logs.FilterLevelExact(zap.ErrorLevel).All()
+	if len(errs) != 1 {
+		t.Fatalf("error log lines: %v; want one", logs.All())
+	}
+	reason := fmt.Sprint(errs[0].ContextMap()["error"])
+	for _, want := range []string{`configured "` + configured + `"`, `advertised "` + p.Issuer() + `"`} {
+		if !strings.Contains(reason, want) {
+			t.Errorf("logged reason %q lacks %s", reason, want)
+		}
+	}
+}

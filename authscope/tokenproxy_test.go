@@ -41,6 +41,10 @@ func TestTranslateScopes(t *testing.T) {
 		{"podman path form", "repository:docker.io/library/debian:pull", Via{}, "repository:docker.io/library/debian:pull", false},
 		{"host alias", "repository:debian:pull", Via{Host: "docker.mirror.example"}, "repository:docker.io/library/debian:pull", false},
 		{"ghcr ns", "repository:org/app:pull", Via{NS: "ghcr.io"}, "repository:ghcr.io/org/app:pull", false},
+		// The token service sees the one name the registry enforces,
+		// however a one-component name was spelled.
+		{"prefixed one component", "repository:docker.io/debian:pull", Via{}, "repository:docker.io/library/debian:pull", false},
+		{"prefixed one component with regctl's ns", "repository:docker.io/debian:pull", Via{NS: "hub.mycorp.example"}, "repository:docker.io/library/debian:pull", false},
 		{"local stays local", "repository:team/app:pull,push", Via{}, "repository:team/app:pull,push", false},
 		{"catalog untouched", "registry:catalog:*", Via{NS: "docker.io"}, "registry:catalog:*", false},
 		{"repository in other case", "Repository:library/debian:pull", Via{NS: "docker.io"}, "", true},

@@ -400,6 +400,9 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
+	// Groups named by rules, checked once the whole block (which may
+	// define them further down) has been read.
+	var groupRefs []groupRef
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch sub := d.Val(); sub {
 		case "htpasswd", "realm":
@@ -449,6 +452,12 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 					if into == nil {
 						return nil, d.Errf("admin: expected users, groups or actions before %q", arg)
 					}
+					if into == &a.Admin.Actions && !slices.Contains(authscope.AllActions, arg) {
+						return nil, d.Errf("admin: unknown action %q (known: %s)", arg, strings.Join(authscope.AllActions, ", "))
+					}
+					if into == &a.Admin.Groups {
+						groupRefs = append(groupRefs, groupRef{name: arg, in: "admin", at: positionOf(d)})
+					}
 					*into = append(*into, arg)
 				}
 			}
@@ -458,13 +467,14 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 				return nil, d.Err("access needs a repository pattern")
 			}
 			pat = d.Val()
-			if d.NextArg() {
-				return nil, d.ArgErr()
+			if rest := d.RemainingArgs(); len(rest) > 0 {
+				return nil, d.Errf("access %s %s: the rules go in a block, one per line: access %s { ... } with %q on a line of its own", pat, strings.Join(rest, " "), pat, strings.Join(rest, " "))
 			}
-			rp, err := unmarshalAccess(d)
+			rp, refs, err := unmarshalAccess(d, pat)
 			if err != nil {
 				return nil, err
 			}
+			groupRefs = append(groupRefs, refs...)
 			if a.Repositories == nil {
 				a.Repositories = map[string]authscope.RepositoryPolicy{}
 			}
@@ -512,19 +522,46 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates, ldap)", sub)
 		}
 	}
+	if a.OIDC == nil && a.Workload == nil {
+		// As authscope.NewPolicy checks at provision, but at the line.
+		for _, r := range groupRefs {
+			if _, ok := a.Groups[r.name]; !ok {
+				return nil, r.at.wrap(fmt.Errorf("%s: group %q is not defined; define it with \"group %s <user>...\" in auth (groups may come from the identity provider only with oidc or workload)", r.in, r.name, r.name))
+			}
+		}
+	}
 	return a, nil
 }
 
-func unmarshalAccess(d *caddyfile.Dispenser) (authscope.RepositoryPolicy, error) {
+// groupRef is a group a rule names, and where.
+type groupRef struct {
+	name string
+	in   string // "access <pattern>" or "admin"
+	at   position
+}
+
+// unmarshalAccess reads the block of `access <pat>`, checking its actions
+// at their lines; it returns the groups the block names.
+func unmarshalAccess(d *caddyfile.Dispenser, pat string) (authscope.RepositoryPolicy, []groupRef, error) {
 	var rp authscope.RepositoryPolicy
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
+	var refs []groupRef
+	nesting := d.Nesting()
+	if !d.NextBlock(nesting) {
+		if d.Val() == "}" {
+			return rp, nil, nil // an empty block: nobody but admins
+		}
+		return rp, nil, d.Errf("access %s: needs a block of rules, e.g. access %s { ... } with \"anonymous read\" on a line of its own", pat, pat)
+	}
+	for more := true; more; more = d.NextBlock(nesting) {
 		sub := d.Val()
 		args := d.RemainingArgs()
+		var actions []string
 		switch sub {
 		case "anonymous", "default":
 			if len(args) == 0 {
-				return rp, d.Errf("%s needs at least one action", sub)
+				return rp, nil, d.Errf("access %s: %s needs at least one action", pat, sub)
 			}
+			actions = args
 			if sub == "anonymous" {
 				rp.Anonymous = append(rp.Anonymous, args...)
 			} else {
@@ -532,20 +569,27 @@ func unmarshalAccess(d *caddyfile.Dispenser) (authscope.RepositoryPolicy, error)
 			}
 		case "user", "group":
 			if len(args) < 2 {
-				return rp, d.Errf("%s needs a name and at least one action", sub)
+				return rp, nil, d.Errf("access %s: %s needs a name and at least one action", pat, sub)
 			}
+			actions = args[1:]
 			g := authscope.Grant{Actions: slices.Clone(args[1:])}
 			if sub == "user" {
 				g.Users = []string{args[0]}
 			} else {
 				g.Groups = []string{args[0]}
+				refs = append(refs, groupRef{name: args[0], in: "access " + pat, at: positionOf(d)})
 			}
 			rp.Policies = append(rp.Policies, g)
 		default:
-			return rp, d.Errf("unrecognized access subdirective %q (known: anonymous, default, user, group)", sub)
+			return rp, nil, d.Errf("access %s: unrecognized subdirective %q (known: anonymous, default, user, group)", pat, sub)
+		}
+		for _, act := range actions {
+			if !slices.Contains(authscope.AllActions, act) {
+				return rp, nil, d.Errf("access %s: %s: unknown action %q (known: %s)", pat, sub, act, strings.Join(authscope.AllActions, ", "))
+			}
 		}
 	}
-	return rp, nil
+	return rp, refs, nil
 }
 
 func unmarshalToken(d *caddyfile.Dispenser) (*TokenAuth, error) {

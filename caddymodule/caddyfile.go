@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -10,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
 )
 
 func init() {
@@ -61,6 +64,10 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("oci_registry takes no arguments, only a block; got %q", d.Val())
 	}
+	// Where each mirror and local prefix was written, for the checks of
+	// the whole block below.
+	var mirrorsAt []position
+	localAt := map[string]position{}
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
@@ -83,11 +90,13 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.Auth = a
 			continue
 		case "mirror":
+			at := positionOf(d)
 			m, err := unmarshalMirror(d)
 			if err != nil {
 				return err
 			}
 			rg.Mirrors = append(rg.Mirrors, m)
+			mirrorsAt = append(mirrorsAt, at)
 			continue
 		case "read_only":
 			if d.NextArg() {
@@ -109,9 +118,13 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.SyncInto = append(rg.SyncInto, si)
 			continue
 		case "local":
+			at := positionOf(d)
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.Err("local needs at least one name prefix")
+			}
+			for _, l := range args {
+				localAt[l] = at
 			}
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
@@ -168,8 +181,43 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		}
 	}
+	spaces := make([]authscope.Namespace, 0, len(rg.Mirrors))
+	for _, m := range rg.Mirrors {
+		spaces = append(spaces, m.namespace())
+	}
+	return checkNamespaces(spaces, mirrorsAt, rg.LocalPrefixes, localAt)
+}
+
+// checkNamespaces runs, at parse time, the checks Provision runs on the
+// mirrors and local prefixes, so that an error names the line it is on
+// (Provision's errors come after a chain of Caddy's module names, with no
+// line). A mirror's error is on the mirror that made it (the second
+// default, the second use of a name); a local prefix's on its local line.
+func checkNamespaces(spaces []authscope.Namespace, mirrorsAt []position, local []string, localAt map[string]position) error {
+	for i := range spaces {
+		if _, err := authscope.NewNames(spaces[:i+1], nil); err != nil {
+			return mirrorsAt[i].wrap(err)
+		}
+	}
+	for _, l := range local {
+		if _, err := authscope.NewNames(spaces, []string{l}); err != nil {
+			return localAt[l].wrap(err)
+		}
+	}
 	return nil
 }
+
+// position is where a Caddyfile token stood, for an error found after the
+// dispenser has moved on.
+type position struct {
+	file string
+	line int
+}
+
+func positionOf(d *caddyfile.Dispenser) position { return position{d.File(), d.Line()} }
+
+// wrap adds the position as caddyfile.Dispenser.WrapErr does.
+func (p position) wrap(err error) error { return fmt.Errorf("%w, at %s:%d", err, p.file, p.line) }
 
 // unmarshalUploadLimit reads one of the upload limits: a count, a size or
 // a duration, or "off" for no limit (-1 in JSON).

@@ -251,7 +251,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 			default
 		}
 		mirror ghcr.io
-		mirror localhost:1 {
+		mirror registry.local {
 			insecure_skip_verify
 			ca_file /etc/ca.pem
 			library_prefix library
@@ -271,7 +271,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 				MaxBlobSize: 10 << 30, MaxConcurrentFills: 8,
 				Aliases: []string{"registry-1.docker.io"}, Hosts: []string{"docker.mirror.example"}, Default: true},
 			{Prefix: "ghcr.io"},
-			{Prefix: "localhost:1", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library"},
+			{Prefix: "registry.local", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library"},
 		},
 	}
 	if !reflect.DeepEqual(got, want) {

@@ -46,18 +46,26 @@ func (f *Front) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("oci_front takes no arguments, only a block; got %q", d.Val())
 	}
+	var mirrorsAt []position
+	localAt := map[string]position{}
 	for d.NextBlock(0) {
 		switch sub := d.Val(); sub {
 		case "mirror":
+			at := positionOf(d)
 			m, err := unmarshalFrontMirror(d)
 			if err != nil {
 				return err
 			}
 			f.Mirrors = append(f.Mirrors, m)
+			mirrorsAt = append(mirrorsAt, at)
 		case "local":
+			at := positionOf(d)
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.Err("local needs at least one name prefix")
+			}
+			for _, l := range args {
+				localAt[l] = at
 			}
 			f.LocalPrefixes = append(f.LocalPrefixes, args...)
 		case "token":
@@ -70,7 +78,12 @@ func (f *Front) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized oci_front subdirective %q (known: mirror, local, token)", sub)
 		}
 	}
-	return nil
+	// The checks Validate runs, at the lines.
+	cfg, err := f.config()
+	if err != nil {
+		return d.WrapErr(err)
+	}
+	return checkNamespaces(cfg.Namespaces, mirrorsAt, f.LocalPrefixes, localAt)
 }
 
 func unmarshalFrontMirror(d *caddyfile.Dispenser) (*FrontMirror, error) {

@@ -91,7 +91,7 @@ func TestFrontValidate(t *testing.T) {
 		{"no mirror", Front{}, "at least one mirror"},
 		{"proxy without realm", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io"}}, Token: &FrontToken{Proxy: true}}, "realm"},
 		{"bad prefix", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io/x"}}}, "one name component"},
-		{"two defaults", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io", Default: true}, {Prefix: "ghcr.io", Default: true}}}, "more than one default"},
+		{"two defaults", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io", Default: true}, {Prefix: "ghcr.io", Default: true}}}, "at most one mirror may be"},
 		{"realm not a URL", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io"}}, Token: &FrontToken{Proxy: true, Realm: "auth.example"}}, "http(s) URL"},
 		{"proxy without service", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io"}}, Token: &FrontToken{Proxy: true, Realm: "https://auth.example/auth"}}, "service"},
 		{"service and realm disagree", Front{Mirrors: []*FrontMirror{{Prefix: "docker.io"}}, Token: &FrontToken{Proxy: true, Realm: "https://auth.example/auth?service=a", Service: "b"}}, "service"},

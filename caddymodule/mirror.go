@@ -13,6 +13,7 @@ import (
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry"
+	"github.com/caddy-oci/caddy-oci/registry/upstream"
 )
 
 // Mirror makes one upstream registry available read-only under a name
@@ -269,6 +270,11 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 			if len(args) == 0 {
 				return nil, d.Errf("mirror %s: upstream needs at least one URL", m.Prefix)
 			}
+			for _, u := range args {
+				if err := upstream.CheckURL(u); err != nil {
+					return nil, d.Errf("mirror %s: %v", m.Prefix, err)
+				}
+			}
 			m.Upstreams = append(m.Upstreams, args...)
 		case "alias":
 			m.Aliases = append(m.Aliases, args...)
@@ -340,6 +346,12 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 }
 
 func (m *Mirror) String() string { return fmt.Sprintf("mirror %s", m.Prefix) }
+
+// namespace is how the name mapping sees m, with the defaults a
+// well-known upstream gets (as registry.NewMirror gives them).
+func (m *Mirror) namespace() authscope.Namespace {
+	return authscope.Namespace{Prefix: m.Prefix, Aliases: m.Aliases, Hosts: m.Hosts, Default: m.Default, LibraryPrefix: m.LibraryPrefix}.WithDefaults()
+}
 
 // setMirrorCache gives the store the limit of mirrored content and tells
 // it which repositories are mirrors'. The store may be shared (see

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -272,9 +273,9 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	}
 	rg.store.hold(rg.ReadOnly)
-	if !rg.store.opts.sameSettings(opts) {
-		rg.logger.Warn("storage already open with other settings; they apply after a restart",
-			zap.String("storage", rg.dir))
+	if diff := rg.store.opts.differences(opts); len(diff) > 0 {
+		rg.logger.Warn("storage already open with other settings ("+strings.Join(diff, ", ")+"); they apply after a restart",
+			zap.String("storage", rg.dir), zap.Strings("settings", diff))
 	}
 
 	// The oci app opens the store and builds the handler (which applies

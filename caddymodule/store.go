@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/dustin/go-humanize"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -78,13 +79,37 @@ func (s *sharedStore) pauseGC() {
 // storeSettings are the cache.Options a store was created with.
 type storeSettings cache.Options
 
-// sameSettings reports whether o asks for the same behaviour (loggers and
-// observers are not compared).
-func (s storeSettings) sameSettings(o cache.Options) bool {
-	return s.Dir == o.Dir && s.UploadTTL == o.UploadTTL &&
-		s.GCGrace == o.GCGrace && s.GCInterval == o.GCInterval &&
-		s.GCFullInterval == o.GCFullInterval &&
-		s.MetadataDir == o.MetadataDir && s.Reserve == o.Reserve
+// differences lists, by their config names, the settings o asks for that
+// differ from those the store was created with, each as
+// "name: <in use> -> <asked for>" (loggers and observers are not
+// compared). Empty: the same behaviour.
+func (s storeSettings) differences(o cache.Options) []string {
+	var diff []string
+	add := func(name string, was, is any) {
+		if was != is {
+			diff = append(diff, fmt.Sprintf("%s: %v -> %v", name, was, is))
+		}
+	}
+	add("metadata_dir", s.MetadataDir, o.MetadataDir)
+	add("upload_ttl", s.UploadTTL, o.UploadTTL)
+	add("gc_interval", s.GCInterval, o.GCInterval)
+	add("gc_grace", s.GCGrace, o.GCGrace)
+	add("gc_full_interval", s.GCFullInterval, o.GCFullInterval)
+	add("storage_reserve", reserveString(s.Reserve), reserveString(o.Reserve))
+	return diff
+}
+
+// reserveString is a SpaceReserve as storage_reserve would say it.
+func reserveString(r cache.SpaceReserve) string {
+	switch {
+	case r.Bytes < 0:
+		return "off"
+	case r.Percent > 0 && r.Bytes > 0:
+		return fmt.Sprintf("%s %g%%", humanize.IBytes(uint64(r.Bytes)), r.Percent)
+	case r.Percent > 0:
+		return fmt.Sprintf("%g%%", r.Percent)
+	}
+	return humanize.IBytes(uint64(r.Bytes))
 }
 
 // acquireStore returns the shared store of opts.Dir, creating the (still

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -17,10 +18,27 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
+// TestListModules checks that list-modules shows each module the README's
+// list-modules line says it does.
 func TestListModules(t *testing.T) {
 	needBinary(t)
+	b, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claimed []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if cmd, comment, ok := strings.Cut(line, "#"); ok && strings.Contains(cmd, "list-modules") {
+			for _, m := range strings.Split(comment, ",") {
+				claimed = append(claimed, strings.TrimSpace(m))
+			}
+		}
+	}
+	if !slices.Contains(claimed, "http.handlers.oci_registry") || !slices.Contains(claimed, "http.handlers.oci_front") {
+		t.Fatalf("README's list-modules line names %q; want the registry and the front among them", claimed)
+	}
 	out := run(t, nil, caddyBin, "list-modules")
-	for _, want := range []string{"http.handlers.oci_registry"} {
+	for _, want := range claimed {
 		found := false
 		for _, line := range strings.Split(out, "\n") {
 			if strings.TrimSpace(line) == want {

@@ -114,6 +114,20 @@ func TestMirror(t *testing.T) {
 		checkLayout(t, dir, img)
 	})
 
+	t.Run("regctl with its own hostname for docker.io", func(t *testing.T) {
+		regctl := tool(t, "regctl")
+		// regctl sends the hostname it has configured for docker.io as
+		// ns, even on a path that names the mirror: the path decides.
+		env := []string{"HOME=" + t.TempDir()}
+		run(t, env, regctl, "registry", "set", mirrorAddr, "--skip-check", "--tls", "disabled", "--path-prefix", "docker.io")
+		run(t, env, regctl, "registry", "set", "docker.io", "--skip-check", "--hostname", "hub.mycorp.invalid", "--mirror", mirrorAddr)
+		// The last line: regctl warns about the hostname on stderr.
+		out := strings.Fields(run(t, env, regctl, "image", "digest", "docker.io/library/app:v1"))
+		if got := out[len(out)-1]; got != want.String() {
+			t.Errorf("regctl digest = %s, want %s", got, want)
+		}
+	})
+
 	t.Run("podman", func(t *testing.T) {
 		if got := podmanMirrorPull(t, nil, mirrorAddr, "docker.io/library/app:v1"); got != want.String() {
 			t.Errorf("podman pulled %s, want %s", got, want)

@@ -157,6 +157,10 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request
 		level = zapcore.WarnLevel
 	case e.Status >= 500:
 		level = zapcore.ErrorLevel
+	case rc.op == OpPing && e.Status == http.StatusUnauthorized:
+		// A client's first request before it logs in: the challenge is
+		// the handshake, not a fault (the Authorizer audits nothing).
+		level = zapcore.DebugLevel
 	case r.Method == http.MethodHead && e.Status == http.StatusNotFound:
 		// Existence checks before a push: routine, and the client gets no
 		// body anyway.

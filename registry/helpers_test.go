@@ -64,6 +64,11 @@ func (tr *testRegistry) do(method, path string, body []byte, hdr ...string) resp
 		tr.t.Fatalf("new request: %v", err)
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if http.CanonicalHeaderKey(hdr[i]) == "Host" {
+			// Go's client sends req.Host, never a Host header.
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Add(hdr[i], hdr[i+1])
 	}
 	resp, err := tr.srv.Client().Do(req)

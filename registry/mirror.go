@@ -294,10 +294,14 @@ var mirrorRoutes = map[string]handlerFunc{
 }
 
 // errReadOnly names the mirror by its prefix only: where its upstream
-// lives is the operator's business.
-func errReadOnly(m *Mirror) *Error {
-	return newError(http.StatusMethodNotAllowed, CodeUnsupported,
-		fmt.Sprintf("%s is a read-only mirror: push to a name outside %s/", m.cfg.Prefix, m.cfg.Prefix), nil)
+// lives is the operator's business. why (authscope.Names.WhyMirrored)
+// says how a name typed without the prefix landed in the mirror.
+func errReadOnly(m *Mirror, why string) *Error {
+	msg := fmt.Sprintf("%s is a read-only mirror: push to a name outside %s/", m.cfg.Prefix, m.cfg.Prefix)
+	if why != "" {
+		msg = fmt.Sprintf("%s is a read-only mirror: %s", m.cfg.Prefix, why)
+	}
+	return newError(http.StatusMethodNotAllowed, CodeUnsupported, msg, nil)
 }
 
 // staleWarning marks a response served from the store because upstream

@@ -343,7 +343,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 		rc.mirror = m
 		fn, ok := mirrorRoutes[ep.op]
 		if !ok {
-			return errReadOnly(m)
+			return errReadOnly(m, h.names.WhyMirrored(name, via))
 		}
 		return fn(h, w, r, rc)
 	}

@@ -39,7 +39,12 @@ func TestRequestMapping(t *testing.T) {
 		{"GET", "/v2/debian/manifests/x", mirrorHost, "/v2/docker.io/library/debian/manifests/x", 0},
 		{"HEAD", "/v2/library/debian/blobs/" + d, mirrorHost + ":8443", "/v2/docker.io/library/debian/blobs/" + d, 0},
 		{"GET", "/docker.io/v2/debian/manifests/x", "", "/v2/docker.io/library/debian/manifests/x", 0},
-		{"GET", "/v2/docker.io/debian/tags/list?n=10&last=a", "", "/v2/docker.io/debian/tags/list?n=10&last=a", 0},
+		// A one-component name gets the library prefix however it is
+		// spelled: one image, one backend name.
+		{"GET", "/v2/docker.io/debian/tags/list?n=10&last=a", "", "/v2/docker.io/library/debian/tags/list?n=10&last=a", 0},
+		// regctl sends its own hostname for docker.io in ns: the path
+		// already names the namespace.
+		{"GET", "/v2/docker.io/library/debian/manifests/x?ns=hub.mycorp.example", "", "/v2/docker.io/library/debian/manifests/x", 0},
 		{"GET", "/v2/debian/manifests/x?ns=registry-1.docker.io", "", "/v2/docker.io/library/debian/manifests/x", 0},
 		// ns naming the front itself means its own names (containerd sends
 		// the image's registry).

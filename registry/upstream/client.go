@@ -252,6 +252,10 @@ func parseBase(s string) (*url.URL, error) {
 		if i := strings.LastIndex(s, "@"); i >= 0 {
 			shown = "…" + s[i:]
 		}
+		if !strings.Contains(s, "://") && !strings.Contains(s, "@") {
+			// "ghcr.io": a host where a URL belongs.
+			return nil, fmt.Errorf("upstream: %q is not an http(s) URL; write https://%s", shown, s)
+		}
 		return nil, fmt.Errorf("upstream: %q is not an http(s) URL", shown)
 	}
 	if u.User != nil {
@@ -259,6 +263,13 @@ func parseBase(s string) (*url.URL, error) {
 	}
 	u.Path = strings.Trim(u.Path, "/")
 	return u, nil
+}
+
+// CheckURL checks an upstream URL as New does, for config parsers that
+// want to point at the line that names it.
+func CheckURL(s string) error {
+	_, err := parseBase(s)
+	return err
 }
 
 // maxRedirects bounds a blob's redirect chain; registries use one or two.
