@@ -10,6 +10,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/caddy-oci/caddy-oci/caddymodule"
+	_ "github.com/caddy-oci/caddy-oci/caddymodule/zotadapter"
 )
 
 func main() {
