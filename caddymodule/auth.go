@@ -73,7 +73,18 @@ type Auth struct {
 
 	// Workload accepts OIDC tokens that CI systems issue to their jobs.
 	Workload *Workload `json:"workload,omitempty"`
+
+	audit *zap.Logger // the "audit" logger of the config; nil: Caddy's default log
 }
+
+// auditLog names the logger audit events go to. Caddy picks the logs a
+// logger writes to by the module ID it is made for, so the audit logger
+// is made for this ID: a log that includes (or excludes) "audit" then
+// gets (or loses) them. caddy.Log().Named("audit") would reach the
+// default log alone.
+type auditLog struct{}
+
+func (auditLog) CaddyModule() caddy.ModuleInfo { return caddy.ModuleInfo{ID: "audit"} }
 
 // TokenAuth configures bearer tokens.
 type TokenAuth struct {
@@ -182,7 +193,10 @@ func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, err
 		FailDelay:  time.Duration(a.FailDelay),
 		BasicRealm: a.Realm,
 		Names:      names,
-		Audit:      caddy.Log().Named("audit"),
+		Audit:      a.audit,
+	}
+	if o.Audit == nil {
+		o.Audit = caddy.Log().Named("audit")
 	}
 	if o.FailDelay == 0 {
 		o.FailDelay = DefaultFailDelay

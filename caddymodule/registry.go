@@ -279,6 +279,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if rg.Auth != nil {
+		rg.Auth.audit = ctx.Logger(auditLog{})
 		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.store.open, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
