@@ -262,8 +262,12 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, glob, dest strin
 		a.warn(at, fmt.Sprintf("the prefix %s is already mirrored from another upstream; this content is not mirrored", m.Prefix))
 		return nil
 	}
-	if m.LibraryPrefix != "" && (strings.Contains(remainder, "/") || strings.Contains(remainder, "**")) {
-		a.warn(at, fmt.Sprintf("only %s/<one component> is fetched as %s/<component>; longer names under %s/ are fetched without %s/", m.Prefix, m.LibraryPrefix, m.Prefix, m.LibraryPrefix))
+	if m.LibraryPrefix != "" {
+		msg := fmt.Sprintf("%s/<name> is fetched from upstream as %s/<name>, and access patterns see it as %s/%s/<name>", m.Prefix, m.LibraryPrefix, m.Prefix, m.LibraryPrefix)
+		if strings.Contains(remainder, "/") || strings.Contains(remainder, "**") {
+			msg += fmt.Sprintf("; only one-component names get %s/: longer names under %s/ are fetched as they are", m.LibraryPrefix, m.Prefix)
+		}
+		a.warn(at, msg)
 	}
 	if remainder != "**" {
 		a.warn(at+".prefix", fmt.Sprintf("is not a filter here: every repository of the upstream can be pulled under %s/", m.Prefix))
