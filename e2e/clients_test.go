@@ -20,7 +20,7 @@ import (
 func TestListModules(t *testing.T) {
 	needBinary(t)
 	out := run(t, nil, caddyBin, "list-modules")
-	for _, want := range []string{"http.handlers.oci_registry"} {
+	for _, want := range []string{"http.handlers.oci_registry", "caddy.adapters.zot"} {
 		found := false
 		for _, line := range strings.Split(out, "\n") {
 			if strings.TrimSpace(line) == want {

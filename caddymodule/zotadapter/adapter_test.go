@@ -63,7 +63,7 @@ func decode(t *testing.T, out []byte, warnings []caddyconfig.Warning) adapted {
 		Apps struct {
 			HTTP struct {
 				Servers map[string]struct {
-					Listen []string `json:"listen"`
+					Listen []string          `json:"listen"`
 					Routes []json.RawMessage `json:"routes"`
 				} `json:"servers"`
 			} `json:"http"`
@@ -294,7 +294,7 @@ func TestWarnings(t *testing.T) {
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
 			"extensions.sync.registries[0].content[0].destination", "more than one name component"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"/repo2/repo","destination":"/repo","stripPrefix":true}]}]}}}`,
-			"extensions.sync.registries[0].content[0]", "not mirrored"},
+			"extensions.sync.registries[0].content[0]", "as the local name repo alone"},
 		{`{"cluster":{"members":["a:1","b:1"]}}`, "cluster", "no counterpart"},
 		{`{"storage":{"rootDirectory":"/x"},"flavour":"vanilla"}`, "flavour", "not a zot setting"},
 		{`{"http":{"accessControl":{"adminPolicy":{"users":["a"]}}}}`, "http.accessControl.adminPolicy", "grants no actions"},

@@ -242,7 +242,11 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, glob, dest strin
 		m.Default, m.LibraryPrefix, remainder = true, lit, rest
 	}
 	if remainder == "" {
-		a.warn(at, fmt.Sprintf("serves upstream %s as the local name %s alone, which cannot be a mirrored name here (mirrored names are <prefix>/<name>); this content is not mirrored", glob, strings.Trim(dest+"/"+lit, "/")))
+		local := dest
+		if !strip {
+			local = strings.Trim(dest+"/"+lit, "/")
+		}
+		a.warn(at, fmt.Sprintf("serves upstream %s as the local name %s alone, which cannot be a mirrored name here (mirrored names are <prefix>/<name>); this content is not mirrored", glob, local))
 		return nil
 	}
 	if m.Default {
