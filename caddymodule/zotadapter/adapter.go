@@ -154,7 +154,9 @@ func (a *adapter) storage(o *object) error {
 	if err != nil {
 		return err
 	}
-	_ = commit // every blob and metadata write is already synced to disk before it is acknowledged
+	if !commit && o.has("commit") {
+		a.warn("storage.commit", "note: every write is synced to disk before it is acknowledged here; false has no effect")
+	}
 	gc, err := o.boolean("gc", true)
 	if err != nil {
 		return err
@@ -288,6 +290,13 @@ func (a *adapter) tls(t *object, httpObj *object) error {
 			CARaw: caddyconfig.JSONModuleObject(caddytls.FileCAPool{TrustedCACertPEMFiles: []string{ca}}, "provider", "file", &a.warnings),
 			Mode:  mode,
 		}
+		// Caddy would answer 421 when Host differs from the TLS server
+		// name, which keeps a client from reaching a site whose policy
+		// asks for certificates through one that does not. Here one
+		// policy serves every connection, and clients that dial an IP
+		// address send no server name at all.
+		strict := false
+		a.server.StrictSNIHost = &strict
 		a.warn("http.tls.cacert", "client certificates are checked against it ("+mode+"), but a certificate does not sign the client in as a user here")
 	}
 	a.server.TLSConnPolicies = caddytls.ConnectionPolicies{policy}

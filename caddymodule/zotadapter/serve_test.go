@@ -5,10 +5,18 @@ package zotadapter
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -17,6 +25,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -311,5 +320,69 @@ func TestOpenIDServes(t *testing.T) {
 	// bob (htpasswd) is signed in but in no group: defaultPolicy read only.
 	if _, err := push(t, host, "apps/api:2", &authn.Basic{Username: "bob", Password: "bob-pw"}); status(err) != http.StatusForbidden {
 		t.Fatalf("push by bob: %v, want 403", err)
+	}
+}
+
+// TestTLSServes: zot's http.tls with cacert and no other way to sign in:
+// the server presents its certificate and, as zot does, requires a client
+// certificate that the CA signed.
+func TestTLSServes(t *testing.T) {
+	dir := t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	issue := func(serial int64, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "leaf"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb, _ := x509.MarshalECPrivateKey(k)
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
+	}
+	srvCert, srvKey := issue(2, x509.ExtKeyUsageServerAuth)
+	cliCert, cliKey := issue(3, x509.ExtKeyUsageClientAuth)
+	writeFile(t, dir, "server.cert", string(srvCert))
+	writeFile(t, dir, "server.key", string(srvKey))
+	writeFile(t, dir, "ca.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})))
+	port := freePort(t)
+	cfg := `{"storage":{"rootDirectory":"` + dir + `/zot"},"http":{"address":"127.0.0.1","port":"` + port + `",
+		"tls":{"cert":"` + dir + `/server.cert","key":"` + dir + `/server.key","cacert":"` + dir + `/ca.crt"}}}`
+	serve(t, adaptString(t, cfg))
+
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	get := func(certs []tls.Certificate) (*http.Response, error) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}}}
+		return c.Get("https://127.0.0.1:" + port + "/v2/")
+	}
+	if resp, err := get(nil); err == nil {
+		resp.Body.Close()
+		t.Fatalf("no client certificate: %d, want a refused handshake", resp.StatusCode)
+	}
+	pair, err := tls.X509KeyPair(cliCert, cliKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := get([]tls.Certificate{pair})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("with a client certificate: %d", resp.StatusCode)
 	}
 }
