@@ -222,7 +222,7 @@ func TestSync(t *testing.T) {
 		{Prefix: "lib", Library: "library", User: "puller"},
 		{Prefix: "vendor", Library: "vendor", User: "puller"},
 		{Prefix: "127.0.0.1", Default: true, Insecure: true, TTL: 10 * time.Minute},
-		{Prefix: "docker.io"},
+		{Prefix: "docker.io", Library: "library"},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("mirrors\n got %+v\nwant %+v", got, want)

@@ -249,6 +249,11 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, glob, dest strin
 		a.warn(at, fmt.Sprintf("serves upstream %s as the local name %s alone, which cannot be a mirrored name here (mirrored names are <prefix>/<name>); this content is not mirrored", glob, local))
 		return nil
 	}
+	if m.LibraryPrefix == "" && mirrorPrefix(host) == "docker.io" {
+		// zot's sync client asks Docker Hub for library/<name> when a
+		// name has one component, as Docker Hub needs.
+		m.LibraryPrefix = "library"
+	}
 	if m.Default {
 		m.Prefix = mirrorPrefix(host)
 		if slices.ContainsFunc(a.reg.Mirrors, func(o *caddymodule.Mirror) bool { return o.Default }) {
