@@ -334,6 +334,15 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestEmptyAccessControl: accessControl without repositories allows
+// nothing in zot; it must not become an open registry.
+func TestEmptyAccessControl(t *testing.T) {
+	a := adaptString(t, `{"http":{"accessControl":{"groups":{"g":{"users":["u"]}}}}}`)
+	if a.reg.Auth == nil || len(a.reg.Auth.Repositories) != 1 || len(a.reg.Auth.Repositories["**"].Anonymous) != 0 {
+		t.Fatalf("auth %+v", a.reg.Auth)
+	}
+}
+
 // TestKeysAnyCase: zot reads keys without regard to case.
 func TestKeysAnyCase(t *testing.T) {
 	a := adaptString(t, `{"Storage":{"RootDirectory":"/srv/zot","GCDELAY":"3h"},"HTTP":{"Address":"0.0.0.0","Port":5000}}`)

@@ -524,8 +524,10 @@ func (a *adapter) finishAuth() error {
 			au.Admin = nil
 		}
 	}
-	if !signIn && au.Admin == nil && len(au.Repositories) == 0 {
-		a.reg.Auth = nil
+	if len(au.Repositories) == 0 {
+		// zot's accessControl without repositories lets nobody but
+		// admins do anything; oci_registry needs a rule to say so.
+		au.Repositories = map[string]authscope.RepositoryPolicy{"**": {}}
 	}
 	return nil
 }
