@@ -84,7 +84,18 @@ type Auth struct {
 	// not list against an LDAP directory; its groups are matched by the
 	// access rules like Groups.
 	LDAP *LDAP `json:"ldap,omitempty"`
+
+	audit *zap.Logger // the "audit" logger of the config; nil: Caddy's default log
 }
+
+// auditLog names the logger audit events go to. Caddy picks the logs a
+// logger writes to by the module ID it is made for, so the audit logger
+// is made for this ID: a log that includes (or excludes) "audit" then
+// gets (or loses) them. caddy.Log().Named("audit") would reach the
+// default log alone.
+type auditLog struct{}
+
+func (auditLog) CaddyModule() caddy.ModuleInfo { return caddy.ModuleInfo{ID: "audit"} }
 
 // TokenAuth configures bearer tokens.
 type TokenAuth struct {
@@ -201,7 +212,10 @@ func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, err
 		FailDelay:  time.Duration(a.FailDelay),
 		BasicRealm: a.Realm,
 		Names:      names,
-		Audit:      caddy.Log().Named("audit"),
+		Audit:      a.audit,
+	}
+	if o.Audit == nil {
+		o.Audit = caddy.Log().Named("audit")
 	}
 	if o.FailDelay == 0 {
 		o.FailDelay = DefaultFailDelay

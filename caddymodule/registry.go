@@ -319,6 +319,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	}
 	rg.plans = append(rg.plans, copies...)
 	if rg.Auth != nil {
+		rg.Auth.audit = ctx.Logger(auditLog{})
 		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.store.open, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}

@@ -38,6 +38,9 @@ func TestListModules(t *testing.T) {
 		t.Fatalf("README's list-modules line names %q; want the registry and the front among them", claimed)
 	}
 	out := run(t, nil, caddyBin, "list-modules")
+	if !slices.Contains(claimed, "caddy.adapters.zot") {
+		t.Errorf("README's list-modules line names %q; want the zot adapter too", claimed)
+	}
 	for _, want := range claimed {
 		found := false
 		for _, line := range strings.Split(out, "\n") {

@@ -28,6 +28,8 @@ type server struct {
 	// readyStatus is what GET /v2/ answers once the server is up: 200,
 	// or 401 when auth refuses anonymous callers there. 0 means 200.
 	readyStatus int
+	adapter     string   // config adapter of `caddy run`; "" means caddyfile
+	env         []string // added to the process's environment
 }
 
 // syncBuffer collects the process's output for failure reports.
@@ -102,7 +104,12 @@ func (s *server) start() {
 	t.Helper()
 	s.out = new(syncBuffer)
 	s.done = make(chan struct{})
-	s.cmd = exec.Command(caddyBin, "run", "--config", s.config, "--adapter", "caddyfile")
+	adapter := s.adapter
+	if adapter == "" {
+		adapter = "caddyfile"
+	}
+	s.cmd = exec.Command(caddyBin, "run", "--config", s.config, "--adapter", adapter)
+	s.cmd.Env = append(os.Environ(), s.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

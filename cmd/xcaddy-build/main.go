@@ -9,7 +9,7 @@ import (
 	// plug in Caddy modules here
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/caddy-oci/caddy-oci/caddymodule"
+	_ "github.com/caddy-oci/caddy-oci"
 )
 
 func main() {

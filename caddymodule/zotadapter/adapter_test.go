@@ -1,0 +1,371 @@
+package zotadapter
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/caddymodule"
+)
+
+// adapted is the parts of an adapted config the tests look at.
+type adapted struct {
+	raw      []byte
+	reg      caddymodule.Registry
+	listen   []string
+	routes   []json.RawMessage // routes before the registry's
+	warnings []caddyconfig.Warning
+	cfg      caddy.Config
+}
+
+// adaptFixture adapts testdata/zot/<name> with its placeholders
+// (@DIR@, @PORT@, @UPSTREAM@, ...) replaced by repl.
+func adaptFixture(t *testing.T, name string, repl map[string]string) adapted {
+	t.Helper()
+	body, err := os.ReadFile(filepath.Join("testdata", "zot", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(body)
+	for k, v := range repl {
+		s = strings.ReplaceAll(s, k, v)
+	}
+	return adaptString(t, s)
+}
+
+func adaptString(t *testing.T, body string) adapted {
+	t.Helper()
+	out, warnings, err := caddyconfig.GetAdapter("zot").Adapt([]byte(body), map[string]any{"filename": "config.json"})
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	for _, w := range warnings {
+		t.Logf("warning: %s", w)
+	}
+	return decode(t, out, warnings)
+}
+
+func decode(t *testing.T, out []byte, warnings []caddyconfig.Warning) adapted {
+	t.Helper()
+	a := adapted{raw: out, warnings: warnings}
+	if err := json.Unmarshal(out, &a.cfg); err != nil {
+		t.Fatal(err)
+	}
+	var shape struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Listen []string          `json:"listen"`
+					Routes []json.RawMessage `json:"routes"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &shape); err != nil {
+		t.Fatal(err)
+	}
+	srv, ok := shape.Apps.HTTP.Servers["zot"]
+	if !ok || len(srv.Routes) == 0 {
+		t.Fatalf("no server in %s", out)
+	}
+	a.listen = srv.Listen
+	var lastRoute struct {
+		Handle []json.RawMessage `json:"handle"`
+	}
+	if err := json.Unmarshal(srv.Routes[len(srv.Routes)-1], &lastRoute); err != nil {
+		t.Fatal(err)
+	}
+	last := lastRoute.Handle
+	var h struct {
+		Handler string `json:"handler"`
+	}
+	if len(last) != 1 || json.Unmarshal(last[0], &h) != nil || h.Handler != "oci_registry" {
+		t.Fatalf("last route is not oci_registry: %s", out)
+	}
+	if err := json.Unmarshal(last[0], &a.reg); err != nil {
+		t.Fatal(err)
+	}
+	a.routes = srv.Routes[:len(srv.Routes)-1]
+	return a
+}
+
+// warned reports whether a warning names key and says (part of) msg.
+func (a adapted) warned(key, msg string) bool {
+	return slices.ContainsFunc(a.warnings, func(w caddyconfig.Warning) bool {
+		return w.Directive == key && strings.Contains(w.Message, msg)
+	})
+}
+
+func TestRegisteredAsCaddyModule(t *testing.T) {
+	if caddyconfig.GetAdapter("zot") == nil {
+		t.Fatal("no adapter named zot")
+	}
+	if _, err := caddy.GetModule("caddy.adapters.zot"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHomelab: anonymous read, a CI user who may push new tags, admins
+// by group, a mirror, metrics for one user, log and audit files. zot and
+// oci_registry agree on all of it, so there is not one warning.
+func TestHomelab(t *testing.T) {
+	dir := t.TempDir()
+	writeHtpasswd(t, dir, map[string]string{"ci": "ci-pw", "root": "root-pw"})
+	a := adaptFixture(t, "homelab.json", map[string]string{"@DIR@": dir, "@PORT@": "5005", "@UPSTREAM@": "http://127.0.0.1:1"})
+	if len(a.warnings) != 0 {
+		t.Errorf("warnings for a config that maps exactly: %v", a.warnings)
+	}
+	r := a.reg
+	if !slices.Equal(a.listen, []string{"127.0.0.1:5005"}) || r.Storage != dir+"/zot" ||
+		time.Duration(r.GCGrace) != 2*time.Hour || time.Duration(r.GCInterval) != 30*time.Minute {
+		t.Errorf("listen %v, registry %+v", a.listen, r)
+	}
+	au := r.Auth
+	want := &caddymodule.Auth{
+		Htpasswd:  dir + "/htpasswd",
+		FailDelay: caddy.Duration(time.Second),
+		Realm:     "homelab",
+		Groups:    map[string][]string{"admins": {"root"}},
+		Admin:     &authscope.AdminPolicy{Groups: []string{"admins"}, Actions: []string{"read", "create", "update", "delete"}},
+		Repositories: map[string]authscope.RepositoryPolicy{"**": {
+			Anonymous: []string{"read"}, Default: []string{"read"},
+			Policies: []authscope.Grant{{Users: []string{"ci"}, Actions: []string{"read", "create"}}},
+		}},
+	}
+	if g, w := mustJSON(t, au), mustJSON(t, want); g != w {
+		t.Errorf("auth\n got %s\nwant %s", g, w)
+	}
+	if len(r.Mirrors) != 1 || r.Mirrors[0].Prefix != "hub" || !r.Mirrors[0].InsecureSkipVerify ||
+		r.Mirrors[0].Default || r.Mirrors[0].LibraryPrefix != "" || len(r.LocalPrefixes) != 0 {
+		t.Errorf("mirrors %s", mustJSON(t, r.Mirrors))
+	}
+	// The metrics route lets root in with the hash from the htpasswd file.
+	if len(a.routes) != 1 || !strings.Contains(string(a.routes[0]), `"/metrics"`) ||
+		!strings.Contains(string(a.routes[0]), `"username":"root"`) || strings.Contains(string(a.routes[0]), `"ci"`) {
+		t.Errorf("routes %s", a.routes)
+	}
+	logs := a.cfg.Logging.Logs
+	if logs["default"].Level != "INFO" || !strings.Contains(string(logs["default"].WriterRaw), dir+"/zot.log") ||
+		!slices.Equal(logs["default"].Exclude, []string{"audit"}) ||
+		!strings.Contains(string(logs["audit"].WriterRaw), dir+"/zot-audit.log") || !slices.Equal(logs["audit"].Include, []string{"audit"}) {
+		t.Errorf("logs %s", mustJSON(t, logs))
+	}
+}
+
+// TestPolicy: zot's policy example shape, with groups that only LDAP or
+// OpenID could fill, a conditional policy and gc off.
+func TestPolicy(t *testing.T) {
+	dir := t.TempDir()
+	a := adaptFixture(t, "policy.json", map[string]string{"@DIR@": dir, "@PORT@": "5005"})
+	r := a.reg
+	if time.Duration(r.GCInterval) >= 0 {
+		t.Errorf("gc false: gc_interval %v", r.GCInterval)
+	}
+	reps := r.Auth.Repositories
+	if g := reps["infra/*"].Policies; len(g) != 2 || !slices.Equal(g[0].Groups, []string{"ops"}) || !slices.Equal(g[1].Users, []string{"mallory"}) {
+		t.Errorf("infra/*: %+v", g)
+	}
+	if len(reps["prod/**"].Policies) != 0 {
+		t.Errorf("the conditional policy was kept: %+v", reps["prod/**"])
+	}
+	if !slices.Equal(reps["tmp/**"].Default, []string{"read", "create", "update"}) {
+		t.Errorf("tmp/**: %+v", reps["tmp/**"])
+	}
+	if ad := r.Auth.Admin; ad == nil || !slices.Equal(ad.Users, []string{"admin"}) || !slices.Equal(ad.Groups, []string{"developers"}) {
+		t.Errorf("admin %+v", r.Auth.Admin)
+	}
+	for _, w := range [][2]string{
+		{"http.accessControl.repositories.infra/*.policies", `group "platformteam"`},
+		{"http.accessControl.adminPolicy", `group "admins"`},
+		{"http.accessControl.repositories.prod/**.policies[0].conditions", "not evaluated"},
+	} {
+		if !a.warned(w[0], w[1]) {
+			t.Errorf("no warning %q on %s", w[1], w[0])
+		}
+	}
+	// The policy the adapter produced is one oci_registry accepts.
+	if _, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: reps, Groups: r.Auth.Groups, Admin: r.Auth.Admin}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSync: several registries, content entries with destinations,
+// stripPrefix and bare prefixes, a credentials file, on-demand and
+// polled registries.
+func TestSync(t *testing.T) {
+	dir := t.TempDir()
+	creds := `{"127.0.0.1:7001": {"username": "puller", "password": "s3cret"}}`
+	if err := os.WriteFile(filepath.Join(dir, "sync-credentials.json"), []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := adaptFixture(t, "sync.json", map[string]string{"@DIR@": dir, "@PORT@": "5005",
+		"@UPSTREAM@": "http://127.0.0.1:7001", "@UPSTREAM2@": "http://127.0.0.1:7002"})
+	type m struct {
+		Prefix, Library, User string
+		Default, Insecure     bool
+		TTL                   time.Duration
+	}
+	var got []m
+	for _, x := range a.reg.Mirrors {
+		got = append(got, m{x.Prefix, x.LibraryPrefix, x.Username, x.Default, x.InsecureSkipVerify, time.Duration(x.TagTTL)})
+	}
+	want := []m{
+		{Prefix: "mirror", User: "puller"},
+		{Prefix: "lib", Library: "library", User: "puller"},
+		{Prefix: "vendor", Library: "vendor", User: "puller"},
+		{Prefix: "127.0.0.1", Default: true, Insecure: true, TTL: 10 * time.Minute},
+		{Prefix: "docker.io", Library: "library"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("mirrors\n got %+v\nwant %+v", got, want)
+	}
+	for _, w := range [][2]string{
+		{"extensions.sync.credentialsFile", "copied"},
+		{"extensions.sync.registries[0].pollInterval", "not yet supported"},
+		{"extensions.sync.registries[0].maxRetries", "retries"},
+		{"extensions.sync.registries[0].content[0].prefix", "not a filter"},
+		{"extensions.sync.registries[0].content[2].tags", "tag filters"},
+		{"extensions.sync.registries[0].content[2]", "longer names under vendor/"},
+		{"extensions.sync.registries[0].content[1]", "access patterns see it as lib/library/<name>"},
+		{"extensions.sync.registries[1]", "default mirror"},
+		{"extensions.sync.registries[2]", "served under docker.io/ instead"},
+		{"extensions.sync.registries[2].syncTimeout", "not mapped"},
+	} {
+		if !a.warned(w[0], w[1]) {
+			t.Errorf("no warning %q on %s", w[1], w[0])
+		}
+	}
+	if a.warned("extensions.sync.registries[0].content[1]", "longer names") {
+		t.Error("/library/* stripped into lib/ maps one-component names only, yet warned about longer ones")
+	}
+}
+
+// TestOpenID: the OpenID provider with a credentials file, API keys,
+// GitHub (OAuth2, not mapped) and extensions without a counterpart.
+func TestOpenID(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "oidc-credentials.json", `{"clientid": "zot-client", "clientsecret": "zot-secret"}`)
+	a := adaptFixture(t, "openid.json", map[string]string{"@DIR@": dir, "@PORT@": "5005", "@ISSUER@": "https://id.example/dex"})
+	au := a.reg.Auth
+	o := au.OIDC
+	if o == nil || o.Issuer != "https://id.example/dex" || o.ClientID != "zot-client" || o.ClientSecret != "zot-secret" ||
+		o.ExternalURL != "http://127.0.0.1:5005" || o.UsernameClaim != "email" || !slices.Equal(o.Scopes, []string{"profile", "email", "groups"}) {
+		t.Errorf("oidc %+v", o)
+	}
+	if au.APIKeys == nil || time.Duration(au.FailDelay) != 5*time.Second || au.Realm != "zot" {
+		t.Errorf("auth %+v", au)
+	}
+	for _, w := range [][2]string{
+		{"http.auth.openid.providers.github", "OAuth2"},
+		{"http.auth.openid.providers.oidc.credentialsFile", "client secret"},
+		{"extensions.search", "not supported"},
+		{"extensions.ui", "not supported"},
+		{"storage.dedupe", "always on"},
+	} {
+		if !a.warned(w[0], w[1]) {
+			t.Errorf("no warning %q on %s", w[1], w[0])
+		}
+	}
+}
+
+// TestWarnings: every key that is not carried over is named.
+func TestWarnings(t *testing.T) {
+	for _, c := range []struct {
+		config, key, msg string
+	}{
+		{`{"storage":{"rootDirectory":"/x","rootDir":"/y"}}`, "storage.rootDir", "not a zot setting"},
+		{`{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/a"}}}}`, "storage.subPaths", "not yet supported"},
+		{`{"storage":{"rootDirectory":"/x","storageDriver":{"name":"s3","bucket":"b"}}}`, "storage.storageDriver", "not yet supported"},
+		{`{"storage":{"rootDirectory":"/x","retention":{"policies":[{"repositories":["**"]}]}}}`, "storage.retention", "not supported"},
+		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x"}}}}`, "http.auth.ldap", "not yet supported"},
+		{`{"http":{"auth":{"bearer":{"realm":"https://a/t","service":"s","cert":"/c.pem"}}}}`, "http.auth.bearer", "issuer"},
+		{`{"http":{"auth":{"apikey":true}}}`, "http.auth.apikey", "OpenID"},
+		{`{"http":{"ratelimit":{"rate":5}}}`, "http.ratelimit", "not mapped"},
+		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"}}}`, "http.tls.cacert", "does not sign"},
+		{`{"extensions":{"scrub":{"enable":true}}}`, "extensions.scrub", "not needed"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
+			"extensions.sync.registries[0].content[0].destination", "more than one name component"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"/repo2/repo","destination":"/repo","stripPrefix":true}]}]}}}`,
+			"extensions.sync.registries[0].content[0]", "as the local name repo alone"},
+		{`{"cluster":{"members":["a:1","b:1"]}}`, "cluster", "no counterpart"},
+		{`{"storage":{"rootDirectory":"/x"},"flavour":"vanilla"}`, "flavour", "not a zot setting"},
+		{`{"http":{"accessControl":{"adminPolicy":{"users":["a"]}}}}`, "http.accessControl.adminPolicy", "grants no actions"},
+		// zot keeps anonymousPolicy from signed-in users; here they have it too.
+		{`{"http":{"auth":{"htpasswd":{"path":"/h"}},"accessControl":{"repositories":{"**":{"anonymousPolicy":["read"]}}}}}`,
+			"http.accessControl.repositories.**.anonymousPolicy", "signed-in users get these actions too"},
+	} {
+		a := adaptString(t, c.config)
+		if !a.warned(c.key, c.msg) {
+			t.Errorf("%s: no warning %q on %s; got %v", c.config, c.msg, c.key, a.warnings)
+		}
+	}
+}
+
+// TestErrors: a value of the wrong type, or a zot action that does not
+// exist, stops adapting with the key's name.
+func TestErrors(t *testing.T) {
+	for _, c := range []struct{ config, want string }{
+		{`{"storage":{"gc":"yes"}}`, "storage.gc"},
+		{`{"storage":{"gcDelay":"soon"}}`, "storage.gcDelay"},
+		{`{"storage":"/var/lib/zot"}`, "storage"},
+		{`{"http":{"port":true}}`, "http.port"},
+		{`{"http":{"auth":{"failDelay":"5s"}}}`, "http.auth.failDelay"},
+		{`{"http":{"accessControl":{"repositories":{"**":{"defaultPolicy":["push"]}}}}}`, "http.accessControl.repositories.**.defaultPolicy"},
+		{`{"http":{"accessControl":{"repositories":{"**":{"policies":[{"users":"bob","actions":["read"]}]}}}}}`, "http.accessControl.repositories.**.policies[0].users"},
+		{`{"extensions":{"sync":{"registries":[{"urls":"https://r.example"}]}}}`, "extensions.sync.registries[0].urls"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["r.example"]}]}}}`, "extensions.sync.registries[0].urls[0]"},
+		{`{"log":{"level":"chatty"}}`, "log.level"},
+		{`{"storage":{"rootDirectory":"/a","RootDirectory":"/b"}}`, "the same key"},
+		{`{"storage":`, "zot config"},
+		{`[]`, "must be a JSON object"},
+	} {
+		_, _, err := caddyconfig.GetAdapter("zot").Adapt([]byte(c.config), nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one naming %s", c.config, err, c.want)
+		}
+	}
+}
+
+// TestEmptyAccessControl: accessControl without repositories allows
+// nothing in zot; it must not become an open registry.
+func TestEmptyAccessControl(t *testing.T) {
+	a := adaptString(t, `{"http":{"accessControl":{"groups":{"g":{"users":["u"]}}}}}`)
+	if a.reg.Auth == nil || len(a.reg.Auth.Repositories) != 1 || len(a.reg.Auth.Repositories["**"].Anonymous) != 0 {
+		t.Fatalf("auth %+v", a.reg.Auth)
+	}
+}
+
+// TestKeysAnyCase: zot reads keys without regard to case.
+func TestKeysAnyCase(t *testing.T) {
+	a := adaptString(t, `{"Storage":{"RootDirectory":"/srv/zot","GCDELAY":"3h"},"HTTP":{"Address":"0.0.0.0","Port":5000}}`)
+	if a.reg.Storage != "/srv/zot" || time.Duration(a.reg.GCGrace) != 3*time.Hour || !slices.Equal(a.listen, []string{"0.0.0.0:5000"}) {
+		t.Errorf("registry %+v listen %v", a.reg, a.listen)
+	}
+	if len(a.warnings) != 0 || a.reg.Auth != nil {
+		t.Errorf("warnings %v auth %+v", a.warnings, a.reg.Auth)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func writeFile(t *testing.T, dir, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,406 @@
+package zotadapter
+
+// extensions: sync becomes mirrors, metrics a metrics route; the rest
+// (search, UI, scrub, lint, trust, events) has no counterpart.
+//
+// zot's sync copies upstream repositories into local names: a content
+// entry picks upstream names by a glob (prefix), puts them under a
+// destination, and may strip the glob's literal part. An oci_registry
+// mirror serves `<prefix>/<upstream name>` for every upstream name, with
+// library_prefix put before one-component names. So:
+//   - destination "/d"                   -> mirror d (exact);
+//   - destination "/d", stripPrefix, "/lib/*" -> mirror d, library_prefix lib;
+//   - no destination, "/ns/**"           -> mirror ns, library_prefix ns;
+//   - no destination, "**"               -> the default mirror, named after
+//     the upstream's host, which takes every name not under a local prefix.
+// Where a name of more than one component after the prefix would lose
+// its library prefix, or the glob filtered names, a warning says so.
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+	"github.com/caddyserver/caddy/v2/modules/metrics"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/caddymodule"
+)
+
+func (a *adapter) extensions(o *object) error {
+	if s, err := o.sub("sync"); err != nil {
+		return err
+	} else if s != nil {
+		if err := a.sync(s); err != nil {
+			return err
+		}
+		s.rest()
+	}
+	if m, err := o.sub("metrics"); err != nil {
+		return err
+	} else if m != nil {
+		if err := a.metrics(m); err != nil {
+			return err
+		}
+		m.rest()
+	}
+	if k, err := o.sub("apikey"); err != nil {
+		return err
+	} else if k != nil {
+		on, err := k.boolean("enable", false)
+		if err != nil {
+			return err
+		}
+		a.apiKeys = a.apiKeys || on
+		k.rest()
+	}
+	o.unsupported("search", "not supported: no search or CVE API (/v2/_zot/ext/search)")
+	o.unsupported("ui", "not supported: no web UI (sign-in and API keys are at /_oci/auth/ with OpenID)")
+	o.unsupported("scrub", "not needed: every blob is checked against its digest when written")
+	o.unsupported("lint", "not supported: manifests are not checked for annotations")
+	o.unsupported("trust", "not supported: signatures are stored as referrers but not verified")
+	o.unsupported("events", "not supported: no event sinks")
+	o.unsupported("mgmt", "not supported")
+	return nil
+}
+
+// syncCreds is zot's sync credentials file: registry address -> login.
+type syncCreds map[string]struct{ Username, Password string }
+
+func (a *adapter) sync(s *object) error {
+	enable, err := s.boolean("enable", true)
+	if err != nil {
+		return err
+	}
+	if !enable {
+		s.ignore("registries", "credentialsFile", "downloadDir")
+		return nil
+	}
+	var creds syncCreds
+	cf, err := s.str("credentialsFile")
+	if err != nil {
+		return err
+	}
+	if cf != "" {
+		data, err := os.ReadFile(cf)
+		if err != nil {
+			return fmt.Errorf("extensions.sync.credentialsFile: %w", err)
+		}
+		if err := json.Unmarshal(data, &creds); err != nil {
+			return fmt.Errorf("extensions.sync.credentialsFile: %s: %w", cf, err)
+		}
+		a.warn("extensions.sync.credentialsFile", "upstream passwords are copied into the adapted config: keep its output as private as "+cf)
+	}
+	s.unsupported("downloadDir", "not needed: mirrored content goes straight into the store")
+	regs, err := s.list("registries")
+	if err != nil {
+		return err
+	}
+	for _, r := range regs {
+		if err := a.syncRegistry(r, creds); err != nil {
+			return err
+		}
+		r.rest()
+	}
+	a.localPrefixes()
+	return nil
+}
+
+func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
+	urls, err := r.strings("urls")
+	if err != nil {
+		return err
+	}
+	if len(urls) == 0 {
+		return fmt.Errorf("%s: needs at least one URL", r.at("urls"))
+	}
+	base := caddymodule.Mirror{Upstreams: urls}
+	first, err := url.Parse(urls[0])
+	if err != nil || (first.Scheme != "http" && first.Scheme != "https") || first.Host == "" {
+		return fmt.Errorf("%s: %q is not an http(s) URL", r.at("urls[0]"), urls[0])
+	}
+	if c, ok := creds[first.Host]; ok {
+		base.Username, base.Password = c.Username, c.Password
+	}
+	verify, err := r.boolean("tlsVerify", true)
+	if err != nil {
+		return err
+	}
+	base.InsecureSkipVerify = !verify
+	certDir, err := r.str("certDir")
+	if err != nil {
+		return err
+	}
+	if certDir != "" {
+		if _, err := os.Stat(filepath.Join(certDir, "ca.crt")); err == nil {
+			base.CAFile = filepath.Join(certDir, "ca.crt")
+		}
+		if _, err := os.Stat(filepath.Join(certDir, "client.cert")); err == nil {
+			a.warn(r.at("certDir"), "client certificates for the upstream are not supported; only ca.crt is used")
+		}
+	}
+	if d, ok, err := r.duration("manifestCheckInterval"); err != nil {
+		return err
+	} else if ok && d > 0 {
+		base.TagTTL = caddy.Duration(d)
+	}
+	onDemand, err := r.boolean("onDemand", false)
+	if err != nil {
+		return err
+	}
+	_, hasPoll, err := r.duration("pollInterval")
+	if err != nil {
+		return err
+	}
+	switch {
+	case hasPoll:
+		a.warn(r.at("pollInterval"), "scheduled sync is not yet supported: images are fetched from upstream when first pulled")
+	case !onDemand:
+		a.warn(r.at("onDemand"), "false, but images are fetched from upstream when first pulled here (the only sync there is)")
+	}
+	if pd, err := r.boolean("preserveDigest", true); err != nil {
+		return err
+	} else if !pd {
+		a.warn(r.at("preserveDigest"), "note: manifests are always kept byte for byte, so digests always equal upstream's")
+	}
+	r.unsupported("onlySigned", "not supported: signatures are not checked, unsigned images are served too")
+	r.unsupported("maxRetries", "the mirror retries on its own terms; not configurable")
+	r.unsupported("retryDelay", "the mirror retries on its own terms; not configurable")
+	r.unsupported("maxRetryDelay", "the mirror retries on its own terms; not configurable")
+	r.unsupported("syncTimeout", "not mapped: set the mirror's dial_timeout, response_header_timeout and stall_timeout")
+	r.unsupported("reqConcurrent", "not mapped: the mirror's max_concurrent_fills limits blob transfers")
+	r.unsupported("reqPerSec", "not supported")
+	r.unsupported("disableHTTP2", "not supported")
+	r.unsupported("maxIdleConnsPerHost", "not supported")
+	r.unsupported("credentialHelper", "not supported: give the credentials in credentialsFile")
+	r.unsupported("oauth2CredentialHelper", "not supported: give the credentials in credentialsFile")
+	r.ignore("syncLegacyCosignTags") // tags, legacy signature tags included, pass through from upstream
+
+	contents, err := r.list("content")
+	if err != nil {
+		return err
+	}
+	if len(contents) == 0 {
+		return a.addMirror(r.path, base, "**", "", false, first.Hostname())
+	}
+	for _, c := range contents {
+		prefix, err := c.str("prefix")
+		if err != nil {
+			return err
+		}
+		dest, err := c.str("destination")
+		if err != nil {
+			return err
+		}
+		strip, err := c.boolean("stripPrefix", false)
+		if err != nil {
+			return err
+		}
+		c.unsupported("tags", "tag filters are not applied: every tag of a mirrored repository can be pulled")
+		if err := a.addMirror(c.path, base, prefix, dest, strip, first.Hostname()); err != nil {
+			return err
+		}
+		c.rest()
+	}
+	return nil
+}
+
+// addMirror adds the mirror that serves one content entry (prefix glob,
+// destination, stripPrefix) of a registry whose first URL's host is host.
+func (a *adapter) addMirror(at string, base caddymodule.Mirror, glob, dest string, strip bool, host string) error {
+	glob = strings.Trim(glob, "/")
+	if glob == "" {
+		glob = "**"
+	}
+	lit, rest := splitGlob(glob)
+	dest = strings.Trim(dest, "/")
+	m := base
+	var remainder string // what follows the mirror's prefix in local names
+	switch {
+	case strings.Contains(dest, "/"):
+		a.warn(at+".destination", "a destination of more than one name component cannot be a mirror prefix here; this content is not mirrored")
+		return nil
+	case dest != "" && !strip:
+		m.Prefix, remainder = dest, glob
+	case dest != "" && strip:
+		m.Prefix, m.LibraryPrefix, remainder = dest, lit, rest
+	case !strip && lit == "":
+		m.Default, remainder = true, glob
+	case !strip:
+		first, after, _ := strings.Cut(lit, "/")
+		m.Prefix, m.LibraryPrefix = first, first
+		remainder = strings.Trim(after+"/"+rest, "/")
+	default: // stripPrefix without destination: names at the root
+		m.Default, m.LibraryPrefix, remainder = true, lit, rest
+	}
+	if remainder == "" {
+		local := dest
+		if !strip {
+			local = strings.Trim(dest+"/"+lit, "/")
+		}
+		a.warn(at, fmt.Sprintf("serves upstream %s as the local name %s alone, which cannot be a mirrored name here (mirrored names are <prefix>/<name>); this content is not mirrored", glob, local))
+		return nil
+	}
+	if m.LibraryPrefix == "" && mirrorPrefix(host) == "docker.io" {
+		// zot's sync client asks Docker Hub for library/<name> when a
+		// name has one component, as Docker Hub needs.
+		m.LibraryPrefix = "library"
+	}
+	if m.Default {
+		m.Prefix = mirrorPrefix(host)
+		if slices.ContainsFunc(a.reg.Mirrors, func(o *caddymodule.Mirror) bool { return o.Default }) {
+			m.Default = false
+			a.warn(at, fmt.Sprintf("only one upstream can serve names without a prefix here; this one is served under %s/ instead", m.Prefix))
+		} else {
+			a.warn(at, fmt.Sprintf("names without a prefix are pulled from this upstream as %s/<name> (the default mirror): access patterns see them as %s/..., and they cannot be pushed; pushes go under a local prefix (local_prefixes)", m.Prefix, m.Prefix))
+		}
+	}
+	if !authscope.ValidName(m.Prefix) || strings.Contains(m.Prefix, "/") {
+		a.warn(at, fmt.Sprintf("%q cannot be a mirror prefix (one lower-case name component); this content is not mirrored", m.Prefix))
+		return nil
+	}
+	if slices.ContainsFunc(a.reg.Mirrors, func(o *caddymodule.Mirror) bool { return o.Prefix == m.Prefix }) {
+		a.warn(at, fmt.Sprintf("the prefix %s is already mirrored from another upstream; this content is not mirrored", m.Prefix))
+		return nil
+	}
+	if m.LibraryPrefix != "" {
+		msg := fmt.Sprintf("%s/<name> is fetched from upstream as %s/<name>, and access patterns see it as %s/%s/<name>", m.Prefix, m.LibraryPrefix, m.Prefix, m.LibraryPrefix)
+		if strings.Contains(remainder, "/") || strings.Contains(remainder, "**") {
+			msg += fmt.Sprintf("; only one-component names get %s/: longer names under %s/ are fetched as they are", m.LibraryPrefix, m.Prefix)
+		}
+		a.warn(at, msg)
+	}
+	if remainder != "**" {
+		a.warn(at+".prefix", fmt.Sprintf("is not a filter here: every repository of the upstream can be pulled under %s/", m.Prefix))
+	}
+	a.reg.Mirrors = append(a.reg.Mirrors, &m)
+	return nil
+}
+
+// localPrefixes keeps the namespaces that access rules name local when a
+// mirror is the default: in zot, pushed and synced repositories live side
+// by side, while here a name is either local or the default mirror's.
+func (a *adapter) localPrefixes() {
+	def := slices.IndexFunc(a.reg.Mirrors, func(m *caddymodule.Mirror) bool { return m.Default })
+	if def < 0 || a.reg.Auth == nil {
+		return
+	}
+	var local []string
+	for pat := range a.reg.Auth.Repositories {
+		first, _, _ := strings.Cut(pat, "/")
+		if strings.ContainsAny(first, "*?[{\\") || slices.Contains(local, first) ||
+			slices.ContainsFunc(a.reg.Mirrors, func(m *caddymodule.Mirror) bool { return m.Prefix == first }) {
+			continue
+		}
+		local = append(local, first)
+	}
+	slices.Sort(local)
+	if len(local) > 0 {
+		a.reg.LocalPrefixes = local
+		a.warn("extensions.sync", "the namespaces access rules name ("+strings.Join(local, ", ")+") stay local and take pushes; every other name without a prefix goes to the default mirror "+a.reg.Mirrors[def].Prefix)
+	}
+}
+
+// splitGlob splits a glob into its literal leading components and the
+// rest: "repo3/**" -> "repo3", "**".
+func splitGlob(glob string) (lit, rest string) {
+	parts := strings.Split(glob, "/")
+	i := 0
+	for i < len(parts) && !strings.ContainsAny(parts[i], "*?[{\\") {
+		i++
+	}
+	return strings.Join(parts[:i], "/"), strings.Join(parts[i:], "/")
+}
+
+// mirrorPrefix names a mirror after its upstream's host, as clients name
+// the registry: Docker Hub's hosts are docker.io.
+func mirrorPrefix(host string) string {
+	host = strings.ToLower(host)
+	switch host {
+	case "registry-1.docker.io", "index.docker.io", "registry.hub.docker.com":
+		return "docker.io"
+	}
+	return host
+}
+
+// metrics serves Caddy's Prometheus metrics (the registry's among them)
+// at zot's path, to whom zot's accessControl.metrics allows.
+func (a *adapter) metrics(m *object) error {
+	on, err := m.boolean("enable", false)
+	if err != nil {
+		return err
+	}
+	path := "/metrics"
+	if p, err := m.sub("prometheus"); err != nil {
+		return err
+	} else if p != nil {
+		if s, err := p.str("path"); err != nil {
+			return err
+		} else if s != "" {
+			path = s
+		}
+		p.rest()
+	}
+	if !on {
+		return nil
+	}
+	route := caddyhttp.Route{
+		MatcherSetsRaw: caddyhttp.RawMatcherSets{{"path": caddyconfig.JSON(caddyhttp.MatchPath{path}, &a.warnings)}},
+	}
+	au := a.reg.Auth
+	signIn := au != nil && (au.Htpasswd != "" || au.Token != nil || au.OIDC != nil || au.Workload != nil)
+	open := !signIn && !a.hasAccessControl || a.hasAccessControl && a.metricsAnon
+	if !open {
+		users := a.metricsUsers
+		if !a.hasAccessControl {
+			users = nil // every signed-in user, as in zot
+		}
+		accounts, err := a.htpasswdAccounts(users, !a.hasAccessControl)
+		if err != nil {
+			return err
+		}
+		if len(accounts) == 0 {
+			a.warn("extensions.metrics", "only htpasswd users can be let in to "+path+" here, and none may; it is not served (metrics stay on Caddy's admin endpoint, /metrics)")
+			return nil
+		}
+		basic := caddyauth.HTTPBasicAuth{AccountList: accounts, Realm: au.Realm}
+		route.HandlersRaw = append(route.HandlersRaw, caddyconfig.JSONModuleObject(caddyauth.Authentication{
+			ProvidersRaw: caddy.ModuleMap{"http_basic": caddyconfig.JSON(basic, &a.warnings)},
+		}, "handler", "authentication", &a.warnings))
+		if au.OIDC != nil || au.Token != nil || au.Workload != nil {
+			a.warn("extensions.metrics", path+" takes htpasswd users only (their password hashes are copied into the adapted config)")
+		}
+	}
+	route.HandlersRaw = append(route.HandlersRaw, caddyconfig.JSONModuleObject(metrics.Metrics{}, "handler", "metrics", &a.warnings))
+	a.before = append(a.before, route)
+	return nil
+}
+
+// htpasswdAccounts reads the users (all with every) of the htpasswd file
+// for Caddy's basic_auth.
+func (a *adapter) htpasswdAccounts(users []string, every bool) ([]caddyauth.Account, error) {
+	if a.htpasswd == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(a.htpasswd)
+	if err != nil {
+		return nil, fmt.Errorf("http.auth.htpasswd.path: %w", err)
+	}
+	var out []caddyauth.Account
+	for _, line := range strings.Split(string(data), "\n") {
+		user, hash, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || strings.HasPrefix(user, "#") || !(every || slices.Contains(users, user)) {
+			continue
+		}
+		out = append(out, caddyauth.Account{Username: user, Password: hash})
+	}
+	return out, nil
+}

@@ -1,0 +1,388 @@
+package zotadapter
+
+// The acceptance tests: Caddy runs the adapted config in-process, and
+// clients check over real HTTP that it does what the zot config says.
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcr "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
+	_ "github.com/caddy-oci/caddy-oci/caddymodule"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func writeHtpasswd(t *testing.T, dir string, users map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	for u, pw := range users {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(u + ":" + string(h) + "\n")
+	}
+	writeFile(t, dir, "htpasswd", b.String())
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
+
+// serve runs an adapted config in this process, with the admin API off
+// so that tests do not fight over its port.
+func serve(t *testing.T, a adapted) {
+	t.Helper()
+	a.cfg.Admin = &caddy.AdminConfig{Disabled: true}
+	cfg, err := json.Marshal(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("caddy.Load: %v\n%s", err, cfg)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+}
+
+// upstream is go-containerregistry's registry on loopback.
+func upstream(t *testing.T) string {
+	t.Helper()
+	s := httptest.NewServer(ggcr.New(ggcr.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(s.Close)
+	return s.URL
+}
+
+func ref(t *testing.T, host, repoTag string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(host+"/"+repoTag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func push(t *testing.T, host, repoTag string, auth authn.Authenticator) (v1.Image, error) {
+	t.Helper()
+	img, err := random.Image(512, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, remote.Write(ref(t, host, repoTag), img, remote.WithAuth(auth))
+}
+
+func digestOf(t *testing.T, img v1.Image) v1.Hash {
+	t.Helper()
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// status is the HTTP status of a go-containerregistry error, 0 for none.
+func status(err error) int {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return te.StatusCode
+	}
+	return 0
+}
+
+// TestHomelabServes is the three-tier homelab from zot: anonymous read,
+// a CI user who pushes new tags, admins who may do everything, a mirror
+// of another registry, metrics for root, and the audit log in its file.
+func TestHomelabServes(t *testing.T) {
+	up := upstream(t)
+	upHost := strings.TrimPrefix(up, "http://")
+	tool, err := push(t, upHost, "team/tool:1", authn.Anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeHtpasswd(t, dir, map[string]string{"ci": "ci-pw", "root": "root-pw"})
+	port := freePort(t)
+	serve(t, adaptFixture(t, "homelab.json", map[string]string{"@DIR@": dir, "@PORT@": port, "@UPSTREAM@": up}))
+	host := "127.0.0.1:" + port
+	ci := &authn.Basic{Username: "ci", Password: "ci-pw"}
+	root := &authn.Basic{Username: "root", Password: "root-pw"}
+
+	if _, err := push(t, host, "apps/web:1", authn.Anonymous); status(err) != http.StatusUnauthorized {
+		t.Fatalf("anonymous push: %v, want 401", err)
+	}
+	if _, err := push(t, host, "apps/web:1", &authn.Basic{Username: "ci", Password: "wrong"}); status(err) != http.StatusUnauthorized {
+		t.Fatalf("push with a wrong password: %v, want 401", err)
+	}
+	web, err := push(t, host, "apps/web:1", ci)
+	if err != nil {
+		t.Fatalf("CI push: %v", err)
+	}
+	got, err := remote.Image(ref(t, host, "apps/web:1"))
+	if err != nil || digestOf(t, got) != digestOf(t, web) {
+		t.Fatalf("anonymous pull: %v", err)
+	}
+	// create, not update: CI may not move a tag, nor delete.
+	if _, err := push(t, host, "apps/web:1", ci); status(err) != http.StatusForbidden {
+		t.Fatalf("CI moving a tag: %v, want 403", err)
+	}
+	byDigest, _ := name.NewDigest(host+"/apps/web@"+digestOf(t, web).String(), name.Insecure)
+	if err := remote.Delete(byDigest, remote.WithAuth(ci)); status(err) != http.StatusForbidden {
+		t.Fatalf("CI delete: %v, want 403", err)
+	}
+	if _, err := push(t, host, "apps/web:1", root); err != nil {
+		t.Fatalf("admin moving a tag: %v", err)
+	}
+	if err := remote.Delete(byDigest, remote.WithAuth(root)); err != nil {
+		t.Fatalf("admin delete: %v", err)
+	}
+	if _, err := remote.Image(byDigest); status(err) != http.StatusNotFound {
+		t.Fatalf("deleted manifest: %v, want 404", err)
+	}
+
+	// The mirror: zot's content {prefix **, destination /hub}.
+	mirrored, err := remote.Image(ref(t, host, "hub/team/tool:1"))
+	if err != nil || digestOf(t, mirrored) != digestOf(t, tool) {
+		t.Fatalf("pull through the mirror: %v", err)
+	}
+	if _, err := push(t, host, "hub/team/tool:2", root); err == nil {
+		t.Fatal("push into the mirror accepted")
+	}
+
+	// Metrics: root only, as accessControl.metrics says.
+	get := func(user, pw string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/metrics", nil)
+		if user != "" {
+			req.SetBasicAuth(user, pw)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("", ""); code != http.StatusUnauthorized {
+		t.Errorf("anonymous /metrics: %d", code)
+	}
+	if code, _ := get("ci", "ci-pw"); code != http.StatusUnauthorized {
+		t.Errorf("ci /metrics: %d", code)
+	}
+	if code, body := get("root", "root-pw"); code != http.StatusOK || !strings.Contains(body, "caddy_oci_requests_total") {
+		t.Errorf("root /metrics: %d", code)
+	}
+
+	// log.audit: pushes and denials went to the audit file, not the main log.
+	audit, err := os.ReadFile(filepath.Join(dir, "zot-audit.log"))
+	if err != nil || !bytes.Contains(audit, []byte(`"ci"`)) {
+		t.Errorf("audit log: %v %s", err, audit)
+	}
+	if main, err := os.ReadFile(filepath.Join(dir, "zot.log")); err != nil || bytes.Contains(main, []byte(`"logger":"audit"`)) {
+		t.Errorf("main log: %v, or it holds audit events", err)
+	}
+}
+
+// TestSyncServes: zot's on-demand sync of several registries, each
+// content entry pulled through its mirror. lib/alpine and vendor/tool rely
+// on library_prefix applying to a prefixed one-component name
+// (lib/alpine -> upstream library/alpine), issue 13's newcomer fix.
+func TestSyncServes(t *testing.T) {
+	up1, up2 := upstream(t), upstream(t)
+	h1, h2 := strings.TrimPrefix(up1, "http://"), strings.TrimPrefix(up2, "http://")
+	want := map[string]v1.Image{}
+	for local, upstreamName := range map[string]string{
+		"mirror/team/a:1": h1 + "/team/a:1",         // destination /mirror
+		"lib/alpine:3":    h1 + "/library/alpine:3", // /library/* stripped into /lib
+		"vendor/tool:1":   h1 + "/vendor/tool:1",    // /vendor/** at its own name
+		"other/img:1":     h2 + "/other/img:1",      // no content: the default mirror
+	} {
+		host, repo, _ := strings.Cut(upstreamName, "/")
+		img, err := push(t, host, repo, authn.Anonymous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[local] = img
+	}
+	dir := t.TempDir()
+	writeFile(t, dir, "sync-credentials.json", `{}`)
+	port := freePort(t)
+	serve(t, adaptFixture(t, "sync.json", map[string]string{"@DIR@": dir, "@PORT@": port, "@UPSTREAM@": up1, "@UPSTREAM2@": up2}))
+	host := "127.0.0.1:" + port
+	for local, img := range want {
+		got, err := remote.Image(ref(t, host, local))
+		if err != nil {
+			t.Errorf("pull %s: %v", local, err)
+			continue
+		}
+		if digestOf(t, got) != digestOf(t, img) {
+			t.Errorf("pull %s: another image", local)
+		}
+	}
+	// Names without a prefix belong to the default mirror: no pushes, as
+	// the adapter warned.
+	if _, err := push(t, host, "mine/app:1", authn.Anonymous); err == nil {
+		t.Error("push to a name of the default mirror accepted")
+	}
+}
+
+// TestOpenIDServes: sign in at an OpenID provider as zot's config names
+// it (credentials file, email as the user name, groups from the
+// provider), make an API key, and push with it as a member of ci.
+func TestOpenIDServes(t *testing.T) {
+	p := oidctest.New(t, "alice", "ci")
+	p.SetMutate(func(c map[string]any) { c["email"] = "alice@homelab.example" })
+	dir := t.TempDir()
+	writeHtpasswd(t, dir, map[string]string{"bob": "bob-pw"})
+	writeFile(t, dir, "oidc-credentials.json", `{"clientid":"`+oidctest.ClientID+`","clientsecret":"`+oidctest.ClientSecret+`"}`)
+	port := freePort(t)
+	serve(t, adaptFixture(t, "openid.json", map[string]string{"@DIR@": dir, "@PORT@": port, "@ISSUER@": p.Issuer()}))
+	base := "http://127.0.0.1:" + port
+
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.Get(base + "/_oci/auth/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "alice@homelab.example") {
+		t.Fatalf("sign-in: %d %s", resp.StatusCode, body)
+	}
+	resp, err = c.Get(base + "/_oci/auth/session")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess struct {
+		CSRF string `json:"csrf_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&sess)
+	resp.Body.Close()
+	req, _ := http.NewRequest(http.MethodPost, base+"/_oci/auth/apikeys", strings.NewReader(`{"label":"ci"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	req.Header.Set("Origin", base)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct{ Key string }
+	_ = json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || created.Key == "" {
+		t.Fatalf("API key: %d", resp.StatusCode)
+	}
+
+	host := "127.0.0.1:" + port
+	key := &authn.Basic{Username: "alice", Password: created.Key}
+	if _, err := push(t, host, "apps/api:1", key); err != nil {
+		t.Fatalf("push with the key of a ci member: %v", err)
+	}
+	if _, err := remote.Image(ref(t, host, "apps/api:1")); err != nil {
+		t.Fatalf("anonymous pull: %v", err)
+	}
+	// bob (htpasswd) is signed in but in no group: defaultPolicy read only.
+	if _, err := push(t, host, "apps/api:2", &authn.Basic{Username: "bob", Password: "bob-pw"}); status(err) != http.StatusForbidden {
+		t.Fatalf("push by bob: %v, want 403", err)
+	}
+}
+
+// TestTLSServes: zot's http.tls with cacert and no other way to sign in:
+// the server presents its certificate and, as zot does, requires a client
+// certificate that the CA signed.
+func TestTLSServes(t *testing.T) {
+	dir := t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	issue := func(serial int64, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "leaf"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb, _ := x509.MarshalECPrivateKey(k)
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
+	}
+	srvCert, srvKey := issue(2, x509.ExtKeyUsageServerAuth)
+	cliCert, cliKey := issue(3, x509.ExtKeyUsageClientAuth)
+	writeFile(t, dir, "server.cert", string(srvCert))
+	writeFile(t, dir, "server.key", string(srvKey))
+	writeFile(t, dir, "ca.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})))
+	port := freePort(t)
+	cfg := `{"storage":{"rootDirectory":"` + dir + `/zot"},"http":{"address":"127.0.0.1","port":"` + port + `",
+		"tls":{"cert":"` + dir + `/server.cert","key":"` + dir + `/server.key","cacert":"` + dir + `/ca.crt"}}}`
+	serve(t, adaptString(t, cfg))
+
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	get := func(certs []tls.Certificate) (*http.Response, error) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}}}
+		return c.Get("https://127.0.0.1:" + port + "/v2/")
+	}
+	if resp, err := get(nil); err == nil {
+		resp.Body.Close()
+		t.Fatalf("no client certificate: %d, want a refused handshake", resp.StatusCode)
+	}
+	pair, err := tls.X509KeyPair(cliCert, cliKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := get([]tls.Certificate{pair})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("with a client certificate: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,10 @@
+// Package caddyoci is what `xcaddy build --with github.com/caddy-oci/caddy-oci`
+// plugs into Caddy: xcaddy imports a plugin's module path as a package, so
+// this package brings in the modules (oci_registry, oci_front, the oci app)
+// and the zot config adapter.
+package caddyoci
+
+import (
+	_ "github.com/caddy-oci/caddy-oci/caddymodule"
+	_ "github.com/caddy-oci/caddy-oci/caddymodule/zotadapter"
+)
