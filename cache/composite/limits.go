@@ -8,7 +8,9 @@ import (
 
 // limitsBox holds the upload limits, set at provision and on reload while
 // requests read them.
-type limitsBox struct{ v atomic.Pointer[cache.UploadLimits] }
+type limitsBox struct {
+	v atomic.Pointer[cache.UploadLimits]
+}
 
 func (b *limitsBox) get() cache.UploadLimits {
 	if l := b.v.Load(); l != nil {
