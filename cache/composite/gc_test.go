@@ -207,4 +207,3 @@ func TestManifests(t *testing.T) {
 		}
 	})
 }
-
