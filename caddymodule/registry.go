@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -57,6 +58,18 @@ type Registry struct {
 	// max_blob_size, max_upload_bytes, upload_idle_timeout) are those of
 	// the handler built last, as after a reload.
 	Storage string `json:"storage,omitempty"`
+
+	// StorageS3 keeps blobs in an S3-compatible bucket instead of the
+	// Storage folder (Caddyfile: `storage s3 { ... }`). It needs
+	// MetadataPostgres: the two are what several replicas share. Values
+	// may be placeholders such as {env.S3_SECRET_KEY}.
+	StorageS3 *s3.Config `json:"storage_s3,omitempty"`
+	// MetadataPostgres is the PostgreSQL database (a postgres:// URL or
+	// key=value DSN, e.g. {env.DATABASE_URL}) that holds everything but
+	// blob bytes: repositories, tags, manifests, links, upload sessions,
+	// API keys, sign-in sessions and the leases replicas coordinate by
+	// (Caddyfile: `metadata postgres <dsn>`).
+	MetadataPostgres string `json:"metadata_postgres,omitempty"`
 
 	// StorageReserve is free space, in bytes, that new content leaves on
 	// the storage's filesystem: pushed blobs and chunks, manifests and
@@ -288,6 +301,9 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 
 // Validate checks the config without touching the store.
 func (rg *Registry) Validate() error {
+	if err := rg.validateScaleOut(); err != nil {
+		return err
+	}
 	if rg.MaxManifestSize < 0 {
 		return fmt.Errorf("max_manifest_size must not be negative: %d", rg.MaxManifestSize)
 	}
