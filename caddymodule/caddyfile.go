@@ -71,8 +71,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		case "storage":
 			args := d.RemainingArgs()
-			if len(args) == 1 && args[0] == "s3" && d.NextBlock(1) {
-				d.Prev() // unmarshalS3 reads the block from its first line
+			if len(args) == 1 && args[0] == "s3" && opensBlock(d) {
 				cfg, err := unmarshalS3(d)
 				if err != nil {
 					return err

@@ -196,6 +196,7 @@ type Registry struct {
 	dir     string // absolute, cleaned Storage: the key in stores
 	metaDir string // absolute MetadataDir, or empty
 	store   *sharedStore
+	cluster *sharedCluster // instead of store with StorageS3 + MetadataPostgres
 	live    *liveHandler
 	metrics *metricsObserver
 	logger  *zap.Logger
@@ -222,47 +223,19 @@ func (Registry) CaddyModule() caddy.ModuleInfo {
 func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.logger = ctx.Logger()
 	rg.live = new(liveHandler)
-
-	storage := rg.Storage
-	if storage == "" {
-		storage = filepath.Join(caddy.AppDataDir(), "oci")
-	}
-	dir, err := filepath.Abs(storage)
-	if err != nil {
-		return fmt.Errorf("storage %q: %w", storage, err)
-	}
-	rg.dir = filepath.Clean(dir)
-	if rg.MetadataDir != "" {
-		if rg.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
-			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
-		}
-	}
+	var err error
 	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
 	if err != nil {
 		return err
 	}
-
-	opts := cache.Options{
-		Dir:           rg.dir,
-		MetadataDir:   rg.metaDir,
-		Reserve:       rg.reserve(),
-		SpaceObserver: rg.metrics,
-		UploadTTL:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
-		GCGrace:       orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
-		GCInterval:    orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
-		Logger:        rg.logger.Named("store").With(zap.String("storage", rg.dir)),
-	}
-	opts.GCFullInterval = orDefault(time.Duration(rg.GCFullInterval), cache.DefaultGCFullInterval)
-	if opts.GCInterval < 0 {
-		opts.GCInterval = 0 // cache.Options: zero disables the loop
-	}
-	rg.store, err = acquireStore(opts)
-	if err != nil {
+	records := func() (authRecords, error) { return rg.store.open() }
+	if rg.scaledOut() {
+		if err := rg.provisionCluster(); err != nil {
+			return err
+		}
+		records = rg.cluster.records
+	} else if err := rg.provisionStore(); err != nil {
 		return err
-	}
-	if !rg.store.opts.sameSettings(opts) {
-		rg.logger.Warn("storage already open with other settings; they apply after a restart",
-			zap.String("storage", rg.dir))
 	}
 
 	// The oci app opens the store and builds the handler (which applies
@@ -292,9 +265,76 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if rg.Auth != nil {
-		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.store.open, rg.logger); err != nil {
+		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), records, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
+	}
+	return nil
+}
+
+// provisionCluster takes a reference to the scaled-out store of the
+// bucket and database (opened on first use).
+func (rg *Registry) provisionCluster() error {
+	if err := rg.validateScaleOut(); err != nil {
+		return err
+	}
+	s3cfg, dsn, err := rg.expandScaleOut()
+	if err != nil {
+		return err
+	}
+	gcEvery := orDefault(time.Duration(rg.GCInterval), DefaultGCInterval)
+	c := &sharedCluster{
+		s3: s3cfg, dsn: dsn,
+		ttl:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
+		grace:   orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
+		gcEvery: max(gcEvery, 0),
+	}
+	rg.cluster, rg.dir, err = acquireCluster(c)
+	if err != nil {
+		return err
+	}
+	c.logger = rg.logger.Named("store").With(zap.String("storage", rg.dir))
+	return nil
+}
+
+// provisionStore takes a reference to the shared store of the storage
+// folder (without opening it).
+func (rg *Registry) provisionStore() error {
+	storage := rg.Storage
+	if storage == "" {
+		storage = filepath.Join(caddy.AppDataDir(), "oci")
+	}
+	dir, err := filepath.Abs(storage)
+	if err != nil {
+		return fmt.Errorf("storage %q: %w", storage, err)
+	}
+	rg.dir = filepath.Clean(dir)
+	if rg.MetadataDir != "" {
+		if rg.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
+			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
+		}
+	}
+	opts := cache.Options{
+		Dir:           rg.dir,
+		MetadataDir:   rg.metaDir,
+		Reserve:       rg.reserve(),
+		SpaceObserver: rg.metrics,
+		UploadTTL:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
+		GCGrace:       orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
+		GCInterval:    orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
+		Logger:        rg.logger.Named("store").With(zap.String("storage", rg.dir)),
+	}
+	opts.GCFullInterval = orDefault(time.Duration(rg.GCFullInterval), cache.DefaultGCFullInterval)
+	if opts.GCInterval < 0 {
+		opts.GCInterval = 0 // cache.Options: zero disables the loop
+	}
+	rg.store, err = acquireStore(opts)
+	if err != nil {
+		return err
+	}
+	if !rg.store.opts.sameSettings(opts) {
+		rg.logger.Warn("storage already open with other settings; they apply after a restart",
+			zap.String("storage", rg.dir))
 	}
 	return nil
 }
@@ -330,6 +370,9 @@ func (rg *Registry) Validate() error {
 			return fmt.Errorf("auth: %w", err)
 		}
 	}
+	if rg.scaledOut() {
+		return nil // no folder of ours to check
+	}
 	if err := cache.CheckMetadataDir(rg.dir, rg.metaDir); err != nil {
 		return fmt.Errorf("metadata_dir: %w", err)
 	}
@@ -342,6 +385,10 @@ func (rg *Registry) Validate() error {
 // Cleanup drops this config's reference to the store; the last reference
 // closes it.
 func (rg *Registry) Cleanup() error {
+	if rg.cluster != nil {
+		_, err := clusters.Delete(rg.dir)
+		return err
+	}
 	if rg.store == nil {
 		return nil
 	}
@@ -391,9 +438,20 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if h := rg.live.h.Load(); h != nil {
 		return h, nil
 	}
-	st, err := rg.store.open()
-	if err != nil {
-		return nil, err
+	var st registry.Store
+	var local *cache.Store // the mirror cache limit applies to it only
+	if rg.cluster != nil {
+		cs, _, err := rg.cluster.open()
+		if err != nil {
+			return nil, err
+		}
+		st = cs
+	} else {
+		fs, err := rg.store.open()
+		if err != nil {
+			return nil, err
+		}
+		st, local = fs, fs
 	}
 	h, err := registry.NewHandler(registry.Config{
 		Store:           st,
@@ -410,7 +468,9 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	rg.setMirrorCache(st, h)
+	if local != nil {
+		rg.setMirrorCache(local, h)
+	}
 	rg.live.h.Store(h)
 	return h, nil
 }

@@ -12,7 +12,10 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/cache/composite"
+	"github.com/caddy-oci/caddy-oci/registry"
 )
 
 // unmarshalS3 parses the block of `storage s3`:
@@ -69,6 +72,19 @@ func unmarshalS3(d *caddyfile.Dispenser) (*s3.Config, error) {
 		return nil, d.Err("storage s3: bucket is required")
 	}
 	return cfg, nil
+}
+
+// opensBlock reports whether a block follows on the current line,
+// without consuming anything: `storage s3 { ... }` is the bucket,
+// `storage s3` alone a folder named s3.
+func opensBlock(d *caddyfile.Dispenser) bool {
+	line := d.Line()
+	if !d.Next() {
+		return false
+	}
+	open := d.Val() == "{" && d.Line() == line
+	d.Prev()
+	return open
 }
 
 // unmarshalMetadata parses `metadata postgres <dsn>`.
@@ -131,3 +147,9 @@ func (rg *Registry) expandScaleOut() (s3.Config, string, error) {
 	return c, dsn, nil
 }
 
+
+// Both stores serve the registry.
+var (
+	_ registry.Store = (*cache.Store)(nil)
+	_ registry.Store = (*composite.Store)(nil)
+)
