@@ -147,7 +147,6 @@ func (rg *Registry) expandScaleOut() (s3.Config, string, error) {
 	return c, dsn, nil
 }
 
-
 // Both stores serve the registry.
 var (
 	_ registry.Store = (*cache.Store)(nil)
