@@ -63,6 +63,11 @@ var (
 	// calling the store, so callers only see this on a bug; it is never a
 	// server error.
 	ErrNameInvalid = errors.New("invalid name")
+	// ErrUnavailable: an engine the store depends on (a database, an
+	// object store) cannot be reached or did not answer in time. Nothing
+	// was changed, or the change is unknown; the request may be retried
+	// (the registry answers 503). The single-node store never returns it.
+	ErrUnavailable = errors.New("storage backend unavailable")
 )
 
 // Options configure a Store.

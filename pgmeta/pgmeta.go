@@ -17,6 +17,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
 )
 
 // DefaultTimeout bounds one call when Options.Timeout is zero.
@@ -46,8 +48,8 @@ var ErrNameInvalid = errors.New("invalid name")
 
 // ErrUnavailable wraps the failures of PostgreSQL itself (down, hung,
 // refusing): a caller answers 503 and retries later, as the pool
-// reconnects by itself.
-var ErrUnavailable = errors.New("metadata database unavailable")
+// reconnects by itself. It is the metadata seam's own.
+var ErrUnavailable = metastore.ErrUnavailable
 
 // Open connects to the database and brings its schema up to date.
 // Replicas may open the same database at once: migrations run one

@@ -39,6 +39,10 @@ const (
 	// no room. It comes with 507 Insufficient Storage, which says "try
 	// again later" as 5xx do; clients show the code and message.
 	CodeStorageFull = "STORAGE_FULL"
+	// CodeUnavailable (distribution's UNAVAILABLE) comes with 503: an
+	// engine the store depends on (PostgreSQL, the object store) did not
+	// answer; the request may be retried as it is.
+	CodeUnavailable = "UNAVAILABLE"
 )
 
 // Error is a protocol error: what the client gets in the JSON envelope and
@@ -123,6 +127,10 @@ func errInternal(cause error) *Error {
 	}
 	if e := storageFullError(cause); e != nil {
 		return e
+	}
+	if errors.Is(cause, cache.ErrUnavailable) {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "storage is temporarily unavailable, retry", cause).
+			withHeader("Retry-After", "5")
 	}
 	return newError(http.StatusInternalServerError, CodeUnknown, "internal error", cause)
 }

@@ -103,7 +103,7 @@ func (s *Store) OpenBlob(ctx context.Context, d cache.Digest) (blobstore.Blob, e
 	}
 	b, err := s.blobs.Open(ctx, d)
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, blobErr(err)
 	}
 	return b, nil
 }
@@ -119,7 +119,7 @@ func (s *Store) PutBlob(ctx context.Context, want cache.Digest, size int64, r io
 	}
 	info, err := s.blobs.Put(ctx, want, size, r)
 	if err != nil {
-		return 0, mapErr(err)
+		return 0, blobErr(err)
 	}
 	if err := s.record(ctx, want, info.Size); err != nil {
 		return 0, err
@@ -283,6 +283,7 @@ func mapErr(err error) error {
 		{blobstore.ErrSizeMismatch, cache.ErrSizeMismatch},
 		{blobstore.ErrOffsetMismatch, cache.ErrOffsetMismatch},
 		{blobstore.ErrTooLarge, cache.ErrUploadTooLarge},
+		{metastore.ErrUnavailable, cache.ErrUnavailable},
 	}
 	for _, p := range pairs {
 		if errors.Is(err, p.from) {
@@ -293,4 +294,16 @@ func mapErr(err error) error {
 		}
 	}
 	return err
+}
+
+// blobErr is mapErr for the blob store's errors: a failure that is none
+// of the seam's own is the object store failing (unreachable, timing
+// out, refusing), which the client should retry, not a bug of ours.
+func blobErr(err error) error {
+	m := mapErr(err)
+	if m != err || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, cache.ErrUploadTooLarge) {
+		return m
+	}
+	return fmt.Errorf("%w: blob store: %w", cache.ErrUnavailable, err)
 }

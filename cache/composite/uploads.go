@@ -37,7 +37,7 @@ func (s *Store) OpenUpload(ctx context.Context, repo, owner string) (cache.Uploa
 	}
 	sess, err := s.blobs.NewSession(ctx)
 	if err != nil {
-		return cache.Upload{}, mapErr(err)
+		return cache.Upload{}, blobErr(err)
 	}
 	state, err := sess.State()
 	if err != nil {
@@ -130,7 +130,7 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 	}
 	sess, err := s.blobs.ResumeSession(work, u.State)
 	if err != nil {
-		return cache.Upload{}, mapErr(err)
+		return cache.Upload{}, blobErr(err)
 	}
 	if max := s.limits.get().MaxBlobSize; max > 0 {
 		r = &capped{r: r, left: max - u.Size}
@@ -140,7 +140,7 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 			// As the single-node store does: the session goes.
 			s.drop(context.WithoutCancel(ctx), u, sess)
 		}
-		return cache.Upload{}, mapErr(err)
+		return cache.Upload{}, blobErr(err)
 	}
 	state, err := sess.State()
 	if err != nil {
@@ -182,7 +182,7 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 	}
 	sess, err := s.blobs.ResumeSession(work, u.State)
 	if err != nil {
-		return cache.BlobInfo{}, mapErr(err)
+		return cache.BlobInfo{}, blobErr(err)
 	}
 	info, err := sess.Commit(work, want, -1)
 	if err != nil {
@@ -190,7 +190,7 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 			// A failed verification seals the session: keep that state.
 			_, _ = s.meta.AdvanceUpload(work, u, state, sess.Size(), s.now())
 		}
-		return cache.BlobInfo{}, mapErr(err)
+		return cache.BlobInfo{}, blobErr(err)
 	}
 	if err := s.record(work, want, info.Size); err != nil {
 		return cache.BlobInfo{}, err
@@ -219,7 +219,7 @@ func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
 	}
 	sess, err := s.blobs.ResumeSession(work, u.State)
 	if err != nil && !errors.Is(err, blobstore.ErrSessionUnknown) {
-		return mapErr(err)
+		return blobErr(err)
 	}
 	s.drop(context.WithoutCancel(work), u, sess)
 	return nil
