@@ -84,12 +84,15 @@ const (
 	MethodBearer    = "bearer"   // Docker token service
 	MethodAPIKey    = "apikey"   // API key as the Basic password
 	MethodWorkload  = "workload" // OIDC workload token
+	// MethodClientCert: a client certificate the TLS layer verified.
+	MethodClientCert = "client_certificate"
 )
 
 // Identity is who made a request.
 type Identity struct {
-	// User is the htpasswd user, the token's subject, an API key's owner
-	// or a workload token's user claim; empty for an anonymous caller.
+	// User is the htpasswd user, the token's subject, an API key's owner,
+	// a workload token's user claim or a client certificate's CN or SAN;
+	// empty for an anonymous caller.
 	User string
 	// Groups the caller belongs to besides those the policy gives User:
 	// an API key's groups as of its creation, a workload token's groups
@@ -147,6 +150,11 @@ type Options struct {
 	// Workload, if set, accepts its issuer's tokens as bearer tokens or
 	// as the Basic password.
 	Workload *WorkloadVerifier
+	// ClientCerts, if set, makes a client certificate that the TLS layer
+	// verified the identity of a request without credentials: its user
+	// and groups as ClientCerts maps them. Credentials in an
+	// Authorization header take precedence.
+	ClientCerts *ClientCertMapping
 	// FailDelay is waited after a failed Basic login.
 	FailDelay time.Duration
 	// BasicRealm names the realm of Basic challenges.
@@ -184,6 +192,11 @@ func NewAuthorizer(o Options) (*Authorizer, error) {
 	}
 	if o.ProxyScheme != "" && o.ProxyScheme != "http" && o.ProxyScheme != "https" {
 		return nil, fmt.Errorf("proxy scheme %q: must be http or https", o.ProxyScheme)
+	}
+	if o.ClientCerts != nil {
+		if err := o.ClientCerts.Check(); err != nil {
+			return nil, fmt.Errorf("client certificates: %w", err)
+		}
 	}
 	if o.BasicRealm == "" {
 		o.BasicRealm = "registry"
@@ -380,7 +393,7 @@ func (a *Authorizer) identifyHeader(r *http.Request) (Identity, error) {
 	}
 	h := r.Header.Get("Authorization")
 	if h == "" {
-		return Identity{Method: MethodAnonymous}, nil
+		return a.identifyTLS(r)
 	}
 	scheme, cred, _ := strings.Cut(h, " ")
 	cred = strings.TrimSpace(cred)
@@ -405,12 +418,24 @@ func (a *Authorizer) identifyHeader(r *http.Request) (Identity, error) {
 		}
 		if user == "" && pass == "" {
 			// containers/image (skopeo, podman) answers a Basic challenge
-			// with empty credentials when it has none: that is anonymous.
-			return Identity{Method: MethodAnonymous}, nil
+			// with empty credentials when it has none: that is no
+			// credentials.
+			return a.identifyTLS(r)
 		}
 		return a.identifyBasic(r, user, pass)
 	}
 	return Identity{}, fmt.Errorf("unsupported authorization scheme %q", scheme)
+}
+
+// identifyTLS is the identity of a request without credentials: its
+// verified client certificate's, else anonymous.
+func (a *Authorizer) identifyTLS(r *http.Request) (Identity, error) {
+	if a.o.ClientCerts != nil {
+		if id, ok, err := a.o.ClientCerts.Identify(r.TLS); ok {
+			return id, err
+		}
+	}
+	return Identity{Method: MethodAnonymous}, nil
 }
 
 // identifyBasic checks a Basic password: an API key, a workload token,
@@ -480,6 +505,10 @@ func (a *Authorizer) denyCredentials(r *http.Request, need Need, method string, 
 	case errors.Is(reason, ErrTokenInvalid):
 		d.Message = "invalid token"
 		d.Challenge = a.challenge(r, need, "invalid_token")
+	case errors.Is(reason, ErrClientCert):
+		// The value itself is for the log only: it may hold anything.
+		d.Message = "the client certificate names no usable user or group"
+		d.Challenge = a.challenge(r, need, "")
 	default:
 		d.Challenge = a.challenge(r, need, "")
 	}

@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
+	"github.com/caddy-oci/caddy-oci/cache/internal/writelimit"
 )
 
 const benchBlobSize = 64 << 20
@@ -17,25 +19,7 @@ const benchBlobSize = 64 << 20
 // pushLimit is what a push cannot beat: sha256 of the bytes while writing
 // them to a file in the same store, then fsync.
 func pushLimit(b *testing.B, dir string, data []byte) time.Duration {
-	b.Helper()
-	start := time.Now()
-	f, err := os.CreateTemp(dir, "limit-*")
-	if err != nil {
-		b.Fatal(err)
-	}
-	h := sha256.New()
-	buf := make([]byte, copyBufSize)
-	if _, err := io.CopyBuffer(io.MultiWriter(f, h), struct{ io.Reader }{bytes.NewReader(data)}, buf); err != nil {
-		b.Fatal(err)
-	}
-	h.Sum(nil)
-	if err := f.Sync(); err != nil {
-		b.Fatal(err)
-	}
-	f.Close()
-	el := time.Since(start)
-	os.Remove(f.Name())
-	return el
+	return writelimit.Measure(b, dir, data, sha256.New(), blobfile.CopyBufSize)
 }
 
 // BenchmarkPush reports the store's push rate and its ratio to pushLimit
@@ -119,7 +103,7 @@ func BenchmarkPutBlobSmall(b *testing.B) {
 	})
 	b.Run("statfs", func(b *testing.B) {
 		for range b.N {
-			s.space.measure()
+			s.space.Measure()
 		}
 	})
 	b.Run("meter", func(b *testing.B) {

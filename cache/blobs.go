@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // StatBlob reports whether the blob exists in the content store, regardless
@@ -91,7 +93,7 @@ func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reade
 	if max := s.uploadLimits().MaxBlobSize; max > 0 && size > max {
 		return 0, fmt.Errorf("%w: %d bytes declared, the limit is %d", ErrUploadTooLarge, size, max)
 	}
-	if err := s.space.admit(size); err != nil {
+	if err := s.space.Admit(size); err != nil {
 		return 0, err
 	}
 	f, err := s.createTemp()
@@ -115,7 +117,7 @@ func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reade
 	m := s.meter(src, "", 0)
 	defer func() { s.release(m.reserved, m.owner) }()
 	h := want.Algorithm.New()
-	n, err := copyHashing(s.space.writer(writeBehind(f, 0)), h, m, size)
+	n, err := blobfile.CopyHashing(s.space.Writer(blobfile.WriteBehind(f, 0)), h, m, size)
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}
@@ -205,7 +207,7 @@ func (s *Store) installLocked(src string, d Digest) (created bool, err error) {
 	if err := os.Rename(src, dst); err != nil {
 		return false, fmt.Errorf("cache: commit blob: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := blobfile.SyncDir(dir); err != nil {
 		return true, fmt.Errorf("cache: sync blob dir: %w", err)
 	}
 	return true, nil

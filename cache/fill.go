@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // ErrFillFailed wraps the reason a fill did not commit (the source broke,
@@ -149,7 +151,7 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src Fil
 	default:
 	}
 	// Not even asked of the source while the store has no room.
-	if err := s.space.admit(-1); err != nil {
+	if err := s.space.Admit(-1); err != nil {
 		return nil, false, err
 	}
 	release := func() {}
@@ -251,7 +253,7 @@ func (f *fileFill) fill(src FillSource) error {
 		return err
 	}
 	defer body.Close()
-	if err := f.s.space.admit(size); err != nil {
+	if err := f.s.space.Admit(size); err != nil {
 		return err
 	}
 	file, err := f.s.createTemp()
@@ -265,10 +267,10 @@ func (f *fileFill) fill(src FillSource) error {
 	f.changed()
 	f.mu.Unlock()
 
-	out := f.s.space.writer(writeBehind(file, 0))
+	out := f.s.space.Writer(blobfile.WriteBehind(file, 0))
 	h := f.d.Algorithm.New()
-	bp := getBuf(size)
-	defer putBuf(bp)
+	bp := blobfile.GetBuf(size)
+	defer blobfile.PutBuf(bp)
 	buf := (*bp)[:min(len(*bp), 256<<10)] // readers see progress sooner
 	var n int64
 	for {

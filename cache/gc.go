@@ -356,25 +356,54 @@ func (s *Store) gcLoop(interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		st, err := s.GC()
-		if err != nil {
-			s.log.Error("gc failed", zap.Error(err))
-		} else if st.removedAny() {
-			s.log.Info("gc",
-				zap.Bool("full", st.Full),
-				zap.Int("repos_examined", st.ReposExamined),
-				zap.Int("blobs_examined", st.BlobsExamined),
-				zap.Int("links_removed", st.LinksRemoved),
-				zap.Int("blobs_removed", st.BlobsRemoved),
-				zap.Int64("bytes_removed", st.BytesRemoved),
-				zap.Int("uploads_expired", st.UploadsExpired))
-		}
-		// Rewrites at most a few value-log files per round; stops at the
-		// first "nothing to do".
-		for range 4 {
-			if s.db.RunValueLogGC(0.5) != nil {
-				break
-			}
+		s.gcRound()
+	}
+}
+
+// PauseGC stops (true) or resumes (false) the background collection: while
+// paused its rounds are skipped, so nothing the API served is removed
+// (unlinked blobs, expired upload sessions stay). Mirror eviction is not
+// paused: it bounds a cache that pulls keep filling. A caller may still run
+// GC itself.
+func (s *Store) PauseGC(paused bool) {
+	if s.gcPaused.Swap(paused) == paused {
+		return
+	}
+	if paused {
+		s.log.Info("background gc paused")
+	} else {
+		s.log.Info("background gc resumed")
+	}
+}
+
+// GCPaused reports whether PauseGC paused the background collection.
+func (s *Store) GCPaused() bool { return s.gcPaused.Load() }
+
+// gcRound is one round of the background collection: GC, then badger's
+// value-log GC; nothing while paused.
+func (s *Store) gcRound() (ran bool) {
+	if s.gcPaused.Load() {
+		return false
+	}
+	st, err := s.GC()
+	if err != nil {
+		s.log.Error("gc failed", zap.Error(err))
+	} else if st.removedAny() {
+		s.log.Info("gc",
+			zap.Bool("full", st.Full),
+			zap.Int("repos_examined", st.ReposExamined),
+			zap.Int("blobs_examined", st.BlobsExamined),
+			zap.Int("links_removed", st.LinksRemoved),
+			zap.Int("blobs_removed", st.BlobsRemoved),
+			zap.Int64("bytes_removed", st.BytesRemoved),
+			zap.Int("uploads_expired", st.UploadsExpired))
+	}
+	// Rewrites at most a few value-log files per round; stops at the
+	// first "nothing to do".
+	for range 4 {
+		if s.db.RunValueLogGC(0.5) != nil {
+			break
 		}
 	}
+	return true
 }

@@ -331,7 +331,7 @@ func (s *Store) writeSmallBlobLocked(d Digest, body []byte) (created bool, err e
 	if s.touchFileLocked(d) {
 		return false, nil // there already: a re-push or a tag move needs no room
 	}
-	if err := s.space.admit(int64(len(body))); err != nil {
+	if err := s.space.Admit(int64(len(body))); err != nil {
 		return false, err
 	}
 	f, err := s.createTemp()

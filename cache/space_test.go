@@ -14,117 +14,10 @@ import (
 	"syscall"
 	"testing"
 
-	"go.uber.org/zap"
-
 	"github.com/caddy-oci/caddy-oci/internal/tmpfs"
 )
 
 const mib = 1 << 20
-
-func free(t *testing.T, dir string) int64 {
-	t.Helper()
-	f, _, err := freeSpace(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-// fillTo writes a filler file next to dir's content so that about left
-// bytes stay free (tmpfs counts whole pages), and returns its path:
-// removing it gives the space back.
-func fillTo(t *testing.T, fs string, left int64) string {
-	t.Helper()
-	f, err := os.CreateTemp(fs, "filler-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	n := free(t, fs) - left
-	if n < 0 {
-		t.Fatalf("only %d bytes free, want %d left", free(t, fs), left)
-	}
-	if _, err := f.Write(make([]byte, n)); err != nil {
-		t.Fatalf("filler of %d bytes: %v", n, err)
-	}
-	if got := free(t, fs); got > left || got < left-64<<10 {
-		t.Fatalf("after the filler %d bytes are free, want about %d", got, left)
-	}
-	return f.Name()
-}
-
-// spaceLog records what the guard reports.
-type spaceLog struct {
-	mu      sync.Mutex
-	reached []bool // each change of state
-}
-
-func (l *spaceLog) StorageSpace(_ string, _, _ int64, reached bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n := len(l.reached); n == 0 || l.reached[n-1] != reached {
-		l.reached = append(l.reached, reached)
-	}
-}
-
-func (l *spaceLog) states() []bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]bool(nil), l.reached...)
-}
-
-func TestSpaceGuardAdmit(t *testing.T) {
-	fs := tmpfs.Mount(t, 16*mib)
-	obs := new(spaceLog)
-	g := &spaceGuard{dir: fs, reserve: SpaceReserve{Bytes: 4 * mib}, log: zap.NewNop(), obs: obs}
-	if err := g.admit(8 * mib); err != nil {
-		t.Fatalf("8 MiB on an empty 16 MiB filesystem with 4 MiB reserved: %v", err)
-	}
-	if err := g.admit(13 * mib); !errors.Is(err, ErrStorageFull) {
-		t.Fatalf("13 MiB would cross the reserve: %v, want ErrStorageFull", err)
-	}
-
-	filler := fillTo(t, fs, 6*mib)
-	for _, tc := range []struct {
-		size int64
-		ok   bool
-	}{
-		{1 * mib, true},
-		{2 * mib, true},  // leaves just the reserve
-		{3 * mib, false}, // would leave less than 4 MiB
-		{-1, false},      // unknown length: a window must fit
-		{0, true},
-	} {
-		if err := g.admit(tc.size); (err == nil) != tc.ok {
-			t.Errorf("admit(%d) with 6 MiB free = %v, want ok=%v", tc.size, err, tc.ok)
-		}
-	}
-	if got := obs.states(); len(got) != 1 || got[0] {
-		t.Errorf("states %v before the reserve is reached, want [false]", got)
-	}
-
-	os.Remove(filler)
-	filler = fillTo(t, fs, 3*mib)
-	if err := g.admit(0); !errors.Is(err, ErrStorageFull) {
-		t.Errorf("admit(0) inside the reserve = %v, want ErrStorageFull", err)
-	}
-	os.Remove(filler)
-	if err := g.admit(8 * mib); err != nil {
-		t.Errorf("after freeing space: %v", err)
-	}
-	if got := obs.states(); len(got) != 3 || got[0] || !got[1] || got[2] {
-		t.Errorf("states %v, want [false true false]: reached once, left once", got)
-	}
-
-	// The percentage of the filesystem applies when it is the larger.
-	g.reserve = SpaceReserve{Bytes: 1 * mib, Percent: 50}
-	if err := g.admit(7 * mib); err != nil {
-		t.Errorf("7 MiB of 16 with half reserved: %v", err)
-	}
-	if err := g.admit(9 * mib); !errors.Is(err, ErrStorageFull) {
-		t.Errorf("9 MiB of 16 with half reserved = %v, want ErrStorageFull", err)
-	}
-}
 
 // spaceStore opens a store on a fresh tmpfs of size bytes with reserve.
 func spaceStore(t *testing.T, size int64, opts Options) (*Store, string) {
@@ -168,7 +61,7 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 	ed := mustPut(t, s, early)
 	mustLink(t, s, repo, ed)
 
-	filler := fillTo(t, fs, reserve+6*mib)
+	filler := tmpfs.FillTo(t, fs, reserve+6*mib)
 
 	// A blob whose length is known and does not fit: refused up front.
 	big := randomBytes(t, 8*mib)
@@ -206,7 +99,7 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 
 	// Inside the reserve: no new bytes at all, but metadata still changes.
 	os.Remove(filler)
-	filler = fillTo(t, fs, reserve-mib)
+	filler = tmpfs.FillTo(t, fs, reserve-mib)
 	small := []byte("a few bytes")
 	if _, err := s.PutBlob(t.Context(), digestOf(small), int64(len(small)), bytes.NewReader(small)); !errors.Is(err, ErrStorageFull) {
 		t.Errorf("PutBlob inside the reserve = %v, want ErrStorageFull", err)
@@ -237,8 +130,13 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 	// Someone else takes the rest: metadata writes are refused too, before
 	// badger could fault on a page the filesystem cannot give; reads go on.
 	os.Remove(filler)
+<<<<<<< HEAD
 	filler = fillTo(t, fs, 0)
 	if err := s.LinkBlob(t.Context(), "team/third", ed); !errors.Is(err, ErrStorageFull) {
+=======
+	filler = tmpfs.FillTo(t, fs, 0)
+	if err := s.LinkBlob("team/third", ed); !errors.Is(err, ErrStorageFull) {
+>>>>>>> main
 		t.Errorf("linking on a full filesystem = %v, want ErrStorageFull", err)
 	}
 	if _, err := s.NewUpload(t.Context(), repo); !IsStorageFull(err) {
@@ -292,7 +190,7 @@ func mustRead(t *testing.T, s *Store, d Digest) []byte {
 func TestFillCrossingReserve(t *testing.T) {
 	const reserve = 16 * mib
 	s, fs := spaceStore(t, 64*mib, Options{Reserve: SpaceReserve{Bytes: reserve}})
-	fillTo(t, fs, reserve+6*mib)
+	tmpfs.FillTo(t, fs, reserve+6*mib)
 	blob := randomBytes(t, 12*mib)
 	d := digestOf(blob)
 	src := func(context.Context) (io.ReadCloser, int64, error) {
@@ -327,8 +225,13 @@ func TestNoSpaceFromFilesystem(t *testing.T) {
 	}
 	blob := randomBytes(t, 4*mib)
 	// Someone else takes the last byte once the write has been admitted.
+<<<<<<< HEAD
 	src := &fillingReader{r: bytes.NewReader(blob), fill: func() { fillTo(t, fs, 0) }}
 	_, err := s.PutBlob(t.Context(), digestOf(blob), int64(len(blob)), src)
+=======
+	src := &fillingReader{r: bytes.NewReader(blob), fill: func() { tmpfs.FillTo(t, fs, 0) }}
+	_, err := s.PutBlob(digestOf(blob), int64(len(blob)), src)
+>>>>>>> main
 	if !IsStorageFull(err) || !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("PutBlob on a full filesystem = %v, want ENOSPC as a full storage", err)
 	}

@@ -37,6 +37,8 @@ type Store struct {
 	// every "the blob exists, now link it" sequence holds the read lock, so
 	// a link never points at a file GC is about to remove.
 	gcMu sync.RWMutex
+	// gcPaused skips the background collection's rounds (PauseGC).
+	gcPaused atomic.Bool
 
 	// apiKeyMu serialises API key updates, so that concurrent ones wait
 	// for each other instead of running out of badger's conflict retries.
@@ -147,7 +149,7 @@ func Open(opts Options) (*Store, error) {
 	if metaDir == "" {
 		metaDir = filepath.Join(opts.Dir, "meta")
 	}
-	s.space = &spaceGuard{dir: opts.Dir, metaDir: metaDir, reserve: opts.Reserve, log: log, obs: opts.SpaceObserver}
+	s.space = newSpaceGuard(opts.Dir, metaDir, opts.Reserve, log, opts.SpaceObserver)
 	// badger's files are sparse and memory-mapped (a memtable's log is
 	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)
 	// and take disk space only as pages are written: a few MiB for each
@@ -263,19 +265,6 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 // blobPath is where the committed blob d lives. d must be valid.
 func (s *Store) blobPath(d Digest) string {
 	return filepath.Join(s.blobsDir, string(d.Algorithm), d.Hex[:2], d.Hex)
-}
-
-// syncDir makes a rename or create in dir durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // checkDigest guards every path and key built from a Digest: the fields

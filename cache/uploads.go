@@ -19,6 +19,8 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // uploadRecord is what up/<id> holds. SHA256State is the marshalled
@@ -158,7 +160,7 @@ func (s *Store) createUpload(rec uploadRecord) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("cache: create upload: %w", err)
 	}
-	if err := syncDir(s.uploadsDir); err != nil {
+	if err := blobfile.SyncDir(s.uploadsDir); err != nil {
 		os.Remove(s.uploadPath(rec.ID))
 		return fmt.Errorf("cache: create upload: %w", err)
 	}
@@ -438,10 +440,10 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if _, err := f.Seek(at, io.SeekStart); err != nil {
 		return fail("seek upload", err)
 	}
-	if err := s.space.admit(-1); err != nil {
+	if err := s.space.Admit(-1); err != nil {
 		return fail("append upload", err)
 	}
-	n, err := copyHashing(s.space.writer(writeBehind(f, at)), h, r, -1)
+	n, err := blobfile.CopyHashing(s.space.Writer(blobfile.WriteBehind(f, at)), h, r, -1)
 	if err != nil {
 		return fail("append upload", err)
 	}
@@ -527,7 +529,7 @@ func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest,
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return Digest{}, err
 	}
-	if _, err := copyBuf(h, io.LimitReader(f, rec.Size), rec.Size); err != nil {
+	if _, err := blobfile.CopyBuf(h, io.LimitReader(f, rec.Size), rec.Size); err != nil {
 		return Digest{}, err
 	}
 	return FromHash(alg, h), nil

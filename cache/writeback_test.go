@@ -6,14 +6,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"testing"
 	"testing/iotest"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // bigBlobSize crosses several write-back windows and the wait lag, and
 // ends off a window's edge.
-const bigBlobSize = writeBehindLag + 3*writeBehindWindow + 4321
+const bigBlobSize = blobfile.WriteBehindLag + 3*blobfile.WriteBehindWindow + 4321
 
 func patterned(n int, seed uint64) []byte {
 	rng := rand.New(rand.NewPCG(seed, seed+1))
@@ -25,48 +26,6 @@ func patterned(n int, seed uint64) []byte {
 		}
 	}
 	return b
-}
-
-// TestWriteBehindWriter: the writer puts the bytes where they belong from
-// any starting offset, and (where the platform can) has started and waited
-// for write-back behind the newest bytes as it went.
-func TestWriteBehindWriter(t *testing.T) {
-	t.Parallel()
-	const at = 12345
-	data := patterned(bigBlobSize, 1)
-	f, err := os.Create(filepath.Join(t.TempDir(), "blob"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Write(bytes.Repeat([]byte{'h'}, at)); err != nil {
-		t.Fatal(err)
-	}
-	w := writeBehind(f, at)
-	if _, err := io.CopyBuffer(w, struct{ io.Reader }{bytes.NewReader(data)}, make([]byte, 3<<20+7)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(f.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got[:at], bytes.Repeat([]byte{'h'}, at)) || !bytes.Equal(got[at:], data) {
-		t.Fatal("file differs from what was written")
-	}
-	wb, ok := w.(*writeBehindWriter)
-	if !canWriteBehind {
-		if ok {
-			t.Fatal("write-behind where the platform cannot")
-		}
-		return
-	}
-	end := int64(at + len(data))
-	if wb.off != end || wb.started < end-writeBehindWindow || wb.waited < end-writeBehindWindow-writeBehindLag || wb.waited <= at {
-		t.Errorf("offsets: next %d, started to %d, waited to %d; file ends at %d", wb.off, wb.started, wb.waited, end)
-	}
 }
 
 // TestBigBlobsThroughWriteBehind: blobs larger than the write-back lag,
@@ -111,7 +70,7 @@ func TestBigBlobFailuresLeaveNothing(t *testing.T) {
 	s := openStore(t, Options{Dir: t.TempDir()})
 	data := patterned(bigBlobSize, 4)
 	d := digestOf(data)
-	short := data[:len(data)-writeBehindWindow]
+	short := data[:len(data)-blobfile.WriteBehindWindow]
 	boom := errors.New("connection reset")
 	cases := []struct {
 		name    string

@@ -72,6 +72,12 @@ type Auth struct {
 
 	// Workload accepts OIDC tokens that CI systems issue to their jobs.
 	Workload *Workload `json:"workload,omitempty"`
+
+	// ClientCertificates makes a TLS client certificate that Caddy
+	// verified (client_auth) the identity of requests without
+	// credentials: its CN or a SAN the user, subject attributes (OU, O)
+	// its groups.
+	ClientCertificates *ClientCertificates `json:"client_certificates,omitempty"`
 }
 
 // TokenAuth configures bearer tokens.
@@ -198,7 +204,8 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 	if len(a.Repositories) > 0 || len(a.Groups) > 0 || a.Admin != nil {
 		p, err := authscope.NewPolicy(authscope.PolicyConfig{
 			Repositories: a.Repositories, Groups: a.Groups, Admin: a.Admin,
-			ExternalGroups: a.OIDC != nil || a.Workload != nil,
+			ExternalGroups: a.OIDC != nil || a.Workload != nil ||
+				a.ClientCertificates != nil && len(a.ClientCertificates.Groups) > 0,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("access policy: %w", err)
@@ -258,6 +265,10 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 			rt.proxy.Withhold = o.Workload.Mine
 		}
 	}
+	if c := a.ClientCertificates; c != nil {
+		m := c.mapping()
+		o.ClientCerts = &m
+	}
 	var err error
 	if rt.authorizer, err = authscope.NewAuthorizer(o); err != nil {
 		return nil, err
@@ -275,6 +286,11 @@ func (a *Auth) validate() error {
 	}
 	if a.OIDC != nil {
 		if err := a.OIDC.validate(); err != nil {
+			return err
+		}
+	}
+	if a.ClientCertificates != nil {
+		if err := a.ClientCertificates.validate(a); err != nil {
 			return err
 		}
 	}
@@ -338,6 +354,7 @@ func sameIssuer(a, b string) bool {
 //		oidc { ... }                # see unmarshalOIDC
 //		api_keys { ... }            # see unmarshalAPIKeys
 //		workload { ... }            # see unmarshalWorkload
+//		client_certificates { ... } # see unmarshalClientCertificates
 //		token {
 //			realm         <url>
 //			service       <name>
@@ -451,8 +468,14 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 				return nil, err
 			}
 			a.Workload = w
+		case "client_certificates":
+			c, err := unmarshalClientCertificates(d)
+			if err != nil {
+				return nil, err
+			}
+			a.ClientCertificates = c
 		default:
-			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload)", sub)
+			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates)", sub)
 		}
 	}
 	return a, nil

@@ -52,6 +52,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		gc_grace          <duration>
 //		gc_full_interval  <duration>
 //		local             <prefix>...
+//		read_only
 //		mirror <prefix> { ... }      # see unmarshalMirror
 //		auth { ... }                 # see unmarshalAuth
 //	}
@@ -108,6 +109,12 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			rg.Mirrors = append(rg.Mirrors, m)
 			continue
+		case "read_only":
+			if d.NextArg() {
+				return d.Errf("read_only takes no arguments; got %q", d.Val())
+			}
+			rg.ReadOnly = true
+			continue
 		case "local":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -116,7 +123,11 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
+<<<<<<< HEAD
 			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
+=======
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, read_only, auth)", sub)
+>>>>>>> main
 		}
 		var arg string
 		if !d.AllArgs(&arg) {

@@ -50,6 +50,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "size SI", input: "oci_registry {\nmax_manifest_size 10MB\n}", want: Registry{MaxManifestSize: 10_000_000}},
 		{name: "days", input: "oci_registry {\nupload_ttl 2d\n}", want: Registry{UploadTTL: caddy.Duration(48 * time.Hour)}},
 		{name: "gc off", input: "oci_registry {\ngc_interval off\n}", want: Registry{GCInterval: -1}},
+		{name: "read only", input: "oci_registry {\nread_only\n}", want: Registry{ReadOnly: true}},
+		{name: "read only with argument", input: "oci_registry {\nread_only true\n}", wantErr: `read_only takes no arguments; got "true"`},
 		{
 			name: "upload limits",
 			input: `oci_registry {
@@ -154,6 +156,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		MaxUploadBytes:          8 << 30,
 		MaxUploadBytesPerClient: 2 << 30,
 		GCFullInterval:          caddy.Duration(48 * time.Hour),
+		ReadOnly:                true,
 	}
 	b, err := json.Marshal(in)
 	if err != nil {
@@ -167,7 +170,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
 	}
 	for _, key := range []string{"storage", "storage_reserve", "storage_reserve_percent", "metadata_dir", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval",
-		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client"} {
+		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client", "read_only"} {
 		if !strings.Contains(string(b), `"`+key+`"`) {
 			t.Errorf("json %s lacks %q", b, key)
 		}

@@ -190,6 +190,17 @@ type Registry struct {
 	// when a mirror is the default namespace ("team" keeps team/app local).
 	LocalPrefixes []string `json:"local_prefixes,omitempty"`
 
+	// ReadOnly refuses every push and delete through the API (uploads,
+	// mounts, manifest PUT, DELETE of manifests, tags, blobs and upload
+	// sessions) with 403 DENIED "the registry is read-only", before
+	// credentials are checked or a body is read. Pulls are unaffected,
+	// and mirrors still fetch what they have not cached. While every
+	// handler of a storage folder is read-only, its background garbage
+	// collection is paused, so nothing is removed during a maintenance or
+	// a copy of the folder; mirror_cache_size eviction goes on. Changing
+	// it takes a config reload.
+	ReadOnly bool `json:"read_only,omitempty"`
+
 	mirrors []*registry.Mirror
 	serves  *registry.Handler // routing only: which paths are ours
 
@@ -237,6 +248,14 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	} else if err := rg.provisionStore(); err != nil {
 		return err
 	}
+<<<<<<< HEAD
+=======
+	rg.store.hold(rg.ReadOnly)
+	if !rg.store.opts.sameSettings(opts) {
+		rg.logger.Warn("storage already open with other settings; they apply after a restart",
+			zap.String("storage", rg.dir))
+	}
+>>>>>>> main
 
 	// The oci app opens the store and builds the handler (which applies
 	// the mirror cache limit) when Caddy starts running this config;
@@ -392,6 +411,7 @@ func (rg *Registry) Cleanup() error {
 	if rg.store == nil {
 		return nil
 	}
+	rg.store.release(rg.ReadOnly)
 	_, err := stores.Delete(rg.dir)
 	return err
 }
@@ -464,6 +484,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		CanRead:         rg.auth.canRead(),
 		Uploads:         rg.uploadLimits(),
 		ClientIP:        clientIP,
+		ReadOnly:        rg.ReadOnly,
 	})
 	if err != nil {
 		return nil, err

@@ -32,6 +32,48 @@ type sharedStore struct {
 
 	mu sync.Mutex
 	st *cache.Store
+	// readOnly and writable count the handlers of the provisioned
+	// configs that use the store, by their read_only: GC pauses while
+	// all are read-only (pauseGC).
+	readOnly, writable int
+}
+
+// hold counts one more handler using the store; each call must be matched
+// by one release with the same readOnly.
+func (s *sharedStore) hold(readOnly bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if readOnly {
+		s.readOnly++
+	} else {
+		s.writable++
+	}
+	s.pauseGC()
+}
+
+// release counts one handler fewer (its config was cleaned up).
+func (s *sharedStore) release(readOnly bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if readOnly {
+		s.readOnly--
+	} else {
+		s.writable--
+	}
+	s.pauseGC()
+}
+
+// pauseGC pauses the store's background GC while every handler that uses
+// it is read-only: deleting is a write, and read-only is what operators
+// set while they maintain or copy the storage. One writable handler (a
+// read-only public site beside an internal one that pushes) keeps GC
+// running, as its deletes and tag moves leave garbage. During a reload
+// both configs count, so the new setting applies once the old config is
+// cleaned up. Called with mu held.
+func (s *sharedStore) pauseGC() {
+	if s.st != nil {
+		s.st.PauseGC(s.readOnly > 0 && s.writable == 0)
+	}
 }
 
 // storeSettings are the cache.Options a store was created with.
@@ -72,6 +114,7 @@ func (s *sharedStore) open() (*cache.Store, error) {
 		return nil, fmt.Errorf("opening storage %s: %w", s.opts.Dir, err)
 	}
 	s.st = st
+	s.pauseGC()
 	return st, nil
 }
 

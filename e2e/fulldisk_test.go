@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,34 +23,6 @@ import (
 )
 
 const diskMiB = 1 << 20
-
-func freeBytes(t *testing.T, dir string) int64 {
-	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	return int64(st.Bavail) * st.Bsize
-}
-
-// fillTo writes a filler file on fs so that about left bytes stay free,
-// and returns its path; removing it gives the space back.
-func fillTo(t *testing.T, fs string, left int64) string {
-	t.Helper()
-	f, err := os.CreateTemp(fs, "filler-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	n := freeBytes(t, fs) - left
-	if n < 0 {
-		t.Fatalf("only %d bytes free, want %d left", freeBytes(t, fs), left)
-	}
-	if _, err := f.Write(make([]byte, n)); err != nil {
-		t.Fatalf("filler of %d bytes: %v", n, err)
-	}
-	return f.Name()
-}
 
 // alive fails the test when the caddy process has died (a SIGBUS from
 // badger's memory-mapped files would end it).
@@ -195,7 +166,7 @@ func TestFullDisk(t *testing.T) {
 	}
 
 	// 6 MiB above the reserve.
-	filler := fillTo(t, fs, reserve+6*diskMiB)
+	filler := tmpfs.FillTo(t, fs, reserve+6*diskMiB)
 	big := randomBytes(t, 12*diskMiB)
 	bigDigest := blobDigest(big)
 
@@ -233,7 +204,7 @@ func TestFullDisk(t *testing.T) {
 
 	// Inside the reserve.
 	os.Remove(filler)
-	filler = fillTo(t, fs, reserve-diskMiB)
+	filler = tmpfs.FillTo(t, fs, reserve-diskMiB)
 	newImg := ociImage(t)
 
 	t.Run("manifest push", func(t *testing.T) {
@@ -288,7 +259,7 @@ func TestFullDisk(t *testing.T) {
 	// Another program takes the rest, to the last byte: metadata changes
 	// are refused too (badger would fault on its memory maps), pulls go on.
 	os.Remove(filler)
-	filler = fillTo(t, fs, 0)
+	filler = tmpfs.FillTo(t, fs, 0)
 	t.Run("disk filled to the brim", func(t *testing.T) {
 		resp := do(t, http.MethodPost, s.url("/v2/team/big/blobs/uploads/?digest="+blobDigest([]byte("x"))), []byte("x"), nil)
 		refusedFull(t, resp, "monolithic push of one byte on a full disk")

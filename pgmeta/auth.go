@@ -2,7 +2,9 @@ package pgmeta
 
 // Records of the auth layer: API keys, signed-in sessions and the secrets
 // sessions are sealed with, as opaque bytes (authscope makes and reads
-// them). They satisfy authscope's store interfaces directly.
+// them). They satisfy authscope's store interfaces directly. With the
+// server down their errors wrap metastore.ErrUnavailable, as the
+// metadata's do.
 
 import (
 	"context"
@@ -30,7 +32,7 @@ func (s *Store) CreateAPIKey(id string, record []byte) error {
 	defer cancel()
 	tag, err := s.pool.Exec(ctx, "INSERT INTO api_keys (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", id, record)
 	if err != nil {
-		return fmt.Errorf("postgres: API key %s: %w", id, err)
+		return failed(context.Background(), "API key "+id, err)
 	}
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("%w: %s", ErrAPIKeyExists, id)
@@ -52,7 +54,7 @@ func (s *Store) APIKey(id string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s", authscope.ErrAPIKeyNotFound, id)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("postgres: API key %s: %w", id, err)
+		return nil, failed(context.Background(), "API key "+id, err)
 	}
 	return rec, nil
 }
@@ -91,7 +93,7 @@ func (s *Store) UpdateAPIKey(id string, fn func(record []byte) ([]byte, error)) 
 	case fnErr != nil:
 		return fnErr
 	case err != nil:
-		return fmt.Errorf("postgres: API key %s: %w", id, err)
+		return failed(context.Background(), "API key "+id, err)
 	case missing:
 		return fmt.Errorf("%w: %s", authscope.ErrAPIKeyNotFound, id)
 	}
@@ -106,7 +108,7 @@ func (s *Store) DeleteAPIKey(id string) error {
 	ctx, cancel := s.call()
 	defer cancel()
 	if _, err := s.pool.Exec(ctx, "DELETE FROM api_keys WHERE id = $1", id); err != nil {
-		return fmt.Errorf("postgres: API key %s: %w", id, err)
+		return failed(context.Background(), "API key "+id, err)
 	}
 	return nil
 }
@@ -118,7 +120,7 @@ func (s *Store) APIKeys() ([][]byte, error) {
 	rows, _ := s.pool.Query(ctx, "SELECT record FROM api_keys ORDER BY id")
 	recs, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
 	if err != nil {
-		return nil, fmt.Errorf("postgres: API keys: %w", err)
+		return nil, failed(context.Background(), "API keys", err)
 	}
 	return recs, nil
 }
@@ -141,7 +143,7 @@ func (s *Store) CreateSession(id string, record []byte, expires time.Time) error
 	defer cancel()
 	tag, err := s.pool.Exec(ctx, "INSERT INTO sessions (id, record, expires) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING", id, record, expires)
 	if err != nil {
-		return fmt.Errorf("postgres: session %s: %w", id, err)
+		return failed(context.Background(), "session "+id, err)
 	}
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("%w: %s", ErrSessionExists, id)
@@ -169,7 +171,7 @@ func (s *Store) Session(id string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s", authscope.ErrSessionNotFound, id)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("postgres: session %s: %w", id, err)
+		return nil, failed(context.Background(), "session "+id, err)
 	}
 	return rec, nil
 }
@@ -182,7 +184,7 @@ func (s *Store) DeleteSession(id string) error {
 	ctx, cancel := s.call()
 	defer cancel()
 	if _, err := s.pool.Exec(ctx, "DELETE FROM sessions WHERE id = $1", id); err != nil {
-		return fmt.Errorf("postgres: session %s: %w", id, err)
+		return failed(context.Background(), "session "+id, err)
 	}
 	return nil
 }
@@ -205,7 +207,7 @@ func (s *Store) AuthSecret(name string, size int) ([]byte, error) {
 	defer cancel()
 	secret, err := s.offerSecret(ctx, name, fresh)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: secret %s: %w", name, err)
+		return nil, failed(context.Background(), "secret "+name, err)
 	}
 	if len(secret) != size {
 		return nil, fmt.Errorf("secret %s: stored one has %d bytes, want %d", name, len(secret), size)

@@ -15,12 +15,12 @@ import (
 )
 
 // openStore opens a store on a fresh database of the shared server.
-func openStore(t *testing.T) *Store {
+func openStore(t testing.TB) *Store {
 	t.Helper()
 	return openDSN(t, pgtest.NewDatabase(t))
 }
 
-func openDSN(t *testing.T, dsn string) *Store {
+func openDSN(t testing.TB, dsn string) *Store {
 	t.Helper()
 	s, err := Open(context.Background(), Options{DSN: dsn})
 	if err != nil {

@@ -2,19 +2,24 @@ package pgmeta
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
 
 // TestPostgresDownAndBack: with PostgreSQL crashed or hung, every call
-// fails within its timeout instead of holding its caller; once PostgreSQL
-// is back, the same store works again at the first call, without
-// reopening.
+// fails within its timeout, with an error callers recognise as
+// metastore.ErrUnavailable (the registry's 503), instead of holding its
+// caller; once PostgreSQL is back, the same store works again at the
+// first call, without reopening.
 func TestPostgresDownAndBack(t *testing.T) {
 	srv := pgtest.Start(t)
 	const timeout = time.Second
@@ -45,6 +50,7 @@ func TestPostgresDownAndBack(t *testing.T) {
 		"DeleteSession": func() error { return s.DeleteSession("gone") },
 		"AuthSecret":    func() error { _, err := s.AuthSecret("session", 32); return err },
 	}
+	maps.Copy(calls, metadataCalls(t, s, &seq))
 	faults := []struct {
 		name     string
 		down, up func() error
@@ -68,8 +74,8 @@ func TestPostgresDownAndBack(t *testing.T) {
 					start := time.Now()
 					err := call()
 					took := time.Since(start)
-					if err == nil {
-						t.Errorf("%s succeeded with PostgreSQL %s", name, f.name)
+					if !errors.Is(err, metastore.ErrUnavailable) {
+						t.Errorf("%s with PostgreSQL %s = %v, want ErrUnavailable", name, f.name, err)
 					}
 					if took > timeout+time.Second {
 						t.Errorf("%s took %s to fail, timeout %s", name, took, timeout)
@@ -104,5 +110,55 @@ func warm(t *testing.T, s *Store) {
 	}
 	for _, c := range conns {
 		c.Release()
+	}
+}
+
+// metadataCalls are one call of each kind of metastore.Store, on records
+// made here, each repeatable (seq makes new names where a call creates).
+func metadataCalls(t *testing.T, s *Store, seq *atomic.Int64) map[string]func() error {
+	t.Helper()
+	ctx := context.Background()
+	now := time.Now()
+	blob := blobstore.FromBytes(blobstore.SHA256, []byte("blob"))
+	body := []byte(`{"schemaVersion":2}`)
+	m := metastore.Manifest{Digest: blobstore.FromBytes(blobstore.SHA256, body), Refs: []metastore.Digest{blob}}
+	if _, err := s.RecordBlob(ctx, blob, 4, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.LinkBlob(ctx, "r", blob, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutManifest(ctx, "r", m, body, []string{"t"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateUpload(ctx, metastore.Upload{ID: "u", Repo: "r", Started: now}, metastore.UploadQuota{}); err != nil {
+		t.Fatal(err)
+	}
+	next := func() string { return fmt.Sprint("n", seq.Add(1)) }
+	ignore := func(_ any, err error) error { return err }
+	return map[string]func() error{
+		"Repositories":  func() error { return ignore(s.Repositories(ctx, "", 10)) },
+		"RecordBlob":    func() error { return ignore(s.RecordBlob(ctx, blob, 4, now)) },
+		"Blob":          func() error { return ignore(s.Blob(ctx, blob)) },
+		"LinkBlob":      func() error { return s.LinkBlob(ctx, next(), blob, now) },
+		"BlobLink":      func() error { _, _, err := s.BlobLink(ctx, "r", blob); return err },
+		"RenewBlobLink": func() error { return ignore(s.RenewBlobLink(ctx, "r", blob, now, now)) },
+		"ReposWithBlob": func() error { return ignore(s.ReposWithBlob(ctx, blob, 0)) },
+		"PutManifest":   func() error { return s.PutManifest(ctx, next(), m, body, []string{"t"}) },
+		"ManifestBody":  func() error { _, _, err := s.ManifestBody(ctx, "r", m.Digest); return err },
+		"Referrers":     func() error { return ignore(s.Referrers(ctx, "r", blob)) },
+		"Tag":           func() error { return ignore(s.Tag(ctx, "r", "t")) },
+		"MoveTag":       func() error { return s.MoveTag(ctx, "r", "t", m.Digest, m.Digest) },
+		"Tags":          func() error { return ignore(s.Tags(ctx, "r", "", 10)) },
+		"SetTagFetched": func() error { return s.SetTagFetched(ctx, "r", "t", now) },
+		"CreateUpload": func() error {
+			return ignore(s.CreateUpload(ctx, metastore.Upload{ID: next(), Repo: "r", Started: now}, metastore.UploadQuota{PerRepo: 1000}))
+		},
+		"Upload":            func() error { return ignore(s.Upload(ctx, "u")) },
+		"UploadUsage":       func() error { return ignore(s.UploadUsage(ctx, "r", "o")) },
+		"ExpiredUploads":    func() error { return ignore(s.ExpiredUploads(ctx, now.Add(-time.Hour), time.Time{}, 10)) },
+		"UnreferencedLinks": func() error { return ignore(s.UnreferencedLinks(ctx, now, metastore.Link{}, 10)) },
+		"UnlinkedBlobs":     func() error { return ignore(s.UnlinkedBlobs(ctx, now, metastore.Digest{}, 10)) },
+		"MarkBlobsDeleting": func() error { return ignore(s.MarkBlobsDeleting(ctx, []metastore.Digest{blob}, now.Add(-time.Hour))) },
 	}
 }

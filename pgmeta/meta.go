@@ -34,16 +34,18 @@ const (
 	lockUploadOwner int32 = 0x75706c6f // "uplo"
 )
 
-// maxMediaType bounds media and artifact types: a header's worth.
-const maxMediaType = 1024
-
 // metaCall bounds one call by the store's timeout within ctx.
 func (s *Store) metaCall(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
 }
 
+// errDamaged: a stored value this code cannot read (written by hand, or
+// by a newer release). A server that answered is not unavailable.
+var errDamaged = errors.New("postgres: stored record does not decode")
+
 // ownErrors are the errors a call makes itself; they pass unwrapped.
 var ownErrors = []error{
+	errDamaged,
 	metastore.ErrNameInvalid, metastore.ErrDigestInvalid, metastore.ErrDigestMismatch,
 	metastore.ErrRepoUnknown, metastore.ErrBlobUnknown, metastore.ErrManifestUnknown,
 	metastore.ErrTagUnknown, metastore.ErrUploadUnknown, metastore.ErrTagMoved,
@@ -85,7 +87,7 @@ func unavailable(err error) bool {
 	}
 	switch {
 	case pgErr.Code[:2] == "08", // connection exception
-		pgErr.Code[:2] == "53",                           // insufficient resources (too many connections)
+		pgErr.Code[:2] == "53",                                              // insufficient resources (too many connections)
 		pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, starting up
 		pgErr.Code == "57014": // query cancelled: our timeout
 		return true
@@ -120,11 +122,17 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(ctx context.Conte
 	return failed(ctx, what, err)
 }
 
-func checkRepo(repo string) error { return metastore.CheckName("repository", repo) }
-
-// checkLast refuses a paging cursor PostgreSQL's text cannot hold; any
-// other is a comparison only.
-func checkLast(last string) error { return metastore.CheckText("last", last, 1<<16) }
+// execOne runs a statement that changes one row, or none: then the
+// thing was not there, and missing says so.
+func (s *Store) execOne(ctx context.Context, what string, missing error, sql string, args ...any) error {
+	cctx, cancel := s.metaCall(ctx)
+	defer cancel()
+	tag, err := s.pool.Exec(cctx, sql, args...)
+	if err == nil && tag.RowsAffected() == 0 {
+		return missing
+	}
+	return failed(ctx, what, err)
+}
 
 // digests renders ds as text, checking each.
 func digests(kind string, ds []metastore.Digest) ([]string, error) {
@@ -142,7 +150,7 @@ func digests(kind string, ds []metastore.Digest) ([]string, error) {
 func parseDigest(s string) (metastore.Digest, error) {
 	d, err := blobstore.ParseDigest(s)
 	if err != nil {
-		return d, fmt.Errorf("postgres: stored digest: %w", err)
+		return d, fmt.Errorf("%w: digest %q: %w", errDamaged, s, err)
 	}
 	return d, nil
 }
@@ -183,7 +191,7 @@ func plusOne(n int) *int {
 
 // Repositories lists repository names after last.
 func (s *Store) Repositories(ctx context.Context, last string, n int) (metastore.Page, error) {
-	if err := checkLast(last); err != nil {
+	if err := metastore.CheckLast(last); err != nil {
 		return metastore.Page{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -242,10 +250,7 @@ func (s *Store) Blob(ctx context.Context, d metastore.Digest) (metastore.BlobRec
 
 // LinkBlob links d into repo as of at.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d metastore.Digest, at time.Time) error {
-	if err := checkRepo(repo); err != nil {
-		return err
-	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
 	return s.inTx(ctx, "link blob", func(ctx context.Context, tx pgx.Tx) error {
@@ -278,10 +283,7 @@ func addRepo(ctx context.Context, tx pgx.Tx, repo string, at time.Time) error {
 
 // BlobLink returns repo's link to d with d's record.
 func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (metastore.Link, metastore.BlobRecord, error) {
-	if err := checkRepo(repo); err != nil {
-		return metastore.Link{}, metastore.BlobRecord{}, err
-	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return metastore.Link{}, metastore.BlobRecord{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -300,10 +302,7 @@ func (s *Store) BlobLink(ctx context.Context, repo string, d metastore.Digest) (
 
 // RenewBlobLink moves an old link's time to at.
 func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Digest, at, olderThan time.Time) (bool, error) {
-	if err := checkRepo(repo); err != nil {
-		return false, err
-	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return false, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -318,19 +317,11 @@ func (s *Store) RenewBlobLink(ctx context.Context, repo string, d metastore.Dige
 
 // UnlinkBlob removes repo's link to d.
 func (s *Store) UnlinkBlob(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepo(repo); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "blob", d); err != nil {
 		return err
 	}
-	if err := metastore.CheckDigest("blob", d); err != nil {
-		return err
-	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tag, err := s.pool.Exec(cctx, "DELETE FROM blob_links WHERE repo = $1 AND digest = $2", repo, d.String())
-	if err == nil && tag.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s in %s", metastore.ErrBlobUnknown, d, repo)
-	}
-	return failed(ctx, "unlink blob", err)
+	return s.execOne(ctx, "unlink blob", fmt.Errorf("%w: %s in %s", metastore.ErrBlobUnknown, d, repo),
+		"DELETE FROM blob_links WHERE repo = $1 AND digest = $2", repo, d.String())
 }
 
 // ReposWithBlob lists the repositories linking d.
@@ -354,45 +345,9 @@ func (s *Store) ReposWithBlob(ctx context.Context, d metastore.Digest, n int) ([
 	return repos, nil
 }
 
-// checkManifest checks what PutManifest is given, and returns the refs
-// as a sorted set of text.
-func checkManifest(repo string, m metastore.Manifest, body []byte, tags []string) ([]string, error) {
-	if err := checkRepo(repo); err != nil {
-		return nil, err
-	}
-	for _, t := range tags {
-		if err := metastore.CheckName("tag", t); err != nil {
-			return nil, err
-		}
-	}
-	if err := metastore.CheckDigest("manifest", m.Digest); err != nil {
-		return nil, err
-	}
-	if !m.Subject.IsZero() {
-		if err := metastore.CheckDigest("subject", m.Subject); err != nil {
-			return nil, err
-		}
-	}
-	if err := metastore.CheckText("media type", m.MediaType, maxMediaType); err != nil {
-		return nil, err
-	}
-	if err := metastore.CheckText("artifact type", m.ArtifactType, maxMediaType); err != nil {
-		return nil, err
-	}
-	refs, err := digests("reference", m.Refs)
-	if err != nil {
-		return nil, err
-	}
-	if got := blobstore.FromBytes(m.Digest.Algorithm, body); got != m.Digest {
-		return nil, fmt.Errorf("%w: manifest %s, bytes %s", metastore.ErrDigestMismatch, m.Digest, got)
-	}
-	slices.Sort(refs)
-	return slices.Compact(refs), nil
-}
-
 // PutManifest stores a manifest and its tags in one transaction.
 func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
-	refs, err := checkManifest(repo, m, body, tags)
+	refs, err := metastore.CheckManifest(repo, m, body, tags)
 	if err != nil {
 		return err
 	}
@@ -404,40 +359,27 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manife
 	}
 	d := m.Digest.String()
 	return s.inTx(ctx, "put manifest", func(ctx context.Context, tx pgx.Tx) error {
-		if err := addRepo(ctx, tx, repo, time.Now()); err != nil {
-			return err
-		}
+		// One round trip for the statements, which need nothing of each
+		// other's results; they run in order, in this transaction.
+		var b pgx.Batch
+		b.Queue("INSERT INTO repositories (name, created) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", repo, time.Now())
 		// Hold off GC's drop of the links this manifest references until
 		// it is committed (see the file's comment). Locked in the order
 		// GC locks them, so the two never deadlock.
-		if len(refs) > 0 {
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM blob_links WHERE repo = $1 AND digest = ANY($2)
-				ORDER BY digest FOR SHARE`, repo, refs); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO manifests (repo, digest, media_type, size, body, subject, artifact_type, annotations)
+		b.Queue(`SELECT 1 FROM blob_links WHERE repo = $1 AND digest = ANY($2) ORDER BY digest FOR SHARE`, repo, refs)
+		b.Queue(`INSERT INTO manifests (repo, digest, media_type, size, body, subject, artifact_type, annotations)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type, size = excluded.size,
 				body = excluded.body, subject = excluded.subject, artifact_type = excluded.artifact_type,
 				annotations = excluded.annotations`,
-			repo, d, m.MediaType, len(body), body, subject, m.ArtifactType, encodeAnnotations(m.Annotations)); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "DELETE FROM manifest_refs WHERE repo = $1 AND manifest = $2 AND NOT (ref = ANY($3))", repo, d, refs); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO manifest_refs (repo, manifest, ref) SELECT $1, $2, unnest($3::text[])
-			ON CONFLICT DO NOTHING`, repo, d, refs); err != nil {
-			return err
-		}
-		if len(tags) == 0 {
-			return nil
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO tags (repo, tag, digest) SELECT $1, unnest($2::text[]), $3
+			repo, d, m.MediaType, len(body), body, subject, m.ArtifactType, encodeAnnotations(m.Annotations))
+		b.Queue("DELETE FROM manifest_refs WHERE repo = $1 AND manifest = $2 AND NOT (ref = ANY($3))", repo, d, refs)
+		b.Queue(`INSERT INTO manifest_refs (repo, manifest, ref) SELECT $1, $2, unnest($3::text[])
+			ON CONFLICT DO NOTHING`, repo, d, refs)
+		b.Queue(`INSERT INTO tags (repo, tag, digest) SELECT $1, unnest($2::text[]), $3
 			ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest,
 				fetched = CASE WHEN tags.digest = excluded.digest THEN tags.fetched END`, repo, tags, d)
-		return err
+		return tx.SendBatch(ctx, &b).Close()
 	})
 }
 
@@ -474,10 +416,7 @@ func (s *Store) ManifestBody(ctx context.Context, repo string, d metastore.Diges
 }
 
 func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, withBody bool) (metastore.Manifest, []byte, error) {
-	if err := checkRepo(repo); err != nil {
-		return metastore.Manifest{}, nil, err
-	}
-	if err := metastore.CheckDigest("manifest", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
 		return metastore.Manifest{}, nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -511,27 +450,16 @@ func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, w
 // DeleteManifest removes repo's manifest d; its tags and references go
 // with it (ON DELETE CASCADE), in the same statement.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Digest) error {
-	if err := checkRepo(repo); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
 		return err
 	}
-	if err := metastore.CheckDigest("manifest", d); err != nil {
-		return err
-	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tag, err := s.pool.Exec(cctx, "DELETE FROM manifests WHERE repo = $1 AND digest = $2", repo, d.String())
-	if err == nil && tag.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo)
-	}
-	return failed(ctx, "delete manifest", err)
+	return s.execOne(ctx, "delete manifest", fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo),
+		"DELETE FROM manifests WHERE repo = $1 AND digest = $2", repo, d.String())
 }
 
 // Referrers lists repo's manifests whose subject is d.
 func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
-	if err := checkRepo(repo); err != nil {
-		return nil, err
-	}
-	if err := metastore.CheckDigest("subject", d); err != nil {
+	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
 		return nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -558,16 +486,9 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) 
 	return out, nil
 }
 
-func checkTag(repo, tag string) error {
-	if err := checkRepo(repo); err != nil {
-		return err
-	}
-	return metastore.CheckName("tag", tag)
-}
-
 // Tag returns what tag of repo points at.
 func (s *Store) Tag(ctx context.Context, repo, tag string) (metastore.TagInfo, error) {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return metastore.TagInfo{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -591,16 +512,8 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metastore.TagInfo, e
 
 // MoveTag is the compare-and-swap of a tag.
 func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastore.Digest) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckMove(repo, tag, from, to); err != nil {
 		return err
-	}
-	if err := metastore.CheckDigest("manifest", to); err != nil {
-		return err
-	}
-	if !from.IsZero() {
-		if err := metastore.CheckDigest("manifest", from); err != nil {
-			return err
-		}
 	}
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
@@ -629,24 +542,19 @@ func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastor
 
 // DeleteTag removes one tag.
 func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return err
 	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tg, err := s.pool.Exec(cctx, "DELETE FROM tags WHERE repo = $1 AND tag = $2", repo, tag)
-	if err == nil && tg.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag)
-	}
-	return failed(ctx, "delete tag", err)
+	return s.execOne(ctx, "delete tag", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),
+		"DELETE FROM tags WHERE repo = $1 AND tag = $2", repo, tag)
 }
 
 // Tags lists repo's tags after last.
 func (s *Store) Tags(ctx context.Context, repo, last string, n int) (metastore.Page, error) {
-	if err := checkRepo(repo); err != nil {
+	if err := metastore.CheckName("repository", repo); err != nil {
 		return metastore.Page{}, err
 	}
-	if err := checkLast(last); err != nil {
+	if err := metastore.CheckLast(last); err != nil {
 		return metastore.Page{}, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -672,14 +580,9 @@ func (s *Store) Tags(ctx context.Context, repo, last string, n int) (metastore.P
 
 // SetTagFetched records a mirror's confirmation of a tag.
 func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, at time.Time) error {
-	if err := checkTag(repo, tag); err != nil {
+	if err := metastore.CheckTag(repo, tag); err != nil {
 		return err
 	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tg, err := s.pool.Exec(cctx, "UPDATE tags SET fetched = $3 WHERE repo = $1 AND tag = $2", repo, tag, at)
-	if err == nil && tg.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag)
-	}
-	return failed(ctx, "tag fetched", err)
+	return s.execOne(ctx, "tag fetched", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),
+		"UPDATE tags SET fetched = $3 WHERE repo = $1 AND tag = $2", repo, tag, at)
 }

@@ -25,22 +25,11 @@ func scanUpload(row pgx.Row) (metastore.Upload, error) {
 
 // CreateUpload records a new session within q.
 func (s *Store) CreateUpload(ctx context.Context, u metastore.Upload, q metastore.UploadQuota) (metastore.Upload, error) {
-	if err := metastore.CheckName("upload", u.ID); err != nil {
+	u, err := metastore.NewUpload(u)
+	if err != nil {
 		return metastore.Upload{}, err
 	}
-	if err := checkRepo(u.Repo); err != nil {
-		return metastore.Upload{}, err
-	}
-	if u.Owner != "" {
-		if err := metastore.CheckName("owner", u.Owner); err != nil {
-			return metastore.Upload{}, err
-		}
-	}
-	if u.State == nil {
-		u.State = []byte{}
-	}
-	u.Size, u.Version, u.Updated = 0, 1, u.Started
-	err := s.inTx(ctx, "create upload", func(ctx context.Context, tx pgx.Tx) error {
+	err = s.inTx(ctx, "create upload", func(ctx context.Context, tx pgx.Tx) error {
 		// Counting and inserting are one step for each limit: the
 		// advisory lock of the repository (then of the owner, always in
 		// that order) queues the replicas opening sessions of it.
@@ -121,24 +110,14 @@ func (s *Store) DeleteUpload(ctx context.Context, id string) error {
 	if err := metastore.CheckName("upload", id); err != nil {
 		return err
 	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	tg, err := s.pool.Exec(cctx, "DELETE FROM uploads WHERE id = $1", id)
-	if err == nil && tg.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id)
-	}
-	return failed(ctx, "delete upload", err)
+	return s.execOne(ctx, "delete upload", fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id),
+		"DELETE FROM uploads WHERE id = $1", id)
 }
 
 // UploadUsage counts the sessions of repo and owner.
 func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.UploadUsage, error) {
-	if err := checkRepo(repo); err != nil {
+	if err := metastore.CheckUsage(repo, owner); err != nil {
 		return metastore.UploadUsage{}, err
-	}
-	if owner != "" {
-		if err := metastore.CheckName("owner", owner); err != nil {
-			return metastore.UploadUsage{}, err
-		}
 	}
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
@@ -207,7 +186,7 @@ func cursor(d metastore.Digest) string {
 
 // UnreferencedLinks lists old links no manifest references.
 func (s *Store) UnreferencedLinks(ctx context.Context, before time.Time, after metastore.Link, n int) ([]metastore.Link, error) {
-	if err := checkLast(after.Repo); err != nil {
+	if err := metastore.CheckLast(after.Repo); err != nil {
 		return nil, err
 	}
 	cctx, cancel := s.metaCall(ctx)
@@ -334,8 +313,6 @@ func encodeAnnotations(a map[string]string) []byte {
 	return b
 }
 
-var errAnnotations = errors.New("postgres: stored annotations do not decode")
-
 func decodeAnnotations(b []byte) (map[string]string, error) {
 	if len(b) == 0 {
 		return nil, nil
@@ -351,7 +328,7 @@ func decodeAnnotations(b []byte) (map[string]string, error) {
 	}
 	count, w := binary.Uvarint(b)
 	if w <= 0 || count > uint64(len(b)) {
-		return nil, errAnnotations
+		return nil, fmt.Errorf("%w: annotations", errDamaged)
 	}
 	b = b[w:]
 	a := make(map[string]string, count)
@@ -359,7 +336,7 @@ func decodeAnnotations(b []byte) (map[string]string, error) {
 		k, ok := next()
 		v, ok2 := next()
 		if !ok || !ok2 {
-			return nil, errAnnotations
+			return nil, fmt.Errorf("%w: annotations", errDamaged)
 		}
 		a[k] = v
 	}

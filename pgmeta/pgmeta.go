@@ -2,10 +2,13 @@
 // number of replicas share it: PostgreSQL is the source of truth for
 // everything but bytes (see DESIGN.md, "The store splits by engine").
 // Badger (package cache) is the single-node engine of the same records.
+// Store implements metastore.Store (meta.go, metauploads.go) and the auth
+// stores (auth.go).
 //
 // Every call is bounded by Options.Timeout: with PostgreSQL down or hung
-// a call fails promptly instead of holding its request, and the pool
-// reconnects by itself once the server is back.
+// a call fails promptly, with an error wrapping metastore.ErrUnavailable,
+// instead of holding its request, and the pool reconnects by itself once
+// the server is back.
 package pgmeta
 
 import (
@@ -16,9 +19,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // DefaultTimeout bounds one call when Options.Timeout is zero.
@@ -43,12 +45,13 @@ type Store struct {
 	timeout time.Duration
 }
 
-// ErrNameInvalid is an ID or name that cannot be a key.
-var ErrNameInvalid = errors.New("invalid name")
+// ErrNameInvalid is an ID or name that cannot be a key: the metadata
+// seam's, so callers test one error whichever record it was.
+var ErrNameInvalid = metastore.ErrNameInvalid
 
 // ErrUnavailable wraps the failures of PostgreSQL itself (down, hung,
 // refusing): a caller answers 503 and retries later, as the pool
-// reconnects by itself. It is the metadata seam's own.
+// reconnects by itself.
 var ErrUnavailable = metastore.ErrUnavailable
 
 // Open connects to the database and brings its schema up to date.

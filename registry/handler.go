@@ -79,6 +79,10 @@ type Config struct {
 	// client of anonymous callers (Caddy's, which honours trusted
 	// proxies). Nil: r.RemoteAddr.
 	ClientIP func(r *http.Request) string
+	// ReadOnly refuses every request that would change what the API
+	// serves (readonly.go) with 403 DENIED, before auth and before any
+	// body is read. Mirrors still fill their cache: that serves pulls.
+	ReadOnly bool
 }
 
 // Handler serves /v2/. Requests for other paths get 404 NOT_FOUND in the

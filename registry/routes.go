@@ -330,6 +330,12 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	if via.NS != "" {
 		rc.nsQuery = url.Values{"ns": {via.NS}}.Encode()
 	}
+	if h.cfg.ReadOnly && !readsOnly(r.Method) {
+		// Before auth, which may read a manifest's body: the same answer
+		// for every caller, and no credentials asked for a write that
+		// cannot happen.
+		return errRegistryReadOnly()
+	}
 	if r, err = h.authorize(r, rc, kind, via); err != nil {
 		return err
 	}

@@ -25,10 +25,7 @@ package metastore
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 )
@@ -81,46 +78,6 @@ var (
 	// record holds. A digest has one size; this is a bug or damage.
 	ErrSizeMismatch = errors.New("size mismatch")
 )
-
-// MaxNameLength bounds names in bytes. It is far above the spec's limits
-// (255 characters for a repository, 128 for a tag) and far below what an
-// index entry can hold.
-const MaxNameLength = 512
-
-// CheckName refuses what no backend can key: the empty name, a name
-// longer than MaxNameLength, invalid UTF-8 and NUL (PostgreSQL's text
-// holds neither; badger's keys use NUL as a separator).
-func CheckName(kind, name string) error {
-	if name == "" || len(name) > MaxNameLength || !utf8.ValidString(name) || strings.ContainsRune(name, 0) {
-		return fmt.Errorf("%w: %s %q", ErrNameInvalid, kind, truncate(name))
-	}
-	return nil
-}
-
-// CheckText refuses, for an optional text field such as a media type,
-// what CheckName refuses except emptiness, up to max bytes.
-func CheckText(kind, s string, max int) error {
-	if len(s) > max || !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
-		return fmt.Errorf("%w: %s %q", ErrNameInvalid, kind, truncate(s))
-	}
-	return nil
-}
-
-// CheckDigest is Digest.Validate wrapped for a message naming what it is.
-func CheckDigest(kind string, d Digest) error {
-	if err := d.Validate(); err != nil {
-		return fmt.Errorf("%s: %w", kind, err)
-	}
-	return nil
-}
-
-// truncate keeps a hostile name from filling a log line.
-func truncate(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
-}
 
 // Page is one page of a listing in lexical (byte) order.
 type Page struct {

@@ -5,6 +5,7 @@
 package tmpfs
 
 import (
+	"os"
 	"strconv"
 	"syscall"
 	"testing"
@@ -25,4 +26,38 @@ func Mount(t testing.TB, size int64) string {
 		}
 	})
 	return dir
+}
+
+// Free is the bytes an unprivileged writer may still put on dir's
+// filesystem, as statfs tells the stores.
+func Free(t testing.TB, dir string) int64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize)
+}
+
+// FillTo writes a filler file into dir (on a tmpfs from Mount) so that
+// about left bytes stay free (tmpfs counts whole pages), and returns its
+// path: removing it gives the space back.
+func FillTo(t testing.TB, dir string, left int64) string {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "filler-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := Free(t, dir) - left
+	if n < 0 {
+		t.Fatalf("only %d bytes free, want %d left", Free(t, dir), left)
+	}
+	if _, err := f.Write(make([]byte, n)); err != nil {
+		t.Fatalf("filler of %d bytes: %v", n, err)
+	}
+	if got := Free(t, dir); got > left || got < left-64<<10 {
+		t.Fatalf("after the filler %d bytes are free, want about %d", got, left)
+	}
+	return f.Name()
 }

@@ -3,10 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
 )
 
 // A session is a multipart upload at uploads/<id>/data, created with its
@@ -39,10 +37,8 @@ const stateVersion = 1
 
 // sessionState is what Session.State serialises.
 type sessionState struct {
-	Version  int    `json:"v"`
-	ID       string `json:"id"`
-	PartSize int64  `json:"part_size"`
-	Size     int64  `json:"size"`
+	backend.SessionState
+	PartSize int64 `json:"part_size"`
 	// UploadID is the multipart upload, once a part was written.
 	UploadID string `json:"upload_id,omitempty"`
 	// Parts are the ETags of parts 1..n, each PartSize bytes.
@@ -55,10 +51,6 @@ type sessionState struct {
 	// Assembled: a commit put all Size bytes into uploads/<id>/data
 	// (to hash them with another algorithm); no parts, no tail.
 	Assembled bool `json:"assembled,omitempty"`
-	// SHA256 is the marshalled sha256 state over the Size bytes.
-	SHA256 []byte `json:"sha256"`
-	// Ended: committed or cancelled; its bytes are gone.
-	Ended bool `json:"ended,omitempty"`
 }
 
 type session struct {
@@ -74,13 +66,13 @@ func (s *Store) tailKey(id, tail string) string { return s.sessionPrefix(id) + "
 // NewSession implements blobstore.Sessions. Nothing is written until the
 // first Append.
 func (s *Store) NewSession(ctx context.Context) (blobstore.Session, error) {
-	id, err := randomHex()
+	id, err := backend.RandomID()
 	if err != nil {
 		return nil, err
 	}
 	return &session{
 		s:  s,
-		st: sessionState{Version: stateVersion, ID: id, PartSize: s.partSize},
+		st: sessionState{SessionState: backend.SessionState{Version: stateVersion, ID: id}, PartSize: s.partSize},
 		h:  sha256.New(),
 	}, nil
 }
@@ -90,32 +82,23 @@ func (s *Store) NewSession(ctx context.Context) (blobstore.Session, error) {
 // not add up is refused rather than used.
 func (s *Store) ResumeSession(ctx context.Context, state []byte) (blobstore.Session, error) {
 	var st sessionState
-	if err := json.Unmarshal(state, &st); err != nil {
-		return nil, fmt.Errorf("%w: %w", blobstore.ErrSessionUnknown, err)
-	}
-	if err := st.check(); err != nil {
-		return nil, fmt.Errorf("%w: %w", blobstore.ErrSessionUnknown, err)
-	}
-	h := sha256.New()
-	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(st.SHA256); err != nil {
-		return nil, fmt.Errorf("%w: hash state: %w", blobstore.ErrSessionUnknown, err)
+	h, err := backend.DecodeState(state, &st, &st.SessionState, st.check)
+	if err != nil {
+		return nil, err
 	}
 	return &session{s: s, st: st, h: h}, nil
 }
 
 func (st *sessionState) check() error {
+	if err := st.Check(stateVersion); err != nil {
+		return err
+	}
 	switch {
-	case st.Version != stateVersion:
-		return fmt.Errorf("state version %d", st.Version)
-	case st.Ended:
-		return errors.New("ended")
-	case !isHex(st.ID, 32):
-		return errors.New("bad id")
 	case st.PartSize < minPartSize || st.PartSize > maxPartSize:
 		return errors.New("bad part size")
 	case len(st.Parts) > maxParts || len(st.Parts) > 0 && st.UploadID == "":
 		return errors.New("bad parts")
-	case st.Tail != "" && !isHex(st.Tail, 32) || (st.Tail == "") != (st.TailSize == 0):
+	case st.Tail != "" && !backend.IsID(st.Tail) || (st.Tail == "") != (st.TailSize == 0):
 		return errors.New("bad tail")
 	case st.TailSize < 0 || st.TailSize >= st.PartSize:
 		return errors.New("bad tail size")
@@ -123,8 +106,6 @@ func (st *sessionState) check() error {
 		return errors.New("assembled with parts")
 	case !st.Assembled && st.Size != int64(len(st.Parts))*st.PartSize+st.TailSize:
 		return errors.New("size does not add up")
-	case st.Size < 0:
-		return errors.New("bad size")
 	}
 	return nil
 }
@@ -134,7 +115,7 @@ func (ss *session) Size() int64 { return ss.st.Size }
 
 func (ss *session) State() ([]byte, error) {
 	st := ss.st
-	h, err := ss.h.(encoding.BinaryMarshaler).MarshalBinary()
+	h, err := backend.MarshalSHA256(ss.h)
 	if err != nil {
 		return nil, fmt.Errorf("s3: session state: %w", err)
 	}
@@ -147,11 +128,8 @@ func (ss *session) State() ([]byte, error) {
 // it was; parts a failed Append wrote under numbers the state does not
 // count are overwritten by the next one or dropped by the commit.
 func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64, error) {
-	if ss.st.Ended {
-		return 0, fmt.Errorf("%w: %s", blobstore.ErrSessionUnknown, ss.st.ID)
-	}
-	if offset != ss.st.Size {
-		return 0, fmt.Errorf("%w: session at %d, chunk at %d", blobstore.ErrOffsetMismatch, ss.st.Size, offset)
+	if err := ss.st.CheckAppend(offset); err != nil {
+		return 0, err
 	}
 	if ss.st.Assembled {
 		return 0, blobstore.ErrSessionSealed
@@ -159,7 +137,7 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	s := ss.s
 	next := ss.st
 	next.Parts = slices.Clip(next.Parts) // appends must not reach ss.st's array
-	h, err := cloneSHA256(ss.h)
+	h, err := backend.CloneSHA256(ss.h)
 	if err != nil {
 		return 0, err
 	}
@@ -200,7 +178,7 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	}
 	next.Tail, next.TailSize, next.TailSHA256 = "", 0, nil
 	if len(buf) > 0 {
-		tail, err := randomHex()
+		tail, err := backend.RandomID()
 		if err != nil {
 			return 0, err
 		}
@@ -280,7 +258,7 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 	}
 	var src string
 	if d.Algorithm == blobstore.SHA256 {
-		if err := verify(d, -1, ss.st.Size, ss.h); err != nil {
+		if err := backend.Verify(d, -1, ss.st.Size, ss.h); err != nil {
 			return blobstore.Info{}, err
 		}
 	} else {
@@ -372,7 +350,7 @@ func (ss *session) assemble(ctx context.Context) (string, error) {
 			return "", sessionErr("commit", next.ID, err)
 		}
 	}
-	*st = sessionState{Version: st.Version, ID: st.ID, PartSize: st.PartSize, Size: st.Size, Assembled: true}
+	*st = sessionState{SessionState: st.SessionState, PartSize: st.PartSize, Assembled: true}
 	return key, nil
 }
 
@@ -394,7 +372,7 @@ func (ss *session) verifyObject(ctx context.Context, key string, d blobstore.Dig
 	if n != ss.st.Size {
 		return fmt.Errorf("s3: commit session %s: read %d of %d bytes", ss.st.ID, n, ss.st.Size)
 	}
-	return verify(d, -1, n, h)
+	return backend.Verify(d, -1, n, h)
 }
 
 // Cancel implements blobstore.Session.
@@ -451,38 +429,6 @@ func (s *Store) purge(ctx context.Context, st sessionState) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func cloneSHA256(h hash.Hash) (hash.Hash, error) {
-	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("s3: hash state: %w", err)
-	}
-	c := sha256.New()
-	if err := c.(encoding.BinaryUnmarshaler).UnmarshalBinary(b); err != nil {
-		return nil, fmt.Errorf("s3: hash state: %w", err)
-	}
-	return c, nil
-}
-
-func randomHex() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("s3: random: %w", err)
-	}
-	return hex.EncodeToString(b[:]), nil
-}
-
-func isHex(s string, n int) bool {
-	if len(s) != n {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // sessionErr turns an S3 error about a session into the contract's: a

@@ -38,6 +38,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
 )
 
 // Limits S3 sets on multipart uploads and copies.
@@ -336,7 +337,7 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, err)
 	}
 	if err == io.EOF {
-		if err := verify(d, size, n, h); err != nil {
+		if err := backend.Verify(d, size, n, h); err != nil {
 			return blobstore.Info{}, err
 		}
 		if err := s.putObject(ctx, s.blobKey(d), first); err != nil {
@@ -387,7 +388,7 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 			return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, rerr)
 		}
 	}
-	if err := verify(d, size, total, h); err != nil {
+	if err := backend.Verify(d, size, total, h); err != nil {
 		return blobstore.Info{}, err
 	}
 	if err := s.complete(ctx, key, uploadID, etags); err != nil {
@@ -421,17 +422,6 @@ func fill(buf []byte, r io.Reader, h hash.Hash) ([]byte, int64, error) {
 		err = io.EOF
 	}
 	return buf, int64(n), err
-}
-
-// verify checks what was read against what the caller claimed.
-func verify(d blobstore.Digest, size, n int64, h hash.Hash) error {
-	if size >= 0 && n != size {
-		return fmt.Errorf("%w: declared %d, got %d bytes", blobstore.ErrSizeMismatch, size, n)
-	}
-	if got := blobstore.FromHash(d.Algorithm, h); got != d {
-		return fmt.Errorf("%w: want %s, got %s", blobstore.ErrDigestMismatch, d, got)
-	}
-	return nil
 }
 
 func (s *Store) putObject(ctx context.Context, key string, b []byte) error {

@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"ConcurrentManifestPutsOneTag", testConcurrentPuts},
 		{"ConcurrentUploadAdvance", testConcurrentAdvance},
 		{"ConcurrentUploadQuota", testConcurrentQuota},
+		{"ConcurrentTagMoveAndManifestDelete", testMoveRacesDelete},
 		{"GCUnreferencedLinks", testUnreferencedLinks},
 		{"GCDropLinksChecksAgain", testDropLinksChecksAgain},
 		{"GCBlobs", testGCBlobs},
@@ -718,7 +719,14 @@ func testUploads(t *testing.T, s metastore.Store) {
 	wantErr(t, "AdvanceUpload from a stale size", err, metastore.ErrUploadMoved)
 	_, err = s.AdvanceUpload(ctx(t), next, []byte("s3"), 99, at(3))
 	wantErr(t, "AdvanceUpload shrinking", err, metastore.ErrUploadMoved)
-	if got, _ := s.Upload(ctx(t), "u1"); got.Version != 2 || string(got.State) != "s2" {
+	// An empty chunk advances the version, not the size: the version
+	// alone tells the stale read.
+	same, err := s.AdvanceUpload(ctx(t), next, []byte("s2'"), 100, at(3))
+	must(t, err)
+	_, err = s.AdvanceUpload(ctx(t), next, []byte("s3"), 100, at(3))
+	wantErr(t, "AdvanceUpload from a stale version of the same size", err, metastore.ErrUploadMoved)
+	next = same
+	if got, _ := s.Upload(ctx(t), "u1"); got.Version != 3 || string(got.State) != "s2'" {
 		t.Fatalf("refused advances changed the session: %+v", got)
 	}
 	use, err := s.UploadUsage(ctx(t), "r", "alice")
@@ -851,6 +859,38 @@ func testConcurrentTagMoves(t *testing.T, s metastore.Store) {
 		}
 		if got := tagOf(t, s, "r", "t").Digest; got != winner {
 			t.Fatalf("round %d: tag at %s, the winner moved it to %s", round, got, winner)
+		}
+	}
+}
+
+// testMoveRacesDelete: a tag moved to a manifest that is deleted at the
+// same moment never points at nothing: either the move lost, or the
+// delete took the tag with it.
+func testMoveRacesDelete(t *testing.T, s metastore.Store) {
+	base, bb := manifest("base", metastore.Digest{})
+	put(t, s, "r", base, bb, "t")
+	for i := range 20 {
+		m, body := manifest(fmt.Sprint("doomed", i), metastore.Digest{})
+		put(t, s, "r", m, body)
+		errs := start(2, func(j int) error {
+			if j == 0 {
+				return s.MoveTag(context.Background(), "r", "t", base.Digest, m.Digest)
+			}
+			return s.DeleteManifest(context.Background(), "r", m.Digest)
+		})
+		must(t, errs[1])
+		if errs[0] != nil && !errors.Is(errs[0], metastore.ErrManifestUnknown) {
+			t.Fatalf("race %d: move: %v", i, errs[0])
+		}
+		ti, err := s.Tag(ctx(t), "r", "t")
+		switch {
+		case errors.Is(err, metastore.ErrTagUnknown):
+			// The move won, the delete took the tag: push it back.
+			put(t, s, "r", base, bb, "t")
+		case err != nil:
+			t.Fatal(err)
+		case ti.Digest != base.Digest:
+			t.Fatalf("race %d: tag at %s, a manifest deleted (move: %v)", i, ti.Digest, errs[0])
 		}
 	}
 }
@@ -1083,19 +1123,9 @@ func testGCBlobs(t *testing.T, s metastore.Store) {
 	cutoff := at(30)
 	want := append([]metastore.Digest{old.Digest}, more...)
 	slices.SortFunc(want, func(a, b metastore.Digest) int { return strings.Compare(a.String(), b.String()) })
-	var got []metastore.Digest
-	after := metastore.Digest{}
-	for {
-		rs, err := s.UnlinkedBlobs(ctx(t), cutoff, after, 2)
-		must(t, err)
-		if len(rs) == 0 {
-			break
-		}
-		for _, r := range rs {
-			got = append(got, r.Digest)
-		}
-		after = rs[len(rs)-1].Digest
-	}
+	got := blobPages(t, func(after metastore.Digest) ([]metastore.BlobRecord, error) {
+		return s.UnlinkedBlobs(ctx(t), cutoff, after, 2)
+	})
 	if !slices.Equal(got, want) {
 		t.Fatalf("unlinked = %v, want %v", got, want)
 	}
@@ -1112,19 +1142,9 @@ func testGCBlobs(t *testing.T, s metastore.Store) {
 	if rs, _ := s.UnlinkedBlobs(ctx(t), cutoff, metastore.Digest{}, 100); len(rs) != 0 {
 		t.Fatalf("marked blobs listed again as unlinked: %v", rs)
 	}
-	var deleting []metastore.Digest
-	after = metastore.Digest{}
-	for {
-		rs, err := s.DeletingBlobs(ctx(t), after, 4)
-		must(t, err)
-		if len(rs) == 0 {
-			break
-		}
-		for _, r := range rs {
-			deleting = append(deleting, r.Digest)
-		}
-		after = rs[len(rs)-1].Digest
-	}
+	deleting := blobPages(t, func(after metastore.Digest) ([]metastore.BlobRecord, error) {
+		return s.DeletingBlobs(ctx(t), after, 4)
+	})
 	if !slices.Equal(deleting, want) {
 		t.Fatalf("deleting = %v, want %v", deleting, want)
 	}
@@ -1141,6 +1161,24 @@ func testGCBlobs(t *testing.T, s metastore.Store) {
 	must(t, err)
 	if !r.Created.Equal(at(70)) {
 		t.Fatalf("recorded again after the sweep: %+v", r)
+	}
+}
+
+// blobPages reads a listing of blobs in pages to its end, by cursor.
+func blobPages(t *testing.T, next func(after metastore.Digest) ([]metastore.BlobRecord, error)) []metastore.Digest {
+	t.Helper()
+	var out []metastore.Digest
+	after := metastore.Digest{}
+	for {
+		rs, err := next(after)
+		must(t, err)
+		if len(rs) == 0 {
+			return out
+		}
+		for _, r := range rs {
+			out = append(out, r.Digest)
+		}
+		after = rs[len(rs)-1].Digest
 	}
 }
 

@@ -1,4 +1,4 @@
-package cache
+package blobfile
 
 import (
 	"io"
@@ -18,8 +18,8 @@ import (
 // (and fsync also flushes the metadata and the disk's cache, which the
 // ranges do not).
 const (
-	writeBehindWindow = 8 << 20  // bytes written before write-back starts on them
-	writeBehindLag    = 32 << 20 // how far behind the newest byte the writer waits for the disk
+	WriteBehindWindow = 8 << 20  // bytes written before write-back starts on them
+	WriteBehindLag    = 32 << 20 // how far behind the newest byte the writer waits for the disk
 )
 
 // writeBehindWriter writes to f from offset off on, sequentially (the
@@ -31,9 +31,9 @@ type writeBehindWriter struct {
 	waited  int64 // [.., waited) is on disk
 }
 
-// writeBehind wraps f, positioned at off, for a long sequential write.
+// WriteBehind wraps f, positioned at off, for a long sequential write.
 // Where the platform cannot start write-back early, it writes through.
-func writeBehind(f *os.File, off int64) io.Writer {
+func WriteBehind(f *os.File, off int64) io.Writer {
 	if !canWriteBehind {
 		return f
 	}
@@ -46,7 +46,7 @@ func (w *writeBehindWriter) Write(p []byte) (int, error) {
 	if err != nil {
 		return n, err
 	}
-	if w.off-w.started < writeBehindWindow {
+	if w.off-w.started < WriteBehindWindow {
 		return n, nil
 	}
 	// A failure here is an I/O error the final fsync might no longer
@@ -55,7 +55,7 @@ func (w *writeBehindWriter) Write(p []byte) (int, error) {
 		return n, err
 	}
 	w.started = w.off
-	if behind := w.started - writeBehindLag; behind > w.waited {
+	if behind := w.started - WriteBehindLag; behind > w.waited {
 		if err := waitWriteback(w.f, w.waited, behind-w.waited); err != nil {
 			return n, err
 		}

@@ -1,22 +1,22 @@
-package cache
+package blobfile
 
 import (
 	"io"
 	"sync"
 )
 
-// pipelineDepth is the most buffers one copyHashing keeps in flight.
+// pipelineDepth is the most buffers one CopyHashing keeps in flight.
 const pipelineDepth = 4
 
-// copyHashing copies r to w and feeds the same bytes to h. size is what r
+// CopyHashing copies r to w and feeds the same bytes to h. size is what r
 // holds (< 0: unknown); it only picks the buffers. With big buffers to
 // spare (copybuf.go) it runs as a pipeline (copyPipelined); with one
 // buffer it reads, writes and hashes in turn. The bytes reach h in order,
 // so the result equals io.Copy(io.MultiWriter(w, h), r).
-func copyHashing(w, h io.Writer, r io.Reader, size int64) (int64, error) {
-	first := getBuf(size)
+func CopyHashing(w, h io.Writer, r io.Reader, size int64) (int64, error) {
+	first := GetBuf(size)
 	bufs := []*[]byte{first}
-	if cap(*first) == copyBufSize && (size < 0 || size > copyBufSize) {
+	if cap(*first) == CopyBufSize && (size < 0 || size > CopyBufSize) {
 		for len(bufs) < pipelineDepth {
 			bp := tryBigBuf()
 			if bp == nil {
@@ -27,7 +27,7 @@ func copyHashing(w, h io.Writer, r io.Reader, size int64) (int64, error) {
 	}
 	defer func() {
 		for _, bp := range bufs {
-			putBuf(bp)
+			PutBuf(bp)
 		}
 	}()
 	if len(bufs) == 1 {
@@ -42,10 +42,10 @@ func copyBuffer(w io.Writer, r io.Reader, buf []byte) (int64, error) {
 	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, buf)
 }
 
-// copyPipelined is copyHashing as three stages on bufs: while one buffer
+// copyPipelined is CopyHashing as three stages on bufs: while one buffer
 // is being hashed, the next is written and the one after is read. On a
 // push the hash, the disk write (which may wait for write-back, see
-// writeBehind) and the network read are the big costs; done in turn they
+// WriteBehind) and the network read are the big costs; done in turn they
 // add up, side by side the slowest sets the pace. Each buffer is filled
 // before it moves on, so the file and the hash see few, large calls
 // whatever sizes the network delivers. The bytes reach h in order and

@@ -1,4 +1,4 @@
-package cache
+package blobfile
 
 import (
 	"io"
@@ -9,32 +9,32 @@ import (
 // upload). Their memory is bounded whatever the number of clients: big
 // buffers come out of a fixed budget, and once it is spent a write gets a
 // small one, which costs it a few more read, write and hash calls but no
-// memory beyond smallBufSize per write in flight. A blob that declares a
+// memory beyond SmallBufSize per write in flight. A blob that declares a
 // small size never takes a big buffer.
 const (
-	// copyBufSize is a big buffer: large enough that the per-call cost
+	// CopyBufSize is a big buffer: large enough that the per-call cost
 	// of read, write and hash is lost in the bytes.
-	copyBufSize = 1 << 20
-	// smallBufSize is the buffer of a small blob or of a write past the
+	CopyBufSize = 1 << 20
+	// SmallBufSize is the buffer of a small blob or of a write past the
 	// budget.
-	smallBufSize = 32 << 10
+	SmallBufSize = 32 << 10
 	// bigBufBudget is how many big buffers are out at once across the
-	// process (bigBufBudget*copyBufSize = 16 MiB).
+	// process (bigBufBudget*CopyBufSize = 16 MiB).
 	bigBufBudget = 16
 )
 
 var (
-	bigBufs   = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
-	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+	bigBufs   = sync.Pool{New: func() any { b := make([]byte, CopyBufSize); return &b }}
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, SmallBufSize); return &b }}
 	// bigOut holds a token for each big buffer handed out.
 	bigOut = make(chan struct{}, bigBufBudget)
 )
 
-// getBuf returns a buffer for copying size bytes (size < 0: unknown): a
+// GetBuf returns a buffer for copying size bytes (size < 0: unknown): a
 // big one if size needs it and the budget has one left, else a small one.
-// Give it back with putBuf.
-func getBuf(size int64) *[]byte {
-	if size < 0 || size > smallBufSize {
+// Give it back with PutBuf.
+func GetBuf(size int64) *[]byte {
+	if size < 0 || size > SmallBufSize {
 		if bp := tryBigBuf(); bp != nil {
 			return bp
 		}
@@ -52,9 +52,9 @@ func tryBigBuf() *[]byte {
 	}
 }
 
-// putBuf gives back a buffer from getBuf or tryBigBuf.
-func putBuf(bp *[]byte) {
-	if cap(*bp) == copyBufSize {
+// PutBuf gives back a buffer from GetBuf or tryBigBuf.
+func PutBuf(bp *[]byte) {
+	if cap(*bp) == CopyBufSize {
 		bigBufs.Put(bp)
 		<-bigOut
 		return
@@ -62,10 +62,10 @@ func putBuf(bp *[]byte) {
 	smallBufs.Put(bp)
 }
 
-// copyBuf copies r to w through a buffer from getBuf.
-func copyBuf(w io.Writer, r io.Reader, size int64) (int64, error) {
-	bp := getBuf(size)
-	defer putBuf(bp)
+// CopyBuf copies r to w through a buffer from GetBuf.
+func CopyBuf(w io.Writer, r io.Reader, size int64) (int64, error) {
+	bp := GetBuf(size)
+	defer PutBuf(bp)
 	// Hide any WriterTo/ReaderFrom so the buffer is what is used.
 	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, *bp)
 }

@@ -1,15 +1,15 @@
 //go:build linux || darwin || freebsd
 
-package cache
+package blobfile
 
 import (
 	"errors"
 	"syscall"
 )
 
-// freeSpace is what statfs reports for the filesystem holding dir: the
+// FreeSpace is what statfs reports for the filesystem holding dir: the
 // bytes an unprivileged writer may still use, and the filesystem's size.
-func freeSpace(dir string) (free, total int64, err error) {
+func FreeSpace(dir string) (free, total int64, err error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return 0, 0, err
@@ -18,8 +18,8 @@ func freeSpace(dir string) (free, total int64, err error) {
 	return int64(st.Bavail) * bs, int64(st.Blocks) * bs, nil
 }
 
-// isNoSpace reports whether err is the filesystem saying it is full, or
+// IsNoSpace reports whether err is the filesystem saying it is full, or
 // the writer's quota is.
-func isNoSpace(err error) bool {
+func IsNoSpace(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }

@@ -1,4 +1,4 @@
-package cache
+package blobfile
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 
 func TestCopyHashingMatchesSequentialCopy(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, size := range []int{0, 1, smallBufSize, smallBufSize + 1, copyBufSize - 1, copyBufSize, 5*copyBufSize + 17} {
+	for _, size := range []int{0, 1, SmallBufSize, SmallBufSize + 1, CopyBufSize - 1, CopyBufSize, 5*CopyBufSize + 17} {
 		data := make([]byte, size)
 		for i := range data {
 			data[i] = byte(rng.Uint32())
@@ -34,7 +34,7 @@ func TestCopyHashingMatchesSequentialCopy(t *testing.T) {
 				for _, hint := range []int64{-1, int64(len(want))} {
 					var out bytes.Buffer
 					h := sha256.New()
-					n, err := copyHashing(&out, h, reader(), hint)
+					n, err := CopyHashing(&out, h, reader(), hint)
 					if err != nil || n != int64(len(want)) {
 						t.Fatalf("%d %s (hint %d, budget spent %v): n=%d err=%v", size, name, hint, spent, n, err)
 					}
@@ -47,14 +47,14 @@ func TestCopyHashingMatchesSequentialCopy(t *testing.T) {
 				}
 			}
 			for _, bp := range held {
-				putBuf(bp)
+				PutBuf(bp)
 			}
 		}
 	}
 }
 
 // spendBigBufs takes every big buffer left in the budget; the caller
-// gives them back with putBuf.
+// gives them back with PutBuf.
 func spendBigBufs() []*[]byte {
 	var held []*[]byte
 	for {
@@ -75,34 +75,34 @@ func TestCopyBuffersAreBounded(t *testing.T) {
 		t.Fatalf("%d big buffers out, budget %d", len(held), bigBufBudget)
 	}
 	for _, size := range []int64{-1, 1 << 30} {
-		bp := getBuf(size)
-		if cap(*bp) != smallBufSize {
-			t.Fatalf("budget spent: getBuf(%d) gave %d bytes, want the small %d", size, cap(*bp), smallBufSize)
+		bp := GetBuf(size)
+		if cap(*bp) != SmallBufSize {
+			t.Fatalf("budget spent: GetBuf(%d) gave %d bytes, want the small %d", size, cap(*bp), SmallBufSize)
 		}
-		putBuf(bp)
+		PutBuf(bp)
 	}
 	for _, bp := range held {
-		putBuf(bp)
+		PutBuf(bp)
 	}
-	if bp := getBuf(-1); cap(*bp) != copyBufSize {
-		t.Errorf("budget back: getBuf(-1) gave %d bytes, want the big %d", cap(*bp), copyBufSize)
+	if bp := GetBuf(-1); cap(*bp) != CopyBufSize {
+		t.Errorf("budget back: GetBuf(-1) gave %d bytes, want the big %d", cap(*bp), CopyBufSize)
 	} else {
-		putBuf(bp)
+		PutBuf(bp)
 	}
-	if bp := getBuf(4096); cap(*bp) != smallBufSize {
-		t.Errorf("getBuf(4096) gave %d bytes, want the small %d", cap(*bp), smallBufSize)
+	if bp := GetBuf(4096); cap(*bp) != SmallBufSize {
+		t.Errorf("GetBuf(4096) gave %d bytes, want the small %d", cap(*bp), SmallBufSize)
 	} else {
-		putBuf(bp)
+		PutBuf(bp)
 	}
 }
 
 func TestCopyHashingReportsErrors(t *testing.T) {
 	boom := errors.New("boom")
-	src := io.MultiReader(bytes.NewReader(make([]byte, 3*copyBufSize)), iotest.ErrReader(boom))
-	if _, err := copyHashing(io.Discard, sha256.New(), src, -1); !errors.Is(err, boom) {
+	src := io.MultiReader(bytes.NewReader(make([]byte, 3*CopyBufSize)), iotest.ErrReader(boom))
+	if _, err := CopyHashing(io.Discard, sha256.New(), src, -1); !errors.Is(err, boom) {
 		t.Fatalf("read error: %v", err)
 	}
-	if _, err := copyHashing(failWriter{}, sha256.New(), bytes.NewReader(make([]byte, 10)), 10); !errors.Is(err, errBoom) {
+	if _, err := CopyHashing(failWriter{}, sha256.New(), bytes.NewReader(make([]byte, 10)), 10); !errors.Is(err, errBoom) {
 		t.Fatalf("write error: %v", err)
 	}
 }

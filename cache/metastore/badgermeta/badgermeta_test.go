@@ -1,0 +1,32 @@
+package badgermeta
+
+import (
+	"testing"
+
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+	"github.com/caddy-oci/caddy-oci/cache/metastore/metatest"
+)
+
+func open(t testing.TB) *Store {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+func TestContract(t *testing.T) {
+	metatest.Run(t, func(t *testing.T) metastore.Store { return open(t) })
+}
+
+// The same benchmarks as pgmeta's, so the figures compare (badger syncs
+// every write; PostgreSQL's test server does not).
+
+func BenchmarkPutManifest(b *testing.B) { metatest.BenchPutManifest(b, open(b)) }
+
+func BenchmarkTagGet(b *testing.B) { metatest.BenchTagGet(b, open(b)) }

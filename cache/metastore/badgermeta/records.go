@@ -1,0 +1,736 @@
+package badgermeta
+
+// Manifests, tags, upload sessions and the GC queries.
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// manifestRecord is the value of m/<repo>\0<digest>. gob keeps strings
+// byte for byte, so annotations of any bytes read back exactly.
+type manifestRecord struct {
+	MediaType    string
+	Size         int64
+	Subject      string
+	ArtifactType string
+	Annotations  map[string]string
+	Refs         []string
+}
+
+func (r manifestRecord) manifest(d metastore.Digest, withRefs bool) (metastore.Manifest, error) {
+	m := metastore.Manifest{Digest: d, MediaType: r.MediaType, Size: r.Size, ArtifactType: r.ArtifactType}
+	if len(r.Annotations) > 0 {
+		m.Annotations = r.Annotations
+	}
+	var err error
+	if r.Subject != "" {
+		if m.Subject, err = parseDigest(r.Subject); err != nil {
+			return m, err
+		}
+	}
+	if withRefs {
+		for _, ref := range r.Refs {
+			rd, err := parseDigest(ref)
+			if err != nil {
+				return m, err
+			}
+			m.Refs = append(m.Refs, rd)
+		}
+	}
+	return m, nil
+}
+
+func readManifest(txn *badger.Txn, repo, d string) (manifestRecord, bool, error) {
+	var rec manifestRecord
+	v, ok, err := get(txn, key("m/", repo, d))
+	if !ok || err != nil {
+		return rec, false, err
+	}
+	if err := decode(v, &rec); err != nil {
+		return rec, false, fmt.Errorf("badgermeta: manifest %s in %s is damaged: %w", d, repo, err)
+	}
+	return rec, true, nil
+}
+
+// PutManifest stores a manifest and its tags in one transaction.
+func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
+	refs, err := metastore.CheckManifest(repo, m, body, tags)
+	if err != nil {
+		return err
+	}
+	d := m.Digest.String()
+	rec := manifestRecord{MediaType: m.MediaType, Size: int64(len(body)), ArtifactType: m.ArtifactType,
+		Annotations: m.Annotations, Refs: refs}
+	if !m.Subject.IsZero() {
+		rec.Subject = m.Subject.String()
+	}
+	val, err := encode(rec)
+	if err != nil {
+		return fmt.Errorf("badgermeta: encode manifest: %w", err)
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		if err := addRepo(txn, repo); err != nil {
+			return err
+		}
+		old, ok, err := readManifest(txn, repo, d)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := dropManifestIndexes(txn, repo, d, old); err != nil {
+				return err
+			}
+		}
+		// The links this manifest references are written again
+		// unchanged: GC's drop reads them, so a drop and this manifest
+		// never both commit.
+		for _, ref := range refs {
+			lk := key("l/", repo, ref)
+			v, ok, err := get(txn, lk)
+			if err != nil {
+				return err
+			}
+			if ok {
+				if err := txn.Set(lk, v); err != nil {
+					return err
+				}
+			}
+			if err := txn.Set(key("ref/", repo, ref, d), nil); err != nil {
+				return err
+			}
+		}
+		for k, v := range map[string][]byte{
+			string(key("m/", repo, d)):  val,
+			string(key("mb/", repo, d)): body,
+			string(key("mr/", d, repo)): nil,
+		} {
+			if err := txn.Set([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		if rec.Subject != "" {
+			if err := txn.Set(key("s/", repo, rec.Subject, d), nil); err != nil {
+				return err
+			}
+		}
+		for _, t := range tags {
+			if err := setTag(txn, repo, t, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// dropManifestIndexes removes the referrer and reference entries of a
+// manifest record.
+func dropManifestIndexes(txn *badger.Txn, repo, d string, rec manifestRecord) error {
+	if rec.Subject != "" {
+		if err := txn.Delete(key("s/", repo, rec.Subject, d)); err != nil {
+			return err
+		}
+	}
+	for _, ref := range rec.Refs {
+		if err := txn.Delete(key("ref/", repo, ref, d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tagValue is the value of t/<repo>\0<tag>: fetched (8 bytes) and the
+// digest.
+func tagValue(d string, fetched time.Time) []byte { return append(unixNano(fetched), d...) }
+
+func readTag(txn *badger.Txn, repo, tag string) (d string, fetched time.Time, ok bool, err error) {
+	v, ok, err := get(txn, key("t/", repo, tag))
+	if !ok || err != nil || len(v) < 8 {
+		return "", time.Time{}, false, err
+	}
+	return string(v[8:]), fromNano(v[:8]), true, nil
+}
+
+// existingTag is the digest tag points at, or ErrTagUnknown.
+func existingTag(txn *badger.Txn, repo, tag string) (string, error) {
+	d, _, ok, err := readTag(txn, repo, tag)
+	if err != nil || !ok {
+		return "", cmpErr(err, fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag))
+	}
+	return d, nil
+}
+
+// setTag points tag at d; a tag that moves loses its fetch time.
+func setTag(txn *badger.Txn, repo, tag, d string) error {
+	old, fetched, ok, err := readTag(txn, repo, tag)
+	if err != nil {
+		return err
+	}
+	if ok && old != d {
+		fetched = time.Time{}
+		if err := txn.Delete(key("td/", repo, old, tag)); err != nil {
+			return err
+		}
+	}
+	if err := txn.Set(key("t/", repo, tag), tagValue(d, fetched)); err != nil {
+		return err
+	}
+	return txn.Set(key("td/", repo, d, tag), nil)
+}
+
+// Manifest returns repo's manifest d without its bytes.
+func (s *Store) Manifest(ctx context.Context, repo string, d metastore.Digest) (metastore.Manifest, error) {
+	m, _, err := s.manifest(ctx, repo, d, false)
+	return m, err
+}
+
+// ManifestBody returns repo's manifest d with its bytes.
+func (s *Store) ManifestBody(ctx context.Context, repo string, d metastore.Digest) (metastore.Manifest, []byte, error) {
+	return s.manifest(ctx, repo, d, true)
+}
+
+func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, withBody bool) (metastore.Manifest, []byte, error) {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
+		return metastore.Manifest{}, nil, err
+	}
+	var m metastore.Manifest
+	var body []byte
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		rec, ok, err := readManifest(txn, repo, d.String())
+		if err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo))
+		}
+		if m, err = rec.manifest(d, true); err != nil || !withBody {
+			return err
+		}
+		body, _, err = get(txn, key("mb/", repo, d.String()))
+		return err
+	})
+	return m, body, err
+}
+
+// DeleteManifest removes repo's manifest d with its tags and entries.
+func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Digest) error {
+	if err := metastore.CheckRepoDigest(repo, "manifest", d); err != nil {
+		return err
+	}
+	ds := d.String()
+	return s.update(ctx, func(txn *badger.Txn) error {
+		rec, ok, err := readManifest(txn, repo, ds)
+		if err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo))
+		}
+		if err := dropManifestIndexes(txn, repo, ds, rec); err != nil {
+			return err
+		}
+		var tags []string
+		err = each(txn, prefixOf("td/", repo, ds), "", func(tag string, _ []byte) (bool, error) {
+			tags = append(tags, tag)
+			return true, nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, t := range tags {
+			if err := deleteKeys(txn, key("t/", repo, t), key("td/", repo, ds, t)); err != nil {
+				return err
+			}
+		}
+		return deleteKeys(txn, key("m/", repo, ds), key("mb/", repo, ds), key("mr/", ds, repo))
+	})
+}
+
+// Referrers lists repo's manifests whose subject is d.
+func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
+	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
+		return nil, err
+	}
+	out := []metastore.Manifest{}
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return each(txn, prefixOf("s/", repo, d.String()), "", func(ref string, _ []byte) (bool, error) {
+			rd, err := parseDigest(ref)
+			if err != nil {
+				return false, err
+			}
+			rec, ok, err := readManifest(txn, repo, ref)
+			if err != nil || !ok {
+				return err == nil, err
+			}
+			m, err := rec.manifest(rd, false)
+			out = append(out, m)
+			return true, err
+		})
+	})
+	return out, err
+}
+
+// Tag returns what tag of repo points at.
+func (s *Store) Tag(ctx context.Context, repo, tag string) (metastore.TagInfo, error) {
+	if err := metastore.CheckTag(repo, tag); err != nil {
+		return metastore.TagInfo{}, err
+	}
+	var ti metastore.TagInfo
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		d, fetched, ok, err := readTag(txn, repo, tag)
+		if err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag))
+		}
+		ti.Fetched = fetched
+		ti.Digest, err = parseDigest(d)
+		return err
+	})
+	return ti, err
+}
+
+// MoveTag is the compare-and-swap of a tag.
+func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastore.Digest) error {
+	if err := metastore.CheckMove(repo, tag, from, to); err != nil {
+		return err
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		cur, _, ok, err := readTag(txn, repo, tag)
+		if err != nil {
+			return err
+		}
+		if ok != !from.IsZero() || ok && cur != from.String() {
+			return fmt.Errorf("%w: %s:%s is not at %s", metastore.ErrTagMoved, repo, tag, from)
+		}
+		mk := key("m/", repo, to.String())
+		v, ok, err := get(txn, mk)
+		if err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, to, repo))
+		}
+		// Written again unchanged: a manifest delete reads it, so a tag
+		// never lands on a manifest deleted meanwhile.
+		if err := txn.Set(mk, v); err != nil {
+			return err
+		}
+		return setTag(txn, repo, tag, to.String())
+	})
+}
+
+// DeleteTag removes one tag.
+func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
+	if err := metastore.CheckTag(repo, tag); err != nil {
+		return err
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		d, err := existingTag(txn, repo, tag)
+		if err != nil {
+			return err
+		}
+		return deleteKeys(txn, key("t/", repo, tag), key("td/", repo, d, tag))
+	})
+}
+
+// Tags lists repo's tags after last.
+func (s *Store) Tags(ctx context.Context, repo, last string, n int) (metastore.Page, error) {
+	if err := metastore.CheckName("repository", repo); err != nil {
+		return metastore.Page{}, err
+	}
+	if err := metastore.CheckLast(last); err != nil {
+		return metastore.Page{}, err
+	}
+	var p metastore.Page
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		if ok, err := has(txn, key("r/", repo)); err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrRepoUnknown, repo))
+		}
+		var err error
+		p, err = page(txn, prefixOf("t/", repo), last, n)
+		return err
+	})
+	return p, err
+}
+
+// SetTagFetched records a mirror's confirmation of a tag.
+func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, at time.Time) error {
+	if err := metastore.CheckTag(repo, tag); err != nil {
+		return err
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		d, err := existingTag(txn, repo, tag)
+		if err != nil {
+			return err
+		}
+		return txn.Set(key("t/", repo, tag), tagValue(d, at))
+	})
+}
+
+// counter is the value of uc/r/<repo> or uc/o/<owner>: sessions, bytes.
+type counter struct{ sessions, bytes int64 }
+
+func readCounter(txn *badger.Txn, k []byte) (counter, error) {
+	v, _, err := get(txn, k)
+	if err != nil || len(v) != 16 {
+		return counter{}, err
+	}
+	return counter{int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:]))}, nil
+}
+
+// addCounter changes the counter at k by sessions and bytes, refusing
+// (before any change) a new session past max (0: no limit).
+func addCounter(txn *badger.Txn, k []byte, sessions, bytes int64, max int) error {
+	c, err := readCounter(txn, k)
+	if err != nil {
+		return err
+	}
+	if sessions > 0 && max > 0 && c.sessions >= int64(max) {
+		return fmt.Errorf("%w: %d sessions of %s open, the limit", metastore.ErrTooManyUploads, c.sessions, k)
+	}
+	c.sessions += sessions
+	c.bytes += bytes
+	if c.sessions <= 0 {
+		return txn.Delete(k)
+	}
+	v := binary.BigEndian.AppendUint64(nil, uint64(c.sessions))
+	return txn.Set(k, binary.BigEndian.AppendUint64(v, uint64(c.bytes)))
+}
+
+// countUpload changes the counters of u's repository and owner.
+func countUpload(txn *badger.Txn, u metastore.Upload, sessions, bytes int64, q metastore.UploadQuota) error {
+	if err := addCounter(txn, key("uc/r/", u.Repo), sessions, bytes, q.PerRepo); err != nil {
+		return err
+	}
+	if u.Owner == "" {
+		return nil
+	}
+	return addCounter(txn, key("uc/o/", u.Owner), sessions, bytes, q.PerOwner)
+}
+
+func readUpload(txn *badger.Txn, id string) (metastore.Upload, bool, error) {
+	var u metastore.Upload
+	v, ok, err := get(txn, key("u/", id))
+	if !ok || err != nil {
+		return u, false, err
+	}
+	if err := decode(v, &u); err != nil {
+		return u, false, fmt.Errorf("badgermeta: upload %s is damaged: %w", id, err)
+	}
+	if u.State == nil {
+		u.State = []byte{}
+	}
+	return u, true, nil
+}
+
+func writeUpload(txn *badger.Txn, u metastore.Upload) error {
+	v, err := encode(u)
+	if err != nil {
+		return err
+	}
+	return txn.Set(key("u/", u.ID), v)
+}
+
+// CreateUpload records a new session within q.
+func (s *Store) CreateUpload(ctx context.Context, u metastore.Upload, q metastore.UploadQuota) (metastore.Upload, error) {
+	u, err := metastore.NewUpload(u)
+	if err != nil {
+		return metastore.Upload{}, err
+	}
+	err = s.update(ctx, func(txn *badger.Txn) error {
+		if ok, err := has(txn, key("u/", u.ID)); err != nil || ok {
+			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrUploadExists, u.ID))
+		}
+		if err := countUpload(txn, u, 1, 0, q); err != nil {
+			return err
+		}
+		return writeUpload(txn, u)
+	})
+	if err != nil {
+		return metastore.Upload{}, err
+	}
+	return u, nil
+}
+
+// Upload returns session id.
+func (s *Store) Upload(ctx context.Context, id string) (metastore.Upload, error) {
+	if err := metastore.CheckName("upload", id); err != nil {
+		return metastore.Upload{}, err
+	}
+	var u metastore.Upload
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		var ok bool
+		var err error
+		u, ok, err = readUpload(txn, id)
+		if err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id))
+		}
+		return nil
+	})
+	return u, err
+}
+
+// AdvanceUpload is the compare-and-swap of a session.
+func (s *Store) AdvanceUpload(ctx context.Context, read metastore.Upload, state []byte, size int64, at time.Time) (metastore.Upload, error) {
+	if err := metastore.CheckName("upload", read.ID); err != nil {
+		return metastore.Upload{}, err
+	}
+	var u metastore.Upload
+	err := s.update(ctx, func(txn *badger.Txn) error {
+		cur, ok, err := readUpload(txn, read.ID)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.Version != read.Version || cur.Size != read.Size || size < cur.Size {
+			return fmt.Errorf("%w: %s is not at version %d, size %d", metastore.ErrUploadMoved, read.ID, read.Version, read.Size)
+		}
+		if err := countUpload(txn, cur, 0, size-cur.Size, metastore.UploadQuota{}); err != nil {
+			return err
+		}
+		u = cur
+		u.State = slices.Clone(state)
+		if u.State == nil {
+			u.State = []byte{}
+		}
+		u.Size, u.Updated, u.Version = size, at, cur.Version+1
+		return writeUpload(txn, u)
+	})
+	return u, err
+}
+
+// DeleteUpload removes session id.
+func (s *Store) DeleteUpload(ctx context.Context, id string) error {
+	if err := metastore.CheckName("upload", id); err != nil {
+		return err
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		u, ok, err := readUpload(txn, id)
+		if err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id))
+		}
+		if err := countUpload(txn, u, -1, -u.Size, metastore.UploadQuota{}); err != nil {
+			return err
+		}
+		return txn.Delete(key("u/", id))
+	})
+}
+
+// UploadUsage counts the sessions of repo and owner.
+func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.UploadUsage, error) {
+	if err := metastore.CheckUsage(repo, owner); err != nil {
+		return metastore.UploadUsage{}, err
+	}
+	var use metastore.UploadUsage
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		r, err := readCounter(txn, key("uc/r/", repo))
+		if err != nil || owner == "" {
+			use.RepoSessions = int(r.sessions)
+			return err
+		}
+		o, err := readCounter(txn, key("uc/o/", owner))
+		use = metastore.UploadUsage{RepoSessions: int(r.sessions), OwnerSessions: int(o.sessions), OwnerBytes: o.bytes}
+		return err
+	})
+	return use, err
+}
+
+// ExpiredUploads lists sessions past their TTL or idle. It reads every
+// session: GC's work, not a request's, over the sessions open now.
+func (s *Store) ExpiredUploads(ctx context.Context, startedBefore, updatedBefore time.Time, n int) ([]metastore.Upload, error) {
+	var out []metastore.Upload
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return each(txn, []byte("u/"), "", func(id string, v []byte) (bool, error) {
+			var u metastore.Upload
+			if err := decode(v, &u); err != nil {
+				return false, fmt.Errorf("badgermeta: upload %s is damaged: %w", id, err)
+			}
+			if u.Started.Before(startedBefore) || !updatedBefore.IsZero() && u.Updated.Before(updatedBefore) {
+				out = append(out, u)
+			}
+			return true, nil
+		})
+	})
+	slices.SortFunc(out, func(a, b metastore.Upload) int {
+		if c := a.Started.Compare(b.Started); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	if n >= 0 && len(out) > n {
+		out = out[:n]
+	}
+	return out, err
+}
+
+// referenced reports whether a manifest of repo references d or is d.
+func referenced(txn *badger.Txn, repo, d string) (bool, error) {
+	if hasPrefix(txn, prefixOf("ref/", repo, d)) {
+		return true, nil
+	}
+	return has(txn, key("m/", repo, d))
+}
+
+// linked reports whether a repository links d or holds it as a manifest.
+func linked(txn *badger.Txn, d string) bool {
+	return hasPrefix(txn, prefixOf("lr/", d)) || hasPrefix(txn, prefixOf("mr/", d))
+}
+
+// UnreferencedLinks lists old links no manifest references.
+func (s *Store) UnreferencedLinks(ctx context.Context, before time.Time, after metastore.Link, n int) ([]metastore.Link, error) {
+	if err := metastore.CheckLast(after.Repo); err != nil {
+		return nil, err
+	}
+	cur := ""
+	if after.Repo != "" {
+		cur = after.Repo + sep + after.Digest.String()
+	}
+	var out []metastore.Link
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return each(txn, []byte("l/"), cur, func(k string, v []byte) (bool, error) {
+			if n >= 0 && len(out) >= n {
+				return false, nil
+			}
+			repo, ds, _ := strings.Cut(k, sep)
+			at := fromNano(v)
+			if !at.Before(before) {
+				return true, nil
+			}
+			if ref, err := referenced(txn, repo, ds); err != nil || ref {
+				return err == nil, err
+			}
+			d, err := parseDigest(ds)
+			out = append(out, metastore.Link{Repo: repo, Digest: d, Linked: at})
+			return err == nil, err
+		})
+	})
+	return out, err
+}
+
+// DropLinks removes the links of ls still unreferenced and old.
+func (s *Store) DropLinks(ctx context.Context, ls []metastore.Link, before time.Time) ([]metastore.Link, error) {
+	for _, l := range ls {
+		if err := metastore.CheckRepoDigest(l.Repo, "link", l.Digest); err != nil {
+			return nil, err
+		}
+	}
+	var dropped []metastore.Link
+	err := s.update(ctx, func(txn *badger.Txn) error {
+		dropped = dropped[:0]
+		for _, l := range ls {
+			ds := l.Digest.String()
+			lk := key("l/", l.Repo, ds)
+			v, ok, err := get(txn, lk)
+			if err != nil {
+				return err
+			}
+			if !ok || !fromNano(v).Before(before) {
+				continue
+			}
+			if ref, err := referenced(txn, l.Repo, ds); err != nil || ref {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			if err := deleteKeys(txn, lk, key("lr/", ds, l.Repo)); err != nil {
+				return err
+			}
+			dropped = append(dropped, metastore.Link{Repo: l.Repo, Digest: l.Digest, Linked: fromNano(v)})
+		}
+		return nil
+	})
+	return dropped, err
+}
+
+// blobPage lists blob records under p (b/ or bd/) after `after` that
+// keep says to, at most n.
+func (s *Store) blobPage(ctx context.Context, p string, after metastore.Digest, n int, keep func(txn *badger.Txn, d string, r blobRecord) bool) ([]metastore.BlobRecord, error) {
+	cur := ""
+	if !after.IsZero() {
+		cur = after.String()
+	}
+	var out []metastore.BlobRecord
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return each(txn, []byte(p), cur, func(ds string, _ []byte) (bool, error) {
+			if n >= 0 && len(out) >= n {
+				return false, nil
+			}
+			d, err := parseDigest(ds)
+			if err != nil {
+				return false, err
+			}
+			r, ok, err := readBlob(txn, d)
+			if err != nil || !ok || !keep(txn, ds, r) {
+				return err == nil, err
+			}
+			out = append(out, r.record(d))
+			return true, nil
+		})
+	})
+	return out, err
+}
+
+// UnlinkedBlobs lists old blobs nothing links.
+func (s *Store) UnlinkedBlobs(ctx context.Context, before time.Time, after metastore.Digest, n int) ([]metastore.BlobRecord, error) {
+	return s.blobPage(ctx, "b/", after, n, func(txn *badger.Txn, d string, r blobRecord) bool {
+		return !r.deleting && r.touched.Before(before) && !linked(txn, d)
+	})
+}
+
+// MarkBlobsDeleting marks the blobs of ds still unlinked and old.
+func (s *Store) MarkBlobsDeleting(ctx context.Context, ds []metastore.Digest, before time.Time) ([]metastore.BlobRecord, error) {
+	for _, d := range ds {
+		if err := metastore.CheckDigest("blob", d); err != nil {
+			return nil, err
+		}
+	}
+	var marked []metastore.BlobRecord
+	err := s.update(ctx, func(txn *badger.Txn) error {
+		marked = marked[:0]
+		for _, d := range ds {
+			r, ok, err := readBlob(txn, d)
+			if err != nil {
+				return err
+			}
+			if !ok || r.deleting || !r.touched.Before(before) || linked(txn, d.String()) {
+				continue
+			}
+			r.deleting = true
+			if err := txn.Set(key("b/", d.String()), r.bytes()); err != nil {
+				return err
+			}
+			if err := txn.Set(key("bd/", d.String()), nil); err != nil {
+				return err
+			}
+			marked = append(marked, r.record(d))
+		}
+		return nil
+	})
+	slices.SortFunc(marked, func(a, b metastore.BlobRecord) int { return strings.Compare(a.Digest.String(), b.Digest.String()) })
+	return marked, err
+}
+
+// DeletingBlobs lists blobs marked as being deleted.
+func (s *Store) DeletingBlobs(ctx context.Context, after metastore.Digest, n int) ([]metastore.BlobRecord, error) {
+	return s.blobPage(ctx, "bd/", after, n, func(*badger.Txn, string, blobRecord) bool { return true })
+}
+
+// ForgetBlobs removes the records of marked blobs.
+func (s *Store) ForgetBlobs(ctx context.Context, ds []metastore.Digest) error {
+	for _, d := range ds {
+		if err := metastore.CheckDigest("blob", d); err != nil {
+			return err
+		}
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		for _, d := range ds {
+			r, ok, err := readBlob(txn, d)
+			if err != nil {
+				return err
+			}
+			if ok && r.deleting {
+				if err := deleteKeys(txn, key("b/", d.String()), key("bd/", d.String())); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
