@@ -169,14 +169,14 @@ func TestGCPaused(t *testing.T) {
 	if s.gcRound() {
 		t.Error("a round ran while paused")
 	}
-	if _, err := s.StatBlob(orphan); err != nil {
+	if _, err := s.StatBlob(t.Context(), orphan); err != nil {
 		t.Fatalf("paused gc removed a blob: %v", err)
 	}
 	s.PauseGC(false)
 	if !s.gcRound() {
 		t.Error("no round after resume")
 	}
-	if _, err := s.StatBlob(orphan); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := s.StatBlob(t.Context(), orphan); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("blob after resumed gc: %v, want removed", err)
 	}
 }

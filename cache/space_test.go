@@ -130,13 +130,8 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 	// Someone else takes the rest: metadata writes are refused too, before
 	// badger could fault on a page the filesystem cannot give; reads go on.
 	os.Remove(filler)
-<<<<<<< HEAD
-	filler = fillTo(t, fs, 0)
-	if err := s.LinkBlob(t.Context(), "team/third", ed); !errors.Is(err, ErrStorageFull) {
-=======
 	filler = tmpfs.FillTo(t, fs, 0)
-	if err := s.LinkBlob("team/third", ed); !errors.Is(err, ErrStorageFull) {
->>>>>>> main
+	if err := s.LinkBlob(t.Context(), "team/third", ed); !errors.Is(err, ErrStorageFull) {
 		t.Errorf("linking on a full filesystem = %v, want ErrStorageFull", err)
 	}
 	if _, err := s.NewUpload(t.Context(), repo); !IsStorageFull(err) {
@@ -225,13 +220,8 @@ func TestNoSpaceFromFilesystem(t *testing.T) {
 	}
 	blob := randomBytes(t, 4*mib)
 	// Someone else takes the last byte once the write has been admitted.
-<<<<<<< HEAD
-	src := &fillingReader{r: bytes.NewReader(blob), fill: func() { fillTo(t, fs, 0) }}
-	_, err := s.PutBlob(t.Context(), digestOf(blob), int64(len(blob)), src)
-=======
 	src := &fillingReader{r: bytes.NewReader(blob), fill: func() { tmpfs.FillTo(t, fs, 0) }}
-	_, err := s.PutBlob(digestOf(blob), int64(len(blob)), src)
->>>>>>> main
+	_, err := s.PutBlob(t.Context(), digestOf(blob), int64(len(blob)), src)
 	if !IsStorageFull(err) || !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("PutBlob on a full filesystem = %v, want ENOSPC as a full storage", err)
 	}

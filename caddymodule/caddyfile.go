@@ -123,11 +123,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-<<<<<<< HEAD
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, auth)", sub)
-=======
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, read_only, auth)", sub)
->>>>>>> main
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, local, read_only, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {

@@ -248,14 +248,6 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	} else if err := rg.provisionStore(); err != nil {
 		return err
 	}
-<<<<<<< HEAD
-=======
-	rg.store.hold(rg.ReadOnly)
-	if !rg.store.opts.sameSettings(opts) {
-		rg.logger.Warn("storage already open with other settings; they apply after a restart",
-			zap.String("storage", rg.dir))
-	}
->>>>>>> main
 
 	// The oci app opens the store and builds the handler (which applies
 	// the mirror cache limit) when Caddy starts running this config;
@@ -351,6 +343,7 @@ func (rg *Registry) provisionStore() error {
 	if err != nil {
 		return err
 	}
+	rg.store.hold(rg.ReadOnly)
 	if !rg.store.opts.sameSettings(opts) {
 		rg.logger.Warn("storage already open with other settings; they apply after a restart",
 			zap.String("storage", rg.dir))
