@@ -12,7 +12,12 @@ import (
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+	"github.com/caddy-oci/caddy-oci/cache/metastore/badgermeta"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/pgmeta"
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
@@ -30,35 +35,85 @@ type backend struct {
 	open func(t *testing.T) replicas
 }
 
-func backends(t *testing.T) []backend {
-	return []backend{{
-		name: "s3+postgres",
-		open: func(t *testing.T) replicas {
-			srv := s3test.Start(t)
-			bucket := srv.Bucket(t)
-			prefix := "registry/"
-			dsn := pgtest.NewDatabase(t)
-			return func() *Store {
-				blobs, err := s3.New(context.Background(), s3.Config{
-					Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: prefix,
-					AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
-				}, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(meta.Close)
-				s, err := New(Options{Blobs: blobs, Meta: meta, Leases: meta.Leases()})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return s
+// s3Blobs is a blob store on a fresh versitygw bucket, and a function
+// making further clients of it (one per replica).
+func s3Blobs(t *testing.T) func() blobstore.Store {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	return func() blobstore.Store {
+		blobs, err := s3.New(context.Background(), s3.Config{
+			Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: "registry/",
+			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blobs
+	}
+}
+
+// fsBlobs is a blob store on a fresh folder; every replica opens the same
+// folder (as replicas sharing a network folder would).
+func fsBlobs(t *testing.T) func() blobstore.Store {
+	dir := t.TempDir()
+	return func() blobstore.Store {
+		blobs, err := fs.New(fs.Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blobs
+	}
+}
+
+// pgMeta is one fresh database; each replica gets its own pool and leases.
+func pgMeta(t *testing.T) func() (metastore.Store, coord.Leases) {
+	dsn := pgtest.NewDatabase(t)
+	return func() (metastore.Store, coord.Leases) {
+		meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(meta.Close)
+		return meta, meta.Leases()
+	}
+}
+
+// badgerMeta is one embedded database and in-process leases, which every
+// "replica" of a single node shares.
+func badgerMeta(t *testing.T) func() (metastore.Store, coord.Leases) {
+	meta, err := badgermeta.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = meta.Close() })
+	leases := coord.NewLocal()
+	return func() (metastore.Store, coord.Leases) { return meta, leases }
+}
+
+// combine makes replicas of one blob and one metadata backend.
+func combine(blobs func(*testing.T) func() blobstore.Store, meta func(*testing.T) func() (metastore.Store, coord.Leases)) func(t *testing.T) replicas {
+	return func(t *testing.T) replicas {
+		nb, nm := blobs(t), meta(t)
+		return func() *Store {
+			m, l := nm()
+			s, err := New(Options{Blobs: nb(), Meta: m, Leases: l})
+			if err != nil {
+				t.Fatal(err)
 			}
-		},
-	}}
+			return s
+		}
+	}
+}
+
+// backends is every combination the store runs on: the contract below is
+// one table of tests for all of them.
+func backends(*testing.T) []backend {
+	return []backend{
+		{"s3+postgres", combine(s3Blobs, pgMeta)},
+		{"fs+postgres", combine(fsBlobs, pgMeta)},
+		{"s3+badger", combine(s3Blobs, badgerMeta)},
+		{"fs+badger", combine(fsBlobs, badgerMeta)},
+	}
 }
 
 // each runs fn against every backend.
