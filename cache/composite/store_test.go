@@ -15,10 +15,10 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/coord"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	"github.com/caddy-oci/caddy-oci/cache/metastore/badgermeta"
-	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/pgmeta"
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
