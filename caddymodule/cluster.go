@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/composite"
 	"github.com/caddy-oci/caddy-oci/pgmeta"
@@ -32,8 +33,10 @@ type sharedCluster struct {
 	gcEvery    time.Duration
 	logger     *zap.Logger
 
-	mu     sync.Mutex
-	meta   *pgmeta.Store
+	mu       sync.Mutex
+	failedAt time.Time // of the last failed open, whose error failed is
+	failed   error
+	meta     *pgmeta.Store
 	st     *composite.Store
 	stopGC context.CancelFunc
 	gcDone chan struct{}
@@ -64,7 +67,28 @@ func (c *sharedCluster) open() (*composite.Store, *pgmeta.Store, error) {
 	if c.st != nil {
 		return c.st, c.meta, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// While the database is down, every request would try to connect,
+	// one after the other: one attempt per retryOpen answers them all.
+	if c.failed != nil && time.Since(c.failedAt) < retryOpen {
+		return nil, nil, c.failed
+	}
+	st, meta, err := c.connect()
+	if err != nil {
+		c.failed, c.failedAt = fmt.Errorf("%w: %w", cache.ErrUnavailable, err), time.Now()
+		c.logger.Warn("storage unavailable", zap.Error(err))
+		return nil, nil, c.failed
+	}
+	c.failed = nil
+	return st, meta, nil
+}
+
+// retryOpen is how long a failed open answers for itself.
+const retryOpen = 2 * time.Second
+
+// connect opens the bucket's client and the database (migrating it) and
+// starts GC; mu is held.
+func (c *sharedCluster) connect() (*composite.Store, *pgmeta.Store, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	blobs, err := s3.New(ctx, c.s3, c.logger.Named("s3"))
 	if err != nil {

@@ -259,6 +259,13 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.app = app.(*App)
 	rg.app.onStart(func() error {
 		_, err := rg.registryHandler()
+		if err != nil && rg.cluster != nil {
+			// PostgreSQL or the bucket down must not keep the server from
+			// starting: requests get 503 until they are back.
+			rg.logger.Warn("storage not reachable at start; requests get 503 until it is",
+				zap.String("storage", rg.dir), zap.Error(err))
+			return nil
+		}
 		return err
 	})
 
@@ -433,7 +440,14 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	h, err := rg.registryHandler()
 	if err != nil {
 		rg.logger.Error("storage unavailable", zap.String("storage", rg.dir), zap.Error(err))
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		// The spec's envelope, as the handler would answer: clients show
+		// the message and retry.
+		w, r, finish := authscope.GuardUnreadBody(w, r)
+		defer finish()
+		w.Header().Set("Retry-After", "5")
+		registry.NewError(http.StatusServiceUnavailable, registry.CodeUnavailable,
+			"storage is temporarily unavailable, retry", err).Render(w, r)
+		return nil
 	}
 	h.ServeHTTP(w, r)
 	return nil

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -187,4 +188,88 @@ func TestScaleOutServes(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"team/app"`) {
 		t.Errorf("catalog: %s %s", resp.Status, body)
 	}
+}
+
+// With PostgreSQL down, the server starts all the same and answers 503
+// UNAVAILABLE with Retry-After; once PostgreSQL is up it serves without a
+// restart. PostgreSQL killed while serving: 503 again, and back by itself.
+func TestScaleOutDatabaseDown(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	pg := pgtest.Start(t)
+	dsn := pg.NewDatabase(t)
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Start() })
+	addr := freeAddr(t)
+	cfg := adaptFront(t, "{\n\tadmin off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://"+addr+` {
+	oci_registry {
+		storage s3 {
+			bucket `+bucket+`
+			endpoint `+srv.Endpoint+`
+			region `+srv.Region+`
+			access_key `+srv.AccessKey+`
+			secret_key `+srv.SecretKey+`
+			path_style
+		}
+		metadata postgres "`+dsn+`"
+	}
+}
+`)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatalf("the server must start with PostgreSQL down: %v", err)
+	}
+	defer func() { _ = caddy.Stop() }()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	unavailable := func(when, method, path string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+addr+path, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `"UNAVAILABLE"`) ||
+			resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s: %s %s %q (Retry-After %q), want 503 UNAVAILABLE with Retry-After",
+				when, method, resp.Status, body, resp.Header.Get("Retry-After"))
+		}
+	}
+	unavailable("PostgreSQL down at start", "GET", "/v2/")
+
+	push := func(tag string) {
+		t.Helper()
+		img, err := random.Image(1024, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, _ := name.ParseReference(addr+"/team/app:"+tag, name.Insecure)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := remote.Write(ref, img)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("push %s once PostgreSQL is back: %v", tag, err)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	push("v1")
+
+	if err := pg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	unavailable("PostgreSQL killed", "POST", "/v2/team/app/blobs/uploads/")
+	unavailable("PostgreSQL killed", "GET", "/v2/team/app/tags/list")
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	push("v2")
 }
