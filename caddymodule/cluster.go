@@ -37,9 +37,9 @@ type sharedCluster struct {
 	failedAt time.Time // of the last failed open, whose error failed is
 	failed   error
 	meta     *pgmeta.Store
-	st     *composite.Store
-	stopGC context.CancelFunc
-	gcDone chan struct{}
+	st       *composite.Store
+	stopGC   context.CancelFunc
+	gcDone   chan struct{}
 }
 
 // clusterKey names a cluster without holding its secrets: the DSN's
