@@ -79,6 +79,26 @@ func (r *manifestRefs) add(set map[string]bool) {
 	}
 }
 
+// ManifestRefs lists the digests a manifest's bytes name (config, layers,
+// child manifests, blobs, schema 1 layers, subject), skipping names that
+// are not digests and bytes that are not JSON: for a store that records
+// what a manifest references when it is pushed.
+func ManifestRefs(body []byte) []Digest {
+	var r manifestRefs
+	if json.Unmarshal(body, &r) != nil {
+		return nil
+	}
+	set := map[string]bool{}
+	r.add(set)
+	out := make([]Digest, 0, len(set))
+	for s := range set {
+		if d, err := ParseDigest(s); err == nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // repoRefs is what the manifests of one repository reference, built up
 // over a GC pass: manifest bytes never change under their digest, so a
 // manifest read once need not be read again.

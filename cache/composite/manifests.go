@@ -2,7 +2,6 @@ package composite
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -19,7 +18,7 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m cache.Manifest, 
 		Subject:      m.Subject,
 		ArtifactType: m.ArtifactType,
 		Annotations:  m.Annotations,
-		Refs:         refs(body),
+		Refs:         cache.ManifestRefs(body),
 	}
 	return mapErr(s.meta.PutManifest(ctx, repo, mm, body, tags))
 }
@@ -115,53 +114,4 @@ func (s *Store) Repositories(ctx context.Context, last string, n int) ([]string,
 		return nil, false, mapErr(err)
 	}
 	return p.Names, p.More, nil
-}
-
-// manifestRefs is every field of a manifest that names other content
-// (image manifests, indexes, the draft artifact manifest, Docker schema 1,
-// subject). Reading more than the registry checks can only keep more.
-type manifestRefs struct {
-	Config    *refDesc  `json:"config"`
-	Layers    []refDesc `json:"layers"`
-	Manifests []refDesc `json:"manifests"`
-	Blobs     []refDesc `json:"blobs"`
-	Subject   *refDesc  `json:"subject"`
-	FSLayers  []struct {
-		BlobSum string `json:"blobSum"`
-	} `json:"fsLayers"`
-}
-
-type refDesc struct {
-	Digest string `json:"digest"`
-}
-
-// refs lists the digests body names, skipping what does not parse (the
-// registry validated the manifest before; a name that is not a digest
-// references nothing).
-func refs(body []byte) []cache.Digest {
-	var r manifestRefs
-	if json.Unmarshal(body, &r) != nil {
-		return nil
-	}
-	var names []string
-	for _, d := range []*refDesc{r.Config, r.Subject} {
-		if d != nil {
-			names = append(names, d.Digest)
-		}
-	}
-	for _, l := range [][]refDesc{r.Layers, r.Manifests, r.Blobs} {
-		for _, d := range l {
-			names = append(names, d.Digest)
-		}
-	}
-	for _, l := range r.FSLayers {
-		names = append(names, l.BlobSum)
-	}
-	out := make([]cache.Digest, 0, len(names))
-	for _, n := range names {
-		if d, err := cache.ParseDigest(n); err == nil {
-			out = append(out, d)
-		}
-	}
-	return out
 }
