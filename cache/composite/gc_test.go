@@ -207,3 +207,66 @@ func TestManifests(t *testing.T) {
 		}
 	})
 }
+
+// A push of a digest GC is sweeping: the push waits for the sweep, and
+// then either records bytes that are really there or says the bytes were
+// collected — never a record without bytes.
+func TestPushDuringSweep(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		c := &clock{t: time.Now()}
+		a, b := replica(), replica()
+		a.now, b.now = c.now, c.now
+		data := randomBytes(5000)
+		d := push(t, a, "", data)
+		c.add(2 * time.Hour)
+		sweep := func() {
+			t.Helper()
+			marked, err := a.meta.MarkBlobsDeleting(ctx(t), []cache.Digest{d}, c.now().Add(-time.Hour))
+			if err != nil || len(marked) != 1 {
+				t.Fatalf("mark: %v, %v", marked, err)
+			}
+			if err := a.blobs.Delete(ctx(t), d); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		// The bytes came back after the sweep deleted them: recorded.
+		sweep()
+		done := make(chan error, 1)
+		go func() {
+			_, err := b.PutBlob(ctx(t), d, int64(len(data)), bytes.NewReader(data))
+			done <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		select {
+		case err := <-done:
+			t.Fatalf("push returned (%v) while its digest was being swept", err)
+		default:
+		}
+		if err := a.meta.ForgetBlobs(ctx(t), []cache.Digest{d}); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("push after the sweep: %v", err)
+		}
+		if !bytes.Equal(readBlob(t, a, d), data) {
+			t.Fatal("pushed blob unreadable after the sweep")
+		}
+
+		// The bytes were written before the sweep deleted them: the push
+		// says so, and nothing is recorded.
+		c.add(2 * time.Hour)
+		sweep()
+		go func() { done <- b.record(ctx(t), d, int64(len(data))) }()
+		time.Sleep(300 * time.Millisecond)
+		if err := a.meta.ForgetBlobs(ctx(t), []cache.Digest{d}); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; !errors.Is(err, ErrCollected) {
+			t.Fatalf("record of swept bytes: %v, want ErrCollected", err)
+		}
+		if _, err := a.StatBlob(ctx(t), d); !errors.Is(err, cache.ErrBlobUnknown) {
+			t.Fatalf("a record without bytes: StatBlob %v", err)
+		}
+	})
+}

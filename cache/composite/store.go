@@ -134,36 +134,29 @@ var ErrCollected = errors.New("blob was being collected: push it again")
 
 // record records committed bytes of d. If GC is deleting d (it marked an
 // unlinked copy of the same digest just before), the sweep may delete the
-// bytes just written: wait for it to forget d, then record only if the
-// bytes are still there.
+// bytes just written: wait until it forgot d, then record only if the
+// bytes are still there. Once forgotten, no sweep can touch d again
+// before it is recorded (a sweep deletes only what it marked, and it
+// marks only records), so the check and the record cannot be overtaken.
 func (s *Store) record(ctx context.Context, d cache.Digest, size int64) error {
-	delay := 20 * time.Millisecond
-	for {
-		_, err := s.meta.RecordBlob(ctx, d, size, s.now())
-		if !errors.Is(err, metastore.ErrBlobDeleting) {
-			return mapErr(err)
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = min(delay*2, time.Second)
-		if _, err := s.blobs.Stat(ctx, d); errors.Is(err, blobstore.ErrNotFound) {
-			// Deleted under us, or about to be: wait for the record to go,
-			// then say so rather than record bytes that are not there.
-			if err := s.waitForgotten(ctx, d, size); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: %s", ErrCollected, d)
-		}
+	_, err := s.meta.RecordBlob(ctx, d, size, s.now())
+	if !errors.Is(err, metastore.ErrBlobDeleting) {
+		return mapErr(err)
 	}
+	if err := s.waitForgotten(ctx, d); err != nil {
+		return err
+	}
+	if _, err := s.blobs.Stat(ctx, d); errors.Is(err, blobstore.ErrNotFound) {
+		return fmt.Errorf("%w: %s", ErrCollected, d)
+	} else if err != nil {
+		return blobErr(err)
+	}
+	_, err = s.meta.RecordBlob(ctx, d, size, s.now())
+	return mapErr(err)
 }
 
-// waitForgotten waits until GC forgot d, so the next push starts clean.
-func (s *Store) waitForgotten(ctx context.Context, d cache.Digest, size int64) error {
+// waitForgotten waits until GC forgot d.
+func (s *Store) waitForgotten(ctx context.Context, d cache.Digest) error {
 	for delay := 20 * time.Millisecond; ; delay = min(delay*2, time.Second) {
 		// Blob says unknown both while deleting and once forgotten; only
 		// RecordBlob tells them apart, and recording is what must not
