@@ -32,15 +32,6 @@ var ErrFillFailed = errors.New("blob fill failed")
 // with a context that ends only when the store closes.
 type FillSource func(ctx context.Context) (body io.ReadCloser, size int64, err error)
 
-type fillState int
-
-const (
-	fillStarting fillState = iota // source not answered yet
-	fillWriting
-	fillCommitted
-	fillFailed
-)
-
 // Fill is one blob on its way into a store from elsewhere, written once
 // while any number of requests follow it. Get one with Store.Fill; read it
 // with Reader. It is an interface so that a store whose fills are
@@ -87,25 +78,16 @@ type FillReader interface {
 }
 
 // fileFill is this store's Fill: the blob is written to a temp file in
-// the store, which its readers follow, and installed as PutBlob's are.
+// the store, which its readers follow (blobfile.Spool), and installed as
+// PutBlob's are.
 type fileFill struct {
-	s      *Store
-	d      Digest
-	repo   string
-	notify chan struct{} // closed and replaced on every change, under mu
-	ready  chan struct{} // closed once the size is known or the fill failed
-	done   chan struct{} // closed once committed or failed
+	*blobfile.Spool
+	s    *Store
+	d    Digest
+	repo string
 
-	mu      sync.Mutex
-	state   fillState
-	size    int64 // -1 unknown
-	written int64
-	// verified: every byte is in and hashes to the digest; readers may
-	// have the last byte before the sync and rename finish.
-	verified bool
-	tmp      string
-	err      error
-	took     time.Duration
+	mu  sync.Mutex
+	tmp string // the temp file while it is one
 }
 
 // Fill returns the fill of blob d: the one in progress if there is one,
@@ -138,13 +120,10 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src Fil
 	if f := s.fills[d]; f != nil {
 		return f, false, nil
 	}
-	f := newFill(s, d, repo)
 	if info, err := s.StatBlob(ctx, d); err == nil {
-		f.state, f.size, f.written = fillCommitted, info.Size, info.Size
-		close(f.ready)
-		close(f.done)
-		return f, false, nil
+		return &fileFill{Spool: blobfile.CommittedSpool(info.Size), s: s, d: d, repo: repo}, false, nil
 	}
+	f := &fileFill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo}
 	select {
 	case <-s.stop:
 		return nil, false, errors.New("cache: store closed")
@@ -191,14 +170,6 @@ func (s *Store) Fills() int {
 	return len(s.fills)
 }
 
-func newFill(s *Store, d Digest, repo string) *fileFill {
-	return &fileFill{
-		s: s, d: d, repo: repo, size: -1,
-		notify: make(chan struct{}),
-		ready:  make(chan struct{}),
-		done:   make(chan struct{}),
-	}
-}
 
 // Digest implements Fill.
 func (f *fileFill) Digest() Digest { return f.d }
@@ -206,44 +177,30 @@ func (f *fileFill) Digest() Digest { return f.d }
 // Repo implements Fill.
 func (f *fileFill) Repo() string { return f.repo }
 
-// changed wakes every waiter; mu is held.
-func (f *fileFill) changed() {
-	close(f.notify)
-	f.notify = make(chan struct{})
-}
-
 func (f *fileFill) run(src FillSource) {
 	defer f.s.wg.Done()
-	start := time.Now()
 	err := f.fill(src)
-	f.mu.Lock()
-	f.took = time.Since(start)
 	if err != nil {
-		f.state, f.err = fillFailed, fmt.Errorf("%w: %s: %w", ErrFillFailed, f.d, err)
+		err = fmt.Errorf("%w: %s: %w", ErrFillFailed, f.d, err)
 		// A source that never opened (upstream said no: a probe for a blob
 		// it lacks, say) is the caller's to report; anyone can cause it,
 		// so it must not flood the log at warn. A fill that broke while
 		// writing is worth a warning.
 		log := f.s.log.Debug
+		f.mu.Lock()
 		if f.tmp != "" {
 			os.Remove(f.tmp)
 			log = f.s.log.Warn
 		}
+		f.mu.Unlock()
 		log("blob fill failed", zap.String("repo", f.repo), zap.String("digest", f.d.String()), zap.Error(err))
-	} else {
-		f.state = fillCommitted
 	}
-	select {
-	case <-f.ready:
-	default:
-		close(f.ready)
-	}
-	f.changed()
-	f.mu.Unlock()
+	// Out of the map before Done, so whoever Done wakes finds the blob
+	// (or starts afresh), never this finished fill.
 	f.s.fillMu.Lock()
 	delete(f.s.fills, f.d)
 	f.s.fillMu.Unlock()
-	close(f.done)
+	f.Finish(err)
 }
 
 // fill copies the source into a temp file, verifies and installs it.
@@ -262,39 +219,21 @@ func (f *fileFill) fill(src FillSource) error {
 	}
 	defer file.Close()
 	f.mu.Lock()
-	f.tmp, f.size, f.state = file.Name(), size, fillWriting
-	close(f.ready)
-	f.changed()
+	f.tmp = file.Name()
 	f.mu.Unlock()
+	f.Begin(size)
 
 	out := f.s.space.Writer(blobfile.WriteBehind(file, 0))
 	h := f.d.Algorithm.New()
 	bp := blobfile.GetBuf(size)
 	defer blobfile.PutBuf(bp)
 	buf := (*bp)[:min(len(*bp), 256<<10)] // readers see progress sooner
-	var n int64
-	for {
-		m, rerr := body.Read(buf)
-		if m > 0 {
-			if size >= 0 && n+int64(m) > size {
-				return fmt.Errorf("%w: source sent more than %d bytes", ErrSizeMismatch, size)
-			}
-			if _, err := out.Write(buf[:m]); err != nil {
-				return fmt.Errorf("cache: write fill: %w", err)
-			}
-			h.Write(buf[:m])
-			n += int64(m)
-			f.mu.Lock()
-			f.written = n
-			f.changed()
-			f.mu.Unlock()
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("read source after %d bytes: %w", n, rerr)
-		}
+	n, err := f.Copy(out, body, h, size, buf)
+	if errors.Is(err, blobfile.ErrOverrun) {
+		return fmt.Errorf("%w: %w", ErrSizeMismatch, err)
+	}
+	if err != nil {
+		return fmt.Errorf("cache: fill: %w", err)
 	}
 	if size >= 0 && n != size {
 		return fmt.Errorf("%w: source declared %d, sent %d bytes", ErrSizeMismatch, size, n)
@@ -302,10 +241,7 @@ func (f *fileFill) fill(src FillSource) error {
 	if got := FromHash(f.d.Algorithm, h); got != f.d {
 		return fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, f.d, got)
 	}
-	f.mu.Lock()
-	f.verified = true
-	f.changed()
-	f.mu.Unlock()
+	f.SetVerified(n)
 	if err := file.Sync(); err != nil {
 		return fmt.Errorf("cache: sync fill: %w", err)
 	}
@@ -316,7 +252,7 @@ func (f *fileFill) fill(src FillSource) error {
 		return err
 	}
 	f.mu.Lock()
-	f.size, f.tmp = n, "" // the file now lives at its digest's place
+	f.tmp = "" // the file now lives at its digest's place
 	f.mu.Unlock()
 	f.s.mirrorMu.RLock()
 	defer f.s.mirrorMu.RUnlock()
@@ -327,51 +263,6 @@ func (f *fileFill) fill(src FillSource) error {
 		f.s.mirrorCommitted(f.repo, f.d, n)
 	}
 	return nil
-}
-
-// Ready implements Fill.
-func (f *fileFill) Ready(ctx context.Context) (int64, error) {
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.state == fillFailed {
-		return 0, f.err
-	}
-	return f.size, nil
-}
-
-// Wait implements Fill.
-func (f *fileFill) Wait(ctx context.Context) error {
-	select {
-	case <-f.done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
-}
-
-// Verified implements Fill: once true, the fill is only syncing and
-// renaming its file.
-func (f *fileFill) Verified() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.verified
-}
-
-// Done implements Fill.
-func (f *fileFill) Done() <-chan struct{} { return f.done }
-
-// Duration implements Fill.
-func (f *fileFill) Duration() time.Duration {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.took
 }
 
 // Reader implements Fill. The reader holds the blob against eviction
@@ -388,110 +279,37 @@ func (f *fileFill) Reader(ctx context.Context) (FillReader, error) {
 			f.s.unhold(f.d)
 		}
 	}()
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	if err := f.Failed(); err != nil {
+		return nil, err
+	}
 	var file *os.File
 	var err error
-	switch f.state {
-	case fillFailed:
-		return nil, f.err
-	case fillCommitted:
+	f.mu.Lock()
+	tmp := f.tmp
+	f.mu.Unlock()
+	// The install renames the temp file: once it is gone from tmp/ the
+	// verified blob is at its digest's place.
+	if tmp != "" && !f.Committed() {
+		file, err = os.Open(tmp)
+	}
+	if file == nil && (err == nil || errors.Is(err, fs.ErrNotExist)) {
 		file, err = f.s.openBlobFile(f.d)
-	default:
-		// The install renames the temp file without taking mu: once it
-		// is gone from tmp/ the verified blob is at its digest's place.
-		if f.tmp != "" {
-			file, err = os.Open(f.tmp)
-		}
-		if f.tmp == "" || errors.Is(err, fs.ErrNotExist) {
-			file, err = f.s.openBlobFile(f.d)
-		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cache: open fill: %w", err)
 	}
 	held = false // the reader's now
-	return &fileFillReader{f: f, ctx: ctx, file: file}, nil
+	return &fileFillReader{Follower: f.Follow(ctx, file), f: f, file: file}, nil
 }
 
-// fileFillReader is fileFill's FillReader: it reads the fill's file at
-// its own offset, up to what the fill has written.
+// fileFillReader is fileFill's FillReader: a follower of the fill's file
+// that holds the blob against eviction until closed.
 type fileFillReader struct {
-	f    *fileFill
-	ctx  context.Context
-	file *os.File
-	off  int64
-	err  error // the fill's failure, once seen
-
+	*blobfile.Follower
+	f      *fileFill
+	file   *os.File
 	closed bool
 }
-
-// Read implements io.Reader.
-func (r *fileFillReader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	for {
-		r.f.mu.Lock()
-		state, avail, size, ch, ferr, verified := r.f.state, r.f.written, r.f.size, r.f.notify, r.f.err, r.f.verified
-		r.f.mu.Unlock()
-		switch state {
-		case fillFailed:
-			r.err = ferr
-			return 0, ferr
-		case fillWriting:
-			if size >= 0 && avail >= size && !verified {
-				avail = size - 1 // held back until verified
-			}
-		}
-		if r.off < avail {
-			n := int64(len(p))
-			n = min(n, avail-r.off)
-			m, err := r.file.ReadAt(p[:n], r.off)
-			r.off += int64(m)
-			if err == io.EOF && m > 0 {
-				err = nil
-			}
-			return m, err
-		}
-		if state == fillCommitted || (verified && size >= 0) {
-			return 0, io.EOF
-		}
-		select {
-		case <-ch:
-		case <-r.ctx.Done():
-			return 0, r.ctx.Err()
-		}
-	}
-}
-
-// Seek implements io.Seeker. Seeking from the end needs the size.
-func (r *fileFillReader) Seek(offset int64, whence int) (int64, error) {
-	var base int64
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		base = r.off
-	case io.SeekEnd:
-		r.f.mu.Lock()
-		size := r.f.size
-		r.f.mu.Unlock()
-		if size < 0 {
-			return 0, errors.New("cache: fill size unknown")
-		}
-		base = size
-	default:
-		return 0, errors.New("cache: bad whence")
-	}
-	if base+offset < 0 {
-		return 0, errors.New("cache: negative position")
-	}
-	r.off = base + offset
-	return r.off, nil
-}
-
-// Err implements FillReader.
-func (r *fileFillReader) Err() error { return r.err }
 
 // Close releases the reader's file and its hold on the blob; the fill
 // goes on.
