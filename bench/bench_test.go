@@ -187,7 +187,7 @@ func blobFile(b *testing.B, st *cache.Store, digest string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	f, err := st.OpenBlob(d)
+	f, err := st.OpenBlob(b.Context(), d)
 	if err != nil {
 		b.Fatal(err)
 	}

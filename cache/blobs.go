@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -16,7 +17,7 @@ import (
 
 // StatBlob reports whether the blob exists in the content store, regardless
 // of which repositories link it. ErrBlobUnknown when absent.
-func (s *Store) StatBlob(d Digest) (BlobInfo, error) {
+func (s *Store) StatBlob(ctx context.Context, d Digest) (BlobInfo, error) {
 	if err := checkDigest(d); err != nil {
 		return BlobInfo{}, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
 	}
@@ -32,7 +33,7 @@ func (s *Store) StatBlob(d Digest) (BlobInfo, error) {
 
 // OpenBlob opens a committed blob for reading (an *os.File so callers can
 // use http.ServeContent / sendfile). ErrBlobUnknown when absent.
-func (s *Store) OpenBlob(d Digest) (*os.File, error) {
+func (s *Store) OpenBlob(ctx context.Context, d Digest) (*os.File, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
 	}
@@ -54,7 +55,7 @@ func (s *Store) OpenBlob(d Digest) (*os.File, error) {
 // It does not link the blob to any repository. The bytes count against
 // the upload limits while they are written (ErrUploadTooLarge,
 // ErrUploadSpace), as a session's do.
-func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
+func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reader) (int64, error) {
 	if err := checkDigest(want); err != nil {
 		return 0, err
 	}

@@ -66,8 +66,8 @@ type Fill struct {
 // committed. If the blob is in the store already the Fill returned is
 // committed at once and src is not called. started reports whether this
 // call started the fill.
-func (s *Store) Fill(repo string, d Digest, src FillSource) (f *Fill, started bool, err error) {
-	return s.FillAdmitted(repo, d, src, nil)
+func (s *Store) Fill(ctx context.Context, repo string, d Digest, src FillSource) (f *Fill, started bool, err error) {
+	return s.FillAdmitted(ctx, repo, d, src, nil)
 }
 
 // FillAdmit decides whether a new fill may start: it returns the release
@@ -79,7 +79,7 @@ type FillAdmit func() (release func(), err error)
 // FillAdmitted is Fill, asking admit (nil: always yes) before it starts a
 // fill; joining a fill in progress or finding the blob stored asks
 // nothing. admit's error is returned as is.
-func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAdmit) (f *Fill, started bool, err error) {
+func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src FillSource, admit FillAdmit) (f *Fill, started bool, err error) {
 	if err := checkName("repository", repo); err != nil {
 		return nil, false, err
 	}
@@ -92,7 +92,7 @@ func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAd
 		return f, false, nil
 	}
 	f = newFill(s, d, repo)
-	if info, err := s.StatBlob(d); err == nil {
+	if info, err := s.StatBlob(ctx, d); err == nil {
 		f.state, f.size, f.written = fillCommitted, info.Size, info.Size
 		close(f.ready)
 		close(f.done)
@@ -123,7 +123,11 @@ func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAd
 }
 
 // Filling returns the fill of blob d in progress, or nil.
-func (s *Store) Filling(d Digest) *Fill {
+func (s *Store) Filling(ctx context.Context, d Digest) *Fill {
+	return s.filling(d)
+}
+
+func (s *Store) filling(d Digest) *Fill {
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
 	return s.fills[d]
@@ -349,7 +353,7 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 	case fillFailed:
 		return nil, f.err
 	case fillCommitted:
-		file, err = f.s.OpenBlob(f.d)
+		file, err = f.s.OpenBlob(ctx, f.d)
 	default:
 		// The install renames the temp file without taking mu: once it
 		// is gone from tmp/ the verified blob is at its digest's place.
@@ -357,7 +361,7 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 			file, err = os.Open(f.tmp)
 		}
 		if f.tmp == "" || errors.Is(err, fs.ErrNotExist) {
-			file, err = f.s.OpenBlob(f.d)
+			file, err = f.s.OpenBlob(ctx, f.d)
 		}
 	}
 	if err != nil {

@@ -26,6 +26,7 @@ package cache
 // (gccandidates.go). Memory follows the repositories of one batch.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -92,7 +93,7 @@ type repoRefs struct {
 func (r *repoRefs) update(s *Store) (bool, error) {
 	var ms []string
 	err := s.db.View(func(txn *badger.Txn) error {
-		ms, _ = page(txn, manLinkPrefix(r.repo), "", -1)
+		ms, _, _ = page(context.Background(), txn, manLinkPrefix(r.repo), "", -1)
 		return nil
 	})
 	if err != nil {
@@ -155,7 +156,7 @@ func (s *Store) dropLinks(now time.Time, lp *linkPass) error {
 		var repos []string
 		var more bool
 		err := s.db.View(func(txn *badger.Txn) error {
-			repos, more = page(txn, []byte(pRepo), last, linkRepoBatch)
+			repos, more, _ = page(context.Background(), txn, []byte(pRepo), last, linkRepoBatch)
 			return nil
 		})
 		if err != nil {

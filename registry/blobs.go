@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -31,7 +32,7 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) e
 	if err != nil {
 		return err
 	}
-	info, err := h.linkedBlob(rc.name, d)
+	info, err := h.linkedBlob(r.Context(), rc.name, d)
 	if err != nil {
 		return err
 	}
@@ -40,8 +41,8 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) e
 
 // linkedBlob is what the store holds of blob d for repo, or the error to
 // answer when repo does not link it.
-func (h *Handler) linkedBlob(repo string, d cache.Digest) (cache.BlobInfo, error) {
-	info, err := h.cfg.Store.HasBlob(repo, d)
+func (h *Handler) linkedBlob(ctx context.Context, repo string, d cache.Digest) (cache.BlobInfo, error) {
+	info, err := h.cfg.Store.HasBlob(ctx, repo, d)
 	if err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			return info, errBlobUnknown(err)
@@ -59,7 +60,7 @@ const maxRanges = 16
 
 // serveBlob sends blob d, with info from linkedBlob, from its file.
 func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, info cache.BlobInfo) error {
-	f, err := h.cfg.Store.OpenBlob(d)
+	f, err := h.cfg.Store.OpenBlob(r.Context(), d)
 	if err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			// collected between the link check and the open
@@ -124,7 +125,7 @@ func (h *Handler) blobDelete(w http.ResponseWriter, r *http.Request, rc *request
 	if err != nil {
 		return err
 	}
-	if err := h.cfg.Store.UnlinkBlob(rc.name, d); err != nil {
+	if err := h.cfg.Store.UnlinkBlob(r.Context(), rc.name, d); err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			return errBlobUnknown(err)
 		}

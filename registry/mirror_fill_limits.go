@@ -122,7 +122,7 @@ func (m *Mirror) startFill(ctx context.Context, store *cache.Store, repo string,
 	var timer *time.Timer
 	for {
 		freed := m.slots.wait() // before asking: a slot freed meanwhile is not missed
-		f, started, err := store.FillAdmitted(repo, d, src, m.slots.take)
+		f, started, err := store.FillAdmitted(ctx, repo, d, src, m.slots.take)
 		if !errors.Is(err, errNoFillSlot) {
 			return f, started, err
 		}
