@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"go.uber.org/zap"
 )
 
@@ -31,9 +32,25 @@ func (s *Store) StatBlob(ctx context.Context, d Digest) (BlobInfo, error) {
 	return BlobInfo{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
-// OpenBlob opens a committed blob for reading (an *os.File so callers can
-// use http.ServeContent / sendfile). ErrBlobUnknown when absent.
-func (s *Store) OpenBlob(ctx context.Context, d Digest) (*os.File, error) {
+// OpenBlob opens a committed blob for reading, for http.ServeContent.
+// ErrBlobUnknown when absent. The Blob is the blob's file (fileBlob), so
+// that io.Copy and http.ServeContent from it reach net/http's sendfile.
+func (s *Store) OpenBlob(ctx context.Context, d Digest) (blobstore.Blob, error) {
+	f, err := s.openBlobFile(d)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cache: stat blob: %w", err)
+	}
+	return &fileBlob{File: f, size: fi.Size()}, nil
+}
+
+// openBlobFile opens the file of a committed blob. ErrBlobUnknown when
+// absent.
+func (s *Store) openBlobFile(d Digest) (*os.File, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
 	}
@@ -46,6 +63,18 @@ func (s *Store) OpenBlob(ctx context.Context, d Digest) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// fileBlob is an open blob file with its size. It embeds the *os.File
+// rather than hiding it, so that what net/http's sendfile path looks for
+// stays within reach: File.WriteTo for io.Copy of the whole blob, and
+// syscall.Conn on the reader behind ServeContent's io.LimitedReader.
+type fileBlob struct {
+	*os.File
+	size int64
+}
+
+// Size is the blob's length in bytes.
+func (b *fileBlob) Size() int64 { return b.size }
 
 // PutBlob writes r to the content store if its bytes hash to want (and, if
 // size >= 0, are exactly size bytes long): temp file, hash while writing,

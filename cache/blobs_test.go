@@ -64,6 +64,9 @@ func TestPutBlob(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
+			if f.Size() != n {
+				t.Errorf("OpenBlob Size = %d, want %d", f.Size(), n)
+			}
 			got, _ := io.ReadAll(f)
 			want := content
 			if tt.size == 0 {

@@ -39,9 +39,54 @@ const (
 	fillFailed
 )
 
-// Fill is one blob on its way into the store. Get one with Store.Fill;
-// read it with Reader. All methods are safe for concurrent use.
-type Fill struct {
+// Fill is one blob on its way into a store from elsewhere, written once
+// while any number of requests follow it. Get one with Store.Fill; read it
+// with Reader. It is an interface so that a store whose fills are
+// coordinated across processes can hand out its own. All methods are safe
+// for concurrent use.
+type Fill interface {
+	// Digest is the blob being filled.
+	Digest() Digest
+	// Repo is the repository the fill was started for, which its source
+	// fetches from and its result is linked into.
+	Repo() string
+	// Ready waits until the source answered and returns the blob's size
+	// (-1 when the source did not say); the fill's error if it failed
+	// first.
+	Ready(ctx context.Context) (int64, error)
+	// Wait waits until the fill committed (nil) or failed (its error).
+	Wait(ctx context.Context) error
+	// Verified reports whether every byte is in and matched the digest:
+	// the fill is only committing, and its readers may have had every
+	// byte.
+	Verified() bool
+	// Done is closed when the fill committed or failed.
+	Done() <-chan struct{}
+	// Duration is how long the fill took, once Done.
+	Duration() time.Duration
+	// Reader returns a reader of the blob that follows the fill: it waits
+	// for bytes not written yet (or for ctx), gives the last byte of a
+	// blob of known size only once the whole blob is verified against the
+	// digest, and fails with an error wrapping ErrFillFailed if the fill
+	// does. (A fill that fails after verification, while committing, has
+	// given its readers correct bytes; they keep them.) It waits for
+	// Ready first. Close it when done.
+	Reader(ctx context.Context) (FillReader, error)
+}
+
+// FillReader reads a blob while it is being filled. It is an
+// io.ReadSeeker (for http.ServeContent) when the size is known; seeking
+// from the end fails while it is not.
+type FillReader interface {
+	io.ReadSeekCloser
+	// Err is the fill's failure if this reader saw it: what was read
+	// must then not be presented as the whole blob.
+	Err() error
+}
+
+// fileFill is this store's Fill: the blob is written to a temp file in
+// the store, which its readers follow, and installed as PutBlob's are.
+type fileFill struct {
 	s      *Store
 	d      Digest
 	repo   string
@@ -66,7 +111,7 @@ type Fill struct {
 // committed. If the blob is in the store already the Fill returned is
 // committed at once and src is not called. started reports whether this
 // call started the fill.
-func (s *Store) Fill(ctx context.Context, repo string, d Digest, src FillSource) (f *Fill, started bool, err error) {
+func (s *Store) Fill(ctx context.Context, repo string, d Digest, src FillSource) (f Fill, started bool, err error) {
 	return s.FillAdmitted(ctx, repo, d, src, nil)
 }
 
@@ -79,7 +124,7 @@ type FillAdmit func() (release func(), err error)
 // FillAdmitted is Fill, asking admit (nil: always yes) before it starts a
 // fill; joining a fill in progress or finding the blob stored asks
 // nothing. admit's error is returned as is.
-func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src FillSource, admit FillAdmit) (f *Fill, started bool, err error) {
+func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src FillSource, admit FillAdmit) (Fill, bool, error) {
 	if err := checkName("repository", repo); err != nil {
 		return nil, false, err
 	}
@@ -91,7 +136,7 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src Fil
 	if f := s.fills[d]; f != nil {
 		return f, false, nil
 	}
-	f = newFill(s, d, repo)
+	f := newFill(s, d, repo)
 	if info, err := s.StatBlob(ctx, d); err == nil {
 		f.state, f.size, f.written = fillCommitted, info.Size, info.Size
 		close(f.ready)
@@ -109,6 +154,7 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src Fil
 	}
 	release := func() {}
 	if admit != nil {
+		var err error
 		if release, err = admit(); err != nil {
 			return nil, false, err
 		}
@@ -123,11 +169,14 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src Fil
 }
 
 // Filling returns the fill of blob d in progress, or nil.
-func (s *Store) Filling(ctx context.Context, d Digest) *Fill {
-	return s.filling(d)
+func (s *Store) Filling(ctx context.Context, d Digest) Fill {
+	if f := s.filling(d); f != nil {
+		return f
+	}
+	return nil // not a nil *fileFill, which is no nil Fill
 }
 
-func (s *Store) filling(d Digest) *Fill {
+func (s *Store) filling(d Digest) *fileFill {
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
 	return s.fills[d]
@@ -140,8 +189,8 @@ func (s *Store) Fills() int {
 	return len(s.fills)
 }
 
-func newFill(s *Store, d Digest, repo string) *Fill {
-	return &Fill{
+func newFill(s *Store, d Digest, repo string) *fileFill {
+	return &fileFill{
 		s: s, d: d, repo: repo, size: -1,
 		notify: make(chan struct{}),
 		ready:  make(chan struct{}),
@@ -149,20 +198,19 @@ func newFill(s *Store, d Digest, repo string) *Fill {
 	}
 }
 
-// Digest is the blob being filled.
-func (f *Fill) Digest() Digest { return f.d }
+// Digest implements Fill.
+func (f *fileFill) Digest() Digest { return f.d }
 
-// Repo is the repository the fill was started for, which its source
-// fetches from and its result is linked into.
-func (f *Fill) Repo() string { return f.repo }
+// Repo implements Fill.
+func (f *fileFill) Repo() string { return f.repo }
 
 // changed wakes every waiter; mu is held.
-func (f *Fill) changed() {
+func (f *fileFill) changed() {
 	close(f.notify)
 	f.notify = make(chan struct{})
 }
 
-func (f *Fill) run(src FillSource) {
+func (f *fileFill) run(src FillSource) {
 	defer f.s.wg.Done()
 	start := time.Now()
 	err := f.fill(src)
@@ -197,7 +245,7 @@ func (f *Fill) run(src FillSource) {
 }
 
 // fill copies the source into a temp file, verifies and installs it.
-func (f *Fill) fill(src FillSource) error {
+func (f *fileFill) fill(src FillSource) error {
 	body, size, err := src(f.s.ctx)
 	if err != nil {
 		return err
@@ -279,9 +327,8 @@ func (f *Fill) fill(src FillSource) error {
 	return nil
 }
 
-// Ready waits until the source answered and returns the blob's size (-1
-// when the source did not say); the fill's error if it failed first.
-func (f *Fill) Ready(ctx context.Context) (int64, error) {
+// Ready implements Fill.
+func (f *fileFill) Ready(ctx context.Context) (int64, error) {
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
@@ -295,8 +342,8 @@ func (f *Fill) Ready(ctx context.Context) (int64, error) {
 	return f.size, nil
 }
 
-// Wait waits until the fill committed (nil) or failed (its error).
-func (f *Fill) Wait(ctx context.Context) error {
+// Wait implements Fill.
+func (f *fileFill) Wait(ctx context.Context) error {
 	select {
 	case <-f.done:
 	case <-ctx.Done():
@@ -307,33 +354,27 @@ func (f *Fill) Wait(ctx context.Context) error {
 	return f.err
 }
 
-// Verified reports whether every byte is in and matched the digest: the
-// fill is only syncing and committing, and its readers may have had
-// every byte.
-func (f *Fill) Verified() bool {
+// Verified implements Fill: once true, the fill is only syncing and
+// renaming its file.
+func (f *fileFill) Verified() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.verified
 }
 
-// Done is closed when the fill committed or failed.
-func (f *Fill) Done() <-chan struct{} { return f.done }
+// Done implements Fill.
+func (f *fileFill) Done() <-chan struct{} { return f.done }
 
-// Duration is how long the fill took, once Done.
-func (f *Fill) Duration() time.Duration {
+// Duration implements Fill.
+func (f *fileFill) Duration() time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.took
 }
 
-// Reader returns a reader of the blob that follows the fill: it waits for
-// bytes not written yet (or for ctx), gives the last byte of a blob of known
-// size only once the whole blob is verified against the digest, and fails with
-// an error wrapping ErrFillFailed if the fill does. (A fill that fails
-// after verification, while syncing or renaming, has given its readers
-// correct bytes; they keep them.) It waits for Ready
-// first. Close it when done.
-func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
+// Reader implements Fill. The reader holds the blob against eviction
+// until it is closed.
+func (f *fileFill) Reader(ctx context.Context) (FillReader, error) {
 	if _, err := f.Ready(ctx); err != nil {
 		return nil, err
 	}
@@ -353,7 +394,7 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 	case fillFailed:
 		return nil, f.err
 	case fillCommitted:
-		file, err = f.s.OpenBlob(ctx, f.d)
+		file, err = f.s.openBlobFile(f.d)
 	default:
 		// The install renames the temp file without taking mu: once it
 		// is gone from tmp/ the verified blob is at its digest's place.
@@ -361,20 +402,20 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 			file, err = os.Open(f.tmp)
 		}
 		if f.tmp == "" || errors.Is(err, fs.ErrNotExist) {
-			file, err = f.s.OpenBlob(ctx, f.d)
+			file, err = f.s.openBlobFile(f.d)
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cache: open fill: %w", err)
 	}
 	held = false // the reader's now
-	return &FillReader{f: f, ctx: ctx, file: file}, nil
+	return &fileFillReader{f: f, ctx: ctx, file: file}, nil
 }
 
-// FillReader reads a blob while it is being filled. It is an
-// io.ReadSeeker (for http.ServeContent) when the size is known.
-type FillReader struct {
-	f    *Fill
+// fileFillReader is fileFill's FillReader: it reads the fill's file at
+// its own offset, up to what the fill has written.
+type fileFillReader struct {
+	f    *fileFill
 	ctx  context.Context
 	file *os.File
 	off  int64
@@ -384,7 +425,7 @@ type FillReader struct {
 }
 
 // Read implements io.Reader.
-func (r *FillReader) Read(p []byte) (int, error) {
+func (r *fileFillReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -423,7 +464,7 @@ func (r *FillReader) Read(p []byte) (int, error) {
 }
 
 // Seek implements io.Seeker. Seeking from the end needs the size.
-func (r *FillReader) Seek(offset int64, whence int) (int64, error) {
+func (r *fileFillReader) Seek(offset int64, whence int) (int64, error) {
 	var base int64
 	switch whence {
 	case io.SeekStart:
@@ -447,13 +488,12 @@ func (r *FillReader) Seek(offset int64, whence int) (int64, error) {
 	return r.off, nil
 }
 
-// Err is the fill's failure if this reader saw it: what was read must then
-// not be presented as the whole blob.
-func (r *FillReader) Err() error { return r.err }
+// Err implements FillReader.
+func (r *fileFillReader) Err() error { return r.err }
 
 // Close releases the reader's file and its hold on the blob; the fill
 // goes on.
-func (r *FillReader) Close() error {
+func (r *fileFillReader) Close() error {
 	if r.closed {
 		return nil
 	}

@@ -109,7 +109,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 // fill returns the fill of d in progress, or the committed blob as a
 // fill, or else starts one from upstream for rc's repository (started),
 // within the mirror's cap on fills (429 past it).
-func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (*cache.Fill, bool, error) {
+func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (cache.Fill, bool, error) {
 	m := rc.mirror
 	f, started, err := m.startFill(ctx, h.cfg.Store, rc.name, d)
 	if errors.Is(err, errNoFillSlot) || (err != nil && ctx.Err() != nil) {
@@ -134,7 +134,7 @@ func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (*cache
 
 // serveFill streams blob d from fill f as it grows, to a GET upstream
 // confirmed for rc's repository (or that started f for it).
-func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f *cache.Fill, started bool) error {
+func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f cache.Fill, started bool) error {
 	store := h.cfg.Store
 	size, err := f.Ready(r.Context())
 	if err != nil {
@@ -185,7 +185,7 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 // fillError is the answer to a request whose fill failed: none when the
 // client left; upstream's words only when the fill fetched this
 // repository, since a joined fill's failure is about another name.
-func fillError(r *http.Request, rc *request, f *cache.Fill, err error) error {
+func fillError(r *http.Request, rc *request, f cache.Fill, err error) error {
 	m := rc.mirror
 	switch {
 	case r.Context().Err() != nil:
