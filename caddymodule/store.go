@@ -7,6 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry"
 )
 
 // Why stores are shared and opened late:
@@ -90,4 +91,8 @@ func (s *sharedStore) Destruct() error {
 	return nil
 }
 
-var _ caddy.Destructor = (*sharedStore)(nil)
+var (
+	_ caddy.Destructor = (*sharedStore)(nil)
+	// The registry runs on interfaces; this is the store wired in.
+	_ registry.Store = (*cache.Store)(nil)
+)
