@@ -9,15 +9,18 @@
 // uploads.go, gc.go, evict.go — with their documented behaviour; signatures are fixed
 // unless changed on purpose by all callers.
 //
-// The methods the registry calls on a request's behalf take a
-// context.Context first: the registry runs on interfaces (package
-// registry) that other backends implement over the network, where ctx
-// bounds or cancels the call. This store works on local disk and badger.
-// It stops a listing (Tags, Repositories, Referrers, ReposWithBlob) with
-// ctx's error when ctx ends; any other call runs to its end, which is
-// short, or bounded by the reader it was given (a request's body ends
-// with its request). A fill runs on the store's own context, whatever
-// the context of the call that started it.
+// The registry reaches the store only through its own interfaces
+// (registry.Store), which this store satisfies and other backends
+// implement over the network. The methods it calls on a request's behalf
+// take a context.Context first, which there bounds or cancels the call.
+// This store works on local disk and badger: it stops a listing (Tags,
+// Repositories, Referrers, ReposWithBlob) with ctx's error when ctx ends;
+// any other call runs to its end, which is short, or bounded by the
+// reader it was given (a request's body ends with its request). A fill
+// runs on the store's own context, whatever the context of the call that
+// started it. The types such methods return (Fill, FillReader,
+// blobstore.Blob) are interfaces so that other backends can return their
+// own.
 package cache
 
 import (

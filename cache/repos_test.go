@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -267,5 +268,31 @@ func TestRepositoriesPaging(t *testing.T) {
 		if err != nil || strings.Join(got, ",") != tt.want || more != tt.wantMore {
 			t.Errorf("Repositories(%q, %d) = %q, %v, %v; want %q, %v", tt.last, tt.n, got, more, err, tt.want, tt.wantMore)
 		}
+	}
+}
+
+// TestListingsStopWithContext: a listing ends with its context's error
+// once the context ends, instead of walking on for a client that left.
+func TestListingsStopWithContext(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{})
+	subject := putManifest(t, s, "a", "subject", Digest{}, "v1")
+	putManifest(t, s, "a", "referrer", subject.Digest)
+	layer := mustPut(t, s, []byte("layer"))
+	mustLink(t, s, "a", layer)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, _, err := s.Tags(ctx, "a", "", -1)
+	wantErr(t, "Tags", err, context.Canceled)
+	_, _, err = s.Repositories(ctx, "", -1)
+	wantErr(t, "Repositories", err, context.Canceled)
+	_, err = s.Referrers(ctx, "a", subject.Digest)
+	wantErr(t, "Referrers", err, context.Canceled)
+	_, err = s.ReposWithBlob(ctx, layer, 10)
+	wantErr(t, "ReposWithBlob", err, context.Canceled)
+	// A page that is full before the context is asked still answers:
+	// nothing is left to walk.
+	if tags, more, err := s.Tags(ctx, "a", "", 0); err != nil || len(tags) != 0 || !more {
+		t.Errorf("Tags(n=0) = %q, %v, %v", tags, more, err)
 	}
 }
