@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -37,7 +38,10 @@ type Options struct {
 	UploadTTL time.Duration
 	// GCGrace: what cache.Options.GCGrace is. Default 1h.
 	GCGrace time.Duration
-	Logger  *zap.Logger
+	// SpoolDir holds the local copies of mirror fills in progress (the
+	// first clients read them as they arrive). Default: os.TempDir().
+	SpoolDir string
+	Logger   *zap.Logger
 }
 
 // Store is the registry's store over the seams. It is safe for concurrent
@@ -52,7 +56,9 @@ type Store struct {
 	log    *zap.Logger
 	now    func() time.Time
 
-	limits limitsBox
+	limits   limitsBox
+	fills    fillWork
+	spoolDir string
 }
 
 // New returns a Store over opts' backends. It does not close them.
@@ -78,6 +84,12 @@ func New(opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
+	s.spoolDir = opts.SpoolDir
+	if s.spoolDir == "" {
+		s.spoolDir = os.TempDir()
+	}
+	s.fills.m = map[cache.Digest]*fill{}
+	s.fills.ctx, s.fills.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
 
