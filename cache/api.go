@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
 )
 
 // Errors returned by the store; callers map them to protocol errors with
@@ -70,7 +72,10 @@ var (
 	// object store) cannot be reached or did not answer in time. Nothing
 	// was changed, or the change is unknown; the request may be retried
 	// (the registry answers 503). The single-node store never returns it.
-	ErrUnavailable = errors.New("storage backend unavailable")
+	// It is the metadata seam's own, so an outage that reaches the
+	// registry through any path (the auth layer's records included) is
+	// recognised as one.
+	ErrUnavailable = metastore.ErrUnavailable
 )
 
 // Options configure a Store.

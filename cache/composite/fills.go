@@ -183,6 +183,9 @@ func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
 	}
 	f.SetVerified(n)
 	// Readers here have every byte; the other replicas wait for these.
+	if err := f.s.fence(ctx, f.d); err != nil {
+		return err
+	}
 	if _, err := f.s.blobs.Put(ctx, f.d, n, io.NewSectionReader(file, 0, n)); err != nil {
 		return blobErr(err)
 	}

@@ -35,7 +35,7 @@ func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	var st cache.GCStats
 	held, release, ok, err := coord.Hold(ctx, s.leases, "gc", gcTTL)
 	if err != nil {
-		return st, err
+		return st, mapErr(err)
 	}
 	if !ok {
 		return st, ErrGCElsewhere

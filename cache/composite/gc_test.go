@@ -270,3 +270,28 @@ func TestPushDuringSweep(t *testing.T) {
 		}
 	})
 }
+
+// A whole GC pass between a push's write and its record (the window a
+// slow database opens) leaves the pushed blob alone: the push touched the
+// old record before writing, so the pass cannot mark it.
+func TestGCBetweenWriteAndRecord(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		c := &clock{t: time.Now()}
+		a, b := replica(), replica()
+		a.now, b.now = c.now, c.now
+		data := randomBytes(4000)
+		d := push(t, a, "", data) // unlinked: GC's once the grace period is over
+		c.add(2 * time.Hour)
+		b.afterWrite = func() {
+			if _, err := a.GC(ctx(t)); err != nil {
+				t.Errorf("GC: %v", err)
+			}
+		}
+		if _, err := b.PutBlob(ctx(t), d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatalf("push again: %v", err)
+		}
+		if !bytes.Equal(readBlob(t, b, d), data) {
+			t.Fatal("acknowledged push lost its bytes to a GC pass")
+		}
+	})
+}

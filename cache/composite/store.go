@@ -59,6 +59,8 @@ type Store struct {
 	limits   limitsBox
 	fills    fillWork
 	spoolDir string
+
+	afterWrite func() // tests: runs between a blob's write and its record
 }
 
 // New returns a Store over opts' backends. It does not close them.
@@ -129,9 +131,15 @@ func (s *Store) PutBlob(ctx context.Context, want cache.Digest, size int64, r io
 		}
 		r = &capped{r: r, left: max}
 	}
+	if err := s.fence(ctx, want); err != nil {
+		return 0, err
+	}
 	info, err := s.blobs.Put(ctx, want, size, r)
 	if err != nil {
 		return 0, blobErr(err)
+	}
+	if s.afterWrite != nil {
+		s.afterWrite()
 	}
 	if err := s.record(ctx, want, info.Size); err != nil {
 		return 0, err
@@ -142,7 +150,7 @@ func (s *Store) PutBlob(ctx context.Context, want cache.Digest, size int64, r io
 // ErrCollected: bytes just written were deleted by a GC sweep that had
 // marked an older copy of the same blob unreferenced. Nothing was
 // recorded; the client pushes again (the registry answers 503).
-var ErrCollected = errors.New("blob was being collected: push it again")
+var ErrCollected = fmt.Errorf("%w: blob was being collected, push it again", cache.ErrUnavailable)
 
 // record records committed bytes of d. If GC is deleting d (it marked an
 // unlinked copy of the same digest just before), the sweep may delete the
@@ -164,6 +172,28 @@ func (s *Store) record(ctx context.Context, d cache.Digest, size int64) error {
 		return blobErr(err)
 	}
 	_, err = s.meta.RecordBlob(ctx, d, size, s.now())
+	return mapErr(err)
+}
+
+// fence keeps GC off d before bytes of d are written or found in place:
+// a record of d is touched now, so a sweep can no longer mark it (it
+// marks only records untouched for the grace period), and one being
+// swept is waited for. Without it a sweep could delete the bytes between
+// the write (or a commit that finds them there already) and the record,
+// leaving an acknowledged blob with a record and no bytes.
+func (s *Store) fence(ctx context.Context, d cache.Digest) error {
+	r, err := s.meta.Blob(ctx, d)
+	if errors.Is(err, metastore.ErrBlobUnknown) {
+		// Absent, or marked and being deleted: wait for any sweep of it.
+		return s.waitForgotten(ctx, d)
+	}
+	if err != nil {
+		return mapErr(err)
+	}
+	_, err = s.meta.RecordBlob(ctx, d, r.Size, s.now())
+	if errors.Is(err, metastore.ErrBlobDeleting) {
+		return s.waitForgotten(ctx, d)
+	}
 	return mapErr(err)
 }
 
@@ -287,6 +317,10 @@ func mapErr(err error) error {
 		{blobstore.ErrDigestMismatch, cache.ErrDigestMismatch},
 		{blobstore.ErrSizeMismatch, cache.ErrSizeMismatch},
 		{blobstore.ErrOffsetMismatch, cache.ErrOffsetMismatch},
+		// Another request advanced the session, or a failed commit sealed
+		// it: a chunk at this offset cannot land (416).
+		{metastore.ErrUploadMoved, cache.ErrOffsetMismatch},
+		{blobstore.ErrSessionSealed, cache.ErrOffsetMismatch},
 		{blobstore.ErrTooLarge, cache.ErrUploadTooLarge},
 		{metastore.ErrUnavailable, cache.ErrUnavailable},
 	}

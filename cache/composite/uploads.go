@@ -20,6 +20,10 @@ import (
 // replica killed mid-chunk frees the session for the client's retry soon.
 const sessionTTL = 15 * time.Second
 
+// holdWait bounds how long a commit or cancel waits for another request
+// on its session.
+const holdWait = time.Minute
+
 func upload(u metastore.Upload) cache.Upload {
 	return cache.Upload{ID: u.ID, Repo: u.Repo, Owner: u.Owner, Size: u.Size, Started: u.Started, Updated: u.Updated}
 }
@@ -95,13 +99,25 @@ func (s *Store) GetUpload(ctx context.Context, repo, id string) (cache.Upload, e
 // hold takes the lease on session id for one request: another request
 // writing the same session (on any replica) makes this one fail with
 // cache.ErrOffsetMismatch, as two chunks at one offset do.
-func (s *Store) hold(ctx context.Context, id string) (context.Context, func(), error) {
-	held, release, ok, err := coord.Hold(ctx, s.leases, "upload/"+id, sessionTTL)
+func (s *Store) hold(ctx context.Context, id string, wait bool) (context.Context, func(), error) {
+	key := "upload/" + id
+	held, release, ok, err := coord.Hold(ctx, s.leases, key, sessionTTL)
+	if wait && err == nil && !ok {
+		// A commit or cancel retried while the first try still runs (a
+		// client timed out at the load balancer): wait for it, then act on
+		// what it left — usually no session any more.
+		wctx, cancel := context.WithTimeout(ctx, holdWait)
+		err = s.leases.Wait(wctx, key)
+		cancel()
+		if err == nil {
+			held, release, ok, err = coord.Hold(ctx, s.leases, key, sessionTTL)
+		}
+	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, mapErr(err)
 	}
 	if !ok {
-		return nil, nil, fmt.Errorf("%w: another chunk of %s is being written", cache.ErrOffsetMismatch, id)
+		return nil, nil, fmt.Errorf("%w: another request is writing session %s", cache.ErrOffsetMismatch, id)
 	}
 	// The request's cancellation still counts: held outlives ctx only for
 	// the lease's renewals.
@@ -116,7 +132,7 @@ func (s *Store) hold(ctx context.Context, id string) (context.Context, func(), e
 // compare-and-swap, so a chunk cut off mid-way leaves the session as it
 // was, on every replica.
 func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64, r io.Reader) (cache.Upload, error) {
-	work, done, err := s.hold(ctx, id)
+	work, done, err := s.hold(ctx, id, false)
 	if err != nil {
 		return cache.Upload{}, err
 	}
@@ -171,7 +187,7 @@ func (s *Store) drop(ctx context.Context, u metastore.Upload, sess blobstore.Ses
 // record goes, so a replica killed in between leaves a session that
 // expires, never a blob without its record.
 func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Digest) (cache.BlobInfo, error) {
-	work, done, err := s.hold(ctx, id)
+	work, done, err := s.hold(ctx, id, true)
 	if err != nil {
 		return cache.BlobInfo{}, err
 	}
@@ -184,6 +200,9 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 	if err != nil {
 		return cache.BlobInfo{}, blobErr(err)
 	}
+	if err := s.fence(work, want); err != nil {
+		return cache.BlobInfo{}, err
+	}
 	info, err := sess.Commit(work, want, -1)
 	if err != nil {
 		if state, serr := sess.State(); serr == nil {
@@ -193,6 +212,11 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 		return cache.BlobInfo{}, blobErr(err)
 	}
 	if err := s.record(work, want, info.Size); err != nil {
+		if errors.Is(err, ErrCollected) {
+			// The session's bytes are gone with the commit: the client
+			// must push again, and finds the session gone (404).
+			s.drop(context.WithoutCancel(work), u, nil)
+		}
 		return cache.BlobInfo{}, err
 	}
 	if err := s.meta.LinkBlob(work, repo, want, s.now()); err != nil {
@@ -208,7 +232,7 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 
 // CancelUpload ends repo's session id and frees its bytes.
 func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
-	work, done, err := s.hold(ctx, id)
+	work, done, err := s.hold(ctx, id, true)
 	if err != nil {
 		return err
 	}
