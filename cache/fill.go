@@ -170,7 +170,6 @@ func (s *Store) Fills() int {
 	return len(s.fills)
 }
 
-
 // Digest implements Fill.
 func (f *fileFill) Digest() Digest { return f.d }
 
