@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/pgmeta"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -300,6 +302,11 @@ func (rg *Registry) provisionCluster() error {
 	if err != nil {
 		return err
 	}
+	// Settings are checked here, without contacting anything: a mistake
+	// is a config error, not a 503 at every request.
+	if err := pgmeta.CheckDSN(dsn); err != nil {
+		return fmt.Errorf("metadata postgres: %w", err)
+	}
 	gcEvery := orDefault(time.Duration(rg.GCInterval), DefaultGCInterval)
 	c := &sharedCluster{
 		s3: s3cfg, dsn: dsn,
@@ -307,12 +314,12 @@ func (rg *Registry) provisionCluster() error {
 		grace:   orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
 		gcEvery: max(gcEvery, 0),
 	}
-	rg.cluster, rg.dir, err = acquireCluster(c)
-	if err != nil {
-		return err
+	c.logger = rg.logger.Named("store").With(zap.String("storage", clusterKey(c)))
+	if c.blobs, err = s3.New(context.Background(), s3cfg, c.logger.Named("s3")); err != nil {
+		return fmt.Errorf("storage s3: %w", err)
 	}
-	c.logger = rg.logger.Named("store").With(zap.String("storage", rg.dir))
-	return nil
+	rg.cluster, rg.dir, err = acquireCluster(c)
+	return err
 }
 
 // provisionStore takes a reference to the shared store of the storage

@@ -82,7 +82,9 @@ func TestValidateScaleOut(t *testing.T) {
 		{"s3 without postgres", Registry{StorageS3: s3cfg}, "needs `metadata postgres"},
 		{"s3 and a folder", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", Storage: "/srv"}, "exclusive"},
 		{"s3 and a reserve", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", StorageReserve: 1}, "storage_reserve"},
-		{"s3 and mirrors", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", Mirrors: []*Mirror{{}}}, "mirrors on storage s3"},
+		{"s3 and a mirror cache size", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MirrorCacheSize: 1 << 30}, "mirror_cache_size"},
+		{"s3 and upload byte limits", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MaxUploadBytes: 1 << 30}, "max_upload_bytes"},
+		{"s3 and metadata_dir", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MetadataDir: "/m"}, "metadata_dir"},
 	} {
 		if err := tc.rg.validateScaleOut(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.wantErr)
@@ -272,4 +274,25 @@ func TestScaleOutDatabaseDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	push("v2")
+}
+
+// Settings that cannot work are config errors at load, naming the
+// directive, not a 503 at every request.
+func TestScaleOutConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, json, wantErr string
+	}{
+		{"no bucket", `{"storage_s3": {}, "metadata_postgres": "postgres://u@127.0.0.1:1/db"}`, "storage s3"},
+		{"small part size", `{"storage_s3": {"bucket": "registry", "part_size": 1048576}, "metadata_postgres": "postgres://u@127.0.0.1:1/db"}`, "part_size"},
+		{"bad DSN", `{"storage_s3": {"bucket": "registry"}, "metadata_postgres": "postgres://u:secret@[::1"}`, "metadata postgres: the DSN does not parse"},
+	} {
+		addr := freeAddr(t)
+		cfg := `{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {"listen": ["` + addr + `"],
+			"routes": [{"handle": [{"handler": "oci_registry", ` + strings.TrimSuffix(strings.TrimPrefix(tc.json, "{"), "}") + `}]}]}}}}}`
+		err := caddy.Load([]byte(cfg), true)
+		_ = caddy.Stop()
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: %v, want an error containing %q (and no password)", tc.name, err, tc.wantErr)
+		}
+	}
 }
