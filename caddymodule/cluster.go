@@ -44,10 +44,10 @@ type sharedCluster struct {
 	closed     bool
 	failedAt   time.Time // of the last failed open, whose error failed is
 	failed     error
-	meta     *pgmeta.Store
-	st       *composite.Store
-	stopGC   context.CancelFunc
-	gcDone   chan struct{}
+	meta       *pgmeta.Store
+	st         *composite.Store
+	stopGC     context.CancelFunc
+	gcDone     chan struct{}
 }
 
 // keySalt keys the hash that names clusters: the name reaches logs (the
