@@ -101,7 +101,7 @@ type env struct {
 func newEnv(b *testing.B) *env {
 	b.Helper()
 	dir := b.TempDir()
-	st, err := cache.Open(cache.Options{Dir: filepath.Join(dir, "store")})
+	st, err := cache.Open(cache.Options{Dir: filepath.Join(dir, "store")}) // blobFile knows this path
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,6 +8,19 @@
 // implemented beside it — store.go (Open, Close), blobs.go, repos.go,
 // uploads.go, gc.go, evict.go — with their documented behaviour; signatures are fixed
 // unless changed on purpose by all callers.
+//
+// The registry reaches the store only through its own interfaces
+// (registry.Store), which this store satisfies and other backends
+// implement over the network. The methods it calls on a request's behalf
+// take a context.Context first, which there bounds or cancels the call.
+// This store works on local disk and badger: it stops a listing (Tags,
+// Repositories, Referrers, ReposWithBlob) with ctx's error when ctx ends;
+// any other call runs to its end, which is short, or bounded by the
+// reader it was given (a request's body ends with its request). A fill
+// runs on the store's own context, whatever the context of the call that
+// started it. The types such methods return (Fill, FillReader,
+// blobstore.Blob) are interfaces so that other backends can return their
+// own.
 package cache
 
 import (
@@ -16,6 +29,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
 )
 
 // Errors returned by the store; callers map them to protocol errors with
@@ -53,6 +68,14 @@ var (
 	// calling the store, so callers only see this on a bug; it is never a
 	// server error.
 	ErrNameInvalid = errors.New("invalid name")
+	// ErrUnavailable: an engine the store depends on (a database, an
+	// object store) cannot be reached or did not answer in time. Nothing
+	// was changed, or the change is unknown; the request may be retried
+	// (the registry answers 503). The single-node store never returns it.
+	// It is the metadata seam's own, so an outage that reaches the
+	// registry through any path (the auth layer's records included) is
+	// recognised as one.
+	ErrUnavailable = metastore.ErrUnavailable
 )
 
 // Options configure a Store.

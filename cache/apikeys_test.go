@@ -49,7 +49,7 @@ func TestAPIKeyRecords(t *testing.T) {
 		t.Fatalf("NUL in id: %v", err)
 	}
 	// Auth records stay out of the registry's listings.
-	if repos, _, err := s.Repositories("", -1); err != nil || len(repos) != 0 {
+	if repos, _, err := s.Repositories(t.Context(), "", -1); err != nil || len(repos) != 0 {
 		t.Fatalf("repositories: %v %v", repos, err)
 	}
 }

@@ -35,21 +35,21 @@ func BenchmarkPush(b *testing.B) {
 		push func(b *testing.B, s *Store)
 	}{
 		{"monolithic", func(b *testing.B, s *Store) {
-			if _, err := s.PutBlob(d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			if _, err := s.PutBlob(b.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
 				b.Fatal(err)
 			}
 		}},
 		{"chunked", func(b *testing.B, s *Store) {
-			u, err := s.NewUpload("bench")
+			u, err := s.NewUpload(b.Context(), "bench")
 			if err != nil {
 				b.Fatal(err)
 			}
 			for off := 0; off < len(data); off += chunk {
-				if _, err := s.AppendUpload("bench", u.ID, int64(off), bytes.NewReader(data[off:off+chunk])); err != nil {
+				if _, err := s.AppendUpload(b.Context(), "bench", u.ID, int64(off), bytes.NewReader(data[off:off+chunk])); err != nil {
 					b.Fatal(err)
 				}
 			}
-			if _, err := s.CommitUpload("bench", u.ID, d); err != nil {
+			if _, err := s.CommitUpload(b.Context(), "bench", u.ID, d); err != nil {
 				b.Fatal(err)
 			}
 		}},
@@ -89,7 +89,7 @@ func BenchmarkPutBlobSmall(b *testing.B) {
 	b.Run("PutBlob", func(b *testing.B) {
 		for i := range b.N {
 			p := blob(i)
-			if _, err := s.PutBlob(digestOf(p), int64(len(p)), bytes.NewReader(p)); err != nil {
+			if _, err := s.PutBlob(b.Context(), digestOf(p), int64(len(p)), bytes.NewReader(p)); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
@@ -18,7 +20,7 @@ import (
 
 // StatBlob reports whether the blob exists in the content store, regardless
 // of which repositories link it. ErrBlobUnknown when absent.
-func (s *Store) StatBlob(d Digest) (BlobInfo, error) {
+func (s *Store) StatBlob(ctx context.Context, d Digest) (BlobInfo, error) {
 	if err := checkDigest(d); err != nil {
 		return BlobInfo{}, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
 	}
@@ -32,9 +34,25 @@ func (s *Store) StatBlob(d Digest) (BlobInfo, error) {
 	return BlobInfo{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
-// OpenBlob opens a committed blob for reading (an *os.File so callers can
-// use http.ServeContent / sendfile). ErrBlobUnknown when absent.
-func (s *Store) OpenBlob(d Digest) (*os.File, error) {
+// OpenBlob opens a committed blob for reading, for http.ServeContent.
+// ErrBlobUnknown when absent. The Blob is the blob's file (fileBlob), so
+// that io.Copy and http.ServeContent from it reach net/http's sendfile.
+func (s *Store) OpenBlob(ctx context.Context, d Digest) (blobstore.Blob, error) {
+	f, err := s.openBlobFile(d)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cache: stat blob: %w", err)
+	}
+	return &fileBlob{File: f, size: fi.Size()}, nil
+}
+
+// openBlobFile opens the file of a committed blob. ErrBlobUnknown when
+// absent.
+func (s *Store) openBlobFile(d Digest) (*os.File, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
 	}
@@ -48,6 +66,18 @@ func (s *Store) OpenBlob(d Digest) (*os.File, error) {
 	return f, nil
 }
 
+// fileBlob is an open blob file with its size. It embeds the *os.File
+// rather than hiding it, so that what net/http's sendfile path looks for
+// stays within reach: File.WriteTo for io.Copy of the whole blob, and
+// syscall.Conn on the reader behind ServeContent's io.LimitedReader.
+type fileBlob struct {
+	*os.File
+	size int64
+}
+
+// Size is the blob's length in bytes.
+func (b *fileBlob) Size() int64 { return b.size }
+
 // PutBlob writes r to the content store if its bytes hash to want (and, if
 // size >= 0, are exactly size bytes long): temp file, hash while writing,
 // verify, fsync, rename. The blob becomes visible only complete and
@@ -56,7 +86,7 @@ func (s *Store) OpenBlob(d Digest) (*os.File, error) {
 // It does not link the blob to any repository. The bytes count against
 // the upload limits while they are written (ErrUploadTooLarge,
 // ErrUploadSpace), as a session's do.
-func (s *Store) PutBlob(want Digest, size int64, r io.Reader) (int64, error) {
+func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reader) (int64, error) {
 	if err := checkDigest(want); err != nil {
 		return 0, err
 	}

@@ -19,6 +19,7 @@ package cache
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -334,7 +335,7 @@ func eachLinked(txn *badger.Txn, rev string, fn func(d Digest, repos []string)) 
 
 // linksOf lists the repositories under a by-digest prefix.
 func linksOf(txn *badger.Txn, prefix []byte) []string {
-	out, _ := page(txn, prefix, "", -1)
+	out, _, _ := page(context.Background(), txn, prefix, "", -1)
 	return out
 }
 
@@ -368,7 +369,7 @@ func (s *Store) evict(mc *MirrorCache, c evictCandidate) (bool, error) {
 		s.useCond.Broadcast()
 		s.useMu.Unlock()
 	}()
-	if s.Filling(c.d) != nil {
+	if s.filling(c.d) != nil {
 		return false, nil
 	}
 	path := s.blobPath(c.d)

@@ -37,7 +37,7 @@ func openMirrorStore(t *testing.T, dir string, limit int64) *Store {
 func fillBlob(t *testing.T, s *Store, repo string, b []byte) Digest {
 	t.Helper()
 	d := digestOf(b)
-	f, _, err := s.Fill(repo, d, func(context.Context) (io.ReadCloser, int64, error) {
+	f, _, err := s.Fill(t.Context(), repo, d, func(context.Context) (io.ReadCloser, int64, error) {
 		return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
 	})
 	if err != nil {
@@ -62,7 +62,7 @@ func mustEvict(t *testing.T, s *Store) EvictStats {
 
 func wantPresent(t *testing.T, s *Store, repo string, d Digest, present bool) {
 	t.Helper()
-	_, err := s.HasBlob(repo, d)
+	_, err := s.HasBlob(t.Context(), repo, d)
 	if present && err != nil {
 		t.Errorf("%s in %s: %v, want it kept", d, repo, err)
 	}
@@ -70,7 +70,7 @@ func wantPresent(t *testing.T, s *Store, repo string, d Digest, present bool) {
 		if !errors.Is(err, ErrBlobUnknown) {
 			t.Errorf("%s in %s: %v, want it evicted", d, repo, err)
 		}
-		if _, err := s.StatBlob(d); !errors.Is(err, ErrBlobUnknown) {
+		if _, err := s.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
 			t.Errorf("%s: file still there (%v)", d, err)
 		}
 	}
@@ -149,7 +149,7 @@ func TestMirrorCacheHeldNotEvicted(t *testing.T) {
 	// the commit, until it closes.
 	g := &gatedSource{content: content(1, 100), size: 100, step: make(chan int)}
 	read := digestOf(g.content)
-	f, _, err := s.Fill("m/a", read, g.open)
+	f, _, err := s.Fill(t.Context(), "m/a", read, g.open)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,22 +191,22 @@ func TestMirrorCacheManifests(t *testing.T) {
 	s := openMirrorStore(t, t.TempDir(), 1)
 	subject := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
 	sd := digestOf(subject)
-	if err := s.PutManifest("m/app", Manifest{Digest: sd, MediaType: "application/vnd.oci.image.manifest.v1+json"}, subject, []string{"v1", "latest"}); err != nil {
+	if err := s.PutManifest(t.Context(), "m/app", Manifest{Digest: sd, MediaType: "application/vnd.oci.image.manifest.v1+json"}, subject, []string{"v1", "latest"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetTagFetched("m/app", "v1", time.Now()); err != nil {
+	if err := s.SetTagFetched(t.Context(), "m/app", "v1", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	ref := []byte(`{"schemaVersion":2,"subject":{"digest":"` + sd.String() + `"}}`)
 	rd := digestOf(ref)
-	if err := s.PutManifest("m/app", Manifest{Digest: rd, MediaType: "application/vnd.oci.image.manifest.v1+json", Subject: sd}, ref, nil); err != nil {
+	if err := s.PutManifest(t.Context(), "m/app", Manifest{Digest: rd, MediaType: "application/vnd.oci.image.manifest.v1+json", Subject: sd}, ref, nil); err != nil {
 		t.Fatal(err)
 	}
 	// The same manifest pushed to a local repository is pushed content.
 	local := []byte(`{"schemaVersion":2,"local":true}`)
 	ld := digestOf(local)
 	for _, repo := range []string{"team/app", "m/app"} {
-		if err := s.PutManifest(repo, Manifest{Digest: ld, MediaType: "application/vnd.oci.image.manifest.v1+json"}, local, []string{"local"}); err != nil {
+		if err := s.PutManifest(t.Context(), repo, Manifest{Digest: ld, MediaType: "application/vnd.oci.image.manifest.v1+json"}, local, []string{"local"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -218,31 +218,31 @@ func TestMirrorCacheManifests(t *testing.T) {
 		t.Fatalf("stats %+v, want both mirrored manifests evicted", st)
 	}
 	for _, tag := range []string{"v1", "latest"} {
-		if _, err := s.TagInfo("m/app", tag); !errors.Is(err, ErrTagUnknown) {
+		if _, err := s.TagInfo(t.Context(), "m/app", tag); !errors.Is(err, ErrTagUnknown) {
 			t.Errorf("tag %s after eviction: %v, want unknown (a miss that refetches)", tag, err)
 		}
 	}
 	for _, d := range []Digest{sd, rd} {
-		if _, _, err := s.GetManifest("m/app", d); !errors.Is(err, ErrManifestUnknown) {
+		if _, _, err := s.GetManifest(t.Context(), "m/app", d); !errors.Is(err, ErrManifestUnknown) {
 			t.Errorf("manifest %s after eviction: %v", d, err)
 		}
 	}
-	if refs, err := s.Referrers("m/app", sd); err != nil || len(refs) != 0 {
+	if refs, err := s.Referrers(t.Context(), "m/app", sd); err != nil || len(refs) != 0 {
 		t.Errorf("referrers after eviction: %v %v", refs, err)
 	}
 	for _, repo := range []string{"m/app", "team/app"} {
-		if _, _, err := s.GetManifest(repo, ld); err != nil {
+		if _, _, err := s.GetManifest(t.Context(), repo, ld); err != nil {
 			t.Errorf("pushed manifest in %s: %v", repo, err)
 		}
 	}
-	if d, err := s.ResolveTag("m/app", "local"); err != nil || d != ld {
+	if d, err := s.ResolveTag(t.Context(), "m/app", "local"); err != nil || d != ld {
 		t.Errorf("tag of the pushed manifest: %v %v", d, err)
 	}
 	// Fetched again: whole and tagged as before.
-	if err := s.PutManifest("m/app", Manifest{Digest: sd, MediaType: "application/vnd.oci.image.manifest.v1+json"}, subject, []string{"v1"}); err != nil {
+	if err := s.PutManifest(t.Context(), "m/app", Manifest{Digest: sd, MediaType: "application/vnd.oci.image.manifest.v1+json"}, subject, []string{"v1"}); err != nil {
 		t.Fatal(err)
 	}
-	if d, err := s.ResolveTag("m/app", "v1"); err != nil || d != sd {
+	if d, err := s.ResolveTag(t.Context(), "m/app", "v1"); err != nil || d != sd {
 		t.Fatalf("refetched tag: %v %v", d, err)
 	}
 }

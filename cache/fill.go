@@ -32,35 +32,62 @@ var ErrFillFailed = errors.New("blob fill failed")
 // with a context that ends only when the store closes.
 type FillSource func(ctx context.Context) (body io.ReadCloser, size int64, err error)
 
-type fillState int
+// Fill is one blob on its way into a store from elsewhere, written once
+// while any number of requests follow it. Get one with Store.Fill; read it
+// with Reader. It is an interface so that a store whose fills are
+// coordinated across processes can hand out its own. All methods are safe
+// for concurrent use.
+type Fill interface {
+	// Digest is the blob being filled.
+	Digest() Digest
+	// Repo is the repository the fill was started for, which its source
+	// fetches from and its result is linked into.
+	Repo() string
+	// Ready waits until the source answered and returns the blob's size
+	// (-1 when the source did not say); the fill's error if it failed
+	// first.
+	Ready(ctx context.Context) (int64, error)
+	// Wait waits until the fill committed (nil) or failed (its error).
+	Wait(ctx context.Context) error
+	// Verified reports whether every byte is in and matched the digest:
+	// the fill is only committing, and its readers may have had every
+	// byte.
+	Verified() bool
+	// Done is closed when the fill committed or failed.
+	Done() <-chan struct{}
+	// Duration is how long the fill took, once Done.
+	Duration() time.Duration
+	// Reader returns a reader of the blob that follows the fill: it waits
+	// for bytes not written yet (or for ctx), gives the last byte of a
+	// blob of known size only once the whole blob is verified against the
+	// digest, and fails with an error wrapping ErrFillFailed if the fill
+	// does. (A fill that fails after verification, while committing, has
+	// given its readers correct bytes; they keep them.) It waits for
+	// Ready first. Close it when done.
+	Reader(ctx context.Context) (FillReader, error)
+}
 
-const (
-	fillStarting fillState = iota // source not answered yet
-	fillWriting
-	fillCommitted
-	fillFailed
-)
+// FillReader reads a blob while it is being filled. It is an
+// io.ReadSeeker (for http.ServeContent) when the size is known; seeking
+// from the end fails while it is not.
+type FillReader interface {
+	io.ReadSeekCloser
+	// Err is the fill's failure if this reader saw it: what was read
+	// must then not be presented as the whole blob.
+	Err() error
+}
 
-// Fill is one blob on its way into the store. Get one with Store.Fill;
-// read it with Reader. All methods are safe for concurrent use.
-type Fill struct {
-	s      *Store
-	d      Digest
-	repo   string
-	notify chan struct{} // closed and replaced on every change, under mu
-	ready  chan struct{} // closed once the size is known or the fill failed
-	done   chan struct{} // closed once committed or failed
+// fileFill is this store's Fill: the blob is written to a temp file in
+// the store, which its readers follow (blobfile.Spool), and installed as
+// PutBlob's are.
+type fileFill struct {
+	*blobfile.Spool
+	s    *Store
+	d    Digest
+	repo string
 
-	mu      sync.Mutex
-	state   fillState
-	size    int64 // -1 unknown
-	written int64
-	// verified: every byte is in and hashes to the digest; readers may
-	// have the last byte before the sync and rename finish.
-	verified bool
-	tmp      string
-	err      error
-	took     time.Duration
+	mu  sync.Mutex
+	tmp string // the temp file while it is one
 }
 
 // Fill returns the fill of blob d: the one in progress if there is one,
@@ -68,8 +95,8 @@ type Fill struct {
 // committed. If the blob is in the store already the Fill returned is
 // committed at once and src is not called. started reports whether this
 // call started the fill.
-func (s *Store) Fill(repo string, d Digest, src FillSource) (f *Fill, started bool, err error) {
-	return s.FillAdmitted(repo, d, src, nil)
+func (s *Store) Fill(ctx context.Context, repo string, d Digest, src FillSource) (f Fill, started bool, err error) {
+	return s.FillAdmitted(ctx, repo, d, src, nil)
 }
 
 // FillAdmit decides whether a new fill may start: it returns the release
@@ -81,7 +108,7 @@ type FillAdmit func() (release func(), err error)
 // FillAdmitted is Fill, asking admit (nil: always yes) before it starts a
 // fill; joining a fill in progress or finding the blob stored asks
 // nothing. admit's error is returned as is.
-func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAdmit) (f *Fill, started bool, err error) {
+func (s *Store) FillAdmitted(ctx context.Context, repo string, d Digest, src FillSource, admit FillAdmit) (Fill, bool, error) {
 	if err := checkName("repository", repo); err != nil {
 		return nil, false, err
 	}
@@ -93,13 +120,10 @@ func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAd
 	if f := s.fills[d]; f != nil {
 		return f, false, nil
 	}
-	f = newFill(s, d, repo)
-	if info, err := s.StatBlob(d); err == nil {
-		f.state, f.size, f.written = fillCommitted, info.Size, info.Size
-		close(f.ready)
-		close(f.done)
-		return f, false, nil
+	if info, err := s.StatBlob(ctx, d); err == nil {
+		return &fileFill{Spool: blobfile.CommittedSpool(info.Size), s: s, d: d, repo: repo}, false, nil
 	}
+	f := &fileFill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo}
 	select {
 	case <-s.stop:
 		return nil, false, errors.New("cache: store closed")
@@ -111,6 +135,7 @@ func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAd
 	}
 	release := func() {}
 	if admit != nil {
+		var err error
 		if release, err = admit(); err != nil {
 			return nil, false, err
 		}
@@ -125,7 +150,14 @@ func (s *Store) FillAdmitted(repo string, d Digest, src FillSource, admit FillAd
 }
 
 // Filling returns the fill of blob d in progress, or nil.
-func (s *Store) Filling(d Digest) *Fill {
+func (s *Store) Filling(ctx context.Context, d Digest) Fill {
+	if f := s.filling(d); f != nil {
+		return f
+	}
+	return nil // not a nil *fileFill, which is no nil Fill
+}
+
+func (s *Store) filling(d Digest) *fileFill {
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
 	return s.fills[d]
@@ -138,64 +170,40 @@ func (s *Store) Fills() int {
 	return len(s.fills)
 }
 
-func newFill(s *Store, d Digest, repo string) *Fill {
-	return &Fill{
-		s: s, d: d, repo: repo, size: -1,
-		notify: make(chan struct{}),
-		ready:  make(chan struct{}),
-		done:   make(chan struct{}),
-	}
-}
+// Digest implements Fill.
+func (f *fileFill) Digest() Digest { return f.d }
 
-// Digest is the blob being filled.
-func (f *Fill) Digest() Digest { return f.d }
+// Repo implements Fill.
+func (f *fileFill) Repo() string { return f.repo }
 
-// Repo is the repository the fill was started for, which its source
-// fetches from and its result is linked into.
-func (f *Fill) Repo() string { return f.repo }
-
-// changed wakes every waiter; mu is held.
-func (f *Fill) changed() {
-	close(f.notify)
-	f.notify = make(chan struct{})
-}
-
-func (f *Fill) run(src FillSource) {
+func (f *fileFill) run(src FillSource) {
 	defer f.s.wg.Done()
-	start := time.Now()
 	err := f.fill(src)
-	f.mu.Lock()
-	f.took = time.Since(start)
 	if err != nil {
-		f.state, f.err = fillFailed, fmt.Errorf("%w: %s: %w", ErrFillFailed, f.d, err)
+		err = fmt.Errorf("%w: %s: %w", ErrFillFailed, f.d, err)
 		// A source that never opened (upstream said no: a probe for a blob
 		// it lacks, say) is the caller's to report; anyone can cause it,
 		// so it must not flood the log at warn. A fill that broke while
 		// writing is worth a warning.
 		log := f.s.log.Debug
+		f.mu.Lock()
 		if f.tmp != "" {
 			os.Remove(f.tmp)
 			log = f.s.log.Warn
 		}
+		f.mu.Unlock()
 		log("blob fill failed", zap.String("repo", f.repo), zap.String("digest", f.d.String()), zap.Error(err))
-	} else {
-		f.state = fillCommitted
 	}
-	select {
-	case <-f.ready:
-	default:
-		close(f.ready)
-	}
-	f.changed()
-	f.mu.Unlock()
+	// Out of the map before Done, so whoever Done wakes finds the blob
+	// (or starts afresh), never this finished fill.
 	f.s.fillMu.Lock()
 	delete(f.s.fills, f.d)
 	f.s.fillMu.Unlock()
-	close(f.done)
+	f.Finish(err)
 }
 
 // fill copies the source into a temp file, verifies and installs it.
-func (f *Fill) fill(src FillSource) error {
+func (f *fileFill) fill(src FillSource) error {
 	body, size, err := src(f.s.ctx)
 	if err != nil {
 		return err
@@ -210,39 +218,21 @@ func (f *Fill) fill(src FillSource) error {
 	}
 	defer file.Close()
 	f.mu.Lock()
-	f.tmp, f.size, f.state = file.Name(), size, fillWriting
-	close(f.ready)
-	f.changed()
+	f.tmp = file.Name()
 	f.mu.Unlock()
+	f.Begin(size)
 
 	out := f.s.space.Writer(blobfile.WriteBehind(file, 0))
 	h := f.d.Algorithm.New()
 	bp := blobfile.GetBuf(size)
 	defer blobfile.PutBuf(bp)
 	buf := (*bp)[:min(len(*bp), 256<<10)] // readers see progress sooner
-	var n int64
-	for {
-		m, rerr := body.Read(buf)
-		if m > 0 {
-			if size >= 0 && n+int64(m) > size {
-				return fmt.Errorf("%w: source sent more than %d bytes", ErrSizeMismatch, size)
-			}
-			if _, err := out.Write(buf[:m]); err != nil {
-				return fmt.Errorf("cache: write fill: %w", err)
-			}
-			h.Write(buf[:m])
-			n += int64(m)
-			f.mu.Lock()
-			f.written = n
-			f.changed()
-			f.mu.Unlock()
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("read source after %d bytes: %w", n, rerr)
-		}
+	n, err := f.Copy(out, body, h, size, buf)
+	if errors.Is(err, blobfile.ErrOverrun) {
+		return fmt.Errorf("%w: %w", ErrSizeMismatch, err)
+	}
+	if err != nil {
+		return fmt.Errorf("cache: fill: %w", err)
 	}
 	if size >= 0 && n != size {
 		return fmt.Errorf("%w: source declared %d, sent %d bytes", ErrSizeMismatch, size, n)
@@ -250,10 +240,7 @@ func (f *Fill) fill(src FillSource) error {
 	if got := FromHash(f.d.Algorithm, h); got != f.d {
 		return fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, f.d, got)
 	}
-	f.mu.Lock()
-	f.verified = true
-	f.changed()
-	f.mu.Unlock()
+	f.SetVerified(n)
 	if err := file.Sync(); err != nil {
 		return fmt.Errorf("cache: sync fill: %w", err)
 	}
@@ -264,7 +251,7 @@ func (f *Fill) fill(src FillSource) error {
 		return err
 	}
 	f.mu.Lock()
-	f.size, f.tmp = n, "" // the file now lives at its digest's place
+	f.tmp = "" // the file now lives at its digest's place
 	f.mu.Unlock()
 	f.s.mirrorMu.RLock()
 	defer f.s.mirrorMu.RUnlock()
@@ -277,61 +264,9 @@ func (f *Fill) fill(src FillSource) error {
 	return nil
 }
 
-// Ready waits until the source answered and returns the blob's size (-1
-// when the source did not say); the fill's error if it failed first.
-func (f *Fill) Ready(ctx context.Context) (int64, error) {
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.state == fillFailed {
-		return 0, f.err
-	}
-	return f.size, nil
-}
-
-// Wait waits until the fill committed (nil) or failed (its error).
-func (f *Fill) Wait(ctx context.Context) error {
-	select {
-	case <-f.done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
-}
-
-// Verified reports whether every byte is in and matched the digest: the
-// fill is only syncing and committing, and its readers may have had
-// every byte.
-func (f *Fill) Verified() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.verified
-}
-
-// Done is closed when the fill committed or failed.
-func (f *Fill) Done() <-chan struct{} { return f.done }
-
-// Duration is how long the fill took, once Done.
-func (f *Fill) Duration() time.Duration {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.took
-}
-
-// Reader returns a reader of the blob that follows the fill: it waits for
-// bytes not written yet (or for ctx), gives the last byte of a blob of known
-// size only once the whole blob is verified against the digest, and fails with
-// an error wrapping ErrFillFailed if the fill does. (A fill that fails
-// after verification, while syncing or renaming, has given its readers
-// correct bytes; they keep them.) It waits for Ready
-// first. Close it when done.
-func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
+// Reader implements Fill. The reader holds the blob against eviction
+// until it is closed.
+func (f *fileFill) Reader(ctx context.Context) (FillReader, error) {
 	if _, err := f.Ready(ctx); err != nil {
 		return nil, err
 	}
@@ -343,115 +278,41 @@ func (f *Fill) Reader(ctx context.Context) (*FillReader, error) {
 			f.s.unhold(f.d)
 		}
 	}()
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	if err := f.Failed(); err != nil {
+		return nil, err
+	}
 	var file *os.File
 	var err error
-	switch f.state {
-	case fillFailed:
-		return nil, f.err
-	case fillCommitted:
-		file, err = f.s.OpenBlob(f.d)
-	default:
-		// The install renames the temp file without taking mu: once it
-		// is gone from tmp/ the verified blob is at its digest's place.
-		if f.tmp != "" {
-			file, err = os.Open(f.tmp)
-		}
-		if f.tmp == "" || errors.Is(err, fs.ErrNotExist) {
-			file, err = f.s.OpenBlob(f.d)
-		}
+	f.mu.Lock()
+	tmp := f.tmp
+	f.mu.Unlock()
+	// The install renames the temp file: once it is gone from tmp/ the
+	// verified blob is at its digest's place.
+	if tmp != "" && !f.Committed() {
+		file, err = os.Open(tmp)
+	}
+	if file == nil && (err == nil || errors.Is(err, fs.ErrNotExist)) {
+		file, err = f.s.openBlobFile(f.d)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cache: open fill: %w", err)
 	}
 	held = false // the reader's now
-	return &FillReader{f: f, ctx: ctx, file: file}, nil
+	return &fileFillReader{Follower: f.Follow(ctx, file), f: f, file: file}, nil
 }
 
-// FillReader reads a blob while it is being filled. It is an
-// io.ReadSeeker (for http.ServeContent) when the size is known.
-type FillReader struct {
-	f    *Fill
-	ctx  context.Context
-	file *os.File
-	off  int64
-	err  error // the fill's failure, once seen
-
+// fileFillReader is fileFill's FillReader: a follower of the fill's file
+// that holds the blob against eviction until closed.
+type fileFillReader struct {
+	*blobfile.Follower
+	f      *fileFill
+	file   *os.File
 	closed bool
 }
 
-// Read implements io.Reader.
-func (r *FillReader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	for {
-		r.f.mu.Lock()
-		state, avail, size, ch, ferr, verified := r.f.state, r.f.written, r.f.size, r.f.notify, r.f.err, r.f.verified
-		r.f.mu.Unlock()
-		switch state {
-		case fillFailed:
-			r.err = ferr
-			return 0, ferr
-		case fillWriting:
-			if size >= 0 && avail >= size && !verified {
-				avail = size - 1 // held back until verified
-			}
-		}
-		if r.off < avail {
-			n := int64(len(p))
-			n = min(n, avail-r.off)
-			m, err := r.file.ReadAt(p[:n], r.off)
-			r.off += int64(m)
-			if err == io.EOF && m > 0 {
-				err = nil
-			}
-			return m, err
-		}
-		if state == fillCommitted || (verified && size >= 0) {
-			return 0, io.EOF
-		}
-		select {
-		case <-ch:
-		case <-r.ctx.Done():
-			return 0, r.ctx.Err()
-		}
-	}
-}
-
-// Seek implements io.Seeker. Seeking from the end needs the size.
-func (r *FillReader) Seek(offset int64, whence int) (int64, error) {
-	var base int64
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		base = r.off
-	case io.SeekEnd:
-		r.f.mu.Lock()
-		size := r.f.size
-		r.f.mu.Unlock()
-		if size < 0 {
-			return 0, errors.New("cache: fill size unknown")
-		}
-		base = size
-	default:
-		return 0, errors.New("cache: bad whence")
-	}
-	if base+offset < 0 {
-		return 0, errors.New("cache: negative position")
-	}
-	r.off = base + offset
-	return r.off, nil
-}
-
-// Err is the fill's failure if this reader saw it: what was read must then
-// not be presented as the whole blob.
-func (r *FillReader) Err() error { return r.err }
-
 // Close releases the reader's file and its hold on the blob; the fill
 // goes on.
-func (r *FillReader) Close() error {
+func (r *fileFillReader) Close() error {
 	if r.closed {
 		return nil
 	}

@@ -68,11 +68,11 @@ func TestFillStreamsAndCommits(t *testing.T) {
 	d := digestOf(content)
 	src := &gatedSource{content: content, size: int64(len(content)), step: make(chan int)}
 
-	f, started, err := s.Fill("mirror/a", d, src.open)
+	f, started, err := s.Fill(t.Context(), "mirror/a", d, src.open)
 	if err != nil || !started {
 		t.Fatalf("Fill: %v %v", started, err)
 	}
-	f2, started2, err := s.Fill("mirror/b", d, src.open)
+	f2, started2, err := s.Fill(t.Context(), "mirror/b", d, src.open)
 	if err != nil || started2 || f2 != f {
 		t.Fatalf("second Fill must join the first: %v %v", started2, err)
 	}
@@ -114,14 +114,14 @@ func TestFillStreamsAndCommits(t *testing.T) {
 	if err := f.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.HasBlob("mirror/a", d); err != nil {
+	if _, err := s.HasBlob(ctx, "mirror/a", d); err != nil {
 		t.Fatalf("filled blob not linked to the starting repo: %v", err)
 	}
 	if src.calls != 1 || s.Fills() != 0 {
 		t.Fatalf("calls=%d fills=%d", src.calls, s.Fills())
 	}
 	// Committed: a new Fill is done at once and never calls the source.
-	f3, started3, err := s.Fill("mirror/c", d, src.open)
+	f3, started3, err := s.Fill(ctx, "mirror/c", d, src.open)
 	if err != nil || started3 || src.calls != 1 {
 		t.Fatalf("Fill of a stored blob: %v %v calls=%d", started3, err, src.calls)
 	}
@@ -165,7 +165,7 @@ func TestFillFailures(t *testing.T) {
 			dir := t.TempDir()
 			s := openStore(t, Options{Dir: dir})
 			src := &gatedSource{content: content, size: tt.size, step: make(chan int), fail: tt.fail}
-			f, _, err := s.Fill("m/a", tt.digest, src.open)
+			f, _, err := s.Fill(t.Context(), "m/a", tt.digest, src.open)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -187,14 +187,14 @@ func TestFillFailures(t *testing.T) {
 			if err := f.Wait(context.Background()); !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Wait = %v", err)
 			}
-			if _, err := s.StatBlob(tt.digest); !errors.Is(err, ErrBlobUnknown) {
+			if _, err := s.StatBlob(t.Context(), tt.digest); !errors.Is(err, ErrBlobUnknown) {
 				t.Fatalf("failed fill left a blob: %v", err)
 			}
 			if got := dirEntries(t, filepath.Join(dir, "tmp")); len(got) != 0 {
 				t.Errorf("tmp/ not empty: %v", got)
 			}
 			// A new Fill after a failure starts afresh.
-			if _, started, err := s.Fill("m/a", tt.digest, src.open); err != nil || !started {
+			if _, started, err := s.Fill(t.Context(), "m/a", tt.digest, src.open); err != nil || !started {
 				t.Fatalf("refill: %v %v", started, err)
 			}
 		})
@@ -205,7 +205,7 @@ func TestFillSourceError(t *testing.T) {
 	t.Parallel()
 	s := openStore(t, Options{Dir: t.TempDir()})
 	want := errors.New("upstream 404")
-	f, _, err := s.Fill("m/a", digestOf([]byte("a")), func(context.Context) (io.ReadCloser, int64, error) { return nil, 0, want })
+	f, _, err := s.Fill(t.Context(), "m/a", digestOf([]byte("a")), func(context.Context) (io.ReadCloser, int64, error) { return nil, 0, want })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestFillReaderContext(t *testing.T) {
 	s := openStore(t, Options{Dir: t.TempDir()})
 	content := []byte("abcdef")
 	src := &gatedSource{content: content, size: 6, step: make(chan int)}
-	f, _, _ := s.Fill("m/a", digestOf(content), src.open)
+	f, _, _ := s.Fill(t.Context(), "m/a", digestOf(content), src.open)
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := f.Reader(ctx)
 	if err != nil {
@@ -238,7 +238,7 @@ func TestFillReaderContext(t *testing.T) {
 	if err := f.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.HasBlob("m/a", digestOf(content)); err != nil {
+	if _, err := s.HasBlob(ctx, "m/a", digestOf(content)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -248,42 +248,42 @@ func TestTagInfo(t *testing.T) {
 	s := openStore(t, Options{Dir: t.TempDir()})
 	body := []byte(`{"schemaVersion":2}`)
 	m := Manifest{Digest: digestOf(body), MediaType: "application/vnd.oci.image.manifest.v1+json"}
-	if err := s.PutManifest("m/a", m, body, []string{"v1"}); err != nil {
+	if err := s.PutManifest(t.Context(), "m/a", m, body, []string{"v1"}); err != nil {
 		t.Fatal(err)
 	}
-	ti, err := s.TagInfo("m/a", "v1")
+	ti, err := s.TagInfo(t.Context(), "m/a", "v1")
 	if err != nil || ti.Digest != m.Digest || !ti.Fetched.IsZero() {
 		t.Fatalf("TagInfo = %+v, %v", ti, err)
 	}
 	at := time.Unix(1700000000, 123)
-	if err := s.SetTagFetched("m/a", "v1", at); err != nil {
+	if err := s.SetTagFetched(t.Context(), "m/a", "v1", at); err != nil {
 		t.Fatal(err)
 	}
-	if ti, _ := s.TagInfo("m/a", "v1"); !ti.Fetched.Equal(at) {
+	if ti, _ := s.TagInfo(t.Context(), "m/a", "v1"); !ti.Fetched.Equal(at) {
 		t.Fatalf("Fetched = %v", ti.Fetched)
 	}
-	if err := s.SetTagFetched("m/a", "nope", at); !errors.Is(err, ErrTagUnknown) {
+	if err := s.SetTagFetched(t.Context(), "m/a", "nope", at); !errors.Is(err, ErrTagUnknown) {
 		t.Fatalf("SetTagFetched unknown = %v", err)
 	}
-	if _, err := s.TagInfo("m/a", "nope"); !errors.Is(err, ErrTagUnknown) {
+	if _, err := s.TagInfo(t.Context(), "m/a", "nope"); !errors.Is(err, ErrTagUnknown) {
 		t.Fatalf("TagInfo unknown = %v", err)
 	}
 	// Deleting the tag forgets its time: a re-created tag starts unconfirmed.
-	if err := s.DeleteTag("m/a", "v1"); err != nil {
+	if err := s.DeleteTag(t.Context(), "m/a", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutManifest("m/a", m, body, []string{"v1"}); err != nil {
+	if err := s.PutManifest(t.Context(), "m/a", m, body, []string{"v1"}); err != nil {
 		t.Fatal(err)
 	}
-	if ti, _ := s.TagInfo("m/a", "v1"); !ti.Fetched.IsZero() {
+	if ti, _ := s.TagInfo(t.Context(), "m/a", "v1"); !ti.Fetched.IsZero() {
 		t.Fatalf("Fetched survived DeleteTag: %v", ti.Fetched)
 	}
-	s.SetTagFetched("m/a", "v1", at)
-	if err := s.DeleteManifest("m/a", m.Digest); err != nil {
+	s.SetTagFetched(t.Context(), "m/a", "v1", at)
+	if err := s.DeleteManifest(t.Context(), "m/a", m.Digest); err != nil {
 		t.Fatal(err)
 	}
-	s.PutManifest("m/a", m, body, []string{"v1"})
-	if ti, _ := s.TagInfo("m/a", "v1"); !ti.Fetched.IsZero() {
+	s.PutManifest(t.Context(), "m/a", m, body, []string{"v1"})
+	if ti, _ := s.TagInfo(t.Context(), "m/a", "v1"); !ti.Fetched.IsZero() {
 		t.Fatalf("Fetched survived DeleteManifest: %v", ti.Fetched)
 	}
 }

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -62,7 +63,7 @@ func BenchmarkGC(b *testing.B) {
 		b.StopTimer()
 		deleted := 0
 		for j := i % gcBenchChanged; j < len(images); j += gcBenchChanged {
-			err := s.DeleteManifest(images[j].repo, images[j].manifest)
+			err := s.DeleteManifest(b.Context(), images[j].repo, images[j].manifest)
 			if err == nil {
 				deleted++
 			}
@@ -91,7 +92,7 @@ func buildGCBenchImages(b *testing.B, s *Store, n int) []gcBenchImage {
 	b.Helper()
 	base := []byte("base layer")
 	baseD := digestOf(base)
-	if _, err := s.PutBlob(baseD, int64(len(base)), bytes.NewReader(base)); err != nil {
+	if _, err := s.PutBlob(b.Context(), baseD, int64(len(base)), bytes.NewReader(base)); err != nil {
 		b.Fatal(err)
 	}
 	images := make([]gcBenchImage, n)
@@ -136,7 +137,7 @@ func pushGCBenchImage(s *Store, i int, base Digest) (gcBenchImage, error) {
 	for _, c := range []string{"config", "layer"} {
 		body := []byte(fmt.Sprintf("%s of image %d", c, i))
 		d := digestOf(body)
-		if _, err := s.PutBlob(d, int64(len(body)), bytes.NewReader(body)); err != nil {
+		if _, err := s.PutBlob(context.Background(), d, int64(len(body)), bytes.NewReader(body)); err != nil {
 			return gcBenchImage{}, err
 		}
 		if c == "config" {
@@ -146,7 +147,7 @@ func pushGCBenchImage(s *Store, i int, base Digest) (gcBenchImage, error) {
 		}
 	}
 	for _, d := range append([]Digest{config}, layers...) {
-		if err := s.LinkBlob(repo, d); err != nil {
+		if err := s.LinkBlob(context.Background(), repo, d); err != nil {
 			return gcBenchImage{}, err
 		}
 	}
@@ -165,7 +166,7 @@ func pushGCBenchImage(s *Store, i int, base Digest) (gcBenchImage, error) {
 	}
 	m := Manifest{Digest: digestOf(body), MediaType: "application/vnd.oci.image.manifest.v1+json"}
 	tag := fmt.Sprintf("v%d", i%gcBenchPerRepo)
-	if err := s.PutManifest(repo, m, body, []string{tag}); err != nil {
+	if err := s.PutManifest(context.Background(), repo, m, body, []string{tag}); err != nil {
 		return gcBenchImage{}, err
 	}
 	return gcBenchImage{repo, m.Digest}, nil

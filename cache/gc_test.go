@@ -22,22 +22,22 @@ func TestGC(t *testing.T) {
 	unlinkedYoung := mustPut(t, s, []byte("unlinked young"))
 	wasLinked := mustPut(t, s, []byte("was linked"))
 	mustLink(t, s, "app", wasLinked)
-	if err := s.UnlinkBlob("app", wasLinked); err != nil {
+	if err := s.UnlinkBlob(t.Context(), "app", wasLinked); err != nil {
 		t.Fatal(err)
 	}
 	otherRepo := mustPut(t, s, []byte("linked elsewhere"))
 	mustLink(t, s, "a", otherRepo)
 	mustLink(t, s, "a/b", otherRepo)
-	if err := s.UnlinkBlob("a", otherRepo); err != nil {
+	if err := s.UnlinkBlob(t.Context(), "a", otherRepo); err != nil {
 		t.Fatal(err)
 	}
 	man := putManifest(t, s, "app", "m", Digest{}, "latest")
 	deletedMan := putManifest(t, s, "app", "gone", Digest{})
-	if err := s.DeleteManifest("app", deletedMan.Digest); err != nil {
+	if err := s.DeleteManifest(t.Context(), "app", deletedMan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	sha512Old := FromBytes(SHA512, []byte("512 unlinked"))
-	if _, err := s.PutBlob(sha512Old, -1, bytes.NewReader([]byte("512 unlinked"))); err != nil {
+	if _, err := s.PutBlob(t.Context(), sha512Old, -1, bytes.NewReader([]byte("512 unlinked"))); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range []Digest{linked, unlinkedOld, wasLinked, otherRepo, man.Digest, deletedMan.Digest, sha512Old} {
@@ -57,7 +57,7 @@ func TestGC(t *testing.T) {
 	orphan := filepath.Join(dir, "uploads", "0123456789abcdef0123456789abcdef")
 	os.WriteFile(orphan, []byte("x"), 0o644)
 	age(t, orphan, old)
-	live, _ := s.NewUpload("app")
+	live, _ := s.NewUpload(t.Context(), "app")
 	age(t, filepath.Join(dir, "uploads", live.ID), old) // old file, live session
 
 	st, err := s.GC()
@@ -69,16 +69,16 @@ func TestGC(t *testing.T) {
 		t.Errorf("GC = %+v, want 4 blobs, %d bytes", st, wantBytes)
 	}
 	for _, d := range []Digest{unlinkedOld, wasLinked, deletedMan.Digest, sha512Old} {
-		if _, err := s.StatBlob(d); !errors.Is(err, ErrBlobUnknown) {
+		if _, err := s.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
 			t.Errorf("%s survived: %v", d, err)
 		}
 	}
 	for _, d := range []Digest{linked, unlinkedYoung, otherRepo, man.Digest} {
-		if _, err := s.StatBlob(d); err != nil {
+		if _, err := s.StatBlob(t.Context(), d); err != nil {
 			t.Errorf("%s collected: %v", d, err)
 		}
 	}
-	if _, _, err := s.GetManifest("app", man.Digest); err != nil {
+	if _, _, err := s.GetManifest(t.Context(), "app", man.Digest); err != nil {
 		t.Errorf("manifest broken by GC: %v", err)
 	}
 	for path, want := range map[string]bool{stray: true, deadTmp: false, liveTmp: true, orphan: false, filepath.Join(dir, "uploads", live.ID): true} {
@@ -134,7 +134,7 @@ func TestGCConcurrentWithPushes(t *testing.T) {
 		for i, d := range ds {
 			// Either the blob is still there and the link wins, or GC got
 			// it first and LinkBlob says so.
-			err := s.LinkBlob("app", d)
+			err := s.LinkBlob(t.Context(), "app", d)
 			if err != nil && !errors.Is(err, ErrBlobUnknown) {
 				t.Error(err)
 			}
@@ -147,7 +147,7 @@ func TestGCConcurrentWithPushes(t *testing.T) {
 	}
 	for i, d := range ds {
 		if linked[i] {
-			if _, err := s.HasBlob("app", d); err != nil {
+			if _, err := s.HasBlob(t.Context(), "app", d); err != nil {
 				t.Errorf("linked blob %d lost: %v", i, err)
 			}
 		}
@@ -169,14 +169,14 @@ func TestGCPaused(t *testing.T) {
 	if s.gcRound() {
 		t.Error("a round ran while paused")
 	}
-	if _, err := s.StatBlob(orphan); err != nil {
+	if _, err := s.StatBlob(t.Context(), orphan); err != nil {
 		t.Fatalf("paused gc removed a blob: %v", err)
 	}
 	s.PauseGC(false)
 	if !s.gcRound() {
 		t.Error("no round after resume")
 	}
-	if _, err := s.StatBlob(orphan); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := s.StatBlob(t.Context(), orphan); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("blob after resumed gc: %v, want removed", err)
 	}
 }

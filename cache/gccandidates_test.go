@@ -86,7 +86,7 @@ func TestGCIncrementalExaminesOnlyWhatChanged(t *testing.T) {
 
 	b := images["b"]
 	for _, m := range []Digest{b.manifest, bShared} {
-		if err := s.DeleteManifest("b", m); err != nil {
+		if err := s.DeleteManifest(t.Context(), "b", m); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -150,7 +150,7 @@ func TestGCIncrementalKeepsYoungLinks(t *testing.T) {
 	d := pushBlobs(t, s, "a", "manifest comes later")[0]
 	ageAll(t, s, d)
 	clock.add(50 * time.Minute)
-	if _, err := s.HasBlob("a", d); err != nil { // renews the link
+	if _, err := s.HasBlob(t.Context(), "a", d); err != nil { // renews the link
 		t.Fatal(err)
 	}
 	clock.add(20 * time.Minute)
@@ -185,7 +185,7 @@ func TestGCCandidatesSurviveRestart(t *testing.T) {
 	clock.add(2 * time.Hour)
 	gcPass(t, s, false)
 
-	if err := s.DeleteManifest("gone", gone.manifest); err != nil {
+	if err := s.DeleteManifest(t.Context(), "gone", gone.manifest); err != nil {
 		t.Fatal(err)
 	}
 	if countKeys(t, s, pGCRepo) != 1 || countKeys(t, s, pGCBlob) != 1 {
@@ -211,15 +211,15 @@ func TestGCInstallMarksBeforeTheFile(t *testing.T) {
 	t.Parallel()
 	s, _, _ := settledStore(t, "a")
 	d := pushBlobs(t, s, "a", "put")[0]
-	up, err := s.NewUpload("a")
+	up, err := s.NewUpload(t.Context(), "a")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body := []byte("uploaded")
-	if _, err := s.AppendUpload("a", up.ID, 0, bytes.NewReader(body)); err != nil {
+	if _, err := s.AppendUpload(t.Context(), "a", up.ID, 0, bytes.NewReader(body)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CommitUpload("a", up.ID, digestOf(body)); err != nil {
+	if _, err := s.CommitUpload(t.Context(), "a", up.ID, digestOf(body)); err != nil {
 		t.Fatal(err)
 	}
 	m := pushImage(t, s, "a", Digest{}, d, digestOf(body))
@@ -254,7 +254,7 @@ func TestGCFullPassWithoutCandidates(t *testing.T) {
 	gone := pushGCImage(t, s, "gone")
 	kept := pushGCImage(t, s, "kept")
 	loose := mustPut(t, s, []byte("never linked"))
-	if err := s.DeleteManifest("gone", gone.manifest); err != nil {
+	if err := s.DeleteManifest(t.Context(), "gone", gone.manifest); err != nil {
 		t.Fatal(err)
 	}
 	clock.add(2 * time.Hour)
@@ -334,7 +334,7 @@ func TestGCIncrementalManyRepositories(t *testing.T) {
 		repo := fmt.Sprintf("r%03d", i)
 		d := pushBlobs(t, s, repo, repo)[0]
 		m := pushImage(t, s, repo, Digest{}, d)
-		if err := s.DeleteManifest(repo, m); err != nil {
+		if err := s.DeleteManifest(t.Context(), repo, m); err != nil {
 			t.Fatal(err)
 		}
 		all = append(all, d, m)

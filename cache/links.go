@@ -26,6 +26,7 @@ package cache
 // (gccandidates.go). Memory follows the repositories of one batch.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -78,6 +79,26 @@ func (r *manifestRefs) add(set map[string]bool) {
 	}
 }
 
+// ManifestRefs lists the digests a manifest's bytes name (config, layers,
+// child manifests, blobs, schema 1 layers, subject), skipping names that
+// are not digests and bytes that are not JSON: for a store that records
+// what a manifest references when it is pushed.
+func ManifestRefs(body []byte) []Digest {
+	var r manifestRefs
+	if json.Unmarshal(body, &r) != nil {
+		return nil
+	}
+	set := map[string]bool{}
+	r.add(set)
+	out := make([]Digest, 0, len(set))
+	for s := range set {
+		if d, err := ParseDigest(s); err == nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // repoRefs is what the manifests of one repository reference, built up
 // over a GC pass: manifest bytes never change under their digest, so a
 // manifest read once need not be read again.
@@ -92,7 +113,7 @@ type repoRefs struct {
 func (r *repoRefs) update(s *Store) (bool, error) {
 	var ms []string
 	err := s.db.View(func(txn *badger.Txn) error {
-		ms, _ = page(txn, manLinkPrefix(r.repo), "", -1)
+		ms, _, _ = page(context.Background(), txn, manLinkPrefix(r.repo), "", -1)
 		return nil
 	})
 	if err != nil {
@@ -155,7 +176,7 @@ func (s *Store) dropLinks(now time.Time, lp *linkPass) error {
 		var repos []string
 		var more bool
 		err := s.db.View(func(txn *badger.Txn) error {
-			repos, more = page(txn, []byte(pRepo), last, linkRepoBatch)
+			repos, more, _ = page(context.Background(), txn, []byte(pRepo), last, linkRepoBatch)
 			return nil
 		})
 		if err != nil {

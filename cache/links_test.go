@@ -91,7 +91,7 @@ func pushManifestDoc(t *testing.T, s *Store, repo, mt string, subject Digest, do
 		t.Fatal(err)
 	}
 	m := Manifest{Digest: digestOf(body), MediaType: mt, Subject: subject}
-	if err := s.PutManifest(repo, m, body, nil); err != nil {
+	if err := s.PutManifest(t.Context(), repo, m, body, nil); err != nil {
 		t.Fatalf("PutManifest: %v", err)
 	}
 	return m.Digest
@@ -143,7 +143,7 @@ func wantLinks(t *testing.T, s *Store, repo string, want bool, ds ...Digest) {
 func wantStored(t *testing.T, s *Store, want bool, ds ...Digest) {
 	t.Helper()
 	for _, d := range ds {
-		_, err := s.StatBlob(d)
+		_, err := s.StatBlob(t.Context(), d)
 		if want && err != nil {
 			t.Errorf("%s freed: %v", d, err)
 		}
@@ -166,7 +166,7 @@ func TestGCDropsLinksOfDeletedManifest(t *testing.T) {
 	mustLink(t, s, "other", across)
 	other := pushImage(t, s, "other", Digest{}, otherConfig, across)
 
-	if err := s.DeleteManifest("app", gone); err != nil {
+	if err := s.DeleteManifest(t.Context(), "app", gone); err != nil {
 		t.Fatal(err)
 	}
 	clock.add(2 * time.Hour)
@@ -179,15 +179,15 @@ func TestGCDropsLinksOfDeletedManifest(t *testing.T) {
 	wantStored(t, s, false, config, only, gone)
 	wantLinks(t, s, "app", true, inRepo, config2, sigConfig, sigLayer)
 	wantLinks(t, s, "other", true, across, otherConfig)
-	if repos, err := s.ReposWithBlob(across, 0); err != nil || len(repos) != 1 || repos[0] != "other" {
+	if repos, err := s.ReposWithBlob(t.Context(), across, 0); err != nil || len(repos) != 1 || repos[0] != "other" {
 		t.Errorf("ReposWithBlob(shared across repos) = %q, %v: the by-digest link of app stayed", repos, err)
 	}
 	for _, m := range []Digest{kept, sig} {
-		if _, _, err := s.GetManifest("app", m); err != nil {
+		if _, _, err := s.GetManifest(t.Context(), "app", m); err != nil {
 			t.Errorf("manifest %s: %v", m, err)
 		}
 	}
-	if refs, err := s.Referrers("app", gone); err != nil || len(refs) != 1 {
+	if refs, err := s.Referrers(t.Context(), "app", gone); err != nil || len(refs) != 1 {
 		t.Errorf("Referrers of the deleted manifest = %v, %v; the signature is still linked", refs, err)
 	}
 	if st := mustGC(t, s); st.removedAny() {
@@ -211,7 +211,7 @@ func TestGCLinkGrace(t *testing.T) {
 
 	// A client asks whether the repository has the blob (and skips the
 	// upload), another mounts it again: both renew the link.
-	if _, err := s.HasBlob("app", asked); err != nil {
+	if _, err := s.HasBlob(t.Context(), "app", asked); err != nil {
 		t.Fatal(err)
 	}
 	mustLink(t, s, "app", mounted)
@@ -251,7 +251,7 @@ func TestGCIndexChildren(t *testing.T) {
 
 	// Without the index the children are untagged manifests, still
 	// pullable by digest: their blobs stay.
-	if err := s.DeleteManifest("multi", index); err != nil {
+	if err := s.DeleteManifest(t.Context(), "multi", index); err != nil {
 		t.Fatal(err)
 	}
 	if st := mustGC(t, s); st.LinksRemoved != 0 {
@@ -260,7 +260,7 @@ func TestGCIndexChildren(t *testing.T) {
 	wantLinks(t, s, "multi", true, amdConfig, amdLayer, armConfig, armLayer, common)
 
 	// One child gone: what only it referenced goes.
-	if err := s.DeleteManifest("multi", amd); err != nil {
+	if err := s.DeleteManifest(t.Context(), "multi", amd); err != nil {
 		t.Fatal(err)
 	}
 	if st := mustGC(t, s); st.LinksRemoved != 2 {
@@ -361,7 +361,7 @@ func TestGCLinksRaceManifests(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for _, d := range ds {
-			if _, err := s.HasBlob("app", d); err != nil {
+			if _, err := s.HasBlob(t.Context(), "app", d); err != nil {
 				continue // GC was first: the client uploads it again
 			}
 			pushImage(t, s, "app", Digest{}, d)

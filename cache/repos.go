@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,7 +57,7 @@ func hasPrefix(txn *badger.Txn, prefix []byte) bool {
 
 // LinkBlob records that repo holds blob d (which must exist in the content
 // store: ErrBlobUnknown otherwise). Creates the repository if new.
-func (s *Store) LinkBlob(repo string, d Digest) error {
+func (s *Store) LinkBlob(ctx context.Context, repo string, d Digest) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}
@@ -65,7 +66,7 @@ func (s *Store) LinkBlob(repo string, d Digest) error {
 	}
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	if _, err := s.StatBlob(d); err != nil {
+	if _, err := s.StatBlob(ctx, d); err != nil {
 		return err
 	}
 	return s.linkBlobLocked(repo, d)
@@ -124,7 +125,7 @@ func setAll(txn *badger.Txn, keys ...[]byte) error {
 // HasBlob reports whether repo links blob d and the blob exists.
 // ErrBlobUnknown otherwise. Asking renews a link older than half the GC
 // grace period (renewLink).
-func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
+func (s *Store) HasBlob(ctx context.Context, repo string, d Digest) (BlobInfo, error) {
 	if err := checkName("repository", repo); err != nil {
 		return BlobInfo{}, err
 	}
@@ -144,7 +145,7 @@ func (s *Store) HasBlob(repo string, d Digest) (BlobInfo, error) {
 	if !linked {
 		return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
 	}
-	info, err := s.StatBlob(d)
+	info, err := s.StatBlob(ctx, d)
 	if err == nil && timed {
 		if now := s.now(); now.Sub(at) > s.grace/2 && !s.renewLink(repo, d, now) {
 			return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
@@ -184,7 +185,7 @@ func (s *Store) renewLink(repo string, d Digest, now time.Time) (linked bool) {
 
 // UnlinkBlob removes repo's link to d; the content stays for other
 // repositories until GC. ErrBlobUnknown when repo did not link it.
-func (s *Store) UnlinkBlob(repo string, d Digest) error {
+func (s *Store) UnlinkBlob(ctx context.Context, repo string, d Digest) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}
@@ -217,7 +218,7 @@ func deleteBlobLink(txn *badger.Txn, repo string, d Digest) error {
 
 // ReposWithBlob lists repositories that link d (for a mount without
 // `from`), in lexical order, at most limit of them (limit <= 0: all).
-func (s *Store) ReposWithBlob(d Digest, limit int) ([]string, error) {
+func (s *Store) ReposWithBlob(ctx context.Context, d Digest, limit int) ([]string, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, err
 	}
@@ -226,8 +227,9 @@ func (s *Store) ReposWithBlob(d Digest, limit int) ([]string, error) {
 	}
 	var repos []string
 	err := s.db.View(func(txn *badger.Txn) error {
-		repos, _ = page(txn, blobRevPrefix(d), "", limit)
-		return nil
+		var err error
+		repos, _, err = page(ctx, txn, blobRevPrefix(d), "", limit)
+		return err
 	})
 	return repos, err
 }
@@ -237,7 +239,7 @@ func (s *Store) ReposWithBlob(d Digest, limit int) ([]string, error) {
 // of body; ErrDigestMismatch otherwise). If m.Subject is set a referrer
 // entry is added under the subject. Then points each of tags at it. All
 // metadata changes commit in one badger transaction.
-func (s *Store) PutManifest(repo string, m Manifest, body []byte, tags []string) error {
+func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, body []byte, tags []string) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}
@@ -356,8 +358,8 @@ func (s *Store) writeSmallBlobLocked(d Digest, body []byte) (created bool, err e
 
 // GetManifest returns the manifest repo links under digest d, with its
 // bytes. ErrManifestUnknown when repo does not link it.
-func (s *Store) GetManifest(repo string, d Digest) (Manifest, []byte, error) {
-	m, err := s.StatManifest(repo, d)
+func (s *Store) GetManifest(ctx context.Context, repo string, d Digest) (Manifest, []byte, error) {
+	m, err := s.StatManifest(ctx, repo, d)
 	if err != nil {
 		return Manifest{}, nil, err
 	}
@@ -373,7 +375,7 @@ func (s *Store) GetManifest(repo string, d Digest) (Manifest, []byte, error) {
 }
 
 // StatManifest is GetManifest without the bytes.
-func (s *Store) StatManifest(repo string, d Digest) (Manifest, error) {
+func (s *Store) StatManifest(ctx context.Context, repo string, d Digest) (Manifest, error) {
 	if err := checkName("repository", repo); err != nil {
 		return Manifest{}, err
 	}
@@ -406,7 +408,7 @@ func getManifest(txn *badger.Txn, repo string, d Digest) (Manifest, error) {
 
 // ResolveTag returns the digest tag points at in repo. ErrTagUnknown when
 // the tag does not exist.
-func (s *Store) ResolveTag(repo, tag string) (Digest, error) {
+func (s *Store) ResolveTag(ctx context.Context, repo, tag string) (Digest, error) {
 	if err := checkName("repository", repo); err != nil {
 		return Digest{}, err
 	}
@@ -439,7 +441,7 @@ func readTag(txn *badger.Txn, repo, tag string) (Digest, error) {
 }
 
 // DeleteTag removes one tag; the manifest stays. ErrTagUnknown if absent.
-func (s *Store) DeleteTag(repo, tag string) error {
+func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}
@@ -464,7 +466,7 @@ func (s *Store) DeleteTag(repo, tag string) error {
 // DeleteManifest unlinks manifest d from repo, removes every tag of repo
 // pointing at it and its referrer entry (if it had a subject), in one
 // transaction. ErrManifestUnknown when repo does not link it.
-func (s *Store) DeleteManifest(repo string, d Digest) error {
+func (s *Store) DeleteManifest(ctx context.Context, repo string, d Digest) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}
@@ -525,7 +527,7 @@ func deleteManifestTxn(txn *badger.Txn, repo string, d Digest, since time.Time) 
 // from the start), at most n (n < 0: all). more reports whether tags
 // remain after the returned page. ErrRepoUnknown if the repository does
 // not exist.
-func (s *Store) Tags(repo string, last string, n int) (tags []string, more bool, err error) {
+func (s *Store) Tags(ctx context.Context, repo string, last string, n int) (tags []string, more bool, err error) {
 	if err := checkName("repository", repo); err != nil {
 		return nil, false, err
 	}
@@ -537,25 +539,28 @@ func (s *Store) Tags(repo string, last string, n int) (tags []string, more bool,
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrRepoUnknown, repo)
 		}
-		tags, more = page(txn, tagPrefix(repo), last, n)
-		return nil
+		tags, more, err = page(ctx, txn, tagPrefix(repo), last, n)
+		return err
 	})
 	return tags, more, err
 }
 
 // Repositories lists repository names in lexical order with the same
 // paging rules as Tags. A repository exists from its first link.
-func (s *Store) Repositories(last string, n int) (repos []string, more bool, err error) {
+func (s *Store) Repositories(ctx context.Context, last string, n int) (repos []string, more bool, err error) {
 	err = s.db.View(func(txn *badger.Txn) error {
-		repos, more = page(txn, []byte(pRepo), last, n)
-		return nil
+		var err error
+		repos, more, err = page(ctx, txn, []byte(pRepo), last, n)
+		return err
 	})
 	return repos, more, err
 }
 
 // page lists the key suffixes under prefix that sort after last, at most n
 // of them (n < 0: all), and whether more remain. The result is never nil.
-func page(txn *badger.Txn, prefix []byte, last string, n int) ([]string, bool) {
+// A listing of every key can be long: it stops with ctx's error when ctx
+// ends first.
+func page(ctx context.Context, txn *badger.Txn, prefix []byte, last string, n int) ([]string, bool, error) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	defer it.Close()
 	start := append(append([]byte(nil), prefix...), last...)
@@ -566,16 +571,19 @@ func page(txn *badger.Txn, prefix []byte, last string, n int) ([]string, bool) {
 	out := []string{}
 	for ; it.Valid(); it.Next() {
 		if n >= 0 && len(out) >= n {
-			return out, true
+			return out, true, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
 		}
 		out = append(out, string(it.Item().Key()[len(prefix):]))
 	}
-	return out, false
+	return out, false, nil
 }
 
 // Referrers lists the manifests in repo whose subject is d, ordered by
 // digest. An unknown subject gives an empty list, not an error.
-func (s *Store) Referrers(repo string, d Digest) ([]Manifest, error) {
+func (s *Store) Referrers(ctx context.Context, repo string, d Digest) ([]Manifest, error) {
 	if err := checkName("repository", repo); err != nil {
 		return nil, err
 	}
@@ -584,7 +592,10 @@ func (s *Store) Referrers(repo string, d Digest) ([]Manifest, error) {
 	}
 	out := []Manifest{}
 	err := s.db.View(func(txn *badger.Txn) error {
-		refs, _ := page(txn, refPrefix(repo, d), "", -1)
+		refs, _, err := page(ctx, txn, refPrefix(repo, d), "", -1)
+		if err != nil {
+			return err
+		}
 		for _, r := range refs {
 			rd, err := ParseDigest(r)
 			if err != nil {

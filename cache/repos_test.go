@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -25,7 +26,7 @@ func putManifest(t testing.TB, s *Store, repo, name string, subject Digest, tags
 		ArtifactType: "application/x." + name,
 		Annotations:  map[string]string{"n": name},
 	}
-	if err := s.PutManifest(repo, m, body, tags); err != nil {
+	if err := s.PutManifest(t.Context(), repo, m, body, tags); err != nil {
 		t.Fatalf("PutManifest(%s): %v", name, err)
 	}
 	m.Size = int64(len(body))
@@ -37,7 +38,7 @@ func TestManifests(t *testing.T) {
 	s := openStore(t, Options{})
 	m := putManifest(t, s, "app", "one", Digest{}, "latest", "v1")
 
-	got, body, err := s.GetManifest("app", m.Digest)
+	got, body, err := s.GetManifest(t.Context(), "app", m.Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,62 +49,62 @@ func TestManifests(t *testing.T) {
 		got.ArtifactType != m.ArtifactType || got.Annotations["n"] != "one" || !got.Subject.IsZero() {
 		t.Errorf("GetManifest = %+v, want %+v", got, m)
 	}
-	if st, err := s.StatManifest("app", m.Digest); err != nil || st.Size != m.Size {
+	if st, err := s.StatManifest(t.Context(), "app", m.Digest); err != nil || st.Size != m.Size {
 		t.Errorf("StatManifest = %+v, %v", st, err)
 	}
 	// The bytes are an ordinary blob of the content store.
-	if info, err := s.StatBlob(m.Digest); err != nil || info.Size != m.Size {
+	if info, err := s.StatBlob(t.Context(), m.Digest); err != nil || info.Size != m.Size {
 		t.Errorf("StatBlob(manifest) = %+v, %v", info, err)
 	}
 	for _, tag := range []string{"latest", "v1"} {
-		if d, err := s.ResolveTag("app", tag); err != nil || d != m.Digest {
+		if d, err := s.ResolveTag(t.Context(), "app", tag); err != nil || d != m.Digest {
 			t.Errorf("ResolveTag(%s) = %s, %v", tag, d, err)
 		}
 	}
 
 	// Another repository does not see it.
-	_, _, err = s.GetManifest("other", m.Digest)
+	_, _, err = s.GetManifest(t.Context(), "other", m.Digest)
 	wantErr(t, "GetManifest other repo", err, ErrManifestUnknown)
-	_, err = s.ResolveTag("other", "latest")
+	_, err = s.ResolveTag(t.Context(), "other", "latest")
 	wantErr(t, "ResolveTag other repo", err, ErrTagUnknown)
-	_, _, err = s.Tags("other", "", -1)
+	_, _, err = s.Tags(t.Context(), "other", "", -1)
 	wantErr(t, "Tags other repo", err, ErrRepoUnknown)
 
 	// Wrong digest: nothing stored.
 	body2 := []byte(`{"x":1}`)
-	err = s.PutManifest("app", Manifest{Digest: m.Digest}, body2, []string{"bad"})
+	err = s.PutManifest(t.Context(), "app", Manifest{Digest: m.Digest}, body2, []string{"bad"})
 	wantErr(t, "PutManifest mismatch", err, ErrDigestMismatch)
-	_, err = s.ResolveTag("app", "bad")
+	_, err = s.ResolveTag(t.Context(), "app", "bad")
 	wantErr(t, "tag of failed put", err, ErrTagUnknown)
-	_, err = s.StatBlob(digestOf(body2))
+	_, err = s.StatBlob(t.Context(), digestOf(body2))
 	wantErr(t, "blob of failed put", err, ErrBlobUnknown)
-	wantErr(t, "PutManifest invalid digest", s.PutManifest("app", Manifest{}, body2, nil), ErrDigestInvalid)
-	wantErr(t, "PutManifest bad tag", s.PutManifest("app", Manifest{Digest: digestOf(body2)}, body2, []string{""}), ErrNameInvalid)
+	wantErr(t, "PutManifest invalid digest", s.PutManifest(t.Context(), "app", Manifest{}, body2, nil), ErrDigestInvalid)
+	wantErr(t, "PutManifest bad tag", s.PutManifest(t.Context(), "app", Manifest{Digest: digestOf(body2)}, body2, []string{""}), ErrNameInvalid)
 
 	// Moving a tag, deleting one tag.
 	m2 := putManifest(t, s, "app", "two", Digest{}, "v1", "v2")
-	if d, _ := s.ResolveTag("app", "v1"); d != m2.Digest {
+	if d, _ := s.ResolveTag(t.Context(), "app", "v1"); d != m2.Digest {
 		t.Errorf("v1 not moved: %s", d)
 	}
-	wantErr(t, "DeleteTag", s.DeleteTag("app", "v2"), nil)
-	wantErr(t, "DeleteTag again", s.DeleteTag("app", "v2"), ErrTagUnknown)
-	if _, err := s.StatManifest("app", m2.Digest); err != nil {
+	wantErr(t, "DeleteTag", s.DeleteTag(t.Context(), "app", "v2"), nil)
+	wantErr(t, "DeleteTag again", s.DeleteTag(t.Context(), "app", "v2"), ErrTagUnknown)
+	if _, err := s.StatManifest(t.Context(), "app", m2.Digest); err != nil {
 		t.Errorf("manifest gone with its tag: %v", err)
 	}
 
 	// Deleting a manifest takes exactly its tags.
-	if err := s.DeleteManifest("app", m.Digest); err != nil {
+	if err := s.DeleteManifest(t.Context(), "app", m.Digest); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = s.GetManifest("app", m.Digest)
+	_, _, err = s.GetManifest(t.Context(), "app", m.Digest)
 	wantErr(t, "GetManifest deleted", err, ErrManifestUnknown)
-	_, err = s.ResolveTag("app", "latest")
+	_, err = s.ResolveTag(t.Context(), "app", "latest")
 	wantErr(t, "tag of deleted manifest", err, ErrTagUnknown)
-	if d, err := s.ResolveTag("app", "v1"); err != nil || d != m2.Digest {
+	if d, err := s.ResolveTag(t.Context(), "app", "v1"); err != nil || d != m2.Digest {
 		t.Errorf("v1 = %s, %v", d, err)
 	}
-	wantErr(t, "DeleteManifest again", s.DeleteManifest("app", m.Digest), ErrManifestUnknown)
-	if tags, _, err := s.Tags("app", "", -1); err != nil || strings.Join(tags, ",") != "v1" {
+	wantErr(t, "DeleteManifest again", s.DeleteManifest(t.Context(), "app", m.Digest), ErrManifestUnknown)
+	if tags, _, err := s.Tags(t.Context(), "app", "", -1); err != nil || strings.Join(tags, ",") != "v1" {
 		t.Errorf("Tags = %q, %v", tags, err)
 	}
 }
@@ -113,13 +114,13 @@ func TestManifestSameDigestTwoRepos(t *testing.T) {
 	s := openStore(t, Options{})
 	m := putManifest(t, s, "a", "shared", Digest{}, "t")
 	putManifest(t, s, "a/b", "shared", Digest{}, "t")
-	if err := s.DeleteManifest("a", m.Digest); err != nil {
+	if err := s.DeleteManifest(t.Context(), "a", m.Digest); err != nil {
 		t.Fatal(err)
 	}
-	if _, body, err := s.GetManifest("a/b", m.Digest); err != nil || len(body) == 0 {
+	if _, body, err := s.GetManifest(t.Context(), "a/b", m.Digest); err != nil || len(body) == 0 {
 		t.Fatalf("a/b lost the manifest: %v", err)
 	}
-	if d, err := s.ResolveTag("a/b", "t"); err != nil || d != m.Digest {
+	if d, err := s.ResolveTag(t.Context(), "a/b", "t"); err != nil || d != m.Digest {
 		t.Fatalf("a/b lost its tag: %v", err)
 	}
 }
@@ -135,7 +136,7 @@ func TestReferrers(t *testing.T) {
 	// Same subject, other repository: not listed under app.
 	putManifest(t, s, "app2", "foreign", subject.Digest)
 
-	got, err := s.Referrers("app", subject.Digest)
+	got, err := s.Referrers(t.Context(), "app", subject.Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,19 +155,19 @@ func TestReferrers(t *testing.T) {
 	}
 
 	// Unknown subject: empty, not an error.
-	if got, err := s.Referrers("app", digestOf([]byte("nothing"))); err != nil || got == nil || len(got) != 0 {
+	if got, err := s.Referrers(t.Context(), "app", digestOf([]byte("nothing"))); err != nil || got == nil || len(got) != 0 {
 		t.Errorf("Referrers(unknown) = %v, %v", got, err)
 	}
-	if got, err := s.Referrers("nosuchrepo", subject.Digest); err != nil || len(got) != 0 {
+	if got, err := s.Referrers(t.Context(), "nosuchrepo", subject.Digest); err != nil || len(got) != 0 {
 		t.Errorf("Referrers(unknown repo) = %v, %v", got, err)
 	}
 
 	// Deleting a referrer removes its entry; deleting the subject does not
 	// touch the referrers (the spec keeps them).
-	if err := s.DeleteManifest("app", refs[0].Digest); err != nil {
+	if err := s.DeleteManifest(t.Context(), "app", refs[0].Digest); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Referrers("app", subject.Digest); len(got) != 2 {
+	if got, _ := s.Referrers(t.Context(), "app", subject.Digest); len(got) != 2 {
 		t.Errorf("after delete: %d referrers, want 2", len(got))
 	}
 
@@ -174,13 +175,13 @@ func TestReferrers(t *testing.T) {
 	other := putManifest(t, s, "app", "other", Digest{})
 	body := manifestBody("sbom", subject.Digest)
 	m := Manifest{Digest: digestOf(body), Subject: other.Digest}
-	if err := s.PutManifest("app", m, body, nil); err != nil {
+	if err := s.PutManifest(t.Context(), "app", m, body, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Referrers("app", subject.Digest); len(got) != 1 {
+	if got, _ := s.Referrers(t.Context(), "app", subject.Digest); len(got) != 1 {
 		t.Errorf("old subject: %d referrers, want 1", len(got))
 	}
-	if got, _ := s.Referrers("app", other.Digest); len(got) != 1 || got[0].Digest != m.Digest {
+	if got, _ := s.Referrers(t.Context(), "app", other.Digest); len(got) != 1 || got[0].Digest != m.Digest {
 		t.Errorf("new subject: %+v", got)
 	}
 }
@@ -216,7 +217,7 @@ func TestTagsPaging(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("last=%q,n=%d", tt.last, tt.n), func(t *testing.T) {
 			t.Parallel()
-			got, more, err := s.Tags("a", tt.last, tt.n)
+			got, more, err := s.Tags(t.Context(), "a", tt.last, tt.n)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -229,7 +230,7 @@ func TestTagsPaging(t *testing.T) {
 		})
 	}
 	for repo, want := range map[string]string{"a/b": "x", "a-b": "y", "ab": "z"} {
-		if got, _, err := s.Tags(repo, "", -1); err != nil || strings.Join(got, ",") != want {
+		if got, _, err := s.Tags(t.Context(), repo, "", -1); err != nil || strings.Join(got, ",") != want {
 			t.Errorf("Tags(%s) = %q, %v", repo, got, err)
 		}
 	}
@@ -238,7 +239,7 @@ func TestTagsPaging(t *testing.T) {
 func TestRepositoriesPaging(t *testing.T) {
 	t.Parallel()
 	s := openStore(t, Options{})
-	if got, more, err := s.Repositories("", -1); err != nil || len(got) != 0 || more {
+	if got, more, err := s.Repositories(t.Context(), "", -1); err != nil || len(got) != 0 || more {
 		t.Fatalf("empty store: %q, %v, %v", got, more, err)
 	}
 	d := mustPut(t, s, []byte("x"))
@@ -263,9 +264,35 @@ func TestRepositoriesPaging(t *testing.T) {
 		{"a", 1, "a-b", true},
 	}
 	for _, tt := range tests {
-		got, more, err := s.Repositories(tt.last, tt.n)
+		got, more, err := s.Repositories(t.Context(), tt.last, tt.n)
 		if err != nil || strings.Join(got, ",") != tt.want || more != tt.wantMore {
 			t.Errorf("Repositories(%q, %d) = %q, %v, %v; want %q, %v", tt.last, tt.n, got, more, err, tt.want, tt.wantMore)
 		}
+	}
+}
+
+// TestListingsStopWithContext: a listing ends with its context's error
+// once the context ends, instead of walking on for a client that left.
+func TestListingsStopWithContext(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{})
+	subject := putManifest(t, s, "a", "subject", Digest{}, "v1")
+	putManifest(t, s, "a", "referrer", subject.Digest)
+	layer := mustPut(t, s, []byte("layer"))
+	mustLink(t, s, "a", layer)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, _, err := s.Tags(ctx, "a", "", -1)
+	wantErr(t, "Tags", err, context.Canceled)
+	_, _, err = s.Repositories(ctx, "", -1)
+	wantErr(t, "Repositories", err, context.Canceled)
+	_, err = s.Referrers(ctx, "a", subject.Digest)
+	wantErr(t, "Referrers", err, context.Canceled)
+	_, err = s.ReposWithBlob(ctx, layer, 10)
+	wantErr(t, "ReposWithBlob", err, context.Canceled)
+	// A page that is full before the context is asked still answers:
+	// nothing is left to walk.
+	if tags, more, err := s.Tags(ctx, "a", "", 0); err != nil || len(tags) != 0 || !more {
+		t.Errorf("Tags(n=0) = %q, %v, %v", tags, more, err)
 	}
 }

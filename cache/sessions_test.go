@@ -49,7 +49,7 @@ func TestSessionRecords(t *testing.T) {
 	if _, err := s.Session("x\x00y"); !errors.Is(err, ErrNameInvalid) {
 		t.Fatalf("NUL in id: %v", err)
 	}
-	if repos, _, err := s.Repositories("", -1); err != nil || len(repos) != 0 {
+	if repos, _, err := s.Repositories(t.Context(), "", -1); err != nil || len(repos) != 0 {
 		t.Fatalf("repositories: %v %v", repos, err)
 	}
 }

@@ -66,31 +66,31 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 	// A blob whose length is known and does not fit: refused up front.
 	big := randomBytes(t, 8*mib)
 	bd := digestOf(big)
-	if _, err := s.PutBlob(bd, int64(len(big)), bytes.NewReader(big)); !errors.Is(err, ErrStorageFull) {
+	if _, err := s.PutBlob(t.Context(), bd, int64(len(big)), bytes.NewReader(big)); !errors.Is(err, ErrStorageFull) {
 		t.Fatalf("PutBlob of 8 MiB with 6 MiB above the reserve = %v, want ErrStorageFull", err)
 	}
 	// A stream: the first window fits, the second crosses the reserve.
-	if _, err := s.PutBlob(bd, -1, streamOnly{bytes.NewReader(big)}); !errors.Is(err, ErrStorageFull) {
+	if _, err := s.PutBlob(t.Context(), bd, -1, streamOnly{bytes.NewReader(big)}); !errors.Is(err, ErrStorageFull) {
 		t.Fatalf("streamed PutBlob crossing the reserve = %v, want ErrStorageFull", err)
 	}
 	noTemp(t, s)
-	if _, err := s.StatBlob(bd); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := s.StatBlob(t.Context(), bd); !errors.Is(err, ErrBlobUnknown) {
 		t.Errorf("refused blob is visible: %v", err)
 	}
 
 	// A chunk stream crossing the reserve is cut off: the session stays
 	// where it was and can go on once there is room.
-	u, err := s.NewUpload(repo)
+	u, err := s.NewUpload(t.Context(), repo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u, err = s.AppendUpload(repo, u.ID, 0, bytes.NewReader(big[:mib])); err != nil {
+	if u, err = s.AppendUpload(t.Context(), repo, u.ID, 0, bytes.NewReader(big[:mib])); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AppendUpload(repo, u.ID, u.Size, streamOnly{bytes.NewReader(big[mib:])}); !errors.Is(err, ErrStorageFull) {
+	if _, err := s.AppendUpload(t.Context(), repo, u.ID, u.Size, streamOnly{bytes.NewReader(big[mib:])}); !errors.Is(err, ErrStorageFull) {
 		t.Fatalf("chunk crossing the reserve = %v, want ErrStorageFull", err)
 	}
-	if got, err := s.GetUpload(repo, u.ID); err != nil || got.Size != mib {
+	if got, err := s.GetUpload(t.Context(), repo, u.ID); err != nil || got.Size != mib {
 		t.Fatalf("session after the refused chunk: %+v, %v; want size %d", got, err, mib)
 	}
 	if fi, err := os.Stat(s.uploadPath(u.ID)); err != nil || fi.Size() != mib {
@@ -101,28 +101,28 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 	os.Remove(filler)
 	filler = tmpfs.FillTo(t, fs, reserve-mib)
 	small := []byte("a few bytes")
-	if _, err := s.PutBlob(digestOf(small), int64(len(small)), bytes.NewReader(small)); !errors.Is(err, ErrStorageFull) {
+	if _, err := s.PutBlob(t.Context(), digestOf(small), int64(len(small)), bytes.NewReader(small)); !errors.Is(err, ErrStorageFull) {
 		t.Errorf("PutBlob inside the reserve = %v, want ErrStorageFull", err)
 	}
 	man := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
 	m := Manifest{Digest: digestOf(man), MediaType: "application/vnd.oci.image.manifest.v1+json"}
-	if err := s.PutManifest(repo, m, man, []string{"v1"}); !errors.Is(err, ErrStorageFull) {
+	if err := s.PutManifest(t.Context(), repo, m, man, []string{"v1"}); !errors.Is(err, ErrStorageFull) {
 		t.Errorf("PutManifest inside the reserve = %v, want ErrStorageFull", err)
 	}
-	if _, err := s.ResolveTag(repo, "v1"); !errors.Is(err, ErrTagUnknown) {
+	if _, err := s.ResolveTag(t.Context(), repo, "v1"); !errors.Is(err, ErrTagUnknown) {
 		t.Errorf("refused manifest's tag: %v, want ErrTagUnknown", err)
 	}
-	if err := s.LinkBlob("team/other", ed); err != nil {
+	if err := s.LinkBlob(t.Context(), "team/other", ed); err != nil {
 		t.Errorf("linking inside the reserve: %v", err)
 	}
-	if _, err := s.NewUpload(repo); err != nil {
+	if _, err := s.NewUpload(t.Context(), repo); err != nil {
 		t.Errorf("starting a session inside the reserve: %v", err)
 	}
 	src := func(context.Context) (io.ReadCloser, int64, error) {
 		t.Error("a fill asked its source while the store had no room")
 		return nil, 0, errors.New("unreachable")
 	}
-	if _, _, err := s.Fill("docker.io/library/x", bd, src); !errors.Is(err, ErrStorageFull) {
+	if _, _, err := s.Fill(t.Context(), "docker.io/library/x", bd, src); !errors.Is(err, ErrStorageFull) {
 		t.Errorf("Fill inside the reserve = %v, want ErrStorageFull", err)
 	}
 	noTemp(t, s)
@@ -131,13 +131,13 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 	// badger could fault on a page the filesystem cannot give; reads go on.
 	os.Remove(filler)
 	filler = tmpfs.FillTo(t, fs, 0)
-	if err := s.LinkBlob("team/third", ed); !errors.Is(err, ErrStorageFull) {
+	if err := s.LinkBlob(t.Context(), "team/third", ed); !errors.Is(err, ErrStorageFull) {
 		t.Errorf("linking on a full filesystem = %v, want ErrStorageFull", err)
 	}
-	if _, err := s.NewUpload(repo); !IsStorageFull(err) {
+	if _, err := s.NewUpload(t.Context(), repo); !IsStorageFull(err) {
 		t.Errorf("starting a session on a full filesystem = %v, want a full storage", err)
 	}
-	if _, err := s.HasBlob("team/other", ed); err != nil {
+	if _, err := s.HasBlob(t.Context(), "team/other", ed); err != nil {
 		t.Errorf("reading on a full filesystem: %v", err)
 	}
 	if got := mustRead(t, s, ed); !bytes.Equal(got, early) {
@@ -146,16 +146,16 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 
 	// Space freed: everything goes on without reopening the store.
 	os.Remove(filler)
-	if err := s.LinkBlob("team/third", ed); err != nil {
+	if err := s.LinkBlob(t.Context(), "team/third", ed); err != nil {
 		t.Errorf("linking after freeing space: %v", err)
 	}
-	if _, err := s.AppendUpload(repo, u.ID, u.Size, bytes.NewReader(big[mib:])); err != nil {
+	if _, err := s.AppendUpload(t.Context(), repo, u.ID, u.Size, bytes.NewReader(big[mib:])); err != nil {
 		t.Fatalf("resuming the session after freeing space: %v", err)
 	}
-	if _, err := s.CommitUpload(repo, u.ID, bd); err != nil {
+	if _, err := s.CommitUpload(t.Context(), repo, u.ID, bd); err != nil {
 		t.Fatalf("committing it: %v", err)
 	}
-	if err := s.PutManifest(repo, m, man, []string{"v1"}); err != nil {
+	if err := s.PutManifest(t.Context(), repo, m, man, []string{"v1"}); err != nil {
 		t.Errorf("PutManifest after freeing space: %v", err)
 	}
 	if got := mustRead(t, s, ed); !bytes.Equal(got, early) {
@@ -168,7 +168,7 @@ func TestStoreRefusesBlobBytesInReserve(t *testing.T) {
 
 func mustRead(t *testing.T, s *Store, d Digest) []byte {
 	t.Helper()
-	f, err := s.OpenBlob(d)
+	f, err := s.OpenBlob(t.Context(), d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestFillCrossingReserve(t *testing.T) {
 	src := func(context.Context) (io.ReadCloser, int64, error) {
 		return io.NopCloser(bytes.NewReader(blob)), -1, nil
 	}
-	f, _, err := s.Fill("docker.io/library/x", d, src)
+	f, _, err := s.Fill(t.Context(), "docker.io/library/x", d, src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestFillCrossingReserve(t *testing.T) {
 		t.Fatalf("fill = %v, want a failed fill from a full storage", err)
 	}
 	noTemp(t, s)
-	if _, err := s.StatBlob(d); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := s.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
 		t.Errorf("failed fill is visible: %v", err)
 	}
 }
@@ -221,7 +221,7 @@ func TestNoSpaceFromFilesystem(t *testing.T) {
 	blob := randomBytes(t, 4*mib)
 	// Someone else takes the last byte once the write has been admitted.
 	src := &fillingReader{r: bytes.NewReader(blob), fill: func() { tmpfs.FillTo(t, fs, 0) }}
-	_, err := s.PutBlob(digestOf(blob), int64(len(blob)), src)
+	_, err := s.PutBlob(t.Context(), digestOf(blob), int64(len(blob)), src)
 	if !IsStorageFull(err) || !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("PutBlob on a full filesystem = %v, want ENOSPC as a full storage", err)
 	}
@@ -267,28 +267,28 @@ func TestNoSpaceMidBlob(t *testing.T) {
 	fillingFrom := func(from int) io.Reader {
 		return io.MultiReader(bytes.NewReader(blob[from:half]), &fillingReader{r: bytes.NewReader(blob[half:]), fill: fillUp})
 	}
-	if _, err := s.PutBlob(d, int64(len(blob)), fillingFrom(0)); !IsStorageFull(err) {
+	if _, err := s.PutBlob(t.Context(), d, int64(len(blob)), fillingFrom(0)); !IsStorageFull(err) {
 		t.Fatalf("PutBlob filling the disk midway = %v, want a full storage", err)
 	}
 	noTemp(t, s)
-	if _, err := s.StatBlob(d); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := s.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("blob visible after the disk filled: %v", err)
 	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
 
-	u, err := s.NewUpload("app")
+	u, err := s.NewUpload(t.Context(), "app")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AppendUpload("app", u.ID, 0, bytes.NewReader(blob[:100])); err != nil {
+	if _, err := s.AppendUpload(t.Context(), "app", u.ID, 0, bytes.NewReader(blob[:100])); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AppendUpload("app", u.ID, 100, fillingFrom(100)); !IsStorageFull(err) {
+	if _, err := s.AppendUpload(t.Context(), "app", u.ID, 100, fillingFrom(100)); !IsStorageFull(err) {
 		t.Fatalf("AppendUpload filling the disk midway = %v, want a full storage", err)
 	}
-	if got, err := s.GetUpload("app", u.ID); err != nil || got.Size != 100 {
+	if got, err := s.GetUpload(t.Context(), "app", u.ID); err != nil || got.Size != 100 {
 		t.Fatalf("session after the disk filled = %+v, %v; want size 100", got, err)
 	}
 	if fi, err := os.Stat(s.uploadPath(u.ID)); err != nil || fi.Size() != 100 {

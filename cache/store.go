@@ -55,7 +55,7 @@ type Store struct {
 	// fills are the blob fills in progress, by digest (fill.go); they
 	// run on ctx, which Close cancels.
 	fillMu sync.Mutex
-	fills  map[Digest]*Fill
+	fills  map[Digest]*fileFill
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -111,7 +111,7 @@ func Open(opts Options) (*Store, error) {
 		grace:      opts.GCGrace,
 		log:        log,
 		sessions:   map[string]*sessionLock{},
-		fills:      map[Digest]*Fill{},
+		fills:      map[Digest]*fileFill{},
 		stop:       make(chan struct{}),
 		now:        time.Now,
 		evictKick:  make(chan struct{}, 1),

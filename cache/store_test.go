@@ -30,7 +30,7 @@ func digestOf(b []byte) Digest { return FromBytes(SHA256, b) }
 func mustPut(t testing.TB, s *Store, b []byte) Digest {
 	t.Helper()
 	d := digestOf(b)
-	if _, err := s.PutBlob(d, int64(len(b)), bytes.NewReader(b)); err != nil {
+	if _, err := s.PutBlob(t.Context(), d, int64(len(b)), bytes.NewReader(b)); err != nil {
 		t.Fatalf("PutBlob: %v", err)
 	}
 	return d
@@ -38,7 +38,7 @@ func mustPut(t testing.TB, s *Store, b []byte) Digest {
 
 func mustLink(t testing.TB, s *Store, repo string, d Digest) {
 	t.Helper()
-	if err := s.LinkBlob(repo, d); err != nil {
+	if err := s.LinkBlob(t.Context(), repo, d); err != nil {
 		t.Fatalf("LinkBlob(%s): %v", repo, err)
 	}
 }
@@ -168,7 +168,7 @@ func TestOpenReadsCompressedMetadata(t *testing.T) {
 	}
 
 	s = openStore(t, Options{Dir: dir})
-	if _, err := s.HasBlob("old/repo", d); err != nil {
+	if _, err := s.HasBlob(t.Context(), "old/repo", d); err != nil {
 		t.Fatalf("link written compressed: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ package cache
 // confirmation is kept beside the tag.
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -23,7 +24,7 @@ type TagInfo struct {
 
 // TagInfo returns the digest tag points at in repo and when it was last
 // confirmed upstream. ErrTagUnknown when the tag does not exist.
-func (s *Store) TagInfo(repo, tag string) (TagInfo, error) {
+func (s *Store) TagInfo(ctx context.Context, repo, tag string) (TagInfo, error) {
 	if err := checkName("repository", repo); err != nil {
 		return TagInfo{}, err
 	}
@@ -55,7 +56,7 @@ func (s *Store) TagInfo(repo, tag string) (TagInfo, error) {
 
 // SetTagFetched records that tag in repo was confirmed upstream at t. The
 // tag must exist (ErrTagUnknown otherwise).
-func (s *Store) SetTagFetched(repo, tag string, t time.Time) error {
+func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, t time.Time) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding"
@@ -117,15 +118,15 @@ func restoreSHA256(state []byte) (hash.Hash, error) {
 }
 
 // NewUpload starts a session for repo without an owner.
-func (s *Store) NewUpload(repo string) (Upload, error) {
-	return s.OpenUpload(repo, "")
+func (s *Store) NewUpload(ctx context.Context, repo string) (Upload, error) {
+	return s.OpenUpload(ctx, repo, "")
 }
 
 // OpenUpload starts a session for repo, opened by owner (who counts
 // against UploadLimits.PerOwner; empty: nobody), with a random,
 // unguessable ID. ErrTooManyUploads or ErrUploadSpace when a limit is
 // reached, and nothing is created.
-func (s *Store) OpenUpload(repo, owner string) (Upload, error) {
+func (s *Store) OpenUpload(ctx context.Context, repo, owner string) (Upload, error) {
 	if err := checkName("repository", repo); err != nil {
 		return Upload{}, err
 	}
@@ -343,7 +344,7 @@ func (s *Store) recoverUploads() error {
 
 // GetUpload returns the session id of repo. ErrUploadUnknown when it does
 // not exist, has expired, or belongs to another repository.
-func (s *Store) GetUpload(repo, id string) (Upload, error) {
+func (s *Store) GetUpload(ctx context.Context, repo, id string) (Upload, error) {
 	rec, err := s.loadUpload(repo, id)
 	if err != nil {
 		return Upload{}, err
@@ -357,7 +358,7 @@ func (s *Store) GetUpload(repo, id string) (Upload, error) {
 // restart resumes at the last complete chunk; bytes from a chunk cut off
 // mid-way are discarded. Concurrent appends to one session are serialised;
 // the second sees ErrOffsetMismatch. Returns the new session state.
-func (s *Store) AppendUpload(repo, id string, offset int64, r io.Reader) (Upload, error) {
+func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64, r io.Reader) (Upload, error) {
 	if !validID(id) {
 		return Upload{}, fmt.Errorf("%w: %q", ErrUploadUnknown, id)
 	}
@@ -457,7 +458,7 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 // retry or cancel), then it is fsynced and renamed into the content store,
 // linked to repo, and the session is removed. sha256 is hashed
 // incrementally during appends; other algorithms are computed at commit.
-func (s *Store) CommitUpload(repo, id string, want Digest) (BlobInfo, error) {
+func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) (BlobInfo, error) {
 	if err := checkDigest(want); err != nil {
 		return BlobInfo{}, err
 	}
@@ -507,7 +508,7 @@ func (s *Store) CommitUpload(repo, id string, want Digest) (BlobInfo, error) {
 		return BlobInfo{}, fmt.Errorf("cache: link upload: %w", err)
 	}
 	s.forgetUpload(id)
-	info, err := s.StatBlob(want)
+	info, err := s.StatBlob(ctx, want)
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -535,7 +536,7 @@ func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest,
 }
 
 // CancelUpload removes the session and its data. ErrUploadUnknown if absent.
-func (s *Store) CancelUpload(repo, id string) error {
+func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
 	if !validID(id) {
 		return fmt.Errorf("%w: %q", ErrUploadUnknown, id)
 	}

@@ -36,7 +36,7 @@ func TestBigBlobsThroughWriteBehind(t *testing.T) {
 	s := openStore(t, Options{Dir: t.TempDir()})
 	whole := patterned(bigBlobSize, 2)
 	wd := digestOf(whole)
-	if n, err := s.PutBlob(wd, int64(len(whole)), iotest.HalfReader(bytes.NewReader(whole))); err != nil || n != int64(len(whole)) {
+	if n, err := s.PutBlob(t.Context(), wd, int64(len(whole)), iotest.HalfReader(bytes.NewReader(whole))); err != nil || n != int64(len(whole)) {
 		t.Fatalf("PutBlob = %d, %v", n, err)
 	}
 	if !bytes.Equal(readBlob(t, s, wd), whole) {
@@ -45,14 +45,14 @@ func TestBigBlobsThroughWriteBehind(t *testing.T) {
 
 	chunked := patterned(bigBlobSize, 3)
 	cd := digestOf(chunked)
-	u, err := s.NewUpload("app")
+	u, err := s.NewUpload(t.Context(), "app")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Chunks that start mid-window: write-behind from a non-zero offset.
 	third := len(chunked)/3 + 1
 	appendChunks(t, s, "app", u.ID, chunked[:third], chunked[third:2*third], chunked[2*third:])
-	info, err := s.CommitUpload("app", u.ID, cd)
+	info, err := s.CommitUpload(t.Context(), "app", u.ID, cd)
 	if err != nil || info.Size != int64(len(chunked)) {
 		t.Fatalf("CommitUpload = %+v, %v", info, err)
 	}
@@ -85,39 +85,39 @@ func TestBigBlobFailuresLeaveNothing(t *testing.T) {
 		{"reader fails", d, int64(len(data)), io.MultiReader(bytes.NewReader(short), iotest.ErrReader(boom)), boom},
 	}
 	for _, c := range cases {
-		if _, err := s.PutBlob(c.want, c.size, c.r); !errors.Is(err, c.wantErr) {
+		if _, err := s.PutBlob(t.Context(), c.want, c.size, c.r); !errors.Is(err, c.wantErr) {
 			t.Errorf("%s: PutBlob = %v, want %v", c.name, err, c.wantErr)
 		}
 		for _, gone := range []Digest{d, digestOf(short)} {
-			if _, err := s.StatBlob(gone); !errors.Is(err, ErrBlobUnknown) {
+			if _, err := s.StatBlob(t.Context(), gone); !errors.Is(err, ErrBlobUnknown) {
 				t.Errorf("%s: %s visible after the failure: %v", c.name, gone, err)
 			}
 		}
 		noTempFiles(t, s)
 	}
 
-	u, err := s.NewUpload("app")
+	u, err := s.NewUpload(t.Context(), "app")
 	if err != nil {
 		t.Fatal(err)
 	}
 	appendChunks(t, s, "app", u.ID, data[:100])
-	if _, err := s.AppendUpload("app", u.ID, 100, io.MultiReader(bytes.NewReader(short[100:]), iotest.ErrReader(boom))); !errors.Is(err, boom) {
+	if _, err := s.AppendUpload(t.Context(), "app", u.ID, 100, io.MultiReader(bytes.NewReader(short[100:]), iotest.ErrReader(boom))); !errors.Is(err, boom) {
 		t.Fatalf("AppendUpload with a failing body = %v", err)
 	}
-	if got, err := s.GetUpload("app", u.ID); err != nil || got.Size != 100 {
+	if got, err := s.GetUpload(t.Context(), "app", u.ID); err != nil || got.Size != 100 {
 		t.Fatalf("session after the failed chunk = %+v, %v; want size 100", got, err)
 	}
 	if fi, err := os.Stat(s.uploadPath(u.ID)); err != nil || fi.Size() != 100 {
 		t.Fatalf("session data after the failed chunk: %v", err)
 	}
 	appendChunks(t, s, "app", u.ID, data[100:])
-	if _, err := s.CommitUpload("app", u.ID, digestOf(short)); !errors.Is(err, ErrDigestMismatch) {
+	if _, err := s.CommitUpload(t.Context(), "app", u.ID, digestOf(short)); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("CommitUpload with the wrong digest = %v", err)
 	}
-	if _, err := s.StatBlob(d); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := s.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
 		t.Errorf("blob visible after a refused commit: %v", err)
 	}
-	if _, err := s.CommitUpload("app", u.ID, d); err != nil {
+	if _, err := s.CommitUpload(t.Context(), "app", u.ID, d); err != nil {
 		t.Fatalf("CommitUpload after the refused one: %v", err)
 	}
 	if !bytes.Equal(readBlob(t, s, d), data) {

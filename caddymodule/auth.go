@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
-	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -207,7 +206,7 @@ func (rt *authRuntime) ownsPath(path string) bool {
 // provision reads the files Auth names and builds the Authorizer; names
 // is the registry's name mapping (nil without mirrors); store opens the
 // handler's store (for API keys and the session key) on first use.
-func (a *Auth) provision(names *authscope.Names, store func() (*cache.Store, error), logger *zap.Logger) (*authRuntime, error) {
+func (a *Auth) provision(names *authscope.Names, store func() (authRecords, error), logger *zap.Logger) (*authRuntime, error) {
 	o := authscope.Options{
 		FailDelay:  time.Duration(a.FailDelay),
 		BasicRealm: a.Realm,

@@ -11,13 +11,13 @@ import (
 // The badger store, through the adapters sign-in uses, keeps API keys and
 // sessions as every backend must (pgmeta runs the same tables).
 
-func badgerStore(t *testing.T) func() (*cache.Store, error) {
+func badgerStore(t *testing.T) func() (authRecords, error) {
 	st, err := cache.Open(cache.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return func() (*cache.Store, error) { return st, nil }
+	return func() (authRecords, error) { return st, nil }
 }
 
 func TestBadgerAPIKeyContract(t *testing.T) {

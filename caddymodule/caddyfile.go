@@ -40,6 +40,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		storage           <dir>
 //		storage_reserve   <size>|<percent>% [<size>|<percent>%] | off
 //		metadata_dir      <dir>
+//		storage s3 { ... }            # instead of a folder: see unmarshalS3
+//		metadata postgres <dsn>       # with storage s3: replicas share it
 //		max_manifest_size <size>      # e.g. 4MiB, 10MB, 4194304
 //		sparse_manifests              # accept manifests whose blobs are not all here
 //		mirror_cache_size <size>      # e.g. 50GiB; 0: no limit
@@ -71,9 +73,29 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
-		case "storage", "metadata_dir", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
+		case "metadata_dir", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
 		case "upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client":
 			if err := rg.unmarshalUploadLimit(d, sub); err != nil {
+				return err
+			}
+			continue
+		case "storage":
+			args := d.RemainingArgs()
+			if len(args) == 1 && args[0] == "s3" && opensBlock(d) {
+				cfg, err := unmarshalS3(d)
+				if err != nil {
+					return err
+				}
+				rg.StorageS3 = cfg
+				continue
+			}
+			if len(args) != 1 {
+				return d.Err("storage needs exactly one argument: a folder, or `s3` and a block")
+			}
+			rg.Storage = args[0]
+			continue
+		case "metadata":
+			if err := rg.unmarshalMetadata(d); err != nil {
 				return err
 			}
 			continue
@@ -129,15 +151,13 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, local, read_only, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, local, read_only, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
 			return d.Errf("%s needs exactly one argument", sub)
 		}
 		switch sub {
-		case "storage":
-			rg.Storage = arg
 		case "metadata_dir":
 			rg.MetadataDir = arg
 		case "max_manifest_size":

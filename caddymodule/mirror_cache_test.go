@@ -77,7 +77,7 @@ func TestMirrorCacheCountedAtStart(t *testing.T) {
 	}
 	blob := bytes.Repeat([]byte("m"), 4096)
 	d := cache.FromBytes(cache.SHA256, blob)
-	f, _, err := st.Fill("docker.io/library/x", d, func(context.Context) (io.ReadCloser, int64, error) {
+	f, _, err := st.Fill(t.Context(), "docker.io/library/x", d, func(context.Context) (io.ReadCloser, int64, error) {
 		return io.NopCloser(bytes.NewReader(blob)), int64(len(blob)), nil
 	})
 	if err != nil {

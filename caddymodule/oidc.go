@@ -170,7 +170,7 @@ type signInParts struct {
 
 // provisionSignIn builds sign-in and API keys; store opens the handler's
 // store on first use.
-func (a *Auth) provisionSignIn(store func() (*cache.Store, error), logger *zap.Logger) (*signInParts, error) {
+func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Logger) (*signInParts, error) {
 	o := a.OIDC
 	repl := caddy.NewReplacer()
 	secret := repl.ReplaceAll(o.ClientSecret, "")
@@ -242,7 +242,7 @@ func parseSessionKey(s string) ([]byte, error) {
 }
 
 // storeKeys is the handler's store as an authscope.APIKeyStore.
-type storeKeys func() (*cache.Store, error)
+type storeKeys func() (authRecords, error)
 
 func (f storeKeys) CreateAPIKey(id string, rec []byte) error {
 	st, err := f()
@@ -293,7 +293,7 @@ func (f storeKeys) APIKeys() ([][]byte, error) {
 }
 
 // storeSessions is the handler's store as an authscope.SessionStore.
-type storeSessions func() (*cache.Store, error)
+type storeSessions func() (authRecords, error)
 
 func (f storeSessions) CreateSession(id string, rec []byte, expires time.Time) error {
 	st, err := f()
@@ -450,4 +450,19 @@ func unmarshalWorkload(d *caddyfile.Dispenser) (*Workload, error) {
 		return nil, err
 	}
 	return w, nil
+}
+
+// authRecords is where API keys, sign-in sessions and the session key
+// live: the embedded store (cache.Store) on one node, PostgreSQL
+// (pgmeta.Store) when replicas share them.
+type authRecords interface {
+	CreateAPIKey(id string, record []byte) error
+	APIKey(id string) ([]byte, error)
+	UpdateAPIKey(id string, fn func(record []byte) ([]byte, error)) error
+	DeleteAPIKey(id string) error
+	APIKeys() ([][]byte, error)
+	CreateSession(id string, record []byte, expires time.Time) error
+	Session(id string) ([]byte, error)
+	DeleteSession(id string) error
+	AuthSecret(name string, size int) ([]byte, error)
 }

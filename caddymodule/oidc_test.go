@@ -139,7 +139,7 @@ func TestOIDCThroughHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	opened := 0
-	rt, err = a.provision(nil, func() (*cache.Store, error) { opened++; return st, nil }, zap.NewNop())
+	rt, err = a.provision(nil, func() (authRecords, error) { opened++; return st, nil }, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

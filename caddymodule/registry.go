@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"net"
@@ -23,6 +24,8 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/pgmeta"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -58,6 +61,18 @@ type Registry struct {
 	// max_blob_size, max_upload_bytes, upload_idle_timeout) are those of
 	// the handler built last, as after a reload.
 	Storage string `json:"storage,omitempty"`
+
+	// StorageS3 keeps blobs in an S3-compatible bucket instead of the
+	// Storage folder (Caddyfile: `storage s3 { ... }`). It needs
+	// MetadataPostgres: the two are what several replicas share. Values
+	// may be placeholders such as {env.S3_SECRET_KEY}.
+	StorageS3 *s3.Config `json:"storage_s3,omitempty"`
+	// MetadataPostgres is the PostgreSQL database (a postgres:// URL or
+	// key=value DSN, e.g. {env.DATABASE_URL}) that holds everything but
+	// blob bytes: repositories, tags, manifests, links, upload sessions,
+	// API keys, sign-in sessions and the leases replicas coordinate by
+	// (Caddyfile: `metadata postgres <dsn>`).
+	MetadataPostgres string `json:"metadata_postgres,omitempty"`
 
 	// StorageReserve is free space, in bytes, that new content leaves on
 	// the storage's filesystem: pushed blobs and chunks, manifests and
@@ -208,6 +223,7 @@ type Registry struct {
 	dir     string // absolute, cleaned Storage: the key in stores
 	metaDir string // absolute MetadataDir, or empty
 	store   *sharedStore
+	cluster *sharedCluster // instead of store with StorageS3 + MetadataPostgres
 	live    *liveHandler
 	metrics *metricsObserver
 	logger  *zap.Logger
@@ -234,48 +250,19 @@ func (Registry) CaddyModule() caddy.ModuleInfo {
 func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.logger = ctx.Logger()
 	rg.live = new(liveHandler)
-
-	storage := rg.Storage
-	if storage == "" {
-		storage = filepath.Join(caddy.AppDataDir(), "oci")
-	}
-	dir, err := filepath.Abs(storage)
-	if err != nil {
-		return fmt.Errorf("storage %q: %w", storage, err)
-	}
-	rg.dir = filepath.Clean(dir)
-	if rg.MetadataDir != "" {
-		if rg.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
-			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
-		}
-	}
+	var err error
 	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
 	if err != nil {
 		return err
 	}
-
-	opts := cache.Options{
-		Dir:           rg.dir,
-		MetadataDir:   rg.metaDir,
-		Reserve:       rg.reserve(),
-		SpaceObserver: rg.metrics,
-		UploadTTL:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
-		GCGrace:       orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
-		GCInterval:    orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
-		Logger:        rg.logger.Named("store").With(zap.String("storage", rg.dir)),
-	}
-	opts.GCFullInterval = orDefault(time.Duration(rg.GCFullInterval), cache.DefaultGCFullInterval)
-	if opts.GCInterval < 0 {
-		opts.GCInterval = 0 // cache.Options: zero disables the loop
-	}
-	rg.store, err = acquireStore(opts)
-	if err != nil {
+	records := func() (authRecords, error) { return rg.store.open() }
+	if rg.scaledOut() {
+		if err := rg.provisionCluster(); err != nil {
+			return err
+		}
+		records = rg.cluster.records
+	} else if err := rg.provisionStore(); err != nil {
 		return err
-	}
-	rg.store.hold(rg.ReadOnly)
-	if diff := rg.store.opts.differences(opts); len(diff) > 0 {
-		rg.logger.Warn("storage already open with other settings ("+strings.Join(diff, ", ")+"); they apply after a restart",
-			zap.String("storage", rg.dir), zap.Strings("settings", diff))
 	}
 
 	// The oci app opens the store and builds the handler (which applies
@@ -289,6 +276,14 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.syncs = new(syncRunner)
 	rg.app.onStart(func() error {
 		h, err := rg.registryHandler()
+		if err != nil && rg.cluster != nil {
+			// PostgreSQL or the bucket down must not keep the server from
+			// starting: requests get 503 until they are back. (Scheduled
+			// syncs start with the next config load.)
+			rg.logger.Warn("storage not reachable at start; requests get 503 until it is",
+				zap.String("storage", rg.dir), zap.Error(err))
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -320,15 +315,91 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.plans = append(rg.plans, copies...)
 	if rg.Auth != nil {
 		rg.Auth.audit = ctx.Logger(auditLog{})
-		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), rg.store.open, rg.logger); err != nil {
+		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), records, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
 	}
 	return nil
 }
 
+// provisionCluster takes a reference to the scaled-out store of the
+// bucket and database (opened on first use).
+func (rg *Registry) provisionCluster() error {
+	if err := rg.validateScaleOut(); err != nil {
+		return err
+	}
+	s3cfg, dsn, err := rg.expandScaleOut()
+	if err != nil {
+		return err
+	}
+	// Settings are checked here, without contacting anything: a mistake
+	// is a config error, not a 503 at every request.
+	if err := pgmeta.CheckDSN(dsn); err != nil {
+		return fmt.Errorf("metadata postgres: %w", err)
+	}
+	gcEvery := orDefault(time.Duration(rg.GCInterval), DefaultGCInterval)
+	c := &sharedCluster{
+		s3: s3cfg, dsn: dsn,
+		ttl:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
+		grace:   orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
+		gcEvery: max(gcEvery, 0),
+	}
+	c.logger = rg.logger.Named("store").With(zap.String("storage", clusterKey(c)))
+	if c.blobs, err = s3.New(context.Background(), s3cfg, c.logger.Named("s3")); err != nil {
+		return fmt.Errorf("storage s3: %w", err)
+	}
+	rg.cluster, rg.dir, err = acquireCluster(c)
+	return err
+}
+
+// provisionStore takes a reference to the shared store of the storage
+// folder (without opening it).
+func (rg *Registry) provisionStore() error {
+	storage := rg.Storage
+	if storage == "" {
+		storage = filepath.Join(caddy.AppDataDir(), "oci")
+	}
+	dir, err := filepath.Abs(storage)
+	if err != nil {
+		return fmt.Errorf("storage %q: %w", storage, err)
+	}
+	rg.dir = filepath.Clean(dir)
+	if rg.MetadataDir != "" {
+		if rg.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
+			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
+		}
+	}
+	opts := cache.Options{
+		Dir:           rg.dir,
+		MetadataDir:   rg.metaDir,
+		Reserve:       rg.reserve(),
+		SpaceObserver: rg.metrics,
+		UploadTTL:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
+		GCGrace:       orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
+		GCInterval:    orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
+		Logger:        rg.logger.Named("store").With(zap.String("storage", rg.dir)),
+	}
+	opts.GCFullInterval = orDefault(time.Duration(rg.GCFullInterval), cache.DefaultGCFullInterval)
+	if opts.GCInterval < 0 {
+		opts.GCInterval = 0 // cache.Options: zero disables the loop
+	}
+	rg.store, err = acquireStore(opts)
+	if err != nil {
+		return err
+	}
+	rg.store.hold(rg.ReadOnly)
+	if diff := rg.store.opts.differences(opts); len(diff) > 0 {
+		rg.logger.Warn("storage already open with other settings ("+strings.Join(diff, ", ")+"); they apply after a restart",
+			zap.String("storage", rg.dir), zap.Strings("settings", diff))
+	}
+	return nil
+}
+
 // Validate checks the config without touching the store.
 func (rg *Registry) Validate() error {
+	if err := rg.validateScaleOut(); err != nil {
+		return err
+	}
 	if rg.MaxManifestSize < 0 {
 		return fmt.Errorf("max_manifest_size must not be negative: %d", rg.MaxManifestSize)
 	}
@@ -355,6 +426,9 @@ func (rg *Registry) Validate() error {
 			return fmt.Errorf("auth: %w", err)
 		}
 	}
+	if rg.scaledOut() {
+		return nil // no folder of ours to check
+	}
 	if err := cache.CheckMetadataDir(rg.dir, rg.metaDir); err != nil {
 		return fmt.Errorf("metadata_dir: %w", err)
 	}
@@ -370,6 +444,10 @@ func (rg *Registry) Cleanup() error {
 	rg.auth.close()
 	if rg.syncs != nil {
 		rg.syncs.stop() // before the store may close
+	}
+	if rg.cluster != nil {
+		_, err := clusters.Delete(rg.dir)
+		return err
 	}
 	if rg.store == nil {
 		return nil
@@ -408,7 +486,14 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	h, err := rg.registryHandler()
 	if err != nil {
 		rg.logger.Error("storage unavailable", zap.String("storage", rg.dir), zap.Error(err))
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		// The spec's envelope, as the handler would answer: clients show
+		// the message and retry.
+		w, r, finish := authscope.GuardUnreadBody(w, r)
+		defer finish()
+		w.Header().Set("Retry-After", "5")
+		registry.NewError(http.StatusServiceUnavailable, registry.CodeUnavailable,
+			"storage is temporarily unavailable, retry", err).Render(w, r)
+		return nil
 	}
 	h.ServeHTTP(w, r)
 	return nil
@@ -426,9 +511,20 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if h := rg.live.h.Load(); h != nil {
 		return h, nil
 	}
-	st, err := rg.store.open()
-	if err != nil {
-		return nil, err
+	var st registry.Store
+	var local *cache.Store // the mirror cache limit applies to it only
+	if rg.cluster != nil {
+		cs, _, err := rg.cluster.open()
+		if err != nil {
+			return nil, err
+		}
+		st = cs
+	} else {
+		fs, err := rg.store.open()
+		if err != nil {
+			return nil, err
+		}
+		st, local = fs, fs
 	}
 	h, err := registry.NewHandler(registry.Config{
 		Store:           st,
@@ -447,7 +543,9 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	rg.setMirrorCache(st, h)
+	if local != nil {
+		rg.setMirrorCache(local, h)
+	}
 	rg.live.h.Store(h)
 	return h, nil
 }

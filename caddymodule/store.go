@@ -8,6 +8,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry"
 )
 
 // Why stores are shared and opened late:
@@ -158,4 +159,8 @@ func (s *sharedStore) Destruct() error {
 	return nil
 }
 
-var _ caddy.Destructor = (*sharedStore)(nil)
+var (
+	_ caddy.Destructor = (*sharedStore)(nil)
+	// The registry runs on interfaces; this is the store wired in.
+	_ registry.Store = (*cache.Store)(nil)
+)

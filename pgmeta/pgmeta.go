@@ -109,3 +109,12 @@ func checkName(kind, name string) error {
 	}
 	return nil
 }
+
+// CheckDSN reports whether dsn parses, without connecting, and without
+// repeating it: a DSN may hold a password.
+func CheckDSN(dsn string) error {
+	if _, err := pgxpool.ParseConfig(dsn); err != nil {
+		return errors.New("the DSN does not parse (not shown: it may hold a password)")
+	}
+	return nil
+}

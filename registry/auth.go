@@ -127,7 +127,7 @@ func (h *Handler) movesTag(r *http.Request, rc *request) (bool, error) {
 		if !ValidTag(t) {
 			continue
 		}
-		if d, err := h.cfg.Store.ResolveTag(rc.name, t); err == nil {
+		if d, err := h.cfg.Store.ResolveTag(r.Context(), rc.name, t); err == nil {
 			current = append(current, d)
 		}
 	}

@@ -105,7 +105,7 @@ func TestAuthBeforeBody(t *testing.T) {
 	if err := remote.Write(ar.ref(t, "public/app:v1"), img, root); err != nil {
 		t.Fatalf("admin push: %v", err)
 	}
-	open, err := ar.store.NewUpload("secret/app")
+	open, err := ar.store.NewUpload(t.Context(), "secret/app")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestAuthBeforeBody(t *testing.T) {
 			})
 		}
 	}
-	if u, err := ar.store.GetUpload("secret/app", open.ID); err != nil || u.Size != 0 {
+	if u, err := ar.store.GetUpload(t.Context(), "secret/app", open.ID); err != nil || u.Size != 0 {
 		t.Errorf("refused chunks reached the upload: %+v %v", u, err)
 	}
 }

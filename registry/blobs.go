@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -23,15 +24,15 @@ func parseDigestArg(s string) (cache.Digest, error) {
 	return d, nil
 }
 
-// blobGet serves GET and HEAD of /v2/<name>/blobs/<digest> from the file,
-// through http.ServeContent so Range, conditional requests and sendfile
-// all work.
+// blobGet serves GET and HEAD of /v2/<name>/blobs/<digest> from the
+// store, through http.ServeContent so Range, conditional requests and
+// (on the filesystem store) sendfile all work.
 func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) error {
 	d, err := parseDigestArg(rc.arg)
 	if err != nil {
 		return err
 	}
-	info, err := h.linkedBlob(rc.name, d)
+	info, err := h.linkedBlob(r.Context(), rc.name, d)
 	if err != nil {
 		return err
 	}
@@ -40,8 +41,8 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) e
 
 // linkedBlob is what the store holds of blob d for repo, or the error to
 // answer when repo does not link it.
-func (h *Handler) linkedBlob(repo string, d cache.Digest) (cache.BlobInfo, error) {
-	info, err := h.cfg.Store.HasBlob(repo, d)
+func (h *Handler) linkedBlob(ctx context.Context, repo string, d cache.Digest) (cache.BlobInfo, error) {
+	info, err := h.cfg.Store.HasBlob(ctx, repo, d)
 	if err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			return info, errBlobUnknown(err)
@@ -57,9 +58,9 @@ func (h *Handler) linkedBlob(repo string, d cache.Digest) (cache.BlobInfo, error
 // lets a server ignore Range.
 const maxRanges = 16
 
-// serveBlob sends blob d, with info from linkedBlob, from its file.
+// serveBlob sends blob d, with info from linkedBlob, from the store.
 func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, info cache.BlobInfo) error {
-	f, err := h.cfg.Store.OpenBlob(d)
+	f, err := h.cfg.Store.OpenBlob(r.Context(), d)
 	if err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			// collected between the link check and the open
@@ -89,10 +90,11 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		}
 	}
 	if r.Header.Get("Range") == "" && !conditional(r) {
-		// The common whole-blob GET: hand the bare *os.File to the writer.
-		// ServeContent wraps it in a LimitedReader, and Caddy's idle-timeout
-		// writer adds another, which hides the file from sendfile and turns
-		// every GET into a user-space copy.
+		// The common whole-blob GET: hand the bare blob to the writer
+		// (on the filesystem store, its file, whose WriteTo takes
+		// io.Copy to sendfile). ServeContent wraps it in a LimitedReader, and
+		// Caddy's idle-timeout writer adds another, which hides the file
+		// from sendfile and turns every GET into a user-space copy.
 		hd.Set("Content-Length", strconv.FormatInt(info.Size, 10))
 		hd.Set("Accept-Ranges", "bytes")
 		hd.Set("Last-Modified", info.ModTime.UTC().Format(http.TimeFormat))
@@ -124,7 +126,7 @@ func (h *Handler) blobDelete(w http.ResponseWriter, r *http.Request, rc *request
 	if err != nil {
 		return err
 	}
-	if err := h.cfg.Store.UnlinkBlob(rc.name, d); err != nil {
+	if err := h.cfg.Store.UnlinkBlob(r.Context(), rc.name, d); err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			return errBlobUnknown(err)
 		}

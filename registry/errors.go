@@ -39,8 +39,10 @@ const (
 	// no room. It comes with 507 Insufficient Storage, which says "try
 	// again later" as 5xx do; clients show the code and message.
 	CodeStorageFull = "STORAGE_FULL"
-	// CodeUnavailable comes with 503, as in the reference
-	// implementation: credentials that cannot be checked now.
+	// CodeUnavailable (distribution's UNAVAILABLE) comes with 503:
+	// credentials that cannot be checked now, or an engine the store
+	// depends on (PostgreSQL, the object store) that did not answer; the
+	// request may be retried as it is.
 	CodeUnavailable = "UNAVAILABLE"
 )
 
@@ -126,6 +128,10 @@ func errInternal(cause error) *Error {
 	}
 	if e := storageFullError(cause); e != nil {
 		return e
+	}
+	if errors.Is(cause, cache.ErrUnavailable) {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "storage is temporarily unavailable, retry", cause).
+			withHeader("Retry-After", "5")
 	}
 	return newError(http.StatusInternalServerError, CodeUnknown, "internal error", cause)
 }

@@ -57,7 +57,7 @@ func TestGCAfterManifestDelete(t *testing.T) {
 	} {
 		tr.wantStatus(tr.do("GET", blob(b.repo, b.content), nil), http.StatusOK)
 	}
-	if _, err := store.StatBlob(cache.FromBytes(cache.SHA256, []byte("only in the deleted image"))); err == nil {
+	if _, err := store.StatBlob(t.Context(), cache.FromBytes(cache.SHA256, []byte("only in the deleted image"))); err == nil {
 		t.Error("the deleted image's own layer is still on disk")
 	}
 	tr.wantStatus(tr.do("GET", "/v2/gc/app/manifests/new", nil), http.StatusOK)

@@ -40,7 +40,9 @@ type Observer interface {
 
 // Config is what a Handler needs.
 type Config struct {
-	Store *cache.Store
+	// Store holds what the registry serves (see Store): *cache.Store, or
+	// any other backend.
+	Store Store
 	// MaxManifestSize in bytes; 0 means DefaultMaxManifestSize.
 	MaxManifestSize int64
 	// SparseManifests accepts an image manifest whose config or layers

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,7 +49,7 @@ type manifestDoc struct {
 }
 
 // resolve turns a manifest reference into a digest in rc.name.
-func (h *Handler) resolve(rc *request) (cache.Digest, error) {
+func (h *Handler) resolve(ctx context.Context, rc *request) (cache.Digest, error) {
 	ref, err := ParseReference(rc.arg)
 	if err != nil {
 		return cache.Digest{}, referenceError(err)
@@ -56,7 +57,7 @@ func (h *Handler) resolve(rc *request) (cache.Digest, error) {
 	if ref.IsDigest() {
 		return ref.Digest, nil
 	}
-	d, err := h.cfg.Store.ResolveTag(rc.name, ref.Tag)
+	d, err := h.cfg.Store.ResolveTag(ctx, rc.name, ref.Tag)
 	if err != nil {
 		if errors.Is(err, cache.ErrTagUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
 			return cache.Digest{}, errManifestUnknown(err)
@@ -77,16 +78,16 @@ func referenceError(err error) *Error {
 // pushed, with the media type it was pushed with. Accept is not used to
 // convert: a registry that converts breaks digests.
 func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *request) error {
-	d, err := h.resolve(rc)
+	d, err := h.resolve(r.Context(), rc)
 	if err != nil {
 		return err
 	}
 	var m cache.Manifest
 	var body []byte
 	if r.Method == http.MethodHead {
-		m, err = h.cfg.Store.StatManifest(rc.name, d)
+		m, err = h.cfg.Store.StatManifest(r.Context(), rc.name, d)
 	} else {
-		m, body, err = h.cfg.Store.GetManifest(rc.name, d)
+		m, body, err = h.cfg.Store.GetManifest(r.Context(), rc.name, d)
 	}
 	if err != nil {
 		if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
@@ -165,13 +166,13 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 			fmt.Errorf("computed %s, URL has %s", d, ref.Digest))
 	}
 
-	m, err := h.checkManifest(rc, r.Header.Get("Content-Type"), body)
+	m, err := h.checkManifest(r.Context(), rc, r.Header.Get("Content-Type"), body)
 	if err != nil {
 		return err
 	}
 	m.Digest = d
 	m.Size = int64(len(body))
-	if err := h.cfg.Store.PutManifest(rc.name, m, body, tags); err != nil {
+	if err := h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags); err != nil {
 		if errors.Is(err, cache.ErrDigestMismatch) {
 			return errDigestInvalid("manifest does not match digest", err)
 		}
@@ -199,7 +200,7 @@ func manifestTooLarge(limit int64) *Error {
 
 // checkManifest validates a pushed manifest and extracts what the store
 // keeps about it. Everything it rejects is the client's mistake (400).
-func (h *Handler) checkManifest(rc *request, contentType string, body []byte) (cache.Manifest, error) {
+func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType string, body []byte) (cache.Manifest, error) {
 	var doc manifestDoc
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&doc); err != nil {
@@ -269,7 +270,7 @@ func (h *Handler) checkManifest(rc *request, contentType string, body []byte) (c
 			if h.cfg.SparseManifests {
 				return nil // sparse: a blob may come later, or never
 			}
-			if _, err := h.cfg.Store.HasBlob(rc.name, bd); err != nil {
+			if _, err := h.cfg.Store.HasBlob(ctx, rc.name, bd); err != nil {
 				if errors.Is(err, cache.ErrBlobUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
 					return manifestBlobUnknown(bd, err)
 				}
@@ -332,9 +333,9 @@ func (h *Handler) manifestDelete(w http.ResponseWriter, r *http.Request, rc *req
 		return referenceError(err)
 	}
 	if ref.IsDigest() {
-		err = h.cfg.Store.DeleteManifest(rc.name, ref.Digest)
+		err = h.cfg.Store.DeleteManifest(r.Context(), rc.name, ref.Digest)
 	} else {
-		err = h.cfg.Store.DeleteTag(rc.name, ref.Tag)
+		err = h.cfg.Store.DeleteTag(r.Context(), rc.name, ref.Tag)
 	}
 	if err != nil {
 		if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrTagUnknown) || errors.Is(err, cache.ErrRepoUnknown) {

@@ -107,7 +107,7 @@ func (env *authMirrorEnv) pullPrivate(t *testing.T, size int64) (string, []byte)
 // waitFill waits until a fill of digest, if one runs, has ended.
 func (env *authMirrorEnv) waitFill(digest string) {
 	d, _ := cache.ParseDigest(digest)
-	if f := env.store.Filling(d); f != nil {
+	if f := env.store.Filling(env.t.Context(), d); f != nil {
 		<-f.Done()
 	}
 }
@@ -116,7 +116,7 @@ func (env *authMirrorEnv) waitFill(digest string) {
 func (env *authMirrorEnv) wantUnlinked(t *testing.T, repo, digest string) {
 	t.Helper()
 	d, _ := cache.ParseDigest(digest)
-	if _, err := env.store.HasBlob(repo, d); !errors.Is(err, cache.ErrBlobUnknown) {
+	if _, err := env.store.HasBlob(t.Context(), repo, d); !errors.Is(err, cache.ErrBlobUnknown) {
 		t.Errorf("%s links %s: %v", repo, digest, err)
 	}
 }

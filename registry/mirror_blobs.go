@@ -40,12 +40,12 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	// evicts a blob someone is reading, and one evicted a moment ago is
 	// simply a miss from here on.
 	defer store.Hold(d)()
-	if f := store.Filling(d); f != nil && f.Repo() == rc.name && f.Verified() {
+	if f := store.Filling(r.Context(), d); f != nil && f.Repo() == rc.name && f.Verified() {
 		// Its readers may have had every byte before it is committed
 		// and linked; answer after that, as a plain store hit.
 		_ = f.Wait(r.Context())
 	}
-	if info, err := store.HasBlob(rc.name, d); err == nil {
+	if info, err := store.HasBlob(r.Context(), rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
 		return h.serveCachedBlob(w, r, rc, d, info)
 	}
@@ -66,7 +66,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	if err != nil {
 		return h.unconfirmedBlob(w, r, rc, d, err)
 	}
-	if err := store.LinkBlob(rc.name, d); err == nil {
+	if err := store.LinkBlob(r.Context(), rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
 		return h.serveLinkedBlob(w, r, rc, d)
 	} else if !errors.Is(err, cache.ErrBlobUnknown) {
@@ -109,7 +109,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 // fill returns the fill of d in progress, or the committed blob as a
 // fill, or else starts one from upstream for rc's repository (started),
 // within the mirror's cap on fills (429 past it).
-func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (*cache.Fill, bool, error) {
+func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (cache.Fill, bool, error) {
 	m := rc.mirror
 	f, started, err := m.startFill(ctx, h.cfg.Store, rc.name, d)
 	if errors.Is(err, errNoFillSlot) || (err != nil && ctx.Err() != nil) {
@@ -134,7 +134,7 @@ func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (*cache
 
 // serveFill streams blob d from fill f as it grows, to a GET upstream
 // confirmed for rc's repository (or that started f for it).
-func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f *cache.Fill, started bool) error {
+func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f cache.Fill, started bool) error {
 	store := h.cfg.Store
 	size, err := f.Ready(r.Context())
 	if err != nil {
@@ -150,7 +150,7 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 			return fillError(r, rc, f, err)
 		}
 		if !started {
-			if err := store.LinkBlob(rc.name, d); err != nil {
+			if err := store.LinkBlob(r.Context(), rc.name, d); err != nil {
 				return errInternal(err)
 			}
 		}
@@ -163,10 +163,12 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 	defer rd.Close()
 	if !started {
 		// The fill links the repository it was started for; upstream
-		// confirmed this one holds the digest too.
+		// confirmed this one holds the digest too. The link outlives
+		// the request, as the fill does.
+		ctx := context.WithoutCancel(r.Context())
 		go func() {
-			if f.Wait(context.Background()) == nil {
-				_ = store.LinkBlob(rc.name, d)
+			if f.Wait(ctx) == nil {
+				_ = store.LinkBlob(ctx, rc.name, d)
 			}
 		}()
 	}
@@ -183,7 +185,7 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 // fillError is the answer to a request whose fill failed: none when the
 // client left; upstream's words only when the fill fetched this
 // repository, since a joined fill's failure is about another name.
-func fillError(r *http.Request, rc *request, f *cache.Fill, err error) error {
+func fillError(r *http.Request, rc *request, f cache.Fill, err error) error {
 	m := rc.mirror
 	switch {
 	case r.Context().Err() != nil:
@@ -210,7 +212,7 @@ func setBlobHeaders(w http.ResponseWriter, d cache.Digest) {
 // serveLinkedBlob serves blob d from the store once this repository
 // links it.
 func (h *Handler) serveLinkedBlob(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest) error {
-	info, err := h.linkedBlob(rc.name, d)
+	info, err := h.linkedBlob(r.Context(), rc.name, d)
 	if err != nil {
 		return err
 	}
@@ -264,7 +266,7 @@ func (h *Handler) confirmBlob(ctx context.Context, rc *request, d cache.Digest) 
 func (h *Handler) unconfirmedBlob(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, err error) error {
 	m := rc.mirror
 	if temporary(err) && h.readableInMirror(r, m, d) {
-		if info, serr := h.cfg.Store.StatBlob(d); serr == nil {
+		if info, serr := h.cfg.Store.StatBlob(r.Context(), d); serr == nil {
 			h.cfg.Logger.Warn("upstream failed; serving a readable repository's copy of the blob",
 				zap.String("repo", rc.name), zap.String("digest", d.String()), zap.Error(err))
 			m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
@@ -278,7 +280,7 @@ func (h *Handler) unconfirmedBlob(w http.ResponseWriter, r *http.Request, rc *re
 // readableInMirror reports whether a repository of m that r's caller may
 // read links blob d.
 func (h *Handler) readableInMirror(r *http.Request, m *Mirror, d cache.Digest) bool {
-	repos, err := h.cfg.Store.ReposWithBlob(d, mountCandidates)
+	repos, err := h.cfg.Store.ReposWithBlob(r.Context(), d, mountCandidates)
 	if err != nil {
 		return false
 	}

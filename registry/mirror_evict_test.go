@@ -44,7 +44,7 @@ func (env *mirrorEnv) pullBlob(repo, digest string) []byte {
 	if got := cache.FromBytes(d.Algorithm, resp.body); got != d {
 		env.t.Fatalf("blob %s: bytes hash to %s", d, got)
 	}
-	if f := env.store.Filling(d); f != nil {
+	if f := env.store.Filling(env.t.Context(), d); f != nil {
 		<-f.Done()
 	}
 	return resp.body
@@ -54,7 +54,7 @@ func (env *mirrorEnv) pullBlob(repo, digest string) []byte {
 func (env *mirrorEnv) cached(repo, digest string) bool {
 	env.t.Helper()
 	d, _ := cache.ParseDigest(digest)
-	_, err := env.store.HasBlob(repo, d)
+	_, err := env.store.HasBlob(env.t.Context(), repo, d)
 	if err != nil && !errors.Is(err, cache.ErrBlobUnknown) {
 		env.t.Fatal(err)
 	}
@@ -243,7 +243,7 @@ func TestMirrorEvictedImageRefetched(t *testing.T) {
 	if st := env.evict(); st.Size != 0 {
 		t.Fatalf("stats %+v, want everything evicted", st)
 	}
-	if _, _, err := env.store.GetManifest("docker.io/library/app", cache.Digest{Algorithm: cache.SHA256, Hex: want.Hex}); !errors.Is(err, cache.ErrManifestUnknown) {
+	if _, _, err := env.store.GetManifest(t.Context(), "docker.io/library/app", cache.Digest{Algorithm: cache.SHA256, Hex: want.Hex}); !errors.Is(err, cache.ErrManifestUnknown) {
 		t.Fatalf("manifest after eviction: %v", err)
 	}
 	env.limitMirrorCache(0) // the second pull stays put

@@ -20,10 +20,10 @@ func (env *mirrorEnv) wantNotStored(layer string) {
 	if err != nil {
 		env.t.Fatal(err)
 	}
-	if f := env.store.Filling(d); f != nil {
+	if f := env.store.Filling(env.t.Context(), d); f != nil {
 		<-f.Done()
 	}
-	if _, err := env.store.StatBlob(d); !errors.Is(err, cache.ErrBlobUnknown) {
+	if _, err := env.store.StatBlob(env.t.Context(), d); !errors.Is(err, cache.ErrBlobUnknown) {
 		env.t.Fatalf("store holds the refused blob (stat err %v)", err)
 	}
 }

@@ -100,10 +100,10 @@ func TestMirrorRefusesInvalidManifest(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			env, _ := newHostileEnv(t, http.HandlerFunc(tt.a.serve))
 			env.wantError(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil), http.StatusBadGateway, CodeUnknown)
-			if ti, err := env.store.TagInfo("docker.io/library/app", "v1"); err == nil {
+			if ti, err := env.store.TagInfo(t.Context(), "docker.io/library/app", "v1"); err == nil {
 				t.Fatalf("the tag was stored (digest %s)", ti.Digest)
 			}
-			if _, _, err := env.store.GetManifest("docker.io/library/app", cache.FromBytes(cache.SHA256, tt.a.body)); err == nil {
+			if _, _, err := env.store.GetManifest(t.Context(), "docker.io/library/app", cache.FromBytes(cache.SHA256, tt.a.body)); err == nil {
 				t.Fatal("the body was stored")
 			}
 		})

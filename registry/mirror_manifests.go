@@ -85,7 +85,7 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 
 func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cache.Digest) (mirroredManifest, error) {
 	m := rc.mirror
-	if man, body, err := h.cfg.Store.GetManifest(rc.name, d); err == nil {
+	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
 		return mirroredManifest{m: man, body: body}, nil
 	}
@@ -104,10 +104,10 @@ func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cac
 func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag string) (mirroredManifest, error) {
 	m := rc.mirror
 	store := h.cfg.Store
-	ti, err := store.TagInfo(rc.name, tag)
+	ti, err := store.TagInfo(ctx, rc.name, tag)
 	have := err == nil
 	if have && m.now().Sub(ti.Fetched) < m.cfg.TagTTL {
-		if man, body, err := store.GetManifest(rc.name, ti.Digest); err == nil {
+		if man, body, err := store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
 			m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
 			return mirroredManifest{m: man, body: body}, nil
 		}
@@ -118,7 +118,7 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 		defer cancel()
 		res, err := h.revalidateTag(ctx, rc, tag, ti, have)
 		if err != nil && have && temporary(err) && m.now().Sub(ti.Fetched) < m.cfg.TagTTL+m.cfg.StaleIfError {
-			man, body, gerr := store.GetManifest(rc.name, ti.Digest)
+			man, body, gerr := store.GetManifest(ctx, rc.name, ti.Digest)
 			if gerr == nil {
 				h.cfg.Logger.Warn("upstream failed; serving the cached tag",
 					zap.String("repo", rc.name), zap.String("tag", tag), zap.Error(err))
@@ -148,8 +148,8 @@ func (h *Handler) revalidateTag(ctx context.Context, rc *request, tag string, ti
 		}
 		resp.Body.Close()
 		if resp.Header.Get("Docker-Content-Digest") == ti.Digest.String() {
-			if man, body, err := store.GetManifest(rc.name, ti.Digest); err == nil {
-				if err := store.SetTagFetched(rc.name, tag, m.now()); err != nil {
+			if man, body, err := store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
+				if err := store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil {
 					return mirroredManifest{}, err
 				}
 				return mirroredManifest{m: man, body: body}, nil
@@ -188,13 +188,13 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 	if tag != "" {
 		tags = []string{tag}
 	}
-	if err := h.cfg.Store.PutManifest(rc.name, man, body, tags); err != nil {
+	if err := h.cfg.Store.PutManifest(ctx, rc.name, man, body, tags); err != nil {
 		return mirroredManifest{}, err
 	}
 	if tag != "" {
 		// A tag evicted again in between is fetched by the next pull; this
 		// answer is good.
-		if err := h.cfg.Store.SetTagFetched(rc.name, tag, m.now()); err != nil && !errors.Is(err, cache.ErrTagUnknown) {
+		if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil && !errors.Is(err, cache.ErrTagUnknown) {
 			return mirroredManifest{}, err
 		}
 	}

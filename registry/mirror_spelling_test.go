@@ -80,7 +80,7 @@ func TestMirrorLibrarySpellings(t *testing.T) {
 			t.Errorf("upstream was asked %q; want only library/alpine", r)
 		}
 	}
-	if _, err := tr.store.ResolveTag("docker.io/alpine", "3.20"); err == nil {
+	if _, err := tr.store.ResolveTag(t.Context(), "docker.io/alpine", "3.20"); err == nil {
 		t.Error("the store holds docker.io/alpine beside docker.io/library/alpine")
 	}
 }

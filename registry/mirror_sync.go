@@ -215,7 +215,7 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 		return SyncManifest{}, false, fmt.Errorf("%w: %q", ErrTagInvalid, tag)
 	}
 	h, m := s.h, s.m
-	ti, err := h.cfg.Store.TagInfo(rc.name, tag)
+	ti, err := h.cfg.Store.TagInfo(ctx, rc.name, tag)
 	have := err == nil
 	v, err, _ := m.revalidations.Do(rc.name+":"+tag, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
@@ -237,7 +237,7 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, d cache.Digest) 
 		return SyncManifest{}, false, err
 	}
 	h, m := s.h, s.m
-	if man, body, err := h.cfg.Store.GetManifest(rc.name, d); err == nil {
+	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
 		return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body}, false, nil
 	}
 	v, err, _ := m.revalidations.Do(rc.name+"@"+d.String(), func() (any, error) {
@@ -264,7 +264,7 @@ func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fet
 		return false, err
 	}
 	h, store := s.h, s.h.cfg.Store
-	if _, err := store.HasBlob(rc.name, d); err == nil {
+	if _, err := store.HasBlob(ctx, rc.name, d); err == nil {
 		return false, nil
 	}
 	defer store.Hold(d)()
@@ -294,7 +294,7 @@ func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fet
 			return true, nil
 		}
 	}
-	if err := store.LinkBlob(rc.name, d); err != nil && !errors.Is(err, cache.ErrBlobUnknown) {
+	if err := store.LinkBlob(context.WithoutCancel(ctx), rc.name, d); err != nil && !errors.Is(err, cache.ErrBlobUnknown) {
 		return false, err
 	} else if err != nil {
 		return false, fmt.Errorf("blob %s gone before it was linked: %w", d, err)

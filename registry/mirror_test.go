@@ -147,7 +147,7 @@ func TestMirrorNameForms(t *testing.T) {
 	env.wantError(env.do(http.MethodDelete, "/v2/docker.io/library/debian/manifests/bookworm", nil), http.StatusMethodNotAllowed, CodeUnsupported)
 	// Local prefixes stay pushable despite the default mirror.
 	env.pushBlob("team/app", []byte("local"))
-	if _, err := env.store.HasBlob("team/app", cache.FromBytes(cache.SHA256, []byte("local"))); err != nil {
+	if _, err := env.store.HasBlob(t.Context(), "team/app", cache.FromBytes(cache.SHA256, []byte("local"))); err != nil {
 		t.Fatalf("local push: %v", err)
 	}
 }
@@ -280,7 +280,7 @@ func TestMirrorBrokenBlobs(t *testing.T) {
 				}
 			}
 			d, _ := cache.ParseDigest(layer)
-			if _, err := env.store.StatBlob(d); !errors.Is(err, cache.ErrBlobUnknown) {
+			if _, err := env.store.StatBlob(t.Context(), d); !errors.Is(err, cache.ErrBlobUnknown) {
 				t.Fatalf("broken blob stored: %v", err)
 			}
 			// Upstream healthy again: the next pull fetches afresh and works.
@@ -316,10 +316,10 @@ func TestMirrorRangeOnColdBlob(t *testing.T) {
 	}
 	// Clients get the last byte once it is verified, before the commit:
 	// wait for the fill to finish before looking at the store.
-	if f := env.store.Filling(d); f != nil {
+	if f := env.store.Filling(t.Context(), d); f != nil {
 		<-f.Done()
 	}
-	if _, err := env.store.HasBlob("docker.io/library/app", d); err != nil {
+	if _, err := env.store.HasBlob(t.Context(), "docker.io/library/app", d); err != nil {
 		t.Fatal(err)
 	}
 	if n := env.up.count("GET blobs"); n != 1 {
@@ -341,7 +341,7 @@ func TestMirrorRangeOnColdCorruptBlob(t *testing.T) {
 		t.Fatalf("a range of a corrupt cold blob: %d, want an upstream error", resp.StatusCode)
 	}
 	d, _ := cache.ParseDigest(layer)
-	if _, err := env.store.StatBlob(d); !errors.Is(err, cache.ErrBlobUnknown) {
+	if _, err := env.store.StatBlob(t.Context(), d); !errors.Is(err, cache.ErrBlobUnknown) {
 		t.Fatalf("corrupt blob stored: %v", err)
 	}
 }

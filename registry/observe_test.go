@@ -1,12 +1,14 @@
 package registry
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +50,50 @@ func TestObservedWriterKeepsReadFrom(t *testing.T) {
 	}
 	if ow.written != 10000 || ow.statusCode() != 200 {
 		t.Errorf("observed %d bytes, status %d", ow.written, ow.statusCode())
+	}
+}
+
+// TestBlobGetReachesSendfile: a blob GET through the handler on the
+// filesystem store hands the writer's ReadFrom a reader behind which
+// net/http finds the file (what its sendfile path asserts: syscall.Conn,
+// after unwrapping ServeContent's LimitedReader), whether the whole blob
+// or a range is asked for. Whatever the store returns as a Blob must keep
+// that reachable, or every pull becomes a user-space copy.
+func TestBlobGetReachesSendfile(t *testing.T) {
+	tr := newTestRegistry(t)
+	data := bytes.Repeat([]byte("sendfile "), 2000)
+	d := cache.FromBytes(cache.SHA256, data)
+	if resp := tr.do("POST", "/v2/o/blobs/uploads/?digest="+d.String(), data); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push: %d %s", resp.StatusCode, resp.body)
+	}
+	h := New(Config{Store: tr.store})
+	for _, tt := range []struct {
+		name, hdr, val string
+		status         int
+		want           []byte
+	}{
+		{"whole", "", "", http.StatusOK, data},
+		{"range", "Range", "bytes=100-4999", http.StatusPartialContent, data[100:5000]},
+		{"conditional", "If-None-Match", `"other"`, http.StatusOK, data},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/v2/o/blobs/"+d.String(), nil)
+			if tt.hdr != "" {
+				req.Header.Set(tt.hdr, tt.val)
+			}
+			rec := &readerFromRecorder{ResponseRecorder: httptest.NewRecorder()}
+			h.ServeHTTP(rec, req)
+			if rec.Code != tt.status || !bytes.Equal(rec.Body.Bytes(), tt.want) {
+				t.Fatalf("status %d, %d bytes; want %d, %d bytes", rec.Code, rec.Body.Len(), tt.status, len(tt.want))
+			}
+			src := rec.src
+			if lr, ok := src.(*io.LimitedReader); ok {
+				src = lr.R
+			}
+			if _, ok := src.(syscall.Conn); !ok {
+				t.Errorf("ReadFrom got %T, which hides the blob's file from sendfile", rec.src)
+			}
+		})
 	}
 }
 

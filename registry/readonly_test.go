@@ -64,7 +64,7 @@ func TestReadOnlyRefusesEveryWrite(t *testing.T) {
 	}
 	md, _ := img.Digest()
 	layer, _ := layerOf(t, img)
-	open, err := env.rw.store.NewUpload("team/app")
+	open, err := env.rw.store.NewUpload(t.Context(), "team/app")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,13 +100,13 @@ func TestReadOnlyRefusesEveryWrite(t *testing.T) {
 	}
 	// Nothing changed: the tag, the manifest, the blob and the open
 	// session are all still there, and no other repository appeared.
-	if d, err := env.rw.store.ResolveTag("team/app", "v1"); err != nil || d.String() != md.String() {
+	if d, err := env.rw.store.ResolveTag(t.Context(), "team/app", "v1"); err != nil || d.String() != md.String() {
 		t.Errorf("tag v1: %v %v, want %s", d, err, md)
 	}
 	if r := env.ro.do(http.MethodHead, "/v2/team/app/blobs/"+layer, nil); r.StatusCode != http.StatusOK {
 		t.Errorf("blob after refused delete: %d", r.StatusCode)
 	}
-	if u, err := env.rw.store.GetUpload("team/app", open.ID); err != nil || u.Size != 0 {
+	if u, err := env.rw.store.GetUpload(t.Context(), "team/app", open.ID); err != nil || u.Size != 0 {
 		t.Errorf("upload session after refused writes: %+v %v", u, err)
 	}
 	for _, repo := range []string{"team/other", "team/new"} {
@@ -168,7 +168,7 @@ func TestReadOnlyServesReads(t *testing.T) {
 	}
 	// The push's HEADs for existing blobs are reads and were answered;
 	// the tag still names the first image.
-	if d, _ := env.rw.store.ResolveTag("team/app", "v1"); d.String() != imageDigest(t, img) {
+	if d, _ := env.rw.store.ResolveTag(t.Context(), "team/app", "v1"); d.String() != imageDigest(t, img) {
 		t.Errorf("tag moved by a refused push: %s", d)
 	}
 }

@@ -29,7 +29,7 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rc *request)
 	if err != nil {
 		return err
 	}
-	list, err := h.cfg.Store.Referrers(rc.name, d)
+	list, err := h.cfg.Store.Referrers(r.Context(), rc.name, d)
 	if err != nil && !errors.Is(err, cache.ErrRepoUnknown) {
 		return errInternal(err)
 	}

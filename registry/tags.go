@@ -45,7 +45,7 @@ func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, rc *request) 
 	if err != nil {
 		return err
 	}
-	tags, more, err := h.cfg.Store.Tags(rc.name, last, n)
+	tags, more, err := h.cfg.Store.Tags(r.Context(), rc.name, last, n)
 	if err != nil {
 		if errors.Is(err, cache.ErrRepoUnknown) {
 			return newError(http.StatusNotFound, CodeNameUnknown, "repository name not known to registry", err)
@@ -90,11 +90,11 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ *request) er
 // repositories the caller may not see.
 func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]string, bool, error) {
 	if h.cfg.Authorizer == nil {
-		return h.cfg.Store.Repositories(last, n)
+		return h.cfg.Store.Repositories(r.Context(), last, n)
 	}
 	var out []string
 	for {
-		page, more, err := h.cfg.Store.Repositories(last, n+1)
+		page, more, err := h.cfg.Store.Repositories(r.Context(), last, n+1)
 		if err != nil {
 			return nil, false, err
 		}

@@ -235,7 +235,7 @@ func TestUploadMaxBlobSize(t *testing.T) {
 
 	tr.wantError(tr.do("POST", "/v2/app/blobs/uploads/?digest="+d.String(), big), http.StatusRequestEntityTooLarge, CodeSizeInvalid)
 	tr.wantError(tr.stream("POST", "/v2/app/blobs/uploads/?digest="+d.String(), big), http.StatusRequestEntityTooLarge, CodeSizeInvalid)
-	if _, err := tr.store.StatBlob(d); err == nil {
+	if _, err := tr.store.StatBlob(t.Context(), d); err == nil {
 		t.Fatal("a blob over the limit was stored")
 	}
 	tr.pushBlob("app", big[:limit]) // the limit itself is allowed

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -41,18 +42,18 @@ func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, rc *reques
 		if err := h.checkDeclaredSize(r.ContentLength); err != nil {
 			return err
 		}
-		size, err := h.cfg.Store.PutBlob(d, r.ContentLength, bodyOf(r))
+		size, err := h.cfg.Store.PutBlob(r.Context(), d, r.ContentLength, bodyOf(r))
 		if err != nil {
 			return h.writeFailure(r, err)
 		}
-		if err := h.cfg.Store.LinkBlob(rc.name, d); err != nil {
+		if err := h.cfg.Store.LinkBlob(r.Context(), rc.name, d); err != nil {
 			return errInternal(err)
 		}
 		h.uploadCommitted(size)
 		return blobCreated(w, rc, d)
 	}
 
-	u, err := h.cfg.Store.OpenUpload(rc.name, h.uploadOwner(r))
+	u, err := h.cfg.Store.OpenUpload(r.Context(), rc.name, h.uploadOwner(r))
 	if err != nil {
 		if e := h.uploadRefusal(err); e != nil {
 			return e
@@ -73,7 +74,7 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 		if _, err := ParseName(from); err != nil {
 			return false, nil
 		}
-		if _, err := h.cfg.Store.HasBlob(from, d); err != nil {
+		if _, err := h.cfg.Store.HasBlob(r.Context(), from, d); err != nil {
 			if errors.Is(err, cache.ErrBlobUnknown) {
 				return false, nil
 			}
@@ -81,7 +82,7 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 		}
 		candidates = []string{from}
 	} else {
-		repos, err := h.cfg.Store.ReposWithBlob(d, mountCandidates)
+		repos, err := h.cfg.Store.ReposWithBlob(r.Context(), d, mountCandidates)
 		if err != nil {
 			return false, errInternal(err)
 		}
@@ -91,7 +92,7 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 		if !h.cfg.CanRead(r, repo) {
 			continue
 		}
-		if err := h.cfg.Store.LinkBlob(rc.name, d); err != nil {
+		if err := h.cfg.Store.LinkBlob(r.Context(), rc.name, d); err != nil {
 			if errors.Is(err, cache.ErrBlobUnknown) {
 				return false, nil // collected meanwhile
 			}
@@ -104,7 +105,7 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 
 // uploadStatus serves GET /v2/<name>/blobs/uploads/<id>.
 func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rc *request) error {
-	u, err := h.getUpload(rc)
+	u, err := h.getUpload(r.Context(), rc)
 	if err != nil {
 		return err
 	}
@@ -116,7 +117,7 @@ func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rc *reque
 // uploadChunk serves PATCH: a chunk with Content-Range, or (without it) a
 // stream appended at the current end.
 func (h *Handler) uploadChunk(w http.ResponseWriter, r *http.Request, rc *request) error {
-	u, err := h.getUpload(rc)
+	u, err := h.getUpload(r.Context(), rc)
 	if err != nil {
 		return err
 	}
@@ -140,7 +141,7 @@ func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *reque
 	if err != nil {
 		return err
 	}
-	u, err := h.getUpload(rc)
+	u, err := h.getUpload(r.Context(), rc)
 	if err != nil {
 		return err
 	}
@@ -149,7 +150,7 @@ func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *reque
 			return err
 		}
 	}
-	info, err := h.cfg.Store.CommitUpload(rc.name, u.ID, d)
+	info, err := h.cfg.Store.CommitUpload(r.Context(), rc.name, u.ID, d)
 	if err != nil {
 		return h.writeFailure(r, err)
 	}
@@ -162,7 +163,7 @@ func (h *Handler) uploadCancel(w http.ResponseWriter, r *http.Request, rc *reque
 	if !validUploadID(rc.arg) {
 		return errUploadUnknown(nil)
 	}
-	if err := h.cfg.Store.CancelUpload(rc.name, rc.arg); err != nil {
+	if err := h.cfg.Store.CancelUpload(r.Context(), rc.name, rc.arg); err != nil {
 		if errors.Is(err, cache.ErrUploadUnknown) {
 			return errUploadUnknown(err)
 		}
@@ -173,11 +174,11 @@ func (h *Handler) uploadCancel(w http.ResponseWriter, r *http.Request, rc *reque
 	return nil
 }
 
-func (h *Handler) getUpload(rc *request) (cache.Upload, error) {
+func (h *Handler) getUpload(ctx context.Context, rc *request) (cache.Upload, error) {
 	if !validUploadID(rc.arg) {
 		return cache.Upload{}, errUploadUnknown(nil)
 	}
-	u, err := h.cfg.Store.GetUpload(rc.name, rc.arg)
+	u, err := h.cfg.Store.GetUpload(ctx, rc.name, rc.arg)
 	if err != nil {
 		if errors.Is(err, cache.ErrUploadUnknown) {
 			return cache.Upload{}, errUploadUnknown(err)
@@ -220,12 +221,12 @@ func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cach
 	if err := h.cfg.Store.CheckSpace(max(want, r.ContentLength)); err != nil {
 		return u, errStorageFull(err) // before a byte of a chunk too big for the room
 	}
-	nu, err := h.cfg.Store.AppendUpload(rc.name, u.ID, u.Size, body)
+	nu, err := h.cfg.Store.AppendUpload(r.Context(), rc.name, u.ID, u.Size, body)
 	if err != nil {
 		switch {
 		case errors.Is(err, cache.ErrOffsetMismatch):
 			// another request appended first
-			cur, gerr := h.cfg.Store.GetUpload(rc.name, u.ID)
+			cur, gerr := h.cfg.Store.GetUpload(r.Context(), rc.name, u.ID)
 			if gerr == nil {
 				u = cur
 			}

@@ -301,13 +301,13 @@ func TestSyncFetchesExactlyTheSelection(t *testing.T) {
 	// Each index is stored byte for byte, tagged, although its s390x
 	// child is not.
 	for tag, s := range selected {
-		d, err := loc.store.ResolveTag("up.test/lib/app", tag)
+		d, err := loc.store.ResolveTag(t.Context(), "up.test/lib/app", tag)
 		if err != nil || d.String() != s.index.String() {
 			t.Errorf("tag %s: %s, %v; want %s", tag, d, err, s.index)
 		}
 		s390, _ := s.images["linux/s390x"].Digest()
 		sd, _ := cache.ParseDigest(s390.String())
-		if _, err := loc.store.StatManifest("up.test/lib/app", sd); err == nil {
+		if _, err := loc.store.StatManifest(t.Context(), "up.test/lib/app", sd); err == nil {
 			t.Errorf("tag %s: the s390x child was fetched", tag)
 		}
 	}
@@ -445,10 +445,10 @@ func TestSyncGlobAndRegex(t *testing.T) {
 		t.Fatalf("glob run: %+v", st)
 	}
 	for _, repo := range []string{"up.test/lib/app", "up.test/lib/other"} {
-		if _, err := loc.store.ResolveTag(repo, "3.19"); err != nil {
+		if _, err := loc.store.ResolveTag(t.Context(), repo, "3.19"); err != nil {
 			t.Errorf("%s:3.19 not synced: %v", repo, err)
 		}
-		if _, err := loc.store.ResolveTag(repo, "3.20"); err == nil {
+		if _, err := loc.store.ResolveTag(t.Context(), repo, "3.20"); err == nil {
 			t.Errorf("%s:3.20 synced against the regex", repo)
 		}
 	}
@@ -519,7 +519,7 @@ func TestSyncLibraryPrefix(t *testing.T) {
 	if st := sy.Run(context.Background()); st.ErrorCount != 0 || st.Tags != 1 {
 		t.Fatalf("run: %+v", st)
 	}
-	if d, err := loc.store.ResolveTag("docker.io/library/app", "1.0"); err != nil || d.String() != s.index.String() {
+	if d, err := loc.store.ResolveTag(t.Context(), "docker.io/library/app", "1.0"); err != nil || d.String() != s.index.String() {
 		t.Errorf("docker.io/library/app:1.0 = %s, %v", d, err)
 	}
 	up.reset()

@@ -365,17 +365,17 @@ func TestLayoutSharedWithCache(t *testing.T) {
 	whole, chunked := randomBytes(2<<20+3), randomBytes(1<<20+5)
 	dw := blobstore.FromBytes(blobstore.SHA256, whole)
 	dc := blobstore.FromBytes(blobstore.SHA512, chunked)
-	if _, err := cs.PutBlob(dw, int64(len(whole)), bytes.NewReader(whole)); err != nil {
+	if _, err := cs.PutBlob(t.Context(), dw, int64(len(whole)), bytes.NewReader(whole)); err != nil {
 		t.Fatal(err)
 	}
-	u, err := cs.NewUpload("app")
+	u, err := cs.NewUpload(t.Context(), "app")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.AppendUpload("app", u.ID, 0, bytes.NewReader(chunked)); err != nil {
+	if _, err := cs.AppendUpload(t.Context(), "app", u.ID, 0, bytes.NewReader(chunked)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.CommitUpload("app", u.ID, dc); err != nil {
+	if _, err := cs.CommitUpload(t.Context(), "app", u.ID, dc); err != nil {
 		t.Fatal(err)
 	}
 	if err := cs.Close(); err != nil {
@@ -396,7 +396,7 @@ func TestLayoutSharedWithCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cs.Close()
-	f, err := cs.OpenBlob(dm)
+	f, err := cs.OpenBlob(t.Context(), dm)
 	if err != nil {
 		t.Fatalf("cache cannot open a blob the fs backend wrote: %v", err)
 	}

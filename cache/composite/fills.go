@@ -1,0 +1,275 @@
+package composite
+
+// Mirror fills across replicas. A blob that no replica holds is fetched
+// from upstream once, cluster-wide: the replica that takes the fill's
+// lease ("fill/<digest>") fetches it into a local spool file, streams it
+// to its own clients as it arrives (blobfile.Spool, as the single-node
+// store does), verifies it, then writes it to the blob store, records and
+// links it. A request for the same digest on another replica waits for
+// the lease to end and reads the committed blob from the blob store. A
+// holder that dies lets its lease expire; the next request starts the
+// fill again.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+)
+
+// fillTTL is a fill's lease: renewed while the holder works, so a holder
+// that dies frees the digest this long after.
+const fillTTL = 30 * time.Second
+
+// fillWork tracks the fills of one Store.
+type fillWork struct {
+	mu     sync.Mutex
+	m      map[cache.Digest]*fill
+	ctx    context.Context // fills outlive the requests that start them
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// fill is one blob on its way into the store: this replica's own fill, or
+// the wait for another replica's.
+type fill struct {
+	*blobfile.Spool
+	s    *Store
+	d    cache.Digest
+	repo string
+
+	mu    sync.Mutex
+	spool string // the local spool file while this replica writes it
+}
+
+func (f *fill) Digest() cache.Digest { return f.d }
+func (f *fill) Repo() string         { return f.repo }
+
+// FillAdmitted returns the fill of d in progress on this replica, one of
+// the committed blob, the wait for another replica's fill, or a new fill
+// from src for repo that admit (asked only then) lets start.
+func (s *Store) FillAdmitted(ctx context.Context, repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit) (cache.Fill, bool, error) {
+	if err := metastore.CheckName("repository", repo); err != nil {
+		return nil, false, mapErr(err)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, false, err
+	}
+	if f := s.Filling(ctx, d); f != nil {
+		return f, false, nil
+	}
+	if r, err := s.meta.Blob(ctx, d); err == nil {
+		return &fill{Spool: blobfile.CommittedSpool(r.Size), s: s, d: d, repo: repo}, false, nil
+	} else if !errors.Is(err, metastore.ErrBlobUnknown) {
+		return nil, false, mapErr(err)
+	}
+	s.fills.mu.Lock()
+	defer s.fills.mu.Unlock()
+	if f := s.fills.m[d]; f != nil {
+		return f, false, nil
+	}
+	if err := s.fills.ctx.Err(); err != nil {
+		return nil, false, errors.New("composite: store closed")
+	}
+	held, release, ok, err := coord.Hold(s.fills.ctx, s.leases, "fill/"+d.String(), fillTTL)
+	if err != nil {
+		return nil, false, mapErr(err)
+	}
+	f := &fill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo}
+	if !ok {
+		// Another replica fills it: wait for its commit.
+		s.fills.m[d] = f
+		s.fills.wg.Add(1)
+		go f.await()
+		return f, false, nil
+	}
+	done := func() {}
+	if admit != nil {
+		if done, err = admit(); err != nil {
+			release()
+			return nil, false, err
+		}
+	}
+	s.fills.m[d] = f
+	s.fills.wg.Add(1)
+	go func() {
+		defer done()
+		defer release()
+		f.run(held, src)
+	}()
+	return f, true, nil
+}
+
+// Filling returns this replica's fill of d in progress, or nil.
+func (s *Store) Filling(_ context.Context, d cache.Digest) cache.Fill {
+	s.fills.mu.Lock()
+	defer s.fills.mu.Unlock()
+	if f := s.fills.m[d]; f != nil {
+		return f
+	}
+	return nil // not a nil *fill, which is no nil Fill
+}
+
+// finish ends f: out of the map first, so whoever Done wakes finds the
+// blob or starts afresh.
+func (f *fill) finish(err error) {
+	f.s.fills.mu.Lock()
+	delete(f.s.fills.m, f.d)
+	f.s.fills.mu.Unlock()
+	f.Finish(err)
+	f.s.fills.wg.Done()
+}
+
+// run fetches, spools and commits the blob while holding its lease (held
+// ends if the lease is lost: the fill stops rather than race a
+// successor).
+func (f *fill) run(held context.Context, src cache.FillSource) {
+	err := f.fetch(held, src)
+	f.mu.Lock()
+	if f.spool != "" {
+		os.Remove(f.spool) // open readers keep their copy
+		f.spool = ""
+	}
+	f.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, f.d, err)
+		f.s.log.Debug("blob fill failed", zap.String("repo", f.repo), zap.String("digest", f.d.String()), zap.Error(err))
+	}
+	f.finish(err)
+}
+
+func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
+	body, size, err := src(ctx)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	file, err := os.CreateTemp(f.s.spoolDir, "fill-*")
+	if err != nil {
+		return fmt.Errorf("composite: spool: %w", err)
+	}
+	defer file.Close()
+	f.mu.Lock()
+	f.spool = file.Name()
+	f.mu.Unlock()
+	f.Begin(size)
+
+	h := f.d.Algorithm.New()
+	bp := blobfile.GetBuf(size)
+	defer blobfile.PutBuf(bp)
+	n, err := f.Copy(file, body, h, size, (*bp)[:min(len(*bp), 256<<10)])
+	if errors.Is(err, blobfile.ErrOverrun) {
+		return fmt.Errorf("%w: %w", cache.ErrSizeMismatch, err)
+	}
+	if err != nil {
+		return err
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("%w: source declared %d, sent %d bytes", cache.ErrSizeMismatch, size, n)
+	}
+	if got := cache.FromHash(f.d.Algorithm, h); got != f.d {
+		return fmt.Errorf("%w: want %s, got %s", cache.ErrDigestMismatch, f.d, got)
+	}
+	f.SetVerified(n)
+	// Readers here have every byte; the other replicas wait for these.
+	if err := f.s.fence(ctx, f.d); err != nil {
+		return err
+	}
+	if _, err := f.s.blobs.Put(ctx, f.d, n, io.NewSectionReader(file, 0, n)); err != nil {
+		return blobErr(err)
+	}
+	if err := f.s.record(ctx, f.d, n); err != nil {
+		return err
+	}
+	if err := f.s.meta.LinkBlob(ctx, f.repo, f.d, f.s.now()); err != nil {
+		// Content is in; the next request links it.
+		f.s.log.Warn("link filled blob", zap.String("repo", f.repo), zap.Error(err))
+	}
+	return nil
+}
+
+// await follows another replica's fill: when its lease ends, the blob is
+// there (committed) or not (the holder failed or died: this wait fails,
+// and the client's retry starts a fill).
+func (f *fill) await() {
+	ctx := f.s.fills.ctx
+	err := f.s.leases.Wait(ctx, "fill/"+f.d.String())
+	if err == nil {
+		var r metastore.BlobRecord
+		if r, err = f.s.meta.Blob(ctx, f.d); err == nil {
+			f.Begin(r.Size)
+			f.SetVerified(r.Size)
+		} else if errors.Is(err, metastore.ErrBlobUnknown) {
+			err = errors.New("the replica filling it stopped before it committed")
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, f.d, mapErr(err))
+	}
+	f.finish(err)
+}
+
+// Reader implements cache.Fill: this replica's spool while it is being
+// written, else the committed blob from the blob store.
+func (f *fill) Reader(ctx context.Context) (cache.FillReader, error) {
+	if _, err := f.Ready(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.Failed(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	spool := f.spool
+	f.mu.Unlock()
+	if spool != "" && !f.Committed() {
+		if file, err := os.Open(spool); err == nil {
+			return &spoolReader{Follower: f.Follow(ctx, file), file: file}, nil
+		}
+		// Gone: the fill finished meanwhile.
+	}
+	if err := f.Wait(ctx); err != nil {
+		return nil, err
+	}
+	b, err := f.s.blobs.Open(ctx, f.d)
+	if err != nil {
+		return nil, blobErr(err)
+	}
+	return blobReader{b}, nil
+}
+
+// spoolReader follows this replica's spool file.
+type spoolReader struct {
+	*blobfile.Follower
+	file *os.File
+}
+
+func (r *spoolReader) Close() error { return r.file.Close() }
+
+// blobReader reads a committed blob as a cache.FillReader.
+type blobReader struct{ blobstore.Blob }
+
+func (blobReader) Err() error { return nil }
+
+// Hold and Touch feed a size-limited mirror cache, which this store does
+// not keep yet (configuration refuses mirror_cache_size on it).
+func (s *Store) Hold(cache.Digest) (release func()) { return func() {} }
+
+// Touch: see Hold.
+func (s *Store) Touch(cache.Digest) {}
+
+// Close stops the fills in progress and waits for them.
+func (s *Store) Close() {
+	s.fills.cancel()
+	s.fills.wg.Wait()
+}

@@ -1,0 +1,206 @@
+package composite
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+)
+
+// gcBatch is how many records one query of a GC pass lists, and one
+// transaction removes: requests of every replica go on between batches.
+const gcBatch = 256
+
+// gcTTL is the GC lease: the leader renews it while it works; if it dies
+// another replica may collect gcTTL later.
+const gcTTL = 30 * time.Second
+
+// ErrGCElsewhere: another replica holds the GC lease; this pass did
+// nothing.
+var ErrGCElsewhere = errors.New("GC is running on another replica")
+
+// GC collects what nothing references any more, with the single-node
+// store's grace period: expired upload sessions, blob links no manifest of
+// their repository references, then blobs no repository links. One
+// replica at a time runs it (a lease); the others get ErrGCElsewhere. It
+// lists the metadata store in batches and never lists the blob store, so
+// its cost follows what changed and requests continue throughout.
+func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
+	var st cache.GCStats
+	held, release, ok, err := coord.Hold(ctx, s.leases, "gc", gcTTL)
+	if err != nil {
+		return st, mapErr(err)
+	}
+	if !ok {
+		return st, ErrGCElsewhere
+	}
+	defer release()
+	work, cancel := context.WithCancel(held)
+	defer context.AfterFunc(ctx, cancel)()
+	defer cancel()
+
+	now := s.now()
+	cutoff := now.Add(-s.grace)
+	st.Full = true
+	if err := s.expireUploads(work, now, &st); err != nil {
+		return st, err
+	}
+	if err := s.dropLinks(work, cutoff, &st); err != nil {
+		return st, err
+	}
+	if err := s.sweepBlobs(work, cutoff, &st); err != nil {
+		return st, err
+	}
+	if st.LinksRemoved+st.BlobsRemoved+st.UploadsExpired > 0 {
+		s.log.Info("garbage collected",
+			zap.Int("links_removed", st.LinksRemoved), zap.Int("blobs_removed", st.BlobsRemoved),
+			zap.Int64("bytes_removed", st.BytesRemoved), zap.Int("uploads_expired", st.UploadsExpired),
+			zap.Duration("took", s.now().Sub(now)))
+	}
+	return st, nil
+}
+
+func (s *Store) expireUploads(ctx context.Context, now time.Time, st *cache.GCStats) error {
+	var idleBefore time.Time
+	if idle := s.limits.get().IdleTimeout; idle > 0 {
+		idleBefore = now.Add(-idle)
+	}
+	for {
+		us, err := s.meta.ExpiredUploads(ctx, now.Add(-s.ttl), idleBefore, gcBatch)
+		if err != nil {
+			return mapErr(err)
+		}
+		for _, u := range us {
+			// A request writing it right now holds its lease: leave it to
+			// the next pass.
+			l, ok, err := s.leases.Acquire(ctx, "upload/"+u.ID, sessionTTL)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			sess, err := s.blobs.ResumeSession(ctx, u.State)
+			if err != nil && !errors.Is(err, blobstore.ErrSessionUnknown) {
+				_ = l.Release(ctx)
+				return mapErr(err)
+			}
+			s.drop(ctx, u, sess)
+			_ = l.Release(ctx)
+			st.UploadsExpired++
+		}
+		if len(us) < gcBatch {
+			return nil
+		}
+	}
+}
+
+func (s *Store) dropLinks(ctx context.Context, cutoff time.Time, st *cache.GCStats) error {
+	var after metastore.Link
+	for {
+		ls, err := s.meta.UnreferencedLinks(ctx, cutoff, after, gcBatch)
+		if err != nil {
+			return mapErr(err)
+		}
+		if len(ls) == 0 {
+			return nil
+		}
+		dropped, err := s.meta.DropLinks(ctx, ls, cutoff)
+		if err != nil {
+			return mapErr(err)
+		}
+		st.LinksRemoved += len(dropped)
+		if len(ls) < gcBatch {
+			return nil
+		}
+		after = ls[len(ls)-1]
+	}
+}
+
+// sweepBlobs finishes what a sweep that died left marked, then marks,
+// deletes and forgets the unlinked blobs past the grace period.
+func (s *Store) sweepBlobs(ctx context.Context, cutoff time.Time, st *cache.GCStats) error {
+	var after cache.Digest
+	for {
+		rs, err := s.meta.DeletingBlobs(ctx, after, gcBatch)
+		if err != nil {
+			return mapErr(err)
+		}
+		if err := s.deleteBlobs(ctx, rs, st); err != nil {
+			return err
+		}
+		if len(rs) < gcBatch {
+			break
+		}
+		after = rs[len(rs)-1].Digest
+	}
+	after = cache.Digest{}
+	for {
+		rs, err := s.meta.UnlinkedBlobs(ctx, cutoff, after, gcBatch)
+		if err != nil {
+			return mapErr(err)
+		}
+		if len(rs) == 0 {
+			return nil
+		}
+		st.BlobsExamined += len(rs)
+		ds := make([]cache.Digest, len(rs))
+		for i, r := range rs {
+			ds[i] = r.Digest
+		}
+		marked, err := s.meta.MarkBlobsDeleting(ctx, ds, cutoff)
+		if err != nil {
+			return mapErr(err)
+		}
+		if err := s.deleteBlobs(ctx, marked, st); err != nil {
+			return err
+		}
+		if len(rs) < gcBatch {
+			return nil
+		}
+		after = rs[len(rs)-1].Digest
+	}
+}
+
+// deleteBlobs deletes the bytes of marked blobs, then forgets them. A
+// delete that fails leaves the mark for the next pass.
+func (s *Store) deleteBlobs(ctx context.Context, rs []metastore.BlobRecord, st *cache.GCStats) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	gone := make([]cache.Digest, 0, len(rs))
+	for _, r := range rs {
+		if err := s.blobs.Delete(ctx, r.Digest); err != nil {
+			s.log.Warn("GC could not delete a blob; the next pass tries again",
+				zap.String("digest", r.Digest.String()), zap.Error(err))
+			continue
+		}
+		gone = append(gone, r.Digest)
+		st.BlobsRemoved++
+		st.BytesRemoved += r.Size
+	}
+	return mapErr(s.meta.ForgetBlobs(ctx, gone))
+}
+
+// RunGC collects every interval until ctx ends; a pass another replica
+// is running is skipped quietly.
+func (s *Store) RunGC(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := s.GC(ctx); err != nil && !errors.Is(err, ErrGCElsewhere) && ctx.Err() == nil {
+			s.log.Error("GC failed", zap.Error(err))
+		}
+	}
+}

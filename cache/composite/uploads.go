@@ -1,0 +1,254 @@
+package composite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+)
+
+// sessionTTL is the lease on a session while one request writes it: long
+// enough for renewals through a slow database, short enough that a
+// replica killed mid-chunk frees the session for the client's retry soon.
+const sessionTTL = 15 * time.Second
+
+// holdWait bounds how long a commit or cancel waits for another request
+// on its session.
+const holdWait = time.Minute
+
+func upload(u metastore.Upload) cache.Upload {
+	return cache.Upload{ID: u.ID, Repo: u.Repo, Owner: u.Owner, Size: u.Size, Started: u.Started, Updated: u.Updated}
+}
+
+// NewUpload opens a session without an owner.
+func (s *Store) NewUpload(ctx context.Context, repo string) (cache.Upload, error) {
+	return s.OpenUpload(ctx, repo, "")
+}
+
+// OpenUpload opens a session of repo for owner, within the limits on
+// sessions per owner and per repository, counted across replicas.
+func (s *Store) OpenUpload(ctx context.Context, repo, owner string) (cache.Upload, error) {
+	if err := metastore.CheckName("repository", repo); err != nil {
+		return cache.Upload{}, mapErr(err)
+	}
+	sess, err := s.blobs.NewSession(ctx)
+	if err != nil {
+		return cache.Upload{}, blobErr(err)
+	}
+	state, err := sess.State()
+	if err != nil {
+		_ = sess.Cancel(context.WithoutCancel(ctx))
+		return cache.Upload{}, err
+	}
+	l := s.limits.get()
+	u, err := s.meta.CreateUpload(ctx, metastore.Upload{
+		ID: sess.ID(), Repo: repo, Owner: owner, State: state, Started: s.now(),
+	}, metastore.UploadQuota{PerRepo: l.PerRepo, PerOwner: l.PerOwner})
+	if err != nil {
+		_ = sess.Cancel(context.WithoutCancel(ctx))
+		return cache.Upload{}, mapErr(err)
+	}
+	return upload(u), nil
+}
+
+// load returns repo's live session id: cache.ErrUploadUnknown if absent,
+// of another repository, or expired.
+func (s *Store) load(ctx context.Context, repo, id string) (metastore.Upload, error) {
+	if metastore.CheckName("upload", id) != nil {
+		return metastore.Upload{}, fmt.Errorf("%w: %q", cache.ErrUploadUnknown, id)
+	}
+	u, err := s.meta.Upload(ctx, id)
+	if err != nil {
+		return metastore.Upload{}, mapErr(err)
+	}
+	if u.Repo != repo {
+		return metastore.Upload{}, fmt.Errorf("%w: %s in %s", cache.ErrUploadUnknown, id, repo)
+	}
+	if s.expired(u) {
+		return metastore.Upload{}, fmt.Errorf("%w: %s expired", cache.ErrUploadUnknown, id)
+	}
+	return u, nil
+}
+
+func (s *Store) expired(u metastore.Upload) bool {
+	now := s.now()
+	if now.Sub(u.Started) > s.ttl {
+		return true
+	}
+	idle := s.limits.get().IdleTimeout
+	return idle > 0 && now.Sub(u.Updated) > idle
+}
+
+// GetUpload returns repo's session id.
+func (s *Store) GetUpload(ctx context.Context, repo, id string) (cache.Upload, error) {
+	u, err := s.load(ctx, repo, id)
+	if err != nil {
+		return cache.Upload{}, err
+	}
+	return upload(u), nil
+}
+
+// hold takes the lease on session id for one request: another request
+// writing the same session (on any replica) makes this one fail with
+// cache.ErrOffsetMismatch, as two chunks at one offset do.
+func (s *Store) hold(ctx context.Context, id string, wait bool) (context.Context, func(), error) {
+	key := "upload/" + id
+	held, release, ok, err := coord.Hold(ctx, s.leases, key, sessionTTL)
+	if wait && err == nil && !ok {
+		// A commit or cancel retried while the first try still runs (a
+		// client timed out at the load balancer): wait for it, then act on
+		// what it left — usually no session any more.
+		wctx, cancel := context.WithTimeout(ctx, holdWait)
+		err = s.leases.Wait(wctx, key)
+		cancel()
+		if err == nil {
+			held, release, ok, err = coord.Hold(ctx, s.leases, key, sessionTTL)
+		}
+	}
+	if err != nil {
+		return nil, nil, mapErr(err)
+	}
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: another request is writing session %s", cache.ErrOffsetMismatch, id)
+	}
+	// The request's cancellation still counts: held outlives ctx only for
+	// the lease's renewals.
+	work, cancel := context.WithCancel(held)
+	stop := context.AfterFunc(ctx, cancel)
+	return work, func() { stop(); cancel(); release() }, nil
+}
+
+// AppendUpload appends r at offset, which must be the session's size
+// (cache.ErrOffsetMismatch otherwise, nothing written). The blob store's
+// append is all or nothing and the new state is stored with a
+// compare-and-swap, so a chunk cut off mid-way leaves the session as it
+// was, on every replica.
+func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64, r io.Reader) (cache.Upload, error) {
+	work, done, err := s.hold(ctx, id, false)
+	if err != nil {
+		return cache.Upload{}, err
+	}
+	defer done()
+	u, err := s.load(work, repo, id)
+	if err != nil {
+		return cache.Upload{}, err
+	}
+	if offset != u.Size {
+		return cache.Upload{}, fmt.Errorf("%w: offset %d, session at %d", cache.ErrOffsetMismatch, offset, u.Size)
+	}
+	sess, err := s.blobs.ResumeSession(work, u.State)
+	if err != nil {
+		return cache.Upload{}, blobErr(err)
+	}
+	if max := s.limits.get().MaxBlobSize; max > 0 {
+		r = &capped{r: r, left: max - u.Size}
+	}
+	if _, err := sess.Append(work, offset, r); err != nil {
+		if errors.Is(err, cache.ErrUploadTooLarge) {
+			// As the single-node store does: the session goes.
+			s.drop(context.WithoutCancel(ctx), u, sess)
+		}
+		return cache.Upload{}, blobErr(err)
+	}
+	state, err := sess.State()
+	if err != nil {
+		return cache.Upload{}, err
+	}
+	nu, err := s.meta.AdvanceUpload(work, u, state, sess.Size(), s.now())
+	if err != nil {
+		return cache.Upload{}, mapErr(err)
+	}
+	return upload(nu), nil
+}
+
+// drop ends a session: its bytes, then its record.
+func (s *Store) drop(ctx context.Context, u metastore.Upload, sess blobstore.Session) {
+	if sess != nil {
+		if err := sess.Cancel(ctx); err != nil {
+			s.log.Warn("cancel upload session", zap.String("upload", u.ID), zap.Error(err))
+		}
+	}
+	if err := s.meta.DeleteUpload(ctx, u.ID); err != nil && !errors.Is(err, metastore.ErrUploadUnknown) {
+		s.log.Warn("delete upload record", zap.String("upload", u.ID), zap.Error(err))
+	}
+}
+
+// CommitUpload makes the session's bytes blob want of repo if they hash to
+// it (cache.ErrDigestMismatch otherwise; the session stays for another
+// try or a cancel). The blob is recorded and linked before the session's
+// record goes, so a replica killed in between leaves a session that
+// expires, never a blob without its record.
+func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Digest) (cache.BlobInfo, error) {
+	work, done, err := s.hold(ctx, id, true)
+	if err != nil {
+		return cache.BlobInfo{}, err
+	}
+	defer done()
+	u, err := s.load(work, repo, id)
+	if err != nil {
+		return cache.BlobInfo{}, err
+	}
+	sess, err := s.blobs.ResumeSession(work, u.State)
+	if err != nil {
+		return cache.BlobInfo{}, blobErr(err)
+	}
+	if err := s.fence(work, want); err != nil {
+		return cache.BlobInfo{}, err
+	}
+	info, err := sess.Commit(work, want, -1)
+	if err != nil {
+		if state, serr := sess.State(); serr == nil {
+			// A failed verification seals the session: keep that state.
+			_, _ = s.meta.AdvanceUpload(work, u, state, sess.Size(), s.now())
+		}
+		return cache.BlobInfo{}, blobErr(err)
+	}
+	if err := s.record(work, want, info.Size); err != nil {
+		if errors.Is(err, ErrCollected) {
+			// The session's bytes are gone with the commit: the client
+			// must push again, and finds the session gone (404).
+			s.drop(context.WithoutCancel(work), u, nil)
+		}
+		return cache.BlobInfo{}, err
+	}
+	if err := s.meta.LinkBlob(work, repo, want, s.now()); err != nil {
+		return cache.BlobInfo{}, mapErr(err)
+	}
+	s.drop(context.WithoutCancel(work), u, nil)
+	r, err := s.meta.Blob(work, want)
+	if err != nil {
+		return cache.BlobInfo{}, mapErr(err)
+	}
+	return blobInfo(r), nil
+}
+
+// CancelUpload ends repo's session id and frees its bytes.
+func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
+	work, done, err := s.hold(ctx, id, true)
+	if err != nil {
+		return err
+	}
+	defer done()
+	u, err := s.load(work, repo, id)
+	if err != nil {
+		return err
+	}
+	sess, err := s.blobs.ResumeSession(work, u.State)
+	if err != nil && !errors.Is(err, blobstore.ErrSessionUnknown) {
+		return blobErr(err)
+	}
+	s.drop(context.WithoutCancel(work), u, sess)
+	return nil
+}
+
+// UploadUsage is not counted across replicas on this store yet: byte
+// totals are a single node's notion (cache.UploadLimits.TotalBytes).
+func (s *Store) UploadUsage() cache.UploadUsage { return cache.UploadUsage{} }

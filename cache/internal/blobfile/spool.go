@@ -1,0 +1,286 @@
+package blobfile
+
+// A spool is a blob written to a file once while any number of readers
+// follow it: the fill of a mirror's blob, whose first client gets bytes
+// as they arrive from upstream and whose later clients join the same
+// copy. The writer reports progress (Begin, Copy, Verified, Finish); a
+// Follower reads what is written so far and waits for the rest. The
+// blob's last byte is held back from readers until the writer has
+// verified the whole blob against its digest, so no reader is ever given
+// a complete-looking copy of bytes that turn out wrong.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+	"time"
+)
+
+// ErrOverrun: the source sent more bytes than the size it declared.
+var ErrOverrun = errors.New("source sent more than its declared size")
+
+type spoolState int
+
+const (
+	spoolStarting spoolState = iota // source not answered yet
+	spoolWriting
+	spoolCommitted
+	spoolFailed
+)
+
+// Spool is the progress of one blob being written. Its zero value is not
+// usable: NewSpool, or CommittedSpool for a blob that is already whole.
+type Spool struct {
+	ready chan struct{} // closed once the size is known or the write failed
+	done  chan struct{} // closed once committed or failed
+
+	mu       sync.Mutex
+	notify   chan struct{} // closed and replaced on every change
+	state    spoolState
+	size     int64 // -1 unknown
+	written  int64
+	verified bool
+	err      error
+	start    time.Time
+	took     time.Duration
+}
+
+// NewSpool returns the spool of a write about to start.
+func NewSpool() *Spool {
+	return &Spool{
+		ready: make(chan struct{}), done: make(chan struct{}), notify: make(chan struct{}),
+		size: -1, start: time.Now(),
+	}
+}
+
+// CommittedSpool is the spool of a blob of size bytes already whole.
+func CommittedSpool(size int64) *Spool {
+	s := NewSpool()
+	s.state, s.size, s.written, s.verified = spoolCommitted, size, size, true
+	close(s.ready)
+	close(s.done)
+	return s
+}
+
+// changed wakes every follower; mu is held.
+func (s *Spool) changed() {
+	close(s.notify)
+	s.notify = make(chan struct{})
+}
+
+// Begin says the source answered with size bytes (-1: unknown) and
+// writing starts.
+func (s *Spool) Begin(size int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state, s.size = spoolWriting, size
+	close(s.ready)
+	s.changed()
+}
+
+// Copy copies src to dst through buf, hashing into h and telling
+// followers of every piece once dst has it. size >= 0 bounds the bytes
+// (ErrOverrun past it). It returns the bytes copied.
+func (s *Spool) Copy(dst io.Writer, src io.Reader, h hash.Hash, size int64, buf []byte) (int64, error) {
+	var n int64
+	for {
+		m, rerr := src.Read(buf)
+		if m > 0 {
+			if size >= 0 && n+int64(m) > size {
+				return n, fmt.Errorf("%w (%d bytes)", ErrOverrun, size)
+			}
+			if _, err := dst.Write(buf[:m]); err != nil {
+				return n, fmt.Errorf("write: %w", err)
+			}
+			h.Write(buf[:m])
+			n += int64(m)
+			s.mu.Lock()
+			s.written = n
+			s.changed()
+			s.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, fmt.Errorf("read source after %d bytes: %w", n, rerr)
+		}
+	}
+}
+
+// Verified says every byte is in and matched the digest: followers may
+// have the last byte, and the size is n from now on.
+func (s *Spool) SetVerified(n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.verified, s.size = true, n
+	s.changed()
+}
+
+// Finish ends the write: committed when err is nil, else failed with err.
+func (s *Spool) Finish(err error) {
+	s.mu.Lock()
+	s.took = time.Since(s.start)
+	if err != nil {
+		s.state, s.err = spoolFailed, err
+	} else {
+		s.state = spoolCommitted
+	}
+	select {
+	case <-s.ready:
+	default:
+		close(s.ready)
+	}
+	s.changed()
+	s.mu.Unlock()
+	close(s.done)
+}
+
+// Ready waits until the source answered and returns the blob's size (-1
+// when unknown), or the write's error if it failed first.
+func (s *Spool) Ready(ctx context.Context) (int64, error) {
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == spoolFailed {
+		return 0, s.err
+	}
+	return s.size, nil
+}
+
+// Wait waits until the write committed (nil) or failed (its error).
+func (s *Spool) Wait(ctx context.Context) error {
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Verified reports whether every byte is in and matched the digest.
+func (s *Spool) Verified() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.verified
+}
+
+// Done is closed once the write committed or failed.
+func (s *Spool) Done() <-chan struct{} { return s.done }
+
+// Duration is how long the write took, once Done.
+func (s *Spool) Duration() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.took
+}
+
+// Failed returns the write's error once it failed, else nil.
+func (s *Spool) Failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == spoolFailed {
+		return s.err
+	}
+	return nil
+}
+
+// Committed reports whether the write committed.
+func (s *Spool) Committed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == spoolCommitted
+}
+
+// Follow returns a reader of file (the spool's file, or the committed
+// blob's) that follows the write from offset 0 under ctx.
+func (s *Spool) Follow(ctx context.Context, file io.ReaderAt) *Follower {
+	return &Follower{s: s, ctx: ctx, file: file}
+}
+
+// Follower reads a spool's file at its own offset, up to what the writer
+// has written, waiting for more. Not safe for concurrent use.
+type Follower struct {
+	s    *Spool
+	ctx  context.Context
+	file io.ReaderAt
+	off  int64
+	err  error // the write's failure, once seen
+}
+
+// Read implements io.Reader.
+func (r *Follower) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		s := r.s
+		s.mu.Lock()
+		state, avail, size, ch, serr, verified := s.state, s.written, s.size, s.notify, s.err, s.verified
+		s.mu.Unlock()
+		switch state {
+		case spoolFailed:
+			r.err = serr
+			return 0, serr
+		case spoolWriting:
+			if size >= 0 && avail >= size && !verified {
+				avail = size - 1 // held back until verified
+			}
+		}
+		if r.off < avail {
+			n := min(int64(len(p)), avail-r.off)
+			m, err := r.file.ReadAt(p[:n], r.off)
+			r.off += int64(m)
+			if err == io.EOF && m > 0 {
+				err = nil
+			}
+			return m, err
+		}
+		if state == spoolCommitted || (verified && size >= 0) {
+			return 0, io.EOF
+		}
+		select {
+		case <-ch:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+// Seek implements io.Seeker. Seeking from the end needs the size.
+func (r *Follower) Seek(offset int64, whence int) (int64, error) {
+	var base int64
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		base = r.off
+	case io.SeekEnd:
+		r.s.mu.Lock()
+		size := r.s.size
+		r.s.mu.Unlock()
+		if size < 0 {
+			return 0, errors.New("spool: size unknown")
+		}
+		base = size
+	default:
+		return 0, errors.New("spool: bad whence")
+	}
+	if base+offset < 0 {
+		return 0, errors.New("spool: negative position")
+	}
+	r.off = base + offset
+	return r.off, nil
+}
+
+// Err is the write's failure if this reader saw it: what was read must
+// then not be presented as the whole blob.
+func (r *Follower) Err() error { return r.err }

@@ -1,0 +1,195 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/cache/composite"
+	"github.com/caddy-oci/caddy-oci/pgmeta"
+)
+
+// clusters holds one *sharedCluster per bucket, prefix and database, for
+// the same reasons stores are shared (store.go): a reload provisions the
+// new config while the old one serves, and both use one pool of
+// connections and one GC loop.
+var clusters = caddy.NewUsagePool()
+
+// sharedCluster is the scaled-out store, opened on first use: nothing is
+// contacted during Provision (`caddy validate`, or PostgreSQL down at
+// start, must not fail the config).
+type sharedCluster struct {
+	s3         s3.Config
+	dsn        string
+	ttl, grace time.Duration
+	gcEvery    time.Duration
+	logger     *zap.Logger
+
+	blobs *s3.Store // checked at provision; connects on first use
+
+	mu         sync.Mutex
+	connecting bool // an open is under way: others answer 503 at once
+	closed     bool
+	failedAt   time.Time // of the last failed open, whose error failed is
+	failed     error
+	meta       *pgmeta.Store
+	st         *composite.Store
+	stopGC     context.CancelFunc
+	gcDone     chan struct{}
+}
+
+// keySalt keys the hash that names clusters: the name reaches logs (the
+// "storage" field), and an unsalted hash of a DSN whose other parts are
+// known would let anyone who reads them guess a password offline.
+var keySalt = func() []byte {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return b
+}()
+
+// clusterKey names a cluster by every setting it runs with, so a reload
+// that changes any (a rotated key, another grace period) gets a cluster of
+// its own rather than the old one's settings; the secrets only as a salted
+// hash.
+func clusterKey(c *sharedCluster) string {
+	m := hmac.New(sha256.New, keySalt)
+	settings, _ := json.Marshal(struct {
+		S3                 s3.Config
+		DSN                string
+		TTL, Grace, GCEvry time.Duration
+	}{c.s3, c.dsn, c.ttl, c.grace, c.gcEvery})
+	m.Write(settings)
+	return fmt.Sprintf("s3://%s/%s (%s)", c.s3.Bucket, c.s3.Prefix, hex.EncodeToString(m.Sum(nil)[:8]))
+}
+
+func acquireCluster(c *sharedCluster) (*sharedCluster, string, error) {
+	key := clusterKey(c)
+	v, _, err := clusters.LoadOrNew(key, func() (caddy.Destructor, error) { return c, nil })
+	if err != nil {
+		return nil, "", err
+	}
+	return v.(*sharedCluster), key, nil
+}
+
+// open connects to the bucket and the database unless it did already. A
+// failed open is not remembered: the next request tries again, so the
+// registry recovers by itself once PostgreSQL is up.
+func (c *sharedCluster) open() (*composite.Store, *pgmeta.Store, error) {
+	c.mu.Lock()
+	switch {
+	case c.st != nil:
+		defer c.mu.Unlock()
+		return c.st, c.meta, nil
+	case c.closed:
+		c.mu.Unlock()
+		return nil, nil, errors.New("storage closed: its config was replaced")
+	case c.connecting:
+		// A database that does not answer holds a connect for seconds;
+		// the requests meanwhile answer at once instead of queueing.
+		c.mu.Unlock()
+		return nil, nil, fmt.Errorf("%w: connecting", cache.ErrUnavailable)
+	case c.failed != nil && time.Since(c.failedAt) < retryOpen:
+		// While the database is down, one attempt per retryOpen answers
+		// every request.
+		defer c.mu.Unlock()
+		return nil, nil, c.failed
+	}
+	c.connecting = true
+	c.mu.Unlock()
+	st, meta, err := c.connect()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.connecting = false
+	if err == nil && c.closed {
+		st.Close()
+		meta.Close()
+		return nil, nil, errors.New("storage closed: its config was replaced")
+	}
+	if err != nil {
+		c.failed, c.failedAt = fmt.Errorf("%w: %w", cache.ErrUnavailable, err), time.Now()
+		c.logger.Warn("storage unavailable", zap.Error(err))
+		return nil, nil, c.failed
+	}
+	c.failed = nil
+	c.st, c.meta = st, meta
+	c.startGC(st)
+	return st, meta, nil
+}
+
+// retryOpen is how long a failed open answers for itself.
+const retryOpen = 2 * time.Second
+
+// connect opens the database (migrating it); mu is not held.
+func (c *sharedCluster) connect() (*composite.Store, *pgmeta.Store, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	meta, err := pgmeta.Open(ctx, pgmeta.Options{DSN: c.dsn})
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := composite.New(composite.Options{
+		Blobs: c.blobs, Meta: meta, Leases: meta.Leases(),
+		UploadTTL: c.ttl, GCGrace: c.grace, Logger: c.logger,
+	})
+	if err != nil {
+		meta.Close()
+		return nil, nil, err
+	}
+	return st, meta, nil
+}
+
+// startGC runs GC every gcEvery until Destruct; mu is held.
+func (c *sharedCluster) startGC(st *composite.Store) {
+	if c.gcEvery <= 0 {
+		return
+	}
+	gctx, stop := context.WithCancel(context.Background())
+	c.stopGC, c.gcDone = stop, make(chan struct{})
+	go func() {
+		defer close(c.gcDone)
+		st.RunGC(gctx, c.gcEvery)
+	}()
+}
+
+// records opens the cluster for the auth layer's records.
+func (c *sharedCluster) records() (authRecords, error) {
+	_, meta, err := c.open()
+	if err != nil {
+		return nil, err
+	}
+	return meta, nil
+}
+
+// Destruct stops GC and closes the database pool.
+func (c *sharedCluster) Destruct() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.stopGC != nil {
+		c.stopGC()
+		<-c.gcDone
+		c.stopGC = nil
+	}
+	if c.st != nil {
+		c.st.Close() // its fills
+	}
+	if c.meta != nil {
+		c.meta.Close()
+	}
+	c.st, c.meta = nil, nil
+	return nil
+}
+
+var _ caddy.Destructor = (*sharedCluster)(nil)

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
+	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
+)
+
+// replicaSite is the oci_registry block of one replica on a shared bucket
+// and database, secrets from the environment as an operator writes them.
+func replicaSite(srv *s3test.Server, bucket, extra string) string {
+	return `	oci_registry {
+` + extra + `
+		storage s3 {
+			bucket ` + bucket + `
+			endpoint ` + srv.Endpoint + `
+			region ` + srv.Region + `
+			prefix registry/
+			access_key {env.CADDY_OCI_TEST_S3_KEY}
+			secret_key {env.CADDY_OCI_TEST_S3_SECRET}
+			path_style
+		}
+		metadata postgres {env.CADDY_OCI_TEST_DATABASE_URL}
+	}`
+}
+
+// cluster starts n replicas on one versitygw bucket and one PostgreSQL
+// database, and a Caddy in front of them that spreads requests round
+// robin, as the README's "Running several replicas" describes. It
+// returns the front and the replicas.
+func cluster(t *testing.T, n int, extra string) (*server, []*server) {
+	t.Helper()
+	needBinary(t)
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	pg := pgtest.Start(t)
+	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
+	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
+	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
+	var replicas []*server
+	var upstreams []string
+	for range n {
+		r := siteServer(t, "", replicaSite(srv, bucket, extra), 0)
+		replicas = append(replicas, r)
+		upstreams = append(upstreams, r.addr)
+	}
+	front := siteServer(t, "", `	reverse_proxy `+strings.Join(upstreams, " ")+` {
+		lb_policy round_robin
+		flush_interval -1
+	}`, 0)
+	return front, replicas
+}
+
+// TestConformanceReplicas runs the whole conformance suite against three
+// replicas on S3 and PostgreSQL behind a round-robin load balancer: every
+// request of a push, chunked or not, may land on another replica.
+func TestConformanceReplicas(t *testing.T) {
+	bin := conformanceBin(t)
+	// sparse_manifests: the suite's sparse data (OCI_DATA_SPARSE) pushes
+	// image manifests without a layer.
+	front, _ := cluster(t, 3, "\t\tsparse_manifests\n")
+	runConformance(t, bin, front.addr, "conformance-replicas.txt")
+}
+
+// TestMirrorReplicas: eight concurrent cold pulls of one image through
+// three replicas behind the load balancer fetch each blob from upstream
+// once (upstream bytes / layer bytes = 1.00), and every pull gets the
+// image. (The pulls read the manifest and the layers, not the config.)
+func TestMirrorReplicas(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	var blobGets, blobBytes atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			blobGets.Add(1)
+			cw := &countingWriter{ResponseWriter: w}
+			reg.ServeHTTP(cw, r)
+			blobBytes.Add(cw.n)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer upstream.Close()
+	img, err := random.Image(4<<20, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upRef, _ := name.ParseReference(strings.TrimPrefix(upstream.URL, "http://")+"/library/app:v1", name.Insecure)
+	if err := remote.Write(upRef, img); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	var size int64
+	layers, _ := img.Layers()
+	for _, l := range layers {
+		n, _ := l.Size()
+		size += n
+	}
+
+	front, _ := cluster(t, 3, `		mirror docker.io {
+			upstream `+upstream.URL+`
+		}`)
+	ref, _ := name.ParseReference(front.addr+"/docker.io/library/app:v1", name.Insecure)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			got, err := remote.Image(ref)
+			if err != nil {
+				t.Errorf("pull %d: %v", i, err)
+				return
+			}
+			if d, _ := got.Digest(); d != want {
+				t.Errorf("pull %d: %s, want %s", i, d, want)
+			}
+			ls, _ := got.Layers()
+			for _, l := range ls {
+				rc, err := l.Compressed()
+				if err != nil {
+					t.Errorf("pull %d: layer: %v", i, err)
+					return
+				}
+				if _, err := io.Copy(io.Discard, rc); err != nil {
+					t.Errorf("pull %d: layer bytes: %v", i, err)
+				}
+				if err := rc.Close(); err != nil {
+					t.Errorf("pull %d: layer does not verify: %v", i, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("upstream blob GETs %d, bytes %d for layers of %d bytes: ratio %.2f",
+		blobGets.Load(), blobBytes.Load(), size, float64(blobBytes.Load())/float64(size))
+	if blobBytes.Load() != size || blobGets.Load() != 3 {
+		t.Errorf("upstream sent %d bytes in %d blob GETs for 3 layers of %d bytes: want each once",
+			blobBytes.Load(), blobGets.Load(), size)
+	}
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
