@@ -535,11 +535,11 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates, ldap)", sub)
 		}
 	}
-	if a.OIDC == nil && a.Workload == nil {
+	if a.OIDC == nil && a.Workload == nil && a.LDAP == nil && a.ClientCertificates == nil {
 		// As authscope.NewPolicy checks at provision, but at the line.
 		for _, r := range groupRefs {
 			if _, ok := a.Groups[r.name]; !ok {
-				return nil, r.at.wrap(fmt.Errorf("%s: group %q is not defined; define it with \"group %s <user>...\" in auth (groups may come from the identity provider only with oidc or workload)", r.in, r.name, r.name))
+				return nil, r.at.wrap(fmt.Errorf("%s: group %q is not defined; define it with \"group %s <user>...\" in auth (groups may come from an identity source only with oidc, workload, ldap or client_certificates)", r.in, r.name, r.name))
 			}
 		}
 	}

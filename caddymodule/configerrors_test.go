@@ -36,7 +36,7 @@ func TestConfigErrorsNameDirectiveAndLine(t *testing.T) {
 		{"upstream without scheme", "mirror ghcr.io {\n\t\t\tupstream ghcr.io\n\t\t}", 5,
 			[]string{`mirror ghcr.io: upstream: "ghcr.io" is not an http(s) URL; write https://ghcr.io`}},
 		{"unknown subdirective", "authx {\n\t\t}", 4,
-			[]string{`unrecognized oci_registry subdirective "authx"`, "mirror, local, auth)"}},
+			[]string{`unrecognized oci_registry subdirective "authx"`, "local, read_only, auth)"}},
 		{"access rules on its line", "auth {\n\t\t\taccess ** anonymous read\n\t\t}", 5,
 			[]string{"access ** anonymous read: the rules go in a block, one per line"}},
 		{"access without block", "auth {\n\t\t\thtpasswd /x\n\t\t\taccess **\n\t\t}", 6,
