@@ -215,6 +215,27 @@ func (s *Store) AuthSecret(name string, size int) ([]byte, error) {
 	return secret, nil
 }
 
+// ImportAuthSecret stores secret as name unless a secret of that name
+// exists, and returns the one stored: a migration brings the session key
+// of a single-node store, so that its sessions stay signed in. A caller
+// that gets back other bytes than it offered finds the database had a key
+// already (a replica started before the migration).
+func (s *Store) ImportAuthSecret(name string, secret []byte) ([]byte, error) {
+	if err := checkName("secret", name); err != nil {
+		return nil, err
+	}
+	if len(secret) == 0 {
+		return nil, fmt.Errorf("secret %s: empty", name)
+	}
+	ctx, cancel := s.call()
+	defer cancel()
+	stored, err := s.offerSecret(ctx, name, secret)
+	if err != nil {
+		return nil, failed(context.Background(), "secret "+name, err)
+	}
+	return stored, nil
+}
+
 // offerSecret stores fresh as name unless a secret of that name exists,
 // and returns the one stored. Two statements, not one: the SELECT must
 // run on a snapshot taken after the INSERT, which waits for a concurrent
