@@ -216,24 +216,28 @@ func (s *Store) AuthSecret(name string, size int) ([]byte, error) {
 }
 
 // ImportAuthSecret stores secret as name unless a secret of that name
-// exists, and returns the one stored: a migration brings the session key
-// of a single-node store, so that its sessions stay signed in. A caller
-// that gets back other bytes than it offered finds the database had a key
-// already (a replica started before the migration).
-func (s *Store) ImportAuthSecret(name string, secret []byte) ([]byte, error) {
+// exists, and returns the one stored and whether it was this call that
+// stored it: a migration brings the session key of a single-node store,
+// so that its sessions stay signed in. A caller that gets back other
+// bytes than it offered finds the database had a key already (a replica
+// started before the migration).
+func (s *Store) ImportAuthSecret(name string, secret []byte) (stored []byte, created bool, err error) {
 	if err := checkName("secret", name); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if len(secret) == 0 {
-		return nil, fmt.Errorf("secret %s: empty", name)
+		return nil, false, fmt.Errorf("secret %s: empty", name)
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	stored, err := s.offerSecret(ctx, name, secret)
-	if err != nil {
-		return nil, failed(context.Background(), "secret "+name, err)
+	tag, err := s.pool.Exec(ctx, "INSERT INTO auth_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", name, secret)
+	if err == nil {
+		err = s.pool.QueryRow(ctx, "SELECT secret FROM auth_secrets WHERE name = $1", name).Scan(&stored)
 	}
-	return stored, nil
+	if err != nil {
+		return nil, false, failed(context.Background(), "secret "+name, err)
+	}
+	return stored, tag.RowsAffected() == 1, nil
 }
 
 // offerSecret stores fresh as name unless a secret of that name exists,

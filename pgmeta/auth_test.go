@@ -135,17 +135,17 @@ func TestSessionsSweptOnSignIn(t *testing.T) {
 func TestImportAuthSecret(t *testing.T) {
 	s := openStore(t)
 	key := bytes.Repeat([]byte{7}, 32)
-	if got, err := s.ImportAuthSecret("session", key); err != nil || !bytes.Equal(got, key) {
-		t.Fatalf("import: %x, %v", got, err)
+	if got, created, err := s.ImportAuthSecret("session", key); err != nil || !created || !bytes.Equal(got, key) {
+		t.Fatalf("import: %x, %v, %v", got, created, err)
 	}
 	if got, err := s.AuthSecret("session", 32); err != nil || !bytes.Equal(got, key) {
 		t.Fatalf("AuthSecret after import: %x, %v", got, err)
 	}
 	other := bytes.Repeat([]byte{8}, 32)
-	if got, err := s.ImportAuthSecret("session", other); err != nil || !bytes.Equal(got, key) {
-		t.Fatalf("second import: %x, %v (want the first key kept)", got, err)
+	if got, created, err := s.ImportAuthSecret("session", other); err != nil || created || !bytes.Equal(got, key) {
+		t.Fatalf("second import: %x, %v, %v (want the first key kept)", got, created, err)
 	}
-	if _, err := s.ImportAuthSecret("session", nil); err == nil {
+	if _, _, err := s.ImportAuthSecret("session", nil); err == nil {
 		t.Fatal("an empty secret was accepted")
 	}
 }
