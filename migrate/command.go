@@ -87,8 +87,8 @@ It exits with status 1 if anything was not copied or differs, naming it.`,
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&cc.from, "from", "", "the storage folder (the registry's `storage` setting)")
-	f.StringVar(&cc.fromMeta, "from-metadata-dir", "", "the registry's `metadata_dir`, if it had one")
+	f.StringVar(&cc.from, "from", "", "the storage folder (the registry's storage setting)")
+	f.StringVar(&cc.fromMeta, "from-metadata-dir", "", "the registry's metadata_dir, if it had one")
 	f.StringVar(&cc.s3.Bucket, "s3-bucket", "", "bucket (storage s3: bucket); it must exist")
 	f.StringVar(&cc.s3.Endpoint, "s3-endpoint", "", "S3 server URL (storage s3: endpoint); omit for AWS")
 	f.StringVar(&cc.s3.Region, "s3-region", "", "region (storage s3: region)")

@@ -377,3 +377,55 @@ func toDigest(t *testing.T, h v1.Hash) cache.Digest {
 	}
 	return d
 }
+
+// TestCommand runs `caddy oci migrate` as an operator would: flags for
+// where, the environment for secrets, which the output never shows; a
+// second run copies nothing; missing settings are refused by name.
+func TestCommand(t *testing.T) {
+	dir := t.TempDir()
+	fillFolder(t, dir)
+	d := newDest(t)
+	t.Setenv(EnvS3AccessKey, d.s3.AccessKey)
+	t.Setenv(EnvS3SecretKey, d.s3.SecretKey)
+	t.Setenv(EnvPostgres, d.dsn)
+	args := []string{"--from", dir, "--s3-bucket", d.s3.Bucket, "--s3-endpoint", d.s3.Endpoint,
+		"--s3-region", d.s3.Region, "--s3-prefix", d.s3.Prefix, "--s3-path-style"}
+	run := func(args ...string) (string, error) {
+		c := NewCommand()
+		var out bytes.Buffer
+		c.SetOut(&out)
+		c.SetErr(&out)
+		c.SetArgs(args)
+		err := c.ExecuteContext(context.Background())
+		return out.String(), err
+	}
+	out, err := run(args...)
+	t.Logf("first run:\n%s", out)
+	if err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	for _, secret := range []string{d.s3.SecretKey, d.dsn} {
+		if strings.Contains(out, secret) {
+			t.Fatalf("the output shows a secret (%q)", secret)
+		}
+	}
+	if !strings.Contains(out, "copied: 24 blobs") || !strings.Contains(out, "MB/s") {
+		t.Fatalf("no summary of what was copied:\n%s", out)
+	}
+	out, err = run(args...)
+	t.Logf("second run:\n%s", out)
+	if err != nil || !strings.Contains(out, "copied: 0 blobs (0 bytes), 0 blob links, 0 manifests, 0 tags, 0 tag fetch times, 0 API keys, 0 sessions, 0 secrets") {
+		t.Fatalf("second run copied something: %v\n%s", err, out)
+	}
+
+	t.Setenv(EnvPostgres, "")
+	if _, err := run(args...); err == nil || !strings.Contains(err.Error(), EnvPostgres) {
+		t.Fatalf("run without a database: %v", err)
+	}
+	if _, err := run("--s3-bucket", "b", "--postgres", d.dsn); err == nil || !strings.Contains(err.Error(), "--from") {
+		t.Fatalf("run without --from: %v", err)
+	}
+	if _, err := run("--from", dir, "--postgres", d.dsn); err == nil || !strings.Contains(err.Error(), "--s3-bucket") {
+		t.Fatalf("run without a bucket: %v", err)
+	}
+}
