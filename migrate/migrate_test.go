@@ -130,6 +130,7 @@ func mustSize(t *testing.T, img v1.Image) int64 {
 type dest struct {
 	s3  s3.Config
 	dsn string
+	srv *s3test.Server
 }
 
 func newDest(t *testing.T) dest {
@@ -139,6 +140,7 @@ func newDest(t *testing.T) dest {
 		s3: s3.Config{Bucket: srv.Bucket(t), Endpoint: srv.Endpoint, Region: srv.Region,
 			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, Prefix: "reg/"},
 		dsn: pgtest.NewDatabase(t),
+		srv: srv,
 	}
 }
 
@@ -334,6 +336,15 @@ func TestMigrateCorruptBlob(t *testing.T) {
 	ctx := context.Background()
 	if _, err := dst.StatBlob(ctx, toDigest(t, bad)); !errors.Is(err, cache.ErrBlobUnknown) {
 		t.Fatalf("the corrupt blob is recorded at the destination: %v", err)
+	}
+	objects, uploads := d.srv.Keys(t, d.s3.Bucket, d.s3.Prefix)
+	for _, k := range append(objects, uploads...) {
+		if strings.Contains(k, bad.Hex) {
+			t.Fatalf("the corrupt blob left %s in the bucket", k)
+		}
+	}
+	if len(objects) == 0 {
+		t.Fatal("the bucket is empty: the listing is wrong")
 	}
 	md, _ := img.Digest()
 	if _, err := dst.StatManifest(ctx, "app", toDigest(t, md)); !errors.Is(err, cache.ErrManifestUnknown) {
