@@ -49,6 +49,7 @@ type commandConfig struct {
 	partSize       string
 	dsn            string
 	verify         bool
+	jobs           int
 }
 
 // NewCommand is `caddy oci migrate`.
@@ -96,6 +97,7 @@ It exits with status 1 if anything was not copied or differs, naming it.`,
 	f.BoolVar(&cc.s3.PathStyle, "s3-path-style", false, "path-style addressing (storage s3: path_style)")
 	f.StringVar(&cc.partSize, "s3-part-size", "", "upload part size such as 8MiB (storage s3: part_size)")
 	f.StringVar(&cc.dsn, "postgres", "", "PostgreSQL DSN (metadata postgres); default $DATABASE_URL, which keeps a password out of the process list")
+	f.IntVar(&cc.jobs, "jobs", 4, "blobs copied at once")
 	f.BoolVar(&cc.verify, "verify", true, "re-read every blob from the bucket and compare manifests and tags at the end")
 	return c
 }
@@ -109,6 +111,9 @@ func runCommand(ctx context.Context, cc commandConfig, out io.Writer) error {
 	}
 	if cc.dsn == "" {
 		return fmt.Errorf("no PostgreSQL: set %s (or --postgres)", EnvPostgres)
+	}
+	if cc.jobs < 1 || cc.jobs > 64 {
+		return fmt.Errorf("--jobs %d: want 1 to 64", cc.jobs)
 	}
 	if cc.partSize != "" {
 		n, err := humanize.ParseBytes(cc.partSize)
@@ -144,6 +149,7 @@ func runCommand(ctx context.Context, cc commandConfig, out io.Writer) error {
 	fmt.Fprintf(out, "migrating %s to s3://%s/%s and PostgreSQL\n", cc.from, cc.s3.Bucket, cc.s3.Prefix)
 	sum, err := Run(ctx, src, dst, meta, Options{
 		Verify:   cc.verify,
+		Jobs:     cc.jobs,
 		Progress: func(line string) { fmt.Fprintln(out, line) },
 	})
 	fmt.Fprintln(out, sum)

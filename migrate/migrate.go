@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -70,6 +71,8 @@ type Options struct {
 	Progress func(line string)
 	// ProgressEvery is how often blob copying reports; default 2s.
 	ProgressEvery time.Duration
+	// Jobs is how many blobs are copied at once; default 4.
+	Jobs int
 }
 
 // Summary counts what a run did. "Copied" counts what the destination
@@ -86,6 +89,7 @@ type Summary struct {
 	Secrets, SecretsPresent     int
 	VerifiedBlobs               int
 	VerifiedBytes               int64
+	Copying                     time.Duration // without Verify's re-reading
 	Elapsed                     time.Duration
 	// Failures name each thing not copied (or found different by Verify)
 	// and why. A run with failures returns an error.
@@ -99,7 +103,7 @@ func (s Summary) Copied() int {
 
 // String is the closing report.
 func (s Summary) String() string {
-	secs := s.Elapsed.Seconds()
+	secs := s.Copying.Seconds()
 	rate := 0.0
 	if secs > 0 {
 		rate = float64(s.Bytes) / 1e6 / secs
@@ -111,7 +115,7 @@ func (s Summary) String() string {
 	if s.VerifiedBlobs > 0 {
 		out += fmt.Sprintf("verified: %d blobs (%d bytes) re-read from the destination\n", s.VerifiedBlobs, s.VerifiedBytes)
 	}
-	out += fmt.Sprintf("time: %s, %.1f MB/s copied", s.Elapsed.Round(time.Millisecond), rate)
+	out += fmt.Sprintf("time: %s (copying %s, %.1f MB/s)", s.Elapsed.Round(time.Millisecond), s.Copying.Round(time.Millisecond), rate)
 	if n := len(s.Failures); n > 0 {
 		out += fmt.Sprintf("\nFAILED: %d problems", n)
 		for _, f := range s.Failures {
@@ -132,12 +136,18 @@ func Run(ctx context.Context, src Source, dst Dest, auth AuthDest, opts Options)
 	if r.opts.Progress == nil {
 		r.opts.Progress = func(string) {}
 	}
+	if r.opts.Jobs <= 0 {
+		r.opts.Jobs = 4
+	}
 	if r.opts.ProgressEvery <= 0 {
 		r.opts.ProgressEvery = 2 * time.Second
 	}
-	start := time.Now()
+	r.start = time.Now()
 	err := r.all(ctx)
-	r.sum.Elapsed = time.Since(start)
+	r.sum.Elapsed = time.Since(r.start)
+	if r.sum.Copying == 0 {
+		r.sum.Copying = r.sum.Elapsed
+	}
 	if err != nil {
 		return r.sum, err
 	}
@@ -154,6 +164,7 @@ type run struct {
 	opts   Options
 	sum    Summary
 	failed map[cache.Digest]bool // blobs not copied
+	start  time.Time
 }
 
 func (r *run) all(ctx context.Context) error {
@@ -179,6 +190,7 @@ func (r *run) all(ctx context.Context) error {
 			return err
 		}
 	}
+	r.sum.Copying = time.Since(r.start)
 	if r.opts.Verify {
 		return r.verify(ctx, blobs, repos)
 	}
@@ -215,44 +227,98 @@ func (r *run) listBlobs(ctx context.Context) ([]cache.BlobInfo, error) {
 	return blobs, nil
 }
 
+// copyBlobs copies blobs Jobs at a time (an object store's latency, not
+// its bandwidth, bounds one stream). Workers only copy; this goroutine
+// alone keeps the counts and failures.
 func (r *run) copyBlobs(ctx context.Context, blobs []cache.BlobInfo) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	todo := make(chan cache.BlobInfo)
+	done := make(chan blobResult)
+	var wg sync.WaitGroup
+	for range min(r.opts.Jobs, max(len(blobs), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range todo {
+				done <- r.copyBlob(ctx, b)
+			}
+		}()
+	}
+	go func() {
+		defer close(todo)
+		for _, b := range blobs {
+			select {
+			case todo <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
 	last := time.Now()
-	for i, b := range blobs {
-		if err := r.copyBlob(ctx, b); err != nil {
-			return err
+	var stop error
+	n := 0
+	for res := range done {
+		n++
+		if stop != nil {
+			continue // drain while the workers stop
+		}
+		switch {
+		case res.err != nil:
+			r.failed[res.digest] = true
+			if err := r.fail(ctx, res.what, res.err); err != nil {
+				stop = err
+				cancel()
+			}
+		case res.present:
+			r.sum.BlobsPresent++
+		default:
+			r.sum.Blobs++
+			r.sum.Bytes += res.bytes
 		}
 		if time.Since(last) >= r.opts.ProgressEvery {
 			last = time.Now()
-			r.opts.Progress(fmt.Sprintf("blobs: %d/%d done, %d bytes copied", i+1, len(blobs), r.sum.Bytes))
+			r.opts.Progress(fmt.Sprintf("blobs: %d/%d done, %d bytes copied", n, len(blobs), r.sum.Bytes))
 		}
 	}
-	return nil
+	if stop == nil {
+		stop = ctx.Err()
+	}
+	return stop
 }
 
-func (r *run) copyBlob(ctx context.Context, b cache.BlobInfo) error {
+// blobResult is what a worker did with one blob.
+type blobResult struct {
+	digest  cache.Digest
+	present bool  // the destination had it
+	bytes   int64 // copied
+	what    string
+	err     error
+}
+
+func (r *run) copyBlob(ctx context.Context, b cache.BlobInfo) blobResult {
+	res := blobResult{digest: b.Digest, what: "blob " + b.Digest.String()}
 	if got, err := r.dst.StatBlob(ctx, b.Digest); err == nil && got.Size == b.Size {
-		r.sum.BlobsPresent++
-		return nil
+		res.present = true
+		return res
 	} else if err != nil && !errors.Is(err, cache.ErrBlobUnknown) {
-		r.failed[b.Digest] = true
-		return r.fail(ctx, "blob "+b.Digest.String(), err)
+		res.err = err
+		return res
 	}
 	f, err := r.src.OpenBlob(ctx, b.Digest)
 	if err != nil {
-		r.failed[b.Digest] = true
-		return r.fail(ctx, "blob "+b.Digest.String()+": source", err)
+		res.what, res.err = res.what+": source", err
+		return res
 	}
 	defer f.Close()
 	// The destination hashes what it stores and records nothing when the
 	// bytes are not the digest's: a file damaged on disk stops here.
-	n, err := r.dst.PutBlob(ctx, b.Digest, f.Size(), f)
-	if err != nil {
-		r.failed[b.Digest] = true
-		return r.fail(ctx, "blob "+b.Digest.String(), err)
-	}
-	r.sum.Blobs++
-	r.sum.Bytes += n
-	return nil
+	res.bytes, res.err = r.dst.PutBlob(ctx, b.Digest, f.Size(), f)
+	return res
 }
 
 func (r *run) copyRepo(ctx context.Context, repo string) error {

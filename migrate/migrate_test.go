@@ -436,6 +436,9 @@ func TestCommand(t *testing.T) {
 	if _, err := run("--s3-bucket", "b", "--postgres", d.dsn); err == nil || !strings.Contains(err.Error(), "--from") {
 		t.Fatalf("run without --from: %v", err)
 	}
+	if _, err := run(append(args, "--postgres", d.dsn, "--jobs", "0")...); err == nil || !strings.Contains(err.Error(), "--jobs") {
+		t.Fatalf("run with --jobs 0: %v", err)
+	}
 	if _, err := run("--from", dir, "--postgres", d.dsn); err == nil || !strings.Contains(err.Error(), "--s3-bucket") {
 		t.Fatalf("run without a bucket: %v", err)
 	}
