@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -441,5 +442,45 @@ func TestCommand(t *testing.T) {
 	}
 	if _, err := run("--from", dir, "--postgres", d.dsn); err == nil || !strings.Contains(err.Error(), "--s3-bucket") {
 		t.Fatalf("run without a bucket: %v", err)
+	}
+}
+
+// cutAfter is the destination store that becomes unreachable after n
+// blobs, as a bucket or database going away mid-run does.
+type cutAfter struct {
+	*composite.Store
+	n int
+}
+
+func (c *cutAfter) PutBlob(ctx context.Context, d cache.Digest, size int64, r io.Reader) (int64, error) {
+	if c.n <= 0 {
+		return 0, fmt.Errorf("%w: test cut the line", cache.ErrUnavailable)
+	}
+	c.n--
+	return c.Store.PutBlob(ctx, d, size, r)
+}
+
+// TestMigrateResumes: a run that loses its destination part way ends
+// with an error at once; the next run copies only what is missing and
+// verifies everything.
+func TestMigrateResumes(t *testing.T) {
+	dir := t.TempDir()
+	fillFolder(t, dir)
+	d := newDest(t)
+	src, err := OpenSource(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, meta := d.open(t)
+	// One worker, so exactly 5 blobs land before the cut.
+	sum, err := Run(context.Background(), src, &cutAfter{Store: dst, n: 5}, meta, Options{Verify: true, Jobs: 1})
+	src.Close()
+	if !errors.Is(err, cache.ErrUnavailable) || sum.Blobs != 5 || sum.Manifests != 0 {
+		t.Fatalf("cut run: %v\n%s", err, sum)
+	}
+	again, err := migrate(t, dir, d)
+	t.Logf("resumed:\n%s", again)
+	if err != nil || again.BlobsPresent != 5 || again.Blobs+5 != again.VerifiedBlobs || again.Manifests == 0 {
+		t.Fatalf("resumed run: %v\n%s", err, again)
 	}
 }
