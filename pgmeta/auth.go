@@ -215,6 +215,31 @@ func (s *Store) AuthSecret(name string, size int) ([]byte, error) {
 	return secret, nil
 }
 
+// ImportAuthSecret stores secret as name unless a secret of that name
+// exists, and returns the one stored and whether it was this call that
+// stored it: a migration brings the session key of a single-node store,
+// so that its sessions stay signed in. A caller that gets back other
+// bytes than it offered finds the database had a key already (a replica
+// started before the migration).
+func (s *Store) ImportAuthSecret(name string, secret []byte) (stored []byte, created bool, err error) {
+	if err := checkName("secret", name); err != nil {
+		return nil, false, err
+	}
+	if len(secret) == 0 {
+		return nil, false, fmt.Errorf("secret %s: empty", name)
+	}
+	ctx, cancel := s.call()
+	defer cancel()
+	tag, err := s.pool.Exec(ctx, "INSERT INTO auth_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", name, secret)
+	if err == nil {
+		err = s.pool.QueryRow(ctx, "SELECT secret FROM auth_secrets WHERE name = $1", name).Scan(&stored)
+	}
+	if err != nil {
+		return nil, false, failed(context.Background(), "secret "+name, err)
+	}
+	return stored, tag.RowsAffected() == 1, nil
+}
+
 // offerSecret stores fresh as name unless a secret of that name exists,
 // and returns the one stored. Two statements, not one: the SELECT must
 // run on a snapshot taken after the INSERT, which waits for a concurrent

@@ -128,3 +128,24 @@ func TestSessionsSweptOnSignIn(t *testing.T) {
 		t.Fatalf("an expired session: %v", err)
 	}
 }
+
+// TestImportAuthSecret: an imported secret is the one AuthSecret then
+// returns; a second import of other bytes changes nothing and says so by
+// returning the stored one.
+func TestImportAuthSecret(t *testing.T) {
+	s := openStore(t)
+	key := bytes.Repeat([]byte{7}, 32)
+	if got, created, err := s.ImportAuthSecret("session", key); err != nil || !created || !bytes.Equal(got, key) {
+		t.Fatalf("import: %x, %v, %v", got, created, err)
+	}
+	if got, err := s.AuthSecret("session", 32); err != nil || !bytes.Equal(got, key) {
+		t.Fatalf("AuthSecret after import: %x, %v", got, err)
+	}
+	other := bytes.Repeat([]byte{8}, 32)
+	if got, created, err := s.ImportAuthSecret("session", other); err != nil || created || !bytes.Equal(got, key) {
+		t.Fatalf("second import: %x, %v, %v (want the first key kept)", got, created, err)
+	}
+	if _, _, err := s.ImportAuthSecret("session", nil); err == nil {
+		t.Fatal("an empty secret was accepted")
+	}
+}
