@@ -256,6 +256,9 @@ func TestReadmeClients(t *testing.T) {
 			if err == nil {
 				t.Fatalf("crictl pull without config_path succeeded; the README says hosts.toml is ignored then:\n%s", out)
 			}
+			if !strings.Contains(out, "registry-1.docker.io") {
+				t.Errorf("crictl pull without config_path failed, but not by asking Docker Hub:\n%s", out)
+			}
 		})
 	})
 
@@ -548,13 +551,18 @@ func (c *containerd) env() []string {
 // criDigest is the manifest digest the CRI plugin recorded for ref.
 func (c *containerd) criDigest(t *testing.T, ref string) string {
 	t.Helper()
-	out := run(t, c.env(), tool(t, "crictl"), "inspecti", "-o", "json", ref)
+	cmd := exec.Command(tool(t, "crictl"), "inspecti", "-o", "json", ref)
+	cmd.Env = append(os.Environ(), c.env()...)
+	out, err := cmd.Output() // stdout only: crictl warns on stderr
+	if err != nil {
+		t.Fatalf("crictl inspecti %s: %v", ref, err)
+	}
 	var img struct {
 		Status struct {
 			RepoDigests []string `json:"repoDigests"`
 		} `json:"status"`
 	}
-	if err := json.Unmarshal([]byte(out), &img); err != nil {
+	if err := json.Unmarshal(out, &img); err != nil {
 		t.Fatalf("crictl inspecti %s: %v\n%s", ref, err, out)
 	}
 	for _, d := range img.Status.RepoDigests {
