@@ -7,6 +7,7 @@ package e2e
 // internet, so every pull that succeeds came through the mirror.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -16,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 const clientsHeading = "## Clients and Kubernetes"
@@ -104,11 +106,12 @@ func oneBlock(t *testing.T, sub, lang, heading string) string {
 	return bs[0]
 }
 
-// shellLines runs each line of a README sh block with words replaced by
-// r, as a command whose first word must be cmd (the README shows nothing
-// else there), with env added and in dir. Quotes, pipes and variables
-// would need a shell; the snippets have none, and the test refuses them
-// so that a new snippet does not run differently from how it reads.
+// shellLines runs the lines of a README sh block whose first word is cmd
+// (a block may show several clients), as bin with the words after it,
+// after r's replacements, with env added, in dir. Quotes, pipes and
+// variables would need a shell; the snippets have none, and a line with
+// one fails the test, so that no snippet runs differently from how it
+// reads.
 func shellLines(t *testing.T, block, cmd string, r *strings.Replacer, env []string, dir string, bin string) []string {
 	t.Helper()
 	var outs []string
@@ -131,7 +134,9 @@ func shellLines(t *testing.T, block, cmd string, r *strings.Replacer, env []stri
 // runIn is run, in the folder dir unless it is "".
 func runIn(t *testing.T, dir string, env []string, name string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(name, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
