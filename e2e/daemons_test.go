@@ -186,14 +186,22 @@ type dockerd struct {
 // registry mirror.
 func startDockerd(t *testing.T, c *containerd, mirror string) *dockerd {
 	t.Helper()
+	return startDockerdArgs(t, c, "--registry-mirror", "http://"+mirror, "--insecure-registry", mirror)
+}
+
+// startDockerdArgs runs dockerd on c's containerd with its folders in a
+// temp folder, no networking of its own, and the registry settings in
+// args (flags, or --config-file with a daemon.json).
+func startDockerdArgs(t *testing.T, c *containerd, args ...string) *dockerd {
+	t.Helper()
 	bin, docker := tool(t, "dockerd"), tool(t, "docker")
 	dir := shortTempDir(t)
 	d := &dockerd{host: "unix://" + filepath.Join(dir, "sock"), docker: docker}
-	p := startDaemon(t, bin,
+	p := startDaemon(t, bin, append([]string{
 		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "pid"), "-H", d.host,
 		"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver", "vfs",
-		"--containerd", c.sock, "--registry-mirror", "http://"+mirror, "--insecure-registry", mirror)
+		"--containerd", c.sock}, args...)...)
 	p.waitFor(t, "an API", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
