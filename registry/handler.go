@@ -104,8 +104,10 @@ type Handler struct {
 	cfg     Config
 	names   *authscope.Names // nil without mirrors: names are used as typed
 	mirrors map[string]*Mirror
-	// sigVerdicts caches signature checks briefly (signatures.go).
+	// sigVerdicts caches signature checks briefly (signatures.go), on
+	// the clock sigNow (tests move it).
 	sigVerdicts sigVerdicts
+	sigNow      func() time.Time
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a
@@ -137,7 +139,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store != nil {
 		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
-	h := &Handler{cfg: cfg}
+	h := &Handler{cfg: cfg, sigNow: time.Now}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {
 		spaces := make([]authscope.Namespace, 0, len(cfg.Mirrors))
 		h.mirrors = map[string]*Mirror{}

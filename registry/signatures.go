@@ -105,7 +105,7 @@ func (h *Handler) checkSignature(ctx context.Context, rc *request, m cache.Manif
 	if p == nil {
 		return nil
 	}
-	now := time.Now()
+	now := h.sigNow()
 	key := verdictKey(p, rc.name, m.Digest)
 	if ok, found := h.sigVerdicts.get(key, now); found {
 		if ok {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	ggcr "github.com/google/go-containerregistry/pkg/registry"
 
@@ -360,4 +361,29 @@ func TestSignaturePolicyMirror(t *testing.T) {
 	clear(tr.h.sigVerdicts.m) // verify anew
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+signed.Digest, nil), http.StatusOK)
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+notary.Digest, nil), http.StatusOK)
+}
+
+// A verdict is kept briefly: a refusal 2 seconds (a signature pushed
+// after it counts right after), a pass a minute.
+func TestSignatureVerdictTTL(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	base := tr.srv.URL
+	img := pushTestImage(t, base, "team/app", "v1", "v1")
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/manifests/v1", nil), "team/**")
+
+	signCosign(t, base, "team/app", s.key, img, img.Digest, false)
+	clock.Add(sigFailTTL + time.Millisecond)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/team/app/manifests/v1", nil), http.StatusOK)
+
+	// The signature goes: the pass holds for its minute, then not.
+	tr.wantStatus(tr.do(http.MethodDelete, "/v2/team/app/manifests/"+sigpolicy.CosignTag(img.Digest), nil), http.StatusAccepted)
+	clock.Add(sigPassTTL - time.Second)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/team/app/manifests/v1", nil), http.StatusOK)
+	clock.Add(2 * time.Second)
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/manifests/v1", nil), "team/**")
 }
