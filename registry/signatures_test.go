@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -386,4 +387,42 @@ func TestSignatureVerdictTTL(t *testing.T) {
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/team/app/manifests/v1", nil), http.StatusOK)
 	clock.Add(2 * time.Second)
 	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/manifests/v1", nil), "team/**")
+}
+
+// Pulls at once share the verdict cache: each gets its own right answer.
+func TestSignatureConcurrentPulls(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base := tr.srv.URL
+	signed := pushTestImage(t, base, "team/app", "signed", "signed")
+	signCosign(t, base, "team/app", s.key, signed, signed.Digest, false)
+	pushTestImage(t, base, "team/app", "unsigned", "unsigned")
+	errs := make(chan string, 32)
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tag, want := "signed", http.StatusOK
+			if i%2 == 1 {
+				tag, want = "unsigned", http.StatusForbidden
+			}
+			resp, err := tr.srv.Client().Get(base + "/v2/team/app/manifests/" + tag)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				errs <- tag + ": " + resp.Status
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
 }
