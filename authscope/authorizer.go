@@ -678,13 +678,16 @@ func (a *Authorizer) realm(r *http.Request, v Via) string {
 
 // AuditEvent is a change the registry made.
 type AuditEvent struct {
-	// Action is ActionCreate (push), ActionUpdate (tag move) or
-	// ActionDelete.
+	// Action is ActionCreate (push), ActionUpdate (tag move),
+	// ActionDelete, or ActionRead (a pull a signature policy refused).
 	Action    string
 	Name      string
 	Reference string
 	Digest    string
 	Status    int
+	// SignaturePolicy names the signature policy that refused a pull
+	// (action read); empty otherwise.
+	SignaturePolicy string
 }
 
 // Audit logs e with the identity of r's caller.
@@ -693,7 +696,7 @@ func (a *Authorizer) Audit(r *http.Request, e AuditEvent) {
 	if id.Method == "" {
 		id.Method = MethodAnonymous
 	}
-	a.o.Audit.Info(e.Action,
+	fields := []zap.Field{
 		zap.String("user", id.User),
 		zap.String("auth", id.Method),
 		zap.String("action", e.Action),
@@ -702,5 +705,9 @@ func (a *Authorizer) Audit(r *http.Request, e AuditEvent) {
 		zap.String("digest", e.Digest),
 		zap.Int("status", e.Status),
 		zap.String("remote", r.RemoteAddr),
-	)
+	}
+	if e.SignaturePolicy != "" {
+		fields = append(fields, zap.String("signature_policy", e.SignaturePolicy))
+	}
+	a.o.Audit.Info(e.Action, fields...)
 }

@@ -294,3 +294,7 @@ func intersects(a, b []string) bool {
 	}
 	return false
 }
+
+// CheckPattern reports what is wrong with a repository pattern (see
+// MatchPattern), for other configs that match repositories.
+func CheckPattern(pat string) error { return checkPattern(pat) }

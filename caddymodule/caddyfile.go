@@ -59,6 +59,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		read_only
 //		mirror <prefix> { ... }      # see unmarshalMirror
 //		sync_into <prefix> from <url> { ... }  # see unmarshalSyncInto
+//		require_signature <pattern> { ... }    # see unmarshalRequireSignature
 //		auth { ... }                 # see unmarshalAuth
 //	}
 func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -132,6 +133,13 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			rg.SparseManifests = true
 			continue
+		case "require_signature":
+			p, err := unmarshalRequireSignature(d)
+			if err != nil {
+				return err
+			}
+			rg.RequireSignature = append(rg.RequireSignature, p)
+			continue
 		case "sync_into":
 			si, err := unmarshalSyncInto(d)
 			if err != nil {
@@ -151,7 +159,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, local, read_only, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, require_signature, local, read_only, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {

@@ -27,6 +27,7 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/pgmeta"
 	"github.com/caddy-oci/caddy-oci/registry"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
 )
 
 func init() {
@@ -215,6 +216,12 @@ type Registry struct {
 	// prefixes on a schedule (see SyncInto).
 	SyncInto []*SyncInto `json:"sync_into,omitempty"`
 
+	// RequireSignature are signature policies: a manifest of a matching
+	// repository is served only with a valid cosign or notation
+	// signature (see SignaturePolicy).
+	RequireSignature []*SignaturePolicy `json:"require_signature,omitempty"`
+	sigPolicies      []*sigpolicy.Policy
+
 	mirrors []*registry.Mirror
 	serves  *registry.Handler // routing only: which paths are ours
 	plans   []syncPlan        // what to sync, once the config starts
@@ -290,6 +297,9 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return rg.syncs.start(h, rg.plans, rg)
 	})
 
+	if rg.sigPolicies, err = buildSignaturePolicies(rg.RequireSignature); err != nil {
+		return err
+	}
 	rg.mirrors, err = buildMirrors(rg.Mirrors, rg.LocalPrefixes, rg.MirrorCacheSize, caddy.NewReplacer(), rg.logger)
 	if err != nil {
 		return err
@@ -539,6 +549,8 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		Uploads:         rg.uploadLimits(),
 		ClientIP:        clientIP,
 		ReadOnly:        rg.ReadOnly,
+
+		SignaturePolicies: rg.sigPolicies,
 	})
 	if err != nil {
 		return nil, err

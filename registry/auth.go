@@ -171,6 +171,11 @@ func (h *Handler) audit(w http.ResponseWriter, rc *request, status int) {
 		}
 	case OpManifestDelete, OpBlobDelete:
 		action = authscope.ActionDelete
+	case OpManifestGet, OpManifestHead:
+		if rc.sigPolicy == "" {
+			return
+		}
+		action = authscope.ActionRead // a pull a signature policy refused
 	default:
 		return
 	}
@@ -186,5 +191,6 @@ func (h *Handler) audit(w http.ResponseWriter, rc *request, status int) {
 	}
 	h.cfg.Authorizer.Audit(rc.authed, authscope.AuditEvent{
 		Action: action, Name: rc.name, Reference: ref, Digest: digest, Status: status,
+		SignaturePolicy: rc.sigPolicy,
 	})
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
 )
 
 // DefaultMaxManifestSize is the largest manifest accepted when Config
@@ -89,6 +90,11 @@ type Config struct {
 	// serves (readonly.go) with 403 DENIED, before auth and before any
 	// body is read. Mirrors still fill their cache: that serves pulls.
 	ReadOnly bool
+	// SignaturePolicies: a manifest pulled (GET or HEAD, by tag or
+	// digest) from a repository the first matching policy covers is
+	// served only with a valid signature under it, else refused with 403
+	// DENIED naming the policy (signatures.go). Empty: none.
+	SignaturePolicies []*sigpolicy.Policy
 }
 
 // Handler serves /v2/. Requests for other paths get 404 NOT_FOUND in the
@@ -98,6 +104,10 @@ type Handler struct {
 	cfg     Config
 	names   *authscope.Names // nil without mirrors: names are used as typed
 	mirrors map[string]*Mirror
+	// sigVerdicts caches signature checks briefly (signatures.go), on
+	// the clock sigNow (tests move it).
+	sigVerdicts sigVerdicts
+	sigNow      func() time.Time
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a
@@ -129,7 +139,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store != nil {
 		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
-	h := &Handler{cfg: cfg}
+	h := &Handler{cfg: cfg, sigNow: time.Now}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {
 		spaces := make([]authscope.Namespace, 0, len(cfg.Mirrors))
 		h.mirrors = map[string]*Mirror{}

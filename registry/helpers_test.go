@@ -23,6 +23,7 @@ type testRegistry struct {
 	srv   *httptest.Server
 	store *cache.Store
 	obs   *recordingObserver
+	h     *Handler
 }
 
 func newTestRegistry(t testing.TB, mod ...func(*Config)) *testRegistry {
@@ -36,14 +37,15 @@ func newTestRegistry(t testing.TB, mod ...func(*Config)) *testRegistry {
 	for _, m := range mod {
 		m(&cfg)
 	}
-	srv := httptest.NewServer(New(cfg))
+	h := New(cfg)
+	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
 		srv.Close()
 		if err := store.Close(); err != nil {
 			t.Errorf("close store: %v", err)
 		}
 	})
-	return &testRegistry{t: t, srv: srv, store: store, obs: obs}
+	return &testRegistry{t: t, srv: srv, store: store, obs: obs, h: h}
 }
 
 type response struct {

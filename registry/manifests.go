@@ -95,6 +95,9 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 		}
 		return errInternal(err)
 	}
+	if err := h.checkSignature(r.Context(), rc, m, body); err != nil {
+		return err
+	}
 	hd := w.Header()
 	hd.Set("Content-Type", m.MediaType)
 	hd.Set("Docker-Content-Digest", m.Digest.String())

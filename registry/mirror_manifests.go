@@ -60,6 +60,9 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 	if err != nil {
 		return err
 	}
+	if err := h.checkSignature(r.Context(), rc, res.m, res.body); err != nil {
+		return err
+	}
 	h.cfg.Store.Touch(res.m.Digest) // its last use, for a size-limited cache
 	hd := w.Header()
 	if res.stale {

@@ -36,6 +36,9 @@ type request struct {
 	tagMove bool
 	// mirror serves name when it lies in a mirrored namespace.
 	mirror *Mirror
+	// sigPolicy names the signature policy that refused the manifest,
+	// for the audit log.
+	sigPolicy string
 }
 
 type handlerFunc func(h *Handler, w http.ResponseWriter, r *http.Request, rc *request) error

@@ -1,0 +1,325 @@
+package registry
+
+// Signature policies: a manifest of a repository under a policy is served
+// only with a valid signature (registry/sigpolicy decides). The check runs
+// in the two manifest GET/HEAD handlers, local and mirrored, on the
+// internal name: every name form a client may use resolves to it before.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
+)
+
+// How long a verdict is kept per (policy, repository, digest). A pass is
+// kept a little, so that the platform manifests of a signed index pulled
+// right after it pass too and a pull does not verify the same signature
+// for every request; a refusal barely, so that a signature pushed (or
+// appearing upstream) just after is honoured at once.
+const (
+	sigPassTTL = time.Minute
+	sigFailTTL = 2 * time.Second
+	// sigVerdictsMax bounds the verdicts kept; past it the expired go,
+	// and if that is not enough, all.
+	sigVerdictsMax = 10000
+)
+
+type sigVerdict struct {
+	ok    bool
+	until time.Time
+}
+
+// sigVerdicts is the short-lived cache of signature checks.
+type sigVerdicts struct {
+	mu sync.Mutex
+	m  map[string]sigVerdict
+}
+
+func (c *sigVerdicts) get(key string, now time.Time) (ok, found bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, found := c.m[key]
+	if !found || now.After(v.until) {
+		return false, false
+	}
+	return v.ok, true
+}
+
+func (c *sigVerdicts) put(key string, ok bool, now time.Time) {
+	ttl := sigFailTTL
+	if ok {
+		ttl = sigPassTTL
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]sigVerdict{}
+	}
+	if len(c.m) >= sigVerdictsMax {
+		for k, v := range c.m {
+			if now.After(v.until) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= sigVerdictsMax {
+			clear(c.m)
+		}
+	}
+	c.m[key] = sigVerdict{ok: ok, until: now.Add(ttl)}
+}
+
+func verdictKey(p *sigpolicy.Policy, repo string, d cache.Digest) string {
+	return p.Name() + "\x00" + repo + "\x00" + d.String()
+}
+
+// signaturePolicy returns the first policy that covers internal name repo.
+func (h *Handler) signaturePolicy(repo string) *sigpolicy.Policy {
+	for _, p := range h.cfg.SignaturePolicies {
+		if p.Matches(repo) {
+			return p
+		}
+	}
+	return nil
+}
+
+// checkSignature refuses m (with 403 DENIED naming the policy) when a
+// policy covers rc.name and m has no valid signature under it. body may be
+// nil (a HEAD): it is read then. A signed index lets its platform
+// manifests through (cosign signs the index by default); with
+// per_platform an unsigned index passes and each platform manifest is
+// checked on its own pull.
+func (h *Handler) checkSignature(ctx context.Context, rc *request, m cache.Manifest, body []byte) error {
+	p := h.signaturePolicy(rc.name)
+	if p == nil {
+		return nil
+	}
+	now := h.sigNow()
+	key := verdictKey(p, rc.name, m.Digest)
+	if ok, found := h.sigVerdicts.get(key, now); found {
+		if ok {
+			return nil
+		}
+		return h.signatureRefusal(rc, p, m.Digest, errors.New("refused moments ago"))
+	}
+	if body == nil {
+		var err error
+		if _, body, err = h.cfg.Store.GetManifest(ctx, rc.name, m.Digest); err != nil {
+			return errInternal(err)
+		}
+	}
+	var doc manifestDoc
+	_ = json.Unmarshal(body, &doc) // stored manifests are JSON objects
+	layerTypes := make([]string, len(doc.Layers))
+	for i, l := range doc.Layers {
+		layerTypes[i] = l.MediaType
+	}
+	if sigpolicy.IsSignature(layerTypes) {
+		// What a client reads to verify: it is not itself signed.
+		return nil
+	}
+	isIndex := doc.Manifests != nil && doc.Config == nil
+	subject := sigpolicy.Subject{Repo: rc.name, Digest: m.Digest.String(), MediaType: m.MediaType, Size: m.Size}
+	src := storeSignatures{h: h, repo: rc.name}
+	err := p.Verify(ctx, src, subject)
+	if err != nil && rc.mirror != nil {
+		// Signatures live upstream; bring them in (cached in the store
+		// like any manifest and blob) and look again.
+		if perr := h.pullSignatures(ctx, rc, m.Digest); perr != nil {
+			h.cfg.Logger.Debug("fetching signatures from upstream failed",
+				zap.String("repo", rc.name), zap.String("digest", m.Digest.String()), zap.Error(perr))
+		}
+		err = p.Verify(ctx, src, subject)
+	}
+	switch {
+	case err == nil && isIndex:
+		for _, c := range doc.Manifests {
+			if cd, perr := cache.ParseDigest(c.Digest); perr == nil {
+				h.sigVerdicts.put(verdictKey(p, rc.name, cd), true, now)
+			}
+		}
+	case err != nil && isIndex && p.PerPlatform():
+		err = nil
+	}
+	h.sigVerdicts.put(key, err == nil, now)
+	if err != nil {
+		return h.signatureRefusal(rc, p, m.Digest, err)
+	}
+	return nil
+}
+
+func (h *Handler) signatureRefusal(rc *request, p *sigpolicy.Policy, d cache.Digest, why error) *Error {
+	rc.sigPolicy = p.Name()
+	return newError(http.StatusForbidden, CodeDenied,
+		fmt.Sprintf("manifest %s is refused by signature policy %s: no valid signature", d, p.Name()), why)
+}
+
+// storeSignatures reads the signatures of one repository from the store.
+type storeSignatures struct {
+	h    *Handler
+	repo string
+}
+
+func (s storeSignatures) Candidates(ctx context.Context, d string) ([][]byte, error) {
+	dg, err := cache.ParseDigest(d)
+	if err != nil {
+		return nil, err
+	}
+	store := s.h.cfg.Store
+	var digests []cache.Digest
+	if td, err := store.ResolveTag(ctx, s.repo, sigpolicy.CosignTag(d)); err == nil {
+		digests = append(digests, td)
+	}
+	refs, err := store.Referrers(ctx, s.repo, dg)
+	if err != nil && !errors.Is(err, cache.ErrRepoUnknown) && !errors.Is(err, cache.ErrManifestUnknown) {
+		return nil, err
+	}
+	for _, r := range refs {
+		if isSignatureArtifact(r.ArtifactType) {
+			digests = append(digests, r.Digest)
+		}
+	}
+	var out [][]byte
+	for _, sd := range digests {
+		if len(out) == sigpolicy.MaxCandidates {
+			break
+		}
+		if _, b, err := store.GetManifest(ctx, s.repo, sd); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out, nil
+}
+
+func (s storeSignatures) Blob(ctx context.Context, d string) ([]byte, error) {
+	dg, err := cache.ParseDigest(d)
+	if err != nil {
+		return nil, err
+	}
+	// Only a blob this repository holds: another's is not its signature.
+	if _, err := s.h.cfg.Store.HasBlob(ctx, s.repo, dg); err != nil {
+		return nil, err
+	}
+	b, err := s.h.cfg.Store.OpenBlob(ctx, dg)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	return io.ReadAll(io.LimitReader(b, sigpolicy.MaxBlobSize+1))
+}
+
+// pullSignatures copies d's signatures from a mirror's upstream into the
+// store: the manifests its referrers API lists as signatures, the manifest
+// under cosign's tag, and their layers. What is found stays cached like
+// any mirrored content; what upstream lacks is simply not there.
+func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Digest) error {
+	m := rc.mirror
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+	defer cancel()
+	var bodies [][]byte
+	var errs []error
+	if resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "referrers/"+d.String(), nil); err == nil {
+		var idx struct {
+			Manifests []descriptor `json:"manifests"`
+		}
+		err := json.NewDecoder(io.LimitReader(resp.Body, h.cfg.MaxManifestSize)).Decode(&idx)
+		resp.Body.Close()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("upstream referrers unreadable: %w", err))
+		}
+		// Signatures first; then other referrers, since some registries
+		// report a referrer's config media type rather than its
+		// artifactType (go-containerregistry's does): the verifier tells.
+		refs := make([]descriptor, 0, len(idx.Manifests))
+		for _, r := range idx.Manifests {
+			if isSignatureArtifact(r.ArtifactType) {
+				refs = append(refs, r)
+			}
+		}
+		for _, r := range idx.Manifests {
+			if !isSignatureArtifact(r.ArtifactType) {
+				refs = append(refs, r)
+			}
+		}
+		if len(refs) > sigpolicy.MaxCandidates {
+			refs = refs[:sigpolicy.MaxCandidates]
+		}
+		for _, r := range refs {
+			rd, err := cache.ParseDigest(r.Digest)
+			if err != nil {
+				continue
+			}
+			if _, b, err := h.cfg.Store.GetManifest(ctx, rc.name, rd); err == nil {
+				bodies = append(bodies, b)
+				continue
+			}
+			res, err := h.fetchManifest(ctx, rc, rd.String(), rd, "")
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			bodies = append(bodies, res.body)
+		}
+	} else {
+		errs = append(errs, err) // an upstream without the referrers API
+	}
+	tag := sigpolicy.CosignTag(d.String())
+	if res, err := h.fetchManifest(ctx, rc, tag, cache.Digest{}, tag); err == nil {
+		bodies = append(bodies, res.body)
+	} else {
+		errs = append(errs, err)
+	}
+	for _, b := range bodies {
+		var doc manifestDoc
+		if json.Unmarshal(b, &doc) != nil {
+			continue
+		}
+		for _, l := range doc.Layers {
+			if err := h.pullSignatureBlob(ctx, rc, l); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// pullSignatureBlob brings one small signature layer into the store,
+// verified against its digest, and links it into the repository.
+func (h *Handler) pullSignatureBlob(ctx context.Context, rc *request, l descriptor) error {
+	d, err := cache.ParseDigest(l.Digest)
+	if err != nil || l.Size < 0 || l.Size > sigpolicy.MaxBlobSize {
+		return fmt.Errorf("signature layer %q: not a small blob", l.Digest)
+	}
+	store := h.cfg.Store
+	if _, err := store.StatBlob(ctx, d); err != nil {
+		m := rc.mirror
+		resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
+		if err != nil {
+			return err
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, l.Size+1))
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		if _, err := store.PutBlob(ctx, d, l.Size, bytes.NewReader(body)); err != nil {
+			return fmt.Errorf("signature layer %s (%s bytes): %w", d, strconv.FormatInt(l.Size, 10), err)
+		}
+	}
+	return store.LinkBlob(ctx, rc.name, d)
+}
+
+func isSignatureArtifact(t string) bool {
+	return t == sigpolicy.ArtifactTypeCosign || t == sigpolicy.ArtifactTypeNotation
+}
