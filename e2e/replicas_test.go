@@ -57,7 +57,7 @@ type replicaCluster struct {
 	pg       *pgtest.Server
 }
 
-func startCluster(t *testing.T, n int, extra string) *replicaCluster {
+func startCluster(t testing.TB, n int, extra string) *replicaCluster {
 	t.Helper()
 	needBinary(t)
 	srv := s3test.Start(t)
