@@ -369,9 +369,9 @@ func TestReplicaKillMidFill(t *testing.T) {
 	// upstream, so 200 says nothing of what the dead filler left.)
 
 	// The next request, on b, waits out a's lease (up to its 30s TTL)
-	// and finds no blob: it fails, and the client's retry fills the blob
-	// afresh on b. (A request that waited gets 502, not the fill: see
-	// composite's fill.await.)
+	// and finds no blob: it answers 503 UNAVAILABLE with Retry-After (not
+	// a 502 that blames upstream), and the client's retry fills the blob
+	// afresh on b.
 	start := time.Now()
 	var body []byte
 	var statuses []string
@@ -380,11 +380,16 @@ func TestReplicaKillMidFill(t *testing.T) {
 		if err != nil {
 			t.Fatalf("GET on the survivor: %v", err)
 		}
-		b, err := io.ReadAll(resp.Body)
+		raw, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		statuses = append(statuses, resp.Status)
 		if err == nil && resp.StatusCode == http.StatusOK {
-			body = b
+			body = raw
+			break
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("GET on the survivor while the dead filler's lease ran out: %s (Retry-After %q) %s, want 503 with Retry-After",
+				resp.Status, resp.Header.Get("Retry-After"), raw)
 		}
 	}
 	if body == nil {
