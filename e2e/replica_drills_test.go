@@ -498,7 +498,9 @@ func checkRecovered(t *testing.T, c *replicaCluster, crane string, before pushed
 		out, err = try(nil, crane, "digest", "--insecure", before.ref)
 		return err == nil
 	})
-	if got := strings.TrimSpace(out); got != before.digest {
+	// crane logs its own retries (of the 503s) before the digest.
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if got := lines[len(lines)-1]; got != before.digest {
 		t.Errorf("after recovery %s is %s, want %s", before.ref, got, before.digest)
 	}
 	dir := filepath.Join(t.TempDir(), "pull")
