@@ -52,7 +52,7 @@ func mandatory() bool { return os.Getenv("CADDY_OCI_E2E") == "1" }
 
 // needBinary skips (or, when mandatory, fails) unless the caddy binary was
 // built.
-func needBinary(t *testing.T) {
+func needBinary(t testing.TB) {
 	t.Helper()
 	if caddyBin == "" {
 		t.Skip("caddy binary not built (-short)")

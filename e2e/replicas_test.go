@@ -43,6 +43,22 @@ func replicaSite(srv *s3test.Server, bucket, extra string) string {
 // returns the front and the replicas.
 func cluster(t *testing.T, n int, extra string) (*server, []*server) {
 	t.Helper()
+	c := startCluster(t, n, extra)
+	return c.front, c.replicas
+}
+
+// replicaCluster is what startCluster started; the fault drills kill and
+// restart its parts.
+type replicaCluster struct {
+	front    *server
+	replicas []*server
+	s3       *s3test.Server
+	bucket   string
+	pg       *pgtest.Server
+}
+
+func startCluster(t testing.TB, n int, extra string) *replicaCluster {
+	t.Helper()
 	needBinary(t)
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
@@ -50,18 +66,34 @@ func cluster(t *testing.T, n int, extra string) (*server, []*server) {
 	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
 	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
 	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
-	var replicas []*server
+	c := &replicaCluster{s3: srv, bucket: bucket, pg: pg}
 	var upstreams []string
 	for range n {
 		r := siteServer(t, "", replicaSite(srv, bucket, extra), 0)
-		replicas = append(replicas, r)
+		c.replicas = append(c.replicas, r)
 		upstreams = append(upstreams, r.addr)
 	}
-	front := siteServer(t, "", `	reverse_proxy `+strings.Join(upstreams, " ")+` {
+	c.front = siteServer(t, "", frontSite(upstreams), 0)
+	return c
+}
+
+// frontSite is the load balancer of the README's "Running several
+// replicas": round robin; a replica that refuses connections (killed,
+// restarting) is skipped for fail_duration, and a request that found no
+// replica to connect to is tried again on the others for up to
+// lb_try_duration, so clients do not see a replica's death unless it
+// dies while it answers them. No unhealthy_status and no active health
+// check on /v2/: while PostgreSQL or S3 is down every replica answers
+// 503 with Retry-After, and marking them all unhealthy would replace
+// that answer with the proxy's own.
+func frontSite(upstreams []string) string {
+	return `	reverse_proxy ` + strings.Join(upstreams, " ") + ` {
 		lb_policy round_robin
+		lb_try_duration 10s
+		lb_try_interval 250ms
+		fail_duration 5s
 		flush_interval -1
-	}`, 0)
-	return front, replicas
+	}`
 }
 
 // TestConformanceReplicas runs the whole conformance suite against three

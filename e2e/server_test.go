@@ -17,7 +17,7 @@ import (
 
 // server is one caddy process serving a copy of Caddyfile.example.
 type server struct {
-	t       *testing.T
+	t       testing.TB
 	config  string // path of the Caddyfile it runs
 	addr    string // host:port of the registry
 	admin   string // host:port of the admin API
@@ -50,7 +50,7 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -195,7 +195,7 @@ func run(t *testing.T, env []string, name string, args ...string) string {
 // 127.0.0.1, holds site (the oci_registry block and anything beside it),
 // and waits until GET /v2/ answers ready (0: 200). dataDir is the storage
 // folder the caller named in site.
-func siteServer(t *testing.T, dataDir, site string, ready int) *server {
+func siteServer(t testing.TB, dataDir, site string, ready int) *server {
 	t.Helper()
 	needBinary(t)
 	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))

@@ -200,8 +200,8 @@ func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
 }
 
 // await follows another replica's fill: when its lease ends, the blob is
-// there (committed) or not (the holder failed or died: this wait fails,
-// and the client's retry starts a fill).
+// there (committed) or not (the holder failed or died: this wait fails
+// with cache.ErrUnavailable, and the client's retry starts a fill).
 func (f *fill) await() {
 	ctx := f.s.fills.ctx
 	err := f.s.leases.Wait(ctx, "fill/"+f.d.String())
@@ -211,7 +211,9 @@ func (f *fill) await() {
 			f.Begin(r.Size)
 			f.SetVerified(r.Size)
 		} else if errors.Is(err, metastore.ErrBlobUnknown) {
-			err = errors.New("the replica filling it stopped before it committed")
+			// Not upstream's failure, and not final: the client's retry
+			// starts a fill of its own (503 with Retry-After, not 502).
+			err = fmt.Errorf("%w: the replica filling it stopped before it committed", cache.ErrUnavailable)
 		}
 	}
 	if err != nil {

@@ -30,6 +30,14 @@ type Server struct {
 	AccessKey string
 	SecretKey string
 	client    *awss3.Client
+
+	// What Restart needs to run the same server again: the same port and
+	// data folder, so clients and buckets carry on (fault drills).
+	bin, addr, dir string
+	mu             sync.Mutex
+	proc           *exec.Cmd
+	exited         chan error
+	out            *syncBuffer
 }
 
 // binary finds versitygw on PATH or where `go install` puts it.
@@ -59,37 +67,72 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip(msg)
 	}
-	addr := freeAddr(t)
 	srv := &Server{
-		Endpoint:  "http://" + addr,
+		Endpoint:  "",
 		Region:    "us-east-1",
 		AccessKey: "test" + randomHex(t, 4),
 		SecretKey: randomHex(t, 16),
+		bin:       bin,
+		addr:      freeAddr(t),
+		dir:       t.TempDir(),
+		out:       new(syncBuffer),
 	}
-	var out syncBuffer
-	cmd := exec.Command(bin, "--port", addr, "--access", srv.AccessKey, "--secret", srv.SecretKey,
-		"--region", srv.Region, "--quiet", "posix", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start versitygw: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("versitygw output:\n%s", out.String())
-		}
-	})
+	srv.Endpoint = "http://" + srv.addr
 	srv.client = awss3.New(awss3.Options{
 		Region:       srv.Region,
 		BaseEndpoint: aws.String(srv.Endpoint),
 		UsePathStyle: true,
 		Credentials:  credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, ""),
 	})
-	srv.waitReady(t, exited, &out)
+	t.Cleanup(func() {
+		srv.Kill()
+		if t.Failed() {
+			t.Logf("versitygw output:\n%s", srv.out.String())
+		}
+	})
+	srv.Restart(t)
 	return srv
+}
+
+// Kill ends the server with SIGKILL, as a crash or a lost network would
+// look to its clients; Restart brings it back. Killing a stopped server
+// does nothing.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return
+	}
+	_ = s.proc.Process.Kill()
+	<-s.exited
+	s.proc = nil
+}
+
+// Restart starts the server (again, after Kill) on the same port and data
+// folder, so its buckets and objects are back, and returns once it
+// answers.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		t.Fatal("s3test: Restart of a server that runs")
+	}
+	cmd := exec.Command(s.bin, "--port", s.addr, "--access", s.AccessKey, "--secret", s.SecretKey,
+		"--region", s.Region, "--quiet", "posix", s.dir)
+	cmd.Stdout, cmd.Stderr = s.out, s.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start versitygw: %v", err)
+	}
+	// Closed after its one value, so Kill does not block on a process
+	// whose exit waitReady already read.
+	exited := make(chan error, 1)
+	go func() {
+		exited <- cmd.Wait()
+		close(exited)
+	}()
+	s.proc, s.exited = cmd, exited
+	s.waitReady(t, exited, s.out)
 }
 
 // waitReady polls until the server answers an S3 request.
