@@ -52,6 +52,12 @@ type adapter struct {
 	metricsUsers     []string
 	metricsAnon      bool
 	hasMetricsAC     bool
+	// http.auth.ldap is mapped; with userGroupAttribute (ldapGroups),
+	// policies may name groups only the directory defines.
+	ldapOn, ldapGroups bool
+	// http.tls.cacert, and the client_certificates user attribute its
+	// certificates are named by ("" when zot's attribute has none here).
+	clientCA, certUser string
 }
 
 func (a *adapter) warn(key, msg string) {
@@ -60,7 +66,7 @@ func (a *adapter) warn(key, msg string) {
 
 // Adapt turns the zot config body into Caddy JSON.
 func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
-	a := &adapter{}
+	a := &adapter{certUser: "cn"} // zot's default identity attribute: CommonName
 	if f, ok := options["filename"].(string); ok {
 		a.file = f
 	}
@@ -258,7 +264,8 @@ func (a *adapter) http(o *object) error {
 
 // tls loads the certificate and key, and with cacert asks clients for
 // certificates as zot does: required when nothing else can sign a
-// client in, else verified when given.
+// client in, else verified when given (and then signing the client in,
+// see finishAuth).
 func (a *adapter) tls(t *object, httpObj *object) error {
 	cert, err := t.str("cert")
 	if err != nil {
@@ -290,6 +297,7 @@ func (a *adapter) tls(t *object, httpObj *object) error {
 			CARaw: caddyconfig.JSONModuleObject(caddytls.FileCAPool{TrustedCACertPEMFiles: []string{ca}}, "provider", "file", &a.warnings),
 			Mode:  mode,
 		}
+		a.clientCA = ca
 		// Caddy would answer 421 when Host differs from the TLS server
 		// name, which keeps a client from reaching a site whose policy
 		// asks for certificates through one that does not. Here one
@@ -297,7 +305,6 @@ func (a *adapter) tls(t *object, httpObj *object) error {
 		// address send no server name at all.
 		strict := false
 		a.server.StrictSNIHost = &strict
-		a.warn("http.tls.cacert", "client certificates are checked against it ("+mode+"), but a certificate does not sign the client in as a user here")
 	}
 	a.server.TLSConnPolicies = caddytls.ConnectionPolicies{policy}
 	return nil

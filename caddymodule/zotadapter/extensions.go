@@ -356,8 +356,7 @@ func (a *adapter) metrics(m *object) error {
 		MatcherSetsRaw: caddyhttp.RawMatcherSets{{"path": caddyconfig.JSON(caddyhttp.MatchPath{path}, &a.warnings)}},
 	}
 	au := a.reg.Auth
-	signIn := au != nil && (au.Htpasswd != "" || au.Token != nil || au.OIDC != nil || au.Workload != nil)
-	open := !signIn && !a.hasAccessControl || a.hasAccessControl && a.metricsAnon
+	open := !a.signsIn() && !a.hasAccessControl || a.hasAccessControl && a.metricsAnon
 	if !open {
 		users := a.metricsUsers
 		if !a.hasAccessControl {
@@ -375,7 +374,7 @@ func (a *adapter) metrics(m *object) error {
 		route.HandlersRaw = append(route.HandlersRaw, caddyconfig.JSONModuleObject(caddyauth.Authentication{
 			ProvidersRaw: caddy.ModuleMap{"http_basic": caddyconfig.JSON(basic, &a.warnings)},
 		}, "handler", "authentication", &a.warnings))
-		if au.OIDC != nil || au.Token != nil || au.Workload != nil {
+		if au.OIDC != nil || au.Token != nil || au.Workload != nil || au.LDAP != nil {
 			a.warn("extensions.metrics", path+" takes htpasswd users only (their password hashes are copied into the adapted config)")
 		}
 	}
