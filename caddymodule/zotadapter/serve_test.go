@@ -408,11 +408,11 @@ func TestOpenIDServes(t *testing.T) {
 	}
 }
 
-// TestTLSServes: zot's http.tls with cacert and no other way to sign in:
-// the server presents its certificate and, as zot does, requires a client
-// certificate that the CA signed.
-func TestTLSServes(t *testing.T) {
-	dir := t.TempDir()
+// testPKI writes a CA (ca.crt), a server certificate for 127.0.0.1
+// (server.cert, server.key) into dir, and returns the CA's pool and a
+// client certificate whose common name is "leaf".
+func testPKI(t *testing.T, dir string) (*x509.CertPool, tls.Certificate) {
+	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
@@ -443,13 +443,26 @@ func TestTLSServes(t *testing.T) {
 	writeFile(t, dir, "server.cert", string(srvCert))
 	writeFile(t, dir, "server.key", string(srvKey))
 	writeFile(t, dir, "ca.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})))
+	pair, err := tls.X509KeyPair(cliCert, cliKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	return roots, pair
+}
+
+// TestTLSServes: zot's http.tls with cacert and no other way to sign in:
+// the server presents its certificate and, as zot does, requires a client
+// certificate that the CA signed.
+func TestTLSServes(t *testing.T) {
+	dir := t.TempDir()
+	roots, pair := testPKI(t, dir)
 	port := freePort(t)
 	cfg := `{"storage":{"rootDirectory":"` + dir + `/zot"},"http":{"address":"127.0.0.1","port":"` + port + `",
 		"tls":{"cert":"` + dir + `/server.cert","key":"` + dir + `/server.key","cacert":"` + dir + `/ca.crt"}}}`
 	serve(t, adaptString(t, cfg))
 
-	roots := x509.NewCertPool()
-	roots.AddCert(ca)
 	get := func(certs []tls.Certificate) (*http.Response, error) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}}}
 		return c.Get("https://127.0.0.1:" + port + "/v2/")
@@ -458,10 +471,6 @@ func TestTLSServes(t *testing.T) {
 		resp.Body.Close()
 		t.Fatalf("no client certificate: %d, want a refused handshake", resp.StatusCode)
 	}
-	pair, err := tls.X509KeyPair(cliCert, cliKey)
-	if err != nil {
-		t.Fatal(err)
-	}
 	resp, err := get([]tls.Certificate{pair})
 	if err != nil {
 		t.Fatal(err)
@@ -469,5 +478,45 @@ func TestTLSServes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("with a client certificate: %d", resp.StatusCode)
+	}
+}
+
+// TestClientCertServes: zot's mTLS with accessControl (examples/
+// config-mtls.json): the certificate's common name is the user that
+// policies name; without a certificate a client reads only what
+// anonymousPolicy allows.
+func TestClientCertServes(t *testing.T) {
+	dir := t.TempDir()
+	roots, pair := testPKI(t, dir)
+	port := freePort(t)
+	cfg := `{"storage":{"rootDirectory":"` + dir + `/zot"},"http":{"address":"127.0.0.1","port":"` + port + `",
+		"tls":{"cert":"` + dir + `/server.cert","key":"` + dir + `/server.key","cacert":"` + dir + `/ca.crt"},
+		"auth":{"mtls":{"identityAttributes":["CommonName"]}},
+		"accessControl":{"repositories":{"**":{"policies":[{"users":["leaf"],"actions":["read","create"]}],"anonymousPolicy":["read"]}}}}}`
+	a := adaptString(t, cfg)
+	if c := a.reg.Auth.ClientCertificates; c == nil || c.User != "cn" {
+		t.Fatalf("client_certificates %+v", c)
+	}
+	serve(t, a)
+	host := "127.0.0.1:" + port
+	with := func(certs ...tls.Certificate) remote.Option {
+		return remote.WithTransport(&http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}})
+	}
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.ParseReference(host + "/apps/web:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, with()); status(err) != http.StatusUnauthorized {
+		t.Fatalf("push without a certificate: %v, want 401", err)
+	}
+	if err := remote.Write(r, img, with(pair)); err != nil {
+		t.Fatalf("push as the certificate's user: %v", err)
+	}
+	if _, err := remote.Image(r, with()); err != nil {
+		t.Fatalf("anonymous pull: %v", err)
 	}
 }
