@@ -146,7 +146,17 @@ func (a *adapter) storage(o *object) error {
 	if a.reg.Storage, err = o.str("rootDirectory"); err != nil {
 		return err
 	}
-	if a.reg.Storage == "" {
+	if sd, err := o.sub("storageDriver"); err != nil {
+		return err
+	} else if sd != nil {
+		if err := a.storageDriver(sd); err != nil {
+			return err
+		}
+	}
+	switch {
+	case a.reg.StorageS3 != nil:
+		a.reg.Storage = "" // zot keeps its local metadata there; blobs and metadata live elsewhere here
+	case a.reg.Storage == "":
 		a.warn("storage.rootDirectory", "not set (zot refuses to start without it); the registry uses Caddy's data folder")
 	}
 	dedupe, err := o.boolean("dedupe", true)
@@ -186,10 +196,13 @@ func (a *adapter) storage(o *object) error {
 	}
 	o.unsupported("gcTimeWindow", "garbage collection runs at any time of day here; the window is not kept")
 	o.unsupported("retention", "retention policies (keep tags by pattern, pull or push time) are not supported; only unreferenced content is collected")
-	o.unsupported("storageDriver", "not yet supported: the registry stores on the local filesystem under rootDirectory")
-	o.unsupported("cacheDriver", "not used: the dedupe index is part of the metadata store here")
+	metaStore := "the metadata store"
+	if a.reg.StorageS3 != nil {
+		metaStore = "the PostgreSQL metadata (metadata_postgres)"
+	}
+	o.unsupported("cacheDriver", "not used: the dedupe index, and what zot keeps in DynamoDB or Redis, is part of "+metaStore+" here")
 	o.unsupported("subPaths", "not yet supported: all repositories share rootDirectory and its GC settings")
-	o.unsupported("remoteCache", "not used: the dedupe index is part of the metadata store here")
+	o.unsupported("remoteCache", "not used: the dedupe index is part of "+metaStore+" here")
 	o.unsupported("redirectBlobURL", "not supported: blobs are always served by the registry itself")
 	o.unsupported("maxRepos", "no limit on the number of repositories here")
 	o.unsupported("fastRestart", "not needed: startup does not walk the storage here")
