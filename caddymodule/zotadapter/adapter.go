@@ -269,6 +269,13 @@ func (a *adapter) http(o *object) error {
 	if err := a.auth(o, realm); err != nil {
 		return err
 	}
+	// zot 1.x's read-only switch (removed in zot 2): no writes at all.
+	if ro, err := o.boolean("readOnly", false); err != nil {
+		return err
+	} else if ro {
+		a.reg.ReadOnly = true
+		a.warn("http.readOnly", "a zot 1.x setting: pushes and deletes are refused with 403 DENIED here (zot 1.x answered 405)")
+	}
 	o.unsupported("allowOrigin", "CORS headers are not added; put a Caddy header directive in front if a browser UI needs them")
 	o.unsupported("ratelimit", "not mapped; Caddy has rate-limit plugins, and upload limits apply on their own (max_uploads_per_client)")
 	o.unsupported("compat", "not supported: Docker schema 2 media types are always accepted and never converted")

@@ -520,3 +520,26 @@ func TestClientCertServes(t *testing.T) {
 		t.Fatalf("anonymous pull: %v", err)
 	}
 }
+
+// TestReadOnlyServes: zot 1.x's http.ReadOnly becomes read_only: pulls
+// work, pushes are refused.
+func TestReadOnlyServes(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	a := adaptString(t, `{"storage":{"rootDirectory":"`+dir+`/zot"},"http":{"address":"127.0.0.1","port":"`+port+`","ReadOnly":true}}`)
+	if !a.reg.ReadOnly || !a.warned("http.readOnly", "zot 1.x") {
+		t.Fatalf("read_only %v, warnings %v", a.reg.ReadOnly, a.warnings)
+	}
+	serve(t, a)
+	if _, err := push(t, "127.0.0.1:"+port, "apps/web:1", authn.Anonymous); status(err) != http.StatusForbidden {
+		t.Fatalf("push to a read-only registry: %v, want 403", err)
+	}
+	resp, err := http.Get("http://127.0.0.1:" + port + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /v2/: %d", resp.StatusCode)
+	}
+}
