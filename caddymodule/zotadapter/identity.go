@@ -72,9 +72,23 @@ func (a *adapter) ldap(o *object, au *caddymodule.Auth) error {
 	if err != nil {
 		return err
 	}
-	port, hasPort, err := l.integer("port")
-	if err != nil {
-		return err
+	// zot decodes a string of digits into the port too.
+	var port int64
+	v, hasPort := l.get("port")
+	if hasPort {
+		n, isNum := v.(json.Number)
+		str, isStr := v.(string)
+		switch {
+		case isNum:
+			port, err = n.Int64()
+		case isStr:
+			port, err = strconv.ParseInt(str, 10, 64)
+		default:
+			err = fmt.Errorf("not a number")
+		}
+		if err != nil {
+			return fmt.Errorf("%s: must be a port number, not %s", l.at("port"), kind(v))
+		}
 	}
 	if hasPort && (port < 1 || port > 65535) {
 		return fmt.Errorf("%s: %d is not a port number", l.at("port"), port)

@@ -54,6 +54,7 @@ func TestLDAP(t *testing.T) {
 		{`"port":389`, "ldaps://h:389", false},
 		{`"startTLS":true`, "ldaps://h:636", false},
 		{`"insecure":true`, "ldap://h:389", false},
+		{`"insecure":true,"port":"1389"`, "ldap://h:1389", false},
 		{`"insecure":true,"startTLS":true,"port":1389`, "ldap://h:1389", true},
 	} {
 		a := adaptString(t, `{"http":{"auth":{"ldap":{"address":"h","baseDN":"dc=x","userAttribute":"uid",`+c.keys+`}}}}`)
