@@ -52,6 +52,12 @@ type adapter struct {
 	metricsUsers     []string
 	metricsAnon      bool
 	hasMetricsAC     bool
+	// http.auth.ldap is mapped; with userGroupAttribute (ldapGroups),
+	// policies may name groups only the directory defines.
+	ldapOn, ldapGroups bool
+	// http.tls.cacert, and the client_certificates user attribute its
+	// certificates are named by ("" when zot's attribute has none here).
+	clientCA, certUser string
 }
 
 func (a *adapter) warn(key, msg string) {
@@ -60,7 +66,7 @@ func (a *adapter) warn(key, msg string) {
 
 // Adapt turns the zot config body into Caddy JSON.
 func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
-	a := &adapter{}
+	a := &adapter{certUser: "cn"} // zot's default identity attribute: CommonName
 	if f, ok := options["filename"].(string); ok {
 		a.file = f
 	}
@@ -140,7 +146,17 @@ func (a *adapter) storage(o *object) error {
 	if a.reg.Storage, err = o.str("rootDirectory"); err != nil {
 		return err
 	}
-	if a.reg.Storage == "" {
+	if sd, err := o.sub("storageDriver"); err != nil {
+		return err
+	} else if sd != nil {
+		if err := a.storageDriver(sd); err != nil {
+			return err
+		}
+	}
+	switch {
+	case a.reg.StorageS3 != nil:
+		a.reg.Storage = "" // zot keeps its local metadata there; blobs and metadata live elsewhere here
+	case a.reg.Storage == "":
 		a.warn("storage.rootDirectory", "not set (zot refuses to start without it); the registry uses Caddy's data folder")
 	}
 	dedupe, err := o.boolean("dedupe", true)
@@ -180,10 +196,13 @@ func (a *adapter) storage(o *object) error {
 	}
 	o.unsupported("gcTimeWindow", "garbage collection runs at any time of day here; the window is not kept")
 	o.unsupported("retention", "retention policies (keep tags by pattern, pull or push time) are not supported; only unreferenced content is collected")
-	o.unsupported("storageDriver", "not yet supported: the registry stores on the local filesystem under rootDirectory")
-	o.unsupported("cacheDriver", "not used: the dedupe index is part of the metadata store here")
+	metaStore := "the metadata store"
+	if a.reg.StorageS3 != nil {
+		metaStore = "the PostgreSQL metadata (metadata_postgres)"
+	}
+	o.unsupported("cacheDriver", "not used: the dedupe index, and what zot keeps in DynamoDB or Redis, is part of "+metaStore+" here")
 	o.unsupported("subPaths", "not yet supported: all repositories share rootDirectory and its GC settings")
-	o.unsupported("remoteCache", "not used: the dedupe index is part of the metadata store here")
+	o.unsupported("remoteCache", "not used: the dedupe index is part of "+metaStore+" here")
 	o.unsupported("redirectBlobURL", "not supported: blobs are always served by the registry itself")
 	o.unsupported("maxRepos", "no limit on the number of repositories here")
 	o.unsupported("fastRestart", "not needed: startup does not walk the storage here")
@@ -250,6 +269,13 @@ func (a *adapter) http(o *object) error {
 	if err := a.auth(o, realm); err != nil {
 		return err
 	}
+	// zot 1.x's read-only switch (removed in zot 2): no writes at all.
+	if ro, err := o.boolean("readOnly", false); err != nil {
+		return err
+	} else if ro {
+		a.reg.ReadOnly = true
+		a.warn("http.readOnly", "a zot 1.x setting: pushes and deletes are refused with 403 DENIED here (zot 1.x answered 405)")
+	}
 	o.unsupported("allowOrigin", "CORS headers are not added; put a Caddy header directive in front if a browser UI needs them")
 	o.unsupported("ratelimit", "not mapped; Caddy has rate-limit plugins, and upload limits apply on their own (max_uploads_per_client)")
 	o.unsupported("compat", "not supported: Docker schema 2 media types are always accepted and never converted")
@@ -258,7 +284,8 @@ func (a *adapter) http(o *object) error {
 
 // tls loads the certificate and key, and with cacert asks clients for
 // certificates as zot does: required when nothing else can sign a
-// client in, else verified when given.
+// client in, else verified when given (and then signing the client in,
+// see finishAuth).
 func (a *adapter) tls(t *object, httpObj *object) error {
 	cert, err := t.str("cert")
 	if err != nil {
@@ -290,6 +317,7 @@ func (a *adapter) tls(t *object, httpObj *object) error {
 			CARaw: caddyconfig.JSONModuleObject(caddytls.FileCAPool{TrustedCACertPEMFiles: []string{ca}}, "provider", "file", &a.warnings),
 			Mode:  mode,
 		}
+		a.clientCA = ca
 		// Caddy would answer 421 when Host differs from the TLS server
 		// name, which keeps a client from reaching a site whose policy
 		// asks for certificates through one that does not. Here one
@@ -297,7 +325,6 @@ func (a *adapter) tls(t *object, httpObj *object) error {
 		// address send no server name at all.
 		strict := false
 		a.server.StrictSNIHost = &strict
-		a.warn("http.tls.cacert", "client certificates are checked against it ("+mode+"), but a certificate does not sign the client in as a user here")
 	}
 	a.server.TLSConnPolicies = caddytls.ConnectionPolicies{policy}
 	return nil

@@ -199,7 +199,9 @@ func TestPolicy(t *testing.T) {
 
 // TestSync: several registries, content entries with destinations,
 // stripPrefix and bare prefixes, a credentials file, on-demand and
-// polled registries.
+// polled registries. A registry zot only polls copies into its
+// destination (sync_into); content that cannot be such a copy becomes a
+// mirror with a scheduled sync.
 func TestSync(t *testing.T) {
 	dir := t.TempDir()
 	creds := `{"127.0.0.1:7001": {"username": "puller", "password": "s3cret"}}`
@@ -212,39 +214,68 @@ func TestSync(t *testing.T) {
 		Prefix, Library, User string
 		Default, Insecure     bool
 		TTL                   time.Duration
+		Retries               int
+		Sync                  string
 	}
 	var got []m
 	for _, x := range a.reg.Mirrors {
-		got = append(got, m{x.Prefix, x.LibraryPrefix, x.Username, x.Default, x.InsecureSkipVerify, time.Duration(x.TagTTL)})
+		e := m{Prefix: x.Prefix, Library: x.LibraryPrefix, User: x.Username, Default: x.Default, Insecure: x.InsecureSkipVerify, TTL: time.Duration(x.TagTTL), Retries: -1}
+		if x.MaxRetries != nil {
+			e.Retries = *x.MaxRetries
+		}
+		if x.Sync != nil {
+			e.Sync = mustJSON(t, x.Sync)
+		}
+		got = append(got, e)
 	}
 	want := []m{
-		{Prefix: "mirror", User: "puller"},
-		{Prefix: "lib", Library: "library", User: "puller"},
-		{Prefix: "vendor", Library: "vendor", User: "puller"},
-		{Prefix: "127.0.0.1", Default: true, Insecure: true, TTL: 10 * time.Minute},
-		{Prefix: "docker.io", Library: "library"},
+		{Prefix: "lib", Library: "library", User: "puller", Retries: 3, Sync: `{"every":21600000000000,"content":[{"repository":"library/*"}]}`},
+		{Prefix: "vendor", Library: "vendor", User: "puller", Retries: 3, Sync: `{"every":21600000000000,"content":[{"repository":"vendor/**","semver":"\u003e=0.0.0-0"}]}`},
+		{Prefix: "127.0.0.1", Default: true, Insecure: true, TTL: 10 * time.Minute, Retries: -1},
+		{Prefix: "docker.io", Library: "library", Retries: -1},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("mirrors\n got %+v\nwant %+v", got, want)
 	}
+	if len(a.reg.SyncInto) != 1 {
+		t.Fatalf("sync_into %s", mustJSON(t, a.reg.SyncInto))
+	}
+	si := a.reg.SyncInto[0]
+	if si.Prefix != "mirror" || si.From != "http://127.0.0.1:7001" || si.Username != "puller" || si.Password != "s3cret" ||
+		si.MaxRetries == nil || *si.MaxRetries != 3 || time.Duration(si.RetryDelay) != 5*time.Minute ||
+		time.Duration(si.Every) != 6*time.Hour || mustJSON(t, si.Content) != `[{"repository":"team/**","tags":"^1\\."}]` {
+		t.Errorf("sync_into %s", mustJSON(t, si))
+	}
+	// The copy's prefix stays local beside the default mirror.
+	if !slices.Equal(a.reg.LocalPrefixes, []string{"mirror"}) {
+		t.Errorf("local_prefixes %v", a.reg.LocalPrefixes)
+	}
 	for _, w := range [][2]string{
 		{"extensions.sync.credentialsFile", "copied"},
-		{"extensions.sync.registries[0].pollInterval", "not yet supported"},
-		{"extensions.sync.registries[0].maxRetries", "retries"},
-		{"extensions.sync.registries[0].content[0].prefix", "not a filter"},
-		{"extensions.sync.registries[0].content[2].tags", "tag filters"},
+		{"extensions.sync.registries[0].retryDelay", "twice as long"},
+		{"extensions.sync.registries[0].onlySigned", "not supported"},
+		{"extensions.sync.registries[0].content[0].tags.excludeRegex", "synced too"},
+		{"extensions.sync.registries[0].content[1]", "also fetched when first pulled"},
 		{"extensions.sync.registries[0].content[2]", "longer names under vendor/"},
 		{"extensions.sync.registries[0].content[1]", "access patterns see it as lib/library/<name>"},
 		{"extensions.sync.registries[1]", "default mirror"},
 		{"extensions.sync.registries[2]", "served under docker.io/ instead"},
 		{"extensions.sync.registries[2].syncTimeout", "not mapped"},
+		{"extensions.sync", "(mirror) stay local"},
 	} {
 		if !a.warned(w[0], w[1]) {
 			t.Errorf("no warning %q on %s", w[1], w[0])
 		}
 	}
-	if a.warned("extensions.sync.registries[0].content[1]", "longer names") {
-		t.Error("/library/* stripped into lib/ maps one-component names only, yet warned about longer ones")
+	for _, w := range [][2]string{
+		{"extensions.sync.registries[0].content[1]", "longer names"}, // /library/* stripped into lib/: one-component names only
+		{"extensions.sync.registries[0].pollInterval", ""},           // maps
+		{"extensions.sync.registries[0].maxRetries", ""},             // maps
+		{"extensions.sync.registries[0].content[0].prefix", ""},      // a copy of team/** is filtered, as in zot
+	} {
+		if a.warned(w[0], w[1]) {
+			t.Errorf("warning %q on %s", w[1], w[0])
+		}
 	}
 }
 
@@ -282,14 +313,37 @@ func TestWarnings(t *testing.T) {
 		config, key, msg string
 	}{
 		{`{"storage":{"rootDirectory":"/x","rootDir":"/y"}}`, "storage.rootDir", "not a zot setting"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"content":[{"prefix":"/a/**","tags":{"regex":"^v"}}]}]}}}`,
+			"extensions.sync.registries[0].content[0].tags", "on demand"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"pollInterval":"1h","content":[{"prefix":"/a/**","tags":{"regex":"^v"}}]}]}}}`,
+			"extensions.sync.registries[0].content[0].tags", "still fetches it"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"pollInterval":"1h","content":[{"prefix":"/a/{b,c}","destination":"/x"}]}]}}}`,
+			"extensions.sync.registries[0].content[0].prefix", "not synced on a schedule"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://a.example","https://b.example"],"pollInterval":"1h","content":[{"prefix":"**","destination":"/x"}]}]}}}`,
+			"extensions.sync.registries[0].content[0]", "copied from https://a.example only"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://a.example"],"maxRetryDelay":"1m"}]}}}`,
+			"extensions.sync.registries[0].maxRetryDelay", "no cap"},
 		{`{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/a"}}}}`, "storage.subPaths", "not yet supported"},
-		{`{"storage":{"rootDirectory":"/x","storageDriver":{"name":"s3","bucket":"b"}}}`, "storage.storageDriver", "not yet supported"},
+		{`{"storage":{"rootDirectory":"/x","storageDriver":{"name":"s3","bucket":"b"}}}`, "storage.storageDriver", "does not load"},
 		{`{"storage":{"rootDirectory":"/x","retention":{"policies":[{"repositories":["**"]}]}}}`, "storage.retention", "not supported"},
-		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x"}}}}`, "http.auth.ldap", "not yet supported"},
+		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid","startTLS":true}}}}`, "http.auth.ldap.startTLS", "ldaps://"},
+		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid"}}}}`, "http.auth.ldap.subtreeSearch", "whole subtree"},
+		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid"}}}}`, "http.auth.ldap.userGroupAttribute", "memberOf"},
+		{`{"http":{"auth":{"htpasswd":{"path":"/h"},"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid","subtreeSearch":true}}}}`, "http.auth.ldap", "htpasswd file lists"},
+		{`{"http":{"auth":{"ldap":{"address":"l","baseDN":"dc=x","userAttribute":"uid","insecure":true,"skipVerify":true}}}}`, "http.auth.ldap", "without TLS"},
+		{`{"http":{"auth":{"ldap":{"address":"l","baseDN":"dc=x","userAttribute":"uid","bindDN":"cn=r","bindPassword":"pw"}}}}`, "http.auth.ldap.bindPassword", "copied"},
+		{`{"http":{"auth":{"ldap":{"address":"l","baseDN":"dc=x","userAttribute":"uid","userGroupAttribute":"memberOf"}},"accessControl":{"repositories":{"**":{"policies":[{"groups":["cn=devs,ou=groups,dc=x"],"actions":["read"]}]}}}}}`,
+			"http.accessControl.repositories.**.policies", `is "devs" here`},
+		{`{"http":{"auth":{"mtls":{"identityAttributes":["CommonName"]}}}}`, "http.auth.mtls", "without http.tls.cacert"},
+		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"},"auth":{"mtls":{"identityAttributes":["DNSName","CommonName"]}},"accessControl":{"repositories":{"**":{"defaultPolicy":["read"]}}}}}`,
+			"http.auth.mtls.identityAttributes", "only the first attribute"},
+		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"},"auth":{"mtls":{"identityAttributes":["Subject"]}},"accessControl":{"repositories":{"**":{"defaultPolicy":["read"]}}}}}`,
+			"http.auth.mtls.identityAttributes", "sign nobody in"},
+		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"},"auth":{"mtls":{"identityAttributes":["URI"],"uriSanPattern":"spiffe://x/(.*)"}},"accessControl":{"repositories":{"**":{"defaultPolicy":["read"]}}}}}`,
+			"http.auth.mtls.uriSanPattern", "whole URI"},
 		{`{"http":{"auth":{"bearer":{"realm":"https://a/t","service":"s","cert":"/c.pem"}}}}`, "http.auth.bearer", "issuer"},
 		{`{"http":{"auth":{"apikey":true}}}`, "http.auth.apikey", "OpenID"},
 		{`{"http":{"ratelimit":{"rate":5}}}`, "http.ratelimit", "not mapped"},
-		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"}}}`, "http.tls.cacert", "does not sign"},
 		{`{"extensions":{"scrub":{"enable":true}}}`, "extensions.scrub", "not needed"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
 			"extensions.sync.registries[0].content[0].destination", "more than one name component"},
@@ -323,6 +377,11 @@ func TestErrors(t *testing.T) {
 		{`{"extensions":{"sync":{"registries":[{"urls":"https://r.example"}]}}}`, "extensions.sync.registries[0].urls"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["r.example"]}]}}}`, "extensions.sync.registries[0].urls[0]"},
 		{`{"log":{"level":"chatty"}}`, "log.level"},
+		{`{"http":{"auth":{"ldap":{"address":"h","baseDN":"dc=x"}}}}`, "http.auth.ldap: needs address, baseDN and userAttribute"},
+		{`{"http":{"auth":{"ldap":{"address":"h","baseDN":"dc=x","userAttribute":"uid","port":70000}}}}`, "http.auth.ldap.port"},
+		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"},"auth":{"mtls":{"identityAttributes":["Serial"]}}}}`, "http.auth.mtls.identityAttributes"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"maxRetries":-1}]}}}`, "extensions.sync.registries[0].maxRetries"},
+		{`{"storage":{"storageDriver":{"name":"s3"}}}`, "storage.storageDriver: needs a bucket"},
 		{`{"storage":{"rootDirectory":"/a","RootDirectory":"/b"}}`, "the same key"},
 		{`{"storage":`, "zot config"},
 		{`[]`, "must be a JSON object"},

@@ -19,6 +19,7 @@ package zotadapter
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -89,8 +90,12 @@ func (a *adapter) authn(o *object, au *caddymodule.Auth) error {
 		a.htpasswd = au.Htpasswd
 		hp.rest()
 	}
-	o.unsupported("ldap", "LDAP sign-in is not yet supported; LDAP users cannot sign in")
-	o.unsupported("mtls", "client certificates do not sign clients in here")
+	if err := a.ldap(o, au); err != nil {
+		return err
+	}
+	if err := a.mtls(o); err != nil {
+		return err
+	}
 	o.unsupported("sessionKeysFile", "not used: the sign-in session key is generated and kept in the storage folder")
 	o.unsupported("sessionDriver", "not used: sign-in sessions are kept in the registry's metadata store")
 	o.unsupported("secureSession", "not used: session cookies are Secure whenever externalUrl is https")
@@ -428,8 +433,7 @@ func (a *adapter) repositoryPolicy(po *object) (authscope.RepositoryPolicy, erro
 			extra = append(extra, act)
 		}
 	}
-	au := a.reg.Auth
-	if len(extra) > 0 && (au.Htpasswd != "" || au.Token != nil || au.OIDC != nil || au.Workload != nil) {
+	if len(extra) > 0 && (a.signsIn() || a.clientCA != "" && a.certUser != "") {
 		a.warn(po.at("anonymousPolicy"), "signed-in users get these actions too here ("+strings.Join(extra, ", ")+"), not only callers without credentials as in zot")
 	}
 	return rp, nil
@@ -462,10 +466,20 @@ func (a *adapter) actions(o *object, key string) ([]string, error) {
 	return acts, nil
 }
 
+// signsIn reports whether anything but a client certificate signs
+// clients in.
+func (a *adapter) signsIn() bool {
+	au := a.reg.Auth
+	return au != nil && (au.Htpasswd != "" || au.Token != nil || au.OIDC != nil || au.Workload != nil || au.LDAP != nil)
+}
+
 // finishAuth completes Auth once everything is read: API keys need the
-// OpenID sign-in; without accessControl every signed-in user may do
-// everything (zot's rule); groups nobody defines are dropped when no
-// identity provider could bring them.
+// OpenID sign-in; client certificates sign users in when there is auth
+// at all (without it, zot lets every verified certificate do
+// everything, as require_and_verify with no auth does here); without
+// accessControl every signed-in user may do everything (zot's rule);
+// groups nobody defines are dropped when no identity provider could
+// bring them.
 func (a *adapter) finishAuth() error {
 	au := a.reg.Auth
 	if a.apiKeys {
@@ -475,19 +489,33 @@ func (a *adapter) finishAuth() error {
 			a.warn("http.auth.apikey", "API keys are made after an OpenID sign-in here; without an OpenID provider there are none")
 		}
 	}
-	signIn := au.Htpasswd != "" || au.Token != nil || au.OIDC != nil || au.Workload != nil
-	if !signIn && !a.hasAccessControl {
+	if !a.signsIn() && !a.hasAccessControl {
 		a.reg.Auth = nil // zot without auth: everyone may do everything
 		if au.Realm != "" {
 			a.warn("http.realm", "no authentication is configured; the realm is not used")
 		}
 		return nil
 	}
+	if a.clientCA != "" && a.certUser != "" {
+		au.ClientCertificates = &caddymodule.ClientCertificates{User: a.certUser}
+	}
 	if !a.hasAccessControl {
 		au.Repositories = map[string]authscope.RepositoryPolicy{"**": {Default: allActions}}
 		return nil
 	}
-	if au.OIDC != nil || au.Workload != nil {
+	if a.ldapOn {
+		pats := slices.Sorted(maps.Keys(au.Repositories))
+		for _, p := range pats {
+			rp := au.Repositories[p]
+			for i := range rp.Policies {
+				rp.Policies[i].Groups = a.ldapGroupNames("http.accessControl.repositories."+p+".policies", rp.Policies[i].Groups)
+			}
+		}
+		if au.Admin != nil {
+			au.Admin.Groups = a.ldapGroupNames("http.accessControl.adminPolicy", au.Admin.Groups)
+		}
+	}
+	if au.OIDC != nil || au.Workload != nil || a.ldapGroups {
 		return nil // groups may come from the identity provider
 	}
 	undefined := func(where string, gs []string) []string {

@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -33,6 +34,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/caddymodule"
+	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
 )
 
 func (a *adapter) extensions(o *object) error {
@@ -156,27 +158,27 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	if err != nil {
 		return err
 	}
-	_, hasPoll, err := r.duration("pollInterval")
+	poll, _, err := r.duration("pollInterval")
 	if err != nil {
 		return err
 	}
-	switch {
-	case hasPoll:
-		a.warn(r.at("pollInterval"), "scheduled sync is not yet supported: images are fetched from upstream when first pulled")
-	case !onDemand:
-		a.warn(r.at("onDemand"), "false, but images are fetched from upstream when first pulled here (the only sync there is)")
+	var every caddy.Duration // 0: no scheduled sync
+	if poll > 0 {
+		every = caddy.Duration(poll)
+	} else if !onDemand {
+		a.warn(r.at("onDemand"), "false without pollInterval: zot syncs nothing from this registry, but here images are fetched from it when first pulled")
 	}
 	if pd, err := r.boolean("preserveDigest", true); err != nil {
 		return err
 	} else if !pd {
 		a.warn(r.at("preserveDigest"), "note: manifests are always kept byte for byte, so digests always equal upstream's")
 	}
-	r.unsupported("onlySigned", "not supported: signatures are not checked, unsigned images are served too")
-	r.unsupported("maxRetries", "the mirror retries on its own terms; not configurable")
-	r.unsupported("retryDelay", "the mirror retries on its own terms; not configurable")
-	r.unsupported("maxRetryDelay", "the mirror retries on its own terms; not configurable")
+	if err := a.retries(r, &base); err != nil {
+		return err
+	}
+	r.unsupported("onlySigned", "not supported: signatures are not checked, unsigned images are synced and served too")
 	r.unsupported("syncTimeout", "not mapped: set the mirror's dial_timeout, response_header_timeout and stall_timeout")
-	r.unsupported("reqConcurrent", "not mapped: the mirror's max_concurrent_fills limits blob transfers")
+	r.unsupported("reqConcurrent", "not mapped: the mirror's max_concurrent_fills limits blob transfers, sync's concurrency its fetches")
 	r.unsupported("reqPerSec", "not supported")
 	r.unsupported("disableHTTP2", "not supported")
 	r.unsupported("maxIdleConnsPerHost", "not supported")
@@ -189,23 +191,24 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 		return err
 	}
 	if len(contents) == 0 {
-		return a.addMirror(r.path, base, "**", "", false, first.Hostname())
+		// zot syncs every repository of the registry.
+		return a.addContent(r.path, base, syncEntry{glob: "**", every: every, onDemand: onDemand}, first.Hostname())
 	}
 	for _, c := range contents {
-		prefix, err := c.str("prefix")
-		if err != nil {
+		e := syncEntry{every: every, onDemand: onDemand}
+		if e.glob, err = c.str("prefix"); err != nil {
 			return err
 		}
-		dest, err := c.str("destination")
-		if err != nil {
+		if e.dest, err = c.str("destination"); err != nil {
 			return err
 		}
-		strip, err := c.boolean("stripPrefix", false)
-		if err != nil {
+		if e.strip, err = c.boolean("stripPrefix", false); err != nil {
 			return err
 		}
-		c.unsupported("tags", "tag filters are not applied: every tag of a mirrored repository can be pulled")
-		if err := a.addMirror(c.path, base, prefix, dest, strip, first.Hostname()); err != nil {
+		if err := a.syncTags(c, &e); err != nil {
+			return err
+		}
+		if err := a.addContent(c.path, base, e, first.Hostname()); err != nil {
 			return err
 		}
 		c.rest()
@@ -213,15 +216,144 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	return nil
 }
 
-// addMirror adds the mirror that serves one content entry (prefix glob,
-// destination, stripPrefix) of a registry whose first URL's host is host.
-func (a *adapter) addMirror(at string, base caddymodule.Mirror, glob, dest string, strip bool, host string) error {
-	glob = strings.Trim(glob, "/")
+// retries maps maxRetries and retryDelay onto the mirror's.
+func (a *adapter) retries(r *object, m *caddymodule.Mirror) error {
+	if n, ok, err := r.integer("maxRetries"); err != nil {
+		return err
+	} else if ok {
+		if n < 0 || n > 100 {
+			return fmt.Errorf("%s: must be between 0 and 100, not %d", r.at("maxRetries"), n)
+		}
+		retries := int(n)
+		m.MaxRetries = &retries
+	}
+	if d, ok, err := r.duration("retryDelay"); err != nil {
+		return err
+	} else if ok && d > 0 {
+		m.RetryDelay = caddy.Duration(d)
+		if !r.has("maxRetryDelay") {
+			a.warn(r.at("retryDelay"), "is the first wait here; each later retry waits twice as long (zot waits the same each time unless maxRetryDelay is set), and an upstream's Retry-After is obeyed")
+		}
+	}
+	r.unsupported("maxRetryDelay", "no cap on the wait between retries to set here: it doubles from retryDelay")
+	return nil
+}
+
+// syncEntry is one zot sync content entry, and how its registry syncs.
+type syncEntry struct {
+	glob, dest string
+	strip      bool
+	// tags: zot's tags.regex; semver: tags.semver.
+	tags     string
+	semver   bool
+	every    caddy.Duration // pollInterval; 0 for none
+	onDemand bool
+}
+
+// syncTags reads a content entry's tags filters.
+func (a *adapter) syncTags(c *object, e *syncEntry) error {
+	t, err := c.sub("tags")
+	if err != nil || t == nil {
+		return err
+	}
+	defer t.rest()
+	if e.tags, err = t.str("regex"); err != nil {
+		return err
+	}
+	if e.semver, err = t.boolean("semver", false); err != nil {
+		return err
+	}
+	t.unsupported("excludeRegex", "not supported: tags it would leave out are synced too")
+	switch {
+	case e.every == 0:
+		a.warn(t.path, "tag filters apply to a scheduled sync only (pollInterval): every tag can be pulled on demand here")
+	case e.onDemand:
+		a.warn(t.path, "applied to the scheduled sync; a pull of another tag still fetches it from upstream on demand")
+	}
+	return nil
+}
+
+// sync is the scheduled sync of e (glob is upstream's names), or nil
+// when e has none or the glob is not one mirrorsync reads.
+func (a *adapter) scheduled(at string, e syncEntry, glob string) *caddymodule.Sync {
+	if e.every == 0 {
+		return nil
+	}
+	c := caddymodule.SyncContent{Repository: glob, Tags: e.tags}
+	if e.semver {
+		// zot's semver: true keeps every tag that is a version,
+		// pre-releases included; this range is all of them.
+		c.Semver = ">=0.0.0-0"
+	}
+	if err := mirrorsync.CheckContent([]mirrorsync.Content{mirrorsync.Content(c)}); err != nil {
+		a.warn(at, fmt.Sprintf("not synced on a schedule: %v", err))
+		return nil
+	}
+	return &caddymodule.Sync{Every: e.every, Content: []caddymodule.SyncContent{c}}
+}
+
+// addContent adds what serves one content entry: a sync_into when zot
+// only polls into a destination (a local namespace that takes pushes and
+// never reaches upstream on a pull, as in zot), else a mirror (with a
+// scheduled sync when zot polls).
+func (a *adapter) addContent(at string, base caddymodule.Mirror, e syncEntry, host string) error {
+	glob := strings.Trim(e.glob, "/")
 	if glob == "" {
 		glob = "**"
 	}
+	dest := strings.Trim(e.dest, "/")
+	if e.every > 0 && !e.onDemand && dest != "" && !e.strip {
+		return a.addSyncInto(at, base, e, glob, dest)
+	}
+	return a.addMirror(at, base, e, host)
+}
+
+// addSyncInto copies upstream's glob into dest/<upstream name>, which is
+// zot's destination without stripPrefix.
+func (a *adapter) addSyncInto(at string, base caddymodule.Mirror, e syncEntry, glob, dest string) error {
+	if !authscope.ValidName(dest) {
+		a.warn(at+".destination", fmt.Sprintf("%q is not a repository name prefix here; this content is not synced", dest))
+		return nil
+	}
+	first, _, _ := strings.Cut(dest, "/")
+	if a.prefixTaken(first) || a.prefixTaken(dest) {
+		a.warn(at, fmt.Sprintf("the prefix %s is already a mirror's or another sync's; this content is not synced", dest))
+		return nil
+	}
+	s := a.scheduled(at+".prefix", e, glob)
+	if s == nil {
+		return nil
+	}
+	si := &caddymodule.SyncInto{
+		Prefix: dest, From: base.Upstreams[0],
+		Username: base.Username, Password: base.Password,
+		MaxRetries: base.MaxRetries, RetryDelay: base.RetryDelay,
+		CAFile: base.CAFile, InsecureSkipVerify: base.InsecureSkipVerify,
+		Sync: *s,
+	}
+	if len(base.Upstreams) > 1 {
+		a.warn(at, fmt.Sprintf("copied from %s only: a scheduled copy has one upstream here", si.From))
+	}
+	a.reg.SyncInto = append(a.reg.SyncInto, si)
+	return nil
+}
+
+// prefixTaken reports whether a mirror or sync_into has prefix.
+func (a *adapter) prefixTaken(prefix string) bool {
+	return slices.ContainsFunc(a.reg.Mirrors, func(m *caddymodule.Mirror) bool { return m.Prefix == prefix }) ||
+		slices.ContainsFunc(a.reg.SyncInto, func(s *caddymodule.SyncInto) bool { return s.Prefix == prefix })
+}
+
+// addMirror adds the mirror that serves one content entry (prefix glob,
+// destination, stripPrefix) of a registry whose first URL's host is host.
+func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, host string) error {
+	glob := strings.Trim(e.glob, "/")
+	if glob == "" {
+		glob = "**"
+	}
+	strip := e.strip
 	lit, rest := splitGlob(glob)
-	dest = strings.Trim(dest, "/")
+	dest := strings.Trim(e.dest, "/")
 	m := base
 	var remainder string // what follows the mirror's prefix in local names
 	switch {
@@ -267,8 +399,8 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, glob, dest strin
 		a.warn(at, fmt.Sprintf("%q cannot be a mirror prefix (one lower-case name component); this content is not mirrored", m.Prefix))
 		return nil
 	}
-	if slices.ContainsFunc(a.reg.Mirrors, func(o *caddymodule.Mirror) bool { return o.Prefix == m.Prefix }) {
-		a.warn(at, fmt.Sprintf("the prefix %s is already mirrored from another upstream; this content is not mirrored", m.Prefix))
+	if a.prefixTaken(m.Prefix) {
+		a.warn(at, fmt.Sprintf("the prefix %s is already mirrored from another upstream or synced; this content is not mirrored", m.Prefix))
 		return nil
 	}
 	if m.LibraryPrefix != "" {
@@ -281,31 +413,44 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, glob, dest strin
 	if remainder != "**" {
 		a.warn(at+".prefix", fmt.Sprintf("is not a filter here: every repository of the upstream can be pulled under %s/", m.Prefix))
 	}
+	if m.Sync = a.scheduled(at+".prefix", e, glob); m.Sync != nil && !e.onDemand {
+		a.warn(at, fmt.Sprintf("synced every %s into the mirror %s, whose images not yet synced are also fetched when first pulled (zot with onDemand false answers 404 for them)", time.Duration(e.every), m.Prefix))
+	}
 	a.reg.Mirrors = append(a.reg.Mirrors, &m)
 	return nil
 }
 
-// localPrefixes keeps the namespaces that access rules name local when a
-// mirror is the default: in zot, pushed and synced repositories live side
-// by side, while here a name is either local or the default mirror's.
+// localPrefixes keeps the namespaces that access rules name, and those
+// sync_into copies into, local when a mirror is the default: in zot,
+// pushed and synced repositories live side by side, while here a name is
+// either local or the default mirror's.
 func (a *adapter) localPrefixes() {
 	def := slices.IndexFunc(a.reg.Mirrors, func(m *caddymodule.Mirror) bool { return m.Default })
-	if def < 0 || a.reg.Auth == nil {
+	if def < 0 {
 		return
 	}
 	var local []string
-	for pat := range a.reg.Auth.Repositories {
-		first, _, _ := strings.Cut(pat, "/")
-		if strings.ContainsAny(first, "*?[{\\") || slices.Contains(local, first) ||
-			slices.ContainsFunc(a.reg.Mirrors, func(m *caddymodule.Mirror) bool { return m.Prefix == first }) {
-			continue
+	add := func(p string) {
+		if !slices.Contains(local, p) {
+			local = append(local, p)
 		}
-		local = append(local, first)
+	}
+	if a.reg.Auth != nil {
+		for pat := range a.reg.Auth.Repositories {
+			first, _, _ := strings.Cut(pat, "/")
+			if strings.ContainsAny(first, "*?[{\\") || a.prefixTaken(first) {
+				continue
+			}
+			add(first)
+		}
+	}
+	for _, si := range a.reg.SyncInto {
+		add(si.Prefix)
 	}
 	slices.Sort(local)
 	if len(local) > 0 {
 		a.reg.LocalPrefixes = local
-		a.warn("extensions.sync", "the namespaces access rules name ("+strings.Join(local, ", ")+") stay local and take pushes; every other name without a prefix goes to the default mirror "+a.reg.Mirrors[def].Prefix)
+		a.warn("extensions.sync", "the namespaces access rules name or scheduled copies go to ("+strings.Join(local, ", ")+") stay local and take pushes; every other name without a prefix goes to the default mirror "+a.reg.Mirrors[def].Prefix)
 	}
 }
 
@@ -356,8 +501,7 @@ func (a *adapter) metrics(m *object) error {
 		MatcherSetsRaw: caddyhttp.RawMatcherSets{{"path": caddyconfig.JSON(caddyhttp.MatchPath{path}, &a.warnings)}},
 	}
 	au := a.reg.Auth
-	signIn := au != nil && (au.Htpasswd != "" || au.Token != nil || au.OIDC != nil || au.Workload != nil)
-	open := !signIn && !a.hasAccessControl || a.hasAccessControl && a.metricsAnon
+	open := !a.signsIn() && !a.hasAccessControl || a.hasAccessControl && a.metricsAnon
 	if !open {
 		users := a.metricsUsers
 		if !a.hasAccessControl {
@@ -375,7 +519,7 @@ func (a *adapter) metrics(m *object) error {
 		route.HandlersRaw = append(route.HandlersRaw, caddyconfig.JSONModuleObject(caddyauth.Authentication{
 			ProvidersRaw: caddy.ModuleMap{"http_basic": caddyconfig.JSON(basic, &a.warnings)},
 		}, "handler", "authentication", &a.warnings))
-		if au.OIDC != nil || au.Token != nil || au.Workload != nil {
+		if au.OIDC != nil || au.Token != nil || au.Workload != nil || au.LDAP != nil {
 			a.warn("extensions.metrics", path+" takes htpasswd users only (their password hashes are copied into the adapted config)")
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
@@ -218,19 +219,25 @@ func TestHomelabServes(t *testing.T) {
 	}
 }
 
-// TestSyncServes: zot's on-demand sync of several registries, each
-// content entry pulled through its mirror. lib/alpine and vendor/tool rely
-// on library_prefix applying to a prefixed one-component name
-// (lib/alpine -> upstream library/alpine), issue 13's newcomer fix.
+// TestSyncServes: zot's sync of several registries. On-demand content is
+// pulled through its mirror: lib/alpine and vendor/tool rely on
+// library_prefix applying to a prefixed one-component name (lib/alpine ->
+// upstream library/alpine), issue 13's newcomer fix. The registry zot
+// only polls (pollInterval 6h, onDemand false) copies team/** into
+// mirror/ when its sync runs, and only the tags its regex keeps; before,
+// nothing is there, as in zot. The polled content that had to become a
+// mirror (vendor/**, tags semver) syncs the version tags into it.
 func TestSyncServes(t *testing.T) {
 	up1, up2 := upstream(t), upstream(t)
 	h1, h2 := strings.TrimPrefix(up1, "http://"), strings.TrimPrefix(up2, "http://")
 	want := map[string]v1.Image{}
 	for local, upstreamName := range map[string]string{
-		"mirror/team/a:1": h1 + "/team/a:1",         // destination /mirror
-		"lib/alpine:3":    h1 + "/library/alpine:3", // /library/* stripped into /lib
-		"vendor/tool:1":   h1 + "/vendor/tool:1",    // /vendor/** at its own name
-		"other/img:1":     h2 + "/other/img:1",      // no content: the default mirror
+		"lib/alpine:3":         h1 + "/library/alpine:3", // /library/* stripped into /lib
+		"vendor/tool:1":        h1 + "/vendor/tool:1",    // /vendor/** at its own name
+		"other/img:1":          h2 + "/other/img:1",      // no content: the default mirror
+		"mirror/team/a:1.2":    h1 + "/team/a:1.2",       // polled into /mirror, tag ^1\.
+		"mirror/team/a:latest": h1 + "/team/a:latest",
+		"vendor/tool:latest":   h1 + "/vendor/tool:latest",
 	} {
 		host, repo, _ := strings.Cut(upstreamName, "/")
 		img, err := push(t, host, repo, authn.Anonymous)
@@ -244,18 +251,96 @@ func TestSyncServes(t *testing.T) {
 	port := freePort(t)
 	serve(t, adaptFixture(t, "sync.json", map[string]string{"@DIR@": dir, "@PORT@": port, "@UPSTREAM@": up1, "@UPSTREAM2@": up2}))
 	host := "127.0.0.1:" + port
-	for local, img := range want {
+	pull := func(local string) error {
+		t.Helper()
 		got, err := remote.Image(ref(t, host, local))
 		if err != nil {
-			t.Errorf("pull %s: %v", local, err)
-			continue
+			return err
 		}
-		if digestOf(t, got) != digestOf(t, img) {
+		if digestOf(t, got) != digestOf(t, want[local]) {
 			t.Errorf("pull %s: another image", local)
 		}
+		return nil
 	}
-	// Names without a prefix belong to the default mirror: no pushes, as
-	// the adapter warned.
+	for _, local := range []string{"lib/alpine:3", "vendor/tool:1", "other/img:1"} {
+		if err := pull(local); err != nil {
+			t.Errorf("pull %s on demand: %v", local, err)
+		}
+	}
+	// Not synced yet: zot with onDemand false has nothing either.
+	if err := pull("mirror/team/a:1.2"); status(err) != http.StatusNotFound {
+		t.Fatalf("pull of a polled image before the sync ran: %v, want 404", err)
+	}
+
+	// Run the syncs now instead of in 6h, and wait for them to end.
+	base := "http://" + host + "/_oci/sync"
+	resp, err := http.Post(base, "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /_oci/sync: %d", resp.StatusCode)
+	}
+	var st struct {
+		Syncs []struct {
+			Name    string
+			LastEnd *time.Time `json:"last_end"`
+			LastRun *struct {
+				Tags   int
+				Errors []string
+			} `json:"last_run"`
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for done := false; !done; {
+		resp, err := http.Get(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Syncs = nil
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		done = len(st.Syncs) == 3
+		for _, s := range st.Syncs {
+			done = done && s.LastEnd != nil
+		}
+		if !done && time.Now().After(deadline) {
+			t.Fatalf("the syncs did not end: %+v", st.Syncs)
+		}
+		if !done {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	tags := map[string]int{}
+	for _, s := range st.Syncs {
+		tags[s.Name] = s.LastRun.Tags
+		if len(s.LastRun.Errors) > 0 {
+			t.Errorf("sync %s: %v", s.Name, s.LastRun.Errors)
+		}
+	}
+	// team/a:1.2 passes ^1\. and latest does not; vendor/tool:1 is a
+	// version and latest is not; library/alpine:3 has no filter.
+	if w := map[string]int{"mirror": 1, "vendor": 1, "lib": 1}; !maps.Equal(tags, w) {
+		t.Errorf("tags synced %v, want %v", tags, w)
+	}
+	if err := pull("mirror/team/a:1.2"); err != nil {
+		t.Errorf("pull of a polled image after the sync: %v", err)
+	}
+	// A copy never reaches upstream on a pull: a tag the filter left
+	// out is not there.
+	if err := pull("mirror/team/a:latest"); status(err) != http.StatusNotFound {
+		t.Errorf("pull of a tag the sync filtered out: %v, want 404", err)
+	}
+	// The copy's namespace is local, as zot's destination is: it takes
+	// pushes. Names without a prefix belong to the default mirror: no
+	// pushes, as the adapter warned.
+	if _, err := push(t, host, "mirror/own:1", authn.Anonymous); err != nil {
+		t.Errorf("push into the copy's namespace: %v", err)
+	}
 	if _, err := push(t, host, "mine/app:1", authn.Anonymous); err == nil {
 		t.Error("push to a name of the default mirror accepted")
 	}
@@ -323,11 +408,11 @@ func TestOpenIDServes(t *testing.T) {
 	}
 }
 
-// TestTLSServes: zot's http.tls with cacert and no other way to sign in:
-// the server presents its certificate and, as zot does, requires a client
-// certificate that the CA signed.
-func TestTLSServes(t *testing.T) {
-	dir := t.TempDir()
+// testPKI writes a CA (ca.crt), a server certificate for 127.0.0.1
+// (server.cert, server.key) into dir, and returns the CA's pool and a
+// client certificate whose common name is "leaf".
+func testPKI(t *testing.T, dir string) (*x509.CertPool, tls.Certificate) {
+	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
@@ -358,13 +443,26 @@ func TestTLSServes(t *testing.T) {
 	writeFile(t, dir, "server.cert", string(srvCert))
 	writeFile(t, dir, "server.key", string(srvKey))
 	writeFile(t, dir, "ca.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})))
+	pair, err := tls.X509KeyPair(cliCert, cliKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	return roots, pair
+}
+
+// TestTLSServes: zot's http.tls with cacert and no other way to sign in:
+// the server presents its certificate and, as zot does, requires a client
+// certificate that the CA signed.
+func TestTLSServes(t *testing.T) {
+	dir := t.TempDir()
+	roots, pair := testPKI(t, dir)
 	port := freePort(t)
 	cfg := `{"storage":{"rootDirectory":"` + dir + `/zot"},"http":{"address":"127.0.0.1","port":"` + port + `",
 		"tls":{"cert":"` + dir + `/server.cert","key":"` + dir + `/server.key","cacert":"` + dir + `/ca.crt"}}}`
 	serve(t, adaptString(t, cfg))
 
-	roots := x509.NewCertPool()
-	roots.AddCert(ca)
 	get := func(certs []tls.Certificate) (*http.Response, error) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}}}
 		return c.Get("https://127.0.0.1:" + port + "/v2/")
@@ -373,10 +471,6 @@ func TestTLSServes(t *testing.T) {
 		resp.Body.Close()
 		t.Fatalf("no client certificate: %d, want a refused handshake", resp.StatusCode)
 	}
-	pair, err := tls.X509KeyPair(cliCert, cliKey)
-	if err != nil {
-		t.Fatal(err)
-	}
 	resp, err := get([]tls.Certificate{pair})
 	if err != nil {
 		t.Fatal(err)
@@ -384,5 +478,68 @@ func TestTLSServes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("with a client certificate: %d", resp.StatusCode)
+	}
+}
+
+// TestClientCertServes: zot's mTLS with accessControl (examples/
+// config-mtls.json): the certificate's common name is the user that
+// policies name; without a certificate a client reads only what
+// anonymousPolicy allows.
+func TestClientCertServes(t *testing.T) {
+	dir := t.TempDir()
+	roots, pair := testPKI(t, dir)
+	port := freePort(t)
+	cfg := `{"storage":{"rootDirectory":"` + dir + `/zot"},"http":{"address":"127.0.0.1","port":"` + port + `",
+		"tls":{"cert":"` + dir + `/server.cert","key":"` + dir + `/server.key","cacert":"` + dir + `/ca.crt"},
+		"auth":{"mtls":{"identityAttributes":["CommonName"]}},
+		"accessControl":{"repositories":{"**":{"policies":[{"users":["leaf"],"actions":["read","create"]}],"anonymousPolicy":["read"]}}}}}`
+	a := adaptString(t, cfg)
+	if c := a.reg.Auth.ClientCertificates; c == nil || c.User != "cn" {
+		t.Fatalf("client_certificates %+v", c)
+	}
+	serve(t, a)
+	host := "127.0.0.1:" + port
+	with := func(certs ...tls.Certificate) remote.Option {
+		return remote.WithTransport(&http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}})
+	}
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.ParseReference(host + "/apps/web:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, with()); status(err) != http.StatusUnauthorized {
+		t.Fatalf("push without a certificate: %v, want 401", err)
+	}
+	if err := remote.Write(r, img, with(pair)); err != nil {
+		t.Fatalf("push as the certificate's user: %v", err)
+	}
+	if _, err := remote.Image(r, with()); err != nil {
+		t.Fatalf("anonymous pull: %v", err)
+	}
+}
+
+// TestReadOnlyServes: zot 1.x's http.ReadOnly becomes read_only: pulls
+// work, pushes are refused.
+func TestReadOnlyServes(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	a := adaptString(t, `{"storage":{"rootDirectory":"`+dir+`/zot"},"http":{"address":"127.0.0.1","port":"`+port+`","ReadOnly":true}}`)
+	if !a.reg.ReadOnly || !a.warned("http.readOnly", "zot 1.x") {
+		t.Fatalf("read_only %v, warnings %v", a.reg.ReadOnly, a.warnings)
+	}
+	serve(t, a)
+	if _, err := push(t, "127.0.0.1:"+port, "apps/web:1", authn.Anonymous); status(err) != http.StatusForbidden {
+		t.Fatalf("push to a read-only registry: %v, want 403", err)
+	}
+	resp, err := http.Get("http://127.0.0.1:" + port + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /v2/: %d", resp.StatusCode)
 	}
 }

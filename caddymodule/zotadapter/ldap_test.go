@@ -1,0 +1,113 @@
+package zotadapter
+
+import (
+	"net/http"
+	"net/url"
+	"slices"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/caddy-oci/caddy-oci/authscope/ldapauth/slapdtest"
+)
+
+// TestLDAP: zot's LDAP example shape: the service account from
+// credentialsFile, TLS from the start (zot dials ldaps:// unless
+// insecure), a user filter, memberOf groups, and a policy naming a group
+// by its DN.
+func TestLDAP(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "ldap-credentials.json", `{"bindDN":"cn=reader,ou=services,dc=example,dc=org","bindPassword":"reader-secret"}`)
+	a := adaptFixture(t, "ldap.json", map[string]string{"@DIR@": dir, "@PORT@": "5005", "@LDAPPORT@": "1636", "@LDAPCA@": dir + "/ca.pem"})
+	l := a.reg.Auth.LDAP
+	if l == nil || l.URL != "ldaps://127.0.0.1:1636" || l.StartTLS || l.CAFile != dir+"/ca.pem" || l.InsecureSkipVerify ||
+		l.BindDN != "cn=reader,ou=services,dc=example,dc=org" || l.BindPassword != "reader-secret" ||
+		l.BaseDN != "dc=example,dc=org" || l.UserAttribute != "uid" || l.UserFilter != "(objectClass=inetOrgPerson)" ||
+		l.GroupsAttribute != "memberOf" {
+		t.Fatalf("ldap %s", mustJSON(t, l))
+	}
+	if g := a.reg.Auth.Repositories["team/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"devs"}) {
+		t.Errorf("team/** policies %+v", g)
+	}
+	if g := a.reg.Auth.Repositories["ops/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"ops"}) {
+		t.Errorf("ops/** policies %+v", g)
+	}
+	for _, w := range [][2]string{
+		{"http.accessControl.repositories.team/**.policies", `"cn=devs,ou=groups,dc=example,dc=org" is "devs" here`},
+		{"http.auth.ldap.credentialsFile", "bind password is copied"},
+	} {
+		if !a.warned(w[0], w[1]) {
+			t.Errorf("no warning %q on %s", w[1], w[0])
+		}
+	}
+	if a.warned("http.auth.ldap.subtreeSearch", "") || a.warned("http.auth.ldap.startTLS", "") {
+		t.Errorf("warnings for settings that map: %v", a.warnings)
+	}
+
+	// How zot connects: TLS from the start unless insecure; StartTLS
+	// only on an insecure connection; the port defaults to the scheme's.
+	for _, c := range []struct {
+		keys, url string
+		startTLS  bool
+	}{
+		{`"port":389`, "ldaps://h:389", false},
+		{`"startTLS":true`, "ldaps://h:636", false},
+		{`"insecure":true`, "ldap://h:389", false},
+		{`"insecure":true,"port":"1389"`, "ldap://h:1389", false},
+		{`"insecure":true,"startTLS":true,"port":1389`, "ldap://h:1389", true},
+	} {
+		a := adaptString(t, `{"http":{"auth":{"ldap":{"address":"h","baseDN":"dc=x","userAttribute":"uid",`+c.keys+`}}}}`)
+		if l := a.reg.Auth.LDAP; l.URL != c.url || l.StartTLS != c.startTLS {
+			t.Errorf("%s: url %s start_tls %v, want %s %v", c.keys, l.URL, l.StartTLS, c.url, c.startTLS)
+		}
+	}
+}
+
+// TestLDAPServes runs zot's LDAP config against a real slapd: directory
+// users push where their directory group (named by DN in the zot
+// config) or a config group lets them, read where defaultPolicy does,
+// and a wrong password or no credentials get 401.
+func TestLDAPServes(t *testing.T) {
+	s := slapdtest.Start(t)
+	s.AddUser(t, "alice", "alice-pw")
+	s.AddUser(t, "bob", "bob-pw")
+	s.AddUser(t, "carol", "carol-pw")
+	s.AddGroup(t, "devs", "alice")
+	dir := t.TempDir()
+	writeFile(t, dir, "ldap-credentials.json", `{"bindDN":"`+slapdtest.ReaderDN+`","bindPassword":"`+slapdtest.ReaderPassword+`"}`)
+	u, err := url.Parse(s.TLSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ldapsPort := u.Port()
+	port := freePort(t)
+	serve(t, adaptFixture(t, "ldap.json", map[string]string{"@DIR@": dir, "@PORT@": port, "@LDAPPORT@": ldapsPort, "@LDAPCA@": s.CAFile}))
+	host := "127.0.0.1:" + port
+	basic := func(user, pw string) authn.Authenticator { return &authn.Basic{Username: user, Password: pw} }
+
+	for _, c := range []struct {
+		user, pw, repo string
+		want           int
+	}{
+		{"alice", "alice-pw", "team/app:1", 0},                    // group devs, by its DN in the zot config
+		{"alice", "alice-pw", "team/app:1", 0},                    // update: moving a tag
+		{"bob", "bob-pw", "team/app:2", http.StatusForbidden},     // in no group
+		{"carol", "carol-pw", "ops/tool:1", 0},                    // a config group of a directory user
+		{"alice", "alice-pw", "ops/tool:2", http.StatusForbidden}, // not in ops
+		{"alice", "bob-pw", "team/app:3", http.StatusUnauthorized},
+		{"alice", "", "team/app:3", http.StatusUnauthorized},
+		{"mallory", "x", "team/app:3", http.StatusUnauthorized},
+	} {
+		_, err := push(t, host, c.repo, basic(c.user, c.pw))
+		if got := status(err); got != c.want || (c.want == 0 && err != nil) {
+			t.Errorf("%s:%s pushes %s: %v, want status %d", c.user, c.pw, c.repo, err, c.want)
+		}
+	}
+	if _, err := remote.Image(ref(t, host, "team/app:1"), remote.WithAuth(basic("bob", "bob-pw"))); err != nil {
+		t.Errorf("bob pulls (defaultPolicy read): %v", err)
+	}
+	if _, err := remote.Image(ref(t, host, "team/app:1")); status(err) != http.StatusUnauthorized {
+		t.Errorf("anonymous pull: %v, want 401", err)
+	}
+}
