@@ -13,10 +13,10 @@
 // Writes, stats, ranges and sessions go to the backend untouched; a
 // cached copy answers only Open. Stat in particular always asks the
 // backend, since callers use it to learn whether the bytes are still
-// stored. A copy may outlive the backend's blob when another replica
-// deletes it; content is addressed by digest, so the bytes are still the
-// blob's, and the registry serves a blob only once its metadata says it
-// exists.
+// stored. Open of a cached copy asks the backend too (one HEAD, no bytes):
+// another replica may have deleted the blob, and a deleted blob must not
+// be served from a copy. When the backend cannot answer at all (S3 down),
+// the copy is served: its bytes are the digest's whatever S3 holds.
 //
 // Layout: <dir>/<alg>/<hex> for cached copies, <dir>/tmp/ for copies being
 // written (emptied at start). The sizes are counted at start by scanning
@@ -175,7 +175,21 @@ func (s *Store) Open(ctx context.Context, d blobstore.Digest) (blobstore.Blob, e
 		return nil, err
 	}
 	if b := s.openCopy(d); b != nil {
-		return b, nil
+		info, err := s.Store.Stat(ctx, d)
+		switch {
+		case err == nil && info.Size == b.Size():
+			return b, nil
+		case errors.Is(err, blobstore.ErrNotFound):
+			b.Close()
+			s.drop(d)
+			return nil, err
+		case err != nil:
+			s.log.Debug("read cache: backend unavailable, serving the copy", zap.String("digest", d.String()), zap.Error(err))
+			return b, nil
+		default:
+			b.Close() // not the blob's size: not its copy
+			s.drop(d)
+		}
 	}
 	b, err := s.Store.Open(ctx, d)
 	if err != nil {
