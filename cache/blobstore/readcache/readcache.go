@@ -19,7 +19,7 @@
 // the copy is served: its bytes are the digest's whatever S3 holds.
 //
 // Layout: <dir>/<alg>/<hex> for cached copies, <dir>/tmp/ for copies being
-// written (emptied at start). The sizes are counted at start by scanning
+// written (left-overs removed at start). The sizes are counted at start by scanning
 // the folder, oldest modification first, and a read sets a copy's
 // modification time, so the order survives a restart.
 package readcache
@@ -104,19 +104,32 @@ func New(backend blobstore.Store, opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
-	// Half-written copies of a previous run are of no use.
-	if err := os.RemoveAll(s.tmp); err != nil {
-		return nil, fmt.Errorf("readcache: %w", err)
-	}
 	for _, d := range append([]string{s.tmp}, s.algDirs()...) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("readcache: %w", err)
 		}
 	}
+	s.removeStaleTemps()
 	if err := s.scan(); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// staleTemp is how long a temp file goes unwritten before a new Store
+// takes it for a leftover: one still being written (by a process that
+// still runs, as during `caddy validate` beside a server) is written to
+// all the time.
+const staleTemp = time.Hour
+
+// removeStaleTemps removes the half-written copies of earlier runs.
+func (s *Store) removeStaleTemps() {
+	des, _ := os.ReadDir(s.tmp)
+	for _, de := range des {
+		if fi, err := de.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
+			os.Remove(filepath.Join(s.tmp, de.Name()))
+		}
+	}
 }
 
 func (s *Store) algDirs() []string {

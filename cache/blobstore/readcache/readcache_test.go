@@ -312,6 +312,9 @@ func TestRestartCounts(t *testing.T) {
 		os.Chtimes(s.path(ds[i]), old, old)
 	}
 	os.WriteFile(filepath.Join(cdir, "tmp", "half"), []byte("x"), 0o644)
+	old := time.Now().Add(-2 * staleTemp)
+	os.Chtimes(filepath.Join(cdir, "tmp", "half"), old, old)
+	os.WriteFile(filepath.Join(cdir, "tmp", "being-written"), []byte("x"), 0o644)
 	os.WriteFile(filepath.Join(cdir, "sha256", "not-a-digest"), []byte("x"), 0o644)
 
 	// Room for two: the oldest copy (blob 0) goes at start.
@@ -321,6 +324,9 @@ func TestRestartCounts(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cdir, "tmp", "half")); !os.IsNotExist(err) {
 		t.Error("a half-written copy survived the start")
+	}
+	if _, err := os.Stat(filepath.Join(cdir, "tmp", "being-written")); err != nil {
+		t.Error("a copy still being written was removed at start")
 	}
 	if _, err := os.Stat(filepath.Join(cdir, "sha256", "not-a-digest")); err != nil {
 		t.Error("a file that is not the cache's was removed")
