@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -21,7 +25,7 @@ import (
 
 // replicaSite is the oci_registry block of one replica on a shared bucket
 // and database, secrets from the environment as an operator writes them.
-func replicaSite(srv *s3test.Server, bucket, extra string) string {
+func replicaSite(srv *s3test.Server, bucket, extra, storageExtra string) string {
 	return `	oci_registry {
 ` + extra + `
 		storage s3 {
@@ -32,7 +36,7 @@ func replicaSite(srv *s3test.Server, bucket, extra string) string {
 			access_key {env.CADDY_OCI_TEST_S3_KEY}
 			secret_key {env.CADDY_OCI_TEST_S3_SECRET}
 			path_style
-		}
+` + storageExtra + `		}
 		metadata postgres {env.CADDY_OCI_TEST_DATABASE_URL}
 	}`
 }
@@ -43,6 +47,13 @@ func replicaSite(srv *s3test.Server, bucket, extra string) string {
 // returns the front and the replicas.
 func cluster(t *testing.T, n int, extra string) (*server, []*server) {
 	t.Helper()
+	return clusterStorage(t, n, extra, func(int) string { return "" })
+}
+
+// clusterStorage is cluster with more lines in replica i's storage s3
+// block: storageExtra(i).
+func clusterStorage(t *testing.T, n int, extra string, storageExtra func(i int) string) (*server, []*server) {
+	t.Helper()
 	needBinary(t)
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
@@ -52,8 +63,8 @@ func cluster(t *testing.T, n int, extra string) (*server, []*server) {
 	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
 	var replicas []*server
 	var upstreams []string
-	for range n {
-		r := siteServer(t, "", replicaSite(srv, bucket, extra), 0)
+	for i := range n {
+		r := siteServer(t, "", replicaSite(srv, bucket, extra, storageExtra(i)), 0)
 		replicas = append(replicas, r)
 		upstreams = append(upstreams, r.addr)
 	}
@@ -73,6 +84,44 @@ func TestConformanceReplicas(t *testing.T) {
 	// image manifests without a layer.
 	front, _ := cluster(t, 3, "\t\tsparse_manifests\n")
 	runConformance(t, bin, front.addr, "conformance-replicas.txt")
+}
+
+// TestConformanceReplicasRedirect is TestConformanceReplicas with
+// redirect: every blob GET the registry authorises answers 307 to a
+// presigned URL on versitygw, which the suite follows.
+func TestConformanceReplicasRedirect(t *testing.T) {
+	bin := conformanceBin(t)
+	front, _ := clusterStorage(t, 3, "\t\tsparse_manifests\n", func(int) string { return "\t\t\tredirect 1m\n" })
+	// The suite passes without a redirect too: see that it gets them.
+	c := []byte("redirected blob")
+	sum := sha256.Sum256(c)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	resp, err := http.Post("http://"+front.addr+"/v2/probe/blobs/uploads/?digest="+d, "application/octet-stream", bytes.NewReader(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err = noFollow.Get("http://" + front.addr + "/v2/probe/blobs/" + d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.Contains(resp.Header.Get("Location"), "X-Amz-Signature=") {
+		t.Fatalf("blob GET through the load balancer: %s, Location %q; want a 307 to a presigned URL", resp.Status, resp.Header.Get("Location"))
+	}
+	runConformance(t, bin, front.addr, "conformance-replicas-redirect.txt")
+}
+
+// TestConformanceReplicasCache is TestConformanceReplicas with a read
+// cache of its own on each replica.
+func TestConformanceReplicasCache(t *testing.T) {
+	bin := conformanceBin(t)
+	dir := t.TempDir()
+	front, _ := clusterStorage(t, 3, "\t\tsparse_manifests\n", func(i int) string {
+		return fmt.Sprintf("\t\t\tcache %s/replica-%d 1GiB\n", dir, i)
+	})
+	runConformance(t, bin, front.addr, "conformance-replicas-cache.txt")
 }
 
 // TestMirrorReplicas: eight concurrent cold pulls of one image through
