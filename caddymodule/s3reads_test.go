@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +16,11 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
@@ -24,6 +31,11 @@ import (
 // database, the user ci (password pw) allowed to read and push team/**,
 // anonymous nobody, and reads as the storage s3 lines extra say.
 func s3ReadsSite(t *testing.T, srv *s3test.Server, bucket, extra string) string {
+	return s3ReadsSiteWith(t, srv, bucket, "", extra)
+}
+
+// s3ReadsSiteWith is s3ReadsSite with more lines in oci_registry.
+func s3ReadsSiteWith(t *testing.T, srv *s3test.Server, bucket, registryExtra, extra string) string {
 	t.Helper()
 	pg := pgtest.Start(t)
 	t.Setenv("TEST_DATABASE_URL", pg.NewDatabase(t))
@@ -35,12 +47,16 @@ func s3ReadsSite(t *testing.T, srv *s3test.Server, bucket, extra string) string 
 	addr := freeAddr(t)
 	cfg := adaptFront(t, "{\n\tadmin off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://"+addr+` {
 	oci_registry {
+`+registryExtra+`
 		auth {
 			htpasswd `+htp+`
 			fail_delay 1ms
 			group pushers ci
 			access team/** {
 				group pushers read create
+			}
+			access docker.io/** {
+				anonymous read
 			}
 		}
 		storage s3 {
@@ -206,4 +222,49 @@ func TestReadCacheServesPulls(t *testing.T) {
 	srv.Put(t, bucket, "reg/blobs/sha256/"+hexd[:2]+"/"+hexd, garbage)
 	pull("", c, http.StatusOK)
 	pull("bytes=100-", c[100:], http.StatusPartialContent)
+}
+
+// TestRedirectMirrorFill: with redirect, a mirrored blob being fetched is
+// streamed to the client that asked (the bucket does not have it yet);
+// once it is committed, a GET is redirected like any other.
+func TestRedirectMirrorFill(t *testing.T) {
+	upstream := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	defer upstream.Close()
+	layer, err := random.Layer(1<<20, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upRepo, _ := name.NewRepository(strings.TrimPrefix(upstream.URL, "http://")+"/library/app", name.Insecure)
+	if err := remote.WriteLayer(upRepo, layer); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := layer.Digest()
+	rc, _ := layer.Compressed()
+	want, _ := io.ReadAll(rc)
+
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	base := s3ReadsSiteWith(t, srv, bucket, "\t\tmirror docker.io {\n\t\t\tupstream "+upstream.URL+"\n\t\t}\n", "\t\t\tredirect\n")
+	url := base + "/v2/docker.io/library/app/blobs/" + d.String()
+
+	cold := blobRequest(t, http.MethodGet, url, false, "")
+	body, _ := io.ReadAll(cold.Body)
+	if cold.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+		t.Fatalf("cold GET of a mirrored blob: %s, Location %q, %d bytes; want it streamed", cold.Status, cold.Header.Get("Location"), len(body))
+	}
+	// The fill commits after its last byte: then GETs are redirected.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		warm := blobRequest(t, http.MethodGet, url, false, "")
+		if warm.StatusCode == http.StatusTemporaryRedirect {
+			got := blobRequest(t, http.MethodGet, warm.Header.Get("Location"), false, "")
+			body, _ := io.ReadAll(got.Body)
+			if got.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+				t.Fatalf("following the redirect of a mirrored blob: %s, %d bytes", got.Status, len(body))
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET of a committed mirrored blob: %s, want 307", warm.Status)
+		}
+	}
 }

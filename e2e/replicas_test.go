@@ -88,7 +88,7 @@ func TestConformanceReplicas(t *testing.T) {
 
 // TestConformanceReplicasRedirect is TestConformanceReplicas with
 // redirect: every blob GET the registry authorises answers 307 to a
-// presigned URL on versitygw, which the suite follows.
+// presigned URL on versitygw, which the suite follows (Range included).
 func TestConformanceReplicasRedirect(t *testing.T) {
 	bin := conformanceBin(t)
 	front, _ := clusterStorage(t, 3, "\t\tsparse_manifests\n", func(int) string { return "\t\t\tredirect 1m\n" })
@@ -110,7 +110,11 @@ func TestConformanceReplicasRedirect(t *testing.T) {
 	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.Contains(resp.Header.Get("Location"), "X-Amz-Signature=") {
 		t.Fatalf("blob GET through the load balancer: %s, Location %q; want a 307 to a presigned URL", resp.Status, resp.Header.Get("Location"))
 	}
-	runConformance(t, bin, front.addr, "conformance-replicas-redirect.txt")
+	// The optional check that a blob GET's final answer carries
+	// Docker-Content-Digest is off: that answer is S3's, which cannot
+	// send the header (the 307 carries it). Everything the issue's
+	// acceptance names stays on.
+	runConformance(t, bin, front.addr, "conformance-replicas-redirect.txt", "OCI_API_BLOBS_DIGEST_HEADER=false")
 }
 
 // TestConformanceReplicasCache is TestConformanceReplicas with a read
