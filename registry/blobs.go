@@ -64,6 +64,20 @@ const maxRanges = 16
 // serveBlob sends blob d, with info from linkedBlob, from the store, or
 // a GET of it to the storage itself when the store redirects.
 func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, info cache.BlobInfo) error {
+	// A range the registry refuses is refused here, redirect or not:
+	// object stores ignore some (bytes=500-0) and send the whole blob.
+	if rh := r.Header.Get("Range"); rh != "" {
+		ranges, err := ParseRange(rh, info.Size)
+		switch {
+		case errors.Is(err, ErrRangeUnit), err == nil && len(ranges) > maxRanges:
+			r.Header.Del("Range")
+		case err != nil:
+			w.Header().Set("Docker-Content-Digest", d.String())
+			return newError(http.StatusRequestedRangeNotSatisfiable, CodeRangeInvalid,
+				"requested range not satisfiable", err).
+				withHeader("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
+		}
+	}
 	if done, err := h.redirectBlob(w, r, d); done || err != nil {
 		return err
 	}
@@ -83,19 +97,6 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	hd.Set("ETag", `"`+d.String()+`"`)
 	// Content is immutable under its digest.
 	hd.Set("Cache-Control", "max-age=31536000")
-
-	if rh := r.Header.Get("Range"); rh != "" {
-		ranges, err := ParseRange(rh, info.Size)
-		switch {
-		case errors.Is(err, ErrRangeUnit), err == nil && len(ranges) > maxRanges:
-			r.Header.Del("Range")
-		case err != nil:
-			hd.Del("Content-Type")
-			return newError(http.StatusRequestedRangeNotSatisfiable, CodeRangeInvalid,
-				"requested range not satisfiable", err).
-				withHeader("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
-		}
-	}
 	if r.Header.Get("Range") == "" && !conditional(r) {
 		// The common whole-blob GET: hand the bare blob to the writer
 		// (on the filesystem store, its file, whose WriteTo takes
