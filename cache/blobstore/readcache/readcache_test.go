@@ -369,3 +369,48 @@ func TestRefusesBadOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentReads: many readers of a few cold blobs at once, in a
+// cache that holds only some of them, all read the right bytes and the
+// count matches the files left.
+func TestConcurrentReads(t *testing.T) {
+	s := newCache(t, newBackend(t, t.TempDir()), t.TempDir(), 300<<10)
+	var blobs [][]byte
+	var ds []blobstore.Digest
+	for range 4 {
+		c := randomBytes(100 << 10)
+		blobs = append(blobs, c)
+		ds = append(ds, put(t, s, c))
+	}
+	done := make(chan error)
+	for i := range 16 {
+		go func() {
+			k := i % len(ds)
+			b, err := s.Open(context.Background(), ds[k])
+			if err != nil {
+				done <- err
+				return
+			}
+			got, err := io.ReadAll(b)
+			b.Close()
+			if err == nil && !bytes.Equal(got, blobs[k]) {
+				err = errors.New("wrong bytes")
+			}
+			done <- err
+		}()
+	}
+	for range 16 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var onDisk int64
+	for _, d := range ds {
+		if fi, err := os.Stat(s.path(d)); err == nil {
+			onDisk += fi.Size()
+		}
+	}
+	if s.Size() != onDisk || onDisk > 300<<10 {
+		t.Fatalf("counted %d bytes, %d on disk, limit %d", s.Size(), onDisk, 300<<10)
+	}
+}
