@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/composite"
 	"github.com/caddy-oci/caddy-oci/pgmeta"
@@ -37,7 +38,11 @@ type sharedCluster struct {
 	gcEvery    time.Duration
 	logger     *zap.Logger
 
-	blobs *s3.Store // checked at provision; connects on first use
+	reads S3Storage // redirect and cache; its Config is s3's
+	// The bucket (checked at provision, connects on first use), maybe
+	// redirecting or behind a read cache; made only by the config that
+	// makes the cluster, so a reload does not scan the cache folder again.
+	blobs blobstore.Store
 
 	mu         sync.Mutex
 	connecting bool // an open is under way: others answer 503 at once
@@ -67,16 +72,24 @@ func clusterKey(c *sharedCluster) string {
 	m := hmac.New(sha256.New, keySalt)
 	settings, _ := json.Marshal(struct {
 		S3                 s3.Config
+		Reads              S3Storage
 		DSN                string
 		TTL, Grace, GCEvry time.Duration
-	}{c.s3, c.dsn, c.ttl, c.grace, c.gcEvery})
+	}{c.s3, c.reads, c.dsn, c.ttl, c.grace, c.gcEvery})
 	m.Write(settings)
 	return fmt.Sprintf("s3://%s/%s (%s)", c.s3.Bucket, c.s3.Prefix, hex.EncodeToString(m.Sum(nil)[:8]))
 }
 
 func acquireCluster(c *sharedCluster) (*sharedCluster, string, error) {
 	key := clusterKey(c)
-	v, _, err := clusters.LoadOrNew(key, func() (caddy.Destructor, error) { return c, nil })
+	v, _, err := clusters.LoadOrNew(key, func() (caddy.Destructor, error) {
+		var err error
+		c.blobs, err = c.reads.blobStore(c.s3, c.logger)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	})
 	if err != nil {
 		return nil, "", err
 	}

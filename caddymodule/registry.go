@@ -5,7 +5,6 @@
 package caddymodule
 
 import (
-	"context"
 	"fmt"
 	"math"
 	"net"
@@ -67,7 +66,7 @@ type Registry struct {
 	// Storage folder (Caddyfile: `storage s3 { ... }`). It needs
 	// MetadataPostgres: the two are what several replicas share. Values
 	// may be placeholders such as {env.S3_SECRET_KEY}.
-	StorageS3 *s3.Config `json:"storage_s3,omitempty"`
+	StorageS3 *S3Storage `json:"storage_s3,omitempty"`
 	// MetadataPostgres is the PostgreSQL database (a postgres:// URL or
 	// key=value DSN, e.g. {env.DATABASE_URL}) that holds everything but
 	// blob bytes: repositories, tags, manifests, links, upload sessions,
@@ -354,10 +353,9 @@ func (rg *Registry) provisionCluster() error {
 		grace:   orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
 		gcEvery: max(gcEvery, 0),
 	}
+	c.reads = *rg.StorageS3
+	c.reads.Config = s3.Config{} // c.s3 has it, expanded
 	c.logger = rg.logger.Named("store").With(zap.String("storage", clusterKey(c)))
-	if c.blobs, err = s3.New(context.Background(), s3cfg, c.logger.Named("s3")); err != nil {
-		return fmt.Errorf("storage s3: %w", err)
-	}
 	rg.cluster, rg.dir, err = acquireCluster(c)
 	return err
 }

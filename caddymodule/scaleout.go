@@ -6,17 +6,52 @@ package caddymodule
 // package composite; this file parses and checks their config.
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
+	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/readcache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/composite"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
+
+// S3Storage is `storage s3 { ... }`: the bucket (s3.Config, whose
+// fields appear here as they are), and how this replica reads from it.
+type S3Storage struct {
+	s3.Config
+
+	// Redirect answers blob GETs with a 307 to a presigned URL of the
+	// object, once the request is authorised and the repository links
+	// the blob, so the bytes flow from the bucket to the client and not
+	// through the registry. Clients must reach the S3 endpoint
+	// themselves. HEADs, manifests and blobs being mirrored are answered
+	// as without it. (Caddyfile: `redirect [<expiry>]`.)
+	Redirect bool `json:"redirect,omitempty"`
+	// RedirectExpiry is how long a presigned URL stays valid; default
+	// 5m, at most 7 days (S3's limit). A client follows the redirect at
+	// once, and a short life limits what a leaked URL gives away.
+	RedirectExpiry caddy.Duration `json:"redirect_expiry,omitempty"`
+	// CacheDir keeps copies of the blobs this replica reads, so a blob
+	// pulled again is served from local disk (by sendfile) instead of
+	// S3; the least recently read copies go above CacheSize. Each
+	// replica has its own; copies are verified against their digest
+	// before they are kept. (Caddyfile: `cache <dir> <size>`.)
+	CacheDir string `json:"cache_dir,omitempty"`
+	// CacheSize bounds the copies in CacheDir, in bytes. Required with
+	// CacheDir.
+	CacheSize int64 `json:"cache_size,omitempty"`
+}
+
+// DefaultRedirectExpiry is how long presigned blob URLs live by default.
+const DefaultRedirectExpiry = 5 * time.Minute
 
 // unmarshalS3 parses the block of `storage s3`:
 //
@@ -29,16 +64,45 @@ import (
 //		secret_key <secret>
 //		path_style
 //		part_size  <size>       # default 8MiB
+//		redirect   [<expiry>]   # blob GETs: 307 to a presigned URL, default 5m
+//		cache      <dir> <size> # local read-through copies of blobs, LRU
 //	}
-func unmarshalS3(d *caddyfile.Dispenser) (*s3.Config, error) {
-	cfg := new(s3.Config)
+func unmarshalS3(d *caddyfile.Dispenser) (*S3Storage, error) {
+	st := new(S3Storage)
+	cfg := &st.Config
 	for d.NextBlock(1) {
 		sub := d.Val()
-		if sub == "path_style" {
+		switch sub {
+		case "path_style":
 			if d.NextArg() {
 				return nil, d.Errf("storage s3: path_style takes no argument")
 			}
 			cfg.PathStyle = true
+			continue
+		case "redirect":
+			st.Redirect = true
+			args := d.RemainingArgs()
+			if len(args) > 1 {
+				return nil, d.Errf("storage s3: redirect takes at most one argument, the expiry (e.g. 5m)")
+			}
+			if len(args) == 1 {
+				dur, err := caddy.ParseDuration(args[0])
+				if err != nil || dur <= 0 {
+					return nil, d.Errf("storage s3: redirect expiry %q: want a duration such as 5m", args[0])
+				}
+				st.RedirectExpiry = caddy.Duration(dur)
+			}
+			continue
+		case "cache":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return nil, d.Errf("storage s3: cache needs a folder and a size (cache /var/cache/caddy-oci 50GiB)")
+			}
+			n, err := humanize.ParseBytes(args[1])
+			if err != nil || n == 0 || n > 1<<60 {
+				return nil, d.Errf("storage s3: cache size %q: want a size such as 50GiB", args[1])
+			}
+			st.CacheDir, st.CacheSize = args[0], int64(n)
 			continue
 		}
 		var arg string
@@ -65,13 +129,62 @@ func unmarshalS3(d *caddyfile.Dispenser) (*s3.Config, error) {
 			}
 			cfg.PartSize = int64(n)
 		default:
-			return nil, d.Errf("storage s3: unrecognized subdirective %q (known: bucket, endpoint, region, prefix, access_key, secret_key, path_style, part_size)", sub)
+			return nil, d.Errf("storage s3: unrecognized subdirective %q (known: bucket, endpoint, region, prefix, access_key, secret_key, path_style, part_size, redirect, cache)", sub)
 		}
 	}
 	if cfg.Bucket == "" {
 		return nil, d.Err("storage s3: bucket is required")
 	}
-	return cfg, nil
+	if err := st.check(); err != nil {
+		return nil, d.Err(err.Error())
+	}
+	return st, nil
+}
+
+// check refuses read settings that do not go together; errors name the
+// directive.
+func (st *S3Storage) check() error {
+	switch {
+	case st.Redirect && st.CacheDir != "":
+		return fmt.Errorf("storage s3: redirect and cache exclude each other: with redirect, clients fetch blobs from S3 and the cache would never be read")
+	case st.RedirectExpiry != 0 && !st.Redirect:
+		return fmt.Errorf("storage s3: redirect_expiry needs redirect")
+	case st.RedirectExpiry < 0 || time.Duration(st.RedirectExpiry) > s3.MaxRedirectExpiry:
+		return fmt.Errorf("storage s3: redirect expiry %s is outside (0, %s]", time.Duration(st.RedirectExpiry), s3.MaxRedirectExpiry)
+	case (st.CacheDir == "") != (st.CacheSize == 0):
+		return fmt.Errorf("storage s3: cache needs both a folder and a size")
+	case st.CacheSize < 0:
+		return fmt.Errorf("storage s3: cache size %d is negative", st.CacheSize)
+	}
+	return nil
+}
+
+// blobStore opens the blob store these settings describe: the bucket,
+// presigning its URLs with redirect, behind a read cache with cache. It
+// contacts nothing but the cache folder.
+func (st *S3Storage) blobStore(cfg s3.Config, log *zap.Logger) (blobstore.Store, error) {
+	if err := st.check(); err != nil {
+		return nil, err
+	}
+	bucket, err := s3.New(context.Background(), cfg, log.Named("s3"))
+	if err != nil {
+		return nil, fmt.Errorf("storage s3: %w", err)
+	}
+	switch {
+	case st.Redirect:
+		r, err := bucket.Redirecting(orDefault(time.Duration(st.RedirectExpiry), DefaultRedirectExpiry))
+		if err != nil {
+			return nil, fmt.Errorf("storage s3: redirect: %w", err)
+		}
+		return r, nil
+	case st.CacheDir != "":
+		c, err := readcache.New(bucket, readcache.Options{Dir: st.CacheDir, MaxBytes: st.CacheSize, Logger: log.Named("readcache")})
+		if err != nil {
+			return nil, fmt.Errorf("storage s3: cache: %w", err)
+		}
+		return c, nil
+	}
+	return bucket, nil
 }
 
 // opensBlock reports whether a block follows on the current line,
@@ -122,14 +235,14 @@ func (rg *Registry) validateScaleOut() error {
 	case rg.MaxUploadBytes > 0 || rg.MaxUploadBytesPerClient > 0:
 		return fmt.Errorf("max_upload_bytes and max_upload_bytes_per_client are not counted across replicas yet; remove them (max_uploads_per_client, max_uploads_per_repository and max_blob_size apply)")
 	}
-	return nil
+	return rg.StorageS3.check()
 }
 
 // expandScaleOut replaces placeholders ({env.S3_SECRET_KEY}) in the
 // scaled-out settings: secrets come from the environment, not the file.
 func (rg *Registry) expandScaleOut() (s3.Config, string, error) {
 	repl := caddy.NewReplacer()
-	c := *rg.StorageS3
+	c := rg.StorageS3.Config
 	for name, p := range map[string]*string{
 		"bucket": &c.Bucket, "endpoint": &c.Endpoint, "region": &c.Region, "prefix": &c.Prefix,
 		"access_key": &c.AccessKey, "secret_key": &c.SecretKey,
@@ -149,6 +262,7 @@ func (rg *Registry) expandScaleOut() (s3.Config, string, error) {
 
 // Both stores serve the registry.
 var (
-	_ registry.Store = (*cache.Store)(nil)
-	_ registry.Store = (*composite.Store)(nil)
+	_ registry.Store          = (*cache.Store)(nil)
+	_ registry.Store          = (*composite.Store)(nil)
+	_ registry.BlobRedirector = (*composite.Store)(nil)
 )

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"reflect"
@@ -38,10 +39,10 @@ func TestUnmarshalScaleOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Registry{
-		StorageS3: &s3.Config{
+		StorageS3: &S3Storage{Config: s3.Config{
 			Bucket: "registry", Endpoint: "https://s3.example.internal", Region: "eu-west-1", Prefix: "caddy-oci/",
 			AccessKey: "{env.S3_ACCESS_KEY}", SecretKey: "{env.S3_SECRET_KEY}", PathStyle: true, PartSize: 16 << 20,
-		},
+		}},
 		MetadataPostgres: "{env.DATABASE_URL}",
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -55,6 +56,14 @@ func TestUnmarshalScaleOut(t *testing.T) {
 		{"storage s3 {\nbucket b\npath_style yes\n}", "path_style takes no argument"},
 		{"storage s3 {\nbucket b\npart_size lots\n}", "part_size"},
 		{"storage a b", "storage needs exactly one argument"},
+		{"storage s3 {\nbucket b\nredirect 5m 6m\n}", "storage s3: redirect takes at most one argument"},
+		{"storage s3 {\nbucket b\nredirect soon\n}", `storage s3: redirect expiry "soon"`},
+		{"storage s3 {\nbucket b\nredirect -1m\n}", `storage s3: redirect expiry "-1m"`},
+		{"storage s3 {\nbucket b\nredirect 8d\n}", "storage s3: redirect expiry 192h0m0s is outside"},
+		{"storage s3 {\nbucket b\ncache /c\n}", "storage s3: cache needs a folder and a size"},
+		{"storage s3 {\nbucket b\ncache /c lots\n}", `storage s3: cache size "lots"`},
+		{"storage s3 {\nbucket b\ncache /c 0\n}", `storage s3: cache size "0"`},
+		{"storage s3 {\nbucket b\ncache /c 1GiB\nredirect\n}", "storage s3: redirect and cache exclude each other"},
 		{"metadata mysql dsn", "want `metadata postgres <dsn>`"},
 		{"metadata postgres", "want `metadata postgres <dsn>`"},
 	} {
@@ -71,8 +80,40 @@ func TestUnmarshalScaleOut(t *testing.T) {
 	}
 }
 
+// TestUnmarshalS3Reads: redirect (with and without an expiry) and cache
+// parse into their JSON fields, and survive a JSON round trip flat
+// beside the bucket's fields.
+func TestUnmarshalS3Reads(t *testing.T) {
+	for _, tc := range []struct {
+		input string
+		want  S3Storage
+		json  string
+	}{
+		{"redirect", S3Storage{Redirect: true}, `"redirect":true`},
+		{"redirect 90s", S3Storage{Redirect: true, RedirectExpiry: caddy.Duration(90 * time.Second)}, `"redirect_expiry":90000000000`},
+		{"cache /var/cache/oci 50GiB", S3Storage{CacheDir: "/var/cache/oci", CacheSize: 50 << 30}, `"cache_dir":"/var/cache/oci","cache_size":53687091200`},
+	} {
+		var r Registry
+		if err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oci_registry {\nstorage s3 {\nbucket b\n" + tc.input + "\n}\n}")); err != nil {
+			t.Fatalf("%q: %v", tc.input, err)
+		}
+		tc.want.Bucket = "b"
+		if !reflect.DeepEqual(*r.StorageS3, tc.want) {
+			t.Errorf("%q: got %+v, want %+v", tc.input, *r.StorageS3, tc.want)
+		}
+		b, err := json.Marshal(r.StorageS3)
+		if err != nil || !strings.Contains(string(b), `"bucket":"b"`) || !strings.Contains(string(b), tc.json) {
+			t.Errorf("%q: JSON %s (%v), want the bucket and %s", tc.input, b, err, tc.json)
+		}
+		var back S3Storage
+		if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, tc.want) {
+			t.Errorf("%q: JSON round trip %+v (%v)", tc.input, back, err)
+		}
+	}
+}
+
 func TestValidateScaleOut(t *testing.T) {
-	s3cfg := &s3.Config{Bucket: "b"}
+	s3cfg := &S3Storage{Config: s3.Config{Bucket: "b"}}
 	for _, tc := range []struct {
 		name    string
 		rg      Registry
@@ -85,6 +126,9 @@ func TestValidateScaleOut(t *testing.T) {
 		{"s3 and a mirror cache size", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MirrorCacheSize: 1 << 30}, "mirror_cache_size"},
 		{"s3 and upload byte limits", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MaxUploadBytes: 1 << 30}, "max_upload_bytes"},
 		{"s3 and metadata_dir", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MetadataDir: "/m"}, "metadata_dir"},
+		{"redirect and cache (JSON)", Registry{StorageS3: &S3Storage{Config: s3cfg.Config, Redirect: true, CacheDir: "/c", CacheSize: 1}, MetadataPostgres: "dsn"}, "storage s3: redirect and cache exclude each other"},
+		{"cache without a size (JSON)", Registry{StorageS3: &S3Storage{Config: s3cfg.Config, CacheDir: "/c"}, MetadataPostgres: "dsn"}, "storage s3: cache needs both"},
+		{"expiry without redirect (JSON)", Registry{StorageS3: &S3Storage{Config: s3cfg.Config, RedirectExpiry: caddy.Duration(time.Minute)}, MetadataPostgres: "dsn"}, "storage s3: redirect_expiry needs redirect"},
 	} {
 		if err := tc.rg.validateScaleOut(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.wantErr)

@@ -57,10 +57,11 @@ func sparseServer(t *testing.T) *server {
 	return s
 }
 
-// runConformance runs the whole suite (every optional part on) against
-// the registry at addr and requires every test to pass. The report goes
-// to CADDY_OCI_REPORT_DIR/<report> when that is set.
-func runConformance(t *testing.T, bin, addr, report string) {
+// runConformance runs the whole suite (every optional part on, unless
+// env, NAME=value settings of the suite, turns one off) against the
+// registry at addr and requires every test to pass. The report goes to
+// CADDY_OCI_REPORT_DIR/<report> when that is set.
+func runConformance(t *testing.T, bin, addr, report string, env ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -80,6 +81,7 @@ func runConformance(t *testing.T, bin, addr, report string) {
 		"OCI_DATA_SPARSE=true",
 		"OCI_RESULTS_DIR="+t.TempDir(),
 	)
+	cmd.Env = append(cmd.Env, env...) // the last of a name wins
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	runErr := cmd.Run()

@@ -77,7 +77,7 @@ type drillImage struct {
 // orphan blob pushed at the start is gone).
 func TestReplicaKillDrill(t *testing.T) {
 	crane, skopeo := tool(t, "crane"), tool(t, "skopeo")
-	c := startCluster(t, 3, drillGC)
+	c := startCluster(t, 3, drillGC, nil)
 	front := c.front
 
 	orphan := bytes.Repeat([]byte("orphan "), 1000)
@@ -218,7 +218,7 @@ func TestReplicaKillDrill(t *testing.T) {
 // is told (what was acknowledged is kept, the cut chunk is not) and
 // commits, and the blob then reads back whole.
 func TestReplicaKillMidChunkedPush(t *testing.T) {
-	c := startCluster(t, 2, "")
+	c := startCluster(t, 2, "", nil)
 	a, b := c.replicas[0], c.replicas[1]
 	const repo = "drill/chunked"
 	chunk := 6 << 20
@@ -350,7 +350,7 @@ func TestReplicaKillMidFill(t *testing.T) {
 	layers, _ := img.Layers()
 	ld, _ := layers[0].Digest()
 
-	c := startCluster(t, 2, "\t\tmirror docker.io {\n\t\t\tupstream http://"+upstream+"\n\t\t}\n")
+	c := startCluster(t, 2, "\t\tmirror docker.io {\n\t\t\tupstream http://"+upstream+"\n\t\t}\n", nil)
 	a, b := c.replicas[0], c.replicas[1]
 	blobPath := "/v2/docker.io/library/slow/blobs/" + ld.String()
 	// The first pull starts the fill on a; a dies in the middle of it.
@@ -409,7 +409,7 @@ func TestReplicaKillMidFill(t *testing.T) {
 // restarted) serve pushes and pulls again.
 func TestReplicaPostgresDown(t *testing.T) {
 	crane := tool(t, "crane")
-	c := startCluster(t, 2, "")
+	c := startCluster(t, 2, "", nil)
 	before := pushImage(t, crane, c.front, "drill/pg:before")
 
 	if err := c.pg.Kill(); err != nil {
@@ -427,7 +427,7 @@ func TestReplicaPostgresDown(t *testing.T) {
 // and recovery when it returns.
 func TestReplicaS3Down(t *testing.T) {
 	crane := tool(t, "crane")
-	c := startCluster(t, 2, "")
+	c := startCluster(t, 2, "", nil)
 	before := pushImage(t, crane, c.front, "drill/s3:before")
 
 	c.s3.Kill()

@@ -26,7 +26,7 @@ import (
 func BenchmarkReplicasPull(b *testing.B) {
 	for _, n := range []int{1, 3} {
 		b.Run(strconv.Itoa(n)+"-replicas", func(b *testing.B) {
-			c := startCluster(b, n, "")
+			c := startCluster(b, n, "", nil)
 			img, err := random.Image(16<<20, 1)
 			if err != nil {
 				b.Fatal(err)

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -58,8 +61,26 @@ func (h *Handler) linkedBlob(ctx context.Context, repo string, d cache.Digest) (
 // lets a server ignore Range.
 const maxRanges = 16
 
-// serveBlob sends blob d, with info from linkedBlob, from the store.
+// serveBlob sends blob d, with info from linkedBlob, from the store, or
+// a GET of it to the storage itself when the store redirects.
 func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, info cache.BlobInfo) error {
+	// A range the registry refuses is refused here, redirect or not:
+	// object stores ignore some (bytes=500-0) and send the whole blob.
+	if rh := r.Header.Get("Range"); rh != "" {
+		ranges, err := ParseRange(rh, info.Size)
+		switch {
+		case errors.Is(err, ErrRangeUnit), err == nil && len(ranges) > maxRanges:
+			r.Header.Del("Range")
+		case err != nil:
+			w.Header().Set("Docker-Content-Digest", d.String())
+			return newError(http.StatusRequestedRangeNotSatisfiable, CodeRangeInvalid,
+				"requested range not satisfiable", err).
+				withHeader("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
+		}
+	}
+	if done, err := h.redirectBlob(w, r, d); done || err != nil {
+		return err
+	}
 	f, err := h.cfg.Store.OpenBlob(r.Context(), d)
 	if err != nil {
 		if errors.Is(err, cache.ErrBlobUnknown) {
@@ -76,19 +97,6 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	hd.Set("ETag", `"`+d.String()+`"`)
 	// Content is immutable under its digest.
 	hd.Set("Cache-Control", "max-age=31536000")
-
-	if rh := r.Header.Get("Range"); rh != "" {
-		ranges, err := ParseRange(rh, info.Size)
-		switch {
-		case errors.Is(err, ErrRangeUnit), err == nil && len(ranges) > maxRanges:
-			r.Header.Del("Range")
-		case err != nil:
-			hd.Del("Content-Type")
-			return newError(http.StatusRequestedRangeNotSatisfiable, CodeRangeInvalid,
-				"requested range not satisfiable", err).
-				withHeader("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
-		}
-	}
 	if r.Header.Get("Range") == "" && !conditional(r) {
 		// The common whole-blob GET: hand the bare blob to the writer
 		// (on the filesystem store, its file, whose WriteTo takes
@@ -106,6 +114,45 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	}
 	http.ServeContent(w, r, "", info.ModTime, f)
 	return nil
+}
+
+// redirectBlob answers a GET of blob d with a 307 to the URL the store
+// signs for it, if the store redirects (BlobRedirector). HEADs are
+// answered here: they cost no bytes, and the metadata answers them. The
+// caller has authorised the request and found d linked: the URL is a
+// credential for d. A client sends its Range again to the new location,
+// which honours it.
+func (h *Handler) redirectBlob(w http.ResponseWriter, r *http.Request, d cache.Digest) (bool, error) {
+	rd, ok := h.cfg.Store.(BlobRedirector)
+	if !ok || r.Method != http.MethodGet {
+		return false, nil
+	}
+	u, ok, err := rd.BlobURL(r.Context(), d)
+	if err != nil {
+		return false, errInternal(err)
+	}
+	if !ok {
+		return false, nil
+	}
+	hd := w.Header()
+	hd.Set("Location", u)
+	hd.Set("Docker-Content-Digest", d.String())
+	// The URL expires: nothing may keep this answer.
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusTemporaryRedirect)
+	// Never the URL itself in a log: its query signs for the blob.
+	h.cfg.Logger.Debug("blob redirected", zap.String("digest", d.String()), zap.String("to", withoutQuery(u)))
+	return true, nil
+}
+
+// withoutQuery is u without its query and fragment (where a presigned
+// URL carries its signature).
+func withoutQuery(u string) string {
+	if i := strings.IndexAny(u, "?#"); i >= 0 {
+		return u[:i]
+	}
+	return u
 }
 
 // conditional reports whether r carries a precondition that ServeContent

@@ -39,6 +39,18 @@ type BlobReader interface {
 	OpenBlob(ctx context.Context, d cache.Digest) (blobstore.Blob, error)
 }
 
+// BlobRedirector is optional: a store whose blobs clients can fetch from
+// the storage itself (S3 presigned URLs) has it, and the registry then
+// answers a blob GET it has authorised with a 307 there instead of
+// streaming the bytes.
+type BlobRedirector interface {
+	// BlobURL returns a short-lived URL that serves blob d (and ranges of
+	// it) without credentials; ok is false when this store streams
+	// instead. The URL is a credential for d: it is asked for only after
+	// the request was authorised and d found linked.
+	BlobURL(ctx context.Context, d cache.Digest) (url string, ok bool, err error)
+}
+
 // BlobLinks are the links that make a stored blob a repository's.
 type BlobLinks interface {
 	// LinkBlob records that repo holds blob d, which must exist

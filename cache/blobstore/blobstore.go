@@ -131,6 +131,19 @@ type Session interface {
 	Cancel(ctx context.Context) error
 }
 
+// Redirector is what a backend offers whose blobs clients can fetch
+// from it directly (an S3 presigned URL), so the bytes need not pass
+// through the registry. It is optional: a caller checks for it with a type
+// assertion, and a backend may have it switched off (ok false).
+type Redirector interface {
+	// BlobURL returns a URL that answers a GET (and a ranged GET) of blob
+	// d for a short time, without further credentials; ok is false when
+	// the backend does not redirect. It does not check that d exists:
+	// the caller asks only for blobs it knows are there, and only once it
+	// decided the client may read them, since the URL is a credential.
+	BlobURL(ctx context.Context, d Digest) (url string, ok bool, err error)
+}
+
 // Store is everything a blob backend offers.
 type Store interface {
 	Reader

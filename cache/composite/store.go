@@ -122,6 +122,18 @@ func (s *Store) OpenBlob(ctx context.Context, d cache.Digest) (blobstore.Blob, e
 	return b, nil
 }
 
+// BlobURL is the blob store's URL for committed blob d, when it hands
+// them out (blobstore.Redirector); ok false otherwise. The registry asks
+// after its own checks; a blob being filled has no record yet and is
+// streamed from its fill instead.
+func (s *Store) BlobURL(ctx context.Context, d cache.Digest) (string, bool, error) {
+	rd, ok := s.blobs.(blobstore.Redirector)
+	if !ok {
+		return "", false, nil
+	}
+	return rd.BlobURL(ctx, d)
+}
+
 // PutBlob stores r as blob want if it hashes to want (and is size bytes
 // long, size >= 0). It does not link it to any repository.
 func (s *Store) PutBlob(ctx context.Context, want cache.Digest, size int64, r io.Reader) (int64, error) {

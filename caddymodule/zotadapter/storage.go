@@ -106,7 +106,7 @@ func (a *adapter) storageDriver(sd *object) error {
 	for _, k := range left {
 		a.warn(sd.at(k), "not supported by storage s3 here; ignored")
 	}
-	a.reg.StorageS3 = c
+	a.reg.StorageS3 = &caddymodule.S3Storage{Config: *c}
 	a.reg.MetadataPostgres = "{env." + postgresEnv + "}"
 	a.warn(sd.path, "blobs go to the bucket "+c.Bucket+" (storage_s3), and metadata to PostgreSQL, which no zot setting names: set "+postgresEnv+
 		" to the database's URL (metadata_postgres), or the config does not load. The bucket's layout differs from zot's: images zot stored there are not served; copy them over (a sync_into from the old zot, or regctl/skopeo)")

@@ -195,6 +195,17 @@ func (s *Server) Keys(t testing.TB, bucket, prefix string) (objects, uploads []s
 	return objects, uploads
 }
 
+// Put writes b at key in bucket behind the registry's back: what a test
+// does to see who serves which bytes.
+func (s *Server) Put(t testing.TB, bucket, key string, b []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.client.PutObject(ctx, &awss3.PutObjectInput{Bucket: &bucket, Key: &key, Body: bytes.NewReader(b)}); err != nil {
+		t.Fatalf("put object: %v", err)
+	}
+}
+
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -1,0 +1,278 @@
+package caddymodule
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
+	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
+)
+
+// s3ReadsSite starts Caddy with a registry on srv's bucket and a fresh
+// database, the user ci (password pw) allowed to read and push team/**,
+// anonymous nobody, and reads as the storage s3 lines extra say.
+func s3ReadsSite(t *testing.T, srv *s3test.Server, bucket, extra string) string {
+	return s3ReadsSiteWith(t, srv, bucket, "", extra)
+}
+
+// s3ReadsSiteWith is s3ReadsSite with more lines in oci_registry.
+func s3ReadsSiteWith(t *testing.T, srv *s3test.Server, bucket, registryExtra, extra string) string {
+	t.Helper()
+	pg := pgtest.Start(t)
+	t.Setenv("TEST_DATABASE_URL", pg.NewDatabase(t))
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	htp := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htp, []byte("ci:"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	cfg := adaptFront(t, "{\n\tadmin off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://"+addr+` {
+	oci_registry {
+`+registryExtra+`
+		auth {
+			htpasswd `+htp+`
+			fail_delay 1ms
+			group pushers ci
+			access team/** {
+				group pushers read create
+			}
+			access docker.io/** {
+				anonymous read
+			}
+		}
+		storage s3 {
+			bucket `+bucket+`
+			endpoint `+srv.Endpoint+`
+			region `+srv.Region+`
+			prefix reg/
+			access_key `+srv.AccessKey+`
+			secret_key `+srv.SecretKey+`
+			path_style
+`+extra+`		}
+		metadata postgres {env.TEST_DATABASE_URL}
+	}
+}
+`)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return "http://" + addr
+}
+
+// pushBlob pushes c to repo monolithically as ci and returns its digest.
+func pushBlob(t *testing.T, base, repo string, c []byte) string {
+	t.Helper()
+	sum := sha256.Sum256(c)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	req, _ := http.NewRequest(http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/?digest="+d, bytes.NewReader(c))
+	req.SetBasicAuth("ci", "pw")
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push: %s", resp.Status)
+	}
+	return d
+}
+
+// noFollow is a client that shows redirects instead of following them.
+var noFollow = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+func blobRequest(t *testing.T, method, url string, user bool, rng string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if user {
+		req.SetBasicAuth("ci", "pw")
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	resp, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// TestRedirectBlobGets: with redirect, a GET of a blob the caller may
+// read answers 307 to a presigned URL on the configured endpoint, which
+// serves the bytes (and ranges) without credentials. A GET the registry
+// refuses (no credentials, a repository that does not link the blob) is
+// refused as before, with no URL; a HEAD is answered by the registry.
+func TestRedirectBlobGets(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	base := s3ReadsSite(t, srv, bucket, "\t\t\tredirect 2m\n")
+	c := make([]byte, 2<<20+3)
+	rand.Read(c)
+	d := pushBlob(t, base, "team/app", c)
+	pushBlob(t, base, "team/other", []byte("other"))
+	url := base + "/v2/team/app/blobs/" + d
+
+	resp := blobRequest(t, http.MethodGet, url, true, "")
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, srv.Endpoint+"/"+bucket+"/reg/blobs/sha256/") {
+		t.Fatalf("GET: %s, Location %q; want 307 to %s/%s/reg/blobs/...", resp.Status, loc, srv.Endpoint, bucket)
+	}
+	if !strings.Contains(loc, "X-Amz-Expires=120") || resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Docker-Content-Digest") != d {
+		t.Errorf("redirect: Location %q, headers %v", loc, resp.Header)
+	}
+	got := blobRequest(t, http.MethodGet, loc, false, "")
+	body, _ := io.ReadAll(got.Body)
+	if got.StatusCode != http.StatusOK || !bytes.Equal(body, c) {
+		t.Fatalf("following the redirect: %s, %d bytes", got.Status, len(body))
+	}
+	part := blobRequest(t, http.MethodGet, loc, false, "bytes=100-199")
+	body, _ = io.ReadAll(part.Body)
+	if part.StatusCode != http.StatusPartialContent || !bytes.Equal(body, c[100:200]) {
+		t.Fatalf("a range at the redirect: %s, %d bytes", part.Status, len(body))
+	}
+	// A tampered URL (another key, same signature) is refused by S3.
+	tampered := strings.Replace(loc, d[len("sha256:"):], strings.Repeat("0", 64), 1)
+	if r := blobRequest(t, http.MethodGet, tampered, false, ""); r.StatusCode != http.StatusForbidden {
+		t.Errorf("a presigned URL edited to another key: %s, want 403", r.Status)
+	}
+
+	if r := blobRequest(t, http.MethodGet, url, true, "bytes=100-199"); r.StatusCode != http.StatusTemporaryRedirect {
+		t.Errorf("ranged GET: %s, want 307 (the range goes to the bucket)", r.Status)
+	}
+	for _, tc := range []struct {
+		what   string
+		method string
+		url    string
+		user   bool
+		rng    string
+		want   int
+	}{
+		{"HEAD", http.MethodHead, url, true, "", http.StatusOK},
+		{"GET without credentials", http.MethodGet, url, false, "", http.StatusUnauthorized},
+		{"GET of a blob the repository does not link", http.MethodGet, base + "/v2/team/other/blobs/" + d, true, "", http.StatusNotFound},
+		{"GET of a repository not allowed", http.MethodGet, base + "/v2/elsewhere/blobs/" + d, true, "", http.StatusForbidden},
+		// S3 ignores this range and sends the whole blob; the registry
+		// refuses it as without redirect.
+		{"GET of a backwards range", http.MethodGet, url, true, "bytes=500-0", http.StatusRequestedRangeNotSatisfiable},
+		{"GET of a range past the end", http.MethodGet, url, true, "bytes=5000000-", http.StatusRequestedRangeNotSatisfiable},
+	} {
+		r := blobRequest(t, tc.method, tc.url, tc.user, tc.rng)
+		if r.StatusCode != tc.want || r.Header.Get("Location") != "" {
+			t.Errorf("%s: %s, Location %q; want %d and none", tc.what, r.Status, r.Header.Get("Location"), tc.want)
+		}
+	}
+}
+
+// TestReadCacheServesPulls: with cache, a ranged pull is not copied, a
+// whole pull is, and later pulls (whole and ranged) are served from the
+// copy: the object is overwritten behind the registry's back with other
+// bytes of the same size, and pulls still answer the blob's own.
+func TestReadCacheServesPulls(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	cdir := t.TempDir()
+	base := s3ReadsSite(t, srv, bucket, "\t\t\tcache "+cdir+" 64MiB\n")
+	c := make([]byte, 3<<20+1)
+	rand.Read(c)
+	d := pushBlob(t, base, "team/app", c)
+	url := base + "/v2/team/app/blobs/" + d
+	hexd := d[len("sha256:"):]
+
+	pull := func(rng string, want []byte, status int) {
+		t.Helper()
+		r := blobRequest(t, http.MethodGet, url, true, rng)
+		body, _ := io.ReadAll(r.Body)
+		if r.StatusCode != status || !bytes.Equal(body, want) {
+			t.Fatalf("GET %q: %s, %d bytes; want %d, %d bytes", rng, r.Status, len(body), status, len(want))
+		}
+	}
+	pull("bytes=10-19", c[10:20], http.StatusPartialContent)
+	if _, err := os.Stat(filepath.Join(cdir, "sha256", hexd)); !os.IsNotExist(err) {
+		t.Fatalf("a ranged read was cached: %v", err)
+	}
+	pull("", c, http.StatusOK)
+	// The copy is kept when the handler closes the blob, which may be
+	// just after the client has the last byte.
+	copyPath := filepath.Join(cdir, "sha256", hexd)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		fi, err := os.Stat(copyPath)
+		if err == nil && fi.Size() == int64(len(c)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a pull the cache holds %v, %v", fi, err)
+		}
+	}
+	// Same-size other bytes at the object's key: only the copy has the
+	// blob's bytes, so what is served comes from it.
+	garbage := bytes.Repeat([]byte{'x'}, len(c))
+	srv.Put(t, bucket, "reg/blobs/sha256/"+hexd[:2]+"/"+hexd, garbage)
+	pull("", c, http.StatusOK)
+	pull("bytes=100-", c[100:], http.StatusPartialContent)
+}
+
+// TestRedirectMirrorFill: with redirect, a mirrored blob being fetched is
+// streamed to the client that asked (the bucket does not have it yet);
+// once it is committed, a GET is redirected like any other.
+func TestRedirectMirrorFill(t *testing.T) {
+	upstream := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	defer upstream.Close()
+	layer, err := random.Layer(1<<20, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upRepo, _ := name.NewRepository(strings.TrimPrefix(upstream.URL, "http://")+"/library/app", name.Insecure)
+	if err := remote.WriteLayer(upRepo, layer); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := layer.Digest()
+	rc, _ := layer.Compressed()
+	want, _ := io.ReadAll(rc)
+
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	base := s3ReadsSiteWith(t, srv, bucket, "\t\tmirror docker.io {\n\t\t\tupstream "+upstream.URL+"\n\t\t}\n", "\t\t\tredirect\n")
+	url := base + "/v2/docker.io/library/app/blobs/" + d.String()
+
+	cold := blobRequest(t, http.MethodGet, url, false, "")
+	body, _ := io.ReadAll(cold.Body)
+	if cold.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+		t.Fatalf("cold GET of a mirrored blob: %s, Location %q, %d bytes; want it streamed", cold.Status, cold.Header.Get("Location"), len(body))
+	}
+	// The fill commits after its last byte: then GETs are redirected.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		warm := blobRequest(t, http.MethodGet, url, false, "")
+		if warm.StatusCode == http.StatusTemporaryRedirect {
+			got := blobRequest(t, http.MethodGet, warm.Header.Get("Location"), false, "")
+			body, _ := io.ReadAll(got.Body)
+			if got.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+				t.Fatalf("following the redirect of a mirrored blob: %s, %d bytes", got.Status, len(body))
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET of a committed mirrored blob: %s, want 307", warm.Status)
+		}
+	}
+}
