@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/caddymodule"
 )
 
 // postgresEnv is the environment variable the adapted config of a zot S3

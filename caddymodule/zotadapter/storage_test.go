@@ -18,7 +18,7 @@ func TestS3(t *testing.T) {
 	a := adaptFixture(t, "s3.json", map[string]string{"@DIR@": dir, "@PORT@": "5005"})
 	want := s3.Config{Bucket: "zot-storage", Region: "us-east-2", Endpoint: "http://minio.internal:9000", PathStyle: true,
 		Prefix: "zot/", AccessKey: "AKIAEXAMPLE", SecretKey: "s3cret", PartSize: 10 << 20}
-	if a.reg.StorageS3 == nil || *a.reg.StorageS3 != want || a.reg.Storage != "" || a.reg.MetadataPostgres != "{env."+postgresEnv+"}" {
+	if a.reg.StorageS3 == nil || a.reg.StorageS3.Config != want || a.reg.Storage != "" || a.reg.MetadataPostgres != "{env."+postgresEnv+"}" {
 		t.Errorf("storage %q, storage_s3 %s, metadata_postgres %q", a.reg.Storage, mustJSON(t, a.reg.StorageS3), a.reg.MetadataPostgres)
 	}
 	for _, w := range [][2]string{
