@@ -548,8 +548,9 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, local := range locals {
-		rg.setMirrorCache(local, h)
+	total := &mirrorCacheTotal{obs: rg.metrics, sizes: make([]int64, len(locals))}
+	for i, local := range locals {
+		rg.setMirrorCache(local, h, mirrorCacheSlot{total, i})
 	}
 	rg.live.h.Store(h)
 	return h, nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -310,3 +311,33 @@ func (rg *Registry) warnHidden(main *cache.Store) {
 		}
 	}
 }
+
+// mirrorCacheTotal adds up the mirrored bytes of the stores of one
+// handler (main and sub-paths) for the one mirror cache gauge, which
+// each store's report would otherwise overwrite with its own figure.
+type mirrorCacheTotal struct {
+	obs   cache.MirrorCacheObserver
+	mu    sync.Mutex
+	sizes []int64 // by store
+}
+
+// mirrorCacheSlot is the observer of store i.
+type mirrorCacheSlot struct {
+	t *mirrorCacheTotal
+	i int
+}
+
+// MirrorCacheSize records store i's size and reports the sum.
+func (s mirrorCacheSlot) MirrorCacheSize(bytes int64) {
+	s.t.mu.Lock()
+	s.t.sizes[s.i] = bytes
+	var sum int64
+	for _, b := range s.t.sizes {
+		sum += b
+	}
+	s.t.obs.MirrorCacheSize(sum)
+	s.t.mu.Unlock()
+}
+
+// MirrorEvicted passes the evictions on: they add up by themselves.
+func (s mirrorCacheSlot) MirrorEvicted(items int, bytes int64) { s.t.obs.MirrorEvicted(items, bytes) }

@@ -246,3 +246,21 @@ func TestSubStorageConfig(t *testing.T) {
 		})
 	}
 }
+
+type gaugeRecorder struct{ last int64 }
+
+func (g *gaugeRecorder) MirrorCacheSize(n int64)  { g.last = n }
+func (g *gaugeRecorder) MirrorEvicted(int, int64) {}
+
+// TestMirrorCacheTotal: with sub-paths, the mirror cache gauge is the sum
+// of the stores' sizes, not the figure of whichever reported last.
+func TestMirrorCacheTotal(t *testing.T) {
+	g := &gaugeRecorder{}
+	total := &mirrorCacheTotal{obs: g, sizes: make([]int64, 2)}
+	mirrorCacheSlot{total, 0}.MirrorCacheSize(100)
+	mirrorCacheSlot{total, 1}.MirrorCacheSize(30)
+	mirrorCacheSlot{total, 0}.MirrorCacheSize(70)
+	if g.last != 100 {
+		t.Errorf("gauge %d, want 70+30", g.last)
+	}
+}
