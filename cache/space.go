@@ -16,6 +16,7 @@ package cache
 // blob backend; the metadata floor is badger's, so it is here.
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -109,8 +110,9 @@ func (g *spaceGuard) admitMeta() error {
 // CheckSpace refuses (ErrStorageFull) a write of size bytes (-1: unknown)
 // of blob content that would leave less than the reserve free. The write
 // paths check for themselves; callers that know a length before the
-// bytes arrive (a chunk's Content-Length) use it to refuse early.
-func (s *Store) CheckSpace(size int64) error {
+// bytes arrive (a chunk's Content-Length) use it to refuse early. ctx is
+// unused: one store has one filesystem, whatever the repository.
+func (s *Store) CheckSpace(_ context.Context, size int64) error {
 	return s.space.Admit(size)
 }
 

@@ -147,6 +147,11 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			rg.SyncInto = append(rg.SyncInto, si)
 			continue
+		case "sub_storage":
+			if err := rg.unmarshalSubStorage(d); err != nil {
+				return err
+			}
+			continue
 		case "local":
 			at := positionOf(d)
 			args := d.RemainingArgs()
@@ -159,7 +164,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, require_signature, local, read_only, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, require_signature, sub_storage, local, read_only, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -184,18 +189,9 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			rg.MirrorCacheSize = int64(size)
 		case "upload_ttl", "gc_grace", "gc_interval", "gc_full_interval":
-			var dur time.Duration
-			if sub == "gc_interval" && arg == "off" {
-				dur = -1
-			} else {
-				var err error
-				dur, err = caddy.ParseDuration(arg)
-				if err != nil {
-					return d.Errf("parsing %s %q: %v", sub, arg, err)
-				}
-				if dur <= 0 {
-					return d.Errf("%s must be positive, got %q", sub, arg)
-				}
+			dur, err := parseStoreDuration(d, sub, arg)
+			if err != nil {
+				return err
 			}
 			switch sub {
 			case "upload_ttl":
@@ -214,6 +210,22 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		spaces = append(spaces, m.namespace())
 	}
 	return checkNamespaces(spaces, mirrorsAt, rg.LocalPrefixes, localAt)
+}
+
+// parseStoreDuration parses the value of upload_ttl, gc_grace,
+// gc_interval (which also takes off) or gc_full_interval.
+func parseStoreDuration(d *caddyfile.Dispenser, sub, arg string) (time.Duration, error) {
+	if sub == "gc_interval" && arg == "off" {
+		return -1, nil
+	}
+	dur, err := caddy.ParseDuration(arg)
+	if err != nil {
+		return 0, d.Errf("parsing %s %q: %v", sub, arg, err)
+	}
+	if dur <= 0 {
+		return 0, d.Errf("%s must be positive, got %q", sub, arg)
+	}
+	return dur, nil
 }
 
 // checkNamespaces runs, at parse time, the checks Provision runs on the

@@ -450,7 +450,7 @@ func TestStorageReserve(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := tc.rg.reserve(); got != tc.want {
+			if got := tc.rg.storageSettings().reserve(); got != tc.want {
 				t.Errorf("reserve() = %+v, want %+v", got, tc.want)
 			}
 		})

@@ -6,10 +6,8 @@ package caddymodule
 
 import (
 	"fmt"
-	"math"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -221,6 +219,13 @@ type Registry struct {
 	RequireSignature []*SignaturePolicy `json:"require_signature,omitempty"`
 	sigPolicies      []*sigpolicy.Policy
 
+	// SubStorages keep name prefixes in stores of their own, each with
+	// its own folder and garbage collection (Caddyfile: `sub_storage
+	// <prefix> { ... }`; see SubStorage). A prefix equal to a mirror's
+	// puts that mirror's cache there; mirror_cache_size then applies to
+	// each store on its own. Not with storage s3.
+	SubStorages []*SubStorage `json:"sub_storages,omitempty"`
+
 	mirrors []*registry.Mirror
 	serves  *registry.Handler // routing only: which paths are ours
 	plans   []syncPlan        // what to sync, once the config starts
@@ -229,6 +234,7 @@ type Registry struct {
 	dir     string // absolute, cleaned Storage: the key in stores
 	metaDir string // absolute MetadataDir, or empty
 	store   *sharedStore
+	subs    []*subStore    // the sub_storage stores, beside store
 	cluster *sharedCluster // instead of store with StorageS3 + MetadataPostgres
 	live    *liveHandler
 	metrics *metricsObserver
@@ -263,11 +269,16 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	}
 	records := func() (authRecords, error) { return rg.store.open() }
 	if rg.scaledOut() {
+		if err := rg.validateSubStorages(); err != nil {
+			return err
+		}
 		if err := rg.provisionCluster(); err != nil {
 			return err
 		}
 		records = rg.cluster.records
 	} else if err := rg.provisionStore(); err != nil {
+		return err
+	} else if err := rg.provisionSubStores(); err != nil {
 		return err
 	}
 
@@ -363,34 +374,15 @@ func (rg *Registry) provisionCluster() error {
 // provisionStore takes a reference to the shared store of the storage
 // folder (without opening it).
 func (rg *Registry) provisionStore() error {
-	storage := rg.Storage
-	if storage == "" {
-		storage = filepath.Join(caddy.AppDataDir(), "oci")
+	set := rg.storageSettings()
+	if set.Storage == "" {
+		set.Storage = filepath.Join(caddy.AppDataDir(), "oci")
 	}
-	dir, err := filepath.Abs(storage)
-	if err != nil {
-		return fmt.Errorf("storage %q: %w", storage, err)
+	var err error
+	if rg.dir, rg.metaDir, err = set.folders(); err != nil {
+		return err
 	}
-	rg.dir = filepath.Clean(dir)
-	if rg.MetadataDir != "" {
-		if rg.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
-			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
-		}
-	}
-	opts := cache.Options{
-		Dir:           rg.dir,
-		MetadataDir:   rg.metaDir,
-		Reserve:       rg.reserve(),
-		SpaceObserver: rg.metrics,
-		UploadTTL:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
-		GCGrace:       orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
-		GCInterval:    orDefault(time.Duration(rg.GCInterval), DefaultGCInterval),
-		Logger:        rg.logger.Named("store").With(zap.String("storage", rg.dir)),
-	}
-	opts.GCFullInterval = orDefault(time.Duration(rg.GCFullInterval), cache.DefaultGCFullInterval)
-	if opts.GCInterval < 0 {
-		opts.GCInterval = 0 // cache.Options: zero disables the loop
-	}
+	opts := set.options(rg.dir, rg.metaDir, rg.metrics, rg.logger)
 	rg.store, err = acquireStore(opts)
 	if err != nil {
 		return err
@@ -414,17 +406,11 @@ func (rg *Registry) Validate() error {
 	if rg.MirrorCacheSize < 0 {
 		return fmt.Errorf("mirror_cache_size must not be negative: %d", rg.MirrorCacheSize)
 	}
-	if rg.StorageReservePercent < 0 || rg.StorageReservePercent >= 100 || math.IsNaN(rg.StorageReservePercent) {
-		return fmt.Errorf("storage_reserve_percent must be at least 0 and below 100: %v", rg.StorageReservePercent)
+	if err := rg.storageSettings().validate(); err != nil {
+		return err
 	}
-	if rg.StorageReserve < 0 && rg.StorageReservePercent != 0 {
-		return fmt.Errorf("storage_reserve is negative (no reserve) but storage_reserve_percent is set")
-	}
-	if rg.UploadTTL < 0 {
-		return fmt.Errorf("upload_ttl must not be negative: %s", time.Duration(rg.UploadTTL))
-	}
-	if rg.GCGrace < 0 {
-		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(rg.GCGrace))
+	if err := rg.validateSubStorages(); err != nil {
+		return err
 	}
 	if err := rg.validateUploadLimits(); err != nil {
 		return err
@@ -437,11 +423,13 @@ func (rg *Registry) Validate() error {
 	if rg.scaledOut() {
 		return nil // no folder of ours to check
 	}
-	if err := cache.CheckMetadataDir(rg.dir, rg.metaDir); err != nil {
-		return fmt.Errorf("metadata_dir: %w", err)
+	if err := checkFolders(rg.dir, rg.metaDir); err != nil {
+		return err
 	}
-	if fi, err := os.Stat(rg.dir); err == nil && !fi.IsDir() {
-		return fmt.Errorf("storage %s exists and is not a directory", rg.dir)
+	for _, s := range rg.subs {
+		if err := checkFolders(s.dir, s.metaDir); err != nil {
+			return fmt.Errorf("sub_storage %s: %w", s.prefix, err)
+		}
 	}
 	return nil
 }
@@ -460,9 +448,12 @@ func (rg *Registry) Cleanup() error {
 	if rg.store == nil {
 		return nil
 	}
+	subErr := rg.releaseSubStores()
 	rg.store.release(rg.ReadOnly)
-	_, err := stores.Delete(rg.dir)
-	return err
+	if _, err := stores.Delete(rg.dir); err != nil {
+		return err
+	}
+	return subErr
 }
 
 // ServeHTTP serves /v2/ (and /_oci/ with the token proxy, sign-in or sync:
@@ -520,7 +511,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		return h, nil
 	}
 	var st registry.Store
-	var local *cache.Store // the mirror cache limit applies to it only
+	var locals []*cache.Store // the mirror cache limit applies to them only
 	if rg.cluster != nil {
 		cs, _, err := rg.cluster.open()
 		if err != nil {
@@ -532,7 +523,9 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		if err != nil {
 			return nil, err
 		}
-		st, local = fs, fs
+		if st, locals, err = rg.routeSubStores(fs); err != nil {
+			return nil, err
+		}
 	}
 	h, err := registry.NewHandler(registry.Config{
 		Store:           st,
@@ -553,8 +546,9 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	if local != nil {
-		rg.setMirrorCache(local, h)
+	total := &mirrorCacheTotal{obs: rg.metrics, sizes: make([]int64, len(locals))}
+	for i, local := range locals {
+		rg.setMirrorCache(local, h, mirrorCacheSlot{total, i})
 	}
 	rg.live.h.Store(h)
 	return h, nil
@@ -595,17 +589,6 @@ func clientIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-// reserve is the free space blob bytes leave on the storage's filesystem.
-func (rg *Registry) reserve() cache.SpaceReserve {
-	switch {
-	case rg.StorageReserve < 0:
-		return cache.SpaceReserve{}
-	case rg.StorageReserve == 0 && rg.StorageReservePercent == 0:
-		return cache.DefaultReserve
-	}
-	return cache.SpaceReserve{Bytes: rg.StorageReserve, Percent: rg.StorageReservePercent}
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -328,6 +328,8 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 		return newError(http.StatusBadRequest, CodeNameInvalid, "invalid repository name", err)
 	}
 	rc.name = internal
+	// For a store made of several, which routes by repository.
+	r = r.WithContext(WithRepository(r.Context(), internal))
 	// The way the client came in, so Location and Link lead back to it.
 	rc.base, rc.typed = t.Base, name
 	if via.NS != "" {

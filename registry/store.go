@@ -69,7 +69,9 @@ type BlobLinks interface {
 type Uploads interface {
 	// PutBlob stores the bytes of r as blob d if they hash to d and,
 	// when size >= 0, are size bytes long; it returns the size. Nothing
-	// becomes visible unverified. It links no repository.
+	// becomes visible unverified. It links no repository; the one the
+	// caller links next is in ctx (RepositoryOf), for a store made of
+	// several that must put the bytes where that repository lives.
 	PutBlob(ctx context.Context, d cache.Digest, size int64, r io.Reader) (int64, error)
 	// OpenUpload starts a session for repo, counted against the limits
 	// of owner (empty: none).
@@ -95,8 +97,9 @@ type Uploads interface {
 type SpaceChecker interface {
 	// CheckSpace returns an error for which cache.IsStorageFull holds
 	// when size bytes (-1: unknown) would not fit. It answers from what
-	// the store knows already, so it takes no context.
-	CheckSpace(size int64) error
+	// the store knows already; ctx only carries the request's repository
+	// (RepositoryOf) to a store made of several.
+	CheckSpace(ctx context.Context, size int64) error
 }
 
 // Manifests are the manifests repositories hold, byte for byte, and the
@@ -171,4 +174,23 @@ type Store interface {
 	TagFetchTimes
 	Fills
 	CacheUse
+}
+
+// repoKey is the context key of the request's repository.
+type repoKey struct{}
+
+// WithRepository returns ctx carrying repo, the repository a request is
+// about. The handler sets it on every request that names one, so that a
+// store made of several (one per namespace prefix) can route the methods
+// that take only a digest (StatBlob, OpenBlob, PutBlob, Filling,
+// CheckSpace) to the store that repository lives in: a blob pushed whole
+// for repo must land where repo's link to it is then made.
+func WithRepository(ctx context.Context, repo string) context.Context {
+	return context.WithValue(ctx, repoKey{}, repo)
+}
+
+// RepositoryOf returns the repository WithRepository put in ctx, if any.
+func RepositoryOf(ctx context.Context) (string, bool) {
+	repo, ok := ctx.Value(repoKey{}).(string)
+	return repo, ok
 }

@@ -218,7 +218,7 @@ func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cach
 			return u, err
 		}
 	}
-	if err := h.cfg.Store.CheckSpace(max(want, r.ContentLength)); err != nil {
+	if err := h.cfg.Store.CheckSpace(r.Context(), max(want, r.ContentLength)); err != nil {
 		return u, errStorageFull(err) // before a byte of a chunk too big for the room
 	}
 	nu, err := h.cfg.Store.AppendUpload(r.Context(), rc.name, u.ID, u.Size, body)

@@ -307,7 +307,7 @@ func (s *Store) ReposWithBlob(ctx context.Context, d cache.Digest, limit int) ([
 
 // CheckSpace: an object store does not fill up the way a disk does; the
 // filesystem blob store checks its own reserve as it writes.
-func (s *Store) CheckSpace(int64) error { return nil }
+func (s *Store) CheckSpace(context.Context, int64) error { return nil }
 
 // mapErr turns the seams' errors into package cache's, which the registry
 // maps to protocol errors.

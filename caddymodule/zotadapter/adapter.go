@@ -140,12 +140,13 @@ func (a *adapter) adapt(body []byte) (*caddy.Config, error) {
 }
 
 // storage maps zot's storage section (the defaults of zot apply when a
-// key is missing: gc on, dedupe on).
+// key is missing: gc on, dedupe on), and its subPaths.
 func (a *adapter) storage(o *object) error {
-	var err error
-	if a.reg.Storage, err = o.str("rootDirectory"); err != nil {
+	set, err := a.storeSettings(o)
+	if err != nil {
 		return err
 	}
+	a.reg.Storage, a.reg.GCInterval, a.reg.GCGrace = set.Storage, set.GCInterval, set.GCGrace
 	if sd, err := o.sub("storageDriver"); err != nil {
 		return err
 	} else if sd != nil {
@@ -159,54 +160,99 @@ func (a *adapter) storage(o *object) error {
 	case a.reg.Storage == "":
 		a.warn("storage.rootDirectory", "not set (zot refuses to start without it); the registry uses Caddy's data folder")
 	}
-	dedupe, err := o.boolean("dedupe", true)
-	if err != nil {
-		return err
-	}
-	if !dedupe {
-		a.warn("storage.dedupe", "note: content is always stored once per digest here (dedupe is always on); false has no effect")
-	}
-	commit, err := o.boolean("commit", false)
-	if err != nil {
-		return err
-	}
-	if !commit && o.has("commit") {
-		a.warn("storage.commit", "note: every write is synced to disk before it is acknowledged here; false has no effect")
-	}
-	gc, err := o.boolean("gc", true)
-	if err != nil {
-		return err
-	}
-	delay, hasDelay, err := o.duration("gcDelay")
-	if err != nil {
-		return err
-	}
-	interval, hasInterval, err := o.duration("gcInterval")
-	if err != nil {
-		return err
-	}
-	switch {
-	case !gc:
-		a.reg.GCInterval = caddy.Duration(-1)
-	case hasInterval && interval > 0:
-		a.reg.GCInterval = caddy.Duration(interval)
-	}
-	if hasDelay && delay > 0 {
-		a.reg.GCGrace = caddy.Duration(delay)
-	}
-	o.unsupported("gcTimeWindow", "garbage collection runs at any time of day here; the window is not kept")
-	o.unsupported("retention", "retention policies (keep tags by pattern, pull or push time) are not supported; only unreferenced content is collected")
 	metaStore := "the metadata store"
 	if a.reg.StorageS3 != nil {
 		metaStore = "the PostgreSQL metadata (metadata_postgres)"
 	}
 	o.unsupported("cacheDriver", "not used: the dedupe index, and what zot keeps in DynamoDB or Redis, is part of "+metaStore+" here")
-	o.unsupported("subPaths", "not yet supported: all repositories share rootDirectory and its GC settings")
 	o.unsupported("remoteCache", "not used: the dedupe index is part of "+metaStore+" here")
-	o.unsupported("redirectBlobURL", "not supported: blobs are always served by the registry itself")
 	o.unsupported("maxRepos", "no limit on the number of repositories here")
 	o.unsupported("fastRestart", "not needed: startup does not walk the storage here")
+	if a.reg.StorageS3 != nil {
+		o.unsupported("subPaths", "not supported with storageDriver s3: the bucket and PostgreSQL hold every repository")
+		return nil
+	}
+	return a.subPaths(o)
+}
+
+// subPaths maps storage.subPaths: each route ("/team") becomes a
+// sub_storage of that prefix with its own folder and GC settings.
+func (a *adapter) subPaths(o *object) error {
+	routes, m, err := o.entries("subPaths")
+	if err != nil {
+		return err
+	}
+	for _, route := range routes {
+		so, err := a.object(o.at("subPaths")+"."+route, m[route])
+		if err != nil {
+			return err
+		}
+		set, err := a.storeSettings(so)
+		if err != nil {
+			return err
+		}
+		so.unsupported("storageDriver", "not supported in a sub-path: a sub-path is a folder of its own")
+		prefix := strings.Trim(route, "/")
+		switch {
+		case prefix == "":
+			a.warn(so.path, "the route / is the whole registry, which rootDirectory holds; ignored")
+		case set.Storage == "":
+			return fmt.Errorf("%s.rootDirectory: required (zot refuses a sub-path without it)", so.path)
+		default:
+			a.reg.SubStorages = append(a.reg.SubStorages, &caddymodule.SubStorage{Prefix: prefix, StorageSettings: set})
+		}
+		so.rest()
+	}
 	return nil
+}
+
+// storeSettings maps what storage and each of its subPaths have alike:
+// the folder, GC, and the settings that have no counterpart.
+func (a *adapter) storeSettings(o *object) (caddymodule.StorageSettings, error) {
+	var set caddymodule.StorageSettings
+	var err error
+	if set.Storage, err = o.str("rootDirectory"); err != nil {
+		return set, err
+	}
+	dedupe, err := o.boolean("dedupe", true)
+	if err != nil {
+		return set, err
+	}
+	if !dedupe {
+		a.warn(o.at("dedupe"), "note: content is always stored once per digest here (dedupe is always on); false has no effect")
+	}
+	commit, err := o.boolean("commit", false)
+	if err != nil {
+		return set, err
+	}
+	if !commit && o.has("commit") {
+		a.warn(o.at("commit"), "note: every write is synced to disk before it is acknowledged here; false has no effect")
+	}
+	gc, err := o.boolean("gc", true)
+	if err != nil {
+		return set, err
+	}
+	delay, hasDelay, err := o.duration("gcDelay")
+	if err != nil {
+		return set, err
+	}
+	interval, hasInterval, err := o.duration("gcInterval")
+	if err != nil {
+		return set, err
+	}
+	switch {
+	case !gc:
+		set.GCInterval = caddy.Duration(-1)
+	case hasInterval && interval > 0:
+		set.GCInterval = caddy.Duration(interval)
+	}
+	if hasDelay && delay > 0 {
+		set.GCGrace = caddy.Duration(delay)
+	}
+	o.unsupported("gcTimeWindow", "garbage collection runs at any time of day here; the window is not kept")
+	o.unsupported("retention", "retention policies (keep tags by pattern, pull or push time) are not supported; only unreferenced content is collected")
+	o.unsupported("redirectBlobURL", "not supported: blobs are always served by the registry itself")
+	return set, nil
 }
 
 // http maps listen address, TLS, auth and access control.

@@ -323,7 +323,8 @@ func TestWarnings(t *testing.T) {
 			"extensions.sync.registries[0].content[0]", "copied from https://a.example only"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://a.example"],"maxRetryDelay":"1m"}]}}}`,
 			"extensions.sync.registries[0].maxRetryDelay", "no cap"},
-		{`{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/a"}}}}`, "storage.subPaths", "not yet supported"},
+		{`{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/a","retention":{"policies":[{}]}}}}}`, "storage.subPaths./a.retention", "not supported"},
+		{`{"storage":{"rootDirectory":"/x","subPaths":{"/":{"rootDirectory":"/a"}}}}`, "storage.subPaths./", "whole registry"},
 		{`{"storage":{"rootDirectory":"/x","storageDriver":{"name":"s3","bucket":"b"}}}`, "storage.storageDriver", "does not load"},
 		{`{"storage":{"rootDirectory":"/x","retention":{"policies":[{"repositories":["**"]}]}}}`, "storage.retention", "not supported"},
 		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid","startTLS":true}}}}`, "http.auth.ldap.startTLS", "ldaps://"},
@@ -426,5 +427,28 @@ func writeFile(t *testing.T, dir, name, content string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSubPaths: storage.subPaths become sub_storages with their own
+// folder and GC settings, zot's defaults (gc on) applying to each.
+func TestSubPaths(t *testing.T) {
+	a := adaptString(t, `{"storage":{"rootDirectory":"/x","gcDelay":"2h","subPaths":{
+		"/infra/team":{"rootDirectory":"/disk2/team","gc":true,"gcDelay":"10m","gcInterval":"30m","dedupe":false},
+		"/cache":{"rootDirectory":"/disk3","gc":false}}}}`)
+	got, _ := json.Marshal(a.reg.SubStorages)
+	want := `[{"prefix":"cache","storage":"/disk3","gc_interval":-1},{"prefix":"infra/team","storage":"/disk2/team","gc_interval":1800000000000,"gc_grace":600000000000}]`
+	if string(got) != want {
+		t.Errorf("sub_storages = %s\nwant %s", got, want)
+	}
+	if a.reg.GCGrace != caddy.Duration(2*time.Hour) {
+		t.Errorf("top gc_grace %v", a.reg.GCGrace)
+	}
+	if !a.warned("storage.subPaths./infra/team.dedupe", "always on") {
+		t.Error("no note on a sub-path's dedupe: false")
+	}
+	if _, _, err := caddyconfig.GetAdapter("zot").Adapt([]byte(`{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"gc":true}}}}`), nil); err == nil ||
+		!strings.Contains(err.Error(), "storage.subPaths./a.rootDirectory: required") {
+		t.Errorf("sub-path without rootDirectory: %v", err)
 	}
 }

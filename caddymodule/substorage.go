@@ -1,0 +1,343 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry"
+	"github.com/caddy-oci/caddy-oci/registry/substore"
+)
+
+// StorageSettings are where a store keeps its data and how it collects
+// its garbage: the settings of the same names at the top of oci_registry,
+// which a SubStorage takes too.
+type StorageSettings struct {
+	// Storage is the store's folder (see Registry.Storage). A relative
+	// path is relative to Caddy's working directory.
+	Storage string `json:"storage,omitempty"`
+	// MetadataDir is where its metadata database lives (see
+	// Registry.MetadataDir). Default: the "meta" folder in Storage.
+	MetadataDir string `json:"metadata_dir,omitempty"`
+	// StorageReserve is the free space its filesystem keeps (see
+	// Registry.StorageReserve).
+	StorageReserve int64 `json:"storage_reserve,omitempty"`
+	// StorageReservePercent is that reserve as a percentage of the
+	// filesystem's size (see Registry.StorageReservePercent).
+	StorageReservePercent float64 `json:"storage_reserve_percent,omitempty"`
+	// UploadTTL is the longest an upload session lives (see
+	// Registry.UploadTTL).
+	UploadTTL caddy.Duration `json:"upload_ttl,omitempty"`
+	// GCInterval is how often its garbage is collected; negative: never
+	// (see Registry.GCInterval).
+	GCInterval caddy.Duration `json:"gc_interval,omitempty"`
+	// GCGrace protects its young content from collection (see
+	// Registry.GCGrace).
+	GCGrace caddy.Duration `json:"gc_grace,omitempty"`
+	// GCFullInterval is how often a collection examines all of it (see
+	// Registry.GCFullInterval).
+	GCFullInterval caddy.Duration `json:"gc_full_interval,omitempty"`
+}
+
+// SubStorage keeps the repositories under a name prefix in a store of
+// their own (zot's storage sub-paths): its own folder, metadata database,
+// reserve, upload sessions and garbage collection, e.g. a team's images
+// on another disk, or a mirror's cache (a prefix equal to the mirror's)
+// collected more eagerly than pushed images. Settings left out are the
+// top level's; storage is required.
+type SubStorage struct {
+	// Prefix is one or more whole name components: "team" holds "team"
+	// and "team/app", not "teams/app". Prefixes must not nest.
+	Prefix string `json:"prefix"`
+
+	StorageSettings
+}
+
+// storageSettings are the top level's settings as a StorageSettings.
+func (rg *Registry) storageSettings() StorageSettings {
+	return StorageSettings{
+		Storage:               rg.Storage,
+		MetadataDir:           rg.MetadataDir,
+		StorageReserve:        rg.StorageReserve,
+		StorageReservePercent: rg.StorageReservePercent,
+		UploadTTL:             rg.UploadTTL,
+		GCInterval:            rg.GCInterval,
+		GCGrace:               rg.GCGrace,
+		GCFullInterval:        rg.GCFullInterval,
+	}
+}
+
+// under returns s with what it leaves out taken from top (but the folder).
+func (s StorageSettings) under(top StorageSettings) StorageSettings {
+	if s.StorageReserve == 0 && s.StorageReservePercent == 0 {
+		s.StorageReserve, s.StorageReservePercent = top.StorageReserve, top.StorageReservePercent
+	}
+	for _, f := range []struct{ own, top *caddy.Duration }{
+		{&s.UploadTTL, &top.UploadTTL}, {&s.GCInterval, &top.GCInterval},
+		{&s.GCGrace, &top.GCGrace}, {&s.GCFullInterval, &top.GCFullInterval},
+	} {
+		if *f.own == 0 {
+			*f.own = *f.top
+		}
+	}
+	return s
+}
+
+// validate checks the settings that need no folder.
+func (s StorageSettings) validate() error {
+	if s.StorageReservePercent < 0 || s.StorageReservePercent >= 100 || math.IsNaN(s.StorageReservePercent) {
+		return fmt.Errorf("storage_reserve_percent must be at least 0 and below 100: %v", s.StorageReservePercent)
+	}
+	if s.StorageReserve < 0 && s.StorageReservePercent != 0 {
+		return fmt.Errorf("storage_reserve is negative (no reserve) but storage_reserve_percent is set")
+	}
+	if s.UploadTTL < 0 {
+		return fmt.Errorf("upload_ttl must not be negative: %s", time.Duration(s.UploadTTL))
+	}
+	if s.GCGrace < 0 {
+		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(s.GCGrace))
+	}
+	return nil
+}
+
+// reserve is the free space blob bytes leave on the filesystem.
+func (s StorageSettings) reserve() cache.SpaceReserve {
+	switch {
+	case s.StorageReserve < 0:
+		return cache.SpaceReserve{}
+	case s.StorageReserve == 0 && s.StorageReservePercent == 0:
+		return cache.DefaultReserve
+	}
+	return cache.SpaceReserve{Bytes: s.StorageReserve, Percent: s.StorageReservePercent}
+}
+
+// options are the cache.Options of a store in the absolute folder dir
+// (metaDir: absolute, or empty for the default).
+func (s StorageSettings) options(dir, metaDir string, obs cache.SpaceObserver, logger *zap.Logger) cache.Options {
+	opts := cache.Options{
+		Dir:            dir,
+		MetadataDir:    metaDir,
+		Reserve:        s.reserve(),
+		SpaceObserver:  obs,
+		UploadTTL:      orDefault(time.Duration(s.UploadTTL), DefaultUploadTTL),
+		GCGrace:        orDefault(time.Duration(s.GCGrace), DefaultGCGrace),
+		GCInterval:     orDefault(time.Duration(s.GCInterval), DefaultGCInterval),
+		GCFullInterval: orDefault(time.Duration(s.GCFullInterval), cache.DefaultGCFullInterval),
+		Logger:         logger.Named("store").With(zap.String("storage", dir)),
+	}
+	if opts.GCInterval < 0 {
+		opts.GCInterval = 0 // cache.Options: zero disables the loop
+	}
+	return opts
+}
+
+// folders returns the absolute storage and metadata folders (metadata:
+// empty for the default).
+func (s StorageSettings) folders() (dir, metaDir string, err error) {
+	if dir, err = filepath.Abs(s.Storage); err != nil {
+		return "", "", fmt.Errorf("storage %q: %w", s.Storage, err)
+	}
+	if s.MetadataDir != "" {
+		if metaDir, err = filepath.Abs(s.MetadataDir); err != nil {
+			return "", "", fmt.Errorf("metadata_dir %q: %w", s.MetadataDir, err)
+		}
+	}
+	return filepath.Clean(dir), metaDir, nil
+}
+
+// checkFolders checks the folders without creating anything.
+func checkFolders(dir, metaDir string) error {
+	if err := cache.CheckMetadataDir(dir, metaDir); err != nil {
+		return fmt.Errorf("metadata_dir: %w", err)
+	}
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return fmt.Errorf("storage %s exists and is not a directory", dir)
+	}
+	return nil
+}
+
+// subStore is a provisioned sub_storage: its prefix and shared store.
+type subStore struct {
+	prefix  string
+	dir     string // absolute: the key in stores
+	metaDir string
+	store   *sharedStore
+}
+
+// validateSubStorages checks the sub_storage entries without touching a
+// folder; every error names the directive and the prefix.
+func (rg *Registry) validateSubStorages() error {
+	if len(rg.SubStorages) == 0 {
+		return nil
+	}
+	if rg.StorageS3 != nil || rg.MetadataPostgres != "" {
+		return fmt.Errorf("sub_storage is not supported with storage s3 or metadata postgres: the bucket and database hold every repository")
+	}
+	prefixes := make([]string, len(rg.SubStorages))
+	for i, s := range rg.SubStorages {
+		if s == nil {
+			return fmt.Errorf("sub_storage %d is empty", i)
+		}
+		if s.Storage == "" {
+			return fmt.Errorf("sub_storage %s: storage (its folder) is required", s.Prefix)
+		}
+		if err := s.validate(); err != nil {
+			return fmt.Errorf("sub_storage %s: %w", s.Prefix, err)
+		}
+		prefixes[i] = s.Prefix
+	}
+	if err := substore.CheckPrefixes(prefixes); err != nil {
+		return fmt.Errorf("sub_storage: %w", err)
+	}
+	return nil
+}
+
+// provisionSubStores takes a reference to the shared store of each
+// sub_storage folder (without opening it).
+func (rg *Registry) provisionSubStores() error {
+	if err := rg.validateSubStorages(); err != nil {
+		return err
+	}
+	top := rg.storageSettings()
+	seen := map[string]string{rg.dir: "the main storage"}
+	for _, s := range rg.SubStorages {
+		set := s.under(top)
+		dir, metaDir, err := set.folders()
+		if err != nil {
+			return fmt.Errorf("sub_storage %s: %w", s.Prefix, err)
+		}
+		if other, ok := seen[dir]; ok {
+			return fmt.Errorf("sub_storage %s: storage %s is already %s; each sub-path needs a folder of its own", s.Prefix, dir, other)
+		}
+		seen[dir] = "sub_storage " + s.Prefix + "'s"
+		opts := set.options(dir, metaDir, rg.metrics, rg.logger)
+		st, err := acquireStore(opts)
+		if err != nil {
+			return fmt.Errorf("sub_storage %s: %w", s.Prefix, err)
+		}
+		st.hold(rg.ReadOnly)
+		rg.subs = append(rg.subs, &subStore{prefix: s.Prefix, dir: dir, metaDir: metaDir, store: st})
+		if diff := st.opts.differences(opts); len(diff) > 0 {
+			rg.logger.Warn("storage already open with other settings ("+strings.Join(diff, ", ")+"); they apply after a restart",
+				zap.String("storage", dir), zap.Strings("settings", diff))
+		}
+	}
+	return nil
+}
+
+// releaseSubStores drops this config's references to the sub stores.
+func (rg *Registry) releaseSubStores() error {
+	var first error
+	for _, s := range rg.subs {
+		s.store.release(rg.ReadOnly)
+		if _, err := stores.Delete(s.dir); err != nil && first == nil {
+			first = err
+		}
+	}
+	rg.subs = nil
+	return first
+}
+
+// routeSubStores opens the sub stores and returns the store that routes
+// between them and main, with each local store to apply the mirror cache
+// limit to. Without sub stores it is main itself.
+func (rg *Registry) routeSubStores(main *cache.Store) (registry.Store, []*cache.Store, error) {
+	if len(rg.subs) == 0 {
+		return main, []*cache.Store{main}, nil
+	}
+	locals := []*cache.Store{main}
+	subs := make([]substore.Sub, 0, len(rg.subs))
+	for _, s := range rg.subs {
+		st, err := s.store.open()
+		if err != nil {
+			return nil, nil, fmt.Errorf("sub_storage %s: %w", s.prefix, err)
+		}
+		locals = append(locals, st)
+		subs = append(subs, substore.Sub{Prefix: s.prefix, Store: st})
+	}
+	router, err := substore.New(main, subs)
+	if err != nil {
+		return nil, nil, err
+	}
+	rg.warnHidden(main)
+	return router, locals, nil
+}
+
+// hiddenListed is how many hidden repositories the warning names.
+const hiddenListed = 20
+
+// warnHidden warns about repositories the main store holds under a
+// sub-path's prefix: they were pushed before the sub-path existed, and
+// are neither served nor listed now (moving them is the operator's
+// choice: copy them with a client, or drop the sub-path).
+func (rg *Registry) warnHidden(main *cache.Store) {
+	ctx := context.Background()
+	for _, s := range rg.subs {
+		var hidden []string
+		count := 0
+		last := ""
+		for {
+			page, more, err := main.Repositories(ctx, last, 1000)
+			if err != nil {
+				rg.logger.Warn("listing the main storage for repositories a sub_storage hides", zap.Error(err))
+				return
+			}
+			for _, name := range page {
+				if substore.Under(name, s.prefix) {
+					count++
+					if len(hidden) < hiddenListed {
+						hidden = append(hidden, name)
+					}
+				}
+			}
+			if !more || len(page) == 0 {
+				break
+			}
+			last = page[len(page)-1]
+		}
+		if count > 0 {
+			rg.logger.Warn("the main storage holds repositories under a sub_storage prefix; they are hidden (neither served nor listed) while the sub_storage exists: copy them into it with a client, or remove the sub_storage",
+				zap.String("prefix", s.prefix), zap.String("storage", s.dir),
+				zap.Int("count", count), zap.Strings("repositories", hidden))
+		}
+	}
+}
+
+// mirrorCacheTotal adds up the mirrored bytes of the stores of one
+// handler (main and sub-paths) for the one mirror cache gauge, which
+// each store's report would otherwise overwrite with its own figure.
+type mirrorCacheTotal struct {
+	obs   cache.MirrorCacheObserver
+	mu    sync.Mutex
+	sizes []int64 // by store
+}
+
+// mirrorCacheSlot is the observer of store i.
+type mirrorCacheSlot struct {
+	t *mirrorCacheTotal
+	i int
+}
+
+// MirrorCacheSize records store i's size and reports the sum.
+func (s mirrorCacheSlot) MirrorCacheSize(bytes int64) {
+	s.t.mu.Lock()
+	s.t.sizes[s.i] = bytes
+	var sum int64
+	for _, b := range s.t.sizes {
+		sum += b
+	}
+	s.t.obs.MirrorCacheSize(sum)
+	s.t.mu.Unlock()
+}
+
+// MirrorEvicted passes the evictions on: they add up by themselves.
+func (s mirrorCacheSlot) MirrorEvicted(items int, bytes int64) { s.t.obs.MirrorEvicted(items, bytes) }
