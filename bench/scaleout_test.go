@@ -41,16 +41,16 @@ const (
 	seedS3Get  = 7 << 32
 )
 
-// s3Env is the registry on S3 + PostgreSQL, and a plain client of the
+// scaleEnv is the registry on S3 + PostgreSQL, and a plain client of the
 // same S3 server for the limits.
-type s3Env struct {
+type scaleEnv struct {
 	dir    string
 	c      *benchclient.Client
 	s3     *awss3.Client
 	bucket string
 }
 
-func newS3Env(b *testing.B, conns int) *s3Env {
+func newScaleEnv(b *testing.B, conns int) *scaleEnv {
 	b.Helper()
 	srv := s3test.Start(b)
 	bucket := srv.Bucket(b)
@@ -82,12 +82,12 @@ func newS3Env(b *testing.B, conns int) *s3Env {
 		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
 	})
-	return &s3Env{dir: dir, c: benchclient.NewClient(h.URL, conns), s3: client, bucket: bucket}
+	return &scaleEnv{dir: dir, c: benchclient.NewClient(h.URL, conns), s3: client, bucket: bucket}
 }
 
 // putObject is the push limit: one PutObject of the blob's file (the SDK
 // reads it twice, to sign and to send, as the store does each part).
-func (e *s3Env) putObject(b *testing.B, path, key string) time.Duration {
+func (e *scaleEnv) putObject(b *testing.B, path, key string) time.Duration {
 	b.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -102,7 +102,7 @@ func (e *s3Env) putObject(b *testing.B, path, key string) time.Duration {
 }
 
 // getObject is the GET limit: GetObject of key into io.Discard.
-func (e *s3Env) getObject(b *testing.B, key string, size int64) time.Duration {
+func (e *scaleEnv) getObject(b *testing.B, key string, size int64) time.Duration {
 	b.Helper()
 	start := time.Now()
 	out, err := e.s3.GetObject(context.Background(), &awss3.GetObjectInput{Bucket: &e.bucket, Key: &key})
@@ -123,7 +123,7 @@ func (e *s3Env) getObject(b *testing.B, key string, size int64) time.Duration {
 // MB/s (target >= 0.85).
 func BenchmarkS3Push(b *testing.B) {
 	size := blobSize(b)
-	e := newS3Env(b, 4)
+	e := newScaleEnv(b, 4)
 	b.SetBytes(size)
 	var limit time.Duration
 	mem := startMemPeak()
@@ -152,7 +152,7 @@ func BenchmarkS3Push(b *testing.B) {
 // (target >= 0.9).
 func BenchmarkS3Get(b *testing.B) {
 	size := blobSize(b)
-	e := newS3Env(b, 4)
+	e := newScaleEnv(b, 4)
 	path, digest, _, err := benchclient.LimitWrite(e.dir, seedS3Get, size)
 	if err != nil {
 		b.Fatal(err)
@@ -184,7 +184,7 @@ func BenchmarkS3Get(b *testing.B) {
 // default store, filesystem + badger) or "postgres" (S3 + PostgreSQL).
 func metaEnv(b *testing.B, backend string, conns int) *benchclient.Client {
 	if backend == "postgres" {
-		return newS3Env(b, conns).c
+		return newScaleEnv(b, conns).c
 	}
 	e := newEnv(b)
 	return benchclient.NewClient(e.srv.URL, conns)

@@ -81,7 +81,7 @@ func TestMigrateBinary(t *testing.T) {
 	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
 	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", dsn)
 	for i := range 2 {
-		r := siteServer(t, "", replicaSite(srv, bucket, ""), 0)
+		r := siteServer(t, "", replicaSite(srv, bucket, "", ""), 0)
 		for ref, want := range refs {
 			wd, _ := want.Digest()
 			for _, pull := range []string{ref, "app@" + wd.String()} {
