@@ -5,15 +5,19 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/storetest"
 )
 
@@ -413,4 +417,25 @@ func TestConcurrentReads(t *testing.T) {
 	if s.Size() != onDisk || onDisk > 300<<10 {
 		t.Fatalf("counted %d bytes, %d on disk, limit %d", s.Size(), onDisk, 300<<10)
 	}
+}
+
+// TestContractS3: the same contract with the cache in front of S3
+// (versitygw), the backend replicas run it on.
+func TestContractS3(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T) storetest.Backend {
+		prefix := fmt.Sprintf("r%d/", n.Add(1))
+		return func() blobstore.Store {
+			backend, err := s3.New(context.Background(), s3.Config{
+				Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: prefix,
+				AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return newCache(t, backend, t.TempDir(), 64<<20)
+		}
+	})
 }
