@@ -74,23 +74,31 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d cache.Digest, s
 	} else if !errors.Is(err, metastore.ErrBlobUnknown) {
 		return nil, false, mapErr(err)
 	}
+	// The fill is in the map before its lease is asked for, and the lock
+	// is not held across that round trip to the database: requests for
+	// other digests go on, and one for the same digest joins this fill.
 	s.fills.mu.Lock()
-	defer s.fills.mu.Unlock()
 	if f := s.fills.m[d]; f != nil {
+		s.fills.mu.Unlock()
 		return f, false, nil
 	}
 	if err := s.fills.ctx.Err(); err != nil {
+		s.fills.mu.Unlock()
 		return nil, false, errors.New("composite: store closed")
 	}
+	f := &fill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo}
+	s.fills.m[d] = f
+	s.fills.wg.Add(1)
+	s.fills.mu.Unlock()
+
 	held, release, ok, err := coord.Hold(s.fills.ctx, s.leases, "fill/"+d.String(), fillTTL)
 	if err != nil {
-		return nil, false, mapErr(err)
+		err = mapErr(err)
+		f.finish(fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, d, err)) // for those who joined
+		return nil, false, err
 	}
-	f := &fill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo}
 	if !ok {
 		// Another replica fills it: wait for its commit.
-		s.fills.m[d] = f
-		s.fills.wg.Add(1)
 		go f.await()
 		return f, false, nil
 	}
@@ -98,11 +106,10 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d cache.Digest, s
 	if admit != nil {
 		if done, err = admit(); err != nil {
 			release()
+			f.finish(fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, d, err))
 			return nil, false, err
 		}
 	}
-	s.fills.m[d] = f
-	s.fills.wg.Add(1)
 	go func() {
 		defer done()
 		defer release()
