@@ -38,9 +38,11 @@ const keepLines = 400
 
 type report struct {
 	out      io.Writer
-	lines    map[string][]string // package + "\x00" + test -> its output so far
-	skips    map[string][]string // reason -> "package Test"
-	module   string              // the module's path, left out of package names in the summary
+	lines    map[string][]string  // package + "\x00" + test -> its output so far
+	messages map[string]*messages // the same key -> its t.Log/t.Error lines, kept past keepLines
+	failures []string             // "package Test" and the messages of each failed test
+	skips    map[string][]string  // reason -> "package Test"
+	module   string               // the module's path, left out of package names in the summary
 	failed   bool
 	finished int // packages with a result
 }
@@ -61,7 +63,7 @@ func main() {
 }
 
 func newReport(out io.Writer) *report {
-	return &report{out: out, lines: map[string][]string{}, skips: map[string][]string{}}
+	return &report{out: out, lines: map[string][]string{}, messages: map[string]*messages{}, skips: map[string][]string{}}
 }
 
 // modulePath is the path a go.mod declares.
@@ -102,6 +104,10 @@ func (r *report) handle(e event) {
 			l = l[len(l)-keepLines:]
 		}
 		r.lines[key] = l
+		if r.messages[key] == nil {
+			r.messages[key] = &messages{}
+		}
+		r.messages[key].add(e.Output)
 	case "skip":
 		if e.Test == "" {
 			fmt.Fprintf(r.out, "?   \t%s\t[no test files]\n", e.Package)
@@ -111,8 +117,10 @@ func (r *report) handle(e event) {
 			r.skips[reason] = append(r.skips[reason], strings.TrimPrefix(e.Package, r.module+"/")+" "+e.Test)
 		}
 		delete(r.lines, key)
+		delete(r.messages, key)
 	case "pass":
 		delete(r.lines, key)
+		delete(r.messages, key)
 		if e.Test == "" {
 			r.finished++
 			fmt.Fprintf(r.out, "ok  \t%s\t%.3fs\n", e.Package, e.Elapsed)
@@ -120,6 +128,8 @@ func (r *report) handle(e event) {
 	case "fail":
 		r.failed = true
 		if e.Test != "" {
+			r.failures = append(r.failures, strings.TrimPrefix(e.Package, r.module+"/")+" "+e.Test+"\n"+r.messages[key].String())
+			delete(r.messages, key)
 			return // printed with its package, in order
 		}
 		r.finished++
@@ -179,8 +189,77 @@ func skipReason(lines []string) string {
 	return msg[len(msg)-1]
 }
 
-// summary lists the skipped tests by reason, most first.
+// Bounds of what the closing list of failures keeps of a test's output:
+// the message lines (t.Log, t.Error, t.Fatal: "file.go:12: ..."), a few
+// lines of each multi-line message, the first and the last ones of a
+// long test (an early t.Error, a t.Fatal near the end).
+const (
+	keepMessages     = 20 // at each end
+	keepContinuation = 2
+	keepLineBytes    = 300
+)
+
+// messages is what the closing list keeps of one test's output.
+type messages struct {
+	head, tail []string
+	dropped    int
+	cont       int // continuation lines kept of the last message
+}
+
+// add keeps an output line when it is a message or one of the first
+// lines of a multi-line one. A CI page that shows only the end of a run
+// still shows why a test failed, even when the test logged more than
+// keepLines after it.
+func (m *messages) add(line string) {
+	if len(line) > keepLineBytes {
+		line = line[:keepLineBytes] + " ...\n"
+	}
+	switch {
+	case isMessage(line):
+		m.cont = 0
+	case strings.HasPrefix(line, "        ") && m.cont < keepContinuation && len(m.head)+len(m.tail) > 0:
+		m.cont++
+	default:
+		return
+	}
+	if len(m.head) < keepMessages && m.dropped == 0 && len(m.tail) == 0 {
+		m.head = append(m.head, line)
+		return
+	}
+	m.tail = append(m.tail, line)
+	if len(m.tail) > keepMessages {
+		m.tail = m.tail[1:]
+		m.dropped++
+	}
+}
+
+func (m *messages) String() string {
+	if m == nil {
+		return ""
+	}
+	s := strings.Join(m.head, "")
+	if m.dropped > 0 {
+		s += fmt.Sprintf("        ... %d lines ...\n", m.dropped)
+	}
+	return s + strings.Join(m.tail, "")
+}
+
+// isMessage reports whether a line starts a t.Log or t.Error message:
+// four spaces, a file name, a line number.
+func isMessage(line string) bool {
+	t, ok := strings.CutPrefix(line, "    ")
+	if !ok || strings.HasPrefix(t, " ") {
+		return false
+	}
+	loc, _, ok := strings.Cut(t, ": ")
+	file, num, ok2 := strings.Cut(loc, ".go:")
+	return ok && ok2 && file != "" && !strings.Contains(file, " ") && num != "" && strings.Trim(num, "0123456789") == ""
+}
+
+// summary lists the skipped tests by reason, most first, then the failed
+// tests with their messages, last so that the end of a run says why.
 func (r *report) summary() {
+	defer r.failureSummary()
 	if len(r.skips) == 0 {
 		fmt.Fprintln(r.out, "skipped: none")
 		return
@@ -202,5 +281,15 @@ func (r *report) summary() {
 		tests := r.skips[reason]
 		slices.Sort(tests)
 		fmt.Fprintf(r.out, "  %s (%d):\n    %s\n", reason, len(tests), strings.Join(tests, "\n    "))
+	}
+}
+
+func (r *report) failureSummary() {
+	if len(r.failures) == 0 {
+		return
+	}
+	fmt.Fprintf(r.out, "\nfailed %d tests; their messages:\n", len(r.failures))
+	for _, f := range r.failures {
+		fmt.Fprintln(r.out, "  "+strings.TrimRight(f, "\n"))
 	}
 }

@@ -67,6 +67,12 @@ func TestReportShowsFailures(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
 	}
+	// The end of the report says why, though the message scrolled out
+	// of the lines kept of the test's output.
+	_, tail, _ := strings.Cut(out, "failed 1 tests; their messages:\n")
+	if !strings.HasPrefix(tail, "  testdata/sample TestFails\n") || !strings.Contains(tail, "sample_test.go:23: the sample failure") || !strings.Contains(tail, "log line 499\n") || strings.Contains(tail, "fourth line") || !strings.Contains(tail, "... ") {
+		t.Errorf("the closing list of failures is not the test's messages:\n%s", tail)
+	}
 	if strings.Count(out, "FAIL\tgithub.com") != 1 {
 		t.Errorf("the package's FAIL line is not there once:\n%s", out)
 	}

@@ -21,5 +21,10 @@ func TestSub(t *testing.T) {
 func TestFails(t *testing.T) {
 	if os.Getenv("SAMPLE_FAIL") == "1" {
 		t.Error("the sample failure")
+		// A long log after the failure (a server's log at cleanup)
+		// pushes the message out of the lines kept per test.
+		for i := range 500 {
+			t.Logf("log line %d\nsecond line\nthird line\nfourth line", i)
+		}
 	}
 }
