@@ -132,3 +132,46 @@ http://`+addr+` {
 		t.Errorf("the backend received %q, want its own credentials", got)
 	}
 }
+
+// TestNoV1Ping: the V1 ping gets the registry's 404, not the rest of the
+// site's answer (Caddy's empty 200 here), so a client whose GET /v2/
+// failed reports and retries that failure instead of taking the server
+// for a V1 registry; every other path outside /v2/ still reaches the
+// next handler.
+func TestNoV1Ping(t *testing.T) {
+	addr := freeAddr(t)
+	cfg := adaptFront(t, `{
+	admin off
+	log {
+		level ERROR
+	}
+}
+http://`+addr+` {
+	oci_registry {
+		storage `+filepath.Join(t.TempDir(), "data")+`
+	}
+}`)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	for _, tc := range []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/v1/_ping", http.StatusNotFound, `"code":"UNSUPPORTED"`},
+		{"/v1/other", http.StatusOK, ""}, // the site's, not ours
+		{"/v2/", http.StatusOK, "{}"},
+	} {
+		resp, err := http.Get("http://" + addr + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(string(b), tc.body) {
+			t.Errorf("GET %s: %d %s, want %d with %q", tc.path, resp.StatusCode, b, tc.status, tc.body)
+		}
+	}
+}

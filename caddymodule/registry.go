@@ -471,6 +471,10 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		rg.serveSync(w, r)
 		return nil
 	}
+	if r.URL.Path == v1Ping {
+		serveNoV1(w, r)
+		return nil
+	}
 	ownsSync := len(rg.plans) > 0 && registry.MayReachOwn(r.URL.Path)
 	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) && !ownsSync {
 		authscope.DropSignInCookies(r.Header)
@@ -496,6 +500,24 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	}
 	h.ServeHTTP(w, r)
 	return nil
+}
+
+// v1Ping is the Docker V1 registry API's ping. Clients ask it only after
+// GET /v2/ failed, to tell an old V1 registry from a failed connection.
+const v1Ping = "/v1/_ping"
+
+// serveNoV1 says that this registry speaks no V1, as distribution and zot
+// do with a 404. Left to the rest of the site, the ping would reach
+// Caddy's empty 200 and the client would take the registry for a V1 one:
+// skopeo and podman then fail with "can't talk to a V1 container
+// registry", an error they never retry, where the real cause (a /v2/
+// request reset, e.g. by the kernel when a reload closes the old
+// listener) is one their retries handle.
+func serveNoV1(w http.ResponseWriter, r *http.Request) {
+	w, r, finish := authscope.GuardUnreadBody(w, r)
+	defer finish()
+	registry.NewError(http.StatusNotFound, registry.CodeUnsupported,
+		"this registry serves the OCI distribution API under /v2/ only; the Docker V1 API is not supported", nil).Render(w, r)
 }
 
 // registryHandler returns the registry handler, opening the store on first
