@@ -343,6 +343,55 @@ type Collector interface {
 	ForgetBlobs(ctx context.Context, ds []Digest) error
 }
 
+// BlobUse is a blob record as a size-limited mirror cache sees it.
+type BlobUse struct {
+	BlobRecord
+	// Used is when the blob was last read (RecordUses) or recorded
+	// (Touched), whichever is later.
+	Used time.Time
+	// Repos are the repositories that link it, in byte order.
+	Repos []string
+	// Manifest: some repository holds the digest as a manifest.
+	Manifest bool
+}
+
+// Eviction names a blob a mirror cache wants gone, with what the caller
+// saw when it chose it: EvictBlobs removes it only if that still holds.
+type Eviction struct {
+	Digest Digest
+	// Repos are the repositories allowed to link it (the mirrors' among
+	// those that did when it was listed); a link from any other keeps it.
+	Repos []string
+	// Used is the last use the caller saw; a later use keeps it.
+	Used time.Time
+}
+
+// MirrorCache is what a size limit on mirrored content asks of the
+// metadata (cache/composite/evict.go), so that the size and each blob's
+// last use are one figure for every replica. Which repositories are
+// mirrors' is the caller's to say: the metadata keeps no configuration.
+type MirrorCache interface {
+	// RecordUses moves the last use of each blob of uses to the time
+	// given, never back, in one write for all of them. Blobs without a
+	// record are skipped.
+	RecordUses(ctx context.Context, uses map[Digest]time.Time) error
+	// BlobUses lists blob records not being deleted, by digest after
+	// `after` (zero: from the start), up to n, with their last use and
+	// the repositories linking them.
+	BlobUses(ctx context.Context, after Digest, n int) ([]BlobUse, error)
+	// EvictBlobs removes, in one transaction, every link to each blob of
+	// es and marks it being deleted (as MarkBlobsDeleting does), if it is
+	// still linked, only by repositories of its Repos, held as a manifest
+	// by none, and neither used nor touched after its Used. It returns
+	// the blobs it marked; the others are left as they are. The caller
+	// deletes their bytes, then forgets them (ForgetBlobs).
+	EvictBlobs(ctx context.Context, es []Eviction) ([]BlobRecord, error)
+	// AddMirrorBytes adds n (which may be negative) to the bytes of
+	// mirrored content the store keeps for every replica, and returns
+	// the new figure (never below zero). n = 0 reads it.
+	AddMirrorBytes(ctx context.Context, n int64) (int64, error)
+}
+
 // Store is everything a metadata backend offers. It is safe for
 // concurrent use, and for use by many processes at once if the engine is
 // shared (PostgreSQL).
@@ -354,4 +403,5 @@ type Store interface {
 	Tags
 	Uploads
 	Collector
+	MirrorCache
 }

@@ -726,7 +726,7 @@ func (s *Store) ForgetBlobs(ctx context.Context, ds []metastore.Digest) error {
 				return err
 			}
 			if ok && r.deleting {
-				if err := deleteKeys(txn, key("b/", d.String()), key("bd/", d.String())); err != nil {
+				if err := deleteKeys(txn, key("b/", d.String()), key("bd/", d.String()), key("bu/", d.String())); err != nil {
 					return err
 				}
 			}

@@ -60,6 +60,12 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"GCMarkChecksAgain", testMarkChecksAgain},
 		{"GCMarkRacesLink", testMarkRacesLink},
 	}
+	for _, tt := range mirrorCacheTests() {
+		tests = append(tests, struct {
+			name string
+			run  func(t *testing.T, s metastore.Store)
+		}(tt))
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open(t)) })
 	}
