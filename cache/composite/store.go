@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -58,6 +59,8 @@ type Store struct {
 
 	limits   limitsBox
 	fills    fillWork
+	mc       atomic.Pointer[cache.MirrorCache]
+	mirror   mirrorWork
 	spoolDir string
 
 	afterWrite func() // tests: runs between a blob's write and its record
@@ -91,6 +94,9 @@ func New(opts Options) (*Store, error) {
 		s.spoolDir = os.TempDir()
 	}
 	s.fills.m = map[cache.Digest]*fill{}
+	s.mirror.used = map[cache.Digest]time.Time{}
+	s.mirror.pins = map[cache.Digest]int{}
+	s.mirror.kick = make(chan struct{}, 1)
 	s.fills.ctx, s.fills.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
