@@ -25,6 +25,7 @@ package metastore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
@@ -69,6 +70,12 @@ var (
 	// ErrTooManyUploads: opening a session would pass UploadQuota.
 	// Nothing was created.
 	ErrTooManyUploads = errors.New("too many open uploads")
+	// ErrUploadSpace: opening a session, or reserving bytes for a chunk,
+	// would pass UploadQuota.Bytes. Nothing was changed.
+	ErrUploadSpace = errors.New("upload space exhausted")
+	// ErrUploadShare (an ErrUploadSpace): the same for the sessions of
+	// one owner and UploadQuota.OwnerBytes.
+	ErrUploadShare = fmt.Errorf("%w: the owner's share is held", ErrUploadSpace)
 	// ErrBlobDeleting: GC has marked the blob deleted and is removing (or
 	// has removed) its bytes. A caller that just wrote those bytes must
 	// write them again once the sweep forgot the record (ForgetBlobs),
@@ -256,6 +263,10 @@ type Upload struct {
 	State []byte
 	// Size is the bytes appended and accounted for so far.
 	Size int64
+	// Reserved is the bytes of a chunk being written into the session
+	// (ReserveUploadBytes), counted against the byte limits with Size
+	// until AdvanceUpload or ReleaseUploadBytes.
+	Reserved int64
 	// Version counts changes; a change names the version it read
 	// (compare-and-swap), so two replicas never both advance a session.
 	Version int64
@@ -263,10 +274,15 @@ type Upload struct {
 	Updated time.Time
 }
 
-// UploadQuota bounds the sessions one may open. Zero fields are no limit.
+// UploadQuota bounds the sessions one may open and the bytes they may
+// hold (Size plus Reserved). Zero fields are no limit.
 type UploadQuota struct {
 	PerRepo  int // open sessions of one repository
 	PerOwner int // open sessions of one (non-empty) owner
+	// Bytes: all open sessions together.
+	Bytes int64
+	// OwnerBytes: the open sessions of one (non-empty) owner.
+	OwnerBytes int64
 }
 
 // UploadUsage is what the open sessions of one repository and one owner
@@ -275,6 +291,7 @@ type UploadUsage struct {
 	RepoSessions  int
 	OwnerSessions int
 	OwnerBytes    int64
+	Bytes         int64
 }
 
 // Uploads keeps upload sessions, so that any replica can take the next
@@ -284,7 +301,8 @@ type Uploads interface {
 	// Started; Size 0) at Version 1 and Updated = Started, if that keeps
 	// the repository's and the owner's open sessions within q: counting
 	// and creating are one step, across replicas (ErrTooManyUploads
-	// otherwise). ErrUploadExists if the ID is taken.
+	// otherwise; ErrUploadSpace or ErrUploadShare when the bytes held
+	// already reach q's). ErrUploadExists if the ID is taken.
 	CreateUpload(ctx context.Context, u Upload, q UploadQuota) (Upload, error)
 	// Upload returns session id, whatever its repository or age (the
 	// caller judges both); ErrUploadUnknown if absent.
@@ -294,13 +312,24 @@ type Uploads interface {
 	// the version and size of read, the session as the caller read it
 	// (ErrUploadMoved otherwise, and if the session is gone), and returns
 	// the session at the next version. A size never shrinks
-	// (ErrUploadMoved).
+	// (ErrUploadMoved). The session's reservation ends (its bytes are
+	// in size now).
 	AdvanceUpload(ctx context.Context, read Upload, state []byte, size int64, at time.Time) (Upload, error)
+	// ReserveUploadBytes adds n bytes of a chunk being written to session
+	// id's Reserved, if that keeps the bytes of all open sessions and of
+	// the session's owner within q's Bytes and OwnerBytes (ErrUploadSpace,
+	// ErrUploadShare otherwise, nothing changed): counting and reserving
+	// are one step, across replicas. ErrUploadUnknown if absent.
+	ReserveUploadBytes(ctx context.Context, id string, n int64, q UploadQuota) error
+	// ReleaseUploadBytes ends session id's reservation (its chunk
+	// failed). A session that is gone is no error.
+	ReleaseUploadBytes(ctx context.Context, id string) error
 	// DeleteUpload removes session id (committed, cancelled, expired).
 	// ErrUploadUnknown if absent.
 	DeleteUpload(ctx context.Context, id string) error
 	// UploadUsage counts the open sessions of repo and of owner (owner
-	// empty: none) and the bytes the owner's hold.
+	// empty: none), the bytes the owner's hold and those all hold
+	// (Size plus Reserved).
 	UploadUsage(ctx context.Context, repo, owner string) (UploadUsage, error)
 	// ExpiredUploads lists up to n sessions started before startedBefore
 	// (past the upload TTL) or last updated before updatedBefore (idle;

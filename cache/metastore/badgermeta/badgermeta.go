@@ -32,6 +32,7 @@
 //	td/<repo>\0<digest>\0<tag>        the same tag, by digest
 //	u/<id>                            upload session (gob)
 //	uc/r/<repo>, uc/o/<owner>         open sessions (and bytes) of one
+//	uc/all                            open sessions (and bytes) of all
 //	mc                                bytes of mirrored content
 package badgermeta
 

@@ -737,7 +737,7 @@ func testUploads(t *testing.T, s metastore.Store) {
 	}
 	use, err := s.UploadUsage(ctx(t), "r", "alice")
 	must(t, err)
-	if use != (metastore.UploadUsage{RepoSessions: 1, OwnerSessions: 1, OwnerBytes: 100}) {
+	if use != (metastore.UploadUsage{RepoSessions: 1, OwnerSessions: 1, OwnerBytes: 100, Bytes: 100}) {
 		t.Fatalf("usage = %+v", use)
 	}
 	must(t, s.DeleteUpload(ctx(t), "u1"))

@@ -21,6 +21,8 @@ func mirrorCacheTests() []namedTest {
 		{"MirrorEvictBlobs", testEvictBlobs},
 		{"MirrorEvictRacesLink", testEvictRacesLink},
 		{"MirrorBytes", testMirrorBytes},
+		{"UploadBytes", testUploadBytes},
+		{"ConcurrentUploadBytes", testConcurrentUploadBytes},
 	}
 }
 
