@@ -330,6 +330,8 @@ func mapErr(err error) error {
 		{metastore.ErrUploadUnknown, cache.ErrUploadUnknown},
 		{blobstore.ErrSessionUnknown, cache.ErrUploadUnknown},
 		{metastore.ErrTooManyUploads, cache.ErrTooManyUploads},
+		{metastore.ErrUploadShare, cache.ErrUploadShare},
+		{metastore.ErrUploadSpace, cache.ErrUploadSpace},
 		{metastore.ErrNameInvalid, cache.ErrNameInvalid},
 		{metastore.ErrDigestMismatch, cache.ErrDigestMismatch},
 		{blobstore.ErrDigestMismatch, cache.ErrDigestMismatch},
@@ -359,7 +361,7 @@ func mapErr(err error) error {
 func blobErr(err error) error {
 	m := mapErr(err)
 	if m != err || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, cache.ErrUploadTooLarge) {
+		errors.Is(err, cache.ErrUploadTooLarge) || errors.Is(err, cache.ErrUploadSpace) || errors.Is(err, cache.ErrUnavailable) {
 		return m
 	}
 	return fmt.Errorf("%w: blob store: %w", cache.ErrUnavailable, err)
