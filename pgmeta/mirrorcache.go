@@ -27,13 +27,14 @@ func (s *Store) RecordUses(ctx context.Context, uses map[metastore.Digest]time.T
 		}
 		ds, ats = append(ds, d.String()), append(ats, at)
 	}
-	cctx, cancel := s.metaCall(ctx)
-	defer cancel()
-	// Rows in digest order, as every other writer locks them.
-	_, err := s.pool.Exec(cctx, `UPDATE blobs b SET used = u.at
-		FROM (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u (digest, at) ORDER BY digest) u
-		WHERE b.digest = u.digest AND b.deleting IS NULL AND (b.used IS NULL OR b.used < u.at)`, ds, ats)
-	return failed(ctx, "record uses", err)
+	// A transaction, so that a deadlock with an eviction (which locks
+	// the same rows) runs it again.
+	return s.inTx(ctx, "record uses", func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE blobs b SET used = u.at
+			FROM unnest($1::text[], $2::timestamptz[]) AS u (digest, at)
+			WHERE b.digest = u.digest AND b.deleting IS NULL AND (b.used IS NULL OR b.used < u.at)`, ds, ats)
+		return err
+	})
 }
 
 // BlobUses lists blob records with their last use and links.
