@@ -356,7 +356,7 @@ func (m *Mirror) namespace() authscope.Namespace {
 // setMirrorCache gives the store the limit of mirrored content and tells
 // it which repositories are mirrors'. The store may be shared (see
 // Storage): the handler built last sets it, as a reload would.
-func (rg *Registry) setMirrorCache(st *cache.Store, h *registry.Handler, obs cache.MirrorCacheObserver) {
+func (rg *Registry) setMirrorCache(st interface{ SetMirrorCache(cache.MirrorCache) }, h *registry.Handler, obs cache.MirrorCacheObserver) {
 	if len(rg.mirrors) == 0 {
 		st.SetMirrorCache(cache.MirrorCache{}) // nothing mirrored, nothing to count
 		return

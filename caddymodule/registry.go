@@ -191,7 +191,9 @@ type Registry struct {
 	// fetched again from upstream when next pulled. Pushed content is
 	// never removed, even when a mirror holds the same digest, nor is a
 	// blob being read or fetched. In bytes; the Caddyfile takes sizes
-	// such as 500MiB or 50GB. Default: 0, no limit.
+	// such as 500MiB or 50GB. Default: 0, no limit. With storage s3 and
+	// metadata postgres the limit holds for all replicas together and
+	// counts blobs (manifests are metadata there).
 	MirrorCacheSize int64 `json:"mirror_cache_size,omitempty"`
 
 	// LocalPrefixes are name prefixes that stay in the local registry even
@@ -571,6 +573,9 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	total := &mirrorCacheTotal{obs: rg.metrics, sizes: make([]int64, len(locals))}
 	for i, local := range locals {
 		rg.setMirrorCache(local, h, mirrorCacheSlot{total, i})
+	}
+	if cs, ok := st.(interface{ SetMirrorCache(cache.MirrorCache) }); ok && rg.cluster != nil {
+		rg.setMirrorCache(cs, h, rg.metrics) // counted for every replica
 	}
 	rg.live.h.Store(h)
 	return h, nil

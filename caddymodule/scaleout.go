@@ -230,10 +230,6 @@ func (rg *Registry) validateScaleOut() error {
 		return fmt.Errorf("metadata_dir is for the embedded metadata; with metadata postgres, remove it")
 	case rg.StorageReserve != 0 || rg.StorageReservePercent != 0:
 		return fmt.Errorf("storage_reserve applies to a local folder; an object store has no free space to keep")
-	case rg.MirrorCacheSize != 0:
-		return fmt.Errorf("mirror_cache_size is not supported on storage s3 yet (the cache size is not counted across replicas); remove it, or run the mirror on a storage folder")
-	case rg.MaxUploadBytes > 0 || rg.MaxUploadBytesPerClient > 0:
-		return fmt.Errorf("max_upload_bytes and max_upload_bytes_per_client are not counted across replicas yet; remove them (max_uploads_per_client, max_uploads_per_repository and max_blob_size apply)")
 	}
 	return rg.StorageS3.check()
 }

@@ -123,8 +123,6 @@ func TestValidateScaleOut(t *testing.T) {
 		{"s3 without postgres", Registry{StorageS3: s3cfg}, "needs `metadata postgres"},
 		{"s3 and a folder", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", Storage: "/srv"}, "exclusive"},
 		{"s3 and a reserve", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", StorageReserve: 1}, "storage_reserve"},
-		{"s3 and a mirror cache size", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MirrorCacheSize: 1 << 30}, "mirror_cache_size"},
-		{"s3 and upload byte limits", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MaxUploadBytes: 1 << 30}, "max_upload_bytes"},
 		{"s3 and metadata_dir", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MetadataDir: "/m"}, "metadata_dir"},
 		{"redirect and cache (JSON)", Registry{StorageS3: &S3Storage{Config: s3cfg.Config, Redirect: true, CacheDir: "/c", CacheSize: 1}, MetadataPostgres: "dsn"}, "storage s3: redirect and cache exclude each other"},
 		{"cache without a size (JSON)", Registry{StorageS3: &S3Storage{Config: s3cfg.Config, CacheDir: "/c"}, MetadataPostgres: "dsn"}, "storage s3: cache needs both"},
@@ -137,6 +135,11 @@ func TestValidateScaleOut(t *testing.T) {
 	ok := Registry{StorageS3: s3cfg, MetadataPostgres: "dsn"}
 	if err := ok.validateScaleOut(); err != nil {
 		t.Errorf("s3 + postgres: %v", err)
+	}
+	// Counted across replicas (cache/composite: evict.go, uploads.go).
+	ok.MirrorCacheSize, ok.MaxUploadBytes, ok.MaxUploadBytesPerClient = 1<<30, 1<<30, 1<<28
+	if err := ok.validateScaleOut(); err != nil {
+		t.Errorf("s3 + postgres with mirror_cache_size and upload byte limits: %v", err)
 	}
 }
 

@@ -160,5 +160,13 @@ func metadataCalls(t *testing.T, s *Store, seq *atomic.Int64) map[string]func() 
 		"UnreferencedLinks": func() error { return ignore(s.UnreferencedLinks(ctx, now, metastore.Link{}, 10)) },
 		"UnlinkedBlobs":     func() error { return ignore(s.UnlinkedBlobs(ctx, now, metastore.Digest{}, 10)) },
 		"MarkBlobsDeleting": func() error { return ignore(s.MarkBlobsDeleting(ctx, []metastore.Digest{blob}, now.Add(-time.Hour))) },
+		"RecordUses":        func() error { return s.RecordUses(ctx, map[metastore.Digest]time.Time{blob: now}) },
+		"BlobUses":          func() error { return ignore(s.BlobUses(ctx, metastore.Digest{}, 10)) },
+		"EvictBlobs": func() error {
+			return ignore(s.EvictBlobs(ctx, []metastore.Eviction{{Digest: blob, Repos: []string{"nobody"}, Used: now}}))
+		},
+		"AddMirrorBytes":     func() error { return ignore(s.AddMirrorBytes(ctx, 1)) },
+		"ReserveUploadBytes": func() error { return s.ReserveUploadBytes(ctx, "u", 1, metastore.UploadQuota{Bytes: 1 << 40}) },
+		"ReleaseUploadBytes": func() error { return s.ReleaseUploadBytes(ctx, "u") },
 	}
 }

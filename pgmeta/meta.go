@@ -30,8 +30,10 @@ import (
 // Advisory lock classes (the two-key form, apart from the migration
 // lock's one-key form) of the upload limits.
 const (
-	lockUploadRepo  int32 = 0x75706c72 // "uplr"
-	lockUploadOwner int32 = 0x75706c6f // "uplo"
+	lockUploadRepo       int32 = 0x75706c72 // "uplr"
+	lockUploadOwner      int32 = 0x75706c6f // "uplo"
+	lockUploadOwnerBytes int32 = 0x75706262 // "upbb"
+	lockUploadBytes      int32 = 0x75706261 // "upba"
 )
 
 // metaCall bounds one call by the store's timeout within ctx.
@@ -50,7 +52,7 @@ var ownErrors = []error{
 	metastore.ErrRepoUnknown, metastore.ErrBlobUnknown, metastore.ErrManifestUnknown,
 	metastore.ErrTagUnknown, metastore.ErrUploadUnknown, metastore.ErrTagMoved,
 	metastore.ErrUploadMoved, metastore.ErrUploadExists, metastore.ErrTooManyUploads,
-	metastore.ErrBlobDeleting, metastore.ErrSizeMismatch,
+	metastore.ErrBlobDeleting, metastore.ErrSizeMismatch, metastore.ErrUploadSpace,
 }
 
 // failed turns a failure of a call into what callers test for: the

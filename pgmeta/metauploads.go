@@ -15,11 +15,11 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-const uploadColumns = "id, repo, owner, state, size, version, started, updated"
+const uploadColumns = "id, repo, owner, state, size, version, started, updated, reserved"
 
 func scanUpload(row pgx.Row) (metastore.Upload, error) {
 	var u metastore.Upload
-	err := row.Scan(&u.ID, &u.Repo, &u.Owner, &u.State, &u.Size, &u.Version, &u.Started, &u.Updated)
+	err := row.Scan(&u.ID, &u.Repo, &u.Owner, &u.State, &u.Size, &u.Version, &u.Started, &u.Updated, &u.Reserved)
 	return u, err
 }
 
@@ -43,7 +43,10 @@ func (s *Store) CreateUpload(ctx context.Context, u metastore.Upload, q metastor
 				return err
 			}
 		}
-		tg, err := tx.Exec(ctx, `INSERT INTO uploads (`+uploadColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		if err := underBytes(ctx, tx, u.Owner, 0, q); err != nil {
+			return err
+		}
+		tg, err := tx.Exec(ctx, `INSERT INTO uploads (`+uploadColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)
 			ON CONFLICT (id) DO NOTHING`, u.ID, u.Repo, u.Owner, u.State, u.Size, u.Version, u.Started, u.Updated)
 		if err == nil && tg.RowsAffected() == 0 {
 			return fmt.Errorf("%w: %s", metastore.ErrUploadExists, u.ID)
@@ -72,6 +75,79 @@ func underQuota(ctx context.Context, tx pgx.Tx, class int32, column, name string
 	return nil
 }
 
+// underBytes checks that n more bytes keep the open sessions of owner
+// and of everyone within q (n = 0: that they are below it, for a new
+// session), under the advisory locks of the owner's bytes and then of
+// everyone's, held to the end of tx: counting and the change the caller
+// makes next are one step for every replica.
+func underBytes(ctx context.Context, tx pgx.Tx, owner string, n int64, q metastore.UploadQuota) error {
+	over := func(held, max int64) bool { return held+n > max || n == 0 && held >= max }
+	if q.OwnerBytes > 0 && owner != "" {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2))", lockUploadOwnerBytes, owner); err != nil {
+			return err
+		}
+		var held int64
+		if err := tx.QueryRow(ctx, "SELECT coalesce(sum(size + reserved), 0) FROM uploads WHERE owner = $1", owner).Scan(&held); err != nil {
+			return err
+		}
+		if over(held, q.OwnerBytes) {
+			return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d", metastore.ErrUploadShare, owner, held, q.OwnerBytes)
+		}
+	}
+	if q.Bytes > 0 {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, 0)", lockUploadBytes); err != nil {
+			return err
+		}
+		var held int64
+		if err := tx.QueryRow(ctx, "SELECT coalesce(sum(size + reserved), 0) FROM uploads").Scan(&held); err != nil {
+			return err
+		}
+		if over(held, q.Bytes) {
+			return fmt.Errorf("%w: open uploads hold %d bytes of %d", metastore.ErrUploadSpace, held, q.Bytes)
+		}
+	}
+	return nil
+}
+
+// ReserveUploadBytes counts and reserves n bytes of a chunk of id.
+func (s *Store) ReserveUploadBytes(ctx context.Context, id string, n int64, q metastore.UploadQuota) error {
+	if err := metastore.CheckName("upload", id); err != nil {
+		return err
+	}
+	if n <= 0 {
+		return fmt.Errorf("reserve upload bytes: %d is not a positive count", n)
+	}
+	return s.inTx(ctx, "reserve upload bytes", func(ctx context.Context, tx pgx.Tx) error {
+		var owner string
+		err := tx.QueryRow(ctx, "SELECT owner FROM uploads WHERE id = $1", id).Scan(&owner)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id)
+		}
+		if err != nil {
+			return err
+		}
+		if err := underBytes(ctx, tx, owner, n, q); err != nil {
+			return err
+		}
+		tg, err := tx.Exec(ctx, "UPDATE uploads SET reserved = reserved + $2 WHERE id = $1", id, n)
+		if err == nil && tg.RowsAffected() == 0 {
+			return fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id)
+		}
+		return err
+	})
+}
+
+// ReleaseUploadBytes ends id's reservation.
+func (s *Store) ReleaseUploadBytes(ctx context.Context, id string) error {
+	if err := metastore.CheckName("upload", id); err != nil {
+		return err
+	}
+	cctx, cancel := s.metaCall(ctx)
+	defer cancel()
+	_, err := s.pool.Exec(cctx, "UPDATE uploads SET reserved = 0 WHERE id = $1 AND reserved <> 0", id)
+	return failed(ctx, "release upload bytes", err)
+}
+
 // Upload returns session id.
 func (s *Store) Upload(ctx context.Context, id string) (metastore.Upload, error) {
 	if err := metastore.CheckName("upload", id); err != nil {
@@ -96,7 +172,7 @@ func (s *Store) AdvanceUpload(ctx context.Context, read metastore.Upload, state 
 	}
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
-	u, err := scanUpload(s.pool.QueryRow(cctx, `UPDATE uploads SET state = $4, size = $5, updated = $6, version = version + 1
+	u, err := scanUpload(s.pool.QueryRow(cctx, `UPDATE uploads SET state = $4, size = $5, updated = $6, version = version + 1, reserved = 0
 		WHERE id = $1 AND version = $2 AND size = $3 AND $5 >= size
 		RETURNING `+uploadColumns, read.ID, read.Version, read.Size, state, size, at))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -125,8 +201,9 @@ func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.
 	err := s.pool.QueryRow(cctx, `SELECT
 		(SELECT count(*) FROM uploads WHERE repo = $1),
 		(SELECT count(*) FROM uploads WHERE owner = $2 AND owner <> ''),
-		(SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = $2 AND owner <> '')`,
-		repo, owner).Scan(&u.RepoSessions, &u.OwnerSessions, &u.OwnerBytes)
+		(SELECT coalesce(sum(size + reserved), 0) FROM uploads WHERE owner = $2 AND owner <> ''),
+		(SELECT coalesce(sum(size + reserved), 0) FROM uploads)`,
+		repo, owner).Scan(&u.RepoSessions, &u.OwnerSessions, &u.OwnerBytes, &u.Bytes)
 	return u, failed(ctx, "upload usage", err)
 }
 

@@ -202,7 +202,9 @@ func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
 	if err := f.s.meta.LinkBlob(ctx, f.repo, f.d, f.s.now()); err != nil {
 		// Content is in; the next request links it.
 		f.s.log.Warn("link filled blob", zap.String("repo", f.repo), zap.Error(err))
+		return nil
 	}
+	f.s.mirrorCommitted(ctx, f.repo, n)
 	return nil
 }
 
@@ -270,15 +272,10 @@ type blobReader struct{ blobstore.Blob }
 
 func (blobReader) Err() error { return nil }
 
-// Hold and Touch feed a size-limited mirror cache, which this store does
-// not keep yet (configuration refuses mirror_cache_size on it).
-func (s *Store) Hold(cache.Digest) (release func()) { return func() {} }
-
-// Touch: see Hold.
-func (s *Store) Touch(cache.Digest) {}
-
-// Close stops the fills in progress and waits for them.
+// Close stops the fills in progress and the mirror cache's loop (whose
+// last uses it writes), and waits for them.
 func (s *Store) Close() {
+	s.stopMirror()
 	s.fills.cancel()
 	s.fills.wg.Wait()
 }

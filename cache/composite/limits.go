@@ -19,8 +19,8 @@ func (b *limitsBox) get() cache.UploadLimits {
 	return cache.UploadLimits{}
 }
 
-// SetUploadLimits sets the limits on sessions and blob sizes. Per-owner
-// and per-repository session counts hold across replicas (the metadata
-// store counts and creates in one step); byte totals are not enforced
-// on this store yet.
+// SetUploadLimits sets the limits on sessions, the bytes they hold and
+// blob sizes. Session counts and bytes hold across replicas: the
+// metadata store counts and creates (or reserves) in one step. Bytes of
+// monolithic pushes (PutBlob) are not counted: they hold no session.
 func (s *Store) SetUploadLimits(l cache.UploadLimits) { s.limits.v.Store(&l) }

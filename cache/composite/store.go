@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -58,6 +59,8 @@ type Store struct {
 
 	limits   limitsBox
 	fills    fillWork
+	mc       atomic.Pointer[cache.MirrorCache]
+	mirror   mirrorWork
 	spoolDir string
 
 	afterWrite func() // tests: runs between a blob's write and its record
@@ -91,6 +94,9 @@ func New(opts Options) (*Store, error) {
 		s.spoolDir = os.TempDir()
 	}
 	s.fills.m = map[cache.Digest]*fill{}
+	s.mirror.used = map[cache.Digest]time.Time{}
+	s.mirror.pins = map[cache.Digest]int{}
+	s.mirror.kick = make(chan struct{}, 1)
 	s.fills.ctx, s.fills.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -324,6 +330,8 @@ func mapErr(err error) error {
 		{metastore.ErrUploadUnknown, cache.ErrUploadUnknown},
 		{blobstore.ErrSessionUnknown, cache.ErrUploadUnknown},
 		{metastore.ErrTooManyUploads, cache.ErrTooManyUploads},
+		{metastore.ErrUploadShare, cache.ErrUploadShare},
+		{metastore.ErrUploadSpace, cache.ErrUploadSpace},
 		{metastore.ErrNameInvalid, cache.ErrNameInvalid},
 		{metastore.ErrDigestMismatch, cache.ErrDigestMismatch},
 		{blobstore.ErrDigestMismatch, cache.ErrDigestMismatch},
@@ -353,7 +361,7 @@ func mapErr(err error) error {
 func blobErr(err error) error {
 	m := mapErr(err)
 	if m != err || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, cache.ErrUploadTooLarge) {
+		errors.Is(err, cache.ErrUploadTooLarge) || errors.Is(err, cache.ErrUploadSpace) || errors.Is(err, cache.ErrUnavailable) {
 		return m
 	}
 	return fmt.Errorf("%w: blob store: %w", cache.ErrUnavailable, err)

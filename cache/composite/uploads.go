@@ -34,7 +34,8 @@ func (s *Store) NewUpload(ctx context.Context, repo string) (cache.Upload, error
 }
 
 // OpenUpload opens a session of repo for owner, within the limits on
-// sessions per owner and per repository, counted across replicas.
+// sessions per owner and per repository and on the bytes open sessions
+// hold, counted across replicas.
 func (s *Store) OpenUpload(ctx context.Context, repo, owner string) (cache.Upload, error) {
 	if err := metastore.CheckName("repository", repo); err != nil {
 		return cache.Upload{}, mapErr(err)
@@ -48,10 +49,9 @@ func (s *Store) OpenUpload(ctx context.Context, repo, owner string) (cache.Uploa
 		_ = sess.Cancel(context.WithoutCancel(ctx))
 		return cache.Upload{}, err
 	}
-	l := s.limits.get()
 	u, err := s.meta.CreateUpload(ctx, metastore.Upload{
 		ID: sess.ID(), Repo: repo, Owner: owner, State: state, Started: s.now(),
-	}, metastore.UploadQuota{PerRepo: l.PerRepo, PerOwner: l.PerOwner})
+	}, s.quota())
 	if err != nil {
 		_ = sess.Cancel(context.WithoutCancel(ctx))
 		return cache.Upload{}, mapErr(err)
@@ -144,6 +144,13 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 	if offset != u.Size {
 		return cache.Upload{}, fmt.Errorf("%w: offset %d, session at %d", cache.ErrOffsetMismatch, offset, u.Size)
 	}
+	if u.Reserved > 0 {
+		// Left by a chunk whose replica died: this request holds the
+		// session's lease, so no other chunk is being written.
+		if err := s.meta.ReleaseUploadBytes(work, id); err != nil {
+			return cache.Upload{}, mapErr(err)
+		}
+	}
 	sess, err := s.blobs.ResumeSession(work, u.State)
 	if err != nil {
 		return cache.Upload{}, blobErr(err)
@@ -151,7 +158,14 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 	if max := s.limits.get().MaxBlobSize; max > 0 {
 		r = &capped{r: r, left: max - u.Size}
 	}
-	if _, err := sess.Append(work, offset, r); err != nil {
+	m := &meteredChunk{s: s, ctx: work, id: id, q: s.quota(), r: r}
+	if _, err := sess.Append(work, offset, m); err != nil {
+		if m.reserved > 0 {
+			if rerr := s.meta.ReleaseUploadBytes(context.WithoutCancel(work), id); rerr != nil {
+				// Held until the session's next chunk or its expiry.
+				s.log.Warn("release upload bytes", zap.String("upload", id), zap.Error(rerr))
+			}
+		}
 		if errors.Is(err, cache.ErrUploadTooLarge) {
 			// As the single-node store does: the session goes.
 			s.drop(context.WithoutCancel(ctx), u, sess)
@@ -249,6 +263,54 @@ func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
 	return nil
 }
 
-// UploadUsage is not counted across replicas on this store yet: byte
-// totals are a single node's notion (cache.UploadLimits.TotalBytes).
+// UploadUsage is not kept in memory on this store: what sessions hold is
+// in the metadata, for every replica (metastore.Uploads.UploadUsage).
 func (s *Store) UploadUsage() cache.UploadUsage { return cache.UploadUsage{} }
+
+// quota is the upload limits as the metadata counts them.
+func (s *Store) quota() metastore.UploadQuota {
+	l := s.limits.get()
+	return metastore.UploadQuota{PerRepo: l.PerRepo, PerOwner: l.PerOwner, Bytes: l.TotalBytes, OwnerBytes: l.PerOwnerBytes}
+}
+
+// reserveStep is how many bytes of a chunk are reserved at a time: one
+// round trip to the metadata per step, not per read.
+const reserveStep = 8 << 20
+
+// meteredChunk reserves the bytes of a chunk in the session's record as
+// they arrive, so the limits on the bytes of open uploads hold for every
+// replica with chunks in flight. A reservation of a whole step that would
+// pass a limit is asked again for the bytes read only, so a limit is
+// reached exactly.
+type meteredChunk struct {
+	s        *Store
+	ctx      context.Context
+	id       string
+	q        metastore.UploadQuota
+	r        io.Reader
+	read     int64
+	reserved int64
+}
+
+func (m *meteredChunk) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if n == 0 || m.q.Bytes <= 0 && m.q.OwnerBytes <= 0 {
+		return n, err
+	}
+	m.read += int64(n)
+	if m.read <= m.reserved {
+		return n, err
+	}
+	need := m.read - m.reserved
+	step := max(need, reserveStep)
+	rerr := m.s.meta.ReserveUploadBytes(m.ctx, m.id, step, m.q)
+	if errors.Is(rerr, metastore.ErrUploadSpace) && step > need {
+		step = need
+		rerr = m.s.meta.ReserveUploadBytes(m.ctx, m.id, step, m.q)
+	}
+	if rerr != nil {
+		return 0, mapErr(rerr)
+	}
+	m.reserved += step
+	return n, err
+}

@@ -25,6 +25,7 @@ package metastore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
@@ -69,6 +70,12 @@ var (
 	// ErrTooManyUploads: opening a session would pass UploadQuota.
 	// Nothing was created.
 	ErrTooManyUploads = errors.New("too many open uploads")
+	// ErrUploadSpace: opening a session, or reserving bytes for a chunk,
+	// would pass UploadQuota.Bytes. Nothing was changed.
+	ErrUploadSpace = errors.New("upload space exhausted")
+	// ErrUploadShare (an ErrUploadSpace): the same for the sessions of
+	// one owner and UploadQuota.OwnerBytes.
+	ErrUploadShare = fmt.Errorf("%w: the owner's share is held", ErrUploadSpace)
 	// ErrBlobDeleting: GC has marked the blob deleted and is removing (or
 	// has removed) its bytes. A caller that just wrote those bytes must
 	// write them again once the sweep forgot the record (ForgetBlobs),
@@ -256,6 +263,10 @@ type Upload struct {
 	State []byte
 	// Size is the bytes appended and accounted for so far.
 	Size int64
+	// Reserved is the bytes of a chunk being written into the session
+	// (ReserveUploadBytes), counted against the byte limits with Size
+	// until AdvanceUpload or ReleaseUploadBytes.
+	Reserved int64
 	// Version counts changes; a change names the version it read
 	// (compare-and-swap), so two replicas never both advance a session.
 	Version int64
@@ -263,10 +274,15 @@ type Upload struct {
 	Updated time.Time
 }
 
-// UploadQuota bounds the sessions one may open. Zero fields are no limit.
+// UploadQuota bounds the sessions one may open and the bytes they may
+// hold (Size plus Reserved). Zero fields are no limit.
 type UploadQuota struct {
 	PerRepo  int // open sessions of one repository
 	PerOwner int // open sessions of one (non-empty) owner
+	// Bytes: all open sessions together.
+	Bytes int64
+	// OwnerBytes: the open sessions of one (non-empty) owner.
+	OwnerBytes int64
 }
 
 // UploadUsage is what the open sessions of one repository and one owner
@@ -275,6 +291,7 @@ type UploadUsage struct {
 	RepoSessions  int
 	OwnerSessions int
 	OwnerBytes    int64
+	Bytes         int64
 }
 
 // Uploads keeps upload sessions, so that any replica can take the next
@@ -284,7 +301,8 @@ type Uploads interface {
 	// Started; Size 0) at Version 1 and Updated = Started, if that keeps
 	// the repository's and the owner's open sessions within q: counting
 	// and creating are one step, across replicas (ErrTooManyUploads
-	// otherwise). ErrUploadExists if the ID is taken.
+	// otherwise; ErrUploadSpace or ErrUploadShare when the bytes held
+	// already reach q's). ErrUploadExists if the ID is taken.
 	CreateUpload(ctx context.Context, u Upload, q UploadQuota) (Upload, error)
 	// Upload returns session id, whatever its repository or age (the
 	// caller judges both); ErrUploadUnknown if absent.
@@ -294,13 +312,24 @@ type Uploads interface {
 	// the version and size of read, the session as the caller read it
 	// (ErrUploadMoved otherwise, and if the session is gone), and returns
 	// the session at the next version. A size never shrinks
-	// (ErrUploadMoved).
+	// (ErrUploadMoved). The session's reservation ends (its bytes are
+	// in size now).
 	AdvanceUpload(ctx context.Context, read Upload, state []byte, size int64, at time.Time) (Upload, error)
+	// ReserveUploadBytes adds n bytes of a chunk being written to session
+	// id's Reserved, if that keeps the bytes of all open sessions and of
+	// the session's owner within q's Bytes and OwnerBytes (ErrUploadSpace,
+	// ErrUploadShare otherwise, nothing changed): counting and reserving
+	// are one step, across replicas. ErrUploadUnknown if absent.
+	ReserveUploadBytes(ctx context.Context, id string, n int64, q UploadQuota) error
+	// ReleaseUploadBytes ends session id's reservation (its chunk
+	// failed). A session that is gone is no error.
+	ReleaseUploadBytes(ctx context.Context, id string) error
 	// DeleteUpload removes session id (committed, cancelled, expired).
 	// ErrUploadUnknown if absent.
 	DeleteUpload(ctx context.Context, id string) error
 	// UploadUsage counts the open sessions of repo and of owner (owner
-	// empty: none) and the bytes the owner's hold.
+	// empty: none), the bytes the owner's hold and those all hold
+	// (Size plus Reserved).
 	UploadUsage(ctx context.Context, repo, owner string) (UploadUsage, error)
 	// ExpiredUploads lists up to n sessions started before startedBefore
 	// (past the upload TTL) or last updated before updatedBefore (idle;
@@ -343,6 +372,55 @@ type Collector interface {
 	ForgetBlobs(ctx context.Context, ds []Digest) error
 }
 
+// BlobUse is a blob record as a size-limited mirror cache sees it.
+type BlobUse struct {
+	BlobRecord
+	// Used is when the blob was last read (RecordUses) or recorded
+	// (Touched), whichever is later.
+	Used time.Time
+	// Repos are the repositories that link it, in byte order.
+	Repos []string
+	// Manifest: some repository holds the digest as a manifest.
+	Manifest bool
+}
+
+// Eviction names a blob a mirror cache wants gone, with what the caller
+// saw when it chose it: EvictBlobs removes it only if that still holds.
+type Eviction struct {
+	Digest Digest
+	// Repos are the repositories allowed to link it (the mirrors' among
+	// those that did when it was listed); a link from any other keeps it.
+	Repos []string
+	// Used is the last use the caller saw; a later use keeps it.
+	Used time.Time
+}
+
+// MirrorCache is what a size limit on mirrored content asks of the
+// metadata (cache/composite/evict.go), so that the size and each blob's
+// last use are one figure for every replica. Which repositories are
+// mirrors' is the caller's to say: the metadata keeps no configuration.
+type MirrorCache interface {
+	// RecordUses moves the last use of each blob of uses to the time
+	// given, never back, in one write for all of them. Blobs without a
+	// record are skipped.
+	RecordUses(ctx context.Context, uses map[Digest]time.Time) error
+	// BlobUses lists blob records not being deleted, by digest after
+	// `after` (zero: from the start), up to n, with their last use and
+	// the repositories linking them.
+	BlobUses(ctx context.Context, after Digest, n int) ([]BlobUse, error)
+	// EvictBlobs removes, in one transaction, every link to each blob of
+	// es and marks it being deleted (as MarkBlobsDeleting does), if it is
+	// still linked, only by repositories of its Repos, held as a manifest
+	// by none, and neither used nor touched after its Used. It returns
+	// the blobs it marked; the others are left as they are. The caller
+	// deletes their bytes, then forgets them (ForgetBlobs).
+	EvictBlobs(ctx context.Context, es []Eviction) ([]BlobRecord, error)
+	// AddMirrorBytes adds n (which may be negative) to the bytes of
+	// mirrored content the store keeps for every replica, and returns
+	// the new figure (never below zero). n = 0 reads it.
+	AddMirrorBytes(ctx context.Context, n int64) (int64, error)
+}
+
 // Store is everything a metadata backend offers. It is safe for
 // concurrent use, and for use by many processes at once if the engine is
 // shared (PostgreSQL).
@@ -354,4 +432,5 @@ type Store interface {
 	Tags
 	Uploads
 	Collector
+	MirrorCache
 }

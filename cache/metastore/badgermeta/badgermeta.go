@@ -20,6 +20,7 @@
 //	r/<repo>                          repository exists
 //	b/<digest>                        blob record (blobRecord)
 //	bd/<digest>                       the blob is being deleted (GC)
+//	bu/<digest>                       last read of the blob (mirrorcache.go)
 //	l/<repo>\0<digest>                link -> when (unix ns)
 //	lr/<digest>\0<repo>               the same link, by digest
 //	m/<repo>\0<digest>                manifest record (gob)
@@ -31,6 +32,8 @@
 //	td/<repo>\0<digest>\0<tag>        the same tag, by digest
 //	u/<id>                            upload session (gob)
 //	uc/r/<repo>, uc/o/<owner>         open sessions (and bytes) of one
+//	uc/all                            open sessions (and bytes) of all
+//	mc                                bytes of mirrored content
 package badgermeta
 
 import (

@@ -394,15 +394,91 @@ func addCounter(txn *badger.Txn, k []byte, sessions, bytes int64, max int) error
 	return txn.Set(k, binary.BigEndian.AppendUint64(v, uint64(c.bytes)))
 }
 
-// countUpload changes the counters of u's repository and owner.
+// allUploads is the counter of every open session.
+var allUploads = []byte("uc/all")
+
+// countUpload changes the counters of u's repository and owner, and of
+// every session.
 func countUpload(txn *badger.Txn, u metastore.Upload, sessions, bytes int64, q metastore.UploadQuota) error {
 	if err := addCounter(txn, key("uc/r/", u.Repo), sessions, bytes, q.PerRepo); err != nil {
+		return err
+	}
+	if err := addCounter(txn, allUploads, sessions, bytes, 0); err != nil {
 		return err
 	}
 	if u.Owner == "" {
 		return nil
 	}
 	return addCounter(txn, key("uc/o/", u.Owner), sessions, bytes, q.PerOwner)
+}
+
+// underBytes checks that n more bytes keep the sessions of owner and of
+// everyone within q (n = 0: that they are below it, for a new session).
+// The counters it reads are written by every change of the bytes, so a
+// concurrent one makes this transaction run again.
+func underBytes(txn *badger.Txn, owner string, n int64, q metastore.UploadQuota) error {
+	over := func(held, max int64) bool { return held+n > max || n == 0 && held >= max }
+	if q.OwnerBytes > 0 && owner != "" {
+		c, err := readCounter(txn, key("uc/o/", owner))
+		if err != nil {
+			return err
+		}
+		if over(c.bytes, q.OwnerBytes) {
+			return fmt.Errorf("%w: open uploads of %s hold %d bytes of %d", metastore.ErrUploadShare, owner, c.bytes, q.OwnerBytes)
+		}
+	}
+	if q.Bytes > 0 {
+		c, err := readCounter(txn, allUploads)
+		if err != nil {
+			return err
+		}
+		if over(c.bytes, q.Bytes) {
+			return fmt.Errorf("%w: open uploads hold %d bytes of %d", metastore.ErrUploadSpace, c.bytes, q.Bytes)
+		}
+	}
+	return nil
+}
+
+// ReserveUploadBytes counts and reserves n bytes of a chunk of id.
+func (s *Store) ReserveUploadBytes(ctx context.Context, id string, n int64, q metastore.UploadQuota) error {
+	if err := metastore.CheckName("upload", id); err != nil {
+		return err
+	}
+	if n <= 0 {
+		return fmt.Errorf("reserve upload bytes: %d is not a positive count", n)
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		u, ok, err := readUpload(txn, id)
+		if err != nil || !ok {
+			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id))
+		}
+		if err := underBytes(txn, u.Owner, n, q); err != nil {
+			return err
+		}
+		if err := countUpload(txn, u, 0, n, metastore.UploadQuota{}); err != nil {
+			return err
+		}
+		u.Reserved += n
+		return writeUpload(txn, u)
+	})
+}
+
+// ReleaseUploadBytes ends id's reservation.
+func (s *Store) ReleaseUploadBytes(ctx context.Context, id string) error {
+	if err := metastore.CheckName("upload", id); err != nil {
+		return err
+	}
+	return s.update(ctx, func(txn *badger.Txn) error {
+		u, ok, err := readUpload(txn, id)
+		if err != nil || !ok || u.Reserved == 0 {
+			return err
+		}
+		if err := countUpload(txn, u, 0, -u.Reserved, metastore.UploadQuota{}); err != nil {
+			return err
+		}
+		u.Reserved = 0
+		return writeUpload(txn, u)
+	})
 }
 
 func readUpload(txn *badger.Txn, id string) (metastore.Upload, bool, error) {
@@ -437,6 +513,9 @@ func (s *Store) CreateUpload(ctx context.Context, u metastore.Upload, q metastor
 	err = s.update(ctx, func(txn *badger.Txn) error {
 		if ok, err := has(txn, key("u/", u.ID)); err != nil || ok {
 			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrUploadExists, u.ID))
+		}
+		if err := underBytes(txn, u.Owner, 0, q); err != nil {
+			return err
 		}
 		if err := countUpload(txn, u, 1, 0, q); err != nil {
 			return err
@@ -481,10 +560,11 @@ func (s *Store) AdvanceUpload(ctx context.Context, read metastore.Upload, state 
 		if !ok || cur.Version != read.Version || cur.Size != read.Size || size < cur.Size {
 			return fmt.Errorf("%w: %s is not at version %d, size %d", metastore.ErrUploadMoved, read.ID, read.Version, read.Size)
 		}
-		if err := countUpload(txn, cur, 0, size-cur.Size, metastore.UploadQuota{}); err != nil {
+		if err := countUpload(txn, cur, 0, size-cur.Size-cur.Reserved, metastore.UploadQuota{}); err != nil {
 			return err
 		}
 		u = cur
+		u.Reserved = 0
 		u.State = slices.Clone(state)
 		if u.State == nil {
 			u.State = []byte{}
@@ -505,7 +585,7 @@ func (s *Store) DeleteUpload(ctx context.Context, id string) error {
 		if err != nil || !ok {
 			return cmpErr(err, fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id))
 		}
-		if err := countUpload(txn, u, -1, -u.Size, metastore.UploadQuota{}); err != nil {
+		if err := countUpload(txn, u, -1, -u.Size-u.Reserved, metastore.UploadQuota{}); err != nil {
 			return err
 		}
 		return txn.Delete(key("u/", id))
@@ -520,12 +600,16 @@ func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.
 	var use metastore.UploadUsage
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		r, err := readCounter(txn, key("uc/r/", repo))
+		if err != nil {
+			return err
+		}
+		all, err := readCounter(txn, allUploads)
+		use.RepoSessions, use.Bytes = int(r.sessions), all.bytes
 		if err != nil || owner == "" {
-			use.RepoSessions = int(r.sessions)
 			return err
 		}
 		o, err := readCounter(txn, key("uc/o/", owner))
-		use = metastore.UploadUsage{RepoSessions: int(r.sessions), OwnerSessions: int(o.sessions), OwnerBytes: o.bytes}
+		use.OwnerSessions, use.OwnerBytes = int(o.sessions), o.bytes
 		return err
 	})
 	return use, err
@@ -726,7 +810,7 @@ func (s *Store) ForgetBlobs(ctx context.Context, ds []metastore.Digest) error {
 				return err
 			}
 			if ok && r.deleting {
-				if err := deleteKeys(txn, key("b/", d.String()), key("bd/", d.String())); err != nil {
+				if err := deleteKeys(txn, key("b/", d.String()), key("bd/", d.String()), key("bu/", d.String())); err != nil {
 					return err
 				}
 			}

@@ -60,6 +60,12 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"GCMarkChecksAgain", testMarkChecksAgain},
 		{"GCMarkRacesLink", testMarkRacesLink},
 	}
+	for _, tt := range mirrorCacheTests() {
+		tests = append(tests, struct {
+			name string
+			run  func(t *testing.T, s metastore.Store)
+		}(tt))
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open(t)) })
 	}
@@ -731,7 +737,7 @@ func testUploads(t *testing.T, s metastore.Store) {
 	}
 	use, err := s.UploadUsage(ctx(t), "r", "alice")
 	must(t, err)
-	if use != (metastore.UploadUsage{RepoSessions: 1, OwnerSessions: 1, OwnerBytes: 100}) {
+	if use != (metastore.UploadUsage{RepoSessions: 1, OwnerSessions: 1, OwnerBytes: 100, Bytes: 100}) {
 		t.Fatalf("usage = %+v", use)
 	}
 	must(t, s.DeleteUpload(ctx(t), "u1"))
