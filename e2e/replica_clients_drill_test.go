@@ -6,6 +6,7 @@ package e2e
 // SIGKILL and started again one at a time and GC collects throughout.
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -115,7 +116,26 @@ func TestReplicaKillDrillClients(t *testing.T) {
 	digestFile := filepath.Join(t.TempDir(), "digest")
 
 	// GC's work: blobs no manifest references, one now and one per kill.
-	orphans := []string{pushBlob(t, front, "drill/orphan", []byte("orphan 0"))}
+	// A push that a kill cut is sent again, as a client does.
+	pushOrphan := func(n int) string {
+		b := fmt.Appendf(nil, "orphan %d", n)
+		d := blobDigest(b)
+		for attempt := 1; ; attempt++ {
+			resp, err := http.Post(front.url("/v2/drill/orphan/blobs/uploads/?digest="+d), "application/octet-stream", bytes.NewReader(b))
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusCreated {
+					return d
+				}
+				err = fmt.Errorf("%s", resp.Status)
+			}
+			if attempt == 3 {
+				t.Fatalf("push of orphan blob %d: %v", n, err)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	orphans := []string{pushOrphan(0)}
 
 	tally := &drillTally{done: map[string]int{}, retried: map[string]int{}, own: map[string]int{}, failed: map[string]int{}}
 	// ownRetry notes a client's retry of its own in its output: crane
@@ -245,7 +265,7 @@ func TestReplicaKillDrillClients(t *testing.T) {
 		logs = append(logs, r.out)
 		r.kill()
 		t.Logf("%s: replica %d killed", time.Since(start).Round(time.Second), k%len(c.replicas))
-		orphans = append(orphans, pushBlob(t, front, "drill/orphan", fmt.Appendf(nil, "orphan %d", k+1)))
+		orphans = append(orphans, pushOrphan(k+1))
 		time.Sleep(2 * time.Second)
 		r.start()
 	}
