@@ -414,7 +414,9 @@ func TestFrontCutRequestRetried(t *testing.T) {
 	replica := siteServer(t, dataDir, "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+"\n\t}", 0)
 	target, _ := url.Parse(replica.url("/"))
 	cut := &cutter{proxy: httputil.NewSingleHostReverseProxy(target)}
-	front := siteServer(t, "", frontSite([]string{newLoopback(t, cut)}), 0)
+	// Two upstreams of one cutter: the balancer skips the one that cut
+	// for fail_duration, and the push goes on through the other.
+	front := siteServer(t, "", frontSite([]string{newLoopback(t, cut), newLoopback(t, cut)}), 0)
 	src := writeLayout(t, ociImage(t))
 
 	for _, c := range []struct {
