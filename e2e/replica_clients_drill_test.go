@@ -80,9 +80,9 @@ func (d *drillTally) next(cursor *int, keep func(drillAck) bool) (drillAck, bool
 }
 
 // TestReplicaKillDrillClients is the acceptance drill of issue 11 with
-// every client it names. crane (monolithic PUTs), skopeo (chunked
-// PATCHes, --retry-times 3) and podman (cross-repository mounts, its own
-// three retries) push; containerd (ctr with hosts.toml naming the load
+// every client it names. crane and skopeo (--retry-times 3) push fresh
+// images, podman (its own three retries) pushes each image it pulled to
+// a repository of its own; containerd (ctr with hosts.toml naming the load
 // balancer) and podman pull, each pull checked against the digest its
 // push acknowledged. Meanwhile the replicas are killed with SIGKILL one
 // at a time, clientDrillKills times, each started again two seconds
@@ -200,7 +200,7 @@ func TestReplicaKillDrillClients(t *testing.T) {
 		})
 	}
 	// podman pulls each image crane and skopeo pushed, then pushes it
-	// to a repository of its own (its layers there are mounts).
+	// to a repository of its own.
 	wg.Go(func() {
 		cursor := 0
 		for i := 0; !stopped(); {
