@@ -98,17 +98,27 @@ func startCluster(t testing.TB, n int, extra string, storageExtra func(i int) st
 // restarting) is skipped for fail_duration, and a request that found no
 // replica to connect to is tried again on the others for up to
 // lb_try_duration, so clients do not see a replica's death unless it
-// dies while it answers them. No unhealthy_status and no active health
-// check on /v2/: while PostgreSQL or S3 is down every replica answers
-// 503 with Retry-After, and marking them all unhealthy would replace
-// that answer with the proxy's own.
+// dies while it answers them. A GET or HEAD that a replica's death cut
+// short is tried again on another (lb_retry_match; Caddy retries only
+// GET by default); any other request so cut reaches the client as the
+// cut connection it is (handle_errors 502 abort), which containers/image
+// (skopeo, podman) retries, where it gives up on a bodiless 502. No
+// unhealthy_status and no active health check on /v2/: while PostgreSQL
+// or S3 is down every replica answers 503 with Retry-After, and marking
+// them all unhealthy would replace that answer with the proxy's own.
 func frontSite(upstreams []string) string {
 	return `	reverse_proxy ` + strings.Join(upstreams, " ") + ` {
 		lb_policy round_robin
 		lb_try_duration 10s
 		lb_try_interval 250ms
+		lb_retry_match {
+			method GET HEAD
+		}
 		fail_duration 5s
 		flush_interval -1
+	}
+	handle_errors 502 {
+		abort
 	}`
 }
 

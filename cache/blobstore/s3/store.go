@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -136,6 +137,19 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 	}
 	if awsCfg.Region == "" {
 		awsCfg.Region = "us-east-1"
+	}
+	base := awsCfg.Retryer
+	awsCfg.Retryer = func() aws.Retryer {
+		var r aws.Retryer = retry.NewStandard()
+		if base != nil {
+			r = base()
+		}
+		// versitygw's posix backend removes a folder once its last object
+		// goes, parents included; a write into a sibling folder that
+		// finds its parent gone meanwhile fails with this code (409), and
+		// succeeds when sent again. Our keys never make an object of a
+		// folder, so the code means nothing else here.
+		return retry.AddWithErrorCodes(r, "ExistingObjectIsDirectory")
 	}
 	var endpoint *string
 	if cfg.Endpoint != "" {
