@@ -189,7 +189,8 @@ func (s *Store) deleteBlobs(ctx context.Context, rs []metastore.BlobRecord, st *
 }
 
 // RunGC collects every interval until ctx ends; a pass another replica
-// is running is skipped quietly.
+// is running is skipped quietly, and so is every pass while paused
+// (PauseGC).
 func (s *Store) RunGC(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -199,8 +200,6 @@ func (s *Store) RunGC(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		if _, err := s.GC(ctx); err != nil && !errors.Is(err, ErrGCElsewhere) && ctx.Err() == nil {
-			s.log.Error("GC failed", zap.Error(err))
-		}
+		s.gcRound(ctx)
 	}
 }

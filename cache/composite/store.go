@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -57,6 +58,8 @@ type Store struct {
 	now    func() time.Time
 
 	limits   limitsBox
+	gcMu     sync.Mutex
+	gcPause  gcPause
 	fills    fillWork
 	spoolDir string
 
