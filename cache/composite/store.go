@@ -60,8 +60,12 @@ type Store struct {
 	limits   limitsBox
 	gcMu     sync.Mutex
 	gcPause  gcPause
-	fills    fillWork
-	spoolDir string
+	gcCursor gcCursor // under gcMu
+	// batch and uploadsPerPass are gcBatch and gcUploadsPerPass; tests
+	// make them small.
+	batch, uploadsPerPass int
+	fills                 fillWork
+	spoolDir              string
 
 	afterWrite func() // tests: runs between a blob's write and its record
 }
@@ -79,6 +83,9 @@ func New(opts Options) (*Store, error) {
 		grace:  opts.GCGrace,
 		log:    opts.Logger,
 		now:    time.Now,
+
+		batch:          gcBatch,
+		uploadsPerPass: gcUploadsPerPass,
 	}
 	if s.ttl <= 0 {
 		s.ttl = 24 * time.Hour
