@@ -24,7 +24,8 @@ const gcUploadsPerPass = 16 * gcBatch
 // gcCursor is where this replica's next pass resumes. Kept in memory: a
 // new leader starts from the beginning, which costs one pass's bound.
 type gcCursor struct {
-	uploads metastore.Upload
+	uploads   metastore.Upload
+	leftovers string // blobstore.Sweeper's
 }
 
 // gcTTL is the GC lease: the leader renews it while it works; if it dies
@@ -37,10 +38,13 @@ var ErrGCElsewhere = errors.New("GC is running on another replica")
 
 // GC collects what nothing references any more, with the single-node
 // store's grace period: expired upload sessions, blob links no manifest of
-// their repository references, then blobs no repository links. One
-// replica at a time runs it (a lease); the others get ErrGCElsewhere. It
-// lists the metadata store in batches and never lists the blob store, so
-// its cost follows what changed and requests continue throughout.
+// their repository references, blobs no repository links, then what
+// unfinished uploads left in the blob store with no session record
+// (gcsweep.go). One replica at a time runs it (a lease); the others get
+// ErrGCElsewhere. It lists the metadata store in batches, and of the blob
+// store only the uploads in progress and the sessions' objects, a bounded
+// number of pages per pass, so its cost follows what changed and requests
+// continue throughout.
 func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	var st cache.GCStats
 	held, release, ok, err := coord.Hold(ctx, s.leases, "gc", gcTTL)
@@ -67,13 +71,14 @@ func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	if err := s.sweepBlobs(work, cutoff, &st); err != nil {
 		return st, err
 	}
-	if st.LinksRemoved+st.BlobsRemoved+st.UploadsExpired > 0 {
+	leftovers, err := s.sweepLeftovers(work, now)
+	if st.LinksRemoved+st.BlobsRemoved+st.UploadsExpired+leftovers > 0 {
 		s.log.Info("garbage collected",
 			zap.Int("links_removed", st.LinksRemoved), zap.Int("blobs_removed", st.BlobsRemoved),
 			zap.Int64("bytes_removed", st.BytesRemoved), zap.Int("uploads_expired", st.UploadsExpired),
-			zap.Duration("took", s.now().Sub(now)))
+			zap.Int("leftovers_removed", leftovers), zap.Duration("took", s.now().Sub(now)))
 	}
-	return st, nil
+	return st, err
 }
 
 // expireUploads frees expired sessions: at most uploadsPerPass of them
