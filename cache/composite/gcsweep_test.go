@@ -13,6 +13,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
@@ -191,4 +192,66 @@ func TestGCExpiryRetriesWhenS3IsDown(t *testing.T) {
 	if o, up := c.keys(t); len(o)+len(up) != 0 {
 		t.Errorf("left in the bucket: objects %q, uploads %q", o, up)
 	}
+}
+
+// sessionsLeft lists the sessions the blob store holds bytes of.
+func sessionsLeft(t *testing.T, s *Store) []string {
+	t.Helper()
+	sw := s.blobs.(blobstore.Sweeper)
+	var ids []string
+	cursor := ""
+	for {
+		ls, next, err := sw.Leftovers(ctx(t), cursor, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			if !slices.Contains(ids, l.Session) {
+				ids = append(ids, l.Session)
+			}
+		}
+		if next == "" {
+			slices.Sort(ids)
+			return ids
+		}
+		cursor = next
+	}
+}
+
+// On every backend: a session the blob store began but no record names
+// (a replica killed between the two) is freed by GC once older than the
+// upload TTL; a live session is not.
+func TestGCSweepsUnrecordedSessions(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		c := &clock{t: time.Now()}
+		a, b := replica(), replica()
+		a.now, b.now = c.now, c.now
+		sess, err := a.blobs.NewSession(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sess.Append(ctx(t), 0, bytes.NewReader(randomBytes(5<<20+10))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.GC(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		if got := sessionsLeft(t, a); !slices.Equal(got, []string{sess.ID()}) {
+			t.Fatalf("inside the TTL, GC left the sessions %q; want the unrecorded one", got)
+		}
+		c.add(25 * time.Hour)
+		live, err := a.OpenUpload(ctx(t), "team/app", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.AppendUpload(ctx(t), "team/app", live.ID, 0, bytes.NewReader(randomBytes(100))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.GC(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		if got := sessionsLeft(t, a); !slices.Equal(got, []string{live.ID}) {
+			t.Errorf("past the TTL, GC left the sessions %q; want only the live one", got)
+		}
+	})
 }

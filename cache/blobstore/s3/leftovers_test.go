@@ -107,3 +107,66 @@ func TestLeftovers(t *testing.T) {
 		t.Errorf("another prefix's object: %q", objects)
 	}
 }
+
+// A commit cut off between completing the session's multipart upload (at
+// uploads/<id>/data) and copying it to the blob key leaves that data
+// object. Expiry, with the session's record, resumes the state the record
+// holds (from before the commit) and its Cancel deletes it; without a
+// record, the sweep lists it under its session.
+func TestCommitCutOffBeforeCopy(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	s := newStore(t, srv, bucket, "reg/")
+	cutOff := func() (state []byte, id string) {
+		t.Helper()
+		sess, err := s.NewSession(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sess.Append(ctx(t), 0, bytes.NewReader(randomBytes(minPartSize+100))); err != nil {
+			t.Fatal(err)
+		}
+		if state, err = sess.State(); err != nil {
+			t.Fatal(err)
+		}
+		// The commit's first step, then the replica dies.
+		if _, err := sess.(*session).assemble(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		objects, uploads := srv.Keys(t, bucket, "reg/uploads/"+sess.ID()+"/")
+		if !slices.Contains(objects, "reg/uploads/"+sess.ID()+"/data") || len(uploads) != 0 {
+			t.Fatalf("after the completion: objects %q, uploads %q", objects, uploads)
+		}
+		return state, sess.ID()
+	}
+
+	state, _ := cutOff()
+	resumed, err := s.ResumeSession(ctx(t), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resumed.Cancel(ctx(t)); err != nil {
+		t.Fatalf("expiry's cancel of the cut-off commit: %v", err)
+	}
+	if objects, uploads := srv.Keys(t, bucket, "reg/"); len(objects)+len(uploads) != 0 {
+		t.Errorf("after expiry's cancel: objects %q, uploads %q", objects, uploads)
+	}
+
+	_, id := cutOff()
+	ls, _, err := s.Leftovers(ctx(t), "o"+cursorSep, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, l := range ls {
+		if l.Key == "reg/uploads/"+id+"/data" && l.Session == id {
+			found = true
+			if err := s.DropLeftover(ctx(t), l); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the cut-off commit's data object is not a leftover of its session: %+v", ls)
+	}
+}
