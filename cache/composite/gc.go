@@ -59,6 +59,9 @@ func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	defer context.AfterFunc(ctx, cancel)()
 	defer cancel()
 
+	if s.passBegun != nil {
+		s.passBegun(work)
+	}
 	now := s.now()
 	cutoff := now.Add(-s.grace)
 	st.Full = true
@@ -100,6 +103,9 @@ func (s *Store) expireUploads(ctx context.Context, now time.Time, st *cache.GCSt
 		s.gcMu.Unlock()
 	}()
 	for left := s.uploadsPerPass; left > 0; {
+		if err := ctx.Err(); err != nil {
+			return err // paused, or the lease lost: not every backend checks
+		}
 		n := min(s.batch, left)
 		us, err := s.meta.ExpiredUploads(ctx, now.Add(-s.ttl), idleBefore, after, n)
 		if err != nil {
@@ -159,6 +165,9 @@ func (s *Store) expireUpload(ctx context.Context, u metastore.Upload) (bool, err
 func (s *Store) dropLinks(ctx context.Context, cutoff time.Time, st *cache.GCStats) error {
 	var after metastore.Link
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		ls, err := s.meta.UnreferencedLinks(ctx, cutoff, after, s.batch)
 		if err != nil {
 			return mapErr(err)
@@ -183,6 +192,9 @@ func (s *Store) dropLinks(ctx context.Context, cutoff time.Time, st *cache.GCSta
 func (s *Store) sweepBlobs(ctx context.Context, cutoff time.Time, st *cache.GCStats) error {
 	var after cache.Digest
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		rs, err := s.meta.DeletingBlobs(ctx, after, s.batch)
 		if err != nil {
 			return mapErr(err)
@@ -197,6 +209,9 @@ func (s *Store) sweepBlobs(ctx context.Context, cutoff time.Time, st *cache.GCSt
 	}
 	after = cache.Digest{}
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		rs, err := s.meta.UnlinkedBlobs(ctx, cutoff, after, s.batch)
 		if err != nil {
 			return mapErr(err)

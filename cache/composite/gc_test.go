@@ -2,6 +2,7 @@ package composite
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"sync"
@@ -338,5 +339,36 @@ func TestGCPaused(t *testing.T) {
 		if _, err := b.StatBlob(ctx(t), orphan); !errors.Is(err, cache.ErrBlobUnknown) {
 			t.Errorf("blob after the resumed pass: %v, want collected", err)
 		}
+	})
+}
+
+// Pausing stops the pass this replica is running: read_only switched on
+// mid-pass deletes nothing more, and the lease is free again.
+func TestGCPauseStopsRunningPass(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		c := &clock{t: time.Now()}
+		a, b := replica(), replica()
+		a.now, b.now = c.now, c.now
+		orphan := push(t, a, "", randomBytes(1000))
+		c.add(2 * time.Hour)
+		a.passBegun = func(pass context.Context) {
+			a.PauseGC(true)
+			select {
+			case <-pass.Done():
+			case <-time.After(10 * time.Second):
+				t.Error("the pause did not stop the running pass")
+			}
+		}
+		if !a.gcRound(ctx(t)) {
+			t.Fatal("no pass ran")
+		}
+		if _, err := b.StatBlob(ctx(t), orphan); err != nil {
+			t.Errorf("a pass paused as it began removed a blob: %v", err)
+		}
+		l, ok, err := b.leases.Acquire(ctx(t), "gc", time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("the GC lease after the stopped pass: %v, %v; want free", ok, err)
+		}
+		_ = l.Release(ctx(t))
 	})
 }

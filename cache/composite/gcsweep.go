@@ -49,6 +49,9 @@ func (s *Store) sweepLeftovers(ctx context.Context, now time.Time) (int, error) 
 	}()
 	dropped := 0
 	for range leftoverPagesPerPass {
+		if err := ctx.Err(); err != nil {
+			return dropped, err
+		}
 		ls, next, err := sw.Leftovers(ctx, cursor, s.batch)
 		if err != nil {
 			return dropped, fmt.Errorf("listing what unfinished uploads left: %w", err)

@@ -67,7 +67,8 @@ type Store struct {
 	fills                 fillWork
 	spoolDir              string
 
-	afterWrite func() // tests: runs between a blob's write and its record
+	afterWrite func()                // tests: runs between a blob's write and its record
+	passBegun  func(context.Context) // tests: runs once a GC pass holds the lease
 }
 
 // New returns a Store over opts' backends. It does not close them.
