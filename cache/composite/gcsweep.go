@@ -27,12 +27,19 @@ import (
 // leftoverPagesPerPass bounds the listing one pass does.
 const leftoverPagesPerPass = 16
 
+// putMaxAge is the least age of a leftover of no session (a Put or a
+// commit's copy at a blob key) before it counts as abandoned. Nothing
+// bounds how long a write of a huge blob from a slow upstream takes, as
+// upload_ttl bounds a session, so a short upload_ttl and gc_grace must
+// not cut one off.
+const putMaxAge = 24 * time.Hour
+
 // sweepLeftovers frees leftovers older than the upload TTL and the grace
 // period, whichever is longer, whose session has no record: no session
 // still open can own one (a session's bytes are written after its record
-// and expire with it), and a Put or copy that old is dead. A session
-// with a record, expired or not, is left to expiry, which keeps the
-// record until its bytes are gone.
+// and expire with it). A leftover of no session must be older than
+// putMaxAge too. A session with a record, expired or not, is left to
+// expiry, which keeps the record until its bytes are gone.
 func (s *Store) sweepLeftovers(ctx context.Context, now time.Time) (int, error) {
 	sw, ok := s.blobs.(blobstore.Sweeper)
 	if !ok {
@@ -57,7 +64,7 @@ func (s *Store) sweepLeftovers(ctx context.Context, now time.Time) (int, error) 
 			return dropped, fmt.Errorf("listing what unfinished uploads left: %w", err)
 		}
 		for _, l := range ls {
-			if !l.Since.Before(before) {
+			if !l.Since.Before(before) || l.Session == "" && !l.Since.Before(now.Add(-putMaxAge)) {
 				continue
 			}
 			if l.Session != "" {

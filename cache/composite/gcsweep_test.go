@@ -255,3 +255,35 @@ func TestGCSweepsUnrecordedSessions(t *testing.T) {
 		}
 	})
 }
+
+// With a short upload TTL and grace period, a session's leftover goes
+// once older than both, but a multipart upload at a blob key (a Put of a
+// huge blob, no session to bound it) is given putMaxAge.
+func TestGCSweepShortTTL(t *testing.T) {
+	c := newS3Cluster(t)
+	a, b := c.a, c.b
+	b.ttl, b.grace = time.Hour, time.Hour
+	sess, err := a.blobs.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(randomBytes(5<<20+10))); err != nil {
+		t.Fatal(err)
+	}
+	put := "registry/blobs/sha256/cd/" + strings.Repeat("cd", 32)
+	c.orphanUpload(t, put)
+	c.clock.add(2 * time.Hour)
+	if _, err := b.GC(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if objects, uploads := c.keys(t); len(objects) != 0 || !slices.Equal(uploads, []string{put}) {
+		t.Errorf("after GC past the TTL: objects %q, uploads %q; want only the Put's upload", objects, uploads)
+	}
+	c.clock.add(putMaxAge)
+	if _, err := b.GC(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if objects, uploads := c.keys(t); len(objects)+len(uploads) != 0 {
+		t.Errorf("after GC past putMaxAge: objects %q, uploads %q", objects, uploads)
+	}
+}
