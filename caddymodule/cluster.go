@@ -53,6 +53,45 @@ type sharedCluster struct {
 	st         *composite.Store
 	stopGC     context.CancelFunc
 	gcDone     chan struct{}
+	// readOnly and writable count the handlers using the cluster, by
+	// their read_only: this replica's GC pauses while all are read-only,
+	// as a storage folder's does (store.go).
+	readOnly, writable int
+}
+
+// hold counts one more handler using the cluster; each call must be
+// matched by one release with the same readOnly.
+func (c *sharedCluster) hold(readOnly bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if readOnly {
+		c.readOnly++
+	} else {
+		c.writable++
+	}
+	c.pauseGC()
+}
+
+// release counts one handler fewer (its config was cleaned up).
+func (c *sharedCluster) release(readOnly bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if readOnly {
+		c.readOnly--
+	} else {
+		c.writable--
+	}
+	c.pauseGC()
+}
+
+// pauseGC pauses this replica's GC while every handler using the cluster
+// is read-only: it then never takes the GC lease, so a read-only replica
+// deletes nothing and never leads a pass (composite/gcpause.go). Called
+// with mu held.
+func (c *sharedCluster) pauseGC() {
+	if c.st != nil {
+		c.st.PauseGC(c.readOnly > 0 && c.writable == 0)
+	}
 }
 
 // keySalt keys the hash that names clusters: the name reaches logs (the
@@ -137,6 +176,7 @@ func (c *sharedCluster) open() (*composite.Store, *pgmeta.Store, error) {
 	}
 	c.failed = nil
 	c.st, c.meta = st, meta
+	c.pauseGC()
 	c.startGC(st)
 	return st, meta, nil
 }

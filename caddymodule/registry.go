@@ -207,8 +207,9 @@ type Registry struct {
 	// and mirrors still fetch what they have not cached. While every
 	// handler of a storage folder is read-only, its background garbage
 	// collection is paused, so nothing is removed during a maintenance or
-	// a copy of the folder; mirror_cache_size eviction goes on. Changing
-	// it takes a config reload.
+	// a copy of the folder; mirror_cache_size eviction goes on. Scaled
+	// out, a replica whose handlers are all read-only never runs (or
+	// leads) the cluster's collection. Changing it takes a config reload.
 	ReadOnly bool `json:"read_only,omitempty"`
 
 	// SyncInto copies repositories of upstream registries into local
@@ -370,7 +371,11 @@ func (rg *Registry) provisionCluster() error {
 	c.reads.Config = s3.Config{} // c.s3 has it, expanded
 	c.logger = rg.logger.Named("store").With(zap.String("storage", clusterKey(c)))
 	rg.cluster, rg.dir, err = acquireCluster(c)
-	return err
+	if err != nil {
+		return err
+	}
+	rg.cluster.hold(rg.ReadOnly)
+	return nil
 }
 
 // provisionStore takes a reference to the shared store of the storage
@@ -444,6 +449,7 @@ func (rg *Registry) Cleanup() error {
 		rg.syncs.stop() // before the store may close
 	}
 	if rg.cluster != nil {
+		rg.cluster.release(rg.ReadOnly)
 		_, err := clusters.Delete(rg.dir)
 		return err
 	}

@@ -154,9 +154,11 @@ func metadataCalls(t *testing.T, s *Store, seq *atomic.Int64) map[string]func() 
 		"CreateUpload": func() error {
 			return ignore(s.CreateUpload(ctx, metastore.Upload{ID: next(), Repo: "r", Started: now}, metastore.UploadQuota{PerRepo: 1000}))
 		},
-		"Upload":            func() error { return ignore(s.Upload(ctx, "u")) },
-		"UploadUsage":       func() error { return ignore(s.UploadUsage(ctx, "r", "o")) },
-		"ExpiredUploads":    func() error { return ignore(s.ExpiredUploads(ctx, now.Add(-time.Hour), time.Time{}, 10)) },
+		"Upload":      func() error { return ignore(s.Upload(ctx, "u")) },
+		"UploadUsage": func() error { return ignore(s.UploadUsage(ctx, "r", "o")) },
+		"ExpiredUploads": func() error {
+			return ignore(s.ExpiredUploads(ctx, now.Add(-time.Hour), time.Time{}, metastore.Upload{}, 10))
+		},
 		"UnreferencedLinks": func() error { return ignore(s.UnreferencedLinks(ctx, now, metastore.Link{}, 10)) },
 		"UnlinkedBlobs":     func() error { return ignore(s.UnlinkedBlobs(ctx, now, metastore.Digest{}, 10)) },
 		"MarkBlobsDeleting": func() error { return ignore(s.MarkBlobsDeleting(ctx, []metastore.Digest{blob}, now.Add(-time.Hour))) },

@@ -207,8 +207,8 @@ func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.
 	return u, failed(ctx, "upload usage", err)
 }
 
-// ExpiredUploads lists sessions past their TTL or idle.
-func (s *Store) ExpiredUploads(ctx context.Context, startedBefore, updatedBefore time.Time, n int) ([]metastore.Upload, error) {
+// ExpiredUploads lists sessions past their TTL or idle, after a cursor.
+func (s *Store) ExpiredUploads(ctx context.Context, startedBefore, updatedBefore time.Time, after metastore.Upload, n int) ([]metastore.Upload, error) {
 	var idle *time.Time
 	if !updatedBefore.IsZero() {
 		idle = &updatedBefore
@@ -216,7 +216,8 @@ func (s *Store) ExpiredUploads(ctx context.Context, startedBefore, updatedBefore
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
 	rows, _ := s.pool.Query(cctx, `SELECT `+uploadColumns+` FROM uploads
-		WHERE started < $1 OR updated < $2 ORDER BY started, id LIMIT $3`, startedBefore, idle, limit(n))
+		WHERE (started < $1 OR updated < $2) AND (started, id) > ($3, $4)
+		ORDER BY started, id LIMIT $5`, startedBefore, idle, after.Started, after.ID, limit(n))
 	us, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (metastore.Upload, error) { return scanUpload(r) })
 	return us, failed(ctx, "expired uploads", err)
 }

@@ -17,6 +17,17 @@ import (
 // transaction removes: requests of every replica go on between batches.
 const gcBatch = 256
 
+// gcUploadsPerPass bounds the upload sessions one pass examines: the
+// rest wait for the next pass (expireUploads).
+const gcUploadsPerPass = 16 * gcBatch
+
+// gcCursor is where this replica's next pass resumes. Kept in memory: a
+// new leader starts from the beginning, which costs one pass's bound.
+type gcCursor struct {
+	uploads   metastore.Upload
+	leftovers string // blobstore.Sweeper's
+}
+
 // gcTTL is the GC lease: the leader renews it while it works; if it dies
 // another replica may collect gcTTL later.
 const gcTTL = 30 * time.Second
@@ -27,10 +38,13 @@ var ErrGCElsewhere = errors.New("GC is running on another replica")
 
 // GC collects what nothing references any more, with the single-node
 // store's grace period: expired upload sessions, blob links no manifest of
-// their repository references, then blobs no repository links. One
-// replica at a time runs it (a lease); the others get ErrGCElsewhere. It
-// lists the metadata store in batches and never lists the blob store, so
-// its cost follows what changed and requests continue throughout.
+// their repository references, blobs no repository links, then what
+// unfinished uploads left in the blob store with no session record
+// (gcsweep.go). One replica at a time runs it (a lease); the others get
+// ErrGCElsewhere. It lists the metadata store in batches, and of the blob
+// store only the uploads in progress and the sessions' objects, a bounded
+// number of pages per pass, so its cost follows what changed and requests
+// continue throughout.
 func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	var st cache.GCStats
 	held, release, ok, err := coord.Hold(ctx, s.leases, "gc", gcTTL)
@@ -45,6 +59,9 @@ func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	defer context.AfterFunc(ctx, cancel)()
 	defer cancel()
 
+	if s.passBegun != nil {
+		s.passBegun(work)
+	}
 	now := s.now()
 	cutoff := now.Add(-s.grace)
 	st.Full = true
@@ -57,54 +74,101 @@ func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	if err := s.sweepBlobs(work, cutoff, &st); err != nil {
 		return st, err
 	}
-	if st.LinksRemoved+st.BlobsRemoved+st.UploadsExpired > 0 {
+	leftovers, err := s.sweepLeftovers(work, now)
+	if st.LinksRemoved+st.BlobsRemoved+st.UploadsExpired+leftovers > 0 {
 		s.log.Info("garbage collected",
 			zap.Int("links_removed", st.LinksRemoved), zap.Int("blobs_removed", st.BlobsRemoved),
 			zap.Int64("bytes_removed", st.BytesRemoved), zap.Int("uploads_expired", st.UploadsExpired),
-			zap.Duration("took", s.now().Sub(now)))
+			zap.Int("leftovers_removed", leftovers), zap.Duration("took", s.now().Sub(now)))
 	}
-	return st, nil
+	return st, err
 }
 
+// expireUploads frees expired sessions: at most uploadsPerPass of them
+// examined per pass, in batches, from where the last pass of this replica
+// stopped, so a pass costs the same however many sessions are open and
+// sessions it must leave are not examined first every time. Reaching the
+// end, the next pass starts over.
 func (s *Store) expireUploads(ctx context.Context, now time.Time, st *cache.GCStats) error {
 	var idleBefore time.Time
 	if idle := s.limits.get().IdleTimeout; idle > 0 {
 		idleBefore = now.Add(-idle)
 	}
-	for {
-		us, err := s.meta.ExpiredUploads(ctx, now.Add(-s.ttl), idleBefore, gcBatch)
+	s.gcMu.Lock()
+	after := s.gcCursor.uploads
+	s.gcMu.Unlock()
+	defer func() {
+		s.gcMu.Lock()
+		s.gcCursor.uploads = after
+		s.gcMu.Unlock()
+	}()
+	for left := s.uploadsPerPass; left > 0; {
+		if err := ctx.Err(); err != nil {
+			return err // paused, or the lease lost: not every backend checks
+		}
+		n := min(s.batch, left)
+		us, err := s.meta.ExpiredUploads(ctx, now.Add(-s.ttl), idleBefore, after, n)
 		if err != nil {
 			return mapErr(err)
 		}
 		for _, u := range us {
-			// A request writing it right now holds its lease: leave it to
-			// the next pass.
-			l, ok, err := s.leases.Acquire(ctx, "upload/"+u.ID, sessionTTL)
+			expired, err := s.expireUpload(ctx, u)
 			if err != nil {
 				return err
 			}
-			if !ok {
-				continue
+			if expired {
+				st.UploadsExpired++
 			}
-			sess, err := s.blobs.ResumeSession(ctx, u.State)
-			if err != nil && !errors.Is(err, blobstore.ErrSessionUnknown) {
-				_ = l.Release(ctx)
-				return mapErr(err)
-			}
-			s.drop(ctx, u, sess)
-			_ = l.Release(ctx)
-			st.UploadsExpired++
+			after = u
+			left--
 		}
-		if len(us) < gcBatch {
+		if len(us) < n {
+			after = metastore.Upload{}
 			return nil
 		}
 	}
+	return nil
+}
+
+// expireUpload frees the bytes of expired session u, then forgets it. A
+// session a request is writing right now (it holds the lease), or whose
+// bytes the blob store could not free (S3 down), keeps its record: a
+// later pass tries again, where a forgotten record would leave its bytes
+// to the orphan sweep.
+func (s *Store) expireUpload(ctx context.Context, u metastore.Upload) (bool, error) {
+	l, ok, err := s.leases.Acquire(ctx, "upload/"+u.ID, sessionTTL)
+	if err != nil {
+		return false, mapErr(err)
+	}
+	if !ok {
+		return false, nil
+	}
+	defer func() { _ = l.Release(context.WithoutCancel(ctx)) }()
+	sess, err := s.blobs.ResumeSession(ctx, u.State)
+	if err != nil && !errors.Is(err, blobstore.ErrSessionUnknown) {
+		s.log.Warn("GC cannot read an expired upload session; it stays", zap.String("upload", u.ID), zap.Error(err))
+		return false, nil
+	}
+	if sess != nil {
+		if err := sess.Cancel(ctx); err != nil {
+			s.log.Warn("GC could not free an expired upload session; the next pass tries again",
+				zap.String("upload", u.ID), zap.Error(err))
+			return false, nil
+		}
+	}
+	if err := s.meta.DeleteUpload(ctx, u.ID); err != nil && !errors.Is(err, metastore.ErrUploadUnknown) {
+		return false, mapErr(err)
+	}
+	return true, nil
 }
 
 func (s *Store) dropLinks(ctx context.Context, cutoff time.Time, st *cache.GCStats) error {
 	var after metastore.Link
 	for {
-		ls, err := s.meta.UnreferencedLinks(ctx, cutoff, after, gcBatch)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ls, err := s.meta.UnreferencedLinks(ctx, cutoff, after, s.batch)
 		if err != nil {
 			return mapErr(err)
 		}
@@ -116,7 +180,7 @@ func (s *Store) dropLinks(ctx context.Context, cutoff time.Time, st *cache.GCSta
 			return mapErr(err)
 		}
 		st.LinksRemoved += len(dropped)
-		if len(ls) < gcBatch {
+		if len(ls) < s.batch {
 			return nil
 		}
 		after = ls[len(ls)-1]
@@ -128,21 +192,27 @@ func (s *Store) dropLinks(ctx context.Context, cutoff time.Time, st *cache.GCSta
 func (s *Store) sweepBlobs(ctx context.Context, cutoff time.Time, st *cache.GCStats) error {
 	var after cache.Digest
 	for {
-		rs, err := s.meta.DeletingBlobs(ctx, after, gcBatch)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rs, err := s.meta.DeletingBlobs(ctx, after, s.batch)
 		if err != nil {
 			return mapErr(err)
 		}
 		if err := s.deleteBlobs(ctx, rs, st); err != nil {
 			return err
 		}
-		if len(rs) < gcBatch {
+		if len(rs) < s.batch {
 			break
 		}
 		after = rs[len(rs)-1].Digest
 	}
 	after = cache.Digest{}
 	for {
-		rs, err := s.meta.UnlinkedBlobs(ctx, cutoff, after, gcBatch)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rs, err := s.meta.UnlinkedBlobs(ctx, cutoff, after, s.batch)
 		if err != nil {
 			return mapErr(err)
 		}
@@ -161,7 +231,7 @@ func (s *Store) sweepBlobs(ctx context.Context, cutoff time.Time, st *cache.GCSt
 		if err := s.deleteBlobs(ctx, marked, st); err != nil {
 			return err
 		}
-		if len(rs) < gcBatch {
+		if len(rs) < s.batch {
 			return nil
 		}
 		after = rs[len(rs)-1].Digest
@@ -189,7 +259,8 @@ func (s *Store) deleteBlobs(ctx context.Context, rs []metastore.BlobRecord, st *
 }
 
 // RunGC collects every interval until ctx ends; a pass another replica
-// is running is skipped quietly.
+// is running is skipped quietly, and so is every pass while paused
+// (PauseGC).
 func (s *Store) RunGC(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -199,8 +270,6 @@ func (s *Store) RunGC(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		if _, err := s.GC(ctx); err != nil && !errors.Is(err, ErrGCElsewhere) && ctx.Err() == nil {
-			s.log.Error("GC failed", zap.Error(err))
-		}
+		s.gcRound(ctx)
 	}
 }

@@ -2,6 +2,7 @@ package composite
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"sync"
@@ -293,5 +294,81 @@ func TestGCBetweenWriteAndRecord(t *testing.T) {
 		if !bytes.Equal(readBlob(t, b, d), data) {
 			t.Fatal("acknowledged push lost its bytes to a GC pass")
 		}
+	})
+}
+
+// TestGCPaused: a paused replica's background pass does nothing and does
+// not take the GC lease, so another replica may lead; resumed, it
+// collects. read_only pauses it (caddymodule), so a read-only registry
+// deletes nothing.
+func TestGCPaused(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		c := &clock{t: time.Now()}
+		a, b := replica(), replica()
+		a.now, b.now = c.now, c.now
+		orphan := push(t, a, "", randomBytes(1000))
+		u, err := a.OpenUpload(ctx(t), "team/app", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.add(25 * time.Hour)
+
+		a.PauseGC(true)
+		if !a.GCPaused() || b.GCPaused() {
+			t.Fatalf("paused: a %v, b %v; want only a", a.GCPaused(), b.GCPaused())
+		}
+		if a.gcRound(ctx(t)) {
+			t.Error("a background pass ran while paused")
+		}
+		if _, err := b.StatBlob(ctx(t), orphan); err != nil {
+			t.Errorf("paused GC removed a blob: %v", err)
+		}
+		if _, err := b.meta.Upload(ctx(t), u.ID); err != nil {
+			t.Errorf("paused GC removed an upload session: %v", err)
+		}
+		l, ok, err := b.leases.Acquire(ctx(t), "gc", time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("the GC lease after a paused pass: %v, %v; want free", ok, err)
+		}
+		_ = l.Release(ctx(t))
+
+		a.PauseGC(false)
+		if !a.gcRound(ctx(t)) {
+			t.Error("no pass after resume")
+		}
+		if _, err := b.StatBlob(ctx(t), orphan); !errors.Is(err, cache.ErrBlobUnknown) {
+			t.Errorf("blob after the resumed pass: %v, want collected", err)
+		}
+	})
+}
+
+// Pausing stops the pass this replica is running: read_only switched on
+// mid-pass deletes nothing more, and the lease is free again.
+func TestGCPauseStopsRunningPass(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		c := &clock{t: time.Now()}
+		a, b := replica(), replica()
+		a.now, b.now = c.now, c.now
+		orphan := push(t, a, "", randomBytes(1000))
+		c.add(2 * time.Hour)
+		a.passBegun = func(pass context.Context) {
+			a.PauseGC(true)
+			select {
+			case <-pass.Done():
+			case <-time.After(10 * time.Second):
+				t.Error("the pause did not stop the running pass")
+			}
+		}
+		if !a.gcRound(ctx(t)) {
+			t.Fatal("no pass ran")
+		}
+		if _, err := b.StatBlob(ctx(t), orphan); err != nil {
+			t.Errorf("a pass paused as it began removed a blob: %v", err)
+		}
+		l, ok, err := b.leases.Acquire(ctx(t), "gc", time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("the GC lease after the stopped pass: %v, %v; want free", ok, err)
+		}
+		_ = l.Release(ctx(t))
 	})
 }

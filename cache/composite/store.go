@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,12 +59,19 @@ type Store struct {
 	now    func() time.Time
 
 	limits   limitsBox
-	fills    fillWork
-	mc       atomic.Pointer[cache.MirrorCache]
-	mirror   mirrorWork
-	spoolDir string
+	gcMu     sync.Mutex
+	gcPause  gcPause
+	gcCursor gcCursor // under gcMu
+	// batch and uploadsPerPass are gcBatch and gcUploadsPerPass; tests
+	// make them small.
+	batch, uploadsPerPass int
+	fills                 fillWork
+	mc                    atomic.Pointer[cache.MirrorCache]
+	mirror                mirrorWork
+	spoolDir              string
 
-	afterWrite func() // tests: runs between a blob's write and its record
+	afterWrite func()                // tests: runs between a blob's write and its record
+	passBegun  func(context.Context) // tests: runs once a GC pass holds the lease
 }
 
 // New returns a Store over opts' backends. It does not close them.
@@ -79,6 +87,9 @@ func New(opts Options) (*Store, error) {
 		grace:  opts.GCGrace,
 		log:    opts.Logger,
 		now:    time.Now,
+
+		batch:          gcBatch,
+		uploadsPerPass: gcUploadsPerPass,
 	}
 	if s.ttl <= 0 {
 		s.ttl = 24 * time.Hour

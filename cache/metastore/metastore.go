@@ -333,8 +333,11 @@ type Uploads interface {
 	UploadUsage(ctx context.Context, repo, owner string) (UploadUsage, error)
 	// ExpiredUploads lists up to n sessions started before startedBefore
 	// (past the upload TTL) or last updated before updatedBefore (idle;
-	// zero time: no idle limit), oldest start first.
-	ExpiredUploads(ctx context.Context, startedBefore, updatedBefore time.Time, n int) ([]Upload, error)
+	// zero time: no idle limit), in order of (Started, ID), from the
+	// first after after's (zero: from the start). GC resumes from the
+	// last it saw, so sessions it must leave (written right now, or whose
+	// bytes could not be freed) do not come back first in every batch.
+	ExpiredUploads(ctx context.Context, startedBefore, updatedBefore time.Time, after Upload, n int) ([]Upload, error)
 }
 
 // Collector is what garbage collection asks of the metadata: the same

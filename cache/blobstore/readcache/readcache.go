@@ -448,3 +448,21 @@ func (t *teeBlob) Close() error {
 }
 
 var _ blobstore.Store = (*Store)(nil)
+
+// Leftovers implements blobstore.Sweeper for the backend, when it is one
+// (the cache itself writes nothing a crash leaves behind that the next
+// start does not clear: removeStaleTemps); none otherwise.
+func (s *Store) Leftovers(ctx context.Context, cursor string, n int) ([]blobstore.Leftover, string, error) {
+	if sw, ok := s.Store.(blobstore.Sweeper); ok {
+		return sw.Leftovers(ctx, cursor, n)
+	}
+	return nil, "", nil
+}
+
+// DropLeftover implements blobstore.Sweeper for the backend.
+func (s *Store) DropLeftover(ctx context.Context, l blobstore.Leftover) error {
+	if sw, ok := s.Store.(blobstore.Sweeper); ok {
+		return sw.DropLeftover(ctx, l)
+	}
+	return nil
+}

@@ -57,6 +57,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"SessionCancel", testSessionCancel},
 		{"SessionStateGarbage", testSessionStateGarbage},
 		{"ConcurrentCommitsOfOneDigest", testConcurrentCommits},
+		{"Leftovers", testLeftovers},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, newBackend(t)) })
@@ -667,4 +668,99 @@ func testConcurrentCommits(t *testing.T, b Backend) {
 		}
 	}
 	wantBlob(t, b(), d, c)
+}
+
+// leftovers lists every leftover of s, a page of n at a time.
+func leftovers(t *testing.T, sw blobstore.Sweeper, n int) []blobstore.Leftover {
+	t.Helper()
+	var all []blobstore.Leftover
+	cursor := ""
+	for page := 0; ; page++ {
+		ls, next, err := sw.Leftovers(ctx(t), cursor, n)
+		if err != nil {
+			t.Fatalf("Leftovers: %v", err)
+		}
+		all = append(all, ls...)
+		if next == "" {
+			return all
+		}
+		if page > 1000 {
+			t.Fatalf("the listing does not end: cursor %q", next)
+		}
+		cursor = next
+	}
+}
+
+// testLeftovers, for a backend that is a blobstore.Sweeper: the bytes of
+// an open session are listed under its ID, with their age, a page at a
+// time; a committed blob is never listed; what a cancel or a commit ended
+// is not; dropping a session's leftovers frees its bytes, and dropping
+// twice is no error.
+func testLeftovers(t *testing.T, b Backend) {
+	s := b()
+	sw, ok := s.(blobstore.Sweeper)
+	if !ok {
+		t.Skip("not a Sweeper")
+	}
+	start := time.Now().Add(-time.Minute)
+	committed := content(28, 100)
+	if _, err := s.Put(ctx(t), sha256Of(committed), -1, bytes.NewReader(committed)); err != nil {
+		t.Fatal(err)
+	}
+	if got := leftovers(t, sw, 2); len(got) != 0 {
+		t.Fatalf("leftovers with no session open: %+v", got)
+	}
+	open := func(seed uint64, n int) blobstore.Session {
+		sess := appendChunks(t, []blobstore.Store{s}, content(seed, n), []int{n})
+		return sess
+	}
+	ofSession := func(id string) []blobstore.Leftover {
+		var out []blobstore.Leftover
+		for _, l := range leftovers(t, sw, 1) {
+			if l.Session != id {
+				t.Errorf("leftover %s of session %q, none such open", l.Key, l.Session)
+			}
+			if l.Since.Before(start) || l.Since.After(time.Now().Add(time.Minute)) {
+				t.Errorf("leftover %s since %v: not when it was written", l.Key, l.Since)
+			}
+			out = append(out, l)
+		}
+		return out
+	}
+
+	a := open(29, 6*MiB)
+	if len(ofSession(a.ID())) == 0 {
+		t.Fatal("an open session with bytes has no leftovers")
+	}
+	if err := a.Cancel(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ofSession(""); len(got) != 0 {
+		t.Fatalf("leftovers after the cancel: %+v", got)
+	}
+
+	c := content(30, 6*MiB)
+	bsess := open(30, 6*MiB)
+	ls := ofSession(bsess.ID())
+	for _, l := range ls {
+		for range 2 {
+			if err := sw.DropLeftover(ctx(t), l); err != nil {
+				t.Fatalf("DropLeftover(%s): %v", l.Key, err)
+			}
+		}
+	}
+	if got := leftovers(t, sw, 10); len(got) != 0 {
+		t.Fatalf("leftovers after dropping them: %+v", got)
+	}
+	_, err := bsess.Commit(ctx(t), sha256Of(c), -1)
+	wantErr(t, "Commit of a session whose leftovers were dropped", err, blobstore.ErrSessionUnknown)
+	wantAbsent(t, s, sha256Of(c))
+
+	d := open(31, 10)
+	if _, err := d.Commit(ctx(t), sha256Of(content(31, 10)), -1); err != nil {
+		t.Fatal(err)
+	}
+	if got := leftovers(t, sw, 10); len(got) != 0 {
+		t.Fatalf("leftovers after a commit: %+v", got)
+	}
 }

@@ -615,9 +615,10 @@ func (s *Store) UploadUsage(ctx context.Context, repo, owner string) (metastore.
 	return use, err
 }
 
-// ExpiredUploads lists sessions past their TTL or idle. It reads every
-// session: GC's work, not a request's, over the sessions open now.
-func (s *Store) ExpiredUploads(ctx context.Context, startedBefore, updatedBefore time.Time, n int) ([]metastore.Upload, error) {
+// ExpiredUploads lists sessions past their TTL or idle, after a cursor.
+// It reads every session: GC's work, not a request's, over the sessions
+// open on one node now.
+func (s *Store) ExpiredUploads(ctx context.Context, startedBefore, updatedBefore time.Time, after metastore.Upload, n int) ([]metastore.Upload, error) {
 	var out []metastore.Upload
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		return each(txn, []byte("u/"), "", func(id string, v []byte) (bool, error) {
@@ -625,22 +626,25 @@ func (s *Store) ExpiredUploads(ctx context.Context, startedBefore, updatedBefore
 			if err := decode(v, &u); err != nil {
 				return false, fmt.Errorf("badgermeta: upload %s is damaged: %w", id, err)
 			}
-			if u.Started.Before(startedBefore) || !updatedBefore.IsZero() && u.Updated.Before(updatedBefore) {
+			if cmpUpload(u, after) > 0 && (u.Started.Before(startedBefore) || !updatedBefore.IsZero() && u.Updated.Before(updatedBefore)) {
 				out = append(out, u)
 			}
 			return true, nil
 		})
 	})
-	slices.SortFunc(out, func(a, b metastore.Upload) int {
-		if c := a.Started.Compare(b.Started); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	slices.SortFunc(out, cmpUpload)
 	if n >= 0 && len(out) > n {
 		out = out[:n]
 	}
 	return out, err
+}
+
+// cmpUpload orders sessions by (Started, ID), ExpiredUploads' order.
+func cmpUpload(a, b metastore.Upload) int {
+	if c := a.Started.Compare(b.Started); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
 }
 
 // referenced reports whether a manifest of repo references d or is d.

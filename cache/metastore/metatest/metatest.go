@@ -795,19 +795,36 @@ func testExpiredUploads(t *testing.T, s metastore.Store) {
 		return out
 	}
 	// TTL only: started before minute 25.
-	got, err := s.ExpiredUploads(ctx(t), at(25), time.Time{}, 10)
+	got, err := s.ExpiredUploads(ctx(t), at(25), time.Time{}, metastore.Upload{}, 10)
 	must(t, err)
 	if !slices.Equal(ids(got), []string{"u0", "u1", "u2"}) {
 		t.Fatalf("expired by TTL = %q", ids(got))
 	}
 	// With an idle limit: u1 was updated at 45, u3 started (so updated) at 30.
-	got, err = s.ExpiredUploads(ctx(t), at(5), at(35), 10)
+	got, err = s.ExpiredUploads(ctx(t), at(5), at(35), metastore.Upload{}, 10)
 	must(t, err)
 	if !slices.Equal(ids(got), []string{"u0", "u2", "u3"}) {
 		t.Fatalf("expired by TTL or idleness = %q", ids(got))
 	}
-	if got, _ = s.ExpiredUploads(ctx(t), at(100), time.Time{}, 2); len(got) != 2 {
+	if got, _ = s.ExpiredUploads(ctx(t), at(100), time.Time{}, metastore.Upload{}, 2); len(got) != 2 {
 		t.Fatalf("n=2 gave %d", len(got))
+	}
+	// From a cursor: the batches after u1 (as read back) go on with u2,
+	// and the same start with a greater ID comes after.
+	got, err = s.ExpiredUploads(ctx(t), at(100), time.Time{}, got[1], 2)
+	must(t, err)
+	if !slices.Equal(ids(got), []string{"u2", "u3"}) {
+		t.Fatalf("after u1 = %q", ids(got))
+	}
+	got, err = s.ExpiredUploads(ctx(t), at(100), time.Time{}, metastore.Upload{ID: "u3", Started: got[1].Started}, 10)
+	must(t, err)
+	if !slices.Equal(ids(got), []string{"u4", "u5"}) {
+		t.Fatalf("after u3 = %q", ids(got))
+	}
+	got, err = s.ExpiredUploads(ctx(t), at(100), time.Time{}, metastore.Upload{ID: "u", Started: got[0].Started}, 10)
+	must(t, err)
+	if !slices.Equal(ids(got), []string{"u4", "u5"}) {
+		t.Fatalf("after (u4's start, \"u\") = %q", ids(got))
 	}
 }
 

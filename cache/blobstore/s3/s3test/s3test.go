@@ -242,3 +242,7 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// Client is an SDK client of the server, for what a test does behind the
+// registry's back (a multipart upload a crashed replica left).
+func (s *Server) Client() *awss3.Client { return s.client }
