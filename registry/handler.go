@@ -108,6 +108,9 @@ type Handler struct {
 	// the clock sigNow (tests move it).
 	sigVerdicts sigVerdicts
 	sigNow      func() time.Time
+	// sigVouches are the blobs that manifests which passed a signature
+	// policy reference (signature_blobs.go).
+	sigVouches expiringSet
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a
@@ -139,7 +142,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store != nil {
 		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
-	h := &Handler{cfg: cfg, sigNow: time.Now}
+	h := &Handler{cfg: cfg, sigNow: time.Now, sigVouches: expiringSet{max: sigVouchesMax}}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {
 		spaces := make([]authscope.Namespace, 0, len(cfg.Mirrors))
 		h.mirrors = map[string]*Mirror{}

@@ -426,3 +426,146 @@ func TestSignatureConcurrentPulls(t *testing.T) {
 		t.Error(e)
 	}
 }
+
+// layerOfTestImage is the one layer pushTestImage made for seed.
+func layerOfTestImage(seed string) string { return sigtest.Of("", []byte("layer of "+seed)).Digest }
+
+// A blob of a repository under a policy is served only when a manifest of
+// that repository that passed the policy references it: knowing the layer
+// digest of an unsigned image is not a way around the manifest refusal.
+func TestSignaturePolicyBlobsLocal(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base, repo := tr.srv.URL, "team/app"
+	signed := pushTestImage(t, base, repo, "signed", "signed")
+	signCosign(t, base, repo, s.key, signed, signed.Digest, false)
+	pushTestImage(t, base, repo, "unsigned", "unsigned")
+	// Signed, but under no tag: only its manifest pull vouches for it.
+	bydigest := pushTestImage(t, base, repo, "", "bydigest")
+	signCosign(t, base, repo, s.key, bydigest, bydigest.Digest, true)
+
+	blob := func(method, d string) response { return tr.do(method, "/v2/"+repo+"/blobs/"+d, nil) }
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		// The unsigned image's layer: refused, and so is a digest the
+		// store never held, the same way (no oracle of what exists).
+		wantDenied(t, tr, blob(method, layerOfTestImage("unsigned")), "team/**")
+		wantDenied(t, tr, blob(method, sigtest.Of("", []byte("nothing")).Digest), "team/**")
+		// A tagged signed image's layer is served even before its
+		// manifest was pulled here (another replica may have served it).
+		tr.wantStatus(blob(method, layerOfTestImage("signed")), http.StatusOK)
+		wantDenied(t, tr, blob(method, layerOfTestImage("bydigest")), "team/**")
+	}
+	resp := blob(http.MethodGet, layerOfTestImage("unsigned"))
+	if !strings.Contains(string(resp.body), "signature policy team/**") {
+		t.Errorf("blob refusal does not name the policy: %s", resp.body)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+bydigest.Digest, nil), http.StatusOK)
+	tr.wantStatus(blob(http.MethodGet, layerOfTestImage("bydigest")), http.StatusOK)
+
+	// The signature's own blobs are what a client reads to verify.
+	sigm := tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+sigpolicy.CosignTag(signed.Digest), nil)
+	tr.wantStatus(sigm, http.StatusOK)
+	var doc manifestDoc
+	if err := json.Unmarshal(sigm.body, &doc); err != nil || len(doc.Layers) != 1 {
+		t.Fatalf("signature manifest: %v %s", err, sigm.body)
+	}
+	tr.wantStatus(blob(http.MethodGet, doc.Layers[0].Digest), http.StatusOK)
+
+	// A mount from the protected repository does not carry the unsigned
+	// layer out of it: the spec's fallback, an upload session, instead.
+	unsignedLayer := layerOfTestImage("unsigned")
+	resp = tr.do(http.MethodPost, "/v2/other/app/blobs/uploads/?mount="+unsignedLayer+"&from="+repo, nil)
+	tr.wantStatus(resp, http.StatusAccepted)
+	tr.wantError(tr.do(http.MethodGet, "/v2/other/app/blobs/"+unsignedLayer, nil), http.StatusNotFound, CodeBlobUnknown)
+	resp = tr.do(http.MethodPost, "/v2/other/app/blobs/uploads/?mount="+unsignedLayer, nil)
+	tr.wantStatus(resp, http.StatusAccepted)
+	tr.wantError(tr.do(http.MethodGet, "/v2/other/app/blobs/"+unsignedLayer, nil), http.StatusNotFound, CodeBlobUnknown)
+	// A signed image's layer mounts as before.
+	tr.wantStatus(tr.do(http.MethodPost, "/v2/other/app/blobs/uploads/?mount="+layerOfTestImage("signed")+"&from="+repo, nil), http.StatusCreated)
+}
+
+// countingHandler counts the blob GETs that reach an upstream.
+type countingHandler struct {
+	h     http.Handler
+	mu    sync.Mutex
+	blobs map[string]int
+}
+
+func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if i := strings.Index(r.URL.Path, "/blobs/sha256:"); i >= 0 {
+		c.mu.Lock()
+		c.blobs[r.URL.Path[i+len("/blobs/"):]]++
+		c.mu.Unlock()
+	}
+	c.h.ServeHTTP(w, r)
+}
+
+func (c *countingHandler) count(d string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.blobs[d]
+}
+
+// A mirror asks upstream for a blob of a protected name only once a
+// verified manifest of that name referenced it.
+func TestSignaturePolicyBlobsMirror(t *testing.T) {
+	s := newSigners(t)
+	counter := &countingHandler{h: ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)), blobs: map[string]int{}}
+	up := httptest.NewServer(counter)
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}, Default: true, Hosts: []string{"docker.mirror.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	signed := pushTestImage(t, up.URL, "myorg/app", "signed", "signed")
+	signCosign(t, up.URL, "myorg/app", s.key, signed, signed.Digest, false)
+	pushTestImage(t, up.URL, "myorg/app", "unsigned", "unsigned")
+
+	forms := []struct{ path, host string }{
+		{path: "/v2/docker.io/myorg/app/blobs/%s"},
+		{path: "/docker.io/v2/myorg/app/blobs/%s"},
+		{path: "/v2/myorg/app/blobs/%s?ns=docker.io"},
+		{path: "/v2/myorg/app/blobs/%s"},
+		{path: "/v2/myorg/app/blobs/%s", host: "docker.mirror.test"},
+	}
+	get := func(method, form, d, host string) response {
+		var hdr []string
+		if host != "" {
+			hdr = []string{"Host", host}
+		}
+		return tr.do(method, sprintfPath(form, d), nil, hdr...)
+	}
+	unsignedLayer, signedLayer := layerOfTestImage("unsigned"), layerOfTestImage("signed")
+	for _, f := range forms {
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			wantDenied(t, tr, get(method, f.path, unsignedLayer, f.host), "docker.io/myorg/**")
+			// Before any manifest of it was verified, not even a
+			// signed image's layer is fetched.
+			wantDenied(t, tr, get(method, f.path, signedLayer, f.host), "docker.io/myorg/**")
+		}
+	}
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/unsigned", nil), "docker.io/myorg/**")
+	wantDenied(t, tr, get(http.MethodGet, forms[0].path, unsignedLayer, ""), "docker.io/myorg/**")
+	if n := counter.count(unsignedLayer) + counter.count(signedLayer); n != 0 {
+		t.Errorf("upstream was asked %d times for layers no verified manifest referenced", n)
+	}
+
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/signed", nil), http.StatusOK)
+	for _, f := range forms {
+		resp := get(http.MethodGet, f.path, signedLayer, f.host)
+		tr.wantStatus(resp, http.StatusOK)
+		if string(resp.body) != "layer of signed" {
+			t.Errorf("%s: %q", f.path, resp.body)
+		}
+	}
+	wantDenied(t, tr, get(http.MethodGet, forms[0].path, unsignedLayer, ""), "docker.io/myorg/**")
+	if n := counter.count(unsignedLayer); n != 0 {
+		t.Errorf("upstream was asked %d times for the unsigned layer", n)
+	}
+}
