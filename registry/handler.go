@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -111,6 +112,7 @@ type Handler struct {
 	// sigVouches are the blobs that manifests which passed a signature
 	// policy reference (signature_blobs.go).
 	sigVouches expiringSet
+	sigScans   singleflight.Group
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a

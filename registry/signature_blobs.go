@@ -171,12 +171,23 @@ func (h *Handler) blobVouched(ctx context.Context, p *sigpolicy.Policy, repo str
 // platform manifests of those that are indexes) from the store, so that
 // each one that passes vouches for its blobs. Only the store is read:
 // a scan never makes a mirror ask upstream.
+// Concurrent callers (a client's parallel layer requests) share one scan
+// and wait for it, rather than each being refused while it runs.
 func (h *Handler) scanRepository(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror) {
 	mark := vouchKey("s", p, repo, "")
 	if h.sigVouches.has(mark, h.sigNow()) {
 		return
 	}
-	h.sigVouches.put(mark, h.sigNow(), sigScanEvery)
+	_, _, _ = h.sigScans.Do(mark, func() (any, error) {
+		if !h.sigVouches.has(mark, h.sigNow()) {
+			h.scan(context.WithoutCancel(ctx), p, repo, mirror)
+			h.sigVouches.put(mark, h.sigNow(), sigScanEvery)
+		}
+		return nil, nil
+	})
+}
+
+func (h *Handler) scan(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror) {
 	store := h.cfg.Store
 	tags, _, err := store.Tags(ctx, repo, "", sigScanManifests)
 	if err != nil {

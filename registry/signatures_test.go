@@ -3,6 +3,7 @@ package registry
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -567,5 +568,40 @@ func TestSignaturePolicyBlobsMirror(t *testing.T) {
 	wantDenied(t, tr, get(http.MethodGet, forms[0].path, unsignedLayer, ""), "docker.io/myorg/**")
 	if n := counter.count(unsignedLayer); n != 0 {
 		t.Errorf("upstream was asked %d times for the unsigned layer", n)
+	}
+}
+
+// Parallel blob requests that all need a scan (this process never saw the
+// manifest pass) share it and are all served: none is refused while
+// another's scan runs.
+func TestSignaturePolicyBlobsScanShared(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base := tr.srv.URL
+	for i := range 40 { // many tags to scan, so that the scan takes a while
+		img := pushTestImage(t, base, "team/app", fmt.Sprintf("v%d", i), fmt.Sprintf("seed%d", i))
+		signCosign(t, base, "team/app", s.key, img, img.Digest, false)
+	}
+	errs := make(chan string, 40)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			resp, err := tr.srv.Client().Get(base + "/v2/team/app/blobs/" + layerOfTestImage(fmt.Sprintf("seed%d", i)))
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Sprintf("seed%d: %s", i, resp.Status)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
 	}
 }
