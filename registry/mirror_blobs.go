@@ -36,7 +36,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		return err
 	}
 	// Before the store or upstream is asked: see signature_blobs.go.
-	if err := h.checkBlobSignature(r.Context(), rc, d); err != nil {
+	if err := h.checkBlobSignature(r.Context(), r, rc, d); err != nil {
 		return err
 	}
 	store := h.cfg.Store

@@ -12,6 +12,7 @@ package registry
 // The check runs before the store or upstream is asked: a refusal (403
 // DENIED naming the policy) is the same whether or not the blob exists,
 // and a mirror fetches nothing for a blob no verified manifest named.
+// A HEAD of a local repository's blob is not checked (pushes need it).
 //
 // Replicas sharing a store do not share this memory: a client's manifest
 // pull may land on one and its blob pulls on another. On a miss the
@@ -145,10 +146,14 @@ func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d
 
 // checkBlobSignature refuses blob d of rc.name with 403 DENIED naming the
 // policy when a policy covers the repository and no manifest of it that
-// passed references d.
-func (h *Handler) checkBlobSignature(ctx context.Context, rc *request, d cache.Digest) error {
+// passed references d. A HEAD of a local repository's blob is let
+// through: it carries no bytes, and every pushing client asks it before
+// uploading a layer (refusing it fails the push of any image, signed or
+// not, since a signature comes after its image). A mirror's HEAD is
+// checked: nothing is pushed there, and it would ask upstream.
+func (h *Handler) checkBlobSignature(ctx context.Context, r *http.Request, rc *request, d cache.Digest) error {
 	p := h.signaturePolicy(rc.name)
-	if p == nil || h.blobVouched(ctx, p, rc.name, rc.mirror, d) {
+	if p == nil || (r.Method == http.MethodHead && rc.mirror == nil) || h.blobVouched(ctx, p, rc.name, rc.mirror, d) {
 		return nil
 	}
 	rc.sigPolicy = p.Name()

@@ -448,16 +448,18 @@ func TestSignaturePolicyBlobsLocal(t *testing.T) {
 	signCosign(t, base, repo, s.key, bydigest, bydigest.Digest, true)
 
 	blob := func(method, d string) response { return tr.do(method, "/v2/"+repo+"/blobs/"+d, nil) }
-	for _, method := range []string{http.MethodGet, http.MethodHead} {
-		// The unsigned image's layer: refused, and so is a digest the
-		// store never held, the same way (no oracle of what exists).
-		wantDenied(t, tr, blob(method, layerOfTestImage("unsigned")), "team/**")
-		wantDenied(t, tr, blob(method, sigtest.Of("", []byte("nothing")).Digest), "team/**")
-		// A tagged signed image's layer is served even before its
-		// manifest was pulled here (another replica may have served it).
-		tr.wantStatus(blob(method, layerOfTestImage("signed")), http.StatusOK)
-		wantDenied(t, tr, blob(method, layerOfTestImage("bydigest")), "team/**")
-	}
+	// The unsigned image's layer: refused, and so is a digest the store
+	// never held, the same way (no oracle of what exists).
+	wantDenied(t, tr, blob(http.MethodGet, layerOfTestImage("unsigned")), "team/**")
+	wantDenied(t, tr, blob(http.MethodGet, sigtest.Of("", []byte("nothing")).Digest), "team/**")
+	// A tagged signed image's layer is served even before its manifest
+	// was pulled here (another replica may have served it).
+	tr.wantStatus(blob(http.MethodGet, layerOfTestImage("signed")), http.StatusOK)
+	wantDenied(t, tr, blob(http.MethodGet, layerOfTestImage("bydigest")), "team/**")
+	// A HEAD carries no bytes, and pushers ask it before every upload:
+	// it answers as without a policy.
+	tr.wantStatus(blob(http.MethodHead, layerOfTestImage("unsigned")), http.StatusOK)
+	tr.wantError(blob(http.MethodHead, sigtest.Of("", []byte("nothing")).Digest), http.StatusNotFound, CodeBlobUnknown)
 	resp := blob(http.MethodGet, layerOfTestImage("unsigned"))
 	if !strings.Contains(string(resp.body), "signature policy team/**") {
 		t.Errorf("blob refusal does not name the policy: %s", resp.body)
