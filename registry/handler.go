@@ -67,6 +67,12 @@ type Config struct {
 	// back to a plain upload session; such a copy is never served. Nil
 	// allows everything (no auth configured).
 	CanRead func(r *http.Request, repo string) bool
+	// CanPush reports whether the client of r may push to repo. A
+	// signature policy lets such a caller read a repository's unsigned
+	// manifests when it comes with a signing tool's User-Agent
+	// (signatures.go): signing reads what it signs. Nil allows everyone
+	// (no auth configured).
+	CanPush func(r *http.Request, repo string) bool
 	// Mirrors are the read-only namespaces served from upstream
 	// registries (see MirrorConfig). Empty: every name is local.
 	Mirrors []*Mirror
@@ -133,6 +139,9 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.CanPush == nil {
+		cfg.CanPush = func(*http.Request, string) bool { return true }
 	}
 	if cfg.CanRead == nil {
 		cfg.CanRead = func(*http.Request, string) bool { return true }

@@ -60,7 +60,7 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 	if err != nil {
 		return err
 	}
-	if err := h.checkSignature(r.Context(), rc, res.m, res.body); err != nil {
+	if err := h.checkSignature(r, rc, res.m, res.body); err != nil {
 		return err
 	}
 	h.cfg.Store.Touch(res.m.Digest) // its last use, for a size-limited cache

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -97,15 +98,30 @@ func (h *Handler) signaturePolicy(repo string) *sigpolicy.Policy {
 // checkSignature refuses m (with 403 DENIED naming the policy) when a
 // policy covers rc.name and m has no valid signature under it. body may be
 // nil (a HEAD): it is read then.
-func (h *Handler) checkSignature(ctx context.Context, rc *request, m cache.Manifest, body []byte) error {
+func (h *Handler) checkSignature(r *http.Request, rc *request, m cache.Manifest, body []byte) error {
 	p := h.signaturePolicy(rc.name)
 	if p == nil {
 		return nil
 	}
-	if err := h.verifyManifest(ctx, p, rc.name, rc.mirror, m, body, true); err != nil {
-		return h.signatureRefusal(rc, p, m.Digest, err)
+	err := h.verifyManifest(r.Context(), p, rc.name, rc.mirror, m, body, true)
+	if err == nil {
+		return nil
 	}
-	return nil
+	if rc.mirror == nil && signingTool(r.UserAgent()) && h.cfg.CanPush(r, rc.name) {
+		// cosign and notation GET the manifest they sign, so an image
+		// could never be signed once a policy covers it. Someone who
+		// may push here may put any image here anyway; a runtime never
+		// sends these User-Agents, so what nodes pull stays checked.
+		h.cfg.Logger.Info("unsigned manifest served to a signer who may push",
+			zap.String("repo", rc.name), zap.String("digest", m.Digest.String()), zap.String("user_agent", r.UserAgent()))
+		return nil
+	}
+	return h.signatureRefusal(rc, p, m.Digest, err)
+}
+
+// signingTool reports whether ua is cosign's or notation's User-Agent.
+func signingTool(ua string) bool {
+	return strings.HasPrefix(ua, "cosign/") || strings.HasPrefix(ua, "notation/")
 }
 
 // verifyManifest returns nil when manifest m of repo passes p, and then

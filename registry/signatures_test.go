@@ -607,3 +607,37 @@ func TestSignaturePolicyBlobsScanShared(t *testing.T) {
 		t.Error(e)
 	}
 }
+
+// Signing reads what it signs: cosign and notation GET the manifest
+// first. A caller that may push to the repository, with a signing tool's
+// User-Agent, reads its unsigned manifests; nobody else does, no blob is
+// served that way, and a mirror (where nobody pushes) never does it.
+func TestSignaturePolicySignersRead(t *testing.T) {
+	s := newSigners(t)
+	up := httptest.NewServer(ggcr.New(ggcr.Logger(nopLogger())))
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false), s.policy(t, "docker.io/**", false)}
+		c.CanPush = func(r *http.Request, repo string) bool { return r.Header.Get("X-Test-Pusher") == repo }
+	})
+	img := pushTestImage(t, tr.srv.URL, "team/app", "unsigned", "unsigned")
+	pushTestImage(t, up.URL, "myorg/app", "unsigned", "mirrored")
+	cosignUA, notationUA := "cosign/v2.6.5 (linux; amd64)", "notation/v1.3.2"
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		for _, ref := range []string{"unsigned", img.Digest} {
+			path := "/v2/team/app/manifests/" + ref
+			tr.wantStatus(tr.do(method, path, nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/app"), http.StatusOK)
+			tr.wantStatus(tr.do(method, path, nil, "User-Agent", notationUA, "X-Test-Pusher", "team/app"), http.StatusOK)
+			wantDenied(t, tr, tr.do(method, path, nil, "User-Agent", cosignUA), "team/**")
+			wantDenied(t, tr, tr.do(method, path, nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/other"), "team/**")
+			wantDenied(t, tr, tr.do(method, path, nil, "User-Agent", "containerd/1.6", "X-Test-Pusher", "team/app"), "team/**")
+		}
+		wantDenied(t, tr, tr.do(method, "/v2/docker.io/myorg/app/manifests/unsigned", nil, "User-Agent", cosignUA, "X-Test-Pusher", "docker.io/myorg/app"), "docker.io/**")
+	}
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/blobs/"+layerOfTestImage("unsigned"), nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/app"), "team/**")
+}
