@@ -292,6 +292,19 @@ func (a *Authorizer) CanRead(r *http.Request, repo string) bool {
 	return a.allows(id, RepositoryScope(repo, ScopePull), false) == nil
 }
 
+// CanPush reports whether r's caller may push to repo (a signature
+// policy lets such a caller's signing tool read what it signs).
+func (a *Authorizer) CanPush(r *http.Request, repo string) bool {
+	id, ok := IdentityOf(r)
+	if !ok {
+		var err error
+		if id, err = a.identify(r); err != nil {
+			return false
+		}
+	}
+	return a.allows(id, RepositoryScope(repo, ScopePull, ScopePush), false) == nil
+}
+
 // CanList reports whether the catalog may show repo to r's caller: a
 // repository the caller may read, or any repository when a bearer token
 // grants registry:catalog:* (the token service, as the policy, decided

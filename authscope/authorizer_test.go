@@ -108,6 +108,9 @@ func TestAuthorizeToken(t *testing.T) {
 		if !a.CanRead(r, "docker.io/library/debian") || a.CanRead(r, "docker.io/library/ubuntu") {
 			t.Error("CanRead does not follow the token")
 		}
+		if a.CanPush(r, "docker.io/library/debian") {
+			t.Error("CanPush with a pull-only token")
+		}
 	})
 	insufficient := func(t *testing.T, tok string, need Need) {
 		t.Helper()
@@ -132,8 +135,12 @@ func TestAuthorizeToken(t *testing.T) {
 	})
 	t.Run("push token", func(t *testing.T) {
 		tok := is.sign("ci", []AccessEntry{{Type: "repository", Name: "team/app", Actions: []string{"pull", "push"}}}, nil)
-		if _, err := a.Authorize(bearer(get(), tok), pushCI); err != nil {
+		r, err := a.Authorize(bearer(get(), tok), pushCI)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if !a.CanPush(r, "team/app") || a.CanPush(r, "team/other") {
+			t.Error("CanPush does not follow the token")
 		}
 	})
 	t.Run("mount needs pull on the source", func(t *testing.T) {

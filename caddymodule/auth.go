@@ -177,6 +177,13 @@ func (rt *authRuntime) canRead() func(*http.Request, string) bool {
 	return rt.authorizer.CanRead
 }
 
+func (rt *authRuntime) canPush() func(*http.Request, string) bool {
+	if rt == nil {
+		return nil
+	}
+	return rt.authorizer.CanPush
+}
+
 // serve answers the token proxy's path and, with OIDC, the sign-in
 // pages under /_oci/auth/; false for other requests.
 func (rt *authRuntime) serve(w http.ResponseWriter, r *http.Request) bool {

@@ -41,6 +41,7 @@ var collectors = struct {
 	syncDuration    *prometheus.HistogramVec
 	syncFetched     *prometheus.CounterVec
 	syncErrors      *prometheus.CounterVec
+	syncSkipped     *prometheus.CounterVec
 	syncLastSuccess *prometheus.GaugeVec
 }{}
 
@@ -149,6 +150,11 @@ func initCollectors() {
 		Name:      "sync_errors_total",
 		Help:      "Items (listings, tags, manifests, blobs) scheduled sync failed to fetch, by sync.",
 	}, []string{"sync"})
+	collectors.syncSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "sync_skipped_unsigned_total",
+		Help:      "Tags and platform manifests scheduled sync did not store because a signature policy (require_signature) refused them, by sync.",
+	}, []string{"sync"})
 	collectors.syncLastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: ns,
 		Name:      "sync_last_success_timestamp_seconds",
@@ -169,6 +175,7 @@ func (*metricsObserver) SyncRun(name string, d time.Duration, st mirrorsync.RunS
 	collectors.syncDuration.WithLabelValues(name).Observe(d.Seconds())
 	collectors.syncFetched.WithLabelValues(name, "manifest").Add(float64(st.ManifestsFetched))
 	collectors.syncFetched.WithLabelValues(name, "blob").Add(float64(st.BlobsFetched))
+	collectors.syncSkipped.WithLabelValues(name).Add(float64(st.SkippedUnsigned))
 }
 
 // StorageSpace implements cache.SpaceObserver.
@@ -242,7 +249,7 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.mirrorCacheBytes, collectors.mirrorEvictions, collectors.mirrorEvictedBytes,
 		collectors.storageFree, collectors.storageReserve, collectors.reserveReached,
 		collectors.syncRuns, collectors.syncDuration, collectors.syncFetched,
-		collectors.syncErrors, collectors.syncLastSuccess,
+		collectors.syncErrors, collectors.syncSkipped, collectors.syncLastSuccess,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

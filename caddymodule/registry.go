@@ -567,6 +567,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		LocalPrefixes:   rg.LocalPrefixes,
 		Authorizer:      rg.auth.registryAuthorizer(),
 		CanRead:         rg.auth.canRead(),
+		CanPush:         rg.auth.canPush(),
 		Uploads:         rg.uploadLimits(),
 		ClientIP:        clientIP,
 		ReadOnly:        rg.ReadOnly,

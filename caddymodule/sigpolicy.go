@@ -87,6 +87,10 @@ func unmarshalRequireSignature(d *caddyfile.Dispenser) (*SignaturePolicy, error)
 				return nil, d.Errf("%s: per_platform takes no argument", where)
 			}
 			p.PerPlatform = true
+		case "fulcio_root", "rekor_key", "rekor_url", "certificate_identity", "certificate_oidc_issuer", "keyless":
+			// cosign verify's keyless flags: say plainly why not, rather
+			// than "unrecognized".
+			return nil, d.Errf("%s: %s: %v", where, sub, sigpolicy.ErrKeyless)
 		default:
 			return nil, d.Errf("%s: unrecognized subdirective %q (known: cosign_key, notation_cert, per_platform)", where, sub)
 		}

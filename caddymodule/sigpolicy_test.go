@@ -53,6 +53,8 @@ func TestUnmarshalRequireSignature(t *testing.T) {
 		{"require_signature team/** {\nnotation_cert\n}", "require_signature team/**: notation_cert needs at least one file"},
 		{"require_signature team/** {\ncosign_key /k\nper_platform yes\n}", "require_signature team/**: per_platform takes no argument"},
 		{"require_signature team/** {\ncosign_keys /k\n}", `require_signature team/**: unrecognized subdirective "cosign_keys"`},
+		{"require_signature team/** {\nfulcio_root /f.pem\n}", `require_signature team/**: fulcio_root: keyless cosign (Fulcio certificates, Rekor) is not supported`},
+		{"require_signature team/** {\ncosign_key /k\ncertificate_identity a@b\n}", `require_signature team/**: certificate_identity: keyless cosign (Fulcio certificates, Rekor) is not supported`},
 	} {
 		var rg Registry
 		err := rg.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oci_registry {\n" + tc.block + "\n}"))
@@ -94,7 +96,7 @@ func TestRequireSignatureFilesAtLoad(t *testing.T) {
 		{"good", map[string]any{"match": "team/**", "cosign_keys": []string{goodKey}, "notation_certs": []string{goodCert}}, ""},
 		{"missing key", map[string]any{"match": "team/**", "cosign_keys": []string{missing}}, "require_signature team/**: cosign_key: open " + missing},
 		{"invalid key", map[string]any{"match": "team/**", "cosign_keys": []string{garbage}}, "require_signature team/**: cosign_key " + garbage + ": not a PEM public key"},
-		{"cert as key", map[string]any{"match": "team/**", "cosign_keys": []string{goodCert}}, "cosign_key " + goodCert + ": not a PEM public key"},
+		{"cert as key", map[string]any{"match": "team/**", "cosign_keys": []string{goodCert}}, "cosign_key " + goodCert + ": a certificate, not a public key: keyless cosign (Fulcio certificates, Rekor) is not supported"},
 		{"missing cert", map[string]any{"match": "team/**", "notation_certs": []string{missing}}, "require_signature team/**: notation_cert: open " + missing},
 		{"invalid cert", map[string]any{"match": "team/**", "notation_certs": []string{garbage}}, "notation_cert " + garbage + ": no PEM certificate"},
 		{"key as cert", map[string]any{"match": "team/**", "notation_certs": []string{goodKey}}, "notation_cert " + goodKey + ": no PEM certificate"},

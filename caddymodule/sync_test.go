@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
 )
 
 func TestSyncCaddyfile(t *testing.T) {
@@ -474,5 +475,88 @@ func TestMirrorRetriesJSON(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.json, err, tc.want)
 		}
+	}
+}
+
+// TestSyncSkipsUnsignedInCaddy: under require_signature, a sync skips
+// what the policy refuses, and says so in /_oci/sync and in metrics.
+func TestSyncSkipsUnsignedInCaddy(t *testing.T) {
+	up := newCountingUpstream(t)
+	host := strings.TrimPrefix(up.srv.URL, "http://")
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(host+"/team/app:1.0.0", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	key, err := sigtest.NewCosignKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "cosign.pub")
+	if err := os.WriteFile(keyFile, key.PublicPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	cfg := adaptFront(t, `{
+	admin off
+	auto_https off
+}
+http://`+addr+` {
+	oci_registry {
+		storage `+filepath.Join(dir, "data")+`
+		mirror signed.test {
+			upstream `+up.srv.URL+`
+			sync {
+				content team/app
+			}
+		}
+		require_signature signed.test/** {
+			cosign_key `+keyFile+`
+		}
+	}
+}`)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	base := "http://" + addr + SyncPath
+	resp, err := http.Post(base, "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST %s: %d", base, resp.StatusCode)
+	}
+	var st struct{ Syncs []mirrorsync.Status }
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Syncs = nil
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Syncs) == 1 && st.Syncs[0].LastRun != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no run finished: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := st.Syncs[0].LastRun; r.SkippedUnsigned != 1 || r.ErrorCount != 0 || r.BlobsFetched != 0 {
+		t.Errorf("run under the policy: %+v", r)
+	}
+	if v := testutil.ToFloat64(collectors.syncSkipped.WithLabelValues("signed.test")); v != 1 {
+		t.Errorf("caddy_oci_sync_skipped_unsigned_total{sync=signed.test} = %v", v)
 	}
 }

@@ -35,6 +35,9 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) e
 	if err != nil {
 		return err
 	}
+	if err := h.checkBlobSignature(r.Context(), r, rc, d); err != nil {
+		return err
+	}
 	info, err := h.linkedBlob(r.Context(), rc.name, d)
 	if err != nil {
 		return err

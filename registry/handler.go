@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -66,6 +67,12 @@ type Config struct {
 	// back to a plain upload session; such a copy is never served. Nil
 	// allows everything (no auth configured).
 	CanRead func(r *http.Request, repo string) bool
+	// CanPush reports whether the client of r may push to repo. A
+	// signature policy lets such a caller read a repository's unsigned
+	// manifests when it comes with a signing tool's User-Agent
+	// (signatures.go): signing reads what it signs. Nil allows everyone
+	// (no auth configured).
+	CanPush func(r *http.Request, repo string) bool
 	// Mirrors are the read-only namespaces served from upstream
 	// registries (see MirrorConfig). Empty: every name is local.
 	Mirrors []*Mirror
@@ -108,6 +115,10 @@ type Handler struct {
 	// the clock sigNow (tests move it).
 	sigVerdicts sigVerdicts
 	sigNow      func() time.Time
+	// sigVouches are the blobs that manifests which passed a signature
+	// policy reference (signature_blobs.go).
+	sigVouches expiringSet
+	sigScans   singleflight.Group
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a
@@ -129,6 +140,9 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
+	if cfg.CanPush == nil {
+		cfg.CanPush = func(*http.Request, string) bool { return true }
+	}
 	if cfg.CanRead == nil {
 		cfg.CanRead = func(*http.Request, string) bool { return true }
 	}
@@ -139,7 +153,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store != nil {
 		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
-	h := &Handler{cfg: cfg, sigNow: time.Now}
+	h := &Handler{cfg: cfg, sigNow: time.Now, sigVouches: expiringSet{max: sigVouchesMax}}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {
 		spaces := make([]authscope.Namespace, 0, len(cfg.Mirrors))
 		h.mirrors = map[string]*Mirror{}

@@ -95,7 +95,7 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 		}
 		return errInternal(err)
 	}
-	if err := h.checkSignature(r.Context(), rc, m, body); err != nil {
+	if err := h.checkSignature(r, rc, m, body); err != nil {
 		return err
 	}
 	hd := w.Header()

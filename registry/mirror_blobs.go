@@ -35,6 +35,10 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	if err != nil {
 		return err
 	}
+	// Before the store or upstream is asked: see signature_blobs.go.
+	if err := h.checkBlobSignature(r.Context(), r, rc, d); err != nil {
+		return err
+	}
 	store := h.cfg.Store
 	// Held while this request serves it: a size-limited cache never
 	// evicts a blob someone is reading, and one evicted a moment ago is

@@ -60,7 +60,7 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 	if err != nil {
 		return err
 	}
-	if err := h.checkSignature(r.Context(), rc, res.m, res.body); err != nil {
+	if err := h.checkSignature(r, rc, res.m, res.body); err != nil {
 		return err
 	}
 	h.cfg.Store.Touch(res.m.Digest) // its last use, for a size-limited cache
@@ -166,6 +166,18 @@ func (h *Handler) revalidateTag(ctx context.Context, rc *request, tag string, ti
 // set) and the digest upstream announced, and stores it byte for byte,
 // tagged with tag if given.
 func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference string, want cache.Digest, tag string) (mirroredManifest, error) {
+	res, err := h.getUpstreamManifest(ctx, rc, reference, want)
+	if err != nil {
+		return mirroredManifest{}, err
+	}
+	if err := h.storeUpstreamManifest(ctx, rc, res, tag); err != nil {
+		return mirroredManifest{}, err
+	}
+	return res, nil
+}
+
+// getUpstreamManifest is fetchManifest without storing.
+func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, reference string, want cache.Digest) (mirroredManifest, error) {
 	m := rc.mirror
 	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "manifests/"+reference, manifestAccept)
 	if err != nil {
@@ -187,21 +199,27 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 	}
 	man := manifestMeta(mt, body)
 	man.Digest, man.Size = d, int64(len(body))
+	return mirroredManifest{m: man, body: body}, nil
+}
+
+// storeUpstreamManifest stores what getUpstreamManifest fetched, tagged
+// with tag if given, and records when the tag was fetched.
+func (h *Handler) storeUpstreamManifest(ctx context.Context, rc *request, res mirroredManifest, tag string) error {
 	var tags []string
 	if tag != "" {
 		tags = []string{tag}
 	}
-	if err := h.cfg.Store.PutManifest(ctx, rc.name, man, body, tags); err != nil {
-		return mirroredManifest{}, err
+	if err := h.cfg.Store.PutManifest(ctx, rc.name, res.m, res.body, tags); err != nil {
+		return err
 	}
 	if tag != "" {
 		// A tag evicted again in between is fetched by the next pull; this
 		// answer is good.
-		if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil && !errors.Is(err, cache.ErrTagUnknown) {
-			return mirroredManifest{}, err
+		if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, rc.mirror.now()); err != nil && !errors.Is(err, cache.ErrTagUnknown) {
+			return err
 		}
 	}
-	return mirroredManifest{m: man, body: body}, nil
+	return nil
 }
 
 // upstreamManifestTypes are the media types a mirror keeps a manifest

@@ -217,6 +217,9 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 	h, m := s.h, s.m
 	ti, err := h.cfg.Store.TagInfo(ctx, rc.name, tag)
 	have := err == nil
+	if h.signaturePolicy(rc.name) != nil {
+		return s.verifiedTag(ctx, rc, tag, ti, have)
+	}
 	v, err, _ := m.revalidations.Do(rc.name+":"+tag, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
@@ -238,18 +241,100 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, d cache.Digest) 
 	}
 	h, m := s.h, s.m
 	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
+		if err := s.verify(ctx, rc, mirroredManifest{m: man, body: body}); err != nil {
+			return SyncManifest{}, false, err
+		}
 		return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body}, false, nil
 	}
 	v, err, _ := m.revalidations.Do(rc.name+"@"+d.String(), func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
-		return h.fetchManifest(ctx, rc, d.String(), d, "")
+		if h.signaturePolicy(rc.name) == nil {
+			return h.fetchManifest(ctx, rc, d.String(), d, "")
+		}
+		res, err := h.getUpstreamManifest(ctx, rc, d.String(), d)
+		if err != nil {
+			return res, err
+		}
+		if err := s.verify(ctx, rc, res); err != nil {
+			return res, err
+		}
+		return res, h.storeUpstreamManifest(ctx, rc, res, "")
 	})
 	if err != nil {
 		return SyncManifest{}, false, err
 	}
 	res := v.(mirroredManifest)
 	return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, true, nil
+}
+
+// ErrSignaturePolicy is what sync meets when a signature policy
+// (require_signature) covers where it stores and refuses a manifest:
+// the manifest is not stored, and nothing it references is fetched.
+var ErrSignaturePolicy = errors.New("refused by signature policy")
+
+// verify checks res, a manifest of rc.name, against the signature policy
+// that covers the name, if any, looking for its signatures upstream too
+// (they are stored, so that pulls of what sync stores pass).
+func (s *SyncSource) verify(ctx context.Context, rc *request, res mirroredManifest) error {
+	p := s.h.signaturePolicy(rc.name)
+	if p == nil {
+		return nil
+	}
+	if err := s.h.verifyManifest(ctx, p, rc.name, s.m, res.m, res.body, true); err != nil {
+		return fmt.Errorf("%w %s: %s: %v", ErrSignaturePolicy, p.Name(), res.m.Digest, err)
+	}
+	return nil
+}
+
+// verifiedTag is Tag under a signature policy: the manifest upstream
+// names is verified before it is stored, and a refused one is not; a tag
+// the store holds already (a pull stored it) is verified as it stands.
+func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, ti cache.TagInfo, have bool) (SyncManifest, bool, error) {
+	h, m := s.h, s.m
+	type result struct {
+		res     mirroredManifest
+		fetched bool
+	}
+	v, err, _ := m.revalidations.Do("sync "+rc.name+":"+tag, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+		defer cancel()
+		if have {
+			resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "manifests/"+tag, manifestAccept)
+			if err != nil {
+				return nil, err
+			}
+			resp.Body.Close()
+			if resp.Header.Get("Docker-Content-Digest") == ti.Digest.String() {
+				if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
+					res := mirroredManifest{m: man, body: body}
+					if err := s.verify(ctx, rc, res); err != nil {
+						return nil, err
+					}
+					if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil {
+						return nil, err
+					}
+					return result{res: res}, nil
+				}
+			}
+		}
+		res, err := h.getUpstreamManifest(ctx, rc, tag, cache.Digest{})
+		if err != nil {
+			return nil, err
+		}
+		if err := s.verify(ctx, rc, res); err != nil {
+			return nil, err
+		}
+		if err := h.storeUpstreamManifest(ctx, rc, res, tag); err != nil {
+			return nil, err
+		}
+		return result{res: res, fetched: true}, nil
+	})
+	if err != nil {
+		return SyncManifest{}, false, err
+	}
+	r := v.(result)
+	return SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body}, r.fetched, nil
 }
 
 // Blob brings blob d of repo into the store and links it there, as a

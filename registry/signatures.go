@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -96,27 +97,55 @@ func (h *Handler) signaturePolicy(repo string) *sigpolicy.Policy {
 
 // checkSignature refuses m (with 403 DENIED naming the policy) when a
 // policy covers rc.name and m has no valid signature under it. body may be
-// nil (a HEAD): it is read then. A signed index lets its platform
-// manifests through (cosign signs the index by default); with
-// per_platform an unsigned index passes and each platform manifest is
-// checked on its own pull.
-func (h *Handler) checkSignature(ctx context.Context, rc *request, m cache.Manifest, body []byte) error {
+// nil (a HEAD): it is read then.
+func (h *Handler) checkSignature(r *http.Request, rc *request, m cache.Manifest, body []byte) error {
 	p := h.signaturePolicy(rc.name)
 	if p == nil {
 		return nil
 	}
+	err := h.verifyManifest(r.Context(), p, rc.name, rc.mirror, m, body, true)
+	if err == nil {
+		return nil
+	}
+	if rc.mirror == nil && signingTool(r.UserAgent()) && h.cfg.CanPush(r, rc.name) {
+		// cosign and notation GET the manifest they sign, so an image
+		// could never be signed once a policy covers it. Someone who
+		// may push here may put any image here anyway; a runtime never
+		// sends these User-Agents, so what nodes pull stays checked.
+		h.cfg.Logger.Info("unsigned manifest served to a signer who may push",
+			zap.String("repo", rc.name), zap.String("digest", m.Digest.String()), zap.String("user_agent", r.UserAgent()))
+		return nil
+	}
+	return h.signatureRefusal(rc, p, m.Digest, err)
+}
+
+// signingTool reports whether ua is cosign's or notation's User-Agent.
+func signingTool(ua string) bool {
+	return strings.HasPrefix(ua, "cosign/") || strings.HasPrefix(ua, "notation/")
+}
+
+// verifyManifest returns nil when manifest m of repo passes p, and then
+// vouches for the blobs m references (signature_blobs.go). body may be
+// nil: it is read then. A signed index lets its platform manifests
+// through (cosign signs the index by default); with per_platform an
+// unsigned index passes and each platform manifest is checked on its own
+// pull. With upstream, a mirror's signatures are fetched when the store's
+// do not verify; without, a refusal is not remembered for a mirrored
+// name, since upstream may hold the signature a manifest pull will find.
+func (h *Handler) verifyManifest(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, m cache.Manifest, body []byte, upstream bool) error {
 	now := h.sigNow()
-	key := verdictKey(p, rc.name, m.Digest)
+	key := verdictKey(p, repo, m.Digest)
 	if ok, found := h.sigVerdicts.get(key, now); found {
 		if ok {
+			h.vouch(ctx, p, repo, m.Digest, body)
 			return nil
 		}
-		return h.signatureRefusal(rc, p, m.Digest, errors.New("refused moments ago"))
+		return errors.New("refused moments ago")
 	}
 	if body == nil {
 		var err error
-		if _, body, err = h.cfg.Store.GetManifest(ctx, rc.name, m.Digest); err != nil {
-			return errInternal(err)
+		if _, body, err = h.cfg.Store.GetManifest(ctx, repo, m.Digest); err != nil {
+			return fmt.Errorf("reading the manifest: %w", err)
 		}
 	}
 	var doc manifestDoc
@@ -126,19 +155,21 @@ func (h *Handler) checkSignature(ctx context.Context, rc *request, m cache.Manif
 		layerTypes[i] = l.MediaType
 	}
 	if sigpolicy.IsSignature(layerTypes) {
-		// What a client reads to verify: it is not itself signed.
+		// What a client reads to verify: it is not itself signed, and
+		// its blobs are served.
+		h.vouchDoc(p, repo, m.Digest, doc, now)
 		return nil
 	}
 	isIndex := doc.Manifests != nil && doc.Config == nil
-	subject := sigpolicy.Subject{Repo: rc.name, Digest: m.Digest.String(), MediaType: m.MediaType, Size: m.Size}
-	src := storeSignatures{h: h, repo: rc.name}
+	subject := sigpolicy.Subject{Repo: repo, Digest: m.Digest.String(), MediaType: m.MediaType, Size: m.Size}
+	src := storeSignatures{h: h, repo: repo}
 	err := p.Verify(ctx, src, subject)
-	if err != nil && rc.mirror != nil {
+	if err != nil && upstream && mirror != nil {
 		// Signatures live upstream; bring them in (cached in the store
 		// like any manifest and blob) and look again.
-		if perr := h.pullSignatures(ctx, rc, m.Digest); perr != nil {
+		if perr := h.pullSignatures(ctx, &request{name: repo, mirror: mirror}, m.Digest); perr != nil {
 			h.cfg.Logger.Debug("fetching signatures from upstream failed",
-				zap.String("repo", rc.name), zap.String("digest", m.Digest.String()), zap.Error(perr))
+				zap.String("repo", repo), zap.String("digest", m.Digest.String()), zap.Error(perr))
 		}
 		err = p.Verify(ctx, src, subject)
 	}
@@ -146,17 +177,19 @@ func (h *Handler) checkSignature(ctx context.Context, rc *request, m cache.Manif
 	case err == nil && isIndex:
 		for _, c := range doc.Manifests {
 			if cd, perr := cache.ParseDigest(c.Digest); perr == nil {
-				h.sigVerdicts.put(verdictKey(p, rc.name, cd), true, now)
+				h.sigVerdicts.put(verdictKey(p, repo, cd), true, now)
 			}
 		}
 	case err != nil && isIndex && p.PerPlatform():
 		err = nil
 	}
-	h.sigVerdicts.put(key, err == nil, now)
-	if err != nil {
-		return h.signatureRefusal(rc, p, m.Digest, err)
+	if err == nil || upstream || mirror == nil {
+		h.sigVerdicts.put(key, err == nil, now)
 	}
-	return nil
+	if err == nil {
+		h.vouchDoc(p, repo, m.Digest, doc, now)
+	}
+	return err
 }
 
 func (h *Handler) signatureRefusal(rc *request, p *sigpolicy.Policy, d cache.Digest, why error) *Error {

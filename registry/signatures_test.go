@@ -3,6 +3,7 @@ package registry
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -425,4 +426,218 @@ func TestSignatureConcurrentPulls(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
+}
+
+// layerOfTestImage is the one layer pushTestImage made for seed.
+func layerOfTestImage(seed string) string { return sigtest.Of("", []byte("layer of "+seed)).Digest }
+
+// A blob of a repository under a policy is served only when a manifest of
+// that repository that passed the policy references it: knowing the layer
+// digest of an unsigned image is not a way around the manifest refusal.
+func TestSignaturePolicyBlobsLocal(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base, repo := tr.srv.URL, "team/app"
+	signed := pushTestImage(t, base, repo, "signed", "signed")
+	signCosign(t, base, repo, s.key, signed, signed.Digest, false)
+	pushTestImage(t, base, repo, "unsigned", "unsigned")
+	// Signed, but under no tag: only its manifest pull vouches for it.
+	bydigest := pushTestImage(t, base, repo, "", "bydigest")
+	signCosign(t, base, repo, s.key, bydigest, bydigest.Digest, true)
+
+	blob := func(method, d string) response { return tr.do(method, "/v2/"+repo+"/blobs/"+d, nil) }
+	// The unsigned image's layer: refused, and so is a digest the store
+	// never held, the same way (no oracle of what exists).
+	wantDenied(t, tr, blob(http.MethodGet, layerOfTestImage("unsigned")), "team/**")
+	wantDenied(t, tr, blob(http.MethodGet, sigtest.Of("", []byte("nothing")).Digest), "team/**")
+	// A tagged signed image's layer is served even before its manifest
+	// was pulled here (another replica may have served it).
+	tr.wantStatus(blob(http.MethodGet, layerOfTestImage("signed")), http.StatusOK)
+	wantDenied(t, tr, blob(http.MethodGet, layerOfTestImage("bydigest")), "team/**")
+	// A HEAD carries no bytes, and pushers ask it before every upload:
+	// it answers as without a policy.
+	tr.wantStatus(blob(http.MethodHead, layerOfTestImage("unsigned")), http.StatusOK)
+	tr.wantError(blob(http.MethodHead, sigtest.Of("", []byte("nothing")).Digest), http.StatusNotFound, CodeBlobUnknown)
+	resp := blob(http.MethodGet, layerOfTestImage("unsigned"))
+	if !strings.Contains(string(resp.body), "signature policy team/**") {
+		t.Errorf("blob refusal does not name the policy: %s", resp.body)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+bydigest.Digest, nil), http.StatusOK)
+	tr.wantStatus(blob(http.MethodGet, layerOfTestImage("bydigest")), http.StatusOK)
+
+	// The signature's own blobs are what a client reads to verify.
+	sigm := tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+sigpolicy.CosignTag(signed.Digest), nil)
+	tr.wantStatus(sigm, http.StatusOK)
+	var doc manifestDoc
+	if err := json.Unmarshal(sigm.body, &doc); err != nil || len(doc.Layers) != 1 {
+		t.Fatalf("signature manifest: %v %s", err, sigm.body)
+	}
+	tr.wantStatus(blob(http.MethodGet, doc.Layers[0].Digest), http.StatusOK)
+
+	// A mount from the protected repository does not carry the unsigned
+	// layer out of it: the spec's fallback, an upload session, instead.
+	unsignedLayer := layerOfTestImage("unsigned")
+	resp = tr.do(http.MethodPost, "/v2/other/app/blobs/uploads/?mount="+unsignedLayer+"&from="+repo, nil)
+	tr.wantStatus(resp, http.StatusAccepted)
+	tr.wantError(tr.do(http.MethodGet, "/v2/other/app/blobs/"+unsignedLayer, nil), http.StatusNotFound, CodeBlobUnknown)
+	resp = tr.do(http.MethodPost, "/v2/other/app/blobs/uploads/?mount="+unsignedLayer, nil)
+	tr.wantStatus(resp, http.StatusAccepted)
+	tr.wantError(tr.do(http.MethodGet, "/v2/other/app/blobs/"+unsignedLayer, nil), http.StatusNotFound, CodeBlobUnknown)
+	// A signed image's layer mounts as before.
+	tr.wantStatus(tr.do(http.MethodPost, "/v2/other/app/blobs/uploads/?mount="+layerOfTestImage("signed")+"&from="+repo, nil), http.StatusCreated)
+}
+
+// countingHandler counts the blob GETs that reach an upstream.
+type countingHandler struct {
+	h     http.Handler
+	mu    sync.Mutex
+	blobs map[string]int
+}
+
+func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if i := strings.Index(r.URL.Path, "/blobs/sha256:"); i >= 0 {
+		c.mu.Lock()
+		c.blobs[r.URL.Path[i+len("/blobs/"):]]++
+		c.mu.Unlock()
+	}
+	c.h.ServeHTTP(w, r)
+}
+
+func (c *countingHandler) count(d string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.blobs[d]
+}
+
+// A mirror asks upstream for a blob of a protected name only once a
+// verified manifest of that name referenced it.
+func TestSignaturePolicyBlobsMirror(t *testing.T) {
+	s := newSigners(t)
+	counter := &countingHandler{h: ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)), blobs: map[string]int{}}
+	up := httptest.NewServer(counter)
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}, Default: true, Hosts: []string{"docker.mirror.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	signed := pushTestImage(t, up.URL, "myorg/app", "signed", "signed")
+	signCosign(t, up.URL, "myorg/app", s.key, signed, signed.Digest, false)
+	pushTestImage(t, up.URL, "myorg/app", "unsigned", "unsigned")
+
+	forms := []struct{ path, host string }{
+		{path: "/v2/docker.io/myorg/app/blobs/%s"},
+		{path: "/docker.io/v2/myorg/app/blobs/%s"},
+		{path: "/v2/myorg/app/blobs/%s?ns=docker.io"},
+		{path: "/v2/myorg/app/blobs/%s"},
+		{path: "/v2/myorg/app/blobs/%s", host: "docker.mirror.test"},
+	}
+	get := func(method, form, d, host string) response {
+		var hdr []string
+		if host != "" {
+			hdr = []string{"Host", host}
+		}
+		return tr.do(method, sprintfPath(form, d), nil, hdr...)
+	}
+	unsignedLayer, signedLayer := layerOfTestImage("unsigned"), layerOfTestImage("signed")
+	for _, f := range forms {
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			wantDenied(t, tr, get(method, f.path, unsignedLayer, f.host), "docker.io/myorg/**")
+			// Before any manifest of it was verified, not even a
+			// signed image's layer is fetched.
+			wantDenied(t, tr, get(method, f.path, signedLayer, f.host), "docker.io/myorg/**")
+		}
+	}
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/unsigned", nil), "docker.io/myorg/**")
+	wantDenied(t, tr, get(http.MethodGet, forms[0].path, unsignedLayer, ""), "docker.io/myorg/**")
+	if n := counter.count(unsignedLayer) + counter.count(signedLayer); n != 0 {
+		t.Errorf("upstream was asked %d times for layers no verified manifest referenced", n)
+	}
+
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/signed", nil), http.StatusOK)
+	for _, f := range forms {
+		resp := get(http.MethodGet, f.path, signedLayer, f.host)
+		tr.wantStatus(resp, http.StatusOK)
+		if string(resp.body) != "layer of signed" {
+			t.Errorf("%s: %q", f.path, resp.body)
+		}
+	}
+	wantDenied(t, tr, get(http.MethodGet, forms[0].path, unsignedLayer, ""), "docker.io/myorg/**")
+	if n := counter.count(unsignedLayer); n != 0 {
+		t.Errorf("upstream was asked %d times for the unsigned layer", n)
+	}
+}
+
+// Parallel blob requests that all need a scan (this process never saw the
+// manifest pass) share it and are all served: none is refused while
+// another's scan runs.
+func TestSignaturePolicyBlobsScanShared(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base := tr.srv.URL
+	for i := range 40 { // many tags to scan, so that the scan takes a while
+		img := pushTestImage(t, base, "team/app", fmt.Sprintf("v%d", i), fmt.Sprintf("seed%d", i))
+		signCosign(t, base, "team/app", s.key, img, img.Digest, false)
+	}
+	errs := make(chan string, 40)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			resp, err := tr.srv.Client().Get(base + "/v2/team/app/blobs/" + layerOfTestImage(fmt.Sprintf("seed%d", i)))
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Sprintf("seed%d: %s", i, resp.Status)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// Signing reads what it signs: cosign and notation GET the manifest
+// first. A caller that may push to the repository, with a signing tool's
+// User-Agent, reads its unsigned manifests; nobody else does, no blob is
+// served that way, and a mirror (where nobody pushes) never does it.
+func TestSignaturePolicySignersRead(t *testing.T) {
+	s := newSigners(t)
+	up := httptest.NewServer(ggcr.New(ggcr.Logger(nopLogger())))
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false), s.policy(t, "docker.io/**", false)}
+		c.CanPush = func(r *http.Request, repo string) bool { return r.Header.Get("X-Test-Pusher") == repo }
+	})
+	img := pushTestImage(t, tr.srv.URL, "team/app", "unsigned", "unsigned")
+	pushTestImage(t, up.URL, "myorg/app", "unsigned", "mirrored")
+	cosignUA, notationUA := "cosign/v2.6.5 (linux; amd64)", "notation/v1.3.2"
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		for _, ref := range []string{"unsigned", img.Digest} {
+			path := "/v2/team/app/manifests/" + ref
+			tr.wantStatus(tr.do(method, path, nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/app"), http.StatusOK)
+			tr.wantStatus(tr.do(method, path, nil, "User-Agent", notationUA, "X-Test-Pusher", "team/app"), http.StatusOK)
+			wantDenied(t, tr, tr.do(method, path, nil, "User-Agent", cosignUA), "team/**")
+			wantDenied(t, tr, tr.do(method, path, nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/other"), "team/**")
+			wantDenied(t, tr, tr.do(method, path, nil, "User-Agent", "containerd/1.6", "X-Test-Pusher", "team/app"), "team/**")
+		}
+		wantDenied(t, tr, tr.do(method, "/v2/docker.io/myorg/app/manifests/unsigned", nil, "User-Agent", cosignUA, "X-Test-Pusher", "docker.io/myorg/app"), "docker.io/**")
+	}
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/blobs/"+layerOfTestImage("unsigned"), nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/app"), "team/**")
 }

@@ -92,6 +92,11 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 		if !h.cfg.CanRead(r, repo) {
 			continue
 		}
+		if p := h.signaturePolicy(repo); p != nil && !h.blobVouched(r.Context(), p, repo, h.mirrorFor(repo), d) {
+			// A mount must not carry out of a protected repository
+			// what a GET there would refuse.
+			continue
+		}
 		if err := h.cfg.Store.LinkBlob(r.Context(), rc.name, d); err != nil {
 			if errors.Is(err, cache.ErrBlobUnknown) {
 				return false, nil // collected meanwhile

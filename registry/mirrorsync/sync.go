@@ -73,12 +73,16 @@ type Config struct {
 
 // RunStats is what one run did.
 type RunStats struct {
-	Repositories     int      `json:"repositories"`
-	Tags             int      `json:"tags"`
-	ManifestsFetched int      `json:"manifests_fetched"`
-	BlobsFetched     int      `json:"blobs_fetched"`
-	ErrorCount       int      `json:"error_count"`
-	Errors           []string `json:"errors,omitempty"`
+	Repositories     int `json:"repositories"`
+	Tags             int `json:"tags"`
+	ManifestsFetched int `json:"manifests_fetched"`
+	BlobsFetched     int `json:"blobs_fetched"`
+	// SkippedUnsigned counts tags and platform manifests a signature
+	// policy (require_signature) refused: not stored, nothing fetched
+	// for them.
+	SkippedUnsigned int      `json:"skipped_unsigned"`
+	ErrorCount      int      `json:"error_count"`
+	Errors          []string `json:"errors,omitempty"`
 }
 
 // Status is a sync's state, for /_oci/sync.
@@ -220,6 +224,13 @@ func (r *run) fail(what string, err error) {
 	}
 }
 
+// skip counts an item a signature policy refused: not an error (the
+// policy did its job), but logged, so an operator sees what was left out.
+func (r *run) skip(what string, err error) {
+	r.s.log.Info("sync: skipped, refused by signature policy", zap.String("item", what), zap.Error(err))
+	r.count(func(st *RunStats) { st.SkippedUnsigned++ })
+}
+
 func (r *run) count(f func(*RunStats)) {
 	r.mu.Lock()
 	f(&r.st)
@@ -279,7 +290,7 @@ func (s *Sync) run(ctx context.Context, every time.Duration) time.Time {
 	s.mu.Unlock()
 	fields := []zap.Field{zap.Duration("took", end.Sub(start)), zap.Int("repositories", st.Repositories),
 		zap.Int("tags", st.Tags), zap.Int("manifests_fetched", st.ManifestsFetched),
-		zap.Int("blobs_fetched", st.BlobsFetched), zap.Int("errors", st.ErrorCount)}
+		zap.Int("blobs_fetched", st.BlobsFetched), zap.Int("skipped_unsigned", st.SkippedUnsigned), zap.Int("errors", st.ErrorCount)}
 	if st.ErrorCount > 0 {
 		s.log.Warn("sync run finished with errors", append(fields, zap.String("first_error", st.Errors[0]))...)
 	} else {
@@ -404,6 +415,10 @@ func (r *run) syncTag(ctx context.Context, j job) {
 	var man registry.SyncManifest
 	var fetched bool
 	err := r.retry(ctx, func() (err error) { man, fetched, err = r.s.src.Tag(ctx, j.repo, j.tag); return err })
+	if errors.Is(err, registry.ErrSignaturePolicy) {
+		r.skip(what, err)
+		return
+	}
 	if err != nil {
 		r.fail(what, err)
 		return
@@ -461,6 +476,10 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 			var child registry.SyncManifest
 			var fetched bool
 			err = r.retry(ctx, func() (err error) { child, fetched, err = r.s.src.Manifest(ctx, j.repo, cd); return err })
+			if errors.Is(err, registry.ErrSignaturePolicy) {
+				r.skip(j.repo+"@"+cd.String(), err)
+				continue
+			}
 			if err != nil {
 				r.fail(j.repo+"@"+cd.String(), err)
 				continue

@@ -40,6 +40,9 @@ const (
 	// MediaTypeJWS and MediaTypeCOSE are notation's envelopes.
 	MediaTypeJWS  = "application/jose+json"
 	MediaTypeCOSE = "application/cose"
+	// annotationCosignCertificate holds the signer's certificate of a
+	// keyless cosign signature.
+	annotationCosignCertificate = "dev.sigstore.cosign/certificate"
 	// mediaTypeDSSE is a cosign attestation's layer: not runnable either.
 	mediaTypeDSSE = "application/vnd.dsse.envelope.v1+json"
 )
@@ -87,6 +90,11 @@ func New(c Config) (*Policy, error) {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("cosign_key: %w", err)
+		}
+		if blk, _ := pem.Decode(b); blk != nil && blk.Type == "CERTIFICATE" {
+			// A Fulcio root or a signer's certificate: what keyless
+			// verification starts from, which this policy cannot do.
+			return nil, fmt.Errorf("cosign_key %s: a certificate, not a public key: %w", f, ErrKeyless)
 		}
 		pub, err := cryptoutils.UnmarshalPEMToPublicKey(b)
 		if err != nil {
@@ -143,6 +151,12 @@ func parseCerts(b []byte) ([]*x509.Certificate, error) {
 	}
 	return certs, nil
 }
+
+// ErrKeyless: keyless cosign is not verified here. It needs the Fulcio
+// certificate chain, its SCT and Rekor's inclusion proof checked against
+// roots and an identity and issuer the operator names; a key pair's
+// public key is what cosign_key takes.
+var ErrKeyless = errors.New("keyless cosign (Fulcio certificates, Rekor) is not supported; use the public key of a key pair (cosign generate-key-pair), or notation_cert for certificate chains")
 
 // Name is the policy's pattern: what a refusal names (never a key).
 func (p *Policy) Name() string { return p.match }
@@ -290,6 +304,10 @@ func (p *Policy) verifyCosign(ctx context.Context, src Source, s Subject, m sigM
 			}
 		}
 		if !verified {
+			if l.Annotations[annotationCosignCertificate] != "" {
+				why = append(why, "keyless cosign signature (a Fulcio certificate): not supported, only cosign_key signatures are")
+				continue
+			}
 			why = append(why, "cosign signature does not verify with any configured key")
 			continue
 		}

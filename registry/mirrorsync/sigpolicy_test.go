@@ -1,0 +1,150 @@
+package mirrorsync_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry"
+	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
+)
+
+// signIndex pushes a cosign signature (cosign's tag form) of the index
+// s seeded in repo to the upstream.
+func signIndex(t *testing.T, up *upstreamRegistry, repo string, key *sigtest.CosignKey, s seeded) {
+	t.Helper()
+	payload := sigtest.CosignPayload(repo, s.index.String())
+	sig, err := key.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, blobs := sigtest.CosignManifest(payload, sig, nil)
+	send := func(method, url, ct string, body []byte) {
+		req, _ := http.NewRequest(method, url, bytes.NewReader(body))
+		req.Header.Set("Content-Type", ct)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("%s %s: %d", method, url, resp.StatusCode)
+		}
+	}
+	for _, b := range blobs {
+		send(http.MethodPost, up.push.URL+"/v2/"+repo+"/blobs/uploads/?digest="+sigtest.Of("", b).Digest, "application/octet-stream", b)
+	}
+	send(http.MethodPut, up.push.URL+"/v2/"+repo+"/manifests/"+sigpolicy.CosignTag(s.index.String()), "application/vnd.oci.image.manifest.v1+json", m)
+}
+
+// A sync into a name under require_signature stores only what passes:
+// an unsigned tag is skipped (counted, logged) before its manifest is
+// stored or anything it references is fetched; a signed one is copied
+// with its signature, so that pulls of it pass.
+func TestSyncSkipsUnsigned(t *testing.T) {
+	key, err := sigtest.NewCosignKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "cosign.pub")
+	if err := os.WriteFile(keyFile, key.PublicPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var policies []*sigpolicy.Policy
+	for _, match := range []string{"up.test/**", "copies/**"} {
+		p, err := sigpolicy.New(sigpolicy.Config{Match: match, CosignKeys: []string{keyFile}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		policies = append(policies, p)
+	}
+	up := newUpstream(t)
+	signed := up.pushIndex("lib/app", "signed")
+	signIndex(t, up, "lib/app", key, signed)
+	unsigned := up.pushIndex("lib/app", "unsigned")
+
+	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := registry.NewMirror(registry.MirrorConfig{Prefix: "up.test", Upstreams: []string{up.srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := registry.NewHandler(registry.Config{Store: store, Mirrors: []*registry.Mirror{m}, SignaturePolicies: policies, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	into, err := registry.NewCopySource("copies/hub", registry.MirrorConfig{Upstreams: []string{up.srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		src  mirrorsync.Source
+		repo string
+	}{{h.SyncSource(m), "up.test/lib/app"}, {h.SyncSource(into), "copies/hub/lib/app"}} {
+		up.reset()
+		s := newSync(t, c.src, mirrorsync.Content{Repository: "lib/app", Platforms: []string{"linux/amd64"}})
+		st := s.Run(context.Background())
+		if st.ErrorCount != 0 || st.SkippedUnsigned != 1 {
+			t.Fatalf("%s: run %+v, want no error and one skipped", c.repo, st)
+		}
+		if got := s.Status().LastRun.SkippedUnsigned; got != 1 {
+			t.Errorf("%s: status says %d skipped", c.repo, got)
+		}
+		// Nothing of the unsigned image was stored or fetched beyond
+		// the one manifest GET that tells what the tag is.
+		if _, _, err := store.GetManifest(context.Background(), c.repo, mustDigest(t, unsigned.index.String())); !errors.Is(err, cache.ErrManifestUnknown) {
+			t.Errorf("%s: unsigned index stored (%v)", c.repo, err)
+		}
+		if _, err := store.ResolveTag(context.Background(), c.repo, "unsigned"); err == nil {
+			t.Errorf("%s: unsigned tag stored", c.repo)
+		}
+		img := unsigned.images["linux/amd64"]
+		d, _ := img.Digest()
+		cd, _ := img.ConfigName()
+		for _, f := range fetches(up.requests()) {
+			if strings.Contains(f, d.String()) || strings.Contains(f, cd.String()) {
+				t.Errorf("%s: fetched %s of the unsigned image", c.repo, f)
+			}
+		}
+		// The signed one is there whole, and its pull passes.
+		sd, _ := signed.images["linux/amd64"].Digest()
+		for _, want := range []string{signed.index.String(), sd.String()} {
+			if _, _, err := store.GetManifest(context.Background(), c.repo, mustDigest(t, want)); err != nil {
+				t.Errorf("%s: %s not stored: %v", c.repo, want, err)
+			}
+		}
+		scd, _ := signed.images["linux/amd64"].ConfigName()
+		if _, err := store.HasBlob(context.Background(), c.repo, mustDigest(t, scd.String())); err != nil {
+			t.Errorf("%s: signed image's config not stored: %v", c.repo, err)
+		}
+	}
+	// The status document carries the count.
+	b, _ := json.Marshal(mirrorsync.RunStats{SkippedUnsigned: 1})
+	if !strings.Contains(string(b), `"skipped_unsigned":1`) {
+		t.Errorf("status JSON: %s", b)
+	}
+}
+
+func mustDigest(t *testing.T, s string) cache.Digest {
+	t.Helper()
+	d, err := cache.ParseDigest(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}

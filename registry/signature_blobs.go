@@ -1,0 +1,232 @@
+package registry
+
+// Blobs under a signature policy. Refusing an unsigned manifest is not
+// enough: a client that knows a layer digest of it (from a build log,
+// another registry, a tar) could still GET the layer by digest, and a
+// mirror would fetch it from upstream on demand. So in a repository under
+// a policy a blob is served only when a manifest of that repository that
+// passed the policy references it, as config or layer: the manifest is
+// "vouched for" when it passes, here, for sigVouchTTL. Signature manifests
+// pass as what a client reads to verify, so their blobs are served too.
+//
+// The check runs before the store or upstream is asked: a refusal (403
+// DENIED naming the policy) is the same whether or not the blob exists,
+// and a mirror fetches nothing for a blob no verified manifest named.
+// A HEAD of a local repository's blob is not checked (pushes need it).
+//
+// Replicas sharing a store do not share this memory: a client's manifest
+// pull may land on one and its blob pulls on another. On a miss the
+// repository's tagged manifests (at most sigScanManifests, once per
+// sigScanEvery) are verified from the store, which finds what another
+// replica served by tag; a signed manifest pulled only by digest vouches
+// on the replica that served it.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
+)
+
+const (
+	// sigVouchTTL is how long a pass vouches for the manifest's blobs:
+	// long enough for a slow pull of many layers after its manifest. A
+	// signature removed stops the manifest within sigPassTTL and its
+	// blobs within this.
+	sigVouchTTL = time.Hour
+	// sigVouchesMax bounds the entries kept (as sigVerdictsMax does).
+	sigVouchesMax = 100000
+	// sigScanManifests bounds the manifests one scan of a repository
+	// looks at (tags, and the platforms of the indexes they name).
+	sigScanManifests = 256
+	// sigScanEvery: a repository is scanned at most this often, so that
+	// asking for digests that no signed manifest names costs one scan,
+	// not one per request.
+	sigScanEvery = 2 * time.Second
+)
+
+// expiringSet is a set of keys that expire, bounded in size.
+type expiringSet struct {
+	mu  sync.Mutex
+	max int
+	m   map[string]time.Time
+}
+
+func (s *expiringSet) has(key string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.m[key]
+	return ok && !now.After(until)
+}
+
+func (s *expiringSet) put(key string, now time.Time, ttl time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]time.Time{}
+	}
+	if len(s.m) >= s.max {
+		for k, until := range s.m {
+			if now.After(until) {
+				delete(s.m, k)
+			}
+		}
+		if len(s.m) >= s.max {
+			clear(s.m)
+		}
+	}
+	s.m[key] = now.Add(ttl)
+}
+
+// putAll puts keys and then mark, under one lock, so that a reader who
+// sees mark sees every key.
+func (s *expiringSet) putAll(keys []string, mark string, now time.Time, ttl time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]time.Time{}
+	}
+	if len(s.m)+len(keys)+1 > s.max {
+		for k, until := range s.m {
+			if now.After(until) {
+				delete(s.m, k)
+			}
+		}
+		if len(s.m)+len(keys)+1 > s.max {
+			clear(s.m)
+		}
+	}
+	for _, k := range keys {
+		s.m[k] = now.Add(ttl)
+	}
+	s.m[mark] = now.Add(ttl)
+}
+
+func vouchKey(kind string, p *sigpolicy.Policy, repo string, d string) string {
+	return kind + "\x00" + p.Name() + "\x00" + repo + "\x00" + d
+}
+
+// vouchDoc vouches for the blobs of manifest d (parsed as doc) of repo,
+// which passed p.
+func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc manifestDoc, now time.Time) {
+	keys := make([]string, 0, len(doc.Layers)+1)
+	if doc.Config != nil {
+		keys = append(keys, vouchKey("b", p, repo, doc.Config.Digest))
+	}
+	for _, l := range doc.Layers {
+		keys = append(keys, vouchKey("b", p, repo, l.Digest))
+	}
+	h.sigVouches.putAll(keys, vouchKey("m", p, repo, d.String()), now, sigVouchTTL)
+}
+
+// vouch vouches for manifest d of repo, passed by a verdict remembered
+// (its platform manifests pass with a signed index without having been
+// read), unless it is vouched for already. body may be nil.
+func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d cache.Digest, body []byte) {
+	now := h.sigNow()
+	if h.sigVouches.has(vouchKey("m", p, repo, d.String()), now) {
+		return
+	}
+	if body == nil {
+		var err error
+		if _, body, err = h.cfg.Store.GetManifest(ctx, repo, d); err != nil {
+			return // gone meanwhile: nothing to vouch for
+		}
+	}
+	var doc manifestDoc
+	if json.Unmarshal(body, &doc) == nil {
+		h.vouchDoc(p, repo, d, doc, now)
+	}
+}
+
+// checkBlobSignature refuses blob d of rc.name with 403 DENIED naming the
+// policy when a policy covers the repository and no manifest of it that
+// passed references d. A HEAD of a local repository's blob is let
+// through: it carries no bytes, and every pushing client asks it before
+// uploading a layer (refusing it fails the push of any image, signed or
+// not, since a signature comes after its image). A mirror's HEAD is
+// checked: nothing is pushed there, and it would ask upstream.
+func (h *Handler) checkBlobSignature(ctx context.Context, r *http.Request, rc *request, d cache.Digest) error {
+	p := h.signaturePolicy(rc.name)
+	if p == nil || (r.Method == http.MethodHead && rc.mirror == nil) || h.blobVouched(ctx, p, rc.name, rc.mirror, d) {
+		return nil
+	}
+	rc.sigPolicy = p.Name()
+	return newError(http.StatusForbidden, CodeDenied,
+		fmt.Sprintf("blob %s is refused by signature policy %s: no manifest of this repository with a valid signature references it", d, p.Name()), nil)
+}
+
+// blobVouched reports whether a manifest of repo that passed p references
+// d: one seen passing, or else one found by scanning the repository.
+func (h *Handler) blobVouched(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, d cache.Digest) bool {
+	key := vouchKey("b", p, repo, d.String())
+	if h.sigVouches.has(key, h.sigNow()) {
+		return true
+	}
+	h.scanRepository(ctx, p, repo, mirror)
+	return h.sigVouches.has(key, h.sigNow())
+}
+
+// scanRepository verifies the manifests repo's tags name (and the
+// platform manifests of those that are indexes) from the store, so that
+// each one that passes vouches for its blobs. Only the store is read:
+// a scan never makes a mirror ask upstream.
+// Concurrent callers (a client's parallel layer requests) share one scan
+// and wait for it, rather than each being refused while it runs.
+func (h *Handler) scanRepository(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror) {
+	mark := vouchKey("s", p, repo, "")
+	if h.sigVouches.has(mark, h.sigNow()) {
+		return
+	}
+	_, _, _ = h.sigScans.Do(mark, func() (any, error) {
+		if !h.sigVouches.has(mark, h.sigNow()) {
+			h.scan(context.WithoutCancel(ctx), p, repo, mirror)
+			h.sigVouches.put(mark, h.sigNow(), sigScanEvery)
+		}
+		return nil, nil
+	})
+}
+
+func (h *Handler) scan(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror) {
+	store := h.cfg.Store
+	tags, _, err := store.Tags(ctx, repo, "", sigScanManifests)
+	if err != nil {
+		return
+	}
+	budget := sigScanManifests
+	seen := map[cache.Digest]bool{}
+	var visit func(d cache.Digest, depth int)
+	visit = func(d cache.Digest, depth int) {
+		if budget == 0 || seen[d] {
+			return
+		}
+		seen[d] = true
+		budget--
+		m, body, err := store.GetManifest(ctx, repo, d)
+		if err != nil {
+			return
+		}
+		if h.verifyManifest(ctx, p, repo, mirror, m, body, false) != nil {
+			return
+		}
+		var doc manifestDoc
+		if depth > 0 || json.Unmarshal(body, &doc) != nil {
+			return
+		}
+		for _, c := range doc.Manifests {
+			if cd, err := cache.ParseDigest(c.Digest); err == nil {
+				visit(cd, depth+1)
+			}
+		}
+	}
+	for _, tag := range tags {
+		if d, err := store.ResolveTag(ctx, repo, tag); err == nil {
+			visit(d, 0)
+		}
+	}
+}

@@ -1,0 +1,70 @@
+package sigpolicy_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
+)
+
+// memSource holds one repository's signature material in memory.
+type memSource struct {
+	cands [][]byte
+	blobs map[string][]byte
+}
+
+func (m memSource) Candidates(context.Context, string) ([][]byte, error) { return m.cands, nil }
+func (m memSource) Blob(_ context.Context, d string) ([]byte, error) {
+	if b, ok := m.blobs[d]; ok {
+		return b, nil
+	}
+	return nil, errors.New("no such blob")
+}
+
+// A keyless cosign signature (a Fulcio certificate in the layer's
+// annotations) is refused, and the reason says keyless is unsupported
+// rather than that a key did not match.
+func TestKeylessSignatureRefusedPlainly(t *testing.T) {
+	key, err := sigtest.NewCosignKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ephemeral, err := sigtest.NewCosignKey() // what Fulcio would certify
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "cosign.pub")
+	if err := os.WriteFile(keyFile, key.PublicPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := sigpolicy.New(sigpolicy.Config{Match: "team/**", CosignKeys: []string{keyFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := sigtest.Of("application/vnd.oci.image.manifest.v1+json", []byte(`{"schemaVersion":2}`))
+	payload := sigtest.CosignPayload("team/app", subject.Digest)
+	sig, err := ephemeral.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, blobs := sigtest.CosignManifest(payload, sig, nil)
+	var doc map[string]any
+	_ = json.Unmarshal(m, &doc)
+	layer := doc["layers"].([]any)[0].(map[string]any)
+	layer["annotations"].(map[string]any)["dev.sigstore.cosign/certificate"] = "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"
+	m, _ = json.Marshal(doc)
+	src := memSource{cands: [][]byte{m}, blobs: map[string][]byte{}}
+	for _, b := range blobs {
+		src.blobs[sigtest.Of("", b).Digest] = b
+	}
+	err = p.Verify(context.Background(), src, sigpolicy.Subject{Repo: "team/app", Digest: subject.Digest, MediaType: subject.MediaType, Size: subject.Size})
+	if !errors.Is(err, sigpolicy.ErrUnsigned) || !strings.Contains(err.Error(), "keyless") {
+		t.Errorf("keyless signature: %v", err)
+	}
+}
