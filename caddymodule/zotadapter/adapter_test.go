@@ -253,7 +253,7 @@ func TestSync(t *testing.T) {
 	for _, w := range [][2]string{
 		{"extensions.sync.credentialsFile", "copied"},
 		{"extensions.sync.registries[0].retryDelay", "twice as long"},
-		{"extensions.sync.registries[0].onlySigned", "not supported"},
+		{"extensions.sync.registries[0].onlySigned", "require_signature"},
 		{"extensions.sync.registries[0].content[0].tags.excludeRegex", "synced too"},
 		{"extensions.sync.registries[0].content[1]", "also fetched when first pulled"},
 		{"extensions.sync.registries[0].content[2]", "longer names under vendor/"},

@@ -176,7 +176,7 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	if err := a.retries(r, &base); err != nil {
 		return err
 	}
-	r.unsupported("onlySigned", "not supported: signatures are not checked, unsigned images are synced and served too")
+	r.unsupported("onlySigned", "not mapped: zot keeps its trusted keys in its trust store, which a config does not name; add `require_signature <namespace> { cosign_key <file> notation_cert <file> }` with your keys, checked on every pull and by sync")
 	r.unsupported("syncTimeout", "not mapped: set the mirror's dial_timeout, response_header_timeout and stall_timeout")
 	r.unsupported("reqConcurrent", "not mapped: the mirror's max_concurrent_fills limits blob transfers, sync's concurrency its fetches")
 	r.unsupported("reqPerSec", "not supported")
