@@ -157,6 +157,31 @@ func (c *sharedCluster) settingsHash() string {
 	return hex.EncodeToString(m.Sum(nil)[:8])
 }
 
+// differences names the settings o asks for that differ from those c
+// runs with, by their config names, values only where they hold no
+// secret. Empty: the same behaviour.
+func (c *sharedCluster) differences(o *sharedCluster) []string {
+	var diff []string
+	add := func(name string, was, is any, show bool) {
+		switch {
+		case was == is:
+		case show:
+			diff = append(diff, fmt.Sprintf("%s: %v -> %v", name, was, is))
+		default:
+			diff = append(diff, name)
+		}
+	}
+	add("storage s3", c.s3, o.s3, false)
+	add("storage s3 redirect", c.reads.Redirect, o.reads.Redirect, true)
+	add("storage s3 redirect expiry", time.Duration(c.reads.RedirectExpiry), time.Duration(o.reads.RedirectExpiry), true)
+	add("storage s3 cache", c.reads.CacheDir, o.reads.CacheDir, true)
+	add("storage s3 cache size", c.reads.CacheSize, o.reads.CacheSize, true)
+	add("upload_ttl", c.ttl, o.ttl, true)
+	add("gc_grace", c.grace, o.grace, true)
+	add("gc_interval", c.gcEvery, o.gcEvery, true)
+	return diff
+}
+
 func acquireCluster(c *sharedCluster) (*sharedCluster, string, error) {
 	key := clusterKey(c)
 	v, _, err := clusters.LoadOrNew(key, func() (caddy.Destructor, error) {

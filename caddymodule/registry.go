@@ -394,10 +394,11 @@ func (rg *Registry) provisionCluster() error {
 		return err
 	}
 	rg.cluster.hold(rg.ReadOnly)
-	if rg.cluster.settingsHash() != c.settingsHash() {
+	if diff := rg.cluster.differences(c); len(diff) > 0 {
 		// The embedded database's folder, open with the settings of an
 		// earlier config (clusterKey).
-		rg.logger.Warn("storage already open with other settings; they apply after a restart", zap.String("storage", rg.dir))
+		rg.logger.Warn("storage already open with other settings ("+strings.Join(diff, ", ")+"); they apply after a restart",
+			zap.String("storage", rg.dir), zap.Strings("settings", diff))
 	}
 	return nil
 }

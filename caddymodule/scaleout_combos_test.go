@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -174,5 +175,63 @@ func TestSharedFolderServes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "meta")); !os.IsNotExist(err) {
 		t.Errorf("an embedded database in the shared folder: %v", err)
+	}
+}
+
+// A reload of S3 with metadata_dir that changes settings keeps the open
+// database (badger opens a folder once per process) and warns, naming
+// each changed setting; the bucket's settings by name only, as they may
+// hold a secret.
+func TestS3EmbeddedReloadWarns(t *testing.T) {
+	meta, logFile, addr := t.TempDir(), filepath.Join(t.TempDir(), "log.json"), freeAddr(t)
+	load := func(prefix string, extra map[string]any) {
+		t.Helper()
+		handler := map[string]any{"handler": "oci_registry", "metadata_dir": meta,
+			"storage_s3": map[string]any{"bucket": "bucket", "endpoint": "http://127.0.0.1:1", "prefix": prefix, "access_key": "key", "secret_key": "hush"}}
+		for k, v := range extra {
+			handler[k] = v
+		}
+		cfg, _ := json.Marshal(map[string]any{
+			"admin": map[string]any{"disabled": true},
+			"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+				"level": "WARN", "writer": map[string]any{"output": "file", "filename": logFile},
+			}}},
+			"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"registry": map[string]any{
+				"listen": []string{addr},
+				"routes": []any{map[string]any{"handle": []any{handler}}},
+			}}}},
+		})
+		if err := caddy.Load(cfg, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load("a/", nil)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	ping(t, addr)
+	load("b/", map[string]any{"gc_grace": "2h"})
+	ping(t, addr)
+
+	b, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "storage already open with other settings") {
+			found = line
+		}
+	}
+	if found == "" {
+		t.Fatalf("no warning about the storage's settings in the log:\n%s", b)
+	}
+	for _, want := range []string{"storage s3", "gc_grace: 1h0m0s -> 2h0m0s"} {
+		if !strings.Contains(found, want) {
+			t.Errorf("warning lacks %q:\n%s", want, found)
+		}
+	}
+	for _, not := range []string{"hush", "upload_ttl", "gc_interval"} {
+		if strings.Contains(found, not) {
+			t.Errorf("warning names %s:\n%s", not, found)
+		}
 	}
 }
