@@ -154,7 +154,6 @@ func TestValidateScaleOut(t *testing.T) {
 		{"shared with s3", Registry{StorageShared: true, StorageS3: s3cfg, MetadataPostgres: "dsn"}, "storage_shared is for a folder"},
 		{"shared folder and metadata_dir", Registry{Storage: "/srv", StorageShared: true, MetadataPostgres: "dsn", MetadataDir: "/m"}, "metadata_dir"},
 		{"shared folder and a reserve", Registry{Storage: "/srv", StorageShared: true, MetadataPostgres: "dsn", StorageReserve: 1}, "storage_reserve"},
-		{"s3 with the embedded metadata and a mirror cache size", Registry{StorageS3: s3cfg, MetadataDir: "/m", MirrorCacheSize: 1 << 30}, "mirror_cache_size"},
 		{"s3 with the embedded metadata and a reserve", Registry{StorageS3: s3cfg, MetadataDir: "/m", StorageReservePercent: 5}, "storage_reserve"},
 		{"s3 and a folder", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", Storage: "/srv"}, "exclusive"},
 		{"s3 and a reserve", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", StorageReserve: 1}, "storage_reserve"},
@@ -176,11 +175,12 @@ func TestValidateScaleOut(t *testing.T) {
 		if err := ok.validateScaleOut(); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
-	}
-	// Counted across replicas (cache/composite: evict.go, uploads.go).
-	ok.MirrorCacheSize, ok.MaxUploadBytes, ok.MaxUploadBytesPerClient = 1<<30, 1<<30, 1<<28
-	if err := ok.validateScaleOut(); err != nil {
-		t.Errorf("s3 + postgres with mirror_cache_size and upload byte limits: %v", err)
+		// Counted in the metadata, across replicas (cache/composite:
+		// evict.go, uploads.go).
+		ok.MirrorCacheSize, ok.MaxUploadBytes, ok.MaxUploadBytesPerClient = 1<<30, 1<<30, 1<<28
+		if err := ok.validateScaleOut(); err != nil {
+			t.Errorf("%s with mirror_cache_size and upload byte limits: %v", name, err)
+		}
 	}
 }
 
