@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
@@ -232,6 +233,28 @@ func TestS3EmbeddedReloadWarns(t *testing.T) {
 	for _, not := range []string{"hush", "upload_ttl", "gc_interval"} {
 		if strings.Contains(found, not) {
 			t.Errorf("warning names %s:\n%s", not, found)
+		}
+	}
+}
+
+// A metadata_dir (S3, one node) or a shared folder that is a file is a
+// config error at validation, naming the directive, not a failure at
+// the first request.
+func TestValidateCombosFolders(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s3cfg := &S3Storage{Config: s3.Config{Bucket: "bucket"}}
+	for _, tc := range []struct {
+		name, wantErr string
+		rg            Registry
+	}{
+		{"metadata_dir", "metadata_dir " + file + " exists and is not a directory", Registry{StorageS3: s3cfg, MetadataDir: file}},
+		{"shared folder", "storage " + file + " exists and is not a directory", Registry{Storage: file, StorageShared: true, MetadataPostgres: "dsn"}},
+	} {
+		if err := tc.rg.Validate(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.wantErr)
 		}
 	}
 }
