@@ -94,6 +94,9 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("storage needs exactly one argument: a folder, or `s3` and a block")
 			}
 			rg.Storage = args[0]
+			if err := rg.unmarshalStorageBlock(d); err != nil {
+				return err
+			}
 			continue
 		case "metadata":
 			if err := rg.unmarshalMetadata(d); err != nil {

@@ -17,12 +17,17 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/composite"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+	"github.com/caddy-oci/caddy-oci/cache/metastore/badgermeta"
 	"github.com/caddy-oci/caddy-oci/pgmeta"
 )
 
-// clusters holds one *sharedCluster per bucket, prefix and database, for
+// clusters holds one *sharedCluster per bucket (or shared folder) and
+// database (or metadata_dir), for
 // the same reasons stores are shared (store.go): a reload provisions the
 // new config while the old one serves, and both use one pool of
 // connections and one GC loop.
@@ -32,8 +37,14 @@ var clusters = caddy.NewUsagePool()
 // contacted during Provision (`caddy validate`, or PostgreSQL down at
 // start, must not fail the config).
 type sharedCluster struct {
-	s3         s3.Config
+	// Blobs are in the bucket s3, or in folder when it is set (a folder
+	// every replica mounts: `storage <dir> { shared }`).
+	s3     s3.Config
+	folder string
+	// Metadata is in PostgreSQL at dsn, or in the embedded database in
+	// metaDir when it is set: one node, S3 with `metadata_dir`.
 	dsn        string
+	metaDir    string
 	ttl, grace time.Duration
 	gcEvery    time.Duration
 	logger     *zap.Logger
@@ -49,7 +60,8 @@ type sharedCluster struct {
 	closed     bool
 	failedAt   time.Time // of the last failed open, whose error failed is
 	failed     error
-	meta       *pgmeta.Store
+	meta       clusterMeta
+	closeMeta  func()
 	st         *composite.Store
 	stopGC     context.CancelFunc
 	gcDone     chan struct{}
@@ -94,6 +106,13 @@ func (c *sharedCluster) pauseGC() {
 	}
 }
 
+// clusterMeta is the metadata a cluster runs on, PostgreSQL or the
+// embedded database; both keep the auth layer's records too.
+type clusterMeta interface {
+	metastore.Store
+	authRecords
+}
+
 // keySalt keys the hash that names clusters: the name reaches logs (the
 // "storage" field), and an unsalted hash of a DSN whose other parts are
 // known would let anyone who reads them guess a password offline.
@@ -106,22 +125,69 @@ var keySalt = func() []byte {
 // clusterKey names a cluster by every setting it runs with, so a reload
 // that changes any (a rotated key, another grace period) gets a cluster of
 // its own rather than the old one's settings; the secrets only as a salted
-// hash.
+// hash. The embedded database is the exception: badger opens its folder
+// once per process, so the cluster is named by the folder alone and keeps
+// the settings it was made with until a restart (as a storage folder's
+// store does; provisionCluster warns).
 func clusterKey(c *sharedCluster) string {
+	if c.metaDir != "" {
+		return "metadata_dir " + c.metaDir
+	}
+	return c.where() + " (" + c.settingsHash() + ")"
+}
+
+// where is the blobs' place, for logs.
+func (c *sharedCluster) where() string {
+	if c.folder != "" {
+		return c.folder
+	}
+	return fmt.Sprintf("s3://%s/%s", c.s3.Bucket, c.s3.Prefix)
+}
+
+// settingsHash is a salted hash of every setting the cluster runs with.
+func (c *sharedCluster) settingsHash() string {
 	m := hmac.New(sha256.New, keySalt)
 	settings, _ := json.Marshal(struct {
 		S3                 s3.Config
 		Reads              S3Storage
-		DSN                string
+		Folder, DSN, Meta  string
 		TTL, Grace, GCEvry time.Duration
-	}{c.s3, c.reads, c.dsn, c.ttl, c.grace, c.gcEvery})
+	}{c.s3, c.reads, c.folder, c.dsn, c.metaDir, c.ttl, c.grace, c.gcEvery})
 	m.Write(settings)
-	return fmt.Sprintf("s3://%s/%s (%s)", c.s3.Bucket, c.s3.Prefix, hex.EncodeToString(m.Sum(nil)[:8]))
+	return hex.EncodeToString(m.Sum(nil)[:8])
+}
+
+// differences names the settings o asks for that differ from those c
+// runs with, by their config names, values only where they hold no
+// secret. Empty: the same behaviour.
+func (c *sharedCluster) differences(o *sharedCluster) []string {
+	var diff []string
+	add := func(name string, was, is any, show bool) {
+		switch {
+		case was == is:
+		case show:
+			diff = append(diff, fmt.Sprintf("%s: %v -> %v", name, was, is))
+		default:
+			diff = append(diff, name)
+		}
+	}
+	add("storage s3", c.s3, o.s3, false)
+	add("storage s3 redirect", c.reads.Redirect, o.reads.Redirect, true)
+	add("storage s3 redirect expiry", time.Duration(c.reads.RedirectExpiry), time.Duration(o.reads.RedirectExpiry), true)
+	add("storage s3 cache", c.reads.CacheDir, o.reads.CacheDir, true)
+	add("storage s3 cache size", c.reads.CacheSize, o.reads.CacheSize, true)
+	add("upload_ttl", c.ttl, o.ttl, true)
+	add("gc_grace", c.grace, o.grace, true)
+	add("gc_interval", c.gcEvery, o.gcEvery, true)
+	return diff
 }
 
 func acquireCluster(c *sharedCluster) (*sharedCluster, string, error) {
 	key := clusterKey(c)
 	v, _, err := clusters.LoadOrNew(key, func() (caddy.Destructor, error) {
+		if c.folder != "" {
+			return c, nil // made by connect: provisioning writes no folder
+		}
 		var err error
 		c.blobs, err = c.reads.blobStore(c.s3, c.logger)
 		if err != nil {
@@ -138,7 +204,7 @@ func acquireCluster(c *sharedCluster) (*sharedCluster, string, error) {
 // open connects to the bucket and the database unless it did already. A
 // failed open is not remembered: the next request tries again, so the
 // registry recovers by itself once PostgreSQL is up.
-func (c *sharedCluster) open() (*composite.Store, *pgmeta.Store, error) {
+func (c *sharedCluster) open() (*composite.Store, clusterMeta, error) {
 	c.mu.Lock()
 	switch {
 	case c.st != nil:
@@ -160,13 +226,13 @@ func (c *sharedCluster) open() (*composite.Store, *pgmeta.Store, error) {
 	}
 	c.connecting = true
 	c.mu.Unlock()
-	st, meta, err := c.connect()
+	st, meta, closeMeta, err := c.connect()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.connecting = false
 	if err == nil && c.closed {
 		st.Close()
-		meta.Close()
+		closeMeta()
 		return nil, nil, errors.New("storage closed: its config was replaced")
 	}
 	if err != nil {
@@ -175,7 +241,7 @@ func (c *sharedCluster) open() (*composite.Store, *pgmeta.Store, error) {
 		return nil, nil, c.failed
 	}
 	c.failed = nil
-	c.st, c.meta = st, meta
+	c.st, c.meta, c.closeMeta = st, meta, closeMeta
 	c.pauseGC()
 	c.startGC(st)
 	return st, meta, nil
@@ -184,23 +250,47 @@ func (c *sharedCluster) open() (*composite.Store, *pgmeta.Store, error) {
 // retryOpen is how long a failed open answers for itself.
 const retryOpen = 2 * time.Second
 
-// connect opens the database (migrating it); mu is not held.
-func (c *sharedCluster) connect() (*composite.Store, *pgmeta.Store, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	meta, err := pgmeta.Open(ctx, pgmeta.Options{DSN: c.dsn})
-	if err != nil {
-		return nil, nil, err
+// connect opens the metadata (migrating PostgreSQL's); mu is not held.
+// closeMeta closes it.
+func (c *sharedCluster) connect() (st *composite.Store, meta clusterMeta, closeMeta func(), err error) {
+	if c.blobs == nil { // a shared folder; one connect runs at a time
+		if c.blobs, err = fs.New(fs.Options{Dir: c.folder, Logger: c.logger.Named("fs")}); err != nil {
+			return nil, nil, nil, fmt.Errorf("storage %s: %w", c.folder, err)
+		}
 	}
-	st, err := composite.New(composite.Options{
-		Blobs: c.blobs, Meta: meta, Leases: meta.Leases(),
+	var leases coord.Leases
+	if c.metaDir != "" {
+		// One node: the embedded database, and coordination in this
+		// process. Badger locks the folder: a second process on it fails
+		// here.
+		db, err := badgermeta.Open(c.metaDir)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("metadata_dir %s: %w", c.metaDir, err)
+		}
+		meta, leases = db, coord.NewLocal()
+		closeMeta = func() {
+			if err := db.Close(); err != nil {
+				c.logger.Error("closing metadata", zap.String("metadata_dir", c.metaDir), zap.Error(err))
+			}
+		}
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		db, err := pgmeta.Open(ctx, pgmeta.Options{DSN: c.dsn})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		meta, leases, closeMeta = db, db.Leases(), db.Close
+	}
+	st, err = composite.New(composite.Options{
+		Blobs: c.blobs, Meta: meta, Leases: leases,
 		UploadTTL: c.ttl, GCGrace: c.grace, Logger: c.logger,
 	})
 	if err != nil {
-		meta.Close()
-		return nil, nil, err
+		closeMeta()
+		return nil, nil, nil, err
 	}
-	return st, meta, nil
+	return st, meta, closeMeta, nil
 }
 
 // startGC runs GC every gcEvery until Destruct; mu is held.
@@ -238,10 +328,10 @@ func (c *sharedCluster) Destruct() error {
 	if c.st != nil {
 		c.st.Close() // its fills
 	}
-	if c.meta != nil {
-		c.meta.Close()
+	if c.closeMeta != nil {
+		c.closeMeta()
 	}
-	c.st, c.meta = nil, nil
+	c.st, c.meta, c.closeMeta = nil, nil, nil
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -60,10 +61,18 @@ type Registry struct {
 	// the handler built last, as after a reload.
 	Storage string `json:"storage,omitempty"`
 
+	// StorageShared says every replica mounts the Storage folder (NFS,
+	// CephFS, ...), so replicas sharing MetadataPostgres may keep their
+	// blobs in it (Caddyfile: `storage <dir> { shared }`). Required with
+	// MetadataPostgres and a folder; only with MetadataPostgres.
+	StorageShared bool `json:"storage_shared,omitempty"`
+
 	// StorageS3 keeps blobs in an S3-compatible bucket instead of the
-	// Storage folder (Caddyfile: `storage s3 { ... }`). It needs
-	// MetadataPostgres: the two are what several replicas share. Values
-	// may be placeholders such as {env.S3_SECRET_KEY}.
+	// Storage folder (Caddyfile: `storage s3 { ... }`). With
+	// MetadataPostgres, any number of replicas share it; without, one
+	// node keeps the metadata in the embedded database in MetadataDir
+	// (required then). Values may be placeholders such as
+	// {env.S3_SECRET_KEY}.
 	StorageS3 *S3Storage `json:"storage_s3,omitempty"`
 	// MetadataPostgres is the PostgreSQL database (a postgres:// URL or
 	// key=value DSN, e.g. {env.DATABASE_URL}) that holds everything but
@@ -90,7 +99,8 @@ type Registry struct {
 	StorageReservePercent float64 `json:"storage_reserve_percent,omitempty"`
 
 	// MetadataDir is where the metadata database lives. Default: the
-	// "meta" folder in Storage. On another filesystem, nothing that fills
+	// "meta" folder in Storage; with StorageS3 (and no MetadataPostgres)
+	// it has no default and is required. On another filesystem, nothing that fills
 	// the storage's filesystem (blobs or other programs) can reach the
 	// database's memory-mapped files. Moving it later means moving the
 	// folder with it; a relative path is relative to Caddy's working
@@ -238,7 +248,7 @@ type Registry struct {
 	metaDir string // absolute MetadataDir, or empty
 	store   *sharedStore
 	subs    []*subStore    // the sub_storage stores, beside store
-	cluster *sharedCluster // instead of store with StorageS3 + MetadataPostgres
+	cluster *sharedCluster // instead of store with StorageS3 or MetadataPostgres
 	live    *liveHandler
 	metrics *metricsObserver
 	logger  *zap.Logger
@@ -296,7 +306,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.syncs = new(syncRunner)
 	rg.app.onStart(func() error {
 		h, err := rg.registryHandler()
-		if err != nil && rg.cluster != nil {
+		if err != nil && rg.cluster != nil && rg.cluster.metaDir == "" {
 			// PostgreSQL or the bucket down must not keep the server from
 			// starting: requests get 503 until they are back. (Scheduled
 			// syncs start with the next config load.)
@@ -357,7 +367,7 @@ func (rg *Registry) provisionCluster() error {
 	}
 	// Settings are checked here, without contacting anything: a mistake
 	// is a config error, not a 503 at every request.
-	if err := pgmeta.CheckDSN(dsn); err != nil {
+	if err := pgmeta.CheckDSN(dsn); dsn != "" && err != nil {
 		return fmt.Errorf("metadata postgres: %w", err)
 	}
 	gcEvery := orDefault(time.Duration(rg.GCInterval), DefaultGCInterval)
@@ -367,14 +377,29 @@ func (rg *Registry) provisionCluster() error {
 		grace:   orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
 		gcEvery: max(gcEvery, 0),
 	}
-	c.reads = *rg.StorageS3
-	c.reads.Config = s3.Config{} // c.s3 has it, expanded
+	if rg.StorageS3 != nil {
+		c.reads = *rg.StorageS3
+		c.reads.Config = s3.Config{} // c.s3 has it, expanded
+	} else if c.folder, err = filepath.Abs(rg.Storage); err != nil {
+		return fmt.Errorf("storage %q: %w", rg.Storage, err)
+	}
+	if rg.MetadataPostgres == "" {
+		if c.metaDir, err = filepath.Abs(rg.MetadataDir); err != nil {
+			return fmt.Errorf("metadata_dir %q: %w", rg.MetadataDir, err)
+		}
+	}
 	c.logger = rg.logger.Named("store").With(zap.String("storage", clusterKey(c)))
 	rg.cluster, rg.dir, err = acquireCluster(c)
 	if err != nil {
 		return err
 	}
 	rg.cluster.hold(rg.ReadOnly)
+	if diff := rg.cluster.differences(c); len(diff) > 0 {
+		// The embedded database's folder, open with the settings of an
+		// earlier config (clusterKey).
+		rg.logger.Warn("storage already open with other settings ("+strings.Join(diff, ", ")+"); they apply after a restart",
+			zap.String("storage", rg.dir), zap.Strings("settings", diff))
+	}
 	return nil
 }
 
@@ -428,7 +453,15 @@ func (rg *Registry) Validate() error {
 		}
 	}
 	if rg.scaledOut() {
-		return nil // no folder of ours to check
+		// The embedded metadata's folder, or the shared one; nothing else
+		// of ours is on this machine.
+		if rg.MetadataPostgres == "" {
+			if fi, err := os.Stat(rg.MetadataDir); err == nil && !fi.IsDir() {
+				return fmt.Errorf("metadata_dir %s exists and is not a directory", rg.MetadataDir)
+			}
+			return nil
+		}
+		return checkFolders(rg.Storage, "")
 	}
 	if err := checkFolders(rg.dir, rg.metaDir); err != nil {
 		return err

@@ -200,6 +200,26 @@ func opensBlock(d *caddyfile.Dispenser) bool {
 	return open
 }
 
+// unmarshalStorageBlock parses the optional block of `storage <dir>`:
+//
+//	storage <dir> {
+//		shared   # every replica mounts the folder (with metadata postgres)
+//	}
+func (rg *Registry) unmarshalStorageBlock(d *caddyfile.Dispenser) error {
+	for d.NextBlock(1) {
+		switch d.Val() {
+		case "shared":
+			if d.NextArg() {
+				return d.Errf("storage %s: shared takes no argument", rg.Storage)
+			}
+			rg.StorageShared = true
+		default:
+			return d.Errf("storage %s: unrecognized subdirective %q (known: shared)", rg.Storage, d.Val())
+		}
+	}
+	return nil
+}
+
 // unmarshalMetadata parses `metadata postgres <dsn>`.
 func (rg *Registry) unmarshalMetadata(d *caddyfile.Dispenser) error {
 	args := d.RemainingArgs()
@@ -210,26 +230,37 @@ func (rg *Registry) unmarshalMetadata(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// scaledOut reports whether the registry runs on the scaled-out backends.
+// scaledOut reports whether the registry runs on the split store
+// (package composite): blobs in S3 or metadata in PostgreSQL.
 func (rg *Registry) scaledOut() bool { return rg.StorageS3 != nil || rg.MetadataPostgres != "" }
 
 // validateScaleOut refuses combinations this version does not run, each
-// with what to do instead.
+// with what to do instead. Those it runs: S3 with PostgreSQL (replicas),
+// S3 with the embedded metadata in metadata_dir (one node), and a folder
+// every replica mounts with PostgreSQL (`storage <dir> { shared }`).
 func (rg *Registry) validateScaleOut() error {
-	if !rg.scaledOut() {
-		return nil
-	}
 	switch {
-	case rg.StorageS3 == nil:
-		return fmt.Errorf("metadata postgres needs blobs every replica reaches: add `storage s3 { ... }` (a shared folder is not supported yet)")
-	case rg.MetadataPostgres == "":
-		return fmt.Errorf("storage s3 needs `metadata postgres <dsn>` in this version (S3 with the embedded metadata is not supported yet)")
-	case rg.Storage != "":
+	case rg.StorageShared && rg.StorageS3 != nil:
+		return fmt.Errorf("storage_shared is for a folder; with storage s3, remove it")
+	case rg.StorageShared && rg.Storage == "":
+		return fmt.Errorf("storage_shared needs the folder every replica mounts: `storage <dir> { shared }`")
+	case rg.StorageShared && rg.MetadataPostgres == "":
+		return fmt.Errorf("storage %s { shared } needs `metadata postgres <dsn>`: replicas that share the folder must share its metadata (the embedded database is one node's); on one node, remove shared", rg.Storage)
+	case !rg.scaledOut():
+		return nil
+	case rg.StorageS3 == nil && !rg.StorageShared:
+		return fmt.Errorf("metadata postgres needs blobs every replica reaches: add `storage s3 { ... }`, or, if every replica mounts the storage folder, say so with `storage <dir> { shared }`")
+	case rg.StorageS3 != nil && rg.Storage != "":
 		return fmt.Errorf("storage %q and storage s3 are exclusive: blobs live in one place", rg.Storage)
-	case rg.MetadataDir != "":
+	case rg.MetadataPostgres != "" && rg.MetadataDir != "":
 		return fmt.Errorf("metadata_dir is for the embedded metadata; with metadata postgres, remove it")
+	case rg.MetadataPostgres == "" && rg.MetadataDir == "":
+		return fmt.Errorf("storage s3 without `metadata postgres` keeps the metadata in the embedded database on this machine: add `metadata_dir <folder>` (a local folder that lasts, outside any cache), or `metadata postgres <dsn>` to run several replicas")
 	case rg.StorageReserve != 0 || rg.StorageReservePercent != 0:
-		return fmt.Errorf("storage_reserve applies to a local folder; an object store has no free space to keep")
+		return fmt.Errorf("storage_reserve is not supported with storage s3 or metadata postgres: an object store has no free space to keep, and PostgreSQL keeps its own")
+	}
+	if rg.StorageS3 == nil {
+		return nil
 	}
 	return rg.StorageS3.check()
 }
@@ -238,7 +269,10 @@ func (rg *Registry) validateScaleOut() error {
 // scaled-out settings: secrets come from the environment, not the file.
 func (rg *Registry) expandScaleOut() (s3.Config, string, error) {
 	repl := caddy.NewReplacer()
-	c := rg.StorageS3.Config
+	var c s3.Config
+	if rg.StorageS3 != nil {
+		c = rg.StorageS3.Config
+	}
 	for name, p := range map[string]*string{
 		"bucket": &c.Bucket, "endpoint": &c.Endpoint, "region": &c.Region, "prefix": &c.Prefix,
 		"access_key": &c.AccessKey, "secret_key": &c.SecretKey,

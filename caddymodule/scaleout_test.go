@@ -80,6 +80,33 @@ func TestUnmarshalScaleOut(t *testing.T) {
 	}
 }
 
+// TestUnmarshalSharedStorage: `storage <dir> { shared }` is the folder
+// and the opt-in, in JSON as storage_shared; the block knows nothing else.
+func TestUnmarshalSharedStorage(t *testing.T) {
+	var r Registry
+	err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oci_registry {\nstorage /mnt/registry {\nshared\n}\nmetadata postgres {env.DATABASE_URL}\n}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Registry{Storage: "/mnt/registry", StorageShared: true, MetadataPostgres: "{env.DATABASE_URL}"}
+	if !reflect.DeepEqual(r, want) {
+		t.Errorf("got %+v, want %+v", r, want)
+	}
+	if b, err := json.Marshal(r); err != nil || !strings.Contains(string(b), `"storage":"/mnt/registry","storage_shared":true`) {
+		t.Errorf("JSON %s (%v)", b, err)
+	}
+	for _, tc := range []struct{ input, wantErr string }{
+		{"storage /srv {\nshared yes\n}", "storage /srv: shared takes no argument"},
+		{"storage /srv {\nreadonly\n}", `storage /srv: unrecognized subdirective "readonly" (known: shared)`},
+	} {
+		var r Registry
+		err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oci_registry {\n" + tc.input + "\n}"))
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%q: error %v, want one containing %q", tc.input, err, tc.wantErr)
+		}
+	}
+}
+
 // TestUnmarshalS3Reads: redirect (with and without an expiry) and cache
 // parse into their JSON fields, and survive a JSON round trip flat
 // beside the bucket's fields.
@@ -120,7 +147,14 @@ func TestValidateScaleOut(t *testing.T) {
 		wantErr string
 	}{
 		{"postgres without s3", Registry{MetadataPostgres: "dsn"}, "add `storage s3"},
-		{"s3 without postgres", Registry{StorageS3: s3cfg}, "needs `metadata postgres"},
+		{"postgres and a folder not said shared", Registry{MetadataPostgres: "dsn", Storage: "/srv"}, "`storage <dir> { shared }`"},
+		{"s3 without postgres or metadata_dir", Registry{StorageS3: s3cfg}, "add `metadata_dir <folder>`"},
+		{"shared without postgres", Registry{Storage: "/srv", StorageShared: true}, "storage /srv { shared } needs `metadata postgres <dsn>`"},
+		{"shared without a folder", Registry{StorageShared: true, MetadataPostgres: "dsn"}, "storage_shared needs the folder"},
+		{"shared with s3", Registry{StorageShared: true, StorageS3: s3cfg, MetadataPostgres: "dsn"}, "storage_shared is for a folder"},
+		{"shared folder and metadata_dir", Registry{Storage: "/srv", StorageShared: true, MetadataPostgres: "dsn", MetadataDir: "/m"}, "metadata_dir"},
+		{"shared folder and a reserve", Registry{Storage: "/srv", StorageShared: true, MetadataPostgres: "dsn", StorageReserve: 1}, "storage_reserve"},
+		{"s3 with the embedded metadata and a reserve", Registry{StorageS3: s3cfg, MetadataDir: "/m", StorageReservePercent: 5}, "storage_reserve"},
 		{"s3 and a folder", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", Storage: "/srv"}, "exclusive"},
 		{"s3 and a reserve", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", StorageReserve: 1}, "storage_reserve"},
 		{"s3 and metadata_dir", Registry{StorageS3: s3cfg, MetadataPostgres: "dsn", MetadataDir: "/m"}, "metadata_dir"},
@@ -132,14 +166,21 @@ func TestValidateScaleOut(t *testing.T) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.wantErr)
 		}
 	}
-	ok := Registry{StorageS3: s3cfg, MetadataPostgres: "dsn"}
-	if err := ok.validateScaleOut(); err != nil {
-		t.Errorf("s3 + postgres: %v", err)
-	}
-	// Counted across replicas (cache/composite: evict.go, uploads.go).
-	ok.MirrorCacheSize, ok.MaxUploadBytes, ok.MaxUploadBytesPerClient = 1<<30, 1<<30, 1<<28
-	if err := ok.validateScaleOut(); err != nil {
-		t.Errorf("s3 + postgres with mirror_cache_size and upload byte limits: %v", err)
+	for name, ok := range map[string]Registry{
+		"s3 + postgres":            {StorageS3: s3cfg, MetadataPostgres: "dsn"},
+		"s3 + metadata_dir":        {StorageS3: s3cfg, MetadataDir: "/m"},
+		"shared folder + postgres": {Storage: "/srv", StorageShared: true, MetadataPostgres: "dsn"},
+		"folder":                   {Storage: "/srv"},
+	} {
+		if err := ok.validateScaleOut(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		// Counted in the metadata, across replicas (cache/composite:
+		// evict.go, uploads.go).
+		ok.MirrorCacheSize, ok.MaxUploadBytes, ok.MaxUploadBytesPerClient = 1<<30, 1<<30, 1<<28
+		if err := ok.validateScaleOut(); err != nil {
+			t.Errorf("%s with mirror_cache_size and upload byte limits: %v", name, err)
+		}
 	}
 }
 

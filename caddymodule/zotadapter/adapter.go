@@ -150,7 +150,11 @@ func (a *adapter) storage(o *object) error {
 	if sd, err := o.sub("storageDriver"); err != nil {
 		return err
 	} else if sd != nil {
-		if err := a.storageDriver(sd); err != nil {
+		remoteCache, err := o.boolean("remoteCache", false)
+		if err != nil {
+			return err
+		}
+		if err := a.storageDriver(sd, set.Storage, remoteCache); err != nil {
 			return err
 		}
 	}
@@ -161,7 +165,7 @@ func (a *adapter) storage(o *object) error {
 		a.warn("storage.rootDirectory", "not set (zot refuses to start without it); the registry uses Caddy's data folder")
 	}
 	metaStore := "the metadata store"
-	if a.reg.StorageS3 != nil {
+	if a.reg.MetadataPostgres != "" {
 		metaStore = "the PostgreSQL metadata (metadata_postgres)"
 	}
 	o.unsupported("cacheDriver", "not used: the dedupe index, and what zot keeps in DynamoDB or Redis, is part of "+metaStore+" here")
@@ -169,7 +173,7 @@ func (a *adapter) storage(o *object) error {
 	o.unsupported("maxRepos", "no limit on the number of repositories here")
 	o.unsupported("fastRestart", "not needed: startup does not walk the storage here")
 	if a.reg.StorageS3 != nil {
-		o.unsupported("subPaths", "not supported with storageDriver s3: the bucket and PostgreSQL hold every repository")
+		o.unsupported("subPaths", "not supported with storageDriver s3: the bucket holds every repository")
 		return nil
 	}
 	return a.subPaths(o)

@@ -2,15 +2,19 @@ package zotadapter
 
 // storage.storageDriver: zot's S3 driver (distribution's s3-aws
 // parameters) as storage_s3. zot keeps its metadata beside it in a local
-// database under rootDirectory, or in DynamoDB or Redis (cacheDriver);
-// storage s3 here keeps it in PostgreSQL (metadata_postgres), which no
-// zot setting names. The adapted config takes the database from an
-// environment variable, and does not load until it is set: a registry
-// that zot ran on S3 is not quietly moved to a local disk.
+// database under rootDirectory, or, with remoteCache, in DynamoDB or
+// Redis (cacheDriver), which is how zot runs several replicas. So here:
+// without remoteCache, one node with the embedded metadata in
+// rootDirectory/meta (metadata_dir); with it, PostgreSQL
+// (metadata_postgres), which no zot setting names: the adapted config
+// takes the database from an environment variable, and does not load
+// until it is set, so that replicas are not quietly given a local
+// database each.
 
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,7 +27,7 @@ import (
 // storage reads the metadata database's URL from.
 const postgresEnv = "CADDY_OCI_POSTGRES_DSN"
 
-func (a *adapter) storageDriver(sd *object) error {
+func (a *adapter) storageDriver(sd *object, root string, remoteCache bool) error {
 	name, err := sd.str("name")
 	if err != nil {
 		return err
@@ -72,12 +76,12 @@ func (a *adapter) storageDriver(sd *object) error {
 	if c.SecretKey != "" {
 		a.warn(sd.at("secretkey"), "copied into the adapted config: keep it private, or set storage_s3.secret_key to {env.S3_SECRET_KEY} in it")
 	}
-	root, err := sd.str("rootdirectory")
+	prefix, err := sd.str("rootdirectory")
 	if err != nil {
 		return err
 	}
-	if root = strings.Trim(root, "/"); root != "" {
-		c.Prefix = root + "/"
+	if prefix = strings.Trim(prefix, "/"); prefix != "" {
+		c.Prefix = prefix + "/"
 	}
 	if v, ok := sd.get("chunksize"); ok {
 		// distribution takes a number or a string of one.
@@ -108,8 +112,18 @@ func (a *adapter) storageDriver(sd *object) error {
 		a.warn(sd.at(k), "not supported by storage s3 here; ignored")
 	}
 	a.reg.StorageS3 = &caddymodule.S3Storage{Config: *c}
+	const layout = "The bucket's layout differs from zot's: images zot stored there are not served; copy them over (a sync_into from the old zot, or regctl/skopeo)"
+	if !remoteCache {
+		if root == "" {
+			return fmt.Errorf("storage.rootDirectory: required with storageDriver s3 (zot refuses to start without it): the metadata is kept under it")
+		}
+		a.reg.MetadataDir = filepath.Join(root, "meta")
+		a.warn(sd.path, "blobs go to the bucket "+c.Bucket+" (storage_s3), and metadata to the embedded database in "+a.reg.MetadataDir+
+			" (metadata_dir), as zot keeps its own under rootDirectory: one node. "+layout)
+		return nil
+	}
 	a.reg.MetadataPostgres = "{env." + postgresEnv + "}"
-	a.warn(sd.path, "blobs go to the bucket "+c.Bucket+" (storage_s3), and metadata to PostgreSQL, which no zot setting names: set "+postgresEnv+
-		" to the database's URL (metadata_postgres), or the config does not load. The bucket's layout differs from zot's: images zot stored there are not served; copy them over (a sync_into from the old zot, or regctl/skopeo)")
+	a.warn(sd.path, "blobs go to the bucket "+c.Bucket+" (storage_s3), and, as remoteCache shares zot's metadata between replicas, metadata to PostgreSQL, which no zot setting names: set "+postgresEnv+
+		" to the database's URL (metadata_postgres), or the config does not load. "+layout)
 	return nil
 }

@@ -2,6 +2,7 @@ package zotadapter
 
 import (
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -10,9 +11,30 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 )
 
-// TestS3: zot's S3 storage (examples/config-s3.json shape) becomes
-// storage_s3, with the metadata database from the environment; the
-// DynamoDB cache and keys storage s3 has no use for are named.
+// TestS3LocalMetadata: zot on S3 without remoteCache keeps its metadata
+// under rootDirectory; here that is the embedded database in
+// rootDirectory/meta, one node, and no PostgreSQL is asked for.
+func TestS3LocalMetadata(t *testing.T) {
+	dir := t.TempDir()
+	a := adaptFixture(t, "s3-local.json", map[string]string{"@DIR@": dir, "@PORT@": "5005", "@REGION@": "us-east-1",
+		"@ENDPOINT@": "127.0.0.1:9000", "@BUCKET@": "zot", "@ACCESSKEY@": "k", "@SECRETKEY@": "s"})
+	if a.reg.StorageS3 == nil || a.reg.StorageS3.Endpoint != "http://127.0.0.1:9000" || a.reg.Storage != "" ||
+		a.reg.MetadataDir != filepath.Join(dir, "zot", "meta") || a.reg.MetadataPostgres != "" {
+		t.Errorf("storage %q, storage_s3 %s, metadata_dir %q, metadata_postgres %q",
+			a.reg.Storage, mustJSON(t, a.reg.StorageS3), a.reg.MetadataDir, a.reg.MetadataPostgres)
+	}
+	if !a.warned("storage.storageDriver", "(metadata_dir)") || a.warned("storage.storageDriver", postgresEnv) {
+		t.Errorf("warnings %v", a.warnings)
+	}
+	if err := a.reg.Validate(); err != nil {
+		t.Errorf("the adapted registry does not validate: %v", err)
+	}
+}
+
+// TestS3: zot's S3 storage with remoteCache (examples/config-s3.json
+// shape, zot's replicas) becomes storage_s3, with the metadata database
+// from the environment; the DynamoDB cache and keys storage s3 has no
+// use for are named.
 func TestS3(t *testing.T) {
 	dir := t.TempDir()
 	a := adaptFixture(t, "s3.json", map[string]string{"@DIR@": dir, "@PORT@": "5005"})

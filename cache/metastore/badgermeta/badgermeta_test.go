@@ -3,6 +3,8 @@ package badgermeta
 import (
 	"testing"
 
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/authscope/authstoretest"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	"github.com/caddy-oci/caddy-oci/cache/metastore/metatest"
 )
@@ -30,3 +32,11 @@ func TestContract(t *testing.T) {
 func BenchmarkPutManifest(b *testing.B) { metatest.BenchPutManifest(b, open(b)) }
 
 func BenchmarkTagGet(b *testing.B) { metatest.BenchTagGet(b, open(b)) }
+
+func TestAPIKeyContract(t *testing.T) {
+	authstoretest.APIKeys(t, func(t *testing.T) authscope.APIKeyStore { return open(t) })
+}
+
+func TestSessionContract(t *testing.T) {
+	authstoretest.Sessions(t, func(t *testing.T) authscope.SessionStore { return open(t) })
+}
