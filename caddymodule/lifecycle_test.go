@@ -58,7 +58,17 @@ func freeAddr(t *testing.T) string {
 
 func ping(t *testing.T, addr string) {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/v2/")
+	// A connection opened as a reload closes the old listener may be
+	// reset by the kernel (README, "Config reloads"): clients retry that,
+	// and so does this check, a few times.
+	var resp *http.Response
+	var err error
+	for try := 0; try < 3; try++ {
+		if resp, err = http.Get("http://" + addr + "/v2/"); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
