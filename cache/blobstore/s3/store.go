@@ -316,9 +316,11 @@ func totalFromContentRange(cr string) (int64, bool) {
 }
 
 // Put implements blobstore.Putter. A blob that fits in one part is hashed
-// in memory and written with one PUT once verified; a larger one streams
-// into a multipart upload at its own key, completed only once verified
-// (until then S3 shows nothing at the key).
+// in memory and written with one PUT once verified; a larger sha256 blob
+// of known size up to 5 GiB streams in one PUT whose last byte waits for
+// the verification (putStream); any other streams into a multipart upload
+// at its own key, completed only once verified (until then S3 shows
+// nothing at the key).
 func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Reader) (blobstore.Info, error) {
 	if err := d.Validate(); err != nil {
 		return blobstore.Info{}, err
@@ -344,6 +346,9 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 			return blobstore.Info{}, blobErr("put", d, err)
 		}
 		return blobstore.Info{Digest: d, Size: n}, nil
+	}
+	if d.Algorithm == blobstore.SHA256 && size > int64(len(first)) && size <= maxSinglePut {
+		return s.putStream(ctx, d, size, first, r, h)
 	}
 	return s.putMultipart(ctx, d, size, r, h, first)
 }
