@@ -161,3 +161,43 @@ func countCalls(s *Store, puts, parts *int) *awss3.Client {
 	})
 	return awss3.New(opts)
 }
+
+// TestWriteTo: io.Copy of an open blob (the registry's whole-blob GET)
+// goes through WriteTo, from the start or from where a Seek left it, and
+// an object cut shorter than its size is an error, not a short blob.
+func TestWriteTo(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	s := newStore(t, srv, bucket, "")
+	c := randomBytes(3<<20 + 11)
+	d := blobstore.FromBytes(blobstore.SHA256, c)
+	if _, err := s.Put(ctx(t), d, int64(len(c)), bytes.NewReader(c)); err != nil {
+		t.Fatal(err)
+	}
+	for _, from := range []int64{0, 1, 2 << 20, int64(len(c)) - 1, int64(len(c))} {
+		b, err := s.Open(ctx(t), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Seek(from, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		n, err := b.(io.WriterTo).WriteTo(&got)
+		b.Close()
+		if err != nil || n != int64(len(c))-from || !bytes.Equal(got.Bytes(), c[from:]) {
+			t.Fatalf("WriteTo from %d: %d bytes, %v; want the %d bytes from there", from, n, err, int64(len(c))-from)
+		}
+	}
+	b, err := s.Open(ctx(t), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := s.putObject(ctx(t), s.blobKey(d), c[:1<<20]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, b); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("io.Copy of an object cut short: %v, want io.ErrUnexpectedEOF", err)
+	}
+}

@@ -333,8 +333,12 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 	}
 	h := d.Algorithm.New()
 	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
 	first, n, err := fill((*bp)[:0], r, h)
+	*bp = first
+	if err == nil && !(d.Algorithm == blobstore.SHA256 && size > int64(len(first)) && size <= maxSinglePut) {
+		return s.putMultipart(ctx, d, size, r, h, bp) // which owns bp now
+	}
+	defer s.bufs.Put(bp)
 	if err != nil && err != io.EOF {
 		return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, err)
 	}
@@ -347,16 +351,18 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		}
 		return blobstore.Info{Digest: d, Size: n}, nil
 	}
-	if d.Algorithm == blobstore.SHA256 && size > int64(len(first)) && size <= maxSinglePut {
-		return s.putStream(ctx, d, size, first, r, h)
-	}
-	return s.putMultipart(ctx, d, size, r, h, first)
+	return s.putStream(ctx, d, size, first, r, h)
 }
 
-func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, first []byte) (blobstore.Info, error) {
+// putMultipart streams a blob into a multipart upload at its key, first
+// (a full part, from s.bufs, which putMultipart gives back) and then the
+// rest of r, and completes the upload only once the bytes are verified.
+func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, first *[]byte) (blobstore.Info, error) {
+	start := time.Now()
 	key := s.blobKey(d)
 	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
 	if err != nil {
+		s.bufs.Put(first)
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	uploadID := aws.ToString(up.UploadId)
@@ -366,40 +372,54 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 			s.abort(ctx, key, uploadID)
 		}
 	}()
-	var etags []string
+	// Parts go to S3 in the background while the next one fills.
+	pw := s.newPartWriter(ctx, key, uploadID, 1, s.partSize)
+	fail := func(err error) (blobstore.Info, error) {
+		pw.wait()
+		return blobstore.Info{}, err
+	}
 	total := int64(0)
-	part := first
-	for {
-		if len(part) > 0 {
-			if len(etags) == maxParts {
-				return blobstore.Info{}, fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, s.partSize)
+	bp := first
+	for queued := 0; ; {
+		if len(*bp) > 0 {
+			if queued == maxParts {
+				return fail(fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, s.partSize))
 			}
-			etag, err := s.uploadPart(ctx, key, uploadID, len(etags)+1, part)
-			if err != nil {
-				return blobstore.Info{}, blobErr("put", d, err)
+			total += int64(len(*bp))
+			if err := pw.put(bp); err != nil {
+				return fail(blobErr("put", d, err))
 			}
-			etags = append(etags, etag)
-			total += int64(len(part))
+			queued++
+			bp = pw.buffer()
 		}
 		var rerr error
-		part, _, rerr = fill(part[:0], r, h)
+		*bp, _, rerr = fill(*bp, r, h)
 		if rerr == io.EOF {
-			if len(part) == 0 {
+			if len(*bp) == 0 {
+				pw.release(bp)
 				break
 			}
 			continue // upload the last part, then fill sees EOF again
 		}
 		if rerr != nil {
-			return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, rerr)
+			pw.release(bp)
+			return fail(fmt.Errorf("s3: put %s: %w", d, rerr))
 		}
+	}
+	etags, err := pw.wait()
+	if err != nil {
+		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	if err := backend.Verify(d, size, total, h); err != nil {
 		return blobstore.Info{}, err
 	}
+	parts := time.Since(start)
 	if err := s.complete(ctx, key, uploadID, etags); err != nil {
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	completed = true
+	s.log.Debug("s3 multipart put", zap.String("digest", d.String()), zap.Int64("size", total),
+		zap.Duration("parts", parts), zap.Duration("complete", time.Since(start)-parts))
 	return blobstore.Info{Digest: d, Size: total}, nil
 }
 
