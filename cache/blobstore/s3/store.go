@@ -6,10 +6,11 @@
 //	<prefix>uploads/<id>/tail-<name>    a session's bytes after its last part
 //
 // A blob key never holds unverified bytes: a Put with a known digest
-// streams into a multipart upload at the blob key and completes it only
-// after the hash matched; a session (digest unknown until its commit)
-// writes under uploads/ and is copied server-side to the blob key once
-// verified. Nothing here lists the bucket: reads, stats and deletes each
+// streams in one PUT whose last byte waits for the hash to match (or, for
+// sha512, unknown sizes and above 5 GiB, into a multipart upload at the
+// blob key completed only after it did); a session (digest unknown until
+// its commit) writes under uploads/ and is copied server-side to the
+// blob key once verified. Nothing here lists the bucket: reads, stats and deletes each
 // address one key, and only the cleanup of a single session lists its own
 // uploads/<id>/ prefix.
 package s3
@@ -72,8 +73,8 @@ type Config struct {
 	// PathStyle addresses the bucket as <endpoint>/<bucket> instead of
 	// <bucket>.<endpoint>; most self-hosted S3 servers need it.
 	PathStyle bool `json:"path_style,omitempty"`
-	// PartSize is the size of the parts uploads are cut into, and the
-	// memory each upload in flight holds. At least 5 MiB (S3's minimum);
+	// PartSize is the size of the parts uploads are cut into; each
+	// upload in flight holds three (two uploading, one filling). At least 5 MiB (S3's minimum);
 	// default 8 MiB. A blob has at most 10,000 parts, so this also bounds
 	// the largest blob (8 MiB: 78 GiB).
 	PartSize int64 `json:"part_size,omitempty"`
