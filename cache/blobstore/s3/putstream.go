@@ -2,6 +2,7 @@ package s3
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -41,7 +42,9 @@ func (s *Store) putStream(ctx context.Context, d blobstore.Digest, size int64, f
 	_, err := s.client.PutObject(ctx, &awss3.PutObjectInput{
 		Bucket: &s.bucket, Key: &key, Body: body, ContentLength: aws.Int64(size),
 	}, withPayloadHash(d.Hex))
-	if berr := body.failure(); berr != nil {
+	berr := body.failure()
+	body.close() // first goes back to the pool: no late Read may touch it
+	if berr != nil {
 		return blobstore.Info{}, berr
 	}
 	if err != nil {
@@ -95,6 +98,21 @@ type verifiedBody struct {
 
 func newVerifiedBody(d blobstore.Digest, h hash.Hash, size int64, first []byte, r io.Reader) *verifiedBody {
 	return &verifiedBody{d: d, h: h, size: size, first: first, r: r, read: int64(len(first))}
+}
+
+// errBodyClosed: the transport read the body after its request ended
+// (it may go on writing a body the server already answered).
+var errBodyClosed = errors.New("s3: put body read after its request ended")
+
+// close ends the body: a Read from now on fails without touching first
+// or r, which the caller reuses.
+func (b *verifiedBody) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.first = nil
+	if b.err == nil && !b.done {
+		b.err = errBodyClosed
+	}
 }
 
 func (b *verifiedBody) failure() error {

@@ -201,3 +201,22 @@ func TestWriteTo(t *testing.T) {
 		t.Fatalf("io.Copy of an object cut short: %v, want io.ErrUnexpectedEOF", err)
 	}
 }
+
+// TestVerifiedBodyClosed: once its request ended, the body hands out
+// nothing more (the transport may read on after an early answer, and the
+// first bytes' buffer is back in the pool by then).
+func TestVerifiedBodyClosed(t *testing.T) {
+	c := randomBytes(1 << 20)
+	d := blobstore.FromBytes(blobstore.SHA256, c)
+	h := sha256.New()
+	h.Write(c[:1000])
+	b := newVerifiedBody(d, h, int64(len(c)), c[:1000], bytes.NewReader(c[1000:]))
+	p := make([]byte, 10)
+	if n, err := b.Read(p); n == 0 || err != nil {
+		t.Fatalf("first Read: %d, %v", n, err)
+	}
+	b.close()
+	if n, err := b.Read(p); n != 0 || err == nil {
+		t.Fatalf("Read after close: %d bytes, %v; want none and an error", n, err)
+	}
+}
