@@ -26,6 +26,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/bench/benchclient"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
@@ -57,7 +58,7 @@ func newScaleEnv(b *testing.B, conns int) *scaleEnv {
 	pg := pgtest.Start(b)
 	ctx := context.Background()
 	blobs, err := s3.New(ctx, s3.Config{Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region,
-		Prefix: "registry/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true}, nil)
+		Prefix: "registry/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true}, benchLogger(b))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -145,6 +146,47 @@ func BenchmarkS3Push(b *testing.B) {
 	b.StopTimer()
 	reportLimit(b, size, limit)
 	mem.report(b)
+}
+
+// BenchmarkS3PushSession: the push real clients make (docker, crane):
+// POST, the whole blob in one PATCH, PUT ?digest=, against the same
+// PutObject limit. The digest is known only at the PUT, so the commit
+// copies the assembled upload to the blob's key.
+func BenchmarkS3PushSession(b *testing.B) {
+	size := blobSize(b)
+	e := newScaleEnv(b, 4)
+	b.SetBytes(size)
+	var limit time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		s := seedS3Push + 1<<16 + uint64(i)
+		path, digest, _, err := benchclient.LimitWrite(e.dir, s, size)
+		if err != nil {
+			b.Fatal(err)
+		}
+		limit += e.putObject(b, path, "limit/"+strconv.Itoa(i))
+		os.Remove(path)
+		b.StartTimer()
+		if err := e.c.PushChunked("bench/s3push", digest, size, size, benchclient.NewBlob(s, size)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	reportLimit(b, size, limit)
+}
+
+// benchLogger logs the S3 store's timings of each step of a push
+// (OCI_BENCH_LOG=1), else nothing.
+func benchLogger(b *testing.B) *zap.Logger {
+	if os.Getenv("OCI_BENCH_LOG") != "1" {
+		return nil
+	}
+	l, err := zap.NewDevelopment()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return l
 }
 
 // BenchmarkS3Get: GET of a committed blob through the registry on S3 +

@@ -236,8 +236,11 @@ func (s *Store) openCopy(d blobstore.Digest) blobstore.Blob {
 	if err == nil {
 		var fi os.FileInfo
 		if fi, err = f.Stat(); err == nil {
-			now := time.Now()
-			_ = os.Chtimes(f.Name(), now, now) // the order, for the next start
+			// The order, for the next start; a minute's precision is
+			// plenty, and spares a hot copy an inode write per read.
+			if now := time.Now(); now.Sub(fi.ModTime()) > time.Minute {
+				_ = os.Chtimes(f.Name(), now, now)
+			}
 			return fileBlob{File: f, size: fi.Size()}
 		}
 		f.Close()

@@ -439,3 +439,36 @@ func TestContractS3(t *testing.T) {
 		}
 	})
 }
+
+// TestReadKeepsTheOrder: a read of a copy marks it recently read (its
+// modification time, which orders the copies at the next start), but a
+// copy read within the last minute is left alone: a hot blob's reads do
+// not each write its inode.
+func TestReadKeepsTheOrder(t *testing.T) {
+	backend := newBackend(t, t.TempDir())
+	s := newCache(t, backend, t.TempDir(), 1<<20)
+	c := randomBytes(10 << 10)
+	d := put(t, s, c)
+	read(t, s, d, c)
+	mtime := func() time.Time {
+		fi, err := os.Stat(s.path(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.ModTime()
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(s.path(d), old, old)
+	if !read(t, s, d, c) {
+		t.Fatal("the copy was not served")
+	}
+	if time.Since(mtime()) > time.Minute {
+		t.Fatalf("a read left the copy's time at %v", mtime())
+	}
+	recent := time.Now().Add(-30 * time.Second).Truncate(time.Second)
+	os.Chtimes(s.path(d), recent, recent)
+	read(t, s, d, c)
+	if !mtime().Equal(recent) {
+		t.Fatalf("a read within a minute moved the time from %v to %v", recent, mtime())
+	}
+}

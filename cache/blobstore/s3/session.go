@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -141,38 +142,61 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	if err != nil {
 		return 0, err
 	}
-	var buf []byte
-	if next.PartSize == s.partSize {
-		bp := s.bufs.Get().(*[]byte)
-		defer s.bufs.Put(bp)
-		buf = (*bp)[:0]
-	} else { // a session begun by a replica configured otherwise
-		buf = make([]byte, 0, next.PartSize)
+	// Full parts go to S3 in the background while the next one fills.
+	pw := s.newPartWriter(ctx, s.dataKey(next.ID), next.UploadID, len(next.Parts)+1, next.PartSize)
+	bp := pw.buffer()
+	defer func() {
+		if bp != nil {
+			pw.release(bp)
+		}
+	}()
+	fail := func(err error) (int64, error) {
+		pw.wait() // nothing of this Append may run on after it
+		return 0, err
 	}
 	if next.Tail != "" {
-		if buf, err = ss.readTail(ctx, buf); err != nil {
+		if *bp, err = ss.readTail(ctx, *bp); err != nil {
 			return 0, err
 		}
 	}
 	var n int64
+	queued := 0
 	for {
 		var rerr error
 		var got int64
-		buf, got, rerr = fill(buf, r, h)
+		*bp, got, rerr = fill(*bp, r, h)
 		n += got
 		if rerr != nil && rerr != io.EOF {
-			return 0, fmt.Errorf("s3: append to session %s: %w", next.ID, rerr)
+			return fail(fmt.Errorf("s3: append to session %s: %w", next.ID, rerr))
 		}
-		if int64(len(buf)) == next.PartSize {
-			if err := ss.writePart(ctx, &next, buf); err != nil {
-				return 0, err
+		if int64(len(*bp)) == next.PartSize {
+			if len(next.Parts)+queued == maxParts {
+				return fail(fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, next.PartSize))
 			}
-			buf = buf[:0]
+			if next.UploadID == "" {
+				if err := ss.startUpload(ctx, &next); err != nil {
+					return 0, err
+				}
+				pw.uploadID = next.UploadID
+			}
+			err := pw.put(bp)
+			bp = nil
+			if err != nil {
+				return fail(sessionErr("append to", next.ID, err))
+			}
+			queued++
+			bp = pw.buffer()
 		}
 		if rerr == io.EOF {
 			break
 		}
 	}
+	etags, err := pw.wait()
+	if err != nil {
+		return 0, sessionErr("append to", next.ID, err)
+	}
+	next.Parts = append(next.Parts, etags...)
+	buf := *bp
 	if n == 0 {
 		return 0, nil
 	}
@@ -193,26 +217,15 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	return n, nil
 }
 
-// writePart uploads b as the next part of st, starting the multipart
-// upload with the first one.
-func (ss *session) writePart(ctx context.Context, st *sessionState, b []byte) error {
+// startUpload starts st's multipart upload, with its first part.
+func (ss *session) startUpload(ctx context.Context, st *sessionState) error {
 	s := ss.s
-	if len(st.Parts) == maxParts {
-		return fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, st.PartSize)
-	}
 	key := s.dataKey(st.ID)
-	if st.UploadID == "" {
-		up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
-		if err != nil {
-			return sessionErr("append to", st.ID, err)
-		}
-		st.UploadID = aws.ToString(up.UploadId)
-	}
-	etag, err := s.uploadPart(ctx, key, st.UploadID, len(st.Parts)+1, b)
+	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
 	if err != nil {
 		return sessionErr("append to", st.ID, err)
 	}
-	st.Parts = append(st.Parts, etag)
+	st.UploadID = aws.ToString(up.UploadId)
 	return nil
 }
 
@@ -282,6 +295,13 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 	return info, nil
 }
 
+// timed logs how long one step of a commit took, for an operator (or a
+// benchmark) asking where a slow push went.
+func (ss *session) timed(step string, start time.Time) {
+	ss.s.log.Debug("s3 commit", zap.String("session", ss.st.ID), zap.Int64("size", ss.st.Size),
+		zap.String("step", step), zap.Duration("took", time.Since(start)))
+}
+
 // writeBlob makes the verified session blob d, from src if a sha512 check
 // assembled it already.
 func (ss *session) writeBlob(ctx context.Context, d blobstore.Digest, src string) error {
@@ -292,6 +312,7 @@ func (ss *session) writeBlob(ctx context.Context, d blobstore.Digest, src string
 			return err
 		}
 	}
+	defer ss.timed("write blob", time.Now())
 	var err error
 	switch {
 	case src == "": // an empty blob
@@ -340,6 +361,7 @@ func (ss *session) assemble(ctx context.Context) (string, error) {
 		next.Parts = append(next.Parts, etag)
 	}
 	key := s.dataKey(next.ID)
+	defer ss.timed("assemble", time.Now())
 	if err := s.complete(ctx, key, next.UploadID, next.Parts); err != nil {
 		// A commit that completed the upload but not the copy (a crash, a
 		// lost answer) finds the object there on its retry.

@@ -6,10 +6,11 @@
 //	<prefix>uploads/<id>/tail-<name>    a session's bytes after its last part
 //
 // A blob key never holds unverified bytes: a Put with a known digest
-// streams into a multipart upload at the blob key and completes it only
-// after the hash matched; a session (digest unknown until its commit)
-// writes under uploads/ and is copied server-side to the blob key once
-// verified. Nothing here lists the bucket: reads, stats and deletes each
+// streams in one PUT whose last byte waits for the hash to match (or, for
+// sha512, unknown sizes and above 5 GiB, into a multipart upload at the
+// blob key completed only after it did); a session (digest unknown until
+// its commit) writes under uploads/ and is copied server-side to the
+// blob key once verified. Nothing here lists the bucket: reads, stats and deletes each
 // address one key, and only the cleanup of a single session lists its own
 // uploads/<id>/ prefix.
 package s3
@@ -73,8 +74,8 @@ type Config struct {
 	// PathStyle addresses the bucket as <endpoint>/<bucket> instead of
 	// <bucket>.<endpoint>; most self-hosted S3 servers need it.
 	PathStyle bool `json:"path_style,omitempty"`
-	// PartSize is the size of the parts uploads are cut into, and the
-	// memory each upload in flight holds. At least 5 MiB (S3's minimum);
+	// PartSize is the size of the parts uploads are cut into; each
+	// upload in flight holds three (two uploading, one filling). At least 5 MiB (S3's minimum);
 	// default 8 MiB. A blob has at most 10,000 parts, so this also bounds
 	// the largest blob (8 MiB: 78 GiB).
 	PartSize int64 `json:"part_size,omitempty"`
@@ -330,9 +331,11 @@ func totalFromContentRange(cr string) (int64, bool) {
 }
 
 // Put implements blobstore.Putter. A blob that fits in one part is hashed
-// in memory and written with one PUT once verified; a larger one streams
-// into a multipart upload at its own key, completed only once verified
-// (until then S3 shows nothing at the key).
+// in memory and written with one PUT once verified; a larger sha256 blob
+// of known size up to 5 GiB streams in one PUT whose last byte waits for
+// the verification (putStream); any other streams into a multipart upload
+// at its own key, completed only once verified (until then S3 shows
+// nothing at the key).
 func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Reader) (blobstore.Info, error) {
 	if err := d.Validate(); err != nil {
 		return blobstore.Info{}, err
@@ -345,8 +348,12 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 	}
 	h := d.Algorithm.New()
 	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
 	first, n, err := fill((*bp)[:0], r, h)
+	*bp = first
+	if err == nil && !(d.Algorithm == blobstore.SHA256 && size > int64(len(first)) && size <= maxSinglePut) {
+		return s.putMultipart(ctx, d, size, r, h, bp) // which owns bp now
+	}
+	defer s.bufs.Put(bp)
 	if err != nil && err != io.EOF {
 		return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, err)
 	}
@@ -359,13 +366,18 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		}
 		return blobstore.Info{Digest: d, Size: n}, nil
 	}
-	return s.putMultipart(ctx, d, size, r, h, first)
+	return s.putStream(ctx, d, size, first, r, h)
 }
 
-func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, first []byte) (blobstore.Info, error) {
+// putMultipart streams a blob into a multipart upload at its key, first
+// (a full part, from s.bufs, which putMultipart gives back) and then the
+// rest of r, and completes the upload only once the bytes are verified.
+func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, first *[]byte) (blobstore.Info, error) {
+	start := time.Now()
 	key := s.blobKey(d)
 	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
 	if err != nil {
+		s.bufs.Put(first)
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	uploadID := aws.ToString(up.UploadId)
@@ -375,40 +387,54 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 			s.abort(ctx, key, uploadID)
 		}
 	}()
-	var etags []string
+	// Parts go to S3 in the background while the next one fills.
+	pw := s.newPartWriter(ctx, key, uploadID, 1, s.partSize)
+	fail := func(err error) (blobstore.Info, error) {
+		pw.wait()
+		return blobstore.Info{}, err
+	}
 	total := int64(0)
-	part := first
-	for {
-		if len(part) > 0 {
-			if len(etags) == maxParts {
-				return blobstore.Info{}, fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, s.partSize)
+	bp := first
+	for queued := 0; ; {
+		if len(*bp) > 0 {
+			if queued == maxParts {
+				return fail(fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, s.partSize))
 			}
-			etag, err := s.uploadPart(ctx, key, uploadID, len(etags)+1, part)
-			if err != nil {
-				return blobstore.Info{}, blobErr("put", d, err)
+			total += int64(len(*bp))
+			if err := pw.put(bp); err != nil {
+				return fail(blobErr("put", d, err))
 			}
-			etags = append(etags, etag)
-			total += int64(len(part))
+			queued++
+			bp = pw.buffer()
 		}
 		var rerr error
-		part, _, rerr = fill(part[:0], r, h)
+		*bp, _, rerr = fill(*bp, r, h)
 		if rerr == io.EOF {
-			if len(part) == 0 {
+			if len(*bp) == 0 {
+				pw.release(bp)
 				break
 			}
 			continue // upload the last part, then fill sees EOF again
 		}
 		if rerr != nil {
-			return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, rerr)
+			pw.release(bp)
+			return fail(fmt.Errorf("s3: put %s: %w", d, rerr))
 		}
+	}
+	etags, err := pw.wait()
+	if err != nil {
+		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	if err := backend.Verify(d, size, total, h); err != nil {
 		return blobstore.Info{}, err
 	}
+	parts := time.Since(start)
 	if err := s.complete(ctx, key, uploadID, etags); err != nil {
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	completed = true
+	s.log.Debug("s3 multipart put", zap.String("digest", d.String()), zap.Int64("size", total),
+		zap.Duration("parts", parts), zap.Duration("complete", time.Since(start)-parts))
 	return blobstore.Info{Digest: d, Size: total}, nil
 }
 

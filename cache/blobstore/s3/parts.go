@@ -1,0 +1,108 @@
+package s3
+
+import (
+	"context"
+	"sync"
+)
+
+// partsInFlight is how many parts of one upload go to S3 at once while the
+// next one fills from the client. One would leave the client waiting
+// for every part's upload (and S3 waiting for every part's bytes); a few
+// overlap both. Each costs a part's buffer.
+const partsInFlight = 2
+
+// partWriter uploads the parts of one multipart upload in the background,
+// numbered in the order they are given, at most partsInFlight at once.
+type partWriter struct {
+	s        *Store
+	ctx      context.Context
+	key      string
+	uploadID string
+	next     int  // number of the next part
+	size     int  // the part size its buffers have
+	pooled   bool // buffers come from (and go back to) s.bufs
+	slots    chan struct{}
+	wg       sync.WaitGroup
+
+	mu    sync.Mutex
+	etags []string // of parts first.., by index
+	first int
+	err   error
+}
+
+func (s *Store) newPartWriter(ctx context.Context, key, uploadID string, first int, partSize int64) *partWriter {
+	return &partWriter{
+		s: s, ctx: ctx, key: key, uploadID: uploadID, next: first, first: first,
+		size: int(partSize), pooled: partSize == s.partSize,
+		slots: make(chan struct{}, partsInFlight),
+	}
+}
+
+// buffer is an empty buffer of the part size.
+func (w *partWriter) buffer() *[]byte {
+	if w.pooled {
+		bp := w.s.bufs.Get().(*[]byte)
+		*bp = (*bp)[:0]
+		return bp
+	}
+	b := make([]byte, 0, w.size)
+	return &b
+}
+
+func (w *partWriter) release(bp *[]byte) {
+	if w.pooled {
+		w.s.bufs.Put(bp)
+	}
+}
+
+// failed is the first upload's failure so far.
+func (w *partWriter) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// put uploads *bp as the next part, once a slot is free; the buffer is
+// the writer's from now on. It returns the failure of an earlier part, if
+// any, and then uploads nothing.
+func (w *partWriter) put(bp *[]byte) error {
+	select {
+	case w.slots <- struct{}{}:
+	case <-w.ctx.Done():
+		w.release(bp)
+		return w.ctx.Err()
+	}
+	if err := w.failed(); err != nil {
+		<-w.slots
+		w.release(bp)
+		return err
+	}
+	number := w.next
+	w.next++
+	w.mu.Lock()
+	w.etags = append(w.etags, "")
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer func() { <-w.slots }()
+		etag, err := w.s.uploadPart(w.ctx, w.key, w.uploadID, number, *bp)
+		w.release(bp)
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if err != nil && w.err == nil {
+			w.err = err
+		}
+		w.etags[number-w.first] = etag
+	}()
+	return nil
+}
+
+// wait waits for every upload and returns the parts' ETags in order, or
+// the first failure. No upload runs once it returns.
+func (w *partWriter) wait() ([]string, error) {
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.etags, w.err
+}
