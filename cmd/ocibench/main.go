@@ -68,6 +68,7 @@ type options struct {
 	images     int
 	layer      int64
 	layerText  string
+	registry   string
 }
 
 func main() {
@@ -95,6 +96,7 @@ func main() {
 	flag.BoolVar(&o.jsonOutput, "json", false, "print the figures as JSON instead of a table")
 	flag.IntVar(&o.images, "images", 0, "store-growth mode: instead of the blob and manifest figures, push this many images (layer, config, manifest each) across images/10 repositories with -clients clients, then report the server's RSS (and save heap.pprof with -pprof)")
 	flag.StringVar(&o.layerText, "layer", "4KiB", "layer size of each image in the store-growth mode")
+	flag.StringVar(&o.registry, "registry", "", "store-growth mode: also run the same figures against this distribution (v3) registry binary, e.g. /root/go/bin/registry")
 	flag.Parse()
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "ocibench:", err)
@@ -424,7 +426,7 @@ func measureManifests(o options, c *benchclient.Client) ([]Row, error) {
 		d string
 		b []byte
 	}{{ld, layer}, {cd, config}} {
-		if err := c.PushMonolithic(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
+		if err := c.PushPostPut(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
 			return nil, err
 		}
 	}
@@ -522,23 +524,32 @@ func startServer(o options, tmp string) (*server, error) {
 	if err := os.WriteFile(cf, fmt.Appendf(nil, caddyfile, admin, o.global, port, filepath.Join(tmp, "store")), 0o644); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(tmp, "caddy.log")
+	cmd := exec.Command(o.caddy, "run", "--config", cf, "--adapter", "caddyfile")
+	// Keep Caddy's data and config folders inside tmp.
+	cmd.Env = append(os.Environ(), "HOME="+tmp, "XDG_DATA_HOME="+filepath.Join(tmp, "data"), "XDG_CONFIG_HOME="+filepath.Join(tmp, "config"))
+	s, err := startProcess(cmd, port, filepath.Join(tmp, "caddy.log"))
+	if err != nil {
+		return nil, err
+	}
+	if adminAddr != "" {
+		s.admin = "http://" + adminAddr
+	}
+	return s, nil
+}
+
+// startProcess starts cmd, a registry serving plain HTTP on loopback
+// port, with its output in logPath, and waits until it serves GET /v2/.
+func startProcess(cmd *exec.Cmd, port int, logPath string) (*server, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(o.caddy, "run", "--config", cf, "--adapter", "caddyfile")
-	// Keep Caddy's data and config folders inside tmp.
-	cmd.Env = append(os.Environ(), "HOME="+tmp, "XDG_DATA_HOME="+filepath.Join(tmp, "data"), "XDG_CONFIG_HOME="+filepath.Join(tmp, "config"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", o.caddy, err)
+		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	s := &server{cmd: cmd, exited: make(chan error, 1), base: fmt.Sprintf("http://127.0.0.1:%d", port), log: logPath}
-	if adminAddr != "" {
-		s.admin = "http://" + adminAddr
-	}
 	go func() { s.exited <- cmd.Wait(); logf.Close() }()
 	if err := s.waitReady(30 * time.Second); err != nil {
 		s.stop()
