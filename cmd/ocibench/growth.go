@@ -94,6 +94,8 @@ func grow(o options, srv *server) ([]Row, []image, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	stopPeak := srv.peakHeapProfiles(o)
+	defer stopPeak()
 	c := benchclient.NewClient(srv.base, o.clients)
 	repos := max(1, o.images/10)
 	images := make([]image, o.images)
@@ -277,4 +279,39 @@ func pushImage(c *benchclient.Client, repo, tag string, seed uint64, layerSize i
 		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":%q,"size":%d}]}`,
 		ociManifest, cd, len(config), ld, len(layer))
 	return digestOf(m), c.PutManifest(repo, "v"+tag, ociManifest, m)
+}
+
+// peakHeapProfiles, when profiling is on, watches the server's anonymous
+// RSS every 200 ms and saves a heap profile (heap-peak.pprof) each time it
+// passes its previous high by 4 MiB: the peak of a grown store comes from
+// short bursts (badger's compactions), which a profile at the end misses.
+// The returned func stops it.
+func (s *server) peakHeapProfiles(o options) func() {
+	if s.admin == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		var high int64
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			m, err := memory(s.cmd.Process.Pid)
+			if err != nil || m.Anon < high+4*mib {
+				continue
+			}
+			high = m.Anon
+			if err := s.saveHeapProfile(filepath.Join(o.pprofDir, "heap-peak.pprof")); err != nil {
+				fmt.Fprintln(os.Stderr, "ocibench:", err)
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }

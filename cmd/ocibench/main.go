@@ -103,6 +103,12 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
+	if o.pprofDir != "" {
+		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "ocibench:", err)
+			os.Exit(1)
+		}
+	}
 	runMode := run
 	if o.images > 0 {
 		runMode = runGrowth
@@ -261,11 +267,6 @@ func run(o options) (*Result, error) {
 	idle, err := memory(srv.cmd.Process.Pid)
 	if err != nil {
 		return nil, err
-	}
-	if o.pprofDir != "" {
-		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
-			return nil, err
-		}
 	}
 
 	res := &Result{Size: o.size, Chunk: o.chunk, Runs: o.runs, GetRuns: o.getRuns, Clients: o.clients, Dir: tmp}
@@ -648,6 +649,10 @@ func (s *server) heapProfile(o options) error {
 	if s.admin == "" {
 		return nil
 	}
+	return s.saveHeapProfile(filepath.Join(o.pprofDir, "heap.pprof"))
+}
+
+func (s *server) saveHeapProfile(path string) error {
 	resp, err := http.Get(s.admin + "/debug/pprof/heap")
 	if err != nil {
 		return fmt.Errorf("heap profile: %w", err)
@@ -656,7 +661,7 @@ func (s *server) heapProfile(o options) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("heap profile: status %d", resp.StatusCode)
 	}
-	f, err := os.Create(filepath.Join(o.pprofDir, "heap.pprof"))
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
