@@ -69,6 +69,10 @@ type options struct {
 	layer      int64
 	layerText  string
 	registry   string
+	cold       int
+	// registryLines: more lines for the oci_registry block (a mode's
+	// mirror), not a flag.
+	registryLines string
 }
 
 func main() {
@@ -97,6 +101,7 @@ func main() {
 	flag.IntVar(&o.images, "images", 0, "store-growth mode: instead of the blob and manifest figures, push this many images (layer, config, manifest each) across images/10 repositories with -clients clients, then report the server's RSS (and save heap.pprof with -pprof)")
 	flag.StringVar(&o.layerText, "layer", "4KiB", "layer size of each image in the store-growth mode")
 	flag.StringVar(&o.registry, "registry", "", "store-growth mode: also run the same figures against this distribution (v3) registry binary, e.g. /root/go/bin/registry")
+	flag.IntVar(&o.cold, "cold", 0, "cold-pull mode: with -registry as the upstream, time the first byte of this many cold blobs of -layer bytes through a mirror of it and straight from it")
 	flag.Parse()
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "ocibench:", err)
@@ -110,8 +115,11 @@ func main() {
 		}
 	}
 	runMode := run
-	if o.images > 0 {
+	switch {
+	case o.images > 0:
 		runMode = runGrowth
+	case o.cold > 0:
+		runMode = runCold
 	}
 	res, err := runMode(o)
 	if err != nil {
@@ -141,7 +149,10 @@ func (o *options) check() error {
 	if o.layer, err = benchclient.ParseSize(o.layerText); err != nil {
 		return err
 	}
-	if o.images < 0 || o.layer < 1 {
+	if o.cold > 0 && o.registry == "" {
+		return errors.New("-cold needs -registry, the upstream")
+	}
+	if o.images < 0 || o.cold < 0 || o.layer < 1 {
 		return errors.New("-images must not be negative and -layer must be positive")
 	}
 	if o.runs < 1 || o.getRuns < 1 || o.clients < 1 || o.requests < 1 {
@@ -171,6 +182,7 @@ type Result struct {
 	Clients int    `json:"clients"`
 	Dir     string `json:"dir"`
 	Images  int    `json:"images,omitempty"`
+	Cold    int    `json:"cold,omitempty"`
 	Rows    []Row  `json:"rows"`
 }
 
@@ -183,9 +195,12 @@ func throughputRow(name string, bytes int64, took, limit time.Duration, target f
 }
 
 func (r *Result) print(w io.Writer) {
-	if r.Images > 0 {
+	switch {
+	case r.Cold > 0:
+		fmt.Fprintf(w, "ocibench: %d cold pulls of a %s layer each way, upstream distribution on loopback, in %s\n", r.Cold, human(r.Size), r.Dir)
+	case r.Images > 0:
 		fmt.Fprintf(w, "ocibench: %d images, layer %s, %d clients, in %s\n", r.Images, human(r.Size), r.Clients, r.Dir)
-	} else {
+	default:
 		fmt.Fprintf(w, "ocibench: blob %s, chunk %s, %d push run(s), %d GET run(s), %d manifest clients, in %s\n",
 			human(r.Size), human(r.Chunk), r.Runs, r.GetRuns, r.Clients, r.Dir)
 	}
@@ -238,6 +253,7 @@ http://:%d {
 	bind 127.0.0.1
 	oci_registry {
 		storage %s
+		%s
 	}
 }
 `
@@ -522,7 +538,7 @@ func startServer(o options, tmp string) (*server, error) {
 		admin = "admin " + adminAddr
 	}
 	cf := filepath.Join(tmp, "Caddyfile")
-	if err := os.WriteFile(cf, fmt.Appendf(nil, caddyfile, admin, o.global, port, filepath.Join(tmp, "store")), 0o644); err != nil {
+	if err := os.WriteFile(cf, fmt.Appendf(nil, caddyfile, admin, o.global, port, filepath.Join(tmp, "store"), o.registryLines), 0o644); err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(o.caddy, "run", "--config", cf, "--adapter", "caddyfile")
