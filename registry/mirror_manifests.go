@@ -187,6 +187,12 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 	}
 	man := manifestMeta(mt, body)
 	man.Digest, man.Size = d, int64(len(body))
+	if fp, ok := h.cfg.Store.(fetchedManifestPutter); ok && tag != "" {
+		if err := fp.PutFetchedManifest(ctx, rc.name, man, body, tag, m.now()); err != nil {
+			return mirroredManifest{}, err
+		}
+		return mirroredManifest{m: man, body: body}, nil
+	}
 	var tags []string
 	if tag != "" {
 		tags = []string{tag}
