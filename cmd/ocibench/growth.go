@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"time"
 
@@ -80,7 +81,7 @@ func growCaddy(o options, tmp string) ([]Row, error) {
 		return nil, err
 	}
 	srv.stop()
-	gc, err := measureGC(filepath.Join(tmp, "store"), images)
+	gc, err := measureGC(o, filepath.Join(tmp, "store"), images)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +140,7 @@ func grow(o options, srv *server) ([]Row, []image, error) {
 // times a full collection, then one after deleting every gcChanged-th
 // image, which the incremental collection should find from its
 // candidates alone. The deletes go through the store, as the API's do.
-func measureGC(dir string, images []image) ([]Row, error) {
+func measureGC(o options, dir string, images []image) ([]Row, error) {
 	st, err := cache.Open(cache.Options{Dir: dir, GCGrace: time.Millisecond})
 	if err != nil {
 		return nil, fmt.Errorf("open the store for GC: %w", err)
@@ -164,9 +165,23 @@ func measureGC(dir string, images []image) ([]Row, error) {
 		deleted++
 	}
 	time.Sleep(5 * time.Millisecond)
+	if o.pprofDir != "" {
+		// This process is the one collecting: its own CPU profile.
+		f, err := os.Create(filepath.Join(o.pprofDir, "gc-incremental.pprof"))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+	}
 	start = time.Now()
 	incr, err := st.GC()
 	incrTook := time.Since(start)
+	if o.pprofDir != "" {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("GC after deletes: %w", err)
 	}
