@@ -208,6 +208,8 @@ func Open(opts Options) (*Store, error) {
 	go s.mirrorLoop()
 	s.wg.Add(1)
 	go s.spaceLoop()
+	s.wg.Add(1)
+	go s.tablePagesLoop(metaDir)
 	return s, nil
 }
 
