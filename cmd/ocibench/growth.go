@@ -74,7 +74,7 @@ func growCaddy(o options, tmp string) ([]Row, error) {
 		return nil, err
 	}
 	defer srv.stop()
-	rows, images, err := grow(o, srv)
+	rows, images, err := grow(o, srv, (*benchclient.Client).PushMonolithic)
 	if err != nil {
 		return nil, err
 	}
@@ -89,9 +89,12 @@ func growCaddy(o options, tmp string) ([]Row, error) {
 	return append(rows, gc...), nil
 }
 
-// grow pushes the images, measures the manifest rates on the grown store
-// and reads the server's memory.
-func grow(o options, srv *server) ([]Row, []image, error) {
+// pushFunc pushes one blob whose bytes are in body.
+type pushFunc func(c *benchclient.Client, repo, digest string, size int64, body io.Reader) error
+
+// grow pushes the images, each blob with push, measures the manifest
+// rates on the grown store and reads the server's memory.
+func grow(o options, srv *server, push pushFunc) ([]Row, []image, error) {
 	idle, err := memory(srv.cmd.Process.Pid)
 	if err != nil {
 		return nil, nil, err
@@ -103,7 +106,7 @@ func grow(o options, srv *server) ([]Row, []image, error) {
 	images := make([]image, o.images)
 	took, err := benchclient.RunConcurrent(o.images, o.clients, func(i int) error {
 		repo := fmt.Sprintf("grow/r%05d", i%repos)
-		d, err := pushImage(c, repo, strconv.Itoa(i/repos), uint64(i), o.layer)
+		d, err := pushImage(c, push, repo, strconv.Itoa(i/repos), uint64(i), o.layer)
 		images[i] = image{repo, d}
 		return err
 	})
@@ -238,7 +241,7 @@ func growDistribution(o options, tmp string) ([]Row, error) {
 		return nil, err
 	}
 	defer srv.stop()
-	rows, images, err := grow(o, srv)
+	rows, images, err := grow(o, srv, (*benchclient.Client).PushPostPut)
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +290,7 @@ func tail(b []byte) []byte {
 // pushImage pushes one image of its own: a layer of layerSize bytes made
 // from seed, a config naming it, and a manifest tagged tag. It returns
 // the manifest's digest.
-func pushImage(c *benchclient.Client, repo, tag string, seed uint64, layerSize int64) (string, error) {
+func pushImage(c *benchclient.Client, push pushFunc, repo, tag string, seed uint64, layerSize int64) (string, error) {
 	layer := make([]byte, layerSize)
 	if _, err := io.ReadFull(benchclient.NewBlob(seed+(5<<32), layerSize), layer); err != nil {
 		return "", err
@@ -296,7 +299,7 @@ func pushImage(c *benchclient.Client, repo, tag string, seed uint64, layerSize i
 	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + ld + `"]}}`)
 	cd := digestOf(config)
 	for _, b := range [][]byte{layer, config} {
-		if err := c.PushPostPut(repo, digestOf(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+		if err := push(c, repo, digestOf(b), int64(len(b)), bytes.NewReader(b)); err != nil {
 			return "", err
 		}
 	}
