@@ -29,6 +29,9 @@ func (s *Store) tablePagesLoop(metaDir string) {
 		s.log.Debug("not releasing table pages", zap.Error(err))
 		return
 	}
+	if inMemoryFS(dir) {
+		return // tmpfs: the pages are the files; paging them out means swap
+	}
 	t := time.NewTicker(tablePagesEvery)
 	defer t.Stop()
 	for {

@@ -60,3 +60,9 @@ func parseMapsLine(line string) (start, end uintptr, path string, ok bool) {
 	i := strings.Index(line, fields[5])
 	return uintptr(s), uintptr(e), line[i:], true
 }
+
+// inMemoryFS reports whether dir is on tmpfs.
+func inMemoryFS(dir string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(dir, &fs) == nil && fs.Type == unix.TMPFS_MAGIC
+}

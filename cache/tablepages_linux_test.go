@@ -59,8 +59,7 @@ func TestReleaseTablePages(t *testing.T) {
 		t.Fatal(err)
 	}
 	meta = filepath.Join(meta, "meta")
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err == nil && fs.Type == unix.TMPFS_MAGIC {
+	if inMemoryFS(dir) {
 		// tmpfs pages are memory: without swap there is nowhere to page
 		// them out to.
 		t.Skip("the temp folder is on tmpfs, whose pages cannot be paged out without swap")
