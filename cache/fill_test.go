@@ -287,3 +287,32 @@ func TestTagInfo(t *testing.T) {
 		t.Fatalf("Fetched survived DeleteManifest: %v", ti.Fetched)
 	}
 }
+
+// PutFetchedManifest stores the manifest, points the tag at it and
+// records the fetch time at once.
+func TestPutFetchedManifest(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{Dir: t.TempDir()})
+	body := []byte(`{"schemaVersion":2}`)
+	m := Manifest{Digest: digestOf(body), MediaType: "application/vnd.oci.image.manifest.v1+json"}
+	at := time.Unix(1700000000, 456)
+	if err := s.PutFetchedManifest(t.Context(), "m/a", m, body, "v1", at); err != nil {
+		t.Fatal(err)
+	}
+	ti, err := s.TagInfo(t.Context(), "m/a", "v1")
+	if err != nil || ti.Digest != m.Digest || !ti.Fetched.Equal(at) {
+		t.Fatalf("TagInfo = %+v, %v", ti, err)
+	}
+	if _, got, err := s.GetManifest(t.Context(), "m/a", m.Digest); err != nil || string(got) != string(body) {
+		t.Fatalf("GetManifest = %q, %v", got, err)
+	}
+	if err := s.PutFetchedManifest(t.Context(), "m/a", m, body, "v1", time.Time{}); err == nil {
+		t.Error("PutFetchedManifest without a time succeeded")
+	}
+	if err := s.PutFetchedManifest(t.Context(), "m/a", m, body, "", at); err == nil {
+		t.Error("PutFetchedManifest of an empty tag succeeded")
+	}
+	if err := s.PutFetchedManifest(t.Context(), "m/a", m, []byte(`{}`), "v2", at); !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("PutFetchedManifest of other bytes = %v, want ErrDigestMismatch", err)
+	}
+}

@@ -240,6 +240,22 @@ func (s *Store) ReposWithBlob(ctx context.Context, d Digest, limit int) ([]strin
 // entry is added under the subject. Then points each of tags at it. All
 // metadata changes commit in one badger transaction.
 func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, body []byte, tags []string) error {
+	return s.putManifest(repo, m, body, tags, time.Time{})
+}
+
+// PutFetchedManifest is PutManifest of a manifest a mirror fetched for
+// tag, and SetTagFetched(tag, fetched), in one transaction: a cold pull
+// through a mirror then waits for one sync of the metadata, not two.
+func (s *Store) PutFetchedManifest(ctx context.Context, repo string, m Manifest, body []byte, tag string, fetched time.Time) error {
+	if fetched.IsZero() {
+		return errors.New("cache: PutFetchedManifest needs a fetch time")
+	}
+	return s.putManifest(repo, m, body, []string{tag}, fetched)
+}
+
+// putManifest is PutManifest; a non-zero fetched also records it as the
+// time each tag was confirmed upstream.
+func (s *Store) putManifest(repo string, m Manifest, body []byte, tags []string, fetched time.Time) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}
@@ -312,6 +328,11 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, body [
 		for _, t := range tags {
 			if err := txn.Set(tagKey(repo, t), []byte(d.String())); err != nil {
 				return err
+			}
+			if !fetched.IsZero() {
+				if err := txn.Set(tagFetchKey(repo, t), fetchedValue(fetched)); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -161,8 +161,10 @@ func Open(opts Options) (*Store, error) {
 		WithSyncWrites(true).
 		WithMetricsEnabled(false).
 		// Metadata is small; keep badger's memory well under the process
-		// budget (defaults would take several hundred MiB).
-		WithMemTableSize(8 << 20).
+		// budget (defaults would take several hundred MiB). Each memtable
+		// costs about 1.3 times its size in an arena on the heap, and as
+		// much again of mapped log, two at once while one is flushed.
+		WithMemTableSize(4 << 20).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
@@ -206,6 +208,8 @@ func Open(opts Options) (*Store, error) {
 	go s.mirrorLoop()
 	s.wg.Add(1)
 	go s.spaceLoop()
+	s.wg.Add(1)
+	go s.tablePagesLoop(metaDir)
 	return s, nil
 }
 

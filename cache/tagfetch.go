@@ -63,8 +63,6 @@ func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, t time.Time
 	if err := checkName("tag", tag); err != nil {
 		return err
 	}
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], uint64(t.UnixNano()))
 	return s.update(func(txn *badger.Txn) error {
 		ok, err := exists(txn, tagKey(repo, tag))
 		if err != nil {
@@ -73,6 +71,11 @@ func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, t time.Time
 		if !ok {
 			return fmt.Errorf("%w: %s:%s", ErrTagUnknown, repo, tag)
 		}
-		return txn.Set(tagFetchKey(repo, tag), v[:])
+		return txn.Set(tagFetchKey(repo, tag), fetchedValue(t))
 	})
+}
+
+// fetchedValue is how a tag's fetch time is stored.
+func fetchedValue(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))
 }

@@ -205,6 +205,11 @@ func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, referenc
 // storeUpstreamManifest stores what getUpstreamManifest fetched, tagged
 // with tag if given, and records when the tag was fetched.
 func (h *Handler) storeUpstreamManifest(ctx context.Context, rc *request, res mirroredManifest, tag string) error {
+	if fp, ok := h.cfg.Store.(fetchedManifestPutter); ok && tag != "" {
+		// One metadata transaction (one sync) for the manifest, its tag
+		// and the tag's fetch time, on the cold pull's path.
+		return fp.PutFetchedManifest(ctx, rc.name, res.m, res.body, tag, rc.mirror.now())
+	}
 	var tags []string
 	if tag != "" {
 		tags = []string{tag}

@@ -143,6 +143,14 @@ type TagFetchTimes interface {
 	SetTagFetched(ctx context.Context, repo, tag string, t time.Time) error
 }
 
+// fetchedManifestPutter is a store that keeps a manifest a mirror fetched
+// for a tag and the tag's fetch time in one write (cache.Store: one sync
+// of its metadata on a cold pull instead of two). Others get PutManifest
+// and SetTagFetched.
+type fetchedManifestPutter interface {
+	PutFetchedManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tag string, fetched time.Time) error
+}
+
 // Fills bring a mirror's blobs in once, however many requests ask.
 type Fills interface {
 	// FillAdmitted returns the fill of d in progress, or one of the

@@ -102,6 +102,28 @@ func (c *Client) PushMonolithic(repo, digest string, size int64, body io.Reader)
 	return err
 }
 
+// PushPostPut is POST /v2/<repo>/blobs/uploads/ with no body, then PUT
+// ?digest= with the whole blob: the monolithic push every registry
+// accepts (distribution answers a POST with a body 202 and drops it), and
+// what containerd and Docker do.
+func (c *Client) PushPostPut(repo, digest string, size int64, body io.Reader) error {
+	resp, err := c.do(http.MethodPost, c.base+"/v2/"+repo+"/blobs/uploads/", nil, 0, nil, http.StatusAccepted)
+	if err != nil {
+		return err
+	}
+	discard(resp)
+	loc, err := c.location(resp)
+	if err != nil {
+		return err
+	}
+	resp, err = c.do(http.MethodPut, withQuery(loc, "digest", digest), body, size, nil, http.StatusCreated)
+	if err != nil {
+		return err
+	}
+	_, err = discard(resp)
+	return err
+}
+
 // PushChunked is POST, then one PATCH per chunk with Content-Range, then
 // PUT ?digest= with no body.
 func (c *Client) PushChunked(repo, digest string, size, chunk int64, body io.Reader) error {
@@ -167,6 +189,26 @@ func (c *Client) PutManifest(repo, ref, mediaType string, m []byte) error {
 	if resp.StatusCode != http.StatusCreated {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("PUT manifest %s:%s: status %d: %s", repo, ref, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	return err
+}
+
+// DeleteManifest is DELETE /v2/<repo>/manifests/<digest>; it wants 202
+// Accepted.
+func (c *Client) DeleteManifest(repo, digest string) error {
+	req, err := http.NewRequest(http.MethodDelete, c.base+"/v2/"+repo+"/manifests/"+digest, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("DELETE manifest %s@%s: status %d: %s", repo, digest, resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	return err

@@ -68,6 +68,11 @@ type options struct {
 	images     int
 	layer      int64
 	layerText  string
+	registry   string
+	cold       int
+	// registryLines: more lines for the oci_registry block (a mode's
+	// mirror), not a flag.
+	registryLines string
 }
 
 func main() {
@@ -95,15 +100,26 @@ func main() {
 	flag.BoolVar(&o.jsonOutput, "json", false, "print the figures as JSON instead of a table")
 	flag.IntVar(&o.images, "images", 0, "store-growth mode: instead of the blob and manifest figures, push this many images (layer, config, manifest each) across images/10 repositories with -clients clients, then report the server's RSS (and save heap.pprof with -pprof)")
 	flag.StringVar(&o.layerText, "layer", "4KiB", "layer size of each image in the store-growth mode")
+	flag.StringVar(&o.registry, "registry", "", "store-growth mode: also run the same figures against this distribution (v3) registry binary, e.g. /root/go/bin/registry")
+	flag.IntVar(&o.cold, "cold", 0, "cold-pull mode: with -registry as the upstream, time the first byte of this many cold blobs of -layer bytes through a mirror of it and straight from it")
 	flag.Parse()
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "ocibench:", err)
 		flag.Usage()
 		os.Exit(2)
 	}
+	if o.pprofDir != "" {
+		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "ocibench:", err)
+			os.Exit(1)
+		}
+	}
 	runMode := run
-	if o.images > 0 {
+	switch {
+	case o.images > 0:
 		runMode = runGrowth
+	case o.cold > 0:
+		runMode = runCold
 	}
 	res, err := runMode(o)
 	if err != nil {
@@ -133,7 +149,10 @@ func (o *options) check() error {
 	if o.layer, err = benchclient.ParseSize(o.layerText); err != nil {
 		return err
 	}
-	if o.images < 0 || o.layer < 1 {
+	if o.cold > 0 && o.registry == "" {
+		return errors.New("-cold needs -registry, the upstream")
+	}
+	if o.images < 0 || o.cold < 0 || o.layer < 1 {
 		return errors.New("-images must not be negative and -layer must be positive")
 	}
 	if o.runs < 1 || o.getRuns < 1 || o.clients < 1 || o.requests < 1 {
@@ -163,6 +182,7 @@ type Result struct {
 	Clients int    `json:"clients"`
 	Dir     string `json:"dir"`
 	Images  int    `json:"images,omitempty"`
+	Cold    int    `json:"cold,omitempty"`
 	Rows    []Row  `json:"rows"`
 }
 
@@ -175,9 +195,12 @@ func throughputRow(name string, bytes int64, took, limit time.Duration, target f
 }
 
 func (r *Result) print(w io.Writer) {
-	if r.Images > 0 {
+	switch {
+	case r.Cold > 0:
+		fmt.Fprintf(w, "ocibench: %d cold pulls of a %s layer each way, upstream distribution on loopback, in %s\n", r.Cold, human(r.Size), r.Dir)
+	case r.Images > 0:
 		fmt.Fprintf(w, "ocibench: %d images, layer %s, %d clients, in %s\n", r.Images, human(r.Size), r.Clients, r.Dir)
-	} else {
+	default:
 		fmt.Fprintf(w, "ocibench: blob %s, chunk %s, %d push run(s), %d GET run(s), %d manifest clients, in %s\n",
 			human(r.Size), human(r.Chunk), r.Runs, r.GetRuns, r.Clients, r.Dir)
 	}
@@ -230,6 +253,7 @@ http://:%d {
 	bind 127.0.0.1
 	oci_registry {
 		storage %s
+		%s
 	}
 }
 `
@@ -259,11 +283,6 @@ func run(o options) (*Result, error) {
 	idle, err := memory(srv.cmd.Process.Pid)
 	if err != nil {
 		return nil, err
-	}
-	if o.pprofDir != "" {
-		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
-			return nil, err
-		}
 	}
 
 	res := &Result{Size: o.size, Chunk: o.chunk, Runs: o.runs, GetRuns: o.getRuns, Clients: o.clients, Dir: tmp}
@@ -424,7 +443,7 @@ func measureManifests(o options, c *benchclient.Client) ([]Row, error) {
 		d string
 		b []byte
 	}{{ld, layer}, {cd, config}} {
-		if err := c.PushMonolithic(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
+		if err := c.PushPostPut(repo, p.d, int64(len(p.b)), bytes.NewReader(p.b)); err != nil {
 			return nil, err
 		}
 	}
@@ -519,26 +538,35 @@ func startServer(o options, tmp string) (*server, error) {
 		admin = "admin " + adminAddr
 	}
 	cf := filepath.Join(tmp, "Caddyfile")
-	if err := os.WriteFile(cf, fmt.Appendf(nil, caddyfile, admin, o.global, port, filepath.Join(tmp, "store")), 0o644); err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(tmp, "caddy.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
+	if err := os.WriteFile(cf, fmt.Appendf(nil, caddyfile, admin, o.global, port, filepath.Join(tmp, "store"), o.registryLines), 0o644); err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(o.caddy, "run", "--config", cf, "--adapter", "caddyfile")
 	// Keep Caddy's data and config folders inside tmp.
 	cmd.Env = append(os.Environ(), "HOME="+tmp, "XDG_DATA_HOME="+filepath.Join(tmp, "data"), "XDG_CONFIG_HOME="+filepath.Join(tmp, "config"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", o.caddy, err)
+	s, err := startProcess(cmd, port, filepath.Join(tmp, "caddy.log"))
+	if err != nil {
+		return nil, err
 	}
-	s := &server{cmd: cmd, exited: make(chan error, 1), base: fmt.Sprintf("http://127.0.0.1:%d", port), log: logPath}
 	if adminAddr != "" {
 		s.admin = "http://" + adminAddr
 	}
+	return s, nil
+}
+
+// startProcess starts cmd, a registry serving plain HTTP on loopback
+// port, with its output in logPath, and waits until it serves GET /v2/.
+func startProcess(cmd *exec.Cmd, port int, logPath string) (*server, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
+	}
+	s := &server{cmd: cmd, exited: make(chan error, 1), base: fmt.Sprintf("http://127.0.0.1:%d", port), log: logPath}
 	go func() { s.exited <- cmd.Wait(); logf.Close() }()
 	if err := s.waitReady(30 * time.Second); err != nil {
 		s.stop()
@@ -637,6 +665,10 @@ func (s *server) heapProfile(o options) error {
 	if s.admin == "" {
 		return nil
 	}
+	return s.saveHeapProfile(filepath.Join(o.pprofDir, "heap.pprof"))
+}
+
+func (s *server) saveHeapProfile(path string) error {
 	resp, err := http.Get(s.admin + "/debug/pprof/heap")
 	if err != nil {
 		return fmt.Errorf("heap profile: %w", err)
@@ -645,7 +677,7 @@ func (s *server) heapProfile(o options) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("heap profile: status %d", resp.StatusCode)
 	}
-	f, err := os.Create(filepath.Join(o.pprofDir, "heap.pprof"))
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,41 @@ const pipelineDepth = 4
 // buffer it reads, writes and hashes in turn. The bytes reach h in order,
 // so the result equals io.Copy(io.MultiWriter(w, h), r).
 func CopyHashing(w, h io.Writer, r io.Reader, size int64) (int64, error) {
+	if size >= 0 {
+		return copyHashingSized(w, h, r, size)
+	}
+	// Of unknown size (a PUT with the blob as its body declares none to
+	// the store) is most often a small blob: a config, a small layer. Its
+	// start goes through a small buffer, and big ones are taken only if
+	// more follows, so many small pushes at once do not hold the big
+	// buffers' budget (or grow the heap) for a few KiB each.
+	sp := GetBuf(SmallBufSize)
+	defer PutBuf(sp)
+	nr, rerr := fill(r, *sp)
+	var n int64
+	if nr > 0 {
+		nw, err := w.Write((*sp)[:nr])
+		n = int64(nw)
+		if err == nil && nw != nr {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return n, err
+		}
+		h.Write((*sp)[:nr])
+	}
+	if rerr == io.EOF {
+		return n, nil
+	}
+	if rerr != nil {
+		return n, rerr
+	}
+	m, err := copyHashingSized(w, h, r, -1)
+	return n + m, err
+}
+
+// copyHashingSized is CopyHashing with buffers picked by size alone.
+func copyHashingSized(w, h io.Writer, r io.Reader, size int64) (int64, error) {
 	first := GetBuf(size)
 	bufs := []*[]byte{first}
 	if cap(*first) == CopyBufSize && (size < 0 || size > CopyBufSize) {

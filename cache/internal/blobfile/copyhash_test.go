@@ -112,3 +112,44 @@ type failWriter struct{}
 func (failWriter) Write([]byte) (int, error) { return 0, errBoom }
 
 var errBoom = errors.New("boom")
+
+// bigBufWatch is a reader of n zero bytes that records the most big
+// buffers out while it was read.
+type bigBufWatch struct {
+	r    io.Reader
+	most int
+}
+
+func (b *bigBufWatch) Read(p []byte) (int, error) {
+	b.most = max(b.most, len(bigOut))
+	return b.r.Read(p)
+}
+
+// A write of unknown size (a PUT with its body: most are configs and
+// small layers) takes big buffers only once it holds more than a small
+// one: 32 clients pushing 4 KiB blobs held the whole 16 MiB budget.
+func TestCopyHashingUnknownSmallTakesNoBigBuffer(t *testing.T) {
+	for _, n := range []int{0, 1, 4096, SmallBufSize - 1} {
+		src := &bigBufWatch{r: bytes.NewReader(bytes.Repeat([]byte{7}, n))}
+		var dst bytes.Buffer
+		h := sha256.New()
+		got, err := CopyHashing(&dst, h, src, -1)
+		if err != nil || got != int64(n) || dst.Len() != n {
+			t.Fatalf("%d bytes: copied %d (%d written), %v", n, got, dst.Len(), err)
+		}
+		if want := sha256.Sum256(dst.Bytes()); !bytes.Equal(h.Sum(nil), want[:]) {
+			t.Fatalf("%d bytes: hash differs", n)
+		}
+		if src.most != 0 {
+			t.Errorf("%d bytes of unknown size: %d big buffers out while reading, want 0", n, src.most)
+		}
+	}
+	// Past the small buffer it still gets the pipeline's big buffers.
+	src := &bigBufWatch{r: bytes.NewReader(make([]byte, 3*CopyBufSize))}
+	if _, err := CopyHashing(io.Discard, sha256.New(), src, -1); err != nil {
+		t.Fatal(err)
+	}
+	if src.most != pipelineDepth {
+		t.Errorf("a large stream read with %d big buffers out, want %d", src.most, pipelineDepth)
+	}
+}

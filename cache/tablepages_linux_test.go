@@ -1,0 +1,147 @@
+package cache
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
+)
+
+// residentTableBytes is the resident memory (Rss in /proc/self/smaps) of
+// this process's mappings of .sst files in dir.
+func residentTableBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no /proc/self/smaps: %v", err)
+	}
+	defer f.Close()
+	var total int64
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if fields := strings.Fields(line); len(fields) > 0 && !strings.HasSuffix(fields[0], ":") {
+			// A mapping's header line; the lines after it are its own.
+			_, _, path, ok := parseMapsLine(line)
+			in = ok && filepath.Dir(path) == dir && filepath.Ext(path) == ".sst"
+			continue
+		}
+		if v, ok := strings.CutPrefix(line, "Rss:"); ok && in {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("smaps: %q: %v", line, err)
+			}
+			total += kb << 10
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
+// The pages of the metadata's tables that lookups and compactions made
+// resident leave the process's RSS when released, and every key still
+// reads back as written.
+func TestReleaseTablePages(t *testing.T) {
+	dir := t.TempDir()
+	meta, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta = filepath.Join(meta, "meta")
+	if inMemoryFS(dir) {
+		// tmpfs pages are memory: without swap there is nowhere to page
+		// them out to.
+		t.Skip("the temp folder is on tmpfs, whose pages cannot be paged out without swap")
+	}
+	const keys = 40000
+	value := func(i int) []byte { return []byte(fmt.Sprintf("value %d %s", i, bytes.Repeat([]byte{'x'}, 100))) }
+	s := openStore(t, Options{Dir: dir})
+	for i := 0; i < keys; i += 1000 {
+		err := s.update(func(txn *badger.Txn) error {
+			for j := i; j < i+1000; j++ {
+				if err := txn.Set([]byte(fmt.Sprintf("test/%08d", j)), value(j)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Reopened, the memtable is a table on disk, mapped.
+	s.Close()
+	s = openStore(t, Options{Dir: dir})
+	readAll := func() {
+		t.Helper()
+		n := 0
+		err := s.db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("test/"), PrefetchValues: false})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				v, err := it.Item().ValueCopy(nil)
+				if err != nil {
+					return err
+				}
+				if !bytes.Equal(v, value(n)) {
+					return fmt.Errorf("key %q = %q", it.Item().Key(), v)
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil || n != keys {
+			t.Fatalf("read %d of %d keys: %v", n, keys, err)
+		}
+	}
+	readAll()
+	before := residentTableBytes(t, meta)
+	if before < 1<<20 {
+		t.Fatalf("only %d bytes of tables resident after reading them all", before)
+	}
+	asked, err := releaseTablePages(meta)
+	if errors.Is(err, unix.EINVAL) {
+		t.Skip("madvise MADV_PAGEOUT not supported by this kernel (Linux >= 5.4)")
+	}
+	if err != nil || asked < before {
+		t.Fatalf("releaseTablePages = %d, %v (resident before: %d)", asked, err, before)
+	}
+	after := residentTableBytes(t, meta)
+	t.Logf("tables resident: %d KiB before, %d KiB after", before>>10, after>>10)
+	if after > before/4 {
+		t.Errorf("tables resident: %d bytes before, %d after release; want most of it gone", before, after)
+	}
+	readAll()
+}
+
+func TestParseMapsLine(t *testing.T) {
+	for _, c := range []struct {
+		line       string
+		start, end uintptr
+		path       string
+		ok         bool
+	}{
+		{"7f0000001000-7f0000003000 r--s 00000000 fd:01 1234                       /s/meta/000001.sst", 0x7f0000001000, 0x7f0000003000, "/s/meta/000001.sst", true},
+		{"7f0000001000-7f0000003000 r--s 00000000 fd:01 1234   /a dir/meta/000002.sst", 0x7f0000001000, 0x7f0000003000, "/a dir/meta/000002.sst", true},
+		{"7f0000001000-7f0000003000 rw-p 00000000 00:00 0 ", 0, 0, "", false},
+		{"7f0000003000-7f0000001000 r--s 00000000 fd:01 1 /x.sst", 0, 0, "", false},
+		{"zz-7f0000001000 r--s 00000000 fd:01 1 /x.sst", 0, 0, "", false},
+		{"Rss:                   4 kB", 0, 0, "", false},
+	} {
+		s, e, p, ok := parseMapsLine(c.line)
+		if s != c.start || e != c.end || p != c.path || ok != c.ok {
+			t.Errorf("parseMapsLine(%q) = %#x, %#x, %q, %v", c.line, s, e, p, ok)
+		}
+	}
+}
