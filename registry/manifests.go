@@ -181,6 +181,11 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 		}
 		return errInternal(err)
 	}
+	if p := h.signaturePolicy(rc.name); p != nil {
+		// The push may be a signature (cosign's tag, a referrer) for a
+		// manifest refused a moment ago: the next pull checks again.
+		h.sigVerdicts.forgetRefusals(p, rc.name)
+	}
 
 	hd := w.Header()
 	hd.Set("Location", rc.url("/manifests/"+d.String()))

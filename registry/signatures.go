@@ -81,6 +81,20 @@ func (c *sigVerdicts) put(key string, ok bool, now time.Time) {
 	c.m[key] = sigVerdict{ok: ok, until: now.Add(ttl)}
 }
 
+// forgetRefusals drops the refusals kept for repo under p, so that a
+// signature pushed right after a refused pull is honoured by the next one
+// on this replica (other replicas keep theirs for sigFailTTL at most).
+func (c *sigVerdicts) forgetRefusals(p *sigpolicy.Policy, repo string) {
+	prefix := p.Name() + "\x00" + repo + "\x00"
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, v := range c.m {
+		if !v.ok && strings.HasPrefix(k, prefix) {
+			delete(c.m, k)
+		}
+	}
+}
+
 func verdictKey(p *sigpolicy.Policy, repo string, d cache.Digest) string {
 	return p.Name() + "\x00" + repo + "\x00" + d.String()
 }

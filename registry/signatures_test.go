@@ -641,3 +641,19 @@ func TestSignaturePolicySignersRead(t *testing.T) {
 	}
 	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/blobs/"+layerOfTestImage("unsigned"), nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/app"), "team/**")
 }
+
+// TestSignaturePolicySignedRightAfterRefusal: a pull refused for want of
+// a signature, then the signature pushed, then the pull again at once
+// (as a user does, and as the real-CLI e2e test does): the refusal kept
+// for sigFailTTL must not outlive the signature's push.
+func TestSignaturePolicySignedRightAfterRefusal(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base, repo := tr.srv.URL, "team/app"
+	img := pushTestImage(t, base, repo, "v1", "v1")
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/manifests/v1", nil), "team/**")
+	signCosign(t, base, repo, s.key, img, img.Digest, false)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/v1", nil), http.StatusOK)
+}
