@@ -286,14 +286,14 @@ func (h *Handler) unconfirmedBlob(w http.ResponseWriter, r *http.Request, rc *re
 }
 
 // readableInMirror reports whether a repository of m that r's caller may
-// read links blob d.
+// read, and whose signature policy would serve d, links blob d.
 func (h *Handler) readableInMirror(r *http.Request, m *Mirror, d cache.Digest) bool {
 	repos, err := h.cfg.Store.ReposWithBlob(r.Context(), d, mountCandidates)
 	if err != nil {
 		return false
 	}
 	for _, repo := range repos {
-		if h.mirrorFor(repo) == m && h.cfg.CanRead(r, repo) {
+		if h.mirrorFor(repo) == m && h.mayServeFrom(r, repo, d) {
 			return true
 		}
 	}

@@ -230,3 +230,15 @@ func (h *Handler) scan(ctx context.Context, p *sigpolicy.Policy, repo string, mi
 		}
 	}
 }
+
+// mayServeFrom reports whether blob d may be taken out of repo for r's
+// caller, by a mount or a mirror's fallback when upstream fails: the
+// caller may read repo, and a GET of d there would not be refused by its
+// signature policy.
+func (h *Handler) mayServeFrom(r *http.Request, repo string, d cache.Digest) bool {
+	if !h.cfg.CanRead(r, repo) {
+		return false
+	}
+	p := h.signaturePolicy(repo)
+	return p == nil || h.blobVouched(r.Context(), p, repo, h.mirrorFor(repo), d)
+}

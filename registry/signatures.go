@@ -121,10 +121,11 @@ func (h *Handler) checkSignature(r *http.Request, rc *request, m cache.Manifest,
 	if err == nil {
 		return nil
 	}
-	if rc.mirror == nil && signingTool(r.UserAgent()) && h.cfg.CanPush(r, rc.name) {
+	if rc.mirror == nil && !h.cfg.ReadOnly && signingTool(r.UserAgent()) && h.cfg.CanPush(r, rc.name) {
 		// cosign and notation GET the manifest they sign, so an image
 		// could never be signed once a policy covers it. Someone who
-		// may push here may put any image here anyway; a runtime never
+		// may push here may put any image here anyway (not so on a
+		// read-only registry, where nobody may); a runtime never
 		// sends these User-Agents, so what nodes pull stays checked.
 		h.cfg.Logger.Info("unsigned manifest served to a signer who may push",
 			zap.String("repo", rc.name), zap.String("digest", m.Digest.String()), zap.String("user_agent", r.UserAgent()))

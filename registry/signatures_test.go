@@ -640,6 +640,23 @@ func TestSignaturePolicySignersRead(t *testing.T) {
 		wantDenied(t, tr, tr.do(method, "/v2/docker.io/myorg/app/manifests/unsigned", nil, "User-Agent", cosignUA, "X-Test-Pusher", "docker.io/myorg/app"), "docker.io/**")
 	}
 	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/blobs/"+layerOfTestImage("unsigned"), nil, "User-Agent", cosignUA, "X-Test-Pusher", "team/app"), "team/**")
+
+	// Read-only, nobody may push, so no signer reads what is unsigned.
+	cfg := tr.h.cfg
+	cfg.ReadOnly = true
+	ro := httptest.NewServer(New(cfg))
+	t.Cleanup(ro.Close)
+	req, _ := http.NewRequest(http.MethodGet, ro.URL+"/v2/team/app/manifests/unsigned", nil)
+	req.Header.Set("User-Agent", cosignUA)
+	req.Header.Set("X-Test-Pusher", "team/app")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("read-only registry, signer's GET of an unsigned manifest: %s, want 403", resp.Status)
+	}
 }
 
 // TestSignaturePolicySignedRightAfterRefusal: a pull refused for want of

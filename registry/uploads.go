@@ -89,12 +89,7 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 		candidates = repos
 	}
 	for _, repo := range candidates {
-		if !h.cfg.CanRead(r, repo) {
-			continue
-		}
-		if p := h.signaturePolicy(repo); p != nil && !h.blobVouched(r.Context(), p, repo, h.mirrorFor(repo), d) {
-			// A mount must not carry out of a protected repository
-			// what a GET there would refuse.
+		if !h.mayServeFrom(r, repo, d) {
 			continue
 		}
 		if err := h.cfg.Store.LinkBlob(r.Context(), rc.name, d); err != nil {
