@@ -33,7 +33,14 @@ func releaseTablePages(dir string) (int64, error) {
 			continue
 		}
 		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, start, end-start, unix.MADV_PAGEOUT); errno != 0 {
-			return asked, errno
+			// ENOMEM or EAGAIN: the table was unmapped after the line was
+			// read (a compaction), or the kernel is busy; the next range
+			// and the next round go on. EINVAL before any range worked:
+			// a kernel without MADV_PAGEOUT, and the caller stops.
+			if errno == unix.EINVAL && asked == 0 {
+				return asked, errno
+			}
+			continue
 		}
 		asked += int64(end - start)
 	}

@@ -64,6 +64,9 @@ func (s *Store) sweepLeftovers(ctx context.Context, now time.Time) (int, error) 
 			return dropped, fmt.Errorf("listing what unfinished uploads left: %w", err)
 		}
 		for _, l := range ls {
+			if l.Since.IsZero() {
+				continue // a server that gave no time: its age is unknown
+			}
 			if !l.Since.Before(before) || l.Session == "" && !l.Since.Before(now.Add(-putMaxAge)) {
 				continue
 			}

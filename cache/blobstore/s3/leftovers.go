@@ -66,18 +66,23 @@ func (s *Store) leftoverUploads(ctx context.Context, keyMarker string, n int) ([
 	ls := make([]blobstore.Leftover, 0, len(out.Uploads))
 	for _, u := range out.Uploads {
 		key := aws.ToString(u.Key)
+		if !s.ours(key) {
+			continue // another application's, under the same (or no) prefix
+		}
 		ls = append(ls, blobstore.Leftover{
 			Session: s.sessionOf(key), Since: aws.ToTime(u.Initiated),
 			Key: key, Upload: aws.ToString(u.UploadId),
 		})
 	}
 	next := cursorObjects + cursorSep
-	if aws.ToBool(out.IsTruncated) && len(ls) > 0 {
-		last := ls[len(ls)-1].Key
+	if ups := out.Uploads; aws.ToBool(out.IsTruncated) && len(ups) > 0 {
+		// The page's keys, not only those kept: a page of other
+		// applications' uploads still moves the cursor.
+		last := aws.ToString(ups[len(ups)-1].Key)
 		after := last
-		for i := len(ls) - 1; i >= 0; i-- {
-			if ls[i].Key != last {
-				after = ls[i].Key
+		for i := len(ups) - 1; i >= 0; i-- {
+			if k := aws.ToString(ups[i].Key); k != last {
+				after = k
 				break
 			}
 		}
@@ -112,6 +117,13 @@ func (s *Store) leftoverObjects(ctx context.Context, after string, n int) ([]blo
 	return ls, next, nil
 }
 
+// ours reports whether key is one this store writes: a session's
+// (uploads/) or a blob's (blobs/). A bucket, or a prefix, may be shared
+// with other applications, whose multipart uploads are theirs to finish.
+func (s *Store) ours(key string) bool {
+	return strings.HasPrefix(key, s.prefix+"uploads/") || strings.HasPrefix(key, s.prefix+"blobs/")
+}
+
 // sessionOf is the session a key under uploads/<id>/ belongs to, "" for
 // any other key.
 func (s *Store) sessionOf(key string) string {
@@ -130,8 +142,8 @@ func (s *Store) sessionOf(key string) string {
 // upload, or deletes the object. Only keys under the store's prefix are
 // touched, whatever l says.
 func (s *Store) DropLeftover(ctx context.Context, l blobstore.Leftover) error {
-	if l.Key == "" || !strings.HasPrefix(l.Key, s.prefix) {
-		return fmt.Errorf("s3: leftover %q is not under the prefix %q", l.Key, s.prefix)
+	if !s.ours(l.Key) {
+		return fmt.Errorf("s3: leftover %q is not under %q or %q", l.Key, s.prefix+"uploads/", s.prefix+"blobs/")
 	}
 	var err error
 	if l.Upload != "" {

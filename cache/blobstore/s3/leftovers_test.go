@@ -33,7 +33,9 @@ func TestLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Two cut-off Puts (a crashed replica) and one under another prefix.
-	for _, key := range []string{"reg/blobs/sha256/aa/aa", "reg/blobs/sha256/bb/bb", "other/blobs/sha256/cc/cc"} {
+	// And one of another application under the same prefix (a shared
+	// bucket): not this store's to abort.
+	for _, key := range []string{"reg/blobs/sha256/aa/aa", "reg/blobs/sha256/bb/bb", "other/blobs/sha256/cc/cc", "reg/backup/big.tar"} {
 		if _, err := srv.Client().CreateMultipartUpload(ctx(t), &awss3.CreateMultipartUploadInput{Bucket: &bucket, Key: aws.String(key)}); err != nil {
 			t.Fatal(err)
 		}
@@ -79,6 +81,9 @@ func TestLeftovers(t *testing.T) {
 		t.Fatalf("leftovers (one a page, %d pages):\n%q\nwant %q and the session's tail", pages, got, want)
 	}
 
+	if err := s.DropLeftover(ctx(t), blobstore.Leftover{Key: "reg/backup/big.tar", Upload: "x"}); err == nil {
+		t.Error("DropLeftover aborted an upload the store did not make")
+	}
 	for _, l := range all {
 		if err := s.DropLeftover(ctx(t), l); err != nil {
 			t.Fatal(err)
@@ -88,8 +93,8 @@ func TestLeftovers(t *testing.T) {
 		}
 	}
 	objects, uploads := srv.Keys(t, bucket, "reg/")
-	if len(uploads) != 0 || len(objects) != 1 {
-		t.Errorf("after dropping every leftover: objects %q, uploads %q; want only the committed blob", objects, uploads)
+	if !slices.Equal(uploads, []string{"reg/backup/big.tar"}) || len(objects) != 1 {
+		t.Errorf("after dropping every leftover: objects %q, uploads %q; want only the committed blob and the other application's upload", objects, uploads)
 	}
 	if _, uploads := srv.Keys(t, bucket, "other/"); len(uploads) != 1 {
 		t.Errorf("another prefix's upload: %q", uploads)
