@@ -1,164 +1,86 @@
 package cache
 
-// Records of the auth layer: API keys and the secrets sessions are sealed
-// with. The store keeps them as opaque bytes; what they mean is
-// authscope's business (this package knows nothing of auth).
+// Records of the auth layer: API keys, sign-in sessions and the secrets
+// sessions are sealed with. The store keeps them as opaque bytes; what
+// they mean is authscope's business (this package knows nothing of auth).
+// authrecords does the work, as it does for badgermeta.
 //
 //	auth/apikey/<id>    -> API key record (JSON, made by authscope)
+//	auth/session/<id>   -> session record; badger forgets it at expiry
 //	auth/secret/<name>  -> random secret, made once and kept
 //
 // No other key starts with "auth/", so scans of the registry's prefixes
 // never meet these.
 
 import (
-	"crypto/rand"
 	"errors"
-	"fmt"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/authrecords"
 )
 
+// Key prefixes of auth records.
 const (
 	pAPIKey     = "auth/apikey/"
+	pSession    = "auth/session/"
 	pAuthSecret = "auth/secret/"
 )
 
 // Errors of auth records.
 var (
-	ErrAPIKeyUnknown = errors.New("API key unknown")
-	ErrAPIKeyExists  = errors.New("API key exists")
+	ErrAPIKeyUnknown  = errors.New("API key unknown")
+	ErrAPIKeyExists   = authrecords.ErrAPIKeyExists
+	ErrSessionUnknown = errors.New("session unknown")
+	ErrSessionExists  = authrecords.ErrSessionExists
 )
 
-func apiKeyKey(id string) []byte { return []byte(pAPIKey + id) }
+func newAuthRecords(s *Store) *authrecords.Records {
+	return &authrecords.Records{
+		Update:         s.update,
+		View:           func(fn func(*badger.Txn) error) error { return s.db.View(fn) },
+		APIKeys:        pAPIKey,
+		Sessions:       pSession,
+		Secrets:        pAuthSecret,
+		CheckName:      checkName,
+		APIKeyNotFound: ErrAPIKeyUnknown, SessionNotFound: ErrSessionUnknown,
+	}
+}
 
 // CreateAPIKey stores a new API key record under id.
-func (s *Store) CreateAPIKey(id string, record []byte) error {
-	if err := checkName("API key", id); err != nil {
-		return err
-	}
-	return s.update(func(txn *badger.Txn) error {
-		ok, err := exists(txn, apiKeyKey(id))
-		if err != nil {
-			return err
-		}
-		if ok {
-			return fmt.Errorf("%w: %s", ErrAPIKeyExists, id)
-		}
-		return txn.Set(apiKeyKey(id), record)
-	})
-}
+func (s *Store) CreateAPIKey(id string, record []byte) error { return s.auth.CreateAPIKey(id, record) }
 
 // APIKey returns the record of id, or ErrAPIKeyUnknown.
-func (s *Store) APIKey(id string) ([]byte, error) {
-	if err := checkName("API key", id); err != nil {
-		return nil, err
-	}
-	var rec []byte
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(apiKeyKey(id))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%w: %s", ErrAPIKeyUnknown, id)
-		}
-		if err != nil {
-			return err
-		}
-		rec, err = item.ValueCopy(nil)
-		return err
-	})
-	return rec, err
-}
+func (s *Store) APIKey(id string) ([]byte, error) { return s.auth.APIKey(id) }
 
 // UpdateAPIKey replaces the record of id by fn's result in one
-// transaction. A missing id is ErrAPIKeyUnknown and fn is not called, so
-// an update racing a revoke never brings the key back. Updates of keys
-// wait for each other: each is a read-modify-write, and many at once (a
-// key used by a CI fleet) would otherwise fail on conflicts.
+// transaction; a missing id is ErrAPIKeyUnknown and fn is not called.
 func (s *Store) UpdateAPIKey(id string, fn func(record []byte) ([]byte, error)) error {
-	if err := checkName("API key", id); err != nil {
-		return err
-	}
-	s.apiKeyMu.Lock()
-	defer s.apiKeyMu.Unlock()
-	return s.update(func(txn *badger.Txn) error {
-		item, err := txn.Get(apiKeyKey(id))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%w: %s", ErrAPIKeyUnknown, id)
-		}
-		if err != nil {
-			return err
-		}
-		old, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		rec, err := fn(old)
-		if err != nil {
-			return err
-		}
-		return txn.Set(apiKeyKey(id), rec)
-	})
+	return s.auth.UpdateAPIKey(id, fn)
 }
 
 // DeleteAPIKey removes id; a missing id is not an error.
-func (s *Store) DeleteAPIKey(id string) error {
-	if err := checkName("API key", id); err != nil {
-		return err
-	}
-	return s.update(func(txn *badger.Txn) error { return txn.Delete(apiKeyKey(id)) })
-}
+func (s *Store) DeleteAPIKey(id string) error { return s.auth.DeleteAPIKey(id) }
 
 // APIKeys returns every API key record.
-func (s *Store) APIKeys() ([][]byte, error) {
-	var recs [][]byte
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pAPIKey), PrefetchValues: true, PrefetchSize: 64})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			recs = append(recs, v)
-		}
-		return nil
-	})
-	return recs, err
+func (s *Store) APIKeys() ([][]byte, error) { return s.auth.AllAPIKeys() }
+
+// CreateSession stores a new session record under id, until expires.
+func (s *Store) CreateSession(id string, record []byte, expires time.Time) error {
+	return s.auth.CreateSession(id, record, expires)
 }
+
+// Session returns the record of a live id, or ErrSessionUnknown when it
+// was never made, was deleted or has expired.
+func (s *Store) Session(id string) ([]byte, error) { return s.auth.Session(id) }
+
+// DeleteSession removes id; a missing id is not an error.
+func (s *Store) DeleteSession(id string) error { return s.auth.DeleteSession(id) }
 
 // AuthSecret returns the secret called name, making a random one of size
 // bytes the first time, so that what it seals (sessions) survives
 // restarts. Concurrent first calls agree on one secret.
 func (s *Store) AuthSecret(name string, size int) ([]byte, error) {
-	if err := checkName("secret", name); err != nil {
-		return nil, err
-	}
-	if size <= 0 {
-		return nil, fmt.Errorf("secret %s: size %d", name, size)
-	}
-	fresh := make([]byte, size)
-	if _, err := rand.Read(fresh); err != nil {
-		return nil, fmt.Errorf("secret %s: %w", name, err)
-	}
-	key := []byte(pAuthSecret + name)
-	var secret []byte
-	err := s.update(func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
-		switch {
-		case err == nil:
-			secret, err = item.ValueCopy(nil)
-			return err
-		case errors.Is(err, badger.ErrKeyNotFound):
-			secret = fresh
-			return txn.Set(key, fresh)
-		default:
-			return err
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("secret %s: %w", name, err)
-	}
-	if len(secret) != size {
-		return nil, fmt.Errorf("secret %s: stored one has %d bytes, want %d", name, len(secret), size)
-	}
-	return secret, nil
+	return s.auth.AuthSecret(name, size)
 }

@@ -22,7 +22,7 @@ func TestSessionRecords(t *testing.T) {
 	}
 	// Badger forgets the record when the session expires.
 	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(sessionKey("s1"))
+		item, err := txn.Get([]byte(pSession + "s1"))
 		if err == nil && item.ExpiresAt() != uint64(exp.Unix()) {
 			t.Errorf("expires at %d, want %d", item.ExpiresAt(), exp.Unix())
 		}

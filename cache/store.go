@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddy-oci/caddy-oci/cache/internal/authrecords"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,9 +41,8 @@ type Store struct {
 	// gcPaused skips the background collection's rounds (PauseGC).
 	gcPaused atomic.Bool
 
-	// apiKeyMu serialises API key updates, so that concurrent ones wait
-	// for each other instead of running out of badger's conflict retries.
-	apiKeyMu sync.Mutex
+	// auth keeps the auth layer's records (apikeys.go).
+	auth *authrecords.Records
 
 	// sessions serialises work on one upload session.
 	sessMu   sync.Mutex
@@ -120,6 +120,7 @@ func Open(opts Options) (*Store, error) {
 		evicting:   map[Digest]bool{},
 	}
 	s.useCond = sync.NewCond(&s.useMu)
+	s.auth = newAuthRecords(s)
 	s.up.sessions, s.up.byOwner, s.up.byRepo = map[string]openSession{}, map[string]int{}, map[string]int{}
 	s.up.ownerBytes = map[string]int64{}
 	if s.ttl <= 0 {

@@ -43,6 +43,7 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
+	"github.com/caddy-oci/caddy-oci/cache/internal/authrecords"
 	"slices"
 	"strings"
 	"time"
@@ -55,7 +56,8 @@ import (
 // Store is the metadata in one badger directory. Open it once per
 // directory per process.
 type Store struct {
-	db *badger.DB
+	db   *badger.DB
+	auth *authrecords.Records // auth.go
 }
 
 // Open opens (creating if needed) the metadata in dir.
@@ -74,7 +76,9 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, err)
 	}
-	return &Store{db: db}, nil
+	st := &Store{db: db}
+	st.auth = newAuthRecords(st)
+	return st, nil
 }
 
 // Close closes badger.
