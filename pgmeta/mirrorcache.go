@@ -97,7 +97,7 @@ func (s *Store) EvictBlobs(ctx context.Context, es []metastore.Eviction) ([]meta
 				d).Scan(&repos); err != nil {
 				return err
 			}
-			if len(repos) == 0 || !subset(repos, e.Repos) {
+			if !e.AllowsLinks(repos) {
 				continue
 			}
 			// Links first (a mirror manifest that references them keeps
@@ -118,16 +118,6 @@ func (s *Store) EvictBlobs(ctx context.Context, es []metastore.Eviction) ([]meta
 		return nil, err
 	}
 	return marked, nil
-}
-
-// subset reports whether every name of have is in allowed.
-func subset(have, allowed []string) bool {
-	for _, h := range have {
-		if !slices.Contains(allowed, h) {
-			return false
-		}
-	}
-	return true
 }
 
 // AddMirrorBytes changes the shared figure of mirrored bytes.

@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
@@ -396,6 +397,21 @@ type Eviction struct {
 	Repos []string
 	// Used is the last use the caller saw; a later use keeps it.
 	Used time.Time
+}
+
+// AllowsLinks reports whether repos, the repositories linking the blob
+// now, still allow the eviction: some link it, and all are among e.Repos.
+// Both backends decide by it, inside their EvictBlobs transaction.
+func (e Eviction) AllowsLinks(repos []string) bool {
+	if len(repos) == 0 {
+		return false
+	}
+	for _, r := range repos {
+		if !slices.Contains(e.Repos, r) {
+			return false
+		}
+	}
+	return true
 }
 
 // MirrorCache is what a size limit on mirrored content asks of the

@@ -126,7 +126,7 @@ func (s *Store) EvictBlobs(ctx context.Context, es []metastore.Eviction) ([]meta
 			if err != nil {
 				return err
 			}
-			if len(p.Names) == 0 || !subset(p.Names, e.Repos) {
+			if !e.AllowsLinks(p.Names) {
 				continue
 			}
 			for _, repo := range p.Names {
@@ -150,16 +150,6 @@ func (s *Store) EvictBlobs(ctx context.Context, es []metastore.Eviction) ([]meta
 	}
 	slices.SortFunc(marked, func(a, b metastore.BlobRecord) int { return strings.Compare(a.Digest.String(), b.Digest.String()) })
 	return marked, nil
-}
-
-// subset reports whether every name of have is in allowed.
-func subset(have, allowed []string) bool {
-	for _, h := range have {
-		if !slices.Contains(allowed, h) {
-			return false
-		}
-	}
-	return true
 }
 
 // AddMirrorBytes changes the figure of mirrored bytes.
