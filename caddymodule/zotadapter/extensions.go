@@ -68,7 +68,7 @@ func (a *adapter) extensions(o *object) error {
 	o.unsupported("ui", "not supported: no web UI (sign-in and API keys are at /_oci/auth/ with OpenID)")
 	o.unsupported("scrub", "not needed: every blob is checked against its digest when written")
 	o.unsupported("lint", "not supported: manifests are not checked for annotations")
-	o.unsupported("trust", "not supported: signatures are stored as referrers but not verified")
+	o.unsupported("trust", "not mapped: zot's trusted keys are uploaded to it, not named in its config; add `require_signature <namespace> { cosign_key <file> notation_cert <file> }` with your keys")
 	o.unsupported("events", "not supported: no event sinks")
 	o.unsupported("mgmt", "not supported")
 	return nil
