@@ -176,40 +176,22 @@ func (c *Client) Get(u string, hdr map[string]string, size int64) error {
 // PutManifest is PUT /v2/<repo>/manifests/<ref> of m with the given media
 // type; it wants 201 Created.
 func (c *Client) PutManifest(repo, ref, mediaType string, m []byte) error {
-	req, err := http.NewRequest(http.MethodPut, c.base+"/v2/"+repo+"/manifests/"+ref, bytes.NewReader(m))
+	resp, err := c.do(http.MethodPut, c.base+"/v2/"+repo+"/manifests/"+ref, bytes.NewReader(m), int64(len(m)),
+		map[string]string{"Content-Type": mediaType}, http.StatusCreated)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", mediaType)
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("PUT manifest %s:%s: status %d: %s", repo, ref, resp.StatusCode, bytes.TrimSpace(msg))
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	_, err = discard(resp)
 	return err
 }
 
 // DeleteManifest is DELETE /v2/<repo>/manifests/<digest>; it wants 202
 // Accepted.
 func (c *Client) DeleteManifest(repo, digest string) error {
-	req, err := http.NewRequest(http.MethodDelete, c.base+"/v2/"+repo+"/manifests/"+digest, nil)
+	resp, err := c.do(http.MethodDelete, c.base+"/v2/"+repo+"/manifests/"+digest, nil, 0, nil, http.StatusAccepted)
 	if err != nil {
 		return err
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("DELETE manifest %s@%s: status %d: %s", repo, digest, resp.StatusCode, bytes.TrimSpace(msg))
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	_, err = discard(resp)
 	return err
 }
