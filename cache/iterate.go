@@ -151,6 +151,24 @@ func (s *Store) Sessions() ([]AuthRecord, error) { return s.authRecords(pSession
 // AuthSecrets returns every secret AuthSecret made, by name (ID).
 func (s *Store) AuthSecrets() ([]AuthRecord, error) { return s.authRecords(pAuthSecret) }
 
+// UploadSessions counts the upload sessions in progress: a migration
+// does not copy them, and says how many it leaves.
+func (s *Store) UploadSessions() (int, error) {
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pUpload)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cache: count upload sessions: %w", err)
+	}
+	return n, nil
+}
+
 func (s *Store) authRecords(prefix string) ([]AuthRecord, error) {
 	var out []AuthRecord
 	err := s.db.View(func(txn *badger.Txn) error {

@@ -20,9 +20,9 @@ import (
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
 
-// TestMigrateBinary follows the README's "Migrating a folder to S3 and
-// PostgreSQL" with the built binary: a server on the example config takes
-// pushes; `caddy oci migrate` refuses its folder while it runs, copies it
+// TestMigrateBinary follows the README's "Migrating a folder to S3,
+// PostgreSQL or both" (flags, S3 + PostgreSQL) with the built binary: a
+// server on the example config takes pushes; `caddy oci migrate` refuses its folder while it runs, copies it
 // once it is stopped, and copies nothing the second time; two replicas on
 // the bucket and database serve every image byte for byte, by tag and by
 // digest.

@@ -110,8 +110,11 @@ type Summary struct {
 	Secrets, SecretsPresent     int
 	VerifiedBlobs               int
 	VerifiedBytes               int64
-	Copying                     time.Duration // without Verify's re-reading
-	Elapsed                     time.Duration
+	// UploadsLeft counts the folder's upload sessions in progress, which
+	// are not copied: their clients push again.
+	UploadsLeft int
+	Copying     time.Duration // without Verify's re-reading
+	Elapsed     time.Duration
 	// Failures name each thing not copied (or found different by Verify)
 	// and why. A run with failures returns an error.
 	Failures []string
@@ -133,6 +136,9 @@ func (s Summary) String() string {
 		s.Blobs, s.Bytes, s.Links, s.Manifests, s.Tags, s.TagFetches, s.APIKeys, s.Sessions, s.Secrets)
 	out += fmt.Sprintf("already there: %d blobs, %d blob links, %d manifests, %d tags, %d API keys, %d sessions, %d secrets\n",
 		s.BlobsPresent, s.LinksPresent, s.ManifestsPresent, s.TagsPresent, s.APIKeysPresent, s.SessionsPresent, s.SecretsPresent)
+	if s.UploadsLeft > 0 {
+		out += fmt.Sprintf("not copied: %d upload sessions in progress (their clients push again)\n", s.UploadsLeft)
+	}
 	if s.VerifiedBlobs > 0 {
 		out += fmt.Sprintf("verified: %d blobs (%d bytes) re-read from the destination\n", s.VerifiedBlobs, s.VerifiedBytes)
 	}
@@ -190,6 +196,11 @@ type run struct {
 }
 
 func (r *run) all(ctx context.Context) error {
+	uploads, err := r.src.UploadSessions()
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	r.sum.UploadsLeft = uploads
 	blobs, err := r.listBlobs(ctx)
 	if err != nil {
 		return err

@@ -94,6 +94,10 @@ func fillFolder(t *testing.T, dir string) pushed {
 	srv.Close()
 
 	ctx := context.Background()
+	// A push in progress: not copied, counted.
+	if _, err := st.NewUpload(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
 	p.fetched = time.Now().Add(-time.Minute)
 	if err := st.SetTagFetched(ctx, "mirror/library/alpine", "3", p.fetched); err != nil {
 		t.Fatal(err)
@@ -252,7 +256,8 @@ func testMigrate(t *testing.T, dir string, p pushed, d dest) {
 		t.Fatalf("migrate: %v", err)
 	}
 	if sum.Blobs == 0 || sum.Manifests == 0 || sum.Tags != 6 || sum.TagFetches != 1 ||
-		sum.APIKeys != 1 || sum.Sessions != 1 || sum.Secrets != 1 || sum.VerifiedBlobs != sum.Blobs {
+		sum.APIKeys != 1 || sum.Sessions != 1 || sum.Secrets != 1 || sum.VerifiedBlobs != sum.Blobs ||
+		sum.UploadsLeft != 1 || !strings.Contains(sum.String(), "not copied: 1 upload sessions") {
 		t.Fatalf("first run copied too little: %+v", sum)
 	}
 
