@@ -261,6 +261,19 @@ func testMigrate(t *testing.T, dir string, p pushed, d dest) {
 		t.Fatalf("first run copied too little: %+v", sum)
 	}
 
+	if d.srv != nil {
+		// Blobs go through the bucket's Put with their digest (one PUT
+		// each), never an upload session: nothing but blobs is left.
+		objects, uploads := d.srv.Keys(t, d.b.S3.Bucket, d.b.S3.Prefix)
+		for _, k := range append(objects, uploads...) {
+			if !strings.HasPrefix(k, d.b.S3.Prefix+"blobs/") {
+				t.Fatalf("the migration left %s in the bucket", k)
+			}
+		}
+		if len(uploads) != 0 || len(objects) != sum.Blobs {
+			t.Fatalf("%d objects and %d multipart uploads for %d blobs", len(objects), len(uploads), sum.Blobs)
+		}
+	}
 	opened := d.open(t)
 	dst, meta := opened.Store.(*composite.Store), opened.Auth
 	ctx := context.Background()
