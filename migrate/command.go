@@ -155,6 +155,12 @@ func runCommand(ctx context.Context, cc commandConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if b.MetadataDir != "" {
+		srcMeta := cmp.Or(cc.fromMeta, filepath.Join(cc.from, "meta"))
+		if same, err := sameFolder(srcMeta, b.MetadataDir); err == nil && same {
+			return fmt.Errorf("destination metadata_dir %s is the storage folder's own metadata: name a new folder", b.MetadataDir)
+		}
+	}
 	src, err := OpenSource(cc.from, cc.fromMeta)
 	if err != nil {
 		return err

@@ -277,6 +277,12 @@ func TestDestinationInUse(t *testing.T) {
 		t.Fatalf("once the server stopped: %v\n%s", err, out)
 	}
 
+	own := dest{b: emb.b}
+	own.b.MetadataDir = filepath.Join(dir, "meta")
+	if out, err := runCmd(append([]string{"--from", dir}, own.flags(t)...)...); err == nil || !strings.Contains(err.Error(), "the storage folder's own metadata") {
+		t.Fatalf("into the folder's own metadata: %v\n%s", err, out)
+	}
+
 	pg := destKinds[2].new(t, dir)
 	replica, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: pg.b.Postgres})
 	if err != nil {
