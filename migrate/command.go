@@ -411,7 +411,7 @@ func OpenDestination(ctx context.Context, b caddymodule.Backends) (_ *Destinatio
 // stopped may show for a moment, while PostgreSQL ends its connections.
 func notServed(ctx context.Context, db *pgmeta.Store) error {
 	for try := 0; ; try++ {
-		n, err := db.OtherClients(ctx)
+		n, err := db.ReplicaConnections(ctx)
 		if err != nil {
 			return fmt.Errorf("destination database: %w", err)
 		}

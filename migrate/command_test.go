@@ -297,6 +297,9 @@ func TestDestinationInUse(t *testing.T) {
 		t.Fatalf("copied into a destination in use: %v", keys)
 	}
 	replica.Close()
+	// A DSN naming the application as the replicas do does not make the
+	// command see its own connections as a replica's.
+	pg.b.Postgres += "&application_name=" + pgmeta.AppName
 	if out, err := runCmd(append([]string{"--from", dir}, pg.flags(t)...)...); err != nil {
 		t.Fatalf("once the replica stopped: %v\n%s", err, out)
 	}

@@ -37,10 +37,11 @@ type Options struct {
 	// Timeout bounds each call, connecting included. Zero is
 	// DefaultTimeout.
 	Timeout time.Duration
-	// ApplicationName names the connections in pg_stat_activity unless
-	// the DSN does; default AppName. `caddy oci migrate` uses its own,
-	// so that it can tell a running replica's connections (OtherClients)
-	// from its own.
+	// ApplicationName, if set, names the connections in
+	// pg_stat_activity, whatever the DSN says. Without it they are named
+	// by the DSN's application_name, or AppName. `caddy oci migrate`
+	// sets its own, so that it can tell a running replica's connections
+	// (ReplicaConnections) from its own.
 	ApplicationName string
 }
 
@@ -79,7 +80,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		// it can tell where the password is: say nothing of the DSN.
 		return nil, errors.New("postgres: the DSN does not parse (not shown: it may hold a password)")
 	}
-	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok || opts.ApplicationName != "" {
 		// Names this registry's sessions in pg_stat_activity.
 		cfg.ConnConfig.RuntimeParams["application_name"] = cmp.Or(opts.ApplicationName, AppName)
 	}
@@ -98,13 +99,13 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// OtherClients counts the connections to this database named AppName:
+// ReplicaConnections counts the connections to this database named AppName:
 // replicas serving from it. A migration, whose own connections carry
 // another name (Options.ApplicationName), refuses to write into a
 // database a replica serves from. It sees what pg_stat_activity shows
 // this role; a replica whose DSN sets another application_name is not
 // counted.
-func (s *Store) OtherClients(ctx context.Context) (int, error) {
+func (s *Store) ReplicaConnections(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var n int

@@ -180,7 +180,7 @@ func (r *Records) ImportAuthSecret(name string, secret []byte) (stored []byte, c
 		item, err := txn.Get(key)
 		switch {
 		case err == nil:
-			stored, created = nil, false
+			created = false // a retried transaction may have set it
 			stored, err = item.ValueCopy(nil)
 			return err
 		case errors.Is(err, badger.ErrKeyNotFound):
