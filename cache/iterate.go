@@ -54,6 +54,50 @@ func (s *Store) BlobLinks(ctx context.Context, repo string) ([]Digest, error) {
 	return s.repoDigests(ctx, repo, blobLinkPrefix(repo))
 }
 
+// BlobLinkTimes returns when repo linked each blob it links (made or last
+// renewed), which GC's grace period counts from; a link made before links
+// had a time is left out. ErrRepoUnknown if the repository does not
+// exist. A migration copies the times with the links.
+func (s *Store) BlobLinkTimes(ctx context.Context, repo string) (map[Digest]time.Time, error) {
+	if err := checkName("repository", repo); err != nil {
+		return nil, err
+	}
+	out := map[Digest]time.Time{}
+	prefix := blobLinkPrefix(repo)
+	err := s.db.View(func(txn *badger.Txn) error {
+		ok, err := exists(txn, repoKey(repo))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrRepoUnknown, repo)
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			item := it.Item()
+			d, err := ParseDigest(string(item.Key()[len(prefix):]))
+			if err != nil {
+				return fmt.Errorf("cache: repository %s: bad key %q: %w", repo, item.Key(), err)
+			}
+			err = item.Value(func(v []byte) error {
+				if at, ok := parseLinkTime(v); ok {
+					out[d] = at
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // ManifestDigests lists the manifests repo holds, in digest order.
 // ErrRepoUnknown if the repository does not exist.
 func (s *Store) ManifestDigests(ctx context.Context, repo string) ([]Digest, error) {
@@ -106,6 +150,24 @@ func (s *Store) Sessions() ([]AuthRecord, error) { return s.authRecords(pSession
 
 // AuthSecrets returns every secret AuthSecret made, by name (ID).
 func (s *Store) AuthSecrets() ([]AuthRecord, error) { return s.authRecords(pAuthSecret) }
+
+// UploadSessions counts the upload sessions in progress: a migration
+// does not copy them, and says how many it leaves.
+func (s *Store) UploadSessions() (int, error) {
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pUpload)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cache: count upload sessions: %w", err)
+	}
+	return n, nil
+}
 
 func (s *Store) authRecords(prefix string) ([]AuthRecord, error) {
 	var out []AuthRecord

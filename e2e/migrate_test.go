@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +20,9 @@ import (
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
 
-// TestMigrateBinary follows the README's "Migrating a folder to S3 and
-// PostgreSQL" with the built binary: a server on the example config takes
-// pushes; `caddy oci migrate` refuses its folder while it runs, copies it
+// TestMigrateBinary follows the README's "Migrating a folder to S3,
+// PostgreSQL or both" (flags, S3 + PostgreSQL) with the built binary: a
+// server on the example config takes pushes; `caddy oci migrate` refuses its folder while it runs, copies it
 // once it is stopped, and copies nothing the second time; two replicas on
 // the bucket and database serve every image byte for byte, by tag and by
 // digest.
@@ -162,5 +164,107 @@ func sameBytes(t *testing.T, what string, got, want v1.Image) {
 		if !bytes.Equal(a.Bytes(), b.Bytes()) {
 			t.Fatalf("%s: layer %s bytes differ", what, d)
 		}
+	}
+}
+
+// TestMigrateBinaryToS3Embedded follows the README's migration into the
+// one-node setup on object storage (`storage s3` + `metadata_dir`), the
+// destination read from the config the new server then runs: a server
+// on the example config takes pushes and stops; `caddy oci migrate
+// --config` copies its folder into versitygw and a new metadata_dir; the
+// new server on that config serves every image, which crane validates
+// (every layer downloaded and its digest checked) and the Go client
+// compares byte for byte; while it runs, a migration into its
+// metadata_dir is refused.
+func TestMigrateBinaryToS3Embedded(t *testing.T) {
+	needBinary(t)
+	crane := tool(t, "crane")
+	dataDir := t.TempDir()
+	s := newServer(t, dataDir)
+	img, _ := random.Image(1<<20, 3)
+	idx, _ := random.Index(4096, 2, 2)
+	refs := map[string]v1.Image{"app:v1": img, "team/tool:1.0": img}
+	for ref, im := range refs {
+		if err := remote.Write(mustParse(t, s.addr+"/"+ref), im); err != nil {
+			t.Fatalf("push %s: %v", ref, err)
+		}
+	}
+	if err := remote.WriteIndex(mustParse(t, s.addr+"/multi:1"), idx); err != nil {
+		t.Fatalf("push index: %v", err)
+	}
+	if err := s.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	metaDir := filepath.Join(t.TempDir(), "meta")
+	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\nhttp://:" + port + ` {
+	bind 127.0.0.1
+	oci_registry {
+		storage s3 {
+			bucket ` + bucket + `
+			endpoint ` + srv.Endpoint + `
+			region ` + srv.Region + `
+			prefix registry/
+			access_key {env.S3_ACCESS_KEY}
+			secret_key {env.S3_SECRET_KEY}
+			path_style
+		}
+		metadata_dir ` + metaDir + `
+	}
+}
+`
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"S3_ACCESS_KEY=" + srv.AccessKey, "S3_SECRET_KEY=" + srv.SecretKey}
+	migrate := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, caddyBin, "oci", "migrate", "--from", dataDir, "--config", config)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := migrate()
+	t.Logf("migrate:\n%s", out)
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if !strings.Contains(out, "and the embedded metadata in "+metaDir) || !strings.Contains(out, "verified: ") || strings.Contains(out, srv.SecretKey) {
+		t.Fatalf("the summary does not name the destination or what it verified, or shows the secret")
+	}
+
+	r := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort, env: env}
+	r.start()
+	if out, err := migrate(); err == nil || !strings.Contains(out, "in use: stop the server") {
+		t.Fatalf("migrate into the metadata_dir of a running server: %v\n%s", err, out)
+	}
+	for ref, want := range refs {
+		wd, _ := want.Digest()
+		repo, _, _ := strings.Cut(ref, ":")
+		for _, pull := range []string{ref, repo + "@" + wd.String()} {
+			run(t, nil, crane, "validate", "--insecure", "--remote", r.addr+"/"+pull)
+			if got := strings.TrimSpace(run(t, nil, crane, "digest", "--insecure", r.addr+"/"+pull)); got != wd.String() {
+				t.Fatalf("crane digest %s = %s, want %s", pull, got, wd)
+			}
+			got, err := remote.Image(mustParse(t, r.addr+"/"+pull))
+			if err != nil {
+				t.Fatalf("pull %s: %v", pull, err)
+			}
+			sameBytes(t, pull, got, want)
+		}
+	}
+	im, _ := idx.IndexManifest()
+	for _, m := range im.Manifests {
+		run(t, nil, crane, "validate", "--insecure", "--remote", r.addr+"/multi@"+m.Digest.String())
+	}
+	id, _ := idx.Digest()
+	if got := strings.TrimSpace(run(t, nil, crane, "digest", "--insecure", r.addr+"/multi:1")); got != id.String() {
+		t.Fatalf("crane digest multi:1 = %s, want %s", got, id)
 	}
 }

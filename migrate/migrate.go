@@ -1,10 +1,13 @@
 // Package migrate copies a single-node storage folder (blob files and
-// badger metadata, package cache) into the scaled-out backends (an S3
-// bucket and PostgreSQL, through package composite), verified by digest:
-// `caddy oci migrate` (command.go).
+// badger metadata, package cache) into the backends of any other setup
+// the registry runs on (an S3 bucket or a shared folder for blobs,
+// PostgreSQL or the embedded database in a metadata_dir for metadata,
+// through package composite), verified by digest: `caddy oci migrate`
+// (command.go).
 //
 // It copies what a registry serves and what its users hold: every blob,
-// every repository's blob links, manifests with their exact bytes, tags
+// every repository's blob links with their times, manifests with their
+// exact bytes, tags
 // (referrers come with the manifests, whose subjects the destination
 // indexes again), when mirrored tags were last confirmed upstream, API
 // keys, live sign-in sessions and the key sessions are sealed with.
@@ -28,20 +31,21 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
 )
 
 // Source is what a migration reads: the single-node store.
 type Source = *cache.Store
 
-// Dest is the store a migration writes: a composite.Store on S3 and
-// PostgreSQL (any store the registry runs on, in fact). Its PutBlob must
-// verify the digest of what it stores, as every store's does.
+// Dest is the store a migration writes: a composite.Store on the
+// destination's backends. Its PutBlob must verify the digest of what it
+// stores, as every store's does; composite's hands the bytes to the blob
+// store's Put with the digest known up front (blobstore.Putter), never to
+// an upload session.
 type Dest interface {
 	StatBlob(ctx context.Context, d cache.Digest) (cache.BlobInfo, error)
 	OpenBlob(ctx context.Context, d cache.Digest) (blobstore.Blob, error)
 	PutBlob(ctx context.Context, want cache.Digest, size int64, r io.Reader) (int64, error)
-	HasBlob(ctx context.Context, repo string, d cache.Digest) (cache.BlobInfo, error)
-	LinkBlob(ctx context.Context, repo string, d cache.Digest) error
 	StatManifest(ctx context.Context, repo string, d cache.Digest) (cache.Manifest, error)
 	GetManifest(ctx context.Context, repo string, d cache.Digest) (cache.Manifest, []byte, error)
 	PutManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tags []string) error
@@ -51,8 +55,25 @@ type Dest interface {
 	SetTagFetched(ctx context.Context, repo, tag string, t time.Time) error
 }
 
+// LinkDest is the destination's metadata (metastore.Store), which takes
+// a blob link with the time it was made: GC's grace period for a link no
+// manifest references counts from it, as it did in the folder.
+type LinkDest interface {
+	LinkBlob(ctx context.Context, repo string, d cache.Digest, at time.Time) error
+	BlobLink(ctx context.Context, repo string, d cache.Digest) (metastore.Link, metastore.BlobRecord, error)
+}
+
+// Target is where a run writes: the store, its metadata and the auth
+// layer's records (*pgmeta.Store or *badgermeta.Store, both Meta and
+// Auth); Auth nil copies no auth records.
+type Target struct {
+	Store Dest
+	Meta  LinkDest
+	Auth  AuthDest
+}
+
 // AuthDest holds the auth layer's records at the destination
-// (*pgmeta.Store).
+// (*pgmeta.Store, *badgermeta.Store).
 type AuthDest interface {
 	CreateAPIKey(id string, record []byte) error
 	APIKey(id string) ([]byte, error)
@@ -89,8 +110,11 @@ type Summary struct {
 	Secrets, SecretsPresent     int
 	VerifiedBlobs               int
 	VerifiedBytes               int64
-	Copying                     time.Duration // without Verify's re-reading
-	Elapsed                     time.Duration
+	// UploadsLeft counts the folder's upload sessions in progress, which
+	// are not copied: their clients push again.
+	UploadsLeft int
+	Copying     time.Duration // without Verify's re-reading
+	Elapsed     time.Duration
 	// Failures name each thing not copied (or found different by Verify)
 	// and why. A run with failures returns an error.
 	Failures []string
@@ -112,6 +136,9 @@ func (s Summary) String() string {
 		s.Blobs, s.Bytes, s.Links, s.Manifests, s.Tags, s.TagFetches, s.APIKeys, s.Sessions, s.Secrets)
 	out += fmt.Sprintf("already there: %d blobs, %d blob links, %d manifests, %d tags, %d API keys, %d sessions, %d secrets\n",
 		s.BlobsPresent, s.LinksPresent, s.ManifestsPresent, s.TagsPresent, s.APIKeysPresent, s.SessionsPresent, s.SecretsPresent)
+	if s.UploadsLeft > 0 {
+		out += fmt.Sprintf("not copied: %d upload sessions in progress (their clients push again)\n", s.UploadsLeft)
+	}
 	if s.VerifiedBlobs > 0 {
 		out += fmt.Sprintf("verified: %d blobs (%d bytes) re-read from the destination\n", s.VerifiedBlobs, s.VerifiedBytes)
 	}
@@ -131,8 +158,8 @@ func (s Summary) String() string {
 // what depends on it (the blob's links, manifests that reference it); the
 // error then says how many failed. An unreachable destination ends the
 // run at once.
-func Run(ctx context.Context, src Source, dst Dest, auth AuthDest, opts Options) (Summary, error) {
-	r := &run{src: src, dst: dst, auth: auth, opts: opts, failed: map[cache.Digest]bool{}}
+func Run(ctx context.Context, src Source, to Target, opts Options) (Summary, error) {
+	r := &run{src: src, dst: to.Store, meta: to.Meta, auth: to.Auth, opts: opts, failed: map[cache.Digest]bool{}}
 	if r.opts.Progress == nil {
 		r.opts.Progress = func(string) {}
 	}
@@ -160,6 +187,7 @@ func Run(ctx context.Context, src Source, dst Dest, auth AuthDest, opts Options)
 type run struct {
 	src    Source
 	dst    Dest
+	meta   LinkDest
 	auth   AuthDest
 	opts   Options
 	sum    Summary
@@ -168,6 +196,11 @@ type run struct {
 }
 
 func (r *run) all(ctx context.Context) error {
+	uploads, err := r.src.UploadSessions()
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	r.sum.UploadsLeft = uploads
 	blobs, err := r.listBlobs(ctx)
 	if err != nil {
 		return err
@@ -369,6 +402,11 @@ func (r *run) copyLinks(ctx context.Context, repo string) error {
 	if err != nil {
 		return r.fail(ctx, "repository "+repo+": blob links", err)
 	}
+	times, err := r.src.BlobLinkTimes(ctx, repo)
+	if err != nil {
+		return r.fail(ctx, "repository "+repo+": blob link times", err)
+	}
+	now := time.Now()
 	for _, d := range links {
 		what := fmt.Sprintf("blob link %s@%s", repo, d)
 		if r.failed[d] {
@@ -377,11 +415,22 @@ func (r *run) copyLinks(ctx context.Context, repo string) error {
 			}
 			continue
 		}
-		if _, err := r.dst.HasBlob(ctx, repo, d); err == nil {
+		// Read, not HasBlob: that renews an old link, and this one's
+		// time is the folder's.
+		if _, _, err := r.meta.BlobLink(ctx, repo, d); err == nil {
 			r.sum.LinksPresent++
 			continue
+		} else if !errors.Is(err, metastore.ErrBlobUnknown) {
+			if err := r.fail(ctx, what, err); err != nil {
+				return err
+			}
+			continue
 		}
-		if err := r.dst.LinkBlob(ctx, repo, d); err != nil {
+		at, ok := times[d]
+		if !ok || at.After(now) {
+			at = now // a link from before links had a time, or a clock gone wrong
+		}
+		if err := r.meta.LinkBlob(ctx, repo, d, at); err != nil {
 			if err := r.fail(ctx, what, err); err != nil {
 				return err
 			}

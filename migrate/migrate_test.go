@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -24,12 +23,17 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/composite"
-	"github.com/caddy-oci/caddy-oci/pgmeta"
+	"github.com/caddy-oci/caddy-oci/caddymodule"
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		runChild()
+	}
+	os.Exit(pgtest.Main(m))
+}
 
 // pushed is what a test pushed, to pull back and compare.
 type pushed struct {
@@ -90,6 +94,10 @@ func fillFolder(t *testing.T, dir string) pushed {
 	srv.Close()
 
 	ctx := context.Background()
+	// A push in progress: not copied, counted.
+	if _, err := st.NewUpload(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
 	p.fetched = time.Now().Add(-time.Minute)
 	if err := st.SetTagFetched(ctx, "mirror/library/alpine", "3", p.fetched); err != nil {
 		t.Fatal(err)
@@ -127,42 +135,74 @@ func mustSize(t *testing.T, img v1.Image) int64 {
 	return n
 }
 
-// dest is a fresh bucket and database, as the command opens them.
+// dest is a fresh destination of one kind, as the command opens it.
 type dest struct {
-	s3  s3.Config
-	dsn string
-	srv *s3test.Server
+	b   caddymodule.Backends
+	srv *s3test.Server // the bucket's, if any
 }
 
-func newDest(t *testing.T) dest {
+// destKinds are the setups a folder migrates into, each a fresh one: one
+// contract, every destination. src is the folder being migrated (the
+// in-place kind's blobs stay there).
+var destKinds = []struct {
+	name string
+	new  func(t *testing.T, src string) dest
+}{
+	{"s3+postgres", func(t *testing.T, _ string) dest {
+		d := s3Dest(t)
+		d.b.Postgres = pgtest.NewDatabase(t)
+		return d
+	}},
+	{"s3+embedded", func(t *testing.T, _ string) dest {
+		d := s3Dest(t)
+		d.b.MetadataDir = filepath.Join(t.TempDir(), "meta")
+		return d
+	}},
+	{"shared-folder+postgres", func(t *testing.T, _ string) dest {
+		return dest{b: caddymodule.Backends{Folder: t.TempDir(), Postgres: pgtest.NewDatabase(t)}}
+	}},
+	{"same-folder+postgres", func(t *testing.T, src string) dest {
+		return dest{b: caddymodule.Backends{Folder: src, Postgres: pgtest.NewDatabase(t)}}
+	}},
+}
+
+func s3Dest(t *testing.T) dest {
 	t.Helper()
 	srv := s3test.Start(t)
 	return dest{
-		s3: s3.Config{Bucket: srv.Bucket(t), Endpoint: srv.Endpoint, Region: srv.Region,
-			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, Prefix: "reg/"},
-		dsn: pgtest.NewDatabase(t),
+		b: caddymodule.Backends{S3: &s3.Config{Bucket: srv.Bucket(t), Endpoint: srv.Endpoint, Region: srv.Region,
+			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, Prefix: "reg/"}},
 		srv: srv,
 	}
 }
 
-// open returns the composite store on d and its database.
-func (d dest) open(t *testing.T) (*composite.Store, *pgmeta.Store) {
+// open opens the destination as the command does; closed at the end of
+// the test at the latest (the embedded database opens once at a time).
+func (d dest) open(t *testing.T) *Destination {
 	t.Helper()
-	blobs, err := s3.New(context.Background(), d.s3, nil)
+	dst, err := OpenDestination(context.Background(), d.b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: d.dsn})
-	if err != nil {
-		t.Fatal(err)
+	t.Cleanup(dst.Close)
+	return dst
+}
+
+// blobKeys lists the blob objects or files the destination holds.
+func (d dest) blobKeys(t *testing.T) []string {
+	t.Helper()
+	if d.srv != nil {
+		objects, uploads := d.srv.Keys(t, d.b.S3.Bucket, d.b.S3.Prefix+"blobs/")
+		return append(objects, uploads...)
 	}
-	t.Cleanup(meta.Close)
-	st, err := composite.New(composite.Options{Blobs: blobs, Meta: meta, Leases: meta.Leases()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	return st, meta
+	var out []string
+	_ = filepath.WalkDir(filepath.Join(d.b.Folder, "blobs"), func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
 }
 
 func migrate(t *testing.T, dir string, d dest) (Summary, error) {
@@ -172,30 +212,78 @@ func migrate(t *testing.T, dir string, d dest) (Summary, error) {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	dst, meta := d.open(t)
-	return Run(context.Background(), src, dst, meta, Options{Verify: true, Progress: func(l string) { t.Log(l) }})
+	dst := d.open(t)
+	defer dst.Close()
+	return Run(context.Background(), src, dst.Target, Options{Verify: true, Progress: func(l string) { t.Log(l) }})
 }
 
-// TestMigrate: a folder filled through the registry is copied into
-// versitygw and PostgreSQL; a registry serving those gives back every
-// image byte for byte, by tag and by digest, with the referrer, the
+// linkTimes reads the folder's blob link times of repo.
+func linkTimes(t *testing.T, dir, repo string) map[cache.Digest]time.Time {
+	t.Helper()
+	src, err := OpenSource(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	times, err := src.BlobLinkTimes(context.Background(), repo)
+	if err != nil || len(times) == 0 {
+		t.Fatalf("link times of %s: %v, %v", repo, times, err)
+	}
+	return times
+}
+
+// TestMigrate: a folder filled through the registry is copied into each
+// kind of destination (versitygw or a folder, PostgreSQL or the embedded
+// database); a registry serving it gives back every image byte for byte,
+// by tag and by digest, with the referrer, the links' times, the
 // mirror's fetch time and the auth records; a second run copies nothing.
 func TestMigrate(t *testing.T) {
-	dir := t.TempDir()
-	p := fillFolder(t, dir)
-	d := newDest(t)
+	for _, k := range destKinds {
+		t.Run(k.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := fillFolder(t, dir)
+			testMigrate(t, dir, p, k.new(t, dir))
+		})
+	}
+}
 
+func testMigrate(t *testing.T, dir string, p pushed, d dest) {
+	links := linkTimes(t, dir, "app")
+	time.Sleep(10 * time.Millisecond) // a link made by the run would be this much younger
 	sum, err := migrate(t, dir, d)
 	t.Logf("first run:\n%s", sum)
 	if err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
 	if sum.Blobs == 0 || sum.Manifests == 0 || sum.Tags != 6 || sum.TagFetches != 1 ||
-		sum.APIKeys != 1 || sum.Sessions != 1 || sum.Secrets != 1 || sum.VerifiedBlobs != sum.Blobs {
+		sum.APIKeys != 1 || sum.Sessions != 1 || sum.Secrets != 1 || sum.VerifiedBlobs != sum.Blobs ||
+		sum.UploadsLeft != 1 || !strings.Contains(sum.String(), "not copied: 1 upload sessions") {
 		t.Fatalf("first run copied too little: %+v", sum)
 	}
 
-	dst, meta := d.open(t)
+	if d.srv != nil {
+		// Blobs go through the bucket's Put with their digest (one PUT
+		// each), never an upload session: nothing but blobs is left.
+		objects, uploads := d.srv.Keys(t, d.b.S3.Bucket, d.b.S3.Prefix)
+		for _, k := range append(objects, uploads...) {
+			if !strings.HasPrefix(k, d.b.S3.Prefix+"blobs/") {
+				t.Fatalf("the migration left %s in the bucket", k)
+			}
+		}
+		if len(uploads) != 0 || len(objects) != sum.Blobs {
+			t.Fatalf("%d objects and %d multipart uploads for %d blobs", len(objects), len(uploads), sum.Blobs)
+		}
+	}
+	opened := d.open(t)
+	dst, meta := opened.Store.(*composite.Store), opened.Auth
+	ctx := context.Background()
+	// Before any pull: a HEAD renews an old link.
+	for dg, want := range links {
+		l, _, err := opened.Meta.BlobLink(ctx, "app", dg)
+		if diff := l.Linked.Sub(want).Abs(); err != nil || diff >= time.Microsecond {
+			t.Fatalf("link app@%s: %v at %v, want the folder's %v", dg, err, l.Linked, want)
+		}
+	}
 	srv := httptest.NewServer(registry.New(registry.Config{Store: dst, Logger: zaptest.NewLogger(t)}))
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
@@ -241,7 +329,6 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("referrers of app:v1 = %+v, want %s", rm, p.referrer)
 	}
 
-	ctx := context.Background()
 	ti, err := dst.TagInfo(ctx, "mirror/library/alpine", "3")
 	if diff := ti.Fetched.Sub(p.fetched).Abs(); err != nil || diff >= time.Microsecond {
 		t.Fatalf("tag fetch time %v, %v; want %v", ti.Fetched, err, p.fetched)
@@ -252,9 +339,11 @@ func TestMigrate(t *testing.T) {
 	if rec, err := meta.Session("s1"); err != nil || string(rec) != `{"user":"alice"}` {
 		t.Fatalf("session: %s, %v", rec, err)
 	}
-	if key, err := meta.AuthSecret("session", 32); err != nil || !bytes.Equal(key, p.secret) {
+	if key, _, err := meta.ImportAuthSecret("session", []byte("another")); err != nil || !bytes.Equal(key, p.secret) {
 		t.Fatalf("session key not the folder's: %v", err)
 	}
+	srv.Close()
+	opened.Close()
 
 	again, err := migrate(t, dir, d)
 	t.Logf("second run:\n%s", again)
@@ -313,6 +402,17 @@ func readLayer(t *testing.T, l v1.Layer) []byte {
 // run, and is recorded nowhere at the destination, nor anything that
 // needs it; the rest is copied.
 func TestMigrateCorruptBlob(t *testing.T) {
+	for _, k := range destKinds {
+		if strings.HasPrefix(k.name, "same-folder") {
+			continue // the damaged file is the destination's too
+		}
+		t.Run(k.name, func(t *testing.T) {
+			testMigrateCorruptBlob(t, k.new(t, ""))
+		})
+	}
+}
+
+func testMigrateCorruptBlob(t *testing.T, d dest) {
 	dir := t.TempDir()
 	p := fillFolder(t, dir)
 	img := p.images["app:v2"]
@@ -327,25 +427,24 @@ func TestMigrateCorruptBlob(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := newDest(t)
 	sum, err := migrate(t, dir, d)
 	t.Logf("%s", sum)
 	if err == nil || !strings.Contains(err.Error(), bad.String()) {
 		t.Fatalf("run with a corrupt blob: %v; want an error naming %s", err, bad)
 	}
-	dst, _ := d.open(t)
+	dst := d.open(t).Store
 	ctx := context.Background()
 	if _, err := dst.StatBlob(ctx, toDigest(t, bad)); !errors.Is(err, cache.ErrBlobUnknown) {
 		t.Fatalf("the corrupt blob is recorded at the destination: %v", err)
 	}
-	objects, uploads := d.srv.Keys(t, d.s3.Bucket, d.s3.Prefix)
-	for _, k := range append(objects, uploads...) {
+	keys := d.blobKeys(t)
+	for _, k := range keys {
 		if strings.Contains(k, bad.Hex) {
-			t.Fatalf("the corrupt blob left %s in the bucket", k)
+			t.Fatalf("the corrupt blob left %s at the destination", k)
 		}
 	}
-	if len(objects) == 0 {
-		t.Fatal("the bucket is empty: the listing is wrong")
+	if len(keys) == 0 {
+		t.Fatal("the destination holds no blob: the listing is wrong")
 	}
 	md, _ := img.Digest()
 	if _, err := dst.StatManifest(ctx, "app", toDigest(t, md)); !errors.Is(err, cache.ErrManifestUnknown) {
@@ -388,99 +487,4 @@ func toDigest(t *testing.T, h v1.Hash) cache.Digest {
 		t.Fatal(err)
 	}
 	return d
-}
-
-// TestCommand runs `caddy oci migrate` as an operator would: flags for
-// where, the environment for secrets, which the output never shows; a
-// second run copies nothing; missing settings are refused by name.
-func TestCommand(t *testing.T) {
-	dir := t.TempDir()
-	fillFolder(t, dir)
-	d := newDest(t)
-	t.Setenv(EnvS3AccessKey, d.s3.AccessKey)
-	t.Setenv(EnvS3SecretKey, d.s3.SecretKey)
-	t.Setenv(EnvPostgres, d.dsn)
-	args := []string{"--from", dir, "--s3-bucket", d.s3.Bucket, "--s3-endpoint", d.s3.Endpoint,
-		"--s3-region", d.s3.Region, "--s3-prefix", d.s3.Prefix, "--s3-path-style"}
-	run := func(args ...string) (string, error) {
-		c := NewCommand()
-		var out bytes.Buffer
-		c.SetOut(&out)
-		c.SetErr(&out)
-		c.SetArgs(args)
-		err := c.ExecuteContext(context.Background())
-		return out.String(), err
-	}
-	out, err := run(args...)
-	t.Logf("first run:\n%s", out)
-	if err != nil {
-		t.Fatalf("first run: %v", err)
-	}
-	for _, secret := range []string{d.s3.SecretKey, d.dsn} {
-		if strings.Contains(out, secret) {
-			t.Fatalf("the output shows a secret (%q)", secret)
-		}
-	}
-	if !strings.Contains(out, "copied: 24 blobs") || !strings.Contains(out, "MB/s") {
-		t.Fatalf("no summary of what was copied:\n%s", out)
-	}
-	out, err = run(args...)
-	t.Logf("second run:\n%s", out)
-	if err != nil || !strings.Contains(out, "copied: 0 blobs (0 bytes), 0 blob links, 0 manifests, 0 tags, 0 tag fetch times, 0 API keys, 0 sessions, 0 secrets") {
-		t.Fatalf("second run copied something: %v\n%s", err, out)
-	}
-
-	t.Setenv(EnvPostgres, "")
-	if _, err := run(args...); err == nil || !strings.Contains(err.Error(), EnvPostgres) {
-		t.Fatalf("run without a database: %v", err)
-	}
-	if _, err := run("--s3-bucket", "b", "--postgres", d.dsn); err == nil || !strings.Contains(err.Error(), "--from") {
-		t.Fatalf("run without --from: %v", err)
-	}
-	if _, err := run(append(args, "--postgres", d.dsn, "--jobs", "0")...); err == nil || !strings.Contains(err.Error(), "--jobs") {
-		t.Fatalf("run with --jobs 0: %v", err)
-	}
-	if _, err := run("--from", dir, "--postgres", d.dsn); err == nil || !strings.Contains(err.Error(), "--s3-bucket") {
-		t.Fatalf("run without a bucket: %v", err)
-	}
-}
-
-// cutAfter is the destination store that becomes unreachable after n
-// blobs, as a bucket or database going away mid-run does.
-type cutAfter struct {
-	*composite.Store
-	n int
-}
-
-func (c *cutAfter) PutBlob(ctx context.Context, d cache.Digest, size int64, r io.Reader) (int64, error) {
-	if c.n <= 0 {
-		return 0, fmt.Errorf("%w: test cut the line", cache.ErrUnavailable)
-	}
-	c.n--
-	return c.Store.PutBlob(ctx, d, size, r)
-}
-
-// TestMigrateResumes: a run that loses its destination part way ends
-// with an error at once; the next run copies only what is missing and
-// verifies everything.
-func TestMigrateResumes(t *testing.T) {
-	dir := t.TempDir()
-	fillFolder(t, dir)
-	d := newDest(t)
-	src, err := OpenSource(dir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst, meta := d.open(t)
-	// One worker, so exactly 5 blobs land before the cut.
-	sum, err := Run(context.Background(), src, &cutAfter{Store: dst, n: 5}, meta, Options{Verify: true, Jobs: 1})
-	src.Close()
-	if !errors.Is(err, cache.ErrUnavailable) || sum.Blobs != 5 || sum.Manifests != 0 {
-		t.Fatalf("cut run: %v\n%s", err, sum)
-	}
-	again, err := migrate(t, dir, d)
-	t.Logf("resumed:\n%s", again)
-	if err != nil || again.BlobsPresent != 5 || again.Blobs+5 != again.VerifiedBlobs || again.Manifests == 0 {
-		t.Fatalf("resumed run: %v\n%s", err, again)
-	}
 }

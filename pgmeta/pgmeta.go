@@ -12,6 +12,7 @@
 package pgmeta
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +37,16 @@ type Options struct {
 	// Timeout bounds each call, connecting included. Zero is
 	// DefaultTimeout.
 	Timeout time.Duration
+	// ApplicationName, if set, names the connections in
+	// pg_stat_activity, whatever the DSN says. Without it they are named
+	// by the DSN's application_name, or AppName. `caddy oci migrate`
+	// sets its own, so that it can tell a running replica's connections
+	// (ReplicaConnections) from its own.
+	ApplicationName string
 }
+
+// AppName is the application_name of a replica's connections.
+const AppName = "caddy-oci"
 
 // Store is the metadata in one PostgreSQL database. It is safe for
 // concurrent use, by any number of processes at once.
@@ -70,9 +80,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		// it can tell where the password is: say nothing of the DSN.
 		return nil, errors.New("postgres: the DSN does not parse (not shown: it may hold a password)")
 	}
-	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok || opts.ApplicationName != "" {
 		// Names this registry's sessions in pg_stat_activity.
-		cfg.ConnConfig.RuntimeParams["application_name"] = "caddy-oci"
+		cfg.ConnConfig.RuntimeParams["application_name"] = cmp.Or(opts.ApplicationName, AppName)
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > timeout {
 		cfg.ConnConfig.ConnectTimeout = timeout
@@ -87,6 +97,24 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// ReplicaConnections counts the connections to this database named AppName:
+// replicas serving from it. A migration, whose own connections carry
+// another name (Options.ApplicationName), refuses to write into a
+// database a replica serves from. It sees what pg_stat_activity shows
+// this role; a replica whose DSN sets another application_name is not
+// counted.
+func (s *Store) ReplicaConnections(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = $1`, AppName).Scan(&n)
+	if err != nil {
+		return 0, failed(context.Background(), "pg_stat_activity", err)
+	}
+	return n, nil
 }
 
 // Close closes the pool's connections.

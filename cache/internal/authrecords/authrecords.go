@@ -154,28 +154,46 @@ func (r *Records) AuthSecret(name string, size int) ([]byte, error) {
 	if _, err := rand.Read(fresh); err != nil {
 		return nil, fmt.Errorf("secret %s: %w", name, err)
 	}
-	key := []byte(r.Secrets + name)
-	var secret []byte
-	err := r.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
-		switch {
-		case err == nil:
-			secret, err = item.ValueCopy(nil)
-			return err
-		case errors.Is(err, badger.ErrKeyNotFound):
-			secret = fresh
-			return txn.Set(key, fresh)
-		default:
-			return err
-		}
-	})
+	secret, _, err := r.ImportAuthSecret(name, fresh)
 	if err != nil {
-		return nil, fmt.Errorf("secret %s: %w", name, err)
+		return nil, err
 	}
 	if len(secret) != size {
 		return nil, fmt.Errorf("secret %s: stored one has %d bytes, want %d", name, len(secret), size)
 	}
 	return secret, nil
+}
+
+// ImportAuthSecret stores secret as name unless a secret of that name
+// exists, and returns the one stored and whether this call stored it:
+// AuthSecret offers a fresh one this way, and a migration the key of the
+// store it copies (so that the sessions it sealed stay signed in).
+func (r *Records) ImportAuthSecret(name string, secret []byte) (stored []byte, created bool, err error) {
+	if err := r.CheckName("secret", name); err != nil {
+		return nil, false, err
+	}
+	if len(secret) == 0 {
+		return nil, false, fmt.Errorf("secret %s: empty", name)
+	}
+	key := []byte(r.Secrets + name)
+	err = r.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(key)
+		switch {
+		case err == nil:
+			created = false // a retried transaction may have set it
+			stored, err = item.ValueCopy(nil)
+			return err
+		case errors.Is(err, badger.ErrKeyNotFound):
+			stored, created = secret, true
+			return txn.Set(key, secret)
+		default:
+			return err
+		}
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("secret %s: %w", name, err)
+	}
+	return stored, created, nil
 }
 
 // create sets e unless its key holds a record (then an error wrapping

@@ -81,6 +81,13 @@ func (s *Store) AuthSecret(name string, size int) ([]byte, error) {
 	return s.auth.AuthSecret(name, size)
 }
 
+// ImportAuthSecret stores secret as name unless a secret of that name
+// exists, and returns the one stored and whether this call stored it: a
+// migration brings the session key of the storage folder it copies.
+func (s *Store) ImportAuthSecret(name string, secret []byte) (stored []byte, created bool, err error) {
+	return s.auth.ImportAuthSecret(name, secret)
+}
+
 var (
 	_ authscope.APIKeyStore  = (*Store)(nil)
 	_ authscope.SessionStore = (*Store)(nil)
