@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -215,5 +216,35 @@ func TestMirrorWriteLostAfterAnswer(t *testing.T) {
 	}
 	if ti, err := p.store.TagInfo(ctx, "docker.io/library/app", "v1"); err != nil || ti.Digest != d {
 		t.Fatalf("stored after the second pull: %+v, %v", ti, err)
+	}
+}
+
+// TestMirrorColdPullRoundTrips: a cold pull through the mirror asks
+// upstream what a client pulling straight from it would, and nothing
+// more: one GET of the manifest by tag and one GET per blob (no HEAD, no
+// second GET of the manifest for the HEAD and the GET by digest that
+// follow while its store write may still run).
+func TestMirrorColdPullRoundTrips(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 4096, 1)
+	env.up.pushImage("library/app", "v1", img)
+	dg, _ := img.Digest()
+	m, _ := img.Manifest()
+	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil), http.StatusOK)
+	env.wantStatus(env.do(http.MethodHead, "/v2/library/app/manifests/v1", nil), http.StatusOK)
+	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/manifests/"+dg.String(), nil), http.StatusOK)
+	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/blobs/"+m.Config.Digest.String(), nil), http.StatusOK)
+	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/blobs/"+m.Layers[0].Digest.String(), nil), http.StatusOK)
+	if err := env.h.Drain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"GET manifests library/app", "GET blobs library/app", "GET blobs library/app"}
+	if got := env.up.requests(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("upstream saw %q, want %q", got, want)
+	}
+	// Stored now: served without upstream.
+	env.wantStatus(env.do(http.MethodHead, "/v2/library/app/manifests/v1", nil), http.StatusOK)
+	if n := env.up.total(); n != 3 {
+		t.Fatalf("%d upstream requests, want 3", n)
 	}
 }
