@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap/zaptest"
 
@@ -246,5 +249,78 @@ func TestMirrorColdPullRoundTrips(t *testing.T) {
 	env.wantStatus(env.do(http.MethodHead, "/v2/library/app/manifests/v1", nil), http.StatusOK)
 	if n := env.up.total(); n != 3 {
 		t.Fatalf("%d upstream requests, want 3", n)
+	}
+}
+
+// TestMirrorPendingBytesBounded: the manifests a mirror holds while their
+// store writes wait are bounded (maxPendingBytes); past the bound a
+// manifest is stored before it is answered, so a store slower than the
+// pulls slows them down instead of growing memory.
+func TestMirrorPendingBytesBounded(t *testing.T) {
+	p := newPGMirror(t)
+	pad := strings.Repeat("x", 3<<20) // three of these pass 8 MiB
+	for _, tag := range []string{"a", "b", "c"} {
+		img, ok := mutate.Annotations(randomImage(t, 512, 1), map[string]string{"pad": tag + pad}).(v1.Image)
+		if !ok {
+			t.Fatal("not an image")
+		}
+		p.up.pushImage("library/big", tag, img)
+	}
+	unlock := lockManifests(t, p.dsn)
+	for _, tag := range []string{"a", "b"} {
+		if resp := p.get(t, http.MethodGet, "/v2/library/big/manifests/"+tag); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d", tag, resp.StatusCode)
+		}
+	}
+	answered := make(chan int, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.srv.URL+"/v2/library/big/manifests/c", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	// All three writes wait on the lock: a and b after their answers, c
+	// before its own.
+	waitLockWaiters(t, p.dsn, 3)
+	select {
+	case code := <-answered:
+		t.Fatalf("c answered (%d) while the writes held 6 MiB and its own had not ended", code)
+	default:
+	}
+	unlock()
+	if code := <-answered; code != http.StatusOK {
+		t.Fatalf("c after the writes ended: %d", code)
+	}
+}
+
+// waitLockWaiters waits until n sessions of the database wait on a lock.
+func waitLockWaiters(t *testing.T, dsn string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var got int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions wait on the lock, want %d", got, n)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the database, which nothing here can signal
 	}
 }
