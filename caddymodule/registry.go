@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -480,6 +481,14 @@ func (rg *Registry) Cleanup() error {
 	rg.auth.close()
 	if rg.syncs != nil {
 		rg.syncs.stop() // before the store may close
+	}
+	if h := rg.live.h.Load(); h != nil {
+		// Mirrored manifests answered before they were stored: stored
+		// before the store may close (bounded; a cache entry lost is
+		// fetched again).
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = h.Drain(ctx)
+		cancel()
 	}
 	if rg.cluster != nil {
 		rg.cluster.release(rg.ReadOnly)

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -41,6 +42,7 @@ func newTestRegistry(t testing.TB, mod ...func(*Config)) *testRegistry {
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
 		srv.Close()
+		_ = h.Drain(context.Background()) // what mirrors answered, stored before the store closes
 		if err := store.Close(); err != nil {
 			t.Errorf("close store: %v", err)
 		}

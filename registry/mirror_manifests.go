@@ -88,15 +88,26 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 
 func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cache.Digest) (mirroredManifest, error) {
 	m := rc.mirror
+	key := rc.name + "@" + d.String()
+	// The pending answer first: once its store write ends, the store has
+	// it, so no request falls between the two.
+	if res, ok := m.pendingAnswer(ctx, key, false); ok {
+		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
+		return res, nil
+	}
 	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
 		return mirroredManifest{m: man, body: body}, nil
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "manifest", false)
-	v, err, _ := m.revalidations.Do(rc.name+"@"+d.String(), func() (any, error) {
+	v, err, _ := m.revalidations.Do(key, func() (any, error) {
+		// A fetch that ended after this request looked.
+		if res, ok := m.pendingAnswer(ctx, key, false); ok {
+			return res, nil
+		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
-		return h.fetchManifest(ctx, rc, d.String(), d, "")
+		return h.fetchManifestToServe(ctx, rc, d.String(), d, "")
 	})
 	if err != nil {
 		return mirroredManifest{}, upstreamError(m, "manifest", err)
@@ -107,6 +118,11 @@ func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cac
 func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag string) (mirroredManifest, error) {
 	m := rc.mirror
 	store := h.cfg.Store
+	key := rc.name + ":" + tag
+	if res, ok := m.pendingAnswer(ctx, key, true); ok {
+		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
+		return res, nil
+	}
 	ti, err := store.TagInfo(ctx, rc.name, tag)
 	have := err == nil
 	if have && m.now().Sub(ti.Fetched) < m.cfg.TagTTL {
@@ -116,10 +132,13 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 		}
 		have = false
 	}
-	v, err, _ := m.revalidations.Do(rc.name+":"+tag, func() (any, error) {
+	v, err, _ := m.revalidations.Do(key, func() (any, error) {
+		if e := m.pending.get(key); e != nil && m.now().Sub(e.fetched) < m.cfg.TagTTL {
+			return e.res, nil // fetched after this request looked
+		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
-		res, err := h.revalidateTag(ctx, rc, tag, ti, have)
+		res, err := h.revalidateTag(ctx, rc, tag, ti, have, true)
 		if err != nil && have && temporary(err) && m.now().Sub(ti.Fetched) < m.cfg.TagTTL+m.cfg.StaleIfError {
 			man, body, gerr := store.GetManifest(ctx, rc.name, ti.Digest)
 			if gerr == nil {
@@ -140,8 +159,10 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 
 // revalidateTag asks upstream where tag points: a HEAD first when the
 // store has a copy (Docker Hub does not count HEADs against pull limits),
-// a GET only when the digest moved or the store has nothing.
-func (h *Handler) revalidateTag(ctx context.Context, rc *request, tag string, ti cache.TagInfo, have bool) (mirroredManifest, error) {
+// a GET only when the digest moved or the store has nothing. serve: the
+// manifest a GET brings is for a client waiting, which may have it
+// before the store does (keepFetched).
+func (h *Handler) revalidateTag(ctx context.Context, rc *request, tag string, ti cache.TagInfo, have, serve bool) (mirroredManifest, error) {
 	m := rc.mirror
 	store := h.cfg.Store
 	if have {
@@ -159,6 +180,9 @@ func (h *Handler) revalidateTag(ctx context.Context, rc *request, tag string, ti
 			}
 		}
 	}
+	if serve {
+		return h.fetchManifestToServe(ctx, rc, tag, cache.Digest{}, tag)
+	}
 	return h.fetchManifest(ctx, rc, tag, cache.Digest{}, tag)
 }
 
@@ -171,6 +195,20 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 		return mirroredManifest{}, err
 	}
 	if err := h.storeUpstreamManifest(ctx, rc, res, tag); err != nil {
+		return mirroredManifest{}, err
+	}
+	return res, nil
+}
+
+// fetchManifestToServe is fetchManifest for a client waiting: it returns
+// once the manifest passed its checks, and the store write may still run
+// (keepFetched).
+func (h *Handler) fetchManifestToServe(ctx context.Context, rc *request, reference string, want cache.Digest, tag string) (mirroredManifest, error) {
+	res, err := h.getUpstreamManifest(ctx, rc, reference, want)
+	if err != nil {
+		return mirroredManifest{}, err
+	}
+	if err := h.keepFetched(ctx, rc, res, tag); err != nil {
 		return mirroredManifest{}, err
 	}
 	return res, nil
@@ -355,6 +393,7 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 	if err != nil {
 		if temporary(err) {
 			w.Header().Set("Warning", staleWarning)
+			m.pending.settleRepo(r.Context(), rc.name) // the tags answered so far
 			return h.tagsList(w, r, rc)
 		}
 		return upstreamError(m, "manifest", err)
@@ -390,11 +429,13 @@ func (h *Handler) mirrorReferrers(w http.ResponseWriter, r *http.Request, rc *re
 	defer cancel()
 	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), path, nil)
 	if err != nil {
+		m.pending.settleRepo(r.Context(), rc.name) // the manifests answered so far
 		return h.referrers(w, r, rc)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, h.cfg.MaxManifestSize+1))
 	if err != nil || int64(len(body)) > h.cfg.MaxManifestSize || !oneJSONObject(body) {
+		m.pending.settleRepo(r.Context(), rc.name)
 		return h.referrers(w, r, rc)
 	}
 	hd := w.Header()

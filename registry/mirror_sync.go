@@ -215,15 +215,20 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 		return SyncManifest{}, false, fmt.Errorf("%w: %q", ErrTagInvalid, tag)
 	}
 	h, m := s.h, s.m
+	key := rc.name + ":" + tag
+	// Sync brings the tag into the store: a pull's answer still on its
+	// way there is waited for, before and after.
+	m.pending.settle(ctx, key)
+	defer m.pending.settle(ctx, key)
 	ti, err := h.cfg.Store.TagInfo(ctx, rc.name, tag)
 	have := err == nil
 	if h.signaturePolicy(rc.name) != nil {
 		return s.verifiedTag(ctx, rc, tag, ti, have)
 	}
-	v, err, _ := m.revalidations.Do(rc.name+":"+tag, func() (any, error) {
+	v, err, _ := m.revalidations.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
-		return h.revalidateTag(ctx, rc, tag, ti, have)
+		return h.revalidateTag(ctx, rc, tag, ti, have, false)
 	})
 	if err != nil {
 		return SyncManifest{}, false, err
@@ -240,13 +245,16 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, d cache.Digest) 
 		return SyncManifest{}, false, err
 	}
 	h, m := s.h, s.m
+	key := rc.name + "@" + d.String()
+	m.pending.settle(ctx, key) // as in Tag
+	defer m.pending.settle(ctx, key)
 	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
 		if err := s.verify(ctx, rc, mirroredManifest{m: man, body: body}); err != nil {
 			return SyncManifest{}, false, err
 		}
 		return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body}, false, nil
 	}
-	v, err, _ := m.revalidations.Do(rc.name+"@"+d.String(), func() (any, error) {
+	v, err, _ := m.revalidations.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
 		if h.signaturePolicy(rc.name) == nil {
