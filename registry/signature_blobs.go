@@ -112,14 +112,21 @@ func vouchKey(kind string, p *sigpolicy.Policy, repo string, d string) string {
 }
 
 // vouchDoc vouches for the blobs of manifest d (parsed as doc) of repo,
-// which passed p.
+// which passed p. An index vouches for no blob: it lists manifests, and
+// each of those vouches for its own config and layers when it passes
+// itself. Whatever else an index carries (a crafted one may add a
+// "layers" list) is nothing a client pulls through it, and an unsigned
+// index passes under per_platform: were its "layers" vouched for, any
+// blob of the repository could be had by naming it in an index.
 func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc manifestDoc, now time.Time) {
-	keys := make([]string, 0, len(doc.Layers)+1)
-	if doc.Config != nil {
-		keys = append(keys, vouchKey("b", p, repo, doc.Config.Digest))
-	}
-	for _, l := range doc.Layers {
-		keys = append(keys, vouchKey("b", p, repo, l.Digest))
+	var keys []string
+	if !doc.isIndex() {
+		if doc.Config != nil {
+			keys = append(keys, vouchKey("b", p, repo, doc.Config.Digest))
+		}
+		for _, l := range doc.Layers {
+			keys = append(keys, vouchKey("b", p, repo, l.Digest))
+		}
 	}
 	h.sigVouches.putAll(keys, vouchKey("m", p, repo, d.String()), now, sigVouchTTL)
 }

@@ -175,7 +175,7 @@ func (h *Handler) verifyManifest(ctx context.Context, p *sigpolicy.Policy, repo 
 		h.vouchDoc(p, repo, m.Digest, doc, now)
 		return nil
 	}
-	isIndex := doc.Manifests != nil && doc.Config == nil
+	isIndex := doc.isIndex()
 	subject := sigpolicy.Subject{Repo: repo, Digest: m.Digest.String(), MediaType: m.MediaType, Size: m.Size}
 	src := storeSignatures{h: h, repo: repo}
 	err := p.Verify(ctx, src, subject)

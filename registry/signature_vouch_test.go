@@ -1,0 +1,101 @@
+package registry
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	ggcr "github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
+)
+
+// smugglingIndex is an unsigned index (or, with mediaType other than an
+// index's, a manifest shaped like one) that lists platform manifests and
+// also carries a "layers" list naming blob digests: an index lists
+// manifests, so what its "layers" name must never become servable.
+func smugglingIndex(mediaType string, children []sigtest.Descriptor, layers ...string) []byte {
+	ms := []any{}
+	for _, c := range children {
+		ms = append(ms, map[string]any{"mediaType": c.MediaType, "digest": c.Digest, "size": c.Size,
+			"platform": map[string]string{"os": "linux", "architecture": "amd64"}})
+	}
+	ls := []any{}
+	for _, l := range layers {
+		ls = append(ls, map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": len("layer of ") + 8})
+	}
+	b, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": mediaType, "manifests": ms, "layers": ls})
+	return b
+}
+
+// Under per_platform an unsigned index passes (each platform must be
+// signed itself). It must not make servable what it names: neither the
+// blobs under a "layers" list it carries, nor the layers of an unsigned
+// platform manifest it lists. Only a platform manifest that passed
+// vouches, and only for its own config and layers.
+func TestSignaturePolicyUnsignedIndexVouchesNothing(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", true)}
+	})
+	base, repo := tr.srv.URL, "team/app"
+	signed := pushTestImage(t, base, repo, "", "signed-p")
+	signCosign(t, base, repo, s.key, signed, signed.Digest, false)
+	unsigned := pushTestImage(t, base, repo, "", "unsigned-p")
+	loose := pushTestImage(t, base, repo, "", "loose-bl") // its layer is named by the index's "layers"
+	_ = loose
+
+	for _, mt := range []string{MediaTypeOCIIndex, "application/vnd.example.bundle+json"} {
+		idx := pushArtifact(t, base, repo, "", smugglingIndex(mt, []sigtest.Descriptor{signed, unsigned}, layerOfTestImage("loose-bl")))
+		tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+idx.Digest, nil), http.StatusOK)
+	}
+	// An index also passes when a scan of the tags meets it.
+	pushArtifact(t, base, repo, "tagged", smugglingIndex(MediaTypeOCIIndex, []sigtest.Descriptor{signed, unsigned}, layerOfTestImage("loose-bl")))
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/tagged", nil), http.StatusOK)
+
+	blob := func(d string) response { return tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+d, nil) }
+	wantDenied(t, tr, blob(layerOfTestImage("loose-bl")), "team/**")
+	wantDenied(t, tr, blob(layerOfTestImage("unsigned-p")), "team/**")
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+unsigned.Digest, nil), "team/**")
+	wantDenied(t, tr, blob(layerOfTestImage("unsigned-p")), "team/**")
+	// The signed platform vouches for its own layer, found by the scan
+	// through the tagged index or by its own pull.
+	tr.wantStatus(blob(layerOfTestImage("signed-p")), http.StatusOK)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+signed.Digest, nil), http.StatusOK)
+	tr.wantStatus(blob(layerOfTestImage("signed-p")), http.StatusOK)
+	wantDenied(t, tr, blob(layerOfTestImage("loose-bl")), "team/**")
+	// A mount out of the repository is held to the same.
+	resp := tr.do(http.MethodPost, "/v2/other/app/blobs/uploads/?mount="+layerOfTestImage("loose-bl")+"&from="+repo, nil)
+	tr.wantStatus(resp, http.StatusAccepted)
+}
+
+// The same through a mirror: an unsigned index upstream must not make the
+// mirror fetch (and serve) a blob its "layers" name.
+func TestSignaturePolicyUnsignedIndexVouchesNothingMirror(t *testing.T) {
+	s := newSigners(t)
+	counter := &countingHandler{h: ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)), blobs: map[string]int{}}
+	up := httptest.NewServer(counter)
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", true)}
+	})
+	signed := pushTestImage(t, up.URL, "myorg/app", "", "signed-p")
+	signCosign(t, up.URL, "myorg/app", s.key, signed, signed.Digest, false)
+	pushTestImage(t, up.URL, "myorg/app", "", "loose-bl")
+	pushArtifact(t, up.URL, "myorg/app", "v1", smugglingIndex(MediaTypeOCIIndex, []sigtest.Descriptor{signed}, layerOfTestImage("loose-bl")))
+
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/v1", nil), http.StatusOK)
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+layerOfTestImage("loose-bl"), nil), "docker.io/myorg/**")
+	if n := counter.count(layerOfTestImage("loose-bl")); n != 0 {
+		t.Errorf("upstream was asked %d times for a blob only an unsigned index named", n)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+signed.Digest, nil), http.StatusOK)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+layerOfTestImage("signed-p"), nil), http.StatusOK)
+}
