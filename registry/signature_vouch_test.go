@@ -2,12 +2,14 @@ package registry
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 
 	ggcr "github.com/google/go-containerregistry/pkg/registry"
 
+	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
 )
@@ -99,3 +101,107 @@ func TestSignaturePolicyUnsignedIndexVouchesNothingMirror(t *testing.T) {
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+signed.Digest, nil), http.StatusOK)
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+layerOfTestImage("signed-p"), nil), http.StatusOK)
 }
+
+// A sync verifies a tag's signed index, then fetches its platform
+// manifests one by one, each with its blobs: however long that takes,
+// the platforms of the index it verified pass by that index's signature
+// (cosign signs the index only). Nothing in it may depend on a verdict
+// cached for a while.
+func TestSyncSignedIndexChildrenAfterVerdictExpiry(t *testing.T) {
+	s := newSigners(t)
+	up := httptest.NewServer(ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)))
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	a := pushTestImage(t, up.URL, "myorg/app", "", "a")
+	b := pushTestImage(t, up.URL, "myorg/app", "", "b")
+	idx := pushTestIndex(t, up.URL, "myorg/app", "v1", a, b)
+	signCosign(t, up.URL, "myorg/app", s.key, idx, idx.Digest, false)
+
+	src := tr.h.SyncSource(m)
+	ctx := t.Context()
+	man, _, err := src.Tag(ctx, "myorg/app", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if man.Digest.String() != idx.Digest {
+		t.Fatalf("tag is %s, want %s", man.Digest, idx.Digest)
+	}
+	for _, c := range []sigtest.Descriptor{a, b} {
+		clock.Add(sigPassTTL + sigVouchTTL) // a slow platform before this one
+		cd, _ := parseDigestForTest(c.Digest)
+		if _, _, err := src.Manifest(ctx, "myorg/app", man, cd); err != nil {
+			t.Fatalf("platform %s of the signed index: %v", c.Digest, err)
+		}
+	}
+
+	// The pass rides only on what the signed index lists, and only on a
+	// parent this source verified: not on a SyncManifest made by hand,
+	// not on an unsigned index that per_platform lets through.
+	u := pushTestImage(t, up.URL, "myorg/app", "", "u")
+	ud, _ := parseDigestForTest(u.Digest)
+	if _, _, err := src.Manifest(ctx, "myorg/app", man, ud); !errors.Is(err, ErrSignaturePolicy) {
+		t.Errorf("a manifest the signed index does not list: %v, want refused", err)
+	}
+	forged := SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: pushedIndexBody(u)}
+	if _, _, err := src.Manifest(ctx, "myorg/app", forged, ud); !errors.Is(err, ErrSignaturePolicy) {
+		t.Errorf("a parent not verified here: %v, want refused", err)
+	}
+	if _, err := tr.store.StatManifest(ctx, "docker.io/myorg/app", ud); err == nil {
+		t.Error("the refused manifest was stored")
+	}
+}
+
+// Under per_platform an unsigned index passes a sync, and its platforms
+// must each be signed: the index's pass carries to none of them.
+func TestSyncUnsignedIndexCoversNothing(t *testing.T) {
+	s := newSigners(t)
+	up := httptest.NewServer(ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)))
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", true)}
+	})
+	a := pushTestImage(t, up.URL, "myorg/app", "", "a")
+	b := pushTestImage(t, up.URL, "myorg/app", "", "b")
+	signCosign(t, up.URL, "myorg/app", s.key, a, a.Digest, false)
+	pushTestIndex(t, up.URL, "myorg/app", "v1", a, b)
+	src := tr.h.SyncSource(m)
+	ctx := t.Context()
+	man, _, err := src.Tag(ctx, "myorg/app", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ad, _ := parseDigestForTest(a.Digest)
+	bd, _ := parseDigestForTest(b.Digest)
+	if _, _, err := src.Manifest(ctx, "myorg/app", man, ad); err != nil {
+		t.Errorf("signed platform: %v", err)
+	}
+	if _, _, err := src.Manifest(ctx, "myorg/app", man, bd); !errors.Is(err, ErrSignaturePolicy) {
+		t.Errorf("unsigned platform of an unsigned index: %v, want refused", err)
+	}
+}
+
+// pushedIndexBody is the body pushTestIndex would push for children.
+func pushedIndexBody(children ...sigtest.Descriptor) []byte {
+	ms := []any{}
+	for _, c := range children {
+		ms = append(ms, map[string]any{"mediaType": c.MediaType, "digest": c.Digest, "size": c.Size})
+	}
+	b, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": MediaTypeOCIIndex, "manifests": ms})
+	return b
+}
+
+func parseDigestForTest(s string) (cache.Digest, error) { return cache.ParseDigest(s) }
