@@ -29,6 +29,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
 )
@@ -48,6 +50,10 @@ const (
 	// asking for digests that no signed manifest names costs one scan,
 	// not one per request.
 	sigScanEvery = 2 * time.Second
+	// sigMaterialBlobs bounds the blobs of one signature manifest read
+	// to check them (sigpolicy.MaxBlobSize each): cosign adds a layer per
+	// signature under its tag, rarely many.
+	sigMaterialBlobs = 32
 )
 
 // expiringSet is a set of keys that expire, bounded in size.
@@ -129,6 +135,79 @@ func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc
 		}
 	}
 	h.sigVouches.putAll(keys, vouchKey("m", p, repo, d.String()), now, sigVouchTTL)
+}
+
+// vouchSignatureDoc vouches for the blobs of signature manifest d of
+// repo that are what a signature's are: at most sigpolicy.MaxBlobSize,
+// the config a JSON object, each layer a JSON object or (COSE) a CBOR
+// array. A manifest is a signature by the media types its descriptors
+// claim, which whoever pushed it (or an upstream) wrote: without looking
+// at the bytes, a "signature" naming an unsigned image's layers would
+// make them servable. A mirror's missing signature blob is fetched
+// (small, verified) when upstream may be asked. Blobs are content: a
+// manifest checked once is not read again while vouched for, unless a
+// blob was missing (a scan, which never asks upstream, met it first).
+func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, upstream bool, d cache.Digest, doc manifestDoc, now time.Time) {
+	mark := vouchKey("m", p, repo, d.String())
+	if h.sigVouches.has(mark, now) {
+		return
+	}
+	blobs := doc.Layers
+	if doc.Config != nil {
+		blobs = append([]descriptor{*doc.Config}, blobs...)
+	}
+	if len(blobs) > sigMaterialBlobs {
+		blobs = blobs[:sigMaterialBlobs]
+	}
+	var keys []string
+	missing := false
+	for i, b := range blobs {
+		ok, absent := h.signatureMaterial(ctx, repo, mirror, upstream, b, i == 0 && doc.Config != nil)
+		if ok {
+			keys = append(keys, vouchKey("b", p, repo, b.Digest))
+		}
+		missing = missing || absent
+	}
+	if missing {
+		for _, k := range keys {
+			h.sigVouches.put(k, now, sigVouchTTL)
+		}
+		return
+	}
+	h.sigVouches.putAll(keys, mark, now, sigVouchTTL)
+}
+
+// signatureMaterial reports whether blob b of repo is small and shaped as
+// a signature manifest's config (a JSON object) or layer (a JSON object,
+// or a COSE_Sign1 CBOR array, tagged or not): never a layer tar, which
+// starts with a file name or gzip's or zstd's magic. absent: the store
+// does not hold it (and upstream was not asked).
+func (h *Handler) signatureMaterial(ctx context.Context, repo string, mirror *Mirror, upstream bool, b descriptor, config bool) (ok, absent bool) {
+	d, err := cache.ParseDigest(b.Digest)
+	if err != nil || b.Size < 0 || b.Size > sigpolicy.MaxBlobSize {
+		return false, false
+	}
+	if _, err := h.cfg.Store.HasBlob(ctx, repo, d); err != nil {
+		if mirror == nil || !upstream {
+			return false, true
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mirror.cfg.UpstreamTimeout)
+		defer cancel()
+		if h.pullSignatureBlob(ctx, &request{name: repo, mirror: mirror}, b) != nil {
+			return false, true
+		}
+	}
+	body, err := storeSignatures{h: h, repo: repo}.Blob(ctx, d.String())
+	if err != nil || int64(len(body)) > sigpolicy.MaxBlobSize {
+		return false, err != nil
+	}
+	if len(body) > 0 && (body[0] == 0xd2 || body[0] == 0x84) {
+		// One well-formed CBOR item and nothing after it: a tar whose
+		// first name starts with such a byte is not that.
+		return !config && b.MediaType == sigpolicy.MediaTypeCOSE && cbor.Wellformed(body) == nil, false
+	}
+	var obj map[string]json.RawMessage
+	return json.Unmarshal(body, &obj) == nil, false
 }
 
 // vouch vouches for manifest d of repo, passed by a verdict remembered

@@ -3,8 +3,10 @@ package registry
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	ggcr "github.com/google/go-containerregistry/pkg/registry"
@@ -205,3 +207,75 @@ func pushedIndexBody(children ...sigtest.Descriptor) []byte {
 }
 
 func parseDigestForTest(s string) (cache.Digest, error) { return cache.ParseDigest(s) }
+
+// A signature manifest is served unsigned (clients read it to verify),
+// and its blobs with it. What makes a manifest one is the media types its
+// descriptors claim, which anyone who pushes (or an upstream) writes: a
+// "signature" whose layer is an unsigned image's layer tar, or whose
+// config is a large blob, must not make those servable. Only small blobs
+// that are what a signature's are (JSON, a COSE envelope) are served.
+func TestSignaturePolicyFakeSignatureVouchesNothing(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base, repo := tr.srv.URL, "team/app"
+	signed := pushTestImage(t, base, repo, "signed", "signed")
+	signCosign(t, base, repo, s.key, signed, signed.Digest, false)
+	tarLayer := []byte("ustar-looking layer bytes\x00\x00\x00 of an unsigned image")
+	bigJSON := []byte(`{"pad":"` + strings.Repeat("x", sigpolicy.MaxBlobSize) + `"}`)
+	forms := []struct {
+		mediaType string
+		blob      []byte
+	}{
+		{sigpolicy.MediaTypeCosignPayload, tarLayer},
+		{sigpolicy.MediaTypeJWS, tarLayer},
+		{sigpolicy.MediaTypeCOSE, tarLayer},
+		{sigpolicy.MediaTypeCOSE, append([]byte{0xd2, 0x84}, tarLayer...)}, // CBOR's first bytes, then a tar
+		{"application/vnd.dsse.envelope.v1+json", tarLayer},
+		{sigpolicy.MediaTypeCosignPayload, bigJSON},
+	}
+	for i, f := range forms {
+		cfg := []byte(fmt.Sprintf("config tar %d", i))
+		fake, _ := json.Marshal(map[string]any{
+			"schemaVersion": 2, "mediaType": MediaTypeOCIManifest,
+			"config": sigtest.Of("application/vnd.oci.image.config.v1+json", cfg),
+			"layers": []any{sigtest.Of(f.mediaType, f.blob)},
+		})
+		// Under cosign's tag of the signed image, so that a scan meets
+		// it too; then pulled by digest.
+		d := pushArtifact(t, base, repo, sigpolicy.CosignTag(signed.Digest), fake, cfg, f.blob)
+		tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+d.Digest, nil), http.StatusOK)
+		wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+sigtest.Of("", f.blob).Digest, nil), "team/**")
+		wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+sigtest.Of("", cfg).Digest, nil), "team/**")
+	}
+	// A real signature's blobs are still served.
+	signCosign(t, base, repo, s.key, signed, signed.Digest, false)
+	sigm := tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+sigpolicy.CosignTag(signed.Digest), nil)
+	tr.wantStatus(sigm, http.StatusOK)
+	var doc manifestDoc
+	if err := json.Unmarshal(sigm.body, &doc); err != nil || len(doc.Layers) != 1 {
+		t.Fatalf("signature manifest: %v %s", err, sigm.body)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+doc.Layers[0].Digest, nil), http.StatusOK)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+doc.Config.Digest, nil), http.StatusOK)
+	// A notation signature's envelope and config too.
+	signNotation(t, base, repo, s.notary, signed, sigpolicy.MediaTypeCOSE)
+	signNotation(t, base, repo, s.notary, signed, sigpolicy.MediaTypeJWS)
+	refs := tr.do(http.MethodGet, "/v2/"+repo+"/referrers/"+signed.Digest, nil)
+	var idx manifestDoc
+	if err := json.Unmarshal(refs.body, &idx); err != nil || len(idx.Manifests) < 2 {
+		t.Fatalf("referrers: %v %s", err, refs.body)
+	}
+	for _, r := range idx.Manifests {
+		resp := tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+r.Digest, nil)
+		tr.wantStatus(resp, http.StatusOK)
+		var sd manifestDoc
+		if err := json.Unmarshal(resp.body, &sd); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range append(sd.Layers, *sd.Config) {
+			tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+b.Digest, nil), http.StatusOK)
+		}
+	}
+}

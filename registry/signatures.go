@@ -183,8 +183,8 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	}
 	if sigpolicy.IsSignature(layerTypes) {
 		// What a client reads to verify: it is not itself signed, and
-		// its blobs are served.
-		h.vouchDoc(p, repo, m.Digest, doc, now)
+		// its blobs are served, as far as they are signature material.
+		h.vouchSignatureDoc(ctx, p, repo, mirror, upstream, m.Digest, doc, now)
 		return false, nil
 	}
 	isIndex := doc.isIndex()
