@@ -114,7 +114,9 @@ type Handler struct {
 	// sigVerdicts caches signature checks briefly (signatures.go), on
 	// the clock sigNow (tests move it).
 	sigVerdicts sigVerdicts
-	sigNow      func() time.Time
+	// sigParents: the signed indexes seen listing a manifest (signatures.go).
+	sigParents sigParents
+	sigNow     func() time.Time
 	// sigVouches are the blobs that manifests which passed a signature
 	// policy reference (signature_blobs.go).
 	sigVouches expiringSet

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	ggcr "github.com/google/go-containerregistry/pkg/registry"
 
@@ -278,4 +279,34 @@ func TestSignaturePolicyFakeSignatureVouchesNothing(t *testing.T) {
 			tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+b.Digest, nil), http.StatusOK)
 		}
 	}
+}
+
+// A platform manifest of a signed index passes on the index's signature
+// however long after the index was pulled (a client copying every
+// platform, each with its blobs, asks for the last ones late), even when
+// the index was pulled by digest and no tag names it; and it stops
+// passing when the index's signature goes.
+func TestSignaturePolicyPlatformLongAfterSignedIndex(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	base, repo := tr.srv.URL, "team/app"
+	a := pushTestImage(t, base, repo, "", "a")
+	b := pushTestImage(t, base, repo, "", "b")
+	c := pushTestImage(t, base, repo, "", "c")
+	idx := pushTestIndex(t, base, repo, "", a, b, c)
+	signCosign(t, base, repo, s.key, idx, idx.Digest, false)
+
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+idx.Digest, nil), http.StatusOK)
+	for _, p := range []sigtest.Descriptor{a, b} {
+		clock.Add(sigPassTTL + time.Second)
+		tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+p.Digest, nil), http.StatusOK)
+		tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+layerOfTestImage(map[string]string{a.Digest: "a", b.Digest: "b"}[p.Digest]), nil), http.StatusOK)
+	}
+	tr.wantStatus(tr.do(http.MethodDelete, "/v2/"+repo+"/manifests/"+sigpolicy.CosignTag(idx.Digest), nil), http.StatusAccepted)
+	clock.Add(sigPassTTL + time.Second)
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+c.Digest, nil), "team/**")
 }

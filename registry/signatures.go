@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,6 +97,84 @@ func (c *sigVerdicts) forgetRefusals(p *sigpolicy.Policy, repo string) {
 			delete(c.m, k)
 		}
 	}
+}
+
+// sigParents remembers, per policy, repository and manifest, the indexes
+// seen passing by a signature that list it, for sigVouchTTL. A platform
+// manifest passes on its signed index's verdict only for sigPassTTL; a
+// client that copies every platform, one after the other with its blobs
+// (skopeo copy --all), asks for the later ones long after. Then the index
+// is verified again (its signature may have gone) and, if it passes,
+// so does what it lists. Only a relation is kept here, never a pass.
+type sigParents struct {
+	mu sync.Mutex
+	m  map[string]sigParentSet
+}
+
+type sigParentSet struct {
+	parents []cache.Digest
+	until   time.Time
+}
+
+// sigParentsMax bounds the parents kept per manifest (the newest stay).
+const sigParentsMax = 4
+
+func (c *sigParents) get(key string, now time.Time) []cache.Digest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.m[key]
+	if !ok || now.After(s.until) {
+		return nil
+	}
+	return slices.Clone(s.parents)
+}
+
+func (c *sigParents) add(key string, parent cache.Digest, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]sigParentSet{}
+	}
+	if len(c.m) >= sigVouchesMax {
+		for k, s := range c.m {
+			if now.After(s.until) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= sigVouchesMax {
+			clear(c.m)
+		}
+	}
+	s := c.m[key]
+	if now.After(s.until) {
+		s.parents = nil
+	}
+	s.parents = slices.DeleteFunc(s.parents, func(d cache.Digest) bool { return d == parent })
+	s.parents = append(s.parents, parent)
+	if len(s.parents) > sigParentsMax {
+		s.parents = s.parents[len(s.parents)-sigParentsMax:]
+	}
+	s.until = now.Add(sigVouchTTL)
+	c.m[key] = s
+}
+
+// signedByParent reports whether an index remembered as listing d (see
+// sigParents) passes p by a signature now.
+func (h *Handler) signedByParent(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, d cache.Digest, upstream bool) bool {
+	for _, pd := range h.sigParents.get(verdictKey(p, repo, d), h.sigNow()) {
+		pm, body, err := h.cfg.Store.GetManifest(ctx, repo, pd)
+		if err != nil {
+			continue
+		}
+		var doc manifestDoc
+		if json.Unmarshal(body, &doc) != nil || !doc.isIndex() || !slices.ContainsFunc(doc.Manifests, func(c descriptor) bool { return c.Digest == d.String() }) {
+			continue
+		}
+		if signed, err := h.verifyManifestSigned(ctx, p, repo, mirror, pm, body, upstream); err == nil && signed {
+			return true
+		}
+	}
+	return false
 }
 
 func verdictKey(p *sigpolicy.Policy, repo string, d cache.Digest) string {
@@ -190,7 +269,11 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	isIndex := doc.isIndex()
 	subject := sigpolicy.Subject{Repo: repo, Digest: m.Digest.String(), MediaType: m.MediaType, Size: m.Size}
 	src := storeSignatures{h: h, repo: repo}
-	err = p.Verify(ctx, src, subject)
+	if h.signedByParent(ctx, p, repo, mirror, m.Digest, upstream) {
+		err = nil
+	} else {
+		err = p.Verify(ctx, src, subject)
+	}
 	if err != nil && upstream && mirror != nil {
 		// Signatures live upstream; bring them in (cached in the store
 		// like any manifest and blob) and look again.
@@ -206,6 +289,7 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 		for _, c := range doc.Manifests {
 			if cd, perr := cache.ParseDigest(c.Digest); perr == nil {
 				h.sigVerdicts.put(verdictKey(p, repo, cd), true, true, now)
+				h.sigParents.add(verdictKey(p, repo, cd), m.Digest, now)
 			}
 		}
 	case err != nil && isIndex && p.PerPlatform():
