@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,11 @@ const (
 	// signature removed stops the manifest within sigPassTTL and its
 	// blobs within this.
 	sigVouchTTL = time.Hour
+	// sigVoucherTTL is how long the manifests that vouched for a blob are
+	// remembered: a blob asked for after its vouch expired (the last
+	// layers of a slow pull) is served when one of them passes again.
+	// Only a relation: nothing passes on it alone.
+	sigVoucherTTL = 24 * time.Hour
 	// sigVouchesMax bounds the entries kept (as sigVerdictsMax does).
 	sigVouchesMax = 100000
 	// sigScanManifests bounds the manifests one scan of a repository
@@ -113,6 +119,64 @@ func (s *expiringSet) putAll(keys []string, mark string, now time.Time, ttl time
 	s.m[mark] = now.Add(ttl)
 }
 
+// digestRelation remembers, per key (a policy, a repository and a
+// digest), the manifests related to it: the indexes that passed by a
+// signature and list a manifest, the manifests that passed and reference
+// a blob. Only a relation is kept, never a pass: whoever uses it verifies
+// the related manifest again. Entries last ttl from their last add; at
+// most digestRelationMax manifests per key (the newest stay).
+type digestRelation struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[string]relatedDigests
+}
+
+type relatedDigests struct {
+	digests []cache.Digest
+	until   time.Time
+}
+
+const digestRelationMax = 4
+
+func (c *digestRelation) get(key string, now time.Time) []cache.Digest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.m[key]
+	if !ok || now.After(s.until) {
+		return nil
+	}
+	return slices.Clone(s.digests)
+}
+
+func (c *digestRelation) add(key string, d cache.Digest, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]relatedDigests{}
+	}
+	if len(c.m) >= sigVouchesMax {
+		for k, s := range c.m {
+			if now.After(s.until) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= sigVouchesMax {
+			clear(c.m)
+		}
+	}
+	s := c.m[key]
+	if now.After(s.until) {
+		s.digests = nil
+	}
+	s.digests = slices.DeleteFunc(s.digests, func(x cache.Digest) bool { return x == d })
+	s.digests = append(s.digests, d)
+	if len(s.digests) > digestRelationMax {
+		s.digests = s.digests[len(s.digests)-digestRelationMax:]
+	}
+	s.until = now.Add(c.ttl)
+	c.m[key] = s
+}
+
 func vouchKey(kind string, p *sigpolicy.Policy, repo string, d string) string {
 	return kind + "\x00" + p.Name() + "\x00" + repo + "\x00" + d
 }
@@ -133,6 +197,9 @@ func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc
 		for _, l := range doc.Layers {
 			keys = append(keys, vouchKey("b", p, repo, l.Digest))
 		}
+	}
+	for _, k := range keys {
+		h.sigVouchers.add(k, d, now)
 	}
 	h.sigVouches.putAll(keys, vouchKey("m", p, repo, d.String()), now, sigVouchTTL)
 }
@@ -164,7 +231,9 @@ func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, re
 	for i, b := range blobs {
 		ok, absent := h.signatureMaterial(ctx, repo, mirror, upstream, b, i == 0 && doc.Config != nil)
 		if ok {
-			keys = append(keys, vouchKey("b", p, repo, b.Digest))
+			k := vouchKey("b", p, repo, b.Digest)
+			keys = append(keys, k)
+			h.sigVouchers.add(k, d, now)
 		}
 		missing = missing || absent
 	}
@@ -253,6 +322,14 @@ func (h *Handler) blobVouched(ctx context.Context, p *sigpolicy.Policy, repo str
 	key := vouchKey("b", p, repo, d.String())
 	if h.sigVouches.has(key, h.sigNow()) {
 		return true
+	}
+	// The vouch expired (a slow pull's last layers): the manifests that
+	// gave it, verified again, give it again if they still pass. From
+	// the store only, as a scan.
+	for _, md := range h.sigVouchers.get(key, h.sigNow()) {
+		if m, body, err := h.cfg.Store.GetManifest(ctx, repo, md); err == nil && h.verifyManifest(ctx, p, repo, mirror, m, body, false) == nil && h.sigVouches.has(key, h.sigNow()) {
+			return true
+		}
 	}
 	h.scanRepository(ctx, p, repo, mirror)
 	return h.sigVouches.has(key, h.sigNow())

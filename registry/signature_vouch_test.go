@@ -310,3 +310,31 @@ func TestSignaturePolicyPlatformLongAfterSignedIndex(t *testing.T) {
 	clock.Add(sigPassTTL + time.Second)
 	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+c.Digest, nil), "team/**")
 }
+
+// A pull slower than a vouch (sigVouchTTL) still gets its last layers:
+// the manifest that vouched for them is verified again, here for an
+// image pulled by digest, which no tag scan finds. Once its signature is
+// gone, its layers are refused.
+func TestSignaturePolicyLayersAfterVouchExpiry(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	base, repo := tr.srv.URL, "team/app"
+	img := pushTestImage(t, base, repo, "", "slow")
+	signCosign(t, base, repo, s.key, img, img.Digest, true)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+img.Digest, nil), http.StatusOK)
+	clock.Add(sigVouchTTL + time.Second)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+layerOfTestImage("slow"), nil), http.StatusOK)
+
+	refs := tr.do(http.MethodGet, "/v2/"+repo+"/referrers/"+img.Digest, nil)
+	var idx manifestDoc
+	if err := json.Unmarshal(refs.body, &idx); err != nil || len(idx.Manifests) != 1 {
+		t.Fatalf("referrers: %v %s", err, refs.body)
+	}
+	tr.wantStatus(tr.do(http.MethodDelete, "/v2/"+repo+"/manifests/"+idx.Manifests[0].Digest, nil), http.StatusAccepted)
+	clock.Add(sigVouchTTL + time.Second)
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+layerOfTestImage("slow"), nil), "team/**")
+}

@@ -99,67 +99,13 @@ func (c *sigVerdicts) forgetRefusals(p *sigpolicy.Policy, repo string) {
 	}
 }
 
-// sigParents remembers, per policy, repository and manifest, the indexes
-// seen passing by a signature that list it, for sigVouchTTL. A platform
-// manifest passes on its signed index's verdict only for sigPassTTL; a
-// client that copies every platform, one after the other with its blobs
-// (skopeo copy --all), asks for the later ones long after. Then the index
-// is verified again (its signature may have gone) and, if it passes,
-// so does what it lists. Only a relation is kept here, never a pass.
-type sigParents struct {
-	mu sync.Mutex
-	m  map[string]sigParentSet
-}
-
-type sigParentSet struct {
-	parents []cache.Digest
-	until   time.Time
-}
-
-// sigParentsMax bounds the parents kept per manifest (the newest stay).
-const sigParentsMax = 4
-
-func (c *sigParents) get(key string, now time.Time) []cache.Digest {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s, ok := c.m[key]
-	if !ok || now.After(s.until) {
-		return nil
-	}
-	return slices.Clone(s.parents)
-}
-
-func (c *sigParents) add(key string, parent cache.Digest, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[string]sigParentSet{}
-	}
-	if len(c.m) >= sigVouchesMax {
-		for k, s := range c.m {
-			if now.After(s.until) {
-				delete(c.m, k)
-			}
-		}
-		if len(c.m) >= sigVouchesMax {
-			clear(c.m)
-		}
-	}
-	s := c.m[key]
-	if now.After(s.until) {
-		s.parents = nil
-	}
-	s.parents = slices.DeleteFunc(s.parents, func(d cache.Digest) bool { return d == parent })
-	s.parents = append(s.parents, parent)
-	if len(s.parents) > sigParentsMax {
-		s.parents = s.parents[len(s.parents)-sigParentsMax:]
-	}
-	s.until = now.Add(sigVouchTTL)
-	c.m[key] = s
-}
-
 // signedByParent reports whether an index remembered as listing d (see
-// sigParents) passes p by a signature now.
+// Handler.sigParents) passes p by a signature now. A platform manifest
+// passes on its signed index's verdict only for sigPassTTL; a client that
+// copies every platform, one after the other with its blobs (skopeo copy
+// --all), asks for the later ones long after. Then the index is verified
+// again (its signature may have gone) and, if it passes, so does what it
+// lists.
 func (h *Handler) signedByParent(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, d cache.Digest, upstream bool) bool {
 	for _, pd := range h.sigParents.get(verdictKey(p, repo, d), h.sigNow()) {
 		pm, body, err := h.cfg.Store.GetManifest(ctx, repo, pd)
