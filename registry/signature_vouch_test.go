@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -337,4 +338,64 @@ func TestSignaturePolicyLayersAfterVouchExpiry(t *testing.T) {
 	tr.wantStatus(tr.do(http.MethodDelete, "/v2/"+repo+"/manifests/"+idx.Manifests[0].Digest, nil), http.StatusAccepted)
 	clock.Add(sigVouchTTL + time.Second)
 	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+layerOfTestImage("slow"), nil), "team/**")
+}
+
+// gatedHandler holds the upstream's answers for one path until released,
+// and reports each request for it.
+type gatedHandler struct {
+	h       http.Handler
+	path    string
+	seen    chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == g.path {
+		g.seen <- struct{}{}
+		<-g.release
+	}
+	g.h.ServeHTTP(w, r)
+}
+
+// A sync's manifest fetch under a policy does not share a pull's fetch of
+// the same digest in flight: the pull stores what upstream sent and checks
+// it when it serves, so what it returns was never verified, and a sync
+// taking it would fetch the blobs of an unsigned image.
+func TestSyncManifestDoesNotJoinAPull(t *testing.T) {
+	s := newSigners(t)
+	g := &gatedHandler{h: ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)), seen: make(chan struct{}, 8), release: make(chan struct{})}
+	up := httptest.NewServer(g)
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	u := pushTestImage(t, up.URL, "myorg/app", "", "u")
+	g.path = "/v2/myorg/app/manifests/" + u.Digest
+	ud, _ := parseDigestForTest(u.Digest)
+
+	pulled := make(chan response, 1)
+	go func() { pulled <- tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+u.Digest, nil) }()
+	<-g.seen // the pull's fetch is in flight
+	synced := make(chan error, 1)
+	go func() {
+		_, _, err := tr.h.SyncSource(m).Manifest(context.Background(), "myorg/app", SyncManifest{}, ud)
+		synced <- err
+	}()
+	select {
+	case <-g.seen: // the sync asked upstream itself
+	case err := <-synced:
+		t.Errorf("sync returned before its own fetch: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Error("the sync did not ask upstream itself (it joined the pull's fetch)")
+	}
+	close(g.release)
+	wantDenied(t, tr, <-pulled, "docker.io/myorg/**")
+	if err := <-synced; !errors.Is(err, ErrSignaturePolicy) {
+		t.Errorf("sync of an unsigned manifest while a pull fetched it: %v, want refused", err)
+	}
 }
