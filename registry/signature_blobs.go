@@ -281,8 +281,9 @@ func (h *Handler) signatureMaterial(ctx context.Context, repo string, mirror *Mi
 
 // vouch vouches for manifest d of repo, passed by a verdict remembered
 // (its platform manifests pass with a signed index without having been
-// read), unless it is vouched for already. body may be nil.
-func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d cache.Digest, body []byte) {
+// read), unless it is vouched for already; signed: by a signature, so
+// that a nested index lets what it lists through too. body may be nil.
+func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d cache.Digest, body []byte, signed bool) {
 	now := h.sigNow()
 	if h.sigVouches.has(vouchKey("m", p, repo, d.String()), now) {
 		return
@@ -295,6 +296,9 @@ func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d
 	}
 	var doc manifestDoc
 	if json.Unmarshal(body, &doc) == nil {
+		if signed && doc.isIndex() {
+			h.coverChildren(p, repo, d, doc, now)
+		}
 		h.vouchDoc(p, repo, d, doc, now)
 	}
 }

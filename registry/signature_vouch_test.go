@@ -399,3 +399,22 @@ func TestSyncManifestDoesNotJoinAPull(t *testing.T) {
 		t.Errorf("sync of an unsigned manifest while a pull fetched it: %v, want refused", err)
 	}
 }
+
+// An index nested in a signed index passes on its signature, and so do
+// the manifests the nested one lists (cosign signs the top index only),
+// as a sync (which carries the pass down) stores them.
+func TestSignaturePolicyNestedIndexOfSignedIndex(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	base, repo := tr.srv.URL, "team/app"
+	a := pushTestImage(t, base, repo, "", "a")
+	inner := pushTestIndex(t, base, repo, "", a)
+	top := pushTestIndex(t, base, repo, "v1", inner)
+	signCosign(t, base, repo, s.key, top, top.Digest, false)
+	for _, ref := range []string{"v1", inner.Digest, a.Digest} {
+		tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+ref, nil), http.StatusOK)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/blobs/"+layerOfTestImage("a"), nil), http.StatusOK)
+}

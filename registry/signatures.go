@@ -123,6 +123,19 @@ func (h *Handler) signedByParent(ctx context.Context, p *sigpolicy.Policy, repo 
 	return false
 }
 
+// coverChildren lets the manifests index d lists through on its pass by
+// a signature: for sigPassTTL on a verdict, later by verifying d again
+// (signedByParent). Nested indexes pass on it the same way, and so, in
+// turn, do theirs.
+func (h *Handler) coverChildren(p *sigpolicy.Policy, repo string, d cache.Digest, doc manifestDoc, now time.Time) {
+	for _, c := range doc.Manifests {
+		if cd, err := cache.ParseDigest(c.Digest); err == nil {
+			h.sigVerdicts.put(verdictKey(p, repo, cd), true, true, now)
+			h.sigParents.add(verdictKey(p, repo, cd), d, now)
+		}
+	}
+}
+
 func verdictKey(p *sigpolicy.Policy, repo string, d cache.Digest) string {
 	return p.Name() + "\x00" + repo + "\x00" + d.String()
 }
@@ -189,7 +202,7 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	key := verdictKey(p, repo, m.Digest)
 	if v, found := h.sigVerdicts.get(key, now); found {
 		if v.ok {
-			h.vouch(ctx, p, repo, m.Digest, body)
+			h.vouch(ctx, p, repo, m.Digest, body, v.signed)
 			return v.signed, nil
 		}
 		return false, errors.New("refused moments ago")
@@ -232,12 +245,7 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	signed = err == nil
 	switch {
 	case signed && isIndex:
-		for _, c := range doc.Manifests {
-			if cd, perr := cache.ParseDigest(c.Digest); perr == nil {
-				h.sigVerdicts.put(verdictKey(p, repo, cd), true, true, now)
-				h.sigParents.add(verdictKey(p, repo, cd), m.Digest, now)
-			}
-		}
+		h.coverChildren(p, repo, m.Digest, doc, now)
 	case err != nil && isIndex && p.PerPlatform():
 		err = nil
 	}
