@@ -114,7 +114,11 @@ type Handler struct {
 	// sigVerdicts caches signature checks briefly (signatures.go), on
 	// the clock sigNow (tests move it).
 	sigVerdicts sigVerdicts
-	sigNow      func() time.Time
+	// sigParents: the indexes seen passing by a signature that list a
+	// manifest (signatures.go); sigVouchers: the manifests seen passing
+	// that reference a blob (signature_blobs.go).
+	sigParents, sigVouchers digestRelation
+	sigNow                  func() time.Time
 	// sigVouches are the blobs that manifests which passed a signature
 	// policy reference (signature_blobs.go).
 	sigVouches expiringSet
@@ -153,7 +157,8 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store != nil {
 		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
-	h := &Handler{cfg: cfg, sigNow: time.Now, sigVouches: expiringSet{max: sigVouchesMax}}
+	h := &Handler{cfg: cfg, sigNow: time.Now, sigVouches: expiringSet{max: sigVouchesMax},
+		sigParents: digestRelation{ttl: sigVouchTTL}, sigVouchers: digestRelation{ttl: sigVoucherTTL}}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {
 		spaces := make([]authscope.Namespace, 0, len(cfg.Mirrors))
 		h.mirrors = map[string]*Mirror{}

@@ -48,6 +48,11 @@ type manifestDoc struct {
 	Annotations   map[string]string `json:"annotations"`
 }
 
+// isIndex reports whether a stored manifest is, for the signature policy,
+// an index: a list of manifests and no config. (The media type alone does
+// not say: a store accepts other media types of either shape.)
+func (doc manifestDoc) isIndex() bool { return doc.Manifests != nil && doc.Config == nil }
+
 // resolve turns a manifest reference into a digest in rc.name.
 func (h *Handler) resolve(ctx context.Context, rc *request) (cache.Digest, error) {
 	ref, err := ParseReference(rc.arg)

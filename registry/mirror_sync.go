@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
 )
 
 // maxListPages bounds the pages of one tag or catalog listing: an upstream
@@ -41,6 +42,37 @@ type SyncManifest struct {
 	MediaType string
 	Digest    cache.Digest
 	Body      []byte
+	// covers is set (only here) on an index that passed a signature
+	// policy by a signature: its own, or that of the index that listed
+	// it. Given back to Manifest as the parent, it lets the platform
+	// manifests it lists through on that signature, however long after
+	// (see Manifest).
+	covers *sigCoverage
+}
+
+// sigCoverage: the manifests a signed index lists, in one repository
+// under one policy. Digests are content: a signature over the index is a
+// signature over each manifest it names.
+type sigCoverage struct {
+	policy   *sigpolicy.Policy
+	repo     string
+	children map[cache.Digest]bool
+}
+
+// coverage is what an index with this body covers once it passed p in
+// repo by a signature; nil when it is not an index.
+func coverage(p *sigpolicy.Policy, repo string, body []byte) *sigCoverage {
+	var doc manifestDoc
+	if json.Unmarshal(body, &doc) != nil || !doc.isIndex() {
+		return nil
+	}
+	c := &sigCoverage{policy: p, repo: repo, children: map[cache.Digest]bool{}}
+	for _, m := range doc.Manifests {
+		if d, err := cache.ParseDigest(m.Digest); err == nil {
+			c.children[d] = true
+		}
+	}
+	return c
 }
 
 // SyncSource returns the sync side of m, which is one of the handler's
@@ -237,9 +269,15 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 	return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, !have || res.m.Digest != ti.Digest, nil
 }
 
-// Manifest brings repo@d into the store, from upstream only when the
-// store lacks it. fetched reports a GET.
-func (s *SyncSource) Manifest(ctx context.Context, repo string, d cache.Digest) (SyncManifest, bool, error) {
+// Manifest brings repo@d, which the index parent lists, into the store,
+// from upstream only when the store lacks it. fetched reports a GET.
+//
+// Under a signature policy, d passes when parent passed by a signature
+// (parent.covers, set by Tag or Manifest of this source): the pass is
+// carried through the sync of one tag in the values, not remembered for a
+// while, so a sync that spends long on one platform's blobs does not find
+// the next platform refused. Otherwise d must pass on its own.
+func (s *SyncSource) Manifest(ctx context.Context, repo string, parent SyncManifest, d cache.Digest) (SyncManifest, bool, error) {
 	rc, err := s.request(repo)
 	if err != nil {
 		return SyncManifest{}, false, err
@@ -249,31 +287,55 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, d cache.Digest) 
 	m.pending.settle(ctx, key) // as in Tag
 	defer m.pending.settle(ctx, key)
 	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
-		if err := s.verify(ctx, rc, mirroredManifest{m: man, body: body}); err != nil {
+		covers, err := s.verify(ctx, rc, parent, mirroredManifest{m: man, body: body})
+		if err != nil {
 			return SyncManifest{}, false, err
 		}
-		return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body}, false, nil
+		return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body, covers: covers}, false, nil
 	}
-	v, err, _ := m.revalidations.Do(key, func() (any, error) {
+	if h.signaturePolicy(rc.name) == nil {
+		// Shared with pulls of the same digest: nothing to verify.
+		v, err, _ := m.revalidations.Do(key, func() (any, error) {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
+			defer cancel()
+			return h.fetchManifest(ctx, rc, d.String(), d, "")
+		})
+		if err != nil {
+			return SyncManifest{}, false, err
+		}
+		res := v.(mirroredManifest)
+		return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, true, nil
+	}
+	type result struct {
+		res    mirroredManifest
+		covers *sigCoverage
+	}
+	// Never shared with a pull's fetch, which stores before a check (the
+	// pull checks when it serves): what it returns was not verified.
+	// Nor shared between a call that may pass on its parent's signature
+	// and one that may not.
+	syncKey := "sync " + key
+	if parent.covers != nil {
+		syncKey += " covered by " + parent.Digest.String()
+	}
+	v, err, _ := m.revalidations.Do(syncKey, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
-		if h.signaturePolicy(rc.name) == nil {
-			return h.fetchManifest(ctx, rc, d.String(), d, "")
-		}
 		res, err := h.getUpstreamManifest(ctx, rc, d.String(), d)
 		if err != nil {
-			return res, err
+			return nil, err
 		}
-		if err := s.verify(ctx, rc, res); err != nil {
-			return res, err
+		covers, err := s.verify(ctx, rc, parent, res)
+		if err != nil {
+			return nil, err
 		}
-		return res, h.storeUpstreamManifest(ctx, rc, res, "")
+		return result{res: res, covers: covers}, h.storeUpstreamManifest(ctx, rc, res, "")
 	})
 	if err != nil {
 		return SyncManifest{}, false, err
 	}
-	res := v.(mirroredManifest)
-	return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, true, nil
+	r := v.(result)
+	return SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body, covers: r.covers}, true, nil
 }
 
 // ErrSignaturePolicy is what sync meets when a signature policy
@@ -281,18 +343,36 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, d cache.Digest) 
 // the manifest is not stored, and nothing it references is fetched.
 var ErrSignaturePolicy = errors.New("refused by signature policy")
 
-// verify checks res, a manifest of rc.name, against the signature policy
-// that covers the name, if any, looking for its signatures upstream too
-// (they are stored, so that pulls of what sync stores pass).
-func (s *SyncSource) verify(ctx context.Context, rc *request, res mirroredManifest) error {
-	p := s.h.signaturePolicy(rc.name)
+// verify checks res, a manifest of rc.name that parent lists (parent is
+// zero for a tag's manifest), against the signature policy that covers
+// the name, if any, looking for its signatures upstream too (they are
+// stored, so that pulls of what sync stores pass). It returns what res
+// covers in turn when it is an index that passed by a signature.
+func (s *SyncSource) verify(ctx context.Context, rc *request, parent SyncManifest, res mirroredManifest) (*sigCoverage, error) {
+	h := s.h
+	p := h.signaturePolicy(rc.name)
 	if p == nil {
-		return nil
+		return nil, nil
 	}
-	if err := s.h.verifyManifest(ctx, p, rc.name, s.m, res.m, res.body, true); err != nil {
-		return fmt.Errorf("%w %s: %s: %v", ErrSignaturePolicy, p.Name(), res.m.Digest, err)
+	if c := parent.covers; c != nil && c.policy == p && c.repo == rc.name && c.children[res.m.Digest] {
+		// Listed by an index that passed by a signature in this sync: as
+		// a pull of it right after the index would (verifyManifest), it
+		// passes and vouches for its own blobs.
+		now := h.sigNow()
+		h.sigVerdicts.put(verdictKey(p, rc.name, res.m.Digest), true, true, now)
+		var doc manifestDoc
+		_ = json.Unmarshal(res.body, &doc)
+		h.vouchDoc(p, rc.name, res.m.Digest, doc, now)
+		return coverage(p, rc.name, res.body), nil
 	}
-	return nil
+	signed, err := h.verifyManifestSigned(ctx, p, rc.name, s.m, res.m, res.body, true)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %s: %v", ErrSignaturePolicy, p.Name(), res.m.Digest, err)
+	}
+	if !signed {
+		return nil, nil // an unsigned index under per_platform covers nothing
+	}
+	return coverage(p, rc.name, res.body), nil
 }
 
 // verifiedTag is Tag under a signature policy: the manifest upstream
@@ -303,6 +383,7 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 	type result struct {
 		res     mirroredManifest
 		fetched bool
+		covers  *sigCoverage
 	}
 	v, err, _ := m.revalidations.Do("sync "+rc.name+":"+tag, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
@@ -316,13 +397,14 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 			if resp.Header.Get("Docker-Content-Digest") == ti.Digest.String() {
 				if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
 					res := mirroredManifest{m: man, body: body}
-					if err := s.verify(ctx, rc, res); err != nil {
+					covers, err := s.verify(ctx, rc, SyncManifest{}, res)
+					if err != nil {
 						return nil, err
 					}
 					if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil {
 						return nil, err
 					}
-					return result{res: res}, nil
+					return result{res: res, covers: covers}, nil
 				}
 			}
 		}
@@ -330,19 +412,20 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 		if err != nil {
 			return nil, err
 		}
-		if err := s.verify(ctx, rc, res); err != nil {
+		covers, err := s.verify(ctx, rc, SyncManifest{}, res)
+		if err != nil {
 			return nil, err
 		}
 		if err := h.storeUpstreamManifest(ctx, rc, res, tag); err != nil {
 			return nil, err
 		}
-		return result{res: res, fetched: true}, nil
+		return result{res: res, fetched: true, covers: covers}, nil
 	})
 	if err != nil {
 		return SyncManifest{}, false, err
 	}
 	r := v.(result)
-	return SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body}, r.fetched, nil
+	return SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body, covers: r.covers}, r.fetched, nil
 }
 
 // Blob brings blob d of repo into the store and links it there, as a

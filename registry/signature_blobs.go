@@ -26,8 +26,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
@@ -39,6 +42,11 @@ const (
 	// signature removed stops the manifest within sigPassTTL and its
 	// blobs within this.
 	sigVouchTTL = time.Hour
+	// sigVoucherTTL is how long the manifests that vouched for a blob are
+	// remembered: a blob asked for after its vouch expired (the last
+	// layers of a slow pull) is served when one of them passes again.
+	// Only a relation: nothing passes on it alone.
+	sigVoucherTTL = 24 * time.Hour
 	// sigVouchesMax bounds the entries kept (as sigVerdictsMax does).
 	sigVouchesMax = 100000
 	// sigScanManifests bounds the manifests one scan of a repository
@@ -48,6 +56,10 @@ const (
 	// asking for digests that no signed manifest names costs one scan,
 	// not one per request.
 	sigScanEvery = 2 * time.Second
+	// sigMaterialBlobs bounds the blobs of one signature manifest read
+	// to check them (sigpolicy.MaxBlobSize each): cosign adds a layer per
+	// signature under its tag, rarely many.
+	sigMaterialBlobs = 32
 )
 
 // expiringSet is a set of keys that expire, bounded in size.
@@ -107,27 +119,171 @@ func (s *expiringSet) putAll(keys []string, mark string, now time.Time, ttl time
 	s.m[mark] = now.Add(ttl)
 }
 
+// digestRelation remembers, per key (a policy, a repository and a
+// digest), the manifests related to it: the indexes that passed by a
+// signature and list a manifest, the manifests that passed and reference
+// a blob. Only a relation is kept, never a pass: whoever uses it verifies
+// the related manifest again. Entries last ttl from their last add; at
+// most digestRelationMax manifests per key (the newest stay).
+type digestRelation struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[string]relatedDigests
+}
+
+type relatedDigests struct {
+	digests []cache.Digest
+	until   time.Time
+}
+
+const digestRelationMax = 4
+
+func (c *digestRelation) get(key string, now time.Time) []cache.Digest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.m[key]
+	if !ok || now.After(s.until) {
+		return nil
+	}
+	return slices.Clone(s.digests)
+}
+
+func (c *digestRelation) add(key string, d cache.Digest, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]relatedDigests{}
+	}
+	if len(c.m) >= sigVouchesMax {
+		for k, s := range c.m {
+			if now.After(s.until) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= sigVouchesMax {
+			clear(c.m)
+		}
+	}
+	s := c.m[key]
+	if now.After(s.until) {
+		s.digests = nil
+	}
+	s.digests = slices.DeleteFunc(s.digests, func(x cache.Digest) bool { return x == d })
+	s.digests = append(s.digests, d)
+	if len(s.digests) > digestRelationMax {
+		s.digests = s.digests[len(s.digests)-digestRelationMax:]
+	}
+	s.until = now.Add(c.ttl)
+	c.m[key] = s
+}
+
 func vouchKey(kind string, p *sigpolicy.Policy, repo string, d string) string {
 	return kind + "\x00" + p.Name() + "\x00" + repo + "\x00" + d
 }
 
 // vouchDoc vouches for the blobs of manifest d (parsed as doc) of repo,
-// which passed p.
+// which passed p. An index vouches for no blob: it lists manifests, and
+// each of those vouches for its own config and layers when it passes
+// itself. Whatever else an index carries (a crafted one may add a
+// "layers" list) is nothing a client pulls through it, and an unsigned
+// index passes under per_platform: were its "layers" vouched for, any
+// blob of the repository could be had by naming it in an index.
 func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc manifestDoc, now time.Time) {
-	keys := make([]string, 0, len(doc.Layers)+1)
-	if doc.Config != nil {
-		keys = append(keys, vouchKey("b", p, repo, doc.Config.Digest))
+	var keys []string
+	if !doc.isIndex() {
+		if doc.Config != nil {
+			keys = append(keys, vouchKey("b", p, repo, doc.Config.Digest))
+		}
+		for _, l := range doc.Layers {
+			keys = append(keys, vouchKey("b", p, repo, l.Digest))
+		}
 	}
-	for _, l := range doc.Layers {
-		keys = append(keys, vouchKey("b", p, repo, l.Digest))
+	for _, k := range keys {
+		h.sigVouchers.add(k, d, now)
 	}
 	h.sigVouches.putAll(keys, vouchKey("m", p, repo, d.String()), now, sigVouchTTL)
 }
 
+// vouchSignatureDoc vouches for the blobs of signature manifest d of
+// repo that are what a signature's are: at most sigpolicy.MaxBlobSize,
+// the config a JSON object, each layer a JSON object or (COSE) a CBOR
+// array. A manifest is a signature by the media types its descriptors
+// claim, which whoever pushed it (or an upstream) wrote: without looking
+// at the bytes, a "signature" naming an unsigned image's layers would
+// make them servable. A mirror's missing signature blob is fetched
+// (small, verified) when upstream may be asked. Blobs are content: a
+// manifest checked once is not read again while vouched for, unless a
+// blob was missing (a scan, which never asks upstream, met it first).
+func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, upstream bool, d cache.Digest, doc manifestDoc, now time.Time) {
+	mark := vouchKey("m", p, repo, d.String())
+	if h.sigVouches.has(mark, now) {
+		return
+	}
+	blobs := doc.Layers
+	if doc.Config != nil {
+		blobs = append([]descriptor{*doc.Config}, blobs...)
+	}
+	if len(blobs) > sigMaterialBlobs {
+		blobs = blobs[:sigMaterialBlobs]
+	}
+	var keys []string
+	missing := false
+	for i, b := range blobs {
+		ok, absent := h.signatureMaterial(ctx, repo, mirror, upstream, b, i == 0 && doc.Config != nil)
+		if ok {
+			k := vouchKey("b", p, repo, b.Digest)
+			keys = append(keys, k)
+			h.sigVouchers.add(k, d, now)
+		}
+		missing = missing || absent
+	}
+	if missing {
+		for _, k := range keys {
+			h.sigVouches.put(k, now, sigVouchTTL)
+		}
+		return
+	}
+	h.sigVouches.putAll(keys, mark, now, sigVouchTTL)
+}
+
+// signatureMaterial reports whether blob b of repo is small and shaped as
+// a signature manifest's config (a JSON object) or layer (a JSON object,
+// or a COSE_Sign1 CBOR array, tagged or not): never a layer tar, which
+// starts with a file name or gzip's or zstd's magic. absent: the store
+// does not hold it (and upstream was not asked).
+func (h *Handler) signatureMaterial(ctx context.Context, repo string, mirror *Mirror, upstream bool, b descriptor, config bool) (ok, absent bool) {
+	d, err := cache.ParseDigest(b.Digest)
+	if err != nil || b.Size < 0 || b.Size > sigpolicy.MaxBlobSize {
+		return false, false
+	}
+	if _, err := h.cfg.Store.HasBlob(ctx, repo, d); err != nil {
+		if mirror == nil || !upstream {
+			return false, true
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mirror.cfg.UpstreamTimeout)
+		defer cancel()
+		if h.pullSignatureBlob(ctx, &request{name: repo, mirror: mirror}, b) != nil {
+			return false, true
+		}
+	}
+	body, err := storeSignatures{h: h, repo: repo}.Blob(ctx, d.String())
+	if err != nil || int64(len(body)) > sigpolicy.MaxBlobSize {
+		return false, err != nil
+	}
+	if len(body) > 0 && (body[0] == 0xd2 || body[0] == 0x84) {
+		// One well-formed CBOR item and nothing after it: a tar whose
+		// first name starts with such a byte is not that.
+		return !config && b.MediaType == sigpolicy.MediaTypeCOSE && cbor.Wellformed(body) == nil, false
+	}
+	var obj map[string]json.RawMessage
+	return json.Unmarshal(body, &obj) == nil, false
+}
+
 // vouch vouches for manifest d of repo, passed by a verdict remembered
 // (its platform manifests pass with a signed index without having been
-// read), unless it is vouched for already. body may be nil.
-func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d cache.Digest, body []byte) {
+// read), unless it is vouched for already; signed: by a signature, so
+// that a nested index lets what it lists through too. body may be nil.
+func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d cache.Digest, body []byte, signed bool) {
 	now := h.sigNow()
 	if h.sigVouches.has(vouchKey("m", p, repo, d.String()), now) {
 		return
@@ -140,6 +296,9 @@ func (h *Handler) vouch(ctx context.Context, p *sigpolicy.Policy, repo string, d
 	}
 	var doc manifestDoc
 	if json.Unmarshal(body, &doc) == nil {
+		if signed && doc.isIndex() {
+			h.coverChildren(p, repo, d, doc, now)
+		}
 		h.vouchDoc(p, repo, d, doc, now)
 	}
 }
@@ -167,6 +326,14 @@ func (h *Handler) blobVouched(ctx context.Context, p *sigpolicy.Policy, repo str
 	key := vouchKey("b", p, repo, d.String())
 	if h.sigVouches.has(key, h.sigNow()) {
 		return true
+	}
+	// The vouch expired (a slow pull's last layers): the manifests that
+	// gave it, verified again, give it again if they still pass. From
+	// the store only, as a scan.
+	for _, md := range h.sigVouchers.get(key, h.sigNow()) {
+		if m, body, err := h.cfg.Store.GetManifest(ctx, repo, md); err == nil && h.verifyManifest(ctx, p, repo, mirror, m, body, false) == nil && h.sigVouches.has(key, h.sigNow()) {
+			return true
+		}
 	}
 	h.scanRepository(ctx, p, repo, mirror)
 	return h.sigVouches.has(key, h.sigNow())

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,8 +39,11 @@ const (
 )
 
 type sigVerdict struct {
-	ok    bool
-	until time.Time
+	ok bool
+	// signed: the pass is a signature's (the manifest's own, or that of
+	// a signed index listing it), not per_platform's of an unsigned index.
+	signed bool
+	until  time.Time
 }
 
 // sigVerdicts is the short-lived cache of signature checks.
@@ -48,17 +52,17 @@ type sigVerdicts struct {
 	m  map[string]sigVerdict
 }
 
-func (c *sigVerdicts) get(key string, now time.Time) (ok, found bool) {
+func (c *sigVerdicts) get(key string, now time.Time) (v sigVerdict, found bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v, found := c.m[key]
+	v, found = c.m[key]
 	if !found || now.After(v.until) {
-		return false, false
+		return sigVerdict{}, false
 	}
-	return v.ok, true
+	return v, true
 }
 
-func (c *sigVerdicts) put(key string, ok bool, now time.Time) {
+func (c *sigVerdicts) put(key string, ok, signed bool, now time.Time) {
 	ttl := sigFailTTL
 	if ok {
 		ttl = sigPassTTL
@@ -78,7 +82,7 @@ func (c *sigVerdicts) put(key string, ok bool, now time.Time) {
 			clear(c.m)
 		}
 	}
-	c.m[key] = sigVerdict{ok: ok, until: now.Add(ttl)}
+	c.m[key] = sigVerdict{ok: ok, signed: ok && signed, until: now.Add(ttl)}
 }
 
 // forgetRefusals drops the refusals kept for repo under p, so that a
@@ -91,6 +95,43 @@ func (c *sigVerdicts) forgetRefusals(p *sigpolicy.Policy, repo string) {
 	for k, v := range c.m {
 		if !v.ok && strings.HasPrefix(k, prefix) {
 			delete(c.m, k)
+		}
+	}
+}
+
+// signedByParent reports whether an index remembered as listing d (see
+// Handler.sigParents) passes p by a signature now. A platform manifest
+// passes on its signed index's verdict only for sigPassTTL; a client that
+// copies every platform, one after the other with its blobs (skopeo copy
+// --all), asks for the later ones long after. Then the index is verified
+// again (its signature may have gone) and, if it passes, so does what it
+// lists.
+func (h *Handler) signedByParent(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, d cache.Digest, upstream bool) bool {
+	for _, pd := range h.sigParents.get(verdictKey(p, repo, d), h.sigNow()) {
+		pm, body, err := h.cfg.Store.GetManifest(ctx, repo, pd)
+		if err != nil {
+			continue
+		}
+		var doc manifestDoc
+		if json.Unmarshal(body, &doc) != nil || !doc.isIndex() || !slices.ContainsFunc(doc.Manifests, func(c descriptor) bool { return c.Digest == d.String() }) {
+			continue
+		}
+		if signed, err := h.verifyManifestSigned(ctx, p, repo, mirror, pm, body, upstream); err == nil && signed {
+			return true
+		}
+	}
+	return false
+}
+
+// coverChildren lets the manifests index d lists through on its pass by
+// a signature: for sigPassTTL on a verdict, later by verifying d again
+// (signedByParent). Nested indexes pass on it the same way, and so, in
+// turn, do theirs.
+func (h *Handler) coverChildren(p *sigpolicy.Policy, repo string, d cache.Digest, doc manifestDoc, now time.Time) {
+	for _, c := range doc.Manifests {
+		if cd, err := cache.ParseDigest(c.Digest); err == nil {
+			h.sigVerdicts.put(verdictKey(p, repo, cd), true, true, now)
+			h.sigParents.add(verdictKey(p, repo, cd), d, now)
 		}
 	}
 }
@@ -148,19 +189,28 @@ func signingTool(ua string) bool {
 // do not verify; without, a refusal is not remembered for a mirrored
 // name, since upstream may hold the signature a manifest pull will find.
 func (h *Handler) verifyManifest(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, m cache.Manifest, body []byte, upstream bool) error {
+	_, err := h.verifyManifestSigned(ctx, p, repo, mirror, m, body, upstream)
+	return err
+}
+
+// verifyManifestSigned is verifyManifest that also tells whether the pass
+// is a signature's: m's own, or (within sigPassTTL) that of a signed
+// index listing m. A pass that is not (an unsigned index under
+// per_platform, a signature manifest) covers nothing m lists.
+func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, m cache.Manifest, body []byte, upstream bool) (signed bool, err error) {
 	now := h.sigNow()
 	key := verdictKey(p, repo, m.Digest)
-	if ok, found := h.sigVerdicts.get(key, now); found {
-		if ok {
-			h.vouch(ctx, p, repo, m.Digest, body)
-			return nil
+	if v, found := h.sigVerdicts.get(key, now); found {
+		if v.ok {
+			h.vouch(ctx, p, repo, m.Digest, body, v.signed)
+			return v.signed, nil
 		}
-		return errors.New("refused moments ago")
+		return false, errors.New("refused moments ago")
 	}
 	if body == nil {
 		var err error
 		if _, body, err = h.cfg.Store.GetManifest(ctx, repo, m.Digest); err != nil {
-			return fmt.Errorf("reading the manifest: %w", err)
+			return false, fmt.Errorf("reading the manifest: %w", err)
 		}
 	}
 	var doc manifestDoc
@@ -171,14 +221,18 @@ func (h *Handler) verifyManifest(ctx context.Context, p *sigpolicy.Policy, repo 
 	}
 	if sigpolicy.IsSignature(layerTypes) {
 		// What a client reads to verify: it is not itself signed, and
-		// its blobs are served.
-		h.vouchDoc(p, repo, m.Digest, doc, now)
-		return nil
+		// its blobs are served, as far as they are signature material.
+		h.vouchSignatureDoc(ctx, p, repo, mirror, upstream, m.Digest, doc, now)
+		return false, nil
 	}
-	isIndex := doc.Manifests != nil && doc.Config == nil
+	isIndex := doc.isIndex()
 	subject := sigpolicy.Subject{Repo: repo, Digest: m.Digest.String(), MediaType: m.MediaType, Size: m.Size}
 	src := storeSignatures{h: h, repo: repo}
-	err := p.Verify(ctx, src, subject)
+	if h.signedByParent(ctx, p, repo, mirror, m.Digest, upstream) {
+		err = nil
+	} else {
+		err = p.Verify(ctx, src, subject)
+	}
 	if err != nil && upstream && mirror != nil {
 		// Signatures live upstream; bring them in (cached in the store
 		// like any manifest and blob) and look again.
@@ -188,23 +242,20 @@ func (h *Handler) verifyManifest(ctx context.Context, p *sigpolicy.Policy, repo 
 		}
 		err = p.Verify(ctx, src, subject)
 	}
+	signed = err == nil
 	switch {
-	case err == nil && isIndex:
-		for _, c := range doc.Manifests {
-			if cd, perr := cache.ParseDigest(c.Digest); perr == nil {
-				h.sigVerdicts.put(verdictKey(p, repo, cd), true, now)
-			}
-		}
+	case signed && isIndex:
+		h.coverChildren(p, repo, m.Digest, doc, now)
 	case err != nil && isIndex && p.PerPlatform():
 		err = nil
 	}
 	if err == nil || upstream || mirror == nil {
-		h.sigVerdicts.put(key, err == nil, now)
+		h.sigVerdicts.put(key, err == nil, signed, now)
 	}
 	if err == nil {
 		h.vouchDoc(p, repo, m.Digest, doc, now)
 	}
-	return err
+	return signed, err
 }
 
 func (h *Handler) signatureRefusal(rc *request, p *sigpolicy.Policy, d cache.Digest, why error) *Error {

@@ -44,7 +44,9 @@ type Source interface {
 	Repositories(ctx context.Context) ([]string, error)
 	Tags(ctx context.Context, repo string) ([]string, error)
 	Tag(ctx context.Context, repo, tag string) (registry.SyncManifest, bool, error)
-	Manifest(ctx context.Context, repo string, d cache.Digest) (registry.SyncManifest, bool, error)
+	// Manifest fetches d, which index parent (as Tag or Manifest returned
+	// it) lists: a signature policy's pass of parent carries to d in it.
+	Manifest(ctx context.Context, repo string, parent registry.SyncManifest, d cache.Digest) (registry.SyncManifest, bool, error)
 	Blob(ctx context.Context, repo string, d cache.Digest) (bool, error)
 }
 
@@ -475,7 +477,7 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 			}
 			var child registry.SyncManifest
 			var fetched bool
-			err = r.retry(ctx, func() (err error) { child, fetched, err = r.s.src.Manifest(ctx, j.repo, cd); return err })
+			err = r.retry(ctx, func() (err error) { child, fetched, err = r.s.src.Manifest(ctx, j.repo, man, cd); return err })
 			if errors.Is(err, registry.ErrSignaturePolicy) {
 				r.skip(j.repo+"@"+cd.String(), err)
 				continue
