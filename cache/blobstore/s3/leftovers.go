@@ -131,8 +131,11 @@ func (s *Store) leftoverObjects(ctx context.Context, after string, n int) ([]blo
 // page, so that one is listed again by itself. Markers whose data object
 // is not on the page are passed over: the page before saw it.
 //
-// Deciding costs a GET of a link per linked data object (none when the
-// link is cached): GC's background work, a page at a time.
+// Deciding costs a GET of a link per linked data object: GC's background
+// work, a page at a time. Not from the cache: a Delete cut off between the
+// link and the data leaves the link cached on replicas that read it, and
+// those keep serving the data until this sweep frees it (the window is
+// the grace period, and only after a Delete that failed).
 func (s *Store) leftoverData(ctx context.Context, after string, n int) ([]blobstore.Leftover, string, error) {
 	prefix := s.prefix + "data/"
 	in := &awss3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, MaxKeys: aws.Int32(int32(n))}
@@ -170,7 +173,7 @@ func (s *Store) leftoverData(ctx context.Context, after string, n int) ([]blobst
 		i = j - 1
 		linked := false
 		for _, d := range markers {
-			if linked, err = s.names(ctx, d, id, true); err != nil {
+			if linked, err = s.names(ctx, d, id); err != nil {
 				return nil, "", fmt.Errorf("s3: list data objects: %w", err)
 			}
 			if linked {

@@ -203,7 +203,7 @@ func (s *Store) releaseData(ctx context.Context, id string) error {
 		if !ok {
 			continue // not one of ours: left alone
 		}
-		named, err := s.names(ctx, d, id, false)
+		named, err := s.names(ctx, d, id)
 		if err != nil {
 			return err
 		}
@@ -223,15 +223,9 @@ func (s *Store) releaseData(ctx context.Context, id string) error {
 	return nil
 }
 
-// names reports whether d's link names session id's data, from the cache
-// when cached (only a yes is trusted there: the caller decides to keep
-// data on it, never to delete).
-func (s *Store) names(ctx context.Context, d blobstore.Digest, id string, cached bool) (bool, error) {
-	if cached {
-		if l, ok := s.links.get(d); ok && l.Data == id {
-			return true, nil
-		}
-	}
+// names reports whether d's link, read from the bucket, names session
+// id's data.
+func (s *Store) names(ctx context.Context, d blobstore.Digest, id string) (bool, error) {
 	l, err := s.readLink(ctx, d)
 	if errors.Is(err, blobstore.ErrNotFound) {
 		return false, nil
