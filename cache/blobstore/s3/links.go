@@ -14,7 +14,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
-	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
@@ -379,14 +378,5 @@ func (c *linkCache) drop(d blobstore.Digest) {
 	if e, ok := c.byKey[d]; ok {
 		c.order.Remove(e)
 		delete(c.byKey, d)
-	}
-}
-
-// logRelease frees id's data in the background of a commit that found
-// its blob there already: a failure is garbage the sweep finds, not an
-// error for the caller.
-func (s *Store) logRelease(ctx context.Context, id string) {
-	if err := s.releaseData(ctx, id); err != nil {
-		s.log.Warn("free the data of a session whose blob was there already", zap.String("session", id), zap.Error(err))
 	}
 }
