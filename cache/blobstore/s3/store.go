@@ -183,7 +183,7 @@ func newHTTPClient() *awshttp.BuildableClient {
 		}).
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.TLSHandshakeTimeout = 10 * time.Second
-			// CompleteMultipartUpload and CopyObject work before they answer.
+			// CompleteMultipartUpload works before it answers.
 			tr.ResponseHeaderTimeout = 2 * time.Minute
 			tr.ExpectContinueTimeout = time.Second
 			tr.MaxIdleConnsPerHost = 64
