@@ -22,10 +22,11 @@ import (
 )
 
 // A session is a multipart upload at data/<2 hex>/<id> (links.go says
-// why there), created with its first full part. Every part but the last must be at least 5 MiB while a
-// chunk may be any size, so the bytes after the last full part wait in a
-// small object of their own (the tail) and are read back by the Append
-// that fills the part, or by the Commit. The state records the parts'
+// why there), created with its first full part. Every part but the last
+// must be at least 5 MiB while a chunk may be any size, so the bytes
+// after the last full part wait in a small object of their own (the
+// tail) and are read back by the Append that fills the part, or by the
+// Commit. The state records the parts'
 // ETags, the tail and the sha256 state, so any replica continues the
 // session, and a commit checks a sha256 digest without reading any bytes.
 //
