@@ -151,7 +151,8 @@ func BenchmarkS3Push(b *testing.B) {
 // BenchmarkS3PushSession: the push real clients make (docker, crane):
 // POST, the whole blob in one PATCH, PUT ?digest=, against the same
 // PutObject limit. The digest is known only at the PUT, so the commit
-// copies the assembled upload to the blob's key.
+// completes the upload into its own data object and links the digest to
+// it (no copy of the bytes).
 func BenchmarkS3PushSession(b *testing.B) {
 	size := blobSize(b)
 	e := newScaleEnv(b, 4)

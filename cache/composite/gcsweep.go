@@ -17,8 +17,9 @@ import (
 // session ended (committed, cancelled, expired) while S3 could not be
 // reached, leaves multipart uploads whose parts S3 keeps (and bills)
 // until someone aborts them, and session objects (tails, a commit's
-// completed data object before its copy to the blob key). Expiry frees
-// the bytes of sessions that still have a record; this frees the rest.
+// completed data object that no link names: cut off before its link, or
+// left by a Delete cut off after the link). Expiry frees the bytes of
+// sessions that still have a record; this frees the rest.
 //
 // It lists the blob store (blobstore.Sweeper), so it runs only in a GC
 // pass, under the GC lease, a bounded number of pages per pass from

@@ -109,6 +109,34 @@ func TestGCSweepsOrphanUploads(t *testing.T) {
 	c.orphanUpload(t, "registry/uploads/0123456789abcdef0123456789abcdef/data")
 	c.orphanUpload(t, "registry/blobs/sha256/ab/"+strings.Repeat("ab", 32))
 	c.srv.Put(t, c.bucket, "registry/uploads/fedcba9876543210fedcba9876543210/data", randomBytes(100))
+	// A blob a session committed (a link and its data), which no
+	// leftover sweep may touch, and one whose Delete was cut off after
+	// its link went: its data is an orphan.
+	commit := func() (blobstore.Digest, string) {
+		sess, err := a.blobs.NewSession(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := randomBytes(5<<20 + 30)
+		if _, err := sess.Append(ctx(t), 0, bytes.NewReader(c)); err != nil {
+			t.Fatal(err)
+		}
+		d := blobstore.FromBytes(blobstore.SHA256, c)
+		if _, err := sess.Commit(ctx(t), d, -1); err != nil {
+			t.Fatal(err)
+		}
+		return d, sess.ID()
+	}
+	linked, linkedID := commit()
+	orphan, _ := commit()
+	c.srv.Delete(t, c.bucket, "registry/links/sha256/"+orphan.Hex[:2]+"/"+orphan.Hex)
+	linkedKeys := []string{
+		"registry/data/" + linkedID[:2] + "/" + linkedID,
+		"registry/data/" + linkedID[:2] + "/" + linkedID + ".sha256." + linked.Hex,
+	}
+	if data, _ := c.srv.Keys(t, c.bucket, "registry/data/"); len(data) != 4 {
+		t.Fatalf("set-up: data objects %q", data)
+	}
 	objects, uploads := c.keys(t)
 	if len(objects) != 2 || len(uploads) != 3 {
 		t.Fatalf("set-up: objects %q, uploads %q", objects, uploads)
@@ -137,7 +165,13 @@ func TestGCSweepsOrphanUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	objects, uploads = c.keys(t)
-	if len(uploads) != 1 || uploads[0] != "registry/uploads/"+live.ID+"/data" {
+	if data, _ := c.srv.Keys(t, c.bucket, "registry/data/"); !slices.Equal(data, linkedKeys) {
+		t.Errorf("data objects after GC: %q, want only the linked blob's %q", data, linkedKeys)
+	}
+	if _, err := a.blobs.Stat(ctx(t), linked); err != nil {
+		t.Errorf("the linked blob after GC: %v", err)
+	}
+	if len(uploads) != 1 || uploads[0] != "registry/data/"+live.ID[:2]+"/"+live.ID {
 		t.Errorf("multipart uploads after GC: %q, want only the live session's", uploads)
 	}
 	if len(objects) != 1 || !strings.HasPrefix(objects[0], "registry/uploads/"+live.ID+"/tail-") {

@@ -13,9 +13,9 @@
 // Writes, stats, ranges and sessions go to the backend untouched; a
 // cached copy answers only Open. Stat in particular always asks the
 // backend, since callers use it to learn whether the bytes are still
-// stored. Open of a cached copy asks the backend too (one HEAD, no bytes):
-// another replica may have deleted the blob, and a deleted blob must not
-// be served from a copy. When the backend cannot answer at all (S3 down),
+// stored. Open of a cached copy asks the backend too (a Stat: a HEAD or
+// two, no bytes): another replica may have deleted the blob, and a
+// deleted blob must not be served from a copy. When the backend cannot answer at all (S3 down),
 // the copy is served: its bytes are the digest's whatever S3 holds.
 //
 // Layout: <dir>/<alg>/<hex> for cached copies, <dir>/tmp/ for copies being

@@ -11,24 +11,30 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
 )
 
 // What writes leave in the bucket when they do not finish:
 //
-//   - multipart uploads in progress: a session's (at uploads/<id>/data,
-//     before its commit completed it), a Put's or a large commit's copy
-//     (at the blob key: the key shows nothing until the upload completes,
-//     but its parts are stored, and billed);
-//   - objects under uploads/<id>/: a session's tail, and the data object
-//     a commit completed before copying it to the blob key.
+//   - multipart uploads in progress: a session's (at data/<2 hex>/<id>,
+//     before its commit completed it), a Put's (at the blob key: the key
+//     shows nothing until the upload completes, but its parts are stored,
+//     and billed), and sessions' of before data/ (at uploads/<id>/data);
+//   - objects under uploads/<id>/: a session's tail (and, from before
+//     data/, the data object a commit completed before copying it);
+//   - data objects no link names: a commit cut off between completing the
+//     data and linking it, a Delete cut off between the link and the data,
+//     a session whose commit failed verification after assembling.
 //
-// Leftovers lists both, in that order: the multipart uploads under the
-// whole prefix, then the objects under uploads/. The cursor says which
-// listing and where in it: "m" or "o", then the key to start after.
+// Leftovers lists them in that order: the multipart uploads under the
+// whole prefix, the objects under uploads/, the data objects under data/
+// that no link names. The cursor says which listing and where in it: "m",
+// "o" or "d", then the key to start after.
 
 const (
 	cursorUploads = "m"
 	cursorObjects = "o"
+	cursorData    = "d"
 	cursorSep     = "\x00"
 )
 
@@ -43,6 +49,8 @@ func (s *Store) Leftovers(ctx context.Context, cursor string, n int) ([]blobstor
 		return s.leftoverUploads(ctx, rest, n)
 	case cursorObjects:
 		return s.leftoverObjects(ctx, rest, n)
+	case cursorData:
+		return s.leftoverData(ctx, rest, n)
 	}
 	return nil, "", fmt.Errorf("s3: leftovers: bad cursor %q", cursor)
 }
@@ -110,23 +118,127 @@ func (s *Store) leftoverObjects(ctx context.Context, after string, n int) ([]blo
 		key := aws.ToString(o.Key)
 		ls = append(ls, blobstore.Leftover{Session: s.sessionOf(key), Since: aws.ToTime(o.LastModified), Key: key})
 	}
-	next := ""
+	next := cursorData + cursorSep
 	if aws.ToBool(out.IsTruncated) && len(ls) > 0 {
 		next = cursorObjects + cursorSep + ls[len(ls)-1].Key
 	}
 	return ls, next, nil
 }
 
-// ours reports whether key is one this store writes: a session's
-// (uploads/) or a blob's (blobs/). A bucket, or a prefix, may be shared
-// with other applications, whose multipart uploads are theirs to finish.
-func (s *Store) ours(key string) bool {
-	return strings.HasPrefix(key, s.prefix+"uploads/") || strings.HasPrefix(key, s.prefix+"blobs/")
+// leftoverData lists the data objects under data/ after the key after
+// that no link names. A data object's markers follow it in the listing;
+// when a page ends on one, the rest of its markers may be on the next
+// page, so that one is listed again by itself. Markers whose data object
+// is not on the page are passed over: the page before saw it.
+//
+// Deciding costs a GET of a link per linked data object: GC's background
+// work, a page at a time. Not from the cache: a Delete cut off between the
+// link and the data leaves the link cached on replicas that read it, and
+// those keep serving the data until this sweep frees it (the window is
+// the grace period, and only after a Delete that failed).
+func (s *Store) leftoverData(ctx context.Context, after string, n int) ([]blobstore.Leftover, string, error) {
+	prefix := s.prefix + "data/"
+	in := &awss3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, MaxKeys: aws.Int32(int32(n))}
+	if after != "" {
+		in.StartAfter = &after
+	}
+	out, err := s.client.ListObjectsV2(ctx, in)
+	if err != nil {
+		return nil, "", fmt.Errorf("s3: list data objects: %w", err)
+	}
+	truncated := aws.ToBool(out.IsTruncated)
+	var ls []blobstore.Leftover
+	objs := out.Contents
+	for i := 0; i < len(objs); i++ {
+		key := aws.ToString(objs[i].Key)
+		id, ok := s.dataID(key)
+		if !ok {
+			continue // a marker, or not ours
+		}
+		since := aws.ToTime(objs[i].LastModified)
+		var markers []blobstore.Digest
+		j := i + 1
+		for ; j < len(objs); j++ {
+			d, ok := s.markerDigest(id, aws.ToString(objs[j].Key))
+			if !ok {
+				break
+			}
+			markers = append(markers, d)
+		}
+		if j == len(objs) && truncated {
+			if markers, err = s.markersOf(ctx, id); err != nil {
+				return nil, "", err
+			}
+		}
+		i = j - 1
+		linked := false
+		for _, d := range markers {
+			if linked, err = s.names(ctx, d, id); err != nil {
+				return nil, "", fmt.Errorf("s3: list data objects: %w", err)
+			}
+			if linked {
+				break
+			}
+		}
+		if !linked {
+			ls = append(ls, blobstore.Leftover{Session: id, Since: since, Key: key})
+		}
+	}
+	next := ""
+	if truncated && len(objs) > 0 {
+		next = cursorData + cursorSep + aws.ToString(objs[len(objs)-1].Key)
+	}
+	return ls, next, nil
 }
 
-// sessionOf is the session a key under uploads/<id>/ belongs to, "" for
-// any other key.
+// markersOf lists the markers of session id's data.
+func (s *Store) markersOf(ctx context.Context, id string) ([]blobstore.Digest, error) {
+	prefix := s.dataKey(id) + "."
+	var ds []blobstore.Digest
+	pages := awss3.NewListObjectsV2Paginator(s.client, &awss3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("s3: list markers of %s: %w", id, err)
+		}
+		for _, o := range page.Contents {
+			if d, ok := s.markerDigest(id, aws.ToString(o.Key)); ok {
+				ds = append(ds, d)
+			}
+		}
+	}
+	return ds, nil
+}
+
+// dataID is the session whose data object key is, if it is one.
+func (s *Store) dataID(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, s.prefix+"data/")
+	if !ok || len(rest) < 3 || rest[2] != '/' {
+		return "", false
+	}
+	id := rest[3:]
+	return id, backend.IsID(id) && id[:2] == rest[:2]
+}
+
+// ours reports whether key is one this store writes leftovers at: a
+// session's (uploads/, data/) or a blob's (blobs/). A bucket, or a
+// prefix, may be shared with other applications, whose multipart uploads
+// are theirs to finish.
+func (s *Store) ours(key string) bool {
+	for _, p := range []string{"uploads/", "data/", "blobs/"} {
+		if strings.HasPrefix(key, s.prefix+p) {
+			return true
+		}
+	}
+	return false
+}
+
+// sessionOf is the session a key under uploads/<id>/ or a data object
+// belongs to, "" for any other key.
 func (s *Store) sessionOf(key string) string {
+	if id, ok := s.dataID(key); ok {
+		return id
+	}
 	rest, ok := strings.CutPrefix(key, s.prefix+"uploads/")
 	if !ok {
 		return ""
@@ -139,18 +251,21 @@ func (s *Store) sessionOf(key string) string {
 }
 
 // DropLeftover implements blobstore.Sweeper: it aborts the multipart
-// upload, or deletes the object. Only keys under the store's prefix are
+// upload, or deletes the object; a data object only if, read again now,
+// no link names it (releaseData). Only keys under the store's prefix are
 // touched, whatever l says.
 func (s *Store) DropLeftover(ctx context.Context, l blobstore.Leftover) error {
 	if !s.ours(l.Key) {
-		return fmt.Errorf("s3: leftover %q is not under %q or %q", l.Key, s.prefix+"uploads/", s.prefix+"blobs/")
+		return fmt.Errorf("s3: leftover %q is not under %q, %q or %q", l.Key, s.prefix+"uploads/", s.prefix+"data/", s.prefix+"blobs/")
 	}
 	var err error
-	if l.Upload != "" {
+	if id, ok := s.dataID(l.Key); ok && l.Upload == "" {
+		err = s.releaseData(ctx, id)
+	} else if l.Upload != "" {
 		_, err = s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &l.Key, UploadId: &l.Upload})
 	} else {
-		if l.Session == "" {
-			return errors.New("s3: an object leftover belongs to a session")
+		if l.Session == "" || !strings.HasPrefix(l.Key, s.prefix+"uploads/") {
+			return errors.New("s3: an object leftover is a session's, under uploads/ or a data object")
 		}
 		_, err = s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &s.bucket, Key: &l.Key})
 	}

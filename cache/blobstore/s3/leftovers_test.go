@@ -75,7 +75,7 @@ func TestLeftovers(t *testing.T) {
 	id := sess.ID()
 	want := []string{
 		" blobs/sha256/aa/aa", " blobs/sha256/bb/bb",
-		id + " uploads/" + id + "/data",
+		id + " data/" + id[:2] + "/" + id,
 	}
 	if len(got) != 4 || !slices.Equal(got[:3], want) || !strings.HasPrefix(got[3], id+" uploads/"+id+"/tail-") {
 		t.Fatalf("leftovers (one a page, %d pages):\n%q\nwant %q and the session's tail", pages, got, want)
@@ -114,8 +114,7 @@ func TestLeftovers(t *testing.T) {
 }
 
 // A commit cut off between completing the session's multipart upload (at
-// uploads/<id>/data) and copying it to the blob key leaves that data
-// object. Expiry, with the session's record, resumes the state the record
+// data/<2 hex>/<id>) and linking it leaves that data object. Expiry, with the session's record, resumes the state the record
 // holds (from before the commit) and its Cancel deletes it; without a
 // record, the sweep lists it under its session.
 func TestCommitCutOffBeforeCopy(t *testing.T) {
@@ -138,8 +137,8 @@ func TestCommitCutOffBeforeCopy(t *testing.T) {
 		if _, err := sess.(*session).assemble(ctx(t)); err != nil {
 			t.Fatal(err)
 		}
-		objects, uploads := srv.Keys(t, bucket, "reg/uploads/"+sess.ID()+"/")
-		if !slices.Contains(objects, "reg/uploads/"+sess.ID()+"/data") || len(uploads) != 0 {
+		objects, uploads := srv.Keys(t, bucket, "reg/data/")
+		if !slices.Contains(objects, s.dataKey(sess.ID())) || len(uploads) != 0 {
 			t.Fatalf("after the completion: objects %q, uploads %q", objects, uploads)
 		}
 		return state, sess.ID()
@@ -158,13 +157,13 @@ func TestCommitCutOffBeforeCopy(t *testing.T) {
 	}
 
 	_, id := cutOff()
-	ls, _, err := s.Leftovers(ctx(t), "o"+cursorSep, 100)
+	ls, _, err := s.Leftovers(ctx(t), "d"+cursorSep, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	found := false
 	for _, l := range ls {
-		if l.Key == "reg/uploads/"+id+"/data" && l.Session == id {
+		if l.Key == s.dataKey(id) && l.Session == id {
 			found = true
 			if err := s.DropLeftover(ctx(t), l); err != nil {
 				t.Fatal(err)

@@ -2,6 +2,7 @@ package s3
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -33,14 +34,26 @@ func (s *Store) Redirecting(expiry time.Duration) (*Redirecting, error) {
 	return &Redirecting{Store: s, expiry: expiry, presign: awss3.NewPresignClient(s.client)}, nil
 }
 
-// BlobURL implements blobstore.Redirector: a presigned GET of d's key.
-// Signing is local (no request to the server). The answer names
+// BlobURL implements blobstore.Redirector: a presigned GET of the key
+// that holds d's bytes, its blob key or, for a linked blob, the data its
+// link names. Signing is local, but finding the key is not: a HEAD of the
+// blob key, and for a linked blob a HEAD of its data (and a GET of its
+// link when it is not cached), so the URL never names data a Delete and a
+// new push moved. A digest found nowhere gets its blob key's URL, which
+// answers 404, as it did before links. The answer names
 // application/octet-stream as its type, as the registry's own would.
 func (r *Redirecting) BlobURL(ctx context.Context, d blobstore.Digest) (string, bool, error) {
 	if err := d.Validate(); err != nil {
 		return "", false, err
 	}
 	key := r.blobKey(d)
+	loc, err := r.locate(ctx, d)
+	switch {
+	case err == nil:
+		key = loc.key
+	case !errors.Is(err, blobstore.ErrNotFound):
+		return "", false, err
+	}
 	req, err := r.presign.PresignGetObject(ctx, &awss3.GetObjectInput{
 		Bucket: &r.bucket, Key: &key, ResponseContentType: ptr("application/octet-stream"),
 	}, awss3.WithPresignExpires(r.expiry))

@@ -21,11 +21,12 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
 )
 
-// A session is a multipart upload at uploads/<id>/data, created with its
-// first full part. Every part but the last must be at least 5 MiB while a
-// chunk may be any size, so the bytes after the last full part wait in a
-// small object of their own (the tail) and are read back by the Append
-// that fills the part, or by the Commit. The state records the parts'
+// A session is a multipart upload at data/<2 hex>/<id> (links.go says
+// why there), created with its first full part. Every part but the last
+// must be at least 5 MiB while a chunk may be any size, so the bytes
+// after the last full part wait in a small object of their own (the
+// tail) and are read back by the Append that fills the part, or by the
+// Commit. The state records the parts'
 // ETags, the tail and the sha256 state, so any replica continues the
 // session, and a commit checks a sha256 digest without reading any bytes.
 //
@@ -33,8 +34,10 @@ import (
 // the metadata store after every chunk: up to a part size of bytes there,
 // rewritten each time, would cost more than one small object here.
 
-// stateVersion changes when sessionState does incompatibly.
-const stateVersion = 1
+// stateVersion changes when sessionState does incompatibly. 2: the
+// multipart upload moved from uploads/<id>/data to data/ (a session begun
+// before the move is refused, and its client starts the upload again).
+const stateVersion = 2
 
 // sessionState is what Session.State serialises.
 type sessionState struct {
@@ -49,8 +52,8 @@ type sessionState struct {
 	Tail       string `json:"tail,omitempty"`
 	TailSize   int64  `json:"tail_size,omitempty"`
 	TailSHA256 []byte `json:"tail_sha256,omitempty"`
-	// Assembled: a commit put all Size bytes into uploads/<id>/data
-	// (to hash them with another algorithm); no parts, no tail.
+	// Assembled: a commit put all Size bytes into the data object; no
+	// parts, no tail.
 	Assembled bool `json:"assembled,omitempty"`
 }
 
@@ -61,7 +64,6 @@ type session struct {
 }
 
 func (s *Store) sessionPrefix(id string) string { return s.prefix + "uploads/" + id + "/" }
-func (s *Store) dataKey(id string) string       { return s.sessionPrefix(id) + "data" }
 func (s *Store) tailKey(id, tail string) string { return s.sessionPrefix(id) + "tail-" + tail }
 
 // NewSession implements blobstore.Sessions. Nothing is written until the
@@ -253,9 +255,11 @@ func (ss *session) readTail(ctx context.Context, buf []byte) ([]byte, error) {
 // Commit implements blobstore.Session. A sha256 digest is checked against
 // the hash state, before anything is written; another algorithm needs the
 // bytes, so the session is assembled into one object and read back first.
-// The verified object is then copied to the blob key (one atomic
-// CopyObject, or a multipart copy completed at once), unless the blob is
-// there already. Completing the session's multipart straight at the blob
+// Unless the blob is there already, the verified bytes then become it: a
+// session of less than a part is written at the blob key from its tail;
+// a larger one is completed into its data object and linked (links.go),
+// which costs the same whatever the size, where a copy to the blob key
+// wrote every byte again. Completing the multipart straight at the blob
 // key is not possible: S3 fixes an upload's key when it starts, and the
 // digest is not known until now.
 func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (blobstore.Info, error) {
@@ -285,13 +289,16 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 	}
 	info := blobstore.Info{Digest: d, Size: ss.st.Size}
 	if have, err := s.Stat(ctx, d); err == nil && have.Size == info.Size {
-		ss.end(ctx)
+		// Also a retry of a commit that linked this session's data and
+		// was cut off before its answer: releaseData keeps linked data.
+		ss.end(ctx, true)
 		return info, nil
 	}
-	if err := ss.writeBlob(ctx, d, src); err != nil {
+	linked, err := ss.writeBlob(ctx, d, src)
+	if err != nil {
 		return blobstore.Info{}, err
 	}
-	ss.end(ctx)
+	ss.end(ctx, !linked)
 	return info, nil
 }
 
@@ -303,35 +310,39 @@ func (ss *session) timed(step string, start time.Time) {
 }
 
 // writeBlob makes the verified session blob d, from src if a sha512 check
-// assembled it already.
-func (ss *session) writeBlob(ctx context.Context, d blobstore.Digest, src string) error {
+// assembled it already. It reports whether the blob is the session's data
+// object, linked (false: a plain object, or another session's linked data
+// that won a race).
+func (ss *session) writeBlob(ctx context.Context, d blobstore.Digest, src string) (bool, error) {
 	s := ss.s
 	if src == "" {
 		var err error
 		if src, err = ss.assemble(ctx); err != nil {
-			return err
+			return false, err
 		}
 	}
 	defer ss.timed("write blob", time.Now())
 	var err error
+	linked := false
 	switch {
 	case src == "": // an empty blob
 		err = s.putObject(ctx, s.blobKey(d), nil)
 	case !ss.st.Assembled:
 		// Under one part: the tail holds it all. Read back (which checks
-		// it against the state) and written, rather than copied blind.
+		// it against the state) and written, rather than linked: one
+		// object, as a Put would leave.
 		var b []byte
 		if b, err = ss.readTail(ctx, make([]byte, 0, ss.st.TailSize)); err != nil {
-			return err
+			return false, err
 		}
 		err = s.putObject(ctx, s.blobKey(d), b)
 	default:
-		err = s.copyObject(ctx, src, s.blobKey(d), ss.st.Size)
+		linked, err = s.linkData(ctx, d, ss.st.ID, ss.st.Size)
 	}
 	if err != nil {
-		return sessionErr("commit", ss.st.ID, err)
+		return false, sessionErr("commit", ss.st.ID, err)
 	}
-	return nil
+	return linked, nil
 }
 
 // assemble returns the key of one object holding all the session's bytes
@@ -363,8 +374,8 @@ func (ss *session) assemble(ctx context.Context) (string, error) {
 	key := s.dataKey(next.ID)
 	defer ss.timed("assemble", time.Now())
 	if err := s.complete(ctx, key, next.UploadID, next.Parts); err != nil {
-		// A commit that completed the upload but not the copy (a crash, a
-		// lost answer) finds the object there on its retry.
+		// A commit that completed the upload but not the link (a crash,
+		// a lost answer) finds the object there on its retry.
 		if statusOf(err) != http.StatusNotFound {
 			return "", sessionErr("commit", next.ID, err)
 		}
@@ -399,17 +410,18 @@ func (ss *session) verifyObject(ctx context.Context, key string, d blobstore.Dig
 
 // Cancel implements blobstore.Session.
 func (ss *session) Cancel(ctx context.Context) error {
-	if err := ss.s.purge(ctx, ss.st); err != nil {
+	if err := ss.s.purge(ctx, ss.st, true); err != nil {
 		return sessionErr("cancel", ss.st.ID, err)
 	}
 	ss.st.Ended = true
 	return nil
 }
 
-// end frees a committed session's bytes. The blob is in place, so a
-// failure here is garbage, not an error for the caller.
-func (ss *session) end(ctx context.Context) {
-	if err := ss.s.purge(ctx, ss.st); err != nil {
+// end frees a committed session's bytes, and its data object too unless
+// the commit linked it (release: releaseData decides). The blob is in
+// place, so a failure here is garbage, not an error for the caller.
+func (ss *session) end(ctx context.Context, release bool) {
+	if err := ss.s.purge(ctx, ss.st, release); err != nil {
 		ss.s.log.Warn("free committed upload session", zap.String("session", ss.st.ID), zap.Error(err))
 	}
 	ss.st.Ended = true
@@ -417,21 +429,26 @@ func (ss *session) end(ctx context.Context) {
 
 // purge aborts the session's multipart uploads and deletes its objects:
 // the ones its state names, and any that a failed or raced Append left
-// behind, found by listing the session's own prefix.
-func (s *Store) purge(ctx context.Context, st sessionState) error {
+// behind, found by listing the session's own prefixes; and with release,
+// its data object, unless a link names it (a commit that linked it and
+// was cut off before its answer, then cancelled).
+func (s *Store) purge(ctx context.Context, st sessionState, release bool) error {
 	prefix := s.sessionPrefix(st.ID)
+	key := s.dataKey(st.ID)
 	var errs []error
 	if st.UploadID != "" {
-		key := s.dataKey(st.ID)
 		if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &st.UploadID}); err != nil && statusOf(err) != http.StatusNotFound {
 			errs = append(errs, err)
 		}
 	}
-	uploads, err := s.client.ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &prefix})
+	uploads, err := s.client.ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &key})
 	if err != nil {
 		errs = append(errs, err)
 	} else {
 		for _, u := range uploads.Uploads {
+			if aws.ToString(u.Key) != key || aws.ToString(u.UploadId) == st.UploadID {
+				continue
+			}
 			if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId}); err != nil && statusOf(err) != http.StatusNotFound {
 				errs = append(errs, err)
 			}
@@ -445,9 +462,15 @@ func (s *Store) purge(ctx context.Context, st sessionState) error {
 			break
 		}
 		for _, o := range page.Contents {
-			if _, err := s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &s.bucket, Key: o.Key}); err != nil && statusOf(err) != http.StatusNotFound {
+			if err := s.deleteObject(ctx, aws.ToString(o.Key)); err != nil {
 				errs = append(errs, err)
 			}
+		}
+	}
+	// Only a session with parts ever had a data object.
+	if release && (st.Assembled || st.UploadID != "") {
+		if err := s.releaseData(ctx, st.ID); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -1,18 +1,20 @@
 // Package s3 keeps blobs in an S3-compatible object store (AWS S3, Ceph
 // RGW, SeaweedFS, versitygw, R2, ...). Keys:
 //
-//	<prefix>blobs/<alg>/<2 hex>/<hex>   verified blobs, written only whole
-//	<prefix>uploads/<id>/data           an assembled session, before its copy
-//	<prefix>uploads/<id>/tail-<name>    a session's bytes after its last part
+//	<prefix>blobs/<alg>/<2 hex>/<hex>       verified blobs, written only whole
+//	<prefix>links/<alg>/<2 hex>/<hex>       a verified blob whose bytes are a data object
+//	<prefix>data/<2 hex>/<id>[.<alg>.<hex>] a session's completed bytes (and its marker)
+//	<prefix>uploads/<id>/tail-<name>        a session's bytes after its last part
 //
 // A blob key never holds unverified bytes: a Put with a known digest
 // streams in one PUT whose last byte waits for the hash to match (or, for
 // sha512, unknown sizes and above 5 GiB, into a multipart upload at the
-// blob key completed only after it did); a session (digest unknown until
-// its commit) writes under uploads/ and is copied server-side to the
-// blob key once verified. Nothing here lists the bucket: reads, stats and deletes each
-// address one key, and only the cleanup of a single session lists its own
-// uploads/<id>/ prefix.
+// blob key completed only after it did). A session (digest unknown until
+// its commit) writes a multipart upload at data/, and its commit, once
+// verified, writes a link to it (links.go) rather than copying the bytes.
+// Nothing here lists the bucket on a read or a write: reads, stats and
+// deletes each address a key or two; ending a session lists its own
+// prefixes, and deleting a linked blob its data's.
 package s3
 
 import (
@@ -48,9 +50,7 @@ const (
 	minPartSize     = 5 << 20 // every part but the last
 	maxPartSize     = 5 << 30
 	maxParts        = 10000
-	maxCopySize     = 5 << 30 // CopyObject; larger objects are copied in parts
 	defaultPartSize = 8 << 20
-	copyPartSize    = 512 << 20
 )
 
 // Config says where the blobs go.
@@ -89,11 +89,7 @@ type Store struct {
 	partSize int64
 	log      *zap.Logger
 	bufs     sync.Pool // *[]byte of cap partSize
-
-	// Above copyLimit a commit copies in parts of copyPart bytes; fields
-	// so tests can take that path without a 5 GiB blob.
-	copyLimit int64
-	copyPart  int64
+	links    *linkCache
 }
 
 // New checks cfg and returns a Store. It does not contact the server.
@@ -164,13 +160,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 		o.UsePathStyle = cfg.PathStyle
 	})
 	s := &Store{
-		client:    client,
-		bucket:    cfg.Bucket,
-		prefix:    prefix,
-		partSize:  partSize,
-		log:       log,
-		copyLimit: maxCopySize,
-		copyPart:  copyPartSize,
+		client:   client,
+		bucket:   cfg.Bucket,
+		prefix:   prefix,
+		partSize: partSize,
+		log:      log,
+		links:    newLinkCache(linkCacheSize),
 	}
 	s.bufs.New = func() any { b := make([]byte, 0, s.partSize); return &b }
 	return s, nil
@@ -188,7 +183,7 @@ func newHTTPClient() *awshttp.BuildableClient {
 		}).
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.TLSHandshakeTimeout = 10 * time.Second
-			// CompleteMultipartUpload and CopyObject work before they answer.
+			// CompleteMultipartUpload works before it answers.
 			tr.ResponseHeaderTimeout = 2 * time.Minute
 			tr.ExpectContinueTimeout = time.Second
 			tr.MaxIdleConnsPerHost = 64
@@ -252,16 +247,18 @@ func (s *Store) blobKey(d blobstore.Digest) string {
 	return s.prefix + "blobs/" + string(d.Algorithm) + "/" + d.Hex[:2] + "/" + d.Hex
 }
 
-// Stat implements blobstore.Reader with one HEAD.
+// Stat implements blobstore.Reader: one HEAD for a plain blob; a linked
+// one costs a HEAD of its data more (and a GET of its link when it is not
+// cached), and so does an absent one (a GET of the link).
 func (s *Store) Stat(ctx context.Context, d blobstore.Digest) (blobstore.Info, error) {
 	if err := d.Validate(); err != nil {
 		return blobstore.Info{}, err
 	}
-	size, err := s.head(ctx, s.blobKey(d))
+	loc, err := s.locate(ctx, d)
 	if err != nil {
-		return blobstore.Info{}, blobErr("stat", d, err)
+		return blobstore.Info{}, err
 	}
-	return blobstore.Info{Digest: d, Size: size}, nil
+	return blobstore.Info{Digest: d, Size: loc.size}, nil
 }
 
 func (s *Store) head(ctx context.Context, key string) (int64, error) {
@@ -272,17 +269,23 @@ func (s *Store) head(ctx context.Context, key string) (int64, error) {
 	return aws.ToInt64(out.ContentLength), nil
 }
 
-// Open implements blobstore.Reader: a HEAD for the size, then one ranged
-// GET from wherever the reader is when it first reads after a Seek.
+// Open implements blobstore.Reader: a Stat for the size and the key
+// (the blob key or the linked data), then one ranged GET from wherever the
+// reader is when it first reads after a Seek.
 func (s *Store) Open(ctx context.Context, d blobstore.Digest) (blobstore.Blob, error) {
-	info, err := s.Stat(ctx, d)
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	loc, err := s.locate(ctx, d)
 	if err != nil {
 		return nil, err
 	}
-	return &objectReader{ctx: ctx, s: s, key: s.blobKey(d), size: info.Size}, nil
+	return &objectReader{ctx: ctx, s: s, key: loc.key, size: loc.size}, nil
 }
 
-// OpenRange implements blobstore.Reader with one ranged GET.
+// OpenRange implements blobstore.Reader with one ranged GET of the blob
+// key, and for a linked blob one of its data (after a GET of its link
+// when it is not cached).
 func (s *Store) OpenRange(ctx context.Context, d blobstore.Digest, offset, length int64) (io.ReadCloser, error) {
 	if err := d.Validate(); err != nil {
 		return nil, err
@@ -290,17 +293,31 @@ func (s *Store) OpenRange(ctx context.Context, d blobstore.Digest, offset, lengt
 	if offset < 0 || length == 0 || length < -1 {
 		return nil, fmt.Errorf("%w: offset %d, length %d", blobstore.ErrRange, offset, length)
 	}
+	rc, err := s.getRange(ctx, d, s.blobKey(d), offset, length)
+	if statusOf(err) != http.StatusNotFound {
+		return rc, blobErr("read", d, err)
+	}
+	err = s.viaLink(ctx, d, func(l link) error {
+		var err error
+		rc, err = s.getRange(ctx, d, s.dataKey(l.Data), offset, length)
+		return err
+	})
+	return rc, err
+}
+
+// getRange GETs length bytes from offset of key, blob d's bytes. Errors
+// are S3's as they came, or ErrRange.
+func (s *Store) getRange(ctx context.Context, d blobstore.Digest, key string, offset, length int64) (io.ReadCloser, error) {
 	rng := "bytes=" + strconv.FormatInt(offset, 10) + "-"
 	if length > 0 {
 		rng += strconv.FormatInt(offset+length-1, 10)
 	}
-	key := s.blobKey(d)
 	out, err := s.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &s.bucket, Key: &key, Range: &rng})
 	if err != nil {
 		if statusOf(err) == http.StatusRequestedRangeNotSatisfiable {
 			return nil, fmt.Errorf("%w: %s of %s", blobstore.ErrRange, rng, d)
 		}
-		return nil, blobErr("read", d, err)
+		return nil, err
 	}
 	// S3 cuts a range that runs past the end; the contract refuses it.
 	size, ok := totalFromContentRange(aws.ToString(out.ContentRange))
@@ -438,14 +455,31 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 	return blobstore.Info{Digest: d, Size: total}, nil
 }
 
-// Delete implements blobstore.Deleter. S3 answers a DELETE of a missing
-// key with success, which is the contract.
+// Delete implements blobstore.Deleter: the blob key, and the link with
+// the data it names. The link goes first, so no reader ever finds it
+// naming data that is gone; a crash before the data goes leaves data no
+// link names, which the sweep frees (Leftovers). S3 answers a DELETE of a
+// missing key with success, which is the contract.
 func (s *Store) Delete(ctx context.Context, d blobstore.Digest) error {
 	if err := d.Validate(); err != nil {
 		return err
 	}
-	key := s.blobKey(d)
-	if _, err := s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}); err != nil && statusOf(err) != http.StatusNotFound {
+	if err := s.deleteObject(ctx, s.blobKey(d)); err != nil {
+		return blobErr("delete", d, err)
+	}
+	s.links.drop(d)
+	l, err := s.readLink(ctx, d)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.deleteObject(ctx, s.linkKey(d)); err != nil {
+		return blobErr("delete", d, err)
+	}
+	s.links.drop(d)
+	if err := s.releaseData(ctx, l.Data); err != nil {
 		return blobErr("delete", d, err)
 	}
 	return nil
@@ -509,45 +543,6 @@ func (s *Store) abort(ctx context.Context, key, uploadID string) {
 	}
 }
 
-// copyObject copies src to dst inside the bucket: one CopyObject up to
-// S3's 5 GiB limit, parts copied by range above it. dst appears when the
-// copy is complete, never partly.
-func (s *Store) copyObject(ctx context.Context, src, dst string, size int64) error {
-	source := s.bucket + "/" + src // keys need no escaping (see cleanPrefix)
-	if size <= s.copyLimit {
-		_, err := s.client.CopyObject(ctx, &awss3.CopyObjectInput{Bucket: &s.bucket, Key: &dst, CopySource: &source})
-		return err
-	}
-	part := max(s.copyPart, (size+maxParts-1)/maxParts)
-	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &dst})
-	if err != nil {
-		return err
-	}
-	uploadID := aws.ToString(up.UploadId)
-	var etags []string
-	for off := int64(0); off < size; off += part {
-		rng := fmt.Sprintf("bytes=%d-%d", off, min(off+part, size)-1)
-		out, err := s.client.UploadPartCopy(ctx, &awss3.UploadPartCopyInput{
-			Bucket: &s.bucket, Key: &dst, UploadId: &uploadID, PartNumber: aws.Int32(int32(len(etags) + 1)),
-			CopySource: &source, CopySourceRange: &rng,
-		})
-		if err != nil {
-			s.abort(ctx, dst, uploadID)
-			return err
-		}
-		if out.CopyPartResult == nil {
-			s.abort(ctx, dst, uploadID)
-			return errors.New("copy part: no result")
-		}
-		etags = append(etags, aws.ToString(out.CopyPartResult.ETag))
-	}
-	if err := s.complete(ctx, dst, uploadID, etags); err != nil {
-		s.abort(ctx, dst, uploadID)
-		return err
-	}
-	return nil
-}
-
 // statusOf is the HTTP status of an S3 error, 0 if there was no answer.
 func statusOf(err error) int {
 	var re *awshttp.ResponseError
@@ -559,6 +554,9 @@ func statusOf(err error) int {
 
 // blobErr turns an S3 error about blob d into the contract's.
 func blobErr(op string, d blobstore.Digest, err error) error {
+	if err == nil {
+		return nil
+	}
 	if statusOf(err) == http.StatusNotFound {
 		return fmt.Errorf("%w: %s", blobstore.ErrNotFound, d)
 	}

@@ -54,6 +54,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"SessionCommitSizeMismatch", testSessionCommitSizeMismatch},
 		{"SessionEmpty", testSessionEmpty},
 		{"SessionCommitExisting", testSessionCommitExisting},
+		{"SessionBlobDeletedAndPushedAgain", testSessionBlobDeletedAndPushedAgain},
 		{"SessionCancel", testSessionCancel},
 		{"SessionStateGarbage", testSessionStateGarbage},
 		{"ConcurrentCommitsOfOneDigest", testConcurrentCommits},
@@ -596,6 +597,62 @@ func testSessionCommitExisting(t *testing.T, b Backend) {
 			t.Fatalf("Commit of a digest that exists: %v", err)
 		}
 		wantBlob(t, s, d, c)
+	}
+}
+
+// testSessionBlobDeletedAndPushedAgain: a blob a session committed reads
+// the same on every replica (whole and by range), including one that read
+// it before another replica deleted it and pushed it again, by a session
+// or by a Put; a Delete leaves it absent everywhere.
+func testSessionBlobDeletedAndPushedAgain(t *testing.T, b Backend) {
+	a, c := b(), b()
+	for _, n := range []int{10, 6*MiB + 3} {
+		c32 := content(32, n)
+		d := sha256Of(c32)
+		push := func(s blobstore.Store) {
+			t.Helper()
+			sess := appendChunks(t, []blobstore.Store{s}, c32, []int{n / 2, n - n/2})
+			if _, err := sess.Commit(ctx(t), d, int64(n)); err != nil {
+				t.Fatalf("Commit: %v", err)
+			}
+		}
+		push(c)
+		for _, s := range []blobstore.Store{a, c} {
+			wantBlob(t, s, d, c32)
+			wantRange(t, s, d, c32, int64(n/3), int64(n/3))
+		}
+		if err := c.Delete(ctx(t), d); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		wantAbsent(t, a, d)
+		wantAbsent(t, c, d)
+		push(c)
+		wantBlob(t, a, d, c32)
+		wantRange(t, a, d, c32, 1, int64(n-1))
+		if err := a.Delete(ctx(t), d); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		wantAbsent(t, c, d)
+		put(t, c, c32)
+		wantBlob(t, a, d, c32)
+		if err := c.Delete(ctx(t), d); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		wantAbsent(t, a, d)
+	}
+}
+
+// wantRange checks OpenRange(offset, length) of d gives those bytes of b.
+func wantRange(t *testing.T, s blobstore.Store, d blobstore.Digest, b []byte, offset, length int64) {
+	t.Helper()
+	rc, err := s.OpenRange(ctx(t), d, offset, length)
+	if err != nil {
+		t.Fatalf("OpenRange(%d, %d) of %s: %v", offset, length, d, err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, b[offset:offset+length]) {
+		t.Fatalf("OpenRange(%d, %d) of %s: %d bytes, %v", offset, length, d, len(got), err)
 	}
 }
 

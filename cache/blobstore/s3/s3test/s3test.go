@@ -206,6 +206,17 @@ func (s *Server) Put(t testing.TB, bucket, key string, b []byte) {
 	}
 }
 
+// Delete removes key from bucket behind the registry's back: what a test
+// does to stand for a crash or an operator's mistake.
+func (s *Server) Delete(t testing.TB, bucket, key string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &bucket, Key: &key}); err != nil {
+		t.Fatalf("delete object: %v", err)
+	}
+}
+
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
