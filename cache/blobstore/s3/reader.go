@@ -85,11 +85,15 @@ func (r *objectReader) open() error {
 	if !ok && r.pos == 0 {
 		total, ok = aws.ToInt64(out.ContentLength), true // the range ignored: the whole object
 	}
-	if !ok || total != r.size {
+	if !ok {
+		out.Body.Close() // from 0, not from pos: not these bytes
+		return fmt.Errorf("s3: read %s: the server ignored %s", r.key, rng)
+	}
+	if total != r.size {
 		out.Body.Close()
 		err := fmt.Errorf("s3: read %s: %w: the object is %d bytes (%s), the blob %d",
 			r.key, blobstore.ErrSizeMismatch, total, aws.ToString(out.ContentRange), r.size)
-		if ok && total < r.size {
+		if total < r.size {
 			err = fmt.Errorf("%w (%w)", err, io.ErrUnexpectedEOF) // cut short, as a Read would find
 		}
 		return err
