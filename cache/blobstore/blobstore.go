@@ -144,6 +144,20 @@ type Redirector interface {
 	BlobURL(ctx context.Context, d Digest) (url string, ok bool, err error)
 }
 
+// RecordedOpener is what a backend offers whose Open asks the server
+// whether the blob exists and how large it is (a HEAD on S3) before any
+// byte moves. A caller whose metadata already says so (the blob's record:
+// committed, not being deleted, its size) opens with OpenRecorded instead
+// and spares that round trip. It is optional: a caller checks for it with
+// a type assertion and falls back to Open.
+type RecordedOpener interface {
+	// OpenRecorded opens blob d of size bytes, as the caller's record
+	// says, without asking the backend first. A blob the backend lost
+	// anyway fails at the first Read (wrapping ErrNotFound) instead of
+	// here; a local copy of d, whose bytes are d's, may serve it.
+	OpenRecorded(ctx context.Context, d Digest, size int64) (Blob, error)
+}
+
 // Store is everything a blob backend offers.
 type Store interface {
 	Reader

@@ -11,12 +11,18 @@
 // Above the size limit the least recently read copies are removed.
 //
 // Writes, stats, ranges and sessions go to the backend untouched; a
-// cached copy answers only Open. Stat in particular always asks the
-// backend, since callers use it to learn whether the bytes are still
-// stored. Open of a cached copy asks the backend too (a Stat: a HEAD or
-// two, no bytes): another replica may have deleted the blob, and a
-// deleted blob must not be served from a copy. When the backend cannot answer at all (S3 down),
-// the copy is served: its bytes are the digest's whatever S3 holds.
+// cached copy answers only Open and OpenRecorded. Stat in particular
+// always asks the backend, since callers use it to learn whether the
+// bytes are still stored. Open of a cached copy asks the backend too (a
+// HEAD or two, no bytes): another replica may have deleted the blob, and a
+// deleted blob must not be served from a copy. When the backend cannot
+// answer at all (S3 down), the copy is served: its bytes are the digest's
+// whatever S3 holds. OpenRecorded, for a caller whose metadata says the
+// blob is stored (package composite, which checks the blob's record on
+// every read, and whose GC takes the record away before the bytes), asks
+// the backend nothing: a warm read is the local file alone. A copy of a
+// blob another replica's GC deleted is then never asked for, and leaves
+// as the least recently read.
 //
 // Layout: <dir>/<alg>/<hex> for cached copies, <dir>/tmp/ for copies being
 // written (left-overs removed at start). The sizes are counted at start by scanning
@@ -208,17 +214,51 @@ func (s *Store) Open(ctx context.Context, d blobstore.Digest) (blobstore.Blob, e
 	if err != nil {
 		return nil, err
 	}
+	return s.tee(d, b), nil
+}
+
+// OpenRecorded implements blobstore.RecordedOpener: the local copy as it
+// is, without asking the backend (its bytes were verified against the
+// digest when it was kept, and the caller's record says the blob is
+// stored), else the backend's blob, copied into the cache as Open does.
+func (s *Store) OpenRecorded(ctx context.Context, d blobstore.Digest, size int64) (blobstore.Blob, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	if b := s.openCopy(d); b != nil {
+		if b.Size() == size {
+			return b, nil
+		}
+		b.Close() // not the blob's size: not its copy
+		s.drop(d)
+	}
+	var b blobstore.Blob
+	var err error
+	if ro, ok := s.Store.(blobstore.RecordedOpener); ok {
+		b, err = ro.OpenRecorded(ctx, d, size)
+	} else {
+		b, err = s.Store.Open(ctx, d)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.tee(d, b), nil
+}
+
+// tee returns the backend's blob b, copied into the cache as it is read
+// whole, unless it is being copied already or would not fit.
+func (s *Store) tee(d blobstore.Digest, b blobstore.Blob) blobstore.Blob {
 	fill := s.startFill(d, b.Size())
 	if fill == nil {
-		return b, nil
+		return b
 	}
 	f, err := os.CreateTemp(s.tmp, d.Hex+"-*")
 	if err != nil {
 		s.endFill(d)
 		s.log.Warn("read cache: cannot write a copy", zap.String("digest", d.String()), zap.Error(err))
-		return b, nil
+		return b
 	}
-	return &teeBlob{Blob: b, s: s, d: d, fill: fill, f: f, h: d.Algorithm.New()}, nil
+	return &teeBlob{Blob: b, s: s, d: d, fill: fill, f: f, h: d.Algorithm.New()}
 }
 
 // openCopy opens the local copy of d, or returns nil.
@@ -450,7 +490,10 @@ func (t *teeBlob) Close() error {
 	return err
 }
 
-var _ blobstore.Store = (*Store)(nil)
+var (
+	_ blobstore.Store          = (*Store)(nil)
+	_ blobstore.RecordedOpener = (*Store)(nil)
+)
 
 // Leftovers implements blobstore.Sweeper for the backend, when it is one
 // (the cache itself writes nothing a crash leaves behind that the next

@@ -472,3 +472,47 @@ func TestReadKeepsTheOrder(t *testing.T) {
 		t.Fatalf("a read within a minute moved the time from %v to %v", recent, mtime())
 	}
 }
+
+// TestOpenRecordedTrustsTheCopy: OpenRecorded serves a copy without
+// asking the backend (the caller's record vouches for the blob), so it
+// serves it even where the backend lost it, while Open, which asks,
+// does not. A copy of another size than the record's is not the blob's:
+// it is dropped and the backend read.
+func TestOpenRecordedTrustsTheCopy(t *testing.T) {
+	bdir := t.TempDir()
+	s := newCache(t, newBackend(t, bdir), t.TempDir(), 64<<20)
+	c := randomBytes(1<<20 + 3)
+	d := put(t, s, c)
+	b, err := s.OpenRecorded(ctx(t), d, int64(len(c)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, b); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if !cached(s, d) {
+		t.Fatal("a whole read through OpenRecorded left no copy")
+	}
+	if err := os.Remove(backendPath(bdir, d)); err != nil {
+		t.Fatal(err)
+	}
+	b, err = s.OpenRecorded(ctx(t), d, int64(len(c)))
+	if err != nil {
+		t.Fatalf("OpenRecorded of a cached blob: %v", err)
+	}
+	if _, ok := b.(fileBlob); !ok {
+		t.Fatalf("OpenRecorded of a cached blob is a %T, not the copy", b)
+	}
+	got, err := io.ReadAll(b)
+	b.Close()
+	if err != nil || !bytes.Equal(got, c) {
+		t.Fatalf("the copy: %d bytes, %v", len(got), err)
+	}
+	if _, err := s.OpenRecorded(ctx(t), d, int64(len(c))+1); err == nil {
+		t.Fatal("OpenRecorded with another size served something")
+	}
+	if cached(s, d) || s.Size() != 0 {
+		t.Fatal("a copy of another size than the record's was kept")
+	}
+}

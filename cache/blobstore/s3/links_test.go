@@ -64,6 +64,20 @@ func readAll(t *testing.T, s *Store, d blobstore.Digest) ([]byte, error) {
 	if !bytes.Equal(rest, got[1:]) {
 		return nil, fmt.Errorf("OpenRange(1, %d) is not Open's bytes", len(got)-1)
 	}
+	// And as package composite reads it: opened from the recorded size,
+	// not knowing whether the blob is plain or linked.
+	rb, err := s.OpenRecorded(ctx(t), d, int64(len(got)))
+	if err != nil {
+		return nil, err
+	}
+	defer rb.Close()
+	recorded, err := io.ReadAll(rb)
+	if err != nil {
+		return nil, fmt.Errorf("OpenRecorded: %w", err)
+	}
+	if !bytes.Equal(recorded, got) {
+		return nil, errors.New("OpenRecorded's bytes are not Open's")
+	}
 	return got, nil
 }
 
@@ -140,6 +154,11 @@ func TestDataGoneUnderLink(t *testing.T) {
 		}
 		if _, err := s.OpenRange(ctx(t), d, 0, 10); !errors.Is(err, blobstore.ErrNotFound) {
 			t.Errorf("%s: OpenRange: %v, want ErrNotFound", name, err)
+		}
+		if b, err := s.OpenRecorded(ctx(t), d, int64(len(c))); err != nil {
+			t.Errorf("%s: OpenRecorded: %v", name, err)
+		} else if _, err := io.ReadAll(b); !errors.Is(err, blobstore.ErrNotFound) {
+			t.Errorf("%s: read OpenRecorded: %v, want ErrNotFound", name, err)
 		}
 	}
 	// Pushed again through a session on b: a's cached link names the

@@ -5,23 +5,46 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"sync"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 )
 
+// OpenRecorded implements blobstore.RecordedOpener: no request until the
+// first Read, whose one GET both checks that the object is there and is
+// as long as the caller's record says, and brings the bytes. Open spends a
+// HEAD on learning what the record already says.
+func (s *Store) OpenRecorded(ctx context.Context, d blobstore.Digest, size int64) (blobstore.Blob, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("s3: open %s: recorded size %d", d, size)
+	}
+	return &objectReader{ctx: ctx, s: s, key: s.blobKey(d), size: size, linked: d}, nil
+}
+
 // objectReader reads an object as an io.ReadSeeker. A Seek costs nothing;
-// the first Read after it starts one GET from there to the end, so
-// http.ServeContent's "seek to the end for the size, seek to the range,
-// read it" is a single request.
+// the first Read after it starts one GET from there to the end (unless
+// the GET already running is there), so http.ServeContent's "seek to the
+// end for the size, seek back to the start, read" is a single request.
 type objectReader struct {
-	ctx  context.Context
-	s    *Store
-	key  string
-	size int64
-	pos  int64
-	body io.ReadCloser // nil until a Read needs it
+	ctx     context.Context
+	s       *Store
+	key     string
+	size    int64
+	pos     int64
+	body    io.ReadCloser // nil until a Read needs it
+	bodyPos int64         // where body's next byte is
+	// linked: the blob whose link (links.go) the first GET follows when
+	// key, its plain key, is absent: a reader opened from the metadata's
+	// record alone has not asked which form the blob has.
+	linked blobstore.Digest
 }
 
 func (r *objectReader) Size() int64 { return r.size }
@@ -35,6 +58,7 @@ func (r *objectReader) Read(p []byte) (int, error) {
 	}
 	n, err := r.body.Read(p)
 	r.pos += int64(n)
+	r.bodyPos = r.pos
 	if err == io.EOF && r.pos < r.size {
 		// The object is shorter than it was: replaced or cut off.
 		err = fmt.Errorf("s3: read %s: %w at %d of %d bytes", r.key, io.ErrUnexpectedEOF, r.pos, r.size)
@@ -42,17 +66,61 @@ func (r *objectReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// open starts the GET from pos, unless one runs.
+// open starts the GET from pos, unless one runs from there. The object's
+// length in the answer must be the size the reader was opened with: a
+// shorter or longer object under the key is not the blob.
 func (r *objectReader) open() error {
-	if r.body != nil {
+	if r.body != nil && r.bodyPos == r.pos {
 		return nil
 	}
+	if r.body != nil {
+		r.body.Close()
+		r.body = nil
+	}
 	rng := "bytes=" + strconv.FormatInt(r.pos, 10) + "-"
-	out, err := r.s.client.GetObject(r.ctx, &awss3.GetObjectInput{Bucket: &r.s.bucket, Key: &r.key, Range: &rng})
+	get := func(key string) (*awss3.GetObjectOutput, error) {
+		return r.s.client.GetObject(r.ctx, &awss3.GetObjectInput{Bucket: &r.s.bucket, Key: &key, Range: &rng})
+	}
+	out, err := get(r.key)
+	if statusOf(err) == http.StatusNotFound && r.linked.Hex != "" {
+		d := r.linked
+		r.linked = blobstore.Digest{} // followed once; the key is then the data's
+		err = r.s.viaLink(r.ctx, d, func(l link) error {
+			key := r.s.dataKey(l.Data)
+			var gerr error
+			if out, gerr = get(key); gerr == nil {
+				r.key = key
+			}
+			return gerr
+		})
+		if err != nil {
+			return fmt.Errorf("s3: read %s: %w", r.key, err)
+		}
+	}
 	if err != nil {
+		if statusOf(err) == http.StatusNotFound {
+			return fmt.Errorf("s3: read %s: %w", r.key, blobstore.ErrNotFound)
+		}
 		return fmt.Errorf("s3: read %s: %w", r.key, err)
 	}
-	r.body = out.Body
+	total, ok := totalFromContentRange(aws.ToString(out.ContentRange))
+	if !ok && r.pos == 0 {
+		total, ok = aws.ToInt64(out.ContentLength), true // the range ignored: the whole object
+	}
+	if !ok {
+		out.Body.Close() // from 0, not from pos: not these bytes
+		return fmt.Errorf("s3: read %s: the server ignored %s", r.key, rng)
+	}
+	if total != r.size {
+		out.Body.Close()
+		err := fmt.Errorf("s3: read %s: %w: the object is %d bytes (%s), the blob %d",
+			r.key, blobstore.ErrSizeMismatch, total, aws.ToString(out.ContentRange), r.size)
+		if total < r.size {
+			err = fmt.Errorf("%w (%w)", err, io.ErrUnexpectedEOF) // cut short, as a Read would find
+		}
+		return err
+	}
+	r.body, r.bodyPos = out.Body, r.pos
 	return nil
 }
 
@@ -77,6 +145,7 @@ func (r *objectReader) WriteTo(w io.Writer) (int64, error) {
 		}
 		n, rerr := io.ReadAtLeast(r.body, buf, min(len(buf), 64<<10, int(r.size-r.pos)))
 		r.pos += int64(n)
+		r.bodyPos = r.pos
 		if n > 0 {
 			m, werr := w.Write(buf[:n])
 			total += int64(m)
@@ -111,11 +180,7 @@ func (r *objectReader) Seek(offset int64, whence int) (int64, error) {
 	if pos < 0 {
 		return r.pos, errors.New("s3: seek before the start")
 	}
-	if pos != r.pos && r.body != nil {
-		r.body.Close()
-		r.body = nil
-	}
-	r.pos = pos
+	r.pos = pos // the body, if any, stays for a Read back at bodyPos
 	return pos, nil
 }
 
@@ -127,3 +192,5 @@ func (r *objectReader) Close() error {
 	r.body = nil
 	return err
 }
+
+var _ blobstore.RecordedOpener = (*Store)(nil)
