@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -40,6 +41,9 @@ type mirroredManifest struct {
 	m     cache.Manifest
 	body  []byte
 	stale bool // served from the store because upstream failed
+	// fetched: when upstream answered (getUpstreamManifest); the tag's
+	// fetch time, also when the store write runs later (mirror_pending.go).
+	fetched time.Time
 }
 
 // mirrorManifestGet serves GET and HEAD of a mirrored manifest: by digest
@@ -217,6 +221,7 @@ func (h *Handler) fetchManifestToServe(ctx context.Context, rc *request, referen
 // getUpstreamManifest is fetchManifest without storing.
 func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, reference string, want cache.Digest) (mirroredManifest, error) {
 	m := rc.mirror
+	asked := m.now()
 	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "manifests/"+reference, manifestAccept)
 	if err != nil {
 		return mirroredManifest{}, err
@@ -237,16 +242,20 @@ func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, referenc
 	}
 	man := manifestMeta(mt, body)
 	man.Digest, man.Size = d, int64(len(body))
-	return mirroredManifest{m: man, body: body}, nil
+	return mirroredManifest{m: man, body: body, fetched: asked}, nil
 }
 
 // storeUpstreamManifest stores what getUpstreamManifest fetched, tagged
 // with tag if given, and records when the tag was fetched.
 func (h *Handler) storeUpstreamManifest(ctx context.Context, rc *request, res mirroredManifest, tag string) error {
+	fetched := res.fetched
+	if fetched.IsZero() {
+		fetched = rc.mirror.now()
+	}
 	if fp, ok := h.cfg.Store.(fetchedManifestPutter); ok && tag != "" {
 		// One metadata transaction (one sync) for the manifest, its tag
 		// and the tag's fetch time, on the cold pull's path.
-		return fp.PutFetchedManifest(ctx, rc.name, res.m, res.body, tag, rc.mirror.now())
+		return fp.PutFetchedManifest(ctx, rc.name, res.m, res.body, tag, fetched)
 	}
 	var tags []string
 	if tag != "" {
@@ -258,7 +267,7 @@ func (h *Handler) storeUpstreamManifest(ctx context.Context, rc *request, res mi
 	if tag != "" {
 		// A tag evicted again in between is fetched by the next pull; this
 		// answer is good.
-		if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, rc.mirror.now()); err != nil && !errors.Is(err, cache.ErrTagUnknown) {
+		if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, fetched); err != nil && !errors.Is(err, cache.ErrTagUnknown) {
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -322,5 +323,37 @@ func waitLockWaiters(t *testing.T, dsn string, n int) {
 			t.Fatalf("%d sessions wait on the lock, want %d", got, n)
 		}
 		time.Sleep(10 * time.Millisecond) // polling the database, which nothing here can signal
+	}
+}
+
+// TestMirrorFetchTimeIsTheAnswers: a tag's fetch time is when upstream
+// answered, also when the store write runs later. Written with the time of
+// the write, a tag answered just before its TTL ran out and stored after
+// would count as fresh for a whole TTL more, with no upstream asked.
+func TestMirrorFetchTimeIsTheAnswers(t *testing.T) {
+	p := newPGMirror(t)
+	var now atomic.Int64
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	now.Store(t0.UnixNano())
+	p.h.mirrors["docker.io"].now = func() time.Time { return time.Unix(0, now.Load()).UTC() }
+	img := randomImage(t, 1024, 1)
+	p.up.pushImage("library/app", "v1", img)
+
+	unlock := lockManifests(t, p.dsn)
+	if resp := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+	now.Store(t0.Add(time.Hour).UnixNano()) // the write runs an hour later
+	unlock()
+	ctx := context.Background()
+	if err := p.h.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ti, err := p.store.TagInfo(ctx, "docker.io/library/app", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ti.Fetched.Equal(t0) {
+		t.Fatalf("tag fetched at %s, want the answer's %s", ti.Fetched, t0)
 	}
 }
