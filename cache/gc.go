@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -27,9 +29,9 @@ import (
 // net for anything a mark missed.
 //
 // The mark is a lookup per file in the by-digest link keys (rb/, rm/)
-// rather than a set built up front, so memory does not grow with the store;
-// a candidate is checked again under gcMu before it goes, so a link made
-// during the walk always wins.
+// rather than a set built up front, so memory does not grow with the store.
+// It is made under gcMu, for a batch of files at once (collectBatch), so a
+// link made during the walk always wins.
 func (s *Store) GC() (GCStats, error) {
 	var st GCStats
 	now := s.now()
@@ -80,9 +82,20 @@ func (s *Store) GC() (GCStats, error) {
 
 // sweepBlobs walks every blob file and collects those no repository links
 // that are older than cutoff; the younger unlinked ones are marked, so an
-// incremental pass takes them once they are old enough.
+// incremental pass takes them once they are old enough. Files are
+// examined in batches of gcMarkBatch, as the marks are.
 func (s *Store) sweepBlobs(cutoff time.Time, st *GCStats) error {
-	var young []Digest
+	var young, batch []Digest
+	flush := func() error {
+		fates, err := s.collectBatch(batch, cutoff, st)
+		for i, f := range fates {
+			if f == blobYoung {
+				young = append(young, batch[i])
+			}
+		}
+		batch = batch[:0]
+		return err
+	}
 	err := filepath.WalkDir(s.blobsDir, func(path string, e fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -100,21 +113,14 @@ func (s *Store) sweepBlobs(cutoff time.Time, st *GCStats) error {
 		if !ok {
 			return nil // not ours; leave it
 		}
-		info, err := e.Info()
-		if err != nil {
-			return nil
+		if batch = append(batch, d); len(batch) == gcMarkBatch {
+			return flush()
 		}
-		st.BlobsExamined++
-		linked, err := s.linked(d)
-		if err != nil || linked {
-			return err
-		}
-		if !info.ModTime().Before(cutoff) {
-			young = append(young, d)
-			return nil
-		}
-		return s.collectCounted(d, cutoff, st)
+		return nil
 	})
+	if err == nil && len(batch) > 0 && !s.closing() {
+		err = flush()
+	}
 	if err != nil {
 		return fmt.Errorf("cache: gc: %w", err)
 	}
@@ -138,18 +144,25 @@ func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
 		if err != nil || len(marks) == 0 {
 			return err
 		}
-		var done []gcMark
+		var done, named []gcMark
+		var ds []Digest
 		for _, m := range marks {
-			if s.closing() {
-				break
-			}
-			st.BlobsExamined++
-			keep, err := s.examineMarkedBlob(m.name, cutoff, st)
+			d, err := ParseDigest(m.name)
 			if err != nil {
-				return fmt.Errorf("cache: gc: %w", err)
+				done = append(done, m) // not a key we write
+				continue
 			}
-			if !keep {
-				done = append(done, m)
+			named, ds = append(named, m), append(ds, d)
+		}
+		fates, err := s.collectBatch(ds, cutoff, st)
+		if err != nil {
+			return fmt.Errorf("cache: gc: %w", err)
+		}
+		for i, f := range fates {
+			// Young or unreadable stays a candidate; a blob linked since
+			// is marked again when it loses its last link.
+			if f != blobYoung && f != blobUnknown {
+				done = append(done, named[i])
 			}
 		}
 		if err := s.settleMarks(done, nil); err != nil {
@@ -160,40 +173,117 @@ func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
 	return nil
 }
 
-// examineMarkedBlob collects the marked blob named str if it is unlinked
-// and older than cutoff. keep: it is still a candidate (unlinked, young).
-func (s *Store) examineMarkedBlob(str string, cutoff time.Time, st *GCStats) (keep bool, err error) {
-	d, err := ParseDigest(str)
+// blobFate is what collectBatch found of one blob.
+type blobFate uint8
+
+const (
+	blobLinked  blobFate = iota // a repository links it: not garbage
+	blobRemoved                 // unlinked and old: its file is gone now
+	blobGone                    // unlinked and no file: nothing to do
+	blobYoung                   // unlinked, younger than the cutoff
+	blobUnknown                 // unlinked, its file cannot be examined
+)
+
+// gcRemovers: files collectBatch removes at once. An unlink is mostly
+// the filesystem's metadata work (directory entry, inode, journal), which
+// overlaps well; more than a few only queue on the same locks.
+const gcRemovers = 4
+
+// collectBatch removes the blobs of ds that, with linking held off (gcMu),
+// no repository links and whose files are older than cutoff, counted in
+// st, and reports what it found of each. Holding gcMu for the whole batch
+// is what makes it safe: a push links, or installs a file and then links,
+// under gcMu for reading, so no link can appear between the lookup and
+// the unlink, and a blob pushed again (its file touched, or installed
+// anew) waits until the old file is gone and then installs its own. The
+// lookups share one read transaction and one iterator per kind of link,
+// seeking in the order the marks and the walk list digests (sorted), so a
+// batch costs two iterators, not two per blob.
+func (s *Store) collectBatch(ds []Digest, cutoff time.Time, st *GCStats) ([]blobFate, error) {
+	fates := make([]blobFate, len(ds))
+	if len(ds) == 0 {
+		return fates, nil
+	}
+	st.BlobsExamined += len(ds)
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	err := s.db.View(func(txn *badger.Txn) error {
+		blobs := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pBlobRev)})
+		defer blobs.Close()
+		mans := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pManRev)})
+		defer mans.Close()
+		for i, d := range ds {
+			if seekPrefix(blobs, blobRevPrefix(d)) || seekPrefix(mans, manRevPrefix(d)) {
+				fates[i] = blobLinked
+			} else {
+				fates[i] = blobUnknown // until its file is looked at
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return false, nil // not a key we write
+		return nil, err
 	}
-	if linked, err := s.linked(d); err != nil || linked {
-		return false, err
+	var (
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		sizes   = make([]int64, len(ds))
+		errs    = make([]error, len(ds))
+		workers = min(gcRemovers, len(ds))
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(ds) {
+					return
+				}
+				if fates[i] == blobUnknown {
+					fates[i], sizes[i], errs[i] = s.removeIfOld(ds[i], cutoff)
+				}
+			}
+		}()
 	}
-	before := st.BlobsRemoved
-	if err := s.collectCounted(d, cutoff, st); err != nil || st.BlobsRemoved > before {
-		return false, err
+	wg.Wait()
+	for i, f := range fates {
+		if f == blobRemoved {
+			st.BlobsRemoved++
+			st.BytesRemoved += sizes[i]
+			s.log.Debug("collected blob", zap.String("digest", ds[i].String()), zap.Int64("size", sizes[i]))
+		}
 	}
-	_, err = os.Stat(s.blobPath(d))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	// Young, linked meanwhile (the next pass sees it), or unreadable.
-	return true, nil
+	return fates, errors.Join(errs...)
 }
 
-// collectCounted is collect, counted in st.
-func (s *Store) collectCounted(d Digest, cutoff time.Time, st *GCStats) error {
-	removed, size, err := s.collect(d, cutoff)
-	if err != nil {
-		return err
+// seekPrefix reports whether it, an iterator of one kind of link, has a
+// key under prefix.
+func seekPrefix(it *badger.Iterator, prefix []byte) bool {
+	it.Seek(prefix)
+	return it.ValidForPrefix(prefix)
+}
+
+// removeIfOld removes blob d's file if it is older than cutoff; gcMu is
+// held for writing and d is known to be unlinked.
+func (s *Store) removeIfOld(d Digest, cutoff time.Time) (blobFate, int64, error) {
+	path := s.blobPath(d)
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return blobGone, 0, nil
+	case err != nil:
+		return blobUnknown, 0, nil
+	case !info.ModTime().Before(cutoff):
+		return blobYoung, 0, nil
 	}
-	if removed {
-		st.BlobsRemoved++
-		st.BytesRemoved += size
-		s.log.Debug("collected blob", zap.String("digest", d.String()), zap.Int64("size", size))
+	if err := os.Remove(path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return blobGone, 0, nil
+		}
+		return blobUnknown, 0, err
 	}
-	return nil
+	return blobRemoved, info.Size(), nil
 }
 
 // digestOfPath turns blobs/<alg>/<2 hex>/<hex> back into a Digest, or
@@ -212,38 +302,6 @@ func (s *Store) digestOfPath(path string) (Digest, bool) {
 		return Digest{}, false
 	}
 	return d, true
-}
-
-// linked reports whether any repository links d as a blob or manifest.
-func (s *Store) linked(d Digest) (bool, error) {
-	var ok bool
-	err := s.db.View(func(txn *badger.Txn) error {
-		ok = hasPrefix(txn, blobRevPrefix(d)) || hasPrefix(txn, manRevPrefix(d))
-		return nil
-	})
-	return ok, err
-}
-
-// collect removes blob d if, with linking held off, it is still unlinked
-// and older than cutoff.
-func (s *Store) collect(d Digest, cutoff time.Time) (bool, int64, error) {
-	s.gcMu.Lock()
-	defer s.gcMu.Unlock()
-	if linked, err := s.linked(d); err != nil || linked {
-		return false, 0, err
-	}
-	path := s.blobPath(d)
-	info, err := os.Stat(path)
-	if err != nil || !info.ModTime().Before(cutoff) {
-		return false, 0, nil
-	}
-	if err := os.Remove(path); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, 0, nil
-		}
-		return false, 0, err
-	}
-	return true, info.Size(), nil
 }
 
 // expireUploads removes sessions past their TTL, and data files in

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -178,5 +179,77 @@ func TestGCPaused(t *testing.T) {
 	}
 	if _, err := s.StatBlob(t.Context(), orphan); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("blob after resumed gc: %v, want removed", err)
+	}
+}
+
+// TestGCConcurrentRePushKeepsBlob: blobs collected in batches under gcMu
+// (collectBatch) while clients push the same bytes again through uploads.
+// A push that completes must end linked with its file in place, whichever
+// of it and the collection went first: the collection either removed the
+// old file before the push installed its own, or found the push's touch
+// (young) or link and left it.
+func TestGCConcurrentRePushKeepsBlob(t *testing.T) {
+	t.Parallel()
+	const n = 2 * gcMarkBatch
+	for round := range 2 {
+		s := openStore(t, Options{GCGrace: time.Hour})
+		contents := make([][]byte, n)
+		ds := make([]Digest, n)
+		for i := range n {
+			contents[i] = []byte(fmt.Sprintf("blob %d of round %d", i, round))
+			ds[i] = mustPut(t, s, contents[i])
+			age(t, s.blobPath(ds[i]), 2*time.Hour)
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 2 { // the first is full, the second takes the marks
+				if _, err := s.GC(); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		pushed := make([]bool, n)
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < n; i += 4 {
+					u, err := s.NewUpload(t.Context(), "app")
+					if err == nil {
+						_, err = s.AppendUpload(t.Context(), "app", u.ID, 0, bytes.NewReader(contents[i]))
+					}
+					if err == nil {
+						_, err = s.CommitUpload(t.Context(), "app", u.ID, ds[i])
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					pushed[i] = true
+				}
+			}()
+		}
+		wg.Wait()
+		if _, err := s.GC(); err != nil {
+			t.Fatal(err)
+		}
+		lost := 0
+		for i, d := range ds {
+			if !pushed[i] {
+				continue
+			}
+			got, err := os.ReadFile(s.blobPath(d))
+			if _, herr := s.HasBlob(t.Context(), "app", d); err != nil || herr != nil || !bytes.Equal(got, contents[i]) {
+				lost++
+				if lost <= 3 {
+					t.Errorf("round %d: blob %d pushed again and linked, then: file %v, link %v", round, i, err, herr)
+				}
+			}
+		}
+		if lost > 0 {
+			t.Fatalf("round %d: %d of %d blobs pushed again were lost", round, lost, n)
+		}
 	}
 }

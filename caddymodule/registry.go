@@ -275,6 +275,7 @@ func (Registry) CaddyModule() caddy.ModuleInfo {
 // storage folder (without opening it) and registers metrics.
 func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.logger = ctx.Logger()
+	setDefaultGCPercent(rg.logger)
 	rg.live = new(liveHandler)
 	var err error
 	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())

@@ -49,6 +49,11 @@ func runGrowth(o options) (*Result, error) {
 		defer os.RemoveAll(tmp)
 	}
 	res := &Result{Size: o.layer, Clients: o.clients, Dir: tmp, Images: o.images}
+	if o.gcStore != "" {
+		rows, err := measureGC(o, o.gcStore, grownImages(o))
+		res.Rows = rows
+		return res, err
+	}
 	rows, err := growCaddy(o, tmp)
 	if err != nil {
 		return nil, err
@@ -156,6 +161,19 @@ func measureGC(o options, dir string, images []image) ([]Row, error) {
 	fullTook := time.Since(start)
 	if err != nil {
 		return nil, fmt.Errorf("full GC: %w", err)
+	}
+	if o.gcSnapshot != "" {
+		// Closed, so badger's files are whole; reopened as before.
+		if err := st.Close(); err != nil {
+			return nil, err
+		}
+		if out, err := exec.Command("cp", "-a", dir, o.gcSnapshot).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("snapshot the store: %w: %s", err, out)
+		}
+		if st, err = cache.Open(cache.Options{Dir: dir, GCGrace: time.Millisecond}); err != nil {
+			return nil, fmt.Errorf("reopen the store for GC: %w", err)
+		}
+		defer st.Close()
 	}
 	deleted := 0
 	for i := 0; i < len(images); i += gcChanged {
@@ -291,23 +309,45 @@ func tail(b []byte) []byte {
 // from seed, a config naming it, and a manifest tagged tag. It returns
 // the manifest's digest.
 func pushImage(c *benchclient.Client, push pushFunc, repo, tag string, seed uint64, layerSize int64) (string, error) {
-	layer := make([]byte, layerSize)
-	if _, err := io.ReadFull(benchclient.NewBlob(seed+(5<<32), layerSize), layer); err != nil {
+	layer, config, m, err := imageContent(seed, layerSize)
+	if err != nil {
 		return "", err
 	}
-	ld := digestOf(layer)
-	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + ld + `"]}}`)
-	cd := digestOf(config)
 	for _, b := range [][]byte{layer, config} {
 		if err := push(c, repo, digestOf(b), int64(len(b)), bytes.NewReader(b)); err != nil {
 			return "", err
 		}
 	}
-	m := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":%q,`+
+	return digestOf(m), c.PutManifest(repo, "v"+tag, ociManifest, m)
+}
+
+// imageContent is the layer, config and manifest of the image made from
+// seed: the same bytes every run, so -gc-store finds a grown store's
+// images without pushing them.
+func imageContent(seed uint64, layerSize int64) (layer, config, manifest []byte, err error) {
+	layer = make([]byte, layerSize)
+	if _, err := io.ReadFull(benchclient.NewBlob(seed+(5<<32), layerSize), layer); err != nil {
+		return nil, nil, nil, err
+	}
+	ld := digestOf(layer)
+	config = []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + ld + `"]}}`)
+	cd := digestOf(config)
+	manifest = fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":%q,`+
 		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
 		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":%q,"size":%d}]}`,
 		ociManifest, cd, len(config), ld, len(layer))
-	return digestOf(m), c.PutManifest(repo, "v"+tag, ociManifest, m)
+	return layer, config, manifest, nil
+}
+
+// grownImages lists the images grow pushes for o, as grow names them.
+func grownImages(o options) []image {
+	repos := max(1, o.images/10)
+	images := make([]image, o.images)
+	for i := range images {
+		_, _, m, _ := imageContent(uint64(i), o.layer) // reading a NewBlob does not fail
+		images[i] = image{fmt.Sprintf("grow/r%05d", i%repos), digestOf(m)}
+	}
+	return images
 }
 
 // peakHeapProfiles, when profiling is on, watches the server's anonymous

@@ -70,6 +70,8 @@ type options struct {
 	layerText  string
 	registry   string
 	cold       int
+	gcStore    string
+	gcSnapshot string
 	// registryLines: more lines for the oci_registry block (a mode's
 	// mirror), not a flag.
 	registryLines string
@@ -102,6 +104,8 @@ func main() {
 	flag.StringVar(&o.layerText, "layer", "4KiB", "layer size of each image in the store-growth mode")
 	flag.StringVar(&o.registry, "registry", "", "store-growth mode: also run the same figures against this distribution (v3) registry binary, e.g. /root/go/bin/registry")
 	flag.IntVar(&o.cold, "cold", 0, "cold-pull mode: with -registry as the upstream, time the first byte of this many cold blobs of -layer bytes through a mirror of it and straight from it")
+	flag.StringVar(&o.gcStore, "gc-store", "", "store-growth mode: push nothing; time only the GC passes on this existing store folder (a copy of one -gc-snapshot saved; it is changed), grown with the same -images and -layer")
+	flag.StringVar(&o.gcSnapshot, "gc-snapshot", "", "store-growth mode: after the full GC pass, save a copy of the store into this new folder, for -gc-store runs that skip the growth and the full pass")
 	flag.Parse()
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "ocibench:", err)
@@ -154,6 +158,9 @@ func (o *options) check() error {
 	}
 	if o.images < 0 || o.cold < 0 || o.layer < 1 {
 		return errors.New("-images must not be negative and -layer must be positive")
+	}
+	if (o.gcStore != "" || o.gcSnapshot != "") && o.images == 0 {
+		return errors.New("-gc-store and -gc-snapshot need -images")
 	}
 	if o.runs < 1 || o.getRuns < 1 || o.clients < 1 || o.requests < 1 {
 		return errors.New("-runs, -get-runs, -clients and -requests must be positive")
