@@ -276,3 +276,42 @@ func TestRedirectMirrorFill(t *testing.T) {
 		}
 	}
 }
+
+// TestBlobGetAsksS3BeforeItAnswers: a blob GET opens from the metadata's
+// record without a HEAD, so S3 is asked by the GET of the bytes; that GET
+// is sent before the status line, so a blob S3 lost behind the registry's
+// back is a 404 BLOB_UNKNOWN and S3 down a 503, never a 200 whose body is
+// cut short. Once S3 is back, the GET serves again (no restart).
+func TestBlobGetAsksS3BeforeItAnswers(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	base := s3ReadsSite(t, srv, bucket, "")
+	c := make([]byte, 64<<10)
+	rand.Read(c)
+	kept := pushBlob(t, base, "team/app", c)
+	rand.Read(c)
+	lost := pushBlob(t, base, "team/app", c)
+	hexd := lost[len("sha256:"):]
+	srv.Delete(t, bucket, "reg/blobs/sha256/"+hexd[:2]+"/"+hexd)
+
+	get := func(d string) (*http.Response, []byte) {
+		t.Helper()
+		r := blobRequest(t, http.MethodGet, base+"/v2/team/app/blobs/"+d, true, "")
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Fatalf("GET %s: the body was cut: %v (status %s)", d, err, r.Status)
+		}
+		return r, body
+	}
+	if r, body := get(lost); r.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "BLOB_UNKNOWN") {
+		t.Fatalf("GET of a blob S3 lost: %s %s", r.Status, body)
+	}
+	srv.Kill()
+	if r, body := get(kept); r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "UNAVAILABLE") {
+		t.Fatalf("GET with S3 down: %s %s", r.Status, body)
+	}
+	srv.Restart(t)
+	if r, body := get(kept); r.StatusCode != http.StatusOK || len(body) != len(c) {
+		t.Fatalf("GET after S3 came back: %s, %d bytes", r.Status, len(body))
+	}
+}

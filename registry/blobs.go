@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 )
 
 // parseDigestArg parses a digest from the URL or a query parameter; a bad
@@ -106,6 +107,13 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		// io.Copy to sendfile). ServeContent wraps it in a LimitedReader, and
 		// Caddy's idle-timeout writer adds another, which hides the file
 		// from sendfile and turns every GET into a user-space copy.
+		if st, ok := f.(blobstore.Starter); ok && r.Method != http.MethodHead {
+			// Opened from the metadata's record alone: the backend is
+			// asked now, while a failure can still be the answer.
+			if err := st.Start(); err != nil {
+				return startErr(err)
+			}
+		}
 		hd.Set("Content-Length", strconv.FormatInt(info.Size, 10))
 		hd.Set("Accept-Ranges", "bytes")
 		hd.Set("Last-Modified", info.ModTime.UTC().Format(http.TimeFormat))
@@ -185,4 +193,14 @@ func (h *Handler) blobDelete(w http.ResponseWriter, r *http.Request, rc *request
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
 	return nil
+}
+
+// startErr is the answer for a blob whose backend failed the start of its
+// read: gone from the backend (behind the metadata's back) is
+// BLOB_UNKNOWN, anything else the backend being unavailable.
+func startErr(err error) error {
+	if errors.Is(err, blobstore.ErrNotFound) {
+		return errBlobUnknown(err)
+	}
+	return errInternal(fmt.Errorf("%w: blob store: %w", cache.ErrUnavailable, err))
 }

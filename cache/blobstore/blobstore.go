@@ -158,6 +158,17 @@ type RecordedOpener interface {
 	OpenRecorded(ctx context.Context, d Digest, size int64) (Blob, error)
 }
 
+// Starter is a Blob opened lazily (OpenRecorded) that can start reading
+// now. A caller about to commit to an answer (a 200 and its length) calls
+// Start first, so that a blob the backend lost, or a backend that is
+// down, is an error it can still answer with, not a body cut short.
+type Starter interface {
+	// Start begins the read from the blob's current offset. It returns
+	// the error the first Read would have (wrapping ErrNotFound for a blob
+	// the backend does not hold).
+	Start() error
+}
+
 // Store is everything a blob backend offers.
 type Store interface {
 	Reader

@@ -261,6 +261,14 @@ func (s *Store) tee(d blobstore.Digest, b blobstore.Blob) blobstore.Blob {
 	return &teeBlob{Blob: b, s: s, d: d, fill: fill, f: f, h: d.Algorithm.New()}
 }
 
+// Start implements blobstore.Starter for the backend's blob being copied.
+func (t *teeBlob) Start() error {
+	if st, ok := t.Blob.(blobstore.Starter); ok {
+		return st.Start()
+	}
+	return nil
+}
+
 // openCopy opens the local copy of d, or returns nil.
 func (s *Store) openCopy(d blobstore.Digest) blobstore.Blob {
 	s.mu.Lock()

@@ -49,6 +49,14 @@ type objectReader struct {
 
 func (r *objectReader) Size() int64 { return r.size }
 
+// Start implements blobstore.Starter: the GET a Read would send, now.
+func (r *objectReader) Start() error {
+	if r.pos >= r.size {
+		return nil
+	}
+	return r.open()
+}
+
 func (r *objectReader) Read(p []byte) (int, error) {
 	if r.pos >= r.size {
 		return 0, io.EOF
