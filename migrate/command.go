@@ -375,6 +375,13 @@ func OpenDestination(ctx context.Context, b caddymodule.Backends) (_ *Destinatio
 	}
 	var leases coord.Leases
 	if b.Postgres != "" {
+		// Before Open, which applies the schema's migrations: a database
+		// replicas serve from is left as it was.
+		if err := notServed(ctx, func(ctx context.Context) (int, error) {
+			return pgmeta.ReplicaConnectionsAt(ctx, b.Postgres, AppName)
+		}); err != nil {
+			return nil, err
+		}
 		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		db, err := pgmeta.Open(octx, pgmeta.Options{DSN: b.Postgres, ApplicationName: AppName})
@@ -383,9 +390,6 @@ func OpenDestination(ctx context.Context, b caddymodule.Backends) (_ *Destinatio
 			return nil, fmt.Errorf("destination database: %w", err)
 		}
 		dst.close = append(dst.close, db.Close)
-		if err := notServed(ctx, db); err != nil {
-			return nil, err
-		}
 		meta, leases = db, db.Leases()
 	} else {
 		db, err := badgermeta.Open(b.MetadataDir)
@@ -409,9 +413,9 @@ func OpenDestination(ctx context.Context, b caddymodule.Backends) (_ *Destinatio
 
 // notServed refuses a database replicas serve from. A replica that just
 // stopped may show for a moment, while PostgreSQL ends its connections.
-func notServed(ctx context.Context, db *pgmeta.Store) error {
+func notServed(ctx context.Context, replicas func(context.Context) (int, error)) error {
 	for try := 0; ; try++ {
-		n, err := db.ReplicaConnections(ctx)
+		n, err := replicas(ctx)
 		if err != nil {
 			return fmt.Errorf("destination database: %w", err)
 		}

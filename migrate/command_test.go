@@ -3,6 +3,7 @@ package migrate
 import (
 	"bytes"
 	"context"
+	"github.com/jackc/pgx/v5"
 	"os"
 	"path/filepath"
 	"strings"
@@ -284,6 +285,29 @@ func TestDestinationInUse(t *testing.T) {
 	}
 
 	pg := destKinds[2].new(t, dir)
+	// A replica of a release whose schema is older than this one's (here:
+	// none at all) serves from the database: refused before the schema's
+	// migrations would change it under the replica.
+	ctx := context.Background()
+	oldCfg, err := pgx.ParseConfig(pg.b.Postgres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCfg.RuntimeParams["application_name"] = pgmeta.AppName
+	oldReplica, err := pgx.ConnectConfig(ctx, oldCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCmd(append([]string{"--from", dir}, pg.flags(t)...)...)
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("into a database an older replica serves from: %v\n%s", err, out)
+	}
+	var tables int
+	if err := oldReplica.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'`).Scan(&tables); err != nil || tables != 0 {
+		t.Fatalf("the refused migration changed the schema under the replica: %d schema_migrations tables, %v", tables, err)
+	}
+	oldReplica.Close(ctx)
+
 	replica, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: pg.b.Postgres})
 	if err != nil {
 		t.Fatal(err)

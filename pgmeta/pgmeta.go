@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -108,8 +109,33 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 func (s *Store) ReplicaConnections(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	return countReplicas(ctx, s.pool.QueryRow)
+}
+
+// ReplicaConnectionsAt is ReplicaConnections for the database at dsn,
+// asked on a connection of its own named applicationName, before
+// anything opens the database as a store (which applies the schema's
+// migrations): a migration refuses a database replicas serve from before
+// it changes anything there.
+func ReplicaConnectionsAt(ctx context.Context, dsn, applicationName string) (int, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return 0, fmt.Errorf("pgmeta: %w", err)
+	}
+	cfg.RuntimeParams["application_name"] = applicationName
+	ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return 0, failed(context.Background(), "connect", err)
+	}
+	defer conn.Close(context.Background())
+	return countReplicas(ctx, conn.QueryRow)
+}
+
+func countReplicas(ctx context.Context, queryRow func(context.Context, string, ...any) pgx.Row) (int, error) {
 	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+	err := queryRow(ctx, `SELECT count(*) FROM pg_stat_activity
 		WHERE datname = current_database() AND application_name = $1`, AppName).Scan(&n)
 	if err != nil {
 		return 0, failed(context.Background(), "pg_stat_activity", err)
