@@ -204,18 +204,33 @@ func (f *fileFill) run(src FillSource) {
 
 // fill copies the source into a temp file, verifies and installs it.
 func (f *fileFill) fill(src FillSource) error {
+	// The temp file is made while the source's request is in flight:
+	// after the answer it would stand between upstream's first byte and
+	// the client's (a file create waits on the filesystem's journal, the
+	// more so while an earlier fill's sync is writing). A source that
+	// fails costs a create and a remove.
+	tmp := make(chan tempFile, 1)
+	go func() {
+		file, err := f.s.createTemp()
+		tmp <- tempFile{file, err}
+	}()
 	body, size, err := src(f.s.ctx)
+	t := <-tmp
+	if err == nil {
+		defer body.Close()
+		err = t.err
+	}
+	if err == nil {
+		err = f.s.space.Admit(size)
+	}
 	if err != nil {
+		if t.err == nil {
+			t.file.Close()
+			os.Remove(t.file.Name())
+		}
 		return err
 	}
-	defer body.Close()
-	if err := f.s.space.Admit(size); err != nil {
-		return err
-	}
-	file, err := f.s.createTemp()
-	if err != nil {
-		return err
-	}
+	file := t.file
 	defer file.Close()
 	f.mu.Lock()
 	f.tmp = file.Name()
@@ -262,6 +277,11 @@ func (f *fileFill) fill(src FillSource) error {
 		f.s.mirrorCommitted(f.repo, f.d, n)
 	}
 	return nil
+}
+
+type tempFile struct {
+	file *os.File
+	err  error
 }
 
 // Reader implements Fill. The reader holds the blob against eviction
