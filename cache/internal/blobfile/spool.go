@@ -76,13 +76,11 @@ func (s *Spool) changed() {
 // writing starts.
 func (s *Spool) Begin(size int64) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.state, s.size = spoolWriting, size
 	close(s.ready)
 	s.changed()
 	s.mu.Unlock()
 	yieldToFollowers()
-	s.mu.Lock() // for the deferred Unlock
 }
 
 // yieldToFollowers lets the goroutines just woken (a follower waiting
