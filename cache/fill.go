@@ -204,33 +204,23 @@ func (f *fileFill) run(src FillSource) {
 
 // fill copies the source into a temp file, verifies and installs it.
 func (f *fileFill) fill(src FillSource) error {
-	// The temp file is made while the source's request is in flight:
-	// after the answer it would stand between upstream's first byte and
-	// the client's (a file create waits on the filesystem's journal, the
-	// more so while an earlier fill's sync is writing). A source that
-	// fails costs a create and a remove.
-	tmp := make(chan tempFile, 1)
-	go func() {
-		file, err := f.s.createTemp()
-		tmp <- tempFile{file, err}
-	}()
+	// Made while the source's request is in flight (see PendingFile); a
+	// source that fails costs a create and a remove.
+	tmp := blobfile.CreateAsync(f.s.createTemp)
 	body, size, err := src(f.s.ctx)
-	t := <-tmp
-	if err == nil {
-		defer body.Close()
-		err = t.err
-	}
-	if err == nil {
-		err = f.s.space.Admit(size)
-	}
 	if err != nil {
-		if t.err == nil {
-			t.file.Close()
-			os.Remove(t.file.Name())
-		}
+		tmp.Drop()
 		return err
 	}
-	file := t.file
+	defer body.Close()
+	if err := f.s.space.Admit(size); err != nil {
+		tmp.Drop()
+		return err
+	}
+	file, err := tmp.Take()
+	if err != nil {
+		return err
+	}
 	defer file.Close()
 	f.mu.Lock()
 	f.tmp = file.Name()
@@ -277,11 +267,6 @@ func (f *fileFill) fill(src FillSource) error {
 		f.s.mirrorCommitted(f.repo, f.d, n)
 	}
 	return nil
-}
-
-type tempFile struct {
-	file *os.File
-	err  error
 }
 
 // Reader implements Fill. The reader holds the blob against eviction
