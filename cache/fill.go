@@ -204,15 +204,20 @@ func (f *fileFill) run(src FillSource) {
 
 // fill copies the source into a temp file, verifies and installs it.
 func (f *fileFill) fill(src FillSource) error {
+	// Made while the source's request is in flight (see PendingFile); a
+	// source that fails costs a create and a remove.
+	tmp := blobfile.CreateAsync(f.s.createTemp)
 	body, size, err := src(f.s.ctx)
 	if err != nil {
+		tmp.Drop()
 		return err
 	}
 	defer body.Close()
 	if err := f.s.space.Admit(size); err != nil {
+		tmp.Drop()
 		return err
 	}
-	file, err := f.s.createTemp()
+	file, err := tmp.Take()
 	if err != nil {
 		return err
 	}

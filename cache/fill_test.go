@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -203,7 +204,8 @@ func TestFillFailures(t *testing.T) {
 
 func TestFillSourceError(t *testing.T) {
 	t.Parallel()
-	s := openStore(t, Options{Dir: t.TempDir()})
+	dir := t.TempDir()
+	s := openStore(t, Options{Dir: dir})
 	want := errors.New("upstream 404")
 	f, _, err := s.Fill(t.Context(), "m/a", digestOf([]byte("a")), func(context.Context) (io.ReadCloser, int64, error) { return nil, 0, want })
 	if err != nil {
@@ -214,6 +216,46 @@ func TestFillSourceError(t *testing.T) {
 	}
 	if _, err := f.Reader(context.Background()); !errors.Is(err, want) {
 		t.Fatalf("Reader = %v", err)
+	}
+	_ = f.Wait(context.Background())
+	if got := dirEntries(t, filepath.Join(dir, "tmp")); len(got) != 0 {
+		t.Errorf("a source that never opened left tmp/ %v", got)
+	}
+}
+
+// The fill's temp file is made while the source's request is in flight,
+// not after the answer, where it would delay a cold GET's first byte.
+func TestFillTempFileWhileSourceAsks(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openStore(t, Options{Dir: dir})
+	content := []byte("cold blob")
+	sawTemp := make(chan bool, 1)
+	src := func(context.Context) (io.ReadCloser, int64, error) {
+		// Upstream is still answering: the temp file should appear.
+		// (os.ReadDir: not on the test's goroutine, so no t.Fatal.)
+		temps := func() int { es, _ := os.ReadDir(filepath.Join(dir, "tmp")); return len(es) }
+		for deadline := time.Now().Add(5 * time.Second); temps() == 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		sawTemp <- temps() == 1
+		return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
+	}
+	f, _, err := s.Fill(t.Context(), "m/a", digestOf(content), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !<-sawTemp {
+		t.Error("no temp file while the source was asked")
+	}
+	if got := dirEntries(t, filepath.Join(dir, "tmp")); len(got) != 0 {
+		t.Errorf("tmp/ after commit: %v", got)
+	}
+	if _, err := s.StatBlob(t.Context(), digestOf(content)); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -157,12 +157,15 @@ func (f *fill) run(held context.Context, src cache.FillSource) {
 }
 
 func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
+	// Made while the source's request is in flight (see PendingFile).
+	spool := blobfile.CreateAsync(func() (*os.File, error) { return os.CreateTemp(f.s.spoolDir, "fill-*") })
 	body, size, err := src(ctx)
 	if err != nil {
+		spool.Drop()
 		return err
 	}
 	defer body.Close()
-	file, err := os.CreateTemp(f.s.spoolDir, "fill-*")
+	file, err := spool.Take()
 	if err != nil {
 		return fmt.Errorf("composite: spool: %w", err)
 	}

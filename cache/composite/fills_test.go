@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -123,6 +124,50 @@ func TestFillFailsThenRecovers(t *testing.T) {
 		good := &slowSource{data: bad.data}
 		if got, err := readFill(t, b, "docker.io/library/app", d, good); err != nil || !bytes.Equal(got, good.data) {
 			t.Fatalf("fill after a broken one: %v", err)
+		}
+	})
+}
+
+// The fill's spool file is made while the source's request is in flight,
+// not after the answer, where it would delay a cold GET's first byte; a
+// source that fails leaves no spool file behind.
+func TestFillSpoolWhileSourceAsks(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		s := replica()
+		t.Cleanup(s.Close)
+		s.spoolDir = t.TempDir()
+		spools := func() int { es, _ := os.ReadDir(s.spoolDir); return len(es) }
+		data := randomBytes(1000)
+		d := cache.FromBytes(cache.SHA256, data)
+		sawSpool := make(chan bool, 1)
+		src := func(context.Context) (io.ReadCloser, int64, error) {
+			for deadline := time.Now().Add(5 * time.Second); spools() == 0 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			sawSpool <- spools() == 1
+			return io.NopCloser(bytes.NewReader(data)), int64(len(data)), nil
+		}
+		f, _, err := s.FillAdmitted(ctx(t), "docker.io/library/app", d, src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Wait(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		if !<-sawSpool {
+			t.Error("no spool file while the source was asked")
+		}
+		refused := errors.New("upstream 404")
+		f, _, err = s.FillAdmitted(ctx(t), "docker.io/library/app", cache.FromBytes(cache.SHA256, []byte("other")),
+			func(context.Context) (io.ReadCloser, int64, error) { return nil, 0, refused }, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Wait(ctx(t)); !errors.Is(err, refused) {
+			t.Fatalf("Wait = %v, want %v", err, refused)
+		}
+		if n := spools(); n != 0 {
+			t.Errorf("%d spool files left", n)
 		}
 	})
 }
