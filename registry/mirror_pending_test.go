@@ -36,10 +36,15 @@ type pgMirror struct {
 	dsn   string
 }
 
+//
+// Each metadata call may take a minute, not pgmeta's 5 s: the tests hold
+// store writes on a lock for as long as they need, and on a loaded
+// machine (-race, CI) that may pass 5 s; a write that gave up early
+// would free what it held and prove nothing.
 func newPGMirror(t *testing.T) *pgMirror {
 	t.Helper()
 	dsn := pgtest.NewDatabase(t)
-	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn})
+	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
