@@ -10,7 +10,9 @@ package registry
 // visible all at once (the bytes before the metadata that names them):
 // no tag ever points at a manifest the store lacks.
 //
-// Until its store write ends, the answer is kept here (pendingManifests).
+// Until its store write ends, the answer is kept here (pendingManifests),
+// bounded; every other store of a mirrored manifest takes its turn with
+// these writes, key by key.
 
 import (
 	"cmp"

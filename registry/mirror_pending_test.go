@@ -266,7 +266,7 @@ func TestMirrorColdPullRoundTrips(t *testing.T) {
 	}
 }
 
-// TestMirrorPendingBytesBounded: the manifests a mirror holds while their
+// TestMirrorPendingBytesBounded: the manifests a handler holds while their
 // store writes wait are bounded (maxPendingBytes); past the bound a
 // manifest is stored before it is answered, so a store slower than the
 // pulls slows them down instead of growing memory.
