@@ -486,8 +486,9 @@ func (rg *Registry) Cleanup() error {
 	if h := rg.live.h.Load(); h != nil {
 		// Mirrored manifests answered before they were stored: stored
 		// before the store may close (bounded; a cache entry lost is
-		// fetched again).
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// fetched again). Requests still running store before they
+		// answer from here on.
+		ctx, cancel := context.WithTimeout(context.Background(), registry.DrainTimeout)
 		_ = h.Drain(ctx)
 		cancel()
 	}

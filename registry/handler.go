@@ -123,6 +123,9 @@ type Handler struct {
 	// policy reference (signature_blobs.go).
 	sigVouches expiringSet
 	sigScans   singleflight.Group
+	// pending: the mirrors' manifest store writes running, some after
+	// their answers (mirror_pending.go).
+	pending pendingManifests
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a

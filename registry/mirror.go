@@ -102,12 +102,9 @@ type Mirror struct {
 	client *upstream.Client
 	// revalidations: one upstream exchange per name+reference at a time.
 	revalidations singleflight.Group
-	// pending: manifests answered whose store writes still run
-	// (mirror_pending.go).
-	pending pendingManifests
-	slots   *fillSlots // bounds concurrent blob fills
-	obs     MirrorObserver
-	now     func() time.Time
+	slots         *fillSlots // bounds concurrent blob fills
+	obs           MirrorObserver
+	now           func() time.Time
 }
 
 // MirrorObserver is implemented by an Observer that also wants mirror

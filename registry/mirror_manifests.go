@@ -44,6 +44,10 @@ type mirroredManifest struct {
 	// fetched: when upstream answered (getUpstreamManifest); the tag's
 	// fetch time, also when the store write runs later (mirror_pending.go).
 	fetched time.Time
+	// write, if set, is the store write this answer was given from
+	// before it ended (keepFetched, or a write running when another
+	// request asked): it may still run, or have failed.
+	write *pendingManifest
 }
 
 // mirrorManifestGet serves GET and HEAD of a mirrored manifest: by digest
@@ -95,7 +99,7 @@ func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cac
 	key := rc.name + "@" + d.String()
 	// The pending answer first: once its store write ends, the store has
 	// it, so no request falls between the two.
-	if res, ok := m.pendingAnswer(ctx, key, false); ok {
+	if res, ok := h.pendingAnswer(ctx, m, key, false); ok {
 		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
 		return res, nil
 	}
@@ -106,7 +110,7 @@ func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cac
 	m.obs.MirrorLookup(m.cfg.Prefix, "manifest", false)
 	v, err, _ := m.revalidations.Do(key, func() (any, error) {
 		// A fetch that ended after this request looked.
-		if res, ok := m.pendingAnswer(ctx, key, false); ok {
+		if res, ok := h.pendingAnswer(ctx, m, key, false); ok {
 			return res, nil
 		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
@@ -123,7 +127,7 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 	m := rc.mirror
 	store := h.cfg.Store
 	key := rc.name + ":" + tag
-	if res, ok := m.pendingAnswer(ctx, key, true); ok {
+	if res, ok := h.pendingAnswer(ctx, m, key, true); ok {
 		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
 		return res, nil
 	}
@@ -137,7 +141,7 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 		have = false
 	}
 	v, err, _ := m.revalidations.Do(key, func() (any, error) {
-		if e := m.pending.get(key); e != nil && m.now().Sub(e.fetched) < m.cfg.TagTTL {
+		if e := h.pending.get(key); e != nil && m.now().Sub(e.fetched) < m.cfg.TagTTL {
 			return e.res, nil // fetched after this request looked
 		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
@@ -198,7 +202,7 @@ func (h *Handler) fetchManifest(ctx context.Context, rc *request, reference stri
 	if err != nil {
 		return mirroredManifest{}, err
 	}
-	if err := h.storeUpstreamManifest(ctx, rc, res, tag); err != nil {
+	if err := h.storeFetched(ctx, rc, res, tag); err != nil {
 		return mirroredManifest{}, err
 	}
 	return res, nil
@@ -212,10 +216,7 @@ func (h *Handler) fetchManifestToServe(ctx context.Context, rc *request, referen
 	if err != nil {
 		return mirroredManifest{}, err
 	}
-	if err := h.keepFetched(ctx, rc, res, tag); err != nil {
-		return mirroredManifest{}, err
-	}
-	return res, nil
+	return h.keepFetched(ctx, rc, res, tag)
 }
 
 // getUpstreamManifest is fetchManifest without storing.
@@ -246,7 +247,8 @@ func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, referenc
 }
 
 // storeUpstreamManifest stores what getUpstreamManifest fetched, tagged
-// with tag if given, and records when the tag was fetched.
+// with tag if given, and records when the tag was fetched. Only
+// storeInTurn calls it: every write of a key waits for the one before.
 func (h *Handler) storeUpstreamManifest(ctx context.Context, rc *request, res mirroredManifest, tag string) error {
 	fetched := res.fetched
 	if fetched.IsZero() {
@@ -402,7 +404,7 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 	if err != nil {
 		if temporary(err) {
 			w.Header().Set("Warning", staleWarning)
-			m.pending.settleRepo(r.Context(), rc.name) // the tags answered so far
+			h.pending.settleRepo(r.Context(), rc.name) // the tags answered so far
 			return h.tagsList(w, r, rc)
 		}
 		return upstreamError(m, "manifest", err)
@@ -438,13 +440,13 @@ func (h *Handler) mirrorReferrers(w http.ResponseWriter, r *http.Request, rc *re
 	defer cancel()
 	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), path, nil)
 	if err != nil {
-		m.pending.settleRepo(r.Context(), rc.name) // the manifests answered so far
+		h.pending.settleRepo(r.Context(), rc.name) // the manifests answered so far
 		return h.referrers(w, r, rc)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, h.cfg.MaxManifestSize+1))
 	if err != nil || int64(len(body)) > h.cfg.MaxManifestSize || !oneJSONObject(body) {
-		m.pending.settleRepo(r.Context(), rc.name)
+		h.pending.settleRepo(r.Context(), rc.name)
 		return h.referrers(w, r, rc)
 	}
 	hd := w.Header()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -36,10 +37,17 @@ type pgMirror struct {
 	dsn   string
 }
 
-func newPGMirror(t *testing.T) *pgMirror {
+// Each metadata call may take a minute, not pgmeta's 5 s: the tests hold
+// store writes on a lock for as long as they need, and on a loaded
+// machine (-race, CI) that may pass 5 s; a write that gave up early
+// would free what it held and prove nothing.
+// Its pool has room for more store writes than the handler holds, so
+// that each one held reaches the database. prefixes name more mirrors of
+// the same upstream.
+func newPGMirror(t *testing.T, prefixes ...string) *pgMirror {
 	t.Helper()
 	dsn := pgtest.NewDatabase(t)
-	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn})
+	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn + "&pool_max_conns=40", Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +61,16 @@ func newPGMirror(t *testing.T) *pgMirror {
 		t.Fatal(err)
 	}
 	up := newFakeUpstream(t)
-	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.srv.URL}, Default: true})
-	if err != nil {
-		t.Fatal(err)
+	var mirrors []*Mirror
+	for i, prefix := range append([]string{"docker.io"}, prefixes...) {
+		m, err := NewMirror(MirrorConfig{Prefix: prefix, Upstreams: []string{up.srv.URL}, Default: i == 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mirrors = append(mirrors, m)
 	}
-	h := New(Config{Store: st, Logger: zaptest.NewLogger(t), Mirrors: []*Mirror{m}})
+	h := New(Config{Store: st, Logger: zaptest.NewLogger(t), Mirrors: mirrors})
+	h.pending.timeout = time.Minute // as the metadata calls'
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
 		srv.Close()
@@ -253,7 +266,7 @@ func TestMirrorColdPullRoundTrips(t *testing.T) {
 	}
 }
 
-// TestMirrorPendingBytesBounded: the manifests a mirror holds while their
+// TestMirrorPendingBytesBounded: the manifests a handler holds while their
 // store writes wait are bounded (maxPendingBytes); past the bound a
 // manifest is stored before it is answered, so a store slower than the
 // pulls slows them down instead of growing memory.
@@ -355,5 +368,239 @@ func TestMirrorFetchTimeIsTheAnswers(t *testing.T) {
 	}
 	if !ti.Fetched.Equal(t0) {
 		t.Fatalf("tag fetched at %s, want the answer's %s", ti.Fetched, t0)
+	}
+}
+
+// getLater sends a GET in the background; its status (0 if it failed)
+// comes on the channel.
+func (p *pgMirror) getLater(path string) <-chan int {
+	answered := make(chan int, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.srv.URL+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	return answered
+}
+
+// TestMirrorPendingWritesBounded: the store writes a handler runs after
+// their answers are bounded in number too (maxPendingWrites), across its
+// mirrors: with that many held on a lock, the next cold manifest, however
+// small, is stored before it is answered.
+func TestMirrorPendingWritesBounded(t *testing.T) {
+	p := newPGMirror(t, "ghcr.io")
+	unlock := lockManifests(t, p.dsn)
+	// Each tag a manifest of its own (writes of one digest take turns),
+	// half of them through each mirror.
+	for i := range maxPendingWrites {
+		img := randomImage(t, 256, 1)
+		path := fmt.Sprintf("/v2/library/small/manifests/%d", i)
+		if i%2 == 1 {
+			path = "/ghcr.io" + path
+		}
+		p.up.pushImage("library/small", fmt.Sprint(i), img)
+		if resp := p.get(t, http.MethodGet, path); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	p.up.pushImage("library/small", "last", randomImage(t, 256, 1))
+	answered := p.getLater("/v2/library/small/manifests/last")
+	waitLockWaiters(t, p.dsn, maxPendingWrites+1)
+	select {
+	case code := <-answered:
+		t.Fatalf("answered (%d) while %d writes were held and its own had not ended", code, maxPendingWrites)
+	default:
+	}
+	unlock()
+	if code := <-answered; code != http.StatusOK {
+		t.Fatalf("after the writes ended: %d", code)
+	}
+}
+
+// TestMirrorDrainingStoresBeforeAnswering: once Drain was called (a
+// reload or shutdown, the store about to close), a cold manifest is
+// stored before it is answered: no write starts that Drain does not wait
+// for.
+func TestMirrorDrainingStoresBeforeAnswering(t *testing.T) {
+	p := newPGMirror(t)
+	img := randomImage(t, 256, 1)
+	p.up.pushImage("library/app", "v1", img)
+	unlock := lockManifests(t, p.dsn)
+	if err := p.h.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	answered := p.getLater("/v2/library/app/manifests/v1")
+	waitLockWaiters(t, p.dsn, 1)
+	select {
+	case code := <-answered:
+		t.Fatalf("answered (%d) after Drain, before its store write ended", code)
+	default:
+	}
+	unlock()
+	if code := <-answered; code != http.StatusOK {
+		t.Fatalf("after the write ended: %d", code)
+	}
+	want, _ := img.Digest()
+	if ti, err := p.store.TagInfo(context.Background(), "docker.io/library/app", "v1"); err != nil || ti.Digest.String() != want.String() {
+		t.Fatalf("stored before the answer: %+v, %v", ti, err)
+	}
+}
+
+// TestSyncStoresWhatAPullsWriteLost: sync's Tag shares the upstream fetch
+// of a pull that came first; the pull is answered before its store write
+// ends, and that write fails (its database session killed). Sync must not
+// report the tag stored when it is not: it stores the manifest itself.
+func TestSyncStoresWhatAPullsWriteLost(t *testing.T) {
+	p := newPGMirror(t)
+	img := randomImage(t, 256, 1)
+	p.up.pushImage("library/app", "v1", img)
+	want, _ := img.Digest()
+	ctx := context.Background()
+	gate := make(chan struct{})
+	p.up.set(func(u *fakeUpstream) { u.manifestGate = gate })
+	unlock := lockManifests(t, p.dsn)
+
+	answered := p.getLater("/v2/library/app/manifests/v1")
+	for p.up.count("GET manifests") == 0 {
+		time.Sleep(time.Millisecond) // polling the upstream, which nothing here can signal
+	}
+	synced := make(chan error, 1)
+	go func() {
+		_, _, err := p.h.SyncSource(p.h.mirrors["docker.io"]).Tag(ctx, "library/app", "v1")
+		synced <- err
+	}()
+	waitGoroutine(t, nil, "(*SyncSource).Tag", "singleflight.(*Group).Do(", "!singleflight.(*Group).doCall")
+	close(gate)
+	if code := <-answered; code != http.StatusOK {
+		t.Fatalf("pull: %d", code)
+	}
+	waitLockWaiters(t, p.dsn, 1)
+	killLockWaiters(t, p.dsn)
+	unlock()
+	err := <-synced
+	ti, terr := p.store.TagInfo(ctx, "docker.io/library/app", "v1")
+	if err == nil && (terr != nil || ti.Digest.String() != want.String()) {
+		t.Fatalf("sync reported the tag stored; the store has %+v, %v", ti, terr)
+	}
+	if err != nil {
+		t.Fatalf("sync: %v (it could store the tag itself)", err)
+	}
+	if n := p.up.count("GET manifests"); n != 1 {
+		t.Fatalf("upstream saw %d GETs of the manifest, want 1 (sync shared the pull's)", n)
+	}
+}
+
+// TestMirrorTagWritesInOrder: a store of a tag that does not answer first
+// (sync without a policy, the cosign .sig tag of pullSignatures: both
+// fetchManifest) takes its turn after a pull's write of the same tag that
+// still runs, so the tag ends on what was fetched last. The pull's write
+// of A is held on A's manifest row only, so that a write of B that did
+// not wait would land first.
+func TestMirrorTagWritesInOrder(t *testing.T) {
+	p := newPGMirror(t)
+	a, b := randomImage(t, 256, 1), randomImage(t, 256, 1)
+	da, _ := a.Digest()
+	db, _ := b.Digest()
+	p.up.pushImage("library/app", "v1", a)
+	ctx := context.Background()
+	repo := "docker.io/library/app"
+	rc := &request{name: repo, typed: repo, mirror: p.h.mirrors["docker.io"]}
+	// A in the store by digest, so that its row can be locked.
+	want, _ := cache.ParseDigest(da.String())
+	if _, err := p.h.fetchManifest(ctx, rc, da.String(), want, ""); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, p.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var one int
+	if err := tx.QueryRow(ctx, "SELECT 1 FROM manifests WHERE repo = $1 AND digest = $2 FOR UPDATE", repo, da.String()).Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+
+	if resp := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != da.String() {
+		t.Fatalf("pull of v1 (A): %d", resp.StatusCode)
+	}
+	waitLockWaiters(t, p.dsn, 1) // A's write, on A's row
+	p.up.pushImage("library/app", "v1", b)
+	stored := make(chan error, 1)
+	go func() {
+		_, err := p.h.fetchManifest(ctx, rc, "v1", cache.Digest{}, "v1")
+		stored <- err
+	}()
+	// B's store either ended (not in turn) or waits for A's.
+	waitGoroutine(t, stored, "(*Handler).storeInTurn", "(*Handler).fetchManifest")
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stored; err != nil {
+		t.Fatal(err)
+	}
+	if err := p.h.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ti, err := p.store.TagInfo(ctx, repo, "v1"); err != nil || ti.Digest.String() != db.String() {
+		t.Fatalf("v1 is on %s (%v), want B %s, fetched last", ti.Digest, err, db)
+	}
+}
+
+// waitGoroutine waits until some goroutine's stack has each of frames
+// (those starting with "!" it must not have), or done is ready.
+func waitGoroutine(t *testing.T, done <-chan error, frames ...string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	buf := make([]byte, 1<<20)
+	for {
+		if len(done) > 0 {
+			return
+		}
+		n := runtime.Stack(buf, true)
+		for g := range strings.SplitSeq(string(buf[:n]), "\n\n") {
+			ok := true
+			for _, f := range frames {
+				if not, neg := strings.CutPrefix(f, "!"); neg {
+					ok = ok && !strings.Contains(g, not)
+				} else {
+					ok = ok && strings.Contains(g, f)
+				}
+			}
+			if ok {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine in %q", frames)
+		}
+		time.Sleep(time.Millisecond) // polling the runtime, which nothing here can signal
+	}
+}
+
+// killLockWaiters ends the database sessions that wait on a lock, as a
+// crash would.
+func killLockWaiters(t *testing.T, dsn string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock'`); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -249,9 +249,8 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 	h, m := s.h, s.m
 	key := rc.name + ":" + tag
 	// Sync brings the tag into the store: a pull's answer still on its
-	// way there is waited for, before and after.
-	m.pending.settle(ctx, key)
-	defer m.pending.settle(ctx, key)
+	// way there is waited for, before (here) and after (awaitStored).
+	h.pending.settle(ctx, key)
 	ti, err := h.cfg.Store.TagInfo(ctx, rc.name, tag)
 	have := err == nil
 	if h.signaturePolicy(rc.name) != nil {
@@ -266,6 +265,9 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 		return SyncManifest{}, false, err
 	}
 	res := v.(mirroredManifest)
+	if err := h.awaitStored(ctx, rc, res, tag); err != nil {
+		return SyncManifest{}, false, err
+	}
 	return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, !have || res.m.Digest != ti.Digest, nil
 }
 
@@ -284,8 +286,7 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, parent SyncManif
 	}
 	h, m := s.h, s.m
 	key := rc.name + "@" + d.String()
-	m.pending.settle(ctx, key) // as in Tag
-	defer m.pending.settle(ctx, key)
+	h.pending.settle(ctx, key) // as in Tag
 	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
 		covers, err := s.verify(ctx, rc, parent, mirroredManifest{m: man, body: body})
 		if err != nil {
@@ -304,6 +305,9 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, parent SyncManif
 			return SyncManifest{}, false, err
 		}
 		res := v.(mirroredManifest)
+		if err := h.awaitStored(ctx, rc, res, ""); err != nil {
+			return SyncManifest{}, false, err
+		}
 		return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, true, nil
 	}
 	type result struct {
@@ -329,7 +333,7 @@ func (s *SyncSource) Manifest(ctx context.Context, repo string, parent SyncManif
 		if err != nil {
 			return nil, err
 		}
-		return result{res: res, covers: covers}, h.storeUpstreamManifest(ctx, rc, res, "")
+		return result{res: res, covers: covers}, h.storeFetched(ctx, rc, res, "")
 	})
 	if err != nil {
 		return SyncManifest{}, false, err
@@ -416,7 +420,7 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 		if err != nil {
 			return nil, err
 		}
-		if err := h.storeUpstreamManifest(ctx, rc, res, tag); err != nil {
+		if err := h.storeFetched(ctx, rc, res, tag); err != nil {
 			return nil, err
 		}
 		return result{res: res, fetched: true, covers: covers}, nil

@@ -46,6 +46,10 @@ type fakeUpstream struct {
 	// upstream's round trip would.
 	rtt time.Duration
 
+	// manifestGate, if set, holds every manifest GET (counted and logged
+	// first) until it closes.
+	manifestGate chan struct{}
+
 	// Blob GET behaviour.
 	chunk    int           // bytes per write (default 64 KiB)
 	gate     chan struct{} // if set: after the first chunk wait for it to close
@@ -174,7 +178,11 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeUpstreamError(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown to registry")
 		return
 	}
+	gate := u.manifestGate
 	u.mu.Unlock()
+	if kind == "manifests" && r.Method == http.MethodGet && gate != nil {
+		<-gate
+	}
 	if kind == "blobs" && r.Method == http.MethodGet {
 		u.reg.ServeHTTP(&blobWriter{ResponseWriter: w, u: u}, r)
 		return
