@@ -60,6 +60,10 @@ const (
 	// to check them (sigpolicy.MaxBlobSize each): cosign adds a layer per
 	// signature under its tag, rarely many.
 	sigMaterialBlobs = 32
+	// sigMissesMax bounds the misses kept (sigMisses): past it the
+	// expired go, and if that is not enough, all, which costs only the
+	// checks they spared.
+	sigMissesMax = 10000
 )
 
 // expiringSet is a set of keys that expire, bounded in size.
@@ -212,11 +216,19 @@ func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc
 // at the bytes, a "signature" naming an unsigned image's layers would
 // make them servable. A mirror's missing signature blob is fetched
 // (small, verified) when upstream may be asked. Blobs are content: a
-// manifest checked once is not read again while vouched for, unless a
-// blob was missing (a scan, which never asks upstream, met it first).
+// manifest checked once is not read again while vouched for. One with a
+// blob missing is checked again, since the blob may come (a scan, which
+// never asks upstream, may have met it first), but at most once per
+// sigFailTTL: each check reads up to sigMaterialBlobs blobs, and asks
+// upstream for the missing ones, for any anonymous GET of the manifest.
 func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, upstream bool, d cache.Digest, doc manifestDoc, now time.Time) {
 	mark := vouchKey("m", p, repo, d.String())
 	if h.sigVouches.has(mark, now) {
+		return
+	}
+	asks := mirror != nil && upstream
+	triedUpstream, triedStore := vouchKey("mu", p, repo, d.String()), vouchKey("ms", p, repo, d.String())
+	if h.sigMisses.has(triedUpstream, now) || (!asks && h.sigMisses.has(triedStore, now)) {
 		return
 	}
 	blobs := doc.Layers
@@ -241,6 +253,11 @@ func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, re
 		for _, k := range keys {
 			h.sigVouches.put(k, now, sigVouchTTL)
 		}
+		if asks {
+			h.sigMisses.put(triedUpstream, now, sigFailTTL)
+		} else {
+			h.sigMisses.put(triedStore, now, sigFailTTL)
+		}
 		return
 	}
 	h.sigVouches.putAll(keys, mark, now, sigVouchTTL)
@@ -260,9 +277,17 @@ func (h *Handler) signatureMaterial(ctx context.Context, repo string, mirror *Mi
 		if mirror == nil || !upstream {
 			return false, true
 		}
+		// Upstream lacked it (or sent other bytes) moments ago: many
+		// signature manifests may name one blob.
+		upstreamMiss := "bu\x00" + repo + "\x00" + d.String()
+		now := h.sigNow()
+		if h.sigMisses.has(upstreamMiss, now) {
+			return false, true
+		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mirror.cfg.UpstreamTimeout)
 		defer cancel()
 		if h.pullSignatureBlob(ctx, &request{name: repo, mirror: mirror}, b) != nil {
+			h.sigMisses.put(upstreamMiss, now, sigFailTTL)
 			return false, true
 		}
 	}
@@ -329,10 +354,19 @@ func (h *Handler) blobVouched(ctx context.Context, p *sigpolicy.Policy, repo str
 	}
 	// The vouch expired (a slow pull's last layers): the manifests that
 	// gave it, verified again, give it again if they still pass. From
-	// the store only, as a scan.
-	for _, md := range h.sigVouchers.get(key, h.sigNow()) {
-		if m, body, err := h.cfg.Store.GetManifest(ctx, repo, md); err == nil && h.verifyManifest(ctx, p, repo, mirror, m, body, false) == nil && h.sigVouches.has(key, h.sigNow()) {
-			return true
+	// the store only, as a scan. When none did, they are not asked again
+	// for sigFailTTL: each may be an index's platform, verified through
+	// its parents, and a client may repeat the request at will. A pass
+	// meanwhile (a pull of one of them) vouches, which is looked at first.
+	if miss := vouchKey("bx", p, repo, d.String()); !h.sigMisses.has(miss, h.sigNow()) {
+		vouchers := h.sigVouchers.get(key, h.sigNow())
+		for _, md := range vouchers {
+			if m, body, err := h.cfg.Store.GetManifest(ctx, repo, md); err == nil && h.verifyManifest(ctx, p, repo, mirror, m, body, false) == nil && h.sigVouches.has(key, h.sigNow()) {
+				return true
+			}
+		}
+		if len(vouchers) > 0 {
+			h.sigMisses.put(miss, h.sigNow(), sigFailTTL)
 		}
 	}
 	h.scanRepository(ctx, p, repo, mirror)

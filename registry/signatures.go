@@ -140,6 +140,13 @@ func verdictKey(p *sigpolicy.Policy, repo string, d cache.Digest) string {
 	return p.Name() + "\x00" + repo + "\x00" + d.String()
 }
 
+// storeOnlyKey is the key of a refusal found without asking upstream,
+// for verdict key k of a mirrored name. It shares k's prefix, so that
+// forgetRefusals drops it too.
+func storeOnlyKey(k string) string {
+	return k + "\x00store"
+}
+
 // signaturePolicy returns the first policy that covers internal name repo.
 func (h *Handler) signaturePolicy(repo string) *sigpolicy.Policy {
 	for _, p := range h.cfg.SignaturePolicies {
@@ -186,8 +193,9 @@ func signingTool(ua string) bool {
 // through (cosign signs the index by default); with per_platform an
 // unsigned index passes and each platform manifest is checked on its own
 // pull. With upstream, a mirror's signatures are fetched when the store's
-// do not verify; without, a refusal is not remembered for a mirrored
-// name, since upstream may hold the signature a manifest pull will find.
+// do not verify; without, a refusal of a mirrored name binds only other
+// checks without (sigFailTTL), since upstream may hold the signature a
+// manifest pull will find.
 func (h *Handler) verifyManifest(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, m cache.Manifest, body []byte, upstream bool) error {
 	_, err := h.verifyManifestSigned(ctx, p, repo, mirror, m, body, upstream)
 	return err
@@ -206,6 +214,11 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 			return v.signed, nil
 		}
 		return false, errors.New("refused moments ago")
+	}
+	if !upstream && mirror != nil {
+		if _, found := h.sigVerdicts.get(storeOnlyKey(key), now); found {
+			return false, errors.New("refused from the store moments ago")
+		}
 	}
 	if body == nil {
 		var err error
@@ -249,8 +262,15 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	case err != nil && isIndex && p.PerPlatform():
 		err = nil
 	}
-	if err == nil || upstream || mirror == nil {
+	switch {
+	case err == nil || upstream || mirror == nil:
 		h.sigVerdicts.put(key, err == nil, signed, now)
+	default:
+		// A mirrored name refused from the store alone: a manifest pull
+		// may still find the signature upstream, so this refusal binds
+		// only checks that never ask (a blob's voucher, a scan), which
+		// would otherwise verify it again on every blob request.
+		h.sigVerdicts.put(storeOnlyKey(key), false, false, now)
 	}
 	if err == nil {
 		h.vouchDoc(p, repo, m.Digest, doc, now)
