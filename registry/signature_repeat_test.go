@@ -1,0 +1,182 @@
+package registry
+
+// Checks under a signature policy that find nothing are kept sigFailTTL:
+// a client repeating a request that fails them (anonymously, at will)
+// must not repeat upstream requests or signature verifications each time.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ggcr "github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
+	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
+)
+
+// A mirrored signature manifest (cosign layer types) whose blobs upstream
+// lacks: pulling it again and again asks upstream for each missing blob
+// once per sigFailTTL, not on every pull, and another signature manifest
+// naming the same blobs asks nothing more meanwhile. Once the blobs are
+// upstream and sigFailTTL has passed, the next pull brings them in and
+// they are served.
+func TestSignatureManifestMissingBlobsAskedOncePerFailTTL(t *testing.T) {
+	s := newSigners(t)
+	counter := &countingHandler{h: ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)), blobs: map[string]int{}}
+	up := httptest.NewServer(counter)
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}, Default: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+
+	var layers []any
+	var missing []string
+	var contents [][]byte
+	for i := range sigMaterialBlobs {
+		b := []byte(fmt.Sprintf(`{"n":%d}`, i))
+		d := sigtest.Of(sigpolicy.MediaTypeCosignPayload, b)
+		layers = append(layers, d)
+		missing = append(missing, d.Digest)
+		contents = append(contents, b)
+	}
+	sigManifest := func(config []byte) []byte {
+		b, _ := json.Marshal(map[string]any{
+			"schemaVersion": 2,
+			"mediaType":     MediaTypeOCIManifest,
+			"config":        sigtest.Of("application/vnd.oci.image.config.v1+json", config),
+			"layers":        layers,
+		})
+		return b
+	}
+	tag1 := sigpolicy.CosignTag("sha256:" + fmt.Sprintf("%064d", 1))
+	tag2 := sigpolicy.CosignTag("sha256:" + fmt.Sprintf("%064d", 2))
+	pushArtifact(t, up.URL, "myorg/app", tag1, sigManifest([]byte(`{}`)), []byte(`{}`))
+	pushArtifact(t, up.URL, "myorg/app", tag2, sigManifest([]byte(`{"other":1}`)), []byte(`{"other":1}`))
+	asked := func() int {
+		n := 0
+		for _, d := range missing {
+			n += counter.count(d)
+		}
+		return n
+	}
+
+	const pulls = 5
+	for range pulls {
+		tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag1, nil), http.StatusOK)
+	}
+	if n := asked(); n != sigMaterialBlobs-1 { // the config is there
+		t.Errorf("%d pulls of one signature manifest made %d upstream blob GETs, want %d (each missing blob once)", pulls, n, sigMaterialBlobs-1)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag2, nil), http.StatusOK)
+	if n := asked(); n != sigMaterialBlobs-1 {
+		t.Errorf("another signature manifest naming the same missing blobs: %d upstream blob GETs in all, want still %d", n, sigMaterialBlobs-1)
+	}
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+missing[1], nil), "docker.io/myorg/**")
+
+	// The blobs appear upstream; after sigFailTTL a pull finds them.
+	for _, b := range contents {
+		d := sigtest.Of("", b).Digest
+		putTo(t, http.MethodPost, up.URL+"/v2/myorg/app/blobs/uploads/?digest="+d, "application/octet-stream", b, http.StatusCreated)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag1, nil), http.StatusOK)
+	if n := asked(); n != sigMaterialBlobs-1 {
+		t.Errorf("within sigFailTTL: %d upstream blob GETs in all, want still %d", n, sigMaterialBlobs-1)
+	}
+	clock.Add(sigFailTTL + time.Millisecond)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag1, nil), http.StatusOK)
+	if n := asked(); n != 2*(sigMaterialBlobs-1) {
+		t.Errorf("after sigFailTTL: %d upstream blob GETs in all, want %d (each missing blob asked again once)", n, 2*(sigMaterialBlobs-1))
+	}
+	resp := tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+missing[1], nil)
+	tr.wantStatus(resp, http.StatusOK)
+	if string(resp.body) != string(contents[1]) {
+		t.Errorf("blob: %q", resp.body)
+	}
+}
+
+// verifyCountingStore counts the verifications of one subject: each reads
+// the subject's cosign tag (storeSignatures.Candidates) once.
+type verifyCountingStore struct {
+	Store
+	tag string
+	n   atomic.Int64
+}
+
+func (s *verifyCountingStore) ResolveTag(ctx context.Context, repo, tag string) (cache.Digest, error) {
+	if tag == s.tag {
+		s.n.Add(1)
+	}
+	return s.Store.ResolveTag(ctx, repo, tag)
+}
+
+// A blob whose vouch expired is served when a manifest that vouched for it
+// passes again. When it no longer does (its signature gone), repeated
+// requests for the blob verify that manifest once per sigFailTTL, not on
+// each request: for a mirrored name the refusal found from the store
+// alone is kept for checks that do not ask upstream either. A manifest
+// pull, which asks upstream, is not bound by it, and what it vouches for
+// is served at once.
+func TestSignatureBlobAfterVouchExpiryVerifiesOncePerFailTTL(t *testing.T) {
+	s := newSigners(t)
+	up := httptest.NewServer(ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)))
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}, Default: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := pushTestImage(t, up.URL, "myorg/app", "v1", "slow")
+	signCosign(t, up.URL, "myorg/app", s.key, img, img.Digest, false)
+	var counted *verifyCountingStore
+	tr := newTestRegistry(t, func(c *Config) {
+		counted = &verifyCountingStore{Store: c.Store, tag: sigpolicy.CosignTag(img.Digest)}
+		c.Store = counted
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	const repo = "docker.io/myorg/app"
+	layer := "/v2/" + repo + "/blobs/" + layerOfTestImage("slow")
+
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+img.Digest, nil), http.StatusOK)
+	tr.wantStatus(tr.do(http.MethodGet, layer, nil), http.StatusOK)
+	// The signature leaves the store (upstream still has it).
+	if err := tr.store.DeleteTag(context.Background(), repo, sigpolicy.CosignTag(img.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(sigVouchTTL + time.Second)
+
+	counted.n.Store(0)
+	const gets = 20
+	for range gets {
+		wantDenied(t, tr, tr.do(http.MethodGet, layer, nil), "docker.io/myorg/**")
+	}
+	if n := counted.n.Load(); n > 2 {
+		t.Errorf("%d GETs of a blob whose voucher fails made %d signature verifications, want at most 2 (the voucher, a scan)", gets, n)
+	}
+	clock.Add(sigFailTTL + time.Millisecond)
+	before := counted.n.Load()
+	wantDenied(t, tr, tr.do(http.MethodGet, layer, nil), "docker.io/myorg/**")
+	if counted.n.Load() == before {
+		t.Error("after sigFailTTL the voucher was not verified again")
+	}
+
+	// A manifest pull asks upstream, finds the signature again and
+	// vouches: the blob is served at once, the refusals kept or not.
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+img.Digest, nil), http.StatusOK)
+	tr.wantStatus(tr.do(http.MethodGet, layer, nil), http.StatusOK)
+}
