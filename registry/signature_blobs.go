@@ -277,17 +277,9 @@ func (h *Handler) signatureMaterial(ctx context.Context, repo string, mirror *Mi
 		if mirror == nil || !upstream {
 			return false, true
 		}
-		// Upstream lacked it (or sent other bytes) moments ago: many
-		// signature manifests may name one blob.
-		upstreamMiss := "bu\x00" + repo + "\x00" + d.String()
-		now := h.sigNow()
-		if h.sigMisses.has(upstreamMiss, now) {
-			return false, true
-		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mirror.cfg.UpstreamTimeout)
 		defer cancel()
 		if h.pullSignatureBlob(ctx, &request{name: repo, mirror: mirror}, b) != nil {
-			h.sigMisses.put(upstreamMiss, now, sigFailTTL)
 			return false, true
 		}
 	}

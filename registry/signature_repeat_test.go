@@ -180,3 +180,57 @@ func TestSignatureBlobAfterVouchExpiryVerifiesOncePerFailTTL(t *testing.T) {
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+img.Digest, nil), http.StatusOK)
 	tr.wantStatus(tr.do(http.MethodGet, layer, nil), http.StatusOK)
 }
+
+// A refused mirrored pull looks for signatures upstream: of a signature
+// manifest listing many layers it fetches only what a check reads (the
+// last sigpolicy.MaxLayers), on each refusal (every sigFailTTL at most).
+func TestSignaturePullUpstreamLayersBounded(t *testing.T) {
+	s := newSigners(t)
+	counter := &countingHandler{h: ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)), blobs: map[string]int{}}
+	up := httptest.NewServer(counter)
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}, Default: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	img := pushTestImage(t, up.URL, "myorg/app", "v1", "unsigned")
+	const piled = 100
+	var layers []any
+	var missing []string
+	for i := range piled {
+		d := sigtest.Of(sigpolicy.MediaTypeCosignPayload, []byte(fmt.Sprintf(`{"n":%d}`, i)))
+		layers = append(layers, map[string]any{"mediaType": d.MediaType, "digest": d.Digest, "size": d.Size,
+			"annotations": map[string]string{sigpolicy.AnnotationCosignSignature: "c2ln"}})
+		missing = append(missing, d.Digest)
+	}
+	man, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     MediaTypeOCIManifest,
+		"config":        sigtest.Of("application/vnd.oci.image.config.v1+json", []byte(`{}`)),
+		"layers":        layers,
+	})
+	pushArtifact(t, up.URL, "myorg/app", sigpolicy.CosignTag(img.Digest), man, []byte(`{}`))
+	asked := func() (n int) {
+		for _, d := range missing {
+			n += counter.count(d)
+		}
+		return n
+	}
+
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/v1", nil), "docker.io/myorg/**")
+	if n := asked(); n > sigpolicy.MaxLayers {
+		t.Errorf("a refused pull asked upstream for %d of the %d layers of its signature manifest, want at most %d", n, piled, sigpolicy.MaxLayers)
+	}
+	clock.Add(sigFailTTL + time.Millisecond)
+	before := asked()
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/v1", nil), "docker.io/myorg/**")
+	if n := asked() - before; n > sigpolicy.MaxLayers {
+		t.Errorf("after sigFailTTL a refused pull asked upstream %d times, want at most %d", n, sigpolicy.MaxLayers)
+	}
+}

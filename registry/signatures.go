@@ -404,7 +404,13 @@ func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Diges
 		if json.Unmarshal(b, &doc) != nil {
 			continue
 		}
-		for _, l := range doc.Layers {
+		// What a check reads (the last sigpolicy.MaxLayers), not one
+		// upstream GET for each of the thousands a manifest may list.
+		layers := doc.Layers
+		if len(layers) > sigpolicy.MaxLayers {
+			layers = layers[len(layers)-sigpolicy.MaxLayers:]
+		}
+		for _, l := range layers {
 			if err := h.pullSignatureBlob(ctx, rc, l); err != nil {
 				errs = append(errs, err)
 			}
@@ -414,7 +420,10 @@ func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Diges
 }
 
 // pullSignatureBlob brings one small signature layer into the store,
-// verified against its digest, and links it into the repository.
+// verified against its digest, and links it into the repository. A blob
+// upstream failed to give (absent, other bytes) is not asked for again
+// for sigFailTTL: many signature manifests may name it, and each check
+// of each would ask.
 func (h *Handler) pullSignatureBlob(ctx context.Context, rc *request, l descriptor) error {
 	d, err := cache.ParseDigest(l.Digest)
 	if err != nil || l.Size < 0 || l.Size > sigpolicy.MaxBlobSize {
@@ -422,21 +431,33 @@ func (h *Handler) pullSignatureBlob(ctx context.Context, rc *request, l descript
 	}
 	store := h.cfg.Store
 	if _, err := store.StatBlob(ctx, d); err != nil {
-		m := rc.mirror
-		resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
-		if err != nil {
-			return err
+		miss := "bu\x00" + rc.name + "\x00" + d.String()
+		if h.sigMisses.has(miss, h.sigNow()) {
+			return fmt.Errorf("signature layer %s: upstream failed to give it moments ago", d)
 		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, l.Size+1))
-		resp.Body.Close()
-		if err != nil {
+		if err := h.fetchSignatureBlob(ctx, rc, d, l.Size); err != nil {
+			h.sigMisses.put(miss, h.sigNow(), sigFailTTL)
 			return err
-		}
-		if _, err := store.PutBlob(ctx, d, l.Size, bytes.NewReader(body)); err != nil {
-			return fmt.Errorf("signature layer %s (%s bytes): %w", d, strconv.FormatInt(l.Size, 10), err)
 		}
 	}
 	return store.LinkBlob(ctx, rc.name, d)
+}
+
+func (h *Handler) fetchSignatureBlob(ctx context.Context, rc *request, d cache.Digest, size int64) error {
+	m := rc.mirror
+	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, size+1))
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if _, err := h.cfg.Store.PutBlob(ctx, d, size, bytes.NewReader(body)); err != nil {
+		return fmt.Errorf("signature layer %s (%s bytes): %w", d, strconv.FormatInt(size, 10), err)
+	}
+	return nil
 }
 
 func isSignatureArtifact(t string) bool {
