@@ -128,7 +128,7 @@ func TestCosignLayersReadBounded(t *testing.T) {
 	}{
 		{"valid newest", append(slices.Clone(bad), valid), true},
 		{"valid buried", append([]any{valid}, bad...), false},
-		{"valid just within", append(append([]any{valid}, bad[:sigpolicy.MaxLayers-1]...)), true},
+		{"valid just within", append([]any{valid}, bad[:sigpolicy.MaxLayers-1]...), true},
 	} {
 		doc["layers"] = tc.layers
 		body, _ := json.Marshal(doc)
