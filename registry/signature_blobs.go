@@ -56,10 +56,11 @@ const (
 	// asking for digests that no signed manifest names costs one scan,
 	// not one per request.
 	sigScanEvery = 2 * time.Second
-	// sigMaterialBlobs bounds the blobs of one signature manifest read
-	// to check them (sigpolicy.MaxBlobSize each): cosign adds a layer per
-	// signature under its tag, rarely many.
-	sigMaterialBlobs = 32
+	// sigMaterialLayers bounds the layers of one signature manifest read
+	// to check them (sigpolicy.MaxBlobSize each), the last ones, besides
+	// its config: those a signature check reads (cosign adds a layer per
+	// signature under its tag, rarely many).
+	sigMaterialLayers = sigpolicy.MaxLayers
 	// sigMissesMax bounds the misses kept (sigMisses): past it the
 	// expired go, and if that is not enough, all, which costs only the
 	// checks they spared.
@@ -219,7 +220,7 @@ func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc
 // manifest checked once is not read again while vouched for. One with a
 // blob missing is checked again, since the blob may come (a scan, which
 // never asks upstream, may have met it first), but at most once per
-// sigFailTTL: each check reads up to sigMaterialBlobs blobs, and asks
+// sigFailTTL: each check reads up to sigMaterialLayers blobs, and asks
 // upstream for the missing ones, for any anonymous GET of the manifest.
 func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, upstream bool, d cache.Digest, doc manifestDoc, now time.Time) {
 	mark := vouchKey("m", p, repo, d.String())
@@ -232,11 +233,11 @@ func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, re
 		return
 	}
 	blobs := doc.Layers
+	if len(blobs) > sigMaterialLayers {
+		blobs = blobs[len(blobs)-sigMaterialLayers:]
+	}
 	if doc.Config != nil {
 		blobs = append([]descriptor{*doc.Config}, blobs...)
-	}
-	if len(blobs) > sigMaterialBlobs {
-		blobs = blobs[:sigMaterialBlobs]
 	}
 	var keys []string
 	missing := false

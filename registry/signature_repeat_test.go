@@ -24,7 +24,8 @@ import (
 // A mirrored signature manifest (cosign layer types) whose blobs upstream
 // lacks: pulling it again and again asks upstream for each missing blob
 // once per sigFailTTL, not on every pull, and another signature manifest
-// naming the same blobs asks nothing more meanwhile. Once the blobs are
+// naming the same blobs asks nothing more meanwhile; layers before the
+// last sigMaterialLayers are never asked for nor served. Once the blobs are
 // upstream and sigFailTTL has passed, the next pull brings them in and
 // they are served.
 func TestSignatureManifestMissingBlobsAskedOncePerFailTTL(t *testing.T) {
@@ -43,10 +44,12 @@ func TestSignatureManifestMissingBlobsAskedOncePerFailTTL(t *testing.T) {
 	clock := newTestClock()
 	tr.h.sigNow = clock.Now
 
+	// More layers than are read: the first never are, nor served.
+	const unread = 4
 	var layers []any
 	var missing []string
 	var contents [][]byte
-	for i := range sigMaterialBlobs {
+	for i := range unread + sigMaterialLayers {
 		b := []byte(fmt.Sprintf(`{"n":%d}`, i))
 		d := sigtest.Of(sigpolicy.MediaTypeCosignPayload, b)
 		layers = append(layers, d)
@@ -73,19 +76,21 @@ func TestSignatureManifestMissingBlobsAskedOncePerFailTTL(t *testing.T) {
 		}
 		return n
 	}
+	want := sigMaterialLayers // the config is there
+	last := len(missing) - 1
 
 	const pulls = 5
 	for range pulls {
 		tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag1, nil), http.StatusOK)
 	}
-	if n := asked(); n != sigMaterialBlobs-1 { // the config is there
-		t.Errorf("%d pulls of one signature manifest made %d upstream blob GETs, want %d (each missing blob once)", pulls, n, sigMaterialBlobs-1)
+	if n := asked(); n != want {
+		t.Errorf("%d pulls of one signature manifest made %d upstream blob GETs, want %d (each missing blob read once)", pulls, n, want)
 	}
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag2, nil), http.StatusOK)
-	if n := asked(); n != sigMaterialBlobs-1 {
-		t.Errorf("another signature manifest naming the same missing blobs: %d upstream blob GETs in all, want still %d", n, sigMaterialBlobs-1)
+	if n := asked(); n != want {
+		t.Errorf("another signature manifest naming the same missing blobs: %d upstream blob GETs in all, want still %d", n, want)
 	}
-	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+missing[1], nil), "docker.io/myorg/**")
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+missing[last], nil), "docker.io/myorg/**")
 
 	// The blobs appear upstream; after sigFailTTL a pull finds them.
 	for _, b := range contents {
@@ -93,18 +98,24 @@ func TestSignatureManifestMissingBlobsAskedOncePerFailTTL(t *testing.T) {
 		putTo(t, http.MethodPost, up.URL+"/v2/myorg/app/blobs/uploads/?digest="+d, "application/octet-stream", b, http.StatusCreated)
 	}
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag1, nil), http.StatusOK)
-	if n := asked(); n != sigMaterialBlobs-1 {
-		t.Errorf("within sigFailTTL: %d upstream blob GETs in all, want still %d", n, sigMaterialBlobs-1)
+	if n := asked(); n != want {
+		t.Errorf("within sigFailTTL: %d upstream blob GETs in all, want still %d", n, want)
 	}
 	clock.Add(sigFailTTL + time.Millisecond)
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/"+tag1, nil), http.StatusOK)
-	if n := asked(); n != 2*(sigMaterialBlobs-1) {
-		t.Errorf("after sigFailTTL: %d upstream blob GETs in all, want %d (each missing blob asked again once)", n, 2*(sigMaterialBlobs-1))
+	if n := asked(); n != 2*want {
+		t.Errorf("after sigFailTTL: %d upstream blob GETs in all, want %d (each missing blob asked again once)", n, 2*want)
 	}
-	resp := tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+missing[1], nil)
+	resp := tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+missing[last], nil)
 	tr.wantStatus(resp, http.StatusOK)
-	if string(resp.body) != string(contents[1]) {
+	if string(resp.body) != string(contents[last]) {
 		t.Errorf("blob: %q", resp.body)
+	}
+	for _, d := range missing[:unread] {
+		if counter.count(d) != 0 {
+			t.Errorf("upstream was asked for %s, a layer no check reads", d)
+		}
+		wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+d, nil), "docker.io/myorg/**")
 	}
 }
 
