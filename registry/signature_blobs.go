@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -98,6 +99,27 @@ func (s *expiringSet) put(key string, now time.Time, ttl time.Duration) {
 		}
 	}
 	s.m[key] = now.Add(ttl)
+}
+
+// forget drops the keys that start with one of prefixes.
+func (s *expiringSet) forget(prefixes ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.m {
+		for _, p := range prefixes {
+			if strings.HasPrefix(k, p) {
+				delete(s.m, k)
+				break
+			}
+		}
+	}
+}
+
+// forgetMisses drops what checks of repo under p found missing (see
+// sigMisses), as forgetRefusals drops its refusals: a push may be the
+// signature or the signature blob they lacked.
+func (h *Handler) forgetMisses(p *sigpolicy.Policy, repo string) {
+	h.sigMisses.forget(vouchKey("bx", p, repo, ""), vouchKey("ms", p, repo, ""), vouchKey("mu", p, repo, ""), "bu\x00"+repo+"\x00")
 }
 
 // putAll puts keys and then mark, under one lock, so that a reader who

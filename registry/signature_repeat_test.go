@@ -245,3 +245,25 @@ func TestSignaturePullUpstreamLayersBounded(t *testing.T) {
 		t.Errorf("after sigFailTTL a refused pull asked upstream %d times, want at most %d", n, sigpolicy.MaxLayers)
 	}
 }
+
+// A blob refused because its voucher's signature went is kept refused
+// for sigFailTTL, but not past a push to the repository: a signature
+// pushed again counts at once, for blobs as for manifests.
+func TestSignatureBlobMissForgottenOnPush(t *testing.T) {
+	s := newSigners(t)
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	base, repo := tr.srv.URL, "team/app"
+	img := pushTestImage(t, base, repo, "", "resigned")
+	layer := "/v2/" + repo + "/blobs/" + layerOfTestImage("resigned")
+	signCosign(t, base, repo, s.key, img, img.Digest, false)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/"+repo+"/manifests/"+img.Digest, nil), http.StatusOK)
+	tr.wantStatus(tr.do(http.MethodDelete, "/v2/"+repo+"/manifests/"+sigpolicy.CosignTag(img.Digest), nil), http.StatusAccepted)
+	clock.Add(sigVouchTTL + time.Second)
+	wantDenied(t, tr, tr.do(http.MethodGet, layer, nil), "team/**")
+	signCosign(t, base, repo, s.key, img, img.Digest, false)
+	tr.wantStatus(tr.do(http.MethodGet, layer, nil), http.StatusOK)
+}
