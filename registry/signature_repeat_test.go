@@ -267,3 +267,61 @@ func TestSignatureBlobMissForgottenOnPush(t *testing.T) {
 	signCosign(t, base, repo, s.key, img, img.Digest, false)
 	tr.wantStatus(tr.do(http.MethodGet, layer, nil), http.StatusOK)
 }
+
+// Upstream piling signature referrers onto an image, each with many
+// layers: a refused pull fetches at most sigPullLayers of their layers in
+// all, and the cosign tag's signature is fetched first, so that junk
+// referrers cannot starve it: the signed image passes.
+func TestSignaturePullUpstreamReferrersBounded(t *testing.T) {
+	s := newSigners(t)
+	counter := &countingHandler{h: ggcr.New(ggcr.Logger(nopLogger()), ggcr.WithReferrersSupport(true)), blobs: map[string]int{}}
+	up := httptest.NewServer(counter)
+	t.Cleanup(up.Close)
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.URL}, Default: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) {
+		c.Mirrors = []*Mirror{m}
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "docker.io/myorg/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	unsigned := pushTestImage(t, up.URL, "myorg/app", "unsigned", "unsigned")
+	signed := pushTestImage(t, up.URL, "myorg/app", "signed", "signed")
+	var missing []string
+	for _, subject := range []sigtest.Descriptor{unsigned, signed} {
+		for r := range sigpolicy.MaxCandidates {
+			var layers []any
+			for i := range sigpolicy.MaxLayers {
+				d := sigtest.Of(sigpolicy.MediaTypeCosignPayload, []byte(fmt.Sprintf(`{"s":%q,"r":%d,"n":%d}`, subject.Digest, r, i)))
+				layers = append(layers, map[string]any{"mediaType": d.MediaType, "digest": d.Digest, "size": d.Size,
+					"annotations": map[string]string{sigpolicy.AnnotationCosignSignature: "c2ln"}})
+				missing = append(missing, d.Digest)
+			}
+			man, _ := json.Marshal(map[string]any{
+				"schemaVersion": 2,
+				"mediaType":     MediaTypeOCIManifest,
+				"artifactType":  sigpolicy.ArtifactTypeCosign,
+				"config":        sigtest.Of("application/vnd.oci.image.config.v1+json", []byte(`{}`)),
+				"layers":        layers,
+				"subject":       subject,
+			})
+			pushArtifact(t, up.URL, "myorg/app", "", man, []byte(`{}`))
+		}
+	}
+	signCosign(t, up.URL, "myorg/app", s.key, signed, signed.Digest, false)
+	asked := func() (n int) {
+		for _, d := range missing {
+			n += counter.count(d)
+		}
+		return n
+	}
+
+	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/unsigned", nil), "docker.io/myorg/**")
+	if n := asked(); n > sigPullLayers {
+		t.Errorf("a refused pull asked upstream for %d layers of piled referrers, want at most %d", n, sigPullLayers)
+	}
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/manifests/signed", nil), http.StatusOK)
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/docker.io/myorg/app/blobs/"+layerOfTestImage("signed"), nil), http.StatusOK)
+}

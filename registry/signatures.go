@@ -338,10 +338,18 @@ func (s storeSignatures) Blob(ctx context.Context, d string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(b, sigpolicy.MaxBlobSize+1))
 }
 
+// sigPullLayers bounds the signature layers (sigpolicy.MaxBlobSize each)
+// one look upstream fetches, across all its signature manifests: a pull
+// refused every sigFailTTL must not cost up to MaxCandidates times
+// MaxLayers upstream GETs. A signature has one layer (cosign's tag: one
+// per signature), so this is ample.
+const sigPullLayers = 2 * sigpolicy.MaxLayers
+
 // pullSignatures copies d's signatures from a mirror's upstream into the
 // store: the manifests its referrers API lists as signatures, the manifest
-// under cosign's tag, and their layers. What is found stays cached like
-// any mirrored content; what upstream lacks is simply not there.
+// under cosign's tag, and their layers (at most sigPullLayers, the tag's
+// first). What is found stays cached like any mirrored content; what
+// upstream lacks is simply not there.
 func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Digest) error {
 	m := rc.mirror
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
@@ -395,10 +403,12 @@ func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Diges
 	}
 	tag := sigpolicy.CosignTag(d.String())
 	if res, err := h.fetchManifest(ctx, rc, tag, cache.Digest{}, tag); err == nil {
-		bodies = append(bodies, res.body)
+		// First: cosign's usual form, which the budget below must reach.
+		bodies = append([][]byte{res.body}, bodies...)
 	} else {
 		errs = append(errs, err)
 	}
+	budget := sigPullLayers
 	for _, b := range bodies {
 		var doc manifestDoc
 		if json.Unmarshal(b, &doc) != nil {
@@ -411,6 +421,10 @@ func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Diges
 			layers = layers[len(layers)-sigpolicy.MaxLayers:]
 		}
 		for _, l := range layers {
+			if budget == 0 {
+				return errors.Join(append(errs, fmt.Errorf("more than %d signature layers upstream: the rest not fetched", sigPullLayers))...)
+			}
+			budget--
 			if err := h.pullSignatureBlob(ctx, rc, l); err != nil {
 				errs = append(errs, err)
 			}
