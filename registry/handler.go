@@ -122,7 +122,12 @@ type Handler struct {
 	// sigVouches are the blobs that manifests which passed a signature
 	// policy reference (signature_blobs.go).
 	sigVouches expiringSet
-	sigScans   singleflight.Group
+	// sigMisses are checks under a policy that found nothing (a blob no
+	// voucher passes for any more, a signature blob upstream lacks),
+	// kept sigFailTTL so that repeating them costs nothing; apart from
+	// sigVouches, so that a flood of them never evicts a vouch.
+	sigMisses expiringSet
+	sigScans  singleflight.Group
 	// pending: the mirrors' manifest store writes running, some after
 	// their answers (mirror_pending.go).
 	pending pendingManifests
@@ -160,7 +165,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store != nil {
 		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
-	h := &Handler{cfg: cfg, sigNow: time.Now, sigVouches: expiringSet{max: sigVouchesMax},
+	h := &Handler{cfg: cfg, sigNow: time.Now, sigVouches: expiringSet{max: sigVouchesMax}, sigMisses: expiringSet{max: sigMissesMax},
 		sigParents: digestRelation{ttl: sigVouchTTL}, sigVouchers: digestRelation{ttl: sigVoucherTTL}}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {
 		spaces := make([]authscope.Namespace, 0, len(cfg.Mirrors))

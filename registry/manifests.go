@@ -190,6 +190,7 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 		// The push may be a signature (cosign's tag, a referrer) for a
 		// manifest refused a moment ago: the next pull checks again.
 		h.sigVerdicts.forgetRefusals(p, rc.name)
+		h.forgetMisses(p, rc.name)
 	}
 
 	hd := w.Header()

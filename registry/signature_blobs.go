@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,10 +57,15 @@ const (
 	// asking for digests that no signed manifest names costs one scan,
 	// not one per request.
 	sigScanEvery = 2 * time.Second
-	// sigMaterialBlobs bounds the blobs of one signature manifest read
-	// to check them (sigpolicy.MaxBlobSize each): cosign adds a layer per
-	// signature under its tag, rarely many.
-	sigMaterialBlobs = 32
+	// sigMaterialLayers bounds the layers of one signature manifest read
+	// to check them (sigpolicy.MaxBlobSize each), the last ones, besides
+	// its config: those a signature check reads (cosign adds a layer per
+	// signature under its tag, rarely many).
+	sigMaterialLayers = sigpolicy.MaxLayers
+	// sigMissesMax bounds the misses kept (sigMisses): past it the
+	// expired go, and if that is not enough, all, which costs only the
+	// checks they spared.
+	sigMissesMax = 10000
 )
 
 // expiringSet is a set of keys that expire, bounded in size.
@@ -93,6 +99,27 @@ func (s *expiringSet) put(key string, now time.Time, ttl time.Duration) {
 		}
 	}
 	s.m[key] = now.Add(ttl)
+}
+
+// forget drops the keys that start with one of prefixes.
+func (s *expiringSet) forget(prefixes ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.m {
+		for _, p := range prefixes {
+			if strings.HasPrefix(k, p) {
+				delete(s.m, k)
+				break
+			}
+		}
+	}
+}
+
+// forgetMisses drops what checks of repo under p found missing (see
+// sigMisses), as forgetRefusals drops its refusals: a push may be the
+// signature or the signature blob they lacked.
+func (h *Handler) forgetMisses(p *sigpolicy.Policy, repo string) {
+	h.sigMisses.forget(vouchKey("bx", p, repo, ""), vouchKey("ms", p, repo, ""), vouchKey("mu", p, repo, ""), "bu\x00"+repo+"\x00")
 }
 
 // putAll puts keys and then mark, under one lock, so that a reader who
@@ -212,19 +239,27 @@ func (h *Handler) vouchDoc(p *sigpolicy.Policy, repo string, d cache.Digest, doc
 // at the bytes, a "signature" naming an unsigned image's layers would
 // make them servable. A mirror's missing signature blob is fetched
 // (small, verified) when upstream may be asked. Blobs are content: a
-// manifest checked once is not read again while vouched for, unless a
-// blob was missing (a scan, which never asks upstream, met it first).
+// manifest checked once is not read again while vouched for. One with a
+// blob missing is checked again, since the blob may come (a scan, which
+// never asks upstream, may have met it first), but at most once per
+// sigFailTTL: each check reads up to sigMaterialLayers blobs, and asks
+// upstream for the missing ones, for any anonymous GET of the manifest.
 func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, upstream bool, d cache.Digest, doc manifestDoc, now time.Time) {
 	mark := vouchKey("m", p, repo, d.String())
 	if h.sigVouches.has(mark, now) {
 		return
 	}
+	asks := mirror != nil && upstream
+	triedUpstream, triedStore := vouchKey("mu", p, repo, d.String()), vouchKey("ms", p, repo, d.String())
+	if h.sigMisses.has(triedUpstream, now) || (!asks && h.sigMisses.has(triedStore, now)) {
+		return
+	}
 	blobs := doc.Layers
+	if len(blobs) > sigMaterialLayers {
+		blobs = blobs[len(blobs)-sigMaterialLayers:]
+	}
 	if doc.Config != nil {
 		blobs = append([]descriptor{*doc.Config}, blobs...)
-	}
-	if len(blobs) > sigMaterialBlobs {
-		blobs = blobs[:sigMaterialBlobs]
 	}
 	var keys []string
 	missing := false
@@ -240,6 +275,11 @@ func (h *Handler) vouchSignatureDoc(ctx context.Context, p *sigpolicy.Policy, re
 	if missing {
 		for _, k := range keys {
 			h.sigVouches.put(k, now, sigVouchTTL)
+		}
+		if asks {
+			h.sigMisses.put(triedUpstream, now, sigFailTTL)
+		} else {
+			h.sigMisses.put(triedStore, now, sigFailTTL)
 		}
 		return
 	}
@@ -329,10 +369,19 @@ func (h *Handler) blobVouched(ctx context.Context, p *sigpolicy.Policy, repo str
 	}
 	// The vouch expired (a slow pull's last layers): the manifests that
 	// gave it, verified again, give it again if they still pass. From
-	// the store only, as a scan.
-	for _, md := range h.sigVouchers.get(key, h.sigNow()) {
-		if m, body, err := h.cfg.Store.GetManifest(ctx, repo, md); err == nil && h.verifyManifest(ctx, p, repo, mirror, m, body, false) == nil && h.sigVouches.has(key, h.sigNow()) {
-			return true
+	// the store only, as a scan. When none did, they are not asked again
+	// for sigFailTTL: each may be an index's platform, verified through
+	// its parents, and a client may repeat the request at will. A pass
+	// meanwhile (a pull of one of them) vouches, which is looked at first.
+	if miss := vouchKey("bx", p, repo, d.String()); !h.sigMisses.has(miss, h.sigNow()) {
+		vouchers := h.sigVouchers.get(key, h.sigNow())
+		for _, md := range vouchers {
+			if m, body, err := h.cfg.Store.GetManifest(ctx, repo, md); err == nil && h.verifyManifest(ctx, p, repo, mirror, m, body, false) == nil && h.sigVouches.has(key, h.sigNow()) {
+				return true
+			}
+		}
+		if len(vouchers) > 0 {
+			h.sigMisses.put(miss, h.sigNow(), sigFailTTL)
 		}
 	}
 	h.scanRepository(ctx, p, repo, mirror)

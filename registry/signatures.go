@@ -140,6 +140,13 @@ func verdictKey(p *sigpolicy.Policy, repo string, d cache.Digest) string {
 	return p.Name() + "\x00" + repo + "\x00" + d.String()
 }
 
+// storeOnlyKey is the key of a refusal found without asking upstream,
+// for verdict key k of a mirrored name. It shares k's prefix, so that
+// forgetRefusals drops it too.
+func storeOnlyKey(k string) string {
+	return k + "\x00store"
+}
+
 // signaturePolicy returns the first policy that covers internal name repo.
 func (h *Handler) signaturePolicy(repo string) *sigpolicy.Policy {
 	for _, p := range h.cfg.SignaturePolicies {
@@ -186,8 +193,9 @@ func signingTool(ua string) bool {
 // through (cosign signs the index by default); with per_platform an
 // unsigned index passes and each platform manifest is checked on its own
 // pull. With upstream, a mirror's signatures are fetched when the store's
-// do not verify; without, a refusal is not remembered for a mirrored
-// name, since upstream may hold the signature a manifest pull will find.
+// do not verify; without, a refusal of a mirrored name binds only other
+// checks without (sigFailTTL), since upstream may hold the signature a
+// manifest pull will find.
 func (h *Handler) verifyManifest(ctx context.Context, p *sigpolicy.Policy, repo string, mirror *Mirror, m cache.Manifest, body []byte, upstream bool) error {
 	_, err := h.verifyManifestSigned(ctx, p, repo, mirror, m, body, upstream)
 	return err
@@ -206,6 +214,11 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 			return v.signed, nil
 		}
 		return false, errors.New("refused moments ago")
+	}
+	if !upstream && mirror != nil {
+		if _, found := h.sigVerdicts.get(storeOnlyKey(key), now); found {
+			return false, errors.New("refused from the store moments ago")
+		}
 	}
 	if body == nil {
 		var err error
@@ -249,8 +262,15 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	case err != nil && isIndex && p.PerPlatform():
 		err = nil
 	}
-	if err == nil || upstream || mirror == nil {
+	switch {
+	case err == nil || upstream || mirror == nil:
 		h.sigVerdicts.put(key, err == nil, signed, now)
+	default:
+		// A mirrored name refused from the store alone: a manifest pull
+		// may still find the signature upstream, so this refusal binds
+		// only checks that never ask (a blob's voucher, a scan), which
+		// would otherwise verify it again on every blob request.
+		h.sigVerdicts.put(storeOnlyKey(key), false, false, now)
 	}
 	if err == nil {
 		h.vouchDoc(p, repo, m.Digest, doc, now)
@@ -318,10 +338,18 @@ func (s storeSignatures) Blob(ctx context.Context, d string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(b, sigpolicy.MaxBlobSize+1))
 }
 
+// sigPullLayers bounds the signature layers (sigpolicy.MaxBlobSize each)
+// one look upstream fetches, across all its signature manifests: a pull
+// refused every sigFailTTL must not cost up to MaxCandidates times
+// MaxLayers upstream GETs. A signature has one layer (cosign's tag: one
+// per signature), so this is ample.
+const sigPullLayers = 2 * sigpolicy.MaxLayers
+
 // pullSignatures copies d's signatures from a mirror's upstream into the
 // store: the manifests its referrers API lists as signatures, the manifest
-// under cosign's tag, and their layers. What is found stays cached like
-// any mirrored content; what upstream lacks is simply not there.
+// under cosign's tag, and their layers (at most sigPullLayers, the tag's
+// first). What is found stays cached like any mirrored content; what
+// upstream lacks is simply not there.
 func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Digest) error {
 	m := rc.mirror
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
@@ -375,16 +403,28 @@ func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Diges
 	}
 	tag := sigpolicy.CosignTag(d.String())
 	if res, err := h.fetchManifest(ctx, rc, tag, cache.Digest{}, tag); err == nil {
-		bodies = append(bodies, res.body)
+		// First: cosign's usual form, which the budget below must reach.
+		bodies = append([][]byte{res.body}, bodies...)
 	} else {
 		errs = append(errs, err)
 	}
+	budget := sigPullLayers
 	for _, b := range bodies {
 		var doc manifestDoc
 		if json.Unmarshal(b, &doc) != nil {
 			continue
 		}
-		for _, l := range doc.Layers {
+		// What a check reads (the last sigpolicy.MaxLayers), not one
+		// upstream GET for each of the thousands a manifest may list.
+		layers := doc.Layers
+		if len(layers) > sigpolicy.MaxLayers {
+			layers = layers[len(layers)-sigpolicy.MaxLayers:]
+		}
+		for _, l := range layers {
+			if budget == 0 {
+				return errors.Join(append(errs, fmt.Errorf("more than %d signature layers upstream: the rest not fetched", sigPullLayers))...)
+			}
+			budget--
 			if err := h.pullSignatureBlob(ctx, rc, l); err != nil {
 				errs = append(errs, err)
 			}
@@ -394,7 +434,10 @@ func (h *Handler) pullSignatures(ctx context.Context, rc *request, d cache.Diges
 }
 
 // pullSignatureBlob brings one small signature layer into the store,
-// verified against its digest, and links it into the repository.
+// verified against its digest, and links it into the repository. A blob
+// upstream failed to give (absent, other bytes) is not asked for again
+// for sigFailTTL: many signature manifests may name it, and each check
+// of each would ask.
 func (h *Handler) pullSignatureBlob(ctx context.Context, rc *request, l descriptor) error {
 	d, err := cache.ParseDigest(l.Digest)
 	if err != nil || l.Size < 0 || l.Size > sigpolicy.MaxBlobSize {
@@ -402,21 +445,33 @@ func (h *Handler) pullSignatureBlob(ctx context.Context, rc *request, l descript
 	}
 	store := h.cfg.Store
 	if _, err := store.StatBlob(ctx, d); err != nil {
-		m := rc.mirror
-		resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
-		if err != nil {
-			return err
+		miss := "bu\x00" + rc.name + "\x00" + d.String()
+		if h.sigMisses.has(miss, h.sigNow()) {
+			return fmt.Errorf("signature layer %s: upstream failed to give it moments ago", d)
 		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, l.Size+1))
-		resp.Body.Close()
-		if err != nil {
+		if err := h.fetchSignatureBlob(ctx, rc, d, l.Size); err != nil {
+			h.sigMisses.put(miss, h.sigNow(), sigFailTTL)
 			return err
-		}
-		if _, err := store.PutBlob(ctx, d, l.Size, bytes.NewReader(body)); err != nil {
-			return fmt.Errorf("signature layer %s (%s bytes): %w", d, strconv.FormatInt(l.Size, 10), err)
 		}
 	}
 	return store.LinkBlob(ctx, rc.name, d)
+}
+
+func (h *Handler) fetchSignatureBlob(ctx context.Context, rc *request, d cache.Digest, size int64) error {
+	m := rc.mirror
+	resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, size+1))
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if _, err := h.cfg.Store.PutBlob(ctx, d, size, bytes.NewReader(body)); err != nil {
+		return fmt.Errorf("signature layer %s (%s bytes): %w", d, strconv.FormatInt(size, 10), err)
+	}
+	return nil
 }
 
 func isSignatureArtifact(t string) bool {

@@ -54,6 +54,13 @@ const MaxCandidates = 16
 // MaxBlobSize bounds a signature layer (payload or envelope).
 const MaxBlobSize = 1 << 20
 
+// MaxLayers bounds the signature layers of one cosign signature manifest
+// a check reads (MaxBlobSize each) and verifies with every key: cosign
+// appends a layer per signature under its tag, rarely many, while a
+// manifest pushed to pile them up could hold thousands. The newest (the
+// last) are the ones read.
+const MaxLayers = 32
+
 // Config is one policy as configured.
 type Config struct {
 	// Match is a repository pattern over internal names (`*` one
@@ -275,17 +282,21 @@ type cosignPayload struct {
 
 // verifyCosign passes when a layer's signature verifies with one of the
 // keys over the layer's bytes, and that payload names s's digest: a valid
-// signature of another image does not pass.
+// signature of another image does not pass. Only the last MaxLayers
+// signature layers are read.
 func (p *Policy) verifyCosign(ctx context.Context, src Source, s Subject, m sigManifest) error {
 	if len(p.cosign) == 0 {
 		return errors.New("cosign signature, and the policy has no cosign_key")
 	}
 	var why []string
-	for _, l := range m.Layers {
+	read := 0
+	for i := len(m.Layers) - 1; i >= 0 && read < MaxLayers; i-- {
+		l := m.Layers[i]
 		sig64, ok := l.Annotations[AnnotationCosignSignature]
 		if !ok {
 			continue
 		}
+		read++
 		sig, err := decodeBase64(sig64)
 		if err != nil {
 			why = append(why, "cosign signature is not base64")
