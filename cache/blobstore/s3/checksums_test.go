@@ -1,0 +1,186 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"testing"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
+)
+
+// partProxy is a reverse proxy on loopback in front of a real S3 server
+// that sees (and may change) every UploadPart. The Host header goes
+// through unchanged, so the signatures (made for the proxy's address)
+// still hold.
+type partProxy struct {
+	url string
+	// flip, if set, turns one bit in the middle of each UploadPart body:
+	// corruption in flight that leaves the headers as signed.
+	flip bool
+	// hideChecksum, if set, drops the CRC-32C from UploadPart answers, as
+	// a server that ignores the header answers.
+	hideChecksum bool
+
+	mu       sync.Mutex
+	unsigned int // UploadParts sent with UNSIGNED-PAYLOAD
+	signed   int // and with a payload hash
+	withCRC  int // with an x-amz-checksum-crc32c header
+}
+
+func isUploadPart(r *http.Request) bool {
+	q := r.URL.Query()
+	return r.Method == http.MethodPut && q.Has("partNumber") && q.Has("uploadId")
+}
+
+func startPartProxy(t *testing.T, endpoint string, flip, hideChecksum bool) *partProxy {
+	target, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &partProxy{flip: flip, hideChecksum: hideChecksum}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	direct := rp.Director
+	rp.Director = func(r *http.Request) {
+		direct(r)
+		if !isUploadPart(r) {
+			return
+		}
+		p.mu.Lock()
+		if r.Header.Get("X-Amz-Content-Sha256") == "UNSIGNED-PAYLOAD" {
+			p.unsigned++
+		} else {
+			p.signed++
+		}
+		if r.Header.Get("X-Amz-Checksum-Crc32c") != "" {
+			p.withCRC++
+		}
+		p.mu.Unlock()
+		if p.flip {
+			b, err := io.ReadAll(r.Body)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b[len(b)/2] ^= 0x10
+			r.Body = io.NopCloser(bytes.NewReader(b))
+			r.ContentLength = int64(len(b))
+		}
+	}
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if p.hideChecksum && isUploadPart(resp.Request) {
+			resp.Header.Del("X-Amz-Checksum-Crc32c")
+		}
+		return nil
+	}
+	srv := httptest.NewServer(rp)
+	t.Cleanup(srv.Close)
+	p.url = srv.URL
+	return p
+}
+
+func (p *partProxy) counts() (unsigned, signed, withCRC int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.unsigned, p.signed, p.withCRC
+}
+
+func storeVia(t *testing.T, srv *s3test.Server, bucket, endpoint string) *Store {
+	t.Helper()
+	s, err := New(context.Background(), Config{
+		Bucket: bucket, Endpoint: endpoint, Region: srv.Region, Prefix: "p/",
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: minPartSize,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestCorruptPartRefused: parts go unsigned (no SHA-256 of their own), so
+// what stops a part whose bytes changed on the way is the CRC-32C they
+// carry. A proxy flips one bit of every UploadPart body, headers as
+// signed; the real server must refuse the part, and the Append and the Put
+// fail with nothing stored.
+func TestCorruptPartRefused(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	p := startPartProxy(t, srv.Endpoint, true, false)
+	s := storeVia(t, srv, bucket, p.url)
+	blob := randomBytes(2*minPartSize + 100)
+	d := blobstore.FromBytes(blobstore.SHA256, blob)
+
+	ss, err := s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ss.Append(ctx(t), 0, bytes.NewReader(blob)); err == nil {
+		t.Fatalf("Append of corrupted parts = %d, nil; want the server's refusal", n)
+	}
+	if ss.Size() != 0 {
+		t.Errorf("session size %d after a refused Append, want 0", ss.Size())
+	}
+	// Unknown size: the Put path cuts the blob into parts too.
+	if _, err := s.Put(ctx(t), d, -1, bytes.NewReader(blob)); err == nil {
+		t.Fatal("Put of corrupted parts succeeded")
+	}
+	if _, err := s.Stat(ctx(t), d); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Errorf("Stat after refused uploads = %v, want ErrNotFound", err)
+	}
+	unsigned, signed, withCRC := p.counts()
+	if unsigned == 0 || signed != 0 || withCRC != unsigned {
+		t.Errorf("UploadParts: %d unsigned, %d signed, %d with a CRC-32C; want all unsigned with a CRC-32C", unsigned, signed, withCRC)
+	}
+	if s.noChecksums.Load() {
+		t.Error("a refused part made the store give up checksums")
+	}
+}
+
+// TestPartChecksumIgnored: a server that does not echo the part's CRC-32C
+// may not have checked it, so the part goes again, signed with its
+// SHA-256, and so does every later one; the blob is whole.
+func TestPartChecksumIgnored(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	p := startPartProxy(t, srv.Endpoint, false, true)
+	s := storeVia(t, srv, bucket, p.url)
+	blob := randomBytes(3*minPartSize + 100)
+	d := blobstore.FromBytes(blobstore.SHA256, blob)
+
+	ss, err := s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ss.Append(ctx(t), 0, bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ss.Commit(ctx(t), d, int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	if !s.noChecksums.Load() {
+		t.Fatal("the store kept sending unsigned parts to a server that does not echo their CRC-32C")
+	}
+	unsigned, signed, _ := p.counts()
+	// Parts 1 and 2 go together: both may go unsigned once; whichever
+	// did goes again signed; part 2 (if it had not gone), 3 and the tail
+	// go signed: 4 signed whatever the timing.
+	if unsigned < 1 || unsigned > 2 || signed != 4 {
+		t.Errorf("UploadParts: %d unsigned, %d signed; want 1-2 unsigned, 4 signed", unsigned, signed)
+	}
+	b, err := s.Open(ctx(t), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got, err := io.ReadAll(b)
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("read back %d bytes, %v; want the blob", len(got), err)
+	}
+}
