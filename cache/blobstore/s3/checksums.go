@@ -47,6 +47,12 @@ func crc32cOf(b []byte) string {
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
 
+// isCRC32C is whether c is written as crc32cOf writes one.
+func isCRC32C(c string) bool {
+	b, err := base64.StdEncoding.DecodeString(c)
+	return err == nil && len(b) == 4 && len(c) == 8
+}
+
 // useChecksums is whether a new upload should be created with CRC-32C.
 func (s *Store) useChecksums() bool { return !s.noChecksums.Load() }
 

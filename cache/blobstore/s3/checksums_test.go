@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -181,6 +182,60 @@ func TestPartChecksumIgnored(t *testing.T) {
 	defer b.Close()
 	got, err := io.ReadAll(b)
 	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("read back %d bytes, %v; want the blob", len(got), err)
+	}
+}
+
+// TestPartChecksumsResume: a session's part checksums travel in its state,
+// so another replica completes the upload (S3 wants them again there);
+// a state whose checksums are malformed is refused.
+func TestPartChecksumsResume(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	a, b := newStore(t, srv, bucket, "r/"), newStore(t, srv, bucket, "r/")
+	blob := randomBytes(minPartSize + 100)
+	d := blobstore.FromBytes(blobstore.SHA256, blob)
+	ss, err := a.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ss.Append(ctx(t), 0, bytes.NewReader(blob[:minPartSize+10])); err != nil {
+		t.Fatal(err)
+	}
+	state, err := ss.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(state, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["crc32c"] != true || len(m["part_crc32c"].([]any)) != 1 {
+		t.Fatalf("state %s: want crc32c and one part checksum", state)
+	}
+	for _, bad := range []string{"not base64", "AAAA", "AAAAAAA=", ""} {
+		m["part_crc32c"] = []string{bad}
+		forged, _ := json.Marshal(m)
+		if _, err := b.ResumeSession(ctx(t), forged); !errors.Is(err, blobstore.ErrSessionUnknown) {
+			t.Errorf("part checksum %q: ResumeSession = %v, want ErrSessionUnknown", bad, err)
+		}
+	}
+	resumed, err := b.ResumeSession(ctx(t), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resumed.Append(ctx(t), minPartSize+10, bytes.NewReader(blob[minPartSize+10:])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resumed.Commit(ctx(t), d, int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Open(ctx(t), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("read back %d bytes, %v; want the blob", len(got), err)
 	}
 }

@@ -107,7 +107,8 @@ func (st *sessionState) check() error {
 		return errors.New("bad part size")
 	case len(st.Parts) > maxParts || len(st.Parts) > 0 && st.UploadID == "":
 		return errors.New("bad parts")
-	case st.CRC32C && len(st.PartCRC32C) != len(st.Parts) || !st.CRC32C && len(st.PartCRC32C) > 0:
+	case st.CRC32C && len(st.PartCRC32C) != len(st.Parts) || !st.CRC32C && len(st.PartCRC32C) > 0 ||
+		slices.ContainsFunc(st.PartCRC32C, func(c string) bool { return !isCRC32C(c) }):
 		return errors.New("bad part checksums")
 	case st.Tail != "" && !backend.IsID(st.Tail) || (st.Tail == "") != (st.TailSize == 0):
 		return errors.New("bad tail")
