@@ -29,6 +29,9 @@ type partProxy struct {
 	// hideChecksum, if set, drops the CRC-32C from UploadPart answers, as
 	// a server that ignores the header answers.
 	hideChecksum bool
+	// refuseAlgorithm, if set, answers 400 to a CreateMultipartUpload that
+	// names a checksum algorithm, as a server that does not know one may.
+	refuseAlgorithm bool
 
 	mu       sync.Mutex
 	unsigned int // UploadParts sent with UNSIGNED-PAYLOAD
@@ -41,12 +44,12 @@ func isUploadPart(r *http.Request) bool {
 	return r.Method == http.MethodPut && q.Has("partNumber") && q.Has("uploadId")
 }
 
-func startPartProxy(t *testing.T, endpoint string, flip, hideChecksum bool) *partProxy {
+// startPartProxy starts p (its settings filled in) in front of endpoint.
+func startPartProxy(t *testing.T, endpoint string, p *partProxy) *partProxy {
 	target, err := url.Parse(endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &partProxy{flip: flip, hideChecksum: hideChecksum}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	direct := rp.Director
 	rp.Director = func(r *http.Request) {
@@ -81,7 +84,15 @@ func startPartProxy(t *testing.T, endpoint string, flip, hideChecksum bool) *par
 		}
 		return nil
 	}
-	srv := httptest.NewServer(rp)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p.refuseAlgorithm && r.Method == http.MethodPost && r.URL.Query().Has("uploads") &&
+			r.Header.Get("X-Amz-Checksum-Algorithm") != "" {
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code><Message>unknown header</Message></Error>`)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
 	t.Cleanup(srv.Close)
 	p.url = srv.URL
 	return p
@@ -113,7 +124,7 @@ func storeVia(t *testing.T, srv *s3test.Server, bucket, endpoint string) *Store 
 func TestCorruptPartRefused(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
-	p := startPartProxy(t, srv.Endpoint, true, false)
+	p := startPartProxy(t, srv.Endpoint, &partProxy{flip: true})
 	s := storeVia(t, srv, bucket, p.url)
 	blob := randomBytes(2*minPartSize + 100)
 	d := blobstore.FromBytes(blobstore.SHA256, blob)
@@ -146,11 +157,18 @@ func TestCorruptPartRefused(t *testing.T) {
 
 // TestPartChecksumIgnored: a server that does not echo the part's CRC-32C
 // may not have checked it, so the part goes again, signed with its
-// SHA-256, and so does every later one; the blob is whole.
+// SHA-256, and so does every later one; one that refuses an upload
+// created with a checksum algorithm gets one without, and signed parts.
+// Either way the blob is whole.
 func TestPartChecksumIgnored(t *testing.T) {
+	t.Run("not echoed", func(t *testing.T) { testChecksumFallback(t, false) })
+	t.Run("algorithm refused", func(t *testing.T) { testChecksumFallback(t, true) })
+}
+
+func testChecksumFallback(t *testing.T, refuse bool) {
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
-	p := startPartProxy(t, srv.Endpoint, false, true)
+	p := startPartProxy(t, srv.Endpoint, &partProxy{hideChecksum: !refuse, refuseAlgorithm: refuse})
 	s := storeVia(t, srv, bucket, p.url)
 	blob := randomBytes(3*minPartSize + 100)
 	d := blobstore.FromBytes(blobstore.SHA256, blob)
@@ -166,13 +184,17 @@ func TestPartChecksumIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !s.noChecksums.Load() {
-		t.Fatal("the store kept sending unsigned parts to a server that does not echo their CRC-32C")
+		t.Fatal("the store did not fall back to signed parts")
 	}
-	unsigned, signed, _ := p.counts()
-	// Parts 1 and 2 go together: both may go unsigned once; whichever
-	// did goes again signed; part 2 (if it had not gone), 3 and the tail
-	// go signed: 4 signed whatever the timing.
-	if unsigned < 1 || unsigned > 2 || signed != 4 {
+	unsigned, signed, withCRC := p.counts()
+	if refuse {
+		if unsigned != 0 || withCRC != 0 || signed != 4 {
+			t.Errorf("UploadParts: %d unsigned, %d with a CRC-32C, %d signed; want 4 signed, none with a CRC-32C", unsigned, withCRC, signed)
+		}
+	} else if unsigned < 1 || unsigned > 2 || signed != 4 {
+		// Parts 1 and 2 go together: both may go unsigned once; whichever
+		// did goes again signed; part 2 (if it had not gone), 3 and the tail
+		// go signed: 4 signed whatever the timing.
 		t.Errorf("UploadParts: %d unsigned, %d signed; want 1-2 unsigned, 4 signed", unsigned, signed)
 	}
 	b, err := s.Open(ctx(t), d)
