@@ -18,12 +18,12 @@ import (
 // Parts carry a CRC-32C the server checks, instead of a SigV4 payload
 // hash. Over plain HTTP the SDK signs every part with its SHA-256, a
 // second full hash pass on top of the blob's own digest, which was a
-// large share of a chunked push's CPU; and the server hashes the part again to check the
-// signature (versitygw does). A CRC-32C is computed in hardware (a
-// profile of 768 MiB pushed: 0.16 s of CPU, against 1.1 s for the parts'
-// SHA-256, bench/README.md) and S3 refuses a part whose bytes do not
-// match it (BadDigest), so the part is sent with UNSIGNED-PAYLOAD and the
-// same integrity. Over HTTPS the SDK already
+// large share of a chunked push's CPU; and the server hashes the part
+// again to check the signature (versitygw does). A CRC-32C is computed
+// in hardware (a profile of 768 MiB pushed: 0.16 s of CPU, against 1.1 s
+// for the parts' SHA-256, bench/README.md) and S3 refuses a part whose
+// bytes do not match it (BadDigest), so the part is sent with
+// UNSIGNED-PAYLOAD and the same integrity. Over HTTPS the SDK already
 // sends parts unsigned (TLS guards the wire), so there the CRC adds an
 // end-to-end check that was not there.
 //
