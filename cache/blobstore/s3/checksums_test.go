@@ -235,6 +235,9 @@ func TestPartChecksumsResume(t *testing.T) {
 	if m["crc32c"] != true || len(m["part_crc32c"].([]any)) != 1 {
 		t.Fatalf("state %s: want crc32c and one part checksum", state)
 	}
+	if a.noChecksums.Load() {
+		t.Fatal("versitygw's answer to a part did not echo its CRC-32C")
+	}
 	for _, bad := range []string{"not base64", "AAAA", "AAAAAAA=", ""} {
 		m["part_crc32c"] = []string{bad}
 		forged, _ := json.Marshal(m)
