@@ -78,8 +78,16 @@ func (s *Store) createUpload(ctx context.Context, key string) (uploadID string, 
 		if st := statusOf(err); st != http.StatusBadRequest && st != http.StatusNotImplemented {
 			return "", false, err
 		}
-		s.giveUpChecksums("CreateMultipartUpload with a checksum algorithm refused", err)
+		// Given up only if the same request without the algorithm is
+		// taken: a 400 may be about something else.
+		refused := err
 		in.ChecksumAlgorithm = ""
+		out, err = s.client.CreateMultipartUpload(ctx, in)
+		if err != nil {
+			return "", false, err
+		}
+		s.giveUpChecksums("CreateMultipartUpload with a checksum algorithm refused", refused)
+		return aws.ToString(out.UploadId), false, nil
 	}
 	out, err := s.client.CreateMultipartUpload(ctx, in)
 	if err != nil {
