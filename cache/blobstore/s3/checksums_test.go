@@ -50,10 +50,11 @@ func startPartProxy(t *testing.T, endpoint string, p *partProxy) *partProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	direct := rp.Director
-	rp.Director = func(r *http.Request) {
-		direct(r)
+	rp := &httputil.ReverseProxy{}
+	rp.Rewrite = func(pr *httputil.ProxyRequest) {
+		pr.SetURL(target)
+		pr.Out.Host = pr.In.Host // as signed
+		r := pr.Out
 		if !isUploadPart(r) {
 			return
 		}
