@@ -105,10 +105,10 @@ func (p *partProxy) counts() (unsigned, signed, withCRC int) {
 	return p.unsigned, p.signed, p.withCRC
 }
 
-func storeVia(t *testing.T, srv *s3test.Server, bucket, endpoint string) *Store {
+func storeVia(t *testing.T, srv *s3test.Server, bucket, endpoint, prefix string) *Store {
 	t.Helper()
 	s, err := New(context.Background(), Config{
-		Bucket: bucket, Endpoint: endpoint, Region: srv.Region, Prefix: "p/",
+		Bucket: bucket, Endpoint: endpoint, Region: srv.Region, Prefix: prefix,
 		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: minPartSize,
 	}, nil)
 	if err != nil {
@@ -126,7 +126,7 @@ func TestCorruptPartRefused(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
 	p := startPartProxy(t, srv.Endpoint, &partProxy{flip: true})
-	s := storeVia(t, srv, bucket, p.url)
+	s := storeVia(t, srv, bucket, p.url, "p/")
 	blob := randomBytes(2*minPartSize + 100)
 	d := blobstore.FromBytes(blobstore.SHA256, blob)
 
@@ -170,7 +170,7 @@ func testChecksumFallback(t *testing.T, refuse bool) {
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
 	p := startPartProxy(t, srv.Endpoint, &partProxy{hideChecksum: !refuse, refuseAlgorithm: refuse})
-	s := storeVia(t, srv, bucket, p.url)
+	s := storeVia(t, srv, bucket, p.url, "p/")
 	blob := randomBytes(3*minPartSize + 100)
 	d := blobstore.FromBytes(blobstore.SHA256, blob)
 
@@ -257,6 +257,56 @@ func TestPartChecksumsResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, err := a.Open(ctx(t), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("read back %d bytes, %v; want the blob", len(got), err)
+	}
+}
+
+// TestResumeWithoutPartChecksums: a session whose upload was created
+// without checksums (by a replica of an earlier release, or one that gave
+// them up) has a state without them; a replica that uses them resumes it
+// with signed parts and completes it without checksums, as it began.
+func TestResumeWithoutPartChecksums(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	old := newStore(t, srv, bucket, "r/")
+	old.noChecksums.Store(true)
+	p := startPartProxy(t, srv.Endpoint, &partProxy{})
+	b := storeVia(t, srv, bucket, p.url, "r/")
+	blob := randomBytes(2*minPartSize + 100)
+	d := blobstore.FromBytes(blobstore.SHA256, blob)
+	ss, err := old.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ss.Append(ctx(t), 0, bytes.NewReader(blob[:minPartSize+10])); err != nil {
+		t.Fatal(err)
+	}
+	state, err := ss.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(state, []byte("crc32c")) {
+		t.Fatalf("state %s of an upload without checksums names them", state)
+	}
+	resumed, err := b.ResumeSession(ctx(t), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resumed.Append(ctx(t), minPartSize+10, bytes.NewReader(blob[minPartSize+10:])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resumed.Commit(ctx(t), d, int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	if unsigned, signed, withCRC := p.counts(); unsigned != 0 || withCRC != 0 || signed != 2 {
+		t.Errorf("UploadParts: %d unsigned, %d with a CRC-32C, %d signed; want 2 signed (part 2, the tail)", unsigned, withCRC, signed)
+	}
+	r, err := b.Open(ctx(t), d)
 	if err != nil {
 		t.Fatal(err)
 	}
