@@ -18,6 +18,7 @@ type partWriter struct {
 	ctx      context.Context
 	key      string
 	uploadID string
+	crc      bool // the upload was created with CRC-32C part checksums
 	next     int  // number of the next part
 	size     int  // the part size its buffers have
 	pooled   bool // buffers come from (and go back to) s.bufs
@@ -25,14 +26,14 @@ type partWriter struct {
 	wg       sync.WaitGroup
 
 	mu    sync.Mutex
-	etags []string // of parts first.., by index
+	parts []uploadedPart // first.., by index
 	first int
 	err   error
 }
 
-func (s *Store) newPartWriter(ctx context.Context, key, uploadID string, first int, partSize int64) *partWriter {
+func (s *Store) newPartWriter(ctx context.Context, key, uploadID string, crc bool, first int, partSize int64) *partWriter {
 	return &partWriter{
-		s: s, ctx: ctx, key: key, uploadID: uploadID, next: first, first: first,
+		s: s, ctx: ctx, key: key, uploadID: uploadID, crc: crc, next: first, first: first,
 		size: int(partSize), pooled: partSize == s.partSize,
 		slots: make(chan struct{}, partsInFlight),
 	}
@@ -80,29 +81,29 @@ func (w *partWriter) put(bp *[]byte) error {
 	number := w.next
 	w.next++
 	w.mu.Lock()
-	w.etags = append(w.etags, "")
+	w.parts = append(w.parts, uploadedPart{})
 	w.mu.Unlock()
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.slots }()
-		etag, err := w.s.uploadPart(w.ctx, w.key, w.uploadID, number, *bp)
+		p, err := w.s.uploadPart(w.ctx, w.key, w.uploadID, number, *bp, w.crc)
 		w.release(bp)
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if err != nil && w.err == nil {
 			w.err = err
 		}
-		w.etags[number-w.first] = etag
+		w.parts[number-w.first] = p
 	}()
 	return nil
 }
 
-// wait waits for every upload and returns the parts' ETags in order, or
-// the first failure. No upload runs once it returns.
-func (w *partWriter) wait() ([]string, error) {
+// wait waits for every upload and returns the parts in order, or the
+// first failure. No upload runs once it returns.
+func (w *partWriter) wait() ([]uploadedPart, error) {
 	w.wg.Wait()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.etags, w.err
+	return w.parts, w.err
 }

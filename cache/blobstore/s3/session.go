@@ -47,6 +47,12 @@ type sessionState struct {
 	UploadID string `json:"upload_id,omitempty"`
 	// Parts are the ETags of parts 1..n, each PartSize bytes.
 	Parts []string `json:"parts,omitempty"`
+	// CRC32C: the upload was created with CRC-32C part checksums
+	// (checksums.go), and PartCRC32C holds each part's, as S3 wants them
+	// again at completion. A replica that predates them refuses the state
+	// (unknown field) rather than upload a part without one.
+	CRC32C     bool     `json:"crc32c,omitempty"`
+	PartCRC32C []string `json:"part_crc32c,omitempty"`
 	// Tail names the object holding the TailSize bytes after the parts;
 	// TailSHA256 is their hash, checked when they are read back.
 	Tail       string `json:"tail,omitempty"`
@@ -101,6 +107,9 @@ func (st *sessionState) check() error {
 		return errors.New("bad part size")
 	case len(st.Parts) > maxParts || len(st.Parts) > 0 && st.UploadID == "":
 		return errors.New("bad parts")
+	case st.CRC32C && len(st.PartCRC32C) != len(st.Parts) || !st.CRC32C && len(st.PartCRC32C) > 0 ||
+		slices.ContainsFunc(st.PartCRC32C, func(c string) bool { return !isCRC32C(c) }):
+		return errors.New("bad part checksums")
 	case st.Tail != "" && !backend.IsID(st.Tail) || (st.Tail == "") != (st.TailSize == 0):
 		return errors.New("bad tail")
 	case st.TailSize < 0 || st.TailSize >= st.PartSize:
@@ -140,12 +149,13 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	s := ss.s
 	next := ss.st
 	next.Parts = slices.Clip(next.Parts) // appends must not reach ss.st's array
+	next.PartCRC32C = slices.Clip(next.PartCRC32C)
 	h, err := backend.CloneSHA256(ss.h)
 	if err != nil {
 		return 0, err
 	}
 	// Full parts go to S3 in the background while the next one fills.
-	pw := s.newPartWriter(ctx, s.dataKey(next.ID), next.UploadID, len(next.Parts)+1, next.PartSize)
+	pw := s.newPartWriter(ctx, s.dataKey(next.ID), next.UploadID, next.CRC32C, len(next.Parts)+1, next.PartSize)
 	bp := pw.buffer()
 	defer func() {
 		if bp != nil {
@@ -179,7 +189,7 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 				if err := ss.startUpload(ctx, &next); err != nil {
 					return 0, err
 				}
-				pw.uploadID = next.UploadID
+				pw.uploadID, pw.crc = next.UploadID, next.CRC32C
 			}
 			err := pw.put(bp)
 			bp = nil
@@ -193,11 +203,11 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 			break
 		}
 	}
-	etags, err := pw.wait()
+	parts, err := pw.wait()
 	if err != nil {
 		return 0, sessionErr("append to", next.ID, err)
 	}
-	next.Parts = append(next.Parts, etags...)
+	next.addParts(parts)
 	buf := *bp
 	if n == 0 {
 		return 0, nil
@@ -219,16 +229,37 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	return n, nil
 }
 
-// startUpload starts st's multipart upload, with its first part.
+// startUpload starts st's multipart upload, before its first part.
 func (ss *session) startUpload(ctx context.Context, st *sessionState) error {
 	s := ss.s
-	key := s.dataKey(st.ID)
-	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
+	id, crc, err := s.createUpload(ctx, s.dataKey(st.ID))
 	if err != nil {
 		return sessionErr("append to", st.ID, err)
 	}
-	st.UploadID = aws.ToString(up.UploadId)
+	st.UploadID, st.CRC32C = id, crc
 	return nil
+}
+
+// addParts records parts uploaded after st's.
+func (st *sessionState) addParts(parts []uploadedPart) {
+	for _, p := range parts {
+		st.Parts = append(st.Parts, p.etag)
+		if st.CRC32C {
+			st.PartCRC32C = append(st.PartCRC32C, p.crc32c)
+		}
+	}
+}
+
+// uploadedParts are st's parts as completing the upload names them.
+func (st *sessionState) uploadedParts() []uploadedPart {
+	parts := make([]uploadedPart, len(st.Parts))
+	for i, etag := range st.Parts {
+		parts[i].etag = etag
+		if st.CRC32C {
+			parts[i].crc32c = st.PartCRC32C[i]
+		}
+	}
+	return parts
 }
 
 // readTail appends the session's tail to buf, checking it is the one the
@@ -358,29 +389,28 @@ func (ss *session) assemble(ctx context.Context) (string, error) {
 	case len(st.Parts) == 0:
 		return s.tailKey(st.ID, st.Tail), nil
 	}
-	next := *st
-	next.Parts = slices.Clip(next.Parts)
-	if next.Tail != "" {
-		buf, err := ss.readTail(ctx, make([]byte, 0, next.TailSize))
+	parts := st.uploadedParts()
+	if st.Tail != "" {
+		buf, err := ss.readTail(ctx, make([]byte, 0, st.TailSize))
 		if err != nil {
 			return "", err
 		}
-		etag, err := s.uploadPart(ctx, s.dataKey(next.ID), next.UploadID, len(next.Parts)+1, buf)
+		p, err := s.uploadPart(ctx, s.dataKey(st.ID), st.UploadID, len(parts)+1, buf, st.CRC32C)
 		if err != nil {
-			return "", sessionErr("commit", next.ID, err)
+			return "", sessionErr("commit", st.ID, err)
 		}
-		next.Parts = append(next.Parts, etag)
+		parts = append(parts, p)
 	}
-	key := s.dataKey(next.ID)
+	key := s.dataKey(st.ID)
 	defer ss.timed("assemble", time.Now())
-	if err := s.complete(ctx, key, next.UploadID, next.Parts); err != nil {
+	if err := s.complete(ctx, key, st.UploadID, parts); err != nil {
 		// A commit that completed the upload but not the link (a crash,
 		// a lost answer) finds the object there on its retry.
 		if statusOf(err) != http.StatusNotFound {
-			return "", sessionErr("commit", next.ID, err)
+			return "", sessionErr("commit", st.ID, err)
 		}
-		if n, herr := s.head(ctx, key); herr != nil || n != next.Size {
-			return "", sessionErr("commit", next.ID, err)
+		if n, herr := s.head(ctx, key); herr != nil || n != st.Size {
+			return "", sessionErr("commit", st.ID, err)
 		}
 	}
 	*st = sessionState{SessionState: st.SessionState, PartSize: st.PartSize, Assembled: true}

@@ -30,6 +30,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -38,7 +39,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
@@ -90,6 +90,9 @@ type Store struct {
 	log      *zap.Logger
 	bufs     sync.Pool // *[]byte of cap partSize
 	links    *linkCache
+	// noChecksums: the server was found not to check part checksums
+	// (checksums.go), so parts are signed with their SHA-256.
+	noChecksums atomic.Bool
 }
 
 // New checks cfg and returns a Store. It does not contact the server.
@@ -392,12 +395,11 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, first *[]byte) (blobstore.Info, error) {
 	start := time.Now()
 	key := s.blobKey(d)
-	up, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
+	uploadID, crc, err := s.createUpload(ctx, key)
 	if err != nil {
 		s.bufs.Put(first)
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
-	uploadID := aws.ToString(up.UploadId)
 	completed := false
 	defer func() {
 		if !completed {
@@ -405,7 +407,7 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 		}
 	}()
 	// Parts go to S3 in the background while the next one fills.
-	pw := s.newPartWriter(ctx, key, uploadID, 1, s.partSize)
+	pw := s.newPartWriter(ctx, key, uploadID, crc, 1, s.partSize)
 	fail := func(err error) (blobstore.Info, error) {
 		pw.wait()
 		return blobstore.Info{}, err
@@ -438,20 +440,20 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 			return fail(fmt.Errorf("s3: put %s: %w", d, rerr))
 		}
 	}
-	etags, err := pw.wait()
+	parts, err := pw.wait()
 	if err != nil {
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	if err := backend.Verify(d, size, total, h); err != nil {
 		return blobstore.Info{}, err
 	}
-	parts := time.Since(start)
-	if err := s.complete(ctx, key, uploadID, etags); err != nil {
+	took := time.Since(start)
+	if err := s.complete(ctx, key, uploadID, parts); err != nil {
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	completed = true
 	s.log.Debug("s3 multipart put", zap.String("digest", d.String()), zap.Int64("size", total),
-		zap.Duration("parts", parts), zap.Duration("complete", time.Since(start)-parts))
+		zap.Duration("parts", took), zap.Duration("complete", time.Since(start)-took))
 	return blobstore.Info{Digest: d, Size: total}, nil
 }
 
@@ -501,32 +503,6 @@ func fill(buf []byte, r io.Reader, h hash.Hash) ([]byte, int64, error) {
 func (s *Store) putObject(ctx context.Context, key string, b []byte) error {
 	_, err := s.client.PutObject(ctx, &awss3.PutObjectInput{
 		Bucket: &s.bucket, Key: &key, Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b))),
-	})
-	return err
-}
-
-func (s *Store) uploadPart(ctx context.Context, key, uploadID string, number int, b []byte) (string, error) {
-	out, err := s.client.UploadPart(ctx, &awss3.UploadPartInput{
-		Bucket: &s.bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(int32(number)),
-		Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b))),
-	})
-	if err != nil {
-		return "", err
-	}
-	return aws.ToString(out.ETag), nil
-}
-
-// complete assembles parts 1..len(etags); S3 checks each ETag, so a part
-// overwritten since it was recorded fails the completion instead of
-// slipping in.
-func (s *Store) complete(ctx context.Context, key, uploadID string, etags []string) error {
-	parts := make([]types.CompletedPart, len(etags))
-	for i, e := range etags {
-		parts[i] = types.CompletedPart{ETag: aws.String(e), PartNumber: aws.Int32(int32(i + 1))}
-	}
-	_, err := s.client.CompleteMultipartUpload(ctx, &awss3.CompleteMultipartUploadInput{
-		Bucket: &s.bucket, Key: &key, UploadId: &uploadID,
-		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
 	})
 	return err
 }

@@ -184,6 +184,8 @@ func TestResumeRefusesHostileState(t *testing.T) {
 		"tiny part size":        func(m map[string]any) { m["part_size"] = 1.0 },
 		"parts without upload":  func(m map[string]any) { m["parts"] = []string{"x"} },
 		"ended":                 func(m map[string]any) { m["ended"] = true },
+		"checksums, no crc32c":  func(m map[string]any) { m["part_crc32c"] = []string{"AAAAAA=="} },
+		"checksums not parts":   func(m map[string]any) { m["crc32c"], m["part_crc32c"] = true, []string{"AAAAAA=="} },
 		"other version":         func(m map[string]any) { m["v"] = 1.0 },
 		"hash state cut":        func(m map[string]any) { m["sha256"] = "AAAA" },
 	}
