@@ -38,7 +38,12 @@ type pgMirror struct {
 func newPGMirror(t *testing.T) *pgMirror {
 	t.Helper()
 	dsn := pgtest.NewDatabase(t)
-	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn})
+	// These tests hold store writes on a table lock for as long as they
+	// need. pgmeta's default 5s bound on a call could end a held write
+	// before a loaded machine has set up the rest of the test; a minute
+	// leaves pendingStoreTimeout (30s) as the bound of a write after its
+	// answer, as in production.
+	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
