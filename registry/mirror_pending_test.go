@@ -47,6 +47,9 @@ type pgMirror struct {
 func newPGMirror(t *testing.T, prefixes ...string) *pgMirror {
 	t.Helper()
 	dsn := pgtest.NewDatabase(t)
+	// These tests hold store writes on a table lock for as long as they
+	// need. pgmeta's default 5s bound on a call could end a held write
+	// before a loaded machine has set up the rest of the test.
 	meta, err := pgmeta.Open(context.Background(), pgmeta.Options{DSN: dsn + "&pool_max_conns=40", Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
