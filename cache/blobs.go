@@ -117,7 +117,9 @@ func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reade
 	m := s.meter(src, "", 0)
 	defer func() { s.release(m.reserved, m.owner) }()
 	h := want.Algorithm.New()
-	n, err := blobfile.CopyHashing(s.space.Writer(blobfile.WriteBehind(f, 0)), h, m, size)
+	dw, done := blobfile.WriteDirect(f, 0)
+	n, err := blobfile.CopyHashing(s.space.Writer(dw), h, m, size)
+	done()
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

@@ -443,7 +443,9 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if err := s.space.Admit(-1); err != nil {
 		return fail("append upload", err)
 	}
-	n, err := blobfile.CopyHashing(s.space.Writer(blobfile.WriteBehind(f, at)), h, r, -1)
+	dw, done := blobfile.WriteDirect(f, at)
+	n, err := blobfile.CopyHashing(s.space.Writer(dw), h, r, -1)
+	done()
 	if err != nil {
 		return fail("append upload", err)
 	}

@@ -59,6 +59,28 @@ func TestBigBlobsThroughWriteBehind(t *testing.T) {
 	if !bytes.Equal(readBlob(t, s, cd), chunked) {
 		t.Fatal("chunked blob differs")
 	}
+
+	// Chunks of whole MiB, as clients send them: each starts aligned, so
+	// its bytes go to the disk directly (WriteDirect), the last one's odd
+	// tail through the page cache.
+	aligned := patterned(bigBlobSize, 5)
+	ad := digestOf(aligned)
+	u, err = s.NewUpload(t.Context(), "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chunks [][]byte
+	for rest := aligned; len(rest) > 0; {
+		n := min(len(rest), 5<<20)
+		chunks, rest = append(chunks, rest[:n]), rest[n:]
+	}
+	appendChunks(t, s, "app", u.ID, chunks...)
+	if info, err := s.CommitUpload(t.Context(), "app", u.ID, ad); err != nil || info.Size != int64(len(aligned)) {
+		t.Fatalf("CommitUpload = %+v, %v", info, err)
+	}
+	if !bytes.Equal(readBlob(t, s, ad), aligned) {
+		t.Fatal("blob pushed in aligned chunks differs")
+	}
 	noTempFiles(t, s)
 }
 
@@ -99,6 +121,17 @@ func TestBigBlobFailuresLeaveNothing(t *testing.T) {
 	u, err := s.NewUpload(t.Context(), "app")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A failing first chunk, at an aligned offset: written directly
+	// (WriteDirect), then cut off like any other.
+	if _, err := s.AppendUpload(t.Context(), "app", u.ID, 0, io.MultiReader(bytes.NewReader(short), iotest.ErrReader(boom))); !errors.Is(err, boom) {
+		t.Fatalf("AppendUpload with a failing first body = %v", err)
+	}
+	if got, err := s.GetUpload(t.Context(), "app", u.ID); err != nil || got.Size != 0 {
+		t.Fatalf("session after the failed first chunk = %+v, %v; want size 0", got, err)
+	}
+	if fi, err := os.Stat(s.uploadPath(u.ID)); err != nil || fi.Size() != 0 {
+		t.Fatalf("session data after the failed first chunk: %v", err)
 	}
 	appendChunks(t, s, "app", u.ID, data[:100])
 	if _, err := s.AppendUpload(t.Context(), "app", u.ID, 100, io.MultiReader(bytes.NewReader(short[100:]), iotest.ErrReader(boom))); !errors.Is(err, boom) {

@@ -169,7 +169,9 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	if err := ss.s.space.Admit(-1); err != nil {
 		return fail(err)
 	}
-	n, err := blobfile.CopyHashing(ss.s.space.Writer(blobfile.WriteBehind(f, at)), h, ctxReader{ctx, r}, -1)
+	dw, done := blobfile.WriteDirect(f, at)
+	n, err := blobfile.CopyHashing(ss.s.space.Writer(dw), h, ctxReader{ctx, r}, -1)
+	done()
 	if err != nil {
 		return fail(err)
 	}
