@@ -115,7 +115,8 @@ func TestReleaseTablePages(t *testing.T) {
 	if errors.Is(err, unix.EINVAL) {
 		t.Skip("madvise MADV_PAGEOUT not supported by this kernel (Linux >= 5.4)")
 	}
-	if err != nil || asked < before {
+	// Not asked >= before: a compaction may replace tables in between.
+	if err != nil || asked == 0 {
 		t.Fatalf("releaseTablePages = %d, %v (resident before: %d)", asked, err, before)
 	}
 	// MADV_PAGEOUT is advice: pages badger's own goroutines touch
