@@ -143,7 +143,8 @@ func (s *Store) repoMarks(cutoff time.Time, after []byte) ([]gcMark, error) {
 // blobMarks lists up to gcMarkBatch blob marks after the key `after`
 // (nil: from the time from on). A mark's at is in its key.
 func (s *Store) blobMarks(from time.Time, after []byte) ([]gcMark, error) {
-	if after == nil {
+	if after == nil && !from.IsZero() {
+		// (The zero time has no UnixNano: it would seek past every mark.)
 		after = binary.BigEndian.AppendUint64([]byte(pGCBlob), uint64(from.UnixNano()))
 	}
 	return s.marks([]byte(pGCBlob), after, func(k []byte) (string, bool) {

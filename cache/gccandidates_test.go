@@ -454,3 +454,19 @@ func firstKey(t *testing.T, txn *badger.Txn, prefix string) []byte {
 	}
 	return it.Item().KeyCopy(nil)
 }
+
+// TestGCBlobMarksWithoutFrom: a store that has had a full pass but has no
+// gtfrom yet (upgraded) reads its blob marks from the first.
+func TestGCBlobMarksWithoutFrom(t *testing.T) {
+	t.Parallel()
+	s, _, _ := settledStore(t, "a")
+	if err := s.db.DropPrefix([]byte(keyGCBlobAt)); err != nil {
+		t.Fatal(err)
+	}
+	loose := mustPut(t, s, []byte("marked, never linked"))
+	ageAll(t, s, loose)
+	if st := gcPass(t, s, false); st.BlobsRemoved != 1 {
+		t.Fatalf("GC = %+v, want the marked blob removed", st)
+	}
+	wantStored(t, s, false, loose)
+}
