@@ -153,6 +153,19 @@ func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
 		return err
 	}
 	next := start.Add(-gcMarkSlack) // gtfrom after this pass
+	// A batch's marks are settled while the next batch is examined: the
+	// commit waits for badger's log sync, which has nothing to do with the
+	// next batch's marks (other keys). One settle at a time.
+	var settling chan error
+	settled := func() error {
+		if settling == nil {
+			return nil
+		}
+		err := <-settling
+		settling = nil
+		return err
+	}
+	defer settled()
 	var after []byte
 	for !s.closing() {
 		marks, err := s.blobMarks(from, after)
@@ -160,6 +173,9 @@ func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
 			return err
 		}
 		if len(marks) == 0 {
+			if err := settled(); err != nil {
+				return err
+			}
 			if next.After(from) {
 				return s.setBlobMarksFrom(next)
 			}
@@ -195,9 +211,12 @@ func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
 				}
 			}
 		}
-		if err := s.settleMarks(done, nil); err != nil {
+		if err := settled(); err != nil {
 			return err
 		}
+		ch := make(chan error, 1)
+		go func() { ch <- s.settleMarks(done, nil) }()
+		settling = ch
 		after = marks[len(marks)-1].key
 	}
 	return nil
