@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +74,11 @@ func (s *Store) GC() (GCStats, error) {
 	if err := s.sweepMarkedBlobs(cutoff, &st); err != nil {
 		return st, err
 	}
+	if full {
+		if err := s.dropOldBlobMarks(); err != nil {
+			return st, err
+		}
+	}
 	if full && !s.closing() {
 		if err := s.fullPassDone(now); err != nil {
 			return st, err
@@ -136,24 +143,57 @@ func (s *Store) sweepBlobs(cutoff time.Time, st *GCStats) error {
 
 // sweepMarkedBlobs examines the blobs marked as candidates: collects
 // those unlinked and older than cutoff, and consumes the marks of those
-// collected, linked or gone. A young unlinked blob keeps its mark.
+// collected, linked or gone. A young unlinked blob keeps its mark. It
+// reads the marks from gtfrom on and moves gtfrom past what it consumed
+// (gccandidates.go).
 func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
+	start := time.Now()
+	from, err := s.blobMarksFrom()
+	if err != nil {
+		return err
+	}
+	next := start.Add(-gcMarkSlack) // gtfrom after this pass
+	// A batch's marks are settled while the next batch is examined: the
+	// commit waits for badger's log sync, which has nothing to do with the
+	// next batch's marks (other keys). One settle at a time.
+	var settling chan error
+	settled := func() error {
+		if settling == nil {
+			return nil
+		}
+		err := <-settling
+		settling = nil
+		return err
+	}
+	defer settled()
 	var after []byte
 	for !s.closing() {
-		marks, err := s.blobMarks(after)
-		if err != nil || len(marks) == 0 {
+		marks, err := s.blobMarks(from, after)
+		if err != nil {
 			return err
 		}
-		var done, named []gcMark
-		var ds []Digest
+		if len(marks) == 0 {
+			if err := settled(); err != nil {
+				return err
+			}
+			if next.After(from) {
+				return s.setBlobMarksFrom(next)
+			}
+			return nil
+		}
+		// A blob may have several marks; examined once, in digest order
+		// (collectBatch's seeks go forward).
+		var done []gcMark
+		byDigest := map[Digest][]gcMark{}
 		for _, m := range marks {
 			d, err := ParseDigest(m.name)
 			if err != nil {
 				done = append(done, m) // not a key we write
 				continue
 			}
-			named, ds = append(named, m), append(ds, d)
+			byDigest[d] = append(byDigest[d], m)
 		}
+		ds := slices.SortedFunc(maps.Keys(byDigest), func(a, b Digest) int { return strings.Compare(a.String(), b.String()) })
 		fates, err := s.collectBatch(ds, cutoff, st)
 		if err != nil {
 			return fmt.Errorf("cache: gc: %w", err)
@@ -162,12 +202,21 @@ func (s *Store) sweepMarkedBlobs(cutoff time.Time, st *GCStats) error {
 			// Young or unreadable stays a candidate; a blob linked since
 			// is marked again when it loses its last link.
 			if f != blobYoung && f != blobUnknown {
-				done = append(done, named[i])
+				done = append(done, byDigest[ds[i]]...)
+				continue
+			}
+			for _, m := range byDigest[ds[i]] {
+				if at := markTime(m.key); at.Before(next) {
+					next = at
+				}
 			}
 		}
-		if err := s.settleMarks(done, nil); err != nil {
+		if err := settled(); err != nil {
 			return err
 		}
+		ch := make(chan error, 1)
+		go func() { ch <- s.settleMarks(done, nil) }()
+		settling = ch
 		after = marks[len(marks)-1].key
 	}
 	return nil

@@ -15,9 +15,14 @@ package cache
 //	                (unix ns, 8 bytes BE, the store's clock): a blob
 //	                linked (since the link), a manifest deleted (since a
 //	                grace period before: what it referenced may be old)
-//	gb/<digest>     the blob is worth examining (value: when it became
-//	                one, unix ns); its file's time is the grace period
+//	gt/<at><digest> the blob is worth examining since at (unix ns, 8
+//	                bytes BE, the real clock); its file's time is the
+//	                grace period
+//	gtfrom          where the next pass starts reading gt/ (unix ns):
+//	                every mark before it was consumed
 //	gcfull          when the last full pass finished (unix ns)
+//	gb/<digest>     a blob mark as written before gt/ (by digest); only
+//	                a full pass reads them, and deletes them all
 //
 // A repository mark younger than the grace period stays for a later pass
 // (nothing it stands for may go before). Marks are written blindly (no
@@ -28,6 +33,19 @@ package cache
 // stays for the next pass. A repository that still has young unreferenced
 // links gets a new mark with the time of the oldest of them; a blob still
 // young and unlinked keeps its mark (its file's time is its age).
+//
+// Blob marks are ordered by time so that those consumed, deleted, do not
+// stay in the way: badger keeps a deleted key as a tombstone until
+// compaction reaches the last level, and an iterator steps over every
+// one, so a pass after a full pass (which consumes a mark per blob of the
+// store, 150,000 at 50,000 images) spent a quarter of its time walking
+// tombstones when the marks were keyed by digest. A pass starts at
+// gtfrom, past everything consumed before, and leaves gtfrom at its own
+// start less gcMarkSlack (a mark is timed when its transaction is made,
+// and may commit that much later) or at the oldest mark it kept, if
+// older. A mark whose transaction takes longer than gcMarkSlack to
+// commit, or timed by a clock set back that far, is not seen by the
+// incremental passes: the full pass takes its blob.
 //
 // An incremental pass may miss garbage (a store from before the marks, a
 // link renewed past its mark), never keep less than the full pass would:
@@ -51,9 +69,15 @@ import (
 )
 
 const (
-	pGCRepo   = "gr/"
-	pGCBlob   = "gb/"
-	keyGCFull = "gcfull"
+	pGCRepo     = "gr/"
+	pGCBlob     = "gt/"
+	pGCBlobV1   = "gb/"
+	keyGCFull   = "gcfull"
+	keyGCBlobAt = "gtfrom"
+
+	// gcMarkSlack: how long after it is timed a blob mark may commit and
+	// still be seen by the incremental passes.
+	gcMarkSlack = time.Minute
 
 	// gcMarkBatch: marks read, examined and settled per transaction.
 	gcMarkBatch = 256
@@ -66,7 +90,9 @@ func gcRepoKey(since time.Time, repo string) []byte {
 	return append(binary.BigEndian.AppendUint64([]byte(pGCRepo), uint64(since.UnixNano())), repo...)
 }
 
-func gcBlobKey(d Digest) []byte { return []byte(pGCBlob + d.String()) }
+func gcBlobKey(at time.Time, d Digest) []byte {
+	return append(binary.BigEndian.AppendUint64([]byte(pGCBlob), uint64(at.UnixNano())), d.String()...)
+}
 
 // markRepo makes repo a candidate since the time since: of the first pass
 // after the grace period from then.
@@ -76,7 +102,7 @@ func markRepo(txn *badger.Txn, repo string, since time.Time) error {
 
 // markBlob makes blob d a candidate of the next pass.
 func markBlob(txn *badger.Txn, d Digest) error {
-	return txn.Set(gcBlobKey(d), linkTime(time.Now()))
+	return txn.Set(gcBlobKey(time.Now(), d), nil)
 }
 
 // markBlobs is markBlob for each of ds in one transaction of its own.
@@ -114,11 +140,80 @@ func (s *Store) repoMarks(cutoff time.Time, after []byte) ([]gcMark, error) {
 	})
 }
 
-// blobMarks lists up to gcMarkBatch blob marks after the key `after`.
-func (s *Store) blobMarks(after []byte) ([]gcMark, error) {
+// blobMarks lists up to gcMarkBatch blob marks after the key `after`
+// (nil: from the time from on). A mark's at is in its key.
+func (s *Store) blobMarks(from time.Time, after []byte) ([]gcMark, error) {
+	if after == nil && !from.IsZero() {
+		// (The zero time has no UnixNano: it would seek past every mark.)
+		after = binary.BigEndian.AppendUint64([]byte(pGCBlob), uint64(from.UnixNano()))
+	}
 	return s.marks([]byte(pGCBlob), after, func(k []byte) (string, bool) {
-		return string(k[len(pGCBlob):]), true
+		if len(k) < len(pGCBlob)+8 {
+			return "", true // not a key we write; consumed like one
+		}
+		return string(k[len(pGCBlob)+8:]), true
 	})
+}
+
+// markTime is when blob mark key k was made.
+func markTime(k []byte) time.Time {
+	if len(k) < len(pGCBlob)+8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[len(pGCBlob):])))
+}
+
+// blobMarksFrom reads gtfrom: where the blob marks not yet consumed
+// start (zero: at the beginning).
+func (s *Store) blobMarksFrom() (time.Time, error) {
+	var from time.Time
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(keyGCBlobAt))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			if at, ok := parseLinkTime(v); ok {
+				from = at
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("cache: read gc state: %w", err)
+	}
+	return from, nil
+}
+
+// setBlobMarksFrom writes gtfrom.
+func (s *Store) setBlobMarksFrom(from time.Time) error {
+	err := s.update(func(txn *badger.Txn) error { return txn.Set([]byte(keyGCBlobAt), linkTime(from)) })
+	if err != nil {
+		return fmt.Errorf("cache: write gc state: %w", err)
+	}
+	return nil
+}
+
+// dropOldBlobMarks deletes the blob marks written before gt/ (gb/, by
+// digest), in transactions of gcMarkBatch. Only a full pass calls it,
+// after its walk over every blob file: that walk is what those marks
+// stood for.
+func (s *Store) dropOldBlobMarks() error {
+	var after []byte
+	for !s.closing() {
+		marks, err := s.marks([]byte(pGCBlobV1), after, func([]byte) (string, bool) { return "", true })
+		if err != nil || len(marks) == 0 {
+			return err
+		}
+		if err := s.settleMarks(marks, nil); err != nil {
+			return err
+		}
+		after = marks[len(marks)-1].key
+	}
+	return nil
 }
 
 // marks lists up to gcMarkBatch keys under prefix after `after`, named by

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,6 +55,24 @@ func settledStore(t *testing.T, repos ...string) (*Store, *testClock, map[string
 }
 
 // countKeys counts the keys under prefix.
+// hasBlobMark reports whether blob d has a candidate mark.
+func hasBlobMark(t *testing.T, s *Store, d Digest) bool {
+	t.Helper()
+	found := false
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pGCBlob)})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && !found; it.Next() {
+			found = strings.HasSuffix(string(it.Item().Key()), d.String())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
 func countKeys(t *testing.T, s *Store, prefix string) int {
 	t.Helper()
 	n := 0
@@ -224,12 +243,8 @@ func TestGCInstallMarksBeforeTheFile(t *testing.T) {
 	}
 	m := pushImage(t, s, "a", Digest{}, d, digestOf(body))
 	for _, b := range []Digest{d, digestOf(body), m} {
-		err := s.db.View(func(txn *badger.Txn) error {
-			_, err := txn.Get(gcBlobKey(b))
-			return err
-		})
-		if err != nil {
-			t.Errorf("%s: no candidate: %v", b, err)
+		if !hasBlobMark(t, s, b) {
+			t.Errorf("%s: no candidate", b)
 		}
 	}
 	// All linked: the next pass examines and settles them.
@@ -347,4 +362,111 @@ func TestGCIncrementalManyRepositories(t *testing.T) {
 	if got := countKeys(t, s, pGCRepo); got != n {
 		t.Errorf("repository candidates = %d, want %d", got, n)
 	}
+}
+
+// TestGCBlobMarksFrom: a pass reads the blob marks from gtfrom and moves
+// it past what it consumed, but never past a mark it kept, however old
+// that mark's time: the blob is still collected once its file is old.
+func TestGCBlobMarksFrom(t *testing.T) {
+	t.Parallel()
+	s, _, _ := settledStore(t, "a")
+	gone := mustPut(t, s, []byte("collected now"))
+	young := mustPut(t, s, []byte("young file, old mark"))
+	ageAll(t, s, gone)
+	// young's mark as if made three hours ago (the file is new), after
+	// where the marks start.
+	if err := s.setBlobMarksFrom(time.Now().Add(-4 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	err := s.update(func(txn *badger.Txn) error {
+		return txn.Set(gcBlobKey(time.Now().Add(-3*time.Hour), young), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if st := gcPass(t, s, false); st.BlobsRemoved != 1 {
+		t.Fatalf("GC = %+v, want only the old file removed", st)
+	}
+	from, err := s.blobMarksFrom()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !from.Before(start.Add(-2 * time.Hour)) {
+		t.Fatalf("gtfrom = %v, want at or before the kept mark (3 h ago)", from)
+	}
+	ageAll(t, s, young)
+	if st := gcPass(t, s, false); st.BlobsRemoved != 1 {
+		t.Fatalf("GC once the file is old = %+v, want it removed", st)
+	}
+	wantStored(t, s, false, gone, young)
+	from, err = s.blobMarksFrom()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Now().Add(-gcMarkSlack); from.Before(start.Add(-gcMarkSlack)) || from.After(want) {
+		t.Errorf("gtfrom = %v after every mark was consumed, want about %v", from, want)
+	}
+	if n := countKeys(t, s, pGCBlob); n != 0 {
+		t.Errorf("%d blob candidates left", n)
+	}
+}
+
+// TestGCOldBlobMarks: blob marks by digest (gb/, from before marks were
+// ordered by time) are left to the full pass, which collects what they
+// stood for with its walk and deletes them.
+func TestGCOldBlobMarks(t *testing.T) {
+	t.Parallel()
+	s, clock, _ := settledStore(t, "a")
+	loose := mustPut(t, s, []byte("marked the old way"))
+	ageAll(t, s, loose)
+	err := s.update(func(txn *badger.Txn) error {
+		if err := txn.Delete(firstKey(t, txn, pGCBlob)); err != nil {
+			return err
+		}
+		return txn.Set([]byte(pGCBlobV1+loose.String()), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := gcPass(t, s, false); st.BlobsExamined != 0 || st.removedAny() {
+		t.Fatalf("incremental GC = %+v, want old marks left alone", st)
+	}
+	wantStored(t, s, true, loose)
+	clock.add(25 * time.Hour)
+	if st := gcPass(t, s, true); st.BlobsRemoved != 1 {
+		t.Fatalf("full GC = %+v, want the blob removed", st)
+	}
+	wantStored(t, s, false, loose)
+	if n := countKeys(t, s, pGCBlobV1); n != 0 {
+		t.Errorf("%d old blob marks left after the full pass", n)
+	}
+}
+
+// firstKey is the first key under prefix.
+func firstKey(t *testing.T, txn *badger.Txn, prefix string) []byte {
+	t.Helper()
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+	defer it.Close()
+	it.Rewind()
+	if !it.Valid() {
+		t.Fatalf("no key under %s", prefix)
+	}
+	return it.Item().KeyCopy(nil)
+}
+
+// TestGCBlobMarksWithoutFrom: a store that has had a full pass but has no
+// gtfrom yet (upgraded) reads its blob marks from the first.
+func TestGCBlobMarksWithoutFrom(t *testing.T) {
+	t.Parallel()
+	s, _, _ := settledStore(t, "a")
+	if err := s.db.DropPrefix([]byte(keyGCBlobAt)); err != nil {
+		t.Fatal(err)
+	}
+	loose := mustPut(t, s, []byte("marked, never linked"))
+	ageAll(t, s, loose)
+	if st := gcPass(t, s, false); st.BlobsRemoved != 1 {
+		t.Fatalf("GC = %+v, want the marked blob removed", st)
+	}
+	wantStored(t, s, false, loose)
 }

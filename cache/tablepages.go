@@ -7,12 +7,27 @@ import (
 	"go.uber.org/zap"
 )
 
-// tablePagesEvery is how often the store hands the pages of badger's
-// table files back to the kernel (tablepages_linux.go).
-const tablePagesEvery = 10 * time.Second
+const (
+	// tablePagesEvery is how often the store hands the pages of all of
+	// badger's table files back to the kernel (tablepages_linux.go):
+	// what lookups read back in.
+	tablePagesEvery = 10 * time.Second
+	// tablePagesNew is how often it looks for tables written since the
+	// last look and hands back theirs: a flush or compaction writes a
+	// table whole through its mapping, so every page of it is resident
+	// the moment it is written, and while compactions run that is tens
+	// of MiB within a few seconds (the peak RSS of a growing store).
+	// One read of /proc/self/maps a round; a stat per new table.
+	tablePagesNew = 500 * time.Millisecond
+	// tableSettled is how long a table file must have been left alone
+	// before its pages are handed back: one being written would be
+	// faulted straight back in by its writer.
+	tableSettled = 250 * time.Millisecond
+)
 
 // tablePagesLoop releases the resident pages of the metadata's table
-// files every tablePagesEvery. Badger (v4) always memory-maps its tables
+// files every tablePagesEvery, and those of new tables within
+// tablePagesNew of their writing. Badger (v4) always memory-maps its tables
 // (it has no option to read them with plain file I/O any more) and writes
 // and compacts them through those mappings, so every page of every table
 // it wrote or compacted stays in the process's RSS: about 1 KiB per image
@@ -32,15 +47,19 @@ func (s *Store) tablePagesLoop(metaDir string) {
 	if inMemoryFS(dir) {
 		return // tmpfs: the pages are the files; paging them out means swap
 	}
-	t := time.NewTicker(tablePagesEvery)
+	t := time.NewTicker(tablePagesNew)
 	defer t.Stop()
-	for {
+	done := map[string]bool{}
+	for round := 1; ; round++ {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
 		}
-		if _, err := releaseTablePages(dir); err != nil {
+		if round%int(tablePagesEvery/tablePagesNew) == 0 {
+			clear(done) // all of them again
+		}
+		if _, err := releaseTablePages(dir, done); err != nil {
 			// An old kernel (before 5.4) or no /proc: RSS keeps the pages,
 			// as it did before.
 			s.log.Debug("not releasing table pages", zap.Error(err))

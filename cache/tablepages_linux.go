@@ -6,31 +6,52 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // releaseTablePages asks the kernel (madvise MADV_PAGEOUT) to take back
 // the pages of this process's mappings of the .sst files in dir, and
-// returns how many bytes of mappings it asked about. MADV_PAGEOUT keeps
+// returns how many bytes of mappings it asked about. With done not nil
+// it asks only about tables not in done that were last written at least
+// tableSettled ago (a table being written now would only be faulted back
+// in by its writer), adds those to done, and drops from done the tables
+// no longer mapped; nil asks about every table. MADV_PAGEOUT keeps
 // the data: a clean page is dropped and read again on its next use, a
 // dirty one is written first. That is why it is safe here, where badger
 // may unmap a table (and the address be reused) between reading
 // /proc/self/maps and the call: at worst other memory is asked to be
 // paged out, which changes where it lives, never what it holds (unlike
 // MADV_DONTNEED, which would zero anonymous memory).
-func releaseTablePages(dir string) (int64, error) {
+func releaseTablePages(dir string, done map[string]bool) (int64, error) {
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	var asked int64
+	var (
+		asked  int64
+		mapped map[string]bool
+		now    = time.Now()
+	)
+	if done != nil {
+		mapped = make(map[string]bool, len(done))
+	}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		start, end, path, ok := parseMapsLine(sc.Text())
 		if !ok || filepath.Dir(path) != dir || filepath.Ext(path) != ".sst" {
 			continue
+		}
+		if done != nil {
+			mapped[path] = true
+			if done[path] {
+				continue
+			}
+			if info, err := os.Stat(path); err != nil || now.Sub(info.ModTime()) < tableSettled {
+				continue // gone already, or still being written: next round
+			}
 		}
 		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, start, end-start, unix.MADV_PAGEOUT); errno != 0 {
 			// ENOMEM or EAGAIN: the table was unmapped after the line was
@@ -43,6 +64,14 @@ func releaseTablePages(dir string) (int64, error) {
 			continue
 		}
 		asked += int64(end - start)
+		if done != nil {
+			done[path] = true
+		}
+	}
+	for path := range done {
+		if !mapped[path] {
+			delete(done, path)
+		}
 	}
 	return asked, sc.Err()
 }

@@ -5,7 +5,7 @@ package cache
 import "errors"
 
 // releaseTablePages is Linux's only (madvise MADV_PAGEOUT).
-func releaseTablePages(string) (int64, error) {
+func releaseTablePages(string, map[string]bool) (int64, error) {
 	return 0, errors.New("releasing table pages needs Linux")
 }
 

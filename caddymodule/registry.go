@@ -276,6 +276,7 @@ func (Registry) CaddyModule() caddy.ModuleInfo {
 func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.logger = ctx.Logger()
 	setDefaultGCPercent(rg.logger)
+	releaseExePagesLater(rg.logger)
 	rg.live = new(liveHandler)
 	var err error
 	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
