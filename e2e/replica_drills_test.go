@@ -206,10 +206,31 @@ func TestReplicaKillDrill(t *testing.T) {
 			t.Errorf("podman pulled %s, want %s", got, acked[0].digest)
 		}
 	}
-	// GC ran throughout: the orphan blob outlived its grace and went.
-	waitFor(t, 60*time.Second, "GC to collect the orphan blob", func() bool {
-		return status(http.MethodHead, front.url("/v2/drill/orphan/blobs/"+orphanDigest)) == http.StatusNotFound
-	})
+	// GC ran throughout: the orphan blob outlived its grace and went. A
+	// leader killed in the drill holds the GC lease until it expires
+	// (30 s), and a loaded machine slows every pass: the wait allows for
+	// both, and a failure shows what the replicas said of their GC.
+	deadline := time.Now().Add(120 * time.Second)
+	for status(http.MethodHead, front.url("/v2/drill/orphan/blobs/"+orphanDigest)) != http.StatusNotFound {
+		if time.Now().After(deadline) {
+			for i, r := range c.replicas {
+				t.Logf("replica %d on GC:\n%s", i, gcLines(r.out.String(), 20))
+			}
+			t.Fatal("waited 2m0s for GC to collect the orphan blob")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// gcLines is the last n lines of a replica's log that speak of GC.
+func gcLines(log string, n int) string {
+	var keep []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "GC") || strings.Contains(l, "garbage") || strings.Contains(l, "gc") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep[max(0, len(keep)-n):], "\n")
 }
 
 // TestReplicaKillMidChunkedPush: a chunked upload whose replica is
