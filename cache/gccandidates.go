@@ -166,9 +166,15 @@ func markTime(k []byte) time.Time {
 // blobMarksFrom reads gtfrom: where the blob marks not yet consumed
 // start (zero: at the beginning).
 func (s *Store) blobMarksFrom() (time.Time, error) {
-	var from time.Time
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte(keyGCBlobAt))
+	from, _, err := s.gcStateTime(keyGCBlobAt)
+	return from, err
+}
+
+// gcStateTime reads the time GC keeps at key; ok is false when there is
+// none (or none this version can read).
+func (s *Store) gcStateTime(key string) (at time.Time, ok bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(key))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
 		}
@@ -176,16 +182,16 @@ func (s *Store) blobMarksFrom() (time.Time, error) {
 			return err
 		}
 		return item.Value(func(v []byte) error {
-			if at, ok := parseLinkTime(v); ok {
-				from = at
+			if at, ok = parseLinkTime(v); !ok {
+				at = time.Time{}
 			}
 			return nil
 		})
 	})
 	if err != nil {
-		return time.Time{}, fmt.Errorf("cache: read gc state: %w", err)
+		return time.Time{}, false, fmt.Errorf("cache: read gc state: %w", err)
 	}
-	return from, nil
+	return at, ok, nil
 }
 
 // setBlobMarksFrom writes gtfrom.
@@ -286,26 +292,11 @@ func (s *Store) settleMarks(done []gcMark, later map[string]time.Time) error {
 // fullPassDue reports whether this pass must walk the whole store: never
 // done on this store, or the last one is fullInterval old.
 func (s *Store) fullPassDue(now time.Time) (bool, error) {
-	full := true
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte(keyGCFull))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			if at, ok := parseLinkTime(v); ok {
-				full = now.Sub(at) >= s.fullGC || at.After(now)
-			}
-			return nil
-		})
-	})
+	at, ok, err := s.gcStateTime(keyGCFull)
 	if err != nil {
-		return false, fmt.Errorf("cache: read gc state: %w", err)
+		return false, err
 	}
-	return full, nil
+	return !ok || now.Sub(at) >= s.fullGC || at.After(now), nil
 }
 
 // fullPassDone records that a full pass that started at start finished.
