@@ -306,6 +306,14 @@ func TestBlobGetAsksS3BeforeItAnswers(t *testing.T) {
 	if r, body := get(lost); r.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "BLOB_UNKNOWN") {
 		t.Fatalf("GET of a blob S3 lost: %s %s", r.Status, body)
 	}
+	r := blobRequest(t, http.MethodGet, base+"/v2/team/app/blobs/"+lost, true, "bytes=100-199")
+	if body, err := io.ReadAll(r.Body); err != nil || r.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "BLOB_UNKNOWN") {
+		t.Fatalf("ranged GET of a blob S3 lost: %s %s (%v)", r.Status, body, err)
+	}
+	r = blobRequest(t, http.MethodGet, base+"/v2/team/app/blobs/"+kept, true, "bytes=100-199")
+	if body, err := io.ReadAll(r.Body); err != nil || r.StatusCode != http.StatusPartialContent || len(body) != 100 {
+		t.Fatalf("ranged GET: %s, %d bytes (%v)", r.Status, len(body), err)
+	}
 	srv.Kill()
 	if r, body := get(kept); r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "UNAVAILABLE") {
 		t.Fatalf("GET with S3 down: %s %s", r.Status, body)

@@ -70,10 +70,15 @@ const maxRanges = 16
 func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, info cache.BlobInfo) error {
 	// A range the registry refuses is refused here, redirect or not:
 	// object stores ignore some (bytes=500-0) and send the whole blob.
+	var readFrom int64 // where the answer's first byte is
 	if rh := r.Header.Get("Range"); rh != "" {
 		ranges, err := ParseRange(rh, info.Size)
+		if err == nil && len(ranges) > 0 {
+			readFrom = ranges[0].Start
+		}
 		switch {
 		case errors.Is(err, ErrRangeUnit), err == nil && len(ranges) > maxRanges:
+			readFrom = 0
 			r.Header.Del("Range")
 		case err != nil:
 			w.Header().Set("Docker-Content-Digest", d.String())
@@ -101,19 +106,24 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	hd.Set("ETag", `"`+d.String()+`"`)
 	// Content is immutable under its digest.
 	hd.Set("Cache-Control", "max-age=31536000")
+	if st, ok := f.(blobstore.Starter); ok && r.Method != http.MethodHead {
+		// Opened from the metadata's record alone: the backend is asked
+		// now, from where the answer starts (ServeContent's seeks to the
+		// end and back keep that read), while a failure can still be the
+		// answer rather than a body cut short.
+		if _, err := f.Seek(readFrom, io.SeekStart); err != nil {
+			return errInternal(err)
+		}
+		if err := st.Start(); err != nil {
+			return startErr(err)
+		}
+	}
 	if r.Header.Get("Range") == "" && !conditional(r) {
 		// The common whole-blob GET: hand the bare blob to the writer
 		// (on the filesystem store, its file, whose WriteTo takes
 		// io.Copy to sendfile). ServeContent wraps it in a LimitedReader, and
 		// Caddy's idle-timeout writer adds another, which hides the file
 		// from sendfile and turns every GET into a user-space copy.
-		if st, ok := f.(blobstore.Starter); ok && r.Method != http.MethodHead {
-			// Opened from the metadata's record alone: the backend is
-			// asked now, while a failure can still be the answer.
-			if err := st.Start(); err != nil {
-				return startErr(err)
-			}
-		}
 		hd.Set("Content-Length", strconv.FormatInt(info.Size, 10))
 		hd.Set("Accept-Ranges", "bytes")
 		hd.Set("Last-Modified", info.ModTime.UTC().Format(http.TimeFormat))
