@@ -102,21 +102,27 @@ func (c *Client) PushMonolithic(repo, digest string, size int64, body io.Reader)
 	return err
 }
 
+// startUpload is POST /v2/<repo>/blobs/uploads/ with no body: the
+// session's location.
+func (c *Client) startUpload(repo string) (string, error) {
+	resp, err := c.do(http.MethodPost, c.base+"/v2/"+repo+"/blobs/uploads/", nil, 0, nil, http.StatusAccepted)
+	if err != nil {
+		return "", err
+	}
+	discard(resp)
+	return c.location(resp)
+}
+
 // PushPostPut is POST /v2/<repo>/blobs/uploads/ with no body, then PUT
 // ?digest= with the whole blob: the monolithic push every registry
 // accepts (distribution answers a POST with a body 202 and drops it), and
 // what containerd and Docker do.
 func (c *Client) PushPostPut(repo, digest string, size int64, body io.Reader) error {
-	resp, err := c.do(http.MethodPost, c.base+"/v2/"+repo+"/blobs/uploads/", nil, 0, nil, http.StatusAccepted)
+	loc, err := c.startUpload(repo)
 	if err != nil {
 		return err
 	}
-	discard(resp)
-	loc, err := c.location(resp)
-	if err != nil {
-		return err
-	}
-	resp, err = c.do(http.MethodPut, withQuery(loc, "digest", digest), body, size, nil, http.StatusCreated)
+	resp, err := c.do(http.MethodPut, withQuery(loc, "digest", digest), body, size, nil, http.StatusCreated)
 	if err != nil {
 		return err
 	}
@@ -127,12 +133,7 @@ func (c *Client) PushPostPut(repo, digest string, size int64, body io.Reader) er
 // PushChunked is POST, then one PATCH per chunk with Content-Range, then
 // PUT ?digest= with no body.
 func (c *Client) PushChunked(repo, digest string, size, chunk int64, body io.Reader) error {
-	resp, err := c.do(http.MethodPost, c.base+"/v2/"+repo+"/blobs/uploads/", nil, 0, nil, http.StatusAccepted)
-	if err != nil {
-		return err
-	}
-	discard(resp)
-	loc, err := c.location(resp)
+	loc, err := c.startUpload(repo)
 	if err != nil {
 		return err
 	}
@@ -148,7 +149,7 @@ func (c *Client) PushChunked(repo, digest string, size, chunk int64, body io.Rea
 			return err
 		}
 	}
-	resp, err = c.do(http.MethodPut, withQuery(loc, "digest", digest), nil, 0, nil, http.StatusCreated)
+	resp, err := c.do(http.MethodPut, withQuery(loc, "digest", digest), nil, 0, nil, http.StatusCreated)
 	if err != nil {
 		return err
 	}
