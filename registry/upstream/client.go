@@ -512,6 +512,11 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
+	// Blobs and manifests are the bytes their digests name. Without this,
+	// Go asks for gzip and decodes any Content-Encoding: gzip, so a layer
+	// (gzip data itself) that storage labels so would arrive as other
+	// bytes and fail its digest. Kept on redirects.
+	req.Header.Set("Accept-Encoding", "identity")
 	c.mu.Lock()
 	tok, ok := c.tokens[base.Host+" "+repo]
 	basic := c.basic[base.Host]

@@ -1,0 +1,130 @@
+package registry
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// gzipped is b compressed with gzip.
+func gzipped(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if _, err := zw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestMirrorBlobContentEncoding: a blob is the bytes its digest names.
+// Upstream (or a CDN before it) may label a layer, which is gzip data
+// itself, with Content-Encoding: gzip; the mirror must not decode it into
+// other bytes, and must never keep or serve bytes that are not the blob.
+func TestMirrorBlobContentEncoding(t *testing.T) {
+	layer := gzipped(t, bytes.Repeat([]byte("a tar of a layer "), 4096))
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Encoding", "gzip")
+		_, _ = w.Write(layer)
+	}))
+	path := "/v2/library/app/blobs/" + digestOf(layer)
+	for i := range 2 {
+		resp := env.do(http.MethodGet, path, nil)
+		env.wantStatus(resp, http.StatusOK)
+		if !bytes.Equal(resp.body, layer) {
+			t.Fatalf("GET %d: %d bytes, not the layer's %d", i, len(resp.body), len(layer))
+		}
+	}
+
+	// An upstream that compresses a blob although asked for identity
+	// sends bytes that are not the blob: refused, nothing kept.
+	plain := bytes.Repeat([]byte("an uncompressed blob "), 4096)
+	env, _ = newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Accept-Encoding") != "identity" {
+			t.Errorf("upstream asked with Accept-Encoding %q, want identity", r.Header.Get("Accept-Encoding"))
+		}
+		w.Header().Set("Content-Encoding", "gzip")
+		_, _ = w.Write(gzipped(t, plain))
+	}))
+	path = "/v2/library/app/blobs/" + digestOf(plain)
+	for i := range 2 {
+		// A streamed blob that fails its digest ends in a cut connection;
+		// one found bad before its first byte is a 502.
+		resp, err := env.srv.Client().Get(env.srv.URL + path)
+		if err != nil {
+			continue
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("GET %d of a blob upstream compressed: %s, %d bytes", i, resp.Status, len(b))
+		}
+	}
+}
+
+// TestMirrorUpstreamClosesMidHeader: an upstream that closes the
+// connection in the middle of its status line or headers is a prompt
+// 502, with nothing kept.
+func TestMirrorUpstreamClosesMidHeader(t *testing.T) {
+	for _, partial := range []string{"HTTP/1.1 2", "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Le"} {
+		t.Run(strings.Fields(partial)[1], func(t *testing.T) {
+			env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return
+				}
+				_, _ = conn.Write([]byte(partial))
+				conn.Close()
+			}), func(c *MirrorConfig) { c.UpstreamTimeout = 5 * time.Second })
+			start := time.Now()
+			env.wantError(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil), http.StatusBadGateway, CodeUnknown)
+			env.wantError(env.do(http.MethodGet, "/v2/library/app/blobs/"+digestOf([]byte("x")), nil), http.StatusBadGateway, CodeUnknown)
+			if d := time.Since(start); d > 4*time.Second {
+				t.Fatalf("answers took %s", d)
+			}
+		})
+	}
+}
+
+// TestMirrorTokenServiceStalls: a token service that accepts the
+// connection and never answers costs a pull the upstream timeout, then a
+// 504, not a hang.
+func TestMirrorTokenServiceStalls(t *testing.T) {
+	stalled, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	go func() {
+		for {
+			c, err := stalled.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+stalled.Addr().String()+`/token",service="x"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}), func(c *MirrorConfig) { c.UpstreamTimeout = time.Second })
+	done := make(chan response, 1)
+	go func() { done <- env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil) }()
+	select {
+	case resp := <-done:
+		if resp.StatusCode != http.StatusGatewayTimeout && resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("pull behind a stalled token service: %d %s", resp.StatusCode, resp.body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("pull behind a stalled token service still waits after 30 s")
+	}
+}
