@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
@@ -40,21 +39,23 @@ const resolveWait = 5 * time.Second
 
 // hostClass is the most closed class among host's addresses: a name that
 // resolves to both a public and an internal address counts as internal.
-func hostClass(ctx context.Context, host string) (addrClass, error) {
+func hostClass(ctx context.Context, host string) addrClass {
 	if ip, err := netip.ParseAddr(host); err == nil {
-		return classOf(ip), nil
+		return classOf(ip)
 	}
 	ctx, cancel := context.WithTimeout(ctx, resolveWait)
 	defer cancel()
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil {
-		return classNever, fmt.Errorf("upstream: redirect target: %w", err)
+		// Not resolvable here: the dial fails the same way, unless an
+		// HTTP proxy (HTTPS_PROXY) resolves it, on its own network.
+		return classPublic
 	}
 	c := classPublic
 	for _, ip := range ips {
 		c = max(c, classOf(ip))
 	}
-	return c, nil
+	return c
 }
 
 // checkTarget is the rule for where a blob redirect may lead: anywhere
@@ -66,18 +67,13 @@ func hostClass(ctx context.Context, host string) (addrClass, error) {
 // name that changes its answer in between (DNS rebinding) is not caught;
 // the digest check still keeps whatever comes back from being served.
 func checkTarget(ctx context.Context, target, origin *url.URL) error {
-	tc, err := hostClass(ctx, target.Hostname())
-	if err != nil {
-		return err
-	}
-	switch tc {
+	switch hostClass(ctx, target.Hostname()) {
 	case classPublic:
 		return nil
 	case classNever:
 		return errInternalRedirect
 	}
-	oc, err := hostClass(ctx, origin.Hostname())
-	if err != nil || oc == classPublic {
+	if hostClass(ctx, origin.Hostname()) == classPublic {
 		return errInternalRedirect
 	}
 	return nil
