@@ -558,6 +558,12 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
 				Message: fmt.Sprintf("token realm %q refused: not https, nor http on the host of %s", shown, base.Redacted())}
 		}
+		if err := checkTarget(ctx, ru, base); err != nil {
+			// The realm gets the mirror's credentials: the same networks
+			// are closed to it as to a blob redirect.
+			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
+				Message: fmt.Sprintf("token realm %q refused: an internal address %s may not send the mirror to", ru.Redacted(), base.Redacted())}
+		}
 		q := ru.Query()
 		if svc, ok := ch.Get("service"); ok {
 			q.Set("service", svc)
