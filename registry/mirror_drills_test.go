@@ -3,6 +3,7 @@ package registry
 import (
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -127,4 +128,52 @@ func TestMirrorTokenServiceStalls(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("pull behind a stalled token service still waits after 30 s")
 	}
+}
+
+// TestMirrorBodyLongerThanLength: an upstream that sends more bytes than
+// its Content-Length (on a kept-alive connection) gets the blob it
+// declared taken, and the extra bytes do not become the start of the next
+// answer on that connection.
+func TestMirrorBodyLongerThanLength(t *testing.T) {
+	one, two := []byte("the first blob"), []byte("the second blob")
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := one
+		if strings.HasSuffix(r.URL.Path, digestOf(two)) {
+			body = two
+		}
+		conn, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(buf, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!", len(body), body)
+		_ = buf.Flush()
+		time.Sleep(200 * time.Millisecond)
+	}))
+	for _, b := range [][]byte{one, two} {
+		resp := env.do(http.MethodGet, "/v2/library/app/blobs/"+digestOf(b), nil)
+		env.wantStatus(resp, http.StatusOK)
+		if !bytes.Equal(resp.body, b) {
+			t.Fatalf("blob %q, want %q", resp.body, b)
+		}
+	}
+}
+
+// TestMirrorIndexChildGone: an index whose child manifest upstream no
+// longer has is served; the child is a 404 MANIFEST_UNKNOWN, not a 5xx.
+func TestMirrorIndexChildGone(t *testing.T) {
+	child := "sha256:" + strings.Repeat("e", 64)
+	index := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + child + `","size":100,"platform":{"architecture":"amd64","os":"linux"}}]}`)
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/manifests/v1") {
+			manifestAnswer{contentType: MediaTypeOCIIndex, body: index, digest: digestOf(index)}.serve(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"gone"}]}`))
+	}))
+	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil, "Accept", MediaTypeOCIIndex), http.StatusOK)
+	env.wantError(env.do(http.MethodGet, "/v2/library/app/manifests/"+child, nil), http.StatusNotFound, CodeManifestUnknown)
+	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil, "Accept", MediaTypeOCIIndex), http.StatusOK)
 }
