@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -176,4 +177,36 @@ func TestMirrorIndexChildGone(t *testing.T) {
 	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil, "Accept", MediaTypeOCIIndex), http.StatusOK)
 	env.wantError(env.do(http.MethodGet, "/v2/library/app/manifests/"+child, nil), http.StatusNotFound, CodeManifestUnknown)
 	env.wantStatus(env.do(http.MethodGet, "/v2/library/app/manifests/v1", nil, "Accept", MediaTypeOCIIndex), http.StatusOK)
+}
+
+// TestMirrorSlowReaderDoesNotHoldFill: a client that stops reading a cold
+// blob does not hold back the fill, nor another client reading the same
+// blob at full speed.
+func TestMirrorSlowReaderDoesNotHoldFill(t *testing.T) {
+	blob := bytes.Repeat([]byte("0123456789abcdef"), 2<<20) // 32 MiB: more than socket buffers hold
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		_, _ = w.Write(blob)
+	}))
+	path := "/v2/library/app/blobs/" + digestOf(blob)
+	slow, err := env.srv.Client().Get(env.srv.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	buf := make([]byte, 1024)
+	if _, err := io.ReadFull(slow.Body, buf); err != nil { // started, then stalls
+		t.Fatal(err)
+	}
+	done := make(chan response, 1)
+	go func() { done <- env.do(http.MethodGet, path, nil) }()
+	select {
+	case resp := <-done:
+		env.wantStatus(resp, http.StatusOK)
+		if !bytes.Equal(resp.body, blob) {
+			t.Fatalf("the fast reader got %d bytes, not the blob", len(resp.body))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the fast reader waits behind the one that stopped reading")
+	}
 }
