@@ -138,19 +138,27 @@ func (s *Store) lockSession(ctx context.Context, id string, mode lockMode) (unlo
 	return nil, nil, err
 }
 
-// abortable stops a chunk's body once its session is cancelled.
-type abortable struct {
-	r     io.Reader
-	abort <-chan struct{}
+// CancellableChunk is r, a chunk's body, ending in ErrUploadUnknown at
+// its next read once stop is closed: the session was cancelled while the
+// chunk arrived at its client's pace, and the store cuts the chunk off
+// (a blocked read ends when the next bytes come or the server's read
+// idle timeout fires).
+func CancellableChunk(r io.Reader, stop <-chan struct{}) io.Reader {
+	return cancellable{r: r, stop: stop}
 }
 
-func (a abortable) Read(p []byte) (int, error) {
+type cancellable struct {
+	r    io.Reader
+	stop <-chan struct{}
+}
+
+func (c cancellable) Read(p []byte) (int, error) {
 	select {
-	case <-a.abort:
+	case <-c.stop:
 		return 0, fmt.Errorf("%w: cancelled while a chunk was arriving", ErrUploadUnknown)
 	default:
 	}
-	return a.r.Read(p)
+	return c.r.Read(p)
 }
 
 // validID reports whether id has the form NewUpload gives, which also
@@ -440,7 +448,7 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 		return Upload{}, err
 	}
 	defer unlock()
-	r = abortable{r: r, abort: abort}
+	r = CancellableChunk(r, abort)
 	rec, err := s.loadLocked(repo, id)
 	if err != nil {
 		return Upload{}, err
