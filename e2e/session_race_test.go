@@ -164,3 +164,27 @@ func TestSessionRaces(t *testing.T) {
 		}
 	})
 }
+
+// TestTrickleCutByMinRate: the README's advice for registries open to
+// untrusted clients - Caddy's `timeouts { read_body_idle <d> <bytes/s> }` -
+// ends a PATCH that trickles below the rate (no idle timeout alone would),
+// and the session stays usable at its last complete chunk.
+func TestTrickleCutByMinRate(t *testing.T) {
+	s, _ := reloadServer(t, "\tservers {\n\t\ttimeouts {\n\t\t\tread_body_idle 2s 1024\n\t\t}\n\t}")
+	resp := do(t, http.MethodPost, s.url("/v2/team/slow/blobs/uploads/"), nil, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload: %s", resp.Status)
+	}
+	session := location(t, s, resp).String()
+	stop, answer := trickle(t, session)
+	defer stop()
+	select {
+	case <-answer: // cut: an error, or an answer once the body failed
+	case <-time.After(20 * time.Second):
+		t.Fatal("a PATCH at 10 bytes/s still runs after 20 s under a 1024 bytes/s minimum")
+	}
+	resp, err := quick(t, http.MethodGet, session, nil)
+	if err != nil || resp.StatusCode != http.StatusNoContent || resp.Header.Get("Range") != "0-0" {
+		t.Fatalf("the session after the cut: %v %v, want 204 with Range 0-0", resp, err)
+	}
+}
