@@ -210,3 +210,60 @@ func TestMirrorSlowReaderDoesNotHoldFill(t *testing.T) {
 		t.Fatal("the fast reader waits behind the one that stopped reading")
 	}
 }
+
+// TestMirrorRangeAnswers: upstream's answer to a range need not be the
+// range asked for. A client's Range on a cold blob gets exactly its bytes
+// whether upstream honours the range (206) or ignores it (200, whole
+// blob); an upstream that answers a plain GET with 206 and part of the
+// blob never has that part stored or served as the blob.
+func TestMirrorRangeAnswers(t *testing.T) {
+	blob := bytes.Repeat([]byte("0123456789"), 100000)
+	path := "/v2/library/app/blobs/" + digestOf(blob)
+	for _, mode := range []string{"honours", "ignores"} {
+		t.Run("upstream "+mode+" Range", func(t *testing.T) {
+			env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if mode == "ignores" {
+					w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+					_, _ = w.Write(blob)
+					return
+				}
+				http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(blob))
+			}))
+			resp := env.do(http.MethodGet, path, nil, "Range", "bytes=10-19")
+			if resp.StatusCode == http.StatusOK {
+				if !bytes.Equal(resp.body, blob) {
+					t.Fatalf("200 with %d bytes that are not the blob", len(resp.body))
+				}
+				return
+			}
+			env.wantStatus(resp, http.StatusPartialContent)
+			if !bytes.Equal(resp.body, blob[10:20]) {
+				t.Fatalf("206 with %q, want %q", resp.body, blob[10:20])
+			}
+			resp = env.do(http.MethodGet, path, nil)
+			env.wantStatus(resp, http.StatusOK)
+			if !bytes.Equal(resp.body, blob) {
+				t.Fatalf("the whole blob after a range: %d bytes, not the blob", len(resp.body))
+			}
+		})
+	}
+	t.Run("upstream answers a plain GET with 206", func(t *testing.T) {
+		env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes 0-99/%d", len(blob)))
+			w.Header().Set("Content-Length", "100")
+			w.WriteHeader(http.StatusPartialContent)
+			_, _ = w.Write(blob[:100])
+		}))
+		for i := range 2 {
+			resp, err := env.srv.Client().Get(env.srv.URL + path)
+			if err != nil {
+				continue
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode < 300 {
+				t.Fatalf("GET %d: %s with %d bytes from a partial upstream answer", i, resp.Status, len(b))
+			}
+		}
+	})
+}
