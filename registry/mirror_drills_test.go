@@ -3,10 +3,12 @@ package registry
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -266,4 +268,23 @@ func TestMirrorRangeAnswers(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestMirrorTagListNamesChecked: tag names in upstream's list are hostile
+// like any other name: those that are not valid tags are left out of the
+// list passed to the client (as sync leaves them out).
+func TestMirrorTagListNamesChecked(t *testing.T) {
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"name":"library/app","tags":["v1","../../etc/passwd","<script>x</script>","` + strings.Repeat("a", 200) + `","v2"]}`))
+	}))
+	resp := env.do(http.MethodGet, "/v2/library/app/tags/list", nil)
+	env.wantStatus(resp, http.StatusOK)
+	var list tagList
+	if err := json.Unmarshal(resp.body, &list); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(list.Tags, []string{"v1", "v2"}) {
+		t.Fatalf("tags %q, want only the valid v1 and v2", list.Tags)
+	}
 }
