@@ -3,6 +3,7 @@ package registry
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -286,5 +287,60 @@ func TestMirrorTagListNamesChecked(t *testing.T) {
 	}
 	if !slices.Equal(list.Tags, []string{"v1", "v2"}) {
 		t.Fatalf("tags %q, want only the valid v1 and v2", list.Tags)
+	}
+}
+
+// TestMirrorTokenFetchOutlivesFirstClient: pulls that wait for one token
+// request share it; the client whose pull started it going away must not
+// fail the others.
+func TestMirrorTokenFetchOutlivesFirstClient(t *testing.T) {
+	var tokenURL string
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			time.Sleep(600 * time.Millisecond)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"token":"t0k"}`))
+			return
+		}
+		if r.Header.Get("Authorization") != "Bearer t0k" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+tokenURL+`",service="up"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		manifestAnswer{contentType: MediaTypeOCIManifest, body: goodManifest, digest: digestOf(goodManifest)}.serve(w, r)
+	})
+	env, srv := newHostileEnv(t, up)
+	tokenURL = srv.URL + "/token"
+
+	first, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(first, http.MethodGet, env.srv.URL+"/v2/library/app/manifests/v1", nil)
+	go func() {
+		if resp, err := env.srv.Client().Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // the first pull's token request is under way
+	resp := env.do(http.MethodGet, "/v2/library/app/manifests/"+digestOf(goodManifest), nil)
+	env.wantStatus(resp, http.StatusOK)
+}
+
+// TestMirrorBlobTooManyRequests: a cold blob behind upstream's 429 gets
+// TOOMANYREQUESTS with upstream's Retry-After bounded, like a manifest.
+func TestMirrorBlobTooManyRequests(t *testing.T) {
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Retry-After", "99999999999999999999")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}), func(c *MirrorConfig) { c.UpstreamTimeout = 2 * time.Second })
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		resp := env.do(method, "/v2/library/app/blobs/"+digestOf([]byte("cold")), nil)
+		if resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("%s: %d %s, want 429", method, resp.StatusCode, resp.body)
+		}
+		if ra := resp.Header.Get("Retry-After"); ra != "" {
+			if n, err := strconv.Atoi(ra); err != nil || n < 0 || n > 3600 {
+				t.Fatalf("%s: Retry-After %q, want at most 3600 seconds", method, ra)
+			}
+		}
 	}
 }
