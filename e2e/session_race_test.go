@@ -188,3 +188,39 @@ func TestTrickleCutByMinRate(t *testing.T) {
 		t.Fatalf("the session after the cut: %v %v, want 204 with Range 0-0", resp, err)
 	}
 }
+
+// TestReloadBesideTrickle: a PATCH that trickles in does not hold up a
+// config reload, and the session works after it.
+func TestReloadBesideTrickle(t *testing.T) {
+	s, caddyfile := reloadServer(t, "")
+	resp := do(t, http.MethodPost, s.url("/v2/team/slow/blobs/uploads/"), nil, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload: %s", resp.Status)
+	}
+	session := location(t, s, resp).String()
+	stop, answer := trickle(t, session)
+	defer stop()
+	time.Sleep(300 * time.Millisecond)
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		s.reload(t, caddyfile)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a reload still waits after 30 s behind one trickling PATCH")
+	}
+	t.Logf("reload took %s", time.Since(start))
+	blob := randomBytes(t, 1<<20)
+	if resp := do(t, http.MethodPost, s.url("/v2/team/slow/blobs/uploads/?digest="+blobDigest(blob)), blob, nil); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push after the reload: %s", resp.Status)
+	}
+	stop()
+	select {
+	case <-answer:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the trickling PATCH got no answer after its body ended")
+	}
+}
