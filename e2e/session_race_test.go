@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -222,5 +223,37 @@ func TestReloadBesideTrickle(t *testing.T) {
 	case <-answer:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the trickling PATCH got no answer after its body ended")
+	}
+}
+
+// TestStopBesideTrickle: with the grace_period the README asks for,
+// SIGTERM ends the process in bounded time though a PATCH trickles in
+// (Caddy's default waits for every request for ever), and the session
+// resumes at its last complete chunk after the restart.
+func TestStopBesideTrickle(t *testing.T) {
+	s, _ := reloadServer(t, "	grace_period 3s")
+	resp := do(t, http.MethodPost, s.url("/v2/team/slow/blobs/uploads/"), nil, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload: %s", resp.Status)
+	}
+	session := location(t, s, resp).String()
+	stop, _ := trickle(t, session)
+	defer stop()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.done:
+		t.Logf("stopped in %s", time.Since(start))
+	case <-time.After(30 * time.Second):
+		t.Fatal("still running 30 s after SIGTERM, behind one trickling PATCH")
+	}
+	stop()
+	s.start()
+	resp, err := quick(t, http.MethodGet, session, nil)
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("the session after the restart: %v %v, want 204", resp, err)
 	}
 }
