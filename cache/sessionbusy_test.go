@@ -64,6 +64,9 @@ func TestCancelStopsArrivingChunk(t *testing.T) {
 	if n := len(s.sessions); n != 0 {
 		t.Fatalf("%d session locks left", n)
 	}
+	if use := s.UploadUsage(); use.Sessions != 0 || use.Bytes != 0 {
+		t.Fatalf("after the cancel, open uploads count %+v, want nothing", use)
+	}
 }
 
 // TestCommitWaitsForCommit: a commit retried while the first still holds
