@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -415,8 +416,8 @@ func (s *Store) expireUploads(now, cutoff time.Time) (int, error) {
 // expireSession removes session id if it is past its time (or its record
 // is unreadable) and nobody is working on it right now.
 func (s *Store) expireSession(id string, now time.Time) (bool, error) {
-	unlock, ok := s.lockSession(id, true)
-	if !ok {
+	unlock, _, err := s.lockSession(context.Background(), id, lockTry)
+	if err != nil {
 		return false, nil // in use right now, so not stale
 	}
 	defer unlock()

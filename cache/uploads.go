@@ -14,7 +14,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -45,39 +44,121 @@ func (r uploadRecord) indexed() openSession {
 }
 
 // sessionLock serialises the work on one session; refs counts holders and
-// waiters so the map entry goes when nobody needs it.
+// waiters so the map entry goes when nobody needs it. Both fields after
+// token are guarded by Store.sessMu.
 type sessionLock struct {
-	mu   sync.Mutex
-	refs int
+	token chan struct{} // holds one value while someone works on the session
+	refs  int
+	// abort is non-nil while an append holds the session: its body comes
+	// at the client's pace, so nothing may wait for it unasked. A cancel
+	// closes it, and the append stops at its next read.
+	abort chan struct{}
 }
 
-// lockSession takes the lock of session id. With try it does not wait and
-// reports false when someone else holds it.
-func (s *Store) lockSession(id string, try bool) (unlock func(), ok bool) {
+// lockMode says what a request on a session does when another holds it.
+type lockMode int
+
+const (
+	// lockAppend never waits (a second chunk at one offset is the
+	// client's mistake) and gets the channel a cancel closes.
+	lockAppend lockMode = iota
+	// lockTry never waits (expiry: a session in use is not stale).
+	lockTry
+	// lockCommit waits for a commit or cancel (a retried PUT), never for
+	// an append, which may trickle in for as long as the client likes.
+	lockCommit
+	// lockCancel stops an append and waits for it to let go.
+	lockCancel
+)
+
+// holdWait bounds how long a commit or cancel waits for another request
+// on its session. A stalled body ends by the server's read idle timeout
+// (Caddy's default: one minute), so a cancel outlasts it.
+const holdWait = 2 * time.Minute
+
+// lockSession takes the lock of session id as mode says. When the session stays busy the
+// error wraps ErrOffsetMismatch, as a second chunk at one offset does.
+func (s *Store) lockSession(ctx context.Context, id string, mode lockMode) (unlock func(), abort <-chan struct{}, err error) {
 	s.sessMu.Lock()
 	l := s.sessions[id]
 	if l == nil {
-		l = &sessionLock{}
+		l = &sessionLock{token: make(chan struct{}, 1)}
 		s.sessions[id] = l
 	}
 	l.refs++
-	s.sessMu.Unlock()
 	release := func() {
-		s.sessMu.Lock()
 		if l.refs--; l.refs == 0 {
 			delete(s.sessions, id)
 		}
+	}
+	unlock = func() {
+		s.sessMu.Lock()
+		l.abort = nil
+		<-l.token
+		release()
 		s.sessMu.Unlock()
 	}
-	if try {
-		if !l.mu.TryLock() {
-			release()
-			return nil, false
+	select {
+	case l.token <- struct{}{}:
+		if mode == lockAppend {
+			l.abort = make(chan struct{})
+			abort = l.abort
 		}
-	} else {
-		l.mu.Lock()
+		s.sessMu.Unlock()
+		return unlock, abort, nil
+	default:
 	}
-	return func() { l.mu.Unlock(); release() }, true
+	busy := fmt.Errorf("%w: another request is writing session %s", ErrOffsetMismatch, id)
+	switch {
+	case mode == lockAppend, mode == lockTry, mode == lockCommit && l.abort != nil:
+		release()
+		s.sessMu.Unlock()
+		return nil, nil, busy
+	case mode == lockCancel && l.abort != nil:
+		select {
+		case <-l.abort: // another cancel asked already
+		default:
+			close(l.abort)
+		}
+	}
+	s.sessMu.Unlock()
+	t := time.NewTimer(holdWait)
+	defer t.Stop()
+	select {
+	case l.token <- struct{}{}:
+		return unlock, nil, nil
+	case <-ctx.Done():
+		err = fmt.Errorf("cache: waiting for session %s: %w", id, context.Cause(ctx))
+	case <-t.C:
+		err = busy
+	}
+	s.sessMu.Lock()
+	release()
+	s.sessMu.Unlock()
+	return nil, nil, err
+}
+
+// CancellableChunk is r, a chunk's body, ending in ErrUploadUnknown at
+// its next read once stop is closed: the session was cancelled while the
+// chunk arrived at its client's pace, and the store cuts the chunk off
+// (a blocked read ends when the next bytes come or the server's read
+// idle timeout fires).
+func CancellableChunk(r io.Reader, stop <-chan struct{}) io.Reader {
+	return cancellable{r: r, stop: stop}
+}
+
+type cancellable struct {
+	r    io.Reader
+	stop <-chan struct{}
+}
+
+func (c cancellable) Read(p []byte) (int, error) {
+	select {
+	case <-c.stop:
+		return 0, fmt.Errorf("%w: cancelled while a chunk was arriving", ErrUploadUnknown)
+	default:
+	}
+	return c.r.Read(p)
 }
 
 // validID reports whether id has the form NewUpload gives, which also
@@ -362,11 +443,12 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 	if !validID(id) {
 		return Upload{}, fmt.Errorf("%w: %q", ErrUploadUnknown, id)
 	}
-	unlock, ok := s.lockSession(id, true)
-	if !ok {
-		return Upload{}, fmt.Errorf("%w: another chunk of %s is being written", ErrOffsetMismatch, id)
+	unlock, abort, err := s.lockSession(ctx, id, lockAppend)
+	if err != nil {
+		return Upload{}, err
 	}
 	defer unlock()
+	r = CancellableChunk(r, abort)
 	rec, err := s.loadLocked(repo, id)
 	if err != nil {
 		return Upload{}, err
@@ -467,7 +549,10 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 	if !validID(id) {
 		return BlobInfo{}, fmt.Errorf("%w: %q", ErrUploadUnknown, id)
 	}
-	unlock, _ := s.lockSession(id, false)
+	unlock, _, err := s.lockSession(ctx, id, lockCommit)
+	if err != nil {
+		return BlobInfo{}, err
+	}
 	defer unlock()
 	rec, err := s.loadLocked(repo, id)
 	if err != nil {
@@ -542,7 +627,10 @@ func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
 	if !validID(id) {
 		return fmt.Errorf("%w: %q", ErrUploadUnknown, id)
 	}
-	unlock, _ := s.lockSession(id, false)
+	unlock, _, err := s.lockSession(ctx, id, lockCancel)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	if _, err := s.loadLocked(repo, id); err != nil {
 		return err

@@ -329,6 +329,16 @@ func TestFullDisk(t *testing.T) {
 	if !strings.Contains(s.out.String(), "storage has room again") {
 		t.Error("no log line when the storage left its reserve")
 	}
+	// Refused requests left no repository behind.
+	var catalog struct {
+		Repositories []string `json:"repositories"`
+	}
+	getJSON(t, s.url("/v2/_catalog"), &catalog)
+	for _, r := range catalog.Repositories {
+		if r == "team/brim" || r == "team/copy" {
+			t.Errorf("catalog %v lists %s, whose only requests were refused", catalog.Repositories, r)
+		}
+	}
 }
 
 func manifestSize(t *testing.T, img v1.Image) int64 {

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -414,6 +415,9 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
 		return upstreamError(m, "manifest", fmt.Errorf("upstream tag list unreadable: %w", err))
 	}
+	// Names from upstream are hostile: what is not a tag is left out, as
+	// sync leaves it out (the next page starts after the last valid one).
+	list.Tags = slices.DeleteFunc(list.Tags, func(t string) bool { return !ValidTag(t) })
 	if list.Tags == nil {
 		list.Tags = []string{}
 	}

@@ -152,6 +152,9 @@ func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *reque
 	}
 	info, err := h.cfg.Store.CommitUpload(r.Context(), rc.name, u.ID, d)
 	if err != nil {
+		if errors.Is(err, cache.ErrOffsetMismatch) {
+			return h.sessionBusy(r, rc, u, err)
+		}
 		return h.writeFailure(r, err)
 	}
 	h.uploadCommitted(info.Size)
@@ -164,14 +167,32 @@ func (h *Handler) uploadCancel(w http.ResponseWriter, r *http.Request, rc *reque
 		return errUploadUnknown(nil)
 	}
 	if err := h.cfg.Store.CancelUpload(r.Context(), rc.name, rc.arg); err != nil {
-		if errors.Is(err, cache.ErrUploadUnknown) {
+		switch {
+		case errors.Is(err, cache.ErrUploadUnknown):
 			return errUploadUnknown(err)
+		case errors.Is(err, cache.ErrOffsetMismatch):
+			u, gerr := h.getUpload(r.Context(), rc)
+			if gerr != nil {
+				return gerr
+			}
+			return h.sessionBusy(r, rc, u, err)
 		}
 		return errInternal(err)
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// sessionBusy answers a commit or cancel refused because another request
+// is writing the session (a chunk still arriving): the client's own
+// requests overlap, so it is a 416 with the session's Range, as for a
+// second chunk at one offset, never a 500.
+func (h *Handler) sessionBusy(r *http.Request, rc *request, u cache.Upload, err error) error {
+	if cur, gerr := h.cfg.Store.GetUpload(r.Context(), rc.name, u.ID); gerr == nil {
+		u = cur
+	}
+	return rangeError(rc, u, "a chunk of this upload is still being written", err)
 }
 
 func (h *Handler) getUpload(ctx context.Context, rc *request) (cache.Upload, error) {

@@ -66,6 +66,7 @@ type Store struct {
 	// make them small.
 	batch, uploadsPerPass int
 	fills                 fillWork
+	appends               localAppends
 	mc                    atomic.Pointer[cache.MirrorCache]
 	mirror                mirrorWork
 	spoolDir              string
@@ -383,7 +384,8 @@ func mapErr(err error) error {
 func blobErr(err error) error {
 	m := mapErr(err)
 	if m != err || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, cache.ErrUploadTooLarge) || errors.Is(err, cache.ErrUploadSpace) || errors.Is(err, cache.ErrUnavailable) {
+		errors.Is(err, cache.ErrUploadTooLarge) || errors.Is(err, cache.ErrUploadSpace) || errors.Is(err, cache.ErrUnavailable) ||
+		errors.Is(err, cache.ErrUploadUnknown) {
 		return m
 	}
 	return fmt.Errorf("%w: blob store: %w", cache.ErrUnavailable, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -23,6 +24,30 @@ const sessionTTL = 15 * time.Second
 // holdWait bounds how long a commit or cancel waits for another request
 // on its session.
 const holdWait = time.Minute
+
+// localAppends are the chunks this replica is receiving, by session, so a
+// commit or cancel of the session here need not wait for the lease: a
+// commit is refused at once (the client's requests overlap) and a cancel
+// stops the chunk. One on another replica is waited for (holdWait).
+type localAppends struct{ m sync.Map } // id -> chan struct{}, closed to stop
+
+func (l *localAppends) start(id string) (stop <-chan struct{}, done func()) {
+	ch := make(chan struct{})
+	l.m.Store(id, ch)
+	return ch, func() { l.m.CompareAndDelete(id, ch) }
+}
+
+func (l *localAppends) running(id string) bool {
+	_, ok := l.m.Load(id)
+	return ok
+}
+
+// stop asks the chunk of session id arriving here, if any, to end.
+func (l *localAppends) stop(id string) {
+	if v, ok := l.m.LoadAndDelete(id); ok {
+		close(v.(chan struct{}))
+	}
+}
 
 func upload(u metastore.Upload) cache.Upload {
 	return cache.Upload{ID: u.ID, Repo: u.Repo, Owner: u.Owner, Size: u.Size, Started: u.Started, Updated: u.Updated}
@@ -137,6 +162,9 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 		return cache.Upload{}, err
 	}
 	defer done()
+	stop, running := s.appends.start(id)
+	defer running()
+	r = cache.CancellableChunk(r, stop)
 	u, err := s.load(work, repo, id)
 	if err != nil {
 		return cache.Upload{}, err
@@ -201,6 +229,9 @@ func (s *Store) drop(ctx context.Context, u metastore.Upload, sess blobstore.Ses
 // record goes, so a replica killed in between leaves a session that
 // expires, never a blob without its record.
 func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Digest) (cache.BlobInfo, error) {
+	if s.appends.running(id) {
+		return cache.BlobInfo{}, fmt.Errorf("%w: a chunk of session %s is still arriving", cache.ErrOffsetMismatch, id)
+	}
 	work, done, err := s.hold(ctx, id, true)
 	if err != nil {
 		return cache.BlobInfo{}, err
@@ -246,6 +277,7 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 
 // CancelUpload ends repo's session id and frees its bytes.
 func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
+	s.appends.stop(id)
 	work, done, err := s.hold(ctx, id, true)
 	if err != nil {
 		return err

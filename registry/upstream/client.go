@@ -7,7 +7,9 @@
 //
 // Everything upstream says is hostile until checked. Redirects are
 // followed only for blobs (registries send those to storage, and the
-// digest checks what comes back), never from https to http, and carry
+// digest checks what comes back), never from https to http, never to
+// link-local addresses (cloud metadata), to loopback or private networks
+// only from an upstream that is there itself, and carry
 // credentials only back to the origin they were sent to. A challenge's
 // token realm gets a request only when it is https, or plain http on the
 // upstream's own host name when the upstream itself is plain http (a
@@ -288,8 +290,9 @@ var (
 // Manifests, tag lists, referrers and tokens must come from where they
 // were asked for: their redirect is not followed but answered as it came
 // (an error to the caller). A blob may go elsewhere (storage), never to
-// plain http once on https, and with credentials only while scheme, host
-// and port stay those of the request the client sent.
+// plain http once on https, never into networks checkTarget keeps upstream
+// out of, and with credentials only while scheme, host and port stay those
+// of the request the client sent.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if follow, _ := req.Context().Value(redirectsKey{}).(bool); !follow {
 		return http.ErrUseLastResponse
@@ -303,6 +306,9 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		}
 	}
 	if !sameOrigin(req.URL, via[0].URL) {
+		if err := checkTarget(req.Context(), req.URL, via[0].URL); err != nil {
+			return err
+		}
 		// net/http keeps them for a subdomain or another port.
 		req.Header.Del("Authorization")
 		req.Header.Del("Cookie")
@@ -512,6 +518,11 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
+	// Blobs and manifests are the bytes their digests name. Without this,
+	// Go asks for gzip and decodes any Content-Encoding: gzip, so a layer
+	// (gzip data itself) that storage labels so would arrive as other
+	// bytes and fail its digest. Kept on redirects.
+	req.Header.Set("Accept-Encoding", "identity")
 	c.mu.Lock()
 	tok, ok := c.tokens[base.Host+" "+repo]
 	basic := c.basic[base.Host]
@@ -546,6 +557,12 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 			}
 			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
 				Message: fmt.Sprintf("token realm %q refused: not https, nor http on the host of %s", shown, base.Redacted())}
+		}
+		if err := checkTarget(ctx, ru, base); err != nil {
+			// The realm gets the mirror's credentials: the same networks
+			// are closed to it as to a blob redirect.
+			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
+				Message: fmt.Sprintf("token realm %q refused: an internal address %s may not send the mirror to", ru.Redacted(), base.Redacted())}
 		}
 		q := ru.Query()
 		if svc, ok := ch.Get("service"); ok {

@@ -206,6 +206,9 @@ func TestTokenRealmRule(t *testing.T) {
 		{name: "http on another host", realm: func(p *tokenServer) string {
 			return strings.Replace(p.URL, "127.0.0.1", "localhost", 1) + "/token"
 		}},
+		{name: "https at the cloud metadata address", realm: func(*tokenServer) string {
+			return "https://169.254.169.254/token"
+		}},
 		{name: "credentials in the realm", realm: func(p *tokenServer) string {
 			return strings.Replace(p.URL, "http://", "http://u:p@", 1) + "/token"
 		}},
@@ -244,8 +247,8 @@ func TestTokenRealmRule(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || asked != 0 {
-				t.Fatalf("err %v, token requests %d; want an error and none", err, asked)
+			if err == nil || asked != 0 || !strings.Contains(err.Error(), "realm") {
+				t.Fatalf("err %v, token requests %d; want the realm refused and no request", err, asked)
 			}
 		})
 	}

@@ -1,0 +1,80 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"net/url"
+	"time"
+)
+
+// errInternalRedirect refuses a blob redirect into networks upstream has
+// no business sending the mirror to.
+var errInternalRedirect = errors.New("upstream: redirect to an internal address refused")
+
+// addrClass orders what an address may be reached from, most open first.
+type addrClass int
+
+const (
+	classPublic   addrClass = iota
+	classInternal           // loopback, private networks: from an upstream that lives there
+	classNever              // link-local (cloud metadata), unspecified, multicast
+)
+
+func classOf(ip netip.Addr) addrClass {
+	ip = ip.Unmap()
+	switch {
+	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast(), ip.IsInterfaceLocalMulticast(),
+		ip.IsMulticast(), ip.IsUnspecified():
+		return classNever
+	case ip.IsLoopback(), ip.IsPrivate():
+		return classInternal
+	}
+	return classPublic
+}
+
+// resolveWait bounds the lookup of a redirect's host.
+const resolveWait = 5 * time.Second
+
+// hostClass is the most closed class among host's addresses: a name that
+// resolves to both a public and an internal address counts as internal.
+func hostClass(ctx context.Context, host string) addrClass {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return classOf(ip)
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolveWait)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		// Not resolvable here: the dial fails the same way, unless an
+		// HTTP proxy (HTTPS_PROXY) resolves it, on its own network.
+		return classPublic
+	}
+	c := classPublic
+	for _, ip := range ips {
+		c = max(c, classOf(ip))
+	}
+	return c
+}
+
+// checkTarget is the rule for where a blob redirect may lead: anywhere
+// public; loopback and private networks only from an upstream that is
+// itself there (a registry and its storage on one private network), so a
+// public upstream cannot make the mirror a probe of its own network;
+// link-local (169.254.169.254 answers cloud credentials), unspecified and
+// multicast never. The host is resolved here and again when dialled, so a
+// name that changes its answer in between (DNS rebinding) is not caught;
+// the digest check still keeps whatever comes back from being served.
+func checkTarget(ctx context.Context, target, origin *url.URL) error {
+	switch hostClass(ctx, target.Hostname()) {
+	case classPublic:
+		return nil
+	case classNever:
+		return errInternalRedirect
+	}
+	if hostClass(ctx, origin.Hostname()) == classPublic {
+		return errInternalRedirect
+	}
+	return nil
+}
