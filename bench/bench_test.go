@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -138,6 +139,61 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuSplit is the CPU time a piece of work cost on this machine, split
+// between this process (the client, and the registry when it is in the
+// picture) and its child processes (the S3 server). On a shared 2-core
+// machine, where other sessions take cores and wall-time ratios swing,
+// these tell which side a change moved work to.
+type cpuSplit struct{ self, children time.Duration }
+
+// startCPU is where the CPU times are now; add(startCPU()) after the work.
+func startCPU() cpuSplit { return cpuSplit{processCPU(), childrenCPU()} }
+
+func (c *cpuSplit) add(since cpuSplit) {
+	c.self += processCPU() - since.self
+	c.children += childrenCPU() - since.children
+}
+
+// report adds the times per GiB of bytes moved, as <prefix>cpu-ms/GiB
+// (this process) and <prefix>s3-cpu-ms/GiB (the children).
+func (c cpuSplit) report(b *testing.B, prefix string, bytes int64) {
+	gib := float64(bytes) / (1 << 30)
+	b.ReportMetric(float64(c.self.Milliseconds())/gib, prefix+"cpu-ms/GiB")
+	b.ReportMetric(float64(c.children.Milliseconds())/gib, prefix+"s3-cpu-ms/GiB")
+}
+
+// childrenCPU is the CPU time (user + system) of this process's children
+// still running, from /proc/<pid>/stat (getrusage counts only children
+// already waited for). Clock ticks are taken as 1/100 s, Linux's USER_HZ.
+func childrenCPU() time.Duration {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	me := strconv.Itoa(os.Getpid())
+	var t time.Duration
+	for _, e := range ents {
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // not a process, or gone
+		}
+		// pid (comm) state ppid ... utime stime: comm may hold spaces.
+		s := string(data)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 > len(s) {
+			continue
+		}
+		f := strings.Fields(s[i+2:])
+		if len(f) < 13 || f[1] != me {
+			continue
+		}
+		user, _ := strconv.ParseInt(f[11], 10, 64)
+		sys, _ := strconv.ParseInt(f[12], 10, 64)
+		t += time.Duration(user+sys) * 10 * time.Millisecond
+	}
+	return t
 }
 
 // reportLimit adds the limit's MB/s and the ratio of the timed work to it.

@@ -118,21 +118,30 @@ func BenchmarkS3Pull(b *testing.B) {
 	}
 	b.SetBytes(size)
 	var limit time.Duration
+	var limitCPU, pullCPU cpuSplit
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
 		start := time.Now()
+		c := startCPU()
 		if err := e.s3Get(d, size); err != nil {
 			b.Fatal(err)
 		}
 		limit += time.Since(start)
+		limitCPU.add(c)
+		c = startCPU()
 		b.StartTimer()
 		if err := e.c.Get(url, nil, size); err != nil {
 			b.Fatal(err)
 		}
+		b.StopTimer()
+		pullCPU.add(c)
+		b.StartTimer()
 	}
 	b.StopTimer()
 	reportLimit(b, size, limit)
+	limitCPU.report(b, "limit-", size*int64(b.N))
+	pullCPU.report(b, "", size*int64(b.N))
 }
 
 // BenchmarkS3WarmPullCache: GET of a blob through the registry on S3 with
