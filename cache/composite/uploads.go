@@ -131,7 +131,7 @@ func (s *Store) hold(ctx context.Context, id string, wait bool) (context.Context
 		// A commit or cancel retried while the first try still runs (a
 		// client timed out at the load balancer): wait for it, then act on
 		// what it left — usually no session any more.
-		wctx, cancel := context.WithTimeout(ctx, holdWait)
+		wctx, cancel := context.WithTimeout(ctx, s.holdWait)
 		err = s.leases.Wait(wctx, key)
 		cancel()
 		if err == nil {
