@@ -113,3 +113,56 @@ func TestBusyOnAnotherReplica(t *testing.T) {
 		}
 	})
 }
+
+// TestCancelBesideStartingChunk: a cancel sent at the moment a chunk
+// starts on the same replica never waits behind that chunk's body: it
+// either comes first (the chunk then finds the session gone or busy) or
+// stops the chunk. Before, a cancel that looked for local chunks just
+// before the chunk registered, and asked for the lease just after the
+// chunk took it, waited out holdWait behind the trickle.
+func TestCancelBesideStartingChunk(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		a := replica()
+		a.holdWait = 3 * time.Second
+		for i := range 40 {
+			u, err := a.OpenUpload(ctx(t), "team/app", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			pr, pw := io.Pipe()
+			quit := make(chan struct{})
+			go func() {
+				defer pw.Close()
+				for {
+					select {
+					case <-quit:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+					if _, err := pw.Write([]byte("x")); err != nil {
+						return
+					}
+				}
+			}()
+			gate := make(chan struct{})
+			appended := make(chan error, 1)
+			go func() {
+				<-gate
+				_, err := a.AppendUpload(ctx(t), "team/app", u.ID, 0, pr)
+				appended <- err
+			}()
+			start := time.Now()
+			close(gate)
+			err = a.CancelUpload(ctx(t), "team/app", u.ID)
+			took := time.Since(start)
+			close(quit)
+			aerr := <-appended
+			if err != nil || took > 2*time.Second {
+				t.Fatalf("try %d: cancel beside a starting chunk: %v after %s (the chunk: %v)", i, err, took, aerr)
+			}
+			if _, err := a.GetUpload(ctx(t), "team/app", u.ID); !errors.Is(err, cache.ErrUploadUnknown) {
+				t.Fatalf("try %d: the cancelled session: %v", i, err)
+			}
+		}
+	})
+}
