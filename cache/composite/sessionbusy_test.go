@@ -61,3 +61,108 @@ func TestCancelStopsArrivingChunk(t *testing.T) {
 		}
 	})
 }
+
+// TestBusyOnAnotherReplica: while a chunk trickles into a session on one
+// replica, a commit or cancel of it on another waits at most holdWait and
+// then fails with ErrOffsetMismatch (the registry's 416 RANGE_INVALID, as
+// the README says), not with the wait's own deadline (a 500), and the
+// session and its chunk go on untouched.
+func TestBusyOnAnotherReplica(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		a, b := replica(), replica()
+		a.holdWait = 500 * time.Millisecond
+		u, err := a.OpenUpload(ctx(t), "team/app", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr, pw := io.Pipe()
+		quit := make(chan struct{})
+		go func() {
+			defer pw.Close()
+			for {
+				select {
+				case <-quit:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				if _, err := pw.Write([]byte("x")); err != nil {
+					return
+				}
+			}
+		}()
+		appended := make(chan error, 1)
+		go func() {
+			_, err := b.AppendUpload(ctx(t), "team/app", u.ID, 0, pr)
+			appended <- err
+		}()
+		time.Sleep(300 * time.Millisecond) // the chunk holds the session on b
+
+		if _, err := a.CommitUpload(ctx(t), "team/app", u.ID, cache.FromBytes(cache.SHA256, nil)); !errors.Is(err, cache.ErrOffsetMismatch) {
+			t.Errorf("commit on a while a chunk arrives on b: %v, want ErrOffsetMismatch", err)
+		}
+		if err := a.CancelUpload(ctx(t), "team/app", u.ID); !errors.Is(err, cache.ErrOffsetMismatch) {
+			t.Errorf("cancel on a while a chunk arrives on b: %v, want ErrOffsetMismatch", err)
+		}
+		close(quit)
+		if err := <-appended; err != nil {
+			t.Fatalf("the chunk on b: %v", err)
+		}
+		got, err := a.GetUpload(ctx(t), "team/app", u.ID)
+		if err != nil || got.Size == 0 {
+			t.Fatalf("the session after its chunk: %+v, %v", got, err)
+		}
+	})
+}
+
+// TestCancelBesideStartingChunk: a cancel sent at the moment a chunk
+// starts on the same replica never waits behind that chunk's body: it
+// either comes first (the chunk then finds the session gone or busy) or
+// stops the chunk. Before, a cancel that looked for local chunks just
+// before the chunk registered, and asked for the lease just after the
+// chunk took it, waited out holdWait behind the trickle.
+func TestCancelBesideStartingChunk(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		a := replica()
+		a.holdWait = 3 * time.Second
+		for i := range 40 {
+			u, err := a.OpenUpload(ctx(t), "team/app", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			pr, pw := io.Pipe()
+			quit := make(chan struct{})
+			go func() {
+				defer pw.Close()
+				for {
+					select {
+					case <-quit:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+					if _, err := pw.Write([]byte("x")); err != nil {
+						return
+					}
+				}
+			}()
+			gate := make(chan struct{})
+			appended := make(chan error, 1)
+			go func() {
+				<-gate
+				_, err := a.AppendUpload(ctx(t), "team/app", u.ID, 0, pr)
+				appended <- err
+			}()
+			start := time.Now()
+			close(gate)
+			err = a.CancelUpload(ctx(t), "team/app", u.ID)
+			took := time.Since(start)
+			close(quit)
+			aerr := <-appended
+			if err != nil || took > 2*time.Second {
+				t.Fatalf("try %d: cancel beside a starting chunk: %v after %s (the chunk: %v)", i, err, took, aerr)
+			}
+			if _, err := a.GetUpload(ctx(t), "team/app", u.ID); !errors.Is(err, cache.ErrUploadUnknown) {
+				t.Fatalf("try %d: the cancelled session: %v", i, err)
+			}
+		}
+	})
+}

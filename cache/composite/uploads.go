@@ -29,24 +29,57 @@ const holdWait = time.Minute
 // commit or cancel of the session here need not wait for the lease: a
 // commit is refused at once (the client's requests overlap) and a cancel
 // stops the chunk. One on another replica is waited for (holdWait).
-type localAppends struct{ m sync.Map } // id -> chan struct{}, closed to stop
+//
+// An append registers before it asks for the lease and leaves after it
+// let go: so a commit or cancel that finds the lease taken and only then
+// looks here cannot miss a chunk of this replica that holds it (looking
+// first left a window in which the chunk took the lease unseen, and the
+// commit or cancel waited out holdWait behind a trickling body).
+type localAppends struct {
+	mu sync.Mutex
+	m  map[string][]chan struct{} // closed to stop
+}
 
 func (l *localAppends) start(id string) (stop <-chan struct{}, done func()) {
 	ch := make(chan struct{})
-	l.m.Store(id, ch)
-	return ch, func() { l.m.CompareAndDelete(id, ch) }
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string][]chan struct{}{}
+	}
+	l.m[id] = append(l.m[id], ch)
+	return ch, func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		chs := l.m[id]
+		for i, c := range chs {
+			if c == ch {
+				chs = append(chs[:i:i], chs[i+1:]...)
+				break
+			}
+		}
+		if len(chs) == 0 {
+			delete(l.m, id)
+		} else {
+			l.m[id] = chs
+		}
+	}
 }
 
 func (l *localAppends) running(id string) bool {
-	_, ok := l.m.Load(id)
-	return ok
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m[id]) > 0
 }
 
-// stop asks the chunk of session id arriving here, if any, to end.
+// stop asks the chunks of session id arriving here, if any, to end.
 func (l *localAppends) stop(id string) {
-	if v, ok := l.m.LoadAndDelete(id); ok {
-		close(v.(chan struct{}))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, ch := range l.m[id] {
+		close(ch)
 	}
+	delete(l.m, id)
 }
 
 func upload(u metastore.Upload) cache.Upload {
@@ -123,26 +156,39 @@ func (s *Store) GetUpload(ctx context.Context, repo, id string) (cache.Upload, e
 
 // hold takes the lease on session id for one request: another request
 // writing the same session (on any replica) makes this one fail with
-// cache.ErrOffsetMismatch, as two chunks at one offset do.
-func (s *Store) hold(ctx context.Context, id string, wait bool) (context.Context, func(), error) {
+// cache.ErrOffsetMismatch, as two chunks at one offset do. With busy
+// (a commit or cancel), a taken lease is first shown to busy, which may
+// refuse at once (its error) or stop a chunk arriving here; then the
+// request waits up to holdWait for the holder, and a holder still there
+// is ErrOffsetMismatch too (the registry's 416), never the wait's own
+// deadline (which the registry would answer 500).
+func (s *Store) hold(ctx context.Context, id string, busy func() error) (context.Context, func(), error) {
 	key := "upload/" + id
+	refused := fmt.Errorf("%w: another request is writing session %s", cache.ErrOffsetMismatch, id)
 	held, release, ok, err := coord.Hold(ctx, s.leases, key, sessionTTL)
-	if wait && err == nil && !ok {
+	if busy != nil && err == nil && !ok {
+		if err := busy(); err != nil {
+			return nil, nil, err
+		}
 		// A commit or cancel retried while the first try still runs (a
-		// client timed out at the load balancer): wait for it, then act on
-		// what it left — usually no session any more.
-		wctx, cancel := context.WithTimeout(ctx, holdWait)
+		// client timed out at the load balancer), or a chunk arriving at
+		// another replica: wait for it, then act on what it left —
+		// usually no session any more.
+		wctx, cancel := context.WithTimeout(ctx, s.holdWait)
 		err = s.leases.Wait(wctx, key)
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			held, release, ok, err = coord.Hold(ctx, s.leases, key, sessionTTL)
+		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+			return nil, nil, refused
 		}
 	}
 	if err != nil {
 		return nil, nil, mapErr(err)
 	}
 	if !ok {
-		return nil, nil, fmt.Errorf("%w: another request is writing session %s", cache.ErrOffsetMismatch, id)
+		return nil, nil, refused
 	}
 	// The request's cancellation still counts: held outlives ctx only for
 	// the lease's renewals.
@@ -157,13 +203,13 @@ func (s *Store) hold(ctx context.Context, id string, wait bool) (context.Context
 // compare-and-swap, so a chunk cut off mid-way leaves the session as it
 // was, on every replica.
 func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64, r io.Reader) (cache.Upload, error) {
-	work, done, err := s.hold(ctx, id, false)
+	stop, running := s.appends.start(id) // before the lease: see localAppends
+	defer running()
+	work, done, err := s.hold(ctx, id, nil)
 	if err != nil {
 		return cache.Upload{}, err
 	}
 	defer done()
-	stop, running := s.appends.start(id)
-	defer running()
 	r = cache.CancellableChunk(r, stop)
 	u, err := s.load(work, repo, id)
 	if err != nil {
@@ -229,10 +275,12 @@ func (s *Store) drop(ctx context.Context, u metastore.Upload, sess blobstore.Ses
 // record goes, so a replica killed in between leaves a session that
 // expires, never a blob without its record.
 func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Digest) (cache.BlobInfo, error) {
-	if s.appends.running(id) {
-		return cache.BlobInfo{}, fmt.Errorf("%w: a chunk of session %s is still arriving", cache.ErrOffsetMismatch, id)
-	}
-	work, done, err := s.hold(ctx, id, true)
+	work, done, err := s.hold(ctx, id, func() error {
+		if s.appends.running(id) {
+			return fmt.Errorf("%w: a chunk of session %s is still arriving", cache.ErrOffsetMismatch, id)
+		}
+		return nil
+	})
 	if err != nil {
 		return cache.BlobInfo{}, err
 	}
@@ -277,8 +325,10 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 
 // CancelUpload ends repo's session id and frees its bytes.
 func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
-	s.appends.stop(id)
-	work, done, err := s.hold(ctx, id, true)
+	work, done, err := s.hold(ctx, id, func() error {
+		s.appends.stop(id)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
