@@ -79,6 +79,11 @@ type Config struct {
 	// (token requests included) with its method and status; status 0 is a
 	// connection failure.
 	OnResponse func(method string, status int)
+
+	// resolver looks up host names, for the address rule and the dial
+	// alike (tests: a DNS server whose answers they choose). Nil: the
+	// system's.
+	resolver *net.Resolver
 }
 
 // Error is an upstream answer that was not a success, or a failure to get
@@ -144,6 +149,7 @@ type Client struct {
 	log      *zap.Logger
 	onResp   func(string, int)
 	now      func() time.Time // the clock tokens expire by; tests move it
+	resolver *net.Resolver
 
 	mu     sync.Mutex
 	tokens map[string]token // by host + repository
@@ -230,7 +236,7 @@ func New(cfg Config) (*Client, error) {
 		}
 		rt = &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:           (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second, Resolver: cfg.resolver}).DialContext,
 			TLSClientConfig:       tc,
 			TLSHandshakeTimeout:   dial,
 			ResponseHeaderTimeout: header,
@@ -239,7 +245,11 @@ func New(cfg Config) (*Client, error) {
 			IdleConnTimeout:       90 * time.Second,
 		}
 	}
-	c.hc = &http.Client{Transport: rt, CheckRedirect: checkRedirect}
+	c.resolver = cfg.resolver
+	if c.resolver == nil {
+		c.resolver = net.DefaultResolver
+	}
+	c.hc = &http.Client{Transport: rt, CheckRedirect: c.checkRedirect}
 	return c, nil
 }
 
@@ -293,7 +303,7 @@ var (
 // plain http once on https, never into networks checkTarget keeps upstream
 // out of, and with credentials only while scheme, host and port stay those
 // of the request the client sent.
-func checkRedirect(req *http.Request, via []*http.Request) error {
+func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
 	if follow, _ := req.Context().Value(redirectsKey{}).(bool); !follow {
 		return http.ErrUseLastResponse
 	}
@@ -306,7 +316,7 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		}
 	}
 	if !sameOrigin(req.URL, via[0].URL) {
-		if err := checkTarget(req.Context(), req.URL, via[0].URL); err != nil {
+		if err := checkTarget(req.Context(), c.resolver, req.URL, via[0].URL); err != nil {
 			return err
 		}
 		// net/http keeps them for a subdomain or another port.
@@ -558,7 +568,7 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
 				Message: fmt.Sprintf("token realm %q refused: not https, nor http on the host of %s", shown, base.Redacted())}
 		}
-		if err := checkTarget(ctx, ru, base); err != nil {
+		if err := checkTarget(ctx, c.resolver, ru, base); err != nil {
 			// The realm gets the mirror's credentials: the same networks
 			// are closed to it as to a blob redirect.
 			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",

@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// errInternalRedirect refuses a blob redirect into networks upstream has
+// errInternalAddress refuses a blob redirect into networks upstream has
 // no business sending the mirror to.
-var errInternalRedirect = errors.New("upstream: redirect to an internal address refused")
+var errInternalAddress = errors.New("upstream: redirect to an internal address refused")
 
 // addrClass orders what an address may be reached from, most open first.
 type addrClass int
@@ -39,13 +39,13 @@ const resolveWait = 5 * time.Second
 
 // hostClass is the most closed class among host's addresses: a name that
 // resolves to both a public and an internal address counts as internal.
-func hostClass(ctx context.Context, host string) addrClass {
+func hostClass(ctx context.Context, r *net.Resolver, host string) addrClass {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		return classOf(ip)
 	}
 	ctx, cancel := context.WithTimeout(ctx, resolveWait)
 	defer cancel()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	ips, err := r.LookupNetIP(ctx, "ip", host)
 	if err != nil {
 		// Not resolvable here: the dial fails the same way, unless an
 		// HTTP proxy (HTTPS_PROXY) resolves it, on its own network.
@@ -66,15 +66,15 @@ func hostClass(ctx context.Context, host string) addrClass {
 // multicast never. The host is resolved here and again when dialled, so a
 // name that changes its answer in between (DNS rebinding) is not caught;
 // the digest check still keeps whatever comes back from being served.
-func checkTarget(ctx context.Context, target, origin *url.URL) error {
-	switch hostClass(ctx, target.Hostname()) {
+func checkTarget(ctx context.Context, r *net.Resolver, target, origin *url.URL) error {
+	switch hostClass(ctx, r, target.Hostname()) {
 	case classPublic:
 		return nil
 	case classNever:
-		return errInternalRedirect
+		return errInternalAddress
 	}
-	if hostClass(ctx, origin.Hostname()) == classPublic {
-		return errInternalRedirect
+	if hostClass(ctx, r, origin.Hostname()) == classPublic {
+		return errInternalAddress
 	}
 	return nil
 }
