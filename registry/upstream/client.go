@@ -9,7 +9,8 @@
 // followed only for blobs (registries send those to storage, and the
 // digest checks what comes back), never from https to http, never to
 // link-local addresses (cloud metadata), to loopback or private networks
-// only from an upstream that is there itself, and carry
+// only from an upstream that is there itself (checked before the request
+// and again on each address the dial connects to), and carry
 // credentials only back to the origin they were sent to. A challenge's
 // token realm gets a request only when it is https, or plain http on the
 // upstream's own host name when the upstream itself is plain http (a
@@ -72,13 +73,23 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for the headers of one
 	// answer, once the request is sent. Default 30s.
 	ResponseHeaderTimeout time.Duration
-	// Transport overrides the HTTP transport (tests).
+	// Transport overrides the HTTP transport (tests). The address rule
+	// for redirects and token realms is then only checked before each
+	// request, not at the dial: that is the default transport's.
 	Transport http.RoundTripper
 	Logger    *zap.Logger
 	// OnResponse, if set, is called once per HTTP exchange with upstream
 	// (token requests included) with its method and status; status 0 is a
 	// connection failure.
 	OnResponse func(method string, status int)
+
+	// resolver looks up host names, for the address rule and the dial
+	// alike (tests: a DNS server whose answers they choose). Nil: the
+	// system's.
+	resolver *net.Resolver
+	// proxy picks a request's HTTP proxy (tests). Nil: the environment's
+	// (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
+	proxy func(*http.Request) (*url.URL, error)
 }
 
 // Error is an upstream answer that was not a success, or a failure to get
@@ -144,6 +155,7 @@ type Client struct {
 	log      *zap.Logger
 	onResp   func(string, int)
 	now      func() time.Time // the clock tokens expire by; tests move it
+	resolver *net.Resolver
 
 	mu     sync.Mutex
 	tokens map[string]token // by host + repository
@@ -206,6 +218,10 @@ func New(cfg Config) (*Client, error) {
 	if header <= 0 {
 		header = 30 * time.Second
 	}
+	c.resolver = cfg.resolver
+	if c.resolver == nil {
+		c.resolver = net.DefaultResolver
+	}
 	rt := cfg.Transport
 	if rt == nil {
 		tc := &tls.Config{
@@ -228,18 +244,21 @@ func New(cfg Config) (*Client, error) {
 			}
 			tc.RootCAs = pool
 		}
-		rt = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext,
+		proxy := cfg.proxy
+		if proxy == nil {
+			proxy = http.ProxyFromEnvironment
+		}
+		rt = newGuardedTransport(&http.Transport{
+			Proxy:                 proxy,
 			TLSClientConfig:       tc,
 			TLSHandshakeTimeout:   dial,
 			ResponseHeaderTimeout: header,
 			ForceAttemptHTTP2:     true,
 			MaxIdleConnsPerHost:   32,
 			IdleConnTimeout:       90 * time.Second,
-		}
+		}, dial, c.resolver)
 	}
-	c.hc = &http.Client{Transport: rt, CheckRedirect: checkRedirect}
+	c.hc = &http.Client{Transport: rt, CheckRedirect: c.checkRedirect}
 	return c, nil
 }
 
@@ -292,8 +311,9 @@ var (
 // (an error to the caller). A blob may go elsewhere (storage), never to
 // plain http once on https, never into networks checkTarget keeps upstream
 // out of, and with credentials only while scheme, host and port stay those
-// of the request the client sent.
-func checkRedirect(req *http.Request, via []*http.Request) error {
+// of the request the client sent. The dial of such a hop applies the
+// same rule to each address it connects to (guardedTransport).
+func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
 	if follow, _ := req.Context().Value(redirectsKey{}).(bool); !follow {
 		return http.ErrUseLastResponse
 	}
@@ -306,7 +326,7 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		}
 	}
 	if !sameOrigin(req.URL, via[0].URL) {
-		if err := checkTarget(req.Context(), req.URL, via[0].URL); err != nil {
+		if err := checkTarget(req.Context(), c.resolver, req.URL, via[0].URL); err != nil {
 			return err
 		}
 		// net/http keeps them for a subdomain or another port.
@@ -508,6 +528,7 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	if name == "" {
 		u = base.Scheme + "://" + base.Host + "/v2/" + path // registry-wide: _catalog
 	}
+	ctx = withOrigin(ctx, base)
 	if strings.HasPrefix(path, "blobs/") {
 		ctx = context.WithValue(ctx, redirectsKey{}, true)
 	}
@@ -558,11 +579,15 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
 				Message: fmt.Sprintf("token realm %q refused: not https, nor http on the host of %s", shown, base.Redacted())}
 		}
-		if err := checkTarget(ctx, ru, base); err != nil {
-			// The realm gets the mirror's credentials: the same networks
-			// are closed to it as to a blob redirect.
-			return nil, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
+		refused := func(ru *url.URL) *Error {
+			return &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED",
 				Message: fmt.Sprintf("token realm %q refused: an internal address %s may not send the mirror to", ru.Redacted(), base.Redacted())}
+		}
+		if err := checkTarget(ctx, c.resolver, ru, base); err != nil {
+			// The realm gets the mirror's credentials: the same networks
+			// are closed to it as to a blob redirect (and its dial is held
+			// to them too, see guardedTransport).
+			return nil, refused(ru)
 		}
 		q := ru.Query()
 		if svc, ok := ch.Get("service"); ok {
@@ -577,7 +602,7 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 		}
 		q.Set("scope", scope)
 		ru.RawQuery = q.Encode()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, ru.String(), nil)
+		req, err := http.NewRequestWithContext(withOrigin(ctx, base), http.MethodGet, ru.String(), nil)
 		if err != nil {
 			return nil, &Error{Err: err}
 		}
@@ -587,6 +612,10 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			c.onResp(http.MethodGet, 0)
+			if errors.Is(err, errInternalAddress) {
+				// The realm's name answered a refused address when dialled.
+				return nil, refused(ru)
+			}
 			return nil, &Error{Err: fmt.Errorf("token service: %w", err)}
 		}
 		c.onResp(http.MethodGet, resp.StatusCode)

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/url"
 	"testing"
@@ -31,7 +32,7 @@ func TestBlobRedirectToLinkLocalRefused(t *testing.T) {
 				resp.Body.Close()
 				t.Fatalf("Do followed a redirect to %s", to)
 			}
-			if !errors.Is(err, errInternalRedirect) {
+			if !errors.Is(err, errInternalAddress) {
 				t.Fatalf("Do: %v, want the redirect refused as internal", err)
 			}
 		})
@@ -61,7 +62,7 @@ func TestRedirectTargetRule(t *testing.T) {
 	for _, tt := range tests {
 		o, _ := url.Parse(tt.origin)
 		tg, _ := url.Parse(tt.target)
-		err := checkTarget(context.Background(), tg, o)
+		err := checkTarget(context.Background(), net.DefaultResolver, tg, o)
 		if (err == nil) != tt.ok {
 			t.Errorf("from %s to %s: %v, want allowed %v", tt.origin, tt.target, err, tt.ok)
 		}
