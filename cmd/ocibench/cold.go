@@ -30,7 +30,8 @@ const targetColdFirstByte = 1.5
 // the mirror, each never asked for before (so the mirror holds neither
 // its manifest nor its blob), timing from the manifest GET to the blob's
 // first byte and to its last; and, on the two others, the blob GET
-// alone. Which way goes first alternates between rounds. Both paths read
+// alone. Which way goes first alternates between rounds, and each step
+// starts once the previous one's writes are synced (settle). Both paths read
 // from the same upstream, whose files are in its page cache, so what
 // differs is what the mirror adds: its round trips to upstream and its
 // own handling. No token service: upstream is anonymous.
@@ -107,6 +108,7 @@ func runCold(o options) (*Result, error) {
 			k := (j + r) % 2 // 0 direct, 1 mirror; alternating who goes first
 			base := []string{up.base + "/v2/", srv.base + "/v2/up/"}[k]
 			im := imgs[k]
+			settle()
 			start := time.Now()
 			if _, _, err := timedGet(hc, base+im.repo+"/manifests/v1", map[string]string{"Accept": ociManifest}); err != nil {
 				return nil, err
@@ -120,6 +122,7 @@ func runCold(o options) (*Result, error) {
 			pullAll[k] += time.Since(start)
 
 			im = imgs[2+k]
+			settle()
 			first, all, err = timedGet(hc, base+im.repo+"/blobs/"+im.layer, nil)
 			if err != nil {
 				return nil, err
@@ -152,6 +155,17 @@ func runCold(o options) (*Result, error) {
 	res.Rows = append(res.Rows, ratioRows("cold blob GET, first byte", rounds, func(r ColdRound) [2]float64 { return r.Blob })...)
 	res.Rows = append(res.Rows, ratioRows("cold pull to the first byte", rounds, func(r ColdRound) [2]float64 { return r.Pull })...)
 	return res, nil
+}
+
+// settle lets the previous step's writes end before the next is timed:
+// a mirror's fill syncs its blob after the client's last byte, and a
+// step timed back to back would share the disk and the cores with that
+// sync on the mirror's side only (or on the direct side only, when it
+// comes next). Each step so times one cold pull on a machine at rest,
+// as far as this run goes.
+func settle() {
+	syscall.Sync()
+	time.Sleep(200 * time.Millisecond)
 }
 
 // ColdRound is one round of the cold mode: milliseconds to the first
