@@ -206,7 +206,11 @@ func (f *fileFill) run(src FillSource) {
 func (f *fileFill) fill(src FillSource) error {
 	// Made while the source's request is in flight (see PendingFile); a
 	// source that fails costs a create and a remove.
-	tmp := blobfile.CreateAsync(f.s.createTemp)
+	create := f.s.createTemp
+	if gate := f.s.fillTempGate; gate != nil {
+		create = func() (*os.File, error) { gate(); return f.s.createTemp() }
+	}
+	tmp := blobfile.CreateAsync(create)
 	body, size, err := src(f.s.ctx)
 	if err != nil {
 		tmp.Drop()
@@ -217,22 +221,31 @@ func (f *fileFill) fill(src FillSource) error {
 		tmp.Drop()
 		return err
 	}
-	file, err := tmp.Take()
-	if err != nil {
-		return err
+	// The file is taken once followers have the first bytes (BeginCopy):
+	// its create may still be waiting for the filesystem.
+	var file *os.File
+	defer func() {
+		if file != nil {
+			file.Close()
+		} else {
+			tmp.Drop()
+		}
+	}()
+	open := func() (io.Writer, error) {
+		var err error
+		if file, err = tmp.Take(); err != nil {
+			return nil, err
+		}
+		f.mu.Lock()
+		f.tmp = file.Name()
+		f.mu.Unlock()
+		return f.s.space.Writer(blobfile.WriteBehind(file, 0)), nil
 	}
-	defer file.Close()
-	f.mu.Lock()
-	f.tmp = file.Name()
-	f.mu.Unlock()
-	f.Begin(size)
-
-	out := f.s.space.Writer(blobfile.WriteBehind(file, 0))
 	h := f.d.Algorithm.New()
 	bp := blobfile.GetBuf(size)
 	defer blobfile.PutBuf(bp)
 	buf := (*bp)[:min(len(*bp), 256<<10)] // readers see progress sooner
-	n, err := f.Copy(out, body, h, size, buf)
+	n, err := f.BeginCopy(size, open, body, h, buf)
 	if errors.Is(err, blobfile.ErrOverrun) {
 		return fmt.Errorf("%w: %w", ErrSizeMismatch, err)
 	}
@@ -286,6 +299,18 @@ func (f *fileFill) Reader(ctx context.Context) (FillReader, error) {
 	if err := f.Failed(); err != nil {
 		return nil, err
 	}
+	held = false // the reader's now
+	r := &fileFillReader{f: f, ctx: ctx}
+	// The file is opened when a read first needs it: the fill's first
+	// bytes are read from memory (BeginCopy), and a cold GET's first
+	// byte waits for no open.
+	r.Follower = f.Follow(ctx, readerAtFunc(r.readAt))
+	return r, nil
+}
+
+// open opens the fill's file: the temp file while it is being written,
+// else the installed blob.
+func (f *fileFill) open() (*os.File, error) {
 	var file *os.File
 	var err error
 	f.mu.Lock()
@@ -302,17 +327,53 @@ func (f *fileFill) Reader(ctx context.Context) (FillReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache: open fill: %w", err)
 	}
-	held = false // the reader's now
-	return &fileFillReader{Follower: f.Follow(ctx, file), f: f, file: file}, nil
+	return file, nil
 }
+
+// readerAtFunc is a function as an io.ReaderAt.
+type readerAtFunc func(p []byte, off int64) (int, error)
+
+func (fn readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return fn(p, off) }
 
 // fileFillReader is fileFill's FillReader: a follower of the fill's file
 // that holds the blob against eviction until closed.
 type fileFillReader struct {
 	*blobfile.Follower
 	f      *fileFill
-	file   *os.File
+	ctx    context.Context
+	file   *os.File // nil until a read needs it
 	closed bool
+}
+
+// readAt reads the fill's file, opened on first use. A follower asks
+// only for bytes the fill has written, so the file is there: the temp
+// file, or the blob it became.
+func (r *fileFillReader) readAt(p []byte, off int64) (int, error) {
+	if r.file == nil {
+		if r.closed {
+			return 0, errors.New("cache: read of a closed fill reader")
+		}
+		file, err := r.f.open()
+		if err != nil {
+			// Neither the temp file nor the blob: the fill failed
+			// and removed its file, or is about to say so. Its own
+			// error is the answer, as it is to a reader that opened
+			// the file before.
+			select {
+			case <-r.f.Done():
+			case <-r.ctx.Done():
+				return 0, r.ctx.Err()
+			}
+			if ferr := r.f.Failed(); ferr != nil {
+				return 0, ferr
+			}
+			if file, err = r.f.open(); err != nil {
+				return 0, err
+			}
+		}
+		r.file = file
+	}
+	return r.file.ReadAt(p, off)
 }
 
 // Close releases the reader's file and its hold on the blob; the fill
@@ -323,5 +384,8 @@ func (r *fileFillReader) Close() error {
 	}
 	r.closed = true
 	r.f.s.unhold(r.f.d)
+	if r.file == nil {
+		return nil
+	}
 	return r.file.Close()
 }

@@ -358,3 +358,69 @@ func TestPutFetchedManifest(t *testing.T) {
 		t.Errorf("PutFetchedManifest of other bytes = %v, want ErrDigestMismatch", err)
 	}
 }
+
+// A fill's reader gets the source's first bytes while the fill's temp
+// file is still being created: a cold GET's first byte waits for no
+// create, write or read of the file (on a loaded machine each is a wait
+// for the disk's journal or for a core). The rest follows through the
+// file once it exists, and the blob commits whole.
+func TestFillFirstBytesBeforeTempFile(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{Dir: t.TempDir()})
+	release := make(chan struct{})
+	s.fillTempGate = func() { <-release }
+	content := bytes.Repeat([]byte("first bytes, then the file "), 4096)
+	src := &gatedSource{content: content, size: int64(len(content)), step: make(chan int, 1)}
+	src.step <- 100
+	d := digestOf(content)
+	f, started, err := s.Fill(t.Context(), "m/a", d, src.open)
+	if err != nil || !started {
+		t.Fatalf("fill: %v (started %v)", err, started)
+	}
+	// The reader is asked for on its own goroutine too: before, even
+	// Reader waited for the file.
+	readers := make(chan FillReader, 1)
+	got := make(chan []byte, 1)
+	go func() {
+		r, err := f.Reader(t.Context())
+		if err != nil {
+			close(readers)
+			got <- nil
+			return
+		}
+		readers <- r
+		b := make([]byte, 100)
+		n, _ := io.ReadFull(r, b)
+		got <- b[:n]
+	}()
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, content[:100]) {
+			t.Fatalf("first bytes %q, want %q", b, content[:100])
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		close(src.step)
+		t.Fatal("the reader's first bytes waited for the fill's temp file")
+	}
+	close(release)
+	close(src.step) // the rest at once
+	r, ok := <-readers
+	if !ok {
+		t.Fatal("no reader")
+	}
+	defer r.Close()
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rest, content[100:]) {
+		t.Fatalf("rest: %d bytes, want %d", len(rest), len(content)-100)
+	}
+	if err := f.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HasBlob(t.Context(), "m/a", d); err != nil {
+		t.Fatal(err)
+	}
+}

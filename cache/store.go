@@ -56,8 +56,11 @@ type Store struct {
 	// run on ctx, which Close cancels.
 	fillMu sync.Mutex
 	fills  map[Digest]*fileFill
-	ctx    context.Context
-	cancel context.CancelFunc
+	// fillTempGate, when set (tests), runs before a fill's temp file is
+	// created: a test holds it there to stand for a slow filesystem.
+	fillTempGate func()
+	ctx          context.Context
+	cancel       context.CancelFunc
 
 	// Mirrored content under a limit (evict.go): its configuration, the
 	// running total of its bytes, and the uses and holds of blobs.

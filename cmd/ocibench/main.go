@@ -191,6 +191,8 @@ type Result struct {
 	Images  int    `json:"images,omitempty"`
 	Cold    int    `json:"cold,omitempty"`
 	Rows    []Row  `json:"rows"`
+	// Rounds: the cold mode's figures per round.
+	Rounds []ColdRound `json:"rounds,omitempty"`
 }
 
 func throughputRow(name string, bytes int64, took, limit time.Duration, target float64) Row {

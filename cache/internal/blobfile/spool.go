@@ -10,6 +10,7 @@ package blobfile
 // a complete-looking copy of bytes that turn out wrong.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -44,9 +45,12 @@ type Spool struct {
 	size     int64 // -1 unknown
 	written  int64
 	verified bool
-	err      error
-	start    time.Time
-	took     time.Duration
+	// head: the source's first bytes, which followers read from memory
+	// until the file has them too (then nil). Never changed once set.
+	head  []byte
+	err   error
+	start time.Time
+	took  time.Duration
 }
 
 // NewSpool returns the spool of a write about to start.
@@ -91,11 +95,72 @@ func (s *Spool) Begin(size int64) {
 // cold GET's first byte then waited for a whole 16 MiB fill (15 ms).
 func yieldToFollowers() { runtime.Gosched() }
 
+// headMax bounds the source's first bytes a spool keeps in memory.
+const headMax = 64 << 10
+
+// BeginCopy is Begin and Copy for a writer whose followers should not
+// wait for the disk: the source answered with size bytes (-1 unknown);
+// BeginCopy reads its first piece and makes it (up to headMax) readable
+// from memory at once, and only then gets dst from open and copies on.
+// A cold GET's first byte so waits for no file create, write or read:
+// under load each is a wait for the disk's journal or for a core
+// between upstream's first byte and the client's. Followers are woken
+// for the size and for the first piece by one yield, not two. size >= 0
+// bounds the bytes (ErrOverrun past it). It returns the bytes copied.
+func (s *Spool) BeginCopy(size int64, open func() (io.Writer, error), src io.Reader, h hash.Hash, buf []byte) (int64, error) {
+	s.mu.Lock()
+	s.state, s.size = spoolWriting, size
+	close(s.ready)
+	s.changed()
+	s.mu.Unlock()
+	var m int
+	var rerr error
+	for m == 0 && rerr == nil {
+		m, rerr = src.Read(buf)
+	}
+	if m > 0 {
+		if size >= 0 && int64(m) > size {
+			return 0, fmt.Errorf("%w (%d bytes)", ErrOverrun, size)
+		}
+		s.mu.Lock()
+		s.head = bytes.Clone(buf[:min(m, headMax)])
+		s.changed()
+		s.mu.Unlock()
+	}
+	yieldToFollowers()
+	if rerr != nil && rerr != io.EOF {
+		return 0, fmt.Errorf("read source after 0 bytes: %w", rerr)
+	}
+	dst, err := open()
+	if err != nil {
+		return 0, err
+	}
+	if m > 0 {
+		if _, err := dst.Write(buf[:m]); err != nil {
+			return 0, fmt.Errorf("write: %w", err)
+		}
+		h.Write(buf[:m])
+		s.mu.Lock()
+		s.written, s.head = int64(m), nil // the file has them now
+		s.changed()
+		s.mu.Unlock()
+		yieldToFollowers()
+	}
+	if rerr == io.EOF {
+		return int64(m), nil
+	}
+	return s.copyFrom(int64(m), dst, src, h, size, buf)
+}
+
 // Copy copies src to dst through buf, hashing into h and telling
 // followers of every piece once dst has it. size >= 0 bounds the bytes
 // (ErrOverrun past it). It returns the bytes copied.
 func (s *Spool) Copy(dst io.Writer, src io.Reader, h hash.Hash, size int64, buf []byte) (int64, error) {
-	var n int64
+	return s.copyFrom(0, dst, src, h, size, buf)
+}
+
+// copyFrom is Copy once n bytes are written.
+func (s *Spool) copyFrom(n int64, dst io.Writer, src io.Reader, h hash.Hash, size int64, buf []byte) (int64, error) {
 	for {
 		m, rerr := src.Read(buf)
 		if m > 0 {
@@ -236,8 +301,9 @@ func (r *Follower) Read(p []byte) (int, error) {
 	for {
 		s := r.s
 		s.mu.Lock()
-		state, avail, size, ch, serr, verified := s.state, s.written, s.size, s.notify, s.err, s.verified
+		state, avail, size, ch, serr, verified, head := s.state, s.written, s.size, s.notify, s.err, s.verified, s.head
 		s.mu.Unlock()
+		avail = max(avail, int64(len(head)))
 		switch state {
 		case spoolFailed:
 			r.err = serr
@@ -249,10 +315,20 @@ func (r *Follower) Read(p []byte) (int, error) {
 		}
 		if r.off < avail {
 			n := min(int64(len(p)), avail-r.off)
+			if r.off < int64(len(head)) {
+				m := copy(p[:n], head[r.off:])
+				r.off += int64(m)
+				return m, nil
+			}
 			m, err := r.file.ReadAt(p[:n], r.off)
 			r.off += int64(m)
 			if err == io.EOF && m > 0 {
 				err = nil
+			}
+			if err != nil && err != io.EOF {
+				// Bytes are missing: whoever serves them must not
+				// end as if the blob were whole.
+				r.err = err
 			}
 			return m, err
 		}

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
+	"io"
 	"runtime"
 	"sync"
 	"testing"
+	"testing/iotest"
+	"time"
 )
 
 // memFile is a spool's file in memory: a writer no syscall interrupts,
@@ -62,5 +66,75 @@ func TestSpoolFollowerRunsBesideWriter(t *testing.T) {
 	s.Finish(nil)
 	if at := <-firstAt; at < 0 || at >= int64(len(content)) {
 		t.Fatalf("the follower's first byte came once %d of %d bytes were written", at, len(content))
+	}
+}
+
+// BeginCopy gives followers the source's first piece from memory while
+// the file is still to be opened, and still holds back the last byte
+// until the writer verified the blob: a blob that fits in the first
+// piece is never handed out whole before its digest matched.
+func TestSpoolBeginCopyFirstPieceBeforeFile(t *testing.T) {
+	content := []byte("a small blob, read by its first piece")
+	s := NewSpool()
+	file := &memFile{}
+	opened := make(chan struct{})
+	open := func() (io.Writer, error) { <-opened; return file, nil }
+	copied := make(chan error, 1)
+	go func() {
+		h := sha256.New()
+		_, err := s.BeginCopy(int64(len(content)), open, bytes.NewReader(content), h, make([]byte, 4096))
+		copied <- err
+	}()
+	r := s.Follow(context.Background(), file)
+	if _, err := s.Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1024)
+	n, err := r.Read(b)
+	if err != nil || !bytes.Equal(b[:n], content[:len(content)-1]) {
+		t.Fatalf("first read before the file: %q, %v; want all but the last byte", b[:n], err)
+	}
+	// The last byte waits for the verification, which waits for the file.
+	last := make(chan []byte, 1)
+	go func() {
+		n, _ := r.Read(b)
+		last <- b[:n]
+	}()
+	select {
+	case got := <-last:
+		t.Fatalf("the last byte %q came before the blob was verified", got)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(opened)
+	if err := <-copied; err != nil {
+		t.Fatal(err)
+	}
+	s.SetVerified(int64(len(content)))
+	s.Finish(nil)
+	if got := <-last; !bytes.Equal(got, content[len(content)-1:]) {
+		t.Fatalf("last read %q, want %q", got, content[len(content)-1:])
+	}
+	if n, err := r.Read(b); n != 0 || err != io.EOF {
+		t.Fatalf("after the blob: %d, %v; want EOF", n, err)
+	}
+	if !bytes.Equal(file.buf, content) {
+		t.Fatalf("file holds %q", file.buf)
+	}
+}
+
+// A source that fails before its first byte fails BeginCopy without a
+// file, and its followers see the failure once the writer reports it.
+func TestSpoolBeginCopySourceFails(t *testing.T) {
+	s := NewSpool()
+	boom := errors.New("upstream reset")
+	open := func() (io.Writer, error) { t.Error("file opened for a source that sent nothing"); return nil, nil }
+	_, err := s.BeginCopy(10, open, iotest.ErrReader(boom), sha256.New(), make([]byte, 64))
+	if !errors.Is(err, boom) {
+		t.Fatalf("BeginCopy: %v, want %v", err, boom)
+	}
+	s.Finish(err)
+	r := s.Follow(context.Background(), &memFile{})
+	if _, err := r.Read(make([]byte, 8)); !errors.Is(err, boom) || !errors.Is(r.Err(), boom) {
+		t.Fatalf("follower: %v (Err %v), want %v", err, r.Err(), boom)
 	}
 }
