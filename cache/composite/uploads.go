@@ -22,8 +22,11 @@ import (
 const sessionTTL = 15 * time.Second
 
 // holdWait bounds how long a commit or cancel waits for another request
-// on its session.
-const holdWait = time.Minute
+// on its session. A stalled body ends by the server's read idle timeout
+// (Caddy's default: one minute), so the wait outlasts it, as the
+// single-node store's does: a cancel behind a stalled chunk on another
+// replica then removes the session rather than answering 416.
+const holdWait = 2 * time.Minute
 
 // localAppends are the chunks this replica is receiving, by session, so a
 // commit or cancel of the session here need not wait for the lease: a
