@@ -6,6 +6,8 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/internal/trickle"
 )
 
 // TestCancelStopsArrivingChunk: the single-node store's side of the rule
@@ -20,16 +22,8 @@ func TestCancelStopsArrivingChunk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	go func() {
-		for {
-			if _, err := pw.Write([]byte("x")); err != nil {
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}()
+	pr, stop := trickle.New(50 * time.Millisecond)
+	defer stop()
 	appended := make(chan error, 1)
 	go func() {
 		_, err := s.AppendUpload(ctx, "team/app", u.ID, 0, pr)

@@ -11,28 +11,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/internal/trickle"
 )
 
-// trickle sends a PATCH whose body arrives one byte at a time, often
+// tricklePatch sends a PATCH whose body arrives one byte at a time, often
 // enough that no idle timeout of the server ends it (a slow client, or a
 // slowloris). stop ends the body; the PATCH's answer comes on the channel.
-func trickle(t *testing.T, u string) (stop func(), answer <-chan *http.Response) {
+func tricklePatch(t *testing.T, u string) (stop func(), answer <-chan *http.Response) {
 	t.Helper()
-	pr, pw := io.Pipe()
-	quit := make(chan struct{})
-	go func() {
-		defer pw.Close()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-time.After(100 * time.Millisecond):
-				if _, err := pw.Write([]byte("x")); err != nil {
-					return
-				}
-			}
-		}
-	}()
+	pr, stop := trickle.New(100 * time.Millisecond)
 	req, err := http.NewRequest(http.MethodPatch, u, pr)
 	if err != nil {
 		t.Fatal(err)
@@ -50,13 +38,7 @@ func trickle(t *testing.T, u string) (stop func(), answer <-chan *http.Response)
 		resp.Body.Close()
 		ch <- resp
 	}()
-	var once bool
-	return func() {
-		if !once {
-			once = true
-			close(quit)
-		}
-	}, ch
+	return stop, ch
 }
 
 // quick sends one request that must be answered within 15 s: an operation
@@ -104,7 +86,7 @@ func TestSessionRaces(t *testing.T) {
 		t.Fatalf("first chunk: %s", resp.Status)
 	}
 	session = location(t, s, resp).String()
-	stop, answer := trickle(t, session)
+	stop, answer := tricklePatch(t, session)
 	defer stop()
 	time.Sleep(500 * time.Millisecond) // the trickle holds the session
 
@@ -177,7 +159,7 @@ func TestTrickleCutByMinRate(t *testing.T) {
 		t.Fatalf("POST upload: %s", resp.Status)
 	}
 	session := location(t, s, resp).String()
-	stop, answer := trickle(t, session)
+	stop, answer := tricklePatch(t, session)
 	defer stop()
 	select {
 	case <-answer: // cut: an error, or an answer once the body failed
@@ -199,7 +181,7 @@ func TestReloadBesideTrickle(t *testing.T) {
 		t.Fatalf("POST upload: %s", resp.Status)
 	}
 	session := location(t, s, resp).String()
-	stop, answer := trickle(t, session)
+	stop, answer := tricklePatch(t, session)
 	defer stop()
 	time.Sleep(300 * time.Millisecond)
 	done := make(chan struct{})
@@ -237,7 +219,7 @@ func TestStopBesideTrickle(t *testing.T) {
 		t.Fatalf("POST upload: %s", resp.Status)
 	}
 	session := location(t, s, resp).String()
-	stop, _ := trickle(t, session)
+	stop, _ := tricklePatch(t, session)
 	defer stop()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()

@@ -2,11 +2,11 @@ package composite
 
 import (
 	"errors"
-	"io"
 	"testing"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/internal/trickle"
 )
 
 // TestCancelStopsArrivingChunk: while a chunk trickles into a session on
@@ -21,16 +21,8 @@ func TestCancelStopsArrivingChunk(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pr, pw := io.Pipe()
-		defer pw.Close()
-		go func() {
-			for {
-				if _, err := pw.Write([]byte("x")); err != nil {
-					return
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-		}()
+		pr, stop := trickle.New(50 * time.Millisecond)
+		defer stop()
 		appended := make(chan error, 1)
 		go func() {
 			_, err := a.AppendUpload(ctx(t), "team/app", u.ID, 0, pr)
@@ -75,21 +67,7 @@ func TestBusyOnAnotherReplica(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pr, pw := io.Pipe()
-		quit := make(chan struct{})
-		go func() {
-			defer pw.Close()
-			for {
-				select {
-				case <-quit:
-					return
-				case <-time.After(50 * time.Millisecond):
-				}
-				if _, err := pw.Write([]byte("x")); err != nil {
-					return
-				}
-			}
-		}()
+		pr, stop := trickle.New(50 * time.Millisecond)
 		appended := make(chan error, 1)
 		go func() {
 			_, err := b.AppendUpload(ctx(t), "team/app", u.ID, 0, pr)
@@ -103,7 +81,7 @@ func TestBusyOnAnotherReplica(t *testing.T) {
 		if err := a.CancelUpload(ctx(t), "team/app", u.ID); !errors.Is(err, cache.ErrOffsetMismatch) {
 			t.Errorf("cancel on a while a chunk arrives on b: %v, want ErrOffsetMismatch", err)
 		}
-		close(quit)
+		stop()
 		if err := <-appended; err != nil {
 			t.Fatalf("the chunk on b: %v", err)
 		}
@@ -129,21 +107,7 @@ func TestCancelBesideStartingChunk(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pr, pw := io.Pipe()
-			quit := make(chan struct{})
-			go func() {
-				defer pw.Close()
-				for {
-					select {
-					case <-quit:
-						return
-					case <-time.After(20 * time.Millisecond):
-					}
-					if _, err := pw.Write([]byte("x")); err != nil {
-						return
-					}
-				}
-			}()
+			pr, stop := trickle.New(20 * time.Millisecond)
 			gate := make(chan struct{})
 			appended := make(chan error, 1)
 			go func() {
@@ -155,7 +119,7 @@ func TestCancelBesideStartingChunk(t *testing.T) {
 			close(gate)
 			err = a.CancelUpload(ctx(t), "team/app", u.ID)
 			took := time.Since(start)
-			close(quit)
+			stop()
 			aerr := <-appended
 			if err != nil || took > 2*time.Second {
 				t.Fatalf("try %d: cancel beside a starting chunk: %v after %s (the chunk: %v)", i, err, took, aerr)
