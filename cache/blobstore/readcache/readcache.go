@@ -47,6 +47,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // Options configure a Store.
@@ -258,7 +259,7 @@ func (s *Store) tee(d blobstore.Digest, b blobstore.Blob) blobstore.Blob {
 		s.log.Warn("read cache: cannot write a copy", zap.String("digest", d.String()), zap.Error(err))
 		return b
 	}
-	return &teeBlob{Blob: b, s: s, d: d, fill: fill, f: f, h: d.Algorithm.New()}
+	return &teeBlob{Blob: b, s: s, d: d, fill: fill, f: f, buf: blobfile.GetBuf(b.Size()), h: d.Algorithm.New()}
 }
 
 // Start implements blobstore.Starter for the backend's blob being copied.
@@ -414,6 +415,12 @@ type teeBlob struct {
 	d    blobstore.Digest
 	fill *fillState
 	f    *os.File // nil once the copy was given up
+	// buf gathers the copy's bytes into whole-buffer writes (writeCopy):
+	// the page cache keeps a file written in large pieces in large
+	// folios, and sendfile serves those about twice as fast as a file
+	// written in the network's small reads (bench S3WarmPullCache).
+	buf  *[]byte
+	held int // bytes in buf not yet written
 	h    hash.Hash
 	pos  int64 // where the next Read starts
 	n    int64 // bytes in f
@@ -425,7 +432,7 @@ func (t *teeBlob) Read(p []byte) (int, error) {
 		if t.pos != t.n {
 			t.giveUp() // not the next bytes of the copy
 		} else if n > 0 {
-			if _, werr := t.f.Write(p[:n]); werr != nil {
+			if werr := t.writeCopy(p[:n]); werr != nil {
 				t.s.log.Warn("read cache: cannot write a copy", zap.String("digest", t.d.String()), zap.Error(werr))
 				t.giveUp()
 			} else {
@@ -456,11 +463,35 @@ func (t *teeBlob) Seek(offset int64, whence int) (int64, error) {
 	return pos, err
 }
 
+// writeCopy adds p to the copy, writing whenever buf is full.
+func (t *teeBlob) writeCopy(p []byte) error {
+	for len(p) > 0 {
+		c := copy((*t.buf)[t.held:], p)
+		t.held += c
+		p = p[c:]
+		if t.held == len(*t.buf) {
+			if err := t.flushCopy(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flushCopy writes what buf holds.
+func (t *teeBlob) flushCopy() error {
+	_, err := t.f.Write((*t.buf)[:t.held])
+	t.held = 0
+	return err
+}
+
 // giveUp drops the copy.
 func (t *teeBlob) giveUp() {
 	if t.f == nil {
 		return
 	}
+	blobfile.PutBuf(t.buf)
+	t.buf = nil
 	name := t.f.Name()
 	t.f.Close()
 	os.Remove(name)
@@ -481,7 +512,12 @@ func (t *teeBlob) Close() error {
 		return err
 	}
 	name := t.f.Name()
-	serr := t.f.Sync()
+	serr := t.flushCopy()
+	blobfile.PutBuf(t.buf)
+	t.buf = nil
+	if serr == nil {
+		serr = t.f.Sync()
+	}
 	if cerr := t.f.Close(); serr == nil {
 		serr = cerr
 	}

@@ -516,3 +516,38 @@ func TestOpenRecordedTrustsTheCopy(t *testing.T) {
 		t.Fatal("a copy of another size than the record's was kept")
 	}
 }
+
+// TestCopyFromSmallReads: a blob read in pieces much smaller than the
+// copy's write buffer, and not dividing it, is kept whole and exact (the
+// copy gathers them into full-buffer writes and writes the tail at the
+// end).
+func TestCopyFromSmallReads(t *testing.T) {
+	s := newCache(t, newBackend(t, t.TempDir()), t.TempDir(), 64<<20)
+	c := randomBytes(2<<20 + 12345)
+	d := put(t, s, c)
+	b, err := s.Open(ctx(t), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	p := make([]byte, 999)
+	for {
+		n, err := b.Read(p)
+		got = append(got, p[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, c) {
+		t.Fatal("the first read returned other bytes")
+	}
+	if !read(t, s, d, c) {
+		t.Fatal("the second read did not come from the copy")
+	}
+}
