@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -138,13 +139,42 @@ func (s *Store) lockSession(ctx context.Context, id string, mode lockMode) (unlo
 	return nil, nil, err
 }
 
-// CancellableChunk is r, a chunk's body, ending in ErrUploadUnknown at
-// its next read once stop is closed: the session was cancelled while the
-// chunk arrived at its client's pace, and the store cuts the chunk off
-// (a blocked read ends when the next bytes come or the server's read
-// idle timeout fires).
-func CancellableChunk(r io.Reader, stop <-chan struct{}) io.Reader {
-	return cancellable{r: r, stop: stop}
+// CancellableChunk is r, a chunk's body, ending in ErrUploadUnknown once
+// stop is closed: the session was cancelled while the chunk arrived at
+// its client's pace, and the store cuts the chunk off. A read blocked on
+// a body that has stalled ends at once when ctx carries an interrupt
+// (WithChunkInterrupt), else when the next bytes come or the server's
+// read idle timeout fires. Call release when the chunk is done with: it
+// returns once no interrupt can come any more.
+func CancellableChunk(ctx context.Context, r io.Reader, stop <-chan struct{}) (chunk io.Reader, release func()) {
+	c := cancellable{r: r, stop: stop}
+	interrupt, _ := ctx.Value(interruptKey{}).(func())
+	if interrupt == nil || stop == nil {
+		return c, func() {}
+	}
+	done := make(chan struct{})
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		select {
+		case <-stop:
+			interrupt()
+		case <-done:
+		}
+	})
+	return c, func() {
+		close(done)
+		watch.Wait()
+	}
+}
+
+type interruptKey struct{}
+
+// WithChunkInterrupt returns ctx carrying interrupt, which ends a read of
+// the request's body that is blocked waiting for the client (the
+// registry sets the connection's read deadline to now). A cancel of the
+// session calls it, so it never waits for a body that has stalled.
+func WithChunkInterrupt(ctx context.Context, interrupt func()) context.Context {
+	return context.WithValue(ctx, interruptKey{}, interrupt)
 }
 
 type cancellable struct {
@@ -153,13 +183,27 @@ type cancellable struct {
 }
 
 func (c cancellable) Read(p []byte) (int, error) {
+	if c.cancelled() {
+		return 0, errChunkCancelled
+	}
+	n, err := c.r.Read(p)
+	if err != nil && c.cancelled() {
+		// The interrupt's deadline, not the client, ended this read.
+		err = errChunkCancelled
+	}
+	return n, err
+}
+
+func (c cancellable) cancelled() bool {
 	select {
 	case <-c.stop:
-		return 0, fmt.Errorf("%w: cancelled while a chunk was arriving", ErrUploadUnknown)
+		return true
 	default:
+		return false
 	}
-	return c.r.Read(p)
 }
+
+var errChunkCancelled = fmt.Errorf("%w: cancelled while a chunk was arriving", ErrUploadUnknown)
 
 // validID reports whether id has the form NewUpload gives, which also
 // makes it safe as a file name.
@@ -448,7 +492,8 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 		return Upload{}, err
 	}
 	defer unlock()
-	r = CancellableChunk(r, abort)
+	r, release := CancellableChunk(ctx, r, abort)
+	defer release()
 	rec, err := s.loadLocked(repo, id)
 	if err != nil {
 		return Upload{}, err

@@ -15,12 +15,13 @@ import (
 	"github.com/caddy-oci/caddy-oci/internal/trickle"
 )
 
-// tricklePatch sends a PATCH whose body arrives one byte at a time, often
-// enough that no idle timeout of the server ends it (a slow client, or a
-// slowloris). stop ends the body; the PATCH's answer comes on the channel.
-func tricklePatch(t *testing.T, u string) (stop func(), answer <-chan *http.Response) {
+// tricklePatch sends a PATCH whose body arrives one byte at a time, every
+// interval: often enough that no idle timeout of the server ends it (a
+// slow client, or a slowloris), or, with a long interval, a body that has
+// stalled. stop ends the body; the PATCH's answer comes on the channel.
+func tricklePatch(t *testing.T, u string, every time.Duration) (stop func(), answer <-chan *http.Response) {
 	t.Helper()
-	pr, stop := trickle.New(100 * time.Millisecond)
+	pr, stop := trickle.New(every)
 	req, err := http.NewRequest(http.MethodPatch, u, pr)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +87,7 @@ func TestSessionRaces(t *testing.T) {
 		t.Fatalf("first chunk: %s", resp.Status)
 	}
 	session = location(t, s, resp).String()
-	stop, answer := tricklePatch(t, session)
+	stop, answer := tricklePatch(t, session, 100*time.Millisecond)
 	defer stop()
 	time.Sleep(500 * time.Millisecond) // the trickle holds the session
 
@@ -148,6 +149,48 @@ func TestSessionRaces(t *testing.T) {
 	})
 }
 
+// TestDeleteBesideStalledBody: a DELETE of a session whose PATCH body has
+// stalled (no byte for longer than the test) answers at once and ends
+// that PATCH with 404, rather than waiting for the client's next byte or
+// the server's one-minute read idle timeout: the cancel interrupts the
+// blocked read.
+func TestDeleteBesideStalledBody(t *testing.T) {
+	needBinary(t)
+	dataDir := filepath.Join(t.TempDir(), "data")
+	s := siteServer(t, dataDir, fmt.Sprintf("\toci_registry {\n\t\tstorage %s\n\t}", strconv.Quote(dataDir)), 0)
+	resp := do(t, http.MethodPost, s.url("/v2/team/stall/blobs/uploads/"), nil, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload: %s", resp.Status)
+	}
+	session := location(t, s, resp).String()
+	stop, answer := tricklePatch(t, session, time.Hour)
+	defer stop()
+	time.Sleep(time.Second) // the stalled PATCH holds the session
+
+	start := time.Now()
+	resp, err := quick(t, http.MethodDelete, session, nil)
+	if err != nil {
+		t.Fatalf("DELETE beside a stalled PATCH: %v", err)
+	}
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE beside a stalled PATCH: %s %q, want 204", resp.Status, readAll(t, resp))
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("DELETE beside a stalled PATCH took %s", took)
+	}
+	select {
+	case resp := <-answer:
+		if resp == nil || resp.StatusCode != http.StatusNotFound {
+			t.Errorf("the stalled PATCH after the DELETE: %v, want 404", resp)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stalled PATCH still runs 5 s after its session was deleted")
+	}
+	if n := uploadBytes(t, dataDir); n != 0 {
+		t.Errorf("%d bytes left in uploads/ and tmp/ after the DELETE", n)
+	}
+}
+
 // TestTrickleCutByMinRate: the README's advice for registries open to
 // untrusted clients - Caddy's `timeouts { read_body_idle <d> <bytes/s> }` -
 // ends a PATCH that trickles below the rate (no idle timeout alone would),
@@ -159,7 +202,7 @@ func TestTrickleCutByMinRate(t *testing.T) {
 		t.Fatalf("POST upload: %s", resp.Status)
 	}
 	session := location(t, s, resp).String()
-	stop, answer := tricklePatch(t, session)
+	stop, answer := tricklePatch(t, session, 100*time.Millisecond)
 	defer stop()
 	select {
 	case <-answer: // cut: an error, or an answer once the body failed
@@ -181,7 +224,7 @@ func TestReloadBesideTrickle(t *testing.T) {
 		t.Fatalf("POST upload: %s", resp.Status)
 	}
 	session := location(t, s, resp).String()
-	stop, answer := tricklePatch(t, session)
+	stop, answer := tricklePatch(t, session, 100*time.Millisecond)
 	defer stop()
 	time.Sleep(300 * time.Millisecond)
 	done := make(chan struct{})
@@ -219,7 +262,7 @@ func TestStopBesideTrickle(t *testing.T) {
 		t.Fatalf("POST upload: %s", resp.Status)
 	}
 	session := location(t, s, resp).String()
-	stop, _ := tricklePatch(t, session)
+	stop, _ := tricklePatch(t, session, 100*time.Millisecond)
 	defer stop()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -121,7 +122,7 @@ func (h *Handler) uploadChunk(w http.ResponseWriter, r *http.Request, rc *reques
 	if err != nil {
 		return err
 	}
-	u, err = h.appendBody(r, rc, u)
+	u, err = h.appendBody(w, r, rc, u)
 	if err != nil {
 		return err
 	}
@@ -146,7 +147,7 @@ func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *reque
 		return err
 	}
 	if hasBody(r) || r.Header.Get("Content-Range") != "" {
-		if u, err = h.appendBody(r, rc, u); err != nil {
+		if u, err = h.appendBody(w, r, rc, u); err != nil {
 			return err
 		}
 	}
@@ -213,7 +214,7 @@ func (h *Handler) getUpload(ctx context.Context, rc *request) (cache.Upload, err
 // Content-Range (when present) against the session's size. A chunk at the
 // wrong offset, or whose length disagrees with its range, gets 416 with the
 // session's current Range so the client can resume.
-func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cache.Upload, error) {
+func (h *Handler) appendBody(w http.ResponseWriter, r *http.Request, rc *request, u cache.Upload) (cache.Upload, error) {
 	body := bodyOf(r)
 	want := int64(-1) // bytes the chunk declares, -1 for a stream
 	if cr := r.Header.Get("Content-Range"); cr != "" {
@@ -242,7 +243,13 @@ func (h *Handler) appendBody(r *http.Request, rc *request, u cache.Upload) (cach
 	if err := h.cfg.Store.CheckSpace(r.Context(), max(want, r.ContentLength)); err != nil {
 		return u, errStorageFull(err) // before a byte of a chunk too big for the room
 	}
-	nu, err := h.cfg.Store.AppendUpload(r.Context(), rc.name, u.ID, u.Size, body)
+	// A DELETE of the session while this body stalls ends the blocked
+	// read at once (the PATCH then answers 404), rather than when the
+	// client sends again or the server's idle timeout fires.
+	ctx := cache.WithChunkInterrupt(r.Context(), func() {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	})
+	nu, err := h.cfg.Store.AppendUpload(ctx, rc.name, u.ID, u.Size, body)
 	if err != nil {
 		switch {
 		case errors.Is(err, cache.ErrOffsetMismatch):

@@ -2,6 +2,7 @@ package composite
 
 import (
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -127,6 +128,52 @@ func TestCancelBesideStartingChunk(t *testing.T) {
 			if _, err := a.GetUpload(ctx(t), "team/app", u.ID); !errors.Is(err, cache.ErrUploadUnknown) {
 				t.Fatalf("try %d: the cancelled session: %v", i, err)
 			}
+		}
+	})
+}
+
+// TestCancelInterruptsStalledChunk: a cancel on the replica receiving a
+// chunk whose body has stalled (no byte at all) calls the request's
+// interrupt (the registry's: the connection's read deadline), so neither
+// the cancel nor the chunk waits for the client.
+func TestCancelInterruptsStalledChunk(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		a := replica()
+		u, err := a.OpenUpload(ctx(t), "team/app", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr, pw := io.Pipe() // nothing is ever written
+		defer pw.Close()
+		interrupted := make(chan struct{})
+		chunkCtx := cache.WithChunkInterrupt(ctx(t), func() {
+			close(interrupted)
+			pr.CloseWithError(errors.New("read deadline"))
+		})
+		appended := make(chan error, 1)
+		go func() {
+			_, err := a.AppendUpload(chunkCtx, "team/app", u.ID, 0, pr)
+			appended <- err
+		}()
+		time.Sleep(300 * time.Millisecond) // the chunk holds the session
+
+		start := time.Now()
+		if err := a.CancelUpload(ctx(t), "team/app", u.ID); err != nil {
+			t.Fatalf("cancel beside a stalled chunk: %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("cancel beside a stalled chunk took %s", d)
+		}
+		select {
+		case <-interrupted:
+		default:
+			t.Fatal("the stalled chunk's read was not interrupted")
+		}
+		if err := <-appended; !errors.Is(err, cache.ErrUploadUnknown) {
+			t.Fatalf("the interrupted chunk: %v, want ErrUploadUnknown", err)
+		}
+		if _, err := a.GetUpload(ctx(t), "team/app", u.ID); !errors.Is(err, cache.ErrUploadUnknown) {
+			t.Fatalf("the cancelled session: %v", err)
 		}
 	})
 }

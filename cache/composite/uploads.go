@@ -213,7 +213,8 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 		return cache.Upload{}, err
 	}
 	defer done()
-	r = cache.CancellableChunk(r, stop)
+	r, release := cache.CancellableChunk(ctx, r, stop)
+	defer release()
 	u, err := s.load(work, repo, id)
 	if err != nil {
 		return cache.Upload{}, err
