@@ -42,6 +42,16 @@ func tricklePatch(t *testing.T, u string, every time.Duration) (stop func(), ans
 	return stop, ch
 }
 
+// openSession starts an upload session in repo and returns its URL.
+func openSession(t *testing.T, s *server, repo string) string {
+	t.Helper()
+	resp := do(t, http.MethodPost, s.url("/v2/"+repo+"/blobs/uploads/"), nil, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload: %s", resp.Status)
+	}
+	return location(t, s, resp).String()
+}
+
 // quick sends one request that must be answered within 15 s: an operation
 // on a session must never wait for another client's body.
 func quick(t *testing.T, method, u string, body []byte) (*http.Response, error) {
@@ -73,14 +83,7 @@ func TestSessionRaces(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	s := siteServer(t, dataDir, fmt.Sprintf("\toci_registry {\n\t\tstorage %s\n\t}", strconv.Quote(dataDir)), 0)
 
-	start := func() string {
-		resp := do(t, http.MethodPost, s.url("/v2/team/race/blobs/uploads/"), nil, nil)
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST upload: %s", resp.Status)
-		}
-		return location(t, s, resp).String()
-	}
-	session := start()
+	session := openSession(t, s, "team/race")
 	first := []byte("first chunk")
 	resp := do(t, http.MethodPatch, session, first, map[string]string{"Content-Range": "0-" + strconv.Itoa(len(first)-1)})
 	if resp.StatusCode != http.StatusAccepted {
@@ -158,11 +161,7 @@ func TestDeleteBesideStalledBody(t *testing.T) {
 	needBinary(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	s := siteServer(t, dataDir, fmt.Sprintf("\toci_registry {\n\t\tstorage %s\n\t}", strconv.Quote(dataDir)), 0)
-	resp := do(t, http.MethodPost, s.url("/v2/team/stall/blobs/uploads/"), nil, nil)
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST upload: %s", resp.Status)
-	}
-	session := location(t, s, resp).String()
+	session := openSession(t, s, "team/stall")
 	stop, answer := tricklePatch(t, session, time.Hour)
 	defer stop()
 	time.Sleep(time.Second) // the stalled PATCH holds the session
@@ -197,11 +196,7 @@ func TestDeleteBesideStalledBody(t *testing.T) {
 // and the session stays usable at its last complete chunk.
 func TestTrickleCutByMinRate(t *testing.T) {
 	s, _ := reloadServer(t, "\tservers {\n\t\ttimeouts {\n\t\t\tread_body_idle 2s 1024\n\t\t}\n\t}")
-	resp := do(t, http.MethodPost, s.url("/v2/team/slow/blobs/uploads/"), nil, nil)
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST upload: %s", resp.Status)
-	}
-	session := location(t, s, resp).String()
+	session := openSession(t, s, "team/slow")
 	stop, answer := tricklePatch(t, session, 100*time.Millisecond)
 	defer stop()
 	select {
@@ -219,11 +214,7 @@ func TestTrickleCutByMinRate(t *testing.T) {
 // config reload, and the session works after it.
 func TestReloadBesideTrickle(t *testing.T) {
 	s, caddyfile := reloadServer(t, "")
-	resp := do(t, http.MethodPost, s.url("/v2/team/slow/blobs/uploads/"), nil, nil)
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST upload: %s", resp.Status)
-	}
-	session := location(t, s, resp).String()
+	session := openSession(t, s, "team/slow")
 	stop, answer := tricklePatch(t, session, 100*time.Millisecond)
 	defer stop()
 	time.Sleep(300 * time.Millisecond)
@@ -257,11 +248,7 @@ func TestReloadBesideTrickle(t *testing.T) {
 // resumes at its last complete chunk after the restart.
 func TestStopBesideTrickle(t *testing.T) {
 	s, _ := reloadServer(t, "	grace_period 3s")
-	resp := do(t, http.MethodPost, s.url("/v2/team/slow/blobs/uploads/"), nil, nil)
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST upload: %s", resp.Status)
-	}
-	session := location(t, s, resp).String()
+	session := openSession(t, s, "team/slow")
 	stop, _ := tricklePatch(t, session, 100*time.Millisecond)
 	defer stop()
 	time.Sleep(300 * time.Millisecond)
