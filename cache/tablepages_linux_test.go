@@ -1,53 +1,31 @@
 package cache
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"golang.org/x/sys/unix"
+
+	"github.com/caddy-oci/caddy-oci/internal/pageout"
 )
 
 // residentTableBytes is the resident memory (Rss in /proc/self/smaps) of
 // this process's mappings of .sst files in dir.
 func residentTableBytes(t *testing.T, dir string) int64 {
 	t.Helper()
-	f, err := os.Open("/proc/self/smaps")
+	n, err := pageout.Resident(func(path string) bool {
+		return filepath.Dir(path) == dir && filepath.Ext(path) == ".sst"
+	})
 	if err != nil {
-		t.Skipf("no /proc/self/smaps: %v", err)
+		t.Fatalf("smaps: %v", err)
 	}
-	defer f.Close()
-	var total int64
-	in := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if fields := strings.Fields(line); len(fields) > 0 && !strings.HasSuffix(fields[0], ":") {
-			// A mapping's header line; the lines after it are its own.
-			_, _, path, ok := parseMapsLine(line)
-			in = ok && filepath.Dir(path) == dir && filepath.Ext(path) == ".sst"
-			continue
-		}
-		if v, ok := strings.CutPrefix(line, "Rss:"); ok && in {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatalf("smaps: %q: %v", line, err)
-			}
-			total += kb << 10
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return total
+	return n
 }
 
 // The pages of the metadata's tables that lookups and compactions made
@@ -135,27 +113,6 @@ func TestReleaseTablePages(t *testing.T) {
 		t.Errorf("tables resident: %d bytes before, %d after release; want most of it gone", before, after)
 	}
 	readAll()
-}
-
-func TestParseMapsLine(t *testing.T) {
-	for _, c := range []struct {
-		line       string
-		start, end uintptr
-		path       string
-		ok         bool
-	}{
-		{"7f0000001000-7f0000003000 r--s 00000000 fd:01 1234                       /s/meta/000001.sst", 0x7f0000001000, 0x7f0000003000, "/s/meta/000001.sst", true},
-		{"7f0000001000-7f0000003000 r--s 00000000 fd:01 1234   /a dir/meta/000002.sst", 0x7f0000001000, 0x7f0000003000, "/a dir/meta/000002.sst", true},
-		{"7f0000001000-7f0000003000 rw-p 00000000 00:00 0 ", 0, 0, "", false},
-		{"7f0000003000-7f0000001000 r--s 00000000 fd:01 1 /x.sst", 0, 0, "", false},
-		{"zz-7f0000001000 r--s 00000000 fd:01 1 /x.sst", 0, 0, "", false},
-		{"Rss:                   4 kB", 0, 0, "", false},
-	} {
-		s, e, p, ok := parseMapsLine(c.line)
-		if s != c.start || e != c.end || p != c.path || ok != c.ok {
-			t.Errorf("parseMapsLine(%q) = %#x, %#x, %q, %v", c.line, s, e, p, ok)
-		}
-	}
 }
 
 // Tables badger has just written (flushed memtables, compactions) leave

@@ -1,15 +1,14 @@
 package caddymodule
 
 import (
-	"bufio"
 	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/caddy-oci/caddy-oci/internal/pageout"
 )
 
 // residentExeBytes is the resident memory (Rss in /proc/self/smaps) of
@@ -23,32 +22,11 @@ func residentExeBytes(t *testing.T) int64 {
 	if err != nil {
 		t.Skip(err)
 	}
-	f, err := os.Open("/proc/self/smaps")
+	n, err := pageout.Resident(func(path string) bool { return path == exe })
 	if err != nil {
-		t.Skipf("no /proc/self/smaps: %v", err)
+		t.Fatalf("smaps: %v", err)
 	}
-	defer f.Close()
-	var total int64
-	in := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) == 0 {
-			continue
-		}
-		if !strings.HasSuffix(fields[0], ":") {
-			in = len(fields) >= 6 && fields[5] == exe
-			continue
-		}
-		if fields[0] == "Rss:" && in && len(fields) >= 2 {
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			total += kb << 10
-		}
-	}
-	return total
+	return n
 }
 
 // Most of the executable's resident pages (code this test never runs
