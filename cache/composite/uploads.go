@@ -167,7 +167,9 @@ func (s *Store) GetUpload(ctx context.Context, repo, id string) (cache.Upload, e
 // deadline (which the registry would answer 500).
 func (s *Store) hold(ctx context.Context, id string, busy func() error) (context.Context, func(), error) {
 	key := "upload/" + id
-	refused := fmt.Errorf("%w: another request is writing session %s", cache.ErrOffsetMismatch, id)
+	refused := func() error {
+		return fmt.Errorf("%w: another request is writing session %s", cache.ErrOffsetMismatch, id)
+	}
 	held, release, ok, err := coord.Hold(ctx, s.leases, key, sessionTTL)
 	if busy != nil && err == nil && !ok {
 		if err := busy(); err != nil {
@@ -184,14 +186,14 @@ func (s *Store) hold(ctx context.Context, id string, busy func() error) (context
 		case err == nil:
 			held, release, ok, err = coord.Hold(ctx, s.leases, key, sessionTTL)
 		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			return nil, nil, refused
+			return nil, nil, refused()
 		}
 	}
 	if err != nil {
 		return nil, nil, mapErr(err)
 	}
 	if !ok {
-		return nil, nil, refused
+		return nil, nil, refused()
 	}
 	// The request's cancellation still counts: held outlives ctx only for
 	// the lease's renewals.

@@ -79,12 +79,17 @@ func (s *Spool) changed() {
 // Begin says the source answered with size bytes (-1: unknown) and
 // writing starts.
 func (s *Spool) Begin(size int64) {
+	s.begin(size)
+	yieldToFollowers()
+}
+
+// begin is Begin without the yield.
+func (s *Spool) begin(size int64) {
 	s.mu.Lock()
 	s.state, s.size = spoolWriting, size
 	close(s.ready)
 	s.changed()
 	s.mu.Unlock()
-	yieldToFollowers()
 }
 
 // yieldToFollowers lets the goroutines just woken (a follower waiting
@@ -108,11 +113,7 @@ const headMax = 64 << 10
 // for the size and for the first piece by one yield, not two. size >= 0
 // bounds the bytes (ErrOverrun past it). It returns the bytes copied.
 func (s *Spool) BeginCopy(size int64, open func() (io.Writer, error), src io.Reader, h hash.Hash, buf []byte) (int64, error) {
-	s.mu.Lock()
-	s.state, s.size = spoolWriting, size
-	close(s.ready)
-	s.changed()
-	s.mu.Unlock()
+	s.begin(size)
 	var m int
 	var rerr error
 	for m == 0 && rerr == nil {
