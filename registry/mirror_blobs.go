@@ -28,7 +28,10 @@ import (
 // neither holds nor fills for anyone: then the fill's own GET for this
 // repository asks, one round trip less on a cold pull. Its refusal
 // answers exactly as the HEAD's would (upstreamError), in the same one
-// round trip, so the caller still cannot tell which way was taken.
+// round trip, so the caller still cannot tell which way was taken. A
+// GET beside a fill started for this same repository is answered by
+// that fill's exchange the same way, with no HEAD of its own (many
+// clients pulling one new image at once ask upstream once per blob).
 func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *request) error {
 	m := rc.mirror
 	d, err := parseDigestArg(rc.arg)
@@ -44,10 +47,20 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	// evicts a blob someone is reading, and one evicted a moment ago is
 	// simply a miss from here on.
 	defer store.Hold(d)()
-	if f := store.Filling(r.Context(), d); f != nil && f.Repo() == rc.name && f.Verified() {
-		// Its readers may have had every byte before it is committed
-		// and linked; answer after that, as a plain store hit.
-		_ = f.Wait(r.Context())
+	if f := store.Filling(r.Context(), d); f != nil && f.Repo() == rc.name {
+		if f.Verified() {
+			// Its readers may have had every byte before it is
+			// committed and linked; answer after that, as a plain
+			// store hit.
+			_ = f.Wait(r.Context())
+		} else if r.Method == http.MethodGet {
+			// Another client's fill for this repository asks upstream
+			// for this very name: its answer is the one a HEAD would
+			// get, so this GET joins it without one, and learns
+			// upstream's refusal from it too.
+			m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
+			return h.serveFill(w, r, rc, d, f, true)
+		}
 	}
 	if info, err := store.HasBlob(r.Context(), rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
@@ -137,8 +150,9 @@ func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (cache.
 }
 
 // serveFill streams blob d from fill f as it grows, to a GET upstream
-// confirmed for rc's repository (or that started f for it).
-func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f cache.Fill, started bool) error {
+// confirmed for rc's repository, or whose fill f was started for it
+// (own: the fill links the repository itself).
+func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f cache.Fill, own bool) error {
 	store := h.cfg.Store
 	size, err := f.Ready(r.Context())
 	if err != nil {
@@ -153,7 +167,7 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 		if err := f.Wait(r.Context()); err != nil {
 			return fillError(r, rc, f, err)
 		}
-		if !started {
+		if !own {
 			if err := store.LinkBlob(r.Context(), rc.name, d); err != nil {
 				return errInternal(err)
 			}
@@ -165,7 +179,7 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 		return fillError(r, rc, f, err)
 	}
 	defer rd.Close()
-	if !started {
+	if !own {
 		// The fill links the repository it was started for; upstream
 		// confirmed this one holds the digest too. The link outlives
 		// the request, as the fill does.

@@ -223,6 +223,52 @@ func TestMirrorConcurrentColdBlob(t *testing.T) {
 	}
 }
 
+// A GET that finds a fill of its digest running for its own repository
+// joins it without asking upstream again: that fill's GET asked for this
+// very name. (Another repository's fill still needs upstream's word for
+// this one: the strictBlobs tests of mirror_auth_test.go.)
+func TestMirrorJoinsOwnRepositoryFill(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 1<<20, 1)
+	env.up.pushImage("library/app", "v1", img)
+	layer, data := layerOf(t, img)
+	gate := make(chan struct{})
+	env.up.set(func(u *fakeUpstream) { u.gate = gate })
+	path := "/v2/docker.io/library/app/blobs/" + layer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first, err := env.get(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Body.Close()
+	one := make([]byte, 1)
+	if _, err := io.ReadFull(first.Body, one); err != nil {
+		t.Fatal(err)
+	}
+	second, err := env.get(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Body.Close()
+	if _, err := io.ReadFull(second.Body, one); err != nil {
+		t.Fatal(err)
+	}
+	if n := env.up.count("HEAD blobs"); n != 0 {
+		t.Errorf("upstream blob HEADs = %d for a second GET beside its repository's fill, want 0", n)
+	}
+	close(gate)
+	for _, resp := range []*http.Response{first, second} {
+		rest, err := io.ReadAll(resp.Body)
+		if err != nil || !bytes.Equal(append([]byte{data[0]}, rest...), data) {
+			t.Fatalf("got %d bytes, err %v", 1+len(rest), err)
+		}
+	}
+	if n := env.up.count("GET blobs"); n != 1 {
+		t.Errorf("upstream blob GETs = %d, want 1", n)
+	}
+}
+
 func TestMirrorClientDisconnectDoesNotStopFill(t *testing.T) {
 	env := newMirrorEnv(t)
 	img := randomImage(t, 512<<10, 1)

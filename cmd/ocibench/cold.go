@@ -66,7 +66,18 @@ func runCold(o options) (*Result, error) {
 	}
 	defer up.stop()
 
-	o.registryLines = fmt.Sprintf("mirror up {\n\t\t\tupstream %s\n\t\t}", up.base)
+	// Upstream as the mirror and the direct client reach it: through a
+	// proxy that puts distance between them and it, with -upstream-rtt.
+	far := up.base
+	if o.upstreamRTT > 0 {
+		dp, err := startDelayProxy(strings.TrimPrefix(up.base, "http://"), o.upstreamRTT)
+		if err != nil {
+			return nil, err
+		}
+		defer dp.close()
+		far = "http://" + dp.addr()
+	}
+	o.registryLines = fmt.Sprintf("mirror up {\n\t\t\tupstream %s\n\t\t}", far)
 	srv, err := startServer(o, tmp)
 	if err != nil {
 		return nil, err
@@ -78,7 +89,7 @@ func runCold(o options) (*Result, error) {
 	defer hc.CloseIdleConnections()
 	// One request each way first, so both start with a connection open
 	// (and the mirror with its own to upstream).
-	for _, u := range []string{up.base + "/v2/", srv.base + "/v2/"} {
+	for _, u := range []string{far + "/v2/", srv.base + "/v2/"} {
 		if _, _, err := timedGet(hc, u, nil); err != nil {
 			return nil, err
 		}
@@ -106,9 +117,12 @@ func runCold(o options) (*Result, error) {
 		rd.Load = loadAverage()
 		for j := range 2 {
 			k := (j + r) % 2 // 0 direct, 1 mirror; alternating who goes first
-			base := []string{up.base + "/v2/", srv.base + "/v2/up/"}[k]
+			base := []string{far + "/v2/", srv.base + "/v2/up/"}[k]
 			im := imgs[k]
 			settle()
+			if err := o.wakePath(hc, base, fmt.Sprintf("r%dp%d", r, k)); err != nil {
+				return nil, err
+			}
 			start := time.Now()
 			if _, _, err := timedGet(hc, base+im.repo+"/manifests/v1", map[string]string{"Accept": ociManifest}); err != nil {
 				return nil, err
@@ -123,6 +137,9 @@ func runCold(o options) (*Result, error) {
 
 			im = imgs[2+k]
 			settle()
+			if err := o.wakePath(hc, base, fmt.Sprintf("r%db%d", r, k)); err != nil {
+				return nil, err
+			}
 			first, all, err = timedGet(hc, base+im.repo+"/blobs/"+im.layer, nil)
 			if err != nil {
 				return nil, err
@@ -155,6 +172,33 @@ func runCold(o options) (*Result, error) {
 	res.Rows = append(res.Rows, ratioRows("cold blob GET, first byte", rounds, func(r ColdRound) [2]float64 { return r.Blob })...)
 	res.Rows = append(res.Rows, ratioRows("cold pull to the first byte", rounds, func(r ColdRound) [2]float64 { return r.Pull })...)
 	return res, nil
+}
+
+// wakePath, with -wake, sends one request along the path about to be
+// timed: a manifest GET of a name upstream does not have (through the
+// mirror, which asks upstream; or straight), so that every process on the
+// path has just run. On a virtual machine a process idle for a while
+// answers its next request slowly (here: a trivial Go server answers in
+// 0.2 ms back to back, 5 ms after 200 ms idle, 25 ms after 2 s), and a
+// proxy has one process more to wake than the direct path.
+func (o options) wakePath(hc *http.Client, base, name string) error {
+	if !o.wake {
+		return nil
+	}
+	req, err := http.NewRequest(http.MethodGet, base+"wake/"+name+"/manifests/v1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		return fmt.Errorf("wake-up GET %s: status %d, want 404", req.URL, resp.StatusCode)
+	}
+	return nil
 }
 
 // settle lets the previous step's writes end before the next is timed:

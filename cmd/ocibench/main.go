@@ -50,28 +50,31 @@ const (
 )
 
 type options struct {
-	caddy      string
-	size       int64
-	chunk      int64
-	runs       int
-	getRuns    int
-	clients    int
-	requests   int
-	dir        string
-	keep       bool
-	pprofDir   string
-	pprofSecs  int
-	sizeText   string
-	chunkText  string
-	jsonOutput bool
-	global     string
-	images     int
-	layer      int64
-	layerText  string
-	registry   string
-	cold       int
-	gcStore    string
-	gcSnapshot string
+	caddy       string
+	size        int64
+	chunk       int64
+	runs        int
+	getRuns     int
+	clients     int
+	requests    int
+	dir         string
+	keep        bool
+	pprofDir    string
+	pprofSecs   int
+	sizeText    string
+	chunkText   string
+	jsonOutput  bool
+	global      string
+	images      int
+	layer       int64
+	layerText   string
+	registry    string
+	cold        int
+	wake        bool
+	prefetch    bool
+	upstreamRTT time.Duration
+	gcStore     string
+	gcSnapshot  string
 	// registryLines: more lines for the oci_registry block (a mode's
 	// mirror), not a flag.
 	registryLines string
@@ -104,6 +107,8 @@ func main() {
 	flag.StringVar(&o.layerText, "layer", "4KiB", "layer size of each image in the store-growth mode")
 	flag.StringVar(&o.registry, "registry", "", "store-growth mode: also run the same figures against this distribution (v3) registry binary, e.g. /root/go/bin/registry")
 	flag.IntVar(&o.cold, "cold", 0, "cold-pull mode: with -registry as the upstream, time the first byte of this many cold blobs of -layer bytes through a mirror of it and straight from it")
+	flag.BoolVar(&o.wake, "wake", false, "cold-pull mode: before each timed step, one request along the same path (a manifest upstream does not have), so that the processes on it have just run and what is timed is not the machine's wake-up after idle")
+	flag.DurationVar(&o.upstreamRTT, "upstream-rtt", 0, "cold-pull mode: put upstream this round trip away from both the mirror and the direct client (a delaying proxy on loopback), as a registry on the internet is")
 	flag.StringVar(&o.gcStore, "gc-store", "", "store-growth mode: push nothing; time only the GC passes on this existing store folder (a copy of one -gc-snapshot saved; it is changed), grown with the same -images and -layer")
 	flag.StringVar(&o.gcSnapshot, "gc-snapshot", "", "store-growth mode: after the full GC pass, save a copy of the store into this new folder, for -gc-store runs that skip the growth and the full pass")
 	flag.Parse()
