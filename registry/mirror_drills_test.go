@@ -291,13 +291,12 @@ func TestMirrorTagListNamesChecked(t *testing.T) {
 	}
 }
 
-// TestMirrorTagListPagesOfInvalidNames: when a page of upstream's tag
-// list holds only names that are not tags, the client still gets a Link
-// to the next page, which starts after upstream's last entry: the listing
-// goes on to the valid tags behind them. Before, that page came back
-// empty without a Link, and the listing ended there. An entry too long to
-// travel in a URL is no place to continue from; the last valid tag is.
-func TestMirrorTagListPagesOfInvalidNames(t *testing.T) {
+// invalidNamePages is an upstream whose tag list of library/app, paged
+// by last, has pages of only invalid names, one with CR LF in a name, and
+// names too long to be a cursor (a page after one is served too, for
+// sync, which follows upstream's own Link), with the valid tags a..e
+// among them.
+func invalidNamePages(t *testing.T) http.Handler {
 	long := strings.Repeat("x", 2*maxTagCursor)
 	pages := map[string]struct {
 		tags []string
@@ -308,13 +307,14 @@ func TestMirrorTagListPagesOfInvalidNames(t *testing.T) {
 		"<x>\r\nSet-Cookie: y": {[]string{"-bad", ".bad"}, ".bad"},
 		".bad":                 {[]string{"c", long}, long},
 		"c":                    {[]string{long, "d"}, "d"},
+		long:                   {[]string{"d"}, "d"},
 		"d":                    {[]string{"e"}, ""},
 	}
-	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		last := r.URL.Query().Get("last")
 		p, ok := pages[last]
-		if !ok {
-			t.Errorf("upstream asked for the page after %q", last)
+		if !ok || r.URL.Path != "/v2/library/app/tags/list" {
+			t.Errorf("upstream asked for %s after %q", r.URL.Path, last)
 			http.NotFound(w, r)
 			return
 		}
@@ -323,10 +323,20 @@ func TestMirrorTagListPagesOfInvalidNames(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(tagList{Name: "library/app", Tags: p.tags})
-	}))
+	})
+}
+
+// TestMirrorTagListPagesOfInvalidNames: when a page of upstream's tag
+// list holds only names that are not tags, the client still gets a Link
+// to the next page, which starts after upstream's last entry: the listing
+// goes on to the valid tags behind them. Before, that page came back
+// empty without a Link, and the listing ended there. An entry too long to
+// travel in a URL is no place to continue from; the last valid tag is.
+func TestMirrorTagListPagesOfInvalidNames(t *testing.T) {
+	env, _ := newHostileEnv(t, invalidNamePages(t))
 	var got []string
 	path := "/v2/library/app/tags/list?n=2"
-	for range len(pages) + 1 {
+	for range 10 {
 		resp := env.do(http.MethodGet, path, nil)
 		env.wantStatus(resp, http.StatusOK)
 		var list tagList
@@ -345,6 +355,22 @@ func TestMirrorTagListPagesOfInvalidNames(t *testing.T) {
 	}
 	if want := []string{"a", "b", "c", "d", "e"}; !slices.Equal(got, want) {
 		t.Fatalf("tags over every page %q, want %q", got, want)
+	}
+}
+
+// TestSyncTagListPagesOfInvalidNames: sync reads upstream's tag list
+// on past a page that holds only names that are not tags. Before, such a
+// page counted as "nothing new", which ends a listing (as a registry
+// that answers the first page again does), and the tags behind it were
+// never synced.
+func TestSyncTagListPagesOfInvalidNames(t *testing.T) {
+	env, _ := newHostileEnv(t, invalidNamePages(t))
+	got, err := env.h.SyncSource(env.mirror).Tags(context.Background(), "library/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a", "b", "c", "d", "e"}; !slices.Equal(got, want) {
+		t.Fatalf("sync listed %q, want %q", got, want)
 	}
 }
 
