@@ -136,6 +136,24 @@ func errInternal(cause error) *Error {
 	return newError(http.StatusInternalServerError, CodeUnknown, "internal error", cause)
 }
 
+// StatusClientClosedRequest is nginx's 499 "client closed request": the
+// status recorded (metrics, the log line, Caddy's access log) for a
+// request that failed because its client went away (closed the
+// connection, reset the stream) while it waited. Nobody receives it. It
+// is a 4xx because the leaving is the client's doing, and must not be a
+// 5xx: the server did not fail, and 5xx rates are what operators alert on.
+const StatusClientClosedRequest = 499
+
+// clientGone reports whether err is r ending because its client left:
+// the request's own context is done and err is that context's error.
+// A deadline or cancel from elsewhere (an upstream's timeout, the store's
+// own) while the client still waits is not, and keeps its status; so is
+// a 4xx, which the handler classified as the client's mistake already.
+func clientGone(r *http.Request, e *Error, err error) bool {
+	gone := r.Context().Err()
+	return gone != nil && e.Status >= 500 && errors.Is(err, gone)
+}
+
 type envelope struct {
 	Errors []envelopeError `json:"errors"`
 }
@@ -149,11 +167,15 @@ type envelopeError struct {
 // writeError is the one place an error becomes a response: the status, the
 // JSON envelope and a log line with the repository, operation and reason.
 // Anything that is not an *Error is an internal failure (500): client
-// mistakes are always classified by the handlers.
+// mistakes are always classified by the handlers. A failure that is only
+// the client having left is StatusClientClosedRequest, logged at info.
 func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request, err error) {
 	var e *Error
 	if !errors.As(err, &e) {
 		e = errInternal(err)
+	}
+	if clientGone(r, e, err) {
+		e = newError(StatusClientClosedRequest, CodeUnknown, "client closed request", err)
 	}
 	level := zapcore.InfoLevel
 	switch {

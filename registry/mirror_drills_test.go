@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -287,6 +288,89 @@ func TestMirrorTagListNamesChecked(t *testing.T) {
 	}
 	if !slices.Equal(list.Tags, []string{"v1", "v2"}) {
 		t.Fatalf("tags %q, want only the valid v1 and v2", list.Tags)
+	}
+}
+
+// invalidNamePages is an upstream whose tag list of library/app, paged
+// by last, has pages of only invalid names, one with CR LF in a name, and
+// names too long to be a cursor (a page after one is served too, for
+// sync, which follows upstream's own Link), with the valid tags a..e
+// among them.
+func invalidNamePages(t *testing.T) http.Handler {
+	long := strings.Repeat("x", 2*maxTagCursor)
+	pages := map[string]struct {
+		tags []string
+		next string // upstream's Link: rel="next" carries last=next; "" for none
+	}{
+		"":                     {[]string{"a", "b"}, "b"},
+		"b":                    {[]string{"../../etc/passwd", "<x>\r\nSet-Cookie: y"}, "<x>\r\nSet-Cookie: y"},
+		"<x>\r\nSet-Cookie: y": {[]string{"-bad", ".bad"}, ".bad"},
+		".bad":                 {[]string{"c", long}, long},
+		"c":                    {[]string{long, "d"}, "d"},
+		long:                   {[]string{"d"}, "d"},
+		"d":                    {[]string{"e"}, ""},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		last := r.URL.Query().Get("last")
+		p, ok := pages[last]
+		if !ok || r.URL.Path != "/v2/library/app/tags/list" {
+			t.Errorf("upstream asked for %s after %q", r.URL.Path, last)
+			http.NotFound(w, r)
+			return
+		}
+		if p.next != "" {
+			w.Header().Set("Link", "</v2/library/app/tags/list?"+url.Values{"n": {"2"}, "last": {p.next}}.Encode()+`>; rel="next"`)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(tagList{Name: "library/app", Tags: p.tags})
+	})
+}
+
+// TestMirrorTagListPagesOfInvalidNames: when a page of upstream's tag
+// list holds only names that are not tags, the client still gets a Link
+// to the next page, which starts after upstream's last entry: the listing
+// goes on to the valid tags behind them. Before, that page came back
+// empty without a Link, and the listing ended there. An entry too long to
+// travel in a URL is no place to continue from; the last valid tag is.
+func TestMirrorTagListPagesOfInvalidNames(t *testing.T) {
+	env, _ := newHostileEnv(t, invalidNamePages(t))
+	var got []string
+	path := "/v2/library/app/tags/list?n=2"
+	for range 10 {
+		resp := env.do(http.MethodGet, path, nil)
+		env.wantStatus(resp, http.StatusOK)
+		var list tagList
+		if err := json.Unmarshal(resp.body, &list); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, list.Tags...)
+		link := resp.Header.Get("Link")
+		if link == "" {
+			break
+		}
+		if strings.ContainsAny(link, "\r\n") || len(link) > 4*maxTagCursor {
+			t.Fatalf("Link %q", link)
+		}
+		path = strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+	}
+	if want := []string{"a", "b", "c", "d", "e"}; !slices.Equal(got, want) {
+		t.Fatalf("tags over every page %q, want %q", got, want)
+	}
+}
+
+// TestSyncTagListPagesOfInvalidNames: sync reads upstream's tag list
+// on past a page that holds only names that are not tags. Before, such a
+// page counted as "nothing new", which ends a listing (as a registry
+// that answers the first page again does), and the tags behind it were
+// never synced.
+func TestSyncTagListPagesOfInvalidNames(t *testing.T) {
+	env, _ := newHostileEnv(t, invalidNamePages(t))
+	got, err := env.h.SyncSource(env.mirror).Tags(context.Background(), "library/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a", "b", "c", "d", "e"}; !slices.Equal(got, want) {
+		t.Fatalf("sync listed %q, want %q", got, want)
 	}
 }
 

@@ -415,17 +415,34 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
 		return upstreamError(m, "manifest", fmt.Errorf("upstream tag list unreadable: %w", err))
 	}
+	// Upstream has more: the client's next page starts after upstream's
+	// last entry, valid or not. From the last valid tag, upstream would
+	// send the dropped names again, and a page that held only those
+	// would end the listing early. The entry is only a cursor, escaped
+	// in the Link and sent back to upstream as any client's last is; one
+	// too long for a URL gives way to the last valid tag.
+	var next string
+	if k := len(list.Tags); k > 0 && len(list.Tags[k-1]) <= maxTagCursor {
+		next = list.Tags[k-1]
+	}
 	// Names from upstream are hostile: what is not a tag is left out, as
-	// sync leaves it out (the next page starts after the last valid one).
+	// sync leaves it out.
 	list.Tags = slices.DeleteFunc(list.Tags, func(t string) bool { return !ValidTag(t) })
 	if list.Tags == nil {
 		list.Tags = []string{}
 	}
-	if resp.Header.Get("Link") != "" && len(list.Tags) > 0 {
-		setNextLink(w, rc.url("/tags/list"), n, list.Tags[len(list.Tags)-1])
+	if next == "" && len(list.Tags) > 0 {
+		next = list.Tags[len(list.Tags)-1]
+	}
+	if resp.Header.Get("Link") != "" && next != "" {
+		setNextLink(w, rc.url("/tags/list"), n, next)
 	}
 	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: list.Tags})
 }
+
+// maxTagCursor bounds an entry of upstream's tag list used as the cursor
+// of the next page (a valid tag has at most 128 characters).
+const maxTagCursor = 1024
 
 // mirrorReferrers passes the referrers index through from upstream; an
 // upstream without the API, or one that fails, gives way to the index of

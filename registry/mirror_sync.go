@@ -153,12 +153,16 @@ func (s *SyncSource) Tags(ctx context.Context, repo string) ([]string, error) {
 		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
 			return 0, fmt.Errorf("upstream tag list unreadable: %w", err)
 		}
+		// An invalid name is left out but still new: a page of only
+		// those is not the "nothing new" that ends the listing.
 		n := 0
 		for _, t := range page.Tags {
-			if ValidTag(t) && !seen[t] {
+			if !seen[t] {
 				seen[t] = true
-				out = append(out, t)
 				n++
+				if ValidTag(t) {
+					out = append(out, t)
+				}
 			}
 		}
 		return n, nil
