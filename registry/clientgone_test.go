@@ -184,3 +184,30 @@ func TestClientGoneWhileSessionBusy(t *testing.T) {
 		})
 	}
 }
+
+// A client that leaves before a cold mirror blob's fill has upstream's
+// answer is recorded as 499, not as a 200 that never went out.
+func TestClientGoneBeforeColdBlob(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 4096, 1)
+	env.up.pushImage("library/app", "v1", img)
+	layer, _ := layerOf(t, img)
+	env.up.set(func(u *fakeUpstream) { u.rtt = 500 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if resp, err := env.get(ctx, "/v2/library/app/blobs/"+layer); err == nil {
+		resp.Body.Close()
+		t.Fatalf("GET answered %d before upstream did", resp.StatusCode)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if o := env.obs.last(); o.op != "" {
+			if o.status != StatusClientClosedRequest {
+				t.Fatalf("recorded %+v, want status %d", o, StatusClientClosedRequest)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request was never recorded")
+		}
+	}
+}

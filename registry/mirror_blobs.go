@@ -113,7 +113,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			select {
 			case <-f.Done():
 			case <-r.Context().Done():
-				return nil
+				return errInternal(r.Context().Err()) // recorded as 499
 			}
 			if f, started, err = h.fill(r.Context(), rc, d); err != nil {
 				return err
@@ -200,14 +200,15 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 	return nil
 }
 
-// fillError is the answer to a request whose fill failed: none when the
-// client left; upstream's words only when the fill fetched this
+// fillError is the answer to a request whose fill failed: the client's
+// leaving when it left; upstream's words only when the fill fetched this
 // repository, since a joined fill's failure is about another name.
 func fillError(r *http.Request, rc *request, f cache.Fill, err error) error {
 	m := rc.mirror
 	switch {
 	case r.Context().Err() != nil:
-		return nil
+		// Nobody to answer: recorded as the client's leaving (499).
+		return errInternal(r.Context().Err())
 	case storageFullError(err) != nil:
 		return storageFullError(err) // says nothing of the other repository
 	case errors.Is(err, errMirrorBlobTooLarge):
