@@ -227,7 +227,7 @@ func TestMirrorCacheManifests(t *testing.T) {
 			t.Errorf("manifest %s after eviction: %v", d, err)
 		}
 	}
-	if refs, err := s.Referrers(t.Context(), "m/app", sd); err != nil || len(refs) != 0 {
+	if refs, _, err := s.Referrers(t.Context(), "m/app", sd, "", -1); err != nil || len(refs) != 0 {
 		t.Errorf("referrers after eviction: %v %v", refs, err)
 	}
 	for _, repo := range []string{"m/app", "team/app"} {

@@ -603,21 +603,29 @@ func page(ctx context.Context, txn *badger.Txn, prefix []byte, last string, n in
 }
 
 // Referrers lists the manifests in repo whose subject is d, ordered by
-// digest. An unknown subject gives an empty list, not an error.
-func (s *Store) Referrers(ctx context.Context, repo string, d Digest) ([]Manifest, error) {
+// digest, after the digest `after`, at most n (n < 0: all), and whether
+// more remain. An unknown subject gives an empty list, not an error.
+func (s *Store) Referrers(ctx context.Context, repo string, d Digest, after string, n int) ([]Manifest, bool, error) {
 	if err := checkName("repository", repo); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := checkDigest(d); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	out := []Manifest{}
+	more := false
 	err := s.db.View(func(txn *badger.Txn) error {
-		refs, _, err := page(ctx, txn, refPrefix(repo, d), "", -1)
+		// The names are small; a name whose manifest is gone is skipped,
+		// so a page is counted in manifests, not names.
+		refs, _, err := page(ctx, txn, refPrefix(repo, d), after, -1)
 		if err != nil {
 			return err
 		}
 		for _, r := range refs {
+			if n >= 0 && len(out) >= n {
+				more = true
+				return nil
+			}
 			rd, err := ParseDigest(r)
 			if err != nil {
 				continue
@@ -633,5 +641,5 @@ func (s *Store) Referrers(ctx context.Context, repo string, d Digest) ([]Manifes
 		}
 		return nil
 	})
-	return out, err
+	return out, more, err
 }

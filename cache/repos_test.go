@@ -136,7 +136,7 @@ func TestReferrers(t *testing.T) {
 	// Same subject, other repository: not listed under app.
 	putManifest(t, s, "app2", "foreign", subject.Digest)
 
-	got, err := s.Referrers(t.Context(), "app", subject.Digest)
+	got, _, err := s.Referrers(t.Context(), "app", subject.Digest, "", -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,10 +155,10 @@ func TestReferrers(t *testing.T) {
 	}
 
 	// Unknown subject: empty, not an error.
-	if got, err := s.Referrers(t.Context(), "app", digestOf([]byte("nothing"))); err != nil || got == nil || len(got) != 0 {
+	if got, _, err := s.Referrers(t.Context(), "app", digestOf([]byte("nothing")), "", -1); err != nil || got == nil || len(got) != 0 {
 		t.Errorf("Referrers(unknown) = %v, %v", got, err)
 	}
-	if got, err := s.Referrers(t.Context(), "nosuchrepo", subject.Digest); err != nil || len(got) != 0 {
+	if got, _, err := s.Referrers(t.Context(), "nosuchrepo", subject.Digest, "", -1); err != nil || len(got) != 0 {
 		t.Errorf("Referrers(unknown repo) = %v, %v", got, err)
 	}
 
@@ -167,7 +167,7 @@ func TestReferrers(t *testing.T) {
 	if err := s.DeleteManifest(t.Context(), "app", refs[0].Digest); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Referrers(t.Context(), "app", subject.Digest); len(got) != 2 {
+	if got, _, _ := s.Referrers(t.Context(), "app", subject.Digest, "", -1); len(got) != 2 {
 		t.Errorf("after delete: %d referrers, want 2", len(got))
 	}
 
@@ -178,10 +178,10 @@ func TestReferrers(t *testing.T) {
 	if err := s.PutManifest(t.Context(), "app", m, body, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Referrers(t.Context(), "app", subject.Digest); len(got) != 1 {
+	if got, _, _ := s.Referrers(t.Context(), "app", subject.Digest, "", -1); len(got) != 1 {
 		t.Errorf("old subject: %d referrers, want 1", len(got))
 	}
-	if got, _ := s.Referrers(t.Context(), "app", other.Digest); len(got) != 1 || got[0].Digest != m.Digest {
+	if got, _, _ := s.Referrers(t.Context(), "app", other.Digest, "", -1); len(got) != 1 || got[0].Digest != m.Digest {
 		t.Errorf("new subject: %+v", got)
 	}
 }
@@ -286,7 +286,7 @@ func TestListingsStopWithContext(t *testing.T) {
 	wantErr(t, "Tags", err, context.Canceled)
 	_, _, err = s.Repositories(ctx, "", -1)
 	wantErr(t, "Repositories", err, context.Canceled)
-	_, err = s.Referrers(ctx, "a", subject.Digest)
+	_, _, err = s.Referrers(ctx, "a", subject.Digest, "", -1)
 	wantErr(t, "Referrers", err, context.Canceled)
 	_, err = s.ReposWithBlob(ctx, layer, 10)
 	wantErr(t, "ReposWithBlob", err, context.Canceled)

@@ -248,13 +248,18 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 }
 
 // Referrers lists repo's manifests whose subject is d.
-func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
+func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest, after string, n int) ([]metastore.Manifest, bool, error) {
 	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	out := []metastore.Manifest{}
+	more := false
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		return each(txn, prefixOf("s/", repo, d.String()), "", func(ref string, _ []byte) (bool, error) {
+		return each(txn, prefixOf("s/", repo, d.String()), after, func(ref string, _ []byte) (bool, error) {
+			if n >= 0 && len(out) >= n {
+				more = true
+				return false, nil
+			}
 			rd, err := parseDigest(ref)
 			if err != nil {
 				return false, err
@@ -268,7 +273,7 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) 
 			return true, err
 		})
 	})
-	return out, err
+	return out, more, err
 }
 
 // Tag returns what tag of repo points at.
