@@ -10,7 +10,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -411,20 +410,115 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 		return upstreamError(m, "manifest", err)
 	}
 	defer resp.Body.Close()
-	var list tagList
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
+	tags, cut, err := readUpstreamTags(resp.Body)
+	if err != nil {
 		return upstreamError(m, "manifest", fmt.Errorf("upstream tag list unreadable: %w", err))
 	}
-	// Names from upstream are hostile: what is not a tag is left out, as
-	// sync leaves it out (the next page starts after the last valid one).
-	list.Tags = slices.DeleteFunc(list.Tags, func(t string) bool { return !ValidTag(t) })
-	if list.Tags == nil {
-		list.Tags = []string{}
+	if (cut || resp.Header.Get("Link") != "") && len(tags) > 0 {
+		setNextLink(w, rc.url("/tags/list"), n, tags[len(tags)-1])
 	}
-	if resp.Header.Get("Link") != "" && len(list.Tags) > 0 {
-		setNextLink(w, rc.url("/tags/list"), n, list.Tags[len(list.Tags)-1])
+	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: tags})
+}
+
+// Bounds of an upstream tag list passed through. Upstream decides how
+// long its list is, and a list of short names costs several times its
+// size once decoded; a few clients at once must not make the mirror hold
+// hundreds of MiB. A longer list is cut into pages: the client follows
+// the Link, as for any paged list, and the next page asks upstream for
+// the tags after the last one passed.
+const (
+	// maxUpstreamTagsPage is what the names of one page may cost, each
+	// counted with its string header.
+	maxUpstreamTagsPage = 4 << 20
+	// maxUpstreamTagsRead is how much of upstream's answer is read for
+	// one page: the names, the JSON around them, and what is left out.
+	maxUpstreamTagsRead = 2 * maxUpstreamTagsPage
+)
+
+// readUpstreamTags reads the tags of upstream's tag list a token at a
+// time, never the whole answer at once. Names from upstream are hostile:
+// what is not a tag is left out, as sync leaves it out. cut reports that
+// the list went on past maxUpstreamTagsPage: tags is its first part.
+func readUpstreamTags(body io.Reader) (tags []string, cut bool, err error) {
+	dec := json.NewDecoder(io.LimitReader(body, maxUpstreamTagsRead))
+	tags = []string{}
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, false, err
 	}
-	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: list.Tags})
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return nil, false, err
+		}
+		if key != "tags" {
+			if err := skipValue(dec); err != nil {
+				return nil, false, err
+			}
+			continue
+		}
+		if tok, err := dec.Token(); err != nil {
+			return nil, false, err
+		} else if tok == nil {
+			continue // "tags": null, as distribution answers for none
+		} else if tok != json.Delim('[') {
+			return nil, false, fmt.Errorf("tags: %v, want an array", tok)
+		}
+		cost := 0
+		for dec.More() {
+			if cost >= maxUpstreamTagsPage {
+				return tags, true, nil
+			}
+			tok, err := dec.Token()
+			if err != nil {
+				return nil, false, err
+			}
+			t, ok := tok.(string)
+			if !ok {
+				return nil, false, fmt.Errorf("tags: %v is not a string", tok)
+			}
+			cost += len(t) + 16
+			if ValidTag(t) {
+				tags = append(tags, t)
+			}
+		}
+		if _, err := dec.Token(); err != nil { // ]
+			return nil, false, err
+		}
+	}
+	_, err = dec.Token() // }
+	return tags, false, err
+}
+
+// expectDelim reads the next token, which must be d.
+func expectDelim(dec *json.Decoder, d json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok != d {
+		return fmt.Errorf("%v, want %v", tok, d)
+	}
+	return nil
+}
+
+// skipValue reads past one value, a token at a time.
+func skipValue(dec *json.Decoder) error {
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
 }
 
 // mirrorReferrers passes the referrers index through from upstream; an

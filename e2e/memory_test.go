@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -91,5 +92,57 @@ func TestReferrersMemoryBounded(t *testing.T) {
 	t.Logf("peak RSS grew by %.0f MiB serving 3 x %d MiB of referrers", grew, n*2)
 	if grew > 250 {
 		t.Errorf("peak RSS grew by %.0f MiB serving the referrers list, want <= 250 MiB", grew)
+	}
+}
+
+// TestMirrorEndlessTagListMemory: an upstream whose tag list never ends
+// (or is merely long: short names cost several times their size decoded)
+// must not cost the mirror memory in proportion to what it sends. Eight
+// clients at once grew the server's peak RSS by over 500 MiB when each
+// list was read whole up to 32 MiB; read a page at a time, each costs a
+// few MiB.
+func TestMirrorEndlessTagListMemory(t *testing.T) {
+	needBinary(t)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/tags/list") {
+			w.WriteHeader(http.StatusOK) // /v2/
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"name":"x","tags":["a"`)
+		chunk := strings.Repeat(`,"a"`, 64<<10)
+		for r.Context().Err() == nil {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer up.Close()
+	s := mirrorServer(t, up.URL)
+	pid := s.cmd.Process.Pid
+	resetPeakRSS(t, pid)
+	before := peakRSS(t, pid)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(s.url(fmt.Sprintf("/v2/docker.io/library/app%d/tags/list", i)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || resp.Header.Get("Link") == "" {
+				t.Errorf("endless tag list: %s, Link %q; want 200 and a first page", resp.Status, resp.Header.Get("Link"))
+			}
+		}()
+	}
+	wg.Wait()
+	grew := peakRSS(t, pid) - before
+	t.Logf("peak RSS grew by %.0f MiB serving 8 endless tag lists", grew)
+	if grew > 150 {
+		t.Errorf("peak RSS grew by %.0f MiB, want <= 150 MiB", grew)
 	}
 }
