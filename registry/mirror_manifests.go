@@ -229,13 +229,18 @@ func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, referenc
 	}
 	defer resp.Body.Close()
 	limit := h.cfg.MaxManifestSize
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	body, err := readManifestBody(resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		return mirroredManifest{}, fmt.Errorf("read upstream manifest: %w", err)
 	}
 	if int64(len(body)) > limit {
 		return mirroredManifest{}, fmt.Errorf("upstream manifest exceeds the limit of %d bytes", limit)
 	}
+	release, err := holdManifestWork(ctx, int64(len(body)))
+	if err != nil {
+		return mirroredManifest{}, err
+	}
+	defer release()
 	m.obs.MirrorBytes(m.cfg.Prefix, "upstream", int64(len(body)))
 	mt, d, err := checkUpstreamManifest(resp, body, want)
 	if err != nil {
