@@ -317,6 +317,13 @@ func (c *sharedCluster) records() (authRecords, error) {
 	return meta, nil
 }
 
+// isClosed reports whether Destruct has run.
+func (c *sharedCluster) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // Destruct stops GC and closes the database pool.
 func (c *sharedCluster) Destruct() error {
 	c.mu.Lock()

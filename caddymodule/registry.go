@@ -497,22 +497,32 @@ func (rg *Registry) Cleanup() error {
 		_ = h.Drain(ctx)
 		cancel()
 	}
-	idle := rg.requests.close()
-	select {
-	case <-idle:
-		return rg.release()
-	default:
-	}
-	if caddy.Exiting() {
-		return rg.release()
-	}
-	go func() {
-		<-idle
+	var relErr error
+	release := func() {
 		if err := rg.release(); err != nil {
+			relErr = err
 			rg.logger.Error("releasing the storage of a replaced config", zap.String("storage", rg.dir), zap.Error(err))
 		}
-	}()
+	}
+	if caddy.Exiting() {
+		// The process ends: Caddy gave its requests the grace period.
+		rg.requests.close(func() {})
+		return rg.release()
+	}
+	if rg.requests.close(release) {
+		return relErr
+	}
 	return nil
+}
+
+// storeClosed reports, for a config already released, whether its store
+// is closed (or was never opened: it must not be opened now, behind the
+// back of the config that holds the folder).
+func (rg *Registry) storeClosed() bool {
+	if rg.cluster != nil {
+		return rg.cluster.isClosed()
+	}
+	return rg.store != nil && rg.store.opened() == nil
 }
 
 // release gives back what this config's requests used: auth and its
@@ -544,7 +554,8 @@ func (rg *Registry) release() error {
 // session or key is this server's alone. While a newer config takes over, HTTP/1 responses close their
 // connection (reload.go).
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !rg.requests.enter() {
+	if rg.requests.enter() && rg.storeClosed() {
+		rg.requests.leave()
 		serveCleanedUp(w, r)
 		return nil
 	}
