@@ -494,8 +494,85 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d Digest) error
 	if err := checkDigest(d); err != nil {
 		return fmt.Errorf("%w: %w", ErrManifestUnknown, err)
 	}
+	if err := s.dropTagsOf(ctx, repo, d); err != nil {
+		return err
+	}
 	since := s.now().Add(-s.grace)
 	return s.update(func(txn *badger.Txn) error { return deleteManifestTxn(txn, repo, d, since) })
+}
+
+// tagBatch is how many tags one transaction deletes. badger refuses a
+// transaction past a size its memtable sets (a few thousand writes here),
+// and a manifest may carry any number of tags: CI that tags every build of
+// an image that did not change.
+const tagBatch = 500
+
+// dropTagsOf deletes the tags of repo that point at manifest d, tagBatch
+// per transaction, when there are more than deleteManifestTxn could
+// delete with the manifest in one. A DELETE that fails midway has removed
+// some tags of a manifest the client asked to delete; its retry removes
+// the rest.
+func (s *Store) dropTagsOf(ctx context.Context, repo string, d Digest) error {
+	want := []byte(d.String())
+	var keys [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		if _, err := getManifest(txn, repo, d); err != nil {
+			return nil // DeleteManifest's own transaction says so
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: tagPrefix(repo), PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			item := it.Item()
+			if err := item.Value(func(v []byte) error {
+				if bytes.Equal(v, want) {
+					keys = append(keys, item.KeyCopy(nil))
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || len(keys) <= tagBatch {
+		return err
+	}
+	for len(keys) > 0 {
+		batch := keys[:min(tagBatch, len(keys))]
+		keys = keys[len(batch):]
+		err := s.update(func(txn *badger.Txn) error {
+			for _, k := range batch {
+				item, err := txn.Get(k)
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				same := false
+				if err := item.Value(func(v []byte) error { same = bytes.Equal(v, want); return nil }); err != nil {
+					return err
+				}
+				if !same {
+					continue // moved since: not this manifest's any more
+				}
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+				if err := txn.Delete(append([]byte(pTagFetch), k[len(pTag):]...)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("cache: delete tags of %s: %w", d, err)
+		}
+	}
+	return nil
 }
 
 // deleteManifestTxn is DeleteManifest within txn (also eviction's). The

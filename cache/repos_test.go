@@ -296,3 +296,33 @@ func TestListingsStopWithContext(t *testing.T) {
 		t.Errorf("Tags(n=0) = %q, %v, %v", tags, more, err)
 	}
 }
+
+// TestDeleteManifestManyTags: a manifest may carry any number of tags (CI
+// that tags every build of an image that did not change); deleting it
+// deletes them all, however many one badger transaction can hold (a few
+// thousand writes with this store's memtables).
+func TestDeleteManifestManyTags(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{})
+	const n = 10_000
+	var m Manifest
+	tags := make([]string, 0, 500)
+	for i := range n {
+		tags = append(tags, fmt.Sprintf("t%05d", i))
+		if len(tags) == cap(tags) {
+			m = putManifest(t, s, "app", "tagged", Digest{}, tags...)
+			tags = tags[:0]
+		}
+	}
+	putManifest(t, s, "app", "other", Digest{}, "keep")
+	if err := s.DeleteManifest(t.Context(), "app", m.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.GetManifest(t.Context(), "app", m.Digest); err == nil {
+		t.Fatal("the manifest is still there")
+	}
+	got, _, err := s.Tags(t.Context(), "app", "", -1)
+	if err != nil || len(got) != 1 || got[0] != "keep" {
+		t.Fatalf("%d tags after the delete (%v), want [keep]", len(got), err)
+	}
+}

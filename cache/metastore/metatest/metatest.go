@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"PutManifestAgainMovesReferrer", testPutManifestAgain},
 		{"Referrers", testReferrers},
 		{"DeleteManifest", testDeleteManifest},
+		{"DeleteManifestManyTags", testDeleteManifestManyTags},
 		{"MoveTag", testMoveTag},
 		{"DeleteTagAndFetched", testDeleteTag},
 		{"TagsPaging", testTagsPaging},
@@ -429,6 +430,34 @@ func testReferrers(t *testing.T, s metastore.Store) {
 	}
 	if refs, _, err := s.Referrers(ctx(t), "nowhere", sub, "", -1); err != nil || len(refs) != 0 {
 		t.Fatalf("referrers in an unknown repository = %v %v", refs, err)
+	}
+}
+
+// testDeleteManifestManyTags: a manifest may carry any number of tags (CI
+// that tags every build of an image that did not change); deleting it
+// deletes them all, however many one transaction of the store can hold.
+func testDeleteManifestManyTags(t *testing.T, s metastore.Store) {
+	m, body := manifest("tagged", metastore.Digest{})
+	const n = 10_000
+	tags := make([]string, 0, 500)
+	for i := range n {
+		tags = append(tags, fmt.Sprintf("t%05d", i))
+		if len(tags) == cap(tags) {
+			put(t, s, "r", m, body, tags...)
+			tags = tags[:0]
+		}
+	}
+	other, ob := manifest("other", metastore.Digest{})
+	put(t, s, "r", other, ob, "keep")
+	if got := len(allTags(t, s, "r")); got != n+1 {
+		t.Fatalf("%d tags, want %d", got, n+1)
+	}
+	must(t, s.DeleteManifest(ctx(t), "r", m.Digest))
+	if _, err := s.Manifest(ctx(t), "r", m.Digest); !errors.Is(err, metastore.ErrManifestUnknown) {
+		t.Fatalf("deleted manifest reads %v", err)
+	}
+	if tags := allTags(t, s, "r"); !slices.Equal(tags, []string{"keep"}) {
+		t.Fatalf("%d tags after the delete, want [keep]", len(tags))
 	}
 }
 
