@@ -379,6 +379,9 @@ func (s *Store) evict(mc *MirrorCache, c evictCandidate) (bool, error) {
 	}
 	removed := false
 	since := s.now().Add(-s.grace) // see deleteManifestTxn
+	if err := s.thinMirroredLinks(mc, c.d, since); err != nil {
+		return false, fmt.Errorf("cache: evict %s: %w", c.d, err)
+	}
 	err = s.update(func(txn *badger.Txn) error {
 		var err error
 		removed, err = unlinkMirrored(txn, mc, c.d, since)
@@ -395,6 +398,58 @@ func (s *Store) evict(mc *MirrorCache, c evictCandidate) (bool, error) {
 		s.log.Warn("remove evicted blob", zap.String("digest", c.d.String()), zap.Error(err))
 	}
 	return true, nil
+}
+
+// evictBatch is how many links of one digest a transaction of eviction
+// removes. badger refuses a transaction past a size its memtable sets (a
+// few thousand writes here), and a layer may be linked by thousands of
+// mirrored repositories.
+const evictBatch = 300
+
+// thinMirroredLinks removes the links to d evictBatch at a time while
+// there are more than unlinkMirrored could remove in one transaction and
+// all are mirrors' (else unlinkMirrored keeps d). gcMu is held, so no link
+// is made meanwhile; should a pass stop midway, a mirrored repository
+// whose link went asks upstream again on its next pull, as after any
+// eviction.
+func (s *Store) thinMirroredLinks(mc *MirrorCache, d Digest, since time.Time) error {
+	for {
+		more := false
+		err := s.update(func(txn *badger.Txn) error {
+			blobRepos := linksOf(txn, blobRevPrefix(d))
+			manRepos := linksOf(txn, manRevPrefix(d))
+			if len(blobRepos)+len(manRepos) <= evictBatch || !allMirrored(mc, blobRepos) || !allMirrored(mc, manRepos) {
+				return nil
+			}
+			more = true
+			n := 0
+			for _, repo := range blobRepos {
+				if n == evictBatch {
+					return nil
+				}
+				if err := deleteBlobLink(txn, repo, d); err != nil {
+					return err
+				}
+				n++
+			}
+			for _, repo := range manRepos {
+				if n == evictBatch {
+					return nil
+				}
+				if err := deleteManifestTxn(txn, repo, d, since); err != nil && !errors.Is(err, ErrManifestUnknown) {
+					return err
+				}
+				if err := txn.Delete(manRevKey(d, repo)); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil || !more {
+			return err
+		}
+	}
 }
 
 // unlinkMirrored removes every link to d, as blob and as manifest, in txn

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -227,7 +228,7 @@ func TestMirrorCacheManifests(t *testing.T) {
 			t.Errorf("manifest %s after eviction: %v", d, err)
 		}
 	}
-	if refs, err := s.Referrers(t.Context(), "m/app", sd); err != nil || len(refs) != 0 {
+	if refs, _, err := s.Referrers(t.Context(), "m/app", sd, "", -1); err != nil || len(refs) != 0 {
 		t.Errorf("referrers after eviction: %v %v", refs, err)
 	}
 	for _, repo := range []string{"m/app", "team/app"} {
@@ -360,4 +361,37 @@ func BenchmarkHold(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// TestEvictWidelyLinkedBlob: a layer may be linked by thousands of
+// mirrored repositories, more links than one badger transaction can
+// remove. Eviction still takes it (the pass failed on it, and on every
+// candidate after it, for ever); a blob a local repository links as well
+// is kept with all its links.
+func TestEvictWidelyLinkedBlob(t *testing.T) {
+	s := openMirrorStore(t, t.TempDir(), 350) // b, linked locally, does not count
+	const n = 4000
+	a := fillBlob(t, s, "m/r0", content(0, 200))
+	b := fillBlob(t, s, "m/s0", content(1, 200))
+	for i := 1; i < n; i++ {
+		for _, l := range []struct {
+			repo string
+			d    Digest
+		}{{fmt.Sprintf("m/r%d", i), a}, {fmt.Sprintf("m/s%d", i), b}} {
+			if err := s.LinkBlob(t.Context(), l.repo, l.d); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.LinkBlob(t.Context(), "local", b); err != nil {
+		t.Fatal(err)
+	}
+	fillBlob(t, s, "m/other", content(2, 200))
+	if st := mustEvict(t, s); st.ItemsEvicted != 1 {
+		t.Errorf("evicted %+v, want a only", st)
+	}
+	wantPresent(t, s, "m/r0", a, false)
+	wantPresent(t, s, fmt.Sprintf("m/r%d", n-1), a, false)
+	wantPresent(t, s, "local", b, true)
+	wantPresent(t, s, fmt.Sprintf("m/s%d", n-1), b, true)
 }

@@ -187,7 +187,7 @@ func TestGCDropsLinksOfDeletedManifest(t *testing.T) {
 			t.Errorf("manifest %s: %v", m, err)
 		}
 	}
-	if refs, err := s.Referrers(t.Context(), "app", gone); err != nil || len(refs) != 1 {
+	if refs, _, err := s.Referrers(t.Context(), "app", gone, "", -1); err != nil || len(refs) != 1 {
 		t.Errorf("Referrers of the deleted manifest = %v, %v; the signature is still linked", refs, err)
 	}
 	if st := mustGC(t, s); st.removedAny() {

@@ -494,8 +494,85 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d Digest) error
 	if err := checkDigest(d); err != nil {
 		return fmt.Errorf("%w: %w", ErrManifestUnknown, err)
 	}
+	if err := s.dropTagsOf(ctx, repo, d); err != nil {
+		return err
+	}
 	since := s.now().Add(-s.grace)
 	return s.update(func(txn *badger.Txn) error { return deleteManifestTxn(txn, repo, d, since) })
+}
+
+// tagBatch is how many tags one transaction deletes. badger refuses a
+// transaction past a size its memtable sets (a few thousand writes here),
+// and a manifest may carry any number of tags: CI that tags every build of
+// an image that did not change.
+const tagBatch = 500
+
+// dropTagsOf deletes the tags of repo that point at manifest d, tagBatch
+// per transaction, when there are more than deleteManifestTxn could
+// delete with the manifest in one. A DELETE that fails midway has removed
+// some tags of a manifest the client asked to delete; its retry removes
+// the rest.
+func (s *Store) dropTagsOf(ctx context.Context, repo string, d Digest) error {
+	want := []byte(d.String())
+	var keys [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		if _, err := getManifest(txn, repo, d); err != nil {
+			return nil // DeleteManifest's own transaction says so
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: tagPrefix(repo), PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			item := it.Item()
+			if err := item.Value(func(v []byte) error {
+				if bytes.Equal(v, want) {
+					keys = append(keys, item.KeyCopy(nil))
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || len(keys) <= tagBatch {
+		return err
+	}
+	for len(keys) > 0 {
+		batch := keys[:min(tagBatch, len(keys))]
+		keys = keys[len(batch):]
+		err := s.update(func(txn *badger.Txn) error {
+			for _, k := range batch {
+				item, err := txn.Get(k)
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				same := false
+				if err := item.Value(func(v []byte) error { same = bytes.Equal(v, want); return nil }); err != nil {
+					return err
+				}
+				if !same {
+					continue // moved since: not this manifest's any more
+				}
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+				if err := txn.Delete(append([]byte(pTagFetch), k[len(pTag):]...)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("cache: delete tags of %s: %w", d, err)
+		}
+	}
+	return nil
 }
 
 // deleteManifestTxn is DeleteManifest within txn (also eviction's). The
@@ -603,21 +680,29 @@ func page(ctx context.Context, txn *badger.Txn, prefix []byte, last string, n in
 }
 
 // Referrers lists the manifests in repo whose subject is d, ordered by
-// digest. An unknown subject gives an empty list, not an error.
-func (s *Store) Referrers(ctx context.Context, repo string, d Digest) ([]Manifest, error) {
+// digest, after the digest `after`, at most n (n < 0: all), and whether
+// more remain. An unknown subject gives an empty list, not an error.
+func (s *Store) Referrers(ctx context.Context, repo string, d Digest, after string, n int) ([]Manifest, bool, error) {
 	if err := checkName("repository", repo); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := checkDigest(d); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	out := []Manifest{}
+	more := false
 	err := s.db.View(func(txn *badger.Txn) error {
-		refs, _, err := page(ctx, txn, refPrefix(repo, d), "", -1)
+		// The names are small; a name whose manifest is gone is skipped,
+		// so a page is counted in manifests, not names.
+		refs, _, err := page(ctx, txn, refPrefix(repo, d), after, -1)
 		if err != nil {
 			return err
 		}
 		for _, r := range refs {
+			if n >= 0 && len(out) >= n {
+				more = true
+				return nil
+			}
 			rd, err := ParseDigest(r)
 			if err != nil {
 				continue
@@ -633,5 +718,5 @@ func (s *Store) Referrers(ctx context.Context, repo string, d Digest) ([]Manifes
 		}
 		return nil
 	})
-	return out, err
+	return out, more, err
 }

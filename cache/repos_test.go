@@ -136,7 +136,7 @@ func TestReferrers(t *testing.T) {
 	// Same subject, other repository: not listed under app.
 	putManifest(t, s, "app2", "foreign", subject.Digest)
 
-	got, err := s.Referrers(t.Context(), "app", subject.Digest)
+	got, _, err := s.Referrers(t.Context(), "app", subject.Digest, "", -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,10 +155,10 @@ func TestReferrers(t *testing.T) {
 	}
 
 	// Unknown subject: empty, not an error.
-	if got, err := s.Referrers(t.Context(), "app", digestOf([]byte("nothing"))); err != nil || got == nil || len(got) != 0 {
+	if got, _, err := s.Referrers(t.Context(), "app", digestOf([]byte("nothing")), "", -1); err != nil || got == nil || len(got) != 0 {
 		t.Errorf("Referrers(unknown) = %v, %v", got, err)
 	}
-	if got, err := s.Referrers(t.Context(), "nosuchrepo", subject.Digest); err != nil || len(got) != 0 {
+	if got, _, err := s.Referrers(t.Context(), "nosuchrepo", subject.Digest, "", -1); err != nil || len(got) != 0 {
 		t.Errorf("Referrers(unknown repo) = %v, %v", got, err)
 	}
 
@@ -167,7 +167,7 @@ func TestReferrers(t *testing.T) {
 	if err := s.DeleteManifest(t.Context(), "app", refs[0].Digest); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Referrers(t.Context(), "app", subject.Digest); len(got) != 2 {
+	if got, _, _ := s.Referrers(t.Context(), "app", subject.Digest, "", -1); len(got) != 2 {
 		t.Errorf("after delete: %d referrers, want 2", len(got))
 	}
 
@@ -178,10 +178,10 @@ func TestReferrers(t *testing.T) {
 	if err := s.PutManifest(t.Context(), "app", m, body, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Referrers(t.Context(), "app", subject.Digest); len(got) != 1 {
+	if got, _, _ := s.Referrers(t.Context(), "app", subject.Digest, "", -1); len(got) != 1 {
 		t.Errorf("old subject: %d referrers, want 1", len(got))
 	}
-	if got, _ := s.Referrers(t.Context(), "app", other.Digest); len(got) != 1 || got[0].Digest != m.Digest {
+	if got, _, _ := s.Referrers(t.Context(), "app", other.Digest, "", -1); len(got) != 1 || got[0].Digest != m.Digest {
 		t.Errorf("new subject: %+v", got)
 	}
 }
@@ -286,7 +286,7 @@ func TestListingsStopWithContext(t *testing.T) {
 	wantErr(t, "Tags", err, context.Canceled)
 	_, _, err = s.Repositories(ctx, "", -1)
 	wantErr(t, "Repositories", err, context.Canceled)
-	_, err = s.Referrers(ctx, "a", subject.Digest)
+	_, _, err = s.Referrers(ctx, "a", subject.Digest, "", -1)
 	wantErr(t, "Referrers", err, context.Canceled)
 	_, err = s.ReposWithBlob(ctx, layer, 10)
 	wantErr(t, "ReposWithBlob", err, context.Canceled)
@@ -294,5 +294,35 @@ func TestListingsStopWithContext(t *testing.T) {
 	// nothing is left to walk.
 	if tags, more, err := s.Tags(ctx, "a", "", 0); err != nil || len(tags) != 0 || !more {
 		t.Errorf("Tags(n=0) = %q, %v, %v", tags, more, err)
+	}
+}
+
+// TestDeleteManifestManyTags: a manifest may carry any number of tags (CI
+// that tags every build of an image that did not change); deleting it
+// deletes them all, however many one badger transaction can hold (a few
+// thousand writes with this store's memtables).
+func TestDeleteManifestManyTags(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{})
+	const n = 10_000
+	var m Manifest
+	tags := make([]string, 0, 500)
+	for i := range n {
+		tags = append(tags, fmt.Sprintf("t%05d", i))
+		if len(tags) == cap(tags) {
+			m = putManifest(t, s, "app", "tagged", Digest{}, tags...)
+			tags = tags[:0]
+		}
+	}
+	putManifest(t, s, "app", "other", Digest{}, "keep")
+	if err := s.DeleteManifest(t.Context(), "app", m.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.GetManifest(t.Context(), "app", m.Digest); err == nil {
+		t.Fatal("the manifest is still there")
+	}
+	got, _, err := s.Tags(t.Context(), "app", "", -1)
+	if err != nil || len(got) != 1 || got[0] != "keep" {
+		t.Fatalf("%d tags after the delete (%v), want [keep]", len(got), err)
 	}
 }

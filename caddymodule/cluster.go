@@ -263,7 +263,9 @@ func (c *sharedCluster) connect() (st *composite.Store, meta clusterMeta, closeM
 		// One node: the embedded database, and coordination in this
 		// process. Badger locks the folder: a second process on it fails
 		// here.
+		storeLife.Lock() // after the close of a replaced config's (store.go)
 		db, err := badgermeta.Open(c.metaDir)
+		storeLife.Unlock()
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("metadata_dir %s: %w", c.metaDir, err)
 		}
@@ -313,6 +315,13 @@ func (c *sharedCluster) records() (authRecords, error) {
 		return nil, err
 	}
 	return meta, nil
+}
+
+// isClosed reports whether Destruct has run.
+func (c *sharedCluster) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }
 
 // Destruct stops GC and closes the database pool.

@@ -255,6 +255,9 @@ type Registry struct {
 	logger  *zap.Logger
 	auth    *authRuntime // nil without Auth
 	app     *App         // this config's oci app
+	// requests counts the requests this config serves; the last one
+	// after Cleanup releases the store (inflight.go).
+	requests *requestGate
 }
 
 // liveHandler is the registry handler, built once the store is open.
@@ -278,6 +281,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	setDefaultGCPercent(rg.logger)
 	releaseExePagesLater(rg.logger)
 	rg.live = new(liveHandler)
+	rg.requests = new(requestGate)
 	var err error
 	rg.metrics, err = newMetricsObserver(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -477,12 +481,12 @@ func (rg *Registry) Validate() error {
 	return nil
 }
 
-// Cleanup drops this config's reference to the store; the last reference
-// closes it.
+// Cleanup drops this config's reference to the store (the last reference
+// closes it) once the requests this config accepted have ended, or at once
+// when the process exits (inflight.go).
 func (rg *Registry) Cleanup() error {
-	rg.auth.close()
 	if rg.syncs != nil {
-		rg.syncs.stop() // before the store may close
+		rg.syncs.stop() // a newer config runs its own
 	}
 	if h := rg.live.h.Load(); h != nil {
 		// Mirrored manifests answered before they were stored: stored
@@ -493,8 +497,42 @@ func (rg *Registry) Cleanup() error {
 		_ = h.Drain(ctx)
 		cancel()
 	}
+	var relErr error
+	release := func() {
+		if err := rg.release(); err != nil {
+			relErr = err
+			rg.logger.Error("releasing the storage of a replaced config", zap.String("storage", rg.dir), zap.Error(err))
+		}
+	}
+	if caddy.Exiting() {
+		// The process ends: Caddy gave its requests the grace period.
+		rg.requests.close(func() {})
+		return rg.release()
+	}
+	if rg.requests.close(release) {
+		return relErr
+	}
+	return nil
+}
+
+// storeClosed reports, for a config already released, whether its store
+// is closed (or was never opened: it must not be opened now, behind the
+// back of the config that holds the folder).
+func (rg *Registry) storeClosed() bool {
+	if rg.cluster != nil {
+		return rg.cluster.isClosed()
+	}
+	return rg.store != nil && rg.store.opened() == nil
+}
+
+// release gives back what this config's requests used: auth and its
+// reference to the store.
+func (rg *Registry) release() error {
+	rg.auth.close()
 	if rg.cluster != nil {
 		rg.cluster.release(rg.ReadOnly)
+		storeLife.Lock()
+		defer storeLife.Unlock()
 		_, err := clusters.Delete(rg.dir)
 		return err
 	}
@@ -503,7 +541,7 @@ func (rg *Registry) Cleanup() error {
 	}
 	subErr := rg.releaseSubStores()
 	rg.store.release(rg.ReadOnly)
-	if _, err := stores.Delete(rg.dir); err != nil {
+	if err := dropStore(rg.dir); err != nil {
 		return err
 	}
 	return subErr
@@ -516,6 +554,23 @@ func (rg *Registry) Cleanup() error {
 // session or key is this server's alone. While a newer config takes over, HTTP/1 responses close their
 // connection (reload.go).
 func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if rg.requests.enter() && rg.storeClosed() {
+		rg.requests.leave()
+		serveCleanedUp(w, r)
+		return nil
+	}
+	pass := rg.serve(w, r)
+	rg.requests.leave()
+	if pass != nil {
+		return next.ServeHTTP(pass, r)
+	}
+	return nil
+}
+
+// serve is ServeHTTP while the request counts as this config's; it returns
+// the writer to pass the request on to the next handler with, or nil when
+// it answered.
+func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 	w = rg.app.closeWhenReplaced(w, r)
 	if rg.auth.serve(w, r) {
 		return nil
@@ -537,7 +592,7 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 			finish()
 			return nil
 		}
-		return next.ServeHTTP(w, r)
+		return w
 	}
 	h, err := rg.registryHandler()
 	if err != nil {

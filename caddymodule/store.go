@@ -115,7 +115,7 @@ func reserveString(r cache.SpaceReserve) string {
 
 // acquireStore returns the shared store of opts.Dir, creating the (still
 // closed) entry if it is the first reference. Each call must be matched by
-// one stores.Delete(opts.Dir).
+// one dropStore(opts.Dir).
 func acquireStore(opts cache.Options) (*sharedStore, error) {
 	v, _, err := stores.LoadOrNew(opts.Dir, func() (caddy.Destructor, error) {
 		return &sharedStore{opts: storeSettings(opts)}, nil
@@ -126,9 +126,31 @@ func acquireStore(opts cache.Options) (*sharedStore, error) {
 	return v.(*sharedStore), nil
 }
 
+// storeLife orders opening a store after the close of the store of the
+// same folder that it replaces. The last reference to a store may go
+// after a newer config has taken a new one of the same folder (a reload
+// away from a folder whose old requests still run, then back: inflight.go);
+// badger's directory lock would refuse the new open while the old store
+// still closes.
+var storeLife sync.Mutex
+
+// dropStore drops one reference to the store of dir (closing it if it was
+// the last) with storeLife held.
+func dropStore(dir string) error {
+	storeLife.Lock()
+	defer storeLife.Unlock()
+	_, err := stores.Delete(dir)
+	return err
+}
+
 // open opens the store unless it is open already. A failed open is not
 // remembered: the next call tries again.
 func (s *sharedStore) open() (*cache.Store, error) {
+	if st := s.opened(); st != nil {
+		return st, nil
+	}
+	storeLife.Lock() // first, as dropStore takes it before s.mu
+	defer storeLife.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.st != nil {
@@ -141,6 +163,13 @@ func (s *sharedStore) open() (*cache.Store, error) {
 	s.st = st
 	s.pauseGC()
 	return st, nil
+}
+
+// opened is the store if it is open, else nil.
+func (s *sharedStore) opened() *cache.Store {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st
 }
 
 // Destruct closes the store if it was opened; the UsagePool calls it when

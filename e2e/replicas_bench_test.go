@@ -83,7 +83,7 @@ func BenchmarkReplicasPull(b *testing.B) {
 }
 
 // peakRSS reads a process's VmHWM (peak resident set) in MiB.
-func peakRSS(b *testing.B, pid int) float64 {
+func peakRSS(b testing.TB, pid int) float64 {
 	b.Helper()
 	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {

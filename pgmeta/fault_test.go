@@ -146,7 +146,7 @@ func metadataCalls(t *testing.T, s *Store, seq *atomic.Int64) map[string]func() 
 		"ReposWithBlob": func() error { return ignore(s.ReposWithBlob(ctx, blob, 0)) },
 		"PutManifest":   func() error { return s.PutManifest(ctx, next(), m, body, []string{"t"}) },
 		"ManifestBody":  func() error { _, _, err := s.ManifestBody(ctx, "r", m.Digest); return err },
-		"Referrers":     func() error { return ignore(s.Referrers(ctx, "r", blob)) },
+		"Referrers":     func() error { _, _, err := s.Referrers(ctx, "r", blob, "", -1); return err },
 		"Tag":           func() error { return ignore(s.Tag(ctx, "r", "t")) },
 		"MoveTag":       func() error { return s.MoveTag(ctx, "r", "t", m.Digest, m.Digest) },
 		"Tags":          func() error { return ignore(s.Tags(ctx, "r", "", 10)) },

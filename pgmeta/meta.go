@@ -460,32 +460,42 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 }
 
 // Referrers lists repo's manifests whose subject is d.
-func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
+func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest, after string, n int) ([]metastore.Manifest, bool, error) {
 	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
+	limit := int64(n) + 1 // one more tells whether more remain
+	if n < 0 {
+		limit = -1
+	}
 	out := []metastore.Manifest{}
+	more := false
 	rows, _ := s.pool.Query(cctx, `SELECT `+manifestColumns+`, digest FROM manifests
-		WHERE repo = $1 AND subject = $2 ORDER BY digest`, repo, d.String())
+		WHERE repo = $1 AND subject = $2 AND digest > $3 ORDER BY digest
+		LIMIT CASE WHEN $4::bigint < 0 THEN NULL ELSE $4::bigint END`, repo, d.String(), after, limit)
 	defer rows.Close()
 	for rows.Next() {
+		if n >= 0 && len(out) >= n {
+			more = true
+			break
+		}
 		var m metastore.Manifest
 		var digest string
 		if err := scanManifest(rows, &m, &digest); err != nil {
-			return nil, failed(ctx, "referrers", err)
+			return nil, false, failed(ctx, "referrers", err)
 		}
 		var err error
 		if m.Digest, err = parseDigest(digest); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		out = append(out, m)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, failed(ctx, "referrers", err)
+		return nil, false, failed(ctx, "referrers", err)
 	}
-	return out, nil
+	return out, more, nil
 }
 
 // Tag returns what tag of repo points at.

@@ -156,13 +156,18 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	if r.ContentLength > limit {
 		return manifestTooLarge(limit)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	body, err := readManifestBody(r.Body, r.ContentLength, limit)
 	if err != nil {
 		return newError(http.StatusBadRequest, CodeManifestInvalid, "reading manifest failed", err)
 	}
 	if int64(len(body)) > limit {
 		return manifestTooLarge(limit)
 	}
+	release, err := holdManifestWork(r.Context(), int64(len(body)))
+	if err != nil {
+		return errInternal(err) // the client left: recorded as 499
+	}
+	defer release()
 
 	alg := cache.SHA256
 	if ref.IsDigest() {

@@ -405,3 +405,65 @@ func TestReferrers(t *testing.T) {
 	tr.wantError(tr.do("GET", "/v2/"+repo+"/referrers/sha256:nope", nil), 400, CodeDigestInvalid)
 	tr.wantError(tr.do("GET", "/v2/"+repo+"/referrers/latest", nil), 400, CodeDigestInvalid)
 }
+
+// TestReferrersLongList: a list longer than the store pages it is read
+// in is one whole, valid index (streamed), in digest order, filtered
+// across pages when asked; a short one keeps its Content-Length.
+func TestReferrersLongList(t *testing.T) {
+	tr := newTestRegistry(t)
+	repo := "ref/long"
+	subject := tr.image(repo, "l")
+	sd := cache.FromBytes(cache.SHA256, subject)
+	tr.wantStatus(tr.pushManifest(repo, "subject", mtManifest, subject), 201)
+	empty := tr.pushBlob(repo, []byte("{}"))
+	emptyDesc := map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.String(), "size": 2}
+	subjDesc := map[string]any{"mediaType": mtManifest, "digest": sd.String(), "size": len(subject)}
+	n := 3*referrerPage + 1
+	var all, sigs []string
+	for i := range n {
+		at := "application/vnd.example.sbom"
+		if i%3 == 0 {
+			at = "application/vnd.example.sig"
+		}
+		b := mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "artifactType": at, "config": emptyDesc,
+			"layers": []any{emptyDesc}, "subject": subjDesc, "annotations": map[string]string{"n": strconv.Itoa(i)}})
+		d := cache.FromBytes(cache.SHA256, b).String()
+		tr.wantStatus(tr.pushManifest(repo, d, mtManifest, b), 201)
+		all = append(all, d)
+		if i%3 == 0 {
+			sigs = append(sigs, d)
+		}
+	}
+	slices.Sort(all)
+	slices.Sort(sigs)
+	list := func(query string) ([]string, http.Header) {
+		resp := tr.do("GET", "/v2/"+repo+"/referrers/"+sd.String()+query, nil)
+		tr.wantStatus(resp, 200)
+		var ri referrerIndex
+		if err := json.Unmarshal(resp.body, &ri); err != nil {
+			t.Fatalf("%s: not JSON: %v", query, err)
+		}
+		if ri.SchemaVersion != 2 || ri.MediaType != mtIndex || resp.Header.Get("Content-Type") != mtIndex {
+			t.Errorf("%s: not an index: %.200s", query, resp.body)
+		}
+		var got []string
+		for _, m := range ri.Manifests {
+			if m.Annotations["n"] == "" || m.Size == 0 {
+				t.Errorf("%s: descriptor %+v", query, m)
+			}
+			got = append(got, m.Digest)
+		}
+		return got, resp.Header
+	}
+	if got, _ := list(""); !slices.Equal(got, all) {
+		t.Errorf("long list: %d descriptors, want the %d in digest order", len(got), len(all))
+	}
+	got, hd := list("?artifactType=application/vnd.example.sig")
+	if !slices.Equal(got, sigs) || hd.Get("OCI-Filters-Applied") != "artifactType" {
+		t.Errorf("filtered long list: %d descriptors, want %d", len(got), len(sigs))
+	}
+	got, hd = list("?artifactType=application/vnd.example.none")
+	if len(got) != 0 || hd.Get("Content-Length") == "" {
+		t.Errorf("filtered to nothing: %d descriptors, Content-Length %q", len(got), hd.Get("Content-Length"))
+	}
+}

@@ -428,3 +428,67 @@ func TestMirrorBlobTooManyRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestMirrorLongTagListPaged: upstream decides how long its tag list is,
+// and a few clients at once must not make the mirror hold it whole (a
+// list of short names costs several times its size decoded). A list
+// longer than one page is passed on as pages: the client follows the
+// Link, the mirror asks upstream for the tags after the last it passed,
+// and every tag arrives exactly once. An endless list is a first page,
+// not a 502.
+func TestMirrorLongTagListPaged(t *testing.T) {
+	const n = 400_000 // twice what one page holds of names this long
+	all := make([]string, n)
+	for i := range all {
+		all[i] = fmt.Sprintf("t%07d", i)
+	}
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("last") == "endless" || strings.Contains(r.URL.Path, "/endless/") {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"name":"library/endless","tags":["a"`)
+			chunk := strings.Repeat(`,"a"`, 64<<10)
+			for r.Context().Err() == nil {
+				if _, err := io.WriteString(w, chunk); err != nil {
+					return
+				}
+			}
+			return
+		}
+		last := r.URL.Query().Get("last")
+		i, _ := slices.BinarySearch(all, last)
+		if i < n && all[i] == last {
+			i++
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"name": "library/app", "tags": all[i:]})
+	}))
+	var got []string
+	next := "/v2/library/app/tags/list"
+	pages := 0
+	for next != "" {
+		resp := env.do(http.MethodGet, next, nil)
+		env.wantStatus(resp, http.StatusOK)
+		var list tagList
+		if err := json.Unmarshal(resp.body, &list); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, list.Tags...)
+		pages++
+		next = ""
+		if l := resp.Header.Get("Link"); l != "" {
+			next = strings.TrimSuffix(strings.TrimPrefix(l, "<"), `>; rel="next"`)
+		}
+		if pages > 10 {
+			t.Fatal("more than 10 pages")
+		}
+	}
+	if pages < 2 || !slices.Equal(got, all) {
+		t.Fatalf("%d tags in %d pages, want the %d in order in more than one page", len(got), pages, n)
+	}
+
+	resp := env.do(http.MethodGet, "/v2/library/endless/tags/list", nil)
+	env.wantStatus(resp, http.StatusOK)
+	if resp.Header.Get("Link") == "" {
+		t.Error("an endless list's first page has no Link")
+	}
+}

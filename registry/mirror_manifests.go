@@ -10,7 +10,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -230,13 +229,18 @@ func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, referenc
 	}
 	defer resp.Body.Close()
 	limit := h.cfg.MaxManifestSize
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	body, err := readManifestBody(resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		return mirroredManifest{}, fmt.Errorf("read upstream manifest: %w", err)
 	}
 	if int64(len(body)) > limit {
 		return mirroredManifest{}, fmt.Errorf("upstream manifest exceeds the limit of %d bytes", limit)
 	}
+	release, err := holdManifestWork(ctx, int64(len(body)))
+	if err != nil {
+		return mirroredManifest{}, err
+	}
+	defer release()
 	m.obs.MirrorBytes(m.cfg.Prefix, "upstream", int64(len(body)))
 	mt, d, err := checkUpstreamManifest(resp, body, want)
 	if err != nil {
@@ -411,33 +415,130 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 		return upstreamError(m, "manifest", err)
 	}
 	defer resp.Body.Close()
-	var list tagList
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(&list); err != nil {
+	tags, next, cut, err := readUpstreamTags(resp.Body)
+	if err != nil {
 		return upstreamError(m, "manifest", fmt.Errorf("upstream tag list unreadable: %w", err))
 	}
 	// Upstream has more: the client's next page starts after upstream's
-	// last entry, valid or not. From the last valid tag, upstream would
-	// send the dropped names again, and a page that held only those
-	// would end the listing early. The entry is only a cursor, escaped
-	// in the Link and sent back to upstream as any client's last is; one
-	// too long for a URL gives way to the last valid tag.
-	var next string
-	if k := len(list.Tags); k > 0 && len(list.Tags[k-1]) <= maxTagCursor {
-		next = list.Tags[k-1]
+	// last entry read, valid or not. From the last valid tag, upstream
+	// would send the dropped names again, and a page that held only those
+	// would end the listing early. The entry is only a cursor, escaped in
+	// the Link and sent back to upstream as any client's last is; one too
+	// long for a URL gives way to the last valid tag.
+	if next == "" && len(tags) > 0 {
+		next = tags[len(tags)-1]
 	}
-	// Names from upstream are hostile: what is not a tag is left out, as
-	// sync leaves it out.
-	list.Tags = slices.DeleteFunc(list.Tags, func(t string) bool { return !ValidTag(t) })
-	if list.Tags == nil {
-		list.Tags = []string{}
-	}
-	if next == "" && len(list.Tags) > 0 {
-		next = list.Tags[len(list.Tags)-1]
-	}
-	if resp.Header.Get("Link") != "" && next != "" {
+	if (cut || resp.Header.Get("Link") != "") && next != "" {
 		setNextLink(w, rc.url("/tags/list"), n, next)
 	}
-	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: list.Tags})
+	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: tags})
+}
+
+// Bounds of an upstream tag list passed through. Upstream decides how
+// long its list is, and a list of short names costs several times its
+// size once decoded; a few clients at once must not make the mirror hold
+// hundreds of MiB. A longer list is cut into pages: the client follows
+// the Link, as for any paged list, and the next page asks upstream for
+// the tags after the last one passed.
+const (
+	// maxUpstreamTagsPage is what the names of one page may cost, each
+	// counted with its string header.
+	maxUpstreamTagsPage = 4 << 20
+	// maxUpstreamTagsRead is how much of upstream's answer is read for
+	// one page: the names, the JSON around them, and what is left out.
+	maxUpstreamTagsRead = 2 * maxUpstreamTagsPage
+)
+
+// readUpstreamTags reads the tags of upstream's tag list a token at a
+// time, never the whole answer at once. Names from upstream are hostile:
+// what is not a tag is left out, as sync leaves it out. cut reports that
+// the list went on past maxUpstreamTagsPage: tags is its first part.
+// next is the last entry read, valid or not (the cursor of the next
+// page), unless longer than maxTagCursor.
+func readUpstreamTags(body io.Reader) (tags []string, next string, cut bool, err error) {
+	dec := json.NewDecoder(io.LimitReader(body, maxUpstreamTagsRead))
+	tags = []string{}
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, "", false, err
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return nil, "", false, err
+		}
+		if key != "tags" {
+			if err := skipValue(dec); err != nil {
+				return nil, "", false, err
+			}
+			continue
+		}
+		if tok, err := dec.Token(); err != nil {
+			return nil, "", false, err
+		} else if tok == nil {
+			continue // "tags": null, as distribution answers for none
+		} else if tok != json.Delim('[') {
+			return nil, "", false, fmt.Errorf("tags: %v, want an array", tok)
+		}
+		cost := 0
+		for dec.More() {
+			if cost >= maxUpstreamTagsPage {
+				return tags, next, true, nil
+			}
+			tok, err := dec.Token()
+			if err != nil {
+				return nil, "", false, err
+			}
+			t, ok := tok.(string)
+			if !ok {
+				return nil, "", false, fmt.Errorf("tags: %v is not a string", tok)
+			}
+			cost += len(t) + 16
+			next = ""
+			if len(t) <= maxTagCursor {
+				next = t
+			}
+			if ValidTag(t) {
+				tags = append(tags, t)
+			}
+		}
+		if _, err := dec.Token(); err != nil { // ]
+			return nil, "", false, err
+		}
+	}
+	_, err = dec.Token() // }
+	return tags, next, false, err
+}
+
+// expectDelim reads the next token, which must be d.
+func expectDelim(dec *json.Decoder, d json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok != d {
+		return fmt.Errorf("%v, want %v", tok, d)
+	}
+	return nil
+}
+
+// skipValue reads past one value, a token at a time.
+func skipValue(dec *json.Decoder) error {
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
 }
 
 // maxTagCursor bounds an entry of upstream's tag list used as the cursor

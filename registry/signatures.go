@@ -300,14 +300,14 @@ func (s storeSignatures) Candidates(ctx context.Context, d string) ([][]byte, er
 	if td, err := store.ResolveTag(ctx, s.repo, sigpolicy.CosignTag(d)); err == nil {
 		digests = append(digests, td)
 	}
-	refs, err := store.Referrers(ctx, s.repo, dg)
-	if err != nil && !errors.Is(err, cache.ErrRepoUnknown) && !errors.Is(err, cache.ErrManifestUnknown) {
-		return nil, err
-	}
-	for _, r := range refs {
+	err = eachReferrer(ctx, store, s.repo, dg, func(r cache.Manifest) (bool, error) {
 		if isSignatureArtifact(r.ArtifactType) {
 			digests = append(digests, r.Digest)
 		}
+		return len(digests) < sigpolicy.MaxCandidates, nil
+	})
+	if err != nil && !errors.Is(err, cache.ErrManifestUnknown) {
+		return nil, err
 	}
 	var out [][]byte
 	for _, sd := range digests {

@@ -115,8 +115,11 @@ type Manifests interface {
 	PutManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tags []string) error
 	// DeleteManifest removes d from repo with its tags and referrer entry.
 	DeleteManifest(ctx context.Context, repo string, d cache.Digest) error
-	// Referrers lists the manifests in repo whose subject is d.
-	Referrers(ctx context.Context, repo string, d cache.Digest) ([]cache.Manifest, error)
+	// Referrers lists the manifests in repo whose subject is d, by
+	// digest: those after the digest `after` ("": from the first), at most
+	// n (n < 0: all), and whether more remain. Each may carry megabytes of
+	// annotations: page through a long list.
+	Referrers(ctx context.Context, repo string, d cache.Digest, after string, n int) ([]cache.Manifest, bool, error)
 }
 
 // Tags name manifests, and the catalog lists the repositories.

@@ -183,7 +183,7 @@ func TestManifests(t *testing.T) {
 		if err := b.PutManifest(ctx(t), "team/app", sig, sigBody, nil); err != nil {
 			t.Fatal(err)
 		}
-		refs, err := a.Referrers(ctx(t), "team/app", m.Digest)
+		refs, _, err := a.Referrers(ctx(t), "team/app", m.Digest, "", -1)
 		if err != nil || len(refs) != 1 || refs[0].Digest != sig.Digest || refs[0].ArtifactType != "application/example" {
 			t.Errorf("Referrers: %+v, %v", refs, err)
 		}

@@ -58,16 +58,16 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d cache.Digest)
 }
 
 // Referrers lists the manifests of repo whose subject is d.
-func (s *Store) Referrers(ctx context.Context, repo string, d cache.Digest) ([]cache.Manifest, error) {
-	ms, err := s.meta.Referrers(ctx, repo, d)
+func (s *Store) Referrers(ctx context.Context, repo string, d cache.Digest, after string, n int) ([]cache.Manifest, bool, error) {
+	ms, more, err := s.meta.Referrers(ctx, repo, d, after, n)
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, false, mapErr(err)
 	}
 	out := make([]cache.Manifest, len(ms))
 	for i, m := range ms {
 		out[i] = manifest(m)
 	}
-	return out, nil
+	return out, more, nil
 }
 
 // ResolveTag returns the digest tag points at.

@@ -218,9 +218,11 @@ type Manifests interface {
 	// ErrManifestUnknown if repo does not hold it.
 	DeleteManifest(ctx context.Context, repo string, d Digest) error
 	// Referrers lists the manifests of repo whose subject is d, by
-	// digest, without their Refs. An unknown subject gives an empty list,
-	// not an error.
-	Referrers(ctx context.Context, repo string, d Digest) ([]Manifest, error)
+	// digest, without their Refs: those after the digest `after` ("": from
+	// the first), at most n (n < 0: all), and whether more remain. An
+	// unknown subject gives an empty list, not an error. Callers page
+	// through a long list: each record may carry megabytes of annotations.
+	Referrers(ctx context.Context, repo string, d Digest, after string, n int) ([]Manifest, bool, error)
 }
 
 // TagInfo is what the store knows of one tag.

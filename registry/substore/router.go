@@ -273,8 +273,8 @@ func (r *Router) DeleteManifest(ctx context.Context, repo string, d cache.Digest
 }
 
 // Referrers implements registry.Manifests.
-func (r *Router) Referrers(ctx context.Context, repo string, d cache.Digest) ([]cache.Manifest, error) {
-	return r.For(repo).Referrers(ctx, repo, d)
+func (r *Router) Referrers(ctx context.Context, repo string, d cache.Digest, after string, n int) ([]cache.Manifest, bool, error) {
+	return r.For(repo).Referrers(ctx, repo, d, after, n)
 }
 
 // ResolveTag implements registry.Tags.

@@ -95,6 +95,15 @@ func (s *Store) BlobUses(ctx context.Context, after metastore.Digest, n int) ([]
 	return out, err
 }
 
+// evictLinkBudget is how many links one transaction of EvictBlobs
+// removes. badger refuses a transaction past a size its memtable sets (a
+// few thousand writes), and a layer may be linked by thousands of mirrored
+// repositories: a batch is cut into transactions by its links, and a blob
+// with more links than the budget loses them over several, its eviction
+// decided in the last (a link removed before another repository's link
+// kept the blob is a mirror's cache entry, fetched again when pulled).
+const evictLinkBudget = 1000
+
 // EvictBlobs unlinks and marks the blobs of es that are still mirrored
 // only and unused since.
 func (s *Store) EvictBlobs(ctx context.Context, es []metastore.Eviction) ([]metastore.BlobRecord, error) {
@@ -103,50 +112,73 @@ func (s *Store) EvictBlobs(ctx context.Context, es []metastore.Eviction) ([]meta
 			return nil, err
 		}
 	}
-	var marked []metastore.BlobRecord
-	err := s.update(ctx, func(txn *badger.Txn) error {
-		marked = marked[:0]
-		for _, e := range es {
-			ds := e.Digest.String()
-			r, ok, err := readBlob(txn, e.Digest)
-			if err != nil {
-				return err
-			}
-			if !ok || r.deleting || hasPrefix(txn, prefixOf("mr/", ds)) {
-				continue
-			}
-			used, err := lastUse(txn, ds, r)
-			if err != nil {
-				return err
-			}
-			if used.After(e.Used) {
-				continue
-			}
-			p, err := page(txn, prefixOf("lr/", ds), "", -1)
-			if err != nil {
-				return err
-			}
-			if !e.AllowsLinks(p.Names) {
-				continue
-			}
-			for _, repo := range p.Names {
-				if err := deleteKeys(txn, key("l/", repo, ds), key("lr/", ds, repo)); err != nil {
+	marked := []metastore.BlobRecord{}
+	for len(es) > 0 {
+		var done int // evictions of es decided by the transaction
+		var now []metastore.BlobRecord
+		err := s.update(ctx, func(txn *badger.Txn) error {
+			done, now = 0, now[:0]
+			budget := evictLinkBudget
+			for _, e := range es {
+				ds := e.Digest.String()
+				r, ok, err := readBlob(txn, e.Digest)
+				if err != nil {
 					return err
 				}
+				if !ok || r.deleting || hasPrefix(txn, prefixOf("mr/", ds)) {
+					done++
+					continue
+				}
+				used, err := lastUse(txn, ds, r)
+				if err != nil {
+					return err
+				}
+				if used.After(e.Used) {
+					done++
+					continue
+				}
+				p, err := page(txn, prefixOf("lr/", ds), "", -1)
+				if err != nil {
+					return err
+				}
+				if !e.AllowsLinks(p.Names) {
+					done++
+					continue
+				}
+				if len(p.Names) > budget {
+					if done > 0 {
+						return nil // the next transaction starts with e
+					}
+					for _, repo := range p.Names[:budget] {
+						if err := deleteKeys(txn, key("l/", repo, ds), key("lr/", ds, repo)); err != nil {
+							return err
+						}
+					}
+					return nil // e is decided once its last links go
+				}
+				budget -= len(p.Names)
+				for _, repo := range p.Names {
+					if err := deleteKeys(txn, key("l/", repo, ds), key("lr/", ds, repo)); err != nil {
+						return err
+					}
+				}
+				r.deleting = true
+				if err := txn.Set(key("b/", ds), r.bytes()); err != nil {
+					return err
+				}
+				if err := txn.Set(key("bd/", ds), nil); err != nil {
+					return err
+				}
+				now = append(now, r.record(e.Digest))
+				done++
 			}
-			r.deleting = true
-			if err := txn.Set(key("b/", ds), r.bytes()); err != nil {
-				return err
-			}
-			if err := txn.Set(key("bd/", ds), nil); err != nil {
-				return err
-			}
-			marked = append(marked, r.record(e.Digest))
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		marked = append(marked, now...)
+		es = es[done:]
 	}
 	slices.SortFunc(marked, func(a, b metastore.BlobRecord) int { return strings.Compare(a.Digest.String(), b.Digest.String()) })
 	return marked, nil

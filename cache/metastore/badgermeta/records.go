@@ -222,6 +222,9 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 		return err
 	}
 	ds := d.String()
+	if err := s.dropTagsOf(ctx, repo, ds); err != nil {
+		return err
+	}
 	return s.update(ctx, func(txn *badger.Txn) error {
 		rec, ok, err := readManifest(txn, repo, ds)
 		if err != nil || !ok {
@@ -247,14 +250,68 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 	})
 }
 
+// tagBatch is how many tags one transaction deletes. badger refuses a
+// transaction past a size its memtable sets (a few thousand writes), and a
+// manifest may carry any number of tags: CI that tags every build of an
+// image that did not change.
+const tagBatch = 500
+
+// dropTagsOf deletes the tags of repo that point at manifest ds, tagBatch
+// per transaction, when there are more than DeleteManifest's transaction
+// could delete with the manifest. A delete that fails midway has removed
+// some tags of a manifest the client asked to delete; its retry removes
+// the rest.
+func (s *Store) dropTagsOf(ctx context.Context, repo, ds string) error {
+	var tags []string
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return each(txn, prefixOf("td/", repo, ds), "", func(tag string, _ []byte) (bool, error) {
+			tags = append(tags, tag)
+			return true, nil
+		})
+	})
+	if err != nil || len(tags) <= tagBatch {
+		return err
+	}
+	for len(tags) > 0 {
+		batch := tags[:min(tagBatch, len(tags))]
+		tags = tags[len(batch):]
+		err := s.update(ctx, func(txn *badger.Txn) error {
+			for _, t := range batch {
+				d, _, ok, err := readTag(txn, repo, t)
+				if err != nil {
+					return err
+				}
+				if ok && d == ds {
+					if err := deleteKeys(txn, key("t/", repo, t)); err != nil {
+						return err
+					}
+				}
+				if err := deleteKeys(txn, key("td/", repo, ds, t)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Referrers lists repo's manifests whose subject is d.
-func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) ([]metastore.Manifest, error) {
+func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest, after string, n int) ([]metastore.Manifest, bool, error) {
 	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	out := []metastore.Manifest{}
+	more := false
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		return each(txn, prefixOf("s/", repo, d.String()), "", func(ref string, _ []byte) (bool, error) {
+		return each(txn, prefixOf("s/", repo, d.String()), after, func(ref string, _ []byte) (bool, error) {
+			if n >= 0 && len(out) >= n {
+				more = true
+				return false, nil
+			}
 			rd, err := parseDigest(ref)
 			if err != nil {
 				return false, err
@@ -268,7 +325,7 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest) 
 			return true, err
 		})
 	})
-	return out, err
+	return out, more, err
 }
 
 // Tag returns what tag of repo points at.

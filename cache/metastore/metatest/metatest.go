@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"PutManifestAgainMovesReferrer", testPutManifestAgain},
 		{"Referrers", testReferrers},
 		{"DeleteManifest", testDeleteManifest},
+		{"DeleteManifestManyTags", testDeleteManifestManyTags},
 		{"MoveTag", testMoveTag},
 		{"DeleteTagAndFetched", testDeleteTag},
 		{"TagsPaging", testTagsPaging},
@@ -364,10 +365,10 @@ func testPutManifestAgain(t *testing.T, s metastore.Store) {
 	put(t, s, "r", m, body, "t")
 	m.Subject = subB
 	put(t, s, "r", m, body) // no tags: the existing one stays
-	if refs, _ := s.Referrers(ctx(t), "r", subA); len(refs) != 0 {
+	if refs, _, _ := s.Referrers(ctx(t), "r", subA, "", -1); len(refs) != 0 {
 		t.Fatalf("referrers of the old subject = %v", refs)
 	}
-	if refs, _ := s.Referrers(ctx(t), "r", subB); len(refs) != 1 || refs[0].Digest != m.Digest {
+	if refs, _, _ := s.Referrers(ctx(t), "r", subB, "", -1); len(refs) != 1 || refs[0].Digest != m.Digest {
 		t.Fatalf("referrers of the new subject = %v", refs)
 	}
 	if ti := tagOf(t, s, "r", "t"); ti.Digest != m.Digest {
@@ -387,8 +388,11 @@ func testReferrers(t *testing.T, s metastore.Store) {
 	}
 	other, body := manifest("elsewhere", sub)
 	put(t, s, "other", other, body)
-	refs, err := s.Referrers(ctx(t), "r", sub)
+	refs, more, err := s.Referrers(ctx(t), "r", sub, "", -1)
 	must(t, err)
+	if more {
+		t.Fatal("referrers: more after all of them")
+	}
 	var got []metastore.Digest
 	for _, r := range refs {
 		got = append(got, r.Digest)
@@ -400,11 +404,60 @@ func testReferrers(t *testing.T, s metastore.Store) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("referrers = %v, want by digest %v", got, want)
 	}
-	if refs, err := s.Referrers(ctx(t), "r", dg("nothing")); err != nil || refs == nil || len(refs) != 0 {
+	// Paged: two at a time after the digest given, as the registry reads
+	// a long list.
+	var paged []metastore.Digest
+	after := ""
+	for range len(want) {
+		page, more, err := s.Referrers(ctx(t), "r", sub, after, 2)
+		must(t, err)
+		if len(page) == 0 || len(page) > 2 {
+			t.Fatalf("a page of 2 after %q holds %d", after, len(page))
+		}
+		for _, r := range page {
+			paged = append(paged, r.Digest)
+		}
+		after = page[len(page)-1].Digest.String()
+		if !more {
+			break
+		}
+	}
+	if !slices.Equal(paged, want) {
+		t.Fatalf("referrers paged = %v, want %v", paged, want)
+	}
+	if refs, _, err := s.Referrers(ctx(t), "r", dg("nothing"), "", -1); err != nil || refs == nil || len(refs) != 0 {
 		t.Fatalf("referrers of an unknown subject = %#v %v, want an empty list", refs, err)
 	}
-	if refs, err := s.Referrers(ctx(t), "nowhere", sub); err != nil || len(refs) != 0 {
+	if refs, _, err := s.Referrers(ctx(t), "nowhere", sub, "", -1); err != nil || len(refs) != 0 {
 		t.Fatalf("referrers in an unknown repository = %v %v", refs, err)
+	}
+}
+
+// testDeleteManifestManyTags: a manifest may carry any number of tags (CI
+// that tags every build of an image that did not change); deleting it
+// deletes them all, however many one transaction of the store can hold.
+func testDeleteManifestManyTags(t *testing.T, s metastore.Store) {
+	m, body := manifest("tagged", metastore.Digest{})
+	const n = 10_000
+	tags := make([]string, 0, 500)
+	for i := range n {
+		tags = append(tags, fmt.Sprintf("t%05d", i))
+		if len(tags) == cap(tags) {
+			put(t, s, "r", m, body, tags...)
+			tags = tags[:0]
+		}
+	}
+	other, ob := manifest("other", metastore.Digest{})
+	put(t, s, "r", other, ob, "keep")
+	if got := len(allTags(t, s, "r")); got != n+1 {
+		t.Fatalf("%d tags, want %d", got, n+1)
+	}
+	must(t, s.DeleteManifest(ctx(t), "r", m.Digest))
+	if _, err := s.Manifest(ctx(t), "r", m.Digest); !errors.Is(err, metastore.ErrManifestUnknown) {
+		t.Fatalf("deleted manifest reads %v", err)
+	}
+	if tags := allTags(t, s, "r"); !slices.Equal(tags, []string{"keep"}) {
+		t.Fatalf("%d tags after the delete, want [keep]", len(tags))
 	}
 }
 
@@ -422,7 +475,7 @@ func testDeleteManifest(t *testing.T, s metastore.Store) {
 	if tags := allTags(t, s, "r"); !slices.Equal(tags, []string{"keep"}) {
 		t.Fatalf("tags after delete = %q, want [keep]", tags)
 	}
-	if refs, _ := s.Referrers(ctx(t), "r", sub.Digest); len(refs) != 0 {
+	if refs, _, _ := s.Referrers(ctx(t), "r", sub.Digest, "", -1); len(refs) != 0 {
 		t.Fatalf("referrer entry survived: %v", refs)
 	}
 	if _, _, err := s.BlobLink(ctx(t), "r", layer); err != nil {
@@ -669,7 +722,7 @@ func testHostileNames(t *testing.T, s metastore.Store) {
 		_, calls["Tag"] = s.Tag(ctx(t), "ok", name)
 		_, calls["Tags"] = s.Tags(ctx(t), name, "", -1)
 		_, calls["Manifest"] = s.Manifest(ctx(t), name, m.Digest)
-		_, calls["Referrers"] = s.Referrers(ctx(t), name, m.Digest)
+		_, _, calls["Referrers"] = s.Referrers(ctx(t), name, m.Digest, "", -1)
 		_, _, calls["BlobLink"] = s.BlobLink(ctx(t), name, d)
 		_, calls["RenewBlobLink"] = s.RenewBlobLink(ctx(t), name, d, at(0), at(0))
 		_, calls["Upload"] = s.Upload(ctx(t), name)

@@ -20,6 +20,7 @@ func mirrorCacheTests() []namedTest {
 		{"MirrorBlobUses", testBlobUses},
 		{"MirrorEvictBlobs", testEvictBlobs},
 		{"MirrorEvictRacesLink", testEvictRacesLink},
+		{"MirrorEvictWidelyLinked", testEvictWidelyLinked},
 		{"MirrorBytes", testMirrorBytes},
 		{"UploadBytes", testUploadBytes},
 		{"ConcurrentUploadBytes", testConcurrentUploadBytes},
@@ -172,6 +173,46 @@ func testEvictBlobs(t *testing.T, s metastore.Store) {
 	marked, err = s.EvictBlobs(ctx(t), nil)
 	if err != nil || len(marked) != 0 {
 		t.Fatalf("EvictBlobs(nil) = %v, %v", marked, err)
+	}
+}
+
+// testEvictWidelyLinked: a layer may be linked by thousands of mirrored
+// repositories, more links than one transaction of some backends holds;
+// it is evicted all the same, beside the others of its batch, and one a
+// local repository links as well keeps that link.
+func testEvictWidelyLinked(t *testing.T, s metastore.Store) {
+	const n = 8500 // badgermeta's transactions hold about 15,000 writes
+	wide := link(t, s, "mirror/0", "wide", 0)
+	kept := link(t, s, "mirror/0", "kept", 0)
+	small := link(t, s, "mirror/0", "small", 0)
+	repos := []string{"mirror/0"}
+	for i := 1; i < n; i++ {
+		repo := fmt.Sprintf("mirror/%d", i)
+		repos = append(repos, repo)
+		must(t, s.LinkBlob(ctx(t), repo, wide, at(0)))
+		if i < 10 {
+			must(t, s.LinkBlob(ctx(t), repo, kept, at(0)))
+		}
+	}
+	must(t, s.LinkBlob(ctx(t), "local", kept, at(0)))
+	marked, err := s.EvictBlobs(ctx(t), []metastore.Eviction{
+		{Digest: small, Repos: repos, Used: at(0)},
+		{Digest: wide, Repos: repos, Used: at(0)},
+		{Digest: kept, Repos: repos, Used: at(0)},
+	})
+	must(t, err)
+	var got []metastore.Digest
+	for _, m := range marked {
+		got = append(got, m.Digest)
+	}
+	if len(got) != 2 || !slices.Contains(got, wide) || !slices.Contains(got, small) {
+		t.Fatalf("evicted %v, want %s and %s", got, wide, small)
+	}
+	if r, err := s.ReposWithBlob(ctx(t), wide, 0); err != nil || len(r) != 0 {
+		t.Fatalf("%d links left to the evicted blob (%v)", len(r), err)
+	}
+	if _, _, err := s.BlobLink(ctx(t), "local", kept); err != nil {
+		t.Fatalf("the local link of a blob kept went: %v", err)
 	}
 }
 

@@ -1,0 +1,44 @@
+package caddymodule
+
+import "testing"
+
+// TestRequestGate: a config's release runs once, when it has been cleaned
+// up and its last request (late ones included) has left; never before.
+func TestRequestGate(t *testing.T) {
+	g := new(requestGate)
+	runs := 0
+	release := func() { runs++ }
+	if g.enter() {
+		t.Fatal("released before close")
+	}
+	if g.close(release) || runs != 0 {
+		t.Fatal("released with a request running")
+	}
+	if g.enter() { // a late request (an HTTP/2 stream): served, counted
+		t.Fatal("released with a request running")
+	}
+	g.leave()
+	if runs != 0 {
+		t.Fatal("released with the late request running")
+	}
+	g.leave()
+	if runs != 1 {
+		t.Fatalf("release ran %d times after the last request left, want 1", runs)
+	}
+	if !g.enter() {
+		t.Fatal("a request after the release is not told so")
+	}
+	g.leave()
+	if runs != 1 {
+		t.Fatalf("release ran %d times, want 1", runs)
+	}
+
+	idle := new(requestGate)
+	if !idle.close(release) || runs != 2 {
+		t.Fatal("an idle config is not released at once")
+	}
+	var never *requestGate // Provision failed before making it
+	if !never.close(release) || runs != 3 {
+		t.Fatal("a config without a gate is not released at once")
+	}
+}
