@@ -312,15 +312,22 @@ func TestTagsAndCatalog(t *testing.T) {
 	tr.wantError(tr.do("GET", "/v2/_catalog?n=abc", nil), 400, CodePaginationInvalid)
 }
 
+// referrerSubject pushes an image to repo as the subject of referrers:
+// its digest, its descriptor, and that of an empty config for them.
+func referrerSubject(tr *testRegistry, repo string) (sd cache.Digest, subjDesc, emptyDesc map[string]any) {
+	subject := tr.image(repo, "l")
+	sd = cache.FromBytes(cache.SHA256, subject)
+	tr.wantStatus(tr.pushManifest(repo, "subject", mtManifest, subject), 201)
+	empty := tr.pushBlob(repo, []byte("{}"))
+	emptyDesc = map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.String(), "size": 2}
+	subjDesc = map[string]any{"mediaType": mtManifest, "digest": sd.String(), "size": len(subject)}
+	return sd, subjDesc, emptyDesc
+}
+
 func TestReferrers(t *testing.T) {
 	tr := newTestRegistry(t)
 	repo := "ref/repo"
-	subject := tr.image(repo, "l")
-	sd := cache.FromBytes(cache.SHA256, subject)
-	tr.wantStatus(tr.pushManifest(repo, "subject", mtManifest, subject), 201)
-	empty := tr.pushBlob(repo, []byte("{}"))
-	emptyDesc := map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.String(), "size": 2}
-	subjDesc := map[string]any{"mediaType": mtManifest, "digest": sd.String(), "size": len(subject)}
+	sd, subjDesc, emptyDesc := referrerSubject(tr, repo)
 
 	type referrer struct {
 		body []byte
@@ -412,12 +419,7 @@ func TestReferrers(t *testing.T) {
 func TestReferrersLongList(t *testing.T) {
 	tr := newTestRegistry(t)
 	repo := "ref/long"
-	subject := tr.image(repo, "l")
-	sd := cache.FromBytes(cache.SHA256, subject)
-	tr.wantStatus(tr.pushManifest(repo, "subject", mtManifest, subject), 201)
-	empty := tr.pushBlob(repo, []byte("{}"))
-	emptyDesc := map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.String(), "size": 2}
-	subjDesc := map[string]any{"mediaType": mtManifest, "digest": sd.String(), "size": len(subject)}
+	sd, subjDesc, emptyDesc := referrerSubject(tr, repo)
 	n := 3*referrerPage + 1
 	var all, sigs []string
 	for i := range n {

@@ -165,14 +165,20 @@ func (env *mirrorEnv) get(ctx context.Context, path string, hdr ...string) (*htt
 	return env.srv.Client().Do(req)
 }
 
-func TestMirrorConcurrentColdBlob(t *testing.T) {
-	env := newMirrorEnv(t)
+// heldColdBlob is a mirror whose upstream holds a 1 MiB layer's transfer
+// after its first piece until gate closes: the layer's path and bytes.
+func heldColdBlob(t *testing.T) (env *mirrorEnv, path string, data []byte, gate chan struct{}) {
+	env = newMirrorEnv(t)
 	img := randomImage(t, 1<<20, 1)
 	env.up.pushImage("library/app", "v1", img)
 	layer, data := layerOf(t, img)
-	gate := make(chan struct{})
+	gate = make(chan struct{})
 	env.up.set(func(u *fakeUpstream) { u.gate = gate })
-	path := "/v2/docker.io/library/app/blobs/" + layer
+	return env, "/v2/docker.io/library/app/blobs/" + layer, data, gate
+}
+
+func TestMirrorConcurrentColdBlob(t *testing.T) {
+	env, path, data, gate := heldColdBlob(t)
 
 	const clients = 8
 	type result struct {
@@ -228,13 +234,7 @@ func TestMirrorConcurrentColdBlob(t *testing.T) {
 // very name. (Another repository's fill still needs upstream's word for
 // this one: the strictBlobs tests of mirror_auth_test.go.)
 func TestMirrorJoinsOwnRepositoryFill(t *testing.T) {
-	env := newMirrorEnv(t)
-	img := randomImage(t, 1<<20, 1)
-	env.up.pushImage("library/app", "v1", img)
-	layer, data := layerOf(t, img)
-	gate := make(chan struct{})
-	env.up.set(func(u *fakeUpstream) { u.gate = gate })
-	path := "/v2/docker.io/library/app/blobs/" + layer
+	env, path, data, gate := heldColdBlob(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	first, err := env.get(ctx, path)
