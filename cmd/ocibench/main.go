@@ -71,7 +71,6 @@ type options struct {
 	registry    string
 	cold        int
 	wake        bool
-	prefetch    bool
 	upstreamRTT time.Duration
 	gcStore     string
 	gcSnapshot  string
