@@ -115,6 +115,10 @@ type Options struct {
 	// had a full one is full. Default 24h.
 	GCFullInterval time.Duration
 	Logger         *zap.Logger
+	// keepTablePages: no background release of the tables' pages
+	// (tablepages.go), for the tests of that release itself, which
+	// measure what is resident and must not race the loop.
+	keepTablePages bool
 }
 
 // BlobInfo describes a committed blob.

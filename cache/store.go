@@ -212,8 +212,10 @@ func Open(opts Options) (*Store, error) {
 	go s.mirrorLoop()
 	s.wg.Add(1)
 	go s.spaceLoop()
-	s.wg.Add(1)
-	go s.tablePagesLoop(metaDir)
+	if !opts.keepTablePages {
+		s.wg.Add(1)
+		go s.tablePagesLoop(metaDir)
+	}
 	return s, nil
 }
 
