@@ -82,6 +82,11 @@ func TestReplicaKillDrill(t *testing.T) {
 
 	orphan := bytes.Repeat([]byte("orphan "), 1000)
 	orphanDigest := pushBlob(t, front, "drill/orphan", orphan)
+	orphanHex := strings.TrimPrefix(orphanDigest, "sha256:")
+	key := "registry/blobs/sha256/" + orphanHex[:2] + "/" + orphanHex // the S3 store's layout
+	if objects, _ := c.s3.Keys(t, c.bucket, key); len(objects) != 1 {
+		t.Fatalf("the orphan blob is not at %s in the bucket: %v", key, objects)
+	}
 
 	var (
 		mu       sync.Mutex
@@ -209,18 +214,27 @@ func TestReplicaKillDrill(t *testing.T) {
 	// GC ran throughout: the orphan blob outlived its grace and went. A
 	// leader killed in the drill holds the GC lease until it expires
 	// (30 s), and a loaded machine slows every pass: the wait allows for
-	// both, and a failure shows what the replicas said of their GC. (Once
-	// in CI under -race, with the e2e package at 893 s, 120 s was not
-	// enough; alone the drill takes 32 s.)
+	// both, and a failure shows what the replicas said of their GC. The
+	// wait watches the bucket, not the registry: a HEAD renews a link
+	// older than half the grace period (a client asks before it pushes a
+	// manifest), so polling with HEAD kept the orphan alive for ever once
+	// the drill outlasted the grace (twice in CI on a loaded machine).
 	deadline := time.Now().Add(240 * time.Second)
-	for status(http.MethodHead, front.url("/v2/drill/orphan/blobs/"+orphanDigest)) != http.StatusNotFound {
+	for {
+		objects, _ := c.s3.Keys(t, c.bucket, key)
+		if len(objects) == 0 {
+			break
+		}
 		if time.Now().After(deadline) {
 			for i, r := range c.replicas {
 				t.Logf("replica %d on GC:\n%s", i, gcLines(r.out.String(), 20))
 			}
 			t.Fatal("waited 4m0s for GC to collect the orphan blob")
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(time.Second)
+	}
+	if got := status(http.MethodHead, front.url("/v2/drill/orphan/blobs/"+orphanDigest)); got != http.StatusNotFound {
+		t.Errorf("HEAD of the collected orphan blob: %d, want 404", got)
 	}
 }
 
