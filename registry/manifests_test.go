@@ -2,12 +2,14 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -411,6 +413,74 @@ func TestReferrers(t *testing.T) {
 	}
 	tr.wantError(tr.do("GET", "/v2/"+repo+"/referrers/sha256:nope", nil), 400, CodeDigestInvalid)
 	tr.wantError(tr.do("GET", "/v2/"+repo+"/referrers/latest", nil), 400, CodeDigestInvalid)
+}
+
+// pageRecorder is a store that records the largest page of tags asked of
+// it: what one reader of a tag list holds.
+type pageRecorder struct {
+	Store
+	largest atomic.Int64
+}
+
+func (p *pageRecorder) Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error) {
+	if int64(n) > p.largest.Load() || n < 0 {
+		p.largest.Store(int64(n))
+	}
+	return p.Store.Tags(ctx, repo, last, n)
+}
+
+// TestTagsLongListStreamed: asked for the whole list (no n), a repository
+// with more tags than one page of the store gets them all in one valid
+// answer, in order and without a Link, while the store is read a page at
+// a time; n and last still page as before, and a short list keeps its
+// Content-Length.
+func TestTagsLongListStreamed(t *testing.T) {
+	var rec *pageRecorder
+	tr := newTestRegistry(t, func(c *Config) { rec = &pageRecorder{Store: c.Store}; c.Store = rec })
+	repo := "t/many"
+	body := tr.image(repo, "l")
+	d := cache.FromBytes(cache.SHA256, body)
+	var all []string
+	for len(all) < 2*tagStreamPage+1 {
+		q := ""
+		for range 100 {
+			tag := fmt.Sprintf("v%05d", len(all))
+			all = append(all, tag)
+			q += "&tag=" + tag
+		}
+		tr.wantStatus(tr.do("PUT", "/v2/"+repo+"/manifests/"+d.String()+"?"+q[1:], body, "Content-Type", mtManifest), 201)
+	}
+	rec.largest.Store(0)
+	resp := tr.do("GET", "/v2/"+repo+"/tags/list", nil)
+	tr.wantStatus(resp, 200)
+	var tl tagList
+	if err := json.Unmarshal(resp.body, &tl); err != nil {
+		t.Fatalf("not JSON: %v: %.200s", err, resp.body)
+	}
+	if tl.Name != repo || !slices.Equal(tl.Tags, all) {
+		t.Errorf("whole list: %q with %d tags, want %d in order", tl.Name, len(tl.Tags), len(all))
+	}
+	if resp.Header.Get("Link") != "" || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("whole list: Link %q, Content-Type %q", resp.Header.Get("Link"), resp.Header.Get("Content-Type"))
+	}
+	if got := rec.largest.Load(); got != tagStreamPage {
+		t.Errorf("the store was asked for a page of %d tags, want %d", got, tagStreamPage)
+	}
+	// From the middle, and paged: as before.
+	if tl := tr.tags(repo, "?last="+all[1500]); !slices.Equal(tl.Tags, all[1501:]) {
+		t.Errorf("?last: %d tags, want %d", len(tl.Tags), len(all)-1501)
+	}
+	resp = tr.do("GET", "/v2/"+repo+"/tags/list?n=3&last="+all[5], nil)
+	tr.wantStatus(resp, 200)
+	_ = json.Unmarshal(resp.body, &tl)
+	if !slices.Equal(tl.Tags, all[6:9]) || resp.Header.Get("Link") == "" || resp.Header.Get("Content-Length") == "" {
+		t.Errorf("?n=3: %q, Link %q", tl.Tags, resp.Header.Get("Link"))
+	}
+	// The last page alone fits: it has its length.
+	resp = tr.do("GET", "/v2/"+repo+"/tags/list?last="+all[len(all)-3], nil)
+	if resp.Header.Get("Content-Length") == "" {
+		t.Error("a short list has no Content-Length")
+	}
 }
 
 // TestReferrersLongList: a list longer than the store pages it is read

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/caddy-oci/caddy-oci/cache"
 )
 
@@ -39,13 +41,25 @@ func pageParams(r *http.Request) (n int, last string, err error) {
 	return n, q.Get("last"), nil
 }
 
-// tagsList serves GET /v2/<name>/tags/list with n/last paging.
+// tagStreamPage is how many tags one read of the store lists when a
+// client asks for the whole list (no n): a longer list is streamed a page
+// at a time, so a reader holds one page, not the list (100,000 tags held
+// whole cost about 5 MiB per reader).
+const tagStreamPage = 1000
+
+// tagsList serves GET /v2/<name>/tags/list with n/last paging. Without n
+// the whole list is the answer, as the spec and clients expect; one that
+// fits a page keeps its Content-Length, a longer one is streamed.
 func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, rc *request) error {
 	n, last, err := pageParams(r)
 	if err != nil {
 		return err
 	}
-	tags, more, err := h.cfg.Store.Tags(r.Context(), rc.name, last, n)
+	read := n
+	if n < 0 {
+		read = tagStreamPage
+	}
+	tags, more, err := h.cfg.Store.Tags(r.Context(), rc.name, last, read)
 	if err != nil {
 		if errors.Is(err, cache.ErrRepoUnknown) {
 			return newError(http.StatusNotFound, CodeNameUnknown, "repository name not known to registry", err)
@@ -55,10 +69,60 @@ func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, rc *request) 
 	if tags == nil {
 		tags = []string{}
 	}
+	if n < 0 && more && len(tags) > 0 {
+		return h.streamTags(w, r, rc, tags)
+	}
 	if more && len(tags) > 0 {
 		setNextLink(w, rc.url("/tags/list"), n, tags[len(tags)-1])
 	}
 	return writeJSON(w, r, "application/json", tagList{Name: rc.typed, Tags: tags})
+}
+
+// streamTags writes the whole tag list of rc's repository, starting with
+// page, the store's first; each further page is read after the previous
+// one is sent. The list is each page as the store had it when read: a tag
+// made or deleted meanwhile may or may not be in it, as with n/last. A
+// store failure after the first bytes breaks the transfer rather than end
+// a short list that would look whole.
+func (h *Handler) streamTags(w http.ResponseWriter, r *http.Request, rc *request, page []string) error {
+	name, err := json.Marshal(rc.typed)
+	if err != nil {
+		return errInternal(err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	out := append([]byte(`{"name":`), name...)
+	out = append(out, `,"tags":[`...)
+	sep, more := "", true
+	for {
+		for _, tag := range page {
+			q, _ := json.Marshal(tag) // a string always encodes
+			out = append(append(out, sep...), q...)
+			sep = ","
+		}
+		if !more || len(page) == 0 {
+			break
+		}
+		if _, err := w.Write(out); err != nil {
+			return nil // the client left
+		}
+		out = out[:0]
+		page, more, err = h.cfg.Store.Tags(r.Context(), rc.name, page[len(page)-1], tagStreamPage)
+		if errors.Is(err, cache.ErrRepoUnknown) {
+			page, more = nil, false // deleted meanwhile: the list is what was there
+		} else if err != nil {
+			if r.Context().Err() != nil {
+				return nil // the client left
+			}
+			h.cfg.Logger.Warn("tag list cut short", zap.String("repo", rc.name), zap.Error(err))
+			panic(http.ErrAbortHandler) // headers and a part are out
+		}
+	}
+	_, _ = w.Write(append(out, "]}"...))
+	return nil
 }
 
 // catalog serves GET /v2/_catalog with n/last paging.
