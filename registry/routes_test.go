@@ -2,7 +2,11 @@ package registry
 
 import (
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 func TestMatchPath(t *testing.T) {
@@ -113,4 +117,34 @@ func hex64(c byte) string {
 		b[i] = c
 	}
 	return string(b)
+}
+
+// TestUnreadableQueryRefused: a query Go reads only in part — more than
+// 10,000 parameters (read as none), a `;`, a bad escape — is refused with
+// 400 and changes nothing. A push with 10,001 tags was answered 201 with
+// none of them made.
+func TestUnreadableQueryRefused(t *testing.T) {
+	tr := newTestRegistry(t)
+	body := tr.image("q/app", "l")
+	d := cache.FromBytes(cache.SHA256, body).String()
+	tags := strings.Repeat("&tag=t", 10001)
+	for _, c := range []struct{ method, path string }{
+		{"PUT", "/v2/q/app/manifests/v1?" + tags[1:]},
+		{"PUT", "/v2/q/app/manifests/" + d + "?tag=v1;tag=v2"},
+		{"PUT", "/v2/q/app/manifests/" + d + "?tag=v1&tag=%zz"},
+		{"GET", "/v2/q/app/tags/list?n=%zz"},
+		{"POST", "/v2/q/app/blobs/uploads/?mount=" + d + ";from=q/other"},
+	} {
+		resp := tr.do(c.method, c.path, body, "Content-Type", mtManifest)
+		tr.wantError(resp, http.StatusBadRequest, CodeUnsupported)
+	}
+	tr.wantStatus(tr.do("GET", "/v2/q/app/manifests/"+d, nil), http.StatusNotFound)
+	if tl := tr.tags("q/app", ""); len(tl.Tags) != 0 {
+		t.Errorf("tags %q made by refused pushes", tl.Tags)
+	}
+	// A readable query with the same tags works.
+	tr.wantStatus(tr.do("PUT", "/v2/q/app/manifests/v1?tag=v2", body, "Content-Type", mtManifest), http.StatusCreated)
+	if tl := tr.tags("q/app", ""); !slices.Equal(tl.Tags, []string{"v1", "v2"}) {
+		t.Errorf("tags %q", tl.Tags)
+	}
 }

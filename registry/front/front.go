@@ -174,9 +174,17 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		return f.passThrough(w, r, t.Via, next)
 	}
 
-	// A query Go does not read whole (a `;`, a bad escape) goes on as Go
-	// read it: a backend must not find an `ns` or `from` the front missed.
+	// A query Go does not read whole (a `;`, a bad escape, more than
+	// 10,000 parameters) is refused, as the registry refuses it: passed
+	// on as read, a backend would act on less than the client sent (a
+	// push's tags dropped, answered 201); passed as it came, the backend
+	// could find an `ns` or `from` the front missed.
 	q, qerr := url.ParseQuery(r.URL.RawQuery)
+	if qerr != nil {
+		f.refuse(w, r, t, registry.NewError(http.StatusBadRequest, registry.CodeUnsupported,
+			"the query string cannot be read: "+qerr.Error(), qerr))
+		return nil
+	}
 	if k, ok := keyInOtherCase(q); ok {
 		f.refuse(w, r, t, registry.NewError(http.StatusBadRequest, registry.CodeUnsupported,
 			"query parameter "+strconv.Quote(k)+": ns, from and mount are lower case", nil))
@@ -187,7 +195,7 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	// A sign-in session of this server (oci_registry's OIDC on the same
 	// host) is never the backend's business.
 	authscope.DropSignInCookies(br.Header)
-	queryChanged := qerr != nil
+	queryChanged := false
 	if q.Has("ns") {
 		// The name below carries the namespace now; a backend that reads
 		// ns (the distribution spec's proxying) must not apply it again.
