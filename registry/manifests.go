@@ -132,6 +132,12 @@ func etagMatches(header, digest string) bool {
 	return false
 }
 
+// maxPushTags bounds the ?tag= parameters of one manifest push: its
+// tags commit with the manifest in one transaction, and badger's has a
+// size limit (about 2,000 tags of the longest names on the embedded
+// store) that would otherwise answer 500.
+const maxPushTags = 500
+
 // manifestPut stores a manifest under its digest and points the reference
 // tag (if the URL names one) and every ?tag= at it.
 func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *request) error {
@@ -143,7 +149,12 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	if !ref.IsDigest() {
 		tags = append(tags, ref.Tag)
 	}
-	for _, t := range r.URL.Query()["tag"] {
+	more := r.URL.Query()["tag"]
+	if len(more) > maxPushTags {
+		return newError(http.StatusBadRequest, CodeTagInvalid,
+			"too many tag parameters: at most "+strconv.Itoa(maxPushTags)+" in one push", nil)
+	}
+	for _, t := range more {
 		if !ValidTag(t) {
 			return newError(http.StatusBadRequest, CodeTagInvalid, "invalid tag parameter", fmt.Errorf("%w: %q", ErrTagInvalid, t))
 		}

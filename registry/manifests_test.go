@@ -415,6 +415,34 @@ func TestReferrers(t *testing.T) {
 	tr.wantError(tr.do("GET", "/v2/"+repo+"/referrers/latest", nil), 400, CodeDigestInvalid)
 }
 
+// TestPushTagsBounded: a manifest push names at most maxPushTags tags,
+// each up to the longest a tag may be, in the longest repository name;
+// one more is refused with 400 and tags nothing, where the store's
+// transaction limit answered 500 (4,000 long tags).
+func TestPushTagsBounded(t *testing.T) {
+	tr := newTestRegistry(t)
+	repo := strings.Repeat("n", MaxNameLength)
+	body := tr.image(repo, "l")
+	d := cache.FromBytes(cache.SHA256, body).String()
+	query := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "&tag=%0128d", i)
+		}
+		return b.String()[1:]
+	}
+	resp := tr.do("PUT", "/v2/"+repo+"/manifests/"+d+"?"+query(maxPushTags+1), body, "Content-Type", mtManifest)
+	tr.wantError(resp, http.StatusBadRequest, CodeTagInvalid)
+	if tl := tr.tags(repo, ""); len(tl.Tags) != 0 {
+		t.Fatalf("a refused push made %d tags", len(tl.Tags))
+	}
+	resp = tr.do("PUT", "/v2/"+repo+"/manifests/"+d+"?"+query(maxPushTags), body, "Content-Type", mtManifest)
+	tr.wantStatus(resp, http.StatusCreated)
+	if tl := tr.tags(repo, ""); len(tl.Tags) != maxPushTags {
+		t.Errorf("%d tags, want %d", len(tl.Tags), maxPushTags)
+	}
+}
+
 // pageRecorder is a store that records the largest page of tags asked of
 // it: what one reader of a tag list holds.
 type pageRecorder struct {
