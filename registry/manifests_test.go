@@ -504,6 +504,17 @@ func TestTagsLongListStreamed(t *testing.T) {
 	if !slices.Equal(tl.Tags, all[6:9]) || resp.Header.Get("Link") == "" || resp.Header.Get("Content-Length") == "" {
 		t.Errorf("?n=3: %q, Link %q", tl.Tags, resp.Header.Get("Link"))
 	}
+	// More than a page asked for: a page, and a Link to the rest.
+	rec.largest.Store(0)
+	resp = tr.do("GET", "/v2/"+repo+"/tags/list?n=1000000", nil)
+	tr.wantStatus(resp, 200)
+	_ = json.Unmarshal(resp.body, &tl)
+	if want := `</v2/` + repo + `/tags/list?n=1000&last=` + all[999] + `>; rel="next"`; !slices.Equal(tl.Tags, all[:1000]) || resp.Header.Get("Link") != want {
+		t.Errorf("?n=1000000: %d tags, Link %q", len(tl.Tags), resp.Header.Get("Link"))
+	}
+	if got := rec.largest.Load(); got != tagStreamPage {
+		t.Errorf("?n=1000000: the store was asked for a page of %d tags, want %d", got, tagStreamPage)
+	}
 	// The last page alone fits: it has its length.
 	resp = tr.do("GET", "/v2/"+repo+"/tags/list?last="+all[len(all)-3], nil)
 	if resp.Header.Get("Content-Length") == "" {

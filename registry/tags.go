@@ -41,10 +41,11 @@ func pageParams(r *http.Request) (n int, last string, err error) {
 	return n, q.Get("last"), nil
 }
 
-// tagStreamPage is how many tags one read of the store lists when a
-// client asks for the whole list (no n): a longer list is streamed a page
-// at a time, so a reader holds one page, not the list (100,000 tags held
-// whole cost about 5 MiB per reader).
+// tagStreamPage is how many tags one read of the store lists: a client
+// asking for the whole list (no n) gets a longer one streamed a page at a
+// time, and one asking for more than a page gets a page and a Link, so a
+// reader holds one page, not the list (100,000 tags held whole cost about
+// 5 MiB per reader).
 const tagStreamPage = 1000
 
 // tagsList serves GET /v2/<name>/tags/list with n/last paging. Without n
@@ -54,6 +55,12 @@ func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, rc *request) 
 	n, last, err := pageParams(r)
 	if err != nil {
 		return err
+	}
+	if n > tagStreamPage {
+		// As for the catalog: more than a page gets a page and a Link to
+		// the rest (the spec lets a registry return fewer than n), so a
+		// large n holds no more than the whole list does.
+		n = tagStreamPage
 	}
 	read := n
 	if n < 0 {
