@@ -40,7 +40,7 @@ func TestAuditLogOfItsOwn(t *testing.T) {
 	if err := caddy.Load(b, true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	// An anonymous push: denied, which is an audit event.
 	resp, err := http.Post("http://"+addr+"/v2/app/blobs/uploads/", "", nil)
 	if err != nil {

@@ -156,7 +156,7 @@ https://localhost:`+port+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 
 	host := "localhost:" + port
 	push := func(who *tls.Certificate, repo string) error {

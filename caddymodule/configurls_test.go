@@ -132,7 +132,7 @@ func TestConfigURLsRefuseCredentials(t *testing.T) {
 				}
 				return
 			}
-			defer func() { _ = caddy.Stop() }()
+			defer func() { stopCaddy(t) }()
 			t.Errorf("a URL with user:password@ was accepted")
 			mu.Lock()
 			sawAuth = nil

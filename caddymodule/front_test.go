@@ -179,7 +179,7 @@ http://`+addr+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 
 	fref, _ := name.ParseReference(addr+"/debian:bookworm", name.Insecure)
 	pulled, err := remote.Image(fref, remote.WithAuth(authn.Anonymous))

@@ -1,8 +1,11 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/registry"
@@ -96,4 +99,28 @@ func serveCleanedUp(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Retry-After", "1")
 	registry.NewError(http.StatusServiceUnavailable, registry.CodeUnavailable,
 		"the server's configuration is being replaced, retry", nil).Render(w, r)
+}
+
+// pendingReleases counts the configs cleaned up whose release has not run
+// yet: it waits for their last request.
+var pendingReleases atomic.Int64
+
+// Released waits until every config Caddy has stopped or replaced has
+// given its storage back (its last request has ended and the store is
+// closed), or until ctx ends. caddy.Stop does not wait for the old
+// servers' requests unless the process exits, so a program that embeds
+// these modules, or a test, calls Released after caddy.Stop before it
+// removes or reuses the storage folder: a store still open over a folder
+// removed under it cannot close.
+func Released(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for pendingReleases.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-t.C:
+		}
+	}
+	return nil
 }

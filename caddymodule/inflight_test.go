@@ -1,6 +1,12 @@
 package caddymodule
 
-import "testing"
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
 
 // TestRequestGate: a config's release runs once, when it has been cleaned
 // up and its last request (late ones included) has left; never before.
@@ -56,4 +62,17 @@ func BenchmarkRequestGate(b *testing.B) {
 			g.leave()
 		}
 	})
+}
+
+// stopCaddy stops Caddy and waits until the stopped config has given its
+// storage back (Released): a test removes its folders next, and a store
+// still open over a removed folder cannot close.
+func stopCaddy(t testing.TB) {
+	t.Helper()
+	_ = caddy.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := Released(ctx); err != nil {
+		t.Errorf("the storage was still held 30 s after caddy.Stop: %v", err)
+	}
 }

@@ -238,7 +238,7 @@ http://`+addr+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 
 	push := func(user, pw, repo string) error {
 		t.Helper()

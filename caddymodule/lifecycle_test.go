@@ -96,7 +96,7 @@ func TestReloadValidateShareStore(t *testing.T) {
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
-			_ = caddy.Stop()
+			stopCaddy(t)
 		}
 	})
 	ping(t, addr)

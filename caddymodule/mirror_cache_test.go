@@ -96,7 +96,7 @@ func TestMirrorCacheCountedAtStart(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	v, loaded, err := stores.LoadOrNew(dir, nil)
 	if err != nil || !loaded {
 		t.Fatalf("no shared store for %s: %v", dir, err)

@@ -65,7 +65,7 @@ http://`+addr+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 
 	key := authscope.APIKeyPrefix + "0123456789abcdef_" + strings.Repeat("K", 43)
 	basic := func(user, pw string) string {
@@ -154,7 +154,7 @@ http://`+addr+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	for _, tc := range []struct {
 		path   string
 		status int

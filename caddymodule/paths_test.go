@@ -41,7 +41,7 @@ http://`+addr+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	for _, p := range []string{
 		"//v2/",
 		"//v2/app/manifests/v1",
@@ -114,7 +114,7 @@ func TestOwnPathsKeptFromNextHandler(t *testing.T) {
 			if err := caddy.Load([]byte(cfg), true); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { _ = caddy.Stop() }()
+			defer func() { stopCaddy(t) }()
 			for _, p := range []string{
 				"/_oci/token/",
 				"/_OCI/token",

@@ -76,7 +76,7 @@ func TestReadOnlyThroughCaddy(t *testing.T) {
 	if err := caddy.Load(readOnlyConfig(t, dir, htpasswd, pub, internal, true, false), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	// No pooled connections: a port freeAddr hands out may have served an
 	// earlier test's server, whose idle connection a POST would reuse and
 	// find closed.

@@ -499,6 +499,7 @@ func (rg *Registry) Cleanup() error {
 	}
 	var relErr error
 	release := func() {
+		defer pendingReleases.Add(-1)
 		if err := rg.release(); err != nil {
 			relErr = err
 			rg.logger.Error("releasing the storage of a replaced config", zap.String("storage", rg.dir), zap.Error(err))
@@ -509,6 +510,7 @@ func (rg *Registry) Cleanup() error {
 		rg.requests.close(func() {})
 		return rg.release()
 	}
+	pendingReleases.Add(1) // until release has run
 	if rg.requests.close(release) {
 		return relErr
 	}

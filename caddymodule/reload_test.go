@@ -41,7 +41,7 @@ func TestReplacedConfigClosesConnections(t *testing.T) {
 	if err := caddy.Load(config(t, addr, t.TempDir(), 0), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 
 	dial := func() (net.Conn, *bufio.Reader) {
 		conn, err := net.Dial("tcp", addr)
@@ -86,7 +86,7 @@ func TestReloadWaitsDrain(t *testing.T) {
 	if err := caddy.Load(config(t, addr, dir, 0), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	first := time.Since(start)
 
 	start = time.Now()

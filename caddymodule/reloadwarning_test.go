@@ -35,7 +35,7 @@ func TestReloadWarningNamesSettings(t *testing.T) {
 		}
 	}
 	load(nil)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	ping(t, addr)
 	load(map[string]any{"gc_grace": "2h", "upload_ttl": "12h", "max_manifest_size": 1 << 20})
 	ping(t, addr)

@@ -75,7 +75,7 @@ func s3ReadsSiteWith(t *testing.T, srv *s3test.Server, bucket, registryExtra, ex
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	return "http://" + addr
 }
 

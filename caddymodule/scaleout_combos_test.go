@@ -94,7 +94,7 @@ func TestS3EmbeddedServes(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = caddy.Stop() }()
+	defer func() { stopCaddy(t) }()
 	_, check := pushAndCheck(t, addr)
 	check("after the push")
 
@@ -157,7 +157,7 @@ func TestSharedFolderServes(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = caddy.Stop() }()
+	defer func() { stopCaddy(t) }()
 	want, _ := pushAndCheck(t, a)
 	ref, _ := name.ParseReference(b+"/team/app:v1", name.Insecure)
 	got, err := remote.Image(ref)
@@ -207,7 +207,7 @@ func TestS3EmbeddedReloadWarns(t *testing.T) {
 		}
 	}
 	load("a/", nil)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	ping(t, addr)
 	load("b/", map[string]any{"gc_grace": "2h"})
 	ping(t, addr)

@@ -70,7 +70,7 @@ func TestScaleOutReadOnlyPausesGC(t *testing.T) {
 		}
 	}
 	load(true, true)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	// The cluster opens on first use.
 	resp, err := client.Get("http://" + pub + "/v2/_catalog")

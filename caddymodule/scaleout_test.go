@@ -216,7 +216,7 @@ func TestScaleOutServes(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = caddy.Stop() }()
+	defer func() { stopCaddy(t) }()
 
 	img, err := random.Image(3<<20, 3)
 	if err != nil {
@@ -310,7 +310,7 @@ func TestScaleOutDatabaseDown(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatalf("the server must start with PostgreSQL down: %v", err)
 	}
-	defer func() { _ = caddy.Stop() }()
+	defer func() { stopCaddy(t) }()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	unavailable := func(when, method, path string) {
 		t.Helper()
@@ -378,7 +378,7 @@ func TestScaleOutConfigErrors(t *testing.T) {
 		cfg := `{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {"listen": ["` + addr + `"],
 			"routes": [{"handle": [{"handler": "oci_registry", ` + strings.TrimSuffix(strings.TrimPrefix(tc.json, "{"), "}") + `}]}]}}}}}`
 		err := caddy.Load([]byte(cfg), true)
-		_ = caddy.Stop()
+		stopCaddy(t)
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) || strings.Contains(err.Error(), "secret") {
 			t.Errorf("%s: %v, want an error containing %q (and no password)", tc.name, err, tc.wantErr)
 		}

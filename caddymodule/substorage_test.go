@@ -104,7 +104,7 @@ func TestSubStorageThroughCaddy(t *testing.T) {
 	if err := caddy.Load(subStorageConfig(t, addr, main, "", logFile, false), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	cfgD := pushBlob("team/old", []byte(`{"architecture":"amd64","os":"linux"}`))
 	m := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + cfgD + `","size":37},"layers":[]}`
 	req, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/v2/team/old/manifests/v1", strings.NewReader(m))

@@ -293,7 +293,7 @@ http://`+addr+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	base := "http://" + addr + SyncPath
 
 	do := func(method, user string, hdr ...string) (*http.Response, string) {
@@ -414,7 +414,7 @@ func TestSyncIntoRefusesMirrorPrefix(t *testing.T) {
 		`"handler":"oci_registry","mirrors":[{"prefix":"docker.io","default":true}],"sync_into":[{"prefix":"docker.io/x","from":"https://r.example","content":[{"repository":"a"}]}]`, 1)
 	err := caddy.Load([]byte(cfg), true)
 	if err == nil {
-		_ = caddy.Stop()
+		stopCaddy(t)
 		t.Fatal("a sync_into inside a mirror's namespace was accepted")
 	}
 	if !strings.Contains(err.Error(), "sync_into docker.io/x") {
@@ -422,7 +422,7 @@ func TestSyncIntoRefusesMirrorPrefix(t *testing.T) {
 	}
 	cfg = strings.Replace(cfg, `"docker.io/x"`, `"hub"`, 1)
 	if err := caddy.Load([]byte(cfg), true); err == nil || !strings.Contains(err.Error(), "list it under local") {
-		_ = caddy.Stop()
+		stopCaddy(t)
 		t.Errorf("a sync_into under a default mirror without local: %v", err)
 	}
 }
@@ -522,7 +522,7 @@ http://`+addr+` {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	base := "http://" + addr + SyncPath
 	resp, err := http.Post(base, "application/json", nil)
 	if err != nil {

@@ -19,7 +19,7 @@ func TestUploadLimitsThroughCaddy(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 	open := func(client string) int {
 		req, _ := http.NewRequest("POST", "http://"+addr+"/v2/app/blobs/uploads/", nil)
 		req.Header.Set("X-Forwarded-For", client)

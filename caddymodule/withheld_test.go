@@ -88,7 +88,7 @@ func TestRefusalsDoNotWaitForWithheldBody(t *testing.T) {
 			if err := caddy.Load([]byte(cfg), true); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { _ = caddy.Stop() }()
+			defer func() { stopCaddy(t) }()
 			for _, rf := range tc.refusals {
 				status, err := sendWithheld(addr, rf.method, rf.path, rf.headers)
 				if err != nil || status != rf.status {
@@ -153,7 +153,7 @@ func TestRefusalsLingerForTheBody(t *testing.T) {
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = caddy.Stop() }()
+	defer func() { stopCaddy(t) }()
 	for _, rf := range []struct {
 		method, path, headers string
 		status                int

@@ -5,6 +5,7 @@ package zotadapter
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -39,7 +40,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
-	_ "github.com/caddy-oci/caddy-oci/caddymodule"
+	"github.com/caddy-oci/caddy-oci/caddymodule"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
@@ -79,7 +80,7 @@ func serve(t *testing.T, a adapted) {
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatalf("caddy.Load: %v\n%s", err, cfg)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() { stopCaddy(t) })
 }
 
 // upstream is go-containerregistry's registry on loopback.
@@ -541,5 +542,18 @@ func TestReadOnlyServes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /v2/: %d", resp.StatusCode)
+	}
+}
+
+// stopCaddy stops Caddy and waits until the stopped config has given its
+// storage back (caddymodule.Released): the test's folders are removed
+// next, and a store still open over a removed folder cannot close.
+func stopCaddy(t testing.TB) {
+	t.Helper()
+	_ = caddy.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := caddymodule.Released(ctx); err != nil {
+		t.Errorf("the storage was still held 30 s after caddy.Stop: %v", err)
 	}
 }

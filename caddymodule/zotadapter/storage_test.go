@@ -61,7 +61,7 @@ func TestS3(t *testing.T) {
 	cfg, _ := json.Marshal(a.cfg)
 	t.Setenv(postgresEnv, "")
 	if err := caddy.Load(cfg, true); err == nil {
-		_ = caddy.Stop()
+		stopCaddy(t)
 		t.Fatal("loaded without a metadata database")
 	} else if !strings.Contains(err.Error(), "metadata postgres") {
 		t.Errorf("error %v does not name metadata postgres", err)
