@@ -1,0 +1,131 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
+	"github.com/caddy-oci/caddy-oci/internal/tmpfs"
+)
+
+// TestReplicaS3Full: the S3 server's filesystem (versitygw's posix folder
+// on a 64 MiB tmpfs) filled to the brim under a replica. A monolithic
+// push that fits one S3 PUT, one that streams, a chunked push and a
+// mirror cold miss each get 507 STORAGE_FULL, the spec-style error of a
+// full storage, not 503 "retry in 5s" (a retry cannot help until the
+// operator frees space); nothing of them is visible in the registry or
+// the bucket; blobs pushed before are still served; and once space is
+// freed the same pushes succeed on the same process.
+func TestReplicaS3Full(t *testing.T) {
+	needBinary(t)
+	dir := tmpfs.Mount(t, 64<<20)
+	srv := s3test.StartIn(t, dir)
+
+	up := newUpstream(t)
+	c := startClusterOn(t, srv, 1, `		mirror docker.io {
+			upstream `+up.URL+`
+		}`, nil)
+	r := c.replicas[0]
+
+	before := randomBytes(t, 256<<10)
+	beforeDigest := pushBlob(t, r, "full/app", before)
+
+	filler := tmpfs.FillTo(t, dir, 512<<10)
+
+	small := randomBytes(t, 2<<20)    // one buffered PUT
+	big := randomBytes(t, 12<<20)     // a streamed PUT (above the 8 MiB part)
+	chunked := randomBytes(t, 12<<20) // a session: tail objects, parts
+	for _, b := range []struct {
+		what string
+		data []byte
+	}{{"small monolithic push", small}, {"big monolithic push", big}} {
+		resp := do(t, http.MethodPost, r.url("/v2/full/app/blobs/uploads/?digest="+blobDigest(b.data)), b.data,
+			map[string]string{"Content-Type": "application/octet-stream"})
+		refusedFull(t, resp, b.what)
+	}
+	refusedFull(t, chunkedPush(t, r, "full/app", chunked, 4<<20), "chunked push")
+
+	layer := upstreamBlob(t, up, "library/cold", randomBytes(t, 4<<20))
+	resp := do(t, http.MethodGet, r.url("/v2/docker.io/library/cold/blobs/"+layer), nil, nil)
+	refusedFull(t, resp, "mirror cold miss")
+
+	// Nothing half-visible: not in the registry, not in the bucket.
+	for _, b := range [][]byte{small, big, chunked} {
+		d := blobDigest(b)
+		headBlob(t, r, "full/app", d, http.StatusNotFound, "after the refused push")
+		hex := strings.TrimPrefix(d, "sha256:")
+		if objects, _ := srv.Keys(t, c.bucket, "registry/blobs/sha256/"+hex[:2]+"/"+hex); len(objects) != 0 {
+			t.Errorf("refused blob %s is in the bucket: %v", d, objects)
+		}
+	}
+	headBlob(t, r, "docker.io/library/cold", layer, http.StatusNotFound, "after the refused fill")
+	resp = do(t, http.MethodGet, r.url("/v2/full/app/blobs/"+beforeDigest), nil, nil)
+	if got := readAll(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(got, before) {
+		t.Fatalf("blob pushed before the disk filled: %s, %d bytes", resp.Status, len(got))
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	pushBlob(t, r, "full/app", small)
+	pushBlob(t, r, "full/app", big)
+	if resp := chunkedPush(t, r, "full/app", chunked, 4<<20); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("chunked push after space was freed: %s %s", resp.Status, readAll(t, resp))
+	}
+	for _, b := range [][]byte{small, big, chunked} {
+		resp := do(t, http.MethodGet, r.url("/v2/full/app/blobs/"+blobDigest(b)), nil, nil)
+		if got := readAll(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(got, b) {
+			t.Fatalf("blob pushed after space was freed: %s, %d bytes", resp.Status, len(got))
+		}
+	}
+	resp = do(t, http.MethodGet, r.url("/v2/docker.io/library/cold/blobs/"+layer), nil, nil)
+	if got := readAll(t, resp); resp.StatusCode != http.StatusOK || blobDigest(got) != layer {
+		t.Fatalf("mirror blob after space was freed: %s", resp.Status)
+	}
+	r.alive("after the S3 server's disk filled")
+}
+
+// chunkedPush pushes b in PATCHes of chunk bytes and a closing PUT,
+// stopping at the first answer that is not the expected one, which it
+// returns; on success it returns the PUT's 201.
+func chunkedPush(t *testing.T, s *server, repo string, b []byte, chunk int) *http.Response {
+	t.Helper()
+	resp := do(t, http.MethodPost, s.url("/v2/"+repo+"/blobs/uploads/"), nil, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		return resp
+	}
+	for off := 0; off < len(b); off += chunk {
+		end := min(off+chunk, len(b))
+		resp = do(t, http.MethodPatch, location(t, s, resp).String(), b[off:end], map[string]string{
+			"Content-Type":  "application/octet-stream",
+			"Content-Range": fmt.Sprintf("%d-%d", off, end-1),
+		})
+		if resp.StatusCode != http.StatusAccepted {
+			return resp
+		}
+	}
+	u := location(t, s, resp)
+	q := u.Query()
+	q.Set("digest", blobDigest(b))
+	u.RawQuery = q.Encode()
+	return do(t, http.MethodPut, u.String(), nil, nil)
+}
+
+// upstreamBlob pushes blob b into repo on upstream u and returns its
+// digest.
+func upstreamBlob(t *testing.T, u *upstream, repo string, b []byte) string {
+	t.Helper()
+	d := blobDigest(b)
+	resp := do(t, http.MethodPost, u.URL+"/v2/"+repo+"/blobs/uploads/?digest="+d, b,
+		map[string]string{"Content-Type": "application/octet-stream"})
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upstream push: %s", resp.Status)
+	}
+	return d
+}
