@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/internal/tmpfs"
+	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
 
 // TestReplicaS3Full: the S3 server's filesystem (versitygw's posix folder
@@ -28,7 +29,7 @@ func TestReplicaS3Full(t *testing.T) {
 	srv := s3test.StartIn(t, dir)
 
 	up := newUpstream(t)
-	c := startClusterOn(t, srv, 1, `		mirror docker.io {
+	c := startClusterOn(t, srv, pgtest.Start(t), 1, `		mirror docker.io {
 			upstream `+up.URL+`
 		}`, nil)
 	r := c.replicas[0]
@@ -128,4 +129,48 @@ func upstreamBlob(t *testing.T, u *upstream, repo string, b []byte) string {
 		t.Fatalf("upstream push: %s", resp.Status)
 	}
 	return d
+}
+
+// TestReplicaPostgresFull: PostgreSQL's data folder (on a 256 MiB tmpfs)
+// filled to the brim under a replica whose blobs go to S3 elsewhere.
+// Pushes go on until PostgreSQL cannot grow a table; that push, and
+// every later one, is refused with 507 STORAGE_FULL (PostgreSQL's
+// disk_full, not an outage: 503 would have clients retry in vain);
+// what was pushed before is still pulled; and once space is freed the
+// same process takes pushes again.
+func TestReplicaPostgresFull(t *testing.T) {
+	crane := tool(t, "crane")
+	dir := tmpfs.Mount(t, 256<<20)
+	c := startClusterOn(t, s3test.Start(t), pgtest.StartIn(t, dir), 1, "", nil)
+	r := c.replicas[0]
+	before := pushImage(t, crane, r, "pgfull/app:before")
+
+	filler := tmpfs.FillTo(t, dir, 0)
+	var refused *http.Response
+	pushed := 0
+	for i := 0; i < 5000 && refused == nil; i++ {
+		b := []byte(fmt.Sprintf("blob %d of a full database %s", i, strings.Repeat("x", 200)))
+		resp := do(t, http.MethodPost, r.url(fmt.Sprintf("/v2/pgfull/r%d/blobs/uploads/?digest=%s", i, blobDigest(b))), b,
+			map[string]string{"Content-Type": "application/octet-stream"})
+		if resp.StatusCode == http.StatusCreated {
+			pushed++
+			continue
+		}
+		refused = resp
+	}
+	if refused == nil {
+		t.Fatalf("%d pushes into a full database all succeeded", pushed)
+	}
+	t.Logf("%d pushes succeeded before the database was full", pushed)
+	refusedFull(t, refused, "push into a full database")
+	resp := do(t, http.MethodPost, r.url("/v2/pgfull/app/blobs/uploads/"), nil, nil)
+	refusedFull(t, resp, "upload start into a full database")
+	pullAndVerify(t, before.ref, before.digest)
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	after := pushImage(t, crane, r, "pgfull/app:after")
+	pullAndVerify(t, after.ref, after.digest)
+	r.alive("after PostgreSQL's disk filled")
 }
