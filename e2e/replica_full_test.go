@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -50,7 +51,9 @@ func TestReplicaS3Full(t *testing.T) {
 			map[string]string{"Content-Type": "application/octet-stream"})
 		refusedFull(t, resp, b.what)
 	}
-	refusedFull(t, chunkedPush(t, r, "full/app", chunked, 4<<20), "chunked push")
+	refused := chunkedPush(t, r, "full/app", chunked, 4<<20)
+	session := refused.Header.Get("X-Test-Location")
+	refusedFull(t, refused, "chunked push")
 
 	layer := upstreamBlob(t, up, "library/cold", randomBytes(t, 4<<20))
 	resp := do(t, http.MethodGet, r.url("/v2/docker.io/library/cold/blobs/"+layer), nil, nil)
@@ -76,8 +79,22 @@ func TestReplicaS3Full(t *testing.T) {
 	}
 	pushBlob(t, r, "full/app", small)
 	pushBlob(t, r, "full/app", big)
-	if resp := chunkedPush(t, r, "full/app", chunked, 4<<20); resp.StatusCode != http.StatusCreated {
-		t.Fatalf("chunked push after space was freed: %s %s", resp.Status, readAll(t, resp))
+	// The refused session resumes where its Range says.
+	resp = do(t, http.MethodGet, session, nil, nil)
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("the refused push's session after space was freed: %s %s", resp.Status, readAll(t, resp))
+	}
+	at := 0
+	if rg := resp.Header.Get("Range"); rg != "" {
+		var last int
+		if _, err := fmt.Sscanf(rg, "0-%d", &last); err != nil {
+			t.Fatalf("session Range %q", rg)
+		}
+		at = last + 1
+	}
+	t.Logf("the refused session resumes at %d of %d bytes", at, len(chunked))
+	if resp := resumePush(t, r, session, at, chunked, 4<<20); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("chunked push resumed after space was freed: %s %s", resp.Status, readAll(t, resp))
 	}
 	for _, b := range [][]byte{small, big, chunked} {
 		resp := do(t, http.MethodGet, r.url("/v2/full/app/blobs/"+blobDigest(b)), nil, nil)
@@ -101,21 +118,35 @@ func chunkedPush(t *testing.T, s *server, repo string, b []byte, chunk int) *htt
 	if resp.StatusCode != http.StatusAccepted {
 		return resp
 	}
-	for off := 0; off < len(b); off += chunk {
+	return resumePush(t, s, location(t, s, resp).String(), 0, b, chunk)
+}
+
+// resumePush sends b from offset off on the upload session at loc, as
+// chunkedPush does.
+func resumePush(t *testing.T, s *server, loc string, off int, b []byte, chunk int) *http.Response {
+	t.Helper()
+	for ; off < len(b); off += chunk {
 		end := min(off+chunk, len(b))
-		resp = do(t, http.MethodPatch, location(t, s, resp).String(), b[off:end], map[string]string{
+		resp := do(t, http.MethodPatch, loc, b[off:end], map[string]string{
 			"Content-Type":  "application/octet-stream",
 			"Content-Range": fmt.Sprintf("%d-%d", off, end-1),
 		})
 		if resp.StatusCode != http.StatusAccepted {
+			resp.Header.Set("X-Test-Location", loc)
 			return resp
 		}
+		loc = location(t, s, resp).String()
 	}
-	u := location(t, s, resp)
+	u, err := url.Parse(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	q := u.Query()
 	q.Set("digest", blobDigest(b))
 	u.RawQuery = q.Encode()
-	return do(t, http.MethodPut, u.String(), nil, nil)
+	resp := do(t, http.MethodPut, u.String(), nil, nil)
+	resp.Header.Set("X-Test-Location", loc)
+	return resp
 }
 
 // upstreamBlob pushes blob b into repo on upstream u and returns its
