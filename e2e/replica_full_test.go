@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -172,6 +173,12 @@ func upstreamBlob(t *testing.T, u *upstream, repo string, b []byte) string {
 func TestReplicaPostgresFull(t *testing.T) {
 	crane := tool(t, "crane")
 	dir := tmpfs.Mount(t, 256<<20)
+	// PostgreSQL runs as its own user, who must reach the mount.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c := startClusterOn(t, s3test.Start(t), pgtest.StartIn(t, dir), 1, "", nil)
 	r := c.replicas[0]
 	before := pushImage(t, crane, r, "pgfull/app:before")
