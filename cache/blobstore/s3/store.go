@@ -39,6 +39,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
@@ -161,6 +163,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 	client := awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
 		o.BaseEndpoint = endpoint
 		o.UsePathStyle = cfg.PathStyle
+		o.APIOptions = append(o.APIOptions, func(st *middleware.Stack) error {
+			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/storage-full", markStorageFull), middleware.After)
+		})
 	})
 	s := &Store{
 		client:   client,
@@ -526,6 +531,35 @@ func statusOf(err error) int {
 		return re.HTTPStatusCode()
 	}
 	return 0
+}
+
+// markStorageFull makes every call's "no room" answer a
+// blobstore.ErrStorageFull (the client's 507), whichever write of a
+// push, chunk or fill met it; the S3 error stays in the chain.
+func markStorageFull(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+	out, md, err := next.HandleInitialize(ctx, in)
+	if err != nil && storageFull(err) {
+		err = fmt.Errorf("%w: %w", blobstore.ErrStorageFull, err)
+	}
+	return out, md, err
+}
+
+// storageFull: the server has no room for the bytes. 507 is what
+// versitygw (ENOSPC on its filesystem) and MinIO (XMinioStorageFull)
+// answer; QuotaExceeded is Ceph RGW's bucket or user quota, the object
+// store's EDQUOT.
+func storageFull(err error) bool {
+	if statusOf(err) == http.StatusInsufficientStorage {
+		return true
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "InsufficientStorage", "XMinioStorageFull", "QuotaExceeded":
+			return true
+		}
+	}
+	return false
 }
 
 // blobErr turns an S3 error about blob d into the contract's.
