@@ -164,7 +164,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 		o.BaseEndpoint = endpoint
 		o.UsePathStyle = cfg.PathStyle
 		o.APIOptions = append(o.APIOptions, func(st *middleware.Stack) error {
-			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/storage-full", markStorageFull), middleware.After)
+			if err := st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/storage-full", markStorageFull), middleware.After); err != nil {
+				return err
+			}
+			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/bound-calls", boundCalls), middleware.After)
 		})
 	})
 	s := &Store{
@@ -196,6 +199,7 @@ func newHTTPClient() *awshttp.BuildableClient {
 			tr.ExpectContinueTimeout = time.Second
 			tr.MaxIdleConnsPerHost = 64
 			tr.IdleConnTimeout = 90 * time.Second
+			tr.DialContext = stallDialer(tr.DialContext)
 		})
 }
 
