@@ -25,7 +25,7 @@ import (
 // below), without taking request bytes, without sending the next bytes
 // of an object. A healthy server is far quicker; one that takes longer
 // is treated as unavailable (503 to the client, who retries).
-const stallTimeout = 30 * time.Second
+var stallTimeout = 30 * time.Second // a variable for tests
 
 // minTransferRate is the slowest pace at which a request body in memory
 // (a part, a small blob) must reach the server: its call's answer may
@@ -106,7 +106,7 @@ func newGuardedBody(rc io.ReadCloser, cancel context.CancelCauseFunc) *guardedBo
 func (b *guardedBody) Read(p []byte) (int, error) {
 	b.timer.Reset(stallTimeout)
 	n, err := b.rc.Read(p)
-	if !b.timer.Stop() && err != nil {
+	if !b.timer.Stop() && err != nil && !errors.Is(err, errStalled) {
 		return n, fmt.Errorf("%w: no bytes for %s: %v", errStalled, stallTimeout, err)
 	}
 	return n, err
