@@ -93,7 +93,7 @@ func (h *Handler) decide(r *http.Request, rc *request, need authscope.Need) (*ht
 	}
 	var d *authscope.Denial
 	if !errors.As(err, &d) {
-		if errors.Is(err, authscope.ErrUnavailable) || errors.Is(err, cache.ErrUnavailable) {
+		if errors.Is(err, authscope.ErrUnavailable) {
 			// The credentials may be right: a 401 would send the user to
 			// change them, a 503 makes clients try again.
 			return r, newError(http.StatusServiceUnavailable, CodeUnavailable,
