@@ -29,8 +29,11 @@ var stallTimeout = 30 * time.Second // a variable for tests
 
 // minTransferRate is the slowest pace at which a request body in memory
 // (a part, a small blob) must reach the server: its call's answer may
-// take stallTimeout plus its length at this rate.
-const minTransferRate = 1 << 20 // bytes per second
+// take stallTimeout plus its length at this rate. It is low on purpose:
+// parts share the link with each other and with everything else, and a
+// slow but moving upload must not fail; a stopped one fails sooner
+// anyway, by stallConn's write deadline once the socket's buffers fill.
+const minTransferRate = 64 << 10 // bytes per second
 
 // errStalled: the server made no progress for stallTimeout.
 var errStalled = errors.New("s3: the server did not answer in time")
