@@ -216,6 +216,28 @@ type providerKeys struct {
 	keys    []crypto.PublicKey
 	gen     int // counts fetch attempts
 	at      time.Time
+	failed  error // the last fetch's error, nil once one succeeds
+}
+
+// jwksRetryFailedAfter is the least time between two fetches of the keys
+// when the last one failed: the provider's outage is answered 503 until
+// a fetch succeeds, so recovery should not wait jwksRefreshEvery.
+const jwksRetryFailedAfter = 5 * time.Second
+
+// errKeysUnavailable: the provider's keys could not be fetched, so a
+// token's signature cannot be checked either way: an outage (503), not a
+// refused token (401).
+var errKeysUnavailable = fmt.Errorf("%w: fetching the OIDC provider's keys", ErrUnavailable)
+
+type keyFailureKey struct{}
+
+// keyFailure carries, for one verification, that the keys could not be
+// fetched: go-oidc passes a KeySet's error on as text only.
+type keyFailure struct{ err error }
+
+func withKeyFailure(ctx context.Context) (context.Context, *keyFailure) {
+	kf := &keyFailure{}
+	return context.WithValue(ctx, keyFailureKey{}, kf), kf
 }
 
 func (k *providerKeys) clock() time.Time {
@@ -241,6 +263,9 @@ func (k *providerKeys) VerifySignature(ctx context.Context, jwt string) ([]byte,
 	}
 	fresh, err := k.refresh(ctx, gen)
 	if err != nil {
+		if kf, ok := ctx.Value(keyFailureKey{}).(*keyFailure); ok && errors.Is(err, errKeysUnavailable) {
+			kf.err = err
+		}
 		return nil, err
 	}
 	return (&oidc.StaticKeySet{PublicKeys: fresh}).VerifySignature(ctx, jwt)
@@ -253,12 +278,18 @@ func (k *providerKeys) refresh(ctx context.Context, gen int) ([]crypto.PublicKey
 	k.fetchMu.Lock()
 	defer k.fetchMu.Unlock()
 	k.mu.Lock()
-	keys, cur, at := k.keys, k.gen, k.at
+	keys, cur, at, failed := k.keys, k.gen, k.at, k.failed
 	k.mu.Unlock()
-	if cur != gen {
-		return keys, nil
+	every := jwksRefreshEvery
+	if failed != nil {
+		every = jwksRetryFailedAfter
 	}
-	if cur > 0 && k.clock().Sub(at) < jwksRefreshEvery {
+	switch {
+	case cur != gen && failed != nil, cur > 0 && failed != nil && k.clock().Sub(at) < every:
+		return nil, fmt.Errorf("%w: %w", errKeysUnavailable, failed)
+	case cur != gen:
+		return keys, nil
+	case cur > 0 && k.clock().Sub(at) < every:
 		return nil, errors.New("token signed by an unknown key (the provider's keys were fetched moments ago)")
 	}
 	// The fetch outlives a caller that gives up, so that a client that
@@ -270,12 +301,13 @@ func (k *providerKeys) refresh(ctx context.Context, gen int) ([]crypto.PublicKey
 	k.mu.Lock()
 	k.gen++
 	k.at = k.clock()
+	k.failed = err
 	if err == nil {
 		k.keys = fresh
 	}
 	k.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("fetching the provider's keys: %w", err)
+		return nil, fmt.Errorf("%w: %w", errKeysUnavailable, err)
 	}
 	return fresh, nil
 }

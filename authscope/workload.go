@@ -80,7 +80,12 @@ func (v *WorkloadVerifier) ctx(ctx context.Context) context.Context {
 func (v *WorkloadVerifier) idVerifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
 	p, err := v.provider.get(ctx, v.Issuer, v.HTTPClient, v.Now)
 	if err != nil {
-		return nil, err
+		if errors.Is(err, ErrIssuerMismatch) || ctx.Err() != nil {
+			return nil, err // the operator's to fix; the caller left
+		}
+		// The issuer is down or answers garbage: the token may be
+		// fine, so a 503 the client retries, not a 401 or a 500.
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	v.once.Do(func() { v.verifier = p.verifier(&oidc.Config{ClientID: v.Audience, Now: v.Now}) })
 	return v.verifier, nil
@@ -92,7 +97,11 @@ func (v *WorkloadVerifier) Verify(ctx context.Context, raw string) (Identity, er
 	if err != nil {
 		return Identity{}, err
 	}
-	idt, err := ver.Verify(v.ctx(ctx), raw)
+	vctx, kf := withKeyFailure(v.ctx(ctx))
+	idt, err := ver.Verify(vctx, raw)
+	if err != nil && kf.err != nil {
+		return Identity{}, kf.err // no keys to check it with: not the token's fault
+	}
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %w", ErrWorkloadToken, err)
 	}

@@ -201,3 +201,44 @@ func TestDiscoveryOutlivesItsCaller(t *testing.T) {
 		t.Fatalf("%d discoveries, want 1", d)
 	}
 }
+
+// A workload token that cannot be checked because its issuer's keys fail
+// or the issuer is unreachable is ErrUnavailable (503), not a refused
+// token (ErrWorkloadToken, 401); the keys are fetched again soon after a
+// failure; and with the keys up a forged token is refused as before.
+func TestWorkloadIssuerOutage(t *testing.T) {
+	p := oidctest.New(t, "unused")
+	const aud = "registry.example"
+	now := time.Now()
+	clock := func() time.Time { return now }
+	v := &WorkloadVerifier{Issuer: p.Issuer(), Audience: aud}
+	v.Now = clock
+	job := map[string]any{"sub": "repo:blumeops/app", "repository_owner": "blumeops"}
+	good := p.Token(aud, job)
+	p.SetKeysDown(true)
+	_, err := v.Verify(context.Background(), good)
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrWorkloadToken) {
+		t.Fatalf("keys failing: %v, want ErrUnavailable", err)
+	}
+	p.SetKeysDown(false)
+	if _, err := v.Verify(context.Background(), good); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("right after the failed fetch: %v, want ErrUnavailable until the retry", err)
+	}
+	now = now.Add(jwksRetryFailedAfter)
+	if _, err := v.Verify(context.Background(), good); err != nil {
+		t.Fatalf("keys back: %v", err)
+	}
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	forged := oidctest.SignWith(other, map[string]any{"iss": p.Issuer(), "aud": aud, "exp": now.Add(time.Hour).Unix(), "sub": "x"})
+	if _, err := v.Verify(context.Background(), forged); !errors.Is(err, ErrWorkloadToken) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("forged token with the keys up: %v, want ErrWorkloadToken", err)
+	}
+
+	gone := oidctest.New(t, "unused")
+	token := gone.Token(aud, job)
+	gone.Close()
+	v = &WorkloadVerifier{Issuer: gone.Issuer(), Audience: aud}
+	if _, err := v.Verify(context.Background(), token); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("issuer unreachable: %v, want ErrUnavailable", err)
+	}
+}

@@ -72,9 +72,14 @@ type replicaCluster struct {
 func startCluster(t testing.TB, n int, extra string, storageExtra func(i int) string) *replicaCluster {
 	t.Helper()
 	needBinary(t)
-	srv := s3test.Start(t)
+	return startClusterOn(t, s3test.Start(t), pgtest.Start(t), n, extra, storageExtra)
+}
+
+// startClusterOn is startCluster on an S3 server and a PostgreSQL the
+// test started.
+func startClusterOn(t testing.TB, srv *s3test.Server, pg *pgtest.Server, n int, extra string, storageExtra func(i int) string) *replicaCluster {
+	t.Helper()
 	bucket := srv.Bucket(t)
-	pg := pgtest.Start(t)
 	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
 	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
 	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))

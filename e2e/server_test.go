@@ -197,8 +197,15 @@ func run(t *testing.T, env []string, name string, args ...string) string {
 // folder the caller named in site.
 func siteServer(t testing.TB, dataDir, site string, ready int) *server {
 	t.Helper()
+	return siteServerOn(t, freePort(t), dataDir, site, ready)
+}
+
+// siteServerOn is siteServer on a port the caller chose (to name it in
+// the site, as external_url does).
+func siteServerOn(t testing.TB, registryPort int, dataDir, site string, ready int) *server {
+	t.Helper()
 	needBinary(t)
-	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	port, adminPort := strconv.Itoa(registryPort), strconv.Itoa(freePort(t))
 	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\n" +
 		"http://:" + port + " {\n\tbind 127.0.0.1\n" + site + "\n}\n"
 	config := filepath.Join(t.TempDir(), "Caddyfile")

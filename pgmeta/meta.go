@@ -72,6 +72,9 @@ func failed(parent context.Context, what string, err error) error {
 	if perr := parent.Err(); perr != nil {
 		return fmt.Errorf("postgres: %s: %w", what, perr)
 	}
+	if isCode(err, "53100") { // disk_full: a class 53 code, but no outage
+		return fmt.Errorf("%w: postgres: %s: %w", metastore.ErrStorageFull, what, err)
+	}
 	if unavailable(err) {
 		return fmt.Errorf("%w: postgres: %s: %w", metastore.ErrUnavailable, what, err)
 	}

@@ -71,6 +71,8 @@ type Provider struct {
 	JWKSFetches int
 	// extra are keys served besides the provider's own, by kid.
 	extra map[string]*rsa.PrivateKey
+	// keysDown makes the key set endpoint answer 503 (SetKeysDown).
+	keysDown bool
 }
 
 type grant struct {
@@ -144,6 +146,11 @@ func (p *Provider) jwks(w http.ResponseWriter, r *http.Request) {
 	keys := []map[string]any{jwk(keyID, &Key().PublicKey)}
 	p.mu.Lock()
 	p.JWKSFetches++
+	if p.keysDown {
+		p.mu.Unlock()
+		http.Error(w, "keys unavailable", http.StatusServiceUnavailable)
+		return
+	}
 	for kid, k := range p.extra {
 		keys = append(keys, jwk(kid, &k.PublicKey))
 	}
@@ -160,6 +167,14 @@ func (p *Provider) AddKey(kid string, k *rsa.PrivateKey) {
 		p.extra = map[string]*rsa.PrivateKey{}
 	}
 	p.extra[kid] = k
+}
+
+// SetKeysDown makes the key set endpoint fail with 503 (down true), as
+// a provider's outage does, or serve again.
+func (p *Provider) SetKeysDown(down bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.keysDown = down
 }
 
 // Fetches returns how many times discovery and the keys were fetched.

@@ -39,6 +39,12 @@ var (
 	// ErrSessionSealed: the session was assembled by a Commit that failed
 	// verification; it takes no more chunks, only another Commit or Cancel.
 	ErrSessionSealed = errors.New("upload session sealed")
+	// ErrStorageFull: the storage has no room for the bytes (a
+	// filesystem's reserve or ENOSPC, an object store's 507). Nothing
+	// became visible; the same write succeeds once space is freed. The
+	// metadata seam's engines use it too (PostgreSQL's disk full), so one
+	// error reaches the client as 507 whichever store ran out.
+	ErrStorageFull = errors.New("storage is full")
 )
 
 // Info describes a stored blob.

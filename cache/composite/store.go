@@ -383,10 +383,11 @@ func mapErr(err error) error {
 
 // blobErr is mapErr for the blob store's errors: a failure that is none
 // of the seam's own is the object store failing (unreachable, timing
-// out, refusing), which the client should retry, not a bug of ours.
+// out, refusing), which the client should retry, not a bug of ours. A
+// full store is the operator's to fix, not a retry's: it stays itself.
 func blobErr(err error) error {
 	m := mapErr(err)
-	if m != err || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+	if m != err || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || cache.IsStorageFull(err) ||
 		errors.Is(err, cache.ErrUploadTooLarge) || errors.Is(err, cache.ErrUploadSpace) || errors.Is(err, cache.ErrUnavailable) ||
 		errors.Is(err, cache.ErrUploadUnknown) {
 		return m

@@ -85,6 +85,10 @@ var (
 	// ErrSizeMismatch: a blob recorded again with another size than its
 	// record holds. A digest has one size; this is a bug or damage.
 	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrStorageFull: the engine has no room for the write (PostgreSQL's
+	// disk full). Nothing was changed; the registry answers 507, and the
+	// same write succeeds once space is freed.
+	ErrStorageFull = blobstore.ErrStorageFull
 )
 
 // Page is one page of a listing in lexical (byte) order.

@@ -87,7 +87,15 @@ func skipOrFail(t testing.TB, err error) {
 // Start initialises and starts a private server, stopped when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s, err := start()
+	return StartIn(t, "")
+}
+
+// StartIn is Start with the server's files in a new folder inside parent
+// ("": the system's temporary folder): a small filesystem of the test's,
+// to fill to the brim.
+func StartIn(t testing.TB, parent string) *Server {
+	t.Helper()
+	s, err := start(parent)
 	if errors.Is(err, errNotInstalled) {
 		skipOrFail(t, err)
 	}
@@ -100,13 +108,13 @@ func Start(t testing.TB) *Server {
 
 var errNotInstalled = errors.New("PostgreSQL is not installed (apt-get install postgresql)")
 
-func start() (*Server, error) {
+func start(parent string) (*Server, error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, err
 	}
 	sweepOrphans(bin)
-	dir, err := os.MkdirTemp("", dirPrefix)
+	dir, err := os.MkdirTemp(parent, dirPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +292,7 @@ var shared struct {
 // Main stops it.
 func Shared(t testing.TB) *Server {
 	t.Helper()
-	shared.once.Do(func() { shared.srv, shared.err = start() })
+	shared.once.Do(func() { shared.srv, shared.err = start("") })
 	if errors.Is(shared.err, errNotInstalled) {
 		skipOrFail(t, shared.err)
 	}

@@ -157,7 +157,7 @@ func (s *Store) complete(ctx context.Context, key, uploadID string, parts []uplo
 			cps[i].ChecksumCRC32C = aws.String(p.crc32c)
 		}
 	}
-	_, err := s.client.CompleteMultipartUpload(ctx, &awss3.CompleteMultipartUploadInput{
+	_, err := s.client.CompleteMultipartUpload(patient(ctx), &awss3.CompleteMultipartUploadInput{
 		Bucket: &s.bucket, Key: &key, UploadId: &uploadID,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: cps},
 	})

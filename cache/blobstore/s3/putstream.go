@@ -39,7 +39,9 @@ func (s *Store) putStream(ctx context.Context, d blobstore.Digest, size int64, f
 	start := time.Now()
 	body := newVerifiedBody(d, h, size, first, r)
 	key := s.blobKey(d)
-	_, err := s.client.PutObject(ctx, &awss3.PutObjectInput{
+	// Patient: the body arrives at the client's pace, and the server may
+	// work on the whole blob after its last byte.
+	_, err := s.client.PutObject(patient(ctx), &awss3.PutObjectInput{
 		Bucket: &s.bucket, Key: &key, Body: body, ContentLength: aws.Int64(size),
 	}, withPayloadHash(d.Hex))
 	berr := body.failure()

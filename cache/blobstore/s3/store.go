@@ -39,6 +39,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
@@ -161,6 +163,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 	client := awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
 		o.BaseEndpoint = endpoint
 		o.UsePathStyle = cfg.PathStyle
+		o.APIOptions = append(o.APIOptions, func(st *middleware.Stack) error {
+			if err := st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/storage-full", markStorageFull), middleware.After); err != nil {
+				return err
+			}
+			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/bound-calls", boundCalls), middleware.After)
+		})
 	})
 	s := &Store{
 		client:   client,
@@ -191,6 +199,7 @@ func newHTTPClient() *awshttp.BuildableClient {
 			tr.ExpectContinueTimeout = time.Second
 			tr.MaxIdleConnsPerHost = 64
 			tr.IdleConnTimeout = 90 * time.Second
+			tr.DialContext = stallDialer(tr.DialContext)
 		})
 }
 
@@ -350,10 +359,12 @@ func totalFromContentRange(cr string) (int64, bool) {
 	return n, err == nil && n >= 0
 }
 
-// Put implements blobstore.Putter. A blob that fits in one part is hashed
-// in memory and written with one PUT once verified; a larger sha256 blob
-// of known size up to 5 GiB streams in one PUT whose last byte waits for
-// the verification (putStream); any other streams into a multipart upload
+// Put implements blobstore.Putter. A blob of known size up to
+// maxBufferedPut is hashed in memory and written with one PUT once
+// verified; a larger sha256 blob of known size up to 5 GiB streams in one
+// PUT whose last byte waits for the verification (putStream); any other
+// (unknown size, sha512) fills a part in memory first: one that fits is
+// written as the small ones, a larger one streams into a multipart upload
 // at its own key, completed only once verified (until then S3 shows
 // nothing at the key).
 func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Reader) (blobstore.Info, error) {
@@ -367,6 +378,15 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		r = io.LimitReader(r, size+1) // one byte more tells "too long"
 	}
 	h := d.Algorithm.New()
+	switch {
+	case size >= 0 && size <= maxBufferedPut:
+		return s.putSmall(ctx, d, size, r, h)
+	case d.Algorithm == blobstore.SHA256 && size > 0 && size <= maxSinglePut:
+		// Streamed from its first byte: a part buffered first would hold
+		// partSize of memory for every push in flight, however slowly
+		// its client sends (200 stalled pushes held 1.6 GiB).
+		return s.putStream(ctx, d, size, nil, r, h)
+	}
 	bp := s.bufs.Get().(*[]byte)
 	first, n, err := fill((*bp)[:0], r, h)
 	*bp = first
@@ -387,6 +407,30 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		return blobstore.Info{Digest: d, Size: n}, nil
 	}
 	return s.putStream(ctx, d, size, first, r, h)
+}
+
+// maxBufferedPut is the largest blob of known size read whole into memory
+// and written with one PUT once verified; a larger one streams.
+const maxBufferedPut = 1 << 20
+
+// putSmall reads a blob of known size (at most maxBufferedPut, r limited
+// to size+1 bytes) into a buffer of its size, verifies it and writes it
+// with one PUT.
+func (s *Store) putSmall(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash) (blobstore.Info, error) {
+	b, n, err := fill(make([]byte, 0, size+1), r, h)
+	switch {
+	case err == nil: // size+1 bytes arrived
+		return blobstore.Info{}, fmt.Errorf("%w: the body is longer than the %d bytes declared", blobstore.ErrSizeMismatch, size)
+	case err != io.EOF:
+		return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, err)
+	}
+	if err := backend.Verify(d, size, n, h); err != nil {
+		return blobstore.Info{}, err
+	}
+	if err := s.putObject(ctx, s.blobKey(d), b); err != nil {
+		return blobstore.Info{}, blobErr("put", d, err)
+	}
+	return blobstore.Info{Digest: d, Size: n}, nil
 }
 
 // putMultipart streams a blob into a multipart upload at its key, first
@@ -526,6 +570,35 @@ func statusOf(err error) int {
 		return re.HTTPStatusCode()
 	}
 	return 0
+}
+
+// markStorageFull makes every call's "no room" answer a
+// blobstore.ErrStorageFull (the client's 507), whichever write of a
+// push, chunk or fill met it; the S3 error stays in the chain.
+func markStorageFull(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+	out, md, err := next.HandleInitialize(ctx, in)
+	if err != nil && storageFull(err) {
+		err = fmt.Errorf("%w: %w", blobstore.ErrStorageFull, err)
+	}
+	return out, md, err
+}
+
+// storageFull: the server has no room for the bytes. 507 is what
+// versitygw (ENOSPC on its filesystem) and MinIO (XMinioStorageFull)
+// answer; QuotaExceeded is Ceph RGW's bucket or user quota, the object
+// store's EDQUOT.
+func storageFull(err error) bool {
+	if statusOf(err) == http.StatusInsufficientStorage {
+		return true
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "InsufficientStorage", "XMinioStorageFull", "QuotaExceeded":
+			return true
+		}
+	}
+	return false
 }
 
 // blobErr turns an S3 error about blob d into the contract's.

@@ -12,13 +12,15 @@ import (
 	"sync"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 )
 
 // ErrStorageFull: accepting the bytes would leave less free space on the
 // storage's filesystem than the reserve, or the filesystem refused them
 // (ENOSPC, EDQUOT). Nothing was stored; the same write succeeds once space
 // is freed. Test with IsStorageFull, which also knows the errno.
-var ErrStorageFull = errors.New("storage is full")
+var ErrStorageFull = blobstore.ErrStorageFull
 
 // IsStorageFull reports whether err comes from a full storage: the reserve
 // refused the bytes, or the filesystem did.

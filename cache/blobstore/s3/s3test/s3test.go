@@ -59,6 +59,13 @@ func binary() (string, bool) {
 // Start runs a versitygw for the test and stops it when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartIn(t, t.TempDir())
+}
+
+// StartIn is Start with the buckets' files in dir: a small filesystem of
+// the test's, to fill to the brim.
+func StartIn(t testing.TB, dir string) *Server {
+	t.Helper()
 	bin, ok := binary()
 	if !ok {
 		const msg = "versitygw is not installed: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"
@@ -74,7 +81,7 @@ func Start(t testing.TB) *Server {
 		SecretKey: randomHex(t, 16),
 		bin:       bin,
 		addr:      freeAddr(t),
-		dir:       t.TempDir(),
+		dir:       dir,
 		out:       new(syncBuffer),
 	}
 	srv.Endpoint = "http://" + srv.addr

@@ -1,0 +1,149 @@
+package s3
+
+// A hung S3 server (a stopped process, a black-holed network) accepts
+// connections and answers nothing. Every call here is bounded so that a
+// request waiting on it gets its 503 in seconds rather than after the
+// transport's two-minute header timeout times the SDK's three attempts,
+// and a blob GET whose body stops flowing is cut instead of holding its
+// client, goroutine and connections for as long as the client waits.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go/middleware"
+)
+
+// stallTimeout is how long the server may go without progress: without
+// answering a call that makes it do little (all but the patient ones,
+// below), without taking request bytes, without sending the next bytes
+// of an object. A healthy server is far quicker; one that takes longer
+// is treated as unavailable (503 to the client, who retries).
+var stallTimeout = 30 * time.Second // a variable for tests
+
+// minTransferRate is the slowest pace at which a request body in memory
+// (a part, a small blob) must reach the server: its call's answer may
+// take stallTimeout plus its length at this rate. It is low on purpose:
+// parts share the link with each other and with everything else, and a
+// slow but moving upload must not fail; a stopped one fails sooner
+// anyway, by stallConn's write deadline once the socket's buffers fill.
+const minTransferRate = 64 << 10 // bytes per second
+
+// errStalled: the server made no progress for stallTimeout.
+var errStalled = errors.New("s3: the server did not answer in time")
+
+type patientKey struct{}
+
+// patient marks a call whose server works in proportion to the blob
+// before it answers (completing a multipart upload; a streamed PUT that
+// the server may checksum and sync after its last byte): only the
+// transport's header timeout bounds its answer. Its body, if any, is
+// still bounded by the write deadline of stallConn.
+func patient(ctx context.Context) context.Context {
+	return context.WithValue(ctx, patientKey{}, true)
+}
+
+// boundCalls is an Initialize middleware, so its deadline covers the
+// SDK's retries too: the call as a whole answers within stallTimeout
+// (plus its body's time at minTransferRate), or fails with errStalled.
+// A GetObject's body then gets a stall guard of its own.
+func boundCalls(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+	if ctx.Value(patientKey{}) != nil {
+		return next.HandleInitialize(ctx, in)
+	}
+	limit := stallTimeout
+	var n *int64
+	switch p := in.Parameters.(type) {
+	case *awss3.PutObjectInput:
+		n = p.ContentLength
+	case *awss3.UploadPartInput:
+		n = p.ContentLength
+	}
+	if n != nil && *n > 0 {
+		limit += time.Duration(*n / minTransferRate * int64(time.Second))
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	timer := time.AfterFunc(limit, func() { cancel(errStalled) })
+	out, md, err := next.HandleInitialize(ctx, in)
+	timer.Stop()
+	if err != nil {
+		cancel(nil)
+		if errors.Is(context.Cause(ctx), errStalled) {
+			// Not the SDK's error as such: it wraps context.Canceled,
+			// which would read as the client having left.
+			return out, md, fmt.Errorf("%w (%s): %v", errStalled, limit, err)
+		}
+		return out, md, err
+	}
+	if g, ok := out.Result.(*awss3.GetObjectOutput); ok && g.Body != nil {
+		g.Body = newGuardedBody(g.Body, cancel)
+		return out, md, nil
+	}
+	cancel(nil)
+	return out, md, nil
+}
+
+// guardedBody is an object's body that fails with errStalled when one
+// Read waits stallTimeout for bytes, and ends its call's context on
+// Close.
+type guardedBody struct {
+	rc     io.ReadCloser
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	once   sync.Once
+}
+
+func newGuardedBody(rc io.ReadCloser, cancel context.CancelCauseFunc) *guardedBody {
+	b := &guardedBody{rc: rc, cancel: cancel}
+	b.timer = time.AfterFunc(time.Hour, func() { cancel(errStalled) })
+	b.timer.Stop()
+	return b
+}
+
+func (b *guardedBody) Read(p []byte) (int, error) {
+	b.timer.Reset(stallTimeout)
+	n, err := b.rc.Read(p)
+	if !b.timer.Stop() && err != nil && !errors.Is(err, errStalled) {
+		return n, fmt.Errorf("%w: no bytes for %s: %v", errStalled, stallTimeout, err)
+	}
+	return n, err
+}
+
+func (b *guardedBody) Close() error {
+	err := b.rc.Close()
+	b.once.Do(func() {
+		b.timer.Stop()
+		b.cancel(nil)
+	})
+	return err
+}
+
+// stallConn is a connection to the server whose every write must be
+// taken within stallTimeout: a server that stops reading a request body
+// (any call's, the streamed blob PUT's included) fails it instead of
+// blocking it for as long as the client waits.
+type stallConn struct{ net.Conn }
+
+func (c stallConn) Write(p []byte) (int, error) {
+	if err := c.SetWriteDeadline(time.Now().Add(stallTimeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// stallDialer wraps dial's connections in stallConn.
+func stallDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return stallConn{c}, nil
+	}
+}

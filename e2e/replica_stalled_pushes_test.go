@@ -1,0 +1,101 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// rssMiB reads a process's VmRSS in MiB.
+func rssMiB(t testing.TB, pid int) float64 {
+	t.Helper()
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(st)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+// TestReplicaStalledPushesMemory: 200 monolithic pushes into a replica
+// on S3, each declaring 64 MiB and sending 9 MiB (more than an S3 part)
+// before it stalls, then 100 chunked pushes whose PATCH does the same.
+// What the replica holds for them must stay bounded: it held a part
+// buffer (8 MiB) for each monolithic one, 1.6 GiB in all.
+func TestReplicaStalledPushesMemory(t *testing.T) {
+	c := startCluster(t, 1, "", nil)
+	r := c.replicas[0]
+	pid := r.cmd.Process.Pid
+	base := rssMiB(t, pid)
+	heads := make([]string, 200)
+	for i := range heads {
+		d := blobDigest([]byte(fmt.Sprint(i)))
+		heads[i] = fmt.Sprintf("POST /v2/stalled/app/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", d, 64<<20)
+	}
+	grew := stalledRequests(t, r, heads) - base
+	t.Logf("RSS grew by %.0f MiB with %d stalled monolithic pushes", grew, len(heads))
+	if grew > 150 {
+		t.Errorf("RSS grew by %.0f MiB with %d stalled monolithic pushes, want <= 150", grew, len(heads))
+	}
+
+	heads = make([]string, 100) // the sessions one client may hold
+	for i := range heads {
+		resp := do(t, http.MethodPost, r.url("/v2/stalled/app/blobs/uploads/"), nil, nil)
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("session %d: %s", i, resp.Status)
+		}
+		heads[i] = fmt.Sprintf("PATCH %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", uploadPath(t, resp.Header.Get("Location")), 64<<20)
+	}
+	base = rssMiB(t, pid)
+	grew = stalledRequests(t, r, heads) - base
+	t.Logf("RSS grew by %.0f MiB with %d stalled chunked pushes", grew, len(heads))
+}
+
+// stalledRequests sends each request head to s on its own connection
+// with 9 MiB of its body, and returns the server's RSS once they all
+// stalled there; then it closes them.
+func stalledRequests(t *testing.T, s *server, heads []string) float64 {
+	t.Helper()
+	chunk := bytes.Repeat([]byte("s"), 1<<20)
+	var wg sync.WaitGroup
+	conns := make(chan net.Conn, len(heads))
+	for _, head := range heads {
+		wg.Go(func() {
+			conn, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			conns <- conn
+			io.WriteString(conn, head)
+			for range 9 {
+				if _, err := conn.Write(chunk); err != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	time.Sleep(5 * time.Second)
+	rss := rssMiB(t, s.cmd.Process.Pid)
+	close(conns)
+	for conn := range conns {
+		conn.Close()
+	}
+	return rss
+}
