@@ -36,7 +36,8 @@ func rssMiB(t testing.TB, pid int) float64 {
 // on S3, each declaring 64 MiB and sending 9 MiB (more than an S3 part)
 // before it stalls, then 100 chunked pushes whose PATCH does the same.
 // What the replica holds for them must stay bounded: it held a part
-// buffer (8 MiB) for each monolithic one, 1.6 GiB in all.
+// buffer (8 MiB) for each monolithic one, 1.6 GiB in all, and for each
+// chunked one, 775 MiB in all (their parts are now filled on disk).
 func TestReplicaStalledPushesMemory(t *testing.T) {
 	c := startCluster(t, 1, "", nil)
 	r := c.replicas[0]
@@ -47,7 +48,8 @@ func TestReplicaStalledPushesMemory(t *testing.T) {
 		d := blobDigest([]byte(fmt.Sprint(i)))
 		heads[i] = fmt.Sprintf("POST /v2/stalled/app/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", d, 64<<20)
 	}
-	grew := stalledRequests(t, r, heads) - base
+	rss, _ := stalledRequests(t, r, heads)
+	grew := rss - base
 	t.Logf("RSS grew by %.0f MiB with %d stalled monolithic pushes", grew, len(heads))
 	if grew > 150 {
 		t.Errorf("RSS grew by %.0f MiB with %d stalled monolithic pushes, want <= 150", grew, len(heads))
@@ -62,14 +64,38 @@ func TestReplicaStalledPushesMemory(t *testing.T) {
 		heads[i] = fmt.Sprintf("PATCH %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", uploadPath(t, resp.Header.Get("Location")), 64<<20)
 	}
 	base = rssMiB(t, pid)
-	grew = stalledRequests(t, r, heads) - base
-	t.Logf("RSS grew by %.0f MiB with %d stalled chunked pushes", grew, len(heads))
+	rss, files := stalledRequests(t, r, heads)
+	grew = rss - base
+	t.Logf("RSS grew by %.0f MiB with %d stalled chunked pushes, which held %d part files", grew, len(heads), files)
+	if files < len(heads) {
+		t.Errorf("%d stalled chunked pushes held %d part files: they did not reach the store", len(heads), files)
+	}
+	if grew > 150 {
+		t.Errorf("RSS grew by %.0f MiB with %d stalled chunked pushes, want <= 150", grew, len(heads))
+	}
+}
+
+// partFiles counts the part files (s3/partfile.go) process pid holds open.
+func partFiles(t testing.TB, pid int) int {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	fds, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if target, err := os.Readlink(dir + "/" + fd.Name()); err == nil && strings.Contains(target, "caddy-oci-s3-part-") {
+			n++
+		}
+	}
+	return n
 }
 
 // stalledRequests sends each request head to s on its own connection
-// with 9 MiB of its body, and returns the server's RSS once they all
-// stalled there; then it closes them.
-func stalledRequests(t *testing.T, s *server, heads []string) float64 {
+// with 9 MiB of its body, and returns the server's RSS and the part files
+// it holds once they all stalled there; then it closes them.
+func stalledRequests(t *testing.T, s *server, heads []string) (float64, int) {
 	t.Helper()
 	chunk := bytes.Repeat([]byte("s"), 1<<20)
 	var wg sync.WaitGroup
@@ -92,10 +118,10 @@ func stalledRequests(t *testing.T, s *server, heads []string) float64 {
 	}
 	wg.Wait()
 	time.Sleep(5 * time.Second)
-	rss := rssMiB(t, s.cmd.Process.Pid)
+	rss, files := rssMiB(t, s.cmd.Process.Pid), partFiles(t, s.cmd.Process.Pid)
 	close(conns)
 	for conn := range conns {
 		conn.Close()
 	}
-	return rss
+	return rss, files
 }

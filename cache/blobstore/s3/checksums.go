@@ -1,7 +1,6 @@
 package s3
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
@@ -110,10 +109,10 @@ func unsignedPayload(o *awss3.Options) {
 // uploadPart uploads b as part number of the upload, with its CRC-32C
 // if the upload was created with checksums (crc), and then unsigned unless
 // the server was found not to check it.
-func (s *Store) uploadPart(ctx context.Context, key, uploadID string, number int, b []byte, crc bool) (uploadedPart, error) {
+func (s *Store) uploadPart(ctx context.Context, key, uploadID string, number int, part partData, crc bool) (uploadedPart, error) {
 	in := &awss3.UploadPartInput{
 		Bucket: &s.bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(int32(number)),
-		Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b))),
+		Body: part.body(), ContentLength: aws.Int64(part.len()),
 	}
 	var p uploadedPart
 	if !crc {
@@ -124,7 +123,7 @@ func (s *Store) uploadPart(ctx context.Context, key, uploadID string, number int
 		p.etag = aws.ToString(out.ETag)
 		return p, nil
 	}
-	p.crc32c = crc32cOf(b)
+	p.crc32c = part.crc32c()
 	in.ChecksumCRC32C = &p.crc32c
 	if s.useChecksums() {
 		out, err := s.client.UploadPart(ctx, in, unsignedPayload)
@@ -136,7 +135,7 @@ func (s *Store) uploadPart(ctx context.Context, key, uploadID string, number int
 			return p, nil
 		}
 		s.giveUpChecksums("UploadPart answered without the part's CRC-32C", nil)
-		in.Body = bytes.NewReader(b)
+		in.Body = part.body()
 	}
 	out, err := s.client.UploadPart(ctx, in) // signed with the part's SHA-256
 	if err != nil {

@@ -1,9 +1,28 @@
 package s3
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"sync"
 )
+
+// partData is a part ready to go to S3: in memory (memPart) or in a local
+// file (partFile).
+type partData interface {
+	body() io.ReadSeeker // from its start, each call (a retry sends it again)
+	len() int64
+	crc32c() string
+}
+
+// memPart is a part in memory.
+type memPart []byte
+
+func (m memPart) body() io.ReadSeeker { return bytes.NewReader(m) }
+func (m memPart) len() int64          { return int64(len(m)) }
+func (m memPart) crc32c() string      { return crc32cOf(m) }
+
+func (p *partFile) len() int64 { return p.size }
 
 // partsInFlight is how many parts of one upload go to S3 at once while the
 // next one fills from the client. One would leave the client waiting
@@ -67,15 +86,22 @@ func (w *partWriter) failed() error {
 // the writer's from now on. It returns the failure of an earlier part, if
 // any, and then uploads nothing.
 func (w *partWriter) put(bp *[]byte) error {
+	return w.send(memPart(*bp), func() { w.release(bp) })
+}
+
+// send uploads part as the next part, once a slot is free, and calls done
+// once it has gone (or failed). It returns the failure of an earlier
+// part, if any, and then uploads nothing (done is called).
+func (w *partWriter) send(part partData, done func()) error {
 	select {
 	case w.slots <- struct{}{}:
 	case <-w.ctx.Done():
-		w.release(bp)
+		done()
 		return w.ctx.Err()
 	}
 	if err := w.failed(); err != nil {
 		<-w.slots
-		w.release(bp)
+		done()
 		return err
 	}
 	number := w.next
@@ -87,8 +113,8 @@ func (w *partWriter) put(bp *[]byte) error {
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.slots }()
-		p, err := w.s.uploadPart(w.ctx, w.key, w.uploadID, number, *bp, w.crc)
-		w.release(bp)
+		p, err := w.s.uploadPart(w.ctx, w.key, w.uploadID, number, part, w.crc)
+		done()
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if err != nil && w.err == nil {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -154,34 +155,59 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	if err != nil {
 		return 0, err
 	}
-	// Full parts go to S3 in the background while the next one fills.
+	// Full parts go to S3 in the background while the next one fills,
+	// each in a file of its own (partfile.go); a file whose part has gone
+	// fills again.
 	pw := s.newPartWriter(ctx, s.dataKey(next.ID), next.UploadID, next.CRC32C, len(next.Parts)+1, next.PartSize)
-	bp := pw.buffer()
+	var (
+		files []*partFile // every file of this Append, closed at its end
+		mu    sync.Mutex
+		free  []*partFile // files whose part has gone
+	)
 	defer func() {
-		if bp != nil {
-			pw.release(bp)
+		pw.wait() // no upload reads a file once it returns
+		for _, f := range files {
+			f.close()
 		}
 	}()
+	take := func() (*partFile, error) {
+		mu.Lock()
+		if k := len(free); k > 0 {
+			f := free[k-1]
+			free = free[:k-1]
+			mu.Unlock()
+			return f, f.reset()
+		}
+		mu.Unlock()
+		f, err := newPartFile(s.partDir)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+		return f, nil
+	}
 	fail := func(err error) (int64, error) {
 		pw.wait() // nothing of this Append may run on after it
 		return 0, err
 	}
+	cur, err := take()
+	if err != nil {
+		return 0, err
+	}
 	if next.Tail != "" {
-		if *bp, err = ss.readTail(ctx, *bp); err != nil {
+		if err := ss.readTail(ctx, partFileWriter{cur}); err != nil {
 			return 0, err
 		}
 	}
 	var n int64
 	queued := 0
 	for {
-		var rerr error
-		var got int64
-		*bp, got, rerr = fill(*bp, r, h)
+		got, rerr := cur.fill(r, h, next.PartSize)
 		n += got
 		if rerr != nil && rerr != io.EOF {
 			return fail(fmt.Errorf("s3: append to session %s: %w", next.ID, rerr))
 		}
-		if int64(len(*bp)) == next.PartSize {
+		if cur.size == next.PartSize {
 			if len(next.Parts)+queued == maxParts {
 				return fail(fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, next.PartSize))
 			}
@@ -191,13 +217,19 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 				}
 				pw.uploadID, pw.crc = next.UploadID, next.CRC32C
 			}
-			err := pw.put(bp)
-			bp = nil
+			f := cur
+			err := pw.send(f, func() {
+				mu.Lock()
+				free = append(free, f)
+				mu.Unlock()
+			})
 			if err != nil {
 				return fail(sessionErr("append to", next.ID, err))
 			}
 			queued++
-			bp = pw.buffer()
+			if cur, err = take(); err != nil {
+				return fail(err)
+			}
 		}
 		if rerr == io.EOF {
 			break
@@ -208,21 +240,19 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 		return 0, sessionErr("append to", next.ID, err)
 	}
 	next.addParts(parts)
-	buf := *bp
 	if n == 0 {
 		return 0, nil
 	}
 	next.Tail, next.TailSize, next.TailSHA256 = "", 0, nil
-	if len(buf) > 0 {
+	if cur.size > 0 {
 		tail, err := backend.RandomID()
 		if err != nil {
 			return 0, err
 		}
-		if err := s.putObject(ctx, s.tailKey(next.ID, tail), buf); err != nil {
+		if err := s.putObjectFrom(ctx, s.tailKey(next.ID, tail), cur.body(), cur.size); err != nil {
 			return 0, sessionErr("append to", next.ID, err)
 		}
-		sum := sha256.Sum256(buf)
-		next.Tail, next.TailSize, next.TailSHA256 = tail, int64(len(buf)), sum[:]
+		next.Tail, next.TailSize, next.TailSHA256 = tail, cur.size, cur.sha256.Sum(nil)
 	}
 	next.Size += n
 	ss.st, ss.h = next, h
@@ -262,25 +292,35 @@ func (st *sessionState) uploadedParts() []uploadedPart {
 	return parts
 }
 
-// readTail appends the session's tail to buf, checking it is the one the
+// readTail writes the session's tail to w, checking it is the one the
 // state recorded.
-func (ss *session) readTail(ctx context.Context, buf []byte) ([]byte, error) {
+func (ss *session) readTail(ctx context.Context, w io.Writer) error {
 	s, st := ss.s, ss.st
 	key := s.tailKey(st.ID, st.Tail)
 	out, err := s.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &s.bucket, Key: &key})
 	if err != nil {
-		return nil, sessionErr("read", st.ID, err)
+		return sessionErr("read", st.ID, err)
 	}
 	defer out.Body.Close()
-	start := len(buf)
-	buf = buf[:start+int(st.TailSize)]
-	if _, err := io.ReadFull(out.Body, buf[start:]); err != nil {
-		return nil, fmt.Errorf("s3: read session %s: %w", st.ID, err)
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, sum), io.LimitReader(out.Body, st.TailSize))
+	if err != nil {
+		return fmt.Errorf("s3: read session %s: %w", st.ID, err)
 	}
-	if sum := sha256.Sum256(buf[start:]); !bytes.Equal(sum[:], st.TailSHA256) {
-		return nil, fmt.Errorf("s3: session %s: tail does not match its state", st.ID)
+	if n != st.TailSize || !bytes.Equal(sum.Sum(nil), st.TailSHA256) {
+		return fmt.Errorf("s3: session %s: tail does not match its state", st.ID)
 	}
-	return buf, nil
+	return nil
+}
+
+// partFileWriter appends to a part file what is read back from S3.
+type partFileWriter struct{ p *partFile }
+
+func (w partFileWriter) Write(b []byte) (int, error) {
+	if err := w.p.write(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // Commit implements blobstore.Session. A sha256 digest is checked against
@@ -362,11 +402,12 @@ func (ss *session) writeBlob(ctx context.Context, d blobstore.Digest, src string
 		// Under one part: the tail holds it all. Read back (which checks
 		// it against the state) and written, rather than linked: one
 		// object, as a Put would leave.
-		var b []byte
-		if b, err = ss.readTail(ctx, make([]byte, 0, ss.st.TailSize)); err != nil {
+		var b bytes.Buffer
+		b.Grow(int(ss.st.TailSize))
+		if err := ss.readTail(ctx, &b); err != nil {
 			return false, err
 		}
-		err = s.putObject(ctx, s.blobKey(d), b)
+		err = s.putObject(ctx, s.blobKey(d), b.Bytes())
 	default:
 		linked, err = s.linkData(ctx, d, ss.st.ID, ss.st.Size)
 	}
@@ -391,11 +432,12 @@ func (ss *session) assemble(ctx context.Context) (string, error) {
 	}
 	parts := st.uploadedParts()
 	if st.Tail != "" {
-		buf, err := ss.readTail(ctx, make([]byte, 0, st.TailSize))
-		if err != nil {
+		var buf bytes.Buffer
+		buf.Grow(int(st.TailSize))
+		if err := ss.readTail(ctx, &buf); err != nil {
 			return "", err
 		}
-		p, err := s.uploadPart(ctx, s.dataKey(st.ID), st.UploadID, len(parts)+1, buf, st.CRC32C)
+		p, err := s.uploadPart(ctx, s.dataKey(st.ID), st.UploadID, len(parts)+1, memPart(buf.Bytes()), st.CRC32C)
 		if err != nil {
 			return "", sessionErr("commit", st.ID, err)
 		}

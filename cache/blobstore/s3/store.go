@@ -91,6 +91,9 @@ type Store struct {
 	partSize int64
 	log      *zap.Logger
 	bufs     sync.Pool // *[]byte of cap partSize
+	// partDir holds the local files sessions fill their parts in
+	// (partfile.go); empty, the system's temporary folder.
+	partDir string
 	links    *linkCache
 	// noChecksums: the server was found not to check part checksums
 	// (checksums.go), so parts are signed with their SHA-256.
@@ -179,6 +182,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 		links:    newLinkCache(linkCacheSize),
 	}
 	s.bufs.New = func() any { b := make([]byte, 0, s.partSize); return &b }
+	// Upload sessions fill their parts there: a folder they cannot write
+	// fails now, not at the first chunked push.
+	f, err := newPartFile(s.partDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w (upload sessions fill their parts in the temporary folder; set TMPDIR)", err)
+	}
+	f.close()
 	return s, nil
 }
 
@@ -542,6 +552,14 @@ func fill(buf []byte, r io.Reader, h hash.Hash) ([]byte, int64, error) {
 		err = io.EOF
 	}
 	return buf, int64(n), err
+}
+
+// putObjectFrom writes size bytes of body at key.
+func (s *Store) putObjectFrom(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	_, err := s.client.PutObject(ctx, &awss3.PutObjectInput{
+		Bucket: &s.bucket, Key: &key, Body: body, ContentLength: aws.Int64(size),
+	})
+	return err
 }
 
 func (s *Store) putObject(ctx context.Context, key string, b []byte) error {

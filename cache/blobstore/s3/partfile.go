@@ -1,0 +1,113 @@
+package s3
+
+// The parts of an upload session are filled on local disk, not in memory.
+// A chunk arrives at its client's pace, and a client may stall, or
+// trickle, with any number of sessions open: a part's worth of memory per
+// chunk in flight (8 MiB by default) made 100 stalled chunked pushes hold
+// 775 MiB. A part in a file holds page cache, which the kernel writes
+// back and reclaims, and the process a copy buffer. The file is unlinked
+// as soon as it is made, so nothing is left behind whatever happens.
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"os"
+	"sync"
+)
+
+// partFile is a part being filled, in an unlinked temporary file.
+type partFile struct {
+	f      *os.File
+	size   int64
+	crc    hash.Hash32 // CRC-32C of the bytes, the part's checksum
+	sha256 hash.Hash   // of the bytes, the tail's check when it stays one
+}
+
+// partCopyBufs are the buffers bytes pass through on their way to a part
+// file: small, as a stalled chunk holds one while it waits.
+var partCopyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// newPartFile makes an empty part file in dir (the system's temporary
+// folder when empty).
+func newPartFile(dir string) (*partFile, error) {
+	f, err := os.CreateTemp(dir, "caddy-oci-s3-part-*")
+	if err != nil {
+		return nil, fmt.Errorf("s3: a part's local file: %w", err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("s3: a part's local file: %w", err)
+	}
+	return &partFile{f: f, crc: crc32.New(castagnoli), sha256: sha256.New()}, nil
+}
+
+// fill copies r into p until p holds limit bytes or r ends, hashing into
+// h as well. Like fill, it returns io.EOF once r has ended, nil when p is
+// full.
+func (p *partFile) fill(r io.Reader, h hash.Hash, limit int64) (int64, error) {
+	bp := partCopyBufs.Get().(*[]byte)
+	defer partCopyBufs.Put(bp)
+	buf := *bp
+	var n int64
+	for p.size < limit {
+		want := min(int64(len(buf)), limit-p.size)
+		got, err := io.ReadFull(r, buf[:want])
+		if got > 0 {
+			if _, werr := p.f.WriteAt(buf[:got], p.size); werr != nil {
+				return n, fmt.Errorf("s3: a part's local file: %w", werr)
+			}
+			h.Write(buf[:got])
+			p.crc.Write(buf[:got])
+			p.sha256.Write(buf[:got])
+			p.size += int64(got)
+			n += int64(got)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return n, io.EOF
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// write appends b, read back from S3 (a session's tail), without hashing
+// it into the blob's hash: that hash has it already.
+func (p *partFile) write(b []byte) error {
+	if _, err := p.f.WriteAt(b, p.size); err != nil {
+		return fmt.Errorf("s3: a part's local file: %w", err)
+	}
+	p.crc.Write(b)
+	p.sha256.Write(b)
+	p.size += int64(len(b))
+	return nil
+}
+
+// body reads the part from its start; each call starts again (a retry).
+func (p *partFile) body() io.ReadSeeker { return io.NewSectionReader(p.f, 0, p.size) }
+
+// crc32c is the part's CRC-32C as S3 writes it.
+func (p *partFile) crc32c() string {
+	var sum [4]byte
+	binary.BigEndian.PutUint32(sum[:], p.crc.Sum32())
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// reset empties p for the next part.
+func (p *partFile) reset() error {
+	if err := p.f.Truncate(0); err != nil {
+		return fmt.Errorf("s3: a part's local file: %w", err)
+	}
+	p.size = 0
+	p.crc.Reset()
+	p.sha256.Reset()
+	return nil
+}
+
+func (p *partFile) close() { p.f.Close() }
