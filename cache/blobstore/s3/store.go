@@ -94,7 +94,7 @@ type Store struct {
 	// partDir holds the local files sessions fill their parts in
 	// (partfile.go); empty, the system's temporary folder.
 	partDir string
-	links    *linkCache
+	links   *linkCache
 	// noChecksums: the server was found not to check part checksums
 	// (checksums.go), so parts are signed with their SHA-256.
 	noChecksums atomic.Bool
