@@ -111,3 +111,47 @@ func (p *partFile) reset() error {
 }
 
 func (p *partFile) close() { p.f.Close() }
+
+// partFiles are the part files of one upload's parts in flight: a file
+// whose part has gone to S3 fills again, so an upload uses at most
+// partsInFlight+1 of them whatever its length.
+type partFiles struct {
+	dir  string
+	all  []*partFile // every file made; only the filling goroutine touches it
+	mu   sync.Mutex
+	free []*partFile // files whose part has gone
+}
+
+// take is an empty part file.
+func (fs *partFiles) take() (*partFile, error) {
+	fs.mu.Lock()
+	if k := len(fs.free); k > 0 {
+		f := fs.free[k-1]
+		fs.free = fs.free[:k-1]
+		fs.mu.Unlock()
+		return f, f.reset()
+	}
+	fs.mu.Unlock()
+	f, err := newPartFile(fs.dir)
+	if err != nil {
+		return nil, err
+	}
+	fs.all = append(fs.all, f)
+	return f, nil
+}
+
+// gone is what partWriter.send calls once f's part has gone (or failed).
+func (fs *partFiles) gone(f *partFile) func() {
+	return func() {
+		fs.mu.Lock()
+		fs.free = append(fs.free, f)
+		fs.mu.Unlock()
+	}
+}
+
+// close closes every file; no upload may still read one.
+func (fs *partFiles) close() {
+	for _, f := range fs.all {
+		f.close()
+	}
+}

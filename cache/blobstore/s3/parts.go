@@ -27,7 +27,7 @@ func (p *partFile) len() int64 { return p.size }
 // partsInFlight is how many parts of one upload go to S3 at once while the
 // next one fills from the client. One would leave the client waiting
 // for every part's upload (and S3 waiting for every part's bytes); a few
-// overlap both. Each costs a part's buffer.
+// overlap both. Each costs a part's local file (partfile.go).
 const partsInFlight = 2
 
 // partWriter uploads the parts of one multipart upload in the background,
@@ -39,8 +39,6 @@ type partWriter struct {
 	uploadID string
 	crc      bool // the upload was created with CRC-32C part checksums
 	next     int  // number of the next part
-	size     int  // the part size its buffers have
-	pooled   bool // buffers come from (and go back to) s.bufs
 	slots    chan struct{}
 	wg       sync.WaitGroup
 
@@ -50,28 +48,10 @@ type partWriter struct {
 	err   error
 }
 
-func (s *Store) newPartWriter(ctx context.Context, key, uploadID string, crc bool, first int, partSize int64) *partWriter {
+func (s *Store) newPartWriter(ctx context.Context, key, uploadID string, crc bool, first int) *partWriter {
 	return &partWriter{
 		s: s, ctx: ctx, key: key, uploadID: uploadID, crc: crc, next: first, first: first,
-		size: int(partSize), pooled: partSize == s.partSize,
 		slots: make(chan struct{}, partsInFlight),
-	}
-}
-
-// buffer is an empty buffer of the part size.
-func (w *partWriter) buffer() *[]byte {
-	if w.pooled {
-		bp := w.s.bufs.Get().(*[]byte)
-		*bp = (*bp)[:0]
-		return bp
-	}
-	b := make([]byte, 0, w.size)
-	return &b
-}
-
-func (w *partWriter) release(bp *[]byte) {
-	if w.pooled {
-		w.s.bufs.Put(bp)
 	}
 }
 
@@ -80,13 +60,6 @@ func (w *partWriter) failed() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.err
-}
-
-// put uploads *bp as the next part, once a slot is free; the buffer is
-// the writer's from now on. It returns the failure of an earlier part, if
-// any, and then uploads nothing.
-func (w *partWriter) put(bp *[]byte) error {
-	return w.send(memPart(*bp), func() { w.release(bp) })
 }
 
 // send uploads part as the next part, once a slot is free, and calls done

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -158,39 +157,17 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	// Full parts go to S3 in the background while the next one fills,
 	// each in a file of its own (partfile.go); a file whose part has gone
 	// fills again.
-	pw := s.newPartWriter(ctx, s.dataKey(next.ID), next.UploadID, next.CRC32C, len(next.Parts)+1, next.PartSize)
-	var (
-		files []*partFile // every file of this Append, closed at its end
-		mu    sync.Mutex
-		free  []*partFile // files whose part has gone
-	)
+	pw := s.newPartWriter(ctx, s.dataKey(next.ID), next.UploadID, next.CRC32C, len(next.Parts)+1)
+	files := &partFiles{dir: s.partDir}
 	defer func() {
 		pw.wait() // no upload reads a file once it returns
-		for _, f := range files {
-			f.close()
-		}
+		files.close()
 	}()
-	take := func() (*partFile, error) {
-		mu.Lock()
-		if k := len(free); k > 0 {
-			f := free[k-1]
-			free = free[:k-1]
-			mu.Unlock()
-			return f, f.reset()
-		}
-		mu.Unlock()
-		f, err := newPartFile(s.partDir)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, f)
-		return f, nil
-	}
 	fail := func(err error) (int64, error) {
 		pw.wait() // nothing of this Append may run on after it
 		return 0, err
 	}
-	cur, err := take()
+	cur, err := files.take()
 	if err != nil {
 		return 0, err
 	}
@@ -217,17 +194,11 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 				}
 				pw.uploadID, pw.crc = next.UploadID, next.CRC32C
 			}
-			f := cur
-			err := pw.send(f, func() {
-				mu.Lock()
-				free = append(free, f)
-				mu.Unlock()
-			})
-			if err != nil {
+			if err := pw.send(cur, files.gone(cur)); err != nil {
 				return fail(sessionErr("append to", next.ID, err))
 			}
 			queued++
-			if cur, err = take(); err != nil {
+			if cur, err = files.take(); err != nil {
 				return fail(err)
 			}
 		}

@@ -29,7 +29,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,7 +89,6 @@ type Store struct {
 	prefix   string
 	partSize int64
 	log      *zap.Logger
-	bufs     sync.Pool // *[]byte of cap partSize
 	// partDir holds the local files sessions fill their parts in
 	// (partfile.go); empty, the system's temporary folder.
 	partDir string
@@ -181,7 +179,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 		log:      log,
 		links:    newLinkCache(linkCacheSize),
 	}
-	s.bufs.New = func() any { b := make([]byte, 0, s.partSize); return &b }
 	// Upload sessions fill their parts there: a folder they cannot write
 	// fails now, not at the first chunked push.
 	f, err := newPartFile(s.partDir)
@@ -373,7 +370,7 @@ func totalFromContentRange(cr string) (int64, bool) {
 // maxBufferedPut is hashed in memory and written with one PUT once
 // verified; a larger sha256 blob of known size up to 5 GiB streams in one
 // PUT whose last byte waits for the verification (putStream); any other
-// (unknown size, sha512) fills a part in memory first: one that fits is
+// (unknown size, sha512) fills a part in a local file first: one that fits is
 // written as the small ones, a larger one streams into a multipart upload
 // at its own key, completed only once verified (until then S3 shows
 // nothing at the key).
@@ -397,26 +394,29 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		// its client sends (200 stalled pushes held 1.6 GiB).
 		return s.putStream(ctx, d, size, nil, r, h)
 	}
-	bp := s.bufs.Get().(*[]byte)
-	first, n, err := fill((*bp)[:0], r, h)
-	*bp = first
-	if err == nil && !(d.Algorithm == blobstore.SHA256 && size > int64(len(first)) && size <= maxSinglePut) {
-		return s.putMultipart(ctx, d, size, r, h, bp) // which owns bp now
+	// Unknown size (or sha512, or over 5 GiB): the first part fills a
+	// local file (partfile.go), then goes as the whole blob or starts a
+	// multipart upload.
+	files := &partFiles{dir: s.partDir}
+	first, err := files.take()
+	if err != nil {
+		return blobstore.Info{}, err
 	}
-	defer s.bufs.Put(bp)
-	if err != nil && err != io.EOF {
+	n, err := first.fill(r, h, s.partSize)
+	if err == nil {
+		return s.putMultipart(ctx, d, size, r, h, files, first) // which closes files
+	}
+	defer files.close()
+	if err != io.EOF {
 		return blobstore.Info{}, fmt.Errorf("s3: put %s: %w", d, err)
 	}
-	if err == io.EOF {
-		if err := backend.Verify(d, size, n, h); err != nil {
-			return blobstore.Info{}, err
-		}
-		if err := s.putObject(ctx, s.blobKey(d), first); err != nil {
-			return blobstore.Info{}, blobErr("put", d, err)
-		}
-		return blobstore.Info{Digest: d, Size: n}, nil
+	if err := backend.Verify(d, size, n, h); err != nil {
+		return blobstore.Info{}, err
 	}
-	return s.putStream(ctx, d, size, first, r, h)
+	if err := s.putObjectFrom(ctx, s.blobKey(d), first.body(), first.size); err != nil {
+		return blobstore.Info{}, blobErr("put", d, err)
+	}
+	return blobstore.Info{Digest: d, Size: n}, nil
 }
 
 // maxBufferedPut is the largest blob of known size read whole into memory
@@ -444,53 +444,54 @@ func (s *Store) putSmall(ctx context.Context, d blobstore.Digest, size int64, r 
 }
 
 // putMultipart streams a blob into a multipart upload at its key, first
-// (a full part, from s.bufs, which putMultipart gives back) and then the
-// rest of r, and completes the upload only once the bytes are verified.
-func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, first *[]byte) (blobstore.Info, error) {
+// (a full part, in one of files) and then the rest of r, and completes
+// the upload only once the bytes are verified. It closes files.
+func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, files *partFiles, first *partFile) (blobstore.Info, error) {
 	start := time.Now()
 	key := s.blobKey(d)
 	uploadID, crc, err := s.createUpload(ctx, key)
 	if err != nil {
-		s.bufs.Put(first)
+		files.close()
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
 	completed := false
+	// Parts go to S3 in the background while the next one fills.
+	pw := s.newPartWriter(ctx, key, uploadID, crc, 1)
 	defer func() {
+		pw.wait() // no upload reads a file once it returns
+		files.close()
 		if !completed {
 			s.abort(ctx, key, uploadID)
 		}
 	}()
-	// Parts go to S3 in the background while the next one fills.
-	pw := s.newPartWriter(ctx, key, uploadID, crc, 1, s.partSize)
 	fail := func(err error) (blobstore.Info, error) {
 		pw.wait()
 		return blobstore.Info{}, err
 	}
 	total := int64(0)
-	bp := first
+	cur := first
 	for queued := 0; ; {
-		if len(*bp) > 0 {
+		if cur.size > 0 {
 			if queued == maxParts {
 				return fail(fmt.Errorf("%w: more than %d parts of %d bytes", blobstore.ErrTooLarge, maxParts, s.partSize))
 			}
-			total += int64(len(*bp))
-			if err := pw.put(bp); err != nil {
+			total += cur.size
+			if err := pw.send(cur, files.gone(cur)); err != nil {
 				return fail(blobErr("put", d, err))
 			}
 			queued++
-			bp = pw.buffer()
+			if cur, err = files.take(); err != nil {
+				return fail(err)
+			}
 		}
-		var rerr error
-		*bp, _, rerr = fill(*bp, r, h)
+		_, rerr := cur.fill(r, h, s.partSize)
 		if rerr == io.EOF {
-			if len(*bp) == 0 {
-				pw.release(bp)
+			if cur.size == 0 {
 				break
 			}
 			continue // upload the last part, then fill sees EOF again
 		}
 		if rerr != nil {
-			pw.release(bp)
 			return fail(fmt.Errorf("s3: put %s: %w", d, rerr))
 		}
 	}
