@@ -20,10 +20,7 @@ import (
 func parseDigestArg(s string) (cache.Digest, error) {
 	d, err := cache.ParseDigest(s)
 	if err != nil {
-		if errors.Is(err, cache.ErrDigestUnsupported) {
-			return cache.Digest{}, errDigestInvalid("unsupported digest algorithm", err)
-		}
-		return cache.Digest{}, errDigestInvalid("invalid digest", err)
+		return cache.Digest{}, errBadDigest(err)
 	}
 	return d, nil
 }

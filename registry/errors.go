@@ -99,6 +99,16 @@ func errDigestInvalid(msg string, cause error) *Error {
 	return newError(http.StatusBadRequest, CodeDigestInvalid, msg, cause)
 }
 
+// errBadDigest is the answer to a digest that does not parse, the same
+// wherever it came from (a blob's or a manifest's path, a query): one of
+// an algorithm the registry does not support says so.
+func errBadDigest(err error) *Error {
+	if errors.Is(err, cache.ErrDigestUnsupported) {
+		return errDigestInvalid("unsupported digest algorithm", err)
+	}
+	return errDigestInvalid("invalid digest", err)
+}
+
 func errManifestInvalid(msg string, cause error) *Error {
 	return newError(http.StatusBadRequest, CodeManifestInvalid, msg, cause)
 }

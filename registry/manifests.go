@@ -76,7 +76,7 @@ func referenceError(err error) *Error {
 	if errors.Is(err, ErrTagInvalid) {
 		return newError(http.StatusBadRequest, CodeTagInvalid, "invalid tag", err)
 	}
-	return errDigestInvalid("invalid digest", err)
+	return errBadDigest(err)
 }
 
 // manifestGet serves GET and HEAD by tag or digest, byte for byte as

@@ -148,3 +148,31 @@ func TestUnreadableQueryRefused(t *testing.T) {
 		t.Errorf("tags %q", tl.Tags)
 	}
 }
+
+// TestBadDigestSaidAlike: a digest of an algorithm the registry does not
+// support is said to be one, with 400 DIGEST_INVALID, wherever it comes:
+// a blob's path, a manifest's, an upload's ?digest= (a manifest GET said
+// only "invalid digest").
+func TestBadDigestSaidAlike(t *testing.T) {
+	tr := newTestRegistry(t)
+	tr.image("d/app", "l")
+	unsupported := "sha384:" + strings.Repeat("a", 96)
+	post := tr.do("POST", "/v2/d/app/blobs/uploads/", nil)
+	tr.wantStatus(post, http.StatusAccepted)
+	loc := post.Header.Get("Location")
+	join := "?"
+	if strings.Contains(loc, "?") {
+		join = "&"
+	}
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/v2/d/app/blobs/" + unsupported},
+		{"GET", "/v2/d/app/manifests/" + unsupported},
+		{"PUT", loc + join + "digest=" + unsupported},
+	} {
+		resp := tr.do(c.method, c.path, nil)
+		tr.wantError(resp, http.StatusBadRequest, CodeDigestInvalid)
+		if !strings.Contains(string(resp.body), "unsupported digest algorithm") {
+			t.Errorf("%s %s: %s, want it to say the algorithm is unsupported", c.method, c.path, resp.body)
+		}
+	}
+}

@@ -297,7 +297,7 @@ func (h *Handler) writeFailure(r *http.Request, err error) error {
 	case errors.Is(err, cache.ErrUploadUnknown):
 		return errUploadUnknown(err)
 	case errors.Is(err, cache.ErrDigestUnsupported), errors.Is(err, cache.ErrDigestInvalid):
-		return errDigestInvalid("invalid digest", err)
+		return errBadDigest(err)
 	}
 	if cb, ok := r.Body.(*countingBody); ok && cb.err != nil {
 		return newError(http.StatusBadRequest, CodeBlobUploadInvalid, "reading request body failed", err)
