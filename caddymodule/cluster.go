@@ -263,9 +263,10 @@ func (c *sharedCluster) connect() (st *composite.Store, meta clusterMeta, closeM
 		// One node: the embedded database, and coordination in this
 		// process. Badger locks the folder: a second process on it fails
 		// here.
-		storeLife.Lock() // after the close of a replaced config's (store.go)
+		life := storeLife(c.metaDir) // after the close of a replaced config's (store.go)
+		life.Lock()
 		db, err := badgermeta.Open(c.metaDir)
-		storeLife.Unlock()
+		life.Unlock()
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("metadata_dir %s: %w", c.metaDir, err)
 		}

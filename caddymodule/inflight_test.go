@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -75,4 +76,22 @@ func stopCaddy(t testing.TB) {
 	if err := Released(ctx); err != nil {
 		t.Errorf("the storage was still held 30 s after caddy.Stop: %v", err)
 	}
+}
+
+// TestStoreLifePerFolder: opens and closes of one database folder take
+// turns (however the folder is spelled), and another folder's do not
+// wait for them: a close that never ends holds up its own folder only.
+func TestStoreLifePerFolder(t *testing.T) {
+	dir := t.TempDir()
+	a := storeLife(filepath.Join(dir, "a", "meta"))
+	if b := storeLife(filepath.Join(dir, "a", ".", "x", "..", "meta")); b != a {
+		t.Error("one folder spelled two ways has two locks")
+	}
+	a.Lock() // a close that never ends
+	defer a.Unlock()
+	other := storeLife(filepath.Join(dir, "b", "meta"))
+	if !other.TryLock() {
+		t.Fatal("another folder's open waits for this one's close")
+	}
+	other.Unlock()
 }

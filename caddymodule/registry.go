@@ -533,8 +533,11 @@ func (rg *Registry) release() error {
 	rg.auth.close()
 	if rg.cluster != nil {
 		rg.cluster.release(rg.ReadOnly)
-		storeLife.Lock()
-		defer storeLife.Unlock()
+		if rg.cluster.metaDir != "" { // the embedded database's close
+			life := storeLife(rg.cluster.metaDir)
+			life.Lock()
+			defer life.Unlock()
+		}
 		_, err := clusters.Delete(rg.dir)
 		return err
 	}
@@ -543,7 +546,7 @@ func (rg *Registry) release() error {
 	}
 	subErr := rg.releaseSubStores()
 	rg.store.release(rg.ReadOnly)
-	if err := dropStore(rg.dir); err != nil {
+	if err := dropStore(rg.store); err != nil {
 		return err
 	}
 	return subErr

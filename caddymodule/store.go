@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"path/filepath"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
@@ -126,20 +127,41 @@ func acquireStore(opts cache.Options) (*sharedStore, error) {
 	return v.(*sharedStore), nil
 }
 
-// storeLife orders opening a store after the close of the store of the
-// same folder that it replaces. The last reference to a store may go
-// after a newer config has taken a new one of the same folder (a reload
-// away from a folder whose old requests still run, then back: inflight.go);
+// storeLife orders opening a database after the close of the one it
+// replaces, folder by folder. The last reference to a store may go after
+// a newer config has taken a new one of the same folder (a reload away
+// from a folder whose old requests still run, then back: inflight.go);
 // badger's directory lock would refuse the new open while the old store
-// still closes.
-var storeLife sync.Mutex
+// still closes. One lock per folder (badger's directory): a close that
+// never ends (its folder removed or its disk gone under it, where badger
+// retries its last flush for ever) holds up only that folder's next open,
+// not every config load of the process.
+func storeLife(badgerDir string) *sync.Mutex {
+	key := filepath.Clean(badgerDir)
+	if abs, err := filepath.Abs(key); err == nil {
+		key = abs
+	}
+	m, _ := storeLives.LoadOrStore(key, new(sync.Mutex))
+	return m.(*sync.Mutex)
+}
 
-// dropStore drops one reference to the store of dir (closing it if it was
-// the last) with storeLife held.
-func dropStore(dir string) error {
-	storeLife.Lock()
-	defer storeLife.Unlock()
-	_, err := stores.Delete(dir)
+var storeLives sync.Map // badger's directory -> *sync.Mutex
+
+// badgerDir is the folder of the store's database.
+func (s *sharedStore) badgerDir() string {
+	if s.opts.MetadataDir != "" {
+		return s.opts.MetadataDir
+	}
+	return filepath.Join(s.opts.Dir, "meta")
+}
+
+// dropStore drops one reference to the shared store s (closing it if it
+// was the last) with its folder's storeLife held.
+func dropStore(s *sharedStore) error {
+	life := storeLife(s.badgerDir())
+	life.Lock()
+	defer life.Unlock()
+	_, err := stores.Delete(s.opts.Dir)
 	return err
 }
 
@@ -149,8 +171,9 @@ func (s *sharedStore) open() (*cache.Store, error) {
 	if st := s.opened(); st != nil {
 		return st, nil
 	}
-	storeLife.Lock() // first, as dropStore takes it before s.mu
-	defer storeLife.Unlock()
+	life := storeLife(s.badgerDir())
+	life.Lock() // first, as dropStore takes it before s.mu
+	defer life.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.st != nil {

@@ -239,7 +239,7 @@ func (rg *Registry) releaseSubStores() error {
 	var first error
 	for _, s := range rg.subs {
 		s.store.release(rg.ReadOnly)
-		if err := dropStore(s.dir); err != nil && first == nil {
+		if err := dropStore(s.store); err != nil && first == nil {
 			first = err
 		}
 	}
