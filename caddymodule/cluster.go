@@ -272,7 +272,7 @@ func (c *sharedCluster) connect() (st *composite.Store, meta clusterMeta, closeM
 		}
 		meta, leases = db, coord.NewLocal()
 		closeMeta = func() {
-			if err := db.Close(); err != nil {
+			if err := closeWithin(db.Close); err != nil {
 				c.logger.Error("closing metadata", zap.String("metadata_dir", c.metaDir), zap.Error(err))
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/dustin/go-humanize"
@@ -195,6 +196,15 @@ func (s *sharedStore) opened() *cache.Store {
 	return s.st
 }
 
+// storeCloseWait bounds how long dropping a store's last reference waits
+// for its close. Caddy drops it while it loads the next config, under its
+// config lock: a close that never ends (the folder removed or its disk
+// gone under it, where badger retries its last flush for ever) would hang
+// that reload, every reload after it and the process's stop. Past the
+// wait the close goes on in the background; the folder stays locked by
+// the old database until it ends (a config opening it again is told so).
+var storeCloseWait = 30 * time.Second
+
 // Destruct closes the store if it was opened; the UsagePool calls it when
 // the last reference goes.
 func (s *sharedStore) Destruct() error {
@@ -203,12 +213,24 @@ func (s *sharedStore) Destruct() error {
 	if s.st == nil {
 		return nil
 	}
-	err := s.st.Close()
+	st := s.st
 	s.st = nil
-	if err != nil {
+	if err := closeWithin(st.Close); err != nil {
 		return fmt.Errorf("closing storage %s: %w", s.opts.Dir, err)
 	}
 	return nil
+}
+
+// closeWithin runs close and waits for it up to storeCloseWait.
+func closeWithin(close func() error) error {
+	closed := make(chan error, 1)
+	go func() { closed <- close() }()
+	select {
+	case err := <-closed:
+		return err
+	case <-time.After(storeCloseWait):
+		return fmt.Errorf("not done after %s (is its folder still there?); it goes on in the background", storeCloseWait)
+	}
 }
 
 var (
