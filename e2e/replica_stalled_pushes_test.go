@@ -16,22 +16,6 @@ import (
 	"time"
 )
 
-// rssMiB reads a process's VmRSS in MiB.
-func rssMiB(t testing.TB, pid int) float64 {
-	t.Helper()
-	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(st)) {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return float64(kb) / 1024
-		}
-	}
-	return 0
-}
-
 // TestReplicaStalledPushesMemory: 200 monolithic pushes into a replica
 // on S3, each declaring 64 MiB and sending 9 MiB (more than an S3 part)
 // before it stalls, then 100 chunked pushes whose PATCH does the same.

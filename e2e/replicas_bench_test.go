@@ -83,21 +83,33 @@ func BenchmarkReplicasPull(b *testing.B) {
 }
 
 // peakRSS reads a process's VmHWM (peak resident set) in MiB.
-func peakRSS(b testing.TB, pid int) float64 {
-	b.Helper()
+func peakRSS(t testing.TB, pid int) float64 {
+	t.Helper()
+	return procStatusMiB(t, pid, "VmHWM")
+}
+
+// rssMiB reads a process's VmRSS in MiB.
+func rssMiB(t testing.TB, pid int) float64 {
+	t.Helper()
+	return procStatusMiB(t, pid, "VmRSS")
+}
+
+// procStatusMiB reads a field in kB of a process's /proc status, in MiB.
+func procStatusMiB(t testing.TB, pid int, field string) float64 {
+	t.Helper()
 	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	for line := range strings.Lines(string(st)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			if err != nil {
-				b.Fatalf("VmHWM %q", v)
+				t.Fatalf("%s %q", field, v)
 			}
 			return float64(kb) / 1024
 		}
 	}
-	b.Fatal("no VmHWM in /proc status")
+	t.Fatalf("no %s in /proc status", field)
 	return 0
 }
