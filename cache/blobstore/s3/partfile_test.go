@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
@@ -176,5 +177,77 @@ func TestPartFilesReused(t *testing.T) {
 	}
 	if n := openPartFiles(t) - before; n != 0 {
 		t.Errorf("%d part files left open after pushes that failed", n)
+	}
+}
+
+// partFileBytes is what the part files this process holds open hold.
+func partFileBytes(t *testing.T) int64 {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	var n int64
+	for _, fd := range fds {
+		name := "/proc/self/fd/" + fd.Name()
+		if target, err := os.Readlink(name); err == nil && strings.Contains(target, "caddy-oci-s3-part-") {
+			if fi, err := os.Stat(name); err == nil {
+				n += fi.Size()
+			}
+		}
+	}
+	return n
+}
+
+// stallAfter gives n bytes of r, then waits for release and fails.
+type stallAfter struct {
+	r       *bytes.Reader
+	n       int
+	release chan struct{}
+}
+
+func (s *stallAfter) Read(p []byte) (int, error) {
+	if s.n == 0 {
+		<-s.release
+		return 0, errClientGone
+	}
+	if len(p) > s.n {
+		p = p[:s.n]
+	}
+	k, err := s.r.Read(p)
+	s.n -= k
+	return k, err
+}
+
+// TestStalledChunkHoldsNoGonePart: a chunk that stalls after a part and a
+// half must hold only the half on local disk (in RAM where the temporary
+// folder is a tmpfs): the file of the part that has gone to S3 was kept
+// whole until it filled again, so 100 stalled chunks held 900 MiB.
+func TestStalledChunkHoldsNoGonePart(t *testing.T) {
+	srv := s3test.Start(t)
+	s := newStore(t, srv, srv.Bucket(t), "stall/")
+	ss, err := s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := minPartSize / 2
+	r := &stallAfter{r: bytes.NewReader(randomBytes(2 * minPartSize)), n: minPartSize + half, release: make(chan struct{})}
+	done := make(chan error)
+	go func() {
+		_, err := ss.Append(ctx(t), 0, r)
+		done <- err
+	}()
+	held := int64(-1)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if held = partFileBytes(t); held == int64(half) {
+			break
+		}
+	}
+	close(r.release)
+	if err := <-done; !errors.Is(err, errClientGone) {
+		t.Errorf("stalled Append = %v, want the reader's error", err)
+	}
+	if held != int64(half) {
+		t.Errorf("a chunk stalled after %d bytes held %d bytes in part files, want %d", minPartSize+half, held, half)
 	}
 }
