@@ -141,8 +141,14 @@ func (fs *partFiles) take() (*partFile, error) {
 }
 
 // gone is what partWriter.send calls once f's part has gone (or failed).
+// Its bytes are dropped now, not when f fills again: a chunk that stalls
+// would otherwise keep a whole part it no longer needs on disk (in RAM
+// where the temporary folder is a tmpfs), 900 MiB for 100 stalled chunks.
+// No upload reads f any more (the SDK cuts its request body off once the
+// call returns); take still resets f, and reports a failure.
 func (fs *partFiles) gone(f *partFile) func() {
 	return func() {
+		f.f.Truncate(0)
 		fs.mu.Lock()
 		fs.free = append(fs.free, f)
 		fs.mu.Unlock()
