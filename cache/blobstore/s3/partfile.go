@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash"
 	"hash/crc32"
@@ -22,10 +23,9 @@ import (
 
 // partFile is a part being filled, in an unlinked temporary file.
 type partFile struct {
-	f      *os.File
-	size   int64
-	crc    hash.Hash32 // CRC-32C of the bytes, the part's checksum
-	sha256 hash.Hash   // of the bytes, the tail's check when it stays one
+	f    *os.File
+	size int64
+	crc  hash.Hash32 // CRC-32C of the bytes written, the part's checksum
 }
 
 // partCopyBufs are the buffers bytes pass through on their way to a part
@@ -43,7 +43,7 @@ func newPartFile(dir string) (*partFile, error) {
 		f.Close()
 		return nil, fmt.Errorf("s3: a part's local file: %w", err)
 	}
-	return &partFile{f: f, crc: crc32.New(castagnoli), sha256: sha256.New()}, nil
+	return &partFile{f: f, crc: crc32.New(castagnoli)}, nil
 }
 
 // fill copies r into p until p holds limit bytes or r ends, hashing into
@@ -63,7 +63,6 @@ func (p *partFile) fill(r io.Reader, h hash.Hash, limit int64) (int64, error) {
 			}
 			h.Write(buf[:got])
 			p.crc.Write(buf[:got])
-			p.sha256.Write(buf[:got])
 			p.size += int64(got)
 			n += int64(got)
 		}
@@ -84,7 +83,6 @@ func (p *partFile) write(b []byte) error {
 		return fmt.Errorf("s3: a part's local file: %w", err)
 	}
 	p.crc.Write(b)
-	p.sha256.Write(b)
 	p.size += int64(len(b))
 	return nil
 }
@@ -99,6 +97,22 @@ func (p *partFile) crc32c() string {
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
 
+// tailSHA256 reads the part back and returns its SHA-256, which the
+// session's state records for a part that stays a tail, after checking
+// that the file holds the bytes written to it (their CRC-32C). Only a
+// tail is hashed so, at the end of a chunk, rather than every byte of
+// every part as it arrives.
+func (p *partFile) tailSHA256() ([]byte, error) {
+	h, c := sha256.New(), crc32.New(castagnoli)
+	if _, err := io.Copy(io.MultiWriter(h, c), p.body()); err != nil {
+		return nil, fmt.Errorf("s3: a part's local file: %w", err)
+	}
+	if c.Sum32() != p.crc.Sum32() {
+		return nil, errors.New("s3: a part's local file does not hold the bytes written to it")
+	}
+	return h.Sum(nil), nil
+}
+
 // reset empties p for the next part.
 func (p *partFile) reset() error {
 	if err := p.f.Truncate(0); err != nil {
@@ -106,7 +120,6 @@ func (p *partFile) reset() error {
 	}
 	p.size = 0
 	p.crc.Reset()
-	p.sha256.Reset()
 	return nil
 }
 
@@ -148,7 +161,7 @@ func (fs *partFiles) take() (*partFile, error) {
 // call returns); take still resets f, and reports a failure.
 func (fs *partFiles) gone(f *partFile) func() {
 	return func() {
-		f.f.Truncate(0)
+		_ = f.f.Truncate(0) // take reports a failure
 		fs.mu.Lock()
 		fs.free = append(fs.free, f)
 		fs.mu.Unlock()

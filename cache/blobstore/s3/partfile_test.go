@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"os"
@@ -249,5 +250,31 @@ func TestStalledChunkHoldsNoGonePart(t *testing.T) {
 	}
 	if held != int64(half) {
 		t.Errorf("a chunk stalled after %d bytes held %d bytes in part files, want %d", minPartSize+half, held, half)
+	}
+}
+
+// TestTailReadBackChecked: a tail's SHA-256, recorded in the session's
+// state, is taken from the file read back, and only if the file still
+// holds the bytes that came in; a file changed under the part is refused
+// rather than recorded and uploaded.
+func TestTailReadBackChecked(t *testing.T) {
+	p, err := newPartFile(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	in := []byte("the tail of a chunk")
+	if _, err := p.fill(bytes.NewReader(in), sha256.New(), 1<<20); err != io.EOF {
+		t.Fatalf("fill: %v, want io.EOF", err)
+	}
+	sum, err := p.tailSHA256()
+	if want := sha256.Sum256(in); err != nil || !bytes.Equal(sum, want[:]) {
+		t.Fatalf("tailSHA256 = %x, %v; want %x", sum, err, want)
+	}
+	if _, err := p.f.WriteAt([]byte("T"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.tailSHA256(); err == nil {
+		t.Error("a part file changed after its bytes came in was hashed as if whole")
 	}
 }

@@ -220,10 +220,14 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 		if err != nil {
 			return 0, err
 		}
+		sum, err := cur.tailSHA256()
+		if err != nil {
+			return 0, err
+		}
 		if err := s.putObjectFrom(ctx, s.tailKey(next.ID, tail), cur.body(), cur.size); err != nil {
 			return 0, sessionErr("append to", next.ID, err)
 		}
-		next.Tail, next.TailSize, next.TailSHA256 = tail, cur.size, cur.sha256.Sum(nil)
+		next.Tail, next.TailSize, next.TailSHA256 = tail, cur.size, sum
 	}
 	next.Size += n
 	ss.st, ss.h = next, h
