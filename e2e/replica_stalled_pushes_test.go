@@ -18,7 +18,8 @@ import (
 
 // TestReplicaStalledPushesMemory: 200 monolithic pushes into a replica
 // on S3, each declaring 64 MiB and sending 9 MiB (more than an S3 part)
-// before it stalls, then 100 chunked pushes whose PATCH does the same.
+// before it stalls, then 100 chunked pushes whose PATCH does the same,
+// then 100 monolithic pushes of unknown length (a chunked body).
 // What the replica holds for them must stay bounded: it held a part
 // buffer (8 MiB) for each monolithic one, 1.6 GiB in all, and for each
 // chunked one, 775 MiB in all (their parts are now filled on disk).
@@ -32,7 +33,7 @@ func TestReplicaStalledPushesMemory(t *testing.T) {
 		d := blobDigest([]byte(fmt.Sprint(i)))
 		heads[i] = fmt.Sprintf("POST /v2/stalled/app/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", d, 64<<20)
 	}
-	rss, _ := stalledRequests(t, r, heads)
+	rss, _ := stalledRequests(t, r, heads, false)
 	grew := rss - base
 	t.Logf("RSS grew by %.0f MiB with %d stalled monolithic pushes", grew, len(heads))
 	if grew > 150 {
@@ -48,7 +49,7 @@ func TestReplicaStalledPushesMemory(t *testing.T) {
 		heads[i] = fmt.Sprintf("PATCH %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", uploadPath(t, resp.Header.Get("Location")), 64<<20)
 	}
 	base = rssMiB(t, pid)
-	rss, files := stalledRequests(t, r, heads)
+	rss, files := stalledRequests(t, r, heads, false)
 	grew = rss - base
 	t.Logf("RSS grew by %.0f MiB with %d stalled chunked pushes, which held %d part files", grew, len(heads), files)
 	if files < len(heads) {
@@ -56,6 +57,24 @@ func TestReplicaStalledPushesMemory(t *testing.T) {
 	}
 	if grew > 150 {
 		t.Errorf("RSS grew by %.0f MiB with %d stalled chunked pushes, want <= 150", grew, len(heads))
+	}
+
+	// A monolithic push of unknown length (a chunked body) fills its
+	// first part before it knows whether the blob is one part or many.
+	heads = make([]string, 100)
+	for i := range heads {
+		d := blobDigest([]byte(fmt.Sprint("unknown length ", i)))
+		heads[i] = fmt.Sprintf("POST /v2/stalled/app/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n", d)
+	}
+	base = rssMiB(t, pid)
+	rss, files = stalledRequests(t, r, heads, true)
+	grew = rss - base
+	t.Logf("RSS grew by %.0f MiB with %d stalled pushes of unknown length, which held %d part files", grew, len(heads), files)
+	if files < len(heads) {
+		t.Errorf("%d stalled pushes of unknown length held %d part files: they did not reach the store", len(heads), files)
+	}
+	if grew > 150 {
+		t.Errorf("RSS grew by %.0f MiB with %d stalled pushes of unknown length, want <= 150", grew, len(heads))
 	}
 }
 
@@ -77,9 +96,10 @@ func partFiles(t testing.TB, pid int) int {
 }
 
 // stalledRequests sends each request head to s on its own connection
-// with 9 MiB of its body, and returns the server's RSS and the part files
-// it holds once they all stalled there; then it closes them.
-func stalledRequests(t *testing.T, s *server, heads []string) (float64, int) {
+// with 9 MiB of its body (in the chunked transfer coding if chunked), and
+// returns the server's RSS and the part files it holds once they all
+// stalled there; then it closes them.
+func stalledRequests(t *testing.T, s *server, heads []string, chunked bool) (float64, int) {
 	t.Helper()
 	chunk := bytes.Repeat([]byte("s"), 1<<20)
 	var wg sync.WaitGroup
@@ -94,8 +114,18 @@ func stalledRequests(t *testing.T, s *server, heads []string) (float64, int) {
 			conns <- conn
 			io.WriteString(conn, head)
 			for range 9 {
+				if chunked {
+					if _, err := fmt.Fprintf(conn, "%x\r\n", len(chunk)); err != nil {
+						return
+					}
+				}
 				if _, err := conn.Write(chunk); err != nil {
 					return
+				}
+				if chunked {
+					if _, err := io.WriteString(conn, "\r\n"); err != nil {
+						return
+					}
 				}
 			}
 		})
