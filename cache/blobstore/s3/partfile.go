@@ -87,6 +87,8 @@ func (p *partFile) write(b []byte) error {
 	return nil
 }
 
+func (p *partFile) len() int64 { return p.size }
+
 // body reads the part from its start; each call starts again (a retry).
 func (p *partFile) body() io.ReadSeeker { return io.NewSectionReader(p.f, 0, p.size) }
 
@@ -129,7 +131,6 @@ func (p *partFile) close() { p.f.Close() }
 // whose part has gone to S3 fills again, so an upload uses at most
 // partsInFlight+1 of them whatever its length.
 type partFiles struct {
-	dir  string
 	all  []*partFile // every file made; only the filling goroutine touches it
 	mu   sync.Mutex
 	free []*partFile // files whose part has gone
@@ -145,7 +146,7 @@ func (fs *partFiles) take() (*partFile, error) {
 		return f, f.reset()
 	}
 	fs.mu.Unlock()
-	f, err := newPartFile(fs.dir)
+	f, err := newPartFile("") // the system's temporary folder ($TMPDIR)
 	if err != nil {
 		return nil, err
 	}

@@ -22,8 +22,6 @@ func (m memPart) body() io.ReadSeeker { return bytes.NewReader(m) }
 func (m memPart) len() int64          { return int64(len(m)) }
 func (m memPart) crc32c() string      { return crc32cOf(m) }
 
-func (p *partFile) len() int64 { return p.size }
-
 // partsInFlight is how many parts of one upload go to S3 at once while the
 // next one fills from the client. One would leave the client waiting
 // for every part's upload (and S3 waiting for every part's bytes); a few

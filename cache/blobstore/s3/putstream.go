@@ -35,9 +35,9 @@ const maxSinglePut = 5 << 30
 // a sha256 blob is the same number), so S3 itself refuses the object if
 // the bytes it got hash otherwise; this is SigV4's own check, which every
 // S3-compatible server makes, unlike the newer x-amz-checksum headers.
-func (s *Store) putStream(ctx context.Context, d blobstore.Digest, size int64, first []byte, r io.Reader, h hash.Hash) (blobstore.Info, error) {
+func (s *Store) putStream(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash) (blobstore.Info, error) {
 	start := time.Now()
-	body := newVerifiedBody(d, h, size, first, r)
+	body := newVerifiedBody(d, h, size, r)
 	key := s.blobKey(d)
 	// Patient: the body arrives at the client's pace, and the server may
 	// work on the whole blob after its last byte.
@@ -45,7 +45,7 @@ func (s *Store) putStream(ctx context.Context, d blobstore.Digest, size int64, f
 		Bucket: &s.bucket, Key: &key, Body: body, ContentLength: aws.Int64(size),
 	}, withPayloadHash(d.Hex))
 	berr := body.failure()
-	body.close() // first goes back to the pool: no late Read may touch it
+	body.close() // no late Read may touch r, which the caller owns again
 	if berr != nil {
 		return blobstore.Info{}, berr
 	}
@@ -71,8 +71,8 @@ func withPayloadHash(hex string) func(*awss3.Options) {
 	}
 }
 
-// verifiedBody is a PutObject body of exactly size bytes: first, then the
-// rest of r, hashed as they pass. It hands over every byte but the last
+// verifiedBody is a PutObject body of exactly size bytes, those of r,
+// hashed as they pass. It hands over every byte but the last
 // one it read, and that one only once r ended, size bytes long, hashing to
 // d. So a request of other bytes is always cut short of its
 // Content-Length, and the bytes the server did get are never all of r:
@@ -83,14 +83,13 @@ func withPayloadHash(hex string) func(*awss3.Options) {
 // It is read by the HTTP transport's goroutine while the caller waits,
 // and the caller asks failure afterwards, hence the lock.
 type verifiedBody struct {
-	d     blobstore.Digest
-	h     hash.Hash // has seen first already
-	size  int64
-	first []byte // read (and hashed) before the request started
-	r     io.Reader
+	d    blobstore.Digest
+	h    hash.Hash
+	size int64
+	r    io.Reader
 
 	mu       sync.Mutex
-	read     int64 // bytes read, first included
+	read     int64 // bytes read
 	carry    byte  // the last byte read, not handed over yet
 	hasCarry bool
 	eof      bool  // r ended
@@ -98,20 +97,19 @@ type verifiedBody struct {
 	err      error // why the body failed, sticky
 }
 
-func newVerifiedBody(d blobstore.Digest, h hash.Hash, size int64, first []byte, r io.Reader) *verifiedBody {
-	return &verifiedBody{d: d, h: h, size: size, first: first, r: r, read: int64(len(first))}
+func newVerifiedBody(d blobstore.Digest, h hash.Hash, size int64, r io.Reader) *verifiedBody {
+	return &verifiedBody{d: d, h: h, size: size, r: r}
 }
 
 // errBodyClosed: the transport read the body after its request ended
 // (it may go on writing a body the server already answered).
 var errBodyClosed = errors.New("s3: put body read after its request ended")
 
-// close ends the body: a Read from now on fails without touching first
-// or r, which the caller reuses.
+// close ends the body: a Read from now on fails without touching r,
+// which the caller owns again.
 func (b *verifiedBody) close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.first = nil
 	if b.err == nil && !b.done {
 		b.err = errBodyClosed
 	}
@@ -138,14 +136,6 @@ func (b *verifiedBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	case len(p) == 0:
 		return 0, nil
-	}
-	if len(b.first) > 1 {
-		n := copy(p, b.first[:len(b.first)-1])
-		b.first = b.first[n:]
-		return n, nil
-	}
-	if len(b.first) == 1 {
-		b.carry, b.hasCarry, b.first = b.first[0], true, nil
 	}
 	for {
 		if b.eof {

@@ -158,7 +158,7 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 	// each in a file of its own (partfile.go); a file whose part has gone
 	// fills again.
 	pw := s.newPartWriter(ctx, s.dataKey(next.ID), next.UploadID, next.CRC32C, len(next.Parts)+1)
-	files := &partFiles{dir: s.partDir}
+	files := &partFiles{}
 	defer func() {
 		pw.wait() // no upload reads a file once it returns
 		files.close()

@@ -89,10 +89,7 @@ type Store struct {
 	prefix   string
 	partSize int64
 	log      *zap.Logger
-	// partDir holds the local files sessions fill their parts in
-	// (partfile.go); empty, the system's temporary folder.
-	partDir string
-	links   *linkCache
+	links    *linkCache
 	// noChecksums: the server was found not to check part checksums
 	// (checksums.go), so parts are signed with their SHA-256.
 	noChecksums atomic.Bool
@@ -181,7 +178,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 	}
 	// Upload sessions fill their parts there: a folder they cannot write
 	// fails now, not at the first chunked push.
-	f, err := newPartFile(s.partDir)
+	f, err := newPartFile("")
 	if err != nil {
 		return nil, fmt.Errorf("%w (upload sessions fill their parts in the temporary folder; set TMPDIR)", err)
 	}
@@ -392,12 +389,12 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		// Streamed from its first byte: a part buffered first would hold
 		// partSize of memory for every push in flight, however slowly
 		// its client sends (200 stalled pushes held 1.6 GiB).
-		return s.putStream(ctx, d, size, nil, r, h)
+		return s.putStream(ctx, d, size, r, h)
 	}
 	// Unknown size (or sha512, or over 5 GiB): the first part fills a
 	// local file (partfile.go), then goes as the whole blob or starts a
 	// multipart upload.
-	files := &partFiles{dir: s.partDir}
+	files := &partFiles{}
 	first, err := files.take()
 	if err != nil {
 		return blobstore.Info{}, err
@@ -564,10 +561,7 @@ func (s *Store) putObjectFrom(ctx context.Context, key string, body io.ReadSeeke
 }
 
 func (s *Store) putObject(ctx context.Context, key string, b []byte) error {
-	_, err := s.client.PutObject(ctx, &awss3.PutObjectInput{
-		Bucket: &s.bucket, Key: &key, Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b))),
-	})
-	return err
+	return s.putObjectFrom(ctx, key, bytes.NewReader(b), int64(len(b)))
 }
 
 // abort drops a multipart upload, even when ctx is done (the request that
