@@ -26,6 +26,7 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -119,6 +120,15 @@ type Options struct {
 	// (tablepages.go), for the tests of that release itself, which
 	// measure what is resident and must not race the loop.
 	keepTablePages bool
+}
+
+// DatabaseDir is the folder of the store's database: MetadataDir, or
+// meta/ inside Dir.
+func (o Options) DatabaseDir() string {
+	if o.MetadataDir != "" {
+		return o.MetadataDir
+	}
+	return filepath.Join(o.Dir, "meta")
 }
 
 // BlobInfo describes a committed blob.

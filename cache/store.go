@@ -149,10 +149,7 @@ func Open(opts Options) (*Store, error) {
 		}
 	}
 
-	metaDir := opts.MetadataDir
-	if metaDir == "" {
-		metaDir = filepath.Join(opts.Dir, "meta")
-	}
+	metaDir := opts.DatabaseDir()
 	s.space = newSpaceGuard(opts.Dir, metaDir, opts.Reserve, log, opts.SpaceObserver)
 	// badger's files are sparse and memory-mapped (a memtable's log is
 	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)

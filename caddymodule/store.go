@@ -148,18 +148,10 @@ func storeLife(badgerDir string) *sync.Mutex {
 
 var storeLives sync.Map // badger's directory -> *sync.Mutex
 
-// badgerDir is the folder of the store's database.
-func (s *sharedStore) badgerDir() string {
-	if s.opts.MetadataDir != "" {
-		return s.opts.MetadataDir
-	}
-	return filepath.Join(s.opts.Dir, "meta")
-}
-
 // dropStore drops one reference to the shared store s (closing it if it
 // was the last) with its folder's storeLife held.
 func dropStore(s *sharedStore) error {
-	life := storeLife(s.badgerDir())
+	life := storeLife(cache.Options(s.opts).DatabaseDir())
 	life.Lock()
 	defer life.Unlock()
 	_, err := stores.Delete(s.opts.Dir)
@@ -172,7 +164,7 @@ func (s *sharedStore) open() (*cache.Store, error) {
 	if st := s.opened(); st != nil {
 		return st, nil
 	}
-	life := storeLife(s.badgerDir())
+	life := storeLife(cache.Options(s.opts).DatabaseDir())
 	life.Lock() // first, as dropStore takes it before s.mu
 	defer life.Unlock()
 	s.mu.Lock()

@@ -156,7 +156,7 @@ func runCommand(ctx context.Context, cc commandConfig, out io.Writer) error {
 		return err
 	}
 	if b.MetadataDir != "" {
-		srcMeta := cmp.Or(cc.fromMeta, filepath.Join(cc.from, "meta"))
+		srcMeta := cache.Options{Dir: cc.from, MetadataDir: cc.fromMeta}.DatabaseDir()
 		if same, err := sameFolder(srcMeta, b.MetadataDir); err == nil && same {
 			return fmt.Errorf("destination metadata_dir %s is the storage folder's own metadata: name a new folder", b.MetadataDir)
 		}
@@ -437,10 +437,7 @@ func notServed(ctx context.Context, replicas func(context.Context) (int, error))
 // if not empty) for reading. A folder that is not a registry's is refused
 // rather than made one, and one a running server holds is named as such.
 func OpenSource(dir, metaDir string) (*cache.Store, error) {
-	meta := metaDir
-	if meta == "" {
-		meta = filepath.Join(dir, "meta")
-	}
+	meta := cache.Options{Dir: dir, MetadataDir: metaDir}.DatabaseDir()
 	for _, p := range []string{filepath.Join(dir, "blobs"), meta} {
 		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
 			return nil, fmt.Errorf("--from %s: not a registry's storage folder (no %s)", dir, p)
