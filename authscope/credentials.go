@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -60,6 +61,30 @@ func holdsOwnSecret(s string, withhold func(string) bool) bool {
 		}
 	}
 	return false
+}
+
+// lenientUnescape decodes a query piece as a server might: '+' is a
+// space and every valid %XX its byte, where url.QueryUnescape gives up
+// on the whole piece at its first bad escape.
+func lenientUnescape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '+':
+			b.WriteByte(' ')
+		case c == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]):
+			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			b.WriteByte(byte(v))
+			i += 2
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // notTokenChar: not in a JWT (base64url and dots) nor in base64.
@@ -125,9 +150,13 @@ func CheckAuthorization(h http.Header, withhold func(string) bool) error {
 
 // CheckForwarded vets a whole request about to be forwarded, as
 // CheckAuthorization does its Authorization, and every other header
-// value, every name and value of query and form (nil: none) too. Own
-// credentials anywhere are reported before a repeated Authorization.
-func CheckForwarded(h http.Header, query, form url.Values, withhold func(string) bool) error {
+// value, its query as it will leave (rawQuery) and every name and value
+// of form (nil: none) too. Own credentials anywhere are reported before a
+// repeated Authorization. The query is read as sent, not as
+// url.ParseQuery reads it: that drops a parameter after a `;` or with a
+// bad escape, and all of them past 10,000, while the request goes on
+// with them.
+func CheckForwarded(h http.Header, rawQuery string, form url.Values, withhold func(string) bool) error {
 	authErr := CheckAuthorization(h, withhold)
 	if errors.Is(authErr, ErrOwnCredential) {
 		return authErr
@@ -138,11 +167,12 @@ func CheckForwarded(h http.Header, query, form url.Values, withhold func(string)
 			values = append(values, vs...)
 		}
 	}
-	for _, q := range []url.Values{query, form} {
-		for k, vs := range q {
-			values = append(values, k)
-			values = append(values, vs...)
-		}
+	for _, piece := range strings.FieldsFunc(rawQuery, func(r rune) bool { return r == '&' || r == ';' }) {
+		values = append(values, piece, lenientUnescape(piece))
+	}
+	for k, vs := range form {
+		values = append(values, k)
+		values = append(values, vs...)
 	}
 	for _, v := range values {
 		if holdsOwnSecret(v, withhold) {

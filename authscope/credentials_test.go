@@ -137,3 +137,22 @@ func TestTokenProxyWithholdsEveryVariant(t *testing.T) {
 		t.Errorf("the token service saw %d requests, want 4: %q", len(got), got)
 	}
 }
+
+// FuzzLenientUnescape: wherever url.QueryUnescape reads a query piece,
+// lenientUnescape reads it the same; where it gives up, lenientUnescape
+// still decodes every valid escape (so a key spelled with escapes next to
+// a bad one is found).
+func FuzzLenientUnescape(f *testing.F) {
+	for _, s := range []string{"", "a+b", "%6Fcik_x%zz", "%", "%4", "%41%", "k=v;w", "%e2%82%ac"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := lenientUnescape(s)
+		if want, err := url.QueryUnescape(s); err == nil && got != want {
+			t.Fatalf("lenientUnescape(%q) = %q, url.QueryUnescape = %q", s, got, want)
+		}
+		if !strings.Contains(s, "%") && got != strings.ReplaceAll(s, "+", " ") {
+			t.Fatalf("lenientUnescape(%q) = %q with no escape in it", s, got)
+		}
+	})
+}

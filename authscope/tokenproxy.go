@@ -179,7 +179,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Everything that would leave is examined, not only where clients
 	// usually put credentials.
-	if err := CheckForwarded(req.Header, req.URL.Query(), form, p.Withhold); err != nil {
+	if err := CheckForwarded(req.Header, req.URL.RawQuery, form, p.Withhold); err != nil {
 		fail(http.StatusUnauthorized, withheldMessage, err)
 		return
 	}

@@ -158,7 +158,7 @@ func (rt *authRuntime) holdsAPIKey(r *http.Request) bool {
 	if rt == nil || rt.signIn == nil {
 		return false
 	}
-	return errors.Is(authscope.CheckForwarded(r.Header, r.URL.Query(), nil, nil), authscope.ErrOwnCredential)
+	return errors.Is(authscope.CheckForwarded(r.Header, r.URL.RawQuery, nil, nil), authscope.ErrOwnCredential)
 }
 
 // registryAuthorizer is what registry.Config takes; nil without auth.

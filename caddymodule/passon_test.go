@@ -102,6 +102,11 @@ http://`+addr+` {
 		},
 		"X-Registry-Auth": func(r *http.Request) { r.Header.Set("X-Registry-Auth", key) },
 		"query":           func(r *http.Request) { r.URL.RawQuery = "password=" + key },
+		// Queries Go reads only in part: the parameter holding the key is
+		// dropped by url.ParseQuery, but passed on as sent.
+		"query, after a semicolon":   func(r *http.Request) { r.URL.RawQuery = "a=1;password=" + key },
+		"query, with a bad escape":   func(r *http.Request) { r.URL.RawQuery = "password=" + key + "%zz" },
+		"query, encoded, bad escape": func(r *http.Request) { r.URL.RawQuery = "password=%6Fcik_" + key[len("ocik_"):] + "%zz" },
 	}
 	for name, hide := range hidden {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/app/", nil)

@@ -158,7 +158,7 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	}
 	// The backend is another server: an API key of this one reaches it in
 	// no header and no query value, as the token proxy also ensures.
-	if err := authscope.CheckForwarded(r.Header, r.URL.Query(), nil, nil); err != nil {
+	if err := authscope.CheckForwarded(r.Header, r.URL.RawQuery, nil, nil); err != nil {
 		f.refuseCredentials(w, r, err)
 		return nil
 	}

@@ -432,6 +432,10 @@ func TestFrontRefusesCredentials(t *testing.T) {
 		{"API key behind a harmless first header", "/other", []string{basic("ci", "ci-pw"), basic("ci", key)}, 401},
 		{"API key in the query", "/v2/debian/tags/list?password=" + key, nil, 401},
 		{"API key in the query outside the API", "/other?k=" + key, nil, 401},
+		// Queries url.ParseQuery reads only in part, passed on as sent.
+		{"API key after a semicolon outside the API", "/other?a=1;k=" + key, nil, 401},
+		{"API key beside a bad escape outside the API", "/other?k=" + key + "%zz", nil, 401},
+		{"API key encoded, beside a bad escape", "/other?k=%6Fcik_" + key[len("ocik_"):] + "%zz", nil, 401},
 	} {
 		if got := send(tc.path, tc.auth...); got != tc.want {
 			t.Errorf("%s: status %d, want %d", tc.name, got, tc.want)
