@@ -76,15 +76,15 @@ func (p *partFile) fill(r io.Reader, h hash.Hash, limit int64) (int64, error) {
 	return n, nil
 }
 
-// write appends b, read back from S3 (a session's tail), without hashing
+// Write appends b, read back from S3 (a session's tail), without hashing
 // it into the blob's hash: that hash has it already.
-func (p *partFile) write(b []byte) error {
+func (p *partFile) Write(b []byte) (int, error) {
 	if _, err := p.f.WriteAt(b, p.size); err != nil {
-		return fmt.Errorf("s3: a part's local file: %w", err)
+		return 0, fmt.Errorf("s3: a part's local file: %w", err)
 	}
 	p.crc.Write(b)
 	p.size += int64(len(b))
-	return nil
+	return len(b), nil
 }
 
 func (p *partFile) len() int64 { return p.size }

@@ -172,7 +172,7 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 		return 0, err
 	}
 	if next.Tail != "" {
-		if err := ss.readTail(ctx, partFileWriter{cur}); err != nil {
+		if err := ss.readTail(ctx, cur); err != nil {
 			return 0, err
 		}
 	}
@@ -286,16 +286,6 @@ func (ss *session) readTail(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("s3: session %s: tail does not match its state", st.ID)
 	}
 	return nil
-}
-
-// partFileWriter appends to a part file what is read back from S3.
-type partFileWriter struct{ p *partFile }
-
-func (w partFileWriter) Write(b []byte) (int, error) {
-	if err := w.p.write(b); err != nil {
-		return 0, err
-	}
-	return len(b), nil
 }
 
 // Commit implements blobstore.Session. A sha256 digest is checked against
