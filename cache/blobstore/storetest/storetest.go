@@ -44,6 +44,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"PutReaderFailsHalfway", testPutReaderFails},
 		{"InvalidDigestsAreRefused", testInvalidDigests},
 		{"Delete", testDelete},
+		{"LostBlobIsUnknownToEveryRead", testLostBlob},
 		{"OpenRangeEdges", testOpenRangeEdges},
 		{"ServeContentRanges", testServeContent},
 		{"SessionChunksAcrossReplicas", testSessionChunks},
@@ -276,6 +277,78 @@ func testDelete(t *testing.T, b Backend) {
 		wantBlob(t, s, d, c)
 	}
 	wantBlob(t, s, keep, []byte("keep"))
+}
+
+// testLostBlob: a blob deleted by another instance (behind the back of
+// whatever metadata recorded it) is unknown to every way of asking, and
+// a lazily opened one (RecordedOpener) agrees: Check, which a HEAD asks,
+// fails as Start and Read, which a GET asks, do, so a HEAD never says 200
+// for a blob a GET answers 404 (OpenRecorded may fail at once instead).
+// A blob still stored passes all of them.
+func testLostBlob(t *testing.T, b Backend) {
+	s := b()
+	keep := content(21, 2*MiB+1)
+	kd := put(t, s, keep)
+	lost := content(22, 3000)
+	ld := put(t, s, lost)
+	if err := b().Delete(ctx(t), ld); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	wantAbsent(t, s, ld)
+	if _, err := s.OpenRange(ctx(t), ld, 0, -1); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("OpenRange of a lost blob: %v, want ErrNotFound", err)
+	}
+	ro, ok := s.(blobstore.RecordedOpener)
+	if !ok {
+		return // Stat and Open above are every read it has
+	}
+	cases := []struct {
+		what string
+		d    blobstore.Digest
+		size int64
+		want error // nil: readable
+	}{
+		{"stored", kd, int64(len(keep)), nil},
+		{"lost", ld, int64(len(lost)), blobstore.ErrNotFound},
+	}
+	for _, c := range cases {
+		check := func(what string, err error) {
+			t.Helper()
+			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
+				t.Fatalf("%s of a %s blob: %v, want %v", what, c.what, err, c.want)
+			}
+		}
+		blob, err := ro.OpenRecorded(ctx(t), c.d, c.size)
+		if err != nil {
+			check("OpenRecorded", err) // a backend that asked at once
+			continue
+		}
+		_, lazy := blob.(blobstore.Starter)
+		_, checks := blob.(blobstore.Checker)
+		blob.Close()
+		if lazy && !checks {
+			t.Fatalf("OpenRecorded of a %s blob is a %T: it reads lazily (Starter) but has no Check, so a HEAD cannot learn what a GET would", c.what, blob)
+		}
+		open := func() blobstore.Blob {
+			t.Helper()
+			blob, err := ro.OpenRecorded(ctx(t), c.d, c.size)
+			if err != nil {
+				t.Fatalf("OpenRecorded of a %s blob: %v", c.what, err)
+			}
+			t.Cleanup(func() { blob.Close() })
+			return blob
+		}
+		if ck, ok := open().(blobstore.Checker); ok {
+			check("Check", ck.Check())
+		}
+		if st, ok := open().(blobstore.Starter); ok {
+			check("Start", st.Start())
+		}
+		if c.want != nil {
+			_, err := io.ReadAll(open())
+			check("Read", err)
+		}
+	}
 }
 
 func testOpenRangeEdges(t *testing.T, b Backend) {
