@@ -894,3 +894,83 @@ func testLeftovers(t *testing.T, b Backend) {
 		t.Fatalf("leftovers after a commit: %+v", got)
 	}
 }
+
+// Full is a backend on storage small enough to fill to the brim (a
+// folder on a small tmpfs; an S3 server whose files are on one).
+type Full struct {
+	// Backend opens stores on the storage.
+	Backend Backend
+	// Fill takes the storage's free space until about left bytes remain
+	// and returns what gives it back.
+	Fill func(t *testing.T, left int64) (free func())
+}
+
+// RunFull runs the storage-full case of the contract against a fresh
+// backend from newFull. It is apart from Run because few backends can be
+// filled in a test (a small filesystem to mount): a backend whose test
+// cannot mount one skips it.
+func RunFull(t *testing.T, newFull func(t *testing.T) Full) {
+	t.Run("StorageFull", func(t *testing.T) { testStorageFull(t, newFull(t)) })
+}
+
+// testStorageFull: on storage with no room left, a Put (one object, or
+// several parts) and a session refuse with ErrStorageFull, which the
+// registry answers 507, and leave nothing: no blob, no leftover, a
+// session as it was before its Append. The blobs stored before are
+// intact, and once space is freed the same writes succeed without a new
+// store.
+func testStorageFull(t *testing.T, f Full) {
+	s := f.Backend()
+	keep := content(31, 2*MiB+3)
+	kd := put(t, s, keep)
+	blobs := [][]byte{content(32, MiB+5), content(33, 6*MiB+7)}
+	free := f.Fill(t, MiB/2)
+	for _, c := range blobs {
+		d := sha256Of(c)
+		for _, size := range []int64{int64(len(c)), -1} {
+			_, err := s.Put(ctx(t), d, size, bytes.NewReader(c))
+			wantErr(t, fmt.Sprintf("Put of %d bytes (declared %d) on full storage", len(c), size), err, blobstore.ErrStorageFull)
+		}
+		wantAbsent(t, s, d)
+	}
+	if sw, ok := s.(blobstore.Sweeper); ok {
+		if ls := leftovers(t, sw, 100); len(ls) != 0 {
+			t.Fatalf("refused Puts left %+v", ls)
+		}
+	}
+	last := blobs[len(blobs)-1]
+	sess, err := s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatalf("NewSession on full storage: %v", err)
+	}
+	_, err = sess.Append(ctx(t), 0, bytes.NewReader(last))
+	if err != nil && sess.Size() != 0 {
+		t.Fatalf("a refused Append left the session at %d bytes", sess.Size())
+	}
+	if err == nil {
+		_, err = sess.Commit(ctx(t), sha256Of(last), int64(len(last)))
+	}
+	wantErr(t, fmt.Sprintf("session of %d bytes on full storage", len(last)), err, blobstore.ErrStorageFull)
+	wantAbsent(t, s, sha256Of(last))
+	if err := sess.Cancel(ctx(t)); err != nil {
+		t.Fatalf("Cancel on full storage: %v", err)
+	}
+	wantBlob(t, s, kd, keep)
+
+	free()
+	for _, c := range blobs[:len(blobs)-1] {
+		wantBlob(t, s, put(t, s, c), c)
+	}
+	sess, err = s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(last)); err != nil {
+		t.Fatalf("Append once space is freed: %v", err)
+	}
+	if _, err := sess.Commit(ctx(t), sha256Of(last), int64(len(last))); err != nil {
+		t.Fatalf("Commit once space is freed: %v", err)
+	}
+	wantBlob(t, s, sha256Of(last), last)
+	wantBlob(t, s, kd, keep)
+}
