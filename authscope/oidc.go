@@ -375,12 +375,24 @@ func (c *OIDCClient) oauth2Config(d *discovered) *oauth2.Config {
 	}
 }
 
+// providerDown marks err, the provider not answering (discovery, its
+// token endpoint), as an outage: ErrUnavailable, which callers answer 503
+// with Retry-After, since the same request works once the provider is
+// back. Not a mismatched issuer (the operator's to fix), nor a failure
+// because the caller left (ctx, the caller's own context, is done).
+func providerDown(ctx context.Context, err error) error {
+	if errors.Is(err, ErrIssuerMismatch) || errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
 // AuthURL is where to send the browser to sign in with the given state,
 // nonce and PKCE verifier.
 func (c *OIDCClient) AuthURL(ctx context.Context, state, nonce, verifier string) (string, error) {
 	p, err := c.discover(ctx)
 	if err != nil {
-		return "", err
+		return "", providerDown(ctx, err)
 	}
 	return c.oauth2Config(p).AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier)), nil
 }
@@ -393,19 +405,30 @@ var errIDToken = errors.New("ID token refused")
 func (c *OIDCClient) Exchange(ctx context.Context, code, nonce, verifier string) (user string, groups []string, err error) {
 	p, err := c.discover(ctx)
 	if err != nil {
-		return "", nil, err
+		return "", nil, providerDown(ctx, err)
 	}
+	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
 	tok, err := c.oauth2Config(p).Exchange(c.ctx(ctx), code, oauth2.VerifierOption(verifier))
 	if err != nil {
-		return "", nil, fmt.Errorf("exchanging the authorization code: %w", err)
+		err = fmt.Errorf("exchanging the authorization code: %w", err)
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) && re.Response != nil && re.Response.StatusCode < 500 {
+			return "", nil, err // the provider answered: it refused the code
+		}
+		return "", nil, providerDown(caller, err)
 	}
 	raw, ok := tok.Extra("id_token").(string)
 	if !ok || raw == "" {
 		return "", nil, fmt.Errorf("%w: the token response has no id_token", errIDToken)
 	}
-	idt, err := p.verifier(&oidc.Config{ClientID: c.ClientID, Now: c.Now}).Verify(c.ctx(ctx), raw)
+	vctx, kf := withKeyFailure(c.ctx(ctx))
+	idt, err := p.verifier(&oidc.Config{ClientID: c.ClientID, Now: c.Now}).Verify(vctx, raw)
+	if kf.err != nil {
+		// The keys could not be fetched: the token may be fine.
+		return "", nil, kf.err
+	}
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: %w", errIDToken, err)
 	}

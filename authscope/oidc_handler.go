@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -180,6 +181,10 @@ func (s *SignIn) login(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	to, err := s.o.OIDC.AuthURL(r.Context(), ls.State, ls.Nonce, ls.Verifier)
+	if errors.Is(err, ErrUnavailable) {
+		s.providerDown(w, r, err)
+		return
+	}
 	if err != nil {
 		s.failDiscovery(w, r, http.StatusBadGateway, "the identity provider cannot be reached", err)
 		return
@@ -223,6 +228,10 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user, groups, err := s.o.OIDC.Exchange(r.Context(), code, ls.Nonce, ls.Verifier)
+	if errors.Is(err, ErrUnavailable) {
+		s.providerDown(w, r, err)
+		return
+	}
 	if err != nil {
 		status := http.StatusBadGateway
 		if errors.Is(err, errIDToken) {
@@ -406,6 +415,17 @@ func (s *SignIn) failDiscovery(w http.ResponseWriter, r *http.Request, status in
 		status, msg = http.StatusInternalServerError, "sign-in is misconfigured: the identity provider's issuer does not match the one configured here (the server log names both)"
 	}
 	s.fail(w, r, status, msg, reason)
+}
+
+// providerDown answers a sign-in the provider could not serve (down,
+// timing out, its keys unreachable) as the outage it is, as the
+// workload-token path does: 503 with Retry-After, and a page telling the
+// user to try again rather than that the sign-in was refused. The
+// provider's address stays in the log.
+func (s *SignIn) providerDown(w http.ResponseWriter, r *http.Request, reason error) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(retryDiscoveryAfter/time.Second)))
+	s.fail(w, r, http.StatusServiceUnavailable,
+		"the identity provider cannot be reached; try again in a moment", reason)
 }
 
 func (s *SignIn) fail(w http.ResponseWriter, r *http.Request, status int, msg string, reason error) {

@@ -504,8 +504,8 @@ func TestSessionCookieTampering(t *testing.T) {
 }
 
 // TestSignInLazyDiscovery: an unreachable provider does not fail
-// NewSignIn; a sign-in then fails with 502, and works once the provider
-// is up.
+// NewSignIn; a sign-in then fails as an outage (503, Retry-After, a
+// page saying to try again), as a workload token's check does.
 func TestSignInLazyDiscovery(t *testing.T) {
 	p := oidctest.New(t, "alice")
 	issuer := p.Issuer()
@@ -519,9 +519,67 @@ func TestSignInLazyDiscovery(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	si.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, AuthPath+"login", nil))
-	if rec.Code != http.StatusBadGateway {
-		t.Fatalf("login with the provider down: %d", rec.Code)
+	wantOutage(t, "login with the provider down", rec.Result())
+}
+
+// wantOutage checks a sign-in answer for a provider that cannot be
+// reached: 503 with Retry-After, a page that says so and to try again,
+// and not the provider's address.
+func wantOutage(t *testing.T, what string, resp *http.Response) {
+	t.Helper()
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(body), "cannot be reached") || !strings.Contains(string(body), "try again") {
+		t.Fatalf("%s: %d, Retry-After %q, %q; want 503, Retry-After, a page saying to try again",
+			what, resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
+	if strings.Contains(string(body), "127.0.0.1") {
+		t.Fatalf("%s: the page names an address: %q", what, body)
+	}
+}
+
+// TestSignInProviderDown: a provider that goes down during a sign-in is
+// an outage, not a refusal nor a bad gateway: the callback answers 503
+// with Retry-After whether the token endpoint cannot be reached or the
+// keys the ID token is checked with cannot be fetched.
+func TestSignInProviderDown(t *testing.T) {
+	t.Run("keys", func(t *testing.T) {
+		s := newSite(t, "alice")
+		s.p.SetKeysDown(true)
+		c := browser(t)
+		resp, err := c.Get(s.URL + AuthPath + "login")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantOutage(t, "callback with the provider's keys down", resp)
+	})
+	t.Run("token endpoint", func(t *testing.T) {
+		s := newSite(t, "alice")
+		c := browser(t)
+		// Up to the provider's redirect back: then the provider goes.
+		c.CheckRedirect = func(r *http.Request, _ []*http.Request) error {
+			if strings.HasSuffix(r.URL.Path, "/callback") {
+				return http.ErrUseLastResponse
+			}
+			return nil
+		}
+		resp, err := c.Get(s.URL + AuthPath + "login")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		back := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusFound || !strings.Contains(back, "/callback?") {
+			t.Fatalf("login: %s to %q", resp.Status, back)
+		}
+		s.p.Close()
+		resp, err = c.Get(back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantOutage(t, "callback with the provider down", resp)
+	})
 }
 
 func TestCheckExternalURL(t *testing.T) {

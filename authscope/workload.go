@@ -80,12 +80,9 @@ func (v *WorkloadVerifier) ctx(ctx context.Context) context.Context {
 func (v *WorkloadVerifier) idVerifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
 	p, err := v.provider.get(ctx, v.Issuer, v.HTTPClient, v.Now)
 	if err != nil {
-		if errors.Is(err, ErrIssuerMismatch) || ctx.Err() != nil {
-			return nil, err // the operator's to fix; the caller left
-		}
 		// The issuer is down or answers garbage: the token may be
 		// fine, so a 503 the client retries, not a 401 or a 500.
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return nil, providerDown(ctx, err)
 	}
 	v.once.Do(func() { v.verifier = p.verifier(&oidc.Config{ClientID: v.Audience, Now: v.Now}) })
 	return v.verifier, nil

@@ -125,7 +125,7 @@ func TestFrontDirectiveOrder(t *testing.T) {
 	}
 }
 
-func adaptFront(t *testing.T, input string) string {
+func adaptFront(t testing.TB, input string) string {
 	t.Helper()
 	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
 	if err != nil {

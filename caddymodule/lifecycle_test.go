@@ -46,7 +46,7 @@ func config(t *testing.T, addr, dir string, maxManifest int64) []byte {
 	return b
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

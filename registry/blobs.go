@@ -103,6 +103,13 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	hd.Set("ETag", `"`+d.String()+`"`)
 	// Content is immutable under its digest.
 	hd.Set("Cache-Control", "max-age=31536000")
+	if c, ok := f.(blobstore.Checker); ok && r.Method == http.MethodHead {
+		// The HEAD a client sends before it pushes a blob, and skips the
+		// push on a 200: it must answer as the GET would (see Checker).
+		if err := c.Check(); err != nil {
+			return startErr(err)
+		}
+	}
 	if st, ok := f.(blobstore.Starter); ok && r.Method != http.MethodHead {
 		// Opened from the metadata's record alone: the backend is asked
 		// now, from where the answer starts (ServeContent's seeks to the
@@ -199,6 +206,25 @@ func (h *Handler) blobDelete(w http.ResponseWriter, r *http.Request, rc *request
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// blobStored reports whether blob d, which the metadata records, is
+// still stored: nil, cache.ErrBlobUnknown, or what the backend failed
+// with. It asks a backend that opens from the record alone (Checker).
+func (h *Handler) blobStored(ctx context.Context, d cache.Digest) error {
+	f, err := h.cfg.Store.OpenBlob(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if c, ok := f.(blobstore.Checker); ok {
+		if err := c.Check(); errors.Is(err, blobstore.ErrNotFound) {
+			return fmt.Errorf("%w: %w", cache.ErrBlobUnknown, err)
+		} else if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -363,5 +365,28 @@ func TestBlobManyRangesServeWhole(t *testing.T) {
 	resp = tr.do("GET", "/v2/r/app/blobs/"+d.String(), nil, "Range", "bytes=0-1,10-11")
 	if resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/byteranges") {
 		t.Errorf("two ranges: %d %q, want 206 multipart", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
+
+// TestBlobFileRemovedByHand: a blob whose file was removed behind the
+// store's back (by hand, a disk repaired) is unknown to a HEAD as to a
+// GET, and to a mount: a client that HEADs before pushing must push it
+// again, not reference bytes nobody can pull. Pushed again, it serves.
+func TestBlobFileRemovedByHand(t *testing.T) {
+	tr := newTestRegistry(t)
+	data := randomBytes(t, 2048)
+	d := tr.pushBlob("a", data)
+	if err := os.Remove(filepath.Join(tr.dir, "blobs", string(d.Algorithm), d.Hex[:2], d.Hex)); err != nil {
+		t.Fatal(err)
+	}
+	p := "/v2/a/blobs/" + d.String()
+	tr.wantError(tr.do("HEAD", p, nil), 404, CodeBlobUnknown)
+	tr.wantError(tr.do("GET", p, nil), 404, CodeBlobUnknown)
+	tr.wantStatus(tr.do("POST", "/v2/b/blobs/uploads/?mount="+d.String()+"&from=a", nil), http.StatusAccepted)
+	tr.wantError(tr.do("HEAD", "/v2/b/blobs/"+d.String(), nil), 404, CodeBlobUnknown)
+	tr.pushBlob("a", data)
+	tr.wantStatus(tr.do("HEAD", p, nil), http.StatusOK)
+	if resp := tr.do("GET", p, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(resp.body, data) {
+		t.Fatalf("GET after the blob was pushed again: %s, %d bytes", resp.Status, len(resp.body))
 	}
 }

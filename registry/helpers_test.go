@@ -23,13 +23,15 @@ type testRegistry struct {
 	t     testing.TB
 	srv   *httptest.Server
 	store *cache.Store
+	dir   string // the store's folder
 	obs   *recordingObserver
 	h     *Handler
 }
 
 func newTestRegistry(t testing.TB, mod ...func(*Config)) *testRegistry {
 	t.Helper()
-	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
+	dir := t.TempDir()
+	store, err := cache.Open(cache.Options{Dir: dir, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -47,7 +49,7 @@ func newTestRegistry(t testing.TB, mod ...func(*Config)) *testRegistry {
 			t.Errorf("close store: %v", err)
 		}
 	})
-	return &testRegistry{t: t, srv: srv, store: store, obs: obs, h: h}
+	return &testRegistry{t: t, srv: srv, store: store, dir: dir, obs: obs, h: h}
 }
 
 type response struct {

@@ -10,6 +10,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -672,5 +674,37 @@ func TestMirrorBlobHeadCold(t *testing.T) {
 	}
 	if env.up.count("GET blobs") != 0 {
 		t.Fatal("a HEAD fetched the blob")
+	}
+}
+
+// TestMirrorBlobFileRemovedByHand: a cached blob whose file was removed
+// behind the store's back is a miss again, for a HEAD as for a GET: the
+// HEAD asks upstream, the GET fetches it again and serves it, and the
+// cache holds it once more.
+func TestMirrorBlobFileRemovedByHand(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 4096, 1)
+	env.up.pushImage("library/app", "v1", img)
+	layer, data := layerOf(t, img)
+	p := "/v2/library/app/blobs/" + layer
+	env.pullBlob("library/app", layer)
+	d, _ := cache.ParseDigest(layer)
+	if err := os.Remove(filepath.Join(env.dir, "blobs", string(d.Algorithm), d.Hex[:2], d.Hex)); err != nil {
+		t.Fatal(err)
+	}
+	gets := env.up.count("GET blobs")
+	resp := env.do(http.MethodHead, p, nil)
+	env.wantStatus(resp, http.StatusOK)
+	if resp.Header.Get("Content-Length") != strconv.Itoa(len(data)) {
+		t.Fatalf("HEAD: Content-Length %s", resp.Header.Get("Content-Length"))
+	}
+	if got := env.pullBlob("library/app", layer); !bytes.Equal(got, data) {
+		t.Fatalf("GET of a blob whose file was removed: %d bytes", len(got))
+	}
+	if n := env.up.count("GET blobs"); n != gets+1 {
+		t.Fatalf("upstream blob GETs: %d, want %d (one refetch)", n, gets+1)
+	}
+	if _, err := env.store.StatBlob(context.Background(), d); err != nil {
+		t.Fatalf("the refetched blob is not cached: %v", err)
 	}
 }

@@ -93,6 +93,13 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 		if !h.mayServeFrom(r, repo, d) {
 			continue
 		}
+		// A mount spares the client its push as a HEAD's 200 does:
+		// not for bytes the storage lost behind the metadata's back.
+		if err := h.blobStored(r.Context(), d); errors.Is(err, cache.ErrBlobUnknown) {
+			return false, nil
+		} else if err != nil {
+			return false, startErr(err)
+		}
 		if err := h.cfg.Store.LinkBlob(r.Context(), rc.name, d); err != nil {
 			if errors.Is(err, cache.ErrBlobUnknown) {
 				return false, nil // collected meanwhile

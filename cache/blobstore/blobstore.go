@@ -175,6 +175,20 @@ type Starter interface {
 	Start() error
 }
 
+// Checker is a Blob opened lazily (OpenRecorded) that can ask the
+// backend whether its bytes are still stored without reading any. A HEAD
+// of a blob calls it where a GET calls Start: a client HEADs a blob before
+// pushing it and skips the upload on a 200, so a HEAD must not say 200 for
+// a blob a GET would answer 404 (its object deleted behind the registry's
+// back), or the manifest pushed next references bytes nobody can pull.
+type Checker interface {
+	// Check asks the backend for the blob (one HEAD on S3). It returns
+	// the error Start would: wrapping ErrNotFound when the backend does
+	// not hold it, ErrSizeMismatch when its object is not the recorded
+	// size, the backend's error when it cannot answer.
+	Check() error
+}
+
 // Store is everything a blob backend offers.
 type Store interface {
 	Reader

@@ -54,7 +54,8 @@ func (s *Store) uploadPath(id string) string { return filepath.Join(s.uploadsDir
 
 // NewSession implements blobstore.Sessions: an empty file under uploads/,
 // made durable at once so another Store sees it.
-func (s *Store) NewSession(ctx context.Context) (blobstore.Session, error) {
+func (s *Store) NewSession(ctx context.Context) (_ blobstore.Session, err error) {
+	defer func() { err = asStorageFull(err) }()
 	id, err := backend.RandomID()
 	if err != nil {
 		return nil, err
@@ -142,7 +143,8 @@ func (ss *session) openData() (*os.File, error) {
 // the hash and written after the session's bytes; only once it is all
 // there and fsynced do the size and hash move on. On an error the file is
 // cut back, so the session is as it was.
-func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64, error) {
+func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (_ int64, err error) {
+	defer func() { err = asStorageFull(err) }()
 	if err := ss.st.CheckAppend(offset); err != nil {
 		return 0, err
 	}
@@ -189,7 +191,8 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (int64
 // Commit implements blobstore.Session: verify (sha256 from the state,
 // sha512 by reading the file), fsync, rename into blobs/, fsync the
 // folder.
-func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (blobstore.Info, error) {
+func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (_ blobstore.Info, err error) {
+	defer func() { err = asStorageFull(err) }()
 	if err := d.Validate(); err != nil {
 		return blobstore.Info{}, err
 	}

@@ -55,10 +55,20 @@ type (
 	SpaceObserver = blobfile.SpaceObserver
 )
 
-// ErrStorageFull is cache.ErrStorageFull: a write refused by the reserve.
-// The filesystem's own ENOSPC is passed on as it comes; IsStorageFull
-// tells both.
+// ErrStorageFull is cache.ErrStorageFull: a write refused by the reserve,
+// or by the filesystem itself (ENOSPC, EDQUOT, which stay in the chain).
 var ErrStorageFull = blobfile.ErrStorageFull
+
+// asStorageFull makes the filesystem's "no space" the contract's
+// ErrStorageFull: a disk filled with no reserve configured, or past the
+// reserve by writers racing for the last bytes, refuses a push as the
+// reserve does and as an object store's 507 does.
+func asStorageFull(err error) error {
+	if err != nil && !errors.Is(err, ErrStorageFull) && blobfile.IsNoSpace(err) {
+		return fmt.Errorf("%w: %w", ErrStorageFull, err)
+	}
+	return err
+}
 
 // IsStorageFull reports whether err comes from a full storage: the
 // reserve refused the bytes, or the filesystem did.
@@ -194,7 +204,8 @@ func (s *Store) OpenRange(ctx context.Context, d blobstore.Digest, offset, lengt
 // Put implements blobstore.Putter: temp file, hash while writing, verify,
 // fsync, rename, fsync the folder. The bytes of a blob the folder holds
 // already are verified all the same, then dropped.
-func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Reader) (blobstore.Info, error) {
+func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Reader) (_ blobstore.Info, err error) {
+	defer func() { err = asStorageFull(err) }()
 	if err := d.Validate(); err != nil {
 		return blobstore.Info{}, err
 	}

@@ -270,6 +270,15 @@ func (t *teeBlob) Start() error {
 	return nil
 }
 
+// Check implements blobstore.Checker for the backend's blob being
+// copied. A local copy has no Check: it serves a GET, so a HEAD says so.
+func (t *teeBlob) Check() error {
+	if c, ok := t.Blob.(blobstore.Checker); ok {
+		return c.Check()
+	}
+	return nil
+}
+
 // openCopy opens the local copy of d, or returns nil.
 func (s *Store) openCopy(d blobstore.Digest) blobstore.Blob {
 	s.mu.Lock()

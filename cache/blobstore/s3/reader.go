@@ -57,6 +57,28 @@ func (r *objectReader) Start() error {
 	return r.open()
 }
 
+// Check implements blobstore.Checker: a HEAD of the object (of its
+// link's data when the blob is stored linked), no bytes.
+func (r *objectReader) Check() error {
+	var size int64
+	var err error
+	if r.linked.Hex != "" {
+		var loc location
+		loc, err = r.s.locate(r.ctx, r.linked)
+		size = loc.size
+	} else if size, err = r.s.head(r.ctx, r.key); statusOf(err) == http.StatusNotFound {
+		err = blobstore.ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("s3: check %s: %w", r.key, err)
+	}
+	if size != r.size {
+		// As the GET's open() finds it: not the blob's bytes.
+		return fmt.Errorf("s3: check %s: %w: the object is %d bytes, the blob %d", r.key, blobstore.ErrSizeMismatch, size, r.size)
+	}
+	return nil
+}
+
 func (r *objectReader) Read(p []byte) (int, error) {
 	if r.pos >= r.size {
 		return 0, io.EOF

@@ -44,6 +44,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"PutReaderFailsHalfway", testPutReaderFails},
 		{"InvalidDigestsAreRefused", testInvalidDigests},
 		{"Delete", testDelete},
+		{"LostBlobIsUnknownToEveryRead", testLostBlob},
 		{"OpenRangeEdges", testOpenRangeEdges},
 		{"ServeContentRanges", testServeContent},
 		{"SessionChunksAcrossReplicas", testSessionChunks},
@@ -276,6 +277,78 @@ func testDelete(t *testing.T, b Backend) {
 		wantBlob(t, s, d, c)
 	}
 	wantBlob(t, s, keep, []byte("keep"))
+}
+
+// testLostBlob: a blob deleted by another instance (behind the back of
+// whatever metadata recorded it) is unknown to every way of asking, and
+// a lazily opened one (RecordedOpener) agrees: Check, which a HEAD asks,
+// fails as Start and Read, which a GET asks, do, so a HEAD never says 200
+// for a blob a GET answers 404 (OpenRecorded may fail at once instead).
+// A blob still stored passes all of them.
+func testLostBlob(t *testing.T, b Backend) {
+	s := b()
+	keep := content(21, 2*MiB+1)
+	kd := put(t, s, keep)
+	lost := content(22, 3000)
+	ld := put(t, s, lost)
+	if err := b().Delete(ctx(t), ld); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	wantAbsent(t, s, ld)
+	if _, err := s.OpenRange(ctx(t), ld, 0, -1); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("OpenRange of a lost blob: %v, want ErrNotFound", err)
+	}
+	ro, ok := s.(blobstore.RecordedOpener)
+	if !ok {
+		return // Stat and Open above are every read it has
+	}
+	cases := []struct {
+		what string
+		d    blobstore.Digest
+		size int64
+		want error // nil: readable
+	}{
+		{"stored", kd, int64(len(keep)), nil},
+		{"lost", ld, int64(len(lost)), blobstore.ErrNotFound},
+	}
+	for _, c := range cases {
+		check := func(what string, err error) {
+			t.Helper()
+			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
+				t.Fatalf("%s of a %s blob: %v, want %v", what, c.what, err, c.want)
+			}
+		}
+		blob, err := ro.OpenRecorded(ctx(t), c.d, c.size)
+		if err != nil {
+			check("OpenRecorded", err) // a backend that asked at once
+			continue
+		}
+		_, lazy := blob.(blobstore.Starter)
+		_, checks := blob.(blobstore.Checker)
+		blob.Close()
+		if lazy && !checks {
+			t.Fatalf("OpenRecorded of a %s blob is a %T: it reads lazily (Starter) but has no Check, so a HEAD cannot learn what a GET would", c.what, blob)
+		}
+		open := func() blobstore.Blob {
+			t.Helper()
+			blob, err := ro.OpenRecorded(ctx(t), c.d, c.size)
+			if err != nil {
+				t.Fatalf("OpenRecorded of a %s blob: %v", c.what, err)
+			}
+			t.Cleanup(func() { blob.Close() })
+			return blob
+		}
+		if ck, ok := open().(blobstore.Checker); ok {
+			check("Check", ck.Check())
+		}
+		if st, ok := open().(blobstore.Starter); ok {
+			check("Start", st.Start())
+		}
+		if c.want != nil {
+			_, err := io.ReadAll(open())
+			check("Read", err)
+		}
+	}
 }
 
 func testOpenRangeEdges(t *testing.T, b Backend) {
@@ -820,4 +893,84 @@ func testLeftovers(t *testing.T, b Backend) {
 	if got := leftovers(t, sw, 10); len(got) != 0 {
 		t.Fatalf("leftovers after a commit: %+v", got)
 	}
+}
+
+// Full is a backend on storage small enough to fill to the brim (a
+// folder on a small tmpfs; an S3 server whose files are on one).
+type Full struct {
+	// Backend opens stores on the storage.
+	Backend Backend
+	// Fill takes the storage's free space until about left bytes remain
+	// and returns what gives it back.
+	Fill func(t *testing.T, left int64) (free func())
+}
+
+// RunFull runs the storage-full case of the contract against a fresh
+// backend from newFull. It is apart from Run because few backends can be
+// filled in a test (a small filesystem to mount): a backend whose test
+// cannot mount one skips it.
+func RunFull(t *testing.T, newFull func(t *testing.T) Full) {
+	t.Run("StorageFull", func(t *testing.T) { testStorageFull(t, newFull(t)) })
+}
+
+// testStorageFull: on storage with no room left, a Put (one object, or
+// several parts) and a session refuse with ErrStorageFull, which the
+// registry answers 507, and leave nothing: no blob, no leftover, a
+// session as it was before its Append. The blobs stored before are
+// intact, and once space is freed the same writes succeed without a new
+// store.
+func testStorageFull(t *testing.T, f Full) {
+	s := f.Backend()
+	keep := content(31, 2*MiB+3)
+	kd := put(t, s, keep)
+	blobs := [][]byte{content(32, MiB+5), content(33, 6*MiB+7)}
+	free := f.Fill(t, MiB/2)
+	for _, c := range blobs {
+		d := sha256Of(c)
+		for _, size := range []int64{int64(len(c)), -1} {
+			_, err := s.Put(ctx(t), d, size, bytes.NewReader(c))
+			wantErr(t, fmt.Sprintf("Put of %d bytes (declared %d) on full storage", len(c), size), err, blobstore.ErrStorageFull)
+		}
+		wantAbsent(t, s, d)
+	}
+	if sw, ok := s.(blobstore.Sweeper); ok {
+		if ls := leftovers(t, sw, 100); len(ls) != 0 {
+			t.Fatalf("refused Puts left %+v", ls)
+		}
+	}
+	last := blobs[len(blobs)-1]
+	sess, err := s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatalf("NewSession on full storage: %v", err)
+	}
+	_, err = sess.Append(ctx(t), 0, bytes.NewReader(last))
+	if err != nil && sess.Size() != 0 {
+		t.Fatalf("a refused Append left the session at %d bytes", sess.Size())
+	}
+	if err == nil {
+		_, err = sess.Commit(ctx(t), sha256Of(last), int64(len(last)))
+	}
+	wantErr(t, fmt.Sprintf("session of %d bytes on full storage", len(last)), err, blobstore.ErrStorageFull)
+	wantAbsent(t, s, sha256Of(last))
+	if err := sess.Cancel(ctx(t)); err != nil {
+		t.Fatalf("Cancel on full storage: %v", err)
+	}
+	wantBlob(t, s, kd, keep)
+
+	free()
+	for _, c := range blobs[:len(blobs)-1] {
+		wantBlob(t, s, put(t, s, c), c)
+	}
+	sess, err = s.NewSession(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Append(ctx(t), 0, bytes.NewReader(last)); err != nil {
+		t.Fatalf("Append once space is freed: %v", err)
+	}
+	if _, err := sess.Commit(ctx(t), sha256Of(last), int64(len(last))); err != nil {
+		t.Fatalf("Commit once space is freed: %v", err)
+	}
+	wantBlob(t, s, sha256Of(last), last)
+	wantBlob(t, s, kd, keep)
 }
