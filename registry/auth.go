@@ -75,13 +75,45 @@ func (h *Handler) authorizeManifestPut(r *http.Request, rc *request, need authsc
 	if err != nil {
 		return r, err
 	}
+	rc.putNeed = &need
 	moves, err := h.movesTag(ar, rc)
 	if err != nil || !moves {
 		return ar, err
 	}
+	return h.authorizeTagMove(ar, rc)
+}
+
+// authorizeTagMove asks the policy again for a manifest push found to
+// move a tag: an update, not a create.
+func (h *Handler) authorizeTagMove(r *http.Request, rc *request) (*http.Request, error) {
+	need := *rc.putNeed
 	need.TagMove = true
 	rc.tagMove = true
-	return h.decide(ar, rc, need)
+	return h.decide(r, rc, need)
+}
+
+// recheckTagMove is the last word on a manifest push judged a create:
+// the caller may have held its body back (as long as it liked) after
+// that judgement, while someone else pushed one of its tags. Just before
+// the tags are written (with tagLocks held, so no other push of this
+// repository writes in between) a push that now moves a tag to manifest
+// d is asked again as an update.
+func (h *Handler) recheckTagMove(r *http.Request, rc *request, tags []string, d cache.Digest) error {
+	if h.cfg.Authorizer == nil || rc.putNeed == nil || rc.tagMove {
+		return nil
+	}
+	for _, t := range tags {
+		cur, err := h.cfg.Store.ResolveTag(r.Context(), rc.name, t)
+		if errors.Is(err, cache.ErrTagUnknown) || errors.Is(err, cache.ErrRepoUnknown) || err == nil && cur == d {
+			continue
+		}
+		if err != nil {
+			return errInternal(err)
+		}
+		_, err = h.authorizeTagMove(rc.authed, rc)
+		return err
+	}
+	return nil
 }
 
 // decide asks the Authorizer about need and turns a refusal into an *Error.

@@ -131,6 +131,9 @@ type Handler struct {
 	// pending: the mirrors' manifest store writes running, some after
 	// their answers (mirror_pending.go).
 	pending pendingManifests
+	// tagLocks make a pushed manifest's tag check and tag write one step
+	// against the other pushes of its repository (recheckTagMove).
+	tagLocks repoLocks
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a

@@ -196,6 +196,13 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	m.Digest = d
 	m.Size = int64(len(body))
+	if h.cfg.Authorizer != nil && len(tags) > 0 {
+		unlock := h.tagLocks.lock(rc.name)
+		defer unlock()
+		if err := h.recheckTagMove(r, rc, tags, d); err != nil {
+			return err
+		}
+	}
 	if err := h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags); err != nil {
 		if errors.Is(err, cache.ErrDigestMismatch) {
 			return errDigestInvalid("manifest does not match digest", err)

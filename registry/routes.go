@@ -34,6 +34,9 @@ type request struct {
 	authed *http.Request
 	// tagMove: a manifest PUT that points an existing tag elsewhere.
 	tagMove bool
+	// putNeed is what a manifest PUT was authorized for, to ask again
+	// when it turns out to move a tag (recheckTagMove); nil without auth.
+	putNeed *authscope.Need
 	// mirror serves name when it lies in a mirrored namespace.
 	mirror *Mirror
 	// sigPolicy names the signature policy that refused the manifest,
