@@ -121,6 +121,14 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	return nil
 }
 
+// jsonMediaType reports whether mt (a base type, lower case) is JSON:
+// every manifest media type of the OCI and Docker specs, and of artifacts,
+// is application/json or application/<...>+json.
+func jsonMediaType(mt string) bool {
+	sub, ok := strings.CutPrefix(mt, "application/")
+	return ok && (sub == "json" || strings.HasSuffix(sub, "+json") && len(sub) > len("+json"))
+}
+
 func etagMatches(header, digest string) bool {
 	for v := range strings.SplitSeq(header, ",") {
 		v = strings.TrimSpace(v)
@@ -269,6 +277,13 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		mt = MediaTypeOCIIndex
 	case mt == "":
 		mt = MediaTypeOCIManifest
+	}
+	if !jsonMediaType(mt) {
+		// It is the Content-Type every pull is answered with, on this
+		// site's origin: text/html or SVG would make the pusher's bytes a
+		// page of the site.
+		return cache.Manifest{}, errManifestInvalid(
+			fmt.Sprintf("media type %q is not a manifest media type (application/json or application/...+json)", mt), nil)
 	}
 
 	m := cache.Manifest{MediaType: mt, Annotations: doc.Annotations}
