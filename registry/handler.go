@@ -217,11 +217,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rc := &request{op: OpNotFound}
 	ow.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-	// Manifests and blobs are bytes a pusher chose, served on this site's
-	// origin (beside its sign-in pages): a browser sent to one must not
-	// sniff it into a page nor run anything in it as the site.
-	ow.Header().Set("X-Content-Type-Options", "nosniff")
-	ow.Header().Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	// Manifests and blobs are bytes a pusher chose.
+	authscope.InertContent(ow.Header())
 
 	if err := h.dispatch(ow, r, rc); err != nil {
 		h.writeError(ow, r, rc, err)

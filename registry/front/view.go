@@ -47,6 +47,9 @@ func (v *view) name(backend string) (string, bool) {
 
 // headers rewrites h in place before the status line goes out.
 func (v *view) headers(h http.Header) {
+	// The backend's manifests and blobs are a pusher's bytes, now served
+	// on this site's origin.
+	authscope.InertContent(h)
 	if cs := h.Values("Www-Authenticate"); len(cs) > 0 {
 		cv := authscope.ChallengeView{Service: v.front.cfg.Service, Name: v.name}
 		if v.front.proxy != nil {
