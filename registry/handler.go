@@ -131,8 +131,8 @@ type Handler struct {
 	// pending: the mirrors' manifest store writes running, some after
 	// their answers (mirror_pending.go).
 	pending pendingManifests
-	// tagLocks make a pushed manifest's tag check and tag write one step
-	// against the other pushes of its repository (recheckTagMove).
+	// tagLocks make a pushed manifest's last check and its write one step
+	// against the other pushes of its repository (recheckUpdate).
 	tagLocks repoLocks
 }
 

@@ -204,10 +204,10 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	m.Digest = d
 	m.Size = int64(len(body))
-	if h.cfg.Authorizer != nil && len(tags) > 0 {
+	if h.cfg.Authorizer != nil {
 		unlock := h.tagLocks.lock(rc.name)
 		defer unlock()
-		if err := h.recheckTagMove(r, rc, tags, d); err != nil {
+		if err := h.recheckUpdate(r, rc, tags, m); err != nil {
 			return err
 		}
 	}

@@ -32,10 +32,11 @@ type request struct {
 	// authed is the request as the Authorizer passed it (carrying the
 	// caller's identity), for the audit log; nil without auth.
 	authed *http.Request
-	// tagMove: a manifest PUT that points an existing tag elsewhere.
+	// tagMove: a manifest PUT that points an existing tag elsewhere (or
+	// gives a manifest held here another media type): an update.
 	tagMove bool
 	// putNeed is what a manifest PUT was authorized for, to ask again
-	// when it turns out to move a tag (recheckTagMove); nil without auth.
+	// when it turns out to be an update (recheckUpdate); nil without auth.
 	putNeed *authscope.Need
 	// mirror serves name when it lies in a mirrored namespace.
 	mirror *Mirror

@@ -109,3 +109,64 @@ func TestCreateOnlyPushCannotMoveTagMeanwhile(t *testing.T) {
 		})
 	}
 }
+
+// TestCreateOnlyPushCannotRetypeManifest: the bytes of a manifest are its
+// digest, but the media type it is served with comes from its push (the
+// Content-Type, when the document names none). Pushing the same bytes
+// again under another media type changes how every pull of the existing
+// manifest is answered (a released image served as an index): that is an
+// update, which a caller who may only create is refused.
+func TestCreateOnlyPushCannotRetypeManifest(t *testing.T) {
+	hash := func(p string) string {
+		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+		return string(h)
+	}
+	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{
+			"blumeops/**": {Policies: []authscope.Grant{{Users: []string{"ci"}, Actions: []string{"read", "create"}}}},
+		},
+		Admin: &authscope.AdminPolicy{Users: []string{"root"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
+	tr := &testRegistry{t: t, srv: ar.srv}
+	basic := func(u, p string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p)) }
+	ci, root := basic("ci", "ci-pw"), basic("root", "root-pw")
+
+	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	cd := cache.FromBytes(cache.SHA256, cfg)
+	tr.wantStatus(tr.do("POST", "/v2/blumeops/app/blobs/uploads/?digest="+cd.String(), cfg, "Authorization", root), http.StatusCreated)
+	// No mediaType of its own: the push's Content-Type says what it is.
+	body := []byte(fmt.Sprintf(`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[]}`, cd, len(cfg)))
+	d := cache.FromBytes(cache.SHA256, body)
+	tr.wantStatus(tr.do("PUT", "/v2/blumeops/app/manifests/release", body, "Authorization", root, "Content-Type", MediaTypeOCIManifest), http.StatusCreated)
+
+	served := func() string {
+		t.Helper()
+		resp := tr.do("HEAD", "/v2/blumeops/app/manifests/release", nil, "Authorization", root)
+		tr.wantStatus(resp, http.StatusOK)
+		return resp.Header.Get("Content-Type")
+	}
+	for _, ref := range []string{d.String(), "release", "other"} {
+		resp := tr.do("PUT", "/v2/blumeops/app/manifests/"+ref, body, "Authorization", ci, "Content-Type", MediaTypeOCIIndex)
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(resp.body), "DENIED") {
+			t.Errorf("ci pushes the manifest again as an index by %s: %d %s, want 403 DENIED", ref, resp.StatusCode, resp.body)
+		}
+		if got := served(); got != MediaTypeOCIManifest {
+			t.Fatalf("after ci's push by %s the release is served as %q", ref, got)
+		}
+	}
+	// The same push again, same type: nothing changes, a creator may.
+	tr.wantStatus(tr.do("PUT", "/v2/blumeops/app/manifests/"+d.String(), body, "Authorization", ci, "Content-Type", MediaTypeOCIManifest), http.StatusCreated)
+	// Who may update may retype.
+	tr.wantStatus(tr.do("PUT", "/v2/blumeops/app/manifests/"+d.String(), body, "Authorization", root, "Content-Type", MediaTypeOCIIndex), http.StatusCreated)
+	if got := served(); got != MediaTypeOCIIndex {
+		t.Errorf("after root's push the release is served as %q", got)
+	}
+}
