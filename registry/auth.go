@@ -96,11 +96,11 @@ func (h *Handler) authorizeTagMove(r *http.Request, rc *request) (*http.Request,
 // recheckUpdate is the last word on a manifest push judged a create: the
 // caller may have held its body back (as long as it liked) after that
 // judgement, while someone else pushed one of its tags. Just before the
-// manifest and its tags are written (with tagLocks held, so no other push
-// of this repository writes in between), a push of m that now moves a
-// tag, or that gives a manifest the repository holds another media type
-// (the Content-Type every pull of it gets), is asked again as the update
-// it is.
+// manifest and its tags are written (with manifestWrites held, so no
+// other push of this repository in this process writes in between), a
+// push of m that now moves a tag, or that gives a manifest the
+// repository holds another media type (the Content-Type every pull of it
+// gets), is asked again as the update it is.
 func (h *Handler) recheckUpdate(r *http.Request, rc *request, tags []string, m cache.Manifest) error {
 	if h.cfg.Authorizer == nil || rc.putNeed == nil || rc.tagMove {
 		return nil

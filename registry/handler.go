@@ -131,9 +131,6 @@ type Handler struct {
 	// pending: the mirrors' manifest store writes running, some after
 	// their answers (mirror_pending.go).
 	pending pendingManifests
-	// tagLocks make a pushed manifest's last check and its write one step
-	// against the other pushes of its repository (recheckUpdate).
-	tagLocks repoLocks
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a

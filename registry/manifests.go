@@ -205,7 +205,7 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	m.Digest = d
 	m.Size = int64(len(body))
 	if h.cfg.Authorizer != nil {
-		unlock := h.tagLocks.lock(rc.name)
+		unlock := manifestWrites.lock(rc.name)
 		defer unlock()
 		if err := h.recheckUpdate(r, rc, tags, m); err != nil {
 			return err

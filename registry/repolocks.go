@@ -22,3 +22,11 @@ func (l *repoLocks) lock(repo string) (unlock func()) {
 	m.Lock()
 	return m.Unlock
 }
+
+// manifestWrites make a pushed manifest's last check and its write one
+// step against the other pushes of its repository (recheckUpdate): one
+// set for the process, since every handler on one store (two sites, the
+// old and the new config across a reload) writes the same repositories.
+// Replicas are other processes: between them the step is not atomic, and
+// the window is the store's write.
+var manifestWrites repoLocks
