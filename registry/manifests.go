@@ -121,6 +121,26 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	return nil
 }
 
+// putManifest stores the pushed manifest, after the last check of what
+// the push now is (recheckUpdate) when auth is on, the two as one step
+// against this process's other pushes of the repository.
+func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, body []byte, tags []string) error {
+	if h.cfg.Authorizer != nil {
+		unlock := manifestWrites.lock(rc.name)
+		defer unlock()
+		if err := h.recheckUpdate(r, rc, tags, m); err != nil {
+			return err
+		}
+	}
+	if err := h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags); err != nil {
+		if errors.Is(err, cache.ErrDigestMismatch) {
+			return errDigestInvalid("manifest does not match digest", err)
+		}
+		return errInternal(err)
+	}
+	return nil
+}
+
 // jsonMediaType reports whether mt (a base type, lower case) is JSON:
 // every manifest media type of the OCI and Docker specs, and of artifacts,
 // is application/json or application/<...>+json.
@@ -204,18 +224,8 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	m.Digest = d
 	m.Size = int64(len(body))
-	if h.cfg.Authorizer != nil {
-		unlock := manifestWrites.lock(rc.name)
-		defer unlock()
-		if err := h.recheckUpdate(r, rc, tags, m); err != nil {
-			return err
-		}
-	}
-	if err := h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags); err != nil {
-		if errors.Is(err, cache.ErrDigestMismatch) {
-			return errDigestInvalid("manifest does not match digest", err)
-		}
-		return errInternal(err)
+	if err := h.putManifest(r, rc, m, body, tags); err != nil {
+		return err
 	}
 	if p := h.signaturePolicy(rc.name); p != nil {
 		// The push may be a signature (cosign's tag, a referrer) for a
