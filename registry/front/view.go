@@ -125,6 +125,18 @@ func (v *view) url(s string) (string, bool) {
 		return "", false
 	}
 	rel := url.URL{Path: v.clientPrefix + typed + u.Path[len(t.Base):], RawQuery: u.RawQuery}
+	if v.via.NS != "" {
+		// The name means what the client meant only with its ns, which
+		// the backend never saw.
+		// Appended, so the backend's own parameters (an upload's state)
+		// go back byte for byte.
+		ns := url.Values{"ns": {v.via.NS}}.Encode()
+		if rel.RawQuery == "" {
+			rel.RawQuery = ns
+		} else {
+			rel.RawQuery += "&" + ns
+		}
+	}
 	return rel.String(), true
 }
 
