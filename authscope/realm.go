@@ -65,3 +65,13 @@ func ProxyRealm(r *http.Request, scheme string, v Via) string {
 	u.RawQuery = q.Encode()
 	return u.String()
 }
+
+// InertContent marks an answer whose bytes a pusher, a backend or a token
+// service chose, served on this site's origin (beside its sign-in pages
+// and their session): a browser sent to it must neither sniff it into a
+// page nor run anything in it as the site. Registry clients read neither
+// header.
+func InertContent(h http.Header) {
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+}

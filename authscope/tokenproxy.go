@@ -101,6 +101,9 @@ var defaultTokenClient = &http.Client{Timeout: 30 * time.Second}
 func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w, r, finish := GuardUnreadBody(w, r)
 	defer finish()
+	// The token service's answer may echo what a link sent here put in
+	// the query, as whatever Content-Type it likes.
+	InertContent(w.Header())
 	logger := p.Logger
 	if logger == nil {
 		logger = zap.NewNop()

@@ -758,3 +758,32 @@ func TestTokenProxyLogsNoSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenProxyAnswerInert: the token service's answer is served on this
+// site's origin. One that echoes a request's parameter as HTML (an error
+// page) must not run as a page of the site when a link sends a browser
+// to /_oci/token with a script in the query.
+func TestTokenProxyAnswerInert(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, "<p>unknown client "+r.URL.Query().Get("client_id")+"</p>")
+	}))
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL + "/auth")
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	for _, q := range []string{"?client_id=" + url.QueryEscape("<script>alert(1)</script>"), "?scope=bad"} {
+		resp, err := http.Get(srv.URL + TokenPath + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+			t.Errorf("%s: X-Content-Type-Options %q", q, got)
+		}
+		if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "sandbox") || !strings.Contains(csp, "default-src 'none'") {
+			t.Errorf("%s: Content-Security-Policy %q, want a sandbox with nothing allowed", q, csp)
+		}
+	}
+}

@@ -214,6 +214,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rc := &request{op: OpNotFound}
 	ow.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	// Manifests and blobs are bytes a pusher chose.
+	authscope.InertContent(ow.Header())
 
 	if err := h.dispatch(ow, r, rc); err != nil {
 		h.writeError(ow, r, rc, err)

@@ -121,6 +121,34 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	return nil
 }
 
+// putManifest stores the pushed manifest, after the last check of what
+// the push now is (recheckUpdate) when auth is on, the two as one step
+// against this process's other pushes of the repository.
+func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, body []byte, tags []string) error {
+	if h.cfg.Authorizer != nil {
+		unlock := manifestWrites.lock(rc.name)
+		defer unlock()
+		if err := h.recheckUpdate(r, rc, tags, m); err != nil {
+			return err
+		}
+	}
+	if err := h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags); err != nil {
+		if errors.Is(err, cache.ErrDigestMismatch) {
+			return errDigestInvalid("manifest does not match digest", err)
+		}
+		return errInternal(err)
+	}
+	return nil
+}
+
+// jsonMediaType reports whether mt (a base type, lower case) is JSON:
+// every manifest media type of the OCI and Docker specs, and of artifacts,
+// is application/json or application/<...>+json.
+func jsonMediaType(mt string) bool {
+	sub, ok := strings.CutPrefix(mt, "application/")
+	return ok && (sub == "json" || strings.HasSuffix(sub, "+json") && len(sub) > len("+json"))
+}
+
 func etagMatches(header, digest string) bool {
 	for v := range strings.SplitSeq(header, ",") {
 		v = strings.TrimSpace(v)
@@ -196,11 +224,8 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	m.Digest = d
 	m.Size = int64(len(body))
-	if err := h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags); err != nil {
-		if errors.Is(err, cache.ErrDigestMismatch) {
-			return errDigestInvalid("manifest does not match digest", err)
-		}
-		return errInternal(err)
+	if err := h.putManifest(r, rc, m, body, tags); err != nil {
+		return err
 	}
 	if p := h.signaturePolicy(rc.name); p != nil {
 		// The push may be a signature (cosign's tag, a referrer) for a
@@ -262,6 +287,13 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		mt = MediaTypeOCIIndex
 	case mt == "":
 		mt = MediaTypeOCIManifest
+	}
+	if !jsonMediaType(mt) {
+		// It is the Content-Type every pull is answered with, on this
+		// site's origin: text/html or SVG would make the pusher's bytes a
+		// page of the site.
+		return cache.Manifest{}, errManifestInvalid(
+			fmt.Sprintf("media type %q is not a manifest media type (application/json or application/...+json)", mt), nil)
 	}
 
 	m := cache.Manifest{MediaType: mt, Annotations: doc.Annotations}

@@ -28,12 +28,19 @@ type request struct {
 	nsQuery string
 	// arg is the last path element: reference, digest or upload id.
 	arg string
+	// via is how the request came in, to map other names it carries (a
+	// mount's source) as its own was mapped.
+	via authscope.Via
 	op  string
 	// authed is the request as the Authorizer passed it (carrying the
 	// caller's identity), for the audit log; nil without auth.
 	authed *http.Request
-	// tagMove: a manifest PUT that points an existing tag elsewhere.
+	// tagMove: a manifest PUT that points an existing tag elsewhere (or
+	// gives a manifest held here another media type): an update.
 	tagMove bool
+	// putNeed is what a manifest PUT was authorized for, to ask again
+	// when it turns out to be an update (recheckUpdate); nil without auth.
+	putNeed *authscope.Need
 	// mirror serves name when it lies in a mirrored namespace.
 	mirror *Mirror
 	// sigPolicy names the signature policy that refused the manifest,
@@ -340,7 +347,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	// For a store made of several, which routes by repository.
 	r = r.WithContext(WithRepository(r.Context(), internal))
 	// The way the client came in, so Location and Link lead back to it.
-	rc.base, rc.typed = t.Base, name
+	rc.base, rc.typed, rc.via = t.Base, name, via
 	if via.NS != "" {
 		rc.nsQuery = url.Values{"ns": {via.NS}}.Encode()
 	}

@@ -72,9 +72,14 @@ func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, rc *reques
 func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from string) (bool, error) {
 	var candidates []string
 	if from != "" {
-		if _, err := ParseName(from); err != nil {
+		// The name as the client typed it, mapped as the request's own
+		// (and as authorize mapped it to ask the policy): a source that
+		// does not map only loses the mount.
+		internal, err := h.names.Internal(from, rc.via)
+		if err != nil {
 			return false, nil
 		}
+		from = internal
 		if _, err := h.cfg.Store.HasBlob(r.Context(), from, d); err != nil {
 			if errors.Is(err, cache.ErrBlobUnknown) {
 				return false, nil

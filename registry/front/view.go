@@ -47,6 +47,9 @@ func (v *view) name(backend string) (string, bool) {
 
 // headers rewrites h in place before the status line goes out.
 func (v *view) headers(h http.Header) {
+	// The backend's manifests and blobs are a pusher's bytes, now served
+	// on this site's origin.
+	authscope.InertContent(h)
 	if cs := h.Values("Www-Authenticate"); len(cs) > 0 {
 		cv := authscope.ChallengeView{Service: v.front.cfg.Service, Name: v.name}
 		if v.front.proxy != nil {
@@ -122,6 +125,18 @@ func (v *view) url(s string) (string, bool) {
 		return "", false
 	}
 	rel := url.URL{Path: v.clientPrefix + typed + u.Path[len(t.Base):], RawQuery: u.RawQuery}
+	if v.via.NS != "" {
+		// The name means what the client meant only with its ns, which
+		// the backend never saw.
+		// Appended, so the backend's own parameters (an upload's state)
+		// go back byte for byte.
+		ns := url.Values{"ns": {v.via.NS}}.Encode()
+		if rel.RawQuery == "" {
+			rel.RawQuery = ns
+		} else {
+			rel.RawQuery += "&" + ns
+		}
+	}
 	return rel.String(), true
 }
 
