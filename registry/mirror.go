@@ -103,6 +103,7 @@ type Mirror struct {
 	// revalidations: one upstream exchange per name+reference at a time.
 	revalidations singleflight.Group
 	slots         *fillSlots // bounds concurrent blob fills
+	declared      declaredSizes
 	obs           MirrorObserver
 	now           func() time.Time
 }
@@ -343,6 +344,8 @@ func upstreamError(m *Mirror, kind string, err error) *Error {
 			msg = name + " sent content that does not match its digest"
 		case errors.Is(err, errUpstreamManifest):
 			msg = name + " sent an invalid manifest"
+		case errors.Is(err, errUpstreamBlobSize):
+			msg = name + " sent a blob of another size than its manifest declares"
 		}
 		return newError(http.StatusBadGateway, CodeUnknown, msg, err)
 	}

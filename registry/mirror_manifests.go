@@ -72,6 +72,7 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 		return err
 	}
 	h.cfg.Store.Touch(res.m.Digest) // its last use, for a size-limited cache
+	m.declared.note(rc.name, res.m.Digest, res.body)
 	hd := w.Header()
 	if res.stale {
 		hd.Set("Warning", staleWarning)
