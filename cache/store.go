@@ -15,6 +15,8 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/fdguard"
 )
 
 // Store is safe for concurrent use. Open it once per directory per process.
@@ -254,10 +256,14 @@ func (s *Store) Close() error {
 
 // update runs fn in a read-write transaction, retrying when a concurrent
 // transaction touched the same keys. It refuses (ErrStorageFull) while the
-// metadata's filesystem is nearly full (space.go).
+// metadata's filesystem is nearly full (space.go), and (ErrUnavailable)
+// while the process is nearly out of file descriptors (fdguard).
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
 	if err := s.space.admitMeta(); err != nil {
 		return err
+	}
+	if err := fdguard.Admit(); err != nil {
+		return fmt.Errorf("%w: metadata write refused: %w", ErrUnavailable, err)
 	}
 	var err error
 	for range 16 {

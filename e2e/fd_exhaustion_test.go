@@ -43,6 +43,16 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 		t.Fatal("pushing the first image failed")
 	}
 
+	// A manifest whose record in the database is large (50 KB of
+	// annotations), so that tagging it again and again fills the
+	// database's memtable: it turns over, opening a new file, while the
+	// process has none left.
+	big := bytes.Replace(im.manifest, []byte(`{"schemaVersion":2,`),
+		[]byte(`{"schemaVersion":2,"annotations":{"pad":"`+strings.Repeat("p", 50_000)+`"},`), 1)
+	if resp := do(t, http.MethodPut, s.url("/v2/fd/app/manifests/big"), big, map[string]string{"Content-Type": ociManifest}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT the large manifest: %s %s", resp.Status, readAll(t, resp))
+	}
+
 	// A chunked upload with its first chunk in, before the limit.
 	chunked := randomBytes(t, 256<<10)
 	half := len(chunked) / 2
@@ -61,7 +71,7 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 	// to come (an error answer to a request with a body closes its
 	// connection).
 	var clients []*http.Client
-	for range 3 {
+	for range 4 {
 		c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 		resp, err := c.Get(s.url("/v2/"))
 		if err != nil {
@@ -123,6 +133,31 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 			t.Errorf("%s %s with no file left: %s %s (want 503 UNAVAILABLE with Retry-After)", rq.method, rq.path, resp.Status, b)
 		}
 	}
+	// Tag the large manifest 200 times (10 MB of records) with no file
+	// left.
+	var tagged []string
+	codes := map[int]int{}
+	for i := range 200 {
+		tag := "t" + strconv.Itoa(i)
+		req, _ := http.NewRequest(http.MethodPut, s.url("/v2/fd/app/manifests/"+tag), bytes.NewReader(big))
+		req.Header.Set("Content-Type", ociManifest)
+		resp, err := clients[3].Do(req)
+		if err != nil {
+			t.Errorf("PUT %s with no file left: %v", tag, err)
+			break
+		}
+		b := readAll(t, resp)
+		resp.Body.Close()
+		codes[resp.StatusCode]++
+		switch {
+		case resp.StatusCode == http.StatusCreated:
+			tagged = append(tagged, tag)
+		case resp.StatusCode != http.StatusServiceUnavailable:
+			t.Errorf("PUT %s with no file left: %s %s", tag, resp.Status, b)
+		}
+	}
+	t.Logf("200 tags of a manifest with 50 KB of annotations, with no file left: %v", codes)
+	time.Sleep(200 * time.Millisecond) // a fatal error takes its time
 	select {
 	case <-s.done:
 		t.Fatalf("the server died:\n%s", s.out.String())
@@ -172,8 +207,14 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 	checkImage(t, s, "fd/app", "v1", "after the limit")
 	checkImage(t, s, "fd/app", "v2", "after the limit")
 
+	checkImage(t, s, "fd/app", "big", "after the limit")
+	for _, tag := range tagged {
+		checkImage(t, s, "fd/app", tag, "after the limit")
+	}
+
 	s.kill()
 	s.start()
-	checkImage(t, s, "fd/app", "v1", "after a restart")
-	checkImage(t, s, "fd/app", "v2", "after a restart")
+	for _, tag := range append([]string{"v1", "v2", "big"}, tagged...) {
+		checkImage(t, s, "fd/app", tag, "after a restart")
+	}
 }
