@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,10 +26,21 @@ import (
 func TestFileDescriptorExhaustion(t *testing.T) {
 	needBinary(t)
 	const limit = 128
+	// A mirror's upstream with one blob, fetched first while the server
+	// has no file left.
+	cold := randomBytes(t, 32<<10)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/library/x/blobs/"+blobDigest(cold) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(cold)))
+			w.Write(cold)
+		}
+	}))
+	defer up.Close()
 	dataDir := t.TempDir()
 	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
 	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\nhttp://:" + port +
-		" {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) + "\n\t}\n}\n"
+		" {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) +
+		"\n\t\tmirror docker.io {\n\t\t\tupstream " + up.URL + "\n\t\t}\n\t}\n}\n"
 	config := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -71,7 +83,7 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 	// to come (an error answer to a request with a body closes its
 	// connection).
 	var clients []*http.Client
-	for range 4 {
+	for range 5 {
 		c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 		resp, err := c.Get(s.url("/v2/"))
 		if err != nil {
@@ -108,6 +120,11 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 		body         []byte
 		hdr          string // Content-Range
 	}{
+		// First: a refusal of a request with a body closes its
+		// connection, and the descriptor freed would let the mirror
+		// connect upstream, then fail to create its file with the
+		// client's answer already under way.
+		{http.MethodGet, s.url("/v2/docker.io/library/x/blobs/" + blobDigest(cold)), nil, ""},
 		{http.MethodPost, s.url("/v2/fd/app/blobs/uploads/?digest=" + blobDigest(layer)), layer, ""},
 		{http.MethodGet, s.url("/v2/fd/app/blobs/" + blobDigest(im.layer)), nil, ""},
 		{http.MethodPatch, session, chunked[half:], fmt.Sprintf("%d-%d", half, len(chunked)-1)},
@@ -141,7 +158,7 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 		tag := "t" + strconv.Itoa(i)
 		req, _ := http.NewRequest(http.MethodPut, s.url("/v2/fd/app/manifests/"+tag), bytes.NewReader(big))
 		req.Header.Set("Content-Type", ociManifest)
-		resp, err := clients[3].Do(req)
+		resp, err := clients[4].Do(req)
 		if err != nil {
 			t.Errorf("PUT %s with no file left: %v", tag, err)
 			break
@@ -176,6 +193,9 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 
 	// Works again without a restart; the upload goes on from where the
 	// server says it is.
+	if got := readAll(t, do(t, http.MethodGet, s.url("/v2/docker.io/library/x/blobs/"+blobDigest(cold)), nil, nil)); !bytes.Equal(got, cold) {
+		t.Errorf("the mirror's blob after the limit: %d other bytes", len(got))
+	}
 	resp = do(t, http.MethodGet, session, nil, nil)
 	var end int
 	if _, err := fmt.Sscanf(resp.Header.Get("Range"), "0-%d", &end); resp.StatusCode != http.StatusNoContent || err != nil || (end+1 != half && end+1 != len(chunked)) {

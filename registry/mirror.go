@@ -329,6 +329,11 @@ func upstreamError(m *Mirror, kind string, err error) *Error {
 	if e := storageFullError(err); e != nil {
 		return e // upstream answered; the store had no room
 	}
+	if outOfFiles(err) {
+		// This process could not open a file or a connection: not
+		// upstream's failure (503, not 502).
+		return errInternal(err)
+	}
 	if errors.Is(err, errMirrorBlobTooLarge) {
 		return mirrorBlobTooLarge(m, err)
 	}
