@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,9 @@ import (
 // manifest and enough clients.
 func TestLargeManifestPullsMemory(t *testing.T) {
 	needBinary(t)
+	if runtime.GOOS != "linux" {
+		t.Skip("reads the server's /proc entries")
+	}
 	dataDir := t.TempDir()
 	s := siteServer(t, dataDir, "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+"\n\t\tmax_manifest_size 4MiB\n\t}", 0)
 	im := newChurnImage(t)
