@@ -133,20 +133,21 @@ func (s *manifestSizes) hold(ctx context.Context, d cache.Digest, limit int64) (
 	return func() { manifestServe.Release(n) }, nil
 }
 
-// writeManifestBody writes a manifest's bytes; a large one within
-// manifestWriteTimeout.
-func writeManifestBody(w http.ResponseWriter, body []byte) {
+// writeManifestBody writes a manifest's bytes, a large one within
+// manifestWriteTimeout, and returns how many went out.
+func writeManifestBody(w http.ResponseWriter, body []byte) int {
 	if len(body) <= smallManifest {
-		_, _ = w.Write(body)
-		return
+		n, _ := w.Write(body)
+		return n
 	}
 	rc := http.NewResponseController(w)
 	if rc.SetWriteDeadline(time.Now().Add(manifestWriteTimeout)) != nil {
-		_, _ = w.Write(body)
-		return
+		n, _ := w.Write(body)
+		return n
 	}
-	_, _ = w.Write(body)
+	n, _ := w.Write(body)
 	_ = rc.Flush()
 	// The connection may serve more requests: no deadline for them.
 	_ = rc.SetWriteDeadline(time.Time{})
+	return n
 }

@@ -125,7 +125,7 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		writeManifestBody(w, body)
+		_ = writeManifestBody(w, body)
 	}
 	return nil
 }
