@@ -40,6 +40,9 @@ type Store struct {
 	// every "the blob exists, now link it" sequence holds the read lock, so
 	// a link never points at a file GC is about to remove.
 	gcMu sync.RWMutex
+	// retryMu: metadata writes that conflicted twice retry one at a time
+	// (update).
+	retryMu sync.Mutex
 	// gcPaused skips the background collection's rounds (PauseGC).
 	gcPaused atomic.Bool
 
@@ -255,7 +258,7 @@ func (s *Store) Close() error {
 }
 
 // update runs fn in a read-write transaction, retrying when a concurrent
-// transaction touched the same keys. It refuses (ErrStorageFull) while the
+// transaction touched the same keys (ErrUnavailable if that goes on). It refuses (ErrStorageFull) while the
 // metadata's filesystem is nearly full (space.go), and (ErrUnavailable)
 // while the process is nearly out of file descriptors (fdguard).
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
@@ -266,14 +269,31 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 		return fmt.Errorf("%w: metadata write refused: %w", ErrUnavailable, err)
 	}
 	var err error
-	for range 16 {
-		err = s.db.Update(fn)
+	for attempt := range maxUpdateAttempts {
+		if attempt < 2 {
+			err = s.db.Update(fn)
+		} else {
+			// Writers of one key (one manifest pushed under many tags
+			// at once, by 50 clients) that retry together conflict
+			// together again: 16 tries each still failed two pushes in
+			// three. Past its second try a writer takes turns with the
+			// others that retry, so each conflicts only with first
+			// tries.
+			s.retryMu.Lock()
+			err = s.db.Update(fn)
+			s.retryMu.Unlock()
+		}
 		if !errors.Is(err, badger.ErrConflict) {
 			return err
 		}
 	}
-	return err
+	// Still contended: no fault, and the client's retry will do.
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
+
+// maxUpdateAttempts bounds the tries of one metadata write that keeps
+// conflicting with concurrent ones.
+const maxUpdateAttempts = 64
 
 // blobPath is where the committed blob d lives. d must be valid.
 func (s *Store) blobPath(d Digest) string {
