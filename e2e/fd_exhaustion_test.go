@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -11,12 +12,16 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // TestFileDescriptorExhaustion runs the server with a limit of 128 open
-// files, fills it with idle connections until it has none left, and
+// files and without the listener's reserve (oci_fd_reserve off, as a
+// JSON config that leaves it out), fills it with idle connections until
+// it has none left, and
 // pushes and pulls on a connection it had accepted before: each answer is
 // 503 UNAVAILABLE with Retry-After (the server's state, no bug, and gone
 // once connections close), never a 500, and the process lives. Once the
@@ -42,7 +47,8 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 	defer up.Close()
 	dataDir := t.TempDir()
 	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
-	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\nhttp://:" + port +
+	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n" +
+		"\tservers {\n\t\tlistener_wrappers {\n\t\t\toci_fd_reserve off\n\t\t}\n\t}\n}\n\nhttp://:" + port +
 		" {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) +
 		"\n\t\tmirror docker.io {\n\t\t\tupstream " + up.URL + "\n\t\t}\n\t}\n}\n"
 	config := filepath.Join(t.TempDir(), "Caddyfile")
@@ -241,4 +247,133 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 	for _, tag := range append([]string{"v1", "v2", "big"}, tagged...) {
 		checkImage(t, s, "fd/app", tag, "after a restart")
 	}
+}
+
+// TestFileDescriptorReserve runs the server with a limit of 128 open
+// files as its Caddyfile is (oci_registry keeps descriptors free at its
+// listener by itself), and has a client open and close connections by
+// the dozen as fast as it can for 5 seconds: the server never accepts
+// more than leave 64 descriptors free, and 8 clients that had connected
+// before tag a manifest with 50 KB of annotations all along, every push
+// answered 201. Without the reserve, descriptors freed in bulk went to
+// new connections between the metadata's check and its write: badger's
+// new memtable failed to open, every read after panicked.
+func TestFileDescriptorReserve(t *testing.T) {
+	needBinary(t)
+	if runtime.GOOS != "linux" {
+		t.Skip("reads the server's /proc entries")
+	}
+	const limit = 128
+	dataDir := t.TempDir()
+	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\nhttp://:" + port +
+		" {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) + "\n\t}\n}\n"
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort,
+		dataDir: dataDir, nofile: limit}
+	s.start()
+
+	im := newChurnImage(t)
+	if !im.pushBlobs(s, "fd/app") {
+		t.Fatal("pushing the blobs failed")
+	}
+	big := bytes.Replace(im.manifest, []byte(`{"schemaVersion":2,`),
+		[]byte(`{"schemaVersion":2,"annotations":{"pad":"`+strings.Repeat("p", 50_000)+`"},`), 1)
+	var clients []*http.Client
+	for range 8 {
+		c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+		resp, err := c.Get(s.url("/v2/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		resp.Body.Close()
+		clients = append(clients, c)
+	}
+
+	stop := make(chan struct{})
+	var peak atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the flood
+		defer wg.Done()
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for len(conns) < 2*limit {
+				c, err := net.DialTimeout("tcp", s.addr, time.Second)
+				if err != nil {
+					break
+				}
+				conns = append(conns, c)
+			}
+			if n := int64(fdCount(t, s)); n > peak.Load() {
+				peak.Store(n)
+			}
+			time.Sleep(20 * time.Millisecond)
+			k := min(len(conns), 64)
+			for _, c := range conns[:k] {
+				c.Close()
+			}
+			conns = conns[k:]
+		}
+	}()
+	var pushed, failed atomic.Int64
+	var sample atomic.Value
+	deadline := time.Now().Add(5 * time.Second)
+	for ci, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				req, _ := http.NewRequest(http.MethodPut, s.url(fmt.Sprintf("/v2/fd/app/manifests/c%d-%d", ci, i)), bytes.NewReader(big))
+				req.Header.Set("Content-Type", ociManifest)
+				resp, err := c.Do(req)
+				if err != nil {
+					failed.Add(1)
+					sample.Store(err.Error())
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusCreated {
+					failed.Add(1)
+					sample.Store(resp.Status + " " + string(b))
+					continue
+				}
+				pushed.Add(1)
+			}
+		}()
+	}
+	time.Sleep(time.Until(deadline))
+	close(stop)
+	wg.Wait()
+	t.Logf("%d tags pushed, %d failed under the flood; at most %d of %d files open", pushed.Load(), failed.Load(), peak.Load(), limit)
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d pushes failed, e.g. %v", n, sample.Load())
+	}
+	if p := peak.Load(); p > limit-32 {
+		t.Errorf("the server held %d files, leaving fewer than 32 of %d free", p, limit)
+	}
+	select {
+	case <-s.done:
+		t.Fatalf("the server died:\n%s", s.out.String())
+	default:
+	}
+	if out := s.out.String(); strings.Contains(out, "panic") || strings.Contains(out, "opening memtable") {
+		t.Errorf("the metadata database failed under the flood:\n%s", out)
+	}
+	checkImage(t, s, "fd/app", "c0-0", "after the flood")
 }

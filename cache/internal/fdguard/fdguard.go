@@ -18,8 +18,10 @@ import (
 
 // Headroom is how many descriptors must be free for a write: badger needs
 // one for a new memtable and one per table it flushes; the rest is room
-// for what other goroutines open meanwhile.
-const Headroom = 8
+// for what other goroutines open meanwhile (a client that closes and
+// reopens connections by the dozen beat 8; the server's listener keeps
+// more than this free, see caddymodule/fdreserve.go).
+const Headroom = 32
 
 // Admit returns an error (OutOfFiles) while fewer than Headroom file
 // descriptors are free. It opens that many and closes them again: a few
