@@ -15,15 +15,22 @@ var probeFile = sync.OnceValue(func() *os.File {
 	return f
 })
 
+// maxProbedFD bounds the number fdsFree asks for: the kernel grows the
+// process's descriptor table to the highest number asked (8 bytes a
+// slot), and a limit of a million (Docker's) would cost 8 MiB. Past it
+// the reserve is kept below this number instead: at most about 131,000
+// connections, and most of a million descriptors still free.
+const maxProbedFD = 1 << 17
+
 // fdsFree reports whether n file descriptors are free below the
-// process's limit: two system calls (fcntl and close) when they are.
+// process's limit: three system calls (getrlimit, fcntl and close).
 func fdsFree(n int) bool {
 	f := probeFile()
 	var lim syscall.Rlimit
-	if f == nil || syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) != nil || lim.Cur > 1<<30 {
+	if f == nil || syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) != nil {
 		return true // nothing to go by
 	}
-	floor := int64(lim.Cur) - int64(n)
+	floor := int64(min(lim.Cur, maxProbedFD)) - int64(n)
 	if floor <= 0 {
 		return false
 	}

@@ -148,10 +148,13 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s %s with no file left: %v", rq.method, rq.path, err)
 		}
-		b := readAll(t, resp)
+		b, rerr := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		t.Logf("%s %s with no file left: %s", rq.method, rq.path, resp.Status)
 		switch {
+		case rerr != nil && resp.StatusCode == http.StatusOK:
+			// A transfer broken off (the body was under way when a file
+			// could not be opened): never passed off as complete.
 		case resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "" &&
 			bytes.Contains(b, []byte("UNAVAILABLE")):
 		case resp.StatusCode < 300:
@@ -254,8 +257,9 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 // listener by itself), and has a client open and close connections by
 // the dozen as fast as it can for 5 seconds: the server never accepts
 // more than leave 64 descriptors free, and 8 clients that had connected
-// before tag a manifest with 50 KB of annotations all along, every push
-// answered 201. Without the reserve, descriptors freed in bulk went to
+// before tag a manifest with 50 KB of annotations all along: nearly every
+// push is answered 201, the rest 503, none fails otherwise, and the
+// metadata database never breaks. Without the reserve, descriptors freed in bulk went to
 // new connections between the metadata's check and its write: badger's
 // new memtable failed to open, every read after panicked.
 func TestFileDescriptorReserve(t *testing.T) {
@@ -330,7 +334,7 @@ func TestFileDescriptorReserve(t *testing.T) {
 			conns = conns[k:]
 		}
 	}()
-	var pushed, failed atomic.Int64
+	var pushed, refused, failed atomic.Int64
 	var sample atomic.Value
 	deadline := time.Now().Add(5 * time.Second)
 	for ci, c := range clients {
@@ -348,21 +352,31 @@ func TestFileDescriptorReserve(t *testing.T) {
 				}
 				b, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
+				switch resp.StatusCode {
+				case http.StatusCreated:
+					pushed.Add(1)
+				case http.StatusServiceUnavailable:
+					// The metadata's own guard: the database holds a
+					// descriptor per table (1 MiB each), and 50 KB a
+					// push grows it fast towards a limit of 128.
+					refused.Add(1)
+				default:
 					failed.Add(1)
 					sample.Store(resp.Status + " " + string(b))
-					continue
 				}
-				pushed.Add(1)
 			}
 		}()
 	}
 	time.Sleep(time.Until(deadline))
 	close(stop)
 	wg.Wait()
-	t.Logf("%d tags pushed, %d failed under the flood; at most %d of %d files open", pushed.Load(), failed.Load(), peak.Load(), limit)
+	t.Logf("%d tags pushed, %d refused (503), %d failed under the flood; at most %d of %d files open",
+		pushed.Load(), refused.Load(), failed.Load(), peak.Load(), limit)
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d pushes failed, e.g. %v", n, sample.Load())
+	}
+	if p, r := pushed.Load(), refused.Load(); r > p/10 {
+		t.Errorf("%d pushes refused, %d taken: the flood kept the registry from its work", r, p)
 	}
 	if p := peak.Load(); p > limit-32 {
 		t.Errorf("the server held %d files, leaving fewer than 32 of %d free", p, limit)

@@ -11,8 +11,6 @@ package fdguard
 
 import (
 	"errors"
-	"fmt"
-	"os"
 	"syscall"
 )
 
@@ -24,29 +22,8 @@ import (
 const Headroom = 32
 
 // Admit returns an error (OutOfFiles) while fewer than Headroom file
-// descriptors are free. It opens that many and closes them again: a few
-// dozen system calls, against the sync every write waits for.
-func Admit() error {
-	var probes [Headroom]*os.File
-	defer func() {
-		for _, f := range probes {
-			if f != nil {
-				f.Close()
-			}
-		}
-	}()
-	for i := range probes {
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			if OutOfFiles(err) {
-				return fmt.Errorf("fewer than %d file descriptors free: %w", Headroom, err)
-			}
-			return nil // says nothing about descriptors
-		}
-		probes[i] = f
-	}
-	return nil
-}
+// descriptors are free.
+func Admit() error { return admit() }
 
 // OutOfFiles reports whether err is the process's (EMFILE) or the
 // system's (ENFILE) limit of open files.
