@@ -8,11 +8,11 @@ import (
 )
 
 // probeFile is a descriptor kept open to duplicate: admit asks the kernel
-// for a copy numbered at least limit-Headroom, which it gives only when
-// such a number is free. Numbers are handed out lowest first, so the top
-// ones being free means that many are free (holes below only make it
-// stricter). One descriptor per check: checks at once do not take each
-// other's room, as opening Headroom files each did.
+// for a copy numbered at least limit-Headroom and gets the lowest free
+// number from there. Numbers are handed out lowest first, so a free one
+// near limit-Headroom means about that many are free. One descriptor per
+// check: checks at once do not take each other's room, as opening
+// Headroom files each did.
 var probeFile = sync.OnceValue(func() *os.File {
 	f, _ := os.Open(os.DevNull)
 	return f
@@ -38,7 +38,9 @@ func admit() error {
 		return fmt.Errorf("fewer than %d file descriptors free: %w", Headroom, errno)
 	}
 	syscall.Close(int(fd))
-	if int64(fd) != floor {
+	// Checks at once hold floor, floor+1, ... for a moment each: a
+	// number a little above floor is another check's, not a shortage.
+	if int64(fd) >= floor+Headroom/2 {
 		return fmt.Errorf("fewer than %d file descriptors free: %w", Headroom, syscall.EMFILE)
 	}
 	return nil
