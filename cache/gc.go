@@ -17,6 +17,8 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/internal/fdguard"
 )
 
 // GC drops blob links no manifest of their repository references that are
@@ -507,9 +509,9 @@ func (s *Store) gcRound() (ran bool) {
 			zap.Int("uploads_expired", st.UploadsExpired))
 	}
 	// Rewrites at most a few value-log files per round; stops at the
-	// first "nothing to do".
+	// first "nothing to do". Its rewrites are writes (fdguard).
 	for range 4 {
-		if s.db.RunValueLogGC(0.5) != nil {
+		if fdguard.Admit() != nil || s.db.RunValueLogGC(0.5) != nil {
 			break
 		}
 	}

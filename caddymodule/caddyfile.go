@@ -16,7 +16,28 @@ import (
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("oci_registry", parseCaddyfile)
+	// As RegisterHandlerDirective, and at a site's top level the server's
+	// listener keeps file descriptors free for the registry
+	// (fdreserve.go); a route or handle block takes only handlers.
+	httpcaddyfile.RegisterDirective("oci_registry", func(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+		top := siteTopLevel(h)
+		if !h.Next() {
+			return nil, h.ArgErr()
+		}
+		matcherSet, err := h.ExtractMatcherSet()
+		if err != nil {
+			return nil, err
+		}
+		handler, err := parseCaddyfile(h)
+		if err != nil {
+			return nil, err
+		}
+		vals := h.NewRoute(matcherSet, handler)
+		if top {
+			vals = append(vals, httpcaddyfile.ConfigValue{Class: "listener_wrapper", Value: &FDReserve{}})
+		}
+		return vals, nil
+	})
 	// Before encode: after the auth directives (basic_auth, forward_auth)
 	// and request rewriting, so those apply to the registry; ahead of
 	// encode, so compression never wraps blobs and manifests (their bytes,
@@ -24,6 +45,20 @@ func init() {
 	// reverse_proxy and file_server, so /v2/ is served whatever catch-all
 	// follows while other paths fall through to it.
 	httpcaddyfile.RegisterDirectiveOrder("oci_registry", httpcaddyfile.Before, "encode")
+}
+
+// siteTopLevel reports whether h is a directive's at a site's top level:
+// there the adapter passes one map as both State and BlockState, where a
+// nested block (route, handle) has a BlockState of its own.
+func siteTopLevel(h httpcaddyfile.Helper) bool {
+	if h.State == nil || h.BlockState == nil {
+		return false
+	}
+	const probe = "oci_registry.top_level_probe"
+	h.BlockState[probe] = true
+	_, same := h.State[probe]
+	delete(h.BlockState, probe)
+	return same
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

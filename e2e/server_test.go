@@ -30,6 +30,9 @@ type server struct {
 	readyStatus int
 	adapter     string   // config adapter of `caddy run`; "" means caddyfile
 	env         []string // added to the process's environment
+	// nofile, if set, is the process's limit of open files (soft and
+	// hard: Go raises a soft limit to the hard one at start).
+	nofile int
 }
 
 // syncBuffer collects the process's output for failure reports.
@@ -109,6 +112,10 @@ func (s *server) start() {
 		adapter = "caddyfile"
 	}
 	s.cmd = exec.Command(caddyBin, "run", "--config", s.config, "--adapter", adapter)
+	if s.nofile > 0 {
+		// The shell sets the limit and becomes caddy (same pid).
+		s.cmd = exec.Command("/bin/sh", append([]string{"-c", "ulimit -n " + strconv.Itoa(s.nofile) + ` && exec "$0" "$@"`}, s.cmd.Args...)...)
+	}
 	s.cmd.Env = append(os.Environ(), s.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"syscall"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -143,6 +144,12 @@ func errInternal(cause error) *Error {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "storage is temporarily unavailable, retry", cause).
 			withHeader("Retry-After", "5")
 	}
+	if outOfFiles(cause) {
+		// The process or the system has no file descriptor left (too
+		// many connections open): no bug, and gone once some close.
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "server is out of file descriptors, retry", cause).
+			withHeader("Retry-After", "5")
+	}
 	return newError(http.StatusInternalServerError, CodeUnknown, "internal error", cause)
 }
 
@@ -271,4 +278,10 @@ func (e *Error) Render(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)
 	}
+}
+
+// outOfFiles reports whether err is the process's (EMFILE) or the
+// system's (ENFILE) file descriptor limit.
+func outOfFiles(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }

@@ -131,6 +131,9 @@ type Handler struct {
 	// pending: the mirrors' manifest store writes running, some after
 	// their answers (mirror_pending.go).
 	pending pendingManifests
+	// manifestSizes: the sizes of manifests served or pushed, so that a
+	// large one waits its turn before it is read (manifestmem.go).
+	manifestSizes manifestSizes
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a

@@ -3,8 +3,13 @@ package registry
 import (
 	"context"
 	"io"
+	"net/http"
+	"sync"
+	"time"
 
 	"golang.org/x/sync/semaphore"
+
+	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 // Why manifest work takes turns by size:
@@ -56,4 +61,93 @@ func readManifestBody(body io.Reader, declared, limit int64) ([]byte, error) {
 		return append(buf, rest...), err
 	}
 	return nil, err
+}
+
+// Why serving a large manifest takes turns too:
+//
+// A manifest GET or HEAD reads the manifest's record (annotations and
+// all) and a GET its bytes too, and holds them until the client has
+// them; nothing bounded how many were held at once: 200 pulls of a 4 MiB
+// manifest at once grew the server's peak RSS by 560 MiB, and anyone who
+// may pull could grow it without limit with one manifest and more
+// clients. So a manifest that may be large holds twice its size (record
+// and bytes) against a budget of its own (not manifestWork's: a pull
+// must not wait behind pushes), before the store is read: its size is
+// remembered from the last time it was served or pushed, and one never
+// seen counts as max_manifest_size until it has been. Small manifests,
+// once seen, take nothing and never wait behind large ones. A large
+// manifest's bytes must be taken within manifestWriteTimeout, so that a
+// client that stops reading does not keep its share.
+const (
+	smallManifest       = 64 << 10
+	manifestServeBudget = 64 << 20
+	// maxManifestSizes bounds the sizes remembered (about 100 bytes
+	// each): past it they are forgotten all at once.
+	maxManifestSizes = 1 << 16
+)
+
+var manifestServe = semaphore.NewWeighted(manifestServeBudget)
+
+// manifestWriteTimeout: a variable for tests only.
+var manifestWriteTimeout = 60 * time.Second
+
+// manifestSizes remembers manifests' sizes by digest (a digest's bytes,
+// and so their size, are the same in every repository).
+type manifestSizes struct {
+	mu sync.Mutex
+	m  map[cache.Digest]int64
+}
+
+func (s *manifestSizes) get(d cache.Digest) (int64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.m[d]
+	return n, ok
+}
+
+func (s *manifestSizes) set(d cache.Digest, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil || len(s.m) >= maxManifestSizes {
+		s.m = make(map[cache.Digest]int64)
+	}
+	s.m[d] = n
+}
+
+// holdManifestServe waits until manifest d, whose size is unknown until
+// seen (then taken as limit), may be read from the store to be served,
+// and returns the release; an error when ctx ends first. A manifest known
+// to be small does not wait.
+func (s *manifestSizes) hold(ctx context.Context, d cache.Digest, limit int64) (func(), error) {
+	size, ok := s.get(d)
+	if !ok {
+		size = limit
+	}
+	if size <= smallManifest {
+		return func() {}, nil
+	}
+	n := min(2*size, manifestServeBudget)
+	if err := manifestServe.Acquire(ctx, n); err != nil {
+		return nil, err
+	}
+	return func() { manifestServe.Release(n) }, nil
+}
+
+// writeManifestBody writes a manifest's bytes, a large one within
+// manifestWriteTimeout, and returns how many went out.
+func writeManifestBody(w http.ResponseWriter, body []byte) int {
+	if len(body) <= smallManifest {
+		n, _ := w.Write(body)
+		return n
+	}
+	rc := http.NewResponseController(w)
+	if rc.SetWriteDeadline(time.Now().Add(manifestWriteTimeout)) != nil {
+		n, _ := w.Write(body)
+		return n
+	}
+	n, _ := w.Write(body)
+	_ = rc.Flush()
+	// The connection may serve more requests: no deadline for them.
+	_ = rc.SetWriteDeadline(time.Time{})
+	return n
 }

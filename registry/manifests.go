@@ -89,10 +89,19 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	var m cache.Manifest
 	var body []byte
+	// A large one waits its turn before it is read (manifestmem.go).
+	release, err := h.manifestSizes.hold(r.Context(), d, h.cfg.MaxManifestSize)
+	if err != nil {
+		return errInternal(err) // the client left (499)
+	}
+	defer release()
 	if r.Method == http.MethodHead {
 		m, err = h.cfg.Store.StatManifest(r.Context(), rc.name, d)
 	} else {
 		m, body, err = h.cfg.Store.GetManifest(r.Context(), rc.name, d)
+	}
+	if err == nil {
+		h.manifestSizes.set(d, m.Size)
 	}
 	if err != nil {
 		if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
@@ -116,7 +125,7 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
+		_ = writeManifestBody(w, body)
 	}
 	return nil
 }
@@ -227,6 +236,7 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	if err := h.putManifest(r, rc, m, body, tags); err != nil {
 		return err
 	}
+	h.manifestSizes.set(m.Digest, int64(len(body)))
 	if p := h.signaturePolicy(rc.name); p != nil {
 		// The push may be a signature (cosign's tag, a referrer) for a
 		// manifest refused a moment ago: the next pull checks again.

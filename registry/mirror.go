@@ -103,6 +103,7 @@ type Mirror struct {
 	// revalidations: one upstream exchange per name+reference at a time.
 	revalidations singleflight.Group
 	slots         *fillSlots // bounds concurrent blob fills
+	declared      declaredSizes
 	obs           MirrorObserver
 	now           func() time.Time
 }
@@ -328,6 +329,11 @@ func upstreamError(m *Mirror, kind string, err error) *Error {
 	if e := storageFullError(err); e != nil {
 		return e // upstream answered; the store had no room
 	}
+	if outOfFiles(err) {
+		// This process could not open a file or a connection: not
+		// upstream's failure (503, not 502).
+		return errInternal(err)
+	}
 	if errors.Is(err, errMirrorBlobTooLarge) {
 		return mirrorBlobTooLarge(m, err)
 	}
@@ -343,6 +349,8 @@ func upstreamError(m *Mirror, kind string, err error) *Error {
 			msg = name + " sent content that does not match its digest"
 		case errors.Is(err, errUpstreamManifest):
 			msg = name + " sent an invalid manifest"
+		case errors.Is(err, errUpstreamBlobSize):
+			msg = name + " sent a blob of another size than its manifest declares"
 		}
 		return newError(http.StatusBadGateway, CodeUnknown, msg, err)
 	}

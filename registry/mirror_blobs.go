@@ -213,9 +213,10 @@ func fillError(r *http.Request, rc *request, f cache.Fill, err error) error {
 		return storageFullError(err) // says nothing of the other repository
 	case errors.Is(err, errMirrorBlobTooLarge):
 		return mirrorBlobTooLarge(m, err) // nor does the mirror's limit
-	case errors.Is(err, cache.ErrUnavailable):
-		// The store (or another replica's fill it waited for) failed, not
-		// upstream: 503 with Retry-After, and the retry fills afresh.
+	case errors.Is(err, cache.ErrUnavailable) || outOfFiles(err):
+		// The store (or another replica's fill it waited for) failed, or
+		// this process is out of file descriptors, not upstream: 503
+		// with Retry-After, and the retry fills afresh.
 		return errInternal(err)
 	case f.Repo() != rc.name:
 		return newError(http.StatusBadGateway, CodeUnknown, "upstream "+m.cfg.Prefix+" failed", err)
@@ -315,19 +316,34 @@ func (h *Handler) readableInMirror(r *http.Request, m *Mirror, d cache.Digest) b
 	return false
 }
 
-// blobSource is the fill's upstream GET. It runs on the fill's context; a
-// body that stalls for BlobIdleTimeout is abandoned.
+// blobSource is the fill's upstream GET of blob d for repository repo (the
+// local name). It runs on the fill's context; a body that stalls for
+// BlobIdleTimeout is abandoned. It writes no more than the blob's size as
+// a manifest of repo declared it, or else as upstream's HEAD says, when
+// the GET's answer does not say (see mirror_declared.go).
 func (m *Mirror) blobSource(repo string, d cache.Digest) cache.FillSource {
 	return func(ctx context.Context) (io.ReadCloser, int64, error) {
 		ctx, cancel := context.WithCancelCause(ctx)
 		idle := time.AfterFunc(m.cfg.UpstreamTimeout, func() { cancel(errUpstreamStalled) })
-		resp, err := m.client.Do(ctx, http.MethodGet, repo, "blobs/"+d.String(), nil)
+		resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(repo), "blobs/"+d.String(), nil)
 		if err != nil {
 			idle.Stop()
 			cancel(nil)
 			return nil, 0, stalledOr(ctx, err)
 		}
-		if err := m.checkBlobSize(resp.ContentLength); err != nil {
+		want, known := m.declared.size(repo, d)
+		if !known && resp.ContentLength < 0 {
+			want, known = m.headSize(ctx, repo, d)
+		}
+		size := resp.ContentLength
+		if known {
+			size = want
+		}
+		err = m.checkBlobSize(size)
+		if err == nil && known {
+			err = checkDeclaredSize(want, resp.ContentLength)
+		}
+		if err != nil {
 			// Refused before the fill writes a byte.
 			idle.Stop()
 			resp.Body.Close()
@@ -335,9 +351,25 @@ func (m *Mirror) blobSource(repo string, d cache.Digest) cache.FillSource {
 			return nil, 0, err
 		}
 		idle.Reset(m.cfg.BlobIdleTimeout)
-		body := &idleBody{ctx: ctx, rc: resp.Body, idle: idle, after: m.cfg.BlobIdleTimeout, cancel: cancel}
-		return m.capBody(body), resp.ContentLength, nil
+		var body io.ReadCloser = &idleBody{ctx: ctx, rc: resp.Body, idle: idle, after: m.cfg.BlobIdleTimeout, cancel: cancel}
+		if known {
+			body = &exactBody{ReadCloser: body, left: want}
+		}
+		return m.capBody(body), size, nil
 	}
+}
+
+// headSize is the size upstream's HEAD of blob d gives, for a GET that
+// gave none.
+func (m *Mirror) headSize(ctx context.Context, repo string, d cache.Digest) (int64, bool) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.UpstreamTimeout)
+	defer cancel()
+	resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(repo), "blobs/"+d.String(), nil)
+	if err != nil {
+		return 0, false
+	}
+	resp.Body.Close()
+	return resp.ContentLength, resp.ContentLength >= 0
 }
 
 // stalledOr is err, or errUpstreamStalled (a timeout, for the client's

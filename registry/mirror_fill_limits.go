@@ -116,7 +116,7 @@ func (s *fillSlots) wait() <-chan struct{} {
 // fill or finding the blob stored takes no slot; a new fill waits up to
 // FillSlotWait for one, then gets errNoFillSlot.
 func (m *Mirror) startFill(ctx context.Context, store Fills, repo string, d cache.Digest) (cache.Fill, bool, error) {
-	src := m.blobSource(m.upstreamName(repo), d)
+	src := m.blobSource(repo, d)
 	// Made only once a slot is wanted: most calls join a fill or find the
 	// blob stored, and need no timer.
 	var timer *time.Timer

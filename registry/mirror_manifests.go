@@ -48,6 +48,9 @@ type mirroredManifest struct {
 	// before it ended (keepFetched, or a write running when another
 	// request asked): it may still run, or have failed.
 	write *pendingManifest
+	// release, if set, gives back the serving budget a large manifest
+	// read from the store for this one request holds (manifestmem.go).
+	release func()
 }
 
 // mirrorManifestGet serves GET and HEAD of a mirrored manifest: by digest
@@ -68,10 +71,14 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 	if err != nil {
 		return err
 	}
+	if res.release != nil {
+		defer res.release()
+	}
 	if err := h.checkSignature(r, rc, res.m, res.body); err != nil {
 		return err
 	}
 	h.cfg.Store.Touch(res.m.Digest) // its last use, for a size-limited cache
+	m.declared.note(rc.name, res.m.Digest, res.body)
 	hd := w.Header()
 	if res.stale {
 		hd.Set("Warning", staleWarning)
@@ -88,10 +95,27 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		n, _ := w.Write(res.body)
+		n := writeManifestBody(w, res.body)
 		m.obs.MirrorBytes(m.cfg.Prefix, "cache", int64(n))
 	}
 	return nil
+}
+
+// storedMirrorManifest reads manifest d of rc's repository from the
+// store for one request, a large one in its turn (manifestmem.go); the
+// caller releases the budget once the answer is out.
+func (h *Handler) storedMirrorManifest(ctx context.Context, rc *request, d cache.Digest) (mirroredManifest, error) {
+	release, err := h.manifestSizes.hold(ctx, d, h.cfg.MaxManifestSize)
+	if err != nil {
+		return mirroredManifest{}, err
+	}
+	man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d)
+	if err != nil {
+		release()
+		return mirroredManifest{}, err
+	}
+	h.manifestSizes.set(d, man.Size)
+	return mirroredManifest{m: man, body: body, release: release}, nil
 }
 
 func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cache.Digest) (mirroredManifest, error) {
@@ -103,9 +127,11 @@ func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cac
 		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
 		return res, nil
 	}
-	if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d); err == nil {
+	if res, err := h.storedMirrorManifest(ctx, rc, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
-		return mirroredManifest{m: man, body: body}, nil
+		return res, nil
+	} else if ctx.Err() != nil {
+		return mirroredManifest{}, errInternal(err) // the client left (499)
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "manifest", false)
 	v, err, _ := m.revalidations.Do(key, func() (any, error) {
@@ -134,9 +160,11 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 	ti, err := store.TagInfo(ctx, rc.name, tag)
 	have := err == nil
 	if have && m.now().Sub(ti.Fetched) < m.cfg.TagTTL {
-		if man, body, err := store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
+		if res, err := h.storedMirrorManifest(ctx, rc, ti.Digest); err == nil {
 			m.obs.MirrorLookup(m.cfg.Prefix, "manifest", true)
-			return mirroredManifest{m: man, body: body}, nil
+			return res, nil
+		} else if ctx.Err() != nil {
+			return mirroredManifest{}, errInternal(err) // the client left (499)
 		}
 		have = false
 	}

@@ -49,6 +49,7 @@ import (
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/internal/fdguard"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -133,6 +134,9 @@ func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) erro
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if err := fdguard.Admit(); err != nil {
+			return fmt.Errorf("%w: metadata write refused: %w", metastore.ErrUnavailable, err)
 		}
 		err := s.db.Update(fn)
 		if !errors.Is(err, badger.ErrConflict) {

@@ -1,0 +1,67 @@
+package caddymodule
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalFDReserve(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int
+		err  string
+	}{
+		{in: "oci_fd_reserve", want: 0},
+		{in: "oci_fd_reserve 200", want: 200},
+		{in: "oci_fd_reserve off", want: -1},
+		{in: "oci_fd_reserve 0", err: "oci_fd_reserve"},
+		{in: "oci_fd_reserve -5", err: "oci_fd_reserve"},
+		{in: "oci_fd_reserve many", err: "oci_fd_reserve"},
+		{in: "oci_fd_reserve 10 20", err: "one argument"},
+	} {
+		var r FDReserve
+		err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.in))
+		switch {
+		case tt.err != "":
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%q: error %v, want one naming %q", tt.in, err, tt.err)
+			}
+		case err != nil:
+			t.Errorf("%q: %v", tt.in, err)
+		case r.Reserve != tt.want:
+			t.Errorf("%q: reserve %d, want %d", tt.in, r.Reserve, tt.want)
+		}
+	}
+}
+
+// TestRegistryAddsFDReserve: a site with oci_registry gets the listener
+// wrapper without asking; listener_wrappers in the global servers option
+// replace it (off turns it off); inside a route block it is left out.
+func TestRegistryAddsFDReserve(t *testing.T) {
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	out, _, err := adapter.Adapt([]byte("http://:5000 {\n\toci_registry {\n\t\tstorage ./data\n\t}\n}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"listener_wrappers":[{"wrapper":"oci_fd_reserve"}]`) {
+		t.Errorf("adapted config lacks the wrapper: %s", out)
+	}
+	out, _, err = adapter.Adapt([]byte("{\n\tservers {\n\t\tlistener_wrappers {\n\t\t\toci_fd_reserve off\n\t\t}\n\t}\n}\nhttp://:5000 {\n\toci_registry {\n\t\tstorage ./data\n\t}\n}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"listener_wrappers":[{"reserve":-1,"wrapper":"oci_fd_reserve"}]`) {
+		t.Errorf("adapted config: %s", out)
+	}
+	// Inside a route block, where only handlers go: no wrapper.
+	out, _, err = adapter.Adapt([]byte("http://:5000 {\n\troute /v2/* {\n\t\toci_registry {\n\t\t\tstorage ./data\n\t\t}\n\t}\n}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "listener_wrappers") || !strings.Contains(string(out), `"handler":"oci_registry"`) {
+		t.Errorf("adapted config: %s", out)
+	}
+}
