@@ -23,7 +23,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-oci/caddy-oci/internal/fdprobe"
 )
+
+// reserveSlack is how many listeners' checks at once are not taken for a
+// shortage of descriptors (each holds one for a moment).
+const reserveSlack = 8
 
 func init() {
 	caddy.RegisterModule(FDReserve{})
@@ -98,7 +104,7 @@ type reserveListener struct {
 // announces), or the listener closes.
 func (l *reserveListener) Accept() (net.Conn, error) {
 	wait := 5 * time.Millisecond
-	for !fdsFree(l.reserve) {
+	for !fdprobe.Free(l.reserve, reserveSlack) {
 		select {
 		case <-l.closed:
 			return nil, net.ErrClosed

@@ -24,32 +24,9 @@ import (
 // the body must not move that tag to the caller's manifest: the push is
 // judged again as the update it has become.
 func TestCreateOnlyPushCannotMoveTagMeanwhile(t *testing.T) {
-	hash := func(p string) string {
-		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		return string(h)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
-		Repositories: map[string]authscope.RepositoryPolicy{
-			"blumeops/**": {Policies: []authscope.Grant{{Users: []string{"ci"}, Actions: []string{"read", "create"}}}},
-		},
-		Admin: &authscope.AdminPolicy{Users: []string{"root"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ar := newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
-	tr := &testRegistry{t: t, srv: ar.srv}
-	basic := func(u, p string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p)) }
-	ci, root := basic("ci", "ci-pw"), basic("root", "root-pw")
+	ar, tr, ci, root, cd, cfg := newCreateOnlyRegistry(t)
 
 	// Two manifests over one config, told apart by an annotation.
-	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
-	cd := cache.FromBytes(cache.SHA256, cfg)
-	tr.wantStatus(tr.do("POST", "/v2/blumeops/app/blobs/uploads/?digest="+cd.String(), cfg, "Authorization", root), http.StatusCreated)
 	manifest := func(who string) []byte {
 		return []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[],"annotations":{"by":%q}}`,
 			MediaTypeOCIManifest, cd, len(cfg), who))
@@ -117,31 +94,7 @@ func TestCreateOnlyPushCannotMoveTagMeanwhile(t *testing.T) {
 // manifest is answered (a released image served as an index): that is an
 // update, which a caller who may only create is refused.
 func TestCreateOnlyPushCannotRetypeManifest(t *testing.T) {
-	hash := func(p string) string {
-		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		return string(h)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
-		Repositories: map[string]authscope.RepositoryPolicy{
-			"blumeops/**": {Policies: []authscope.Grant{{Users: []string{"ci"}, Actions: []string{"read", "create"}}}},
-		},
-		Admin: &authscope.AdminPolicy{Users: []string{"root"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ar := newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
-	tr := &testRegistry{t: t, srv: ar.srv}
-	basic := func(u, p string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p)) }
-	ci, root := basic("ci", "ci-pw"), basic("root", "root-pw")
-
-	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
-	cd := cache.FromBytes(cache.SHA256, cfg)
-	tr.wantStatus(tr.do("POST", "/v2/blumeops/app/blobs/uploads/?digest="+cd.String(), cfg, "Authorization", root), http.StatusCreated)
+	_, tr, ci, root, cd, cfg := newCreateOnlyRegistry(t)
 	// No mediaType of its own: the push's Content-Type says what it is.
 	body := []byte(fmt.Sprintf(`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[]}`, cd, len(cfg)))
 	d := cache.FromBytes(cache.SHA256, body)
@@ -169,4 +122,37 @@ func TestCreateOnlyPushCannotRetypeManifest(t *testing.T) {
 	if got := served(); got != MediaTypeOCIIndex {
 		t.Errorf("after root's push the release is served as %q", got)
 	}
+}
+
+// newCreateOnlyRegistry is a registry where user ci may read and create
+// in blumeops/** (not update) and root is an admin, with an image config
+// in blumeops/app for manifests to reference: its digest and bytes.
+func newCreateOnlyRegistry(t *testing.T) (ar *authRegistry, tr *testRegistry, ci, root string, cd cache.Digest, cfg []byte) {
+	t.Helper()
+	hash := func(p string) string {
+		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+		return string(h)
+	}
+	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{
+			"blumeops/**": {Policies: []authscope.Grant{{Users: []string{"ci"}, Actions: []string{"read", "create"}}}},
+		},
+		Admin: &authscope.AdminPolicy{Users: []string{"root"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar = newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
+	tr = &testRegistry{t: t, srv: ar.srv}
+	basic := func(u, p string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p)) }
+	ci, root = basic("ci", "ci-pw"), basic("root", "root-pw")
+
+	cfg = []byte(`{"architecture":"amd64","os":"linux"}`)
+	cd = cache.FromBytes(cache.SHA256, cfg)
+	tr.wantStatus(tr.do("POST", "/v2/blumeops/app/blobs/uploads/?digest="+cd.String(), cfg, "Authorization", root), http.StatusCreated)
+	return ar, tr, ci, root, cd, cfg
 }

@@ -11,7 +11,10 @@ package fdguard
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
+
+	"github.com/caddy-oci/caddy-oci/internal/fdprobe"
 )
 
 // Headroom is how many descriptors must be free for a write: badger needs
@@ -22,8 +25,14 @@ import (
 const Headroom = 32
 
 // Admit returns an error (OutOfFiles) while fewer than Headroom file
-// descriptors are free.
-func Admit() error { return admit() }
+// descriptors are free. Checks at once may each hold one descriptor for a
+// moment: up to Headroom/2 of them are not taken for a shortage.
+func Admit() error {
+	if !fdprobe.Free(Headroom, Headroom/2) {
+		return fmt.Errorf("fewer than %d file descriptors free: %w", Headroom, syscall.EMFILE)
+	}
+	return nil
+}
 
 // OutOfFiles reports whether err is the process's (EMFILE) or the
 // system's (ENFILE) limit of open files.
