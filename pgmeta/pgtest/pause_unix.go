@@ -10,28 +10,30 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"github.com/caddy-oci/caddy-oci/internal/procstop"
 )
 
 // Pause stops every process of the server (SIGSTOP), as a hung host
 // would: connections stay open, new ones are accepted by the kernel, and
 // nothing answers. Resume continues them.
-func (s *Server) Pause() error { return s.signalAll(syscall.SIGSTOP) }
+func (s *Server) Pause() error { return s.signalAll(procstop.Stop) }
 
 // Resume continues a paused server.
-func (s *Server) Resume() error { return s.signalAll(syscall.SIGCONT) }
+func (s *Server) Resume() error { return s.signalAll(procstop.Continue) }
 
 // signalAll signals the postmaster first (so it forks no one new) and
 // then its children.
-func (s *Server) signalAll(sig syscall.Signal) error {
+func (s *Server) signalAll(sig func(pid int) error) error {
 	pm, err := s.postmasterPID()
 	if err != nil {
 		return err
 	}
-	if err := syscall.Kill(pm, sig); err != nil {
-		return fmt.Errorf("signal postmaster %d: %w", pm, err)
+	if err := sig(pm); err != nil {
+		return fmt.Errorf("postmaster: %w", err)
 	}
 	for _, pid := range childrenOf(pm) {
-		_ = syscall.Kill(pid, sig) // a child may have exited meanwhile
+		_ = sig(pid) // a child may have exited meanwhile
 	}
 	return nil
 }

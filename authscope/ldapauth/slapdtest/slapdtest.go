@@ -32,6 +32,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/caddy-oci/caddy-oci/internal/procstop"
 )
 
 // The directory every server holds.
@@ -231,19 +233,19 @@ func (s *Server) Restart(t testing.TB) {
 // Pause stops the server's process (SIGSTOP), as a hung host would:
 // connections stay open, new ones are accepted by the kernel, and nothing
 // answers. Resume continues it.
-func (s *Server) Pause(t testing.TB) { s.signal(t, syscall.SIGSTOP) }
+func (s *Server) Pause(t testing.TB) { s.signal(t, procstop.Stop) }
 
 // Resume continues a paused server.
-func (s *Server) Resume(t testing.TB) { s.signal(t, syscall.SIGCONT) }
+func (s *Server) Resume(t testing.TB) { s.signal(t, procstop.Continue) }
 
-func (s *Server) signal(t testing.TB, sig syscall.Signal) {
+func (s *Server) signal(t testing.TB, sig func(pid int) error) {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil {
 		t.Fatal("slapdtest: server not running")
 	}
-	if err := s.cmd.Process.Signal(sig); err != nil {
+	if err := sig(s.cmd.Process.Pid); err != nil {
 		t.Fatalf("slapdtest: %v", err)
 	}
 }
