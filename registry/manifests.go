@@ -90,11 +90,11 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	var m cache.Manifest
 	var body []byte
 	// A large one waits its turn before it is read (manifestmem.go).
-	release, err := h.manifestSizes.hold(r.Context(), d, h.cfg.MaxManifestSize)
+	hold, err := h.manifestSizes.hold(r.Context(), d, h.cfg.MaxManifestSize)
 	if err != nil {
 		return errInternal(err) // the client left (499)
 	}
-	defer release()
+	defer hold.release()
 	if r.Method == http.MethodHead {
 		m, err = h.cfg.Store.StatManifest(r.Context(), rc.name, d)
 	} else {
@@ -102,6 +102,7 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	if err == nil {
 		h.manifestSizes.set(d, m.Size)
+		hold.fit(m.Size)
 	}
 	if err != nil {
 		if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
