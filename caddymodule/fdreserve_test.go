@@ -56,6 +56,16 @@ func TestRegistryAddsFDReserve(t *testing.T) {
 	if !strings.Contains(string(out), `"listener_wrappers":[{"reserve":-1,"wrapper":"oci_fd_reserve"}]`) {
 		t.Errorf("adapted config: %s", out)
 	}
+	// Any global servers option replaces the server's listener
+	// wrappers, even one that sets none (Caddy's applyServerOptions):
+	// the README says so; this pins it.
+	out, _, err = adapter.Adapt([]byte("{\n\tservers {\n\t\ttrusted_proxies static private_ranges\n\t}\n}\nhttp://:5000 {\n\toci_registry {\n\t\tstorage ./data\n\t}\n}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "oci_fd_reserve") {
+		t.Errorf("Caddy now keeps the wrapper under a global servers option: update the README: %s", out)
+	}
 	// Inside a route block, where only handlers go: no wrapper.
 	out, _, err = adapter.Adapt([]byte("http://:5000 {\n\troute /v2/* {\n\t\toci_registry {\n\t\t\tstorage ./data\n\t\t}\n\t}\n}\n"), nil)
 	if err != nil {

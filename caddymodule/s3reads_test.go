@@ -346,11 +346,23 @@ func TestBlobHeadAsksS3(t *testing.T) {
 	if r := blobRequest(t, http.MethodHead, base+"/v2/team/app/blobs/"+kept, true, ""); r.StatusCode != http.StatusOK || r.ContentLength != int64(len(c)) {
 		t.Fatalf("HEAD of a stored blob: %s, %d bytes", r.Status, r.ContentLength)
 	}
+	// A refusal is no blob: nothing may keep it as the blob's answer for
+	// a year, as a cache in front would keep the blob's own.
+	notForAYear := func(what string, r *http.Response) {
+		t.Helper()
+		if cc := r.Header.Get("Cache-Control"); strings.Contains(cc, "max-age") {
+			t.Errorf("%s: %s with Cache-Control %q", what, r.Status, cc)
+		}
+	}
 	if r := blobRequest(t, http.MethodHead, base+"/v2/team/app/blobs/"+lost, true, ""); r.StatusCode != http.StatusNotFound {
 		t.Fatalf("HEAD of a blob S3 lost: %s, want 404 as its GET", r.Status)
+	} else {
+		notForAYear("HEAD of a blob S3 lost", r)
 	}
 	if r := blobRequest(t, http.MethodGet, base+"/v2/team/app/blobs/"+lost, true, ""); r.StatusCode != http.StatusNotFound {
 		t.Fatalf("GET of a blob S3 lost: %s", r.Status)
+	} else {
+		notForAYear("GET of a blob S3 lost", r)
 	}
 	r := blobRequest(t, http.MethodPost, base+"/v2/team/other/blobs/uploads/?mount="+lost+"&from=team/app", true, "")
 	if r.StatusCode != http.StatusAccepted {
@@ -372,6 +384,8 @@ func TestBlobHeadAsksS3(t *testing.T) {
 	srv.Kill()
 	if r := blobRequest(t, http.MethodHead, base+"/v2/team/app/blobs/"+kept, true, ""); r.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("HEAD with S3 down: %s, want 503 as its GET", r.Status)
+	} else {
+		notForAYear("HEAD with S3 down", r)
 	}
 }
 

@@ -27,6 +27,10 @@ func TestManifestActiveContentRefused(t *testing.T) {
 		{"javascript", "text/javascript", page},
 		{"octet-stream", "application/octet-stream", page},
 		{"mediaType field only", "", `{"schemaVersion":2,"mediaType":"text/html","x":"<script>alert(1)</script>"}`},
+		// The field is served as Content-Type verbatim: parameters there
+		// ending in +json leave a browser's type XHTML.
+		{"mediaType field with a parameter", "", `{"schemaVersion":2,"mediaType":"application/xhtml+xml;x=+json","x":"<script>alert(1)</script>"}`},
+		{"mediaType field with a spaced parameter", "", `{"schemaVersion":2,"mediaType":"application/xhtml+xml; x=+json","x":"<script>alert(1)</script>"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := tr.with(t)

@@ -265,6 +265,10 @@ func (e *Error) Render(w http.ResponseWriter, r *http.Request) {
 		body, _ = json.Marshal(envelope{Errors: []envelopeError{{Code: e.Code, Message: e.Message}}})
 	}
 	hd := w.Header()
+	// A blob's answer says max-age of a year before its backend is asked
+	// (blobs.go): a 404 or 503 must not keep it, or a cache in front
+	// keeps the refusal as long. An error of its own may set one.
+	hd.Del("Cache-Control")
 	for k, v := range e.Header {
 		hd[k] = v
 	}

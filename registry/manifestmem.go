@@ -74,8 +74,9 @@ func readManifestBody(body io.Reader, declared, limit int64) ([]byte, error) {
 // and bytes) against a budget of its own (not manifestWork's: a pull
 // must not wait behind pushes), before the store is read: its size is
 // remembered from the last time it was served or pushed, and one never
-// seen counts as max_manifest_size until it has been. Small manifests,
-// once seen, take nothing and never wait behind large ones. A large
+// seen counts as max_manifest_size until it has been read (then it keeps
+// only what its size needs, serveHold.fit). Small manifests, once seen,
+// take nothing and never wait behind large ones. A large
 // manifest's bytes must be taken within manifestWriteTimeout, so that a
 // client that stops reading does not keep its share.
 const (
@@ -114,23 +115,53 @@ func (s *manifestSizes) set(d cache.Digest, n int64) {
 	s.m[d] = n
 }
 
-// holdManifestServe waits until manifest d, whose size is unknown until
-// seen (then taken as limit), may be read from the store to be served,
-// and returns the release; an error when ctx ends first. A manifest known
-// to be small does not wait.
-func (s *manifestSizes) hold(ctx context.Context, d cache.Digest, limit int64) (func(), error) {
+// serveHold is a request's share of manifestServe.
+type serveHold struct{ n int64 }
+
+// hold waits until manifest d, whose size is unknown until seen (then
+// taken as limit), may be read from the store to be served, and returns
+// the request's share; an error when ctx ends first. A manifest known to
+// be small does not wait.
+func (s *manifestSizes) hold(ctx context.Context, d cache.Digest, limit int64) (*serveHold, error) {
 	size, ok := s.get(d)
 	if !ok {
 		size = limit
 	}
-	if size <= smallManifest {
-		return func() {}, nil
+	n := serveShare(size)
+	if n == 0 {
+		return &serveHold{}, nil
 	}
-	n := min(2*size, manifestServeBudget)
 	if err := manifestServe.Acquire(ctx, n); err != nil {
 		return nil, err
 	}
-	return func() { manifestServe.Release(n) }, nil
+	return &serveHold{n: n}, nil
+}
+
+// serveShare is what a manifest of size holds while it is served.
+func serveShare(size int64) int64 {
+	if size <= smallManifest {
+		return 0
+	}
+	return min(2*size, manifestServeBudget)
+}
+
+// fit gives back, once the manifest has been read, what its real size
+// does not need: a share taken for an unseen one (max_manifest_size)
+// must not stay held, through the signature check and the write to a
+// client that may read slowly, for a manifest of a few kilobytes.
+func (h *serveHold) fit(size int64) {
+	if need := serveShare(size); need < h.n {
+		manifestServe.Release(h.n - need)
+		h.n = need
+	}
+}
+
+// release gives the share back.
+func (h *serveHold) release() {
+	if h.n > 0 {
+		manifestServe.Release(h.n)
+		h.n = 0
+	}
 }
 
 // writeManifestBody writes a manifest's bytes, a large one within

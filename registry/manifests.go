@@ -90,11 +90,11 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	var m cache.Manifest
 	var body []byte
 	// A large one waits its turn before it is read (manifestmem.go).
-	release, err := h.manifestSizes.hold(r.Context(), d, h.cfg.MaxManifestSize)
+	hold, err := h.manifestSizes.hold(r.Context(), d, h.cfg.MaxManifestSize)
 	if err != nil {
 		return errInternal(err) // the client left (499)
 	}
-	defer release()
+	defer hold.release()
 	if r.Method == http.MethodHead {
 		m, err = h.cfg.Store.StatManifest(r.Context(), rc.name, d)
 	} else {
@@ -102,6 +102,7 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	}
 	if err == nil {
 		h.manifestSizes.set(d, m.Size)
+		hold.fit(m.Size)
 	}
 	if err != nil {
 		if errors.Is(err, cache.ErrManifestUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
@@ -150,12 +151,23 @@ func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, bo
 	return nil
 }
 
-// jsonMediaType reports whether mt (a base type, lower case) is JSON:
-// every manifest media type of the OCI and Docker specs, and of artifacts,
-// is application/json or application/<...>+json.
+// jsonMediaType reports whether mt is JSON: every manifest media type of
+// the OCI and Docker specs, and of artifacts, is application/json or
+// application/<...>+json. mt is served as Content-Type verbatim, so it is
+// one bare type: a document's mediaType field is not parsed as a header
+// is, and "application/xhtml+xml;x=+json" would be XHTML to a browser.
 func jsonMediaType(mt string) bool {
 	sub, ok := strings.CutPrefix(mt, "application/")
-	return ok && (sub == "json" || strings.HasSuffix(sub, "+json") && len(sub) > len("+json"))
+	if !ok || strings.IndexFunc(sub, notSubtypeChar) >= 0 {
+		return false
+	}
+	return sub == "json" || strings.HasSuffix(sub, "+json") && len(sub) > len("+json")
+}
+
+// notSubtypeChar reports whether c may not appear in a media subtype
+// (RFC 6838's restricted-name: letters, digits and !#$&-^_.+).
+func notSubtypeChar(c rune) bool {
+	return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.ContainsRune("!#$&-^_.+", c))
 }
 
 func etagMatches(header, digest string) bool {

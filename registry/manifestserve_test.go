@@ -2,10 +2,13 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -45,4 +48,68 @@ func TestLargeManifestStalledReaders(t *testing.T) {
 		t.Fatalf("the pull took %v behind %d stalled readers", d, stalled)
 	}
 	t.Logf("pulled behind %d stalled readers in %v", stalled, time.Since(start).Round(time.Millisecond))
+}
+
+// stallingWriter is the writer of a client that has the answer's headers
+// and reads no body: Write blocks until released.
+type stallingWriter struct {
+	hd       http.Header
+	writing  chan struct{}
+	released chan struct{}
+	once     sync.Once
+}
+
+func (w *stallingWriter) Header() http.Header { return w.hd }
+func (w *stallingWriter) WriteHeader(int)     {}
+func (w *stallingWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.writing) })
+	<-w.released
+	return len(p), nil
+}
+
+// TestUnseenSmallManifestGivesBackItsShare: a manifest not served since
+// start holds max_manifest_size's share of the serving budget until it
+// is read; a small one then holds nothing. With max_manifest_size at
+// half the budget, one client that stalls on a small manifest's body
+// kept every other unseen or large manifest waiting (it held the whole
+// budget until its write ended, which for a small one has no deadline).
+func TestUnseenSmallManifestGivesBackItsShare(t *testing.T) {
+	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize = manifestServeBudget / 2 })
+	tr.wantStatus(tr.pushManifest("small/a", "v1", MediaTypeOCIManifest, tr.image("small/a", "a")), http.StatusCreated)
+	tr.wantStatus(tr.pushManifest("small/b", "v1", MediaTypeOCIManifest, tr.image("small/b", "b")), http.StatusCreated)
+	// As after a restart: no size seen yet.
+	tr.h.manifestSizes.mu.Lock()
+	tr.h.manifestSizes.m = nil
+	tr.h.manifestSizes.mu.Unlock()
+
+	w := &stallingWriter{hd: http.Header{}, writing: make(chan struct{}), released: make(chan struct{})}
+	req := httptest.NewRequest(http.MethodGet, "/v2/small/a/manifests/v1", nil)
+	req.Header.Set("Accept", MediaTypeOCIManifest)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		tr.h.ServeHTTP(w, req)
+	}()
+	select {
+	case <-w.writing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stalled pull never wrote")
+	}
+	defer func() {
+		close(w.released)
+		<-served
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, _ := http.NewRequestWithContext(ctx, http.MethodGet, tr.srv.URL+"/v2/small/b/manifests/v1", nil)
+	r.Header.Set("Accept", MediaTypeOCIManifest)
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatalf("an unseen small manifest waited behind a stalled pull of another: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
 }

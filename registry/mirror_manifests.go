@@ -105,17 +105,18 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 // store for one request, a large one in its turn (manifestmem.go); the
 // caller releases the budget once the answer is out.
 func (h *Handler) storedMirrorManifest(ctx context.Context, rc *request, d cache.Digest) (mirroredManifest, error) {
-	release, err := h.manifestSizes.hold(ctx, d, h.cfg.MaxManifestSize)
+	hold, err := h.manifestSizes.hold(ctx, d, h.cfg.MaxManifestSize)
 	if err != nil {
 		return mirroredManifest{}, err
 	}
 	man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, d)
 	if err != nil {
-		release()
+		hold.release()
 		return mirroredManifest{}, err
 	}
 	h.manifestSizes.set(d, man.Size)
-	return mirroredManifest{m: man, body: body, release: release}, nil
+	hold.fit(man.Size)
+	return mirroredManifest{m: man, body: body, release: hold.release}, nil
 }
 
 func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cache.Digest) (mirroredManifest, error) {

@@ -10,7 +10,6 @@
 package fdguard
 
 import (
-	"errors"
 	"fmt"
 	"syscall"
 
@@ -24,7 +23,7 @@ import (
 // more than this free, see caddymodule/fdreserve.go).
 const Headroom = 32
 
-// Admit returns an error (OutOfFiles) while fewer than Headroom file
+// Admit returns an error (wrapping EMFILE) while fewer than Headroom file
 // descriptors are free. Checks at once may each hold one descriptor for a
 // moment: up to Headroom/2 of them are not taken for a shortage.
 func Admit() error {
@@ -32,10 +31,4 @@ func Admit() error {
 		return fmt.Errorf("fewer than %d file descriptors free: %w", Headroom, syscall.EMFILE)
 	}
 	return nil
-}
-
-// OutOfFiles reports whether err is the process's (EMFILE) or the
-// system's (ENFILE) limit of open files.
-func OutOfFiles(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }

@@ -3,6 +3,7 @@
 package fdguard
 
 import (
+	"errors"
 	"os"
 	"syscall"
 	"testing"
@@ -34,7 +35,7 @@ func TestAdmit(t *testing.T) {
 	for {
 		f, err := os.Open(os.DevNull)
 		if err != nil {
-			if !OutOfFiles(err) {
+			if !errors.Is(err, syscall.EMFILE) {
 				t.Fatal(err)
 			}
 			break
@@ -42,7 +43,7 @@ func TestAdmit(t *testing.T) {
 		held = append(held, f)
 	}
 	err := Admit()
-	if err == nil || !OutOfFiles(err) {
+	if err == nil || !errors.Is(err, syscall.EMFILE) {
 		t.Fatalf("with no file left: %v, want EMFILE", err)
 	}
 	// The highest numbers free again, as when the last files opened
