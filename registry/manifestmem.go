@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"hash/maphash"
 	"io"
 	"net/http"
 	"sync"
@@ -82,7 +83,7 @@ func readManifestBody(body io.Reader, declared, limit int64) ([]byte, error) {
 const (
 	smallManifest       = 64 << 10
 	manifestServeBudget = 64 << 20
-	// maxManifestSizes bounds the sizes remembered (about 100 bytes
+	// maxManifestSizes bounds the sizes remembered (about 20 bytes
 	// each): past it they are forgotten all at once.
 	maxManifestSizes = 1 << 16
 )
@@ -93,16 +94,26 @@ var manifestServe = semaphore.NewWeighted(manifestServeBudget)
 var manifestWriteTimeout = 60 * time.Second
 
 // manifestSizes remembers manifests' sizes by digest (a digest's bytes,
-// and so their size, are the same in every repository).
+// and so their size, are the same in every repository). It keys them by a
+// 64-bit hash of the digest under a seed of this process's, not by the
+// digest: at 50,000 manifests the digests' strings took 6.8 MiB of heap
+// (and the peak RSS of a 50,000-image run went past its 150 MiB target),
+// the hashes take about 1. Two digests of one hash would only share a
+// size for this budget's accounting, and nobody can aim for that without
+// the seed.
 type manifestSizes struct {
 	mu sync.Mutex
-	m  map[cache.Digest]int64
+	m  map[uint64]int64
 }
+
+var manifestSizeSeed = maphash.MakeSeed()
+
+func manifestSizeKey(d cache.Digest) uint64 { return maphash.Comparable(manifestSizeSeed, d) }
 
 func (s *manifestSizes) get(d cache.Digest) (int64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, ok := s.m[d]
+	n, ok := s.m[manifestSizeKey(d)]
 	return n, ok
 }
 
@@ -110,9 +121,9 @@ func (s *manifestSizes) set(d cache.Digest, n int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil || len(s.m) >= maxManifestSizes {
-		s.m = make(map[cache.Digest]int64)
+		s.m = make(map[uint64]int64)
 	}
-	s.m[d] = n
+	s.m[manifestSizeKey(d)] = n
 }
 
 // serveHold is a request's share of manifestServe.
