@@ -16,7 +16,7 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 	"go.uber.org/zap"
 
-	"github.com/caddy-oci/caddy-oci/cache/internal/fdguard"
+	"github.com/caddy-oci/caddy-oci/cache/internal/badgerwrite"
 )
 
 // Store is safe for concurrent use. Open it once per directory per process.
@@ -40,9 +40,8 @@ type Store struct {
 	// every "the blob exists, now link it" sequence holds the read lock, so
 	// a link never points at a file GC is about to remove.
 	gcMu sync.RWMutex
-	// retryMu: metadata writes that conflicted twice retry one at a time
-	// (update).
-	retryMu sync.Mutex
+	// writer takes the metadata writes (update).
+	writer *badgerwrite.Writer
 	// gcPaused skips the background collection's rounds (PauseGC).
 	gcPaused atomic.Bool
 
@@ -200,6 +199,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("cache: open metadata: %w", err)
 	}
 	s.db = db
+	s.writer = &badgerwrite.Writer{DB: db, Unavailable: ErrUnavailable}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	if err := s.recoverUploads(); err != nil {
@@ -257,43 +257,16 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// update runs fn in a read-write transaction, retrying when a concurrent
-// transaction touched the same keys (ErrUnavailable if that goes on). It refuses (ErrStorageFull) while the
-// metadata's filesystem is nearly full (space.go), and (ErrUnavailable)
-// while the process is nearly out of file descriptors (fdguard).
+// update runs fn in a read-write transaction (badgerwrite: refused
+// while the process is nearly out of file descriptors, retried while it
+// conflicts). It refuses (ErrStorageFull) while the metadata's filesystem
+// is nearly full (space.go).
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
 	if err := s.space.admitMeta(); err != nil {
 		return err
 	}
-	if err := fdguard.Admit(); err != nil {
-		return fmt.Errorf("%w: metadata write refused: %w", ErrUnavailable, err)
-	}
-	var err error
-	for attempt := range maxUpdateAttempts {
-		if attempt < 2 {
-			err = s.db.Update(fn)
-		} else {
-			// Writers of one key (one manifest pushed under many tags
-			// at once, by 50 clients) that retry together conflict
-			// together again: 16 tries each still failed two pushes in
-			// three. Past its second try a writer takes turns with the
-			// others that retry, so each conflicts only with first
-			// tries.
-			s.retryMu.Lock()
-			err = s.db.Update(fn)
-			s.retryMu.Unlock()
-		}
-		if !errors.Is(err, badger.ErrConflict) {
-			return err
-		}
-	}
-	// Still contended: no fault, and the client's retry will do.
-	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	return s.writer.Update(context.Background(), fn)
 }
-
-// maxUpdateAttempts bounds the tries of one metadata write that keeps
-// conflicting with concurrent ones.
-const maxUpdateAttempts = 64
 
 // blobPath is where the committed blob d lives. d must be valid.
 func (s *Store) blobPath(d Digest) string {

@@ -49,7 +49,7 @@ import (
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
-	"github.com/caddy-oci/caddy-oci/cache/internal/fdguard"
+	"github.com/caddy-oci/caddy-oci/cache/internal/badgerwrite"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -57,8 +57,9 @@ import (
 // Store is the metadata in one badger directory. Open it once per
 // directory per process.
 type Store struct {
-	db   *badger.DB
-	auth *authrecords.Records // auth.go
+	db     *badger.DB
+	writer *badgerwrite.Writer  // update
+	auth   *authrecords.Records // auth.go
 }
 
 // Open opens (creating if needed) the metadata in dir.
@@ -78,6 +79,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, err)
 	}
 	st := &Store{db: db}
+	st.writer = &badgerwrite.Writer{DB: db, Unavailable: metastore.ErrUnavailable}
 	st.auth = newAuthRecords(st)
 	return st, nil
 }
@@ -131,18 +133,7 @@ func (s *Store) view(ctx context.Context, fn func(txn *badger.Txn) error) error 
 }
 
 func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := fdguard.Admit(); err != nil {
-			return fmt.Errorf("%w: metadata write refused: %w", metastore.ErrUnavailable, err)
-		}
-		err := s.db.Update(fn)
-		if !errors.Is(err, badger.ErrConflict) {
-			return err
-		}
-	}
+	return s.writer.Update(ctx, fn)
 }
 
 // get returns the value of k, or nil and false.

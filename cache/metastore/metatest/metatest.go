@@ -52,6 +52,7 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"ExpiredUploads", testExpiredUploads},
 		{"ConcurrentTagMoves", testConcurrentTagMoves},
 		{"ConcurrentManifestPutsOneTag", testConcurrentPuts},
+		{"ConcurrentTagsOfOneManifest", testConcurrentTagsOfOneManifest},
 		{"ConcurrentUploadAdvance", testConcurrentAdvance},
 		{"ConcurrentUploadQuota", testConcurrentQuota},
 		{"ConcurrentTagMoveAndManifestDelete", testMoveRacesDelete},
@@ -998,6 +999,36 @@ func testConcurrentPuts(t *testing.T, s metastore.Store) {
 		}
 		if !slices.ContainsFunc(ms, func(m metastore.Manifest) bool { return m.Digest == v }) {
 			t.Fatalf("v%d points at %s, none of the puts", round, v)
+		}
+	}
+}
+
+// testConcurrentTagsOfOneManifest: writers push one manifest at once,
+// each under tags of its own (CI jobs tagging one image). Every push
+// rewrites the manifest's record, so they contend on it; each must still
+// succeed, and every tag point at the manifest. A badger store whose
+// conflicting writers all retried together failed two pushes in three.
+func testConcurrentTagsOfOneManifest(t *testing.T, s metastore.Store) {
+	m, body := manifest("shared", metastore.Digest{}, dg("layer"))
+	const each = 10
+	errs := start(raceGoroutines, func(i int) error {
+		for j := range each {
+			if err := s.PutManifest(context.Background(), "ci/app", m, body, []string{fmt.Sprintf("w%d-%d", i, j)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("writer %d: %v", i, err)
+		}
+	}
+	for i := range raceGoroutines {
+		for j := range each {
+			if got := tagOf(t, s, "ci/app", fmt.Sprintf("w%d-%d", i, j)).Digest; got != m.Digest {
+				t.Fatalf("tag w%d-%d points at %s, want %s", i, j, got, m.Digest)
+			}
 		}
 	}
 }
