@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -27,14 +26,7 @@ import (
 // public/**, nothing else; root is admin.
 func newDenialRegistry(t *testing.T) *httptest.Server {
 	t.Helper()
-	hash := func(p string) string {
-		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		return string(h)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hp := testHtpasswd(t, "ci", "ci-pw", "root", "root-pw")
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
 		Repositories: map[string]authscope.RepositoryPolicy{
 			"blumeops/**": {Policies: []authscope.Grant{{Users: []string{"ci"}, Actions: []string{"read", "create"}}}},

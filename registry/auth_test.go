@@ -201,14 +201,7 @@ func forgedToken(t *testing.T) string {
 // anonymous read everywhere, artifact-workloads read+create on
 // blumeops/**, admins everything.
 func TestAuthBasicPolicy(t *testing.T) {
-	hash := func(p string) string {
-		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		return string(h)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hp := testHtpasswd(t, "ci", "ci-pw", "root", "root-pw")
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
 		Repositories: map[string]authscope.RepositoryPolicy{
 			"**": {Anonymous: []string{"read"}},
@@ -338,4 +331,23 @@ func TestCatalogPagesHideUnreadable(t *testing.T) {
 	if repos, link := page("n=3", "root", "root-pw"); !slices.Equal(repos, []string{"pub/a", "pub/b", "secret/x"}) || link == "" {
 		t.Errorf("admin page %q, Link %q; want three and a Link", repos, link)
 	}
+}
+
+// testHtpasswd is an htpasswd file of the given user, password pairs
+// (bcrypt at its lowest cost, for speed).
+func testHtpasswd(t *testing.T, userPasswords ...string) *authscope.Htpasswd {
+	t.Helper()
+	var b strings.Builder
+	for i := 0; i+1 < len(userPasswords); i += 2 {
+		h, err := bcrypt.GenerateFromPassword([]byte(userPasswords[i+1]), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(userPasswords[i] + ":" + string(h) + "\n")
+	}
+	hp, err := authscope.ParseHtpasswd([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hp
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 )
@@ -77,14 +76,7 @@ func refusalOf(resp *http.Response, body []byte) refusal {
 // withheld, and the same refusal for a tag, upload or repository that
 // exists as for one that does not.
 func TestAuthBeforeBody(t *testing.T) {
-	hash := func(p string) string {
-		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		return string(h)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hp := testHtpasswd(t, "ci", "ci-pw", "root", "root-pw")
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
 		Repositories: map[string]authscope.RepositoryPolicy{
 			"public/**": {Anonymous: []string{"read"}},

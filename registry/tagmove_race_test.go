@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -129,14 +127,7 @@ func TestCreateOnlyPushCannotRetypeManifest(t *testing.T) {
 // in blumeops/app for manifests to reference: its digest and bytes.
 func newCreateOnlyRegistry(t *testing.T) (ar *authRegistry, tr *testRegistry, ci, root string, cd cache.Digest, cfg []byte) {
 	t.Helper()
-	hash := func(p string) string {
-		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		return string(h)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("ci:" + hash("ci-pw") + "\nroot:" + hash("root-pw") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hp := testHtpasswd(t, "ci", "ci-pw", "root", "root-pw")
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
 		Repositories: map[string]authscope.RepositoryPolicy{
 			"blumeops/**": {Policies: []authscope.Grant{{Users: []string{"ci"}, Actions: []string{"read", "create"}}}},

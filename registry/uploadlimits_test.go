@@ -12,7 +12,6 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -148,14 +147,7 @@ func TestUploadSessionsConcurrent(t *testing.T) {
 // TestUploadSessionsPerUser: a signed-in client counts as its user,
 // whatever its address; users sharing an address do not share a count.
 func TestUploadSessionsPerUser(t *testing.T) {
-	hash := func(p string) string {
-		h, _ := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		return string(h)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("a:" + hash("pw") + "\nb:" + hash("pw") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hp := testHtpasswd(t, "a", "pw", "b", "pw")
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
 		Repositories: map[string]authscope.RepositoryPolicy{
 			"**": {Policies: []authscope.Grant{{Users: []string{"a", "b"}, Actions: []string{"read", "create"}}}},
