@@ -13,16 +13,20 @@ package caddymodule
 // itself, until some close.
 //
 // oci_registry adds this wrapper to its server in a Caddyfile by itself;
-// a JSON config lists it in the server's listener_wrappers.
+// a JSON config lists it in the server's listener_wrappers. A server
+// without it still works, so the registry says so in its log, at warn, on
+// its first request through such a listener (checkFDReserve).
 
 import (
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/internal/fdprobe"
 )
@@ -86,15 +90,32 @@ func (r *FDReserve) WrapListener(ln net.Listener) net.Listener {
 	if n == 0 {
 		n = DefaultFDReserve
 	}
+	port := listenerPort(ln.Addr())
+	wrappedPorts.add(port)
 	if n < 0 {
-		return ln
+		// Turned off on purpose: counts as wrapped, so nothing warns.
+		return &unreservedListener{Listener: ln, port: port}
 	}
-	return &reserveListener{Listener: ln, reserve: n, closed: make(chan struct{})}
+	return &reserveListener{Listener: ln, reserve: n, port: port, closed: make(chan struct{})}
+}
+
+// unreservedListener is a listener whose reserve is off: it only keeps
+// its port counted as wrapped while it is open.
+type unreservedListener struct {
+	net.Listener
+	port      int
+	closeOnce sync.Once
+}
+
+func (l *unreservedListener) Close() error {
+	l.closeOnce.Do(func() { wrappedPorts.remove(l.port) })
+	return l.Listener.Close()
 }
 
 type reserveListener struct {
 	net.Listener
 	reserve   int
+	port      int
 	closed    chan struct{}
 	closeOnce sync.Once
 }
@@ -116,8 +137,76 @@ func (l *reserveListener) Accept() (net.Conn, error) {
 }
 
 func (l *reserveListener) Close() error {
-	l.closeOnce.Do(func() { close(l.closed) })
+	l.closeOnce.Do(func() {
+		close(l.closed)
+		wrappedPorts.remove(l.port)
+	})
 	return l.Listener.Close()
+}
+
+// wrappedPorts counts the open listeners this wrapper wraps, by TCP port:
+// what a request knows of its listener is the local address of its
+// connection, whose host may differ from the listener's (":5000" accepts
+// on 127.0.0.1:5000), never its port.
+var wrappedPorts portCounts
+
+type portCounts struct {
+	mu sync.Mutex
+	n  map[int]int
+}
+
+func (c *portCounts) add(port int) {
+	if port == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = make(map[int]int)
+	}
+	c.n[port]++
+}
+
+func (c *portCounts) remove(port int) {
+	if port == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[port]--; c.n[port] <= 0 {
+		delete(c.n, port)
+	}
+}
+
+func (c *portCounts) has(port int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[port] > 0
+}
+
+// listenerPort is a TCP address's port; 0 for other kinds (unix sockets).
+func listenerPort(a net.Addr) int {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.Port
+	}
+	return 0
+}
+
+// checkFDReserve warns, once per handler, when the first request it
+// serves came through a TCP listener this wrapper does not guard: a JSON
+// config without it in listener_wrappers, or a Caddyfile whose global
+// servers option replaced the wrappers oci_registry added.
+func (rg *Registry) checkFDReserve(r *http.Request) {
+	if rg.fdReserveChecked.Load() || !rg.fdReserveChecked.CompareAndSwap(false, true) {
+		return
+	}
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	port := listenerPort(local)
+	if port == 0 || wrappedPorts.has(port) {
+		return
+	}
+	rg.logger.Warn("the listener of this server lacks the oci_fd_reserve wrapper: a flood of connections can take the file descriptors metadata writes need; add {\"wrapper\": \"oci_fd_reserve\"} to the server's listener_wrappers (README: Out of file descriptors)",
+		zap.String("local_address", local.String()))
 }
 
 var (

@@ -1,9 +1,13 @@
 package caddymodule
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -73,5 +77,52 @@ func TestRegistryAddsFDReserve(t *testing.T) {
 	}
 	if strings.Contains(string(out), "listener_wrappers") || !strings.Contains(string(out), `"handler":"oci_registry"`) {
 		t.Errorf("adapted config: %s", out)
+	}
+}
+
+// TestMissingFDReserveWarns: a JSON config whose server lacks the wrapper
+// serves, and says in its log, once, that the reserve is missing; with
+// the wrapper (or the wrapper turned off on purpose) it says nothing.
+func TestMissingFDReserveWarns(t *testing.T) {
+	const warning = "lacks the oci_fd_reserve wrapper"
+	for _, tt := range []struct {
+		name     string
+		wrappers []any
+		warns    bool
+	}{
+		{name: "none", warns: true},
+		{name: "reserve", wrappers: []any{map[string]any{"wrapper": "oci_fd_reserve"}}},
+		{name: "off", wrappers: []any{map[string]any{"wrapper": "oci_fd_reserve", "reserve": -1}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			logFile, addr := filepath.Join(t.TempDir(), "log.json"), freeAddr(t)
+			server := map[string]any{
+				"listen": []string{addr},
+				"routes": []any{map[string]any{"handle": []any{map[string]any{"handler": "oci_registry", "storage": t.TempDir()}}}},
+			}
+			if tt.wrappers != nil {
+				server["listener_wrappers"] = tt.wrappers
+			}
+			cfg, _ := json.Marshal(map[string]any{
+				"admin": map[string]any{"disabled": true},
+				"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+					"level": "WARN", "writer": map[string]any{"output": "file", "filename": logFile},
+				}}},
+				"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"registry": server}}},
+			})
+			if err := caddy.Load(cfg, true); err != nil {
+				t.Fatal(err)
+			}
+			ping(t, addr)
+			ping(t, addr)
+			stopCaddy(t)
+			b, err := os.ReadFile(logFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := strings.Count(string(b), warning); n != map[bool]int{true: 1}[tt.warns] {
+				t.Errorf("%d warnings about the missing wrapper, want %d; log:\n%s", n, map[bool]int{true: 1}[tt.warns], b)
+			}
+		})
 	}
 }

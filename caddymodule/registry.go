@@ -258,6 +258,9 @@ type Registry struct {
 	// requests counts the requests this config serves; the last one
 	// after Cleanup releases the store (inflight.go).
 	requests *requestGate
+	// fdReserveChecked: the first request looked at its listener
+	// (checkFDReserve). A pointer: a Registry is a config value, copied.
+	fdReserveChecked *atomic.Bool
 }
 
 // liveHandler is the registry handler, built once the store is open.
@@ -278,6 +281,7 @@ func (Registry) CaddyModule() caddy.ModuleInfo {
 // storage folder (without opening it) and registers metrics.
 func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.logger = ctx.Logger()
+	rg.fdReserveChecked = new(atomic.Bool)
 	setDefaultGCPercent(rg.logger)
 	releaseExePagesLater(rg.logger)
 	rg.live = new(liveHandler)
@@ -577,6 +581,7 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 // it answered.
 func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 	w = rg.app.closeWhenReplaced(w, r)
+	rg.checkFDReserve(r)
 	if rg.auth.serve(w, r) {
 		return nil
 	}
