@@ -11,9 +11,47 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // resetPeakRSS starts peakRSS (replicas_bench_test.go) afresh (Linux's clear_refs, value 5).
+// samplePeak reads field (kB) of pid's /proc status every 10 ms until the
+// returned function is called, which returns the largest value seen, in
+// MiB. The kernel keeps a peak of the whole RSS only (VmHWM); this one is
+// for its parts (RssAnon: the heap and stacks, without file pages).
+func samplePeak(t *testing.T, pid int, field string) func() float64 {
+	t.Helper()
+	peak := procStatusMiB(t, pid, field)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				// Not procStatusMiB: t.Fatal is for the test's goroutine.
+				if st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil {
+					for line := range strings.Lines(string(st)) {
+						if v, ok := strings.CutPrefix(line, field+":"); ok {
+							if kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB")); err == nil {
+								peak = max(peak, float64(kb)/1024)
+							}
+						}
+					}
+				}
+			}
+		}
+	}()
+	return func() float64 {
+		close(stop)
+		<-done
+		return peak
+	}
+}
+
 func resetPeakRSS(t *testing.T, pid int) {
 	t.Helper()
 	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0o200); err != nil {
@@ -151,14 +189,20 @@ func TestMirrorEndlessTagListMemory(t *testing.T) {
 // memory at about five times its size, and pushes may send manifests of
 // megabytes (annotations) all at once. 48 pushes of 4 MiB manifests at once
 // grew the server's peak RSS by about 1 GiB; with the work after the read
-// taking turns by size (registry/manifestmem.go) what is left is the
-// bodies being received (1x, 192 MiB here) and a bounded share for the work.
+// taking turns by size (registry/manifestmem.go) the bodies being received
+// were left: 100 pushes at once still grew the process's anonymous memory
+// by about 550 MiB, and more pushers would have grown it further. With
+// the bodies taking turns too it stays near the two budgets (64 MiB of
+// bodies, 16 MiB of work at about five times its size), whatever the
+// number of pushers. The file pages badger's memory-mapped value log
+// touches (reclaimable page cache, counted in the peak RSS) are logged,
+// not bounded here.
 func TestManifestPutsMemoryBounded(t *testing.T) {
 	needBinary(t)
 	dataDir := t.TempDir()
 	s := siteServer(t, dataDir, "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+"\n\t\tmax_manifest_size 4MiB\n\t}", 0)
 	cd := pushBlob(t, s, "app", []byte(`{}`))
-	const n, size = 48, 4 << 20
+	const n, size = 100, 4 << 20
 	bodies := make([]string, n)
 	for i := range bodies {
 		head := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"%s","size":2},"layers":[],"annotations":{"i":"%d","k":"`, cd, i)
@@ -167,6 +211,8 @@ func TestManifestPutsMemoryBounded(t *testing.T) {
 	pid := s.cmd.Process.Pid
 	resetPeakRSS(t, pid)
 	before := peakRSS(t, pid)
+	anonBefore := procStatusMiB(t, pid, "RssAnon")
+	peakAnon := samplePeak(t, pid, "RssAnon")
 	var wg sync.WaitGroup
 	for i, body := range bodies {
 		wg.Add(1)
@@ -187,11 +233,11 @@ func TestManifestPutsMemoryBounded(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	anonGrew := peakAnon() - anonBefore
 	grew := peakRSS(t, pid) - before
-	inFlight := float64(n*size) / (1 << 20)
-	t.Logf("peak RSS grew by %.0f MiB for %d x 4 MiB manifests pushed at once (%.1fx their size)", grew, n, grew/inFlight)
-	if grew > 2.5*inFlight {
-		t.Errorf("peak RSS grew by %.0f MiB, want <= %.0f MiB (2.5x the bodies)", grew, 2.5*inFlight)
+	t.Logf("for %d x 4 MiB manifests pushed at once: anonymous memory grew by %.0f MiB at most, peak RSS (file pages too) by %.0f MiB", n, anonGrew, grew)
+	if anonGrew > 300 {
+		t.Errorf("anonymous memory grew by %.0f MiB, want <= 300 MiB", anonGrew)
 	}
 	// Every one stored whole.
 	for i := range n {

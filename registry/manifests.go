@@ -216,10 +216,14 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	if r.ContentLength > limit {
 		return manifestTooLarge(limit)
 	}
-	body, err := readManifestBody(r.Body, r.ContentLength, limit)
+	body, received, err := receiveManifestBody(w, r, limit)
+	if errors.Is(err, errClientGone) {
+		return errInternal(err) // recorded as 499
+	}
 	if err != nil {
 		return newError(http.StatusBadRequest, CodeManifestInvalid, "reading manifest failed", err)
 	}
+	defer received()
 	if int64(len(body)) > limit {
 		return manifestTooLarge(limit)
 	}

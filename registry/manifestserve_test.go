@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // TestLargeManifestStalledReaders: clients that ask for a 24 MiB manifest
@@ -112,4 +114,40 @@ func TestUnseenSmallManifestGivesBackItsShare(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
+}
+
+// TestTricklingManifestPushers: pushers that declare a large manifest and
+// send nothing hold their share of the receiving budget (manifestmem.go)
+// only until manifestReadTimeout: more of them than the budget covers do
+// not keep another push of a large manifest waiting for long.
+func TestTricklingManifestPushers(t *testing.T) {
+	oldBudget, oldTimeout := manifestReceive, manifestReadTimeout
+	manifestReceive, manifestReadTimeout = semaphore.NewWeighted(4<<20), time.Second
+	defer func() { manifestReceive, manifestReadTimeout = oldBudget, oldTimeout }()
+	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize = 4 << 20 })
+	m := tr.image("big/app", "layer")
+	big := bytes.Replace(m, []byte(`{`), []byte(`{"annotations":{"pad":"`+strings.Repeat("p", 2<<20)+`"},`), 1)
+
+	// Twice as many silent pushers as the budget lets in at once.
+	for i := range 2 * 4 / 2 {
+		c, err := net.Dial("tcp", strings.TrimPrefix(tr.srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "PUT /v2/big/app/manifests/s%d HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n{", i, MediaTypeOCIManifest, len(big))
+	}
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	pushed := make(chan response, 1)
+	go func() { pushed <- tr.pushManifest("big/app", "v1", MediaTypeOCIManifest, big) }()
+	select {
+	case resp := <-pushed:
+		tr.wantStatus(resp, http.StatusCreated)
+	case <-time.After(15 * time.Second):
+		t.Fatal("the push waited 15 s behind silent pushers")
+	}
+	t.Logf("pushed behind silent pushers in %v", time.Since(start).Round(time.Millisecond))
+	// A silent pusher's manifest was never stored.
+	tr.wantStatus(tr.do(http.MethodGet, "/v2/big/app/manifests/s0", nil, "Accept", MediaTypeOCIManifest), http.StatusNotFound)
 }
