@@ -19,8 +19,15 @@ import (
 // this process's mappings of .sst files in dir.
 func residentTableBytes(t *testing.T, dir string) int64 {
 	t.Helper()
+	return residentBytes(t, dir, ".sst")
+}
+
+// residentBytes is the resident memory of this process's mappings of
+// the files in dir whose names end in ext.
+func residentBytes(t *testing.T, dir, ext string) int64 {
+	t.Helper()
 	n, err := pageout.Resident(func(path string) bool {
-		return filepath.Dir(path) == dir && filepath.Ext(path) == ".sst"
+		return filepath.Dir(path) == dir && filepath.Ext(path) == ext
 	})
 	if err != nil {
 		t.Fatalf("smaps: %v", err)
@@ -114,6 +121,74 @@ func TestReleaseTablePages(t *testing.T) {
 	t.Logf("tables resident: %d KiB before, %d KiB after", before>>10, after>>10)
 	if after > before/2 {
 		t.Errorf("tables resident: %d bytes before, %d after release; want most of it gone", before, after)
+	}
+	readAll()
+}
+
+// The value log's pages (values over ValueThreshold: large manifests)
+// that reads made resident leave the RSS when released too, and every
+// value still reads back as written.
+func TestReleaseValueLogPages(t *testing.T) {
+	dir := t.TempDir()
+	meta, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta = filepath.Join(meta, "meta")
+	if inMemoryFS(dir) {
+		t.Skip("the temp folder is on tmpfs, whose pages cannot be paged out without swap")
+	}
+	const values, size = 64, 256 << 10 // 16 MiB, each value past the threshold
+	value := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, size) }
+	s := openStore(t, Options{Dir: dir})
+	for i := range values {
+		if err := s.update(func(txn *badger.Txn) error { return txn.Set([]byte(fmt.Sprintf("big/%04d", i)), value(i)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s = openStore(t, Options{Dir: dir, keepTablePages: true})
+	readAll := func() {
+		t.Helper()
+		for i := range values {
+			err := s.db.View(func(txn *badger.Txn) error {
+				item, err := txn.Get([]byte(fmt.Sprintf("big/%04d", i)))
+				if err != nil {
+					return err
+				}
+				v, err := item.ValueCopy(nil)
+				if err == nil && !bytes.Equal(v, value(i)) {
+					err = fmt.Errorf("value %d changed", i)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	readAll()
+	before := residentBytes(t, meta, ".vlog")
+	if before < values*size/2 {
+		t.Fatalf("only %d bytes of the value log resident after reading %d bytes of values", before, values*size)
+	}
+	asked, err := releaseTablePages(meta, nil)
+	if errors.Is(err, unix.EINVAL) {
+		t.Skip("madvise MADV_PAGEOUT not supported by this kernel (Linux >= 5.4)")
+	}
+	if err != nil || asked == 0 {
+		t.Fatalf("releaseTablePages = %d, %v (value log resident before: %d)", asked, err, before)
+	}
+	after := residentBytes(t, meta, ".vlog")
+	for try := 1; try < 4 && after > before/4; try++ {
+		if _, err := releaseTablePages(meta, nil); err != nil {
+			t.Fatal(err)
+		}
+		after = residentBytes(t, meta, ".vlog")
+	}
+	t.Logf("value log resident: %d KiB before, %d KiB after", before>>10, after>>10)
+	if after > before/2 {
+		t.Errorf("value log resident: %d bytes before, %d after release; want most of it gone", before, after)
 	}
 	readAll()
 }
