@@ -54,8 +54,8 @@ func holdManifestWork(ctx context.Context, size int64) (func(), error) {
 // it further with more clients. So a body that may be large (its
 // Content-Length, else max_manifest_size) holds its size against a budget
 // of its own before a byte is read, until the push ends, and must arrive
-// within manifestReadTimeout: a client that trickles it keeps its share
-// that long at most. Holding it whole from the start (not as bytes
+// within manifestReadTimeout (longer for one of megabytes, transferTime):
+// a client that trickles it keeps its share that long at most. Holding it whole from the start (not as bytes
 // arrive) is what keeps this free of deadlock: a push never waits for
 // more budget while holding some. Small manifests take nothing.
 const manifestReceiveBudget = 64 << 20
@@ -85,7 +85,7 @@ func receiveManifestBody(w http.ResponseWriter, r *http.Request, limit int64) ([
 	}
 	release := func() { manifestReceive.Release(share) }
 	rc := http.NewResponseController(w)
-	deadline := rc.SetReadDeadline(time.Now().Add(manifestReadTimeout)) == nil
+	deadline := rc.SetReadDeadline(time.Now().Add(transferTime(manifestReadTimeout, share))) == nil
 	body, err := readManifestBody(r.Body, r.ContentLength, limit)
 	if deadline {
 		// The connection may serve more requests: no deadline for them.
@@ -136,7 +136,8 @@ func readManifestBody(body io.Reader, declared, limit int64) ([]byte, error) {
 // seen counts as max_manifest_size until it has been read (then it keeps
 // only what its size needs, serveHold.fit). Small manifests, once seen,
 // take nothing and never wait behind large ones. A large
-// manifest's bytes must be taken within manifestWriteTimeout, so that a
+// manifest's bytes must be taken within manifestWriteTimeout (longer for
+// one of megabytes, transferTime), so that a
 // client that stops reading does not keep its share.
 const (
 	smallManifest       = 64 << 10
@@ -150,6 +151,20 @@ var manifestServe = semaphore.NewWeighted(manifestServeBudget)
 
 // manifestWriteTimeout: a variable for tests only.
 var manifestWriteTimeout = 60 * time.Second
+
+// minTransferRate is the slowest a large manifest's bytes may move and
+// still be given past base to arrive or go out: a 4 MiB manifest is
+// given 128 s, for a client on a link of 32 KiB/s. A variable for tests
+// only.
+var minTransferRate int64 = 32 << 10
+
+// transferTime is how long size bytes of a manifest may take to arrive or
+// go out: base, or longer at minTransferRate. The bound is what frees a
+// share of a budget a client that stopped holds; a slow client still
+// gets its manifest.
+func transferTime(base time.Duration, size int64) time.Duration {
+	return max(base, time.Duration(size/minTransferRate)*time.Second)
+}
 
 // manifestSizes remembers manifests' sizes by digest (a digest's bytes,
 // and so their size, are the same in every repository). It keys them by a
@@ -234,14 +249,14 @@ func (h *serveHold) release() {
 }
 
 // writeManifestBody writes a manifest's bytes, a large one within
-// manifestWriteTimeout, and returns how many went out.
+// transferTime of it, and returns how many went out.
 func writeManifestBody(w http.ResponseWriter, body []byte) int {
 	if len(body) <= smallManifest {
 		n, _ := w.Write(body)
 		return n
 	}
 	rc := http.NewResponseController(w)
-	if rc.SetWriteDeadline(time.Now().Add(manifestWriteTimeout)) != nil {
+	if rc.SetWriteDeadline(time.Now().Add(transferTime(manifestWriteTimeout, int64(len(body))))) != nil {
 		n, _ := w.Write(body)
 		return n
 	}

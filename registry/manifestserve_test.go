@@ -21,9 +21,9 @@ import (
 // manifestWriteTimeout: more of them than the budget covers do not keep
 // another client from pulling it for long.
 func TestLargeManifestStalledReaders(t *testing.T) {
-	old := manifestWriteTimeout
-	manifestWriteTimeout = time.Second
-	defer func() { manifestWriteTimeout = old }()
+	old, oldRate := manifestWriteTimeout, minTransferRate
+	manifestWriteTimeout, minTransferRate = time.Second, 1<<40
+	defer func() { manifestWriteTimeout, minTransferRate = old, oldRate }()
 	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize = 32 << 20 })
 	m := tr.image("big/app", "layer")
 	big := bytes.Replace(m, []byte(`{`), []byte(`{"annotations":{"pad":"`+strings.Repeat("p", 24<<20)+`"},`), 1)
@@ -121,9 +121,9 @@ func TestUnseenSmallManifestGivesBackItsShare(t *testing.T) {
 // only until manifestReadTimeout: more of them than the budget covers do
 // not keep another push of a large manifest waiting for long.
 func TestTricklingManifestPushers(t *testing.T) {
-	oldBudget, oldTimeout := manifestReceive, manifestReadTimeout
-	manifestReceive, manifestReadTimeout = semaphore.NewWeighted(4<<20), time.Second
-	defer func() { manifestReceive, manifestReadTimeout = oldBudget, oldTimeout }()
+	oldBudget, oldTimeout, oldRate := manifestReceive, manifestReadTimeout, minTransferRate
+	manifestReceive, manifestReadTimeout, minTransferRate = semaphore.NewWeighted(4<<20), time.Second, 1<<40
+	defer func() { manifestReceive, manifestReadTimeout, minTransferRate = oldBudget, oldTimeout, oldRate }()
 	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize = 4 << 20 })
 	m := tr.image("big/app", "layer")
 	big := bytes.Replace(m, []byte(`{`), []byte(`{"annotations":{"pad":"`+strings.Repeat("p", 2<<20)+`"},`), 1)
@@ -150,4 +150,23 @@ func TestTricklingManifestPushers(t *testing.T) {
 	t.Logf("pushed behind silent pushers in %v", time.Since(start).Round(time.Millisecond))
 	// A silent pusher's manifest was never stored.
 	tr.wantStatus(tr.do(http.MethodGet, "/v2/big/app/manifests/s0", nil, "Accept", MediaTypeOCIManifest), http.StatusNotFound)
+}
+
+// TestTransferTime: a large manifest's bytes are given the base time, or
+// as long as they take at minTransferRate, whichever is longer.
+func TestTransferTime(t *testing.T) {
+	for _, tc := range []struct {
+		size int64
+		want time.Duration
+	}{
+		{0, time.Minute},
+		{64 << 10, time.Minute},
+		{1 << 20, time.Minute},
+		{4 << 20, 128 * time.Second},
+		{32 << 20, 1024 * time.Second},
+	} {
+		if got := transferTime(time.Minute, tc.size); got != tc.want {
+			t.Errorf("transferTime(1m, %d) = %v, want %v", tc.size, got, tc.want)
+		}
+	}
 }
