@@ -77,6 +77,12 @@ var (
 	// registry through any path (the auth layer's records included) is
 	// recognised as one.
 	ErrUnavailable = metastore.ErrUnavailable
+	// ErrTagMoved: CreateManifest found one of its tags pointing at
+	// another manifest. Nothing was changed.
+	ErrTagMoved = metastore.ErrTagMoved
+	// ErrManifestRetyped: CreateManifest found the repository holding the
+	// manifest under another media type. Nothing was changed.
+	ErrManifestRetyped = metastore.ErrManifestRetyped
 )
 
 // Options configure a Store.

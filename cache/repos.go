@@ -240,7 +240,18 @@ func (s *Store) ReposWithBlob(ctx context.Context, d Digest, limit int) ([]strin
 // entry is added under the subject. Then points each of tags at it. All
 // metadata changes commit in one badger transaction.
 func (s *Store) PutManifest(ctx context.Context, repo string, m Manifest, body []byte, tags []string) error {
-	return s.putManifest(repo, m, body, tags, time.Time{})
+	return s.putManifest(repo, m, body, tags, time.Time{}, false)
+}
+
+// CreateManifest is PutManifest for a push that may only create: it
+// applies only if each of tags is absent or points at m.Digest already
+// (ErrTagMoved otherwise) and repo does not hold m.Digest under another
+// media type (ErrManifestRetyped otherwise); refused, nothing changes in
+// the metadata. The check and the write are one badger transaction,
+// which conflicts (and is tried again) if another writer changes a tag
+// or the manifest's record it read.
+func (s *Store) CreateManifest(ctx context.Context, repo string, m Manifest, body []byte, tags []string) error {
+	return s.putManifest(repo, m, body, tags, time.Time{}, true)
 }
 
 // PutFetchedManifest is PutManifest of a manifest a mirror fetched for
@@ -250,12 +261,13 @@ func (s *Store) PutFetchedManifest(ctx context.Context, repo string, m Manifest,
 	if fetched.IsZero() {
 		return errors.New("cache: PutFetchedManifest needs a fetch time")
 	}
-	return s.putManifest(repo, m, body, []string{tag}, fetched)
+	return s.putManifest(repo, m, body, []string{tag}, fetched, false)
 }
 
-// putManifest is PutManifest; a non-zero fetched also records it as the
-// time each tag was confirmed upstream.
-func (s *Store) putManifest(repo string, m Manifest, body []byte, tags []string, fetched time.Time) error {
+// putManifest is PutManifest, or CreateManifest if createOnly; a
+// non-zero fetched also records it as the time each tag was confirmed
+// upstream.
+func (s *Store) putManifest(repo string, m Manifest, body []byte, tags []string, fetched time.Time, createOnly bool) error {
 	if err := checkName("repository", repo); err != nil {
 		return err
 	}
@@ -303,8 +315,11 @@ func (s *Store) putManifest(repo string, m Manifest, body []byte, tags []string,
 		// A re-push with another subject moves the referrer entry.
 		if item, err := txn.Get(manLinkKey(repo, d)); err == nil {
 			var old manifestRecord
-			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &old) }); err == nil &&
-				old.Subject != "" && old.Subject != rec.Subject {
+			derr := item.Value(func(v []byte) error { return json.Unmarshal(v, &old) })
+			if createOnly && derr == nil && old.MediaType != rec.MediaType {
+				return fmt.Errorf("%w: %s in %s is %q", ErrManifestRetyped, d, repo, old.MediaType)
+			}
+			if derr == nil && old.Subject != "" && old.Subject != rec.Subject {
 				if sub, err := ParseDigest(old.Subject); err == nil {
 					if err := txn.Delete(refKey(repo, sub, d)); err != nil {
 						return err
@@ -313,6 +328,17 @@ func (s *Store) putManifest(repo string, m Manifest, body []byte, tags []string,
 			}
 		} else if !errors.Is(err, badger.ErrKeyNotFound) {
 			return err
+		}
+		if createOnly {
+			for _, t := range tags {
+				cur, err := readTag(txn, repo, t)
+				if err == nil && cur != d {
+					return fmt.Errorf("%w: %s:%s is at %s", ErrTagMoved, repo, t, cur)
+				}
+				if err != nil && !errors.Is(err, ErrTagUnknown) {
+					return err
+				}
+			}
 		}
 		if err := txn.Set(manLinkKey(repo, d), val); err != nil {
 			return err

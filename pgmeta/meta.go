@@ -7,6 +7,12 @@ package pgmeta
 // this process:
 //   - tag moves and upload advances are compare-and-swap UPDATEs (the
 //     row lock orders them; the loser's WHERE no longer matches);
+//   - a create-only manifest put (CreateManifest) writes its manifest
+//     and tags with INSERT ... ON CONFLICT DO UPDATE ... WHERE: a
+//     concurrent insert of the same key makes it wait for that
+//     transaction's end, then it locks the committed row and checks its
+//     WHERE against it, so at Read Committed two replicas cannot both
+//     pass; one that does not touch every row it names rolls back;
 //   - a link and GC's removal of what it links take the same row lock
 //     first (LinkBlob and PutManifest FOR SHARE, GC FOR UPDATE), and GC
 //     checks again in a later statement, whose snapshot sees what the
@@ -50,7 +56,7 @@ var ownErrors = []error{
 	errDamaged,
 	metastore.ErrNameInvalid, metastore.ErrDigestInvalid, metastore.ErrDigestMismatch,
 	metastore.ErrRepoUnknown, metastore.ErrBlobUnknown, metastore.ErrManifestUnknown,
-	metastore.ErrTagUnknown, metastore.ErrUploadUnknown, metastore.ErrTagMoved,
+	metastore.ErrTagUnknown, metastore.ErrUploadUnknown, metastore.ErrTagMoved, metastore.ErrManifestRetyped,
 	metastore.ErrUploadMoved, metastore.ErrUploadExists, metastore.ErrTooManyUploads,
 	metastore.ErrBlobDeleting, metastore.ErrSizeMismatch, metastore.ErrUploadSpace,
 }
@@ -352,6 +358,21 @@ func (s *Store) ReposWithBlob(ctx context.Context, d metastore.Digest, n int) ([
 
 // PutManifest stores a manifest and its tags in one transaction.
 func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
+	return s.putManifest(ctx, repo, m, body, tags, false)
+}
+
+// CreateManifest is PutManifest only if it moves no tag and retypes no
+// manifest, checked by the writes themselves (see the file's comment).
+func (s *Store) CreateManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
+	return s.putManifest(ctx, repo, m, body, tags, true)
+}
+
+// putManifest is PutManifest, or CreateManifest if createOnly: then the
+// upserts of the manifest and of the tags update only a row that stays
+// as it is (the same media type, the same digest), and report the rows
+// they wrote; a row they left is the refusal, and the transaction rolls
+// back.
+func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string, createOnly bool) error {
 	refs, err := metastore.CheckManifest(repo, m, body, tags)
 	if err != nil {
 		return err
@@ -363,6 +384,11 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manife
 		subject = &s
 	}
 	d := m.Digest.String()
+	manifestIf, tagIf := "", ""
+	if createOnly {
+		manifestIf = " WHERE manifests.media_type = excluded.media_type RETURNING 1"
+		tagIf = " WHERE tags.digest = excluded.digest RETURNING tag"
+	}
 	return s.inTx(ctx, "put manifest", func(ctx context.Context, tx pgx.Tx) error {
 		// One round trip for the statements, which need nothing of each
 		// other's results; they run in order, in this transaction.
@@ -376,15 +402,61 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manife
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type, size = excluded.size,
 				body = excluded.body, subject = excluded.subject, artifact_type = excluded.artifact_type,
-				annotations = excluded.annotations`,
+				annotations = excluded.annotations`+manifestIf,
 			repo, d, m.MediaType, len(body), body, subject, m.ArtifactType, encodeAnnotations(m.Annotations))
 		b.Queue("DELETE FROM manifest_refs WHERE repo = $1 AND manifest = $2 AND NOT (ref = ANY($3))", repo, d, refs)
 		b.Queue(`INSERT INTO manifest_refs (repo, manifest, ref) SELECT $1, $2, unnest($3::text[])
 			ON CONFLICT DO NOTHING`, repo, d, refs)
+		// Sorted, so concurrent puts lock the rows of shared tags in one
+		// order and never deadlock.
 		b.Queue(`INSERT INTO tags (repo, tag, digest) SELECT $1, unnest($2::text[]), $3
 			ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest,
-				fetched = CASE WHEN tags.digest = excluded.digest THEN tags.fetched END`, repo, tags, d)
-		return tx.SendBatch(ctx, &b).Close()
+				fetched = CASE WHEN tags.digest = excluded.digest THEN tags.fetched END`+tagIf, repo, tags, d)
+		br := tx.SendBatch(ctx, &b)
+		if !createOnly {
+			return br.Close()
+		}
+		defer br.Close()
+		for range 2 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		tg, err := br.Exec()
+		if err != nil {
+			return err
+		}
+		if tg.RowsAffected() == 0 {
+			var old string
+			if err := br.Close(); err != nil {
+				return err
+			}
+			if err := tx.QueryRow(ctx, "SELECT media_type FROM manifests WHERE repo = $1 AND digest = $2", repo, d).Scan(&old); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: %s in %s is %q", metastore.ErrManifestRetyped, d, repo, old)
+		}
+		for range 2 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		written, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		if len(written) < len(tags) {
+			for _, t := range tags {
+				if !slices.Contains(written, t) {
+					return fmt.Errorf("%w: %s:%s points at another manifest", metastore.ErrTagMoved, repo, t)
+				}
+			}
+		}
+		return br.Close()
 	})
 }
 

@@ -84,53 +84,13 @@ func (h *Handler) authorizeManifestPut(r *http.Request, rc *request, need authsc
 }
 
 // authorizeTagMove asks the policy again for a manifest push found to
-// move a tag (or to retype a manifest, see recheckUpdate): an update, not
-// a create.
+// move a tag (or to retype a manifest, see putManifest): an update, not a
+// create.
 func (h *Handler) authorizeTagMove(r *http.Request, rc *request) (*http.Request, error) {
 	need := *rc.putNeed
 	need.TagMove = true
 	rc.tagMove = true
 	return h.decide(r, rc, need)
-}
-
-// recheckUpdate is the last word on a manifest push judged a create: the
-// caller may have held its body back (as long as it liked) after that
-// judgement, while someone else pushed one of its tags. Just before the
-// manifest and its tags are written (with manifestWrites held, so no
-// other push of this repository in this process writes in between), a
-// push of m that now moves a tag, or that gives a manifest the
-// repository holds another media type (the Content-Type every pull of it
-// gets), is asked again as the update it is.
-func (h *Handler) recheckUpdate(r *http.Request, rc *request, tags []string, m cache.Manifest) error {
-	if h.cfg.Authorizer == nil || rc.putNeed == nil || rc.tagMove {
-		return nil
-	}
-	update := false
-	for _, t := range tags {
-		cur, err := h.cfg.Store.ResolveTag(r.Context(), rc.name, t)
-		if errors.Is(err, cache.ErrTagUnknown) || errors.Is(err, cache.ErrRepoUnknown) || err == nil && cur == m.Digest {
-			continue
-		}
-		if err != nil {
-			return errInternal(err)
-		}
-		update = true
-		break
-	}
-	if !update {
-		old, err := h.cfg.Store.StatManifest(r.Context(), rc.name, m.Digest)
-		switch {
-		case err == nil:
-			update = old.MediaType != m.MediaType
-		case !errors.Is(err, cache.ErrManifestUnknown) && !errors.Is(err, cache.ErrRepoUnknown):
-			return errInternal(err)
-		}
-	}
-	if !update {
-		return nil
-	}
-	_, err := h.authorizeTagMove(rc.authed, rc)
-	return err
 }
 
 // decide asks the Authorizer about need and turns a refusal into an *Error.

@@ -131,18 +131,30 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, rc *reques
 	return nil
 }
 
-// putManifest stores the pushed manifest, after the last check of what
-// the push now is (recheckUpdate) when auth is on, the two as one step
-// against this process's other pushes of the repository.
+// putManifest stores the pushed manifest. A push judged a create (auth
+// on, and no tag it names pointed elsewhere when it was decided) is
+// written as one only (Store.CreateManifest): its caller may have held
+// the body back, as long as it liked, after that judgement, while
+// someone else, on this replica or another, pushed one of its tags or
+// the same bytes under another media type (the Content-Type every pull
+// of the manifest gets). The store checks and writes in one transaction
+// of its metadata, so no push lands between the two; a refusal is the
+// update the push has become, asked of the policy again, and written as
+// one if the caller may update.
 func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, body []byte, tags []string) error {
-	if h.cfg.Authorizer != nil {
-		unlock := manifestWrites.lock(rc.name)
-		defer unlock()
-		if err := h.recheckUpdate(r, rc, tags, m); err != nil {
-			return err
+	var err error
+	if h.cfg.Authorizer != nil && rc.putNeed != nil && !rc.tagMove {
+		err = h.cfg.Store.CreateManifest(r.Context(), rc.name, m, body, tags)
+		if errors.Is(err, cache.ErrTagMoved) || errors.Is(err, cache.ErrManifestRetyped) {
+			if _, aerr := h.authorizeTagMove(rc.authed, rc); aerr != nil {
+				return aerr
+			}
+			err = h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags)
 		}
+	} else {
+		err = h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags)
 	}
-	if err := h.cfg.Store.PutManifest(r.Context(), rc.name, m, body, tags); err != nil {
+	if err != nil {
 		if errors.Is(err, cache.ErrDigestMismatch) {
 			return errDigestInvalid("manifest does not match digest", err)
 		}

@@ -39,7 +39,7 @@ type request struct {
 	// gives a manifest held here another media type): an update.
 	tagMove bool
 	// putNeed is what a manifest PUT was authorized for, to ask again
-	// when it turns out to be an update (recheckUpdate); nil without auth.
+	// when it turns out to be an update (putManifest); nil without auth.
 	putNeed *authscope.Need
 	// mirror serves name when it lies in a mirrored namespace.
 	mirror *Mirror

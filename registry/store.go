@@ -113,6 +113,13 @@ type Manifests interface {
 	// PutManifest stores body as m in repo and points tags at it, all at
 	// once.
 	PutManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tags []string) error
+	// CreateManifest is PutManifest for a push that may only create: it
+	// applies only if each of tags is absent or points at m.Digest and
+	// repo does not hold m.Digest under another media type, checked and
+	// written as one step for every replica of the store; otherwise
+	// nothing changes and it returns cache.ErrTagMoved or
+	// cache.ErrManifestRetyped.
+	CreateManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tags []string) error
 	// DeleteManifest removes d from repo with its tags and referrer entry.
 	DeleteManifest(ctx context.Context, repo string, d cache.Digest) error
 	// Referrers lists the manifests in repo whose subject is d, by

@@ -12,7 +12,19 @@ import (
 // one transaction of the metadata store. What the manifest references is
 // read from its bytes once, here, so GC never reads manifests again.
 func (s *Store) PutManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tags []string) error {
-	mm := metastore.Manifest{
+	return mapErr(s.meta.PutManifest(ctx, repo, metaManifest(m, body), body, tags))
+}
+
+// CreateManifest is PutManifest only if it moves no tag and retypes no
+// manifest (cache.ErrTagMoved, cache.ErrManifestRetyped), checked in the
+// metadata store's write transaction, so across replicas.
+func (s *Store) CreateManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tags []string) error {
+	return mapErr(s.meta.CreateManifest(ctx, repo, metaManifest(m, body), body, tags))
+}
+
+// metaManifest is the metadata's record of m, whose bytes are body.
+func metaManifest(m cache.Manifest, body []byte) metastore.Manifest {
+	return metastore.Manifest{
 		Digest:       m.Digest,
 		MediaType:    m.MediaType,
 		Subject:      m.Subject,
@@ -20,7 +32,6 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m cache.Manifest, 
 		Annotations:  m.Annotations,
 		Refs:         cache.ManifestRefs(body),
 	}
-	return mapErr(s.meta.PutManifest(ctx, repo, mm, body, tags))
 }
 
 func manifest(m metastore.Manifest) cache.Manifest {

@@ -17,6 +17,7 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/manifesttest"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	"github.com/caddy-oci/caddy-oci/cache/metastore/badgermeta"
 	"github.com/caddy-oci/caddy-oci/pgmeta"
@@ -311,4 +312,18 @@ func TestCancelUpload(t *testing.T) {
 			t.Errorf("append after cancel: %v", err)
 		}
 	})
+}
+
+// TestCreateManifestContract: replicas of the scaled-out store keep the
+// contract of a create-only push, each backend's check and write one
+// step for all of them.
+func TestCreateManifestContract(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			manifesttest.Run(t, func(t *testing.T) manifesttest.Replicas {
+				r := b.open(t)
+				return func() manifesttest.Store { return r() }
+			})
+		})
+	}
 }

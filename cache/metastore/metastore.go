@@ -62,6 +62,11 @@ var (
 	// other than the caller expected (or present when it expected none).
 	// Nothing was changed; the caller reads the tag again.
 	ErrTagMoved = errors.New("tag moved")
+	// ErrManifestRetyped: CreateManifest found the repository holding the
+	// manifest under another media type, which a put would change (the
+	// Content-Type every pull of it is answered with). Nothing was
+	// changed.
+	ErrManifestRetyped = errors.New("manifest held with another media type")
 	// ErrUploadMoved: an upload session was advanced (or removed) by
 	// someone else since the caller read it: its version or size is not
 	// the one given. Nothing was changed.
@@ -209,6 +214,15 @@ type Manifests interface {
 	// subject moves its referrer entry) and keeps its tags. A tag that
 	// moves loses its mirror fetch time; one that stays keeps it.
 	PutManifest(ctx context.Context, repo string, m Manifest, body []byte, tags []string) error
+	// CreateManifest is PutManifest for a push that may only create: it
+	// applies only if each of tags is absent or points at m.Digest
+	// already (ErrTagMoved otherwise) and repo does not hold m.Digest
+	// under another media type (ErrManifestRetyped otherwise); refused,
+	// nothing changes. The check and the write are one transaction, so
+	// a tag another replica points meanwhile is never moved: of many
+	// concurrent creates of one tag with different manifests, exactly
+	// one succeeds. Tags that stay keep their mirror fetch time.
+	CreateManifest(ctx context.Context, repo string, m Manifest, body []byte, tags []string) error
 	// Manifest returns repo's manifest d without its bytes;
 	// ErrManifestUnknown if repo does not hold it.
 	Manifest(ctx context.Context, repo string, d Digest) (Manifest, error)

@@ -267,6 +267,11 @@ func (r *Router) PutManifest(ctx context.Context, repo string, m cache.Manifest,
 	return r.For(repo).PutManifest(ctx, repo, m, body, tags)
 }
 
+// CreateManifest implements registry.Manifests.
+func (r *Router) CreateManifest(ctx context.Context, repo string, m cache.Manifest, body []byte, tags []string) error {
+	return r.For(repo).CreateManifest(ctx, repo, m, body, tags)
+}
+
 // DeleteManifest implements registry.Manifests.
 func (r *Router) DeleteManifest(ctx context.Context, repo string, d cache.Digest) error {
 	return r.For(repo).DeleteManifest(ctx, repo, d)

@@ -62,6 +62,19 @@ func readManifest(txn *badger.Txn, repo, d string) (manifestRecord, bool, error)
 
 // PutManifest stores a manifest and its tags in one transaction.
 func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
+	return s.putManifest(ctx, repo, m, body, tags, false)
+}
+
+// CreateManifest is PutManifest only if it moves no tag and retypes no
+// manifest. Badger's transactions conflict on what they read: a tag or
+// manifest record another writer changes between this check and the
+// commit makes the commit fail, and the retry checks again.
+func (s *Store) CreateManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string) error {
+	return s.putManifest(ctx, repo, m, body, tags, true)
+}
+
+// putManifest is PutManifest, or CreateManifest if createOnly.
+func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manifest, body []byte, tags []string, createOnly bool) error {
 	refs, err := metastore.CheckManifest(repo, m, body, tags)
 	if err != nil {
 		return err
@@ -83,6 +96,20 @@ func (s *Store) PutManifest(ctx context.Context, repo string, m metastore.Manife
 		old, ok, err := readManifest(txn, repo, d)
 		if err != nil {
 			return err
+		}
+		if createOnly {
+			if ok && old.MediaType != m.MediaType {
+				return fmt.Errorf("%w: %s in %s is %q", metastore.ErrManifestRetyped, d, repo, old.MediaType)
+			}
+			for _, t := range tags {
+				cur, _, ok, err := readTag(txn, repo, t)
+				if err != nil {
+					return err
+				}
+				if ok && cur != d {
+					return fmt.Errorf("%w: %s:%s is at %s", metastore.ErrTagMoved, repo, t, cur)
+				}
+			}
 		}
 		if ok {
 			if err := dropManifestIndexes(txn, repo, d, old); err != nil {

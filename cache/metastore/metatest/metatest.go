@@ -38,6 +38,8 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"PutManifestExactBytes", testPutManifest},
 		{"PutManifestRefused", testPutManifestRefused},
 		{"PutManifestAgainMovesReferrer", testPutManifestAgain},
+		{"CreateManifest", testCreateManifest},
+		{"CreateManifestRefused", testCreateManifestRefused},
 		{"Referrers", testReferrers},
 		{"DeleteManifest", testDeleteManifest},
 		{"DeleteManifestManyTags", testDeleteManifestManyTags},
@@ -52,6 +54,8 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"ExpiredUploads", testExpiredUploads},
 		{"ConcurrentTagMoves", testConcurrentTagMoves},
 		{"ConcurrentManifestPutsOneTag", testConcurrentPuts},
+		{"ConcurrentCreatesOneTag", testConcurrentCreates},
+		{"ConcurrentCreateAndRetype", testConcurrentCreateRetype},
 		{"ConcurrentTagsOfOneManifest", testConcurrentTagsOfOneManifest},
 		{"ConcurrentUploadAdvance", testConcurrentAdvance},
 		{"ConcurrentUploadQuota", testConcurrentQuota},
@@ -331,6 +335,109 @@ func testPutManifest(t *testing.T, s metastore.Store) {
 	put(t, s, "repo", m2, b2)
 	if got, _ := s.Manifest(ctx(t), "repo", m2.Digest); len(got.Annotations) != 0 || !got.Subject.IsZero() || len(got.Refs) != 0 {
 		t.Fatalf("plain manifest = %+v", got)
+	}
+}
+
+// testCreateManifest: a create-only put of a new manifest and new tags
+// is a put; done again, or over tags that point at its manifest already,
+// it changes nothing a pull sees and keeps the tags' fetch times.
+func testCreateManifest(t *testing.T, s metastore.Store) {
+	m, body := manifest("m", dg("subject"), dg("layer"))
+	must(t, s.CreateManifest(ctx(t), "r", m, body, []string{"v1", "latest", "v1"}))
+	got, b, err := s.ManifestBody(ctx(t), "r", m.Digest)
+	must(t, err)
+	if !bytes.Equal(b, body) || got.MediaType != m.MediaType || got.Subject != m.Subject || len(got.Refs) != 1 {
+		t.Fatalf("created manifest = %+v %q", got, b)
+	}
+	if refs, _, err := s.Referrers(ctx(t), "r", m.Subject, "", -1); err != nil || len(refs) != 1 {
+		t.Fatalf("referrers after a create = %v %v", refs, err)
+	}
+	for _, tag := range []string{"v1", "latest"} {
+		if ti := tagOf(t, s, "r", tag); ti.Digest != m.Digest {
+			t.Fatalf("tag %s = %+v", tag, ti)
+		}
+	}
+	must(t, s.SetTagFetched(ctx(t), "r", "v1", at(3)))
+	// Again, with one tag more: the tags there stay, the new one is made.
+	must(t, s.CreateManifest(ctx(t), "r", m, body, []string{"v1", "v1.0"}))
+	if ti := tagOf(t, s, "r", "v1"); ti.Digest != m.Digest || !ti.Fetched.Equal(at(3)) {
+		t.Fatalf("tag v1 after a create again = %+v, want its fetch time kept", ti)
+	}
+	if ti := tagOf(t, s, "r", "v1.0"); ti.Digest != m.Digest {
+		t.Fatalf("tag v1.0 = %+v", ti)
+	}
+	// A tag a plain put points at the manifest counts as at it.
+	m2, body2 := manifest("m2", metastore.Digest{})
+	put(t, s, "r", m2, body2, "other")
+	must(t, s.CreateManifest(ctx(t), "r", m2, body2, []string{"other"}))
+	if got := allTags(t, s, "r"); !slices.Equal(got, []string{"latest", "other", "v1", "v1.0"}) {
+		t.Fatalf("tags = %q", got)
+	}
+	// Refused input is refused as PutManifest refuses it.
+	wantErr(t, "CreateManifest with a NUL in a tag",
+		s.CreateManifest(ctx(t), "r", m, body, []string{"b\x00ad"}), metastore.ErrNameInvalid)
+	wrong := m
+	wrong.Digest = dg("not these bytes")
+	wantErr(t, "CreateManifest of a digest of other bytes",
+		s.CreateManifest(ctx(t), "r", wrong, body, nil), metastore.ErrDigestMismatch)
+}
+
+// testCreateManifestRefused: a create-only put that would move a tag, or
+// give a manifest the repository holds another media type, is refused
+// with its own error, and changes nothing: not its manifest, not its
+// other tags, not the referrers.
+func testCreateManifestRefused(t *testing.T, s metastore.Store) {
+	rel, relBody := manifest("release", metastore.Digest{})
+	put(t, s, "r", rel, relBody, "v1")
+	must(t, s.SetTagFetched(ctx(t), "r", "v1", at(1)))
+	evil, evilBody := manifest("evil", dg("subject"), dg("layer"))
+	for _, tags := range [][]string{{"v1"}, {"new", "v1"}, {"v1", "zzz"}} {
+		err := s.CreateManifest(ctx(t), "r", evil, evilBody, tags)
+		wantErr(t, fmt.Sprintf("CreateManifest over a released tag (tags %q)", tags), err, metastore.ErrTagMoved)
+		if ti := tagOf(t, s, "r", "v1"); ti.Digest != rel.Digest || !ti.Fetched.Equal(at(1)) {
+			t.Fatalf("a refused create moved v1: %+v", ti)
+		}
+		if _, err := s.Manifest(ctx(t), "r", evil.Digest); !errors.Is(err, metastore.ErrManifestUnknown) {
+			t.Fatalf("a refused create left its manifest: %v", err)
+		}
+		if got := allTags(t, s, "r"); !slices.Equal(got, []string{"v1"}) {
+			t.Fatalf("a refused create left tags %q", got)
+		}
+		if refs, _, err := s.Referrers(ctx(t), "r", evil.Subject, "", -1); err != nil || len(refs) != 0 {
+			t.Fatalf("a refused create left a referrer: %v %v", refs, err)
+		}
+	}
+	// A refused create in a repository of its own makes no repository.
+	put(t, s, "other", rel, relBody, "v1")
+	wantErr(t, "CreateManifest over a tag of another repository's",
+		s.CreateManifest(ctx(t), "other", evil, evilBody, []string{"v1"}), metastore.ErrTagMoved)
+	if got := allRepos(t, s); !slices.Equal(got, []string{"other", "r"}) {
+		t.Fatalf("repositories = %q", got)
+	}
+
+	// The same bytes under another media type: a retype.
+	retyped := rel
+	retyped.MediaType = "application/vnd.oci.image.index.v1+json"
+	for _, tags := range [][]string{nil, {"v1"}, {"fresh"}} {
+		err := s.CreateManifest(ctx(t), "r", retyped, relBody, tags)
+		wantErr(t, fmt.Sprintf("CreateManifest under another media type (tags %q)", tags), err, metastore.ErrManifestRetyped)
+		if got, err := s.Manifest(ctx(t), "r", rel.Digest); err != nil || got.MediaType != rel.MediaType {
+			t.Fatalf("a refused retype changed the manifest: %+v %v", got, err)
+		}
+		if got := allTags(t, s, "r"); !slices.Equal(got, []string{"v1"}) {
+			t.Fatalf("a refused retype left tags %q", got)
+		}
+	}
+	// In a repository that does not hold it, the type is its own.
+	must(t, s.CreateManifest(ctx(t), "third", retyped, relBody, []string{"v1"}))
+	if got, err := s.Manifest(ctx(t), "third", rel.Digest); err != nil || got.MediaType != retyped.MediaType {
+		t.Fatalf("manifest in a third repository = %+v %v", got, err)
+	}
+	// PutManifest, the update, still moves and retypes.
+	put(t, s, "r", retyped, relBody)
+	put(t, s, "r", evil, evilBody, "v1")
+	if got := tagOf(t, s, "r", "v1").Digest; got != evil.Digest {
+		t.Fatalf("PutManifest did not move v1: %s", got)
 	}
 }
 
@@ -968,6 +1075,76 @@ func testMoveRacesDelete(t *testing.T, s metastore.Store) {
 			t.Fatal(err)
 		case ti.Digest != base.Digest:
 			t.Fatalf("race %d: tag at %s, a manifest deleted (move: %v)", i, ti.Digest, errs[0])
+		}
+	}
+}
+
+// testConcurrentCreates: create-only pushes of one tag with different
+// manifests from several replicas leave exactly one winner, whose
+// manifest the tag points at; every loser is told the tag moved and
+// leaves nothing behind, not even its manifest.
+func testConcurrentCreates(t *testing.T, s metastore.Store) {
+	ms := make([]metastore.Manifest, raceGoroutines)
+	bodies := make([][]byte, raceGoroutines)
+	for i := range ms {
+		ms[i], bodies[i] = manifest(fmt.Sprint("m", i), metastore.Digest{}, dg(fmt.Sprint("layer", i)))
+	}
+	for round := range 3 {
+		tag := fmt.Sprint("v", round)
+		repo := fmt.Sprint("r", round)
+		errs := start(raceGoroutines, func(i int) error {
+			return s.CreateManifest(context.Background(), repo, ms[i], bodies[i], []string{"mine" + fmt.Sprint(i), tag})
+		})
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && winner >= 0:
+				t.Fatalf("round %d: creates %d and %d both succeeded", round, winner, i)
+			case err == nil:
+				winner = i
+			case !errors.Is(err, metastore.ErrTagMoved):
+				t.Fatalf("round %d: create %d: %v, want ErrTagMoved", round, i, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("round %d: no create succeeded", round)
+		}
+		if got := tagOf(t, s, repo, tag).Digest; got != ms[winner].Digest {
+			t.Fatalf("round %d: %s points at %s, want the winner's %s", round, tag, got, ms[winner].Digest)
+		}
+		for i := range ms {
+			if i == winner {
+				continue
+			}
+			if _, err := s.Manifest(ctx(t), repo, ms[i].Digest); !errors.Is(err, metastore.ErrManifestUnknown) {
+				t.Fatalf("round %d: loser %d left its manifest: %v", round, i, err)
+			}
+			if _, err := s.Tag(ctx(t), repo, "mine"+fmt.Sprint(i)); !errors.Is(err, metastore.ErrTagUnknown) {
+				t.Fatalf("round %d: loser %d left its own tag: %v", round, i, err)
+			}
+		}
+	}
+}
+
+// testConcurrentCreateRetype: replicas pushing the same bytes at once
+// as creates, under two media types: the manifest ends with one type,
+// and every push that did not give it that type was refused.
+func testConcurrentCreateRetype(t *testing.T, s metastore.Store) {
+	m, body := manifest("m", metastore.Digest{})
+	types := []string{"application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"}
+	for round := range 3 {
+		repo := fmt.Sprint("r", round)
+		errs := start(raceGoroutines, func(i int) error {
+			mi := m
+			mi.MediaType = types[i%2]
+			return s.CreateManifest(context.Background(), repo, mi, body, nil)
+		})
+		got, err := s.Manifest(ctx(t), repo, m.Digest)
+		must(t, err)
+		for i, err := range errs {
+			if types[i%2] == got.MediaType && err != nil || types[i%2] != got.MediaType && !errors.Is(err, metastore.ErrManifestRetyped) {
+				t.Fatalf("round %d: create %d as %s, stored as %s: %v", round, i, types[i%2], got.MediaType, err)
+			}
 		}
 	}
 }
