@@ -52,10 +52,12 @@ func holdManifestWork(ctx context.Context, size int64) (func(), error) {
 // only the work after the read: 100 pushes of 4 MiB manifests at once
 // still grew the peak RSS by 845 MiB, and anyone who may push could grow
 // it further with more clients. So a body that may be large (its
-// Content-Length, else max_manifest_size) holds its size against a budget
-// of its own before a byte is read, until the push ends, and must arrive
-// within manifestReadTimeout (longer for one of megabytes, transferTime):
-// a client that trickles it keeps its share that long at most. Holding it whole from the start (not as bytes
+// Content-Length, else max_manifest_size) holds its size against a
+// budget of its own before a byte is read, until the push ends (a
+// mirror's manifest from upstream too, while it is read and checked),
+// and a pushed one must arrive within manifestReadTimeout (longer for one
+// of megabytes, transferTime): a client that trickles it keeps its share
+// that long at most. Holding it whole from the start (not as bytes
 // arrive) is what keeps this free of deadlock: a push never waits for
 // more budget while holding some. Small manifests take nothing.
 const manifestReceiveBudget = 64 << 20
@@ -71,19 +73,14 @@ var (
 // the release of that share (held until the push is done with the bytes).
 // errClientGone when the client leaves while waiting.
 func receiveManifestBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, func(), error) {
-	share := r.ContentLength
-	if share < 0 || share > limit {
-		share = limit
-	}
-	if share <= smallManifest {
-		body, err := readManifestBody(r.Body, r.ContentLength, limit)
-		return body, func() {}, err
-	}
-	share = min(share+1, manifestReceiveBudget)
-	if err := manifestReceive.Acquire(r.Context(), share); err != nil {
+	release, share, err := holdManifestReceive(r.Context(), r.ContentLength, limit)
+	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", errClientGone, err)
 	}
-	release := func() { manifestReceive.Release(share) }
+	if share == 0 {
+		body, err := readManifestBody(r.Body, r.ContentLength, limit)
+		return body, release, err
+	}
 	rc := http.NewResponseController(w)
 	deadline := rc.SetReadDeadline(time.Now().Add(transferTime(manifestReadTimeout, share))) == nil
 	body, err := readManifestBody(r.Body, r.ContentLength, limit)
@@ -96,6 +93,25 @@ func receiveManifestBody(w http.ResponseWriter, r *http.Request, limit int64) ([
 		return nil, nil, err
 	}
 	return body, release, nil
+}
+
+// holdManifestReceive waits until a manifest body of declared length
+// (-1: unknown) up to limit may be received (from a client or a mirror's
+// upstream), and returns the release of its share and the share (0 for a
+// small one, which does not wait); an error when ctx ends first.
+func holdManifestReceive(ctx context.Context, declared, limit int64) (func(), int64, error) {
+	share := declared
+	if share < 0 || share > limit {
+		share = limit
+	}
+	if share <= smallManifest {
+		return func() {}, 0, nil
+	}
+	share = min(share+1, manifestReceiveBudget) // +1: readManifestBody's extra byte
+	if err := manifestReceive.Acquire(ctx, share); err != nil {
+		return nil, 0, err
+	}
+	return func() { manifestReceive.Release(share) }, share, nil
 }
 
 // errClientGone: the client left before its request could be served.

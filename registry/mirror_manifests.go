@@ -258,6 +258,11 @@ func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, referenc
 	}
 	defer resp.Body.Close()
 	limit := h.cfg.MaxManifestSize
+	received, _, err := holdManifestReceive(ctx, resp.ContentLength, limit)
+	if err != nil {
+		return mirroredManifest{}, err
+	}
+	defer received()
 	body, err := readManifestBody(resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		return mirroredManifest{}, fmt.Errorf("read upstream manifest: %w", err)
