@@ -498,8 +498,11 @@ func (a *Authorizer) identifyTLS(r *http.Request) (Identity, error) {
 func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity, error) {
 	switch {
 	case a.o.APIKeys != nil && IsAPIKey(pass):
-		// The key alone says whose it is: only the client is bounded.
-		at, err := a.o.Guesses.Begin(r.Context(), a.o.ClientIP(r), "")
+		// The key's id is its account: a revoked key a job keeps sending
+		// from a shared address uses up its own failures there once it
+		// worked from it (see Guesses.Begin).
+		id, _ := apiKeyID(pass)
+		at, err := a.o.Guesses.Begin(r.Context(), a.o.ClientIP(r), "apikey:"+id)
 		if err != nil {
 			return Identity{Method: MethodAPIKey}, err
 		}

@@ -124,7 +124,9 @@ func ClientKey(ip string) string {
 type GuessAttempt struct {
 	g               *Guesses
 	client, account uint64
-	known           uint64
+	known           uint64 // the (account, client) pair; 0 without account
+	bucket          uint64 // the key charged in the clients table
+	charged         bool   // the account was charged
 }
 
 // ErrTooManyGuesses is a login refused, unchecked, because its client or
@@ -142,13 +144,19 @@ func (e *ErrTooManyGuesses) Error() string {
 }
 
 // Begin charges a check of account's credentials from client (an IP
-// address; see ClientKey). account may be empty (an API key: nobody
-// guesses it, so only the client is bounded). It returns the attempt to
-// End, or *ErrTooManyGuesses: then the credentials must not be checked.
-// While the client's checks in flight would take it past its bound, it
-// waits for one of them to end (up to ctx and a few seconds): a client
-// sending many requests at once with good credentials is slowed, not
-// refused.
+// address; see ClientKey). account may be empty (then only the client is
+// bounded). It returns the attempt to End, or *ErrTooManyGuesses: then
+// the credentials must not be checked. While the client's checks in
+// flight would take it past its bound, it waits for one of them to end
+// (up to ctx and a few seconds): a client sending many requests at once
+// with good credentials is slowed, not refused.
+//
+// An account that logged in from the client's address before is counted
+// apart, in a bucket of its own for that pair (of the PerClient size)
+// and free of the account's bound: a stale password that one job behind
+// a shared NAT address keeps sending then uses up only its own pair's
+// failures, not the logins of everyone else behind that address, and a
+// flood from elsewhere does not lock the account out where it is used.
 func (g *Guesses) Begin(ctx context.Context, client, account string) (*GuessAttempt, error) {
 	if g == nil {
 		return nil, nil
@@ -180,16 +188,28 @@ func (g *Guesses) Begin(ctx context.Context, client, account string) (*GuessAtte
 		case <-ctx.Done():
 			return nil, &ErrTooManyGuesses{RetryAfter: time.Second}
 		case <-deadline.C:
+			// The checks in flight take long (bcrypt at a high cost on a
+			// busy machine): a client with more of them than its bound
+			// is refused like one past it.
+			if g.Refused != nil {
+				g.Refused(false)
+			}
 			return nil, &ErrTooManyGuesses{RetryAfter: time.Second}
 		}
 	}
 }
 
 // charge charges a, or says why not: a bound reached (err), or checks in
-// flight filling what is left (wait).
+// flight filling what is left (wait). It settles which bucket a is
+// charged to (a.bucket) and whether the account is (a.charged).
 func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	now := g.now().UnixNano()
-	c := g.clients.entry(a.client, now, g.perClient, g.window, true)
+	known := a.known != 0 && g.isKnown(a.known, now)
+	a.bucket = a.client
+	if known {
+		a.bucket = a.known // the pair's own bucket, in the clients table
+	}
+	c := g.clients.entry(a.bucket, now, g.perClient, g.window, true)
 	if c == nil { // every entry of the set has checks in flight
 		return true, nil
 	}
@@ -201,9 +221,10 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 			return true, nil
 		}
 	}
-	var acc *guessEntry
-	if a.account != 0 && g.perAccount > 0 && !g.isKnown(a.known, now) {
-		if acc = g.accounts.entry(a.account, now, g.perAccount, g.window, true); acc == nil {
+	a.charged = false
+	if a.account != 0 && g.perAccount > 0 && !known {
+		acc := g.accounts.entry(a.account, now, g.perAccount, g.window, true)
+		if acc == nil {
 			return true, nil
 		}
 		if acc.debt+1 > g.perAccount {
@@ -212,8 +233,7 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 		// Checks in flight for the account are charged at once: others'
 		// good logins must not wait on an attacker's.
 		acc.debt++
-	} else {
-		a.account = 0
+		a.charged = true
 	}
 	c.pending++
 	return false, nil
@@ -242,14 +262,14 @@ func (a *GuessAttempt) End(ok bool) {
 	now := g.now().UnixNano()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if c := g.clients.find(a.client); c != nil {
+	if c := g.clients.find(a.bucket); c != nil {
 		c.pending--
 		if !ok {
 			c.decay(now, g.perClient, g.window)
 			c.debt++
 		}
 	}
-	if ok && a.account != 0 {
+	if ok && a.charged {
 		if acc := g.accounts.find(a.account); acc != nil {
 			acc.debt = max(acc.debt-1, 0)
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -196,4 +198,96 @@ func TestGuessesNil(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.End(false)
+}
+
+// TestGuessesKnownPairApart: behind one shared address, a job that keeps
+// sending a stale password uses up the address's failures for logins
+// never seen from there, but not those of a user who logged in from it
+// before; that user's own failures there are bounded as a client's.
+func TestGuessesKnownPairApart(t *testing.T) {
+	g, _ := newTestGuesses(GuessLimits{PerClient: 5, PerAccount: 50})
+	const nat = "203.0.113.9"
+	a, err := g.Begin(context.Background(), nat, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.End(true)
+	for range 5 {
+		if err := g.fail(t, nat, "stale-job"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.fail(t, nat, "carol"); err == nil {
+		t.Fatal("a login never seen from the address was checked past its bound")
+	}
+	a, err = g.Begin(context.Background(), nat, "alice")
+	if err != nil {
+		t.Fatalf("alice, known at the address, was refused for another's failures: %v", err)
+	}
+	a.End(true)
+	for range 5 {
+		if err := g.fail(t, nat, "ALICE"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.fail(t, nat, "alice"); err == nil {
+		t.Fatal("guesses at alice from her own address are unbounded")
+	}
+}
+
+// TestGuessesAPIKeys: API keys sent as the Basic password are bounded as
+// passwords are; the 429 comes without the key being looked up.
+func TestGuessesAPIKeys(t *testing.T) {
+	keys := &APIKeys{Store: newMemKeys()}
+	good, _, err := keys.Create("ci", nil, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: NewGuesses(GuessLimits{PerClient: 5})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
+	try := func(addr, key string) int {
+		r := httptest.NewRequest(http.MethodGet, "/v2/app/tags/list", nil)
+		r.RemoteAddr = addr + ":1234"
+		r.SetBasicAuth("ci", key)
+		_, err := az.Authorize(r, pull)
+		var d *Denial
+		if errors.As(err, &d) {
+			return d.Status
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return http.StatusOK
+	}
+	if st := try("198.51.100.1", good); st != http.StatusOK {
+		t.Fatalf("good key: %d", st)
+	}
+	wrong := good[:len(good)-4] + "AAAA"
+	got := map[int]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 15 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := try("192.0.2.1", wrong)
+			mu.Lock()
+			got[st]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if got[http.StatusUnauthorized] != 5 || got[http.StatusTooManyRequests] != 10 {
+		t.Fatalf("15 wrong keys at once: %v; want 5 checked, 10 refused unchecked", got)
+	}
+	if st := try("198.51.100.1", good); st != http.StatusOK {
+		t.Fatalf("the good key from where it is used: %d", st)
+	}
 }
