@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -199,12 +198,12 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, withheldMessage, err)
 		return
 	}
+	clientIP := p.ClientIP
+	if clientIP == nil {
+		clientIP = remoteHost
+	}
 	var guess *GuessAttempt
 	if account, ok := loginOf(r, form); ok {
-		clientIP := p.ClientIP
-		if clientIP == nil {
-			clientIP = remoteHost
-		}
 		var err error
 		if guess, err = p.Guesses.Begin(r.Context(), clientIP(r), account); err != nil {
 			var tm *ErrTooManyGuesses
@@ -218,8 +217,11 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		req.Header.Set("X-Forwarded-For", host)
+	// The client as the server determined it (behind trusted proxies,
+	// the address they name), so that the token service's own limits
+	// count clients, not this server or its load balancer.
+	if ip := clientIP(r); ip != "" {
+		req.Header.Set("X-Forwarded-For", ip)
 	}
 	client := p.Client
 	if client == nil {
