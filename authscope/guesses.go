@@ -52,8 +52,9 @@ const (
 	// stays exempt from that account's bound.
 	knownLoginFor = 30 * 24 * time.Hour
 	// guessWaitMax bounds how long a check waits for checks in flight
-	// from the same address to finish.
-	guessWaitMax = 10 * time.Second
+	// from the same address to finish: long enough for a burst of good
+	// logins at a high bcrypt cost on a busy machine (a second each).
+	guessWaitMax = 30 * time.Second
 )
 
 // Guesses is a limiter of failed logins; the zero value is not usable,
@@ -264,7 +265,7 @@ func (a *GuessAttempt) End(ok bool) {
 	defer g.mu.Unlock()
 	if c := g.clients.find(a.bucket); c != nil {
 		c.pending--
-		if !ok {
+		if !ok && g.perClient > 0 {
 			c.decay(now, g.perClient, g.window)
 			c.debt++
 		}
