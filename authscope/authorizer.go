@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -123,6 +124,8 @@ type Denial struct {
 	Challenge string
 	// Err is the reason, for the log only.
 	Err error
+	// RetryAfter, when set, is sent as Retry-After (a 429).
+	RetryAfter time.Duration
 }
 
 func (d *Denial) Error() string {
@@ -169,6 +172,12 @@ type Options struct {
 	ClientCerts *ClientCertMapping
 	// FailDelay is waited after a failed Basic login.
 	FailDelay time.Duration
+	// Guesses bounds failed logins (htpasswd, directory, API keys) per
+	// client address and account; nil: no bound but FailDelay.
+	Guesses *Guesses
+	// ClientIP is the address of r's client, as the server determines it
+	// (behind trusted proxies, the one they name); nil: r.RemoteAddr's.
+	ClientIP func(r *http.Request) string
 	// BasicRealm names the realm of Basic challenges.
 	BasicRealm string
 	// Policy decides for anonymous and Basic callers. Nil allows them
@@ -215,6 +224,9 @@ func NewAuthorizer(o Options) (*Authorizer, error) {
 	}
 	if o.Audit == nil {
 		o.Audit = zap.NewNop()
+	}
+	if o.ClientIP == nil {
+		o.ClientIP = remoteHost
 	}
 	return &Authorizer{o: o}, nil
 }
@@ -480,18 +492,31 @@ func (a *Authorizer) identifyTLS(r *http.Request) (Identity, error) {
 }
 
 // identifyBasic checks a Basic password: an API key, a workload token,
-// or an htpasswd password, told apart by their shapes.
+// or an htpasswd password, told apart by their shapes. Every password
+// and key check is charged to the client and the account first
+// (Guesses): once they used up their failed logins, none is checked.
 func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity, error) {
 	switch {
 	case a.o.APIKeys != nil && IsAPIKey(pass):
+		// The key's id is its account: a revoked key a job keeps sending
+		// from a shared address uses up its own failures there once it
+		// worked from it (see Guesses.Begin).
+		id, _ := apiKeyID(pass)
+		at, err := a.o.Guesses.Begin(r.Context(), a.o.ClientIP(r), "apikey:"+id)
+		if err != nil {
+			return Identity{Method: MethodAPIKey}, err
+		}
 		k, err := a.o.APIKeys.Verify(pass)
 		if err != nil {
 			if !errors.Is(err, ErrAPIKeyInvalid) {
+				at.End(true) // the store failed, not the caller
 				return Identity{}, &checkFailed{err}
 			}
+			at.End(false)
 			sleepCtx(r.Context(), a.o.FailDelay)
 			return Identity{Method: MethodAPIKey}, err
 		}
+		at.End(true)
 		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):
 		return a.workload(r, pass)
@@ -499,28 +524,56 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		return a.directoryLogin(r, user, pass)
 	case a.o.Htpasswd == nil:
 		return Identity{Method: MethodBasic}, errors.New("basic credentials, but no htpasswd configured")
-	case !a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay):
+	}
+	var at *GuessAttempt
+	if !a.o.Htpasswd.Remembers(user, pass) {
+		var err error
+		if at, err = a.o.Guesses.Begin(r.Context(), a.o.ClientIP(r), user); err != nil {
+			return Identity{Method: MethodBasic}, err
+		}
+	}
+	ok := a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay)
+	at.End(ok)
+	if !ok {
 		return Identity{Method: MethodBasic}, fmt.Errorf("wrong password for user %q", user)
 	}
 	return Identity{User: user, Method: MethodBasic, Groups: a.o.Policy.GroupsOf(user)}, nil
 }
 
+// remembering is a Directory that can tell credentials it accepted a
+// moment ago without asking anyone: they are no guess.
+type remembering interface {
+	Remembers(user, password string) bool
+}
+
 // directoryLogin asks the Directory. Refused credentials wait FailDelay
 // like a wrong htpasswd password; a directory that cannot answer is no
 // refusal of the caller (checkFailed, answered 503 when it wraps
-// ErrUnavailable) and is not delayed.
+// ErrUnavailable) and is not delayed. Credentials it does not remember
+// are charged to Guesses first, so a flood never reaches the directory
+// (whose own lockout would then lock the user out).
 func (a *Authorizer) directoryLogin(r *http.Request, user, pass string) (Identity, error) {
+	var at *GuessAttempt
+	if rd, ok := a.o.Directory.(remembering); !ok || !rd.Remembers(user, pass) {
+		var err error
+		if at, err = a.o.Guesses.Begin(r.Context(), a.o.ClientIP(r), user); err != nil {
+			return Identity{Method: MethodLDAP}, err
+		}
+	}
 	id, err := a.o.Directory.Login(r.Context(), user, pass)
 	if err == nil {
 		err = a.directoryNamesFree(id)
 	}
 	if err == nil {
+		at.End(true)
 		return id, nil
 	}
 	if errors.Is(err, ErrBadCredentials) {
+		at.End(false)
 		sleepCtx(r.Context(), a.o.FailDelay)
 		return Identity{Method: MethodLDAP}, err
 	}
+	at.End(true) // the directory failed, not the caller
 	return Identity{}, &checkFailed{err}
 }
 
@@ -542,6 +595,15 @@ func (a *Authorizer) directoryNamesFree(id Identity) error {
 		}
 	}
 	return nil
+}
+
+// remoteHost is the host part of r.RemoteAddr.
+func remoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // sleepCtx waits d or until ctx ends.
@@ -595,9 +657,14 @@ func (a *Authorizer) whyMirrored(need Need) string {
 // method, and logs it on the audit logger.
 func (a *Authorizer) denyCredentials(r *http.Request, need Need, method string, reason error) *Denial {
 	d := &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required", Err: reason}
+	var tooMany *ErrTooManyGuesses
 	switch {
 	case errors.Is(reason, ErrAuthorizationRepeated):
 		d.Status, d.Message = http.StatusBadRequest, "send one Authorization header"
+	case errors.As(reason, &tooMany):
+		// No challenge: new credentials would not be checked either.
+		d.Status, d.Code, d.RetryAfter = http.StatusTooManyRequests, "TOOMANYREQUESTS", tooMany.RetryAfter
+		d.Message = "too many failed logins; try again later"
 	case errors.Is(reason, ErrTokenInvalid):
 		d.Message = "invalid token"
 		d.Challenge = a.challenge(r, need, "invalid_token")

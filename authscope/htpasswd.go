@@ -136,6 +136,17 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 	return false
 }
 
+// Remembers reports whether password is user's by the cache of recent
+// good logins alone, without a bcrypt comparison: such a check is no
+// guess.
+func (h *Htpasswd) Remembers(user, password string) bool {
+	key := sha256.Sum256([]byte(user + "\x00" + password))
+	h.mu.Lock()
+	exp, hit := h.good[key]
+	h.mu.Unlock()
+	return hit && time.Now().Before(exp)
+}
+
 // Has reports whether user is listed.
 func (h *Htpasswd) Has(user string) bool {
 	_, ok := h.users[user]

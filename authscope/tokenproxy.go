@@ -14,10 +14,10 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,6 +91,15 @@ type TokenProxy struct {
 	// characters in any header, query or form value that would be
 	// forwarded. API keys are always withheld.
 	Withhold func(secret string) bool
+	// Guesses, if set, bounds the logins the token service refuses (401)
+	// per client address and account name, as the registry's own Basic
+	// logins: once a bound is used up, a request with credentials is
+	// answered 429 and not forwarded, so neither a flood of guesses nor
+	// the token service's own lockout reaches the token service.
+	Guesses *Guesses
+	// ClientIP is the client's address as the server determines it;
+	// nil: r.RemoteAddr's.
+	ClientIP func(r *http.Request) string
 }
 
 const withheldMessage = "API keys and workload tokens are accepted by the registry itself, not by its token service: send them as Basic credentials to /v2/"
@@ -114,8 +123,11 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		code := "UNSUPPORTED"
-		if status == http.StatusUnauthorized {
+		switch status {
+		case http.StatusUnauthorized:
 			code = "UNAUTHORIZED"
+		case http.StatusTooManyRequests:
+			code = "TOOMANYREQUESTS"
 		}
 		_, _ = fmt.Fprintf(w, `{"errors":[{"code":"%s","message":%q}]}`+"\n", code, msg)
 	}
@@ -186,11 +198,30 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, withheldMessage, err)
 		return
 	}
+	clientIP := p.ClientIP
+	if clientIP == nil {
+		clientIP = remoteHost
+	}
+	var guess *GuessAttempt
+	if account, ok := loginOf(r, form); ok {
+		var err error
+		if guess, err = p.Guesses.Begin(r.Context(), clientIP(r), account); err != nil {
+			var tm *ErrTooManyGuesses
+			if errors.As(err, &tm) {
+				w.Header().Set("Retry-After", strconv.Itoa(int((tm.RetryAfter+time.Second-1)/time.Second)))
+			}
+			fail(http.StatusTooManyRequests, "too many failed logins; try again later", err)
+			return
+		}
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		req.Header.Set("X-Forwarded-For", host)
+	// The client as the server determined it (behind trusted proxies,
+	// the address they name), so that the token service's own limits
+	// count clients, not this server or its load balancer.
+	if ip := clientIP(r); ip != "" {
+		req.Header.Set("X-Forwarded-For", ip)
 	}
 	client := p.Client
 	if client == nil {
@@ -201,6 +232,9 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := *client
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	resp, err := c.Do(req)
+	// Only the token service's refusal of the credentials is a failed
+	// login: its being down is not the client's doing.
+	guess.End(err != nil || resp.StatusCode != http.StatusUnauthorized)
 	if err != nil {
 		logger.Warn("token service unreachable", zap.String("upstream", p.Upstream.Redacted()), zap.Error(err))
 		unavailable(w, "token service unreachable")
@@ -216,6 +250,19 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	copyTokenHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+}
+
+// loginOf reports whether a token request carries credentials the token
+// service checks (a Basic password, an OAuth2 password or refresh token),
+// and the account they are for ("" when they name none).
+func loginOf(r *http.Request, form url.Values) (account string, ok bool) {
+	if user, pass, basic := r.BasicAuth(); basic && (user != "" || pass != "") {
+		return user, true
+	}
+	if form.Get("password") != "" || form.Get("refresh_token") != "" {
+		return form.Get("username"), true
+	}
+	return "", false
 }
 
 // loggedParams are the token request parameters whose values a log may

@@ -787,3 +787,27 @@ func TestTokenProxyAnswerInert(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenProxyForwardsClientAddress: the token service is told the
+// client's address as the server determined it (behind a trusted load
+// balancer, the one it names), so that its own limits count clients, not
+// the load balancer.
+func TestTokenProxyForwardsClientAddress(t *testing.T) {
+	seen := make(chan string, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("X-Forwarded-For")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"token":"x"}`)
+	}))
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL + "/auth")
+	p := &TokenProxy{Upstream: u, Service: testService, Names: testNames(t),
+		ClientIP: func(*http.Request) string { return "203.0.113.5" }}
+	r := httptest.NewRequest(http.MethodGet, TokenPath+"?scope=repository:debian:pull", nil)
+	r.RemoteAddr = "10.0.0.2:5000" // the load balancer
+	w := httptest.NewRecorder()
+	p.ServeHTTP(w, r)
+	if got := <-seen; got != "203.0.113.5" {
+		t.Fatalf("X-Forwarded-For %q, want the client's 203.0.113.5", got)
+	}
+}

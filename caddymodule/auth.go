@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +37,13 @@ type Auth struct {
 	// FailDelay is how long a failed Basic login waits before it is
 	// answered, to slow down password guessing. Default: 1s.
 	FailDelay caddy.Duration `json:"fail_delay,omitempty"`
+
+	// LoginLimit bounds password guessing, whatever the parallelism:
+	// failed logins (htpasswd, LDAP, API keys, and at the token proxy the
+	// token service's refusals) per client address and per account name.
+	// Once a bound is used up the login is answered 429 with Retry-After
+	// without its password being checked. On by default.
+	LoginLimit *LoginLimit `json:"login_limit,omitempty"`
 
 	// Realm names the realm of Basic challenges. Default: "registry".
 	Realm string `json:"realm,omitempty"`
@@ -85,6 +93,51 @@ type Auth struct {
 	LDAP *LDAP `json:"ldap,omitempty"`
 
 	audit *zap.Logger // the "audit" logger of the config; nil: Caddy's default log
+}
+
+// LoginLimit bounds failed logins (auth login_limit).
+type LoginLimit struct {
+	// PerClient is how many failed logins one client address (as Caddy
+	// determines it behind trusted_proxies; an IPv6 client by its /64)
+	// may make per Window. Default: 10; -1: no bound.
+	PerClient int `json:"per_client,omitempty"`
+
+	// PerAccount is how many failed logins one user name may take per
+	// Window from all addresses together. Addresses the user logged in
+	// from before (within 30 days) are exempt, so a flood from elsewhere
+	// does not lock the user out. Default: 60; -1: no bound.
+	PerAccount int `json:"per_account,omitempty"`
+
+	// Window is the period of both bounds: failures are forgotten
+	// gradually over it. Default: 1m.
+	Window caddy.Duration `json:"window,omitempty"`
+}
+
+// guesses is the limiter l configures; nil when both bounds are off.
+func (l *LoginLimit) guesses() *authscope.Guesses {
+	var gl authscope.GuessLimits
+	if l != nil {
+		gl = authscope.GuessLimits{PerClient: l.PerClient, PerAccount: l.PerAccount, Window: time.Duration(l.Window)}
+	}
+	if gl.PerClient < 0 && gl.PerAccount < 0 {
+		return nil
+	}
+	g := authscope.NewGuesses(gl)
+	g.Refused = loginThrottled
+	return g
+}
+
+func (l *LoginLimit) validate() error {
+	if l == nil {
+		return nil
+	}
+	if l.PerClient < -1 || l.PerAccount < -1 {
+		return errors.New("login_limit: per_client and per_account must be positive, or off (-1)")
+	}
+	if l.Window < 0 {
+		return errors.New("login_limit: window must not be negative")
+	}
+	return nil
 }
 
 // auditLog names the logger audit events go to. Caddy picks the logs a
@@ -216,6 +269,8 @@ func (rt *authRuntime) ownsPath(path string) bool {
 func (a *Auth) provision(names *authscope.Names, store func() (authRecords, error), logger *zap.Logger) (*authRuntime, error) {
 	o := authscope.Options{
 		FailDelay:  time.Duration(a.FailDelay),
+		Guesses:    a.LoginLimit.guesses(),
+		ClientIP:   clientIP,
 		BasicRealm: a.Realm,
 		Names:      names,
 		Audit:      a.audit,
@@ -276,7 +331,8 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 			if err != nil {
 				return nil, fmt.Errorf("token realm: %w", err)
 			}
-			rt.proxy = &authscope.TokenProxy{Upstream: u, Service: t.Service, Names: names, Logger: logger.Named("token_proxy")}
+			rt.proxy = &authscope.TokenProxy{Upstream: u, Service: t.Service, Names: names, Logger: logger.Named("token_proxy"),
+				Guesses: o.Guesses, ClientIP: clientIP}
 			if err := rt.proxy.Check(); err != nil {
 				return nil, fmt.Errorf("token realm: %w", err)
 			}
@@ -322,6 +378,9 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 func (a *Auth) validate() error {
 	if a.FailDelay < 0 {
 		return errors.New("fail_delay must not be negative")
+	}
+	if err := a.LoginLimit.validate(); err != nil {
+		return err
 	}
 	if a.Htpasswd == "" && a.Token == nil && a.LDAP == nil && len(a.Repositories) == 0 {
 		return errors.New("auth needs htpasswd, ldap, token or access rules")
@@ -389,6 +448,11 @@ func sameIssuer(a, b string) bool {
 //	auth {
 //		htpasswd   <file>
 //		fail_delay <duration>
+//		login_limit off | {
+//			per_client  <n>|off
+//			per_account <n>|off
+//			window      <duration>
+//		}
 //		realm      <name>
 //		group      <name> <user>...
 //		admin      [users <user>...] [groups <group>...] [actions <action>...]
@@ -445,6 +509,12 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 				return nil, err
 			}
 			a.FailDelay = dur
+		case "login_limit":
+			l, err := unmarshalLoginLimit(d, d.RemainingArgs())
+			if err != nil {
+				return nil, err
+			}
+			a.LoginLimit = l
 		case "group":
 			args := d.RemainingArgs()
 			if len(args) < 2 {
@@ -539,7 +609,7 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 			}
 			a.LDAP = l
 		default:
-			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates, ldap)", sub)
+			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, login_limit, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates, ldap)", sub)
 		}
 	}
 	if a.OIDC == nil && a.Workload == nil && a.LDAP == nil && a.ClientCertificates == nil {
@@ -551,6 +621,57 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 		}
 	}
 	return a, nil
+}
+
+// unmarshalLoginLimit reads `login_limit off` or its block; args are
+// those on its line.
+func unmarshalLoginLimit(d *caddyfile.Dispenser, args []string) (*LoginLimit, error) {
+	l := &LoginLimit{}
+	if len(args) > 0 {
+		if len(args) != 1 || args[0] != "off" {
+			return nil, d.Errf("login_limit: expected off or a block, got %q", strings.Join(args, " "))
+		}
+		l.PerClient, l.PerAccount = -1, -1
+		return l, nil
+	}
+	err := eachSubdirective(d, func(sub string, args []string) error {
+		switch sub {
+		case "per_client", "per_account":
+			v, err := oneArg(d, sub, args)
+			if err != nil {
+				return err
+			}
+			n := -1
+			if v != "off" {
+				if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+					return d.Errf("login_limit %s: %q is not a positive number or off", sub, v)
+				}
+			}
+			if sub == "per_client" {
+				l.PerClient = n
+			} else {
+				l.PerAccount = n
+			}
+		case "window":
+			v, err := oneArg(d, sub, args)
+			if err != nil {
+				return err
+			}
+			if l.Window, err = durationArg(d, "login_limit window", v); err != nil {
+				return err
+			}
+			if l.Window <= 0 {
+				return d.Errf("login_limit window: must be positive")
+			}
+		default:
+			return d.Errf("unrecognized login_limit subdirective %q (known: per_client, per_account, window)", sub)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // groupRef is a group a rule names, and where.

@@ -103,6 +103,13 @@ type FrontToken struct {
 	// Caddy; set "https" when Caddy sits behind a TLS-terminating load
 	// balancer.
 	ProxyScheme string `json:"proxy_scheme,omitempty"`
+
+	// LoginLimit bounds, at the token proxy, the logins the token
+	// service refuses, per client address and account name, as
+	// oci_registry's auth login_limit does: once a bound is used up a
+	// token request with credentials is answered 429 and not forwarded.
+	// On by default.
+	LoginLimit *LoginLimit `json:"login_limit,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -152,7 +159,11 @@ func (f *Front) config() (front.Config, error) {
 		cfg.ProxyToken = t.Proxy
 		cfg.ProxyScheme = t.ProxyScheme
 		cfg.Service = t.Service
+		if t.Proxy {
+			cfg.Guesses = t.LoginLimit.guesses()
+		}
 	}
+	cfg.ClientIP = clientIP
 	return cfg, nil
 }
 
@@ -163,6 +174,11 @@ func (f *Front) Validate() error {
 	}
 	if t := f.Token; t != nil && t.Proxy && t.Realm == "" {
 		return errors.New("token proxy needs the backend's token service as realm")
+	}
+	if t := f.Token; t != nil {
+		if err := t.LoginLimit.validate(); err != nil {
+			return fmt.Errorf("token: %w", err)
+		}
 	}
 	if t := f.Token; t != nil && t.Realm != "" {
 		if err := authscope.CheckServiceURL(t.Realm); err != nil {

@@ -39,6 +39,7 @@ func parseFrontCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //			service      <name>
 //			proxy
 //			proxy_scheme http|https
+//			login_limit off | { per_client <n>|off  per_account <n>|off  window <duration> }
 //		}
 //	}
 func (f *Front) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -141,8 +142,10 @@ func unmarshalFrontToken(d *caddyfile.Dispenser) (*FrontToken, error) {
 			t.Proxy = true
 		case "proxy_scheme":
 			t.ProxyScheme, err = proxySchemeArg(d, args)
+		case "login_limit":
+			t.LoginLimit, err = unmarshalLoginLimit(d, args)
 		default:
-			return d.Errf("unrecognized token subdirective %q in oci_front (known: realm, service, proxy, proxy_scheme)", sub)
+			return d.Errf("unrecognized token subdirective %q in oci_front (known: realm, service, proxy, proxy_scheme, login_limit)", sub)
 		}
 		return err
 	})

@@ -43,6 +43,8 @@ var collectors = struct {
 	syncErrors      *prometheus.CounterVec
 	syncSkipped     *prometheus.CounterVec
 	syncLastSuccess *prometheus.GaugeVec
+
+	loginsThrottled *prometheus.CounterVec
 }{}
 
 func initCollectors() {
@@ -160,6 +162,21 @@ func initCollectors() {
 		Name:      "sync_last_success_timestamp_seconds",
 		Help:      "Unix time at which the last scheduled sync run without errors ended, by sync.",
 	}, []string{"sync"})
+	collectors.loginsThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "logins_throttled_total",
+		Help:      "Logins answered 429 without their password being checked, because the client address (bound=client) or the account name (bound=account) used up its failed logins (auth login_limit).",
+	}, []string{"bound"})
+}
+
+// loginThrottled counts a login refused by login_limit.
+func loginThrottled(account bool) {
+	collectors.once.Do(initCollectors)
+	bound := "client"
+	if account {
+		bound = "account"
+	}
+	collectors.loginsThrottled.WithLabelValues(bound).Inc()
 }
 
 // SyncRun implements mirrorsync.Observer.
@@ -250,6 +267,7 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.storageFree, collectors.storageReserve, collectors.reserveReached,
 		collectors.syncRuns, collectors.syncDuration, collectors.syncFetched,
 		collectors.syncErrors, collectors.syncSkipped, collectors.syncLastSuccess,
+		collectors.loginsThrottled,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -105,6 +107,9 @@ func (rg *Registry) syncCallerAllowed(w http.ResponseWriter, r *http.Request, ac
 	}
 	if d.Challenge != "" {
 		w.Header().Set("WWW-Authenticate", d.Challenge)
+	}
+	if d.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((d.RetryAfter+time.Second-1)/time.Second)))
 	}
 	syncError(w, d.Status, d.Code, d.Message)
 	return false

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -114,6 +116,9 @@ func (h *Handler) decide(r *http.Request, rc *request, need authscope.Need) (*ht
 	e := newError(d.Status, d.Code, d.Message, d)
 	if d.Challenge != "" {
 		e = e.withHeader("WWW-Authenticate", d.Challenge)
+	}
+	if d.RetryAfter > 0 {
+		e = e.withHeader("Retry-After", strconv.Itoa(int((d.RetryAfter+time.Second-1)/time.Second)))
 	}
 	return r, e
 }

@@ -17,6 +17,10 @@ import (
 // for everything) gets this many and a Link to the rest.
 const maxCatalogPage = 1000
 
+// catalogScanPage is how many names one store read of a filtered catalog
+// takes (see listRepositories).
+const catalogScanPage = 1000
+
 type tagList struct {
 	Name string   `json:"name"`
 	Tags []string `json:"tags"`
@@ -165,7 +169,13 @@ func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]strin
 	}
 	var out []string
 	for {
-		page, more, err := h.cfg.Store.Repositories(r.Context(), last, n+1)
+		if err := r.Context().Err(); err != nil {
+			return nil, false, err // the client left: stop reading
+		}
+		// Read in large pages whatever n is: a caller who may see few
+		// repositories and asks for pages of one would otherwise cost a
+		// store read (a query on PostgreSQL) for every two names.
+		page, more, err := h.cfg.Store.Repositories(r.Context(), last, max(n+1, catalogScanPage))
 		if err != nil {
 			return nil, false, err
 		}

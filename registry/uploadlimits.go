@@ -38,12 +38,15 @@ func orDefault(v, def int64) int64 {
 	return v
 }
 
+// ownerUser starts the owner of a session a signed-in user opened.
+const ownerUser = "user:"
+
 // uploadOwner names the client of r for the limit of sessions per
 // client: the user it signed in as, else its address. An IPv6 client
 // counts by its /64, which one host usually holds whole.
 func (h *Handler) uploadOwner(r *http.Request) string {
 	if id, ok := authscope.IdentityOf(r); ok && id.User != "" {
-		return "user:" + id.User
+		return ownerUser + id.User
 	}
 	addr, err := netip.ParseAddr(h.cfg.ClientIP(r))
 	if err != nil {

@@ -1,11 +1,11 @@
 package registry
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -118,7 +118,7 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 
 // uploadStatus serves GET /v2/<name>/blobs/uploads/<id>.
 func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rc *request) error {
-	u, err := h.getUpload(r.Context(), rc)
+	u, err := h.getUpload(r, rc)
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rc *reque
 // uploadChunk serves PATCH: a chunk with Content-Range, or (without it) a
 // stream appended at the current end.
 func (h *Handler) uploadChunk(w http.ResponseWriter, r *http.Request, rc *request) error {
-	u, err := h.getUpload(r.Context(), rc)
+	u, err := h.getUpload(r, rc)
 	if err != nil {
 		return err
 	}
@@ -154,7 +154,7 @@ func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *reque
 	if err != nil {
 		return err
 	}
-	u, err := h.getUpload(r.Context(), rc)
+	u, err := h.getUpload(r, rc)
 	if err != nil {
 		return err
 	}
@@ -176,15 +176,15 @@ func (h *Handler) uploadFinish(w http.ResponseWriter, r *http.Request, rc *reque
 
 // uploadCancel serves DELETE /v2/<name>/blobs/uploads/<id>.
 func (h *Handler) uploadCancel(w http.ResponseWriter, r *http.Request, rc *request) error {
-	if !validUploadID(rc.arg) {
-		return errUploadUnknown(nil)
+	if _, err := h.getUpload(r, rc); err != nil {
+		return err // another user's session is unknown to the caller
 	}
 	if err := h.cfg.Store.CancelUpload(r.Context(), rc.name, rc.arg); err != nil {
 		switch {
 		case errors.Is(err, cache.ErrUploadUnknown):
 			return errUploadUnknown(err)
 		case errors.Is(err, cache.ErrOffsetMismatch):
-			u, gerr := h.getUpload(r.Context(), rc)
+			u, gerr := h.getUpload(r, rc)
 			if gerr != nil {
 				return gerr
 			}
@@ -208,16 +208,25 @@ func (h *Handler) sessionBusy(r *http.Request, rc *request, u cache.Upload, err 
 	return rangeError(rc, u, "a chunk of this upload is still being written", err)
 }
 
-func (h *Handler) getUpload(ctx context.Context, rc *request) (cache.Upload, error) {
+// getUpload returns the session r names, if r's caller may touch it:
+// a session opened by a signed-in user is that user's alone, and to
+// anyone else it is unknown (the same 404 as an id that never existed,
+// so that the answer tells nothing). Anyone who may push the repository
+// may touch an anonymous caller's session: client addresses change
+// behind NAT and load balancers, and the id itself is the secret.
+func (h *Handler) getUpload(r *http.Request, rc *request) (cache.Upload, error) {
 	if !validUploadID(rc.arg) {
 		return cache.Upload{}, errUploadUnknown(nil)
 	}
-	u, err := h.cfg.Store.GetUpload(ctx, rc.name, rc.arg)
+	u, err := h.cfg.Store.GetUpload(r.Context(), rc.name, rc.arg)
 	if err != nil {
 		if errors.Is(err, cache.ErrUploadUnknown) {
 			return cache.Upload{}, errUploadUnknown(err)
 		}
 		return cache.Upload{}, errInternal(err)
+	}
+	if strings.HasPrefix(u.Owner, ownerUser) && u.Owner != h.uploadOwner(r) {
+		return cache.Upload{}, errUploadUnknown(fmt.Errorf("%w: session %s of %s asked for by %s", cache.ErrUploadUnknown, u.ID, u.Owner, h.uploadOwner(r)))
 	}
 	return u, nil
 }

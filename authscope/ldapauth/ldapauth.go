@@ -237,6 +237,13 @@ func (d *Directory) Login(ctx context.Context, user, password string) (authscope
 	return id, nil
 }
 
+// Remembers reports whether user and password logged in within cache_ttl
+// (the Authorizer does not count such a login against guessing bounds).
+func (d *Directory) Remembers(user, password string) bool {
+	_, ok := d.cache.get(d.cache.key(user, password))
+	return ok
+}
+
 // checkInput refuses, before anything is sent, what no directory should
 // see. An empty password above all: a simple bind with a DN and no
 // password is an "unauthenticated bind" that LDAP servers answer with

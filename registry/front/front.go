@@ -62,6 +62,12 @@ type Config struct {
 	MaxRewrite int64
 	// TokenClient makes the token proxy's requests; nil: a default client.
 	TokenClient *http.Client
+	// Guesses bounds the logins the token service refuses, at the token
+	// proxy (authscope.TokenProxy.Guesses); nil: no bound.
+	Guesses *authscope.Guesses
+	// ClientIP is a request's client address as the server determines
+	// it, for Guesses; nil: RemoteAddr's.
+	ClientIP func(*http.Request) string
 	// Logger gets refused requests and rewrite failures. Nil: no logging.
 	Logger *zap.Logger
 }
@@ -101,7 +107,8 @@ func New(cfg Config) (*Front, error) {
 		if err != nil {
 			return nil, fmt.Errorf("token realm %q: %w", cfg.TokenRealm, err)
 		}
-		f.proxy = &authscope.TokenProxy{Upstream: u, Service: cfg.Service, Names: names, Client: cfg.TokenClient, Logger: cfg.Logger.Named("token_proxy")}
+		f.proxy = &authscope.TokenProxy{Upstream: u, Service: cfg.Service, Names: names, Client: cfg.TokenClient, Logger: cfg.Logger.Named("token_proxy"),
+			Guesses: cfg.Guesses, ClientIP: cfg.ClientIP}
 		if err := f.proxy.Check(); err != nil {
 			return nil, fmt.Errorf("token realm %q: %w", cfg.TokenRealm, err)
 		}

@@ -1,0 +1,369 @@
+package authscope
+
+// Guesses bounds password guessing. A failed login waits FailDelay, but
+// that slows one connection only: an attacker who sends 500 guesses at
+// once gets 500 answers a second. Guesses counts failed logins per client
+// address and per account name in tables of fixed size (the keys are the
+// attacker's to choose, so nothing grows with them), and every check is
+// charged before it runs, so that guesses in flight count too: the rate
+// of guesses is bounded whatever the parallelism. Once a bound is reached
+// the caller is answered 429 without its password being looked at (nor
+// sent to an LDAP directory, whose own lockout an attacker would
+// otherwise trip for the user).
+
+import (
+	"context"
+	"encoding/binary"
+	"hash/maphash"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Default guess limits.
+const (
+	DefaultGuessesPerClient  = 10
+	DefaultGuessesPerAccount = 60
+	DefaultGuessWindow       = time.Minute
+)
+
+// GuessLimits configure Guesses.
+type GuessLimits struct {
+	// PerClient is how many failed logins one client address (an IPv6
+	// client: its /64) may make per Window. Negative: no bound; zero:
+	// DefaultGuessesPerClient.
+	PerClient int
+	// PerAccount is how many failed logins one account name may take per
+	// Window from all addresses together, except from addresses that
+	// logged in to it before (so a flood from elsewhere does not lock
+	// its owner out). Negative: no bound; zero: DefaultGuessesPerAccount.
+	PerAccount int
+	// Window is the period of both bounds; zero: DefaultGuessWindow.
+	Window time.Duration
+}
+
+// Sizes of the tables: entries are 32 bytes, so the three take under a
+// megabyte together. A set of guessSetWays entries shares one hash slot.
+const (
+	guessTableSize = 8192
+	guessSetWays   = 8
+	// knownLoginFor is how long an address that logged in to an account
+	// stays exempt from that account's bound.
+	knownLoginFor = 30 * 24 * time.Hour
+	// guessWaitMax bounds how long a check waits for checks in flight
+	// from the same address to finish: long enough for a burst of good
+	// logins at a high bcrypt cost on a busy machine (a second each).
+	guessWaitMax = 30 * time.Second
+)
+
+// Guesses is a limiter of failed logins; the zero value is not usable,
+// make one with NewGuesses. A nil *Guesses allows everything.
+type Guesses struct {
+	// Refused, if set, is told of each login refused unchecked, and by
+	// which bound (for a metric).
+	Refused func(account bool)
+
+	perClient, perAccount float64
+	window                time.Duration
+	seed                  maphash.Seed
+	now                   func() time.Time
+
+	mu       sync.Mutex
+	clients  guessTable
+	accounts guessTable
+	known    guessTable    // (account, client) pairs that logged in
+	changed  chan struct{} // closed and replaced when a check ends
+}
+
+// guessEntry is one key's failures: debt decays at limit/window.
+type guessEntry struct {
+	key     uint64 // 0: free
+	debt    float64
+	at      int64 // unix nanoseconds of debt (known: of the last login)
+	pending int32 // checks charged and not yet ended
+}
+
+type guessTable []guessEntry
+
+// NewGuesses makes a limiter of l.
+func NewGuesses(l GuessLimits) *Guesses {
+	if l.PerClient == 0 {
+		l.PerClient = DefaultGuessesPerClient
+	}
+	if l.PerAccount == 0 {
+		l.PerAccount = DefaultGuessesPerAccount
+	}
+	if l.Window <= 0 {
+		l.Window = DefaultGuessWindow
+	}
+	return &Guesses{
+		perClient: float64(l.PerClient), perAccount: float64(l.PerAccount), window: l.Window,
+		seed: maphash.MakeSeed(), now: time.Now,
+		clients: make(guessTable, guessTableSize), accounts: make(guessTable, guessTableSize),
+		known: make(guessTable, guessTableSize), changed: make(chan struct{}),
+	}
+}
+
+// ClientKey is the address a client is counted by: its IP, an IPv6 one
+// by its /64, which one host usually holds whole. An address that does
+// not parse counts as itself.
+func ClientKey(ip string) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	addr = addr.Unmap()
+	if addr.Is6() {
+		p, _ := addr.Prefix(64)
+		return p.String()
+	}
+	return addr.String()
+}
+
+// GuessAttempt is one charged check; End it with its outcome.
+type GuessAttempt struct {
+	g               *Guesses
+	client, account uint64
+	known           uint64 // the (account, client) pair; 0 without account
+	bucket          uint64 // the key charged in the clients table
+	charged         bool   // the account was charged
+}
+
+// ErrTooManyGuesses is a login refused, unchecked, because its client or
+// account used up its failed logins; RetryAfter says for how long.
+type ErrTooManyGuesses struct {
+	RetryAfter time.Duration
+	Account    bool // the account's bound, not the client's
+}
+
+func (e *ErrTooManyGuesses) Error() string {
+	if e.Account {
+		return "too many failed logins for this account; retry after " + e.RetryAfter.String()
+	}
+	return "too many failed logins from this address; retry after " + e.RetryAfter.String()
+}
+
+// Begin charges a check of account's credentials from client (an IP
+// address; see ClientKey). account may be empty (then only the client is
+// bounded). It returns the attempt to End, or *ErrTooManyGuesses: then
+// the credentials must not be checked. While the client's checks in
+// flight would take it past its bound, it waits for one of them to end
+// (up to ctx and a few seconds): a client sending many requests at once
+// with good credentials is slowed, not refused.
+//
+// An account that logged in from the client's address before is counted
+// apart, in a bucket of its own for that pair (of the PerClient size)
+// and free of the account's bound: a stale password that one job behind
+// a shared NAT address keeps sending then uses up only its own pair's
+// failures, not the logins of everyone else behind that address, and a
+// flood from elsewhere does not lock the account out where it is used.
+func (g *Guesses) Begin(ctx context.Context, client, account string) (*GuessAttempt, error) {
+	if g == nil {
+		return nil, nil
+	}
+	a := &GuessAttempt{g: g, client: g.hash("c", ClientKey(client), "")}
+	if account != "" {
+		account = strings.ToLower(account)
+		a.account = g.hash("a", account, "")
+		a.known = g.hash("k", account, ClientKey(client))
+	}
+	deadline := time.NewTimer(guessWaitMax)
+	defer deadline.Stop()
+	for {
+		g.mu.Lock()
+		wait, err := g.charge(a)
+		changed := g.changed
+		g.mu.Unlock()
+		if !wait {
+			if err != nil {
+				if g.Refused != nil {
+					g.Refused(err.(*ErrTooManyGuesses).Account)
+				}
+				return nil, err
+			}
+			return a, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, &ErrTooManyGuesses{RetryAfter: time.Second}
+		case <-deadline.C:
+			// The checks in flight take long (bcrypt at a high cost on a
+			// busy machine): a client with more of them than its bound
+			// is refused like one past it.
+			if g.Refused != nil {
+				g.Refused(false)
+			}
+			return nil, &ErrTooManyGuesses{RetryAfter: time.Second}
+		}
+	}
+}
+
+// charge charges a, or says why not: a bound reached (err), or checks in
+// flight filling what is left (wait). It settles which bucket a is
+// charged to (a.bucket) and whether the account is (a.charged).
+func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
+	now := g.now().UnixNano()
+	known := a.known != 0 && g.isKnown(a.known, now)
+	a.bucket = a.client
+	if known {
+		a.bucket = a.known // the pair's own bucket, in the clients table
+	}
+	c := g.clients.entry(a.bucket, now, g.perClient, g.window, true)
+	if c == nil { // every entry of the set has checks in flight
+		return true, nil
+	}
+	if g.perClient > 0 {
+		if c.debt+1 > g.perClient {
+			return false, &ErrTooManyGuesses{RetryAfter: g.retry(c.debt+1-g.perClient, g.perClient)}
+		}
+		if c.debt+float64(c.pending)+1 > g.perClient {
+			return true, nil
+		}
+	}
+	a.charged = false
+	if a.account != 0 && g.perAccount > 0 && !known {
+		acc := g.accounts.entry(a.account, now, g.perAccount, g.window, true)
+		if acc == nil {
+			return true, nil
+		}
+		if acc.debt+1 > g.perAccount {
+			return false, &ErrTooManyGuesses{RetryAfter: g.retry(acc.debt+1-g.perAccount, g.perAccount), Account: true}
+		}
+		// Checks in flight for the account are charged at once: others'
+		// good logins must not wait on an attacker's.
+		acc.debt++
+		a.charged = true
+	}
+	c.pending++
+	return false, nil
+}
+
+// retry is how long until excess debt has decayed at limit per window,
+// in whole seconds (Retry-After has no finer unit).
+func (g *Guesses) retry(excess, limit float64) time.Duration {
+	d := time.Duration(excess / limit * float64(g.window))
+	return max(d.Round(time.Second)+time.Second, time.Second)
+}
+
+func (g *Guesses) isKnown(k uint64, now int64) bool {
+	e := g.known.find(k)
+	return e != nil && now-e.at < int64(knownLoginFor)
+}
+
+// End records how a's check went: a failed login stays charged to the
+// client and the account; a good one is refunded, and exempts the client
+// from the account's bound from then on.
+func (a *GuessAttempt) End(ok bool) {
+	if a == nil {
+		return
+	}
+	g := a.g
+	now := g.now().UnixNano()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c := g.clients.find(a.bucket); c != nil {
+		c.pending--
+		if !ok && g.perClient > 0 {
+			c.decay(now, g.perClient, g.window)
+			c.debt++
+		}
+	}
+	if ok && a.charged {
+		if acc := g.accounts.find(a.account); acc != nil {
+			acc.debt = max(acc.debt-1, 0)
+		}
+	}
+	if ok && a.known != 0 {
+		k := g.known.find(a.known)
+		if k == nil {
+			k = g.known.oldest(a.known)
+		}
+		k.key, k.at = a.known, now
+	}
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+func (g *Guesses) hash(kind, a, b string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(g.seed)
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(a)))
+	h.WriteString(kind)
+	h.Write(n[:])
+	h.WriteString(a)
+	h.WriteString(b)
+	return h.Sum64() | 1 // never 0, which marks a free entry
+}
+
+// set is the entries key may occupy.
+func (t guessTable) set(key uint64) []guessEntry {
+	i := int(key%uint64(len(t)/guessSetWays)) * guessSetWays
+	return t[i : i+guessSetWays]
+}
+
+func (t guessTable) find(key uint64) *guessEntry {
+	s := t.set(key)
+	for i := range s {
+		if s[i].key == key {
+			return &s[i]
+		}
+	}
+	return nil
+}
+
+// entry returns key's entry, decayed to now; a key not present takes the
+// entry of its set with the least debt (free entries and ones fully
+// decayed have none, so normally nothing is lost), never one with checks
+// in flight: nil when all have some.
+func (t guessTable) entry(key uint64, now int64, limit float64, window time.Duration, create bool) *guessEntry {
+	s := t.set(key)
+	var victim *guessEntry
+	for i := range s {
+		e := &s[i]
+		e.decay(now, limit, window)
+		if e.key == key {
+			return e
+		}
+		if e.pending == 0 && (victim == nil || score(e) < score(victim)) {
+			victim = e
+		}
+	}
+	if victim == nil || !create {
+		return nil
+	}
+	*victim = guessEntry{key: key, at: now}
+	return victim
+}
+
+// score orders the entries a new key may take: free first, then by debt.
+func score(e *guessEntry) float64 {
+	if e.key == 0 {
+		return -1
+	}
+	return e.debt
+}
+
+// oldest is the entry of key's set used longest ago (or free).
+func (t guessTable) oldest(key uint64) *guessEntry {
+	s := t.set(key)
+	v := &s[0]
+	for i := range s {
+		if v.key != 0 && (s[i].key == 0 || s[i].at < v.at) {
+			v = &s[i]
+		}
+	}
+	return v
+}
+
+func (e *guessEntry) decay(now int64, limit float64, window time.Duration) {
+	if e.key == 0 || limit <= 0 {
+		return
+	}
+	if el := now - e.at; el > 0 {
+		e.debt = max(e.debt-float64(el)/float64(window)*limit, 0)
+	}
+	e.at = now
+}
