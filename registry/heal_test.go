@@ -135,6 +135,19 @@ func TestFolderMirrorBlobLostHeals(t *testing.T) {
 	if fi, err := os.Stat(blobFile(fr.blob, layer)); err != nil || fi.Size() != int64(len(data)) {
 		t.Fatalf("blob file after the fetch: %v, %v", fi, err)
 	}
+	// Upstream down: its failure is the answer, not a 404 for a blob
+	// upstream may hold, nor the lost copy.
+	if err := os.Remove(blobFile(fr.blob, layer)); err != nil {
+		t.Fatal(err)
+	}
+	fr.up.set(func(u *fakeUpstream) { u.failRepos["library/app"] = http.StatusServiceUnavailable })
+	for _, m := range []string{http.MethodHead, http.MethodGet} {
+		if resp, _, _ := fr.do(t, m, p, nil); resp.StatusCode/100 != 5 {
+			t.Fatalf("%s of a lost blob with upstream down: %s, want upstream's failure (5xx), as for a cold miss", m, resp.Status)
+		}
+	}
+	fr.up.set(func(u *fakeUpstream) { delete(u.failRepos, "library/app") })
+	get("once upstream is back", fr.up.count("GET blobs")+1)
 }
 
 // TestFolderPushedBlobCutShort: a pushed blob whose file was cut short

@@ -310,8 +310,12 @@ func (h *Handler) unconfirmedBlob(w http.ResponseWriter, r *http.Request, rc *re
 		if info, serr := h.cfg.Store.StatBlob(r.Context(), d); serr == nil {
 			h.cfg.Logger.Warn("upstream failed; serving a readable repository's copy of the blob",
 				zap.String("repo", rc.name), zap.String("digest", d.String()), zap.Error(err))
-			m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
-			return h.serveCachedBlob(w, r, rc, d, info)
+			// A copy the storage lost is no copy: upstream's failure is
+			// the answer, not a 404 for a blob upstream may hold.
+			if serr := h.serveCachedBlob(w, r, rc, d, info); !errors.Is(serr, errBlobLost) {
+				m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
+				return serr
+			}
 		}
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
