@@ -146,6 +146,7 @@ func TestFolderMirrorBlobLostHeals(t *testing.T) {
 			t.Fatalf("%s of a lost blob with upstream down: %s, want upstream's failure (5xx), as for a cold miss", m, resp.Status)
 		}
 	}
+	fr.settle(layer) // a fill the failure started has given up
 	fr.up.set(func(u *fakeUpstream) { delete(u.failRepos, "library/app") })
 	get("once upstream is back", fr.up.count("GET blobs")+1)
 }
