@@ -3,6 +3,7 @@ package registry
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -226,5 +227,65 @@ func TestMirrorBlobFileRemovedRefetched(t *testing.T) {
 	}
 	if n := env.up.count("GET blobs"); n != 2 {
 		t.Fatalf("upstream blob GETs: %d, want 2", n)
+	}
+}
+
+// TestFolderMirrorLostBlobFetchedOnce: many clients pulling a mirrored
+// blob the storage lost share one fetch from upstream (the mirror's
+// single fill), each served the whole blob.
+func TestFolderMirrorLostBlobFetchedOnce(t *testing.T) {
+	fr := newFolderRegistry(t)
+	img := randomImage(t, 512<<10, 1)
+	fr.up.pushImage("library/app", "v1", img)
+	layer, data := layerOf(t, img)
+	p := "/v2/docker.io/library/app/blobs/" + layer
+	if resp, _, _ := fr.do(t, http.MethodGet, p, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("cold GET: %s", resp.Status)
+	}
+	fr.settle(layer)
+	if err := os.Remove(blobFile(fr.blob, layer)); err != nil {
+		t.Fatal(err)
+	}
+	// Upstream sends its first chunk, then waits until every client has
+	// some of it: by then each has joined the one fill.
+	gate := make(chan struct{})
+	fr.up.set(func(u *fakeUpstream) { u.gate = gate })
+	const clients = 6
+	started := make(chan struct{}, clients)
+	errs := make(chan error, clients)
+	for range clients {
+		go func() {
+			resp, err := http.Get(fr.srv.URL + p)
+			if err != nil {
+				started <- struct{}{}
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			first := make([]byte, 1024)
+			_, err = io.ReadFull(resp.Body, first)
+			started <- struct{}{}
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", resp.Status, err)
+				return
+			}
+			rest, err := io.ReadAll(resp.Body)
+			if err == nil && (resp.StatusCode != http.StatusOK || !bytes.Equal(append(first, rest...), data)) {
+				err = fmt.Errorf("%s, %d bytes, want the blob's %d", resp.Status, len(first)+len(rest), len(data))
+			}
+			errs <- err
+		}()
+	}
+	for range clients {
+		<-started
+	}
+	close(gate)
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Errorf("GET of a lost blob: %v", err)
+		}
+	}
+	if n := fr.up.count("GET blobs"); n != 2 {
+		t.Fatalf("upstream blob GETs: %d, want 2 (the cold pull and one fetch again)", n)
 	}
 }
