@@ -980,9 +980,21 @@ func testStorageFull(t *testing.T, f Full) {
 type Damage struct {
 	// Backend opens stores on the storage.
 	Backend Backend
-	// Replace makes the stored object of blob d (one Put stored) hold b
-	// instead of d's bytes.
+	// Replace makes the stored bytes of blob d (stored by a Put or a
+	// session's Commit) b instead of d's.
 	Replace func(t *testing.T, d blobstore.Digest, b []byte)
+}
+
+// commit stores c as a session's commit in two chunks, as a chunked push
+// does (on S3, a blob over one part is then linked data, not one object).
+func commit(t *testing.T, s blobstore.Store, c []byte) blobstore.Digest {
+	t.Helper()
+	d := sha256Of(c)
+	sess := appendChunks(t, []blobstore.Store{s}, c, []int{len(c) / 2, len(c) - len(c)/2})
+	if _, err := sess.Commit(ctx(t), d, int64(len(c))); err != nil {
+		t.Fatalf("Commit of %d bytes: %v", len(c), err)
+	}
+	return d
 }
 
 // RunDamage runs the damaged-object cases of the contract against fresh
@@ -1003,9 +1015,14 @@ func testWrongSize(t *testing.T, dm Damage) {
 	s := dm.Backend()
 	keep := content(41, 3000)
 	kd := put(t, s, keep)
-	for _, n := range []int{3001, 2*MiB + 1} {
+	for i, n := range []int{3001, 2*MiB + 1, 6*MiB + 5} {
 		c := content(42, n)
-		d := put(t, s, c)
+		var d blobstore.Digest
+		if i < 2 {
+			d = put(t, s, c)
+		} else {
+			d = commit(t, s, c)
+		}
 		short := c[:n/2]
 		dm.Replace(t, d, short)
 		r := dm.Backend() // a replica that never read it
@@ -1060,7 +1077,14 @@ func testPushReplacesWrongSize(t *testing.T, dm Damage) {
 		for _, how := range []string{"Put", "Commit"} {
 			s := dm.Backend()
 			c := content(43, n)
-			d := put(t, s, c)
+			// Stored as it is then pushed again (on S3, a large
+			// commit is linked data).
+			var d blobstore.Digest
+			if how == "Put" {
+				d = put(t, s, c)
+			} else {
+				d = commit(t, s, c)
+			}
 			dm.Replace(t, d, c[:n-1])
 			if blob, err := s.Open(ctx(t), d); err == nil {
 				_, _ = io.Copy(io.Discard, blob) // a copy of these bytes, if any, is wrong
