@@ -129,7 +129,7 @@ func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reade
 	if got := FromHash(want.Algorithm, h); got != want {
 		return 0, fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, want, got)
 	}
-	if s.touchExisting(want) {
+	if s.touchExisting(want, n) {
 		// Verified, and the store has it already: no need to sync ours.
 		return n, nil
 	}
@@ -140,7 +140,7 @@ func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reade
 		return 0, fmt.Errorf("cache: close blob: %w", err)
 	}
 	committed = true // from here on, install owns tmp
-	if err := s.install(tmp, want); err != nil {
+	if err := s.install(tmp, want, n); err != nil {
 		os.Remove(tmp)
 		return 0, err
 	}
@@ -161,37 +161,44 @@ func (s *Store) createTemp() (*os.File, error) {
 	return f, nil
 }
 
-// install moves the verified, synced file src to d's place in the content
-// store. If d is already there src is dropped and the existing file is
-// touched, so a blob pushed again restarts its grace period and GC does not
-// take it before the caller links it.
-func (s *Store) install(src string, d Digest) error {
+// install moves the verified, synced file src, of size bytes, to d's
+// place in the content store. If d is already there src is dropped and the
+// existing file is touched, so a blob pushed again restarts its grace
+// period and GC does not take it before the caller links it.
+func (s *Store) install(src string, d Digest, size int64) error {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	_, err := s.installLocked(src, d)
+	_, err := s.installLocked(src, d, size)
 	return err
 }
 
-// touchExisting reports whether blob d is in the store, restarting its
-// grace period if so (see install).
-func (s *Store) touchExisting(d Digest) bool {
+// touchExisting reports whether blob d is in the store, size bytes long,
+// restarting its grace period if so (see install).
+func (s *Store) touchExisting(d Digest, size int64) bool {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	return s.touchFileLocked(d)
+	return s.touchFileLocked(d, size)
 }
 
 // touchFileLocked is touchExisting for callers already holding gcMu for
-// reading.
-func (s *Store) touchFileLocked(d Digest) bool {
+// reading. A file of another length than size is not d's bytes (cut short
+// by a broken tool, a restore, a full disk's repair): it reports false, so
+// the verified bytes in hand are installed over it and a push heals it.
+func (s *Store) touchFileLocked(d Digest, size int64) bool {
+	p := s.blobPath(d)
+	if fi, err := os.Stat(p); err != nil || fi.Size() != size {
+		return false
+	}
 	now := time.Now()
-	return os.Chtimes(s.blobPath(d), now, now) == nil
+	return os.Chtimes(p, now, now) == nil
 }
 
 // installLocked is install for callers already holding gcMu for reading.
-// created reports whether src became the file (false: d was there).
-func (s *Store) installLocked(src string, d Digest) (created bool, err error) {
+// created reports whether src became the file (false: d was there, size
+// bytes long).
+func (s *Store) installLocked(src string, d Digest, size int64) (created bool, err error) {
 	dst := s.blobPath(d)
-	if s.touchFileLocked(d) {
+	if s.touchFileLocked(d, size) {
 		if err := os.Remove(src); err != nil {
 			s.log.Warn("remove duplicate blob data", zap.String("file", src), zap.Error(err))
 		}

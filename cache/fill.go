@@ -264,7 +264,7 @@ func (f *fileFill) fill(src FillSource) error {
 	}
 	f.s.gcMu.RLock()
 	defer f.s.gcMu.RUnlock()
-	created, err := f.s.installLocked(file.Name(), f.d)
+	created, err := f.s.installLocked(file.Name(), f.d, n)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,8 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 )
 
 // manifestRecord is what ml/ keys hold; the digest is in the key and the
@@ -146,6 +148,12 @@ func (s *Store) HasBlob(ctx context.Context, repo string, d Digest) (BlobInfo, e
 		return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
 	}
 	info, err := s.StatBlob(ctx, d)
+	if errors.Is(err, ErrBlobUnknown) {
+		// Linked, yet no file: removed behind the store's back (by hand,
+		// fsck, a disk repaired), since GC and eviction unlink before they
+		// remove. The caller may heal it (a mirror fetches it again).
+		return BlobInfo{}, fmt.Errorf("%w: %w: %s linked in %s, its file is gone", ErrBlobUnknown, blobstore.ErrNotFound, d, repo)
+	}
 	if err == nil && timed {
 		if now := s.now(); now.Sub(at) > s.grace/2 && !s.renewLink(repo, d, now) {
 			return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
@@ -375,7 +383,7 @@ func (s *Store) putManifest(repo string, m Manifest, body []byte, tags []string,
 // writeSmallBlobLocked stores already verified bytes as blob d; gcMu is
 // held for reading. created reports whether the file is new.
 func (s *Store) writeSmallBlobLocked(d Digest, body []byte) (created bool, err error) {
-	if s.touchFileLocked(d) {
+	if s.touchFileLocked(d, int64(len(body))) {
 		return false, nil // there already: a re-push or a tag move needs no room
 	}
 	if err := s.space.Admit(int64(len(body))); err != nil {
@@ -394,7 +402,7 @@ func (s *Store) writeSmallBlobLocked(d Digest, body []byte) (created bool, err e
 		err = cerr
 	}
 	if err == nil {
-		created, err = s.installLocked(tmp, d)
+		created, err = s.installLocked(tmp, d, int64(len(body)))
 	}
 	if err != nil {
 		os.Remove(tmp)

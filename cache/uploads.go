@@ -624,7 +624,7 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	if _, err := s.installLocked(s.uploadPath(id), want); err != nil {
+	if _, err := s.installLocked(s.uploadPath(id), want, rec.Size); err != nil {
 		return BlobInfo{}, err
 	}
 	now := s.now()

@@ -48,6 +48,9 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, rc *request) e
 func (h *Handler) linkedBlob(ctx context.Context, repo string, d cache.Digest) (cache.BlobInfo, error) {
 	info, err := h.cfg.Store.HasBlob(ctx, repo, d)
 	if err != nil {
+		if lostBlob(err) {
+			return info, h.blobLost(ctx, d, err)
+		}
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			return info, errBlobUnknown(err)
 		}
@@ -89,6 +92,9 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	}
 	f, err := h.cfg.Store.OpenBlob(r.Context(), d)
 	if err != nil {
+		if lostBlob(err) {
+			return h.blobLost(r.Context(), d, err)
+		}
 		if errors.Is(err, cache.ErrBlobUnknown) {
 			// collected between the link check and the open
 			return errBlobUnknown(err)
@@ -96,6 +102,12 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		return errInternal(err)
 	}
 	defer f.Close()
+	if f.Size() != info.Size {
+		// A store that reports a file's length as the blob's (the
+		// single node's) changed it between the link check and the
+		// open: not the bytes to answer with.
+		return h.blobLost(r.Context(), d, fmt.Errorf("%w: %d bytes at open, %d before", blobstore.ErrSizeMismatch, f.Size(), info.Size))
+	}
 
 	hd := w.Header()
 	hd.Set("Content-Type", "application/octet-stream")
@@ -107,7 +119,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		// The HEAD a client sends before it pushes a blob, and skips the
 		// push on a 200: it must answer as the GET would (see Checker).
 		if err := c.Check(); err != nil {
-			return startErr(err)
+			return h.startErr(r.Context(), d, err)
 		}
 	}
 	if st, ok := f.(blobstore.Starter); ok && r.Method != http.MethodHead {
@@ -119,7 +131,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 			return errInternal(err)
 		}
 		if err := st.Start(); err != nil {
-			return startErr(err)
+			return h.startErr(r.Context(), d, err)
 		}
 	}
 	if r.Header.Get("Range") == "" && !conditional(r) {
@@ -133,12 +145,57 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		hd.Set("Last-Modified", info.ModTime.UTC().Format(http.TimeFormat))
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
-			_, _ = io.Copy(w, f)
+			n, err := io.Copy(w, f)
+			h.endShort(r, d, n, info.Size, err)
+		}
+		return nil
+	}
+	if _, lazy := f.(blobstore.Starter); lazy {
+		// Its bytes come over the network and may end early (the
+		// object cut short after Start): ServeContent drops a read's
+		// error, so it is kept here. A file (whose length was checked
+		// at open) is passed bare, for sendfile.
+		rd := &readErr{Blob: f}
+		http.ServeContent(w, r, "", info.ModTime, rd)
+		if rd.err != nil {
+			h.endShort(r, d, 0, 1, rd.err)
 		}
 		return nil
 	}
 	http.ServeContent(w, r, "", info.ModTime, f)
 	return nil
+}
+
+// endShort ends an answer whose headers are out and whose body ran short
+// (n of size bytes sent, read error err) with a broken transfer: a clean
+// end would hand the client fewer bytes than the blob as if they were
+// all. A short copy because the client left is not the storage's.
+func (h *Handler) endShort(r *http.Request, d cache.Digest, n, size int64, err error) {
+	if n >= size || r.Context().Err() != nil {
+		return
+	}
+	log := h.cfg.Logger.Debug // the client's connection failed, or the storage's
+	if err == nil || lostBlob(err) || errors.Is(err, io.ErrUnexpectedEOF) {
+		log = h.cfg.Logger.Warn // the bytes stored are fewer than the blob's
+	}
+	repo, _ := RepositoryOf(r.Context())
+	log("blob ended short of its size while served; transfer broken",
+		zap.String("repo", repo), zap.String("digest", d.String()), zap.Int64("sent", n), zap.Int64("size", size), zap.Error(err))
+	panic(http.ErrAbortHandler)
+}
+
+// readErr keeps the first read error of a blob served by ServeContent.
+type readErr struct {
+	blobstore.Blob
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.Blob.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // redirectBlob answers a GET of blob d with a 307 to the URL the store
@@ -219,7 +276,8 @@ func (h *Handler) blobStored(ctx context.Context, d cache.Digest) error {
 	}
 	defer f.Close()
 	if c, ok := f.(blobstore.Checker); ok {
-		if err := c.Check(); errors.Is(err, blobstore.ErrNotFound) {
+		if err := c.Check(); lostBlob(err) {
+			_ = h.blobLost(ctx, d, err)
 			return fmt.Errorf("%w: %w", cache.ErrBlobUnknown, err)
 		} else if err != nil {
 			return err
@@ -229,11 +287,35 @@ func (h *Handler) blobStored(ctx context.Context, d cache.Digest) error {
 }
 
 // startErr is the answer for a blob whose backend failed the start of its
-// read: gone from the backend (behind the metadata's back) is
-// BLOB_UNKNOWN, anything else the backend being unavailable.
-func startErr(err error) error {
-	if errors.Is(err, blobstore.ErrNotFound) {
-		return errBlobUnknown(err)
+// read: gone from the backend (behind the metadata's back) or damaged
+// there is BLOB_UNKNOWN (blobLost), anything else the backend being
+// unavailable.
+func (h *Handler) startErr(ctx context.Context, d cache.Digest, err error) error {
+	if lostBlob(err) {
+		return h.blobLost(ctx, d, err)
 	}
 	return errInternal(fmt.Errorf("%w: blob store: %w", cache.ErrUnavailable, err))
+}
+
+// errBlobLost marks the answer to a blob the metadata records and the
+// storage lost, or holds with another length (deleted or cut short behind
+// the registry's back: an operator, fsck, a broken tool, a bucket
+// restore). A hosted blob answers BLOB_UNKNOWN, so a client that HEADs
+// before it pushes uploads it again (which replaces the damaged object);
+// a mirror fetches it from upstream again (mirror_blobs.go).
+var errBlobLost = errors.New("blob lost from the storage")
+
+// lostBlob reports whether err says the storage does not hold the blob
+// the metadata records, or holds another length of it.
+func lostBlob(err error) bool {
+	return errors.Is(err, blobstore.ErrNotFound) || errors.Is(err, blobstore.ErrSizeMismatch)
+}
+
+// blobLost logs the finding (at warn: the storage was changed behind the
+// registry's back) and returns the answer: 404 BLOB_UNKNOWN, wrapping
+// errBlobLost.
+func (h *Handler) blobLost(ctx context.Context, d cache.Digest, err error) error {
+	repo, _ := RepositoryOf(ctx)
+	h.cfg.Logger.Warn("blob lost or damaged in the storage", zap.String("repo", repo), zap.String("digest", d.String()), zap.Error(err))
+	return errBlobUnknown(fmt.Errorf("%w: %w", errBlobLost, err))
 }

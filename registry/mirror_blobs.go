@@ -62,19 +62,32 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			return h.serveFill(w, r, rc, d, f, true)
 		}
 	}
+	// lost: this repository links d, and the storage lost its bytes or
+	// holds them damaged (blobLost logged it). The client never learns:
+	// it is a miss, fetched from upstream again as a cold one is.
+	lost := false
 	if info, err := store.HasBlob(r.Context(), rc.name, d); err == nil {
-		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
-		return h.serveCachedBlob(w, r, rc, d, info)
+		err := h.serveCachedBlob(w, r, rc, d, info)
+		if !errors.Is(err, errBlobLost) {
+			m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
+			return err
+		}
+		lost = true
+	} else if lostBlob(err) {
+		_ = h.blobLost(r.Context(), d, err)
+		lost = true
 	}
 	if r.Method == http.MethodGet {
 		// Fill only starts a fill when there is none and the store
 		// lacks the digest (decided under its lock); otherwise what it
 		// returns is another's, unread until upstream confirms.
-		f, started, err := h.fill(r.Context(), rc, d)
+		f, started, err := h.fill(r.Context(), rc, d, lost)
 		if err != nil {
 			return err
 		}
-		if started {
+		if started || lost {
+			// A fill joined for a lost blob needs no confirmation:
+			// this repository links d, so upstream said so before.
 			m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
 			return h.serveFill(w, r, rc, d, f, true)
 		}
@@ -83,7 +96,10 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	if err != nil {
 		return h.unconfirmedBlob(w, r, rc, d, err)
 	}
-	if err := store.LinkBlob(r.Context(), rc.name, d); err == nil {
+	if lost {
+		// A HEAD: upstream's answer is the one to give; the GET that
+		// follows fetches the bytes.
+	} else if err := store.LinkBlob(r.Context(), rc.name, d); err == nil {
 		m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
 		return h.serveLinkedBlob(w, r, rc, d)
 	} else if !errors.Is(err, cache.ErrBlobUnknown) {
@@ -101,7 +117,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	f, started, err := h.fill(r.Context(), rc, d)
+	f, started, err := h.fill(r.Context(), rc, d, false)
 	if err != nil {
 		return err
 	}
@@ -115,7 +131,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			case <-r.Context().Done():
 				return errInternal(r.Context().Err()) // recorded as 499
 			}
-			if f, started, err = h.fill(r.Context(), rc, d); err != nil {
+			if f, started, err = h.fill(r.Context(), rc, d, false); err != nil {
 				return err
 			}
 		}
@@ -125,10 +141,11 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 
 // fill returns the fill of d in progress, or the committed blob as a
 // fill, or else starts one from upstream for rc's repository (started),
-// within the mirror's cap on fills (429 past it).
-func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest) (cache.Fill, bool, error) {
+// within the mirror's cap on fills (429 past it). lost: the store records
+// d but lost its bytes (see Refills).
+func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest, lost bool) (cache.Fill, bool, error) {
 	m := rc.mirror
-	f, started, err := m.startFill(ctx, h.cfg.Store, rc.name, d)
+	f, started, err := m.startFill(ctx, h.cfg.Store, rc.name, d, lost)
 	if errors.Is(err, errNoFillSlot) || (err != nil && ctx.Err() != nil) {
 		return nil, false, errTooManyFills(m, err)
 	}
@@ -293,8 +310,12 @@ func (h *Handler) unconfirmedBlob(w http.ResponseWriter, r *http.Request, rc *re
 		if info, serr := h.cfg.Store.StatBlob(r.Context(), d); serr == nil {
 			h.cfg.Logger.Warn("upstream failed; serving a readable repository's copy of the blob",
 				zap.String("repo", rc.name), zap.String("digest", d.String()), zap.Error(err))
-			m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
-			return h.serveCachedBlob(w, r, rc, d, info)
+			// A copy the storage lost is no copy: upstream's failure is
+			// the answer, not a 404 for a blob upstream may hold.
+			if serr := h.serveCachedBlob(w, r, rc, d, info); !errors.Is(serr, errBlobLost) {
+				m.obs.MirrorLookup(m.cfg.Prefix, "blob", true)
+				return serr
+			}
 		}
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)

@@ -115,14 +115,18 @@ func (s *fillSlots) wait() <-chan struct{} {
 // startFill is Store.Fill under the mirror's cap on fills: joining a
 // fill or finding the blob stored takes no slot; a new fill waits up to
 // FillSlotWait for one, then gets errNoFillSlot.
-func (m *Mirror) startFill(ctx context.Context, store Fills, repo string, d cache.Digest) (cache.Fill, bool, error) {
+func (m *Mirror) startFill(ctx context.Context, store Fills, repo string, d cache.Digest, lost bool) (cache.Fill, bool, error) {
 	src := m.blobSource(repo, d)
+	fill := store.FillAdmitted
+	if rf, ok := store.(Refills); ok && lost {
+		fill = rf.RefillAdmitted
+	}
 	// Made only once a slot is wanted: most calls join a fill or find the
 	// blob stored, and need no timer.
 	var timer *time.Timer
 	for {
 		freed := m.slots.wait() // before asking: a slot freed meanwhile is not missed
-		f, started, err := store.FillAdmitted(ctx, repo, d, src, m.slots.take)
+		f, started, err := fill(ctx, repo, d, src, m.slots.take)
 		if !errors.Is(err, errNoFillSlot) {
 			return f, started, err
 		}

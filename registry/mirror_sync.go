@@ -452,7 +452,7 @@ func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fet
 		return false, nil
 	}
 	defer store.Hold(d)()
-	f, started, err := h.fill(ctx, rc, d)
+	f, started, err := h.fill(ctx, rc, d, false)
 	if err != nil {
 		return false, err
 	}
@@ -468,7 +468,7 @@ func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fet
 		}
 		// Another repository's fill failed (upstream may refuse it
 		// there); upstream confirmed this one: fetch for it.
-		if f, started, err = h.fill(ctx, rc, d); err != nil {
+		if f, started, err = h.fill(ctx, rc, d, false); err != nil {
 			return false, err
 		}
 		if err := f.Wait(ctx); err != nil {

@@ -172,6 +172,20 @@ type Fills interface {
 	Filling(ctx context.Context, d cache.Digest) cache.Fill
 }
 
+// Refills is optional: a store whose metadata records a blob apart from
+// its bytes (composite: a record in the database, an object in a bucket
+// or a folder) has it, for a mirror to fetch again a blob whose bytes
+// were lost or damaged behind the registry's back. A store without it
+// (the single node: the file is the record) starts that fill with
+// FillAdmitted, since it finds the blob absent.
+type Refills interface {
+	// RefillAdmitted is FillAdmitted for a blob d that the store records
+	// and whose bytes its storage lost or holds with another length: it
+	// starts a fill although d is recorded (unless the bytes are back),
+	// and keeps d's record and links.
+	RefillAdmitted(ctx context.Context, repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit) (f cache.Fill, started bool, err error)
+}
+
 // CacheUse is what a size-limited mirror cache learns of reads, to evict
 // the least recently used content and never what is being read.
 type CacheUse interface {

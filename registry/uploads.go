@@ -103,7 +103,7 @@ func (h *Handler) mount(r *http.Request, rc *request, d cache.Digest, from strin
 		if err := h.blobStored(r.Context(), d); errors.Is(err, cache.ErrBlobUnknown) {
 			return false, nil
 		} else if err != nil {
-			return false, startErr(err)
+			return false, h.startErr(r.Context(), d, err)
 		}
 		if err := h.cfg.Store.LinkBlob(r.Context(), rc.name, d); err != nil {
 			if errors.Is(err, cache.ErrBlobUnknown) {

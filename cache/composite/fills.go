@@ -48,6 +48,9 @@ type fill struct {
 	s    *Store
 	d    cache.Digest
 	repo string
+	// refill: d's record stays from before its bytes were lost, and the
+	// mirror cache counted them then.
+	refill bool
 
 	mu    sync.Mutex
 	spool string // the local spool file while this replica writes it
@@ -74,6 +77,47 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d cache.Digest, s
 	} else if !errors.Is(err, metastore.ErrBlobUnknown) {
 		return nil, false, mapErr(err)
 	}
+	return s.newFill(repo, d, src, admit, false)
+}
+
+// RefillAdmitted is FillAdmitted for blob d whose record says it is
+// stored but whose bytes the blob store lost or holds cut short (deleted
+// from the bucket or the folder behind the registry's back): a fill from
+// src starts even though d is recorded, unless the bytes are back (a
+// refill by another request or replica committed meanwhile). The fill
+// writes the bytes again and keeps the record and every link as they
+// are, so the manifests that need d are whole again.
+func (s *Store) RefillAdmitted(ctx context.Context, repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit) (cache.Fill, bool, error) {
+	if err := metastore.CheckName("repository", repo); err != nil {
+		return nil, false, mapErr(err)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, false, err
+	}
+	if f := s.Filling(ctx, d); f != nil {
+		return f, false, nil
+	}
+	r, err := s.meta.Blob(ctx, d)
+	if errors.Is(err, metastore.ErrBlobUnknown) {
+		return s.FillAdmitted(ctx, repo, d, src, admit) // collected meanwhile: a plain miss
+	} else if err != nil {
+		return nil, false, mapErr(err)
+	}
+	// One question to the blob store, on this rare path only: whether
+	// the bytes are back, so the requests that all found them lost start
+	// one refill, not one each.
+	if info, err := s.blobs.Stat(ctx, d); err == nil && info.Size == r.Size {
+		return &fill{Spool: blobfile.CommittedSpool(r.Size), s: s, d: d, repo: repo}, false, nil
+	} else if err != nil && !errors.Is(err, blobstore.ErrNotFound) {
+		return nil, false, blobErr(err)
+	}
+	return s.newFill(repo, d, src, admit, true)
+}
+
+// newFill starts the fill of d for repo from src, or joins the one this
+// replica or another started meanwhile. refill: d is recorded, its bytes
+// lost (see RefillAdmitted).
+func (s *Store) newFill(repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit, refill bool) (cache.Fill, bool, error) {
 	// The fill is in the map before its lease is asked for, and the lock
 	// is not held across that round trip to the database: requests for
 	// other digests go on, and one for the same digest joins this fill.
@@ -86,7 +130,7 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d cache.Digest, s
 		s.fills.mu.Unlock()
 		return nil, false, errors.New("composite: store closed")
 	}
-	f := &fill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo}
+	f := &fill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo, refill: refill}
 	s.fills.m[d] = f
 	s.fills.wg.Add(1)
 	s.fills.mu.Unlock()
@@ -207,7 +251,9 @@ func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
 		f.s.log.Warn("link filled blob", zap.String("repo", f.repo), zap.Error(err))
 		return nil
 	}
-	f.s.mirrorCommitted(ctx, f.repo, n)
+	if !f.refill {
+		f.s.mirrorCommitted(ctx, f.repo, n)
+	}
 	return nil
 }
 
@@ -258,6 +304,13 @@ func (f *fill) Reader(ctx context.Context) (cache.FillReader, error) {
 	b, err := f.s.blobs.Open(ctx, f.d)
 	if err != nil {
 		return nil, blobErr(err)
+	}
+	if size, _ := f.Ready(ctx); size >= 0 && b.Size() != size {
+		// Not the blob (cut short since, or another replica's refill
+		// of it failed): never served as if whole.
+		b.Close()
+		return nil, fmt.Errorf("%w: %s: %w: %d bytes in the blob store, %d in its record",
+			cache.ErrFillFailed, f.d, blobstore.ErrSizeMismatch, b.Size(), size)
 	}
 	return blobReader{b}, nil
 }

@@ -151,6 +151,14 @@ func (s *Store) OpenBlob(ctx context.Context, d cache.Digest) (blobstore.Blob, e
 	if err != nil {
 		return nil, blobErr(err)
 	}
+	if b.Size() != r.Size {
+		// A backend that asked (a file's stat at its open) found an
+		// object of another length than the blob: cut short by a broken
+		// tool or a restore. It is not the blob; as good as lost.
+		b.Close()
+		return nil, fmt.Errorf("%w: %w: %s is %d bytes in the blob store, %d in its record",
+			cache.ErrBlobUnknown, blobstore.ErrSizeMismatch, d, b.Size(), r.Size)
+	}
 	return b, nil
 }
 

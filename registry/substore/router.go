@@ -313,6 +313,17 @@ func (r *Router) FillAdmitted(ctx context.Context, repo string, d cache.Digest, 
 	return r.For(repo).FillAdmitted(ctx, repo, d, src, admit)
 }
 
+// RefillAdmitted implements registry.Refills: repo's store refills when
+// it can; one that cannot (the single node) finds a lost blob absent, so
+// its FillAdmitted fetches it.
+func (r *Router) RefillAdmitted(ctx context.Context, repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit) (cache.Fill, bool, error) {
+	s := r.For(repo)
+	if rf, ok := s.(registry.Refills); ok {
+		return rf.RefillAdmitted(ctx, repo, d, src, admit)
+	}
+	return s.FillAdmitted(ctx, repo, d, src, admit)
+}
+
 // Filling returns the fill of d in the request's store, or else the first
 // in progress in any store.
 func (r *Router) Filling(ctx context.Context, d cache.Digest) cache.Fill {
@@ -348,4 +359,7 @@ func (r *Router) Touch(d cache.Digest) {
 	}
 }
 
-var _ registry.Store = (*Router)(nil)
+var (
+	_ registry.Store   = (*Router)(nil)
+	_ registry.Refills = (*Router)(nil)
+)

@@ -221,7 +221,7 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 	if err := f.Close(); err != nil {
 		return blobstore.Info{}, fmt.Errorf("fs: commit session %s: %w", ss.st.ID, err)
 	}
-	if err := ss.s.install(ss.s.uploadPath(ss.st.ID), d); err != nil {
+	if err := ss.s.install(ss.s.uploadPath(ss.st.ID), d, ss.st.Size); err != nil {
 		return blobstore.Info{}, err
 	}
 	ss.st.Ended = true

@@ -238,7 +238,7 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 	if err := backend.Verify(d, size, n, h); err != nil {
 		return blobstore.Info{}, err
 	}
-	if s.touch(d) {
+	if s.touch(d, n) {
 		// Verified, and the folder has it already: ours need not be synced.
 		return blobstore.Info{Digest: d, Size: n}, nil
 	}
@@ -248,7 +248,7 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 	if err := f.Close(); err != nil {
 		return blobstore.Info{}, fmt.Errorf("fs: put %s: close: %w", d, err)
 	}
-	if err := s.install(tmp, d); err != nil {
+	if err := s.install(tmp, d, n); err != nil {
 		return blobstore.Info{}, err
 	}
 	installed = true
@@ -268,13 +268,15 @@ func (s *Store) createTemp() (*os.File, error) {
 	return f, nil
 }
 
-// install moves the verified, synced file src to d's place. If d is there
-// already its bytes stay and src goes; the blob's time is set to now, as
-// package cache does, because cache's GC counts its grace period from it.
-// On an error src may still be there: the caller removes a temp file and
+// install moves the verified, synced file src, of size bytes, to d's
+// place. If d is there already, as long, its bytes stay and src goes; the
+// blob's time is set to now, as package cache does, because cache's GC
+// counts its grace period from it. A file of another length at d's place
+// is not d (cut short by a broken tool or a restore): src replaces it. On
+// an error src may still be there: the caller removes a temp file and
 // keeps a session's, so the session can try again.
-func (s *Store) install(src string, d blobstore.Digest) error {
-	if s.touch(d) {
+func (s *Store) install(src string, d blobstore.Digest, size int64) error {
+	if s.touch(d, size) {
 		if err := os.Remove(src); err != nil {
 			s.log.Warn("remove duplicate blob data", zap.String("file", src), zap.Error(err))
 		}
@@ -296,10 +298,16 @@ func (s *Store) install(src string, d blobstore.Digest) error {
 	return nil
 }
 
-// touch reports whether blob d exists, setting its time to now if so.
-func (s *Store) touch(d blobstore.Digest) bool {
+// touch reports whether blob d exists, size bytes long, setting its time
+// to now if so. A file of another length is damaged, not d: the caller
+// writes d over it.
+func (s *Store) touch(d blobstore.Digest, size int64) bool {
+	p := s.blobPath(d)
+	if fi, err := os.Stat(p); err != nil || fi.Size() != size {
+		return false
+	}
 	now := time.Now()
-	return os.Chtimes(s.blobPath(d), now, now) == nil
+	return os.Chtimes(p, now, now) == nil
 }
 
 // Delete implements blobstore.Deleter.

@@ -33,6 +33,24 @@ func TestContract(t *testing.T) {
 	})
 }
 
+// TestContractDamage: a backend file rewritten behind the cache's back
+// reads as what it is through the cache, and the cache keeps no copy of
+// it: a push heals the blob on every replica, the one that read the
+// damaged bytes included.
+func TestContractDamage(t *testing.T) {
+	storetest.RunDamage(t, func(t *testing.T) storetest.Damage {
+		dir := t.TempDir()
+		return storetest.Damage{
+			Backend: func() blobstore.Store { return newCache(t, newBackend(t, dir), t.TempDir(), 64<<20) },
+			Replace: func(t *testing.T, d blobstore.Digest, b []byte) {
+				if err := os.WriteFile(filepath.Join(dir, "blobs", string(d.Algorithm), d.Hex[:2], d.Hex), b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+		}
+	})
+}
+
 // TestContractWarm runs the contract with every blob read whole once
 // after it is put, so the reads the suite checks are served from copies.
 func TestContractWarm(t *testing.T) {

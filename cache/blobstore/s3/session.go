@@ -329,6 +329,14 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 		// was cut off before its answer: releaseData keeps linked data.
 		ss.end(ctx, true)
 		return info, nil
+	} else if err == nil {
+		// An object of another length is there (cut short by a broken
+		// tool or a bucket restore): not d. Gone first, whichever form
+		// it has, since reads try the blob key before a link and a link
+		// is written only where none is.
+		if err := s.Delete(ctx, d); err != nil {
+			return blobstore.Info{}, err
+		}
 	}
 	linked, err := ss.writeBlob(ctx, d, src)
 	if err != nil {

@@ -974,3 +974,134 @@ func testStorageFull(t *testing.T, f Full) {
 	wantBlob(t, s, sha256Of(last), last)
 	wantBlob(t, s, kd, keep)
 }
+
+// Damage is a backend whose stored bytes a test can damage behind its
+// stores' back, as a broken tool, an fsck or a bucket restore would.
+type Damage struct {
+	// Backend opens stores on the storage.
+	Backend Backend
+	// Replace makes the stored bytes of blob d (stored by a Put or a
+	// session's Commit) b instead of d's.
+	Replace func(t *testing.T, d blobstore.Digest, b []byte)
+}
+
+// commit stores c as a session's commit in two chunks, as a chunked push
+// does (on S3, a blob over one part is then linked data, not one object).
+func commit(t *testing.T, s blobstore.Store, c []byte) blobstore.Digest {
+	t.Helper()
+	d := sha256Of(c)
+	sess := appendChunks(t, []blobstore.Store{s}, c, []int{len(c) / 2, len(c) - len(c)/2})
+	if _, err := sess.Commit(ctx(t), d, int64(len(c))); err != nil {
+		t.Fatalf("Commit of %d bytes: %v", len(c), err)
+	}
+	return d
+}
+
+// RunDamage runs the damaged-object cases of the contract against fresh
+// backends from newDamage. It is apart from Run because damaging needs a
+// way to the storage behind the store, which each backend's test has.
+func RunDamage(t *testing.T, newDamage func(t *testing.T) Damage) {
+	t.Run("WrongSizeIsReportedByEveryRead", func(t *testing.T) { testWrongSize(t, newDamage(t)) })
+	t.Run("PushReplacesWrongSize", func(t *testing.T) { testPushReplacesWrongSize(t, newDamage(t)) })
+}
+
+// testWrongSize: an object cut short behind the store's back is reported
+// with the length it has by Stat and Open, so a caller that recorded the
+// blob's size sees that these are not its bytes; a lazily opened one
+// (RecordedOpener, told the recorded size) either says its real length or
+// fails Check, Start and Read with ErrSizeMismatch, and never reads as a
+// clean blob of the recorded size. A blob beside it is untouched.
+func testWrongSize(t *testing.T, dm Damage) {
+	s := dm.Backend()
+	keep := content(41, 3000)
+	kd := put(t, s, keep)
+	for i, n := range []int{3001, 2*MiB + 1, 6*MiB + 5} {
+		c := content(42, n)
+		var d blobstore.Digest
+		if i < 2 {
+			d = put(t, s, c)
+		} else {
+			d = commit(t, s, c)
+		}
+		short := c[:n/2]
+		dm.Replace(t, d, short)
+		r := dm.Backend() // a replica that never read it
+		info, err := r.Stat(ctx(t), d)
+		if err != nil || info.Size != int64(len(short)) {
+			t.Fatalf("Stat of a blob cut to %d bytes: %+v, %v", len(short), info, err)
+		}
+		blob, err := r.Open(ctx(t), d)
+		if err != nil {
+			t.Fatalf("Open of a blob cut short: %v", err)
+		}
+		if blob.Size() != int64(len(short)) {
+			t.Fatalf("Open of a blob cut to %d bytes: Size %d", len(short), blob.Size())
+		}
+		blob.Close()
+		ro, ok := r.(blobstore.RecordedOpener)
+		if !ok {
+			continue
+		}
+		open := func() blobstore.Blob {
+			t.Helper()
+			blob, err := ro.OpenRecorded(ctx(t), d, int64(n))
+			if err != nil {
+				t.Fatalf("OpenRecorded of a blob cut short: %v", err)
+			}
+			t.Cleanup(func() { blob.Close() })
+			return blob
+		}
+		if b := open(); b.Size() != int64(n) {
+			continue // says its real length: the caller compares
+		}
+		if ck, ok := open().(blobstore.Checker); ok {
+			wantErr(t, "Check of a blob cut short", ck.Check(), blobstore.ErrSizeMismatch)
+		}
+		if st, ok := open().(blobstore.Starter); ok {
+			wantErr(t, "Start of a blob cut short", st.Start(), blobstore.ErrSizeMismatch)
+		}
+		if got, err := io.ReadAll(open()); err == nil {
+			t.Fatalf("Read of a blob cut to %d bytes, opened as %d: %d bytes and no error", len(short), n, len(got))
+		}
+	}
+	wantBlob(t, dm.Backend(), kd, keep)
+}
+
+// testPushReplacesWrongSize: a blob cut short behind the store's back is
+// healed by pushing it again, by a Put or a session's Commit, on the
+// store that read the damaged bytes (whose copy, if it keeps any, must
+// not be of those) and on one that never did. "Putting a digest that
+// exists" must not mean keeping whatever object is at its key.
+func testPushReplacesWrongSize(t *testing.T, dm Damage) {
+	for _, n := range []int{3001, 6*MiB + 3} {
+		for _, how := range []string{"Put", "Commit"} {
+			s := dm.Backend()
+			c := content(43, n)
+			// Stored as it is then pushed again (on S3, a large
+			// commit is linked data).
+			var d blobstore.Digest
+			if how == "Put" {
+				d = put(t, s, c)
+			} else {
+				d = commit(t, s, c)
+			}
+			dm.Replace(t, d, c[:n-1])
+			if blob, err := s.Open(ctx(t), d); err == nil {
+				_, _ = io.Copy(io.Discard, blob) // a copy of these bytes, if any, is wrong
+				blob.Close()
+			}
+			switch how {
+			case "Put":
+				put(t, dm.Backend(), c)
+			case "Commit":
+				r := dm.Backend()
+				sess := appendChunks(t, []blobstore.Store{r}, c, []int{n / 2, n - n/2})
+				if _, err := sess.Commit(ctx(t), d, int64(n)); err != nil {
+					t.Fatalf("Commit over a blob cut short: %v", err)
+				}
+			}
+			wantBlob(t, s, d, c)
+			wantBlob(t, dm.Backend(), d, c)
+		}
+	}
+}
