@@ -261,7 +261,7 @@ var ErrMarkedWait = fmt.Errorf("%w: blob is being collected, push it again", cac
 
 // waitForgotten waits until GC forgot d.
 func (s *Store) waitForgotten(ctx context.Context, d cache.Digest) error {
-	start := s.now()
+	start := time.Now() // a wait, not a stored time: not the store's clock
 	for delay := 20 * time.Millisecond; ; delay = min(delay*2, time.Second) {
 		// Blob says unknown both while deleting and once forgotten; only
 		// RecordBlob tells them apart, and recording is what must not
@@ -273,7 +273,7 @@ func (s *Store) waitForgotten(ctx context.Context, d cache.Digest) error {
 		if len(left) == 0 || left[0].Digest != d {
 			return nil
 		}
-		if waited := s.now().Sub(start); waited >= markedWaitMax {
+		if waited := time.Since(start); waited >= markedWaitMax {
 			return fmt.Errorf("%w: %s", ErrMarkedWait, d)
 		} else if waited >= markedTakeover {
 			finished, err := s.finishMarkedElsewhere(ctx)
