@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,7 +27,16 @@ import (
 // only every hour (the default): the dead leader's marks are finished by
 // the pushes that wait on them, once its lease has expired, not an hour
 // later.
-func TestReplicaKillMidSweep(t *testing.T) {
+func TestReplicaKillMidSweep(t *testing.T) { sweepDrill(t, false) }
+
+// TestReplicaPausedMidSweep is TestReplicaKillMidSweep with the leader
+// stopped (SIGSTOP: a long GC pause, a frozen VM) instead of killed, and
+// let go (SIGCONT) once the survivor has finished its marks and pushed
+// those blobs again: the old leader, waking with its lease long expired,
+// must not go on deleting what it had marked.
+func TestReplicaPausedMidSweep(t *testing.T) { sweepDrill(t, true) }
+
+func sweepDrill(t *testing.T, pause bool) {
 	needBinary(t)
 	srv, pg := s3test.Start(t), pgtest.Start(t)
 	bucket := srv.Bucket(t)
@@ -130,13 +140,27 @@ func TestReplicaKillMidSweep(t *testing.T) {
 	}
 
 	waitFor(t, 60*time.Second, "the leader's sweep to mark blobs", func() bool { return marked() > 0 })
-	leader.kill()
+	if pause {
+		if err := leader.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = leader.cmd.Process.Signal(syscall.SIGCONT) }()
+	} else {
+		leader.kill()
+	}
 	killed := time.Now()
 	t.Logf("leader killed with %d blobs marked", marked())
 	// The dead leader's lease (30s) expires, then the next push of a
 	// marked blob finishes the deletes.
 	waitFor(t, 50*time.Second, "the survivor to finish the dead leader's sweep", func() bool { return marked() == 0 })
 	t.Logf("marks cleared %s after the kill", time.Since(killed).Round(100*time.Millisecond))
+	if pause {
+		time.Sleep(8 * time.Second) // the survivor's pushes of those blobs
+		if err := leader.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("leader woken")
+	}
 	time.Sleep(2 * time.Second)
 	close(stop)
 	wg.Wait()
