@@ -149,11 +149,11 @@ func sweepDrill(t *testing.T, pause bool) {
 		leader.kill()
 	}
 	killed := time.Now()
-	t.Logf("leader killed with %d blobs marked", marked())
+	t.Logf("leader killed or stopped with %d blobs marked", marked())
 	// The dead leader's lease (30s) expires, then the next push of a
 	// marked blob finishes the deletes.
 	waitFor(t, 50*time.Second, "the survivor to finish the dead leader's sweep", func() bool { return marked() == 0 })
-	t.Logf("marks cleared %s after the kill", time.Since(killed).Round(100*time.Millisecond))
+	t.Logf("marks cleared %s after the fault", time.Since(killed).Round(100*time.Millisecond))
 	if pause {
 		time.Sleep(8 * time.Second) // the survivor's pushes of those blobs
 		if err := leader.cmd.Process.Signal(syscall.SIGCONT); err != nil {

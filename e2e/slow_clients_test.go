@@ -87,13 +87,12 @@ func TestSlowClients(t *testing.T) {
 
 	// A client of normal speed meanwhile.
 	var slowest time.Duration
-	for i := range 20 {
+	for range 20 {
 		start := time.Now()
 		b := randomBytes(t, 256<<10)
 		d := pushBlob(t, s, "fast/app", b)
 		getBlob(t, s, "fast/app", d, b)
 		slowest = max(slowest, time.Since(start))
-		_ = i
 	}
 	t.Logf("%d slow connections: fds %d -> %d, RSS %.0f -> %.0f MiB; a normal client's push+pull of 256 KiB: slowest %s",
 		len(conns), fdsBefore, fdsDuring, rssBefore, rssDuring, slowest.Round(time.Millisecond))
