@@ -124,7 +124,7 @@ func (d *discardWriter) WriteHeader(int)             {}
 // (SlowDown, InternalError, and answers lost after the work was done),
 // multipart uploads included. Each push either succeeds or answers an
 // error the client may retry (503 with Retry-After); what succeeded reads
-// back whole; what failed is not visible, and pushing it again once S3
+// back whole (or 503) while S3 still fails, and whole once it is well; what failed is not visible, and pushing it again once S3
 // is well succeeds.
 func TestReplicaS3Flaky(t *testing.T) {
 	needBinary(t)
@@ -175,6 +175,19 @@ func TestReplicaS3Flaky(t *testing.T) {
 				ociManifest, blobDigest(small.b), len(small.b), blobDigest(big.b), len(big.b)))
 			resp = do(t, http.MethodPut, r.url(fmt.Sprintf("/v2/flaky/app/manifests/t%d", i)), m, map[string]string{"Content-Type": ociManifest})
 			note("manifest", resp)
+		}
+	}
+	// Pulls with S3 still failing: the blob whole, or 503 with
+	// Retry-After, never other bytes.
+	for _, b := range blobs {
+		if !b.ok {
+			continue
+		}
+		resp := do(t, http.MethodGet, c.replicas[0].url("/v2/flaky/app/blobs/"+blobDigest(b.b)), nil, nil)
+		got := readAll(t, resp)
+		note("pull", resp)
+		if resp.StatusCode == http.StatusOK && !bytes.Equal(got, b.b) {
+			t.Errorf("pull under faults: %d bytes that differ from the %d pushed", len(got), len(b.b))
 		}
 	}
 	flaky.on.Store(false)
