@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -51,8 +53,9 @@ func (l *pgLoad) do(method, u string, body []byte, ct string) int {
 // push images and pull the ones acknowledged, across two replicas with
 // GC running. During each outage every answer is a success or 503 with
 // Retry-After, none takes past the client's bound; once PostgreSQL is back
-// the same replica processes serve again within seconds; every manifest
-// answered 201 is there whole afterwards, GC passes included.
+// the same replica processes serve again within seconds and GC takes its
+// lease again; every manifest answered 201 is there whole afterwards, GC
+// passes included.
 func TestReplicaPostgresRestartUnderLoad(t *testing.T) {
 	needBinary(t)
 	c := startCluster(t, 2, drillGC, nil)
@@ -107,6 +110,7 @@ func TestReplicaPostgresRestartUnderLoad(t *testing.T) {
 			}
 		}()
 	}
+	var lastBack time.Time
 	outage := func(what string, down func() error) {
 		time.Sleep(2 * time.Second)
 		if err := down(); err != nil {
@@ -114,6 +118,7 @@ func TestReplicaPostgresRestartUnderLoad(t *testing.T) {
 		}
 		time.Sleep(3 * time.Second)
 		back := time.Now()
+		lastBack = back
 		if err := c.pg.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -158,6 +163,24 @@ func TestReplicaPostgresRestartUnderLoad(t *testing.T) {
 			}
 		}
 		checkImage(t, c.replicas[0], repo, tag, "after the restarts")
+	}
+	// GC took its lease again after the crash: some replica collected
+	// what the refused pushes left (GC every 2s, grace 15s).
+	collected := false
+	for _, r := range c.replicas {
+		for _, line := range strings.Split(r.out.String(), "\n") {
+			var e struct {
+				TS  float64 `json:"ts"`
+				Msg string  `json:"msg"`
+			}
+			if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "garbage collected" &&
+				time.Unix(0, int64(e.TS*1e9)).After(lastBack) {
+				collected = true
+			}
+		}
+	}
+	if !collected {
+		t.Errorf("no replica collected garbage after PostgreSQL's crash")
 	}
 	for i, r := range c.replicas {
 		select {
