@@ -190,24 +190,10 @@ func (s *Store) dropLinks(ctx context.Context, cutoff time.Time, st *cache.GCSta
 // sweepBlobs finishes what a sweep that died left marked, then marks,
 // deletes and forgets the unlinked blobs past the grace period.
 func (s *Store) sweepBlobs(ctx context.Context, cutoff time.Time, st *cache.GCStats) error {
-	var after cache.Digest
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rs, err := s.meta.DeletingBlobs(ctx, after, s.batch)
-		if err != nil {
-			return mapErr(err)
-		}
-		if err := s.deleteBlobs(ctx, rs, st); err != nil {
-			return err
-		}
-		if len(rs) < s.batch {
-			break
-		}
-		after = rs[len(rs)-1].Digest
+	if err := s.finishMarked(ctx, st); err != nil {
+		return err
 	}
-	after = cache.Digest{}
+	var after cache.Digest
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -236,6 +222,54 @@ func (s *Store) sweepBlobs(ctx context.Context, cutoff time.Time, st *cache.GCSt
 		}
 		after = rs[len(rs)-1].Digest
 	}
+}
+
+// finishMarked deletes and forgets the blobs a sweep marked and did not
+// finish (its replica died, or it was paused). Only the GC lease's holder
+// may: a live sweep may still delete a marked blob's bytes, and if
+// anyone else forgot the blob first, a push could record new bytes that
+// the late delete then takes.
+func (s *Store) finishMarked(ctx context.Context, st *cache.GCStats) error {
+	var after cache.Digest
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rs, err := s.meta.DeletingBlobs(ctx, after, s.batch)
+		if err != nil {
+			return mapErr(err)
+		}
+		if err := s.deleteBlobs(ctx, rs, st); err != nil {
+			return err
+		}
+		if len(rs) < s.batch {
+			return nil
+		}
+		after = rs[len(rs)-1].Digest
+	}
+}
+
+// finishMarkedElsewhere is finishMarked for a write waiting on a marked
+// blob (waitForgotten), if the GC lease is free: its holder died or
+// stopped with marks left, and the background passes may not come for
+// an interval. finished is false when another replica holds the lease
+// (its sweep is alive and finishes the marks itself).
+func (s *Store) finishMarkedElsewhere(ctx context.Context) (finished bool, err error) {
+	held, release, ok, err := coord.Hold(ctx, s.leases, "gc", gcTTL)
+	if err != nil || !ok {
+		return false, mapErr(err)
+	}
+	defer release()
+	work, cancel := context.WithCancel(held)
+	defer context.AfterFunc(ctx, cancel)()
+	defer cancel()
+	var st cache.GCStats
+	err = s.finishMarked(work, &st)
+	if st.BlobsRemoved > 0 {
+		s.log.Info("finished the deletes a GC sweep left marked, for a push of one of them",
+			zap.Int("blobs_removed", st.BlobsRemoved), zap.Int64("bytes_removed", st.BytesRemoved))
+	}
+	return err == nil, err
 }
 
 // deleteBlobs deletes the bytes of marked blobs, then forgets them. A

@@ -372,3 +372,39 @@ func TestGCPauseStopsRunningPass(t *testing.T) {
 		_ = l.Release(ctx(t))
 	})
 }
+
+// TestGCClockSkew: times are written on the writing replica's clock and
+// judged on the GC leader's, so a writer whose clock is behind by a
+// skew shortens its grace by that skew. Minutes of skew against the
+// default hour keep a push's layers (linked, no manifest yet) through
+// the leader's pass; a skew past the grace lets the pass take them (the
+// registry then refuses the manifest PUT: nothing acknowledged is lost).
+func TestGCClockSkew(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		for _, tt := range []struct {
+			skew      time.Duration
+			collected bool
+		}{
+			{5 * time.Minute, false},
+			{2 * time.Hour, true},
+		} {
+			real := &clock{t: time.Now()}
+			behind := &clock{t: real.now().Add(-tt.skew)}
+			a, b := replica(), replica()
+			a.now, b.now = behind.now, real.now
+			repo := "skew/app" + tt.skew.String()
+			config := push(t, a, repo, randomBytes(100))
+			layer := push(t, a, repo, randomBytes(1000))
+			st, err := b.GC(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []cache.Digest{config, layer} {
+				_, err := a.HasBlob(ctx(t), repo, d)
+				if gone := errors.Is(err, cache.ErrBlobUnknown); gone != tt.collected {
+					t.Errorf("skew %s: after the leader's pass (%+v) the pushed blob %s: %v, want collected=%v", tt.skew, st, d, err, tt.collected)
+				}
+			}
+		}
+	})
+}

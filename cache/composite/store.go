@@ -249,8 +249,27 @@ func (s *Store) fence(ctx context.Context, d cache.Digest) error {
 	return mapErr(err)
 }
 
+// A write waits for the sweep that marked its blob to delete and forget
+// it. A live sweep does so within its batch's deletes; the mark of a
+// sweep whose replica died (kill -9, PauseGC) stays until some replica
+// takes the GC lease again, which the background passes do only every
+// gc_interval (an hour by default), and every push of that digest would
+// wait as long. So past markedTakeover the writer tries the lease itself
+// and, once the dead leader's has expired, finishes the marked deletes;
+// past markedWaitMax it gives up with ErrMarkedWait (503, Retry-After),
+// so no request hangs on a sweep.
+const (
+	markedTakeover = 2 * time.Second
+	markedWaitMax  = 5 * time.Second
+)
+
+// ErrMarkedWait: a blob's bytes are being deleted by a GC sweep that did
+// not finish in time; the client pushes again later.
+var ErrMarkedWait = fmt.Errorf("%w: blob is being collected, push it again", cache.ErrUnavailable)
+
 // waitForgotten waits until GC forgot d.
 func (s *Store) waitForgotten(ctx context.Context, d cache.Digest) error {
+	start := time.Now() // a wait, not a stored time: not the store's clock
 	for delay := 20 * time.Millisecond; ; delay = min(delay*2, time.Second) {
 		// Blob says unknown both while deleting and once forgotten; only
 		// RecordBlob tells them apart, and recording is what must not
@@ -261,6 +280,17 @@ func (s *Store) waitForgotten(ctx context.Context, d cache.Digest) error {
 		}
 		if len(left) == 0 || left[0].Digest != d {
 			return nil
+		}
+		if waited := time.Since(start); waited >= markedWaitMax {
+			return fmt.Errorf("%w: %s", ErrMarkedWait, d)
+		} else if waited >= markedTakeover {
+			finished, err := s.finishMarkedElsewhere(ctx)
+			if err != nil {
+				return err
+			}
+			if finished {
+				continue
+			}
 		}
 		t := time.NewTimer(delay)
 		select {

@@ -82,11 +82,34 @@ func Hold(ctx context.Context, ls Leases, key string, ttl time.Duration) (held c
 		close(stop)
 		<-done
 		cancel(context.Canceled)
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), ttl)
-		defer rcancel()
-		_ = l.Release(rctx)
+		free(context.WithoutCancel(ctx), l, ttl)
 	}
 	return held, release, true, nil
+}
+
+// free releases l. If the store cannot be reached (PostgreSQL
+// restarting), it keeps trying in the background until l's deadline:
+// a lease its holder is done with but could not release keeps everyone
+// waiting on its key (a fill's followers on every replica, the next GC)
+// until it expires, up to ttl after the store is back.
+func free(ctx context.Context, l Lease, ttl time.Duration) {
+	rctx, rcancel := context.WithTimeout(ctx, ttl)
+	err := l.Release(rctx)
+	rcancel()
+	if err == nil {
+		return
+	}
+	go func() {
+		for delay := 100 * time.Millisecond; time.Now().Before(l.Deadline()); delay = min(delay*2, 2*time.Second) {
+			time.Sleep(delay)
+			rctx, rcancel := context.WithDeadline(ctx, l.Deadline())
+			err := l.Release(rctx)
+			rcancel()
+			if err == nil {
+				return
+			}
+		}
+	}()
 }
 
 // ErrExpired ends a held context whose lease reached its deadline without
