@@ -498,11 +498,11 @@ func (a *Authorizer) identifyTLS(r *http.Request) (Identity, error) {
 func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity, error) {
 	switch {
 	case a.o.APIKeys != nil && IsAPIKey(pass):
-		// The key's id is its account: a revoked key a job keeps sending
-		// from a shared address uses up its own failures there once it
-		// worked from it (see Guesses.Begin).
+		// A revoked key a job keeps sending from a shared address uses
+		// up its own failures there once it worked from it (see
+		// Guesses.Begin); no bound per key (Guesses.BeginKey).
 		id, _ := apiKeyID(pass)
-		at, err := a.o.Guesses.Begin(r.Context(), a.o.ClientIP(r), "apikey:"+id)
+		at, err := a.o.Guesses.BeginKey(r.Context(), a.o.ClientIP(r), id)
 		if err != nil {
 			return Identity{Method: MethodAPIKey}, err
 		}

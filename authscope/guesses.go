@@ -159,13 +159,29 @@ func (e *ErrTooManyGuesses) Error() string {
 // failures, not the logins of everyone else behind that address, and a
 // flood from elsewhere does not lock the account out where it is used.
 func (g *Guesses) Begin(ctx context.Context, client, account string) (*GuessAttempt, error) {
+	return g.begin(ctx, client, account, true)
+}
+
+// BeginKey is Begin for a check of an API key whose id is id: bounded
+// per client (and per known pair, as Begin), never per account. A key's
+// secret is too long for any number of guesses to find, and its id is
+// no secret (it leads the key, and shows in logs and lists): an account
+// bound would guard nothing and let anyone who learnt the id lock the
+// key out of every address it has not worked from yet.
+func (g *Guesses) BeginKey(ctx context.Context, client, id string) (*GuessAttempt, error) {
+	return g.begin(ctx, client, "apikey:"+id, false)
+}
+
+func (g *Guesses) begin(ctx context.Context, client, account string, accountBound bool) (*GuessAttempt, error) {
 	if g == nil {
 		return nil, nil
 	}
 	a := &GuessAttempt{g: g, client: g.hash("c", ClientKey(client), "")}
 	if account != "" {
 		account = strings.ToLower(account)
-		a.account = g.hash("a", account, "")
+		if accountBound {
+			a.account = g.hash("a", account, "")
+		}
 		a.known = g.hash("k", account, ClientKey(client))
 	}
 	deadline := time.NewTimer(guessWaitMax)
