@@ -121,6 +121,15 @@ func ClientKey(ip string) string {
 	return addr.String()
 }
 
+// accountKey is the spelling of an account name its failures are counted
+// under: a directory compares user names ignoring case and insignificant
+// spaces (RFC 4518: leading, trailing and repeated ones), so " Alice "
+// and "alice" are one account to it and must be one to the bound.
+// Merging names htpasswd tells apart only makes the bound stricter.
+func accountKey(account string) string {
+	return strings.Join(strings.Fields(strings.ToLower(account)), " ")
+}
+
 // GuessAttempt is one charged check; End it with its outcome.
 type GuessAttempt struct {
 	g               *Guesses
@@ -178,7 +187,7 @@ func (g *Guesses) begin(ctx context.Context, client, account string, accountBoun
 	}
 	a := &GuessAttempt{g: g, client: g.hash("c", ClientKey(client), "")}
 	if account != "" {
-		account = strings.ToLower(account)
+		account = accountKey(account)
 		if accountBound {
 			a.account = g.hash("a", account, "")
 		}
