@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -263,6 +264,12 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	}
 	c.pending++
 	return false, nil
+}
+
+// RetryAfter is d as the value of a Retry-After header: whole seconds,
+// rounded up, so that a client never comes back early.
+func RetryAfter(d time.Duration) string {
+	return strconv.Itoa(int((d + time.Second - 1) / time.Second))
 }
 
 // retry is how long until excess debt has decayed at limit per window,

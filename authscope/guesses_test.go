@@ -341,3 +341,12 @@ func TestGuessesAPIKeyNotLockedOut(t *testing.T) {
 		t.Fatalf("the good key from a new address after guesses at its id: %d, want 200", st)
 	}
 }
+
+// TestRetryAfter: whole seconds, rounded up.
+func TestRetryAfter(t *testing.T) {
+	for d, want := range map[time.Duration]string{time.Second: "1", 1500 * time.Millisecond: "2", 59*time.Second + time.Nanosecond: "60"} {
+		if got := RetryAfter(d); got != want {
+			t.Errorf("RetryAfter(%v) = %s, want %s", d, got, want)
+		}
+	}
+}

@@ -6,8 +6,6 @@ package registry
 import (
 	"errors"
 	"net/http"
-	"strconv"
-	"time"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -116,7 +114,7 @@ func (h *Handler) decide(r *http.Request, rc *request, need authscope.Need) (*ht
 		e = e.withHeader("WWW-Authenticate", d.Challenge)
 	}
 	if d.RetryAfter > 0 {
-		e = e.withHeader("Retry-After", strconv.Itoa(int((d.RetryAfter+time.Second-1)/time.Second)))
+		e = e.withHeader("Retry-After", authscope.RetryAfter(d.RetryAfter))
 	}
 	return r, e
 }
