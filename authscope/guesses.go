@@ -13,6 +13,7 @@ package authscope
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"hash/maphash"
 	"net/netip"
@@ -398,4 +399,44 @@ func (e *guessEntry) decay(now int64, limit float64, window time.Duration) {
 		e.debt = max(e.debt-float64(el)/float64(window)*limit, 0)
 	}
 	e.at = now
+}
+
+// recentKeys remembers, by their hash, the API keys that verified within
+// recentKeyFor, for Guesses: a key seen good is not guessed. Keys enter
+// only by verifying, so nobody without one can fill it; it empties when
+// full. The zero value is ready.
+type recentKeys struct {
+	mu   sync.Mutex
+	seen map[[sha256.Size]byte]int64 // unix nanoseconds of the last good check
+}
+
+const (
+	recentKeyFor  = 5 * time.Minute
+	recentKeysMax = 4096
+)
+
+func (k *recentKeys) has(key string) bool {
+	h := sha256.Sum256([]byte(key))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	at, ok := k.seen[h]
+	return ok && time.Now().UnixNano()-at < int64(recentKeyFor)
+}
+
+func (k *recentKeys) add(key string) {
+	h := sha256.Sum256([]byte(key))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.seen == nil || len(k.seen) >= recentKeysMax {
+		k.seen = make(map[[sha256.Size]byte]int64)
+	}
+	k.seen[h] = time.Now().UnixNano()
+}
+
+// forget drops key: its next failures count again.
+func (k *recentKeys) forget(key string) {
+	h := sha256.Sum256([]byte(key))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.seen, h)
 }

@@ -350,3 +350,58 @@ func TestRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// TestGuessesGoodAPIKeyNotQueued: a key that verified a moment ago is no
+// guess: checks of it are not charged, so a CI job sending many requests
+// at once with its key does not queue behind the address's checks in
+// flight (every request carries the key: there is no session), nor get a
+// 429 when they last. The key is still verified each time (a revoked key
+// fails at once). Before, with the address's checks in flight at its
+// bound, the good key waited for one of them to end.
+func TestGuessesGoodAPIKeyNotQueued(t *testing.T) {
+	keys := &APIKeys{Store: newMemKeys()}
+	good, _, err := keys.Create("ci", nil, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGuesses(GuessLimits{PerClient: 1})
+	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
+	try := func(key string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		r := httptest.NewRequest(http.MethodGet, "/v2/app/tags/list", nil).WithContext(ctx)
+		r.RemoteAddr = "192.0.2.40:1234"
+		r.SetBasicAuth("ci", key)
+		_, err := az.Authorize(r, pull)
+		return err
+	}
+	if err := try(good); err != nil {
+		t.Fatal(err)
+	}
+	// A check of the key in flight from the address (another of the
+	// job's requests) fills its bound there.
+	id := good[len(APIKeyPrefix) : len(APIKeyPrefix)+16]
+	busy, err := g.Begin(context.Background(), "192.0.2.40", "apikey:"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.End(true)
+	if err := try(good); err != nil {
+		t.Fatalf("the key that verified a moment ago, while the address has a check in flight: %v", err)
+	}
+	if err := keys.Revoke("ci", id); err != nil {
+		t.Fatal(err)
+	}
+	var d *Denial
+	if err := try(good); !errors.As(err, &d) || d.Status != http.StatusUnauthorized {
+		t.Fatalf("the key once revoked: %v, want 401", err)
+	}
+}
