@@ -192,6 +192,8 @@ type Options struct {
 // Authorizer decides requests; see Authorize.
 type Authorizer struct {
 	o Options
+	// goodKeys are the API keys that verified lately: no guesses.
+	goodKeys recentKeys
 }
 
 // NewAuthorizer checks o.
@@ -498,13 +500,18 @@ func (a *Authorizer) identifyTLS(r *http.Request) (Identity, error) {
 func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity, error) {
 	switch {
 	case a.o.APIKeys != nil && IsAPIKey(pass):
-		// The key's id is its account: a revoked key a job keeps sending
-		// from a shared address uses up its own failures there once it
-		// worked from it (see Guesses.Begin).
-		id, _ := apiKeyID(pass)
-		at, err := a.o.Guesses.Begin(r.Context(), a.o.ClientIP(r), "apikey:"+id)
-		if err != nil {
-			return Identity{Method: MethodAPIKey}, err
+		// A revoked key a job keeps sending from a shared address uses
+		// up its own failures there once it worked from it (see
+		// Guesses.Begin); no bound per key (Guesses.BeginKey).
+		// A key that verified lately is no guess (every request of a
+		// job carries it): not charged, still verified.
+		var at *GuessAttempt
+		if !a.goodKeys.has(pass) {
+			id, _ := apiKeyID(pass)
+			var err error
+			if at, err = a.o.Guesses.BeginKey(r.Context(), a.o.ClientIP(r), id); err != nil {
+				return Identity{Method: MethodAPIKey}, err
+			}
 		}
 		k, err := a.o.APIKeys.Verify(pass)
 		if err != nil {
@@ -512,10 +519,12 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 				at.End(true) // the store failed, not the caller
 				return Identity{}, &checkFailed{err}
 			}
+			a.goodKeys.forget(pass)
 			at.End(false)
 			sleepCtx(r.Context(), a.o.FailDelay)
 			return Identity{Method: MethodAPIKey}, err
 		}
+		a.goodKeys.add(pass)
 		at.End(true)
 		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):

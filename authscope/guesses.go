@@ -13,9 +13,11 @@ package authscope
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"hash/maphash"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -121,6 +123,15 @@ func ClientKey(ip string) string {
 	return addr.String()
 }
 
+// accountKey is the spelling of an account name its failures are counted
+// under: a directory compares user names ignoring case and insignificant
+// spaces (RFC 4518: leading, trailing and repeated ones), so " Alice "
+// and "alice" are one account to it and must be one to the bound.
+// Merging names htpasswd tells apart only makes the bound stricter.
+func accountKey(account string) string {
+	return strings.Join(strings.Fields(strings.ToLower(account)), " ")
+}
+
 // GuessAttempt is one charged check; End it with its outcome.
 type GuessAttempt struct {
 	g               *Guesses
@@ -159,13 +170,29 @@ func (e *ErrTooManyGuesses) Error() string {
 // failures, not the logins of everyone else behind that address, and a
 // flood from elsewhere does not lock the account out where it is used.
 func (g *Guesses) Begin(ctx context.Context, client, account string) (*GuessAttempt, error) {
+	return g.begin(ctx, client, account, true)
+}
+
+// BeginKey is Begin for a check of an API key whose id is id: bounded
+// per client (and per known pair, as Begin), never per account. A key's
+// secret is too long for any number of guesses to find, and its id is
+// no secret (it leads the key, and shows in logs and lists): an account
+// bound would guard nothing and let anyone who learnt the id lock the
+// key out of every address it has not worked from yet.
+func (g *Guesses) BeginKey(ctx context.Context, client, id string) (*GuessAttempt, error) {
+	return g.begin(ctx, client, "apikey:"+id, false)
+}
+
+func (g *Guesses) begin(ctx context.Context, client, account string, accountBound bool) (*GuessAttempt, error) {
 	if g == nil {
 		return nil, nil
 	}
 	a := &GuessAttempt{g: g, client: g.hash("c", ClientKey(client), "")}
 	if account != "" {
-		account = strings.ToLower(account)
-		a.account = g.hash("a", account, "")
+		account = accountKey(account)
+		if accountBound {
+			a.account = g.hash("a", account, "")
+		}
 		a.known = g.hash("k", account, ClientKey(client))
 	}
 	deadline := time.NewTimer(guessWaitMax)
@@ -238,6 +265,12 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	}
 	c.pending++
 	return false, nil
+}
+
+// RetryAfter is d as the value of a Retry-After header: whole seconds,
+// rounded up, so that a client never comes back early.
+func RetryAfter(d time.Duration) string {
+	return strconv.Itoa(int((d + time.Second - 1) / time.Second))
 }
 
 // retry is how long until excess debt has decayed at limit per window,
@@ -366,4 +399,44 @@ func (e *guessEntry) decay(now int64, limit float64, window time.Duration) {
 		e.debt = max(e.debt-float64(el)/float64(window)*limit, 0)
 	}
 	e.at = now
+}
+
+// recentKeys remembers, by their hash, the API keys that verified within
+// recentKeyFor, for Guesses: a key seen good is not guessed. Keys enter
+// only by verifying, so nobody without one can fill it; it empties when
+// full. The zero value is ready.
+type recentKeys struct {
+	mu   sync.Mutex
+	seen map[[sha256.Size]byte]int64 // unix nanoseconds of the last good check
+}
+
+const (
+	recentKeyFor  = 5 * time.Minute
+	recentKeysMax = 4096
+)
+
+func (k *recentKeys) has(key string) bool {
+	h := sha256.Sum256([]byte(key))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	at, ok := k.seen[h]
+	return ok && time.Now().UnixNano()-at < int64(recentKeyFor)
+}
+
+func (k *recentKeys) add(key string) {
+	h := sha256.Sum256([]byte(key))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.seen == nil || len(k.seen) >= recentKeysMax {
+		k.seen = make(map[[sha256.Size]byte]int64)
+	}
+	k.seen[h] = time.Now().UnixNano()
+}
+
+// forget drops key: its next failures count again.
+func (k *recentKeys) forget(key string) {
+	h := sha256.Sum256([]byte(key))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.seen, h)
 }

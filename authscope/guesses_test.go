@@ -291,3 +291,117 @@ func TestGuessesAPIKeys(t *testing.T) {
 		t.Fatalf("the good key from where it is used: %d", st)
 	}
 }
+
+// TestGuessesAPIKeyNotLockedOut: an API key's secret is 256 random bits,
+// which no number of guesses finds, so failures sent with a key's id
+// (which is no secret: it leads the key, and shows in logs and lists)
+// are bounded per client only. Before, they were charged to the id as an
+// account: anyone who learnt it locked the key out, with a few dozen
+// wrong secrets a minute, of every address it had not worked from
+// before (every fresh CI runner).
+func TestGuessesAPIKeyNotLockedOut(t *testing.T) {
+	keys := &APIKeys{Store: newMemKeys()}
+	good, _, err := keys.Create("ci", nil, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: NewGuesses(GuessLimits{PerClient: 3, PerAccount: 5})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
+	try := func(addr, key string) int {
+		r := httptest.NewRequest(http.MethodGet, "/v2/app/tags/list", nil)
+		r.RemoteAddr = addr + ":1234"
+		r.SetBasicAuth("ci", key)
+		_, err := az.Authorize(r, pull)
+		var d *Denial
+		if errors.As(err, &d) {
+			return d.Status
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return http.StatusOK
+	}
+	wrong := good[:len(good)-4] + "AAAA"
+	for i := range 20 {
+		if st := try(fmt.Sprintf("192.0.2.%d", i/3+1), wrong); st != http.StatusUnauthorized {
+			t.Fatalf("wrong secret %d: %d, want 401", i, st)
+		}
+	}
+	if st := try("192.0.2.1", wrong); st != http.StatusTooManyRequests {
+		t.Fatalf("a client past its bound: %d, want 429", st)
+	}
+	if st := try("198.51.100.7", good); st != http.StatusOK {
+		t.Fatalf("the good key from a new address after guesses at its id: %d, want 200", st)
+	}
+}
+
+// TestRetryAfter: whole seconds, rounded up.
+func TestRetryAfter(t *testing.T) {
+	for d, want := range map[time.Duration]string{time.Second: "1", 1500 * time.Millisecond: "2", 59*time.Second + time.Nanosecond: "60"} {
+		if got := RetryAfter(d); got != want {
+			t.Errorf("RetryAfter(%v) = %s, want %s", d, got, want)
+		}
+	}
+}
+
+// TestGuessesGoodAPIKeyNotQueued: a key that verified a moment ago is no
+// guess: checks of it are not charged, so a CI job sending many requests
+// at once with its key does not queue behind the address's checks in
+// flight (every request carries the key: there is no session), nor get a
+// 429 when they last. The key is still verified each time (a revoked key
+// fails at once). Before, with the address's checks in flight at its
+// bound, the good key waited for one of them to end.
+func TestGuessesGoodAPIKeyNotQueued(t *testing.T) {
+	keys := &APIKeys{Store: newMemKeys()}
+	good, _, err := keys.Create("ci", nil, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGuesses(GuessLimits{PerClient: 1})
+	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
+	try := func(key string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		r := httptest.NewRequest(http.MethodGet, "/v2/app/tags/list", nil).WithContext(ctx)
+		r.RemoteAddr = "192.0.2.40:1234"
+		r.SetBasicAuth("ci", key)
+		_, err := az.Authorize(r, pull)
+		return err
+	}
+	if err := try(good); err != nil {
+		t.Fatal(err)
+	}
+	// A check of the key in flight from the address (another of the
+	// job's requests) fills its bound there.
+	id := good[len(APIKeyPrefix) : len(APIKeyPrefix)+16]
+	busy, err := g.Begin(context.Background(), "192.0.2.40", "apikey:"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.End(true)
+	if err := try(good); err != nil {
+		t.Fatalf("the key that verified a moment ago, while the address has a check in flight: %v", err)
+	}
+	if err := keys.Revoke("ci", id); err != nil {
+		t.Fatal(err)
+	}
+	var d *Denial
+	if err := try(good); !errors.As(err, &d) || d.Status != http.StatusUnauthorized {
+		t.Fatalf("the key once revoked: %v, want 401", err)
+	}
+}

@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -208,7 +207,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if guess, err = p.Guesses.Begin(r.Context(), clientIP(r), account); err != nil {
 			var tm *ErrTooManyGuesses
 			if errors.As(err, &tm) {
-				w.Header().Set("Retry-After", strconv.Itoa(int((tm.RetryAfter+time.Second-1)/time.Second)))
+				w.Header().Set("Retry-After", RetryAfter(tm.RetryAfter))
 			}
 			fail(http.StatusTooManyRequests, "too many failed logins; try again later", err)
 			return

@@ -34,8 +34,9 @@ const (
 // stored, 48 MiB at 50,000 images, growing with the store for as long as
 // the kernel has no other use for the memory. The value log, which holds
 // the values over ValueThreshold (large manifests), is written and read
-// through mappings the same way, and is released with the tables. Released pages are read
-// back from the page cache or the disk the next time a lookup needs them.
+// through mappings the same way, and is released with the tables.
+// Released pages are read back from the page cache or the disk the next
+// time a lookup needs them.
 func (s *Store) tablePagesLoop(metaDir string) {
 	defer s.wg.Done()
 	dir, err := filepath.Abs(metaDir)

@@ -22,8 +22,7 @@ func pagedFile(path string) bool {
 
 // releaseTablePages asks the kernel to take back the pages of this
 // process's mappings of the .sst and .vlog files in dir (see package
-// pageout), and
-// returns how many bytes of mappings it asked about. With done not nil
+// pageout), and returns how many bytes of mappings it asked about. With done not nil
 // it asks only about tables not in done that were last written at least
 // tableSettled ago (a table being written now would only be faulted back
 // in by its writer), adds those to done, and drops from done the tables

@@ -120,6 +120,45 @@ func TestLoginLimitLDAP(t *testing.T) {
 	}
 }
 
+// TestLoginLimitLDAPNameSpellings: a directory matches user names
+// ignoring case and insignificant spaces (" alice ", "alice  " are alice
+// to it), so the account bound counts them as one: before, each
+// spelling was an account of its own, and an attacker spread over
+// addresses had per_account guesses at alice's password for every
+// spelling.
+func TestLoginLimitLDAPNameSpellings(t *testing.T) {
+	s := slapdtest.Start(t)
+	s.AddUser(t, "alice", "alice-pw")
+	a := &Auth{FailDelay: caddy.Duration(time.Millisecond), LoginLimit: &LoginLimit{PerClient: 100, PerAccount: 3},
+		LDAP: &LDAP{URL: s.TLSURL, CAFile: s.CAFile, BindDN: slapdtest.ReaderDN, BindPassword: slapdtest.ReaderPassword,
+			BaseDN: slapdtest.BaseDN, CacheTTL: -1},
+		Repositories: map[string]authscope.RepositoryPolicy{"**": {Default: []string{"read"}}}}
+	if err := a.validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := a.provision(nil, nil, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.close()
+	// The directory's side of it: a spelling with spaces logs in as alice.
+	if _, err := rt.authorizer.Authorize(basicFrom("198.51.100.50", " alice ", "alice-pw"), pullApp); err != nil {
+		t.Fatalf("\" alice \" with alice's password: %v", err)
+	}
+	for i := range 3 {
+		got := guessFlood(t, rt.authorizer, 1, "192.0.2."+string(rune('1'+i)), "alice")
+		if got[http.StatusUnauthorized] != 1 {
+			t.Fatalf("guess %d at alice: %v", i, got)
+		}
+	}
+	for i, name := range []string{" alice", "alice ", "ALICE  ", "  Alice"} {
+		got := guessFlood(t, rt.authorizer, 1, "203.0.113."+string(rune('1'+i)), name)
+		if got[http.StatusTooManyRequests] != 1 {
+			t.Errorf("a guess at %q, after alice's bound was used up: %v, want 429", name, got)
+		}
+	}
+}
+
 // TestLoginLimitTokenProxy: the token proxy forwards only the bound of
 // guesses the token service refuses, then answers 429 itself.
 func TestLoginLimitTokenProxy(t *testing.T) {

@@ -10,9 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -109,7 +107,7 @@ func (rg *Registry) syncCallerAllowed(w http.ResponseWriter, r *http.Request, ac
 		w.Header().Set("WWW-Authenticate", d.Challenge)
 	}
 	if d.RetryAfter > 0 {
-		w.Header().Set("Retry-After", strconv.Itoa(int((d.RetryAfter+time.Second-1)/time.Second)))
+		w.Header().Set("Retry-After", authscope.RetryAfter(d.RetryAfter))
 	}
 	syncError(w, d.Status, d.Code, d.Message)
 	return false

@@ -4,12 +4,8 @@ package registry
 // internal name is known, and the audit of what changed.
 
 import (
-	"bytes"
 	"errors"
-	"io"
 	"net/http"
-	"strconv"
-	"time"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -35,7 +31,7 @@ func (h *Handler) Names() *authscope.Names { return h.names }
 // pull+push; a mount pull on its source; the catalog registry:catalog:*;
 // the /v2/ check nothing but a welcome caller. It returns the request to
 // serve, or the refusal as an *Error.
-func (h *Handler) authorize(r *http.Request, rc *request, kind RouteKind, via authscope.Via) (*http.Request, error) {
+func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rc *request, kind RouteKind, via authscope.Via) (*http.Request, error) {
 	if h.cfg.Authorizer == nil {
 		return r, nil
 	}
@@ -61,7 +57,7 @@ func (h *Handler) authorize(r *http.Request, rc *request, kind RouteKind, via au
 	default:
 		need.Scopes = []authscope.Scope{authscope.RepositoryScope(rc.name, authscope.ActionsFor(r.Method)...)}
 		if kind == RouteManifest && r.Method == http.MethodPut {
-			return h.authorizeManifestPut(r, rc, need)
+			return h.authorizeManifestPut(w, r, rc, need)
 		}
 	}
 	return h.decide(r, rc, need)
@@ -72,13 +68,13 @@ func (h *Handler) authorize(r *http.Request, rc *request, kind RouteKind, via au
 // looked up, so nobody else learns which tags exist (by the answer or by
 // its timing) or makes the server read a body. If the push moves a tag,
 // the policy is asked again for an update.
-func (h *Handler) authorizeManifestPut(r *http.Request, rc *request, need authscope.Need) (*http.Request, error) {
+func (h *Handler) authorizeManifestPut(w http.ResponseWriter, r *http.Request, rc *request, need authscope.Need) (*http.Request, error) {
 	ar, err := h.decide(r, rc, need)
 	if err != nil {
 		return r, err
 	}
 	rc.putNeed = &need
-	moves, err := h.movesTag(ar, rc)
+	moves, err := h.movesTag(w, ar, rc)
 	if err != nil || !moves {
 		return ar, err
 	}
@@ -118,15 +114,17 @@ func (h *Handler) decide(r *http.Request, rc *request, need authscope.Need) (*ht
 		e = e.withHeader("WWW-Authenticate", d.Challenge)
 	}
 	if d.RetryAfter > 0 {
-		e = e.withHeader("Retry-After", strconv.Itoa(int((d.RetryAfter+time.Second-1)/time.Second)))
+		e = e.withHeader("Retry-After", authscope.RetryAfter(d.RetryAfter))
 	}
 	return r, e
 }
 
 // movesTag reports whether a manifest PUT points an existing tag at
 // another manifest (an update, not a create, to policies). The body is
-// read to learn its digest, then put back for the handler.
-func (h *Handler) movesTag(r *http.Request, rc *request) (bool, error) {
+// received to learn its digest (against the receiving budget and within
+// its read deadline, as the handler would: receiveManifestBody) and kept
+// in rc.pushed for the handler.
+func (h *Handler) movesTag(w http.ResponseWriter, r *http.Request, rc *request) (bool, error) {
 	ref, err := ParseReference(rc.arg)
 	if err != nil {
 		return false, nil // the handler answers it
@@ -145,17 +143,17 @@ func (h *Handler) movesTag(r *http.Request, rc *request) (bool, error) {
 			current = append(current, d)
 		}
 	}
-	if len(current) == 0 {
-		return false, nil
+	if len(current) == 0 || r.ContentLength > h.cfg.MaxManifestSize {
+		return false, nil // too large: the handler answers it, unread
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, h.cfg.MaxManifestSize+1))
+	body, received, err := receiveManifestBody(w, r, h.cfg.MaxManifestSize)
+	if errors.Is(err, errClientGone) {
+		return false, errInternal(err) // recorded as 499
+	}
 	if err != nil {
 		return false, newError(http.StatusBadRequest, CodeManifestInvalid, "reading manifest failed", err)
 	}
-	r.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
+	rc.pushed = &pushedManifest{body: body, release: received}
 	alg := cache.SHA256
 	if ref.IsDigest() {
 		alg = ref.Digest.Algorithm

@@ -95,6 +95,21 @@ func receiveManifestBody(w http.ResponseWriter, r *http.Request, limit int64) ([
 	return body, release, nil
 }
 
+// pushedManifest is a pushed manifest's body received before its handler
+// ran (movesTag), with the release of its receiving share.
+type pushedManifest struct {
+	body    []byte
+	release func()
+}
+
+// done releases p's share; p may be nil.
+func (p *pushedManifest) done() {
+	if p != nil && p.release != nil {
+		p.release()
+		p.release = nil
+	}
+}
+
 // holdManifestReceive waits until a manifest body of declared length
 // (-1: unknown) up to limit may be received (from a client or a mirror's
 // upstream), and returns the release of its share and the share (0 for a

@@ -228,14 +228,19 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, rc *reques
 	if r.ContentLength > limit {
 		return manifestTooLarge(limit)
 	}
-	body, received, err := receiveManifestBody(w, r, limit)
-	if errors.Is(err, errClientGone) {
-		return errInternal(err) // recorded as 499
+	var body []byte
+	if rc.pushed != nil {
+		body = rc.pushed.body // received by authorization (movesTag), which holds its share
+	} else {
+		var received func()
+		if body, received, err = receiveManifestBody(w, r, limit); errors.Is(err, errClientGone) {
+			return errInternal(err) // recorded as 499
+		}
+		if err != nil {
+			return newError(http.StatusBadRequest, CodeManifestInvalid, "reading manifest failed", err)
+		}
+		defer received()
 	}
-	if err != nil {
-		return newError(http.StatusBadRequest, CodeManifestInvalid, "reading manifest failed", err)
-	}
-	defer received()
 	if int64(len(body)) > limit {
 		return manifestTooLarge(limit)
 	}

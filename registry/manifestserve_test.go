@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
 )
 
 // TestLargeManifestStalledReaders: clients that ask for a 24 MiB manifest
@@ -169,4 +171,60 @@ func TestTransferTime(t *testing.T) {
 			t.Errorf("transferTime(1m, %d) = %v, want %v", tc.size, got, tc.want)
 		}
 	}
+}
+
+// TestTricklingPusherOfExistingTag: a push that names a tag the
+// repository holds has its body read early, with auth on, to learn
+// whether it moves the tag (movesTag). That read takes its share of the
+// receiving budget before the first byte and is bound by
+// manifestReadTimeout, as every other: before, it read the body whole,
+// outside the budget and with no deadline, so pushers of an existing tag
+// (`latest`, the usual case) held megabytes each for as long as they
+// liked, however many they were.
+func TestTricklingPusherOfExistingTag(t *testing.T) {
+	oldBudget, oldTimeout, oldRate := manifestReceive, manifestReadTimeout, minTransferRate
+	manifestReceive, manifestReadTimeout, minTransferRate = semaphore.NewWeighted(4<<20), time.Second, 1<<40
+	defer func() { manifestReceive, manifestReadTimeout, minTransferRate = oldBudget, oldTimeout, oldRate }()
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: map[string]authscope.RepositoryPolicy{
+		"big/**": {Anonymous: []string{"read", "create", "update"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := authscope.NewAuthorizer(authscope.Options{Policy: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize, c.Authorizer, c.CanRead = 4<<20, az, az.CanRead })
+	m := tr.image("big/app", "layer")
+	big := bytes.Replace(m, []byte(`{`), []byte(`{"annotations":{"pad":"`+strings.Repeat("p", 2<<20)+`"},`), 1)
+	tr.wantStatus(tr.pushManifest("big/app", "latest", MediaTypeOCIManifest, big), http.StatusCreated)
+
+	c, err := net.Dial("tcp", strings.TrimPrefix(tr.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PUT /v2/big/app/manifests/latest HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n{", MediaTypeOCIManifest, len(big))
+	held := false
+	for start := time.Now(); time.Since(start) < 5*time.Second && !held; time.Sleep(20 * time.Millisecond) {
+		if manifestReceive.TryAcquire(4 << 20) {
+			manifestReceive.Release(4 << 20)
+		} else {
+			held = true
+		}
+	}
+	if !held {
+		t.Error("a silent pusher of an existing tag holds no share of the receiving budget")
+	}
+	// manifestReadTimeout (1 s) ends its read, and the share is free
+	// again.
+	freed := false
+	for start := time.Now(); time.Since(start) < 10*time.Second && !freed; time.Sleep(20 * time.Millisecond) {
+		freed = manifestReceive.TryAcquire(4 << 20)
+	}
+	if !freed {
+		t.Fatal("the silent pusher's share was not given back after the read deadline")
+	}
+	manifestReceive.Release(4 << 20)
 }

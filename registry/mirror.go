@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -375,7 +374,7 @@ func upstreamError(m *Mirror, kind string, err error) *Error {
 	case ue.Status == http.StatusTooManyRequests:
 		e := newError(http.StatusTooManyRequests, CodeTooManyRequests, name+" is limiting the mirror's requests; try again later", err)
 		if ue.RetryAfter > 0 {
-			e.withHeader("Retry-After", strconv.FormatInt(int64((ue.RetryAfter+time.Second-1)/time.Second), 10))
+			e.withHeader("Retry-After", authscope.RetryAfter(ue.RetryAfter))
 		}
 		return e
 	case ue.Status == 0:

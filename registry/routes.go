@@ -41,6 +41,9 @@ type request struct {
 	// putNeed is what a manifest PUT was authorized for, to ask again
 	// when it turns out to be an update (putManifest); nil without auth.
 	putNeed *authscope.Need
+	// pushed is a manifest PUT's body, when authorization received it
+	// (movesTag); nil otherwise.
+	pushed *pushedManifest
 	// mirror serves name when it lies in a mirrored namespace.
 	mirror *Mirror
 	// sigPolicy names the signature policy that refused the manifest,
@@ -330,7 +333,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 	rc.op = ep.op
 	rc.arg = arg
 	if kind == RoutePing || kind == RouteCatalog {
-		if r, err = h.authorize(r, rc, kind, via); err != nil {
+		if r, err = h.authorize(w, r, rc, kind, via); err != nil {
 			return err
 		}
 		return ep.fn(h, w, r, rc)
@@ -357,7 +360,8 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 		// cannot happen.
 		return errRegistryReadOnly()
 	}
-	if r, err = h.authorize(r, rc, kind, via); err != nil {
+	defer func() { rc.pushed.done() }() // set by authorize, held through the handler
+	if r, err = h.authorize(w, r, rc, kind, via); err != nil {
 		return err
 	}
 	if m := h.mirrorFor(internal); m != nil {

@@ -48,16 +48,11 @@ func (h *Handler) uploadOwner(r *http.Request) string {
 	if id, ok := authscope.IdentityOf(r); ok && id.User != "" {
 		return ownerUser + id.User
 	}
-	addr, err := netip.ParseAddr(h.cfg.ClientIP(r))
-	if err != nil {
+	ip := h.cfg.ClientIP(r)
+	if _, err := netip.ParseAddr(ip); err != nil {
 		return "ip:unknown"
 	}
-	addr = addr.Unmap()
-	if addr.Is6() {
-		p, _ := addr.Prefix(64)
-		return "ip:" + p.String()
-	}
-	return "ip:" + addr.String()
+	return "ip:" + authscope.ClientKey(ip) // as login_limit counts clients
 }
 
 // remoteIP is the host part of r.RemoteAddr.
