@@ -63,14 +63,8 @@ func (f *fill) Repo() string         { return f.repo }
 // the committed blob, the wait for another replica's fill, or a new fill
 // from src for repo that admit (asked only then) lets start.
 func (s *Store) FillAdmitted(ctx context.Context, repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit) (cache.Fill, bool, error) {
-	if err := metastore.CheckName("repository", repo); err != nil {
-		return nil, false, mapErr(err)
-	}
-	if err := d.Validate(); err != nil {
-		return nil, false, err
-	}
-	if f := s.Filling(ctx, d); f != nil {
-		return f, false, nil
+	if f, err := s.checkedFilling(ctx, repo, d); f != nil || err != nil {
+		return f, false, err
 	}
 	if r, err := s.meta.Blob(ctx, d); err == nil {
 		return &fill{Spool: blobfile.CommittedSpool(r.Size), s: s, d: d, repo: repo}, false, nil
@@ -88,14 +82,8 @@ func (s *Store) FillAdmitted(ctx context.Context, repo string, d cache.Digest, s
 // writes the bytes again and keeps the record and every link as they
 // are, so the manifests that need d are whole again.
 func (s *Store) RefillAdmitted(ctx context.Context, repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit) (cache.Fill, bool, error) {
-	if err := metastore.CheckName("repository", repo); err != nil {
-		return nil, false, mapErr(err)
-	}
-	if err := d.Validate(); err != nil {
-		return nil, false, err
-	}
-	if f := s.Filling(ctx, d); f != nil {
-		return f, false, nil
+	if f, err := s.checkedFilling(ctx, repo, d); f != nil || err != nil {
+		return f, false, err
 	}
 	r, err := s.meta.Blob(ctx, d)
 	if errors.Is(err, metastore.ErrBlobUnknown) {
@@ -112,6 +100,18 @@ func (s *Store) RefillAdmitted(ctx context.Context, repo string, d cache.Digest,
 		return nil, false, blobErr(err)
 	}
 	return s.newFill(repo, d, src, admit, true)
+}
+
+// checkedFilling checks repo and d, and returns the fill of d in progress
+// on this replica, if any (nil, nil when there is none).
+func (s *Store) checkedFilling(ctx context.Context, repo string, d cache.Digest) (cache.Fill, error) {
+	if err := metastore.CheckName("repository", repo); err != nil {
+		return nil, mapErr(err)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	return s.Filling(ctx, d), nil
 }
 
 // newFill starts the fill of d for repo from src, or joins the one this
