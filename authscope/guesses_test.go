@@ -238,34 +238,8 @@ func TestGuessesKnownPairApart(t *testing.T) {
 // TestGuessesAPIKeys: API keys sent as the Basic password are bounded as
 // passwords are; the 429 comes without the key being looked up.
 func TestGuessesAPIKeys(t *testing.T) {
-	keys := &APIKeys{Store: newMemKeys()}
-	good, _, err := keys.Create("ci", nil, "ci", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: NewGuesses(GuessLimits{PerClient: 5})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
-	try := func(addr, key string) int {
-		r := httptest.NewRequest(http.MethodGet, "/v2/app/tags/list", nil)
-		r.RemoteAddr = addr + ":1234"
-		r.SetBasicAuth("ci", key)
-		_, err := az.Authorize(r, pull)
-		var d *Denial
-		if errors.As(err, &d) {
-			return d.Status
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return http.StatusOK
-	}
+	_, good, az := keyAuthorizer(t, NewGuesses(GuessLimits{PerClient: 5}))
+	try := func(addr, key string) int { return pullStatus(t, az, addr, key) }
 	if st := try("198.51.100.1", good); st != http.StatusOK {
 		t.Fatalf("good key: %d", st)
 	}
@@ -300,34 +274,8 @@ func TestGuessesAPIKeys(t *testing.T) {
 // wrong secrets a minute, of every address it had not worked from
 // before (every fresh CI runner).
 func TestGuessesAPIKeyNotLockedOut(t *testing.T) {
-	keys := &APIKeys{Store: newMemKeys()}
-	good, _, err := keys.Create("ci", nil, "ci", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: NewGuesses(GuessLimits{PerClient: 3, PerAccount: 5})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
-	try := func(addr, key string) int {
-		r := httptest.NewRequest(http.MethodGet, "/v2/app/tags/list", nil)
-		r.RemoteAddr = addr + ":1234"
-		r.SetBasicAuth("ci", key)
-		_, err := az.Authorize(r, pull)
-		var d *Denial
-		if errors.As(err, &d) {
-			return d.Status
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return http.StatusOK
-	}
+	_, good, az := keyAuthorizer(t, NewGuesses(GuessLimits{PerClient: 3, PerAccount: 5}))
+	try := func(addr, key string) int { return pullStatus(t, az, addr, key) }
 	wrong := good[:len(good)-4] + "AAAA"
 	for i := range 20 {
 		if st := try(fmt.Sprintf("192.0.2.%d", i/3+1), wrong); st != http.StatusUnauthorized {
@@ -359,20 +307,8 @@ func TestRetryAfter(t *testing.T) {
 // fails at once). Before, with the address's checks in flight at its
 // bound, the good key waited for one of them to end.
 func TestGuessesGoodAPIKeyNotQueued(t *testing.T) {
-	keys := &APIKeys{Store: newMemKeys()}
-	good, _, err := keys.Create("ci", nil, "ci", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	g := NewGuesses(GuessLimits{PerClient: 1})
-	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: g})
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys, good, az := keyAuthorizer(t, g)
 	pull := Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}}
 	try := func(key string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -404,4 +340,41 @@ func TestGuessesGoodAPIKeyNotQueued(t *testing.T) {
 	if err := try(good); !errors.As(err, &d) || d.Status != http.StatusUnauthorized {
 		t.Fatalf("the key once revoked: %v, want 401", err)
 	}
+}
+
+// keyAuthorizer is an authorizer that lets every holder of an API key
+// pull, with guesses counted by g, and the key it made for user ci.
+func keyAuthorizer(t *testing.T, g *Guesses) (*APIKeys, string, *Authorizer) {
+	t.Helper()
+	keys := &APIKeys{Store: newMemKeys()}
+	good, _, err := keys.Create("ci", nil, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(PolicyConfig{ExternalGroups: true, Repositories: map[string]RepositoryPolicy{"**": {Default: []string{ActionRead}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := NewAuthorizer(Options{Policy: p, APIKeys: keys, Guesses: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys, good, az
+}
+
+// pullStatus is the status az gives a pull from addr with Basic ci:key.
+func pullStatus(t *testing.T, az *Authorizer, addr, key string) int {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodGet, "/v2/app/tags/list", nil)
+	r.RemoteAddr = addr + ":1234"
+	r.SetBasicAuth("ci", key)
+	_, err := az.Authorize(r, Need{Scopes: []Scope{RepositoryScope("app", ScopePull)}})
+	var d *Denial
+	if errors.As(err, &d) {
+		return d.Status
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return http.StatusOK
 }
