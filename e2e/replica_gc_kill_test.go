@@ -93,11 +93,19 @@ func sweepDrill(t *testing.T, pause bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Paced: 4 workers at an image each per 100ms link the 1,200
+			// orphans again in 15s at the most, so the ones not reached
+			// yet outlive the 4s grace unlinked and the leader's sweep
+			// marks them. Unpaced on a quiet machine, the workers linked
+			// every orphan within the grace and no sweep ever marked one
+			// (the drill then waited for marks in vain).
+			pace := time.NewTicker(100 * time.Millisecond)
+			defer pace.Stop()
 			for n := 0; ; n++ {
 				select {
 				case <-stop:
 					return
-				default:
+				case <-pace.C:
 				}
 				cfg, layer := orphans[(w*300+n*2)%len(orphans)], orphans[(w*300+n*2+1)%len(orphans)]
 				m := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}]}`,
