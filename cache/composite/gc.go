@@ -280,6 +280,11 @@ func (s *Store) deleteBlobs(ctx context.Context, rs []metastore.BlobRecord, st *
 	}
 	gone := make([]cache.Digest, 0, len(rs))
 	for _, r := range rs {
+		// Past the lease's deadline another replica may have finished
+		// this mark, and a push written the digest's bytes again.
+		if err := coord.Check(ctx); err != nil {
+			return err
+		}
 		if err := s.blobs.Delete(ctx, r.Digest); err != nil {
 			s.log.Warn("GC could not delete a blob; the next pass tries again",
 				zap.String("digest", r.Digest.String()), zap.Error(err))

@@ -66,12 +66,13 @@ func Hold(ctx context.Context, ls Leases, key string, ttl time.Duration) (held c
 	if err != nil || !ok {
 		return nil, nil, ok, err
 	}
-	held, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	inner, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	held = context.WithValue(inner, heldLease{}, l)
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		keep(held, l, ttl, stop, cancel)
+		keep(inner, l, ttl, stop, cancel)
 	}()
 	var once bool
 	release = func() {
@@ -85,6 +86,28 @@ func Hold(ctx context.Context, ls Leases, key string, ttl time.Duration) (held c
 		free(context.WithoutCancel(ctx), l, ttl)
 	}
 	return held, release, true, nil
+}
+
+// heldLease is the context key of the lease behind a context Hold made.
+type heldLease struct{}
+
+// Check is nil while ctx, made by Hold or derived from it, may still act
+// on its lease: ctx's error once it ended, and ErrExpired once the lease's
+// deadline has passed, even if nothing has ended ctx yet. That happens to
+// a process stopped past its deadline (SIGSTOP, a frozen VM, a long
+// pause) and then woken: its goroutines resume in any order, and a step
+// of the work may run before the timer that ends held. A step that
+// another holder must never overlap (a GC's delete of a blob's bytes)
+// asks Check right before it. A context Hold did not make answers its
+// own error only.
+func Check(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if l, ok := ctx.Value(heldLease{}).(Lease); ok && !time.Now().Before(l.Deadline()) {
+		return ErrExpired
+	}
+	return nil
 }
 
 // free releases l. If the store cannot be reached (PostgreSQL
