@@ -39,17 +39,7 @@ func residentBytes(t *testing.T, dir, ext string) int64 {
 // resident leave the process's RSS when released, and every key still
 // reads back as written.
 func TestReleaseTablePages(t *testing.T) {
-	dir := t.TempDir()
-	meta, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	meta = filepath.Join(meta, "meta")
-	if inMemoryFS(dir) {
-		// tmpfs pages are memory: without swap there is nowhere to page
-		// them out to.
-		t.Skip("the temp folder is on tmpfs, whose pages cannot be paged out without swap")
-	}
+	dir, meta := pagedStoreDir(t)
 	const keys = 40000
 	value := func(i int) []byte { return []byte(fmt.Sprintf("value %d %s", i, bytes.Repeat([]byte{'x'}, 100))) }
 	s := openStore(t, Options{Dir: dir})
@@ -129,15 +119,7 @@ func TestReleaseTablePages(t *testing.T) {
 // that reads made resident leave the RSS when released too, and every
 // value still reads back as written.
 func TestReleaseValueLogPages(t *testing.T) {
-	dir := t.TempDir()
-	meta, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	meta = filepath.Join(meta, "meta")
-	if inMemoryFS(dir) {
-		t.Skip("the temp folder is on tmpfs, whose pages cannot be paged out without swap")
-	}
+	dir, meta := pagedStoreDir(t)
 	const values, size = 64, 256 << 10 // 16 MiB, each value past the threshold
 	value := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, size) }
 	s := openStore(t, Options{Dir: dir})
@@ -197,15 +179,7 @@ func TestReleaseValueLogPages(t *testing.T) {
 // the RSS within a second or so, not at the next full release: written
 // through their mappings, they are resident whole the moment they exist.
 func TestNewTablePagesReleasedSoon(t *testing.T) {
-	dir := t.TempDir()
-	meta, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	meta = filepath.Join(meta, "meta")
-	if inMemoryFS(dir) {
-		t.Skip("the temp folder is on tmpfs, whose pages cannot be paged out without swap")
-	}
+	dir, meta := pagedStoreDir(t)
 	if _, err := releaseTablePages(t.TempDir(), nil); errors.Is(err, unix.EINVAL) {
 		t.Skip("madvise MADV_PAGEOUT not supported by this kernel (Linux >= 5.4)")
 	}
@@ -294,4 +268,21 @@ func TestReleaseTablePagesOnlyNew(t *testing.T) {
 	if asked, err := releaseTablePages(meta, done); err != nil || asked != 0 {
 		t.Fatalf("again: asked %d, %v; want 0", asked, err)
 	}
+}
+
+// pagedStoreDir is a store folder for the tests of released pages, and
+// the path its metadata's mappings show in /proc (symlinks resolved);
+// the test is skipped on tmpfs, whose pages are memory: without swap
+// there is nowhere to page them out to.
+func pagedStoreDir(t *testing.T) (dir, meta string) {
+	t.Helper()
+	dir = t.TempDir()
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inMemoryFS(dir) {
+		t.Skip("the temp folder is on tmpfs, whose pages cannot be paged out without swap")
+	}
+	return dir, filepath.Join(real, "meta")
 }
