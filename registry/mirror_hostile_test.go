@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/caddy-oci/caddy-oci/cache"
 )
 
@@ -406,4 +408,45 @@ func TestMirrorTooManyRequests(t *testing.T) {
 			t.Fatal("stale tag served without a Warning")
 		}
 	})
+}
+
+// TestMirrorReferrersTakeReceivingBudget: an upstream's index of
+// referrers is read whole on every GET (not shared among requests), so a
+// large one takes its share of the receiving budget (manifestmem.go)
+// like a manifest from upstream: while the budget is spent the GET waits,
+// and is served once it is free. Before, each GET held up to
+// max_manifest_size of it whatever the number of requests.
+func TestMirrorReferrersTakeReceivingBudget(t *testing.T) {
+	index := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"pad":"` +
+		strings.Repeat("p", 1<<20) + `"}}`)
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/referrers/") {
+			http.NotFound(w, r)
+			return
+		}
+		manifestAnswer{contentType: MediaTypeOCIIndex, body: index}.serve(w, r)
+	}))
+	old := manifestReceive
+	manifestReceive = semaphore.NewWeighted(manifestReceiveBudget)
+	defer func() { manifestReceive = old }()
+	if !manifestReceive.TryAcquire(manifestReceiveBudget) {
+		t.Fatal("the budget is not free")
+	}
+	done := make(chan response, 1)
+	go func() { done <- env.do(http.MethodGet, "/v2/library/app/referrers/"+digestOf(goodManifest), nil) }()
+	select {
+	case resp := <-done:
+		t.Fatalf("served while the budget was spent: %s", resp.Status)
+	case <-time.After(300 * time.Millisecond):
+	}
+	manifestReceive.Release(manifestReceiveBudget)
+	select {
+	case resp := <-done:
+		env.wantStatus(resp, http.StatusOK)
+		if !bytes.Equal(resp.body, index) {
+			t.Fatalf("got %d bytes, not upstream's index", len(resp.body))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not served 10 s after the budget was freed")
+	}
 }

@@ -600,7 +600,16 @@ func (h *Handler) mirrorReferrers(w http.ResponseWriter, r *http.Request, rc *re
 		return h.referrers(w, r, rc)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, h.cfg.MaxManifestSize+1))
+	// An index of referrers is a manifest's size and held whole: it takes
+	// its share of the receiving budget, as a manifest from upstream does,
+	// until it has gone out (manifestmem.go). Every GET asks upstream: this
+	// read is not shared among requests.
+	received, _, err := holdManifestReceive(r.Context(), resp.ContentLength, h.cfg.MaxManifestSize)
+	if err != nil {
+		return errInternal(err) // the client left (499)
+	}
+	defer received()
+	body, err := readManifestBody(resp.Body, resp.ContentLength, h.cfg.MaxManifestSize)
 	if err != nil || int64(len(body)) > h.cfg.MaxManifestSize || !oneJSONObject(body) {
 		h.pending.settleRepo(r.Context(), rc.name)
 		return h.referrers(w, r, rc)
@@ -613,7 +622,7 @@ func (h *Handler) mirrorReferrers(w http.ResponseWriter, r *http.Request, rc *re
 	hd.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
+		_ = writeManifestBody(w, body) // within its deadline: the share is held until then
 	}
 	return nil
 }
