@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -9,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/sync/semaphore"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -426,11 +425,11 @@ func TestMirrorReferrersTakeReceivingBudget(t *testing.T) {
 		}
 		manifestAnswer{contentType: MediaTypeOCIIndex, body: index}.serve(w, r)
 	}))
-	old := manifestReceive
-	manifestReceive = semaphore.NewWeighted(manifestReceiveBudget)
-	defer func() { manifestReceive = old }()
-	if !manifestReceive.TryAcquire(manifestReceiveBudget) {
-		t.Fatal("the budget is not free")
+	// The whole budget, spent (as by 64 MiB of other large bodies).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := manifestReceive.Acquire(ctx, manifestReceiveBudget); err != nil {
+		t.Fatalf("the budget is not free: %v", err)
 	}
 	done := make(chan response, 1)
 	go func() { done <- env.do(http.MethodGet, "/v2/library/app/referrers/"+digestOf(goodManifest), nil) }()
