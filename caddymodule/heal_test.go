@@ -32,6 +32,9 @@ func TestS3BlobLostOrDamagedHeals(t *testing.T) {
 	for _, tc := range []struct{ name, extra string }{
 		{"plain", ""},
 		{"readcache", "\t\t\tcache " + t.TempDir() + " 64MiB\n"},
+		// A GET of a stored blob answers 307 to S3: the registry must
+		// find the loss before it sends the client there.
+		{"redirect", "\t\t\tredirect 2m\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var upGets atomic.Int64
@@ -63,7 +66,7 @@ func TestS3BlobLostOrDamagedHeals(t *testing.T) {
 
 			get := func(what string, fetches int64) {
 				t.Helper()
-				r := blobRequest(t, http.MethodGet, url, false, "")
+				r := followedGet(t, url, false)
 				body, err := io.ReadAll(r.Body)
 				if r.StatusCode != http.StatusOK || err != nil || !bytes.Equal(body, want) {
 					t.Fatalf("GET of a mirrored blob %s: %s, %d bytes (%v)", what, r.Status, len(body), err)
@@ -79,7 +82,7 @@ func TestS3BlobLostOrDamagedHeals(t *testing.T) {
 			// GET through it may have made one: the cases below are
 			// about S3's object, so they run where no copy serves.
 			srv.Delete(t, bucket, key(d.String()))
-			if tc.name == "plain" {
+			if tc.name != "readcache" {
 				if r := blobRequest(t, http.MethodHead, url, false, ""); r.StatusCode != http.StatusOK || r.ContentLength != int64(len(want)) {
 					t.Fatalf("HEAD of a mirrored blob S3 lost: %s, %d bytes", r.Status, r.ContentLength)
 				}
@@ -111,10 +114,26 @@ func TestS3BlobLostOrDamagedHeals(t *testing.T) {
 				}
 			}
 			pushBlob(t, base, "team/app", c)
-			r := blobRequest(t, http.MethodGet, purl, true, "")
+			r := followedGet(t, purl, true)
 			if body, err := io.ReadAll(r.Body); err != nil || r.StatusCode != http.StatusOK || !bytes.Equal(body, c) {
 				t.Fatalf("GET after the cut blob was pushed again: %s, %d bytes (%v)", r.Status, len(body), err)
 			}
 		})
 	}
+}
+
+// followedGet GETs url as a client does, following a redirect to the
+// storage (which needs no credentials: the URL is one).
+func followedGet(t *testing.T, url string, user bool) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if user {
+		req.SetBasicAuth("ci", "pw")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
 }

@@ -87,7 +87,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 				withHeader("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
 		}
 	}
-	if done, err := h.redirectBlob(w, r, d); done || err != nil {
+	if done, err := h.redirectBlob(w, r, d, info.Size); done || err != nil {
 		return err
 	}
 	f, err := h.cfg.Store.OpenBlob(r.Context(), d)
@@ -198,18 +198,23 @@ func (r *readErr) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// redirectBlob answers a GET of blob d with a 307 to the URL the store
-// signs for it, if the store redirects (BlobRedirector). HEADs are
-// answered here: they cost no bytes, and the metadata answers them. The
-// caller has authorised the request and found d linked: the URL is a
-// credential for d. A client sends its Range again to the new location,
-// which honours it.
-func (h *Handler) redirectBlob(w http.ResponseWriter, r *http.Request, d cache.Digest) (bool, error) {
+// redirectBlob answers a GET of blob d (size bytes long, as recorded)
+// with a 307 to the URL the store signs for it, if the store redirects
+// (BlobRedirector). HEADs are answered here: they cost no bytes, and the
+// metadata answers them. The caller has authorised the request and found
+// d linked: the URL is a credential for d. A client sends its Range again
+// to the new location, which honours it. Bytes the storage lost are
+// answered as lost (blobLost), as a streamed GET's are: a mirror fetches
+// them again, instead of sending the client to the storage's 404.
+func (h *Handler) redirectBlob(w http.ResponseWriter, r *http.Request, d cache.Digest, size int64) (bool, error) {
 	rd, ok := h.cfg.Store.(BlobRedirector)
 	if !ok || r.Method != http.MethodGet {
 		return false, nil
 	}
-	u, ok, err := rd.BlobURL(r.Context(), d)
+	u, ok, err := rd.BlobURL(r.Context(), d, size)
+	if lostBlob(err) {
+		return true, h.blobLost(r.Context(), d, err)
+	}
 	if err != nil {
 		return false, errInternal(err)
 	}

@@ -47,8 +47,10 @@ type BlobRedirector interface {
 	// BlobURL returns a short-lived URL that serves blob d (and ranges of
 	// it) without credentials; ok is false when this store streams
 	// instead. The URL is a credential for d: it is asked for only after
-	// the request was authorised and d found linked.
-	BlobURL(ctx context.Context, d cache.Digest) (url string, ok bool, err error)
+	// the request was authorised and d found linked. size is the blob's
+	// recorded length: bytes the storage lost or holds at another length
+	// are an error wrapping blobstore.ErrNotFound or ErrSizeMismatch.
+	BlobURL(ctx context.Context, d cache.Digest, size int64) (url string, ok bool, err error)
 }
 
 // BlobLinks are the links that make a stored blob a repository's.

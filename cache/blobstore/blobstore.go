@@ -144,10 +144,13 @@ type Session interface {
 type Redirector interface {
 	// BlobURL returns a URL that answers a GET (and a ranged GET) of blob
 	// d for a short time, without further credentials; ok is false when
-	// the backend does not redirect. It does not check that d exists:
-	// the caller asks only for blobs it knows are there, and only once it
-	// decided the client may read them, since the URL is a credential.
-	BlobURL(ctx context.Context, d Digest) (url string, ok bool, err error)
+	// the backend does not redirect. The caller asks only for blobs its
+	// records say are there, and only once it decided the client may read
+	// them, since the URL is a credential. size >= 0 is the length those
+	// records give: bytes the backend lost (ErrNotFound) or holds at
+	// another length (ErrSizeMismatch) are reported so, not handed out as
+	// a URL that answers 404 or short bytes, so the caller can heal them.
+	BlobURL(ctx context.Context, d Digest, size int64) (url string, ok bool, err error)
 }
 
 // RecordedOpener is what a backend offers whose Open asks the server

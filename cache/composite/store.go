@@ -166,12 +166,12 @@ func (s *Store) OpenBlob(ctx context.Context, d cache.Digest) (blobstore.Blob, e
 // them out (blobstore.Redirector); ok false otherwise. The registry asks
 // after its own checks; a blob being filled has no record yet and is
 // streamed from its fill instead.
-func (s *Store) BlobURL(ctx context.Context, d cache.Digest) (string, bool, error) {
+func (s *Store) BlobURL(ctx context.Context, d cache.Digest, size int64) (string, bool, error) {
 	rd, ok := s.blobs.(blobstore.Redirector)
 	if !ok {
 		return "", false, nil
 	}
-	return rd.BlobURL(ctx, d)
+	return rd.BlobURL(ctx, d, size)
 }
 
 // PutBlob stores r as blob want if it hashes to want (and is size bytes

@@ -230,7 +230,7 @@ func TestRedirectLinked(t *testing.T) {
 	}
 	c := randomBytes(minPartSize + 1000)
 	d, sess := pushSession(t, s, c, blobstore.SHA256)
-	u, ok, err := r.BlobURL(ctx(t), d)
+	u, ok, err := r.BlobURL(ctx(t), d, int64(len(c)))
 	if err != nil || !ok {
 		t.Fatalf("BlobURL: %v, %v", ok, err)
 	}

@@ -2,7 +2,6 @@ package s3
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -39,23 +38,25 @@ func (s *Store) Redirecting(expiry time.Duration) (*Redirecting, error) {
 // link names. Signing is local, but finding the key is not: a HEAD of the
 // blob key, and for a linked blob a HEAD of its data (and a GET of its
 // link when it is not cached), so the URL never names data a Delete and a
-// new push moved. A digest found nowhere gets its blob key's URL, which
-// answers 404, as it did before links. The answer names
-// application/octet-stream as its type, as the registry's own would.
-func (r *Redirecting) BlobURL(ctx context.Context, d blobstore.Digest) (string, bool, error) {
+// new push moved. The same HEAD tells an object lost (ErrNotFound) or cut
+// to another length than size (ErrSizeMismatch): the client would get
+// S3's 404 or short bytes, which only the registry can heal (a mirror
+// fetches the blob again, a pushed one is pushed again). The answer
+// names application/octet-stream as its type, as the registry's own
+// would.
+func (r *Redirecting) BlobURL(ctx context.Context, d blobstore.Digest, size int64) (string, bool, error) {
 	if err := d.Validate(); err != nil {
 		return "", false, err
 	}
-	key := r.blobKey(d)
 	loc, err := r.locate(ctx, d)
-	switch {
-	case err == nil:
-		key = loc.key
-	case !errors.Is(err, blobstore.ErrNotFound):
+	if err != nil {
 		return "", false, err
 	}
+	if size >= 0 && loc.size != size {
+		return "", false, fmt.Errorf("s3: %s: %w: %d bytes stored, %d recorded", d, blobstore.ErrSizeMismatch, loc.size, size)
+	}
 	req, err := r.presign.PresignGetObject(ctx, &awss3.GetObjectInput{
-		Bucket: &r.bucket, Key: &key, ResponseContentType: ptr("application/octet-stream"),
+		Bucket: &r.bucket, Key: &loc.key, ResponseContentType: ptr("application/octet-stream"),
 	}, awss3.WithPresignExpires(r.expiry))
 	if err != nil {
 		return "", false, fmt.Errorf("s3: presign %s: %w", d, err)
