@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -55,21 +56,49 @@ func holdManifestWork(ctx context.Context, size int64) (func(), error) {
 // Content-Length, else max_manifest_size) holds its size against a
 // budget of its own before a byte is read, until the push ends (a
 // mirror's manifest from upstream too, while it is read and checked),
-// and a pushed one must arrive within manifestReadTimeout (longer for one
+// and a pushed one must arrive within its read timeout (longer for one
 // of megabytes, transferTime): a client that trickles it keeps its share
 // that long at most. Holding it whole from the start (not as bytes
 // arrive) is what keeps this free of deadlock: a push never waits for
 // more budget while holding some. Small manifests take nothing.
 const manifestReceiveBudget = 64 << 20
 
-// manifestReceive and manifestReadTimeout: variables for tests only.
-var (
-	manifestReceive     = semaphore.NewWeighted(manifestReceiveBudget)
-	manifestReadTimeout = 60 * time.Second
-)
+// manifestLimits are the receiving budget and the transfer bounds of
+// large manifests: one value for the process. A request reads it once
+// and keeps what it read (the semaphore it acquired is the one it
+// releases), so a test that puts in its own (withManifestLimits) never
+// races a request still running from the test before.
+type manifestLimits struct {
+	receive *semaphore.Weighted
+	// readTimeout and writeTimeout: how long a large manifest may take to
+	// arrive or go out, at least (transferTime).
+	readTimeout, writeTimeout time.Duration
+	// minRate is the slowest a large manifest's bytes may move and still
+	// be given past the timeout to arrive or go out: a 4 MiB manifest
+	// is given 128 s, for a client on a link of 32 KiB/s.
+	minRate int64
+}
+
+var currentManifestLimits atomic.Pointer[manifestLimits]
+
+func init() {
+	currentManifestLimits.Store(&manifestLimits{
+		receive:     semaphore.NewWeighted(manifestReceiveBudget),
+		readTimeout: 60 * time.Second, writeTimeout: 60 * time.Second,
+		minRate: 32 << 10,
+	})
+}
+
+// transferTime is how long size bytes of a manifest may take to arrive or
+// go out: base, or longer at minRate. The bound is what frees a share of
+// a budget a client that stopped holds; a slow client still gets its
+// manifest.
+func (l *manifestLimits) transferTime(base time.Duration, size int64) time.Duration {
+	return max(base, time.Duration(size/l.minRate)*time.Second)
+}
 
 // receiveManifestBody reads the manifest body of r, at most limit+1
-// bytes, once its share of manifestReceive is free, and returns it with
+// bytes, once its share of the receiving budget is free, and returns it with
 // the release of that share (held until the push is done with the bytes).
 // errClientGone when the client leaves while waiting.
 func receiveManifestBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, func(), error) {
@@ -81,8 +110,9 @@ func receiveManifestBody(w http.ResponseWriter, r *http.Request, limit int64) ([
 		body, err := readManifestBody(r.Body, r.ContentLength, limit)
 		return body, release, err
 	}
+	l := currentManifestLimits.Load()
 	rc := http.NewResponseController(w)
-	deadline := rc.SetReadDeadline(time.Now().Add(transferTime(manifestReadTimeout, share))) == nil
+	deadline := rc.SetReadDeadline(time.Now().Add(l.transferTime(l.readTimeout, share))) == nil
 	body, err := readManifestBody(r.Body, r.ContentLength, limit)
 	if deadline {
 		// The connection may serve more requests: no deadline for them.
@@ -123,10 +153,11 @@ func holdManifestReceive(ctx context.Context, declared, limit int64) (func(), in
 		return func() {}, 0, nil
 	}
 	share = min(share+1, manifestReceiveBudget) // +1: readManifestBody's extra byte
-	if err := manifestReceive.Acquire(ctx, share); err != nil {
+	budget := currentManifestLimits.Load().receive
+	if err := budget.Acquire(ctx, share); err != nil {
 		return nil, 0, err
 	}
-	return func() { manifestReceive.Release(share) }, share, nil
+	return func() { budget.Release(share) }, share, nil
 }
 
 // errClientGone: the client left before its request could be served.
@@ -167,7 +198,7 @@ func readManifestBody(body io.Reader, declared, limit int64) ([]byte, error) {
 // seen counts as max_manifest_size until it has been read (then it keeps
 // only what its size needs, serveHold.fit). Small manifests, once seen,
 // take nothing and never wait behind large ones. A large
-// manifest's bytes must be taken within manifestWriteTimeout (longer for
+// manifest's bytes must be taken within its write timeout (longer for
 // one of megabytes, transferTime), so that a
 // client that stops reading does not keep its share.
 const (
@@ -179,23 +210,6 @@ const (
 )
 
 var manifestServe = semaphore.NewWeighted(manifestServeBudget)
-
-// manifestWriteTimeout: a variable for tests only.
-var manifestWriteTimeout = 60 * time.Second
-
-// minTransferRate is the slowest a large manifest's bytes may move and
-// still be given past base to arrive or go out: a 4 MiB manifest is
-// given 128 s, for a client on a link of 32 KiB/s. A variable for tests
-// only.
-var minTransferRate int64 = 32 << 10
-
-// transferTime is how long size bytes of a manifest may take to arrive or
-// go out: base, or longer at minTransferRate. The bound is what frees a
-// share of a budget a client that stopped holds; a slow client still
-// gets its manifest.
-func transferTime(base time.Duration, size int64) time.Duration {
-	return max(base, time.Duration(size/minTransferRate)*time.Second)
-}
 
 // manifestSizes remembers manifests' sizes by digest (a digest's bytes,
 // and so their size, are the same in every repository). It keys them by a
@@ -286,8 +300,9 @@ func writeManifestBody(w http.ResponseWriter, body []byte) int {
 		n, _ := w.Write(body)
 		return n
 	}
+	l := currentManifestLimits.Load()
 	rc := http.NewResponseController(w)
-	if rc.SetWriteDeadline(time.Now().Add(transferTime(manifestWriteTimeout, int64(len(body))))) != nil {
+	if rc.SetWriteDeadline(time.Now().Add(l.transferTime(l.writeTimeout, int64(len(body))))) != nil {
 		n, _ := w.Write(body)
 		return n
 	}

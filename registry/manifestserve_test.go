@@ -20,12 +20,10 @@ import (
 // TestLargeManifestStalledReaders: clients that ask for a 24 MiB manifest
 // (more than the socket buffers take) and never read the answer hold its
 // share of the serving budget (manifestmem.go) only until
-// manifestWriteTimeout: more of them than the budget covers do not keep
+// its write timeout: more of them than the budget covers do not keep
 // another client from pulling it for long.
 func TestLargeManifestStalledReaders(t *testing.T) {
-	old, oldRate := manifestWriteTimeout, minTransferRate
-	manifestWriteTimeout, minTransferRate = time.Second, 1<<40
-	defer func() { manifestWriteTimeout, minTransferRate = old, oldRate }()
+	withManifestLimits(t, func(l *manifestLimits) { l.writeTimeout, l.minRate = time.Second, 1<<40 })
 	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize = 32 << 20 })
 	m := tr.image("big/app", "layer")
 	big := bytes.Replace(m, []byte(`{`), []byte(`{"annotations":{"pad":"`+strings.Repeat("p", 24<<20)+`"},`), 1)
@@ -120,12 +118,11 @@ func TestUnseenSmallManifestGivesBackItsShare(t *testing.T) {
 
 // TestTricklingManifestPushers: pushers that declare a large manifest and
 // send nothing hold their share of the receiving budget (manifestmem.go)
-// only until manifestReadTimeout: more of them than the budget covers do
+// only until its read timeout: more of them than the budget covers do
 // not keep another push of a large manifest waiting for long.
 func TestTricklingManifestPushers(t *testing.T) {
-	oldBudget, oldTimeout, oldRate := manifestReceive, manifestReadTimeout, minTransferRate
-	manifestReceive, manifestReadTimeout, minTransferRate = semaphore.NewWeighted(4<<20), time.Second, 1<<40
-	defer func() { manifestReceive, manifestReadTimeout, minTransferRate = oldBudget, oldTimeout, oldRate }()
+	budget := semaphore.NewWeighted(4 << 20)
+	withManifestLimits(t, func(l *manifestLimits) { l.receive, l.readTimeout, l.minRate = budget, time.Second, 1<<40 })
 	tr := newTestRegistry(t, func(c *Config) { c.MaxManifestSize = 4 << 20 })
 	m := tr.image("big/app", "layer")
 	big := bytes.Replace(m, []byte(`{`), []byte(`{"annotations":{"pad":"`+strings.Repeat("p", 2<<20)+`"},`), 1)
@@ -155,7 +152,7 @@ func TestTricklingManifestPushers(t *testing.T) {
 }
 
 // TestTransferTime: a large manifest's bytes are given the base time, or
-// as long as they take at minTransferRate, whichever is longer.
+// as long as they take at the slowest rate allowed, whichever is longer.
 func TestTransferTime(t *testing.T) {
 	for _, tc := range []struct {
 		size int64
@@ -167,7 +164,7 @@ func TestTransferTime(t *testing.T) {
 		{4 << 20, 128 * time.Second},
 		{32 << 20, 1024 * time.Second},
 	} {
-		if got := transferTime(time.Minute, tc.size); got != tc.want {
+		if got := currentManifestLimits.Load().transferTime(time.Minute, tc.size); got != tc.want {
 			t.Errorf("transferTime(1m, %d) = %v, want %v", tc.size, got, tc.want)
 		}
 	}
@@ -177,14 +174,13 @@ func TestTransferTime(t *testing.T) {
 // repository holds has its body read early, with auth on, to learn
 // whether it moves the tag (movesTag). That read takes its share of the
 // receiving budget before the first byte and is bound by
-// manifestReadTimeout, as every other: before, it read the body whole,
+// the read timeout, as every other: before, it read the body whole,
 // outside the budget and with no deadline, so pushers of an existing tag
 // (`latest`, the usual case) held megabytes each for as long as they
 // liked, however many they were.
 func TestTricklingPusherOfExistingTag(t *testing.T) {
-	oldBudget, oldTimeout, oldRate := manifestReceive, manifestReadTimeout, minTransferRate
-	manifestReceive, manifestReadTimeout, minTransferRate = semaphore.NewWeighted(4<<20), time.Second, 1<<40
-	defer func() { manifestReceive, manifestReadTimeout, minTransferRate = oldBudget, oldTimeout, oldRate }()
+	budget := semaphore.NewWeighted(4 << 20)
+	withManifestLimits(t, func(l *manifestLimits) { l.receive, l.readTimeout, l.minRate = budget, time.Second, 1<<40 })
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: map[string]authscope.RepositoryPolicy{
 		"big/**": {Anonymous: []string{"read", "create", "update"}},
 	}})
@@ -208,8 +204,8 @@ func TestTricklingPusherOfExistingTag(t *testing.T) {
 	fmt.Fprintf(c, "PUT /v2/big/app/manifests/latest HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n{", MediaTypeOCIManifest, len(big))
 	held := false
 	for start := time.Now(); time.Since(start) < 5*time.Second && !held; time.Sleep(20 * time.Millisecond) {
-		if manifestReceive.TryAcquire(4 << 20) {
-			manifestReceive.Release(4 << 20)
+		if budget.TryAcquire(4 << 20) {
+			budget.Release(4 << 20)
 		} else {
 			held = true
 		}
@@ -217,14 +213,25 @@ func TestTricklingPusherOfExistingTag(t *testing.T) {
 	if !held {
 		t.Error("a silent pusher of an existing tag holds no share of the receiving budget")
 	}
-	// manifestReadTimeout (1 s) ends its read, and the share is free
+	// The read timeout (1 s) ends its read, and the share is free
 	// again.
 	freed := false
 	for start := time.Now(); time.Since(start) < 10*time.Second && !freed; time.Sleep(20 * time.Millisecond) {
-		freed = manifestReceive.TryAcquire(4 << 20)
+		freed = budget.TryAcquire(4 << 20)
 	}
 	if !freed {
 		t.Fatal("the silent pusher's share was not given back after the read deadline")
 	}
-	manifestReceive.Release(4 << 20)
+	budget.Release(4 << 20)
+}
+
+// withManifestLimits puts in, for the rest of t, a copy of the process's
+// manifest limits as change makes it (see manifestLimits).
+func withManifestLimits(t *testing.T, change func(*manifestLimits)) {
+	t.Helper()
+	old := currentManifestLimits.Load()
+	l := *old
+	change(&l)
+	currentManifestLimits.Store(&l)
+	t.Cleanup(func() { currentManifestLimits.Store(old) })
 }

@@ -428,7 +428,8 @@ func TestMirrorReferrersTakeReceivingBudget(t *testing.T) {
 	// The whole budget, spent (as by 64 MiB of other large bodies).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := manifestReceive.Acquire(ctx, manifestReceiveBudget); err != nil {
+	budget := currentManifestLimits.Load().receive
+	if err := budget.Acquire(ctx, manifestReceiveBudget); err != nil {
 		t.Fatalf("the budget is not free: %v", err)
 	}
 	done := make(chan response, 1)
@@ -438,7 +439,7 @@ func TestMirrorReferrersTakeReceivingBudget(t *testing.T) {
 		t.Fatalf("served while the budget was spent: %s", resp.Status)
 	case <-time.After(300 * time.Millisecond):
 	}
-	manifestReceive.Release(manifestReceiveBudget)
+	budget.Release(manifestReceiveBudget)
 	select {
 	case resp := <-done:
 		env.wantStatus(resp, http.StatusOK)
