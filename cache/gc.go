@@ -299,6 +299,7 @@ func (s *Store) collectBatch(ds []Digest, cutoff time.Time, st *GCStats) ([]blob
 		}()
 	}
 	wg.Wait()
+	s.dropBlobSizes(ds, fates)
 	for i, f := range fates {
 		if f == blobRemoved {
 			st.BlobsRemoved++
@@ -307,6 +308,34 @@ func (s *Store) collectBatch(ds []Digest, cutoff time.Time, st *GCStats) ([]blob
 		}
 	}
 	return fates, errors.Join(errs...)
+}
+
+// dropBlobSizes drops the recorded lengths of the blobs of ds whose
+// files collectBatch removed, while it still holds gcMu (an install of the
+// same digest waits for it, then records its own). A length left behind
+// costs a key, never a wrong answer (a digest names one content), so a
+// failure is only logged.
+func (s *Store) dropBlobSizes(ds []Digest, fates []blobFate) {
+	var removed []Digest
+	for i, f := range fates {
+		if f == blobRemoved {
+			removed = append(removed, ds[i])
+		}
+	}
+	if len(removed) == 0 {
+		return
+	}
+	err := s.update(func(txn *badger.Txn) error {
+		for _, d := range removed {
+			if err := txn.Delete(blobSizeKey(d)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("drop the recorded lengths of collected blobs", zap.Int("blobs", len(removed)), zap.Error(err))
+	}
 }
 
 // seekPrefix reports whether it, an iterator of one kind of link, has a

@@ -289,3 +289,90 @@ func TestFolderMirrorLostBlobFetchedOnce(t *testing.T) {
 		t.Fatalf("upstream blob GETs: %d, want 2 (the cold pull and one fetch again)", n)
 	}
 }
+
+// TestSingleNodePushedBlobCutShort: on the single-node store (a folder
+// and badger, the default), a pushed blob whose file was cut short
+// answers 404 BLOB_UNKNOWN to HEAD and to GET, whole or ranged, and a
+// push again, whole or in chunks, replaces the file. Before, the file's
+// length was taken for the blob's: HEAD 200 and GET 200 with the cut
+// bytes, a clean answer a client could only catch by its digest.
+func TestSingleNodePushedBlobCutShort(t *testing.T) {
+	tr := newTestRegistry(t)
+	for _, chunked := range []bool{false, true} {
+		data := randomBytes(t, 100<<10)
+		d := cache.FromBytes(cache.SHA256, data)
+		push := func() {
+			t.Helper()
+			if !chunked {
+				tr.pushBlob("team/app", data)
+				return
+			}
+			loc := tr.startUpload("team/app")
+			resp := tr.do(http.MethodPatch, loc, data, "Content-Type", "application/octet-stream")
+			tr.wantStatus(resp, http.StatusAccepted)
+			loc = resp.Header.Get("Location")
+			sep := "?"
+			if bytes.ContainsRune([]byte(loc), '?') {
+				sep = "&"
+			}
+			tr.wantStatus(tr.do(http.MethodPut, loc+sep+"digest="+d.String(), nil), http.StatusCreated)
+		}
+		push()
+		if err := os.WriteFile(blobFile(tr.dir, d.String()), data[:len(data)-7], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := "/v2/team/app/blobs/" + d.String()
+		for _, hdr := range [][]string{nil, {"Range", "bytes=0-"}, {"Range", "bytes=10-20"}} {
+			for _, m := range []string{http.MethodHead, http.MethodGet} {
+				tr.wantError(tr.do(m, p, nil, hdr...), http.StatusNotFound, "BLOB_UNKNOWN")
+			}
+		}
+		push()
+		resp := tr.do(http.MethodGet, p, nil)
+		if resp.StatusCode != http.StatusOK || !bytes.Equal(resp.body, data) {
+			t.Fatalf("GET after the push again (chunked %v): %s, %d bytes", chunked, resp.Status, len(resp.body))
+		}
+	}
+}
+
+// TestSingleNodeMirrorBlobCutShortRefetched: on the single-node store, a
+// mirrored blob whose file was cut short is a miss: a GET, whole, ranged
+// or conditional, fetches it from upstream again and serves it whole, and
+// the file is whole again. Before, the cut bytes were served as the blob.
+func TestSingleNodeMirrorBlobCutShortRefetched(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 64<<10, 1)
+	env.up.pushImage("library/app", "v1", img)
+	layer, data := layerOf(t, img)
+	d, _ := cache.ParseDigest(layer)
+	p := "/v2/docker.io/library/app/blobs/" + layer
+	settle := func() {
+		if f := env.store.Filling(context.Background(), d); f != nil {
+			_ = f.Wait(context.Background())
+		}
+	}
+	env.wantStatus(env.do(http.MethodGet, p, nil), http.StatusOK)
+	settle()
+	for i, hdr := range [][]string{nil, {"Range", "bytes=0-"}, {"If-None-Match", `"x"`}} {
+		if err := os.WriteFile(blobFile(env.dir, layer), data[:len(data)/2], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			resp := env.do(http.MethodHead, p, nil)
+			if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(data)) {
+				t.Fatalf("HEAD of a blob cut short: %s, %d bytes, want 200 with the blob's %d", resp.Status, resp.ContentLength, len(data))
+			}
+		}
+		resp := env.do(http.MethodGet, p, nil, hdr...)
+		if resp.StatusCode/100 != 2 || !bytes.Equal(resp.body, data) {
+			t.Fatalf("GET %v of a blob cut short: %s, %d of %d bytes", hdr, resp.Status, len(resp.body), len(data))
+		}
+		if n := env.up.count("GET blobs"); n != 2+i {
+			t.Fatalf("GET %v of a blob cut short: %d upstream GETs, want %d", hdr, n, 2+i)
+		}
+		settle()
+	}
+	if fi, err := os.Stat(blobFile(env.dir, layer)); err != nil || fi.Size() != int64(len(data)) {
+		t.Fatalf("blob file after the fetch: %v, %v", fi, err)
+	}
+}
