@@ -162,8 +162,27 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		}
 		return nil
 	}
-	http.ServeContent(w, r, "", info.ModTime, f)
+	// A file cut short after its open ends a read early without an
+	// error, and ServeContent ends the answer cleanly: what it sent is
+	// counted against what it declared. The counter keeps ReadFrom, so
+	// the copy still reaches sendfile where the writer offers it.
+	sent := &observedWriter{ResponseWriter: w}
+	http.ServeContent(sent, r, "", info.ModTime, f)
+	h.endShort(r, d, sent.written, declaredBody(r, sent), nil)
 	return nil
+}
+
+// declaredBody is the length of the body an answer that ServeContent
+// wrote declared (0 for one without a body: HEAD, 304, 412, 416).
+func declaredBody(r *http.Request, w *observedWriter) int64 {
+	if r.Method == http.MethodHead || w.statusCode()/100 != 2 {
+		return 0
+	}
+	n, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // endShort ends an answer whose headers are out and whose body ran short
