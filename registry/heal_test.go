@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap/zaptest"
@@ -27,6 +28,7 @@ type folderRegistry struct {
 	up   *fakeUpstream
 	srv  *httptest.Server
 	st   *composite.Store
+	h    *Handler
 	blob string // the blob folder
 }
 
@@ -67,7 +69,7 @@ func newFolderRegistry(t *testing.T) *folderRegistry {
 		_ = h.Drain(context.Background())
 		st.Close()
 	})
-	return &folderRegistry{up: up, srv: srv, st: st, blob: dir}
+	return &folderRegistry{up: up, srv: srv, st: st, h: h, blob: dir}
 }
 
 func (fr *folderRegistry) do(t *testing.T, method, path string, body []byte, hdr ...string) (*http.Response, []byte, error) {
@@ -374,5 +376,71 @@ func TestSingleNodeMirrorBlobCutShortRefetched(t *testing.T) {
 	}
 	if fi, err := os.Stat(blobFile(env.dir, layer)); err != nil || fi.Size() != int64(len(data)) {
 		t.Fatalf("blob file after the fetch: %v, %v", fi, err)
+	}
+}
+
+// TestSyncRefetchesLostBlob: the scheduled sync (SyncSource.Blob) of a
+// mirrored blob whose file was removed or cut short behind the
+// registry's back fetches it from upstream again, on the single node and
+// on a folder under the composite store. Before, the composite store's
+// record made it a blob sync had (nothing fetched, the loss found only by
+// the next pull); the single node refetched a removed file only.
+func TestSyncRefetchesLostBlob(t *testing.T) {
+	type env struct {
+		h   *Handler
+		up  *fakeUpstream
+		dir string
+		get func(p string) int
+	}
+	stores := []struct {
+		name string
+		open func(t *testing.T) env
+	}{
+		{"single node", func(t *testing.T) env {
+			e := newMirrorEnv(t)
+			return env{e.h, e.up, e.dir, func(p string) int { return e.do(http.MethodGet, p, nil).StatusCode }}
+		}},
+		{"folder", func(t *testing.T) env {
+			fr := newFolderRegistry(t)
+			return env{fr.h, fr.up, fr.blob, func(p string) int {
+				resp, _, _ := fr.do(t, http.MethodGet, p, nil)
+				fr.settle(p[strings.LastIndex(p, "/")+1:])
+				return resp.StatusCode
+			}}
+		}},
+	}
+	for _, sc := range stores {
+		t.Run(sc.name, func(t *testing.T) {
+			e := sc.open(t)
+			img := randomImage(t, 64<<10, 1)
+			e.up.pushImage("library/app", "v1", img)
+			layer, data := layerOf(t, img)
+			d, _ := cache.ParseDigest(layer)
+			if code := e.get("/v2/docker.io/library/app/blobs/" + layer); code != http.StatusOK {
+				t.Fatalf("cold GET: %d", code)
+			}
+			src := e.h.SyncSource(e.h.mirrors["docker.io"])
+			if fetched, err := src.Blob(context.Background(), "library/app", d); err != nil || fetched {
+				t.Fatalf("sync of a blob stored whole: fetched %v, %v", fetched, err)
+			}
+			damages := []func(string) error{
+				os.Remove,
+				func(p string) error { return os.WriteFile(p, data[:len(data)/2], 0o644) },
+			}
+			for i, damage := range damages {
+				if err := damage(blobFile(e.dir, layer)); err != nil {
+					t.Fatal(err)
+				}
+				if fetched, err := src.Blob(context.Background(), "library/app", d); err != nil || !fetched {
+					t.Fatalf("sync of a blob lost (%d): fetched %v, %v", i, fetched, err)
+				}
+				if fi, err := os.Stat(blobFile(e.dir, layer)); err != nil || fi.Size() != int64(len(data)) {
+					t.Fatalf("blob file after the sync (%d): %v, %v", i, fi, err)
+				}
+				if n := e.up.count("GET blobs"); n != 2+i {
+					t.Fatalf("upstream blob GETs: %d, want %d", n, 2+i)
+				}
+			}
+		})
 	}
 }
