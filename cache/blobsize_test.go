@@ -53,3 +53,26 @@ func TestBlobCutShortIsUnknown(t *testing.T) {
 		t.Fatalf("the length recorded for a collected blob: %v, want it dropped", err)
 	}
 }
+
+// TestGCRecordsMissingBlobSizes: a blob stored before lengths were
+// recorded gets its record from the next full GC pass (from its file as
+// it is then), so a cut after it is noticed.
+func TestGCRecordsMissingBlobSizes(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{GCGrace: time.Hour})
+	data := bytes.Repeat([]byte("old layer "), 1000)
+	d := mustPut(t, s, data)
+	mustLink(t, s, "app", d)
+	if err := s.update(func(txn *badger.Txn) error { return txn.Delete(blobSizeKey(d)) }); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.GC(); err != nil || st.BlobsRemoved != 0 {
+		t.Fatalf("GC = %+v, %v", st, err)
+	}
+	if err := os.WriteFile(s.blobPath(d), data[:100], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HasBlob(t.Context(), "app", d); !errors.Is(err, blobstore.ErrSizeMismatch) {
+		t.Fatalf("HasBlob of a file cut short after the GC pass: %v, want a size mismatch", err)
+	}
+}
