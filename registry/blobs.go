@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 
@@ -168,8 +169,26 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	// the copy still reaches sendfile where the writer offers it.
 	sent := &observedWriter{ResponseWriter: w}
 	http.ServeContent(sent, r, "", info.ModTime, f)
-	h.endShort(r, d, sent.written, declaredBody(r, sent), nil)
+	if want := declaredBody(r, sent); sent.written < want {
+		h.endShort(r, d, sent.written, want, whyShort(f, info.Size))
+	}
 	return nil
+}
+
+// errSendFailed: an answer's copy ended short and the blob's file is
+// whole; the client's connection failed.
+var errSendFailed = errors.New("the answer's copy ended short with the file whole")
+
+// whyShort tells why the copy of file f, of the blob's size, ended short:
+// the file cut (blobstore.ErrSizeMismatch), or errSendFailed. Asked only
+// then, off the common path.
+func whyShort(f blobstore.Blob, size int64) error {
+	if st, ok := f.(interface{ Stat() (os.FileInfo, error) }); ok {
+		if fi, err := st.Stat(); err == nil && fi.Size() < size {
+			return fmt.Errorf("%w: the file has %d of the blob's %d bytes", blobstore.ErrSizeMismatch, fi.Size(), size)
+		}
+	}
+	return errSendFailed
 }
 
 // declaredBody is the length of the body an answer that ServeContent
