@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
-
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 

@@ -455,6 +455,8 @@ func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fet
 		// object store is not asked, its reads find the loss).
 		if err = h.checkBlobStored(ctx, rc.name, d, info.Size); err == nil {
 			return false, nil
+		} else if !lostBlob(err) {
+			return false, err // the storage could not say
 		}
 	}
 	lost := lostBlob(err)
