@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,18 +13,36 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	badger "github.com/dgraph-io/badger/v4"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // StatBlob reports whether the blob exists in the content store, regardless
-// of which repositories link it. ErrBlobUnknown when absent.
+// of which repositories link it. ErrBlobUnknown when absent, and when its
+// file's length is not the one recorded when it was installed (cut short
+// behind the store's back: that file is not the blob's bytes; the error
+// wraps blobstore.ErrSizeMismatch).
 func (s *Store) StatBlob(ctx context.Context, d Digest) (BlobInfo, error) {
 	if err := checkDigest(d); err != nil {
 		return BlobInfo{}, fmt.Errorf("%w: %w", ErrBlobUnknown, err)
 	}
+	var size blobSize
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		size, err = readBlobSize(txn, d)
+		return err
+	})
+	if err != nil {
+		return BlobInfo{}, fmt.Errorf("cache: read blob size: %w", err)
+	}
+	return s.statBlob(d, size)
+}
+
+// statBlob is StatBlob with the length recorded for d read already.
+func (s *Store) statBlob(d Digest, size blobSize) (BlobInfo, error) {
 	fi, err := os.Stat(s.blobPath(d))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -31,7 +50,43 @@ func (s *Store) StatBlob(ctx context.Context, d Digest) (BlobInfo, error) {
 		}
 		return BlobInfo{}, fmt.Errorf("cache: stat blob: %w", err)
 	}
+	if size.known && fi.Size() != size.n {
+		return BlobInfo{}, fmt.Errorf("%w: %w: %s: its file has %d bytes, %d were installed",
+			ErrBlobUnknown, blobstore.ErrSizeMismatch, d, fi.Size(), size.n)
+	}
 	return BlobInfo{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// blobSize is the length recorded for a blob when it was installed; not
+// known for blobs installed before lengths were recorded.
+type blobSize struct {
+	n     int64
+	known bool
+}
+
+// readBlobSize reads the length recorded for d.
+func readBlobSize(txn *badger.Txn, d Digest) (blobSize, error) {
+	item, err := txn.Get(blobSizeKey(d))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return blobSize{}, nil
+	}
+	if err != nil {
+		return blobSize{}, err
+	}
+	var size blobSize
+	err = item.Value(func(v []byte) error {
+		if len(v) == 8 {
+			size = blobSize{n: int64(binary.BigEndian.Uint64(v)), known: true}
+		}
+		return nil
+	})
+	return size, err
+}
+
+// setBlobSize records size as the length of blob d. A digest names one
+// content, so the record is never wrong for a later install of d.
+func setBlobSize(txn *badger.Txn, d Digest, size int64) error {
+	return txn.Set(blobSizeKey(d), binary.BigEndian.AppendUint64(nil, uint64(size)))
 }
 
 // OpenBlob opens a committed blob for reading, for http.ServeContent.
@@ -205,9 +260,16 @@ func (s *Store) installLocked(src string, d Digest, size int64) (created bool, e
 		return false, nil
 	}
 	// A GC candidate until linked; marked before it appears, so a crash
-	// cannot leave it unmarked.
-	if err := s.markBlobs(d); err != nil {
-		return false, err
+	// cannot leave it unmarked. Its length is recorded with the mark, for
+	// StatBlob to tell the file cut short later.
+	err = s.update(func(txn *badger.Txn) error {
+		if err := markBlob(txn, d); err != nil {
+			return err
+		}
+		return setBlobSize(txn, d, size)
+	})
+	if err != nil {
+		return false, fmt.Errorf("cache: mark gc candidate: %w", err)
 	}
 	dir := filepath.Dir(dst)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -385,7 +385,10 @@ func (s *Store) evict(mc *MirrorCache, c evictCandidate) (bool, error) {
 	err = s.update(func(txn *badger.Txn) error {
 		var err error
 		removed, err = unlinkMirrored(txn, mc, c.d, since)
-		return err
+		if err != nil || !removed {
+			return err
+		}
+		return txn.Delete(blobSizeKey(c.d))
 	})
 	if err != nil {
 		return false, fmt.Errorf("cache: evict %s: %w", c.d, err)

@@ -98,11 +98,16 @@ func (s *Store) sweepBlobs(cutoff time.Time, st *GCStats) error {
 	var young, batch []Digest
 	flush := func() error {
 		fates, err := s.collectBatch(batch, cutoff, st)
+		var linked []Digest
 		for i, f := range fates {
-			if f == blobYoung {
+			switch f {
+			case blobYoung:
 				young = append(young, batch[i])
+			case blobLinked:
+				linked = append(linked, batch[i])
 			}
 		}
+		s.recordMissingSizes(linked)
 		batch = batch[:0]
 		return err
 	}
@@ -299,6 +304,7 @@ func (s *Store) collectBatch(ds []Digest, cutoff time.Time, st *GCStats) ([]blob
 		}()
 	}
 	wg.Wait()
+	s.dropBlobSizes(ds, fates)
 	for i, f := range fates {
 		if f == blobRemoved {
 			st.BlobsRemoved++
@@ -307,6 +313,85 @@ func (s *Store) collectBatch(ds []Digest, cutoff time.Time, st *GCStats) ([]blob
 		}
 	}
 	return fates, errors.Join(errs...)
+}
+
+// recordMissingSizes records, for the blobs of ds that have no recorded
+// length (installed before lengths were recorded), the length of their
+// file now, so that a cut from now on is noticed (StatBlob). A file cut
+// already is taken as it is, as it was without a record; a push or a
+// fetch of the blob again replaces it and records its true length. The
+// stat is taken inside the transaction, after the record was read: an
+// install records its length before its file appears, so one that runs
+// meanwhile makes this transaction conflict, and the retry finds its
+// record. A record left for a file removed meanwhile is harmless (a
+// digest names one content). Failures only cost the record.
+func (s *Store) recordMissingSizes(ds []Digest) {
+	var missing []Digest
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, d := range ds {
+			size, err := readBlobSize(txn, d)
+			if err != nil {
+				return err
+			}
+			if !size.known {
+				missing = append(missing, d)
+			}
+		}
+		return nil
+	})
+	if err != nil || len(missing) == 0 {
+		return
+	}
+	err = s.update(func(txn *badger.Txn) error {
+		for _, d := range missing {
+			size, err := readBlobSize(txn, d)
+			if err != nil {
+				return err
+			}
+			if size.known {
+				continue
+			}
+			fi, err := os.Stat(s.blobPath(d))
+			if err != nil {
+				continue // gone: nothing to record
+			}
+			if err := setBlobSize(txn, d, fi.Size()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("record the lengths of blobs stored before lengths were", zap.Int("blobs", len(missing)), zap.Error(err))
+	}
+}
+
+// dropBlobSizes drops the recorded lengths of the blobs of ds whose
+// files collectBatch removed, while it still holds gcMu (an install of the
+// same digest waits for it, then records its own). A length left behind
+// costs a key, never a wrong answer (a digest names one content), so a
+// failure is only logged.
+func (s *Store) dropBlobSizes(ds []Digest, fates []blobFate) {
+	var removed []Digest
+	for i, f := range fates {
+		if f == blobRemoved {
+			removed = append(removed, ds[i])
+		}
+	}
+	if len(removed) == 0 {
+		return
+	}
+	err := s.update(func(txn *badger.Txn) error {
+		for _, d := range removed {
+			if err := txn.Delete(blobSizeKey(d)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("drop the recorded lengths of collected blobs", zap.Int("blobs", len(removed)), zap.Error(err))
+	}
 }
 
 // seekPrefix reports whether it, an iterator of one kind of link, has a

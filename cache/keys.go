@@ -23,6 +23,9 @@ import (
 //	up/<id>                              -> uploadRecord JSON
 //	tf/<repo>\x00<tag>                   -> when a mirrored tag was last
 //	                                        confirmed upstream (unix ns, 8 bytes BE)
+//	bs/<digest>                          -> the blob's length when installed
+//	                                        (8 bytes BE; none for blobs installed
+//	                                        before lengths were recorded)
 const (
 	pRepo     = "repo/"
 	pBlobLink = "bl/"
@@ -33,6 +36,7 @@ const (
 	pRef      = "ref/"
 	pUpload   = "up/"
 	pTagFetch = "tf/"
+	pBlobSize = "bs/"
 	sep       = "\x00"
 )
 
@@ -77,6 +81,8 @@ func refPrefix(repo string, subject Digest) []byte {
 func tagFetchKey(repo, tag string) []byte { return []byte(pTagFetch + repo + sep + tag) }
 
 func uploadKey(id string) []byte { return []byte(pUpload + id) }
+
+func blobSizeKey(d Digest) []byte { return []byte(pBlobSize + d.String()) }
 
 // linkTime is the value of a bl/ key.
 func linkTime(t time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano())) }

@@ -136,9 +136,13 @@ func (s *Store) HasBlob(ctx context.Context, repo string, d Digest) (BlobInfo, e
 	}
 	var linked, timed bool
 	var at time.Time
+	var size blobSize
 	err := s.db.View(func(txn *badger.Txn) error {
 		var err error
-		linked, at, timed, err = readLink(txn, blobLinkKey(repo, d))
+		if linked, at, timed, err = readLink(txn, blobLinkKey(repo, d)); err != nil || !linked {
+			return err
+		}
+		size, err = readBlobSize(txn, d)
 		return err
 	})
 	if err != nil {
@@ -147,8 +151,8 @@ func (s *Store) HasBlob(ctx context.Context, repo string, d Digest) (BlobInfo, e
 	if !linked {
 		return BlobInfo{}, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
 	}
-	info, err := s.StatBlob(ctx, d)
-	if errors.Is(err, ErrBlobUnknown) {
+	info, err := s.statBlob(d, size)
+	if errors.Is(err, ErrBlobUnknown) && !errors.Is(err, blobstore.ErrSizeMismatch) {
 		// Linked, yet no file: removed behind the store's back (by hand,
 		// fsck, a disk repaired), since GC and eviction unlink before they
 		// remove. The caller may heal it (a mirror fetches it again).

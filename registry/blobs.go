@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 
@@ -162,8 +163,45 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		}
 		return nil
 	}
-	http.ServeContent(w, r, "", info.ModTime, f)
+	// A file cut short after its open ends a read early without an
+	// error, and ServeContent ends the answer cleanly: what it sent is
+	// counted against what it declared. The counter keeps ReadFrom, so
+	// the copy still reaches sendfile where the writer offers it.
+	sent := &observedWriter{ResponseWriter: w}
+	http.ServeContent(sent, r, "", info.ModTime, f)
+	if want := declaredBody(r, sent); sent.written < want {
+		h.endShort(r, d, sent.written, want, whyShort(f, info.Size))
+	}
 	return nil
+}
+
+// errSendFailed: an answer's copy ended short and the blob's file is
+// whole; the client's connection failed.
+var errSendFailed = errors.New("the answer's copy ended short with the file whole")
+
+// whyShort tells why the copy of file f, of the blob's size, ended short:
+// the file cut (blobstore.ErrSizeMismatch), or errSendFailed. Asked only
+// then, off the common path.
+func whyShort(f blobstore.Blob, size int64) error {
+	if st, ok := f.(interface{ Stat() (os.FileInfo, error) }); ok {
+		if fi, err := st.Stat(); err == nil && fi.Size() < size {
+			return fmt.Errorf("%w: the file has %d of the blob's %d bytes", blobstore.ErrSizeMismatch, fi.Size(), size)
+		}
+	}
+	return errSendFailed
+}
+
+// declaredBody is the length of the body an answer that ServeContent
+// wrote declared (0 for one without a body: HEAD, 304, 412, 416).
+func declaredBody(r *http.Request, w *observedWriter) int64 {
+	if r.Method == http.MethodHead || w.statusCode()/100 != 2 {
+		return 0
+	}
+	n, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // endShort ends an answer whose headers are out and whose body ran short

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap/zaptest"
@@ -27,6 +28,7 @@ type folderRegistry struct {
 	up   *fakeUpstream
 	srv  *httptest.Server
 	st   *composite.Store
+	h    *Handler
 	blob string // the blob folder
 }
 
@@ -67,7 +69,7 @@ func newFolderRegistry(t *testing.T) *folderRegistry {
 		_ = h.Drain(context.Background())
 		st.Close()
 	})
-	return &folderRegistry{up: up, srv: srv, st: st, blob: dir}
+	return &folderRegistry{up: up, srv: srv, st: st, h: h, blob: dir}
 }
 
 func (fr *folderRegistry) do(t *testing.T, method, path string, body []byte, hdr ...string) (*http.Response, []byte, error) {
@@ -287,5 +289,158 @@ func TestFolderMirrorLostBlobFetchedOnce(t *testing.T) {
 	}
 	if n := fr.up.count("GET blobs"); n != 2 {
 		t.Fatalf("upstream blob GETs: %d, want 2 (the cold pull and one fetch again)", n)
+	}
+}
+
+// TestSingleNodePushedBlobCutShort: on the single-node store (a folder
+// and badger, the default), a pushed blob whose file was cut short
+// answers 404 BLOB_UNKNOWN to HEAD and to GET, whole or ranged, and a
+// push again, whole or in chunks, replaces the file. Before, the file's
+// length was taken for the blob's: HEAD 200 and GET 200 with the cut
+// bytes, a clean answer a client could only catch by its digest.
+func TestSingleNodePushedBlobCutShort(t *testing.T) {
+	tr := newTestRegistry(t)
+	for _, chunked := range []bool{false, true} {
+		data := randomBytes(t, 100<<10)
+		d := cache.FromBytes(cache.SHA256, data)
+		push := func() {
+			t.Helper()
+			if !chunked {
+				tr.pushBlob("team/app", data)
+				return
+			}
+			loc := tr.startUpload("team/app")
+			resp := tr.do(http.MethodPatch, loc, data, "Content-Type", "application/octet-stream")
+			tr.wantStatus(resp, http.StatusAccepted)
+			loc = resp.Header.Get("Location")
+			sep := "?"
+			if bytes.ContainsRune([]byte(loc), '?') {
+				sep = "&"
+			}
+			tr.wantStatus(tr.do(http.MethodPut, loc+sep+"digest="+d.String(), nil), http.StatusCreated)
+		}
+		push()
+		if err := os.WriteFile(blobFile(tr.dir, d.String()), data[:len(data)-7], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := "/v2/team/app/blobs/" + d.String()
+		for _, hdr := range [][]string{nil, {"Range", "bytes=0-"}, {"Range", "bytes=10-20"}} {
+			for _, m := range []string{http.MethodHead, http.MethodGet} {
+				tr.wantError(tr.do(m, p, nil, hdr...), http.StatusNotFound, "BLOB_UNKNOWN")
+			}
+		}
+		push()
+		resp := tr.do(http.MethodGet, p, nil)
+		if resp.StatusCode != http.StatusOK || !bytes.Equal(resp.body, data) {
+			t.Fatalf("GET after the push again (chunked %v): %s, %d bytes", chunked, resp.Status, len(resp.body))
+		}
+	}
+}
+
+// TestSingleNodeMirrorBlobCutShortRefetched: on the single-node store, a
+// mirrored blob whose file was cut short is a miss: a GET, whole, ranged
+// or conditional, fetches it from upstream again and serves it whole, and
+// the file is whole again. Before, the cut bytes were served as the blob.
+func TestSingleNodeMirrorBlobCutShortRefetched(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 64<<10, 1)
+	env.up.pushImage("library/app", "v1", img)
+	layer, data := layerOf(t, img)
+	d, _ := cache.ParseDigest(layer)
+	p := "/v2/docker.io/library/app/blobs/" + layer
+	settle := func() {
+		if f := env.store.Filling(context.Background(), d); f != nil {
+			_ = f.Wait(context.Background())
+		}
+	}
+	env.wantStatus(env.do(http.MethodGet, p, nil), http.StatusOK)
+	settle()
+	for i, hdr := range [][]string{nil, {"Range", "bytes=0-"}, {"If-None-Match", `"x"`}} {
+		if err := os.WriteFile(blobFile(env.dir, layer), data[:len(data)/2], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			resp := env.do(http.MethodHead, p, nil)
+			if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(data)) {
+				t.Fatalf("HEAD of a blob cut short: %s, %d bytes, want 200 with the blob's %d", resp.Status, resp.ContentLength, len(data))
+			}
+		}
+		resp := env.do(http.MethodGet, p, nil, hdr...)
+		if resp.StatusCode/100 != 2 || !bytes.Equal(resp.body, data) {
+			t.Fatalf("GET %v of a blob cut short: %s, %d of %d bytes", hdr, resp.Status, len(resp.body), len(data))
+		}
+		if n := env.up.count("GET blobs"); n != 2+i {
+			t.Fatalf("GET %v of a blob cut short: %d upstream GETs, want %d", hdr, n, 2+i)
+		}
+		settle()
+	}
+	if fi, err := os.Stat(blobFile(env.dir, layer)); err != nil || fi.Size() != int64(len(data)) {
+		t.Fatalf("blob file after the fetch: %v, %v", fi, err)
+	}
+}
+
+// TestSyncRefetchesLostBlob: the scheduled sync (SyncSource.Blob) of a
+// mirrored blob whose file was removed or cut short behind the
+// registry's back fetches it from upstream again, on the single node and
+// on a folder under the composite store. Before, the composite store's
+// record made it a blob sync had (nothing fetched, the loss found only by
+// the next pull); the single node refetched a removed file only.
+func TestSyncRefetchesLostBlob(t *testing.T) {
+	type env struct {
+		h   *Handler
+		up  *fakeUpstream
+		dir string
+		get func(p string) int
+	}
+	stores := []struct {
+		name string
+		open func(t *testing.T) env
+	}{
+		{"single node", func(t *testing.T) env {
+			e := newMirrorEnv(t)
+			return env{e.h, e.up, e.dir, func(p string) int { return e.do(http.MethodGet, p, nil).StatusCode }}
+		}},
+		{"folder", func(t *testing.T) env {
+			fr := newFolderRegistry(t)
+			return env{fr.h, fr.up, fr.blob, func(p string) int {
+				resp, _, _ := fr.do(t, http.MethodGet, p, nil)
+				fr.settle(p[strings.LastIndex(p, "/")+1:])
+				return resp.StatusCode
+			}}
+		}},
+	}
+	for _, sc := range stores {
+		t.Run(sc.name, func(t *testing.T) {
+			e := sc.open(t)
+			img := randomImage(t, 64<<10, 1)
+			e.up.pushImage("library/app", "v1", img)
+			layer, data := layerOf(t, img)
+			d, _ := cache.ParseDigest(layer)
+			if code := e.get("/v2/docker.io/library/app/blobs/" + layer); code != http.StatusOK {
+				t.Fatalf("cold GET: %d", code)
+			}
+			src := e.h.SyncSource(e.h.mirrors["docker.io"])
+			if fetched, err := src.Blob(context.Background(), "library/app", d); err != nil || fetched {
+				t.Fatalf("sync of a blob stored whole: fetched %v, %v", fetched, err)
+			}
+			damages := []func(string) error{
+				os.Remove,
+				func(p string) error { return os.WriteFile(p, data[:len(data)/2], 0o644) },
+			}
+			for i, damage := range damages {
+				if err := damage(blobFile(e.dir, layer)); err != nil {
+					t.Fatal(err)
+				}
+				if fetched, err := src.Blob(context.Background(), "library/app", d); err != nil || !fetched {
+					t.Fatalf("sync of a blob lost (%d): fetched %v, %v", i, fetched, err)
+				}
+				if fi, err := os.Stat(blobFile(e.dir, layer)); err != nil || fi.Size() != int64(len(data)) {
+					t.Fatalf("blob file after the sync (%d): %v, %v", i, fi, err)
+				}
+				if n := e.up.count("GET blobs"); n != 2+i {
+					t.Fatalf("upstream blob GETs: %d, want %d", n, 2+i)
+				}
+			}
+		})
 	}
 }

@@ -375,7 +375,14 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 			if h.cfg.SparseManifests {
 				return nil // sparse: a blob may come later, or never
 			}
-			if _, err := h.cfg.Store.HasBlob(ctx, rc.name, bd); err != nil {
+			info, err := h.cfg.Store.HasBlob(ctx, rc.name, bd)
+			if err == nil {
+				err = h.checkBlobStored(ctx, rc.name, bd, info.Size)
+			}
+			if err != nil {
+				if lostBlob(err) {
+					_ = h.blobLost(ctx, bd, err)
+				}
 				if errors.Is(err, cache.ErrBlobUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
 					return manifestBlobUnknown(bd, err)
 				}
@@ -402,6 +409,15 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		m.Subject = sd
 	}
 	return m, nil
+}
+
+// checkBlobStored asks a store whose HasBlob reads only its metadata
+// whether blob d's bytes are still stored (StoredBlobChecker).
+func (h *Handler) checkBlobStored(ctx context.Context, repo string, d cache.Digest, size int64) error {
+	if c, ok := h.cfg.Store.(StoredBlobChecker); ok {
+		return c.CheckBlobStored(ctx, repo, d, size)
+	}
+	return nil
 }
 
 // foreign reports whether a layer is not expected in the registry:

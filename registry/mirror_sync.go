@@ -448,16 +448,30 @@ func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fet
 		return false, err
 	}
 	h, store := s.h, s.h.cfg.Store
-	if _, err := store.HasBlob(ctx, rc.name, d); err == nil {
-		return false, nil
+	info, err := store.HasBlob(ctx, rc.name, d)
+	if err == nil {
+		// The record alone is not the bytes: a folder's file may be
+		// removed or cut short behind the store's back (a stat; an
+		// object store is not asked, its reads find the loss).
+		if err = h.checkBlobStored(ctx, rc.name, d, info.Size); err == nil {
+			return false, nil
+		} else if !lostBlob(err) {
+			return false, err // the storage could not say
+		}
+	}
+	lost := lostBlob(err)
+	if lost {
+		_ = h.blobLost(ctx, d, err)
 	}
 	defer store.Hold(d)()
-	f, started, err := h.fill(ctx, rc, d, false)
+	f, started, err := h.fill(ctx, rc, d, lost)
 	if err != nil {
 		return false, err
 	}
-	if started {
-		return true, f.Wait(ctx)
+	if started || lost {
+		// A fill joined for a lost blob needs no confirmation: this
+		// repository links d, so upstream said so before.
+		return started, f.Wait(ctx)
 	}
 	if _, err := h.confirmBlob(ctx, rc, d); err != nil {
 		return false, err

@@ -188,6 +188,23 @@ type Refills interface {
 	RefillAdmitted(ctx context.Context, repo string, d cache.Digest, src cache.FillSource, admit cache.FillAdmit) (f cache.Fill, started bool, err error)
 }
 
+// StoredBlobChecker is optional: a store whose HasBlob answers from its
+// metadata alone (composite) has it, for a manifest push to refuse a
+// blob whose record outlived its bytes (removed or cut short behind the
+// registry's back). Without the check the push succeeds and the image
+// can never be pulled; with it the client is told MANIFEST_BLOB_UNKNOWN,
+// HEADs the blob (404: the read finds it lost), pushes it again and then
+// the manifest. A store whose HasBlob looks at the bytes already (the
+// single node's stat) needs none.
+type StoredBlobChecker interface {
+	// CheckBlobStored reports whether blob d, which HasBlob found linked
+	// in repo with size bytes, is still stored: nil, or an error wrapping
+	// cache.ErrBlobUnknown and blobstore.ErrNotFound or ErrSizeMismatch.
+	// It asks only a storage that answers without a network request
+	// (nil otherwise).
+	CheckBlobStored(ctx context.Context, repo string, d cache.Digest, size int64) error
+}
+
 // CacheUse is what a size-limited mirror cache learns of reads, to evict
 // the least recently used content and never what is being read.
 type CacheUse interface {

@@ -124,6 +124,15 @@ func (r *Router) HasBlob(ctx context.Context, repo string, d cache.Digest) (cach
 	return r.For(repo).HasBlob(ctx, repo, d)
 }
 
+// CheckBlobStored implements registry.StoredBlobChecker: repo's store
+// answers if it checks; otherwise its HasBlob looked at the bytes already.
+func (r *Router) CheckBlobStored(ctx context.Context, repo string, d cache.Digest, size int64) error {
+	if c, ok := r.For(repo).(registry.StoredBlobChecker); ok {
+		return c.CheckBlobStored(ctx, repo, d, size)
+	}
+	return nil
+}
+
 // StatBlob asks the request's store, or else each store until one has d.
 func (r *Router) StatBlob(ctx context.Context, d cache.Digest) (cache.BlobInfo, error) {
 	if s, ok := r.ctxStore(ctx); ok {
