@@ -358,8 +358,8 @@ func (a *adapter) accessControl(o *object, au *caddymodule.Auth) error {
 		if err != nil {
 			return err
 		}
-		if strings.ContainsAny(pat, "{}\\") {
-			a.warn(po.path, "{a,b} alternatives and \\ escapes are not patterns here: those characters match themselves")
+		if err := authscope.CheckPattern(pat); err != nil {
+			return fmt.Errorf("%s: %w", po.path, err)
 		}
 		au.Repositories[pat] = rp
 		po.rest()

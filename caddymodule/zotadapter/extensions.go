@@ -437,11 +437,14 @@ func (a *adapter) localPrefixes() {
 	}
 	if a.reg.Auth != nil {
 		for pat := range a.reg.Auth.Repositories {
-			first, _, _ := strings.Cut(pat, "/")
-			if strings.ContainsAny(first, "*?[{\\") || a.prefixTaken(first) {
-				continue
+			alts, _ := authscope.ExpandPattern(pat) // {team,ops}/** keeps both
+			for _, alt := range alts {
+				first, _, _ := strings.Cut(alt, "/")
+				if strings.ContainsAny(first, "*?[\\") || a.prefixTaken(first) {
+					continue
+				}
+				add(first)
 			}
-			add(first)
 		}
 	}
 	for _, si := range a.reg.SyncInto {
