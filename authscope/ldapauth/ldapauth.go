@@ -66,6 +66,9 @@ type Config struct {
 
 	// BaseDN is where users are searched, with the whole subtree.
 	BaseDN string
+	// OneLevel searches users only directly below BaseDN, not in the
+	// OUs under it (zot's search without subtreeSearch).
+	OneLevel bool
 	// UserAttribute holds the user name. Default: uid.
 	UserAttribute string
 	// UserFilter, if set, is ANDed to the user search, e.g.
@@ -298,7 +301,11 @@ func (d *Directory) check(c *ldap.Conn, user, password string) (authscope.Identi
 	if d.c.GroupBaseDN == "" {
 		attrs = append(attrs, d.c.GroupsAttribute)
 	}
-	res, err := c.Search(ldap.NewSearchRequest(d.c.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+	scope := ldap.ScopeWholeSubtree
+	if d.c.OneLevel {
+		scope = ldap.ScopeSingleLevel
+	}
+	res, err := c.Search(ldap.NewSearchRequest(d.c.BaseDN, scope, ldap.NeverDerefAliases,
 		2, d.timeLimit(), false, filter, attrs, nil))
 	switch {
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) || (err == nil && len(res.Entries) > 1):

@@ -11,8 +11,6 @@ package zotadapter
 //   - zot's groups are the raw values of userGroupAttribute (memberOf:
 //     whole DNs); here a group is the value of its DN's first component,
 //     so a policy naming a DN is rewritten to that name;
-//   - zot searches one level below baseDN unless subtreeSearch; here the
-//     whole subtree is searched;
 //   - zot tries the directory after a wrong htpasswd password; here a
 //     user the htpasswd file lists is checked against it only.
 
@@ -121,7 +119,9 @@ func (a *adapter) ldap(o *object, au *caddymodule.Auth) error {
 		cfg.CAFile = caCert
 	}
 	if !subtree {
-		a.warn(l.at("subtreeSearch"), "users are searched in the whole subtree of baseDN here, not only one level below it as zot does without subtreeSearch")
+		// As zot: only users directly below baseDN sign in, not those
+		// of the OUs under it (disabled accounts, contractors).
+		cfg.SearchScope = "one"
 	}
 	if cfg.UserFilter, err = l.str("userFilter"); err != nil {
 		return err

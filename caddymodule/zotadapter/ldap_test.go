@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/go-ldap/ldap/v3"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -109,5 +110,59 @@ func TestLDAPServes(t *testing.T) {
 	}
 	if _, err := remote.Image(ref(t, host, "team/app:1")); status(err) != http.StatusUnauthorized {
 		t.Errorf("anonymous pull: %v, want 401", err)
+	}
+}
+
+// TestLDAPOneLevelServes: zot without subtreeSearch looks for users only
+// directly below baseDN, so an account in an OU under it (disabled
+// accounts, contractors) does not sign in. Searched in the whole subtree,
+// it did, and with no accessControl (every signed-in user may do
+// everything, as in zot) it could push anywhere.
+func TestLDAPOneLevelServes(t *testing.T) {
+	s := slapdtest.Start(t)
+	s.AddUser(t, "alice", "alice-pw")
+	nested := "ou=disabled," + slapdtest.PeopleDN
+	for _, e := range []*ldap.AddRequest{
+		ldap.NewAddRequest(nested, nil),
+		ldap.NewAddRequest("uid=mallory,"+nested, nil),
+	} {
+		if e.DN == nested {
+			e.Attribute("objectClass", []string{"organizationalUnit"})
+			e.Attribute("ou", []string{"disabled"})
+		} else {
+			e.Attribute("objectClass", []string{"inetOrgPerson"})
+			for _, k := range []string{"uid", "cn", "sn"} {
+				e.Attribute(k, []string{"mallory"})
+			}
+			e.Attribute("userPassword", []string{"mallory-pw"})
+		}
+		if err := s.Admin(t).Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := url.Parse(s.TLSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	a := adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {"address": "127.0.0.1", "port": "`+port+`", "auth": {"ldap": {
+    "address": "127.0.0.1", "port": `+u.Port()+`, "caCert": "`+s.CAFile+`",
+    "bindDN": "`+slapdtest.ReaderDN+`", "bindPassword": "`+slapdtest.ReaderPassword+`",
+    "baseDN": "`+slapdtest.PeopleDN+`", "userAttribute": "uid"
+  }, "failDelay": 0}}
+}`)
+	if a.warned("http.auth.ldap.subtreeSearch", "") {
+		t.Errorf("a warning for a setting that maps: %v", a.warnings)
+	}
+	serve(t, a)
+	host := "127.0.0.1:" + port
+	if _, err := push(t, host, "team/app:1", &authn.Basic{Username: "alice", Password: "alice-pw"}); err != nil {
+		t.Fatalf("alice (directly below baseDN): %v", err)
+	}
+	if _, err := push(t, host, "team/app:2", &authn.Basic{Username: "mallory", Password: "mallory-pw"}); status(err) != http.StatusUnauthorized {
+		t.Fatalf("mallory (in an OU below baseDN): %v, want 401", err)
 	}
 }
