@@ -39,6 +39,7 @@ func TestLDAPCaddyfile(t *testing.T) {
 			group_base_dn ou=groups,dc=example,dc=org
 			group_filter (|(member={dn})(memberUid={user}))
 			group_name_attribute ou
+			group_names dn
 			dial_timeout 2s
 			timeout 3s
 			max_connections 4
@@ -59,7 +60,7 @@ func TestLDAPCaddyfile(t *testing.T) {
 		BindDN: "cn=registry,ou=services,dc=example,dc=org", BindPasswordFile: "/run/secrets/ldap",
 		BaseDN: "ou=people,dc=example,dc=org", SearchScope: "one", UserAttribute: "sAMAccountName", UserFilter: "(objectClass=person)",
 		GroupsAttribute: "isMemberOf", GroupBaseDN: "ou=groups,dc=example,dc=org",
-		GroupFilter: "(|(member={dn})(memberUid={user}))", GroupNameAttribute: "ou",
+		GroupFilter: "(|(member={dn})(memberUid={user}))", GroupNameAttribute: "ou", GroupNames: "dn",
 		DialTimeout: caddy.Duration(2 * time.Second), Timeout: caddy.Duration(3 * time.Second),
 		MaxConnections: 4, CacheTTL: -1,
 	}
@@ -128,6 +129,7 @@ func TestLDAPCaddyfile(t *testing.T) {
 		"url with a search in it":    func(l *LDAP) { l.URL = "ldap://h/dc=example,dc=org??sub?(uid=*)" },
 		"url with user and password": func(l *LDAP) { l.URL = "ldap://u:p@h" },
 		"unknown search_scope":       func(l *LDAP) { l.SearchScope = "base" },
+		"unknown group_names":        func(l *LDAP) { l.GroupNames = "cn" },
 	} {
 		l := ok
 		mod(&l)

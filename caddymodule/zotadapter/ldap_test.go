@@ -25,17 +25,16 @@ func TestLDAP(t *testing.T) {
 	if l == nil || l.URL != "ldaps://127.0.0.1:1636" || l.StartTLS || l.CAFile != dir+"/ca.pem" || l.InsecureSkipVerify ||
 		l.BindDN != "cn=reader,ou=services,dc=example,dc=org" || l.BindPassword != "reader-secret" ||
 		l.BaseDN != "dc=example,dc=org" || l.UserAttribute != "uid" || l.UserFilter != "(objectClass=inetOrgPerson)" ||
-		l.GroupsAttribute != "memberOf" {
+		l.GroupsAttribute != "memberOf" || l.GroupNames != "dn" {
 		t.Fatalf("ldap %s", mustJSON(t, l))
 	}
-	if g := a.reg.Auth.Repositories["team/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"devs"}) {
+	if g := a.reg.Auth.Repositories["team/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"cn=devs,ou=groups,dc=example,dc=org"}) {
 		t.Errorf("team/** policies %+v", g)
 	}
 	if g := a.reg.Auth.Repositories["ops/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"ops"}) {
 		t.Errorf("ops/** policies %+v", g)
 	}
 	for _, w := range [][2]string{
-		{"http.accessControl.repositories.team/**.policies", `"cn=devs,ou=groups,dc=example,dc=org" is "devs" here`},
 		{"http.auth.ldap.credentialsFile", "bind password is copied"},
 	} {
 		if !a.warned(w[0], w[1]) {
@@ -75,6 +74,21 @@ func TestLDAPServes(t *testing.T) {
 	s.AddUser(t, "bob", "bob-pw")
 	s.AddUser(t, "carol", "carol-pw")
 	s.AddGroup(t, "devs", "alice")
+	// Another devs, in an OU whose groups anyone may make: not the one
+	// the policy names by its DN.
+	sandbox := "ou=sandbox," + slapdtest.BaseDN
+	ou := ldap.NewAddRequest(sandbox, nil)
+	ou.Attribute("objectClass", []string{"organizationalUnit"})
+	ou.Attribute("ou", []string{"sandbox"})
+	g := ldap.NewAddRequest("cn=devs,"+sandbox, nil)
+	g.Attribute("objectClass", []string{"groupOfNames"})
+	g.Attribute("cn", []string{"devs"})
+	g.Attribute("member", []string{slapdtest.UserDN("bob")})
+	for _, e := range []*ldap.AddRequest{ou, g} {
+		if err := s.Admin(t).Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
 	dir := t.TempDir()
 	writeFile(t, dir, "ldap-credentials.json", `{"bindDN":"`+slapdtest.ReaderDN+`","bindPassword":"`+slapdtest.ReaderPassword+`"}`)
 	u, err := url.Parse(s.TLSURL)
@@ -93,7 +107,7 @@ func TestLDAPServes(t *testing.T) {
 	}{
 		{"alice", "alice-pw", "team/app:1", 0},                    // group devs, by its DN in the zot config
 		{"alice", "alice-pw", "team/app:1", 0},                    // update: moving a tag
-		{"bob", "bob-pw", "team/app:2", http.StatusForbidden},     // in no group
+		{"bob", "bob-pw", "team/app:2", http.StatusForbidden},     // in another OU's devs only
 		{"carol", "carol-pw", "ops/tool:1", 0},                    // a config group of a directory user
 		{"alice", "alice-pw", "ops/tool:2", http.StatusForbidden}, // not in ops
 		{"alice", "bob-pw", "team/app:3", http.StatusUnauthorized},
