@@ -410,8 +410,15 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 		}
 		a.warn(at, msg)
 	}
-	if remainder != "**" {
-		a.warn(at+".prefix", fmt.Sprintf("is not a filter here: every repository of the upstream can be pulled under %s/", m.Prefix))
+	if glob != "**" {
+		// As in zot, only the upstream repositories the content names are
+		// reachable (with the registry's credentials): the rest answer
+		// 404, never fetched.
+		if err := authscope.CheckPattern(glob); err != nil {
+			a.warn(at+".prefix", fmt.Sprintf("%v; this content is not mirrored", err))
+			return nil
+		}
+		m.Repositories = []string{glob}
 	}
 	if m.Sync = a.scheduled(at+".prefix", e, glob); m.Sync != nil && !e.onDemand {
 		a.warn(at, fmt.Sprintf("synced every %s into the mirror %s, whose images not yet synced are also fetched when first pulled (zot with onDemand false answers 404 for them)", time.Duration(e.every), m.Prefix))

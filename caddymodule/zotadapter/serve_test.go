@@ -267,6 +267,49 @@ func TestGlobPolicyServes(t *testing.T) {
 	}
 }
 
+// TestSyncContentFilterServes: zot's sync reaches only the upstream
+// repositories its content prefix names, with the registry's upstream
+// credentials; pulls of other names find nothing. The adapted mirror
+// served the whole upstream under its prefix, the private repositories
+// those credentials may read included.
+func TestSyncContentFilterServes(t *testing.T) {
+	up := upstream(t)
+	upHost := strings.TrimPrefix(up, "http://")
+	for _, repo := range []string{"team/public/app:1", "team/private/app:1", "lib/tool:1"} {
+		if _, err := push(t, upHost, repo, authn.Anonymous); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	serve(t, adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {"address": "127.0.0.1", "port": "`+port+`"},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["`+up+`"], "onDemand": true, "tlsVerify": false, "content": [
+      {"prefix": "/team/public/**", "destination": "/pub"},
+      {"prefix": "/lib/*", "destination": "/l", "stripPrefix": true}
+    ]}
+  ]}}
+}`))
+	host := "127.0.0.1:" + port
+	for _, tc := range []struct {
+		repo string
+		want int
+	}{
+		{"pub/team/public/app:1", 0},
+		{"pub/team/private/app:1", http.StatusNotFound},
+		{"pub/lib/tool:1", http.StatusNotFound},
+		{"l/tool:1", 0},
+		{"l/team/private/app:1", http.StatusNotFound},
+	} {
+		_, err := remote.Image(ref(t, host, tc.repo))
+		if status(err) != tc.want || (tc.want == 0 && err != nil) {
+			t.Errorf("pull %s: %v, want %d", tc.repo, err, tc.want)
+		}
+	}
+}
+
 // TestSyncServes: zot's sync of several registries. On-demand content is
 // pulled through its mirror: lib/alpine and vendor/tool rely on
 // library_prefix applying to a prefixed one-component name (lib/alpine ->
