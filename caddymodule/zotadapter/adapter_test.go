@@ -343,9 +343,9 @@ func TestWarnings(t *testing.T) {
 		{`{"http":{"auth":{"apikey":true}}}`, "http.auth.apikey", "OpenID"},
 		{`{"http":{"ratelimit":{"rate":5}}}`, "http.ratelimit", "not mapped"},
 		{`{"extensions":{"scrub":{"enable":true}}}`, "extensions.scrub", "not needed"},
-		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
 			"extensions.sync.registries[0].content[0].destination", "more than one name component"},
-		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"/repo2/repo","destination":"/repo","stripPrefix":true}]}]}}}`,
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"content":[{"prefix":"/repo2/repo","destination":"/repo","stripPrefix":true}]}]}}}`,
 			"extensions.sync.registries[0].content[0]", "as the local name repo alone"},
 		{`{"cluster":{"members":["a:1","b:1"]}}`, "cluster", "no counterpart"},
 		{`{"storage":{"rootDirectory":"/x"},"flavour":"vanilla"}`, "flavour", "not a zot setting"},
@@ -448,5 +448,21 @@ func TestSubPaths(t *testing.T) {
 	if _, _, err := caddyconfig.GetAdapter("zot").Adapt([]byte(`{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"gc":true}}}}`), nil); err == nil ||
 		!strings.Contains(err.Error(), "storage.subPaths./a.rootDirectory: required") {
 		t.Errorf("sub-path without rootDirectory: %v", err)
+	}
+}
+
+// TestSyncNothingIsNoMirror: a registry zot neither polls nor fetches on
+// demand syncs nothing there, so nothing of it is reachable; as a mirror
+// it served the whole upstream, with the registry's credentials.
+func TestSyncNothingIsNoMirror(t *testing.T) {
+	a := adaptString(t, `{"storage":{"rootDirectory":"/x"},"extensions":{"sync":{"registries":[
+		{"urls":["https://private.example"],"onDemand":false,"content":[{"prefix":"/team/**","destination":"/t"}]},
+		{"urls":["https://other.example"]}
+	]}}}`)
+	if len(a.reg.Mirrors) != 0 || len(a.reg.SyncInto) != 0 {
+		t.Fatalf("mirrors %s sync_into %s", mustJSON(t, a.reg.Mirrors), mustJSON(t, a.reg.SyncInto))
+	}
+	if !a.warned("extensions.sync.registries[0].onDemand", "left out") || !a.warned("extensions.sync.registries[1].onDemand", "left out") {
+		t.Errorf("warnings %v", a.warnings)
 	}
 }

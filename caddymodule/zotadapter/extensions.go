@@ -165,8 +165,6 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	var every caddy.Duration // 0: no scheduled sync
 	if poll > 0 {
 		every = caddy.Duration(poll)
-	} else if !onDemand {
-		a.warn(r.at("onDemand"), "false without pollInterval: zot syncs nothing from this registry, but here images are fetched from it when first pulled")
 	}
 	if pd, err := r.boolean("preserveDigest", true); err != nil {
 		return err
@@ -189,6 +187,12 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	contents, err := r.list("content")
 	if err != nil {
 		return err
+	}
+	if every == 0 && !onDemand {
+		// A mirror would fetch what zot never serves, with the
+		// registry's credentials.
+		a.warn(r.at("onDemand"), "false without pollInterval: zot syncs nothing from this registry, and neither does this config; left out")
+		return nil
 	}
 	if len(contents) == 0 {
 		// zot syncs every repository of the registry.
