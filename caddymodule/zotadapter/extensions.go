@@ -410,7 +410,7 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 	if m.LibraryPrefix != "" {
 		msg := fmt.Sprintf("%s/<name> is fetched from upstream as %s/<name>, and access patterns see it as %s/%s/<name>", m.Prefix, m.LibraryPrefix, m.Prefix, m.LibraryPrefix)
 		if strings.Contains(remainder, "/") || strings.Contains(remainder, "**") {
-			msg += fmt.Sprintf("; only one-component names get %s/: longer names under %s/ are fetched as they are", m.LibraryPrefix, m.Prefix)
+			msg += fmt.Sprintf("; only one-component names get %s/: longer names under %s/ keep their name upstream, and answer 404 when it lies outside the content prefix", m.LibraryPrefix, m.Prefix)
 		}
 		a.warn(at, msg)
 	}
