@@ -26,6 +26,35 @@ type ClaimMapping struct {
 	Groups string
 }
 
+// emailClaim is the claim OIDC gives an address in; email_verified says
+// whether the provider checked it.
+const emailClaim = "email"
+
+// verifiedAddress refuses an address as a user name when the provider
+// says it did not check that the user owns it: at providers that let
+// users set their own address (Keycloak's account console, self sign-up),
+// anyone could otherwise sign in as admin@example.org and get that
+// name's grants. A provider that sends no email_verified (Azure AD) is
+// taken at its word. Cognito sends the flag as a string.
+func verifiedAddress(claim string, claims map[string]any) error {
+	if claim != emailClaim {
+		return nil
+	}
+	switch v := claims["email_verified"].(type) {
+	case nil:
+		return nil
+	case bool:
+		if v {
+			return nil
+		}
+	case string:
+		if v == "true" {
+			return nil
+		}
+	}
+	return fmt.Errorf("claim %q names the user, and the provider has not verified the address (email_verified %v): verify it at the provider, or name users by another claim", claim, claims["email_verified"])
+}
+
 // identity maps claims. Names are refused when they hold control
 // characters or NUL (they end up in logs and storage keys).
 func (m ClaimMapping) identity(claims map[string]any) (user string, groups []string, err error) {
@@ -45,6 +74,8 @@ func (m ClaimMapping) identity(claims map[string]any) (user string, groups []str
 	}
 	if user == "" {
 		user, _ = claims["sub"].(string)
+	} else if err := verifiedAddress(uc, claims); err != nil {
+		return "", nil, err
 	}
 	if user == "" || strings.ContainsFunc(user, isControl) {
 		return "", nil, fmt.Errorf("no usable user name in claim %q or sub", uc)

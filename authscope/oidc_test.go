@@ -176,6 +176,12 @@ type site struct {
 
 func newSite(t *testing.T, user string, groups ...string) *site {
 	t.Helper()
+	return newSiteClaims(t, ClaimMapping{}, user, groups...)
+}
+
+// newSiteClaims is newSite whose sign-in maps claims by m.
+func newSiteClaims(t *testing.T, m ClaimMapping, user string, groups ...string) *site {
+	t.Helper()
 	s := &site{p: oidctest.New(t, user, groups...), clock: newClock(), store: newMemKeys()}
 	s.sessions = newMemSessions(s.clock.Now)
 	var h http.Handler
@@ -187,6 +193,7 @@ func newSite(t *testing.T, user string, groups ...string) *site {
 		OIDC: &OIDCClient{
 			Issuer: s.p.Issuer(), ClientID: oidctest.ClientID, ClientSecret: oidctest.ClientSecret,
 			RedirectURL: RedirectURL(s.URL),
+			Claims:      m,
 		},
 		ExternalURL: s.URL,
 		Sealer:      testSealer(),
@@ -390,6 +397,59 @@ func TestSignInRefusesBadIDTokens(t *testing.T) {
 				t.Fatalf("session after refused sign-in: %d", status)
 			}
 		})
+	}
+}
+
+// TestSignInRefusesUnverifiedEmail: with the address as the user name
+// (zot's default, which the zot adapter keeps), an address the provider
+// says it did not verify signs nobody in: at a provider where users set
+// their own address, anyone would otherwise be admin@example.org. The
+// flag as Cognito sends it (a string) counts, and a provider that sends
+// none is believed.
+func TestSignInRefusesUnverifiedEmail(t *testing.T) {
+	cases := []struct {
+		name     string
+		verified any // nil: no email_verified claim
+		want     int
+	}{
+		{"unverified", false, http.StatusForbidden},
+		{"unverified as a string", "false", http.StatusForbidden},
+		{"flag of another type", 0, http.StatusForbidden},
+		{"verified", true, http.StatusOK},
+		{"verified as a string", "true", http.StatusOK},
+		{"no flag", nil, http.StatusOK},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSiteClaims(t, ClaimMapping{Username: "email"}, "mallory")
+			s.p.SetMutate(func(c map[string]any) {
+				c["email"] = "admin@example.org"
+				if tc.verified != nil {
+					c["email_verified"] = tc.verified
+				}
+			})
+			c := browser(t)
+			if status, body := s.signIn(t, c); status != tc.want {
+				t.Fatalf("sign-in: %d, want %d\n%s", status, tc.want, body)
+			}
+			status, m := s.session(t, c)
+			if tc.want != http.StatusOK {
+				if status != http.StatusUnauthorized {
+					t.Fatalf("session after refused sign-in: %d %v", status, m)
+				}
+				return
+			}
+			if status != http.StatusOK || m["user"] != "admin@example.org" {
+				t.Fatalf("session: %d %v", status, m)
+			}
+		})
+	}
+	// Only the address is in question: another claim as the user name
+	// signs in whatever the flag says.
+	s := newSite(t, "alice")
+	s.p.SetMutate(func(c map[string]any) { c["email"], c["email_verified"] = "x@example.org", false })
+	if status, body := s.signIn(t, browser(t)); status != http.StatusOK {
+		t.Fatalf("preferred_username with an unverified address: %d %s", status, body)
 	}
 }
 

@@ -28,7 +28,8 @@ var AllActions = []string{ActionRead, ActionCreate, ActionUpdate, ActionDelete}
 type PolicyConfig struct {
 	// Repositories maps repository patterns to who may do what there.
 	// `**` matches any number of name components, `*` one component (or
-	// part of one), other text itself; patterns are internal names
+	// part of one), `{a,b}` either alternative, `[!a]` a character outside a
+	// class (zot's globs), other text itself; patterns are internal names
 	// (`docker.io/library/*`, `blumeops/**`). For a repository, only the
 	// longest matching pattern counts.
 	Repositories map[string]RepositoryPolicy `json:"repositories,omitempty"`
@@ -72,7 +73,8 @@ type AdminPolicy struct {
 
 // Policy is a checked PolicyConfig.
 type Policy struct {
-	patterns []string // longest first
+	patterns []string            // longest first
+	spelled  map[string][]string // pattern -> the patterns it stands for
 	repos    map[string]RepositoryPolicy
 	groups   map[string][]string // user -> groups
 	admin    AdminPolicy
@@ -80,7 +82,7 @@ type Policy struct {
 
 // NewPolicy checks c: known actions, well-formed patterns, groups that exist.
 func NewPolicy(c PolicyConfig) (*Policy, error) {
-	p := &Policy{repos: map[string]RepositoryPolicy{}, groups: map[string][]string{}}
+	p := &Policy{repos: map[string]RepositoryPolicy{}, spelled: map[string][]string{}, groups: map[string][]string{}}
 	checkActions := func(where string, acts []string) error {
 		for _, a := range acts {
 			if !slices.Contains(AllActions, a) {
@@ -112,6 +114,7 @@ func NewPolicy(c PolicyConfig) (*Policy, error) {
 		if err := checkPattern(pat); err != nil {
 			return nil, err
 		}
+		p.spelled[pat], _ = expandPattern(pat)
 		where := "repository pattern " + pat
 		for _, g := range rp.Policies {
 			if err := checkActions(where, g.Actions); err != nil {
@@ -156,18 +159,24 @@ func checkPattern(pat string) error {
 	if pat == "" {
 		return fmt.Errorf("empty repository pattern")
 	}
-	for _, seg := range strings.Split(pat, "/") {
-		if seg == "" {
-			return fmt.Errorf("repository pattern %q: empty component", pat)
-		}
-		if seg == "**" {
-			continue
-		}
-		if strings.Contains(seg, "**") {
-			return fmt.Errorf("repository pattern %q: ** must be a whole component", pat)
-		}
-		if _, err := path.Match(seg, "x"); err != nil {
-			return fmt.Errorf("repository pattern %q: %w", pat, err)
+	alts, err := expandPattern(pat)
+	if err != nil {
+		return fmt.Errorf("repository pattern %q: %w", pat, err)
+	}
+	for _, alt := range alts {
+		for _, seg := range strings.Split(alt, "/") {
+			if seg == "" {
+				return fmt.Errorf("repository pattern %q: empty component", pat)
+			}
+			if seg == "**" {
+				continue
+			}
+			if strings.Contains(seg, "**") {
+				return fmt.Errorf("repository pattern %q: ** must be a whole component", pat)
+			}
+			if _, err := path.Match(seg, "x"); err != nil {
+				return fmt.Errorf("repository pattern %q: %w", pat, err)
+			}
 		}
 	}
 	return nil
@@ -175,9 +184,23 @@ func checkPattern(pat string) error {
 
 // MatchPattern reports whether repository name matches pattern: `**` is
 // any number (zero included) of components, other components are
-// path.Match patterns of one component.
+// path.Match patterns of one component; `{a,b}` is either alternative
+// and `[!...]` a character outside the class, as in zot's globs
+// (doublestar), so that a zot policy means here what it meant there. A
+// pattern that CheckPattern refuses matches nothing.
 func MatchPattern(pattern, name string) bool {
-	return matchSegs(strings.Split(pattern, "/"), strings.Split(name, "/"))
+	alts, err := expandPattern(pattern)
+	return err == nil && matchAny(alts, name)
+}
+
+func matchAny(alts []string, name string) bool {
+	segs := strings.Split(name, "/")
+	for _, alt := range alts {
+		if matchSegs(strings.Split(alt, "/"), segs) {
+			return true
+		}
+	}
+	return false
 }
 
 func matchSegs(pat, name []string) bool {
@@ -233,7 +256,7 @@ func (p *Policy) AllowsGroups(user string, groups []string, action, name string)
 	}
 	groups = append(slices.Clip(groups), p.groups[user]...)
 	for _, pat := range p.patterns {
-		if !MatchPattern(pat, name) {
+		if !matchAny(p.spelled[pat], name) {
 			continue
 		}
 		rp := p.repos[pat]

@@ -2,6 +2,7 @@ package authscope
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +29,18 @@ func TestMatchPattern(t *testing.T) {
 		{"app-*", "app-1", true},
 		{"exact/name", "exact/name", true},
 		{"exact/name", "exact/name/more", false},
+		// zot's globs (doublestar): alternatives, negated classes.
+		{"{prod,release}/**", "prod/app", true},
+		{"{prod,release}/**", "release/a/b", true},
+		{"{prod,release}/**", "staging/app", false},
+		{"team/{a,b{1,2}}", "team/b2", true},
+		{"team/{a,b{1,2}}", "team/b3", false},
+		{"{a/b,c}/x", "a/b/x", true},
+		{"[!p]*/**", "staging/app", true},
+		{"[!p]*/**", "prod/app", false},
+		{"[^p]*/**", "prod/app", false},
+		{"\\{x\\}", "x", false},
+		{"{unclosed/**", "unclosed/x", false},
 	} {
 		if got := MatchPattern(tc.pat, tc.name); got != tc.want {
 			t.Errorf("MatchPattern(%q, %q) = %v", tc.pat, tc.name, got)
@@ -100,6 +113,41 @@ func TestPolicyLongestWins(t *testing.T) {
 	}
 	if !p.Allows("bob", "create", "open/x") || p.Allows("", "read", "open/x") {
 		t.Error("default policy")
+	}
+}
+
+// TestPolicyZotGlobs: a zot policy that keeps a namespace to one user
+// with a glob of zot's (`{prod,release}/**`, `[!d]*/**`) keeps it here
+// too. Read by path.Match alone the pattern matched nothing, and those
+// repositories fell to `**`, where every signed-in user may push.
+func TestPolicyZotGlobs(t *testing.T) {
+	p, err := NewPolicy(PolicyConfig{Repositories: map[string]RepositoryPolicy{
+		"**":                {Default: []string{ActionRead, ActionCreate}},
+		"{prod,release}/**": {Default: []string{ActionRead}, Policies: []Grant{{Users: []string{"ci"}, Actions: []string{ActionRead, ActionCreate}}}},
+		"dev/[!s]*/**":      {Default: []string{ActionRead}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		user, name string
+		want       bool
+	}{
+		{"bob", "prod/app", false},
+		{"bob", "release/app/x", false},
+		{"ci", "prod/app", true},
+		{"bob", "staging/app", true},
+		{"bob", "dev/tools/app", false},
+		{"bob", "dev/sandbox/app", true},
+	} {
+		if got := p.Allows(tc.user, ActionCreate, tc.name); got != tc.want {
+			t.Errorf("%s create %s: %v, want %v", tc.user, tc.name, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"{prod/**", "prod}/**", "{a,}/x", strings.Repeat("{a,b}", 9) + "/**"} {
+		if _, err := NewPolicy(PolicyConfig{Repositories: map[string]RepositoryPolicy{bad: {}}}); err == nil {
+			t.Errorf("pattern %q accepted", bad)
+		}
 	}
 }
 

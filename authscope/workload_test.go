@@ -133,10 +133,19 @@ func TestWorkloadNamesApart(t *testing.T) {
 		Groups:         map[string][]string{"admins": {"root"}},
 		Admin:          &AdminPolicy{Users: []string{"root"}, Groups: []string{"admins"}},
 		Repositories: map[string]RepositoryPolicy{
-			"**":          {Anonymous: []string{ActionRead}},
-			"blumeops/**": {Policies: []Grant{{Groups: []string{WorkloadPrefix + "blumeops"}, Actions: []string{ActionRead, ActionCreate}}}},
+			"**": {Anonymous: []string{ActionRead}},
+			"blumeops/**": {Policies: []Grant{
+				{Groups: []string{WorkloadPrefix + "blumeops"}, Actions: []string{ActionRead, ActionCreate}},
+				{Users: []string{WorkloadPrefix + "release@example.org"}, Actions: AllActions},
+			}},
 		},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byEmail, err := NewAuthorizer(Options{Policy: pol, Workload: &WorkloadVerifier{
+		Issuer: p.Issuer(), Audience: aud, Claims: ClaimMapping{Username: "email"},
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +172,9 @@ func TestWorkloadNamesApart(t *testing.T) {
 	}{
 		{"owner named like the admin group", byOwner, map[string]any{"sub": "repo:admins/x", "repository_owner": "admins"}, del, http.StatusForbidden},
 		{"actor named like the admin user", byActor, map[string]any{"sub": "repo:evil/x", "actor": "root", "repository_owner": "evil"}, del, http.StatusForbidden},
+		// An address the issuer did not verify names no workload.
+		{"unverified address", byEmail, map[string]any{"sub": "job-1", "email": "release@example.org", "email_verified": false}, del, http.StatusUnauthorized},
+		{"verified address", byEmail, map[string]any{"sub": "job-1", "email": "release@example.org", "email_verified": true}, del, 0},
 		{"its own owner's group", byOwner, map[string]any{"sub": "repo:blumeops/app", "repository_owner": "blumeops"}, push, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,6 +187,9 @@ func TestWorkloadNamesApart(t *testing.T) {
 				t.Fatalf("refused: %v", err)
 			case tc.status != 0 && (!errors.As(err, &d) || d.Status != tc.status):
 				t.Fatalf("want %d, got %v", tc.status, err)
+			}
+			if tc.status == http.StatusUnauthorized {
+				return // no identity: the token was refused
 			}
 			if id, _ := IdentityOf(r); !strings.HasPrefix(id.User, WorkloadPrefix) {
 				t.Fatalf("identity %+v", id)

@@ -255,6 +255,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 			insecure_skip_verify
 			ca_file /etc/ca.pem
 			library_prefix library
+			repositories team/public/** library/*
 		}
 	}`
 	var got Registry
@@ -271,7 +272,8 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 				MaxBlobSize: 10 << 30, MaxConcurrentFills: 8,
 				Aliases: []string{"registry-1.docker.io"}, Hosts: []string{"docker.mirror.example"}, Default: true},
 			{Prefix: "ghcr.io"},
-			{Prefix: "registry.local", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library"},
+			{Prefix: "registry.local", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library",
+				Repositories: []string{"team/public/**", "library/*"}},
 		},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -294,6 +296,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 		"oci_registry {\nmirror a {\nmax_concurrent_fills 0\n}\n}",
 		"oci_registry {\nmirror a {\nmax_concurrent_fills -3\n}\n}",
 		"oci_registry {\nmirror a {\nmax_concurrent_fills 1 2\n}\n}",
+		"oci_registry {\nmirror a {\nrepositories\n}\n}",
 		"oci_registry {\nlocal\n}",
 	} {
 		var r Registry

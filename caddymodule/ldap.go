@@ -66,6 +66,11 @@ type LDAP struct {
 	// BaseDN is where users are searched, with its whole subtree.
 	BaseDN string `json:"base_dn"`
 
+	// SearchScope is how far below BaseDN users are searched: subtree
+	// (the default: every OU under it) or one (only entries directly
+	// below it, as zot searches without subtreeSearch).
+	SearchScope string `json:"search_scope,omitempty"`
+
 	// UserAttribute holds the user name (uid; sAMAccountName in Active
 	// Directory). The name a user gets in policies is this attribute's
 	// value as the directory spells it. Default: uid.
@@ -96,6 +101,13 @@ type LDAP struct {
 	// Default: cn.
 	GroupNameAttribute string `json:"group_name_attribute,omitempty"`
 
+	// GroupNames is how a directory group is named in rules: rdn (the
+	// default: the value of its DN's first component, devs for
+	// cn=devs,ou=groups,dc=example,dc=org, or its group_name_attribute)
+	// or dn (its whole DN as the directory spells it, as zot names
+	// them: a cn=devs elsewhere in the tree is another group).
+	GroupNames string `json:"group_names,omitempty"`
+
 	// DialTimeout bounds connecting to the directory, TLS included.
 	// Default: 5s.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
@@ -122,6 +134,12 @@ func (l *LDAP) validate() error {
 	}
 	if l.BindPassword != "" && l.BindPasswordFile != "" {
 		return errors.New("ldap: bind_password and bind_password_file are exclusive")
+	}
+	if l.SearchScope != "" && l.SearchScope != "one" && l.SearchScope != "subtree" {
+		return fmt.Errorf("ldap: search_scope %q: one or subtree", l.SearchScope)
+	}
+	if l.GroupNames != "" && l.GroupNames != "rdn" && l.GroupNames != "dn" {
+		return fmt.Errorf("ldap: group_names %q: rdn or dn", l.GroupNames)
 	}
 	if l.DialTimeout < 0 || l.Timeout < 0 {
 		return errors.New("ldap: dial_timeout and timeout must not be negative")
@@ -155,10 +173,10 @@ func (l *LDAP) config() ldapauth.Config {
 	c := ldapauth.Config{
 		URL: l.URL, StartTLS: l.StartTLS,
 		BindDN: l.BindDN, BindPassword: caddy.NewReplacer().ReplaceAll(l.BindPassword, ""),
-		BaseDN: l.BaseDN, UserAttribute: l.UserAttribute, UserFilter: l.UserFilter,
+		BaseDN: l.BaseDN, OneLevel: l.SearchScope == "one", UserAttribute: l.UserAttribute, UserFilter: l.UserFilter,
 		GroupsAttribute: l.GroupsAttribute, GroupBaseDN: l.GroupBaseDN, GroupFilter: l.GroupFilter,
-		GroupNameAttribute: l.GroupNameAttribute,
-		DialTimeout:        time.Duration(l.DialTimeout), Timeout: time.Duration(l.Timeout),
+		GroupNameAttribute: l.GroupNameAttribute, GroupsByDN: l.GroupNames == "dn",
+		DialTimeout: time.Duration(l.DialTimeout), Timeout: time.Duration(l.Timeout),
 		MaxConnections: l.MaxConnections,
 		CacheTTL:       time.Duration(l.CacheTTL),
 	}
@@ -236,12 +254,14 @@ func isLoopback(host string) bool {
 //		bind_password        <password>
 //		bind_password_file   <file>
 //		base_dn              <dn>
+//		search_scope         one|subtree
 //		user_attribute       <attribute>
 //		user_filter          <filter>
 //		groups_attribute     <attribute>
 //		group_base_dn        <dn>
 //		group_filter         <filter>
 //		group_name_attribute <attribute>
+//		group_names          rdn|dn
 //		dial_timeout         <duration>
 //		timeout              <duration>
 //		max_connections      <n>
@@ -279,6 +299,8 @@ func unmarshalLDAP(d *caddyfile.Dispenser) (*LDAP, error) {
 			l.BindPasswordFile = v
 		case "base_dn":
 			l.BaseDN = v
+		case "search_scope":
+			l.SearchScope = v
 		case "user_attribute":
 			l.UserAttribute = v
 		case "user_filter":
@@ -291,6 +313,8 @@ func unmarshalLDAP(d *caddyfile.Dispenser) (*LDAP, error) {
 			l.GroupFilter = v
 		case "group_name_attribute":
 			l.GroupNameAttribute = v
+		case "group_names":
+			l.GroupNames = v
 		case "dial_timeout":
 			l.DialTimeout, err = durationArg(d, sub, v)
 		case "timeout":
@@ -308,7 +332,7 @@ func unmarshalLDAP(d *caddyfile.Dispenser) (*LDAP, error) {
 			}
 			l.MaxConnections = n
 		default:
-			return d.Errf("unrecognized ldap subdirective %q (known: url, start_tls, ca_file, insecure_skip_verify, bind_dn, bind_password, bind_password_file, base_dn, user_attribute, user_filter, groups_attribute, group_base_dn, group_filter, group_name_attribute, dial_timeout, timeout, max_connections, cache_ttl)", sub)
+			return d.Errf("unrecognized ldap subdirective %q (known: url, start_tls, ca_file, insecure_skip_verify, bind_dn, bind_password, bind_password_file, base_dn, search_scope, user_attribute, user_filter, groups_attribute, group_base_dn, group_filter, group_name_attribute, group_names, dial_timeout, timeout, max_connections, cache_ttl)", sub)
 		}
 		return err
 	})

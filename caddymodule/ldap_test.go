@@ -32,12 +32,14 @@ func TestLDAPCaddyfile(t *testing.T) {
 			bind_dn cn=registry,ou=services,dc=example,dc=org
 			bind_password_file /run/secrets/ldap
 			base_dn ou=people,dc=example,dc=org
+			search_scope one
 			user_attribute sAMAccountName
 			user_filter (objectClass=person)
 			groups_attribute isMemberOf
 			group_base_dn ou=groups,dc=example,dc=org
 			group_filter (|(member={dn})(memberUid={user}))
 			group_name_attribute ou
+			group_names dn
 			dial_timeout 2s
 			timeout 3s
 			max_connections 4
@@ -56,9 +58,9 @@ func TestLDAPCaddyfile(t *testing.T) {
 	want := &LDAP{
 		URL: "ldaps://ldap.example:1636", CAFile: "/etc/caddy/ldap-ca.pem",
 		BindDN: "cn=registry,ou=services,dc=example,dc=org", BindPasswordFile: "/run/secrets/ldap",
-		BaseDN: "ou=people,dc=example,dc=org", UserAttribute: "sAMAccountName", UserFilter: "(objectClass=person)",
+		BaseDN: "ou=people,dc=example,dc=org", SearchScope: "one", UserAttribute: "sAMAccountName", UserFilter: "(objectClass=person)",
 		GroupsAttribute: "isMemberOf", GroupBaseDN: "ou=groups,dc=example,dc=org",
-		GroupFilter: "(|(member={dn})(memberUid={user}))", GroupNameAttribute: "ou",
+		GroupFilter: "(|(member={dn})(memberUid={user}))", GroupNameAttribute: "ou", GroupNames: "dn",
 		DialTimeout: caddy.Duration(2 * time.Second), Timeout: caddy.Duration(3 * time.Second),
 		MaxConnections: 4, CacheTTL: -1,
 	}
@@ -126,6 +128,8 @@ func TestLDAPCaddyfile(t *testing.T) {
 		"start_tls on an ldaps url":  func(l *LDAP) { l.URL, l.StartTLS = "ldaps://h", true },
 		"url with a search in it":    func(l *LDAP) { l.URL = "ldap://h/dc=example,dc=org??sub?(uid=*)" },
 		"url with user and password": func(l *LDAP) { l.URL = "ldap://u:p@h" },
+		"unknown search_scope":       func(l *LDAP) { l.SearchScope = "base" },
+		"unknown group_names":        func(l *LDAP) { l.GroupNames = "cn" },
 	} {
 		l := ok
 		mod(&l)

@@ -121,6 +121,12 @@ type Mirror struct {
 	// LibraryPrefix is put before one-component names ("debian" ->
 	// "library/debian"). Default: "library" for docker.io, none otherwise.
 	LibraryPrefix string `json:"library_prefix,omitempty"`
+
+	// Repositories, if set, are the upstream repositories served, as
+	// patterns (team/**, library/*); any other name under the prefix
+	// answers 404 and the upstream is never asked for it, so the
+	// mirror's credentials reach only these. Default: all of them.
+	Repositories []string `json:"repositories,omitempty"`
 }
 
 // buildMirrors turns the config into registry mirrors, replacing
@@ -178,6 +184,7 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 			Hosts:              m.Hosts,
 			Default:            m.Default,
 			LibraryPrefix:      m.LibraryPrefix,
+			Repositories:       m.Repositories,
 			Logger:             log.Named("upstream").With(zap.String("mirror", m.Prefix)),
 		})
 		if err != nil {
@@ -288,6 +295,11 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 			m.CAFile, err = one()
 		case "library_prefix":
 			m.LibraryPrefix, err = one()
+		case "repositories":
+			if len(args) == 0 {
+				return nil, d.Errf("mirror %s: repositories needs at least one pattern", m.Prefix)
+			}
+			m.Repositories = append(m.Repositories, args...)
 		case "tag_ttl", "stale_if_error", "dial_timeout", "response_header_timeout", "stall_timeout":
 			var s string
 			if s, err = one(); err == nil {

@@ -58,7 +58,8 @@ type OIDC struct {
 
 	// UsernameClaim is the ID token claim that names the user. Pick one
 	// the provider guarantees unique and users cannot change: policies
-	// and the config's groups match users by this name. Default:
+	// and the config's groups match users by this name. With email, a
+	// token whose email_verified is not true is refused. Default:
 	// preferred_username, or sub when that is missing.
 	UsernameClaim string `json:"username_claim,omitempty"`
 

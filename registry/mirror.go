@@ -88,6 +88,11 @@ type MirrorConfig struct {
 	// LibraryPrefix is put before one-component names ("library" for
 	// docker.io, by default).
 	LibraryPrefix string
+	// Repositories, if set, are the upstream names (patterns, as in
+	// access rules: team/**) this mirror serves; a request for any other
+	// answers 404 NAME_UNKNOWN and upstream is never asked. Its
+	// credentials then reach only these (zot's sync content prefix).
+	Repositories []string
 	// Transport overrides the HTTP transport to upstream (tests).
 	Transport http.RoundTripper
 	// Logger gets the upstream client's retries, failovers and token
@@ -149,6 +154,11 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	}
 	if len(cfg.Upstreams) == 0 {
 		cfg.Upstreams = []string{DefaultUpstream(cfg.Prefix)}
+	}
+	for _, p := range cfg.Repositories {
+		if err := authscope.CheckPattern(p); err != nil {
+			return nil, fmt.Errorf("mirror %s: repositories: %w", cfg.Prefix, err)
+		}
 	}
 	ns := authscope.Namespace{Prefix: cfg.Prefix, Aliases: cfg.Aliases, LibraryPrefix: cfg.LibraryPrefix}.WithDefaults()
 	cfg.Aliases, cfg.LibraryPrefix = ns.Aliases, ns.LibraryPrefix
@@ -258,6 +268,21 @@ func (m *Mirror) attach(obs Observer) {
 	if mo, ok := obs.(MirrorObserver); ok {
 		m.obs = mo
 	}
+}
+
+// serves reports whether the mirror serves an internal name: every name,
+// or those whose upstream name its Repositories match.
+func (m *Mirror) serves(internal string) bool {
+	if len(m.cfg.Repositories) == 0 {
+		return true
+	}
+	name := m.upstreamName(internal)
+	for _, p := range m.cfg.Repositories {
+		if authscope.MatchPattern(p, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // upstreamName is the repository name upstream knows an internal name by.

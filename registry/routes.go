@@ -365,6 +365,9 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 		return err
 	}
 	if m := h.mirrorFor(internal); m != nil {
+		if !m.serves(internal) {
+			return newError(http.StatusNotFound, CodeNameUnknown, "repository not mirrored here", nil)
+		}
 		rc.mirror = m
 		fn, ok := mirrorRoutes[ep.op]
 		if !ok {

@@ -66,6 +66,9 @@ type Config struct {
 
 	// BaseDN is where users are searched, with the whole subtree.
 	BaseDN string
+	// OneLevel searches users only directly below BaseDN, not in the
+	// OUs under it (zot's search without subtreeSearch).
+	OneLevel bool
 	// UserAttribute holds the user name. Default: uid.
 	UserAttribute string
 	// UserFilter, if set, is ANDed to the user search, e.g.
@@ -85,6 +88,11 @@ type Config struct {
 	// GroupNameAttribute names a group found by the group search.
 	// Default: cn.
 	GroupNameAttribute string
+	// GroupsByDN names each group by its whole DN as the directory
+	// spells it (a GroupsAttribute value, or a found group's DN), as zot
+	// does, instead of by one name: then cn=admins in an OU anyone may
+	// create groups in is not cn=admins,ou=groups.
+	GroupsByDN bool
 
 	// DialTimeout bounds connecting, TLS included; Timeout each request.
 	DialTimeout, Timeout time.Duration
@@ -298,7 +306,11 @@ func (d *Directory) check(c *ldap.Conn, user, password string) (authscope.Identi
 	if d.c.GroupBaseDN == "" {
 		attrs = append(attrs, d.c.GroupsAttribute)
 	}
-	res, err := c.Search(ldap.NewSearchRequest(d.c.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+	scope := ldap.ScopeWholeSubtree
+	if d.c.OneLevel {
+		scope = ldap.ScopeSingleLevel
+	}
+	res, err := c.Search(ldap.NewSearchRequest(d.c.BaseDN, scope, ldap.NeverDerefAliases,
 		2, d.timeLimit(), false, filter, attrs, nil))
 	switch {
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) || (err == nil && len(res.Entries) > 1):
@@ -325,7 +337,7 @@ func (d *Directory) check(c *ldap.Conn, user, password string) (authscope.Identi
 	}
 	id := authscope.Identity{User: canonicalName(entry, d.c.UserAttribute, user), Method: authscope.MethodLDAP}
 	if d.c.GroupBaseDN == "" {
-		id.Groups = groupNames(entry.GetEqualFoldAttributeValues(d.c.GroupsAttribute))
+		id.Groups = groupNames(entry.GetEqualFoldAttributeValues(d.c.GroupsAttribute), d.c.GroupsByDN)
 		return id, nil
 	}
 	if err := d.bindService(c); err != nil {
@@ -337,7 +349,11 @@ func (d *Directory) check(c *ldap.Conn, user, password string) (authscope.Identi
 		return authscope.Identity{}, d.unavailable("searching the user's groups", err)
 	}
 	for _, g := range res.Entries {
-		for _, name := range g.GetEqualFoldAttributeValues(d.c.GroupNameAttribute) {
+		names := g.GetEqualFoldAttributeValues(d.c.GroupNameAttribute)
+		if d.c.GroupsByDN {
+			names = []string{g.DN}
+		}
+		for _, name := range names {
 			if name != "" && !slices.Contains(id.Groups, name) {
 				id.Groups = append(id.Groups, name)
 			}
@@ -390,12 +406,13 @@ func canonicalName(e *ldap.Entry, attr, typed string) string {
 }
 
 // groupNames turns memberOf values (group DNs) into group names: the
-// value of each DN's first component. A value that is no DN is a name.
-func groupNames(vals []string) []string {
+// value of each DN's first component, or with byDN the DN itself. A value
+// that is no DN is a name.
+func groupNames(vals []string, byDN bool) []string {
 	var out []string
 	for _, v := range vals {
 		name := v
-		if dn, err := ldap.ParseDN(v); err == nil && len(dn.RDNs) > 0 && len(dn.RDNs[0].Attributes) > 0 {
+		if dn, err := ldap.ParseDN(v); err == nil && !byDN && len(dn.RDNs) > 0 && len(dn.RDNs[0].Attributes) > 0 {
 			name = dn.RDNs[0].Attributes[0].Value
 		}
 		if name != "" && !slices.Contains(out, name) {

@@ -329,13 +329,9 @@ func TestWarnings(t *testing.T) {
 		{`{"storage":{"rootDirectory":"/x","storageDriver":{"name":"s3","bucket":"b"}}}`, "storage.storageDriver", "embedded database in /x/meta (metadata_dir)"},
 		{`{"storage":{"rootDirectory":"/x","retention":{"policies":[{"repositories":["**"]}]}}}`, "storage.retention", "not supported"},
 		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid","startTLS":true}}}}`, "http.auth.ldap.startTLS", "ldaps://"},
-		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid"}}}}`, "http.auth.ldap.subtreeSearch", "whole subtree"},
-		{`{"http":{"auth":{"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid"}}}}`, "http.auth.ldap.userGroupAttribute", "memberOf"},
 		{`{"http":{"auth":{"htpasswd":{"path":"/h"},"ldap":{"address":"ldap.example","baseDN":"dc=x","userAttribute":"uid","subtreeSearch":true}}}}`, "http.auth.ldap", "htpasswd file lists"},
 		{`{"http":{"auth":{"ldap":{"address":"l","baseDN":"dc=x","userAttribute":"uid","insecure":true,"skipVerify":true}}}}`, "http.auth.ldap", "without TLS"},
 		{`{"http":{"auth":{"ldap":{"address":"l","baseDN":"dc=x","userAttribute":"uid","bindDN":"cn=r","bindPassword":"pw"}}}}`, "http.auth.ldap.bindPassword", "copied"},
-		{`{"http":{"auth":{"ldap":{"address":"l","baseDN":"dc=x","userAttribute":"uid","userGroupAttribute":"memberOf"}},"accessControl":{"repositories":{"**":{"policies":[{"groups":["cn=devs,ou=groups,dc=x"],"actions":["read"]}]}}}}}`,
-			"http.accessControl.repositories.**.policies", `is "devs" here`},
 		{`{"http":{"auth":{"mtls":{"identityAttributes":["CommonName"]}}}}`, "http.auth.mtls", "without http.tls.cacert"},
 		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"},"auth":{"mtls":{"identityAttributes":["DNSName","CommonName"]}},"accessControl":{"repositories":{"**":{"defaultPolicy":["read"]}}}}}`,
 			"http.auth.mtls.identityAttributes", "only the first attribute"},
@@ -347,9 +343,9 @@ func TestWarnings(t *testing.T) {
 		{`{"http":{"auth":{"apikey":true}}}`, "http.auth.apikey", "OpenID"},
 		{`{"http":{"ratelimit":{"rate":5}}}`, "http.ratelimit", "not mapped"},
 		{`{"extensions":{"scrub":{"enable":true}}}`, "extensions.scrub", "not needed"},
-		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
 			"extensions.sync.registries[0].content[0].destination", "more than one name component"},
-		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"content":[{"prefix":"/repo2/repo","destination":"/repo","stripPrefix":true}]}]}}}`,
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"content":[{"prefix":"/repo2/repo","destination":"/repo","stripPrefix":true}]}]}}}`,
 			"extensions.sync.registries[0].content[0]", "as the local name repo alone"},
 		{`{"cluster":{"members":["a:1","b:1"]}}`, "cluster", "no counterpart"},
 		{`{"storage":{"rootDirectory":"/x"},"flavour":"vanilla"}`, "flavour", "not a zot setting"},
@@ -452,5 +448,21 @@ func TestSubPaths(t *testing.T) {
 	if _, _, err := caddyconfig.GetAdapter("zot").Adapt([]byte(`{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"gc":true}}}}`), nil); err == nil ||
 		!strings.Contains(err.Error(), "storage.subPaths./a.rootDirectory: required") {
 		t.Errorf("sub-path without rootDirectory: %v", err)
+	}
+}
+
+// TestSyncNothingIsNoMirror: a registry zot neither polls nor fetches on
+// demand syncs nothing there, so nothing of it is reachable; as a mirror
+// it served the whole upstream, with the registry's credentials.
+func TestSyncNothingIsNoMirror(t *testing.T) {
+	a := adaptString(t, `{"storage":{"rootDirectory":"/x"},"extensions":{"sync":{"registries":[
+		{"urls":["https://private.example"],"onDemand":false,"content":[{"prefix":"/team/**","destination":"/t"}]},
+		{"urls":["https://other.example"]}
+	]}}}`)
+	if len(a.reg.Mirrors) != 0 || len(a.reg.SyncInto) != 0 {
+		t.Fatalf("mirrors %s sync_into %s", mustJSON(t, a.reg.Mirrors), mustJSON(t, a.reg.SyncInto))
+	}
+	if !a.warned("extensions.sync.registries[0].onDemand", "left out") || !a.warned("extensions.sync.registries[1].onDemand", "left out") {
+		t.Errorf("warnings %v", a.warnings)
 	}
 }

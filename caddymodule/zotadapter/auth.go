@@ -19,7 +19,6 @@ package zotadapter
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -358,8 +357,8 @@ func (a *adapter) accessControl(o *object, au *caddymodule.Auth) error {
 		if err != nil {
 			return err
 		}
-		if strings.ContainsAny(pat, "{}\\") {
-			a.warn(po.path, "{a,b} alternatives and \\ escapes are not patterns here: those characters match themselves")
+		if err := authscope.CheckPattern(pat); err != nil {
+			return fmt.Errorf("%s: %w", po.path, err)
 		}
 		au.Repositories[pat] = rp
 		po.rest()
@@ -502,18 +501,6 @@ func (a *adapter) finishAuth() error {
 	if !a.hasAccessControl {
 		au.Repositories = map[string]authscope.RepositoryPolicy{"**": {Default: allActions}}
 		return nil
-	}
-	if a.ldapOn {
-		pats := slices.Sorted(maps.Keys(au.Repositories))
-		for _, p := range pats {
-			rp := au.Repositories[p]
-			for i := range rp.Policies {
-				rp.Policies[i].Groups = a.ldapGroupNames("http.accessControl.repositories."+p+".policies", rp.Policies[i].Groups)
-			}
-		}
-		if au.Admin != nil {
-			au.Admin.Groups = a.ldapGroupNames("http.accessControl.adminPolicy", au.Admin.Groups)
-		}
 	}
 	if au.OIDC != nil || au.Workload != nil || a.ldapGroups {
 		return nil // groups may come from the identity provider

@@ -165,8 +165,6 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	var every caddy.Duration // 0: no scheduled sync
 	if poll > 0 {
 		every = caddy.Duration(poll)
-	} else if !onDemand {
-		a.warn(r.at("onDemand"), "false without pollInterval: zot syncs nothing from this registry, but here images are fetched from it when first pulled")
 	}
 	if pd, err := r.boolean("preserveDigest", true); err != nil {
 		return err
@@ -189,6 +187,12 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	contents, err := r.list("content")
 	if err != nil {
 		return err
+	}
+	if every == 0 && !onDemand {
+		// A mirror would fetch what zot never serves, with the
+		// registry's credentials.
+		a.warn(r.at("onDemand"), "false without pollInterval: zot syncs nothing from this registry, and neither does this config; left out")
+		return nil
 	}
 	if len(contents) == 0 {
 		// zot syncs every repository of the registry.
@@ -406,12 +410,19 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 	if m.LibraryPrefix != "" {
 		msg := fmt.Sprintf("%s/<name> is fetched from upstream as %s/<name>, and access patterns see it as %s/%s/<name>", m.Prefix, m.LibraryPrefix, m.Prefix, m.LibraryPrefix)
 		if strings.Contains(remainder, "/") || strings.Contains(remainder, "**") {
-			msg += fmt.Sprintf("; only one-component names get %s/: longer names under %s/ are fetched as they are", m.LibraryPrefix, m.Prefix)
+			msg += fmt.Sprintf("; only one-component names get %s/: longer names under %s/ keep their name upstream, and answer 404 when it lies outside the content prefix", m.LibraryPrefix, m.Prefix)
 		}
 		a.warn(at, msg)
 	}
-	if remainder != "**" {
-		a.warn(at+".prefix", fmt.Sprintf("is not a filter here: every repository of the upstream can be pulled under %s/", m.Prefix))
+	if glob != "**" {
+		// As in zot, only the upstream repositories the content names are
+		// reachable (with the registry's credentials): the rest answer
+		// 404, never fetched.
+		if err := authscope.CheckPattern(glob); err != nil {
+			a.warn(at+".prefix", fmt.Sprintf("%v; this content is not mirrored", err))
+			return nil
+		}
+		m.Repositories = []string{glob}
 	}
 	if m.Sync = a.scheduled(at+".prefix", e, glob); m.Sync != nil && !e.onDemand {
 		a.warn(at, fmt.Sprintf("synced every %s into the mirror %s, whose images not yet synced are also fetched when first pulled (zot with onDemand false answers 404 for them)", time.Duration(e.every), m.Prefix))
@@ -437,11 +448,14 @@ func (a *adapter) localPrefixes() {
 	}
 	if a.reg.Auth != nil {
 		for pat := range a.reg.Auth.Repositories {
-			first, _, _ := strings.Cut(pat, "/")
-			if strings.ContainsAny(first, "*?[{\\") || a.prefixTaken(first) {
-				continue
+			alts, _ := authscope.ExpandPattern(pat) // {team,ops}/** keeps both
+			for _, alt := range alts {
+				first, _, _ := strings.Cut(alt, "/")
+				if strings.ContainsAny(first, "*?[\\") || a.prefixTaken(first) {
+					continue
+				}
+				add(first)
 			}
-			add(first)
 		}
 	}
 	for _, si := range a.reg.SyncInto {

@@ -8,11 +8,6 @@ package zotadapter
 //     says; StartTLS only upgrades an insecure connection. The URL made
 //     here follows that, so a config that worked with zot connects the
 //     same way;
-//   - zot's groups are the raw values of userGroupAttribute (memberOf:
-//     whole DNs); here a group is the value of its DN's first component,
-//     so a policy naming a DN is rewritten to that name;
-//   - zot searches one level below baseDN unless subtreeSearch; here the
-//     whole subtree is searched;
 //   - zot tries the directory after a wrong htpasswd password; here a
 //     user the htpasswd file lists is checked against it only.
 
@@ -23,8 +18,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-
-	"github.com/go-ldap/ldap/v3"
 
 	"github.com/caddy-oci/caddy-oci/caddymodule"
 )
@@ -121,7 +114,9 @@ func (a *adapter) ldap(o *object, au *caddymodule.Auth) error {
 		cfg.CAFile = caCert
 	}
 	if !subtree {
-		a.warn(l.at("subtreeSearch"), "users are searched in the whole subtree of baseDN here, not only one level below it as zot does without subtreeSearch")
+		// As zot: only users directly below baseDN sign in, not those
+		// of the OUs under it (disabled accounts, contractors).
+		cfg.SearchScope = "one"
 	}
 	if cfg.UserFilter, err = l.str("userFilter"); err != nil {
 		return err
@@ -133,9 +128,15 @@ func (a *adapter) ldap(o *object, au *caddymodule.Auth) error {
 		return err
 	}
 	a.ldapGroups = cfg.GroupsAttribute != ""
-	if !a.ldapGroups {
-		a.warn(l.at("userGroupAttribute"), "not set: zot takes no groups from the directory, but here every user's memberOf groups count (a directory group named like an accessControl group gets its rules); policy groups nobody defines are dropped")
-	}
+	// zot's groups are the raw values of userGroupAttribute (memberOf:
+	// whole DNs), and policies name them so. Named by their first
+	// component, a cn=devs anywhere in the tree (an OU whose groups
+	// anyone may create) would be cn=devs,ou=groups, and a directory
+	// group named like an accessControl group would get its rules.
+	// Without userGroupAttribute zot takes no directory groups; the
+	// memberOf DNs that come in here match no rule, since policy groups
+	// nobody defines are then dropped.
+	cfg.GroupNames = "dn"
 	if err := a.ldapBind(l, cfg); err != nil {
 		return err
 	}
@@ -190,34 +191,6 @@ func (a *adapter) ldapBind(l *object, cfg *caddymodule.LDAP) error {
 		a.warn(where, "the bind password is copied into the adapted config: keep its output private, or set auth.ldap.bind_password to {env.LDAP_BIND_PASSWORD} (or bind_password_file) in it")
 	}
 	return nil
-}
-
-// ldapGroupName is the name oci_registry gives the group a zot policy
-// names: a DN's first component's value (cn=devs,ou=groups,... is devs),
-// and any other name as it is.
-func ldapGroupName(g string) string {
-	if !strings.Contains(g, "=") {
-		return g
-	}
-	dn, err := ldap.ParseDN(g)
-	if err != nil || len(dn.RDNs) == 0 || len(dn.RDNs[0].Attributes) == 0 || dn.RDNs[0].Attributes[0].Value == "" {
-		return g
-	}
-	return dn.RDNs[0].Attributes[0].Value
-}
-
-// ldapGroupNames rewrites the DNs a policy names as groups (where names it
-// in warnings).
-func (a *adapter) ldapGroupNames(where string, gs []string) []string {
-	var out []string
-	for _, g := range gs {
-		n := ldapGroupName(g)
-		if n != g {
-			a.warn(where, fmt.Sprintf("group %q is %q here: directory groups are named by their DN's first component, so any group of that name matches, wherever it is in the tree", g, n))
-		}
-		out = append(out, n)
-	}
-	return out
 }
 
 // Identity attributes of zot's mtls, as client_certificates' user.

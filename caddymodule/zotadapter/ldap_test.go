@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/go-ldap/ldap/v3"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -24,17 +25,16 @@ func TestLDAP(t *testing.T) {
 	if l == nil || l.URL != "ldaps://127.0.0.1:1636" || l.StartTLS || l.CAFile != dir+"/ca.pem" || l.InsecureSkipVerify ||
 		l.BindDN != "cn=reader,ou=services,dc=example,dc=org" || l.BindPassword != "reader-secret" ||
 		l.BaseDN != "dc=example,dc=org" || l.UserAttribute != "uid" || l.UserFilter != "(objectClass=inetOrgPerson)" ||
-		l.GroupsAttribute != "memberOf" {
+		l.GroupsAttribute != "memberOf" || l.GroupNames != "dn" {
 		t.Fatalf("ldap %s", mustJSON(t, l))
 	}
-	if g := a.reg.Auth.Repositories["team/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"devs"}) {
+	if g := a.reg.Auth.Repositories["team/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"cn=devs,ou=groups,dc=example,dc=org"}) {
 		t.Errorf("team/** policies %+v", g)
 	}
 	if g := a.reg.Auth.Repositories["ops/**"].Policies; len(g) != 1 || !slices.Equal(g[0].Groups, []string{"ops"}) {
 		t.Errorf("ops/** policies %+v", g)
 	}
 	for _, w := range [][2]string{
-		{"http.accessControl.repositories.team/**.policies", `"cn=devs,ou=groups,dc=example,dc=org" is "devs" here`},
 		{"http.auth.ldap.credentialsFile", "bind password is copied"},
 	} {
 		if !a.warned(w[0], w[1]) {
@@ -74,6 +74,21 @@ func TestLDAPServes(t *testing.T) {
 	s.AddUser(t, "bob", "bob-pw")
 	s.AddUser(t, "carol", "carol-pw")
 	s.AddGroup(t, "devs", "alice")
+	// Another devs, in an OU whose groups anyone may make: not the one
+	// the policy names by its DN.
+	sandbox := "ou=sandbox," + slapdtest.BaseDN
+	ou := ldap.NewAddRequest(sandbox, nil)
+	ou.Attribute("objectClass", []string{"organizationalUnit"})
+	ou.Attribute("ou", []string{"sandbox"})
+	g := ldap.NewAddRequest("cn=devs,"+sandbox, nil)
+	g.Attribute("objectClass", []string{"groupOfNames"})
+	g.Attribute("cn", []string{"devs"})
+	g.Attribute("member", []string{slapdtest.UserDN("bob")})
+	for _, e := range []*ldap.AddRequest{ou, g} {
+		if err := s.Admin(t).Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
 	dir := t.TempDir()
 	writeFile(t, dir, "ldap-credentials.json", `{"bindDN":"`+slapdtest.ReaderDN+`","bindPassword":"`+slapdtest.ReaderPassword+`"}`)
 	u, err := url.Parse(s.TLSURL)
@@ -92,7 +107,7 @@ func TestLDAPServes(t *testing.T) {
 	}{
 		{"alice", "alice-pw", "team/app:1", 0},                    // group devs, by its DN in the zot config
 		{"alice", "alice-pw", "team/app:1", 0},                    // update: moving a tag
-		{"bob", "bob-pw", "team/app:2", http.StatusForbidden},     // in no group
+		{"bob", "bob-pw", "team/app:2", http.StatusForbidden},     // in another OU's devs only
 		{"carol", "carol-pw", "ops/tool:1", 0},                    // a config group of a directory user
 		{"alice", "alice-pw", "ops/tool:2", http.StatusForbidden}, // not in ops
 		{"alice", "bob-pw", "team/app:3", http.StatusUnauthorized},
@@ -109,5 +124,59 @@ func TestLDAPServes(t *testing.T) {
 	}
 	if _, err := remote.Image(ref(t, host, "team/app:1")); status(err) != http.StatusUnauthorized {
 		t.Errorf("anonymous pull: %v, want 401", err)
+	}
+}
+
+// TestLDAPOneLevelServes: zot without subtreeSearch looks for users only
+// directly below baseDN, so an account in an OU under it (disabled
+// accounts, contractors) does not sign in. Searched in the whole subtree,
+// it did, and with no accessControl (every signed-in user may do
+// everything, as in zot) it could push anywhere.
+func TestLDAPOneLevelServes(t *testing.T) {
+	s := slapdtest.Start(t)
+	s.AddUser(t, "alice", "alice-pw")
+	nested := "ou=disabled," + slapdtest.PeopleDN
+	for _, e := range []*ldap.AddRequest{
+		ldap.NewAddRequest(nested, nil),
+		ldap.NewAddRequest("uid=mallory,"+nested, nil),
+	} {
+		if e.DN == nested {
+			e.Attribute("objectClass", []string{"organizationalUnit"})
+			e.Attribute("ou", []string{"disabled"})
+		} else {
+			e.Attribute("objectClass", []string{"inetOrgPerson"})
+			for _, k := range []string{"uid", "cn", "sn"} {
+				e.Attribute(k, []string{"mallory"})
+			}
+			e.Attribute("userPassword", []string{"mallory-pw"})
+		}
+		if err := s.Admin(t).Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := url.Parse(s.TLSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	a := adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {"address": "127.0.0.1", "port": "`+port+`", "auth": {"ldap": {
+    "address": "127.0.0.1", "port": `+u.Port()+`, "caCert": "`+s.CAFile+`",
+    "bindDN": "`+slapdtest.ReaderDN+`", "bindPassword": "`+slapdtest.ReaderPassword+`",
+    "baseDN": "`+slapdtest.PeopleDN+`", "userAttribute": "uid"
+  }, "failDelay": 0}}
+}`)
+	if a.warned("http.auth.ldap.subtreeSearch", "") {
+		t.Errorf("a warning for a setting that maps: %v", a.warnings)
+	}
+	serve(t, a)
+	host := "127.0.0.1:" + port
+	if _, err := push(t, host, "team/app:1", &authn.Basic{Username: "alice", Password: "alice-pw"}); err != nil {
+		t.Fatalf("alice (directly below baseDN): %v", err)
+	}
+	if _, err := push(t, host, "team/app:2", &authn.Basic{Username: "mallory", Password: "mallory-pw"}); status(err) != http.StatusUnauthorized {
+		t.Fatalf("mallory (in an OU below baseDN): %v, want 401", err)
 	}
 }

@@ -220,6 +220,96 @@ func TestHomelabServes(t *testing.T) {
 	}
 }
 
+// TestGlobPolicyServes: zot reads patterns as doublestar globs, so
+// `{prod,release}/**` keeps both namespaces to ci and `dev/[!s]*/**` is
+// every dev/ name but sandboxes. Read as plain text the first matched no
+// repository and the second the opposite ones: prod/app fell to `**`,
+// where every signed-in user may push, and the default mirror took prod
+// and release from the pushers they belong to.
+func TestGlobPolicyServes(t *testing.T) {
+	up := upstream(t)
+	dir := t.TempDir()
+	writeHtpasswd(t, dir, map[string]string{"ci": "ci-pw", "bob": "bob-pw"})
+	port := freePort(t)
+	serve(t, adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {
+    "address": "127.0.0.1", "port": "`+port+`",
+    "auth": {"htpasswd": {"path": "`+dir+`/htpasswd"}},
+    "accessControl": {"repositories": {
+      "**": {"defaultPolicy": ["read", "create"]},
+      "{prod,release}/**": {"defaultPolicy": ["read"], "policies": [{"users": ["ci"], "actions": ["read", "create"]}]},
+      "dev/[!s]*/**": {"defaultPolicy": ["read"]}
+    }}
+  },
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["`+up+`"], "onDemand": true, "tlsVerify": false, "content": [{"prefix": "**"}]}
+  ]}}
+}`))
+	host := "127.0.0.1:" + port
+	ci := &authn.Basic{Username: "ci", Password: "ci-pw"}
+	bob := &authn.Basic{Username: "bob", Password: "bob-pw"}
+	for _, tc := range []struct {
+		who  *authn.Basic
+		repo string
+		want int
+	}{
+		{bob, "prod/app:1", http.StatusForbidden},
+		{bob, "release/app:1", http.StatusForbidden},
+		{bob, "dev/tools/app:1", http.StatusForbidden},
+		{ci, "prod/app:1", 0},
+		{ci, "release/app:1", 0},
+		{bob, "dev/sandbox/app:1", 0},
+	} {
+		if _, err := push(t, host, tc.repo, tc.who); status(err) != tc.want || (tc.want == 0 && err != nil) {
+			t.Errorf("%s pushing %s: %v, want %d", tc.who.Username, tc.repo, err, tc.want)
+		}
+	}
+}
+
+// TestSyncContentFilterServes: zot's sync reaches only the upstream
+// repositories its content prefix names, with the registry's upstream
+// credentials; pulls of other names find nothing. The adapted mirror
+// served the whole upstream under its prefix, the private repositories
+// those credentials may read included.
+func TestSyncContentFilterServes(t *testing.T) {
+	up := upstream(t)
+	upHost := strings.TrimPrefix(up, "http://")
+	for _, repo := range []string{"team/public/app:1", "team/private/app:1", "lib/tool:1"} {
+		if _, err := push(t, upHost, repo, authn.Anonymous); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	serve(t, adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {"address": "127.0.0.1", "port": "`+port+`"},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["`+up+`"], "onDemand": true, "tlsVerify": false, "content": [
+      {"prefix": "/team/public/**", "destination": "/pub"},
+      {"prefix": "/lib/*", "destination": "/l", "stripPrefix": true}
+    ]}
+  ]}}
+}`))
+	host := "127.0.0.1:" + port
+	for _, tc := range []struct {
+		repo string
+		want int
+	}{
+		{"pub/team/public/app:1", 0},
+		{"pub/team/private/app:1", http.StatusNotFound},
+		{"pub/lib/tool:1", http.StatusNotFound},
+		{"l/tool:1", 0},
+		{"l/team/private/app:1", http.StatusNotFound},
+	} {
+		_, err := remote.Image(ref(t, host, tc.repo))
+		if status(err) != tc.want || (tc.want == 0 && err != nil) {
+			t.Errorf("pull %s: %v, want %d", tc.repo, err, tc.want)
+		}
+	}
+}
+
 // TestSyncServes: zot's sync of several registries. On-demand content is
 // pulled through its mirror: lib/alpine and vendor/tool rely on
 // library_prefix applying to a prefixed one-component name (lib/alpine ->
