@@ -156,8 +156,13 @@ func (s *Store) newFill(repo string, d cache.Digest, src cache.FillSource, admit
 	}
 	go func() {
 		defer done()
-		defer release()
-		f.run(held, src)
+		err := f.run(held, src)
+		// The lease goes before the fill ends: a reader woken by the
+		// failure retries at once, often on another replica, which must
+		// find the lease free and fill afresh, not follow a fill already
+		// over into a 503 (its holder "stopped before it committed").
+		release()
+		f.finish(err)
 	}()
 	return f, true, nil
 }
@@ -184,8 +189,8 @@ func (f *fill) finish(err error) {
 
 // run fetches, spools and commits the blob while holding its lease (held
 // ends if the lease is lost: the fill stops rather than race a
-// successor).
-func (f *fill) run(held context.Context, src cache.FillSource) {
+// successor), and returns the fill's outcome for finish.
+func (f *fill) run(held context.Context, src cache.FillSource) error {
 	err := f.fetch(held, src)
 	f.mu.Lock()
 	if f.spool != "" {
@@ -197,7 +202,7 @@ func (f *fill) run(held context.Context, src cache.FillSource) {
 		err = fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, f.d, err)
 		f.s.log.Debug("blob fill failed", zap.String("repo", f.repo), zap.String("digest", f.d.String()), zap.Error(err))
 	}
-	f.finish(err)
+	return err
 }
 
 func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
 )
 
 // slowSource serves data in pieces with a pause between them, counting
@@ -170,4 +172,62 @@ func TestFillSpoolWhileSourceAsks(t *testing.T) {
 			t.Errorf("%d spool files left", n)
 		}
 	})
+}
+
+// TestFillFailureFreesLeaseFirst: a broken fill gives its lease back
+// before its readers learn of the failure, so a client's retry on another
+// replica, sent at once, fills afresh. Before, the release came after:
+// the retry found the lease still held, followed the fill already over,
+// and answered 503 ("stopped before it committed"); a release slowed by
+// the database (here 300 ms) made that every time.
+func TestFillFailureFreesLeaseFirst(t *testing.T) {
+	for _, b := range []struct {
+		name string
+		meta func(*testing.T) func() (metastore.Store, coord.Leases)
+	}{{"postgres", pgMeta}, {"badger", badgerMeta}} {
+		t.Run(b.name, func(t *testing.T) {
+			blobs, meta := fsBlobs(t), b.meta(t)
+			replica := func(slow bool) *Store {
+				m, l := meta()
+				if slow {
+					l = slowRelease{l}
+				}
+				s, err := New(Options{Blobs: blobs(), Meta: m, Leases: l})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(s.Close)
+				return s
+			}
+			a, other := replica(true), replica(false)
+			bad := &slowSource{data: randomBytes(256 << 10), fail: true}
+			d := cache.FromBytes(cache.SHA256, bad.data)
+			if _, err := readFill(t, a, "docker.io/library/app", d, bad); !errors.Is(err, cache.ErrFillFailed) {
+				t.Fatalf("reader of a broken fill: %v; want ErrFillFailed", err)
+			}
+			good := &slowSource{data: bad.data}
+			if got, err := readFill(t, other, "docker.io/library/app", d, good); err != nil || !bytes.Equal(got, good.data) {
+				t.Fatalf("retry on another replica right after the failure: %v", err)
+			}
+		})
+	}
+}
+
+// slowRelease is a lease store whose releases take 300 ms, as over a slow
+// or busy database.
+type slowRelease struct{ coord.Leases }
+
+func (s slowRelease) Acquire(ctx context.Context, key string, ttl time.Duration) (coord.Lease, bool, error) {
+	l, ok, err := s.Leases.Acquire(ctx, key, ttl)
+	if l != nil {
+		l = slowLease{l}
+	}
+	return l, ok, err
+}
+
+type slowLease struct{ coord.Lease }
+
+func (l slowLease) Release(ctx context.Context) error {
+	time.Sleep(300 * time.Millisecond)
+	return l.Lease.Release(ctx)
 }
