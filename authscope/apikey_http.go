@@ -33,13 +33,20 @@ type apiKeyView struct {
 	Expires  time.Time  `json:"expires"`
 	LastUsed *time.Time `json:"last_used"`
 	Expired  bool       `json:"expired"`
+	// GroupsUntil is when Groups stop counting unless the owner signs in
+	// again; GroupsStale says they already have: the key then has only
+	// its owner's name-based rights.
+	GroupsUntil time.Time `json:"groups_until"`
+	GroupsStale bool      `json:"groups_stale"`
 }
 
-func viewOf(k APIKey, now time.Time) apiKeyView {
-	v := apiKeyView{ID: k.ID, Label: k.Label, User: k.User, Groups: nonNil(k.Groups),
-		Created: k.Created, Expires: k.Expires, Expired: !now.Before(k.Expires)}
-	if !k.LastUsed.IsZero() {
-		lu := k.LastUsed
+func (k *APIKeys) viewOf(rec APIKey, now time.Time) apiKeyView {
+	until := k.GroupsStaleAt(rec)
+	v := apiKeyView{ID: rec.ID, Label: rec.Label, User: rec.User, Groups: nonNil(rec.Groups),
+		Created: rec.Created, Expires: rec.Expires, Expired: !now.Before(rec.Expires),
+		GroupsUntil: until, GroupsStale: len(rec.Groups) > 0 && !now.Before(until)}
+	if !rec.LastUsed.IsZero() {
+		lu := rec.LastUsed
 		v.LastUsed = &lu
 	}
 	return v
@@ -71,7 +78,7 @@ func (s *SignIn) apiKeys(w http.ResponseWriter, r *http.Request, sub string) {
 		now := s.now()
 		views := make([]apiKeyView, 0, len(keys))
 		for _, k := range keys {
-			views = append(views, viewOf(k, now))
+			views = append(views, s.o.APIKeys.viewOf(k, now))
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"keys": views})
 	case sub == "" && r.Method == http.MethodPost:
@@ -108,7 +115,7 @@ func (s *SignIn) apiKeys(w http.ResponseWriter, r *http.Request, sub string) {
 			s.page(w, r, key, "")
 			return
 		}
-		v := viewOf(rec, s.now())
+		v := s.o.APIKeys.viewOf(rec, s.now())
 		writeJSON(w, http.StatusCreated, struct {
 			apiKeyView
 			Key string `json:"key"`

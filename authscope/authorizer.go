@@ -105,7 +105,8 @@ type Identity struct {
 	// a directory's user name; empty for an anonymous caller.
 	User string
 	// Groups the caller belongs to besides those the policy gives User:
-	// an API key's groups as of its creation, a workload token's groups
+	// an API key's groups from its owner's last sign-in (none once
+	// APIKeys.GroupsMaxAge has passed since), a workload token's groups
 	// claim, a directory's groups. The policy matches both alike.
 	Groups []string
 	// Method is one of the Method constants.
@@ -526,7 +527,7 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		}
 		a.goodKeys.add(pass)
 		at.End(true)
-		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
+		return Identity{User: k.User, Groups: a.o.APIKeys.Groups(k, a.o.APIKeys.now()), Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):
 		return a.workload(r, pass)
 	case a.o.Directory != nil && (a.o.Htpasswd == nil || !a.o.Htpasswd.Has(user)):

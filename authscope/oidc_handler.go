@@ -240,6 +240,16 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 		s.failDiscovery(w, r, status, "sign-in refused", err)
 		return
 	}
+	if s.o.APIKeys != nil {
+		// The ID token is the only word on the user's groups: the
+		// user's keys take them now, so that a group the provider took
+		// away leaves them too. Should that fail, the sign-in fails: the
+		// page would otherwise show groups the keys do not have.
+		if err := s.o.APIKeys.RefreshGroups(user, groups); err != nil {
+			s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
+			return
+		}
+	}
 	exp := s.now().Add(s.o.SessionTTL)
 	sess, err := s.startSession(user, groups, exp)
 	if err != nil {

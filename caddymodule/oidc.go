@@ -91,6 +91,12 @@ type APIKeysConfig struct {
 	// MaxTTL is the longest lifetime a user may give a key. Default: 365
 	// days (8760h).
 	MaxTTL caddy.Duration `json:"max_ttl,omitempty"`
+
+	// GroupsMaxAge is how long after its owner's last sign-in a key's
+	// groups (from the provider's groups claim, refreshed at every
+	// sign-in) count; past it the key has only the rights its owner has
+	// by name, until the owner signs in again. Default: 7 days (168h).
+	GroupsMaxAge caddy.Duration `json:"groups_max_age,omitempty"`
 }
 
 // Workload accepts OIDC ID tokens that a CI system issues to its jobs
@@ -143,8 +149,8 @@ func (o *OIDC) validate() error {
 }
 
 func (k *APIKeysConfig) validate() error {
-	if k.DefaultTTL < 0 || k.MaxTTL < 0 {
-		return errors.New("api_keys: lifetimes must not be negative")
+	if k.DefaultTTL < 0 || k.MaxTTL < 0 || k.GroupsMaxAge < 0 {
+		return errors.New("api_keys: lifetimes and groups_max_age must not be negative")
 	}
 	if k.MaxTTL > 0 && k.DefaultTTL > k.MaxTTL {
 		return errors.New("api_keys: default_ttl is longer than max_ttl")
@@ -207,6 +213,7 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 	p := &signInParts{apiKeys: &authscope.APIKeys{Store: storeKeys(store)}}
 	if c := a.APIKeys; c != nil {
 		p.apiKeys.DefaultTTL, p.apiKeys.MaxTTL = time.Duration(c.DefaultTTL), time.Duration(c.MaxTTL)
+		p.apiKeys.GroupsMaxAge = time.Duration(c.GroupsMaxAge)
 	}
 	var err error
 	p.signIn, err = authscope.NewSignIn(authscope.SignInOptions{
@@ -390,6 +397,7 @@ func unmarshalOIDC(d *caddyfile.Dispenser) (*OIDC, error) {
 //	api_keys {
 //		default_ttl <duration>
 //		max_ttl     <duration>
+//		groups_max_age <duration>
 //	}
 func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 	k := &APIKeysConfig{}
@@ -407,8 +415,10 @@ func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 			k.DefaultTTL = dur
 		case "max_ttl":
 			k.MaxTTL = dur
+		case "groups_max_age":
+			k.GroupsMaxAge = dur
 		default:
-			return d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl)", sub)
+			return d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl, groups_max_age)", sub)
 		}
 		return nil
 	})
