@@ -39,6 +39,7 @@ func TestOIDCCaddyfile(t *testing.T) {
 		api_keys {
 			default_ttl 720h
 			max_ttl 2160h
+			groups_max_age 72h
 		}
 		workload {
 			issuer https://forge.example
@@ -58,6 +59,7 @@ func TestOIDCCaddyfile(t *testing.T) {
 	o := a.OIDC
 	if o == nil || o.ClientSecretFile != "/run/secrets/oidc" || len(o.Scopes) != 2 || o.GroupsClaim != "roles" ||
 		time.Duration(o.SessionTTL) != 8*time.Hour || time.Duration(a.APIKeys.MaxTTL) != 2160*time.Hour ||
+		time.Duration(a.APIKeys.GroupsMaxAge) != 72*time.Hour ||
 		a.Workload == nil || a.Workload.GroupsClaim != "repository_owner" {
 		t.Fatalf("parsed %+v %+v %+v", o, a.APIKeys, a.Workload)
 	}
@@ -78,12 +80,13 @@ func TestOIDCCaddyfile(t *testing.T) {
 		}
 	}
 	for name, a := range map[string]*Auth{
-		"no external url":      {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c"}},
-		"http external url":    {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "http://registry.example"}},
-		"two secrets":          {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r", ClientSecret: "a", ClientSecretFile: "b"}},
-		"api keys, no oidc":    {Repositories: anyRead(), APIKeys: &APIKeysConfig{}},
-		"default beyond max":   {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{DefaultTTL: 10, MaxTTL: 5}},
-		"workload without aud": {Repositories: anyRead(), Workload: &Workload{Issuer: "https://forge"}},
+		"no external url":         {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c"}},
+		"http external url":       {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "http://registry.example"}},
+		"two secrets":             {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r", ClientSecret: "a", ClientSecretFile: "b"}},
+		"api keys, no oidc":       {Repositories: anyRead(), APIKeys: &APIKeysConfig{}},
+		"negative groups_max_age": {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{GroupsMaxAge: -1}},
+		"default beyond max":      {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{DefaultTTL: 10, MaxTTL: 5}},
+		"workload without aud":    {Repositories: anyRead(), Workload: &Workload{Issuer: "https://forge"}},
 		// The sign-in's ID tokens would pass as workload tokens.
 		"workload aud is the client": {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id/", ClientID: "registry", ExternalURL: "https://r"},
 			Workload: &Workload{Issuer: "https://id", Audience: "registry"}},
