@@ -139,9 +139,19 @@ func (k *APIKeys) ttls() (def, maxTTL time.Duration) {
 	return def, maxTTL
 }
 
-// Create makes a key for user with groups; ttl 0 is the default. It
-// returns the key, which is not kept anywhere, and its record.
+// Create makes a key for user with groups known now; ttl 0 is the
+// default. It returns the key, which is not kept anywhere, and its
+// record.
 func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Duration) (string, APIKey, error) {
+	return k.CreateFromSignIn(user, groups, k.now(), label, ttl)
+}
+
+// CreateFromSignIn is Create for groups that a sign-in at signedIn gave:
+// they count from then, not from the key's making, and give way to the
+// groups of a later sign-in that the user's other keys hold (a session
+// left open elsewhere does not bring back a group the provider took
+// away since).
+func (k *APIKeys) CreateFromSignIn(user string, groups []string, signedIn time.Time, label string, ttl time.Duration) (string, APIKey, error) {
 	if user == "" {
 		return "", APIKey{}, errors.New("API key without a user")
 	}
@@ -166,17 +176,28 @@ func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Du
 	}
 	k.createMu.Lock()
 	defer k.createMu.Unlock()
-	if have, err := k.List(user); err != nil {
+	have, err := k.List(user)
+	if err != nil {
 		return "", APIKey{}, err
-	} else if len(have) >= MaxAPIKeysPerUser {
+	}
+	if len(have) >= MaxAPIKeysPerUser {
 		return "", APIKey{}, fmt.Errorf("%w: at most %d keys per user; revoke one first", ErrAPIKeyRequest, MaxAPIKeysPerUser)
+	}
+	now := k.now().UTC().Truncate(time.Second)
+	asOf := signedIn.UTC().Truncate(time.Second)
+	if asOf.After(now) {
+		asOf = now
+	}
+	for _, other := range have {
+		if other.GroupsAsOf.After(asOf) {
+			groups, asOf = other.Groups, other.GroupsAsOf
+		}
 	}
 	id := hex.EncodeToString(idRaw)
 	key := APIKeyPrefix + id + "_" + secret
-	now := k.now().UTC().Truncate(time.Second)
 	rec := APIKey{
 		ID: id, Hash: hashKey(key), User: user, Groups: slices.Clone(groups), Label: label,
-		Created: now, Expires: now.Add(ttl), GroupsAsOf: now,
+		Created: now, Expires: now.Add(ttl), GroupsAsOf: asOf,
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {

@@ -222,3 +222,54 @@ func TestAPIKeyGroupsRefreshedAtSignIn(t *testing.T) {
 		t.Fatalf("list after signing in again: %s", b)
 	}
 }
+
+// TestAPIKeyFromAnOlderSession: a key made in a session gets that
+// session's groups as of its sign-in, not as of the key's making, and
+// never older groups than the user's latest sign-in gave their keys: a
+// session left open in another browser does not bring back a group the
+// provider took away, nor stretch its life.
+func TestAPIKeyFromAnOlderSession(t *testing.T) {
+	s := newSite(t, "alice", "artifact-workloads")
+	s.keys.GroupsMaxAge = 6 * time.Hour // shorter than a session
+	a, err := NewAuthorizer(Options{Policy: keyGroupsPolicy(t), APIKeys: s.keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	makeKey := func(c *http.Client) string {
+		t.Helper()
+		_, sess := s.session(t, c)
+		status, b := s.api(t, c, "POST", "apikeys", sess["csrf_token"].(string), map[string]any{"label": "ci"})
+		var created struct{ Key string }
+		if err := json.Unmarshal(b, &created); err != nil || status != http.StatusCreated {
+			t.Fatalf("create: %d %s", status, b)
+		}
+		return created.Key
+	}
+	old := browser(t)
+	if status, _ := s.signIn(t, old); status != http.StatusOK {
+		t.Fatal(status)
+	}
+	// Made 5 hours into a session whose groups count 6 hours: an hour.
+	s.clock.Add(5 * time.Hour)
+	key := makeKey(old)
+	s.clock.Add(time.Hour)
+	if st := keyStatus(t, a, key, keyPush); st != http.StatusForbidden {
+		t.Fatalf("push 6h after the sign-in that gave the group: %d, want 403", st)
+	}
+
+	// Alice signs in again (with the group), and an hour later elsewhere
+	// without it; the first session's next key gets the newer word.
+	old = browser(t)
+	if status, _ := s.signIn(t, old); status != http.StatusOK {
+		t.Fatal(status)
+	}
+	s.clock.Add(time.Hour)
+	s.p.SetUser("alice")
+	if status, _ := s.signIn(t, browser(t)); status != http.StatusOK {
+		t.Fatal(status)
+	}
+	key = makeKey(old)
+	if st := keyStatus(t, a, key, keyPush); st != http.StatusForbidden {
+		t.Fatalf("push with a key an older session made after a sign-in without the group: %d, want 403", st)
+	}
+}

@@ -105,7 +105,7 @@ func (s *SignIn) apiKeys(w http.ResponseWriter, r *http.Request, sub string) {
 			s.refuseCreate(w, r, isForm, fmt.Errorf("%w: ttl_days %d out of range", ErrAPIKeyRequest, req.TTLDays))
 			return
 		}
-		key, rec, err := s.o.APIKeys.Create(sess.User, sess.Groups, req.Label, time.Duration(req.TTLDays)*24*time.Hour)
+		key, rec, err := s.o.APIKeys.CreateFromSignIn(sess.User, sess.Groups, s.signedIn(sess), req.Label, time.Duration(req.TTLDays)*24*time.Hour)
 		if err != nil {
 			s.refuseCreate(w, r, isForm, err)
 			return

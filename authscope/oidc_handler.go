@@ -282,7 +282,16 @@ func (s *SignIn) startSession(user string, groups []string, exp time.Time) (Sess
 	if err := s.o.Sessions.CreateSession(id, rec, exp); err != nil {
 		return Session{}, fmt.Errorf("storing session: %w", err)
 	}
-	return Session{ID: id, User: user, Groups: groups, CSRF: csrf, Expires: exp.Unix()}, nil
+	return Session{ID: id, User: user, Groups: groups, CSRF: csrf, Expires: exp.Unix(), SignedIn: s.now().Unix()}, nil
+}
+
+// signedIn is when sess's groups were given: its sign-in, or for a
+// cookie from before that was kept, what its expiry says of it.
+func (s *SignIn) signedIn(sess Session) time.Time {
+	if sess.SignedIn > 0 {
+		return time.Unix(sess.SignedIn, 0)
+	}
+	return time.Unix(sess.Expires, 0).Add(-s.o.SessionTTL)
 }
 
 // logout ends the session in the store, so that its cookie, wherever a
