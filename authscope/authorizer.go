@@ -163,6 +163,13 @@ type Options struct {
 	// APIKeys, if set, accepts API keys as the Basic password (with any
 	// user name: the key alone says who the caller is).
 	APIKeys *APIKeys
+	// KeyGroupsFromDirectory makes an API key's groups those that
+	// Directory (a DirectoryUsers) holds for the key's owner now, instead
+	// of those of the owner's last sign-in: for a provider whose groups
+	// come from that directory. An owner the directory no longer holds
+	// makes the key refused (401); one the htpasswd file lists has only
+	// the config's groups.
+	KeyGroupsFromDirectory bool
 	// Workload, if set, accepts its issuer's tokens as bearer tokens or
 	// as the Basic password.
 	Workload *WorkloadVerifier
@@ -216,6 +223,11 @@ func NewAuthorizer(o Options) (*Authorizer, error) {
 	}
 	if o.ProxyScheme != "" && o.ProxyScheme != "http" && o.ProxyScheme != "https" {
 		return nil, fmt.Errorf("proxy scheme %q: must be http or https", o.ProxyScheme)
+	}
+	if o.KeyGroupsFromDirectory {
+		if _, ok := o.Directory.(DirectoryUsers); !ok {
+			return nil, errors.New("API key groups from the directory need a directory that looks users up")
+		}
 	}
 	if o.ClientCerts != nil {
 		if err := o.ClientCerts.Check(); err != nil {
@@ -527,6 +539,9 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		}
 		a.goodKeys.add(pass)
 		at.End(true)
+		if a.o.KeyGroupsFromDirectory {
+			return a.keyOwnerInDirectory(r, k)
+		}
 		return Identity{User: k.User, Groups: a.o.APIKeys.Groups(k, a.o.APIKeys.now()), Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):
 		return a.workload(r, pass)
@@ -548,6 +563,30 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		return Identity{Method: MethodBasic}, fmt.Errorf("wrong password for user %q", user)
 	}
 	return Identity{User: user, Method: MethodBasic, Groups: a.o.Policy.GroupsOf(user)}, nil
+}
+
+// keyOwnerInDirectory is the identity of key k whose owner's groups the
+// directory holds: as it holds them now (remembered for its cache_ttl,
+// so a CI job's requests do not each ask it). An owner it no longer
+// holds gets nothing through the key: refused as invalid credentials. A
+// directory that cannot be asked is no refusal (503).
+func (a *Authorizer) keyOwnerInDirectory(r *http.Request, k APIKey) (Identity, error) {
+	if a.o.Htpasswd != nil && a.o.Htpasswd.Has(k.User) {
+		// The htpasswd file decides for the names it lists; their groups
+		// are the config's, which the policy adds by name.
+		return Identity{User: k.User, Method: MethodAPIKey}, nil
+	}
+	owner, err := a.o.Directory.(DirectoryUsers).Lookup(r.Context(), k.User)
+	if err == nil {
+		err = a.directoryNamesFree(owner)
+	}
+	switch {
+	case err == nil:
+		return Identity{User: k.User, Groups: owner.Groups, Method: MethodAPIKey}, nil
+	case errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrBadCredentials):
+		return Identity{Method: MethodAPIKey}, fmt.Errorf("%w: the owner %q of key %s: %w", ErrAPIKeyInvalid, k.User, k.ID, err)
+	}
+	return Identity{}, &checkFailed{err}
 }
 
 // remembering is a Directory that can tell credentials it accepted a

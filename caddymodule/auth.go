@@ -366,6 +366,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 		}
 		o.Directory, rt.directory = d, d
 	}
+	o.KeyGroupsFromDirectory = o.APIKeys != nil && a.APIKeys != nil && a.APIKeys.GroupsFrom == keyGroupsFromLDAP
 	var err error
 	if rt.authorizer, err = authscope.NewAuthorizer(o); err != nil {
 		rt.close()
@@ -406,6 +407,9 @@ func (a *Auth) validate() error {
 		}
 		if err := a.APIKeys.validate(); err != nil {
 			return err
+		}
+		if a.APIKeys.GroupsFrom == keyGroupsFromLDAP && a.LDAP == nil {
+			return errors.New("api_keys: groups_from ldap needs an ldap block")
 		}
 	}
 	if w := a.Workload; w != nil {

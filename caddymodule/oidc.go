@@ -97,7 +97,22 @@ type APIKeysConfig struct {
 	// sign-in) count; past it the key has only the rights its owner has
 	// by name, until the owner signs in again. Default: 7 days (168h).
 	GroupsMaxAge caddy.Duration `json:"groups_max_age,omitempty"`
+
+	// GroupsFrom says where a key's groups come from: "sign_in" (the
+	// default), the provider's groups claim at the owner's last sign-in;
+	// or "ldap", the groups the ldap directory holds for the owner now
+	// (looked up with its service account, remembered for its
+	// cache_ttl), for a provider that takes its groups from that
+	// directory. With "ldap" a key whose owner the directory no longer
+	// holds is refused.
+	GroupsFrom string `json:"groups_from,omitempty"`
 }
+
+// Where API keys' groups come from (APIKeysConfig.GroupsFrom).
+const (
+	keyGroupsFromSignIn = "sign_in"
+	keyGroupsFromLDAP   = "ldap"
+)
 
 // Workload accepts OIDC ID tokens that a CI system issues to its jobs
 // (GitHub Actions, Forgejo, GitLab id_tokens), as bearer tokens or as the
@@ -149,6 +164,9 @@ func (o *OIDC) validate() error {
 }
 
 func (k *APIKeysConfig) validate() error {
+	if k.GroupsFrom != "" && k.GroupsFrom != keyGroupsFromSignIn && k.GroupsFrom != keyGroupsFromLDAP {
+		return fmt.Errorf("api_keys: groups_from %q: want %s or %s", k.GroupsFrom, keyGroupsFromSignIn, keyGroupsFromLDAP)
+	}
 	if k.DefaultTTL < 0 || k.MaxTTL < 0 || k.GroupsMaxAge < 0 {
 		return errors.New("api_keys: lifetimes and groups_max_age must not be negative")
 	}
@@ -398,6 +416,7 @@ func unmarshalOIDC(d *caddyfile.Dispenser) (*OIDC, error) {
 //		default_ttl <duration>
 //		max_ttl     <duration>
 //		groups_max_age <duration>
+//		groups_from    sign_in|ldap
 //	}
 func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 	k := &APIKeysConfig{}
@@ -405,6 +424,10 @@ func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 		v, err := oneArg(d, sub, args)
 		if err != nil {
 			return err
+		}
+		if sub == "groups_from" {
+			k.GroupsFrom = v
+			return nil
 		}
 		dur, err := durationArg(d, sub, v)
 		if err != nil {
@@ -418,7 +441,7 @@ func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 		case "groups_max_age":
 			k.GroupsMaxAge = dur
 		default:
-			return d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl, groups_max_age)", sub)
+			return d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl, groups_max_age, groups_from)", sub)
 		}
 		return nil
 	})
