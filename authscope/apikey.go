@@ -112,6 +112,13 @@ type APIKeys struct {
 	// groups count; past it the key has its owner's name-based rights
 	// only, until the owner signs in again. Default: 7 days.
 	GroupsMaxAge time.Duration
+	// GroupsFromDirectory: a key's groups are those the Authorizer's
+	// Directory (a DirectoryUsers) holds for its owner now, not those of
+	// the owner's last sign-in, for a provider whose groups come from
+	// that directory. An owner the directory no longer holds makes the
+	// key refused (401); one the htpasswd file lists has only the
+	// config's groups.
+	GroupsFromDirectory bool
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 

@@ -36,15 +36,21 @@ type apiKeyView struct {
 	// GroupsUntil is when Groups stop counting unless the owner signs in
 	// again; GroupsStale says they already have: the key then has only
 	// its owner's name-based rights.
-	GroupsUntil time.Time `json:"groups_until"`
-	GroupsStale bool      `json:"groups_stale"`
+	// Both are left out when a key's groups come from the directory.
+	GroupsUntil *time.Time `json:"groups_until,omitempty"`
+	GroupsStale bool       `json:"groups_stale"`
+	// GroupsFrom is "sign_in", or "directory": then Groups are those of
+	// the last sign-in, and not used.
+	GroupsFrom string `json:"groups_from"`
 }
 
 func (k *APIKeys) viewOf(rec APIKey, now time.Time) apiKeyView {
-	until := k.GroupsStaleAt(rec)
 	v := apiKeyView{ID: rec.ID, Label: rec.Label, User: rec.User, Groups: nonNil(rec.Groups),
-		Created: rec.Created, Expires: rec.Expires, Expired: !now.Before(rec.Expires),
-		GroupsUntil: until, GroupsStale: len(rec.Groups) > 0 && !now.Before(until)}
+		Created: rec.Created, Expires: rec.Expires, Expired: !now.Before(rec.Expires), GroupsFrom: "directory"}
+	if !k.GroupsFromDirectory {
+		until := k.GroupsStaleAt(rec)
+		v.GroupsUntil, v.GroupsStale, v.GroupsFrom = &until, len(rec.Groups) > 0 && !now.Before(until), "sign_in"
+	}
 	if !rec.LastUsed.IsZero() {
 		lu := rec.LastUsed
 		v.LastUsed = &lu

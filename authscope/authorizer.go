@@ -163,13 +163,6 @@ type Options struct {
 	// APIKeys, if set, accepts API keys as the Basic password (with any
 	// user name: the key alone says who the caller is).
 	APIKeys *APIKeys
-	// KeyGroupsFromDirectory makes an API key's groups those that
-	// Directory (a DirectoryUsers) holds for the key's owner now, instead
-	// of those of the owner's last sign-in: for a provider whose groups
-	// come from that directory. An owner the directory no longer holds
-	// makes the key refused (401); one the htpasswd file lists has only
-	// the config's groups.
-	KeyGroupsFromDirectory bool
 	// Workload, if set, accepts its issuer's tokens as bearer tokens or
 	// as the Basic password.
 	Workload *WorkloadVerifier
@@ -224,7 +217,7 @@ func NewAuthorizer(o Options) (*Authorizer, error) {
 	if o.ProxyScheme != "" && o.ProxyScheme != "http" && o.ProxyScheme != "https" {
 		return nil, fmt.Errorf("proxy scheme %q: must be http or https", o.ProxyScheme)
 	}
-	if o.KeyGroupsFromDirectory {
+	if o.APIKeys != nil && o.APIKeys.GroupsFromDirectory {
 		if _, ok := o.Directory.(DirectoryUsers); !ok {
 			return nil, errors.New("API key groups from the directory need a directory that looks users up")
 		}
@@ -539,7 +532,7 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		}
 		a.goodKeys.add(pass)
 		at.End(true)
-		if a.o.KeyGroupsFromDirectory {
+		if a.o.APIKeys.GroupsFromDirectory {
 			return a.keyOwnerInDirectory(r, k)
 		}
 		return Identity{User: k.User, Groups: a.o.APIKeys.Groups(k, a.o.APIKeys.now()), Method: MethodAPIKey}, nil

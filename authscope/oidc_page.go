@@ -51,7 +51,7 @@ form.inline { display: inline; }
 {{range .List}}
 <tr class="apikey">
 <td>{{.Label}}</td><td><code>{{.ID}}</code></td>
-<td>{{range $i, $g := .Groups}}{{if $i}}, {{end}}{{$g}}{{end}}{{if .GroupsStale}} <span class="err groups-stale">(stale since {{date .GroupsUntil}}: the key has your own rights only; sign in again to renew its groups)</span>{{end}}</td>
+<td>{{if eq .GroupsFrom "directory"}}<span class="muted">the directory's, as they are</span>{{else}}{{range $i, $g := .Groups}}{{if $i}}, {{end}}{{$g}}{{end}}{{end}}{{if .GroupsStale}} <span class="err groups-stale">(stale since {{date .GroupsUntil}}: the key has your own rights only; sign in again to renew its groups)</span>{{end}}</td>
 <td>{{date .Created}}</td>
 <td>{{date .Expires}}{{if .Expired}} <span class="err">(expired)</span>{{end}}</td>
 <td>{{if .LastUsed}}{{date .LastUsed}}{{else}}<span class="muted">never</span>{{end}}</td>

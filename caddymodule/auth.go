@@ -366,7 +366,6 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 		}
 		o.Directory, rt.directory = d, d
 	}
-	o.KeyGroupsFromDirectory = o.APIKeys != nil && a.APIKeys != nil && a.APIKeys.GroupsFrom == keyGroupsFromLDAP
 	var err error
 	if rt.authorizer, err = authscope.NewAuthorizer(o); err != nil {
 		rt.close()

@@ -232,6 +232,7 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 	if c := a.APIKeys; c != nil {
 		p.apiKeys.DefaultTTL, p.apiKeys.MaxTTL = time.Duration(c.DefaultTTL), time.Duration(c.MaxTTL)
 		p.apiKeys.GroupsMaxAge = time.Duration(c.GroupsMaxAge)
+		p.apiKeys.GroupsFromDirectory = c.GroupsFrom == keyGroupsFromLDAP
 	}
 	var err error
 	p.signIn, err = authscope.NewSignIn(authscope.SignInOptions{

@@ -380,6 +380,15 @@ func TestAPIKeyGroupsFromLDAP(t *testing.T) {
 	if st := status("push"); st != 0 {
 		t.Fatalf("push as a member of the directory's devs: %d", st)
 	}
+	resp, err = c.Get(srv.URL + "/_oci/auth/apikeys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listing, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(listing), `"groups_from":"directory"`) || strings.Contains(string(listing), `"groups_until"`) {
+		t.Fatalf("listing: %s", listing)
+	}
 
 	admin := s.Admin(t)
 	mod := ldap.NewModifyRequest(slapdtest.GroupDN("devs"), nil)
