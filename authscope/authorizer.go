@@ -106,7 +106,8 @@ type Identity struct {
 	User string
 	// Groups the caller belongs to besides those the policy gives User:
 	// an API key's groups from its owner's last sign-in (none once
-	// APIKeys.GroupsMaxAge has passed since), a workload token's groups
+	// APIKeys.GroupsMaxAge has passed since) or, with
+	// APIKeys.GroupsFromDirectory, the directory's now; a workload token's groups
 	// claim, a directory's groups. The policy matches both alike.
 	Groups []string
 	// Method is one of the Method constants.
