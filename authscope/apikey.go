@@ -3,8 +3,13 @@ package authscope
 // API keys: long-lived secrets a signed-in user makes for CI, used as the
 // password of Basic auth. A key is shown once; the store keeps only its
 // SHA-256 (the key has 256 random bits, so a slow hash would add
-// nothing). A key carries its owner's user name and groups as of its
-// creation, so it keeps working the same when the owner is not signed in.
+// nothing). A key carries its owner's user name and the groups the
+// identity provider's ID token gave at the owner's last sign-in: they are
+// refreshed at every sign-in of the owner and trusted only GroupsMaxAge
+// after it, since the server cannot ask the provider between sign-ins
+// and a group the owner lost must not live on in a key for a year.
+// Groups of the config (group lines) are not kept in keys: the policy
+// reads them by user name, as they are now.
 
 import (
 	"crypto/rand"
@@ -40,6 +45,12 @@ const (
 	// APIKeyKeepExpired is how long an expired key stays listed (so its
 	// owner can see why a CI job stopped working) before it is removed.
 	APIKeyKeepExpired = 30 * 24 * time.Hour
+	// DefaultAPIKeyGroupsMaxAge is how long after the owner's last
+	// sign-in a key's groups count. A week: a group the provider took
+	// away lives on in keys for days, not for the key's life, while the
+	// owner of a CI key needs to sign in once a week, not every day as
+	// a session's 12 hours would ask.
+	DefaultAPIKeyGroupsMaxAge = 7 * 24 * time.Hour
 )
 
 // Errors of API keys.
@@ -78,6 +89,17 @@ type APIKey struct {
 	Created  time.Time `json:"created"`
 	Expires  time.Time `json:"expires"`
 	LastUsed time.Time `json:"last_used,omitzero"`
+	// GroupsAsOf is when Groups were last taken from a sign-in of the
+	// owner; zero (a key from before it was kept) is Created.
+	GroupsAsOf time.Time `json:"groups_as_of,omitzero"`
+}
+
+// groupsAsOf is when k's groups were last refreshed.
+func (k APIKey) groupsAsOf() time.Time {
+	if k.GroupsAsOf.IsZero() {
+		return k.Created
+	}
+	return k.GroupsAsOf
 }
 
 // APIKeys makes, checks, lists and revokes keys.
@@ -86,6 +108,17 @@ type APIKeys struct {
 	// DefaultTTL is a new key's lifetime when the user names none;
 	// MaxTTL the longest a user may ask for. Defaults: 90 and 365 days.
 	DefaultTTL, MaxTTL time.Duration
+	// GroupsMaxAge is how long after its owner's last sign-in a key's
+	// groups count; past it the key has its owner's name-based rights
+	// only, until the owner signs in again. Default: 7 days.
+	GroupsMaxAge time.Duration
+	// GroupsFromDirectory: a key's groups are those the Authorizer's
+	// Directory (a DirectoryUsers) holds for its owner now, not those of
+	// the owner's last sign-in, for a provider whose groups come from
+	// that directory. An owner the directory no longer holds makes the
+	// key refused (401); one the htpasswd file lists has only the
+	// config's groups.
+	GroupsFromDirectory bool
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 
@@ -113,9 +146,19 @@ func (k *APIKeys) ttls() (def, maxTTL time.Duration) {
 	return def, maxTTL
 }
 
-// Create makes a key for user with groups; ttl 0 is the default. It
-// returns the key, which is not kept anywhere, and its record.
+// Create makes a key for user with groups known now; ttl 0 is the
+// default. It returns the key, which is not kept anywhere, and its
+// record.
 func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Duration) (string, APIKey, error) {
+	return k.CreateFromSignIn(user, groups, k.now(), label, ttl)
+}
+
+// CreateFromSignIn is Create for groups that a sign-in at signedIn gave:
+// they count from then, not from the key's making, and give way to the
+// groups of a later sign-in that the user's other keys hold (a session
+// left open elsewhere does not bring back a group the provider took
+// away since).
+func (k *APIKeys) CreateFromSignIn(user string, groups []string, signedIn time.Time, label string, ttl time.Duration) (string, APIKey, error) {
 	if user == "" {
 		return "", APIKey{}, errors.New("API key without a user")
 	}
@@ -140,17 +183,28 @@ func (k *APIKeys) Create(user string, groups []string, label string, ttl time.Du
 	}
 	k.createMu.Lock()
 	defer k.createMu.Unlock()
-	if have, err := k.List(user); err != nil {
+	have, err := k.List(user)
+	if err != nil {
 		return "", APIKey{}, err
-	} else if len(have) >= MaxAPIKeysPerUser {
+	}
+	if len(have) >= MaxAPIKeysPerUser {
 		return "", APIKey{}, fmt.Errorf("%w: at most %d keys per user; revoke one first", ErrAPIKeyRequest, MaxAPIKeysPerUser)
+	}
+	now := k.now().UTC().Truncate(time.Second)
+	asOf := signedIn.UTC().Truncate(time.Second)
+	if asOf.After(now) {
+		asOf = now
+	}
+	for _, other := range have {
+		if other.GroupsAsOf.After(asOf) {
+			groups, asOf = other.Groups, other.GroupsAsOf
+		}
 	}
 	id := hex.EncodeToString(idRaw)
 	key := APIKeyPrefix + id + "_" + secret
-	now := k.now().UTC().Truncate(time.Second)
 	rec := APIKey{
 		ID: id, Hash: hashKey(key), User: user, Groups: slices.Clone(groups), Label: label,
-		Created: now, Expires: now.Add(ttl),
+		Created: now, Expires: now.Add(ttl), GroupsAsOf: asOf,
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -197,6 +251,57 @@ func (k *APIKeys) Verify(key string) (APIKey, error) {
 	}
 	k.touch(id, now)
 	return rec, nil
+}
+
+// groupsMaxAge is GroupsMaxAge or its default.
+func (k *APIKeys) groupsMaxAge() time.Duration {
+	if k.GroupsMaxAge > 0 {
+		return k.GroupsMaxAge
+	}
+	return DefaultAPIKeyGroupsMaxAge
+}
+
+// GroupsStaleAt is when rec's groups stop counting, unless its owner
+// signs in before.
+func (k *APIKeys) GroupsStaleAt(rec APIKey) time.Time {
+	return rec.groupsAsOf().Add(k.groupsMaxAge())
+}
+
+// Groups returns the groups rec's caller has at now: the key's groups
+// while they are fresh, none once they are stale.
+func (k *APIKeys) Groups(rec APIKey, now time.Time) []string {
+	if !now.Before(k.GroupsStaleAt(rec)) {
+		return nil
+	}
+	return rec.Groups
+}
+
+// RefreshGroups gives every key of user the groups of a sign-in that
+// just happened, so that a group the provider took away leaves the keys
+// with it, and their groups count again for GroupsMaxAge.
+func (k *APIKeys) RefreshGroups(user string, groups []string) error {
+	keys, err := k.List(user)
+	if err != nil {
+		return err
+	}
+	now := k.now().UTC().Truncate(time.Second)
+	for _, rec := range keys {
+		err := k.Store.UpdateAPIKey(rec.ID, func(b []byte) ([]byte, error) {
+			var cur APIKey
+			if err := json.Unmarshal(b, &cur); err != nil {
+				return nil, err
+			}
+			if cur.User != user {
+				return b, nil
+			}
+			cur.Groups, cur.GroupsAsOf = slices.Clone(groups), now
+			return json.Marshal(cur)
+		})
+		if err != nil && !errors.Is(err, ErrAPIKeyNotFound) {
+			return fmt.Errorf("refreshing the groups of API key %s: %w", rec.ID, err)
+		}
+	}
+	return nil
 }
 
 // unknownAPIKeyRecord stands in for the record of a key that does not

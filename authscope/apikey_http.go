@@ -33,13 +33,26 @@ type apiKeyView struct {
 	Expires  time.Time  `json:"expires"`
 	LastUsed *time.Time `json:"last_used"`
 	Expired  bool       `json:"expired"`
+	// GroupsUntil is when Groups stop counting unless the owner signs in
+	// again; GroupsStale says they already have: the key then has only
+	// its owner's name-based rights.
+	// Both are left out when a key's groups come from the directory.
+	GroupsUntil *time.Time `json:"groups_until,omitempty"`
+	GroupsStale bool       `json:"groups_stale"`
+	// GroupsFrom is "sign_in", or "directory": then Groups are those of
+	// the last sign-in, and not used.
+	GroupsFrom string `json:"groups_from"`
 }
 
-func viewOf(k APIKey, now time.Time) apiKeyView {
-	v := apiKeyView{ID: k.ID, Label: k.Label, User: k.User, Groups: nonNil(k.Groups),
-		Created: k.Created, Expires: k.Expires, Expired: !now.Before(k.Expires)}
-	if !k.LastUsed.IsZero() {
-		lu := k.LastUsed
+func (k *APIKeys) viewOf(rec APIKey, now time.Time) apiKeyView {
+	v := apiKeyView{ID: rec.ID, Label: rec.Label, User: rec.User, Groups: nonNil(rec.Groups),
+		Created: rec.Created, Expires: rec.Expires, Expired: !now.Before(rec.Expires), GroupsFrom: "directory"}
+	if !k.GroupsFromDirectory {
+		until := k.GroupsStaleAt(rec)
+		v.GroupsUntil, v.GroupsStale, v.GroupsFrom = &until, len(rec.Groups) > 0 && !now.Before(until), "sign_in"
+	}
+	if !rec.LastUsed.IsZero() {
+		lu := rec.LastUsed
 		v.LastUsed = &lu
 	}
 	return v
@@ -71,7 +84,7 @@ func (s *SignIn) apiKeys(w http.ResponseWriter, r *http.Request, sub string) {
 		now := s.now()
 		views := make([]apiKeyView, 0, len(keys))
 		for _, k := range keys {
-			views = append(views, viewOf(k, now))
+			views = append(views, s.o.APIKeys.viewOf(k, now))
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"keys": views})
 	case sub == "" && r.Method == http.MethodPost:
@@ -98,7 +111,7 @@ func (s *SignIn) apiKeys(w http.ResponseWriter, r *http.Request, sub string) {
 			s.refuseCreate(w, r, isForm, fmt.Errorf("%w: ttl_days %d out of range", ErrAPIKeyRequest, req.TTLDays))
 			return
 		}
-		key, rec, err := s.o.APIKeys.Create(sess.User, sess.Groups, req.Label, time.Duration(req.TTLDays)*24*time.Hour)
+		key, rec, err := s.o.APIKeys.CreateFromSignIn(sess.User, sess.Groups, s.signedIn(sess), req.Label, time.Duration(req.TTLDays)*24*time.Hour)
 		if err != nil {
 			s.refuseCreate(w, r, isForm, err)
 			return
@@ -108,7 +121,7 @@ func (s *SignIn) apiKeys(w http.ResponseWriter, r *http.Request, sub string) {
 			s.page(w, r, key, "")
 			return
 		}
-		v := viewOf(rec, s.now())
+		v := s.o.APIKeys.viewOf(rec, s.now())
 		writeJSON(w, http.StatusCreated, struct {
 			apiKeyView
 			Key string `json:"key"`

@@ -105,7 +105,9 @@ type Identity struct {
 	// a directory's user name; empty for an anonymous caller.
 	User string
 	// Groups the caller belongs to besides those the policy gives User:
-	// an API key's groups as of its creation, a workload token's groups
+	// an API key's groups from its owner's last sign-in (none once
+	// APIKeys.GroupsMaxAge has passed since) or, with
+	// APIKeys.GroupsFromDirectory, the directory's now; a workload token's groups
 	// claim, a directory's groups. The policy matches both alike.
 	Groups []string
 	// Method is one of the Method constants.
@@ -215,6 +217,11 @@ func NewAuthorizer(o Options) (*Authorizer, error) {
 	}
 	if o.ProxyScheme != "" && o.ProxyScheme != "http" && o.ProxyScheme != "https" {
 		return nil, fmt.Errorf("proxy scheme %q: must be http or https", o.ProxyScheme)
+	}
+	if o.APIKeys != nil && o.APIKeys.GroupsFromDirectory {
+		if _, ok := o.Directory.(DirectoryUsers); !ok {
+			return nil, errors.New("API key groups from the directory need a directory that looks users up")
+		}
 	}
 	if o.ClientCerts != nil {
 		if err := o.ClientCerts.Check(); err != nil {
@@ -526,7 +533,10 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		}
 		a.goodKeys.add(pass)
 		at.End(true)
-		return Identity{User: k.User, Groups: k.Groups, Method: MethodAPIKey}, nil
+		if a.o.APIKeys.GroupsFromDirectory {
+			return a.keyOwnerInDirectory(r, k)
+		}
+		return Identity{User: k.User, Groups: a.o.APIKeys.Groups(k, a.o.APIKeys.now()), Method: MethodAPIKey}, nil
 	case a.o.Workload != nil && a.o.Workload.Mine(pass):
 		return a.workload(r, pass)
 	case a.o.Directory != nil && (a.o.Htpasswd == nil || !a.o.Htpasswd.Has(user)):
@@ -547,6 +557,30 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		return Identity{Method: MethodBasic}, fmt.Errorf("wrong password for user %q", user)
 	}
 	return Identity{User: user, Method: MethodBasic, Groups: a.o.Policy.GroupsOf(user)}, nil
+}
+
+// keyOwnerInDirectory is the identity of key k whose owner's groups the
+// directory holds: as it holds them now (remembered for its cache_ttl,
+// so a CI job's requests do not each ask it). An owner it no longer
+// holds gets nothing through the key: refused as invalid credentials. A
+// directory that cannot be asked is no refusal (503).
+func (a *Authorizer) keyOwnerInDirectory(r *http.Request, k APIKey) (Identity, error) {
+	if a.o.Htpasswd != nil && a.o.Htpasswd.Has(k.User) {
+		// The htpasswd file decides for the names it lists; their groups
+		// are the config's, which the policy adds by name.
+		return Identity{User: k.User, Method: MethodAPIKey}, nil
+	}
+	owner, err := a.o.Directory.(DirectoryUsers).Lookup(r.Context(), k.User)
+	if err == nil {
+		err = a.directoryNamesFree(owner)
+	}
+	switch {
+	case err == nil:
+		return Identity{User: k.User, Groups: owner.Groups, Method: MethodAPIKey}, nil
+	case errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrBadCredentials):
+		return Identity{Method: MethodAPIKey}, fmt.Errorf("%w: the owner %q of key %s: %w", ErrAPIKeyInvalid, k.User, k.ID, err)
+	}
+	return Identity{}, &checkFailed{err}
 }
 
 // remembering is a Directory that can tell credentials it accepted a

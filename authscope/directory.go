@@ -28,3 +28,16 @@ var ErrBadCredentials = errors.New("wrong user name or password")
 // 503, so that clients retry instead of telling the user to fix a
 // password that may be right.
 var ErrUnavailable = errors.New("identity source unavailable")
+
+// DirectoryUsers is a Directory that can say who a user is now without
+// their password, with its own service account: the owners of API keys
+// take their groups from it when the config says so.
+type DirectoryUsers interface {
+	// Lookup returns user as the directory holds it now. An error wraps
+	// ErrNoSuchUser when the directory has no such user, and
+	// ErrUnavailable when it could not be asked.
+	Lookup(ctx context.Context, user string) (Identity, error)
+}
+
+// ErrNoSuchUser is a user a directory does not hold (any more).
+var ErrNoSuchUser = errors.New("no such user")

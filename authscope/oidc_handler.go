@@ -240,6 +240,16 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 		s.failDiscovery(w, r, status, "sign-in refused", err)
 		return
 	}
+	if s.o.APIKeys != nil {
+		// The ID token is the only word on the user's groups: the
+		// user's keys take them now, so that a group the provider took
+		// away leaves them too. Should that fail, the sign-in fails: the
+		// page would otherwise show groups the keys do not have.
+		if err := s.o.APIKeys.RefreshGroups(user, groups); err != nil {
+			s.fail(w, r, http.StatusInternalServerError, "sign-in failed", err)
+			return
+		}
+	}
 	exp := s.now().Add(s.o.SessionTTL)
 	sess, err := s.startSession(user, groups, exp)
 	if err != nil {
@@ -272,7 +282,16 @@ func (s *SignIn) startSession(user string, groups []string, exp time.Time) (Sess
 	if err := s.o.Sessions.CreateSession(id, rec, exp); err != nil {
 		return Session{}, fmt.Errorf("storing session: %w", err)
 	}
-	return Session{ID: id, User: user, Groups: groups, CSRF: csrf, Expires: exp.Unix()}, nil
+	return Session{ID: id, User: user, Groups: groups, CSRF: csrf, Expires: exp.Unix(), SignedIn: s.now().Unix()}, nil
+}
+
+// signedIn is when sess's groups were given: its sign-in, or for a
+// cookie from before that was kept, what its expiry says of it.
+func (s *SignIn) signedIn(sess Session) time.Time {
+	if sess.SignedIn > 0 {
+		return time.Unix(sess.SignedIn, 0)
+	}
+	return time.Unix(sess.Expires, 0).Add(-s.o.SessionTTL)
 }
 
 // logout ends the session in the store, so that its cookie, wherever a

@@ -47,10 +47,12 @@ form.inline { display: inline; }
 <h2>API keys</h2>
 {{if .List}}
 <table>
-<tr><th>Label</th><th>ID</th><th>Created</th><th>Expires</th><th>Last used</th><th></th></tr>
+<tr><th>Label</th><th>ID</th><th>Groups</th><th>Created</th><th>Expires</th><th>Last used</th><th></th></tr>
 {{range .List}}
 <tr class="apikey">
-<td>{{.Label}}</td><td><code>{{.ID}}</code></td><td>{{date .Created}}</td>
+<td>{{.Label}}</td><td><code>{{.ID}}</code></td>
+<td>{{if eq .GroupsFrom "directory"}}<span class="muted">the directory's, as they are</span>{{else}}{{range $i, $g := .Groups}}{{if $i}}, {{end}}{{$g}}{{end}}{{end}}{{if .GroupsStale}} <span class="err groups-stale">(stale since {{date .GroupsUntil}}: the key has your own rights only; sign in again to renew its groups)</span>{{end}}</td>
+<td>{{date .Created}}</td>
 <td>{{date .Expires}}{{if .Expired}} <span class="err">(expired)</span>{{end}}</td>
 <td>{{if .LastUsed}}{{date .LastUsed}}{{else}}<span class="muted">never</span>{{end}}</td>
 <td><form class="inline" method="post" action="apikeys/{{.ID}}/revoke"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button>Revoke</button></form></td>
@@ -103,7 +105,7 @@ func (s *SignIn) page(w http.ResponseWriter, r *http.Request, newKey, formErr st
 			}
 			now := s.now()
 			for _, key := range keys {
-				d.List = append(d.List, viewOf(key, now))
+				d.List = append(d.List, k.viewOf(key, now))
 			}
 		}
 	}

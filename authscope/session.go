@@ -39,6 +39,9 @@ type Session struct {
 	// session (header X-CSRF-Token or form field csrf).
 	CSRF    string `json:"c"`
 	Expires int64  `json:"e"` // unix seconds
+	// SignedIn is when the ID token gave Groups (unix seconds); 0 in
+	// cookies from before it was kept.
+	SignedIn int64 `json:"t,omitempty"`
 }
 
 // ErrSessionNotFound is a session ID the store does not know: never

@@ -407,6 +407,9 @@ func (a *Auth) validate() error {
 		if err := a.APIKeys.validate(); err != nil {
 			return err
 		}
+		if a.APIKeys.GroupsFrom == keyGroupsFromLDAP && a.LDAP == nil {
+			return errors.New("api_keys: groups_from ldap needs an ldap block")
+		}
 	}
 	if w := a.Workload; w != nil {
 		if err := w.validate(); err != nil {

@@ -91,7 +91,28 @@ type APIKeysConfig struct {
 	// MaxTTL is the longest lifetime a user may give a key. Default: 365
 	// days (8760h).
 	MaxTTL caddy.Duration `json:"max_ttl,omitempty"`
+
+	// GroupsMaxAge is how long after its owner's last sign-in a key's
+	// groups (from the provider's groups claim, refreshed at every
+	// sign-in) count; past it the key has only the rights its owner has
+	// by name, until the owner signs in again. Default: 7 days (168h).
+	GroupsMaxAge caddy.Duration `json:"groups_max_age,omitempty"`
+
+	// GroupsFrom says where a key's groups come from: "sign_in" (the
+	// default), the provider's groups claim at the owner's last sign-in;
+	// or "ldap", the groups the ldap directory holds for the owner now
+	// (looked up with its service account, remembered for its
+	// cache_ttl), for a provider that takes its groups from that
+	// directory. With "ldap" a key whose owner the directory no longer
+	// holds is refused.
+	GroupsFrom string `json:"groups_from,omitempty"`
 }
+
+// Where API keys' groups come from (APIKeysConfig.GroupsFrom).
+const (
+	keyGroupsFromSignIn = "sign_in"
+	keyGroupsFromLDAP   = "ldap"
+)
 
 // Workload accepts OIDC ID tokens that a CI system issues to its jobs
 // (GitHub Actions, Forgejo, GitLab id_tokens), as bearer tokens or as the
@@ -143,8 +164,11 @@ func (o *OIDC) validate() error {
 }
 
 func (k *APIKeysConfig) validate() error {
-	if k.DefaultTTL < 0 || k.MaxTTL < 0 {
-		return errors.New("api_keys: lifetimes must not be negative")
+	if k.GroupsFrom != "" && k.GroupsFrom != keyGroupsFromSignIn && k.GroupsFrom != keyGroupsFromLDAP {
+		return fmt.Errorf("api_keys: groups_from %q: want %s or %s", k.GroupsFrom, keyGroupsFromSignIn, keyGroupsFromLDAP)
+	}
+	if k.DefaultTTL < 0 || k.MaxTTL < 0 || k.GroupsMaxAge < 0 {
+		return errors.New("api_keys: lifetimes and groups_max_age must not be negative")
 	}
 	if k.MaxTTL > 0 && k.DefaultTTL > k.MaxTTL {
 		return errors.New("api_keys: default_ttl is longer than max_ttl")
@@ -207,6 +231,8 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 	p := &signInParts{apiKeys: &authscope.APIKeys{Store: storeKeys(store)}}
 	if c := a.APIKeys; c != nil {
 		p.apiKeys.DefaultTTL, p.apiKeys.MaxTTL = time.Duration(c.DefaultTTL), time.Duration(c.MaxTTL)
+		p.apiKeys.GroupsMaxAge = time.Duration(c.GroupsMaxAge)
+		p.apiKeys.GroupsFromDirectory = c.GroupsFrom == keyGroupsFromLDAP
 	}
 	var err error
 	p.signIn, err = authscope.NewSignIn(authscope.SignInOptions{
@@ -390,6 +416,8 @@ func unmarshalOIDC(d *caddyfile.Dispenser) (*OIDC, error) {
 //	api_keys {
 //		default_ttl <duration>
 //		max_ttl     <duration>
+//		groups_max_age <duration>
+//		groups_from    sign_in|ldap
 //	}
 func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 	k := &APIKeysConfig{}
@@ -397,6 +425,10 @@ func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 		v, err := oneArg(d, sub, args)
 		if err != nil {
 			return err
+		}
+		if sub == "groups_from" {
+			k.GroupsFrom = v
+			return nil
 		}
 		dur, err := durationArg(d, sub, v)
 		if err != nil {
@@ -407,8 +439,10 @@ func unmarshalAPIKeys(d *caddyfile.Dispenser) (*APIKeysConfig, error) {
 			k.DefaultTTL = dur
 		case "max_ttl":
 			k.MaxTTL = dur
+		case "groups_max_age":
+			k.GroupsMaxAge = dur
 		default:
-			return d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl)", sub)
+			return d.Errf("unrecognized api_keys subdirective %q (known: default_ttl, max_ttl, groups_max_age, groups_from)", sub)
 		}
 		return nil
 	})

@@ -15,10 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/go-ldap/ldap/v3"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/authscope/ldapauth/slapdtest"
 	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -39,6 +42,7 @@ func TestOIDCCaddyfile(t *testing.T) {
 		api_keys {
 			default_ttl 720h
 			max_ttl 2160h
+			groups_max_age 72h
 		}
 		workload {
 			issuer https://forge.example
@@ -58,6 +62,7 @@ func TestOIDCCaddyfile(t *testing.T) {
 	o := a.OIDC
 	if o == nil || o.ClientSecretFile != "/run/secrets/oidc" || len(o.Scopes) != 2 || o.GroupsClaim != "roles" ||
 		time.Duration(o.SessionTTL) != 8*time.Hour || time.Duration(a.APIKeys.MaxTTL) != 2160*time.Hour ||
+		time.Duration(a.APIKeys.GroupsMaxAge) != 72*time.Hour ||
 		a.Workload == nil || a.Workload.GroupsClaim != "repository_owner" {
 		t.Fatalf("parsed %+v %+v %+v", o, a.APIKeys, a.Workload)
 	}
@@ -78,12 +83,13 @@ func TestOIDCCaddyfile(t *testing.T) {
 		}
 	}
 	for name, a := range map[string]*Auth{
-		"no external url":      {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c"}},
-		"http external url":    {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "http://registry.example"}},
-		"two secrets":          {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r", ClientSecret: "a", ClientSecretFile: "b"}},
-		"api keys, no oidc":    {Repositories: anyRead(), APIKeys: &APIKeysConfig{}},
-		"default beyond max":   {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{DefaultTTL: 10, MaxTTL: 5}},
-		"workload without aud": {Repositories: anyRead(), Workload: &Workload{Issuer: "https://forge"}},
+		"no external url":         {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c"}},
+		"http external url":       {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "http://registry.example"}},
+		"two secrets":             {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r", ClientSecret: "a", ClientSecretFile: "b"}},
+		"api keys, no oidc":       {Repositories: anyRead(), APIKeys: &APIKeysConfig{}},
+		"negative groups_max_age": {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{GroupsMaxAge: -1}},
+		"default beyond max":      {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id", ClientID: "c", ExternalURL: "https://r"}, APIKeys: &APIKeysConfig{DefaultTTL: 10, MaxTTL: 5}},
+		"workload without aud":    {Repositories: anyRead(), Workload: &Workload{Issuer: "https://forge"}},
 		// The sign-in's ID tokens would pass as workload tokens.
 		"workload aud is the client": {Repositories: anyRead(), OIDC: &OIDC{Issuer: "https://id/", ClientID: "registry", ExternalURL: "https://r"},
 			Workload: &Workload{Issuer: "https://id", Audience: "registry"}},
@@ -266,6 +272,155 @@ func TestParseSessionKey(t *testing.T) {
 	for _, s := range []string{"", "abcd", strings.Repeat("ab", 31), "password123"} {
 		if _, err := parseSessionKey(s); err == nil {
 			t.Errorf("%q accepted", s)
+		}
+	}
+}
+
+// TestAPIKeyGroupsFromLDAP: with api_keys groups_from ldap, a key's
+// groups are those the directory (a real slapd) holds for its owner now,
+// whatever the ID token said: taken out of a group there, the owner
+// loses its rights through the key at the next request (cache_ttl off);
+// deleted there, the key is refused (401); the directory down is a
+// server fault, not a refusal.
+func TestAPIKeyGroupsFromLDAP(t *testing.T) {
+	s := slapdtest.Start(t)
+	s.AddUser(t, "alice", "alice-pw")
+	s.AddGroup(t, "devs", "alice")
+	p := oidctest.New(t, "alice", "devs") // a provider federating the directory
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret")
+	pwFile := filepath.Join(dir, "ldap-password")
+	for f, data := range map[string]string{secretFile: oidctest.ClientSecret, pwFile: slapdtest.ReaderPassword} {
+		if err := os.WriteFile(f, []byte(data+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := cache.Open(cache.Options{Dir: filepath.Join(dir, "data")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var rt *authRuntime
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !rt.serve(w, r) {
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	a := &Auth{
+		Repositories: map[string]authscope.RepositoryPolicy{
+			"team/**": {Default: []string{"read"}, Policies: []authscope.Grant{{Groups: []string{"devs"}, Actions: []string{"read", "create"}}}},
+		},
+		OIDC:    &OIDC{Issuer: p.Issuer(), ClientID: oidctest.ClientID, ClientSecretFile: secretFile, ExternalURL: srv.URL},
+		APIKeys: &APIKeysConfig{GroupsFrom: "ldap"},
+		LDAP: &LDAP{URL: s.TLSURL, CAFile: s.CAFile, BindDN: slapdtest.ReaderDN, BindPasswordFile: pwFile,
+			BaseDN: slapdtest.BaseDN, Timeout: caddy.Duration(time.Second), CacheTTL: -1},
+	}
+	if err := a.validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err = a.provision(nil, func() (authRecords, error) { return st, nil }, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.close()
+
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.Get(srv.URL + "/_oci/auth/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = c.Get(srv.URL + "/_oci/auth/session")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess struct {
+		CSRF string `json:"csrf_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&sess)
+	resp.Body.Close()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/apikeys", strings.NewReader(`{"label":"ci"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	req.Header.Set("Origin", srv.URL)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct{ Key string }
+	_ = json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %d", resp.StatusCode)
+	}
+
+	status := func(need string) int {
+		t.Helper()
+		r := httptest.NewRequest(http.MethodPut, "/v2/team/app/manifests/v1", nil)
+		r.SetBasicAuth("alice", created.Key)
+		actions := []string{"pull"}
+		if need == "push" {
+			actions = append(actions, "push")
+		}
+		_, err := rt.authorizer.Authorize(r, authscope.Need{Scopes: []authscope.Scope{authscope.RepositoryScope("team/app", actions...)}})
+		var d *authscope.Denial
+		switch {
+		case err == nil:
+			return 0
+		case errors.As(err, &d):
+			return d.Status
+		case errors.Is(err, authscope.ErrUnavailable):
+			return http.StatusServiceUnavailable
+		}
+		t.Fatalf("authorize: %v", err)
+		return -1
+	}
+	if st := status("push"); st != 0 {
+		t.Fatalf("push as a member of the directory's devs: %d", st)
+	}
+	resp, err = c.Get(srv.URL + "/_oci/auth/apikeys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listing, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(listing), `"groups_from":"directory"`) || strings.Contains(string(listing), `"groups_until"`) {
+		t.Fatalf("listing: %s", listing)
+	}
+
+	admin := s.Admin(t)
+	mod := ldap.NewModifyRequest(slapdtest.GroupDN("devs"), nil)
+	mod.Replace("member", []string{slapdtest.GroupDN("devs")}) // groupOfNames needs a member
+	if err := admin.Modify(mod); err != nil {
+		t.Fatal(err)
+	}
+	if st := status("push"); st != http.StatusForbidden {
+		t.Fatalf("push after leaving devs in the directory: %d, want 403", st)
+	}
+	if st := status("pull"); st != 0 {
+		t.Fatalf("pull by default after leaving devs: %d", st)
+	}
+
+	if err := admin.Del(ldap.NewDelRequest(slapdtest.UserDN("alice"), nil)); err != nil {
+		t.Fatal(err)
+	}
+	if st := status("pull"); st != http.StatusUnauthorized {
+		t.Fatalf("pull after the owner left the directory: %d, want 401", st)
+	}
+
+	s.Stop()
+	if st := status("pull"); st != http.StatusServiceUnavailable {
+		t.Fatalf("pull with the directory down: %d, want 503", st)
+	}
+
+	for _, bad := range []*Auth{
+		{Repositories: anyRead(), OIDC: a.OIDC, APIKeys: &APIKeysConfig{GroupsFrom: "ldap"}},
+		{Repositories: anyRead(), OIDC: a.OIDC, LDAP: a.LDAP, APIKeys: &APIKeysConfig{GroupsFrom: "directory"}},
+	} {
+		if err := bad.validate(); err == nil {
+			t.Errorf("groups_from %q with ldap %v: valid", bad.APIKeys.GroupsFrom, bad.LDAP != nil)
 		}
 	}
 }

@@ -141,6 +141,29 @@ func APIKeys(t *testing.T, newStore func(t *testing.T) authscope.APIKeyStore) {
 				t.Fatalf("a refused id was stored: %q", all)
 			}
 		}},
+		{"a sign-in's groups replace those of the user's keys, and only theirs", func(t *testing.T, s authscope.APIKeyStore) {
+			now := time.Now()
+			keys := &authscope.APIKeys{Store: s, GroupsMaxAge: time.Hour, Now: func() time.Time { return now }}
+			alice1, _, err := keys.Create("alice", []string{"devs", "ops"}, "", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			alice2, _, _ := keys.Create("alice", []string{"devs"}, "", 0)
+			bob, _, _ := keys.Create("bob", []string{"ops"}, "", 0)
+			now = now.Add(2 * time.Hour) // every key's groups lapsed
+			if err := keys.RefreshGroups("alice", []string{"devs"}); err != nil {
+				t.Fatal(err)
+			}
+			for key, want := range map[string][]string{alice1: {"devs"}, alice2: {"devs"}, bob: nil} {
+				rec, err := keys.Verify(key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := keys.Groups(rec, now); !slices.Equal(got, want) {
+					t.Errorf("%s's key: groups %q, want %q", rec.User, got, want)
+				}
+			}
+		}},
 		{"concurrent updates lose nothing", func(t *testing.T, s authscope.APIKeyStore) {
 			mustCreateKey(t, s, "n", []byte("0"))
 			const workers, each = 4, 25

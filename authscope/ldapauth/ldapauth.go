@@ -114,6 +114,8 @@ type Directory struct {
 	tls      *tls.Config
 	pool     *pool
 	cache    *cache
+	// lookups remembers Lookup's answers (an empty User: no such user).
+	lookups *cache
 	// noSuchDN is bound with the password of a user who is not found, so
 	// that the answer takes the same round trips as a wrong password.
 	noSuchDN string
@@ -210,6 +212,7 @@ func New(c Config) (*Directory, error) {
 	d.noSuchDN = "cn=caddy-oci-no-such-user-" + randomHex(8) + "," + c.BaseDN
 	d.pool = newPool(d.c.MaxConnections, d.dial)
 	d.cache = newCache(d.c.CacheTTL)
+	d.lookups = newCache(d.c.CacheTTL)
 	return d, nil
 }
 
@@ -276,12 +279,18 @@ func checkInput(user, password string) error {
 // connection that the server closed since (a restart, an idle timeout)
 // fails on first use: one fresh connection then decides.
 func (d *Directory) login(ctx context.Context, user, password string) (authscope.Identity, error) {
+	return d.onConn(ctx, func(c *ldap.Conn) (authscope.Identity, error) { return d.check(c, user, password) })
+}
+
+// onConn runs do on a pooled connection, and once more on a fresh one
+// when the pooled one turns out broken.
+func (d *Directory) onConn(ctx context.Context, do func(*ldap.Conn) (authscope.Identity, error)) (authscope.Identity, error) {
 	for {
 		c, reused, err := d.pool.get(ctx, d.c.Timeout)
 		if err != nil {
 			return authscope.Identity{}, err
 		}
-		id, err := d.check(c, user, password)
+		id, err := do(c)
 		if err == nil || !broken(err) {
 			d.pool.put(c)
 			return id, err
@@ -298,6 +307,36 @@ func (d *Directory) check(c *ldap.Conn, user, password string) (authscope.Identi
 	if err := d.bindService(c); err != nil {
 		return authscope.Identity{}, err
 	}
+	entry, err := d.findUser(c, user)
+	if errors.Is(err, authscope.ErrNoSuchUser) {
+		// The same round trip as a wrong password, so that the answer
+		// does not tell who exists; its result is not used.
+		berr := c.Bind(d.noSuchDN, password)
+		if berr != nil && broken(berr) {
+			return authscope.Identity{}, d.unavailable("binding", berr)
+		}
+		return authscope.Identity{}, fmt.Errorf("%w: %w", authscope.ErrBadCredentials, err)
+	}
+	if err != nil {
+		return authscope.Identity{}, err
+	}
+	if err := c.Bind(entry.DN, password); err != nil {
+		if code, ok := resultCode(err); ok && code != ldap.LDAPResultBusy && code != ldap.LDAPResultUnavailable && code != ldap.LDAPResultOther {
+			return authscope.Identity{}, fmt.Errorf("%w: bind as %s: %w", authscope.ErrBadCredentials, entry.DN, err)
+		}
+		return authscope.Identity{}, d.unavailable("binding as the user", err)
+	}
+	if d.c.GroupBaseDN != "" {
+		if err := d.bindService(c); err != nil {
+			return authscope.Identity{}, err
+		}
+	}
+	return d.identity(c, entry, user)
+}
+
+// findUser searches the one entry of user, bound as the service. None is
+// authscope.ErrNoSuchUser, several are refused as bad credentials.
+func (d *Directory) findUser(c *ldap.Conn, user string) (*ldap.Entry, error) {
 	filter := "(" + d.c.UserAttribute + "=" + ldap.EscapeFilter(user) + ")"
 	if d.c.UserFilter != "" {
 		filter = "(&" + filter + d.c.UserFilter + ")"
@@ -316,34 +355,24 @@ func (d *Directory) check(c *ldap.Conn, user, password string) (authscope.Identi
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) || (err == nil && len(res.Entries) > 1):
 		d.c.Logger.Warn("ldap: several entries have this user name; login refused",
 			zap.String("user", user), zap.String("filter", filter), zap.String("base_dn", d.c.BaseDN))
-		return authscope.Identity{}, fmt.Errorf("%w: several entries for user %q", authscope.ErrBadCredentials, user)
+		return nil, fmt.Errorf("%w: several entries for user %q", authscope.ErrBadCredentials, user)
 	case err != nil:
-		return authscope.Identity{}, d.unavailable("searching the user", err)
+		return nil, d.unavailable("searching the user", err)
 	case len(res.Entries) == 0:
-		// The same round trip as a wrong password, so that the answer
-		// does not tell who exists; its result is not used.
-		err := c.Bind(d.noSuchDN, password)
-		if err != nil && broken(err) {
-			return authscope.Identity{}, d.unavailable("binding", err)
-		}
-		return authscope.Identity{}, fmt.Errorf("%w: no user %q", authscope.ErrBadCredentials, user)
+		return nil, fmt.Errorf("%w: %q", authscope.ErrNoSuchUser, user)
 	}
-	entry := res.Entries[0]
-	if err := c.Bind(entry.DN, password); err != nil {
-		if code, ok := resultCode(err); ok && code != ldap.LDAPResultBusy && code != ldap.LDAPResultUnavailable && code != ldap.LDAPResultOther {
-			return authscope.Identity{}, fmt.Errorf("%w: bind as %s: %w", authscope.ErrBadCredentials, entry.DN, err)
-		}
-		return authscope.Identity{}, d.unavailable("binding as the user", err)
-	}
-	id := authscope.Identity{User: canonicalName(entry, d.c.UserAttribute, user), Method: authscope.MethodLDAP}
+	return res.Entries[0], nil
+}
+
+// identity is the user of entry with its groups, read from the entry or
+// searched with the service's bind.
+func (d *Directory) identity(c *ldap.Conn, entry *ldap.Entry, typed string) (authscope.Identity, error) {
+	id := authscope.Identity{User: canonicalName(entry, d.c.UserAttribute, typed), Method: authscope.MethodLDAP}
 	if d.c.GroupBaseDN == "" {
 		id.Groups = groupNames(entry.GetEqualFoldAttributeValues(d.c.GroupsAttribute), d.c.GroupsByDN)
 		return id, nil
 	}
-	if err := d.bindService(c); err != nil {
-		return authscope.Identity{}, err
-	}
-	res, err = c.Search(ldap.NewSearchRequest(d.c.GroupBaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+	res, err := c.Search(ldap.NewSearchRequest(d.c.GroupBaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		maxGroups, d.timeLimit(), false, groupFilter(d.c.GroupFilter, entry.DN, id.User), []string{d.c.GroupNameAttribute}, nil))
 	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
 		return authscope.Identity{}, d.unavailable("searching the user's groups", err)
@@ -359,6 +388,45 @@ func (d *Directory) check(c *ldap.Conn, user, password string) (authscope.Identi
 			}
 		}
 	}
+	return id, nil
+}
+
+// Lookup implements authscope.DirectoryUsers: user as the directory
+// holds it now, found and its groups read with the service account (no
+// password of the user). An answer, "no such user" included, is
+// remembered for cache_ttl, like a login.
+func (d *Directory) Lookup(ctx context.Context, user string) (authscope.Identity, error) {
+	if err := checkInput(user, "-"); err != nil {
+		return authscope.Identity{}, fmt.Errorf("%w: %w", authscope.ErrNoSuchUser, err)
+	}
+	key := d.lookups.key(user, "")
+	if id, ok := d.lookups.get(key); ok {
+		if id.User == "" {
+			return authscope.Identity{}, fmt.Errorf("%w: %q", authscope.ErrNoSuchUser, user)
+		}
+		return id, nil
+	}
+	id, err := d.onConn(ctx, func(c *ldap.Conn) (authscope.Identity, error) {
+		if err := d.bindService(c); err != nil {
+			return authscope.Identity{}, err
+		}
+		entry, err := d.findUser(c, user)
+		if err != nil {
+			return authscope.Identity{}, err
+		}
+		return d.identity(c, entry, user)
+	})
+	switch {
+	case errors.Is(err, authscope.ErrNoSuchUser):
+		d.lookups.put(key, authscope.Identity{})
+		return authscope.Identity{}, err
+	case errors.Is(err, authscope.ErrBadCredentials):
+		// Several entries: no one the directory can name.
+		return authscope.Identity{}, fmt.Errorf("%w: %w", authscope.ErrNoSuchUser, err)
+	case err != nil:
+		return authscope.Identity{}, err
+	}
+	d.lookups.put(key, id)
 	return id, nil
 }
 
@@ -478,4 +546,7 @@ func (d *Directory) dial(ctx context.Context) (*ldap.Conn, error) {
 	return c, nil
 }
 
-var _ authscope.Directory = (*Directory)(nil)
+var (
+	_ authscope.Directory      = (*Directory)(nil)
+	_ authscope.DirectoryUsers = (*Directory)(nil)
+)

@@ -379,3 +379,48 @@ func TestNewRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLookup: a user's groups without their password, with the service
+// account, from memberOf or a group search; no such user is
+// ErrNoSuchUser; answers are remembered for CacheTTL, so that an API key
+// used for every request of a CI job does not ask the directory each
+// time (here: still answered with the directory stopped).
+func TestLookup(t *testing.T) {
+	s := directory(t)
+	ctx := context.Background()
+	byAttr := newDirectory(t, baseConfig(s))
+	c := baseConfig(s)
+	c.GroupBaseDN = slapdtest.GroupsDN
+	bySearch := newDirectory(t, c)
+	for name, d := range map[string]*Directory{"memberOf": byAttr, "group search": bySearch} {
+		id, err := d.Lookup(ctx, "Carol")
+		if err != nil || id.User != "carol" || !slices.Contains(id.Groups, "devs") {
+			t.Errorf("%s: carol: %+v %v", name, id, err)
+		}
+		for _, nobody := range []string{"nobody", "al*", "", "twin"} {
+			if _, err := d.Lookup(ctx, nobody); !errors.Is(err, authscope.ErrNoSuchUser) {
+				t.Errorf("%s: %q: %v, want ErrNoSuchUser", name, nobody, err)
+			}
+		}
+	}
+
+	c = baseConfig(s)
+	c.CacheTTL = time.Minute
+	cached := newDirectory(t, c)
+	if _, err := cached.Lookup(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cached.Lookup(ctx, "nobody"); !errors.Is(err, authscope.ErrNoSuchUser) {
+		t.Fatal(err)
+	}
+	s.Stop()
+	if id, err := cached.Lookup(ctx, "alice"); err != nil || !slices.Contains(id.Groups, "devs") {
+		t.Errorf("alice remembered: %+v %v", id, err)
+	}
+	if _, err := cached.Lookup(ctx, "nobody"); !errors.Is(err, authscope.ErrNoSuchUser) {
+		t.Errorf("nobody remembered: %v", err)
+	}
+	if _, err := byAttr.Lookup(ctx, "alice"); !errors.Is(err, authscope.ErrUnavailable) {
+		t.Errorf("without cache, directory down: %v", err)
+	}
+}
