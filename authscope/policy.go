@@ -203,26 +203,41 @@ func matchAny(alts []string, name string) bool {
 	return false
 }
 
+// matchSegs walks the pattern's components once, keeping the set of
+// name prefixes they can match so far (at[j]: name[:j] matched). Trying
+// every split of the name among several ** instead takes time
+// exponential in their number, and the name is the client's.
 func matchSegs(pat, name []string) bool {
-	for len(pat) > 0 {
-		if pat[0] == "**" {
-			rest := pat[1:]
-			for i := 0; i <= len(name); i++ {
-				if matchSegs(rest, name[i:]) {
-					return true
-				}
-			}
-			return false
-		}
-		if len(name) == 0 {
-			return false
-		}
-		if ok, _ := path.Match(pat[0], name[0]); !ok {
-			return false
-		}
-		pat, name = pat[1:], name[1:]
+	var buf [32]bool // most names: no allocation per request
+	at := buf[:0]
+	if len(name)+1 > len(buf) {
+		at = make([]bool, 0, len(name)+1)
 	}
-	return len(name) == 0
+	at = at[:len(name)+1]
+	at[0] = true
+	for _, p := range pat {
+		alive := false
+		if p == "**" {
+			for j := 1; j <= len(name); j++ {
+				at[j] = at[j] || at[j-1]
+			}
+			alive = true // no prefix lost: one matched before
+		} else {
+			for j := len(name); j > 0; j-- {
+				ok := false
+				if at[j-1] {
+					ok, _ = path.Match(p, name[j-1])
+				}
+				at[j] = ok
+				alive = alive || ok
+			}
+			at[0] = false
+		}
+		if !alive {
+			return false
+		}
+	}
+	return at[len(name)]
 }
 
 // GroupsOf returns the groups user belongs to.
