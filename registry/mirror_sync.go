@@ -112,6 +112,11 @@ func (s *SyncSource) request(repo string) (*request, error) {
 	if !authscope.ValidName(repo) || !authscope.ValidName(name) {
 		return nil, fmt.Errorf("%w: repository %q", cache.ErrNameInvalid, repo)
 	}
+	if !s.m.serves(name) {
+		// The mirror's credentials reach only its repositories, for a
+		// sync as for a pull (which answers 404 for the others).
+		return nil, fmt.Errorf("%w: %q is not among the mirror's repositories", cache.ErrRepoUnknown, repo)
+	}
 	return &request{name: name, typed: name, mirror: s.m}, nil
 }
 
@@ -126,17 +131,26 @@ func (s *SyncSource) Repositories(ctx context.Context) ([]string, error) {
 		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
 			return 0, fmt.Errorf("upstream catalog unreadable: %w", err)
 		}
-		n := 0
+		n := 0 // new names, served or not: a page of others is progress
 		for _, r := range page.Repositories {
-			if !seen[r] {
-				seen[r] = true
+			if seen[r] {
+				continue
+			}
+			seen[r] = true
+			n++
+			if s.serves(r) {
 				out = append(out, r)
-				n++
 			}
 		}
 		return n, nil
 	})
 	return out, err
+}
+
+// serves reports whether the mirror serves upstream's repository repo:
+// a sync lists only those, as a pull reaches only those.
+func (s *SyncSource) serves(repo string) bool {
+	return s.m.serves(s.m.cfg.Prefix + "/" + s.canonical(repo))
 }
 
 // Tags lists upstream's tags of repo, every page of it, in upstream's
