@@ -87,17 +87,24 @@ func (c Content) compile() (filter, error) {
 	return f, nil
 }
 
-// validPattern: a repository name, or one with glob components.
+// validPattern: a repository name, or a pattern as access rules read
+// them (authscope.MatchPattern: zot's globs, classes and {a,b} included).
 func validPattern(p string) bool {
 	if p == "" || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
 		return false
 	}
-	plain := strings.NewReplacer("**", "x", "*", "x", "?", "x").Replace(p)
-	return authscope.ValidName(strings.ToLower(plain)) || authscope.ValidName(plain)
+	if !isGlob(p) {
+		return authscope.ValidName(p) || authscope.ValidName(strings.ToLower(p))
+	}
+	return authscope.CheckPattern(p) == nil
 }
 
+// isGlob reports whether p is a pattern rather than a name (no name
+// holds these characters).
+func isGlob(p string) bool { return strings.ContainsAny(p, "*?[{\\") }
+
 // glob reports whether the repository is a pattern rather than a name.
-func (f filter) glob() bool { return strings.ContainsAny(f.repo, "*?[") }
+func (f filter) glob() bool { return isGlob(f.repo) }
 
 // matchRepo reports whether upstream's repository name is selected.
 func (f filter) matchRepo(name string) bool {
