@@ -285,6 +285,23 @@ func (m *Mirror) serves(internal string) bool {
 	return false
 }
 
+// ServesUpstream reports whether the mirror serves upstream's repository
+// repo, as its pulls and its sync name it (one-component names take the
+// library prefix).
+func (m *Mirror) ServesUpstream(repo string) bool {
+	return m.serves(m.cfg.Prefix + "/" + m.canonical(repo))
+}
+
+// canonical is upstream's name of repo: one-component names get the
+// mirror's library prefix ("alpine" is "library/alpine" on Docker Hub),
+// as a client's pull of the short name does.
+func (m *Mirror) canonical(repo string) string {
+	if m.cfg.LibraryPrefix != "" && !strings.Contains(repo, "/") {
+		return m.cfg.LibraryPrefix + "/" + repo
+	}
+	return repo
+}
+
 // upstreamName is the repository name upstream knows an internal name by.
 func (m *Mirror) upstreamName(internal string) string {
 	return strings.TrimPrefix(internal, m.cfg.Prefix+"/")

@@ -89,12 +89,7 @@ func (h *Handler) SyncSource(m *Mirror) *SyncSource {
 // canonical is upstream's name of repo: one-component names get the
 // mirror's library prefix ("alpine" is "library/alpine" on Docker Hub),
 // as a client's pull of the short name does.
-func (s *SyncSource) canonical(repo string) string {
-	if s.m.cfg.LibraryPrefix != "" && !strings.Contains(repo, "/") {
-		return s.m.cfg.LibraryPrefix + "/" + repo
-	}
-	return repo
-}
+func (s *SyncSource) canonical(repo string) string { return s.m.canonical(repo) }
 
 // Prefix is where the source stores: the mirror's prefix, or a
 // sync_into's local prefix.
@@ -149,9 +144,7 @@ func (s *SyncSource) Repositories(ctx context.Context) ([]string, error) {
 
 // serves reports whether the mirror serves upstream's repository repo:
 // a sync lists only those, as a pull reaches only those.
-func (s *SyncSource) serves(repo string) bool {
-	return s.m.serves(s.m.cfg.Prefix + "/" + s.canonical(repo))
-}
+func (s *SyncSource) serves(repo string) bool { return s.m.ServesUpstream(repo) }
 
 // Tags lists upstream's tags of repo, every page of it, in upstream's
 // order.

@@ -93,18 +93,18 @@ func validPattern(p string) bool {
 	if p == "" || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
 		return false
 	}
-	if !isGlob(p) {
+	if !IsGlob(p) {
 		return authscope.ValidName(p) || authscope.ValidName(strings.ToLower(p))
 	}
 	return authscope.CheckPattern(p) == nil
 }
 
-// isGlob reports whether p is a pattern rather than a name (no name
-// holds these characters).
-func isGlob(p string) bool { return strings.ContainsAny(p, "*?[{\\") }
+// IsGlob reports whether a content repository is a pattern rather than
+// a name (no name holds these characters).
+func IsGlob(repo string) bool { return strings.ContainsAny(repo, "*?[{\\") }
 
 // glob reports whether the repository is a pattern rather than a name.
-func (f filter) glob() bool { return isGlob(f.repo) }
+func (f filter) glob() bool { return IsGlob(f.repo) }
 
 // matchRepo reports whether upstream's repository name is selected.
 func (f filter) matchRepo(name string) bool {
