@@ -34,6 +34,7 @@ type Content struct {
 // filter is a checked Content.
 type filter struct {
 	repo      string
+	pattern   authscope.Pattern // repo spelled out once, when a glob
 	tags      *regexp.Regexp
 	semver    *semver.Constraints
 	platforms []platform
@@ -55,6 +56,9 @@ func (c Content) compile() (filter, error) {
 	f := filter{repo: c.Repository, latest: c.Latest}
 	if !validPattern(c.Repository) {
 		return f, fmt.Errorf("content %q: not a repository name or glob", c.Repository)
+	}
+	if IsGlob(c.Repository) {
+		f.pattern, _ = authscope.CompilePattern(c.Repository) // validPattern checked it
 	}
 	if c.Tags != "" {
 		re, err := regexp.Compile(c.Tags)
@@ -108,7 +112,7 @@ func (f filter) glob() bool { return IsGlob(f.repo) }
 
 // matchRepo reports whether upstream's repository name is selected.
 func (f filter) matchRepo(name string) bool {
-	return authscope.ValidName(name) && authscope.MatchPattern(f.repo, name)
+	return authscope.ValidName(name) && f.pattern.Match(name)
 }
 
 // selectTags returns the tags of upstream's list (in its order) that
