@@ -17,6 +17,12 @@ import (
 // `{a,b}{c,d}...` doubles with every group.
 const maxPatternAlternatives = 256
 
+// maxPatternLength bounds a pattern's text: spelling out its {} groups
+// takes time quadratic in it, on every MatchPattern call. A name has at
+// most MaxNameLength bytes; this leaves room for 256 alternatives of a
+// short name each.
+const maxPatternLength = 4096
+
 var errPatternBraces = errors.New("unbalanced { }")
 
 // ExpandPattern returns the patterns without alternatives that pat
@@ -27,6 +33,9 @@ func ExpandPattern(pat string) ([]string, error) { return expandPattern(pat) }
 // expandPattern returns the patterns without alternatives that pat
 // stands for, each in path.Match's syntax ([!...] written [^...]).
 func expandPattern(pat string) ([]string, error) {
+	if len(pat) > maxPatternLength {
+		return nil, fmt.Errorf("longer than %d bytes", maxPatternLength)
+	}
 	if !strings.ContainsAny(pat, "{}[") {
 		return []string{pat}, nil
 	}

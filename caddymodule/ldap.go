@@ -28,8 +28,8 @@ const DefaultLDAPCacheTTL = time.Minute
 
 // LDAP checks the Basic credentials of users the htpasswd file does not
 // list against an LDAP directory: bind as the service account, find the
-// one entry whose user attribute is the user name (the whole subtree of
-// BaseDN), bind as that entry with the password. The directory's groups
+// one entry whose user attribute is the user name (below BaseDN, as
+// SearchScope says), bind as that entry with the password. The directory's groups
 // are matched by access rules like `group` lines. A directory that is
 // down, times out or refuses the service account answers 503, not 401.
 type LDAP struct {
@@ -63,7 +63,8 @@ type LDAP struct {
 	// (surrounding white space is ignored).
 	BindPasswordFile string `json:"bind_password_file,omitempty"`
 
-	// BaseDN is where users are searched, with its whole subtree.
+	// BaseDN is where users are searched (its whole subtree, or one
+	// level below it with SearchScope one).
 	BaseDN string `json:"base_dn"`
 
 	// SearchScope is how far below BaseDN users are searched: subtree

@@ -13,6 +13,7 @@ import (
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry"
+	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
 	"github.com/caddy-oci/caddy-oci/registry/upstream"
 )
 
@@ -129,6 +130,21 @@ type Mirror struct {
 	Repositories []string `json:"repositories,omitempty"`
 }
 
+// checkSyncServed refuses a sync content that names a repository the
+// mirror does not serve (repositories): the sync keeps to them as pulls
+// do, so it would fail in every run. A glob lists only served ones.
+func checkSyncServed(where string, s *Sync, m *registry.Mirror) error {
+	if s == nil {
+		return nil
+	}
+	for _, c := range s.Content {
+		if !mirrorsync.IsGlob(c.Repository) && !m.ServesUpstream(c.Repository) {
+			return fmt.Errorf("%s: content %s is not among the mirror's repositories", where, c.Repository)
+		}
+	}
+	return nil
+}
+
 // buildMirrors turns the config into registry mirrors, replacing
 // placeholders in credentials. Nothing is contacted.
 // buildMirrors turns the configured mirrors into registry mirrors; log
@@ -188,6 +204,9 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 			Logger:             log.Named("upstream").With(zap.String("mirror", m.Prefix)),
 		})
 		if err != nil {
+			return nil, err
+		}
+		if err := checkSyncServed(where+": sync", m.Sync, rm); err != nil {
 			return nil, err
 		}
 		out = append(out, rm)

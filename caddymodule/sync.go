@@ -44,7 +44,8 @@ type Sync struct {
 // filter given.
 type SyncContent struct {
 	// Repository is an upstream repository name ("library/alpine"), or a
-	// glob: `*` one name component, `**` any number. A glob lists the
+	// glob, read as access patterns are: `*` one name component (or part
+	// of one), `**` any number, `{a,b}` either, `[!a]` a class. A glob lists the
 	// upstream's catalog, which some registries (Docker Hub) do not serve.
 	Repository string `json:"repository"`
 

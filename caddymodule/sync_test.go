@@ -466,6 +466,12 @@ func TestMirrorRetriesJSON(t *testing.T) {
 		{`{"prefix":"d.io","retry_delay":-1}`, "mirror d.io: retry_delay must not be negative"},
 		{`{"prefix":"d.io","sync":{"content":[{"repository":"a","semver":"soon"}]}}`, "mirror d.io: sync: content a: semver"},
 		{`{"prefix":"d.io","sync":{"content":[]}}`, "mirror d.io: sync: no content"},
+		// A sync keeps to the mirror's repositories: a name outside them
+		// would fail every run.
+		{`{"prefix":"d.io","repositories":["team/**"],"sync":{"content":[{"repository":"other/app"}]}}`,
+			"mirror d.io: sync: content other/app is not among the mirror's repositories"},
+		{`{"prefix":"docker.io","repositories":["team/**"],"sync":{"content":[{"repository":"alpine"}]}}`,
+			"mirror docker.io: sync: content alpine is not among the mirror's repositories"},
 	} {
 		var m Mirror
 		if err := json.Unmarshal([]byte(tc.json), &m); err != nil {

@@ -110,6 +110,9 @@ type Mirror struct {
 	declared      declaredSizes
 	obs           MirrorObserver
 	now           func() time.Time
+	// repositories is cfg.Repositories spelled out once: serves runs on
+	// every request.
+	repositories []authscope.Pattern
 }
 
 // MirrorObserver is implemented by an Observer that also wants mirror
@@ -154,11 +157,6 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	}
 	if len(cfg.Upstreams) == 0 {
 		cfg.Upstreams = []string{DefaultUpstream(cfg.Prefix)}
-	}
-	for _, p := range cfg.Repositories {
-		if err := authscope.CheckPattern(p); err != nil {
-			return nil, fmt.Errorf("mirror %s: repositories: %w", cfg.Prefix, err)
-		}
 	}
 	ns := authscope.Namespace{Prefix: cfg.Prefix, Aliases: cfg.Aliases, LibraryPrefix: cfg.LibraryPrefix}.WithDefaults()
 	cfg.Aliases, cfg.LibraryPrefix = ns.Aliases, ns.LibraryPrefix
@@ -224,6 +222,13 @@ func newMirror(cfg MirrorConfig) (*Mirror, error) {
 		attempts = cfg.MaxRetries + 1
 	}
 	m := &Mirror{cfg: cfg, slots: newFillSlots(cfg.MaxConcurrentFills), obs: nopMirrorObserver{}, now: time.Now}
+	for _, p := range cfg.Repositories {
+		compiled, err := authscope.CompilePattern(p)
+		if err != nil {
+			return nil, fmt.Errorf("mirror %s: repositories: %w", cfg.Prefix, err)
+		}
+		m.repositories = append(m.repositories, compiled)
+	}
 	prefix := cfg.Prefix
 	c, err := upstream.New(upstream.Config{
 		Attempts:           attempts,
@@ -277,12 +282,29 @@ func (m *Mirror) serves(internal string) bool {
 		return true
 	}
 	name := m.upstreamName(internal)
-	for _, p := range m.cfg.Repositories {
-		if authscope.MatchPattern(p, name) {
+	for _, p := range m.repositories {
+		if p.Match(name) {
 			return true
 		}
 	}
 	return false
+}
+
+// ServesUpstream reports whether the mirror serves upstream's repository
+// repo, as its pulls and its sync name it (one-component names take the
+// library prefix).
+func (m *Mirror) ServesUpstream(repo string) bool {
+	return m.serves(m.cfg.Prefix + "/" + m.canonical(repo))
+}
+
+// canonical is upstream's name of repo: one-component names get the
+// mirror's library prefix ("alpine" is "library/alpine" on Docker Hub),
+// as a client's pull of the short name does.
+func (m *Mirror) canonical(repo string) string {
+	if m.cfg.LibraryPrefix != "" && !strings.Contains(repo, "/") {
+		return m.cfg.LibraryPrefix + "/" + repo
+	}
+	return repo
 }
 
 // upstreamName is the repository name upstream knows an internal name by.

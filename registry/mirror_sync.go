@@ -89,12 +89,7 @@ func (h *Handler) SyncSource(m *Mirror) *SyncSource {
 // canonical is upstream's name of repo: one-component names get the
 // mirror's library prefix ("alpine" is "library/alpine" on Docker Hub),
 // as a client's pull of the short name does.
-func (s *SyncSource) canonical(repo string) string {
-	if s.m.cfg.LibraryPrefix != "" && !strings.Contains(repo, "/") {
-		return s.m.cfg.LibraryPrefix + "/" + repo
-	}
-	return repo
-}
+func (s *SyncSource) canonical(repo string) string { return s.m.canonical(repo) }
 
 // Prefix is where the source stores: the mirror's prefix, or a
 // sync_into's local prefix.
@@ -112,6 +107,11 @@ func (s *SyncSource) request(repo string) (*request, error) {
 	if !authscope.ValidName(repo) || !authscope.ValidName(name) {
 		return nil, fmt.Errorf("%w: repository %q", cache.ErrNameInvalid, repo)
 	}
+	if !s.m.serves(name) {
+		// The mirror's credentials reach only its repositories, for a
+		// sync as for a pull (which answers 404 for the others).
+		return nil, fmt.Errorf("%w: %q is not among the mirror's repositories", cache.ErrRepoUnknown, repo)
+	}
 	return &request{name: name, typed: name, mirror: s.m}, nil
 }
 
@@ -126,18 +126,25 @@ func (s *SyncSource) Repositories(ctx context.Context) ([]string, error) {
 		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
 			return 0, fmt.Errorf("upstream catalog unreadable: %w", err)
 		}
-		n := 0
+		n := 0 // new names, served or not: a page of others is progress
 		for _, r := range page.Repositories {
-			if !seen[r] {
-				seen[r] = true
+			if seen[r] {
+				continue
+			}
+			seen[r] = true
+			n++
+			if s.serves(r) {
 				out = append(out, r)
-				n++
 			}
 		}
 		return n, nil
 	})
 	return out, err
 }
+
+// serves reports whether the mirror serves upstream's repository repo:
+// a sync lists only those, as a pull reaches only those.
+func (s *SyncSource) serves(repo string) bool { return s.m.ServesUpstream(repo) }
 
 // Tags lists upstream's tags of repo, every page of it, in upstream's
 // order.

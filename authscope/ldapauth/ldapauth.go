@@ -64,7 +64,8 @@ type Config struct {
 	// empty: searches are anonymous.
 	BindDN, BindPassword string
 
-	// BaseDN is where users are searched, with the whole subtree.
+	// BaseDN is where users are searched: its whole subtree, or with
+	// OneLevel the entries directly below it.
 	BaseDN string
 	// OneLevel searches users only directly below BaseDN, not in the
 	// OUs under it (zot's search without subtreeSearch).

@@ -317,7 +317,7 @@ func TestWarnings(t *testing.T) {
 			"extensions.sync.registries[0].content[0].tags", "on demand"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"pollInterval":"1h","content":[{"prefix":"/a/**","tags":{"regex":"^v"}}]}]}}}`,
 			"extensions.sync.registries[0].content[0].tags", "still fetches it"},
-		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"pollInterval":"1h","content":[{"prefix":"/a/{b,c}","destination":"/x"}]}]}}}`,
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"pollInterval":"1h","content":[{"prefix":"/a/{b","destination":"/x"}]}]}}}`,
 			"extensions.sync.registries[0].content[0].prefix", "not synced on a schedule"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://a.example","https://b.example"],"pollInterval":"1h","content":[{"prefix":"**","destination":"/x"}]}]}}}`,
 			"extensions.sync.registries[0].content[0]", "copied from https://a.example only"},

@@ -34,6 +34,7 @@ type Content struct {
 // filter is a checked Content.
 type filter struct {
 	repo      string
+	pattern   authscope.Pattern // repo spelled out once, when a glob
 	tags      *regexp.Regexp
 	semver    *semver.Constraints
 	platforms []platform
@@ -55,6 +56,9 @@ func (c Content) compile() (filter, error) {
 	f := filter{repo: c.Repository, latest: c.Latest}
 	if !validPattern(c.Repository) {
 		return f, fmt.Errorf("content %q: not a repository name or glob", c.Repository)
+	}
+	if IsGlob(c.Repository) {
+		f.pattern, _ = authscope.CompilePattern(c.Repository) // validPattern checked it
 	}
 	if c.Tags != "" {
 		re, err := regexp.Compile(c.Tags)
@@ -87,21 +91,28 @@ func (c Content) compile() (filter, error) {
 	return f, nil
 }
 
-// validPattern: a repository name, or one with glob components.
+// validPattern: a repository name, or a pattern as access rules read
+// them (authscope.MatchPattern: zot's globs, classes and {a,b} included).
 func validPattern(p string) bool {
 	if p == "" || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
 		return false
 	}
-	plain := strings.NewReplacer("**", "x", "*", "x", "?", "x").Replace(p)
-	return authscope.ValidName(strings.ToLower(plain)) || authscope.ValidName(plain)
+	if !IsGlob(p) {
+		return authscope.ValidName(p) || authscope.ValidName(strings.ToLower(p))
+	}
+	return authscope.CheckPattern(p) == nil
 }
 
+// IsGlob reports whether a content repository is a pattern rather than
+// a name (no name holds these characters).
+func IsGlob(repo string) bool { return strings.ContainsAny(repo, "*?[{\\") }
+
 // glob reports whether the repository is a pattern rather than a name.
-func (f filter) glob() bool { return strings.ContainsAny(f.repo, "*?[") }
+func (f filter) glob() bool { return IsGlob(f.repo) }
 
 // matchRepo reports whether upstream's repository name is selected.
 func (f filter) matchRepo(name string) bool {
-	return authscope.ValidName(name) && authscope.MatchPattern(f.repo, name)
+	return authscope.ValidName(name) && f.pattern.Match(name)
 }
 
 // selectTags returns the tags of upstream's list (in its order) that

@@ -572,3 +572,38 @@ func TestStartTriggerStop(t *testing.T) {
 		t.Fatal("Start did not return after its context ended")
 	}
 }
+
+// TestSyncZotGlobs: a content repository is read as access patterns are
+// (zot's globs: classes, [!...], {a,b}), so a zot sync prefix such as
+// lib/{app,tools} syncs on its schedule. Before, a content with a class
+// or braces was refused at New as no repository name or glob (the zot
+// adapter then dropped the schedule with a warning).
+func TestSyncZotGlobs(t *testing.T) {
+	up := newUpstream(t)
+	seedApp(up)
+	up.pushIndex("lib/zzz", "3.19")
+	loc := newLocal(t, up, nil)
+	for _, c := range []struct {
+		repo string
+		want []string
+	}{
+		{"lib/{app,other}", []string{"lib/app", "lib/other"}},
+		{"lib/[!a]*", []string{"lib/other", "lib/zzz"}},
+		{"{lib,x}/[ao]*", []string{"lib/app", "lib/other"}},
+	} {
+		s := newSync(t, loc.h.SyncSource(loc.m), mirrorsync.Content{Repository: c.repo, Tags: `^3\.19$`, Platforms: []string{"linux/s390x"}})
+		if st := s.Run(context.Background()); st.ErrorCount != 0 || st.Repositories != len(c.want) {
+			t.Errorf("%s: run %+v, want %d repositories", c.repo, st, len(c.want))
+		}
+		for _, repo := range c.want {
+			if _, err := loc.store.ResolveTag(t.Context(), "up.test/"+repo, "3.19"); err != nil {
+				t.Errorf("%s: %s:3.19 not synced: %v", c.repo, repo, err)
+			}
+		}
+	}
+	for _, bad := range []string{"lib/{app", "lib/app}", "lib/[a"} {
+		if _, err := mirrorsync.New(mirrorsync.Config{Content: []mirrorsync.Content{{Repository: bad}}}, loc.h.SyncSource(loc.m)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -78,6 +78,7 @@ type Config struct {
 // Policy is a loaded Config.
 type Policy struct {
 	match       string
+	pattern     authscope.Pattern // match, spelled out once
 	perPlatform bool
 	cosign      []signature.Verifier
 	notation    notation.Verifier
@@ -86,13 +87,14 @@ type Policy struct {
 // New loads c's key and certificate files. An unreadable or invalid file
 // is an error naming it.
 func New(c Config) (*Policy, error) {
-	if err := authscope.CheckPattern(c.Match); err != nil {
+	pattern, err := authscope.CompilePattern(c.Match)
+	if err != nil {
 		return nil, err
 	}
 	if len(c.CosignKeys) == 0 && len(c.NotationCerts) == 0 {
 		return nil, fmt.Errorf("policy %s: no cosign_key and no notation_cert: nothing could ever pass", c.Match)
 	}
-	p := &Policy{match: c.Match, perPlatform: c.PerPlatform}
+	p := &Policy{match: c.Match, pattern: pattern, perPlatform: c.PerPlatform}
 	for _, f := range c.CosignKeys {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -169,7 +171,7 @@ var ErrKeyless = errors.New("keyless cosign (Fulcio certificates, Rekor) is not 
 func (p *Policy) Name() string { return p.match }
 
 // Matches reports whether internal name repo falls under p.
-func (p *Policy) Matches(repo string) bool { return authscope.MatchPattern(p.match, repo) }
+func (p *Policy) Matches(repo string) bool { return p.pattern.Match(repo) }
 
 // PerPlatform: see Config.PerPlatform.
 func (p *Policy) PerPlatform() bool { return p.perPlatform }
