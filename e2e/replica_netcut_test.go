@@ -103,19 +103,25 @@ func (n *netcutTally) send(method, u string, body []byte, hdr map[string]string,
 // netcutLedger is what the drill pushed: acknowledged and refused.
 type netcutLedger struct {
 	mu        sync.Mutex
-	blobs     map[string][]byte // acknowledged, by digest
-	refused   map[string][]byte // refused, by digest
+	blobs     map[string]netcutBlob // acknowledged, by digest
+	refused   map[string]netcutBlob // refused, by digest
 	images    map[string]churnImage
 	refusedIm map[string]churnImage // by repo:tag
 }
 
-func (l *netcutLedger) blob(b []byte, acked bool) {
+// netcutBlob is a blob pushed and the repository it was pushed to.
+type netcutBlob struct {
+	repo string
+	data []byte
+}
+
+func (l *netcutLedger) blob(repo string, b []byte, acked bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if acked {
-		l.blobs[blobDigest(b)] = b
+		l.blobs[blobDigest(b)] = netcutBlob{repo, b}
 	} else {
-		l.refused[blobDigest(b)] = b
+		l.refused[blobDigest(b)] = netcutBlob{repo, b}
 	}
 }
 
@@ -152,7 +158,7 @@ func TestReplicaNetworkCuts(t *testing.T) {
 	baseFDs, baseG := fdCount(t, replicas[0]), goroutines(t, replicas[0])
 
 	tally := &netcutTally{answers: map[string]int{}}
-	ledger := &netcutLedger{blobs: map[string][]byte{}, refused: map[string][]byte{},
+	ledger := &netcutLedger{blobs: map[string]netcutBlob{}, refused: map[string]netcutBlob{},
 		images: map[string]churnImage{}, refusedIm: map[string]churnImage{}}
 	stop := make(chan struct{})
 	s3Proxy.start(50*time.Millisecond, stop)
@@ -180,7 +186,7 @@ func TestReplicaNetworkCuts(t *testing.T) {
 			for _, b := range [][]byte{im.config, im.layer} {
 				acked, _, _ := tally.send(http.MethodPost, r.url("/v2/"+repo+"/blobs/uploads/?digest="+blobDigest(b)), b,
 					map[string]string{"Content-Type": "application/octet-stream"}, http.StatusCreated)
-				ledger.blob(b, acked)
+				ledger.blob(repo, b, acked)
 				ok = ok && acked
 			}
 			if !ok {
@@ -202,34 +208,26 @@ func TestReplicaNetworkCuts(t *testing.T) {
 		if i%2 == 0 {
 			acked, _, _ := tally.send(http.MethodPost, r.url("/v2/cut/big/blobs/uploads/?digest="+blobDigest(b)), b,
 				map[string]string{"Content-Type": "application/octet-stream"}, http.StatusCreated)
-			ledger.blob(b, acked)
+			ledger.blob("cut/big", b, acked)
 			return
 		}
-		ledger.blob(b, netcutChunked(tally, r, "cut/big", b, 1<<20))
+		ledger.blob("cut/big", b, netcutChunked(tally, r, "cut/big", b, 1<<20))
 	})
 	worker(1, func(r *server, i int) { // pulls of what was acknowledged
 		ledger.mu.Lock()
 		var d string
-		var want []byte
-		for d, want = range ledger.blobs {
+		var b netcutBlob
+		for d, b = range ledger.blobs {
 			break
 		}
 		ledger.mu.Unlock()
-		if want == nil {
+		if b.data == nil {
 			time.Sleep(50 * time.Millisecond)
 			return
 		}
-		// The blob's repository does not matter to this check: any
-		// acknowledged blob is linked in one of the drill's.
-		for _, repo := range []string{"cut/big", "cut/img0", "cut/img1"} {
-			ok, resp, got := tally.send(http.MethodGet, r.url("/v2/"+repo+"/blobs/"+d), nil, nil, http.StatusOK)
-			if resp != nil && resp.StatusCode == http.StatusNotFound {
-				continue
-			}
-			if ok && !bytes.Equal(got, want) {
-				tally.wrong("GET %s: 200 with %d bytes hashing to %s", d, len(got), blobDigest(got))
-			}
-			return
+		ok, _, got := tally.send(http.MethodGet, r.url("/v2/"+b.repo+"/blobs/"+d), nil, nil, http.StatusOK)
+		if ok && !bytes.Equal(got, b.data) {
+			tally.wrong("GET %s: 200 with %d bytes hashing to %s", d, len(got), blobDigest(got))
 		}
 	})
 
@@ -288,13 +286,13 @@ func TestReplicaNetworkCuts(t *testing.T) {
 		}
 	}
 	for d, b := range ledger.blobs {
-		if !blobIn(t, r, d, b) {
-			t.Errorf("acknowledged blob %s (%d bytes) lost", d, len(b))
+		if !blobIn(t, r, b.repo, d, b.data) {
+			t.Errorf("acknowledged blob %s (%d bytes) lost", d, len(b.data))
 		}
 	}
 	refusedVisible := 0
 	for d, b := range ledger.refused {
-		if _, acked := ledger.blobs[d]; !acked && blobIn(t, r, d, b) {
+		if _, acked := ledger.blobs[d]; !acked && blobIn(t, r, b.repo, d, b.data) {
 			refusedVisible++
 		}
 	}
@@ -312,22 +310,19 @@ func TestReplicaNetworkCuts(t *testing.T) {
 	}
 }
 
-// blobIn says whether blob d is stored in one of the drill's repositories
-// whole; a blob found with other bytes fails the test.
-func blobIn(t *testing.T, s *server, d string, want []byte) bool {
+// blobIn says whether blob d is stored in repo whole; a blob found with
+// other bytes fails the test.
+func blobIn(t *testing.T, s *server, repo, d string, want []byte) bool {
 	t.Helper()
-	for _, repo := range []string{"cut/big", "cut/img0", "cut/img1"} {
-		resp := do(t, http.MethodGet, s.url("/v2/"+repo+"/blobs/"+d), nil, nil)
-		got := readAll(t, resp)
-		switch {
-		case resp.StatusCode == http.StatusNotFound:
-			continue
-		case resp.StatusCode != http.StatusOK || !bytes.Equal(got, want):
-			t.Errorf("blob %s in %s: %s, %d bytes hashing to %s (want %d bytes)", d, repo, resp.Status, len(got), blobDigest(got), len(want))
-		}
-		return true
+	resp := do(t, http.MethodGet, s.url("/v2/"+repo+"/blobs/"+d), nil, nil)
+	got := readAll(t, resp)
+	if resp.StatusCode == http.StatusNotFound {
+		return false
 	}
-	return false
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, want) {
+		t.Errorf("blob %s in %s: %s, %d bytes hashing to %s (want %d bytes)", d, repo, resp.Status, len(got), blobDigest(got), len(want))
+	}
+	return true
 }
 
 // netcutChunked pushes b in PATCHes of chunk bytes and a closing PUT,
