@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,6 +50,7 @@ func TestReplicaKillDuringMetadataChurn(t *testing.T) {
 	}
 
 	reloads := 0
+	var collectable sync.Map // layers only deleted manifests held, GC's to take
 	for round := range 3 {
 		victim, survivor := c.replicas[round%2], c.replicas[(round+1)%2]
 		stop := make(chan struct{})
@@ -94,6 +96,7 @@ func TestReplicaKillDuringMetadataChurn(t *testing.T) {
 				ledger.deleted[repo+"@"+im.digest] = true
 				delete(ledger.tags, ref)
 				ledger.mu.Unlock()
+				collectable.Store(blobDigest(im.layer), true)
 			}
 		})
 		worker(func(s *server, n int) { // cross-repository mounts
@@ -144,7 +147,32 @@ func TestReplicaKillDuringMetadataChurn(t *testing.T) {
 		t.Errorf("%d answers were 5xx, e.g. %v", n, churnSample.Load())
 	}
 	t.Logf("%d reloads of both replicas at once", reloads)
-	time.Sleep(6 * time.Second) // GC passes past the grace on the restarted cluster
+	// GC collects what the deleted manifests held, once the lease of a
+	// killed leader expired (30 s) and the grace passed.
+	left, atEnd := 0, -1
+	start := time.Now()
+	waitFor(t, 90*time.Second, "GC to collect the deleted manifests' layers", func() bool {
+		objects, _ := c.s3.Keys(t, c.bucket, "registry/blobs/")
+		in := map[string]bool{}
+		for _, o := range objects {
+			in["sha256:"+o[strings.LastIndex(o, "/")+1:]] = true
+		}
+		left = 0
+		collectable.Range(func(d, _ any) bool {
+			if in[d.(string)] {
+				left++
+			}
+			return true
+		})
+		if atEnd < 0 {
+			atEnd = left
+			if !in[blobDigest(base[0].layer)] {
+				t.Fatalf("a tagged image's layer is not under registry/blobs/ in the bucket: the check looks in the wrong place")
+			}
+		}
+		return left == 0
+	})
+	t.Logf("GC collected the deleted manifests' layers (%d in the bucket when the drill ended) %s after it", atEnd, time.Since(start).Round(time.Second))
 	for _, s := range c.replicas {
 		checkChurn(t, s, ledger, "after GC ran on the restarted cluster")
 	}
