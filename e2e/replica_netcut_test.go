@@ -26,6 +26,8 @@ type netcutTally struct {
 	answers map[string]int
 	bad     []string
 	slowest time.Duration
+	// fullOK: 507 STORAGE_FULL is a refusal the drill expects.
+	fullOK bool
 }
 
 func (n *netcutTally) add(kind string, took time.Duration) {
@@ -93,6 +95,9 @@ func (n *netcutTally) send(method, u string, body []byte, hdr map[string]string,
 		return true, resp, b
 	case resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
 		n.add("503", took)
+		return false, resp, b
+	case n.fullOK && resp.StatusCode == http.StatusInsufficientStorage && bytes.Contains(b, []byte("STORAGE_FULL")):
+		n.add("507", took)
 		return false, resp, b
 	}
 	n.add(fmt.Sprint(resp.StatusCode), took)
