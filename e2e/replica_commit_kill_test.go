@@ -13,7 +13,7 @@ import (
 
 // TestReplicaKillMidCommit: a chunked push's closing PUT (the multipart
 // upload's completion, the blob's record and link) sent to one replica,
-// which is killed (SIGKILL) 0-150 ms later, six times. The client
+// which is killed (SIGKILL) 0-150 ms later, four times. The client
 // then sends the PUT again to the other replica, as a client retries
 // through a load balancer. Before and after the retry the blob is never
 // half-visible (HEAD 404, or 200 and the GET whole); the retry commits
@@ -28,7 +28,7 @@ func TestReplicaKillMidCommit(t *testing.T) {
 	outcomes := map[string]int{}
 	var slowest time.Duration
 	retries := map[int]int{} // answers the client waited out and sent again
-	for round := range 6 {
+	for round := range 4 {
 		a, b := c.replicas[round%2], c.replicas[(round+1)%2]
 		repo := fmt.Sprintf("commit/r%d", round)
 		data := randomBytes(t, 12<<20+round)
