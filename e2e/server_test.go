@@ -211,6 +211,13 @@ func siteServer(t testing.TB, dataDir, site string, ready int) *server {
 // the site, as external_url does).
 func siteServerOn(t testing.TB, registryPort int, dataDir, site string, ready int) *server {
 	t.Helper()
+	return siteServerEnv(t, registryPort, dataDir, site, ready, nil)
+}
+
+// siteServerEnv is siteServerOn with env added to the process's
+// environment (TMPDIR, say).
+func siteServerEnv(t testing.TB, registryPort int, dataDir, site string, ready int, env []string) *server {
+	t.Helper()
 	needBinary(t)
 	port, adminPort := strconv.Itoa(registryPort), strconv.Itoa(freePort(t))
 	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\n" +
@@ -220,7 +227,7 @@ func siteServerOn(t testing.TB, registryPort int, dataDir, site string, ready in
 		t.Fatal(err)
 	}
 	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort,
-		dataDir: dataDir, readyStatus: ready}
+		dataDir: dataDir, readyStatus: ready, env: env}
 	s.start()
 	return s
 }

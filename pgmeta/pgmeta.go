@@ -52,7 +52,7 @@ const AppName = "caddy-oci"
 // Store is the metadata in one PostgreSQL database. It is safe for
 // concurrent use, by any number of processes at once.
 type Store struct {
-	pool    *pgxpool.Pool
+	pool    resendingPool
 	timeout time.Duration
 }
 
@@ -92,7 +92,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	s := &Store{pool: pool, timeout: timeout}
+	s := &Store{pool: resendingPool{pool}, timeout: timeout}
 	if err := migrate(ctx, pool, migrations); err != nil {
 		pool.Close()
 		return nil, err

@@ -144,6 +144,13 @@ func errInternal(cause error) *Error {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "storage is temporarily unavailable, retry", cause).
 			withHeader("Retry-After", "5")
 	}
+	if readOnlyStorage(cause) {
+		// The storage's filesystem was made read-only (by the operator,
+		// or by the kernel after disk errors): no bug of the request or
+		// the registry, and gone once it is writable again.
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "storage is read-only, retry", cause).
+			withHeader("Retry-After", "5")
+	}
 	if outOfFiles(cause) {
 		// The process or the system has no file descriptor left (too
 		// many connections open): no bug, and gone once some close.
@@ -286,6 +293,12 @@ func (e *Error) Render(w http.ResponseWriter, r *http.Request) {
 
 // outOfFiles reports whether err is the process's (EMFILE) or the
 // system's (ENFILE) file descriptor limit.
+// readOnlyStorage reports whether err is a write refused by a read-only
+// filesystem.
+func readOnlyStorage(err error) bool {
+	return errors.Is(err, syscall.EROFS)
+}
+
 func outOfFiles(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }

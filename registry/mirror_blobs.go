@@ -196,6 +196,9 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 		return fillError(r, rc, f, err)
 	}
 	defer rd.Close()
+	if err := firstByte(f, rd); err != nil {
+		return fillError(r, rc, f, err)
+	}
 	if !own {
 		// The fill links the repository it was started for; upstream
 		// confirmed this one holds the digest too. The link outlives
@@ -215,6 +218,26 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// firstByte waits for a fill's first byte (or its end) before any
+// header goes out, and leaves rd at the start: a fill that fails before
+// its first byte (its spool could not be written) is answered with its
+// error, not with a 200's headers and a broken transfer. A fill already
+// done is read as it is (a committed blob's reader would read its first
+// byte twice).
+func firstByte(f cache.Fill, rd cache.FillReader) error {
+	select {
+	case <-f.Done():
+		return nil
+	default:
+	}
+	var b [1]byte
+	if _, err := rd.Read(b[:]); err != nil && err != io.EOF {
+		return err
+	}
+	_, err := rd.Seek(0, io.SeekStart)
+	return err
 }
 
 // fillError is the answer to a request whose fill failed: the client's

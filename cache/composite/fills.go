@@ -216,7 +216,7 @@ func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
 	defer body.Close()
 	file, err := spool.Take()
 	if err != nil {
-		return fmt.Errorf("composite: spool: %w", err)
+		return spoolErr(err)
 	}
 	defer file.Close()
 	f.mu.Lock()
@@ -227,7 +227,7 @@ func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
 	h := f.d.Algorithm.New()
 	bp := blobfile.GetBuf(size)
 	defer blobfile.PutBuf(bp)
-	n, err := f.Copy(file, body, h, size, (*bp)[:min(len(*bp), 256<<10)])
+	n, err := f.Copy(spoolWriter{file}, body, h, size, (*bp)[:min(len(*bp), 256<<10)])
 	if errors.Is(err, blobfile.ErrOverrun) {
 		return fmt.Errorf("%w: %w", cache.ErrSizeMismatch, err)
 	}
@@ -260,6 +260,29 @@ func (f *fill) fetch(ctx context.Context, src cache.FillSource) error {
 		f.s.mirrorCommitted(ctx, f.repo, n)
 	}
 	return nil
+}
+
+// spoolErr is a failure of this replica's own spool (its temporary
+// folder full, read-only, failing), never upstream's: a full folder is
+// the store's full storage (507), anything else this replica's outage
+// (503 with Retry-After; another replica, or this one later, fills).
+func spoolErr(err error) error {
+	if cache.IsStorageFull(err) {
+		return fmt.Errorf("composite: spool: %w", err)
+	}
+	return fmt.Errorf("%w: composite: spool: %w", cache.ErrUnavailable, err)
+}
+
+// spoolWriter is the spool file, its write errors told apart from
+// upstream's read errors (spoolErr).
+type spoolWriter struct{ f *os.File }
+
+func (w spoolWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		err = spoolErr(err)
+	}
+	return n, err
 }
 
 // await follows another replica's fill: when its lease ends, the blob is

@@ -1,6 +1,8 @@
 package composite
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"io"
 	"testing"
@@ -174,6 +176,33 @@ func TestCancelInterruptsStalledChunk(t *testing.T) {
 		}
 		if _, err := a.GetUpload(ctx(t), "team/app", u.ID); !errors.Is(err, cache.ErrUploadUnknown) {
 			t.Fatalf("the cancelled session: %v", err)
+		}
+	})
+}
+
+// TestChunkAfterUnreleasedLease: the lease of a chunk that was answered
+// 202 but whose release did not get through (its connection to
+// PostgreSQL cut) is freed in the background a moment later; the
+// client's next chunk, sent at once, waits for that instead of failing
+// with ErrOffsetMismatch (the registry's 416 "upload offset moved",
+// which docker takes as fatal). Seen in e2e TestReplicaNetworkCuts.
+func TestChunkAfterUnreleasedLease(t *testing.T) {
+	each(t, func(t *testing.T, replica replicas) {
+		a := replica()
+		u, err := a.OpenUpload(ctx(t), "team/app", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, ok, err := a.leases.Acquire(ctx(t), "upload/"+u.ID, sessionTTL)
+		if err != nil || !ok {
+			t.Fatalf("acquire the session's lease: %v %v", ok, err)
+		}
+		go func() {
+			time.Sleep(300 * time.Millisecond) // the background release
+			_ = l.Release(context.Background())
+		}()
+		if _, err := a.AppendUpload(ctx(t), "team/app", u.ID, 0, bytes.NewReader([]byte("chunk"))); err != nil {
+			t.Fatalf("a chunk while the last one's lease is being released: %v", err)
 		}
 	})
 }

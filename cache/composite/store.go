@@ -65,13 +65,13 @@ type Store struct {
 	// batch and uploadsPerPass are gcBatch and gcUploadsPerPass; tests
 	// make them small.
 	batch, uploadsPerPass int
-	// holdWait is the package's holdWait; tests make it short.
-	holdWait time.Duration
-	fills    fillWork
-	appends  localAppends
-	mc       atomic.Pointer[cache.MirrorCache]
-	mirror   mirrorWork
-	spoolDir string
+	// holdWait and appendWait are the package's; tests make them short.
+	holdWait, appendWait time.Duration
+	fills                fillWork
+	appends              localAppends
+	mc                   atomic.Pointer[cache.MirrorCache]
+	mirror               mirrorWork
+	spoolDir             string
 
 	afterWrite func()                // tests: runs between a blob's write and its record
 	passBegun  func(context.Context) // tests: runs once a GC pass holds the lease
@@ -94,6 +94,7 @@ func New(opts Options) (*Store, error) {
 		batch:          gcBatch,
 		uploadsPerPass: gcUploadsPerPass,
 		holdWait:       holdWait,
+		appendWait:     appendWait,
 	}
 	if s.ttl <= 0 {
 		s.ttl = 24 * time.Hour

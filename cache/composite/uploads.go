@@ -28,6 +28,14 @@ const sessionTTL = 15 * time.Second
 // replica then removes the session rather than answering 416.
 const holdWait = 2 * time.Minute
 
+// appendWait bounds how long a chunk waits for its session's lease. A
+// chunk's lease whose release failed (a connection to PostgreSQL cut as
+// the chunk ended) is released again in the background within a second
+// or two, and the client's next chunk, sent at once, must not find it
+// taken and be refused. Chunks of one session that truly overlap are the
+// client's mistake: they still fail, this much later.
+const appendWait = 3 * time.Second
+
 // localAppends are the chunks this replica is receiving, by session, so a
 // commit or cancel of the session here need not wait for the lease: a
 // commit is refused at once (the client's requests overlap) and a cancel
@@ -159,11 +167,14 @@ func (s *Store) GetUpload(ctx context.Context, repo, id string) (cache.Upload, e
 
 // hold takes the lease on session id for one request: another request
 // writing the same session (on any replica) makes this one fail with
-// cache.ErrOffsetMismatch, as two chunks at one offset do. With busy
-// (a commit or cancel), a taken lease is first shown to busy, which may
-// refuse at once (its error) or stop a chunk arriving here; then the
-// request waits up to holdWait for the holder, and a holder still there
-// is ErrOffsetMismatch too (the registry's 416), never the wait's own
+// cache.ErrOffsetMismatch, as two chunks at one offset do. A chunk
+// (busy nil) that finds the lease taken first waits up to appendWait:
+// the lease may be the previous chunk's, answered already but not yet
+// released (its release failed and is retried in the background). With
+// busy (a commit or cancel), a taken lease is first shown to busy, which
+// may refuse at once (its error) or stop a chunk arriving here; then the
+// request waits up to holdWait for the holder. A holder still there is
+// ErrOffsetMismatch too (the registry's 416), never the wait's own
 // deadline (which the registry would answer 500).
 func (s *Store) hold(ctx context.Context, id string, busy func() error) (context.Context, func(), error) {
 	key := "upload/" + id
@@ -171,15 +182,19 @@ func (s *Store) hold(ctx context.Context, id string, busy func() error) (context
 		return fmt.Errorf("%w: another request is writing session %s", cache.ErrOffsetMismatch, id)
 	}
 	held, release, ok, err := coord.Hold(ctx, s.leases, key, sessionTTL)
-	if busy != nil && err == nil && !ok {
-		if err := busy(); err != nil {
-			return nil, nil, err
+	if err == nil && !ok {
+		wait := s.appendWait
+		if busy != nil {
+			if err := busy(); err != nil {
+				return nil, nil, err
+			}
+			// A commit or cancel retried while the first try still runs
+			// (a client timed out at the load balancer), or a chunk
+			// arriving at another replica: wait for it, then act on what
+			// it left — usually no session any more.
+			wait = s.holdWait
 		}
-		// A commit or cancel retried while the first try still runs (a
-		// client timed out at the load balancer), or a chunk arriving at
-		// another replica: wait for it, then act on what it left —
-		// usually no session any more.
-		wctx, cancel := context.WithTimeout(ctx, s.holdWait)
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		err = s.leases.Wait(wctx, key)
 		cancel()
 		switch {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -45,6 +46,8 @@ type objectReader struct {
 	// key, its plain key, is absent: a reader opened from the metadata's
 	// record alone has not asked which form the blob has.
 	linked blobstore.Digest
+	// resumes counts the GETs sent again after a cut body (resume).
+	resumes int
 }
 
 func (r *objectReader) Size() int64 { return r.size }
@@ -93,7 +96,39 @@ func (r *objectReader) Read(p []byte) (int, error) {
 		// The object is shorter than it was: replaced or cut off.
 		err = fmt.Errorf("s3: read %s: %w at %d of %d bytes", r.key, io.ErrUnexpectedEOF, r.pos, r.size)
 	}
+	if r.resume(err) {
+		if n > 0 {
+			return n, nil
+		}
+		return r.Read(p)
+	}
 	return n, err
+}
+
+// maxResumes bounds the GETs a reader sends again after a cut.
+const maxResumes = 3
+
+// resume says whether the body's read error err is its connection's
+// (reset by the server, a proxy, the network), which a GET of the rest
+// gets past, and if so drops the body so the next read sends that GET:
+// the client is served whole instead of a broken transfer. The object
+// is content-addressed, and that GET checks its length again. A stall
+// (the read's idle bound) or a cancelled request is not resumed: the
+// bounds on a hung server hold as they are.
+func (r *objectReader) resume(err error) bool {
+	if err == nil || err == io.EOF || r.resumes >= maxResumes || r.ctx.Err() != nil {
+		return false
+	}
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return false
+	}
+	if r.pos >= r.size {
+		return false // the object ran past its size
+	}
+	r.resumes++
+	r.body.Close()
+	r.body = nil
+	return true
 }
 
 // open starts the GET from pos, unless one runs from there. The object's
@@ -184,10 +219,13 @@ func (r *objectReader) WriteTo(w io.Writer) (int64, error) {
 			}
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			if r.pos < r.size {
-				return total, fmt.Errorf("s3: read %s: %w at %d of %d bytes", r.key, io.ErrUnexpectedEOF, r.pos, r.size)
+			if r.pos >= r.size {
+				break
 			}
-			break
+			rerr = fmt.Errorf("s3: read %s: %w at %d of %d bytes", r.key, io.ErrUnexpectedEOF, r.pos, r.size)
+		}
+		if r.resume(rerr) {
+			continue
 		}
 		if rerr != nil {
 			return total, rerr

@@ -403,6 +403,7 @@ func (ss *session) assemble(ctx context.Context) (string, error) {
 	case len(st.Parts) == 0:
 		return s.tailKey(st.ID, st.Tail), nil
 	}
+	key := s.dataKey(st.ID)
 	parts := st.uploadedParts()
 	if st.Tail != "" {
 		var buf bytes.Buffer
@@ -410,26 +411,41 @@ func (ss *session) assemble(ctx context.Context) (string, error) {
 		if err := ss.readTail(ctx, &buf); err != nil {
 			return "", err
 		}
-		p, err := s.uploadPart(ctx, s.dataKey(st.ID), st.UploadID, len(parts)+1, memPart(buf.Bytes()), st.CRC32C)
-		if err != nil {
+		p, err := s.uploadPart(ctx, key, st.UploadID, len(parts)+1, memPart(buf.Bytes()), st.CRC32C)
+		switch {
+		case err == nil:
+			parts = append(parts, p)
+		case ss.completedBefore(ctx, key, err):
+			return ss.assembled(key), nil
+		default:
 			return "", sessionErr("commit", st.ID, err)
 		}
-		parts = append(parts, p)
 	}
-	key := s.dataKey(st.ID)
 	defer ss.timed("assemble", time.Now())
-	if err := s.complete(ctx, key, st.UploadID, parts); err != nil {
-		// A commit that completed the upload but not the link (a crash,
-		// a lost answer) finds the object there on its retry.
-		if statusOf(err) != http.StatusNotFound {
-			return "", sessionErr("commit", st.ID, err)
-		}
-		if n, herr := s.head(ctx, key); herr != nil || n != st.Size {
-			return "", sessionErr("commit", st.ID, err)
-		}
+	if err := s.complete(ctx, key, st.UploadID, parts); err != nil && !ss.completedBefore(ctx, key, err) {
+		return "", sessionErr("commit", st.ID, err)
 	}
+	return ss.assembled(key), nil
+}
+
+// completedBefore says whether err, the upload's absence (404) on a step
+// of assemble, is because an earlier try of this commit completed it (a
+// replica killed, an answer lost, before the link): the data object is
+// there, whole. The retry then goes on from it rather than lose the
+// session: the state it resumed from predates that completion.
+func (ss *session) completedBefore(ctx context.Context, key string, err error) bool {
+	if statusOf(err) != http.StatusNotFound {
+		return false
+	}
+	n, herr := ss.s.head(ctx, key)
+	return herr == nil && n == ss.st.Size
+}
+
+// assembled records that the session's bytes are the data object key.
+func (ss *session) assembled(key string) string {
+	st := &ss.st
 	*st = sessionState{SessionState: st.SessionState, PartSize: st.PartSize, Assembled: true}
-	return key, nil
+	return key
 }
 
 // verifyObject reads key back and checks it hashes to d.

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -140,7 +141,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 	}
 	base := awsCfg.Retryer
 	awsCfg.Retryer = func() aws.Retryer {
-		var r aws.Retryer = retry.NewStandard()
+		// No client-side retry quota: the SDK's default spends a token
+		// bucket on retries and, once a run of failures emptied it (a
+		// flaky network, an outage), fails every call at its first
+		// error until successes fill it again, so transient errors
+		// reached clients as 503s after S3 was well. Each call's
+		// attempts are bounded anyway (three, and boundCalls' time).
+		var r aws.Retryer = retry.NewStandard(func(o *retry.StandardOptions) { o.RateLimiter = ratelimit.None })
 		if base != nil {
 			r = base()
 		}
