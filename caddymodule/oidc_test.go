@@ -172,29 +172,7 @@ func TestOIDCThroughHandler(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "alice") {
 		t.Fatalf("sign-in: %d %s", resp.StatusCode, body)
 	}
-	resp, err = c.Get(srv.URL + "/_oci/auth/session")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sess struct {
-		CSRF string `json:"csrf_token"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&sess)
-	resp.Body.Close()
-	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/apikeys", bytes.NewReader([]byte(`{"label":"ci"}`)))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-CSRF-Token", sess.CSRF)
-	req.Header.Set("Origin", srv.URL)
-	resp, err = c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var created struct{ ID, Key string }
-	_ = json.NewDecoder(resp.Body).Decode(&created)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated || created.Key == "" {
-		t.Fatalf("create: %d", resp.StatusCode)
-	}
+	created, csrf := createKeyInSession(t, c, srv.URL)
 	stored, err := st.APIKey(created.ID)
 	if err != nil || bytes.Contains(stored, []byte(created.Key)) {
 		t.Fatalf("stored record %s: %v", stored, err)
@@ -215,8 +193,8 @@ func TestOIDCThroughHandler(t *testing.T) {
 	if err := authorize(created.Key, true); !errors.As(err, &d) || d.Status != http.StatusForbidden {
 		t.Fatalf("tag move with the key: %v", err)
 	}
-	req, _ = http.NewRequest(http.MethodDelete, srv.URL+"/_oci/auth/apikeys/"+created.ID, nil)
-	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	req, _ := http.NewRequest(http.MethodDelete, srv.URL+"/_oci/auth/apikeys/"+created.ID, nil)
+	req.Header.Set("X-CSRF-Token", csrf)
 	req.Header.Set("Origin", srv.URL)
 	resp, err = c.Do(req)
 	if err != nil {
@@ -237,7 +215,7 @@ func TestOIDCThroughHandler(t *testing.T) {
 	// afterwards, as no session (401), not as a fault.
 	u, _ := url.Parse(srv.URL + authscope.AuthPath)
 	cookies := jar.Cookies(u)
-	req, _ = http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/logout", strings.NewReader(url.Values{"csrf": {sess.CSRF}}.Encode()))
+	req, _ = http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/logout", strings.NewReader(url.Values{"csrf": {csrf}}.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Origin", srv.URL)
 	resp, err = c.Do(req)
@@ -332,29 +310,7 @@ func TestAPIKeyGroupsFromLDAP(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	resp, err = c.Get(srv.URL + "/_oci/auth/session")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sess struct {
-		CSRF string `json:"csrf_token"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&sess)
-	resp.Body.Close()
-	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/_oci/auth/apikeys", strings.NewReader(`{"label":"ci"}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-CSRF-Token", sess.CSRF)
-	req.Header.Set("Origin", srv.URL)
-	resp, err = c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var created struct{ Key string }
-	_ = json.NewDecoder(resp.Body).Decode(&created)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("create: %d", resp.StatusCode)
-	}
+	created, _ := createKeyInSession(t, c, srv.URL)
 
 	status := func(need string) int {
 		t.Helper()
@@ -423,4 +379,34 @@ func TestAPIKeyGroupsFromLDAP(t *testing.T) {
 			t.Errorf("groups_from %q with ldap %v: valid", bad.APIKeys.GroupsFrom, bad.LDAP != nil)
 		}
 	}
+}
+
+// createKeyInSession makes an API key labelled ci through the key API of
+// the session c is signed in to at base, as the page does (its CSRF
+// token, its Origin), and returns the answer and the session's token.
+func createKeyInSession(t *testing.T, c *http.Client, base string) (created struct{ ID, Key string }, csrf string) {
+	t.Helper()
+	resp, err := c.Get(base + "/_oci/auth/session")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess struct {
+		CSRF string `json:"csrf_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&sess)
+	resp.Body.Close()
+	req, _ := http.NewRequest(http.MethodPost, base+"/_oci/auth/apikeys", strings.NewReader(`{"label":"ci"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-CSRF-Token", sess.CSRF)
+	req.Header.Set("Origin", base)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || created.Key == "" {
+		t.Fatalf("create: %d", resp.StatusCode)
+	}
+	return created, sess.CSRF
 }

@@ -3,11 +3,9 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,35 +92,7 @@ func TestReplicaS3FillsUnderPushes(t *testing.T) {
 	}
 
 	// Nothing acknowledged lost, nothing refused half-visible.
-	r := c.replicas[1]
-	for ref := range ledger.images {
-		repo, tag, _ := strings.Cut(ref, ":")
-		checkImage(t, r, repo, tag, "after the bucket's disk filled")
-	}
-	refusedTags := 0
-	for ref, im := range ledger.refusedIm {
-		repo, tag, _ := strings.Cut(ref, ":")
-		resp := do(t, http.MethodGet, r.url("/v2/"+repo+"/manifests/"+tag), nil, map[string]string{"Accept": ociManifest})
-		switch got := readAll(t, resp); {
-		case resp.StatusCode == http.StatusNotFound:
-		case resp.StatusCode == http.StatusOK && bytes.Equal(got, im.manifest):
-			refusedTags++
-			checkImage(t, r, repo, tag, "a refused tag found")
-		default:
-			t.Errorf("refused %s: %s, %d bytes", ref, resp.Status, len(got))
-		}
-	}
-	for d, b := range ledger.blobs {
-		if !blobIn(t, r, b.repo, d, b.data) {
-			t.Errorf("acknowledged blob %s (%d bytes) lost", d, len(b.data))
-		}
-	}
-	refusedBlobs := 0
-	for d, b := range ledger.refused {
-		if _, acked := ledger.blobs[d]; !acked && blobIn(t, r, b.repo, d, b.data) {
-			refusedBlobs++
-		}
-	}
+	refusedTags, refusedBlobs := ledger.check(t, c.replicas[1], "after the bucket's disk filled")
 	t.Logf("%d images and %d blobs acknowledged, all whole; refused: %d tags (%d there whole), %d blobs (%d there whole)",
 		len(ledger.images), len(ledger.blobs), len(ledger.refusedIm), refusedTags, len(ledger.refused), refusedBlobs)
 

@@ -124,6 +124,45 @@ type netcutBlob struct {
 	data []byte
 }
 
+// check reads through r every image and blob l holds: each acknowledged
+// one must be whole, each refused one absent or whole (its answer lost on
+// the way back), never half-visible. It returns how many refused images
+// and blobs are there whole. The caller holds l.mu.
+func (l *netcutLedger) check(t *testing.T, r *server, when string) (images, blobs int) {
+	t.Helper()
+	for ref, im := range l.images {
+		repo, tag, _ := strings.Cut(ref, ":")
+		resp := do(t, http.MethodGet, r.url("/v2/"+repo+"/manifests/"+tag), nil, map[string]string{"Accept": ociManifest})
+		if got := readAll(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(got, im.manifest) {
+			t.Errorf("acknowledged %s: %s, %d bytes", ref, resp.Status, len(got))
+		}
+		checkImage(t, r, repo, tag, when)
+	}
+	for ref, im := range l.refusedIm {
+		repo, tag, _ := strings.Cut(ref, ":")
+		resp := do(t, http.MethodGet, r.url("/v2/"+repo+"/manifests/"+tag), nil, map[string]string{"Accept": ociManifest})
+		switch got := readAll(t, resp); {
+		case resp.StatusCode == http.StatusNotFound:
+		case resp.StatusCode == http.StatusOK && bytes.Equal(got, im.manifest):
+			images++
+			checkImage(t, r, repo, tag, "a refused tag found")
+		default:
+			t.Errorf("refused %s: %s, %d bytes", ref, resp.Status, len(got))
+		}
+	}
+	for d, b := range l.blobs {
+		if !blobIn(t, r, b.repo, d, b.data) {
+			t.Errorf("acknowledged blob %s (%d bytes) lost", d, len(b.data))
+		}
+	}
+	for d, b := range l.refused {
+		if _, acked := l.blobs[d]; !acked && blobIn(t, r, b.repo, d, b.data) {
+			blobs++
+		}
+	}
+	return images, blobs
+}
+
 func (l *netcutLedger) blob(repo string, b []byte, acked bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -309,38 +348,7 @@ func TestReplicaNetworkCuts(t *testing.T) {
 	ledger.mu.Lock()
 	defer ledger.mu.Unlock()
 	r := replicas[0]
-	for ref, im := range ledger.images {
-		repo, tag, _ := strings.Cut(ref, ":")
-		resp := do(t, http.MethodGet, r.url("/v2/"+repo+"/manifests/"+tag), nil, map[string]string{"Accept": ociManifest})
-		if got := readAll(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(got, im.manifest) {
-			t.Errorf("acknowledged %s: %s, %d bytes", ref, resp.Status, len(got))
-		}
-		checkImage(t, r, repo, tag, "after the cuts")
-	}
-	visible := 0
-	for ref, im := range ledger.refusedIm {
-		repo, tag, _ := strings.Cut(ref, ":")
-		resp := do(t, http.MethodGet, r.url("/v2/"+repo+"/manifests/"+tag), nil, map[string]string{"Accept": ociManifest})
-		switch got := readAll(t, resp); {
-		case resp.StatusCode == http.StatusNotFound:
-		case resp.StatusCode == http.StatusOK && bytes.Equal(got, im.manifest):
-			visible++ // done, its answer lost on the way back
-			checkImage(t, r, repo, tag, "a refused tag found")
-		default:
-			t.Errorf("refused %s: %s, %d bytes", ref, resp.Status, len(got))
-		}
-	}
-	for d, b := range ledger.blobs {
-		if !blobIn(t, r, b.repo, d, b.data) {
-			t.Errorf("acknowledged blob %s (%d bytes) lost", d, len(b.data))
-		}
-	}
-	refusedVisible := 0
-	for d, b := range ledger.refused {
-		if _, acked := ledger.blobs[d]; !acked && blobIn(t, r, b.repo, d, b.data) {
-			refusedVisible++
-		}
-	}
+	visible, refusedVisible := ledger.check(t, r, "after the cuts")
 	t.Logf("%d images and %d blobs acknowledged, all whole; refused: %d images (%d stored whole, answer lost), %d blobs (%d stored whole)",
 		len(ledger.images), len(ledger.blobs), len(ledger.refusedIm), visible, len(ledger.refused), refusedVisible)
 	if len(ledger.images) < 5 || len(ledger.blobs) < 10 {

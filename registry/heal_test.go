@@ -41,7 +41,9 @@ func (fr *folderRegistry) settle(d string) {
 	}
 }
 
-func newFolderRegistry(t *testing.T) *folderRegistry {
+// newFolderStore is the composite store over a storage folder (returned
+// too) and badger, as one replica's; the caller closes it.
+func newFolderStore(t *testing.T) (*composite.Store, string) {
 	t.Helper()
 	meta, err := badgermeta.Open(t.TempDir())
 	if err != nil {
@@ -57,6 +59,12 @@ func newFolderRegistry(t *testing.T) *folderRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, dir
+}
+
+func newFolderRegistry(t *testing.T) *folderRegistry {
+	t.Helper()
+	st, dir := newFolderStore(t)
 	up := newFakeUpstream(t)
 	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.srv.URL}, Default: true})
 	if err != nil {
