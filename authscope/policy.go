@@ -73,8 +73,7 @@ type AdminPolicy struct {
 
 // Policy is a checked PolicyConfig.
 type Policy struct {
-	patterns []string           // longest first
-	spelled  map[string]Pattern // pattern -> the patterns it stands for
+	patterns []policyPattern // longest first
 	repos    map[string]RepositoryPolicy
 	groups   map[string][]string // user -> groups
 	admin    AdminPolicy
@@ -82,7 +81,7 @@ type Policy struct {
 
 // NewPolicy checks c: known actions, well-formed patterns, groups that exist.
 func NewPolicy(c PolicyConfig) (*Policy, error) {
-	p := &Policy{repos: map[string]RepositoryPolicy{}, spelled: map[string]Pattern{}, groups: map[string][]string{}}
+	p := &Policy{repos: map[string]RepositoryPolicy{}, groups: map[string][]string{}}
 	checkActions := func(where string, acts []string) error {
 		for _, a := range acts {
 			if !slices.Contains(AllActions, a) {
@@ -115,7 +114,6 @@ func NewPolicy(c PolicyConfig) (*Policy, error) {
 		if err != nil {
 			return nil, err
 		}
-		p.spelled[pat] = spelled
 		where := "repository pattern " + pat
 		for _, g := range rp.Policies {
 			if err := checkActions(where, g.Actions); err != nil {
@@ -132,10 +130,10 @@ func NewPolicy(c PolicyConfig) (*Policy, error) {
 			return nil, err
 		}
 		p.repos[pat] = rp
-		p.patterns = append(p.patterns, pat)
+		p.patterns = append(p.patterns, policyPattern{text: pat, spelled: spelled})
 	}
 	sort.Slice(p.patterns, func(i, j int) bool {
-		a, b := p.patterns[i], p.patterns[j]
+		a, b := p.patterns[i].text, p.patterns[j].text
 		if len(a) != len(b) {
 			return len(a) > len(b)
 		}
@@ -218,10 +216,19 @@ func spellPattern(alts []string) Pattern {
 	return p
 }
 
+// policyPattern is a policy's repository pattern as written, and spelled
+// out.
+type policyPattern struct {
+	text    string
+	spelled Pattern
+}
+
 // Match reports whether repository name matches the pattern (see
 // MatchPattern). The zero Pattern matches nothing.
-func (p Pattern) Match(name string) bool {
-	segs := strings.Split(name, "/")
+func (p Pattern) Match(name string) bool { return p.matchSegs(strings.Split(name, "/")) }
+
+// matchSegs is Match of a name split into its components.
+func (p Pattern) matchSegs(segs []string) bool {
 	for _, alt := range p.alts {
 		if matchSegs(alt, segs) {
 			return true
@@ -293,11 +300,12 @@ func (p *Policy) AllowsGroups(user string, groups []string, action, name string)
 		return true
 	}
 	groups = append(slices.Clip(groups), p.groups[user]...)
+	segs := strings.Split(name, "/") // once, for every pattern
 	for _, pat := range p.patterns {
-		if !p.spelled[pat].Match(name) {
+		if !pat.spelled.matchSegs(segs) {
 			continue
 		}
-		rp := p.repos[pat]
+		rp := p.repos[pat.text]
 		if slices.Contains(rp.Anonymous, action) {
 			return true
 		}

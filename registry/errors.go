@@ -291,14 +291,14 @@ func (e *Error) Render(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// outOfFiles reports whether err is the process's (EMFILE) or the
-// system's (ENFILE) file descriptor limit.
 // readOnlyStorage reports whether err is a write refused by a read-only
 // filesystem.
 func readOnlyStorage(err error) bool {
 	return errors.Is(err, syscall.EROFS)
 }
 
+// outOfFiles reports whether err is the process's (EMFILE) or the
+// system's (ENFILE) file descriptor limit.
 func outOfFiles(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
