@@ -34,6 +34,10 @@ type proxied struct {
 	client, server *net.TCPConn
 	left           atomic.Int64 // bytes before the cut, while cutting
 	once           sync.Once
+	// ended counts the directions that reached EOF: the second closes
+	// both sockets, or every connection closed cleanly would keep its
+	// two descriptors (the drill opens thousands).
+	ended atomic.Int32
 }
 
 func newCutProxy(t *testing.T, target string, budget int) *cutProxy {
@@ -100,6 +104,9 @@ func (p *cutProxy) pipe(pc *proxied, from, to *net.TCPConn) {
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				_ = to.CloseWrite()
+				if pc.ended.Add(1) == 2 {
+					p.drop(pc)
+				}
 				return
 			}
 			p.drop(pc)

@@ -24,6 +24,9 @@ type resettingProxy struct {
 	ln    net.Listener
 	mu    sync.Mutex
 	conns []*net.TCPConn
+	// mute drops what the server sends: a statement goes out and runs,
+	// and its answer is lost on the way back.
+	mute atomic.Bool
 }
 
 func newResettingProxy(t *testing.T, target string) *resettingProxy {
@@ -49,10 +52,25 @@ func newResettingProxy(t *testing.T, target string) *resettingProxy {
 			p.conns = append(p.conns, c.(*net.TCPConn), s.(*net.TCPConn))
 			p.mu.Unlock()
 			go func() { _, _ = io.Copy(s, c); s.Close() }()
-			go func() { _, _ = io.Copy(c, s); c.Close() }()
+			go func() { _, _ = io.Copy(c, mutable{s, &p.mute}); c.Close() }()
 		}
 	}()
 	return p
+}
+
+// mutable reads r, dropping what it reads while mute is on.
+type mutable struct {
+	r    io.Reader
+	mute *atomic.Bool
+}
+
+func (m mutable) Read(b []byte) (int, error) {
+	for {
+		n, err := m.r.Read(b)
+		if n == 0 || err != nil || !m.mute.Load() {
+			return n, err
+		}
+	}
 }
 
 func (p *resettingProxy) reset() {

@@ -60,10 +60,18 @@ func (ls leases) Acquire(ctx context.Context, key string, ttl time.Duration) (co
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, false, nil
 	}
+	l := &lease{s: ls.s, key: key, token: token, deadline: start.Add(ttl)}
 	if err != nil {
+		// The row may be ours all the same: the INSERT can commit and
+		// its answer be lost (a connection cut after the statement went
+		// out). A lease no one knows they hold would keep everyone
+		// waiting on key until it expired: a fill's followers on every
+		// replica (a 503 after ttl), a session's next chunk, the next
+		// GC. So it is released as its holder would, token and all.
+		go coord.Free(context.WithoutCancel(ctx), l, ttl)
 		return nil, false, fmt.Errorf("%w: lease %s: %w", ErrUnavailable, key, err)
 	}
-	return &lease{s: ls.s, key: key, token: token, deadline: start.Add(ttl)}, true, nil
+	return l, true, nil
 }
 
 // Wait polls: a release or an expiry has no event every replica would

@@ -3,6 +3,7 @@ package pgmeta
 import (
 	"context"
 	"errors"
+	"net/url"
 	"testing"
 	"time"
 
@@ -78,4 +79,71 @@ func TestLeaseHolderLosesDatabase(t *testing.T) {
 		t.Fatalf("Hold once the database is back: %v, %v", ok, err)
 	}
 	release2()
+}
+
+// TestLeaseAcquireAnswerLost: an Acquire whose INSERT committed but whose
+// answer was lost (the connection cut after the statement went out)
+// failed, and the row it had taken stayed for the whole ttl with no one
+// to renew or release it: every replica waiting on the key (a fill's
+// followers, a session's next chunk, the next GC) waited out the ttl.
+// Seen in e2e TestReplicaNetworkCuts as a cold mirror GET answered 503
+// after 30 s (a fill lease). The failed Acquire now releases the row it
+// may hold, so the key is free again in moments.
+func TestLeaseAcquireAnswerLost(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newResettingProxy(t, u.Host)
+	u.Host = p.ln.Addr().String()
+	q := u.Query()
+	q.Set("pool_max_conns", "1") // the warmed connection is the one muted
+	u.RawQuery = q.Encode()
+	a, err := Open(context.Background(), Options{DSN: u.String(), Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	b, err := Open(context.Background(), Options{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+
+	const ttl = 30 * time.Second
+	// Prepares the statement on a's connection: the next Acquire sends
+	// only its execution, which the server runs whatever becomes of the
+	// answer.
+	warm, ok, err := a.Leases().Acquire(context.Background(), "warm", ttl)
+	if err != nil || !ok {
+		t.Fatalf("Acquire: %v, %v", ok, err)
+	}
+	if err := warm.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.mute.Store(true)
+	_, _, err = a.Leases().Acquire(context.Background(), "fill/x", ttl)
+	p.mute.Store(false)
+	p.reset()
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Acquire with its answer lost: %v, want ErrUnavailable", err)
+	}
+	start := time.Now()
+	for {
+		l, ok, err := b.Leases().Acquire(context.Background(), "fill/x", ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			_ = l.Release(context.Background())
+			t.Logf("key free %s after the failed Acquire", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("key still held %s after an Acquire that failed (lease ttl %s): a lease no one holds", time.Since(start).Round(time.Millisecond), ttl)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

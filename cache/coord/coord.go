@@ -83,7 +83,7 @@ func Hold(ctx context.Context, ls Leases, key string, ttl time.Duration) (held c
 		close(stop)
 		<-done
 		cancel(context.Canceled)
-		free(context.WithoutCancel(ctx), l, ttl)
+		Free(context.WithoutCancel(ctx), l, ttl)
 	}
 	return held, release, true, nil
 }
@@ -110,12 +110,12 @@ func Check(ctx context.Context) error {
 	return nil
 }
 
-// free releases l. If the store cannot be reached (PostgreSQL
+// Free releases l. If the store cannot be reached (PostgreSQL
 // restarting), it keeps trying in the background until l's deadline:
 // a lease its holder is done with but could not release keeps everyone
 // waiting on its key (a fill's followers on every replica, the next GC)
 // until it expires, up to ttl after the store is back.
-func free(ctx context.Context, l Lease, ttl time.Duration) {
+func Free(ctx context.Context, l Lease, ttl time.Duration) {
 	rctx, rcancel := context.WithTimeout(ctx, ttl)
 	err := l.Release(rctx)
 	rcancel()
