@@ -91,6 +91,7 @@ type Options struct {
 	//   blobs/<alg>/<2 hex>/<hex>   committed, verified content
 	//   uploads/<id>                data of upload sessions
 	//   tmp/                        temp files of in-flight writes
+	//   quarantine/                 blob files a scrub found damaged
 	//   meta/                       badger (unless MetadataDir is set)
 	Dir string
 	// MetadataDir, if set, is where badger keeps the metadata instead of
@@ -121,7 +122,17 @@ type Options struct {
 	// anything the candidates missed). The first pass on a store that never
 	// had a full one is full. Default 24h.
 	GCFullInterval time.Duration
-	Logger         *zap.Logger
+	// ScrubInterval: how often every blob file is read and hashed
+	// again, counted from the end of the last complete pass; a file whose
+	// bytes are no longer its digest's goes to quarantine/ (scrub.go).
+	// Zero: no background scrub (Store.Scrub still runs one).
+	ScrubInterval time.Duration
+	// ScrubRate is a pass's pace in bytes per second; DefaultScrubRate
+	// if zero.
+	ScrubRate int64
+	// ScrubObserver, if set, sees the scrub's progress.
+	ScrubObserver ScrubObserver
+	Logger        *zap.Logger
 	// keepTablePages: no background release of the tables' pages
 	// (tablepages.go), for the tests of that release itself, which
 	// measure what is resident and must not race the loop.

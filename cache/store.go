@@ -31,6 +31,7 @@ type Store struct {
 	db         *badger.DB
 	now        func() time.Time // the clock of session times; tests move it
 	space      *spaceGuard      // refuses blob bytes that would eat the reserve
+	scrubObs   ScrubObserver    // nil: none
 
 	// fullGC: how often GC walks the whole store (gccandidates.go).
 	fullGC time.Duration
@@ -125,6 +126,7 @@ func Open(opts Options) (*Store, error) {
 		pins:       map[Digest]int{},
 		used:       map[Digest]int64{},
 		evicting:   map[Digest]bool{},
+		scrubObs:   opts.ScrubObserver,
 	}
 	s.useCond = sync.NewCond(&s.useMu)
 	s.auth = newAuthRecords(s)
@@ -210,6 +212,10 @@ func Open(opts Options) (*Store, error) {
 		s.wg.Add(1)
 		go s.gcLoop(opts.GCInterval)
 	}
+	if opts.ScrubInterval > 0 {
+		s.wg.Add(1)
+		go s.scrubLoop(opts.ScrubInterval, opts.ScrubRate)
+	}
 	s.wg.Add(1)
 	go s.mirrorLoop()
 	s.wg.Add(1)
@@ -223,7 +229,7 @@ func Open(opts Options) (*Store, error) {
 
 // CheckMetadataDir refuses a MetadataDir that would share the store's
 // folders: Dir itself, or anything under blobs/, uploads/ or tmp/, whose
-// entries GC removes.
+// entries GC removes, or quarantine/, where the scrub moves files.
 func CheckMetadataDir(dir, metaDir string) error {
 	if metaDir == "" {
 		return nil
@@ -232,7 +238,7 @@ func CheckMetadataDir(dir, metaDir string) error {
 	if metaDir == dir {
 		return fmt.Errorf("cache: metadata folder %s is the storage folder itself", metaDir)
 	}
-	for _, sub := range []string{"blobs", "uploads", "tmp"} {
+	for _, sub := range []string{"blobs", "uploads", "tmp", "quarantine"} {
 		d := filepath.Join(dir, sub)
 		if metaDir == d || strings.HasPrefix(metaDir, d+string(filepath.Separator)) {
 			return fmt.Errorf("cache: metadata folder %s is inside the store's %s/", metaDir, sub)

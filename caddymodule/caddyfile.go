@@ -90,6 +90,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		gc_interval       <duration>|off
 //		gc_grace          <duration>
 //		gc_full_interval  <duration>
+//		scrub_interval    <duration>|off
+//		scrub_rate        <size>      # per second, e.g. 100MiB
 //		local             <prefix>...
 //		read_only
 //		mirror <prefix> { ... }      # see unmarshalMirror
@@ -109,7 +111,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
-		case "metadata_dir", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
+		case "metadata_dir", "max_manifest_size", "mirror_cache_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval", "scrub_interval", "scrub_rate":
 		case "upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client":
 			if err := rg.unmarshalUploadLimit(d, sub); err != nil {
 				return err
@@ -202,7 +204,7 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rg.LocalPrefixes = append(rg.LocalPrefixes, args...)
 			continue
 		default:
-			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, mirror, sync_into, require_signature, sub_storage, local, read_only, auth)", sub)
+			return d.Errf("unrecognized oci_registry subdirective %q (known: storage, storage_reserve, metadata, metadata_dir, max_manifest_size, sparse_manifests, mirror_cache_size, upload_ttl, upload_idle_timeout, max_uploads_per_client, max_uploads_per_repository, max_blob_size, max_upload_bytes, max_upload_bytes_per_client, gc_interval, gc_grace, gc_full_interval, scrub_interval, scrub_rate, mirror, sync_into, require_signature, sub_storage, local, read_only, auth)", sub)
 		}
 		var arg string
 		if !d.AllArgs(&arg) {
@@ -226,12 +228,20 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("parsing mirror_cache_size %q: want a size such as 50GiB", arg)
 			}
 			rg.MirrorCacheSize = int64(size)
-		case "upload_ttl", "gc_grace", "gc_interval", "gc_full_interval":
+		case "scrub_rate":
+			rate, err := parseScrubRate(d, arg)
+			if err != nil {
+				return err
+			}
+			rg.ScrubRate = rate
+		case "upload_ttl", "gc_grace", "gc_interval", "gc_full_interval", "scrub_interval":
 			dur, err := parseStoreDuration(d, sub, arg)
 			if err != nil {
 				return err
 			}
 			switch sub {
+			case "scrub_interval":
+				rg.ScrubInterval = caddy.Duration(dur)
 			case "upload_ttl":
 				rg.UploadTTL = caddy.Duration(dur)
 			case "gc_grace":
@@ -251,9 +261,10 @@ func (rg *Registry) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // parseStoreDuration parses the value of upload_ttl, gc_grace,
-// gc_interval (which also takes off) or gc_full_interval.
+// gc_interval or scrub_interval (which also take off) or
+// gc_full_interval.
 func parseStoreDuration(d *caddyfile.Dispenser, sub, arg string) (time.Duration, error) {
-	if sub == "gc_interval" && arg == "off" {
+	if (sub == "gc_interval" || sub == "scrub_interval") && arg == "off" {
 		return -1, nil
 	}
 	dur, err := caddy.ParseDuration(arg)
@@ -264,6 +275,15 @@ func parseStoreDuration(d *caddyfile.Dispenser, sub, arg string) (time.Duration,
 		return 0, d.Errf("%s must be positive, got %q", sub, arg)
 	}
 	return dur, nil
+}
+
+// parseScrubRate parses scrub_rate: a size per second.
+func parseScrubRate(d *caddyfile.Dispenser, arg string) (int64, error) {
+	n, err := humanize.ParseBytes(arg)
+	if err != nil || n < minScrubRate || n > maxScrubRate {
+		return 0, d.Errf("scrub_rate %q: want a size per second between 1MiB and 1TiB, such as 100MiB", arg)
+	}
+	return int64(n), nil
 }
 
 // checkNamespaces runs, at parse time, the checks Provision runs on the

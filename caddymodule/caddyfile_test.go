@@ -51,6 +51,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "size SI", input: "oci_registry {\nmax_manifest_size 10MB\n}", want: Registry{MaxManifestSize: 10_000_000}},
 		{name: "days", input: "oci_registry {\nupload_ttl 2d\n}", want: Registry{UploadTTL: caddy.Duration(48 * time.Hour)}},
 		{name: "gc off", input: "oci_registry {\ngc_interval off\n}", want: Registry{GCInterval: -1}},
+		{name: "scrub", input: "oci_registry {\nscrub_interval 24h\nscrub_rate 100MiB\n}", want: Registry{ScrubInterval: caddy.Duration(24 * time.Hour), ScrubRate: 100 << 20}},
+		{name: "scrub off", input: "oci_registry {\nscrub_interval off\n}", want: Registry{ScrubInterval: -1}},
 		{name: "read only", input: "oci_registry {\nread_only\n}", want: Registry{ReadOnly: true}},
 		{name: "read only with argument", input: "oci_registry {\nread_only true\n}", wantErr: `read_only takes no arguments; got "true"`},
 		{
@@ -120,6 +122,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "negative full interval", input: "oci_registry {\ngc_full_interval -1h\n}", wantErr: "gc_full_interval must be positive"},
 		{name: "zero full interval", input: "oci_registry {\ngc_full_interval 0s\n}", wantErr: "gc_full_interval must be positive"},
 		{name: "full interval not off", input: "oci_registry {\ngc_full_interval off\n}", wantErr: "parsing gc_full_interval"},
+		{name: "scrub rate too low", input: "oci_registry {\nscrub_rate 100KiB\n}", wantErr: "scrub_rate \"100KiB\": want a size per second between 1MiB and 1TiB"},
+		{name: "scrub rate not a size", input: "oci_registry {\nscrub_rate fast\n}", wantErr: "scrub_rate \"fast\""},
+		{name: "scrub interval zero", input: "oci_registry {\nscrub_interval 0s\n}", wantErr: "scrub_interval must be positive"},
 		{name: "off only for gc_interval", input: "oci_registry {\ngc_grace off\n}", wantErr: "parsing gc_grace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +163,8 @@ func TestJSONRoundTrip(t *testing.T) {
 		MaxUploadBytes:          8 << 30,
 		MaxUploadBytesPerClient: 2 << 30,
 		GCFullInterval:          caddy.Duration(48 * time.Hour),
+		ScrubInterval:           caddy.Duration(72 * time.Hour),
+		ScrubRate:               64 << 20,
 		ReadOnly:                true,
 	}
 	b, err := json.Marshal(in)
@@ -171,7 +178,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(in, out) {
 		t.Errorf("round trip: got %+v, want %+v (json %s)", out, in, b)
 	}
-	for _, key := range []string{"storage", "storage_reserve", "storage_reserve_percent", "metadata_dir", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval",
+	for _, key := range []string{"storage", "storage_reserve", "storage_reserve_percent", "metadata_dir", "max_manifest_size", "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval", "scrub_interval", "scrub_rate",
 		"upload_idle_timeout", "max_uploads_per_client", "max_uploads_per_repository", "max_blob_size", "max_upload_bytes", "max_upload_bytes_per_client", "read_only"} {
 		if !strings.Contains(string(b), `"`+key+`"`) {
 			t.Errorf("json %s lacks %q", b, key)

@@ -47,6 +47,9 @@ type sharedCluster struct {
 	metaDir    string
 	ttl, grace time.Duration
 	gcEvery    time.Duration
+	// scrubEvery (0: never) and scrubRate: the scrub's passes.
+	scrubEvery time.Duration
+	scrubRate  int64
 	logger     *zap.Logger
 
 	reads S3Storage // redirect and cache; its Config is s3's
@@ -179,6 +182,8 @@ func (c *sharedCluster) differences(o *sharedCluster) []string {
 	add("upload_ttl", c.ttl, o.ttl, true)
 	add("gc_grace", c.grace, o.grace, true)
 	add("gc_interval", c.gcEvery, o.gcEvery, true)
+	add("scrub_interval", c.scrubEvery, o.scrubEvery, true)
+	add("scrub_rate", c.scrubRate, o.scrubRate, true)
 	return diff
 }
 
@@ -296,16 +301,25 @@ func (c *sharedCluster) connect() (st *composite.Store, meta clusterMeta, closeM
 	return st, meta, closeMeta, nil
 }
 
-// startGC runs GC every gcEvery until Destruct; mu is held.
+// startGC runs GC every gcEvery and the scrub every scrubEvery until
+// Destruct; mu is held.
 func (c *sharedCluster) startGC(st *composite.Store) {
-	if c.gcEvery <= 0 {
+	if c.gcEvery <= 0 && c.scrubEvery <= 0 {
 		return
 	}
 	gctx, stop := context.WithCancel(context.Background())
 	c.stopGC, c.gcDone = stop, make(chan struct{})
+	var wg sync.WaitGroup
+	if c.gcEvery > 0 {
+		wg.Go(func() { st.RunGC(gctx, c.gcEvery) })
+	}
+	if c.scrubEvery > 0 {
+		collectors.once.Do(initCollectors)
+		wg.Go(func() { st.RunScrub(gctx, c.scrubEvery, c.scrubRate, scrubMetrics{storage: c.where()}) })
+	}
 	go func() {
 		defer close(c.gcDone)
-		st.RunGC(gctx, c.gcEvery)
+		wg.Wait()
 	}()
 }
 

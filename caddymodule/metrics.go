@@ -45,6 +45,10 @@ var collectors = struct {
 	syncLastSuccess *prometheus.GaugeVec
 
 	loginsThrottled *prometheus.CounterVec
+
+	scrubBytes    *prometheus.CounterVec
+	scrubDamaged  *prometheus.CounterVec
+	scrubLastPass *prometheus.GaugeVec
 }{}
 
 func initCollectors() {
@@ -167,6 +171,36 @@ func initCollectors() {
 		Name:      "logins_throttled_total",
 		Help:      "Logins answered 429 without their password being checked, because the client address (bound=client) or the account name (bound=account) used up its failed logins (auth login_limit).",
 	}, []string{"bound"})
+	collectors.scrubBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "scrub_bytes_total",
+		Help:      "Stored blob bytes the scrub read and hashed, by storage.",
+	}, []string{"storage"})
+	collectors.scrubDamaged = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "scrub_damaged_blobs_total",
+		Help:      "Stored blobs the scrub found not to hold their digest's bytes, by storage (the log names each).",
+	}, []string{"storage"})
+	collectors.scrubLastPass = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns,
+		Name:      "scrub_last_pass_timestamp_seconds",
+		Help:      "Unix time at which the last complete scrub pass ended, by storage.",
+	}, []string{"storage"})
+}
+
+// scrubMetrics is the cache.ScrubObserver of one storage.
+type scrubMetrics struct{ storage string }
+
+func (m scrubMetrics) Scrubbed(n int64) {
+	collectors.scrubBytes.WithLabelValues(m.storage).Add(float64(n))
+}
+
+func (m scrubMetrics) ScrubFoundDamaged() {
+	collectors.scrubDamaged.WithLabelValues(m.storage).Inc()
+}
+
+func (m scrubMetrics) ScrubPassDone(at time.Time) {
+	collectors.scrubLastPass.WithLabelValues(m.storage).Set(float64(at.UnixNano()) / 1e9)
 }
 
 // loginThrottled counts a login refused by login_limit.
@@ -268,6 +302,7 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.syncRuns, collectors.syncDuration, collectors.syncFetched,
 		collectors.syncErrors, collectors.syncSkipped, collectors.syncLastSuccess,
 		collectors.loginsThrottled,
+		collectors.scrubBytes, collectors.scrubDamaged, collectors.scrubLastPass,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

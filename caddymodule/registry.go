@@ -36,8 +36,10 @@ func init() {
 // Defaults applied when a field is left out.
 const (
 	DefaultGCInterval = time.Hour
-	DefaultUploadTTL  = 24 * time.Hour
-	DefaultGCGrace    = time.Hour
+	// DefaultScrubInterval is how often the scrub reads every blob.
+	DefaultScrubInterval = 7 * 24 * time.Hour
+	DefaultUploadTTL     = 24 * time.Hour
+	DefaultGCGrace       = time.Hour
 )
 
 // Registry serves the OCI distribution API (everything under /v2/) from a
@@ -190,6 +192,21 @@ type Registry struct {
 	// without that record. The first collection on such a storage is a
 	// full one. Default: 24h.
 	GCFullInterval caddy.Duration `json:"gc_full_interval,omitempty"`
+
+	// ScrubInterval is how often every stored blob is read again and
+	// hashed, to find bytes changed since they were written at the same
+	// length (bit rot, a damaged restore), which nothing else notices: a
+	// damaged blob of a mirror is dropped and fetched from upstream again
+	// at the next pull; one a push stored is moved to quarantine/ in a
+	// storage folder (its next push stores it again) and reported on S3.
+	// Counted from the end of the last complete pass. A negative value
+	// (Caddyfile: off) disables it. Default: 168h (a week).
+	ScrubInterval caddy.Duration `json:"scrub_interval,omitempty"`
+
+	// ScrubRate is the pace of a scrub pass in bytes per second, so that
+	// pulls keep the disk or bucket. The Caddyfile takes sizes such as
+	// 100MiB. Default: 48MiB.
+	ScrubRate int64 `json:"scrub_rate,omitempty"`
 
 	// Mirrors are upstream registries served read-only under their
 	// prefixes (pull-through caches). Everything outside them is the
@@ -384,9 +401,11 @@ func (rg *Registry) provisionCluster() error {
 	gcEvery := orDefault(time.Duration(rg.GCInterval), DefaultGCInterval)
 	c := &sharedCluster{
 		s3: s3cfg, dsn: dsn,
-		ttl:     orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
-		grace:   orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
-		gcEvery: max(gcEvery, 0),
+		ttl:        orDefault(time.Duration(rg.UploadTTL), DefaultUploadTTL),
+		grace:      orDefault(time.Duration(rg.GCGrace), DefaultGCGrace),
+		gcEvery:    max(gcEvery, 0),
+		scrubEvery: max(orDefault(time.Duration(rg.ScrubInterval), DefaultScrubInterval), 0),
+		scrubRate:  rg.ScrubRate,
 	}
 	if rg.StorageS3 != nil {
 		c.reads = *rg.StorageS3

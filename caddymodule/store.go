@@ -98,6 +98,8 @@ func (s storeSettings) differences(o cache.Options) []string {
 	add("gc_interval", s.GCInterval, o.GCInterval)
 	add("gc_grace", s.GCGrace, o.GCGrace)
 	add("gc_full_interval", s.GCFullInterval, o.GCFullInterval)
+	add("scrub_interval", s.ScrubInterval, o.ScrubInterval)
+	add("scrub_rate", s.ScrubRate, o.ScrubRate)
 	add("storage_reserve", reserveString(s.Reserve), reserveString(o.Reserve))
 	return diff
 }

@@ -46,6 +46,12 @@ type StorageSettings struct {
 	// GCFullInterval is how often a collection examines all of it (see
 	// Registry.GCFullInterval).
 	GCFullInterval caddy.Duration `json:"gc_full_interval,omitempty"`
+	// ScrubInterval is how often its blobs are read and hashed again;
+	// negative: never (see Registry.ScrubInterval).
+	ScrubInterval caddy.Duration `json:"scrub_interval,omitempty"`
+	// ScrubRate is a scrub pass's pace in bytes per second (see
+	// Registry.ScrubRate).
+	ScrubRate int64 `json:"scrub_rate,omitempty"`
 }
 
 // SubStorage keeps the repositories under a name prefix in a store of
@@ -73,6 +79,8 @@ func (rg *Registry) storageSettings() StorageSettings {
 		GCInterval:            rg.GCInterval,
 		GCGrace:               rg.GCGrace,
 		GCFullInterval:        rg.GCFullInterval,
+		ScrubInterval:         rg.ScrubInterval,
+		ScrubRate:             rg.ScrubRate,
 	}
 }
 
@@ -84,10 +92,14 @@ func (s StorageSettings) under(top StorageSettings) StorageSettings {
 	for _, f := range []struct{ own, top *caddy.Duration }{
 		{&s.UploadTTL, &top.UploadTTL}, {&s.GCInterval, &top.GCInterval},
 		{&s.GCGrace, &top.GCGrace}, {&s.GCFullInterval, &top.GCFullInterval},
+		{&s.ScrubInterval, &top.ScrubInterval},
 	} {
 		if *f.own == 0 {
 			*f.own = *f.top
 		}
+	}
+	if s.ScrubRate == 0 {
+		s.ScrubRate = top.ScrubRate
 	}
 	return s
 }
@@ -106,8 +118,18 @@ func (s StorageSettings) validate() error {
 	if s.GCGrace < 0 {
 		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(s.GCGrace))
 	}
+	if s.ScrubRate != 0 && (s.ScrubRate < minScrubRate || s.ScrubRate > maxScrubRate) {
+		return fmt.Errorf("scrub_rate must be between 1MiB and 1TiB per second: %d", s.ScrubRate)
+	}
 	return nil
 }
+
+// The bounds of scrub_rate: below 1 MiB/s a pass over a large store
+// never ends; the top only catches a unit mistake.
+const (
+	minScrubRate = 1 << 20
+	maxScrubRate = 1 << 40
+)
 
 // reserve is the free space blob bytes leave on the filesystem.
 func (s StorageSettings) reserve() cache.SpaceReserve {
@@ -132,10 +154,19 @@ func (s StorageSettings) options(dir, metaDir string, obs cache.SpaceObserver, l
 		GCGrace:        orDefault(time.Duration(s.GCGrace), DefaultGCGrace),
 		GCInterval:     orDefault(time.Duration(s.GCInterval), DefaultGCInterval),
 		GCFullInterval: orDefault(time.Duration(s.GCFullInterval), cache.DefaultGCFullInterval),
+		ScrubInterval:  orDefault(time.Duration(s.ScrubInterval), DefaultScrubInterval),
+		ScrubRate:      s.ScrubRate,
 		Logger:         logger.Named("store").With(zap.String("storage", dir)),
 	}
 	if opts.GCInterval < 0 {
 		opts.GCInterval = 0 // cache.Options: zero disables the loop
+	}
+	if opts.ScrubInterval < 0 {
+		opts.ScrubInterval = 0
+	}
+	if obs != nil {
+		collectors.once.Do(initCollectors)
+		opts.ScrubObserver = scrubMetrics{storage: dir}
 	}
 	return opts
 }

@@ -19,6 +19,8 @@ import (
 //		gc_interval <duration>|off
 //		gc_grace <duration>
 //		gc_full_interval <duration>
+//		scrub_interval <duration>|off
+//		scrub_rate <size>
 //	}
 //
 // and refuses, on its line, a prefix that nests in an earlier one.
@@ -56,7 +58,7 @@ func (rg *Registry) unmarshalSubStorage(d *caddyfile.Dispenser) error {
 			s.Storage = arg
 		case "metadata_dir":
 			s.MetadataDir = arg
-		case "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval":
+		case "upload_ttl", "gc_interval", "gc_grace", "gc_full_interval", "scrub_interval":
 			dur, err := parseStoreDuration(d, sub, arg)
 			if err != nil {
 				return err
@@ -64,9 +66,16 @@ func (rg *Registry) unmarshalSubStorage(d *caddyfile.Dispenser) error {
 			*map[string]*caddy.Duration{
 				"upload_ttl": &s.UploadTTL, "gc_interval": &s.GCInterval,
 				"gc_grace": &s.GCGrace, "gc_full_interval": &s.GCFullInterval,
+				"scrub_interval": &s.ScrubInterval,
 			}[sub] = caddy.Duration(dur)
+		case "scrub_rate":
+			rate, err := parseScrubRate(d, arg)
+			if err != nil {
+				return err
+			}
+			s.ScrubRate = rate
 		default:
-			return d.Errf("unrecognized sub_storage subdirective %q (known: storage, metadata_dir, storage_reserve, upload_ttl, gc_interval, gc_grace, gc_full_interval)", sub)
+			return d.Errf("unrecognized sub_storage subdirective %q (known: storage, metadata_dir, storage_reserve, upload_ttl, gc_interval, gc_grace, gc_full_interval, scrub_interval, scrub_rate)", sub)
 		}
 	}
 	if s.Storage == "" {

@@ -342,7 +342,6 @@ func TestWarnings(t *testing.T) {
 		{`{"http":{"auth":{"bearer":{"realm":"https://a/t","service":"s","cert":"/c.pem"}}}}`, "http.auth.bearer", "issuer"},
 		{`{"http":{"auth":{"apikey":true}}}`, "http.auth.apikey", "OpenID"},
 		{`{"http":{"ratelimit":{"rate":5}}}`, "http.ratelimit", "not mapped"},
-		{`{"extensions":{"scrub":{"enable":true}}}`, "extensions.scrub", "not needed"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"content":[{"prefix":"a/**","destination":"/x/y"}]}]}}}`,
 			"extensions.sync.registries[0].content[0].destination", "more than one name component"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"onDemand":true,"content":[{"prefix":"/repo2/repo","destination":"/repo","stripPrefix":true}]}]}}}`,
@@ -361,6 +360,29 @@ func TestWarnings(t *testing.T) {
 	}
 }
 
+// TestScrub: zot's scrub sets the scrub's interval (zot's default 24h
+// when it names none); disabled, the scrub is off.
+func TestScrub(t *testing.T) {
+	for _, c := range []struct {
+		config string
+		want   time.Duration
+	}{
+		{`{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"enable":true}}}`, 24 * time.Hour},
+		{`{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{}}}`, 24 * time.Hour},
+		{`{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"enable":true,"interval":"6h"}}}`, 6 * time.Hour},
+		{`{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"enable":false,"interval":"6h"}}}`, -1},
+		{`{"storage":{"rootDirectory":"/x"}}`, 0}, // the registry's default
+	} {
+		a := adaptString(t, c.config)
+		if got := time.Duration(a.reg.ScrubInterval); got != c.want {
+			t.Errorf("%s: scrub_interval %v, want %v", c.config, got, c.want)
+		}
+		if len(a.warnings) != 0 {
+			t.Errorf("%s: warnings %v", c.config, a.warnings)
+		}
+	}
+}
+
 // TestErrors: a value of the wrong type, or a zot action that does not
 // exist, stops adapting with the key's name.
 func TestErrors(t *testing.T) {
@@ -375,6 +397,8 @@ func TestErrors(t *testing.T) {
 		{`{"extensions":{"sync":{"registries":[{"urls":"https://r.example"}]}}}`, "extensions.sync.registries[0].urls"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["r.example"]}]}}}`, "extensions.sync.registries[0].urls[0]"},
 		{`{"log":{"level":"chatty"}}`, "log.level"},
+		{`{"extensions":{"scrub":{"interval":"-1h"}}}`, "extensions.scrub.interval"},
+		{`{"extensions":{"scrub":{"enable":"yes"}}}`, "extensions.scrub.enable"},
 		{`{"http":{"auth":{"ldap":{"address":"h","baseDN":"dc=x"}}}}`, "http.auth.ldap: needs address, baseDN and userAttribute"},
 		{`{"http":{"auth":{"ldap":{"address":"h","baseDN":"dc=x","userAttribute":"uid","port":70000}}}}`, "http.auth.ldap.port"},
 		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"},"auth":{"mtls":{"identityAttributes":["Serial"]}}}}`, "http.auth.mtls.identityAttributes"},

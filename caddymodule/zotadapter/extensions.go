@@ -1,7 +1,8 @@
 package zotadapter
 
-// extensions: sync becomes mirrors, metrics a metrics route; the rest
-// (search, UI, scrub, lint, trust, events) has no counterpart.
+// extensions: sync becomes mirrors, metrics a metrics route, scrub the
+// scrub's interval; the rest (search, UI, lint, trust, events) has no
+// counterpart.
 //
 // zot's sync copies upstream repositories into local names: a content
 // entry picks upstream names by a glob (prefix), puts them under a
@@ -66,11 +67,45 @@ func (a *adapter) extensions(o *object) error {
 	}
 	o.unsupported("search", "not supported: no search or CVE API (/v2/_zot/ext/search)")
 	o.unsupported("ui", "not supported: no web UI (sign-in and API keys are at /_oci/auth/ with OpenID)")
-	o.unsupported("scrub", "not needed: every blob is checked against its digest when written")
+	if sc, err := o.sub("scrub"); err != nil {
+		return err
+	} else if sc != nil {
+		if err := a.scrub(sc); err != nil {
+			return err
+		}
+		sc.rest()
+	}
 	o.unsupported("lint", "not supported: manifests are not checked for annotations")
 	o.unsupported("trust", "not mapped: zot's trusted keys are uploaded to it, not named in its config; add `require_signature <namespace> { cosign_key <file> notation_cert <file> }` with your keys")
 	o.unsupported("events", "not supported: no event sinks")
 	o.unsupported("mgmt", "not supported")
+	return nil
+}
+
+// scrub maps zot's scrub: enabled, every interval (zot's default 24h);
+// disabled, off. Without it the registry still scrubs weekly (its
+// default), where zot would not scrub at all.
+func (a *adapter) scrub(sc *object) error {
+	on, err := sc.boolean("enable", true)
+	if err != nil {
+		return err
+	}
+	if !on {
+		sc.ignore("interval")
+		a.reg.ScrubInterval = caddy.Duration(-1)
+		return nil
+	}
+	every, ok, err := sc.duration("interval")
+	if err != nil {
+		return err
+	}
+	if !ok {
+		every = 24 * time.Hour
+	}
+	if every <= 0 {
+		return fmt.Errorf("extensions.scrub.interval must be positive: %s", every)
+	}
+	a.reg.ScrubInterval = caddy.Duration(every)
 	return nil
 }
 

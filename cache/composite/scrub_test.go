@@ -1,0 +1,157 @@
+package composite
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/metastore"
+)
+
+// damageable is a blob backend whose stored bytes a test can replace
+// behind the stores' back, as bit rot or a broken restore would.
+type damageable func(t *testing.T) (open func() blobstore.Store, replace func(d cache.Digest, b []byte))
+
+func s3Damageable(t *testing.T) (func() blobstore.Store, func(cache.Digest, []byte)) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	open := func() blobstore.Store {
+		blobs, err := s3.New(context.Background(), s3.Config{
+			Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: "registry/",
+			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blobs
+	}
+	// Blobs of a part or less are one object under their key.
+	return open, func(d cache.Digest, b []byte) {
+		srv.Put(t, bucket, "registry/blobs/"+string(d.Algorithm)+"/"+d.Hex[:2]+"/"+d.Hex, b)
+	}
+}
+
+func fsDamageable(t *testing.T) (func() blobstore.Store, func(cache.Digest, []byte)) {
+	dir := t.TempDir()
+	open := func() blobstore.Store {
+		blobs, err := fs.New(fs.Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blobs
+	}
+	return open, func(d cache.Digest, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, "blobs", string(d.Algorithm), d.Hex[:2], d.Hex), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type scrubCounts struct{ bytes, damaged, passes atomic.Int64 }
+
+func (c *scrubCounts) Scrubbed(n int64)        { c.bytes.Add(n) }
+func (c *scrubCounts) ScrubFoundDamaged()      { c.damaged.Add(1) }
+func (c *scrubCounts) ScrubPassDone(time.Time) { c.passes.Add(1) }
+
+// TestScrubAcrossReplicas: bytes changed at the same length in the blob
+// store were served as the blob for ever. A scrub pass on either replica
+// finds them: a blob only mirrors link is evicted (links, bytes, its
+// share of the mirror cache), so the next pull fills it afresh; a pushed
+// blob, the only copy, is reported and left. Intact blobs are untouched;
+// a pass another replica holds is refused.
+func TestScrubAcrossReplicas(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		blobs damageable
+		meta  func(*testing.T) func() (metastore.Store, coord.Leases)
+	}{
+		{"s3+postgres", s3Damageable, pgMeta},
+		{"fs+postgres", fsDamageable, pgMeta},
+		{"s3+badger", s3Damageable, badgerMeta},
+		{"fs+badger", fsDamageable, badgerMeta},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			openBlobs, replace := c.blobs(t)
+			nm := c.meta(t)
+			replica := func() *Store {
+				m, l := nm()
+				s, err := New(Options{Blobs: openBlobs(), Meta: m, Leases: l})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			const size = 64 << 10
+			a, b, _, _ := mirrorReplicas(t, replica, 0)
+			mirroredData, pushedData, intactData := randomBytes(size), randomBytes(size), randomBytes(size)
+			m := fillBlob(t, a, mirroredData)
+			p := push(t, a, "team/app", pushedData)
+			intact := push(t, b, "team/app", intactData)
+			flip := func(data []byte) []byte {
+				bad := bytes.Clone(data)
+				bad[size/2] ^= 1
+				return bad
+			}
+			replace(m, flip(mirroredData))
+			replace(p, flip(pushedData))
+
+			// Another replica's pass holds the lease.
+			_, release, ok, err := coord.Hold(ctx(t), a.leases, "scrub", time.Minute)
+			if err != nil || !ok {
+				t.Fatalf("Hold: %v, %v", ok, err)
+			}
+			if _, err := b.Scrub(ctx(t), 1<<30, nil); !errors.Is(err, ErrScrubElsewhere) {
+				t.Fatalf("Scrub while another pass runs: %v", err)
+			}
+			release()
+
+			obs := &scrubCounts{}
+			rep, err := b.Scrub(ctx(t), 1<<30, obs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.SortFunc(rep.Damaged, func(x, y cache.Digest) int { return cmpDigest(x, y) })
+			want := []cache.Digest{m, p}
+			slices.SortFunc(want, func(x, y cache.Digest) int { return cmpDigest(x, y) })
+			if rep.Blobs != 3 || !slices.Equal(rep.Damaged, want) || rep.Bytes != 3*size {
+				t.Fatalf("Scrub = %+v; want 3 blobs, %d bytes, damaged %v", rep, 3*size, want)
+			}
+			if obs.damaged.Load() != 2 || obs.passes.Load() != 1 || obs.bytes.Load() != 3*size {
+				t.Errorf("observer: %d damaged, %d passes, %d bytes", obs.damaged.Load(), obs.passes.Load(), obs.bytes.Load())
+			}
+			if !gone(t, a, m) {
+				t.Fatal("the damaged mirrored blob is still linked")
+			}
+			if n, err := a.MirrorCacheSize(ctx(t)); err != nil || n != 0 {
+				t.Errorf("mirror cache size after the eviction: %d, %v", n, err)
+			}
+			// The next pull fills it from upstream, whole.
+			fillBlob(t, b, mirroredData)
+			if got := readBlob(t, a, m); !bytes.Equal(got, mirroredData) {
+				t.Fatal("the refilled blob is not upstream's bytes")
+			}
+			// The pushed one stays, reported: its bytes are the only copy.
+			if _, err := a.HasBlob(ctx(t), "team/app", p); err != nil {
+				t.Fatalf("the damaged pushed blob: %v, want it kept", err)
+			}
+			if got := readBlob(t, a, intact); !bytes.Equal(got, intactData) {
+				t.Fatal("an intact blob changed")
+			}
+		})
+	}
+}
+
+func cmpDigest(x, y cache.Digest) int { return strings.Compare(x.String(), y.String()) }

@@ -1,0 +1,188 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// flipByte changes one byte of file in place: the length stays, so only
+// hashing tells.
+func flipByte(t *testing.T, file string, at int64) {
+	t.Helper()
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type scrubCounts struct {
+	bytes   atomic.Int64
+	damaged atomic.Int64
+	passes  atomic.Int64
+}
+
+func (c *scrubCounts) Scrubbed(n int64)        { c.bytes.Add(n) }
+func (c *scrubCounts) ScrubFoundDamaged()      { c.damaged.Add(1) }
+func (c *scrubCounts) ScrubPassDone(time.Time) { c.passes.Add(1) }
+
+// TestScrubQuarantinesDamagedBlob: a blob file whose bytes changed at the
+// same length was served as the blob for ever (every check before reads
+// lengths only). A scrub pass finds it, moves it to quarantine/ (so the
+// blob is lost, which the store heals: a push stores it again), and
+// leaves the intact blobs where they are.
+func TestScrubQuarantinesDamagedBlob(t *testing.T) {
+	t.Parallel()
+	obs := &scrubCounts{}
+	s := openStore(t, Options{ScrubObserver: obs})
+	damaged := bytes.Repeat([]byte("layer "), 50000)
+	d := mustPut(t, s, damaged)
+	mustLink(t, s, "app", d)
+	var intact []Digest
+	for i := range 5 {
+		b := bytes.Repeat([]byte{byte(i)}, 1000+i)
+		intact = append(intact, mustPut(t, s, b))
+	}
+	flipByte(t, s.blobPath(d), 123456)
+	if _, err := s.StatBlob(t.Context(), d); err != nil {
+		t.Fatalf("StatBlob of a blob damaged at its length: %v (the scrub is what finds it)", err)
+	}
+
+	rep, err := s.Scrub(t.Context(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Damaged) != 1 || rep.Damaged[0] != d || rep.Blobs != 6 {
+		t.Fatalf("Scrub = %+v, want 6 blobs read, %s damaged", rep, d)
+	}
+	if want := int64(len(damaged)) + 5*1000 + 10; rep.Bytes != want || obs.bytes.Load() != want {
+		t.Errorf("bytes hashed: report %d, observer %d, want %d", rep.Bytes, obs.bytes.Load(), want)
+	}
+	if obs.damaged.Load() != 1 || obs.passes.Load() != 1 {
+		t.Errorf("observer: %d damaged, %d passes", obs.damaged.Load(), obs.passes.Load())
+	}
+	if _, err := s.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("StatBlob after the scrub: %v, want ErrBlobUnknown (lost, so it heals)", err)
+	}
+	q := dirEntries(t, filepath.Join(s.dir, "quarantine"))
+	if len(q) != 1 {
+		t.Fatalf("quarantine/ holds %v", q)
+	}
+	kept, err := os.ReadFile(filepath.Join(s.dir, "quarantine", q[0]))
+	if err != nil || len(kept) != len(damaged) || bytes.Equal(kept, damaged) {
+		t.Fatalf("quarantined file: %d bytes, %v (want the damaged bytes)", len(kept), err)
+	}
+	for _, i := range intact {
+		if _, err := s.StatBlob(t.Context(), i); err != nil {
+			t.Errorf("intact blob %s after the scrub: %v", i, err)
+		}
+	}
+	// A push heals it; the next pass finds nothing.
+	mustPut(t, s, damaged)
+	if info, err := s.HasBlob(t.Context(), "app", d); err != nil || info.Size != int64(len(damaged)) {
+		t.Fatalf("HasBlob after the push again: %+v, %v", info, err)
+	}
+	if rep, err := s.Scrub(t.Context(), 1<<30); err != nil || len(rep.Damaged) != 0 || rep.Blobs != 6 {
+		t.Fatalf("second Scrub = %+v, %v", rep, err)
+	}
+	if _, ok := s.lastScrub(); !ok {
+		t.Error("no complete pass recorded")
+	}
+}
+
+// TestScrubLeavesReplacedFile: the file the scrub found damaged was
+// replaced by a push meanwhile (another file at the path): it stays.
+func TestScrubLeavesReplacedFile(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{})
+	data := bytes.Repeat([]byte("x"), 4096)
+	d := mustPut(t, s, data)
+	old, err := os.Open(s.blobPath(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	// The good bytes installed over it, as a push after a cut does.
+	tmp := filepath.Join(s.tmpDir, "replacement")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, s.blobPath(d)); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := s.quarantine(d, old)
+	if err != nil || moved != "" {
+		t.Fatalf("quarantine of a replaced file: %q, %v", moved, err)
+	}
+	if _, err := s.StatBlob(t.Context(), d); err != nil {
+		t.Fatalf("the replacement after quarantine: %v", err)
+	}
+}
+
+// TestScrubPaced: a pass keeps to its rate.
+func TestScrubPaced(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{})
+	for i := range 3 {
+		mustPut(t, s, bytes.Repeat([]byte{byte(i)}, 1<<20))
+	}
+	start := time.Now()
+	rep, err := s.Scrub(t.Context(), 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3 MiB at 2 MiB/s: 1.5 s, less the first buffer's worth.
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("3 MiB scrubbed in %s at 2 MiB/s", took)
+	}
+	if rep.Bytes != 3<<20 {
+		t.Errorf("bytes %d", rep.Bytes)
+	}
+}
+
+// TestScrubLoopAfterInterval: the background pass runs on its own, and
+// Close stops one in progress.
+func TestScrubLoopAfterInterval(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openStore(t, Options{Dir: dir})
+	d := mustPut(t, s, bytes.Repeat([]byte("y"), 10000))
+	// A pass recorded long ago: the loop's next one is due at once.
+	if err := s.update(func(txn *badger.Txn) error {
+		return txn.Set([]byte(keyScrubDone), []byte{0, 0, 0, 0, 0, 0, 0, 1})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	flipByte(t, filepath.Join(dir, "blobs", "sha256", d.Hex[:2], d.Hex), 10)
+	obs := &scrubCounts{}
+	s2 := openStore(t, Options{Dir: dir, ScrubInterval: time.Hour, ScrubObserver: obs})
+	deadline := time.Now().Add(10 * time.Second)
+	for obs.passes.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no scrub pass within 10 s of a pass due")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if obs.damaged.Load() != 1 {
+		t.Fatalf("damaged %d", obs.damaged.Load())
+	}
+	if _, err := s2.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("StatBlob: %v", err)
+	}
+}
