@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/coord"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 	"github.com/caddy-oci/caddy-oci/cache/internal/scrub"
@@ -102,7 +103,7 @@ func (s *Store) scrubBlob(ctx context.Context, u metastore.BlobUse, p *scrub.Pac
 	if s.Filling(ctx, u.Digest) != nil {
 		return 0, nil // being written: the next pass's
 	}
-	b, err := s.blobs.Open(ctx, u.Digest)
+	b, err := s.storedBytes().Open(ctx, u.Digest)
 	if err != nil {
 		return 0, err
 	}
@@ -132,6 +133,22 @@ func (s *Store) scrubBlob(ctx context.Context, u metastore.BlobUse, p *scrub.Pac
 	s.log.Error("scrub: mirrored blob damaged in storage; evicting it failed (used meanwhile, or an error), the next pass tries again",
 		append(fields, zap.Error(eerr))...)
 	return n, err
+}
+
+// storedBytes is the blob store whose bytes the scrub checks: behind any
+// read cache (blobstore.Layered). Through it, a blob read lately would be
+// hashed from its local copy, so damage in the blob store went unseen (and
+// damage in the copy alone looked like the stored blob's), and every other
+// blob would be copied in, a pass evicting all that pulls had warmed.
+func (s *Store) storedBytes() blobstore.Reader {
+	b := s.blobs
+	for {
+		l, ok := b.(blobstore.Layered)
+		if !ok {
+			return b
+		}
+		b = l.Backend()
+	}
 }
 
 // RunScrub scrubs every interval (the first pass scrubFirstDelay after
