@@ -203,3 +203,53 @@ func TestScrubReadsBehindReadCache(t *testing.T) {
 		t.Errorf("the scrub left a cached copy of a blob no pull read (%v): a pass churns the whole store through the cache", err)
 	}
 }
+
+// TestScrubNotRepeatedAfterRestart: when a pass ended was one replica's
+// memory, so every replica that started (a rolling deploy, a crash)
+// began a pass of the whole store scrubFirstDelay later, whatever the
+// interval: deploys more often than scrub_interval read the bucket at
+// each one, and a pass longer than the time between two never finished.
+// A complete pass is now recorded where every replica sees it, and a
+// replica started within the interval after it waits.
+func TestScrubNotRepeatedAfterRestart(t *testing.T) {
+	defer func(d time.Duration) { scrubFirstDelay = d }(scrubFirstDelay)
+	scrubFirstDelay = 10 * time.Millisecond
+	t.Run("postgres", func(t *testing.T) { scrubNotRepeated(t, pgMeta(t)) })
+	t.Run("badger", func(t *testing.T) { scrubNotRepeated(t, badgerMeta(t)) })
+}
+
+func scrubNotRepeated(t *testing.T, nm func() (metastore.Store, coord.Leases)) {
+	openBlobs, _ := fsDamageable(t)
+	replica := func() *Store {
+		m, l := nm()
+		s, err := New(Options{Blobs: openBlobs(), Meta: m, Leases: l})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		return s
+	}
+	run := func(s *Store) (*scrubCounts, context.CancelFunc, chan struct{}) {
+		obs := &scrubCounts{}
+		c, cancel := context.WithCancel(ctx(t))
+		done := make(chan struct{})
+		go func() { defer close(done); s.RunScrub(c, time.Hour, 1<<30, obs) }()
+		return obs, cancel, done
+	}
+	a := replica()
+	obs, stop, done := run(a)
+	for deadline := time.Now().Add(10 * time.Second); obs.passes.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no pass")
+		}
+	}
+	stop() // the replica goes (a deploy); another starts
+	<-done
+	obs, stop, done = run(replica())
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	<-done
+	if n := obs.passes.Load(); n != 0 {
+		t.Fatalf("a replica started right after a complete pass ran %d more (interval 1h)", n)
+	}
+}
