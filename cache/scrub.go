@@ -162,6 +162,10 @@ func (s *Store) eachBlobFile(fn func(Digest) error) error {
 // its bytes against d. A damaged file goes to quarantine; the error then
 // wraps scrub.ErrDamaged.
 func (s *Store) scrubBlob(ctx context.Context, d Digest, p *scrub.Pacer, buf []byte) (int64, error) {
+	// Marked before the file is opened, so every write of d that could
+	// keep this file instead of its own bytes comes after the mark.
+	s.markScrubbing(d, 1)
+	defer s.markScrubbing(d, -1)
 	f, err := s.openBlobFile(d)
 	if err != nil {
 		return 0, err
@@ -195,6 +199,25 @@ func (s *Store) scrubBlob(ctx context.Context, d Digest, p *scrub.Pacer, buf []b
 		return n, nil
 	}
 	return n, err
+}
+
+// markScrubbing counts a scrub starting (+1) or done (-1) reading d.
+func (s *Store) markScrubbing(d Digest, n int) {
+	s.scrubMu.Lock()
+	defer s.scrubMu.Unlock()
+	if s.scrubbing == nil {
+		s.scrubbing = map[Digest]int{}
+	}
+	if s.scrubbing[d] += n; s.scrubbing[d] <= 0 {
+		delete(s.scrubbing, d)
+	}
+}
+
+// beingScrubbed reports whether a scrub reads d's file now.
+func (s *Store) beingScrubbed(d Digest) bool {
+	s.scrubMu.Lock()
+	defer s.scrubMu.Unlock()
+	return s.scrubbing[d] > 0
 }
 
 // quarantine moves f, blob d's file as the scrub read it, to quarantine/,

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -184,5 +185,48 @@ func TestScrubLoopAfterInterval(t *testing.T) {
 	}
 	if _, err := s2.StatBlob(t.Context(), d); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("StatBlob: %v", err)
+	}
+}
+
+// TestScrubKeepsBytesPushedDuringRead: a push of a blob whose file the
+// scrub was reading (a layer pushed into another repository) found a
+// file of the right length and kept it, dropping the verified bytes in
+// hand; the scrub then moved that file, damaged, to quarantine, so a blob
+// the push had just acknowledged answered 404. While the scrub reads a
+// blob, a write of it now installs its bytes over the file, which the
+// scrub then leaves (it is not the file it read): the push heals it.
+func TestScrubKeepsBytesPushedDuringRead(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{})
+	good := bytes.Repeat([]byte("base layer "), 200<<10) // 2.2 MB: 2 s at 1 MiB/s
+	d := mustPut(t, s, good)
+	mustLink(t, s, "one", d)
+	flipByte(t, s.blobPath(d), 1000)
+
+	done := make(chan ScrubReport)
+	go func() {
+		rep, err := s.Scrub(t.Context(), 1<<20)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	time.Sleep(500 * time.Millisecond) // the scrub is reading d
+	mustPut(t, s, good)
+	mustLink(t, s, "two", d)
+	rep := <-done
+	t.Logf("scrub: %+v", rep)
+	info, err := s.HasBlob(t.Context(), "two", d)
+	if err != nil {
+		t.Fatalf("the blob just pushed, after the scrub: %v", err)
+	}
+	f, err := s.openBlobFile(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, info.Size)
+	if _, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got, good) {
+		t.Fatalf("the blob's bytes after the push: %v, equal %v", err, bytes.Equal(got, good))
 	}
 }
