@@ -239,7 +239,15 @@ func (s *Store) touchExisting(d Digest, size int64) bool {
 // reading. A file of another length than size is not d's bytes (cut short
 // by a broken tool, a restore, a full disk's repair): it reports false, so
 // the verified bytes in hand are installed over it and a push heals it.
+//
+// While a scrub reads d's file it reports false too: the file may be the
+// damaged one the scrub is about to move to quarantine, and keeping it
+// would drop the good bytes of a write it then acknowledged. Installed
+// over it instead, they are what the scrub finds there and leaves.
 func (s *Store) touchFileLocked(d Digest, size int64) bool {
+	if s.beingScrubbed(d) {
+		return false
+	}
 	p := s.blobPath(d)
 	if fi, err := os.Stat(p); err != nil || fi.Size() != size {
 		return false

@@ -31,6 +31,17 @@ import (
 // bytes BE), so a restart does not start the interval over.
 const keyScrubDone = "scrubdone"
 
+// keyScrubAt holds, while a pass is unfinished, the digest of the last
+// blob it checked (text), so the background pass that follows a restart
+// resumes after it: a pass longer than the process's uptime (tens of
+// terabytes at the default rate, a restart a day) ended each time before
+// the blobs late in its order, and started over from the first.
+const keyScrubAt = "scrubat"
+
+// scrubSaveEvery: how often a pass records where it is (and when it
+// stops). A variable for tests.
+var scrubSaveEvery = time.Minute
+
 // scrubFirstDelay: a store that never finished a pass starts its first
 // this long after opening (or after its interval, if shorter), out of
 // the way of a start's own work.
@@ -61,6 +72,13 @@ type ScrubObserver interface {
 // if <= 0) and moves those that do not hold their digest's bytes to
 // quarantine/. It stops when ctx ends or the store closes.
 func (s *Store) Scrub(ctx context.Context, rate int64) (ScrubReport, error) {
+	return s.scrubAfter(ctx, rate, Digest{})
+}
+
+// scrubAfter is Scrub from the blob after `after` in the walk's order
+// (zero: from the first): the rest of a pass that stopped there. Where it
+// is goes to keyScrubAt every scrubSaveEvery and when it stops early.
+func (s *Store) scrubAfter(ctx context.Context, rate int64, after Digest) (ScrubReport, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(s.ctx, cancel)
@@ -73,9 +91,14 @@ func (s *Store) Scrub(ctx context.Context, rate int64) (ScrubReport, error) {
 	p := scrub.NewPacer(rate)
 	bp := blobfile.GetBuf(1 << 20)
 	defer blobfile.PutBuf(bp)
-	err := s.eachBlobFile(func(d Digest) error {
+	last, saved := after, time.Now()
+	err := s.eachBlobFile(after, func(d Digest) error {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if time.Since(saved) >= scrubSaveEvery && last != after {
+			s.saveScrubAt(last)
+			saved = time.Now()
 		}
 		n, err := s.scrubBlob(ctx, d, p, *bp)
 		rep.Bytes += n
@@ -94,17 +117,25 @@ func (s *Store) Scrub(ctx context.Context, rate int64) (ScrubReport, error) {
 			// A file that cannot be read now (gone since it was listed,
 			// an I/O error) is the next pass's.
 			s.log.Warn("scrub: could not read blob", zap.String("digest", d.String()), zap.Error(err))
+			last = d
 			return nil
 		}
 		rep.Blobs++
+		last = d
 		return nil
 	})
 	rep.Took = time.Since(start)
 	if err != nil {
+		if last != after {
+			s.saveScrubAt(last)
+		}
 		return rep, err
 	}
 	now := time.Now()
 	if err := s.update(func(txn *badger.Txn) error {
+		if err := txn.Delete([]byte(keyScrubAt)); err != nil {
+			return err
+		}
 		return txn.Set([]byte(keyScrubDone), binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano())))
 	}); err != nil {
 		s.log.Warn("scrub: record the pass", zap.Error(err))
@@ -118,9 +149,46 @@ func (s *Store) Scrub(ctx context.Context, rate int64) (ScrubReport, error) {
 // DefaultScrubRate is the pace of a scrub pass when none is given.
 const DefaultScrubRate = scrub.DefaultRate
 
+// saveScrubAt records d as the last blob an unfinished pass checked.
+func (s *Store) saveScrubAt(d Digest) {
+	if err := s.update(func(txn *badger.Txn) error {
+		return txn.Set([]byte(keyScrubAt), []byte(d.String()))
+	}); err != nil {
+		s.log.Warn("scrub: record where the pass is", zap.Error(err))
+	}
+}
+
+// scrubAt is where an unfinished pass stopped (zero: none did).
+func (s *Store) scrubAt() Digest {
+	var d Digest
+	_ = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(keyScrubAt))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			if at, err := ParseDigest(string(v)); err == nil {
+				d = at
+			}
+			return nil
+		})
+	})
+	return d
+}
+
 // eachBlobFile calls fn with the digest of every file under blobs/, in
-// order. Files whose names are no digest are skipped.
-func (s *Store) eachBlobFile(fn func(Digest) error) error {
+// order (by algorithm, then hex), from the one after `after` (zero: from
+// the first). Files whose names are no digest are skipped.
+func (s *Store) eachBlobFile(after Digest, fn func(Digest) error) error {
+	resume := after.Hex != ""
+	// A folder of hex prefix pre lies wholly before `after`; a digest is
+	// `after` or before it.
+	folderDone := func(alg Algorithm, pre string) bool {
+		return resume && (alg < after.Algorithm || alg == after.Algorithm && pre < after.Hex[:2])
+	}
+	done := func(d Digest) bool {
+		return resume && (d.Algorithm < after.Algorithm || d.Algorithm == after.Algorithm && d.Hex <= after.Hex)
+	}
 	algs, err := os.ReadDir(s.blobsDir)
 	if err != nil {
 		return fmt.Errorf("cache: scrub: %w", err)
@@ -134,7 +202,7 @@ func (s *Store) eachBlobFile(fn func(Digest) error) error {
 			return fmt.Errorf("cache: scrub: %w", err)
 		}
 		for _, pre := range prefixes {
-			if !pre.IsDir() {
+			if !pre.IsDir() || folderDone(Algorithm(alg.Name()), pre.Name()) {
 				continue
 			}
 			files, err := os.ReadDir(filepath.Join(s.blobsDir, alg.Name(), pre.Name()))
@@ -146,7 +214,7 @@ func (s *Store) eachBlobFile(fn func(Digest) error) error {
 			}
 			for _, f := range files {
 				d, err := ParseDigest(alg.Name() + ":" + f.Name())
-				if err != nil || !f.Type().IsRegular() || d.Hex[:2] != pre.Name() {
+				if err != nil || !f.Type().IsRegular() || d.Hex[:2] != pre.Name() || done(d) {
 					continue
 				}
 				if err := fn(d); err != nil {
@@ -162,6 +230,10 @@ func (s *Store) eachBlobFile(fn func(Digest) error) error {
 // its bytes against d. A damaged file goes to quarantine; the error then
 // wraps scrub.ErrDamaged.
 func (s *Store) scrubBlob(ctx context.Context, d Digest, p *scrub.Pacer, buf []byte) (int64, error) {
+	// Marked before the file is opened, so every write of d that could
+	// keep this file instead of its own bytes comes after the mark.
+	s.markScrubbing(d, 1)
+	defer s.markScrubbing(d, -1)
 	f, err := s.openBlobFile(d)
 	if err != nil {
 		return 0, err
@@ -195,6 +267,25 @@ func (s *Store) scrubBlob(ctx context.Context, d Digest, p *scrub.Pacer, buf []b
 		return n, nil
 	}
 	return n, err
+}
+
+// markScrubbing counts a scrub starting (+1) or done (-1) reading d.
+func (s *Store) markScrubbing(d Digest, n int) {
+	s.scrubMu.Lock()
+	defer s.scrubMu.Unlock()
+	if s.scrubbing == nil {
+		s.scrubbing = map[Digest]int{}
+	}
+	if s.scrubbing[d] += n; s.scrubbing[d] <= 0 {
+		delete(s.scrubbing, d)
+	}
+}
+
+// beingScrubbed reports whether a scrub reads d's file now.
+func (s *Store) beingScrubbed(d Digest) bool {
+	s.scrubMu.Lock()
+	defer s.scrubMu.Unlock()
+	return s.scrubbing[d] > 0
 }
 
 // quarantine moves f, blob d's file as the scrub read it, to quarantine/,
@@ -242,7 +333,7 @@ func (s *Store) scrubLoop(interval time.Duration, rate int64) {
 			return
 		case <-t.C:
 		}
-		rep, err := s.Scrub(s.ctx, rate)
+		rep, err := s.scrubAfter(s.ctx, rate, s.scrubAt())
 		switch {
 		case s.ctx.Err() != nil:
 			return

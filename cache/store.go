@@ -33,6 +33,12 @@ type Store struct {
 	space      *spaceGuard      // refuses blob bytes that would eat the reserve
 	scrubObs   ScrubObserver    // nil: none
 
+	// scrubbing counts the scrub passes reading each blob's file now:
+	// a write of such a blob installs its bytes over the file rather than
+	// keep it (touchFileLocked), since the file may be damaged.
+	scrubMu   sync.Mutex
+	scrubbing map[Digest]int
+
 	// fullGC: how often GC walks the whole store (gccandidates.go).
 	fullGC time.Duration
 

@@ -67,8 +67,9 @@ func (ls leases) Acquire(ctx context.Context, key string, ttl time.Duration) (co
 		// out). A lease no one knows they hold would keep everyone
 		// waiting on key until it expired: a fill's followers on every
 		// replica (a 503 after ttl), a session's next chunk, the next
-		// GC. So it is released as its holder would, token and all.
-		go coord.Free(context.WithoutCancel(ctx), l, ttl)
+		// GC. So it is released as its holder would, token and all,
+		// until the store closes.
+		go coord.Free(ls.s.life, l, ttl)
 		return nil, false, fmt.Errorf("%w: lease %s: %w", ErrUnavailable, key, err)
 	}
 	return l, true, nil

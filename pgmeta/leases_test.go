@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,6 +145,56 @@ func TestLeaseAcquireAnswerLost(t *testing.T) {
 		}
 		if time.Since(start) > 5*time.Second {
 			t.Fatalf("key still held %s after an Acquire that failed (lease ttl %s): a lease no one holds", time.Since(start).Round(time.Millisecond), ttl)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestLeaseFailedAcquireReleaseStopsAtClose: the release a failed Acquire
+// starts in the background (TestLeaseAcquireAnswerLost) retried until the
+// lease's ttl ran out, even after the store was closed, where no retry
+// can work: a goroutine per failed Acquire, polling a closed pool every
+// 2 s for the ttl (a pass's record is kept for the scrub interval, a
+// week). It now ends when the store closes.
+func TestLeaseFailedAcquireReleaseStopsAtClose(t *testing.T) {
+	srv := pgtest.Start(t)
+	u, err := url.Parse(srv.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newResettingProxy(t, u.Host)
+	u.Host = p.ln.Addr().String()
+	q := u.Query()
+	q.Set("pool_max_conns", "1")
+	u.RawQuery = q.Encode()
+	a, err := Open(context.Background(), Options{DSN: u.String(), Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm, ok, err := a.Leases().Acquire(context.Background(), "warm", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("Acquire: %v, %v", ok, err)
+	}
+	if err := warm.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.mute.Store(true)
+	// The database becomes unreachable: the release cannot get through.
+	p.ln.Close()
+	if _, _, err := a.Leases().Acquire(context.Background(), "scrub/done", time.Hour); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Acquire with its answer lost: %v, want ErrUnavailable", err)
+	}
+	p.reset()
+	a.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "coord.Free") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed Acquire's release still retries 5 s after the store closed:\n%s", stacks)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -54,6 +54,10 @@ const AppName = "caddy-oci"
 type Store struct {
 	pool    resendingPool
 	timeout time.Duration
+	// life ends at Close: background work of the store's own (the
+	// release a failed Acquire starts) stops with it.
+	life context.Context
+	end  context.CancelFunc
 }
 
 // ErrNameInvalid is an ID or name that cannot be a key: the metadata
@@ -92,8 +96,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	s := &Store{pool: resendingPool{pool}, timeout: timeout}
+	life, stop := context.WithCancel(context.Background())
+	s := &Store{pool: resendingPool{pool}, timeout: timeout, life: life, end: stop}
 	if err := migrate(ctx, pool, migrations); err != nil {
+		stop()
 		pool.Close()
 		return nil, err
 	}
@@ -144,7 +150,10 @@ func countReplicas(ctx context.Context, queryRow func(context.Context, string, .
 }
 
 // Close closes the pool's connections.
-func (s *Store) Close() { s.pool.Close() }
+func (s *Store) Close() {
+	s.end()
+	s.pool.Close()
+}
 
 // call bounds one store call.
 func (s *Store) call() (context.Context, context.CancelFunc) {

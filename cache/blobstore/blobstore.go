@@ -192,6 +192,15 @@ type Checker interface {
 	Check() error
 }
 
+// Layered is a backend that keeps copies of another backend's blobs (a
+// local read cache). Its Open may serve a copy, and makes one of what it
+// reads; a caller that must read the stored bytes themselves and leave
+// the copies alone (the scrub) reads Backend instead.
+type Layered interface {
+	// Backend is the store the copies are taken from.
+	Backend() Store
+}
+
 // Store is everything a blob backend offers.
 type Store interface {
 	Reader

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/coord"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 	"github.com/caddy-oci/caddy-oci/cache/internal/scrub"
@@ -30,8 +31,8 @@ import (
 var ErrScrubElsewhere = errors.New("a scrub pass is running on another replica")
 
 // scrubFirstDelay: a replica's first pass starts this long after it
-// starts, out of the way of a start's own work.
-const scrubFirstDelay = 10 * time.Minute
+// starts, out of the way of a start's own work. A variable for tests.
+var scrubFirstDelay = 10 * time.Minute
 
 // Scrub reads and hashes every recorded blob at rate bytes per second
 // (cache.DefaultScrubRate if <= 0). Damaged mirrored blobs are evicted,
@@ -102,7 +103,7 @@ func (s *Store) scrubBlob(ctx context.Context, u metastore.BlobUse, p *scrub.Pac
 	if s.Filling(ctx, u.Digest) != nil {
 		return 0, nil // being written: the next pass's
 	}
-	b, err := s.blobs.Open(ctx, u.Digest)
+	b, err := s.storedBytes().Open(ctx, u.Digest)
 	if err != nil {
 		return 0, err
 	}
@@ -134,11 +135,39 @@ func (s *Store) scrubBlob(ctx context.Context, u metastore.BlobUse, p *scrub.Pac
 	return n, err
 }
 
+// storedBytes is the blob store whose bytes the scrub checks: behind any
+// read cache (blobstore.Layered). Through it, a blob read lately would be
+// hashed from its local copy, so damage in the blob store went unseen (and
+// damage in the copy alone looked like the stored blob's), and every other
+// blob would be copied in, a pass evicting all that pulls had warmed.
+func (s *Store) storedBytes() blobstore.Reader {
+	b := s.blobs
+	for {
+		l, ok := b.(blobstore.Layered)
+		if !ok {
+			return b
+		}
+		b = l.Backend()
+	}
+}
+
+// scrubDoneKey is a lease taken when a background pass completes, for
+// interval, and never released: it says, to every replica and to one that
+// starts later (PostgreSQL's leases table), that no pass is due before it
+// expires. Without it each replica's start began a pass of the whole
+// store scrubFirstDelay later, whatever the interval: each rolling deploy
+// read the bucket again, and a pass longer than the time between two never
+// finished. (In-process leases, with badger metadata, last as long as the
+// process: a restart still begins a pass.)
+const scrubDoneKey = "scrub/done"
+
 // RunScrub scrubs every interval (the first pass scrubFirstDelay after
-// it starts, or interval if shorter) until ctx ends; a pass another replica is running is
-// skipped.
+// it starts, or interval if shorter) until ctx ends. A pass is skipped
+// while another replica runs one or one completed less than interval ago;
+// the replica then looks again within the hour.
 func (s *Store) RunScrub(ctx context.Context, interval time.Duration, rate int64, obs cache.ScrubObserver) {
 	next := min(scrubFirstDelay, interval)
+	retry := min(interval, time.Hour)
 	for {
 		t := time.NewTimer(next)
 		select {
@@ -147,19 +176,66 @@ func (s *Store) RunScrub(ctx context.Context, interval time.Duration, rate int64
 			return
 		case <-t.C:
 		}
+		due, err := s.scrubDue(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			s.log.Warn("scrub: could not learn when the last pass ended; trying later", zap.Error(err))
+			next = retry
+			continue
+		case !due:
+			next = retry
+			continue
+		}
 		rep, err := s.Scrub(ctx, rate, obs)
 		switch {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, ErrScrubElsewhere):
-			next = interval
+			next = retry
 		case err != nil:
 			s.log.Error("scrub failed", zap.Error(err))
-			next = min(interval, time.Hour)
+			next = retry
 		default:
 			s.log.Info("scrub pass done", zap.Int("blobs", rep.Blobs), zap.Int64("bytes", rep.Bytes),
 				zap.Int("damaged", len(rep.Damaged)), zap.Duration("took", rep.Took))
+			s.recordPass(ctx, interval)
 			next = interval
+		}
+	}
+}
+
+// scrubDue reports whether no pass completed within the interval: the
+// key of the last one is free. The probe's lease is released at once (one
+// left behind expires within the minute).
+func (s *Store) scrubDue(ctx context.Context) (bool, error) {
+	probe, free, err := s.leases.Acquire(ctx, scrubDoneKey, time.Minute)
+	if err != nil || !free {
+		return false, mapErr(err)
+	}
+	_ = probe.Release(ctx)
+	return true, nil
+}
+
+// recordPass takes scrubDoneKey for interval: no pass is due before. The
+// key may be held for a moment by another replica's probe (scrubDue), so
+// a refusal waits for it once.
+func (s *Store) recordPass(ctx context.Context, interval time.Duration) {
+	for try := 0; ; try++ {
+		_, ok, err := s.leases.Acquire(ctx, scrubDoneKey, interval)
+		if err == nil && ok {
+			return
+		}
+		if err != nil || try == 1 {
+			s.log.Warn("scrub: could not record the pass for the other replicas; one may start another within the hour", zap.Error(err))
+			return
+		}
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err = s.leases.Wait(wctx, scrubDoneKey)
+		cancel()
+		if err != nil {
+			return // held for longer than a probe: recorded by another pass
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/readcache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/coord"
@@ -155,3 +156,100 @@ func TestScrubAcrossReplicas(t *testing.T) {
 }
 
 func cmpDigest(x, y cache.Digest) int { return strings.Compare(x.String(), y.String()) }
+
+// TestScrubReadsBehindReadCache: with a read cache (storage s3 with a
+// cache folder), the scrub opened blobs through it. A blob with a local
+// copy was hashed from the copy, so damage in the blob store itself went
+// unnoticed for every blob read lately (and damage in the copy alone was
+// reported as the stored blob's); a blob without one was copied in, so
+// each pass pushed the whole store through the cache, evicting what
+// pulls had warmed. The scrub now reads the blob store behind the cache.
+func TestScrubReadsBehindReadCache(t *testing.T) {
+	openBlobs, replace := fsDamageable(t)
+	cacheDir := t.TempDir()
+	blobs, err := readcache.New(openBlobs(), readcache.Options{Dir: cacheDir, MaxBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, l := badgerMeta(t)()
+	s, err := New(Options{Blobs: blobs, Meta: m, Leases: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	const size = 64 << 10
+	readData, coldData := randomBytes(size), randomBytes(size)
+	read := push(t, s, "team/app", readData)
+	cold := push(t, s, "team/app", coldData)
+	if got := readBlob(t, s, read); !bytes.Equal(got, readData) { // now cached
+		t.Fatal("read back other bytes")
+	}
+	copyOf := func(d cache.Digest) string { return filepath.Join(cacheDir, string(d.Algorithm), d.Hex) }
+	if _, err := os.Stat(copyOf(read)); err != nil {
+		t.Fatalf("no cached copy after a whole read: %v", err)
+	}
+	bad := bytes.Clone(readData)
+	bad[size/2] ^= 1
+	replace(read, bad)
+
+	rep, err := s.Scrub(ctx(t), 1<<30, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Blobs != 2 || !slices.Equal(rep.Damaged, []cache.Digest{read}) {
+		t.Errorf("Scrub = %+v; want 2 blobs, %s damaged (in the blob store, behind its good cached copy)", rep, read)
+	}
+	if _, err := os.Stat(copyOf(cold)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the scrub left a cached copy of a blob no pull read (%v): a pass churns the whole store through the cache", err)
+	}
+}
+
+// TestScrubNotRepeatedAfterRestart: when a pass ended was one replica's
+// memory, so every replica that started (a rolling deploy, a crash)
+// began a pass of the whole store scrubFirstDelay later, whatever the
+// interval: deploys more often than scrub_interval read the bucket at
+// each one, and a pass longer than the time between two never finished.
+// A complete pass is now recorded where every replica sees it, and a
+// replica started within the interval after it waits.
+func TestScrubNotRepeatedAfterRestart(t *testing.T) {
+	defer func(d time.Duration) { scrubFirstDelay = d }(scrubFirstDelay)
+	scrubFirstDelay = 10 * time.Millisecond
+	t.Run("postgres", func(t *testing.T) { scrubNotRepeated(t, pgMeta(t)) })
+	t.Run("badger", func(t *testing.T) { scrubNotRepeated(t, badgerMeta(t)) })
+}
+
+func scrubNotRepeated(t *testing.T, nm func() (metastore.Store, coord.Leases)) {
+	openBlobs, _ := fsDamageable(t)
+	replica := func() *Store {
+		m, l := nm()
+		s, err := New(Options{Blobs: openBlobs(), Meta: m, Leases: l})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		return s
+	}
+	run := func(s *Store) (*scrubCounts, context.CancelFunc, chan struct{}) {
+		obs := &scrubCounts{}
+		c, cancel := context.WithCancel(ctx(t))
+		done := make(chan struct{})
+		go func() { defer close(done); s.RunScrub(c, time.Hour, 1<<30, obs) }()
+		return obs, cancel, done
+	}
+	a := replica()
+	obs, stop, done := run(a)
+	for deadline := time.Now().Add(10 * time.Second); obs.passes.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no pass")
+		}
+	}
+	stop() // the replica goes (a deploy); another starts
+	<-done
+	obs, stop, done = run(replica())
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	<-done
+	if n := obs.passes.Load(); n != 0 {
+		t.Fatalf("a replica started right after a complete pass ran %d more (interval 1h)", n)
+	}
+}

@@ -111,10 +111,12 @@ func Check(ctx context.Context) error {
 }
 
 // Free releases l. If the store cannot be reached (PostgreSQL
-// restarting), it keeps trying in the background until l's deadline:
-// a lease its holder is done with but could not release keeps everyone
-// waiting on its key (a fill's followers on every replica, the next GC)
-// until it expires, up to ttl after the store is back.
+// restarting), it keeps trying in the background until l's deadline or
+// until ctx ends (a store's lifetime, for a caller whose store may close
+// first: no retry can work then): a lease its holder is done with but
+// could not release keeps everyone waiting on its key (a fill's followers
+// on every replica, the next GC) until it expires, up to ttl after the
+// store is back.
 func Free(ctx context.Context, l Lease, ttl time.Duration) {
 	rctx, rcancel := context.WithTimeout(ctx, ttl)
 	err := l.Release(rctx)
@@ -124,7 +126,13 @@ func Free(ctx context.Context, l Lease, ttl time.Duration) {
 	}
 	go func() {
 		for delay := 100 * time.Millisecond; time.Now().Before(l.Deadline()); delay = min(delay*2, 2*time.Second) {
-			time.Sleep(delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
 			rctx, rcancel := context.WithDeadline(ctx, l.Deadline())
 			err := l.Release(rctx)
 			rcancel()

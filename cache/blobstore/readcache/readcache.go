@@ -218,6 +218,9 @@ func (s *Store) Open(ctx context.Context, d blobstore.Digest) (blobstore.Blob, e
 	return s.tee(d, b), nil
 }
 
+// Backend implements blobstore.Layered: the store behind the copies.
+func (s *Store) Backend() blobstore.Store { return s.Store }
+
 // OpenRecorded implements blobstore.RecordedOpener: the local copy as it
 // is, without asking the backend (its bytes were verified against the
 // digest when it was kept, and the caller's record says the blob is
