@@ -50,6 +50,12 @@ func (p *Pacer) Wait(ctx context.Context, n int) error {
 	p.n += int64(n)
 	due := p.start.Add(time.Duration(float64(p.n) / float64(p.rate) * float64(time.Second)))
 	d := time.Until(due)
+	if d < -time.Second {
+		// Behind its pace (a busy disk read slower than rate): start the
+		// count again rather than catch up in a burst at full speed,
+		// which is what the pace is there to prevent.
+		p.start, p.n = time.Now(), 0
+	}
 	if d <= 0 {
 		return ctx.Err()
 	}
