@@ -190,18 +190,22 @@ func (s *Store) RunScrub(ctx context.Context, interval time.Duration, rate int64
 		}
 		rep, err := s.Scrub(ctx, rate, obs)
 		switch {
+		case err == nil:
+			s.log.Info("scrub pass done", zap.Int("blobs", rep.Blobs), zap.Int64("bytes", rep.Bytes),
+				zap.Int("damaged", len(rep.Damaged)), zap.Duration("took", rep.Took))
+			// Recorded even when the replica is stopping right now (a
+			// deploy): a pass done and not recorded is a pass repeated.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			s.recordPass(rctx, interval)
+			cancel()
+			next = interval
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, ErrScrubElsewhere):
 			next = retry
-		case err != nil:
+		default:
 			s.log.Error("scrub failed", zap.Error(err))
 			next = retry
-		default:
-			s.log.Info("scrub pass done", zap.Int("blobs", rep.Blobs), zap.Int64("bytes", rep.Bytes),
-				zap.Int("damaged", len(rep.Damaged)), zap.Duration("took", rep.Took))
-			s.recordPass(ctx, interval)
-			next = interval
 		}
 	}
 }
