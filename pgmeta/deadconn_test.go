@@ -58,6 +58,25 @@ func newResettingProxy(t *testing.T, target string) *resettingProxy {
 	return p
 }
 
+// throughProxy starts a resettingProxy to dsn's server and returns it
+// with dsn through it; oneConn limits the pool to one connection, so the
+// one a test warmed is the one the proxy then cuts or mutes.
+func throughProxy(t *testing.T, dsn string, oneConn bool) (*resettingProxy, string) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newResettingProxy(t, u.Host)
+	u.Host = p.ln.Addr().String()
+	if oneConn {
+		q := u.Query()
+		q.Set("pool_max_conns", "1")
+		u.RawQuery = q.Encode()
+	}
+	return p, u.String()
+}
+
 // mutable reads r, dropping what it reads while mute is on.
 type mutable struct {
 	r    io.Reader
@@ -92,13 +111,8 @@ func (p *resettingProxy) reset() {
 // GET just after the network was back.
 func TestDeadPooledConnection(t *testing.T) {
 	srv := pgtest.Start(t)
-	u, err := url.Parse(srv.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newResettingProxy(t, u.Host)
-	u.Host = p.ln.Addr().String()
-	s, err := Open(context.Background(), Options{DSN: u.String(), Timeout: 5 * time.Second})
+	p, proxied := throughProxy(t, srv.NewDatabase(t), false)
+	s, err := Open(context.Background(), Options{DSN: proxied, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package pgmeta
 import (
 	"context"
 	"errors"
-	"net/url"
 	"runtime"
 	"strings"
 	"testing"
@@ -94,16 +93,8 @@ func TestLeaseHolderLosesDatabase(t *testing.T) {
 func TestLeaseAcquireAnswerLost(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := srv.NewDatabase(t)
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newResettingProxy(t, u.Host)
-	u.Host = p.ln.Addr().String()
-	q := u.Query()
-	q.Set("pool_max_conns", "1") // the warmed connection is the one muted
-	u.RawQuery = q.Encode()
-	a, err := Open(context.Background(), Options{DSN: u.String(), Timeout: time.Second})
+	p, proxied := throughProxy(t, dsn, true) // the warmed connection is the one muted
+	a, err := Open(context.Background(), Options{DSN: proxied, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,16 +149,8 @@ func TestLeaseAcquireAnswerLost(t *testing.T) {
 // week). It now ends when the store closes.
 func TestLeaseFailedAcquireReleaseStopsAtClose(t *testing.T) {
 	srv := pgtest.Start(t)
-	u, err := url.Parse(srv.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newResettingProxy(t, u.Host)
-	u.Host = p.ln.Addr().String()
-	q := u.Query()
-	q.Set("pool_max_conns", "1")
-	u.RawQuery = q.Encode()
-	a, err := Open(context.Background(), Options{DSN: u.String(), Timeout: time.Second})
+	p, proxied := throughProxy(t, srv.NewDatabase(t), true)
+	a, err := Open(context.Background(), Options{DSN: proxied, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
-	"github.com/caddy-oci/caddy-oci/cache/coord"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 )
 
@@ -278,17 +277,11 @@ func (s *Store) EvictMirrored(ctx context.Context) (cache.EvictStats, error) {
 	if mc == nil {
 		return st, nil
 	}
-	held, release, ok, err := coord.Hold(ctx, s.leases, "mirror-evict", gcTTL)
+	work, end, err := s.holdPass(ctx, "mirror-evict", ErrEvictElsewhere)
 	if err != nil {
-		return st, mapErr(err)
+		return st, err
 	}
-	if !ok {
-		return st, ErrEvictElsewhere
-	}
-	defer release()
-	work, cancel := context.WithCancel(held)
-	defer context.AfterFunc(ctx, cancel)()
-	defer cancel()
+	defer end()
 
 	if err := s.flushUses(work); err != nil {
 		return st, err

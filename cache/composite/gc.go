@@ -47,17 +47,11 @@ var ErrGCElsewhere = errors.New("GC is running on another replica")
 // continue throughout.
 func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 	var st cache.GCStats
-	held, release, ok, err := coord.Hold(ctx, s.leases, "gc", gcTTL)
+	work, end, err := s.holdPass(ctx, "gc", ErrGCElsewhere)
 	if err != nil {
-		return st, mapErr(err)
+		return st, err
 	}
-	if !ok {
-		return st, ErrGCElsewhere
-	}
-	defer release()
-	work, cancel := context.WithCancel(held)
-	defer context.AfterFunc(ctx, cancel)()
-	defer cancel()
+	defer end()
 
 	if s.passBegun != nil {
 		s.passBegun(work)
@@ -255,14 +249,14 @@ func (s *Store) finishMarked(ctx context.Context, st *cache.GCStats) error {
 // an interval. finished is false when another replica holds the lease
 // (its sweep is alive and finishes the marks itself).
 func (s *Store) finishMarkedElsewhere(ctx context.Context) (finished bool, err error) {
-	held, release, ok, err := coord.Hold(ctx, s.leases, "gc", gcTTL)
-	if err != nil || !ok {
-		return false, mapErr(err)
+	work, end, err := s.holdPass(ctx, "gc", ErrGCElsewhere)
+	if errors.Is(err, ErrGCElsewhere) {
+		return false, nil
 	}
-	defer release()
-	work, cancel := context.WithCancel(held)
-	defer context.AfterFunc(ctx, cancel)()
-	defer cancel()
+	if err != nil {
+		return false, err
+	}
+	defer end()
 	var st cache.GCStats
 	err = s.finishMarked(work, &st)
 	if st.BlobsRemoved > 0 {
@@ -295,6 +289,23 @@ func (s *Store) deleteBlobs(ctx context.Context, rs []metastore.BlobRecord, st *
 		st.BytesRemoved += r.Size
 	}
 	return mapErr(s.meta.ForgetBlobs(ctx, gone))
+}
+
+// holdPass takes the lease key of a pass one replica at a time runs (GC,
+// eviction, scrub) for as long as the pass: work ends when ctx does or
+// the lease is lost, end releases it. elsewhere is the error when another
+// replica holds it.
+func (s *Store) holdPass(ctx context.Context, key string, elsewhere error) (work context.Context, end func(), err error) {
+	held, release, ok, err := coord.Hold(ctx, s.leases, key, gcTTL)
+	if err != nil {
+		return nil, nil, mapErr(err)
+	}
+	if !ok {
+		return nil, nil, elsewhere
+	}
+	work, cancel := context.WithCancel(held)
+	stop := context.AfterFunc(ctx, cancel)
+	return work, func() { cancel(); stop(); release() }, nil
 }
 
 // RunGC collects every interval until ctx ends; a pass another replica

@@ -20,7 +20,6 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
-	"github.com/caddy-oci/caddy-oci/cache/coord"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 	"github.com/caddy-oci/caddy-oci/cache/internal/scrub"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
@@ -40,17 +39,11 @@ var scrubFirstDelay = 10 * time.Minute
 // if another replica holds the pass.
 func (s *Store) Scrub(ctx context.Context, rate int64, obs cache.ScrubObserver) (cache.ScrubReport, error) {
 	var rep cache.ScrubReport
-	held, release, ok, err := coord.Hold(ctx, s.leases, "scrub", gcTTL)
+	work, end, err := s.holdPass(ctx, "scrub", ErrScrubElsewhere)
 	if err != nil {
-		return rep, mapErr(err)
+		return rep, err
 	}
-	if !ok {
-		return rep, ErrScrubElsewhere
-	}
-	defer release()
-	work, cancel := context.WithCancel(held)
-	defer context.AfterFunc(ctx, cancel)()
-	defer cancel()
+	defer end()
 	if rate <= 0 {
 		rate = cache.DefaultScrubRate
 	}

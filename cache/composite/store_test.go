@@ -13,9 +13,6 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
-	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
-	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
-	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/coord"
 	"github.com/caddy-oci/caddy-oci/cache/manifesttest"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
@@ -39,31 +36,15 @@ type backend struct {
 // s3Blobs is a blob store on a fresh versitygw bucket, and a function
 // making further clients of it (one per replica).
 func s3Blobs(t *testing.T) func() blobstore.Store {
-	srv := s3test.Start(t)
-	bucket := srv.Bucket(t)
-	return func() blobstore.Store {
-		blobs, err := s3.New(context.Background(), s3.Config{
-			Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: "registry/",
-			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
-		}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return blobs
-	}
+	open, _ := s3Damageable(t)
+	return open
 }
 
 // fsBlobs is a blob store on a fresh folder; every replica opens the same
 // folder (as replicas sharing a network folder would).
 func fsBlobs(t *testing.T) func() blobstore.Store {
-	dir := t.TempDir()
-	return func() blobstore.Store {
-		blobs, err := fs.New(fs.Options{Dir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return blobs
-	}
+	open, _ := fsDamageable(t)
+	return open
 }
 
 // pgMeta is one fresh database; each replica gets its own pool and leases.
