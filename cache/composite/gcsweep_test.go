@@ -2,7 +2,6 @@ package composite
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
-	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 )
@@ -35,13 +33,7 @@ func newS3Cluster(t *testing.T) *s3Cluster {
 	meta := pgMeta(t)
 	c := &s3Cluster{srv: srv, bucket: bucket, clock: &clock{t: time.Now()}}
 	replica := func() *Store {
-		blobs, err := s3.New(context.Background(), s3.Config{
-			Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: "registry/",
-			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
-		}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		blobs := newS3Blobs(t, srv, bucket)
 		m, l := meta()
 		s, err := New(Options{Blobs: blobs, Meta: m, Leases: l})
 		if err != nil {

@@ -29,20 +29,24 @@ type damageable func(t *testing.T) (open func() blobstore.Store, replace func(d 
 func s3Damageable(t *testing.T) (func() blobstore.Store, func(cache.Digest, []byte)) {
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
-	open := func() blobstore.Store {
-		blobs, err := s3.New(context.Background(), s3.Config{
-			Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: "registry/",
-			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
-		}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return blobs
-	}
+	open := func() blobstore.Store { return newS3Blobs(t, srv, bucket) }
 	// Blobs of a part or less are one object under their key.
 	return open, func(d cache.Digest, b []byte) {
 		srv.Put(t, bucket, "registry/blobs/"+string(d.Algorithm)+"/"+d.Hex[:2]+"/"+d.Hex, b)
 	}
+}
+
+// newS3Blobs is a client of bucket on srv under the prefix "registry/":
+// each replica has its own.
+func newS3Blobs(t *testing.T, srv *s3test.Server, bucket string) *s3.Store {
+	blobs, err := s3.New(context.Background(), s3.Config{
+		Bucket: bucket, Endpoint: srv.Endpoint, Region: srv.Region, Prefix: "registry/",
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blobs
 }
 
 func fsDamageable(t *testing.T) (func() blobstore.Store, func(cache.Digest, []byte)) {
