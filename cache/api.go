@@ -64,6 +64,11 @@ var (
 	// ErrUploadTooLarge: a blob grew past UploadLimits.MaxBlobSize. Its
 	// session, if any, is removed and its bytes freed.
 	ErrUploadTooLarge = errors.New("blob too large")
+	// ErrFillSpool: a mirror fill failed writing its local copy (its
+	// temporary file could not be made or written: a disk read-only,
+	// failing or full), not reading its source. The error wraps the
+	// filesystem's too. Upstream is not to blame.
+	ErrFillSpool = errors.New("writing the fill's local copy failed")
 	// ErrNameInvalid: a repository name or tag the store cannot key (empty,
 	// or holding a NUL byte). The registry checks the spec's grammar before
 	// calling the store, so callers only see this on a bug; it is never a

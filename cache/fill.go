@@ -234,12 +234,12 @@ func (f *fileFill) fill(src FillSource) error {
 	open := func() (io.Writer, error) {
 		var err error
 		if file, err = tmp.Take(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", ErrFillSpool, err)
 		}
 		f.mu.Lock()
 		f.tmp = file.Name()
 		f.mu.Unlock()
-		return f.s.space.Writer(blobfile.WriteBehind(file, 0)), nil
+		return spoolWriter{f.s.space.Writer(blobfile.WriteBehind(file, 0))}, nil
 	}
 	h := f.d.Algorithm.New()
 	bp := blobfile.GetBuf(size)
@@ -280,6 +280,18 @@ func (f *fileFill) fill(src FillSource) error {
 		f.s.mirrorCommitted(f.repo, f.d, n)
 	}
 	return nil
+}
+
+// spoolWriter is a fill's local copy, its write errors marked
+// ErrFillSpool so that they are told apart from the source's read errors.
+type spoolWriter struct{ w io.Writer }
+
+func (s spoolWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrFillSpool, err)
+	}
+	return n, err
 }
 
 // Reader implements Fill. The reader holds the blob against eviction

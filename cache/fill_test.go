@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -422,5 +423,32 @@ func TestFillFirstBytesBeforeTempFile(t *testing.T) {
 	}
 	if _, err := s.HasBlob(t.Context(), "m/a", d); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFillSpoolFailureMarked: a fill whose local copy cannot be made (its
+// temporary folder unusable) fails with ErrFillSpool wrapping the
+// filesystem's error, so the registry answers it as its storage's failure.
+// Before, nothing told it from the source's failure, and a client could
+// get 502 "upstream failed" for a read-only disk.
+func TestFillSpoolFailureMarked(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{Dir: t.TempDir()})
+	if err := os.RemoveAll(s.tmpDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.tmpDir, nil, 0o644); err != nil { // a file where the folder was
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("upstream bytes "), 1000)
+	src := &gatedSource{content: content, size: int64(len(content)), step: make(chan int, 1)}
+	src.step <- len(content)
+	f, started, err := s.Fill(t.Context(), "m/a", digestOf(content), src.open)
+	if err != nil || !started {
+		t.Fatalf("fill: %v (started %v)", err, started)
+	}
+	err = f.Wait(t.Context())
+	if !errors.Is(err, ErrFillSpool) || !errors.Is(err, syscall.ENOTDIR) {
+		t.Fatalf("fill with its temporary folder unusable: %v, want ErrFillSpool wrapping ENOTDIR", err)
 	}
 }

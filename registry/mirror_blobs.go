@@ -253,10 +253,11 @@ func fillError(r *http.Request, rc *request, f cache.Fill, err error) error {
 		return storageFullError(err) // says nothing of the other repository
 	case errors.Is(err, errMirrorBlobTooLarge):
 		return mirrorBlobTooLarge(m, err) // nor does the mirror's limit
-	case errors.Is(err, cache.ErrUnavailable) || outOfFiles(err):
-		// The store (or another replica's fill it waited for) failed, or
-		// this process is out of file descriptors, not upstream: 503
-		// with Retry-After, and the retry fills afresh.
+	case errors.Is(err, cache.ErrUnavailable) || outOfFiles(err) || errors.Is(err, cache.ErrFillSpool):
+		// The store (or another replica's fill it waited for) failed,
+		// this process is out of file descriptors, or the fill could not
+		// write its local copy (a read-only disk: 503 with Retry-After),
+		// not upstream: the retry fills afresh.
 		return errInternal(err)
 	case f.Repo() != rc.name:
 		return newError(http.StatusBadGateway, CodeUnknown, "upstream "+m.cfg.Prefix+" failed", err)

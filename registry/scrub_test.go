@@ -3,8 +3,10 @@ package registry
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/caddy-oci/caddy-oci/cache"
@@ -75,4 +77,49 @@ func TestScrubHealsSingleNode(t *testing.T) {
 	if resp := env.do(http.MethodGet, pp, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(resp.body, pushed) {
 		t.Fatalf("GET after the push again: %s, %d bytes", resp.Status, len(resp.body))
 	}
+}
+
+// TestMirrorFillLocalCopyFailureNotUpstream: a cold pull on the single
+// node whose fill cannot write its local copy (the temporary folder
+// unusable, as a disk remounted read-only is) is the storage's failure:
+// never 502 "upstream failed". Seen in e2e TestReadOnlyBlobDisk: when the
+// fill had failed before the handler read its first byte, the read-only
+// disk was reported as upstream's failure.
+func TestMirrorFillLocalCopyFailureNotUpstream(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 64<<10, 1)
+	env.up.pushImage("library/app", "v1", img)
+	layer, _ := layerOf(t, img)
+	tmp := filepath.Join(env.dir, "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmp, nil, 0o644); err != nil { // a file where the folder was
+		t.Fatal(err)
+	}
+	// Each answer is a 5xx of the storage's, or a transfer that breaks
+	// (the first bytes went out before the copy failed).
+	answers := map[string]int{}
+	for range 30 {
+		resp, err := http.Get(env.srv.URL + "/v2/docker.io/library/app/blobs/" + layer)
+		if err != nil {
+			// Headers written but not yet sent when the copy failed:
+			// the connection closes without them, a broken transfer too.
+			answers["transfer broken before the headers"]++
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusOK && err != nil:
+			answers["200, transfer broken"]++
+		case resp.StatusCode == http.StatusBadGateway:
+			t.Errorf("cold GET with the fill's local copy failing: 502 %s", body)
+		case resp.StatusCode/100 != 5:
+			t.Errorf("cold GET with the fill's local copy failing: %s, %d bytes, %v", resp.Status, len(body), err)
+		default:
+			answers[resp.Status]++
+		}
+	}
+	t.Logf("answers: %v", answers)
 }
