@@ -106,6 +106,7 @@ func grow(o options, srv *server, push pushFunc) ([]Row, []image, error) {
 	}
 	stopPeak := srv.peakHeapProfiles(o)
 	defer stopPeak()
+	sampled := sampleMemory(srv.cmd.Process.Pid)
 	c := benchclient.NewClient(srv.base, o.clients)
 	repos := max(1, o.images/10)
 	images := make([]image, o.images)
@@ -130,6 +131,7 @@ func grow(o options, srv *server, push pushFunc) ([]Row, []image, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	peak, peakAnon := sampled()
 	met := end.HWM <= targetGrowthRSS*mib
 	rows := []Row{
 		{Name: fmt.Sprintf("image push (%d clients, %d repos, layer %s)", o.clients, repos, human(o.layer)),
@@ -139,6 +141,8 @@ func grow(o options, srv *server, push pushFunc) ([]Row, []image, error) {
 	rows = append(rows,
 		Row{Name: "server peak RSS (VmHWM)", Value: float64(end.HWM) / mib, Unit: "MiB",
 			Target: fmt.Sprintf("<= %d MiB", targetGrowthRSS), Met: &met},
+		memRow("server peak RSS sampled every 50 ms", peak),
+		memRow("server peak anonymous RSS sampled", peakAnon),
 		memRow("server RSS when ready", idle),
 		memRow("server RSS after the pushes", pushed),
 		memRow("server RSS at the end", end))
@@ -348,6 +352,44 @@ func grownImages(o options) []image {
 		images[i] = image{fmt.Sprintf("grow/r%05d", i%repos), digestOf(m)}
 	}
 	return images
+}
+
+// sampleMemory reads the server's memory every 50 ms until the returned
+// func is called, which answers the sample of the highest RSS and the one
+// of the highest anonymous RSS: VmHWM says how high the RSS went, these
+// say what it was made of then (the heap and badger's buffers are
+// anonymous; the executable's and badger's mapped tables' pages are file).
+func sampleMemory(pid int) func() (peak, peakAnon procMem) {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	var peak, peakAnon procMem
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			m, err := memory(pid)
+			if err != nil {
+				continue
+			}
+			if m.RSS > peak.RSS {
+				peak = m
+			}
+			if m.Anon > peakAnon.Anon {
+				peakAnon = m
+			}
+		}
+	}()
+	return func() (procMem, procMem) {
+		close(done)
+		<-stopped
+		return peak, peakAnon
+	}
 }
 
 // peakHeapProfiles, when profiling is on, watches the server's anonymous
