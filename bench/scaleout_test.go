@@ -53,6 +53,25 @@ type scaleEnv struct {
 
 func newScaleEnv(b *testing.B, conns int) *scaleEnv {
 	b.Helper()
+	st, srv, bucket, dir := newScaleStore(b)
+	h := httptest.NewServer(registry.New(registry.Config{Store: st}))
+	b.Cleanup(h.Close)
+	client := awss3.New(awss3.Options{
+		Region: srv.Region, BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, ""),
+		// As the store's own client (cache/blobstore/s3): no checksums
+		// beyond what S3 requires, so both sides do the same work.
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	return &scaleEnv{dir: dir, c: benchclient.NewClient(h.URL, conns), s3: client, bucket: bucket}
+}
+
+// newScaleStore is the composite store on a versitygw bucket and
+// PostgreSQL; the S3 server, the bucket's name and the store's spool
+// folder.
+func newScaleStore(b *testing.B) (*composite.Store, *s3test.Server, string, string) {
+	b.Helper()
 	srv := s3test.Start(b)
 	bucket := srv.Bucket(b)
 	pg := pgtest.Start(b)
@@ -73,17 +92,7 @@ func newScaleEnv(b *testing.B, conns int) *scaleEnv {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.Close() })
-	h := httptest.NewServer(registry.New(registry.Config{Store: st}))
-	b.Cleanup(h.Close)
-	client := awss3.New(awss3.Options{
-		Region: srv.Region, BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, ""),
-		// As the store's own client (cache/blobstore/s3): no checksums
-		// beyond what S3 requires, so both sides do the same work.
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
-		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-	})
-	return &scaleEnv{dir: dir, c: benchclient.NewClient(h.URL, conns), s3: client, bucket: bucket}
+	return st, srv, bucket, dir
 }
 
 // putObject is the push limit: one PutObject of the blob's file (the SDK

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -364,41 +365,16 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		if m.ArtifactType == "" && doc.Config != nil {
 			m.ArtifactType = doc.Config.MediaType
 		}
-		check := func(where string, b descriptor) error {
-			if foreign(b) {
-				return nil
-			}
-			bd, err := cache.ParseDigest(b.Digest)
-			if err != nil {
-				return descriptorError(where, b, err)
-			}
-			if h.cfg.SparseManifests {
-				return nil // sparse: a blob may come later, or never
-			}
-			info, err := h.cfg.Store.HasBlob(ctx, rc.name, bd)
-			if err == nil {
-				err = h.checkBlobStored(ctx, rc.name, bd, info.Size)
-			}
-			if err != nil {
-				if lostBlob(err) {
-					_ = h.blobLost(ctx, bd, err)
-				}
-				if errors.Is(err, cache.ErrBlobUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
-					return manifestBlobUnknown(bd, err)
-				}
-				return errInternal(err)
-			}
-			return nil
-		}
+		var descs []descriptor
+		var wheres []string
 		if doc.Config != nil {
-			if err := check("config", *doc.Config); err != nil {
-				return cache.Manifest{}, err
-			}
+			descs, wheres = append(descs, *doc.Config), append(wheres, "config")
 		}
 		for i, l := range doc.Layers {
-			if err := check(fmt.Sprintf("layers[%d]", i), l); err != nil {
-				return cache.Manifest{}, err
-			}
+			descs, wheres = append(descs, l), append(wheres, fmt.Sprintf("layers[%d]", i))
+		}
+		if err := h.checkBlobs(ctx, rc, wheres, descs); err != nil {
+			return cache.Manifest{}, err
 		}
 	}
 	if doc.Subject != nil {
@@ -409,6 +385,91 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		m.Subject = sd
 	}
 	return m, nil
+}
+
+// blobChecks is how many of a manifest's blobs are checked at once: on
+// S3 each is a metadata read and a HEAD of about a millisecond and a
+// half, which one after another would add up for an image of many layers.
+const blobChecks = 8
+
+// checkBlobs checks a manifest's config and layers (descs, named by
+// wheres for the error): each must have a valid digest and, unless the
+// registry accepts sparse manifests or it is foreign, be linked in the
+// repository and still stored. The checks run blobChecks at a time; the
+// error is the first failing descriptor's in the manifest's order, as one
+// after another would find, and none is started past one that failed.
+func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, descs []descriptor) error {
+	check := func(i int) error {
+		b := descs[i]
+		if foreign(b) {
+			return nil
+		}
+		bd, err := cache.ParseDigest(b.Digest)
+		if err != nil {
+			return descriptorError(wheres[i], b, err)
+		}
+		if h.cfg.SparseManifests {
+			return nil // sparse: a blob may come later, or never
+		}
+		info, err := h.cfg.Store.HasBlob(ctx, rc.name, bd)
+		if err == nil {
+			err = h.checkBlobStored(ctx, rc.name, bd, info.Size)
+		}
+		if err != nil {
+			if lostBlob(err) {
+				_ = h.blobLost(ctx, bd, err)
+			}
+			if errors.Is(err, cache.ErrBlobUnknown) || errors.Is(err, cache.ErrRepoUnknown) {
+				return manifestBlobUnknown(bd, err)
+			}
+			return errInternal(err)
+		}
+		return nil
+	}
+	if len(descs) <= 1 || h.cfg.SparseManifests {
+		for i := range descs {
+			if err := check(i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var (
+		mu    sync.Mutex
+		next  int
+		first = len(descs) // the index of the first failure so far
+		errs  = make([]error, len(descs))
+		wg    sync.WaitGroup
+	)
+	for range min(blobChecks, len(descs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				stop := i >= first
+				mu.Unlock()
+				if stop {
+					// Past the end, or past a failure: an earlier
+					// descriptor's error is the answer either way.
+					return
+				}
+				if err := check(i); err != nil {
+					mu.Lock()
+					errs[i] = err
+					first = min(first, i)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first < len(descs) {
+		return errs[first]
+	}
+	return nil
 }
 
 // checkBlobStored asks a store whose HasBlob reads only its metadata

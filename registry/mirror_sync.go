@@ -457,9 +457,9 @@ func (s *SyncSource) Blob(ctx context.Context, repo string, d cache.Digest) (fet
 	h, store := s.h, s.h.cfg.Store
 	info, err := store.HasBlob(ctx, rc.name, d)
 	if err == nil {
-		// The record alone is not the bytes: a folder's file may be
-		// removed or cut short behind the store's back (a stat; an
-		// object store is not asked, its reads find the loss).
+		// The record alone is not the bytes: a folder's file or an S3
+		// object may be removed or cut short behind the store's back (a
+		// stat, a HEAD).
 		if err = h.checkBlobStored(ctx, rc.name, d, info.Size); err == nil {
 			return false, nil
 		} else if !lostBlob(err) {

@@ -195,13 +195,15 @@ type Refills interface {
 // can never be pulled; with it the client is told MANIFEST_BLOB_UNKNOWN,
 // HEADs the blob (404: the read finds it lost), pushes it again and then
 // the manifest. A store whose HasBlob looks at the bytes already (the
-// single node's stat) needs none.
+// single node's stat) needs none. A manifest's blobs are checked
+// concurrently (checkBlobs), so it must be safe for concurrent use.
 type StoredBlobChecker interface {
 	// CheckBlobStored reports whether blob d, which HasBlob found linked
 	// in repo with size bytes, is still stored: nil, or an error wrapping
 	// cache.ErrBlobUnknown and blobstore.ErrNotFound or ErrSizeMismatch.
-	// It asks only a storage that answers without a network request
-	// (nil otherwise).
+	// It asks the storage itself (a stat of a file, a HEAD of an S3
+	// object), never a local copy of it; a storage that cannot answer is
+	// an error of neither kind (cache.ErrUnavailable: 503).
 	CheckBlobStored(ctx context.Context, repo string, d cache.Digest, size int64) error
 }
 

@@ -199,6 +199,11 @@ type Checker interface {
 type Layered interface {
 	// Backend is the store the copies are taken from.
 	Backend() Store
+	// DropCopy forgets the copy of d, if any, for a caller that found
+	// Backend lost d (or holds it at another length): reads of d then
+	// ask Backend, and agree with it, instead of serving a copy of bytes
+	// nobody else can read.
+	DropCopy(d Digest)
 }
 
 // Store is everything a blob backend offers.

@@ -164,26 +164,42 @@ func (s *Store) OpenBlob(ctx context.Context, d cache.Digest) (blobstore.Blob, e
 }
 
 // CheckBlobStored implements registry.StoredBlobChecker: whether the
-// bytes of blob d, recorded with size bytes, are still in a blob store
-// that answers without a network request (a folder: one stat). A store
-// that opens from the record (blobstore.RecordedOpener: S3, whose Stat
-// is a HEAD of about a millisecond and a half) is not asked; its reads
-// find a lost blob. The error wraps cache.ErrBlobUnknown and
-// blobstore.ErrNotFound or ErrSizeMismatch when the bytes are lost or
-// of another length.
+// bytes of blob d, recorded with size bytes, are still in the blob store
+// (a folder: one stat; S3: one HEAD, about a millisecond and a half). It
+// asks the store behind any read cache (blobstore.Layered), whose copy
+// says nothing of the bucket; when the bucket lost d the copies are
+// dropped, so the HEAD a client sends next (and any read on this
+// replica) asks the bucket too and agrees: 404, and the client pushes
+// the blob again. The error wraps cache.ErrBlobUnknown and
+// blobstore.ErrNotFound or ErrSizeMismatch when the bytes are lost or of
+// another length; a blob store that cannot answer is cache.ErrUnavailable
+// (blobErr), never a lost blob.
 func (s *Store) CheckBlobStored(ctx context.Context, repo string, d cache.Digest, size int64) error {
-	if _, fromRecord := s.blobs.(blobstore.RecordedOpener); fromRecord {
-		return nil
+	info, err := s.storedBytes().Stat(ctx, d)
+	if err == nil && info.Size != size {
+		err = fmt.Errorf("%w: %w: %s is %d bytes in the blob store, %d in its record",
+			cache.ErrBlobUnknown, blobstore.ErrSizeMismatch, d, info.Size, size)
 	}
-	info, err := s.blobs.Stat(ctx, d)
+	if errors.Is(err, blobstore.ErrNotFound) || errors.Is(err, blobstore.ErrSizeMismatch) {
+		s.dropCopies(d)
+	}
 	if err != nil {
 		return blobErr(err)
 	}
-	if info.Size != size {
-		return fmt.Errorf("%w: %w: %s is %d bytes in the blob store, %d in its record",
-			cache.ErrBlobUnknown, blobstore.ErrSizeMismatch, d, info.Size, size)
-	}
 	return nil
+}
+
+// dropCopies forgets every read cache's copy of d (blobstore.Layered),
+// whose bytes the store behind them no longer holds as recorded.
+func (s *Store) dropCopies(d cache.Digest) {
+	for b := s.blobs; ; {
+		l, ok := b.(blobstore.Layered)
+		if !ok {
+			return
+		}
+		l.DropCopy(d)
+		b = l.Backend()
+	}
 }
 
 // BlobURL is the blob store's URL for committed blob d, when it hands

@@ -221,6 +221,13 @@ func (s *Store) Open(ctx context.Context, d blobstore.Digest) (blobstore.Blob, e
 // Backend implements blobstore.Layered: the store behind the copies.
 func (s *Store) Backend() blobstore.Store { return s.Store }
 
+// DropCopy implements blobstore.Layered.
+func (s *Store) DropCopy(d blobstore.Digest) {
+	if d.Validate() == nil {
+		s.drop(d)
+	}
+}
+
 // OpenRecorded implements blobstore.RecordedOpener: the local copy as it
 // is, without asking the backend (its bytes were verified against the
 // digest when it was kept, and the caller's record says the blob is
