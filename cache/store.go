@@ -182,16 +182,9 @@ func Open(opts Options) (*Store, error) {
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
 		// Compaction builds up to a dozen tables at once, each held in
-		// memory whole until written (twice its size), and badger pools
-		// the buffers: half-MiB tables keep that about a dozen MiB (1 MiB
-		// tables held 24 MiB at the peak of a 50,000-image store).
-		WithBaseTableSize(512 << 10).
-		// A small base level: metadata keys are spread evenly, so every
-		// table flushed overlaps the whole base level, and compacting into
-		// a base level that is the whole store (the default 10 MiB target
-		// puts it at the deepest level until the store passes ~100 MiB)
-		// rewrites the store at each flush, with that many builders.
-		WithBaseLevelSize(2 << 20).
+		// memory whole until written (twice its size): small tables
+		// keep that a few tens of MiB.
+		WithBaseTableSize(1 << 20).
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
