@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"go.uber.org/zap/zaptest"
 
@@ -93,27 +94,19 @@ func TestManifestPushOverLostBlob(t *testing.T) {
 				if err := dm.damage(file(layer), data); err != nil {
 					t.Fatal(err)
 				}
-				raw, _ := img.RawManifest()
-				mt, _ := img.MediaType()
-				req, _ := http.NewRequest(http.MethodPut, url+"/v2/team/app/manifests/v2", bytes.NewReader(raw))
-				req.Header.Set("Content-Type", string(mt))
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				resp, body := putImageManifest(t, url+"/v2/team/app/manifests/v2", img)
 				if resp.StatusCode != http.StatusBadRequest || !bytes.Contains(body, []byte(`"MANIFEST_BLOB_UNKNOWN"`)) || !bytes.Contains(body, []byte(layer)) {
 					t.Fatalf("manifest PUT over a blob %s: %s %s, want 400 MANIFEST_BLOB_UNKNOWN naming %s", dm.name, resp.Status, body, layer)
 				}
 				// What the client asks next, and pushes the blob on a 404.
 				head, _ := http.NewRequest(http.MethodHead, url+"/v2/team/app/blobs/"+layer, nil)
-				if resp, err = http.DefaultClient.Do(head); err != nil {
+				hresp, err := http.DefaultClient.Do(head)
+				if err != nil {
 					t.Fatal(err)
 				}
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusNotFound {
-					t.Fatalf("HEAD of the blob %s after the refusal: %s, want 404", dm.name, resp.Status)
+				hresp.Body.Close()
+				if hresp.StatusCode != http.StatusNotFound {
+					t.Fatalf("HEAD of the blob %s after the refusal: %s, want 404", dm.name, hresp.Status)
 				}
 				if err := remote.Write(ref("v2"), img); err != nil {
 					t.Fatalf("push again: %v", err)
@@ -230,17 +223,8 @@ func TestManifestPushLostBlobsInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	raw, _ := img.RawManifest()
-	mt, _ := img.MediaType()
 	for range 5 {
-		req, _ := http.NewRequest(http.MethodPut, sr.srv.URL+"/v2/team/app/manifests/v2", bytes.NewReader(raw))
-		req.Header.Set("Content-Type", string(mt))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, body := putImageManifest(t, sr.srv.URL+"/v2/team/app/manifests/v2", img)
 		if resp.StatusCode != http.StatusBadRequest || !bytes.Contains(body, []byte(`"MANIFEST_BLOB_UNKNOWN"`)) || !bytes.Contains(body, []byte(layers[3])) {
 			t.Fatalf("manifest PUT over lost layers 3, %d and %d: %s %s, want 400 MANIFEST_BLOB_UNKNOWN naming layers[3] %s",
 				blobChecks+1, len(layers)-1, resp.Status, body, layers[3])
@@ -265,9 +249,29 @@ func TestManifestPushS3Down(t *testing.T) {
 	}
 	pullWhole(t, ref) // copies in the read cache, which must not answer
 	sr.gw.Kill()
-	raw, _ := img.RawManifest()
-	mt, _ := img.MediaType()
-	req, _ := http.NewRequest(http.MethodPut, sr.srv.URL+"/v2/team/app/manifests/v2", bytes.NewReader(raw))
+	resp, body := putImageManifest(t, sr.srv.URL+"/v2/team/app/manifests/v2", img)
+	if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(body, []byte(`"UNAVAILABLE"`)) || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("manifest PUT with the bucket down: %s %s (Retry-After %q), want 503 UNAVAILABLE with Retry-After",
+			resp.Status, body, resp.Header.Get("Retry-After"))
+	}
+}
+
+// putImageManifest PUTs img's manifest at url and answers the response
+// (its body read and closed) and the body.
+func putImageManifest(t *testing.T, url string, img v1.Image) (*http.Response, []byte) {
+	t.Helper()
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
 	req.Header.Set("Content-Type", string(mt))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -275,8 +279,5 @@ func TestManifestPushS3Down(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(body, []byte(`"UNAVAILABLE"`)) || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("manifest PUT with the bucket down: %s %s (Retry-After %q), want 503 UNAVAILABLE with Retry-After",
-			resp.Status, body, resp.Header.Get("Retry-After"))
-	}
+	return resp, body
 }

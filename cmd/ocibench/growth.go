@@ -360,36 +360,44 @@ func grownImages(o options) []image {
 // say what it was made of then (the heap and badger's buffers are
 // anonymous; the executable's and badger's mapped tables' pages are file).
 func sampleMemory(pid int) func() (peak, peakAnon procMem) {
+	var peak, peakAnon procMem
+	stop := everyTick(50*time.Millisecond, func() {
+		m, err := memory(pid)
+		if err != nil {
+			return
+		}
+		if m.RSS > peak.RSS {
+			peak = m
+		}
+		if m.Anon > peakAnon.Anon {
+			peakAnon = m
+		}
+	})
+	return func() (procMem, procMem) {
+		stop()
+		return peak, peakAnon
+	}
+}
+
+// everyTick calls f every interval on a goroutine of its own until the
+// returned func is called, which returns once f's last call is over.
+func everyTick(interval time.Duration, f func()) (stop func()) {
 	done := make(chan struct{})
 	stopped := make(chan struct{})
-	var peak, peakAnon procMem
 	go func() {
 		defer close(stopped)
-		tick := time.NewTicker(50 * time.Millisecond)
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-tick.C:
-			}
-			m, err := memory(pid)
-			if err != nil {
-				continue
-			}
-			if m.RSS > peak.RSS {
-				peak = m
-			}
-			if m.Anon > peakAnon.Anon {
-				peakAnon = m
+				f()
 			}
 		}
 	}()
-	return func() (procMem, procMem) {
-		close(done)
-		<-stopped
-		return peak, peakAnon
-	}
+	return func() { close(done); <-stopped }
 }
 
 // peakHeapProfiles, when profiling is on, watches the server's anonymous
@@ -401,28 +409,15 @@ func (s *server) peakHeapProfiles(o options) func() {
 	if s.admin == "" {
 		return func() {}
 	}
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		var high int64
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-			m, err := memory(s.cmd.Process.Pid)
-			if err != nil || m.Anon < high+4*mib {
-				continue
-			}
-			high = m.Anon
-			if err := s.saveHeapProfile(filepath.Join(o.pprofDir, "heap-peak.pprof")); err != nil {
-				fmt.Fprintln(os.Stderr, "ocibench:", err)
-			}
+	var high int64
+	return everyTick(200*time.Millisecond, func() {
+		m, err := memory(s.cmd.Process.Pid)
+		if err != nil || m.Anon < high+4*mib {
+			return
 		}
-	}()
-	return func() { close(done); <-stopped }
+		high = m.Anon
+		if err := s.saveHeapProfile(filepath.Join(o.pprofDir, "heap-peak.pprof")); err != nil {
+			fmt.Fprintln(os.Stderr, "ocibench:", err)
+		}
+	})
 }
