@@ -395,7 +395,8 @@ const blobChecks = 8
 // checkBlobs checks a manifest's config and layers (descs, named by
 // wheres for the error): each must have a valid digest and, unless the
 // registry accepts sparse manifests or it is foreign, be linked in the
-// repository and still stored. The checks run blobChecks at a time; the
+// repository and still stored. On a store that asks its storage for each
+// (StoredBlobChecker) the checks run blobChecks at a time; the
 // error is the first failing descriptor's in the manifest's order, as one
 // after another would find, and none is started past one that failed.
 func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, descs []descriptor) error {
@@ -426,7 +427,11 @@ func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, 
 		}
 		return nil
 	}
-	if len(descs) <= 1 || h.cfg.SparseManifests {
+	// Only a store that asks its storage per blob (StoredBlobChecker: a
+	// HEAD on S3) gains from checking at once; the single node's checks
+	// are a stat each, cheaper than the goroutines.
+	_, asks := h.cfg.Store.(StoredBlobChecker)
+	if len(descs) <= 1 || h.cfg.SparseManifests || !asks {
 		for i := range descs {
 			if err := check(i); err != nil {
 				return err
