@@ -46,7 +46,8 @@ type GuessLimits struct {
 }
 
 // Sizes of the tables: entries are 32 bytes, so the three take under a
-// megabyte together. A set of guessSetWays entries shares one hash slot.
+// megabyte together (a fourth, asked, only with a Ledger). A set of
+// guessSetWays entries shares one hash slot.
 const (
 	guessTableSize = 8192
 	guessSetWays   = 8
@@ -65,6 +66,15 @@ type Guesses struct {
 	// Refused, if set, is told of each login refused unchecked, and by
 	// which bound (for a metric).
 	Refused func(account bool)
+	// Ledger, if set, is shared with the other processes serving the
+	// same registry (replicas behind a load balancer): failed logins and
+	// good ones are recorded there too, and each check takes what the
+	// others recorded into account, so a bound is the cluster's rather
+	// than each process's (N replicas would otherwise allow N times the
+	// guesses). When it cannot be reached the bounds are this process's
+	// alone, as without one, and LedgerFailed is told.
+	Ledger       GuessLedger
+	LedgerFailed func(error)
 
 	perClient, perAccount float64
 	window                time.Duration
@@ -75,6 +85,7 @@ type Guesses struct {
 	clients  guessTable
 	accounts guessTable
 	known    guessTable    // (account, client) pairs that logged in
+	asked    guessTable    // pairs the ledger was last asked about (mayAskLedger; made with a Ledger)
 	changed  chan struct{} // closed and replaced when a check ends
 }
 
@@ -139,6 +150,7 @@ type GuessAttempt struct {
 	known           uint64 // the (account, client) pair; 0 without account
 	bucket          uint64 // the key charged in the clients table
 	charged         bool   // the account was charged
+	shared          *sharedGuesses
 }
 
 // ErrTooManyGuesses is a login refused, unchecked, because its client or
@@ -195,6 +207,9 @@ func (g *Guesses) begin(ctx context.Context, client, account string, accountBoun
 		}
 		a.known = g.hash("k", account, ClientKey(client))
 	}
+	if g.Ledger != nil && g.mayAskLedger(a) {
+		a.shared = g.loadShared(ctx, client, account, accountBound)
+	}
 	deadline := time.NewTimer(guessWaitMax)
 	defer deadline.Stop()
 	for {
@@ -233,6 +248,13 @@ func (g *Guesses) begin(ctx context.Context, client, account string, accountBoun
 func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	now := g.now().UnixNano()
 	known := a.known != 0 && g.isKnown(a.known, now)
+	if !known && a.known != 0 && a.shared.knownPair(now) {
+		// Logged in on another replica: remembered here from now on,
+		// as if it had been here.
+		k := g.known.oldest(a.known)
+		k.key, k.at = a.known, a.shared.knownAt.UnixNano()
+		known = true
+	}
 	a.bucket = a.client
 	if known {
 		a.bucket = a.known // the pair's own bucket, in the clients table
@@ -241,6 +263,7 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	if c == nil { // every entry of the set has checks in flight
 		return true, nil
 	}
+	c.debt = max(c.debt, a.shared.debt(g, known, false, now))
 	if g.perClient > 0 {
 		if c.debt+1 > g.perClient {
 			return false, &ErrTooManyGuesses{RetryAfter: g.retry(c.debt+1-g.perClient, g.perClient)}
@@ -255,6 +278,7 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 		if acc == nil {
 			return true, nil
 		}
+		acc.debt = max(acc.debt, a.shared.debt(g, false, true, now))
 		if acc.debt+1 > g.perAccount {
 			return false, &ErrTooManyGuesses{RetryAfter: g.retry(acc.debt+1-g.perAccount, g.perAccount), Account: true}
 		}
@@ -265,6 +289,63 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	}
 	c.pending++
 	return false, nil
+}
+
+// ledgerAskEvery is how often at most a check that this process's own
+// counts refuse asks the ledger again, for one address (its bound) or
+// one pair (its account's bound).
+const ledgerAskEvery = time.Second
+
+// mayAskLedger reports whether a's check should read the ledger. One that
+// this process's own counts let through always does. One they refuse
+// still asks, as the user may have logged in from the address on
+// another replica (which puts it in a bucket of its own and exempts it
+// from the account's bound), but at most once per ledgerAskEvery for its
+// address when the address's bound refuses it, and for its pair when
+// the account's does: a flood from one address, at one account or many,
+// makes about one query a second.
+func (g *Guesses) mayAskLedger(a *GuessAttempt) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now().UnixNano()
+	known := a.known != 0 && g.isKnown(a.known, now)
+	bucket := a.client
+	if known {
+		bucket = a.known
+	}
+	if c := g.clients.find(bucket); c != nil && g.perClient > 0 {
+		c.decay(now, g.perClient, g.window)
+		if c.debt+1 > g.perClient {
+			return g.mayAskAgain(a.client, now)
+		}
+	}
+	if a.account == 0 || g.perAccount <= 0 || known {
+		return true
+	}
+	if acc := g.accounts.find(a.account); acc != nil {
+		acc.decay(now, g.perAccount, g.window)
+		if acc.debt+1 > g.perAccount {
+			return g.mayAskAgain(a.known, now)
+		}
+	}
+	return true
+}
+
+// mayAskAgain reports whether the ledger may be asked about key again
+// (once per ledgerAskEvery), and if so notes that it is.
+func (g *Guesses) mayAskAgain(key uint64, now int64) bool {
+	if g.asked == nil {
+		g.asked = make(guessTable, guessTableSize)
+	}
+	e := g.asked.find(key)
+	if e != nil && now-e.at < int64(ledgerAskEvery) {
+		return false
+	}
+	if e == nil {
+		e = g.asked.oldest(key)
+	}
+	e.key, e.at = key, now
+	return true
 }
 
 // RetryAfter is d as the value of a Retry-After header: whole seconds,
@@ -294,6 +375,9 @@ func (a *GuessAttempt) End(ok bool) {
 	}
 	g := a.g
 	now := g.now().UnixNano()
+	if a.shared != nil {
+		defer g.recordShared(a, ok)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if c := g.clients.find(a.bucket); c != nil {

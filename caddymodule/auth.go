@@ -278,6 +278,10 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 	if o.Audit == nil {
 		o.Audit = caddy.Log().Named("audit")
 	}
+	if o.Guesses != nil && store != nil {
+		o.Guesses.Ledger = recordsLedger(store)
+		o.Guesses.LedgerFailed = ledgerFailedLogger(logger)
+	}
 	if o.FailDelay == 0 {
 		o.FailDelay = DefaultFailDelay
 	}

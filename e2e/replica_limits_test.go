@@ -2,9 +2,19 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
+	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
 
 // TestReplicaUploadBytes: max_upload_bytes_per_client holds across
@@ -44,5 +54,69 @@ func TestReplicaUploadBytes(t *testing.T) {
 	}
 	if resp := do(t, http.MethodPost, b.url("/v2/"+repo+"/blobs/uploads/"), nil, nil); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("POST on b after the cancel: %s", resp.Status)
+	}
+}
+
+// TestReplicaLoginLimit: login_limit bounds a client's failed logins
+// across the replicas, not on each: guesses spread over two replicas use
+// up one per_client bound, and both then answer 429 TOOMANYREQUESTS
+// without looking at the password. A good login is refused too (the
+// bound is the address's), and a user who logged in from the address
+// before the guessing still gets in on either replica (as on one node).
+func TestReplicaLoginLimit(t *testing.T) {
+	dir := t.TempDir()
+	var htp strings.Builder
+	for _, u := range []string{"alice", "bob"} {
+		hash, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&htp, "%s:%s\n", u, hash)
+	}
+	htpasswd := filepath.Join(dir, "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(htp.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	needBinary(t)
+	srv, pg := s3test.Start(t), pgtest.Start(t)
+	bucket := srv.Bucket(t)
+	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
+	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
+	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
+	auth := fmt.Sprintf(`		auth {
+			htpasswd %s
+			fail_delay 10ms
+			login_limit {
+				per_client 4
+			}
+			access ** {
+				default read
+			}
+		}`, htpasswd)
+	// Auth on: /v2/ answers 401 to the readiness probe.
+	a := siteServer(t, "", replicaSite(srv, bucket, auth, ""), http.StatusUnauthorized)
+	b := siteServer(t, "", replicaSite(srv, bucket, auth, ""), http.StatusUnauthorized)
+	replicas := []*server{a, b}
+	login := func(r *server, user, pw string) *http.Response {
+		return do(t, http.MethodGet, r.url("/v2/"), nil, map[string]string{
+			"Authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))})
+	}
+	if resp := login(a, "bob", "bob-pw"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("bob's login before the guessing: %s", resp.Status)
+	}
+	for i := range 4 {
+		r := replicas[i%2]
+		if resp := login(r, "alice", fmt.Sprintf("guess-%d", i)); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("guess %d on replica %d: %s, want 401", i+1, i%2, resp.Status)
+		}
+	}
+	if resp := login(b, "bob", "bob-pw"); resp.StatusCode != http.StatusOK {
+		t.Errorf("bob, who logged in from this address on replica a, on replica b: %s, want 200", resp.Status)
+	}
+	for i, r := range replicas {
+		resp := login(r, "alice", "alice-pw")
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("replica %d after four guesses spread over two: %s %s, want 429 with Retry-After", i, resp.Status, readAll(t, resp))
+		}
 	}
 }

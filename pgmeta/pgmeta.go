@@ -58,6 +58,8 @@ type Store struct {
 	// release a failed Acquire starts) stops with it.
 	life context.Context
 	end  context.CancelFunc
+	// guesses is the login ledger's key and sweep time (guesses.go).
+	guesses guessKeys
 }
 
 // ErrNameInvalid is an ID or name that cannot be a key: the metadata

@@ -1,0 +1,308 @@
+package pgmeta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
+)
+
+// limiters makes one authscope.Guesses per store, as each replica's
+// auth layer does, all sharing the stores' database as their ledger.
+func limiters(t *testing.T, stores []*Store, l authscope.GuessLimits) []*authscope.Guesses {
+	t.Helper()
+	gs := make([]*authscope.Guesses, len(stores))
+	for i, s := range stores {
+		gs[i] = authscope.NewGuesses(l)
+		gs[i].Ledger = s
+		gs[i].LedgerFailed = func(err error) { t.Errorf("replica %d: ledger: %v", i, err) }
+	}
+	return gs
+}
+
+// login runs one check of account from client on g that ends ok, or
+// returns why it was refused unchecked.
+func login(g *authscope.Guesses, client, account string, ok bool) error {
+	a, err := g.Begin(context.Background(), client, account)
+	if err != nil {
+		return err
+	}
+	a.End(ok)
+	return nil
+}
+
+// refusedBy says which bound refused err: "client", "account", or ""
+// when err is no refusal.
+func refusedBy(err error) string {
+	var tm *authscope.ErrTooManyGuesses
+	switch {
+	case !errors.As(err, &tm):
+		return ""
+	case tm.Account:
+		return "account"
+	default:
+		return "client"
+	}
+}
+
+// TestLoginBoundsAcrossReplicas: failed logins spread over two replicas
+// count against one bound, per client address and per account, and a
+// good login on one replica exempts its address on the other.
+func TestLoginBoundsAcrossReplicas(t *testing.T) {
+	gs := limiters(t, replicas(t, 2), authscope.GuessLimits{PerClient: 4, PerAccount: 6, Window: time.Hour})
+
+	// Two failures on each replica from one address: its bound is used
+	// up on both, though each replica saw only half of them.
+	for i := range 4 {
+		if err := login(gs[i%2], "192.0.2.1", "alice", false); err != nil {
+			t.Fatalf("failure %d: refused early: %v", i+1, err)
+		}
+	}
+	for i, g := range gs {
+		if err := login(g, "192.0.2.1", "alice", true); refusedBy(err) != "client" {
+			t.Errorf("replica %d: fifth login from the address: %v, want the client bound", i, err)
+		}
+	}
+
+	// The account bound: one failure each from six addresses, alternating
+	// replicas; the seventh, from a new address, is refused on both.
+	for i := range 6 {
+		if err := login(gs[i%2], "198.51.100."+string(rune('1'+i)), "bob", false); err != nil {
+			t.Fatalf("bob failure %d: %v", i+1, err)
+		}
+	}
+	for i, g := range gs {
+		if err := login(g, "203.0.113.9", "Bob", true); refusedBy(err) != "account" {
+			t.Errorf("replica %d: a login to the guessed account: %v, want the account bound", i, err)
+		}
+	}
+
+	// carol logged in from her address on replica 0; her account is then
+	// flooded from elsewhere. On replica 1 her address is still let in.
+	if err := login(gs[0], "192.0.2.50", "carol", true); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		if err := login(gs[i%2], "198.51.100."+string(rune('a'+i)), "carol", false); err != nil {
+			t.Fatalf("carol failure %d: %v", i+1, err)
+		}
+	}
+	if err := login(gs[1], "203.0.113.10", "carol", true); refusedBy(err) != "account" {
+		t.Errorf("a new address for the flooded account: %v, want the account bound", err)
+	}
+	if err := login(gs[1], "192.0.2.50", "carol", true); err != nil {
+		t.Errorf("carol's own address on the other replica: %v, want let in", err)
+	}
+}
+
+// TestLoginLedgerDecays: the shared debt is forgotten gradually over the
+// window, as the local one is.
+func TestLoginLedgerDecays(t *testing.T) {
+	// 2 per 2 s: one failure forgotten each second.
+	gs := limiters(t, replicas(t, 2), authscope.GuessLimits{PerClient: 2, PerAccount: -1, Window: 2 * time.Second})
+	for i := range 2 {
+		if err := login(gs[i], "192.0.2.7", "dave", false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := login(gs[0], "192.0.2.7", "dave", false); refusedBy(err) != "client" {
+		t.Fatalf("third failure at once: %v, want refused", err)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	if err := login(gs[0], "192.0.2.7", "dave", false); err != nil {
+		t.Fatalf("after a second, one more: %v", err)
+	}
+	if err := login(gs[1], "192.0.2.7", "dave", false); refusedBy(err) != "client" {
+		t.Fatalf("and no more: %v", err)
+	}
+}
+
+// TestLoginLedgerHostileKeys: user names are the client's: any length and
+// any bytes are counted, and stored as fixed-size HMACs.
+func TestLoginLedgerHostileKeys(t *testing.T) {
+	stores := replicas(t, 2)
+	gs := limiters(t, stores, authscope.GuessLimits{PerClient: -1, PerAccount: 2, Window: time.Hour})
+	name := strings.Repeat("x\x00\xff'); DROP TABLE login_failures; --", 2000)
+	for i := range 2 {
+		if err := login(gs[i], "192.0.2."+string(rune('1'+i)), name, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := login(gs[0], "192.0.2.9", name, true); refusedBy(err) != "account" {
+		t.Fatalf("third guess at the hostile name: %v, want the account bound", err)
+	}
+	var n, bad int
+	if err := stores[0].pool.QueryRow(context.Background(),
+		"SELECT count(*), count(*) FILTER (WHERE length(key) <> 32) FROM login_failures").Scan(&n, &bad); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || bad != 0 {
+		t.Fatalf("login_failures: %d rows, %d of another key size; want 1 row of a 32-byte key", n, bad)
+	}
+}
+
+// TestLoginLedgerSweeps: failures that decayed to nothing are deleted, so
+// the table holds about one window of failures whatever names are tried.
+func TestLoginLedgerSweeps(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	if err := s.AddGuessFailure(ctx, "old", 1, now.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddGoodLogin(ctx, "pair-old", now.Add(-knownLoginsKept-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddGoodLogin(ctx, "pair-new", now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddGuessFailure(ctx, "new", 1, now); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := s.LoadGuesses(ctx, []string{"old", "new"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !recs[0].At.IsZero() || recs[1].Debt != 1 {
+		t.Fatalf("after a sweep: old %+v (want gone), new %+v (want debt 1)", recs[0], recs[1])
+	}
+	var known int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM login_known").Scan(&known); err != nil {
+		t.Fatal(err)
+	}
+	if known != 1 {
+		t.Fatalf("login_known: %d rows, want the recent one only", known)
+	}
+}
+
+// TestLoginLedgerDown: with PostgreSQL down a login is still checked,
+// bounded by the replica's own count, without waiting on the database;
+// once it is back the replicas share their counts again.
+func TestLoginLedgerDown(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	stores := []*Store{openDSN(t, dsn), openDSN(t, dsn)}
+	gs := limiters(t, stores, authscope.GuessLimits{PerClient: 3, PerAccount: -1, Window: time.Hour})
+	var failures atomic.Int32
+	for _, g := range gs {
+		g.LedgerFailed = func(error) { failures.Add(1) }
+	}
+	// The ledger's secret is read once; make sure both have it, so what
+	// is tested below is the ledger's own queries failing.
+	for _, g := range gs {
+		if err := login(g, "192.0.2.200", "warm", true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := range 3 {
+		if err := login(gs[0], "192.0.2.1", "erin", false); err != nil {
+			t.Fatalf("failure %d with the database down: %v", i+1, err)
+		}
+	}
+	if err := login(gs[0], "192.0.2.1", "erin", false); refusedBy(err) != "client" {
+		t.Fatalf("fourth failure on one replica, database down: %v, want its own bound", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("four logins with the database down took %s", took)
+	}
+	if failures.Load() == 0 {
+		t.Error("LedgerFailed was never told")
+	}
+
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Back once a login on replica 1 reaches the ledger again (each try
+	// from an address of its own: they count).
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; ; i++ {
+		failures.Store(0)
+		err := login(gs[1], fmt.Sprintf("198.51.100.%d", i%250), "erin", false)
+		if err == nil && failures.Load() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the ledger is not used again after PostgreSQL came back: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Three failures from a new address over both replicas use up its
+	// bound of 3 on both.
+	for i := range 3 {
+		if err := login(gs[i%2], "192.0.2.2", "erin", false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := login(gs[1], "192.0.2.2", "erin", true); refusedBy(err) != "client" {
+		t.Fatalf("after PostgreSQL came back: %v, want the shared bound", err)
+	}
+}
+
+// countingLedger counts the reads of a real ledger.
+type countingLedger struct {
+	authscope.GuessLedger
+	loads atomic.Int32
+}
+
+func (c *countingLedger) LoadGuesses(ctx context.Context, keys []string, pair string) ([]authscope.GuessRecord, time.Time, error) {
+	c.loads.Add(1)
+	return c.GuessLedger.LoadGuesses(ctx, keys, pair)
+}
+
+// TestLoginFloodSparesTheDatabase: once a replica's own count refuses an
+// address, its further guesses (at one account or many) ask the ledger
+// at most once a second: a flood costs the database next to nothing.
+func TestLoginFloodSparesTheDatabase(t *testing.T) {
+	l := &countingLedger{GuessLedger: openStore(t)}
+	g := authscope.NewGuesses(authscope.GuessLimits{PerClient: 3, PerAccount: -1, Window: time.Hour})
+	g.Ledger = l
+	for range 3 {
+		if err := login(g, "192.0.2.1", "mallory", false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := l.loads.Load()
+	start := time.Now()
+	for i := range 100 {
+		if err := login(g, "192.0.2.1", fmt.Sprintf("user%d", i), false); refusedBy(err) != "client" {
+			t.Fatalf("guess %d past the bound: %v", i, err)
+		}
+	}
+	if n, most := l.loads.Load()-before, int32(time.Since(start)/time.Second)+1; n > most {
+		t.Fatalf("100 guesses past the bound read the ledger %d times, want at most %d", n, most)
+	}
+}
+
+// TestLoginLockedAccountSparesTheDatabase: guesses at an account its bound
+// locked, from one address, ask the ledger at most once a second (whether
+// the pair logged in on another replica), not once each.
+func TestLoginLockedAccountSparesTheDatabase(t *testing.T) {
+	l := &countingLedger{GuessLedger: openStore(t)}
+	g := authscope.NewGuesses(authscope.GuessLimits{PerClient: -1, PerAccount: 2, Window: time.Hour})
+	g.Ledger = l
+	for i := range 2 {
+		if err := login(g, fmt.Sprintf("192.0.2.%d", i+1), "victim", false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := l.loads.Load()
+	start := time.Now()
+	for i := range 100 {
+		if err := login(g, "198.51.100.1", "victim", false); refusedBy(err) != "account" {
+			t.Fatalf("guess %d at the locked account: %v", i, err)
+		}
+	}
+	if n, most := l.loads.Load()-before, int32(time.Since(start)/time.Second)+1; n > most {
+		t.Fatalf("100 guesses at a locked account read the ledger %d times, want at most %d", n, most)
+	}
+}
