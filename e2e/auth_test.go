@@ -17,14 +17,10 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// authServer starts caddy with the README's example policy (anonymous read
-// everywhere; group artifact-workloads read+create on blumeops/**; group
-// admins everything) and an htpasswd file holding users (name → password).
-// With auth on, anonymous callers get 401 with a Basic challenge at /v2/:
-// that is what readiness looks like here.
-func authServer(t *testing.T, users map[string]string) *server {
+// writeHtpasswd writes an htpasswd file of users (name → password) and
+// returns its path.
+func writeHtpasswd(t testing.TB, users map[string]string) string {
 	t.Helper()
-	dir := t.TempDir()
 	var htp strings.Builder
 	for user, pw := range users {
 		hash, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
@@ -33,10 +29,22 @@ func authServer(t *testing.T, users map[string]string) *server {
 		}
 		fmt.Fprintf(&htp, "%s:%s\n", user, hash)
 	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(htp.String()), 0o600); err != nil {
+	path := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(path, []byte(htp.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return path
+}
+
+// authServer starts caddy with the README's example policy (anonymous read
+// everywhere; group artifact-workloads read+create on blumeops/**; group
+// admins everything) and an htpasswd file holding users (name → password).
+// With auth on, anonymous callers get 401 with a Basic challenge at /v2/:
+// that is what readiness looks like here.
+func authServer(t *testing.T, users map[string]string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	htpasswd := writeHtpasswd(t, users)
 	dataDir := filepath.Join(dir, "data")
 	s := siteServer(t, dataDir, fmt.Sprintf(`	oci_registry {
 		storage %s

@@ -39,10 +39,7 @@ func TestReplicaPausedMidSweep(t *testing.T) { sweepDrill(t, true) }
 func sweepDrill(t *testing.T, pause bool) {
 	needBinary(t)
 	srv, pg := s3test.Start(t), pgtest.Start(t)
-	bucket := srv.Bucket(t)
-	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
-	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
-	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
+	bucket := replicaEnv(t, srv, pg)
 	// The leader passes every 500ms; the survivor's passes are hourly.
 	leader := siteServer(t, "", replicaSite(srv, bucket, "\t\tgc_interval 500ms\n\t\tgc_grace 4s\n", ""), 0)
 	survivor := siteServer(t, "", replicaSite(srv, bucket, "\t\tgc_interval 1h\n\t\tgc_grace 4s\n", ""), 0)

@@ -6,12 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
-
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
@@ -64,25 +59,10 @@ func TestReplicaUploadBytes(t *testing.T) {
 // bound is the address's), and a user who logged in from the address
 // before the guessing still gets in on either replica (as on one node).
 func TestReplicaLoginLimit(t *testing.T) {
-	dir := t.TempDir()
-	var htp strings.Builder
-	for _, u := range []string{"alice", "bob"} {
-		hash, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&htp, "%s:%s\n", u, hash)
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(htp.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	htpasswd := writeHtpasswd(t, map[string]string{"alice": "alice-pw", "bob": "bob-pw"})
 	needBinary(t)
 	srv, pg := s3test.Start(t), pgtest.Start(t)
-	bucket := srv.Bucket(t)
-	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
-	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
-	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
+	bucket := replicaEnv(t, srv, pg)
 	auth := fmt.Sprintf(`		auth {
 			htpasswd %s
 			fail_delay 10ms

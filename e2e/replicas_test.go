@@ -79,10 +79,7 @@ func startCluster(t testing.TB, n int, extra string, storageExtra func(i int) st
 // test started.
 func startClusterOn(t testing.TB, srv *s3test.Server, pg *pgtest.Server, n int, extra string, storageExtra func(i int) string) *replicaCluster {
 	t.Helper()
-	bucket := srv.Bucket(t)
-	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
-	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
-	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
+	bucket := replicaEnv(t, srv, pg)
 	c := &replicaCluster{s3: srv, bucket: bucket, pg: pg}
 	var upstreams []string
 	for i := range n {
@@ -96,6 +93,17 @@ func startClusterOn(t testing.TB, srv *s3test.Server, pg *pgtest.Server, n int, 
 	}
 	c.front = siteServer(t, "", frontSite(upstreams), 0)
 	return c
+}
+
+// replicaEnv makes a bucket on srv and a database on pg and points
+// replicaSite's environment variables at them; it returns the bucket.
+func replicaEnv(t testing.TB, srv *s3test.Server, pg *pgtest.Server) string {
+	t.Helper()
+	bucket := srv.Bucket(t)
+	t.Setenv("CADDY_OCI_TEST_S3_KEY", srv.AccessKey)
+	t.Setenv("CADDY_OCI_TEST_S3_SECRET", srv.SecretKey)
+	t.Setenv("CADDY_OCI_TEST_DATABASE_URL", pg.NewDatabase(t))
+	return bucket
 }
 
 // frontSite is the load balancer of the README's "Running several
