@@ -523,7 +523,7 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 		k, err := a.o.APIKeys.Verify(pass)
 		if err != nil {
 			if !errors.Is(err, ErrAPIKeyInvalid) {
-				at.End(true) // the store failed, not the caller
+				at.Refund() // the store failed, not the caller
 				return Identity{}, &checkFailed{err}
 			}
 			a.goodKeys.forget(pass)
@@ -616,7 +616,7 @@ func (a *Authorizer) directoryLogin(r *http.Request, user, pass string) (Identit
 		sleepCtx(r.Context(), a.o.FailDelay)
 		return Identity{Method: MethodLDAP}, err
 	}
-	at.End(true) // the directory failed, not the caller
+	at.Refund() // the directory failed, not the caller
 	return Identity{}, &checkFailed{err}
 }
 

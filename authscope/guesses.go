@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -46,8 +47,7 @@ type GuessLimits struct {
 }
 
 // Sizes of the tables: entries are 32 bytes, so the three take under a
-// megabyte together (a fourth, asked, only with a Ledger). A set of
-// guessSetWays entries shares one hash slot.
+// megabyte together. A set of guessSetWays entries shares one hash slot.
 const (
 	guessTableSize = 8192
 	guessSetWays   = 8
@@ -75,6 +75,9 @@ type Guesses struct {
 	// alone, as without one, and LedgerFailed is told.
 	Ledger       GuessLedger
 	LedgerFailed func(error)
+	// ledgerDownUntil: unix nanoseconds until which the ledger is left
+	// alone after a failed call (ledgerRest).
+	ledgerDownUntil atomic.Int64
 
 	perClient, perAccount float64
 	window                time.Duration
@@ -85,7 +88,6 @@ type Guesses struct {
 	clients  guessTable
 	accounts guessTable
 	known    guessTable    // (account, client) pairs that logged in
-	asked    guessTable    // pairs the ledger was last asked about (mayAskLedger; made with a Ledger)
 	changed  chan struct{} // closed and replaced when a check ends
 }
 
@@ -207,8 +209,8 @@ func (g *Guesses) begin(ctx context.Context, client, account string, accountBoun
 		}
 		a.known = g.hash("k", account, ClientKey(client))
 	}
-	if g.Ledger != nil && g.mayAskLedger(a) {
-		a.shared = g.loadShared(ctx, client, account, accountBound)
+	if g.Ledger != nil {
+		a.shared = g.loadShared(ctx, client, account, accountBound, !g.refusedHere(a))
 	}
 	deadline := time.NewTimer(guessWaitMax)
 	defer deadline.Stop()
@@ -248,11 +250,10 @@ func (g *Guesses) begin(ctx context.Context, client, account string, accountBoun
 func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	now := g.now().UnixNano()
 	known := a.known != 0 && g.isKnown(a.known, now)
-	if !known && a.known != 0 && a.shared.knownPair(now) {
+	if !known && a.known != 0 && a.shared.knownPair() {
 		// Logged in on another replica: remembered here from now on,
 		// as if it had been here.
-		k := g.known.oldest(a.known)
-		k.key, k.at = a.known, a.shared.knownAt.UnixNano()
+		g.rememberLogin(a.known, now)
 		known = true
 	}
 	a.bucket = a.client
@@ -263,7 +264,7 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	if c == nil { // every entry of the set has checks in flight
 		return true, nil
 	}
-	c.debt = max(c.debt, a.shared.debt(g, known, false, now))
+	c.debt = max(c.debt, a.shared.debt(known, false))
 	if g.perClient > 0 {
 		if c.debt+1 > g.perClient {
 			return false, &ErrTooManyGuesses{RetryAfter: g.retry(c.debt+1-g.perClient, g.perClient)}
@@ -278,7 +279,7 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 		if acc == nil {
 			return true, nil
 		}
-		acc.debt = max(acc.debt, a.shared.debt(g, false, true, now))
+		acc.debt = max(acc.debt, a.shared.debt(false, true))
 		if acc.debt+1 > g.perAccount {
 			return false, &ErrTooManyGuesses{RetryAfter: g.retry(acc.debt+1-g.perAccount, g.perAccount), Account: true}
 		}
@@ -291,20 +292,11 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	return false, nil
 }
 
-// ledgerAskEvery is how often at most a check that this process's own
-// counts refuse asks the ledger again, for one address (its bound) or
-// one pair (its account's bound).
-const ledgerAskEvery = time.Second
-
-// mayAskLedger reports whether a's check should read the ledger. One that
-// this process's own counts let through always does. One they refuse
-// still asks, as the user may have logged in from the address on
-// another replica (which puts it in a bucket of its own and exempts it
-// from the account's bound), but at most once per ledgerAskEvery for its
-// address when the address's bound refuses it, and for its pair when
-// the account's does: a flood from one address, at one account or many,
-// makes about one query a second.
-func (g *Guesses) mayAskLedger(a *GuessAttempt) bool {
+// refusedHere reports whether this process's own counts refuse a
+// already (charge says so again, and why): such a check does not read
+// the ledger, so a flood, from one address or many, at one account or
+// many, costs the database nothing once each replica's counts refuse it.
+func (g *Guesses) refusedHere(a *GuessAttempt) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now().UnixNano()
@@ -316,36 +308,18 @@ func (g *Guesses) mayAskLedger(a *GuessAttempt) bool {
 	if c := g.clients.find(bucket); c != nil && g.perClient > 0 {
 		c.decay(now, g.perClient, g.window)
 		if c.debt+1 > g.perClient {
-			return g.mayAskAgain(a.client, now)
+			return true
 		}
 	}
 	if a.account == 0 || g.perAccount <= 0 || known {
-		return true
-	}
-	if acc := g.accounts.find(a.account); acc != nil {
-		acc.decay(now, g.perAccount, g.window)
-		if acc.debt+1 > g.perAccount {
-			return g.mayAskAgain(a.known, now)
-		}
-	}
-	return true
-}
-
-// mayAskAgain reports whether the ledger may be asked about key again
-// (once per ledgerAskEvery), and if so notes that it is.
-func (g *Guesses) mayAskAgain(key uint64, now int64) bool {
-	if g.asked == nil {
-		g.asked = make(guessTable, guessTableSize)
-	}
-	e := g.asked.find(key)
-	if e != nil && now-e.at < int64(ledgerAskEvery) {
 		return false
 	}
-	if e == nil {
-		e = g.asked.oldest(key)
+	acc := g.accounts.find(a.account)
+	if acc == nil {
+		return false
 	}
-	e.key, e.at = key, now
-	return true
+	acc.decay(now, g.perAccount, g.window)
+	return acc.debt+1 > g.perAccount
 }
 
 // RetryAfter is d as the value of a Retry-After header: whole seconds,
@@ -361,6 +335,15 @@ func (g *Guesses) retry(excess, limit float64) time.Duration {
 	return max(d.Round(time.Second)+time.Second, time.Second)
 }
 
+// rememberLogin notes that pair k logged in at now (g.mu held).
+func (g *Guesses) rememberLogin(k uint64, now int64) {
+	e := g.known.find(k)
+	if e == nil {
+		e = g.known.oldest(k)
+	}
+	e.key, e.at = k, now
+}
+
 func (g *Guesses) isKnown(k uint64, now int64) bool {
 	e := g.known.find(k)
 	return e != nil && now-e.at < int64(knownLoginFor)
@@ -369,13 +352,20 @@ func (g *Guesses) isKnown(k uint64, now int64) bool {
 // End records how a's check went: a failed login stays charged to the
 // client and the account; a good one is refunded, and exempts the client
 // from the account's bound from then on.
-func (a *GuessAttempt) End(ok bool) {
+func (a *GuessAttempt) End(ok bool) { a.end(ok, ok) }
+
+// Refund ends a check that could not be made (the key store, the
+// directory or the token service failed): it is refunded as a good login
+// is, but proves nothing, so the client gains no exemption.
+func (a *GuessAttempt) Refund() { a.end(true, false) }
+
+func (a *GuessAttempt) end(ok, good bool) {
 	if a == nil {
 		return
 	}
 	g := a.g
 	now := g.now().UnixNano()
-	if a.shared != nil {
+	if a.shared != nil && (!ok || good) {
 		defer g.recordShared(a, ok)
 	}
 	g.mu.Lock()
@@ -392,12 +382,8 @@ func (a *GuessAttempt) End(ok bool) {
 			acc.debt = max(acc.debt-1, 0)
 		}
 	}
-	if ok && a.known != 0 {
-		k := g.known.find(a.known)
-		if k == nil {
-			k = g.known.oldest(a.known)
-		}
-		k.key, k.at = a.known, now
+	if good && a.known != 0 {
+		g.rememberLogin(a.known, now)
 	}
 	close(g.changed)
 	g.changed = make(chan struct{})

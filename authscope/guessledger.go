@@ -10,44 +10,61 @@ import (
 // charges and bounds checks in its own tables, as Guesses does alone, but
 // before a check it raises its counts to what the ledger holds, and
 // after one it records the outcome there. A client that spreads its
-// guesses over N replicas then gets the bound once, not N times.
+// guesses over N replicas then meets the bound about once, not N times.
 //
-// The ledger is read once per check that Guesses counts at all, which
-// excludes logins remembered from a recent good one: the usual traffic of
-// a client that logged in costs it nothing.
+// What the ledger does not share: checks in flight (each replica charges
+// them in its own tables, and the ledger learns of a failure when it
+// ends), so a burst that starts the bound's worth of checks on every
+// replica at once still gets them all; the rate over a window is bounded.
+//
+// The ledger is read only by a check this process's own counts let
+// through (which excludes logins remembered from a recent good one): a
+// flood, once each replica's counts refuse it, costs the database
+// nothing. Every outcome is written, read or not.
 
-// GuessLedger records failed and good logins for several processes.
-// Keys are opaque strings of any length, chosen partly by clients (user
-// names, addresses): an implementation stores them hashed. Each call is
-// bounded by its context.
+// GuessLedger records failed and good logins for several processes. Keys
+// are opaque strings of any length, chosen partly by clients (user
+// names, addresses): an implementation stores them hashed. Times are the
+// ledger's own (one clock for every process). Each call is bounded by
+// its context.
 type GuessLedger interface {
 	// LoadGuesses returns the failures recorded under each of keys, in
-	// order (a zero GuessRecord for a key with none), and when pair last
-	// logged in well (zero: never, or too long ago to keep).
-	LoadGuesses(ctx context.Context, keys []string, pair string) ([]GuessRecord, time.Time, error)
-	// AddGuessFailure adds one failure to key's debt at at, after letting
-	// what was recorded decay at perSecond since it was recorded.
-	AddGuessFailure(ctx context.Context, key string, perSecond float64, at time.Time) error
-	// AddGoodLogin records that pair logged in at at.
-	AddGoodLogin(ctx context.Context, pair string, at time.Time) error
+	// order, decayed to now at the rate they were recorded with (0 for
+	// a key with none), and whether pair logged in well within
+	// knownFor.
+	LoadGuesses(ctx context.Context, keys []string, pair string, knownFor time.Duration) ([]float64, bool, error)
+	// KnownPair reports, without waiting on anything, whether pair
+	// logged in well within knownFor as far as this process has learnt
+	// from the ledger (within seconds of the login, on any process). A
+	// check its own counts refuse asks this instead of LoadGuesses, so
+	// that a pair exempt from a bound is let in even during a flood
+	// that, asking the ledger each time, would be a flood of queries.
+	KnownPair(pair string, knownFor time.Duration) bool
+	// AddGuessFailure adds one failure to key's debt, after letting what
+	// was recorded decay at perSecond since it was recorded.
+	AddGuessFailure(ctx context.Context, key string, perSecond float64) error
+	// AddGoodLogin records that pair logged in now.
+	AddGoodLogin(ctx context.Context, pair string) error
 }
 
-// GuessRecord is a key's failures in a GuessLedger: Debt as of At.
-type GuessRecord struct {
-	Debt float64
-	At   time.Time
-}
+const (
+	// ledgerTimeout bounds each call to the ledger: a check must not
+	// hang on a database that does not answer (its bounds are then the
+	// process's).
+	ledgerTimeout = 2 * time.Second
+	// ledgerRest is how long a process leaves the ledger alone after a
+	// call failed: during an outage its logins do not each wait on it.
+	ledgerRest = 5 * time.Second
+)
 
-// ledgerTimeout bounds each call to the ledger: a check must not hang on
-// a database that does not answer (its bounds are then the process's).
-const ledgerTimeout = 2 * time.Second
-
-// sharedGuesses is what one attempt read from the ledger, under the keys
-// it writes back to.
+// sharedGuesses is what one attempt read from the ledger (if it did),
+// under the keys it writes back to.
 type sharedGuesses struct {
 	client, pair, account string // ledger keys; pair and account may be empty
-	records               map[string]GuessRecord
-	knownAt               time.Time
+	read                  bool   // debts and known were read
+	debts                 map[string]float64
+	known                 bool
+	knownElsewhere        bool // not read, but KnownPair said so
 }
 
 // ledgerKeys are the ledger's keys of a check of account from client:
@@ -65,11 +82,20 @@ func ledgerKeys(client, account string, accountBound bool) (c, pair, acc string)
 	return c, pair, acc
 }
 
-// loadShared reads what the ledger holds for a check of account (already
-// in accountKey's spelling) from client; nil when it cannot be read.
-func (g *Guesses) loadShared(ctx context.Context, client, account string, accountBound bool) *sharedGuesses {
-	sh := &sharedGuesses{records: map[string]GuessRecord{}}
+// loadShared makes a's ledger keys for a check of account (already in
+// accountKey's spelling) from client and, if read, reads what the ledger
+// holds under them.
+func (g *Guesses) loadShared(ctx context.Context, client, account string, accountBound, read bool) *sharedGuesses {
+	sh := &sharedGuesses{}
 	sh.client, sh.pair, sh.account = ledgerKeys(client, account, accountBound)
+	if !read && sh.pair != "" && g.Ledger.KnownPair(sh.pair, knownLoginFor) {
+		// Refused here, but the pair logged in on another process: its
+		// own bucket and no account bound, as if it had been here.
+		sh.knownElsewhere = true
+	}
+	if !read || g.ledgerResting() {
+		return sh
+	}
 	keys := []string{sh.client}
 	for _, k := range []string{sh.pair, sh.account} {
 		if k != "" {
@@ -78,18 +104,19 @@ func (g *Guesses) loadShared(ctx context.Context, client, account string, accoun
 	}
 	ctx, cancel := context.WithTimeout(ctx, ledgerTimeout)
 	defer cancel()
-	recs, knownAt, err := g.Ledger.LoadGuesses(ctx, keys, sh.pair)
-	if err == nil && len(recs) != len(keys) {
+	debts, known, err := g.Ledger.LoadGuesses(ctx, keys, sh.pair, knownLoginFor)
+	if err == nil && len(debts) != len(keys) {
 		err = errLedgerAnswer
 	}
 	if err != nil {
 		g.ledgerFailed(err)
-		return nil
+		return sh
 	}
+	sh.read, sh.known = true, known
+	sh.debts = make(map[string]float64, len(keys))
 	for i, k := range keys {
-		sh.records[k] = recs[i]
+		sh.debts[k] = debts[i]
 	}
-	sh.knownAt = knownAt
 	return sh
 }
 
@@ -101,51 +128,53 @@ type ledgerError string
 
 func (e ledgerError) Error() string { return string(e) }
 
+// ledgerFailed tells LedgerFailed and rests the ledger for ledgerRest.
 func (g *Guesses) ledgerFailed(err error) {
+	g.ledgerDownUntil.Store(time.Now().Add(ledgerRest).UnixNano())
 	if g.LedgerFailed != nil {
 		g.LedgerFailed(err)
 	}
 }
 
-// knownPair reports whether the pair logged in within knownLoginFor, as
-// the ledger says (false without a ledger's answer).
-func (sh *sharedGuesses) knownPair(now int64) bool {
-	return sh != nil && !sh.knownAt.IsZero() && now-sh.knownAt.UnixNano() < int64(knownLoginFor)
+// ledgerResting reports whether a call failed less than ledgerRest ago.
+func (g *Guesses) ledgerResting() bool {
+	return time.Now().UnixNano() < g.ledgerDownUntil.Load()
 }
 
-// debt is the ledger's debt, decayed to now (unix nanoseconds), of the
-// bucket a check is charged to: the account's, else the pair's (known)
-// or the client's.
-func (sh *sharedGuesses) debt(g *Guesses, known, account bool, now int64) float64 {
-	if sh == nil {
+// knownPair reports whether the ledger says the pair logged in lately.
+func (sh *sharedGuesses) knownPair() bool {
+	return sh != nil && (sh.read && sh.known || sh.knownElsewhere)
+}
+
+// debt is the ledger's debt of the bucket a check is charged to: the
+// account's, else the pair's (known) or the client's; 0 if not read.
+func (sh *sharedGuesses) debt(known, account bool) float64 {
+	if sh == nil || !sh.read {
 		return 0
 	}
-	key, limit := sh.client, g.perClient
 	switch {
 	case account:
-		key, limit = sh.account, g.perAccount
+		return sh.debts[sh.account]
 	case known:
-		key = sh.pair
+		return sh.debts[sh.pair]
+	default:
+		return sh.debts[sh.client]
 	}
-	r, ok := sh.records[key]
-	if !ok || r.At.IsZero() || limit <= 0 {
-		return 0
-	}
-	el := max(now-r.At.UnixNano(), 0) // a clock ahead of ours: no decay
-	return max(r.Debt-float64(el)/float64(g.window)*limit, 0)
 }
 
 // recordShared writes a's outcome to the ledger: a failure to the bucket
 // and account it was charged to, a good login to the pair.
 func (g *Guesses) recordShared(a *GuessAttempt, ok bool) {
+	if g.ledgerResting() {
+		return
+	}
 	sh := a.shared
 	ctx, cancel := context.WithTimeout(context.Background(), ledgerTimeout)
 	defer cancel()
-	now := g.now()
 	var err error
 	if ok {
 		if sh.pair != "" {
-			err = g.Ledger.AddGoodLogin(ctx, sh.pair, now)
+			err = g.Ledger.AddGoodLogin(ctx, sh.pair)
 		}
 	} else {
 		if g.perClient > 0 {
@@ -153,10 +182,10 @@ func (g *Guesses) recordShared(a *GuessAttempt, ok bool) {
 			if a.bucket == a.known {
 				key = sh.pair
 			}
-			err = g.Ledger.AddGuessFailure(ctx, key, g.perClient/g.window.Seconds(), now)
+			err = g.Ledger.AddGuessFailure(ctx, key, g.perClient/g.window.Seconds())
 		}
 		if err == nil && a.charged && g.perAccount > 0 {
-			err = g.Ledger.AddGuessFailure(ctx, sh.account, g.perAccount/g.window.Seconds(), now)
+			err = g.Ledger.AddGuessFailure(ctx, sh.account, g.perAccount/g.window.Seconds())
 		}
 	}
 	if err != nil {

@@ -232,8 +232,16 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	resp, err := c.Do(req)
 	// Only the token service's refusal of the credentials is a failed
-	// login: its being down is not the client's doing.
-	guess.End(err != nil || resp.StatusCode != http.StatusUnauthorized)
+	// login, and only a token it gave is a good one: its being down, or
+	// any other answer, is not the client's doing nor a proof.
+	switch {
+	case err == nil && resp.StatusCode == http.StatusUnauthorized:
+		guess.End(false)
+	case err == nil && resp.StatusCode == http.StatusOK:
+		guess.End(true)
+	default:
+		guess.Refund()
+	}
 	if err != nil {
 		logger.Warn("token service unreachable", zap.String("upstream", p.Upstream.Redacted()), zap.Error(err))
 		unavailable(w, "token service unreachable")

@@ -279,7 +279,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 		o.Audit = caddy.Log().Named("audit")
 	}
 	if o.Guesses != nil && store != nil {
-		o.Guesses.Ledger = recordsLedger(store)
+		o.Guesses.Ledger = &recordsLedger{open: store}
 		o.Guesses.LedgerFailed = ledgerFailedLogger(logger)
 	}
 	if o.FailDelay == 0 {

@@ -15,41 +15,56 @@ import (
 // pgmeta/guesses.go). A single node's records do not keep a ledger: its
 // process's own tables are the whole count, and the ledger's calls do
 // nothing.
-type recordsLedger func() (authRecords, error)
+type recordsLedger struct {
+	open   func() (authRecords, error)
+	opened atomic.Value // the records' authscope.GuessLedger, once open
+}
 
 // ledger opens the records (they open on first use) and returns their
 // ledger, or nil when they keep none.
-func (f recordsLedger) ledger() (authscope.GuessLedger, error) {
-	rec, err := f()
+func (f *recordsLedger) ledger() (authscope.GuessLedger, error) {
+	rec, err := f.open()
 	if err != nil {
 		return nil, err
 	}
-	l, _ := rec.(authscope.GuessLedger)
+	l, ok := rec.(authscope.GuessLedger)
+	if !ok {
+		return nil, nil
+	}
+	f.opened.Store(&l)
 	return l, nil
 }
 
-func (f recordsLedger) LoadGuesses(ctx context.Context, keys []string, pair string) ([]authscope.GuessRecord, time.Time, error) {
-	l, err := f.ledger()
-	if l == nil || err != nil {
-		return make([]authscope.GuessRecord, len(keys)), time.Time{}, err
-	}
-	return l.LoadGuesses(ctx, keys, pair)
+// KnownPair never waits, as the interface asks: before the records were
+// opened by another call (which a check it refuses does not make), it
+// knows nobody.
+func (f *recordsLedger) KnownPair(pair string, knownFor time.Duration) bool {
+	l, _ := f.opened.Load().(*authscope.GuessLedger)
+	return l != nil && (*l).KnownPair(pair, knownFor)
 }
 
-func (f recordsLedger) AddGuessFailure(ctx context.Context, key string, perSecond float64, at time.Time) error {
+func (f *recordsLedger) LoadGuesses(ctx context.Context, keys []string, pair string, knownFor time.Duration) ([]float64, bool, error) {
+	l, err := f.ledger()
+	if l == nil || err != nil {
+		return make([]float64, len(keys)), false, err
+	}
+	return l.LoadGuesses(ctx, keys, pair, knownFor)
+}
+
+func (f *recordsLedger) AddGuessFailure(ctx context.Context, key string, perSecond float64) error {
 	l, err := f.ledger()
 	if l == nil || err != nil {
 		return err
 	}
-	return l.AddGuessFailure(ctx, key, perSecond, at)
+	return l.AddGuessFailure(ctx, key, perSecond)
 }
 
-func (f recordsLedger) AddGoodLogin(ctx context.Context, pair string, at time.Time) error {
+func (f *recordsLedger) AddGoodLogin(ctx context.Context, pair string) error {
 	l, err := f.ledger()
 	if l == nil || err != nil {
 		return err
 	}
-	return l.AddGoodLogin(ctx, pair, at)
+	return l.AddGoodLogin(ctx, pair)
 }
 
 // ledgerWarnEvery spaces the warnings of a ledger that cannot be reached:
@@ -66,7 +81,7 @@ func ledgerFailedLogger(logger *zap.Logger) func(error) {
 		if now-prev < int64(ledgerWarnEvery) || !last.CompareAndSwap(prev, now) {
 			return
 		}
-		logger.Warn("login_limit: the replicas' shared count of failed logins cannot be reached; until it can, each replica bounds logins on its own",
+		logger.Warn("login_limit: the count of failed logins shared in the metadata database cannot be reached; until it can, this replica bounds logins with its own counts",
 			zap.Error(err))
 	}
 }

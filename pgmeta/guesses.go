@@ -4,14 +4,18 @@ package pgmeta
 // shared by the replicas so that a login_limit bound is the cluster's.
 // Keys are user names and client addresses, partly the client's choice:
 // they are stored as HMACs under a secret of the database's own, so the
-// table holds neither in the clear and every key has one size. Rows of
-// failures that have fully decayed are swept at most once a minute; the
+// tables hold neither in the clear and every key has one size. Every time
+// is the database's (now()), so replicas whose clocks differ still decay
+// and sweep the same rows alike. Rows of failures that have fully decayed
+// are swept in the background at most once a minute per replica; the
 // table then holds about what the bounds let through in one window.
 
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"sync"
 	"time"
 
@@ -19,131 +23,246 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// knownLoginsKept is how long a good login is remembered: the auth
-// layer exempts a pair that logged in within 30 days.
+// knownLoginsKept is how long a good login is kept: longer than the auth
+// layer asks about (30 days).
 const knownLoginsKept = 31 * 24 * time.Hour
 
 // guessSweepEvery is how often at most one process sweeps decayed rows.
 const guessSweepEvery = time.Minute
 
+// ledgerSecretName names the HMAC key of the ledger in auth_secrets.
+const ledgerSecretName = "login-ledger"
+
 // guessKeys holds the HMAC key of the ledger, read from auth_secrets on
-// first use.
+// first use, when this process last swept, and its copy of login_known.
 type guessKeys struct {
 	mu        sync.Mutex
 	secret    []byte
 	lastSweep time.Time
+
+	// known is login_known as of the last poll (key → unix seconds of
+	// the login), for KnownPair; knownUpTo is the newest login time
+	// seen, from which the next poll reads.
+	known     map[[sha256.Size]byte]int64
+	knownUpTo time.Time
+	polledAt  time.Time
+	polling   bool
 }
+
+const (
+	// knownPollEvery is how often at most KnownPair starts a poll of
+	// login_known: how soon a login on one replica is known on another.
+	knownPollEvery = 2 * time.Second
+	// knownPollRows bounds one poll; a backlog is read over the next.
+	knownPollRows = 10000
+	// knownMax bounds the copy of login_known (logins of real users
+	// from their addresses: nobody without a password adds one); past it
+	// the oldest half is forgotten.
+	knownMax = 1 << 17
+)
 
 var _ authscope.GuessLedger = (*Store)(nil)
 
-// ledgerKey is key's name in the tables.
-func (s *Store) ledgerKey(key string) ([]byte, error) {
+// ledgerKeys are keys' names in the tables.
+func (s *Store) ledgerKeys(ctx context.Context, keys ...string) ([][]byte, error) {
 	s.guesses.mu.Lock()
 	secret := s.guesses.secret
 	s.guesses.mu.Unlock()
 	if secret == nil {
-		var err error
-		if secret, err = s.AuthSecret("login-ledger", 32); err != nil {
-			return nil, err
+		fresh := make([]byte, 32)
+		if _, err := rand.Read(fresh); err != nil {
+			return nil, fmt.Errorf("login ledger: %w", err)
+		}
+		got, err := s.offerSecret(ctx, ledgerSecretName, fresh)
+		if err != nil {
+			return nil, failed(context.Background(), "login ledger secret", err)
+		}
+		if len(got) != 32 {
+			return nil, fmt.Errorf("login ledger: stored secret has %d bytes, want 32", len(got))
 		}
 		s.guesses.mu.Lock()
-		s.guesses.secret = secret
+		s.guesses.secret = got
 		s.guesses.mu.Unlock()
+		secret = got
 	}
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(key))
-	return m.Sum(nil), nil
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		m := hmac.New(sha256.New, secret)
+		m.Write([]byte(k))
+		out[i] = m.Sum(nil)
+	}
+	return out, nil
 }
 
-// LoadGuesses returns the failures recorded under keys and when pair last
-// logged in well (zero: not within knownLoginsKept).
-func (s *Store) LoadGuesses(ctx context.Context, keys []string, pair string) ([]authscope.GuessRecord, time.Time, error) {
-	hashed := make([][]byte, len(keys))
-	index := make(map[string]int, len(keys))
-	for i, k := range keys {
-		h, err := s.ledgerKey(k)
-		if err != nil {
-			return nil, time.Time{}, err
-		}
-		hashed[i] = h
-		index[string(h)] = i
-	}
-	var pairKey []byte
-	if pair != "" {
-		var err error
-		if pairKey, err = s.ledgerKey(pair); err != nil {
-			return nil, time.Time{}, err
-		}
-	}
+// LoadGuesses returns the failures recorded under keys, decayed to now,
+// and whether pair logged in within knownFor.
+func (s *Store) LoadGuesses(ctx context.Context, keys []string, pair string, knownFor time.Duration) ([]float64, bool, error) {
 	ctx, cancel := s.callCtx(ctx)
 	defer cancel()
+	hashed, err := s.ledgerKeys(ctx, append(keys[:len(keys):len(keys)], pair)...)
+	if err != nil {
+		return nil, false, err
+	}
+	pairKey := hashed[len(keys)]
+	if pair == "" {
+		pairKey = nil
+	}
+	hashed = hashed[:len(keys)]
+	index := make(map[string]int, len(keys))
+	for i, h := range hashed {
+		index[string(h)] = i
+	}
 	// One round trip: the good login comes back as a row of debt -1
 	// (failures' debts are never negative).
-	rows, _ := s.pool.Query(ctx, `SELECT key, debt, at FROM login_failures WHERE key = ANY($1)
-UNION ALL SELECT key, -1, at FROM login_known WHERE key = $2 AND at > $3`,
-		hashed, pairKey, time.Now().Add(-knownLoginsKept))
-	recs := make([]authscope.GuessRecord, len(keys))
-	var knownAt time.Time
+	rows, _ := s.pool.Query(ctx, `SELECT key, GREATEST(debt - GREATEST(EXTRACT(EPOCH FROM now() - at)::float8, 0) * rate, 0)
+	FROM login_failures WHERE key = ANY($1)
+UNION ALL SELECT key, -1 FROM login_known WHERE key = $2 AND at > now() - make_interval(secs => $3)`,
+		hashed, pairKey, knownFor.Seconds())
+	debts := make([]float64, len(keys))
+	known := false
 	var key []byte
-	var r authscope.GuessRecord
-	_, err := pgx.ForEachRow(rows, []any{&key, &r.Debt, &r.At}, func() error {
-		if r.Debt < 0 {
-			knownAt = r.At
+	var debt float64
+	_, err = pgx.ForEachRow(rows, []any{&key, &debt}, func() error {
+		if debt < 0 {
+			known = true
 		} else if i, ok := index[string(key)]; ok {
-			recs[i] = r
+			debts[i] = debt
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, time.Time{}, failed(context.Background(), "login ledger", err)
+		return nil, false, failed(context.Background(), "login ledger", err)
 	}
-	return recs, knownAt, nil
+	return debts, known, nil
 }
 
 // AddGuessFailure adds one failure to key's debt, what was recorded
-// having decayed at perSecond since, and now and then sweeps the rows
-// that decayed to nothing.
-func (s *Store) AddGuessFailure(ctx context.Context, key string, perSecond float64, at time.Time) error {
-	h, err := s.ledgerKey(key)
+// having decayed at perSecond since, and now and then starts a sweep of
+// the rows that decayed to nothing.
+func (s *Store) AddGuessFailure(ctx context.Context, key string, perSecond float64) error {
+	ctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	h, err := s.ledgerKeys(ctx, key)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := s.callCtx(ctx)
-	defer cancel()
-	// A row written by a replica whose clock is ahead is not decayed
-	// backwards (GREATEST(..., 0) on the elapsed time), and keeps its at.
-	_, err = s.pool.Exec(ctx, `INSERT INTO login_failures (key, debt, rate, at) VALUES ($1, 1, $2, $3)
+	_, err = s.pool.Exec(ctx, `INSERT INTO login_failures AS f (key, debt, rate, at) VALUES ($1, 1, $2, now())
 ON CONFLICT (key) DO UPDATE SET
-	debt = GREATEST(login_failures.debt - GREATEST(EXTRACT(EPOCH FROM ($3 - login_failures.at))::float8, 0) * $2, 0) + 1,
+	debt = GREATEST(f.debt - GREATEST(EXTRACT(EPOCH FROM now() - f.at)::float8, 0) * $2, 0) + 1,
 	rate = $2,
-	at = GREATEST(login_failures.at, $3)`, h, perSecond, at)
+	at = GREATEST(f.at, now())`, h[0], perSecond)
 	if err != nil {
 		return failed(context.Background(), "login ledger", err)
 	}
-	s.sweepGuesses(ctx, at)
+	s.sweepGuessesLater()
 	return nil
 }
 
-// AddGoodLogin records that pair logged in at at.
-func (s *Store) AddGoodLogin(ctx context.Context, pair string, at time.Time) error {
-	h, err := s.ledgerKey(pair)
+// AddGoodLogin records that pair logged in now.
+func (s *Store) AddGoodLogin(ctx context.Context, pair string) error {
+	ctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	h, err := s.ledgerKeys(ctx, pair)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := s.callCtx(ctx)
-	defer cancel()
-	_, err = s.pool.Exec(ctx, `INSERT INTO login_known (key, at) VALUES ($1, $2)
-ON CONFLICT (key) DO UPDATE SET at = GREATEST(login_known.at, $2)`, h, at)
+	_, err = s.pool.Exec(ctx, `INSERT INTO login_known AS k (key, at) VALUES ($1, now())
+ON CONFLICT (key) DO UPDATE SET at = GREATEST(k.at, now())`, h[0])
 	if err != nil {
 		return failed(context.Background(), "login ledger", err)
 	}
 	return nil
 }
 
-// sweepGuesses deletes, at most once per guessSweepEvery in this process,
-// the failures that decayed to nothing and the good logins too old to
-// count. A failed sweep is left to the next one.
-func (s *Store) sweepGuesses(ctx context.Context, now time.Time) {
+// KnownPair reports whether pair logged in within knownFor according to
+// this process's copy of login_known, and starts a poll of the table
+// when the copy is older than knownPollEvery. It never waits: a copy not
+// read yet (or a secret not read yet) knows nobody.
+func (s *Store) KnownPair(pair string, knownFor time.Duration) bool {
+	g := &s.guesses
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.polling && time.Since(g.polledAt) >= knownPollEvery {
+		g.polling = true
+		go s.pollKnown()
+	}
+	if g.secret == nil || g.known == nil {
+		return false
+	}
+	m := hmac.New(sha256.New, g.secret)
+	m.Write([]byte(pair))
+	var k [sha256.Size]byte
+	copy(k[:], m.Sum(nil))
+	at, ok := g.known[k]
+	return ok && time.Since(time.Unix(at, 0)) < knownFor
+}
+
+// pollKnown reads the good logins recorded since the last poll into the
+// copy KnownPair reads.
+func (s *Store) pollKnown() {
+	g := &s.guesses
+	defer func() {
+		g.mu.Lock()
+		g.polling = false
+		g.polledAt = time.Now()
+		g.mu.Unlock()
+	}()
+	ctx, cancel := s.callCtx(s.life)
+	defer cancel()
+	if _, err := s.ledgerKeys(ctx); err != nil {
+		return
+	}
+	g.mu.Lock()
+	since := g.knownUpTo
+	g.mu.Unlock()
+	if since.IsZero() {
+		since = time.Now().Add(-knownLoginsKept)
+	}
+	// A second of overlap: logins committed out of order around the
+	// last one seen are read again rather than missed.
+	rows, _ := s.pool.Query(ctx, "SELECT key, at FROM login_known WHERE at >= $1 ORDER BY at LIMIT $2",
+		since.Add(-time.Second), knownPollRows)
+	type login struct {
+		key []byte
+		at  time.Time
+	}
+	logins, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (login, error) {
+		var l login
+		err := r.Scan(&l.key, &l.at)
+		return l, err
+	})
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.known == nil {
+		g.known = make(map[[sha256.Size]byte]int64)
+	}
+	for _, l := range logins {
+		var k [sha256.Size]byte
+		copy(k[:], l.key)
+		g.known[k] = max(g.known[k], l.at.Unix())
+		if l.at.After(g.knownUpTo) {
+			g.knownUpTo = l.at
+		}
+	}
+	if len(g.known) > knownMax {
+		cut := time.Now().Add(-knownLoginsKept / 2).Unix()
+		for k, at := range g.known {
+			if at < cut || len(g.known) > knownMax/2 {
+				delete(g.known, k)
+			}
+		}
+	}
+}
+
+// sweepGuessesLater starts, at most once per guessSweepEvery in this
+// process, a sweep of the failures that decayed to nothing and of the
+// good logins too old to count, in the background: a login does not wait
+// for it. A failed sweep is left to the next one.
+func (s *Store) sweepGuessesLater() {
+	now := time.Now()
 	s.guesses.mu.Lock()
 	due := now.Sub(s.guesses.lastSweep) >= guessSweepEvery
 	if due {
@@ -153,6 +272,12 @@ func (s *Store) sweepGuesses(ctx context.Context, now time.Time) {
 	if !due {
 		return
 	}
-	_, _ = s.pool.Exec(ctx, "DELETE FROM login_failures WHERE debt - EXTRACT(EPOCH FROM ($1 - at))::float8 * rate <= 0", now)
-	_, _ = s.pool.Exec(ctx, "DELETE FROM login_known WHERE at < $1", now.Add(-knownLoginsKept))
+	go s.sweepGuesses()
+}
+
+func (s *Store) sweepGuesses() {
+	ctx, cancel := s.callCtx(s.life)
+	defer cancel()
+	_, _ = s.pool.Exec(ctx, "DELETE FROM login_failures WHERE debt - EXTRACT(EPOCH FROM now() - at)::float8 * rate <= 0")
+	_, _ = s.pool.Exec(ctx, "DELETE FROM login_known WHERE at < now() - make_interval(secs => $1)", knownLoginsKept.Seconds())
 }

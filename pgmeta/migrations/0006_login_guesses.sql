@@ -16,3 +16,6 @@ CREATE TABLE login_known (
 	key bytea PRIMARY KEY,
 	at  timestamptz NOT NULL
 );
+
+-- Each replica reads the good logins recorded since it last looked.
+CREATE INDEX login_known_at ON login_known (at);
