@@ -491,3 +491,76 @@ func TestSyncNothingIsNoMirror(t *testing.T) {
 		t.Errorf("warnings %v", a.warnings)
 	}
 }
+
+// TestMirrorPatterns: beside a default mirror each access pattern also
+// stands under the mirror's prefix with its policy, so zot's rules judge
+// the names zot gives synced repositories; what cannot be carried over
+// exactly is a warning naming the pattern: a pattern that as written
+// matches the mirror's names too, and, under Docker Hub's library
+// prefix, a pattern that tells alpine and library/alpine apart (one
+// repository here).
+func TestMirrorPatterns(t *testing.T) {
+	a := adaptString(t, `{
+  "http": {"auth": {"htpasswd": {"path": "/etc/zot/htpasswd"}},
+    "accessControl": {"repositories": {
+      "**": {"anonymousPolicy": ["read"]},
+      "team/**": {"defaultPolicy": ["read", "create"]},
+      "*": {"policies": [{"users": ["alice"], "actions": ["read"]}]},
+      "library/*": {"policies": [{"users": ["bob"], "actions": ["read"]}]},
+      "*/internal/**": {"policies": [{"users": ["alice"], "actions": ["read"]}]},
+      "**/secret": {"policies": [{"users": ["alice"], "actions": ["read"]}]}
+    }}},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["https://registry-1.docker.io"], "onDemand": true}
+  ]}}
+}`)
+	reps := a.reg.Auth.Repositories
+	for _, p := range []string{"**", "team/**", "*", "library/*", "*/internal/**", "**/secret"} {
+		if rp, ok := reps["docker.io/"+p]; !ok || mustJSON(t, rp) != mustJSON(t, reps[p]) {
+			t.Errorf("docker.io/%s: %v %+v, want %s's policy", p, ok, rp, p)
+		}
+	}
+	for _, w := range [][2]string{
+		{"http.accessControl.repositories.*/internal/**", "also matches names of the default mirror"},
+		{"http.accessControl.repositories.*", "one repository of the mirror docker.io"},
+		{"http.accessControl.repositories.library/*", "one repository of the mirror docker.io"},
+	} {
+		if !a.warned(w[0], w[1]) {
+			t.Errorf("no warning %q on %s", w[1], w[0])
+		}
+	}
+	for _, p := range []string{"**", "team/**", "**/secret"} {
+		if a.warned("http.accessControl.repositories."+p, "") {
+			t.Errorf("a warning on %s, which holds as in zot: %v", p, a.warnings)
+		}
+	}
+}
+
+// TestGlobQuirks: where zot's glob matcher and the registry's part ways
+// on a pattern (seen by running both on random patterns and names), the
+// adapter says so at load, naming the pattern; patterns both read alike
+// get no warning.
+func TestGlobQuirks(t *testing.T) {
+	for pat, quirk := range map[string]bool{
+		"app*/**":           true, // zot: not app itself
+		"?*/**":             true,
+		"team/[a]*/**":      true,
+		"a/**/**":           true,
+		"{a,*}{a,*}":        true, // ** from two alternatives: * in zot
+		"x/{**,a}":          true,
+		"app/**":            false,
+		"*/**":              false,
+		"**":                false,
+		"{prod,release}/**": false,
+		"dev/[!s]*/**":      true, // zot: not dev/t
+		"*a/**":             false,
+		"team/*":            false,
+		"**/internal/**":    false,
+	} {
+		a := adaptString(t, `{"http":{"auth":{"htpasswd":{"path":"/etc/zot/htpasswd"}},
+			"accessControl":{"repositories":{"`+pat+`":{"defaultPolicy":["read"]}}}}}`)
+		if got := a.warned("http.accessControl.repositories."+pat, "glob matching differs"); got != quirk {
+			t.Errorf("%s: warned %v, want %v (%v)", pat, got, quirk, a.warnings)
+		}
+	}
+}

@@ -433,7 +433,7 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 			m.Default = false
 			a.warn(at, fmt.Sprintf("only one upstream can serve names without a prefix here; this one is served under %s/ instead", m.Prefix))
 		} else {
-			a.warn(at, fmt.Sprintf("names without a prefix are pulled from this upstream as %s/<name> (the default mirror): access patterns see them as %s/..., and they cannot be pushed; pushes go under a local prefix (local_prefixes)", m.Prefix, m.Prefix))
+			a.warn(at, fmt.Sprintf("names without a prefix are pulled from this upstream as %s/<name> (the default mirror), and they cannot be pushed; pushes go under a local prefix (local_prefixes). Each access pattern P also stands as %s/P, so that they are judged by zot's names", m.Prefix, m.Prefix))
 		}
 	}
 	if !authscope.ValidName(m.Prefix) || strings.Contains(m.Prefix, "/") {
@@ -456,6 +456,9 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 			return nil
 		}
 		m.Repositories = []string{glob}
+		if why := globQuirk(glob); why != "" {
+			a.warn(at+".prefix", fmt.Sprintf("zot's glob matching differs here (%s): the mirror may serve upstream names zot does not, or the other way round", why))
+		}
 	}
 	if m.Sync = a.scheduled(at+".prefix", e, glob); m.Sync != nil && !e.onDemand {
 		a.warn(at, fmt.Sprintf("synced every %s into the mirror %s, whose images not yet synced are also fetched when first pulled (zot with onDemand false answers 404 for them)", time.Duration(e.every), m.Prefix))

@@ -715,3 +715,58 @@ func TestSyncLiteralPrefixServes(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultMirrorPolicyServes: zot judges a synced repository by the
+// name it has there (acme/internal/tool), so `*/internal/**` keeps it to
+// alice. Behind the default mirror its name here is
+// 127.0.0.1/acme/internal/tool, which that pattern does not match: `**`
+// decided, and anyone could pull it (with the mirror's credentials).
+// Each pattern now also holds for the default mirror's names.
+func TestDefaultMirrorPolicyServes(t *testing.T) {
+	up := upstream(t)
+	upHost := strings.TrimPrefix(up, "http://")
+	for _, repo := range []string{"acme/internal/tool:1", "acme/tool:1"} {
+		if _, err := push(t, upHost, repo, authn.Anonymous); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	writeHtpasswd(t, dir, map[string]string{"alice": "alice-pw", "bob": "bob-pw"})
+	port := freePort(t)
+	a := adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {
+    "address": "127.0.0.1", "port": "`+port+`",
+    "auth": {"htpasswd": {"path": "`+dir+`/htpasswd"}, "failDelay": 0},
+    "accessControl": {"repositories": {
+      "**": {"anonymousPolicy": ["read"], "defaultPolicy": ["read"]},
+      "*/internal/**": {"policies": [{"users": ["alice"], "actions": ["read"]}]}
+    }}
+  },
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["`+up+`"], "onDemand": true, "tlsVerify": false, "content": [{"prefix": "**"}]}
+  ]}}
+}`)
+	if !a.warned("http.accessControl.repositories.*/internal/**", "127.0.0.1/") {
+		t.Errorf("no warning that */internal/** as written also matches the default mirror's names: %v", a.warnings)
+	}
+	serve(t, a)
+	host := "127.0.0.1:" + port
+	alice := remote.WithAuth(&authn.Basic{Username: "alice", Password: "alice-pw"})
+	bob := remote.WithAuth(&authn.Basic{Username: "bob", Password: "bob-pw"})
+	for _, tc := range []struct {
+		repo string
+		opt  remote.Option
+		want int
+	}{
+		{"acme/internal/tool:1", remote.WithAuth(authn.Anonymous), http.StatusUnauthorized},
+		{"acme/internal/tool:1", bob, http.StatusForbidden},
+		{"acme/internal/tool:1", alice, 0},
+		{"acme/tool:1", remote.WithAuth(authn.Anonymous), 0},
+	} {
+		_, err := remote.Image(ref(t, host, tc.repo), tc.opt)
+		if status(err) != tc.want || (tc.want == 0 && err != nil) {
+			t.Errorf("pull %s: %v, want %d", tc.repo, err, tc.want)
+		}
+	}
+}
