@@ -297,7 +297,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 	if len(a.Repositories) > 0 || len(a.Groups) > 0 || a.Admin != nil {
 		p, err := authscope.NewPolicy(authscope.PolicyConfig{
 			Repositories: a.Repositories, Groups: a.Groups, Admin: a.Admin,
-			ExternalGroups: a.OIDC != nil || a.Workload != nil || a.LDAP != nil ||
+			ExternalGroups: a.OIDC != nil || a.Workload != nil || a.LDAP != nil && !a.LDAP.NoGroups ||
 				a.ClientCertificates != nil && len(a.ClientCertificates.Groups) > 0,
 		})
 		if err != nil {
@@ -619,7 +619,7 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 			return nil, d.Errf("unrecognized auth subdirective %q (known: htpasswd, fail_delay, login_limit, realm, group, admin, access, token, oidc, api_keys, workload, client_certificates, ldap)", sub)
 		}
 	}
-	if a.OIDC == nil && a.Workload == nil && a.LDAP == nil && a.ClientCertificates == nil {
+	if a.OIDC == nil && a.Workload == nil && (a.LDAP == nil || a.LDAP.NoGroups) && a.ClientCertificates == nil {
 		// As authscope.NewPolicy checks at provision, but at the line.
 		for _, r := range groupRefs {
 			if _, ok := a.Groups[r.name]; !ok {

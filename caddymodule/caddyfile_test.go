@@ -257,7 +257,9 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 			host docker.mirror.example
 			default
 		}
-		mirror ghcr.io
+		mirror ghcr.io {
+			upstream_prefix vendor/tools
+		}
 		mirror registry.local {
 			insecure_skip_verify
 			ca_file /etc/ca.pem
@@ -278,7 +280,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 				DialTimeout: caddy.Duration(3 * time.Second), ResponseHeaderTimeout: caddy.Duration(45 * time.Second), StallTimeout: caddy.Duration(2 * time.Minute),
 				MaxBlobSize: 10 << 30, MaxConcurrentFills: 8,
 				Aliases: []string{"registry-1.docker.io"}, Hosts: []string{"docker.mirror.example"}, Default: true},
-			{Prefix: "ghcr.io"},
+			{Prefix: "ghcr.io", UpstreamPrefix: "vendor/tools"},
 			{Prefix: "registry.local", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library",
 				Repositories: []string{"team/public/**", "library/*"}},
 		},
@@ -304,6 +306,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 		"oci_registry {\nmirror a {\nmax_concurrent_fills -3\n}\n}",
 		"oci_registry {\nmirror a {\nmax_concurrent_fills 1 2\n}\n}",
 		"oci_registry {\nmirror a {\nrepositories\n}\n}",
+		"oci_registry {\nmirror a {\nupstream_prefix\n}\n}",
 		"oci_registry {\nlocal\n}",
 	} {
 		var r Registry
@@ -322,9 +325,16 @@ func TestBuildMirrors(t *testing.T) {
 	if ns := ms[0].Namespace(); ns.LibraryPrefix != "library" || len(ns.Aliases) != 2 {
 		t.Fatalf("docker.io defaults missing: %+v", ns)
 	}
+	// upstream_prefix instead of docker.io's library prefix, in the
+	// registry's names and in the config's own.
+	up := &Mirror{Prefix: "docker.io", UpstreamPrefix: "vendor"}
+	if ms, err := buildMirrors([]*Mirror{up}, nil, 0, caddy.NewReplacer(), zap.NewNop()); err != nil || ms[0].Namespace().LibraryPrefix != "" || up.namespace().LibraryPrefix != "" {
+		t.Fatalf("docker.io with upstream_prefix: %v, library prefix kept", err)
+	}
 	for _, bad := range [][]*Mirror{
 		{{Prefix: "a", Default: true}, {Prefix: "b", Default: true}},
 		{{Prefix: "a/b"}},
+		{{Prefix: "a", LibraryPrefix: "l", UpstreamPrefix: "u"}},
 		{{Prefix: "a", Upstreams: []string{"ftp://x"}}},
 		{{Prefix: "a", Upstreams: []string{"https://hub-user:hub-pass@registry.example"}}},
 	} {

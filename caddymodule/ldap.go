@@ -109,6 +109,11 @@ type LDAP struct {
 	// them: a cn=devs elsewhere in the tree is another group).
 	GroupNames string `json:"group_names,omitempty"`
 
+	// NoGroups reads no groups from the directory: a directory user's
+	// groups are only those `groups` lists it in (zot without
+	// userGroupAttribute). Excludes the group settings above.
+	NoGroups bool `json:"no_groups,omitempty"`
+
 	// DialTimeout bounds connecting to the directory, TLS included.
 	// Default: 5s.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
@@ -176,7 +181,7 @@ func (l *LDAP) config() ldapauth.Config {
 		BindDN: l.BindDN, BindPassword: caddy.NewReplacer().ReplaceAll(l.BindPassword, ""),
 		BaseDN: l.BaseDN, OneLevel: l.SearchScope == "one", UserAttribute: l.UserAttribute, UserFilter: l.UserFilter,
 		GroupsAttribute: l.GroupsAttribute, GroupBaseDN: l.GroupBaseDN, GroupFilter: l.GroupFilter,
-		GroupNameAttribute: l.GroupNameAttribute, GroupsByDN: l.GroupNames == "dn",
+		GroupNameAttribute: l.GroupNameAttribute, GroupsByDN: l.GroupNames == "dn", NoGroups: l.NoGroups,
 		DialTimeout: time.Duration(l.DialTimeout), Timeout: time.Duration(l.Timeout),
 		MaxConnections: l.MaxConnections,
 		CacheTTL:       time.Duration(l.CacheTTL),
@@ -263,6 +268,7 @@ func isLoopback(host string) bool {
 //		group_filter         <filter>
 //		group_name_attribute <attribute>
 //		group_names          rdn|dn
+//		no_groups
 //		dial_timeout         <duration>
 //		timeout              <duration>
 //		max_connections      <n>
@@ -272,14 +278,17 @@ func unmarshalLDAP(d *caddyfile.Dispenser) (*LDAP, error) {
 	l := &LDAP{}
 	err := eachSubdirective(d, func(sub string, args []string) error {
 		switch sub {
-		case "start_tls", "insecure_skip_verify":
+		case "start_tls", "insecure_skip_verify", "no_groups":
 			if len(args) != 0 {
 				return d.Errf("%s takes no argument", sub)
 			}
-			if sub == "start_tls" {
+			switch sub {
+			case "start_tls":
 				l.StartTLS = true
-			} else {
+			case "insecure_skip_verify":
 				l.InsecureSkipVerify = true
+			default:
+				l.NoGroups = true
 			}
 			return nil
 		}
@@ -333,7 +342,7 @@ func unmarshalLDAP(d *caddyfile.Dispenser) (*LDAP, error) {
 			}
 			l.MaxConnections = n
 		default:
-			return d.Errf("unrecognized ldap subdirective %q (known: url, start_tls, ca_file, insecure_skip_verify, bind_dn, bind_password, bind_password_file, base_dn, search_scope, user_attribute, user_filter, groups_attribute, group_base_dn, group_filter, group_name_attribute, group_names, dial_timeout, timeout, max_connections, cache_ttl)", sub)
+			return d.Errf("unrecognized ldap subdirective %q (known: url, start_tls, ca_file, insecure_skip_verify, bind_dn, bind_password, bind_password_file, base_dn, search_scope, user_attribute, user_filter, groups_attribute, group_base_dn, group_filter, group_name_attribute, group_names, no_groups, dial_timeout, timeout, max_connections, cache_ttl)", sub)
 		}
 		return err
 	})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -92,6 +93,26 @@ func TestLDAPCaddyfile(t *testing.T) {
 			t.Errorf("%q: %v, want an error saying %q", bad.in, err, bad.says)
 		}
 	}
+	// no_groups: the directory brings no groups, so a rule may name only
+	// groups the config defines.
+	noGroups := `auth {
+		ldap {
+			url ldap://127.0.0.1
+			base_dn dc=example,dc=org
+			no_groups
+		}
+		%s
+	}`
+	nd := caddyfile.NewTestDispenser(fmt.Sprintf(noGroups, ""))
+	nd.Next()
+	if na, err := unmarshalAuth(nd); err != nil || !na.LDAP.NoGroups {
+		t.Fatalf("no_groups: %v, %+v", err, na)
+	}
+	nd = caddyfile.NewTestDispenser(fmt.Sprintf(noGroups, "access team/** {\n group devs read create\n }"))
+	nd.Next()
+	if _, err := unmarshalAuth(nd); err == nil || !strings.Contains(err.Error(), `group "devs" is not defined`) {
+		t.Errorf("a rule naming a group nothing defines, with no_groups: %v, want refused", err)
+	}
 	// Caddy's Caddyfile adapter keeps the filter's {dn} and {user} (they
 	// are no placeholder shorthands) and its parentheses.
 	out := adaptFront(t, `:5000 {
@@ -111,25 +132,26 @@ func TestLDAPCaddyfile(t *testing.T) {
 	}
 	ok := LDAP{URL: "ldap://127.0.0.1", BaseDN: "dc=example,dc=org"}
 	for name, mod := range map[string]func(*LDAP){
-		"no url":                     func(l *LDAP) { l.URL = "" },
-		"no base_dn":                 func(l *LDAP) { l.BaseDN = "" },
-		"http url":                   func(l *LDAP) { l.URL = "http://127.0.0.1" },
-		"two passwords":              func(l *LDAP) { l.BindDN, l.BindPassword, l.BindPasswordFile = "cn=r", "a", "b" },
-		"bind_dn, no password":       func(l *LDAP) { l.BindDN = "cn=r,dc=example,dc=org" },
-		"ca_file without TLS":        func(l *LDAP) { l.CAFile = "/ca.pem" },
-		"insecure without TLS":       func(l *LDAP) { l.InsecureSkipVerify = true },
-		"ca_file and insecure":       func(l *LDAP) { l.URL, l.CAFile, l.InsecureSkipVerify = "ldaps://h", "/ca.pem", true },
-		"bad user_filter":            func(l *LDAP) { l.UserFilter = "objectClass=person)" },
-		"bad base_dn":                func(l *LDAP) { l.BaseDN = "people" },
-		"group_filter without base":  func(l *LDAP) { l.GroupFilter = "(member={dn})" },
-		"injected attribute":         func(l *LDAP) { l.UserAttribute = "uid=*)(cn" },
-		"negative max_connections":   func(l *LDAP) { l.MaxConnections = -2 },
-		"cache_ttl below off":        func(l *LDAP) { l.CacheTTL = -2 },
-		"start_tls on an ldaps url":  func(l *LDAP) { l.URL, l.StartTLS = "ldaps://h", true },
-		"url with a search in it":    func(l *LDAP) { l.URL = "ldap://h/dc=example,dc=org??sub?(uid=*)" },
-		"url with user and password": func(l *LDAP) { l.URL = "ldap://u:p@h" },
-		"unknown search_scope":       func(l *LDAP) { l.SearchScope = "base" },
-		"unknown group_names":        func(l *LDAP) { l.GroupNames = "cn" },
+		"no url":                      func(l *LDAP) { l.URL = "" },
+		"no base_dn":                  func(l *LDAP) { l.BaseDN = "" },
+		"http url":                    func(l *LDAP) { l.URL = "http://127.0.0.1" },
+		"two passwords":               func(l *LDAP) { l.BindDN, l.BindPassword, l.BindPasswordFile = "cn=r", "a", "b" },
+		"bind_dn, no password":        func(l *LDAP) { l.BindDN = "cn=r,dc=example,dc=org" },
+		"no_groups, groups_attribute": func(l *LDAP) { l.NoGroups, l.GroupsAttribute = true, "memberOf" },
+		"ca_file without TLS":         func(l *LDAP) { l.CAFile = "/ca.pem" },
+		"insecure without TLS":        func(l *LDAP) { l.InsecureSkipVerify = true },
+		"ca_file and insecure":        func(l *LDAP) { l.URL, l.CAFile, l.InsecureSkipVerify = "ldaps://h", "/ca.pem", true },
+		"bad user_filter":             func(l *LDAP) { l.UserFilter = "objectClass=person)" },
+		"bad base_dn":                 func(l *LDAP) { l.BaseDN = "people" },
+		"group_filter without base":   func(l *LDAP) { l.GroupFilter = "(member={dn})" },
+		"injected attribute":          func(l *LDAP) { l.UserAttribute = "uid=*)(cn" },
+		"negative max_connections":    func(l *LDAP) { l.MaxConnections = -2 },
+		"cache_ttl below off":         func(l *LDAP) { l.CacheTTL = -2 },
+		"start_tls on an ldaps url":   func(l *LDAP) { l.URL, l.StartTLS = "ldaps://h", true },
+		"url with a search in it":     func(l *LDAP) { l.URL = "ldap://h/dc=example,dc=org??sub?(uid=*)" },
+		"url with user and password":  func(l *LDAP) { l.URL = "ldap://u:p@h" },
+		"unknown search_scope":        func(l *LDAP) { l.SearchScope = "base" },
+		"unknown group_names":         func(l *LDAP) { l.GroupNames = "cn" },
 	} {
 		l := ok
 		mod(&l)

@@ -123,6 +123,14 @@ type Mirror struct {
 	// "library/debian"). Default: "library" for docker.io, none otherwise.
 	LibraryPrefix string `json:"library_prefix,omitempty"`
 
+	// UpstreamPrefix is put before every name upstream, not only
+	// one-component ones: with prefix v and upstream_prefix
+	// vendor/tools, v/a/b pulls upstream's vendor/tools/a/b, and
+	// upstream names outside vendor/tools/ have no name here (zot's sync
+	// content prefix with stripPrefix). Excludes library_prefix, and
+	// docker.io's default one.
+	UpstreamPrefix string `json:"upstream_prefix,omitempty"`
+
 	// Repositories, if set, are the upstream repositories served, as
 	// patterns (team/**, library/*); any other name under the prefix
 	// answers 404 and the upstream is never asked for it, so the
@@ -200,6 +208,7 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 			Hosts:              m.Hosts,
 			Default:            m.Default,
 			LibraryPrefix:      m.LibraryPrefix,
+			UpstreamPrefix:     m.UpstreamPrefix,
 			Repositories:       m.Repositories,
 			Logger:             log.Named("upstream").With(zap.String("mirror", m.Prefix)),
 		})
@@ -250,6 +259,7 @@ func mirrorBlobLimit(maxBlob, cacheSize int64) int64 {
 //		host <host>...
 //		default
 //		library_prefix <name>
+//		upstream_prefix <name>
 //		credentials_file <config.json>
 //		max_retries <n>
 //		retry_delay <duration>
@@ -314,6 +324,8 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 			m.CAFile, err = one()
 		case "library_prefix":
 			m.LibraryPrefix, err = one()
+		case "upstream_prefix":
+			m.UpstreamPrefix, err = one()
 		case "repositories":
 			if len(args) == 0 {
 				return nil, d.Errf("mirror %s: repositories needs at least one pattern", m.Prefix)
@@ -381,7 +393,11 @@ func (m *Mirror) String() string { return fmt.Sprintf("mirror %s", m.Prefix) }
 // namespace is how the name mapping sees m, with the defaults a
 // well-known upstream gets (as registry.NewMirror gives them).
 func (m *Mirror) namespace() authscope.Namespace {
-	return authscope.Namespace{Prefix: m.Prefix, Aliases: m.Aliases, Hosts: m.Hosts, Default: m.Default, LibraryPrefix: m.LibraryPrefix}.WithDefaults()
+	ns := authscope.Namespace{Prefix: m.Prefix, Aliases: m.Aliases, Hosts: m.Hosts, Default: m.Default, LibraryPrefix: m.LibraryPrefix}.WithDefaults()
+	if m.UpstreamPrefix != "" {
+		ns.LibraryPrefix = "" // as registry.NewMirror: upstream_prefix instead
+	}
+	return ns
 }
 
 // setMirrorCache gives the store the limit of mirrored content and tells

@@ -88,6 +88,11 @@ type MirrorConfig struct {
 	// LibraryPrefix is put before one-component names ("library" for
 	// docker.io, by default).
 	LibraryPrefix string
+	// UpstreamPrefix, if set, is put before every name upstream: with
+	// prefix v and UpstreamPrefix vendor/tools, v/a/b is upstream's
+	// vendor/tools/a/b, and upstream names outside vendor/tools/ have no
+	// name here. Excludes LibraryPrefix (docker.io's default included).
+	UpstreamPrefix string
 	// Repositories, if set, are the upstream names (patterns, as in
 	// access rules: team/**) this mirror serves; a request for any other
 	// answers 404 NAME_UNKNOWN and upstream is never asked. Its
@@ -158,8 +163,19 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if len(cfg.Upstreams) == 0 {
 		cfg.Upstreams = []string{DefaultUpstream(cfg.Prefix)}
 	}
+	if cfg.UpstreamPrefix != "" {
+		if !authscope.ValidName(cfg.UpstreamPrefix) {
+			return nil, fmt.Errorf("mirror %s: upstream_prefix %q is not a repository name prefix", cfg.Prefix, cfg.UpstreamPrefix)
+		}
+		if cfg.LibraryPrefix != "" {
+			return nil, fmt.Errorf("mirror %s: library_prefix and upstream_prefix are exclusive", cfg.Prefix)
+		}
+	}
 	ns := authscope.Namespace{Prefix: cfg.Prefix, Aliases: cfg.Aliases, LibraryPrefix: cfg.LibraryPrefix}.WithDefaults()
 	cfg.Aliases, cfg.LibraryPrefix = ns.Aliases, ns.LibraryPrefix
+	if cfg.UpstreamPrefix != "" {
+		cfg.LibraryPrefix = "" // every upstream name has two components or more
+	}
 	return newMirror(withDefaults(cfg))
 }
 
@@ -177,7 +193,7 @@ func NewCopySource(localPrefix string, cfg MirrorConfig) (*Mirror, error) {
 		return nil, fmt.Errorf("sync_into %s: no upstream URL", localPrefix)
 	}
 	cfg.Prefix = localPrefix
-	cfg.Aliases, cfg.Hosts, cfg.Default, cfg.LibraryPrefix = nil, nil, false, ""
+	cfg.Aliases, cfg.Hosts, cfg.Default, cfg.LibraryPrefix, cfg.UpstreamPrefix = nil, nil, false, "", ""
 	return newMirror(withDefaults(cfg))
 }
 
@@ -294,7 +310,8 @@ func (m *Mirror) serves(internal string) bool {
 // repo, as its pulls and its sync name it (one-component names take the
 // library prefix).
 func (m *Mirror) ServesUpstream(repo string) bool {
-	return m.serves(m.cfg.Prefix + "/" + m.canonical(repo))
+	name, ok := m.internalName(repo)
+	return ok && m.serves(name)
 }
 
 // canonical is upstream's name of repo: one-component names get the
@@ -307,9 +324,24 @@ func (m *Mirror) canonical(repo string) string {
 	return repo
 }
 
+// internalName is the internal name of upstream's repository repo (as
+// upstream or a sync content names it); false when the mirror has none
+// for it: outside its upstream prefix.
+func (m *Mirror) internalName(repo string) (string, bool) {
+	if up := m.cfg.UpstreamPrefix; up != "" {
+		rest, ok := strings.CutPrefix(repo, up+"/")
+		return m.cfg.Prefix + "/" + rest, ok && rest != ""
+	}
+	return m.cfg.Prefix + "/" + m.canonical(repo), true
+}
+
 // upstreamName is the repository name upstream knows an internal name by.
 func (m *Mirror) upstreamName(internal string) string {
-	return strings.TrimPrefix(internal, m.cfg.Prefix+"/")
+	rest := strings.TrimPrefix(internal, m.cfg.Prefix+"/")
+	if m.cfg.UpstreamPrefix != "" {
+		return m.cfg.UpstreamPrefix + "/" + rest
+	}
+	return rest
 }
 
 // mirrorFor returns the mirror serving an internal name, or nil (local).

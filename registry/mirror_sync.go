@@ -86,11 +86,6 @@ func (h *Handler) SyncSource(m *Mirror) *SyncSource {
 	return &SyncSource{h: h, m: m}
 }
 
-// canonical is upstream's name of repo: one-component names get the
-// mirror's library prefix ("alpine" is "library/alpine" on Docker Hub),
-// as a client's pull of the short name does.
-func (s *SyncSource) canonical(repo string) string { return s.m.canonical(repo) }
-
 // Prefix is where the source stores: the mirror's prefix, or a
 // sync_into's local prefix.
 func (s *SyncSource) Prefix() string { return s.m.cfg.Prefix }
@@ -102,12 +97,11 @@ func (s *SyncSource) HoldUntil() time.Time { return s.m.client.HoldUntil() }
 // request is the internal request of repo (upstream's name) for the
 // store paths; upstream's names are hostile until checked.
 func (s *SyncSource) request(repo string) (*request, error) {
-	repo = s.canonical(repo)
-	name := s.m.cfg.Prefix + "/" + repo
+	name, ok := s.m.internalName(repo)
 	if !authscope.ValidName(repo) || !authscope.ValidName(name) {
 		return nil, fmt.Errorf("%w: repository %q", cache.ErrNameInvalid, repo)
 	}
-	if !s.m.serves(name) {
+	if !ok || !s.m.serves(name) {
 		// The mirror's credentials reach only its repositories, for a
 		// sync as for a pull (which answers 404 for the others).
 		return nil, fmt.Errorf("%w: %q is not among the mirror's repositories", cache.ErrRepoUnknown, repo)

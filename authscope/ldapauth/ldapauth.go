@@ -94,6 +94,11 @@ type Config struct {
 	// does, instead of by one name: then cn=admins in an OU anyone may
 	// create groups in is not cn=admins,ou=groups.
 	GroupsByDN bool
+	// NoGroups reads no groups from the directory: a user's groups are
+	// then only those the registry's own config lists it in (zot
+	// without userGroupAttribute). GroupsAttribute and GroupBaseDN are
+	// not used.
+	NoGroups bool
 
 	// DialTimeout bounds connecting, TLS included; Timeout each request.
 	DialTimeout, Timeout time.Duration
@@ -161,6 +166,9 @@ func New(c Config) (*Directory, error) {
 		if _, err := ldap.ParseDN(c.BindDN); err != nil {
 			return nil, fmt.Errorf("bind_dn %q: %w", c.BindDN, err)
 		}
+	}
+	if c.NoGroups && (c.GroupsAttribute != "" || c.GroupBaseDN != "" || c.GroupFilter != "" || c.GroupNameAttribute != "" || c.GroupsByDN) {
+		return nil, errors.New("no_groups reads no groups: groups_attribute, group_base_dn, group_filter, group_name_attribute and group_names do not go with it")
 	}
 	d.c.UserAttribute = orDefault(c.UserAttribute, DefaultUserAttribute)
 	d.c.GroupsAttribute = orDefault(c.GroupsAttribute, DefaultGroupsAttribute)
@@ -343,7 +351,7 @@ func (d *Directory) findUser(c *ldap.Conn, user string) (*ldap.Entry, error) {
 		filter = "(&" + filter + d.c.UserFilter + ")"
 	}
 	attrs := []string{d.c.UserAttribute}
-	if d.c.GroupBaseDN == "" {
+	if d.c.GroupBaseDN == "" && !d.c.NoGroups {
 		attrs = append(attrs, d.c.GroupsAttribute)
 	}
 	scope := ldap.ScopeWholeSubtree
@@ -369,6 +377,9 @@ func (d *Directory) findUser(c *ldap.Conn, user string) (*ldap.Entry, error) {
 // searched with the service's bind.
 func (d *Directory) identity(c *ldap.Conn, entry *ldap.Entry, typed string) (authscope.Identity, error) {
 	id := authscope.Identity{User: canonicalName(entry, d.c.UserAttribute, typed), Method: authscope.MethodLDAP}
+	if d.c.NoGroups {
+		return id, nil
+	}
 	if d.c.GroupBaseDN == "" {
 		id.Groups = groupNames(entry.GetEqualFoldAttributeValues(d.c.GroupsAttribute), d.c.GroupsByDN)
 		return id, nil

@@ -91,6 +91,9 @@ func TestLogin(t *testing.T) {
 	fc := baseConfig(s)
 	fc.UserFilter = "(memberOf=" + slapdtest.GroupDN("registry") + ")"
 	filtered := newDirectory(t, fc)
+	nc := baseConfig(s)
+	nc.NoGroups = true
+	noGroups := newDirectory(t, nc)
 
 	for _, tc := range []struct {
 		name           string
@@ -107,6 +110,7 @@ func TestLogin(t *testing.T) {
 		{"group search", search, "alice", "alice-pw", "alice", []string{"devs", "registry"}},
 		{"group search by memberUid", search, "carol", "carol-pw", "carol", []string{"devs", "posix-devs"}},
 		{"user filter lets in", filtered, "alice", "alice-pw", "alice", []string{"devs", "registry"}},
+		{"no_groups: memberOf not read", noGroups, "alice", "alice-pw", "alice", nil},
 
 		{"wrong password", memberOf, "alice", "bob-pw", "", nil},
 		{"unknown user", memberOf, "mallory", "alice-pw", "", nil},
@@ -366,6 +370,8 @@ func TestNewRefuses(t *testing.T) {
 		"bad filter":              func(c *Config) { c.UserFilter = "(objectClass=person" },
 		"group filter, no base":   func(c *Config) { c.GroupFilter = "(member={dn})" },
 		"bad group filter":        func(c *Config) { c.GroupBaseDN, c.GroupFilter = "ou=groups,dc=example,dc=org", "(member={dn}" },
+		"no_groups, group search": func(c *Config) { c.NoGroups, c.GroupBaseDN = true, "ou=groups,dc=example,dc=org" },
+		"no_groups, attribute":    func(c *Config) { c.NoGroups, c.GroupsAttribute = true, "memberOf" },
 		"negative timeout":        func(c *Config) { c.Timeout = -1 },
 		"negative max_connection": func(c *Config) { c.MaxConnections = -1 },
 	} {

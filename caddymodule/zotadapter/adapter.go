@@ -127,6 +127,7 @@ func (a *adapter) adapt(body []byte) (*caddy.Config, error) {
 	if err := a.finishAuth(); err != nil {
 		return nil, err
 	}
+	a.mirrorPatterns()
 
 	handler := caddyconfig.JSONModuleObject(a.reg, "handler", "oci_registry", &a.warnings)
 	a.server.Routes = append(a.before, caddyhttp.Route{HandlersRaw: []json.RawMessage{handler}})

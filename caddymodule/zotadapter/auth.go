@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path"
 	"slices"
 	"sort"
 	"strings"
@@ -360,6 +361,9 @@ func (a *adapter) accessControl(o *object, au *caddymodule.Auth) error {
 		if err := authscope.CheckPattern(pat); err != nil {
 			return fmt.Errorf("%s: %w", po.path, err)
 		}
+		if why := globQuirk(pat); why != "" {
+			a.warn(po.path, fmt.Sprintf("zot's glob matching differs here (%s); spell the pattern out, e.g. with a separate pattern for the shorter name", why))
+		}
 		au.Repositories[pat] = rp
 		po.rest()
 	}
@@ -545,4 +549,181 @@ func (a *adapter) finishAuth() error {
 		au.Repositories = map[string]authscope.RepositoryPolicy{"**": {}}
 	}
 	return nil
+}
+
+// mirrorPatterns makes the access rules judge mirrored repositories by
+// the names zot gives them. zot names a repository its sync fetches
+// without a prefix (content "**") as upstream does (acme/internal/tool);
+// here it belongs to the default mirror D as D/acme/internal/tool, which
+// a pattern such as */internal/** does not match, so a shorter pattern
+// (**) decided and granted more. Each pattern P therefore also stands
+// as D/P, with P's policy: D/P matches D/x exactly when P matches x, and
+// is longer than P by the same amount for every pattern, so the longest
+// match is zot's. What stays inexact is a warning naming the pattern:
+//   - P as written matches some D/x too, for another x than zot's
+//     (*/internal/** matches D/internal/y): for D/x it competes with the
+//     D/... patterns, and the longer one counts;
+//   - under a library prefix (Docker Hub: alpine is library/alpine
+//     here), a one-component name is judged as library/<name>.
+func (a *adapter) mirrorPatterns() {
+	au := a.reg.Auth
+	if au == nil || len(au.Repositories) == 0 {
+		return
+	}
+	pats := make([]string, 0, len(au.Repositories))
+	for p := range au.Repositories {
+		pats = append(pats, p)
+	}
+	sort.Strings(pats)
+	for _, m := range a.reg.Mirrors {
+		if m.Default {
+			for _, p := range pats {
+				dp := m.Prefix + "/" + p
+				if _, ok := au.Repositories[dp]; !ok {
+					au.Repositories[dp] = au.Repositories[p]
+				}
+				if matchesUnder(p, m.Prefix) {
+					a.warn("http.accessControl.repositories."+p, fmt.Sprintf("as written it also matches names of the default mirror (%s/...) that zot's %s does not; there it competes with the rules made for those names (%s/<pattern>), and the longer pattern counts", m.Prefix, p, m.Prefix))
+				}
+			}
+		}
+		if m.LibraryPrefix == "" {
+			continue
+		}
+		var base []string // what zot's names of this mirror start with
+		if !m.Default {
+			base = []string{m.Prefix}
+		}
+		for _, p := range pats {
+			if tellsLibraryApart(p, base, m.LibraryPrefix) {
+				a.warn("http.accessControl.repositories."+p, fmt.Sprintf("zot's %s and %s are one repository of the mirror %s here (%s): this pattern matches one of them only, and that name's rule applies to both", strings.Join(append(slices.Clone(base), "alpine"), "/"), strings.Join(append(slices.Clone(base), m.LibraryPrefix, "alpine"), "/"), m.Prefix, strings.Join(append([]string{m.Prefix}, m.LibraryPrefix, "alpine"), "/")))
+			}
+		}
+	}
+}
+
+// tellsLibraryApart reports whether an alternative of pat, below base
+// (components it must match), matches a one-component name x or
+// lib/x without the other: a mirror with a library prefix stores both
+// as lib/x.
+func tellsLibraryApart(pat string, base []string, lib string) bool {
+	alts, err := authscope.ExpandPattern(pat)
+	if err != nil {
+		return false
+	}
+next:
+	for _, alt := range alts {
+		comps := strings.Split(alt, "/")
+		if len(comps) <= len(base) {
+			continue
+		}
+		for i, b := range base {
+			if ok, _ := path.Match(comps[i], b); !ok || comps[i] == "**" {
+				continue next
+			}
+		}
+		r := comps[len(base):]
+		switch {
+		case len(r) == 1 && r[0] != "**":
+			return true
+		case len(r) == 2 && r[0] != "**" && r[1] != "**":
+			if ok, _ := path.Match(r[0], lib); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// matchesUnder reports whether an alternative of pattern pat has a
+// first component other than ** that matches prefix (** alone matches
+// the same names under any prefix).
+func matchesUnder(pat, prefix string) bool {
+	alts, err := authscope.ExpandPattern(pat)
+	if err != nil {
+		return false
+	}
+	for _, alt := range alts {
+		first, _, more := strings.Cut(alt, "/")
+		if first == "**" || !more {
+			continue
+		}
+		if ok, _ := path.Match(first, prefix); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// globQuirk says where zot's glob matcher (doublestar) and the
+// registry's part ways on pat, or "". Both agree on `*`, `**`, `?`,
+// classes and alternatives, except where doublestar's end of a name
+// meets the rest of the pattern: it ends a match only when what is left
+// of the pattern is exactly `/**` (or `*`, `**`, ...), so `app*/**` does
+// not match app there (its `*` was never reached) while it does here,
+// nor does `a/**/**` match a; and a `**` made of two stars from
+// different {} alternatives, or one inside them, is not read as here.
+// A repository one side matches and the other does not may then fall
+// to another rule that grants more.
+func globQuirk(pat string) string {
+	alts, err := authscope.ExpandPattern(pat)
+	if err != nil {
+		return ""
+	}
+	if strings.Contains(pat, "*{") {
+		// At the end of a name doublestar reads alternatives only
+		// where they start what is left: a*{,b} does not match a.
+		return "a * right before {...}"
+	}
+	outside := strings.Count(stripAlternatives(pat), "**")
+	for _, alt := range alts {
+		comps := strings.Split(alt, "/")
+		stars := 0
+		for _, c := range comps {
+			if c == "**" {
+				stars++
+			}
+		}
+		if stars > 0 && strings.Contains(pat, "{") && stars > outside {
+			return "a ** made from {} alternatives"
+		}
+		k := 0 // trailing ** components
+		for k < len(comps) && comps[len(comps)-1-k] == "**" {
+			k++
+		}
+		if k == 0 || k == len(comps) {
+			continue
+		}
+		before := comps[len(comps)-1-k]
+		switch {
+		case k > 1:
+			return "several trailing /**: zot never lets them match nothing"
+		case strings.HasSuffix(before, "*") && strings.Trim(before, "*") != "":
+			return "in zot, <x>*/** does not match a name whose last component matches <x> with that * empty (app*/** does not match app there); here it does"
+		}
+	}
+	return ""
+}
+
+// stripAlternatives is pat without its {...} groups.
+func stripAlternatives(pat string) string {
+	var b strings.Builder
+	depth := 0
+	for i := 0; i < len(pat); i++ {
+		switch c := pat[i]; {
+		case c == '\\' && i+1 < len(pat):
+			if depth == 0 {
+				b.WriteByte(c)
+				b.WriteByte(pat[i+1])
+			}
+			i++
+		case c == '{':
+			depth++
+		case c == '}' && depth > 0:
+			depth--
+		case depth == 0:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

@@ -7,15 +7,15 @@ package zotadapter
 // zot's sync copies upstream repositories into local names: a content
 // entry picks upstream names by a glob (prefix), puts them under a
 // destination, and may strip the glob's literal part. An oci_registry
-// mirror serves `<prefix>/<upstream name>` for every upstream name, with
-// library_prefix put before one-component names. So:
+// mirror serves `<prefix>/<name>` as upstream's `<upstream_prefix>/<name>`
+// (library_prefix: before one-component names only). So:
 //   - destination "/d"                   -> mirror d (exact);
-//   - destination "/d", stripPrefix, "/lib/*" -> mirror d, library_prefix lib;
-//   - no destination, "/ns/**"           -> mirror ns, library_prefix ns;
+//   - destination "/d", stripPrefix, "/lib/*" -> mirror d, upstream_prefix lib;
+//   - no destination, "/ns/app/**"       -> mirror ns, upstream_prefix ns
+//     (ns/app/x is upstream's ns/app/x, as in zot);
 //   - no destination, "**"               -> the default mirror, named after
 //     the upstream's host, which takes every name not under a local prefix.
-// Where a name of more than one component after the prefix would lose
-// its library prefix, or the glob filtered names, a warning says so.
+// The content's glob becomes the mirror's repositories (upstream names).
 
 import (
 	"encoding/json"
@@ -402,15 +402,17 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 	case dest != "" && !strip:
 		m.Prefix, remainder = dest, glob
 	case dest != "" && strip:
-		m.Prefix, m.LibraryPrefix, remainder = dest, lit, rest
+		m.Prefix, m.UpstreamPrefix, remainder = dest, lit, rest
 	case !strip && lit == "":
 		m.Default, remainder = true, glob
 	case !strip:
+		// zot's local name is upstream's: the mirror's prefix is its
+		// first component, kept upstream.
 		first, after, _ := strings.Cut(lit, "/")
-		m.Prefix, m.LibraryPrefix = first, first
+		m.Prefix, m.UpstreamPrefix = first, first
 		remainder = strings.Trim(after+"/"+rest, "/")
 	default: // stripPrefix without destination: names at the root
-		m.Default, m.LibraryPrefix, remainder = true, lit, rest
+		m.Default, m.UpstreamPrefix, remainder = true, lit, rest
 	}
 	if remainder == "" {
 		local := dest
@@ -420,7 +422,7 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 		a.warn(at, fmt.Sprintf("serves upstream %s as the local name %s alone, which cannot be a mirrored name here (mirrored names are <prefix>/<name>); this content is not mirrored", glob, local))
 		return nil
 	}
-	if m.LibraryPrefix == "" && mirrorPrefix(host) == "docker.io" {
+	if m.UpstreamPrefix == "" && mirrorPrefix(host) == "docker.io" {
 		// zot's sync client asks Docker Hub for library/<name> when a
 		// name has one component, as Docker Hub needs.
 		m.LibraryPrefix = "library"
@@ -431,7 +433,7 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 			m.Default = false
 			a.warn(at, fmt.Sprintf("only one upstream can serve names without a prefix here; this one is served under %s/ instead", m.Prefix))
 		} else {
-			a.warn(at, fmt.Sprintf("names without a prefix are pulled from this upstream as %s/<name> (the default mirror): access patterns see them as %s/..., and they cannot be pushed; pushes go under a local prefix (local_prefixes)", m.Prefix, m.Prefix))
+			a.warn(at, fmt.Sprintf("names without a prefix are pulled from this upstream as %s/<name> (the default mirror), and they cannot be pushed; pushes go under a local prefix (local_prefixes). Each access pattern P also stands as %s/P, so that they are judged by zot's names", m.Prefix, m.Prefix))
 		}
 	}
 	if !authscope.ValidName(m.Prefix) || strings.Contains(m.Prefix, "/") {
@@ -443,11 +445,7 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 		return nil
 	}
 	if m.LibraryPrefix != "" {
-		msg := fmt.Sprintf("%s/<name> is fetched from upstream as %s/<name>, and access patterns see it as %s/%s/<name>", m.Prefix, m.LibraryPrefix, m.Prefix, m.LibraryPrefix)
-		if strings.Contains(remainder, "/") || strings.Contains(remainder, "**") {
-			msg += fmt.Sprintf("; only one-component names get %s/: longer names under %s/ keep their name upstream, and answer 404 when it lies outside the content prefix", m.LibraryPrefix, m.Prefix)
-		}
-		a.warn(at, msg)
+		a.warn(at, fmt.Sprintf("%s/<name> of one component is fetched from upstream as %s/<name>, and access patterns see it as %s/%s/<name>", m.Prefix, m.LibraryPrefix, m.Prefix, m.LibraryPrefix))
 	}
 	if glob != "**" {
 		// As in zot, only the upstream repositories the content names are
@@ -458,6 +456,9 @@ func (a *adapter) addMirror(at string, base caddymodule.Mirror, e syncEntry, hos
 			return nil
 		}
 		m.Repositories = []string{glob}
+		if why := globQuirk(glob); why != "" {
+			a.warn(at+".prefix", fmt.Sprintf("zot's glob matching differs here (%s): the mirror may serve upstream names zot does not, or the other way round", why))
+		}
 	}
 	if m.Sync = a.scheduled(at+".prefix", e, glob); m.Sync != nil && !e.onDemand {
 		a.warn(at, fmt.Sprintf("synced every %s into the mirror %s, whose images not yet synced are also fetched when first pulled (zot with onDemand false answers 404 for them)", time.Duration(e.every), m.Prefix))

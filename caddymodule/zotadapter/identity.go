@@ -128,15 +128,21 @@ func (a *adapter) ldap(o *object, au *caddymodule.Auth) error {
 		return err
 	}
 	a.ldapGroups = cfg.GroupsAttribute != ""
-	// zot's groups are the raw values of userGroupAttribute (memberOf:
-	// whole DNs), and policies name them so. Named by their first
-	// component, a cn=devs anywhere in the tree (an OU whose groups
-	// anyone may create) would be cn=devs,ou=groups, and a directory
-	// group named like an accessControl group would get its rules.
-	// Without userGroupAttribute zot takes no directory groups; the
-	// memberOf DNs that come in here match no rule, since policy groups
-	// nobody defines are then dropped.
-	cfg.GroupNames = "dn"
+	if a.ldapGroups {
+		// zot's groups are the raw values of userGroupAttribute
+		// (memberOf: whole DNs), and policies name them so. Named by
+		// their first component, a cn=devs anywhere in the tree (an OU
+		// whose groups anyone may create) would be cn=devs,ou=groups,
+		// and a directory group named like an accessControl group would
+		// get its rules.
+		cfg.GroupNames = "dn"
+	} else {
+		// Without userGroupAttribute zot takes no groups from the
+		// directory; ldap's default would read memberOf, and a group
+		// accessControl.groups defines under a DN would get members
+		// that zot never lets in.
+		cfg.NoGroups = true
+	}
 	if err := a.ldapBind(l, cfg); err != nil {
 		return err
 	}

@@ -180,3 +180,54 @@ func TestLDAPOneLevelServes(t *testing.T) {
 		t.Fatalf("mallory (in an OU below baseDN): %v, want 401", err)
 	}
 }
+
+// TestLDAPWithoutGroupAttributeServes: zot reads a user's directory
+// groups only from userGroupAttribute; without it an LDAP user's groups
+// are those accessControl.groups lists it in, nothing else. The adapted
+// config read memberOf anyway (ldap's default), so alice, a directory
+// member of cn=devs, got the rules of the accessControl group zot's
+// config names by that DN and lists only carol in.
+func TestLDAPWithoutGroupAttributeServes(t *testing.T) {
+	s := slapdtest.Start(t)
+	s.AddUser(t, "alice", "alice-pw")
+	s.AddUser(t, "carol", "carol-pw")
+	s.AddGroup(t, "devs", "alice")
+	u, err := url.Parse(s.TLSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs := "cn=devs," + slapdtest.GroupsDN
+	dir := t.TempDir()
+	port := freePort(t)
+	a := adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {"address": "127.0.0.1", "port": "`+port+`",
+    "auth": {"ldap": {
+      "address": "127.0.0.1", "port": `+u.Port()+`, "caCert": "`+s.CAFile+`",
+      "bindDN": "`+slapdtest.ReaderDN+`", "bindPassword": "`+slapdtest.ReaderPassword+`",
+      "baseDN": "`+slapdtest.PeopleDN+`", "userAttribute": "uid"
+    }, "failDelay": 0},
+    "accessControl": {
+      "groups": {"`+devs+`": {"users": ["carol"]}},
+      "repositories": {"**": {
+        "defaultPolicy": ["read"],
+        "policies": [{"groups": ["`+devs+`"], "actions": ["read", "create"]}]
+      }}
+    }
+  }
+}`)
+	if l := a.reg.Auth.LDAP; l == nil || !l.NoGroups || l.GroupsAttribute != "" {
+		t.Fatalf("ldap %s: want no_groups", mustJSON(t, l))
+	}
+	serve(t, a)
+	host := "127.0.0.1:" + port
+	if _, err := push(t, host, "team/app:1", &authn.Basic{Username: "carol", Password: "carol-pw"}); err != nil {
+		t.Fatalf("carol (listed in the config group): %v", err)
+	}
+	if _, err := push(t, host, "team/app:2", &authn.Basic{Username: "alice", Password: "alice-pw"}); status(err) != http.StatusForbidden {
+		t.Fatalf("alice (a member of %s in the directory only): %v, want 403", devs, err)
+	}
+	if _, err := remote.Image(ref(t, host, "team/app:1"), remote.WithAuth(&authn.Basic{Username: "alice", Password: "alice-pw"})); err != nil {
+		t.Errorf("alice pulls (defaultPolicy read): %v", err)
+	}
+}

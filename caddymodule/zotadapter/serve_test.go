@@ -312,8 +312,8 @@ func TestSyncContentFilterServes(t *testing.T) {
 
 // TestSyncServes: zot's sync of several registries. On-demand content is
 // pulled through its mirror: lib/alpine and vendor/tool rely on
-// library_prefix applying to a prefixed one-component name (lib/alpine ->
-// upstream library/alpine), issue 13's newcomer fix. The registry zot
+// upstream_prefix (lib/alpine -> upstream library/alpine, vendor/tool ->
+// upstream vendor/tool). The registry zot
 // only polls (pollInterval 6h, onDemand false) copies team/** into
 // mirror/ when its sync runs, and only the tags its regex keeps; before,
 // nothing is there, as in zot. The polled content that had to become a
@@ -645,5 +645,128 @@ func stopCaddy(t testing.TB) {
 	defer cancel()
 	if err := caddymodule.Released(ctx); err != nil {
 		t.Errorf("the storage was still held 30 s after caddy.Stop: %v", err)
+	}
+}
+
+// TestSyncLiteralPrefixServes: a zot content prefix whose literal part
+// has more than one component serves upstream's names under it as zot
+// does: without a destination at the same name (team/app/x is upstream
+// team/app/x), with stripPrefix under the destination (v/a/b is upstream
+// vendor/tools/a/b). The adapted mirror put the literal part before
+// one-component names only, so team/app/x asked upstream for app/x
+// (outside the content prefix: 404) and v/a/b for a/b.
+func TestSyncLiteralPrefixServes(t *testing.T) {
+	up := upstream(t)
+	upHost := strings.TrimPrefix(up, "http://")
+	want := map[string]v1.Image{}
+	for local, upstreamName := range map[string]string{
+		"team/app:1":       "team/app:1",
+		"team/app/x:1":     "team/app/x:1",
+		"team/app/x/y:1":   "team/app/x/y:1",
+		"library/alpine:3": "library/alpine:3",
+		"v/a:1":            "vendor/tools/a:1",
+		"v/a/b:1":          "vendor/tools/a/b:1",
+		"team/other:1":     "team/other:1",
+		"library/debian:1": "library/debian:1",
+		"vendor/tools/c:1": "vendor/tools/c:1",
+	} {
+		img, err := push(t, upHost, upstreamName, authn.Anonymous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[local] = img
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	serve(t, adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {"address": "127.0.0.1", "port": "`+port+`"},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["`+up+`"], "onDemand": true, "tlsVerify": false, "content": [
+      {"prefix": "team/app/**"},
+      {"prefix": "/library/alpine"},
+      {"prefix": "/vendor/tools/**", "destination": "/v", "stripPrefix": true}
+    ]}
+  ]}}
+}`))
+	host := "127.0.0.1:" + port
+	for _, tc := range []struct {
+		repo string
+		want int
+	}{
+		{"team/app:1", 0},
+		{"team/app/x:1", 0},
+		{"team/app/x/y:1", 0},
+		{"library/alpine:3", 0},
+		{"v/a:1", 0},
+		{"v/a/b:1", 0},
+		// Outside the content prefixes, as in zot.
+		{"team/other:1", http.StatusNotFound},
+		{"library/debian:1", http.StatusNotFound},
+		{"v/vendor/tools/c:1", http.StatusNotFound},
+	} {
+		got, err := remote.Image(ref(t, host, tc.repo))
+		if status(err) != tc.want || (tc.want == 0 && err != nil) {
+			t.Errorf("pull %s: %v, want %d", tc.repo, err, tc.want)
+			continue
+		}
+		if err == nil && digestOf(t, got) != digestOf(t, want[tc.repo]) {
+			t.Errorf("pull %s: another image", tc.repo)
+		}
+	}
+}
+
+// TestDefaultMirrorPolicyServes: zot judges a synced repository by the
+// name it has there (acme/internal/tool), so `*/internal/**` keeps it to
+// alice. Behind the default mirror its name here is
+// 127.0.0.1/acme/internal/tool, which that pattern does not match: `**`
+// decided, and anyone could pull it (with the mirror's credentials).
+// Each pattern now also holds for the default mirror's names.
+func TestDefaultMirrorPolicyServes(t *testing.T) {
+	up := upstream(t)
+	upHost := strings.TrimPrefix(up, "http://")
+	for _, repo := range []string{"acme/internal/tool:1", "acme/tool:1"} {
+		if _, err := push(t, upHost, repo, authn.Anonymous); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	writeHtpasswd(t, dir, map[string]string{"alice": "alice-pw", "bob": "bob-pw"})
+	port := freePort(t)
+	a := adaptString(t, `{
+  "storage": {"rootDirectory": "`+dir+`/zot"},
+  "http": {
+    "address": "127.0.0.1", "port": "`+port+`",
+    "auth": {"htpasswd": {"path": "`+dir+`/htpasswd"}, "failDelay": 0},
+    "accessControl": {"repositories": {
+      "**": {"anonymousPolicy": ["read"], "defaultPolicy": ["read"]},
+      "*/internal/**": {"policies": [{"users": ["alice"], "actions": ["read"]}]}
+    }}
+  },
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["`+up+`"], "onDemand": true, "tlsVerify": false, "content": [{"prefix": "**"}]}
+  ]}}
+}`)
+	if !a.warned("http.accessControl.repositories.*/internal/**", "127.0.0.1/") {
+		t.Errorf("no warning that */internal/** as written also matches the default mirror's names: %v", a.warnings)
+	}
+	serve(t, a)
+	host := "127.0.0.1:" + port
+	alice := remote.WithAuth(&authn.Basic{Username: "alice", Password: "alice-pw"})
+	bob := remote.WithAuth(&authn.Basic{Username: "bob", Password: "bob-pw"})
+	for _, tc := range []struct {
+		repo string
+		opt  remote.Option
+		want int
+	}{
+		{"acme/internal/tool:1", remote.WithAuth(authn.Anonymous), http.StatusUnauthorized},
+		{"acme/internal/tool:1", bob, http.StatusForbidden},
+		{"acme/internal/tool:1", alice, 0},
+		{"acme/tool:1", remote.WithAuth(authn.Anonymous), 0},
+	} {
+		_, err := remote.Image(ref(t, host, tc.repo), tc.opt)
+		if status(err) != tc.want || (tc.want == 0 && err != nil) {
+			t.Errorf("pull %s: %v, want %d", tc.repo, err, tc.want)
+		}
 	}
 }

@@ -533,6 +533,51 @@ func TestSyncLibraryPrefix(t *testing.T) {
 	}
 }
 
+// TestSyncUpstreamPrefix: on a mirror with an upstream prefix (zot's
+// stripped content prefix) upstream's vendor/tools/a/b is stored and
+// pulled as <prefix>/a/b, docker.io's library prefix is not added, and
+// upstream names outside the upstream prefix are not the mirror's.
+func TestSyncUpstreamPrefix(t *testing.T) {
+	up := newUpstream(t)
+	deep := up.pushIndex("vendor/tools/a/b", "1.0")
+	up.pushIndex("vendor/tools/c", "1.0")
+	up.pushIndex("other/d", "1.0")
+	loc := newLocal(t, up, func(c *registry.MirrorConfig) { c.Prefix, c.UpstreamPrefix = "docker.io", "vendor/tools" })
+	if !loc.m.ServesUpstream("vendor/tools/a/b") || loc.m.ServesUpstream("other/d") || loc.m.ServesUpstream("vendor/tools") {
+		t.Error("ServesUpstream: the upstream prefix is not what decides")
+	}
+	sy := newSync(t, loc.h.SyncSource(loc.m), mirrorsync.Content{Repository: "**", Platforms: []string{"linux/amd64"}})
+	if st := sy.Run(context.Background()); st.Tags != 2 {
+		t.Fatalf("run: %+v", st)
+	}
+	if d, err := loc.store.ResolveTag(t.Context(), "docker.io/a/b", "1.0"); err != nil || d.String() != deep.index.String() {
+		t.Errorf("docker.io/a/b:1.0 = %s, %v", d, err)
+	}
+	if _, err := loc.store.ResolveTag(t.Context(), "docker.io/c", "1.0"); err != nil {
+		t.Errorf("docker.io/c:1.0 (one component, no library/): %v", err)
+	}
+	for path, want := range map[string]int{
+		"/v2/a/b/manifests/1.0?ns=docker.io":     200,
+		"/v2/c/manifests/1.0?ns=docker.io":       200,
+		"/v2/other/d/manifests/1.0?ns=docker.io": 404, // upstream's vendor/tools/other/d
+	} {
+		resp, err := http.Get(loc.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	if _, err := registry.NewMirror(registry.MirrorConfig{Prefix: "v", LibraryPrefix: "lib", UpstreamPrefix: "vendor"}); err == nil {
+		t.Error("library_prefix with upstream_prefix accepted")
+	}
+	if _, err := registry.NewMirror(registry.MirrorConfig{Prefix: "v", UpstreamPrefix: "Vendor/../x"}); err == nil {
+		t.Error("an upstream_prefix that is no name accepted")
+	}
+}
+
 // TestStartTriggerStop: the schedule waits for its first run, Trigger
 // runs it now, the status shows the next run as soon as the last one
 // ended, and cancelling the context ends Start.
