@@ -295,3 +295,47 @@ func TestNoSpaceMidBlob(t *testing.T) {
 		t.Fatalf("session data after the disk filled not cut back: %v", err)
 	}
 }
+
+// TestOpenOnFullDisk: a store reopened on a filesystem another program
+// filled while it was closed refuses to open with ErrStorageFull, rather
+// than letting badger start a memtable there (a SIGBUS that ends the
+// process at every start), and opens with all it held once space is
+// freed. So does a fresh metadata folder on a full filesystem.
+func TestOpenOnFullDisk(t *testing.T) {
+	fs := tmpfs.Mount(t, 64*mib)
+	opts := Options{Dir: filepath.Join(fs, "data"), Reserve: SpaceReserve{Bytes: 16 * mib}}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := randomBytes(t, mib)
+	d := mustPut(t, s, blob)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	filler := tmpfs.FillTo(t, fs, 0)
+	if s, err := Open(opts); !IsStorageFull(err) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open on a full disk: %v, want ErrStorageFull", err)
+	}
+	fresh := opts
+	fresh.MetadataDir = filepath.Join(fs, "meta", "new")
+	if s, err := Open(fresh); !IsStorageFull(err) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open of a new metadata folder on a full disk: %v, want ErrStorageFull", err)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, opts)
+	info, err := s.StatBlob(t.Context(), d)
+	if err != nil || info.Size != int64(len(blob)) {
+		t.Fatalf("blob after space came back: %+v, %v", info, err)
+	}
+}
