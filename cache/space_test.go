@@ -339,3 +339,46 @@ func TestOpenOnFullDisk(t *testing.T) {
 		t.Fatalf("blob after space came back: %+v, %v", info, err)
 	}
 }
+
+// TestCommitOfKnownBlobRefusedKeepsSession: the last step of a chunked
+// push of a blob the store holds already (pushed to another repository)
+// is refused on a full filesystem. The session stays whole (its data
+// included) and commits once space is freed; before, its data was
+// dropped as a duplicate before the refused link, and the retry found a
+// session that said it held the bytes but could no longer commit.
+func TestCommitOfKnownBlobRefusedKeepsSession(t *testing.T) {
+	s, fs := spaceStore(t, 64*mib, Options{Reserve: SpaceReserve{Bytes: 16 * mib}})
+	blob := randomBytes(t, mib)
+	d := mustPut(t, s, blob)
+	if err := s.LinkBlob(t.Context(), "team/first", d); err != nil {
+		t.Fatal(err)
+	}
+	const repo = "team/second"
+	u, err := s.NewUpload(t.Context(), repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err = s.AppendUpload(t.Context(), repo, u.ID, 0, bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+
+	filler := tmpfs.FillTo(t, fs, 0)
+	if _, err := s.CommitUpload(t.Context(), repo, u.ID, d); !IsStorageFull(err) {
+		t.Fatalf("commit on a full filesystem = %v, want a full storage", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetUpload(t.Context(), repo, u.ID); err != nil || got.Size != int64(len(blob)) {
+		t.Fatalf("session after the refused commit: %+v, %v", got, err)
+	}
+	if _, err := s.CommitUpload(t.Context(), repo, u.ID, d); err != nil {
+		t.Fatalf("commit after space was freed: %v", err)
+	}
+	if info, err := s.HasBlob(t.Context(), repo, d); err != nil || info.Size != int64(len(blob)) {
+		t.Errorf("blob in %s after the commit: %+v, %v", repo, info, err)
+	}
+	if n, err := os.ReadDir(filepath.Join(s.dir, "uploads")); err != nil || len(n) != 0 {
+		t.Errorf("uploads/ after the commit: %d entries, %v", len(n), err)
+	}
+}
