@@ -26,7 +26,8 @@ import (
 // starts, answers 503 with Retry-After (pulls) and 507 STORAGE_FULL
 // (pushes), stays alive, and once the filler is deleted the same process
 // opens the store and serves everything stored before, the upload
-// session included, which resumes where it was.
+// session included, which resumes where it was. A config reload in
+// between changes nothing of that.
 func TestRestartOnFullDisk(t *testing.T) {
 	needBinary(t)
 	fs := tmpfs.Mount(t, 96*diskMiB)
@@ -70,6 +71,16 @@ func TestRestartOnFullDisk(t *testing.T) {
 		"chunk on a full disk after the restart")
 	time.Sleep(time.Second) // a crash would be on its way
 	s.alive("on a full disk after the restart")
+	// A config reload meanwhile tries again, and answers the same.
+	caddyfile, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.reload(t, caddyfile)
+	if resp := do(t, http.MethodGet, s.url("/v2/team/app/manifests/v1"), nil, nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("pull on a full disk after a reload: %s, want 503", resp.Status)
+	}
+	s.alive("after a reload on a full disk")
 
 	// Space freed: the same process opens the store.
 	if err := os.Remove(filler); err != nil {
