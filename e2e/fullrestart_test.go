@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,6 +73,39 @@ func TestRestartOnFullDisk(t *testing.T) {
 		"chunk on a full disk after the restart")
 	time.Sleep(time.Second) // a crash would be on its way
 	s.alive("on a full disk after the restart")
+	// 200 clients at once get the same answers, promptly.
+	var wg sync.WaitGroup
+	var odd atomic.Int64
+	var slowest atomic.Int64
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				start := time.Now()
+				method, path, want := http.MethodGet, "/v2/team/app/manifests/v1", http.StatusServiceUnavailable
+				if i%2 == 1 {
+					method, path, want = http.MethodPost, "/v2/team/app/blobs/uploads/", http.StatusInsufficientStorage
+				}
+				if status(method, s.url(path)) != want {
+					odd.Add(1)
+				}
+				for d := int64(time.Since(start)); ; {
+					if old := slowest.Load(); d <= old || slowest.CompareAndSwap(old, d) {
+						break
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := odd.Load(); n > 0 {
+		t.Errorf("%d of 1000 requests of 200 clients on the full disk got another answer than 503 (pulls) or 507 (pushes)", n)
+	}
+	if d := time.Duration(slowest.Load()); d > 10*time.Second {
+		t.Errorf("slowest answer of 200 clients on the full disk took %s", d)
+	}
+	t.Logf("200 clients on the full disk: slowest answer %s", time.Duration(slowest.Load()).Round(time.Millisecond))
 	// A config reload meanwhile tries again, and answers the same.
 	caddyfile, err := os.ReadFile(s.config)
 	if err != nil {
