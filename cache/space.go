@@ -18,6 +18,8 @@ package cache
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -103,6 +105,26 @@ func (g *spaceGuard) admitMeta() error {
 	g.mu.Unlock()
 	if refused {
 		return fmt.Errorf("%w: %d bytes free for metadata, %d kept for its database", ErrStorageFull, free, floor)
+	}
+	return nil
+}
+
+// admitOpen is admitMeta for opening the database, whose folder may not
+// exist yet: the free space is that of its nearest existing parent.
+func (g *spaceGuard) admitOpen() error {
+	dir := g.metaDir
+	for {
+		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	free, total, err := blobfile.FreeSpace(dir)
+	if err != nil {
+		return nil
+	}
+	if floor := g.metaFloor(total); free < floor {
+		return fmt.Errorf("%w: %d bytes free on the filesystem of %s, %d needed to open its database", ErrStorageFull, free, g.metaDir, floor)
 	}
 	return nil
 }

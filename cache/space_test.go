@@ -295,3 +295,90 @@ func TestNoSpaceMidBlob(t *testing.T) {
 		t.Fatalf("session data after the disk filled not cut back: %v", err)
 	}
 }
+
+// TestOpenOnFullDisk: a store reopened on a filesystem another program
+// filled while it was closed refuses to open with ErrStorageFull, rather
+// than letting badger start a memtable there (a SIGBUS that ends the
+// process at every start), and opens with all it held once space is
+// freed. So does a fresh metadata folder on a full filesystem.
+func TestOpenOnFullDisk(t *testing.T) {
+	fs := tmpfs.Mount(t, 64*mib)
+	opts := Options{Dir: filepath.Join(fs, "data"), Reserve: SpaceReserve{Bytes: 16 * mib}}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := randomBytes(t, mib)
+	d := mustPut(t, s, blob)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	filler := tmpfs.FillTo(t, fs, 0)
+	if s, err := Open(opts); !IsStorageFull(err) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open on a full disk: %v, want ErrStorageFull", err)
+	}
+	fresh := opts
+	fresh.MetadataDir = filepath.Join(fs, "meta", "new")
+	if s, err := Open(fresh); !IsStorageFull(err) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open of a new metadata folder on a full disk: %v, want ErrStorageFull", err)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, opts)
+	info, err := s.StatBlob(t.Context(), d)
+	if err != nil || info.Size != int64(len(blob)) {
+		t.Fatalf("blob after space came back: %+v, %v", info, err)
+	}
+}
+
+// TestCommitOfKnownBlobRefusedKeepsSession: the last step of a chunked
+// push of a blob the store holds already (pushed to another repository)
+// is refused on a full filesystem. The session stays whole (its data
+// included) and commits once space is freed; before, its data was
+// dropped as a duplicate before the refused link, and the retry found a
+// session that said it held the bytes but could no longer commit.
+func TestCommitOfKnownBlobRefusedKeepsSession(t *testing.T) {
+	s, fs := spaceStore(t, 64*mib, Options{Reserve: SpaceReserve{Bytes: 16 * mib}})
+	blob := randomBytes(t, mib)
+	d := mustPut(t, s, blob)
+	if err := s.LinkBlob(t.Context(), "team/first", d); err != nil {
+		t.Fatal(err)
+	}
+	const repo = "team/second"
+	u, err := s.NewUpload(t.Context(), repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err = s.AppendUpload(t.Context(), repo, u.ID, 0, bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+
+	filler := tmpfs.FillTo(t, fs, 0)
+	if _, err := s.CommitUpload(t.Context(), repo, u.ID, d); !IsStorageFull(err) {
+		t.Fatalf("commit on a full filesystem = %v, want a full storage", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetUpload(t.Context(), repo, u.ID); err != nil || got.Size != int64(len(blob)) {
+		t.Fatalf("session after the refused commit: %+v, %v", got, err)
+	}
+	if _, err := s.CommitUpload(t.Context(), repo, u.ID, d); err != nil {
+		t.Fatalf("commit after space was freed: %v", err)
+	}
+	if info, err := s.HasBlob(t.Context(), repo, d); err != nil || info.Size != int64(len(blob)) {
+		t.Errorf("blob in %s after the commit: %+v, %v", repo, info, err)
+	}
+	if n, err := os.ReadDir(filepath.Join(s.dir, "uploads")); err != nil || len(n) != 0 {
+		t.Errorf("uploads/ after the commit: %d entries, %v", len(n), err)
+	}
+}

@@ -163,6 +163,15 @@ func Open(opts Options) (*Store, error) {
 
 	metaDir := opts.DatabaseDir()
 	s.space = newSpaceGuard(opts.Dir, metaDir, opts.Reserve, log, opts.SpaceObserver)
+	// Opening writes too: badger starts a new memtable (and replays the
+	// last one, whose unwritten pages a tmpfs gives only on demand)
+	// through memory maps. On a filesystem another program filled while
+	// the process was down, that is a SIGBUS at every start; below the
+	// floor where a running store refuses metadata changes, refuse to
+	// open instead, and the caller tries again once space is freed.
+	if err := s.space.admitOpen(); err != nil {
+		return nil, fmt.Errorf("cache: the metadata database cannot open: %w", err)
+	}
 	// badger's files are sparse and memory-mapped (a memtable's log is
 	// mapped at twice MemTableSize, a value log at twice ValueLogFileSize)
 	// and take disk space only as pages are written: a few MiB for each

@@ -624,8 +624,15 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	if _, err := s.installLocked(s.uploadPath(id), want, rec.Size); err != nil {
-		return BlobInfo{}, err
+	// A blob the store has already (pushed to another repository) needs
+	// only its link: the session's data goes once the link is made, so a
+	// link refused (a full disk, no descriptors left) leaves the session
+	// whole for the client's retry, as a refused chunk does.
+	have := s.touchFileLocked(want, rec.Size)
+	if !have {
+		if _, err := s.installLocked(s.uploadPath(id), want, rec.Size); err != nil {
+			return BlobInfo{}, err
+		}
 	}
 	now := s.now()
 	err = s.update(func(txn *badger.Txn) error {
@@ -635,11 +642,17 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 		return txn.Delete(uploadKey(id))
 	})
 	if err != nil {
-		// The blob is in the store but unlinked (GC takes it after the
+		// A new blob is in the store but unlinked (GC takes it after the
 		// grace period); the session has no data any more.
 		return BlobInfo{}, fmt.Errorf("cache: link upload: %w", err)
 	}
 	s.forgetUpload(id)
+	if have {
+		// A crash before this leaves the file to GC's sweep of orphans.
+		if err := os.Remove(s.uploadPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("remove duplicate blob data", zap.String("file", s.uploadPath(id)), zap.Error(err))
+		}
+	}
 	info, err := s.StatBlob(ctx, want)
 	if err != nil {
 		return BlobInfo{}, err

@@ -342,6 +342,14 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 				zap.String("storage", rg.dir), zap.Error(err))
 			return nil
 		}
+		if err != nil && cache.IsStorageFull(err) {
+			// Nor must a disk another program filled while the process
+			// was down: the store opens with the first request after
+			// space is freed, without a restart.
+			rg.logger.Warn("storage full at start; requests get 503 (pushes 507) until space is freed",
+				zap.String("storage", rg.dir), zap.Error(err))
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -625,18 +633,42 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 	}
 	h, err := rg.registryHandler()
 	if err != nil {
-		rg.logger.Error("storage unavailable", zap.String("storage", rg.dir), zap.Error(err))
+		if cache.IsStorageFull(err) {
+			// The operator's to fix, but no fault, as a full disk under
+			// an open store is logged.
+			rg.logger.Warn("storage full", zap.String("storage", rg.dir), zap.Error(err))
+		} else {
+			rg.logger.Error("storage unavailable", zap.String("storage", rg.dir), zap.Error(err))
+		}
 		// The spec's envelope, as the handler would answer: clients show
 		// the message and retry.
 		w, r, finish := authscope.GuardUnreadBody(w, r)
 		defer finish()
+		if cache.IsStorageFull(err) && writes(r.Method) {
+			// As a store that is open answers new content on a full disk.
+			registry.NewError(http.StatusInsufficientStorage, registry.CodeStorageFull,
+				"storage is full", err).Render(w, r)
+			return nil
+		}
 		w.Header().Set("Retry-After", "5")
-		registry.NewError(http.StatusServiceUnavailable, registry.CodeUnavailable,
-			"storage is temporarily unavailable, retry", err).Render(w, r)
+		msg := "storage is temporarily unavailable, retry"
+		if cache.IsStorageFull(err) {
+			msg = "storage is full: its metadata cannot be read until space is freed, retry"
+		}
+		registry.NewError(http.StatusServiceUnavailable, registry.CodeUnavailable, msg, err).Render(w, r)
 		return nil
 	}
 	h.ServeHTTP(w, r)
 	return nil
+}
+
+// writes reports whether a request of this method would change the store.
+func writes(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return false
+	}
+	return true
 }
 
 // v1Ping is the Docker V1 registry API's ping. Clients ask it only after

@@ -43,13 +43,16 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
-	"github.com/caddy-oci/caddy-oci/cache/internal/authrecords"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/internal/authrecords"
 	"github.com/caddy-oci/caddy-oci/cache/internal/badgerwrite"
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -58,12 +61,18 @@ import (
 // directory per process.
 type Store struct {
 	db     *badger.DB
+	dir    string
 	writer *badgerwrite.Writer  // update
 	auth   *authrecords.Records // auth.go
 }
 
-// Open opens (creating if needed) the metadata in dir.
+// Open opens (creating if needed) the metadata in dir. It refuses
+// (blobfile.ErrStorageFull) while dir's filesystem has less than
+// spaceFloor free, as every write does (update).
 func Open(dir string) (*Store, error) {
+	if err := admitSpace(dir); err != nil {
+		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, err)
+	}
 	opts := badger.DefaultOptions(dir).
 		WithLogger(nil).
 		WithSyncWrites(true).
@@ -78,7 +87,7 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, err)
 	}
-	st := &Store{db: db}
+	st := &Store{db: db, dir: dir}
 	st.writer = &badgerwrite.Writer{DB: db, Unavailable: metastore.ErrUnavailable}
 	st.auth = newAuthRecords(st)
 	return st, nil
@@ -133,7 +142,40 @@ func (s *Store) view(ctx context.Context, fn func(txn *badger.Txn) error) error 
 }
 
 func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	if err := admitSpace(s.dir); err != nil {
+		return err
+	}
 	return s.writer.Update(ctx, fn)
+}
+
+// spaceFloor is the free space below which the database is neither
+// opened nor written (at most half its filesystem). badger writes its
+// memtables and tables through memory maps of sparse files, where a page
+// a full filesystem cannot give is a SIGBUS that ends the process, not
+// an error; a few memtables and a table or two at a time fit in this.
+// The folder store keeps the same floor inside its storage_reserve
+// (package cache, space.go); here, where no blob bytes share the
+// filesystem, the floor is all there is.
+const spaceFloor = 64 << 20
+
+// admitSpace refuses (blobfile.ErrStorageFull) while the filesystem of
+// dir, or of its nearest existing parent, has less than spaceFloor free.
+func admitSpace(dir string) error {
+	for {
+		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	free, total, err := blobfile.FreeSpace(dir)
+	if err != nil {
+		return nil
+	}
+	if floor := min(spaceFloor, total/2); free < floor {
+		return fmt.Errorf("%w: %d bytes free on the filesystem of the metadata database (%s), %d kept for it",
+			blobfile.ErrStorageFull, free, dir, floor)
+	}
+	return nil
 }
 
 // get returns the value of k, or nil and false.
