@@ -244,7 +244,7 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	if h.signedByParent(ctx, p, repo, mirror, m.Digest, upstream) {
 		err = nil
 	} else {
-		err = p.Verify(ctx, src, subject)
+		err = p.Verify(ctx, src, subject, now)
 	}
 	if err != nil && upstream && mirror != nil {
 		// Signatures live upstream; bring them in (cached in the store
@@ -253,7 +253,7 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 			h.cfg.Logger.Debug("fetching signatures from upstream failed",
 				zap.String("repo", repo), zap.String("digest", m.Digest.String()), zap.Error(perr))
 		}
-		err = p.Verify(ctx, src, subject)
+		err = p.Verify(ctx, src, subject, now)
 	}
 	signed = err == nil
 	switch {
@@ -290,32 +290,33 @@ type storeSignatures struct {
 	repo string
 }
 
-func (s storeSignatures) Candidates(ctx context.Context, d string) ([][]byte, error) {
+func (s storeSignatures) Candidates(ctx context.Context, d string, pick func([]string) []string) ([]sigpolicy.Candidate, error) {
 	dg, err := cache.ParseDigest(d)
 	if err != nil {
 		return nil, err
 	}
 	store := s.h.cfg.Store
-	var digests []cache.Digest
+	var listed []string
 	if td, err := store.ResolveTag(ctx, s.repo, sigpolicy.CosignTag(d)); err == nil {
-		digests = append(digests, td)
+		listed = append(listed, td.String())
 	}
 	err = eachReferrer(ctx, store, s.repo, dg, func(r cache.Manifest) (bool, error) {
-		if isSignatureArtifact(r.ArtifactType) {
-			digests = append(digests, r.Digest)
+		if isSignatureArtifact(r.ArtifactType) && !slices.Contains(listed, r.Digest.String()) {
+			listed = append(listed, r.Digest.String())
 		}
-		return len(digests) < sigpolicy.MaxCandidates, nil
+		return len(listed) < sigpolicy.MaxListed, nil
 	})
 	if err != nil && !errors.Is(err, cache.ErrManifestUnknown) {
 		return nil, err
 	}
-	var out [][]byte
-	for _, sd := range digests {
-		if len(out) == sigpolicy.MaxCandidates {
-			break
+	var out []sigpolicy.Candidate
+	for _, c := range pick(listed) {
+		cd, err := cache.ParseDigest(c)
+		if err != nil {
+			continue
 		}
-		if _, b, err := store.GetManifest(ctx, s.repo, sd); err == nil {
-			out = append(out, b)
+		if _, b, err := store.GetManifest(ctx, s.repo, cd); err == nil {
+			out = append(out, sigpolicy.Candidate{Digest: c, Body: b})
 		}
 	}
 	return out, nil
