@@ -92,6 +92,8 @@ func TestSyncCaddyfile(t *testing.T) {
 		{"mirror d.io {\nsync\n}", "sync needs at least one content"},
 		{"mirror d.io {\nsync x {\ncontent a\n}\n}", "sync takes a block"},
 		{"mirror d.io {\nsync {\nevery soon\ncontent a\n}\n}", "every must be a positive duration"},
+		{"mirror d.io {\nsync {\nevery 1s\ncontent a\n}\n}", "every must be at least 1m"},
+		{"sync_into hub from https://x {\nevery 59s\ncontent a\n}", "every must be at least 1m"},
 		{"mirror d.io {\nsync {\nconcurrency 0\ncontent a\n}\n}", "concurrency must be a positive number"},
 		{"mirror d.io {\nsync {\ncontent a {\nlatest -1\n}\n}\n}", "latest must be a positive number"},
 		{"mirror d.io {\nsync {\ncontent a {\nplatform linux/amd64\n}\n}\n}", `unrecognized subdirective "platform"`},
@@ -554,6 +556,9 @@ func TestMirrorRetriesJSON(t *testing.T) {
 		{`{"prefix":"d.io","retry_delay":-1}`, "mirror d.io: retry_delay must not be negative"},
 		{`{"prefix":"d.io","sync":{"content":[{"repository":"a","semver":"soon"}]}}`, "mirror d.io: sync: content a: semver"},
 		{`{"prefix":"d.io","sync":{"content":[]}}`, "mirror d.io: sync: no content"},
+		// A sync every nanosecond runs back to back: ~900 upstream
+		// requests a second for one tag.
+		{`{"prefix":"d.io","sync":{"every":1,"content":[{"repository":"a"}]}}`, "mirror d.io: sync: every must be at least 1m"},
 		// A sync keeps to the mirror's repositories: a name outside them
 		// would fail every run.
 		{`{"prefix":"d.io","repositories":["team/**"],"sync":{"content":[{"repository":"other/app"}]}}`,
