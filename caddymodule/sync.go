@@ -101,6 +101,10 @@ type SyncInto struct {
 // minutes. POST /_oci/sync runs one sooner.
 const MinSyncEvery = time.Minute
 
+// MaxSyncConcurrency bounds a sync's concurrency: each run starts that
+// many workers, and an upstream is not served faster by more.
+const MaxSyncConcurrency = 64
+
 // shortDuration writes d as a config spells it ("1m", not "1m0s").
 func shortDuration(d time.Duration) string {
 	s := d.String()
@@ -118,6 +122,9 @@ func checkSync(where string, s *Sync) error {
 	}
 	if s.Concurrency < 0 {
 		return fmt.Errorf("%s: concurrency must not be negative", where)
+	}
+	if s.Concurrency > MaxSyncConcurrency {
+		return fmt.Errorf("%s: concurrency must be at most %d, got %d", where, MaxSyncConcurrency, s.Concurrency)
 	}
 	if err := mirrorsync.CheckContent(s.contents()); err != nil {
 		return fmt.Errorf("%s: %w", where, err)
@@ -368,6 +375,9 @@ func unmarshalSyncSub(d *caddyfile.Dispenser, where string, s *Sync, sub string,
 		n, err := strconv.Atoi(args[0])
 		if err != nil || n <= 0 {
 			return true, d.Errf("%s: concurrency must be a positive number, got %q", where, args[0])
+		}
+		if n > MaxSyncConcurrency {
+			return true, d.Errf("%s: concurrency must be at most %d, got %q", where, MaxSyncConcurrency, args[0])
 		}
 		s.Concurrency = n
 	case "content":

@@ -93,6 +93,7 @@ func TestSyncCaddyfile(t *testing.T) {
 		{"mirror d.io {\nsync x {\ncontent a\n}\n}", "sync takes a block"},
 		{"mirror d.io {\nsync {\nevery soon\ncontent a\n}\n}", "every must be a positive duration"},
 		{"mirror d.io {\nsync {\nevery 1s\ncontent a\n}\n}", "every must be at least 1m"},
+		{"mirror d.io {\nsync {\nconcurrency 200000000\ncontent a\n}\n}", "concurrency must be at most 64"},
 		{"sync_into hub from https://x {\nevery 59s\ncontent a\n}", "every must be at least 1m"},
 		{"mirror d.io {\nsync {\nconcurrency 0\ncontent a\n}\n}", "concurrency must be a positive number"},
 		{"mirror d.io {\nsync {\ncontent a {\nlatest -1\n}\n}\n}", "latest must be a positive number"},
@@ -559,6 +560,9 @@ func TestMirrorRetriesJSON(t *testing.T) {
 		// A sync every nanosecond runs back to back: ~900 upstream
 		// requests a second for one tag.
 		{`{"prefix":"d.io","sync":{"every":1,"content":[{"repository":"a"}]}}`, "mirror d.io: sync: every must be at least 1m"},
+		// A goroutine per fetch slot, started by every run: 200 million
+		// of them grew the process by 80 MB a second until it died.
+		{`{"prefix":"d.io","sync":{"concurrency":200000000,"content":[{"repository":"a"}]}}`, "mirror d.io: sync: concurrency must be at most 64"},
 		// A sync keeps to the mirror's repositories: a name outside them
 		// would fail every run.
 		{`{"prefix":"d.io","repositories":["team/**"],"sync":{"content":[{"repository":"other/app"}]}}`,
