@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"encoding/json"
 	"net/http"
 	"strconv"
 	"testing"
@@ -19,6 +20,9 @@ import (
 //     signature that passed: it stays pullable after the pass expires.
 //   - Junk pushed before the signature costs refusals for a while, not
 //     for ever: each check reads signatures it has not seen fail.
+//   - A check walks at most MaxListed referrers (each store page costs a
+//     query); more referrers of any kind listed before the signature that
+//     passed do not hide it either.
 func TestSignaturePolicyCrowdedReferrers(t *testing.T) {
 	s := newSigners(t)
 	tr := newTestRegistry(t, func(c *Config) {
@@ -75,6 +79,27 @@ func TestSignaturePolicyCrowdedReferrers(t *testing.T) {
 	clock.Add(sigPassTTL + time.Second)
 	if resp := get(img); resp.StatusCode != http.StatusOK {
 		t.Errorf("signed image verified before %d bad signatures were added: %d %s", junk, resp.StatusCode, resp.body)
+	}
+
+	// More referrers than a check walks, none a signature, all listed
+	// before the one that passed.
+	cfg := []byte("{}")
+	cfgDesc := sigtest.Of("application/vnd.oci.empty.v1+json", cfg)
+	putTo(t, http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/?digest="+cfgDesc.Digest, "application/octet-stream", cfg, http.StatusCreated)
+	for i, n := 0, 0; n < sigpolicy.MaxListed+10; i++ {
+		m, _ := json.Marshal(map[string]any{
+			"schemaVersion": 2, "mediaType": MediaTypeOCIManifest, "artifactType": "application/vnd.example.note",
+			"config": cfgDesc, "layers": []any{}, "subject": img, "annotations": map[string]string{"n": strconv.Itoa(i)},
+		})
+		if sigtest.Of("", m).Digest >= sd.Digest {
+			continue
+		}
+		putTo(t, http.MethodPut, base+"/v2/"+repo+"/manifests/"+sigtest.Of("", m).Digest, MediaTypeOCIManifest, m, http.StatusCreated)
+		n++
+	}
+	clock.Add(sigPassTTL + time.Second)
+	if resp := get(img); resp.StatusCode != http.StatusOK {
+		t.Errorf("signed image verified before %d other referrers were added: %d %s", sigpolicy.MaxListed+10, resp.StatusCode, resp.body)
 	}
 
 	// Junk before the signature: refusals for as long as it takes to

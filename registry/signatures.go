@@ -290,26 +290,41 @@ type storeSignatures struct {
 	repo string
 }
 
-func (s storeSignatures) Candidates(ctx context.Context, d string, pick func([]string) []string) ([]sigpolicy.Candidate, error) {
+func (s storeSignatures) Candidates(ctx context.Context, d, prefer string, pick func([]string) []string) ([]sigpolicy.Candidate, error) {
 	dg, err := cache.ParseDigest(d)
 	if err != nil {
 		return nil, err
 	}
 	store := s.h.cfg.Store
-	var listed []string
+	var out []sigpolicy.Candidate
+	var tagged cache.Digest
 	if td, err := store.ResolveTag(ctx, s.repo, sigpolicy.CosignTag(d)); err == nil {
-		listed = append(listed, td.String())
+		tagged = td
 	}
+	// The signature that passed last time, read whatever the referrers
+	// listed before it, as long as it still is one: under cosign's tag,
+	// or a manifest of this repository whose subject is d.
+	if pd, err := cache.ParseDigest(prefer); err == nil {
+		if m, b, err := store.GetManifest(ctx, s.repo, pd); err == nil &&
+			(pd == tagged || m.Subject == dg && isSignatureArtifact(m.ArtifactType)) {
+			out = append(out, sigpolicy.Candidate{Digest: prefer, Body: b})
+		}
+	}
+	var listed []string
+	if !tagged.IsZero() {
+		listed = append(listed, tagged.String())
+	}
+	walked := 0
 	err = eachReferrer(ctx, store, s.repo, dg, func(r cache.Manifest) (bool, error) {
-		if isSignatureArtifact(r.ArtifactType) && !slices.Contains(listed, r.Digest.String()) {
+		walked++
+		if isSignatureArtifact(r.ArtifactType) && r.Digest != tagged {
 			listed = append(listed, r.Digest.String())
 		}
-		return len(listed) < sigpolicy.MaxListed, nil
+		return walked < sigpolicy.MaxListed, nil
 	})
 	if err != nil && !errors.Is(err, cache.ErrManifestUnknown) {
 		return nil, err
 	}
-	var out []sigpolicy.Candidate
 	for _, c := range pick(listed) {
 		cd, err := cache.ParseDigest(c)
 		if err != nil {

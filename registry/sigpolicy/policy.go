@@ -190,13 +190,15 @@ type Subject struct {
 
 // Source reads the signature material of one repository.
 type Source interface {
-	// Candidates returns the manifests that may sign d. It lists them
-	// (the one under cosign's tag, CosignTag, first, then d's referrers
-	// that claim to be signatures; at most MaxListed), lets pick choose
-	// which to read and in what order, and returns those it could read.
-	// A repository may hold any number of claimed signatures: the
-	// listing is bounded by MaxListed, what is read by pick.
-	Candidates(ctx context.Context, d string, pick func(listed []string) []string) ([]Candidate, error)
+	// Candidates returns the manifests that may sign d. It reads prefer
+	// first (unless ""), if that is still one of them. Then it lists
+	// the others (the one under cosign's tag, CosignTag, first, then
+	// d's referrers that claim to be signatures; walking at most
+	// MaxListed referrers), lets pick choose which to read and in what
+	// order, and returns those it could read. A repository may hold any
+	// number of referrers: the walk is bounded by MaxListed, what is
+	// read by pick.
+	Candidates(ctx context.Context, d, prefer string, pick func(listed []string) []string) ([]Candidate, error)
 	// Blob returns blob d whole (at most MaxBlobSize bytes).
 	Blob(ctx context.Context, d string) ([]byte, error)
 }
@@ -209,7 +211,7 @@ type Candidate struct {
 
 // MaxListed bounds how many referrers of one subject a check walks to
 // find MaxCandidates it has not seen fail.
-const MaxListed = 4096
+const MaxListed = 1024
 
 // CosignTag is the tag under which cosign stores the signature of d
 // ("sha256-<hex>.sig").
@@ -226,16 +228,18 @@ var ErrUnsigned = errors.New("no valid signature")
 // read (which passed, which failed) is kept by it.
 func (p *Policy) Verify(ctx context.Context, src Source, s Subject, now time.Time) error {
 	skipped := 0
-	cands, err := src.Candidates(ctx, s.Digest, func(listed []string) []string {
+	good, _ := p.passed.get(s.Digest, now)
+	budget := MaxCandidates
+	if good != "" {
+		budget-- // the Source reads good first
+	}
+	cands, err := src.Candidates(ctx, s.Digest, good, func(listed []string) []string {
 		var read []string
-		if good, ok := p.passed.get(s.Digest, now); ok && slices.Contains(listed, good) {
-			read = append(read, good)
-		}
 		for _, c := range listed {
 			switch {
-			case len(read) == MaxCandidates:
+			case len(read) == budget:
 				return read
-			case slices.Contains(read, c):
+			case c == good || slices.Contains(read, c):
 			case p.failed.has(c, s.Digest, now):
 				skipped++
 			default:

@@ -22,7 +22,7 @@ type memSource struct {
 	blobs map[string][]byte
 }
 
-func (m memSource) Candidates(_ context.Context, _ string, pick func([]string) []string) ([]sigpolicy.Candidate, error) {
+func (m memSource) Candidates(_ context.Context, _, _ string, pick func([]string) []string) ([]sigpolicy.Candidate, error) {
 	byDigest := map[string][]byte{}
 	var listed []string
 	for _, b := range m.cands {
