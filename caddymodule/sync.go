@@ -93,13 +93,38 @@ type SyncInto struct {
 	Sync
 }
 
+// MinSyncEvery is the shortest time between scheduled runs. A run
+// starts again as soon as the period after the last one ends, so a tiny
+// one (a zot pollInterval given as a number, which zot reads as
+// nanoseconds) would ask upstream for its tags in a loop: about 900
+// requests a second for one tag, enough to spend a Docker Hub quota in
+// minutes. POST /_oci/sync runs one sooner.
+const MinSyncEvery = time.Minute
+
+// MaxSyncConcurrency bounds a sync's concurrency: each run starts that
+// many workers, and an upstream is not served faster by more.
+const MaxSyncConcurrency = 64
+
+// shortDuration writes d as a config spells it ("1m", not "1m0s").
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	s = strings.TrimSuffix(s, "0s")
+	return strings.TrimSuffix(s, "0m")
+}
+
 // checkSync checks a sync's settings; where names the directive.
 func checkSync(where string, s *Sync) error {
 	if s.Every < 0 {
 		return fmt.Errorf("%s: every must not be negative", where)
 	}
+	if s.Every != 0 && time.Duration(s.Every) < MinSyncEvery {
+		return fmt.Errorf("%s: every must be at least %s, got %s", where, shortDuration(MinSyncEvery), time.Duration(s.Every))
+	}
 	if s.Concurrency < 0 {
 		return fmt.Errorf("%s: concurrency must not be negative", where)
+	}
+	if s.Concurrency > MaxSyncConcurrency {
+		return fmt.Errorf("%s: concurrency must be at most %d, got %d", where, MaxSyncConcurrency, s.Concurrency)
 	}
 	if err := mirrorsync.CheckContent(s.contents()); err != nil {
 		return fmt.Errorf("%s: %w", where, err)
@@ -339,6 +364,9 @@ func unmarshalSyncSub(d *caddyfile.Dispenser, where string, s *Sync, sub string,
 		if err != nil || dur <= 0 {
 			return true, d.Errf("%s: every must be a positive duration, got %q", where, args[0])
 		}
+		if dur < MinSyncEvery {
+			return true, d.Errf("%s: every must be at least %s, got %q", where, shortDuration(MinSyncEvery), args[0])
+		}
 		s.Every = caddy.Duration(dur)
 	case "concurrency":
 		if len(args) != 1 {
@@ -347,6 +375,9 @@ func unmarshalSyncSub(d *caddyfile.Dispenser, where string, s *Sync, sub string,
 		n, err := strconv.Atoi(args[0])
 		if err != nil || n <= 0 {
 			return true, d.Errf("%s: concurrency must be a positive number, got %q", where, args[0])
+		}
+		if n > MaxSyncConcurrency {
+			return true, d.Errf("%s: concurrency must be at most %d, got %q", where, MaxSyncConcurrency, args[0])
 		}
 		s.Concurrency = n
 	case "content":

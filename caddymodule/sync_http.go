@@ -30,7 +30,8 @@ type syncStatus struct {
 // serveSync answers /_oci/sync. Who may: with auth, a caller the policy
 // makes admin (read for GET, update for POST) or whose token grants
 // registry:admin:<action>; without auth, loopback clients only, since
-// nobody is an admin then.
+// nobody is an admin then (a proxy's request counts as a loopback
+// client's only if every hop it names is on loopback).
 //
 // A POST must not be something a browser sends for another site (a
 // form, or a no-cors fetch, riding on the admin's cookie or cached Basic
@@ -87,7 +88,7 @@ func (rg *Registry) serveSync(w http.ResponseWriter, r *http.Request) {
 // answered.
 func (rg *Registry) syncCallerAllowed(w http.ResponseWriter, r *http.Request, action string) bool {
 	if rg.auth == nil {
-		if loopback(r.RemoteAddr) {
+		if loopbackClient(r) {
 			return true
 		}
 		syncError(w, http.StatusForbidden, "DENIED", "without auth, /_oci/sync answers loopback clients only")
@@ -135,10 +136,50 @@ func crossSite(r *http.Request) string {
 	return ""
 }
 
+// loopbackClient reports whether r comes from loopback, through
+// whatever proxies it passed. A proxy on the same host (Caddy's own
+// reverse_proxy adding TLS in front of the registry, the usual setup)
+// makes every client arrive from loopback; it names the client it
+// passes on in X-Forwarded-For, Forwarded or X-Real-IP. Each address
+// those name must be on loopback too; one that is not, or that does not
+// parse (Forwarded's obfuscated names, "unknown"), makes the client
+// remote. A client's own such headers can only make it remote: a proxy
+// adds the address it saw.
+func loopbackClient(r *http.Request) bool {
+	if !loopback(r.RemoteAddr) {
+		return false
+	}
+	for _, v := range r.Header.Values("X-Forwarded-For") {
+		for _, hop := range strings.Split(v, ",") {
+			if !loopback(strings.TrimSpace(hop)) {
+				return false
+			}
+		}
+	}
+	for _, v := range r.Header.Values("X-Real-Ip") {
+		if !loopback(strings.TrimSpace(v)) {
+			return false
+		}
+	}
+	for _, v := range r.Header.Values("Forwarded") {
+		for _, elem := range strings.Split(v, ",") {
+			for _, pair := range strings.Split(elem, ";") {
+				k, val, _ := strings.Cut(strings.TrimSpace(pair), "=")
+				if strings.EqualFold(k, "for") && !loopback(strings.Trim(val, `"`)) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// loopback reports whether an address, with or without a port (IPv6 in
+// brackets when it has one), is a loopback IP.
 func loopback(remote string) bool {
 	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
-		host = remote
+		host = strings.TrimSuffix(strings.TrimPrefix(remote, "["), "]")
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()

@@ -92,6 +92,9 @@ func TestSyncCaddyfile(t *testing.T) {
 		{"mirror d.io {\nsync\n}", "sync needs at least one content"},
 		{"mirror d.io {\nsync x {\ncontent a\n}\n}", "sync takes a block"},
 		{"mirror d.io {\nsync {\nevery soon\ncontent a\n}\n}", "every must be a positive duration"},
+		{"mirror d.io {\nsync {\nevery 1s\ncontent a\n}\n}", "every must be at least 1m"},
+		{"mirror d.io {\nsync {\nconcurrency 200000000\ncontent a\n}\n}", "concurrency must be at most 64"},
+		{"sync_into hub from https://x {\nevery 59s\ncontent a\n}", "every must be at least 1m"},
 		{"mirror d.io {\nsync {\nconcurrency 0\ncontent a\n}\n}", "concurrency must be a positive number"},
 		{"mirror d.io {\nsync {\ncontent a {\nlatest -1\n}\n}\n}", "latest must be a positive number"},
 		{"mirror d.io {\nsync {\ncontent a {\nplatform linux/amd64\n}\n}\n}", `unrecognized subdirective "platform"`},
@@ -428,24 +431,112 @@ func TestSyncIntoRefusesMirrorPrefix(t *testing.T) {
 }
 
 // TestSyncWithoutAuthLoopbackOnly: with no auth nobody is an admin, so
-// /_oci/sync answers loopback clients only.
+// /_oci/sync answers loopback clients only. A request a proxy passed on
+// (X-Forwarded-For, Forwarded, X-Real-IP) comes from loopback when the
+// proxy runs on the same host, which is how a registry is usually put
+// behind TLS: it is a loopback client only if every hop it names is.
 func TestSyncWithoutAuthLoopbackOnly(t *testing.T) {
 	rg := &Registry{syncs: new(syncRunner), logger: zap.NewNop()}
 	for _, tc := range []struct {
 		remote string
+		hdr    []string
 		want   int
 	}{
-		{"192.0.2.1:1234", http.StatusForbidden},
-		{"[2001:db8::1]:1234", http.StatusForbidden},
-		{"127.0.0.1:1234", http.StatusOK},
-		{"[::1]:1234", http.StatusOK},
+		{"192.0.2.1:1234", nil, http.StatusForbidden},
+		{"[2001:db8::1]:1234", nil, http.StatusForbidden},
+		{"127.0.0.1:1234", nil, http.StatusOK},
+		{"[::1]:1234", nil, http.StatusOK},
+		// A proxy on the same host passing on a remote client.
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "192.0.2.7"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "127.0.0.1, 192.0.2.7"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "192.0.2.7, 127.0.0.1"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "2001:db8::7"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "unknown"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", ""}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"Forwarded", "for=192.0.2.7;proto=https"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"Forwarded", `for="[2001:db8::7]:443"`}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"Forwarded", "for=127.0.0.1, for=_hidden"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"X-Real-Ip", "192.0.2.7"}, http.StatusForbidden},
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "127.0.0.1", "X-Real-Ip", "192.0.2.7"}, http.StatusForbidden},
+		// Loopback all the way: an operator's curl through the local proxy.
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "127.0.0.1"}, http.StatusOK},
+		{"127.0.0.1:1234", []string{"X-Forwarded-For", "::1, 127.0.0.1"}, http.StatusOK},
+		{"127.0.0.1:1234", []string{"Forwarded", `for=127.0.0.1;proto=http, for="[::1]:5000"`}, http.StatusOK},
+		{"127.0.0.1:1234", []string{"X-Real-Ip", "127.0.0.1"}, http.StatusOK},
+		// Headers do not make a remote client local.
+		{"192.0.2.1:1234", []string{"X-Forwarded-For", "127.0.0.1"}, http.StatusForbidden},
 	} {
 		r := httptest.NewRequest(http.MethodGet, SyncPath, nil)
 		r.RemoteAddr = tc.remote
+		for i := 0; i+1 < len(tc.hdr); i += 2 {
+			r.Header.Add(tc.hdr[i], tc.hdr[i+1])
+		}
 		w := httptest.NewRecorder()
 		rg.serveSync(w, r)
 		if w.Code != tc.want {
-			t.Errorf("GET from %s: %d %s, want %d", tc.remote, w.Code, w.Body, tc.want)
+			t.Errorf("GET from %s %q: %d %s, want %d", tc.remote, tc.hdr, w.Code, w.Body, tc.want)
+		}
+	}
+}
+
+// TestSyncBehindLocalProxy: the registry behind Caddy's own
+// reverse_proxy on the same host (the usual way to add TLS) sees every
+// client arrive from loopback; without auth, /_oci/sync must still
+// answer only clients that are themselves on loopback. The proxy's
+// header_up stands in for a remote client, which a test on loopback
+// cannot be: it is what the registry receives for one.
+func TestSyncBehindLocalProxy(t *testing.T) {
+	dir := t.TempDir()
+	regAddr, localProxy, remoteProxy := freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg := adaptFront(t, `{
+	admin off
+	auto_https off
+}
+http://`+regAddr+` {
+	oci_registry {
+		storage `+filepath.Join(dir, "data")+`
+		mirror up.test {
+			upstream http://127.0.0.1:1
+			sync {
+				every 6h
+				content team/app
+			}
+		}
+	}
+}
+http://`+localProxy+` {
+	reverse_proxy `+regAddr+`
+}
+http://`+remoteProxy+` {
+	reverse_proxy `+regAddr+` {
+		header_up X-Forwarded-For 192.0.2.7
+	}
+}`)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopCaddy(t) })
+	for _, tc := range []struct {
+		addr, method string
+		want         int
+	}{
+		{regAddr, http.MethodGet, http.StatusOK},
+		{localProxy, http.MethodGet, http.StatusOK},
+		{remoteProxy, http.MethodGet, http.StatusForbidden},
+		{remoteProxy, http.MethodPost, http.StatusForbidden},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+tc.addr+SyncPath, nil)
+		// A client's own X-Forwarded-For is replaced by Caddy's proxy
+		// (the client is not a trusted proxy).
+		req.Header.Set("X-Forwarded-For", "127.0.0.1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: %d %s, want %d", tc.method, tc.addr, resp.StatusCode, body, tc.want)
 		}
 	}
 }
@@ -466,6 +557,12 @@ func TestMirrorRetriesJSON(t *testing.T) {
 		{`{"prefix":"d.io","retry_delay":-1}`, "mirror d.io: retry_delay must not be negative"},
 		{`{"prefix":"d.io","sync":{"content":[{"repository":"a","semver":"soon"}]}}`, "mirror d.io: sync: content a: semver"},
 		{`{"prefix":"d.io","sync":{"content":[]}}`, "mirror d.io: sync: no content"},
+		// A sync every nanosecond runs back to back: ~900 upstream
+		// requests a second for one tag.
+		{`{"prefix":"d.io","sync":{"every":1,"content":[{"repository":"a"}]}}`, "mirror d.io: sync: every must be at least 1m"},
+		// A goroutine per fetch slot, started by every run: 200 million
+		// of them grew the process by 80 MB a second until it died.
+		{`{"prefix":"d.io","sync":{"concurrency":200000000,"content":[{"repository":"a"}]}}`, "mirror d.io: sync: concurrency must be at most 64"},
 		// A sync keeps to the mirror's repositories: a name outside them
 		// would fail every run.
 		{`{"prefix":"d.io","repositories":["team/**"],"sync":{"content":[{"repository":"other/app"}]}}`,

@@ -244,7 +244,7 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 	if h.signedByParent(ctx, p, repo, mirror, m.Digest, upstream) {
 		err = nil
 	} else {
-		err = p.Verify(ctx, src, subject)
+		err = p.Verify(ctx, src, subject, now)
 	}
 	if err != nil && upstream && mirror != nil {
 		// Signatures live upstream; bring them in (cached in the store
@@ -253,7 +253,7 @@ func (h *Handler) verifyManifestSigned(ctx context.Context, p *sigpolicy.Policy,
 			h.cfg.Logger.Debug("fetching signatures from upstream failed",
 				zap.String("repo", repo), zap.String("digest", m.Digest.String()), zap.Error(perr))
 		}
-		err = p.Verify(ctx, src, subject)
+		err = p.Verify(ctx, src, subject, now)
 	}
 	signed = err == nil
 	switch {
@@ -290,32 +290,48 @@ type storeSignatures struct {
 	repo string
 }
 
-func (s storeSignatures) Candidates(ctx context.Context, d string) ([][]byte, error) {
+func (s storeSignatures) Candidates(ctx context.Context, d, prefer string, pick func([]string) []string) ([]sigpolicy.Candidate, error) {
 	dg, err := cache.ParseDigest(d)
 	if err != nil {
 		return nil, err
 	}
 	store := s.h.cfg.Store
-	var digests []cache.Digest
+	var out []sigpolicy.Candidate
+	var tagged cache.Digest
 	if td, err := store.ResolveTag(ctx, s.repo, sigpolicy.CosignTag(d)); err == nil {
-		digests = append(digests, td)
+		tagged = td
 	}
-	err = eachReferrer(ctx, store, s.repo, dg, func(r cache.Manifest) (bool, error) {
-		if isSignatureArtifact(r.ArtifactType) {
-			digests = append(digests, r.Digest)
+	// The signature that passed last time, read whatever the referrers
+	// listed before it, as long as it still is one: under cosign's tag,
+	// or a manifest of this repository whose subject is d.
+	if pd, err := cache.ParseDigest(prefer); err == nil {
+		if m, b, err := store.GetManifest(ctx, s.repo, pd); err == nil &&
+			(pd == tagged || m.Subject == dg && isSignatureArtifact(m.ArtifactType)) {
+			out = append(out, sigpolicy.Candidate{Digest: prefer, Body: b})
 		}
-		return len(digests) < sigpolicy.MaxCandidates, nil
+	}
+	var listed []string
+	if !tagged.IsZero() {
+		listed = append(listed, tagged.String())
+	}
+	walked := 0
+	err = eachReferrer(ctx, store, s.repo, dg, func(r cache.Manifest) (bool, error) {
+		walked++
+		if isSignatureArtifact(r.ArtifactType) && r.Digest != tagged {
+			listed = append(listed, r.Digest.String())
+		}
+		return walked < sigpolicy.MaxListed, nil
 	})
 	if err != nil && !errors.Is(err, cache.ErrManifestUnknown) {
 		return nil, err
 	}
-	var out [][]byte
-	for _, sd := range digests {
-		if len(out) == sigpolicy.MaxCandidates {
-			break
+	for _, c := range pick(listed) {
+		cd, err := cache.ParseDigest(c)
+		if err != nil {
+			continue
 		}
-		if _, b, err := store.GetManifest(ctx, s.repo, sd); err == nil {
-			out = append(out, b)
+		if _, b, err := store.GetManifest(ctx, s.repo, cd); err == nil {
+			out = append(out, sigpolicy.Candidate{Digest: c, Body: b})
 		}
 	}
 	return out, nil

@@ -404,6 +404,10 @@ func TestErrors(t *testing.T) {
 		{`{"http":{"auth":{"ldap":{"address":"h","baseDN":"dc=x","userAttribute":"uid","port":70000}}}}`, "http.auth.ldap.port"},
 		{`{"http":{"tls":{"cert":"/c","key":"/k","cacert":"/ca"},"auth":{"mtls":{"identityAttributes":["Serial"]}}}}`, "http.auth.mtls.identityAttributes"},
 		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"maxRetries":-1}]}}}`, "extensions.sync.registries[0].maxRetries"},
+		// zot reads a number as nanoseconds: 3600 would poll upstream in a
+		// loop, hundreds of requests a second.
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"pollInterval":3600,"content":[{"prefix":"/a/**"}]}]}}}`, "extensions.sync.registries[0].pollInterval"},
+		{`{"extensions":{"sync":{"registries":[{"urls":["https://r.example"],"pollInterval":"30s","content":[{"prefix":"/a/**"}]}]}}}`, "extensions.sync.registries[0].pollInterval"},
 		{`{"storage":{"storageDriver":{"name":"s3"}}}`, "storage.storageDriver: needs a bucket"},
 		{`{"storage":{"storageDriver":{"name":"s3","bucket":"b"}}}`, "storage.rootDirectory: required with storageDriver s3"},
 		{`{"storage":{"rootDirectory":"/a","RootDirectory":"/b"}}`, "the same key"},

@@ -199,6 +199,12 @@ func (a *adapter) syncRegistry(r *object, creds syncCreds) error {
 	}
 	var every caddy.Duration // 0: no scheduled sync
 	if poll > 0 {
+		if poll < caddymodule.MinSyncEvery {
+			// zot reads a number as nanoseconds ("pollInterval": 3600 is
+			// 3.6µs): runs would follow each other without a pause.
+			return fmt.Errorf("%s: %s is shorter than the %s a scheduled sync waits at least here (a number is nanoseconds: write a duration such as \"1h\")",
+				r.at("pollInterval"), poll, caddymodule.MinSyncEvery)
+		}
 		every = caddy.Duration(poll)
 	}
 	if pd, err := r.boolean("preserveDigest", true); err != nil {

@@ -15,7 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/notaryproject/notation-go"
 	"github.com/opencontainers/go-digest"
@@ -82,6 +84,8 @@ type Policy struct {
 	perPlatform bool
 	cosign      []signature.Verifier
 	notation    notation.Verifier
+	failed      failedSigs
+	passed      passedSigs
 }
 
 // New loads c's key and certificate files. An unreadable or invalid file
@@ -186,13 +190,28 @@ type Subject struct {
 
 // Source reads the signature material of one repository.
 type Source interface {
-	// Candidates returns the bodies of manifests that may sign d: its
-	// referrers and the manifest under cosign's tag (CosignTag), at most
-	// MaxCandidates.
-	Candidates(ctx context.Context, d string) ([][]byte, error)
+	// Candidates returns the manifests that may sign d. It reads prefer
+	// first (unless ""), if that is still one of them. Then it lists
+	// the others (the one under cosign's tag, CosignTag, first, then
+	// d's referrers that claim to be signatures; walking at most
+	// MaxListed referrers), lets pick choose which to read and in what
+	// order, and returns those it could read. A repository may hold any
+	// number of referrers: the walk is bounded by MaxListed, what is
+	// read by pick.
+	Candidates(ctx context.Context, d, prefer string, pick func(listed []string) []string) ([]Candidate, error)
 	// Blob returns blob d whole (at most MaxBlobSize bytes).
 	Blob(ctx context.Context, d string) ([]byte, error)
 }
+
+// Candidate is a manifest that may sign a subject.
+type Candidate struct {
+	Digest string
+	Body   []byte
+}
+
+// MaxListed bounds how many referrers of one subject a check walks to
+// find MaxCandidates it has not seen fail.
+const MaxListed = 1024
 
 // CosignTag is the tag under which cosign stores the signature of d
 // ("sha256-<hex>.sig").
@@ -204,8 +223,31 @@ var ErrUnsigned = errors.New("no valid signature")
 // Verify returns nil when one candidate is a valid signature of s under
 // p, else an error wrapping ErrUnsigned that says why each candidate
 // failed (for the log: it may name keys' failures, not keys).
-func (p *Policy) Verify(ctx context.Context, src Source, s Subject) error {
-	cands, err := src.Candidates(ctx, s.Digest)
+//
+// now is the caller's clock: what a check remembers of the candidates it
+// read (which passed, which failed) is kept by it.
+func (p *Policy) Verify(ctx context.Context, src Source, s Subject, now time.Time) error {
+	skipped := 0
+	good, _ := p.passed.get(s.Digest, now)
+	budget := MaxCandidates
+	if good != "" {
+		budget-- // the Source reads good first
+	}
+	cands, err := src.Candidates(ctx, s.Digest, good, func(listed []string) []string {
+		var read []string
+		for _, c := range listed {
+			switch {
+			case len(read) == budget:
+				return read
+			case c == good || slices.Contains(read, c):
+			case p.failed.has(c, s.Digest, now):
+				skipped++
+			default:
+				read = append(read, c)
+			}
+		}
+		return read
+	})
 	if err != nil {
 		return fmt.Errorf("%w: reading signatures: %v", ErrUnsigned, err)
 	}
@@ -213,12 +255,23 @@ func (p *Policy) Verify(ctx context.Context, src Source, s Subject) error {
 		cands = cands[:MaxCandidates]
 	}
 	var why []string
-	for _, body := range cands {
-		err := p.verifyOne(ctx, src, s, body)
+	for _, c := range cands {
+		notation, err := p.verifyOne(ctx, src, s, c.Body)
 		if err == nil {
+			p.passed.put(s.Digest, c.Digest, now.Add(passedTTL), now)
 			return nil
 		}
+		if !errors.Is(err, errUnread) {
+			ttl := cosignFailTTL
+			if notation {
+				ttl = notationFailTTL
+			}
+			p.failed.put(c.Digest, s.Digest, now.Add(ttl), now)
+		}
 		why = append(why, err.Error())
+	}
+	if skipped > 0 {
+		why = append(why, fmt.Sprintf("%d signature manifests that failed before passed over", skipped))
 	}
 	if len(why) == 0 {
 		return fmt.Errorf("%w: no signature found", ErrUnsigned)
@@ -242,15 +295,17 @@ type layer struct {
 	Annotations map[string]string `json:"annotations"`
 }
 
-func (p *Policy) verifyOne(ctx context.Context, src Source, s Subject, body []byte) error {
+// verifyOne verifies one candidate; notation says whether it was
+// checked as a notation signature.
+func (p *Policy) verifyOne(ctx context.Context, src Source, s Subject, body []byte) (notation bool, err error) {
 	var m sigManifest
 	if err := json.Unmarshal(body, &m); err != nil {
-		return fmt.Errorf("signature manifest unreadable: %w", err)
+		return false, fmt.Errorf("signature manifest unreadable: %w", err)
 	}
 	if m.ArtifactType == ArtifactTypeNotation || m.Config.MediaType == ArtifactTypeNotation {
-		return p.verifyNotation(ctx, src, s, m)
+		return true, p.verifyNotation(ctx, src, s, m)
 	}
-	return p.verifyCosign(ctx, src, s, m)
+	return false, p.verifyCosign(ctx, src, s, m)
 }
 
 // blob reads l's bytes and checks them against l's digest and size, so a
@@ -265,7 +320,7 @@ func blob(ctx context.Context, src Source, l layer) ([]byte, error) {
 	}
 	b, err := src.Blob(ctx, l.Digest)
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+		return nil, unreadError{fmt.Errorf("layer %s: %w", l.Digest, err)}
 	}
 	if int64(len(b)) != l.Size || !d.Algorithm().Available() || d.Algorithm().FromBytes(b) != d {
 		return nil, fmt.Errorf("layer %s: bytes do not match the descriptor", l.Digest)
@@ -291,6 +346,7 @@ func (p *Policy) verifyCosign(ctx context.Context, src Source, s Subject, m sigM
 		return errors.New("cosign signature, and the policy has no cosign_key")
 	}
 	var why []string
+	var unread error
 	read := 0
 	for i := len(m.Layers) - 1; i >= 0 && read < MaxLayers; i-- {
 		l := m.Layers[i]
@@ -306,6 +362,9 @@ func (p *Policy) verifyCosign(ctx context.Context, src Source, s Subject, m sigM
 		}
 		payload, err := blob(ctx, src, l)
 		if err != nil {
+			if errors.Is(err, errUnread) {
+				unread = err
+			}
 			why = append(why, err.Error())
 			continue
 		}
@@ -337,6 +396,9 @@ func (p *Policy) verifyCosign(ctx context.Context, src Source, s Subject, m sigM
 	}
 	if len(why) == 0 {
 		return errors.New("no cosign signature layer")
+	}
+	if unread != nil {
+		return unreadError{errors.New(strings.Join(why, "; "))}
 	}
 	return errors.New(strings.Join(why, "; "))
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
@@ -21,7 +22,22 @@ type memSource struct {
 	blobs map[string][]byte
 }
 
-func (m memSource) Candidates(context.Context, string) ([][]byte, error) { return m.cands, nil }
+func (m memSource) Candidates(_ context.Context, _, _ string, pick func([]string) []string) ([]sigpolicy.Candidate, error) {
+	byDigest := map[string][]byte{}
+	var listed []string
+	for _, b := range m.cands {
+		d := sigtest.Of("", b).Digest
+		if _, ok := byDigest[d]; !ok {
+			listed = append(listed, d)
+		}
+		byDigest[d] = b
+	}
+	var out []sigpolicy.Candidate
+	for _, d := range pick(listed) {
+		out = append(out, sigpolicy.Candidate{Digest: d, Body: byDigest[d]})
+	}
+	return out, nil
+}
 func (m memSource) Blob(_ context.Context, d string) ([]byte, error) {
 	if b, ok := m.blobs[d]; ok {
 		return b, nil
@@ -65,7 +81,7 @@ func TestKeylessSignatureRefusedPlainly(t *testing.T) {
 	for _, b := range blobs {
 		src.blobs[sigtest.Of("", b).Digest] = b
 	}
-	err = p.Verify(context.Background(), src, sigpolicy.Subject{Repo: "team/app", Digest: subject.Digest, MediaType: subject.MediaType, Size: subject.Size})
+	err = p.Verify(context.Background(), src, sigpolicy.Subject{Repo: "team/app", Digest: subject.Digest, MediaType: subject.MediaType, Size: subject.Size}, time.Now())
 	if !errors.Is(err, sigpolicy.ErrUnsigned) || !strings.Contains(err.Error(), "keyless") {
 		t.Errorf("keyless signature: %v", err)
 	}
@@ -134,7 +150,7 @@ func TestCosignLayersReadBounded(t *testing.T) {
 		body, _ := json.Marshal(doc)
 		reads := 0
 		cands := slices.Repeat([][]byte{body}, sigpolicy.MaxCandidates)
-		err := p.Verify(context.Background(), countingSource{memSource{cands: cands, blobs: src.blobs}, &reads}, s)
+		err := p.Verify(context.Background(), countingSource{memSource{cands: cands, blobs: src.blobs}, &reads}, s, time.Now())
 		if (err == nil) != tc.pass {
 			t.Errorf("%s: %v, want pass %v", tc.name, err, tc.pass)
 		}

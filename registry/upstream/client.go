@@ -430,9 +430,18 @@ func (c *Client) retryWait(retryAfter time.Duration, attempt int) (time.Duration
 	if retryAfter > 0 {
 		return retryAfter, true
 	}
-	d := c.delay << (attempt - 1)
-	d += time.Duration(rand.Int64N(int64(d)/2 + 1))
-	return min(d, c.maxWait), true
+	// Doubling stops at maxWait before it can overflow (max_retries has
+	// no upper bound): a negative wait would panic in rand.Int64N.
+	d := c.maxWait
+	if shift := attempt - 1; shift < 63 && c.delay <= c.maxWait>>shift {
+		d = c.delay << shift
+	}
+	if j := time.Duration(rand.Int64N(int64(d)/2 + 1)); d <= c.maxWait-j {
+		d += j
+	} else {
+		d = c.maxWait
+	}
+	return d, true
 }
 
 // hold records upstream's request to be left alone for wait (a 429's
