@@ -18,8 +18,6 @@ package cache
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -112,14 +110,7 @@ func (g *spaceGuard) admitMeta() error {
 // admitOpen is admitMeta for opening the database, whose folder may not
 // exist yet: the free space is that of its nearest existing parent.
 func (g *spaceGuard) admitOpen() error {
-	dir := g.metaDir
-	for {
-		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
-			break
-		}
-		dir = filepath.Dir(dir)
-	}
-	free, total, err := blobfile.FreeSpace(dir)
+	free, total, _, err := blobfile.FreeSpaceFor(g.metaDir)
 	if err != nil {
 		return nil
 	}

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"go.uber.org/zap"
@@ -162,4 +164,18 @@ func (sw *spaceWriter) Write(p []byte) (int, error) {
 		sw.g.Measure() // someone else filled the disk: show it
 	}
 	return n, err
+}
+
+// FreeSpaceFor is FreeSpace of the filesystem that will hold dir, which
+// may not exist yet (a database's folder before its first open): that of
+// its nearest existing parent, whose path it returns too.
+func FreeSpaceFor(dir string) (free, total int64, on string, err error) {
+	for {
+		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	free, total, err = FreeSpace(dir)
+	return free, total, dir, err
 }

@@ -43,8 +43,6 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -161,13 +159,7 @@ const spaceFloor = 64 << 20
 // admitSpace refuses (blobfile.ErrStorageFull) while the filesystem of
 // dir, or of its nearest existing parent, has less than spaceFloor free.
 func admitSpace(dir string) error {
-	for {
-		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
-			break
-		}
-		dir = filepath.Dir(dir)
-	}
-	free, total, err := blobfile.FreeSpace(dir)
+	free, total, dir, err := blobfile.FreeSpaceFor(dir)
 	if err != nil {
 		return nil
 	}
