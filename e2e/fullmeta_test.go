@@ -33,13 +33,7 @@ func TestFullMetadataDisk(t *testing.T) {
 	host := s.localhostAddr()
 
 	img := ociImage(t)
-	ref, err := name.ParseReference(host+"/team/app:v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	writeImage(t, host+"/team/app:v1", img)
 	d, _ := img.Digest()
 	raw, err := img.RawManifest()
 	if err != nil {

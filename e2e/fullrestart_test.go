@@ -38,13 +38,7 @@ func TestRestartOnFullDisk(t *testing.T) {
 	host := s.localhostAddr()
 
 	img := ociImage(t)
-	ref, err := name.ParseReference(host+"/team/app:v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	writeImage(t, host+"/team/app:v1", img)
 	d, _ := img.Digest()
 	blob := randomBytes(t, 2*diskMiB)
 	session := openSession(t, s, "team/upload")

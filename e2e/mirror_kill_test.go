@@ -12,10 +12,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -38,13 +36,7 @@ func TestMirrorKilledAfterColdAnswers(t *testing.T) {
 			t.Fatal(err)
 		}
 		tag := fmt.Sprintf("t%d", i)
-		ref, err := name.ParseReference(host+"/library/app:"+tag, name.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(ref, img); err != nil {
-			t.Fatal(err)
-		}
+		writeImage(t, host+"/library/app:"+tag, img)
 		d, _ := img.Digest()
 		want[tag] = d.String()
 	}

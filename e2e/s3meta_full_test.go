@@ -28,13 +28,7 @@ func TestS3EmbeddedMetadataDiskFull(t *testing.T) {
 	s := siteServer(t, "", s3EmbeddedSite(srv, bucket, filepath.Join(fs, "meta"), ""), 0)
 	host := s.localhostAddr()
 	img := ociImage(t)
-	ref, err := name.ParseReference(host+"/team/app:v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	writeImage(t, host+"/team/app:v1", img)
 	d, _ := img.Digest()
 
 	filler := tmpfs.FillTo(t, fs, 0)

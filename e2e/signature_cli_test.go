@@ -7,9 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // TestSignaturePolicyRealSigners: the real cosign and notation CLIs sign
@@ -61,13 +58,7 @@ func TestSignaturePolicyRealSigners(t *testing.T) {
 		}
 		ld, _ := ls[0].Digest()
 		unsignedLayer = ld.String() // the last pushed is the unsigned one
-		ref, err := name.ParseReference(host+"/team/app:"+tag, name.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(ref, img); err != nil {
-			t.Fatal(err)
-		}
+		writeImage(t, host+"/team/app:"+tag, img)
 		d, _ := img.Digest()
 		return d.String()
 	}
