@@ -25,11 +25,7 @@ import (
 //     passed do not hide it either.
 func TestSignaturePolicyCrowdedReferrers(t *testing.T) {
 	s := newSigners(t)
-	tr := newTestRegistry(t, func(c *Config) {
-		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
-	})
-	clock := newTestClock()
-	tr.h.sigNow = clock.Now
+	tr, clock := clockedSignedRegistry(t, s)
 	base, repo := tr.srv.URL, "team/app"
 	junk := 3 * sigpolicy.MaxCandidates
 

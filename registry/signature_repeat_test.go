@@ -251,11 +251,7 @@ func TestSignaturePullUpstreamLayersBounded(t *testing.T) {
 // pushed again counts at once, for blobs as for manifests.
 func TestSignatureBlobMissForgottenOnPush(t *testing.T) {
 	s := newSigners(t)
-	tr := newTestRegistry(t, func(c *Config) {
-		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
-	})
-	clock := newTestClock()
-	tr.h.sigNow = clock.Now
+	tr, clock := clockedSignedRegistry(t, s)
 	base, repo := tr.srv.URL, "team/app"
 	img := pushTestImage(t, base, repo, "", "resigned")
 	layer := "/v2/" + repo + "/blobs/" + layerOfTestImage("resigned")

@@ -289,11 +289,7 @@ func TestSignaturePolicyFakeSignatureVouchesNothing(t *testing.T) {
 // passing when the index's signature goes.
 func TestSignaturePolicyPlatformLongAfterSignedIndex(t *testing.T) {
 	s := newSigners(t)
-	tr := newTestRegistry(t, func(c *Config) {
-		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
-	})
-	clock := newTestClock()
-	tr.h.sigNow = clock.Now
+	tr, clock := clockedSignedRegistry(t, s)
 	base, repo := tr.srv.URL, "team/app"
 	a := pushTestImage(t, base, repo, "", "a")
 	b := pushTestImage(t, base, repo, "", "b")
@@ -318,11 +314,7 @@ func TestSignaturePolicyPlatformLongAfterSignedIndex(t *testing.T) {
 // gone, its layers are refused.
 func TestSignaturePolicyLayersAfterVouchExpiry(t *testing.T) {
 	s := newSigners(t)
-	tr := newTestRegistry(t, func(c *Config) {
-		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
-	})
-	clock := newTestClock()
-	tr.h.sigNow = clock.Now
+	tr, clock := clockedSignedRegistry(t, s)
 	base, repo := tr.srv.URL, "team/app"
 	img := pushTestImage(t, base, repo, "", "slow")
 	signCosign(t, base, repo, s.key, img, img.Digest, true)

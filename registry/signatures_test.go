@@ -114,6 +114,18 @@ type signers struct {
 	keyFile, certFile   string
 }
 
+// clockedSignedRegistry is a test registry whose policy wants team/**
+// signed by s, and whose signature checks read the returned clock.
+func clockedSignedRegistry(t *testing.T, s *signers) (*testRegistry, *testClock) {
+	t.Helper()
+	tr := newTestRegistry(t, func(c *Config) {
+		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
+	})
+	clock := newTestClock()
+	tr.h.sigNow = clock.Now
+	return tr, clock
+}
+
 func newSigners(t *testing.T) *signers {
 	t.Helper()
 	s := &signers{}
@@ -369,11 +381,7 @@ func TestSignaturePolicyMirror(t *testing.T) {
 // after it counts right after), a pass a minute.
 func TestSignatureVerdictTTL(t *testing.T) {
 	s := newSigners(t)
-	tr := newTestRegistry(t, func(c *Config) {
-		c.SignaturePolicies = []*sigpolicy.Policy{s.policy(t, "team/**", false)}
-	})
-	clock := newTestClock()
-	tr.h.sigNow = clock.Now
+	tr, clock := clockedSignedRegistry(t, s)
 	base := tr.srv.URL
 	img := pushTestImage(t, base, "team/app", "v1", "v1")
 	wantDenied(t, tr, tr.do(http.MethodGet, "/v2/team/app/manifests/v1", nil), "team/**")
