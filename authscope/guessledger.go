@@ -2,6 +2,7 @@ package authscope
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -122,11 +123,7 @@ func (g *Guesses) loadShared(ctx context.Context, client, account string, accoun
 
 // errLedgerAnswer is a ledger that answered a different number of records
 // than keys asked for.
-var errLedgerAnswer = ledgerError("login ledger: wrong number of records")
-
-type ledgerError string
-
-func (e ledgerError) Error() string { return string(e) }
+var errLedgerAnswer = errors.New("login ledger: wrong number of records")
 
 // ledgerFailed tells LedgerFailed and rests the ledger for ledgerRest.
 func (g *Guesses) ledgerFailed(err error) {

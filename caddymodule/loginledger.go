@@ -17,21 +17,24 @@ import (
 // nothing.
 type recordsLedger struct {
 	open   func() (authRecords, error)
-	opened atomic.Value // the records' authscope.GuessLedger, once open
+	opened atomic.Pointer[ledgerBox] // set once the records opened
 }
 
-// ledger opens the records (they open on first use) and returns their
-// ledger, or nil when they keep none.
+// ledgerBox is the records' ledger; l nil when they keep none.
+type ledgerBox struct{ l authscope.GuessLedger }
+
+// ledger returns the records' ledger, or nil when they keep none,
+// opening them (they open on first use) until that succeeds once.
 func (f *recordsLedger) ledger() (authscope.GuessLedger, error) {
+	if b := f.opened.Load(); b != nil {
+		return b.l, nil
+	}
 	rec, err := f.open()
 	if err != nil {
 		return nil, err
 	}
-	l, ok := rec.(authscope.GuessLedger)
-	if !ok {
-		return nil, nil
-	}
-	f.opened.Store(&l)
+	l, _ := rec.(authscope.GuessLedger)
+	f.opened.Store(&ledgerBox{l: l})
 	return l, nil
 }
 
@@ -39,8 +42,8 @@ func (f *recordsLedger) ledger() (authscope.GuessLedger, error) {
 // opened by another call (which a check it refuses does not make), it
 // knows nobody.
 func (f *recordsLedger) KnownPair(pair string, knownFor time.Duration) bool {
-	l, _ := f.opened.Load().(*authscope.GuessLedger)
-	return l != nil && (*l).KnownPair(pair, knownFor)
+	b := f.opened.Load()
+	return b != nil && b.l != nil && b.l.KnownPair(pair, knownFor)
 }
 
 func (f *recordsLedger) LoadGuesses(ctx context.Context, keys []string, pair string, knownFor time.Duration) ([]float64, bool, error) {
