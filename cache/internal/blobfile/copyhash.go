@@ -68,7 +68,37 @@ func copyHashingSized(w, h io.Writer, r io.Reader, size int64) (int64, error) {
 	if len(bufs) == 1 {
 		return copyBuffer(io.MultiWriter(w, h), r, *first)
 	}
-	return copyPipelined(w, h, r, bufs)
+	pipe := make([][]byte, len(bufs))
+	for i, bp := range bufs {
+		pipe[i] = *bp
+	}
+	return copyPipelined(w, h, func(b []byte) (int, error) { return fill(r, b) }, pipe)
+}
+
+// moreBigBufs returns first with up to pipelineDepth-1 more big buffers
+// from the budget, when first is a big buffer itself (else first alone).
+// Give the others back with putBufs.
+func moreBigBufs(first []byte) [][]byte {
+	bufs := [][]byte{first}
+	if cap(first) != CopyBufSize {
+		return bufs
+	}
+	for len(bufs) < pipelineDepth {
+		bp := tryBigBuf()
+		if bp == nil {
+			break
+		}
+		bufs = append(bufs, *bp)
+	}
+	return bufs
+}
+
+// putBufs gives back the buffers moreBigBufs took (all but the first).
+func putBufs(bufs [][]byte) {
+	for _, b := range bufs[1:] {
+		b = b[:cap(b)]
+		PutBuf(&b)
+	}
 }
 
 // copyBuffer is io.CopyBuffer with buf always used (no WriterTo or
@@ -85,12 +115,14 @@ func copyBuffer(w io.Writer, r io.Reader, buf []byte) (int64, error) {
 // before it moves on, so the file and the hash see few, large calls
 // whatever sizes the network delivers. The bytes reach h in order and
 // only once written. On an error the first one is returned (a write's
-// before a read's) with the bytes written.
-func copyPipelined(w, h io.Writer, r io.Reader, bufs []*[]byte) (int64, error) {
+// before a read's) with the bytes written. read fills one buffer: to the
+// brim (fill), or with what one read brings (a spool, whose followers
+// wait for each piece).
+func copyPipelined(w, h io.Writer, read func([]byte) (int, error), bufs [][]byte) (int64, error) {
 	depth := len(bufs)
 	free := make(chan []byte, depth)
-	for _, bp := range bufs {
-		free <- *bp
+	for _, b := range bufs {
+		free <- b[:cap(b)]
 	}
 	toWrite := make(chan []byte, depth)
 	toHash := make(chan []byte, depth)
@@ -146,7 +178,7 @@ func copyPipelined(w, h io.Writer, r io.Reader, bufs []*[]byte) (int64, error) {
 			break
 		}
 		var nr int
-		nr, rerr = fill(r, buf)
+		nr, rerr = read(buf)
 		if nr > 0 {
 			toWrite <- buf[:nr]
 		} else {

@@ -160,32 +160,90 @@ func (s *Spool) Copy(dst io.Writer, src io.Reader, h hash.Hash, size int64, buf 
 	return s.copyFrom(0, dst, src, h, size, buf)
 }
 
-// copyFrom is Copy once n bytes are written.
+// copyFrom is Copy once n bytes are written. When buf is a big buffer
+// and the budget has more, it runs as a pipeline (copyPipelined): the
+// source is read, the file written and the bytes hashed side by side, so
+// a cold pull's last byte waits for the slowest of the three, not for
+// their sum. Each piece goes on as the source delivers it, as in turn.
 func (s *Spool) copyFrom(n int64, dst io.Writer, src io.Reader, h hash.Hash, size int64, buf []byte) (int64, error) {
+	in := &spoolSource{r: src, n: n, size: size}
+	out := &spoolProgress{s: s, w: dst, n: n}
+	if bufs := moreBigBufs(buf); len(bufs) > 1 {
+		defer putBufs(bufs)
+		_, err := copyPipelined(out, h, in.readPiece, bufs)
+		return out.n, err
+	}
 	for {
-		m, rerr := src.Read(buf)
+		m, rerr := in.Read(buf)
 		if m > 0 {
-			if size >= 0 && n+int64(m) > size {
-				return n, fmt.Errorf("%w (%d bytes)", ErrOverrun, size)
-			}
-			if _, err := dst.Write(buf[:m]); err != nil {
-				return n, fmt.Errorf("write: %w", err)
+			if _, err := out.Write(buf[:m]); err != nil {
+				return out.n, err
 			}
 			h.Write(buf[:m])
-			n += int64(m)
-			s.mu.Lock()
-			s.written = n
-			s.changed()
-			s.mu.Unlock()
-			yieldToFollowers()
 		}
 		if rerr == io.EOF {
-			return n, nil
+			return out.n, nil
 		}
 		if rerr != nil {
-			return n, fmt.Errorf("read source after %d bytes: %w", n, rerr)
+			return out.n, rerr
 		}
 	}
+}
+
+// spoolSource is a spool's source, past its first n bytes: it fails with
+// ErrOverrun rather than give a byte past size (>= 0), and says how far
+// it got when it fails.
+type spoolSource struct {
+	r    io.Reader
+	n    int64
+	size int64
+}
+
+func (r *spoolSource) Read(p []byte) (int, error) {
+	m, err := r.r.Read(p)
+	if r.size >= 0 && r.n+int64(m) > r.size {
+		return 0, fmt.Errorf("%w (%d bytes)", ErrOverrun, r.size)
+	}
+	r.n += int64(m)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("read source after %d bytes: %w", r.n, err)
+	}
+	return m, err
+}
+
+// readPiece reads what the source has, at least one byte unless it
+// ends or fails.
+func (r *spoolSource) readPiece(p []byte) (int, error) {
+	for {
+		m, err := r.Read(p)
+		if m > 0 || err != nil {
+			return m, err
+		}
+	}
+}
+
+// spoolProgress writes a spool's bytes to its file and tells followers
+// of every piece once the file has it.
+type spoolProgress struct {
+	s *Spool
+	w io.Writer
+	n int64
+}
+
+func (p *spoolProgress) Write(b []byte) (int, error) {
+	m, err := p.w.Write(b)
+	if m > 0 {
+		p.n += int64(m)
+		p.s.mu.Lock()
+		p.s.written = p.n
+		p.s.changed()
+		p.s.mu.Unlock()
+		yieldToFollowers()
+	}
+	if err != nil {
+		return m, fmt.Errorf("write: %w", err)
+	}
+	return m, nil
 }
 
 // Verified says every byte is in and matched the digest: followers may

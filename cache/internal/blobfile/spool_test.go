@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"hash"
 	"io"
+	"math"
 	"runtime"
 	"sync"
 	"testing"
@@ -138,3 +141,152 @@ func TestSpoolBeginCopySourceFails(t *testing.T) {
 		t.Fatalf("follower: %v (Err %v), want %v", err, r.Err(), boom)
 	}
 }
+
+// failingWriter accepts limit bytes, then fails.
+type failingWriter struct {
+	memFile
+	limit int
+	err   error
+}
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	if len(f.buf)+len(p) > f.limit {
+		return 0, f.err
+	}
+	return f.memFile.Write(p)
+}
+
+// Copy gives its followers the whole blob, and refuses a source that
+// sends more than its size, one that fails and a file that fails, with
+// the cause; with a small buffer (in turn) as with a big one (the
+// pipeline).
+func TestSpoolCopyOutcomes(t *testing.T) {
+	content := bytes.Repeat([]byte("0123456789abcdef"), 5<<16) // 5 MiB
+	size := int64(len(content))
+	boom, full := errors.New("upstream reset"), errors.New("disk full")
+	for _, bufSize := range []int{SmallBufSize, CopyBufSize} {
+		for _, tc := range []struct {
+			name  string
+			src   io.Reader
+			file  *failingWriter
+			want  error  // nil: the whole blob
+			wrote string // what the file must hold then
+		}{
+			{name: "whole", src: bytes.NewReader(content), want: nil},
+			{name: "overrun", src: io.MultiReader(bytes.NewReader(content), bytes.NewReader([]byte("x"))), want: ErrOverrun},
+			{name: "source fails", src: io.MultiReader(bytes.NewReader(content[:3<<20]), iotest.ErrReader(boom)), want: boom},
+			{name: "file fails", src: bytes.NewReader(content), file: &failingWriter{limit: 2 << 20, err: full}, want: full},
+		} {
+			t.Run(fmt.Sprintf("%s/buf=%d", tc.name, bufSize), func(t *testing.T) {
+				buf := make([]byte, SmallBufSize) // in turn
+				if bufSize == CopyBufSize {
+					bp := GetBuf(-1)
+					defer PutBuf(bp)
+					if buf = *bp; cap(buf) != CopyBufSize {
+						t.Skip("no big buffer left in the budget")
+					}
+				}
+				file := tc.file
+				if file == nil {
+					file = &failingWriter{limit: math.MaxInt}
+				}
+				s := NewSpool()
+				s.Begin(size)
+				h := sha256.New()
+				n, err := s.Copy(file, tc.src, h, size, buf)
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("Copy: %d bytes, %v; want %v", n, err, tc.want)
+				}
+				if n != int64(len(file.buf)) || n > size || !bytes.Equal(file.buf, content[:n]) {
+					t.Fatalf("Copy says %d bytes; the file holds %d, not the blob's start", n, len(file.buf))
+				}
+				if err != nil {
+					s.Finish(err)
+					r := s.Follow(context.Background(), file)
+					if _, err := io.Copy(io.Discard, r); !errors.Is(err, tc.want) {
+						t.Fatalf("follower: %v, want %v", err, tc.want)
+					}
+					return
+				}
+				if n != size || !bytes.Equal(h.Sum(nil), sha256Of(content)) {
+					t.Fatalf("copied %d of %d bytes, hash matches: %v", n, size, bytes.Equal(h.Sum(nil), sha256Of(content)))
+				}
+				s.SetVerified(n)
+				s.Finish(nil)
+				got, err := io.ReadAll(s.Follow(context.Background(), file))
+				if err != nil || !bytes.Equal(got, content) {
+					t.Fatalf("follower read %d bytes, %v", len(got), err)
+				}
+			})
+		}
+	}
+}
+
+func sha256Of(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+// gatedHash blocks its first Write until gate is closed.
+type gatedHash struct {
+	hash.Hash
+	first bool
+	gate  chan struct{}
+	late  bool // the gate stayed shut 5 s
+}
+
+func (g *gatedHash) Write(p []byte) (int, error) {
+	if !g.first {
+		g.first = true
+		select {
+		case <-g.gate:
+		case <-time.After(5 * time.Second):
+			g.late = true
+		}
+	}
+	return g.Hash.Write(p)
+}
+
+// notifyWriter closes second on its second Write.
+type notifyWriter struct {
+	memFile
+	writes int
+	second chan struct{}
+}
+
+func (w *notifyWriter) Write(p []byte) (int, error) {
+	if w.writes++; w.writes == 2 {
+		close(w.second)
+	}
+	return w.memFile.Write(p)
+}
+
+// With a big buffer, a spool's copy hashes one piece while it writes the
+// next: the file's second piece goes out while the hash of the first is
+// still busy (here: waits for it). In turn, the second write would wait
+// for the first hash, which waits for the second write.
+func TestSpoolCopyHashesBesideWrites(t *testing.T) {
+	bp := GetBuf(-1)
+	defer PutBuf(bp)
+	if cap(*bp) != CopyBufSize {
+		t.Skip("no big buffer left in the budget")
+	}
+	content := bytes.Repeat([]byte("x"), 4<<20)
+	second := make(chan struct{})
+	file := &notifyWriter{second: second}
+	h := &gatedHash{Hash: sha256.New(), gate: second}
+	s := NewSpool()
+	s.Begin(int64(len(content)))
+	// 1 MiB a read: the pipeline's pieces are the source's.
+	if _, err := s.Copy(file, halfReader{bytes.NewReader(content)}, h, int64(len(content)), *bp); err != nil {
+		t.Fatal(err)
+	}
+	if h.late {
+		t.Fatal("the file's second piece waited for the hash of the first")
+	}
+	if !bytes.Equal(h.Sum(nil), sha256Of(content)) {
+		t.Fatal("hash differs")
+	}
+}
+
+// halfReader reads at most 1 MiB a call.
+type halfReader struct{ r io.Reader }
+
+func (h halfReader) Read(p []byte) (int, error) { return h.r.Read(p[:min(len(p), 1<<20)]) }
