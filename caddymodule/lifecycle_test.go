@@ -170,6 +170,10 @@ func TestValidateRejects(t *testing.T) {
 		{`{"handler":"oci_registry","max_manifest_size":-1}`, "max_manifest_size"},
 		{`{"handler":"oci_registry","upload_ttl":-5}`, "upload_ttl"},
 		{`{"handler":"oci_registry","bogus":1}`, "bogus"},
+		{`{"handler":"oci_registry","gc_interval":1000}`, "gc_interval must be at least 1s (or off): 1µs"},
+		{`{"handler":"oci_registry","gc_full_interval":999999999}`, "gc_full_interval must be at least 1s"},
+		{`{"handler":"oci_registry","scrub_interval":1}`, "scrub_interval must be at least 1s"},
+		{fmt.Sprintf(`{"handler":"oci_registry","sub_storages":[{"prefix":"team","storage":%q,"gc_interval":5}]}`, t.TempDir()), "gc_interval must be at least 1s"},
 	} {
 		cfgJSON := fmt.Sprintf(`{"admin":{"disabled":true},"apps":{"http":{"servers":{"s":{"listen":[%q],"routes":[{"handle":[%s]}]}}}}}`,
 			freeAddr(t), tc.handler)

@@ -118,11 +118,26 @@ func (s StorageSettings) validate() error {
 	if s.GCGrace < 0 {
 		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(s.GCGrace))
 	}
+	for _, iv := range []struct {
+		name string
+		d    caddy.Duration
+	}{{"gc_interval", s.GCInterval}, {"gc_full_interval", s.GCFullInterval}, {"scrub_interval", s.ScrubInterval}} {
+		if iv.d > 0 && time.Duration(iv.d) < minPassInterval {
+			return fmt.Errorf("%s must be at least %s (or off): %s", iv.name, minPassInterval, time.Duration(iv.d))
+		}
+	}
 	if s.ScrubRate != 0 && (s.ScrubRate < minScrubRate || s.ScrubRate > maxScrubRate) {
 		return fmt.Errorf("scrub_rate must be between 1MiB and 1TiB per second: %d", s.ScrubRate)
 	}
 	return nil
 }
+
+// minPassInterval is the shortest gc_interval, gc_full_interval and
+// scrub_interval: each starts a pass over the store (on replicas, a lease
+// and queries of the shared metadata), and one every few nanoseconds
+// (zot's intervals are often written as bare numbers) would run them
+// back to back.
+const minPassInterval = time.Second
 
 // The bounds of scrub_rate: below 1 MiB/s a pass over a large store
 // never ends; the top only catches a unit mistake.
