@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -286,7 +286,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 		o.FailDelay = DefaultFailDelay
 	}
 	if a.Htpasswd != "" {
-		data, err := os.ReadFile(a.Htpasswd)
+		data, err := configfile.Read(a.Htpasswd)
 		if err != nil {
 			return nil, fmt.Errorf("htpasswd: %w", err)
 		}
@@ -309,7 +309,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 	if t := a.Token; t != nil {
 		ks := authscope.NewKeySet()
 		for _, f := range t.TrustedCerts {
-			data, err := os.ReadFile(f)
+			data, err := configfile.Read(f)
 			if err != nil {
 				return nil, fmt.Errorf("trusted_certs: %w", err)
 			}
@@ -318,7 +318,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 			}
 		}
 		for _, f := range t.JWKS {
-			data, err := os.ReadFile(f)
+			data, err := configfile.Read(f)
 			if err != nil {
 				return nil, fmt.Errorf("jwks: %w", err)
 			}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope/ldapauth"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 )
 
 // DefaultLDAPCacheTTL is how long a successful LDAP login is remembered
@@ -201,7 +201,7 @@ func (l *LDAP) provision(logger *zap.Logger) (*ldapauth.Directory, error) {
 	c := l.config()
 	c.Logger = logger.Named("ldap")
 	if l.BindPasswordFile != "" {
-		b, err := os.ReadFile(l.BindPasswordFile)
+		b, err := configfile.Read(l.BindPasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("ldap bind_password_file: %w", err)
 		}
@@ -218,7 +218,7 @@ func (l *LDAP) provision(logger *zap.Logger) (*ldapauth.Directory, error) {
 	if l.CAFile != "" || l.InsecureSkipVerify {
 		c.TLS = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: l.InsecureSkipVerify}
 		if l.CAFile != "" {
-			pem, err := os.ReadFile(l.CAFile)
+			pem, err := configfile.Read(l.CAFile)
 			if err != nil {
 				return nil, fmt.Errorf("ldap ca_file: %w", err)
 			}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -193,5 +194,41 @@ func init() {
 	// should a test ever provision without storage.
 	if os.Getenv("XDG_DATA_HOME") == "" {
 		_ = os.Setenv("XDG_DATA_HOME", filepath.Join(os.TempDir(), fmt.Sprintf("caddy-oci-test-%d", time.Now().UnixNano())))
+	}
+}
+
+// Every file a config names is read as hostile: a device, a pipe or a
+// folder is refused by name, at once (a pipe would hang the load, /dev/zero
+// fill memory).
+func TestConfigFilesMustBeRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"/dev/zero", fifo, dir} {
+		for _, handler := range []string{
+			`{"handler":"oci_registry","storage":%q,"auth":{"htpasswd":%q}}`,
+			`{"handler":"oci_registry","storage":%q,"mirrors":[{"prefix":"docker.io","upstreams":["https://registry-1.docker.io"],"ca_file":%q}]}`,
+			`{"handler":"oci_registry","storage":%q,"mirrors":[{"prefix":"docker.io","upstreams":["https://registry-1.docker.io"],"credentials_file":%q}]}`,
+			`{"handler":"oci_registry","storage":%q,"auth":{"ldap":{"url":"ldap://127.0.0.1:1","bind_dn":"cn=admin","bind_password_file":%q,"base_dn":"dc=x","user_filter":"(uid={username})"}}}`,
+		} {
+			h := fmt.Sprintf(handler, t.TempDir(), bad)
+			cfgJSON := fmt.Sprintf(`{"admin":{"disabled":true},"apps":{"http":{"servers":{"s":{"listen":[%q],"routes":[{"handle":[%s]}]}}}}}`, freeAddr(t), h)
+			var cfg caddy.Config
+			if err := caddy.StrictUnmarshalJSON([]byte(cfgJSON), &cfg); err != nil {
+				t.Fatalf("%s: %v", h, err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- caddy.Validate(&cfg) }()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+					t.Errorf("%s: error %v, want one saying it is not a regular file", h, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: still loading after 10 s", h)
+			}
+		}
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 )
 
 // OIDC signs users in at an OpenID Connect provider (authentik,
@@ -200,7 +200,7 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 	repl := caddy.NewReplacer()
 	secret := repl.ReplaceAll(o.ClientSecret, "")
 	if o.ClientSecretFile != "" {
-		b, err := os.ReadFile(o.ClientSecretFile)
+		b, err := configfile.Read(o.ClientSecretFile)
 		if err != nil {
 			return nil, fmt.Errorf("oidc client_secret_file: %w", err)
 		}
@@ -215,7 +215,7 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 	}}
 	keyText := repl.ReplaceAll(o.SessionKey, "")
 	if o.SessionKeyFile != "" {
-		b, err := os.ReadFile(o.SessionKeyFile)
+		b, err := configfile.Read(o.SessionKeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("oidc session_key_file: %w", err)
 		}

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 	"github.com/caddy-oci/caddy-oci/registry"
 	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
 )
@@ -264,7 +264,7 @@ func credentials(where, user, pass, credentialsFile string, hosts []string, repl
 		return "", "", fmt.Errorf("%s: credentials_file and username/password both set; use one", where)
 	}
 	file := repl.ReplaceAll(credentialsFile, "")
-	data, err := os.ReadFile(file)
+	data, err := configfile.Read(file)
 	if err != nil {
 		return "", "", fmt.Errorf("%s: credentials_file: %w", where, err)
 	}

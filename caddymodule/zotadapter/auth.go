@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"os"
 	"path"
 	"slices"
 	"sort"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/caddymodule"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 )
 
 var allActions = []string{"read", "create", "update", "delete"}
@@ -298,7 +298,7 @@ func (a *adapter) provider(name string, p *object, au *caddymodule.Auth) error {
 // ({"clientid": ..., "clientsecret": ...}) now, since oci_registry takes
 // the client ID in its config.
 func (a *adapter) oidcCredentials(key, file string, oidc *caddymodule.OIDC) error {
-	data, err := os.ReadFile(file)
+	data, err := configfile.Read(file)
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}

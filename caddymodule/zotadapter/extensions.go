@@ -35,6 +35,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/caddymodule"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 	"github.com/caddy-oci/caddy-oci/registry/mirrorsync"
 )
 
@@ -127,7 +128,7 @@ func (a *adapter) sync(s *object) error {
 		return err
 	}
 	if cf != "" {
-		data, err := os.ReadFile(cf)
+		data, err := configfile.Read(cf)
 		if err != nil {
 			return fmt.Errorf("extensions.sync.credentialsFile: %w", err)
 		}
@@ -590,7 +591,7 @@ func (a *adapter) htpasswdAccounts(users []string, every bool) ([]caddyauth.Acco
 	if a.htpasswd == "" {
 		return nil, nil
 	}
-	data, err := os.ReadFile(a.htpasswd)
+	data, err := configfile.Read(a.htpasswd)
 	if err != nil {
 		return nil, fmt.Errorf("http.auth.htpasswd.path: %w", err)
 	}

@@ -15,11 +15,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/caddy-oci/caddy-oci/caddymodule"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 )
 
 // ldap maps http.auth.ldap onto auth.ldap.
@@ -171,7 +171,7 @@ func (a *adapter) ldapBind(l *object, cfg *caddymodule.LDAP) error {
 		return err
 	}
 	if file != "" {
-		data, err := os.ReadFile(file)
+		data, err := configfile.Read(file)
 		if err != nil {
 			return fmt.Errorf("%s: %w", l.at("credentialsFile"), err)
 		}

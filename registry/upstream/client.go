@@ -31,7 +31,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +41,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 )
 
 // Config describes one remote registry.
@@ -231,7 +231,7 @@ func New(cfg Config) (*Client, error) {
 			ClientSessionCache: tls.NewLRUClientSessionCache(0),
 		}
 		if cfg.CAFile != "" {
-			pem, err := os.ReadFile(cfg.CAFile)
+			pem, err := configfile.Read(cfg.CAFile)
 			if err != nil {
 				return nil, fmt.Errorf("upstream: CA file: %w", err)
 			}
