@@ -702,7 +702,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		return h, nil
 	}
 	var st registry.Store
-	var locals []*cache.Store // the mirror cache limit applies to them only
+	var locals []localStore // the mirror cache limit applies to them only
 	if rg.cluster != nil {
 		cs, _, err := rg.cluster.open()
 		if err != nil {
@@ -710,11 +710,8 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		}
 		st = cs
 	} else {
-		fs, err := rg.store.open()
-		if err != nil {
-			return nil, err
-		}
-		if st, locals, err = rg.routeSubStores(fs); err != nil {
+		var err error
+		if st, locals, err = rg.routeSubStores(); err != nil {
 			return nil, err
 		}
 	}
@@ -740,7 +737,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	}
 	total := &mirrorCacheTotal{obs: rg.metrics, sizes: make([]int64, len(locals))}
 	for i, local := range locals {
-		rg.setMirrorCache(local, h, mirrorCacheSlot{total, i})
+		local.opened(func(st *cache.Store) { rg.setMirrorCache(st, h, mirrorCacheSlot{total, i}) })
 	}
 	if cs, ok := st.(interface{ SetMirrorCache(cache.MirrorCache) }); ok && rg.cluster != nil {
 		rg.setMirrorCache(cs, h, rg.metrics) // counted for every replica
