@@ -15,12 +15,14 @@ import (
 
 // pendingStore stands for a store of a storage sub-path (or the main
 // one beside sub-paths) that could not open when the handler was built:
-// its filesystem was full at start. Only the repositories it holds wait
-// for it. Each call tries to open it again (an open refused for room is
-// a statfs, no database), so the first request after space is freed
-// opens it, without a restart. Until then reads answer 503 UNAVAILABLE
-// with Retry-After and writes the open's error (507 STORAGE_FULL), as
-// the whole registry does when its only store is in that state.
+// its filesystem was full or read-only at start. Only the repositories
+// it holds wait for it. Each call tries to open it again (an open
+// refused for room is a statfs, no database), so the first request after
+// space is freed, or the filesystem is writable again, opens it, without
+// a restart. Until then reads answer 503 UNAVAILABLE with Retry-After
+// and writes the open's error (507 STORAGE_FULL when full, 503 when
+// read-only), as the whole registry does when its only store is in that
+// state.
 type pendingStore struct {
 	shared *sharedStore
 	name   string // for errors: "sub_storage team" or "the main storage"

@@ -350,6 +350,14 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 				zap.String("storage", rg.dir), zap.Error(err))
 			return nil
 		}
+		if err != nil && readOnlyStorage(err) {
+			// Nor a filesystem the kernel made read-only after disk
+			// errors (the database cannot open there): the store opens
+			// with the first request after it is writable again.
+			rg.logger.Warn("storage read-only at start; requests get 503 until it is writable",
+				zap.String("storage", rg.dir), zap.Error(err))
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -633,10 +641,10 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 	}
 	h, err := rg.registryHandler()
 	if err != nil {
-		if cache.IsStorageFull(err) {
+		if cache.IsStorageFull(err) || readOnlyStorage(err) {
 			// The operator's to fix, but no fault, as a full disk under
 			// an open store is logged.
-			rg.logger.Warn("storage full", zap.String("storage", rg.dir), zap.Error(err))
+			rg.logger.Warn("storage full or read-only", zap.String("storage", rg.dir), zap.Error(err))
 		} else {
 			rg.logger.Error("storage unavailable", zap.String("storage", rg.dir), zap.Error(err))
 		}
@@ -654,6 +662,8 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 		msg := "storage is temporarily unavailable, retry"
 		if cache.IsStorageFull(err) {
 			msg = "storage is full: its metadata cannot be read until space is freed, retry"
+		} else if readOnlyStorage(err) {
+			msg = "storage is read-only: its metadata cannot be opened until it is writable, retry"
 		}
 		registry.NewError(http.StatusServiceUnavailable, registry.CodeUnavailable, msg, err).Render(w, r)
 		return nil

@@ -306,9 +306,9 @@ func (l localStore) opened(f func(*cache.Store)) {
 // store that routes between them, with each local store to apply the
 // mirror cache limit to. Without sub stores it is main itself, and an
 // error opening it is the handler's. With them, a store whose
-// filesystem is full at start is pending (pendingStore): the
-// repositories it holds answer 503 (pushes 507) until it opens, and
-// those of every other store are served meanwhile.
+// filesystem is full or read-only at start is pending (pendingStore):
+// the repositories it holds answer 503 (pushes 507 when full) until it
+// opens, and those of every other store are served meanwhile.
 func (rg *Registry) routeSubStores() (registry.Store, []localStore, error) {
 	if len(rg.subs) == 0 {
 		main, err := rg.store.open()
@@ -322,11 +322,16 @@ func (rg *Registry) routeSubStores() (registry.Store, []localStore, error) {
 		if err == nil {
 			return st, localStore{st: st}, nil
 		}
-		if !cache.IsStorageFull(err) {
+		switch {
+		case cache.IsStorageFull(err):
+			rg.logger.Warn("storage full at start; its repositories get 503 (pushes 507) until space is freed, the others are served",
+				zap.String("store", name), zap.String("storage", s.opts.Dir), zap.Error(err))
+		case readOnlyStorage(err):
+			rg.logger.Warn("storage read-only at start; its repositories get 503 until it is writable, the others are served",
+				zap.String("store", name), zap.String("storage", s.opts.Dir), zap.Error(err))
+		default:
 			return nil, localStore{}, fmt.Errorf("%s: %w", name, err)
 		}
-		rg.logger.Warn("storage full at start; its repositories get 503 (pushes 507) until space is freed, the others are served",
-			zap.String("store", name), zap.String("storage", s.opts.Dir), zap.Error(err))
 		p := &pendingStore{shared: s, name: name}
 		return p, localStore{pending: p}, nil
 	}
