@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/internal/badgerwrite"
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // Store is safe for concurrent use. Open it once per directory per process.
@@ -213,7 +214,7 @@ func Open(opts Options) (*Store, error) {
 	bo.TableSizeMultiplier = 1
 	db, err := badger.Open(bo)
 	if err != nil {
-		return nil, fmt.Errorf("cache: open metadata: %w", err)
+		return nil, fmt.Errorf("cache: open metadata: %w", blobfile.DatabaseOpenError(metaDir, err))
 	}
 	s.db = db
 	s.writer = &badgerwrite.Writer{DB: db, Unavailable: ErrUnavailable}

@@ -140,13 +140,45 @@ func (s *Store) lockSession(ctx context.Context, id string, mode lockMode) (unlo
 }
 
 // CancellableChunk is r, a chunk's body, ending in ErrUploadUnknown once
-// stop is closed: the session was cancelled while the chunk arrived at
-// its client's pace, and the store cuts the chunk off. A read blocked on
+// stop is closed or the session's end passes (its start plus the upload
+// TTL; zero: none): the session was cancelled, or outlived the longest
+// a session may live, while the chunk arrived at its client's pace, and
+// the store cuts the chunk off. Without the end, a body that trickles in
+// for ever would keep its session (which expiry leaves alone while a
+// request writes it) and the space it holds for ever. A read blocked on
 // a body that has stalled ends at once when ctx carries an interrupt
 // (WithChunkInterrupt), else when the next bytes come or the server's
 // read idle timeout fires. Call release when the chunk is done with: it
 // returns once no interrupt can come any more.
-func CancellableChunk(ctx context.Context, r io.Reader, stop <-chan struct{}) (chunk io.Reader, release func()) {
+func CancellableChunk(ctx context.Context, r io.Reader, stop <-chan struct{}, end time.Time) (chunk io.Reader, release func()) {
+	if end.IsZero() {
+		return cancellableChunk(ctx, r, stop)
+	}
+	ended := make(chan struct{})
+	var once sync.Once
+	finish := func() { once.Do(func() { close(ended) }) }
+	timer := time.AfterFunc(time.Until(end), finish)
+	done := make(chan struct{})
+	var watch sync.WaitGroup
+	if stop != nil {
+		watch.Go(func() {
+			select {
+			case <-stop:
+				finish()
+			case <-done:
+			}
+		})
+	}
+	chunk, rel := cancellableChunk(ctx, r, ended)
+	return chunk, func() {
+		rel()
+		timer.Stop()
+		close(done)
+		watch.Wait()
+	}
+}
+
+func cancellableChunk(ctx context.Context, r io.Reader, stop <-chan struct{}) (chunk io.Reader, release func()) {
 	c := cancellable{r: r, stop: stop}
 	interrupt, _ := ctx.Value(interruptKey{}).(func())
 	if interrupt == nil || stop == nil {
@@ -203,7 +235,7 @@ func (c cancellable) cancelled() bool {
 	}
 }
 
-var errChunkCancelled = fmt.Errorf("%w: cancelled while a chunk was arriving", ErrUploadUnknown)
+var errChunkCancelled = fmt.Errorf("%w: cancelled, or past its upload TTL, while a chunk was arriving", ErrUploadUnknown)
 
 // validID reports whether id has the form NewUpload gives, which also
 // makes it safe as a file name.
@@ -492,12 +524,12 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 		return Upload{}, err
 	}
 	defer unlock()
-	r, release := CancellableChunk(ctx, r, abort)
-	defer release()
 	rec, err := s.loadLocked(repo, id)
 	if err != nil {
 		return Upload{}, err
 	}
+	r, release := CancellableChunk(ctx, r, abort, rec.Started.Add(s.ttl))
+	defer release()
 	if offset != rec.Size {
 		return Upload{}, fmt.Errorf("%w: offset %d, session at %d", ErrOffsetMismatch, offset, rec.Size)
 	}

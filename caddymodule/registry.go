@@ -350,6 +350,14 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 				zap.String("storage", rg.dir), zap.Error(err))
 			return nil
 		}
+		if err != nil && readOnlyStorage(err) {
+			// Nor a filesystem the kernel made read-only after disk
+			// errors (the database cannot open there): the store opens
+			// with the first request after it is writable again.
+			rg.logger.Warn("storage read-only at start; requests get 503 until it is writable",
+				zap.String("storage", rg.dir), zap.Error(err))
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -633,10 +641,10 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 	}
 	h, err := rg.registryHandler()
 	if err != nil {
-		if cache.IsStorageFull(err) {
+		if cache.IsStorageFull(err) || readOnlyStorage(err) {
 			// The operator's to fix, but no fault, as a full disk under
 			// an open store is logged.
-			rg.logger.Warn("storage full", zap.String("storage", rg.dir), zap.Error(err))
+			rg.logger.Warn("storage full or read-only", zap.String("storage", rg.dir), zap.Error(err))
 		} else {
 			rg.logger.Error("storage unavailable", zap.String("storage", rg.dir), zap.Error(err))
 		}
@@ -654,6 +662,8 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 		msg := "storage is temporarily unavailable, retry"
 		if cache.IsStorageFull(err) {
 			msg = "storage is full: its metadata cannot be read until space is freed, retry"
+		} else if readOnlyStorage(err) {
+			msg = "storage is read-only: its metadata cannot be opened until it is writable, retry"
 		}
 		registry.NewError(http.StatusServiceUnavailable, registry.CodeUnavailable, msg, err).Render(w, r)
 		return nil
@@ -702,7 +712,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		return h, nil
 	}
 	var st registry.Store
-	var locals []*cache.Store // the mirror cache limit applies to them only
+	var locals []localStore // the mirror cache limit applies to them only
 	if rg.cluster != nil {
 		cs, _, err := rg.cluster.open()
 		if err != nil {
@@ -710,11 +720,8 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 		}
 		st = cs
 	} else {
-		fs, err := rg.store.open()
-		if err != nil {
-			return nil, err
-		}
-		if st, locals, err = rg.routeSubStores(fs); err != nil {
+		var err error
+		if st, locals, err = rg.routeSubStores(); err != nil {
 			return nil, err
 		}
 	}
@@ -740,7 +747,7 @@ func (rg *Registry) registryHandler() (*registry.Handler, error) {
 	}
 	total := &mirrorCacheTotal{obs: rg.metrics, sizes: make([]int64, len(locals))}
 	for i, local := range locals {
-		rg.setMirrorCache(local, h, mirrorCacheSlot{total, i})
+		local.opened(func(st *cache.Store) { rg.setMirrorCache(st, h, mirrorCacheSlot{total, i}) })
 	}
 	if cs, ok := st.(interface{ SetMirrorCache(cache.MirrorCache) }); ok && rg.cluster != nil {
 		rg.setMirrorCache(cs, h, rg.metrics) // counted for every replica

@@ -1,9 +1,11 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -232,3 +234,9 @@ var (
 	// The registry runs on interfaces; this is the store wired in.
 	_ registry.Store = (*cache.Store)(nil)
 )
+
+// readOnlyStorage reports whether err comes from a read-only filesystem
+// (remounted so by hand, or by the kernel after disk errors): like a full
+// one, the operator's to fix without a config change, after which the
+// store opens with the next request.
+func readOnlyStorage(err error) bool { return errors.Is(err, syscall.EROFS) }

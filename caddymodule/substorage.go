@@ -293,28 +293,82 @@ func (rg *Registry) releaseSubStores() error {
 	return first
 }
 
-// routeSubStores opens the sub stores and returns the store that routes
-// between them and main, with each local store to apply the mirror cache
-// limit to. Without sub stores it is main itself.
-func (rg *Registry) routeSubStores(main *cache.Store) (registry.Store, []*cache.Store, error) {
-	if len(rg.subs) == 0 {
-		return main, []*cache.Store{main}, nil
+// localStore is a store of this handler's own folders: open, or
+// pending (its filesystem was full at start; it opens with a later
+// request).
+type localStore struct {
+	st      *cache.Store
+	pending *pendingStore
+}
+
+// opened runs f with the store now if it is open, else once it opens.
+// Only before the handler serves: pending's callback is not locked.
+func (l localStore) opened(f func(*cache.Store)) {
+	if l.st != nil {
+		f(l.st)
+		return
 	}
-	locals := []*cache.Store{main}
+	prev := l.pending.opened
+	l.pending.opened = func(st *cache.Store) {
+		if prev != nil {
+			prev(st)
+		}
+		f(st)
+	}
+}
+
+// routeSubStores opens the main store and the sub stores and returns the
+// store that routes between them, with each local store to apply the
+// mirror cache limit to. Without sub stores it is main itself, and an
+// error opening it is the handler's. With them, a store whose
+// filesystem is full or read-only at start is pending (pendingStore):
+// the repositories it holds answer 503 (pushes 507 when full) until it
+// opens, and those of every other store are served meanwhile.
+func (rg *Registry) routeSubStores() (registry.Store, []localStore, error) {
+	if len(rg.subs) == 0 {
+		main, err := rg.store.open()
+		if err != nil {
+			return nil, nil, err
+		}
+		return main, []localStore{{st: main}}, nil
+	}
+	open := func(s *sharedStore, name string) (registry.Store, localStore, error) {
+		st, err := s.open()
+		if err == nil {
+			return st, localStore{st: st}, nil
+		}
+		switch {
+		case cache.IsStorageFull(err):
+			rg.logger.Warn("storage full at start; its repositories get 503 (pushes 507) until space is freed, the others are served",
+				zap.String("store", name), zap.String("storage", s.opts.Dir), zap.Error(err))
+		case readOnlyStorage(err):
+			rg.logger.Warn("storage read-only at start; its repositories get 503 until it is writable, the others are served",
+				zap.String("store", name), zap.String("storage", s.opts.Dir), zap.Error(err))
+		default:
+			return nil, localStore{}, fmt.Errorf("%s: %w", name, err)
+		}
+		p := &pendingStore{shared: s, name: name}
+		return p, localStore{pending: p}, nil
+	}
+	main, local, err := open(rg.store, "the main storage")
+	if err != nil {
+		return nil, nil, err
+	}
+	locals := []localStore{local}
+	local.opened(rg.warnHidden)
 	subs := make([]substore.Sub, 0, len(rg.subs))
 	for _, s := range rg.subs {
-		st, err := s.store.open()
+		st, local, err := open(s.store, "sub_storage "+s.prefix)
 		if err != nil {
-			return nil, nil, fmt.Errorf("sub_storage %s: %w", s.prefix, err)
+			return nil, nil, err
 		}
-		locals = append(locals, st)
+		locals = append(locals, local)
 		subs = append(subs, substore.Sub{Prefix: s.prefix, Store: st})
 	}
 	router, err := substore.New(main, subs)
 	if err != nil {
 		return nil, nil, err
 	}
-	rg.warnHidden(main)
 	return router, locals, nil
 }
 

@@ -230,12 +230,12 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 		return cache.Upload{}, err
 	}
 	defer done()
-	r, release := cache.CancellableChunk(ctx, r, stop)
-	defer release()
 	u, err := s.load(work, repo, id)
 	if err != nil {
 		return cache.Upload{}, err
 	}
+	r, release := cache.CancellableChunk(ctx, r, stop, u.Started.Add(s.ttl))
+	defer release()
 	if offset != u.Size {
 		return cache.Upload{}, fmt.Errorf("%w: offset %d, session at %d", cache.ErrOffsetMismatch, offset, u.Size)
 	}

@@ -179,3 +179,22 @@ func FreeSpaceFor(dir string) (free, total int64, on string, err error) {
 	free, total, err = FreeSpace(dir)
 	return free, total, dir, err
 }
+
+// DatabaseOpenError is err, an error of badger opening its database in
+// dir, with the reason the folder takes no writes chained in when it has
+// one (read-only filesystem, no space, no permission). badger flattens
+// the errors of its own opens into text, so without this a caller could
+// not tell a filesystem the kernel made read-only (an operator's fix,
+// after which the open succeeds) from a broken database.
+func DatabaseOpenError(dir string, err error) error {
+	if merr := os.MkdirAll(dir, 0o755); merr != nil {
+		return fmt.Errorf("%w: %w", merr, err)
+	}
+	f, perr := os.CreateTemp(dir, ".write-probe-*")
+	if perr != nil {
+		return fmt.Errorf("%w: %w", perr, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return err
+}

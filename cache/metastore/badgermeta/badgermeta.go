@@ -83,7 +83,7 @@ func Open(dir string) (*Store, error) {
 		WithValueLogFileSize(64 << 20)
 	db, err := badger.Open(opts)
 	if err != nil {
-		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, err)
+		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, blobfile.DatabaseOpenError(dir, err))
 	}
 	st := &Store{db: db, dir: dir}
 	st.writer = &badgerwrite.Writer{DB: db, Unavailable: metastore.ErrUnavailable}
