@@ -337,6 +337,25 @@ func (a *Authorizer) CanList(r *http.Request, repo string) bool {
 	return a.CanRead(r, repo)
 }
 
+// MayListAny reports whether the catalog may show r's caller any
+// repository at all: false when the policy lets it read none (anonymous
+// on a private registry), so that its catalog is empty without a look at
+// any name. A bearer token's caller passed only with registry:catalog:*,
+// which shows every repository.
+func (a *Authorizer) MayListAny(r *http.Request) bool {
+	id, ok := IdentityOf(r)
+	if !ok {
+		var err error
+		if id, err = a.identify(r); err != nil {
+			return false
+		}
+	}
+	if id.Claims != nil {
+		return true
+	}
+	return a.o.Policy.ReadsAnywhere(id.User, id.Groups)
+}
+
 // errMirrorWrite refuses pushes into a mirror namespace, to anyone.
 var errMirrorWrite = errors.New("mirrored namespaces are read-only")
 

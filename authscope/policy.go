@@ -325,6 +325,41 @@ func (p *Policy) AllowsGroups(user string, groups []string, action, name string)
 	return false
 }
 
+// ReadsAnywhere reports whether user (empty: anonymous), with groups as
+// in AllowsGroups, may read at least one repository name: false means
+// that a list of the repositories it may read is empty whatever the
+// registry holds, with no name looked at. It may say true of a caller
+// whose every grant a longer pattern overrides.
+func (p *Policy) ReadsAnywhere(user string, groups []string) bool {
+	if p == nil {
+		return false
+	}
+	if user == "" {
+		groups = nil
+	}
+	if p.IsAdmin(user, groups, ActionRead) {
+		return true
+	}
+	groups = append(slices.Clip(groups), p.groups[user]...)
+	for _, rp := range p.repos {
+		if slices.Contains(rp.Anonymous, ActionRead) {
+			return true
+		}
+		if user == "" {
+			continue
+		}
+		if slices.Contains(rp.Default, ActionRead) {
+			return true
+		}
+		for _, g := range rp.Policies {
+			if slices.Contains(g.Actions, ActionRead) && (slices.Contains(g.Users, user) || intersects(g.Groups, groups)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // IsAdmin reports whether user (with groups, as in AllowsGroups) is an
 // admin with action. An anonymous caller never is.
 func (p *Policy) IsAdmin(user string, groups []string, action string) bool {

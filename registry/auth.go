@@ -22,6 +22,16 @@ type Authorizer interface {
 	Audit(r *http.Request, e authscope.AuditEvent)
 }
 
+// AnyListable is an Authorizer that can tell, before the catalog is
+// scanned, that a caller may be shown no repository at all
+// (authscope.Authorizer implements it): such a caller's catalog is empty
+// without a read of the store, whose every name it would otherwise cost.
+type AnyListable interface {
+	MayListAny(r *http.Request) bool
+}
+
+var _ AnyListable = (*authscope.Authorizer)(nil)
+
 // Names is the handler's name mapping (nil without mirrors), for the
 // token proxy, which must map scopes exactly as requests are mapped.
 func (h *Handler) Names() *authscope.Names { return h.names }

@@ -82,3 +82,71 @@ func TestCatalogScanCost(t *testing.T) {
 		}
 	}
 }
+
+// TestCatalogNothingReadableNoScan: a caller the policy lets read no
+// repository at all (anonymous on a private registry, a user without
+// grants) is answered the empty catalog without a scan of the store:
+// otherwise every anonymous GET /v2/_catalog reads and checks every
+// repository name of the registry, to list none.
+func TestCatalogNothingReadableNoScan(t *testing.T) {
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	ctx := t.Context()
+	d := cache.FromBytes(cache.SHA256, []byte("x"))
+	if _, err := store.PutBlob(ctx, d, 1, strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3000 {
+		if err := store.LinkBlob(ctx, fmt.Sprintf("team/r%05d", i), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{
+			"team/**":     {Policies: []authscope.Grant{{Users: []string{"alice"}, Actions: []string{"read"}}}},
+			"drop/**":     {Policies: []authscope.Grant{{Users: []string{"bob"}, Actions: []string{"create"}}}},
+			"team/r01234": {Anonymous: []string{"delete"}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp := testHtpasswd(t, "alice", "alice-pw", "bob", "bob-pw")
+	az, err := authscope.NewAuthorizer(authscope.Options{Policy: pol, Htpasswd: hp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &readsCounted{Store: store}
+	srv := httptest.NewServer(New(Config{Store: counted, Logger: zaptest.NewLogger(t), Authorizer: az, CanRead: az.CanRead}))
+	t.Cleanup(srv.Close)
+	list := func(user, pass string) ([]string, int64) {
+		t.Helper()
+		counted.reads.Store(0)
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/_catalog", nil)
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var c struct{ Repositories []string }
+		if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&c) != nil {
+			t.Fatalf("%q: status %d", user, resp.StatusCode)
+		}
+		return c.Repositories, counted.reads.Load()
+	}
+	for _, who := range [][2]string{{"", ""}, {"bob", "bob-pw"}} {
+		repos, reads := list(who[0], who[1])
+		if len(repos) != 0 || reads != 0 {
+			t.Errorf("%q, who may read nothing: %d repositories listed after %d store reads, want none and no read", who[0], len(repos), reads)
+		}
+	}
+	if repos, _ := list("alice", "alice-pw"); len(repos) != 1000 {
+		t.Errorf("alice, who may read team/**: %d repositories on the first page, want 1000", len(repos))
+	}
+}

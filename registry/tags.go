@@ -167,6 +167,9 @@ func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]strin
 	if h.cfg.Authorizer == nil {
 		return h.cfg.Store.Repositories(r.Context(), last, n)
 	}
+	if l, ok := h.cfg.Authorizer.(AnyListable); ok && !l.MayListAny(r) {
+		return nil, false, nil
+	}
 	var out []string
 	for {
 		if err := r.Context().Err(); err != nil {
