@@ -337,23 +337,23 @@ func (a *Authorizer) CanList(r *http.Request, repo string) bool {
 	return a.CanRead(r, repo)
 }
 
-// MayListAny reports whether the catalog may show r's caller any
-// repository at all: false when the policy lets it read none (anonymous
-// on a private registry), so that its catalog is empty without a look at
-// any name. A bearer token's caller passed only with registry:catalog:*,
-// which shows every repository.
-func (a *Authorizer) MayListAny(r *http.Request) bool {
+// ListPrefixes says where the repositories the catalog may show r's
+// caller can lie (see Policy.ReadPrefixes): names starting with one of
+// prefixes, or any name when all is true; CanList still decides each. A
+// bearer token's caller passed only with registry:catalog:*, which shows
+// every repository.
+func (a *Authorizer) ListPrefixes(r *http.Request) (prefixes []string, all bool) {
 	id, ok := IdentityOf(r)
 	if !ok {
 		var err error
 		if id, err = a.identify(r); err != nil {
-			return false
+			return nil, false
 		}
 	}
 	if id.Claims != nil {
-		return true
+		return nil, true
 	}
-	return a.o.Policy.ReadsAnywhere(id.User, id.Groups)
+	return a.o.Policy.ReadPrefixes(id.User, id.Groups)
 }
 
 // errMirrorWrite refuses pushes into a mirror namespace, to anyone.

@@ -325,28 +325,32 @@ func (p *Policy) AllowsGroups(user string, groups []string, action, name string)
 	return false
 }
 
-// ReadsAnywhere reports whether user (empty: anonymous), with groups as
-// in AllowsGroups, may read at least one repository name: false means
-// that a list of the repositories it may read is empty whatever the
-// registry holds, with no name looked at. It may say true of a caller
-// whose every grant a longer pattern overrides.
-func (p *Policy) ReadsAnywhere(user string, groups []string) bool {
+// ReadPrefixes is where the repositories user (empty: anonymous), with
+// groups as in AllowsGroups, may read can lie: every name it may read
+// starts with one of prefixes, or all is true when the policy grants it
+// read with a pattern whose literal start is empty (`**`, `*/app`) or as
+// an admin. The prefixes are the literal starts of the patterns that
+// grant it read (before any `*`, `?`, `[` or `\`, without a trailing `/`
+// so that `team/**` covers `team`), so they may cover names it may not
+// read (a longer pattern decides those); none, and all false, means it
+// may read nothing.
+func (p *Policy) ReadPrefixes(user string, groups []string) (prefixes []string, all bool) {
 	if p == nil {
-		return false
+		return nil, false
 	}
 	if user == "" {
 		groups = nil
 	}
 	if p.IsAdmin(user, groups, ActionRead) {
-		return true
+		return nil, true
 	}
 	groups = append(slices.Clip(groups), p.groups[user]...)
-	for _, rp := range p.repos {
+	grants := func(rp RepositoryPolicy) bool {
 		if slices.Contains(rp.Anonymous, ActionRead) {
 			return true
 		}
 		if user == "" {
-			continue
+			return false
 		}
 		if slices.Contains(rp.Default, ActionRead) {
 			return true
@@ -356,8 +360,25 @@ func (p *Policy) ReadsAnywhere(user string, groups []string) bool {
 				return true
 			}
 		}
+		return false
 	}
-	return false
+	for _, pat := range p.patterns {
+		if !grants(p.repos[pat.text]) {
+			continue
+		}
+		for _, alt := range pat.spelled.alts {
+			lit := strings.Join(alt, "/")
+			if i := strings.IndexAny(lit, "*?[\\"); i >= 0 {
+				lit = lit[:i]
+			}
+			lit = strings.TrimSuffix(lit, "/")
+			if lit == "" {
+				return nil, true
+			}
+			prefixes = append(prefixes, lit)
+		}
+	}
+	return prefixes, false
 }
 
 // IsAdmin reports whether user (with groups, as in AllowsGroups) is an
