@@ -237,3 +237,54 @@ func TestCatalogScansOnlyReadableRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestCatalogManyRangesScans: a caller granted read under more prefixes
+// than catalogMaxRanges is listed by the scan, with the same answer.
+func TestCatalogManyRangesScans(t *testing.T) {
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	ctx := t.Context()
+	d := cache.FromBytes(cache.SHA256, []byte("x"))
+	if _, err := store.PutBlob(ctx, d, 1, strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	repos := map[string]authscope.RepositoryPolicy{"hidden/**": {}}
+	var want []string
+	for i := range catalogMaxRanges + 6 {
+		repos[fmt.Sprintf("p%03d/**", i)] = authscope.RepositoryPolicy{Anonymous: []string{"read"}}
+		name := fmt.Sprintf("p%03d/app", i)
+		want = append(want, name)
+		for _, n := range []string{name, fmt.Sprintf("hidden/r%03d", i)} {
+			if err := store.LinkBlob(ctx, n, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: repos})
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := authscope.NewAuthorizer(authscope.Options{Policy: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &readsCounted{Store: store}
+	srv := httptest.NewServer(New(Config{Store: counted, Logger: zaptest.NewLogger(t), Authorizer: az, CanRead: az.CanRead}))
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL + "/v2/_catalog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct{ Repositories []string }
+	err = json.NewDecoder(resp.Body).Decode(&c)
+	resp.Body.Close()
+	if err != nil || strings.Join(c.Repositories, " ") != strings.Join(want, " ") {
+		t.Fatalf("listed %q (%v), want %q", c.Repositories, err, want)
+	}
+	if reads := counted.reads.Load(); reads > 2 {
+		t.Errorf("%d store reads for %d names: the scan reads them in one", reads, 2*len(want))
+	}
+}

@@ -169,7 +169,7 @@ func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]strin
 		return h.cfg.Store.Repositories(r.Context(), last, n)
 	}
 	if l, ok := h.cfg.Authorizer.(PrefixLister); ok {
-		if prefixes, all := l.ListPrefixes(r); !all {
+		if prefixes, all := l.ListPrefixes(r); !all && len(prefixes) <= catalogMaxRanges {
 			return h.listUnder(r, prefixes, last, n)
 		}
 	}
@@ -199,6 +199,13 @@ func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]strin
 		last = page[len(page)-1]
 	}
 }
+
+// catalogMaxRanges is the most prefixes the catalog reads range by range
+// (listUnder); a caller granted read under more (a policy of hundreds of
+// project patterns) costs at least a store read for each, more than a
+// scan of a registry of fewer names, and is served by the scan. The
+// prefixes come from the policy, not from the caller.
+const catalogMaxRanges = 64
 
 // catalogRangeFirstRead is how many names the first store read of one
 // prefix's range takes; later reads of the same range double it, up to
