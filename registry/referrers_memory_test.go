@@ -1,0 +1,106 @@
+package registry
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestReferrersMemoryBounded: readers of a subject whose referrers carry
+// megabytes of annotations each hold what they read within a budget
+// shared by the process. Before, every reader held a page of eight such
+// records at once (decoded, and again as it was encoded): 20 readers at
+// once grew the heap by 1.6 GiB, and more readers grew it further.
+func TestReferrersMemoryBounded(t *testing.T) {
+	tr := newTestRegistry(t)
+	subj := tr.image("pub/app", "l")
+	tr.wantStatus(tr.pushManifest("pub/app", "v1", MediaTypeOCIManifest, subj), http.StatusCreated)
+	sdig := tr.do("HEAD", "/v2/pub/app/manifests/v1", nil).Header.Get("Docker-Content-Digest")
+	cfg := tr.pushBlob("pub/app", []byte("{}"))
+	big := strings.Repeat("a", 3900<<10)
+	const referrers = 8
+	for i := range referrers {
+		b, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": MediaTypeOCIManifest,
+			"config":      map[string]any{"mediaType": "application/vnd.example+json", "digest": cfg.String(), "size": 2},
+			"layers":      []any{},
+			"subject":     map[string]any{"mediaType": MediaTypeOCIManifest, "digest": sdig, "size": len(subj)},
+			"annotations": map[string]string{"x": big[:len(big)-i]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.wantStatus(tr.pushManifest("pub/app", "r"+string(rune('a'+i)), MediaTypeOCIManifest, b), http.StatusCreated)
+	}
+	big = ""
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	var peak atomic.Uint64
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var got atomic.Int32
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(tr.srv.URL + "/v2/pub/app/referrers/" + sdig)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			time.Sleep(300 * time.Millisecond) // a slow reader (not synchronisation)
+			// Read, not held: the readers share this process's heap.
+			var tail tailWriter
+			n, err := io.Copy(&tail, resp.Body)
+			if err == nil && n > referrers*(3900<<10-referrers) && string(tail.last) == "]}" {
+				got.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	if got.Load() != 20 {
+		t.Errorf("%d of 20 readers got the %d referrers", got.Load(), referrers)
+	}
+	// The server's part must stay within its budget (64 MiB) and some
+	// slack; before, it grew by 1.6 GiB.
+	growth := int64(peak.Load()) - int64(base)
+	t.Logf("heap in use: base %d MiB, peak %d MiB", base>>20, peak.Load()>>20)
+	if limit := int64(300 << 20); growth > limit {
+		t.Errorf("20 readers of %d referrers of 3.9 MiB of annotations grew the heap by %d MiB, want under %d MiB", referrers, growth>>20, limit>>20)
+	}
+}
+
+// tailWriter keeps the last two bytes written to it.
+type tailWriter struct{ last []byte }
+
+func (w *tailWriter) Write(p []byte) (int, error) {
+	w.last = append(w.last, p...)
+	if len(w.last) > 2 {
+		w.last = append(w.last[:0], w.last[len(w.last)-2:]...)
+	}
+	return len(p), nil
+}
