@@ -161,6 +161,10 @@ func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, bo
 		}
 		return errInternal(err)
 	}
+	if !m.Subject.IsZero() {
+		// Lists of its subject that read it count it from now on.
+		setReferrerSize(rc.name, m.Subject, int64(len(body)), true)
+	}
 	return nil
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -52,6 +54,50 @@ const referrerReadBudget = 64 << 20
 
 var referrerReads = semaphore.NewWeighted(referrerReadBudget)
 
+// referrerSizes remembers, per repository and subject, the largest
+// referrer seen there (0: none, or all small), so that the list of a
+// subject whose referrers are small (nearly all: signatures, SBOM
+// descriptors) is read without waiting behind large ones, as a small
+// manifest is served. A subject never listed counts as having referrers
+// of max_manifest_size until it has been; a push of a large referrer
+// raises its subject's size at once (on this process: another replica
+// learns it at its next read of the list, which then waits for its share
+// after the read).
+var referrerSizes = struct {
+	mu   sync.Mutex
+	m    map[uint64]int64
+	seed maphash.Seed
+}{seed: maphash.MakeSeed()}
+
+func referrerSizeKey(repo string, d cache.Digest) uint64 {
+	return maphash.String(referrerSizes.seed, repo+"@"+d.String())
+}
+
+// referrerSize is the largest referrer of d in repo seen, if any was.
+func referrerSize(repo string, d cache.Digest) (int64, bool) {
+	referrerSizes.mu.Lock()
+	defer referrerSizes.mu.Unlock()
+	n, ok := referrerSizes.m[referrerSizeKey(repo, d)]
+	return n, ok
+}
+
+// setReferrerSize records size as the largest referrer of d in repo, or
+// only raises it (raise: a push, or a page of a list not read whole).
+func setReferrerSize(repo string, d cache.Digest, size int64, raise bool) {
+	referrerSizes.mu.Lock()
+	defer referrerSizes.mu.Unlock()
+	if referrerSizes.m == nil || len(referrerSizes.m) >= maxManifestSizes {
+		referrerSizes.m = make(map[uint64]int64)
+	}
+	k := referrerSizeKey(repo, d)
+	if old, ok := referrerSizes.m[k]; raise && ok {
+		size = max(size, old)
+	} else if raise && !ok {
+		return // unseen stays unseen: max_manifest_size
+	}
+	referrerSizes.m[k] = size
+}
+
 // eachReferrer calls fn with the manifests in repo whose subject is d, in
 // digest order, a store page at a time (more: whether pages follow),
 // until fn returns false or an error; fn may keep nothing of a page past
@@ -59,20 +105,41 @@ var referrerReads = semaphore.NewWeighted(referrerReadBudget)
 // repository has none.
 func eachReferrer(ctx context.Context, store Store, repo string, d cache.Digest, limit int64, fn func(page []cache.Manifest, more bool) (bool, error)) error {
 	after := ""
-	worst := min(referrerPage*2*max(limit, smallManifest), referrerReadBudget)
+	largest := int64(0) // of the referrers read so far
 	for {
-		if err := referrerReads.Acquire(ctx, worst); err != nil {
-			return err
+		each, known := referrerSize(repo, d)
+		if !known {
+			each = max(limit, smallManifest)
 		}
-		held := worst
+		held := min(serveShare(referrerPage*each), referrerReadBudget)
+		if held > 0 {
+			if err := referrerReads.Acquire(ctx, held); err != nil {
+				return err
+			}
+		}
 		list, more, err := store.Referrers(ctx, repo, d, after, referrerPage)
 		if err == nil {
 			var size int64
 			for _, m := range list {
 				size += m.Size
+				largest = max(largest, m.Size)
 			}
-			if need := serveShare(size); need < held {
+			setReferrerSize(repo, d, largest, more && len(list) > 0) // exact once the whole list was read
+			switch need := min(serveShare(size), referrerReadBudget); {
+			case need < held:
 				referrerReads.Release(held - need)
+				held = need
+			case need > held:
+				// Larger than this process knew (pushed on another
+				// replica): its share, taken while holding none, so that
+				// nothing waits for more while holding some.
+				if held > 0 {
+					referrerReads.Release(held)
+				}
+				held = 0
+				if aerr := referrerReads.Acquire(ctx, need); aerr != nil {
+					return aerr
+				}
 				held = need
 			}
 		}

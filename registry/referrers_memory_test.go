@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"runtime"
@@ -103,4 +105,73 @@ func (w *tailWriter) Write(p []byte) (int, error) {
 		w.last = append(w.last[:0], w.last[len(w.last)-2:]...)
 	}
 	return len(p), nil
+}
+
+// TestReferrersSmallDoNotWait: while large referrers hold the whole
+// budget (readers that stopped reading), the list of a subject whose
+// referrers are small, once seen, is answered at once; a subject that
+// gains a large referrer is counted large from the push on.
+func TestReferrersSmallDoNotWait(t *testing.T) {
+	tr := newTestRegistry(t)
+	subj := tr.image("pub/app", "l")
+	tr.wantStatus(tr.pushManifest("pub/app", "v1", MediaTypeOCIManifest, subj), http.StatusCreated)
+	sdig := tr.do("HEAD", "/v2/pub/app/manifests/v1", nil).Header.Get("Docker-Content-Digest")
+	cfg := tr.pushBlob("pub/app", []byte("{}"))
+	push := func(tag, annotation string) {
+		b, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": MediaTypeOCIManifest,
+			"config":      map[string]any{"mediaType": "application/vnd.example+json", "digest": cfg.String(), "size": 2},
+			"layers":      []any{},
+			"subject":     map[string]any{"mediaType": MediaTypeOCIManifest, "digest": sdig, "size": len(subj)},
+			"annotations": map[string]string{"x": annotation}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.wantStatus(tr.pushManifest("pub/app", tag, MediaTypeOCIManifest, b), http.StatusCreated)
+	}
+	for i := range 5 {
+		push(fmt.Sprintf("sig%d", i), fmt.Sprintf("small %d", i))
+	}
+	list := func() int {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tr.srv.URL+"/v2/pub/app/referrers/"+sdig, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		var idx referrerIndex
+		if err := json.NewDecoder(resp.Body).Decode(&idx); err != nil {
+			return -1
+		}
+		return len(idx.Manifests)
+	}
+	if n := list(); n != 5 {
+		t.Fatalf("first listing: %d referrers, want 5", n)
+	}
+	// Readers of large referrers elsewhere hold the whole budget.
+	if err := referrerReads.Acquire(t.Context(), referrerReadBudget); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			referrerReads.Release(referrerReadBudget)
+			released = true
+		}
+	}
+	defer release()
+	if n := list(); n != 5 {
+		t.Errorf("a list of small referrers, seen before, waited behind large ones: %d", n)
+	}
+	// A large referrer arrives: the next list waits for its share.
+	push("big", strings.Repeat("a", 1<<20))
+	if n := list(); n != -1 {
+		t.Errorf("a list holding a 1 MiB referrer was read with the budget spent: %d referrers", n)
+	}
+	release()
+	if n := list(); n != 6 {
+		t.Errorf("after the budget freed: %d referrers, want 6", n)
+	}
 }
