@@ -175,3 +175,28 @@ func TestReferrersSmallDoNotWait(t *testing.T) {
 		t.Errorf("after the budget freed: %d referrers, want 6", n)
 	}
 }
+
+// TestReferrersNewManifestDoesNotWait: the list of a manifest just
+// pushed (a pull's signature check reads it) does not wait behind large
+// referrers elsewhere that hold the whole budget.
+func TestReferrersNewManifestDoesNotWait(t *testing.T) {
+	tr := newTestRegistry(t)
+	subj := tr.image("pub/new", "l")
+	tr.wantStatus(tr.pushManifest("pub/new", "v1", MediaTypeOCIManifest, subj), http.StatusCreated)
+	sdig := tr.do("HEAD", "/v2/pub/new/manifests/v1", nil).Header.Get("Docker-Content-Digest")
+	if err := referrerReads.Acquire(t.Context(), referrerReadBudget); err != nil {
+		t.Fatal(err)
+	}
+	defer referrerReads.Release(referrerReadBudget)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tr.srv.URL+"/v2/pub/new/referrers/"+sdig, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("the list of a manifest just pushed waited behind a spent budget: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status %d", resp.StatusCode)
+	}
+}
