@@ -161,17 +161,7 @@ func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, bo
 		}
 		return errInternal(err)
 	}
-	if !m.Subject.IsZero() {
-		// Lists of its subject that read it count it from now on.
-		setReferrerSize(rc.name, m.Subject, int64(len(body)), true)
-	}
-	if _, seen := referrerSize(rc.name, m.Digest); !seen {
-		// A manifest just pushed has, nearly always, no referrers yet: its
-		// first list (a pull's signature check) need not wait behind
-		// large ones. One that arrived before it is counted when a list
-		// reads it, before that list waits for its share.
-		setReferrerSize(rc.name, m.Digest, 0, false)
-	}
+	manifestStored(rc.name, m, int64(len(body)))
 	return nil
 }
 

@@ -98,6 +98,22 @@ func setReferrerSize(repo string, d cache.Digest, size int64, raise bool) {
 	referrerSizes.m[k] = size
 }
 
+// manifestStored notes what a manifest of size bytes just stored in repo
+// (pushed, or fetched by a mirror) means for the lists of referrers.
+func manifestStored(repo string, m cache.Manifest, size int64) {
+	if !m.Subject.IsZero() {
+		// Lists of its subject that read it count it from now on.
+		setReferrerSize(repo, m.Subject, size, true)
+	}
+	if _, seen := referrerSize(repo, m.Digest); !seen {
+		// A manifest just stored has, nearly always, no referrers yet:
+		// its first list (a pull's signature check) need not wait behind
+		// large ones. One that arrived before it is counted when a list
+		// reads it, before that list waits for its share.
+		setReferrerSize(repo, m.Digest, 0, false)
+	}
+}
+
 // eachReferrer calls fn with the manifests in repo whose subject is d, in
 // digest order, a store page at a time (more: whether pages follow),
 // until fn returns false or an error; fn may keep nothing of a page past

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 // TestReferrersMemoryBounded: readers of a subject whose referrers carry
@@ -198,5 +200,36 @@ func TestReferrersNewManifestDoesNotWait(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("status %d", resp.StatusCode)
+	}
+}
+
+// TestReferrersMirroredManifestDoesNotWait: a manifest a mirror just
+// fetched counts as having no referrers, as a pushed one does: the scan
+// of its referrers (a pull's signature check) does not wait behind large
+// referrers elsewhere that hold the whole budget.
+func TestReferrersMirroredManifestDoesNotWait(t *testing.T) {
+	env := newMirrorEnv(t)
+	img := randomImage(t, 1024, 1)
+	env.up.pushImage("library/debian", "bookworm", img)
+	want, _ := img.Digest()
+	resp := env.do("GET", "/v2/docker.io/library/debian/manifests/bookworm", nil)
+	env.wantStatus(resp, http.StatusOK)
+	if err := env.h.Drain(t.Context()); err != nil { // stored, not only answered
+		t.Fatal(err)
+	}
+	d, err := cache.ParseDigest(want.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := referrerReads.Acquire(t.Context(), referrerReadBudget); err != nil {
+		t.Fatal(err)
+	}
+	defer referrerReads.Release(referrerReadBudget)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	err = eachReferrer(ctx, env.store, "docker.io/library/debian", d, DefaultMaxManifestSize,
+		func([]cache.Manifest, bool) (bool, error) { return true, nil })
+	if err != nil {
+		t.Fatalf("the referrers of a manifest a mirror just fetched waited behind a spent budget: %v", err)
 	}
 }
