@@ -337,6 +337,25 @@ func (a *Authorizer) CanList(r *http.Request, repo string) bool {
 	return a.CanRead(r, repo)
 }
 
+// ListPrefixes says where the repositories the catalog may show r's
+// caller can lie (see Policy.ReadPrefixes): names starting with one of
+// prefixes, or any name when all is true; CanList still decides each. A
+// bearer token's caller passed only with registry:catalog:*, which shows
+// every repository.
+func (a *Authorizer) ListPrefixes(r *http.Request) (prefixes []string, all bool) {
+	id, ok := IdentityOf(r)
+	if !ok {
+		var err error
+		if id, err = a.identify(r); err != nil {
+			return nil, false
+		}
+	}
+	if id.Claims != nil {
+		return nil, true
+	}
+	return a.o.Policy.ReadPrefixes(id.User, id.Groups)
+}
+
 // errMirrorWrite refuses pushes into a mirror namespace, to anyone.
 var errMirrorWrite = errors.New("mirrored namespaces are read-only")
 

@@ -325,6 +325,62 @@ func (p *Policy) AllowsGroups(user string, groups []string, action, name string)
 	return false
 }
 
+// ReadPrefixes is where the repositories user (empty: anonymous), with
+// groups as in AllowsGroups, may read can lie: every name it may read
+// starts with one of prefixes, or all is true when the policy grants it
+// read with a pattern whose literal start is empty (`**`, `*/app`) or as
+// an admin. The prefixes are the literal starts of the patterns that
+// grant it read (before any `*`, `?`, `[` or `\`, without a trailing `/`
+// so that `team/**` covers `team`), so they may cover names it may not
+// read (a longer pattern decides those); none, and all false, means it
+// may read nothing.
+func (p *Policy) ReadPrefixes(user string, groups []string) (prefixes []string, all bool) {
+	if p == nil {
+		return nil, false
+	}
+	if user == "" {
+		groups = nil
+	}
+	if p.IsAdmin(user, groups, ActionRead) {
+		return nil, true
+	}
+	groups = append(slices.Clip(groups), p.groups[user]...)
+	grants := func(rp RepositoryPolicy) bool {
+		if slices.Contains(rp.Anonymous, ActionRead) {
+			return true
+		}
+		if user == "" {
+			return false
+		}
+		if slices.Contains(rp.Default, ActionRead) {
+			return true
+		}
+		for _, g := range rp.Policies {
+			if slices.Contains(g.Actions, ActionRead) && (slices.Contains(g.Users, user) || intersects(g.Groups, groups)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, pat := range p.patterns {
+		if !grants(p.repos[pat.text]) {
+			continue
+		}
+		for _, alt := range pat.spelled.alts {
+			lit := strings.Join(alt, "/")
+			if i := strings.IndexAny(lit, "*?[\\"); i >= 0 {
+				lit = lit[:i]
+			}
+			lit = strings.TrimSuffix(lit, "/")
+			if lit == "" {
+				return nil, true
+			}
+			prefixes = append(prefixes, lit)
+		}
+	}
+	return prefixes, false
+}
+
 // IsAdmin reports whether user (with groups, as in AllowsGroups) is an
 // admin with action. An anonymous caller never is.
 func (p *Policy) IsAdmin(user string, groups []string, action string) bool {

@@ -10,6 +10,9 @@ package authscope
 // only.
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -202,7 +205,8 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		clientIP = remoteHost
 	}
 	var guess *GuessAttempt
-	if account, ok := loginOf(r, form); ok {
+	account, login := loginOf(r, form)
+	if login {
 		var err error
 		if guess, err = p.Guesses.Begin(r.Context(), clientIP(r), account); err != nil {
 			var tm *ErrTooManyGuesses
@@ -231,23 +235,38 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := *client
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	resp, err := c.Do(req)
-	// Only the token service's refusal of the credentials is a failed
-	// login, and only a token it gave is a good one: its being down, or
-	// any other answer, is not the client's doing nor a proof.
-	switch {
-	case err == nil && resp.StatusCode == http.StatusUnauthorized:
-		guess.End(false)
-	case err == nil && resp.StatusCode == http.StatusOK:
-		guess.End(true)
-	default:
-		guess.Refund()
-	}
 	if err != nil {
+		guess.Refund() // the token service's being down is not the client's doing
 		logger.Warn("token service unreachable", zap.String("upstream", p.Upstream.Redacted()), zap.Error(err))
 		unavailable(w, "token service unreachable")
 		return
 	}
 	defer resp.Body.Close()
+	answer := io.Reader(resp.Body)
+	// Only the token service's refusal of the credentials is a failed
+	// login. Only a token it gave to the account is a good one, which
+	// exempts the address from the account's bound: a 200 is no proof by
+	// itself, since the token service may have checked other credentials
+	// than the ones naming the account (a refresh token beside a
+	// username, a Basic header before a password form) or none at all
+	// (an anonymous token). Any other answer is refunded, proving nothing.
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		guess.End(false)
+	case http.StatusOK:
+		if guess == nil {
+			break
+		}
+		head, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswerChecked+1))
+		answer = io.MultiReader(bytes.NewReader(head), resp.Body)
+		if err == nil && account != "" && tokenAnswerNames(head, account) {
+			guess.End(true)
+		} else {
+			guess.Refund()
+		}
+	default:
+		guess.Refund()
+	}
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
 		logger.Warn("token service redirected: configure the realm it redirects to",
 			zap.String("upstream", p.Upstream.Redacted()), zap.Int("status", resp.StatusCode), zap.String("location", resp.Header.Get("Location")))
@@ -256,7 +275,51 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	copyTokenHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	_, _ = io.Copy(w, answer)
+}
+
+// maxTokenAnswerChecked bounds the token answer read to learn whom its
+// tokens were given to; a longer answer proves no login (it is passed on
+// all the same).
+const maxTokenAnswerChecked = 256 << 10
+
+// tokenAnswerNames reports whether a token service's answer (JSON with
+// `token` and/or `access_token`) holds at least one token, and every one
+// of them is a JWT whose subject is account (compared as the guess
+// bounds compare account names). Opaque tokens name nobody.
+func tokenAnswerNames(body []byte, account string) bool {
+	if len(body) > maxTokenAnswerChecked {
+		return false
+	}
+	var tr struct {
+		Token       string `json:"token"`
+		AccessToken string `json:"access_token"`
+	}
+	if json.Unmarshal(body, &tr) != nil {
+		return false
+	}
+	seen := false
+	for _, tok := range []string{tr.Token, tr.AccessToken} {
+		if tok == "" {
+			continue
+		}
+		parts := strings.Split(tok, ".")
+		if len(parts) != 3 {
+			return false
+		}
+		payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+		if err != nil {
+			return false
+		}
+		var claims struct {
+			Subject string `json:"sub"`
+		}
+		if json.Unmarshal(payload, &claims) != nil || claims.Subject == "" || accountKey(claims.Subject) != accountKey(account) {
+			return false
+		}
+		seen = true
+	}
+	return seen
 }
 
 // loginOf reports whether a token request carries credentials the token

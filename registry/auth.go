@@ -22,6 +22,19 @@ type Authorizer interface {
 	Audit(r *http.Request, e authscope.AuditEvent)
 }
 
+// PrefixLister is an Authorizer that can tell, before the catalog is
+// scanned, where the repositories a caller may be shown can lie
+// (authscope.Authorizer implements it): the catalog then reads only the
+// names under those prefixes, so its cost follows what the caller may
+// see rather than the size of the registry.
+type PrefixLister interface {
+	// ListPrefixes returns the prefixes every name r's caller may be
+	// shown starts with, or all true when any name may be.
+	ListPrefixes(r *http.Request) (prefixes []string, all bool)
+}
+
+var _ PrefixLister = (*authscope.Authorizer)(nil)
+
 // Names is the handler's name mapping (nil without mirrors), for the
 // token proxy, which must map scopes exactly as requests are mapped.
 func (h *Handler) Names() *authscope.Names { return h.names }

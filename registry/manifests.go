@@ -161,6 +161,7 @@ func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, bo
 		}
 		return errInternal(err)
 	}
+	manifestStored(rc.name, m, int64(len(body)))
 	return nil
 }
 
@@ -400,6 +401,23 @@ const blobChecks = 8
 // error is the first failing descriptor's in the manifest's order, as one
 // after another would find, and none is started past one that failed.
 func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, descs []descriptor) error {
+	// A blob is checked once however often the manifest names it (its
+	// first mention, so the error is the one the whole list would give):
+	// a 4 MiB manifest holds some 40,000 descriptors, and one PUT must
+	// not become as many metadata reads and storage HEADs.
+	seen := make(map[string]bool, len(descs))
+	unique, uniqueWheres := descs[:0:0], wheres[:0:0]
+	for i, d := range descs {
+		if foreign(d) {
+			continue // not expected here: never checked
+		}
+		if seen[d.Digest] {
+			continue
+		}
+		seen[d.Digest] = true
+		unique, uniqueWheres = append(unique, d), append(uniqueWheres, wheres[i])
+	}
+	descs, wheres = unique, uniqueWheres
 	check := func(i int) error {
 		b := descs[i]
 		if foreign(b) {

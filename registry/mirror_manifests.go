@@ -288,7 +288,12 @@ func (h *Handler) getUpstreamManifest(ctx context.Context, rc *request, referenc
 // storeUpstreamManifest stores what getUpstreamManifest fetched, tagged
 // with tag if given, and records when the tag was fetched. Only
 // storeInTurn calls it: every write of a key waits for the one before.
-func (h *Handler) storeUpstreamManifest(ctx context.Context, rc *request, res mirroredManifest, tag string) error {
+func (h *Handler) storeUpstreamManifest(ctx context.Context, rc *request, res mirroredManifest, tag string) (err error) {
+	defer func() {
+		if err == nil {
+			manifestStored(rc.name, res.m, int64(len(res.body)))
+		}
+	}()
 	fetched := res.fetched
 	if fetched.IsZero() {
 		fetched = rc.mirror.now()

@@ -315,12 +315,17 @@ func (s storeSignatures) Candidates(ctx context.Context, d, prefer string, pick 
 		listed = append(listed, tagged.String())
 	}
 	walked := 0
-	err = eachReferrer(ctx, store, s.repo, dg, func(r cache.Manifest) (bool, error) {
-		walked++
-		if isSignatureArtifact(r.ArtifactType) && r.Digest != tagged {
-			listed = append(listed, r.Digest.String())
+	err = eachReferrer(ctx, store, s.repo, dg, s.h.cfg.MaxManifestSize, func(page []cache.Manifest, _ bool) (bool, error) {
+		for _, r := range page {
+			walked++
+			if isSignatureArtifact(r.ArtifactType) && r.Digest != tagged {
+				listed = append(listed, r.Digest.String())
+			}
+			if walked >= sigpolicy.MaxListed {
+				return false, nil
+			}
 		}
-		return walked < sigpolicy.MaxListed, nil
+		return true, nil
 	})
 	if err != nil && !errors.Is(err, cache.ErrManifestUnknown) {
 		return nil, err

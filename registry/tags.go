@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -167,6 +168,11 @@ func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]strin
 	if h.cfg.Authorizer == nil {
 		return h.cfg.Store.Repositories(r.Context(), last, n)
 	}
+	if l, ok := h.cfg.Authorizer.(PrefixLister); ok {
+		if prefixes, all := l.ListPrefixes(r); !all && len(prefixes) <= catalogMaxRanges {
+			return h.listUnder(r, prefixes, last, n)
+		}
+	}
 	var out []string
 	for {
 		if err := r.Context().Err(); err != nil {
@@ -192,6 +198,86 @@ func (h *Handler) listRepositories(r *http.Request, last string, n int) ([]strin
 		}
 		last = page[len(page)-1]
 	}
+}
+
+// catalogMaxRanges is the most prefixes the catalog reads range by range
+// (listUnder); a caller granted read under more (a policy of hundreds of
+// project patterns) costs at least a store read for each, more than a
+// scan of a registry of fewer names, and is served by the scan. The
+// prefixes come from the policy, not from the caller.
+const catalogMaxRanges = 64
+
+// catalogRangeFirstRead is how many names the first store read of one
+// prefix's range takes; later reads of the same range double it, up to
+// catalogScanPage, so that a caller with many narrow grants does not
+// cost a large read per grant.
+const catalogRangeFirstRead = 100
+
+// listUnder is listRepositories for a caller who may be shown only names
+// starting with one of prefixes: only those ranges of the store are
+// read, in order, each name still asked of CanList.
+func (h *Handler) listUnder(r *http.Request, prefixes []string, last string, n int) ([]string, bool, error) {
+	slices.Sort(prefixes)
+	var ranges []string // without those inside another
+	for _, p := range prefixes {
+		if len(ranges) == 0 || !strings.HasPrefix(p, ranges[len(ranges)-1]) {
+			ranges = append(ranges, p)
+		}
+	}
+	var out []string
+	for _, p := range ranges {
+		after := last
+		switch {
+		case strings.HasPrefix(last, p):
+			// last lies in the range: go on after it.
+		case last > p:
+			continue // the whole range lies before last
+		default:
+			after = justBefore(p)
+		}
+		size := max(n+1, catalogRangeFirstRead)
+		for inRange := true; inRange; {
+			if err := r.Context().Err(); err != nil {
+				return nil, false, err
+			}
+			page, more, err := h.cfg.Store.Repositories(r.Context(), after, size)
+			if err != nil {
+				return nil, false, err
+			}
+			for _, repo := range page {
+				if repo < p {
+					continue
+				}
+				if !strings.HasPrefix(repo, p) {
+					inRange = false
+					break
+				}
+				if h.cfg.Authorizer.CanList(r, repo) {
+					out = append(out, repo)
+				}
+				if len(out) > n {
+					return out[:n], true, nil
+				}
+			}
+			if !more || len(page) == 0 {
+				break
+			}
+			after = page[len(page)-1]
+			size = min(size*2, max(n+1, catalogScanPage))
+		}
+	}
+	return out, false, nil
+}
+
+// justBefore is a string that sorts before every name starting with p
+// and after every other name that sorts before p (a name's characters
+// all sort before '~'), so a store read after it starts at p's range.
+func justBefore(p string) string {
+	c := p[len(p)-1]
+	if c <= '!' {
+		return p[:len(p)-1]
+	}
+	return p[:len(p)-1] + string(c-1) + "~"
 }
 
 // setNextLink sets the RFC 5988 Link to the next page, in the form the

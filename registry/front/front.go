@@ -23,6 +23,7 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/registry"
@@ -31,6 +32,11 @@ import (
 // DefaultMaxRewrite bounds a response body the front rewrites (a tag list
 // or an error) when Config leaves MaxRewrite at zero.
 const DefaultMaxRewrite = 4 << 20
+
+// DefaultRewriteBudget bounds the bytes of the bodies the front holds to
+// rewrite at once, across its requests, when Config leaves RewriteBudget
+// at zero.
+const DefaultRewriteBudget = 64 << 20
 
 // Config is what a Front needs.
 type Config struct {
@@ -60,6 +66,13 @@ type Config struct {
 	// MaxRewrite bounds the bodies the front rewrites; 0 means
 	// DefaultMaxRewrite.
 	MaxRewrite int64
+	// RewriteBudget bounds the bytes of bodies held for rewriting at once
+	// across all requests (a body is held whole, decoded and encoded
+	// again: several times its size): a body takes its Content-Length,
+	// or MaxRewrite when it has none, before its first byte is collected,
+	// and waits while the budget is spent. 0 means DefaultRewriteBudget;
+	// it is never less than MaxRewrite.
+	RewriteBudget int64
 	// TokenClient makes the token proxy's requests; nil: a default client.
 	TokenClient *http.Client
 	// Guesses bounds the logins the token service refuses, at the token
@@ -74,10 +87,11 @@ type Config struct {
 
 // Front is the middleware; see Serve.
 type Front struct {
-	cfg   Config
-	names *authscope.Names
-	proxy *authscope.TokenProxy // nil unless ProxyToken
-	log   *zap.Logger
+	cfg      Config
+	names    *authscope.Names
+	proxy    *authscope.TokenProxy // nil unless ProxyToken
+	log      *zap.Logger
+	rewrites *semaphore.Weighted // RewriteBudget
 }
 
 // New checks cfg and returns its Front. Nothing is contacted.
@@ -93,6 +107,10 @@ func New(cfg Config) (*Front, error) {
 	if cfg.MaxRewrite <= 0 {
 		cfg.MaxRewrite = DefaultMaxRewrite
 	}
+	if cfg.RewriteBudget <= 0 {
+		cfg.RewriteBudget = DefaultRewriteBudget
+	}
+	cfg.RewriteBudget = max(cfg.RewriteBudget, cfg.MaxRewrite)
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -101,7 +119,7 @@ func New(cfg Config) (*Front, error) {
 	default:
 		return nil, fmt.Errorf("proxy scheme %q: must be http or https", cfg.ProxyScheme)
 	}
-	f := &Front{cfg: cfg, names: names, log: cfg.Logger}
+	f := &Front{cfg: cfg, names: names, log: cfg.Logger, rewrites: semaphore.NewWeighted(cfg.RewriteBudget)}
 	if cfg.ProxyToken {
 		u, err := url.Parse(cfg.TokenRealm)
 		if err != nil {
@@ -250,6 +268,7 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	br.Header.Del("Accept-Encoding")
 
 	rw := &responseWriter{ResponseWriter: w, view: v, head: r.Method == http.MethodHead}
+	defer rw.release() // also when next panics (a backend answer cut short)
 	err = next(rw, br)
 	if ferr := rw.finish(); ferr != nil && err == nil {
 		err = ferr

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -26,6 +27,39 @@ type responseWriter struct {
 	status      int
 	buf         bytes.Buffer
 	tooBig      bool
+	gone        bool  // the client left while its body waited for the budget
+	held        int64 // of the front's rewrite budget, until release
+}
+
+// hold takes the share of the front's rewrite budget a body to collect
+// needs before its first byte is: its Content-Length, or MaxRewrite when
+// it declares none. Taking it whole at once (never more while holding
+// some) is what keeps this free of deadlock. A body declared over
+// MaxRewrite takes none: it is not collected.
+func (w *responseWriter) hold(h http.Header) {
+	f := w.view.front
+	n := f.cfg.MaxRewrite
+	if cl, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); err == nil && cl >= 0 {
+		if cl > f.cfg.MaxRewrite {
+			w.tooBig = true
+			return
+		}
+		n = max(cl, 1)
+	}
+	if err := f.rewrites.Acquire(w.view.req.Context(), n); err != nil {
+		w.gone = true
+		return
+	}
+	w.held = n
+}
+
+// release gives back w's share of the rewrite budget; it may be called
+// more than once.
+func (w *responseWriter) release() {
+	if w.held > 0 {
+		w.view.front.rewrites.Release(w.held)
+		w.held = 0
+	}
 }
 
 func (w *responseWriter) WriteHeader(code int) {
@@ -42,6 +76,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	w.view.headers(h)
 	if !w.head && w.view.rewritesBody(code, h) {
 		w.collect, w.status = true, code
+		w.hold(h)
 		return
 	}
 	w.ResponseWriter.WriteHeader(code)
@@ -54,7 +89,10 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	if !w.collect {
 		return w.ResponseWriter.Write(p)
 	}
-	if w.tooBig || int64(w.buf.Len()+len(p)) > w.view.front.cfg.MaxRewrite {
+	if w.gone {
+		return len(p), nil // nobody to tell
+	}
+	if w.tooBig || int64(w.buf.Len()+len(p)) > min(w.view.front.cfg.MaxRewrite, max(w.held, 0)) {
 		// Keep reading so the backend's response completes; what it
 		// said is not passed on.
 		w.tooBig = true
@@ -97,9 +135,10 @@ func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 // rewritten is never passed on as it came: it names the backend's
 // repository.
 func (w *responseWriter) finish() error {
-	if !w.collect {
+	if !w.collect || w.gone {
 		return nil
 	}
+	defer w.release()
 	log := w.view.front.log
 	var body []byte
 	var err error
@@ -129,6 +168,21 @@ func (w *responseWriter) finish() error {
 	}
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.ResponseWriter.WriteHeader(w.status)
+	// The share is held until the body is out: a client that reads it
+	// slowly holds it for rewriteWriteTime at most.
+	rc := http.NewResponseController(w.ResponseWriter)
+	deadline := len(body) > 64<<10 && rc.SetWriteDeadline(time.Now().Add(rewriteWriteTime(len(body)))) == nil
 	_, err = w.ResponseWriter.Write(body)
+	if deadline {
+		_ = rc.Flush()
+		// The connection may serve more requests: no deadline for them.
+		_ = rc.SetWriteDeadline(time.Time{})
+	}
 	return err
+}
+
+// rewriteWriteTime is how long a rewritten body of size bytes may take to
+// go out: a minute, or longer for a client at 32 KiB/s.
+func rewriteWriteTime(size int) time.Duration {
+	return max(time.Minute, time.Duration(size/(32<<10))*time.Second)
 }
