@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -30,16 +28,7 @@ func TestFileDescriptorsManyActiveClients(t *testing.T) {
 	}
 	const limit, clients = 256, 300
 	dataDir := t.TempDir()
-	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
-	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n}\n\nhttp://:" + port +
-		" {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) + "\n\t}\n}\n"
-	config := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort,
-		dataDir: dataDir, nofile: limit}
-	s.start()
+	s := limitedServer(t, limit, true, dataDir, "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+"\n\t}\n")
 	before := fdCount(t, s)
 
 	var mu sync.Mutex

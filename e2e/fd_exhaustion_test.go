@@ -46,18 +46,8 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 	}))
 	defer up.Close()
 	dataDir := t.TempDir()
-	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
-	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n" +
-		"\tservers {\n\t\tlistener_wrappers {\n\t\t\toci_fd_reserve off\n\t\t}\n\t}\n}\n\nhttp://:" + port +
-		" {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) +
-		"\n\t\tmirror docker.io {\n\t\t\tupstream " + up.URL + "\n\t\t}\n\t}\n}\n"
-	config := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort,
-		dataDir: dataDir, nofile: limit}
-	s.start()
+	s := limitedServer(t, limit, false, dataDir, "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+
+		"\n\t\tmirror docker.io {\n\t\t\tupstream "+up.URL+"\n\t\t}\n\t}\n")
 	before := fdCount(t, s)
 
 	im := newChurnImage(t)
@@ -92,37 +82,13 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 	// Connections the server accepted before it ran out, one per request
 	// to come (an error answer to a request with a body closes its
 	// connection).
-	var clients []*http.Client
-	for range 5 {
-		c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-		resp, err := c.Get(s.url("/v2/"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		readAll(t, resp) // to its end, or the connection is not reused
-		resp.Body.Close()
-		clients = append(clients, c)
-	}
-	var idle []net.Conn
+	clients := acceptedClients(t, s, 5, 20*time.Second)
+	idle := exhaustFiles(t, s, limit)
 	defer func() {
 		for _, c := range idle {
 			c.Close()
 		}
 	}()
-	for len(idle) < 2*limit && fdCount(t, s) < limit {
-		c, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		idle = append(idle, c)
-		if len(idle)%8 == 0 {
-			time.Sleep(20 * time.Millisecond) // let the server accept
-		}
-	}
-	time.Sleep(200 * time.Millisecond)
-	if n := fdCount(t, s); n < limit {
-		t.Fatalf("the server holds %d files after %d connections, below its limit %d", n, len(idle), limit)
-	}
 
 	layer := randomBytes(t, 64<<10)
 	for i, rq := range []struct {
@@ -390,4 +356,74 @@ func TestFileDescriptorReserve(t *testing.T) {
 		t.Errorf("the metadata database failed under the flood:\n%s", out)
 	}
 	checkImage(t, s, "fd/app", "c0-0", "after the flood")
+}
+
+// limitedServer starts the built binary with at most limit open files,
+// the listener's descriptor reserve on or off, serving site (the lines
+// of the site block after its bind) with its storage in dataDir (empty:
+// none of this machine's).
+func limitedServer(t *testing.T, limit int, reserve bool, dataDir, site string) *server {
+	t.Helper()
+	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	global := "\tadmin localhost:" + adminPort + "\n\tauto_https off\n"
+	if !reserve {
+		global += "\tservers {\n\t\tlistener_wrappers {\n\t\t\toci_fd_reserve off\n\t\t}\n\t}\n"
+	}
+	cfg := "{\n" + global + "}\n\nhttp://:" + port + " {\n\tbind 127.0.0.1\n" + site + "}\n"
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort,
+		dataDir: dataDir, nofile: limit}
+	s.start()
+	return s
+}
+
+// acceptedClients are n clients, each with one connection s accepted
+// and answered on, for requests once it has no file left (an error
+// answer to a request with a body closes its connection: one client a
+// request).
+func acceptedClients(t *testing.T, s *server, n int, timeout time.Duration) []*http.Client {
+	t.Helper()
+	var clients []*http.Client
+	for range n {
+		c := &http.Client{Timeout: timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+		resp, err := c.Get(s.url("/v2/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp) // to its end, or the connection is not reused
+		resp.Body.Close()
+		clients = append(clients, c)
+	}
+	return clients
+}
+
+// exhaustFiles opens idle connections to s until it holds limit files,
+// and returns them for the caller to close.
+func exhaustFiles(t *testing.T, s *server, limit int) []net.Conn {
+	t.Helper()
+	var idle []net.Conn
+	for len(idle) < 2*limit && fdCount(t, s) < limit {
+		c, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+		if err != nil {
+			for _, c := range idle {
+				c.Close()
+			}
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+		if len(idle)%8 == 0 {
+			time.Sleep(20 * time.Millisecond) // let the server accept
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := fdCount(t, s); n < limit {
+		for _, c := range idle {
+			c.Close()
+		}
+		t.Fatalf("the server holds %d files after %d connections, below its limit %d", n, len(idle), limit)
+	}
+	return idle
 }

@@ -7,10 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -37,16 +34,7 @@ func TestReplicaFileDescriptorExhaustion(t *testing.T) {
 	const limit = 128
 	srv, pg := s3test.Start(t), pgtest.Start(t)
 	bucket := replicaEnv(t, srv, pg)
-	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
-	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n" +
-		"\tservers {\n\t\tlistener_wrappers {\n\t\t\toci_fd_reserve off\n\t\t}\n\t}\n}\n\nhttp://:" + port +
-		" {\n\tbind 127.0.0.1\n" + replicaSite(srv, bucket, "", "") + "\n}\n"
-	config := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort, nofile: limit}
-	s.start()
+	s := limitedServer(t, limit, false, "", replicaSite(srv, bucket, "", "")+"\n")
 	before := fdCount(t, s)
 
 	im := newChurnImage(t)
@@ -66,37 +54,13 @@ func TestReplicaFileDescriptorExhaustion(t *testing.T) {
 	}
 	session := location(t, s, resp).String()
 
-	var clients []*http.Client
-	for range 8 {
-		c := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-		resp, err := c.Get(s.url("/v2/"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		readAll(t, resp)
-		resp.Body.Close()
-		clients = append(clients, c)
-	}
-	var idle []net.Conn
+	clients := acceptedClients(t, s, 8, 60*time.Second)
+	idle := exhaustFiles(t, s, limit)
 	defer func() {
 		for _, c := range idle {
 			c.Close()
 		}
 	}()
-	for len(idle) < 2*limit && fdCount(t, s) < limit {
-		c, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		idle = append(idle, c)
-		if len(idle)%8 == 0 {
-			time.Sleep(20 * time.Millisecond) // let the server accept
-		}
-	}
-	time.Sleep(200 * time.Millisecond)
-	if n := fdCount(t, s); n < limit {
-		t.Fatalf("the server holds %d files after %d connections, below its limit %d", n, len(idle), limit)
-	}
 	// Its connections to the backends end: it needs new ones.
 	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, pg.DSN("postgres"))
