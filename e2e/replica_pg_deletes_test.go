@@ -39,14 +39,7 @@ func TestReplicaPostgresRestartMidDeletes(t *testing.T) {
 				}
 				r := c.replicas[(w+n)%2]
 				im := newChurnImage(t)
-				ok := true
-				for _, b := range [][]byte{im.config, im.layer} {
-					if l.do(http.MethodPost, r.url("/v2/"+repo+"/blobs/uploads/?digest="+blobDigest(b)), b, "application/octet-stream") != http.StatusCreated {
-						ok = false
-						break
-					}
-				}
-				if !ok {
+				if !l.pushBlobs(r, repo, im) {
 					continue
 				}
 				tags := []string{"t" + strconv.Itoa(n), "u" + strconv.Itoa(n)}

@@ -48,6 +48,17 @@ func (l *pgLoad) do(method, u string, body []byte, ct string) int {
 	return st
 }
 
+// pushBlobs pushes im's config and layer to repo on r, each whole, and
+// reports whether both were answered 201.
+func (l *pgLoad) pushBlobs(r *server, repo string, im churnImage) bool {
+	for _, b := range [][]byte{im.config, im.layer} {
+		if l.do(http.MethodPost, r.url("/v2/"+repo+"/blobs/uploads/?digest="+blobDigest(b)), b, "application/octet-stream") != http.StatusCreated {
+			return false
+		}
+	}
+	return true
+}
+
 // TestReplicaPostgresRestartUnderLoad restarts PostgreSQL twice, cleanly
 // (pg_ctl -m fast) and as a crash (-m immediate), while eight clients
 // push images and pull the ones acknowledged, across two replicas with
@@ -92,14 +103,7 @@ func TestReplicaPostgresRestartUnderLoad(t *testing.T) {
 					continue
 				}
 				im := newChurnImage(t)
-				ok := true
-				for _, b := range [][]byte{im.config, im.layer} {
-					if l.do(http.MethodPost, r.url("/v2/"+repo+"/blobs/uploads/?digest="+blobDigest(b)), b, "application/octet-stream") != http.StatusCreated {
-						ok = false
-						break
-					}
-				}
-				if !ok {
+				if !l.pushBlobs(r, repo, im) {
 					continue
 				}
 				if l.do(http.MethodPut, r.url("/v2/"+repo+"/manifests/"+tag), im.manifest, ociManifest) == http.StatusCreated {
