@@ -32,17 +32,8 @@ func (s *readsCounted) Repositories(ctx context.Context, last string, n int) ([]
 // registry (each a query on PostgreSQL): the filtered catalog reads the
 // store in large pages whatever n is.
 func TestCatalogScanCost(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
+	store, d := storeWithOneBlob(t)
 	ctx := t.Context()
-	blob := []byte("x")
-	d := cache.FromBytes(cache.SHA256, blob)
-	if _, err := store.PutBlob(ctx, d, 1, strings.NewReader("x")); err != nil {
-		t.Fatal(err)
-	}
 	const hidden = 3000
 	for i := range hidden {
 		if err := store.LinkBlob(ctx, fmt.Sprintf("hidden/r%05d", i), d); err != nil {
@@ -89,16 +80,8 @@ func TestCatalogScanCost(t *testing.T) {
 // otherwise every anonymous GET /v2/_catalog reads and checks every
 // repository name of the registry, to list none.
 func TestCatalogNothingReadableNoScan(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
+	store, d := storeWithOneBlob(t)
 	ctx := t.Context()
-	d := cache.FromBytes(cache.SHA256, []byte("x"))
-	if _, err := store.PutBlob(ctx, d, 1, strings.NewReader("x")); err != nil {
-		t.Fatal(err)
-	}
 	for i := range 3000 {
 		if err := store.LinkBlob(ctx, fmt.Sprintf("team/r%05d", i), d); err != nil {
 			t.Fatal(err)
@@ -156,16 +139,8 @@ func TestCatalogNothingReadableNoScan(t *testing.T) {
 // literal prefixes of the patterns that grant it read, not every name
 // of the registry; the list (and its pages) is what a full scan gives.
 func TestCatalogScansOnlyReadableRanges(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
+	store, d := storeWithOneBlob(t)
 	ctx := t.Context()
-	d := cache.FromBytes(cache.SHA256, []byte("x"))
-	if _, err := store.PutBlob(ctx, d, 1, strings.NewReader("x")); err != nil {
-		t.Fatal(err)
-	}
 	names := []string{"pub", "pub/app", "pub-x", "pubx/y", "xa/one", "xb/two", "xc/three", "zz/top", "zz/tip", "a/b"}
 	for i := range 9000 {
 		names = append(names, fmt.Sprintf("hidden/r%05d", i))
@@ -241,16 +216,8 @@ func TestCatalogScansOnlyReadableRanges(t *testing.T) {
 // TestCatalogManyRangesScans: a caller granted read under more prefixes
 // than catalogMaxRanges is listed by the scan, with the same answer.
 func TestCatalogManyRangesScans(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
+	store, d := storeWithOneBlob(t)
 	ctx := t.Context()
-	d := cache.FromBytes(cache.SHA256, []byte("x"))
-	if _, err := store.PutBlob(ctx, d, 1, strings.NewReader("x")); err != nil {
-		t.Fatal(err)
-	}
 	repos := map[string]authscope.RepositoryPolicy{"hidden/**": {}}
 	var want []string
 	for i := range catalogMaxRanges + 6 {
@@ -287,4 +254,20 @@ func TestCatalogManyRangesScans(t *testing.T) {
 	if reads := counted.reads.Load(); reads > 2 {
 		t.Errorf("%d store reads for %d names: the scan reads them in one", reads, 2*len(want))
 	}
+}
+
+// storeWithOneBlob is a new store holding one blob, d, for repositories
+// to link.
+func storeWithOneBlob(t *testing.T) (*cache.Store, cache.Digest) {
+	t.Helper()
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	d := cache.FromBytes(cache.SHA256, []byte("x"))
+	if _, err := store.PutBlob(t.Context(), d, 1, strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	return store, d
 }
