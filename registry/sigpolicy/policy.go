@@ -14,7 +14,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
+	"github.com/caddy-oci/caddy-oci/internal/configfile"
 )
 
 // Media and artifact types of the signatures looked for.
@@ -100,7 +100,7 @@ func New(c Config) (*Policy, error) {
 	}
 	p := &Policy{match: c.Match, pattern: pattern, perPlatform: c.PerPlatform}
 	for _, f := range c.CosignKeys {
-		b, err := os.ReadFile(f)
+		b, err := configfile.Read(f)
 		if err != nil {
 			return nil, fmt.Errorf("cosign_key: %w", err)
 		}
@@ -122,7 +122,7 @@ func New(c Config) (*Policy, error) {
 	}
 	var certs []*x509.Certificate
 	for _, f := range c.NotationCerts {
-		b, err := os.ReadFile(f)
+		b, err := configfile.Read(f)
 		if err != nil {
 			return nil, fmt.Errorf("notation_cert: %w", err)
 		}
