@@ -169,6 +169,13 @@ func (s *Spool) copyFrom(n int64, dst io.Writer, src io.Reader, h hash.Hash, siz
 	in := &spoolSource{r: src, n: n, size: size}
 	out := &spoolProgress{s: s, w: dst, n: n}
 	if bufs := moreBigBufs(buf); len(bufs) > 1 {
+		// A failed write ends the copy at once, as in turn: the read
+		// then under way may wait for a slow source (up to its stall
+		// timeout), so a source that can be closed is, which ends it.
+		// (The caller still closes it: closing twice is allowed.)
+		if c, ok := src.(io.Closer); ok {
+			out.failed = func() { c.Close() }
+		}
 		defer putBufs(bufs)
 		_, err := copyPipelined(out, h, in.readPiece, bufs)
 		return out.n, err
@@ -225,9 +232,10 @@ func (r *spoolSource) readPiece(p []byte) (int, error) {
 // spoolProgress writes a spool's bytes to its file and tells followers
 // of every piece once the file has it.
 type spoolProgress struct {
-	s *Spool
-	w io.Writer
-	n int64
+	s      *Spool
+	w      io.Writer
+	n      int64
+	failed func() // if set, called when a write fails
 }
 
 func (p *spoolProgress) Write(b []byte) (int, error) {
@@ -241,6 +249,9 @@ func (p *spoolProgress) Write(b []byte) (int, error) {
 		yieldToFollowers()
 	}
 	if err != nil {
+		if p.failed != nil {
+			p.failed()
+		}
 		return m, fmt.Errorf("write: %w", err)
 	}
 	return m, nil
