@@ -41,7 +41,7 @@ func sweepDrill(t *testing.T, pause bool) {
 	srv, pg := s3test.Start(t), pgtest.Start(t)
 	bucket := replicaEnv(t, srv, pg)
 	// The leader passes every 500ms; the survivor's passes are hourly.
-	leader := siteServer(t, "", replicaSite(srv, bucket, "\t\tgc_interval 500ms\n\t\tgc_grace 4s\n", ""), 0)
+	leader := siteServer(t, "", replicaSite(srv, bucket, "\t\tgc_interval 1s\n\t\tgc_grace 4s\n", ""), 0)
 	survivor := siteServer(t, "", replicaSite(srv, bucket, "\t\tgc_interval 1h\n\t\tgc_grace 4s\n", ""), 0)
 	db, err := pgx.Connect(context.Background(), os.Getenv("CADDY_OCI_TEST_DATABASE_URL"))
 	if err != nil {
