@@ -70,26 +70,8 @@ func TestReplicaPostgresRestartMidDeletes(t *testing.T) {
 			}
 		}()
 	}
-	outage := func(what string, down func() error) {
-		time.Sleep(2 * time.Second)
-		if err := down(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(3 * time.Second)
-		back := time.Now()
-		if err := c.pg.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for l.lastOK.Load() < back.UnixNano() {
-			if time.Now().After(deadline) {
-				t.Fatalf("after %s: no request succeeded within 30s of PostgreSQL's return", what)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	outage("pg_ctl stop -m fast", c.pg.Stop)
-	outage("pg_ctl stop -m immediate", c.pg.Kill)
+	l.outage(t, c.pg, "pg_ctl stop -m fast", c.pg.Stop)
+	l.outage(t, c.pg, "pg_ctl stop -m immediate", c.pg.Kill)
 	time.Sleep(2 * time.Second)
 	close(stop)
 	wg.Wait()

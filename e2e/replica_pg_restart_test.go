@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
 
 // pgLoad is what pushers and pullers saw while PostgreSQL restarted.
@@ -57,6 +59,31 @@ func (l *pgLoad) pushBlobs(r *server, repo string, im churnImage) bool {
 		}
 	}
 	return true
+}
+
+// outage takes PostgreSQL down with down while the load runs, starts it
+// again 3 s later, and waits (30 s at most) for a request to succeed
+// after its return, which it returns.
+func (l *pgLoad) outage(t *testing.T, pg *pgtest.Server, what string, down func() error) time.Time {
+	t.Helper()
+	time.Sleep(2 * time.Second)
+	if err := down(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	back := time.Now()
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for l.lastOK.Load() < back.UnixNano() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: no request succeeded within 30s of PostgreSQL's return", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("after %s: first success %s after PostgreSQL was back", what, time.Duration(l.lastOK.Load()-back.UnixNano()).Round(time.Millisecond))
+	return back
 }
 
 // TestReplicaPostgresRestartUnderLoad restarts PostgreSQL twice, cleanly
@@ -114,29 +141,8 @@ func TestReplicaPostgresRestartUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	var lastBack time.Time
-	outage := func(what string, down func() error) {
-		time.Sleep(2 * time.Second)
-		if err := down(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(3 * time.Second)
-		back := time.Now()
-		lastBack = back
-		if err := c.pg.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for l.lastOK.Load() < back.UnixNano() {
-			if time.Now().After(deadline) {
-				t.Fatalf("after %s: no request succeeded within 30s of PostgreSQL's return", what)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		t.Logf("after %s: first success %s after PostgreSQL was back", what, time.Duration(l.lastOK.Load()-back.UnixNano()).Round(time.Millisecond))
-	}
-	outage("pg_ctl stop -m fast", c.pg.Stop)
-	outage("pg_ctl stop -m immediate", c.pg.Kill)
+	l.outage(t, c.pg, "pg_ctl stop -m fast", c.pg.Stop)
+	lastBack := l.outage(t, c.pg, "pg_ctl stop -m immediate", c.pg.Kill)
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()
