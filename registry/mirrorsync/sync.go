@@ -284,6 +284,11 @@ func (s *Sync) run(ctx context.Context, every time.Duration) time.Time {
 	end := time.Now()
 	st := r.st
 	next := end.Add(every)
+	// Metrics first: whoever sees the run ended in the status (an
+	// operator's script, a test) finds it counted too.
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.SyncRun(s.src.Prefix(), end.Sub(start), st)
+	}
 	s.mu.Lock()
 	s.status.Running, s.status.LastEnd, s.status.LastRun = false, &end, &st
 	if every > 0 {
@@ -297,9 +302,6 @@ func (s *Sync) run(ctx context.Context, every time.Duration) time.Time {
 		s.log.Warn("sync run finished with errors", append(fields, zap.String("first_error", st.Errors[0]))...)
 	} else {
 		s.log.Info("sync run finished", fields...)
-	}
-	if s.cfg.Observer != nil {
-		s.cfg.Observer.SyncRun(s.src.Prefix(), end.Sub(start), st)
 	}
 	return next
 }
