@@ -42,19 +42,24 @@ type guessKeys struct {
 
 	// known is login_known as of the last poll (key → unix seconds of
 	// the login), for KnownPair; knownUpTo is the newest login time
-	// seen, from which the next poll reads.
-	known     map[[sha256.Size]byte]int64
-	knownUpTo time.Time
-	polledAt  time.Time
-	polling   bool
+	// seen, from which the next poll reads. knownAfter is the key of
+	// the last row read when the last poll stopped on a full page: the
+	// next one goes on strictly after (knownUpTo, knownAfter).
+	known      map[[sha256.Size]byte]int64
+	knownUpTo  time.Time
+	knownAfter []byte
+	polledAt   time.Time
+	polling    bool
 }
 
 const (
 	// knownPollEvery is how often at most KnownPair starts a poll of
 	// login_known: how soon a login on one replica is known on another.
 	knownPollEvery = 2 * time.Second
-	// knownPollRows bounds one poll; a backlog is read over the next.
-	knownPollRows = 10000
+	// knownPollRows bounds one page of a poll, knownPollPages the pages
+	// of one poll; a longer backlog is read over the next polls.
+	knownPollRows  = 10000
+	knownPollPages = 4
 	// knownMax bounds the copy of login_known (logins of real users
 	// from their addresses: nobody without a password adds one); past it
 	// the oldest half is forgotten.
@@ -212,16 +217,42 @@ func (s *Store) pollKnown() {
 	if _, err := s.ledgerKeys(ctx); err != nil {
 		return
 	}
-	g.mu.Lock()
-	since := g.knownUpTo
-	g.mu.Unlock()
-	if since.IsZero() {
-		since = time.Now().Add(-knownLoginsKept)
+	for range knownPollPages {
+		if full, err := s.pollKnownPage(ctx); err != nil || !full {
+			return
+		}
 	}
-	// A second of overlap: logins committed out of order around the
-	// last one seen are read again rather than missed.
-	rows, _ := s.pool.Query(ctx, "SELECT key, at FROM login_known WHERE at >= $1 ORDER BY at LIMIT $2",
-		since.Add(-time.Second), knownPollRows)
+}
+
+// pollKnownPage reads one page of login_known into the copy, and says
+// whether it was full (more may follow).
+//
+// Pages follow each other in (at, key) order. After a page that was not
+// full, the next poll reads its last second again from the start: logins
+// committed out of order around the last one seen are read then rather
+// than missed. After a full page it goes on strictly after the last row
+// instead: re-reading from the start of a second holding more than a page
+// of logins would read the same page for ever.
+func (s *Store) pollKnownPage(ctx context.Context) (full bool, err error) {
+	g := &s.guesses
+	g.mu.Lock()
+	since, after := g.knownUpTo, g.knownAfter
+	g.mu.Unlock()
+	var rows pgx.Rows
+	switch {
+	case after != nil:
+		rows, err = s.pool.Query(ctx, "SELECT key, at FROM login_known WHERE (at, key) > ($1, $2) ORDER BY at, key LIMIT $3",
+			since, after, knownPollRows)
+	case since.IsZero():
+		rows, err = s.pool.Query(ctx, "SELECT key, at FROM login_known WHERE at >= $1 ORDER BY at, key LIMIT $2",
+			time.Now().Add(-knownLoginsKept), knownPollRows)
+	default:
+		rows, err = s.pool.Query(ctx, "SELECT key, at FROM login_known WHERE at >= $1 ORDER BY at, key LIMIT $2",
+			since.Add(-time.Second), knownPollRows)
+	}
+	if err != nil {
+		return false, err
+	}
 	type login struct {
 		key []byte
 		at  time.Time
@@ -232,7 +263,7 @@ func (s *Store) pollKnown() {
 		return l, err
 	})
 	if err != nil {
-		return
+		return false, err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -243,8 +274,16 @@ func (s *Store) pollKnown() {
 		var k [sha256.Size]byte
 		copy(k[:], l.key)
 		g.known[k] = max(g.known[k], l.at.Unix())
-		if l.at.After(g.knownUpTo) {
-			g.knownUpTo = l.at
+	}
+	full = len(logins) == knownPollRows
+	g.knownAfter = nil
+	if n := len(logins); n > 0 {
+		last := logins[n-1]
+		if last.at.After(g.knownUpTo) || full {
+			g.knownUpTo = last.at
+		}
+		if full {
+			g.knownAfter = last.key
 		}
 	}
 	if len(g.known) > knownMax {
@@ -255,6 +294,7 @@ func (s *Store) pollKnown() {
 			}
 		}
 	}
+	return full, nil
 }
 
 // sweepGuessesLater starts, at most once per guessSweepEvery in this

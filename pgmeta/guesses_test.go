@@ -369,3 +369,28 @@ func TestLoginFloodSparesKnownPair(t *testing.T) {
 		t.Fatalf("the flood and carol's tries read the ledger %d times, want at most carol's one", n)
 	}
 }
+
+// TestLoginLedgerPollPastFullSecond: more good logins than one poll reads
+// (knownPollRows) all recorded in the same second must not hide the ones
+// after them. A poll that re-read its last second from the start read
+// the same full page each time and never got past it.
+func TestLoginLedgerPollPastFullSecond(t *testing.T) {
+	stores := replicas(t, 2)
+	ctx := context.Background()
+	// One statement: every row gets the same now().
+	if _, err := stores[0].pool.Exec(ctx, `INSERT INTO login_known (key, at)
+SELECT sha256(convert_to('flood' || i, 'UTF8')), now() FROM generate_series(1, $1) AS i`, knownPollRows+knownPollRows/2); err != nil {
+		t.Fatal(err)
+	}
+	if err := stores[0].AddGoodLogin(ctx, "carol@192.0.2.60"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * knownPollEvery)
+	for !stores[1].KnownPair("carol@192.0.2.60", time.Hour) {
+		if time.Now().After(deadline) {
+			t.Fatalf("carol's login, recorded after %d others in one second, is still unknown on the other replica after %v",
+				knownPollRows+knownPollRows/2, 10*knownPollEvery)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
