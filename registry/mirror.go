@@ -111,7 +111,8 @@ type Mirror struct {
 	client *upstream.Client
 	// revalidations: one upstream exchange per name+reference at a time.
 	revalidations singleflight.Group
-	slots         *fillSlots // bounds concurrent blob fills
+	referrers     referrersCache // upstream's referrers indexes (mirror_referrers.go)
+	slots         *fillSlots     // bounds concurrent blob fills
 	declared      declaredSizes
 	obs           MirrorObserver
 	now           func() time.Time
