@@ -378,37 +378,56 @@ const hiddenListed = 20
 // warnHidden warns about repositories the main store holds under a
 // sub-path's prefix: they were pushed before the sub-path existed, and
 // are neither served nor listed now (moving them is the operator's
-// choice: copy them with a client, or drop the sub-path).
+// choice: copy them with a client, or drop the sub-path). It reads only
+// the names starting with each prefix, not the whole list: it runs as
+// the store opens, before the first request is served.
 func (rg *Registry) warnHidden(main *cache.Store) {
-	ctx := context.Background()
 	for _, s := range rg.subs {
-		var hidden []string
-		count := 0
-		last := ""
-		for {
-			page, more, err := main.Repositories(ctx, last, 1000)
-			if err != nil {
-				rg.logger.Warn("listing the main storage for repositories a sub_storage hides", zap.Error(err))
-				return
-			}
-			for _, name := range page {
-				if substore.Under(name, s.prefix) {
-					count++
-					if len(hidden) < hiddenListed {
-						hidden = append(hidden, name)
-					}
-				}
-			}
-			if !more || len(page) == 0 {
-				break
-			}
-			last = page[len(page)-1]
+		hidden, count, err := hiddenUnder(context.Background(), main, s.prefix)
+		if err != nil {
+			rg.logger.Warn("listing the main storage for repositories a sub_storage hides", zap.Error(err))
+			return
 		}
 		if count > 0 {
 			rg.logger.Warn("the main storage holds repositories under a sub_storage prefix; they are hidden (neither served nor listed) while the sub_storage exists: copy them into it with a client, or remove the sub_storage",
 				zap.String("prefix", s.prefix), zap.String("storage", s.dir),
 				zap.Int("count", count), zap.Strings("repositories", hidden))
 		}
+	}
+}
+
+// repositoryLister is the part of a store hiddenUnder reads.
+type repositoryLister interface {
+	Repositories(ctx context.Context, last string, n int) ([]string, bool, error)
+}
+
+// hiddenUnder counts the repositories of st under prefix, and names the
+// first hiddenListed of them.
+func hiddenUnder(ctx context.Context, st repositoryLister, prefix string) (names []string, count int, err error) {
+	last := registry.JustBefore(prefix)
+	for size := 64; ; size = min(2*size, 1000) {
+		page, more, err := st.Repositories(ctx, last, size)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, name := range page {
+			if name < prefix {
+				continue
+			}
+			if !strings.HasPrefix(name, prefix) {
+				return names, count, nil // past the range
+			}
+			if substore.Under(name, prefix) {
+				count++
+				if len(names) < hiddenListed {
+					names = append(names, name)
+				}
+			}
+		}
+		if !more || len(page) == 0 {
+			return names, count, nil
+		}
+		last = page[len(page)-1]
 	}
 }
 

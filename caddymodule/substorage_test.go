@@ -2,9 +2,11 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -262,5 +264,62 @@ func TestMirrorCacheTotal(t *testing.T) {
 	mirrorCacheSlot{total, 0}.MirrorCacheSize(70)
 	if g.last != 100 {
 		t.Errorf("gauge %d, want 70+30", g.last)
+	}
+}
+
+// countingLister counts the names a store's listing hands out, and those
+// that sort before before.
+type countingLister struct {
+	repositoryLister
+	before      string
+	read, early int
+}
+
+func (c *countingLister) Repositories(ctx context.Context, last string, n int) ([]string, bool, error) {
+	page, more, err := c.repositoryLister.Repositories(ctx, last, n)
+	for _, name := range page {
+		c.read++
+		if name < c.before {
+			c.early++
+		}
+	}
+	return page, more, err
+}
+
+// TestHiddenUnderReadsOnlyItsRange: the count of repositories a sub-path
+// hides reads the names under its prefix (and a page past them), not the
+// main store's whole list: it runs before the first request is served.
+func TestHiddenUnderReadsOnlyItsRange(t *testing.T) {
+	st, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	body := []byte("a layer")
+	d := cache.FromBytes(cache.SHA256, body)
+	if _, err := st.PutBlob(ctx, d, int64(len(body)), bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	var repos []string
+	for i := range 400 {
+		repos = append(repos, fmt.Sprintf("alpha/%04d", i))
+	}
+	repos = append(repos, "team/a", "team/a/x", "team/a/y/z", "team/a-b", "team/ab", "team/b", "zulu/1")
+	for _, r := range repos {
+		if err := st.LinkBlob(ctx, r, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := &countingLister{repositoryLister: st, before: "team/a"}
+	names, count, err := hiddenUnder(ctx, l, "team/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if count != 3 || strings.Join(names, " ") != "team/a team/a/x team/a/y/z" {
+		t.Fatalf("hidden under team/a: %d %v, want 3: team/a team/a/x team/a/y/z", count, names)
+	}
+	if l.early > 0 || l.read > 64 {
+		t.Fatalf("read %d names, %d of them before the prefix; want only the range and one page past it", l.read, l.early)
 	}
 }

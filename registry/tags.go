@@ -233,7 +233,7 @@ func (h *Handler) listUnder(r *http.Request, prefixes []string, last string, n i
 		case last > p:
 			continue // the whole range lies before last
 		default:
-			after = justBefore(p)
+			after = JustBefore(p)
 		}
 		size := max(n+1, catalogRangeFirstRead)
 		for inRange := true; inRange; {
@@ -269,10 +269,10 @@ func (h *Handler) listUnder(r *http.Request, prefixes []string, last string, n i
 	return out, false, nil
 }
 
-// justBefore is a string that sorts before every name starting with p
+// JustBefore is a string that sorts before every name starting with p
 // and after every other name that sorts before p (a name's characters
 // all sort before '~'), so a store read after it starts at p's range.
-func justBefore(p string) string {
+func JustBefore(p string) string {
 	c := p[len(p)-1]
 	if c <= '!' {
 		return p[:len(p)-1]
