@@ -402,26 +402,34 @@ type repositoryLister interface {
 }
 
 // hiddenUnder counts the repositories of st under prefix, and names the
-// first hiddenListed of them.
+// first hiddenListed of them. It reads the prefix itself, then the range
+// of prefix+"/": names that only start with the prefix (team/ab,
+// team/a-b for team/a), which sort between the two, are not read.
 func hiddenUnder(ctx context.Context, st repositoryLister, prefix string) (names []string, count int, err error) {
-	last := registry.JustBefore(prefix)
+	page, _, err := st.Repositories(ctx, registry.JustBefore(prefix), 1)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(page) > 0 && page[0] == prefix {
+		names, count = append(names, prefix), 1
+	}
+	under := prefix + "/"
+	last := registry.JustBefore(under)
 	for size := 64; ; size = min(2*size, 1000) {
 		page, more, err := st.Repositories(ctx, last, size)
 		if err != nil {
 			return nil, 0, err
 		}
 		for _, name := range page {
-			if name < prefix {
+			if name < under {
 				continue
 			}
-			if !strings.HasPrefix(name, prefix) {
+			if !strings.HasPrefix(name, under) {
 				return names, count, nil // past the range
 			}
-			if substore.Under(name, prefix) {
-				count++
-				if len(names) < hiddenListed {
-					names = append(names, name)
-				}
+			count++
+			if len(names) < hiddenListed {
+				names = append(names, name)
 			}
 		}
 		if !more || len(page) == 0 {

@@ -323,3 +323,40 @@ func TestHiddenUnderReadsOnlyItsRange(t *testing.T) {
 		t.Fatalf("read %d names, %d of them before the prefix; want only the range and one page past it", l.read, l.early)
 	}
 }
+
+// TestHiddenUnderSkipsNamesSharingItsPrefix: names that start with the
+// prefix without being under it (team/ab, team/a-b for team/a) are not
+// read either: a prefix "a" must not read every "alpha/..." name.
+func TestHiddenUnderSkipsNamesSharingItsPrefix(t *testing.T) {
+	st, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	body := []byte("a layer")
+	d := cache.FromBytes(cache.SHA256, body)
+	if _, err := st.PutBlob(ctx, d, int64(len(body)), bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	repos := []string{"team/a", "team/a/x", "team/a/y/z", "team/b"}
+	for i := range 200 {
+		repos = append(repos, fmt.Sprintf("team/a-b/%04d", i), fmt.Sprintf("team/ab/%04d", i))
+	}
+	for _, r := range repos {
+		if err := st.LinkBlob(ctx, r, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := &countingLister{repositoryLister: st}
+	names, count, err := hiddenUnder(ctx, l, "team/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if count != 3 || strings.Join(names, " ") != "team/a team/a/x team/a/y/z" {
+		t.Fatalf("hidden under team/a: %d %v, want 3: team/a team/a/x team/a/y/z", count, names)
+	}
+	if l.read > 2*64 {
+		t.Fatalf("read %d names for 3 under the prefix; want those and at most a page past each end", l.read)
+	}
+}

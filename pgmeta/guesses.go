@@ -16,6 +16,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -287,14 +288,36 @@ func (s *Store) pollKnownPage(ctx context.Context) (full bool, err error) {
 		}
 	}
 	if len(g.known) > knownMax {
-		cut := time.Now().Add(-knownLoginsKept / 2).Unix()
-		for k, at := range g.known {
-			if at < cut || len(g.known) > knownMax/2 {
-				delete(g.known, k)
-			}
-		}
+		g.forgetOldest()
 	}
 	return full, nil
+}
+
+// forgetOldest drops the older half of the copy of login_known, and
+// every login older than half of knownLoginsKept: a user who logged in a
+// minute ago stays known. g.mu is held.
+func (g *guessKeys) forgetOldest() {
+	cut := time.Now().Add(-knownLoginsKept / 2).Unix()
+	ats := make([]int64, 0, len(g.known))
+	for _, at := range g.known {
+		ats = append(ats, at)
+	}
+	slices.Sort(ats)
+	cut = max(cut, ats[len(ats)-knownMax/2])
+	for k, at := range g.known {
+		if at < cut {
+			delete(g.known, k)
+		}
+	}
+	// Logins of the same second as the cut: as many as the bound needs.
+	for k, at := range g.known {
+		if len(g.known) <= knownMax/2 {
+			break
+		}
+		if at == cut {
+			delete(g.known, k)
+		}
+	}
 }
 
 // sweepGuessesLater starts, at most once per guessSweepEvery in this

@@ -394,3 +394,60 @@ SELECT sha256(convert_to('flood' || i, 'UTF8')), now() FROM generate_series(1, $
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestLoginLedgerCopyForgetsOldestFirst: past knownMax good logins, the
+// copy KnownPair reads forgets the oldest, never a login of a minute ago.
+// A copy that forgot an arbitrary half forgot about half of the recent
+// ones too: those users were then refused during a flood on that replica.
+func TestLoginLedgerCopyForgetsOldestFirst(t *testing.T) {
+	stores := replicas(t, 2)
+	ctx := context.Background()
+	// Older than what the auth layer asks about (an hour here), not old
+	// enough to be forgotten on age alone.
+	if _, err := stores[0].pool.Exec(ctx, `INSERT INTO login_known (key, at)
+SELECT sha256(convert_to('old' || i, 'UTF8')), now() - interval '10 days' FROM generate_series(1, $1) AS i`, knownMax); err != nil {
+		t.Fatal(err)
+	}
+	const recent = 100
+	for i := range recent {
+		if err := stores[0].AddGoodLogin(ctx, fmt.Sprintf("user%d@192.0.2.70", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var newest time.Time
+	if err := stores[0].pool.QueryRow(ctx, "SELECT max(at) FROM login_known").Scan(&newest); err != nil {
+		t.Fatal(err)
+	}
+	// Until replica 1's copy has read the whole table.
+	g := &stores[1].guesses
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		stores[1].KnownPair("nobody@192.0.2.70", time.Hour) // starts the polls
+		g.mu.Lock()
+		done := g.knownAfter == nil && !g.knownUpTo.Before(newest)
+		g.mu.Unlock()
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("replica 1 did not read the whole ledger within 60 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	g.mu.Lock()
+	kept := len(g.known)
+	g.mu.Unlock()
+	if kept > knownMax {
+		t.Fatalf("the copy holds %d logins, bound %d", kept, knownMax)
+	}
+	forgotten := 0
+	for i := range recent {
+		if !stores[1].KnownPair(fmt.Sprintf("user%d@192.0.2.70", i), time.Hour) {
+			forgotten++
+		}
+	}
+	if forgotten > 0 {
+		t.Fatalf("%d of %d logins of the last minute forgotten by the copy (%d kept), while %d ten days old were there to forget",
+			forgotten, recent, kept, knownMax)
+	}
+}

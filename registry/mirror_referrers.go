@@ -27,8 +27,8 @@ import (
 
 const (
 	// referrersCacheBytes bounds a mirror's copies of referrers indexes
-	// (bodies and keys), referrersEntryMax one of them: a longer index
-	// is passed on but not kept.
+	// (bodies, upstream's OCI-Filters-Applied and keys), referrersEntryMax
+	// one of them: a longer index is passed on but not kept.
 	referrersCacheBytes = 16 << 20
 	referrersEntryMax   = 1 << 20
 	// referrersEntryCost is what an entry costs besides its body and key.
@@ -67,8 +67,10 @@ func (c *referrersCache) get(key string) (referrersAnswer, bool) {
 	return e.Value.(*referrersEntry).a, true
 }
 
+// entryCost is what an entry holds: upstream's header counts as its body
+// does (a hostile upstream may send megabytes of it with a small index).
 func entryCost(key string, a referrersAnswer) int64 {
-	return int64(len(key)+len(a.body)) + referrersEntryCost
+	return int64(len(key)+len(a.body)+len(a.filters)) + referrersEntryCost
 }
 
 func (c *referrersCache) put(key string, a referrersAnswer) {
@@ -83,7 +85,7 @@ func (c *referrersCache) put(key string, a referrersAnswer) {
 		c.order.Remove(e)
 		delete(c.byKey, key)
 	}
-	if len(a.body) > referrersEntryMax {
+	if len(a.body)+len(a.filters) > referrersEntryMax {
 		return
 	}
 	c.byKey[key] = c.order.PushFront(&referrersEntry{key: key, a: a})

@@ -143,3 +143,32 @@ func TestReferrersCacheBounded(t *testing.T) {
 		t.Fatal("an index over referrersEntryMax was kept")
 	}
 }
+
+// TestReferrersCacheCountsFilters: what upstream sends in
+// OCI-Filters-Applied is kept with the index, so it counts against the
+// copies' budget as the body does. An upstream that sent megabytes of it
+// with a small index held many times the budget when only bodies counted.
+func TestReferrersCacheCountsFilters(t *testing.T) {
+	filters := strings.Repeat("artifactType,", (2<<20)/len("artifactType,"))
+	index := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("OCI-Filters-Applied", filters)
+		manifestAnswer{contentType: MediaTypeOCIIndex, body: index}.serve(w, r)
+	})
+	env, _ := newHostileEnv(t, up, func(c *MirrorConfig) { c.MaxRetries = -1 })
+	for i := range 16 {
+		resp := env.do(http.MethodGet, "/v2/library/app/referrers/"+digestOf([]byte{byte(i)}), nil)
+		env.wantStatus(resp, http.StatusOK)
+	}
+	c := &env.mirror.referrers
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var held int64
+	for e := c.order.Front(); e != nil; e = e.Next() {
+		re := e.Value.(*referrersEntry)
+		held += int64(len(re.key) + len(re.a.body) + len(re.a.filters))
+	}
+	if held > referrersCacheBytes {
+		t.Fatalf("the copies hold %d bytes of keys, bodies and filters; budget %d", held, referrersCacheBytes)
+	}
+}
