@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veraison/go-cose"
+
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy"
 	"github.com/caddy-oci/caddy-oci/registry/sigpolicy/sigtest"
 )
@@ -106,8 +108,8 @@ func TestNotationEnvelopeChainBounded(t *testing.T) {
 		t.Fatalf("the signer's envelope: %v, %d certificates", err, len(orig.Header.X5C))
 	}
 	leaf, ca := orig.Header.X5C[0], orig.Header.X5C[1]
-	verify := func(env []byte) (time.Duration, error) {
-		m, blobs := sigtest.NotationManifest(env, sigpolicy.MediaTypeJWS, subject)
+	verify := func(env []byte, envType string) (time.Duration, error) {
+		m, blobs := sigtest.NotationManifest(env, envType, subject)
 		src := memSource{cands: [][]byte{m}, blobs: map[string][]byte{}}
 		for _, b := range blobs {
 			src.blobs[sigtest.Of("", b).Digest] = b
@@ -116,24 +118,48 @@ func TestNotationEnvelopeChainBounded(t *testing.T) {
 		err := p.Verify(context.Background(), src, sigpolicy.Subject{Repo: "team/app", Digest: subject.Digest, MediaType: subject.MediaType, Size: subject.Size}, time.Now())
 		return time.Since(start), err
 	}
-	if _, err := verify(signed); err != nil {
+	if _, err := verify(signed, sigpolicy.MediaTypeJWS); err != nil {
 		t.Fatalf("the signer's signature: %v", err)
 	}
 	tooMany := [][]byte{leaf}
 	for range 8 {
 		tooMany = append(tooMany, ca)
 	}
+	// The same chain in a COSE envelope of the signer's.
+	coseSigned, err := ns.Sign(context.Background(), subject, sigpolicy.MediaTypeCOSE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	editCOSE := func(chain [][]byte) []byte {
+		var msg cose.Sign1Message
+		if err := msg.UnmarshalCBOR(coseSigned); err != nil {
+			t.Fatal(err)
+		}
+		certs := make([]any, len(chain))
+		for i, c := range chain {
+			certs[i] = c
+		}
+		msg.Headers.Unprotected[cose.HeaderLabelX5Chain] = certs
+		msg.Headers.RawUnprotected = nil // else the original is encoded again
+		out, err := msg.MarshalCBOR()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
 	for _, c := range []struct {
-		name string
-		env  []byte
-		want string
+		name    string
+		env     []byte
+		envType string
+		want    string
 	}{
-		{"leaf with a made-up 65536-bit key", edit([][]byte{madeUpCert(t, 65536, false)}, 65536/8), "envelope signing certificate"},
-		{"intermediate with a made-up 65536-bit key", edit([][]byte{leaf, madeUpCert(t, 65536, true), ca}, 0), "RSA key of 65536 bits"},
-		{"nine certificates", edit(tooMany, 0), "9 certificates"},
+		{"leaf with a made-up 65536-bit key", edit([][]byte{madeUpCert(t, 65536, false)}, 65536/8), sigpolicy.MediaTypeJWS, "envelope signing certificate"},
+		{"intermediate with a made-up 65536-bit key", edit([][]byte{leaf, madeUpCert(t, 65536, true), ca}, 0), sigpolicy.MediaTypeJWS, "RSA key of 65536 bits"},
+		{"nine certificates", edit(tooMany, 0), sigpolicy.MediaTypeJWS, "9 certificates"},
+		{"COSE: intermediate with a made-up 65536-bit key", editCOSE([][]byte{leaf, madeUpCert(t, 65536, true), ca}), sigpolicy.MediaTypeCOSE, "RSA key of 65536 bits"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			took, err := verify(c.env)
+			took, err := verify(c.env, c.envType)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("Verify: %v (after %s), want a refusal before notation checks: %q", err, took, c.want)
 			}
