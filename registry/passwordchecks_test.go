@@ -101,3 +101,56 @@ func TestPasswordChecksBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestPasswordChecksBurstOfOneAccount: many jobs starting at once with
+// one account's good credentials wait for one comparison, not one each:
+// the bound on comparisons at once must not turn a CI burst into 429s.
+func TestPasswordChecksBurstOfOneAccount(t *testing.T) {
+	const cost = 12
+	hash, err := bcrypt.GenerateFromPassword([]byte("ci-pw"), cost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, err := authscope.ParseHtpasswd([]byte("ci:" + string(hash) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{"pub/**": {Anonymous: []string{"read"}, Default: []string{"read"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
+	start := time.Now()
+	_ = bcrypt.CompareHashAndPassword(hash, []byte("ci-pw"))
+	one := time.Since(start)
+	// More jobs than the turns could compare within the wait one by one.
+	jobs := int(2*10*time.Second/one) + 2
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	client := &http.Client{Timeout: time.Minute}
+	for range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, ar.srv.URL+"/v2/pub/app/tags/list", nil)
+			req.SetBasicAuth("ci", "ci-pw")
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			mu.Lock()
+			statuses[resp.StatusCode]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d jobs (one comparison %s): %v", jobs, one, statuses)
+	if statuses[http.StatusTooManyRequests] > 0 || statuses[http.StatusUnauthorized] > 0 {
+		t.Errorf("answers %v: good credentials refused", statuses)
+	}
+}
