@@ -108,8 +108,13 @@ func ParseHtpasswd(data []byte) (*Htpasswd, error) {
 // sending wrong passwords for made-up names within those bounds kept
 // both CPUs of a registry busy, and an anonymous manifest GET took a
 // second instead of 2 ms. Comparisons past the bound wait their turn, so
-// pulls and pushes keep the other half.
-var hashTurns = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+// pulls and pushes keep the other half. Made at the first comparison, so
+// that it follows GOMAXPROCS as the process set it when it started
+// (Caddy adjusts it to a container's CPU quota), not as package
+// initialisation found it.
+var hashTurns = sync.OnceValue(func() chan struct{} {
+	return make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+})
 
 // hashTurnWait bounds the wait for a turn: past it the login is refused,
 // unchecked, as too many at once (429 with Retry-After), rather than
@@ -133,9 +138,10 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 	if !known {
 		hash = h.dummy
 	}
+	turns := hashTurns()
 	wait := time.NewTimer(hashTurnWait)
 	select {
-	case hashTurns <- struct{}{}:
+	case turns <- struct{}{}:
 		wait.Stop()
 	case <-wait.C:
 		return false, &ErrTooManyGuesses{RetryAfter: time.Second, Busy: true}
@@ -149,11 +155,11 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 	exp, hit = h.good[key]
 	h.mu.Unlock()
 	if hit && time.Now().Before(exp) {
-		<-hashTurns
+		<-turns
 		return true, nil
 	}
 	ok := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil && known
-	<-hashTurns
+	<-turns
 	if ok {
 		h.mu.Lock()
 		if len(h.good) >= htpasswdCacheMax {
