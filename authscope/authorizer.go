@@ -570,7 +570,11 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 			return Identity{Method: MethodBasic}, err
 		}
 	}
-	ok := a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay)
+	ok, err := a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay)
+	if err != nil {
+		at.Refund() // not checked: no guess
+		return Identity{Method: MethodBasic}, err
+	}
 	at.End(ok)
 	if !ok {
 		return Identity{Method: MethodBasic}, fmt.Errorf("wrong password for user %q", user)
@@ -727,6 +731,9 @@ func (a *Authorizer) denyCredentials(r *http.Request, need Need, method string, 
 		// No challenge: new credentials would not be checked either.
 		d.Status, d.Code, d.RetryAfter = http.StatusTooManyRequests, "TOOMANYREQUESTS", tooMany.RetryAfter
 		d.Message = "too many failed logins; try again later"
+		if tooMany.Busy {
+			d.Message = "too many logins being checked at once; try again later"
+		}
 	case errors.Is(reason, ErrTokenInvalid):
 		d.Message = "invalid token"
 		d.Challenge = a.challenge(r, need, "invalid_token")

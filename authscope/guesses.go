@@ -160,9 +160,15 @@ type GuessAttempt struct {
 type ErrTooManyGuesses struct {
 	RetryAfter time.Duration
 	Account    bool // the account's bound, not the client's
+	// Busy: not a bound of the caller's, the process's password
+	// comparisons at once (see hashTurns).
+	Busy bool
 }
 
 func (e *ErrTooManyGuesses) Error() string {
+	if e.Busy {
+		return "too many passwords being checked at once; retry after " + e.RetryAfter.String()
+	}
 	if e.Account {
 		return "too many failed logins for this account; retry after " + e.RetryAfter.String()
 	}

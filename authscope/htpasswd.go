@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -100,22 +101,65 @@ func ParseHtpasswd(data []byte) (*Htpasswd, error) {
 	return h, nil
 }
 
+// hashTurns bounds the bcrypt comparisons running at once in the process
+// to half its CPUs (at least one). A comparison at the cost caddy
+// hash-password writes (14) takes over a second of CPU, and the bounds on
+// failed logins are per address and per account name: twenty addresses
+// sending wrong passwords for made-up names within those bounds kept
+// both CPUs of a registry busy, and an anonymous manifest GET took a
+// second instead of 2 ms. Comparisons past the bound wait their turn, so
+// pulls and pushes keep the other half. Made at the first comparison, so
+// that it follows GOMAXPROCS as the process set it when it started
+// (Caddy adjusts it to a container's CPU quota), not as package
+// initialisation found it.
+var hashTurns = sync.OnceValue(func() chan struct{} {
+	return make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+})
+
+// hashTurnWait bounds the wait for a turn: past it the login is refused,
+// unchecked, as too many at once (429 with Retry-After), rather than
+// held for as long as a flood lasts.
+const hashTurnWait = 10 * time.Second
+
 // Check reports whether password is user's. On failure it waits failDelay
-// (or until ctx ends) before returning, to slow down guessing.
-func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay time.Duration) bool {
+// (or until ctx ends) before returning, to slow down guessing. When no
+// comparison could start within hashTurnWait (or before ctx ended) it
+// returns *ErrTooManyGuesses with Busy set, the password unchecked.
+func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay time.Duration) (bool, error) {
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	now := time.Now()
 	h.mu.Lock()
 	exp, hit := h.good[key]
 	h.mu.Unlock()
 	if hit && now.Before(exp) {
-		return true
+		return true, nil
 	}
 	hash, known := h.users[user]
 	if !known {
 		hash = h.dummy
 	}
+	turns := hashTurns()
+	wait := time.NewTimer(hashTurnWait)
+	select {
+	case turns <- struct{}{}:
+		wait.Stop()
+	case <-wait.C:
+		return false, &ErrTooManyGuesses{RetryAfter: time.Second, Busy: true}
+	case <-ctx.Done():
+		wait.Stop()
+		return false, &ErrTooManyGuesses{RetryAfter: time.Second, Busy: true}
+	}
+	// The same pair verified while this one waited (a burst of jobs
+	// with one account's credentials): no comparison needed.
+	h.mu.Lock()
+	exp, hit = h.good[key]
+	h.mu.Unlock()
+	if hit && time.Now().Before(exp) {
+		<-turns
+		return true, nil
+	}
 	ok := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil && known
+	<-turns
 	if ok {
 		h.mu.Lock()
 		if len(h.good) >= htpasswdCacheMax {
@@ -123,7 +167,7 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 		}
 		h.good[key] = now.Add(htpasswdCacheTTL)
 		h.mu.Unlock()
-		return true
+		return true, nil
 	}
 	if failDelay > 0 {
 		t := time.NewTimer(failDelay)
@@ -133,7 +177,7 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 			t.Stop()
 		}
 	}
-	return false
+	return false, nil
 }
 
 // Remembers reports whether password is user's by the cache of recent

@@ -167,10 +167,34 @@ func (ks *KeySet) key(header map[string]any, now time.Time) (crypto.PublicKey, e
 	return nil, fmt.Errorf("%w: kid %q", ErrKeyUnknown, kid)
 }
 
+// Bounds of an x5c chain, checked before any signature in it is: the
+// chain is whoever sent the token's, and building it to the bundle checks
+// the signature of each certificate against every candidate parent the
+// chain offers (up to 100 checks, Go's cap). RSA has no upper bound on the
+// modulus in Go's certificate parser, and a check's cost grows with the
+// square of the modulus: 60 made-up intermediates of 32768-bit keys (half
+// a megabyte of Authorization header, no private key needed) cost 2.5 s
+// of CPU per request, for anyone. Token services send the leaf and its
+// intermediates, a handful; crypto/tls refuses RSA keys over 8192 bits
+// in handshakes likewise.
+const (
+	maxChainCerts   = 5
+	maxChainRSABits = 8192
+)
+
+// Refusals of an x5c chain before it is verified.
+var (
+	errChainTooLong  = errors.New("x5c holds more certificates than a token service sends")
+	errChainKeyLarge = errors.New("x5c certificate with an RSA key over 8192 bits")
+)
+
 func (ks *KeySet) chainKey(raw any, now time.Time) (crypto.PublicKey, error) {
 	list, ok := raw.([]any)
 	if !ok || len(list) == 0 {
 		return nil, fmt.Errorf("%w: malformed x5c", ErrKeyUnknown)
+	}
+	if len(list) > maxChainCerts {
+		return nil, fmt.Errorf("%w: %w (%d, at most %d)", ErrKeyUnknown, errChainTooLong, len(list), maxChainCerts)
 	}
 	if ks.nroot == 0 {
 		return nil, fmt.Errorf("%w: x5c chain but no trusted certificates", ErrKeyUnknown)
@@ -187,6 +211,9 @@ func (ks *KeySet) chainKey(raw any, now time.Time) (crypto.PublicKey, error) {
 		}
 		if certs[i], err = x509.ParseCertificate(der); err != nil {
 			return nil, fmt.Errorf("%w: x5c entry %d: %v", ErrKeyUnknown, i, err)
+		}
+		if k, ok := certs[i].PublicKey.(*rsa.PublicKey); ok && k.N.BitLen() > maxChainRSABits {
+			return nil, fmt.Errorf("%w: x5c entry %d: %w (%d bits)", ErrKeyUnknown, i, errChainKeyLarge, k.N.BitLen())
 		}
 	}
 	inter := x509.NewCertPool()

@@ -187,14 +187,14 @@ func TestHtpasswd(t *testing.T) {
 	h := testHtpasswd(t, map[string]string{"ci": "s3cret"})
 	ctx := context.Background()
 	for range 2 { // the second check is answered from the cache
-		if !h.Check(ctx, "ci", "s3cret", time.Second) {
+		if ok, err := h.Check(ctx, "ci", "s3cret", time.Second); !ok || err != nil {
 			t.Fatal("good password refused")
 		}
 	}
 	delay := 50 * time.Millisecond
 	for _, up := range [][2]string{{"ci", "wrong"}, {"nobody", "s3cret"}, {"", ""}} {
 		start := time.Now()
-		if h.Check(ctx, up[0], up[1], delay) {
+		if ok, err := h.Check(ctx, up[0], up[1], delay); ok || err != nil {
 			t.Fatalf("%v accepted", up)
 		}
 		if d := time.Since(start); d < delay {

@@ -2,8 +2,10 @@ package sigpolicy
 
 import (
 	"context"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -14,12 +16,14 @@ import (
 	"github.com/notaryproject/notation-core-go/revocation"
 	corecrl "github.com/notaryproject/notation-core-go/revocation/crl"
 	"github.com/notaryproject/notation-core-go/revocation/purpose"
+	"github.com/notaryproject/notation-core-go/signature"
 	"github.com/notaryproject/notation-go"
 	"github.com/notaryproject/notation-go/verifier"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	"github.com/notaryproject/notation-go/verifier/truststore"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/veraison/go-cose"
 )
 
 // trustStoreName is the one named trust store of the policy built here.
@@ -109,6 +113,9 @@ func (p *Policy) verifyNotation(ctx context.Context, src Source, s Subject, m si
 	if err != nil {
 		return err
 	}
+	if err := checkEnvelopeChain(l.MediaType, env); err != nil {
+		return fmt.Errorf("notation signature: %w", err)
+	}
 	desc := ocispec.Descriptor{MediaType: s.MediaType, Digest: digest.Digest(s.Digest), Size: s.Size}
 	// Notation wants a full reference to pick a trust policy; the one
 	// built here covers every scope, so any well-formed one does.
@@ -123,3 +130,76 @@ func (p *Policy) verifyNotation(ctx context.Context, src Source, s Subject, m si
 }
 
 func decodeBase64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
+
+// Bounds of the certificate chain a notation envelope carries, checked
+// before notation sees the envelope. The chain is the pusher's (or a
+// mirror's upstream's), and notation checks the envelope's signature with
+// its leaf's key, then each certificate's signature with the next one's
+// key, before it asks whether any of them is trusted; Go's certificate
+// parser puts no bound on an RSA modulus, whose checks cost its size
+// squared: an 88 KB envelope whose leaf held a made-up 262144-bit key
+// (no private key needed) cost 4 s of CPU per candidate, and one of the
+// 1 MiB a signature layer may be would cost minutes, on every pull of
+// the manifest it names once the refusal expired (notationFailTTL).
+const (
+	// maxEnvelopeCerts: leaf, intermediates and root, a handful.
+	maxEnvelopeCerts = 8
+	// maxEnvelopeRSABits bounds an RSA key of the chain past its leaf
+	// (crypto/tls's bound in handshakes); the leaf must have a key the
+	// Notary Project specification allows, as notation itself requires
+	// later (RSA 2048, 3072 or 4096 bits, ECDSA P-256, P-384 or P-521).
+	maxEnvelopeRSABits = 8192
+)
+
+// checkEnvelopeChain refuses an envelope whose certificate chain is longer
+// than maxEnvelopeCerts, or holds a key past the bounds above. It reads
+// the chain where notation does (a JWS envelope's unprotected header
+// x5c, a COSE_Sign1's unprotected x5chain) with the same parsers, and
+// verifies nothing.
+func checkEnvelopeChain(mediaType string, env []byte) error {
+	var chain [][]byte
+	switch mediaType {
+	case MediaTypeJWS:
+		var e struct {
+			Header struct {
+				X5C [][]byte `json:"x5c"`
+			} `json:"header"`
+		}
+		if err := json.Unmarshal(env, &e); err != nil {
+			return fmt.Errorf("JWS envelope unreadable: %w", err)
+		}
+		chain = e.Header.X5C
+	case MediaTypeCOSE:
+		var msg cose.Sign1Message
+		if err := msg.UnmarshalCBOR(env); err != nil {
+			return fmt.Errorf("COSE envelope unreadable: %w", err)
+		}
+		certs, _ := msg.Headers.Unprotected[cose.HeaderLabelX5Chain].([]any)
+		for _, c := range certs {
+			der, ok := c.([]byte)
+			if !ok {
+				return errors.New("COSE envelope: x5chain holds something other than certificates")
+			}
+			chain = append(chain, der)
+		}
+	}
+	if len(chain) > maxEnvelopeCerts {
+		return fmt.Errorf("envelope with %d certificates in its chain, at most %d", len(chain), maxEnvelopeCerts)
+	}
+	for i, der := range chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("envelope certificate %d: %w", i, err)
+		}
+		if i == 0 {
+			if _, err := signature.ExtractKeySpec(c); err != nil {
+				return fmt.Errorf("envelope signing certificate: %w", err)
+			}
+			continue
+		}
+		if k, ok := c.PublicKey.(*rsa.PublicKey); ok && k.N.BitLen() > maxEnvelopeRSABits {
+			return fmt.Errorf("envelope certificate %d: RSA key of %d bits, at most %d", i, k.N.BitLen(), maxEnvelopeRSABits)
+		}
+	}
+	return nil
+}

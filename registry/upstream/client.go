@@ -249,13 +249,14 @@ func New(cfg Config) (*Client, error) {
 			proxy = http.ProxyFromEnvironment
 		}
 		rt = newGuardedTransport(&http.Transport{
-			Proxy:                 proxy,
-			TLSClientConfig:       tc,
-			TLSHandshakeTimeout:   dial,
-			ResponseHeaderTimeout: header,
-			ForceAttemptHTTP2:     true,
-			MaxIdleConnsPerHost:   32,
-			IdleConnTimeout:       90 * time.Second,
+			Proxy:                  proxy,
+			TLSClientConfig:        tc,
+			TLSHandshakeTimeout:    dial,
+			ResponseHeaderTimeout:  header,
+			ForceAttemptHTTP2:      true,
+			MaxResponseHeaderBytes: MaxResponseHeaderBytes,
+			MaxIdleConnsPerHost:    32,
+			IdleConnTimeout:        90 * time.Second,
 		}, dial, c.resolver)
 	}
 	c.hc = &http.Client{Transport: rt, CheckRedirect: c.checkRedirect}
@@ -292,6 +293,15 @@ func CheckURL(s string) error {
 	_, err := parseBase(s)
 	return err
 }
+
+// MaxResponseHeaderBytes bounds the headers of one answer from upstream,
+// a blob's storage or a token service. Go's default is 10 MiB; each
+// answer's headers are held whole while its body is read, and no budget
+// of the registry's (that of manifest bodies, the fill slots) counts
+// them, so a hostile upstream answering pulls of made-up digests with
+// megabytes of headers would grow the process by as much per pull.
+// Registries, storage services and token services send a few KiB.
+const MaxResponseHeaderBytes = 64 << 10
 
 // maxRedirects bounds a blob's redirect chain; registries use one or two.
 const maxRedirects = 5

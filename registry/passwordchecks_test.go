@@ -1,0 +1,156 @@
+package registry
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/caddy-oci/caddy-oci/authscope"
+)
+
+// TestPasswordChecksBounded: wrong passwords for made-up user names, sent
+// at once from where no login bound stops them (many addresses; here no
+// login_limit), run their bcrypt comparisons at most half the CPUs at a
+// time, and a login that waits too long for its turn is answered 429
+// TOOMANYREQUESTS with Retry-After, unchecked, instead of each adding a
+// comparison to the CPUs: with the comparisons at the cost caddy
+// hash-password writes (14), twenty addresses within login_limit's
+// default bounds kept both CPUs of a registry busy and an anonymous
+// manifest GET took a second instead of 2 ms. Every answer is a 401 or a
+// 429, never a 500.
+//
+// The logins sent are enough to keep the comparisons' share of CPUs busy
+// for three times the wait for a turn, at the machine's measured speed. Before
+// the bound, all of them were compared at once and answered 401: no 429.
+func TestPasswordChecksBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs bcrypt comparisons for about 10 s")
+	}
+	const cost = 11
+	hash, err := bcrypt.GenerateFromPassword([]byte("ci-pw"), cost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, err := authscope.ParseHtpasswd([]byte("ci:" + string(hash) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := time.Hour // the fastest of three comparisons
+	for range 3 {
+		start := time.Now()
+		_ = bcrypt.CompareHashAndPassword(hash, []byte("wrong"))
+		one = min(one, time.Since(start))
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{"pub/**": {Anonymous: []string{"read"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
+
+	turns := max(1, runtime.GOMAXPROCS(0)/2)
+	const wait = 10 * time.Second // the wait for a turn
+	logins := int(3*wait/one)*turns + 2*turns
+	t.Logf("one comparison %s: %d logins for %d turns", one, logins, turns)
+
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var retryAfter []string
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: logins}}
+	for i := range logins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, ar.srv.URL+"/v2/pub/app/tags/list", nil)
+			req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("nobody%d:wrong", i))))
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Errorf("login %d: %v", i, err)
+				return
+			}
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			statuses[resp.StatusCode]++
+			if resp.StatusCode == http.StatusTooManyRequests {
+				retryAfter = append(retryAfter, resp.Header.Get("Retry-After"))
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("answers: %v", statuses)
+	for s := range statuses {
+		if s != http.StatusUnauthorized && s != http.StatusTooManyRequests {
+			t.Errorf("%d answers %d, want 401 or 429", statuses[s], s)
+		}
+	}
+	if statuses[http.StatusTooManyRequests] == 0 {
+		t.Fatalf("no login was refused as one too many at once: the %d comparisons ran together", logins)
+	}
+	for _, ra := range retryAfter {
+		if ra == "" {
+			t.Fatal("a 429 without Retry-After")
+		}
+	}
+}
+
+// TestPasswordChecksBurstOfOneAccount: many jobs starting at once with
+// one account's good credentials wait for one comparison, not one each:
+// the bound on comparisons at once must not turn a CI burst into 429s.
+func TestPasswordChecksBurstOfOneAccount(t *testing.T) {
+	const cost = 12
+	hash, err := bcrypt.GenerateFromPassword([]byte("ci-pw"), cost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, err := authscope.ParseHtpasswd([]byte("ci:" + string(hash) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{"pub/**": {Anonymous: []string{"read"}, Default: []string{"read"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := newAuthRegistry(t, authscope.Options{Htpasswd: hp, Policy: pol}, "")
+	start := time.Now()
+	_ = bcrypt.CompareHashAndPassword(hash, []byte("ci-pw"))
+	one := time.Since(start)
+	// More jobs than the turns could compare within the wait one by one.
+	jobs := int(2*10*time.Second/one) + 2
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	client := &http.Client{Timeout: time.Minute}
+	for range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, ar.srv.URL+"/v2/pub/app/tags/list", nil)
+			req.SetBasicAuth("ci", "ci-pw")
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			mu.Lock()
+			statuses[resp.StatusCode]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d jobs (one comparison %s): %v", jobs, one, statuses)
+	if statuses[http.StatusTooManyRequests] > 0 || statuses[http.StatusUnauthorized] > 0 {
+		t.Errorf("answers %v: good credentials refused", statuses)
+	}
+}
