@@ -87,7 +87,7 @@ func initCollectors() {
 	collectors.mirrorLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns,
 		Name:      "mirror_lookups_total",
-		Help:      "Mirrored blob and manifest requests by registry, kind and result (hit: served from the store, miss: fetched upstream).",
+		Help:      "Mirrored blob, manifest and referrers requests by registry, kind and result (hit: served from the store, or the referrers answer kept; miss: fetched upstream).",
 	}, []string{"registry", "kind", "result"})
 	collectors.mirrorBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns,

@@ -125,8 +125,9 @@ type Mirror struct {
 // metrics. registry is the mirror's prefix; every label is a fixed string
 // or a configured prefix, never user input.
 type MirrorObserver interface {
-	// MirrorLookup: a blob or manifest request ("blob", "manifest")
-	// answered from the store (hit) or not.
+	// MirrorLookup: a blob, manifest or referrers request ("blob",
+	// "manifest", "referrers") answered from the store, or for referrers
+	// from the answer kept (hit), or not.
 	MirrorLookup(registry, kind string, hit bool)
 	// MirrorBytes: bytes sent to clients from the store ("cache") and
 	// bytes fetched from upstream ("upstream").
