@@ -1,11 +1,15 @@
 package registry
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
+	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,11 +46,14 @@ func (tr *testRegistry) openSession(repo, client string, hdr ...string) response
 }
 
 // stream sends data as a body of unknown length (chunked).
-func (tr *testRegistry) stream(method, path string, data []byte) response {
+func (tr *testRegistry) stream(method, path string, data []byte, hdr ...string) response {
 	tr.t.Helper()
 	req, err := http.NewRequest(method, tr.srv.URL+path, struct{ io.Reader }{bytes.NewReader(data)})
 	if err != nil {
 		tr.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := tr.srv.Client().Do(req)
 	if err != nil {
@@ -55,6 +62,25 @@ func (tr *testRegistry) stream(method, path string, data []byte) response {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return response{Response: resp, body: b}
+}
+
+// rawPatch sends PATCH path declaring contentLength bytes (which Go's
+// client cannot send without the bytes) and a few of them, and returns the
+// status of the answer.
+func rawPatch(t *testing.T, srvURL, path, contentLength string) int {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srvURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: registry.test\r\nContent-Length: %s\r\n\r\nsome bytes", path, contentLength)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func (tr *testRegistry) wantUsage(sessions int, bytes int64) {
@@ -238,6 +264,11 @@ func TestUploadMaxBlobSize(t *testing.T) {
 	tr.wantError(tr.do("PATCH", loc, big[:600], "Content-Range", "600-1199"), http.StatusRequestEntityTooLarge, CodeSizeInvalid)
 	tr.wantError(tr.do("PATCH", loc, big[:600]), http.StatusRequestEntityTooLarge, CodeSizeInvalid)
 	tr.wantError(tr.do("PUT", loc+"?digest="+d.String(), big[:600]), http.StatusRequestEntityTooLarge, CodeSizeInvalid)
+	// A Content-Length of the largest int64: the session's size plus the
+	// chunk's does not wrap around to pass the limit.
+	if status := rawPatch(t, tr.srv.URL, loc, "9223372036854775807"); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("PATCH declaring %d bytes: status %d, want 413", int64(math.MaxInt64), status)
+	}
 	st := tr.do("GET", loc, nil)
 	tr.wantStatus(st, http.StatusNoContent)
 	if st.Header.Get("Range") != "0-599" {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -257,7 +258,11 @@ func (h *Handler) appendBody(w http.ResponseWriter, r *http.Request, rc *request
 		declared = r.ContentLength // -1: a stream of unknown length
 	}
 	if declared >= 0 {
-		if err := h.checkDeclaredSize(u.Size + declared); err != nil {
+		end := u.Size + declared
+		if end < u.Size {
+			end = math.MaxInt64 // a declared length near the int64 limit
+		}
+		if err := h.checkDeclaredSize(end); err != nil {
 			return u, err
 		}
 	}
