@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 )
@@ -385,7 +386,32 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		}
 		m.Subject = sd
 	}
+	for _, f := range []struct{ name, v string }{{"mediaType", m.MediaType}, {"artifactType", m.ArtifactType}} {
+		if err := checkTypeField(f.v); err != nil {
+			return cache.Manifest{}, errManifestInvalid(f.name+" "+err.Error(), nil)
+		}
+	}
 	return m, nil
+}
+
+// maxTypeLength bounds a manifest's media and artifact types. The store
+// keeps them as text beside the manifest (PostgreSQL's text holds no NUL
+// and only UTF-8), and they go out again in headers and referrers lists;
+// no real type comes near the bound.
+const maxTypeLength = 1024
+
+// checkTypeField refuses a type every backend could not keep as it is, so
+// that a push is refused the same way (MANIFEST_INVALID) on all of them.
+func checkTypeField(v string) error {
+	switch {
+	case len(v) > maxTypeLength:
+		return fmt.Errorf("is longer than %d bytes", maxTypeLength)
+	case !utf8.ValidString(v):
+		return errors.New("is not valid UTF-8")
+	case strings.ContainsRune(v, 0):
+		return errors.New("holds a NUL")
+	}
+	return nil
 }
 
 // blobChecks is how many of a manifest's blobs are checked at once: on

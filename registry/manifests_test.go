@@ -153,6 +153,10 @@ func TestManifestErrors(t *testing.T) {
 		{"tag invalid", "-bad", mtManifest, good, 400, CodeTagInvalid},
 		{"tag parameter invalid", "t?tag=.bad", mtManifest, good, 400, CodeTagInvalid},
 		{"too large", "t", mtManifest, bytes.Repeat([]byte(" "), 2001), 413, CodeSizeInvalid},
+		// Refused the same way on every metadata backend (PostgreSQL's
+		// text holds no NUL), not stored by one and refused by another.
+		{"artifactType too long", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "artifactType": "application/" + strings.Repeat("x", 1013), "config": cfgDesc, "layers": []any{}}), 400, CodeManifestInvalid},
+		{"artifactType with NUL", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "artifactType": "application/x\u0000y", "config": cfgDesc, "layers": []any{}}), 400, CodeManifestInvalid},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
