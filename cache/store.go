@@ -16,6 +16,7 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oci/caddy-oci/cache/internal/badgeropen"
 	"github.com/caddy-oci/caddy-oci/cache/internal/badgerwrite"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
@@ -212,7 +213,7 @@ func Open(opts Options) (*Store, error) {
 	// 64 times larger, and so would their builders. (Options has no
 	// setter for it.)
 	bo.TableSizeMultiplier = 1
-	db, err := badger.Open(bo)
+	db, err := badgeropen.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("cache: open metadata: %w", blobfile.DatabaseOpenError(metaDir, err))
 	}
