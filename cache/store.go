@@ -199,6 +199,9 @@ func Open(opts Options) (*Store, error) {
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
+		// A value the log cannot read back whole (a crash cut it
+		// short, a page overwritten) reads as empty, not as other bytes.
+		WithVerifyValueChecksum(true).
 		WithValueThreshold(64 << 10).
 		WithNumCompactors(2).
 		WithNumGoroutines(2).

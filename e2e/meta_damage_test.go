@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,5 +68,117 @@ func TestDamagedMetadataTable(t *testing.T) {
 	s.start()
 	for _, im := range images {
 		checkImage(t, s, "damage/app", im.digest[7:19], "with the table whole again")
+	}
+}
+
+// bigManifestImage is a churnImage whose manifest is over 1 MiB, so that
+// the embedded metadata keeps its bytes in badger's value log: padded with
+// spaces (its record stays small), or with an annotation (its record, which
+// keeps the annotations, goes to the value log too).
+func bigManifestImage(t *testing.T, annotation bool) churnImage {
+	t.Helper()
+	im := newChurnImage(t)
+	const pad = 3 << 20 / 2
+	tail, space := "", strings.Repeat(" ", pad)
+	if annotation {
+		tail, space = fmt.Sprintf(`,"annotations":{"pad":%q}`, strings.Repeat("p", pad)), ""
+	}
+	im.manifest = []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}]%s}%s`,
+		blobDigest(im.config), len(im.config), blobDigest(im.layer), len(im.layer), tail, space))
+	im.digest = blobDigest(im.manifest)
+	return im
+}
+
+// TestDamagedValueLog: one node on S3 keeps manifests in metadata_dir; one
+// of over 1 MiB goes to badger's value log, whose last writes a crash on a
+// disk without write barriers lost while the keys pointing at them stayed.
+// badger logs the failed read and hands back an empty value. The manifest
+// must not be answered 200 with other bytes than its digest's, nor fail
+// every pull and push: it answers 404 (as the single node answers a
+// manifest whose file is gone), a push of it again makes it whole, and a
+// delete removes it.
+func TestDamagedValueLog(t *testing.T) {
+	srv, bucket := s3Bucket(t)
+	for _, c := range []struct {
+		name string
+		// annotation: the record is lost with the bytes; else only the
+		// bytes, its record whole.
+		annotation bool
+	}{{"bytes lost", false}, {"record and bytes lost", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			metaDir := filepath.Join(t.TempDir(), "meta")
+			s := siteServer(t, "", s3EmbeddedSite(srv, bucket, metaDir, ""), 0)
+			small, big := newChurnImage(t), bigManifestImage(t, c.annotation)
+			repo := "damage/" + strings.ReplaceAll(c.name, " ", "-")
+			for _, p := range []struct {
+				tag string
+				im  churnImage
+			}{{"small", small}, {"big", big}} {
+				if !p.im.pushBlobs(s, repo) || !p.im.putManifest(s, repo, p.tag) {
+					t.Fatalf("push of %s failed: %v", p.tag, churnSample.Load())
+				}
+			}
+			s.kill()
+			loseLogTail(t, metaDir, len(big.manifest)/2, c.annotation)
+
+			s.start()
+			checkImage(t, s, repo, "small", "after the value log's tail was lost")
+			for _, ref := range []string{"big", big.digest} {
+				req, _ := http.NewRequest(http.MethodGet, s.url("/v2/"+repo+"/manifests/"+ref), nil)
+				req.Header.Set("Accept", ociManifest)
+				resp, err := churnClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusNotFound {
+					t.Errorf("GET manifest %s after its value was lost: %s (Content-Length %s, Docker-Content-Digest %s), then %d bytes hashing to %s (%v); want 404",
+						ref, resp.Status, resp.Header.Get("Content-Length"), resp.Header.Get("Docker-Content-Digest"), len(body), blobDigest(body), err)
+				}
+			}
+			if c.annotation {
+				if st, _ := churnDo(http.MethodDelete, s.url("/v2/"+repo+"/manifests/"+big.digest), nil, ""); st != http.StatusAccepted {
+					t.Errorf("DELETE of the damaged manifest: %d (%v)", st, churnSample.Load())
+				}
+			}
+			if !big.putManifest(s, repo, "big") {
+				t.Fatalf("push of the big manifest again: %v", churnSample.Load())
+			}
+			checkImage(t, s, repo, "big", "pushed again")
+		})
+	}
+}
+
+// loseLogTail zeroes what was written last to the newest value log of
+// dir: n bytes, or with more also the n*3 before them (a record and the
+// bytes of the same manifest, in either order).
+func loseLogTail(t *testing.T, dir string, n int, more bool) {
+	t.Helper()
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if len(logs) == 0 {
+		t.Fatal("no value log in metadata_dir")
+	}
+	vlog := logs[len(logs)-1]
+	b, err := os.ReadFile(vlog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if more {
+		n *= 4
+	}
+	end := len(bytes.TrimRight(b, "\x00"))
+	if end < n {
+		t.Fatalf("%s holds %d bytes, less than the %d to lose", filepath.Base(vlog), end, n)
+	}
+	f, err := os.OpenFile(vlog, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(make([]byte, n), int64(end-n)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -81,7 +81,10 @@ func Open(dir string) (*Store, error) {
 		WithNumMemtables(2).
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
-		WithValueLogFileSize(64 << 20)
+		WithValueLogFileSize(64 << 20).
+		// A value the log cannot read back whole (a crash cut it
+		// short, a page overwritten) reads as empty, not as other bytes.
+		WithVerifyValueChecksum(true)
 	db, err := badgeropen.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, blobfile.DatabaseOpenError(dir, err))
