@@ -475,7 +475,11 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 		if err != nil {
 			return nil, err
 		}
-		if err := h.storeFetched(ctx, rc, res, tag); err != nil {
+		storeTag := tag
+		if m.copy {
+			storeTag = "" // set by Commit, as in copyTag
+		}
+		if err := h.storeFetched(ctx, rc, res, storeTag); err != nil {
 			return nil, err
 		}
 		return result{res: res, fetched: true, covers: covers}, nil
@@ -484,7 +488,11 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 		return SyncManifest{}, false, err
 	}
 	r := v.(result)
-	return SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body, covers: r.covers}, r.fetched, nil
+	sm := SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body, covers: r.covers}
+	if r.fetched && m.copy {
+		sm.commit = func(ctx context.Context) error { return h.storeFetched(ctx, rc, r.res, tag) }
+	}
+	return sm, r.fetched, nil
 }
 
 // Blob brings blob d of repo into the store and links it there, as a
