@@ -139,6 +139,11 @@ func TestDamagedValueLog(t *testing.T) {
 			s.start()
 			checkImage(t, s, repo, "small", "after the value log's tail was lost")
 			for _, ref := range []string{"big", big.digest} {
+				// A HEAD says what a GET says: pushing clients that
+				// HEAD first send it again only on a 404.
+				if st, _ := churnDo(http.MethodHead, s.url("/v2/"+repo+"/manifests/"+ref), nil, ""); st != http.StatusNotFound {
+					t.Errorf("HEAD manifest %s after its value was lost: %d; want 404", ref, st)
+				}
 				req, _ := http.NewRequest(http.MethodGet, s.url("/v2/"+repo+"/manifests/"+ref), nil)
 				req.Header.Set("Accept", ociManifest)
 				resp, err := churnClient.Do(req)

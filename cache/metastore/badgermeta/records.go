@@ -241,17 +241,32 @@ func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, w
 		if err != nil || !ok {
 			return cmpErr(err, fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo))
 		}
-		if m, err = rec.manifest(d, true); err != nil || !withBody {
+		if m, err = rec.manifest(d, true); err != nil {
 			return err
 		}
-		body, _, err = get(txn, key("mb/", repo, d.String()))
-		if err == nil && int64(len(body)) != m.Size {
-			// badger answers a value its log cannot read back as
-			// empty, with no error (it logs the failure).
-			return fmt.Errorf("%w: badgermeta: manifest %s in %s: %d of its %d bytes read back",
-				metastore.ErrDamaged, d, repo, len(body), m.Size)
+		// badger answers a value its log cannot read back as empty, with
+		// no error (it logs the failure). Without the body too, so that
+		// a HEAD says what a GET would.
+		n := 0
+		item, err := txn.Get(key("mb/", repo, d.String()))
+		if err == nil {
+			err = item.Value(func(v []byte) error {
+				n = len(v)
+				if withBody {
+					body = slices.Clone(v)
+				}
+				return nil
+			})
 		}
-		return err
+		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		if int64(n) != m.Size {
+			body = nil
+			return fmt.Errorf("%w: badgermeta: manifest %s in %s: %d of its %d bytes read back",
+				metastore.ErrDamaged, d, repo, n, m.Size)
+		}
+		return nil
 	})
 	return m, body, err
 }
