@@ -447,6 +447,10 @@ func (s *Store) StatManifest(ctx context.Context, repo string, d Digest) (Manife
 		m, err = getManifest(txn, repo, d)
 		return err
 	})
+	if errors.Is(err, errRecordDamaged) {
+		s.log.Error("manifest damaged in the metadata; answered as unknown until it is pushed again",
+			zap.String("repo", repo), zap.String("digest", d.String()), zap.Error(err))
+	}
 	return m, err
 }
 
@@ -460,10 +464,17 @@ func getManifest(txn *badger.Txn, repo string, d Digest) (Manifest, error) {
 	}
 	var rec manifestRecord
 	if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err != nil {
-		return Manifest{}, fmt.Errorf("cache: decode manifest: %w", err)
+		return Manifest{}, fmt.Errorf("%w: %s in %s: %w: %w", ErrManifestUnknown, d, repo, errRecordDamaged, err)
 	}
 	return rec.manifest(d), nil
 }
+
+// errRecordDamaged marks a manifest record that does not read back (a
+// record over the value threshold whose value log a crash cut short:
+// badger answers it as empty). It is answered as unknown, as a manifest
+// whose file is gone, so a client pushes it again, which writes it whole;
+// a delete removes it.
+var errRecordDamaged = errors.New("its record does not read back")
 
 // ResolveTag returns the digest tag points at in repo. ErrTagUnknown when
 // the tag does not exist.
@@ -554,7 +565,7 @@ func (s *Store) dropTagsOf(ctx context.Context, repo string, d Digest) error {
 	want := []byte(d.String())
 	var keys [][]byte
 	err := s.db.View(func(txn *badger.Txn) error {
-		if _, err := getManifest(txn, repo, d); err != nil {
+		if _, err := getManifest(txn, repo, d); err != nil && !errors.Is(err, errRecordDamaged) {
 			return nil // DeleteManifest's own transaction says so
 		}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: tagPrefix(repo), PrefetchValues: true, PrefetchSize: 64})
@@ -620,6 +631,11 @@ func (s *Store) dropTagsOf(ctx context.Context, repo string, d Digest) error {
 // keep the young ones).
 func deleteManifestTxn(txn *badger.Txn, repo string, d Digest, since time.Time) error {
 	m, err := getManifest(txn, repo, d)
+	if errors.Is(err, errRecordDamaged) {
+		// Deleted without its referrer entry, which only the record
+		// names: an entry without its record is not listed.
+		m, err = Manifest{Digest: d}, nil
+	}
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oci/caddy-oci/cache/internal/badgeropen"
 	"github.com/caddy-oci/caddy-oci/cache/internal/badgerwrite"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
@@ -198,6 +199,9 @@ func Open(opts Options) (*Store, error) {
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
+		// A value the log cannot read back whole (a crash cut it
+		// short, a page overwritten) reads as empty, not as other bytes.
+		WithVerifyValueChecksum(true).
 		WithValueThreshold(64 << 10).
 		WithNumCompactors(2).
 		WithNumGoroutines(2).
@@ -212,7 +216,7 @@ func Open(opts Options) (*Store, error) {
 	// 64 times larger, and so would their builders. (Options has no
 	// setter for it.)
 	bo.TableSizeMultiplier = 1
-	db, err := badger.Open(bo)
+	db, err := badgeropen.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("cache: open metadata: %w", blobfile.DatabaseOpenError(metaDir, err))
 	}

@@ -119,6 +119,9 @@ type Mirror struct {
 	// repositories is cfg.Repositories spelled out once: serves runs on
 	// every request.
 	repositories []authscope.Pattern
+	// copy: a sync_into's source (NewCopySource), whose tags are local
+	// content no pull fills on demand.
+	copy bool
 }
 
 // MirrorObserver is implemented by an Observer that also wants mirror
@@ -196,7 +199,12 @@ func NewCopySource(localPrefix string, cfg MirrorConfig) (*Mirror, error) {
 	}
 	cfg.Prefix = localPrefix
 	cfg.Aliases, cfg.Hosts, cfg.Default, cfg.LibraryPrefix, cfg.UpstreamPrefix = nil, nil, false, "", ""
-	return newMirror(withDefaults(cfg))
+	m, err := newMirror(withDefaults(cfg))
+	if err != nil {
+		return nil, err
+	}
+	m.copy = true
+	return m, nil
 }
 
 // withDefaults fills what cfg leaves at zero.

@@ -48,6 +48,23 @@ type SyncManifest struct {
 	// manifests it lists through on that signature, however long after
 	// (see Manifest).
 	covers *sigCoverage
+	// commit, set by Tag for a sync_into, points the tag at the manifest
+	// (stored by digest only until then).
+	commit func(context.Context) error
+}
+
+// Commit makes the tag Tag returned man for point at it, once what it
+// selects is stored. A mirror's tag is stored by Tag itself (a pull
+// fetches what is missing on demand), and Commit does nothing; a
+// sync_into's prefix is local content, which no pull fills, so its tag is
+// set only by Commit: a tag there is never visible before its children
+// and blobs (a run killed midway, or one that failed on a child, leaves
+// the tag where it was).
+func (m SyncManifest) Commit(ctx context.Context) error {
+	if m.commit == nil {
+		return nil
+	}
+	return m.commit(ctx)
 }
 
 // sigCoverage: the manifests a signed index lists, in one repository
@@ -261,6 +278,9 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 	if h.signaturePolicy(rc.name) != nil {
 		return s.verifiedTag(ctx, rc, tag, ti, have)
 	}
+	if m.copy {
+		return s.copyTag(ctx, rc, tag, ti, have)
+	}
 	v, err, _ := m.revalidations.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
@@ -274,6 +294,36 @@ func (s *SyncSource) Tag(ctx context.Context, repo, tag string) (SyncManifest, b
 		return SyncManifest{}, false, err
 	}
 	return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, !have || res.m.Digest != ti.Digest, nil
+}
+
+// copyTag is Tag for a sync_into: a moved or new tag's manifest is stored
+// by digest only, and the tag set by the returned manifest's Commit.
+func (s *SyncSource) copyTag(ctx context.Context, rc *request, tag string, ti cache.TagInfo, have bool) (SyncManifest, bool, error) {
+	h, m := s.h, s.m
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.UpstreamTimeout)
+	defer cancel()
+	if have {
+		resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "manifests/"+tag, manifestAccept)
+		if err != nil {
+			return SyncManifest{}, false, err
+		}
+		resp.Body.Close()
+		if resp.Header.Get("Docker-Content-Digest") == ti.Digest.String() {
+			if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
+				if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil {
+					return SyncManifest{}, false, err
+				}
+				return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body}, false, nil
+			}
+		}
+	}
+	res, err := h.fetchManifest(ctx, rc, tag, cache.Digest{}, "")
+	if err != nil {
+		return SyncManifest{}, false, err
+	}
+	sm := SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}
+	sm.commit = func(ctx context.Context) error { return h.storeFetched(ctx, rc, res, tag) }
+	return sm, true, nil
 }
 
 // Manifest brings repo@d, which the index parent lists, into the store,
@@ -425,7 +475,11 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 		if err != nil {
 			return nil, err
 		}
-		if err := h.storeFetched(ctx, rc, res, tag); err != nil {
+		storeTag := tag
+		if m.copy {
+			storeTag = "" // set by Commit, as in copyTag
+		}
+		if err := h.storeFetched(ctx, rc, res, storeTag); err != nil {
 			return nil, err
 		}
 		return result{res: res, fetched: true, covers: covers}, nil
@@ -434,7 +488,11 @@ func (s *SyncSource) verifiedTag(ctx context.Context, rc *request, tag string, t
 		return SyncManifest{}, false, err
 	}
 	r := v.(result)
-	return SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body, covers: r.covers}, r.fetched, nil
+	sm := SyncManifest{MediaType: r.res.m.MediaType, Digest: r.res.m.Digest, Body: r.res.body, covers: r.covers}
+	if r.fetched && m.copy {
+		sm.commit = func(ctx context.Context) error { return h.storeFetched(ctx, rc, r.res, tag) }
+	}
+	return sm, r.fetched, nil
 }
 
 // Blob brings blob d of repo into the store and links it there, as a

@@ -2,7 +2,11 @@ package composite
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
@@ -49,16 +53,29 @@ func manifest(m metastore.Manifest) cache.Manifest {
 func (s *Store) GetManifest(ctx context.Context, repo string, d cache.Digest) (cache.Manifest, []byte, error) {
 	m, body, err := s.meta.ManifestBody(ctx, repo, d)
 	if err != nil {
-		return cache.Manifest{}, nil, mapErr(err)
+		return cache.Manifest{}, nil, s.damagedAsUnknown(repo, d, err)
 	}
 	return manifest(m), body, nil
+}
+
+// damagedAsUnknown answers a manifest whose record or bytes do not read
+// back whole as unknown, as the single node answers a manifest whose file
+// is gone, and logs it: a client then pushes it again, which writes it
+// whole, where an error would fail every pull and push of it.
+func (s *Store) damagedAsUnknown(repo string, d cache.Digest, err error) error {
+	if !errors.Is(err, metastore.ErrDamaged) {
+		return mapErr(err)
+	}
+	s.log.Error("manifest damaged in the metadata; answered as unknown until it is pushed again",
+		zap.String("repo", repo), zap.String("digest", d.String()), zap.Error(err))
+	return fmt.Errorf("%w: %w", cache.ErrManifestUnknown, err)
 }
 
 // StatManifest returns repo's manifest d without its bytes.
 func (s *Store) StatManifest(ctx context.Context, repo string, d cache.Digest) (cache.Manifest, error) {
 	m, err := s.meta.Manifest(ctx, repo, d)
 	if err != nil {
-		return cache.Manifest{}, mapErr(err)
+		return cache.Manifest{}, s.damagedAsUnknown(repo, d, err)
 	}
 	return manifest(m), nil
 }

@@ -217,19 +217,35 @@ func (s *Store) hold(ctx context.Context, id string, busy func() error) (context
 	return work, func() { stop(); cancel(); release() }, nil
 }
 
+// leaseEnded turns an error that an operation under work met because
+// work's session lease ended first (the process stopped past the lease's
+// deadline and woken, or its renewals did not get through) into
+// ErrUnavailable naming why: a 503 the client sends again, where the bare
+// context.Canceled the lease's end left was answered 500. The client's own
+// cancellation stays what it is.
+func leaseEnded(work context.Context, err error) error {
+	if err == nil || !errors.Is(err, context.Canceled) {
+		return err
+	}
+	if cause := context.Cause(work); errors.Is(cause, coord.ErrExpired) || errors.Is(cause, coord.ErrLost) {
+		return fmt.Errorf("%w: session %w", cache.ErrUnavailable, cause)
+	}
+	return err
+}
+
 // AppendUpload appends r at offset, which must be the session's size
 // (cache.ErrOffsetMismatch otherwise, nothing written). The blob store's
 // append is all or nothing and the new state is stored with a
 // compare-and-swap, so a chunk cut off mid-way leaves the session as it
 // was, on every replica.
-func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64, r io.Reader) (cache.Upload, error) {
+func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64, r io.Reader) (_ cache.Upload, err error) {
 	stop, running := s.appends.start(id) // before the lease: see localAppends
 	defer running()
 	work, done, err := s.hold(ctx, id, nil)
 	if err != nil {
 		return cache.Upload{}, err
 	}
-	defer done()
+	defer func() { err = leaseEnded(work, err); done() }()
 	u, err := s.load(work, repo, id)
 	if err != nil {
 		return cache.Upload{}, err
@@ -295,7 +311,7 @@ func (s *Store) drop(ctx context.Context, u metastore.Upload, sess blobstore.Ses
 // try or a cancel). The blob is recorded and linked before the session's
 // record goes, so a replica killed in between leaves a session that
 // expires, never a blob without its record.
-func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Digest) (cache.BlobInfo, error) {
+func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Digest) (_ cache.BlobInfo, err error) {
 	work, done, err := s.hold(ctx, id, func() error {
 		if s.appends.running(id) {
 			return fmt.Errorf("%w: a chunk of session %s is still arriving", cache.ErrOffsetMismatch, id)
@@ -305,7 +321,7 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 	if err != nil {
 		return cache.BlobInfo{}, err
 	}
-	defer done()
+	defer func() { err = leaseEnded(work, err); done() }()
 	u, err := s.load(work, repo, id)
 	if err != nil {
 		return cache.BlobInfo{}, err
@@ -345,7 +361,7 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 }
 
 // CancelUpload ends repo's session id and frees its bytes.
-func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
+func (s *Store) CancelUpload(ctx context.Context, repo, id string) (err error) {
 	work, done, err := s.hold(ctx, id, func() error {
 		s.appends.stop(id)
 		return nil
@@ -353,7 +369,7 @@ func (s *Store) CancelUpload(ctx context.Context, repo, id string) error {
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer func() { err = leaseEnded(work, err); done() }()
 	u, err := s.load(work, repo, id)
 	if err != nil {
 		return err

@@ -94,6 +94,11 @@ var (
 	// disk full). Nothing was changed; the registry answers 507, and the
 	// same write succeeds once space is freed.
 	ErrStorageFull = blobstore.ErrStorageFull
+	// ErrDamaged: a manifest's record or bytes in the engine do not read
+	// back whole (an embedded database's value log that a crash cut
+	// short). Reads of it answer this; a put of the same manifest writes
+	// it whole again and a delete removes it.
+	ErrDamaged = errors.New("metadata record damaged")
 )
 
 // Page is one page of a listing in lexical (byte) order.

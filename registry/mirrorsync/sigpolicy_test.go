@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap/zaptest"
 
@@ -147,4 +148,81 @@ func mustDigest(t *testing.T, s string) cache.Digest {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// TestSyncIntoSignedUpstreamDownMidRun: under a signature policy too, a
+// sync_into run that the upstream leaves midway sets no tag whose content
+// is partly missing; the next run sets it whole.
+func TestSyncIntoSignedUpstreamDownMidRun(t *testing.T) {
+	ctx := context.Background()
+	key, err := sigtest.NewCosignKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "cosign.pub")
+	if err := os.WriteFile(keyFile, key.PublicPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := sigpolicy.New(sigpolicy.Config{Match: "copies/**", CosignKeys: []string{keyFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, after := range []int{4, 7} {
+		up := newUpstream(t)
+		signed := up.pushIndex("lib/app", "signed")
+		signIndex(t, up, "lib/app", key, signed)
+		store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: zaptest.NewLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = store.Close() })
+		h, err := registry.NewHandler(registry.Config{Store: store, SignaturePolicies: []*sigpolicy.Policy{p}, Logger: zaptest.NewLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		into, err := registry.NewCopySource("copies/hub", registry.MirrorConfig{Upstreams: []string{up.srv.URL}, MaxRetries: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newSync(t, h.SyncSource(into), mirrorsync.Content{Repository: "lib/app", Tags: "^signed$"})
+		whole := func(when string) bool {
+			if _, err := store.ResolveTag(ctx, "copies/hub/lib/app", "signed"); err != nil {
+				return false
+			}
+			for pl, img := range signed.images {
+				md, _ := img.Digest()
+				cd, _ := img.ConfigName()
+				if _, _, err := store.GetManifest(ctx, "copies/hub/lib/app", mustDigest(t, md.String())); err != nil {
+					t.Errorf("down after %d, %s: tag set, its %s manifest: %v", after, when, pl, err)
+				} else if _, err := store.HasBlob(ctx, "copies/hub/lib/app", mustDigest(t, cd.String())); err != nil {
+					t.Errorf("down after %d, %s: tag set, the config of its %s image: %v", after, when, pl, err)
+				}
+			}
+			return true
+		}
+		up.mu.Lock()
+		up.downAfter = after
+		up.mu.Unlock()
+		st := s.Run(ctx)
+		t.Logf("upstream down after %d requests: %d errors, tag set: %v", after, st.ErrorCount, whole("after the failed run"))
+		up.mu.Lock()
+		up.down, up.downAfter = false, 0
+		up.mu.Unlock()
+		// A refusal while the upstream was down is kept 2 s (sigFailTTL):
+		// the operator's next run, a little later, gets through.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st := s.Run(ctx)
+			if st.ErrorCount == 0 && st.Tags == 1 && st.SkippedUnsigned == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("down after %d: the runs after: %+v", after, st)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if !whole("after the next run") {
+			t.Errorf("down after %d: tag not set after the next run", after)
+		}
+	}
 }

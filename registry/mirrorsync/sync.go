@@ -430,7 +430,12 @@ func (r *run) syncTag(ctx context.Context, j job) {
 	if fetched {
 		r.count(func(st *RunStats) { st.ManifestsFetched++ })
 	}
-	r.walk(ctx, j, man, 0)
+	if !r.walk(ctx, j, man, 0) {
+		return // a sync_into's tag stays where it was: the next run tries again
+	}
+	if err := r.retry(ctx, func() error { return man.Commit(ctx) }); err != nil {
+		r.fail(what, err)
+	}
 }
 
 // descPlatform is a descriptor's platform.
@@ -455,17 +460,19 @@ type doc struct {
 
 // walk fetches what man references: the children of an index that the
 // platforms select (following nested indexes), or an image's config and
-// layers.
-func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth int) {
+// layers. It reports whether all of it is stored (a skip by the
+// signature policy counts as stored: the policy keeps it out).
+func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth int) (whole bool) {
+	whole = true
 	var d doc
 	if err := json.Unmarshal(man.Body, &d); err != nil {
 		r.fail(j.repo+"@"+man.Digest.String(), fmt.Errorf("manifest unreadable: %w", err))
-		return
+		return false
 	}
 	if d.Config == nil && d.Manifests != nil {
 		if depth >= maxDepth {
 			r.fail(j.repo+"@"+man.Digest.String(), errors.New("indexes nested too deep"))
-			return
+			return false
 		}
 		for _, c := range d.Manifests {
 			nested := strings.Contains(c.MediaType, "index") || strings.Contains(c.MediaType, "manifest.list")
@@ -475,6 +482,7 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 			cd, err := cache.ParseDigest(c.Digest)
 			if err != nil {
 				r.fail(j.repo+"@"+man.Digest.String(), fmt.Errorf("child %q: %w", c.Digest, err))
+				whole = false
 				continue
 			}
 			var child registry.SyncManifest
@@ -486,14 +494,15 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 			}
 			if err != nil {
 				r.fail(j.repo+"@"+cd.String(), err)
+				whole = false
 				continue
 			}
 			if fetched {
 				r.count(func(st *RunStats) { st.ManifestsFetched++ })
 			}
-			r.walk(ctx, j, child, depth+1)
+			whole = r.walk(ctx, j, child, depth+1) && whole
 		}
-		return
+		return whole
 	}
 	blobs := d.Layers
 	if d.Config != nil {
@@ -506,16 +515,19 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 		bd, err := cache.ParseDigest(b.Digest)
 		if err != nil {
 			r.fail(j.repo+"@"+man.Digest.String(), fmt.Errorf("blob %q: %w", b.Digest, err))
+			whole = false
 			continue
 		}
 		var fetched bool
 		err = r.retry(ctx, func() (err error) { fetched, err = r.s.src.Blob(ctx, j.repo, bd); return err })
 		if err != nil {
 			r.fail(j.repo+"@"+bd.String(), err)
+			whole = false
 			continue
 		}
 		if fetched {
 			r.count(func(st *RunStats) { st.BlobsFetched++ })
 		}
 	}
+	return whole
 }

@@ -652,3 +652,70 @@ func TestSyncZotGlobs(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncIntoUpstreamDownMidRun: a sync_into run that the upstream
+// leaves midway sets no tag whose children or blobs are partly missing
+// (the prefix is local content: no pull fills it), at whatever request
+// the upstream went; the next run sets every tag, whole.
+func TestSyncIntoUpstreamDownMidRun(t *testing.T) {
+	ctx := context.Background()
+	for _, after := range []int{5, 17} {
+		up := newUpstream(t)
+		tags := seedApp(up)
+		loc := newLocal(t, up, nil)
+		src, err := registry.NewCopySource("copies/hub", registry.MirrorConfig{Upstreams: []string{up.srv.URL}, MaxRetries: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		content := mirrorsync.Content{Repository: "lib/app", Semver: ">=3.17 <4"}
+		s := newSync(t, loc.h.SyncSource(src), content)
+		up.mu.Lock()
+		up.downAfter = after
+		up.mu.Unlock()
+		first := s.Run(ctx)
+		whole := func(when string) int {
+			n := 0
+			for tag, sd := range tags {
+				d, err := loc.store.ResolveTag(ctx, "copies/hub/lib/app", tag)
+				if err != nil {
+					continue
+				}
+				n++
+				if d.String() != sd.index.String() {
+					t.Errorf("down after %d, %s: %s at %s, want %s", after, when, tag, d, sd.index)
+				}
+				for p, img := range sd.images {
+					md, _ := img.Digest()
+					cd, _ := img.ConfigName()
+					ls, _ := img.Layers()
+					ds := []string{cd.String()}
+					for _, l := range ls {
+						ld, _ := l.Digest()
+						ds = append(ds, ld.String())
+					}
+					if _, _, err := loc.store.GetManifest(ctx, "copies/hub/lib/app", mustDigest(t, md.String())); err != nil {
+						t.Errorf("down after %d, %s: tag %s set, its %s manifest: %v", after, when, tag, p, err)
+						continue
+					}
+					for _, bd := range ds {
+						if _, err := loc.store.HasBlob(ctx, "copies/hub/lib/app", mustDigest(t, bd)); err != nil {
+							t.Errorf("down after %d, %s: tag %s set, blob %s of its %s image: %v", after, when, tag, bd, p, err)
+						}
+					}
+				}
+			}
+			return n
+		}
+		n := whole("after the failed run")
+		t.Logf("upstream down after %d requests: %d errors, %d tags set", after, first.ErrorCount, n)
+		up.mu.Lock()
+		up.down, up.downAfter = false, 0
+		up.mu.Unlock()
+		if st := s.Run(ctx); st.ErrorCount != 0 || st.Tags != 4 {
+			t.Errorf("down after %d: the run after: %+v", after, st)
+		}
+		if n := whole("after the next run"); n != 4 {
+			t.Errorf("down after %d: %d tags set after the next run, want 4", after, n)
+		}
+	}
+}

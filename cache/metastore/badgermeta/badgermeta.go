@@ -49,6 +49,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/internal/authrecords"
+	"github.com/caddy-oci/caddy-oci/cache/internal/badgeropen"
 	"github.com/caddy-oci/caddy-oci/cache/internal/badgerwrite"
 	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
@@ -80,8 +81,11 @@ func Open(dir string) (*Store, error) {
 		WithNumMemtables(2).
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
-		WithValueLogFileSize(64 << 20)
-	db, err := badger.Open(opts)
+		WithValueLogFileSize(64 << 20).
+		// A value the log cannot read back whole (a crash cut it
+		// short, a page overwritten) reads as empty, not as other bytes.
+		WithVerifyValueChecksum(true)
+	db, err := badgeropen.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("badgermeta: open %s: %w", dir, blobfile.DatabaseOpenError(dir, err))
 	}

@@ -1,10 +1,18 @@
 package badgermeta
 
 import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
 	"github.com/caddy-oci/caddy-oci/authscope/authstoretest"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore"
+	"github.com/caddy-oci/caddy-oci/cache/internal/badgeropen"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	"github.com/caddy-oci/caddy-oci/cache/metastore/metatest"
 )
@@ -39,4 +47,41 @@ func TestAPIKeyContract(t *testing.T) {
 
 func TestSessionContract(t *testing.T) {
 	authstoretest.Sessions(t, func(t *testing.T) authscope.SessionStore { return open(t) })
+}
+
+// TestOpenRefusesDamagedTable: a table whose last pages a crash left
+// zeroed is refused at Open with badgeropen.ErrDamaged naming it (badger
+// panicked in a goroutine of its own: the process died at every start).
+func TestOpenRefusesDamagedTable(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecordBlob(context.Background(), blobstore.FromBytes(blobstore.SHA256, []byte("layer")), 5, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil { // flushes the memtable into a table
+		t.Fatal(err)
+	}
+	tables, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+	if len(tables) != 1 {
+		t.Fatalf("want one table after Close, have %v", tables)
+	}
+	b, err := os.ReadFile(tables[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(b[max(0, len(b)-4096):])
+	if err := os.WriteFile(tables[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir)
+	if err == nil {
+		s.Close()
+		t.Fatal("opened with a damaged table")
+	}
+	if !errors.Is(err, badgeropen.ErrDamaged) || !strings.Contains(err.Error(), filepath.Base(tables[0])) {
+		t.Fatalf("error does not name the damaged table: %v", err)
+	}
 }
