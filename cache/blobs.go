@@ -172,9 +172,8 @@ func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reade
 	m := s.meter(src, "", 0)
 	defer func() { s.release(m.reserved, m.owner) }()
 	h := want.Algorithm.New()
-	dw, done := blobfile.WriteDirect(f, 0)
+	dw := blobfile.WriteBehind(f, 0)
 	n, err := blobfile.CopyHashing(s.space.Writer(dw), h, m, size)
-	done()
 	if err != nil {
 		return 0, fmt.Errorf("cache: write blob: %w", err)
 	}

@@ -602,9 +602,8 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if err := s.space.Admit(-1); err != nil {
 		return fail("append upload", err)
 	}
-	dw, done := blobfile.WriteDirect(f, at)
+	dw := blobfile.WriteBehind(f, at)
 	n, err := blobfile.CopyHashing(s.space.Writer(dw), h, r, -1)
-	done()
 	if err != nil {
 		return fail("append upload", err)
 	}

@@ -60,9 +60,8 @@ func TestBigBlobsThroughWriteBehind(t *testing.T) {
 		t.Fatal("chunked blob differs")
 	}
 
-	// Chunks of whole MiB, as clients send them: each starts aligned, so
-	// its bytes go to the disk directly (WriteDirect), the last one's odd
-	// tail through the page cache.
+	// Chunks of whole MiB, as clients send them, the last one with an
+	// odd tail.
 	aligned := patterned(bigBlobSize, 5)
 	ad := digestOf(aligned)
 	u, err = s.NewUpload(t.Context(), "app")
@@ -122,8 +121,7 @@ func TestBigBlobFailuresLeaveNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A failing first chunk, at an aligned offset: written directly
-	// (WriteDirect), then cut off like any other.
+	// A failing first chunk, at offset 0: cut off like any other.
 	if _, err := s.AppendUpload(t.Context(), "app", u.ID, 0, io.MultiReader(bytes.NewReader(short), iotest.ErrReader(boom))); !errors.Is(err, boom) {
 		t.Fatalf("AppendUpload with a failing first body = %v", err)
 	}

@@ -171,9 +171,8 @@ func (ss *session) Append(ctx context.Context, offset int64, r io.Reader) (_ int
 	if err := ss.s.space.Admit(-1); err != nil {
 		return fail(err)
 	}
-	dw, done := blobfile.WriteDirect(f, at)
+	dw := blobfile.WriteBehind(f, at)
 	n, err := blobfile.CopyHashing(ss.s.space.Writer(dw), h, ctxReader{ctx, r}, -1)
-	done()
 	if err != nil {
 		return fail(err)
 	}

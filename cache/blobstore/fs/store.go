@@ -229,9 +229,8 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 			os.Remove(tmp) // gone already when install moved it
 		}
 	}()
-	dw, done := blobfile.WriteDirect(f, 0)
+	dw := blobfile.WriteBehind(f, 0)
 	n, err := blobfile.CopyHashing(s.space.Writer(dw), h, r, size)
-	done()
 	if err != nil {
 		return blobstore.Info{}, fmt.Errorf("fs: put %s: %w", d, err)
 	}
