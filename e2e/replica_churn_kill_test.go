@@ -91,11 +91,9 @@ func TestReplicaKillDuringMetadataChurn(t *testing.T) {
 			}
 			// The delete goes to the other replica than the push.
 			other := c.replicas[(n+1)%2]
+			deleted := ledger.deleting(ref, repo, im.digest)
 			if st, _ := churnDo(http.MethodDelete, other.url("/v2/"+repo+"/manifests/"+im.digest), nil, ""); st == http.StatusAccepted {
-				ledger.mu.Lock()
-				ledger.deleted[repo+"@"+im.digest] = true
-				delete(ledger.tags, ref)
-				ledger.mu.Unlock()
+				deleted()
 				collectable.Store(blobDigest(im.layer), true)
 			}
 		})
