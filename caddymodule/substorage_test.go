@@ -286,10 +286,10 @@ func (c *countingLister) Repositories(ctx context.Context, last string, n int) (
 	return page, more, err
 }
 
-// TestHiddenUnderReadsOnlyItsRange: the count of repositories a sub-path
-// hides reads the names under its prefix (and a page past them), not the
-// main store's whole list: it runs before the first request is served.
-func TestHiddenUnderReadsOnlyItsRange(t *testing.T) {
+// storeWithRepositories is a new store holding repos, one blob linked in
+// each.
+func storeWithRepositories(t *testing.T, repos []string) *cache.Store {
+	t.Helper()
 	st, err := cache.Open(cache.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -301,18 +301,26 @@ func TestHiddenUnderReadsOnlyItsRange(t *testing.T) {
 	if _, err := st.PutBlob(ctx, d, int64(len(body)), bytes.NewReader(body)); err != nil {
 		t.Fatal(err)
 	}
-	var repos []string
-	for i := range 400 {
-		repos = append(repos, fmt.Sprintf("alpha/%04d", i))
-	}
-	repos = append(repos, "team/a", "team/a/x", "team/a/y/z", "team/a-b", "team/ab", "team/b", "zulu/1")
 	for _, r := range repos {
 		if err := st.LinkBlob(ctx, r, d); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return st
+}
+
+// TestHiddenUnderReadsOnlyItsRange: the count of repositories a sub-path
+// hides reads the names under its prefix (and a page past them), not the
+// main store's whole list: it runs before the first request is served.
+func TestHiddenUnderReadsOnlyItsRange(t *testing.T) {
+	var repos []string
+	for i := range 400 {
+		repos = append(repos, fmt.Sprintf("alpha/%04d", i))
+	}
+	repos = append(repos, "team/a", "team/a/x", "team/a/y/z", "team/a-b", "team/ab", "team/b", "zulu/1")
+	st := storeWithRepositories(t, repos)
 	l := &countingLister{repositoryLister: st, before: "team/a"}
-	names, count, err := hiddenUnder(ctx, l, "team/a")
+	names, count, err := hiddenUnder(context.Background(), l, "team/a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,28 +336,13 @@ func TestHiddenUnderReadsOnlyItsRange(t *testing.T) {
 // prefix without being under it (team/ab, team/a-b for team/a) are not
 // read either: a prefix "a" must not read every "alpha/..." name.
 func TestHiddenUnderSkipsNamesSharingItsPrefix(t *testing.T) {
-	st, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ctx := context.Background()
-	body := []byte("a layer")
-	d := cache.FromBytes(cache.SHA256, body)
-	if _, err := st.PutBlob(ctx, d, int64(len(body)), bytes.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
 	repos := []string{"team/a", "team/a/x", "team/a/y/z", "team/b"}
 	for i := range 200 {
 		repos = append(repos, fmt.Sprintf("team/a-b/%04d", i), fmt.Sprintf("team/ab/%04d", i))
 	}
-	for _, r := range repos {
-		if err := st.LinkBlob(ctx, r, d); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st := storeWithRepositories(t, repos)
 	l := &countingLister{repositoryLister: st}
-	names, count, err := hiddenUnder(ctx, l, "team/a")
+	names, count, err := hiddenUnder(context.Background(), l, "team/a")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,25 +33,7 @@ func TestReplicaKillMidCommit(t *testing.T) {
 		repo := fmt.Sprintf("commit/r%d", round)
 		data := randomBytes(t, 12<<20+round)
 		d := blobDigest(data)
-		resp := do(t, http.MethodPost, a.url("/v2/"+repo+"/blobs/uploads/"), nil, nil)
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST: %s", resp.Status)
-		}
-		loc := uploadPath(t, resp.Header.Get("Location"))
-		for off := 0; off < len(data); off += 6 << 20 {
-			end := min(off+6<<20, len(data))
-			resp = do(t, http.MethodPatch, a.url(loc), data[off:end], map[string]string{
-				"Content-Type": "application/octet-stream", "Content-Range": fmt.Sprintf("%d-%d", off, end-1)})
-			if resp.StatusCode != http.StatusAccepted {
-				t.Fatalf("PATCH: %s", resp.Status)
-			}
-			loc = uploadPath(t, resp.Header.Get("Location"))
-		}
-		sep := "?"
-		if strings.Contains(loc, "?") {
-			sep = "&"
-		}
-		put := loc + sep + "digest=" + url.QueryEscape(d)
+		put := chunkedUntilCommit(t, a, repo, data)
 
 		first := make(chan int, 1)
 		go func() { first <- churnStatus(http.MethodPut, a.url(put)) }()
@@ -126,4 +108,29 @@ func checkNotHalf(t *testing.T, s *server, repo, d string, want []byte, when str
 	default:
 		t.Errorf("%s: HEAD %d", when, st)
 	}
+}
+
+// chunkedUntilCommit pushes data to repo through s in 6 MiB PATCHes and
+// returns the path of the closing PUT, not sent.
+func chunkedUntilCommit(t *testing.T, s *server, repo string, data []byte) (put string) {
+	t.Helper()
+	resp := do(t, http.MethodPost, s.url("/v2/"+repo+"/blobs/uploads/"), nil, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST: %s", resp.Status)
+	}
+	loc := uploadPath(t, resp.Header.Get("Location"))
+	for off := 0; off < len(data); off += 6 << 20 {
+		end := min(off+6<<20, len(data))
+		resp = do(t, http.MethodPatch, s.url(loc), data[off:end], map[string]string{
+			"Content-Type": "application/octet-stream", "Content-Range": fmt.Sprintf("%d-%d", off, end-1)})
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("PATCH: %s", resp.Status)
+		}
+		loc = uploadPath(t, resp.Header.Get("Location"))
+	}
+	sep := "?"
+	if strings.Contains(loc, "?") {
+		sep = "&"
+	}
+	return loc + sep + "digest=" + url.QueryEscape(blobDigest(data))
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -34,25 +32,7 @@ func TestReplicaStoppedMidCommit(t *testing.T) {
 		repo := fmt.Sprintf("commitstop/r%d", round)
 		data := randomBytes(t, 12<<20+round)
 		d := blobDigest(data)
-		resp := do(t, http.MethodPost, a.url("/v2/"+repo+"/blobs/uploads/"), nil, nil)
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST: %s", resp.Status)
-		}
-		loc := uploadPath(t, resp.Header.Get("Location"))
-		for off := 0; off < len(data); off += 6 << 20 {
-			end := min(off+6<<20, len(data))
-			resp = do(t, http.MethodPatch, a.url(loc), data[off:end], map[string]string{
-				"Content-Type": "application/octet-stream", "Content-Range": fmt.Sprintf("%d-%d", off, end-1)})
-			if resp.StatusCode != http.StatusAccepted {
-				t.Fatalf("PATCH: %s", resp.Status)
-			}
-			loc = uploadPath(t, resp.Header.Get("Location"))
-		}
-		sep := "?"
-		if strings.Contains(loc, "?") {
-			sep = "&"
-		}
-		put := loc + sep + "digest=" + url.QueryEscape(d)
+		put := chunkedUntilCommit(t, a, repo, data)
 
 		first := make(chan int, 1)
 		go func() { first <- commitStatus(a.url(put)) }()
