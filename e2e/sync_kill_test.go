@@ -11,25 +11,20 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // pushSmallIndex pushes an index of three small single-layer images to
 // repoTag upstream.
 func (u *upstream) pushSmallIndex(t *testing.T, repoTag string) {
-	t.Helper()
-	var idx v1.ImageIndex = empty.Index
-	for _, arch := range []string{"amd64", "arm64", "s390x"} {
+	u.pushIndexOf(t, repoTag, func(t *testing.T) v1.Image {
 		img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 		img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 		l, err := random.Layer(32<<10, types.OCILayer)
@@ -39,25 +34,8 @@ func (u *upstream) pushSmallIndex(t *testing.T, repoTag string) {
 		if img, err = mutate.AppendLayers(img, l); err != nil {
 			t.Fatal(err)
 		}
-		cf, err := img.ConfigFile()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cf = cf.DeepCopy()
-		cf.OS, cf.Architecture = "linux", arch
-		if img, err = mutate.ConfigFile(img, cf); err != nil {
-			t.Fatal(err)
-		}
-		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
-			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(u.URL, "http://")+"/"+repoTag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteIndex(ref, idx); err != nil {
-		t.Fatal(err)
-	}
+		return img
+	})
 }
 
 // slowProxy passes requests to target, each after a pause.

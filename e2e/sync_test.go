@@ -28,11 +28,17 @@ type syncedTag struct {
 // pushPlatformIndex pushes an index of linux/amd64, linux/arm64 and
 // linux/s390x images to repo:tag.
 func (u *upstream) pushPlatformIndex(t *testing.T, repoTag string) syncedTag {
+	return u.pushIndexOf(t, repoTag, ociImage)
+}
+
+// pushIndexOf pushes to repo:tag an index of three images image makes,
+// one each for linux/amd64, linux/arm64 and linux/s390x.
+func (u *upstream) pushIndexOf(t *testing.T, repoTag string, image func(*testing.T) v1.Image) syncedTag {
 	t.Helper()
 	st := syncedTag{children: map[string]string{}}
 	var idx v1.ImageIndex = empty.Index
 	for _, arch := range []string{"amd64", "arm64", "s390x"} {
-		img := ociImage(t)
+		img := image(t)
 		cf, err := img.ConfigFile()
 		if err != nil {
 			t.Fatal(err)
