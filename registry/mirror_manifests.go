@@ -200,27 +200,39 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 // manifest a GET brings is for a client waiting, which may have it
 // before the store does (keepFetched).
 func (h *Handler) revalidateTag(ctx context.Context, rc *request, tag string, ti cache.TagInfo, have, serve bool) (mirroredManifest, error) {
-	m := rc.mirror
-	store := h.cfg.Store
 	if have {
-		resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "manifests/"+tag, manifestAccept)
-		if err != nil {
-			return mirroredManifest{}, err
-		}
-		resp.Body.Close()
-		if resp.Header.Get("Docker-Content-Digest") == ti.Digest.String() {
-			if man, body, err := store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
-				if err := store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil {
-					return mirroredManifest{}, err
-				}
-				return mirroredManifest{m: man, body: body}, nil
-			}
+		if res, same, err := h.unchangedTag(ctx, rc, tag, ti); err != nil || same {
+			return res, err
 		}
 	}
 	if serve {
 		return h.fetchManifestToServe(ctx, rc, tag, cache.Digest{}, tag)
 	}
 	return h.fetchManifest(ctx, rc, tag, cache.Digest{}, tag)
+}
+
+// unchangedTag asks upstream with a HEAD whether tag still points where
+// the store's copy ti does; if so, and the store still has that manifest,
+// it notes the tag fetched now and returns the manifest (same).
+func (h *Handler) unchangedTag(ctx context.Context, rc *request, tag string, ti cache.TagInfo) (res mirroredManifest, same bool, err error) {
+	m := rc.mirror
+	store := h.cfg.Store
+	resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "manifests/"+tag, manifestAccept)
+	if err != nil {
+		return mirroredManifest{}, false, err
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Docker-Content-Digest") != ti.Digest.String() {
+		return mirroredManifest{}, false, nil
+	}
+	man, body, err := store.GetManifest(ctx, rc.name, ti.Digest)
+	if err != nil {
+		return mirroredManifest{}, false, nil // fetched again
+	}
+	if err := store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil {
+		return mirroredManifest{}, false, err
+	}
+	return mirroredManifest{m: man, body: body}, true, nil
 }
 
 // fetchManifest GETs reference from upstream, checks it against want (if

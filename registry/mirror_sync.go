@@ -303,18 +303,12 @@ func (s *SyncSource) copyTag(ctx context.Context, rc *request, tag string, ti ca
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.UpstreamTimeout)
 	defer cancel()
 	if have {
-		resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "manifests/"+tag, manifestAccept)
+		res, same, err := h.unchangedTag(ctx, rc, tag, ti)
 		if err != nil {
 			return SyncManifest{}, false, err
 		}
-		resp.Body.Close()
-		if resp.Header.Get("Docker-Content-Digest") == ti.Digest.String() {
-			if man, body, err := h.cfg.Store.GetManifest(ctx, rc.name, ti.Digest); err == nil {
-				if err := h.cfg.Store.SetTagFetched(ctx, rc.name, tag, m.now()); err != nil {
-					return SyncManifest{}, false, err
-				}
-				return SyncManifest{MediaType: man.MediaType, Digest: man.Digest, Body: body}, false, nil
-			}
+		if same {
+			return SyncManifest{MediaType: res.m.MediaType, Digest: res.m.Digest, Body: res.body}, false, nil
 		}
 	}
 	res, err := h.fetchManifest(ctx, rc, tag, cache.Digest{}, "")
