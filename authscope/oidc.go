@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 )
@@ -39,7 +40,8 @@ type OIDCClient struct {
 	// provider.
 	RedirectURL string
 	Claims      ClaimMapping
-	// HTTPClient talks to the provider; nil is http.DefaultClient.
+	// HTTPClient talks to the provider; nil is a client with outbound's
+	// bounds.
 	HTTPClient *http.Client
 	// Now is the clock the ID token's expiry is checked by; nil is
 	// time.Now.
@@ -56,10 +58,27 @@ func (c *OIDCClient) ctx(ctx context.Context) context.Context {
 }
 
 func withClient(ctx context.Context, hc *http.Client) context.Context {
-	if hc != nil {
-		return oidc.ClientContext(ctx, hc)
+	return oidc.ClientContext(ctx, providerClient(hc))
+}
+
+// defaultProviderClient talks to OIDC providers when the caller gave no
+// client: discovery, keys and the code exchange each have their own
+// deadline, so its timeout only catches a body that never ends. go-oidc
+// reads a discovery document whole, so answers are bounded here.
+var defaultProviderClient = &http.Client{
+	Transport: outbound.LimitBodies(outbound.Transport(), maxProviderAnswer),
+	Timeout:   time.Minute,
+}
+
+// maxProviderAnswer bounds one answer of an OIDC provider: discovery
+// documents and key sets are a few KiB.
+const maxProviderAnswer = 1 << 20
+
+func providerClient(hc *http.Client) *http.Client {
+	if hc == nil {
+		return defaultProviderClient
 	}
-	return ctx
+	return hc
 }
 
 func (c *OIDCClient) discover(ctx context.Context) (*discovered, error) {
@@ -320,11 +339,7 @@ func (k *providerKeys) fetch(ctx context.Context) ([]crypto.PublicKey, error) {
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/json")
-	hc := k.hc
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
+	resp, err := providerClient(k.hc).Do(req)
 	if err != nil {
 		return nil, err
 	}

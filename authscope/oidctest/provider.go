@@ -16,10 +16,12 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -73,6 +75,10 @@ type Provider struct {
 	extra map[string]*rsa.PrivateKey
 	// keysDown makes the key set endpoint answer 503 (SetKeysDown).
 	keysDown bool
+	// padded are the paths whose answers carry a megabyte of headers
+	// (PadHeaders); stuffed, those whose bodies end in 2 MiB of spaces
+	// (PadBody).
+	padded, stuffed map[string]bool
 }
 
 type grant struct {
@@ -90,7 +96,19 @@ func New(t testing.TB, user string, groups ...string) *Provider {
 	mux.HandleFunc("GET /jwks", p.jwks)
 	mux.HandleFunc("GET /authorize", p.authorize)
 	mux.HandleFunc("POST /token", p.token)
-	p.Server = httptest.NewServer(mux)
+	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		pad, stuff := p.padded[r.URL.Path], p.stuffed[r.URL.Path]
+		p.mu.Unlock()
+		if pad {
+			PadHeaders(w.Header())
+		}
+		mux.ServeHTTP(w, r)
+		if stuff {
+			// Still valid JSON: whitespace may follow the value.
+			_, _ = w.Write([]byte(strings.Repeat(" ", 2<<20)))
+		}
+	}))
 	t.Cleanup(p.Close)
 	return p
 }
@@ -175,6 +193,37 @@ func (p *Provider) SetKeysDown(down bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.keysDown = down
+}
+
+// PadHeaders makes the answers for path (e.g. "/jwks") carry a megabyte
+// of headers, as a hostile or broken provider might.
+func (p *Provider) PadHeaders(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.padded == nil {
+		p.padded = map[string]bool{}
+	}
+	p.padded[path] = true
+}
+
+// PadBody makes the answers for path end in 2 MiB of spaces, which
+// leave a JSON answer valid and only larger.
+func (p *Provider) PadBody(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stuffed == nil {
+		p.stuffed = map[string]bool{}
+	}
+	p.stuffed[path] = true
+}
+
+// PadHeaders adds a megabyte of headers to h: 1024 of 1 KiB each, within
+// Go's default bound of 10 MiB for a client but far past what a real
+// server sends.
+func PadHeaders(h http.Header) {
+	for i := range 1024 {
+		h.Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 1024))
+	}
 }
 
 // Fetches returns how many times discovery and the keys were fetched.

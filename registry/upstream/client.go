@@ -37,6 +37,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
@@ -295,13 +296,9 @@ func CheckURL(s string) error {
 }
 
 // MaxResponseHeaderBytes bounds the headers of one answer from upstream,
-// a blob's storage or a token service. Go's default is 10 MiB; each
-// answer's headers are held whole while its body is read, and no budget
-// of the registry's (that of manifest bodies, the fill slots) counts
-// them, so a hostile upstream answering pulls of made-up digests with
-// megabytes of headers would grow the process by as much per pull.
-// Registries, storage services and token services send a few KiB.
-const MaxResponseHeaderBytes = 64 << 10
+// a blob's storage or a token service: outbound's bound, shared by every
+// client of the process.
+const MaxResponseHeaderBytes = outbound.MaxResponseHeaderBytes
 
 // maxRedirects bounds a blob's redirect chain; registries use one or two.
 const maxRedirects = 5

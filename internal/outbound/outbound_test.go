@@ -1,0 +1,58 @@
+package outbound
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestClientRefusesHeadersPastTheBound(t *testing.T) {
+	for _, tc := range []struct {
+		headers int // of 1 KiB each
+		ok      bool
+	}{{headers: 16, ok: true}, {headers: 1024, ok: false}} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for i := range tc.headers {
+				w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 1024))
+			}
+		}))
+		resp, err := Client(5 * time.Second).Get(srv.URL)
+		if err == nil {
+			resp.Body.Close()
+		}
+		srv.Close()
+		if (err == nil) != tc.ok {
+			t.Errorf("%d KiB of headers: error %v; want refused: %v", tc.headers, err, !tc.ok)
+		}
+	}
+}
+
+func TestLimitBodies(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{size: 0, ok: true}, {size: 1000, ok: true}, {size: 1024, ok: true}, {size: 1025, ok: false}, {size: 1 << 20, ok: false}} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte(strings.Repeat("b", tc.size)))
+		}))
+		c := &http.Client{Transport: LimitBodies(Transport(), 1024)}
+		resp, err := c.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.Close()
+		if tc.ok && (err != nil || len(body) != tc.size) {
+			t.Errorf("%d bytes under a bound of 1024: read %d, %v; want all of it", tc.size, len(body), err)
+		}
+		if !tc.ok && (!errors.Is(err, ErrBodyTooLarge) || len(body) > 1024) {
+			t.Errorf("%d bytes under a bound of 1024: read %d, %v; want ErrBodyTooLarge within the bound", tc.size, len(body), err)
+		}
+	}
+}
