@@ -63,3 +63,19 @@ func (w *writeBehindWriter) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// StartWriteBehind starts write-back of what w, from WriteBehind, has
+// written and not yet started, and returns without waiting: for a writer
+// that stops without an fsync (a chunk of an upload session), so its tail
+// goes to disk now rather than when the kernel gets to it.
+func StartWriteBehind(w io.Writer) error {
+	wb, ok := w.(*writeBehindWriter)
+	if !ok || wb.off == wb.started {
+		return nil
+	}
+	if err := startWriteback(wb.f, wb.started, wb.off-wb.started); err != nil {
+		return err
+	}
+	wb.started = wb.off
+	return nil
+}
