@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddy-oci/caddy-oci/authscope/oidctest"
+	"github.com/caddy-oci/caddy-oci/internal/outbound/outboundtest"
 )
 
 // The token service and the OIDC provider are servers the operator
@@ -18,7 +18,7 @@ import (
 
 func TestTokenServiceHeadersBounded(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		oidctest.PadHeaders(w.Header())
+		outboundtest.PadHeaders(w.Header(), 1024)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"token":"x"}`))
 	}))

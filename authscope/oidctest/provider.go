@@ -16,7 +16,6 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -27,6 +26,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-oci/caddy-oci/internal/outbound/outboundtest"
 )
 
 // Client credentials the provider knows.
@@ -101,7 +102,7 @@ func New(t testing.TB, user string, groups ...string) *Provider {
 		pad, stuff := p.padded[r.URL.Path], p.stuffed[r.URL.Path]
 		p.mu.Unlock()
 		if pad {
-			PadHeaders(w.Header())
+			outboundtest.PadHeaders(w.Header(), 1024)
 		}
 		mux.ServeHTTP(w, r)
 		if stuff {
@@ -215,15 +216,6 @@ func (p *Provider) PadBody(path string) {
 		p.stuffed = map[string]bool{}
 	}
 	p.stuffed[path] = true
-}
-
-// PadHeaders adds a megabyte of headers to h: 1024 of 1 KiB each, within
-// Go's default bound of 10 MiB for a client but far past what a real
-// server sends.
-func PadHeaders(h http.Header) {
-	for i := range 1024 {
-		h.Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 1024))
-	}
 }
 
 // Fetches returns how many times discovery and the keys were fetched.

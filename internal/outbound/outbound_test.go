@@ -2,13 +2,14 @@ package outbound
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-oci/caddy-oci/internal/outbound/outboundtest"
 )
 
 func TestClientRefusesHeadersPastTheBound(t *testing.T) {
@@ -17,9 +18,7 @@ func TestClientRefusesHeadersPastTheBound(t *testing.T) {
 		ok      bool
 	}{{headers: 16, ok: true}, {headers: 1024, ok: false}} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			for i := range tc.headers {
-				w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 1024))
-			}
+			outboundtest.PadHeaders(w.Header(), tc.headers)
 		}))
 		resp, err := Client(5 * time.Second).Get(srv.URL)
 		if err == nil {
