@@ -55,11 +55,60 @@ func (c *OIDCClient) ctx(ctx context.Context) context.Context {
 	return withClient(ctx, c.HTTPClient)
 }
 
+// withClient has go-oidc and oauth2 talk to the provider with hc (nil:
+// http.DefaultClient's transport), whose answers are read up to
+// maxProviderAnswer.
 func withClient(ctx context.Context, hc *http.Client) context.Context {
+	bounded := &http.Client{}
 	if hc != nil {
-		return oidc.ClientContext(ctx, hc)
+		*bounded = *hc
 	}
-	return ctx
+	rt := bounded.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	bounded.Transport = boundedAnswers{rt}
+	return oidc.ClientContext(ctx, bounded)
+}
+
+// maxProviderAnswer bounds an answer of the provider (discovery document,
+// token response), as maxJWKSSize bounds its key set. go-oidc reads the
+// discovery document whole, with no bound: a provider (or whatever the
+// issuer URL reaches) that streams one without end grew the process by
+// gigabytes within discoveryTimeout (2.7 GiB of RSS from one anonymous
+// GET of the sign-in page), again at each retry.
+const maxProviderAnswer = 1 << 20
+
+var errProviderAnswerTooLarge = fmt.Errorf("the identity provider's answer is larger than %d bytes", maxProviderAnswer)
+
+// boundedAnswers is a transport whose response bodies fail past
+// maxProviderAnswer.
+type boundedAnswers struct{ rt http.RoundTripper }
+
+func (b boundedAnswers) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := b.rt.RoundTrip(req)
+	if err == nil && resp.Body != nil {
+		resp.Body = &boundedBody{ReadCloser: resp.Body, left: maxProviderAnswer}
+	}
+	return resp, err
+}
+
+// boundedBody reads up to left bytes, then fails unless the body ended.
+type boundedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1] // one more, to tell a body that ends at the bound
+	}
+	n, err := b.ReadCloser.Read(p)
+	if int64(n) > b.left {
+		n, err = int(b.left), errProviderAnswerTooLarge
+	}
+	b.left -= int64(n)
+	return n, err
 }
 
 func (c *OIDCClient) discover(ctx context.Context) (*discovered, error) {
