@@ -116,6 +116,17 @@ var hashTurns = sync.OnceValue(func() chan struct{} {
 	return make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
 })
 
+// knownTurns are turns of their own, as many again, for logins of an
+// account from an address that logged in to it before (see CheckFrom):
+// wrong passwords for made-up names from many addresses took every turn
+// of hashTurns, so such a login, not remembered (the first of the day),
+// waited the whole hashTurnWait and was then often refused. No made-up
+// name and no new address takes these; all CPUs compare at once only
+// while such logins and a flood meet.
+var knownTurns = sync.OnceValue(func() chan struct{} {
+	return make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+})
+
 // hashTurnWait bounds the wait for a turn: past it the login is refused,
 // unchecked, as too many at once (429 with Retry-After), rather than
 // held for as long as a flood lasts.
@@ -126,6 +137,13 @@ const hashTurnWait = 10 * time.Second
 // comparison could start within hashTurnWait (or before ctx ended) it
 // returns *ErrTooManyGuesses with Busy set, the password unchecked.
 func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay time.Duration) (bool, error) {
+	return h.CheckFrom(ctx, user, password, failDelay, false)
+}
+
+// CheckFrom is Check; knownAddress says that the login comes from an address
+// that logged in to user before (GuessAttempt.Known), so that it may take
+// knownTurns as well.
+func (h *Htpasswd) CheckFrom(ctx context.Context, user, password string, failDelay time.Duration, knownAddress bool) (bool, error) {
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	now := time.Now()
 	h.mu.Lock()
@@ -139,10 +157,17 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 		hash = h.dummy
 	}
 	turns := hashTurns()
+	var own chan struct{} // nil: never ready
+	if knownAddress {
+		own = knownTurns()
+	}
 	wait := time.NewTimer(hashTurnWait)
 	select {
 	case turns <- struct{}{}:
 		wait.Stop()
+	case own <- struct{}{}:
+		wait.Stop()
+		turns = own
 	case <-wait.C:
 		return false, &ErrTooManyGuesses{RetryAfter: time.Second, Busy: true}
 	case <-ctx.Done():

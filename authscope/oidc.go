@@ -57,28 +57,39 @@ func (c *OIDCClient) ctx(ctx context.Context) context.Context {
 	return withClient(ctx, c.HTTPClient)
 }
 
+// withClient has go-oidc and oauth2 talk to the provider with
+// providerClient(hc).
 func withClient(ctx context.Context, hc *http.Client) context.Context {
 	return oidc.ClientContext(ctx, providerClient(hc))
 }
 
 // defaultProviderClient talks to OIDC providers when the caller gave no
 // client: discovery, keys and the code exchange each have their own
-// deadline, so its timeout only catches a body that never ends. go-oidc
-// reads a discovery document whole, so answers are bounded here.
-var defaultProviderClient = &http.Client{
-	Transport: outbound.LimitBodies(outbound.Transport(), maxProviderAnswer),
-	Timeout:   time.Minute,
-}
+// deadline, so its timeout only catches a body that never ends.
+var defaultProviderClient = outbound.Client(time.Minute)
 
-// maxProviderAnswer bounds one answer of an OIDC provider: discovery
-// documents and key sets are a few KiB.
+// maxProviderAnswer bounds an answer of the provider (discovery document,
+// key set, token response). go-oidc reads the discovery document whole,
+// with no bound: a provider (or whatever the issuer URL reaches) that
+// streams one without end grew the process by gigabytes within
+// discoveryTimeout (2.7 GiB of RSS from one anonymous GET of the sign-in
+// page, attack9), again at each retry.
 const maxProviderAnswer = 1 << 20
 
+// providerClient is hc (nil: defaultProviderClient) with every answer
+// read up to maxProviderAnswer; its transport, and so its connections,
+// are hc's.
 func providerClient(hc *http.Client) *http.Client {
 	if hc == nil {
-		return defaultProviderClient
+		hc = defaultProviderClient
 	}
-	return hc
+	bounded := *hc
+	rt := bounded.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	bounded.Transport = outbound.LimitBodies(rt, maxProviderAnswer)
+	return &bounded
 }
 
 func (c *OIDCClient) discover(ctx context.Context) (*discovered, error) {
