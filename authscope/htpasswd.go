@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"runtime"
 	"strings"
@@ -144,7 +145,7 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 // that logged in to user before (GuessAttempt.Known), so that it may take
 // knownTurns as well.
 func (h *Htpasswd) CheckFrom(ctx context.Context, user, password string, failDelay time.Duration, knownAddress bool) (bool, error) {
-	key := sha256.Sum256([]byte(user + "\x00" + password))
+	key := loginKey(user, password)
 	now := time.Now()
 	h.mu.Lock()
 	exp, hit := h.good[key]
@@ -205,11 +206,23 @@ func (h *Htpasswd) CheckFrom(ctx context.Context, user, password string, failDel
 	return false, nil
 }
 
+// loginKey names a pair in the remembered good logins. The user's length
+// comes first, so no two pairs share a key: with a separator alone,
+// ("a", "b\x00c") and ("a\x00b", "c") would (Basic credentials may hold
+// a NUL on either side of the colon).
+func loginKey(user, password string) [sha256.Size]byte {
+	h := sha256.New()
+	_ = binary.Write(h, binary.BigEndian, uint64(len(user)))
+	h.Write([]byte(user))
+	h.Write([]byte(password))
+	return [sha256.Size]byte(h.Sum(nil))
+}
+
 // Remembers reports whether password is user's by the cache of recent
 // good logins alone, without a bcrypt comparison: such a check is no
 // guess.
 func (h *Htpasswd) Remembers(user, password string) bool {
-	key := sha256.Sum256([]byte(user + "\x00" + password))
+	key := loginKey(user, password)
 	h.mu.Lock()
 	exp, hit := h.good[key]
 	h.mu.Unlock()
