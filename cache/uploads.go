@@ -562,8 +562,12 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 	}
 	if err != nil {
 		s.release(m.reserved, m.owner)
-		if errors.Is(err, ErrUploadTooLarge) {
-			// It can never be committed: free what it holds now.
+		// Too large, it can never be committed: free what it holds now.
+		// A failed write-back may have lost bytes of earlier chunks,
+		// which are not fsynced and whose error the kernel reports once,
+		// perhaps here: what the file holds is no longer known, and a
+		// session kept would commit it on the strength of its hash state.
+		if errors.Is(err, ErrUploadTooLarge) || errors.Is(err, blobfile.ErrWriteBack) {
 			if rerr := s.removeUpload(id); rerr != nil {
 				return Upload{}, rerr
 			}
@@ -657,14 +661,26 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 		return BlobInfo{}, err
 	}
 	got, err := s.digestData(f, rec, want.Algorithm)
+	syncFailed := false
 	if err == nil {
 		// What makes the blob durable: chunks are not synced.
 		err = f.Sync()
+		syncFailed = err != nil
 	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
 	if err != nil {
+		if syncFailed {
+			// A failed fsync is a failed write-back of the chunks, which
+			// the kernel reports once: a retried commit's fsync would
+			// succeed and store what the disk holds (zeros, say) while
+			// the page cache shows the pushed bytes. The session goes;
+			// the client pushes the blob again.
+			if rerr := s.removeUpload(id); rerr != nil {
+				s.log.Warn("remove upload after a failed sync", zap.String("upload", id), zap.Error(rerr))
+			}
+		}
 		return BlobInfo{}, fmt.Errorf("cache: commit upload: %w", err)
 	}
 	if got != want {

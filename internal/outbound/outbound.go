@@ -64,15 +64,23 @@ func (l limitBodies) RoundTrip(r *http.Request) (*http.Response, error) {
 type limitedBody struct {
 	io.ReadCloser
 	left, max int64
+	// over is set once the body went past max: every later read
+	// returns it, where reading on would find the end of the body and
+	// say io.EOF, as if it had ended at the bound.
+	over error
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.over != nil {
+		return 0, b.over
+	}
 	if b.left <= 0 {
 		// One byte more tells a body of exactly max bytes from a longer one.
 		var one [1]byte
 		n, err := b.ReadCloser.Read(one[:])
 		if n > 0 {
-			return 0, fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, b.max)
+			b.over = fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, b.max)
+			return 0, b.over
 		}
 		return 0, err
 	}

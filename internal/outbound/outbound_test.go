@@ -55,3 +55,28 @@ func TestLimitBodies(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitBodiesErrorSticks: once a body has gone past the bound, every
+// later read says so. A reader that reads again after an error (bufio
+// hands an error out once and then asks again) must not see io.EOF, as
+// if the body had ended at the bound.
+func TestLimitBodiesErrorSticks(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(strings.Repeat("b", 1025)))
+	}))
+	defer srv.Close()
+	c := &http.Client{Transport: LimitBodies(Transport(), 1024)}
+	resp, err := c.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadAll(resp.Body); !errors.Is(err, ErrBodyTooLarge) {
+		t.Fatalf("first read past the bound: %v; want ErrBodyTooLarge", err)
+	}
+	for i := range 2 {
+		if n, err := resp.Body.Read(make([]byte, 16)); n != 0 || !errors.Is(err, ErrBodyTooLarge) {
+			t.Fatalf("read %d after the bound was passed: %d bytes, %v; want ErrBodyTooLarge", i+2, n, err)
+		}
+	}
+}

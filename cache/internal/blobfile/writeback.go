@@ -1,6 +1,7 @@
 package blobfile
 
 import (
+	"errors"
 	"io"
 	"os"
 )
@@ -21,6 +22,13 @@ const (
 	WriteBehindWindow = 8 << 20  // bytes written before write-back starts on them
 	WriteBehindLag    = 32 << 20 // how far behind the newest byte the writer waits for the disk
 )
+
+// ErrWriteBack is a write-back of a file's data that failed (an I/O
+// error, a disk that filled as blocks were allocated). The kernel reports
+// it once for the whole file, not for the range asked about: it may
+// concern bytes written long before, and the page cache may still show
+// them while the disk does not hold them.
+var ErrWriteBack = errors.New("write back")
 
 // writeBehindWriter writes to f from offset off on, sequentially (the
 // caller seeked f there), starting write-back as it goes.
