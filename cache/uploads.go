@@ -603,14 +603,16 @@ func (s *Store) recordChunk(rec *uploadRecord, h hash.Hash, n int64) error {
 // appendData writes r at offset at, hashing sha256 along. On any error
 // the chunk is cut off again, so the file matches the record.
 //
-// A chunk is not fsynced: its bytes are written back as they arrive and
-// the tail is started on its way, and CommitUpload's fsync is what makes
-// the blob durable, once. An fsync per chunk cost each 64 MiB PATCH a
-// flush of the disk's cache (20-40 ms here), with the client waiting and
-// no bytes arriving. A killed process loses nothing of a chunk (the page
-// cache holds it); a power failure may lose or zero a session's last
-// bytes, which is why a commit by another instance than the one that
-// wrote them all reads the data again (uploadRecord.Writer).
+// A chunk is not fsynced: its bytes are written back as they arrive, the
+// chunk waits until they are all on disk (so a write-back error is this
+// chunk's, never lost with evicted pages before a later fsync), and
+// CommitUpload's fsync is what makes the blob durable, once. An fsync per
+// chunk added a flush of the disk's cache to each 64 MiB PATCH (about 28
+// ms here, against 2-6 ms for the wait on the data), with the client
+// waiting and no bytes arriving. A killed process loses nothing of a chunk;
+// a power failure may lose or zero what the disk's cache held, which is
+// why a commit by another instance than the one that wrote every byte
+// reads the data again (uploadRecord.Writer).
 func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int64, error) {
 	fail := func(what string, err error) (int64, error) {
 		if terr := f.Truncate(at); terr != nil {
@@ -629,7 +631,7 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if err != nil {
 		return fail("append upload", err)
 	}
-	if err := blobfile.StartWriteBehind(dw); err != nil {
+	if err := blobfile.WaitWriteBehind(dw); err != nil {
 		return fail("write back upload", err)
 	}
 	return n, nil

@@ -72,18 +72,21 @@ func (w *writeBehindWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// StartWriteBehind starts write-back of what w, from WriteBehind, has
-// written and not yet started, and returns without waiting: for a writer
-// that stops without an fsync (a chunk of an upload session), so its tail
-// goes to disk now rather than when the kernel gets to it.
-func StartWriteBehind(w io.Writer) error {
+// WaitWriteBehind returns once every byte w, from WriteBehind, has
+// written is on disk: the data, not the metadata nor the disk's cache,
+// which wait for fsync (whose flush of the disk's cache is the costly
+// part). For a writer that stops without an fsync (a chunk of an upload
+// session): a write-back error of its bytes is then reported to it, not
+// to a later caller, and cannot be lost with the file's pages in memory
+// if they are evicted before the fsync.
+func WaitWriteBehind(w io.Writer) error {
 	wb, ok := w.(*writeBehindWriter)
-	if !ok || wb.off == wb.started {
+	if !ok || wb.off == wb.waited {
 		return nil
 	}
-	if err := startWriteback(wb.f, wb.started, wb.off-wb.started); err != nil {
+	if err := waitWriteback(wb.f, wb.waited, wb.off-wb.waited); err != nil {
 		return err
 	}
-	wb.started = wb.off
+	wb.started, wb.waited = wb.off, wb.off
 	return nil
 }
