@@ -663,8 +663,12 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 		return BlobInfo{}, err
 	}
 	got, err := s.digestData(f, rec, want.Algorithm)
+	damaged := errors.Is(err, errSessionDamaged)
+	if damaged {
+		err = nil
+	}
 	syncFailed := false
-	if err == nil {
+	if err == nil && !damaged {
 		// What makes the blob durable: chunks are not synced.
 		err = f.Sync()
 		syncFailed = err != nil
@@ -684,6 +688,15 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 			}
 		}
 		return BlobInfo{}, fmt.Errorf("cache: commit upload: %w", err)
+	}
+	if damaged {
+		// Its bytes are not the ones received: whatever digest the
+		// client sends, it is not committed, and its space and slot go
+		// now.
+		if rerr := s.removeUpload(id); rerr != nil {
+			s.log.Warn("remove damaged upload", zap.String("upload", id), zap.Error(rerr))
+		}
+		return BlobInfo{}, fmt.Errorf("%w: want %s; the session's data changed since it was received", ErrDigestMismatch, want)
 	}
 	if got != want {
 		return BlobInfo{}, fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, want, got)
@@ -727,9 +740,15 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 	return info, nil
 }
 
+// errSessionDamaged: a session's data, read again, is not what its
+// chunks hashed to when they arrived (a power failure since).
+var errSessionDamaged = errors.New("upload session's data changed since it was received")
+
 // digestData returns the digest of the session's data under alg: sha256
 // from the state kept during appends when this instance wrote every byte,
-// anything else by reading the file.
+// anything else by reading the file. When the file, read for sha256,
+// differs from the state, it returns the file's digest with
+// errSessionDamaged.
 func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest, error) {
 	var kept Digest
 	if alg == SHA256 {
@@ -751,8 +770,9 @@ func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest,
 	}
 	got := FromHash(alg, h)
 	if alg == SHA256 && got != kept {
-		s.log.Warn("upload session's data is not what its chunks hashed to (a power failure since they were written?); the commit is refused and the client must push the blob again",
+		s.log.Warn("upload session's data is not what its chunks hashed to (a power failure since they were written?); the commit is refused, the session dropped, and the client must push the blob again",
 			zap.String("repo", rec.Repo), zap.String("upload", rec.ID), zap.Int64("size", rec.Size))
+		return got, errSessionDamaged
 	}
 	return got, nil
 }

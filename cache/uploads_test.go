@@ -431,5 +431,8 @@ func TestUploadDataChangedAcrossRestart(t *testing.T) {
 		if _, err := s.StatBlob(t.Context(), want); !errors.Is(err, ErrBlobUnknown) {
 			t.Fatalf("blob after the refused commit: %v; want ErrBlobUnknown", err)
 		}
+		// It can never be committed: it is gone, its space with it.
+		_, err = s.GetUpload(t.Context(), "app", u.ID)
+		wantErr(t, "the damaged session after its refused commit", err, ErrUploadUnknown)
 	}
 }
