@@ -762,6 +762,19 @@ func (s *Store) Referrers(ctx context.Context, repo string, d Digest, after stri
 				continue
 			}
 			m, err := getManifest(txn, repo, rd)
+			if err == nil {
+				// A referrer listed answers its GET, which reads its file.
+				if _, serr := os.Stat(s.blobPath(rd)); serr != nil {
+					err = fmt.Errorf("%w: %s in %s: %w: %w", ErrManifestUnknown, rd, repo, errRecordDamaged, serr)
+				}
+			}
+			if errors.Is(err, errRecordDamaged) {
+				// Left out, as its GET answers it unknown, and logged as
+				// that GET logs it.
+				s.log.Error("manifest damaged; left out of the list of referrers until it is pushed again",
+					zap.String("repo", repo), zap.String("digest", rd.String()), zap.Error(err))
+				continue
+			}
 			if errors.Is(err, ErrManifestUnknown) {
 				continue
 			}
