@@ -180,6 +180,31 @@ func dropManifestIndexes(txn *badger.Txn, repo, d string, rec manifestRecord) er
 	return nil
 }
 
+// indexesOf is what dropManifestIndexes needs of manifest d of repo,
+// read from its referrer and reference entries rather than its record:
+// for a manifest whose record is lost. It scans all of the repository's
+// entries; only the delete of a damaged manifest pays for that.
+func indexesOf(txn *badger.Txn, repo, d string) (manifestRecord, error) {
+	var rec manifestRecord
+	suffix := sep + d
+	err := each(txn, prefixOf("s/", repo), "", func(rest string, _ []byte) (bool, error) {
+		if subject, ok := strings.CutSuffix(rest, suffix); ok {
+			rec.Subject = subject
+		}
+		return true, nil
+	})
+	if err != nil {
+		return rec, err
+	}
+	err = each(txn, prefixOf("ref/", repo), "", func(rest string, _ []byte) (bool, error) {
+		if ref, ok := strings.CutSuffix(rest, suffix); ok {
+			rec.Refs = append(rec.Refs, ref)
+		}
+		return true, nil
+	})
+	return rec, err
+}
+
 // tagValue is the value of t/<repo>\0<tag>: fetched (8 bytes) and the
 // digest.
 func tagValue(d string, fetched time.Time) []byte { return append(unixNano(fetched), d...) }
@@ -289,11 +314,11 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 	return s.update(ctx, func(txn *badger.Txn) error {
 		rec, ok, err := readManifest(txn, repo, ds)
 		if errors.Is(err, metastore.ErrDamaged) {
-			// Deleted without its referrer and reference entries,
-			// which only the record names: a referrer entry without
-			// its record is not listed, a reference entry keeps a
-			// blob link from GC (space, never bytes lost).
-			rec, ok, err = manifestRecord{}, true, nil
+			// Only the record names its subject and references: they
+			// are found among the repository's entries instead, so
+			// that no reference entry keeps a blob from GC.
+			rec, err = indexesOf(txn, repo, ds)
+			ok = err == nil
 		}
 		if err != nil || !ok {
 			return cmpErr(err, fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo))
