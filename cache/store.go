@@ -99,6 +99,9 @@ type Store struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
+	// pushes are the temporary files of PutBlobs in flight, which Close
+	// removes (see blobfile.InFlight).
+	pushes blobfile.InFlight
 }
 
 const (
@@ -273,6 +276,9 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.cancel()
 		s.wg.Wait()
+		if n := s.pushes.RemoveAll(); n > 0 {
+			s.log.Info("removed the temporary files of blob pushes cut by the close", zap.Int("files", n))
+		}
 		s.evictMu.Lock()
 		s.flushUse() // uses since the last flush survive the restart
 		s.evictMu.Unlock()

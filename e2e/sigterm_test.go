@@ -29,7 +29,24 @@ import (
 // absent. After the restart no temporary file of a cut write is left
 // in use: the store's tmp/ holds nothing once the sessions are done.
 func TestStopMidPushes(t *testing.T) {
-	s, _ := reloadServer(t, "\tgrace_period 10s")
+	// The single node, and the store over the seams on the same folder
+	// (blobs by the fs backend, metadata in metadata_dir).
+	for _, c := range []struct {
+		name   string
+		metaDB bool
+	}{{"single node", false}, {"fs and metadata_dir", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			lines := ""
+			if c.metaDB {
+				lines = "\t\tmetadata_dir " + strconv.Quote(filepath.Join(t.TempDir(), "meta")) + "\n"
+			}
+			s, _ := reloadServerWith(t, "\tgrace_period 10s", lines)
+			stopMidPushes(t, s)
+		})
+	}
+}
+
+func stopMidPushes(t *testing.T, s *server) {
 	const repo = "team/stop"
 
 	// Sessions with their first chunk acknowledged before the stop.
@@ -71,6 +88,10 @@ func TestStopMidPushes(t *testing.T) {
 		t.Logf("stopped %s after SIGTERM", time.Since(start))
 	case <-time.After(40 * time.Second):
 		t.Fatal("still running 40 s after SIGTERM with a 10 s grace period")
+	}
+	// The cut monolithic blob's temporary file went with its request.
+	if left := tmpFiles(t, s.dataDir); len(left) > 0 {
+		t.Errorf("tmp/ after the stop: %v; want nothing", left)
 	}
 	s.start()
 
@@ -335,6 +356,10 @@ func TestStopMidMirrorFill(t *testing.T) {
 	case <-s.done:
 	case <-time.After(40 * time.Second):
 		t.Fatal("still running 40 s after SIGTERM with a 5 s grace period")
+	}
+	// The cut fill's temporary file went with it.
+	if left := tmpFiles(t, s.dataDir); len(left) > 0 {
+		t.Errorf("tmp/ after the stop: %v; want nothing", left)
 	}
 	s.start()
 	for _, b := range [][]byte{finishing, stalling} {
