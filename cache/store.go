@@ -276,8 +276,8 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.cancel()
 		s.wg.Wait()
-		if n := s.pushes.RemoveAll(); n > 0 {
-			s.log.Info("removed the temporary files of blob pushes cut by the close", zap.Int("files", n))
+		if n := s.pushes.UndoAll(); n > 0 {
+			s.log.Info("removed what blob pushes cut by the close had written", zap.Int("pushes", n))
 		}
 		s.evictMu.Lock()
 		s.flushUse() // uses since the last flush survive the restart
