@@ -570,7 +570,7 @@ func (a *Authorizer) identifyBasic(r *http.Request, user, pass string) (Identity
 			return Identity{Method: MethodBasic}, err
 		}
 	}
-	ok, err := a.o.Htpasswd.Check(r.Context(), user, pass, a.o.FailDelay)
+	ok, err := a.o.Htpasswd.CheckFrom(r.Context(), user, pass, a.o.FailDelay, at.Known())
 	if err != nil {
 		at.Refund() // not checked: no guess
 		return Identity{Method: MethodBasic}, err

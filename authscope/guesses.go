@@ -355,6 +355,12 @@ func (g *Guesses) isKnown(k uint64, now int64) bool {
 	return e != nil && now-e.at < int64(knownLoginFor)
 }
 
+// Known reports whether a is a check of an account from an address that
+// logged in to it before (charged to the pair's own bucket).
+func (a *GuessAttempt) Known() bool {
+	return a != nil && a.known != 0 && a.bucket == a.known
+}
+
 // End records how a's check went: a failed login stays charged to the
 // client and the account; a good one is refunded, and exempts the client
 // from the account's bound from then on.

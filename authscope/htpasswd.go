@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"runtime"
 	"strings"
@@ -114,13 +115,29 @@ func ParseHtpasswd(data []byte) (*Htpasswd, error) {
 // initialisation found it.
 var hashTurns = NewTurns(func() int { return max(1, runtime.GOMAXPROCS(0)/2) })
 
+// knownTurns are turns of their own, as many again, for logins of an
+// account from an address that logged in to it before (see CheckFrom):
+// wrong passwords for made-up names from many addresses took every turn
+// of hashTurns, so such a login, not remembered (the first of the day),
+// waited the whole TurnWait and was then often refused. No made-up name
+// and no new address takes these; all CPUs compare at once only while
+// such logins and a flood meet.
+var knownTurns = NewTurns(func() int { return max(1, runtime.GOMAXPROCS(0)/2) })
+
 // Check reports whether password is user's. On failure it waits failDelay
 // (or until ctx ends) before returning, to slow down guessing. When no
 // comparison could start within TurnWait (or before ctx ended) it
 // returns *ErrTooManyGuesses with Busy set, the password unchecked
 // (Turns.Take).
 func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay time.Duration) (bool, error) {
-	key := sha256.Sum256([]byte(user + "\x00" + password))
+	return h.CheckFrom(ctx, user, password, failDelay, false)
+}
+
+// CheckFrom is Check; knownAddress says that the login comes from an address
+// that logged in to user before (GuessAttempt.Known), so that it may take
+// knownTurns as well.
+func (h *Htpasswd) CheckFrom(ctx context.Context, user, password string, failDelay time.Duration, knownAddress bool) (bool, error) {
+	key := loginKey(user, password)
 	now := time.Now()
 	h.mu.Lock()
 	exp, hit := h.good[key]
@@ -132,7 +149,11 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 	if !known {
 		hash = h.dummy
 	}
-	release, err := hashTurns.Take(ctx)
+	var own *Turns // nil: none
+	if knownAddress {
+		own = knownTurns
+	}
+	release, err := hashTurns.Take(ctx, own)
 	if err != nil {
 		return false, err
 	}
@@ -167,11 +188,23 @@ func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay t
 	return false, nil
 }
 
+// loginKey names a pair in the remembered good logins. The user's length
+// comes first, so no two pairs share a key: with a separator alone,
+// ("a", "b\x00c") and ("a\x00b", "c") would (Basic credentials may hold
+// a NUL on either side of the colon).
+func loginKey(user, password string) [sha256.Size]byte {
+	h := sha256.New()
+	_ = binary.Write(h, binary.BigEndian, uint64(len(user)))
+	h.Write([]byte(user))
+	h.Write([]byte(password))
+	return [sha256.Size]byte(h.Sum(nil))
+}
+
 // Remembers reports whether password is user's by the cache of recent
 // good logins alone, without a bcrypt comparison: such a check is no
 // guess.
 func (h *Htpasswd) Remembers(user, password string) bool {
-	key := sha256.Sum256([]byte(user + "\x00" + password))
+	key := loginKey(user, password)
 	h.mu.Lock()
 	exp, hit := h.good[key]
 	h.mu.Unlock()

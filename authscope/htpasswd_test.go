@@ -87,3 +87,22 @@ func TestHtpasswdUnknownUserTiming(t *testing.T) {
 		t.Errorf("unknown user %s, listed user %s: a login tells who exists", unknown, known)
 	}
 }
+
+// TestHtpasswdRememberedLoginsKeepPairsApart: a good login is
+// remembered by user and password together; another user whose name and
+// password join to the same bytes is not let in by it.
+func TestHtpasswdRememberedLoginsKeepPairsApart(t *testing.T) {
+	h, err := ParseHtpasswd([]byte("a:" + bcryptAt(t, "b\x00c", bcrypt.MinCost)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := h.Check(t.Context(), "a", "b\x00c", 0); !ok || err != nil {
+		t.Fatalf("a's own password: %v, %v", ok, err)
+	}
+	if ok, _ := h.Check(t.Context(), "a\x00b", "c", 0); ok {
+		t.Fatal(`user "a\x00b" with password "c" was let in by a's remembered login`)
+	}
+	if h.Remembers("a\x00b", "c") {
+		t.Fatal(`"a\x00b"/"c" counted as remembered`)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 )
@@ -39,7 +40,8 @@ type OIDCClient struct {
 	// provider.
 	RedirectURL string
 	Claims      ClaimMapping
-	// HTTPClient talks to the provider; nil is http.DefaultClient.
+	// HTTPClient talks to the provider; nil is a client with outbound's
+	// bounds.
 	HTTPClient *http.Client
 	// Now is the clock the ID token's expiry is checked by; nil is
 	// time.Now.
@@ -55,11 +57,39 @@ func (c *OIDCClient) ctx(ctx context.Context) context.Context {
 	return withClient(ctx, c.HTTPClient)
 }
 
+// withClient has go-oidc and oauth2 talk to the provider with
+// providerClient(hc).
 func withClient(ctx context.Context, hc *http.Client) context.Context {
-	if hc != nil {
-		return oidc.ClientContext(ctx, hc)
+	return oidc.ClientContext(ctx, providerClient(hc))
+}
+
+// defaultProviderClient talks to OIDC providers when the caller gave no
+// client: discovery, keys and the code exchange each have their own
+// deadline, so its timeout only catches a body that never ends.
+var defaultProviderClient = outbound.Client(time.Minute)
+
+// maxProviderAnswer bounds an answer of the provider (discovery document,
+// key set, token response). go-oidc reads the discovery document whole,
+// with no bound: a provider (or whatever the issuer URL reaches) that
+// streams one without end grew the process by gigabytes within
+// discoveryTimeout (2.7 GiB of RSS from one anonymous GET of the sign-in
+// page, attack9), again at each retry.
+const maxProviderAnswer = 1 << 20
+
+// providerClient is hc (nil: defaultProviderClient) with every answer
+// read up to maxProviderAnswer; its transport, and so its connections,
+// are hc's.
+func providerClient(hc *http.Client) *http.Client {
+	if hc == nil {
+		hc = defaultProviderClient
 	}
-	return ctx
+	bounded := *hc
+	rt := bounded.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	bounded.Transport = outbound.LimitBodies(rt, maxProviderAnswer)
+	return &bounded
 }
 
 func (c *OIDCClient) discover(ctx context.Context) (*discovered, error) {
@@ -320,11 +350,7 @@ func (k *providerKeys) fetch(ctx context.Context) ([]crypto.PublicKey, error) {
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/json")
-	hc := k.hc
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
+	resp, err := providerClient(k.hc).Do(req)
 	if err != nil {
 		return nil, err
 	}

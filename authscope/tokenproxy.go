@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"go.uber.org/zap"
 )
 
@@ -106,7 +107,7 @@ type TokenProxy struct {
 
 const withheldMessage = "API keys and workload tokens are accepted by the registry itself, not by its token service: send them as Basic credentials to /v2/"
 
-var defaultTokenClient = &http.Client{Timeout: 30 * time.Second}
+var defaultTokenClient = outbound.Client(30 * time.Second)
 
 // ServeHTTP implements http.Handler.
 func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -27,18 +27,31 @@ func NewTurns(size func() int) *Turns { return &Turns{size: size} }
 // held for as long as a flood lasts.
 const TurnWait = 10 * time.Second
 
-// Take waits for a turn, at most TurnWait or until ctx ends, and returns
-// the function that gives it back. When none came it returns
-// *ErrTooManyGuesses with Busy set: the credentials are not checked.
-func (t *Turns) Take(ctx context.Context) (release func(), err error) {
-	t.once.Do(func() { t.ch = make(chan struct{}, max(1, t.size())) })
+// Take waits for a turn of t, or of also (a lane of its own, as
+// htpasswd's for known addresses; nil: none), at most TurnWait or until
+// ctx ends, and returns the function that gives it back. When none came
+// it returns *ErrTooManyGuesses with Busy set: the credentials are not
+// checked.
+func (t *Turns) Take(ctx context.Context, also *Turns) (release func(), err error) {
+	var other chan struct{} // nil: never ready
+	if also != nil {
+		other = also.turns()
+	}
 	wait := time.NewTimer(TurnWait)
 	defer wait.Stop()
 	select {
-	case t.ch <- struct{}{}:
+	case t.turns() <- struct{}{}:
 		return func() { <-t.ch }, nil
+	case other <- struct{}{}:
+		return func() { <-other }, nil
 	case <-wait.C:
 	case <-ctx.Done():
 	}
 	return nil, &ErrTooManyGuesses{RetryAfter: time.Second, Busy: true}
+}
+
+// turns is t's channel, made at its first use.
+func (t *Turns) turns() chan struct{} {
+	t.once.Do(func() { t.ch = make(chan struct{}, max(1, t.size())) })
+	return t.ch
 }

@@ -40,7 +40,8 @@ type WorkloadVerifier struct {
 	Audience string
 	// Claims map to user and groups; Username defaults to sub here.
 	Claims ClaimMapping
-	// HTTPClient fetches discovery and keys; nil is http.DefaultClient.
+	// HTTPClient fetches discovery and keys; nil is a client with
+	// outbound's bounds.
 	HTTPClient *http.Client
 	// Now is the clock of expiry; nil is time.Now.
 	Now func() time.Time

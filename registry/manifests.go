@@ -314,6 +314,11 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		return cache.Manifest{}, errManifestInvalid(
 			fmt.Sprintf("schemaVersion %d is not supported", doc.SchemaVersion), nil)
 	}
+	if where := negativeSize(doc); where != "" {
+		// Every client that pulls it checks the bytes against the size,
+		// and none can hold less than nothing.
+		return cache.Manifest{}, errManifestInvalid(where+": size is negative", nil)
+	}
 
 	mt := ""
 	if contentType != "" {
@@ -392,6 +397,28 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		}
 	}
 	return m, nil
+}
+
+// negativeSize names the first descriptor of doc with a negative size;
+// "" when none has one.
+func negativeSize(doc manifestDoc) string {
+	if doc.Config != nil && doc.Config.Size < 0 {
+		return "config"
+	}
+	for i, l := range doc.Layers {
+		if l.Size < 0 {
+			return fmt.Sprintf("layers[%d]", i)
+		}
+	}
+	for i, c := range doc.Manifests {
+		if c.Size < 0 {
+			return fmt.Sprintf("manifests[%d]", i)
+		}
+	}
+	if doc.Subject != nil && doc.Subject.Size < 0 {
+		return "subject"
+	}
+	return ""
 }
 
 // maxTypeLength bounds a manifest's media and artifact types. The store

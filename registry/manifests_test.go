@@ -156,6 +156,10 @@ func TestManifestErrors(t *testing.T) {
 		// Refused the same way on every metadata backend (PostgreSQL's
 		// text holds no NUL), not stored by one and refused by another.
 		{"artifactType too long", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "artifactType": "application/" + strings.Repeat("x", 1013), "config": cfgDesc, "layers": []any{}}), 400, CodeManifestInvalid},
+		{"layer size negative", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": cfgDesc["digest"], "size": -1}}}), 400, CodeManifestInvalid},
+		{"config size negative", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": map[string]any{"mediaType": cfgDesc["mediaType"], "digest": cfgDesc["digest"], "size": -2}, "layers": []any{}}), 400, CodeManifestInvalid},
+		{"index child size negative", "t", mtIndex, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtIndex, "manifests": []any{map[string]any{"mediaType": mtManifest, "digest": goodDigest.String(), "size": -1}}}), 400, CodeManifestInvalid},
+		{"subject size negative", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cfgDesc, "layers": []any{}, "subject": map[string]any{"mediaType": mtManifest, "digest": goodDigest.String(), "size": -1}}), 400, CodeManifestInvalid},
 		{"artifactType with NUL", "t", mtManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "artifactType": "application/x\u0000y", "config": cfgDesc, "layers": []any{}}), 400, CodeManifestInvalid},
 	}
 	for _, tc := range tests {

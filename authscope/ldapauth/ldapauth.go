@@ -25,6 +25,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
 	"go.uber.org/zap"
 
@@ -47,6 +48,18 @@ const MaxUserLength = 256
 
 // maxGroups bounds the groups read for one user.
 const maxGroups = 1000
+
+// MaxAnswerBytes bounds one message from the directory: go-ldap reads a
+// message whole before anything looks at it, and its BER reader's own
+// bound is 2 GiB, which a broken or hostile directory could send within
+// one request's timeout. An entry with thousands of memberOf values is
+// well under a megabyte.
+const MaxAnswerBytes = 8 << 20
+
+func init() {
+	// The BER reader's bound is a package variable; only LDAP uses it.
+	ber.MaxPacketLengthBytes = MaxAnswerBytes
+}
 
 // Config says how to reach the directory and find users and groups.
 type Config struct {
@@ -257,7 +270,7 @@ func (d *Directory) Login(ctx context.Context, user, password string) (authscope
 	if id, ok := d.cache.get(key); ok {
 		return id, nil
 	}
-	release, err := d.binds.Take(ctx)
+	release, err := d.binds.Take(ctx, nil)
 	if err != nil {
 		return authscope.Identity{}, err
 	}
@@ -436,7 +449,7 @@ func (d *Directory) Lookup(ctx context.Context, user string) (authscope.Identity
 		}
 		return id, nil
 	}
-	release, err := d.binds.Take(ctx)
+	release, err := d.binds.Take(ctx, nil)
 	if err != nil {
 		return authscope.Identity{}, err
 	}

@@ -20,11 +20,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-oci/caddy-oci/internal/outbound/outboundtest"
 )
 
 // Client credentials the provider knows.
@@ -73,6 +76,10 @@ type Provider struct {
 	extra map[string]*rsa.PrivateKey
 	// keysDown makes the key set endpoint answer 503 (SetKeysDown).
 	keysDown bool
+	// padded are the paths whose answers carry a megabyte of headers
+	// (PadHeaders); stuffed, those whose bodies end in 2 MiB of spaces
+	// (PadBody).
+	padded, stuffed map[string]bool
 }
 
 type grant struct {
@@ -90,7 +97,19 @@ func New(t testing.TB, user string, groups ...string) *Provider {
 	mux.HandleFunc("GET /jwks", p.jwks)
 	mux.HandleFunc("GET /authorize", p.authorize)
 	mux.HandleFunc("POST /token", p.token)
-	p.Server = httptest.NewServer(mux)
+	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		pad, stuff := p.padded[r.URL.Path], p.stuffed[r.URL.Path]
+		p.mu.Unlock()
+		if pad {
+			outboundtest.PadHeaders(w.Header(), 1024)
+		}
+		mux.ServeHTTP(w, r)
+		if stuff {
+			// Still valid JSON: whitespace may follow the value.
+			_, _ = w.Write([]byte(strings.Repeat(" ", 2<<20)))
+		}
+	}))
 	t.Cleanup(p.Close)
 	return p
 }
@@ -175,6 +194,28 @@ func (p *Provider) SetKeysDown(down bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.keysDown = down
+}
+
+// PadHeaders makes the answers for path (e.g. "/jwks") carry a megabyte
+// of headers, as a hostile or broken provider might.
+func (p *Provider) PadHeaders(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.padded == nil {
+		p.padded = map[string]bool{}
+	}
+	p.padded[path] = true
+}
+
+// PadBody makes the answers for path end in 2 MiB of spaces, which
+// leave a JSON answer valid and only larger.
+func (p *Provider) PadBody(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stuffed == nil {
+		p.stuffed = map[string]bool{}
+	}
+	p.stuffed[path] = true
 }
 
 // Fetches returns how many times discovery and the keys were fetched.

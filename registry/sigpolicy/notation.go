@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"github.com/notaryproject/notation-core-go/revocation"
 	corecrl "github.com/notaryproject/notation-core-go/revocation/crl"
 	"github.com/notaryproject/notation-core-go/revocation/purpose"
@@ -57,7 +58,7 @@ func loopbackClient() *http.Client {
 			return nil
 		},
 	}
-	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, Proxy: nil}}
+	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, Proxy: nil, MaxResponseHeaderBytes: outbound.MaxResponseHeaderBytes}}
 }
 
 // newNotationVerifier builds notation's verifier from a trust policy made

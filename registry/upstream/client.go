@@ -37,6 +37,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
@@ -159,7 +160,9 @@ type Client struct {
 
 	mu     sync.Mutex
 	tokens map[string]token // by host + repository
-	basic  map[string]bool  // hosts that asked for Basic auth
+	// tokenBytes is what tokens holds, counted as keptTokenCost does.
+	tokenBytes int64
+	basic      map[string]bool // hosts that asked for Basic auth
 	// bearer: each host's last Bearer challenge, scope dropped. A
 	// repository's first request fetches its token with it up front
 	// instead of learning the realm from a 401 (one round trip less).
@@ -174,6 +177,54 @@ type Client struct {
 type token struct {
 	value   string
 	expires time.Time
+}
+
+// Tokens are kept per repository, and the repositories are the callers'
+// to choose: a pull of any made-up name under a mirror's prefix fetches a
+// token (Docker Hub hands out anonymous ones, about 4 KiB each, for names
+// it does not have), and nothing dropped them. 60,000 anonymous GETs of
+// made-up names grew a mirror by 325 MiB, for good. So what they hold is
+// bounded: past tokenBytesMax, the expired ones go, then arbitrary ones
+// until a quarter is free (a sweep per quarter of the budget, not one per
+// token). A token dropped early costs its repository one token request.
+const (
+	tokenBytesMax = 16 << 20
+	// tokenEntryCost is what a kept token costs besides its key and value.
+	tokenEntryCost = 64
+)
+
+func keptTokenCost(key string, t token) int64 {
+	return int64(len(key)+len(t.value)) + tokenEntryCost
+}
+
+// keepToken keeps t under key within tokenBytesMax (c.mu held).
+func (c *Client) keepToken(key string, t token) {
+	if old, ok := c.tokens[key]; ok {
+		c.tokenBytes -= keptTokenCost(key, old)
+		delete(c.tokens, key)
+	}
+	cost := keptTokenCost(key, t)
+	if cost > tokenBytesMax/4 {
+		return // used by the request that fetched it, not kept
+	}
+	if c.tokenBytes+cost > tokenBytesMax {
+		now := c.now()
+		for k, old := range c.tokens {
+			if !now.Before(old.expires) {
+				c.tokenBytes -= keptTokenCost(k, old)
+				delete(c.tokens, k)
+			}
+		}
+		for k, old := range c.tokens {
+			if c.tokenBytes+cost <= tokenBytesMax*3/4 {
+				break
+			}
+			c.tokenBytes -= keptTokenCost(k, old)
+			delete(c.tokens, k)
+		}
+	}
+	c.tokens[key] = t
+	c.tokenBytes += cost
 }
 
 // New checks cfg and returns a Client.
@@ -295,13 +346,9 @@ func CheckURL(s string) error {
 }
 
 // MaxResponseHeaderBytes bounds the headers of one answer from upstream,
-// a blob's storage or a token service. Go's default is 10 MiB; each
-// answer's headers are held whole while its body is read, and no budget
-// of the registry's (that of manifest bodies, the fill slots) counts
-// them, so a hostile upstream answering pulls of made-up digests with
-// megabytes of headers would grow the process by as much per pull.
-// Registries, storage services and token services send a few KiB.
-const MaxResponseHeaderBytes = 64 << 10
+// a blob's storage or a token service: outbound's bound, shared by every
+// client of the process.
+const MaxResponseHeaderBytes = outbound.MaxResponseHeaderBytes
 
 // maxRedirects bounds a blob's redirect chain; registries use one or two.
 const maxRedirects = 5
@@ -484,12 +531,14 @@ func (c *Client) HoldUntil() time.Time {
 // authorized sends the request with what the host asked for last time;
 // on a 401 it answers the challenge once and sends again.
 func (c *Client) authorized(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header) (*http.Response, error) {
-	if ch, ok := c.tokenDue(base, repo); ok {
-		if _, err := c.fetchToken(ctx, base, repo, ch); err != nil {
+	tok, hostCh, due := c.tokenDue(base, repo)
+	if due {
+		var err error
+		if tok, err = c.fetchToken(ctx, base, repo, hostCh); err != nil {
 			return nil, err
 		}
 	}
-	resp, err := c.send(ctx, base, method, repo, path, hdr)
+	resp, err := c.send(ctx, base, method, repo, path, hdr, tok)
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
@@ -506,7 +555,7 @@ func (c *Client) authorized(ctx context.Context, base *url.URL, method, repo, pa
 	}
 	switch {
 	case strings.EqualFold(ch.Scheme, "Bearer"):
-		if _, err := c.fetchToken(ctx, base, repo, ch); err != nil {
+		if tok, err = c.fetchToken(ctx, base, repo, ch); err != nil {
 			return nil, err
 		}
 		hostwide := authscope.Challenge{Scheme: ch.Scheme, Params: slices.Clone(ch.Params)}
@@ -521,24 +570,28 @@ func (c *Client) authorized(ctx context.Context, base *url.URL, method, repo, pa
 	default:
 		return nil, uerr
 	}
-	return c.send(ctx, base, method, repo, path, hdr)
+	return c.send(ctx, base, method, repo, path, hdr, tok)
 }
 
-// tokenDue returns the host's Bearer challenge when repo has no live
-// token there yet: the host asked for tokens before, so this request
-// would only earn a 401 naming the same realm.
-func (c *Client) tokenDue(base *url.URL, repo string) (authscope.Challenge, bool) {
+// tokenDue returns repo's live token at base's host, if one is kept;
+// without one, the host's Bearer challenge (due) when the host asked for
+// tokens before, so this request would only earn a 401 naming the same
+// realm.
+func (c *Client) tokenDue(base *url.URL, repo string) (tok string, ch authscope.Challenge, due bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ch, ok := c.bearer[base.Host]
-	if !ok {
-		return ch, false
+	if t, ok := c.tokens[base.Host+" "+repo]; ok && c.now().Before(t.expires) {
+		return t.value, ch, false
 	}
-	tok, have := c.tokens[base.Host+" "+repo]
-	return ch, !have || !c.now().Before(tok.expires)
+	ch, due = c.bearer[base.Host]
+	return "", ch, due
 }
 
-func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header) (*http.Response, error) {
+// send sends one request, with bearer as its token when not empty (the
+// one the caller found or fetched: kept tokens may be dropped meanwhile,
+// see tokenBytesMax), else with the mirror's credentials when the host
+// asked for Basic.
+func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header, bearer string) (*http.Response, error) {
 	name := repo
 	if base.Path != "" {
 		name = strings.TrimSuffix(base.Path+"/"+repo, "/")
@@ -564,12 +617,11 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	// bytes and fail its digest. Kept on redirects.
 	req.Header.Set("Accept-Encoding", "identity")
 	c.mu.Lock()
-	tok, ok := c.tokens[base.Host+" "+repo]
 	basic := c.basic[base.Host]
 	c.mu.Unlock()
 	switch {
-	case ok && c.now().Before(tok.expires):
-		req.Header.Set("Authorization", "Bearer "+tok.value)
+	case bearer != "":
+		req.Header.Set("Authorization", "Bearer "+bearer)
 	case basic:
 		req.SetBasicAuth(c.user, c.pass)
 	}
@@ -669,7 +721,7 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 		// Renew a little early so a token does not expire in flight.
 		life -= life / 10
 		c.mu.Lock()
-		c.tokens[key] = token{value: t, expires: c.now().Add(life)}
+		c.keepToken(key, token{value: t, expires: c.now().Add(life)})
 		c.mu.Unlock()
 		return t, nil
 	})

@@ -41,6 +41,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
+	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
@@ -215,6 +216,7 @@ func newHTTPClient() *awshttp.BuildableClient {
 			tr.TLSHandshakeTimeout = 10 * time.Second
 			// CompleteMultipartUpload works before it answers.
 			tr.ResponseHeaderTimeout = 2 * time.Minute
+			tr.MaxResponseHeaderBytes = outbound.MaxResponseHeaderBytes
 			tr.ExpectContinueTimeout = time.Second
 			tr.MaxIdleConnsPerHost = 64
 			tr.IdleConnTimeout = 90 * time.Second

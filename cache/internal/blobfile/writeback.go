@@ -1,6 +1,7 @@
 package blobfile
 
 import (
+	"errors"
 	"io"
 	"os"
 )
@@ -21,6 +22,13 @@ const (
 	WriteBehindWindow = 8 << 20  // bytes written before write-back starts on them
 	WriteBehindLag    = 32 << 20 // how far behind the newest byte the writer waits for the disk
 )
+
+// ErrWriteBack is a write-back of a file's data that failed (an I/O
+// error, a disk that filled as blocks were allocated). The kernel reports
+// it once for the whole file, not for the range asked about: it may
+// concern bytes written long before, and the page cache may still show
+// them while the disk does not hold them.
+var ErrWriteBack = errors.New("write back")
 
 // writeBehindWriter writes to f from offset off on, sequentially (the
 // caller seeked f there), starting write-back as it goes.
@@ -62,4 +70,20 @@ func (w *writeBehindWriter) Write(p []byte) (int, error) {
 		w.waited = behind
 	}
 	return n, nil
+}
+
+// StartWriteBehind starts write-back of what w, from WriteBehind, has
+// written and not yet started, and returns without waiting: for a writer
+// that stops without an fsync (a chunk of an upload session), so its tail
+// goes to disk now rather than when the kernel gets to it.
+func StartWriteBehind(w io.Writer) error {
+	wb, ok := w.(*writeBehindWriter)
+	if !ok || wb.off == wb.started {
+		return nil
+	}
+	if err := startWriteback(wb.f, wb.started, wb.off-wb.started); err != nil {
+		return err
+	}
+	wb.started = wb.off
+	return nil
 }
