@@ -602,6 +602,8 @@ func (a *Authorizer) keyOwnerInDirectory(r *http.Request, k APIKey) (Identity, e
 		return Identity{User: k.User, Groups: owner.Groups, Method: MethodAPIKey}, nil
 	case errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrBadCredentials):
 		return Identity{Method: MethodAPIKey}, fmt.Errorf("%w: the owner %q of key %s: %w", ErrAPIKeyInvalid, k.User, k.ID, err)
+	case errors.As(err, new(*ErrTooManyGuesses)):
+		return Identity{Method: MethodAPIKey}, err // 429: the directory's turns are taken
 	}
 	return Identity{}, &checkFailed{err}
 }
@@ -639,7 +641,10 @@ func (a *Authorizer) directoryLogin(r *http.Request, user, pass string) (Identit
 		sleepCtx(r.Context(), a.o.FailDelay)
 		return Identity{Method: MethodLDAP}, err
 	}
-	at.Refund() // the directory failed, not the caller
+	at.Refund() // the directory failed, or was not asked: no guess
+	if errors.As(err, new(*ErrTooManyGuesses)) {
+		return Identity{Method: MethodLDAP}, err // 429: no turn came
+	}
 	return Identity{}, &checkFailed{err}
 }
 

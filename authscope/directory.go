@@ -17,7 +17,9 @@ type Directory interface {
 	// An error wraps ErrBadCredentials when the directory refused the
 	// credentials (no such user, wrong or empty password), and
 	// ErrUnavailable when it could not be asked (down, timed out,
-	// misconfigured): then the caller is not at fault.
+	// misconfigured): then the caller is not at fault. It is
+	// *ErrTooManyGuesses with Busy set when no turn to ask came in time
+	// (Turns): answered 429, the credentials unchecked.
 	Login(ctx context.Context, user, password string) (Identity, error)
 }
 
@@ -35,7 +37,8 @@ var ErrUnavailable = errors.New("identity source unavailable")
 type DirectoryUsers interface {
 	// Lookup returns user as the directory holds it now. An error wraps
 	// ErrNoSuchUser when the directory has no such user, and
-	// ErrUnavailable when it could not be asked.
+	// ErrUnavailable when it could not be asked; *ErrTooManyGuesses as
+	// Login's.
 	Lookup(ctx context.Context, user string) (Identity, error)
 }
 

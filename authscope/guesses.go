@@ -160,8 +160,8 @@ type GuessAttempt struct {
 type ErrTooManyGuesses struct {
 	RetryAfter time.Duration
 	Account    bool // the account's bound, not the client's
-	// Busy: not a bound of the caller's, the process's password
-	// comparisons at once (see hashTurns).
+	// Busy: not a bound of the caller's, the process's checks of
+	// credentials at once (see Turns).
 	Busy bool
 }
 

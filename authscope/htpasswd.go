@@ -109,34 +109,26 @@ func ParseHtpasswd(data []byte) (*Htpasswd, error) {
 // sending wrong passwords for made-up names within those bounds kept
 // both CPUs of a registry busy, and an anonymous manifest GET took a
 // second instead of 2 ms. Comparisons past the bound wait their turn, so
-// pulls and pushes keep the other half. Made at the first comparison, so
+// pulls and pushes keep the other half. Sized at the first comparison, so
 // that it follows GOMAXPROCS as the process set it when it started
 // (Caddy adjusts it to a container's CPU quota), not as package
 // initialisation found it.
-var hashTurns = sync.OnceValue(func() chan struct{} {
-	return make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
-})
+var hashTurns = NewTurns(func() int { return max(1, runtime.GOMAXPROCS(0)/2) })
 
 // knownTurns are turns of their own, as many again, for logins of an
 // account from an address that logged in to it before (see CheckFrom):
 // wrong passwords for made-up names from many addresses took every turn
 // of hashTurns, so such a login, not remembered (the first of the day),
-// waited the whole hashTurnWait and was then often refused. No made-up
-// name and no new address takes these; all CPUs compare at once only
-// while such logins and a flood meet.
-var knownTurns = sync.OnceValue(func() chan struct{} {
-	return make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
-})
-
-// hashTurnWait bounds the wait for a turn: past it the login is refused,
-// unchecked, as too many at once (429 with Retry-After), rather than
-// held for as long as a flood lasts.
-const hashTurnWait = 10 * time.Second
+// waited the whole TurnWait and was then often refused. No made-up name
+// and no new address takes these; all CPUs compare at once only while
+// such logins and a flood meet.
+var knownTurns = NewTurns(func() int { return max(1, runtime.GOMAXPROCS(0)/2) })
 
 // Check reports whether password is user's. On failure it waits failDelay
 // (or until ctx ends) before returning, to slow down guessing. When no
-// comparison could start within hashTurnWait (or before ctx ended) it
-// returns *ErrTooManyGuesses with Busy set, the password unchecked.
+// comparison could start within TurnWait (or before ctx ended) it
+// returns *ErrTooManyGuesses with Busy set, the password unchecked
+// (Turns.Take).
 func (h *Htpasswd) Check(ctx context.Context, user, password string, failDelay time.Duration) (bool, error) {
 	return h.CheckFrom(ctx, user, password, failDelay, false)
 }
@@ -157,23 +149,13 @@ func (h *Htpasswd) CheckFrom(ctx context.Context, user, password string, failDel
 	if !known {
 		hash = h.dummy
 	}
-	turns := hashTurns()
-	var own chan struct{} // nil: never ready
+	var own *Turns // nil: none
 	if knownAddress {
-		own = knownTurns()
+		own = knownTurns
 	}
-	wait := time.NewTimer(hashTurnWait)
-	select {
-	case turns <- struct{}{}:
-		wait.Stop()
-	case own <- struct{}{}:
-		wait.Stop()
-		turns = own
-	case <-wait.C:
-		return false, &ErrTooManyGuesses{RetryAfter: time.Second, Busy: true}
-	case <-ctx.Done():
-		wait.Stop()
-		return false, &ErrTooManyGuesses{RetryAfter: time.Second, Busy: true}
+	release, err := hashTurns.Take(ctx, own)
+	if err != nil {
+		return false, err
 	}
 	// The same pair verified while this one waited (a burst of jobs
 	// with one account's credentials): no comparison needed.
@@ -181,11 +163,11 @@ func (h *Htpasswd) CheckFrom(ctx context.Context, user, password string, failDel
 	exp, hit = h.good[key]
 	h.mu.Unlock()
 	if hit && time.Now().Before(exp) {
-		<-turns
+		release()
 		return true, nil
 	}
 	ok := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil && known
-	<-turns
+	release()
 	if ok {
 		h.mu.Lock()
 		if len(h.good) >= htpasswdCacheMax {

@@ -156,6 +156,7 @@ func (s *Store) PutBlob(ctx context.Context, want Digest, size int64, r io.Reade
 		return 0, err
 	}
 	tmp := f.Name()
+	defer s.pushes.Add(func() { os.Remove(tmp) })()
 	committed := false
 	defer func() {
 		if !committed {

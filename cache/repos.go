@@ -631,10 +631,13 @@ func (s *Store) dropTagsOf(ctx context.Context, repo string, d Digest) error {
 // keep the young ones).
 func deleteManifestTxn(txn *badger.Txn, repo string, d Digest, since time.Time) error {
 	m, err := getManifest(txn, repo, d)
+	var dels [][]byte
 	if errors.Is(err, errRecordDamaged) {
-		// Deleted without its referrer entry, which only the record
-		// names: an entry without its record is not listed.
+		// Only the record names its subject: its referrer entry is found
+		// among the repository's entries instead, so that nothing of it
+		// stays.
 		m, err = Manifest{Digest: d}, nil
+		dels = referrerEntriesOf(txn, repo, d)
 	}
 	if err != nil {
 		return err
@@ -645,7 +648,7 @@ func deleteManifestTxn(txn *badger.Txn, repo string, d Digest, since time.Time) 
 	if err := markBlob(txn, d); err != nil {
 		return err
 	}
-	dels := [][]byte{manLinkKey(repo, d), manRevKey(d, repo)}
+	dels = append(dels, manLinkKey(repo, d), manRevKey(d, repo))
 	if !m.Subject.IsZero() {
 		dels = append(dels, refKey(repo, m.Subject, d))
 	}
@@ -673,6 +676,22 @@ func deleteManifestTxn(txn *badger.Txn, repo string, d Digest, since time.Time) 
 		}
 	}
 	return nil
+}
+
+// referrerEntriesOf returns the keys of repo's referrer entries of
+// manifest d, whatever their subject: a scan of the repository's entries,
+// for a manifest whose record, which names its subject, is lost.
+func referrerEntriesOf(txn *badger.Txn, repo string, d Digest) [][]byte {
+	suffix := []byte(sep + d.String())
+	var keys [][]byte
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pRef + repo + sep)})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		if k := it.Item().Key(); bytes.HasSuffix(k, suffix) {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+	}
+	return keys
 }
 
 // Tags lists repo's tags in lexical order, starting after `last` (empty:
@@ -762,6 +781,19 @@ func (s *Store) Referrers(ctx context.Context, repo string, d Digest, after stri
 				continue
 			}
 			m, err := getManifest(txn, repo, rd)
+			if err == nil {
+				// A referrer listed answers its GET, which reads its file.
+				if _, serr := os.Stat(s.blobPath(rd)); serr != nil {
+					err = fmt.Errorf("%w: %s in %s: %w: %w", ErrManifestUnknown, rd, repo, errRecordDamaged, serr)
+				}
+			}
+			if errors.Is(err, errRecordDamaged) {
+				// Left out, as its GET answers it unknown, and logged as
+				// that GET logs it.
+				s.log.Error("manifest damaged; left out of the list of referrers until it is pushed again",
+					zap.String("repo", repo), zap.String("digest", rd.String()), zap.Error(err))
+				continue
+			}
 			if errors.Is(err, ErrManifestUnknown) {
 				continue
 			}

@@ -103,6 +103,9 @@ type Store struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
+	// pushes are the temporary files of PutBlobs in flight, which Close
+	// removes (see blobfile.InFlight).
+	pushes blobfile.InFlight
 }
 
 const (
@@ -278,6 +281,9 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.cancel()
 		s.wg.Wait()
+		if n := s.pushes.UndoAll(); n > 0 {
+			s.log.Info("removed what blob pushes cut by the close had written", zap.Int("pushes", n))
+		}
 		s.evictMu.Lock()
 		s.flushUse() // uses since the last flush survive the restart
 		s.evictMu.Unlock()

@@ -3,12 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -75,14 +77,18 @@ func TestDamagedMetadataTable(t *testing.T) {
 // bigManifestImage is a churnImage whose manifest is over 1 MiB, so that
 // the embedded metadata keeps its bytes in badger's value log: padded with
 // spaces (its record stays small), or with an annotation (its record, which
-// keeps the annotations, goes to the value log too).
-func bigManifestImage(t *testing.T, annotation bool) churnImage {
+// keeps the annotations, goes to the value log too). A non-empty subject
+// makes it a referrer of that manifest.
+func bigManifestImage(t *testing.T, annotation bool, subject churnImage) churnImage {
 	t.Helper()
 	im := newChurnImage(t)
 	const pad = 3 << 20 / 2
 	tail, space := "", strings.Repeat(" ", pad)
 	if annotation {
 		tail, space = fmt.Sprintf(`,"annotations":{"pad":%q}`, strings.Repeat("p", pad)), ""
+	}
+	if subject.digest != "" {
+		tail += fmt.Sprintf(`,"subject":{"mediaType":%q,"digest":%q,"size":%d}`, ociManifest, subject.digest, len(subject.manifest))
 	}
 	im.manifest = []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
 		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
@@ -117,12 +123,14 @@ func TestDamagedValueLog(t *testing.T) {
 				metaDir, site = filepath.Join(dataDir, "meta"), "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+"\n\t}"
 			}
 			s := siteServer(t, "", site, 0)
-			small, big := newChurnImage(t), bigManifestImage(t, c.annotation)
+			// big and sig are referrers of small; only big is damaged.
+			small := newChurnImage(t)
+			big, sig := bigManifestImage(t, c.annotation, small), referrerImage(t, small)
 			repo := "damage/" + strings.ReplaceAll(c.name, " ", "-")
 			for _, p := range []struct {
 				tag string
 				im  churnImage
-			}{{"small", small}, {"big", big}} {
+			}{{"small", small}, {"big", big}, {"sig", sig}} {
 				if !p.im.pushBlobs(s, repo) || !p.im.putManifest(s, repo, p.tag) {
 					t.Fatalf("push of %s failed: %v", p.tag, churnSample.Load())
 				}
@@ -138,6 +146,15 @@ func TestDamagedValueLog(t *testing.T) {
 
 			s.start()
 			checkImage(t, s, repo, "small", "after the value log's tail was lost")
+			// The list of small's referrers answers what it can read, as
+			// GET answers the damaged one unknown, and logs the damaged
+			// one as its GET does.
+			if got := referrerDigests(t, s, repo, small.digest); len(got) != 1 || got[0] != sig.digest {
+				t.Errorf("referrers of small after big's value was lost: %v; want only %s", got, sig.digest)
+			}
+			if !s.logsWithin(5*time.Second, `"level":"error"`, big.digest) {
+				t.Errorf("the damaged referrer %s left out of the list without an error in the log", big.digest)
+			}
 			for _, ref := range []string{"big", big.digest} {
 				// A HEAD says what a GET says: pushing clients that
 				// HEAD first send it again only on a 404.
@@ -166,8 +183,68 @@ func TestDamagedValueLog(t *testing.T) {
 				t.Fatalf("push of the big manifest again: %v", churnSample.Load())
 			}
 			checkImage(t, s, repo, "big", "pushed again")
+			if got := referrerDigests(t, s, repo, small.digest); len(got) != 2 {
+				t.Errorf("referrers of small once big was pushed again: %v; want %s and %s", got, big.digest, sig.digest)
+			}
 		})
 	}
+}
+
+// logsWithin reports whether a line of s's output holds all of words
+// within d: the output reaches the test through a pipe, after the answer
+// of the request that logged it may have.
+func (s *server) logsWithin(d time.Duration, words ...string) bool {
+	for deadline := time.Now().Add(d); ; time.Sleep(20 * time.Millisecond) {
+		for line := range strings.Lines(s.out.String()) {
+			if !slices.ContainsFunc(words, func(w string) bool { return !strings.Contains(line, w) }) {
+				return true
+			}
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+// referrerImage is a small artifact manifest whose subject is subject.
+func referrerImage(t *testing.T, subject churnImage) churnImage {
+	t.Helper()
+	im := newChurnImage(t)
+	im.manifest = []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"artifactType":"application/example.sig",`+
+		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":%q,"size":%d},`+
+		`"layers":[{"mediaType":"application/octet-stream","digest":%q,"size":%d}],`+
+		`"subject":{"mediaType":%q,"digest":%q,"size":%d}}`,
+		ociManifest, blobDigest(im.config), len(im.config), blobDigest(im.layer), len(im.layer),
+		ociManifest, subject.digest, len(subject.manifest)))
+	im.digest = blobDigest(im.manifest)
+	return im
+}
+
+// referrerDigests lists the digests GET /v2/<repo>/referrers/<subject>
+// answers; any status but 200 fails the test.
+func referrerDigests(t *testing.T, s *server, repo, subject string) []string {
+	t.Helper()
+	resp, err := churnClient.Get(s.url("/v2/" + repo + "/referrers/" + subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET referrers of %s: %s (%v): %s", subject, resp.Status, err, body)
+	}
+	var index struct {
+		Manifests []struct{ Digest string }
+	}
+	if err := json.Unmarshal(body, &index); err != nil {
+		t.Fatalf("GET referrers of %s: %v: %s", subject, err, body)
+	}
+	var out []string
+	for _, m := range index.Manifests {
+		out = append(out, m.Digest)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // loseLogTail zeroes the last n bytes written to the newest value log of

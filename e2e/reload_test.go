@@ -35,11 +35,18 @@ import (
 // block), and returns it with the Caddyfile's text for reloads.
 func reloadServer(t *testing.T, globals string) (*server, []byte) {
 	t.Helper()
+	return reloadServerWith(t, globals, "")
+}
+
+// reloadServerWith is reloadServer with lines added to the oci_registry
+// block (metadata_dir, say).
+func reloadServerWith(t *testing.T, globals, lines string) (*server, []byte) {
+	t.Helper()
 	needBinary(t)
 	dataDir := t.TempDir()
 	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
 	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n" + globals + "\n}\n\n" +
-		"http://:" + port + " {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) + "\n\t}\n}\n"
+		"http://:" + port + " {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage " + strconv.Quote(dataDir) + "\n" + lines + "\t}\n}\n"
 	config := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

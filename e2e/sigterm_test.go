@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -29,7 +30,24 @@ import (
 // absent. After the restart no temporary file of a cut write is left
 // in use: the store's tmp/ holds nothing once the sessions are done.
 func TestStopMidPushes(t *testing.T) {
-	s, _ := reloadServer(t, "\tgrace_period 10s")
+	// The single node, and the store over the seams on the same folder
+	// (blobs by the fs backend, metadata in metadata_dir).
+	for _, c := range []struct {
+		name   string
+		metaDB bool
+	}{{"single node", false}, {"fs and metadata_dir", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			lines := ""
+			if c.metaDB {
+				lines = "\t\tmetadata_dir " + strconv.Quote(filepath.Join(t.TempDir(), "meta")) + "\n"
+			}
+			s, _ := reloadServerWith(t, "\tgrace_period 10s", lines)
+			stopMidPushes(t, s)
+		})
+	}
+}
+
+func stopMidPushes(t *testing.T, s *server) {
 	const repo = "team/stop"
 
 	// Sessions with their first chunk acknowledged before the stop.
@@ -71,6 +89,10 @@ func TestStopMidPushes(t *testing.T) {
 		t.Logf("stopped %s after SIGTERM", time.Since(start))
 	case <-time.After(40 * time.Second):
 		t.Fatal("still running 40 s after SIGTERM with a 10 s grace period")
+	}
+	// The cut monolithic blob's temporary file went with its request.
+	if left := tmpFiles(t, s.dataDir); len(left) > 0 {
+		t.Errorf("tmp/ after the stop: %v; want nothing", left)
 	}
 	s.start()
 
@@ -336,11 +358,69 @@ func TestStopMidMirrorFill(t *testing.T) {
 	case <-time.After(40 * time.Second):
 		t.Fatal("still running 40 s after SIGTERM with a 5 s grace period")
 	}
+	// The cut fill's temporary file went with it.
+	if left := tmpFiles(t, s.dataDir); len(left) > 0 {
+		t.Errorf("tmp/ after the stop: %v; want nothing", left)
+	}
 	s.start()
 	for _, b := range [][]byte{finishing, stalling} {
 		g := <-pull(blobDigest(b))
 		if g.err != nil || !bytes.Equal(g.b, b) {
 			t.Errorf("blob %s after the restart: %d bytes, %v; want it whole", blobDigest(b), len(g.b), g.err)
 		}
+	}
+}
+
+// TestStopMidPushS3: a monolithic push of unknown length (a chunked
+// request body) to one node on S3 goes to the bucket as a multipart
+// upload, part by part as the body arrives. A graceful stop (SIGTERM,
+// with a grace_period) while its body stalls past the first part must not
+// leave the multipart upload in the bucket: the process exits while the
+// request still waits for its body, so the push's own abort never runs.
+func TestStopMidPushS3(t *testing.T) {
+	srv, bucket := s3Bucket(t)
+	site := strings.Replace(s3EmbeddedSite(srv, bucket, filepath.Join(t.TempDir(), "meta"), ""), "path_style", "path_style\n\t\t\tpart_size 5MiB", 1)
+	port, adminPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	cfg := "{\n\tadmin localhost:" + adminPort + "\n\tauto_https off\n\tgrace_period 3s\n}\n\nhttp://:" + port +
+		" {\n\tbind 127.0.0.1\n" + site + "\n}\n"
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, config: config, addr: "127.0.0.1:" + port, admin: "localhost:" + adminPort}
+	s.start()
+
+	blob := randomBytes(t, 12<<20)
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	head := fmt.Sprintf("POST /v2/team/stop/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+		blobDigest(blob), s.addr)
+	sent := blob[:7<<20] // the first part and some of the second
+	if _, err := fmt.Fprintf(conn, "%s%x\r\n%s\r\n", head, len(sent), sent); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, uploads := srv.Keys(t, bucket, "registry/"); len(uploads) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no multipart upload in the bucket 20 s into the push")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(40 * time.Second):
+		t.Fatal("still running 40 s after SIGTERM with a 3 s grace period")
+	}
+	if objects, uploads := srv.Keys(t, bucket, "registry/"); len(uploads) > 0 {
+		t.Errorf("after the stop the bucket holds %d multipart uploads (%v) and objects %v; want none of the cut push", len(uploads), uploads, objects)
 	}
 }

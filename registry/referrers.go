@@ -63,6 +63,18 @@ var referrerReads = semaphore.NewWeighted(referrerReadBudget)
 // raises its subject's size at once (on this process: another replica
 // learns it at its next read of the list, which then waits for its share
 // after the read).
+//
+// Why a subject never listed counts as max_manifest_size, even after a
+// restart, rather than what its referrers really are: what a page costs
+// is known only once its records are read, and reading them is what the
+// share bounds. Counting what is really read would take a second query
+// that answers the sizes of a page's referrers without their annotations
+// (badger's value sizes, an octet_length in PostgreSQL) in each store and
+// each store wrapper (single node, badgermeta, pgmeta, substore, the
+// pending store), or sizes kept across restarts beside the records. The
+// cost now is bounded and passes: each subject's first list after a
+// start waits for a large share once; its answer sets the size, so the
+// next lists of it wait for what they read.
 var referrerSizes = struct {
 	mu   sync.Mutex
 	m    map[uint64]int64

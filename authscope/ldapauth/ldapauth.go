@@ -132,7 +132,14 @@ type Directory struct {
 	hostPort string
 	tls      *tls.Config
 	pool     *pool
-	cache    *cache
+	// binds bounds the logins and lookups at once to the pool's size, as
+	// htpasswd's comparisons are bounded: one waits at most
+	// authscope.TurnWait for its turn, then is answered 429, unchecked.
+	// The pool alone made a login wait only timeout for a connection and
+	// then answered it as an outage (503), so a flood through many
+	// addresses on a working directory turned into outage answers.
+	binds *authscope.Turns
+	cache *cache
 	// lookups remembers Lookup's answers (an empty User: no such user).
 	lookups *cache
 	// noSuchDN is bound with the password of a user who is not found, so
@@ -233,6 +240,7 @@ func New(c Config) (*Directory, error) {
 	}
 	d.noSuchDN = "cn=caddy-oci-no-such-user-" + randomHex(8) + "," + c.BaseDN
 	d.pool = newPool(d.c.MaxConnections, d.dial)
+	d.binds = authscope.NewTurns(func() int { return d.c.MaxConnections })
 	d.cache = newCache(d.c.CacheTTL)
 	d.lookups = newCache(d.c.CacheTTL)
 	return d, nil
@@ -259,6 +267,16 @@ func (d *Directory) Login(ctx context.Context, user, password string) (authscope
 		return authscope.Identity{}, err
 	}
 	key := d.cache.key(user, password)
+	if id, ok := d.cache.get(key); ok {
+		return id, nil
+	}
+	release, err := d.binds.Take(ctx, nil)
+	if err != nil {
+		return authscope.Identity{}, err
+	}
+	defer release()
+	// The same pair accepted while this one waited (a burst of jobs with
+	// one account's credentials): no bind needed.
 	if id, ok := d.cache.get(key); ok {
 		return id, nil
 	}
@@ -431,6 +449,11 @@ func (d *Directory) Lookup(ctx context.Context, user string) (authscope.Identity
 		}
 		return id, nil
 	}
+	release, err := d.binds.Take(ctx, nil)
+	if err != nil {
+		return authscope.Identity{}, err
+	}
+	defer release()
 	id, err := d.onConn(ctx, func(c *ldap.Conn) (authscope.Identity, error) {
 		if err := d.bindService(c); err != nil {
 			return authscope.Identity{}, err

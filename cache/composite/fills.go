@@ -357,9 +357,16 @@ type blobReader struct{ blobstore.Blob }
 func (blobReader) Err() error { return nil }
 
 // Close stops the fills in progress and the mirror cache's loop (whose
-// last uses it writes), and waits for them.
+// last uses it writes), and waits for them; then it removes what blob
+// pushes still in flight wrote (a graceful stop's cut requests:
+// blobfile.InFlight), when the blob store can (fs, S3).
 func (s *Store) Close() {
 	s.stopMirror()
 	s.fills.cancel()
 	s.fills.wg.Wait()
+	if r, ok := s.blobs.(interface{ UndoInFlight() int }); ok {
+		if n := r.UndoInFlight(); n > 0 {
+			s.log.Info("removed what blob pushes cut by the close had written", zap.Int("pushes", n))
+		}
+	}
 }

@@ -66,9 +66,15 @@ func (s *Store) damagedAsUnknown(repo string, d cache.Digest, err error) error {
 	if !errors.Is(err, metastore.ErrDamaged) {
 		return mapErr(err)
 	}
+	s.logDamaged(repo, d, err)
+	return fmt.Errorf("%w: %w", cache.ErrManifestUnknown, err)
+}
+
+// logDamaged logs manifest d of repo, answered as unknown (or left out of
+// a list of referrers) because err says it is damaged.
+func (s *Store) logDamaged(repo string, d cache.Digest, err error) {
 	s.log.Error("manifest damaged in the metadata; answered as unknown until it is pushed again",
 		zap.String("repo", repo), zap.String("digest", d.String()), zap.Error(err))
-	return fmt.Errorf("%w: %w", cache.ErrManifestUnknown, err)
 }
 
 // StatManifest returns repo's manifest d without its bytes.

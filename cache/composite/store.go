@@ -105,6 +105,9 @@ func New(opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
+	if r, ok := s.meta.(metastore.DamageReporter); ok {
+		r.ReportDamaged(func(repo string, d cache.Digest, err error) { s.logDamaged(repo, d, err) })
+	}
 	s.spoolDir = opts.SpoolDir
 	if s.spoolDir == "" {
 		s.spoolDir = os.TempDir()

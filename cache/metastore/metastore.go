@@ -101,6 +101,15 @@ var (
 	ErrDamaged = errors.New("metadata record damaged")
 )
 
+// DamageReporter is implemented by a metadata store that can lose a
+// record's value (an embedded database's value log cut short): a listing
+// leaves such a record out, as a read of it answers ErrDamaged, and
+// reports it to fn, so that what lists around it answers and the damage
+// still reaches the log. fn is set once, before the store is used.
+type DamageReporter interface {
+	ReportDamaged(fn func(repo string, d Digest, err error))
+}
+
 // Page is one page of a listing in lexical (byte) order.
 type Page struct {
 	// Names are the names after the `last` asked for, at most n. Never nil.
@@ -245,6 +254,8 @@ type Manifests interface {
 	// the first), at most n (n < 0: all), and whether more remain. An
 	// unknown subject gives an empty list, not an error. Callers page
 	// through a long list: each record may carry megabytes of annotations.
+	// A referrer whose record or bytes are damaged is left out, not
+	// counted in n (see DamageReporter).
 	Referrers(ctx context.Context, repo string, d Digest, after string, n int) ([]Manifest, bool, error)
 }
 

@@ -81,7 +81,14 @@ type Store struct {
 	tmpDir     string
 	log        *zap.Logger
 	space      *blobfile.Space // nil: no reserve
+	// puts are the temporary files of Puts in flight (UndoInFlight).
+	puts blobfile.InFlight
 }
+
+// UndoInFlight removes the temporary files of the Puts in flight, for the
+// close of the store over this folder (see blobfile.InFlight), and
+// returns how many there were. Those Puts fail; nothing else changes.
+func (s *Store) UndoInFlight() int { return s.puts.UndoAll() }
 
 // New makes the folders if needed and returns a Store on opts.Dir.
 func New(opts Options) (*Store, error) {
@@ -222,6 +229,7 @@ func (s *Store) Put(ctx context.Context, d blobstore.Digest, size int64, r io.Re
 		return blobstore.Info{}, err
 	}
 	tmp := f.Name()
+	defer s.puts.Add(func() { os.Remove(tmp) })()
 	installed := false
 	defer func() {
 		if !installed {

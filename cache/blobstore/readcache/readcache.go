@@ -575,3 +575,12 @@ func (s *Store) DropLeftover(ctx context.Context, l blobstore.Leftover) error {
 	}
 	return nil
 }
+
+// UndoInFlight undoes what the backend's Puts in flight wrote, when it
+// can (see blobfile.InFlight): the store's close, past the cache.
+func (s *Store) UndoInFlight() int {
+	if u, ok := s.Store.(interface{ UndoInFlight() int }); ok {
+		return u.UndoInFlight()
+	}
+	return 0
+}

@@ -46,6 +46,7 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/internal/backend"
+	"github.com/caddy-oci/caddy-oci/cache/internal/blobfile"
 )
 
 // Limits S3 sets on multipart uploads and copies.
@@ -95,7 +96,14 @@ type Store struct {
 	// noChecksums: the server was found not to check part checksums
 	// (checksums.go), so parts are signed with their SHA-256.
 	noChecksums atomic.Bool
+	// puts are the multipart uploads of Puts in flight (UndoInFlight).
+	puts blobfile.InFlight
 }
+
+// UndoInFlight aborts the multipart uploads of the Puts in flight, for
+// the close of the store (see blobfile.InFlight), and returns how many
+// there were. Those Puts fail; a session's uploads are not among them.
+func (s *Store) UndoInFlight() int { return s.puts.UndoAll() }
 
 // New checks cfg and returns a Store. It does not contact the server.
 func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
@@ -460,6 +468,9 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 		files.close()
 		return blobstore.Info{}, blobErr("put", d, err)
 	}
+	// Aborted by UndoInFlight too: a graceful stop ends the process
+	// while this may still wait for the body, before the abort below.
+	defer s.puts.Add(func() { s.abort(context.Background(), key, uploadID) })()
 	completed := false
 	// Parts go to S3 in the background while the next one fills.
 	pw := s.newPartWriter(ctx, key, uploadID, crc, 1)

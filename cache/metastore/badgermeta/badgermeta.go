@@ -63,7 +63,14 @@ type Store struct {
 	dir    string
 	writer *badgerwrite.Writer  // update
 	auth   *authrecords.Records // auth.go
+	// damaged hears of the damaged records a listing left out
+	// (ReportDamaged); nil: nobody.
+	damaged func(repo string, d metastore.Digest, err error)
 }
+
+// ReportDamaged sets fn to hear of each damaged manifest Referrers leaves
+// out (metastore.DamageReporter).
+func (s *Store) ReportDamaged(fn func(repo string, d metastore.Digest, err error)) { s.damaged = fn }
 
 // Open opens (creating if needed) the metadata in dir. It refuses
 // (blobfile.ErrStorageFull) while dir's filesystem has less than

@@ -15,6 +15,7 @@ import (
 	"github.com/caddy-oci/caddy-oci/cache/internal/badgeropen"
 	"github.com/caddy-oci/caddy-oci/cache/metastore"
 	"github.com/caddy-oci/caddy-oci/cache/metastore/metatest"
+	badger "github.com/dgraph-io/badger/v4"
 )
 
 func open(t testing.TB) *Store {
@@ -83,5 +84,56 @@ func TestOpenRefusesDamagedTable(t *testing.T) {
 	}
 	if !errors.Is(err, badgeropen.ErrDamaged) || !strings.Contains(err.Error(), filepath.Base(tables[0])) {
 		t.Fatalf("error does not name the damaged table: %v", err)
+	}
+}
+
+// TestDeleteDamagedManifest: a DELETE of a manifest whose record does not
+// read back (its value log cut short: badger answers it empty) removes its
+// referrer and reference entries too, as a DELETE of a whole one does, so
+// that GC can free what only it referenced; a whole manifest with the same
+// subject and references keeps its own.
+func TestDeleteDamagedManifest(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	subject, layer := blobstore.FromBytes(blobstore.SHA256, []byte("subject")), blobstore.FromBytes(blobstore.SHA256, []byte("layer"))
+	var ms []metastore.Manifest
+	for _, name := range []string{"damaged", "whole"} {
+		body := []byte(`{"schemaVersion":2,"name":"` + name + `"}`)
+		m := metastore.Manifest{Digest: blobstore.FromBytes(blobstore.SHA256, body), MediaType: "application/vnd.oci.image.manifest.v1+json",
+			Subject: subject, Refs: []metastore.Digest{layer}}
+		if err := s.PutManifest(ctx, "r", m, body, []string{name}); err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, m)
+	}
+	damaged, whole := ms[0].Digest.String(), ms[1].Digest.String()
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(key("m/", "r", damaged), nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Manifest(ctx, "r", ms[0].Digest); !errors.Is(err, metastore.ErrDamaged) {
+		t.Fatalf("the damaged record reads %v; want ErrDamaged", err)
+	}
+	if err := s.DeleteManifest(ctx, "r", ms[0].Digest); err != nil {
+		t.Fatal(err)
+	}
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, c := range []struct {
+			k    []byte
+			want bool
+		}{
+			{key("s/", "r", subject.String(), damaged), false},
+			{key("ref/", "r", layer.String(), damaged), false},
+			{key("m/", "r", damaged), false},
+			{key("s/", "r", subject.String(), whole), true},
+			{key("ref/", "r", layer.String(), whole), true},
+		} {
+			if ok, err := has(txn, c.k); err != nil || ok != c.want {
+				t.Errorf("after the delete of the damaged manifest, %q there: %v (%v); want %v", c.k, ok, err, c.want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -180,6 +180,31 @@ func dropManifestIndexes(txn *badger.Txn, repo, d string, rec manifestRecord) er
 	return nil
 }
 
+// indexesOf is what dropManifestIndexes needs of manifest d of repo,
+// read from its referrer and reference entries rather than its record:
+// for a manifest whose record is lost. It scans all of the repository's
+// entries; only the delete of a damaged manifest pays for that.
+func indexesOf(txn *badger.Txn, repo, d string) (manifestRecord, error) {
+	var rec manifestRecord
+	suffix := sep + d
+	err := each(txn, prefixOf("s/", repo), "", func(rest string, _ []byte) (bool, error) {
+		if subject, ok := strings.CutSuffix(rest, suffix); ok {
+			rec.Subject = subject
+		}
+		return true, nil
+	})
+	if err != nil {
+		return rec, err
+	}
+	err = each(txn, prefixOf("ref/", repo), "", func(rest string, _ []byte) (bool, error) {
+		if ref, ok := strings.CutSuffix(rest, suffix); ok {
+			rec.Refs = append(rec.Refs, ref)
+		}
+		return true, nil
+	})
+	return rec, err
+}
+
 // tagValue is the value of t/<repo>\0<tag>: fetched (8 bytes) and the
 // digest.
 func tagValue(d string, fetched time.Time) []byte { return append(unixNano(fetched), d...) }
@@ -244,31 +269,37 @@ func (s *Store) manifest(ctx context.Context, repo string, d metastore.Digest, w
 		if m, err = rec.manifest(d, true); err != nil {
 			return err
 		}
-		// badger answers a value its log cannot read back as empty, with
-		// no error (it logs the failure). Without the body too, so that
-		// a HEAD says what a GET would.
-		n := 0
-		item, err := txn.Get(key("mb/", repo, d.String()))
-		if err == nil {
-			err = item.Value(func(v []byte) error {
-				n = len(v)
-				if withBody {
-					body = slices.Clone(v)
-				}
-				return nil
-			})
-		}
-		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
-			return err
-		}
-		if int64(n) != m.Size {
-			body = nil
-			return fmt.Errorf("%w: badgermeta: manifest %s in %s: %d of its %d bytes read back",
-				metastore.ErrDamaged, d, repo, n, m.Size)
-		}
-		return nil
+		// Without the body too, so that a HEAD says what a GET would.
+		body, err = readBody(txn, repo, d.String(), m.Size, withBody)
+		return err
 	})
 	return m, body, err
+}
+
+// readBody checks that manifest d of repo has its size bytes, and returns
+// a copy of them if withBody. badger answers a value its log cannot read
+// back as empty, with no error (it logs the failure): ErrDamaged.
+func readBody(txn *badger.Txn, repo, d string, size int64, withBody bool) ([]byte, error) {
+	n := 0
+	var body []byte
+	item, err := txn.Get(key("mb/", repo, d))
+	if err == nil {
+		err = item.Value(func(v []byte) error {
+			n = len(v)
+			if withBody {
+				body = slices.Clone(v)
+			}
+			return nil
+		})
+	}
+	if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, err
+	}
+	if int64(n) != size {
+		return nil, fmt.Errorf("%w: badgermeta: manifest %s in %s: %d of its %d bytes read back",
+			metastore.ErrDamaged, d, repo, n, size)
+	}
+	return body, nil
 }
 
 // DeleteManifest removes repo's manifest d with its tags and entries.
@@ -283,11 +314,11 @@ func (s *Store) DeleteManifest(ctx context.Context, repo string, d metastore.Dig
 	return s.update(ctx, func(txn *badger.Txn) error {
 		rec, ok, err := readManifest(txn, repo, ds)
 		if errors.Is(err, metastore.ErrDamaged) {
-			// Deleted without its referrer and reference entries,
-			// which only the record names: a referrer entry without
-			// its record is not listed, a reference entry keeps a
-			// blob link from GC (space, never bytes lost).
-			rec, ok, err = manifestRecord{}, true, nil
+			// Only the record names its subject and references: they
+			// are found among the repository's entries instead, so
+			// that no reference entry keeps a blob from GC.
+			rec, err = indexesOf(txn, repo, ds)
+			ok = err == nil
 		}
 		if err != nil || !ok {
 			return cmpErr(err, fmt.Errorf("%w: %s in %s", metastore.ErrManifestUnknown, d, repo))
@@ -366,9 +397,11 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest, 
 	if err := metastore.CheckRepoDigest(repo, "subject", d); err != nil {
 		return nil, false, err
 	}
-	out := []metastore.Manifest{}
+	var out []metastore.Manifest
+	var damaged map[metastore.Digest]error
 	more := false
 	err := s.view(ctx, func(txn *badger.Txn) error {
+		out, damaged, more = []metastore.Manifest{}, nil, false
 		return each(txn, prefixOf("s/", repo, d.String()), after, func(ref string, _ []byte) (bool, error) {
 			if n >= 0 && len(out) >= n {
 				more = true
@@ -379,6 +412,19 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest, 
 				return false, err
 			}
 			rec, ok, err := readManifest(txn, repo, ref)
+			if err == nil && ok {
+				// Its bytes too: a referrer listed answers its GET.
+				_, err = readBody(txn, repo, ref, rec.Size, false)
+			}
+			if errors.Is(err, metastore.ErrDamaged) {
+				// Left out, as its GET answers it unknown: the others
+				// still answer.
+				if damaged == nil {
+					damaged = make(map[metastore.Digest]error)
+				}
+				damaged[rd] = err
+				return true, nil
+			}
 			if err != nil || !ok {
 				return err == nil, err
 			}
@@ -387,6 +433,11 @@ func (s *Store) Referrers(ctx context.Context, repo string, d metastore.Digest, 
 			return true, err
 		})
 	})
+	if s.damaged != nil {
+		for rd, derr := range damaged {
+			s.damaged(repo, rd, derr)
+		}
+	}
 	return out, more, err
 }
 
