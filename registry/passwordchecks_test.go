@@ -14,6 +14,24 @@ import (
 	"github.com/caddy-oci/caddy-oci/authscope"
 )
 
+// ciHtpasswd returns an htpasswd file listing ci (password "ci-pw") at
+// bcrypt cost 11, and the fastest of three comparisons against it on
+// this machine, by which the tests size their floods.
+func ciHtpasswd(t *testing.T) (file []byte, one time.Duration) {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte("ci-pw"), 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one = time.Hour
+	for range 3 {
+		start := time.Now()
+		_ = bcrypt.CompareHashAndPassword(hash, []byte("wrong"))
+		one = min(one, time.Since(start))
+	}
+	return []byte("ci:" + string(hash) + "\n"), one
+}
+
 // TestPasswordChecksBounded: wrong passwords for made-up user names, sent
 // at once from where no login bound stops them (many addresses; here no
 // login_limit), run their bcrypt comparisons at most half the CPUs at a
@@ -32,20 +50,10 @@ func TestPasswordChecksBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs bcrypt comparisons for about 10 s")
 	}
-	const cost = 11
-	hash, err := bcrypt.GenerateFromPassword([]byte("ci-pw"), cost)
+	file, one := ciHtpasswd(t)
+	hp, err := authscope.ParseHtpasswd(file)
 	if err != nil {
 		t.Fatal(err)
-	}
-	hp, err := authscope.ParseHtpasswd([]byte("ci:" + string(hash) + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	one := time.Hour // the fastest of three comparisons
-	for range 3 {
-		start := time.Now()
-		_ = bcrypt.CompareHashAndPassword(hash, []byte("wrong"))
-		one = min(one, time.Since(start))
 	}
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
 		Repositories: map[string]authscope.RepositoryPolicy{"pub/**": {Anonymous: []string{"read"}}},
@@ -172,18 +180,7 @@ func TestPasswordChecksKnownAddressNotStarved(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs bcrypt comparisons for about 10 s")
 	}
-	const cost = 11
-	hash, err := bcrypt.GenerateFromPassword([]byte("ci-pw"), cost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := []byte("ci:" + string(hash) + "\n")
-	one := time.Hour // the fastest of three comparisons
-	for range 3 {
-		start := time.Now()
-		_ = bcrypt.CompareHashAndPassword(hash, []byte("wrong"))
-		one = min(one, time.Since(start))
-	}
+	file, one := ciHtpasswd(t)
 	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
 		Repositories: map[string]authscope.RepositoryPolicy{"pub/**": {Anonymous: []string{"read"}, Default: []string{"read"}}},
 	})
