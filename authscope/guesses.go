@@ -429,7 +429,8 @@ func (g *Guesses) hash(kind, a, b string) uint64 {
 
 // set is the entries key may occupy.
 func (t guessTable) set(key uint64) []guessEntry {
-	i := int(key%uint64(len(t)/guessSetWays)) * guessSetWays
+	// Not the low bit, which is always 1 (hash): half the sets unused.
+	i := int((key>>1)%uint64(len(t)/guessSetWays)) * guessSetWays
 	return t[i : i+guessSetWays]
 }
 

@@ -417,3 +417,24 @@ func TestGuessesKnownPairNotHeldByFlood(t *testing.T) {
 		f.End(false)
 	}
 }
+
+// TestGuessesTableWhole: every entry of a table is used. Keys are odd
+// (0 marks a free entry) and picked their set by the key modulo the
+// number of sets, a power of two: only the odd sets were ever used, and
+// a table held half its entries (4,096 of 8,192 checks in flight, and
+// as many addresses remembered), so floods pushed out twice as early.
+func TestGuessesTableWhole(t *testing.T) {
+	g, _ := newTestGuesses(GuessLimits{PerClient: -1, PerAccount: -1})
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // a check that finds no free entry gives up at once
+	held := 0
+	for i := range 5 * guessTableSize {
+		if a, err := g.Begin(done, fmt.Sprintf("10.%d.%d.%d", 1+i>>16&255, i>>8&255, i&255), ""); err == nil {
+			defer a.End(true)
+			held++
+		}
+	}
+	if held != guessTableSize {
+		t.Fatalf("%d checks of distinct addresses in flight at once, want the table's %d", held, guessTableSize)
+	}
+}
