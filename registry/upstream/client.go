@@ -592,10 +592,7 @@ func (c *Client) tokenDue(base *url.URL, repo string) (tok string, ch authscope.
 // see tokenBytesMax), else with the mirror's credentials when the host
 // asked for Basic.
 func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header, bearer string) (*http.Response, error) {
-	name := repo
-	if base.Path != "" {
-		name = strings.TrimSuffix(base.Path+"/"+repo, "/")
-	}
+	name := upstreamName(base, repo)
 	u := base.Scheme + "://" + base.Host + "/v2/" + name + "/" + path
 	if name == "" {
 		u = base.Scheme + "://" + base.Host + "/v2/" + path // registry-wide: _catalog
@@ -634,6 +631,15 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	return resp, nil
 }
 
+// upstreamName is repo as the upstream at base names it: after base's
+// path, if any.
+func upstreamName(base *url.URL, repo string) string {
+	if base.Path == "" {
+		return repo
+	}
+	return strings.TrimSuffix(base.Path+"/"+repo, "/")
+}
+
 // fetchToken gets a pull token for repo from the challenge's realm and
 // keeps it for later requests to the same host and repository. Concurrent
 // callers for one key share one token request.
@@ -664,7 +670,9 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 		if svc, ok := ch.Get("service"); ok {
 			q.Set("service", svc)
 		}
-		scope := "repository:" + repo + ":pull"
+		// The name the requests carry, prefix and all: a token for the
+		// name without it earns a 401 and a second token request.
+		scope := "repository:" + upstreamName(base, repo) + ":pull"
 		if repo == "" {
 			scope = "registry:catalog:*"
 		}
