@@ -139,3 +139,51 @@ func TestTokenScopeUnderPathPrefix(t *testing.T) {
 		t.Fatalf("3 repositories under a path prefix: %d token requests and %d answers 401, want 3 and 1", tokens.Load(), refused.Load())
 	}
 }
+
+// TestTokenKeptPerName: two upstream URLs on one host under different
+// paths are two names for a repository, and a token is for one name. The
+// token kept for the first URL's name was sent to the second (the next
+// tried when the first answers 5xx), which refused it with a 401.
+func TestTokenKeptPerName(t *testing.T) {
+	var misfits atomic.Int32
+	var reg *httptest.Server
+	reg = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"token": "for " + r.URL.Query().Get("scope"), "expires_in": 300})
+			return
+		}
+		name, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/"+testPath)
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		scope := "repository:" + name + ":pull"
+		if auth := r.Header.Get("Authorization"); auth != "Bearer for "+scope {
+			if auth != "" {
+				misfits.Add(1)
+				t.Logf("%s sent with %q", r.URL.Path, auth)
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+reg.URL+`/token",service="registry.test",scope="`+scope+`"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if strings.HasPrefix(name, "down/") {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	t.Cleanup(reg.Close)
+	c := newClient(t, Config{URLs: []string{reg.URL + "/down", reg.URL + "/up"}, Attempts: 1})
+	for range 2 {
+		resp, err := c.Do(context.Background(), http.MethodGet, "library/alpine", testPath, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if n := misfits.Load(); n > 0 {
+		t.Fatalf("%d requests carried a token for another name", n)
+	}
+}
