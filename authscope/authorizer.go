@@ -628,7 +628,13 @@ func (a *Authorizer) directoryLogin(r *http.Request, user, pass string) (Identit
 			return Identity{Method: MethodLDAP}, err
 		}
 	}
-	id, err := a.o.Directory.Login(r.Context(), user, pass)
+	var id Identity
+	var err error
+	if df, ok := a.o.Directory.(DirectoryFrom); ok {
+		id, err = df.LoginFrom(r.Context(), user, pass, at.Known())
+	} else {
+		id, err = a.o.Directory.Login(r.Context(), user, pass)
+	}
 	if err == nil {
 		err = a.directoryNamesFree(id)
 	}

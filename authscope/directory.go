@@ -31,6 +31,14 @@ var ErrBadCredentials = errors.New("wrong user name or password")
 // password that may be right.
 var ErrUnavailable = errors.New("identity source unavailable")
 
+// DirectoryFrom is a Directory whose logins from an address that logged
+// in to the account before (GuessAttempt.Known) may take turns of their
+// own, which a flood of made-up names from new addresses cannot take, as
+// htpasswd's comparisons may (Htpasswd.CheckFrom).
+type DirectoryFrom interface {
+	LoginFrom(ctx context.Context, user, password string, knownAddress bool) (Identity, error)
+}
+
 // DirectoryUsers is a Directory that can say who a user is now without
 // their password, with its own service account: the owners of API keys
 // take their groups from it when the config says so.

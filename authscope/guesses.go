@@ -46,8 +46,8 @@ type GuessLimits struct {
 	Window time.Duration
 }
 
-// Sizes of the tables: entries are 32 bytes, so the three take under a
-// megabyte together. A set of guessSetWays entries shares one hash slot.
+// Sizes of the tables: entries are 32 bytes, so the four take a megabyte
+// together. A set of guessSetWays entries shares one hash slot.
 const (
 	guessTableSize = 8192
 	guessSetWays   = 8
@@ -87,8 +87,13 @@ type Guesses struct {
 	mu       sync.Mutex
 	clients  guessTable
 	accounts guessTable
-	known    guessTable    // (account, client) pairs that logged in
-	changed  chan struct{} // closed and replaced when a check ends
+	known    guessTable // (account, client) pairs that logged in
+	// pairs are the known pairs' own buckets, apart from clients: every
+	// check in flight holds its bucket's entry, and a flood from more new
+	// addresses than clients holds, waiting long for its turns, held every
+	// entry there, so that a known pair's login waited for one.
+	pairs   guessTable
+	changed chan struct{} // closed and replaced when a check ends
 }
 
 // guessEntry is one key's failures: debt decays at limit/window.
@@ -116,7 +121,8 @@ func NewGuesses(l GuessLimits) *Guesses {
 		perClient: float64(l.PerClient), perAccount: float64(l.PerAccount), window: l.Window,
 		seed: maphash.MakeSeed(), now: time.Now,
 		clients: make(guessTable, guessTableSize), accounts: make(guessTable, guessTableSize),
-		known: make(guessTable, guessTableSize), changed: make(chan struct{}),
+		known: make(guessTable, guessTableSize), pairs: make(guessTable, guessTableSize),
+		changed: make(chan struct{}),
 	}
 }
 
@@ -264,9 +270,9 @@ func (g *Guesses) charge(a *GuessAttempt) (wait bool, err error) {
 	}
 	a.bucket = a.client
 	if known {
-		a.bucket = a.known // the pair's own bucket, in the clients table
+		a.bucket = a.known // the pair's own bucket
 	}
-	c := g.clients.entry(a.bucket, now, g.perClient, g.window, true)
+	c := g.buckets(known).entry(a.bucket, now, g.perClient, g.window, true)
 	if c == nil { // every entry of the set has checks in flight
 		return true, nil
 	}
@@ -311,7 +317,7 @@ func (g *Guesses) refusedHere(a *GuessAttempt) bool {
 	if known {
 		bucket = a.known
 	}
-	if c := g.clients.find(bucket); c != nil && g.perClient > 0 {
+	if c := g.buckets(known).find(bucket); c != nil && g.perClient > 0 {
 		c.decay(now, g.perClient, g.window)
 		if c.debt+1 > g.perClient {
 			return true
@@ -339,6 +345,14 @@ func RetryAfter(d time.Duration) string {
 func (g *Guesses) retry(excess, limit float64) time.Duration {
 	d := time.Duration(excess / limit * float64(g.window))
 	return max(d.Round(time.Second)+time.Second, time.Second)
+}
+
+// buckets is the table of a bucket: pairs for a known pair's, else clients.
+func (g *Guesses) buckets(known bool) guessTable {
+	if known {
+		return g.pairs
+	}
+	return g.clients
 }
 
 // rememberLogin notes that pair k logged in at now (g.mu held).
@@ -382,7 +396,7 @@ func (a *GuessAttempt) end(ok, good bool) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if c := g.clients.find(a.bucket); c != nil {
+	if c := g.buckets(a.Known()).find(a.bucket); c != nil {
 		c.pending--
 		if !ok && g.perClient > 0 {
 			c.decay(now, g.perClient, g.window)
@@ -415,7 +429,8 @@ func (g *Guesses) hash(kind, a, b string) uint64 {
 
 // set is the entries key may occupy.
 func (t guessTable) set(key uint64) []guessEntry {
-	i := int(key%uint64(len(t)/guessSetWays)) * guessSetWays
+	// Not the low bit, which is always 1 (hash): half the sets unused.
+	i := int((key>>1)%uint64(len(t)/guessSetWays)) * guessSetWays
 	return t[i : i+guessSetWays]
 }
 

@@ -378,3 +378,63 @@ func pullStatus(t *testing.T, az *Authorizer, addr, key string) int {
 	}
 	return http.StatusOK
 }
+
+// TestGuessesKnownPairNotHeldByFlood: each check in flight holds its
+// client's entry (its count of checks in flight must survive), so a flood
+// from more new addresses than the table holds, whose checks wait long
+// for their turn (TurnWait), held every entry. A known pair's bucket was
+// in the same table: its entry, idle, went to a flood address, and its
+// login then waited for a free one, up to guessWaitMax, before its own
+// turn of the directory or of bcrypt (Turns' known lane) could help.
+// Measured with LDAP (TestKnownAddressNotStarved): 8.8 to 18.9 s. A known
+// pair's bucket lives in a table of its own, which only good logins fill.
+func TestGuessesKnownPairNotHeldByFlood(t *testing.T) {
+	g, _ := newTestGuesses(GuessLimits{PerClient: -1, PerAccount: -1})
+	a, err := g.Begin(context.Background(), "10.0.0.1", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.End(true)
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // a flood check that finds no free entry gives up at once
+	var held []*GuessAttempt
+	for i := range 5 * guessTableSize {
+		if f, err := g.Begin(done, fmt.Sprintf("10.%d.%d.%d", 1+i>>16&255, i>>8&255, i&255), fmt.Sprintf("nobody%d", i)); err == nil {
+			held = append(held, f)
+		}
+	}
+	t.Logf("%d flood checks in flight", len(held))
+	ctx, stop := context.WithTimeout(context.Background(), 2*time.Second)
+	defer stop()
+	start := time.Now()
+	a, err = g.Begin(ctx, "10.0.0.1", "alice")
+	if err != nil || !a.Known() {
+		t.Fatalf("alice from her known address, with %d flood checks in flight: %v after %s (known: %v), want her check begun at once",
+			len(held), err, time.Since(start).Round(time.Millisecond), a.Known())
+	}
+	a.End(true)
+	for _, f := range held {
+		f.End(false)
+	}
+}
+
+// TestGuessesTableWhole: every entry of a table is used. Keys are odd
+// (0 marks a free entry) and picked their set by the key modulo the
+// number of sets, a power of two: only the odd sets were ever used, and
+// a table held half its entries (4,096 of 8,192 checks in flight, and
+// as many addresses remembered), so floods pushed out twice as early.
+func TestGuessesTableWhole(t *testing.T) {
+	g, _ := newTestGuesses(GuessLimits{PerClient: -1, PerAccount: -1})
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // a check that finds no free entry gives up at once
+	held := 0
+	for i := range 5 * guessTableSize {
+		if a, err := g.Begin(done, fmt.Sprintf("10.%d.%d.%d", 1+i>>16&255, i>>8&255, i&255), ""); err == nil {
+			defer a.End(true)
+			held++
+		}
+	}
+	if held != guessTableSize {
+		t.Fatalf("%d checks of distinct addresses in flight at once, want the table's %d", held, guessTableSize)
+	}
+}

@@ -160,3 +160,81 @@ func TestBindsBounded(t *testing.T) {
 		t.Errorf("%d logins at once on a paused directory: %v; want 503 for those that got a turn, 429 for the rest", logins, got)
 	}
 }
+
+// TestKnownAddressNotStarved: wrong passwords for made-up names from many
+// addresses (each within its own login bound) take every turn for the
+// directory's binds, so a good login of a user from the address that
+// logged in to it before, not remembered (cache_ttl 0, or past it), waited
+// behind them the whole authscope.TurnWait and was then refused 429:
+// htpasswd's comparisons have turns of their own for such logins
+// (Htpasswd.CheckFrom), the directory's binds had none. Nor may an API
+// key's owner lookup, which needs a verified key first, wait behind them.
+func TestKnownAddressNotStarved(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods the directory for about 10 s")
+	}
+	s := directory(t)
+	c := baseConfig(s)
+	c.MaxConnections = 1
+	d := newDirectory(t, c)
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{
+		Repositories: map[string]authscope.RepositoryPolicy{"pub/**": {Anonymous: []string{"read"}, Default: []string{"read"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guesses := authscope.NewGuesses(authscope.GuessLimits{PerClient: -1, PerAccount: -1})
+	a, err := authscope.NewAuthorizer(authscope.Options{Directory: d, Policy: pol, Guesses: guesses,
+		ClientIP: func(r *http.Request) string { return r.Header.Get("X-Test-Client") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := authscope.Need{Scopes: []authscope.Scope{authscope.RepositoryScope("pub/app", "pull")}}
+	login := func(from, user, pass string) (time.Duration, error) {
+		r := httptest.NewRequest(http.MethodGet, "/v2/pub/app/tags/list", nil)
+		r.Header.Set("X-Test-Client", from)
+		r.SetBasicAuth(user, pass)
+		start := time.Now()
+		_, err := a.Authorize(r, pull)
+		return time.Since(start), err
+	}
+	if _, err := login("10.0.0.1", "alice", "alice-pw"); err != nil {
+		t.Fatalf("alice's first login: %v", err)
+	}
+	one := time.Hour
+	for range 3 {
+		took, _ := login("10.9.9.9", "bob", "wrong")
+		one = min(one, took)
+	}
+	// Enough logins queued for their turn to outlast the wait for one.
+	floods := int(authscope.TurnWait/one) + 2
+	t.Logf("one login %s: %d logins in the flood", one, floods)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for i := range floods {
+		wg.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				login(fmt.Sprintf("10.%d.%d.%d", 1+n%250, i/250%250, i%250), fmt.Sprintf("nobody%d-%d", i, n), "wrong")
+			}
+		})
+	}
+	defer wg.Wait()
+	defer close(stop)
+	time.Sleep(time.Second) // the flood queued for its turns
+	took, lerr := login("10.0.0.1", "alice", "alice-pw")
+	start := time.Now()
+	_, kerr := d.Lookup(context.Background(), "carol")
+	keyTook := time.Since(start)
+	if lerr != nil || took > authscope.TurnWait/2 {
+		t.Errorf("alice's login from her known address during the flood: %v after %s, want accepted within %s", lerr, took.Round(time.Millisecond), authscope.TurnWait/2)
+	}
+	if kerr != nil || keyTook > authscope.TurnWait/2 {
+		t.Errorf("carol's lookup (an API key's owner) during the flood: %v after %s, want found within %s", kerr, keyTook.Round(time.Millisecond), authscope.TurnWait/2)
+	}
+	t.Logf("during the flood: alice's login %v in %s, carol's lookup %v in %s", lerr, took.Round(time.Millisecond), kerr, keyTook.Round(time.Millisecond))
+}

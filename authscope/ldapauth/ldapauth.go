@@ -139,6 +139,13 @@ type Directory struct {
 	// then answered it as an outage (503), so a flood through many
 	// addresses on a working directory turned into outage answers.
 	binds *authscope.Turns
+	// known are turns of their own, as many again, for the logins of a
+	// user from an address that logged in to it before and for the owner
+	// lookups of API keys (verified first): made-up names from many
+	// addresses take every turn of binds, and such a login waited behind
+	// them the whole TurnWait, then got 429, as htpasswd's did before its
+	// own (Htpasswd.CheckFrom). The pool still bounds the connections.
+	known *authscope.Turns
 	cache *cache
 	// lookups remembers Lookup's answers (an empty User: no such user).
 	lookups *cache
@@ -241,6 +248,7 @@ func New(c Config) (*Directory, error) {
 	d.noSuchDN = "cn=caddy-oci-no-such-user-" + randomHex(8) + "," + c.BaseDN
 	d.pool = newPool(d.c.MaxConnections, d.dial)
 	d.binds = authscope.NewTurns(func() int { return d.c.MaxConnections })
+	d.known = authscope.NewTurns(func() int { return d.c.MaxConnections })
 	d.cache = newCache(d.c.CacheTTL)
 	d.lookups = newCache(d.c.CacheTTL)
 	return d, nil
@@ -263,6 +271,12 @@ func (d *Directory) Close() { d.pool.close() }
 
 // Login implements authscope.Directory.
 func (d *Directory) Login(ctx context.Context, user, password string) (authscope.Identity, error) {
+	return d.LoginFrom(ctx, user, password, false)
+}
+
+// LoginFrom implements authscope.DirectoryFrom: Login, with the known
+// turns too for a login from an address that logged in to user before.
+func (d *Directory) LoginFrom(ctx context.Context, user, password string, knownAddress bool) (authscope.Identity, error) {
 	if err := checkInput(user, password); err != nil {
 		return authscope.Identity{}, err
 	}
@@ -270,7 +284,11 @@ func (d *Directory) Login(ctx context.Context, user, password string) (authscope
 	if id, ok := d.cache.get(key); ok {
 		return id, nil
 	}
-	release, err := d.binds.Take(ctx, nil)
+	var own *authscope.Turns // nil: none
+	if knownAddress {
+		own = d.known
+	}
+	release, err := d.binds.Take(ctx, own)
 	if err != nil {
 		return authscope.Identity{}, err
 	}
@@ -449,7 +467,8 @@ func (d *Directory) Lookup(ctx context.Context, user string) (authscope.Identity
 		}
 		return id, nil
 	}
-	release, err := d.binds.Take(ctx, nil)
+	// The known turns too: only a verified API key asks (keyOwnerInDirectory).
+	release, err := d.binds.Take(ctx, d.known)
 	if err != nil {
 		return authscope.Identity{}, err
 	}
@@ -597,4 +616,5 @@ func (d *Directory) dial(ctx context.Context) (*ldap.Conn, error) {
 var (
 	_ authscope.Directory      = (*Directory)(nil)
 	_ authscope.DirectoryUsers = (*Directory)(nil)
+	_ authscope.DirectoryFrom  = (*Directory)(nil)
 )

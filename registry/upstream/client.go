@@ -159,7 +159,7 @@ type Client struct {
 	resolver *net.Resolver
 
 	mu     sync.Mutex
-	tokens map[string]token // by host + repository
+	tokens map[string]token // by tokenKey
 	// tokenBytes is what tokens holds, counted as keptTokenCost does.
 	tokenBytes int64
 	basic      map[string]bool // hosts that asked for Basic auth
@@ -580,7 +580,7 @@ func (c *Client) authorized(ctx context.Context, base *url.URL, method, repo, pa
 func (c *Client) tokenDue(base *url.URL, repo string) (tok string, ch authscope.Challenge, due bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if t, ok := c.tokens[base.Host+" "+repo]; ok && c.now().Before(t.expires) {
+	if t, ok := c.tokens[tokenKey(base, repo)]; ok && c.now().Before(t.expires) {
 		return t.value, ch, false
 	}
 	ch, due = c.bearer[base.Host]
@@ -592,10 +592,7 @@ func (c *Client) tokenDue(base *url.URL, repo string) (tok string, ch authscope.
 // see tokenBytesMax), else with the mirror's credentials when the host
 // asked for Basic.
 func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header, bearer string) (*http.Response, error) {
-	name := repo
-	if base.Path != "" {
-		name = strings.TrimSuffix(base.Path+"/"+repo, "/")
-	}
+	name := upstreamName(base, repo)
 	u := base.Scheme + "://" + base.Host + "/v2/" + name + "/" + path
 	if name == "" {
 		u = base.Scheme + "://" + base.Host + "/v2/" + path // registry-wide: _catalog
@@ -634,11 +631,31 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	return resp, nil
 }
 
+// upstreamName is repo as the upstream at base names it: after base's
+// path, if any.
+func upstreamName(base *url.URL, repo string) string {
+	if base.Path == "" {
+		return repo
+	}
+	return strings.TrimSuffix(base.Path+"/"+repo, "/")
+}
+
+// tokenKey is where repo's token at base is kept: by host and the name
+// requests carry, as two URLs on one host under different paths name a
+// repository differently, and a token is for one name. The registry-wide
+// token ("", the catalog's) keeps a key no name has.
+func tokenKey(base *url.URL, repo string) string {
+	if repo == "" {
+		return base.Host + " "
+	}
+	return base.Host + " " + upstreamName(base, repo)
+}
+
 // fetchToken gets a pull token for repo from the challenge's realm and
 // keeps it for later requests to the same host and repository. Concurrent
 // callers for one key share one token request.
 func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch authscope.Challenge) (string, error) {
-	key := base.Host + " " + repo
+	key := tokenKey(base, repo)
 	v, err, _ := c.sf.Do(key, func() (any, error) {
 		realm, _ := ch.Get("realm")
 		ru, err := url.Parse(realm)
@@ -664,7 +681,9 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 		if svc, ok := ch.Get("service"); ok {
 			q.Set("service", svc)
 		}
-		scope := "repository:" + repo + ":pull"
+		// The name the requests carry, prefix and all: a token for the
+		// name without it earns a 401 and a second token request.
+		scope := "repository:" + upstreamName(base, repo) + ":pull"
 		if repo == "" {
 			scope = "registry:catalog:*"
 		}

@@ -93,3 +93,97 @@ func TestKeptTokensBounded(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestTokenScopeUnderPathPrefix: an upstream URL with a path (a mirror
+// that serves another registry under a prefix) puts the prefix before the
+// repository name in requests, and so in the scope of the tokens they
+// need. A repository's first request after the host asked for tokens
+// fetched one up front for the name without the prefix: it earned a 401,
+// and a second token request, every time.
+func TestTokenScopeUnderPathPrefix(t *testing.T) {
+	var tokens, refused atomic.Int32
+	var reg *httptest.Server
+	reg = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			tokens.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"token": "for " + r.URL.Query().Get("scope"), "expires_in": 300})
+			return
+		}
+		name, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/"+testPath)
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		scope := "repository:" + name + ":pull"
+		if r.Header.Get("Authorization") != "Bearer for "+scope {
+			refused.Add(1)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+reg.URL+`/token",service="registry.test",scope="`+scope+`"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	t.Cleanup(reg.Close)
+	c := newClient(t, Config{URLs: []string{reg.URL + "/docker.io"}})
+	for _, repo := range []string{"library/alpine", "library/busybox", "library/debian"} {
+		resp, err := c.Do(context.Background(), http.MethodGet, repo, testPath, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", repo, err)
+		}
+		resp.Body.Close()
+	}
+	// The first repository learns the realm from a 401; the others need
+	// one token request each and no 401.
+	if tokens.Load() != 3 || refused.Load() != 1 {
+		t.Fatalf("3 repositories under a path prefix: %d token requests and %d answers 401, want 3 and 1", tokens.Load(), refused.Load())
+	}
+}
+
+// TestTokenKeptPerName: two upstream URLs on one host under different
+// paths are two names for a repository, and a token is for one name. The
+// token kept for the first URL's name was sent to the second (the next
+// tried when the first answers 5xx), which refused it with a 401.
+func TestTokenKeptPerName(t *testing.T) {
+	var misfits atomic.Int32
+	var reg *httptest.Server
+	reg = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"token": "for " + r.URL.Query().Get("scope"), "expires_in": 300})
+			return
+		}
+		name, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/"+testPath)
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		scope := "repository:" + name + ":pull"
+		if auth := r.Header.Get("Authorization"); auth != "Bearer for "+scope {
+			if auth != "" {
+				misfits.Add(1)
+				t.Logf("%s sent with %q", r.URL.Path, auth)
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+reg.URL+`/token",service="registry.test",scope="`+scope+`"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if strings.HasPrefix(name, "down/") {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	}))
+	t.Cleanup(reg.Close)
+	c := newClient(t, Config{URLs: []string{reg.URL + "/down", reg.URL + "/up"}, Attempts: 1})
+	for range 2 {
+		resp, err := c.Do(context.Background(), http.MethodGet, "library/alpine", testPath, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if n := misfits.Load(); n > 0 {
+		t.Fatalf("%d requests carried a token for another name", n)
+	}
+}
