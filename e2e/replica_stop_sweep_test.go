@@ -4,13 +4,17 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // TestReplicaS3StoppedMidSweep and TestReplicaPostgresStoppedMidSweep:
@@ -207,9 +211,15 @@ func stoppedMidSweep(t *testing.T, c *replicaCluster, stop, cont func() error) {
 		}
 	}
 	mu.Unlock()
-	waitFor(t, 60*time.Second, "GC to sweep what no image holds", func() bool {
-		return pgCount(t, "SELECT count(*) FROM blobs") == len(keep) && marked() == 0
-	})
+	swept := time.Now()
+	for pgCount(t, "SELECT count(*) FROM blobs") != len(keep) || marked() != 0 {
+		if time.Since(swept) > 60*time.Second {
+			t.Errorf("GC did not sweep what no image holds within 60 s: %d blobs recorded, %d held by images; the others: %s",
+				pgCount(t, "SELECT count(*) FROM blobs"), len(keep), pgLeft(t, keep))
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 	for _, im := range acked {
 		for _, s := range c.replicas {
 			resp := do(t, http.MethodGet, s.url("/v2/"+im.repo+"/manifests/"+im.tag), nil, map[string]string{"Accept": ociManifest})
@@ -237,4 +247,33 @@ func stoppedMidSweep(t *testing.T, c *replicaCluster, stop, cont func() error) {
 			t.Errorf("a replica logged a panic")
 		}
 	}
+}
+
+// pgLeft describes the recorded blobs not in keep: their times, marks
+// and links.
+func pgLeft(t *testing.T, keep map[string]bool) string {
+	t.Helper()
+	db, err := pgx.Connect(context.Background(), os.Getenv("CADDY_OCI_TEST_DATABASE_URL"))
+	if err != nil {
+		return err.Error()
+	}
+	defer db.Close(context.Background())
+	rows, err := db.Query(context.Background(), `SELECT b.digest, b.created::text, b.touched::text, coalesce(b.deleting::text, ''), now()::text,
+		coalesce((SELECT string_agg(l.repo || ' ' || l.linked::text, '; ') FROM blob_links l WHERE l.digest = b.digest), '')
+		FROM blobs b`)
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d, created, touched, deleting, now, links string
+		if err := rows.Scan(&d, &created, &touched, &deleting, &now, &links); err != nil {
+			return err.Error()
+		}
+		if !keep[d] {
+			out = append(out, fmt.Sprintf("%s created %s touched %s deleting %q now %s links [%s]", d, created, touched, deleting, now, links))
+		}
+	}
+	return strings.Join(out, "\n")
 }
