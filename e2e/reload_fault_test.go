@@ -45,7 +45,6 @@ func TestReloadStorageFull(t *testing.T) {
 	needBinary(t)
 	fs := tmpfs.Mount(t, 64*diskMiB)
 	dataDir, otherDir := filepath.Join(fs, "data"), filepath.Join(fs, "other")
-	otherPort := freePort(t)
 	s := siteServer(t, dataDir, "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+"\n\t\tstorage_reserve 4MiB\n\t\tgc_interval 1h\n\t}", 0)
 	before := randomBytes(t, 1<<20)
 	d := pushBlob(t, s, "full/app", before)
@@ -64,6 +63,7 @@ func TestReloadStorageFull(t *testing.T) {
 	refusedFull(t, push(s, s.addr), "push after the reload")
 	getBlob(t, s, "full/app", d, before)
 
+	otherPort := freePort(t) // once s listens: not its port
 	site := fmt.Sprintf("\nhttp://:%d {\n\tbind 127.0.0.1\n\toci_registry {\n\t\tstorage %s\n\t\tstorage_reserve 4MiB\n\t}\n}\n", otherPort, strconv.Quote(otherDir))
 	b, _ := os.ReadFile(s.config)
 	st, body := reloadWith(t, s, string(b), string(b)+site)
