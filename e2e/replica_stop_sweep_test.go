@@ -26,6 +26,15 @@ import (
 // first push is acknowledged within seconds. Every acknowledged image
 // is whole afterwards; GC goes on (the orphans nobody linked again are
 // swept); and no lease but the passes' own is left held.
+//
+// Not fixed, and so failing now and then: in 1 of 5 runs with S3
+// stopped, an acknowledged image lost a blob (record and bytes; GET
+// 404). Likely: the manifest came after the blob's link had aged past
+// gc_grace (its push retried through the stop); the registry found the
+// link, GC's DropLinks removed it before CreateManifest's transaction,
+// whose FOR SHARE then locked no row and committed the reference without
+// checking the link was still there; GC then swept the blob.
+
 func TestReplicaS3StoppedMidSweep(t *testing.T) {
 	c := startCluster(t, 2, "\t\tgc_interval 1s\n\t\tgc_grace 4s\n", nil)
 	stoppedMidSweep(t, c, c.s3.Pause, c.s3.Resume)
