@@ -82,6 +82,12 @@ var (
 	// registry through any path (the auth layer's records included) is
 	// recognised as one.
 	ErrUnavailable = metastore.ErrUnavailable
+	// ErrFillAbandoned (an ErrUnavailable): the fill this request waited
+	// for was another replica's, and its lease ended with nothing
+	// committed (that replica died, or its fill failed: upstream cut,
+	// storage full). Why is not known here; a fill started afresh learns
+	// its own outcome.
+	ErrFillAbandoned = fmt.Errorf("%w: the replica filling it stopped before it committed", ErrUnavailable)
 	// ErrTagMoved: CreateManifest found one of its tags pointing at
 	// another manifest. Nothing was changed.
 	ErrTagMoved = metastore.ErrTagMoved

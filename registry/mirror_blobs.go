@@ -59,7 +59,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			// get, so this GET joins it without one, and learns
 			// upstream's refusal from it too.
 			m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
-			return h.serveFill(w, r, rc, d, f, true)
+			return h.serveFillOrRefill(w, r, rc, d, f, true, false)
 		}
 	}
 	// lost: this repository links d, and the storage lost its bytes or
@@ -89,7 +89,7 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			// A fill joined for a lost blob needs no confirmation:
 			// this repository links d, so upstream said so before.
 			m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
-			return h.serveFill(w, r, rc, d, f, true)
+			return h.serveFillOrRefill(w, r, rc, d, f, true, lost)
 		}
 	}
 	size, err := h.confirmBlob(r.Context(), rc, d)
@@ -136,7 +136,29 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			}
 		}
 	}
-	return h.serveFill(w, r, rc, d, f, started)
+	return h.serveFillOrRefill(w, r, rc, d, f, started, false)
+}
+
+// serveFillOrRefill is serveFill, except that a fill another replica
+// held and ended with nothing committed (it died, or its own fill failed:
+// upstream cut, its storage full) is started once more here, before any
+// header went out, so this client gets what this replica's own fill gives
+// (the blob streamed, or 507 when the storage is full) instead of a 503
+// that only says "retry" and would tell a client of a full store to retry
+// in vain. Once: a second abandoned fill is answered with its 503.
+func (h *Handler) serveFillOrRefill(w http.ResponseWriter, r *http.Request, rc *request, d cache.Digest, f cache.Fill, own, lost bool) error {
+	err := h.serveFill(w, r, rc, d, f, own)
+	if !errors.Is(err, cache.ErrFillAbandoned) || r.Context().Err() != nil {
+		return err
+	}
+	again, started, ferr := h.fill(r.Context(), rc, d, lost)
+	if ferr != nil {
+		return ferr
+	}
+	if !started && again.Repo() != rc.name {
+		return err // another name's fill: not confirmed for this one here
+	}
+	return h.serveFill(w, r, rc, d, again, true)
 }
 
 // fill returns the fill of d in progress, or the committed blob as a

@@ -287,7 +287,7 @@ func (w spoolWriter) Write(p []byte) (int, error) {
 
 // await follows another replica's fill: when its lease ends, the blob is
 // there (committed) or not (the holder failed or died: this wait fails
-// with cache.ErrUnavailable, and the client's retry starts a fill).
+// with cache.ErrFillAbandoned, and the registry starts a fill).
 func (f *fill) await() {
 	ctx := f.s.fills.ctx
 	err := f.s.leases.Wait(ctx, "fill/"+f.d.String())
@@ -297,9 +297,10 @@ func (f *fill) await() {
 			f.Begin(r.Size)
 			f.SetVerified(r.Size)
 		} else if errors.Is(err, metastore.ErrBlobUnknown) {
-			// Not upstream's failure, and not final: the client's retry
-			// starts a fill of its own (503 with Retry-After, not 502).
-			err = fmt.Errorf("%w: the replica filling it stopped before it committed", cache.ErrUnavailable)
+			// Not upstream's failure, and not final: the registry starts
+			// a fill of its own (or, past that, the client's retry does:
+			// 503 with Retry-After, not 502).
+			err = cache.ErrFillAbandoned
 		}
 	}
 	if err != nil {

@@ -42,22 +42,44 @@ type patientKey struct{}
 
 // patient marks a call whose server works in proportion to the blob
 // before it answers (completing a multipart upload; a streamed PUT that
-// the server may checksum and sync after its last byte): only the
-// transport's header timeout bounds its answer. Its body, if any, is
-// still bounded by the write deadline of stallConn.
+// the server may checksum and sync after its last byte): its answer has
+// no deadline of its own, only the server's liveness (watchAlive). Its
+// body, if any, is still bounded by the write deadline of stallConn.
 func patient(ctx context.Context) context.Context {
 	return context.WithValue(ctx, patientKey{}, true)
 }
 
-// boundCalls is an Initialize middleware, so its deadline covers the
+// probeEvery is how often a long call asks whether the server is still
+// alive: a hung server fails it within probeEvery + stallTimeout.
+func probeEvery() time.Duration { return stallTimeout / 4 }
+
+// boundCalls returns an Initialize middleware, so its deadline covers the
 // SDK's retries too: the call as a whole answers within stallTimeout
 // (plus its body's time at minTransferRate), or fails with errStalled.
-// A GetObject's body then gets a stall guard of its own.
-func boundCalls(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
-	if ctx.Value(patientKey{}) != nil {
-		return next.HandleInitialize(ctx, in)
+// A GetObject's body then gets a stall guard of its own. A patient call
+// has no deadline, and is watched with probe instead (watchAlive); so is
+// a call with a body, whose deadline grows with its length: a body the
+// socket's buffers take whole (a 6 MiB part on loopback) never meets
+// stallConn's write deadline, and a closing PUT whose last part met a
+// stopped server waited out that deadline, 30 s + 96 s, before its 503.
+func boundCalls(probe func(context.Context) error) func(context.Context, middleware.InitializeInput, middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+	return func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+		if ctx.Value(patientKey{}) != nil {
+			return watchAlive(ctx, in, next, probe)
+		}
+		if bodyLen(in) > 0 {
+			bounded := middleware.InitializeHandlerFunc(func(ctx context.Context, in middleware.InitializeInput) (middleware.InitializeOutput, middleware.Metadata, error) {
+				return boundCall(ctx, in, next)
+			})
+			return watchAlive(ctx, in, bounded, probe)
+		}
+		return boundCall(ctx, in, next)
 	}
-	limit := stallTimeout
+}
+
+// bodyLen is the length of the request body of a call that sends one, 0
+// for any other.
+func bodyLen(in middleware.InitializeInput) int64 {
 	var n *int64
 	switch p := in.Parameters.(type) {
 	case *awss3.PutObjectInput:
@@ -65,8 +87,52 @@ func boundCalls(ctx context.Context, in middleware.InitializeInput, next middlew
 	case *awss3.UploadPartInput:
 		n = p.ContentLength
 	}
-	if n != nil && *n > 0 {
-		limit += time.Duration(*n / minTransferRate * int64(time.Second))
+	if n == nil {
+		return 0
+	}
+	return *n
+}
+
+// watchAlive runs a call while asking the server, every probeEvery, a
+// question it answers at once (probe: itself a bounded call). A server
+// busy assembling a large object, or taking a large body, still answers
+// it; a hung one (a stopped process, a black-holed network) does not, and
+// the call fails with errStalled. Before, a patient call was bounded only
+// by the transport's two-minute header timeout (times the SDK's attempts).
+func watchAlive(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler, probe func(context.Context) error) (middleware.InitializeOutput, middleware.Metadata, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan struct{})
+	go func() {
+		// The probe is neither patient nor watched: the marker is cleared.
+		pctx := context.WithValue(ctx, patientKey{}, nil)
+		t := time.NewTicker(probeEvery())
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if err := probe(pctx); errors.Is(err, errStalled) {
+				cancel(errStalled)
+				return
+			}
+		}
+	}()
+	out, md, err := next.HandleInitialize(ctx, in)
+	close(done)
+	if err != nil && errors.Is(context.Cause(ctx), errStalled) {
+		return out, md, fmt.Errorf("%w (no answer to a probe in %s): %v", errStalled, stallTimeout, err)
+	}
+	return out, md, err
+}
+
+// boundCall is boundCalls' bound on a call that is not patient.
+func boundCall(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+	limit := stallTimeout
+	if n := bodyLen(in); n > 0 {
+		limit += time.Duration(n / minTransferRate * int64(time.Second))
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	timer := time.AfterFunc(limit, func() { cancel(errStalled) })

@@ -2,6 +2,7 @@ package s3
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"testing"
@@ -68,5 +69,60 @@ func TestHungServer(t *testing.T) {
 	resumed = true
 	if got, err := readAll(t, st, d); err != nil || len(got) != len(c) {
 		t.Fatalf("read once the server continued: %d bytes, %v", len(got), err)
+	}
+}
+
+// The calls that may work long before they answer (patient: completing a
+// multipart upload, a streamed PUT whose body the socket took whole), and
+// those whose bound grows with their body (a part), fail on a hung server
+// once it does not answer a probe, within seconds of stallTimeout. Before,
+// the first waited out the transport's two-minute header timeout (times
+// the SDK's attempts), and a 1 MiB part 2 s + 16 s (its length at
+// minTransferRate), as long as the socket's buffers took it whole.
+func TestHungServerPatientCalls(t *testing.T) {
+	old := stallTimeout
+	stallTimeout = 2 * time.Second
+	t.Cleanup(func() { stallTimeout = old })
+	srv := s3test.Start(t)
+	st := newStore(t, srv, srv.Bucket(t), "reg/")
+	small := randomBytes(64 << 10)
+	d := blobstore.FromBytes(blobstore.SHA256, small)
+	if err := srv.Pause(); err != nil {
+		t.Skip(err) // no signals on this system
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			_ = srv.Resume()
+		}
+	}()
+	bound := stallTimeout + probeEvery() + 3*time.Second
+	for _, call := range []struct {
+		name string
+		do   func() error
+	}{
+		{"complete", func() error { return st.complete(ctx(t), "reg/hung", "no-such-upload", nil) }},
+		{"part the socket takes whole", func() error {
+			_, err := st.uploadPart(ctx(t), "reg/hung", "no-such-upload", 1, memPart(randomBytes(1<<20)), false)
+			return err
+		}},
+		{"streamed put", func() error {
+			_, err := st.putStream(ctx(t), d, int64(len(small)), bytes.NewReader(small), sha256.New())
+			return err
+		}},
+	} {
+		start := time.Now()
+		err := call.do()
+		t.Logf("%s on a hung server: %v after %s", call.name, err, time.Since(start).Round(time.Millisecond))
+		if !errors.Is(err, errStalled) || time.Since(start) > bound {
+			t.Errorf("%s on a hung server: %v after %s; want errStalled within %s", call.name, err, time.Since(start), bound)
+		}
+	}
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	if _, err := st.putStream(ctx(t), d, int64(len(small)), bytes.NewReader(small), sha256.New()); err != nil {
+		t.Fatalf("streamed put once the server continued: %v", err)
 	}
 }

@@ -174,14 +174,21 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 		}
 		endpoint = aws.String(cfg.Endpoint)
 	}
-	client := awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
+	// A patient call's watch asks the bucket whether the server is
+	// alive; the client it asks with is the one made here.
+	var client *awss3.Client
+	probe := func(ctx context.Context) error {
+		_, err := client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: aws.String(cfg.Bucket)})
+		return err
+	}
+	client = awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
 		o.BaseEndpoint = endpoint
 		o.UsePathStyle = cfg.PathStyle
 		o.APIOptions = append(o.APIOptions, func(st *middleware.Stack) error {
 			if err := st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/storage-full", markStorageFull), middleware.After); err != nil {
 				return err
 			}
-			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/bound-calls", boundCalls), middleware.After)
+			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/bound-calls", boundCalls(probe)), middleware.After)
 		})
 	})
 	s := &Store{
