@@ -179,6 +179,12 @@ type Manifest struct {
 	ArtifactType string
 	// Annotations as found in the manifest (for the referrers API).
 	Annotations map[string]string
+	// Linked are blobs the caller found linked in the repository before
+	// the put (a push's config and layers). PutManifest and
+	// CreateManifest fail with ErrBlobUnknown, changing nothing, if one
+	// of them is no longer linked when they commit (GC dropped the link
+	// in between). Not stored.
+	Linked []Digest
 }
 
 // Upload is the state of a resumable upload session. Sessions are kept in

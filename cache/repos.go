@@ -266,6 +266,23 @@ func (s *Store) CreateManifest(ctx context.Context, repo string, m Manifest, bod
 	return s.putManifest(repo, m, body, tags, time.Time{}, true)
 }
 
+// stillLinked fails with ErrBlobUnknown if one of blobs, found linked in
+// repo before a push's put, is not linked any more: GC dropped the link
+// in between (the registry's check of a manifest's blobs runs before the
+// put takes gcMu), and would then remove the blob under the manifest.
+func stillLinked(txn *badger.Txn, repo string, blobs []Digest) error {
+	for _, b := range blobs {
+		linked, _, _, err := readLink(txn, blobLinkKey(repo, b))
+		if err != nil {
+			return err
+		}
+		if !linked {
+			return fmt.Errorf("%w: %s is no longer linked in %s: collected while the manifest was pushed", ErrBlobUnknown, b, repo)
+		}
+	}
+	return nil
+}
+
 // PutFetchedManifest is PutManifest of a manifest a mirror fetched for
 // tag, and SetTagFetched(tag, fetched), in one transaction: a cold pull
 // through a mirror then waits for one sync of the metadata, not two.
@@ -324,6 +341,9 @@ func (s *Store) putManifest(repo string, m Manifest, body []byte, tags []string,
 	s.mirrorMu.RLock()
 	defer s.mirrorMu.RUnlock()
 	err = s.update(func(txn *badger.Txn) error {
+		if err := stillLinked(txn, repo, m.Linked); err != nil {
+			return err
+		}
 		// A re-push with another subject moves the referrer entry.
 		if item, err := txn.Get(manLinkKey(repo, d)); err == nil {
 			var old manifestRecord

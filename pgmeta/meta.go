@@ -384,6 +384,14 @@ func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manife
 		subject = &s
 	}
 	d := m.Digest.String()
+	// The links locked: those of every reference, and of the blobs the
+	// caller found linked (metastore.Manifest.Linked), which must all
+	// still be there.
+	linked := make([]string, len(m.Linked))
+	for i, l := range m.Linked {
+		linked[i] = l.String()
+	}
+	locked := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(refs), linked...))))
 	manifestIf, tagIf := "", ""
 	if createOnly {
 		manifestIf = " WHERE manifests.media_type = excluded.media_type RETURNING 1"
@@ -397,7 +405,7 @@ func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manife
 		// Hold off GC's drop of the links this manifest references until
 		// it is committed (see the file's comment). Locked in the order
 		// GC locks them, so the two never deadlock.
-		b.Queue(`SELECT 1 FROM blob_links WHERE repo = $1 AND digest = ANY($2) ORDER BY digest FOR SHARE`, repo, refs)
+		b.Queue(`SELECT digest FROM blob_links WHERE repo = $1 AND digest = ANY($2) ORDER BY digest FOR SHARE`, repo, locked)
 		b.Queue(`INSERT INTO manifests (repo, digest, media_type, size, body, subject, artifact_type, annotations)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type, size = excluded.size,
@@ -413,14 +421,27 @@ func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manife
 			ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest,
 				fetched = CASE WHEN tags.digest = excluded.digest THEN tags.fetched END`+tagIf, repo, tags, d)
 		br := tx.SendBatch(ctx, &b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, l := range linked {
+			if !slices.Contains(have, l) {
+				// GC dropped it after the caller's check; the statements
+				// after this one roll back with the transaction.
+				return fmt.Errorf("%w: %s is no longer linked in %s: collected while the manifest was pushed", metastore.ErrBlobUnknown, l, repo)
+			}
+		}
 		if !createOnly {
 			return br.Close()
-		}
-		defer br.Close()
-		for range 2 {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
 		}
 		tg, err := br.Exec()
 		if err != nil {
@@ -441,7 +462,7 @@ func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manife
 				return err
 			}
 		}
-		rows, err := br.Query()
+		rows, err = br.Query()
 		if err != nil {
 			return err
 		}

@@ -160,6 +160,12 @@ func (h *Handler) putManifest(r *http.Request, rc *request, m cache.Manifest, bo
 		if errors.Is(err, cache.ErrDigestMismatch) {
 			return errDigestInvalid("manifest does not match digest", err)
 		}
+		if errors.Is(err, cache.ErrBlobUnknown) {
+			// GC collected a blob between the manifest's check and its
+			// put (cache.Manifest.Linked): nothing was stored.
+			return newError(http.StatusBadRequest, CodeManifestBlobUnknown,
+				"a blob the manifest references was collected while the manifest was pushed; push the blob again", err)
+		}
 		return errInternal(err)
 	}
 	manifestStored(rc.name, m, int64(len(body)))
@@ -383,6 +389,9 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		if err := h.checkBlobs(ctx, rc, wheres, descs); err != nil {
 			return cache.Manifest{}, err
 		}
+		if !h.cfg.SparseManifests {
+			m.Linked = checkedBlobs(descs)
+		}
 	}
 	if doc.Subject != nil {
 		sd, err := cache.ParseDigest(doc.Subject.Digest)
@@ -546,6 +555,21 @@ func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, 
 		return errs[first]
 	}
 	return nil
+}
+
+// checkedBlobs are the blobs of descs checkBlobs found linked, which the
+// put then asks the store to find linked still (cache.Manifest.Linked).
+func checkedBlobs(descs []descriptor) []cache.Digest {
+	var out []cache.Digest
+	for _, d := range descs {
+		if foreign(d) {
+			continue
+		}
+		if bd, err := cache.ParseDigest(d.Digest); err == nil && !slices.Contains(out, bd) {
+			out = append(out, bd)
+		}
+	}
+	return out
 }
 
 // checkBlobStored asks a store whose HasBlob reads only its metadata

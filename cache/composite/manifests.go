@@ -35,6 +35,7 @@ func metaManifest(m cache.Manifest, body []byte) metastore.Manifest {
 		ArtifactType: m.ArtifactType,
 		Annotations:  m.Annotations,
 		Refs:         cache.ManifestRefs(body),
+		Linked:       m.Linked,
 	}
 }
 

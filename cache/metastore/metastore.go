@@ -214,6 +214,13 @@ type Manifest struct {
 	// them while the repository holds the manifest. Order and repeats do
 	// not matter; the store keeps the set.
 	Refs []Digest
+	// Linked are blobs the caller found linked in the repository before
+	// the put (a push's config and layers, checked for
+	// MANIFEST_BLOB_UNKNOWN). The put fails with ErrBlobUnknown, changing
+	// nothing, if one of them is no longer linked when it commits: GC
+	// dropped the link between the check and the put, and would sweep
+	// the blob under the manifest. Not stored.
+	Linked []Digest
 }
 
 // Manifests are the manifests of repositories, with their exact bytes and

@@ -91,6 +91,17 @@ func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manife
 		return fmt.Errorf("badgermeta: encode manifest: %w", err)
 	}
 	return s.update(ctx, func(txn *badger.Txn) error {
+		// A push's blobs, found linked before the put, must still be:
+		// GC may have dropped a link since (see metastore.Manifest.Linked).
+		// Read in this transaction, so a drop that commits first makes it
+		// conflict and run again.
+		for _, b := range m.Linked {
+			if _, linked, err := get(txn, key("l/", repo, b.String())); err != nil {
+				return err
+			} else if !linked {
+				return fmt.Errorf("%w: %s is no longer linked in %s: collected while the manifest was pushed", metastore.ErrBlobUnknown, b, repo)
+			}
+		}
 		if err := addRepo(txn, repo); err != nil {
 			return err
 		}

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) metastore.Store) {
 		{"PutManifestExactBytes", testPutManifest},
 		{"PutManifestRefused", testPutManifestRefused},
 		{"PutManifestAgainMovesReferrer", testPutManifestAgain},
+		{"PutManifestLinkedStill", testPutManifestLinked},
 		{"CreateManifest", testCreateManifest},
 		{"CreateManifestRefused", testCreateManifestRefused},
 		{"Referrers", testReferrers},
@@ -465,6 +466,38 @@ func testPutManifestRefused(t *testing.T, s metastore.Store) {
 	if _, err := s.Manifest(ctx(t), "r", m.Digest); !errors.Is(err, metastore.ErrManifestUnknown) {
 		t.Fatalf("a refused put left its manifest: %v", err)
 	}
+}
+
+// testPutManifestLinked: a push's blobs, found linked before its put
+// (Manifest.Linked), must still be linked when the put commits; a link
+// GC dropped in between refuses the put with ErrBlobUnknown, and nothing
+// of it is stored, for either kind of put. Refs not in Linked (a mirror's
+// manifest, stored before its blobs) need no link.
+func testPutManifestLinked(t *testing.T, s metastore.Store) {
+	layer := link(t, s, "r", "layer", 0)
+	config := link(t, s, "r", "config", 0)
+	m, body := manifest("pushed", metastore.Digest{}, config, layer)
+	m.Linked = []metastore.Digest{config, layer}
+	put(t, s, "r", m, body, "v1")
+	must(t, s.UnlinkBlob(ctx(t), "r", layer))
+	for _, createOnly := range []bool{false, true} {
+		m2, body2 := manifest(fmt.Sprint("pushed after the drop ", createOnly), metastore.Digest{}, config, layer)
+		m2.Linked = []metastore.Digest{config, layer}
+		putOrCreate := s.PutManifest
+		if createOnly {
+			putOrCreate = s.CreateManifest
+		}
+		err := putOrCreate(ctx(t), "r", m2, body2, []string{"v2"})
+		wantErr(t, fmt.Sprintf("put (create only: %v) over a dropped link", createOnly), err, metastore.ErrBlobUnknown)
+		if _, err := s.Manifest(ctx(t), "r", m2.Digest); !errors.Is(err, metastore.ErrManifestUnknown) {
+			t.Fatalf("the refused put left its manifest: %v", err)
+		}
+		if _, err := s.Tag(ctx(t), "r", "v2"); !errors.Is(err, metastore.ErrTagUnknown) {
+			t.Fatalf("the refused put left its tag: %v", err)
+		}
+	}
+	mirrored, mbody := manifest("mirrored", metastore.Digest{}, dg("not here yet"))
+	put(t, s, "r", mirrored, mbody, "m")
 }
 
 func testPutManifestAgain(t *testing.T, s metastore.Store) {
