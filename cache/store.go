@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"github.com/caddy-oci/caddy-oci/cache/internal/authrecords"
@@ -35,9 +34,6 @@ type Store struct {
 	now        func() time.Time // the clock of session times; tests move it
 	space      *spaceGuard      // refuses blob bytes that would eat the reserve
 	scrubObs   ScrubObserver    // nil: none
-	// instance names this opening of the store in upload records
-	// (uploadRecord.Writer): new at every Open.
-	instance string
 
 	// scrubbing counts the scrub passes reading each blob's file now:
 	// a write of such a blob installs its bytes over the file rather than
@@ -137,7 +133,6 @@ func Open(opts Options) (*Store, error) {
 		fills:      map[Digest]*fileFill{},
 		stop:       make(chan struct{}),
 		now:        time.Now,
-		instance:   rand.Text(),
 		evictKick:  make(chan struct{}, 1),
 		pins:       map[Digest]int{},
 		used:       map[Digest]int64{},

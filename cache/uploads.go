@@ -34,12 +34,6 @@ type uploadRecord struct {
 	Started     time.Time `json:"started"`
 	Updated     time.Time `json:"updated"`
 	SHA256State []byte    `json:"sha256State"`
-	// Writer is the store instance (Store.instance) that wrote every
-	// byte of the session, empty once another one writes to it. Chunks
-	// are not fsynced (see appendData), so only the instance that wrote
-	// them all may trust SHA256State at commit: after a restart, the
-	// data may be what a power failure left, and is read again.
-	Writer string `json:"writer,omitempty"`
 }
 
 func (r uploadRecord) upload() Upload {
@@ -303,7 +297,7 @@ func (s *Store) OpenUpload(ctx context.Context, repo, owner string) (Upload, err
 		return Upload{}, fmt.Errorf("cache: %w", err)
 	}
 	now := s.now().UTC()
-	rec := uploadRecord{ID: id, Repo: repo, Owner: owner, Started: now, Updated: now, SHA256State: state, Writer: s.instance}
+	rec := uploadRecord{ID: id, Repo: repo, Owner: owner, Started: now, Updated: now, SHA256State: state}
 	if err := s.admitUpload(id, rec.indexed()); err != nil {
 		return Upload{}, err
 	}
@@ -562,12 +556,8 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 	}
 	if err != nil {
 		s.release(m.reserved, m.owner)
-		// Too large, it can never be committed: free what it holds now.
-		// A failed write-back may have lost bytes of earlier chunks,
-		// which are not fsynced and whose error the kernel reports once,
-		// perhaps here: what the file holds is no longer known, and a
-		// session kept would commit it on the strength of its hash state.
-		if errors.Is(err, ErrUploadTooLarge) || errors.Is(err, blobfile.ErrWriteBack) {
+		if errors.Is(err, ErrUploadTooLarge) {
+			// It can never be committed: free what it holds now.
 			if rerr := s.removeUpload(id); rerr != nil {
 				return Upload{}, rerr
 			}
@@ -588,9 +578,6 @@ func (s *Store) recordChunk(rec *uploadRecord, h hash.Hash, n int64) error {
 	next.Size += n
 	next.Updated = s.now().UTC()
 	next.SHA256State = state
-	if next.Writer != s.instance {
-		next.Writer = ""
-	}
 	if err := s.saveUpload(next); err != nil {
 		// The file holds bytes the record does not count; the next append
 		// or a restart truncates them.
@@ -600,19 +587,8 @@ func (s *Store) recordChunk(rec *uploadRecord, h hash.Hash, n int64) error {
 	return nil
 }
 
-// appendData writes r at offset at, hashing sha256 along. On any error
-// the chunk is cut off again, so the file matches the record.
-//
-// A chunk is not fsynced: its bytes are written back as they arrive, the
-// chunk waits until they are all on disk (so a write-back error is this
-// chunk's, never lost with evicted pages before a later fsync), and
-// CommitUpload's fsync is what makes the blob durable, once. An fsync per
-// chunk added a flush of the disk's cache to each 64 MiB PATCH (about 28
-// ms here, against 2-6 ms for the wait on the data), with the client
-// waiting and no bytes arriving. A killed process loses nothing of a chunk;
-// a power failure may lose or zero what the disk's cache held, which is
-// why a commit by another instance than the one that wrote every byte
-// reads the data again (uploadRecord.Writer).
+// appendData writes r at offset at, hashing sha256 along, and syncs. On
+// any error the chunk is cut off again, so the file matches the record.
 func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int64, error) {
 	fail := func(what string, err error) (int64, error) {
 		if terr := f.Truncate(at); terr != nil {
@@ -631,8 +607,8 @@ func (s *Store) appendData(f *os.File, at int64, h io.Writer, r io.Reader) (int6
 	if err != nil {
 		return fail("append upload", err)
 	}
-	if err := blobfile.WaitWriteBehind(dw); err != nil {
-		return fail("write back upload", err)
+	if err := f.Sync(); err != nil {
+		return fail("sync upload", err)
 	}
 	return n, nil
 }
@@ -663,40 +639,15 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 		return BlobInfo{}, err
 	}
 	got, err := s.digestData(f, rec, want.Algorithm)
-	damaged := errors.Is(err, errSessionDamaged)
-	if damaged {
-		err = nil
-	}
-	syncFailed := false
-	if err == nil && !damaged {
-		// What makes the blob durable: chunks are not synced.
+	if err == nil {
+		// Appends synced already; this covers a truncate by openData.
 		err = f.Sync()
-		syncFailed = err != nil
 	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
 	if err != nil {
-		if syncFailed {
-			// A failed fsync is a failed write-back of the chunks, which
-			// the kernel reports once: a retried commit's fsync would
-			// succeed and store what the disk holds (zeros, say) while
-			// the page cache shows the pushed bytes. The session goes;
-			// the client pushes the blob again.
-			if rerr := s.removeUpload(id); rerr != nil {
-				s.log.Warn("remove upload after a failed sync", zap.String("upload", id), zap.Error(rerr))
-			}
-		}
 		return BlobInfo{}, fmt.Errorf("cache: commit upload: %w", err)
-	}
-	if damaged {
-		// Its bytes are not the ones received: whatever digest the
-		// client sends, it is not committed, and its space and slot go
-		// now.
-		if rerr := s.removeUpload(id); rerr != nil {
-			s.log.Warn("remove damaged upload", zap.String("upload", id), zap.Error(rerr))
-		}
-		return BlobInfo{}, fmt.Errorf("%w: want %s; the session's data changed since it was received", ErrDigestMismatch, want)
 	}
 	if got != want {
 		return BlobInfo{}, fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, want, got)
@@ -740,26 +691,15 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want Digest) 
 	return info, nil
 }
 
-// errSessionDamaged: a session's data, read again, is not what its
-// chunks hashed to when they arrived (a power failure since).
-var errSessionDamaged = errors.New("upload session's data changed since it was received")
-
 // digestData returns the digest of the session's data under alg: sha256
-// from the state kept during appends when this instance wrote every byte,
-// anything else by reading the file. When the file, read for sha256,
-// differs from the state, it returns the file's digest with
-// errSessionDamaged.
+// from the state kept during appends, anything else by reading the file.
 func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest, error) {
-	var kept Digest
 	if alg == SHA256 {
 		h, err := restoreSHA256(rec.SHA256State)
 		if err != nil {
 			return Digest{}, err
 		}
-		kept = FromHash(alg, h)
-		if rec.Writer == s.instance {
-			return kept, nil
-		}
+		return FromHash(alg, h), nil
 	}
 	h := alg.New()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -768,13 +708,7 @@ func (s *Store) digestData(f *os.File, rec uploadRecord, alg Algorithm) (Digest,
 	if _, err := blobfile.CopyBuf(h, io.LimitReader(f, rec.Size), rec.Size); err != nil {
 		return Digest{}, err
 	}
-	got := FromHash(alg, h)
-	if alg == SHA256 && got != kept {
-		s.log.Warn("upload session's data is not what its chunks hashed to (a power failure since they were written?); the commit is refused, the session dropped, and the client must push the blob again",
-			zap.String("repo", rec.Repo), zap.String("upload", rec.ID), zap.Int64("size", rec.Size))
-		return got, errSessionDamaged
-	}
-	return got, nil
+	return FromHash(alg, h), nil
 }
 
 // CancelUpload removes the session and its data. ErrUploadUnknown if absent.

@@ -1,7 +1,6 @@
 package blobfile
 
 import (
-	"errors"
 	"io"
 	"os"
 )
@@ -22,13 +21,6 @@ const (
 	WriteBehindWindow = 8 << 20  // bytes written before write-back starts on them
 	WriteBehindLag    = 32 << 20 // how far behind the newest byte the writer waits for the disk
 )
-
-// ErrWriteBack is a write-back of a file's data that failed (an I/O
-// error, a disk that filled as blocks were allocated). The kernel reports
-// it once for the whole file, not for the range asked about: it may
-// concern bytes written long before, and the page cache may still show
-// them while the disk does not hold them.
-var ErrWriteBack = errors.New("write back")
 
 // writeBehindWriter writes to f from offset off on, sequentially (the
 // caller seeked f there), starting write-back as it goes.
@@ -70,23 +62,4 @@ func (w *writeBehindWriter) Write(p []byte) (int, error) {
 		w.waited = behind
 	}
 	return n, nil
-}
-
-// WaitWriteBehind returns once every byte w, from WriteBehind, has
-// written is on disk: the data, not the metadata nor the disk's cache,
-// which wait for fsync (whose flush of the disk's cache is the costly
-// part). For a writer that stops without an fsync (a chunk of an upload
-// session): a write-back error of its bytes is then reported to it, not
-// to a later caller, and cannot be lost with the file's pages in memory
-// if they are evicted before the fsync.
-func WaitWriteBehind(w io.Writer) error {
-	wb, ok := w.(*writeBehindWriter)
-	if !ok || wb.off == wb.waited {
-		return nil
-	}
-	if err := waitWriteback(wb.f, wb.waited, wb.off-wb.waited); err != nil {
-		return err
-	}
-	wb.started, wb.waited = wb.off, wb.off
-	return nil
 }

@@ -45,6 +45,6 @@ func syncRange(f *os.File, off, n int64, flags int) error {
 		// Not supported on this file or kernel: the final fsync does it all.
 		return nil
 	default:
-		return fmt.Errorf("%w: %w", ErrWriteBack, serr)
+		return fmt.Errorf("write back: %w", serr)
 	}
 }
