@@ -102,11 +102,13 @@ func bodyLen(in middleware.InitializeInput) int64 {
 func watchAlive(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler, probe func(context.Context) error) (middleware.InitializeOutput, middleware.Metadata, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	done := make(chan struct{})
+	done, exited := make(chan struct{}), make(chan struct{})
+	every := probeEvery()
 	go func() {
+		defer close(exited)
 		// The probe is neither patient nor watched: the marker is cleared.
 		pctx := context.WithValue(ctx, patientKey{}, nil)
-		t := time.NewTicker(probeEvery())
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
@@ -122,7 +124,13 @@ func watchAlive(ctx context.Context, in middleware.InitializeInput, next middlew
 	}()
 	out, md, err := next.HandleInitialize(ctx, in)
 	close(done)
-	if err != nil && errors.Is(context.Cause(ctx), errStalled) {
+	stalled := errors.Is(context.Cause(ctx), errStalled)
+	// A probe in flight ends with the context; the watcher is gone before
+	// the call returns, so no goroutine of a finished call is left
+	// probing (or reading the stall settings) behind it.
+	cancel(nil)
+	<-exited
+	if err != nil && stalled {
 		return out, md, fmt.Errorf("%w (no answer to a probe in %s): %v", errStalled, stallTimeout, err)
 	}
 	return out, md, err
