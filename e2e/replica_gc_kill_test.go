@@ -58,19 +58,7 @@ func sweepDrill(t *testing.T, pause bool) {
 
 	// Orphans: blobs pushed with no manifest, which GC sweeps once older
 	// than the grace.
-	orphans := make([][]byte, 1200)
-	var wg sync.WaitGroup
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(orphans); i += 8 {
-				orphans[i] = []byte(fmt.Sprintf("orphan %d %d", i, time.Now().UnixNano()))
-				churnDo(http.MethodPost, survivor.url("/v2/sweep/orphans/blobs/uploads/?digest="+blobDigest(orphans[i])), orphans[i], "application/octet-stream")
-			}
-		}()
-	}
-	wg.Wait()
+	orphans := pushOrphans(1200, survivor)
 
 	// Images of orphans, pushed on the survivor throughout.
 	type image struct {
@@ -79,6 +67,7 @@ func sweepDrill(t *testing.T, pause bool) {
 		blobs    [][]byte
 	}
 	var (
+		wg      sync.WaitGroup
 		mu      sync.Mutex
 		acked   []image
 		bad     []string
@@ -192,4 +181,25 @@ func sweepDrill(t *testing.T, pause bool) {
 	if !strings.Contains(survivor.out.String(), "finished the deletes a GC sweep left marked") {
 		t.Errorf("the survivor did not say it finished the dead leader's deletes")
 	}
+}
+
+// pushOrphans pushes n small blobs into sweep/orphans through r, eight at
+// a time, with no manifest: what GC sweeps once they are older than the
+// grace. Each push's answer is not checked (a drill may be stopping the
+// storage under it); the bytes are returned so the drill can ask later.
+func pushOrphans(n int, r *server) [][]byte {
+	orphans := make([][]byte, n)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				orphans[i] = []byte(fmt.Sprintf("orphan %d %d", i, time.Now().UnixNano()))
+				churnDo(http.MethodPost, r.url("/v2/sweep/orphans/blobs/uploads/?digest="+blobDigest(orphans[i])), orphans[i], "application/octet-stream")
+			}
+		}()
+	}
+	wg.Wait()
+	return orphans
 }

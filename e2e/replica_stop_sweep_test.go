@@ -81,19 +81,7 @@ func stoppedMidSweep(t *testing.T, c *replicaCluster, stop, cont func() error) {
 	a, b := c.replicas[0], c.replicas[1]
 	marked := func() int { return pgCount(t, "SELECT count(*) FROM blobs WHERE deleting IS NOT NULL") }
 
-	orphans := make([][]byte, 600)
-	var wg sync.WaitGroup
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(orphans); i += 8 {
-				orphans[i] = []byte(fmt.Sprintf("orphan %d %d", i, time.Now().UnixNano()))
-				churnDo(http.MethodPost, a.url("/v2/sweep/orphans/blobs/uploads/?digest="+blobDigest(orphans[i])), orphans[i], "application/octet-stream")
-			}
-		}()
-	}
-	wg.Wait()
+	orphans := pushOrphans(600, a)
 
 	type image struct {
 		repo, tag string
@@ -101,6 +89,7 @@ func stoppedMidSweep(t *testing.T, c *replicaCluster, stop, cont func() error) {
 		blobs     [][]byte
 	}
 	var (
+		wg    sync.WaitGroup
 		mu    sync.Mutex
 		acked []image
 		bad   []string
