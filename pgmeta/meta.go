@@ -429,12 +429,13 @@ func (s *Store) putManifest(ctx context.Context, repo string, m metastore.Manife
 		if err != nil {
 			return err
 		}
-		have, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
+		have := make(map[string]bool, len(locked))
+		var digest string
+		if _, err := pgx.ForEachRow(rows, []any{&digest}, func() error { have[digest] = true; return nil }); err != nil {
 			return err
 		}
 		for _, l := range linked {
-			if !slices.Contains(have, l) {
+			if !have[l] {
 				// GC dropped it after the caller's check; the statements
 				// after this one roll back with the transaction.
 				return fmt.Errorf("%w: %s is no longer linked in %s: collected while the manifest was pushed", metastore.ErrBlobUnknown, l, repo)

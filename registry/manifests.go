@@ -386,12 +386,11 @@ func (h *Handler) checkManifest(ctx context.Context, rc *request, contentType st
 		for i, l := range doc.Layers {
 			descs, wheres = append(descs, l), append(wheres, fmt.Sprintf("layers[%d]", i))
 		}
-		if err := h.checkBlobs(ctx, rc, wheres, descs); err != nil {
+		linked, err := h.checkBlobs(ctx, rc, wheres, descs)
+		if err != nil {
 			return cache.Manifest{}, err
 		}
-		if !h.cfg.SparseManifests {
-			m.Linked = checkedBlobs(descs)
-		}
+		m.Linked = linked
 	}
 	if doc.Subject != nil {
 		sd, err := cache.ParseDigest(doc.Subject.Digest)
@@ -462,7 +461,7 @@ const blobChecks = 8
 // (StoredBlobChecker) the checks run blobChecks at a time; the
 // error is the first failing descriptor's in the manifest's order, as one
 // after another would find, and none is started past one that failed.
-func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, descs []descriptor) error {
+func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, descs []descriptor) ([]cache.Digest, error) {
 	// A blob is checked once however often the manifest names it (its
 	// first mention, so the error is the one the whole list would give):
 	// a 4 MiB manifest holds some 40,000 descriptors, and one PUT must
@@ -480,6 +479,13 @@ func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, 
 		unique, uniqueWheres = append(unique, d), append(uniqueWheres, wheres[i])
 	}
 	descs, wheres = unique, uniqueWheres
+	// The digests found linked, one per unique descriptor: the put asks
+	// the store that they still are (cache.Manifest.Linked). Sparse
+	// manifests check none.
+	var linked []cache.Digest
+	if !h.cfg.SparseManifests {
+		linked = make([]cache.Digest, len(descs))
+	}
 	check := func(i int) error {
 		b := descs[i]
 		if foreign(b) {
@@ -492,6 +498,7 @@ func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, 
 		if h.cfg.SparseManifests {
 			return nil // sparse: a blob may come later, or never
 		}
+		linked[i] = bd
 		info, err := h.cfg.Store.HasBlob(ctx, rc.name, bd)
 		if err == nil {
 			err = h.checkBlobStored(ctx, rc.name, bd, info.Size)
@@ -514,10 +521,10 @@ func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, 
 	if len(descs) <= 1 || h.cfg.SparseManifests || !asks {
 		for i := range descs {
 			if err := check(i); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		return nil
+		return linked, nil
 	}
 	var (
 		mu    sync.Mutex
@@ -552,24 +559,9 @@ func (h *Handler) checkBlobs(ctx context.Context, rc *request, wheres []string, 
 	}
 	wg.Wait()
 	if first < len(descs) {
-		return errs[first]
+		return nil, errs[first]
 	}
-	return nil
-}
-
-// checkedBlobs are the blobs of descs checkBlobs found linked, which the
-// put then asks the store to find linked still (cache.Manifest.Linked).
-func checkedBlobs(descs []descriptor) []cache.Digest {
-	var out []cache.Digest
-	for _, d := range descs {
-		if foreign(d) {
-			continue
-		}
-		if bd, err := cache.ParseDigest(d.Digest); err == nil && !slices.Contains(out, bd) {
-			out = append(out, bd)
-		}
-	}
-	return out
+	return linked, nil
 }
 
 // checkBlobStored asks a store whose HasBlob reads only its metadata
