@@ -293,7 +293,10 @@ func (f *fill) await() {
 	err := f.s.leases.Wait(ctx, "fill/"+f.d.String())
 	if err == nil {
 		var r metastore.BlobRecord
-		if r, err = f.s.meta.Blob(ctx, f.d); err == nil {
+		if r, err = f.s.meta.Blob(ctx, f.d); err == nil && f.refill {
+			err = f.s.refilled(ctx, f.d, r.Size)
+		}
+		if err == nil {
 			f.Begin(r.Size)
 			f.SetVerified(r.Size)
 		} else if errors.Is(err, metastore.ErrBlobUnknown) {
@@ -307,6 +310,24 @@ func (f *fill) await() {
 		err = fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, f.d, mapErr(err))
 	}
 	f.finish(err)
+}
+
+// refilled says whether a refill of d (size bytes, its record kept from
+// before its bytes were lost) that another replica held committed: the
+// record says nothing then, the blob store does. metastore.ErrBlobUnknown
+// when the bytes are still missing or cut short (that replica died, or
+// its fill failed): the wait ends as for a cold fill abandoned, and the
+// registry refills, instead of reading the lost bytes as committed.
+func (s *Store) refilled(ctx context.Context, d cache.Digest, size int64) error {
+	info, err := s.blobs.Stat(ctx, d)
+	switch {
+	case err == nil && info.Size == size:
+		return nil
+	case err == nil || errors.Is(err, blobstore.ErrNotFound) || errors.Is(err, blobstore.ErrSizeMismatch):
+		return fmt.Errorf("%w: %s: the refill held by another replica did not commit", metastore.ErrBlobUnknown, d)
+	default:
+		return blobErr(err)
+	}
 }
 
 // Reader implements cache.Fill: this replica's spool while it is being
