@@ -154,3 +154,69 @@ func truncate(b []byte) []byte {
 	}
 	return b
 }
+
+// TestReplicaWaitNotJoinedUnconfirmed: a GET on replica B for a name
+// upstream refuses the blob under must not receive the bytes that
+// replica A fetches for another name. B's first GET for that name waits
+// for A's fill (its lease) and asks upstream, which says 404; a second
+// GET for the same name found that wait in B's fills and joined it as if
+// it were a fill started for its name, which asks upstream for it: it
+// got the blob A fetched for the other repository, 200, with no question
+// to upstream. On one node this cannot happen (every fill there asks
+// upstream for the name it was started for).
+func TestReplicaWaitNotJoinedUnconfirmed(t *testing.T) {
+	tr := newTwoReplicas(t)
+	secret, open := randomImage(t, 256<<10, 1), randomImage(t, 1024, 1)
+	tr.up.pushImage("library/secret", "v1", secret)
+	tr.up.pushImage("library/open", "v1", open)
+	tr.up.holds("library/secret", secret)
+	tr.up.holds("library/open", open)
+	layer, _ := layerOf(t, secret)
+	gate := make(chan struct{})
+	tr.up.set(func(u *fakeUpstream) { u.strictBlobs, u.gate = true, gate })
+	aDone := make(chan struct{})
+	go func() {
+		defer close(aDone)
+		resp, err := http.Get(tr.srvs[0].URL + "/v2/docker.io/library/secret/blobs/" + layer)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, "A's fill", func() bool { return tr.up.count("GET blobs") == 1 })
+	p := tr.srvs[1].URL + "/v2/docker.io/library/open/blobs/" + layer
+	resp, err := http.Get(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("first GET on B under a name upstream refuses: %s, want 404", resp.Status)
+	}
+	heads := tr.up.count("HEAD blobs")
+	type answer struct {
+		status int
+		n      int
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.Get(p)
+		if err != nil {
+			got <- answer{}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, len(b)}
+	}()
+	// The second GET asks upstream (as it must), or, as before, joins the
+	// wait without asking: then give it time to join before A's fill ends.
+	for deadline := time.Now().Add(time.Second); tr.up.count("HEAD blobs") == heads && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(gate)
+	<-aDone
+	if a := <-got; a.status != http.StatusNotFound {
+		t.Fatalf("second GET on B under a name upstream refuses the blob: %d with %d bytes, want 404", a.status, a.n)
+	}
+}
