@@ -41,7 +41,9 @@ type Fill interface {
 	// Digest is the blob being filled.
 	Digest() Digest
 	// Repo is the repository the fill was started for, which its source
-	// fetches from and its result is linked into.
+	// fetches from and its result is linked into; empty for the wait for
+	// a fill another process runs (a replica's, for a name not known
+	// here), which asks no source anything for any name.
 	Repo() string
 	// Ready waits until the source answered and returns the blob's size
 	// (-1 when the source did not say); the fill's error if it failed

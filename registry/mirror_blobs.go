@@ -155,10 +155,14 @@ func (h *Handler) serveFillOrRefill(w http.ResponseWriter, r *http.Request, rc *
 	if ferr != nil {
 		return ferr
 	}
-	if !started && again.Repo() != rc.name {
+	if !started && again.Repo() != rc.name && again.Repo() != "" {
 		return err // another name's fill: not confirmed for this one here
 	}
-	return h.serveFill(w, r, rc, d, again, true)
+	// Upstream confirmed d for this name before the first fill was
+	// followed (or the name links d: lost), so a fill found now, a wait
+	// for yet another replica's or the committed blob, is served and then
+	// linked here; only a fill started here links the name itself.
+	return h.serveFill(w, r, rc, d, again, started || lost)
 }
 
 // fill returns the fill of d in progress, or the committed blob as a

@@ -51,13 +51,36 @@ type fill struct {
 	// refill: d's record stays from before its bytes were lost, and the
 	// mirror cache counted them then.
 	refill bool
+	// known is closed once this replica knows whether it holds the
+	// fill's lease (the fill asks the source for repo) or follows
+	// another replica's (awaits: that fill was started for a name not
+	// known here, and asked upstream nothing for repo). nil: a fill of a
+	// committed blob, for repo.
+	known  chan struct{}
+	awaits bool // set before known is closed
 
 	mu    sync.Mutex
 	spool string // the local spool file while this replica writes it
 }
 
 func (f *fill) Digest() cache.Digest { return f.d }
-func (f *fill) Repo() string         { return f.repo }
+
+// Repo implements cache.Fill: the name this replica's own fill asks the
+// source for and links, or "" for the wait for another replica's fill,
+// which was started for a name not known here. A request that joins a
+// fill of its own name without asking upstream (its source's answer is
+// the one the request would get) must not join such a wait: upstream
+// may refuse the blob under this name. It waits until the fill's lease
+// was asked for (one round trip to the lease store).
+func (f *fill) Repo() string {
+	if f.known != nil {
+		<-f.known
+		if f.awaits {
+			return ""
+		}
+	}
+	return f.repo
+}
 
 // FillAdmitted returns the fill of d in progress on this replica, one of
 // the committed blob, the wait for another replica's fill, or a new fill
@@ -130,12 +153,14 @@ func (s *Store) newFill(repo string, d cache.Digest, src cache.FillSource, admit
 		s.fills.mu.Unlock()
 		return nil, false, errors.New("composite: store closed")
 	}
-	f := &fill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo, refill: refill}
+	f := &fill{Spool: blobfile.NewSpool(), s: s, d: d, repo: repo, refill: refill, known: make(chan struct{})}
 	s.fills.m[d] = f
 	s.fills.wg.Add(1)
 	s.fills.mu.Unlock()
 
 	held, release, ok, err := coord.Hold(s.fills.ctx, s.leases, "fill/"+d.String(), fillTTL)
+	f.awaits = err == nil && !ok
+	close(f.known)
 	if err != nil {
 		err = mapErr(err)
 		f.finish(fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, d, err)) // for those who joined
@@ -293,7 +318,10 @@ func (f *fill) await() {
 	err := f.s.leases.Wait(ctx, "fill/"+f.d.String())
 	if err == nil {
 		var r metastore.BlobRecord
-		if r, err = f.s.meta.Blob(ctx, f.d); err == nil {
+		if r, err = f.s.meta.Blob(ctx, f.d); err == nil && f.refill {
+			err = f.s.refilled(ctx, f.d, r.Size)
+		}
+		if err == nil {
 			f.Begin(r.Size)
 			f.SetVerified(r.Size)
 		} else if errors.Is(err, metastore.ErrBlobUnknown) {
@@ -307,6 +335,24 @@ func (f *fill) await() {
 		err = fmt.Errorf("%w: %s: %w", cache.ErrFillFailed, f.d, mapErr(err))
 	}
 	f.finish(err)
+}
+
+// refilled says whether a refill of d (size bytes, its record kept from
+// before its bytes were lost) that another replica held committed: the
+// record says nothing then, the blob store does. metastore.ErrBlobUnknown
+// when the bytes are still missing or cut short (that replica died, or
+// its fill failed): the wait ends as for a cold fill abandoned, and the
+// registry refills, instead of reading the lost bytes as committed.
+func (s *Store) refilled(ctx context.Context, d cache.Digest, size int64) error {
+	info, err := s.blobs.Stat(ctx, d)
+	switch {
+	case err == nil && info.Size == size:
+		return nil
+	case err == nil || errors.Is(err, blobstore.ErrNotFound) || errors.Is(err, blobstore.ErrSizeMismatch):
+		return fmt.Errorf("%w: %s: the refill held by another replica did not commit", metastore.ErrBlobUnknown, d)
+	default:
+		return blobErr(err)
+	}
 }
 
 // Reader implements cache.Fill: this replica's spool while it is being

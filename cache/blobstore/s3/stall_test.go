@@ -2,9 +2,16 @@ package s3
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,5 +131,82 @@ func TestHungServerPatientCalls(t *testing.T) {
 	resumed = true
 	if _, err := st.putStream(ctx(t), d, int64(len(small)), bytes.NewReader(small), sha256.New()); err != nil {
 		t.Fatalf("streamed put once the server continued: %v", err)
+	}
+}
+
+// busyProxy stands in front of srv as a busy server does: it answers
+// HeadBucket (the watch's probe) after answerIn with 503 SlowDown, and
+// the answer to an object PUT after putAnswerIn. It answers, so it is
+// alive.
+func busyProxy(t *testing.T, srv *s3test.Server, bucket string, answerIn, putAnswerIn time.Duration) string {
+	t.Helper()
+	target, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var probes atomic.Int64
+	p := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Trim(r.URL.Path, "/") == bucket {
+			probes.Add(1)
+			time.Sleep(answerIn)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		if r.Method == http.MethodPut {
+			rp.ServeHTTP(delayedAnswer{w, putAnswerIn}, r)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		p.Close()
+		t.Logf("probes answered: %d", probes.Load())
+	})
+	return p.URL
+}
+
+// delayedAnswer holds the status line of an answer back by its delay.
+type delayedAnswer struct {
+	http.ResponseWriter
+	delay time.Duration
+}
+
+func (d delayedAnswer) WriteHeader(code int) {
+	time.Sleep(d.delay)
+	d.ResponseWriter.WriteHeader(code)
+}
+
+// TestBusyServerPatientCall: a patient call (a streamed PUT the server
+// works on before it answers) to a server that is slow but alive, and
+// answers each probe within stallTimeout (with 503 SlowDown, as a
+// throttling S3 does), succeeds. A probe is answered, or it is not: one
+// attempt says so. Before, the probe was retried as any call is (three
+// attempts and their backoff), so three answers of 0.9 s with
+// stallTimeout 2 s added up past the probe's bound: errStalled, and the
+// good PUT failed after 2.5 s.
+func TestBusyServerPatientCall(t *testing.T) {
+	old := stallTimeout
+	stallTimeout = 2 * time.Second
+	t.Cleanup(func() { stallTimeout = old })
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	endpoint := busyProxy(t, srv, bucket, 900*time.Millisecond, 4*time.Second)
+	st, err := New(context.Background(), Config{
+		Bucket: bucket, Endpoint: endpoint, Region: srv.Region, Prefix: "reg/",
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: minPartSize,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := randomBytes(2 << 20)
+	d := blobstore.FromBytes(blobstore.SHA256, b)
+	start := time.Now()
+	if _, err := st.putStream(ctx(t), d, int64(len(b)), bytes.NewReader(b), sha256.New()); err != nil {
+		t.Fatalf("streamed put to a busy server that answers: %v after %s", err, time.Since(start).Round(time.Millisecond))
+	}
+	if got, err := readAll(t, newStore(t, srv, bucket, "reg/"), d); err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("read back: %d bytes, %v", len(got), err)
 	}
 }

@@ -175,10 +175,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 		endpoint = aws.String(cfg.Endpoint)
 	}
 	// A patient call's watch asks the bucket whether the server is
-	// alive; the client it asks with is the one made here.
+	// alive; the client it asks with is the one made here. Any answer
+	// says so, an error status too (a throttling server's 503 SlowDown,
+	// a 403 for a key without s3:ListBucket): one attempt, not the
+	// SDK's three, whose answers and backoff added up past the probe's
+	// bound on a busy server and failed a good call.
 	var client *awss3.Client
 	probe := func(ctx context.Context) error {
-		_, err := client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: aws.String(cfg.Bucket)})
+		_, err := client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: aws.String(cfg.Bucket)},
+			func(o *awss3.Options) { o.RetryMaxAttempts = 1 })
 		return err
 	}
 	client = awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {

@@ -1,0 +1,222 @@
+package registry
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/caddy-oci/caddy-oci/cache"
+	"github.com/caddy-oci/caddy-oci/cache/blobstore/fs"
+	"github.com/caddy-oci/caddy-oci/cache/composite"
+	"github.com/caddy-oci/caddy-oci/cache/coord"
+	"github.com/caddy-oci/caddy-oci/cache/metastore/badgermeta"
+)
+
+// twoReplicas are two registries, each on its own composite store, over
+// one blob folder, one metadata database and one lease table (what two
+// replicas share), mirroring docker.io from one upstream.
+type twoReplicas struct {
+	up     *fakeUpstream
+	dir    string
+	stores [2]*composite.Store
+	srvs   [2]*httptest.Server
+}
+
+func newTwoReplicas(t *testing.T) *twoReplicas {
+	t.Helper()
+	meta, err := badgermeta.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = meta.Close() })
+	leases := coord.NewLocal()
+	tr := &twoReplicas{up: newFakeUpstream(t), dir: t.TempDir()}
+	for i := range tr.stores {
+		blobs, err := fs.New(fs.Options{Dir: tr.dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := composite.New(composite.Options{Blobs: blobs, Meta: meta, Leases: leases, SpoolDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{tr.up.srv.URL}, Default: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := New(Config{Store: st, Logger: zaptest.NewLogger(t), Mirrors: []*Mirror{m}})
+		srv := httptest.NewServer(h)
+		t.Cleanup(func() {
+			srv.Close()
+			_ = h.Drain(context.Background())
+			st.Close()
+		})
+		tr.stores[i], tr.srvs[i] = st, srv
+	}
+	return tr
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestReplicaRefillAbandoned: a mirrored blob whose bytes the storage
+// lost is fetched again by one replica (A) while a GET on another (B)
+// waits for A's fill; A's fill fails (upstream sent bytes that do not
+// match the digest). B must fetch it itself, as it does for a cold blob
+// whose filling replica gave up, and serve the blob whole. Before, B's
+// wait took the blob's record, which stays from before the loss, for
+// the commit of A's fill, and its read of the bytes failed: 502 "upstream
+// failed" for a blob upstream serves well.
+func TestReplicaRefillAbandoned(t *testing.T) {
+	tr := newTwoReplicas(t)
+	img := randomImage(t, 512<<10, 1)
+	tr.up.pushImage("library/app", "v1", img)
+	layer, data := layerOf(t, img)
+	d, _ := cache.ParseDigest(layer)
+	p := "/v2/docker.io/library/app/blobs/" + layer
+	resp, err := http.Get(tr.srvs[0].URL + p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("cold GET: %s", resp.Status)
+	}
+	if f := tr.stores[0].Filling(context.Background(), d); f != nil {
+		_ = f.Wait(context.Background())
+	}
+	if err := os.Remove(blobFile(tr.dir, layer)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A's refill: upstream sends a first chunk (its first byte flipped)
+	// and waits.
+	gate := make(chan struct{})
+	tr.up.set(func(u *fakeUpstream) { u.gate, u.corrupt = gate, true })
+	aDone := make(chan struct{})
+	go func() {
+		defer close(aDone)
+		resp, err := http.Get(tr.srvs[0].URL + p)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, "A's refill", func() bool { return tr.up.count("GET blobs") == 2 })
+	// B's GET finds the blob lost too, and waits for A's fill.
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	bGot := make(chan answer, 1)
+	go func() {
+		resp, err := http.Get(tr.srvs[1].URL + p)
+		if err != nil {
+			bGot <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		bGot <- answer{resp.StatusCode, b, err}
+	}()
+	waitFor(t, "B's wait for A's fill", func() bool { return tr.stores[1].Filling(context.Background(), d) != nil })
+	// A's fill ends with bytes that fail the digest; upstream is well
+	// from here on.
+	tr.up.set(func(u *fakeUpstream) { u.gate, u.corrupt = nil, false })
+	close(gate)
+	<-aDone
+	a := <-bGot
+	if a.err != nil || a.status != http.StatusOK || string(a.body) != string(data) {
+		t.Fatalf("GET on B after A's refill failed: %d, %d bytes, %v; want 200 and the blob's %d bytes (%q)",
+			a.status, len(a.body), a.err, len(data), truncate(a.body))
+	}
+}
+
+func truncate(b []byte) []byte {
+	if len(b) > 200 {
+		return b[:200]
+	}
+	return b
+}
+
+// TestReplicaWaitNotJoinedUnconfirmed: a GET on replica B for a name
+// upstream refuses the blob under must not receive the bytes that
+// replica A fetches for another name. B's first GET for that name waits
+// for A's fill (its lease) and asks upstream, which says 404; a second
+// GET for the same name found that wait in B's fills and joined it as if
+// it were a fill started for its name, which asks upstream for it: it
+// got the blob A fetched for the other repository, 200, with no question
+// to upstream. On one node this cannot happen (every fill there asks
+// upstream for the name it was started for).
+func TestReplicaWaitNotJoinedUnconfirmed(t *testing.T) {
+	tr := newTwoReplicas(t)
+	secret, open := randomImage(t, 256<<10, 1), randomImage(t, 1024, 1)
+	tr.up.pushImage("library/secret", "v1", secret)
+	tr.up.pushImage("library/open", "v1", open)
+	tr.up.holds("library/secret", secret)
+	tr.up.holds("library/open", open)
+	layer, _ := layerOf(t, secret)
+	gate := make(chan struct{})
+	tr.up.set(func(u *fakeUpstream) { u.strictBlobs, u.gate = true, gate })
+	aDone := make(chan struct{})
+	go func() {
+		defer close(aDone)
+		resp, err := http.Get(tr.srvs[0].URL + "/v2/docker.io/library/secret/blobs/" + layer)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, "A's fill", func() bool { return tr.up.count("GET blobs") == 1 })
+	p := tr.srvs[1].URL + "/v2/docker.io/library/open/blobs/" + layer
+	resp, err := http.Get(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("first GET on B under a name upstream refuses: %s, want 404", resp.Status)
+	}
+	heads := tr.up.count("HEAD blobs")
+	type answer struct {
+		status int
+		n      int
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.Get(p)
+		if err != nil {
+			got <- answer{}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, len(b)}
+	}()
+	// The second GET asks upstream (as it must), or, as before, joins the
+	// wait without asking: then give it time to join before A's fill ends.
+	for deadline := time.Now().Add(time.Second); tr.up.count("HEAD blobs") == heads && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(gate)
+	<-aDone
+	if a := <-got; a.status != http.StatusNotFound {
+		t.Fatalf("second GET on B under a name upstream refuses the blob: %d with %d bytes, want 404", a.status, a.n)
+	}
+}
