@@ -18,6 +18,7 @@ import (
 
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go/middleware"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
 // stallTimeout is how long the server may go without progress: without
@@ -97,7 +98,8 @@ func bodyLen(in middleware.InitializeInput) int64 {
 // question it answers at once (probe: itself a bounded call). A server
 // busy assembling a large object, or taking a large body, still answers
 // it; a hung one (a stopped process, a black-holed network) does not, and
-// the call fails with errStalled. Before, a patient call was bounded only
+// the call fails with errStalled: a probe that times out, or two in a row
+// that get no answer at all (refused, or a dial that timed out). Before, a patient call was bounded only
 // by the transport's two-minute header timeout (times the SDK's attempts).
 func watchAlive(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler, probe func(context.Context) error) (middleware.InitializeOutput, middleware.Metadata, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -110,15 +112,33 @@ func watchAlive(ctx context.Context, in middleware.InitializeInput, next middlew
 		pctx := context.WithValue(ctx, patientKey{}, nil)
 		t := time.NewTicker(every)
 		defer t.Stop()
+		unanswered := 0
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
 			}
-			if err := probe(pctx); errors.Is(err, errStalled) {
+			err := probe(pctx)
+			switch {
+			case err == nil || answered(err):
+				unanswered = 0
+			case errors.Is(err, errStalled):
 				cancel(errStalled)
 				return
+			case ctx.Err() != nil:
+				return // the call ended, or its caller left
+			default:
+				// No answer at all: the dial refused or timed out, the
+				// connection reset. A server cut off by the network
+				// looks like this when no idle connection is left to
+				// probe on (which would hang and time out instead);
+				// twice in a row, so one refused connection (a load
+				// balancer's blip) fails no call.
+				if unanswered++; unanswered == 2 {
+					cancel(errStalled)
+					return
+				}
 			}
 		}
 	}()
@@ -134,6 +154,15 @@ func watchAlive(ctx context.Context, in middleware.InitializeInput, next middlew
 		return out, md, fmt.Errorf("%w (no answer to a probe in %s): %v", errStalled, stallTimeout, err)
 	}
 	return out, md, err
+}
+
+// answered reports whether err carries the server's HTTP answer (any
+// status): a server that answers is alive, whatever it says. The SDK
+// wraps a request that got no answer (refused, reset, timed out) in a
+// ResponseError too, with no status.
+func answered(err error) bool {
+	var re *smithyhttp.ResponseError
+	return errors.As(err, &re) && re.Response != nil && re.Response.Response != nil && re.Response.StatusCode > 0
 }
 
 // boundCall is boundCalls' bound on a call that is not patient.
