@@ -106,7 +106,12 @@ func (s *Store) leaseWrite(ctx context.Context, write func(pgx.Tx) error) (lease
 		return writeFailed, err
 	}
 	if err := write(tx); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
+		// ctx may have ended (the write timed out): the rollback gets a
+		// bound of its own. A connection the timeout broke is closed, and
+		// the server rolls back without it.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+		_ = tx.Rollback(rctx)
+		cancel()
 		return writeFailed, err
 	}
 	if err := tx.Commit(ctx); err != nil {
