@@ -126,9 +126,11 @@ func TestReplicaPostgresFullMirrorFill(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Every blob object the refused writes left in the bucket is recorded
-	// once the database takes records again (here after the first push
-	// that records one), so GC can collect it: before any pull of it.
-	writeImage(t, c.front.addr+"/pgfull/other:v1", ociImage(t))
+	// once the database takes records again (here after each replica's
+	// first push that records), so GC can collect it: before any pull.
+	for _, r := range c.replicas {
+		pushBlob(t, r, "pgfull/other", randomBytes(t, 4096))
+	}
 	var unrecorded []string
 	waitFor(t, 10*time.Second, "every blob object recorded", func() bool {
 		unrecorded = unrecorded[:0]
