@@ -57,6 +57,19 @@ func fillUpstream(t *testing.T, blob []byte) *httptest.Server {
 // an error of the test.
 func coldReaders(t *testing.T, servers []*server, path, d string, readers int) map[string]int {
 	t.Helper()
+	return coldReadersAnswering(t, servers, path, d, readers, false)
+}
+
+// coldReadersFull is coldReaders where 503 UNAVAILABLE with Retry-After
+// is an answer too: the database full is not always told apart from the
+// database failing.
+func coldReadersFull(t *testing.T, servers []*server, path, d string, readers int) map[string]int {
+	t.Helper()
+	return coldReadersAnswering(t, servers, path, d, readers, true)
+}
+
+func coldReadersAnswering(t *testing.T, servers []*server, path, d string, readers int, unavailable bool) map[string]int {
+	t.Helper()
 	var (
 		mu  sync.Mutex
 		got = map[string]int{}
@@ -84,6 +97,8 @@ func coldReaders(t *testing.T, servers []*server, path, d string, readers int) m
 						t.Errorf("replica %d reader %d: 200 with %d bytes that are not the blob", si, i, len(b))
 					case resp.StatusCode == http.StatusInsufficientStorage && strings.Contains(string(b), "STORAGE_FULL"):
 						what = "507"
+					case unavailable && resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
+						what = "503 " + strings.TrimSpace(string(b))
 					default:
 						t.Errorf("replica %d reader %d: %s %q, want the blob, 507 STORAGE_FULL or a cut", si, i, resp.Status, b)
 					}

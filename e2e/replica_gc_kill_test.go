@@ -27,16 +27,24 @@ import (
 // only every hour (the default): the dead leader's marks are finished by
 // the pushes that wait on them, once its lease has expired, not an hour
 // later.
-func TestReplicaKillMidSweep(t *testing.T) { sweepDrill(t, false) }
+func TestReplicaKillMidSweep(t *testing.T) { sweepDrill(t, false, false) }
 
 // TestReplicaPausedMidSweep is TestReplicaKillMidSweep with the leader
 // stopped (SIGSTOP: a long GC pause, a frozen VM) instead of killed, and
 // let go (SIGCONT) once the survivor has finished its marks and pushed
 // those blobs again: the old leader, waking with its lease long expired,
 // must not go on deleting what it had marked.
-func TestReplicaPausedMidSweep(t *testing.T) { sweepDrill(t, true) }
+func TestReplicaPausedMidSweep(t *testing.T) { sweepDrill(t, true, false) }
 
-func sweepDrill(t *testing.T, pause bool) {
+// TestReplicaPausedMidSweepTakeover is TestReplicaPausedMidSweep with a
+// third replica, started once the leader is stopped, that runs GC every
+// second: it takes the GC lease over once the stopped leader's expires,
+// finishes or sweeps what it finds (marking and deleting orphans of its
+// own) while the pushes go on; then the old leader wakes, its lease and
+// marks long stale, in the middle of the new leader's passes.
+func TestReplicaPausedMidSweepTakeover(t *testing.T) { sweepDrill(t, true, true) }
+
+func sweepDrill(t *testing.T, pause, takeover bool) {
 	needBinary(t)
 	srv, pg := s3test.Start(t), pgtest.Start(t)
 	bucket := replicaEnv(t, srv, pg)
@@ -144,12 +152,20 @@ func sweepDrill(t *testing.T, pause bool) {
 	}
 	killed := time.Now()
 	t.Logf("leader killed or stopped with %d blobs marked", marked())
+	var taker *server
+	if takeover {
+		taker = siteServer(t, "", replicaSite(srv, bucket, "\t\tgc_interval 1s\n\t\tgc_grace 4s\n", ""), 0)
+	}
 	// The dead leader's lease (30s) expires, then the next push of a
 	// marked blob finishes the deletes.
 	waitFor(t, 50*time.Second, "the survivor to finish the dead leader's sweep", func() bool { return marked() == 0 })
 	t.Logf("marks cleared %s after the fault", time.Since(killed).Round(100*time.Millisecond))
 	if pause {
-		time.Sleep(8 * time.Second) // the survivor's pushes of those blobs
+		wake := 8 * time.Second // the survivor's pushes of those blobs
+		if takeover {
+			wake = 4 * time.Second // and the new leader's passes
+		}
+		time.Sleep(wake)
 		if err := leader.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +194,20 @@ func sweepDrill(t *testing.T, pause bool) {
 			getBlob(t, survivor, "sweep/app", blobDigest(b), b)
 		}
 	}
-	if !strings.Contains(survivor.out.String(), "finished the deletes a GC sweep left marked") {
+	switch {
+	case taker != nil:
+		// Either may have finished the stopped leader's marks; the new
+		// leader must have collected since.
+		if !strings.Contains(taker.out.String(), "garbage collected") {
+			t.Errorf("the third replica never collected: it did not take GC over")
+		}
+		taker.alive("after the takeover")
+		for _, im := range acked {
+			for _, b := range im.blobs {
+				getBlob(t, taker, "sweep/app", blobDigest(b), b)
+			}
+		}
+	case !strings.Contains(survivor.out.String(), "finished the deletes a GC sweep left marked"):
 		t.Errorf("the survivor did not say it finished the dead leader's deletes")
 	}
 }

@@ -266,6 +266,22 @@ func (s *Store) finishMarkedElsewhere(ctx context.Context) (finished bool, err e
 	return err == nil, err
 }
 
+// deleteFenceMargin is how long before the GC lease's deadline a delete
+// must reach the blob store: the store's clock may be behind this one's.
+const deleteFenceMargin = gcTTL / 6
+
+// fenced is ctx for a delete of marked bytes: Check passed just before,
+// but a process stopped right after it sends the delete when it wakes,
+// however late; a blob store that can refuses it past the lease's
+// deadline (blobstore.WithNotAfter), so it cannot take bytes another
+// replica's push wrote again after taking GC over.
+func fenced(ctx context.Context) context.Context {
+	if d, ok := coord.Deadline(ctx); ok {
+		return blobstore.WithNotAfter(ctx, d.Add(-deleteFenceMargin))
+	}
+	return ctx
+}
+
 // deleteBlobs deletes the bytes of marked blobs, then forgets them. A
 // delete that fails leaves the mark for the next pass.
 func (s *Store) deleteBlobs(ctx context.Context, rs []metastore.BlobRecord, st *cache.GCStats) error {
@@ -279,7 +295,7 @@ func (s *Store) deleteBlobs(ctx context.Context, rs []metastore.BlobRecord, st *
 		if err := coord.Check(ctx); err != nil {
 			return err
 		}
-		if err := s.blobs.Delete(ctx, r.Digest); err != nil {
+		if err := s.blobs.Delete(fenced(ctx), r.Digest); err != nil {
 			s.log.Warn("GC could not delete a blob; the next pass tries again",
 				zap.String("digest", r.Digest.String()), zap.Error(err))
 			continue

@@ -69,6 +69,7 @@ func (s *Store) gcRound(ctx context.Context) (ran bool) {
 		s.gcPause.stop = nil
 		s.gcMu.Unlock()
 	}()
+	s.recordLeft()
 	if _, err := s.GC(pass); err != nil && !errors.Is(err, ErrGCElsewhere) && pass.Err() == nil {
 		s.log.Error("GC failed", zap.Error(err))
 	}

@@ -313,3 +313,32 @@ func TestGCSweepShortTTL(t *testing.T) {
 		t.Errorf("after GC past putMaxAge: objects %q, uploads %q", objects, uploads)
 	}
 }
+
+// TestGCDeletesFencedOnS3: GC's deletes of blobs' bytes go to S3 fenced by
+// the GC lease's deadline (presigned, expiring before it) and still
+// delete: an unlinked blob's bytes are gone from the bucket after the
+// passes that mark and sweep it.
+func TestGCDeletesFencedOnS3(t *testing.T) {
+	c := newS3Cluster(t)
+	b := randomBytes(5000)
+	d := cache.FromBytes(cache.SHA256, b)
+	if _, err := c.a.PutBlob(ctx(t), d, int64(len(b)), bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+	key := "registry/blobs/sha256/" + d.Hex[:2] + "/" + d.Hex
+	if objects, _ := c.srv.Keys(t, c.bucket, key); len(objects) != 1 {
+		t.Fatalf("after the push the bucket holds %v", objects)
+	}
+	c.clock.add(2 * time.Hour)
+	removed := 0
+	for range 3 {
+		st, err := c.a.GC(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		removed += st.BlobsRemoved
+	}
+	if objects, _ := c.srv.Keys(t, c.bucket, key); len(objects) != 0 || removed != 1 {
+		t.Fatalf("after GC the bucket holds %v (blobs removed %d)", objects, removed)
+	}
+}

@@ -68,6 +68,7 @@ type Store struct {
 	// holdWait and appendWait are the package's; tests make them short.
 	holdWait, appendWait time.Duration
 	fills                fillWork
+	unrecorded           unrecordedBlobs
 	appends              localAppends
 	mc                   atomic.Pointer[cache.MirrorCache]
 	mirror               mirrorWork
@@ -253,7 +254,23 @@ var ErrCollected = fmt.Errorf("%w: blob was being collected, push it again", cac
 // bytes are still there. Once forgotten, no sweep can touch d again
 // before it is recorded (a sweep deletes only what it marked, and it
 // marks only records), so the check and the record cannot be overtaken.
+//
+// Bytes whose record failed (the database full or down) are in the blob
+// store with no record, where no sweep would ever find them: they are
+// recorded again later (unrecorded.go), as a blob no repository links,
+// which GC collects after the grace period like any other.
 func (s *Store) record(ctx context.Context, d cache.Digest, size int64) error {
+	err := s.recordOnce(ctx, d, size)
+	switch {
+	case err == nil:
+		s.recordLeft() // the database takes records again
+	case !errors.Is(err, ErrCollected):
+		s.noteUnrecorded(d, size)
+	}
+	return err
+}
+
+func (s *Store) recordOnce(ctx context.Context, d cache.Digest, size int64) error {
 	_, err := s.meta.RecordBlob(ctx, d, size, s.now())
 	if !errors.Is(err, metastore.ErrBlobDeleting) {
 		return mapErr(err)

@@ -110,6 +110,16 @@ func Check(ctx context.Context) error {
 	return nil
 }
 
+// Deadline is the deadline of the lease behind ctx, made by Hold or
+// derived from it; ok is false for any other context.
+func Deadline(ctx context.Context) (deadline time.Time, ok bool) {
+	l, ok := ctx.Value(heldLease{}).(Lease)
+	if !ok {
+		return time.Time{}, false
+	}
+	return l.Deadline(), true
+}
+
 // Free releases l. If the store cannot be reached (PostgreSQL
 // restarting), it keeps trying in the background until l's deadline or
 // until ctx ends (a store's lifetime, for a caller whose store may close

@@ -73,7 +73,11 @@ func allStopped(pid int) (bool, error) {
 		if i < 0 || i+2 >= len(s) {
 			return false, errors.New("unreadable stat")
 		}
-		if st := s[i+2]; st != 'T' && st != 't' {
+		// A zombie (Z) or dead (X) thread runs no more than a stopped
+		// one: a backend that exited while its parent was being stopped
+		// stays a zombie until the parent continues and reaps it, and
+		// waiting for it to stop took the whole stopWait per process.
+		if st := s[i+2]; st != 'T' && st != 't' && st != 'Z' && st != 'X' {
 			return false, nil
 		}
 	}

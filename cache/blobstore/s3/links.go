@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -250,11 +251,63 @@ func (s *Store) markerDigest(id, key string) (blobstore.Digest, bool) {
 }
 
 func (s *Store) deleteObject(ctx context.Context, key string) error {
+	if t, ok := blobstore.NotAfter(ctx); ok {
+		return s.deleteObjectBy(ctx, key, t)
+	}
 	_, err := s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &s.bucket, Key: &key})
 	if err != nil && statusOf(err) != http.StatusNotFound {
 		return err
 	}
 	return nil
+}
+
+// errTooLate: a delete fenced by a time (blobstore.WithNotAfter) that is
+// less than a second away, or that the server refused as expired.
+var errTooLate = errors.New("s3: delete refused: its time has passed")
+
+// deleteObjectBy deletes key through a request presigned to expire at t
+// (whole seconds, rounded down): the server refuses it once t is past on
+// its clock, however late this process sends it.
+func (s *Store) deleteObjectBy(ctx context.Context, key string, t time.Time) error {
+	expires := time.Until(t).Truncate(time.Second)
+	if expires < time.Second {
+		return errTooLate
+	}
+	req, err := awss3.NewPresignClient(s.client).PresignDeleteObject(ctx,
+		&awss3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}, awss3.WithPresignExpires(expires))
+	if err != nil {
+		return err
+	}
+	// Sent past the SDK (its retries and stall watch): a hung server
+	// fails it within stallTimeout, and the next GC pass tries again.
+	ctx, cancel := context.WithTimeout(ctx, stallTimeout)
+	defer cancel()
+	hr, err := http.NewRequestWithContext(ctx, req.Method, req.URL, nil)
+	if err != nil {
+		return err
+	}
+	for k, vs := range req.SignedHeader {
+		if !strings.EqualFold(k, "host") {
+			hr.Header[k] = vs
+		}
+	}
+	if s.beforeSend != nil {
+		s.beforeSend()
+	}
+	resp, err := s.client.Options().HTTPClient.Do(hr)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	switch {
+	case resp.StatusCode < 300 || resp.StatusCode == http.StatusNotFound:
+		return nil
+	case resp.StatusCode == http.StatusForbidden && bytes.Contains(body, []byte("xpired")):
+		return fmt.Errorf("%w (%s)", errTooLate, bytes.TrimSpace(body))
+	default:
+		return fmt.Errorf("s3: delete %s: %s %s", key, resp.Status, bytes.TrimSpace(body))
+	}
 }
 
 // location is where a blob's bytes are: its blob key, or the data object

@@ -98,6 +98,9 @@ type Store struct {
 	noChecksums atomic.Bool
 	// puts are the multipart uploads of Puts in flight (UndoInFlight).
 	puts blobfile.InFlight
+	// beforeSend, for tests, runs between a fenced delete's presigning
+	// and its sending: where a stopped process would be stopped.
+	beforeSend func()
 }
 
 // UndoInFlight aborts the multipart uploads of the Puts in flight, for
