@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
 )
 
 // TokenPath is where the token proxy is served, on the host that issued
@@ -793,15 +795,18 @@ func (a *Authorizer) auditDenial(r *http.Request, need Need, id Identity, creds 
 		names = append(names, s.String())
 	}
 	a.o.Audit.Info("denied",
-		zap.String("user", id.User),
+		// What the request carried is cut to logfield.Max: an
+		// anonymous refusal must not cost the log disk more than the
+		// request did.
+		logfield.String("user", id.User),
 		zap.String("auth", id.Method),
 		zap.String("credentials", creds),
-		zap.Strings("scopes", names),
-		zap.String("reference", need.Reference),
+		logfield.Strings("scopes", names),
+		logfield.String("reference", need.Reference),
 		zap.Int("status", d.Status),
-		zap.String("reason", reason.Error()),
-		zap.String("method", r.Method),
-		zap.String("uri", r.RequestURI),
+		logfield.String("reason", reason.Error()),
+		logfield.String("method", r.Method),
+		logfield.String("uri", r.RequestURI),
 		zap.String("remote", r.RemoteAddr),
 	)
 }

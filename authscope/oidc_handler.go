@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
 )
 
 // AuthPath is the root of sign-in and API key management.
@@ -452,8 +454,12 @@ func (s *SignIn) fail(w http.ResponseWriter, r *http.Request, status int, msg st
 	if status >= 500 {
 		lvl = s.o.Logger.Error
 	}
-	lvl("sign-in: "+msg, zap.Int("status", status), zap.Error(reason),
-		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
+	why := ""
+	if reason != nil {
+		why = reason.Error()
+	}
+	lvl("sign-in: "+msg, zap.Int("status", status), logfield.String("error", why),
+		logfield.String("method", r.Method), logfield.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
 	if wantsJSON(r) {
 		writeJSON(w, status, map[string]string{"error": msg})
 		return
