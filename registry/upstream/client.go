@@ -169,12 +169,15 @@ type Client struct {
 	bearer map[string]authscope.Challenge
 	sf     singleflight.Group
 	// holdUntil is, per upstream URL, when it last asked, with a 429
-	// and its Retry-After, to be left alone until. No request is sent to
+	// (or a 503 with a Retry-After), to be left alone until. No request is sent to
 	// it before (a pull gets the 429 at once), and scheduled sync waits
 	// for it (HoldUntil): otherwise every pull, made-up names included,
 	// went on asking a rate-limited upstream, up to Attempts times each,
 	// and kept the mirror's address or account limited for everyone.
 	holdUntil map[*url.URL]time.Time
+	// holdStatus is the status (429 or 503) that set each hold, which
+	// the requests it refuses answer with.
+	holdStatus map[*url.URL]int
 	// held429s counts, per upstream URL, the 429s without Retry-After
 	// since its last success: each doubles the hold (from RetryDelay, up
 	// to MaxRetryWait), as Docker Hub's pull limit sends none.
@@ -456,8 +459,8 @@ func (c *Client) Do(ctx context.Context, method, repo, path string, hdr http.Hea
 // tryBase is Do against one URL, with retries of 429 and 5xx.
 func (c *Client) tryBase(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header) (*http.Response, error) {
 	for attempt := 1; ; attempt++ {
-		if until := c.heldUntil(base); !until.IsZero() {
-			return nil, &Error{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS",
+		if until, status := c.held(base); !until.IsZero() {
+			return nil, &Error{Status: status,
 				Message:    "not asked: upstream asked to be left alone until " + until.UTC().Format(time.RFC3339Nano),
 				RetryAfter: until.Sub(c.now())}
 		}
@@ -473,8 +476,15 @@ func (c *Client) tryBase(ctx context.Context, base *url.URL, method, repo, path 
 		if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode < 500 {
 			return nil, uerr
 		}
-		if resp.StatusCode == http.StatusTooManyRequests {
-			c.hold(base, uerr.RetryAfter)
+		switch {
+		case resp.StatusCode == http.StatusTooManyRequests:
+			c.hold(base, resp.StatusCode, uerr.RetryAfter)
+		case resp.StatusCode == http.StatusServiceUnavailable && uerr.RetryAfter > 0:
+			// Unavailable for a time it names: an upstream that is
+			// down for maintenance or overloaded is left alone as a
+			// rate-limited one is (a 5xx without one may be one
+			// repository's fault, and holds nothing).
+			c.hold(base, resp.StatusCode, uerr.RetryAfter)
 		}
 		wait, ok := c.retryWait(uerr.RetryAfter, attempt)
 		if !ok || attempt >= c.attempts {
@@ -517,11 +527,12 @@ func (c *Client) retryWait(retryAfter time.Duration, attempt int) (time.Duration
 // hold records base's request to be left alone for wait (a 429's
 // Retry-After; none given: RetryDelay, doubled by each such 429 since
 // base's last success, up to MaxRetryWait).
-func (c *Client) hold(base *url.URL, wait time.Duration) {
+func (c *Client) hold(base *url.URL, status int, wait time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.holdUntil == nil {
 		c.holdUntil = make(map[*url.URL]time.Time, len(c.bases))
+		c.holdStatus = make(map[*url.URL]int, len(c.bases))
 		c.held429s = make(map[*url.URL]int, len(c.bases))
 	}
 	if wait <= 0 {
@@ -533,7 +544,7 @@ func (c *Client) hold(base *url.URL, wait time.Duration) {
 		}
 	}
 	if until := c.now().Add(wait); until.After(c.holdUntil[base]) {
-		c.holdUntil[base] = until
+		c.holdUntil[base], c.holdStatus[base] = until, status
 	}
 }
 
@@ -544,14 +555,15 @@ func (c *Client) unhold(base *url.URL) {
 	c.mu.Unlock()
 }
 
-// heldUntil is when base's hold ends, zero when it is not held.
-func (c *Client) heldUntil(base *url.URL) time.Time {
+// held is when base's hold ends, zero when it is not held, and the
+// status that set it.
+func (c *Client) held(base *url.URL) (time.Time, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if until := c.holdUntil[base]; until.After(c.now()) {
-		return until
+		return until, c.holdStatus[base]
 	}
-	return time.Time{}
+	return time.Time{}, 0
 }
 
 // HoldUntil is when the first upstream URL that a 429 asked to be left
@@ -562,7 +574,7 @@ func (c *Client) heldUntil(base *url.URL) time.Time {
 func (c *Client) HoldUntil() time.Time {
 	var first time.Time
 	for _, base := range c.bases {
-		until := c.heldUntil(base)
+		until, _ := c.held(base)
 		if until.IsZero() {
 			return time.Time{}
 		}

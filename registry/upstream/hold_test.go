@@ -131,3 +131,35 @@ func TestHoldWithoutRetryAfterGrows(t *testing.T) {
 	ok.Store(false)
 	limited(delay)
 }
+
+// TestHeldUpstream503: a 503 with a Retry-After holds its URL as a 429
+// does; one without holds nothing (it may be one repository's fault).
+// Before, 20 requests to an upstream answering 503 "Retry-After: 60"
+// sent 20.
+func TestHeldUpstream503(t *testing.T) {
+	for _, tt := range []struct {
+		retryAfter string
+		want       int32
+	}{{"60", 1}, {"", 20}} {
+		var hits atomic.Int32
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			hits.Add(1)
+			if tt.retryAfter != "" {
+				w.Header().Set("Retry-After", tt.retryAfter)
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}))
+		c := newClient(t, Config{URLs: []string{s.URL}, Attempts: 1})
+		for range 20 {
+			_, err := c.Do(context.Background(), http.MethodGet, testRepo, testPath, nil)
+			var ue *Error
+			if !errors.As(err, &ue) || ue.Status != http.StatusServiceUnavailable || !ue.Temporary() {
+				t.Fatalf("err = %v, want temporary *Error 503 (held or not)", err)
+			}
+		}
+		s.Close()
+		if n := hits.Load(); n != tt.want {
+			t.Errorf("Retry-After %q: upstream asked %d times, want %d", tt.retryAfter, n, tt.want)
+		}
+	}
+}
