@@ -876,3 +876,26 @@ func (a *Authorizer) Audit(r *http.Request, e AuditEvent) {
 	}
 	a.o.Audit.Info(e.Action, fields...)
 }
+
+// AuthorizeUsers decides r for a path of the site outside the registry's
+// API that only users may reach (any identified caller when users is
+// empty): the registry's own credentials, so its bounds on guessing
+// (Guesses) and on password checks at once apply, which a handler of
+// its own with a copy of the password hashes (Caddy's basic_auth) would
+// not. An anonymous caller gets a 401 with a challenge.
+func (a *Authorizer) AuthorizeUsers(r *http.Request, users []string) (*http.Request, error) {
+	r, err := a.Authorize(r, Need{})
+	if err != nil {
+		return r, err
+	}
+	id, _ := IdentityOf(r)
+	if id.User == "" {
+		return r, &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required",
+			Challenge: a.challenge(r, Need{}, ""), Err: errCredentialsWanted}
+	}
+	if len(users) > 0 && !slices.Contains(users, id.User) {
+		return r, &Denial{Status: http.StatusForbidden, Code: "DENIED", Message: "not allowed here",
+			Err: fmt.Errorf("user %q is not among this path's users", id.User)}
+	}
+	return r, nil
+}
