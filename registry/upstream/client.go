@@ -466,6 +466,14 @@ func (c *Client) tryBase(ctx context.Context, base *url.URL, method, repo, path 
 		}
 		resp, err := c.authorized(ctx, base, method, repo, path, hdr)
 		if err != nil {
+			// The token service base sends its requests to limits the
+			// mirror: base is left alone as if it answered so, or every
+			// pull of a made-up name would go on asking it for tokens.
+			var ue *Error
+			if errors.As(err, &ue) && (ue.Status == http.StatusTooManyRequests ||
+				ue.Status == http.StatusServiceUnavailable && ue.RetryAfter > 0) {
+				c.hold(base, ue.Status, ue.RetryAfter)
+			}
 			return nil, err
 		}
 		if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -161,5 +162,38 @@ func TestHeldUpstream503(t *testing.T) {
 		if n := hits.Load(); n != tt.want {
 			t.Errorf("Retry-After %q: upstream asked %d times, want %d", tt.retryAfter, n, tt.want)
 		}
+	}
+}
+
+// TestHeldByTokenService: a token service that answers 429 holds the
+// registry it serves tokens for: pulls of made-up names (a token each)
+// stop asking it. Before, 20 pulls of 20 names sent it 20 requests.
+func TestHeldByTokenService(t *testing.T) {
+	var tokenHits, regHits atomic.Int32
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		tokenHits.Add(1)
+		w.Header().Set("Retry-After", "60")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	defer ts.Close()
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		regHits.Add(1)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+ts.URL+`",service="registry.test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer reg.Close()
+	c := newClient(t, Config{URLs: []string{reg.URL}, Attempts: 3})
+	for i := range 20 {
+		_, err := c.Do(context.Background(), http.MethodGet, fmt.Sprintf("made/up%d", i), testPath, nil)
+		var ue *Error
+		if !errors.As(err, &ue) || ue.Status != http.StatusTooManyRequests {
+			t.Fatalf("pull %d: err = %v, want *Error 429", i, err)
+		}
+	}
+	if n := tokenHits.Load(); n != 1 {
+		t.Errorf("token service asked %d times in its Retry-After window, want 1", n)
+	}
+	if n := regHits.Load(); n > 1 {
+		t.Errorf("registry asked %d times, want at most the first challenge", n)
 	}
 }
