@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
 )
 
 // TokenPath is where the token proxy is served, on the host that issued
@@ -793,15 +795,18 @@ func (a *Authorizer) auditDenial(r *http.Request, need Need, id Identity, creds 
 		names = append(names, s.String())
 	}
 	a.o.Audit.Info("denied",
-		zap.String("user", id.User),
+		// What the request carried is cut to logfield.Max: an
+		// anonymous refusal must not cost the log disk more than the
+		// request did.
+		logfield.String("user", id.User),
 		zap.String("auth", id.Method),
 		zap.String("credentials", creds),
-		zap.Strings("scopes", names),
-		zap.String("reference", need.Reference),
+		logfield.Strings("scopes", names),
+		logfield.String("reference", need.Reference),
 		zap.Int("status", d.Status),
-		zap.String("reason", reason.Error()),
-		zap.String("method", r.Method),
-		zap.String("uri", r.RequestURI),
+		logfield.String("reason", reason.Error()),
+		logfield.String("method", r.Method),
+		logfield.String("uri", r.RequestURI),
 		zap.String("remote", r.RemoteAddr),
 	)
 }
@@ -870,4 +875,27 @@ func (a *Authorizer) Audit(r *http.Request, e AuditEvent) {
 		fields = append(fields, zap.String("signature_policy", e.SignaturePolicy))
 	}
 	a.o.Audit.Info(e.Action, fields...)
+}
+
+// AuthorizeUsers decides r for a path of the site outside the registry's
+// API that only users may reach (any identified caller when users is
+// empty): the registry's own credentials, so its bounds on guessing
+// (Guesses) and on password checks at once apply, which a handler of
+// its own with a copy of the password hashes (Caddy's basic_auth) would
+// not. An anonymous caller gets a 401 with a challenge.
+func (a *Authorizer) AuthorizeUsers(r *http.Request, users []string) (*http.Request, error) {
+	r, err := a.Authorize(r, Need{})
+	if err != nil {
+		return r, err
+	}
+	id, _ := IdentityOf(r)
+	if id.User == "" {
+		return r, &Denial{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required",
+			Challenge: a.challenge(r, Need{}, ""), Err: errCredentialsWanted}
+	}
+	if len(users) > 0 && !slices.Contains(users, id.User) {
+		return r, &Denial{Status: http.StatusForbidden, Code: "DENIED", Message: "not allowed here",
+			Err: fmt.Errorf("user %q is not among this path's users", id.User)}
+	}
+	return r, nil
 }

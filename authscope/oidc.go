@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -120,6 +121,12 @@ type discovered struct {
 	p      *oidc.Provider
 	keys   *providerKeys
 	algs   []string
+	// authStyle is how the client secret goes to the token endpoint, as
+	// the provider advertises it. oauth2's default (auto-detect) sends
+	// every refused code twice, once per style, and learns nothing from
+	// a refusal: each callback with a made-up code cost the provider two
+	// requests.
+	authStyle oauth2.AuthStyle
 }
 
 // verifier verifies the provider's tokens for config. It stands in for
@@ -196,8 +203,9 @@ func discover(ctx context.Context, issuer string, hc *http.Client, now func() ti
 		return nil, err
 	}
 	var meta struct {
-		JWKSURL string   `json:"jwks_uri"`
-		Algs    []string `json:"id_token_signing_alg_values_supported"`
+		JWKSURL     string   `json:"jwks_uri"`
+		Algs        []string `json:"id_token_signing_alg_values_supported"`
+		AuthMethods []string `json:"token_endpoint_auth_methods_supported"`
 	}
 	if err := p.Claims(&meta); err != nil {
 		return nil, err
@@ -205,8 +213,22 @@ func discover(ctx context.Context, issuer string, hc *http.Client, now func() ti
 	if meta.JWKSURL == "" {
 		return nil, errors.New("the discovery document has no jwks_uri")
 	}
-	return &discovered{issuer: issuer, p: p, algs: signingAlgs(meta.Algs),
+	return &discovered{issuer: issuer, p: p, algs: signingAlgs(meta.Algs), authStyle: tokenAuthStyle(meta.AuthMethods),
 		keys: &providerKeys{url: meta.JWKSURL, hc: hc, now: now}}, nil
+}
+
+// tokenAuthStyle is how to send the client secret to a provider that
+// advertises methods: Basic auth when it lists client_secret_basic or
+// lists nothing (OpenID Connect Discovery's default), the form when it
+// lists only client_secret_post; else oauth2's guess.
+func tokenAuthStyle(methods []string) oauth2.AuthStyle {
+	switch {
+	case len(methods) == 0 || slices.Contains(methods, "client_secret_basic"):
+		return oauth2.AuthStyleInHeader
+	case slices.Contains(methods, "client_secret_post"):
+		return oauth2.AuthStyleInParams
+	}
+	return oauth2.AuthStyleAutoDetect
 }
 
 // signingAlgs keeps the algorithms of advertised that go-oidc verifies
@@ -392,10 +414,12 @@ func (c *OIDCClient) oauth2Config(d *discovered) *oauth2.Config {
 	if len(scopes) == 0 {
 		scopes = DefaultOIDCScopes
 	}
+	ep := d.p.Endpoint()
+	ep.AuthStyle = d.authStyle
 	return &oauth2.Config{
 		ClientID:     c.ClientID,
 		ClientSecret: c.ClientSecret,
-		Endpoint:     d.p.Endpoint(),
+		Endpoint:     ep,
 		RedirectURL:  c.RedirectURL,
 		Scopes:       append([]string{oidc.ScopeOpenID}, scopes...),
 	}

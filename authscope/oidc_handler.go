@@ -17,9 +17,12 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
 )
 
 // AuthPath is the root of sign-in and API key management.
@@ -58,6 +61,7 @@ type SignIn struct {
 	o      SignInOptions
 	origin string // scheme://host of ExternalURL
 	jar    cookieJar
+	used   usedStates
 }
 
 // NewSignIn checks o.
@@ -218,6 +222,10 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, "sign-in state does not match; start again", errors.New("state mismatch"))
 		return
 	}
+	if !s.used.take(ls.State, time.Unix(ls.Expires, 0), s.now()) {
+		s.fail(w, r, http.StatusBadRequest, "this sign-in was already finished; start again", errors.New("sign-in cookie replayed"))
+		return
+	}
 	if e := q.Get("error"); e != "" {
 		s.fail(w, r, http.StatusForbidden, "the identity provider refused the sign-in", fmt.Errorf("provider error %q: %q", e, q.Get("error_description")))
 		return
@@ -262,6 +270,45 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	s.o.Logger.Info("signed in", zap.String("user", user), zap.Strings("groups", groups), zap.String("remote", r.RemoteAddr))
 	http.Redirect(w, r, AuthPath, http.StatusSeeOther)
+}
+
+// usedStates remembers the states of the sign-ins that reached their
+// callback, until their cookies expire, so that a sign-in cookie is
+// used once even when its holder keeps it after the callback cleared it.
+// Without it, one GET of login gave a script ten minutes of callbacks,
+// each trading a made-up code at the provider's token endpoint: a flood
+// that could get this registry's client rate-limited there, and sign-in
+// refused for everyone. States past maxUsedStates push out the oldest:
+// replaying one takes that many sign-ins first, each of which costs the
+// provider as much as the replay.
+type usedStates struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+	order []string // oldest first
+}
+
+const maxUsedStates = 1 << 16
+
+// take records state as used until exp, or reports that it already was.
+func (u *usedStates) take(state string, exp, now time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if until, ok := u.until[state]; ok && now.Before(until) {
+		return false
+	}
+	if u.until == nil {
+		u.until = make(map[string]time.Time)
+	}
+	// Drop the expired and, past the bound, the oldest: order is by
+	// insertion, which is nearly by expiry (every cookie lives loginTTL).
+	drop := 0
+	for drop < len(u.order) && (len(u.order)-drop >= maxUsedStates || !now.Before(u.until[u.order[drop]])) {
+		delete(u.until, u.order[drop])
+		drop++
+	}
+	u.order = append(u.order[drop:], state)
+	u.until[state] = exp
+	return true
 }
 
 // startSession makes a session for user with a fresh ID and CSRF token,
@@ -452,8 +499,12 @@ func (s *SignIn) fail(w http.ResponseWriter, r *http.Request, status int, msg st
 	if status >= 500 {
 		lvl = s.o.Logger.Error
 	}
-	lvl("sign-in: "+msg, zap.Int("status", status), zap.Error(reason),
-		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
+	why := ""
+	if reason != nil {
+		why = reason.Error()
+	}
+	lvl("sign-in: "+msg, zap.Int("status", status), logfield.String("error", why),
+		logfield.String("method", r.Method), logfield.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
 	if wantsJSON(r) {
 		writeJSON(w, status, map[string]string{"error": msg})
 		return

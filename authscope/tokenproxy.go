@@ -25,6 +25,8 @@ import (
 
 	"github.com/caddy-oci/caddy-oci/internal/outbound"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
 )
 
 // maxTokenForm bounds an OAuth2 token request body.
@@ -121,8 +123,8 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		logger = zap.NewNop()
 	}
 	fail := func(status int, msg string, err error) {
-		logger.Info("token request refused", zap.Int("status", status), zap.String("reason", err.Error()),
-			zap.String("path", r.URL.Path), zap.String("query", loggableQuery(r.URL.Query())), zap.String("remote", r.RemoteAddr))
+		logger.Info("token request refused", zap.Int("status", status), logfield.String("reason", err.Error()),
+			logfield.String("path", r.URL.Path), logfield.String("query", loggableQuery(r.URL.Query())), zap.String("remote", r.RemoteAddr))
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		code := "UNSUPPORTED"

@@ -4,6 +4,7 @@ package caddymodule
 // authscope.Authorizer and token proxy. The decisions live in authscope.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -92,7 +94,28 @@ type Auth struct {
 	// access rules like Groups.
 	LDAP *LDAP `json:"ldap,omitempty"`
 
+	// Guards keep paths of the site outside the registry's API (a
+	// metrics route after oci_registry) to users the registry's own
+	// credentials identify: oci_registry passes such a request on only
+	// for them, so the bounds on password guessing (LoginLimit) and on
+	// password checks at once hold there too. Caddy's basic_auth in front
+	// of such a path has neither: every anonymous request with made-up
+	// credentials is one bcrypt comparison.
+	Guards []PathGuard `json:"guards,omitempty"`
+
 	audit *zap.Logger // the "audit" logger of the config; nil: Caddy's default log
+}
+
+// PathGuard is a path oci_registry passes on to the next handler only for
+// some users.
+type PathGuard struct {
+	// Path is the request path guarded, matched as Caddy's path matcher
+	// matches it (any case, the path cleaned; * a wildcard): the same
+	// as the matcher of the route it guards.
+	Path string `json:"path"`
+	// Users may reach Path; empty: every user the registry identifies.
+	// Anonymous callers never may.
+	Users []string `json:"users,omitempty"`
 }
 
 // LoginLimit bounds failed logins (auth login_limit).
@@ -190,6 +213,7 @@ type TokenAuth struct {
 
 // authRuntime is a provisioned Auth.
 type authRuntime struct {
+	guards     []PathGuard
 	authorizer *authscope.Authorizer
 	proxy      *authscope.TokenProxy // nil unless Token.Proxy
 	signIn     *authscope.SignIn     // nil unless OIDC
@@ -201,6 +225,50 @@ func (rt *authRuntime) close() {
 	if rt != nil && rt.directory != nil {
 		rt.directory.Close()
 	}
+}
+
+// guard decides a request for a path of Guards, answering it when it is
+// refused; it returns the request to pass on (its credentials, which were
+// for this server, removed), or nil when it answered. A path no guard
+// names passes as it is.
+func (rt *authRuntime) guard(w http.ResponseWriter, r *http.Request) *http.Request {
+	if rt == nil {
+		return r
+	}
+	if _, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); !ok {
+		// Caddy's path matcher reads it; only requests outside a
+		// Caddy server lack it.
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+	}
+	for _, g := range rt.guards {
+		// As the route's own path matcher matches (any case, the path
+		// cleaned, escaped or not): /METRICS or //metrics reach the
+		// route, so they must meet the guard.
+		if ok, err := (caddyhttp.MatchPath{strings.ToLower(g.Path)}).MatchWithError(r); err != nil || !ok {
+			continue
+		}
+		r, err := rt.authorizer.AuthorizeUsers(r, g.Users)
+		if err == nil {
+			r.Header.Del("Authorization")
+			return r
+		}
+		w, _, finish := authscope.GuardUnreadBody(w, r)
+		defer finish()
+		var d *authscope.Denial
+		if !errors.As(err, &d) {
+			http.Error(w, "credentials cannot be checked now", http.StatusInternalServerError)
+			return nil
+		}
+		if d.Challenge != "" {
+			w.Header().Set("WWW-Authenticate", d.Challenge)
+		}
+		if d.RetryAfter > 0 {
+			w.Header().Set("Retry-After", authscope.RetryAfter(d.RetryAfter))
+		}
+		http.Error(w, d.Message, d.Status)
+		return nil
+	}
+	return r
 }
 
 // holdsAPIKey reports whether r carries an API key of this server
@@ -305,7 +373,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 		}
 		o.Policy = p
 	}
-	rt := &authRuntime{}
+	rt := &authRuntime{guards: a.Guards}
 	if t := a.Token; t != nil {
 		ks := authscope.NewKeySet()
 		for _, f := range t.TrustedCerts {
@@ -386,6 +454,13 @@ func (a *Auth) validate() error {
 	if err := a.LoginLimit.validate(); err != nil {
 		return err
 	}
+	for _, g := range a.Guards {
+		// The registry's own paths have their own rules; a guard there
+		// would never be asked.
+		if !strings.HasPrefix(g.Path, "/") || registry.IsRegistryPath(g.Path) || registry.MayReachOwn(g.Path) {
+			return fmt.Errorf("guard %q: want a path of the site outside /v2/ and /_oci/", g.Path)
+		}
+	}
 	if a.Htpasswd == "" && a.Token == nil && a.LDAP == nil && len(a.Repositories) == 0 {
 		return errors.New("auth needs htpasswd, ldap, token or access rules")
 	}
@@ -461,6 +536,7 @@ func sameIssuer(a, b string) bool {
 //			window      <duration>
 //		}
 //		realm      <name>
+//		guard      <path> [<user>...]
 //		group      <name> <user>...
 //		admin      [users <user>...] [groups <group>...] [actions <action>...]
 //		access <pattern> {
@@ -496,6 +572,12 @@ func unmarshalAuth(d *caddyfile.Dispenser) (*Auth, error) {
 	var groupRefs []groupRef
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch sub := d.Val(); sub {
+		case "guard":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.Err("guard needs a path, then the users who may reach it (none: every signed-in user)")
+			}
+			a.Guards = append(a.Guards, PathGuard{Path: args[0], Users: args[1:]})
 		case "htpasswd", "realm":
 			var v string
 			if !d.AllArgs(&v) {

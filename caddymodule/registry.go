@@ -630,6 +630,9 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 	}
 	ownsSync := len(rg.plans) > 0 && registry.MayReachOwn(r.URL.Path)
 	if !rg.serves.Serves(r.URL.Path) && !rg.auth.ownsPath(r.URL.Path) && !ownsSync {
+		if r = rg.auth.guard(w, r); r == nil {
+			return nil
+		}
 		authscope.DropSignInCookies(r.Header)
 		if rg.auth.holdsAPIKey(r) {
 			w, _, finish := authscope.GuardUnreadBody(w, r)

@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -224,13 +226,16 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, rc *request
 			reason = e.Err.Error()
 		}
 		ce.Write(
-			zap.String("repo", rc.name),
+			// What the request carried is cut to logfield.Max: an
+			// anonymous refusal must not cost the log disk more
+			// than the request did.
+			logfield.String("repo", rc.name),
 			zap.String("op", rc.op),
 			zap.String("code", e.Code),
 			zap.Int("status", e.Status),
-			zap.String("reason", reason),
-			zap.String("method", r.Method),
-			zap.String("uri", r.RequestURI),
+			logfield.String("reason", reason),
+			logfield.String("method", r.Method),
+			logfield.String("uri", r.RequestURI),
 		)
 	}
 	if !bodyPending(r) {

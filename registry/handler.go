@@ -131,6 +131,9 @@ type Handler struct {
 	// pending: the mirrors' manifest store writes running, some after
 	// their answers (mirror_pending.go).
 	pending pendingManifests
+	// monolithic: the monolithic pushes each client has in flight
+	// (uploadlimits.go), held to Uploads.PerOwner as sessions are.
+	monolithic pushesInFlight
 	// manifestSizes: the sizes of manifests served or pushed, so that a
 	// large one waits its turn before it is read (manifestmem.go).
 	manifestSizes manifestSizes

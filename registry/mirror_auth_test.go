@@ -151,7 +151,11 @@ func (env *authMirrorEnv) answer(method, format, digest string, up *fakeUpstream
 func (env *authMirrorEnv) wantSameAnswer(t *testing.T, method, format, digest string, up *fakeUpstream) answer {
 	t.Helper()
 	unknown := cache.FromBytes(cache.SHA256, []byte("never stored: "+t.Name())).String()
+	// Each answer from an upstream not held by the 429 of the one before
+	// (the hold is the mirror's, whatever the digest).
+	env.waitUnheld()
 	got := env.answer(method, format, digest, up)
+	env.waitUnheld()
 	want := env.answer(method, format, unknown, up)
 	if got.Status == http.StatusOK {
 		t.Errorf("%s %s: 200 for what only a private repository holds", method, format)
@@ -168,6 +172,11 @@ func (env *authMirrorEnv) wantSameAnswer(t *testing.T, method, format, digest st
 // a GET of a digest the store holds asks with a HEAD (mirrorBlobGet).
 // The caller sees neither, only the answer each gets in one round trip,
 // which must be the same.
+//
+// Retries are not told apart either: how many attempts a request makes
+// of an upstream answering 429, and the Retry-After it then carries,
+// follow the upstream's hold (upstream.Client), which the requests
+// before set, whatever the digest.
 func (a answer) seen() answer {
 	a.Upstream = slices.Clone(a.Upstream)
 	for i, r := range a.Upstream {
@@ -175,6 +184,9 @@ func (a answer) seen() answer {
 			a.Upstream[i] = "GET|HEAD " + rest
 		}
 	}
+	a.Upstream = slices.Compact(a.Upstream)
+	a.Header = a.Header.Clone()
+	a.Header.Del("Retry-After")
 	return a
 }
 
@@ -222,8 +234,10 @@ func TestMirrorBlobFallbackNeedsRead(t *testing.T) {
 			env.wantUnlinked(t, "docker.io/library/flaky", pubLayer)
 
 			if tc.name != "unreachable" {
-				// Upstream back, and it does not hold the blob there.
+				// Upstream back, and it does not hold the blob there
+				// (asked once its last 429's hold has passed).
 				env.up.set(func(u *fakeUpstream) { delete(u.failRepos, "library/flaky") })
+				env.waitUnheld()
 				env.wantError(env.do(http.MethodGet, "/v2/docker.io/library/flaky/blobs/"+layer, nil), http.StatusNotFound, CodeBlobUnknown)
 				env.wantError(env.do(http.MethodGet, "/v2/docker.io/library/flaky/blobs/"+pubLayer, nil), http.StatusNotFound, CodeBlobUnknown)
 			}

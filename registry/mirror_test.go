@@ -39,6 +39,14 @@ type mirrorEnv struct {
 	clock  *testClock
 }
 
+// waitUnheld waits until no mirror's upstream is held by a 429 it
+// answered (upstream.Client.HoldUntil), on the real clock the holds keep.
+func (env *mirrorEnv) waitUnheld() {
+	for _, m := range env.h.mirrors {
+		time.Sleep(time.Until(m.client.HoldUntil()))
+	}
+}
+
 // newMirrorEnv is a registry with docker.io mirrored from a fake upstream
 // (default namespace, host alias docker.mirror.test) and "team" local.
 func newMirrorEnv(t testing.TB, mod ...func(*MirrorConfig)) *mirrorEnv {

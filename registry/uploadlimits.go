@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -53,6 +54,38 @@ func (h *Handler) uploadOwner(r *http.Request) string {
 		return "ip:unknown"
 	}
 	return "ip:" + authscope.ClientKey(ip) // as login_limit counts clients
+}
+
+// pushesInFlight counts the monolithic pushes (POST ?digest= with the
+// blob as its body) each client has in flight. Such a push is no session,
+// so the bound on sessions per client never counted it, yet it holds as
+// much while its body trickles in: a temporary file, its descriptor, and
+// on S3 a multipart upload. On the binary one anonymous client held 400
+// at once (800 descriptors). They are held to the same bound, per process.
+type pushesInFlight struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// take counts a push of owner, or reports that owner has limit already
+// (limit 0: no bound).
+func (p *pushesInFlight) take(owner string, limit int) (release func(), ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if limit > 0 && p.n[owner] >= limit {
+		return nil, false
+	}
+	if p.n == nil {
+		p.n = make(map[string]int)
+	}
+	p.n[owner]++
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.n[owner]--; p.n[owner] <= 0 {
+			delete(p.n, owner)
+		}
+	}, true
 }
 
 // remoteIP is the host part of r.RemoteAddr.

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -342,4 +344,59 @@ func TestUploadBytesPerClient(t *testing.T) {
 	tr.wantStatus(tr.do("DELETE", a, nil), http.StatusNoContent)
 	tr.wantUsage(0, 0)
 	tr.wantStatus(tr.openSession("app", "192.0.2.1"), http.StatusAccepted)
+}
+
+// TestMonolithicPushesPerClient: a client may have only Uploads.PerOwner
+// monolithic pushes (POST ?digest= with the body) in flight; another is
+// 429, and a push finishing frees its place. Such a push holds a
+// temporary file and its descriptor while its body trickles in, and it is
+// no session: before, one anonymous client held 400 at once on the binary
+// (800 descriptors), and here the fourth was let in.
+func TestMonolithicPushesPerClient(t *testing.T) {
+	tr := limitedRegistry(t, cache.UploadLimits{PerOwner: 3})
+	var conns []net.Conn
+	for i := range 3 {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(tr.srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		d := cache.FromBytes(cache.SHA256, []byte{byte(i)})
+		fmt.Fprintf(conn, "POST /v2/app/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: registry.test\r\n%s: 192.0.2.1\r\nContent-Length: 1000\r\n\r\nsome bytes", d, testClient)
+		conns = append(conns, conn)
+	}
+	// Each push in flight holds a temporary file in the store: wait for
+	// the three.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tmp, _ := os.ReadDir(filepath.Join(tr.dir, "tmp"))
+		if len(tmp) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d temporary files, want the 3 pushes in flight", len(tmp))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	push := func(client string, data []byte) response {
+		d := cache.FromBytes(cache.SHA256, data)
+		return tr.do("POST", "/v2/app/blobs/uploads/?digest="+d.String(), data, testClient, client)
+	}
+	tr.wantError(push("192.0.2.1", []byte("a fourth")), http.StatusTooManyRequests, CodeTooManyRequests)
+	// Others are not held by it.
+	tr.wantStatus(push("192.0.2.2", []byte("other client")), http.StatusCreated)
+	// One of the three ends (its client leaves): its place is free again.
+	conns[0].Close()
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		// The server learns of the close when it next reads.
+		resp := push("192.0.2.1", []byte("after one ended"))
+		if resp.StatusCode == http.StatusCreated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a push after one of three ended: %d", resp.StatusCode)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

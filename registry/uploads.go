@@ -44,6 +44,11 @@ func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, rc *reques
 		if err := h.checkDeclaredSize(r.ContentLength); err != nil {
 			return err
 		}
+		release, ok := h.monolithic.take(h.uploadOwner(r), h.cfg.Uploads.PerOwner)
+		if !ok {
+			return h.uploadRefusal(fmt.Errorf("%w: %d monolithic pushes of this client in flight", cache.ErrTooManyUploads, h.cfg.Uploads.PerOwner))
+		}
+		defer release()
 		size, err := h.cfg.Store.PutBlob(r.Context(), d, r.ContentLength, bodyOf(r))
 		if err != nil {
 			return h.writeFailure(r, err)

@@ -40,10 +40,10 @@ type adapter struct {
 	server *caddyhttp.Server
 	tlsApp *caddytls.TLS
 	logs   *caddy.Logging
-	// routes that go before the registry's (the metrics endpoint).
-	before []caddyhttp.Route
-	// htpasswd file named by http.auth, for the metrics endpoint.
-	htpasswd string
+	// routes that go before the registry's (the metrics endpoint open to
+	// all), and after it (the metrics endpoint behind a guard of the
+	// registry, which passes requests on to it).
+	before, after []caddyhttp.Route
 	// http.externalUrl, for OpenID's callback.
 	externalURL string
 	// http.accessControl.metrics, read before extensions.metrics.
@@ -130,7 +130,7 @@ func (a *adapter) adapt(body []byte) (*caddy.Config, error) {
 	a.mirrorPatterns()
 
 	handler := caddyconfig.JSONModuleObject(a.reg, "handler", "oci_registry", &a.warnings)
-	a.server.Routes = append(a.before, caddyhttp.Route{HandlersRaw: []json.RawMessage{handler}})
+	a.server.Routes = append(append(a.before, caddyhttp.Route{HandlersRaw: []json.RawMessage{handler}}), a.after...)
 	apps := map[string]json.RawMessage{
 		"http": caddyconfig.JSON(caddyhttp.App{Servers: map[string]*caddyhttp.Server{"zot": a.server}}, &a.warnings),
 	}

@@ -87,7 +87,6 @@ func (a *adapter) authn(o *object, au *caddymodule.Auth) error {
 		if au.Htpasswd, err = hp.str("path"); err != nil {
 			return err
 		}
-		a.htpasswd = au.Htpasswd
 		hp.rest()
 	}
 	if err := a.ldap(o, au); err != nil {

@@ -30,7 +30,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
 	"github.com/caddyserver/caddy/v2/modules/metrics"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -557,51 +556,26 @@ func (a *adapter) metrics(m *object) error {
 	route := caddyhttp.Route{
 		MatcherSetsRaw: caddyhttp.RawMatcherSets{{"path": caddyconfig.JSON(caddyhttp.MatchPath{path}, &a.warnings)}},
 	}
-	au := a.reg.Auth
-	open := !a.signsIn() && !a.hasAccessControl || a.hasAccessControl && a.metricsAnon
-	if !open {
-		users := a.metricsUsers
-		if !a.hasAccessControl {
-			users = nil // every signed-in user, as in zot
-		}
-		accounts, err := a.htpasswdAccounts(users, !a.hasAccessControl)
-		if err != nil {
-			return err
-		}
-		if len(accounts) == 0 {
-			a.warn("extensions.metrics", "only htpasswd users can be let in to "+path+" here, and none may; it is not served (metrics stay on Caddy's admin endpoint, /metrics)")
-			return nil
-		}
-		basic := caddyauth.HTTPBasicAuth{AccountList: accounts, Realm: au.Realm}
-		route.HandlersRaw = append(route.HandlersRaw, caddyconfig.JSONModuleObject(caddyauth.Authentication{
-			ProvidersRaw: caddy.ModuleMap{"http_basic": caddyconfig.JSON(basic, &a.warnings)},
-		}, "handler", "authentication", &a.warnings))
-		if au.OIDC != nil || au.Token != nil || au.Workload != nil || au.LDAP != nil {
-			a.warn("extensions.metrics", path+" takes htpasswd users only (their password hashes are copied into the adapted config)")
-		}
-	}
 	route.HandlersRaw = append(route.HandlersRaw, caddyconfig.JSONModuleObject(metrics.Metrics{}, "handler", "metrics", &a.warnings))
-	a.before = append(a.before, route)
+	if open := !a.signsIn() && !a.hasAccessControl || a.hasAccessControl && a.metricsAnon; open {
+		a.before = append(a.before, route)
+		return nil
+	}
+	users := a.metricsUsers
+	if !a.hasAccessControl {
+		users = nil // every signed-in user, as in zot
+	}
+	if !a.signsIn() || a.hasAccessControl && len(users) == 0 {
+		a.warn("extensions.metrics", "nobody may be let in to "+path+" here; it is not served (metrics stay on Caddy's admin endpoint, /metrics)")
+		return nil
+	}
+	// oci_registry checks the credentials (its login_limit and its bound
+	// on password checks at once hold) and passes the request on to the
+	// route after it only for these users. Caddy's basic_auth before the
+	// registry checked a copy of the hashes with neither: every anonymous
+	// request with made-up credentials cost a bcrypt comparison (about a
+	// CPU-second at htpasswd's cost 14), as many at once as were sent.
+	a.reg.Auth.Guards = append(a.reg.Auth.Guards, caddymodule.PathGuard{Path: path, Users: users})
+	a.after = append(a.after, route)
 	return nil
-}
-
-// htpasswdAccounts reads the users (all with every) of the htpasswd file
-// for Caddy's basic_auth.
-func (a *adapter) htpasswdAccounts(users []string, every bool) ([]caddyauth.Account, error) {
-	if a.htpasswd == "" {
-		return nil, nil
-	}
-	data, err := configfile.Read(a.htpasswd)
-	if err != nil {
-		return nil, fmt.Errorf("http.auth.htpasswd.path: %w", err)
-	}
-	var out []caddyauth.Account
-	for _, line := range strings.Split(string(data), "\n") {
-		user, hash, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || strings.HasPrefix(user, "#") || !(every || slices.Contains(users, user)) {
-			continue
-		}
-		out = append(out, caddyauth.Account{Username: user, Password: hash})
-	}
-	return out, nil
 }

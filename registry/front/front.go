@@ -23,6 +23,8 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/caddy-oci/caddy-oci/authscope"
@@ -298,13 +300,13 @@ func (f *Front) refuse(w http.ResponseWriter, r *http.Request, t registry.Target
 		reason = e.Err.Error()
 	}
 	f.log.Info("front refused request",
-		zap.String("repo", t.Name),
+		logfield.String("repo", t.Name),
 		zap.String("code", e.Code),
 		zap.Int("status", e.Status),
-		zap.String("reason", reason),
-		zap.String("method", r.Method),
-		zap.String("uri", r.RequestURI),
-		zap.String("host", r.Host),
+		logfield.String("reason", reason),
+		logfield.String("method", r.Method),
+		logfield.String("uri", r.RequestURI),
+		logfield.String("host", r.Host),
 	)
 	e.Render(w, r)
 }

@@ -9,6 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-oci/caddy-oci/internal/logfield"
+
 	"github.com/caddy-oci/caddy-oci/registry"
 )
 
@@ -149,7 +151,7 @@ func (w *responseWriter) finish() error {
 	}
 	h := w.Header()
 	if err != nil {
-		log.Error("backend response not rewritable", zap.Int("status", w.status), zap.String("uri", w.view.req.RequestURI), zap.Error(err))
+		log.Error("backend response not rewritable", zap.Int("status", w.status), logfield.String("uri", w.view.req.RequestURI), zap.Error(err))
 		if w.status < 400 {
 			for _, k := range []string{"Content-Length", "Content-Type", "Link", "Docker-Content-Digest", "Etag"} {
 				h.Del(k)

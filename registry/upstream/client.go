@@ -168,10 +168,20 @@ type Client struct {
 	// instead of learning the realm from a 401 (one round trip less).
 	bearer map[string]authscope.Challenge
 	sf     singleflight.Group
-	// holdUntil is when upstream last asked, with a 429 and its
-	// Retry-After, to be left alone until: every user of the client
-	// (pulls and scheduled sync alike) learns it from HoldUntil.
-	holdUntil time.Time
+	// holdUntil is, per upstream URL, when it last asked, with a 429
+	// (or a 503 with a Retry-After), to be left alone until. No request is sent to
+	// it before (a pull gets the 429 at once), and scheduled sync waits
+	// for it (HoldUntil): otherwise every pull, made-up names included,
+	// went on asking a rate-limited upstream, up to Attempts times each,
+	// and kept the mirror's address or account limited for everyone.
+	holdUntil map[*url.URL]time.Time
+	// holdStatus is the status (429 or 503) that set each hold, which
+	// the requests it refuses answer with.
+	holdStatus map[*url.URL]int
+	// held429s counts, per upstream URL, the 429s without Retry-After
+	// since its last success: each doubles the hold (from RetryDelay, up
+	// to MaxRetryWait), as Docker Hub's pull limit sends none.
+	held429s map[*url.URL]int
 }
 
 type token struct {
@@ -449,19 +459,40 @@ func (c *Client) Do(ctx context.Context, method, repo, path string, hdr http.Hea
 // tryBase is Do against one URL, with retries of 429 and 5xx.
 func (c *Client) tryBase(ctx context.Context, base *url.URL, method, repo, path string, hdr http.Header) (*http.Response, error) {
 	for attempt := 1; ; attempt++ {
+		if until, status := c.held(base); !until.IsZero() {
+			return nil, &Error{Status: status,
+				Message:    "not asked: upstream asked to be left alone until " + until.UTC().Format(time.RFC3339Nano),
+				RetryAfter: until.Sub(c.now())}
+		}
 		resp, err := c.authorized(ctx, base, method, repo, path, hdr)
 		if err != nil {
+			// The token service base sends its requests to limits the
+			// mirror: base is left alone as if it answered so, or every
+			// pull of a made-up name would go on asking it for tokens.
+			var ue *Error
+			if errors.As(err, &ue) && (ue.Status == http.StatusTooManyRequests ||
+				ue.Status == http.StatusServiceUnavailable && ue.RetryAfter > 0) {
+				c.hold(base, ue.Status, ue.RetryAfter)
+			}
 			return nil, err
 		}
 		if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
+			c.unhold(base)
 			return resp, nil
 		}
 		uerr := readError(resp)
 		if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode < 500 {
 			return nil, uerr
 		}
-		if resp.StatusCode == http.StatusTooManyRequests {
-			c.hold(uerr.RetryAfter)
+		switch {
+		case resp.StatusCode == http.StatusTooManyRequests:
+			c.hold(base, resp.StatusCode, uerr.RetryAfter)
+		case resp.StatusCode == http.StatusServiceUnavailable && uerr.RetryAfter > 0:
+			// Unavailable for a time it names: an upstream that is
+			// down for maintenance or overloaded is left alone as a
+			// rate-limited one is (a 5xx without one may be one
+			// repository's fault, and holds nothing).
+			c.hold(base, resp.StatusCode, uerr.RetryAfter)
 		}
 		wait, ok := c.retryWait(uerr.RetryAfter, attempt)
 		if !ok || attempt >= c.attempts {
@@ -501,31 +532,65 @@ func (c *Client) retryWait(retryAfter time.Duration, attempt int) (time.Duration
 	return d, true
 }
 
-// hold records upstream's request to be left alone for wait (a 429's
-// Retry-After; none given: one RetryDelay).
-func (c *Client) hold(wait time.Duration) {
-	if wait <= 0 {
-		wait = c.delay
-	}
-	until := c.now().Add(wait)
+// hold records base's request to be left alone for wait (a 429's
+// Retry-After; none given: RetryDelay, doubled by each such 429 since
+// base's last success, up to MaxRetryWait).
+func (c *Client) hold(base *url.URL, status int, wait time.Duration) {
 	c.mu.Lock()
-	if until.After(c.holdUntil) {
-		c.holdUntil = until
+	defer c.mu.Unlock()
+	if c.holdUntil == nil {
+		c.holdUntil = make(map[*url.URL]time.Time, len(c.bases))
+		c.holdStatus = make(map[*url.URL]int, len(c.bases))
+		c.held429s = make(map[*url.URL]int, len(c.bases))
 	}
+	if wait <= 0 {
+		n := c.held429s[base]
+		c.held429s[base] = n + 1
+		wait = c.maxWait
+		if n < 63 && c.delay <= c.maxWait>>n {
+			wait = c.delay << n
+		}
+	}
+	if until := c.now().Add(wait); until.After(c.holdUntil[base]) {
+		c.holdUntil[base], c.holdStatus[base] = until, status
+	}
+}
+
+// unhold forgets base's 429s without Retry-After once it answers.
+func (c *Client) unhold(base *url.URL) {
+	c.mu.Lock()
+	delete(c.held429s, base)
 	c.mu.Unlock()
 }
 
-// HoldUntil is when the last 429 from upstream, to any user of the
-// client, asked to be left alone until (zero: never asked, or passed).
-// Background work (scheduled sync) waits for it before its next request,
-// so a rate limit one pull ran into slows the prefetch too.
-func (c *Client) HoldUntil() time.Time {
+// held is when base's hold ends, zero when it is not held, and the
+// status that set it.
+func (c *Client) held(base *url.URL) (time.Time, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.holdUntil.After(c.now()) {
-		return time.Time{}
+	if until := c.holdUntil[base]; until.After(c.now()) {
+		return until, c.holdStatus[base]
 	}
-	return c.holdUntil
+	return time.Time{}, 0
+}
+
+// HoldUntil is when the first upstream URL that a 429 asked to be left
+// alone, to any user of the client, may be asked again; zero when one of
+// them is not held. Background work (scheduled sync) waits for it before
+// its next request, so a rate limit one pull ran into slows the prefetch
+// too.
+func (c *Client) HoldUntil() time.Time {
+	var first time.Time
+	for _, base := range c.bases {
+		until, _ := c.held(base)
+		if until.IsZero() {
+			return time.Time{}
+		}
+		if first.IsZero() || until.Before(first) {
+			first = until
+		}
+	}
+	return first
 }
 
 // authorized sends the request with what the host asked for last time;

@@ -114,6 +114,9 @@ func TestRetryDelayAndHold(t *testing.T) {
 	}
 	at, retryAfter = nil, "120"
 	mu.Unlock()
+	// The last 429 held the upstream for one RetryDelay: no request goes
+	// to it before that passes.
+	time.Sleep(time.Until(c.HoldUntil()))
 
 	start := time.Now()
 	if _, err := c.Do(context.Background(), http.MethodGet, testRepo, testPath, nil); err == nil {
