@@ -2,17 +2,8 @@ package registry
 
 import (
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
-	"go.uber.org/zap/zaptest/observer"
-
-	"github.com/caddy-oci/caddy-oci/authscope"
-	"github.com/caddy-oci/caddy-oci/cache"
 )
 
 // TestErrorLogBounded: what an anonymous request puts in a log line is
@@ -21,25 +12,7 @@ import (
 // name as repo, in the reason and in the URI), and a 16 KB query a 16 KB
 // line: three times what the caller sent, into the log disk.
 func TestErrorLogBounded(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	auditCore, audit := observer.New(zapcore.DebugLevel)
-	logCore, logs := observer.New(zapcore.DebugLevel)
-	pol, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: map[string]authscope.RepositoryPolicy{
-		"public/**": {Anonymous: []string{authscope.ActionRead}},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := authscope.NewAuthorizer(authscope.Options{Policy: pol, Audit: zap.New(auditCore)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(New(Config{Store: store, Logger: zap.New(logCore), Authorizer: a, CanRead: a.CanRead}))
-	t.Cleanup(srv.Close)
+	srv, audit, logs := publicReadRegistry(t)
 
 	long := strings.Repeat(strings.Repeat("a", 60)+"/", 110)
 	query := "?q=" + strings.Repeat("b", 12000)

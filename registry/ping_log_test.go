@@ -19,25 +19,7 @@ import (
 // handshake: one debug line, no audit denial, nothing at info or above.
 // A real refusal is still audited.
 func TestAnonymousPingLoggedOnceAtDebug(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	auditCore, audit := observer.New(zapcore.DebugLevel)
-	logCore, logs := observer.New(zapcore.DebugLevel)
-	pol, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: map[string]authscope.RepositoryPolicy{
-		"public/**": {Anonymous: []string{authscope.ActionRead}},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := authscope.NewAuthorizer(authscope.Options{Policy: pol, Audit: zap.New(auditCore)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(New(Config{Store: store, Logger: zap.New(logCore), Authorizer: a, CanRead: a.CanRead}))
-	t.Cleanup(srv.Close)
+	srv, audit, logs := publicReadRegistry(t)
 
 	resp, err := http.Get(srv.URL + "/v2/")
 	if err != nil {
@@ -65,4 +47,31 @@ func TestAnonymousPingLoggedOnceAtDebug(t *testing.T) {
 	if n := audit.FilterMessage("denied").Len(); n != 1 {
 		t.Errorf("a refused pull made %d audit denials, want 1", n)
 	}
+}
+
+// publicReadRegistry is a registry on a real store whose access rules let
+// anonymous callers read public/** only, with its log and its audit log
+// observed.
+func publicReadRegistry(t *testing.T) (srv *httptest.Server, audit, logs *observer.ObservedLogs) {
+	t.Helper()
+	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	auditCore, audit := observer.New(zapcore.DebugLevel)
+	logCore, logs := observer.New(zapcore.DebugLevel)
+	pol, err := authscope.NewPolicy(authscope.PolicyConfig{Repositories: map[string]authscope.RepositoryPolicy{
+		"public/**": {Anonymous: []string{authscope.ActionRead}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := authscope.NewAuthorizer(authscope.Options{Policy: pol, Audit: zap.New(auditCore)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = httptest.NewServer(New(Config{Store: store, Logger: zap.New(logCore), Authorizer: a, CanRead: a.CanRead}))
+	t.Cleanup(srv.Close)
+	return srv, audit, logs
 }
