@@ -312,16 +312,7 @@ func TestReplicaKillMidChunkedPush(t *testing.T) {
 	var offset int
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		st := do(t, http.MethodGet, b.url(path), nil, nil)
-		if st.StatusCode != http.StatusNoContent {
-			t.Fatalf("GET upload status on the survivor: %s %s", st.Status, readAll(t, st))
-		}
-		_, end, _ := strings.Cut(st.Header.Get("Range"), "-")
-		n, err := strconv.Atoi(end)
-		if err != nil {
-			t.Fatalf("Range %q", st.Header.Get("Range"))
-		}
-		offset = n + 1
+		offset = uploadOffset(t, b.url(path))
 		if offset != chunk {
 			t.Fatalf("session at %d after the kill, want %d (the acknowledged chunk, not a byte of the cut one)", offset, chunk)
 		}
@@ -621,6 +612,23 @@ func (w *slowWriter) Write(p []byte) (int, error) {
 
 // uploadPath is the path and query of an upload's Location, to send to
 // any replica.
+// uploadOffset asks an upload session where it stands (GET of its URL u,
+// on a replica that may not be the one that took its chunks) and returns
+// the offset of its next byte: one past the end of its Range.
+func uploadOffset(t *testing.T, u string) int {
+	t.Helper()
+	st := do(t, http.MethodGet, u, nil, nil)
+	if st.StatusCode != http.StatusNoContent {
+		t.Fatalf("GET upload status on the survivor: %s %s", st.Status, readAll(t, st))
+	}
+	_, end, _ := strings.Cut(st.Header.Get("Range"), "-")
+	n, err := strconv.Atoi(end)
+	if err != nil {
+		t.Fatalf("Range %q", st.Header.Get("Range"))
+	}
+	return n + 1
+}
+
 func uploadPath(t *testing.T, loc string) string {
 	t.Helper()
 	u, err := url.Parse(loc)
