@@ -213,7 +213,7 @@ type TokenAuth struct {
 
 // authRuntime is a provisioned Auth.
 type authRuntime struct {
-	guards     []PathGuard
+	guards     []guardRuntime
 	authorizer *authscope.Authorizer
 	proxy      *authscope.TokenProxy // nil unless Token.Proxy
 	signIn     *authscope.SignIn     // nil unless OIDC
@@ -225,6 +225,12 @@ func (rt *authRuntime) close() {
 	if rt != nil && rt.directory != nil {
 		rt.directory.Close()
 	}
+}
+
+// guardRuntime is a provisioned PathGuard.
+type guardRuntime struct {
+	match caddyhttp.MatchPath
+	users []string
 }
 
 // guard decides a request for a path of Guards, answering it when it is
@@ -244,10 +250,10 @@ func (rt *authRuntime) guard(w http.ResponseWriter, r *http.Request) *http.Reque
 		// As the route's own path matcher matches (any case, the path
 		// cleaned, escaped or not): /METRICS or //metrics reach the
 		// route, so they must meet the guard.
-		if ok, err := (caddyhttp.MatchPath{strings.ToLower(g.Path)}).MatchWithError(r); err != nil || !ok {
+		if ok, err := g.match.MatchWithError(r); err != nil || !ok {
 			continue
 		}
-		r, err := rt.authorizer.AuthorizeUsers(r, g.Users)
+		r, err := rt.authorizer.AuthorizeUsers(r, g.users)
 		if err == nil {
 			r.Header.Del("Authorization")
 			return r
@@ -373,7 +379,12 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 		}
 		o.Policy = p
 	}
-	rt := &authRuntime{guards: a.Guards}
+	rt := &authRuntime{}
+	for _, g := range a.Guards {
+		// The matcher made once, as Caddy's route does: guard runs on
+		// every request that passes the registry by.
+		rt.guards = append(rt.guards, guardRuntime{match: caddyhttp.MatchPath{strings.ToLower(g.Path)}, users: g.Users})
+	}
 	if t := a.Token; t != nil {
 		ks := authscope.NewKeySet()
 		for _, f := range t.TrustedCerts {
