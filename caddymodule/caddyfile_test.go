@@ -259,6 +259,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 		}
 		mirror ghcr.io {
 			upstream_prefix vendor/tools
+			prefetch
 		}
 		mirror registry.local {
 			insecure_skip_verify
@@ -280,7 +281,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 				DialTimeout: caddy.Duration(3 * time.Second), ResponseHeaderTimeout: caddy.Duration(45 * time.Second), StallTimeout: caddy.Duration(2 * time.Minute),
 				MaxBlobSize: 10 << 30, MaxConcurrentFills: 8,
 				Aliases: []string{"registry-1.docker.io"}, Hosts: []string{"docker.mirror.example"}, Default: true},
-			{Prefix: "ghcr.io", UpstreamPrefix: "vendor/tools"},
+			{Prefix: "ghcr.io", UpstreamPrefix: "vendor/tools", Prefetch: true},
 			{Prefix: "registry.local", InsecureSkipVerify: true, CAFile: "/etc/ca.pem", LibraryPrefix: "library",
 				Repositories: []string{"team/public/**", "library/*"}},
 		},
@@ -307,6 +308,7 @@ func TestUnmarshalCaddyfileMirror(t *testing.T) {
 		"oci_registry {\nmirror a {\nmax_concurrent_fills 1 2\n}\n}",
 		"oci_registry {\nmirror a {\nrepositories\n}\n}",
 		"oci_registry {\nmirror a {\nupstream_prefix\n}\n}",
+		"oci_registry {\nmirror a {\nprefetch on\n}\n}",
 		"oci_registry {\nlocal\n}",
 	} {
 		var r Registry

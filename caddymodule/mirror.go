@@ -155,6 +155,14 @@ type Mirror struct {
 	// answers 404 and the upstream is never asked for it, so the
 	// mirror's credentials reach only these. Default: all of them.
 	Repositories []string `json:"repositories,omitempty"`
+
+	// Prefetch: when a client GETs an image manifest the mirror had to
+	// fetch from upstream, the mirror starts fetching its config and
+	// layers at once (four at a time per image, within half of
+	// max_concurrent_fills), so the client's blob requests find them on
+	// their way. Off by default: a client that only inspects a manifest
+	// then makes the mirror fetch the whole image.
+	Prefetch bool `json:"prefetch,omitempty"`
 }
 
 // checkSyncServed refuses a sync content that names a repository the
@@ -237,6 +245,7 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 			LibraryPrefix:      m.LibraryPrefix,
 			UpstreamPrefix:     m.UpstreamPrefix,
 			Repositories:       m.Repositories,
+			Prefetch:           m.Prefetch,
 			Logger:             log.Named("upstream").With(zap.String("mirror", m.Prefix)),
 		})
 		if err != nil {
@@ -422,13 +431,16 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 					m.MaxMissesPerClient = n
 				}
 			}
-		case "insecure_skip_verify", "default":
+		case "insecure_skip_verify", "default", "prefetch":
 			if len(args) != 0 {
 				return nil, d.Errf("mirror %s: %s takes no argument", m.Prefix, sub)
 			}
-			if sub == "default" {
+			switch sub {
+			case "default":
 				m.Default = true
-			} else {
+			case "prefetch":
+				m.Prefetch = true
+			default:
 				m.InsecureSkipVerify = true
 			}
 		default:

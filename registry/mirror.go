@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -106,6 +107,10 @@ type MirrorConfig struct {
 	// answers 404 NAME_UNKNOWN and upstream is never asked. Its
 	// credentials then reach only these (zot's sync content prefix).
 	Repositories []string
+	// Prefetch: an image manifest a client GETs that had to come from
+	// upstream starts the fills of its config and layers at once, a few
+	// at a time, within half of MaxConcurrentFills (mirror_prefetch.go).
+	Prefetch bool
 	// Transport overrides the HTTP transport to upstream (tests).
 	Transport http.RoundTripper
 	// Logger gets the upstream client's retries, failovers and token
@@ -132,6 +137,8 @@ type Mirror struct {
 	// copy: a sync_into's source (NewCopySource), whose tags are local
 	// content no pull fills on demand.
 	copy bool
+	// prefetching: "repo@digest" of the manifests whose prefetch runs.
+	prefetching sync.Map
 }
 
 // MirrorObserver is implemented by an Observer that also wants mirror

@@ -184,17 +184,23 @@ func (h *Handler) fill(ctx context.Context, rc *request, d cache.Digest, lost bo
 		return nil, false, errInternal(err)
 	}
 	if started {
-		go func() {
-			<-f.Done()
-			err := f.Wait(context.Background())
-			size, _ := f.Ready(context.Background())
-			m.obs.MirrorFill(m.cfg.Prefix, size, f.Duration(), err)
-			if err == nil {
-				m.obs.MirrorBytes(m.cfg.Prefix, "upstream", size)
-			}
-		}()
+		h.observeFill(m, f)
 	}
 	return f, started, nil
+}
+
+// observeFill reports fill f, started here, to the mirror's metrics once
+// it ends.
+func (h *Handler) observeFill(m *Mirror, f cache.Fill) {
+	go func() {
+		<-f.Done()
+		err := f.Wait(context.Background())
+		size, _ := f.Ready(context.Background())
+		m.obs.MirrorFill(m.cfg.Prefix, size, f.Duration(), err)
+		if err == nil {
+			m.obs.MirrorBytes(m.cfg.Prefix, "upstream", size)
+		}
+	}()
 }
 
 // serveFill streams blob d from fill f as it grows, to a GET upstream

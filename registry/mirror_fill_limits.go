@@ -97,6 +97,18 @@ func (s *fillSlots) take() (release func(), err error) {
 	return func() { once.Do(s.give) }, nil
 }
 
+// takeSpare is take for work no client waits for (a prefetch): a slot
+// only while at least half of them stay free after it.
+func (s *fillSlots) takeSpare() (release func(), err error) {
+	s.mu.Lock()
+	spare := (s.n+1)*2 <= s.max
+	s.mu.Unlock()
+	if !spare {
+		return nil, errNoFillSlot
+	}
+	return s.take()
+}
+
 func (s *fillSlots) give() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -79,6 +79,11 @@ func (h *Handler) mirrorManifestGet(w http.ResponseWriter, r *http.Request, rc *
 	}
 	h.cfg.Store.Touch(res.m.Digest) // its last use, for a size-limited cache
 	m.declared.note(rc.name, res.m.Digest, res.body)
+	if r.Method == http.MethodGet && !res.fetched.IsZero() {
+		// Upstream's answer, to this request or one beside it: a cold
+		// pull's blobs are next.
+		h.prefetch(r.Context(), rc, res)
+	}
 	hd := w.Header()
 	if res.stale {
 		hd.Set("Warning", staleWarning)

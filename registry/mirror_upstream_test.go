@@ -52,7 +52,7 @@ type fakeUpstream struct {
 
 	// Blob GET behaviour.
 	chunk    int           // bytes per write (default 64 KiB)
-	gate     chan struct{} // if set: after the first chunk wait for it to close
+	gate     chan struct{} // if set: after the first chunk wait for it to close (a blob of one chunk is not held)
 	delay    time.Duration // between chunks
 	failMid  bool          // send half, then drop the connection
 	corrupt  bool          // flip the first byte
@@ -297,7 +297,7 @@ func (b *blobWriter) Write(p []byte) (int, error) {
 			return done, err
 		}
 		b.ResponseWriter.(http.Flusher).Flush()
-		if b.written == m && gate != nil {
+		if b.written == m && done < total && gate != nil {
 			<-gate
 		}
 		if delay > 0 {
