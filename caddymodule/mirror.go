@@ -479,3 +479,7 @@ func (rg *Registry) setMirrorCache(st interface{ SetMirrorCache(cache.MirrorCach
 		Observer: obs,
 	})
 }
+
+// The metrics observer counts what the mirror's miss bounds answer; the
+// interface is optional, so a mismatch would silently count nothing.
+var _ registry.MissObserver = (*metricsObserver)(nil)

@@ -279,6 +279,21 @@ func (b *missBudget) sweep(now time.Time, rate float64) {
 	}
 }
 
+// MissObserver is implemented by a MirrorObserver that also counts the
+// requests the miss bounds answered without asking upstream: reason
+// "not_found" (remembered) or "budget" (the client's is spent).
+type MissObserver interface {
+	MirrorMissHeld(registry, reason string)
+}
+
+// missHeld tells m's observer, if it wants to know, of a miss answered
+// without upstream.
+func (m *Mirror) missHeld(reason string) {
+	if mo, ok := m.obs.(MissObserver); ok {
+		mo.MirrorMissHeld(m.cfg.Prefix, reason)
+	}
+}
+
 // beforeUpstream is asked before a request for content the store does not
 // hold (kind "manifest" or "blob", ref a tag or digest) goes upstream, or
 // waits for an identical one on its way there. It answers what upstream
@@ -287,6 +302,7 @@ func (b *missBudget) sweep(now time.Time, rate float64) {
 func (h *Handler) beforeUpstream(rc *request, kind, ref string) error {
 	m := rc.mirror
 	if ue := m.notFound.get(rc.name, kind, ref, m.now()); ue != nil {
+		m.missHeld("not_found")
 		return upstreamError(m, kind, ue)
 	}
 	return h.spendMiss(rc, notFoundKey(rc.name, kind, ref))
@@ -305,6 +321,7 @@ func (h *Handler) spendMiss(rc *request, what string) error {
 	if ok {
 		return nil
 	}
+	m.missHeld("budget")
 	retry := max(int64(math.Ceil(wait.Seconds())), 1)
 	return newError(http.StatusTooManyRequests, CodeTooManyRequests,
 		fmt.Sprintf("too many requests for content mirror %s does not hold (at most %d a minute per client); try again later", m.cfg.Prefix, m.misses.perMinute),

@@ -26,6 +26,28 @@ func missEnv(t *testing.T, mod ...func(*MirrorConfig)) *mirrorEnv {
 	return env
 }
 
+// heldCounter counts the misses answered without upstream, by reason.
+type heldCounter struct {
+	nopMirrorObserver
+	mu   sync.Mutex
+	held map[string]int
+}
+
+func (c *heldCounter) MirrorMissHeld(_, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held == nil {
+		c.held = map[string]int{}
+	}
+	c.held[reason]++
+}
+
+func (c *heldCounter) count(reason string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.held[reason]
+}
+
 // forgetNotFound drops every mirror's remembered "not found" answers.
 func (env *mirrorEnv) forgetNotFound() {
 	for _, m := range env.h.mirrors {
@@ -91,6 +113,8 @@ func TestMirrorMissFlood(t *testing.T) {
 	held := randomImage(t, 1024, 2)
 	env.up.pushImage("library/app", "v1", held)
 	env.pull("10.0.0.1", "library/app", "v1", held)
+	counter := &heldCounter{}
+	env.mirror.obs = counter
 
 	before := env.up.total()
 	var refused int
@@ -115,6 +139,17 @@ func TestMirrorMissFlood(t *testing.T) {
 	}
 	if refused < flood-budget {
 		t.Fatalf("%d refused, want at least %d", refused, flood-budget)
+	}
+	if n := counter.count("budget"); n != refused {
+		t.Fatalf("metric: %d refusals counted, %d made", n, refused)
+	}
+	// The same made-up names again: remembered, neither upstream nor the
+	// budget asked.
+	for i := range 10 {
+		env.wantStatus(env.do(http.MethodGet, madeUp(i), nil, testClient, "10.0.0.3"), http.StatusNotFound)
+	}
+	if n := counter.count("not_found"); n == 0 {
+		t.Fatal("metric: no remembered answer counted")
 	}
 
 	// Held content is served to the client over its budget, upstream not asked.
