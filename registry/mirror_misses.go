@@ -139,6 +139,9 @@ func (c *notFound) forget(name, kind, ref string) {
 // whoever asked (a pull, a fill, scheduled sync), and so is the digest a
 // manifest fetched by tag has, which the store is about to hold.
 func (m *Mirror) noteAnswer(repo, path string, resp *http.Response, err error) {
+	if m.copy {
+		return // a sync_into's source: no pull asks it, nothing to remember
+	}
 	kind, ref, ok := strings.Cut(path, "/")
 	if !ok || (kind != "manifests" && kind != "blobs") || strings.ContainsAny(ref, "/?") {
 		return
