@@ -32,7 +32,7 @@ import (
 // prefetchParallel bounds the fills one manifest's prefetch runs at once:
 // enough to overlap upstream's per-blob setup, few enough that one image
 // does not take the upstream's connections from everyone else.
-const prefetchParallel = 4
+const prefetchParallel = 8
 
 // prefetch starts the fills of manifest res's blobs for rc's repository,
 // in the background, if the mirror prefetches. ctx is the request's; the

@@ -77,7 +77,11 @@ func runCold(o options) (*Result, error) {
 		defer dp.close()
 		far = "http://" + dp.addr()
 	}
-	o.registryLines = fmt.Sprintf("mirror up {\n\t\t\tupstream %s\n\t\t}", far)
+	prefetch := ""
+	if o.prefetch {
+		prefetch = "\n\t\t\tprefetch"
+	}
+	o.registryLines = fmt.Sprintf("mirror up {\n\t\t\tupstream %s%s\n\t\t}", far, prefetch)
 	srv, err := startServer(o, tmp)
 	if err != nil {
 		return nil, err
