@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -41,29 +40,11 @@ func runColdImage(o options) (*Result, error) {
 	if !o.keep {
 		defer os.RemoveAll(tmp)
 	}
-	port, err := freePort()
+	up, far, err := startColdUpstream(o, tmp)
 	if err != nil {
 		return nil, err
-	}
-	upDir := filepath.Join(tmp, "upstream")
-	cfg := filepath.Join(tmp, "upstream.yml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, distributionConfig, upDir, port), 0o644); err != nil {
-		return nil, err
-	}
-	up, err := startProcess(exec.Command(o.registry, "serve", cfg), port, filepath.Join(tmp, "upstream.log"))
-	if err != nil {
-		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	defer up.stop()
-	far := up.base
-	if o.upstreamRTT > 0 {
-		dp, err := startDelayProxy(strings.TrimPrefix(up.base, "http://"), o.upstreamRTT)
-		if err != nil {
-			return nil, err
-		}
-		defer dp.close()
-		far = "http://" + dp.addr()
-	}
 	bases := []string{far + "/v2/"}
 	for i, extra := range []string{"", "\n\t\t\tprefetch"} {
 		dir := filepath.Join(tmp, fmt.Sprintf("mirror%d", i))
