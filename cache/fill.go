@@ -261,6 +261,9 @@ func (f *fileFill) fill(src FillSource) error {
 		return fmt.Errorf("%w: want %s, got %s", ErrDigestMismatch, f.d, got)
 	}
 	f.SetVerified(n)
+	if gate := f.s.fillCommitGate; gate != nil {
+		gate()
+	}
 	if err := file.Sync(); err != nil {
 		return fmt.Errorf("cache: sync fill: %w", err)
 	}

@@ -452,3 +452,52 @@ func TestFillSpoolFailureMarked(t *testing.T) {
 		t.Fatalf("fill with its temporary folder unusable: %v, want ErrFillSpool wrapping ENOTDIR", err)
 	}
 }
+
+// A reader opened once a fill is verified, while its commit (the sync,
+// the install under its digest) has not ended, reads the whole blob, and
+// keeps reading it across the install: a client joining such a fill is
+// served at once, not after the commit.
+func TestFillReaderWhileCommitting(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Options{Dir: t.TempDir()})
+	verified, release := make(chan struct{}), make(chan struct{})
+	s.fillCommitGate = func() { close(verified); <-release }
+	content := bytes.Repeat([]byte("verified, not committed "), 40000)
+	d := digestOf(content)
+	src := func(context.Context) (io.ReadCloser, int64, error) {
+		return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
+	}
+	f, started, err := s.Fill(t.Context(), "m/a", d, src)
+	if err != nil || !started {
+		t.Fatalf("fill: %v (started %v)", err, started)
+	}
+	<-verified
+	if !f.Verified() {
+		t.Fatal("fill at its commit does not report Verified")
+	}
+	r, err := f.Reader(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	half := make([]byte, len(content)/2)
+	if _, err := io.ReadFull(r, half); err != nil {
+		t.Fatalf("read while committing: %v", err)
+	}
+	select {
+	case <-f.Done():
+		t.Fatal("fill done while its commit is held")
+	default:
+	}
+	close(release) // the install renames the file under the reader
+	if err := f.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(append(half, rest...), content) {
+		t.Fatalf("blob read across the commit differs (err %v)", err)
+	}
+	if _, err := s.HasBlob(t.Context(), "m/a", d); err != nil {
+		t.Fatalf("blob not linked after the commit: %v", err)
+	}
+}

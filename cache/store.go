@@ -72,8 +72,11 @@ type Store struct {
 	// fillTempGate, when set (tests), runs before a fill's temp file is
 	// created: a test holds it there to stand for a slow filesystem.
 	fillTempGate func()
-	ctx          context.Context
-	cancel       context.CancelFunc
+	// fillCommitGate, when set (tests), runs once a fill's bytes are in
+	// and verified, before its sync and install: a slow disk's commit.
+	fillCommitGate func()
+	ctx            context.Context
+	cancel         context.CancelFunc
 
 	// Mirrored content under a limit (evict.go): its configuration, the
 	// running total of its bytes, and the uses and holds of blobs.

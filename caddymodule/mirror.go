@@ -158,7 +158,7 @@ type Mirror struct {
 
 	// Prefetch: when a client GETs an image manifest the mirror had to
 	// fetch from upstream, the mirror starts fetching its config and
-	// layers at once (four at a time per image, within half of
+	// layers at once (eight at a time per image, within half of
 	// max_concurrent_fills), so the client's blob requests find them on
 	// their way. Off by default: a client that only inspects a manifest
 	// then makes the mirror fetch the whole image.

@@ -6,6 +6,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,13 @@ func (u *upstream) push(t *testing.T, repoTag string, img v1.Image) string {
 		t.Fatal(err)
 	}
 	return d.String()
+}
+
+// requests are the requests the upstream saw so far, as "METHOD /path".
+func (u *upstream) requests() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.paths)
 }
 
 // asked reports whether the upstream saw a request for path.

@@ -66,9 +66,10 @@ type pendingManifest struct {
 type pendingManifests struct {
 	mu       sync.Mutex
 	byKey    map[string]*pendingManifest
-	bytes    int64 // of the held writes' manifests
-	held     int   // held writes
-	draining bool  // Drain was called: no write is held any more
+	bytes    int64         // of the held writes' manifests
+	held     int           // held writes
+	draining bool          // Drain was called: no write is held any more
+	stop     chan struct{} // closed by drain (see stopping)
 	wg       sync.WaitGroup
 	// timeout of a held write; zero is pendingStoreTimeout (tests that
 	// hold writes on a lock for long set more).
@@ -171,7 +172,13 @@ func (p *pendingManifests) settleRepo(ctx context.Context, repo string) {
 // ended, or ctx.
 func (p *pendingManifests) drain(ctx context.Context) error {
 	p.mu.Lock()
-	p.draining = true
+	if !p.draining {
+		p.draining = true
+		if p.stop == nil {
+			p.stop = make(chan struct{})
+		}
+		close(p.stop)
+	}
 	p.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
@@ -184,6 +191,18 @@ func (p *pendingManifests) drain(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// stopping is closed once Drain is called: background work of the
+// handler's mirrors that no request waits for (a prefetch) starts nothing
+// more on a store about to close.
+func (p *pendingManifests) stopping() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stop == nil {
+		p.stop = make(chan struct{})
+	}
+	return p.stop
 }
 
 // pendingAnswer returns the manifest whose write runs under key if it

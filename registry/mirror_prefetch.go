@@ -30,9 +30,10 @@ import (
 )
 
 // prefetchParallel bounds the fills one manifest's prefetch runs at once:
-// enough to overlap upstream's per-blob setup, few enough that one image
-// does not take the upstream's connections from everyone else.
-const prefetchParallel = 4
+// most images' layers in one or two rounds of upstream's round trip (a
+// client fetches three at a time), few enough that one image does not
+// take the upstream's connections from everyone else.
+const prefetchParallel = 8
 
 // prefetch starts the fills of manifest res's blobs for rc's repository,
 // in the background, if the mirror prefetches. ctx is the request's; the
@@ -66,14 +67,26 @@ func (h *Handler) prefetchFills(ctx context.Context, rc *request, blobs []cache.
 	m := rc.mirror
 	store := h.cfg.Store
 	running := make(chan struct{}, prefetchParallel)
+	stop := h.pending.stopping()
 	for _, d := range blobs {
+		select {
+		case running <- struct{}{}:
+		case <-stop:
+			return // the store is about to close
+		}
+		select {
+		case <-stop:
+			return // it came with the turn
+		default:
+		}
 		if store.Filling(ctx, d) != nil {
+			<-running
 			continue
 		}
 		if _, err := store.HasBlob(ctx, rc.name, d); err == nil {
+			<-running
 			continue
 		}
-		running <- struct{}{}
 		f, started, err := store.FillAdmitted(ctx, rc.name, d, m.blobSource(rc.name, d), m.slots.takeSpare)
 		if err != nil {
 			<-running

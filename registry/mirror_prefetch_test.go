@@ -217,3 +217,31 @@ func TestPrefetchBlobs(t *testing.T) {
 		})
 	}
 }
+
+// A prefetch starts nothing once the handler drains (a reload or a stop
+// closes its store next): of an image of 13 blobs, the first
+// prefetchParallel are on their way, held by upstream, when Drain comes;
+// the rest are never asked for.
+func TestMirrorPrefetchStopsOnDrain(t *testing.T) {
+	env := newMirrorEnv(t, func(c *MirrorConfig) { c.Prefetch = true })
+	img := randomImage(t, 256<<10, 12)
+	env.up.pushImage("library/app", "v1", img)
+	gate := make(chan struct{})
+	env.up.set(func(u *fakeUpstream) { u.gate = gate })
+	openGate := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(openGate)
+
+	env.wantStatus(env.do(http.MethodGet, "/v2/docker.io/library/app/manifests/v1", nil), http.StatusOK)
+	waitFor(t, "the prefetch's first fills", func() bool { return env.up.count("GET blobs") >= prefetchParallel })
+	if err := env.h.Drain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	openGate()
+	waitFor(t, "the prefetch's end", func() bool {
+		_, running := env.mirror.prefetching.Load("docker.io/library/app@" + manifestDigest(t, img))
+		return !running
+	})
+	if n := env.up.count("GET blobs"); n != prefetchParallel {
+		t.Fatalf("upstream blob GETs = %d after Drain, want %d (those started before)", n, prefetchParallel)
+	}
+}

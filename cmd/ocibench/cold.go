@@ -51,33 +51,17 @@ func runCold(o options) (*Result, error) {
 	if !o.keep {
 		defer os.RemoveAll(tmp)
 	}
-	port, err := freePort()
+	up, far, err := startColdUpstream(o, tmp)
 	if err != nil {
 		return nil, err
-	}
-	upDir := filepath.Join(tmp, "upstream")
-	cfg := filepath.Join(tmp, "upstream.yml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, distributionConfig, upDir, port), 0o644); err != nil {
-		return nil, err
-	}
-	up, err := startProcess(exec.Command(o.registry, "serve", cfg), port, filepath.Join(tmp, "upstream.log"))
-	if err != nil {
-		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	defer up.stop()
-
-	// Upstream as the mirror and the direct client reach it: through a
-	// proxy that puts distance between them and it, with -upstream-rtt.
-	far := up.base
-	if o.upstreamRTT > 0 {
-		dp, err := startDelayProxy(strings.TrimPrefix(up.base, "http://"), o.upstreamRTT)
-		if err != nil {
-			return nil, err
-		}
-		defer dp.close()
-		far = "http://" + dp.addr()
+	upDir := filepath.Join(tmp, "upstream")
+	prefetch := ""
+	if o.prefetch {
+		prefetch = "\n\t\t\tprefetch"
 	}
-	o.registryLines = fmt.Sprintf("mirror up {\n\t\t\tupstream %s\n\t\t}", far)
+	o.registryLines = fmt.Sprintf("mirror up {\n\t\t\tupstream %s%s\n\t\t}", far, prefetch)
 	srv, err := startServer(o, tmp)
 	if err != nil {
 		return nil, err
@@ -172,6 +156,47 @@ func runCold(o options) (*Result, error) {
 	res.Rows = append(res.Rows, ratioRows("cold blob GET, first byte", rounds, func(r ColdRound) [2]float64 { return r.Blob })...)
 	res.Rows = append(res.Rows, ratioRows("cold pull to the first byte", rounds, func(r ColdRound) [2]float64 { return r.Pull })...)
 	return res, nil
+}
+
+// coldUpstream is the cold modes' upstream: distribution (-registry)
+// serving tmp/upstream, and the address the mirror and the direct client
+// reach it at (far): through a proxy that puts -upstream-rtt between them
+// and it, if set. stop ends both.
+type coldUpstream struct {
+	*server
+	proxy *delayProxy
+}
+
+func (u *coldUpstream) stop() {
+	if u.proxy != nil {
+		u.proxy.close()
+	}
+	u.server.stop()
+}
+
+func startColdUpstream(o options, tmp string) (up *coldUpstream, far string, err error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg := filepath.Join(tmp, "upstream.yml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, distributionConfig, filepath.Join(tmp, "upstream"), port), 0o644); err != nil {
+		return nil, "", err
+	}
+	srv, err := startProcess(exec.Command(o.registry, "serve", cfg), port, filepath.Join(tmp, "upstream.log"))
+	if err != nil {
+		return nil, "", fmt.Errorf("upstream: %w", err)
+	}
+	up = &coldUpstream{server: srv}
+	far = srv.base
+	if o.upstreamRTT > 0 {
+		if up.proxy, err = startDelayProxy(strings.TrimPrefix(srv.base, "http://"), o.upstreamRTT); err != nil {
+			srv.stop()
+			return nil, "", err
+		}
+		far = "http://" + up.proxy.addr()
+	}
+	return up, far, nil
 }
 
 // wakePath, with -wake, sends one request along the path about to be

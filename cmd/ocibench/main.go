@@ -72,6 +72,8 @@ type options struct {
 	cold        int
 	wake        bool
 	upstreamRTT time.Duration
+	prefetch    bool
+	coldImage   int
 	gcStore     string
 	gcSnapshot  string
 	// registryLines: more lines for the oci_registry block (a mode's
@@ -108,6 +110,8 @@ func main() {
 	flag.IntVar(&o.cold, "cold", 0, "cold-pull mode: with -registry as the upstream, time the first byte of this many cold blobs of -layer bytes through a mirror of it and straight from it")
 	flag.BoolVar(&o.wake, "wake", false, "cold-pull mode: before each timed step, one request along the same path (a manifest upstream does not have), so that the processes on it have just run and what is timed is not the machine's wake-up after idle")
 	flag.DurationVar(&o.upstreamRTT, "upstream-rtt", 0, "cold-pull mode: put upstream this round trip away from both the mirror and the direct client (a delaying proxy on loopback), as a registry on the internet is")
+	flag.BoolVar(&o.prefetch, "prefetch", false, "cold-pull mode: the mirror prefetches (its `prefetch` setting): the manifest GET starts the fills of the image's config and layer")
+	flag.IntVar(&o.coldImage, "cold-image", 0, "cold-pull mode: instead of single blobs, pull whole images of this many -layer layers (3 blobs at a time, as containerd does) straight, through a mirror and through a prefetching mirror; use with -upstream-rtt")
 	flag.StringVar(&o.gcStore, "gc-store", "", "store-growth mode: push nothing; time only the GC passes on this existing store folder (a copy of one -gc-snapshot saved; it is changed), grown with the same -images and -layer")
 	flag.StringVar(&o.gcSnapshot, "gc-snapshot", "", "store-growth mode: after the full GC pass, save a copy of the store into this new folder, for -gc-store runs that skip the growth and the full pass")
 	flag.Parse()
@@ -126,6 +130,8 @@ func main() {
 	switch {
 	case o.images > 0:
 		runMode = runGrowth
+	case o.cold > 0 && o.coldImage > 0:
+		runMode = runColdImage
 	case o.cold > 0:
 		runMode = runCold
 	}
