@@ -24,10 +24,11 @@ var collectors = struct {
 	uploads       prometheus.Counter
 	uploadBytes   prometheus.Counter
 
-	mirrorLookups  *prometheus.CounterVec
-	mirrorBytes    *prometheus.CounterVec
-	upstreamReqs   *prometheus.CounterVec
-	mirrorFillTime *prometheus.HistogramVec
+	mirrorLookups    *prometheus.CounterVec
+	mirrorMissesHeld *prometheus.CounterVec
+	mirrorBytes      *prometheus.CounterVec
+	upstreamReqs     *prometheus.CounterVec
+	mirrorFillTime   *prometheus.HistogramVec
 
 	mirrorCacheBytes   prometheus.Gauge
 	mirrorEvictions    prometheus.Counter
@@ -89,6 +90,11 @@ func initCollectors() {
 		Name:      "mirror_lookups_total",
 		Help:      "Mirrored blob, manifest and referrers requests by registry, kind and result (hit: served from the store, or the referrers answer kept; miss: fetched upstream).",
 	}, []string{"registry", "kind", "result"})
+	collectors.mirrorMissesHeld = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns,
+		Name:      "mirror_misses_held_total",
+		Help:      "Requests for content a mirror does not hold that were answered without asking upstream, by registry and reason (not_found: the upstream's 404 remembered, not_found_ttl; budget: 429, the client past max_misses_per_client).",
+	}, []string{"registry", "reason"})
 	collectors.mirrorBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns,
 		Name:      "mirror_bytes_total",
@@ -260,6 +266,11 @@ func (*metricsObserver) MirrorLookup(reg, kind string, hit bool) {
 	collectors.mirrorLookups.WithLabelValues(reg, kind, result).Inc()
 }
 
+// MirrorMissHeld implements registry.MissObserver.
+func (*metricsObserver) MirrorMissHeld(reg, reason string) {
+	collectors.mirrorMissesHeld.WithLabelValues(reg, reason).Inc()
+}
+
 // MirrorBytes implements registry.MirrorObserver.
 func (*metricsObserver) MirrorBytes(reg, source string, n int64) {
 	if n > 0 {
@@ -295,7 +306,7 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.requests, collectors.duration,
 		collectors.bytesReceived, collectors.bytesSent,
 		collectors.uploads, collectors.uploadBytes,
-		collectors.mirrorLookups, collectors.mirrorBytes,
+		collectors.mirrorLookups, collectors.mirrorBytes, collectors.mirrorMissesHeld,
 		collectors.upstreamReqs, collectors.mirrorFillTime,
 		collectors.mirrorCacheBytes, collectors.mirrorEvictions, collectors.mirrorEvictedBytes,
 		collectors.storageFree, collectors.storageReserve, collectors.reserveReached,

@@ -97,6 +97,25 @@ type Mirror struct {
 	// on its way join it without a slot. Default: 64.
 	MaxConcurrentFills int `json:"max_concurrent_fills,omitempty"`
 
+	// NotFoundTTL is how long the upstream's "not found" for a manifest
+	// (by tag or digest) or a blob is remembered: within it the same
+	// request is answered 404 from memory, the upstream not asked. A tag
+	// pushed upstream right after a pull missed it appears after at most
+	// this long. At most 10,000 answers per mirror are remembered (the
+	// oldest go first). Default: 30s; -1 (Caddyfile: off): not remembered.
+	NotFoundTTL caddy.Duration `json:"not_found_ttl,omitempty"`
+
+	// MaxMissesPerClient is how many requests for content the mirror does
+	// not hold one client may send to the upstream per minute (the budget
+	// refills evenly over the minute; a name asked for again within 30s
+	// is not counted again). A client is the signed-in user, else its
+	// address as Caddy determines it behind trusted_proxies (an IPv6
+	// client by its /64), as max_uploads_per_client counts them. Past it
+	// the client gets 429 TOOMANYREQUESTS with Retry-After and the
+	// upstream is not asked; content the mirror holds is still served to
+	// it. Default: 1000; -1 (Caddyfile: off): no bound.
+	MaxMissesPerClient int `json:"max_misses_per_client,omitempty"`
+
 	// CAFile is a PEM bundle trusted for the upstream's TLS certificate,
 	// in addition to the system roots.
 	CAFile string `json:"ca_file,omitempty"`
@@ -179,6 +198,12 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 		if m.RetryDelay < 0 {
 			return nil, fmt.Errorf("%s: retry_delay must not be negative", where)
 		}
+		if m.NotFoundTTL < 0 && m.NotFoundTTL != -1 {
+			return nil, fmt.Errorf("%s: not_found_ttl must be a positive duration, or -1 (off)", where)
+		}
+		if m.MaxMissesPerClient < -1 {
+			return nil, fmt.Errorf("%s: max_misses_per_client must be a positive number, or -1 (off)", where)
+		}
 		upstreams := m.Upstreams
 		if len(upstreams) == 0 {
 			upstreams = []string{registry.DefaultUpstream(m.Prefix)}
@@ -208,6 +233,8 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 			DialTimeout:        time.Duration(m.DialTimeout),
 			MaxBlobSize:        mirrorBlobLimit(m.MaxBlobSize, cacheSize),
 			MaxConcurrentFills: m.MaxConcurrentFills,
+			NotFoundTTL:        time.Duration(m.NotFoundTTL),
+			MaxMissesPerClient: m.MaxMissesPerClient,
 			UpstreamTimeout:    time.Duration(m.ResponseHeaderTimeout),
 			BlobIdleTimeout:    time.Duration(m.StallTimeout),
 			CAFile:             m.CAFile,
@@ -262,6 +289,8 @@ func mirrorBlobLimit(maxBlob, cacheSize int64) int64 {
 //		stall_timeout <duration>
 //		max_blob_size <size>          # e.g. 10GiB
 //		max_concurrent_fills <n>
+//		not_found_ttl <duration>|off
+//		max_misses_per_client <n>|off
 //		ca_file <file>
 //		insecure_skip_verify
 //		alias <name>...
@@ -378,6 +407,30 @@ func unmarshalMirror(d *caddyfile.Dispenser) (*Mirror, error) {
 				}
 				m.MaxConcurrentFills = n
 			}
+		case "not_found_ttl":
+			var s string
+			if s, err = one(); err == nil {
+				m.NotFoundTTL = -1
+				if s != "off" {
+					dur, perr := caddy.ParseDuration(s)
+					if perr != nil || dur <= 0 {
+						return nil, d.Errf("mirror %s: not_found_ttl must be a positive duration or off, got %q", m.Prefix, s)
+					}
+					m.NotFoundTTL = caddy.Duration(dur)
+				}
+			}
+		case "max_misses_per_client":
+			var s string
+			if s, err = one(); err == nil {
+				m.MaxMissesPerClient = -1
+				if s != "off" {
+					n, perr := strconv.Atoi(s)
+					if perr != nil || n <= 0 {
+						return nil, d.Errf("mirror %s: max_misses_per_client must be a positive number or off, got %q", m.Prefix, s)
+					}
+					m.MaxMissesPerClient = n
+				}
+			}
 		case "insecure_skip_verify", "default", "prefetch":
 			if len(args) != 0 {
 				return nil, d.Errf("mirror %s: %s takes no argument", m.Prefix, sub)
@@ -426,3 +479,7 @@ func (rg *Registry) setMirrorCache(st interface{ SetMirrorCache(cache.MirrorCach
 		Observer: obs,
 	})
 }
+
+// The metrics observer counts what the mirror's miss bounds answer; the
+// interface is optional, so a mismatch would silently count nothing.
+var _ registry.MissObserver = (*metricsObserver)(nil)

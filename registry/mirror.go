@@ -77,6 +77,14 @@ type MirrorConfig struct {
 	// CAFile and InsecureSkipVerify: TLS to the upstream.
 	CAFile             string
 	InsecureSkipVerify bool
+	// NotFoundTTL: a manifest or blob upstream said it does not have is
+	// answered 404 from memory for this long, upstream not asked
+	// (mirror_misses.go). Default DefaultNotFoundTTL; negative: off.
+	NotFoundTTL time.Duration
+	// MaxMissesPerClient: requests for content the store does not hold
+	// that one client (user, else address) may send upstream per minute;
+	// past it, 429. Default DefaultMissesPerClient; negative: no bound.
+	MaxMissesPerClient int
 	// Aliases are other names of the upstream in `?ns=` and
 	// `/<alias>/v2/` (docker.io adds registry-1.docker.io and
 	// index.docker.io on its own).
@@ -124,6 +132,8 @@ type Mirror struct {
 	// repositories is cfg.Repositories spelled out once: serves runs on
 	// every request.
 	repositories []authscope.Pattern
+	notFound     notFound   // upstream's recent "not found" answers
+	misses       missBudget // each client's upstream requests for misses
 	// copy: a sync_into's source (NewCopySource), whose tags are local
 	// content no pull fills on demand.
 	copy bool
@@ -242,6 +252,12 @@ func withDefaults(cfg MirrorConfig) MirrorConfig {
 	if cfg.FillSlotWait <= 0 {
 		cfg.FillSlotWait = DefaultFillSlotWait
 	}
+	if cfg.NotFoundTTL == 0 {
+		cfg.NotFoundTTL = DefaultNotFoundTTL
+	}
+	if cfg.MaxMissesPerClient == 0 {
+		cfg.MaxMissesPerClient = DefaultMissesPerClient
+	}
 	return cfg
 }
 
@@ -255,6 +271,8 @@ func newMirror(cfg MirrorConfig) (*Mirror, error) {
 		attempts = cfg.MaxRetries + 1
 	}
 	m := &Mirror{cfg: cfg, slots: newFillSlots(cfg.MaxConcurrentFills), obs: nopMirrorObserver{}, now: time.Now}
+	m.notFound.ttl = max(cfg.NotFoundTTL, 0)
+	m.misses.perMinute = max(cfg.MaxMissesPerClient, 0)
 	for _, p := range cfg.Repositories {
 		compiled, err := authscope.CompilePattern(p)
 		if err != nil {
@@ -278,6 +296,7 @@ func newMirror(cfg MirrorConfig) (*Mirror, error) {
 		Transport:             cfg.Transport,
 		Logger:                cfg.Logger,
 		OnResponse:            func(method string, status int) { m.obs.UpstreamRequest(prefix, method, status) },
+		OnAnswer:              m.noteAnswer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mirror %s: %w", prefix, err)

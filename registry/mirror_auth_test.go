@@ -153,9 +153,13 @@ func (env *authMirrorEnv) wantSameAnswer(t *testing.T, method, format, digest st
 	unknown := cache.FromBytes(cache.SHA256, []byte("never stored: "+t.Name())).String()
 	// Each answer from an upstream not held by the 429 of the one before
 	// (the hold is the mirror's, whatever the digest).
+	// And each a first time: upstream's "not found" for a name asked
+	// before is remembered (not_found_ttl), whatever the store holds.
 	env.waitUnheld()
+	env.forgetNotFound()
 	got := env.answer(method, format, digest, up)
 	env.waitUnheld()
+	env.forgetNotFound()
 	want := env.answer(method, format, unknown, up)
 	if got.Status == http.StatusOK {
 		t.Errorf("%s %s: 200 for what only a private repository holds", method, format)

@@ -81,6 +81,11 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 		_ = h.blobLost(r.Context(), d, err)
 		lost = true
 	}
+	if !lost {
+		if err := h.beforeUpstream(rc, "blob", d.String()); err != nil {
+			return err
+		}
+	}
 	if r.Method == http.MethodGet {
 		// Fill only starts a fill when there is none and the store
 		// lacks the digest (decided under its lock); otherwise what it

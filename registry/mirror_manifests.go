@@ -140,6 +140,9 @@ func (h *Handler) mirrorManifestByDigest(ctx context.Context, rc *request, d cac
 		return mirroredManifest{}, errInternal(err) // the client left (499)
 	}
 	m.obs.MirrorLookup(m.cfg.Prefix, "manifest", false)
+	if err := h.beforeUpstream(rc, "manifest", d.String()); err != nil {
+		return mirroredManifest{}, err
+	}
 	v, err, _ := m.revalidations.Do(key, func() (any, error) {
 		// A fetch that ended after this request looked.
 		if res, ok := h.pendingAnswer(ctx, m, key, false); ok {
@@ -173,6 +176,11 @@ func (h *Handler) mirrorManifestByTag(ctx context.Context, rc *request, tag stri
 			return mirroredManifest{}, errInternal(err) // the client left (499)
 		}
 		have = false
+	}
+	if !have {
+		if err := h.beforeUpstream(rc, "manifest", tag); err != nil {
+			return mirroredManifest{}, err
+		}
 	}
 	v, err, _ := m.revalidations.Do(key, func() (any, error) {
 		if e := h.pending.get(key); e != nil && m.now().Sub(e.fetched) < m.cfg.TagTTL {
@@ -458,6 +466,9 @@ func (h *Handler) mirrorTagsList(w http.ResponseWriter, r *http.Request, rc *req
 	path := "tags/list"
 	if len(q) > 0 {
 		path += "?" + q.Encode()
+	}
+	if err := h.spendMiss(rc, ""); err != nil {
+		return err // every tag list asks upstream (none is kept): each counts
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), m.cfg.UpstreamTimeout)
 	defer cancel()

@@ -117,6 +117,12 @@ func (h *Handler) mirrorReferrers(w http.ResponseWriter, r *http.Request, rc *re
 	fresh := ok && m.now().Sub(a.fetched) < m.cfg.TagTTL
 	m.obs.MirrorLookup(m.cfg.Prefix, "referrers", fresh)
 	if !fresh {
+		if !ok {
+			// Nothing kept: an upstream request this client pays for.
+			if err := h.spendMiss(rc, key); err != nil {
+				return err
+			}
+		}
 		v, err, _ := m.revalidations.Do("referrers "+key, func() (any, error) {
 			if a, ok := m.referrers.get(key); ok && m.now().Sub(a.fetched) < m.cfg.TagTTL {
 				return a, nil // fetched after this request looked

@@ -35,6 +35,9 @@ type request struct {
 	// authed is the request as the Authorizer passed it (carrying the
 	// caller's identity), for the audit log; nil without auth.
 	authed *http.Request
+	// caller is a mirrored request as auth passed it, whose client a
+	// miss is counted against (mirror_misses.go).
+	caller *http.Request
 	// tagMove: a manifest PUT that points an existing tag elsewhere (or
 	// gives a manifest held here another media type): an update.
 	tagMove bool
@@ -368,7 +371,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rc *request) 
 		if !m.serves(internal) {
 			return newError(http.StatusNotFound, CodeNameUnknown, "repository not mirrored here", nil)
 		}
-		rc.mirror = m
+		rc.mirror, rc.caller = m, r
 		fn, ok := mirrorRoutes[ep.op]
 		if !ok {
 			return errReadOnly(m, h.names.WhyMirrored(name, via))

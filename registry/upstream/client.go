@@ -83,6 +83,10 @@ type Config struct {
 	// (token requests included) with its method and status; status 0 is a
 	// connection failure.
 	OnResponse func(method string, status int)
+	// OnAnswer, if set, is told the outcome of each Do (after retries
+	// and failover): the mirror remembers upstream's "not found" for a
+	// while, and forgets it once upstream has the content (mirror_misses.go).
+	OnAnswer func(repo, path string, resp *http.Response, err error)
 
 	// resolver looks up host names, for the address rule and the dial
 	// alike (tests: a DNS server whose answers they choose). Nil: the
@@ -155,6 +159,7 @@ type Client struct {
 	maxWait  time.Duration
 	log      *zap.Logger
 	onResp   func(string, int)
+	onAnswer func(repo, path string, resp *http.Response, err error)
 	now      func() time.Time // the clock tokens expire by; tests move it
 	resolver *net.Resolver
 
@@ -245,7 +250,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		user: cfg.Username, pass: cfg.Password,
 		attempts: cfg.Attempts, delay: cfg.RetryDelay, maxWait: cfg.MaxRetryWait,
-		log: cfg.Logger, onResp: cfg.OnResponse,
+		log: cfg.Logger, onResp: cfg.OnResponse, onAnswer: cfg.OnAnswer,
 		tokens: map[string]token{}, basic: map[string]bool{},
 		bearer: map[string]authscope.Challenge{},
 		now:    time.Now,
@@ -440,6 +445,14 @@ func realmAllowed(base, realm *url.URL) bool {
 // response when it is a success (2xx, or 304). Any other answer is
 // returned as *Error, with the body read and closed.
 func (c *Client) Do(ctx context.Context, method, repo, path string, hdr http.Header) (*http.Response, error) {
+	resp, err := c.do(ctx, method, repo, path, hdr)
+	if c.onAnswer != nil {
+		c.onAnswer(repo, path, resp, err)
+	}
+	return resp, err
+}
+
+func (c *Client) do(ctx context.Context, method, repo, path string, hdr http.Header) (*http.Response, error) {
 	var last error
 	for _, base := range c.bases {
 		resp, err := c.tryBase(ctx, base, method, repo, path, hdr)
