@@ -640,7 +640,7 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 			finish()
 			return nil
 		}
-		return w
+		return &ownCookiesWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	}
 	h, err := rg.registryHandler()
 	if err != nil {
