@@ -207,16 +207,27 @@ func (f *Front) Validate() error {
 // reverse_proxy, which calls that a bad gateway: it is answered as the
 // client's mistake instead, as oci_registry answers it.
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	var body *clientBody
-	if r.Body != nil && r.Body != http.NoBody {
-		body = &clientBody{ReadCloser: r.Body}
-		r.Body = body
+	body := watchBody(r)
+	return body.blame(f.front.Serve(f.app.closeWhenReplaced(w, r), r, next.ServeHTTP))
+}
+
+// watchBody puts a clientBody in place of r's body; nil when r has none.
+func watchBody(r *http.Request) *clientBody {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil
 	}
-	err := f.front.Serve(f.app.closeWhenReplaced(w, r), r, next.ServeHTTP)
-	if err == nil || body == nil {
+	b := &clientBody{ReadCloser: r.Body}
+	r.Body = b
+	return b
+}
+
+// blame is err, the failure of a handler that read b, or the client's
+// mistake (400, or 413 past a size limit) when reading b failed.
+func (b *clientBody) blame(err error) error {
+	if err == nil || b == nil {
 		return err
 	}
-	if berr := body.failure(); berr != nil {
+	if berr := b.failure(); berr != nil {
 		if mbe := (*http.MaxBytesError)(nil); errors.As(berr, &mbe) {
 			return caddyhttp.Error(http.StatusRequestEntityTooLarge, berr)
 		}

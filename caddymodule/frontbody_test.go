@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 
 // TestFrontClientBodyError: a request body the client spoiled (a chunked
 // body that does not parse) is the client's mistake, answered 400 by
-// oci_front, as oci_registry answers it. Before, reverse_proxy's failure
+// oci_front, as oci_registry answers it, and by oci_registry for a
+// request it passes on to reverse_proxy. Before, reverse_proxy's failure
 // to read it reached the client as 502 Bad Gateway (measured against the
 // built binary), a server fault a client retries and an operator is paged
 // for.
@@ -24,7 +26,7 @@ func TestFrontClientBodyError(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 	}))
 	t.Cleanup(backend.Close)
-	addr := freeAddr(t)
+	addr, reg := freeAddr(t), freeAddr(t)
 	cfg := adaptFront(t, `{
 	admin off
 	log {
@@ -38,16 +40,24 @@ http://`+addr+` {
 		}
 	}
 	reverse_proxy `+backend.URL+`
+}
+http://`+reg+` {
+	oci_registry {
+		storage `+t.TempDir()+`
+	}
+	reverse_proxy `+backend.URL+`
 }`)
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stopCaddy(t) })
 	for name, req := range map[string]string{
-		"chunk size not hex":  "POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: " + addr + "\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n",
-		"chunk ext with CRLF": "PATCH /v2/team/app/blobs/uploads/u1 HTTP/1.1\r\nHost: " + addr + "\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\"\r\n\"\r\nx\r\n0\r\n\r\n",
+		"front: chunk size not hex":  "POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: " + addr + "\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n",
+		"front: chunk ext with CRLF": "PATCH /v2/team/app/blobs/uploads/u1 HTTP/1.1\r\nHost: " + addr + "\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\"\r\n\"\r\nx\r\n0\r\n\r\n",
+		"beside the registry":        "POST /app/form HTTP/1.1\r\nHost: " + reg + "\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n",
 	} {
-		c, err := net.Dial("tcp", addr)
+		to, _, _ := strings.Cut(strings.SplitN(req, "Host: ", 2)[1], "\r\n")
+		c, err := net.Dial("tcp", to)
 		if err != nil {
 			t.Fatal(err)
 		}
