@@ -301,8 +301,12 @@ func firstComponent(name string) string {
 }
 
 // hostMatches compares a configured host with a request's Host header; a
-// configured host without a port matches any port.
+// configured host without a port matches any port. Case and a trailing
+// dot (the absolute spelling of a DNS name, which reaches the same
+// server) do not count: a client that spells a mirror's host so must not
+// get the default mirror's image of the same name instead.
 func hostMatches(configured, requested string) bool {
+	configured, requested = absoluteHost(configured), absoluteHost(requested)
 	if strings.EqualFold(configured, requested) {
 		return true
 	}
@@ -311,6 +315,17 @@ func hostMatches(configured, requested string) bool {
 	}
 	h, _, err := net.SplitHostPort(requested)
 	return err == nil && strings.EqualFold(configured, h)
+}
+
+// absoluteHost is h (host or host:port) without its name's trailing dot.
+func absoluteHost(h string) string {
+	if host, port, err := net.SplitHostPort(h); err == nil {
+		if t := strings.TrimSuffix(host, "."); t != host {
+			return net.JoinHostPort(t, port)
+		}
+		return h
+	}
+	return strings.TrimSuffix(h, ".")
 }
 
 // sameHost reports whether ns names this server itself (containerd sends

@@ -78,6 +78,12 @@ func TestInternal(t *testing.T) {
 		{typed: "debian", via: Via{Host: "docker.mirror.example"}, want: "docker.io/library/debian"},
 		{typed: "debian", via: Via{Host: "docker.mirror.example:5000"}, want: "docker.io/library/debian"},
 		{typed: "org/app", via: Via{Host: "quay.mirror.example:8443"}, want: "quay.io/org/app"},
+		// a host's absolute spelling (a trailing dot) is the same host:
+		// otherwise its names fell to the default mirror, another
+		// upstream's image under the same name
+		{typed: "org/app", via: Via{Host: "quay.mirror.example.:8443"}, want: "quay.io/org/app"},
+		{typed: "debian", via: Via{Host: "Docker.Mirror.Example."}, want: "docker.io/library/debian"},
+		{typed: "team/app", via: Via{NS: "reg.example.", Host: "reg.example:5000"}, want: "team/app"},
 		{typed: "org/app", via: Via{Host: "quay.mirror.example:9999"}, want: "docker.io/org/app"},
 		// hostile names
 		{typed: "../etc/passwd", err: ErrNameInvalid},

@@ -219,6 +219,32 @@ func DropSignInCookies(h http.Header) {
 	}
 }
 
+// DropSignInSetCookies removes from h, an answer another handler or a
+// backend wrote (passed through to this server's client), every
+// Set-Cookie that names one of this server's sign-in cookies: it may
+// neither replace a session (with one it holds of its own: a session
+// fixation) nor clear it. The name is read as browsers read it: up to
+// the first `=` of the part before the first `;`, trimmed (a pair
+// without `=` is read as a bare name too).
+func DropSignInSetCookies(h http.Header) {
+	lines := h.Values("Set-Cookie")
+	keep := lines[:0:0]
+	for _, line := range lines {
+		pair, _, _ := strings.Cut(line, ";")
+		name, _, _ := strings.Cut(pair, "=")
+		if !isSignInCookie(strings.TrimSpace(name)) {
+			keep = append(keep, line)
+		}
+	}
+	if len(keep) == len(lines) {
+		return
+	}
+	h.Del("Set-Cookie")
+	for _, line := range keep {
+		h.Add("Set-Cookie", line)
+	}
+}
+
 // set seals v into the cookie base, living until expires.
 func (j cookieJar) set(w http.ResponseWriter, base string, v any, expires time.Time) error {
 	name := j.name(base)

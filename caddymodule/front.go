@@ -3,7 +3,9 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -199,8 +201,65 @@ func (f *Front) Validate() error {
 // next with a writer that turns the answer back into the client's names.
 // While a newer config takes over, HTTP/1 responses close their
 // connection (reload.go).
+//
+// A request body the client spoiled (a chunked body that does not parse,
+// one cut short, one over a request_body limit) fails next, usually
+// reverse_proxy, which calls that a bad gateway: it is answered as the
+// client's mistake instead, as oci_registry answers it.
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return f.front.Serve(f.app.closeWhenReplaced(w, r), r, next.ServeHTTP)
+	body := watchBody(r)
+	return body.blame(f.front.Serve(f.app.closeWhenReplaced(w, r), r, next.ServeHTTP))
+}
+
+// watchBody puts a clientBody in place of r's body; nil when r has none.
+func watchBody(r *http.Request) *clientBody {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	b := &clientBody{ReadCloser: r.Body}
+	r.Body = b
+	return b
+}
+
+// blame is err, the failure of a handler that read b, or the client's
+// mistake (400, or 413 past a size limit) when reading b failed.
+func (b *clientBody) blame(err error) error {
+	if err == nil || b == nil {
+		return err
+	}
+	if berr := b.failure(); berr != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(berr, &mbe) {
+			return caddyhttp.Error(http.StatusRequestEntityTooLarge, berr)
+		}
+		return caddyhttp.Error(http.StatusBadRequest, berr)
+	}
+	return err
+}
+
+// clientBody is a request body that remembers its first read error other
+// than EOF. It is read by whichever goroutine next sends it from.
+type clientBody struct {
+	io.ReadCloser
+	mu  sync.Mutex
+	err error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *clientBody) failure() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 // Interface guards

@@ -606,7 +606,10 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	pass := rg.serve(w, r)
 	rg.requests.leave()
 	if pass != nil {
-		return next.ServeHTTP(pass, r)
+		// The next handler (reverse_proxy) calls a body the client
+		// spoiled a bad gateway; it is the client's mistake (front.go).
+		body := watchBody(r)
+		return body.blame(next.ServeHTTP(pass, r))
 	}
 	return nil
 }
@@ -640,7 +643,7 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request) http.ResponseW
 			finish()
 			return nil
 		}
-		return w
+		return &ownCookiesWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	}
 	h, err := rg.registryHandler()
 	if err != nil {

@@ -588,7 +588,14 @@ func expectDelim(dec *json.Decoder, d json.Delim) error {
 	return nil
 }
 
-// skipValue reads past one value, a token at a time.
+// maxSkipDepth bounds the nesting of a value skipValue reads past:
+// json.Decoder's Token keeps an entry per open array or object with no
+// bound of its own (some 45 bytes of allocations per `[`), and upstream
+// writes what is skipped.
+const maxSkipDepth = 64
+
+// skipValue reads past one value, a token at a time, nested at most
+// maxSkipDepth deep.
 func skipValue(dec *json.Decoder) error {
 	depth := 0
 	for {
@@ -598,7 +605,9 @@ func skipValue(dec *json.Decoder) error {
 		}
 		switch tok {
 		case json.Delim('{'), json.Delim('['):
-			depth++
+			if depth++; depth > maxSkipDepth {
+				return fmt.Errorf("a value nested more than %d deep", maxSkipDepth)
+			}
 		case json.Delim('}'), json.Delim(']'):
 			depth--
 		}

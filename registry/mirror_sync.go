@@ -29,6 +29,11 @@ import (
 // whose Link never ends cannot keep a run busy forever.
 const maxListPages = 10000
 
+// maxSyncListing bounds what one listing (a repository's tags, the
+// catalog) may cost across all its pages, each name counted with what
+// keeping it costs (listedNameCost).
+const maxSyncListing = 32 << 20
+
 // SyncSource fetches one mirror's (or copy source's) content into the
 // store for scheduled sync. Repository names it takes are upstream's; it
 // stores them under the source's prefix.
@@ -130,23 +135,21 @@ func (s *SyncSource) request(repo string) (*request, error) {
 func (s *SyncSource) Repositories(ctx context.Context) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
+	var spent int
 	err := s.list(ctx, "", "_catalog", func(body io.Reader) (int, error) {
-		var page struct {
-			Repositories []string `json:"repositories"`
-		}
-		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
-			return 0, fmt.Errorf("upstream catalog unreadable: %w", err)
-		}
 		n := 0 // new names, served or not: a page of others is progress
-		for _, r := range page.Repositories {
+		err := readListedNames(body, "repositories", &spent, func(r string) {
 			if seen[r] {
-				continue
+				return
 			}
 			seen[r] = true
 			n++
 			if s.serves(r) {
 				out = append(out, r)
 			}
+		})
+		if err != nil {
+			return 0, fmt.Errorf("upstream catalog: %w", err)
 		}
 		return n, nil
 	})
@@ -166,15 +169,12 @@ func (s *SyncSource) Tags(ctx context.Context, repo string) ([]string, error) {
 	}
 	var out []string
 	seen := map[string]bool{}
+	var spent int
 	err = s.list(ctx, s.m.upstreamName(rc.name), "tags/list", func(body io.Reader) (int, error) {
-		var page tagList
-		if err := json.NewDecoder(io.LimitReader(body, 32<<20)).Decode(&page); err != nil {
-			return 0, fmt.Errorf("upstream tag list unreadable: %w", err)
-		}
 		// An invalid name is left out but still new: a page of only
 		// those is not the "nothing new" that ends the listing.
 		n := 0
-		for _, t := range page.Tags {
+		err := readListedNames(body, "tags", &spent, func(t string) {
 			if !seen[t] {
 				seen[t] = true
 				n++
@@ -182,10 +182,77 @@ func (s *SyncSource) Tags(ctx context.Context, repo string) ([]string, error) {
 					out = append(out, t)
 				}
 			}
+		})
+		if err != nil {
+			return 0, fmt.Errorf("upstream tag list: %w", err)
 		}
 		return n, nil
 	})
 	return out, err
+}
+
+// listedNameCost is what keeping a listed name costs: its bytes, and
+// its place in the listing's slice and seen map.
+func listedNameCost(name string) int { return len(name) + 64 }
+
+// errListingTooLong: an upstream listing whose names cost more than
+// maxSyncListing.
+var errListingTooLong = fmt.Errorf("more names than sync reads in one listing (%d MiB of names)", maxSyncListing>>20)
+
+// readListedNames reads the array under key of one page of a listing
+// ({"tags": [...]} or {"repositories": [...]}) a name at a time, never
+// the page whole, and hands each name to add. Every name read, new or
+// not, is charged to *spent, the listing's running cost across its
+// pages: past maxSyncListing the listing fails, since upstream decides
+// how long it is (and how often it repeats a name) and a run must not
+// hold an unbounded list.
+func readListedNames(body io.Reader, key string, spent *int, add func(string)) error {
+	dec := json.NewDecoder(io.LimitReader(body, 32<<20))
+	if err := expectDelim(dec, '{'); err != nil {
+		return fmt.Errorf("unreadable: %w", err)
+	}
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("unreadable: %w", err)
+		}
+		if k != key {
+			if err := skipValue(dec); err != nil {
+				return fmt.Errorf("unreadable: %w", err)
+			}
+			continue
+		}
+		tok, err := dec.Token()
+		switch {
+		case err != nil:
+			return fmt.Errorf("unreadable: %w", err)
+		case tok == nil:
+			continue // null, as distribution answers for none
+		case tok != json.Delim('['):
+			return fmt.Errorf("unreadable: %s: %v, want an array", key, tok)
+		}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return fmt.Errorf("unreadable: %w", err)
+			}
+			name, ok := tok.(string)
+			if !ok {
+				return fmt.Errorf("unreadable: %s: %v is not a string", key, tok)
+			}
+			if *spent += listedNameCost(name); *spent > maxSyncListing {
+				return errListingTooLong
+			}
+			add(name)
+		}
+		if _, err := dec.Token(); err != nil { // ]
+			return fmt.Errorf("unreadable: %w", err)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // }
+		return fmt.Errorf("unreadable: %w", err)
+	}
+	return nil
 }
 
 // list GETs path in repo (or registry-wide) page by page, following

@@ -217,8 +217,20 @@ func (f *Front) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 			"query parameter "+strconv.Quote(k)+": ns, from and mount are lower case", nil))
 		return nil
 	}
+	if r.Method == http.MethodConnect {
+		// HTTP/2's extended CONNECT (a WebSocket), which a proxy
+		// would turn into an upgrade at the backend.
+		f.refuse(w, r, t, registry.NewError(http.StatusMethodNotAllowed, registry.CodeUnsupported, "the registry API does not switch protocols", nil))
+		return nil
+	}
 	v := &view{front: f, req: r, via: t.Via, kind: t.Kind}
 	br := r.Clone(r.Context())
+	// The registry API never switches protocols. A backend that accepted
+	// an upgrade here (a WebSocket, h2c) would make the connection a raw
+	// tunnel to it, whose later requests the front would neither map nor
+	// check; without Upgrade the request is served as the plain HTTP/1.1
+	// request it also is (an h2c client carries on in HTTP/1.1).
+	br.Header.Del("Upgrade")
 	// A sign-in session of this server (oci_registry's OIDC on the same
 	// host) is never the backend's business.
 	authscope.DropSignInCookies(br.Header)

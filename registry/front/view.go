@@ -50,6 +50,10 @@ func (v *view) headers(h http.Header) {
 	// The backend's manifests and blobs are a pusher's bytes, now served
 	// on this site's origin.
 	authscope.InertContent(h)
+	// This server's sign-in session (oci_registry's OIDC on the same
+	// site) is not the backend's to set, as it is not the backend's to
+	// read.
+	authscope.DropSignInSetCookies(h)
 	if cs := h.Values("Www-Authenticate"); len(cs) > 0 {
 		cv := authscope.ChallengeView{Service: v.front.cfg.Service, Name: v.name}
 		if v.front.proxy != nil {

@@ -35,6 +35,12 @@ const (
 	attempts = 3
 	// maxDepth of nested indexes followed.
 	maxDepth = 4
+	// maxTagManifests bounds the manifests below one tag that a run
+	// walks (children of its index and of nested ones, each digest
+	// once): upstream writes the indexes, and N entries on each of
+	// maxDepth levels would otherwise be N^4 walks. A real multi-platform
+	// image has tens.
+	maxTagManifests = 1024
 )
 
 // Source is what a sync fetches through (registry.SyncSource).
@@ -430,7 +436,7 @@ func (r *run) syncTag(ctx context.Context, j job) {
 	if fetched {
 		r.count(func(st *RunStats) { st.ManifestsFetched++ })
 	}
-	if !r.walk(ctx, j, man, 0) {
+	if !r.walk(ctx, j, man, 0, &walked{seen: map[cache.Digest]bool{}, blobs: map[cache.Digest]bool{}}) {
 		return // a sync_into's tag stays where it was: the next run tries again
 	}
 	if err := r.retry(ctx, func() error { return man.Commit(ctx) }); err != nil {
@@ -458,11 +464,20 @@ type doc struct {
 	Layers    []desc `json:"layers"`
 }
 
+// walked is what the walk of one tag has been through: each child
+// manifest's result by digest, so that a digest an index lists many
+// times (or several indexes list) is walked once.
+type walked struct {
+	seen  map[cache.Digest]bool
+	blobs map[cache.Digest]bool // each blob's result, as seen
+	over  bool                  // past maxTagManifests: the tag failed
+}
+
 // walk fetches what man references: the children of an index that the
 // platforms select (following nested indexes), or an image's config and
 // layers. It reports whether all of it is stored (a skip by the
 // signature policy counts as stored: the policy keeps it out).
-func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth int) (whole bool) {
+func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth int, w *walked) (whole bool) {
 	whole = true
 	var d doc
 	if err := json.Unmarshal(man.Body, &d); err != nil {
@@ -475,6 +490,9 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 			return false
 		}
 		for _, c := range d.Manifests {
+			if w.over {
+				return false
+			}
 			nested := strings.Contains(c.MediaType, "index") || strings.Contains(c.MediaType, "manifest.list")
 			if !nested && !j.f.wantPlatform(c.Platform) {
 				continue
@@ -485,11 +503,22 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 				whole = false
 				continue
 			}
+			if done, ok := w.seen[cd]; ok {
+				whole = whole && done
+				continue
+			}
+			if len(w.seen) >= maxTagManifests {
+				w.over = true
+				r.fail(j.repo+":"+j.tag, fmt.Errorf("its indexes list more than %d manifests", maxTagManifests))
+				return false
+			}
+			w.seen[cd] = false // until walked: a failure below leaves it so
 			var child registry.SyncManifest
 			var fetched bool
 			err = r.retry(ctx, func() (err error) { child, fetched, err = r.s.src.Manifest(ctx, j.repo, man, cd); return err })
 			if errors.Is(err, registry.ErrSignaturePolicy) {
 				r.skip(j.repo+"@"+cd.String(), err)
+				w.seen[cd] = true
 				continue
 			}
 			if err != nil {
@@ -500,7 +529,9 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 			if fetched {
 				r.count(func(st *RunStats) { st.ManifestsFetched++ })
 			}
-			whole = r.walk(ctx, j, child, depth+1) && whole
+			done := r.walk(ctx, j, child, depth+1, w)
+			w.seen[cd] = done
+			whole = done && whole
 		}
 		return whole
 	}
@@ -518,8 +549,13 @@ func (r *run) walk(ctx context.Context, j job, man registry.SyncManifest, depth 
 			whole = false
 			continue
 		}
+		if done, ok := w.blobs[bd]; ok {
+			whole = whole && done
+			continue
+		}
 		var fetched bool
 		err = r.retry(ctx, func() (err error) { fetched, err = r.s.src.Blob(ctx, j.repo, bd); return err })
+		w.blobs[bd] = err == nil
 		if err != nil {
 			r.fail(j.repo+"@"+bd.String(), err)
 			whole = false
