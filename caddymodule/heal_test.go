@@ -75,8 +75,18 @@ func TestS3BlobLostOrDamagedHeals(t *testing.T) {
 					t.Fatalf("GET of a mirrored blob %s: %d upstream GETs, want %d", what, n, fetches)
 				}
 			}
+			// A GET may end while its fill commits (the upload to S3);
+			// a HEAD answers once the commit ended, so that what the
+			// test does to the object next is not undone by it.
+			committed := func() {
+				t.Helper()
+				if r := blobRequest(t, http.MethodHead, url, false, ""); r.StatusCode != http.StatusOK {
+					t.Fatalf("HEAD of a mirrored blob: %s", r.Status)
+				}
+			}
 			get("cold", 1)
 			get("warm", 1)
+			committed()
 
 			// The read cache keeps no copy of a blob a fill wrote; a
 			// GET through it may have made one: the cases below are
@@ -88,6 +98,7 @@ func TestS3BlobLostOrDamagedHeals(t *testing.T) {
 				}
 				get("that S3 lost", 2)
 				get("fetched again", 2)
+				committed()
 				srv.Put(t, bucket, key(d.String()), want[:len(want)/3])
 				get("whose object was cut short", 3)
 				get("fetched again after the cut", 3)

@@ -48,18 +48,19 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 	// simply a miss from here on.
 	defer store.Hold(d)()
 	if f := store.Filling(r.Context(), d); f != nil && f.Repo() == rc.name {
-		if r.Method == http.MethodGet {
+		switch {
+		case r.Method == http.MethodGet:
 			// Another client's fill for this repository (or a
 			// prefetch's) asks upstream for this very name: its answer
 			// is the one a HEAD would get, so this GET joins it without
 			// one, and learns upstream's refusal from it too. A fill
-			// with every byte in and verified is read the same way, not
-			// after its commit: the blob's sync, the slowest part of a
-			// commit, is no wait of a client's.
+			// with every byte in and verified is read the same way: its
+			// commit (a sync, or on replicas the upload to the bucket,
+			// seconds for a large blob; a prefetched blob is usually
+			// there) is no wait of a client's.
 			m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
 			return h.serveFillOrRefill(w, r, rc, d, f, true, false)
-		}
-		if f.Verified() {
+		case f.Verified():
 			// Its readers may have had every byte before it is
 			// committed and linked; a HEAD answers after that, as a
 			// plain store hit.
