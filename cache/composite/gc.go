@@ -24,7 +24,7 @@ const gcUploadsPerPass = 16 * gcBatch
 // gcCursor is where this replica's next pass resumes. Kept in memory: a
 // new leader starts from the beginning, which costs one pass's bound.
 type gcCursor struct {
-	uploads   metastore.Upload
+	uploads    metastore.Upload
 	leftovers  string // blobstore.Sweeper's
 	unrecorded string // blobstore.Lister's
 }
