@@ -716,3 +716,15 @@ func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, at time.Tim
 	return s.execOne(ctx, "tag fetched", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),
 		"UPDATE tags SET fetched = $3 WHERE repo = $1 AND tag = $2", repo, tag, at)
 }
+
+// Now implements metastore.Clock: PostgreSQL's clock, the one leases and
+// session expiry are judged by.
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	cctx, cancel := s.metaCall(ctx)
+	defer cancel()
+	var t time.Time
+	err := s.pool.QueryRow(cctx, "SELECT clock_timestamp()").Scan(&t)
+	return t, failed(ctx, "clock", err)
+}
+
+var _ metastore.Clock = (*Store)(nil)

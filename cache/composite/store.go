@@ -57,6 +57,7 @@ type Store struct {
 	grace  time.Duration
 	log    *zap.Logger
 	now    func() time.Time
+	clock  *dbClock // nil without the database's clock
 
 	limits   limitsBox
 	gcMu     sync.Mutex
@@ -118,8 +119,18 @@ func New(opts Options) (*Store, error) {
 	s.mirror.pins = map[cache.Digest]int{}
 	s.mirror.kick = make(chan struct{}, 1)
 	s.fills.ctx, s.fills.cancel = context.WithCancel(context.Background())
+	if db, ok := s.meta.(metastore.Clock); ok {
+		s.clock = &dbClock{db: db, local: time.Now, background: s.background}
+		s.now = s.clock.now
+		s.now() // takes the first reading
+	}
 	return s, nil
 }
+
+// Now is the time this store writes and judges stored times by: the
+// database's clock where it has one (clock.go). The registry's mirror
+// stamps and judges tags with it.
+func (s *Store) Now() time.Time { return s.now() }
 
 // blobInfo is a record as the registry sees it.
 func blobInfo(r metastore.BlobRecord) cache.BlobInfo {
