@@ -43,6 +43,9 @@ type Options struct {
 	// SpoolDir holds the local copies of mirror fills in progress (the
 	// first clients read them as they arrive). Default: os.TempDir().
 	SpoolDir string
+	// LocalClock is this process's wall clock; nil is time.Now. Tests set
+	// one stepped away from the others' (clock.go).
+	LocalClock func() time.Time
 	Logger   *zap.Logger
 }
 
@@ -91,12 +94,15 @@ func New(opts Options) (*Store, error) {
 		ttl:    opts.UploadTTL,
 		grace:  opts.GCGrace,
 		log:    opts.Logger,
-		now:    time.Now,
+		now:    opts.LocalClock,
 
 		batch:          gcBatch,
 		uploadsPerPass: gcUploadsPerPass,
 		holdWait:       holdWait,
 		appendWait:     appendWait,
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	if s.ttl <= 0 {
 		s.ttl = 24 * time.Hour
@@ -120,7 +126,7 @@ func New(opts Options) (*Store, error) {
 	s.mirror.kick = make(chan struct{}, 1)
 	s.fills.ctx, s.fills.cancel = context.WithCancel(context.Background())
 	if db, ok := s.meta.(metastore.Clock); ok {
-		s.clock = &dbClock{db: db, local: time.Now, background: s.background}
+		s.clock = &dbClock{db: db, local: s.now, background: s.background}
 		s.now = s.clock.now
 		s.now() // takes the first reading
 	}
