@@ -46,7 +46,7 @@ type Options struct {
 	// LocalClock is this process's wall clock; nil is time.Now. Tests set
 	// one stepped away from the others' (clock.go).
 	LocalClock func() time.Time
-	Logger   *zap.Logger
+	Logger     *zap.Logger
 }
 
 // Store is the registry's store over the seams. It is safe for concurrent
