@@ -30,7 +30,7 @@ func (s *Store) CreateAPIKey(id string, record []byte) error {
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, "INSERT INTO api_keys (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", id, record)
+	tag, err := s.execTx(ctx, "INSERT INTO api_keys (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", id, record)
 	if err != nil {
 		return failed(context.Background(), "API key "+id, err)
 	}
@@ -107,7 +107,7 @@ func (s *Store) DeleteAPIKey(id string) error {
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	if _, err := s.pool.Exec(ctx, "DELETE FROM api_keys WHERE id = $1", id); err != nil {
+	if _, err := s.execTx(ctx, "DELETE FROM api_keys WHERE id = $1", id); err != nil {
 		return failed(context.Background(), "API key "+id, err)
 	}
 	return nil
@@ -141,7 +141,7 @@ func (s *Store) CreateSession(id string, record []byte, expires time.Time) error
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, "INSERT INTO sessions (id, record, expires) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING", id, record, expires)
+	tag, err := s.execTx(ctx, "INSERT INTO sessions (id, record, expires) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING", id, record, expires)
 	if err != nil {
 		return failed(context.Background(), "session "+id, err)
 	}
@@ -183,7 +183,7 @@ func (s *Store) DeleteSession(id string) error {
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	if _, err := s.pool.Exec(ctx, "DELETE FROM sessions WHERE id = $1", id); err != nil {
+	if _, err := s.execTx(ctx, "DELETE FROM sessions WHERE id = $1", id); err != nil {
 		return failed(context.Background(), "session "+id, err)
 	}
 	return nil

@@ -138,11 +138,32 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(ctx context.Conte
 func (s *Store) execOne(ctx context.Context, what string, missing error, sql string, args ...any) error {
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(cctx, sql, args...)
+	tag, err := s.execTx(cctx, sql, args...)
 	if err == nil && tag.RowsAffected() == 0 {
 		return missing
 	}
 	return failed(ctx, what, err)
+}
+
+// execTx runs one write in a transaction committed once its answer is
+// in. Sent on its own, a statement whose answer never came (the server
+// process stopped, its network path stalled, and the call timed out)
+// still waits in the server's socket and runs whenever the server goes
+// on, after the caller was told it failed and after newer writes of the
+// same row, acknowledged through other connections or replicas, which
+// it then undoes: a late DeleteTag drops a tag moved since, a late tag
+// create brings back a tag deleted since. In a transaction it runs and
+// is rolled back, as the server finds its client gone before a COMMIT.
+// Writes that only add (the login ledger), or that check a version or a
+// token of their own, need none of this.
+func (s *Store) execTx(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	var tag pgconn.CommandTag
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		tag, err = tx.Exec(ctx, sql, args...)
+		return err
+	})
+	return tag, err
 }
 
 // digests renders ds as text, checking each.
@@ -629,13 +650,13 @@ func (s *Store) MoveTag(ctx context.Context, repo, tag string, from, to metastor
 	var tg pgconn.CommandTag
 	var err error
 	if from.IsZero() {
-		tg, err = s.pool.Exec(cctx, `INSERT INTO tags (repo, tag, digest) VALUES ($1, $2, $3)
+		tg, err = s.execTx(cctx, `INSERT INTO tags (repo, tag, digest) VALUES ($1, $2, $3)
 			ON CONFLICT (repo, tag) DO NOTHING`, repo, tag, to.String())
 	} else {
 		// Concurrent movers queue on the row lock; each then checks the
 		// WHERE against the row the one before it left, so only the first
 		// still finds `from`.
-		tg, err = s.pool.Exec(cctx, `UPDATE tags SET digest = $4, fetched = NULL
+		tg, err = s.execTx(cctx, `UPDATE tags SET digest = $4, fetched = NULL
 			WHERE repo = $1 AND tag = $2 AND digest = $3`, repo, tag, from.String(), to.String())
 	}
 	switch {
@@ -695,3 +716,15 @@ func (s *Store) SetTagFetched(ctx context.Context, repo, tag string, at time.Tim
 	return s.execOne(ctx, "tag fetched", fmt.Errorf("%w: %s:%s", metastore.ErrTagUnknown, repo, tag),
 		"UPDATE tags SET fetched = $3 WHERE repo = $1 AND tag = $2", repo, tag, at)
 }
+
+// Now implements metastore.Clock: PostgreSQL's clock, the one leases and
+// session expiry are judged by.
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	cctx, cancel := s.metaCall(ctx)
+	defer cancel()
+	var t time.Time
+	err := s.pool.QueryRow(cctx, "SELECT clock_timestamp()").Scan(&t)
+	return t, failed(ctx, "clock", err)
+}
+
+var _ metastore.Clock = (*Store)(nil)

@@ -144,7 +144,7 @@ func (s *Store) ReleaseUploadBytes(ctx context.Context, id string) error {
 	}
 	cctx, cancel := s.metaCall(ctx)
 	defer cancel()
-	_, err := s.pool.Exec(cctx, "UPDATE uploads SET reserved = 0 WHERE id = $1 AND reserved <> 0", id)
+	_, err := s.execTx(cctx, "UPDATE uploads SET reserved = 0 WHERE id = $1 AND reserved <> 0", id)
 	return failed(ctx, "release upload bytes", err)
 }
 

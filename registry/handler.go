@@ -171,6 +171,17 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store != nil {
 		cfg.Store.SetUploadLimits(cfg.Uploads)
 	}
+	if c, ok := cfg.Store.(interface{ Now() time.Time }); ok {
+		// A store shared by replicas has one clock for them all (the
+		// database's): a tag's fetch time, stamped by one replica and
+		// judged against tag_ttl by another, must not depend on how far
+		// apart their own clocks are (one stepped ten minutes ahead saw
+		// every tag as expired, and its own stamps held tags ten minutes
+		// past tag_ttl on the others).
+		for _, m := range cfg.Mirrors {
+			m.now = c.Now
+		}
+	}
 	h := &Handler{cfg: cfg, sigNow: time.Now, sigVouches: expiringSet{max: sigVouchesMax}, sigMisses: expiringSet{max: sigMissesMax},
 		sigParents: digestRelation{ttl: sigVouchTTL}, sigVouchers: digestRelation{ttl: sigVoucherTTL}}
 	if len(cfg.Mirrors) > 0 || len(cfg.LocalPrefixes) > 0 {

@@ -24,8 +24,9 @@ const gcUploadsPerPass = 16 * gcBatch
 // gcCursor is where this replica's next pass resumes. Kept in memory: a
 // new leader starts from the beginning, which costs one pass's bound.
 type gcCursor struct {
-	uploads   metastore.Upload
-	leftovers string // blobstore.Sweeper's
+	uploads    metastore.Upload
+	leftovers  string // blobstore.Sweeper's
+	unrecorded string // blobstore.Lister's
 }
 
 // gcTTL is the GC lease: the leader renews it while it works; if it dies
@@ -69,6 +70,9 @@ func (s *Store) GC(ctx context.Context) (cache.GCStats, error) {
 		return st, err
 	}
 	leftovers, err := s.sweepLeftovers(work, now)
+	if err == nil {
+		err = s.recordUnrecorded(work, cutoff)
+	}
 	if st.LinksRemoved+st.BlobsRemoved+st.UploadsExpired+leftovers > 0 {
 		s.log.Info("garbage collected",
 			zap.Int("links_removed", st.LinksRemoved), zap.Int("blobs_removed", st.BlobsRemoved),

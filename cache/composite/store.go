@@ -43,7 +43,10 @@ type Options struct {
 	// SpoolDir holds the local copies of mirror fills in progress (the
 	// first clients read them as they arrive). Default: os.TempDir().
 	SpoolDir string
-	Logger   *zap.Logger
+	// LocalClock is this process's wall clock; nil is time.Now. Tests set
+	// one stepped away from the others' (clock.go).
+	LocalClock func() time.Time
+	Logger     *zap.Logger
 }
 
 // Store is the registry's store over the seams. It is safe for concurrent
@@ -57,6 +60,7 @@ type Store struct {
 	grace  time.Duration
 	log    *zap.Logger
 	now    func() time.Time
+	clock  *dbClock // nil without the database's clock
 
 	limits   limitsBox
 	gcMu     sync.Mutex
@@ -90,12 +94,15 @@ func New(opts Options) (*Store, error) {
 		ttl:    opts.UploadTTL,
 		grace:  opts.GCGrace,
 		log:    opts.Logger,
-		now:    time.Now,
+		now:    opts.LocalClock,
 
 		batch:          gcBatch,
 		uploadsPerPass: gcUploadsPerPass,
 		holdWait:       holdWait,
 		appendWait:     appendWait,
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	if s.ttl <= 0 {
 		s.ttl = 24 * time.Hour
@@ -118,8 +125,18 @@ func New(opts Options) (*Store, error) {
 	s.mirror.pins = map[cache.Digest]int{}
 	s.mirror.kick = make(chan struct{}, 1)
 	s.fills.ctx, s.fills.cancel = context.WithCancel(context.Background())
+	if db, ok := s.meta.(metastore.Clock); ok {
+		s.clock = &dbClock{db: db, local: s.now, background: s.background}
+		s.now = s.clock.now
+		s.now() // takes the first reading
+	}
 	return s, nil
 }
+
+// Now is the time this store writes and judges stored times by: the
+// database's clock where it has one (clock.go). The registry's mirror
+// stamps and judges tags with it.
+func (s *Store) Now() time.Time { return s.now() }
 
 // blobInfo is a record as the registry sees it.
 func blobInfo(r metastore.BlobRecord) cache.BlobInfo {

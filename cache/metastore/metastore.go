@@ -496,3 +496,13 @@ type Store interface {
 	Collector
 	MirrorCache
 }
+
+// Clock is a metadata store shared by replicas that can tell its own
+// time: the one clock they all read, so that times one replica writes
+// and another judges (expiry, grace periods) do not depend on how far
+// their own clocks are apart. Optional: a caller checks with a type
+// assertion.
+type Clock interface {
+	// Now is the store's current time.
+	Now(ctx context.Context) (time.Time, error)
+}

@@ -584,3 +584,11 @@ func (s *Store) UndoInFlight() int {
 	}
 	return 0
 }
+
+// Blobs implements blobstore.Lister for the backend, when it is one.
+func (s *Store) Blobs(ctx context.Context, cursor string, n int) ([]blobstore.Listed, string, error) {
+	if l, ok := s.Store.(blobstore.Lister); ok {
+		return l.Blobs(ctx, cursor, n)
+	}
+	return nil, "", nil
+}

@@ -63,7 +63,7 @@ func probeEvery() time.Duration { return stallTimeout / 4 }
 // socket's buffers take whole (a 6 MiB part on loopback) never meets
 // stallConn's write deadline, and a closing PUT whose last part met a
 // stopped server waited out that deadline, 30 s + 96 s, before its 503.
-func boundCalls(probe func(context.Context) error) func(context.Context, middleware.InitializeInput, middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+func boundCalls(probe *prober) func(context.Context, middleware.InitializeInput, middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
 	return func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
 		if ctx.Value(patientKey{}) != nil {
 			return watchAlive(ctx, in, next, probe)
@@ -99,57 +99,22 @@ func bodyLen(in middleware.InitializeInput) int64 {
 // busy assembling a large object, or taking a large body, still answers
 // it; a hung one (a stopped process, a black-holed network) does not, and
 // the call fails with errStalled: a probe that times out, or two in a row
-// that get no answer at all (refused, or a dial that timed out). Before, a patient call was bounded only
-// by the transport's two-minute header timeout (times the SDK's attempts).
-func watchAlive(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler, probe func(context.Context) error) (middleware.InitializeOutput, middleware.Metadata, error) {
+// that get no answer at all (refused, or a dial that timed out). Before,
+// a patient call was bounded only by the transport's two-minute header
+// timeout (times the SDK's attempts). The calls waiting at once share the
+// probes (prober).
+func watchAlive(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler, p *prober) (middleware.InitializeOutput, middleware.Metadata, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	done, exited := make(chan struct{}), make(chan struct{})
-	every := probeEvery()
-	go func() {
-		defer close(exited)
-		// The probe is neither patient nor watched: the marker is cleared.
-		pctx := context.WithValue(ctx, patientKey{}, nil)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		unanswered := 0
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-			err := probe(pctx)
-			switch {
-			case err == nil || answered(err):
-				unanswered = 0
-			case errors.Is(err, errStalled):
-				cancel(errStalled)
-				return
-			case ctx.Err() != nil:
-				return // the call ended, or its caller left
-			default:
-				// No answer at all: the dial refused or timed out, the
-				// connection reset. A server cut off by the network
-				// looks like this when no idle connection is left to
-				// probe on (which would hang and time out instead);
-				// twice in a row, so one refused connection (a load
-				// balancer's blip) fails no call.
-				if unanswered++; unanswered == 2 {
-					cancel(errStalled)
-					return
-				}
-			}
-		}
-	}()
+	// The probe is neither patient nor watched, and is shared by every
+	// call waiting on this client at once (prober).
+	leave := p.join(cancel)
 	out, md, err := next.HandleInitialize(ctx, in)
-	close(done)
 	stalled := errors.Is(context.Cause(ctx), errStalled)
-	// A probe in flight ends with the context; the watcher is gone before
-	// the call returns, so no goroutine of a finished call is left
-	// probing (or reading the stall settings) behind it.
-	cancel(nil)
-	<-exited
+	// The last call to leave ends the probing and waits for it, so no
+	// goroutine is left probing (or reading the stall settings) behind
+	// the calls.
+	leave()
 	if err != nil && stalled {
 		return out, md, fmt.Errorf("%w (no answer to a probe in %s): %v", errStalled, stallTimeout, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,14 +139,14 @@ func TestHungServerPatientCalls(t *testing.T) {
 // HeadBucket (the watch's probe) after answerIn with 503 SlowDown, and
 // the answer to an object PUT after putAnswerIn. It answers, so it is
 // alive.
-func busyProxy(t *testing.T, srv *s3test.Server, bucket string, answerIn, putAnswerIn time.Duration) string {
+func busyProxy(t *testing.T, srv *s3test.Server, bucket string, answerIn, putAnswerIn time.Duration) (string, *atomic.Int64) {
 	t.Helper()
 	target, err := url.Parse(srv.Endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rp := httputil.NewSingleHostReverseProxy(target)
-	var probes atomic.Int64
+	probes := new(atomic.Int64)
 	p := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead && strings.Trim(r.URL.Path, "/") == bucket {
 			probes.Add(1)
@@ -164,7 +165,7 @@ func busyProxy(t *testing.T, srv *s3test.Server, bucket string, answerIn, putAns
 		p.Close()
 		t.Logf("probes answered: %d", probes.Load())
 	})
-	return p.URL
+	return p.URL, probes
 }
 
 // delayedAnswer holds the status line of an answer back by its delay.
@@ -192,7 +193,7 @@ func TestBusyServerPatientCall(t *testing.T) {
 	t.Cleanup(func() { stallTimeout = old })
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
-	endpoint := busyProxy(t, srv, bucket, 900*time.Millisecond, 4*time.Second)
+	endpoint, _ := busyProxy(t, srv, bucket, 900*time.Millisecond, 4*time.Second)
 	st, err := New(context.Background(), Config{
 		Bucket: bucket, Endpoint: endpoint, Region: srv.Region, Prefix: "reg/",
 		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: minPartSize,
@@ -208,5 +209,50 @@ func TestBusyServerPatientCall(t *testing.T) {
 	}
 	if got, err := readAll(t, newStore(t, srv, bucket, "reg/"), d); err != nil || !bytes.Equal(got, b) {
 		t.Fatalf("read back: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestProbesSharedAmongWaitingCalls: many patient calls waiting at once
+// on a server that is slow but alive share one liveness probe: the
+// server gets one HeadBucket per probeEvery, not one per call. Before,
+// each call probed on its own: 20 streamed PUTs answered after 4 s with
+// stallTimeout 2 s (a probe every 0.5 s) made 20 x 7 HeadBuckets, a load
+// that grows with the very slowness it asks about.
+func TestProbesSharedAmongWaitingCalls(t *testing.T) {
+	old := stallTimeout
+	stallTimeout = 2 * time.Second
+	t.Cleanup(func() { stallTimeout = old })
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	const answerIn = 4 * time.Second
+	endpoint, probes := busyProxy(t, srv, bucket, 0, answerIn)
+	st, err := New(context.Background(), Config{
+		Bucket: bucket, Endpoint: endpoint, Region: srv.Region, Prefix: "reg/",
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, PartSize: minPartSize,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const calls = 20
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := randomBytes(256 << 10)
+			d := blobstore.FromBytes(blobstore.SHA256, b)
+			if _, err := st.putStream(ctx(t), d, int64(len(b)), bytes.NewReader(b), sha256.New()); err != nil {
+				t.Errorf("streamed put to a slow server that answers: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	// One probe per probeEvery while any call waits, and a little slack
+	// for a run whose calls did not all start at once.
+	most := int64(took/probeEvery()) + 3
+	if got := probes.Load(); got > most {
+		t.Errorf("%d calls waiting %s made %d probes; want at most %d (one per %s)", calls, took.Round(time.Millisecond), got, most, probeEvery())
 	}
 }

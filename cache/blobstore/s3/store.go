@@ -189,6 +189,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 			func(o *awss3.Options) { o.RetryMaxAttempts = 1 })
 		return err
 	}
+	// One middleware, and one prober, for every call of the client: the
+	// stack is built anew for each call from APIOptions.
+	bound := middleware.InitializeMiddlewareFunc("caddy-oci/bound-calls", boundCalls(newProber(probe)))
 	client = awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
 		o.BaseEndpoint = endpoint
 		o.UsePathStyle = cfg.PathStyle
@@ -196,7 +199,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 			if err := st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/storage-full", markStorageFull), middleware.After); err != nil {
 				return err
 			}
-			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("caddy-oci/bound-calls", boundCalls(probe)), middleware.After)
+			return st.Initialize.Add(bound, middleware.After)
 		})
 	})
 	s := &Store{

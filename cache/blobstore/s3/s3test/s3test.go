@@ -142,6 +142,28 @@ func (s *Server) Restart(t testing.TB) {
 	s.waitReady(t, exited, s.out)
 }
 
+// MoveTo starts a killed server again on the same data folder but a new
+// port, as a server brought back elsewhere after a crash: Endpoint names
+// the new address, and clients of the old one reach nothing.
+func (s *Server) MoveTo(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	if s.proc != nil {
+		s.mu.Unlock()
+		t.Fatal("s3test: MoveTo of a server that runs")
+	}
+	s.addr = freeAddr(t)
+	s.Endpoint = "http://" + s.addr
+	s.client = awss3.New(awss3.Options{
+		Region:       s.Region,
+		BaseEndpoint: aws.String(s.Endpoint),
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+	})
+	s.mu.Unlock()
+	s.Restart(t)
+}
+
 // waitReady polls until the server answers an S3 request.
 func (s *Server) waitReady(t testing.TB, exited <-chan error, out *syncBuffer) {
 	t.Helper()
