@@ -348,6 +348,9 @@ func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, rc *re
 func (h *Handler) confirmBlob(ctx context.Context, rc *request, d cache.Digest) (int64, error) {
 	m := rc.mirror
 	v, err, _ := m.revalidations.Do("blob "+rc.name+"@"+d.String(), func() (any, error) {
+		if err := m.rememberedNotFound(rc.name, "blob", d); err != nil {
+			return int64(0), err
+		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.UpstreamTimeout)
 		defer cancel()
 		resp, err := m.client.Do(ctx, http.MethodHead, m.upstreamName(rc.name), "blobs/"+d.String(), nil)
@@ -411,6 +414,10 @@ func (h *Handler) readableInMirror(r *http.Request, m *Mirror, d cache.Digest) b
 func (m *Mirror) blobSource(repo string, d cache.Digest) cache.FillSource {
 	return func(ctx context.Context) (io.ReadCloser, int64, error) {
 		ctx, cancel := context.WithCancelCause(ctx)
+		if err := m.rememberedNotFound(repo, "blob", d); err != nil {
+			cancel(nil)
+			return nil, 0, err
+		}
 		idle := time.AfterFunc(m.cfg.UpstreamTimeout, func() { cancel(errUpstreamStalled) })
 		resp, err := m.client.Do(ctx, http.MethodGet, m.upstreamName(repo), "blobs/"+d.String(), nil)
 		if err != nil {

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-oci/caddy-oci/cache"
 	"github.com/caddy-oci/caddy-oci/registry/upstream"
 )
 
@@ -295,6 +296,17 @@ func (m *Mirror) missHeld(reason string) {
 	if mo, ok := m.obs.(MissObserver); ok {
 		mo.MirrorMissHeld(m.cfg.Prefix, reason)
 	}
+}
+
+// rememberedNotFound is upstream's "not found" for blob d of repo, if
+// remembered, else nil. The exchanges that fetch or confirm a blob ask it
+// as they start, after the request's own beforeUpstream: an answer that
+// came in between (another request's, for the same name) spares them.
+func (m *Mirror) rememberedNotFound(repo, kind string, d cache.Digest) error {
+	if ue := m.notFound.get(repo, kind, d.String(), m.now()); ue != nil {
+		return ue
+	}
+	return nil
 }
 
 // beforeUpstream is asked before a request for content the store does not

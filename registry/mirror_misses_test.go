@@ -112,9 +112,9 @@ func TestMirrorMissFlood(t *testing.T) {
 	env := missEnv(t, func(c *MirrorConfig) { c.MaxMissesPerClient = budget })
 	held := randomImage(t, 1024, 2)
 	env.up.pushImage("library/app", "v1", held)
-	env.pull("10.0.0.1", "library/app", "v1", held)
 	counter := &heldCounter{}
-	env.mirror.obs = counter
+	env.mirror.obs = counter // before any request: fills report to it after theirs end
+	env.pull("10.0.0.1", "library/app", "v1", held)
 
 	before := env.up.total()
 	var refused int
