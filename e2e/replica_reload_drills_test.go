@@ -53,14 +53,16 @@ func startPushLoop(base func() string, repo string, workers int, stop <-chan str
 		return resp.StatusCode, nil
 	}
 	var wg sync.WaitGroup
-	go func() {
-		wg.Wait()
-		close(p.done)
-	}()
 	for w := range workers {
 		wg.Add(1)
 		go p.push(w, send, base, repo, stop, wg.Done)
 	}
+	// Waited on only after every Add (an Add racing a Wait at zero is a
+	// misuse the race detector reports).
+	go func() {
+		wg.Wait()
+		close(p.done)
+	}()
 	return p
 }
 
