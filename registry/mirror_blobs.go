@@ -58,8 +58,15 @@ func (h *Handler) mirrorBlobGet(w http.ResponseWriter, r *http.Request, rc *requ
 			// commit (a sync, or on replicas the upload to the bucket,
 			// seconds for a large blob; a prefetched blob is usually
 			// there) is no wait of a client's.
-			m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
-			return h.serveFillOrRefill(w, r, rc, d, f, true, false)
+			//
+			// A fill that committed may still be listed a moment after;
+			// bytes lost or cut since (behind the registry's back) are
+			// found by the read below, which fetches them again.
+			err := h.serveFillOrRefill(w, r, rc, d, f, true, false)
+			if !errors.Is(err, errBlobLost) {
+				m.obs.MirrorLookup(m.cfg.Prefix, "blob", false)
+				return err
+			}
 		case f.Verified():
 			// Its readers may have had every byte before it is
 			// committed and linked; a HEAD answers after that, as a
@@ -235,6 +242,12 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 	}
 	rd, err := f.Reader(r.Context())
 	if err != nil {
+		if lostBlob(err) && fillCommitted(f) {
+			// The fill committed, and the storage lost its bytes or
+			// holds them cut short since: not upstream's failure (502)
+			// but a loss, which the caller may heal.
+			return h.blobLost(r.Context(), d, err)
+		}
 		return fillError(r, rc, f, err)
 	}
 	defer rd.Close()
@@ -260,6 +273,16 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// fillCommitted reports whether f ended with its blob committed.
+func fillCommitted(f cache.Fill) bool {
+	select {
+	case <-f.Done():
+		return f.Wait(context.Background()) == nil
+	default:
+		return false
+	}
 }
 
 // firstByte waits for a fill's first byte (or its end) before any

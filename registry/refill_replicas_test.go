@@ -220,3 +220,101 @@ func TestReplicaWaitNotJoinedUnconfirmed(t *testing.T) {
 		t.Fatalf("second GET on B under a name upstream refuses the blob: %d with %d bytes, want 404", a.status, a.n)
 	}
 }
+
+// lingeringFill is a composite store that keeps listing a fill after it
+// committed, as a store does for a moment between the commit and the
+// fill's removal from its table: the window where a GET joins a fill
+// whose bytes are committed, widened so a test can cut them there.
+type lingeringFill struct {
+	*composite.Store
+	f cache.Fill
+}
+
+func (s *lingeringFill) Filling(ctx context.Context, d cache.Digest) cache.Fill {
+	if s.f != nil && s.f.Digest() == d {
+		return s.f
+	}
+	return s.Store.Filling(ctx, d)
+}
+
+// TestMirrorJoinedFillLostSince: a GET joins a fill of its repository
+// that committed, and whose bytes the storage lost or holds cut short
+// since (behind the registry's back). It must fetch them again, as a GET
+// that reads the store does, not answer 502 as if upstream had failed
+// (seen in CI: the read-cache case of caddymodule's
+// TestS3BlobLostOrDamagedHeals, where the cut landed in that moment).
+func TestMirrorJoinedFillLostSince(t *testing.T) {
+	for _, cut := range []string{"removed", "cut short"} {
+		t.Run(cut, func(t *testing.T) {
+			up := newFakeUpstream(t)
+			img := randomImage(t, 256<<10, 1)
+			up.pushImage("library/app", "v1", img)
+			layer, data := layerOf(t, img)
+			d, _ := cache.ParseDigest(layer)
+			dir := t.TempDir()
+			meta, err := badgermeta.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = meta.Close() })
+			blobs, err := fs.New(fs.Options{Dir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs, err := composite.New(composite.Options{Blobs: blobs, Meta: meta, Leases: coord.NewLocal(), SpoolDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := &lingeringFill{Store: cs}
+			m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.srv.URL}, Default: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := New(Config{Store: st, Logger: zaptest.NewLogger(t), Mirrors: []*Mirror{m}})
+			srv := httptest.NewServer(h)
+			t.Cleanup(func() {
+				srv.Close()
+				_ = h.Drain(context.Background())
+				cs.Close()
+			})
+			get := func(what string, fetches int) {
+				t.Helper()
+				resp, err := http.Get(srv.URL + "/v2/docker.io/library/app/blobs/" + layer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || err != nil || string(body) != string(data) {
+					t.Fatalf("GET of a mirrored blob %s: %s, %d bytes (%v)", what, resp.Status, len(body), err)
+				}
+				if n := up.count("GET blobs"); n != fetches {
+					t.Fatalf("GET of a mirrored blob %s: %d upstream GETs, want %d", what, n, fetches)
+				}
+			}
+			get("cold", 1)
+			if f := cs.Filling(context.Background(), d); f != nil {
+				_ = f.Wait(context.Background())
+			}
+			// The blob is recorded: what the store gives is its
+			// committed fill.
+			f, started, err := cs.FillAdmitted(context.Background(), "docker.io/library/app", d, nil, nil)
+			if err != nil || started {
+				t.Fatalf("FillAdmitted of a committed blob: started %v, %v", started, err)
+			}
+			st.f = f
+			path := blobFile(dir, layer)
+			if cut == "removed" {
+				err = os.Remove(path)
+			} else {
+				err = os.Truncate(path, int64(len(data)/3))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			get("joined after its bytes were "+cut, 2)
+			st.f = nil
+			get("fetched again", 2)
+		})
+	}
+}
