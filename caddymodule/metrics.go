@@ -28,6 +28,7 @@ var collectors = struct {
 	mirrorMissesHeld *prometheus.CounterVec
 	mirrorBytes      *prometheus.CounterVec
 	upstreamReqs     *prometheus.CounterVec
+	upstreamWait     *prometheus.HistogramVec
 	mirrorFillTime   *prometheus.HistogramVec
 
 	mirrorCacheBytes   prometheus.Gauge
@@ -105,6 +106,12 @@ func initCollectors() {
 		Name:      "mirror_upstream_requests_total",
 		Help:      "HTTP exchanges with upstream registries by registry, method and status (0: connection failed).",
 	}, []string{"registry", "method", "code"})
+	collectors.upstreamWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns,
+		Name:      "mirror_upstream_wait_seconds",
+		Help:      "Time upstream registries took to send the headers of their answers (redirects followed), by registry and what was asked (manifest, blob, token, other): upstream's share of a cold pull's wait.",
+		Buckets:   prometheus.ExponentialBuckets(0.001, 4, 9),
+	}, []string{"registry", "kind"})
 	collectors.mirrorFillTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: ns,
 		Name:      "mirror_fill_duration_seconds",
@@ -283,6 +290,11 @@ func (*metricsObserver) UpstreamRequest(reg, method string, status int) {
 	collectors.upstreamReqs.WithLabelValues(reg, method, strconv.Itoa(status)).Inc()
 }
 
+// UpstreamWait implements registry.MirrorObserver.
+func (*metricsObserver) UpstreamWait(reg, kind string, wait time.Duration) {
+	collectors.upstreamWait.WithLabelValues(reg, kind).Observe(wait.Seconds())
+}
+
 // MirrorFill implements registry.MirrorObserver.
 func (*metricsObserver) MirrorFill(reg string, _ int64, d time.Duration, err error) {
 	result := "ok"
@@ -307,7 +319,7 @@ func newMetricsObserver(reg *prometheus.Registry) (*metricsObserver, error) {
 		collectors.bytesReceived, collectors.bytesSent,
 		collectors.uploads, collectors.uploadBytes,
 		collectors.mirrorLookups, collectors.mirrorBytes, collectors.mirrorMissesHeld,
-		collectors.upstreamReqs, collectors.mirrorFillTime,
+		collectors.upstreamReqs, collectors.upstreamWait, collectors.mirrorFillTime,
 		collectors.mirrorCacheBytes, collectors.mirrorEvictions, collectors.mirrorEvictedBytes,
 		collectors.storageFree, collectors.storageReserve, collectors.reserveReached,
 		collectors.syncRuns, collectors.syncDuration, collectors.syncFetched,

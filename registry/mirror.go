@@ -155,6 +155,9 @@ type MirrorObserver interface {
 	// UpstreamRequest: one HTTP exchange with upstream; status 0 is a
 	// connection failure.
 	UpstreamRequest(registry, method string, status int)
+	// UpstreamWait: how long upstream took to send the headers of one
+	// answer, by what was asked ("manifest", "blob", "token", "other").
+	UpstreamWait(registry, kind string, wait time.Duration)
 	// MirrorFill: one blob fill ended (err nil: committed).
 	MirrorFill(registry string, size int64, d time.Duration, err error)
 }
@@ -164,6 +167,7 @@ type nopMirrorObserver struct{}
 func (nopMirrorObserver) MirrorLookup(string, string, bool)              {}
 func (nopMirrorObserver) MirrorBytes(string, string, int64)              {}
 func (nopMirrorObserver) UpstreamRequest(string, string, int)            {}
+func (nopMirrorObserver) UpstreamWait(string, string, time.Duration)     {}
 func (nopMirrorObserver) MirrorFill(string, int64, time.Duration, error) {}
 
 // DefaultUpstream returns the upstream URL of a prefix with no configured
@@ -296,6 +300,7 @@ func newMirror(cfg MirrorConfig) (*Mirror, error) {
 		Transport:             cfg.Transport,
 		Logger:                cfg.Logger,
 		OnResponse:            func(method string, status int) { m.obs.UpstreamRequest(prefix, method, status) },
+		OnWait:                func(kind string, wait time.Duration) { m.obs.UpstreamWait(prefix, kind, wait) },
 		OnAnswer:              m.noteAnswer,
 	})
 	if err != nil {

@@ -83,6 +83,11 @@ type Config struct {
 	// (token requests included) with its method and status; status 0 is a
 	// connection failure.
 	OnResponse func(method string, status int)
+	// OnWait, if set, is called once per HTTP exchange that got an answer
+	// with how long upstream took to send its headers (redirects it sent
+	// followed), by what was asked: "manifest", "blob", "token" or
+	// "other". That wait is upstream's share of a cold pull's first byte.
+	OnWait func(kind string, wait time.Duration)
 	// OnAnswer, if set, is told the outcome of each Do (after retries
 	// and failover): the mirror remembers upstream's "not found" for a
 	// while, and forgets it once upstream has the content (mirror_misses.go).
@@ -159,6 +164,7 @@ type Client struct {
 	maxWait  time.Duration
 	log      *zap.Logger
 	onResp   func(string, int)
+	onWait   func(string, time.Duration)
 	onAnswer func(repo, path string, resp *http.Response, err error)
 	now      func() time.Time // the clock tokens expire by; tests move it
 	resolver *net.Resolver
@@ -250,7 +256,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		user: cfg.Username, pass: cfg.Password,
 		attempts: cfg.Attempts, delay: cfg.RetryDelay, maxWait: cfg.MaxRetryWait,
-		log: cfg.Logger, onResp: cfg.OnResponse, onAnswer: cfg.OnAnswer,
+		log: cfg.Logger, onResp: cfg.OnResponse, onWait: cfg.OnWait, onAnswer: cfg.OnAnswer,
 		tokens: map[string]token{}, basic: map[string]bool{},
 		bearer: map[string]authscope.Challenge{},
 		now:    time.Now,
@@ -269,6 +275,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if c.onResp == nil {
 		c.onResp = func(string, int) {}
+	}
+	if c.onWait == nil {
+		c.onWait = func(string, time.Duration) {}
 	}
 	for _, s := range cfg.URLs {
 		u, err := parseBase(s)
@@ -700,13 +709,28 @@ func (c *Client) send(ctx context.Context, base *url.URL, method, repo, path str
 	case basic:
 		req.SetBasicAuth(c.user, c.pass)
 	}
+	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.onResp(method, 0)
 		return nil, &Error{Err: err}
 	}
 	c.onResp(method, resp.StatusCode)
+	c.onWait(pathKind(path), time.Since(start))
 	return resp, nil
+}
+
+// pathKind is what a request of path (below the repository) asks for,
+// a fixed word for metrics.
+func pathKind(path string) string {
+	switch {
+	case strings.HasPrefix(path, "manifests/"):
+		return "manifest"
+	case strings.HasPrefix(path, "blobs/"):
+		return "blob"
+	default:
+		return "other"
+	}
 }
 
 // upstreamName is repo as the upstream at base names it: after base's
@@ -777,6 +801,7 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 		if c.user != "" {
 			req.SetBasicAuth(c.user, c.pass)
 		}
+		start := time.Now()
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			c.onResp(http.MethodGet, 0)
@@ -787,6 +812,7 @@ func (c *Client) fetchToken(ctx context.Context, base *url.URL, repo string, ch 
 			return nil, &Error{Err: fmt.Errorf("token service: %w", err)}
 		}
 		c.onResp(http.MethodGet, resp.StatusCode)
+		c.onWait("token", time.Since(start))
 		if resp.StatusCode != http.StatusOK {
 			e := readError(resp)
 			if e.Message == "" {
