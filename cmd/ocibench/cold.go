@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -107,6 +108,10 @@ func runCold(o options) (*Result, error) {
 			if err := o.wakePath(hc, base, fmt.Sprintf("r%dp%d", r, k)); err != nil {
 				return nil, err
 			}
+			waited, err := srv.upstreamWait(k)
+			if err != nil {
+				return nil, err
+			}
 			start := time.Now()
 			if _, _, err := timedGet(hc, base+im.repo+"/manifests/v1", map[string]string{"Accept": ociManifest}); err != nil {
 				return nil, err
@@ -118,15 +123,32 @@ func runCold(o options) (*Result, error) {
 			pf := time.Since(start) - all + first
 			pull[k] += pf
 			pullAll[k] += time.Since(start)
+			if k == 1 && !o.prefetch {
+				w, err := srv.upstreamWait(k)
+				if err != nil {
+					return nil, err
+				}
+				rd.Own[1] = ms(pf - (w - waited))
+			}
 
 			im = imgs[2+k]
 			settle()
 			if err := o.wakePath(hc, base, fmt.Sprintf("r%db%d", r, k)); err != nil {
 				return nil, err
 			}
+			if waited, err = srv.upstreamWait(k); err != nil {
+				return nil, err
+			}
 			first, all, err = timedGet(hc, base+im.repo+"/blobs/"+im.layer, nil)
 			if err != nil {
 				return nil, err
+			}
+			if k == 1 {
+				w, err := srv.upstreamWait(k)
+				if err != nil {
+					return nil, err
+				}
+				rd.Own[0] = ms(first - (w - waited))
 			}
 			blob[k] += first
 			blobAll[k] += all
@@ -155,6 +177,14 @@ func runCold(o options) (*Result, error) {
 	}
 	res.Rows = append(res.Rows, ratioRows("cold blob GET, first byte", rounds, func(r ColdRound) [2]float64 { return r.Blob })...)
 	res.Rows = append(res.Rows, ratioRows("cold pull to the first byte", rounds, func(r ColdRound) [2]float64 { return r.Pull })...)
+	// Upstream's answer time varies between two requests far more than
+	// the mirror's own time does: the ratio with the mirror's own share
+	// added to the direct path's time is the one where upstream answered
+	// both alike.
+	res.Rows = append(res.Rows, ownRows("cold blob GET, first byte", rounds, 0)...)
+	if !o.prefetch {
+		res.Rows = append(res.Rows, ownRows("cold pull to the first byte", rounds, 1)...)
+	}
 	return res, nil
 }
 
@@ -243,6 +273,11 @@ func settle() {
 type ColdRound struct {
 	Blob [2]float64 `json:"blob_first_byte_ms"`
 	Pull [2]float64 `json:"pull_first_byte_ms"`
+	// Own is the mirror's own share of its first bytes [blob, pull]:
+	// its time less upstream's wait as the mirror measured it
+	// (caddy_oci_mirror_upstream_wait_seconds). The pull's is 0 with
+	// -prefetch, whose fills of the config overlap the pull.
+	Own  [2]float64 `json:"mirror_own_ms"`
 	Load float64    `json:"load"`
 }
 
@@ -272,6 +307,27 @@ func ratioRows(name string, rounds []ColdRound, of func(ColdRound) [2]float64) [
 	}
 }
 
+// ownRows are the mirror's own share of one figure (Own[i]: 0 blob, 1
+// pull) over rounds, in ms, and the ratio to direct of the direct time
+// plus that share: what the mirror costs when upstream answers it as fast
+// as it answered the direct client.
+func ownRows(name string, rounds []ColdRound, i int) []Row {
+	var own []float64
+	for _, r := range rounds {
+		own = append(own, r.Own[i])
+	}
+	slices.Sort(own)
+	pct := func(p float64) float64 { return own[int(p*float64(len(own)-1)+0.5)] }
+	rows := []Row{
+		{Name: name + ", the mirror's own time (upstream's wait taken out): median", Value: pct(0.5), Unit: "ms"},
+		{Name: name + ", the mirror's own time: 90th percentile", Value: pct(0.9), Unit: "ms"},
+	}
+	direct := func(r ColdRound) float64 { return [][2]float64{r.Blob, r.Pull}[i][0] }
+	return append(rows, ratioRows(name+" with upstream's wait alike on both paths", rounds, func(r ColdRound) [2]float64 {
+		return [2]float64{direct(r), direct(r) + r.Own[i]}
+	})...)
+}
+
 // removeColdBlob deletes a layer from upstream's filesystem and from the
 // mirror's store, where nothing asks for it again: the disk space of a
 // long run stays that of a few rounds.
@@ -279,6 +335,40 @@ func removeColdBlob(tmp, upDir, digest string) {
 	h := strings.TrimPrefix(digest, "sha256:")
 	os.RemoveAll(filepath.Join(upDir, "docker", "registry", "v2", "blobs", "sha256", h[:2], h))
 	os.Remove(blobPath(tmp, digest))
+}
+
+// upstreamWait is, for the mirror's path (k 1), the sum of every
+// caddy_oci_mirror_upstream_wait_seconds the server reports on its admin
+// API: how long upstream took to answer the mirror so far. 0 for the
+// direct path.
+func (s *server) upstreamWait(k int) (time.Duration, error) {
+	if k == 0 {
+		return 0, nil
+	}
+	resp, err := http.Get(s.admin + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s/metrics: %s", s.admin, resp.Status)
+	}
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "caddy_oci_mirror_upstream_wait_seconds_sum{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		sum += v
+	}
+	return time.Duration(sum * float64(time.Second)), sc.Err()
 }
 
 // loadAverage is the machine's 1-minute load average (0 if unreadable).

@@ -548,7 +548,8 @@ func startServer(o options, tmp string) (*server, error) {
 		return nil, err
 	}
 	admin, adminAddr := "admin off", ""
-	if o.pprofDir != "" {
+	if o.pprofDir != "" || o.cold > 0 {
+		// The cold mode reads the server's metrics (upstreamWait).
 		ap, err := freePort()
 		if err != nil {
 			return nil, err
