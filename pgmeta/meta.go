@@ -156,13 +156,47 @@ func (s *Store) execOne(ctx context.Context, what string, missing error, sql str
 // is rolled back, as the server finds its client gone before a COMMIT.
 // Writes that only add (the login ledger), or that check a version or a
 // token of their own, need none of this.
+//
+// BEGIN goes out with the statement, in one batch (one round trip), and
+// COMMIT once the answer is in: two round trips where a transaction
+// opened on its own takes three. Sent again, as resendingPool sends a
+// statement, while it failed on a dead connection before a byte of it
+// went out (then nothing of it ran, or was committed).
 func (s *Store) execTx(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	tag, err := s.execTxOnce(ctx, sql, args...)
+	for tries := 0; resend(ctx, err, tries); tries++ {
+		tag, err = s.execTxOnce(ctx, sql, args...)
+	}
+	return tag, err
+}
+
+func (s *Store) execTxOnce(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	// A connection still in a transaction here (the ROLLBACK below
+	// failed: the call's time is up, the server gone) is closed by the
+	// pool, never handed to another call.
+	defer conn.Release()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(sql, args...)
+	br := conn.SendBatch(ctx, b)
+	_, err = br.Exec()
 	var tag pgconn.CommandTag
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var err error
-		tag, err = tx.Exec(ctx, sql, args...)
-		return err
-	})
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		_, err = conn.Exec(ctx, "COMMIT")
+	}
+	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
+		_, _ = conn.Exec(ctx, "ROLLBACK")
+	}
 	return tag, err
 }
 
