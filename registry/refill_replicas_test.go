@@ -46,20 +46,28 @@ func newTwoReplicas(t *testing.T) *twoReplicas {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{tr.up.srv.URL}, Default: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := New(Config{Store: st, Logger: zaptest.NewLogger(t), Mirrors: []*Mirror{m}})
-		srv := httptest.NewServer(h)
-		t.Cleanup(func() {
-			srv.Close()
-			_ = h.Drain(context.Background())
-			st.Close()
-		})
-		tr.stores[i], tr.srvs[i] = st, srv
+		tr.stores[i], tr.srvs[i] = st, mirrorServer(t, st, st, tr.up.srv.URL)
 	}
 	return tr
+}
+
+// mirrorServer serves a registry on st that mirrors docker.io from
+// upstream; when the test ends it stops the server, drains the handler
+// and closes cs (st's composite store).
+func mirrorServer(t *testing.T, st Store, cs *composite.Store, upstream string) *httptest.Server {
+	t.Helper()
+	m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{upstream}, Default: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(Config{Store: st, Logger: zaptest.NewLogger(t), Mirrors: []*Mirror{m}})
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		srv.Close()
+		_ = h.Drain(context.Background())
+		cs.Close()
+	})
+	return srv
 }
 
 // waitFor polls cond for up to 10 s.
@@ -266,17 +274,7 @@ func TestMirrorJoinedFillLostSince(t *testing.T) {
 				t.Fatal(err)
 			}
 			st := &lingeringFill{Store: cs}
-			m, err := NewMirror(MirrorConfig{Prefix: "docker.io", Upstreams: []string{up.srv.URL}, Default: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			h := New(Config{Store: st, Logger: zaptest.NewLogger(t), Mirrors: []*Mirror{m}})
-			srv := httptest.NewServer(h)
-			t.Cleanup(func() {
-				srv.Close()
-				_ = h.Drain(context.Background())
-				cs.Close()
-			})
+			srv := mirrorServer(t, st, cs, up.srv.URL)
 			get := func(what string, fetches int) {
 				t.Helper()
 				resp, err := http.Get(srv.URL + "/v2/docker.io/library/app/blobs/" + layer)
