@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -105,11 +107,20 @@ func (v *view) headers(h http.Header) {
 // backend's host is not one the client should learn, and the client
 // resolves the path against the front it asked. An API URL of a name the
 // client did not type, or that does not parse, is not passed on. URLs
-// elsewhere (a storage redirect) pass unchanged.
+// elsewhere (a storage redirect) pass unchanged, but for a passed-through
+// request's URL that names the backend's own network (internalHost).
 func (v *view) url(s string) (string, bool) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "", false
+	}
+	if v.kind < 0 {
+		// Passed through (outside the API, an extension): the URL goes
+		// to the client as the backend wrote it, unless it names the
+		// backend's own network.
+		if host := browserHost(s); host != "" && internalHost(host) && !strings.EqualFold(host, v.req.Host) {
+			return "", false
+		}
 	}
 	if !registry.MayReachAPI(nil, u.Path) {
 		return s, true
@@ -267,4 +278,61 @@ func replaceName(s, name, with string) string {
 
 func nameByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/'
+}
+
+// browserHost is the host[:port] a browser or HTTP client would go to
+// following s: it drops tabs and newlines anywhere, and reads a backslash
+// as a slash (`http:\\10.0.0.1\`, `/\10.0.0.1/`), as browsers do. ""
+// for a URL on the same host (a path).
+func browserHost(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch r {
+		case '\t', '\n', '\r':
+			return -1
+		case '\\':
+			return '/'
+		}
+		return r
+	}, strings.TrimSpace(s))
+	u, err := url.Parse(s)
+	if err != nil {
+		return "" // the caller has refused what does not parse
+	}
+	return u.Host
+}
+
+// internalSuffixes are name suffixes of hosts only a backend's own
+// network resolves: Kubernetes services, the names RFC 6761 and ICANN
+// keep for private use.
+var internalSuffixes = []string{".localhost", ".internal", ".svc", ".cluster.local"}
+
+// internalHost reports whether hostport names an address of the network
+// the backend runs in rather than one a client is meant to use: a
+// loopback, private, link-local or unspecified IP address, a name of one
+// label (localhost, a compose service such as harbor-core), or a name
+// under internalSuffixes. Names in public form may still be internal; the
+// front cannot know, and passes them.
+func internalHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if i := strings.IndexByte(host, '%'); i >= 0 {
+		host = host[:i] // an IPv6 zone
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		a = a.Unmap()
+		return a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsUnspecified()
+	}
+	host = strings.ToLower(host)
+	if !strings.Contains(host, ".") {
+		return true
+	}
+	for _, sfx := range internalSuffixes {
+		if strings.HasSuffix(host, sfx) {
+			return true
+		}
+	}
+	return false
 }
