@@ -36,9 +36,10 @@ const maxTokenForm = 64 << 10
 var ErrScopeRejected = errors.New("scope rejected")
 
 // ErrParameterCase is a token request parameter that spells a key the
-// proxy controls (scope, service, ns, prefix, the realm's own) in another
-// case.
-var ErrParameterCase = errors.New("parameter in another case")
+// proxy controls or forwards (scope, service, account, ns, prefix, the
+// realm's own, ...) another way (case, a PHP-style array), or a
+// single-valued one given twice.
+var ErrParameterCase = errors.New("token request parameter spelled another way or repeated")
 
 // TranslateScopes maps the names of every repository scope in a `scope`
 // value (space-separated scopes) from the client's form to internal names.
