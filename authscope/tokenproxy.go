@@ -149,6 +149,16 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
+	// Credentials go in the Authorization header or a POST form, where
+	// the login bound counts them (loginOf); from the query a token
+	// service that reads it would take guesses no bound counts, and
+	// servers and proxies on the way log queries.
+	for _, k := range []string{"password", "refresh_token"} {
+		if q.Has(k) {
+			fail(http.StatusBadRequest, "send credentials in the Authorization header or a POST form, not in the query", fmt.Errorf("%s in the query", k))
+			return
+		}
+	}
 	via := Via{Host: r.Host, NS: q.Get(realmParamNS), PathPrefix: q.Get(realmParamPrefix)}
 	uq, err := p.UpstreamValues(q, via)
 	if err != nil {

@@ -926,3 +926,41 @@ func TestTokenProxyBoundsAnswer(t *testing.T) {
 		t.Errorf("a token answer: %d %q (length %d)", resp.StatusCode, body, resp.ContentLength)
 	}
 }
+
+// TestTokenProxyRefusesQueryCredentials: a password or refresh token in
+// the query (of a GET or a POST) is refused with 400 and never reaches the
+// token service. The login bound counts the credentials of the
+// Authorization header and the form; passed on from the query, they were
+// guesses no bound counted: against the binary, after the address had
+// used up its bound with Basic logins (429), ten more guesses with
+// ?username=&password= each reached the token service and got its 401.
+// A query is also what servers and proxies log.
+func TestTokenProxyRefusesQueryCredentials(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL + "/auth")
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	scope := "scope=" + url.QueryEscape("repository:library/debian:pull")
+	for _, q := range []string{"username=ci&password=guess", "password=guess", "refresh_token=guess", "grant_type=refresh_token&refresh_token=guess"} {
+		resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET with %s: %d, want 400", q, resp.StatusCode)
+		}
+		resp, err = http.Post(srv.URL+TokenPath+"?"+q, "application/x-www-form-urlencoded", strings.NewReader("grant_type=password&username=ci&"+scope))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("POST with %s in its query: %d, want 400", q, resp.StatusCode)
+		}
+	}
+	if reqs := is.Requests(); len(reqs) != 0 {
+		t.Errorf("%d requests with credentials in the query reached the token service", len(reqs))
+	}
+}
