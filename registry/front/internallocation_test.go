@@ -59,6 +59,11 @@ func TestPassThroughDropsInternalURLs(t *testing.T) {
 			`http:\\10.1.2.3\x`,
 			`/\10.1.2.3/x`,
 			"http://10.1.2\t.3/x",
+			"http://127.1:5000/x",
+			"http://0x7f.0.0.1/x",
+			"http://2130706433/x",
+			"http://0177.0.0.01/x",
+			"http://10.0x10203/x",
 		} {
 			h := get(path, to)
 			for _, k := range []string{"Location", "Content-Location", "Link"} {
@@ -75,6 +80,24 @@ func TestPassThroughDropsInternalURLs(t *testing.T) {
 			if got := get(path, to).Get("Location"); got != to {
 				t.Errorf("%s: Location %q became %q", path, to, got)
 			}
+		}
+	}
+}
+
+// TestBrowserIPv4 reads hosts as browsers read them.
+func TestBrowserIPv4(t *testing.T) {
+	for host, want := range map[string]string{
+		"127.1": "127.0.0.1", "0x7f.0.0.1": "127.0.0.1", "2130706433": "127.0.0.1", "0177.0.0.01": "127.0.0.1",
+		"10.0x10203": "10.1.2.3", "192.168.0x1.1": "192.168.1.1", "8.8.8.8": "8.8.8.8", "1.2.3.256": "", "0x": "0.0.0.0",
+	} {
+		a, isIP := browserIPv4(host)
+		if !isIP || (want == "") != !a.IsValid() || (want != "" && a.String() != want) {
+			t.Errorf("%s: %v %v, want %q", host, a, isIP, want)
+		}
+	}
+	for _, host := range []string{"registry.example", "v2.example", "1.example", "example.0z"} {
+		if _, isIP := browserIPv4(host); isIP {
+			t.Errorf("%s read as an address", host)
 		}
 	}
 }

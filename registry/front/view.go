@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -321,11 +322,18 @@ func internalHost(hostport string) bool {
 	if i := strings.IndexByte(host, '%'); i >= 0 {
 		host = host[:i] // an IPv6 zone
 	}
-	if a, err := netip.ParseAddr(host); err == nil {
+	host = strings.ToLower(host)
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		var isIP bool
+		if a, isIP = browserIPv4(host); isIP && !a.IsValid() {
+			return true // an address no browser goes to: nothing to pass
+		}
+	}
+	if a.IsValid() {
 		a = a.Unmap()
 		return a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsUnspecified()
 	}
-	host = strings.ToLower(host)
 	if !strings.Contains(host, ".") {
 		return true
 	}
@@ -335,4 +343,61 @@ func internalHost(hostport string) bool {
 		}
 	}
 	return false
+}
+
+// browserIPv4 reads host as browsers do (the WHATWG URL standard) when its
+// last label is a number: an IPv4 address of one to four numbers, each
+// decimal, octal (a leading 0) or hex (0x), the last filling the bytes
+// left (127.1, 0x7f.0.0.1, 2130706433 are all 127.0.0.1). isIP reports
+// whether browsers take host for an address; a is invalid when they
+// take it for one but cannot read it.
+func browserIPv4(host string) (a netip.Addr, isIP bool) {
+	labels := strings.Split(host, ".")
+	if _, ok := browserNumber(labels[len(labels)-1]); !ok {
+		return netip.Addr{}, false
+	}
+	if len(labels) > 4 {
+		return netip.Addr{}, true
+	}
+	var n [4]uint64
+	for i, l := range labels {
+		v, ok := browserNumber(l)
+		if !ok {
+			return netip.Addr{}, true
+		}
+		n[i] = v
+	}
+	last := len(labels) - 1
+	for i := range last {
+		if n[i] > 255 {
+			return netip.Addr{}, true
+		}
+	}
+	if n[last] >= 1<<(8*(4-last)) {
+		return netip.Addr{}, true
+	}
+	v := n[last]
+	for i := range last {
+		v |= n[i] << (8 * (3 - i))
+	}
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+}
+
+// browserNumber reads one label of a browser's IPv4 address.
+func browserNumber(s string) (uint64, bool) {
+	base := 10
+	switch {
+	case len(s) >= 2 && (s[:2] == "0x"):
+		base, s = 16, s[2:]
+		if s == "" {
+			return 0, true
+		}
+	case len(s) > 1 && s[0] == '0':
+		base, s = 8, s[1:]
+	}
+	if s == "" {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(s, base, 64)
+	return v, err == nil
 }
