@@ -10,7 +10,6 @@ package authscope
 // only.
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -20,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,9 +36,10 @@ const maxTokenForm = 64 << 10
 var ErrScopeRejected = errors.New("scope rejected")
 
 // ErrParameterCase is a token request parameter that spells a key the
-// proxy controls (scope, service, ns, prefix, the realm's own) in another
-// case.
-var ErrParameterCase = errors.New("parameter in another case")
+// proxy controls or forwards (scope, service, account, ns, prefix, the
+// realm's own, ...) another way (case, a PHP-style array), or a
+// single-valued one given twice.
+var ErrParameterCase = errors.New("token request parameter spelled another way or repeated")
 
 // TranslateScopes maps the names of every repository scope in a `scope`
 // value (space-separated scopes) from the client's form to internal names.
@@ -140,7 +141,24 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, "send one Authorization header", err)
 		return
 	}
+	// Own credentials are looked for in what the client sent, before
+	// anything of it is refused or dropped, so the client is told where
+	// they belong whatever else is wrong.
+	if err := CheckForwarded(http.Header{"Authorization": r.Header.Values("Authorization")}, r.URL.RawQuery, nil, p.Withhold); err != nil {
+		fail(http.StatusUnauthorized, withheldMessage, err)
+		return
+	}
 	q := r.URL.Query()
+	// Credentials go in the Authorization header or a POST form, where
+	// the login bound counts them (loginOf); from the query a token
+	// service that reads it would take guesses no bound counts, and
+	// servers and proxies on the way log queries.
+	for _, k := range []string{"password", "refresh_token"} {
+		if q.Has(k) {
+			fail(http.StatusBadRequest, "send credentials in the Authorization header or a POST form, not in the query", fmt.Errorf("%s in the query", k))
+			return
+		}
+	}
 	via := Via{Host: r.Host, NS: q.Get(realmParamNS), PathPrefix: q.Get(realmParamPrefix)}
 	uq, err := p.UpstreamValues(q, via)
 	if err != nil {
@@ -174,7 +192,10 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fail(http.StatusBadRequest, "malformed form", err)
 			return
 		}
-		// The credentials check below reads the form as the client sent it.
+		if err := CheckForwarded(nil, "", form, p.Withhold); err != nil {
+			fail(http.StatusUnauthorized, withheldMessage, err)
+			return
+		}
 		upForm, err := p.UpstreamValues(form, via)
 		if err != nil {
 			fail(http.StatusBadRequest, refusalMessage(err), err)
@@ -245,7 +266,31 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
-	answer := io.Reader(resp.Body)
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		guess.Refund()
+		logger.Warn("token service redirected: configure the realm it redirects to",
+			zap.String("upstream", p.Upstream.Redacted()), zap.Int("status", resp.StatusCode), zap.String("location", resp.Header.Get("Location")))
+		unavailable(w, "token service redirected")
+		return
+	}
+	// The answer is read whole, and only so much of it: a token answer is
+	// a few KiB, and one streamed on unread could hold the client's
+	// connection and this proxy's for as long as the token service likes
+	// to send (the client's timeout bounds only its time).
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer+1))
+	switch {
+	case err != nil:
+		guess.Refund()
+		logger.Warn("token service answer cut short", zap.String("upstream", p.Upstream.Redacted()), zap.Error(err))
+		unavailable(w, "token service answer cut short")
+		return
+	case len(answer) > maxTokenAnswer:
+		guess.Refund()
+		logger.Warn("token service answer too large", zap.String("upstream", p.Upstream.Redacted()),
+			zap.Int("status", resp.StatusCode), zap.Int("max_bytes", maxTokenAnswer))
+		unavailable(w, fmt.Sprintf("token service answer larger than %d bytes", maxTokenAnswer))
+		return
+	}
 	// Only the token service's refusal of the credentials is a failed
 	// login. Only a token it gave to the account is a good one, which
 	// exempts the address from the account's bound: a 200 is no proof by
@@ -260,9 +305,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if guess == nil {
 			break
 		}
-		head, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswerChecked+1))
-		answer = io.MultiReader(bytes.NewReader(head), resp.Body)
-		if err == nil && account != "" && tokenAnswerNames(head, account) {
+		if account != "" && tokenAnswerNames(answer, account) {
 			guess.End(true)
 		} else {
 			guess.Refund()
@@ -270,21 +313,20 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		guess.Refund()
 	}
-	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
-		logger.Warn("token service redirected: configure the realm it redirects to",
-			zap.String("upstream", p.Upstream.Redacted()), zap.Int("status", resp.StatusCode), zap.String("location", resp.Header.Get("Location")))
-		unavailable(w, "token service redirected")
-		return
-	}
 	copyTokenHeaders(w.Header(), resp.Header)
+	w.Header().Set("Content-Length", strconv.Itoa(len(answer)))
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, answer)
+	_, _ = w.Write(answer)
 }
 
+// maxTokenAnswer bounds a token service's answer the proxy passes on; a
+// longer one is answered 502. A token answer (a JWT or two with their
+// scopes) is a few KiB; registries' own clients cap theirs near 1 MiB.
+const maxTokenAnswer = 256 << 10
+
 // maxTokenAnswerChecked bounds the token answer read to learn whom its
-// tokens were given to; a longer answer proves no login (it is passed on
-// all the same).
-const maxTokenAnswerChecked = 256 << 10
+// tokens were given to.
+const maxTokenAnswerChecked = maxTokenAnswer
 
 // tokenAnswerNames reports whether a token service's answer (JSON with
 // `token` and/or `access_token`) holds at least one token, and every one
@@ -405,19 +447,34 @@ func copyTokenHeaders(dst, src http.Header) {
 // error wrapping ErrParameterCase: a token service that reads keys without
 // regard to case would take it for the untranslated scope or an override
 // of the pinned value.
+//
+// Of the client's other keys only tokenParams pass, each at most once
+// (scope as often as it likes). Any other key is dropped: a token service
+// reads none of them, and one that did would read it unchecked. A key
+// that a token service may read as one of tokenParams or of the keys the
+// proxy controls — in another case, or as a PHP-style array (`scope[]`,
+// `scope[0]`, which PHP and Rack parse into `scope`) — is refused
+// (ErrParameterCase), as is a repeated single-valued key (`account`
+// twice: Go's servers read the first, PHP's the last): the client is told
+// why, rather than getting a token without what it asked for.
 func (p *TokenProxy) UpstreamValues(client url.Values, via Via) (url.Values, error) {
 	pinned := p.pinned()
-	for k := range client {
+	for k, vs := range client {
 		if ctl := p.controlledKey(k, pinned); ctl != "" && ctl != k {
 			return nil, fmt.Errorf("%w: %q for %q", ErrParameterCase, k, ctl)
+		}
+		if _, pin := pinned[k]; len(vs) > 1 && k != "scope" && !pin && slices.Contains(tokenParams, k) {
+			return nil, fmt.Errorf("%w: %q more than once", ErrParameterCase, k)
 		}
 	}
 	out := make(url.Values, len(client))
 	for k, vs := range client {
-		switch k {
-		case realmParamNS, realmParamPrefix:
+		switch {
+		case k == realmParamNS, k == realmParamPrefix:
 			continue
-		case "scope":
+		case k != "scope" && !slices.Contains(tokenParams, k):
+			continue
+		case k == "scope":
 			scopes := make([]string, len(vs))
 			for i, s := range vs {
 				t, err := TranslateScopes(p.Names, s, via)
@@ -440,16 +497,28 @@ func (p *TokenProxy) UpstreamValues(client url.Values, via Via) (url.Values, err
 	return out, nil
 }
 
+// tokenParams are the parameters of the Docker token and OAuth2 token
+// requests (distribution's token spec), the only ones forwarded besides
+// the pinned ones.
+var tokenParams = []string{"scope", "service", "account", "client_id", "offline_token",
+	"grant_type", "access_type", "username", "password", "refresh_token"}
+
 // controlledKey is the key the proxy controls (translates, drops or pins)
-// that k spells in any case, or "" when k is none of them.
+// or forwards (tokenParams) that k may be read as — in any case, with
+// leading blanks, or before a PHP-style `[...]` — or "" when k is none of
+// them.
 func (p *TokenProxy) controlledKey(k string, pinned url.Values) string {
-	for _, c := range []string{"scope", realmParamNS, realmParamPrefix} {
-		if strings.EqualFold(k, c) {
+	base := strings.TrimLeft(k, " \t")
+	if i := strings.IndexByte(base, '['); i >= 0 {
+		base = base[:i]
+	}
+	for _, c := range append([]string{realmParamNS, realmParamPrefix}, tokenParams...) {
+		if strings.EqualFold(base, c) {
 			return c
 		}
 	}
 	for c := range pinned {
-		if strings.EqualFold(k, c) {
+		if strings.EqualFold(base, c) {
 			return c
 		}
 	}

@@ -1,6 +1,7 @@
 package authscope
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -561,7 +562,7 @@ func TestTokenProxyRefusesKeysInOtherCase(t *testing.T) {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `"code":"UNSUPPORTED"`) {
-				t.Errorf("status %d: %s, want 400", resp.StatusCode, body)
+				t.Errorf("status %d: %.200s, want 400", resp.StatusCode, body)
 			}
 		})
 		t.Run("POST "+extra, func(t *testing.T) {
@@ -579,14 +580,79 @@ func TestTokenProxyRefusesKeysInOtherCase(t *testing.T) {
 	if reqs := is.Requests(); len(reqs) != 0 {
 		t.Errorf("%d requests reached the token service: %+v", len(reqs), reqs)
 	}
-	// Keys the proxy does not control keep their case.
-	resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&Client_ID=podman")
+}
+
+// TestTokenProxyForwardsOnlyTokenParams: the token service gets the token
+// request's own parameters and no other. A key it may read as one of them
+// (a PHP-style array `scope[]`, which PHP and Rack parse into scope
+// untranslated; a leading blank, which PHP strips; `Username`, whose
+// logins the per-account bound would not count) or a single-valued key
+// given twice (`account`: Go reads the first, PHP the last) is refused
+// with 400 and nothing reaches the token service; a key no token service
+// reads is dropped. Before, each passed unchanged.
+func TestTokenProxyForwardsOnlyTokenParams(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL + "/auth")
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	scope := "scope=" + url.QueryEscape("repository:library/debian:pull")
+	secret := url.QueryEscape("repository:team/secret:push")
+	for _, extra := range []string{
+		"scope[]=" + secret,
+		"scope%5B%5D=" + secret,
+		"scope[0]=" + secret,
+		"Scope[]=" + secret,
+		"+scope=" + secret,
+		"service[]=evil.example",
+		"account=ci&account=admin",
+		"client_id=a&client_id=b",
+		"Username=ci",
+		"Account=admin",
+	} {
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			t.Run(method+" "+extra, func(t *testing.T) {
+				var resp *http.Response
+				var err error
+				if method == http.MethodGet {
+					resp, err = http.Get(srv.URL + TokenPath + "?" + scope + "&" + extra)
+				} else {
+					resp, err = http.Post(srv.URL+TokenPath, "application/x-www-form-urlencoded",
+						strings.NewReader("grant_type=password&username=ci&password=ci-pw&"+scope+"&"+extra))
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Errorf("status %d: %.200s, want 400", resp.StatusCode, body)
+				}
+			})
+		}
+	}
+	if reqs := is.Requests(); len(reqs) != 0 {
+		t.Errorf("%d requests reached the token service: %+v", len(reqs), reqs)
+	}
+	resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&account=ci&client_id=podman&offline_token=true&tenant=x&debug=1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("a key of the client's own in capitals: status %d", resp.StatusCode)
+	reqs := is.Requests()
+	if resp.StatusCode != http.StatusOK || len(reqs) != 1 {
+		t.Fatalf("status %d, %d requests reached the token service", resp.StatusCode, len(reqs))
+	}
+	got := reqs[0].Query
+	for _, k := range []string{"scope", "service", "account", "client_id", "offline_token"} {
+		if !got.Has(k) {
+			t.Errorf("the token service did not get %s: %v", k, got)
+		}
+	}
+	for _, k := range []string{"tenant", "debug"} {
+		if got.Has(k) {
+			t.Errorf("the token service got %s, which no token request has: %v", k, got)
+		}
 	}
 }
 
@@ -809,5 +875,92 @@ func TestTokenProxyForwardsClientAddress(t *testing.T) {
 	p.ServeHTTP(w, r)
 	if got := <-seen; got != "203.0.113.5" {
 		t.Fatalf("X-Forwarded-For %q, want the client's 203.0.113.5", got)
+	}
+}
+
+// TestTokenProxyBoundsAnswer: a token service's answer is passed on only
+// up to maxTokenAnswer; a larger one (a broken or hostile token service
+// streaming without end) is answered 502, whatever its status, after at
+// most that much is read. Before, 64 MiB came through to the client, bounded
+// only by the client's 30 s timeout.
+func TestTokenProxyBoundsAnswer(t *testing.T) {
+	const huge = 64 << 20
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Query().Get("account") == "small" {
+			_, _ = io.WriteString(w, `{"token":"t"}`)
+			return
+		}
+		if r.URL.Query().Get("account") == "refused" {
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+		chunk := bytes.Repeat([]byte(" "), 64<<10)
+		for sent := 0; sent < huge; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	for _, account := range []string{"big", "refused"} {
+		resp, err := http.Get(srv.URL + TokenPath + "?account=" + account)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway || n > 1<<10 {
+			t.Errorf("%s: status %d, %d bytes passed on; want 502 and a short error", account, resp.StatusCode, n)
+		}
+	}
+	resp, err := http.Get(srv.URL + TokenPath + "?account=small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != `{"token":"t"}` || resp.ContentLength != int64(len(body)) {
+		t.Errorf("a token answer: %d %q (length %d)", resp.StatusCode, body, resp.ContentLength)
+	}
+}
+
+// TestTokenProxyRefusesQueryCredentials: a password or refresh token in
+// the query (of a GET or a POST) is refused with 400 and never reaches the
+// token service. The login bound counts the credentials of the
+// Authorization header and the form; passed on from the query, they were
+// guesses no bound counted: against the binary, after the address had
+// used up its bound with Basic logins (429), ten more guesses with
+// ?username=&password= each reached the token service and got its 401.
+// A query is also what servers and proxies log.
+func TestTokenProxyRefusesQueryCredentials(t *testing.T) {
+	is := newTestIssuer(t, map[string]string{"ci": "ci-pw"}, dockerAuthACL)
+	up := is.Start(t)
+	u, _ := url.Parse(up.URL + "/auth")
+	srv := httptest.NewServer(&TokenProxy{Upstream: u, Service: testService, Names: testNames(t)})
+	t.Cleanup(srv.Close)
+	scope := "scope=" + url.QueryEscape("repository:library/debian:pull")
+	for _, q := range []string{"username=ci&password=guess", "password=guess", "refresh_token=guess", "grant_type=refresh_token&refresh_token=guess"} {
+		resp, err := http.Get(srv.URL + TokenPath + "?" + scope + "&" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET with %s: %d, want 400", q, resp.StatusCode)
+		}
+		resp, err = http.Post(srv.URL+TokenPath+"?"+q, "application/x-www-form-urlencoded", strings.NewReader("grant_type=password&username=ci&"+scope))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("POST with %s in its query: %d, want 400", q, resp.StatusCode)
+		}
+	}
+	if reqs := is.Requests(); len(reqs) != 0 {
+		t.Errorf("%d requests with credentials in the query reached the token service", len(reqs))
 	}
 }

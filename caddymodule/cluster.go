@@ -51,6 +51,9 @@ type sharedCluster struct {
 	scrubEvery time.Duration
 	scrubRate  int64
 	logger     *zap.Logger
+	// localClock is this replica's wall clock; nil is time.Now. Tests
+	// step it.
+	localClock func() time.Time
 
 	reads S3Storage // redirect and cache; its Config is s3's
 	// The bucket (checked at provision, connects on first use), maybe
@@ -292,7 +295,7 @@ func (c *sharedCluster) connect() (st *composite.Store, meta clusterMeta, closeM
 	}
 	st, err = composite.New(composite.Options{
 		Blobs: c.blobs, Meta: meta, Leases: leases,
-		UploadTTL: c.ttl, GCGrace: c.grace, Logger: c.logger,
+		UploadTTL: c.ttl, GCGrace: c.grace, Logger: c.logger, LocalClock: c.localClock,
 	})
 	if err != nil {
 		closeMeta()
@@ -325,12 +328,24 @@ func (c *sharedCluster) startGC(st *composite.Store) {
 
 // records opens the cluster for the auth layer's records.
 func (c *sharedCluster) records() (authRecords, error) {
-	_, meta, err := c.open()
+	st, meta, err := c.open()
 	if err != nil {
 		return nil, err
 	}
-	return meta, nil
+	// The store's clock, the database's with PostgreSQL: a sign-in
+	// started on one replica ends on whichever the callback reaches,
+	// and keys and sessions written by one are judged by all.
+	return clockedRecords{authRecords: meta, now: st.Now}, nil
 }
+
+// clockedRecords are auth records with the clock the times in them are
+// written and judged by.
+type clockedRecords struct {
+	authRecords
+	now func() time.Time
+}
+
+func (r clockedRecords) Now() time.Time { return r.now() }
 
 // isClosed reports whether Destruct has run.
 func (c *sharedCluster) isClosed() bool {

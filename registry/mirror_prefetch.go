@@ -14,7 +14,11 @@ package registry
 // What a prefetch may take: a fill slot only while at least half of the
 // mirror's slots stay free for clients' own fills, never waiting for
 // one; prefetchParallel fills of one manifest at once; one prefetch per
-// manifest at a time. Blobs a manifest declares larger than the mirror's
+// manifest at a time; and each fill one miss of the client whose GET
+// started it (max_misses_per_client), as that client's own blob GET would
+// have been: without that, one anonymous GET of a 500-layer manifest made
+// 501 upstream requests whatever the client's budget. The prefetch stops
+// where the budget ends; the client's own GETs then meet it themselves. Blobs a manifest declares larger than the mirror's
 // MaxBlobSize, with URLs of their own (foreign layers), or that the store
 // holds or fills already are left alone. An index starts nothing: the
 // client's platform's manifest, when it asks for it, does.
@@ -53,17 +57,23 @@ func (h *Handler) prefetch(ctx context.Context, rc *request, res mirroredManifes
 		return
 	}
 	ctx = context.WithoutCancel(ctx)
+	// Whom to charge, read now: the request is over when the fills start.
+	var client string
+	if m.misses.perMinute > 0 && rc.caller != nil {
+		client = h.uploadOwner(rc.caller)
+	}
 	go func() {
 		defer m.prefetching.Delete(key)
-		h.prefetchFills(ctx, rc, blobs)
+		h.prefetchFills(ctx, rc, client, blobs)
 	}()
 }
 
 // prefetchFills starts a fill of each of blobs that the store neither
 // holds nor fills, keeping at most prefetchParallel of its own running,
-// and stops at the first it may not start (no spare slot, storage full,
-// the store failing): what is left is fetched when clients ask.
-func (h *Handler) prefetchFills(ctx context.Context, rc *request, blobs []cache.Digest) {
+// and stops at the first it may not start (no spare slot, client's miss
+// budget spent, storage full, the store failing): what is left is fetched
+// when clients ask. client is whose budget pays ("": none is kept).
+func (h *Handler) prefetchFills(ctx context.Context, rc *request, client string, blobs []cache.Digest) {
 	m := rc.mirror
 	store := h.cfg.Store
 	running := make(chan struct{}, prefetchParallel)
@@ -86,6 +96,14 @@ func (h *Handler) prefetchFills(ctx context.Context, rc *request, blobs []cache.
 		if _, err := store.HasBlob(ctx, rc.name, d); err == nil {
 			<-running
 			continue
+		}
+		// Charged as the client's GET of the blob would be, so that GET,
+		// joining this fill, is not charged again.
+		if client != "" {
+			if _, ok := m.misses.take(client, notFoundKey(rc.name, "blob", d.String()), m.now()); !ok {
+				<-running
+				return
+			}
 		}
 		f, started, err := store.FillAdmitted(ctx, rc.name, d, m.blobSource(rc.name, d), m.slots.takeSpare)
 		if err != nil {

@@ -246,3 +246,43 @@ func TestMirrorPrefetchStopsOnDrain(t *testing.T) {
 		t.Fatalf("upstream blob GETs = %d after Drain, want %d (those started before)", n, prefetchParallel+1)
 	}
 }
+
+// TestMirrorPrefetchWithinBudget: the fills a prefetch starts are requests
+// upstream that the client's manifest GET caused, so they are charged to
+// its max_misses_per_client as its own blob GETs would be, and the
+// prefetch stops where the budget ends. Before, against the built binary,
+// one anonymous GET of a 500-layer manifest (max_misses_per_client 10)
+// made the mirror send 501 blob GETs upstream; here 40 layers with a
+// budget of 10 made 41.
+func TestMirrorPrefetchWithinBudget(t *testing.T) {
+	const budget = 10
+	env := missEnv(t, func(c *MirrorConfig) {
+		c.Prefetch = true
+		c.MaxMissesPerClient = budget
+	})
+	img := randomImage(t, 64, 40)
+	env.up.pushImage("library/app", "v1", img)
+	blobs := imageBlobs(t, img)
+
+	before := env.up.total()
+	env.wantStatus(env.do(http.MethodGet, "/v2/docker.io/library/app/manifests/v1", nil, testClient, "10.0.0.1"), http.StatusOK)
+	waitFor(t, "the prefetch's end", func() bool {
+		_, running := env.mirror.prefetching.Load("docker.io/library/app@" + manifestDigest(t, img))
+		return !running
+	})
+	waitFor(t, "the prefetch's fills' end", func() bool {
+		for _, b := range blobs {
+			d, _ := cache.ParseDigest(b)
+			if env.store.Filling(t.Context(), d) != nil {
+				return false
+			}
+		}
+		return true
+	})
+	if asked := env.up.total() - before; asked > budget {
+		t.Fatalf("one manifest GET with a budget of %d made %d upstream requests (%d blob GETs)", budget, asked, env.up.count("GET blobs"))
+	}
+	// Another client's budget is its own: its GET of the last blob, which
+	// no prefetch fetched, goes upstream.
+	env.wantStatus(env.do(http.MethodGet, "/v2/docker.io/library/app/blobs/"+blobs[len(blobs)-1], nil, testClient, "10.0.0.2"), http.StatusOK)
+}

@@ -104,7 +104,21 @@ func (f *Front) refusePath(w http.ResponseWriter, r *http.Request, t registry.Ta
 // the backend's challenges, Location and Link still put in the client's
 // view: a backend may challenge any path, naming its own realm.
 func (f *Front) passThrough(w http.ResponseWriter, r *http.Request, via authscope.Via, next Next) error {
+	apiArea := registry.MayReachAPI(f.names, r.URL.Path) || registry.MayReachOwn(r.URL.Path)
+	if apiArea && r.Method == http.MethodConnect {
+		f.refuse(w, r, registry.Target{}, registry.NewError(http.StatusMethodNotAllowed, registry.CodeUnsupported, "the registry API does not switch protocols", nil))
+		return nil
+	}
 	out := r.Clone(r.Context())
+	if apiArea {
+		// A backend's extensions under /v2/ (zot's search, OCI's
+		// discovery) are registry API as much as the rest: an upgrade
+		// there would make the connection a raw tunnel to the backend,
+		// whose later requests the front would neither map nor check,
+		// as on the API paths (Serve). Paths outside the API keep it: a
+		// backend's web UI may use WebSockets.
+		out.Header.Del("Upgrade")
+	}
 	// A sign-in session of this server (oci_registry's OIDC on the same
 	// host) is never the backend's business.
 	authscope.DropSignInCookies(out.Header)

@@ -9,8 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -105,11 +108,20 @@ func (v *view) headers(h http.Header) {
 // backend's host is not one the client should learn, and the client
 // resolves the path against the front it asked. An API URL of a name the
 // client did not type, or that does not parse, is not passed on. URLs
-// elsewhere (a storage redirect) pass unchanged.
+// elsewhere (a storage redirect) pass unchanged, but for a passed-through
+// request's URL that names the backend's own network (internalHost).
 func (v *view) url(s string) (string, bool) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "", false
+	}
+	if v.kind < 0 {
+		// Passed through (outside the API, an extension): the URL goes
+		// to the client as the backend wrote it, unless it names the
+		// backend's own network.
+		if host := browserHost(s); host != "" && internalHost(host) && !strings.EqualFold(host, v.req.Host) {
+			return "", false
+		}
 	}
 	if !registry.MayReachAPI(nil, u.Path) {
 		return s, true
@@ -267,4 +279,125 @@ func replaceName(s, name, with string) string {
 
 func nameByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/'
+}
+
+// browserHost is the host[:port] a browser or HTTP client would go to
+// following s: it drops tabs and newlines anywhere, and reads a backslash
+// as a slash (`http:\\10.0.0.1\`, `/\10.0.0.1/`), as browsers do. ""
+// for a URL on the same host (a path).
+func browserHost(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch r {
+		case '\t', '\n', '\r':
+			return -1
+		case '\\':
+			return '/'
+		}
+		return r
+	}, strings.TrimSpace(s))
+	u, err := url.Parse(s)
+	if err != nil {
+		return "" // the caller has refused what does not parse
+	}
+	return u.Host
+}
+
+// internalSuffixes are name suffixes of hosts only a backend's own
+// network resolves: Kubernetes services, the names RFC 6761 and ICANN
+// keep for private use.
+var internalSuffixes = []string{".localhost", ".internal", ".svc", ".cluster.local"}
+
+// internalHost reports whether hostport names an address of the network
+// the backend runs in rather than one a client is meant to use: a
+// loopback, private, link-local or unspecified IP address, a name of one
+// label (localhost, a compose service such as harbor-core), or a name
+// under internalSuffixes. Names in public form may still be internal; the
+// front cannot know, and passes them.
+func internalHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if i := strings.IndexByte(host, '%'); i >= 0 {
+		host = host[:i] // an IPv6 zone
+	}
+	host = strings.ToLower(host)
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		var isIP bool
+		if a, isIP = browserIPv4(host); isIP && !a.IsValid() {
+			return true // an address no browser goes to: nothing to pass
+		}
+	}
+	if a.IsValid() {
+		a = a.Unmap()
+		return a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsUnspecified()
+	}
+	if !strings.Contains(host, ".") {
+		return true
+	}
+	for _, sfx := range internalSuffixes {
+		if strings.HasSuffix(host, sfx) {
+			return true
+		}
+	}
+	return false
+}
+
+// browserIPv4 reads host as browsers do (the WHATWG URL standard) when its
+// last label is a number: an IPv4 address of one to four numbers, each
+// decimal, octal (a leading 0) or hex (0x), the last filling the bytes
+// left (127.1, 0x7f.0.0.1, 2130706433 are all 127.0.0.1). isIP reports
+// whether browsers take host for an address; a is invalid when they
+// take it for one but cannot read it.
+func browserIPv4(host string) (a netip.Addr, isIP bool) {
+	labels := strings.Split(host, ".")
+	if _, ok := browserNumber(labels[len(labels)-1]); !ok {
+		return netip.Addr{}, false
+	}
+	if len(labels) > 4 {
+		return netip.Addr{}, true
+	}
+	var n [4]uint64
+	for i, l := range labels {
+		v, ok := browserNumber(l)
+		if !ok {
+			return netip.Addr{}, true
+		}
+		n[i] = v
+	}
+	last := len(labels) - 1
+	for i := range last {
+		if n[i] > 255 {
+			return netip.Addr{}, true
+		}
+	}
+	if n[last] >= 1<<(8*(4-last)) {
+		return netip.Addr{}, true
+	}
+	v := n[last]
+	for i := range last {
+		v |= n[i] << (8 * (3 - i))
+	}
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+}
+
+// browserNumber reads one label of a browser's IPv4 address.
+func browserNumber(s string) (uint64, bool) {
+	base := 10
+	switch {
+	case len(s) >= 2 && (s[:2] == "0x"):
+		base, s = 16, s[2:]
+		if s == "" {
+			return 0, true
+		}
+	case len(s) > 1 && s[0] == '0':
+		base, s = 8, s[1:]
+	}
+	if s == "" {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(s, base, 64)
+	return v, err == nil
 }
