@@ -18,9 +18,10 @@ package registry
 // started it (max_misses_per_client), as that client's own blob GET would
 // have been: without that, one anonymous GET of a 500-layer manifest made
 // 501 upstream requests whatever the client's budget. The prefetch stops
-// where the budget ends; the client's own GETs then meet it themselves. Blobs a manifest declares larger than the mirror's
-// MaxBlobSize, with URLs of their own (foreign layers), or that the store
-// holds or fills already are left alone. An index starts nothing: the
+// where the budget ends; the client's own GETs then meet it themselves.
+// Blobs a manifest declares larger than the mirror's MaxBlobSize, with
+// URLs of their own (foreign layers), or that the store holds or fills
+// already are left alone. An index starts nothing: the
 // client's platform's manifest, when it asks for it, does.
 
 import (
