@@ -104,6 +104,10 @@ type Auth struct {
 	Guards []PathGuard `json:"guards,omitempty"`
 
 	audit *zap.Logger // the "audit" logger of the config; nil: Caddy's default log
+	// clock is the clock of the times sign-in and API keys write and
+	// judge (a sign-in's state, a session's and a key's expiry): the
+	// cluster's on replicas (sharedCluster.now); nil: this process's.
+	clock func() time.Time
 }
 
 // PathGuard is a path oci_registry passes on to the next handler only for

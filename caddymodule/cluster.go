@@ -328,24 +328,26 @@ func (c *sharedCluster) startGC(st *composite.Store) {
 
 // records opens the cluster for the auth layer's records.
 func (c *sharedCluster) records() (authRecords, error) {
-	st, meta, err := c.open()
+	_, meta, err := c.open()
 	if err != nil {
 		return nil, err
 	}
-	// The store's clock, the database's with PostgreSQL: a sign-in
-	// started on one replica ends on whichever the callback reaches,
-	// and keys and sessions written by one are judged by all.
-	return clockedRecords{authRecords: meta, now: st.Now}, nil
+	// As they are: a wrapper would hide what else they are (the login
+	// ledger the replicas share, loginledger.go).
+	return meta, nil
 }
 
-// clockedRecords are auth records with the clock the times in them are
-// written and judged by.
-type clockedRecords struct {
-	authRecords
-	now func() time.Time
+// now is the cluster's clock, the store's: the database's with
+// PostgreSQL, so that a sign-in started on one replica ends on whichever
+// the callback reaches, and keys and sessions written by one are judged
+// alike by all. This process's clock while the cluster cannot open.
+func (c *sharedCluster) now() time.Time {
+	st, _, err := c.open()
+	if err != nil {
+		return time.Now()
+	}
+	return st.Now()
 }
-
-func (r clockedRecords) Now() time.Time { return r.now() }
 
 // isClosed reports whether Destruct has run.
 func (c *sharedCluster) isClosed() bool {

@@ -234,7 +234,10 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 		p.apiKeys.GroupsMaxAge = time.Duration(c.GroupsMaxAge)
 		p.apiKeys.GroupsFromDirectory = c.GroupsFrom == keyGroupsFromLDAP
 	}
-	now := recordsClock(store)
+	now := a.clock
+	if now == nil {
+		now = time.Now
+	}
 	p.apiKeys.Now = now
 	var err error
 	p.signIn, err = authscope.NewSignIn(authscope.SignInOptions{
@@ -255,20 +258,6 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 		return nil, fmt.Errorf("oidc: %w", err)
 	}
 	return p, nil
-}
-
-// recordsClock is the clock of the times sign-in and API keys write and
-// judge (a sign-in's state, a session's and a key's expiry): the auth
-// records' own when they have one (a cluster's), else this process's.
-func recordsClock(store func() (authRecords, error)) func() time.Time {
-	return func() time.Time {
-		if st, err := store(); err == nil {
-			if c, ok := st.(interface{ Now() time.Time }); ok {
-				return c.Now()
-			}
-		}
-		return time.Now()
-	}
 }
 
 // parseSessionKey reads 32 bytes written as hex or base64.

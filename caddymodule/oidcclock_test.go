@@ -45,10 +45,19 @@ func TestSignInAcrossSteppedReplica(t *testing.T) {
 			localClock: func() time.Time { return time.Now().Add(step) }}
 		t.Cleanup(func() { _ = c.Destruct() })
 		auth := &Auth{OIDC: &OIDC{Issuer: provider.Issuer(), ClientID: oidctest.ClientID, ClientSecret: oidctest.ClientSecret,
-			ExternalURL: lb.URL, SessionKey: strings.Repeat("ab", 32)}}
+			ExternalURL: lb.URL, SessionKey: strings.Repeat("ab", 32)}, clock: c.now}
 		parts, err := auth.provisionSignIn(c.records, zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The records keep the login ledger the replicas share: a
+		// wrapper that gave them the clock hid it, and login_limit
+		// counted each replica's guesses apart (e2e
+		// TestReplicaLoginLimit).
+		if rec, err := c.records(); err != nil {
+			t.Fatal(err)
+		} else if _, ok := rec.(authscope.GuessLedger); !ok {
+			t.Fatalf("the cluster's auth records (%T) keep no login ledger", rec)
 		}
 		// A replica running for a while has read the database's clock
 		// (before its first reading, a store has only its own).

@@ -309,6 +309,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		return err
 	}
 	records := func() (authRecords, error) { return rg.store.open() }
+	var clock func() time.Time // nil: this process's
 	if rg.scaledOut() {
 		if err := rg.validateSubStorages(); err != nil {
 			return err
@@ -316,7 +317,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 		if err := rg.provisionCluster(); err != nil {
 			return err
 		}
-		records = rg.cluster.records
+		records, clock = rg.cluster.records, rg.cluster.now
 	} else if err := rg.provisionStore(); err != nil {
 		return err
 	} else if err := rg.provisionSubStores(); err != nil {
@@ -392,6 +393,7 @@ func (rg *Registry) Provision(ctx caddy.Context) error {
 	rg.plans = append(rg.plans, copies...)
 	if rg.Auth != nil {
 		rg.Auth.audit = ctx.Logger(auditLog{})
+		rg.Auth.clock = clock
 		if rg.auth, err = rg.Auth.provision(rg.serves.Names(), records, rg.logger); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
