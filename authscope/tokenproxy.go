@@ -324,18 +324,12 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // scopes) is a few KiB; registries' own clients cap theirs near 1 MiB.
 const maxTokenAnswer = 256 << 10
 
-// maxTokenAnswerChecked bounds the token answer read to learn whom its
-// tokens were given to.
-const maxTokenAnswerChecked = maxTokenAnswer
-
 // tokenAnswerNames reports whether a token service's answer (JSON with
 // `token` and/or `access_token`) holds at least one token, and every one
 // of them is a JWT whose subject is account (compared as the guess
-// bounds compare account names). Opaque tokens name nobody.
+// bounds compare account names). Opaque tokens name nobody. body is at
+// most maxTokenAnswer bytes (ServeHTTP refuses longer answers).
 func tokenAnswerNames(body []byte, account string) bool {
-	if len(body) > maxTokenAnswerChecked {
-		return false
-	}
 	var tr struct {
 		Token       string `json:"token"`
 		AccessToken string `json:"access_token"`

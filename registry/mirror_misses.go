@@ -323,15 +323,25 @@ func (h *Handler) beforeUpstream(rc *request, kind, ref string) error {
 	return h.spendMiss(rc, notFoundKey(rc.name, kind, ref))
 }
 
+// missClient is whose max_misses_per_client budget rc's upstream requests
+// spend (keyed as max_uploads_per_client keys its owners); "" when the
+// mirror keeps no budget.
+func (h *Handler) missClient(rc *request) string {
+	if rc.mirror.misses.perMinute <= 0 || rc.caller == nil {
+		return ""
+	}
+	return h.uploadOwner(rc.caller)
+}
+
 // spendMiss charges rc's client for an upstream request about what (a
 // name and reference, a referrers path; empty: charged every time): nil,
 // or 429 when its budget is spent.
 func (h *Handler) spendMiss(rc *request, what string) error {
 	m := rc.mirror
-	if m.misses.perMinute <= 0 || rc.caller == nil {
+	client := h.missClient(rc)
+	if client == "" {
 		return nil
 	}
-	client := h.uploadOwner(rc.caller)
 	wait, ok := m.misses.take(client, what, m.now())
 	if ok {
 		return nil

@@ -59,10 +59,7 @@ func (h *Handler) prefetch(ctx context.Context, rc *request, res mirroredManifes
 	}
 	ctx = context.WithoutCancel(ctx)
 	// Whom to charge, read now: the request is over when the fills start.
-	var client string
-	if m.misses.perMinute > 0 && rc.caller != nil {
-		client = h.uploadOwner(rc.caller)
-	}
+	client := h.missClient(rc)
 	go func() {
 		defer m.prefetching.Delete(key)
 		h.prefetchFills(ctx, rc, client, blobs)
