@@ -47,6 +47,7 @@ func TestReplicaStorageStoppedMidCommit(t *testing.T) {
 				select {
 				case st = <-first:
 				case <-time.After(stallBound + 5*time.Second):
+					a.logGoroutines(t)
 					_ = cont()
 					t.Fatalf("round %d: the PUT had no answer %s into the stop", round, stallBound+5*time.Second)
 				}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -236,4 +237,25 @@ func siteServerEnv(t testing.TB, registryPort int, dataDir, site string, ready i
 // write it; clients fall back to plain HTTP for localhost.
 func (s *server) localhostAddr() string {
 	return "localhost:" + strings.TrimPrefix(s.addr, "127.0.0.1:")
+}
+
+// logGoroutines logs the stacks of the process's goroutines that run the
+// project's code (from the admin API's pprof), so a drill that finds a
+// request hung says where, in CI's output too.
+func (s *server) logGoroutines(t testing.TB) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + s.admin + "/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		t.Logf("goroutines of %s: %v", s.addr, err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var ours []string
+	for _, g := range strings.Split(string(b), "\n\n") {
+		if strings.Contains(g, "caddy-oci/") {
+			ours = append(ours, g)
+		}
+	}
+	t.Logf("goroutines of %s running caddy-oci code (%d):\n%s", s.addr, len(ours), strings.Join(ours, "\n\n"))
 }

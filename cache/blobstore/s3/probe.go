@@ -12,8 +12,8 @@ import (
 // made the server's load of probes grow with the calls it was slow to
 // answer: 20 slow PUTs, 160 HeadBuckets in 4 s. One probe per probeEvery
 // serves them all, with each call's outcome judged as before by the
-// probes begun while it waited: one that timed out fails it, two in a
-// row that got no answer fail it, any answer says alive.
+// probes begun while it waited: one that timed out fails it, two since
+// the last answer that got no answer fail it, any answer says alive.
 type prober struct {
 	probe func(context.Context) error
 
@@ -70,7 +70,18 @@ func (p *prober) join(fail context.CancelCauseFunc) (leave func()) {
 }
 
 func (p *prober) loop(ctx context.Context, r *probeRun, every time.Duration) {
-	defer close(r.exited)
+	// Each tick begins a probe whether or not the last one has answered:
+	// a call that joined while a probe hung (begun before it waited, so
+	// not its judge) is judged by one begun within every of its joining,
+	// and fails within every + stallTimeout. Waiting for the hung probe
+	// first made that twice stallTimeout (a closing PUT answered after
+	// 60 s). On a hung server at most stallTimeout/every probes are in
+	// flight at once.
+	var probes sync.WaitGroup
+	defer func() {
+		probes.Wait()
+		close(r.exited)
+	}()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -83,31 +94,42 @@ func (p *prober) loop(ctx context.Context, r *probeRun, every time.Duration) {
 		r.begun++
 		n := r.begun
 		p.mu.Unlock()
-		err := p.probe(ctx)
-		if ctx.Err() != nil {
-			return // nobody waits any more
+		probes.Add(1)
+		go func() {
+			defer probes.Done()
+			p.judge(ctx, r, n)
+		}()
+	}
+}
+
+// judge runs probe n of r and fails the calls it finds the server hung
+// for: those that were waiting when it began.
+func (p *prober) judge(ctx context.Context, r *probeRun, n int) {
+	err := p.probe(ctx)
+	if ctx.Err() != nil {
+		return // nobody waits any more
+	}
+	alive := err == nil || answered(err)
+	hung := errors.Is(err, errStalled)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for w := range r.waiters {
+		if w.joined >= n {
+			continue // joined while this probe ran: a later one judges it
 		}
-		alive := err == nil || answered(err)
-		hung := errors.Is(err, errStalled)
-		p.mu.Lock()
-		for w := range r.waiters {
-			if w.joined >= n {
-				continue // joined while this probe ran: it judges the next
-			}
-			switch {
-			case alive:
-				w.unanswered = 0
-			case hung:
+		switch {
+		case alive:
+			w.unanswered = 0
+		case hung:
+			w.fail(errStalled)
+			delete(r.waiters, w)
+		default:
+			// No answer at all (see watchAlive): twice since the last
+			// answer.
+			if w.unanswered++; w.unanswered == 2 {
 				w.fail(errStalled)
 				delete(r.waiters, w)
-			default:
-				// No answer at all (see watchAlive): twice in a row.
-				if w.unanswered++; w.unanswered == 2 {
-					w.fail(errStalled)
-					delete(r.waiters, w)
-				}
 			}
 		}
-		p.mu.Unlock()
 	}
 }

@@ -324,7 +324,14 @@ func (ss *session) Commit(ctx context.Context, d blobstore.Digest, size int64) (
 		}
 	}
 	info := blobstore.Info{Digest: d, Size: ss.st.Size}
-	if have, err := s.Stat(ctx, d); err == nil && have.Size == info.Size {
+	have, err := s.Stat(ctx, d)
+	if stalled(err) {
+		// Not read as "absent": the commit would go on to its next call
+		// on a server that just gave none an answer, and wait its bound
+		// out again before its 503.
+		return blobstore.Info{}, err
+	}
+	if err == nil && have.Size == info.Size {
 		// Also a retry of a commit that linked this session's data and
 		// was cut off before its answer: releaseData keeps linked data.
 		ss.end(ctx, true)
@@ -493,16 +500,27 @@ func (ss *session) end(ctx context.Context, release bool) {
 // behind, found by listing the session's own prefixes; and with release,
 // its data object, unless a link names it (a commit that linked it and
 // was cut off before its answer, then cancelled).
+//
+// A call that met a hung server (stalled) ends the purge: each of the
+// others would wait its own bound out, minutes in all, on the path of a
+// commit that is done or a cancel; what is left the leftovers sweep
+// finds.
 func (s *Store) purge(ctx context.Context, st sessionState, release bool) error {
 	prefix := s.sessionPrefix(st.ID)
 	key := s.dataKey(st.ID)
 	var errs []error
 	if st.UploadID != "" {
 		if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &st.UploadID}); err != nil && statusOf(err) != http.StatusNotFound {
+			if stalled(err) {
+				return err
+			}
 			errs = append(errs, err)
 		}
 	}
 	uploads, err := s.client.ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &key})
+	if stalled(err) {
+		return errors.Join(append(errs, err)...)
+	}
 	if err != nil {
 		errs = append(errs, err)
 	} else {
@@ -511,6 +529,9 @@ func (s *Store) purge(ctx context.Context, st sessionState, release bool) error 
 				continue
 			}
 			if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId}); err != nil && statusOf(err) != http.StatusNotFound {
+				if stalled(err) {
+					return errors.Join(append(errs, err)...)
+				}
 				errs = append(errs, err)
 			}
 		}
@@ -519,11 +540,17 @@ func (s *Store) purge(ctx context.Context, st sessionState, release bool) error 
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
 		if err != nil {
+			if stalled(err) {
+				return errors.Join(append(errs, err)...)
+			}
 			errs = append(errs, err)
 			break
 		}
 		for _, o := range page.Contents {
 			if err := s.deleteObject(ctx, aws.ToString(o.Key)); err != nil {
+				if stalled(err) {
+					return errors.Join(append(errs, err)...)
+				}
 				errs = append(errs, err)
 			}
 		}

@@ -39,6 +39,10 @@ const minTransferRate = 64 << 10 // bytes per second
 // errStalled: the server made no progress for stallTimeout.
 var errStalled = errors.New("s3: the server did not answer in time")
 
+// stalled reports whether err is a call's failure on a hung server: a
+// sequence of calls stops at it rather than wait each one's bound out.
+func stalled(err error) bool { return errors.Is(err, errStalled) }
+
 type patientKey struct{}
 
 // patient marks a call whose server works in proportion to the blob

@@ -256,3 +256,82 @@ func TestProbesSharedAmongWaitingCalls(t *testing.T) {
 		t.Errorf("%d calls waiting %s made %d probes; want at most %d (one per %s)", calls, took.Round(time.Millisecond), got, most, probeEvery())
 	}
 }
+
+// TestHungServerCallJoiningDuringProbe: a watched call that begins while
+// the watch's probe of a hung server is already in flight (begun for an
+// earlier call, so not its judge) fails within probeEvery + stallTimeout
+// of its start. Before, the next probe began only once that one had timed
+// out: the later call waited about twice stallTimeout (in the e2e drill, a
+// closing PUT with no answer 50 s into the stop).
+func TestHungServerCallJoiningDuringProbe(t *testing.T) {
+	old := stallTimeout
+	stallTimeout = 4 * time.Second
+	t.Cleanup(func() { stallTimeout = old })
+	srv := s3test.Start(t)
+	st := newStore(t, srv, srv.Bucket(t), "reg/")
+	if err := srv.Pause(); err != nil {
+		t.Skip(err) // no signals on this system
+	}
+	defer func() { _ = srv.Resume() }()
+	complete := func() error { return st.complete(ctx(t), "reg/hung", "no-such-upload", nil) }
+	first := make(chan error, 1)
+	go func() { first <- complete() }()
+	// The first call's first probe begins after probeEvery; join after it.
+	time.Sleep(probeEvery() + probeEvery()/5)
+	start := time.Now()
+	err := complete()
+	took := time.Since(start)
+	bound := probeEvery() + stallTimeout + time.Second
+	t.Logf("the call that joined during a probe: %v after %s", err, took.Round(time.Millisecond))
+	if !errors.Is(err, errStalled) || took > bound {
+		t.Errorf("a call joining while a probe of a hung server is in flight: %v after %s; want errStalled within %s", err, took.Round(time.Millisecond), bound)
+	}
+	if err := <-first; !errors.Is(err, errStalled) {
+		t.Errorf("the first call: %v; want errStalled", err)
+	}
+}
+
+// TestHungServerSessionEnds: a commit or a cancel of a session with parts
+// on a server that hangs fails with errStalled within one call's bound,
+// not one bound per call it has left. Before, the commit read the stalled
+// Stat as "no such blob" and went on to read the tail (twice
+// stallTimeout: e2e TestReplicaStorageStoppedMidCommit's "no answer 50s
+// into the stop"), and the cancel waited on each of its aborts, listings
+// and deletes in turn.
+func TestHungServerSessionEnds(t *testing.T) {
+	old := stallTimeout
+	stallTimeout = 3 * time.Second
+	t.Cleanup(func() { stallTimeout = old })
+	srv := s3test.Start(t)
+	st := newStore(t, srv, srv.Bucket(t), "reg/")
+	bound := stallTimeout + probeEvery() + time.Second
+	for _, end := range []string{"commit", "cancel"} {
+		t.Run(end, func(t *testing.T) {
+			data := randomBytes(minPartSize + 1<<20) // a part and a tail
+			sess, err := st.NewSession(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sess.Append(ctx(t), 0, bytes.NewReader(data)); err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.Pause(); err != nil {
+				t.Skip(err) // no signals on this system
+			}
+			start := time.Now()
+			if end == "commit" {
+				_, err = sess.Commit(ctx(t), blobstore.FromBytes(blobstore.SHA256, data), int64(len(data)))
+			} else {
+				err = sess.Cancel(ctx(t))
+			}
+			took := time.Since(start)
+			if rerr := srv.Resume(); rerr != nil {
+				t.Fatal(rerr)
+			}
+			t.Logf("%s on a hung server: %v after %s", end, err, took.Round(time.Millisecond))
+			if !errors.Is(err, errStalled) || took > bound {
+				t.Errorf("%s on a hung server: %v after %s; want errStalled within %s", end, err, took.Round(time.Millisecond), bound)
+			}
+		})
+	}
+}
