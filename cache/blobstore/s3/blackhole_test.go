@@ -61,7 +61,7 @@ func blackHole(t *testing.T, srv *s3test.Server) string {
 // counted, so with no idle connection to probe on the call waited out
 // the transport's two-minute header timeout.
 func TestBlackHoledServerPatientCall(t *testing.T) {
-	setStallTimeout(t, 2 * time.Second)
+	setStallTimeout(t, 2*time.Second)
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
 	st, err := New(context.Background(), Config{

@@ -25,7 +25,7 @@ import (
 // taking, instead of any of them waiting as long as its caller does;
 // once it continues, the store reads again.
 func TestHungServer(t *testing.T) {
-	setStallTimeout(t, 2 * time.Second)
+	setStallTimeout(t, 2*time.Second)
 	srv := s3test.Start(t)
 	st := newStore(t, srv, srv.Bucket(t), "reg/")
 	c := randomBytes(64 << 20)
@@ -86,7 +86,7 @@ func TestHungServer(t *testing.T) {
 // the SDK's attempts), and a 1 MiB part 2 s + 16 s (its length at
 // minTransferRate), as long as the socket's buffers took it whole.
 func TestHungServerPatientCalls(t *testing.T) {
-	setStallTimeout(t, 2 * time.Second)
+	setStallTimeout(t, 2*time.Second)
 	srv := s3test.Start(t)
 	st := newStore(t, srv, srv.Bucket(t), "reg/")
 	small := randomBytes(64 << 10)
@@ -184,7 +184,7 @@ func (d delayedAnswer) WriteHeader(code int) {
 // stallTimeout 2 s added up past the probe's bound: errStalled, and the
 // good PUT failed after 2.5 s.
 func TestBusyServerPatientCall(t *testing.T) {
-	setStallTimeout(t, 2 * time.Second)
+	setStallTimeout(t, 2*time.Second)
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
 	endpoint, _ := busyProxy(t, srv, bucket, 900*time.Millisecond, 4*time.Second)
@@ -213,7 +213,7 @@ func TestBusyServerPatientCall(t *testing.T) {
 // stallTimeout 2 s (a probe every 0.5 s) made 20 x 7 HeadBuckets, a load
 // that grows with the very slowness it asks about.
 func TestProbesSharedAmongWaitingCalls(t *testing.T) {
-	setStallTimeout(t, 2 * time.Second)
+	setStallTimeout(t, 2*time.Second)
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
 	const answerIn = 4 * time.Second
@@ -256,7 +256,7 @@ func TestProbesSharedAmongWaitingCalls(t *testing.T) {
 // out: the later call waited about twice stallTimeout (in the e2e drill, a
 // closing PUT with no answer 50 s into the stop).
 func TestHungServerCallJoiningDuringProbe(t *testing.T) {
-	setStallTimeout(t, 4 * time.Second)
+	setStallTimeout(t, 4*time.Second)
 	srv := s3test.Start(t)
 	st := newStore(t, srv, srv.Bucket(t), "reg/")
 	if err := srv.Pause(); err != nil {
@@ -289,7 +289,7 @@ func TestHungServerCallJoiningDuringProbe(t *testing.T) {
 // into the stop"), and the cancel waited on each of its aborts, listings
 // and deletes in turn.
 func TestHungServerSessionEnds(t *testing.T) {
-	setStallTimeout(t, 3 * time.Second)
+	setStallTimeout(t, 3*time.Second)
 	srv := s3test.Start(t)
 	st := newStore(t, srv, srv.Bucket(t), "reg/")
 	bound := stallTimeout + probeEvery() + time.Second
