@@ -144,8 +144,33 @@ func hungKindsSetUp(t *testing.T, c *replicaCluster, up *upstream, p string) []h
 			header: map[string]string{"Content-Type": "application/octet-stream", "Content-Range": fmt.Sprintf("%d-%d", from, from+6<<20-1)},
 			body:   data[from : from+6<<20], ok: http.StatusAccepted,
 			after: func(t *testing.T, st int) {
-				finishUploadAfter(t, c, repo, loc, data, from, st == http.StatusAccepted, what)
+				finishUploadAfter(t, c, repo, loc, data, from, 6<<20, st == http.StatusAccepted, what)
 			}})
+	}
+	// A closing PUT that carries the last chunk, and an upload's start.
+	{
+		data := randomBytes(t, 12<<20+1)
+		loc := patchChunk(t, a, startUpload(t, a, repo), data, 0, 6<<20)
+		d := blobDigest(data)
+		const what = "closing PUT with its chunk"
+		kinds = append(kinds, hungKind{what: what, method: http.MethodPut, path: withQuery(loc, "digest="+url.QueryEscape(d)),
+			header: octet, body: data[6<<20:], ok: http.StatusCreated,
+			after: func(t *testing.T, st int) {
+				if st == http.StatusCreated {
+					checkBlobAfter(t, c, repo, d, data, true, what)
+					return
+				}
+				// Not acknowledged: the session goes on where it stands
+				// (the chunk in or not), unless the commit finished
+				// after all and ended it.
+				gone := settled(func() int { return status(http.MethodGet, c.replicas[1].url(loc)) }) == http.StatusNotFound
+				if gone {
+					checkBlobAfter(t, c, repo, d, data, true, what+" (its session gone)")
+					return
+				}
+				finishUploadAfter(t, c, repo, loc, data, 6<<20, len(data)-6<<20, false, what)
+			}})
+		kinds = append(kinds, hungKind{what: "upload start", method: http.MethodPost, path: "/v2/" + repo + "/blobs/uploads/", ok: http.StatusAccepted})
 	}
 
 	// Manifests: an image, an index of it, a referrer of it.
@@ -290,11 +315,14 @@ func hungKindsSetUp(t *testing.T, c *replicaCluster, up *upstream, p string) []h
 	mt, _ := upImg.MediaType()
 	// The blob is asked of both replicas at once: one fills, the other
 	// follows its fill (or fills too), on a store that stops.
+	blobPath := "/v2/docker.io/library/" + p + "/blobs/" + ld.String()
+	manifestPath := "/v2/docker.io/library/" + p + "/manifests/v1"
 	for _, r := range []hungKind{
-		{what: "mirror blob fill", method: http.MethodGet, path: "/v2/docker.io/library/" + p + "/blobs/" + ld.String(), want: layerBytes},
-		{what: "mirror blob fill, other replica", method: http.MethodGet, path: "/v2/docker.io/library/" + p + "/blobs/" + ld.String(), want: layerBytes, on: 1},
-		{what: "mirror manifest fill", method: http.MethodGet, path: "/v2/docker.io/library/" + p + "/manifests/v1",
-			header: map[string]string{"Accept": string(mt)}, want: rawManifest},
+		{what: "mirror blob fill", method: http.MethodGet, path: blobPath, want: layerBytes},
+		{what: "mirror blob fill, other replica", method: http.MethodGet, path: blobPath, want: layerBytes, on: 1},
+		{what: "mirror blob HEAD during its fill", method: http.MethodHead, path: blobPath},
+		{what: "mirror manifest fill", method: http.MethodGet, path: manifestPath, header: map[string]string{"Accept": string(mt)}, want: rawManifest},
+		{what: "mirror manifest fill, other replica", method: http.MethodGet, path: manifestPath, header: map[string]string{"Accept": string(mt)}, want: rawManifest, on: 1},
 	} {
 		r.ok = http.StatusOK
 		r.after = func(t *testing.T, _ int) { checkReadsAgain(t, c, r) }
@@ -580,12 +608,11 @@ func patchChunk(t *testing.T, s *server, loc string, data []byte, from, to int) 
 	return uploadPath(t, resp.Header.Get("Location"))
 }
 
-// finishUploadAfter: the session at loc, whose PATCH of 6 MiB from
-// offset from answered (acked or not) during the stop, has from or
-// from+6 MiB (acked: the latter) bytes once the store continued; the rest
-// is sent and committed, through the other replica, and the blob is
-// whole.
-func finishUploadAfter(t *testing.T, c *replicaCluster, repo, loc string, data []byte, from int, acked bool, what string) {
+// finishUploadAfter: the session at loc, whose chunk of n bytes from
+// offset from was answered (acked or not) during the stop, has from or
+// from+n (acked: the latter) bytes once the store continued; the rest is
+// sent and committed, through the other replica, and the blob is whole.
+func finishUploadAfter(t *testing.T, c *replicaCluster, repo, loc string, data []byte, from, n int, acked bool, what string) {
 	t.Helper()
 	b := c.replicas[1]
 	var rng string
@@ -612,8 +639,8 @@ func finishUploadAfter(t *testing.T, c *replicaCluster, repo, loc string, data [
 	if rng == "0-0" {
 		have = 0 // how the registry says "empty" (uploadRange); no chunk here is 1 byte
 	}
-	if have != from+6<<20 && (acked || have != from) {
-		t.Errorf("%s (acknowledged %v): the session has %d bytes, want %d or %d", what, acked, have, from, from+6<<20)
+	if have != from+n && (acked || have != from) {
+		t.Errorf("%s (acknowledged %v): the session has %d bytes, want %d or %d", what, acked, have, from, from+n)
 		return
 	}
 	next := loc
@@ -640,16 +667,20 @@ func finishUploadAfter(t *testing.T, c *replicaCluster, repo, loc string, data [
 		}
 		off = to
 	}
-	sep := "?"
-	if strings.Contains(next, "?") {
-		sep = "&"
-	}
 	d := blobDigest(data)
-	if st := settled(func() int { return commitStatus(b.url(next + sep + "digest=" + url.QueryEscape(d))) }); st != http.StatusCreated {
+	if st := settled(func() int { return commitStatus(b.url(withQuery(next, "digest="+url.QueryEscape(d)))) }); st != http.StatusCreated {
 		t.Errorf("%s: the closing PUT after the store continued: %d", what, st)
 		return
 	}
 	for _, s := range c.replicas {
 		getBlob(t, s, repo, d, data)
 	}
+}
+
+// withQuery adds q to path's query.
+func withQuery(path, q string) string {
+	if strings.Contains(path, "?") {
+		return path + "&" + q
+	}
+	return path + "?" + q
 }
