@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -72,7 +73,12 @@ type hungKind struct {
 	cut int
 	// on is the index of the replica it goes to.
 	on int
-	ok int
+	// afterStop: sent once the store is stopped, not before.
+	afterStop bool
+	// alsoOK are statuses that are no failure either (a chunk whose
+	// session a cancel ended: 404, 416).
+	alsoOK []int
+	ok     int
 	// want, for a GET answered ok, is the body it must have.
 	want []byte
 	// after checks, once the store continued, what the request's answer
@@ -93,7 +99,7 @@ type hungAnswer struct {
 func withBodies(kinds []hungKind) []hungKind {
 	var out []hungKind
 	for _, k := range kinds {
-		if len(k.body) >= 2 || len(k.want) >= 1<<20 {
+		if len(k.body) >= 2 || len(k.want) >= 1<<20 || k.afterStop {
 			out = append(out, k)
 		}
 	}
@@ -171,6 +177,23 @@ func hungKindsSetUp(t *testing.T, c *replicaCluster, up *upstream, p string) []h
 				finishUploadAfter(t, c, repo, loc, data, 6<<20, len(data)-6<<20, false, what)
 			}})
 		kinds = append(kinds, hungKind{what: "upload start", method: http.MethodPost, path: "/v2/" + repo + "/blobs/uploads/", ok: http.StatusAccepted})
+	}
+	// An upload's cancel on the other replica, sent once the store is
+	// stopped, behind a chunk of the same session under way: it waits
+	// for the chunk's lease, then cancels.
+	{
+		data := randomBytes(t, 6<<20)
+		loc := startUpload(t, a, repo)
+		kinds = append(kinds, hungKind{what: "PATCH before a cancel", method: http.MethodPatch, path: loc,
+			header: map[string]string{"Content-Type": "application/octet-stream", "Content-Range": fmt.Sprintf("0-%d", len(data)-1)},
+			body:   data, ok: http.StatusAccepted, alsoOK: []int{http.StatusNotFound, http.StatusRequestedRangeNotSatisfiable}})
+		kinds = append(kinds, hungKind{what: "upload DELETE behind a chunk", method: http.MethodDelete, path: loc, ok: http.StatusNoContent,
+			on: 1, afterStop: true,
+			after: func(t *testing.T, st int) {
+				if st == http.StatusNoContent {
+					checkGone(t, c, loc, "upload DELETE")
+				}
+			}})
 	}
 
 	// Manifests: an image, an index of it, a referrer of it.
@@ -367,6 +390,7 @@ func sendThroughStop(t *testing.T, replicas []*server, kinds []hungKind, midBody
 	t.Helper()
 	answers := make([]hungAnswer, len(kinds))
 	gate := make(chan struct{})
+	stoppedCh := make(chan struct{})
 	var reached sync.WaitGroup
 	var done sync.WaitGroup
 	stopAt := time.Now().Add(100 * time.Millisecond)
@@ -377,7 +401,10 @@ func sendThroughStop(t *testing.T, replicas []*server, kinds []hungKind, midBody
 			defer done.Done()
 			var reach sync.Once
 			arrived := func() { reach.Do(reached.Done) }
-			if !midBody {
+			if k.afterStop {
+				arrived()
+				<-stoppedCh
+			} else if !midBody {
 				arrived()
 				time.Sleep(time.Until(stopAt.Add(-time.Duration(rand.IntN(60)) * time.Millisecond)))
 			}
@@ -438,7 +465,7 @@ func sendThroughStop(t *testing.T, replicas []*server, kinds []hungKind, midBody
 				a.err = fmt.Errorf("%d bytes that are not the %d expected", len(got), len(k.want))
 			case resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "":
 				a.err = fmt.Errorf("503 without Retry-After")
-			case resp.StatusCode != k.ok && resp.StatusCode != http.StatusServiceUnavailable:
+			case resp.StatusCode != k.ok && resp.StatusCode != http.StatusServiceUnavailable && !slices.Contains(k.alsoOK, resp.StatusCode):
 				a.err = fmt.Errorf("%s %s", resp.Status, bytes.TrimSpace(got))
 			}
 		}()
@@ -449,6 +476,7 @@ func sendThroughStop(t *testing.T, replicas []*server, kinds []hungKind, midBody
 	case <-waited:
 	case <-time.After(30 * time.Second):
 		close(gate)
+		close(stoppedCh)
 		t.Fatal("the requests did not all reach the point of the stop")
 	}
 	if !midBody {
@@ -458,6 +486,7 @@ func sendThroughStop(t *testing.T, replicas []*server, kinds []hungKind, midBody
 		t.Fatal(err)
 	}
 	stopped := time.Now()
+	close(stoppedCh)
 	close(gate)
 	all := make(chan struct{})
 	go func() { done.Wait(); close(all) }()
@@ -555,7 +584,11 @@ func checkManifestAfter(t *testing.T, c *replicaCluster, repo, ref string, want 
 func checkGone(t *testing.T, c *replicaCluster, path, what string) {
 	t.Helper()
 	for _, s := range c.replicas {
-		if st := settled(func() int { return status(http.MethodHead, s.url(path)) }); st != http.StatusNotFound {
+		method := http.MethodHead
+		if strings.Contains(path, "/uploads/") {
+			method = http.MethodGet // an upload's status has no HEAD
+		}
+		if st := settled(func() int { return status(method, s.url(path)) }); st != http.StatusNotFound {
 			t.Errorf("%s acknowledged, then HEAD %s: %d", what, path, st)
 		}
 	}
