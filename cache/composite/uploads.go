@@ -279,7 +279,7 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 		}
 		if errors.Is(err, cache.ErrUploadTooLarge) {
 			// As the single-node store does: the session goes.
-			s.drop(context.WithoutCancel(ctx), u, sess)
+			_ = s.drop(context.WithoutCancel(ctx), u, sess) // logged; the answer is the size
 		}
 		return cache.Upload{}, blobErr(err)
 	}
@@ -294,16 +294,35 @@ func (s *Store) AppendUpload(ctx context.Context, repo, id string, offset int64,
 	return upload(nu), nil
 }
 
-// drop ends a session: its bytes, then its record.
-func (s *Store) drop(ctx context.Context, u metastore.Upload, sess blobstore.Session) {
-	if sess != nil {
-		if err := sess.Cancel(ctx); err != nil {
-			s.log.Warn("cancel upload session", zap.String("upload", u.ID), zap.Error(err))
-		}
-	}
+// drop ends a session: its record, then (sess, if not nil) its bytes.
+// The record's removal is the end: no request resumes the session after
+// it. Its failure is returned, and the bytes are left as they are, so the
+// session stays whole for the client's retry (a cancel acknowledged with
+// its record still there was a session the client thought gone).
+//
+// The bytes are garbage from then on, freed behind the caller: nothing
+// waits for them. On a hung blob store the purge's first call waits its
+// bound out (30 s), and a cancel waiting behind a chunk stalled on the
+// same store answered after both, past a minute. What the purge cannot
+// free, the leftovers sweep does.
+func (s *Store) drop(ctx context.Context, u metastore.Upload, sess blobstore.Session) error {
 	if err := s.meta.DeleteUpload(ctx, u.ID); err != nil && !errors.Is(err, metastore.ErrUploadUnknown) {
 		s.log.Warn("delete upload record", zap.String("upload", u.ID), zap.Error(err))
+		return mapErr(err)
 	}
+	if sess == nil {
+		return nil
+	}
+	purge := func(ctx context.Context) {
+		if err := sess.Cancel(ctx); err != nil {
+			s.log.Warn("free the bytes of an ended upload session; the leftovers sweep will",
+				zap.String("upload", u.ID), zap.Error(err))
+		}
+	}
+	if !s.background(purge) {
+		purge(ctx) // the store is closing: no background work is taken
+	}
+	return nil
 }
 
 // CommitUpload makes the session's bytes blob want of repo if they hash to
@@ -345,14 +364,16 @@ func (s *Store) CommitUpload(ctx context.Context, repo, id string, want cache.Di
 		if errors.Is(err, ErrCollected) {
 			// The session's bytes are gone with the commit: the client
 			// must push again, and finds the session gone (404).
-			s.drop(context.WithoutCancel(work), u, nil)
+			_ = s.drop(context.WithoutCancel(work), u, nil) // logged; the answer is the collection
 		}
 		return cache.BlobInfo{}, err
 	}
 	if err := s.meta.LinkBlob(work, repo, want, s.now()); err != nil {
 		return cache.BlobInfo{}, mapErr(err)
 	}
-	s.drop(context.WithoutCancel(work), u, nil)
+	// The blob is in: a record left behind (logged) expires with the
+	// session's TTL.
+	_ = s.drop(context.WithoutCancel(work), u, nil)
 	r, err := s.meta.Blob(work, want)
 	if err != nil {
 		return cache.BlobInfo{}, mapErr(err)
@@ -378,8 +399,7 @@ func (s *Store) CancelUpload(ctx context.Context, repo, id string) (err error) {
 	if err != nil && !errors.Is(err, blobstore.ErrSessionUnknown) {
 		return blobErr(err)
 	}
-	s.drop(context.WithoutCancel(work), u, sess)
-	return nil
+	return s.drop(context.WithoutCancel(work), u, sess)
 }
 
 // UploadUsage is not kept in memory on this store: what sessions hold is

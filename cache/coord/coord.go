@@ -59,8 +59,8 @@ type Lease interface {
 // lease is lost. held is done when either happens, and when a deadline
 // passes without a renewal (the store unreachable): so work bound to held
 // stops before another holder may start. ok is false (and held nil) when
-// another holder has the key. release waits for the renewals to stop and
-// frees the key.
+// another holder has the key. release ends held and any renewal in
+// flight, and frees the key.
 func Hold(ctx context.Context, ls Leases, key string, ttl time.Duration) (held context.Context, release func(), ok bool, err error) {
 	l, ok, err := ls.Acquire(ctx, key, ttl)
 	if err != nil || !ok {
@@ -80,9 +80,15 @@ func Hold(ctx context.Context, ls Leases, key string, ttl time.Duration) (held c
 			return
 		}
 		once = true
+		// The work is over: a renewal in flight is of no use any more,
+		// and is ended rather than waited for. On a hung store it held
+		// the caller for its whole bound before the release's own (a
+		// chunk's 503 with PostgreSQL stopped came after 15 s: the
+		// chunk's call, the renewal, the release). A renewal that lands
+		// all the same keeps the token the release deletes by.
+		cancel(context.Canceled)
 		close(stop)
 		<-done
-		cancel(context.Canceled)
 		Free(context.WithoutCancel(ctx), l, ttl)
 	}
 	return held, release, true, nil

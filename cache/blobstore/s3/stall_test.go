@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/caddy-oci/caddy-oci/cache/blobstore"
 	"github.com/caddy-oci/caddy-oci/cache/blobstore/s3/s3test"
 )
@@ -319,6 +322,84 @@ func TestHungServerSessionEnds(t *testing.T) {
 			t.Logf("%s on a hung server: %v after %s", end, err, took.Round(time.Millisecond))
 			if !errors.Is(err, errStalled) || took > bound {
 				t.Errorf("%s on a hung server: %v after %s; want errStalled within %s", end, err, took.Round(time.Millisecond), bound)
+			}
+		})
+	}
+}
+
+// pauseAfter is a blob's bytes that stop the server (pause) once the
+// first n were read, as a server stopped mid-push does.
+type pauseAfter struct {
+	r     io.Reader
+	n     int64
+	pause func()
+	once  sync.Once
+}
+
+func (s *pauseAfter) Read(p []byte) (int, error) {
+	if s.n <= 0 {
+		s.once.Do(s.pause)
+		return s.r.Read(p)
+	}
+	if int64(len(p)) > s.n {
+		p = p[:s.n]
+	}
+	n, err := s.r.Read(p)
+	s.n -= int64(n)
+	return n, err
+}
+
+// A Put into a multipart upload at the blob key (a blob of unknown size,
+// a sha512 one) whose parts meet a hung server fails within one call's
+// bound. Before, its abort of the upload waited out a bound of its own
+// after the part's (7.3 s with stallTimeout 3 s, where the part failed
+// after 4.1 s): the bounds added up past the request's, as the commit's
+// did (TestHungServerSessionEnds).
+func TestHungServerMultipartPut(t *testing.T) {
+	setStallTimeout(t, 3 * time.Second)
+	srv := s3test.Start(t)
+	st := newStore(t, srv, srv.Bucket(t), "reg/")
+	bound := stallTimeout + probeEvery() + time.Second
+	for _, c := range []struct {
+		name string
+		alg  blobstore.Algorithm
+		size func(int) int64
+	}{
+		{"unknown size", blobstore.SHA256, func(int) int64 { return -1 }},
+		{"sha512", blobstore.SHA512, func(n int) int64 { return int64(n) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			data := randomBytes(minPartSize + 1<<20) // a part and a last one
+			paused := false
+			body := &pauseAfter{r: bytes.NewReader(data), n: minPartSize, pause: func() {
+				if err := srv.Pause(); err != nil {
+					t.Error(err)
+					return
+				}
+				paused = true
+			}}
+			start := time.Now()
+			_, err := st.Put(ctx(t), blobstore.FromBytes(c.alg, data), c.size(len(data)), body)
+			took := time.Since(start)
+			if paused {
+				if rerr := srv.Resume(); rerr != nil {
+					t.Fatal(rerr)
+				}
+			}
+			t.Logf("Put on a server hung after its first part: %v after %s", err, took.Round(time.Millisecond))
+			if !errors.Is(err, errStalled) || took > bound {
+				t.Errorf("Put on a hung server: %v after %s; want errStalled within %s", err, took.Round(time.Millisecond), bound)
+			}
+			// The abort went on behind the Put, and lands once the
+			// server continues.
+			for deadline := time.Now().Add(2 * stallTimeout); ; time.Sleep(100 * time.Millisecond) {
+				out, err := st.client.ListMultipartUploads(ctx(t), &awss3.ListMultipartUploadsInput{Bucket: &st.bucket, Prefix: aws.String("reg/blobs/")})
+				if err == nil && len(out.Uploads) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the Put's multipart upload is still there %s after the server continued (%v)", 2*stallTimeout, err)
+				}
 			}
 		})
 	}

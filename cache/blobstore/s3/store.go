@@ -478,7 +478,7 @@ func (s *Store) putSmall(ctx context.Context, d blobstore.Digest, size int64, r 
 // putMultipart streams a blob into a multipart upload at its key, first
 // (a full part, in one of files) and then the rest of r, and completes
 // the upload only once the bytes are verified. It closes files.
-func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, files *partFiles, first *partFile) (blobstore.Info, error) {
+func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64, r io.Reader, h hash.Hash, files *partFiles, first *partFile) (_ blobstore.Info, err error) {
 	start := time.Now()
 	key := s.blobKey(d)
 	uploadID, crc, err := s.createUpload(ctx, key)
@@ -495,7 +495,16 @@ func (s *Store) putMultipart(ctx context.Context, d blobstore.Digest, size int64
 	defer func() {
 		pw.wait() // no upload reads a file once it returns
 		files.close()
-		if !completed {
+		switch {
+		case completed:
+		case stalled(err):
+			// The server gave a call no answer: the abort would wait
+			// its own bound out before the caller's 503. It goes on
+			// behind the caller (bounded as every abort is), and lands
+			// once the server continues; the leftovers sweep finds an
+			// upload it could not drop.
+			go s.abort(ctx, key, uploadID)
+		default:
 			s.abort(ctx, key, uploadID)
 		}
 	}()
