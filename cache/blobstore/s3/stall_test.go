@@ -356,7 +356,7 @@ func (s *pauseAfter) Read(p []byte) (int, error) {
 // after 4.1 s): the bounds added up past the request's, as the commit's
 // did (TestHungServerSessionEnds).
 func TestHungServerMultipartPut(t *testing.T) {
-	setStallTimeout(t, 3 * time.Second)
+	setStallTimeout(t, 3*time.Second)
 	srv := s3test.Start(t)
 	st := newStore(t, srv, srv.Bucket(t), "reg/")
 	bound := stallTimeout + probeEvery() + time.Second
