@@ -565,16 +565,10 @@ func checkManifestAfter(t *testing.T, c *replicaCluster, repo, ref string, want 
 	t.Helper()
 	for _, s := range c.replicas {
 		var got []byte
-		st := settled(func() int {
-			req, _ := http.NewRequest(http.MethodGet, s.url("/v2/"+repo+"/manifests/"+ref), nil)
-			req.Header.Set("Accept", ociManifest+",application/vnd.oci.image.index.v1+json")
-			resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-			if err != nil {
-				return 0
-			}
-			defer resp.Body.Close()
-			got, _ = io.ReadAll(resp.Body)
-			return resp.StatusCode
+		st := settled(func() (st int) {
+			st, got = statusBody(http.MethodGet, s.url("/v2/"+repo+"/manifests/"+ref),
+				map[string]string{"Accept": ociManifest + ",application/vnd.oci.image.index.v1+json"}, 10*time.Second)
+			return st
 		})
 		switch {
 		case st == http.StatusOK && !bytes.Equal(got, want):
@@ -607,18 +601,9 @@ func checkReadsAgain(t *testing.T, c *replicaCluster, k hungKind) {
 	t.Helper()
 	for _, s := range c.replicas {
 		var got []byte
-		st := settled(func() int {
-			req, _ := http.NewRequest(k.method, s.url(k.path), nil)
-			for h, v := range k.header {
-				req.Header.Set(h, v)
-			}
-			resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
-			if err != nil {
-				return 0
-			}
-			defer resp.Body.Close()
-			got, _ = io.ReadAll(resp.Body)
-			return resp.StatusCode
+		st := settled(func() (st int) {
+			st, got = statusBody(k.method, s.url(k.path), k.header, 30*time.Second)
+			return st
 		})
 		if st != k.ok || k.want != nil && !bytes.Equal(got, k.want) {
 			t.Errorf("%s after the store continued: %d with %d bytes", k.what, st, len(got))
@@ -723,4 +708,23 @@ func withQuery(path, q string) string {
 		return path + "&" + q
 	}
 	return path + "?" + q
+}
+
+// statusBody sends method to u with header and returns the answer's
+// status and body; 0 when there was no answer within timeout.
+func statusBody(method, u string, header map[string]string, timeout time.Duration) (int, []byte) {
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		return 0, nil
+	}
+	for h, v := range header {
+		req.Header.Set(h, v)
+	}
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
 }

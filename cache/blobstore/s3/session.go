@@ -509,30 +509,28 @@ func (s *Store) purge(ctx context.Context, st sessionState, release bool) error 
 	prefix := s.sessionPrefix(st.ID)
 	key := s.dataKey(st.ID)
 	var errs []error
+	// failed keeps err and reports whether the purge stops at it.
+	failed := func(err error) bool {
+		errs = append(errs, err)
+		return stalled(err)
+	}
 	if st.UploadID != "" {
-		if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &st.UploadID}); err != nil && statusOf(err) != http.StatusNotFound {
-			if stalled(err) {
-				return err
-			}
-			errs = append(errs, err)
+		if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &st.UploadID}); err != nil && statusOf(err) != http.StatusNotFound && failed(err) {
+			return errors.Join(errs...)
 		}
 	}
 	uploads, err := s.client.ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &key})
-	if stalled(err) {
-		return errors.Join(append(errs, err)...)
-	}
 	if err != nil {
-		errs = append(errs, err)
+		if failed(err) {
+			return errors.Join(errs...)
+		}
 	} else {
 		for _, u := range uploads.Uploads {
 			if aws.ToString(u.Key) != key || aws.ToString(u.UploadId) == st.UploadID {
 				continue
 			}
-			if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId}); err != nil && statusOf(err) != http.StatusNotFound {
-				if stalled(err) {
-					return errors.Join(append(errs, err)...)
-				}
-				errs = append(errs, err)
+			if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId}); err != nil && statusOf(err) != http.StatusNotFound && failed(err) {
+				return errors.Join(errs...)
 			}
 		}
 	}
@@ -540,18 +538,14 @@ func (s *Store) purge(ctx context.Context, st sessionState, release bool) error 
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
 		if err != nil {
-			if stalled(err) {
-				return errors.Join(append(errs, err)...)
+			if failed(err) {
+				return errors.Join(errs...)
 			}
-			errs = append(errs, err)
 			break
 		}
 		for _, o := range page.Contents {
-			if err := s.deleteObject(ctx, aws.ToString(o.Key)); err != nil {
-				if stalled(err) {
-					return errors.Join(append(errs, err)...)
-				}
-				errs = append(errs, err)
+			if err := s.deleteObject(ctx, aws.ToString(o.Key)); err != nil && failed(err) {
+				return errors.Join(errs...)
 			}
 		}
 	}
