@@ -53,152 +53,103 @@ var collectors = struct {
 	scrubLastPass *prometheus.GaugeVec
 }{}
 
+// metricsNamespace is the namespace of every metric of the module.
+const metricsNamespace = "caddy_oci"
+
+func newCounter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: metricsNamespace, Name: name, Help: help})
+}
+
+func newCounterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Name: name, Help: help}, labels)
+}
+
+func newGauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricsNamespace, Name: name, Help: help})
+}
+
+func newGaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: metricsNamespace, Name: name, Help: help}, labels)
+}
+
+func newHistogramVec(name string, buckets []float64, help string, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metricsNamespace, Name: name, Help: help, Buckets: buckets}, labels)
+}
+
 func initCollectors() {
-	const ns = "caddy_oci"
-	collectors.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "requests_total",
-		Help:      "Registry API requests by operation and response status code.",
-	}, []string{"op", "code"})
-	collectors.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: ns,
-		Name:      "request_duration_seconds",
-		Help:      "Time to serve a registry API request, by operation.",
-		Buckets:   prometheus.ExponentialBuckets(0.001, 4, 10), // 1ms .. ~4.4min
-	}, []string{"op"})
-	collectors.bytesReceived = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "bytes_received_total",
-		Help:      "Request body bytes read by the registry API.",
-	})
-	collectors.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "bytes_sent_total",
-		Help:      "Response body bytes written by the registry API.",
-	})
-	collectors.uploads = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "uploads_total",
-		Help:      "Blob uploads completed.",
-	})
-	collectors.uploadBytes = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "upload_bytes_total",
-		Help:      "Bytes of completed blob uploads.",
-	})
-	collectors.mirrorLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "mirror_lookups_total",
-		Help:      "Mirrored blob, manifest and referrers requests by registry, kind and result (hit: served from the store, or the referrers answer kept; miss: fetched upstream).",
-	}, []string{"registry", "kind", "result"})
-	collectors.mirrorMissesHeld = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "mirror_misses_held_total",
-		Help:      "Requests for content a mirror does not hold that were answered without asking upstream, by registry and reason (not_found: the upstream's 404 remembered, not_found_ttl; budget: 429, the client past max_misses_per_client).",
-	}, []string{"registry", "reason"})
-	collectors.mirrorBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "mirror_bytes_total",
-		Help:      "Mirrored content bytes by registry and source (cache: sent from the store, upstream: fetched).",
-	}, []string{"registry", "source"})
-	collectors.upstreamReqs = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "mirror_upstream_requests_total",
-		Help:      "HTTP exchanges with upstream registries by registry, method and status (0: connection failed).",
-	}, []string{"registry", "method", "code"})
-	collectors.upstreamWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: ns,
-		Name:      "mirror_upstream_wait_seconds",
-		Help:      "Time upstream registries took to send the headers of their answers (redirects followed), by registry and what was asked (manifest, blob, token, other): upstream's share of a cold pull's wait.",
-		Buckets:   prometheus.ExponentialBuckets(0.001, 4, 9),
-	}, []string{"registry", "kind"})
-	collectors.mirrorFillTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: ns,
-		Name:      "mirror_fill_duration_seconds",
-		Help:      "Time to fetch one blob from upstream into the store, by registry and result.",
-		Buckets:   prometheus.ExponentialBuckets(0.01, 4, 9),
-	}, []string{"registry", "result"})
-	collectors.mirrorCacheBytes = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: ns,
-		Name:      "mirror_cache_bytes",
-		Help:      "Bytes of mirrored content in the store (what only mirrors hold; mirror_cache_size limits it).",
-	})
-	collectors.mirrorEvictions = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "mirror_evictions_total",
-		Help:      "Mirrored blobs and manifests evicted to keep the store under mirror_cache_size.",
-	})
-	collectors.mirrorEvictedBytes = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "mirror_evicted_bytes_total",
-		Help:      "Bytes of mirrored content evicted to keep the store under mirror_cache_size.",
-	})
-	collectors.storageFree = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns,
-		Name:      "storage_free_bytes",
-		Help:      "Free bytes on the filesystem of a storage folder, as last measured.",
-	}, []string{"storage"})
-	collectors.storageReserve = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns,
-		Name:      "storage_reserve_bytes",
-		Help:      "Free bytes that new content leaves on the filesystem of a storage folder (storage_reserve).",
-	}, []string{"storage"})
-	collectors.reserveReached = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns,
-		Name:      "storage_reserve_reached",
-		Help:      "1 while a storage folder's free space is at or below its reserve and new content is refused with 507, else 0.",
-	}, []string{"storage"})
-	collectors.syncRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "sync_runs_total",
-		Help:      "Scheduled sync runs by sync (mirror or sync_into prefix) and result (ok, or error: at least one item failed).",
-	}, []string{"sync", "result"})
-	collectors.syncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: ns,
-		Name:      "sync_run_duration_seconds",
-		Help:      "Time of one scheduled sync run, by sync.",
-		Buckets:   prometheus.ExponentialBuckets(0.1, 4, 10), // 100ms .. ~7h
-	}, []string{"sync"})
-	collectors.syncFetched = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "sync_fetched_total",
-		Help:      "Manifests and blobs scheduled sync fetched from upstream, by sync and kind (manifest, blob).",
-	}, []string{"sync", "kind"})
-	collectors.syncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "sync_errors_total",
-		Help:      "Items (listings, tags, manifests, blobs) scheduled sync failed to fetch, by sync.",
-	}, []string{"sync"})
-	collectors.syncSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "sync_skipped_unsigned_total",
-		Help:      "Tags and platform manifests scheduled sync did not store because a signature policy (require_signature) refused them, by sync.",
-	}, []string{"sync"})
-	collectors.syncLastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns,
-		Name:      "sync_last_success_timestamp_seconds",
-		Help:      "Unix time at which the last scheduled sync run without errors ended, by sync.",
-	}, []string{"sync"})
-	collectors.loginsThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "logins_throttled_total",
-		Help:      "Logins answered 429 without their password being checked, because the client address (bound=client) or the account name (bound=account) used up its failed logins (auth login_limit).",
-	}, []string{"bound"})
-	collectors.scrubBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "scrub_bytes_total",
-		Help:      "Stored blob bytes the scrub read and hashed, by storage.",
-	}, []string{"storage"})
-	collectors.scrubDamaged = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns,
-		Name:      "scrub_damaged_blobs_total",
-		Help:      "Stored blobs the scrub found not to hold their digest's bytes, by storage (the log names each).",
-	}, []string{"storage"})
-	collectors.scrubLastPass = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns,
-		Name:      "scrub_last_pass_timestamp_seconds",
-		Help:      "Unix time at which the last complete scrub pass ended, by storage.",
-	}, []string{"storage"})
+	collectors.requests = newCounterVec("requests_total",
+		"Registry API requests by operation and response status code.",
+		"op", "code")
+	collectors.duration = newHistogramVec("request_duration_seconds", prometheus.ExponentialBuckets(0.001, 4, 10), // 1ms .. ~4.4min
+		"Time to serve a registry API request, by operation.",
+		"op")
+	collectors.bytesReceived = newCounter("bytes_received_total", "Request body bytes read by the registry API.")
+	collectors.bytesSent = newCounter("bytes_sent_total", "Response body bytes written by the registry API.")
+	collectors.uploads = newCounter("uploads_total", "Blob uploads completed.")
+	collectors.uploadBytes = newCounter("upload_bytes_total", "Bytes of completed blob uploads.")
+	collectors.mirrorLookups = newCounterVec("mirror_lookups_total",
+		"Mirrored blob, manifest and referrers requests by registry, kind and result (hit: served from the store, or the referrers answer kept; miss: fetched upstream).",
+		"registry", "kind", "result")
+	collectors.mirrorMissesHeld = newCounterVec("mirror_misses_held_total",
+		"Requests for content a mirror does not hold that were answered without asking upstream, by registry and reason (not_found: the upstream's 404 remembered, not_found_ttl; budget: 429, the client past max_misses_per_client).",
+		"registry", "reason")
+	collectors.mirrorBytes = newCounterVec("mirror_bytes_total",
+		"Mirrored content bytes by registry and source (cache: sent from the store, upstream: fetched).",
+		"registry", "source")
+	collectors.upstreamReqs = newCounterVec("mirror_upstream_requests_total",
+		"HTTP exchanges with upstream registries by registry, method and status (0: connection failed).",
+		"registry", "method", "code")
+	collectors.upstreamWait = newHistogramVec("mirror_upstream_wait_seconds", prometheus.ExponentialBuckets(0.001, 4, 9),
+		"Time upstream registries took to send the headers of their answers (redirects followed), by registry and what was asked (manifest, blob, token, other): upstream's share of a cold pull's wait.",
+		"registry", "kind")
+	collectors.mirrorFillTime = newHistogramVec("mirror_fill_duration_seconds", prometheus.ExponentialBuckets(0.01, 4, 9),
+		"Time to fetch one blob from upstream into the store, by registry and result.",
+		"registry", "result")
+	collectors.mirrorCacheBytes = newGauge("mirror_cache_bytes",
+		"Bytes of mirrored content in the store (what only mirrors hold; mirror_cache_size limits it).")
+	collectors.mirrorEvictions = newCounter("mirror_evictions_total",
+		"Mirrored blobs and manifests evicted to keep the store under mirror_cache_size.")
+	collectors.mirrorEvictedBytes = newCounter("mirror_evicted_bytes_total",
+		"Bytes of mirrored content evicted to keep the store under mirror_cache_size.")
+	collectors.storageFree = newGaugeVec("storage_free_bytes",
+		"Free bytes on the filesystem of a storage folder, as last measured.",
+		"storage")
+	collectors.storageReserve = newGaugeVec("storage_reserve_bytes",
+		"Free bytes that new content leaves on the filesystem of a storage folder (storage_reserve).",
+		"storage")
+	collectors.reserveReached = newGaugeVec("storage_reserve_reached",
+		"1 while a storage folder's free space is at or below its reserve and new content is refused with 507, else 0.",
+		"storage")
+	collectors.syncRuns = newCounterVec("sync_runs_total",
+		"Scheduled sync runs by sync (mirror or sync_into prefix) and result (ok, or error: at least one item failed).",
+		"sync", "result")
+	collectors.syncDuration = newHistogramVec("sync_run_duration_seconds", prometheus.ExponentialBuckets(0.1, 4, 10), // 100ms .. ~7h
+		"Time of one scheduled sync run, by sync.",
+		"sync")
+	collectors.syncFetched = newCounterVec("sync_fetched_total",
+		"Manifests and blobs scheduled sync fetched from upstream, by sync and kind (manifest, blob).",
+		"sync", "kind")
+	collectors.syncErrors = newCounterVec("sync_errors_total",
+		"Items (listings, tags, manifests, blobs) scheduled sync failed to fetch, by sync.",
+		"sync")
+	collectors.syncSkipped = newCounterVec("sync_skipped_unsigned_total",
+		"Tags and platform manifests scheduled sync did not store because a signature policy (require_signature) refused them, by sync.",
+		"sync")
+	collectors.syncLastSuccess = newGaugeVec("sync_last_success_timestamp_seconds",
+		"Unix time at which the last scheduled sync run without errors ended, by sync.",
+		"sync")
+	collectors.loginsThrottled = newCounterVec("logins_throttled_total",
+		"Logins answered 429 without their password being checked, because the client address (bound=client) or the account name (bound=account) used up its failed logins (auth login_limit).",
+		"bound")
+	collectors.scrubBytes = newCounterVec("scrub_bytes_total",
+		"Stored blob bytes the scrub read and hashed, by storage.",
+		"storage")
+	collectors.scrubDamaged = newCounterVec("scrub_damaged_blobs_total",
+		"Stored blobs the scrub found not to hold their digest's bytes, by storage (the log names each).",
+		"storage")
+	collectors.scrubLastPass = newGaugeVec("scrub_last_pass_timestamp_seconds",
+		"Unix time at which the last complete scrub pass ended, by storage.",
+		"storage")
 }
 
 // scrubMetrics is the cache.ScrubObserver of one storage.
