@@ -2,8 +2,12 @@ package benchclient
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
+	"os"
 	"testing"
+	"time"
 )
 
 // The benchmarks are only as good as their apparatus: the blob stream must
@@ -51,5 +55,39 @@ func TestParseSize(t *testing.T) {
 		if _, err := ParseSize(in); err == nil {
 			t.Errorf("ParseSize(%q): no error", in)
 		}
+	}
+}
+
+// The limits must do the work they stand for: LimitWrite and LimitPush
+// write the blob's very bytes and hash them; LimitDisk writes them and
+// leaves nothing behind.
+func TestLimitsWriteTheBlob(t *testing.T) {
+	const size = 2*blockSize + 77
+	dir := t.TempDir()
+	want, _ := io.ReadAll(NewBlob(3, size))
+	for name, limit := range map[string]func(string, uint64, int64) (string, string, time.Duration, error){
+		"LimitWrite": LimitWrite, "LimitPush": LimitPush,
+	} {
+		path, digest, took, err := limit(dir, 3, size)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s wrote %d bytes unlike the blob's %d (%v)", name, len(got), size, err)
+		}
+		if sum := sha256.Sum256(want); digest != "sha256:"+hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: digest %s is not the blob's", name, digest)
+		}
+		if took <= 0 {
+			t.Errorf("%s took %v", name, took)
+		}
+		os.Remove(path)
+	}
+	if took, err := LimitDisk(dir, 3, size); err != nil || took <= 0 {
+		t.Fatalf("LimitDisk: %v, %v", took, err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("LimitDisk left %s behind", left[0].Name())
 	}
 }
