@@ -106,6 +106,10 @@ type TokenProxy struct {
 	// ClientIP is the client's address as the server determines it;
 	// nil: r.RemoteAddr's.
 	ClientIP func(r *http.Request) string
+
+	// inFlight bounds each client's forwarded requests at once
+	// (TokenRequestsPerClient).
+	inFlight clientTurns
 }
 
 const withheldMessage = "API keys and workload tokens are accepted by the registry itself, not by its token service: send them as Basic credentials to /v2/"
@@ -241,6 +245,18 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Each forwarded request holds a connection to the token service
+	// until it answers: one client's are bounded, so that it cannot
+	// multiply them (TokenRequestsPerClient).
+	release, err := p.inFlight.take(r.Context(), ClientKey(clientIP(r)))
+	if err != nil {
+		guess.Refund()
+		w.Header().Set("Retry-After", "1")
+		fail(http.StatusTooManyRequests, "too many token requests from this address at once; try again later",
+			fmt.Errorf("more than %d token requests of the client at once", TokenRequestsPerClient))
+		return
+	}
+	defer release()
 	if body != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
