@@ -51,6 +51,16 @@ type SignInOptions struct {
 	SessionTTL time.Duration
 	// APIKeys, if set, lets signed-in users manage keys.
 	APIKeys *APIKeys
+	// Guesses, if set, bounds the sign-ins one client address may fail
+	// at the provider (a code it refuses, an ID token refused here), as
+	// logins are bounded: each callback with a code costs a request to
+	// the provider's token endpoint, and a script that starts a sign-in
+	// for every made-up code could otherwise make as many as it likes,
+	// until the provider rate-limits this registry's client for everyone.
+	Guesses *Guesses
+	// ClientIP is the client's address as the server determines it;
+	// nil: r.RemoteAddr's.
+	ClientIP func(r *http.Request) string
 	// Now is the clock of sessions; nil is time.Now.
 	Now    func() time.Time
 	Logger *zap.Logger
@@ -235,10 +245,31 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, "no authorization code", errors.New("callback without code"))
 		return
 	}
+	clientIP := s.o.ClientIP
+	if clientIP == nil {
+		clientIP = remoteHost
+	}
+	guess, err := s.o.Guesses.Begin(r.Context(), clientIP(r), "")
+	if err != nil {
+		var tm *ErrTooManyGuesses
+		if errors.As(err, &tm) {
+			w.Header().Set("Retry-After", RetryAfter(tm.RetryAfter))
+		}
+		s.fail(w, r, http.StatusTooManyRequests, "too many failed sign-ins from this address; try again later", err)
+		return
+	}
 	user, groups, err := s.o.OIDC.Exchange(r.Context(), code, ls.Nonce, ls.Verifier)
 	if errors.Is(err, ErrUnavailable) {
+		guess.Refund() // the provider's being down is not the client's doing
 		s.providerDown(w, r, err)
 		return
+	}
+	if err != nil {
+		guess.End(false)
+	} else {
+		// A sign-in names its user only once the provider vouched for
+		// it: the address's debt is left as it was.
+		guess.Refund()
 	}
 	if err != nil {
 		status := http.StatusBadGateway

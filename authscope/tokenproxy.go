@@ -106,6 +106,10 @@ type TokenProxy struct {
 	// ClientIP is the client's address as the server determines it;
 	// nil: r.RemoteAddr's.
 	ClientIP func(r *http.Request) string
+
+	// inFlight bounds each client's forwarded requests at once
+	// (TokenRequestsPerClient).
+	inFlight clientTurns
 }
 
 const withheldMessage = "API keys and workload tokens are accepted by the registry itself, not by its token service: send them as Basic credentials to /v2/"
@@ -146,6 +150,10 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// they belong whatever else is wrong.
 	if err := CheckForwarded(http.Header{"Authorization": r.Header.Values("Authorization")}, r.URL.RawQuery, nil, p.Withhold); err != nil {
 		fail(http.StatusUnauthorized, withheldMessage, err)
+		return
+	}
+	if err := wellFormedBasic(r); err != nil {
+		fail(http.StatusBadRequest, "malformed Basic credentials: send Basic and the base64 of user:password, one space between", err)
 		return
 	}
 	q := r.URL.Query()
@@ -241,6 +249,18 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Each forwarded request holds a connection to the token service
+	// until it answers: one client's are bounded, so that it cannot
+	// multiply them (TokenRequestsPerClient).
+	release, err := p.inFlight.take(r.Context(), ClientKey(clientIP(r)))
+	if err != nil {
+		guess.Refund()
+		w.Header().Set("Retry-After", "1")
+		fail(http.StatusTooManyRequests, "too many token requests from this address at once; try again later",
+			fmt.Errorf("more than %d token requests of the client at once", TokenRequestsPerClient))
+		return
+	}
+	defer release()
 	if body != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
@@ -361,15 +381,44 @@ func tokenAnswerNames(body []byte, account string) bool {
 	return seen
 }
 
+// errBasicMalformed is a Basic Authorization header Go's parser does not
+// read.
+var errBasicMalformed = errors.New("malformed Basic credentials")
+
+// wellFormedBasic refuses a Basic Authorization header that r.BasicAuth
+// does not read (two spaces or a tab after the scheme, base64 without
+// padding or in the URL alphabet, no colon). The login bound counts the
+// logins loginOf reads, and a token service with a lenient decoder
+// (Ruby's Base64.decode64, a split and trim) checks such a password all
+// the same: forwarded, it would be a guess no bound counts.
+func wellFormedBasic(r *http.Request) error {
+	fields := strings.Fields(r.Header.Get("Authorization"))
+	if len(fields) == 0 || !strings.EqualFold(fields[0], "Basic") {
+		return nil
+	}
+	if _, _, ok := r.BasicAuth(); !ok {
+		return errBasicMalformed
+	}
+	return nil
+}
+
 // loginOf reports whether a token request carries credentials the token
-// service checks (a Basic password, an OAuth2 password or refresh token),
-// and the account they are for ("" when they name none).
+// service checks (a Basic password, an OAuth2 password or refresh token,
+// an Authorization header of another scheme), and the account they are
+// for ("" when they name none, or the proxy cannot read it: the client's
+// bound still counts them).
 func loginOf(r *http.Request, form url.Values) (account string, ok bool) {
-	if user, pass, basic := r.BasicAuth(); basic && (user != "" || pass != "") {
+	user, pass, basic := r.BasicAuth()
+	if basic && (user != "" || pass != "") {
 		return user, true
 	}
 	if form.Get("password") != "" || form.Get("refresh_token") != "" {
 		return form.Get("username"), true
+	}
+	if !basic && strings.TrimSpace(r.Header.Get("Authorization")) != "" {
+		// Whatever the token service makes of it (a token of its own,
+		// a scheme it reads), a 401 is a refused credential.
+		return "", true
 	}
 	return "", false
 }

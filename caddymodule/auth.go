@@ -426,7 +426,7 @@ func (a *Auth) provision(names *authscope.Names, store func() (authRecords, erro
 		}
 	}
 	if a.OIDC != nil {
-		p, err := a.provisionSignIn(store, logger)
+		p, err := a.provisionSignIn(store, o.Guesses, logger)
 		if err != nil {
 			return nil, err
 		}

@@ -1,7 +1,9 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -63,6 +65,81 @@ func TestWarnsLenientTrustedProxies(t *testing.T) {
 			stopCaddy(t)
 			b, _ := os.ReadFile(logFile)
 			if got := strings.Contains(string(b), "trusted_proxies_strict"); got != tc.warn {
+				t.Errorf("warned: %v, want %v; log:\n%s", got, tc.warn, b)
+			}
+		})
+	}
+}
+
+// TestWarnsNoClientAddress: a request on a Unix socket of a server
+// without trusted_proxies_unix has no client address, so every client
+// there spends one set of per-client bounds (on the binary, one client's
+// five wrong passwords made every other user's first login 429). The
+// registry and the front say so once a process; with trusted_proxies_unix
+// and the proxy's X-Forwarded-For, or on TCP, they do not. Before,
+// nothing was logged.
+func TestWarnsNoClientAddress(t *testing.T) {
+	front := map[string]any{"handler": "oci_front", "mirrors": []any{map[string]any{"prefix": "docker.io", "default": true}}}
+	for _, tc := range []struct {
+		name    string
+		unix    bool
+		server  map[string]any
+		handler map[string]any
+		xff     string
+		warn    bool
+	}{
+		{"registry, unix", true, nil, map[string]any{"handler": "oci_registry"}, "", true},
+		{"front, unix", true, nil, front, "", true},
+		{"registry, unix, proxy sends no address", true, map[string]any{"trusted_proxies_unix": true}, map[string]any{"handler": "oci_registry"}, "", true},
+		{"registry, unix, trusted proxy", true, map[string]any{"trusted_proxies_unix": true}, map[string]any{"handler": "oci_registry"}, "192.0.2.1", false},
+		{"registry, tcp", false, nil, map[string]any{"handler": "oci_registry"}, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			logFile := filepath.Join(dir, "log.json")
+			listen, client := freeAddr(t), http.DefaultClient
+			if tc.unix {
+				sock := filepath.Join(dir, "s")
+				listen = "unix/" + sock
+				client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+				}}}
+			}
+			if tc.handler["handler"] == "oci_registry" {
+				tc.handler["storage"] = filepath.Join(dir, "data")
+			}
+			server := map[string]any{"listen": []string{listen}, "routes": []any{map[string]any{"handle": []any{tc.handler}}}}
+			for k, v := range tc.server {
+				server[k] = v
+			}
+			cfg, _ := json.Marshal(map[string]any{
+				"admin": map[string]any{"disabled": true},
+				"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+					"level": "WARN", "writer": map[string]any{"output": "file", "filename": logFile},
+				}}},
+				"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"srv": server}}},
+			})
+			noClientAddressWarned.Store(false)
+			if err := caddy.Load(cfg, true); err != nil {
+				t.Fatal(err)
+			}
+			host := listen
+			if tc.unix {
+				host = "registry"
+			}
+			req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/", nil)
+			if tc.xff != "" {
+				req.Header.Set("X-Forwarded-For", tc.xff)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				stopCaddy(t)
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			stopCaddy(t)
+			b, _ := os.ReadFile(logFile)
+			if got := strings.Contains(string(b), "trusted_proxies_unix"); got != tc.warn {
 				t.Errorf("warned: %v, want %v; log:\n%s", got, tc.warn, b)
 			}
 		})

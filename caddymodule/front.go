@@ -207,7 +207,7 @@ func (f *Front) Validate() error {
 // reverse_proxy, which calls that a bad gateway: it is answered as the
 // client's mistake instead, as oci_registry answers it.
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	warnLenientProxies(r, f.logger)
+	warnClientAddress(r, f.logger)
 	body := watchBody(r)
 	return body.blame(f.front.Serve(f.app.closeWhenReplaced(w, r), r, next.ServeHTTP))
 }

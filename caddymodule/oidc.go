@@ -195,7 +195,9 @@ type signInParts struct {
 
 // provisionSignIn builds sign-in and API keys; store opens the handler's
 // store on first use.
-func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Logger) (*signInParts, error) {
+// guesses (login_limit; nil: none) bounds the sign-ins a client address
+// may fail at the provider.
+func (a *Auth) provisionSignIn(store func() (authRecords, error), guesses *authscope.Guesses, logger *zap.Logger) (*signInParts, error) {
 	o := a.OIDC
 	repl := caddy.NewReplacer()
 	secret := repl.ReplaceAll(o.ClientSecret, "")
@@ -251,6 +253,8 @@ func (a *Auth) provisionSignIn(store func() (authRecords, error), logger *zap.Lo
 		Sessions:    storeSessions(store),
 		SessionTTL:  time.Duration(o.SessionTTL),
 		APIKeys:     p.apiKeys,
+		Guesses:     guesses,
+		ClientIP:    clientIP,
 		Now:         now,
 		Logger:      logger.Named("signin"),
 	})

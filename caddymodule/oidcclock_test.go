@@ -46,7 +46,7 @@ func TestSignInAcrossSteppedReplica(t *testing.T) {
 		t.Cleanup(func() { _ = c.Destruct() })
 		auth := &Auth{OIDC: &OIDC{Issuer: provider.Issuer(), ClientID: oidctest.ClientID, ClientSecret: oidctest.ClientSecret,
 			ExternalURL: lb.URL, SessionKey: strings.Repeat("ab", 32)}, clock: c.now}
-		parts, err := auth.provisionSignIn(c.records, zap.NewNop())
+		parts, err := auth.provisionSignIn(c.records, nil, zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -605,7 +605,7 @@ func (rg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		serveCleanedUp(w, r)
 		return nil
 	}
-	warnLenientProxies(r, rg.logger)
+	warnClientAddress(r, rg.logger)
 	pass := rg.serve(w, r)
 	rg.requests.leave()
 	if pass != nil {

@@ -9,9 +9,12 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +40,13 @@ func s3ReadsSite(t testing.TB, srv *s3test.Server, bucket, extra string) string 
 // s3ReadsSiteWith is s3ReadsSite with more lines in oci_registry.
 func s3ReadsSiteWith(t testing.TB, srv *s3test.Server, bucket, registryExtra, extra string) string {
 	t.Helper()
+	return s3ReadsSiteAt(t, srv, srv.Endpoint, bucket, registryExtra, extra)
+}
+
+// s3ReadsSiteAt is s3ReadsSiteWith with srv reached at endpoint (another
+// spelling of its address).
+func s3ReadsSiteAt(t testing.TB, srv *s3test.Server, endpoint, bucket, registryExtra, extra string) string {
+	t.Helper()
 	pg := pgtest.Start(t)
 	t.Setenv("TEST_DATABASE_URL", pg.NewDatabase(t))
 	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
@@ -61,7 +71,7 @@ func s3ReadsSiteWith(t testing.TB, srv *s3test.Server, bucket, registryExtra, ex
 		}
 		storage s3 {
 			bucket `+bucket+`
-			endpoint `+srv.Endpoint+`
+			endpoint `+endpoint+`
 			region `+srv.Region+`
 			prefix reg/
 			access_key `+srv.AccessKey+`
@@ -126,7 +136,10 @@ func blobRequest(t *testing.T, method, url string, user bool, rng string) *http.
 func TestRedirectBlobGets(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
-	base := s3ReadsSite(t, srv, bucket, "\t\t\tredirect 2m\n")
+	// The registry is at 127.0.0.1: an endpoint there too would carry
+	// the credentials (TestRedirectNotWhereCredentialsFollow).
+	endpoint := strings.Replace(srv.Endpoint, "127.0.0.1", "localhost", 1)
+	base := s3ReadsSiteAt(t, srv, endpoint, bucket, "", "\t\t\tredirect 2m\n")
 	c := make([]byte, 2<<20+3)
 	rand.Read(c)
 	d := pushBlob(t, base, "team/app", c)
@@ -135,8 +148,8 @@ func TestRedirectBlobGets(t *testing.T) {
 
 	resp := blobRequest(t, http.MethodGet, url, true, "")
 	loc := resp.Header.Get("Location")
-	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, srv.Endpoint+"/"+bucket+"/reg/blobs/sha256/") {
-		t.Fatalf("GET: %s, Location %q; want 307 to %s/%s/reg/blobs/...", resp.Status, loc, srv.Endpoint, bucket)
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, endpoint+"/"+bucket+"/reg/blobs/sha256/") {
+		t.Fatalf("GET: %s, Location %q; want 307 to %s/%s/reg/blobs/...", resp.Status, loc, endpoint, bucket)
 	}
 	if !strings.Contains(loc, "X-Amz-Expires=120") || resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Docker-Content-Digest") != d {
 		t.Errorf("redirect: Location %q, headers %v", loc, resp.Header)
@@ -181,6 +194,57 @@ func TestRedirectBlobGets(t *testing.T) {
 		if r.StatusCode != tc.want || r.Header.Get("Location") != "" {
 			t.Errorf("%s: %s, Location %q; want %d and none", tc.what, r.Status, r.Header.Get("Location"), tc.want)
 		}
+	}
+}
+
+// TestRedirectNotWhereCredentialsFollow: Go's HTTP client keeps a
+// request's Authorization on a redirect to the same host name (any port)
+// or under it. With the registry and the S3 endpoint both on 127.0.0.1,
+// a GET with credentials was answered 307 to the endpoint, and a Go
+// client sent the user's Basic password to the S3 server with it (on the
+// binary: localhost:5002 and localhost:7071, a logging proxy before
+// versitygw saw "Authorization: Basic <alice:alice-pw>"). Such a GET is
+// now streamed by the registry; one without credentials is still
+// redirected.
+func TestRedirectNotWhereCredentialsFollow(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	var seen atomic.Int32
+	s3 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("X-Amz-Signature") != "" && r.Header.Get("Authorization") != "" {
+			seen.Add(1)
+		}
+		target, _ := url.Parse(srv.Endpoint)
+		proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host // the presigned URL is signed for this host
+		}}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(s3.Close)
+	base := s3ReadsSiteAt(t, srv, s3.URL, bucket, "", "\t\t\tredirect 2m\n")
+	c := make([]byte, 1<<20+5)
+	rand.Read(c)
+	d := pushBlob(t, base, "team/app", c)
+
+	// A Go client as many tools are written: credentials set on the
+	// request, redirects followed by the default rules.
+	req, _ := http.NewRequest(http.MethodGet, base+"/v2/team/app/blobs/"+d, nil)
+	req.SetBasicAuth("ci", "pw")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, c) {
+		t.Fatalf("GET with credentials: %s, %d bytes", resp.Status, len(body))
+	}
+	if n := seen.Load(); n != 0 {
+		t.Errorf("the S3 endpoint got the client's Authorization with %d presigned GETs", n)
+	}
+	if r := blobRequest(t, http.MethodGet, base+"/v2/team/app/blobs/"+d, true, ""); r.StatusCode != http.StatusOK || r.Header.Get("Location") != "" {
+		t.Errorf("GET with credentials: %s, Location %q; want 200 streamed", r.Status, r.Header.Get("Location"))
 	}
 }
 

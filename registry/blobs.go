@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -259,6 +261,16 @@ func (h *Handler) redirectBlob(w http.ResponseWriter, r *http.Request, d cache.D
 	if !ok {
 		return false, nil
 	}
+	if credentialsFollow(r, u) {
+		// Streamed instead: see credentialsFollow.
+		if h.redirectCredentialsWarned.CompareAndSwap(false, true) {
+			h.cfg.Logger.Warn("blob GETs with credentials are streamed, not redirected: the storage endpoint's host is the registry's "+
+				"or under it, and clients that follow redirects by Go's rules would send it their credentials; give the endpoint "+
+				"another host name to redirect them",
+				zap.String("host", r.Host), zap.String("endpoint", withoutQuery(u)))
+		}
+		return false, nil
+	}
 	hd := w.Header()
 	hd.Set("Location", u)
 	hd.Set("Docker-Content-Digest", d.String())
@@ -269,6 +281,30 @@ func (h *Handler) redirectBlob(w http.ResponseWriter, r *http.Request, d cache.D
 	// Never the URL itself in a log: its query signs for the blob.
 	h.cfg.Logger.Debug("blob redirected", zap.String("digest", d.String()), zap.String("to", withoutQuery(u)))
 	return true, nil
+}
+
+// credentialsFollow reports whether a client following a redirect of r
+// to target would send it r's credentials. Go's HTTP client keeps
+// Authorization and Cookie on a redirect to the same host name (any port)
+// or a subdomain of it: with the registry at localhost:5002 and the S3
+// endpoint at localhost:7071, a Go program's Basic password reached the
+// S3 server with the presigned GET (which AWS S3 refuses outright, as
+// signed twice). Such a GET is streamed by the registry instead.
+func credentialsFollow(r *http.Request, target string) bool {
+	if r.Header.Get("Authorization") == "" && r.Header.Get("Cookie") == "" {
+		return false
+	}
+	tu, err := url.Parse(target)
+	if err != nil {
+		return true
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	to := strings.TrimSuffix(strings.ToLower(tu.Hostname()), ".")
+	return to == host || host != "" && strings.HasSuffix(to, "."+host)
 }
 
 // withoutQuery is u without its query and fragment (where a presigned

@@ -6,6 +6,7 @@ package registry
 import (
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -137,6 +138,9 @@ type Handler struct {
 	// manifestSizes: the sizes of manifests served or pushed, so that a
 	// large one waits its turn before it is read (manifestmem.go).
 	manifestSizes manifestSizes
+	// redirectCredentialsWarned: a blob GET was streamed rather than
+	// redirected to where its credentials would follow (blobs.go).
+	redirectCredentialsWarned atomic.Bool
 }
 
 // New returns a Handler for cfg. It panics if cfg's mirrors do not make a
