@@ -173,7 +173,13 @@ func TestValidateRejects(t *testing.T) {
 		{`{"handler":"oci_registry","bogus":1}`, "bogus"},
 		{`{"handler":"oci_registry","gc_interval":1000}`, "gc_interval must be at least 1s (or off): 1µs"},
 		{`{"handler":"oci_registry","gc_full_interval":999999999}`, "gc_full_interval must be at least 1s"},
+		{`{"handler":"oci_registry","gc_full_interval":-1}`, "gc_full_interval must be at least 1s (it cannot be turned off)"},
 		{`{"handler":"oci_registry","scrub_interval":1}`, "scrub_interval must be at least 1s"},
+		{`{"handler":"oci_registry","mirrors":[{"prefix":"d.io","tag_ttl":-1}]}`, "mirror d.io: tag_ttl must be a positive duration"},
+		{`{"handler":"oci_registry","mirrors":[{"prefix":"d.io","stale_if_error":-1}]}`, "mirror d.io: stale_if_error must be a positive duration"},
+		{`{"handler":"oci_registry","mirrors":[{"prefix":"d.io","dial_timeout":-1}]}`, "mirror d.io: dial_timeout must be a positive duration"},
+		{`{"handler":"oci_registry","mirrors":[{"prefix":"d.io","response_header_timeout":-1}]}`, "mirror d.io: response_header_timeout must be a positive duration"},
+		{`{"handler":"oci_registry","mirrors":[{"prefix":"d.io","stall_timeout":-1}]}`, "mirror d.io: stall_timeout must be a positive duration"},
 		{fmt.Sprintf(`{"handler":"oci_registry","sub_storages":[{"prefix":"team","storage":%q,"gc_interval":5}]}`, t.TempDir()), "gc_interval must be at least 1s"},
 	} {
 		cfgJSON := fmt.Sprintf(`{"admin":{"disabled":true},"apps":{"http":{"servers":{"s":{"listen":[%q],"routes":[{"handle":[%s]}]}}}}}`,

@@ -198,6 +198,18 @@ func buildMirrors(ms []*Mirror, local []string, cacheSize int64, repl *caddy.Rep
 		if m.RetryDelay < 0 {
 			return nil, fmt.Errorf("%s: retry_delay must not be negative", where)
 		}
+		// Zero is the default; a negative value was taken silently as the
+		// default too (stale_if_error's as none), where the Caddyfile
+		// refuses it.
+		for _, d := range []struct {
+			name string
+			d    caddy.Duration
+		}{{"tag_ttl", m.TagTTL}, {"stale_if_error", m.StaleIfError}, {"dial_timeout", m.DialTimeout},
+			{"response_header_timeout", m.ResponseHeaderTimeout}, {"stall_timeout", m.StallTimeout}} {
+			if d.d < 0 {
+				return nil, fmt.Errorf("%s: %s must be a positive duration (or left out for the default): %s", where, d.name, time.Duration(d.d))
+			}
+		}
 		if m.NotFoundTTL < 0 && m.NotFoundTTL != -1 {
 			return nil, fmt.Errorf("%s: not_found_ttl must be a positive duration, or -1 (off)", where)
 		}

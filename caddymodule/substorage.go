@@ -118,6 +118,12 @@ func (s StorageSettings) validate() error {
 	if s.GCGrace < 0 {
 		return fmt.Errorf("gc_grace must not be negative: %s", time.Duration(s.GCGrace))
 	}
+	if s.GCFullInterval < 0 {
+		// Unlike gc_interval and scrub_interval it has no off: full
+		// passes are the safety net of incremental ones. A negative
+		// value was taken silently as the default.
+		return fmt.Errorf("gc_full_interval must be at least %s (it cannot be turned off): %s", minPassInterval, time.Duration(s.GCFullInterval))
+	}
 	for _, iv := range []struct {
 		name string
 		d    caddy.Duration
