@@ -102,7 +102,7 @@ func TestKillMidSweepUnderPushesAndFills(t *testing.T) {
 	s := siteServer(t, dataDir, fmt.Sprintf(`	oci_registry {
 		storage %s
 		gc_interval 1s
-		gc_grace 5s
+		gc_grace 2s
 		mirror docker.io {
 			upstream %s
 		}
@@ -112,9 +112,9 @@ func TestKillMidSweepUnderPushesAndFills(t *testing.T) {
 	var orphans []churnImage // every image whose blobs were pushed without a manifest
 	var nextFill atomic.Int64
 	for round := range 3 {
-		// Orphans: both blobs of 1,500 images, pushed with no manifest.
+		// Orphans: both blobs of 600 images, pushed with no manifest.
 		seedStart := time.Now()
-		batch := make([]churnImage, 1500)
+		batch := make([]churnImage, 600)
 		repo := "sweep/o" + strconv.Itoa(round)
 		var seed sync.WaitGroup
 		for w := range 16 {
@@ -171,18 +171,33 @@ func TestKillMidSweepUnderPushesAndFills(t *testing.T) {
 				}
 			})
 		}
-		// Manifests over orphans in random order, so that some meet the
-		// sweep; their blobs are sent only when a HEAD says 404.
-		var nextOrphan atomic.Int64
+		// Manifests over orphans, their blobs sent only when a HEAD says
+		// 404: two clients take the orphans oldest first, as the sweep
+		// does, two in random order; each orphan once.
+		var taken = make([]atomic.Bool, len(batch))
+		var nextOldest, nextRandom atomic.Int64
 		order := rand.Perm(len(batch))
-		for range 3 {
+		for w := range 4 {
 			worker(func(int) {
-				i := int(nextOrphan.Add(1)) - 1
-				if i >= len(batch) {
-					time.Sleep(50 * time.Millisecond)
-					return
+				i := -1
+				for i < 0 {
+					var k int
+					if w < 2 {
+						k = int(nextOldest.Add(1)) - 1
+					} else {
+						k = int(nextRandom.Add(1)) - 1
+					}
+					if k >= len(batch) {
+						time.Sleep(50 * time.Millisecond)
+						return
+					}
+					if w >= 2 {
+						k = order[k]
+					}
+					if !taken[k].Swap(true) {
+						i = k
+					}
 				}
-				i = order[i]
 				im, tag := batch[i], "o"+strconv.Itoa(i)
 				for _, b := range [][]byte{im.config, im.layer} {
 					st, _ := l.do(http.MethodHead, s.url("/v2/"+repo+"/blobs/"+blobDigest(b)), nil, "")
@@ -229,8 +244,9 @@ func TestKillMidSweepUnderPushesAndFills(t *testing.T) {
 			})
 		}
 
-		// Kill while a pass is removing this round's orphans: when the
-		// count of their files gone moved since the last look.
+		// Kill while a pass is removing this round's orphans: once a
+		// random share of them (30-80%) is gone, when the count moved
+		// since the last look.
 		gone := func() (n int) {
 			for _, im := range batch {
 				if _, err := os.Stat(blobFile(dataDir, blobDigest(im.layer))); errors.Is(err, os.ErrNotExist) {
@@ -239,12 +255,13 @@ func TestKillMidSweepUnderPushesAndFills(t *testing.T) {
 			}
 			return n
 		}
+		target := len(batch) * (30 + rand.IntN(51)) / 100
 		last, deadline := gone(), time.Now().Add(30*time.Second)
-		t.Logf("round %d: orphans pushed in %s, %d gone", round+1, time.Since(seedStart).Round(time.Millisecond), last)
+		t.Logf("round %d: orphans pushed in %s, %d gone; kill past %d", round+1, time.Since(seedStart).Round(time.Millisecond), last, target)
 		for {
 			time.Sleep(10 * time.Millisecond)
 			n := gone()
-			if n > last && n < len(batch) || time.Now().After(deadline) {
+			if n > last && n >= target && n < len(batch) || time.Now().After(deadline) {
 				break
 			}
 			last = n
