@@ -49,16 +49,34 @@ func rawDo(method, u string, body []byte, hdr map[string]string) (*http.Response
 // 202s acknowledged, no more, no less; a 201 means the blob is served
 // whole; no 5xx; and once all is done, nothing is left in the uploads
 // folder.
+//
+// On two replicas (S3 and PostgreSQL) each step goes to either replica,
+// so a session resumes and commits on the one that did not take its
+// last chunk.
 func TestResumeRacingExpiry(t *testing.T) {
-	needBinary(t)
-	dataDir := filepath.Join(t.TempDir(), "data")
-	s := siteServer(t, dataDir, fmt.Sprintf(`	oci_registry {
-		storage %s
-		upload_ttl 30s
-		upload_idle_timeout 2s
-		gc_interval 1s
-		gc_grace 1s
-	}`, strconv.Quote(dataDir)), 0)
+	const lives = "\t\tupload_ttl 30s\n\t\tupload_idle_timeout 2s\n\t\tgc_interval 1s\n\t\tgc_grace 1s\n"
+	t.Run("single node", func(t *testing.T) {
+		needBinary(t)
+		dataDir := filepath.Join(t.TempDir(), "data")
+		s := siteServer(t, dataDir, "\toci_registry {\n\t\tstorage "+strconv.Quote(dataDir)+"\n"+lives+"\t}", 0)
+		resumeRacingExpiry(t, []*server{s}, func() bool {
+			des, _ := os.ReadDir(filepath.Join(dataDir, "uploads"))
+			return len(des) == 0
+		})
+	})
+	t.Run("replicas", func(t *testing.T) {
+		c := startCluster(t, 2, lives, nil)
+		resumeRacingExpiry(t, c.replicas, func() bool {
+			_, uploads := c.s3.Keys(t, c.bucket, "")
+			return len(uploads) == 0
+		})
+	})
+}
+
+// resumeRacingExpiry runs the drill against servers (each request to any
+// of them); gone says whether no session's bytes are left.
+func resumeRacingExpiry(t *testing.T, servers []*server, gone func() bool) {
+	pick := func() *server { return servers[rand.IntN(len(servers))] }
 
 	var (
 		mu      sync.Mutex
@@ -103,7 +121,7 @@ func TestResumeRacingExpiry(t *testing.T) {
 		return resp.StatusCode == http.StatusNotFound && bytes.Contains(b, []byte("BLOB_UPLOAD_UNKNOWN"))
 	}
 	next := func(resp *http.Response) string {
-		u, err := url.Parse(s.url("/"))
+		u, err := url.Parse(pick().url("/"))
 		if err != nil {
 			return ""
 		}
@@ -126,7 +144,7 @@ func TestResumeRacingExpiry(t *testing.T) {
 				}
 				d, half := blobDigest(data), len(data)/2
 				committed := func() bool {
-					resp, b, err := rawDo(http.MethodGet, s.url("/v2/"+repo+"/blobs/"+d), nil, nil)
+					resp, b, err := rawDo(http.MethodGet, pick().url("/v2/"+repo+"/blobs/"+d), nil, nil)
 					if err != nil || resp.StatusCode != http.StatusOK || blobDigest(b) != d {
 						wrong("c%d/%d: blob committed with 201, then GET: %v %v, %d bytes", c, n, err, resp, len(b))
 						return false
@@ -134,14 +152,14 @@ func TestResumeRacingExpiry(t *testing.T) {
 					return true
 				}
 				fresh := func() {
-					resp, b := step("fresh push", http.MethodPost, s.url("/v2/"+repo+"/blobs/uploads/?digest="+d), data, map[string]string{"Content-Type": "application/octet-stream"})
+					resp, b := step("fresh push", http.MethodPost, pick().url("/v2/"+repo+"/blobs/uploads/?digest="+d), data, map[string]string{"Content-Type": "application/octet-stream"})
 					if resp != nil && resp.StatusCode != http.StatusCreated {
 						wrong("c%d/%d: fresh push after expiry: %s %.200s", c, n, resp.Status, b)
 					} else if resp != nil {
 						committed()
 					}
 				}
-				resp, b := step("start", http.MethodPost, s.url("/v2/"+repo+"/blobs/uploads/"), nil, nil)
+				resp, b := step("start", http.MethodPost, pick().url("/v2/"+repo+"/blobs/uploads/"), nil, nil)
 				if resp == nil || resp.StatusCode != http.StatusAccepted {
 					wrong("c%d/%d: start: %v %.200s", c, n, resp, b)
 					return
@@ -220,9 +238,8 @@ func TestResumeRacingExpiry(t *testing.T) {
 		t.Errorf("broke the rules: %s", w)
 	}
 	mu.Unlock()
-	waitFor(t, 15*time.Second, "the uploads folder to empty", func() bool {
-		des, _ := os.ReadDir(filepath.Join(dataDir, "uploads"))
-		return len(des) == 0
-	})
-	s.alive("at the end")
+	waitFor(t, 15*time.Second, "no session's bytes to be left", gone)
+	for _, s := range servers {
+		s.alive("at the end")
+	}
 }
