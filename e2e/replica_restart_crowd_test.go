@@ -9,16 +9,25 @@ import (
 	"time"
 )
 
-// TestReplicaPostgresRestartUnderCrowd is TestReplicaPostgresRestartUnderLoad
+// TestReplicaRestartUnderCrowd is TestReplicaPostgresRestartUnderLoad
 // with two hundred clients instead of eight (every connection of both
-// replicas' pools busy and dead at once when PostgreSQL crashes): a crash
-// (pg_ctl -m immediate) and a start 3 s later. Every answer is a success
-// or 503 with Retry-After within the clients' bound, the replicas serve
-// again within seconds of PostgreSQL's return, and every manifest
-// answered 201 is there afterwards.
-func TestReplicaPostgresRestartUnderCrowd(t *testing.T) {
-	needBinary(t)
-	c := startCluster(t, 2, drillGC, nil)
+// replicas' pools busy and dead at once): PostgreSQL crashed (pg_ctl -m
+// immediate), or the S3 server killed, and started again 3 s later.
+// Every answer is a success or 503 with Retry-After within the clients'
+// bound, the replicas serve again within seconds of the store's return,
+// and every manifest answered 201 is there afterwards.
+func TestReplicaRestartUnderCrowd(t *testing.T) {
+	t.Run("PostgreSQL", func(t *testing.T) {
+		c := startCluster(t, 2, drillGC, nil)
+		restartUnderCrowd(t, c, "PostgreSQL", c.pg.Kill, c.pg.Start)
+	})
+	t.Run("S3", func(t *testing.T) {
+		c := startCluster(t, 2, drillGC, nil)
+		restartUnderCrowd(t, c, "S3", func() error { c.s3.Kill(); return nil }, func() error { c.s3.Restart(t); return nil })
+	})
+}
+
+func restartUnderCrowd(t *testing.T, c *replicaCluster, store string, down, up func() error) {
 	l := &pgLoad{statuses: map[string]int{}, acked: map[[2]string]churnImage{}}
 	seed := newChurnImage(t)
 	if !l.pushBlobs(c.replicas[0], "crowd/seed", seed) || l.do(http.MethodPut, c.replicas[0].url("/v2/crowd/seed/manifests/v1"), seed.manifest, ociManifest) != http.StatusCreated {
@@ -56,7 +65,7 @@ func TestReplicaPostgresRestartUnderCrowd(t *testing.T) {
 			}
 		}()
 	}
-	l.outage(t, c.pg, "pg_ctl stop -m immediate under 200 clients", c.pg.Kill)
+	l.outage(t, store, "a kill under 200 clients", down, up)
 	time.Sleep(2 * time.Second)
 	close(stop)
 	wg.Wait()
