@@ -70,8 +70,8 @@ func TestReplicaPostgresRestartMidDeletes(t *testing.T) {
 			}
 		}()
 	}
-	l.outage(t, c.pg, "pg_ctl stop -m fast", c.pg.Stop)
-	l.outage(t, c.pg, "pg_ctl stop -m immediate", c.pg.Kill)
+	l.outage(t, "PostgreSQL", "pg_ctl stop -m fast", c.pg.Stop, c.pg.Start)
+	l.outage(t, "PostgreSQL", "pg_ctl stop -m immediate", c.pg.Kill, c.pg.Start)
 	time.Sleep(2 * time.Second)
 	close(stop)
 	wg.Wait()

@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/caddy-oci/caddy-oci/pgmeta/pgtest"
 )
 
 // pgLoad is what pushers and pullers saw while PostgreSQL restarted.
@@ -61,10 +59,11 @@ func (l *pgLoad) pushBlobs(r *server, repo string, im churnImage) bool {
 	return true
 }
 
-// outage takes PostgreSQL down with down while the load runs, starts it
-// again 3 s later, and waits (30 s at most) for a request to succeed
-// after its return, which it returns.
-func (l *pgLoad) outage(t *testing.T, pg *pgtest.Server, what string, down func() error) time.Time {
+// outage takes a server the replicas need (store, named so in the log)
+// down with down while the load runs, starts it again with up 3 s later,
+// and waits (30 s at most) for a request to succeed after its return,
+// which it returns.
+func (l *pgLoad) outage(t *testing.T, store, what string, down, up func() error) time.Time {
 	t.Helper()
 	time.Sleep(2 * time.Second)
 	if err := down(); err != nil {
@@ -72,17 +71,17 @@ func (l *pgLoad) outage(t *testing.T, pg *pgtest.Server, what string, down func(
 	}
 	time.Sleep(3 * time.Second)
 	back := time.Now()
-	if err := pg.Start(); err != nil {
+	if err := up(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for l.lastOK.Load() < back.UnixNano() {
 		if time.Now().After(deadline) {
-			t.Fatalf("after %s: no request succeeded within 30s of PostgreSQL's return", what)
+			t.Fatalf("after %s: no request succeeded within 30s of %s's return", what, store)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("after %s: first success %s after PostgreSQL was back", what, time.Duration(l.lastOK.Load()-back.UnixNano()).Round(time.Millisecond))
+	t.Logf("after %s: first success %s after %s was back", what, time.Duration(l.lastOK.Load()-back.UnixNano()).Round(time.Millisecond), store)
 	return back
 }
 
@@ -141,8 +140,8 @@ func TestReplicaPostgresRestartUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	l.outage(t, c.pg, "pg_ctl stop -m fast", c.pg.Stop)
-	lastBack := l.outage(t, c.pg, "pg_ctl stop -m immediate", c.pg.Kill)
+	l.outage(t, "PostgreSQL", "pg_ctl stop -m fast", c.pg.Stop, c.pg.Start)
+	lastBack := l.outage(t, "PostgreSQL", "pg_ctl stop -m immediate", c.pg.Kill, c.pg.Start)
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()

@@ -149,7 +149,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
 			n, err := io.Copy(w, f)
-			h.endShort(r, d, n, info.Size, err)
+			h.endShort(w, r, d, n, info.Size, err)
 		}
 		return nil
 	}
@@ -161,7 +161,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 		rd := &readErr{Blob: f}
 		http.ServeContent(w, r, "", info.ModTime, rd)
 		if rd.err != nil {
-			h.endShort(r, d, 0, 1, rd.err)
+			h.endShort(w, r, d, 0, 1, rd.err)
 		}
 		return nil
 	}
@@ -172,7 +172,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, d cache.Dige
 	sent := &observedWriter{ResponseWriter: w}
 	http.ServeContent(sent, r, "", info.ModTime, f)
 	if want := declaredBody(r, sent); sent.written < want {
-		h.endShort(r, d, sent.written, want, whyShort(f, info.Size))
+		h.endShort(w, r, d, sent.written, want, whyShort(f, info.Size))
 	}
 	return nil
 }
@@ -210,7 +210,7 @@ func declaredBody(r *http.Request, w *observedWriter) int64 {
 // (n of size bytes sent, read error err) with a broken transfer: a clean
 // end would hand the client fewer bytes than the blob as if they were
 // all. A short copy because the client left is not the storage's.
-func (h *Handler) endShort(r *http.Request, d cache.Digest, n, size int64, err error) {
+func (h *Handler) endShort(w http.ResponseWriter, r *http.Request, d cache.Digest, n, size int64, err error) {
 	if n >= size || r.Context().Err() != nil {
 		return
 	}
@@ -221,6 +221,16 @@ func (h *Handler) endShort(r *http.Request, d cache.Digest, n, size int64, err e
 	repo, _ := RepositoryOf(r.Context())
 	log("blob ended short of its size while served; transfer broken",
 		zap.String("repo", repo), zap.String("digest", d.String()), zap.Int64("sent", n), zap.Int64("size", size), zap.Error(err))
+	breakTransfer(w)
+}
+
+// breakTransfer ends an answer whose headers were written with a broken
+// transfer. What was written may still sit in the server's write buffer
+// (a small blob's headers and first bytes); it goes out first, or the
+// connection would close with no answer at all and the client could not
+// tell a refusal from a network failure.
+func breakTransfer(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).Flush()
 	panic(http.ErrAbortHandler)
 }
 

@@ -270,7 +270,7 @@ func (h *Handler) serveFill(w http.ResponseWriter, r *http.Request, rc *request,
 	if rd.Err() != nil {
 		// Headers (and some bytes) are out: the only honest end is a
 		// broken transfer, never a short success.
-		panic(http.ErrAbortHandler)
+		breakTransfer(w)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package registry
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -448,5 +449,41 @@ func TestMirrorReferrersTakeReceivingBudget(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("not served 10 s after the budget was freed")
+	}
+}
+
+// TestMirrorSmallBlobStalledMidBody: an upstream sends a small blob's
+// length and part of it, then stalls. What the client got is still in the
+// server's write buffer when the fill fails, so the answer must be pushed
+// out before the transfer is broken: the client sees the 200's headers and
+// a body cut short, never a connection closed with no answer at all.
+// Tags and referrers pages cut short end the same way.
+func TestMirrorSmallBlobStalledMidBody(t *testing.T) {
+	blob := []byte(`{"architecture":"amd64","os":"linux"}`)
+	release := make(chan struct{})
+	defer close(release)
+	env, _ := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(blob[:len(blob)/2])
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}), func(c *MirrorConfig) {
+		c.UpstreamTimeout, c.BlobIdleTimeout = 500*time.Millisecond, 500*time.Millisecond
+	})
+	resp, err := env.srv.Client().Get(env.srv.URL + "/v2/library/app/blobs/" + digestOf(blob))
+	if err != nil {
+		t.Fatalf("no answer at all: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusOK && err == nil {
+		t.Fatalf("200 with %d of %d bytes and no error", len(b), len(blob))
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("answered %s", resp.Status)
 	}
 }

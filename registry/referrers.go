@@ -271,7 +271,7 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rc *request)
 		return writeJSON(w, r, MediaTypeOCIIndex, referrerIndex{SchemaVersion: 2, MediaType: MediaTypeOCIIndex, Manifests: []referrerDescriptor{}})
 	}
 	if err != nil {
-		panic(http.ErrAbortHandler) // headers and a part are out
+		breakTransfer(w) // headers and a part are out
 	}
 	_, _ = io.WriteString(w, "]}")
 	return nil

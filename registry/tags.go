@@ -130,7 +130,7 @@ func (h *Handler) streamTags(w http.ResponseWriter, r *http.Request, rc *request
 				return nil // the client left
 			}
 			h.cfg.Logger.Warn("tag list cut short", zap.String("repo", rc.name), zap.Error(err))
-			panic(http.ErrAbortHandler) // headers and a part are out
+			breakTransfer(w) // headers and a part are out
 		}
 	}
 	_, _ = w.Write(append(out, "]}"...))
