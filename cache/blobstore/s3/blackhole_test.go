@@ -71,7 +71,7 @@ func TestBlackHoledServerPatientCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bound := stallTimeout + 3*probeEvery() + 3*time.Second
+	bound := stallTimeout.get() + 3*probeEvery() + 3*time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()

@@ -280,7 +280,7 @@ func (s *Store) deleteObjectBy(ctx context.Context, key string, t time.Time) err
 	}
 	// Sent past the SDK (its retries and stall watch): a hung server
 	// fails it within stallTimeout, and the next GC pass tries again.
-	ctx, cancel := context.WithTimeout(ctx, stallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, stallTimeout.get())
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, req.Method, req.URL, nil)
 	if err != nil {

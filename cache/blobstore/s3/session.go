@@ -515,7 +515,11 @@ func (s *Store) purge(ctx context.Context, st sessionState, release bool) error 
 		return stalled(err)
 	}
 	if st.UploadID != "" {
-		if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &st.UploadID}); err != nil && statusOf(err) != http.StatusNotFound && failed(err) {
+		_, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &st.UploadID})
+		switch {
+		case err == nil:
+			go s.abortAgain(key, st.UploadID) // a chunk's part may land late (see abort)
+		case statusOf(err) != http.StatusNotFound && failed(err):
 			return errors.Join(errs...)
 		}
 	}
@@ -529,7 +533,11 @@ func (s *Store) purge(ctx context.Context, st sessionState, release bool) error 
 			if aws.ToString(u.Key) != key || aws.ToString(u.UploadId) == st.UploadID {
 				continue
 			}
-			if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId}); err != nil && statusOf(err) != http.StatusNotFound && failed(err) {
+			_, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId})
+			switch {
+			case err == nil:
+				go s.abortAgain(key, aws.ToString(u.UploadId))
+			case statusOf(err) != http.StatusNotFound && failed(err):
 				return errors.Join(errs...)
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -26,7 +27,25 @@ import (
 // below), without taking request bytes, without sending the next bytes
 // of an object. A healthy server is far quicker; one that takes longer
 // is treated as unavailable (503 to the client, who retries).
-var stallTimeout = 30 * time.Second // a variable for tests
+var stallTimeout = newDuration(30 * time.Second) // settable for tests
+
+// atomicDuration is a time.Duration read and set at once: tests shorten
+// stallTimeout while calls that outlive an earlier test (an abort looked
+// at again behind its caller) still read it.
+type atomicDuration struct{ ns atomic.Int64 }
+
+func newDuration(d time.Duration) *atomicDuration {
+	a := new(atomicDuration)
+	a.ns.Store(int64(d))
+	return a
+}
+
+func (a *atomicDuration) get() time.Duration { return time.Duration(a.ns.Load()) }
+
+// set makes it d and returns what it was.
+func (a *atomicDuration) set(d time.Duration) time.Duration {
+	return time.Duration(a.ns.Swap(int64(d)))
+}
 
 // minTransferRate is the slowest pace at which a request body in memory
 // (a part, a small blob) must reach the server: its call's answer may
@@ -56,7 +75,7 @@ func patient(ctx context.Context) context.Context {
 
 // probeEvery is how often a long call asks whether the server is still
 // alive: a hung server fails it within probeEvery + stallTimeout.
-func probeEvery() time.Duration { return stallTimeout / 4 }
+func probeEvery() time.Duration { return stallTimeout.get() / 4 }
 
 // boundCalls returns an Initialize middleware, so its deadline covers the
 // SDK's retries too: the call as a whole answers within stallTimeout
@@ -120,7 +139,7 @@ func watchAlive(ctx context.Context, in middleware.InitializeInput, next middlew
 	// the calls.
 	leave()
 	if err != nil && stalled {
-		return out, md, fmt.Errorf("%w (no answer to a probe in %s): %v", errStalled, stallTimeout, err)
+		return out, md, fmt.Errorf("%w (no answer to a probe in %s): %v", errStalled, stallTimeout.get(), err)
 	}
 	return out, md, err
 }
@@ -136,7 +155,7 @@ func answered(err error) bool {
 
 // boundCall is boundCalls' bound on a call that is not patient.
 func boundCall(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
-	limit := stallTimeout
+	limit := stallTimeout.get()
 	if n := bodyLen(in); n > 0 {
 		limit += time.Duration(n / minTransferRate * int64(time.Second))
 	}
@@ -179,10 +198,10 @@ func newGuardedBody(rc io.ReadCloser, cancel context.CancelCauseFunc) *guardedBo
 }
 
 func (b *guardedBody) Read(p []byte) (int, error) {
-	b.timer.Reset(stallTimeout)
+	b.timer.Reset(stallTimeout.get())
 	n, err := b.rc.Read(p)
 	if !b.timer.Stop() && err != nil && !errors.Is(err, errStalled) {
-		return n, fmt.Errorf("%w: no bytes for %s: %v", errStalled, stallTimeout, err)
+		return n, fmt.Errorf("%w: no bytes for %s: %v", errStalled, stallTimeout.get(), err)
 	}
 	return n, err
 }
@@ -203,7 +222,7 @@ func (b *guardedBody) Close() error {
 type stallConn struct{ net.Conn }
 
 func (c stallConn) Write(p []byte) (int, error) {
-	if err := c.SetWriteDeadline(time.Now().Add(stallTimeout)); err != nil {
+	if err := c.SetWriteDeadline(time.Now().Add(stallTimeout.get())); err != nil {
 		return 0, err
 	}
 	return c.Conn.Write(p)

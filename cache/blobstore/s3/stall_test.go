@@ -61,7 +61,7 @@ func TestHungServer(t *testing.T) {
 	}
 	start = time.Now()
 	if _, err := st.Stat(ctx(t), d); !errors.Is(err, errStalled) || time.Since(start) > 5*time.Second {
-		t.Fatalf("Stat on a hung server: %v after %s; want errStalled after %s", err, time.Since(start), stallTimeout)
+		t.Fatalf("Stat on a hung server: %v after %s; want errStalled after %s", err, time.Since(start), stallTimeout.get())
 	}
 	// A streamed PUT (patient: no bound on its answer) into the hung
 	// server fails once the connection takes no more bytes.
@@ -103,7 +103,7 @@ func TestHungServerPatientCalls(t *testing.T) {
 			_ = srv.Resume()
 		}
 	}()
-	bound := stallTimeout + probeEvery() + 3*time.Second
+	bound := stallTimeout.get() + probeEvery() + 3*time.Second
 	for _, call := range []struct {
 		name string
 		do   func() error
@@ -274,7 +274,7 @@ func TestHungServerCallJoiningDuringProbe(t *testing.T) {
 	start := time.Now()
 	err := complete()
 	took := time.Since(start)
-	bound := probeEvery() + stallTimeout + time.Second
+	bound := probeEvery() + stallTimeout.get() + time.Second
 	t.Logf("the call that joined during a probe: %v after %s", err, took.Round(time.Millisecond))
 	if !errors.Is(err, errStalled) || took > bound {
 		t.Errorf("a call joining while a probe of a hung server is in flight: %v after %s; want errStalled within %s", err, took.Round(time.Millisecond), bound)
@@ -295,7 +295,7 @@ func TestHungServerSessionEnds(t *testing.T) {
 	setStallTimeout(t, 3*time.Second)
 	srv := s3test.Start(t)
 	st := newStore(t, srv, srv.Bucket(t), "reg/")
-	bound := stallTimeout + probeEvery() + time.Second
+	bound := stallTimeout.get() + probeEvery() + time.Second
 	for _, end := range []string{"commit", "cancel"} {
 		t.Run(end, func(t *testing.T) {
 			data := randomBytes(minPartSize + 1<<20) // a part and a tail
@@ -359,7 +359,7 @@ func TestHungServerMultipartPut(t *testing.T) {
 	setStallTimeout(t, 3*time.Second)
 	srv := s3test.Start(t)
 	st := newStore(t, srv, srv.Bucket(t), "reg/")
-	bound := stallTimeout + probeEvery() + time.Second
+	bound := stallTimeout.get() + probeEvery() + time.Second
 	for _, c := range []struct {
 		name string
 		alg  blobstore.Algorithm
@@ -392,13 +392,13 @@ func TestHungServerMultipartPut(t *testing.T) {
 			}
 			// The abort went on behind the Put, and lands once the
 			// server continues.
-			for deadline := time.Now().Add(2 * stallTimeout); ; time.Sleep(100 * time.Millisecond) {
+			for deadline := time.Now().Add(2 * stallTimeout.get()); ; time.Sleep(100 * time.Millisecond) {
 				out, err := st.client.ListMultipartUploads(ctx(t), &awss3.ListMultipartUploadsInput{Bucket: &st.bucket, Prefix: aws.String("reg/blobs/")})
 				if err == nil && len(out.Uploads) == 0 {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("the Put's multipart upload is still there %s after the server continued (%v)", 2*stallTimeout, err)
+					t.Fatalf("the Put's multipart upload is still there %s after the server continued (%v)", 2*stallTimeout.get(), err)
 				}
 			}
 		})
@@ -408,7 +408,6 @@ func TestHungServerMultipartPut(t *testing.T) {
 // setStallTimeout makes the store's stall bound d for the rest of t, so
 // a test of a hung server takes seconds.
 func setStallTimeout(t *testing.T, d time.Duration) {
-	old := stallTimeout
-	stallTimeout = d
-	t.Cleanup(func() { stallTimeout = old })
+	old := stallTimeout.set(d)
+	t.Cleanup(func() { stallTimeout.set(old) })
 }

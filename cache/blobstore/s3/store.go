@@ -614,12 +614,50 @@ func (s *Store) putObject(ctx context.Context, key string, b []byte) error {
 // abort drops a multipart upload, even when ctx is done (the request that
 // failed may be the reason), logging what it cannot do: the bucket's
 // lifecycle rule for incomplete uploads is the backstop.
+//
+// A part the server was still receiving when the upload failed (its
+// client gave up, the server had the bytes) may complete after the
+// abort, and completing brings the upload back: versitygw re-creates it,
+// and AWS documents that an abort may have to be repeated while parts
+// are in progress. Seen with a server stopped mid-push: the last part
+// landed after the abort and the upload stayed until the leftovers
+// sweep. So the upload is looked for again a few times after the abort
+// (abortAgain), behind the caller.
 func (s *Store) abort(ctx context.Context, key, uploadID string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	_, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &uploadID})
 	if err != nil && statusOf(err) != http.StatusNotFound {
 		s.log.Warn("abort multipart upload", zap.String("key", key), zap.Error(err))
+		return
+	}
+	go s.abortAgain(key, uploadID)
+}
+
+// abortLooks are the delays after an abort at which abortAgain looks for
+// the upload once more: a part in flight lands within moments of the
+// server taking it up again.
+var abortLooks = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}
+
+// abortAgain aborts key's upload uploadID again each time it finds it
+// back (see abort). It logs nothing: what it cannot do is left to the
+// leftovers sweep, and it may outlive the caller's logger.
+func (s *Store) abortAgain(key, uploadID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, d := range abortLooks {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		_, err := s.client.ListParts(ctx, &awss3.ListPartsInput{Bucket: &s.bucket, Key: &key, UploadId: &uploadID, MaxParts: aws.Int32(1)})
+		if err != nil {
+			return // gone (NoSuchUpload), or the server cannot say
+		}
+		if _, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: &uploadID}); err != nil {
+			return
+		}
 	}
 }
 
