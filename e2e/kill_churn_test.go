@@ -166,30 +166,15 @@ func TestKillDuringMetadataChurn(t *testing.T) {
 	}
 
 	for round := range 3 {
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		worker := func(f func(n int)) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for n := 0; ; n++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					f(n)
-				}
-			}()
-		}
-		worker(func(n int) { // tag moves
+		clients := newLoops()
+		clients.run(func(n int) { // tag moves
 			im := base[n%len(base)]
 			ledger.asked("team/base:moving", im.digest)
 			if im.putManifest(s, "team/base", "moving") {
 				ledger.acked("team/base:moving", im.digest)
 			}
 		})
-		worker(func(n int) { // push, then delete the manifest
+		clients.run(func(n int) { // push, then delete the manifest
 			im := newChurnImage(t)
 			repo := "team/tmp" + strconv.Itoa(round)
 			ref := repo + ":t" + strconv.Itoa(n)
@@ -209,7 +194,7 @@ func TestKillDuringMetadataChurn(t *testing.T) {
 				deleted()
 			}
 		})
-		worker(func(n int) { // cross-repository mounts
+		clients.run(func(n int) { // cross-repository mounts
 			im := base[n%len(base)]
 			repo := fmt.Sprintf("team/m%d-%d", round, n%40)
 			for _, b := range [][]byte{im.config, im.layer} {
@@ -227,7 +212,7 @@ func TestKillDuringMetadataChurn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		worker(func(int) { // reloads, which reopen the store
+		clients.run(func(int) { // reloads, which reopen the store
 			time.Sleep(150 * time.Millisecond)
 			req, _ := http.NewRequest(http.MethodPost, "http://"+s.admin+"/load", bytes.NewReader(caddyfile))
 			req.Header.Set("Content-Type", "text/caddyfile")
@@ -238,8 +223,7 @@ func TestKillDuringMetadataChurn(t *testing.T) {
 		})
 		time.Sleep(time.Duration(500+rand.IntN(1500)) * time.Millisecond)
 		s.kill()
-		close(stop)
-		wg.Wait()
+		clients.halt()
 		s.start()
 		checkChurn(t, s, ledger, fmt.Sprintf("after kill %d", round+1))
 		if t.Failed() {

@@ -144,24 +144,9 @@ func TestReloadsReserveAndUpstreams(t *testing.T) {
 	}
 
 	l := &reloadTally{got: map[string]int{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	worker := func(f func(n int)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				f(n)
-			}
-		}()
-	}
+	clients := newLoops()
 	for w := range 16 { // pushes
-		worker(func(n int) {
+		clients.run(func(n int) {
 			im := newChurnImage(t)
 			repo, tag := "reload/w"+strconv.Itoa(w), "t"+strconv.Itoa(n)
 			for _, blob := range [][]byte{im.config, im.layer} {
@@ -179,7 +164,7 @@ func TestReloadsReserveAndUpstreams(t *testing.T) {
 	}
 	var nextCold atomic.Int64
 	for range 16 { // mirrored pulls, most of them cold
-		worker(func(int) {
+		clients.run(func(int) {
 			i := int(nextCold.Add(1)-1) % len(mirrored)
 			if rand.IntN(4) == 0 {
 				i = rand.IntN(i + 1)
@@ -193,7 +178,7 @@ func TestReloadsReserveAndUpstreams(t *testing.T) {
 		})
 	}
 	for range 8 { // pulls of what was pushed
-		worker(func(int) {
+		clients.run(func(int) {
 			l.mu.Lock()
 			if len(l.images) == 0 {
 				l.mu.Unlock()
@@ -229,8 +214,7 @@ func TestReloadsReserveAndUpstreams(t *testing.T) {
 		s.alive(fmt.Sprintf("after reload %d", i+1))
 	}
 	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
+	clients.halt()
 
 	l.mu.Lock()
 	images := append([]sweepAck(nil), l.images...)

@@ -645,3 +645,32 @@ func newLoopback(t *testing.T, h http.Handler) string {
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
 }
+
+// loops are a drill's clients: each runs its function over and over on a
+// goroutine of its own until halt.
+type loops struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newLoops() *loops { return &loops{stop: make(chan struct{})} }
+
+// run calls f(0), f(1), ... until halt.
+func (l *loops) run(f func(n int)) {
+	l.wg.Go(func() {
+		for n := 0; ; n++ {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			f(n)
+		}
+	})
+}
+
+// halt stops every loop after its current call and waits for them.
+func (l *loops) halt() {
+	close(l.stop)
+	l.wg.Wait()
+}
