@@ -5,7 +5,7 @@
 // otherwise not say that those tests did not run: go test shows nothing of
 // a passing package but its ok line.
 //
-//	go test -race -timeout 60m -json ./... | go run ./internal/testreport
+//	go test -race -timeout 75m -json ./... | go run ./internal/testreport
 //
 // It exits 1 when a test, a package or a build failed, or when the input
 // held no test result at all.
