@@ -15,7 +15,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"hash/maphash"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -338,6 +340,15 @@ func (g *Guesses) refusedHere(a *GuessAttempt) bool {
 // rounded up, so that a client never comes back early.
 func RetryAfter(d time.Duration) string {
 	return strconv.Itoa(int((d + time.Second - 1) / time.Second))
+}
+
+// setRetryAfter sets h's Retry-After to what err asks when it is an
+// *ErrTooManyGuesses (a bound on failed logins, or no turn in time).
+func setRetryAfter(h http.Header, err error) {
+	var tm *ErrTooManyGuesses
+	if errors.As(err, &tm) {
+		h.Set("Retry-After", RetryAfter(tm.RetryAfter))
+	}
 }
 
 // retry is how long until excess debt has decayed at limit per window,

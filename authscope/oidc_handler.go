@@ -251,10 +251,7 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	guess, err := s.o.Guesses.Begin(r.Context(), clientIP(r), "")
 	if err != nil {
-		var tm *ErrTooManyGuesses
-		if errors.As(err, &tm) {
-			w.Header().Set("Retry-After", RetryAfter(tm.RetryAfter))
-		}
+		setRetryAfter(w.Header(), err)
 		s.fail(w, r, http.StatusTooManyRequests, "too many failed sign-ins from this address; try again later", err)
 		return
 	}

@@ -241,10 +241,7 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if login {
 		var err error
 		if guess, err = p.Guesses.Begin(r.Context(), clientIP(r), account); err != nil {
-			var tm *ErrTooManyGuesses
-			if errors.As(err, &tm) {
-				w.Header().Set("Retry-After", RetryAfter(tm.RetryAfter))
-			}
+			setRetryAfter(w.Header(), err)
 			fail(http.StatusTooManyRequests, "too many failed logins; try again later", err)
 			return
 		}
@@ -255,9 +252,9 @@ func (p *TokenProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	release, err := p.inFlight.take(r.Context(), ClientKey(clientIP(r)))
 	if err != nil {
 		guess.Refund()
-		w.Header().Set("Retry-After", "1")
+		setRetryAfter(w.Header(), err)
 		fail(http.StatusTooManyRequests, "too many token requests from this address at once; try again later",
-			fmt.Errorf("more than %d token requests of the client at once", TokenRequestsPerClient))
+			fmt.Errorf("more than %d token requests of the client at once: %w", TokenRequestsPerClient, err))
 		return
 	}
 	defer release()

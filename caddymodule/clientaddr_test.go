@@ -36,25 +36,9 @@ func TestWarnsLenientTrustedProxies(t *testing.T) {
 		{"registry, no proxies", map[string]any{}, map[string]any{"handler": "oci_registry"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			logFile, addr := filepath.Join(t.TempDir(), "log.json"), freeAddr(t)
-			if tc.handler["handler"] == "oci_registry" {
-				tc.handler["storage"] = t.TempDir()
-			}
-			server := map[string]any{"listen": []string{addr}, "routes": []any{map[string]any{"handle": []any{tc.handler}}}}
-			for k, v := range tc.server {
-				server[k] = v
-			}
-			cfg, _ := json.Marshal(map[string]any{
-				"admin": map[string]any{"disabled": true},
-				"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
-					"level": "WARN", "writer": map[string]any{"output": "file", "filename": logFile},
-				}}},
-				"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"srv": server}}},
-			})
+			addr := freeAddr(t)
 			lenientProxiesWarned.Store(false)
-			if err := caddy.Load(cfg, true); err != nil {
-				t.Fatal(err)
-			}
+			logFile := loadLoggingWarnings(t, addr, tc.server, tc.handler)
 			req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v2/", nil)
 			req.Header.Set("X-Forwarded-For", "10.0.0.1, 192.0.2.1")
 			resp, err := http.DefaultClient.Do(req)
@@ -96,7 +80,6 @@ func TestWarnsNoClientAddress(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			logFile := filepath.Join(dir, "log.json")
 			listen, client := freeAddr(t), http.DefaultClient
 			if tc.unix {
 				sock := filepath.Join(dir, "s")
@@ -105,24 +88,8 @@ func TestWarnsNoClientAddress(t *testing.T) {
 					return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 				}}}
 			}
-			if tc.handler["handler"] == "oci_registry" {
-				tc.handler["storage"] = filepath.Join(dir, "data")
-			}
-			server := map[string]any{"listen": []string{listen}, "routes": []any{map[string]any{"handle": []any{tc.handler}}}}
-			for k, v := range tc.server {
-				server[k] = v
-			}
-			cfg, _ := json.Marshal(map[string]any{
-				"admin": map[string]any{"disabled": true},
-				"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
-					"level": "WARN", "writer": map[string]any{"output": "file", "filename": logFile},
-				}}},
-				"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"srv": server}}},
-			})
 			noClientAddressWarned.Store(false)
-			if err := caddy.Load(cfg, true); err != nil {
-				t.Fatal(err)
-			}
+			logFile := loadLoggingWarnings(t, listen, tc.server, tc.handler)
 			host := listen
 			if tc.unix {
 				host = "registry"
@@ -144,4 +111,30 @@ func TestWarnsNoClientAddress(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadLoggingWarnings loads one server listening on listen, with server's
+// options and handler as its only handler (an oci_registry gets a storage
+// folder), its warnings going to the file it returns.
+func loadLoggingWarnings(t *testing.T, listen string, options, handler map[string]any) (logFile string) {
+	t.Helper()
+	logFile = filepath.Join(t.TempDir(), "log.json")
+	if handler["handler"] == "oci_registry" {
+		handler["storage"] = t.TempDir()
+	}
+	server := map[string]any{"listen": []string{listen}, "routes": []any{map[string]any{"handle": []any{handler}}}}
+	for k, v := range options {
+		server[k] = v
+	}
+	cfg, _ := json.Marshal(map[string]any{
+		"admin": map[string]any{"disabled": true},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+			"level": "WARN", "writer": map[string]any{"output": "file", "filename": logFile},
+		}}},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"srv": server}}},
+	})
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	return logFile
 }
